@@ -1,0 +1,75 @@
+/**
+ * The cluster-backend contract. A backend runs LaunchSpecs as instances and reports what runs;
+ * every call is idempotent. Routing (slots, queues) lives in the tracker, not here.
+ */
+import type { LaunchSpec, Proto } from '../launch-spec.ts'
+
+export type InstanceFlag =
+  | 'expired'
+  | 'has-connected'
+  | 'has-responded'
+  | 'timeout-exception'
+  | 'never-passed-health-checks'
+  | 'memory-limit-exceeded'
+  | 'health-check-401'
+
+export interface Instance {
+  /** `<service-id>.<unique suffix>`, as Waiter names instances. */
+  readonly id: string
+  readonly serviceId: string
+  readonly host: string
+  readonly port: number
+  readonly extraPorts: readonly number[]
+  readonly proto: Proto
+  readonly startedAt: number
+  /** Passed its health check and not failing since. Only healthy instances receive requests. */
+  readonly healthy: boolean
+  readonly logDirectory: string | undefined
+  readonly flags: ReadonlySet<InstanceFlag>
+}
+
+export interface EndedInstance {
+  readonly id: string
+  readonly serviceId: string
+  readonly host: string
+  readonly port: number
+  readonly startedAt: number
+  readonly endedAt: number
+  /** The process's own exit code; undefined when maitre killed it. */
+  readonly exitCode: number | undefined
+  readonly flags: ReadonlySet<InstanceFlag>
+  readonly message: string
+  readonly logDirectory: string | undefined
+}
+
+export interface ServiceState {
+  readonly id: string
+  /** Instances asked for. */
+  readonly requested: number
+  /** Live instances, healthy or not yet. */
+  readonly instances: readonly Instance[]
+  /** Recent instances that failed (newest first, bounded). */
+  readonly failed: readonly EndedInstance[]
+  /** Recent instances that were killed on purpose (newest first, bounded). */
+  readonly killed: readonly EndedInstance[]
+  /** Waiter's deployment-error message when the service cannot start, e.g. "Invalid startup command". */
+  readonly deploymentError: string | undefined
+}
+
+export interface Backend {
+  readonly kind: 'local' | 'kubernetes' | 'mesos'
+  /** Creates the service with its minimum instances unless it exists already. */
+  ensureService(spec: LaunchSpec): Promise<void>
+  /** Asks for `instances` instances of an existing service. */
+  scale(serviceId: string, instances: number): Promise<void>
+  /** Stops one instance (callers pick an idle one) and lowers the requested count by one. */
+  killInstance(serviceId: string, instanceId: string): Promise<boolean>
+  /** Stops every instance and forgets the service. */
+  deleteService(serviceId: string): Promise<void>
+  state(serviceId: string): ServiceState | undefined
+  services(): readonly ServiceState[]
+  /** Called with a service id whenever that service's instances or errors change. */
+  subscribe(listener: (serviceId: string) => void): () => void
+  /** Stops every instance; nothing is left running. */
+  close(): Promise<void>
+}

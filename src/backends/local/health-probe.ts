@@ -1,0 +1,45 @@
+/** One HTTP health check of an instance, reporting what Waiter's deployment-error rules need. */
+import { Agent, request } from 'undici'
+
+export interface ProbeResult {
+  readonly ok: boolean
+  readonly status: number | undefined
+  readonly connected: boolean
+  readonly responded: boolean
+  readonly timedOut: boolean
+}
+
+export interface ProbeTarget {
+  readonly url: string
+  readonly authorization: string | undefined
+}
+
+export class HealthProber {
+  readonly #agent: Agent
+  readonly #timeoutMs: number
+
+  constructor(timeoutMs: number) {
+    this.#timeoutMs = timeoutMs
+    this.#agent = new Agent({ connect: { timeout: timeoutMs }, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+  }
+
+  async probe(target: ProbeTarget): Promise<ProbeResult> {
+    const headers: Record<string, string> = { 'x-waiter-request-type': 'health-check', 'user-agent': 'maitre-health-check' }
+    if (target.authorization !== undefined) headers['authorization'] = target.authorization
+    try {
+      const res = await request(target.url, { dispatcher: this.#agent, headers, signal: AbortSignal.timeout(this.#timeoutMs * 2) })
+      await res.body.dump()
+      const ok = res.statusCode >= 200 && res.statusCode < 300
+      return { ok, status: res.statusCode, connected: true, responded: true, timedOut: false }
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? ''
+      const refused = code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ECONNRESET_BEFORE_CONNECT'
+      const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || (err as Error).name === 'TimeoutError'
+      return { ok: false, status: undefined, connected: !refused, responded: false, timedOut }
+    }
+  }
+
+  close(): Promise<void> {
+    return this.#agent.close()
+  }
+}

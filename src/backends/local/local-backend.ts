@@ -1,0 +1,467 @@
+/**
+ * The embedded backend: each instance is a local process group, run with Waiter's shell-scheduler
+ * semantics (reference §7.2) — `$PORT0..` from a port range, a sandbox directory holding stdout
+ * and stderr, WAITER_* environment, HTTP health checks (every few tens of ms until the first
+ * success, so cold starts cost the app's own start time), a grace period, a memory limit, relaunch
+ * to the requested count with backoff, and SIGTERM then SIGKILL of the whole group.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import type { Clock } from '../../clock.ts'
+import type { Logger } from '../../log.ts'
+import { misconfigured } from '../../versions/descriptor.ts'
+import type { LaunchSpec } from '../../launch-spec.ts'
+import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
+import { deploymentError } from '../deployment-error.ts'
+import { HealthProber, type ProbeResult } from './health-probe.ts'
+import { groupResidentBytes } from './memory.ts'
+import { PortAllocator } from './ports.ts'
+import { startProcessGroup, type ProcessGroup } from './process-group.ts'
+
+export interface LocalBackendOptions {
+  readonly workDir: string
+  readonly host: string
+  readonly portRange: readonly [number, number]
+  /** A released port rests this long before reuse. */
+  readonly portRestMs: number
+  readonly healthCheckTimeoutMs: number
+  /** Probe interval for an instance that has not yet passed its first health check. */
+  readonly startupProbeIntervalMs: number
+  /** Floor for the SIGTERM → SIGKILL delay, whatever the service's termination grace. */
+  readonly minSigkillDelayMs: number
+  readonly restartBackoffBaseMs: number
+  readonly restartBackoffMaxMs: number
+  readonly memoryCheckIntervalMs: number
+  /** Failed instances (since the last healthy one) before a deployment error is declared. */
+  readonly minFailedInstances: number
+  readonly clock: Clock
+  readonly log: Logger
+}
+
+const ENDED_KEPT = 10
+
+interface KillReason {
+  readonly failed: boolean
+  readonly message: string
+}
+
+interface LocalInstance {
+  readonly id: string
+  readonly serviceId: string
+  readonly ports: readonly number[]
+  readonly startedAt: number
+  readonly sandbox: string
+  readonly group: ProcessGroup
+  readonly flags: Set<InstanceFlag>
+  healthy: boolean
+  everHealthy: boolean
+  consecutiveFailures: number
+  killReason: KillReason | undefined
+  cancelProbe: (() => void) | undefined
+}
+
+interface LocalService {
+  readonly spec: LaunchSpec
+  requested: number
+  readonly instances: Map<string, LocalInstance>
+  failed: EndedInstance[]
+  killed: EndedInstance[]
+  failedSinceHealthy: EndedInstance[]
+  launching: number
+  launchFailures: number
+  nextLaunchAt: number
+  cancelRelaunch: (() => void) | undefined
+  deploymentError: string | undefined
+  deleted: boolean
+}
+
+export class LocalBackend implements Backend {
+  readonly kind = 'local' as const
+  readonly #o: LocalBackendOptions
+  readonly #services = new Map<string, LocalService>()
+  /** Instances being stopped, by pid, so close() can wait for them too. */
+  readonly #stopping = new Map<number, Promise<unknown>>()
+  readonly #listeners = new Set<(serviceId: string) => void>()
+  readonly #ports: PortAllocator
+  readonly #prober: HealthProber
+  #cancelMemoryCheck: (() => void) | undefined
+  #closed = false
+
+  constructor(options: LocalBackendOptions) {
+    this.#o = options
+    this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
+    this.#prober = new HealthProber(options.healthCheckTimeoutMs)
+    mkdirSync(options.workDir, { recursive: true })
+    this.#scheduleMemoryCheck()
+  }
+
+  async ensureService(spec: LaunchSpec): Promise<void> {
+    if (this.#closed) throw new Error('the local backend is closed')
+    if (this.#services.has(spec.serviceId)) return
+    if (spec.cmdType === 'docker' || spec.image !== undefined) {
+      const field = spec.image !== undefined ? 'image' : 'cmd-type'
+      throw misconfigured([{ field, message: `The local backend runs shell commands only; ${field} is not supported here.` }])
+    }
+    const serviceDir = join(this.#o.workDir, spec.serviceId)
+    mkdirSync(serviceDir, { recursive: true })
+    writeFileSync(join(serviceDir, 'run-service.sh'), `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
+    const service: LocalService = {
+      spec,
+      requested: spec.minInstances,
+      instances: new Map(),
+      failed: [],
+      killed: [],
+      failedSinceHealthy: [],
+      launching: 0,
+      launchFailures: 0,
+      nextLaunchAt: 0,
+      cancelRelaunch: undefined,
+      deploymentError: undefined,
+      deleted: false,
+    }
+    this.#services.set(spec.serviceId, service)
+    this.#o.log.info({ service: spec.serviceId, instances: service.requested }, 'service created')
+    this.#reconcile(service)
+  }
+
+  async scale(serviceId: string, instances: number): Promise<void> {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    service.requested = Math.max(0, instances)
+    this.#reconcile(service)
+  }
+
+  async killInstance(serviceId: string, instanceId: string): Promise<boolean> {
+    const service = this.#services.get(serviceId)
+    const instance = service?.instances.get(instanceId)
+    if (service === undefined || instance === undefined) return false
+    service.requested = Math.max(0, service.requested - 1)
+    this.#kill(service, instance, { failed: false, message: 'Killed by maitre' }, 'SIGTERM')
+    return true
+  }
+
+  async deleteService(serviceId: string): Promise<void> {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    service.deleted = true
+    service.requested = 0
+    service.cancelRelaunch?.()
+    const exits = [...service.instances.values()].map((instance) => {
+      this.#kill(service, instance, { failed: false, message: 'Service deleted' }, 'SIGTERM')
+      return instance.group.exited
+    })
+    this.#services.delete(serviceId)
+    this.#emit(serviceId)
+    await Promise.all(exits)
+    this.#o.log.info({ service: serviceId }, 'service deleted')
+  }
+
+  state(serviceId: string): ServiceState | undefined {
+    const service = this.#services.get(serviceId)
+    return service === undefined ? undefined : this.#view(service)
+  }
+
+  services(): readonly ServiceState[] {
+    return [...this.#services.values()].map((s) => this.#view(s))
+  }
+
+  subscribe(listener: (serviceId: string) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#cancelMemoryCheck?.()
+    for (const service of this.#services.values()) {
+      service.deleted = true
+      service.cancelRelaunch?.()
+      for (const instance of service.instances.values()) {
+        this.#kill(service, instance, { failed: false, message: 'maitre stopped' }, 'SIGTERM')
+      }
+    }
+    await Promise.all(this.#stopping.values())
+    await this.#prober.close()
+  }
+
+  #view(service: LocalService): ServiceState {
+    const instances: Instance[] = [...service.instances.values()].map((i) => ({
+      id: i.id,
+      serviceId: i.serviceId,
+      host: this.#o.host,
+      port: i.ports[0] as number,
+      extraPorts: i.ports.slice(1),
+      proto: service.spec.backendProto,
+      startedAt: i.startedAt,
+      healthy: i.healthy,
+      logDirectory: i.sandbox,
+      flags: i.flags,
+    }))
+    return {
+      id: service.spec.serviceId,
+      requested: service.requested,
+      instances,
+      failed: service.failed,
+      killed: service.killed,
+      deploymentError: service.deploymentError,
+    }
+  }
+
+  #emit(serviceId: string): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(serviceId)
+      } catch (err) {
+        this.#o.log.error({ err, service: serviceId }, 'backend listener failed')
+      }
+    }
+  }
+
+  /** Launches instances until the requested count runs, waiting out the restart backoff. */
+  #reconcile(service: LocalService): void {
+    if (service.deleted || this.#closed || service.cancelRelaunch !== undefined) return
+    const wait = service.nextLaunchAt - this.#o.clock.now()
+    if (wait > 0) {
+      service.cancelRelaunch = this.#o.clock.setTimeout(() => {
+        service.cancelRelaunch = undefined
+        this.#reconcile(service)
+      }, wait)
+      return
+    }
+    const missing = service.requested - service.instances.size - service.launching
+    for (let i = 0; i < missing; i++) void this.#launch(service)
+  }
+
+  async #launch(service: LocalService): Promise<void> {
+    const { spec } = service
+    service.launching += 1
+    let ports: number[] = []
+    try {
+      ports = await this.#ports.reserve(spec.ports)
+      if (service.deleted) {
+        this.#ports.release(ports)
+        return
+      }
+      const id = `${spec.serviceId}.${randomBytes(5).toString('hex')}`
+      const sandbox = join(this.#o.workDir, spec.serviceId, id)
+      mkdirSync(sandbox, { recursive: true })
+      const env: Record<string, string> = {
+        PATH: process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin',
+        ...(process.env['LANG'] === undefined ? {} : { LANG: process.env['LANG'] }),
+        ...spec.env,
+        HOME: sandbox,
+        MESOS_SANDBOX: sandbox,
+        WAITER_SANDBOX: sandbox,
+        PORT: String(ports[0]),
+      }
+      ports.forEach((port, index) => {
+        env[`PORT${index}`] = String(port)
+      })
+      const group = startProcessGroup(join(this.#o.workDir, spec.serviceId, 'run-service.sh'), sandbox, env)
+      const instance: LocalInstance = {
+        id,
+        serviceId: spec.serviceId,
+        ports,
+        startedAt: this.#o.clock.now(),
+        sandbox,
+        group,
+        flags: new Set(),
+        healthy: false,
+        everHealthy: false,
+        consecutiveFailures: 0,
+        killReason: undefined,
+        cancelProbe: undefined,
+      }
+      service.instances.set(id, instance)
+      this.#o.log.info({ service: spec.serviceId, instance: id, pid: group.pid, port: ports[0] }, 'instance started')
+      void group.exited.then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
+      this.#scheduleProbe(service, instance, 0)
+      this.#emit(spec.serviceId)
+    } catch (err) {
+      this.#ports.release(ports)
+      this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
+      this.#recordEnded(service, {
+        id: `${spec.serviceId}.launch-failure`,
+        serviceId: spec.serviceId,
+        host: this.#o.host,
+        port: 0,
+        startedAt: this.#o.clock.now(),
+        endedAt: this.#o.clock.now(),
+        exitCode: undefined,
+        flags: new Set(),
+        message: `Launch failed: ${(err as Error).message}`,
+        logDirectory: undefined,
+      }, true)
+    } finally {
+      service.launching -= 1
+    }
+  }
+
+  #scheduleProbe(service: LocalService, instance: LocalInstance, delayMs: number): void {
+    instance.cancelProbe = this.#o.clock.setTimeout(() => {
+      instance.cancelProbe = undefined
+      void this.#probe(service, instance)
+    }, delayMs)
+  }
+
+  async #probe(service: LocalService, instance: LocalInstance): Promise<void> {
+    if (instance.killReason !== undefined) return
+    const { spec } = service
+    const check = instance.everHealthy ? spec.livenessCheck : spec.healthCheck
+    const port = instance.ports[check.portIndex] ?? instance.ports[0]
+    const scheme = check.proto === 'https' || check.proto === 'h2' ? 'https' : 'http'
+    const result = await this.#prober.probe({
+      url: `${scheme}://${this.#o.host}:${String(port)}${check.url}`,
+      authorization: check.authenticated ? `Basic ${Buffer.from(`waiter:${spec.password}`).toString('base64')}` : undefined,
+    })
+    if (instance.killReason !== undefined) return
+    this.#recordProbe(service, instance, result)
+    if (instance.killReason !== undefined) return
+    const next = instance.everHealthy ? spec.healthCheck.intervalMs : this.#o.startupProbeIntervalMs
+    this.#scheduleProbe(service, instance, next)
+  }
+
+  #recordProbe(service: LocalService, instance: LocalInstance, result: ProbeResult): void {
+    const { spec } = service
+    if (result.connected) instance.flags.add('has-connected')
+    if (result.responded) instance.flags.add('has-responded')
+    if (result.timedOut) instance.flags.add('timeout-exception')
+    if (result.status === 401) instance.flags.add('health-check-401')
+    else instance.flags.delete('health-check-401')
+    const wasHealthy = instance.healthy
+    if (result.ok) {
+      instance.consecutiveFailures = 0
+      instance.healthy = true
+      if (!instance.everHealthy) {
+        instance.everHealthy = true
+        service.failedSinceHealthy = []
+        service.launchFailures = 0
+        this.#o.log.info({ service: spec.serviceId, instance: instance.id, startupMs: this.#o.clock.now() - instance.startedAt }, 'instance healthy')
+      }
+    } else {
+      instance.consecutiveFailures += 1
+      instance.healthy = false
+      const age = this.#o.clock.now() - instance.startedAt
+      if (!instance.everHealthy && spec.gracePeriodMs > 0 && age >= spec.gracePeriodMs) {
+        instance.flags.add('never-passed-health-checks')
+        this.#kill(service, instance, { failed: true, message: `Exceeded grace period of ${spec.gracePeriodMs / 1000} seconds` }, 'SIGKILL')
+        return
+      }
+      if (instance.everHealthy && spec.gracePeriodMs > 0 && instance.consecutiveFailures >= spec.livenessCheck.maxConsecutiveFailures) {
+        this.#kill(service, instance, { failed: true, message: `Failed ${instance.consecutiveFailures} consecutive health checks` }, 'SIGKILL')
+        return
+      }
+    }
+    const errorChanged = this.#updateDeploymentError(service)
+    if (wasHealthy !== instance.healthy || errorChanged) this.#emit(spec.serviceId)
+  }
+
+  #kill(service: LocalService, instance: LocalInstance, reason: KillReason, signal: NodeJS.Signals): void {
+    if (instance.killReason !== undefined) return
+    instance.killReason = reason
+    instance.healthy = false
+    instance.cancelProbe?.()
+    service.instances.delete(instance.id)
+    const pid = instance.group.pid
+    this.#stopping.set(pid, instance.group.exited)
+    void instance.group.exited.then(() => this.#stopping.delete(pid))
+    instance.group.signal(signal)
+    if (signal !== 'SIGKILL') {
+      const delay = Math.max(service.spec.terminationGraceMs, this.#o.minSigkillDelayMs)
+      const timer = setTimeout(() => instance.group.signal('SIGKILL'), delay)
+      void instance.group.exited.then(() => clearTimeout(timer))
+    }
+    this.#o.log.info({ service: service.spec.serviceId, instance: instance.id, reason: reason.message, signal }, 'instance killed')
+    this.#emit(service.spec.serviceId)
+  }
+
+  #onExit(service: LocalService, instance: LocalInstance, code: number | null, signal: NodeJS.Signals | null): void {
+    instance.cancelProbe?.()
+    this.#ports.release(instance.ports)
+    const selfExit = instance.killReason === undefined
+    if (selfExit) {
+      instance.healthy = false
+      service.instances.delete(instance.id)
+    }
+    const exitCode = selfExit ? (code ?? 128 + signalNumber(signal)) : undefined
+    const message = instance.killReason?.message ?? `Exited with code ${String(exitCode)}`
+    const failed = selfExit || instance.killReason?.failed === true
+    this.#o.log[failed ? 'warn' : 'info']({ service: service.spec.serviceId, instance: instance.id, exitCode, signal, reason: message }, 'instance exited')
+    this.#recordEnded(service, {
+      id: instance.id,
+      serviceId: instance.serviceId,
+      host: this.#o.host,
+      port: instance.ports[0] as number,
+      startedAt: instance.startedAt,
+      endedAt: this.#o.clock.now(),
+      exitCode,
+      flags: instance.flags,
+      message,
+      logDirectory: instance.sandbox,
+    }, failed)
+  }
+
+  #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean): void {
+    if (failed) {
+      service.failed = [ended, ...service.failed].slice(0, ENDED_KEPT)
+      service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
+      service.launchFailures += 1
+      const backoff = this.#o.restartBackoffBaseMs * service.spec.restartBackoffFactor ** (service.launchFailures - 1)
+      service.nextLaunchAt = this.#o.clock.now() + Math.min(this.#o.restartBackoffMaxMs, backoff)
+    } else {
+      service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
+    }
+    this.#updateDeploymentError(service)
+    if (!service.deleted) {
+      this.#reconcile(service)
+      this.#emit(service.spec.serviceId)
+    }
+  }
+
+  /** Returns whether the deployment error changed. */
+  #updateDeploymentError(service: LocalService): boolean {
+    const instances = [...service.instances.values()]
+    const next = deploymentError({
+      healthy: instances.filter((i) => i.healthy).length,
+      failedSinceHealthy: service.failedSinceHealthy,
+      unhealthy: this.#view(service).instances.filter((i) => !i.healthy),
+      minFailedInstances: this.#o.minFailedInstances,
+    })
+    if (next === service.deploymentError) return false
+    service.deploymentError = next
+    if (next !== undefined) this.#o.log.warn({ service: service.spec.serviceId, error: next }, 'deployment error')
+    return true
+  }
+
+  #scheduleMemoryCheck(): void {
+    this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
+      void this.#checkMemory().finally(() => {
+        if (!this.#closed) this.#scheduleMemoryCheck()
+      })
+    }, this.#o.memoryCheckIntervalMs)
+  }
+
+  async #checkMemory(): Promise<void> {
+    const byGroup = new Map<number, [LocalService, LocalInstance]>()
+    for (const service of this.#services.values()) {
+      for (const instance of service.instances.values()) byGroup.set(instance.group.pid, [service, instance])
+    }
+    const usage = await groupResidentBytes(new Set(byGroup.keys()))
+    for (const [pid, bytes] of usage) {
+      const entry = byGroup.get(pid)
+      if (entry === undefined) continue
+      const [service, instance] = entry
+      if (bytes > service.spec.memMb * 1024 * 1024) {
+        instance.flags.add('memory-limit-exceeded')
+        this.#kill(service, instance, { failed: true, message: 'Exceeded allocated memory usage' }, 'SIGKILL')
+      }
+    }
+  }
+}
+
+function signalNumber(signal: NodeJS.Signals | null): number {
+  const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15, SIGABRT: 6 }
+  return signal === null ? 0 : (numbers[signal] ?? 0)
+}

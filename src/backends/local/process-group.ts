@@ -1,0 +1,58 @@
+/**
+ * One instance = one process group. The group's leader first forks a watchdog that blocks on a
+ * pipe from maitre and kills the whole group when the pipe closes: if maitre dies, even by
+ * SIGKILL, the kernel closes the pipe and no instance is orphaned. The leader then execs the
+ * service's run script, so its exit code is the service's.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { closeSync, openSync } from 'node:fs'
+import { join } from 'node:path'
+
+const LAUNCHER = '(read -r -u 3 _; kill -KILL 0) & exec 3<&-; exec /bin/bash "$1"'
+
+export interface GroupExit {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+export interface ProcessGroup {
+  readonly pid: number
+  /** Resolves when the group leader exits. */
+  readonly exited: Promise<GroupExit>
+  signal(signal: NodeJS.Signals): void
+}
+
+export function startProcessGroup(runScript: string, sandbox: string, env: Readonly<Record<string, string>>): ProcessGroup {
+  const stdout = openSync(join(sandbox, 'stdout'), 'a')
+  const stderr = openSync(join(sandbox, 'stderr'), 'a')
+  let child: ChildProcess
+  try {
+    child = spawn('/bin/bash', ['-c', LAUNCHER, 'maitre-instance', runScript], {
+      cwd: sandbox,
+      env,
+      detached: true, // setsid: the instance leads its own process group
+      stdio: ['ignore', stdout, stderr, 'pipe'],
+    })
+  } finally {
+    closeSync(stdout)
+    closeSync(stderr)
+  }
+  const pid = child.pid
+  if (pid === undefined) throw new Error('the instance process could not be started')
+  const exited = new Promise<GroupExit>((resolve) => {
+    child.once('exit', (code, signal) => {
+      // The leader is gone; take its watchdog and any leftover children with it.
+      signalGroup(pid, 'SIGKILL')
+      resolve({ code, signal })
+    })
+  })
+  return { pid, exited, signal: (signal) => signalGroup(pid, signal) }
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal)
+  } catch {
+    // ESRCH: the group is already gone.
+  }
+}

@@ -1,0 +1,294 @@
+/**
+ * Request slots per service version: each healthy instance offers concurrency-level slots; a
+ * request takes a lease on one, or waits in a bounded FIFO queue until a slot frees, the queue
+ * timeout passes, a deployment error is known, or the client goes away. Instances that fail a
+ * request (connect error, backend 503) are ejected for an exponentially growing time.
+ */
+import { MaitreError } from '../errors.ts'
+import type { Clock } from '../clock.ts'
+import type { Instance } from './backend.ts'
+import { chooseInstance, type LoadBalancing } from './instance-choice.ts'
+
+export type ReleaseOutcome = 'success' | 'instance-error' | 'instance-busy' | 'client-error' | 'generic-error'
+
+export interface Lease {
+  readonly instance: Instance
+  /** Frees the slot; safe to call more than once (only the first call counts). */
+  release(outcome: ReleaseOutcome): void
+}
+
+export interface Routing {
+  readonly concurrencyLevel: number
+  readonly loadBalancing: LoadBalancing
+  readonly maxQueueLength: number
+}
+
+export interface Load {
+  readonly inFlight: number
+  readonly queued: number
+  readonly healthy: number
+  readonly slotsAvailable: number
+}
+
+export interface TrackerOptions {
+  readonly clock: Clock
+  readonly random?: () => number
+  /** First ejection lasts this long; each consecutive failure doubles it. */
+  readonly ejectBaseMs: number
+  readonly maxEjectMs: number
+}
+
+interface Slot {
+  readonly instance: Instance
+  readonly startedAt: number
+  readonly expired: boolean
+  used: number
+  failures: number
+  ejectedUntil: number
+}
+
+interface Waiter {
+  readonly grant: (lease: Lease) => void
+  readonly fail: (err: MaitreError) => void
+}
+
+interface ServiceSlots {
+  routing: Routing
+  slots: Map<string, Slot>
+  queue: Waiter[]
+  deploymentError: string | undefined
+  ejectTimerCancel: (() => void) | undefined
+}
+
+export interface AcquireOptions {
+  readonly timeoutMs: number
+  readonly signal?: AbortSignal | undefined
+}
+
+const DEFAULT_ROUTING: Routing = { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 1000 }
+
+export class InstanceTracker {
+  readonly #services = new Map<string, ServiceSlots>()
+  readonly #clock: Clock
+  readonly #random: () => number
+  readonly #ejectBaseMs: number
+  readonly #maxEjectMs: number
+
+  constructor(options: TrackerOptions) {
+    this.#clock = options.clock
+    this.#random = options.random ?? Math.random
+    this.#ejectBaseMs = options.ejectBaseMs
+    this.#maxEjectMs = options.maxEjectMs
+  }
+
+  /** Sets the routing knobs of a service (creating its entry); queued requests see new slots at once. */
+  configure(serviceId: string, routing: Routing): void {
+    const service = this.#service(serviceId)
+    service.routing = routing
+    this.#dispatch(service)
+  }
+
+  /** Replaces the known instances of a service with what the backend reports. */
+  sync(serviceId: string, instances: readonly Instance[], deploymentError: string | undefined): void {
+    const service = this.#service(serviceId)
+    const next = new Map<string, Slot>()
+    for (const instance of instances) {
+      if (!instance.healthy) continue
+      const previous = service.slots.get(instance.id)
+      next.set(instance.id, {
+        instance,
+        startedAt: instance.startedAt,
+        expired: instance.flags.has('expired'),
+        used: previous?.used ?? 0,
+        failures: previous?.failures ?? 0,
+        ejectedUntil: previous?.ejectedUntil ?? 0,
+      })
+    }
+    service.slots = next
+    service.deploymentError = deploymentError
+    if (deploymentError !== undefined && next.size === 0) {
+      const waiting = service.queue.splice(0)
+      for (const waiter of waiting) waiter.fail(deploymentFailure(serviceId, deploymentError))
+    }
+    this.#dispatch(service)
+  }
+
+  /** A lease at once if a slot is free and nobody is queued ahead, else undefined. */
+  tryAcquire(serviceId: string): Lease | undefined {
+    const service = this.#services.get(serviceId)
+    if (service === undefined || service.queue.length > 0) return undefined
+    return this.#take(service)
+  }
+
+  acquire(serviceId: string, options: AcquireOptions): Promise<Lease> {
+    const service = this.#service(serviceId)
+    const immediate = service.queue.length === 0 ? this.#take(service) : undefined
+    if (immediate !== undefined) return Promise.resolve(immediate)
+    if (service.deploymentError !== undefined && service.slots.size === 0) {
+      return Promise.reject(deploymentFailure(serviceId, service.deploymentError))
+    }
+    if (service.queue.length >= service.routing.maxQueueLength) {
+      return Promise.reject(
+        new MaitreError('ERR_QUEUE_FULL', 'Max queue length exceeded', {
+          details: {
+            'current-queue-length': service.queue.length,
+            'max-queue-length': service.routing.maxQueueLength,
+            'outstanding-requests': service.queue.length + this.#inFlight(service),
+            'service-id': serviceId,
+          },
+          headers: { 'retry-after': '1' },
+        }),
+      )
+    }
+    if (options.signal?.aborted === true) return Promise.reject(clientGone())
+    return new Promise<Lease>((resolve, reject) => {
+      let settled = false
+      const finish = (): void => {
+        settled = true
+        cancelTimer()
+        options.signal?.removeEventListener('abort', onAbort)
+        const index = service.queue.indexOf(waiter)
+        if (index !== -1) service.queue.splice(index, 1)
+      }
+      const waiter: Waiter = {
+        grant: (lease) => {
+          if (settled) return lease.release('success')
+          finish()
+          resolve(lease)
+        },
+        fail: (err) => {
+          if (settled) return
+          finish()
+          reject(err)
+        },
+      }
+      const onAbort = (): void => waiter.fail(clientGone())
+      const cancelTimer = this.#clock.setTimeout(() => waiter.fail(this.#timeoutError(serviceId, service, options.timeoutMs)), options.timeoutMs)
+      options.signal?.addEventListener('abort', onAbort, { once: true })
+      service.queue.push(waiter)
+    })
+  }
+
+  load(serviceId: string): Load {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return { inFlight: 0, queued: 0, healthy: 0, slotsAvailable: 0 }
+    const now = this.#clock.now()
+    let available = 0
+    for (const slot of service.slots.values()) {
+      if (slot.ejectedUntil <= now) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
+    }
+    return { inFlight: this.#inFlight(service), queued: service.queue.length, healthy: service.slots.size, slotsAvailable: available }
+  }
+
+  /** Per-instance slot use, for the admin API. */
+  instanceSlots(serviceId: string): { id: string; used: number; ejectedUntil: number }[] {
+    const service = this.#services.get(serviceId)
+    return service === undefined ? [] : [...service.slots.values()].map((s) => ({ id: s.instance.id, used: s.used, ejectedUntil: s.ejectedUntil }))
+  }
+
+  /** Drops a deleted service; its queued requests learn that it is gone. */
+  forget(serviceId: string): void {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    this.#services.delete(serviceId)
+    service.ejectTimerCancel?.()
+    for (const waiter of service.queue.splice(0)) {
+      waiter.fail(new MaitreError('ERR_SERVICE_NOT_FOUND', `Service ${serviceId} was deleted`, { details: { 'service-id': serviceId } }))
+    }
+  }
+
+  #service(serviceId: string): ServiceSlots {
+    let service = this.#services.get(serviceId)
+    if (service === undefined) {
+      service = { routing: DEFAULT_ROUTING, slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      this.#services.set(serviceId, service)
+    }
+    return service
+  }
+
+  #inFlight(service: ServiceSlots): number {
+    let total = 0
+    for (const slot of service.slots.values()) total += slot.used
+    return total
+  }
+
+  #take(service: ServiceSlots): Lease | undefined {
+    const now = this.#clock.now()
+    const limit = service.routing.concurrencyLevel
+    const free: Slot[] = []
+    for (const slot of service.slots.values()) {
+      if (slot.used < limit && slot.ejectedUntil <= now) free.push(slot)
+    }
+    const slot = chooseInstance(free, service.routing.loadBalancing, this.#random)
+    if (slot === undefined) return undefined
+    slot.used += 1
+    let released = false
+    return {
+      instance: slot.instance,
+      release: (outcome) => {
+        if (released) return
+        released = true
+        slot.used -= 1
+        this.#settle(service, slot, outcome)
+        this.#dispatch(service)
+      },
+    }
+  }
+
+  #settle(service: ServiceSlots, slot: Slot, outcome: ReleaseOutcome): void {
+    if (outcome === 'success') {
+      slot.failures = 0
+      slot.ejectedUntil = 0
+    } else if (outcome === 'instance-error' || outcome === 'instance-busy') {
+      slot.failures += 1
+      const period = Math.min(this.#maxEjectMs, this.#ejectBaseMs * 2 ** Math.min(20, slot.failures - 1))
+      slot.ejectedUntil = this.#clock.now() + period
+      this.#scheduleUneject(service, period)
+    }
+  }
+
+  /** Wakes the queue when an ejection ends, since no other event would. */
+  #scheduleUneject(service: ServiceSlots, periodMs: number): void {
+    service.ejectTimerCancel?.()
+    const earliest = Math.min(...[...service.slots.values()].filter((s) => s.ejectedUntil > 0).map((s) => s.ejectedUntil))
+    const wait = Number.isFinite(earliest) ? Math.max(0, earliest - this.#clock.now()) : periodMs
+    service.ejectTimerCancel = this.#clock.setTimeout(() => {
+      service.ejectTimerCancel = undefined
+      this.#dispatch(service)
+      const stillEjected = [...service.slots.values()].some((s) => s.ejectedUntil > this.#clock.now())
+      if (stillEjected) this.#scheduleUneject(service, periodMs)
+    }, wait)
+  }
+
+  #dispatch(service: ServiceSlots): void {
+    while (service.queue.length > 0) {
+      const lease = this.#take(service)
+      if (lease === undefined) return
+      const waiter = service.queue.shift() as Waiter
+      waiter.grant(lease)
+    }
+  }
+
+  #timeoutError(serviceId: string, service: ServiceSlots, timeoutMs: number): MaitreError {
+    const seconds = Number((timeoutMs / 1000).toFixed(3))
+    const hint = service.slots.size === 0 ? ' Check that your service is able to start properly!' : ' Check that your service is able to scale properly!'
+    return new MaitreError('ERR_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request.${hint}`, {
+      details: {
+        'service-id': serviceId,
+        'outstanding-requests': service.queue.length + this.#inFlight(service),
+        'waiting-for-available-instance': service.queue.length,
+        'slots-assigned': service.slots.size * service.routing.concurrencyLevel,
+        'slots-in-use': this.#inFlight(service),
+      },
+      headers: { 'retry-after': '1' },
+    })
+  }
+}
+
+function deploymentFailure(serviceId: string, message: string): MaitreError {
+  return new MaitreError('ERR_DEPLOYMENT', `Deployment error: ${message}`, { details: { 'service-id': serviceId } })
+}
+
+function clientGone(): MaitreError {
+  return new MaitreError('ERR_CLIENT_CLOSED', 'Connection eagerly closed by client')
+}

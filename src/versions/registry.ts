@@ -1,0 +1,69 @@
+/**
+ * The service versions this router knows: id → core description and the token versions that
+ * led to it. Records persist under the data directory, so a version stays addressable by id
+ * across restarts until it is deleted.
+ */
+import { join } from 'node:path'
+import { JsonDirectory } from '../storage/json-dir.ts'
+import type { Clock } from '../clock.ts'
+
+export interface TokenReference {
+  readonly token: string
+  readonly etag: string
+}
+
+export interface ServiceRecord {
+  readonly id: string
+  /** The explicitly given parameters the id was computed from. */
+  readonly core: Readonly<Record<string, unknown>>
+  /** Token versions that resolved to this service (empty for on-the-fly access). */
+  readonly sources: readonly TokenReference[]
+  readonly createdAt: number
+}
+
+export class ServiceRegistry {
+  readonly #records: JsonDirectory<ServiceRecord>
+  readonly #clock: Clock
+
+  constructor(dataDir: string, clock: Clock) {
+    this.#records = JsonDirectory.open<ServiceRecord>(join(dataDir, 'services'), 'service', (doc) => {
+      const r = doc as Partial<ServiceRecord> | null
+      return r !== null && typeof r === 'object' && typeof r.id === 'string' && typeof r.core === 'object' ? undefined : 'is not a service record'
+    })
+    this.#clock = clock
+  }
+
+  get(id: string): ServiceRecord | undefined {
+    return this.#records.get(id)
+  }
+
+  all(): ServiceRecord[] {
+    return [...this.#records.entries()].map(([, record]) => record)
+  }
+
+  /**
+   * Records that `core` runs as `id`, adding the token reference if it is new. Resolves at once
+   * when nothing changes, which is the common case on the request path.
+   */
+  async remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+    const existing = this.#records.get(id)
+    const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
+    if (existing !== undefined && (source === undefined || known)) return existing
+    const record: ServiceRecord = {
+      id,
+      core,
+      sources: source === undefined ? (existing?.sources ?? []) : [...(existing?.sources ?? []), source],
+      createdAt: existing?.createdAt ?? this.#clock.now(),
+    }
+    await this.#records.put(id, record)
+    return record
+  }
+
+  async forget(id: string): Promise<void> {
+    if (this.#records.has(id)) await this.#records.delete(id)
+  }
+
+  flush(): Promise<void> {
+    return this.#records.flush()
+  }
+}

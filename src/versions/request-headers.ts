@@ -1,0 +1,74 @@
+/**
+ * Waiter's x-waiter-* request headers: which are per-request settings, which describe a service
+ * on the fly (and how their values are parsed), and which are refused.
+ */
+import { MaitreError } from '../errors.ts'
+import { PARAMETERS } from './parameters.ts'
+
+export const WAITER_PREFIX = 'x-waiter-'
+
+/** Headers that tune one request and never describe a service. */
+export const PER_REQUEST_HEADERS = new Set([
+  'token',
+  'timeout',
+  'queue-timeout',
+  'streaming-timeout',
+  'debug',
+  'fallback-period-secs',
+  'service-id',
+  'async-check-interval',
+  'async-request-timeout',
+])
+const UNSUPPORTED = new Set(['maintenance'])
+
+export interface WaiterHeaders {
+  /** Service parameters given on the fly (env-*, metadata-* and param-* folded into maps). */
+  readonly onTheFly: Record<string, unknown>
+  /** `x-waiter-param-*` values, applied to env only for names in allowed-params. */
+  readonly params: Record<string, string>
+  /** Per-request settings, by name without the prefix. */
+  readonly perRequest: Record<string, string>
+}
+
+function parseValue(name: string, raw: string): unknown {
+  if (PARAMETERS.get(name)?.rawHeader === true) {
+    return name === 'allowed-params' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw
+  }
+  try {
+    return JSON.parse(raw)
+  } catch {
+    return raw // the schema then reports the type error with the parameter's own message
+  }
+}
+
+export function parseWaiterHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): WaiterHeaders {
+  const onTheFly: Record<string, unknown> = {}
+  const params: Record<string, string> = {}
+  const perRequest: Record<string, string> = {}
+  const unsupported: string[] = []
+  for (const [header, value] of Object.entries(headers)) {
+    if (!header.startsWith(WAITER_PREFIX) || value === undefined) continue
+    const raw = Array.isArray(value) ? value.join(',') : value
+    const name = header.slice(WAITER_PREFIX.length)
+    if (PER_REQUEST_HEADERS.has(name)) perRequest[name] = raw
+    else if (UNSUPPORTED.has(name)) unsupported.push(header)
+    else if (name === 'authentication') {
+      throw new MaitreError('ERR_BAD_REQUEST', 'An authentication parameter is not supported for on-the-fly headers', { details: { field: header } })
+    } else if (name.startsWith('env-')) {
+      const env = (onTheFly['env'] ??= {}) as Record<string, string>
+      env[name.slice(4).toUpperCase()] = raw
+    } else if (name.startsWith('metadata-')) {
+      const metadata = (onTheFly['metadata'] ??= {}) as Record<string, string>
+      metadata[name.slice(9).toLowerCase()] = raw
+    } else if (name.startsWith('param-')) {
+      params[name.slice(6).toUpperCase()] = raw
+    } else if (PARAMETERS.has(name)) {
+      onTheFly[name] = parseValue(name, raw)
+    }
+    // Other x-waiter-* headers (token-only names such as https-redirect) are ignored, as Waiter does.
+  }
+  if (unsupported.length > 0) {
+    throw new MaitreError('ERR_BAD_REQUEST', 'Unsupported waiter headers found', { details: { 'unsupported-headers': unsupported } })
+  }
+  return { onTheFly, params, perRequest }
+}

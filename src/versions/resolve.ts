@@ -1,0 +1,186 @@
+/**
+ * Request → service version. Tokens (x-waiter-token, or the Host name) and on-the-fly headers
+ * merge with Waiter's precedence into a core description whose hash is the service id. Results
+ * are cached per distinct set of inputs and dropped whenever a token changes.
+ */
+import { LRUCache } from 'lru-cache'
+import { MaitreError } from '../errors.ts'
+import type { Principal } from '../auth/authenticator.ts'
+import { assertRunnable, coreParameters, effectiveParameters, misconfigured } from './descriptor.ts'
+import { TOKEN_METADATA } from './parameters.ts'
+import { parseWaiterHeaders, type WaiterHeaders } from './request-headers.ts'
+import { serviceIdOf } from './service-id.ts'
+import type { ServiceRegistry, TokenReference } from './registry.ts'
+import { serviceFields, tokenEtag, type Tokens } from './tokens.ts'
+
+export interface Resolution {
+  readonly serviceId: string
+  /** The explicitly given parameters (what the id covers). */
+  readonly core: Readonly<Record<string, unknown>>
+  /** Parameters as the service runs: core over defaults, with the run-as-user filled in. */
+  readonly effective: Readonly<Record<string, unknown>>
+  /** The last token of the request, as the reference that makes the version current or stale. */
+  readonly source: TokenReference | undefined
+  /** Token-only settings (timeouts, fallback, maintenance), token values over their defaults. */
+  readonly tokenMetadata: Readonly<Record<string, unknown>>
+}
+
+export interface ResolvedRequest {
+  readonly resolution: Resolution
+  readonly headers: WaiterHeaders
+}
+
+export interface ResolverOptions {
+  /** Host names (without port) that mean this router rather than a token. */
+  readonly routerHostnames: ReadonlySet<string>
+  /** On-the-fly descriptions let a caller run a command on the host: off unless configured. */
+  readonly allowOnTheFly: boolean
+  readonly serviceIdPrefix: string
+  readonly cacheSize: number
+}
+
+export function hostWithoutPort(host: string | undefined): string {
+  if (host === undefined) return ''
+  if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1).toLowerCase()
+  const colon = host.indexOf(':')
+  return (colon === -1 ? host : host.slice(0, colon)).toLowerCase()
+}
+
+const TOKEN_METADATA_DEFAULTS: Readonly<Record<string, unknown>> = Object.fromEntries(
+  [...TOKEN_METADATA.values()].filter((m) => m.default !== undefined).map((m) => [m.name, m.default]),
+)
+
+export class Resolver {
+  readonly #tokens: Tokens
+  readonly #registry: ServiceRegistry
+  readonly #options: ResolverOptions
+  readonly #cache: LRUCache<string, Resolution>
+
+  constructor(tokens: Tokens, registry: ServiceRegistry, options: ResolverOptions) {
+    this.#tokens = tokens
+    this.#registry = registry
+    this.#options = options
+    this.#cache = new LRUCache({ max: options.cacheSize })
+    tokens.onChange(() => this.#cache.clear())
+  }
+
+  /** Resolves a request to its version and records the version in the registry. */
+  async resolve(
+    headers: Readonly<Record<string, string | string[] | undefined>>,
+    principal: Principal,
+  ): Promise<ResolvedRequest> {
+    const waiter = parseWaiterHeaders(headers)
+    const byId = waiter.perRequest['service-id']
+    if (byId !== undefined) return { resolution: this.byServiceId(byId, principal), headers: waiter }
+
+    const tokenHeader = waiter.perRequest['token']
+    const hostToken = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
+    const hostIsToken = hostToken !== '' && !this.#options.routerHostnames.has(hostToken)
+    const key = JSON.stringify([principal.user, tokenHeader, hostIsToken ? hostToken : '', waiter.onTheFly, waiter.params])
+    const cached = this.#cache.get(key)
+    if (cached !== undefined) return { resolution: cached, headers: waiter }
+
+    const names = tokenHeader !== undefined
+      ? tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
+      : hostIsToken ? [hostToken] : []
+    const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
+    await this.#registry.remember(resolution.serviceId, resolution.core, resolution.source)
+    this.#cache.set(key, resolution)
+    return { resolution, headers: waiter }
+  }
+
+  /** A precise version, addressed by its id. */
+  byServiceId(serviceId: string, principal: Principal): Resolution {
+    const record = this.#registry.get(serviceId)
+    if (record === undefined) {
+      throw new MaitreError('ERR_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
+    }
+    return {
+      serviceId,
+      core: record.core,
+      effective: withRunAsUser(record.core, principal),
+      source: undefined,
+      tokenMetadata: TOKEN_METADATA_DEFAULTS,
+    }
+  }
+
+  #compute(names: readonly string[], namedByHeader: boolean, waiter: WaiterHeaders, principal: Principal): Resolution {
+    const merged: Record<string, unknown> = {}
+    const metadata: Record<string, unknown> = { ...TOKEN_METADATA_DEFAULTS }
+    let source: TokenReference | undefined
+    for (const name of names) {
+      const data = this.#tokens.get(name)
+      if (data === undefined) {
+        // A Host name that is no token simply contributes nothing; a named token must exist.
+        if (namedByHeader) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
+        continue
+      }
+      mergeDescription(merged, serviceFields(data))
+      for (const key of TOKEN_METADATA.keys()) if (data[key] !== undefined) metadata[key] = data[key]
+      source = { token: name, etag: tokenEtag(data) }
+    }
+    if (metadata['maintenance'] !== undefined) {
+      const message = (metadata['maintenance'] as { message: string }).message
+      throw new MaitreError('ERR_MAINTENANCE', message, { details: { token: source?.token } })
+    }
+
+    const onTheFly = Object.keys(waiter.onTheFly).length > 0 || Object.keys(waiter.params).length > 0
+    if (Object.keys(waiter.onTheFly).length > 0) {
+      if (!this.#options.allowOnTheFly) {
+        const fields = Object.keys(waiter.onTheFly)
+        throw new MaitreError(
+          'ERR_ON_THE_FLY_DISABLED',
+          `On-the-fly service parameters are disabled on this router (given: ${fields.join(', ')}); register a token instead, or set proxy.allowOnTheFly in the config`,
+          { details: { fields } },
+        )
+      }
+      if (waiter.onTheFly['idle-timeout-mins'] === 0) {
+        throw misconfigured([{ field: 'idle-timeout-mins', message: 'idle-timeout-mins on-the-fly must be a positive integer.' }])
+      }
+      mergeDescription(merged, waiter.onTheFly)
+      // Waiter: a description changed on the fly runs as, and is reserved for, the requester.
+      merged['run-as-user'] = waiter.onTheFly['run-as-user'] ?? principal.user
+      merged['permitted-user'] = waiter.onTheFly['permitted-user'] ?? principal.user
+    }
+    if (Object.keys(waiter.params).length > 0) {
+      const allowed = new Set((merged['allowed-params'] as string[] | undefined) ?? [])
+      const refused = Object.keys(waiter.params).filter((p) => !allowed.has(p))
+      if (refused.length > 0) {
+        throw misconfigured(refused.map((p) => ({ field: `param-${p.toLowerCase()}`, message: `Some params cannot be configured: ${refused.join(', ')}` })))
+      }
+      merged['env'] = { ...((merged['env'] as Record<string, string> | undefined) ?? {}), ...waiter.params }
+    }
+    if (merged['run-as-user'] === '*') delete merged['run-as-user']
+    if (Object.keys(merged).length === 0) {
+      throw new MaitreError('ERR_SERVICE_UNKNOWN', 'Unable to identify service using waiter headers/token', {
+        details: { tokens: names, 'on-the-fly': onTheFly },
+      })
+    }
+    assertRunnable(merged)
+    const core = coreParameters(merged)
+    return {
+      serviceId: serviceIdOf(core, this.#options.serviceIdPrefix),
+      core,
+      effective: withRunAsUser(core, principal),
+      source: onTheFly ? undefined : source,
+      tokenMetadata: metadata,
+    }
+  }
+}
+
+/** Later sources win; env and metadata maps merge key by key. */
+function mergeDescription(into: Record<string, unknown>, from: Readonly<Record<string, unknown>>): void {
+  for (const [key, value] of Object.entries(from)) {
+    if ((key === 'env' || key === 'metadata') && typeof into[key] === 'object') {
+      into[key] = { ...(into[key] as object), ...(value as object) }
+    } else {
+      into[key] = value
+    }
+  }
+}
+
+function withRunAsUser(core: Readonly<Record<string, unknown>>, principal: Principal): Record<string, unknown> {
+  const effective = effectiveParameters(core)
+  effective['run-as-user'] ??= principal.user
+  return effective
+}

@@ -1,0 +1,211 @@
+/**
+ * Token semantics (Waiter's /token): validation, etags, optimistic concurrency, owner, soft and
+ * hard delete, and a history of the previous versions. Storage is delegated to a TokenStore.
+ */
+import { createHash } from 'node:crypto'
+import { MaitreError } from '../errors.ts'
+import type { Principal } from '../auth/authenticator.ts'
+import type { Clock } from '../clock.ts'
+import { misconfigured, validateParameters, type Issue } from './descriptor.ts'
+import { PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
+import { canonicalJson } from './service-id.ts'
+import type { TokenData, TokenStore } from './token-store.ts'
+
+export const HISTORY_LENGTH = 5
+const TOKEN_NAME = /^[a-zA-Z][a-zA-Z0-9\-_$.]+$/
+
+export type TokenWriteResult = 'token-created' | 'token-updated' | 'token-no-op'
+
+export interface TokenWrite {
+  readonly result: TokenWriteResult
+  readonly etag: string
+  readonly data: TokenData
+}
+
+export function tokenEtag(data: TokenData): string {
+  const { previous: _previous, ...rest } = data
+  return `E-${createHash('md5').update(canonicalJson(rest)).digest('hex')}`
+}
+
+/** The user-facing part of a token: service parameters and user metadata. */
+export function userFields(data: TokenData): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(data)) if (!SYSTEM_METADATA.includes(key)) out[key] = value
+  return out
+}
+
+/** Only the service-description parameters of a token. */
+export function serviceFields(data: TokenData): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(data)) if (PARAMETERS.has(key)) out[key] = value
+  return out
+}
+
+export function validateTokenName(name: unknown): string {
+  if (typeof name !== 'string' || name === '') throw new MaitreError('ERR_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
+  if (!TOKEN_NAME.test(name)) {
+    const bad = [...name].find((c, i) => (i === 0 ? !/[a-zA-Z]/.test(c) : !/[a-zA-Z0-9\-_$.]/.test(c)))
+    const message = bad === undefined ? `Token must match pattern: ${TOKEN_NAME.source}` : `Token contains invalid character: ${JSON.stringify(bad)}`
+    throw new MaitreError('ERR_INVALID_TOKEN', message, { details: { field: 'token', token: name } })
+  }
+  return name
+}
+
+export interface UpsertOptions {
+  readonly principal: Principal
+  readonly ifMatch?: string | undefined
+  readonly adminMode?: boolean
+}
+
+export interface DeleteOptions {
+  readonly principal: Principal
+  readonly ifMatch?: string | undefined
+  readonly hard?: boolean
+}
+
+export type TokenListener = (name: string) => void
+
+export class Tokens {
+  readonly #store: TokenStore
+  readonly #clock: Clock
+  readonly #cluster: string
+  readonly #listeners = new Set<TokenListener>()
+
+  constructor(store: TokenStore, clock: Clock, cluster: string) {
+    this.#store = store
+    this.#clock = clock
+    this.#cluster = cluster
+  }
+
+  onChange(listener: TokenListener): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  /** The stored token, soft-deleted ones only when asked for. */
+  get(name: string, includeDeleted = false): TokenData | undefined {
+    const data = this.#store.get(name)
+    if (data === undefined || (data['deleted'] === true && !includeDeleted)) return undefined
+    return data
+  }
+
+  entries(): Iterable<readonly [string, TokenData]> {
+    return this.#store.entries()
+  }
+
+  async upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
+    validateTokenName(name)
+    const admin = options.adminMode === true
+    if (admin && !options.principal.admin) throw new MaitreError('ERR_FORBIDDEN', 'Only admins may use update-mode=admin')
+    const current = this.#store.get(name)
+    const currentLive = current !== undefined && current['deleted'] !== true ? current : undefined
+
+    const issues: Issue[] = []
+    const unknown = Object.keys(body).filter((k) => !PARAMETERS.has(k) && !TOKEN_METADATA.has(k) && !SYSTEM_METADATA.includes(k))
+    if (unknown.length > 0) {
+      for (const key of unknown) issues.push({ field: key, message: `Unsupported key(s) in token: ${unknown.join(', ')}` })
+    }
+    if (!admin) {
+      for (const key of SYSTEM_METADATA.filter((k) => k in body)) {
+        issues.push({ field: key, message: `Cannot modify ${key} token metadata` })
+      }
+    }
+    for (const [key, value] of Object.entries(body)) {
+      const spec = TOKEN_METADATA.get(key)
+      const message = spec?.check(key, value)
+      if (message !== undefined) issues.push({ field: key, message })
+    }
+    issues.push(...validateParameters(body, { requireComplete: false }))
+    if (issues.length > 0) throw misconfigured(issues, { token: name })
+    if (!Object.keys(body).some((k) => PARAMETERS.has(k) || (TOKEN_METADATA.has(k) && k !== 'owner'))) {
+      throw new MaitreError('ERR_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })
+    }
+
+    if (options.ifMatch !== undefined && (current === undefined || tokenEtag(current) !== options.ifMatch)) {
+      throw new MaitreError('ERR_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
+    }
+    if (admin && current !== undefined && options.ifMatch === undefined) {
+      throw new MaitreError('ERR_BAD_REQUEST', 'Must specify if-match header for admin mode token updates', { details: { token: name } })
+    }
+    const owner = typeof body['owner'] === 'string' ? body['owner'] : ((currentLive?.['owner'] as string | undefined) ?? options.principal.user)
+    if (currentLive !== undefined && currentLive['owner'] !== options.principal.user && !options.principal.admin) {
+      throw new MaitreError('ERR_FORBIDDEN', `Cannot update token (owner=${String(currentLive['owner'])}) as user: ${options.principal.user}`)
+    }
+    if (owner !== options.principal.user && !options.principal.admin) {
+      throw new MaitreError('ERR_FORBIDDEN', `Cannot create token as provided owner: ${owner}`)
+    }
+
+    const fields: Record<string, unknown> = { ...body, owner }
+    if (currentLive !== undefined && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
+      return { result: 'token-no-op', etag: tokenEtag(currentLive), data: currentLive }
+    }
+    const next: Record<string, unknown> = {
+      ...fields,
+      'last-update-time': this.#clock.now(),
+      'last-update-user': options.principal.user,
+      cluster: (current?.['cluster'] as string | undefined) ?? this.#cluster,
+      root: (current?.['root'] as string | undefined) ?? this.#cluster,
+    }
+    if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]
+    if (next['deleted'] !== true) delete next['deleted']
+    if (current !== undefined) next['previous'] = trimHistory(current, HISTORY_LENGTH - 1)
+    await this.#store.put(name, next)
+    this.#emit(name)
+    return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
+  }
+
+  async delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
+    const current = this.#store.get(name)
+    if (current === undefined || (current['deleted'] === true && options.hard !== true)) {
+      throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token ${name} does not exist`, { details: { token: name } })
+    }
+    if (current['owner'] !== options.principal.user && !options.principal.admin) {
+      throw new MaitreError('ERR_FORBIDDEN', 'User not allowed to delete token', { details: { token: name } })
+    }
+    const etag = tokenEtag(current)
+    if (options.ifMatch !== undefined && options.ifMatch !== etag) {
+      throw new MaitreError('ERR_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
+    }
+    if (options.hard === true) {
+      if (!options.principal.admin) throw new MaitreError('ERR_FORBIDDEN', 'Cannot hard-delete token', { details: { token: name } })
+      if (options.ifMatch === undefined && current['deleted'] !== true) {
+        throw new MaitreError('ERR_BAD_REQUEST', 'Must specify if-match header for token hard deletes', { details: { token: name } })
+      }
+      await this.#store.remove(name)
+    } else {
+      await this.#store.put(name, {
+        ...userFields(current),
+        cluster: current['cluster'],
+        root: current['root'],
+        deleted: true,
+        'last-update-time': this.#clock.now(),
+        'last-update-user': options.principal.user,
+        previous: trimHistory(current, HISTORY_LENGTH - 1),
+      })
+    }
+    this.#emit(name)
+    return { etag }
+  }
+
+  /** The current version and its predecessors, newest first. */
+  history(name: string): TokenData[] {
+    const out: TokenData[] = []
+    let cursor: unknown = this.#store.get(name)
+    while (typeof cursor === 'object' && cursor !== null && out.length <= HISTORY_LENGTH) {
+      out.push(cursor as TokenData)
+      cursor = (cursor as TokenData)['previous']
+    }
+    return out
+  }
+
+  #emit(name: string): void {
+    for (const listener of this.#listeners) listener(name)
+  }
+}
+
+/** A copy of `data` whose `previous` chain holds at most `depth` older versions. */
+function trimHistory(data: TokenData, depth: number): TokenData {
+  const { previous, ...rest } = data
+  if (depth <= 0 || typeof previous !== 'object' || previous === null) return rest
+  return { ...rest, previous: trimHistory(previous as TokenData, depth - 1) }
+}
