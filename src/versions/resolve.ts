@@ -21,7 +21,7 @@ export interface Resolution {
   readonly effective: Readonly<Record<string, unknown>>
   /** The last token of the request, as the reference that makes the version current or stale. */
   readonly source: TokenReference | undefined
-  /** Token-only settings (timeouts, fallback, maintenance), token values over their defaults. */
+  /** Token-only settings the tokens give explicitly (timeouts, fallback, maintenance); config supplies the rest. */
   readonly tokenMetadata: Readonly<Record<string, unknown>>
 }
 
@@ -45,10 +45,6 @@ export function hostWithoutPort(host: string | undefined): string {
   const colon = host.indexOf(':')
   return (colon === -1 ? host : host.slice(0, colon)).toLowerCase()
 }
-
-const TOKEN_METADATA_DEFAULTS: Readonly<Record<string, unknown>> = Object.fromEntries(
-  [...TOKEN_METADATA.values()].filter((m) => m.default !== undefined).map((m) => [m.name, m.default]),
-)
 
 export class Resolver {
   readonly #tokens: Tokens
@@ -100,13 +96,13 @@ export class Resolver {
       core: record.core,
       effective: withRunAsUser(record.core, principal),
       source: undefined,
-      tokenMetadata: TOKEN_METADATA_DEFAULTS,
+      tokenMetadata: {},
     }
   }
 
   #compute(names: readonly string[], namedByHeader: boolean, waiter: WaiterHeaders, principal: Principal): Resolution {
     const merged: Record<string, unknown> = {}
-    const metadata: Record<string, unknown> = { ...TOKEN_METADATA_DEFAULTS }
+    const metadata: Record<string, unknown> = {}
     let source: TokenReference | undefined
     for (const name of names) {
       const data = this.#tokens.get(name)

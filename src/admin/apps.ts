@@ -1,0 +1,132 @@
+/** Waiter's /apps and /apps/{id}: what each service version is, runs and suffers. */
+import { MaitreError } from '../errors.ts'
+import type { Backend, EndedInstance, Instance, ServiceState } from '../backends/backend.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import { effectiveParameters } from '../versions/descriptor.ts'
+import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
+import { tokenEtag, type Tokens } from '../versions/tokens.ts'
+import { methodNotAllowed, sendJson, type AdminRequest } from './http.ts'
+
+export interface AppsApiDeps {
+  readonly backend: Backend
+  readonly tracker: InstanceTracker
+  readonly registry: ServiceRegistry
+  readonly tokens: Tokens
+  readonly routerId: string
+}
+
+export type ServiceStatus = 'Failing' | 'Inactive' | 'Starting' | 'Running'
+
+/** Waiter's status labels (service.clj resolve-service-status). */
+export function serviceStatus(state: ServiceState | undefined): ServiceStatus {
+  if (state?.deploymentError !== undefined) return 'Failing'
+  if (state === undefined || (state.requested === 0 && state.instances.length === 0)) return 'Inactive'
+  return state.instances.some((i) => i.healthy) ? 'Running' : 'Starting'
+}
+
+function liveInstance(i: Instance): Record<string, unknown> {
+  return {
+    id: i.id,
+    'service-id': i.serviceId,
+    host: i.host,
+    port: i.port,
+    'extra-ports': i.extraPorts,
+    protocol: i.proto,
+    'started-at': new Date(i.startedAt).toISOString(),
+    healthy: i.healthy,
+    flags: [...i.flags],
+    'log-directory': i.logDirectory ?? null,
+  }
+}
+
+function endedInstance(i: EndedInstance): Record<string, unknown> {
+  return {
+    id: i.id,
+    'service-id': i.serviceId,
+    host: i.host,
+    port: i.port,
+    'started-at': new Date(i.startedAt).toISOString(),
+    'ended-at': new Date(i.endedAt).toISOString(),
+    'exit-code': i.exitCode ?? null,
+    message: i.message,
+    flags: [...i.flags],
+    'log-directory': i.logDirectory ?? null,
+  }
+}
+
+function currentForTokens(record: ServiceRecord, tokens: Tokens): string[] {
+  return record.sources
+    .filter((s) => {
+      const data = tokens.get(s.token)
+      return data !== undefined && tokenEtag(data) === s.etag
+    })
+    .map((s) => s.token)
+}
+
+function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unknown> {
+  const state = deps.backend.state(record.id)
+  const load = deps.tracker.load(record.id)
+  const healthy = state?.instances.filter((i) => i.healthy).length ?? 0
+  const core = record.core
+  const out: Record<string, unknown> = {
+    'service-id': record.id,
+    'service-description': core,
+    status: serviceStatus(state),
+    'instance-counts': {
+      'healthy-instances': healthy,
+      'unhealthy-instances': (state?.instances.length ?? 0) - healthy,
+      'requested-instances': state?.requested ?? 0,
+    },
+    'request-metrics': { outstanding: load.inFlight + load.queued, 'in-flight': load.inFlight, queued: load.queued },
+    'resource-usage': {
+      cpus: (state?.instances.length ?? 0) * (core['cpus'] as number),
+      mem: (state?.instances.length ?? 0) * (core['mem'] as number),
+    },
+    'source-tokens': record.sources,
+    'current-for-tokens': currentForTokens(record, deps.tokens),
+    url: `/apps/${record.id}`,
+  }
+  if (state?.deploymentError !== undefined) out['deployment-error-message'] = state.deploymentError
+  return out
+}
+
+export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
+  const token = r.url.searchParams.get('token')
+  const records = deps.registry.all().filter((rec) => token === null || rec.sources.some((s) => s.token === token))
+  records.sort((a, b) => a.createdAt - b.createdAt)
+  sendJson(r.res, 200, records.map((rec) => summary(rec, deps)), r.cid)
+}
+
+export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsApiDeps): Promise<void> {
+  const record = deps.registry.get(serviceId)
+  if (record === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  if (r.req.method === 'DELETE') {
+    const existed = deps.backend.state(serviceId) !== undefined
+    await deps.backend.deleteService(serviceId)
+    return sendJson(r.res, 200, {
+      'service-id': serviceId,
+      success: true,
+      result: existed ? 'deleted' : 'no-such-service-exists',
+      message: existed ? 'Service deleted' : 'Service was not running',
+    }, r.cid)
+  }
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET', 'DELETE'])
+  const state = deps.backend.state(serviceId)
+  const body: Record<string, unknown> = {
+    'router-id': deps.routerId,
+    'num-routers': 1,
+    ...summary(record, deps),
+    instances: {
+      'active-instances': (state?.instances ?? []).map(liveInstance),
+      'failed-instances': (state?.failed ?? []).map(endedInstance),
+      'killed-instances': (state?.killed ?? []).map(endedInstance),
+    },
+    'num-active-instances': state?.instances.length ?? 0,
+    slots: deps.tracker.instanceSlots(serviceId),
+  }
+  if (r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true') {
+    body['effective-parameters'] = effectiveParameters(record.core)
+  }
+  sendJson(r.res, 200, body, r.cid)
+}

@@ -1,0 +1,67 @@
+/** The Waiter API served by the router itself (requests that isApiRequest classifies as API calls). */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { MaitreError } from '../errors.ts'
+import type { Authenticator } from '../auth/authenticator.ts'
+import type { Logger } from '../log.ts'
+import { cidOf } from '../proxy/handle.ts'
+import { sendError } from '../proxy/error-response.ts'
+import type { Resolver } from '../versions/resolve.ts'
+import { handleApp, handleAppsList, type AppsApiDeps } from './apps.ts'
+import { methodNotAllowed, sendJson, sendText, type AdminRequest } from './http.ts'
+import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
+
+export interface AdminDeps extends TokenApiDeps, AppsApiDeps {
+  readonly authenticator: Authenticator
+  readonly resolver: Resolver
+  readonly settings: () => unknown
+  readonly draining: () => boolean
+  readonly log: Logger
+}
+
+export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async (req, res) => {
+    const cid = cidOf(req)
+    const url = new URL(req.url ?? '/', 'http://router')
+    const r: AdminRequest = { req, res, url, cid }
+    let principal: string | undefined
+    try {
+      const path = url.pathname
+      switch (path) {
+        case '/':
+          if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
+          return sendJson(res, 200, { message: 'Welcome to maitre', cid, 'router-id': deps.routerId }, cid)
+        case '/status':
+        case '/livez':
+          return sendJson(res, 200, { status: 'ok' }, cid)
+        case '/readyz':
+          return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
+      }
+      const who = await deps.authenticator.authenticate(req)
+      principal = who.user
+      switch (path) {
+        case '/token':
+          return await handleToken(r, who, deps)
+        case '/tokens':
+          return handleTokens(r, deps)
+        case '/token-history':
+          return handleTokenHistory(r, deps)
+        case '/service-id':
+        case '/app-name': {
+          const { resolution } = await deps.resolver.resolve(req.headers, who)
+          return sendText(res, 200, resolution.serviceId, cid)
+        }
+        case '/apps':
+          return handleAppsList(r, deps)
+        case '/settings':
+          if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
+          return sendJson(res, 200, deps.settings(), cid)
+      }
+      const app = /^\/apps\/([^/]+)$/.exec(path)
+      if (app !== null) return await handleApp(r, decodeURIComponent(app[1] as string), deps)
+      throw new MaitreError('ERR_NOT_FOUND', 'Not found', { details: { path } })
+    } catch (err) {
+      if (!(err instanceof MaitreError)) deps.log.error({ err, cid }, 'admin request failed')
+      sendError(req, res, err, { cid, principal })
+    }
+  }
+}

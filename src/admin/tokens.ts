@@ -1,0 +1,126 @@
+/** Waiter's /token, /tokens and /token-history endpoints. */
+import { MaitreError } from '../errors.ts'
+import type { Principal } from '../auth/authenticator.ts'
+import { hostWithoutPort } from '../versions/resolve.ts'
+import { serviceIdOf } from '../versions/service-id.ts'
+import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
+import type { TokenData } from '../versions/token-store.ts'
+import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+
+export interface TokenApiDeps {
+  readonly tokens: Tokens
+  readonly routerHostnames: ReadonlySet<string>
+  readonly serviceIdPrefix: string
+}
+
+function includes(url: URL, what: string): boolean {
+  return url.searchParams.getAll('include').some((v) => v.split(',').includes(what))
+}
+
+/** Token name from ?token=, then x-waiter-token, then a Host that is not the router's own. */
+function tokenNameOf(r: AdminRequest, deps: TokenApiDeps): string | undefined {
+  const fromQuery = r.url.searchParams.get('token')
+  if (fromQuery !== null && fromQuery !== '') return fromQuery
+  const fromHeader = firstHeader(r.req.headers['x-waiter-token'])
+  if (fromHeader !== undefined && fromHeader !== '') return fromHeader
+  const host = hostWithoutPort(r.req.headers.host)
+  return host !== '' && !deps.routerHostnames.has(host) ? host : undefined
+}
+
+function withMetadata(data: TokenData): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...data }
+  const time = data['last-update-time']
+  if (typeof time === 'number') out['last-update-time'] = new Date(time).toISOString()
+  if (typeof data['previous'] === 'object' && data['previous'] !== null) out['previous'] = withMetadata(data['previous'] as TokenData)
+  return out
+}
+
+export async function handleToken(r: AdminRequest, principal: Principal, deps: TokenApiDeps): Promise<void> {
+  const { req, res, url, cid } = r
+  const ifMatch = firstHeader(req.headers['if-match'])
+  switch (req.method) {
+    case 'GET':
+    case 'HEAD': {
+      const name = tokenNameOf(r, deps)
+      if (name === undefined) throw new MaitreError('ERR_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
+      const data = deps.tokens.get(name, includes(url, 'deleted'))
+      if (data === undefined) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Couldn't find token ${name}`, { details: { token: name } })
+      const body = includes(url, 'metadata') ? withMetadata(data) : userFields(data)
+      return sendJson(res, 200, body, cid, { etag: tokenEtag(data) })
+    }
+    case 'POST': {
+      const body = await readJsonObject(req)
+      const fromQuery = url.searchParams.get('token')
+      if (fromQuery !== null && body['token'] !== undefined) {
+        throw new MaitreError('ERR_BAD_REQUEST', 'The token should be provided only as a query parameter or in the json payload', { details: { field: 'token' } })
+      }
+      const name = fromQuery ?? body['token']
+      delete body['token']
+      if (typeof name !== 'string' || name === '') throw new MaitreError('ERR_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
+      const write = await deps.tokens.upsert(name, body, {
+        principal,
+        ifMatch,
+        adminMode: url.searchParams.get('update-mode') === 'admin',
+      })
+      const message = write.result === 'token-no-op' ? `No changes detected for ${name}` : `Successfully ${write.result === 'token-created' ? 'created' : 'updated'} ${name}`
+      return sendJson(res, 200, { message, 'service-description': serviceFields(write.data) }, cid, {
+        etag: write.etag,
+        'x-waiter-operation-result': write.result,
+      })
+    }
+    case 'DELETE': {
+      const name = tokenNameOf(r, deps)
+      if (name === undefined) throw new MaitreError('ERR_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
+      const hard = url.searchParams.get('hard-delete') === 'true'
+      const { etag } = await deps.tokens.delete(name, { principal, ifMatch, hard })
+      return sendJson(res, 200, { delete: name, 'hard-delete': hard, success: true }, cid, {
+        etag: ifMatch ?? etag,
+        'x-waiter-operation-result': 'token-deleted',
+      })
+    }
+    default:
+      throw methodNotAllowed(req.method, ['GET', 'POST', 'DELETE'])
+  }
+}
+
+export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
+  const owners = new Set(r.url.searchParams.getAll('owner'))
+  const withDeleted = includes(r.url, 'deleted')
+  const withMeta = includes(r.url, 'metadata')
+  const list: Record<string, unknown>[] = []
+  for (const [token, data] of deps.tokens.entries()) {
+    if (data['deleted'] === true && !withDeleted) continue
+    if (owners.size > 0 && !owners.has(String(data['owner']))) continue
+    const entry: Record<string, unknown> = { token, owner: data['owner'] }
+    if (data['maintenance'] !== undefined) entry['maintenance'] = data['maintenance']
+    if (withMeta) {
+      entry['deleted'] = data['deleted'] === true
+      entry['etag'] = tokenEtag(data)
+      entry['last-update-time'] = new Date(data['last-update-time'] as number).toISOString()
+    }
+    list.push(entry)
+  }
+  list.sort((a, b) => String(a['token']).localeCompare(String(b['token'])))
+  sendJson(r.res, 200, list, r.cid)
+}
+
+export function handleTokenHistory(r: AdminRequest, deps: TokenApiDeps): void {
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
+  const name = r.url.searchParams.get('token') ?? ''
+  const history = deps.tokens.history(name)
+  if (history.length === 0) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
+  const length = Number.parseInt(r.url.searchParams.get('length') ?? '', 10)
+  const entries = history.map((data) => {
+    const description = serviceFields(data)
+    return {
+      'service-id': serviceIdOf(description, deps.serviceIdPrefix),
+      'service-description': description,
+      'source-component': 'token',
+      'update-time': new Date(data['last-update-time'] as number).toISOString(),
+      etag: tokenEtag(data),
+      deleted: data['deleted'] === true,
+    }
+  })
+  sendJson(r.res, 200, length > 0 ? entries.slice(0, length) : entries, r.cid)
+}

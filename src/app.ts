@@ -1,0 +1,184 @@
+/**
+ * The composition root: the only module that knows every other. It builds a router from a
+ * Config, starts it, and stops it cleanly (drain, then stop every instance).
+ */
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
+import type { Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { hostname, userInfo } from 'node:os'
+import { join, resolve } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
+import { createAdminHandler } from './admin/router.ts'
+import { oneUserAuthenticator } from './auth/authenticator.ts'
+import { LocalBackend } from './backends/local/local-backend.ts'
+import { InstanceTracker } from './backends/tracker.ts'
+import { systemClock, type Clock } from './clock.ts'
+import type { Config } from './config.ts'
+import type { LaunchSpec } from './launch-spec.ts'
+import { createLogger, type Logger } from './log.ts'
+import { Forwarder } from './proxy/forward.ts'
+import { createProxyHandler } from './proxy/handle.ts'
+import { createRouterServer } from './proxy/server.ts'
+import { Activator } from './scaler/activator.ts'
+import { writeFileAtomic } from './storage/json-dir.ts'
+import { launchSpecOf } from './versions/launch.ts'
+import { ServiceRegistry } from './versions/registry.ts'
+import { Resolver, type Resolution } from './versions/resolve.ts'
+import { openFileTokenStore } from './versions/token-store.ts'
+import { Tokens } from './versions/tokens.ts'
+
+export interface AppOverrides {
+  readonly clock?: Clock
+  readonly log?: Logger
+}
+
+export interface App {
+  /** Listens; resolves with the bound port. */
+  start(): Promise<number>
+  /** Drains requests, then stops every instance. Safe to call twice. */
+  stop(): Promise<void>
+  readonly url: () => string
+}
+
+/** The router secret, generated once per data directory so instance passwords survive restarts. */
+async function routerSecret(config: Config, dataDir: string): Promise<string> {
+  if (config.secret !== null) return config.secret
+  const path = join(dataDir, 'router-secret')
+  if (existsSync(path)) return readFileSync(path, 'utf8').trim()
+  const secret = randomBytes(24).toString('hex')
+  await writeFileAtomic(path, `${secret}\n`)
+  return secret
+}
+
+function redacted(config: Config): unknown {
+  return { ...config, secret: config.secret === null ? null : '<redacted>' }
+}
+
+export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
+  const clock = overrides.clock ?? systemClock
+  const log = overrides.log ?? createLogger(config.log.level)
+  const dataDir = resolve(config.dataDir)
+  mkdirSync(dataDir, { recursive: true })
+  const secret = await routerSecret(config, dataDir)
+  const user = config.auth.user ?? userInfo().username
+  const routerId = `router-${randomBytes(4).toString('hex')}`
+  const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
+
+  // Stores open first: a corrupt store stops startup before anything runs.
+  const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster)
+  const registry = new ServiceRegistry(dataDir, clock)
+
+  const backend = new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: config.proxy.ejectBaseMs, maxEjectMs: config.proxy.maxEjectMs })
+  backend.subscribe((serviceId) => {
+    const state = backend.state(serviceId)
+    if (state === undefined) tracker.forget(serviceId)
+    else tracker.sync(serviceId, state.instances, state.deploymentError)
+  })
+  const activator = new Activator(backend, tracker, log)
+  const launchSpecs = new LRUCache<string, LaunchSpec>({ max: config.proxy.resolutionCacheSize })
+  const specOf = (resolution: Resolution): LaunchSpec => {
+    let spec = launchSpecs.get(resolution.serviceId)
+    if (spec === undefined) {
+      spec = launchSpecOf(resolution.serviceId, resolution.effective, { cluster: config.cluster, secret })
+      launchSpecs.set(resolution.serviceId, spec)
+    }
+    return spec
+  }
+  const resolver = new Resolver(tokens, registry, {
+    routerHostnames,
+    allowOnTheFly: config.proxy.allowOnTheFly,
+    serviceIdPrefix: config.serviceIdPrefix,
+    cacheSize: config.proxy.resolutionCacheSize,
+  })
+  const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
+  const authenticator = oneUserAuthenticator(user)
+
+  let draining = false
+  let inFlight = 0
+  let idle: (() => void) | undefined
+  const counted = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A): Promise<void> => {
+    inFlight += 1
+    try {
+      await fn(...args)
+    } finally {
+      inFlight -= 1
+      if (inFlight === 0) idle?.()
+    }
+  }
+
+  const proxy = createProxyHandler({
+    authenticator,
+    resolver,
+    activator,
+    tracker,
+    forwarder,
+    launchSpecOf: specOf,
+    timeouts: config.proxy,
+    routerId,
+    clock,
+    log,
+  })
+  const api = createAdminHandler({
+    authenticator,
+    resolver,
+    tokens,
+    registry,
+    backend,
+    tracker,
+    routerId,
+    routerHostnames,
+    serviceIdPrefix: config.serviceIdPrefix,
+    settings: () => redacted(config),
+    draining: () => draining,
+    log,
+  })
+  const server: Server = createRouterServer({
+    ...config.server,
+    routerHostnames,
+    api: counted(api),
+    proxy: counted(proxy),
+    draining: () => draining,
+  })
+
+  let port = config.server.port
+  let stopping: Promise<void> | undefined
+
+  return {
+    url: () => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`,
+    async start() {
+      await new Promise<void>((resolveListen, reject) => {
+        server.once('error', reject)
+        server.listen(config.server.port, config.server.host, () => {
+          server.off('error', reject)
+          resolveListen()
+        })
+      })
+      port = (server.address() as AddressInfo).port
+      routerHostnames.add(`${config.server.host}`)
+      log.info({ port, host: config.server.host, dataDir, backend: backend.kind, routerId, user }, 'maitre listening')
+      return port
+    },
+    stop() {
+      stopping ??= (async () => {
+        draining = true
+        log.info({ inFlight }, 'stopping: draining requests')
+        const closed = new Promise<void>((done) => server.close(() => done()))
+        if (inFlight > 0) {
+          await new Promise<void>((done) => {
+            idle = done
+            setTimeout(done, config.server.shutdownTimeoutMs).unref()
+          })
+        }
+        server.closeAllConnections()
+        await closed
+        await backend.close()
+        await forwarder.close()
+        await registry.flush()
+        log.info('stopped')
+      })()
+      return stopping
+    },
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * The `maitre` command line. `serve` (the default) runs a router; `--check-config` validates a
+ * config and prints it with defaults filled in. Returns an exit code instead of exiting, so tests
+ * can call it in-process.
+ */
+import { parseArgs } from 'node:util'
+import { readFileSync } from 'node:fs'
+import { createApp } from './app.ts'
+import { DEFAULTS, loadConfigFile, withOverrides, type Config } from './config.ts'
+import { isMaitreError } from './errors.ts'
+
+export interface CliIo {
+  readonly out: (text: string) => void
+  readonly err: (text: string) => void
+  /** Resolves when the process is asked to stop (SIGTERM/SIGINT). */
+  readonly stopSignal: () => Promise<void>
+}
+
+const EX_USAGE = 64
+const EX_CONFIG = 78
+
+const USAGE = `Usage: maitre [serve] [options]
+
+Runs a maitre router: the data path and the Waiter API on one port.
+
+Options:
+  -c, --config FILE      YAML config file (also MAITRE_CONFIG); see config/example.yaml
+  -p, --port N           listen port (default 9091; also MAITRE_PORT)
+      --host ADDR        listen address (default 127.0.0.1)
+      --data-dir DIR     where tokens, service records and instance sandboxes live (also MAITRE_DATA_DIR)
+      --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (also MAITRE_LOG_LEVEL)
+      --check-config     validate the config, print it with defaults filled in, and exit
+  -v, --version          print the version
+  -h, --help             print this help
+`
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  return pkg.version
+}
+
+function intOption(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const n = Number(value)
+  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got ${JSON.stringify(value)}`)
+  return n
+}
+
+class UsageError extends Error {}
+
+export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
+  let config: Config
+  let command: string
+  let checkOnly: boolean
+  try {
+    const { values, positionals } = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        port: { type: 'string', short: 'p' },
+        host: { type: 'string' },
+        'data-dir': { type: 'string' },
+        'log-level': { type: 'string' },
+        'check-config': { type: 'boolean' },
+        version: { type: 'boolean', short: 'v' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    })
+    if (values.help === true) {
+      io.out(USAGE)
+      return 0
+    }
+    if (values.version === true) {
+      io.out(`${version()}\n`)
+      return 0
+    }
+    command = positionals[0] ?? 'serve'
+    if (command !== 'serve' || positionals.length > 1) throw new UsageError(`unknown command: ${positionals.join(' ')}`)
+    checkOnly = values['check-config'] === true
+    const file = values.config ?? env['MAITRE_CONFIG']
+    const base = file === undefined || file === '' ? DEFAULTS : loadConfigFile(file)
+    config = withOverrides(base, {
+      'server.port': intOption('port', values.port ?? env['MAITRE_PORT']),
+      'server.host': values.host,
+      dataDir: values['data-dir'] ?? env['MAITRE_DATA_DIR'],
+      'log.level': values['log-level'] ?? env['MAITRE_LOG_LEVEL'],
+    })
+  } catch (err) {
+    if (isMaitreError(err)) {
+      io.err(`maitre: ${err.message}\n`)
+      return EX_CONFIG
+    }
+    io.err(`maitre: ${(err as Error).message}\n\n${USAGE}`)
+    return EX_USAGE
+  }
+
+  if (checkOnly) {
+    io.out(`${JSON.stringify(config, null, 2)}\n`)
+    return 0
+  }
+
+  let app
+  try {
+    app = await createApp(config)
+    await app.start()
+  } catch (err) {
+    io.err(`maitre: cannot start: ${(err as Error).message}\n`)
+    await app?.stop()
+    return isMaitreError(err) ? EX_CONFIG : 1
+  }
+  await io.stopSignal()
+  await app.stop()
+  return 0
+}

@@ -1,0 +1,265 @@
+/**
+ * Configuration: one literal of defaults, a YAML file over it, a short list of environment
+ * variables and command-line flags over that. Every problem is reported at once, with the
+ * file:line:col of the offending key, and unknown keys are errors (with a did-you-mean hint).
+ */
+import { readFileSync } from 'node:fs'
+import { LineCounter, parseDocument, isMap, type Document } from 'yaml'
+import { MaitreError } from './errors.ts'
+import { LOG_LEVELS, type LogLevel } from './log.ts'
+import { isDnsLabel } from './versions/service-id.ts'
+
+export interface LocalBackendConfig {
+  /** Where instance sandboxes go; null = <dataDir>/instances. */
+  readonly workDir: string | null
+  readonly host: string
+  readonly portRange: readonly [number, number]
+  readonly portRestMs: number
+  readonly healthCheckTimeoutMs: number
+  readonly startupProbeIntervalMs: number
+  readonly minSigkillDelayMs: number
+  readonly restartBackoffBaseMs: number
+  readonly restartBackoffMaxMs: number
+  readonly memoryCheckIntervalMs: number
+  readonly minFailedInstances: number
+}
+
+export interface Config {
+  readonly server: {
+    readonly host: string
+    readonly port: number
+    /** Extra host names that address this router itself rather than a token. */
+    readonly hostnames: readonly string[]
+    readonly maxHeaderBytes: number
+    readonly keepAliveTimeoutMs: number
+    readonly headersTimeoutMs: number
+    readonly shutdownTimeoutMs: number
+  }
+  readonly dataDir: string
+  readonly cluster: string
+  readonly serviceIdPrefix: string
+  /** Secret instance passwords derive from; null = generated once and kept in the data directory. */
+  readonly secret: string | null
+  readonly auth: { readonly kind: 'one-user'; readonly user: string | null }
+  readonly proxy: {
+    readonly allowOnTheFly: boolean
+    readonly queueTimeoutMs: number
+    readonly socketTimeoutMs: number
+    readonly streamingTimeoutMs: number
+    readonly connectTimeoutMs: number
+    readonly ejectBaseMs: number
+    readonly maxEjectMs: number
+    readonly resolutionCacheSize: number
+  }
+  readonly backend: { readonly kind: 'local'; readonly local: LocalBackendConfig }
+  readonly log: { readonly level: LogLevel }
+}
+
+export const DEFAULTS: Config = {
+  server: {
+    host: '127.0.0.1',
+    port: 9091,
+    hostnames: [],
+    maxHeaderBytes: 32768,
+    keepAliveTimeoutMs: 65000,
+    headersTimeoutMs: 60000,
+    shutdownTimeoutMs: 10000,
+  },
+  dataDir: './data',
+  cluster: 'maitre',
+  serviceIdPrefix: 'maitre-',
+  secret: null,
+  auth: { kind: 'one-user', user: null },
+  proxy: {
+    allowOnTheFly: false,
+    queueTimeoutMs: 300000,
+    socketTimeoutMs: 900000,
+    streamingTimeoutMs: 20000,
+    connectTimeoutMs: 5000,
+    ejectBaseMs: 10000,
+    maxEjectMs: 300000,
+    resolutionCacheSize: 10000,
+  },
+  backend: {
+    kind: 'local',
+    local: {
+      workDir: null,
+      host: '127.0.0.1',
+      portRange: [10000, 10999],
+      portRestMs: 2000,
+      healthCheckTimeoutMs: 1000,
+      startupProbeIntervalMs: 25,
+      minSigkillDelayMs: 1000,
+      restartBackoffBaseMs: 250,
+      restartBackoffMaxMs: 30000,
+      memoryCheckIntervalMs: 1000,
+      minFailedInstances: 2,
+    },
+  },
+  log: { level: 'info' },
+}
+
+export interface ConfigIssue {
+  readonly path: string
+  readonly message: string
+  readonly where?: string
+}
+
+type Rule = (value: unknown) => string | undefined
+const positiveInt: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 ? undefined : 'must be a positive integer')
+const nonNegativeInt: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : 'must be an integer >= 0')
+const port: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : 'must be a port number in [0, 65535]')
+
+/** Rules beyond "same type as the default", by dotted path. */
+const RULES: Readonly<Record<string, Rule>> = {
+  'server.port': port,
+  'server.maxHeaderBytes': positiveInt,
+  'server.keepAliveTimeoutMs': positiveInt,
+  'server.headersTimeoutMs': positiveInt,
+  'server.shutdownTimeoutMs': nonNegativeInt,
+  serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
+  'auth.kind': (v) => (v === 'one-user' ? undefined : "must be 'one-user' (the only authenticator so far)"),
+  'proxy.queueTimeoutMs': positiveInt,
+  'proxy.socketTimeoutMs': positiveInt,
+  'proxy.streamingTimeoutMs': positiveInt,
+  'proxy.connectTimeoutMs': positiveInt,
+  'proxy.ejectBaseMs': positiveInt,
+  'proxy.maxEjectMs': positiveInt,
+  'proxy.resolutionCacheSize': positiveInt,
+  'backend.kind': (v) => (v === 'local' ? undefined : "must be 'local' (kubernetes and mesos are not built yet)"),
+  'backend.local.portRange': (v) =>
+    Array.isArray(v) && v.length === 2 && v.every((p) => port(p) === undefined && (p as number) > 0) && (v[0] as number) <= (v[1] as number)
+      ? undefined
+      : 'must be [low, high] with 0 < low <= high <= 65535',
+  'backend.local.portRestMs': nonNegativeInt,
+  'backend.local.healthCheckTimeoutMs': positiveInt,
+  'backend.local.startupProbeIntervalMs': positiveInt,
+  'backend.local.minSigkillDelayMs': nonNegativeInt,
+  'backend.local.restartBackoffBaseMs': nonNegativeInt,
+  'backend.local.restartBackoffMaxMs': nonNegativeInt,
+  'backend.local.memoryCheckIntervalMs': positiveInt,
+  'backend.local.minFailedInstances': positiveInt,
+  'log.level': (v) => (LOG_LEVELS.includes(v as LogLevel) ? undefined : `must be one of ${LOG_LEVELS.join(', ')}`),
+}
+
+function kindOf(value: unknown): string {
+  if (value === null) return 'null'
+  if (Array.isArray(value)) return 'list'
+  return typeof value === 'object' ? 'map' : typeof value
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i)
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0] as number
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j] as number
+      row[j] = Math.min(cur + 1, (row[j - 1] as number) + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1))
+      prev = cur
+    }
+  }
+  return row[b.length] as number
+}
+
+/** Overlays `input` on `defaults`, collecting every unknown key and type or rule violation. */
+export function mergeConfig(defaults: unknown, input: unknown, path: string, issues: ConfigIssue[]): unknown {
+  if (kindOf(defaults) === 'map') {
+    if (kindOf(input) !== 'map') {
+      issues.push({ path, message: `must be a map` })
+      return defaults
+    }
+    const out: Record<string, unknown> = { ...(defaults as Record<string, unknown>) }
+    for (const [key, value] of Object.entries(input as Record<string, unknown>)) {
+      const child = path === '' ? key : `${path}.${key}`
+      if (!(key in out)) {
+        const near = Object.keys(out).find((k) => distance(k.toLowerCase(), key.toLowerCase()) <= 2)
+        issues.push({ path: child, message: `is not a known setting${near === undefined ? '' : `; did you mean ${near}?`}` })
+        continue
+      }
+      out[key] = mergeConfig(out[key], value, child, issues)
+    }
+    return out
+  }
+  const expected = kindOf(defaults)
+  const actual = kindOf(input)
+  const nullable = expected === 'null'
+  if (!(actual === expected || (nullable && actual === 'string') || (actual === 'null' && nullable))) {
+    issues.push({ path, message: `= ${JSON.stringify(input)}, must be a ${nullable ? 'string or null' : expected}` })
+    return defaults
+  }
+  const rule = RULES[path]
+  const problem = rule?.(input)
+  if (problem !== undefined) {
+    issues.push({ path, message: `= ${JSON.stringify(input)}, ${problem}` })
+    return defaults
+  }
+  return input
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    for (const child of Object.values(value)) deepFreeze(child)
+    Object.freeze(value)
+  }
+  return value
+}
+
+function locate(doc: Document, counter: LineCounter, file: string, path: string): string | undefined {
+  const node = doc.getIn(path.split('.'), true) as { range?: [number, number, number] } | undefined
+  const offset = node?.range?.[0]
+  if (offset === undefined) return undefined
+  const { line, col } = counter.linePos(offset)
+  return `${file}:${line}:${col}`
+}
+
+function fail(issues: readonly ConfigIssue[]): never {
+  const lines = issues.map((i) => `${i.where === undefined ? '' : `${i.where}: `}${i.path} ${i.message}`)
+  throw new MaitreError('ERR_INVALID_CONFIG', `Invalid configuration:\n  ${lines.join('\n  ')}`, { details: { issues } })
+}
+
+/** Parses a YAML config text over the defaults. */
+export function parseConfig(text: string, file = 'config'): Config {
+  const counter = new LineCounter()
+  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true })
+  if (doc.errors.length > 0) {
+    fail(doc.errors.map((e) => ({ path: '(yaml)', message: e.message, where: `${file}:${e.linePos?.[0].line ?? 0}:${e.linePos?.[0].col ?? 0}` })))
+  }
+  const input: unknown = doc.contents === null ? {} : doc.toJS()
+  if (doc.contents !== null && !isMap(doc.contents)) fail([{ path: '(root)', message: 'must be a map of settings' }])
+  const issues: ConfigIssue[] = []
+  const merged = mergeConfig(DEFAULTS, input, '', issues)
+  if (issues.length > 0) {
+    fail(issues.map((i) => {
+      const where = locate(doc, counter, file, i.path)
+      return where === undefined ? i : { ...i, where }
+    }))
+  }
+  return deepFreeze(merged as Config)
+}
+
+export function loadConfigFile(path: string): Config {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new MaitreError('ERR_INVALID_CONFIG', `Cannot read config file ${path}: ${(err as Error).message}`)
+  }
+  return parseConfig(text, path)
+}
+
+/** Applies overrides given as dotted paths (from flags and environment) with the same checks. */
+export function withOverrides(config: Config, overrides: Readonly<Record<string, unknown>>): Config {
+  const patch: Record<string, unknown> = {}
+  for (const [path, value] of Object.entries(overrides)) {
+    if (value === undefined) continue
+    const keys = path.split('.')
+    let node = patch
+    for (const key of keys.slice(0, -1)) node = (node[key] ??= {}) as Record<string, unknown>
+    node[keys[keys.length - 1] as string] = value
+  }
+  const issues: ConfigIssue[] = []
+  const merged = mergeConfig(config, patch, '', issues)
+  if (issues.length > 0) fail(issues)
+  return deepFreeze(merged as Config)
+}

@@ -1,0 +1,153 @@
+/**
+ * The life of one proxied request: authenticate → resolve the version → start it if nothing
+ * runs → take a slot (or queue) → forward → release the slot, whatever happened. Every failure
+ * becomes a Waiter error response; a response already under way is cut instead.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { randomUUID } from 'node:crypto'
+import type { Authenticator } from '../auth/authenticator.ts'
+import type { InstanceTracker, Lease } from '../backends/tracker.ts'
+import type { Clock } from '../clock.ts'
+import type { Logger } from '../log.ts'
+import type { Activator } from '../scaler/activator.ts'
+import type { Resolution, Resolver } from '../versions/resolve.ts'
+import type { LaunchSpec } from '../launch-spec.ts'
+import { sendError } from './error-response.ts'
+import type { Forwarder } from './forward.ts'
+import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
+
+export interface ProxyTimeouts {
+  readonly queueTimeoutMs: number
+  readonly socketTimeoutMs: number
+  readonly streamingTimeoutMs: number
+}
+
+export interface ProxyDeps {
+  readonly authenticator: Authenticator
+  readonly resolver: Resolver
+  readonly activator: Activator
+  readonly tracker: InstanceTracker
+  readonly forwarder: Forwarder
+  readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
+  readonly timeouts: ProxyTimeouts
+  readonly routerId: string
+  readonly clock: Clock
+  readonly log: Logger
+}
+
+const MAX_TIMEOUT_MS = 3_600_000
+
+/** Header (ms) over token setting over config; non-positive or unparsable values fall through. */
+function pickTimeout(header: string | undefined, token: unknown, fallback: number): number {
+  const fromHeader = header === undefined ? NaN : Number.parseInt(header, 10)
+  if (fromHeader > 0) return Math.min(fromHeader, MAX_TIMEOUT_MS)
+  if (typeof token === 'number' && token > 0) return Math.min(token, MAX_TIMEOUT_MS)
+  return fallback
+}
+
+export function cidOf(req: IncomingMessage): string {
+  const given = req.headers['x-cid']
+  return typeof given === 'string' && given !== '' ? given : randomUUID()
+}
+
+export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async (req, res) => {
+    const started = deps.clock.now()
+    const cid = cidOf(req)
+    const aborter = new AbortController()
+    res.once('close', () => {
+      if (!res.writableFinished) aborter.abort()
+    })
+    let principal: string | undefined
+    let resolution: Resolution | undefined
+    let lease: Lease | undefined
+    let coldStart = false
+    let queueMs = 0
+    let status: number | undefined
+    try {
+      const who = await deps.authenticator.authenticate(req)
+      principal = who.user
+      const resolved = await deps.resolver.resolve(req.headers, who)
+      resolution = resolved.resolution
+      const perRequest = resolved.headers.perRequest
+      const serviceId = resolution.serviceId
+      const meta = resolution.tokenMetadata
+      const timeouts: ProxyTimeouts = {
+        queueTimeoutMs: pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),
+        socketTimeoutMs: pickTimeout(perRequest['timeout'], meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
+        streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
+      }
+      const current = resolution
+      const activation = deps.activator.ensure({ serviceId, effective: current.effective, launchSpec: () => deps.launchSpecOf(current) })
+      if (activation !== undefined) await activation
+      lease = deps.tracker.tryAcquire(serviceId)
+      if (lease === undefined) {
+        coldStart = deps.tracker.load(serviceId).healthy === 0
+        lease = await deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: aborter.signal })
+        queueMs = deps.clock.now() - started
+      }
+      const instance = lease.instance
+      const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
+      const result = await deps.forwarder.forward(req, res, {
+        instance,
+        cid,
+        headers: backendRequestHeaders(req.headers, {
+          cid,
+          clientAddress: req.socket.remoteAddress ?? '',
+          proto: 'http',
+          authorization: `Basic ${Buffer.from(`waiter:${deps.launchSpecOf(current).password}`).toString('base64')}`,
+          principal: who.user,
+        }),
+        socketTimeoutMs: timeouts.socketTimeoutMs,
+        streamingTimeoutMs: timeouts.streamingTimeoutMs,
+        signal: aborter.signal,
+        extraHeaders: () => {
+          const extra: Record<string, string> = {}
+          if (coldStart) extra[COLD_START_HEADER] = 'true'
+          if (debug) {
+            extra['x-waiter-service-id'] = serviceId
+            extra['x-waiter-backend-id'] = instance.id
+            extra['x-waiter-backend-host'] = instance.host
+            extra['x-waiter-backend-port'] = String(instance.port)
+            extra['x-waiter-backend-proto'] = instance.proto
+            extra['x-waiter-router-id'] = deps.routerId
+            extra['x-waiter-get-available-instance-ns'] = String(queueMs * 1_000_000)
+            extra['x-waiter-queue-timeout-ms'] = String(timeouts.queueTimeoutMs)
+            extra['x-waiter-socket-timeout-ms'] = String(timeouts.socketTimeoutMs)
+            extra['x-waiter-streaming-timeout-ms'] = String(timeouts.streamingTimeoutMs)
+            if (instance.logDirectory !== undefined) extra['x-waiter-backend-directory'] = instance.logDirectory
+          }
+          return extra
+        },
+      })
+      lease.release(result.outcome)
+      lease = undefined
+      status = result.status
+      if (result.error !== undefined) {
+        status = result.error.status
+        sendError(req, res, result.error, { cid, principal, serviceId, token: resolution.source?.token, instanceId: instance.id })
+      }
+    } catch (err) {
+      lease?.release('generic-error')
+      lease = undefined
+      status = (err as { status?: number }).status ?? 500
+      sendError(req, res, err, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
+      if (status >= 500 && (err as { code?: string }).code === undefined) deps.log.error({ err, cid }, 'request failed')
+    } finally {
+      deps.log.info(
+        {
+          cid,
+          method: req.method,
+          path: req.url,
+          token: resolution?.source?.token,
+          service: resolution?.serviceId,
+          status: status ?? (aborter.signal.aborted ? 499 : undefined),
+          queueMs,
+          totalMs: deps.clock.now() - started,
+          coldStart,
+        },
+        'request completed',
+      )
+    }
+  }
+}

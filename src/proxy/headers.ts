@@ -1,0 +1,73 @@
+/** Header hygiene between client and instance (RFC 9110 §7.6.1 hop-by-hop, Waiter's x-waiter-*). */
+import type { IncomingHttpHeaders } from 'node:http'
+
+export const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'trailers',
+  'transfer-encoding',
+  'upgrade',
+])
+
+export const VIA = '1.1 maitre'
+export const COLD_START_HEADER = 'x-maitre-cold-start'
+export const ERROR_CODE_HEADER = 'x-maitre-error'
+
+/** Header names the Connection header lists: also hop-by-hop for this one message. */
+function connectionListed(headers: IncomingHttpHeaders | Record<string, unknown>): Set<string> | undefined {
+  const value = headers['connection']
+  if (typeof value !== 'string' || value === '') return undefined
+  return new Set(value.toLowerCase().split(',').map((s) => s.trim()))
+}
+
+export interface BackendRequestContext {
+  readonly cid: string
+  readonly clientAddress: string
+  readonly proto: 'http' | 'https'
+  readonly authorization: string
+  readonly principal: string
+}
+
+/** The headers sent to an instance: the client's, minus hop-by-hop and x-waiter-*, plus Waiter's. */
+export function backendRequestHeaders(incoming: IncomingHttpHeaders, ctx: BackendRequestContext): Record<string, string | string[]> {
+  const listed = connectionListed(incoming)
+  const out: Record<string, string | string[]> = {}
+  for (const [name, value] of Object.entries(incoming)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('x-waiter-') || listed?.has(name) === true) continue
+    if (name === 'authorization' || name === 'expect') continue
+    out[name] = value
+  }
+  out['x-cid'] = ctx.cid
+  out['authorization'] = ctx.authorization
+  out['x-waiter-auth-principal'] = ctx.principal
+  out['x-waiter-authenticated-principal'] = ctx.principal
+  const via = incoming['via']
+  out['via'] = via === undefined ? VIA : `${via}, ${VIA}`
+  const forwardedFor = incoming['x-forwarded-for']
+  out['x-forwarded-for'] = forwardedFor === undefined ? ctx.clientAddress : `${forwardedFor}, ${ctx.clientAddress}`
+  if (incoming['x-forwarded-proto'] === undefined) out['x-forwarded-proto'] = ctx.proto
+  if (incoming['x-forwarded-host'] === undefined && incoming.host !== undefined) out['x-forwarded-host'] = incoming.host
+  return out
+}
+
+/** The instance's response headers as the client gets them. */
+export function clientResponseHeaders(
+  backend: Readonly<Record<string, string | string[] | undefined>>,
+  cid: string,
+): Record<string, string | string[]> {
+  const listed = connectionListed(backend)
+  const out: Record<string, string | string[]> = {}
+  for (const [name, value] of Object.entries(backend)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
+    out[name] = value
+  }
+  out['x-cid'] = cid
+  const via = backend['via']
+  out['via'] = via === undefined ? VIA : `${String(via)}, ${VIA}`
+  return out
+}

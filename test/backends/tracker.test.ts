@@ -1,0 +1,111 @@
+import t from 'tap'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { InstanceTracker } from '../../src/backends/tracker.ts'
+import { chooseInstance } from '../../src/backends/instance-choice.ts'
+import type { Instance } from '../../src/backends/backend.ts'
+
+function instance(id: string, startedAt: number, healthy = true): Instance {
+  return { id, serviceId: 's', host: '127.0.0.1', port: 1, extraPorts: [], proto: 'http', startedAt, healthy, logDirectory: undefined, flags: new Set() }
+}
+
+function setup(concurrencyLevel = 1, maxQueueLength = 10) {
+  const clock = new ManualClock()
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  tracker.configure('s', { concurrencyLevel, loadBalancing: 'oldest', maxQueueLength })
+  return { clock, tracker }
+}
+
+t.test('each healthy instance offers concurrency-level slots', async (t) => {
+  const { tracker } = setup(2)
+  tracker.sync('s', [instance('a', 1), instance('b', 2, false)], undefined)
+  const l1 = tracker.tryAcquire('s')
+  const l2 = tracker.tryAcquire('s')
+  t.equal(l1?.instance.id, 'a')
+  t.equal(l2?.instance.id, 'a')
+  t.equal(tracker.tryAcquire('s'), undefined, 'an unhealthy instance offers no slot')
+  t.same(tracker.load('s'), { inFlight: 2, queued: 0, healthy: 1, slotsAvailable: 0 })
+  l1?.release('success')
+  l1?.release('success')
+  t.equal(tracker.load('s').inFlight, 1, 'a double release counts once')
+})
+
+t.test('queued requests are served first come, first served when a slot frees', async (t) => {
+  const { tracker } = setup()
+  tracker.sync('s', [instance('a', 1)], undefined)
+  const held = tracker.tryAcquire('s')
+  const order: string[] = []
+  const first = tracker.acquire('s', { timeoutMs: 1000 }).then((l) => { order.push('first'); return l })
+  const second = tracker.acquire('s', { timeoutMs: 1000 }).then((l) => { order.push('second'); return l })
+  t.equal(tracker.load('s').queued, 2)
+  held?.release('success')
+  ;(await first).release('success')
+  await second
+  t.same(order, ['first', 'second'])
+})
+
+t.test('a queue beyond max-queue-length is refused with 503', async (t) => {
+  const { tracker } = setup(1, 1)
+  tracker.sync('s', [], undefined)
+  const waiting = tracker.acquire('s', { timeoutMs: 1000 })
+  await t.rejects(tracker.acquire('s', { timeoutMs: 1000 }), { code: 'ERR_QUEUE_FULL', status: 503, message: 'Max queue length exceeded' })
+  tracker.sync('s', [instance('a', 1)], undefined)
+  t.equal((await waiting).instance.id, 'a')
+})
+
+t.test('the queue timeout fires on the injected clock with Waiter\'s message', async (t) => {
+  const { clock, tracker } = setup()
+  tracker.sync('s', [], undefined)
+  const waiting = tracker.acquire('s', { timeoutMs: 2500 })
+  clock.advance(2499)
+  t.equal(tracker.load('s').queued, 1)
+  clock.advance(1)
+  await t.rejects(waiting, { code: 'ERR_QUEUE_TIMEOUT', message: 'After 2.5 seconds, no instance available to handle request. Check that your service is able to start properly!' })
+  t.equal(tracker.load('s').queued, 0)
+})
+
+t.test('a client that goes away leaves the queue', async (t) => {
+  const { tracker } = setup()
+  tracker.sync('s', [], undefined)
+  const controller = new AbortController()
+  const waiting = tracker.acquire('s', { timeoutMs: 1000, signal: controller.signal })
+  controller.abort()
+  await t.rejects(waiting, { code: 'ERR_CLIENT_CLOSED' })
+  t.equal(tracker.load('s').queued, 0)
+})
+
+t.test('a deployment error fails queued and new requests at once', async (t) => {
+  const { tracker } = setup()
+  tracker.sync('s', [], undefined)
+  const waiting = tracker.acquire('s', { timeoutMs: 100000 })
+  tracker.sync('s', [], 'Invalid startup command')
+  await t.rejects(waiting, { code: 'ERR_DEPLOYMENT', message: 'Deployment error: Invalid startup command' })
+  await t.rejects(tracker.acquire('s', { timeoutMs: 100000 }), { status: 503 })
+})
+
+t.test('failing instances are ejected with exponential backoff', async (t) => {
+  const { clock, tracker } = setup()
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  tracker.tryAcquire('s')?.release('instance-error') // a: ejected 1 s
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'the ejected instance is skipped')
+  const queued = tracker.acquire('s', { timeoutMs: 60000 })
+  clock.advance(1000)
+  const lease = await queued
+  t.equal(lease.instance.id, 'a', 'the ejection ends on time and wakes the queue')
+  lease.release('instance-busy') // second failure in a row: 2 s
+  clock.advance(1999)
+  t.equal(tracker.load('s').slotsAvailable, 0)
+  clock.advance(1)
+  t.equal(tracker.load('s').slotsAvailable, 1)
+  const ok = tracker.tryAcquire('s')
+  ok?.release('success')
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0, 'success clears the ejection')
+})
+
+t.test('load balancing: oldest, youngest, random; expired instances last', async (t) => {
+  const c = [{ id: 'new', startedAt: 30, expired: false }, { id: 'old', startedAt: 10, expired: false }, { id: 'exp', startedAt: 1, expired: true }]
+  t.equal(chooseInstance(c, 'oldest', Math.random)?.id, 'old')
+  t.equal(chooseInstance(c, 'youngest', Math.random)?.id, 'new')
+  t.equal(chooseInstance(c, 'random', () => 0.99)?.id, 'old')
+  t.equal(chooseInstance(c, 'random', () => 0)?.id, 'new')
+  t.equal(chooseInstance([c[2] as (typeof c)[number]], 'oldest', Math.random)?.id, 'exp')
+})

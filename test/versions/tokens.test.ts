@@ -1,0 +1,85 @@
+import t from 'tap'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { openFileTokenStore } from '../../src/versions/token-store.ts'
+import { HISTORY_LENGTH, Tokens, tokenEtag } from '../../src/versions/tokens.ts'
+import { MaitreError } from '../../src/errors.ts'
+
+const owner = { user: 'alice', admin: true }
+const stranger = { user: 'mallory', admin: false }
+const base = { cmd: 'node app.js', cpus: 1, mem: 128, version: 'v1' }
+
+function tokensIn(dir: string, clock = new ManualClock()): Tokens {
+  return new Tokens(openFileTokenStore(dir), clock, 'test-cluster')
+}
+
+t.test('create, no-op, update with etags and history', async (t) => {
+  const dir = t.testdir()
+  const clock = new ManualClock()
+  const tokens = tokensIn(dir, clock)
+  const created = await tokens.upsert('svc', base, { principal: owner })
+  t.equal(created.result, 'token-created')
+  t.equal(created.data['owner'], 'alice', 'owner defaults to the creator')
+  t.equal(created.data['last-update-time'], clock.now())
+  t.match(created.etag, /^E-[0-9a-f]{32}$/)
+
+  const again = await tokens.upsert('svc', base, { principal: owner })
+  t.equal(again.result, 'token-no-op')
+  t.equal(again.etag, created.etag)
+
+  await t.rejects(tokens.upsert('svc', { ...base, version: 'v2' }, { principal: owner, ifMatch: 'E-stale' }), { code: 'ERR_STALE_TOKEN', status: 412 })
+  clock.advance(1000)
+  const updated = await tokens.upsert('svc', { ...base, version: 'v2' }, { principal: owner, ifMatch: created.etag })
+  t.equal(updated.result, 'token-updated')
+  t.not(updated.etag, created.etag)
+  t.equal((updated.data['previous'] as Record<string, unknown>)['version'], 'v1')
+
+  for (let v = 3; v < 10; v++) await tokens.upsert('svc', { ...base, version: `v${v}` }, { principal: owner })
+  const history = tokens.history('svc')
+  t.equal(history.length, HISTORY_LENGTH + 1, 'current plus the previous five')
+  t.same(history.map((h) => h['version']), ['v9', 'v8', 'v7', 'v6', 'v5', 'v4'])
+})
+
+t.test('validation names the fields and the token', async (t) => {
+  const tokens = tokensIn(t.testdir())
+  const err = await tokens.upsert('svc', { cpus: 'lots', colour: 'blue', 'last-update-time': 5 }, { principal: owner }).catch((e: unknown) => e)
+  t.ok(err instanceof MaitreError)
+  const fields = ((err as MaitreError).details['fields'] as string[]).sort()
+  t.same(fields, ['colour', 'cpus', 'last-update-time'])
+  t.match((err as MaitreError).message, 'Unsupported key(s) in token: colour')
+  t.match((err as MaitreError).message, 'Cannot modify last-update-time token metadata')
+  await t.rejects(tokens.upsert('bad#name', base, { principal: owner }), { message: 'Token contains invalid character: "#"' })
+  await t.rejects(tokens.upsert('svc', {}, { principal: owner }), { message: 'No parameters provided for svc' })
+})
+
+t.test('soft delete, then hard delete by an admin with If-Match', async (t) => {
+  const tokens = tokensIn(t.testdir())
+  const { etag } = await tokens.upsert('svc', base, { principal: owner })
+  await t.rejects(tokens.delete('svc', { principal: stranger }), { status: 403 })
+  await tokens.delete('svc', { principal: owner })
+  t.equal(tokens.get('svc'), undefined, 'soft-deleted tokens are hidden')
+  t.equal(tokens.get('svc', true)?.['deleted'], true)
+  await t.rejects(tokens.delete('svc', { principal: owner }), { code: 'ERR_TOKEN_NOT_FOUND' })
+  const current = tokens.get('svc', true)
+  t.ok(current)
+  await t.rejects(tokens.delete('svc', { principal: owner, hard: true, ifMatch: etag }), { code: 'ERR_STALE_TOKEN' })
+  await tokens.delete('svc', { principal: owner, hard: true, ifMatch: tokenEtag(current ?? {}) })
+  t.equal(tokens.get('svc', true), undefined)
+})
+
+t.test('a restart keeps every token; a corrupt store refuses to start and changes nothing', async (t) => {
+  const dir = t.testdir()
+  const first = tokensIn(dir)
+  for (const name of ['a1', 'b2', 'c3']) await first.upsert(name, { ...base, version: name }, { principal: owner })
+  const second = tokensIn(dir)
+  t.same([...second.entries()].map(([name]) => name).sort(), ['a1', 'b2', 'c3'])
+  t.equal(second.get('b2')?.['version'], 'b2')
+
+  const broken = join(dir, 'tokens', 'b2.json')
+  writeFileSync(broken, '{"cmd": "trunc')
+  t.throws(() => tokensIn(dir), { code: 'ERR_STORE_CORRUPT', message: /b2\.json is not valid JSON/ })
+  const { readFileSync } = await import('node:fs')
+  t.equal(readFileSync(broken, 'utf8'), '{"cmd": "trunc', 'the corrupt file is left as it was')
+  t.equal(JSON.parse(readFileSync(join(dir, 'tokens', 'a1.json'), 'utf8'))['version'], 'a1')
+})
