@@ -1,0 +1,164 @@
+import t from 'tap'
+import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+
+type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
+const message = (r: { json<T>(): T }): string => r.json<WaiterError>()['waiter-error'].message
+
+t.test('a malformed descriptor is a 400 naming every field', async (t) => {
+  const router = await startRouter(t)
+  const reply = await call(`${router.url}/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ token: 'bad', cmd: '', cpus: 'many', mem: 64, 'max-instances': 0, 'min-instances': 3 }),
+  })
+  t.equal(reply.status, 400)
+  const err = reply.json<WaiterError>()['waiter-error']
+  t.match(err.message, /^Service description using waiter headers\/token improperly configured\n/)
+  t.match(err.message, 'cpus must be a positive number.')
+  t.match(err.message, 'cmd must be a non-empty string.')
+  t.match(err.message, 'max-instances must be an integer in the range [1, 2000].')
+  t.same((err.details['fields'] as string[]).sort(), ['cmd', 'cpus', 'max-instances'])
+  t.notMatch(reply.text, /\bat .*\.ts:\d+/, 'no stack trace')
+  const badJson = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"token": ' })
+  t.equal(badJson.status, 400)
+  t.match(message(badJson), 'Invalid JSON in request body')
+  const partial = await call(`${router.url}/token`, { method: 'POST', body: JSON.stringify({ token: 'partial', cpus: 1 }) })
+  t.equal(partial.status, 200, 'a token may hold a partial description')
+  const run = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'partial' } })
+  t.equal(run.status, 400, 'but it cannot run until complete')
+  t.match(message(run), 'cmd must be provided.')
+  t.equal((await call(`${router.url}/status`)).status, 200, 'the router is unharmed')
+})
+
+t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'slow', kitchenToken({ 'max-queue-length': 1 }))
+  const h = { 'x-waiter-token': 'slow' }
+  t.equal((await call(`${router.url}/status`, { headers: h })).status, 200, 'warm')
+  const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
+  await waitFor('the slot to be taken', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { 'in-flight': number } }[]>()[0]?.['request-metrics']['in-flight'] === 1 ? true : undefined))
+  const queued = call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '400' } })
+  await waitFor('the queue to fill', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { queued: number } }[]>()[0]?.['request-metrics'].queued === 1 ? true : undefined))
+  const full = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(full.status, 503)
+  t.equal(message(full), 'Max queue length exceeded')
+  t.equal(full.headers['x-maitre-error'], 'ERR_QUEUE_FULL')
+  const timedOut = await queued
+  t.equal(timedOut.status, 503)
+  t.equal(message(timedOut), 'After 0.4 seconds, no instance available to handle request. Check that your service is able to scale properly!')
+  t.equal((await busy).status, 200, 'the request holding the slot was not disturbed')
+})
+
+t.test('a bad command is a deployment error within seconds, and the service is Failing', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'broken', { cmd: 'asdf-no-such-command --port $PORT0', cpus: 0.1, mem: 64, version: 'v1' })
+  const started = Date.now()
+  const reply = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
+  const took = Date.now() - started
+  t.equal(reply.status, 503)
+  t.equal(message(reply), 'Deployment error: Invalid startup command')
+  t.ok(took < 5000, `answered in ${took} ms, not after the queue timeout`)
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'broken' } })).text
+  const app = (await call(`${router.url}/apps/${id}`)).json<{ status: string; 'deployment-error-message': string; instances: { 'failed-instances': { 'exit-code': number }[] } }>()
+  t.equal(app.status, 'Failing')
+  t.equal(app['deployment-error-message'], 'Invalid startup command')
+  t.equal(app.instances['failed-instances'][0]?.['exit-code'], 127)
+  const again = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
+  t.equal(again.status, 503, 'later requests fail at once too')
+})
+
+t.test('a health check that never passes, and an instance over its memory, are deployment errors', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'sick', kitchenToken({ 'grace-period-secs': 1 }, '--health-status 402'))
+  const sick = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'sick' } })
+  t.equal(message(sick), 'Deployment error: Health check returned an invalid response')
+  await createToken(router, 'hog', kitchenToken({ mem: 100 }, '--hold-mb 200 --start-up-sleep-ms 3000'))
+  const hog = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'hog', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(message(hog), 'Deployment error: Not enough memory allocated')
+})
+
+t.test('an instance killed mid-request: 502, then the next request succeeds on a fresh instance', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  const { pid } = (await call(`${router.url}/request-info`, { headers: h })).json<{ pid: number }>()
+  const pending = call(`${router.url}/sleep?sleep-ms=5000`, { headers: h })
+  await new Promise((r) => setTimeout(r, 200))
+  process.kill(pid, 'SIGKILL')
+  const cut = await pending
+  t.equal(cut.status, 502)
+  t.equal(message(cut), 'Request to service backend failed')
+  const next = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(next.status, 200)
+  t.not(next.json<{ pid: number }>().pid, pid, 'a fresh instance')
+})
+
+t.test('a backend slower than x-waiter-timeout is a 504', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const reply = await call(`${router.url}/sleep?sleep-ms=3000`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-timeout': '300' } })
+  t.equal(reply.status, 504)
+  t.equal(message(reply), 'Request to service backend timed out')
+})
+
+t.test('a body that stalls past the streaming timeout is cut off', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  await t.rejects(call(`${router.url}/chunked?chunks=3&delay-ms=1500`, { headers: { ...h, 'x-waiter-streaming-timeout': '300' } }))
+  const ok = await call(`${router.url}/chunked?chunks=3&delay-ms=100`, { headers: { ...h, 'x-waiter-streaming-timeout': '1000' } })
+  t.equal(ok.text, 'chunk-0\nchunk-1\nchunk-2\n')
+})
+
+t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'pair', kitchenToken({ 'min-instances': 2 }))
+  const h = { 'x-waiter-token': 'pair', 'x-waiter-debug': 'true' }
+  await call(`${router.url}/status`, { headers: h })
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'pair' } })).text
+  await waitFor('two healthy instances', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'instance-counts': { 'healthy-instances': number } }>()['instance-counts']['healthy-instances'] === 2 ? true : undefined))
+  const busy = await call(`${router.url}/request-info`, { headers: { ...h, 'x-kitchen-act-busy': 'true' } })
+  t.equal(busy.status, 503, 'the backend’s 503 reaches the client')
+  const next = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(next.status, 200)
+  t.not(next.headers['x-waiter-backend-id'], busy.headers['x-waiter-backend-id'], 'the busy instance is skipped')
+})
+
+t.test('a client that aborts frees its slot at once', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  await call(`${router.url}/status`, { headers: h })
+  const controller = new AbortController()
+  const aborted = call(`${router.url}/sleep?sleep-ms=10000`, { headers: h, signal: controller.signal })
+  await new Promise((r) => setTimeout(r, 200))
+  controller.abort()
+  await t.rejects(aborted)
+  const started = Date.now()
+  const next = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(next.status, 200)
+  t.ok(Date.now() - started < 2000, 'the next request did not wait for the aborted one')
+  const apps = (await call(`${router.url}/apps`)).json<{ 'request-metrics': { outstanding: number } }[]>()
+  t.equal(apps[0]?.['request-metrics'].outstanding, 0)
+})
+
+t.test('a 100 MB upload streams through without growing memory', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  await call(`${router.url}/status`, { headers: h })
+  const chunk = Buffer.alloc(1024 * 1024, 120)
+  async function* upload(): AsyncGenerator<Buffer> {
+    for (let i = 0; i < 100; i++) yield chunk
+  }
+  const before = process.memoryUsage().rss
+  let peak = before
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss)
+  }, 5)
+  const reply = await call(`${router.url}/consume`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: upload() })
+  clearInterval(sampler)
+  t.equal(reply.json<{ bytes: number }>().bytes, 100 * 1024 * 1024)
+  const growthMb = (peak - before) / 1024 / 1024
+  t.ok(growthMb < 50, `router process grew by ${growthMb.toFixed(1)} MB while streaming 100 MB`)
+})
