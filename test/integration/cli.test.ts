@@ -1,0 +1,69 @@
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { runCli } from '../../src/cli.ts'
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+t.test('maitre serve --config FILE runs a router; SIGTERM stops it and its instances', async (t) => {
+  const dir = t.testdir()
+  const config = join(dir, 'maitre.yaml')
+  writeFileSync(config, `server:\n  port: 0\ndataDir: ${join(dir, 'data')}\nbackend:\n  local:\n    portRange: [31000, 31099]\n`)
+  const child = spawn(process.execPath, ['src/main.ts', 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
+  const lines = createInterface({ input: child.stdout })
+  const port = await new Promise<number>((resolve, reject) => {
+    lines.on('line', (line) => {
+      const entry = JSON.parse(line) as { msg: string; port?: number }
+      if (entry.msg === 'maitre listening' && entry.port !== undefined) resolve(entry.port)
+    })
+    child.once('exit', (code) => reject(new Error(`maitre exited early with ${String(code)}`)))
+  })
+  const router = { url: `http://127.0.0.1:${port}` } as Router
+  await createToken(router, 'kitchen', kitchenToken())
+  const { pid } = (await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })).json<{ pid: number }>()
+  t.ok(alive(pid), 'the instance runs')
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'clean exit')
+  await waitFor('the instance to be gone', () => (alive(pid) ? undefined : true), 5000)
+  t.notOk(alive(pid), 'nothing orphaned')
+})
+
+t.test('command-line errors are clear and exit non-zero', async (t) => {
+  const out: string[] = []
+  const io = { out: (s: string) => out.push(s), err: (s: string) => out.push(s), stopSignal: () => Promise.resolve() }
+  t.equal(await runCli(['--bogus'], {}, io), 64)
+  t.match(out.join(''), "Unknown option '--bogus'")
+  const bad = join(t.testdir(), 'bad.yaml')
+  writeFileSync(bad, 'server:\n  port: high\n')
+  out.length = 0
+  t.equal(await runCli(['--config', bad], {}, io), 78)
+  t.match(out.join(''), /bad\.yaml:2:9: server\.port = "high", must be a number/)
+  out.length = 0
+  t.equal(await runCli(['--check-config', '--port', '8123'], {}, io), 0)
+  t.equal((JSON.parse(out.join('')) as { server: { port: number } }).server.port, 8123)
+  out.length = 0
+  t.equal(await runCli(['--help'], {}, io), 0)
+  t.match(out.join(''), 'Usage: maitre')
+})
+
+t.test('a corrupt token store stops startup with a clear message', async (t) => {
+  const dir = t.testdir({ tokens: { 'svc.json': '{"cmd": ' } })
+  const out: string[] = []
+  const io = { out: (s: string) => out.push(s), err: (s: string) => out.push(s), stopSignal: () => Promise.resolve() }
+  t.equal(await runCli(['--port', '0', '--data-dir', dir, '--log-level', 'silent'], {}, io), 78)
+  t.match(out.join(''), /The token store is corrupt: .*svc\.json is not valid JSON/)
+})
