@@ -79,7 +79,7 @@ t.test('a deployment error fails queued and new requests at once', async (t) => 
   const waiting = tracker.acquire('s', { timeoutMs: 100000 })
   tracker.sync('s', [], 'Invalid startup command')
   await t.rejects(waiting, { code: 'ERR_DEPLOYMENT', message: 'Deployment error: Invalid startup command' })
-  await t.rejects(tracker.acquire('s', { timeoutMs: 100000 }), { status: 503 })
+  await t.rejects(tracker.acquire('s', { timeoutMs: 100000 }), { code: 'ERR_DEPLOYMENT', status: 503 })
 })
 
 t.test('failing instances are ejected with exponential backoff', async (t) => {

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { Readable } from 'node:stream'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
@@ -156,7 +157,7 @@ t.test('a 100 MB upload streams through without growing memory', async (t) => {
   const sampler = setInterval(() => {
     peak = Math.max(peak, process.memoryUsage().rss)
   }, 5)
-  const reply = await call(`${router.url}/consume`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: upload() })
+  const reply = await call(`${router.url}/consume`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: Readable.from(upload()) })
   clearInterval(sampler)
   t.equal(reply.json<{ bytes: number }>().bytes, 100 * 1024 * 1024)
   const growthMb = (peak - before) / 1024 / 1024
