@@ -38,10 +38,11 @@ export interface TrackerOptions {
   readonly maxEjectMs: number
 }
 
+/** One instance's slots. The object lives as long as the instance is healthy, so leases taken before a sync release into the same counter. */
 interface Slot {
-  readonly instance: Instance
-  readonly startedAt: number
-  readonly expired: boolean
+  instance: Instance
+  startedAt: number
+  expired: boolean
   used: number
   failures: number
   ejectedUntil: number
@@ -94,15 +95,14 @@ export class InstanceTracker {
     const next = new Map<string, Slot>()
     for (const instance of instances) {
       if (!instance.healthy) continue
-      const previous = service.slots.get(instance.id)
-      next.set(instance.id, {
-        instance,
-        startedAt: instance.startedAt,
-        expired: instance.flags.has('expired'),
-        used: previous?.used ?? 0,
-        failures: previous?.failures ?? 0,
-        ejectedUntil: previous?.ejectedUntil ?? 0,
-      })
+      const slot = service.slots.get(instance.id)
+      if (slot === undefined) {
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0 })
+      } else {
+        slot.instance = instance
+        slot.expired = instance.flags.has('expired')
+        next.set(instance.id, slot)
+      }
     }
     service.slots = next
     service.deploymentError = deploymentError

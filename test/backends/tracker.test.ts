@@ -29,6 +29,16 @@ t.test('each healthy instance offers concurrency-level slots', async (t) => {
   t.equal(tracker.load('s').inFlight, 1, 'a double release counts once')
 })
 
+t.test('a lease taken before a sync releases its slot after it', async (t) => {
+  const { tracker } = setup()
+  tracker.sync('s', [instance('a', 1)], undefined)
+  const lease = tracker.tryAcquire('s')
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  lease?.release('success')
+  t.same(tracker.instanceSlots('s').map((s) => s.used), [0, 0], 'no slot leaks across syncs')
+  t.equal(tracker.load('s').slotsAvailable, 2)
+})
+
 t.test('queued requests are served first come, first served when a slot frees', async (t) => {
   const { tracker } = setup()
   tracker.sync('s', [instance('a', 1)], undefined)
