@@ -163,3 +163,17 @@ t.test('a 100 MB upload streams through without growing memory', async (t) => {
   const growthMb = (peak - before) / 1024 / 1024
   t.ok(growthMb < 50, `router process grew by ${growthMb.toFixed(1)} MB while streaming 100 MB`)
 })
+
+t.test('an instance that refuses connections is a 502 and is ejected', async (t) => {
+  const router = await startRouter(t)
+  // Healthy on its second port, deaf on the first: every request's connection is refused.
+  await createToken(router, 'deaf', kitchenToken({ ports: 2, 'health-check-port-index': 1 }, '--port $PORT1'))
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'deaf', 'x-waiter-queue-timeout': '500' } })
+  t.equal(reply.status, 502)
+  t.equal(message(reply), 'Request failed to connect to service backend')
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'deaf' } })).text
+  const slots = (await call(`${router.url}/apps/${id}`)).json<{ slots: { ejectedUntil: number }[] }>().slots
+  t.ok((slots[0]?.ejectedUntil ?? 0) > Date.now(), 'the instance is ejected')
+  const next = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'deaf', 'x-waiter-queue-timeout': '300' } })
+  t.equal(next.status, 503, 'while ejected it gets no requests: they wait, then time out')
+})
