@@ -103,6 +103,10 @@ export class LocalBackend implements Backend {
       const field = spec.image !== undefined ? 'image' : 'cmd-type'
       throw misconfigured([{ field, message: `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
+    if (spec.backendProto === 'h2c' || spec.backendProto === 'h2') {
+      // The forwarder speaks HTTP/1.1 to instances; sending that to an HTTP/2 app would fail obscurely.
+      throw misconfigured([{ field: 'backend-proto', message: `backend-proto ${spec.backendProto} is not supported by maitre yet; use http or https.` }])
+    }
     const serviceDir = join(this.#o.workDir, spec.serviceId)
     mkdirSync(serviceDir, { recursive: true })
     writeFileSync(join(serviceDir, 'run-service.sh'), `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
