@@ -12,15 +12,20 @@ import { isDnsLabel } from './versions/service-id.ts'
 export interface LocalBackendConfig {
   /** Where instance sandboxes go; null = <dataDir>/instances. */
   readonly workDir: string | null
+  /** Address instances listen on. */
   readonly host: string
   readonly portRange: readonly [number, number]
+  /** A released port rests this long before reuse. */
   readonly portRestMs: number
   readonly healthCheckTimeoutMs: number
+  /** Probe interval for an instance that has not yet passed its first health check. */
   readonly startupProbeIntervalMs: number
+  /** Floor for the SIGTERM → SIGKILL delay, whatever the service's termination grace. */
   readonly minSigkillDelayMs: number
   readonly restartBackoffBaseMs: number
   readonly restartBackoffMaxMs: number
   readonly memoryCheckIntervalMs: number
+  /** Failed instances (since the last healthy one) before a deployment error is declared. */
   readonly minFailedInstances: number
 }
 

@@ -9,6 +9,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
+import type { LocalBackendConfig } from '../../config.ts'
 import type { Logger } from '../../log.ts'
 import { misconfigured } from '../../versions/descriptor.ts'
 import type { LaunchSpec } from '../../launch-spec.ts'
@@ -19,22 +20,8 @@ import { groupResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
 
-export interface LocalBackendOptions {
+export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'> {
   readonly workDir: string
-  readonly host: string
-  readonly portRange: readonly [number, number]
-  /** A released port rests this long before reuse. */
-  readonly portRestMs: number
-  readonly healthCheckTimeoutMs: number
-  /** Probe interval for an instance that has not yet passed its first health check. */
-  readonly startupProbeIntervalMs: number
-  /** Floor for the SIGTERM → SIGKILL delay, whatever the service's termination grace. */
-  readonly minSigkillDelayMs: number
-  readonly restartBackoffBaseMs: number
-  readonly restartBackoffMaxMs: number
-  readonly memoryCheckIntervalMs: number
-  /** Failed instances (since the last healthy one) before a deployment error is declared. */
-  readonly minFailedInstances: number
   readonly clock: Clock
   readonly log: Logger
 }
