@@ -1,0 +1,79 @@
+import t from 'tap'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { call, createToken, kitchenCmd, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+t.test('each instance has a sandbox with its stdout and stderr, and dies as a whole group', async (t) => {
+  const router = await startRouter(t)
+  const pidFile = join(router.dataDir, 'helper.pid')
+  // The service starts a helper process of its own: killing the instance must take it along.
+  await createToken(router, 'family', {
+    cmd: `sleep 1000 & echo $! > ${pidFile}; echo started on $PORT0; echo oops >&2; exec ${kitchenCmd()}`,
+    cpus: 0.1,
+    mem: 256,
+    version: 'v1',
+  })
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'family', 'x-waiter-debug': 'true' } })
+  t.equal(reply.status, 200)
+  const sandbox = reply.headers['x-waiter-backend-directory'] as string
+  const port = reply.headers['x-waiter-backend-port'] as string
+  t.equal(readFileSync(join(sandbox, 'stdout'), 'utf8'), `started on ${port}\n`)
+  t.equal(readFileSync(join(sandbox, 'stderr'), 'utf8'), 'oops\n')
+  t.ok(existsSync(join(sandbox, 'requests.log')), 'the app runs in its sandbox')
+  const helper = Number(readFileSync(pidFile, 'utf8'))
+  const app = reply.json<{ pid: number }>().pid
+  t.ok(alive(helper) && alive(app))
+  const id = reply.headers['x-waiter-service-id'] as string
+  const deleted = await call(`${router.url}/apps/${id}`, { method: 'DELETE' })
+  t.equal(deleted.json<{ result: string }>().result, 'deleted')
+  await waitFor('the whole group to be gone', () => (alive(helper) || alive(app) ? undefined : true), 5000)
+  t.pass('app and helper are gone')
+})
+
+const MB = 1024 * 1024
+
+t.test('a 100 MB upload streams: while the instance stops reading, the client is held back', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  await call(`${router.url}/status`, { headers: h })
+  const chunk = Buffer.alloc(MB, 120)
+  let produced = 0
+  async function* upload(): AsyncGenerator<Buffer> {
+    for (let i = 0; i < 100; i++) {
+      produced += chunk.length
+      yield chunk
+    }
+  }
+  const pending = call(`${router.url}/consume?stall-ms=1500`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: Readable.from(upload()) })
+  await new Promise((r) => setTimeout(r, 1000))
+  t.ok(produced < 40 * MB, `only ${(produced / MB).toFixed(0)} MB left the client while the instance was not reading`)
+  const reply = await pending
+  t.equal(reply.json<{ bytes: number }>().bytes, 100 * MB, 'then all 100 MB arrive')
+})
+
+t.test('a 100 MB download streams: while the client stops reading, the instance is held back', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' }
+  await call(`${router.url}/status`, { headers: h })
+  const { request } = await import('undici')
+  const res = await request(`${router.url}/produce?bytes=${100 * MB}`, { headers: h })
+  const sandbox = res.headers['x-waiter-backend-directory'] as string
+  await new Promise((r) => setTimeout(r, 1000)) // not reading the body
+  const sent = Number(readFileSync(join(sandbox, 'produce.progress'), 'utf8'))
+  t.ok(sent < 40 * MB, `the instance had written only ${(sent / MB).toFixed(0)} MB while the client was not reading`)
+  let bytes = 0
+  for await (const chunk of Readable.from(res.body)) bytes += (chunk as Buffer).length
+  t.equal(bytes, 100 * MB, 'then all 100 MB arrive')
+})
