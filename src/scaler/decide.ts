@@ -1,0 +1,128 @@
+/**
+ * What to scale a version to: Waiter's two-EMA formula (reference/waiter.md §5) plus a burst
+ * path after Knative's panic mode. A pure function: time, load and the previous state come in,
+ * the decision and the next state go out. No I/O, no clock, no imports outside this folder.
+ */
+
+export interface ScalingPolicy {
+  readonly minInstances: number
+  readonly maxInstances: number
+  /** Requests one instance serves at once (≥ 1). */
+  readonly concurrencyLevel: number
+  /** Multiplies the outstanding count, (0, 2]. */
+  readonly scaleFactor: number
+  /** EMA weight per second towards a higher ideal, (0, 1). */
+  readonly scaleUpFactor: number
+  /** EMA weight per second towards a lower ideal, (0, 1). */
+  readonly scaleDownFactor: number
+  /** Changes smaller than this many instances are ignored, [0, 1). */
+  readonly jitterThreshold: number
+  /** Share of expired instances replaced per decision, (0, 1]. */
+  readonly expiredInstanceRestartRate: number
+}
+
+export interface BurstOptions {
+  /** Demand at this multiple of the ready capacity starts a burst (Knative's 200 %). */
+  readonly threshold: number
+  /** A burst lasts this long after demand last crossed the threshold; no scale-down meanwhile. */
+  readonly holdMs: number
+  /** Length of one scaling tick: EMA smoothing is normalised by whole ticks elapsed. */
+  readonly tickMs: number
+}
+
+export const DEFAULT_BURST: BurstOptions = { threshold: 2, holdMs: 60_000, tickMs: 1_000 }
+
+export interface ScalingInput {
+  /** In-flight plus queued requests, fleet-wide. */
+  readonly outstanding: number
+  /** Instances currently requested from the backend. */
+  readonly requested: number
+  /** Instances ready to serve. */
+  readonly healthy: number
+  readonly expiredHealthy: number
+  readonly expiredUnhealthy: number
+}
+
+export interface ScalingState {
+  /** The smoothed (fractional) target, carried from tick to tick. */
+  readonly target: number
+  /** When the previous decision was taken; undefined before the first. */
+  readonly decidedAt: number | undefined
+  /** Bursting until this time (ms); 0 = not bursting. */
+  readonly burstUntil: number
+}
+
+export type ScalingDirection = 'up' | 'down' | 'stable'
+
+export interface ScalingDecision {
+  /** Instances to request now. */
+  readonly scaleTo: number
+  /** scaleTo − requested. */
+  readonly amount: number
+  readonly direction: ScalingDirection
+  readonly ideal: number
+  readonly bursting: boolean
+  readonly state: ScalingState
+}
+
+/** Waiter caps how many expired unhealthy instances count towards replacement. */
+const MAX_EXPIRED_UNHEALTHY = 2
+
+export const initialScalingState = (requested: number): ScalingState => ({ target: requested, decidedAt: undefined, burstUntil: 0 })
+
+function clamp(value: number, policy: ScalingPolicy): number {
+  return Math.min(policy.maxInstances, Math.max(policy.minInstances, value))
+}
+
+export function decide(policy: ScalingPolicy, input: ScalingInput, state: ScalingState, nowMs: number, burst: BurstOptions = DEFAULT_BURST): ScalingDecision {
+  const { requested, healthy } = input
+  const ideal = Math.ceil((input.outstanding * policy.scaleFactor) / policy.concurrencyLevel)
+  const readyCapacity = healthy * policy.concurrencyLevel
+  const overThreshold = input.outstanding > 0 && input.outstanding * policy.scaleFactor >= burst.threshold * readyCapacity
+  const burstUntil = overThreshold ? nowMs + burst.holdMs : state.burstUntil
+  const bursting = overThreshold || nowMs < state.burstUntil
+
+  const ticks = state.decidedAt === undefined ? 0 : Math.floor((nowMs - state.decidedAt) / burst.tickMs)
+  // Smoothing counts whole ticks only; a partial tick keeps the previous decision time.
+  const decidedAt = state.decidedAt === undefined || ticks > 0 ? nowMs : state.decidedAt
+
+  let target: number
+  let to: number
+  if (bursting) {
+    // Jump straight to the ideal and never below what the burst already reached.
+    target = clamp(Math.max(ideal, state.target, requested), policy)
+    to = Math.max(requested, Math.ceil(target - 1e-9))
+  } else if (ticks === 0) {
+    // The first look at a version (or a second look within one tick) only records the state.
+    target = state.decidedAt === undefined ? requested : state.target
+    to = requested
+  } else {
+    const up = 1 - (1 - policy.scaleUpFactor) ** ticks
+    const down = 1 - (1 - policy.scaleDownFactor) ** ticks
+    const towardsUp = up * ideal + (1 - up) * state.target
+    const towardsDown = down * ideal + (1 - down) * state.target
+    target = clamp(towardsUp >= state.target ? towardsUp : towardsDown, policy)
+    const delta = target - requested
+    const amount = (delta > 0 && ideal <= requested && requested >= policy.minInstances) || Math.abs(delta) < policy.jitterThreshold ? 0 : Math.ceil(delta - 0.01)
+    to = requested + amount
+    // Never more than halve in one step (Knative's max-scale-down-rate 2).
+    if (to < requested) to = Math.max(to, Math.floor(requested / 2), policy.minInstances)
+  }
+
+  const expired = input.expiredHealthy + Math.min(MAX_EXPIRED_UNHEALTHY, input.expiredUnhealthy)
+  if (expired > 0 && !(to < requested && requested === healthy)) {
+    to = to + Math.ceil(expired * policy.expiredInstanceRestartRate) - Math.max(0, healthy - to)
+    to = Math.max(to, bursting ? requested : 0)
+  }
+  to = Math.min(Math.max(to, 0), policy.maxInstances + expired)
+
+  const amount = to - requested
+  return {
+    scaleTo: to,
+    amount,
+    direction: amount > 0 ? 'up' : amount < 0 ? 'down' : 'stable',
+    ideal,
+    bursting,
+    state: { target, decidedAt, burstUntil: bursting ? burstUntil : 0 },
+  }
+}
