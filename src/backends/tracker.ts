@@ -24,10 +24,19 @@ export interface Routing {
 }
 
 export interface Load {
+  /** Last time a request arrived or finished (or when the service was first seen). */
+  readonly lastActiveAt: number
   readonly inFlight: number
   readonly queued: number
   readonly healthy: number
   readonly slotsAvailable: number
+}
+
+export interface InstanceSlots {
+  readonly id: string
+  readonly used: number
+  readonly ejectedUntil: number
+  readonly locked: boolean
 }
 
 export interface TrackerOptions {
@@ -46,6 +55,8 @@ interface Slot {
   used: number
   failures: number
   ejectedUntil: number
+  /** Reserved for a kill: takes no new requests. */
+  locked: boolean
 }
 
 interface Waiter {
@@ -55,6 +66,8 @@ interface Waiter {
 
 interface ServiceSlots {
   routing: Routing
+  /** Last time a request arrived or finished. */
+  lastActiveAt: number
   slots: Map<string, Slot>
   queue: Waiter[]
   deploymentError: string | undefined
@@ -97,10 +110,10 @@ export class InstanceTracker {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0 })
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false })
       } else {
         slot.instance = instance
-        slot.expired = instance.flags.has('expired')
+        slot.expired ||= instance.flags.has('expired')
         next.set(instance.id, slot)
       }
     }
@@ -117,11 +130,14 @@ export class InstanceTracker {
   tryAcquire(serviceId: string): Lease | undefined {
     const service = this.#services.get(serviceId)
     if (service === undefined || service.queue.length > 0) return undefined
-    return this.#take(service)
+    const lease = this.#take(service)
+    if (lease !== undefined) service.lastActiveAt = this.#clock.now()
+    return lease
   }
 
   acquire(serviceId: string, options: AcquireOptions): Promise<Lease> {
     const service = this.#service(serviceId)
+    service.lastActiveAt = this.#clock.now()
     const immediate = service.queue.length === 0 ? this.#take(service) : undefined
     if (immediate !== undefined) return Promise.resolve(immediate)
     if (service.deploymentError !== undefined && service.slots.size === 0) {
@@ -171,19 +187,49 @@ export class InstanceTracker {
 
   load(serviceId: string): Load {
     const service = this.#services.get(serviceId)
-    if (service === undefined) return { inFlight: 0, queued: 0, healthy: 0, slotsAvailable: 0 }
+    if (service === undefined) return { lastActiveAt: 0, inFlight: 0, queued: 0, healthy: 0, slotsAvailable: 0 }
     const now = this.#clock.now()
     let available = 0
     for (const slot of service.slots.values()) {
-      if (slot.ejectedUntil <= now) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
+      if (slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
     }
-    return { inFlight: this.#inFlight(service), queued: service.queue.length, healthy: service.slots.size, slotsAvailable: available }
+    return { lastActiveAt: service.lastActiveAt, inFlight: this.#inFlight(service), queued: service.queue.length, healthy: service.slots.size, slotsAvailable: available }
   }
 
-  /** Per-instance slot use, for the admin API. */
-  instanceSlots(serviceId: string): { id: string; used: number; ejectedUntil: number }[] {
+  /** Per-instance slot use, for the admin API and the scaler's choice of what to kill. */
+  instanceSlots(serviceId: string): InstanceSlots[] {
     const service = this.#services.get(serviceId)
-    return service === undefined ? [] : [...service.slots.values()].map((s) => ({ id: s.instance.id, used: s.used, ejectedUntil: s.ejectedUntil }))
+    return service === undefined
+      ? []
+      : [...service.slots.values()].map((s) => ({ id: s.instance.id, used: s.used, ejectedUntil: s.ejectedUntil, locked: s.locked }))
+  }
+
+  /**
+   * Takes an idle instance out of rotation so it can be killed with no request in flight.
+   * Returns false if the instance is busy (or unknown to routing, hence idle by definition: true).
+   */
+  lockForKill(serviceId: string, instanceId: string): boolean {
+    const slot = this.#services.get(serviceId)?.slots.get(instanceId)
+    if (slot === undefined) return true
+    if (slot.used > 0 || slot.locked) return false
+    slot.locked = true
+    return true
+  }
+
+  /** Returns a locked instance to rotation (its kill did not happen). */
+  unlock(serviceId: string, instanceId: string): void {
+    const service = this.#services.get(serviceId)
+    const slot = service?.slots.get(instanceId)
+    if (service === undefined || slot === undefined) return
+    slot.locked = false
+    this.#dispatch(service)
+  }
+
+  /** Marks instances past their expiry: they are chosen last for requests and first for kills. */
+  markExpired(serviceId: string, instanceIds: ReadonlySet<string>): void {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    for (const slot of service.slots.values()) slot.expired = slot.instance.flags.has('expired') || instanceIds.has(slot.instance.id)
   }
 
   /** Drops a deleted service; its queued requests learn that it is gone. */
@@ -200,7 +246,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { routing: DEFAULT_ROUTING, slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { routing: DEFAULT_ROUTING, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service
@@ -217,7 +263,7 @@ export class InstanceTracker {
     const limit = service.routing.concurrencyLevel
     const free: Slot[] = []
     for (const slot of service.slots.values()) {
-      if (slot.used < limit && slot.ejectedUntil <= now) free.push(slot)
+      if (slot.used < limit && slot.ejectedUntil <= now && !slot.locked) free.push(slot)
     }
     const slot = chooseInstance(free, service.routing.loadBalancing, this.#random)
     if (slot === undefined) return undefined
@@ -229,6 +275,7 @@ export class InstanceTracker {
         if (released) return
         released = true
         slot.used -= 1
+        service.lastActiveAt = this.#clock.now()
         this.#settle(service, slot, outcome)
         this.#dispatch(service)
       },

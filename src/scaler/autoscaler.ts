@@ -1,0 +1,210 @@
+/**
+ * The scaling control loop: every tick, for each version the backend runs, read its load from
+ * the tracker, ask decide() what to run, and carry it out — scale up through the backend, or
+ * kill one idle instance (locked first, so no request lands on it) per tick. Also marks
+ * instances past their expiry so they are replaced, then killed first.
+ */
+import type { Backend, ServiceState } from '../backends/backend.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import type { Clock } from '../clock.ts'
+import type { Logger } from '../log.ts'
+import { decide, initialScalingState, type BurstOptions, type ScalingDirection, type ScalingPolicy, type ScalingState } from './decide.ts'
+import { chooseKill } from './kill-choice.ts'
+
+export interface ScalableService {
+  readonly policy: ScalingPolicy
+  /** Instances older than this are expired; 0 = never. */
+  readonly instanceExpiryMs: number
+}
+
+export interface AutoscalerOptions {
+  readonly tickMs: number
+  readonly burst: BurstOptions
+  /** Least time between two kills of one service (Waiter's inter-kill-request-wait-time-ms). */
+  readonly interKillMs: number
+}
+
+export interface LastDecision {
+  readonly at: number
+  readonly direction: ScalingDirection
+  readonly outstanding: number
+  readonly ideal: number
+  readonly requested: number
+  readonly scaleTo: number
+  readonly bursting: boolean
+  readonly killed: string | undefined
+}
+
+export interface ScalingSnapshot {
+  readonly 'scaling-state': ScalingDirection
+  readonly target: number
+  readonly bursting: boolean
+  readonly 'last-decision': LastDecision | undefined
+}
+
+interface Entry {
+  state: ScalingState
+  last: LastDecision | undefined
+  lastKillAt: number
+  running: Promise<void> | undefined
+}
+
+export interface AutoscalerDeps {
+  readonly backend: Backend
+  readonly tracker: InstanceTracker
+  readonly serviceOf: (serviceId: string) => ScalableService | undefined
+  readonly clock: Clock
+  readonly log: Logger
+}
+
+export class Autoscaler {
+  readonly #deps: AutoscalerDeps
+  readonly #options: AutoscalerOptions
+  readonly #entries = new Map<string, Entry>()
+  #cancel: (() => void) | undefined
+  #stopped = true
+
+  constructor(deps: AutoscalerDeps, options: AutoscalerOptions) {
+    this.#deps = deps
+    this.#options = options
+  }
+
+  start(): void {
+    this.#stopped = false
+    this.#schedule()
+  }
+
+  /** Stops the loop; never scales down on the way out. */
+  stop(): void {
+    this.#stopped = true
+    this.#cancel?.()
+  }
+
+  /** One decision for every running version. */
+  async tick(): Promise<void> {
+    const services = this.#deps.backend.services()
+    const live = new Set(services.map((s) => s.id))
+    for (const id of this.#entries.keys()) if (!live.has(id)) this.#entries.delete(id)
+    for (const service of services) await this.#scaleOnce(service.id)
+  }
+
+  /** Decides for one version now instead of at the next tick (a request is waiting for it). */
+  poke(serviceId: string): void {
+    void this.#scaleOnce(serviceId)
+  }
+
+  snapshot(serviceId: string): ScalingSnapshot | undefined {
+    const entry = this.#entries.get(serviceId)
+    if (entry === undefined) return undefined
+    return {
+      'scaling-state': entry.last?.direction ?? 'stable',
+      target: Number(entry.state.target.toFixed(3)),
+      bursting: entry.state.burstUntil > this.#deps.clock.now(),
+      'last-decision': entry.last,
+    }
+  }
+
+  snapshots(): Record<string, ScalingSnapshot> {
+    const out: Record<string, ScalingSnapshot> = {}
+    for (const id of this.#entries.keys()) {
+      const snap = this.snapshot(id)
+      if (snap !== undefined) out[id] = snap
+    }
+    return out
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return
+    this.#cancel = this.#deps.clock.setTimeout(() => {
+      this.tick()
+        .catch((err: unknown) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
+        .finally(() => this.#schedule())
+    }, this.#options.tickMs)
+  }
+
+  /** Serialised per service, so a poke and a tick never act on the same version at once. */
+  #scaleOnce(serviceId: string): Promise<void> {
+    const state = this.#deps.backend.state(serviceId)
+    const service = this.#deps.serviceOf(serviceId)
+    if (state === undefined || service === undefined) return Promise.resolve()
+    let entry = this.#entries.get(serviceId)
+    if (entry === undefined) {
+      entry = { state: initialScalingState(state.requested), last: undefined, lastKillAt: 0, running: undefined }
+      this.#entries.set(serviceId, entry)
+    }
+    const current = entry
+    const run = (current.running ?? Promise.resolve())
+      .then(() => this.#apply(serviceId, service, current))
+      .catch((err: unknown) => this.#deps.log.error({ err, service: serviceId }, 'scaling failed'))
+    current.running = run
+    return run
+  }
+
+  async #apply(serviceId: string, service: ScalableService, entry: Entry): Promise<void> {
+    const { backend, tracker, clock, log } = this.#deps
+    const state = backend.state(serviceId)
+    if (state === undefined) return
+    const now = clock.now()
+    const expired = expiredIds(state, service.instanceExpiryMs, now)
+    tracker.markExpired(serviceId, expired)
+    const load = tracker.load(serviceId)
+    const healthy = state.instances.filter((i) => i.healthy)
+    const outstanding = load.inFlight + load.queued
+    const decision = decide(
+      service.policy,
+      {
+        outstanding,
+        requested: state.requested,
+        healthy: healthy.length,
+        expiredHealthy: healthy.filter((i) => expired.has(i.id)).length,
+        expiredUnhealthy: state.instances.filter((i) => !i.healthy && expired.has(i.id)).length,
+      },
+      entry.state,
+      now,
+      this.#options.burst,
+    )
+    entry.state = decision.state
+    let killed: string | undefined
+    if (decision.amount > 0) {
+      await backend.scale(serviceId, decision.scaleTo)
+    } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs) {
+      killed = await this.#killOne(serviceId, state, expired)
+      if (killed !== undefined) entry.lastKillAt = now
+    }
+    if (decision.amount !== 0) {
+      log.info({ service: serviceId, direction: decision.direction, outstanding, ideal: decision.ideal, from: state.requested, to: decision.scaleTo, bursting: decision.bursting, killed }, 'scaling decision')
+    }
+    entry.last = {
+      at: now,
+      direction: decision.direction,
+      outstanding,
+      ideal: decision.ideal,
+      requested: state.requested,
+      scaleTo: decision.scaleTo,
+      bursting: decision.bursting,
+      killed,
+    }
+  }
+
+  async #killOne(serviceId: string, state: ServiceState, expired: ReadonlySet<string>): Promise<string | undefined> {
+    const { backend, tracker } = this.#deps
+    const inFlight = new Map(tracker.instanceSlots(serviceId).map((s) => [s.id, s.used]))
+    const candidates = state.instances.map((i) => ({ id: i.id, startedAt: i.startedAt, healthy: i.healthy, expired: expired.has(i.id), inFlight: inFlight.get(i.id) ?? 0 }))
+    const choice = chooseKill(candidates)
+    if (choice === undefined || !tracker.lockForKill(serviceId, choice.id)) return undefined
+    const killed = await backend.killInstance(serviceId, choice.id).catch(() => false)
+    if (!killed) {
+      tracker.unlock(serviceId, choice.id)
+      return undefined
+    }
+    return choice.id
+  }
+}
+
+function expiredIds(state: ServiceState, expiryMs: number, now: number): Set<string> {
+  const out = new Set<string>()
+  for (const i of state.instances) {
+    if (i.flags.has('expired') || (expiryMs > 0 && now - i.startedAt >= expiryMs)) out.add(i.id)
+  }
+  return out
+}

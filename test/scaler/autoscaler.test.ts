@@ -1,0 +1,114 @@
+import t from 'tap'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { MemoryBackend } from '../fixtures/memory-backend.ts'
+import { InstanceTracker, type Lease } from '../../src/backends/tracker.ts'
+import { Autoscaler, type ScalableService } from '../../src/scaler/autoscaler.ts'
+import type { ScalingPolicy } from '../../src/scaler/decide.ts'
+import { silentLogger } from '../../src/log.ts'
+
+const POLICY: ScalingPolicy = {
+  minInstances: 1,
+  maxInstances: 50,
+  concurrencyLevel: 1,
+  scaleFactor: 1,
+  scaleUpFactor: 0.1,
+  scaleDownFactor: 0.9,
+  jitterThreshold: 0.5,
+  expiredInstanceRestartRate: 0.1,
+}
+
+function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }) {
+  const clock = new ManualClock()
+  const backend = new MemoryBackend(clock)
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  backend.subscribe((id) => {
+    const state = backend.state(id)
+    if (state === undefined) tracker.forget(id)
+    else tracker.sync(id, state.instances, undefined)
+  })
+  const scaler = new Autoscaler(
+    { backend, tracker, serviceOf: () => service, clock, log: silentLogger },
+    { tickMs: 1000, burst: { threshold: 2, holdMs: 3000, tickMs: 1000 }, interKillMs: 1000 },
+  )
+  return { clock, backend, tracker, scaler }
+}
+
+async function ticks(clock: ManualClock, scaler: Autoscaler, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    clock.advance(1000)
+    await scaler.tick()
+  }
+}
+
+t.test('queued demand scales up at once (burst), then back down to min once idle', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  backend.add('s', [0])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const first = tracker.tryAcquire('s') as Lease
+  const waiting = Array.from({ length: 19 }, () => tracker.acquire('s', { timeoutMs: 60000 }))
+  await scaler.tick()
+  t.equal(backend.state('s')?.requested, 20, '20 outstanding on concurrency 1: 20 instances on the first look')
+  const leases = [first, ...(await Promise.all(waiting))]
+  t.equal(tracker.load('s').queued, 0, 'the new instances took the queue')
+  t.same(scaler.snapshot('s')?.['scaling-state'], 'up')
+  for (const lease of leases) lease.release('success')
+  await ticks(clock, scaler, 40)
+  t.equal(backend.state('s')?.requested, 1, 'back to min-instances')
+  t.ok(backend.calls.filter((c) => c.startsWith('kill')).length === 19, 'by killing one instance at a time')
+})
+
+t.test('scale-down never kills an instance with a request in flight', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  backend.add('s', [1, 2, 3])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'youngest', maxQueueLength: 100 })
+  await scaler.tick()
+  const busy = tracker.tryAcquire('s') as Lease
+  t.equal(busy.instance.id, 's.3', 'the youngest is busy')
+  await ticks(clock, scaler, 30)
+  const left = backend.state('s')?.instances.map((i) => i.id)
+  t.same(left, ['s.3'], 'the idle ones went; the busy one stayed even though it is the youngest')
+  busy.release('success')
+})
+
+t.test('one kill per tick at most, and a locked instance takes no new requests', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  backend.add('s', [1, 2, 3, 4, 5, 6])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  await scaler.tick()
+  clock.advance(1000)
+  await scaler.tick()
+  const kills = backend.calls.filter((c) => c.startsWith('kill')).length
+  t.ok(kills <= 1, `${kills} kill in one tick`)
+  t.ok(tracker.lockForKill('s', 's.1'))
+  t.notOk(tracker.lockForKill('s', 's.1'), 'cannot lock twice')
+  const lease = tracker.tryAcquire('s') as Lease
+  t.not(lease.instance.id, 's.1', 'a locked instance is skipped')
+  t.notOk(tracker.lockForKill('s', lease.instance.id), 'a busy instance cannot be locked')
+})
+
+t.test('an expired instance is replaced first, then killed first', async (t) => {
+  const { clock, backend, tracker, scaler } = setup({ policy: { ...POLICY, minInstances: 2, scaleDownFactor: 0.001 }, instanceExpiryMs: 10_000 })
+  backend.add('s', [clock.now() - 20_000, clock.now()])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  await scaler.tick()
+  t.equal(backend.state('s')?.requested, 3, 'a replacement is started while the expired one still serves')
+  const lease = tracker.tryAcquire('s')
+  t.not(lease?.instance.id, 's.1', 'requests avoid the expired instance')
+  lease?.release('success')
+  await ticks(clock, scaler, 5)
+  const ids = backend.state('s')?.instances.map((i) => i.id) ?? []
+  t.notOk(ids.includes('s.1'), 'the expired instance was the one killed')
+  t.equal(ids.length, 2)
+})
+
+t.test('a poke decides at once, without waiting for the tick', async (t) => {
+  const { backend, tracker, scaler } = setup()
+  backend.add('s', [0])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  tracker.tryAcquire('s')
+  void tracker.acquire('s', { timeoutMs: 1000 })
+  void tracker.acquire('s', { timeoutMs: 1000 })
+  scaler.poke('s')
+  await new Promise((r) => setImmediate(r))
+  t.equal(backend.state('s')?.requested, 3)
+})
