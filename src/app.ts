@@ -20,7 +20,11 @@ import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
 import { createProxyHandler } from './proxy/handle.ts'
 import { createRouterServer } from './proxy/server.ts'
-import { Activator } from './scaler/activator.ts'
+import { Activator, routingOf } from './scaler/activator.ts'
+import { Autoscaler } from './scaler/autoscaler.ts'
+import { GcRunner } from './scaler/gc-runner.ts'
+import { Overrides } from './versions/overrides.ts'
+import type { ServiceRecord } from './versions/registry.ts'
 import { writeFileAtomic } from './storage/json-dir.ts'
 import { launchSpecOf } from './versions/launch.ts'
 import { ServiceRegistry } from './versions/registry.ts'
@@ -55,9 +59,9 @@ function redacted(config: Config): unknown {
   return { ...config, secret: config.secret === null ? null : '<redacted>' }
 }
 
-export async function createApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
-  const clock = overrides.clock ?? systemClock
-  const log = overrides.log ?? createLogger(config.log.level)
+export async function createApp(config: Config, injected: AppOverrides = {}): Promise<App> {
+  const clock = injected.clock ?? systemClock
+  const log = injected.log ?? createLogger(config.log.level)
   const dataDir = resolve(config.dataDir)
   mkdirSync(dataDir, { recursive: true })
   const secret = await routerSecret(config, dataDir)
@@ -68,6 +72,7 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
   // Stores open first: a corrupt store stops startup before anything runs.
   const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster)
   const registry = new ServiceRegistry(dataDir, clock)
+  const overrides = new Overrides(dataDir, clock)
 
   const backend = new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
   const tracker = new InstanceTracker({ clock, ejectBaseMs: config.proxy.ejectBaseMs, maxEjectMs: config.proxy.maxEjectMs })
@@ -77,21 +82,84 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     else tracker.sync(serviceId, state.instances, state.deploymentError)
   })
   const activator = new Activator(backend, tracker, log)
+  const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => {
+    const record = overrides.get(resolution.serviceId)
+    return record === undefined ? resolution.effective : { ...resolution.effective, ...record.overrides }
+  }
+  const recordParameters = (record: ServiceRecord): Readonly<Record<string, unknown>> => overrides.parameters(record.id, record.core)
   const launchSpecs = new LRUCache<string, LaunchSpec>({ max: config.proxy.resolutionCacheSize })
   const specOf = (resolution: Resolution): LaunchSpec => {
     let spec = launchSpecs.get(resolution.serviceId)
     if (spec === undefined) {
-      spec = launchSpecOf(resolution.serviceId, resolution.effective, { cluster: config.cluster, secret })
+      spec = launchSpecOf(resolution.serviceId, parametersOf(resolution), { cluster: config.cluster, secret })
       launchSpecs.set(resolution.serviceId, spec)
     }
     return spec
   }
+  const autoscaler = new Autoscaler(
+    {
+      backend,
+      tracker,
+      serviceOf: (serviceId) => {
+        const record = registry.get(serviceId)
+        if (record === undefined) return undefined
+        const p = recordParameters(record)
+        return {
+          policy: {
+            minInstances: p['min-instances'] as number,
+            maxInstances: p['max-instances'] as number,
+            concurrencyLevel: p['concurrency-level'] as number,
+            scaleFactor: p['scale-factor'] as number,
+            scaleUpFactor: p['scale-up-factor'] as number,
+            scaleDownFactor: p['scale-down-factor'] as number,
+            jitterThreshold: p['jitter-threshold'] as number,
+            expiredInstanceRestartRate: p['expired-instance-restart-rate'] as number,
+          },
+          instanceExpiryMs: (p['instance-expiry-mins'] as number) * 60_000,
+        }
+      },
+      clock,
+      log,
+    },
+    {
+      tickMs: config.scaler.tickMs,
+      burst: { threshold: config.scaler.burstThreshold, holdMs: config.scaler.burstHoldMs, tickMs: config.scaler.tickMs },
+      interKillMs: config.scaler.interKillMs,
+    },
+  )
+  overrides.onChange((serviceId) => {
+    launchSpecs.delete(serviceId)
+    const record = registry.get(serviceId)
+    if (record !== undefined) tracker.configure(serviceId, routingOf(recordParameters(record)))
+  })
   const resolver = new Resolver(tokens, registry, {
     routerHostnames,
     allowOnTheFly: config.proxy.allowOnTheFly,
     serviceIdPrefix: config.serviceIdPrefix,
     cacheSize: config.proxy.resolutionCacheSize,
   })
+  const gc = new GcRunner(
+    {
+      backend,
+      tracker,
+      registry,
+      tokens,
+      parametersOf: recordParameters,
+      onCollected: async (serviceId) => {
+        launchSpecs.delete(serviceId)
+        await overrides.clear(serviceId)
+        resolver.forget(serviceId)
+      },
+      clock,
+      log,
+    },
+    {
+      intervalMs: config.scaler.gcIntervalMs,
+      brokenTimeoutMs: config.scaler.brokenServiceTimeoutMins * 60_000,
+      fallbackMs: 300_000,
+      staleTimeoutMs: 15 * 60_000,
+    },
+  )
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
   const authenticator = oneUserAuthenticator(user)
 
@@ -115,6 +183,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     tracker,
     forwarder,
     launchSpecOf: specOf,
+    parametersOf,
+    onQueued: (serviceId) => autoscaler.poke(serviceId),
     timeouts: config.proxy,
     routerId,
     clock,
@@ -130,6 +200,9 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
     routerId,
     routerHostnames,
     serviceIdPrefix: config.serviceIdPrefix,
+    overrides,
+    autoscaler,
+    gc,
     settings: () => redacted(config),
     draining: () => draining,
     log,
@@ -157,6 +230,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
       })
       port = (server.address() as AddressInfo).port
       routerHostnames.add(`${config.server.host}`)
+      autoscaler.start()
+      gc.start()
       log.info({ port, host: config.server.host, dataDir, backend: backend.kind, routerId, user }, 'maitre listening')
       return port
     },
@@ -173,6 +248,8 @@ export async function createApp(config: Config, overrides: AppOverrides = {}): P
         }
         server.closeAllConnections()
         await closed
+        autoscaler.stop() // never scale down because we are leaving
+        gc.stop()
         await backend.close()
         await forwarder.close()
         await registry.flush()

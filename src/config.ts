@@ -57,6 +57,18 @@ export interface Config {
     readonly resolutionCacheSize: number
   }
   readonly backend: { readonly kind: 'local'; readonly local: LocalBackendConfig }
+  readonly scaler: {
+    readonly tickMs: number
+    /** Demand at this multiple of the ready capacity starts a burst: jump to the ideal count at once. */
+    readonly burstThreshold: number
+    /** A burst holds (no scale-down) this long after demand last crossed the threshold. */
+    readonly burstHoldMs: number
+    /** Least time between two kills of one version. */
+    readonly interKillMs: number
+    readonly gcIntervalMs: number
+    /** A version failing to start is deleted after its grace period plus this. */
+    readonly brokenServiceTimeoutMins: number
+  }
   readonly log: { readonly level: LogLevel }
 }
 
@@ -101,6 +113,14 @@ export const DEFAULTS: Config = {
       minFailedInstances: 2,
     },
   },
+  scaler: {
+    tickMs: 1000,
+    burstThreshold: 2,
+    burstHoldMs: 60000,
+    interKillMs: 1000,
+    gcIntervalMs: 60000,
+    brokenServiceTimeoutMins: 30,
+  },
   log: { level: 'info' },
 }
 
@@ -144,6 +164,12 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.local.restartBackoffMaxMs': nonNegativeInt,
   'backend.local.memoryCheckIntervalMs': positiveInt,
   'backend.local.minFailedInstances': positiveInt,
+  'scaler.tickMs': positiveInt,
+  'scaler.burstThreshold': (v) => (typeof v === 'number' && v >= 1 ? undefined : 'must be a number >= 1'),
+  'scaler.burstHoldMs': nonNegativeInt,
+  'scaler.interKillMs': nonNegativeInt,
+  'scaler.gcIntervalMs': positiveInt,
+  'scaler.brokenServiceTimeoutMins': nonNegativeInt,
   'log.level': (v) => (LOG_LEVELS.includes(v as LogLevel) ? undefined : `must be one of ${LOG_LEVELS.join(', ')}`),
 }
 

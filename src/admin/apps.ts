@@ -2,16 +2,20 @@
 import { MaitreError } from '../errors.ts'
 import type { Backend, EndedInstance, Instance, ServiceState } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
-import { effectiveParameters } from '../versions/descriptor.ts'
+import type { Autoscaler } from '../scaler/autoscaler.ts'
+import type { Overrides } from '../versions/overrides.ts'
+import type { Principal } from '../auth/authenticator.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
-import { methodNotAllowed, sendJson, type AdminRequest } from './http.ts'
+import { methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface AppsApiDeps {
   readonly backend: Backend
   readonly tracker: InstanceTracker
   readonly registry: ServiceRegistry
   readonly tokens: Tokens
+  readonly overrides: Overrides
+  readonly autoscaler: Autoscaler
   readonly routerId: string
 }
 
@@ -87,6 +91,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
     url: `/apps/${record.id}`,
   }
   if (state?.deploymentError !== undefined) out['deployment-error-message'] = state.deploymentError
+  const scaling = deps.autoscaler.snapshot(record.id)
+  if (scaling !== undefined) out['scaling-state'] = scaling['scaling-state']
   return out
 }
 
@@ -124,9 +130,33 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
     },
     'num-active-instances': state?.instances.length ?? 0,
     slots: deps.tracker.instanceSlots(serviceId),
+    scaling: deps.autoscaler.snapshot(serviceId) ?? null,
   }
+  const overrides = deps.overrides.get(serviceId)
+  if (overrides !== undefined) body['service-description-overrides'] = overrides
   if (r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true') {
-    body['effective-parameters'] = effectiveParameters(record.core)
+    body['effective-parameters'] = deps.overrides.parameters(serviceId, record.core)
   }
   sendJson(r.res, 200, body, r.cid)
+}
+
+/** /apps/{id}/override: scaling knobs of a running version, without a new id. */
+export async function handleOverride(r: AdminRequest, serviceId: string, principal: Principal, deps: AppsApiDeps): Promise<void> {
+  const record = deps.registry.get(serviceId)
+  if (record === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  const current = (): Record<string, unknown> => ({ 'service-id': serviceId, ...(deps.overrides.get(serviceId) ?? { overrides: {} }) })
+  switch (r.req.method) {
+    case 'GET':
+      return sendJson(r.res, 200, current(), r.cid)
+    case 'POST': {
+      const body = await readJsonObject(r.req)
+      await deps.overrides.set(serviceId, record.core, body, principal.user)
+      return sendJson(r.res, 200, { success: true, ...current() }, r.cid)
+    }
+    case 'DELETE':
+      await deps.overrides.clear(serviceId)
+      return sendJson(r.res, 200, { success: true, 'service-id': serviceId }, r.cid)
+    default:
+      throw methodNotAllowed(r.req.method, ['GET', 'POST', 'DELETE'])
+  }
 }

@@ -6,13 +6,15 @@ import type { Logger } from '../log.ts'
 import { cidOf } from '../proxy/handle.ts'
 import { sendError } from '../proxy/error-response.ts'
 import type { Resolver } from '../versions/resolve.ts'
-import { handleApp, handleAppsList, type AppsApiDeps } from './apps.ts'
+import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
+import type { GcRunner } from '../scaler/gc-runner.ts'
 import { methodNotAllowed, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
 export interface AdminDeps extends TokenApiDeps, AppsApiDeps {
   readonly authenticator: Authenticator
   readonly resolver: Resolver
+  readonly gc: GcRunner
   readonly settings: () => unknown
   readonly draining: () => boolean
   readonly log: Logger
@@ -55,7 +57,15 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/settings':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
           return sendJson(res, 200, deps.settings(), cid)
+        case '/state':
+          return sendJson(res, 200, { 'router-id': deps.routerId, routers: { [deps.routerId]: '' }, details: { autoscaler: '/state/autoscaler', 'gc-services': '/state/gc-services' } }, cid)
+        case '/state/autoscaler':
+          return sendJson(res, 200, { 'router-id': deps.routerId, state: deps.autoscaler.snapshots() }, cid)
+        case '/state/gc-services':
+          return sendJson(res, 200, { 'router-id': deps.routerId, state: { 'recently-collected': deps.gc.recent() } }, cid)
       }
+      const override = /^\/apps\/([^/]+)\/override$/.exec(path)
+      if (override !== null) return await handleOverride(r, decodeURIComponent(override[1] as string), who, deps)
       const app = /^\/apps\/([^/]+)$/.exec(path)
       if (app !== null) return await handleApp(r, decodeURIComponent(app[1] as string), deps)
       throw new MaitreError('ERR_NOT_FOUND', 'Not found', { details: { path } })

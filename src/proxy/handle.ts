@@ -29,6 +29,10 @@ export interface ProxyDeps {
   readonly tracker: InstanceTracker
   readonly forwarder: Forwarder
   readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
+  /** The parameters a version runs with (its description, defaults and overrides). */
+  readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
+  /** A request had to queue: decide about this version now rather than at the next tick. */
+  readonly onQueued: (serviceId: string) => void
   readonly timeouts: ProxyTimeouts
   readonly routerId: string
   readonly clock: Clock
@@ -78,12 +82,14 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
       const current = resolution
-      const activation = deps.activator.ensure({ serviceId, effective: current.effective, launchSpec: () => deps.launchSpecOf(current) })
+      const activation = deps.activator.ensure({ serviceId, effective: deps.parametersOf(current), launchSpec: () => deps.launchSpecOf(current) })
       if (activation !== undefined) await activation
       lease = deps.tracker.tryAcquire(serviceId)
       if (lease === undefined) {
         coldStart = deps.tracker.load(serviceId).healthy === 0
-        lease = await deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: aborter.signal })
+        const waiting = deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: aborter.signal })
+        deps.onQueued(serviceId)
+        lease = await waiting
         queueMs = deps.clock.now() - started
       }
       const instance = lease.instance

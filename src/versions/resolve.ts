@@ -85,6 +85,11 @@ export class Resolver {
     return { resolution, headers: waiter }
   }
 
+  /** Drops cached resolutions to a version that was garbage-collected, so the next request records it again. */
+  forget(serviceId: string): void {
+    for (const [key, resolution] of this.#cache.entries()) if (resolution.serviceId === serviceId) this.#cache.delete(key)
+  }
+
   /** A precise version, addressed by its id. */
   byServiceId(serviceId: string, principal: Principal): Resolution {
     const record = this.#registry.get(serviceId)

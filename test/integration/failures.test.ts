@@ -33,7 +33,7 @@ t.test('a malformed descriptor is a 400 naming every field', async (t) => {
 
 t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'slow', kitchenToken({ 'max-queue-length': 1 }))
+  await createToken(router, 'slow', kitchenToken({ 'max-queue-length': 1, 'max-instances': 1 }))
   const h = { 'x-waiter-token': 'slow' }
   t.equal((await call(`${router.url}/status`, { headers: h })).status, 200, 'warm')
   const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
@@ -161,7 +161,7 @@ t.test('an instance that refuses connections is a 502 and is ejected', async (t)
 
 t.test('a token’s queue-timeout-ms applies when the request says nothing', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'slow', kitchenToken({ 'queue-timeout-ms': 300 }))
+  await createToken(router, 'slow', kitchenToken({ 'queue-timeout-ms': 300, 'max-instances': 1 }))
   const h = { 'x-waiter-token': 'slow' }
   await call(`${router.url}/status`, { headers: h })
   const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })

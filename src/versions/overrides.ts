@@ -1,0 +1,66 @@
+/**
+ * Overrides: scaling knobs changed on a running version without a new id (Waiter's
+ * /apps/{id}/override). Only the override-able parameters may be set; the result must still be
+ * a valid description. Kept on disk beside the service records.
+ */
+import { join } from 'node:path'
+import { MaitreError } from '../errors.ts'
+import type { Clock } from '../clock.ts'
+import { JsonDirectory } from '../storage/json-dir.ts'
+import { effectiveParameters, misconfigured, validateParameters } from './descriptor.ts'
+import { PARAMETERS } from './parameters.ts'
+
+export interface OverrideRecord {
+  readonly overrides: Readonly<Record<string, unknown>>
+  readonly 'last-updated-by': string
+  readonly time: string
+}
+
+export class Overrides {
+  readonly #records: JsonDirectory<OverrideRecord>
+  readonly #clock: Clock
+  readonly #listeners = new Set<(serviceId: string) => void>()
+
+  constructor(dataDir: string, clock: Clock) {
+    this.#records = JsonDirectory.open<OverrideRecord>(join(dataDir, 'overrides'), 'override', (doc) =>
+      typeof doc === 'object' && doc !== null && typeof (doc as OverrideRecord).overrides === 'object' ? undefined : 'is not an override record',
+    )
+    this.#clock = clock
+  }
+
+  onChange(listener: (serviceId: string) => void): void {
+    this.#listeners.add(listener)
+  }
+
+  get(serviceId: string): OverrideRecord | undefined {
+    return this.#records.get(serviceId)
+  }
+
+  /** The parameters a version runs with: core over defaults, then overrides. */
+  parameters(serviceId: string, core: Readonly<Record<string, unknown>>): Record<string, unknown> {
+    return { ...effectiveParameters(core), ...(this.#records.get(serviceId)?.overrides ?? {}) }
+  }
+
+  async set(serviceId: string, core: Readonly<Record<string, unknown>>, overrides: Record<string, unknown>, user: string): Promise<OverrideRecord> {
+    const refused = Object.keys(overrides).filter((k) => PARAMETERS.get(k)?.overridable !== true)
+    if (refused.length > 0) {
+      throw new MaitreError('ERR_BAD_REQUEST', `Cannot override the following parameter(s): ${refused.join(', ')}`, { details: { fields: refused } })
+    }
+    const issues = validateParameters({ ...core, ...overrides }, { requireComplete: true })
+    if (issues.length > 0) throw misconfigured(issues, { 'service-id': serviceId })
+    const record: OverrideRecord = { overrides, 'last-updated-by': user, time: new Date(this.#clock.now()).toISOString() }
+    await this.#records.put(serviceId, record)
+    this.#emit(serviceId)
+    return record
+  }
+
+  async clear(serviceId: string): Promise<void> {
+    if (!this.#records.has(serviceId)) return
+    await this.#records.delete(serviceId)
+    this.#emit(serviceId)
+  }
+
+  #emit(serviceId: string): void {
+    for (const listener of this.#listeners) listener(serviceId)
+  }
+}
