@@ -22,6 +22,7 @@ import { createProxyHandler } from './proxy/handle.ts'
 import { createRouterServer } from './proxy/server.ts'
 import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
+import { scaleUpQuanta } from './scaler/decide.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
 import { Overrides } from './versions/overrides.ts'
 import type { ServiceRecord } from './versions/registry.ts'
@@ -114,6 +115,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
             scaleDownFactor: p['scale-down-factor'] as number,
             jitterThreshold: p['jitter-threshold'] as number,
             expiredInstanceRestartRate: p['expired-instance-restart-rate'] as number,
+            maxScaleUpPerDecision: scaleUpQuanta(p['cpus'] as number, p['mem'] as number),
           },
           instanceExpiryMs: (p['instance-expiry-mins'] as number) * 60_000,
         }
@@ -137,6 +139,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     allowOnTheFly: config.proxy.allowOnTheFly,
     serviceIdPrefix: config.serviceIdPrefix,
     cacheSize: config.proxy.resolutionCacheSize,
+    fallbackPeriodSecs: 300,
   })
   const gc = new GcRunner(
     {

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { randomUUID } from 'node:crypto'
-import type { Authenticator } from '../auth/authenticator.ts'
+import type { Authenticator, Principal } from '../auth/authenticator.ts'
 import type { InstanceTracker, Lease } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
@@ -49,6 +49,22 @@ function pickTimeout(header: string | undefined, token: unknown, fallback: numbe
   return fallback
 }
 
+/**
+ * Waiter's fallback: within fallback-period-secs of a token edit, while the new version has no
+ * healthy instance, a request goes to the newest previous version that has one — and the new
+ * version is started meanwhile, so an update under load fails no request and waits for nothing.
+ */
+function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps): Resolution {
+  const fallback = resolution.fallback
+  if (fallback === undefined || deps.clock.now() >= fallback.until || deps.tracker.load(resolution.serviceId).healthy > 0) return resolution
+  const target = fallback.serviceIds.find((id) => deps.tracker.load(id).healthy > 0)
+  if (target === undefined) return resolution
+  const latest = resolution
+  const starting = deps.activator.ensure({ serviceId: latest.serviceId, effective: deps.parametersOf(latest), launchSpec: () => deps.launchSpecOf(latest) })
+  starting?.catch((err: unknown) => deps.log.warn({ err, service: latest.serviceId }, 'starting the new version failed'))
+  return { ...deps.resolver.byServiceId(target, who), source: latest.source, tokenMetadata: latest.tokenMetadata }
+}
+
 export function cidOf(req: IncomingMessage): string {
   const given = req.headers['x-cid']
   return typeof given === 'string' && given !== '' ? given : randomUUID()
@@ -72,7 +88,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       const who = await deps.authenticator.authenticate(req)
       principal = who.user
       const resolved = await deps.resolver.resolve(req.headers, who)
-      resolution = resolved.resolution
+      resolution = fallBack(resolved.resolution, who, deps)
       const perRequest = resolved.headers.perRequest
       const serviceId = resolution.serviceId
       const meta = resolution.tokenMetadata

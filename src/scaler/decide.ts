@@ -19,6 +19,13 @@ export interface ScalingPolicy {
   readonly jitterThreshold: number
   /** Share of expired instances replaced per decision, (0, 1]. */
   readonly expiredInstanceRestartRate: number
+  /** Most instances added in one decision (Waiter's quanta: what one scheduling round can place). */
+  readonly maxScaleUpPerDecision: number
+}
+
+/** Waiter's quanta constraints: at most 64 cpus and 512 GB of memory per scale-up. */
+export function scaleUpQuanta(cpus: number, memMb: number): number {
+  return Math.max(1, Math.min(Math.floor(64 / cpus), Math.floor(524288 / memMb)))
 }
 
 export interface BurstOptions {
@@ -114,7 +121,7 @@ export function decide(policy: ScalingPolicy, input: ScalingInput, state: Scalin
     to = to + Math.ceil(expired * policy.expiredInstanceRestartRate) - Math.max(0, healthy - to)
     to = Math.max(to, bursting ? requested : 0)
   }
-  to = Math.min(Math.max(to, 0), policy.maxInstances + expired)
+  to = Math.min(Math.max(to, 0), policy.maxInstances + expired, requested + policy.maxScaleUpPerDecision)
 
   const amount = to - requested
   return {

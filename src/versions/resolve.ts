@@ -23,6 +23,8 @@ export interface Resolution {
   readonly source: TokenReference | undefined
   /** Token-only settings the tokens give explicitly (timeouts, fallback, maintenance); config supplies the rest. */
   readonly tokenMetadata: Readonly<Record<string, unknown>>
+  /** Earlier versions of the token to route to while this one has no healthy instance, until `until`. */
+  readonly fallback: { readonly until: number; readonly serviceIds: readonly string[] } | undefined
 }
 
 export interface ResolvedRequest {
@@ -37,6 +39,8 @@ export interface ResolverOptions {
   readonly allowOnTheFly: boolean
   readonly serviceIdPrefix: string
   readonly cacheSize: number
+  /** Used when a token does not set fallback-period-secs. */
+  readonly fallbackPeriodSecs: number
 }
 
 export function hostWithoutPort(host: string | undefined): string {
@@ -102,6 +106,7 @@ export class Resolver {
       effective: withRunAsUser(record.core, principal),
       source: undefined,
       tokenMetadata: {},
+      fallback: undefined,
     }
   }
 
@@ -159,13 +164,30 @@ export class Resolver {
     }
     assertRunnable(merged)
     const core = coreParameters(merged)
+    const serviceId = serviceIdOf(core, this.#options.serviceIdPrefix)
     return {
-      serviceId: serviceIdOf(core, this.#options.serviceIdPrefix),
+      serviceId,
       core,
       effective: withRunAsUser(core, principal),
       source: onTheFly ? undefined : source,
       tokenMetadata: metadata,
+      fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata) : undefined,
     }
+  }
+
+  /** Waiter's fallback: the token's previous versions, for fallback-period-secs after its last update. */
+  #fallbackOf(token: string, serviceId: string, metadata: Readonly<Record<string, unknown>>): Resolution['fallback'] {
+    const [current, ...previous] = this.#tokens.history(token)
+    const updatedAt = current?.['last-update-time']
+    if (typeof updatedAt !== 'number' || previous.length === 0) return undefined
+    const periodSecs = typeof metadata['fallback-period-secs'] === 'number' ? metadata['fallback-period-secs'] : this.#options.fallbackPeriodSecs
+    const serviceIds: string[] = []
+    for (const data of previous) {
+      if (data['deleted'] === true) continue
+      const id = serviceIdOf(coreParameters(serviceFields(data)), this.#options.serviceIdPrefix)
+      if (id !== serviceId && !serviceIds.includes(id)) serviceIds.push(id)
+    }
+    return serviceIds.length === 0 ? undefined : { until: updatedAt + periodSecs * 1000, serviceIds }
   }
 }
 

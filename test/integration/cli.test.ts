@@ -3,17 +3,10 @@ import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, processAlive, waitFor, type Router } from '../fixtures/router.ts'
 import { runCli } from '../../src/cli.ts'
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
+const alive = processAlive
 
 t.test('maitre serve --config FILE runs a router; SIGTERM stops it and its instances', async (t) => {
   const dir = t.testdir()

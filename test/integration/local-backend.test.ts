@@ -2,16 +2,9 @@ import t from 'tap'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Readable } from 'node:stream'
-import { call, createToken, kitchenCmd, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+import { call, createToken, kitchenCmd, kitchenToken, processAlive, startRouter, waitFor } from '../fixtures/router.ts'
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
+const alive = processAlive
 
 t.test('each instance has a sandbox with its stdout and stderr, and dies as a whole group', async (t) => {
   const router = await startRouter(t)

@@ -10,7 +10,8 @@ t.test('a token edit makes a new version while the old one still answers by id',
   const v1 = await call(`${router.url}/request-info`, { headers: debug })
   const id1 = v1.headers['x-waiter-service-id'] as string
 
-  await createToken(router, 'kitchen', kitchenToken({ version: 'v2' }))
+  // No fallback window here: the new version must answer at once (fallback has its own test).
+  await createToken(router, 'kitchen', kitchenToken({ version: 'v2', 'fallback-period-secs': 0 }))
   const v2 = await call(`${router.url}/request-info`, { headers: debug })
   const id2 = v2.headers['x-waiter-service-id'] as string
   t.not(id2, id1, 'the edit made a new service id')

@@ -15,6 +15,7 @@ const POLICY: ScalingPolicy = {
   scaleDownFactor: 0.9,
   jitterThreshold: 0.5,
   expiredInstanceRestartRate: 0.1,
+  maxScaleUpPerDecision: 1000,
 }
 
 function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }) {

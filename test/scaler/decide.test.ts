@@ -11,6 +11,7 @@ const WAITER: ScalingPolicy = {
   scaleDownFactor: 0.001,
   jitterThreshold: 0.5,
   expiredInstanceRestartRate: 0.1,
+  maxScaleUpPerDecision: 1000,
 }
 const NO_BURST: BurstOptions = { threshold: Number.POSITIVE_INFINITY, holdMs: 0, tickMs: 1000 }
 const BURST: BurstOptions = { threshold: 2, holdMs: 60_000, tickMs: 1000 }
@@ -89,6 +90,16 @@ t.test('Knative panic then un-panic: down only after the hold, never more than h
     if ((trace[i] as number) === 1) break
   }
   t.equal(trace.at(-1), 1, 'back to min')
+})
+
+t.test('rate limit up: one decision adds at most the quanta (Waiter: 64 cpus, 512 GB)', async (t) => {
+  const { scaleUpQuanta } = await import('../../src/scaler/decide.ts')
+  t.equal(scaleUpQuanta(16, 1024), 4)
+  t.equal(scaleUpQuanta(0.1, 262144), 2)
+  t.equal(scaleUpQuanta(64, 1), 1)
+  const trace = simulate({ ...WAITER, maxScaleUpPerDecision: scaleUpQuanta(16, 1024) }, () => 40, 12, BURST)
+  t.same(trace.slice(0, 5), [5, 9, 13, 17, 21], 'four more per tick, even in a burst')
+  t.equal(trace[10], 40)
 })
 
 t.test('the first request to a version at zero scales it up at once', async (t) => {

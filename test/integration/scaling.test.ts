@@ -1,0 +1,176 @@
+import t from 'tap'
+import { readdirSync, readFileSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { call, createToken, kitchenToken, processAlive, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+
+type App = {
+  'service-id': string
+  status: string
+  'instance-counts': { 'healthy-instances': number; 'requested-instances': number }
+  scaling: { target: number; 'last-decision': { direction: string } | undefined } | null
+}
+
+const FAST = { 'scaler.tickMs': 250, 'scaler.burstHoldMs': 1500, 'scaler.interKillMs': 100, 'scaler.gcIntervalMs': 500 }
+
+async function app(router: Router, id: string): Promise<App> {
+  return (await call(`${router.url}/apps/${id}`)).json<App>()
+}
+
+async function serviceId(router: Router, token: string): Promise<string> {
+  return (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': token } })).text
+}
+
+/** Runs `clients` loops of requests until `until()` says stop; returns every status seen. */
+async function load(router: Router, clients: number, path: string, headers: Record<string, string>, until: () => boolean): Promise<{ statuses: number[]; services: string[] }> {
+  const statuses: number[] = []
+  const services: string[] = []
+  await Promise.all(
+    Array.from({ length: clients }, async () => {
+      while (!until()) {
+        const reply = await call(`${router.url}${path}`, { headers: { ...headers, 'x-waiter-debug': 'true' } })
+        statuses.push(reply.status)
+        services.push(String(reply.headers['x-waiter-service-id']))
+      }
+    }),
+  )
+  return { statuses, services }
+}
+
+/** The kitchen's own request logs across every instance of a version: [started, ended, cut]. */
+function requestLog(router: Router, id: string): { started: Set<string>; ended: Set<string>; cut: string[] } {
+  const dir = join(router.dataDir, 'instances', id)
+  const started = new Set<string>()
+  const ended = new Set<string>()
+  const cut: string[] = []
+  for (const instance of readdirSync(dir)) {
+    const file = join(dir, instance, 'requests.log')
+    if (!existsSync(file)) continue
+    for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const [, kind, cid] = line.split(' ')
+      if (kind === 'start' && cid !== undefined) started.add(cid)
+      if (kind === 'end' && cid !== undefined) ended.add(cid)
+      if (kind === 'cut' && cid !== undefined) cut.push(cid)
+    }
+  }
+  return { started, ended, cut }
+}
+
+t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then returns to min; no request is cut', async (t) => {
+  const router = await startRouter(t, FAST)
+  await createToken(router, 'step', kitchenToken({ 'scale-down-factor': 0.5, 'max-instances': 30 }))
+  const h = { 'x-waiter-token': 'step' }
+  await call(`${router.url}/status`, { headers: h })
+  const id = await serviceId(router, 'step')
+
+  let stopHeavy = false
+  const stepAt = Date.now()
+  const heavy = load(router, 20, '/sleep?sleep-ms=300', h, () => stopHeavy)
+  const reachedIn = await waitFor('20 healthy instances', async () => ((await app(router, id))['instance-counts']['healthy-instances'] >= 20 ? Date.now() - stepAt : undefined), 20000)
+  t.ok(reachedIn < 10000, `20 healthy instances ${reachedIn} ms after the step`)
+  await new Promise((r) => setTimeout(r, 1000))
+  stopHeavy = true
+  const heavyResult = await heavy
+
+  // A trickle keeps going while the fleet shrinks: the instances it uses must never be killed under it.
+  let stopTrickle = false
+  const trickle = load(router, 2, '/sleep?sleep-ms=100', h, () => stopTrickle)
+  await waitFor('back to a small fleet', async () => ((await app(router, id))['instance-counts']['requested-instances'] <= 2 ? true : undefined), 30000)
+  stopTrickle = true
+  const trickleResult = await trickle
+  await waitFor('back to min', async () => ((await app(router, id))['instance-counts']['requested-instances'] === 1 ? true : undefined), 30000)
+
+  const statuses = [...heavyResult.statuses, ...trickleResult.statuses]
+  t.ok(statuses.length > 100, `${statuses.length} requests`)
+  t.same([...new Set(statuses)], [200], 'every request succeeded')
+  const log = requestLog(router, id)
+  t.same(log.cut, [], 'the app saw no request cut off')
+  t.equal([...log.started].filter((cid) => !log.ended.has(cid)).length, 0, 'every request the app started, it finished')
+  const state = await app(router, id)
+  t.equal(state.scaling?.['last-decision']?.direction !== undefined, true, '/apps/{id} shows the last decision')
+  const autoscaler = (await call(`${router.url}/state/autoscaler`)).json<{ state: Record<string, { target: number }> }>()
+  t.ok(autoscaler.state[id] !== undefined, '/state/autoscaler lists the version')
+})
+
+t.test('a version idle past its idle timeout is collected, and comes back on the next request', async (t) => {
+  const router = await startRouter(t, FAST)
+  await createToken(router, 'idle', kitchenToken({ 'idle-timeout-mins': 1 }))
+  const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'idle' } })
+  const pid = first.json<{ pid: number }>().pid
+  const id = await serviceId(router, 'idle')
+  const started = Date.now()
+  await waitFor('the idle version to disappear from /apps', async () => ((await call(`${router.url}/apps`)).json<App[]>().some((a) => a['service-id'] === id) ? undefined : true), 90000)
+  const after = Date.now() - started
+  t.ok(after >= 55000, `collected after ${after} ms of idleness (idle-timeout-mins 1)`)
+  await waitFor('its instance to be gone', () => (processAlive(pid) ? undefined : true), 5000)
+  t.notOk(processAlive(pid), 'its instance is gone')
+  const gc = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string; at: number }[] } }>()
+  t.match(gc.state['recently-collected'][0], { id, reason: 'idle' })
+  const again = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'idle' } })
+  t.equal(again.status, 200)
+  t.equal(again.headers['x-maitre-cold-start'], 'true', 'the next request cold-starts it')
+})
+
+t.test('broken and stale versions are collected', async (t) => {
+  const router = await startRouter(t, { ...FAST, 'scaler.brokenServiceTimeoutMins': 0 })
+  await createToken(router, 'broken', { cmd: 'exit 3', cpus: 0.1, mem: 64, version: 'v1', 'grace-period-secs': 1 })
+  const broken = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
+  t.equal(broken.status, 503)
+  const brokenId = await serviceId(router, 'broken')
+  await waitFor('the broken version to be collected', async () => ((await call(`${router.url}/apps/${brokenId}`)).status === 404 ? true : undefined), 10000)
+
+  await createToken(router, 'moving', kitchenToken({ 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
+  await call(`${router.url}/status`, { headers: { 'x-waiter-token': 'moving' } })
+  const oldId = await serviceId(router, 'moving')
+  await createToken(router, 'moving', kitchenToken({ version: 'v2', 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
+  await call(`${router.url}/status`, { headers: { 'x-waiter-token': 'moving' } })
+  const newId = await serviceId(router, 'moving')
+  await waitFor('the stale version to be collected', async () => ((await call(`${router.url}/apps/${oldId}`)).status === 404 ? true : undefined), 10000)
+  t.equal((await app(router, newId)).status, 'Running', 'the current version stays')
+  const reasons = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string }[] } }>().state['recently-collected']
+  t.same(reasons.map((r) => [r.id, r.reason]).sort(), [[brokenId, 'broken'], [oldId, 'stale']].sort())
+})
+
+t.test('a token edit under continuous load loses no request: the old version serves until the new one is healthy', async (t) => {
+  const router = await startRouter(t, FAST)
+  await createToken(router, 'rolling', kitchenToken())
+  const h = { 'x-waiter-token': 'rolling' }
+  await call(`${router.url}/status`, { headers: h })
+  const oldId = await serviceId(router, 'rolling')
+  let stop = false
+  const running = load(router, 4, '/request-info', h, () => stop)
+  await new Promise((r) => setTimeout(r, 300))
+  // The new version takes 1.5 s to start: without fallback, requests would wait for it.
+  await createToken(router, 'rolling', kitchenToken({ version: 'v2' }, '--start-up-sleep-ms 1500'))
+  const newId = await serviceId(router, 'rolling')
+  await waitFor('the new version to serve', async () => ((await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })).headers['x-waiter-service-id'] === newId ? true : undefined), 15000)
+  await new Promise((r) => setTimeout(r, 300))
+  stop = true
+  const { statuses, services } = await running
+  t.same([...new Set(statuses)], [200], `all ${statuses.length} requests succeeded`)
+  const firstNew = services.indexOf(newId)
+  t.ok(firstNew > 0, 'the new version served in the end')
+  t.ok(services.slice(0, firstNew).every((s) => s === oldId), 'until then the old version served')
+  t.ok(services.slice(firstNew).every((s) => s === newId), 'and never again once the new one was healthy')
+})
+
+t.test('overrides change scaling knobs without changing the service id', async (t) => {
+  const router = await startRouter(t, FAST)
+  await createToken(router, 'tuned', kitchenToken())
+  await call(`${router.url}/status`, { headers: { 'x-waiter-token': 'tuned' } })
+  const id = await serviceId(router, 'tuned')
+  const refused = await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ cmd: 'rm -rf /', 'min-instances': 2 }) })
+  t.equal(refused.status, 400)
+  t.match(refused.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message, 'Cannot override the following parameter(s): cmd')
+  const invalid = await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ 'min-instances': 9, 'max-instances': 3 }) })
+  t.equal(invalid.status, 400)
+  const ok = await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ 'min-instances': 2 }) })
+  t.equal(ok.status, 200, ok.text)
+  await waitFor('two healthy instances', async () => ((await app(router, id))['instance-counts']['healthy-instances'] === 2 ? true : undefined), 10000)
+  t.equal(await serviceId(router, 'tuned'), id, 'same id')
+  const shown = (await call(`${router.url}/apps/${id}?include=effective-parameters`)).json<{ 'service-description-overrides': { overrides: Record<string, number> }; 'effective-parameters': Record<string, number> }>()
+  t.same(shown['service-description-overrides'].overrides, { 'min-instances': 2 })
+  t.equal(shown['effective-parameters']['min-instances'], 2)
+  const cleared = await call(`${router.url}/apps/${id}/override`, { method: 'DELETE' })
+  t.equal(cleared.status, 200)
+  t.same((await call(`${router.url}/apps/${id}/override`)).json<{ overrides: object }>().overrides, {})
+})
