@@ -7,6 +7,7 @@
 import type { Backend, ServiceState } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
+import { startLoop, type Loop } from './loop.ts'
 import type { Logger } from '../log.ts'
 import { decide, initialScalingState, type BurstOptions, type ScalingDirection, type ScalingPolicy, type ScalingState } from './decide.ts'
 import { chooseKill } from './kill-choice.ts'
@@ -61,8 +62,7 @@ export class Autoscaler {
   readonly #deps: AutoscalerDeps
   readonly #options: AutoscalerOptions
   readonly #entries = new Map<string, Entry>()
-  #cancel: (() => void) | undefined
-  #stopped = true
+  #loop: Loop | undefined
 
   constructor(deps: AutoscalerDeps, options: AutoscalerOptions) {
     this.#deps = deps
@@ -70,14 +70,13 @@ export class Autoscaler {
   }
 
   start(): void {
-    this.#stopped = false
-    this.#schedule()
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => this.tick(), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
   }
 
   /** Stops the loop; never scales down on the way out. */
   stop(): void {
-    this.#stopped = true
-    this.#cancel?.()
+    this.#loop?.stop()
+    this.#loop = undefined
   }
 
   /** One decision for every running version. */
@@ -111,15 +110,6 @@ export class Autoscaler {
       if (snap !== undefined) out[id] = snap
     }
     return out
-  }
-
-  #schedule(): void {
-    if (this.#stopped) return
-    this.#cancel = this.#deps.clock.setTimeout(() => {
-      this.tick()
-        .catch((err: unknown) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
-        .finally(() => this.#schedule())
-    }, this.#options.tickMs)
   }
 
   /** Serialised per service, so a poke and a tick never act on the same version at once. */

@@ -6,6 +6,7 @@
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
+import { startLoop, type Loop } from './loop.ts'
 import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import type { Tokens } from '../versions/tokens.ts'
@@ -39,8 +40,7 @@ export class GcRunner {
   readonly #brokenSince = new Map<string, number>()
   readonly #orphanedSince = new Map<string, number>()
   readonly #collected: (GcVerdict & { at: number })[] = []
-  #cancel: (() => void) | undefined
-  #stopped = true
+  #loop: Loop | undefined
 
   constructor(deps: GcDeps, options: GcOptions) {
     this.#deps = deps
@@ -48,13 +48,12 @@ export class GcRunner {
   }
 
   start(): void {
-    this.#stopped = false
-    this.#schedule()
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.intervalMs, () => this.tick(), (err) => this.#deps.log.error({ err }, 'gc failed'))
   }
 
   stop(): void {
-    this.#stopped = true
-    this.#cancel?.()
+    this.#loop?.stop()
+    this.#loop = undefined
   }
 
   /** Recent collections, newest first (for /state). */
@@ -77,15 +76,6 @@ export class GcRunner {
       this.#deps.log.info({ service: verdict.id, reason: verdict.reason }, 'service garbage-collected')
     }
     return verdicts
-  }
-
-  #schedule(): void {
-    if (this.#stopped) return
-    this.#cancel = this.#deps.clock.setTimeout(() => {
-      this.tick()
-        .catch((err: unknown) => this.#deps.log.error({ err }, 'gc failed'))
-        .finally(() => this.#schedule())
-    }, this.#options.intervalMs)
   }
 
   #candidate(record: ServiceRecord, now: number): GcCandidate {

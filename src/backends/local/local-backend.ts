@@ -16,7 +16,7 @@ import type { LaunchSpec } from '../../launch-spec.ts'
 import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
 import { deploymentError } from '../deployment-error.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
-import { groupResidentBytes } from './memory.ts'
+import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
 
@@ -428,9 +428,11 @@ export class LocalBackend implements Backend {
 
   #scheduleMemoryCheck(): void {
     this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
-      void this.#checkMemory().finally(() => {
-        if (!this.#closed) this.#scheduleMemoryCheck()
-      })
+      void this.#checkMemory()
+        .catch((err: unknown) => this.#o.log.error({ err }, 'memory check failed'))
+        .finally(() => {
+          if (!this.#closed) this.#scheduleMemoryCheck()
+        })
     }, this.#o.memoryCheckIntervalMs)
   }
 
@@ -439,7 +441,8 @@ export class LocalBackend implements Backend {
     for (const service of this.#services.values()) {
       for (const instance of service.instances.values()) byGroup.set(instance.group.pid, [service, instance])
     }
-    const usage = await groupResidentBytes(new Set(byGroup.keys()))
+    const usage = await treeResidentBytes(byGroup.keys())
+    this.#o.log.trace({ usage: Object.fromEntries(usage) }, 'memory check')
     for (const [pid, bytes] of usage) {
       const entry = byGroup.get(pid)
       if (entry === undefined) continue

@@ -1,32 +1,51 @@
-/** Resident memory of whole process groups, read from /proc (Linux). */
+/**
+ * Resident memory of each instance's process tree, read from /proc (Linux). Only the instances'
+ * own processes are read (leader, then children via /proc/<pid>/task/<tid>/children), never
+ * every process on the host: cheaper, and a busy unrelated process cannot stall the check.
+ */
 import { readdir, readFile } from 'node:fs/promises'
 
 const PAGE_BYTES = 4096
 
-/** Sums the RSS in bytes of every process in each of the given groups. */
-export async function groupResidentBytes(groups: ReadonlySet<number>): Promise<Map<number, number>> {
-  const totals = new Map<number, number>()
-  if (groups.size === 0) return totals
-  let entries: string[]
+async function childrenOf(pid: number): Promise<number[]> {
+  let tasks: string[]
   try {
-    entries = await readdir('/proc')
+    tasks = await readdir(`/proc/${pid}/task`)
   } catch {
-    return totals // no /proc: memory limits cannot be enforced here
+    return []
   }
+  const lists = await Promise.all(tasks.map((tid) => readFile(`/proc/${pid}/task/${tid}/children`, 'utf8').catch(() => '')))
+  return lists.flatMap((list) => list.split(' ').filter((s) => s !== '').map(Number))
+}
+
+async function residentBytes(pid: number): Promise<number> {
+  try {
+    const statm = await readFile(`/proc/${pid}/statm`, 'utf8')
+    return Number(statm.split(' ')[1]) * PAGE_BYTES
+  } catch {
+    return 0 // ended while we looked
+  }
+}
+
+/** Sums the RSS in bytes of each leader's process tree. */
+export async function treeResidentBytes(leaders: Iterable<number>): Promise<Map<number, number>> {
+  const totals = new Map<number, number>()
   await Promise.all(
-    entries.map(async (entry) => {
-      if (!/^\d+$/.test(entry)) return
-      let stat: string
-      try {
-        stat = await readFile(`/proc/${entry}/stat`, 'utf8')
-      } catch {
-        return // the process ended while we looked
+    [...leaders].map(async (leader) => {
+      let total = 0
+      const seen = new Set<number>()
+      let frontier = [leader]
+      while (frontier.length > 0 && seen.size < 10_000) {
+        const next: number[] = []
+        for (const pid of frontier) {
+          if (seen.has(pid)) continue
+          seen.add(pid)
+          total += await residentBytes(pid)
+          next.push(...(await childrenOf(pid)))
+        }
+        frontier = next
       }
-      // Fields after the parenthesised command name: state ppid pgrp ... rss is the 22nd of them.
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-      const group = Number(fields[2])
-      if (!groups.has(group)) return
-      totals.set(group, (totals.get(group) ?? 0) + Number(fields[21]) * PAGE_BYTES)
+      totals.set(leader, total)
     }),
   )
   return totals
