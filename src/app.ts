@@ -25,6 +25,7 @@ import { Autoscaler } from './scaler/autoscaler.ts'
 import { scaleUpQuanta } from './scaler/decide.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
 import { Overrides } from './versions/overrides.ts'
+import { TOKEN_METADATA } from './versions/parameters.ts'
 import type { ServiceRecord } from './versions/registry.ts'
 import { writeFileAtomic } from './storage/json-dir.ts'
 import { launchSpecOf } from './versions/launch.ts'
@@ -32,6 +33,12 @@ import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openFileTokenStore } from './versions/token-store.ts'
 import { Tokens } from './versions/tokens.ts'
+
+/** Waiter's defaults for the token settings that GC and fallback use, from the one parameter table. */
+const TOKEN_DEFAULTS = {
+  fallbackPeriodSecs: TOKEN_METADATA.get('fallback-period-secs')?.default as number,
+  staleTimeoutMins: TOKEN_METADATA.get('stale-timeout-mins')?.default as number,
+}
 
 export interface AppOverrides {
   readonly clock?: Clock
@@ -139,7 +146,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     allowOnTheFly: config.proxy.allowOnTheFly,
     serviceIdPrefix: config.serviceIdPrefix,
     cacheSize: config.proxy.resolutionCacheSize,
-    fallbackPeriodSecs: 300,
+    fallbackPeriodSecs: TOKEN_DEFAULTS.fallbackPeriodSecs,
   })
   const gc = new GcRunner(
     {
@@ -159,8 +166,8 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     {
       intervalMs: config.scaler.gcIntervalMs,
       brokenTimeoutMs: config.scaler.brokenServiceTimeoutMins * 60_000,
-      fallbackMs: 300_000,
-      staleTimeoutMs: 15 * 60_000,
+      fallbackMs: TOKEN_DEFAULTS.fallbackPeriodSecs * 1000,
+      staleTimeoutMs: TOKEN_DEFAULTS.staleTimeoutMins * 60_000,
     },
   )
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
