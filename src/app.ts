@@ -12,6 +12,9 @@ import { LRUCache } from 'lru-cache'
 import { createAdminHandler } from './admin/router.ts'
 import { oneUserAuthenticator } from './auth/authenticator.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
+import { instrumented } from './backends/instrumented.ts'
+import { Metrics, type ServiceGauges } from './metrics.ts'
+import { VERSION } from './version.ts'
 import { InstanceTracker } from './backends/tracker.ts'
 import { systemClock, type Clock } from './clock.ts'
 import type { Config } from './config.ts'
@@ -82,12 +85,36 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const registry = new ServiceRegistry(dataDir, clock)
   const overrides = new Overrides(dataDir, clock)
 
-  const backend = new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
-  const tracker = new InstanceTracker({ clock, ejectBaseMs: config.proxy.ejectBaseMs, maxEjectMs: config.proxy.maxEjectMs })
+  // Late-bound: the gauges read the tracker and autoscaler, which are built below.
+  let gauges: () => Iterable<ServiceGauges> = () => []
+  const metrics = new Metrics(
+    { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length },
+    { version: VERSION },
+  )
+  const backend = instrumented(new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log }), metrics)
+  const tracker = new InstanceTracker({
+    clock,
+    ejectBaseMs: config.proxy.ejectBaseMs,
+    maxEjectMs: config.proxy.maxEjectMs,
+    onEject: (service, instance, periodMs, outcome) => {
+      metrics.ejections.inc({ service })
+      log.warn({ service, instance, periodMs, outcome }, 'instance ejected')
+    },
+  })
+  const knownErrors = new Map<string, string>()
   backend.subscribe((serviceId) => {
     const state = backend.state(serviceId)
-    if (state === undefined) tracker.forget(serviceId)
-    else tracker.sync(serviceId, state.instances, state.deploymentError)
+    if (state === undefined) {
+      tracker.forget(serviceId)
+      knownErrors.delete(serviceId)
+      return
+    }
+    tracker.sync(serviceId, state.instances, state.deploymentError)
+    if (state.deploymentError !== undefined && knownErrors.get(serviceId) !== state.deploymentError) {
+      metrics.deploymentErrors.inc({ service: serviceId, reason: state.deploymentError })
+    }
+    if (state.deploymentError === undefined) knownErrors.delete(serviceId)
+    else knownErrors.set(serviceId, state.deploymentError)
   })
   const activator = new Activator(backend, tracker, log)
   const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => {
@@ -129,6 +156,9 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       },
       clock,
       log,
+      onDecision: (service, decision) => {
+        if (decision.direction !== 'stable') metrics.scalingDecisions.inc({ service, direction: decision.direction })
+      },
     },
     {
       tickMs: config.scaler.tickMs,
@@ -155,7 +185,9 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       registry,
       tokens,
       parametersOf: recordParameters,
-      onCollected: async (serviceId) => {
+      onCollected: async (serviceId, reason) => {
+        metrics.gcDeletions.inc({ reason })
+        await metrics.removeService(serviceId)
         launchSpecs.delete(serviceId)
         await overrides.clear(serviceId)
         resolver.forget(serviceId)
@@ -170,6 +202,13 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       staleTimeoutMs: TOKEN_DEFAULTS.staleTimeoutMins * 60_000,
     },
   )
+  gauges = function* () {
+    for (const state of backend.services()) {
+      const load = tracker.load(state.id)
+      const healthy = state.instances.filter((i) => i.healthy).length
+      yield { service: state.id, inFlight: load.inFlight, queued: load.queued, healthy, starting: state.instances.length - healthy, target: autoscaler.snapshot(state.id)?.target }
+    }
+  }
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
   const authenticator = oneUserAuthenticator(user)
 
@@ -195,6 +234,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     launchSpecOf: specOf,
     parametersOf,
     onQueued: (serviceId) => autoscaler.poke(serviceId),
+    metrics,
     timeouts: config.proxy,
     routerId,
     clock,
@@ -213,6 +253,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     overrides,
     autoscaler,
     gc,
+    metrics,
     settings: () => redacted(config),
     draining: () => draining,
     log,

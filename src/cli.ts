@@ -4,7 +4,7 @@
  * can call it in-process.
  */
 import { parseArgs } from 'node:util'
-import { readFileSync } from 'node:fs'
+import { VERSION } from './version.ts'
 import { createApp } from './app.ts'
 import { DEFAULTS, loadConfigFile, withOverrides, type Config } from './config.ts'
 import { isMaitreError } from './errors.ts'
@@ -34,10 +34,6 @@ Options:
   -h, --help             print this help
 `
 
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
-  return pkg.version
-}
 
 function intOption(name: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined
@@ -73,7 +69,7 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
       return 0
     }
     if (values.version === true) {
-      io.out(`${version()}\n`)
+      io.out(`${VERSION}\n`)
       return 0
     }
     command = positionals[0] ?? 'serve'

@@ -8,6 +8,7 @@ import { sendError } from '../proxy/error-response.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
+import type { Metrics } from '../metrics.ts'
 import { methodNotAllowed, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
@@ -15,6 +16,7 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps {
   readonly authenticator: Authenticator
   readonly resolver: Resolver
   readonly gc: GcRunner
+  readonly metrics: Metrics
   readonly settings: () => unknown
   readonly draining: () => boolean
   readonly log: Logger
@@ -35,6 +37,11 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/status':
         case '/livez':
           return sendJson(res, 200, { status: 'ok' }, cid)
+        case '/metrics': {
+          const text = await deps.metrics.registry.metrics()
+          res.writeHead(200, { 'content-type': deps.metrics.registry.contentType, 'content-length': Buffer.byteLength(text), 'x-cid': cid })
+          return void res.end(text)
+        }
         case '/readyz':
           return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
       }

@@ -45,6 +45,8 @@ export interface TrackerOptions {
   /** First ejection lasts this long; each consecutive failure doubles it. */
   readonly ejectBaseMs: number
   readonly maxEjectMs: number
+  /** Told about every ejection (for metrics and logs). */
+  readonly onEject?: (serviceId: string, instanceId: string, periodMs: number, outcome: ReleaseOutcome) => void
 }
 
 /** One instance's slots. The object lives as long as the instance is healthy, so leases taken before a sync release into the same counter. */
@@ -87,8 +89,10 @@ export class InstanceTracker {
   readonly #random: () => number
   readonly #ejectBaseMs: number
   readonly #maxEjectMs: number
+  readonly #onEject: TrackerOptions['onEject']
 
   constructor(options: TrackerOptions) {
+    this.#onEject = options.onEject
     this.#clock = options.clock
     this.#random = options.random ?? Math.random
     this.#ejectBaseMs = options.ejectBaseMs
@@ -291,6 +295,7 @@ export class InstanceTracker {
       const period = Math.min(this.#maxEjectMs, this.#ejectBaseMs * 2 ** Math.min(20, slot.failures - 1))
       slot.ejectedUntil = this.#clock.now() + period
       this.#scheduleUneject(service, period)
+      this.#onEject?.(slot.instance.serviceId, slot.instance.id, period, outcome)
     }
   }
 

@@ -12,6 +12,7 @@ import type { Logger } from '../log.ts'
 import type { Activator } from '../scaler/activator.ts'
 import type { Resolution, Resolver } from '../versions/resolve.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
+import { statusClass, type Metrics } from '../metrics.ts'
 import { sendError } from './error-response.ts'
 import type { Forwarder } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
@@ -35,6 +36,7 @@ export interface ProxyDeps {
   readonly onQueued: (serviceId: string) => void
   readonly timeouts: ProxyTimeouts
   readonly routerId: string
+  readonly metrics: Metrics
   readonly clock: Clock
   readonly log: Logger
 }
@@ -82,8 +84,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let resolution: Resolution | undefined
     let lease: Lease | undefined
     let coldStart = false
+    let queued = false
     let queueMs = 0
+    let backendMs: number | undefined
     let status: number | undefined
+    let failure: string | undefined
+    let instanceId: string | undefined
     try {
       const who = await deps.authenticator.authenticate(req)
       principal = who.user
@@ -103,13 +109,16 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       lease = deps.tracker.tryAcquire(serviceId)
       if (lease === undefined) {
         coldStart = deps.tracker.load(serviceId).healthy === 0
+        queued = true
         const waiting = deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: aborter.signal })
         deps.onQueued(serviceId)
         lease = await waiting
         queueMs = deps.clock.now() - started
       }
       const instance = lease.instance
+      instanceId = instance.id
       const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
+      const forwardedAt = deps.clock.now()
       const result = await deps.forwarder.forward(req, res, {
         instance,
         cid,
@@ -142,6 +151,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           return extra
         },
       })
+      backendMs = deps.clock.now() - forwardedAt
       lease.release(result.outcome)
       lease = undefined
       status = result.status
@@ -153,9 +163,25 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       lease?.release('generic-error')
       lease = undefined
       status = (err as { status?: number }).status ?? 500
+      failure = (err as { code?: string }).code
+      if (queued) queueMs = deps.clock.now() - started
       sendError(req, res, err, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
       if (status >= 500 && (err as { code?: string }).code === undefined) deps.log.error({ err, cid }, 'request failed')
     } finally {
+      if (resolution !== undefined) {
+        const service = resolution.serviceId
+        const finalStatus = status ?? (aborter.signal.aborted ? 499 : 500)
+        deps.metrics.requests.inc({ service, code: statusClass(finalStatus) })
+        deps.metrics.requestDuration.observe({ service }, (deps.clock.now() - started) / 1000)
+        if (queued) deps.metrics.queueWait.observe({ service }, queueMs / 1000)
+        if (backendMs !== undefined) deps.metrics.backendResponse.observe({ service }, backendMs / 1000)
+        if (coldStart) {
+          deps.metrics.coldStarts.inc({ service })
+          if (backendMs !== undefined) deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
+        }
+        const rejection = failure === 'ERR_QUEUE_FULL' ? 'full' : failure === 'ERR_QUEUE_TIMEOUT' ? 'timeout' : failure === 'ERR_DEPLOYMENT' ? 'deployment-error' : undefined
+        if (rejection !== undefined) deps.metrics.queueRejections.inc({ service, reason: rejection })
+      }
       deps.log.info(
         {
           cid,
@@ -164,7 +190,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           token: resolution?.source?.token,
           service: resolution?.serviceId,
           status: status ?? (aborter.signal.aborted ? 499 : undefined),
+          instance: instanceId,
           queueMs,
+          backendMs,
           totalMs: deps.clock.now() - started,
           coldStart,
         },

@@ -56,6 +56,8 @@ export interface AutoscalerDeps {
   readonly serviceOf: (serviceId: string) => ScalableService | undefined
   readonly clock: Clock
   readonly log: Logger
+  /** Told about every decision (for metrics). */
+  readonly onDecision?: (serviceId: string, decision: LastDecision) => void
 }
 
 export class Autoscaler {
@@ -174,6 +176,7 @@ export class Autoscaler {
       bursting: decision.bursting,
       killed,
     }
+    this.#deps.onDecision?.(serviceId, entry.last)
   }
 
   async #killOne(serviceId: string, state: ServiceState, expired: ReadonlySet<string>): Promise<string | undefined> {

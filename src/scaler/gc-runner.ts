@@ -28,7 +28,7 @@ export interface GcDeps {
   readonly tokens: Tokens
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
   /** Called after a version is deleted (drop overrides, caches, metrics). */
-  readonly onCollected: (serviceId: string) => Promise<void> | void
+  readonly onCollected: (serviceId: string, reason: GcVerdict['reason']) => Promise<void> | void
   readonly clock: Clock
   readonly log: Logger
 }
@@ -68,7 +68,7 @@ export class GcRunner {
     for (const verdict of verdicts) {
       await this.#deps.backend.deleteService(verdict.id)
       await this.#deps.registry.forget(verdict.id)
-      await this.#deps.onCollected(verdict.id)
+      await this.#deps.onCollected(verdict.id, verdict.reason)
       this.#brokenSince.delete(verdict.id)
       this.#orphanedSince.delete(verdict.id)
       this.#collected.unshift({ ...verdict, at: now })

@@ -21,19 +21,26 @@ async function serviceId(router: Router, token: string): Promise<string> {
 }
 
 /** Runs `clients` loops of requests until `until()` says stop; returns every status seen. */
-async function load(router: Router, clients: number, path: string, headers: Record<string, string>, until: () => boolean): Promise<{ statuses: number[]; services: string[] }> {
+interface Served {
+  readonly startedAt: number
+  readonly endedAt: number
+  readonly service: string
+}
+
+async function load(router: Router, clients: number, path: string, headers: Record<string, string>, until: () => boolean): Promise<{ statuses: number[]; served: Served[] }> {
   const statuses: number[] = []
-  const services: string[] = []
+  const served: Served[] = []
   await Promise.all(
     Array.from({ length: clients }, async () => {
       while (!until()) {
+        const startedAt = performance.now()
         const reply = await call(`${router.url}${path}`, { headers: { ...headers, 'x-waiter-debug': 'true' } })
         statuses.push(reply.status)
-        services.push(String(reply.headers['x-waiter-service-id']))
+        served.push({ startedAt, endedAt: performance.now(), service: String(reply.headers['x-waiter-service-id']) })
       }
     }),
   )
-  return { statuses, services }
+  return { statuses, served }
 }
 
 /** The kitchen's own request logs across every instance of a version: [started, ended, cut]. */
@@ -148,12 +155,13 @@ t.test('a token edit under continuous load loses no request: the old version ser
   await waitFor('the new version to serve', async () => ((await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })).headers['x-waiter-service-id'] === newId ? true : undefined), 15000)
   await new Promise((r) => setTimeout(r, 300))
   stop = true
-  const { statuses, services } = await running
+  const { statuses, served } = await running
   t.same([...new Set(statuses)], [200], `all ${statuses.length} requests succeeded`)
-  const firstNew = services.indexOf(newId)
-  t.ok(firstNew > 0, 'the new version served in the end')
-  t.ok(services.slice(0, firstNew).every((s) => s === oldId), 'until then the old version served')
-  t.ok(services.slice(firstNew).every((s) => s === newId), 'and never again once the new one was healthy')
+  const firstNew = Math.min(...served.filter((r) => r.service === newId).map((r) => r.endedAt))
+  t.ok(Number.isFinite(firstNew), 'the new version served in the end')
+  t.ok(served.filter((r) => r.endedAt < firstNew).every((r) => r.service === oldId), 'until then the old version served')
+  t.ok(served.filter((r) => r.startedAt > firstNew).every((r) => r.service === newId), 'and no request sent after that went to the old one')
+  t.ok(served.some((r) => r.service === oldId && r.startedAt > served[0]!.startedAt + 300), 'requests sent during the new version’s start were served by the old one')
 })
 
 t.test('overrides change scaling knobs without changing the service id', async (t) => {

@@ -1,0 +1,120 @@
+/**
+ * Every Prometheus metric maitre exports, in one registry (not prom-client's global one, so each
+ * router and each test has its own). Prefix maitre_, base units, _total counters, _seconds
+ * histograms whose buckets reach two minutes. Point-in-time values (outstanding, instances,
+ * target) are read at scrape time, so a deleted version simply stops appearing; per-service
+ * counters and histograms are removed explicitly when a version is collected.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
+
+/** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
+const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
+
+export interface ServiceGauges {
+  readonly service: string
+  readonly inFlight: number
+  readonly queued: number
+  readonly healthy: number
+  readonly starting: number
+  readonly target: number | undefined
+}
+
+export interface GaugeSources {
+  readonly services: () => Iterable<ServiceGauges>
+  readonly tokens: () => number
+  readonly versions: () => number
+}
+
+export function statusClass(status: number): string {
+  return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other'
+}
+
+export class Metrics {
+  readonly registry = new Registry()
+  readonly requests: Counter<'service' | 'code'>
+  readonly requestDuration: Histogram<'service'>
+  readonly queueWait: Histogram<'service'>
+  readonly backendResponse: Histogram<'service'>
+  readonly scalingDecisions: Counter<'service' | 'direction'>
+  readonly coldStarts: Counter<'service'>
+  readonly coldStartDuration: Histogram<'service'>
+  readonly deploymentErrors: Counter<'service' | 'reason'>
+  readonly queueRejections: Counter<'service' | 'reason'>
+  readonly ejections: Counter<'service'>
+  readonly gcDeletions: Counter<'reason'>
+  readonly backendOperations: Counter<'backend' | 'operation' | 'result'>
+  readonly backendOperationDuration: Histogram<'backend' | 'operation'>
+  readonly #perService: Metric<string>[]
+
+  constructor(sources: GaugeSources, build: { version: string }) {
+    const registers = [this.registry]
+    const service = ['service'] as const
+    this.requests = new Counter({ name: 'maitre_requests_total', help: 'Proxied requests by service version and status class (2xx…5xx).', labelNames: ['service', 'code'] as const, registers })
+    this.requestDuration = new Histogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.queueWait = new Histogram({ name: 'maitre_queue_wait_seconds', help: 'Time requests waited for an instance slot (cold starts included).', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.backendResponse = new Histogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.scalingDecisions = new Counter({ name: 'maitre_scaling_decisions_total', help: 'Scaling decisions that changed the instance count, by direction.', labelNames: ['service', 'direction'] as const, registers })
+    this.coldStarts = new Counter({ name: 'maitre_cold_starts_total', help: 'Requests that waited for a version with no healthy instance.', labelNames: service, registers })
+    this.coldStartDuration = new Histogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.deploymentErrors = new Counter({ name: 'maitre_deployment_errors_total', help: 'Times a version was found unable to start, by Waiter deployment-error message.', labelNames: ['service', 'reason'] as const, registers })
+    this.queueRejections = new Counter({ name: 'maitre_queue_rejections_total', help: 'Requests refused with 503 for want of an instance, by reason (full, timeout, deployment-error).', labelNames: ['service', 'reason'] as const, registers })
+    this.ejections = new Counter({ name: 'maitre_ejections_total', help: 'Instances taken out of rotation after a connect error, a failure or a 503.', labelNames: service, registers })
+    this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken).', labelNames: ['reason'] as const, registers })
+    this.backendOperations = new Counter({ name: 'maitre_backend_operations_total', help: 'Calls to the cluster backend by operation and result (ok, error).', labelNames: ['backend', 'operation', 'result'] as const, registers })
+    this.backendOperationDuration = new Histogram({ name: 'maitre_backend_operation_duration_seconds', help: 'Duration of calls to the cluster backend.', labelNames: ['backend', 'operation'] as const, buckets: LATENCY_BUCKETS, registers })
+
+    const perServiceGauge = (name: string, help: string, value: (s: ServiceGauges) => number | undefined): Gauge<'service'> =>
+      new Gauge({
+        name,
+        help,
+        labelNames: service,
+        registers,
+        collect() {
+          this.reset()
+          for (const s of sources.services()) {
+            const v = value(s)
+            if (v !== undefined) this.set({ service: s.service }, v)
+          }
+        },
+      })
+    perServiceGauge('maitre_outstanding_requests', 'In-flight plus queued requests: the scaling signal.', (s) => s.inFlight + s.queued)
+    perServiceGauge('maitre_in_flight_requests', 'Requests being served by an instance.', (s) => s.inFlight)
+    perServiceGauge('maitre_queued_requests', 'Requests waiting for an instance slot.', (s) => s.queued)
+    perServiceGauge('maitre_target_instances', 'The autoscaler\'s smoothed target instance count.', (s) => s.target)
+    new Gauge({
+      name: 'maitre_instances',
+      help: 'Live instances by state (healthy, starting).',
+      labelNames: ['service', 'state'] as const,
+      registers,
+      collect() {
+        this.reset()
+        for (const s of sources.services()) {
+          this.set({ service: s.service, state: 'healthy' }, s.healthy)
+          this.set({ service: s.service, state: 'starting' }, s.starting)
+        }
+      },
+    })
+    new Gauge({ name: 'maitre_tokens', help: 'Tokens stored (soft-deleted ones included).', registers, collect() { this.set(sources.tokens()) } })
+    new Gauge({ name: 'maitre_services', help: 'Service versions known to this router.', registers, collect() { this.set(sources.versions()) } })
+    new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
+    collectDefaultMetrics({ register: this.registry })
+
+    this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections]
+  }
+
+  /** Drops every series of a deleted version, so dead versions do not pile up in Prometheus. */
+  async removeService(serviceId: string): Promise<void> {
+    for (const metric of this.#perService) {
+      const { values } = await metric.get()
+      const seen = new Set<string>()
+      for (const { labels } of values) {
+        if (labels['service'] !== serviceId) continue
+        const { le: _le, quantile: _q, ...series } = labels as Record<string, string | number>
+        const key = JSON.stringify(series)
+        if (seen.has(key)) continue
+        seen.add(key)
+        metric.remove(series as never)
+      }
+    }
+  }
+}

@@ -1,0 +1,70 @@
+import t from 'tap'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+
+async function scrape(router: Router): Promise<string> {
+  const reply = await call(`${router.url}/metrics`, { headers: { accept: 'text/plain' } })
+  t.match(reply.headers['content-type'], 'text/plain')
+  return reply.text
+}
+
+/** The value of one series, or undefined when it is absent. */
+function value(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken({ 'min-instances': 2 }))
+  const h = { 'x-waiter-token': 'kitchen' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  await call(`${router.url}/request-info`, { headers: { ...h, 'x-kitchen-act-busy': 'true' } })
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  await waitFor('two healthy instances', async () => (value(await scrape(router), `maitre_instances{service="${id}",state="healthy"}`) === 2 ? true : undefined))
+  await createToken(router, 'broken', { cmd: 'exit 2', cpus: 0.1, mem: 64, version: 'v1' })
+  await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
+
+  const text = await scrape(router)
+  const s = `service="${id}"`
+  t.equal(value(text, `maitre_requests_total{${s},code="2xx"}`), 1)
+  t.equal(value(text, `maitre_requests_total{${s},code="5xx"}`), 1, 'the backend’s 503')
+  t.equal(value(text, `maitre_cold_starts_total{${s}}`), 1)
+  t.equal(value(text, `maitre_cold_start_duration_seconds_count{${s}}`), 1)
+  t.equal(value(text, `maitre_request_duration_seconds_count{${s}}`), 2)
+  t.equal(value(text, `maitre_backend_response_seconds_count{${s}}`), 2)
+  t.equal(value(text, `maitre_ejections_total{${s}}`), 1, 'the 503 ejected its instance')
+  t.equal(value(text, `maitre_outstanding_requests{${s}}`), 0)
+  t.equal(value(text, `maitre_queued_requests{${s}}`), 0)
+  t.equal(value(text, 'maitre_backend_operations_total{backend="local",operation="ensureService",result="ok"}'), 2)
+  t.ok((value(text, 'maitre_backend_operation_duration_seconds_count{backend="local",operation="ensureService"}') ?? 0) >= 2)
+  t.equal(value(text, 'maitre_tokens'), 2)
+  t.equal(value(text, 'maitre_services'), 2)
+  t.match(text, /maitre_deployment_errors_total\{service="maitre-[0-9a-f]{32}",reason="Invalid startup command"\} 1/)
+  t.match(text, /maitre_queue_rejections_total\{service="maitre-[0-9a-f]{32}",reason="deployment-error"\} 1/)
+  t.match(text, /maitre_build_info\{version="\d+\.\d+\.\d+",node_version="v24\.[^"]+"\} 1/)
+  t.match(text, /^process_cpu_seconds_total /m, 'Node process metrics')
+  t.match(text, /^nodejs_eventloop_lag_seconds /m)
+  const buckets = [...text.matchAll(new RegExp(`maitre_queue_wait_seconds_bucket\\{le="([0-9.]+)",${s.replace(/[-]/g, '\\-')}\\}`, 'g'))].map((m) => Number(m[1]))
+  t.ok(Math.max(...buckets) >= 120, `histogram buckets reach two minutes (${Math.max(...buckets)} s)`)
+  for (const line of text.split('\n').filter((l) => l.startsWith('# TYPE maitre_'))) {
+    const [, , name, type] = line.split(' ')
+    if (type === 'counter') t.ok(name?.endsWith('_total'), `${name} is a _total counter`)
+    if (type === 'histogram') t.ok(name?.endsWith('_seconds'), `${name} is in seconds`)
+  }
+})
+
+t.test('no series of a garbage-collected version remains', async (t) => {
+  const router = await startRouter(t, { 'scaler.gcIntervalMs': 300 })
+  const meta = { 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }
+  await createToken(router, 'moving', kitchenToken(meta))
+  const h = { 'x-waiter-token': 'moving' }
+  await call(`${router.url}/request-info`, { headers: h })
+  const oldId = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.match(await scrape(router), `service="${oldId}"`, 'the version has series while it lives')
+  await createToken(router, 'moving', kitchenToken({ ...meta, version: 'v2' }))
+  await call(`${router.url}/request-info`, { headers: h })
+  await waitFor('the old version to be collected', async () => ((await call(`${router.url}/apps/${oldId}`)).status === 404 ? true : undefined), 10000)
+  const text = await scrape(router)
+  t.notMatch(text, oldId, 'no series mentions the collected version')
+  t.equal(value(text, 'maitre_gc_deletions_total{reason="stale"}'), 1)
+})
