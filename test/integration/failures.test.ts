@@ -149,7 +149,8 @@ t.test('an instance that refuses connections is a 502 and is ejected', async (t)
   const router = await startRouter(t)
   // Healthy on its second port, deaf on the first: every request's connection is refused.
   await createToken(router, 'deaf', kitchenToken({ ports: 2, 'health-check-port-index': 1 }, '--port $PORT1'))
-  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'deaf', 'x-waiter-queue-timeout': '500' } })
+  // The queue timeout only has to cover the cold start, however slow the machine is.
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'deaf', 'x-waiter-queue-timeout': '10000' } })
   t.equal(reply.status, 502)
   t.equal(message(reply), 'Request failed to connect to service backend')
   const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'deaf' } })).text
