@@ -28,6 +28,7 @@ import { Autoscaler } from './scaler/autoscaler.ts'
 import { scaleUpQuanta } from './scaler/decide.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
 import { Overrides } from './versions/overrides.ts'
+import { Suspensions } from './versions/suspensions.ts'
 import { TOKEN_METADATA } from './versions/parameters.ts'
 import type { ServiceRecord } from './versions/registry.ts'
 import { writeFileAtomic } from './storage/json-dir.ts'
@@ -84,6 +85,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster)
   const registry = new ServiceRegistry(dataDir, clock)
   const overrides = new Overrides(dataDir, clock)
+  const suspensions = new Suspensions(dataDir, clock)
 
   // Late-bound: the gauges read the tracker and autoscaler, which are built below.
   let gauges: () => Iterable<ServiceGauges> = () => []
@@ -234,6 +236,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     launchSpecOf: specOf,
     parametersOf,
     onQueued: (serviceId) => autoscaler.poke(serviceId),
+    isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
     metrics,
     timeouts: config.proxy,
     routerId,
@@ -254,6 +257,10 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     autoscaler,
     gc,
     metrics,
+    suspensions,
+    activator,
+    launchSpecOf: specOf,
+    parametersOf,
     settings: () => redacted(config),
     draining: () => draining,
     log,

@@ -16,6 +16,7 @@ export interface AppsApiDeps {
   readonly tokens: Tokens
   readonly overrides: Overrides
   readonly autoscaler: Autoscaler
+  readonly suspensions: { get(serviceId: string): unknown }
   readonly routerId: string
 }
 
@@ -99,7 +100,19 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
 export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
-  const records = deps.registry.all().filter((rec) => token === null || rec.sources.some((s) => s.token === token))
+  const filters = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'include', 'effective-parameters'].includes(key))
+  const matches = (rec: ServiceRecord): boolean =>
+    filters.every(([key, wanted]) => {
+      const actual = key.split('.').reduce<unknown>((v, k) => (typeof v === 'object' && v !== null ? (v as Record<string, unknown>)[k] : undefined), rec.core)
+      if (actual === undefined) return false
+      const text = String(actual)
+      try {
+        return text === wanted || new RegExp(`^(?:${wanted})$`).test(text)
+      } catch {
+        return false
+      }
+    })
+  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec))
   records.sort((a, b) => a.createdAt - b.createdAt)
   sendJson(r.res, 200, records.map((rec) => summary(rec, deps)), r.cid)
 }
@@ -134,6 +147,8 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
   }
   const overrides = deps.overrides.get(serviceId)
   if (overrides !== undefined) body['service-description-overrides'] = overrides
+  const suspended = deps.suspensions.get(serviceId)
+  if (suspended !== undefined) body['service-suspended-state'] = suspended
   if (r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true') {
     body['effective-parameters'] = deps.overrides.parameters(serviceId, record.core)
   }

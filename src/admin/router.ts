@@ -7,12 +7,16 @@ import { cidOf } from '../proxy/handle.ts'
 import { sendError } from '../proxy/error-response.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
+import { handleInstanceSignal, handleLogs } from './instances.ts'
+import { handlePing, type PingDeps } from './ping.ts'
+import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Metrics } from '../metrics.ts'
 import { methodNotAllowed, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
-export interface AdminDeps extends TokenApiDeps, AppsApiDeps {
+export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
+  readonly suspensions: Suspensions
   readonly authenticator: Authenticator
   readonly resolver: Resolver
   readonly gc: GcRunner
@@ -54,6 +58,8 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           return handleTokens(r, deps)
         case '/token-history':
           return handleTokenHistory(r, deps)
+        case '/waiter-ping':
+          return await handlePing(r, who, deps)
         case '/service-id':
         case '/app-name': {
           const { resolution } = await deps.resolver.resolve(req.headers, who)
@@ -71,8 +77,25 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/state/gc-services':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: { 'recently-collected': deps.gc.recent() } }, cid)
       }
-      const override = /^\/apps\/([^/]+)\/override$/.exec(path)
-      if (override !== null) return await handleOverride(r, decodeURIComponent(override[1] as string), who, deps)
+      const sub = /^\/apps\/([^/]+)\/(override|suspend|resume|logs|instance\/([^/]+)\/(kill|expire))$/.exec(path)
+      if (sub !== null) {
+        const serviceId = decodeURIComponent(sub[1] as string)
+        if (deps.registry.get(serviceId) === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+        switch (sub[2]) {
+          case 'override':
+            return await handleOverride(r, serviceId, who, deps)
+          case 'suspend':
+            await deps.suspensions.suspend(serviceId, who.user)
+            return sendJson(res, 200, { success: true, 'service-id': serviceId }, cid)
+          case 'resume':
+            await deps.suspensions.resume(serviceId)
+            return sendJson(res, 200, { success: true, 'service-id': serviceId }, cid)
+          case 'logs':
+            return await handleLogs(r, serviceId, deps)
+          default:
+            return await handleInstanceSignal(r, serviceId, decodeURIComponent(sub[3] as string), sub[4] as 'kill' | 'expire', deps)
+        }
+      }
       const app = /^\/apps\/([^/]+)$/.exec(path)
       if (app !== null) return await handleApp(r, decodeURIComponent(app[1] as string), deps)
       throw new MaitreError('ERR_NOT_FOUND', 'Not found', { details: { path } })

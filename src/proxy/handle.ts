@@ -14,6 +14,7 @@ import type { Resolution, Resolver } from '../versions/resolve.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { sendError } from './error-response.ts'
+import { MaitreError } from '../errors.ts'
 import type { Forwarder } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 
@@ -32,6 +33,8 @@ export interface ProxyDeps {
   readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
   /** The parameters a version runs with (its description, defaults and overrides). */
   readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
+  /** Suspended versions answer 503 until resumed. */
+  readonly isSuspended: (serviceId: string) => boolean
   /** A request had to queue: decide about this version now rather than at the next tick. */
   readonly onQueued: (serviceId: string) => void
   readonly timeouts: ProxyTimeouts
@@ -97,6 +100,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       resolution = fallBack(resolved.resolution, who, deps)
       const perRequest = resolved.headers.perRequest
       const serviceId = resolution.serviceId
+      if (deps.isSuspended(serviceId)) throw new MaitreError('ERR_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       const meta = resolution.tokenMetadata
       const timeouts: ProxyTimeouts = {
         queueTimeoutMs: pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),

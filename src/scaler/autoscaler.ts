@@ -64,6 +64,8 @@ export class Autoscaler {
   readonly #deps: AutoscalerDeps
   readonly #options: AutoscalerOptions
   readonly #entries = new Map<string, Entry>()
+  /** Instances an operator asked to expire (Waiter's /instance/{id}/expire). */
+  readonly #expireRequested = new Set<string>()
   #loop: Loop | undefined
 
   constructor(deps: AutoscalerDeps, options: AutoscalerOptions) {
@@ -87,6 +89,14 @@ export class Autoscaler {
     const live = new Set(services.map((s) => s.id))
     for (const id of this.#entries.keys()) if (!live.has(id)) this.#entries.delete(id)
     for (const service of services) await this.#scaleOnce(service.id)
+  }
+
+  /** Marks an instance expired: it is replaced, then killed first. */
+  expire(serviceId: string, instanceId: string): boolean {
+    if (this.#deps.backend.state(serviceId)?.instances.some((i) => i.id === instanceId) !== true) return false
+    this.#expireRequested.add(instanceId)
+    this.poke(serviceId)
+    return true
   }
 
   /** Decides for one version now instead of at the next tick (a request is waiting for it). */
@@ -137,7 +147,7 @@ export class Autoscaler {
     const state = backend.state(serviceId)
     if (state === undefined) return
     const now = clock.now()
-    const expired = expiredIds(state, service.instanceExpiryMs, now)
+    const expired = expiredIds(state, service.instanceExpiryMs, now, this.#expireRequested)
     tracker.markExpired(serviceId, expired)
     const load = tracker.load(serviceId)
     const healthy = state.instances.filter((i) => i.healthy)
@@ -194,10 +204,10 @@ export class Autoscaler {
   }
 }
 
-function expiredIds(state: ServiceState, expiryMs: number, now: number): Set<string> {
+function expiredIds(state: ServiceState, expiryMs: number, now: number, requested: ReadonlySet<string>): Set<string> {
   const out = new Set<string>()
   for (const i of state.instances) {
-    if (i.flags.has('expired') || (expiryMs > 0 && now - i.startedAt >= expiryMs)) out.add(i.id)
+    if (i.flags.has('expired') || requested.has(i.id) || (expiryMs > 0 && now - i.startedAt >= expiryMs)) out.add(i.id)
   }
   return out
 }

@@ -97,8 +97,8 @@ export function decide(policy: ScalingPolicy, input: ScalingInput, state: Scalin
   let to: number
   if (bursting) {
     // Jump straight to the ideal and never below what the burst already reached.
-    target = clamp(Math.max(ideal, state.target, requested), policy)
-    to = Math.max(requested, Math.ceil(target - 1e-9))
+    target = clamp(Math.max(ideal, state.target), policy)
+    to = Math.ceil(target - 1e-9)
   } else if (ticks === 0) {
     // The first look at a version (or a second look within one tick) only records the state.
     target = state.decidedAt === undefined ? requested : state.target
@@ -119,8 +119,9 @@ export function decide(policy: ScalingPolicy, input: ScalingInput, state: Scalin
   const expired = input.expiredHealthy + Math.min(MAX_EXPIRED_UNHEALTHY, input.expiredUnhealthy)
   if (expired > 0 && !(to < requested && requested === healthy)) {
     to = to + Math.ceil(expired * policy.expiredInstanceRestartRate) - Math.max(0, healthy - to)
-    to = Math.max(to, bursting ? requested : 0)
   }
+  // No scale-down while a burst lasts (after the replacement arithmetic, so it cannot compound).
+  if (bursting) to = Math.max(to, requested)
   to = Math.min(Math.max(to, 0), policy.maxInstances + expired, requested + policy.maxScaleUpPerDecision)
 
   const amount = to - requested

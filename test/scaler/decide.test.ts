@@ -121,6 +121,14 @@ t.test('bounds, jitter and expired instances', async (t) => {
 
   const expired = decide(WAITER, { outstanding: 3, requested: 3, healthy: 3, expiredHealthy: 1, expiredUnhealthy: 0 }, { target: 3, decidedAt: 0, burstUntil: 0 }, 1000, NO_BURST)
   t.equal(expired.scaleTo, 4, 'an expired instance gets a replacement before it is killed')
+  let burstState: ScalingState = { target: 1, decidedAt: 0, burstUntil: 60_000 }
+  let requested = 1
+  for (let s = 1; s <= 10; s++) {
+    const d = decide(WAITER, { outstanding: 0, requested, healthy: requested, expiredHealthy: 1, expiredUnhealthy: 0 }, burstState, s * 1000, BURST)
+    burstState = d.state
+    requested = d.scaleTo
+  }
+  t.equal(requested, 2, 'during a burst an expired instance gets one replacement, not one per tick')
   const lots = decide(WAITER, { outstanding: 3, requested: 3, healthy: 3, expiredHealthy: 0, expiredUnhealthy: 9 }, { target: 3, decidedAt: 0, burstUntil: 0 }, 1000, NO_BURST)
   t.equal(lots.scaleTo, 4, 'at most two expired unhealthy instances count (ceil(2 × 0.1) = 1)')
 })

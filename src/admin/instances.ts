@@ -1,0 +1,75 @@
+/** Waiter's per-instance operations: kill, expire, and reading an instance's sandbox logs. */
+import { createReadStream } from 'node:fs'
+import { readdir, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { MaitreError } from '../errors.ts'
+import type { Backend } from '../backends/backend.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import type { Autoscaler } from '../scaler/autoscaler.ts'
+import { SERVER_HEADER } from '../proxy/error-response.ts'
+import { methodNotAllowed, sendJson, type AdminRequest } from './http.ts'
+
+export interface InstanceApiDeps {
+  readonly backend: Backend
+  readonly tracker: InstanceTracker
+  readonly autoscaler: Autoscaler
+}
+
+function notFound(serviceId: string, instanceId: string): MaitreError {
+  return new MaitreError('ERR_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
+}
+
+/** POST /apps/{id}/instance/{iid}/kill and /expire. */
+export async function handleInstanceSignal(r: AdminRequest, serviceId: string, instanceId: string, signal: 'kill' | 'expire', deps: InstanceApiDeps): Promise<void> {
+  if (r.req.method !== 'POST') throw methodNotAllowed(r.req.method, ['POST'])
+  if (signal === 'expire') {
+    if (!deps.autoscaler.expire(serviceId, instanceId)) throw notFound(serviceId, instanceId)
+    return sendJson(r.res, 200, { 'signal-response': { message: `expire successfully sent to ${instanceId}`, success: true } }, r.cid)
+  }
+  // An operator's kill happens even if requests are in flight; locking first still keeps new ones off it.
+  deps.tracker.lockForKill(serviceId, instanceId)
+  if (!(await deps.backend.killInstance(serviceId, instanceId))) {
+    deps.tracker.unlock(serviceId, instanceId)
+    throw notFound(serviceId, instanceId)
+  }
+  sendJson(r.res, 200, { 'signal-response': { message: `soft-kill successfully sent to ${instanceId}`, success: true } }, r.cid)
+}
+
+function logDirectoryOf(backend: Backend, serviceId: string, instanceId: string): string | undefined {
+  const state = backend.state(serviceId)
+  const all = [...(state?.instances ?? []), ...(state?.failed ?? []), ...(state?.killed ?? [])]
+  return all.find((i) => i.id === instanceId)?.logDirectory
+}
+
+/** GET /apps/{id}/logs?instance-id=I lists the sandbox; &file=NAME returns one file. */
+export async function handleLogs(r: AdminRequest, serviceId: string, deps: InstanceApiDeps): Promise<void> {
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
+  const instanceId = r.url.searchParams.get('instance-id')
+  if (instanceId === null || instanceId === '') {
+    throw new MaitreError('ERR_BAD_REQUEST', 'Missing instance-id query parameter', { details: { field: 'instance-id' } })
+  }
+  const dir = logDirectoryOf(deps.backend, serviceId, instanceId)
+  if (dir === undefined) throw notFound(serviceId, instanceId)
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => [])
+  const file = r.url.searchParams.get('file')
+  if (file !== null) {
+    // Only a name the listing shows: no path can reach outside the sandbox.
+    if (!entries.some((e) => e.isFile() && e.name === file)) {
+      throw new MaitreError('ERR_NOT_FOUND', `No file ${file} in the sandbox of ${instanceId}`, { details: { file } })
+    }
+    r.res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'x-cid': r.cid, server: SERVER_HEADER })
+    createReadStream(join(dir, file)).on('error', () => r.res.destroy()).pipe(r.res)
+    return
+  }
+  const base = `/apps/${encodeURIComponent(serviceId)}/logs?instance-id=${encodeURIComponent(instanceId)}`
+  const listing = await Promise.all(
+    entries.map(async (e) => {
+      const info = await stat(join(dir, e.name)).catch(() => undefined)
+      return e.isFile()
+        ? { name: e.name, size: info?.size ?? 0, type: 'file', url: `${base}&file=${encodeURIComponent(e.name)}` }
+        : { name: e.name, size: info?.size ?? 0, type: 'directory', path: join(dir, e.name) }
+    }),
+  )
+  listing.sort((a, b) => a.name.localeCompare(b.name))
+  sendJson(r.res, 200, listing, r.cid)
+}

@@ -1,0 +1,82 @@
+/**
+ * Waiter's /waiter-ping: resolve the request's service, start it if needed, wait for an instance
+ * (up to x-waiter-timeout), health-check it, and report what happened with the service's state.
+ */
+import { request } from 'undici'
+import { MaitreError, isMaitreError } from '../errors.ts'
+import type { Principal } from '../auth/authenticator.ts'
+import type { Backend } from '../backends/backend.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import type { Activator } from '../scaler/activator.ts'
+import type { LaunchSpec } from '../launch-spec.ts'
+import type { Resolution, Resolver } from '../versions/resolve.ts'
+import { serviceStatus } from './apps.ts'
+import { sendJson, type AdminRequest } from './http.ts'
+
+export interface PingDeps {
+  readonly resolver: Resolver
+  readonly activator: Activator
+  readonly tracker: InstanceTracker
+  readonly backend: Backend
+  readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
+  readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
+}
+
+const DEFAULT_PING_TIMEOUT_MS = 300_000
+
+function serviceState(deps: PingDeps, serviceId: string | undefined): Record<string, unknown> {
+  const state = serviceId === undefined ? undefined : deps.backend.state(serviceId)
+  return {
+    'exists?': state !== undefined,
+    'healthy?': state?.instances.some((i) => i.healthy) ?? false,
+    'service-id': serviceId ?? null,
+    status: serviceStatus(state),
+  }
+}
+
+export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps): Promise<void> {
+  let resolution: Resolution
+  try {
+    resolution = (await deps.resolver.resolve(r.req.headers, who)).resolution
+  } catch (err) {
+    if (!isMaitreError(err)) throw err
+    return sendJson(r.res, 200, {
+      'ping-response': { result: 'descriptor-error', status: err.status, body: err.message },
+      'service-state': serviceState(deps, undefined),
+    }, r.cid)
+  }
+  const header = Number.parseInt(String(r.req.headers['x-waiter-timeout'] ?? ''), 10)
+  const timeoutMs = header > 0 ? header : DEFAULT_PING_TIMEOUT_MS
+  const current = resolution
+  let pingResponse: Record<string, unknown>
+  try {
+    await deps.activator.ensure({ serviceId: current.serviceId, effective: deps.parametersOf(current), launchSpec: () => deps.launchSpecOf(current) })
+    const lease = await deps.tracker.acquire(current.serviceId, { timeoutMs })
+    try {
+      const { instance } = lease
+      const spec = deps.launchSpecOf(current)
+      const port = [instance.port, ...instance.extraPorts][spec.healthCheck.portIndex] ?? instance.port
+      const res = await request(`http://${instance.host}:${port}${spec.healthCheck.url}`, {
+        headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: `Basic ${Buffer.from(`waiter:${spec.password}`).toString('base64')}` },
+        signal: AbortSignal.timeout(timeoutMs),
+      })
+      pingResponse = {
+        result: 'received-response',
+        status: res.statusCode,
+        headers: res.headers,
+        body: await res.body.text(),
+        instance: { id: instance.id, host: instance.host, port: instance.port },
+      }
+    } finally {
+      lease.release('success')
+    }
+  } catch (err) {
+    const e = isMaitreError(err) ? err : new MaitreError('ERR_INTERNAL', `Internal error: ${(err as Error).message}`)
+    pingResponse = { result: e.code === 'ERR_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: e.message }
+  }
+  sendJson(r.res, 200, {
+    'ping-response': pingResponse,
+    'service-description': current.core,
+    'service-state': serviceState(deps, current.serviceId),
+  }, r.cid)
+}

@@ -1,0 +1,81 @@
+import t from 'tap'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+
+type Active = { id: string; healthy: boolean }
+const active = async (router: Router, id: string): Promise<Active[]> =>
+  (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'active-instances': Active[] } }>().instances['active-instances']
+
+t.test('/waiter-ping starts the service and health-checks an instance', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const ping = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'kitchen' } })
+  t.equal(ping.status, 200)
+  const body = ping.json<{ 'ping-response': { result: string; status: number; body: string; instance: { id: string } }; 'service-state': Record<string, unknown>; 'service-description': Record<string, unknown> }>()
+  t.match(body['ping-response'], { result: 'received-response', status: 200, body: 'ok' })
+  t.match(body['ping-response'].instance.id, /^maitre-/)
+  t.match(body['service-state'], { 'exists?': true, 'healthy?': true, status: 'Running' })
+  t.equal(body['service-description']['version'], 'v1')
+  const missing = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'nope' } })
+  t.match(missing.json(), { 'ping-response': { result: 'descriptor-error', status: 404 }, 'service-state': { 'exists?': false, status: 'Inactive' } })
+})
+
+t.test('suspend and resume', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${router.url}/apps/${id}/suspend`, { method: 'POST' })).status, 200)
+  const refused = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(refused.status, 503)
+  t.equal(refused.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message, 'Service has been suspended')
+  t.match((await call(`${router.url}/apps/${id}`)).json(), { 'service-suspended-state': { suspended: true } })
+  await call(`${router.url}/apps/${id}/resume`, { method: 'POST' })
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+})
+
+t.test('kill and expire an instance; read its logs', async (t) => {
+  const router = await startRouter(t, { 'scaler.tickMs': 200, 'scaler.interKillMs': 100, 'scaler.burstHoldMs': 500 })
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  await call(`${router.url}/request-info`, { headers: h })
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const [first] = await active(router, id)
+  t.ok(first)
+
+  const logs = await call(`${router.url}/apps/${id}/logs?instance-id=${first!.id}`)
+  const files = logs.json<{ name: string; url: string }[]>()
+  t.same(files.map((f) => f.name).filter((n) => n === 'stdout' || n === 'stderr'), ['stderr', 'stdout'])
+  const stdout = files.find((f) => f.name === 'requests.log')
+  t.match((await call(`${router.url}${stdout!.url}`)).text, /start .* \/request-info/)
+  t.equal((await call(`${router.url}/apps/${id}/logs?instance-id=${first!.id}&file=../../router-secret`)).status, 404, 'nothing outside the sandbox')
+
+  const expired = await call(`${router.url}/apps/${id}/instance/${first!.id}/expire`, { method: 'POST' })
+  t.same(expired.json(), { 'signal-response': { message: `expire successfully sent to ${first!.id}`, success: true } })
+  await waitFor('the expired instance to be replaced and killed', async () => {
+    const now = await active(router, id)
+    return !now.some((i) => i.id === first!.id) && now.some((i) => i.healthy) ? true : undefined
+  }, 15000)
+
+  const [second] = await active(router, id)
+  const killed = await call(`${router.url}/apps/${id}/instance/${second!.id}/kill`, { method: 'POST' })
+  t.equal(killed.json<{ 'signal-response': { message: string } }>()['signal-response'].message, `soft-kill successfully sent to ${second!.id}`)
+  const app = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'killed-instances': { id: string }[] } }>()
+  await waitFor('the kill to be recorded', async () => ((await call(`${router.url}/apps/${id}`)).json<{ instances: { 'killed-instances': { id: string }[] } }>().instances['killed-instances'].some((i) => i.id === second!.id) ? true : undefined))
+  t.ok(app)
+  t.equal((await call(`${router.url}/apps/${id}/instance/nope/kill`, { method: 'POST' })).status, 404)
+})
+
+t.test('/apps filters and /settings redaction', async (t) => {
+  const router = await startRouter(t, { secret: 'hunter2' })
+  await createToken(router, 'alpha-token', kitchenToken({ name: 'alpha' }))
+  await createToken(router, 'beta-token', kitchenToken({ name: 'beta', version: 'v2' }))
+  await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'alpha-token' } })
+  await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'beta-token' } })
+  const byName = (await call(`${router.url}/apps?name=beta`)).json<{ 'service-description': { name: string } }[]>()
+  t.same(byName.map((a) => a['service-description'].name), ['beta'])
+  const byRegex = (await call(`${router.url}/apps?version=v.*`)).json<unknown[]>()
+  t.equal(byRegex.length, 2)
+  const settings = await call(`${router.url}/settings`)
+  t.notMatch(settings.text, 'hunter2')
+  t.match(settings.json(), { secret: '<redacted>', proxy: { allowOnTheFly: false } })
+})
