@@ -1,5 +1,6 @@
 import t from 'tap'
-import { Readable } from 'node:stream'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
@@ -83,9 +84,12 @@ t.test('an instance killed mid-request: 502, then the next request succeeds on a
   const router = await startRouter(t)
   await createToken(router, 'kitchen', kitchenToken())
   const h = { 'x-waiter-token': 'kitchen' }
-  const { pid } = (await call(`${router.url}/request-info`, { headers: h })).json<{ pid: number }>()
+  const first = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const { pid } = first.json<{ pid: number }>()
+  const sandbox = first.headers['x-waiter-backend-directory'] as string
   const pending = call(`${router.url}/sleep?sleep-ms=5000`, { headers: h })
-  await new Promise((r) => setTimeout(r, 200))
+  // Kill only once the app itself has the request, as its own log shows.
+  await waitFor('the app to start the slow request', () => (readFileSync(join(sandbox, 'requests.log'), 'utf8').includes('/sleep') ? true : undefined))
   process.kill(pid, 'SIGKILL')
   const cut = await pending
   t.equal(cut.status, 502)
@@ -166,7 +170,7 @@ t.test('a token’s queue-timeout-ms applies when the request says nothing', asy
   const h = { 'x-waiter-token': 'slow' }
   await call(`${router.url}/status`, { headers: h })
   const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
-  await new Promise((r) => setTimeout(r, 100))
+  await waitFor('the slot to be taken', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { 'in-flight': number } }[]>()[0]?.['request-metrics']['in-flight'] === 1 ? true : undefined))
   const waited = await call(`${router.url}/request-info`, { headers: h })
   t.equal(message(waited), 'After 0.3 seconds, no instance available to handle request. Check that your service is able to scale properly!')
   const header = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '200' } })
