@@ -442,8 +442,8 @@ export class LocalBackend implements Backend {
       for (const instance of service.instances.values()) byGroup.set(instance.group.pid, [service, instance])
     }
     const usage = await treeResidentBytes(byGroup.keys())
-    this.#o.log.trace({ usage: Object.fromEntries(usage) }, 'memory check')
-    for (const [pid, bytes] of usage) {
+    this.#o.log.trace({ usage: Object.fromEntries([...usage].map(([pid, u]) => [pid, u.processes])) }, 'memory check')
+    for (const [pid, { bytes }] of usage) {
       const entry = byGroup.get(pid)
       if (entry === undefined) continue
       const [service, instance] = entry

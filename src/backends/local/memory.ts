@@ -27,12 +27,19 @@ async function residentBytes(pid: number): Promise<number> {
   }
 }
 
+export interface TreeUsage {
+  readonly bytes: number
+  /** [pid, bytes] of every process counted. */
+  readonly processes: readonly (readonly [number, number])[]
+}
+
 /** Sums the RSS in bytes of each leader's process tree. */
-export async function treeResidentBytes(leaders: Iterable<number>): Promise<Map<number, number>> {
-  const totals = new Map<number, number>()
+export async function treeResidentBytes(leaders: Iterable<number>): Promise<Map<number, TreeUsage>> {
+  const totals = new Map<number, TreeUsage>()
   await Promise.all(
     [...leaders].map(async (leader) => {
       let total = 0
+      const processes: [number, number][] = []
       const seen = new Set<number>()
       let frontier = [leader]
       while (frontier.length > 0 && seen.size < 10_000) {
@@ -40,12 +47,14 @@ export async function treeResidentBytes(leaders: Iterable<number>): Promise<Map<
         for (const pid of frontier) {
           if (seen.has(pid)) continue
           seen.add(pid)
-          total += await residentBytes(pid)
+          const bytes = await residentBytes(pid)
+          processes.push([pid, bytes])
+          total += bytes
           next.push(...(await childrenOf(pid)))
         }
         frontier = next
       }
-      totals.set(leader, total)
+      totals.set(leader, { bytes: total, processes })
     }),
   )
   return totals
