@@ -67,8 +67,9 @@ export class GcRunner {
     const verdicts = pickGarbage(candidates, now)
     for (const verdict of verdicts) {
       await this.#deps.backend.deleteService(verdict.id)
-      await this.#deps.registry.forget(verdict.id)
       await this.#deps.onCollected(verdict.id, verdict.reason)
+      // Last: once /apps no longer shows the version, nothing else of it (series, overrides) is left.
+      await this.#deps.registry.forget(verdict.id)
       this.#brokenSince.delete(verdict.id)
       this.#orphanedSince.delete(verdict.id)
       this.#collected.unshift({ ...verdict, at: now })
