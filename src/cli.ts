@@ -5,6 +5,8 @@
  */
 import { parseArgs } from 'node:util'
 import { VERSION } from './version.ts'
+import { CliError, RouterClient } from './cli/client.ts'
+import { CLIENT_COMMANDS, runCommand } from './cli/commands.ts'
 import { createApp } from './app.ts'
 import { DEFAULTS, loadConfigFile, withOverrides, type Config } from './config.ts'
 import { isMaitreError } from './errors.ts'
@@ -19,11 +21,20 @@ export interface CliIo {
 const EX_USAGE = 64
 const EX_CONFIG = 78
 
-const USAGE = `Usage: maitre [serve] [options]
+const USAGE = `Usage: maitre [serve] [options]          run a router
+       maitre token create|update NAME --file FILE   (JSON or YAML descriptor)
+       maitre token show|delete NAME [--hard]
+       maitre token list [--owner USER]
+       maitre ping TOKEN                  start the token's service and health-check it
+       maitre apps [SERVICE-ID]           versions, or one version's instances
+       maitre kill SERVICE-ID INSTANCE-ID
+       maitre logs SERVICE-ID INSTANCE-ID [--file stdout|stderr|…]
 
-Runs a maitre router: the data path and the Waiter API on one port.
+Client commands talk to --router URL (default MAITRE_URL or http://127.0.0.1:9091);
+--json prints the API's JSON instead of tables. Exit codes: 0 ok, 1 the router said no,
+64 bad usage, 66 unreadable file, 69 router unreachable, 78 bad config.
 
-Options:
+Serve options:
   -c, --config FILE      YAML config file (also MAITRE_CONFIG); see config/example.yaml
   -p, --port N           listen port (default 9091; also MAITRE_PORT)
       --host ADDR        listen address (default 127.0.0.1)
@@ -60,6 +71,11 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
         'data-dir': { type: 'string' },
         'log-level': { type: 'string' },
         'check-config': { type: 'boolean' },
+        router: { type: 'string' },
+        json: { type: 'boolean' },
+        file: { type: 'string', short: 'f' },
+        owner: { type: 'string' },
+        hard: { type: 'boolean' },
         version: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -73,6 +89,16 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
       return 0
     }
     command = positionals[0] ?? 'serve'
+    if (CLIENT_COMMANDS.has(command)) {
+      const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`)
+      try {
+        return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options: values })
+      } catch (err) {
+        if (!(err instanceof CliError)) throw err
+        io.err(`maitre: ${err.message}\n`)
+        return err.exitCode
+      }
+    }
     if (command !== 'serve' || positionals.length > 1) throw new UsageError(`unknown command: ${positionals.join(' ')}`)
     checkOnly = values['check-config'] === true
     const file = values.config ?? env['MAITRE_CONFIG']

@@ -1,0 +1,103 @@
+import t from 'tap'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { runCli } from '../../src/cli.ts'
+import { call, kitchenCmd, startRouter } from '../fixtures/router.ts'
+
+function io() {
+  const out: string[] = []
+  const err: string[] = []
+  return { out, err, io: { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s), stopSignal: () => Promise.resolve() } }
+}
+
+t.test('the service owner’s and SRE’s commands against a real router', async (t) => {
+  const router = await startRouter(t)
+  // Not t.testdir(): a second call would wipe the router's data directory.
+  const dir = join(router.dataDir, 'descriptors')
+  mkdirSync(dir)
+  const yamlFile = join(dir, 'kitchen.yaml')
+  writeFileSync(yamlFile, `# a kitchen\ncmd: ${kitchenCmd()}\ncpus: 0.1\nmem: 256\nversion: v1\n`)
+  const jsonFile = join(dir, 'kitchen.json')
+  writeFileSync(jsonFile, JSON.stringify({ cmd: kitchenCmd(), cpus: 0.1, mem: 256, version: 'v2' }))
+  const run = async (...args: string[]) => {
+    const c = io()
+    const code = await runCli([...args, '--router', router.url], {}, c.io)
+    return { code, out: c.out.join(''), err: c.err.join('') }
+  }
+
+  const created = await run('token', 'create', 'kitchen', '--file', yamlFile)
+  t.equal(created.code, 0, created.err)
+  t.match(created.out, /^Successfully created kitchen \(etag E-[0-9a-f]{32}\)/)
+  t.match((await run('token', 'create', 'kitchen', '--file', yamlFile)).err, 'token kitchen exists already; use "maitre token update"')
+  const updated = await run('token', 'update', 'kitchen', '--file', jsonFile, '--json')
+  t.equal(updated.code, 0)
+  t.match(JSON.parse(updated.out), { message: 'Successfully updated kitchen', result: 'token-updated' })
+
+  const shown = await run('token', 'show', 'kitchen')
+  t.match(shown.out, /^PARAMETER\s+VALUE\n/)
+  t.match(shown.out, /version\s+v2/)
+  const listed = await run('token', 'list', '--json')
+  t.same((JSON.parse(listed.out) as { token: string }[]).map((x) => x.token), ['kitchen'])
+  t.match((await run('token', 'list')).out, /^TOKEN\s+OWNER\s+MAINTENANCE\nkitchen\s+\S+/)
+
+  const ping = await run('ping', 'kitchen')
+  t.equal(ping.code, 0, ping.err)
+  t.match(ping.out, /^kitchen: received-response, status 200 from maitre-[0-9a-f]{32}\.[0-9a-f]+; service Running/)
+
+  const apps = await run('apps')
+  t.match(apps.out, /^SERVICE-ID\s+STATUS\s+HEALTHY\s+REQUESTED\s+OUTSTANDING\s+TOKENS\n/)
+  const id = /(maitre-[0-9a-f]{32})\s+Running/.exec(apps.out)?.[1] as string
+  t.ok(id, 'the running version is listed')
+  const detail = await run('apps', id)
+  const instance = /(maitre-[0-9a-f]{32}\.[0-9a-f]+)\s+127\.0\.0\.1/.exec(detail.out)?.[1] as string
+  t.ok(instance, 'with its instance')
+
+  const logs = await run('logs', id, instance)
+  t.match(logs.out, /^NAME\s+SIZE\s+TYPE\n/)
+  t.match(logs.out, /stderr\s+0\s+file/)
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': 'from-the-cli-test' } })
+  const log = await run('logs', id, instance, '--file', 'requests.log')
+  t.match(log.out, 'start from-the-cli-test /request-info')
+  t.equal((await run('logs', id, instance, '--file', 'nope')).code, 1)
+
+  const killed = await run('kill', id, instance)
+  t.equal(killed.out, `soft-kill successfully sent to ${instance}\n`)
+
+  const deleted = await run('token', 'delete', 'kitchen')
+  t.match(deleted.out, 'Deleted token kitchen (soft')
+  const hard = await run('token', 'delete', 'kitchen', '--hard')
+  t.equal(hard.code, 0, hard.err)
+  t.equal((await run('token', 'list', '--json')).out.trim(), '[]')
+})
+
+t.test('clear errors and exit codes', async (t) => {
+  const router = await startRouter(t)
+  const run = async (...args: string[]) => {
+    const c = io()
+    const code = await runCli(args, {}, c.io)
+    return { code, err: c.err.join('') }
+  }
+  const missing = await run('token', 'show', 'nope', '--router', router.url)
+  t.equal(missing.code, 1)
+  t.equal(missing.err, "maitre: 404: Couldn't find token nope\n")
+  const badPing = await run('ping', 'nope', '--router', router.url)
+  t.equal(badPing.code, 1, 'a ping that did not reach a healthy instance fails')
+  t.equal((await run('token', 'create', 'x1', '--router', router.url)).code, 64, 'no --file')
+  const noFile = await run('token', 'create', 'x1', '--file', '/nonexistent.yaml', '--router', router.url)
+  t.equal(noFile.code, 66)
+  t.match(noFile.err, 'cannot read /nonexistent.yaml')
+  const dir = join(router.dataDir, 'descriptors')
+  mkdirSync(dir)
+  const bad = join(dir, 'bad.yaml')
+  writeFileSync(bad, 'cmd: [unclosed\n')
+  t.equal((await run('token', 'create', 'x1', '--file', bad, '--router', router.url)).code, 66)
+  const invalid = join(dir, 'invalid.json')
+  writeFileSync(invalid, JSON.stringify({ cmd: 'x', cpus: -1, mem: 1, version: '1' }))
+  const rejected = await run('token', 'create', 'x1', '--file', invalid, '--router', router.url)
+  t.equal(rejected.code, 1)
+  t.match(rejected.err, 'cpus must be a positive number.')
+  const down = await run('apps', '--router', 'http://127.0.0.1:1')
+  t.equal(down.code, 69)
+  t.match(down.err, 'cannot reach the router at http://127.0.0.1:1')
+  t.equal((await run('apps', 'a', 'b', '--router', router.url)).code, 64)
+})
