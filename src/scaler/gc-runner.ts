@@ -68,13 +68,13 @@ export class GcRunner {
     for (const verdict of verdicts) {
       await this.#deps.backend.deleteService(verdict.id)
       await this.#deps.onCollected(verdict.id, verdict.reason)
-      // Last: once /apps no longer shows the version, nothing else of it (series, overrides) is left.
-      await this.#deps.registry.forget(verdict.id)
       this.#brokenSince.delete(verdict.id)
       this.#orphanedSince.delete(verdict.id)
       this.#collected.unshift({ ...verdict, at: now })
       this.#collected.length = Math.min(this.#collected.length, 50)
       this.#deps.log.info({ service: verdict.id, reason: verdict.reason }, 'service garbage-collected')
+      // Last: once /apps no longer shows the version, everything else about it is already done.
+      await this.#deps.registry.forget(verdict.id)
     }
     return verdicts
   }
