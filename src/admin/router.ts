@@ -71,11 +71,31 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
           return sendJson(res, 200, deps.settings(), cid)
         case '/state':
-          return sendJson(res, 200, { 'router-id': deps.routerId, routers: { [deps.routerId]: '' }, details: { autoscaler: '/state/autoscaler', 'gc-services': '/state/gc-services' } }, cid)
+          return sendJson(res, 200, {
+            'router-id': deps.routerId,
+            routers: { [deps.routerId]: '' },
+            details: Object.fromEntries(['autoscaler', 'gc-services', 'instance-tracker', 'scheduler'].map((n) => [n, `/state/${n}`])),
+          }, cid)
+        case '/state/instance-tracker':
+          return sendJson(res, 200, {
+            'router-id': deps.routerId,
+            state: Object.fromEntries(deps.backend.services().map((svc) => [svc.id, { load: deps.tracker.load(svc.id), slots: deps.tracker.instanceSlots(svc.id) }])),
+          }, cid)
+        case '/state/scheduler':
+          return sendJson(res, 200, { 'router-id': deps.routerId, state: { kind: deps.backend.kind, services: deps.backend.services() } }, cid)
         case '/state/autoscaler':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: deps.autoscaler.snapshots() }, cid)
         case '/state/gc-services':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: { 'recently-collected': deps.gc.recent() } }, cid)
+      }
+      const serviceState = /^\/state\/(maitre-[^/]+|[a-z][a-z0-9-]*-[0-9a-f]{32})$/.exec(path)
+      if (serviceState !== null) {
+        const id = serviceState[1] as string
+        if (deps.registry.get(id) === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': id } })
+        return sendJson(res, 200, {
+          'router-id': deps.routerId,
+          state: { backend: deps.backend.state(id) ?? null, tracker: { load: deps.tracker.load(id), slots: deps.tracker.instanceSlots(id) }, autoscaler: deps.autoscaler.snapshot(id) ?? null },
+        }, cid)
       }
       const sub = /^\/apps\/([^/]+)\/(override|suspend|resume|logs|instance\/([^/]+)\/(kill|expire))$/.exec(path)
       if (sub !== null) {

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { call, createToken, kitchenToken, processAlive, waitFor, type Router } from '../fixtures/router.ts'
+import { call, claimPortSlice, createToken, kitchenToken, processAlive, waitFor, type Router } from '../fixtures/router.ts'
 import { runCli } from '../../src/cli.ts'
 
 const alive = processAlive
@@ -11,7 +11,9 @@ const alive = processAlive
 t.test('maitre serve --config FILE runs a router; SIGTERM stops it and its instances', async (t) => {
   const dir = t.testdir()
   const config = join(dir, 'maitre.yaml')
-  writeFileSync(config, `server:\n  port: 0\ndataDir: ${join(dir, 'data')}\nbackend:\n  local:\n    portRange: [31000, 31099]\n`)
+  const ports = claimPortSlice()
+  t.teardown(() => ports.release())
+  writeFileSync(config, `server:\n  port: 0\ndataDir: ${join(dir, 'data')}\nbackend:\n  local:\n    portRange: [${ports.low}, ${ports.low + 99}]\n`)
   const child = spawn(process.execPath, ['src/main.ts', 'serve', '--config', config], { stdio: ['ignore', 'pipe', 'inherit'] })
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL')

@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream'
 import { createApp } from '../../src/app.ts'
 import { DEFAULTS, withOverrides } from '../../src/config.ts'
 import { createLogger } from '../../src/log.ts'
-import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { call, claimPortSlice, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
 
 t.test('JSON log lines: one access line per request, and lifecycle lines', async (t) => {
   const lines: Record<string, unknown>[] = []
@@ -11,10 +11,14 @@ t.test('JSON log lines: one access line per request, and lifecycle lines', async
   out.on('data', (chunk: Buffer) => {
     for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
   })
-  const config = withOverrides(DEFAULTS, { 'server.port': 0, dataDir: t.testdir(), 'backend.local.portRange': [32100, 32199] })
+  const ports = claimPortSlice()
+  const config = withOverrides(DEFAULTS, { 'server.port': 0, dataDir: t.testdir(), 'backend.local.portRange': [ports.low, ports.low + 99], 'scaler.tickMs': 200, 'scaler.gcIntervalMs': 300 })
   const app = await createApp(config, { log: createLogger('info', out) })
   const port = await app.start()
-  t.teardown(() => app.stop())
+  t.teardown(async () => {
+    await app.stop()
+    ports.release()
+  })
   const router = { url: `http://127.0.0.1:${port}` } as Router
   await createToken(router, 'kitchen', kitchenToken())
   await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': 'log-test-1' } })
@@ -24,6 +28,23 @@ t.test('JSON log lines: one access line per request, and lifecycle lines', async
   t.match(access['service'], /^maitre-/)
   t.match(access['instance'], /^maitre-.*\.[0-9a-f]+$/)
   for (const field of ['queueMs', 'backendMs', 'totalMs', 'time', 'pid']) t.type(access[field], 'number', field)
+  const id = access['service'] as string
+  // Ejection, scaling, kill and GC each leave their line.
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-kitchen-act-busy': 'true' } })
+  await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ 'min-instances': 2 }) })
+  await waitFor('a scaling decision', () => lines.find((l) => l['msg'] === 'scaling decision'))
+  const instances = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'active-instances': { id: string }[] } }>().instances['active-instances']
+  await call(`${router.url}/apps/${id}/instance/${instances[0]?.id ?? ''}/kill`, { method: 'POST' })
+  await createToken(router, 'kitchen', kitchenToken({ version: 'v2', 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })
+  await waitFor('the old version to be collected', () => lines.find((l) => l['msg'] === 'service garbage-collected'), 10000)
   const messages = new Set(lines.map((l) => l['msg']))
-  for (const msg of ['maitre listening', 'cold start: creating service', 'instance started', 'instance healthy']) t.ok(messages.has(msg), `logs "${msg}"`)
+  for (const msg of ['maitre listening', 'cold start: creating service', 'instance started', 'instance healthy', 'instance ejected', 'scaling decision', 'instance killed', 'instance exited', 'service garbage-collected']) {
+    t.ok(messages.has(msg), `logs "${msg}"`)
+  }
+  t.match(lines.find((l) => l['msg'] === 'service garbage-collected'), { service: id, reason: 'stale' })
+  const state = (await call(`${router.url}/state/${id}`))
+  t.equal(state.status, 404, 'a collected version has no state')
+  const tracker = (await call(`${router.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { inFlight: number } }> }>()
+  t.ok(Object.values(tracker.state).every((s) => s.load.inFlight === 0), '/state/instance-tracker shows each running version’s load')
 })
