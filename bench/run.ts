@@ -1,0 +1,176 @@
+/**
+ * maitre's benchmark, one command: `npm run bench`. In one run, interleaving the targets, it
+ * measures a fixed test backend (a) directly, (b) through nginx as a keep-alive reverse proxy,
+ * (c) through maitre with a warm service; then cold starts and a 0 → 50 client burst. It prints
+ * markdown tables of absolute figures and of the ratios that matter.
+ *
+ *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ChildProcess } from 'node:child_process'
+import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, type WrkResult } from './tools.ts'
+import { coldStarts, burst } from './scaling.ts'
+
+const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
+const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const BACKEND = join(ROOT, 'bench', 'backend.mjs')
+
+interface Target {
+  readonly name: 'direct' | 'nginx' | 'maitre'
+  readonly url: string
+  readonly headers: readonly string[]
+  /** Processes whose CPU counts as the proxy's. */
+  readonly proxyPids: () => number[]
+}
+
+interface Sample extends WrkResult {
+  readonly cpuMsPerRequest: number | undefined
+}
+
+const children: ChildProcess[] = []
+function cleanup(): void {
+  for (const child of children) child.kill('SIGTERM')
+}
+process.on('exit', cleanup)
+
+async function startNginx(dir: string, backendPort: number): Promise<{ port: number; pid: () => number[] }> {
+  const port = await freePort()
+  const conf = join(dir, 'nginx.conf')
+  // One worker: like-for-like with maitre's single event loop on this 2-core machine.
+  writeFileSync(conf, `worker_processes 1;
+pid ${join(dir, 'nginx.pid')};
+error_log ${join(dir, 'nginx-error.log')} warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:${backendPort}; keepalive 256; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+    }
+  }
+}
+`)
+  const nginx = start('nginx', ['-c', conf, '-p', dir])
+  children.push(nginx)
+  await waitForHttp(`http://127.0.0.1:${port}/tiny`)
+  return { port, pid: () => childPids(nginx.pid as number) }
+}
+
+async function startMaitre(dir: string): Promise<{ port: number; pid: number; url: string }> {
+  const port = await freePort()
+  const config = join(dir, 'maitre.yaml')
+  writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: ${process.env['BENCH_LOG_LEVEL'] ?? 'info'}\n`)
+  const maitre = start(process.execPath, [join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
+  children.push(maitre)
+  const url = `http://127.0.0.1:${port}`
+  await waitForHttp(`${url}/status`)
+  return { port, pid: maitre.pid as number, url }
+}
+
+async function createToken(url: string, token: string, descriptor: Record<string, unknown>): Promise<void> {
+  const res = await fetch(`${url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, ...descriptor }) })
+  if (!res.ok) throw new Error(`token ${token}: ${res.status} ${await res.text()}`)
+}
+
+async function measure(target: Target, path: string, connections: number): Promise<Sample> {
+  const pids = target.proxyPids()
+  const cpuBefore = cpuSeconds(pids)
+  const result = await wrk(`${target.url}${path}`, connections, SECONDS, target.headers)
+  const cpu = cpuSeconds(pids) - cpuBefore
+  return { ...result, cpuMsPerRequest: pids.length === 0 || result.requests === 0 ? undefined : (cpu * 1000) / result.requests }
+}
+
+const fmt = (n: number | undefined, digits = 2): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(digits))
+
+async function main(): Promise<void> {
+  ensureTools({ wrk: 'wrk', nginx: 'nginx' })
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-bench-'))
+  const backendPort = await freePort()
+  const backend = start(process.execPath, [BACKEND, String(backendPort)])
+  children.push(backend)
+  await waitForHttp(`http://127.0.0.1:${backendPort}/tiny`)
+  const nginx = await startNginx(dir, backendPort)
+  const maitre = await startMaitre(dir)
+  // One warm instance with room for every connection, like the direct target.
+  await createToken(maitre.url, 'bench', { cmd: `${process.execPath} ${BACKEND} $PORT0`, cpus: 1, mem: 512, version: 'bench', 'concurrency-level': 1000, 'min-instances': 1, 'max-instances': 1, 'health-check-url': '/tiny' })
+  const warm = await fetch(`${maitre.url}/tiny`, { headers: { 'x-waiter-token': 'bench' } })
+  if (!warm.ok) throw new Error(`maitre warm-up failed: ${warm.status}`)
+
+  const targets: Target[] = [
+    { name: 'direct', url: `http://127.0.0.1:${backendPort}`, headers: [], proxyPids: () => [] },
+    { name: 'nginx', url: `http://127.0.0.1:${nginx.port}`, headers: [], proxyPids: nginx.pid },
+    { name: 'maitre', url: maitre.url, headers: ['x-waiter-token: bench'], proxyPids: () => [maitre.pid] },
+  ]
+  const scenarios = [
+    { name: 'tiny', path: '/tiny', connections: 16 },
+    { name: 'tiny', path: '/tiny', connections: 64 },
+    { name: '10 ms', path: '/slow', connections: 16 },
+    { name: '10 ms', path: '/slow', connections: 64 },
+  ]
+  const results = new Map<string, Sample[]>()
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const scenario of scenarios) {
+      for (const target of targets) {
+        const sample = await measure(target, scenario.path, scenario.connections)
+        const key = `${scenario.name}|${scenario.connections}|${target.name}`
+        results.set(key, [...(results.get(key) ?? []), sample])
+        console.error(`round ${round + 1} ${scenario.name} c=${scenario.connections} ${target.name}: ${sample.rps.toFixed(0)} req/s p50 ${fmt(sample.p50Ms)} p99 ${fmt(sample.p99Ms)} ms errors ${sample.errors}`)
+      }
+    }
+  }
+  const agg = (key: string) => {
+    const samples = results.get(key) ?? []
+    const cpu = samples.map((s) => s.cpuMsPerRequest).filter((c): c is number => c !== undefined)
+    return {
+      rps: median(samples.map((s) => s.rps)),
+      p50: median(samples.map((s) => s.p50Ms)),
+      p99: median(samples.map((s) => s.p99Ms)),
+      cpu: cpu.length === 0 ? undefined : median(cpu),
+      errors: samples.reduce((a, s) => a + s.errors, 0),
+    }
+  }
+  const lines: string[] = []
+  lines.push(`Data path: wrk -t2, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. maitre RSS after the runs: ${rssMb(maitre.pid).toFixed(0)} MB.`, '')
+  lines.push('| scenario | conns | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |', '|---|---|---|---|---|---|---|---|')
+  for (const s of scenarios) {
+    for (const t of targets) {
+      const a = agg(`${s.name}|${s.connections}|${t.name}`)
+      lines.push(`| ${s.name} | ${s.connections} | ${t.name} | ${a.rps.toFixed(0)} | ${fmt(a.p50)} | ${fmt(a.p99)} | ${a.cpu === undefined ? '-' : (a.cpu * 1000).toFixed(0)} | ${a.errors} |`)
+    }
+  }
+  lines.push('', '| scenario | conns | maitre ÷ direct | maitre ÷ nginx | nginx ÷ direct | maitre adds p50 ms | maitre adds p99 ms |', '|---|---|---|---|---|---|---|')
+  for (const s of scenarios) {
+    const d = agg(`${s.name}|${s.connections}|direct`)
+    const n = agg(`${s.name}|${s.connections}|nginx`)
+    const m = agg(`${s.name}|${s.connections}|maitre`)
+    lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / d.rps).toFixed(2)} | ${(m.rps / n.rps).toFixed(2)} | ${(n.rps / d.rps).toFixed(2)} | ${fmt(m.p50 - d.p50)} | ${fmt(m.p99 - d.p99)} |`)
+  }
+  console.log(lines.join('\n'))
+
+  if (process.env['BENCH_SKIP_SCALING'] !== '1') {
+    console.log('')
+    console.log(await coldStarts(maitre.url, BACKEND, 20))
+    console.log('')
+    console.log(await burst(maitre.url, BACKEND, 50))
+  }
+  cleanup()
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err)
+    cleanup()
+    process.exit(1)
+  },
+)
