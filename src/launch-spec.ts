@@ -36,6 +36,6 @@ export interface LaunchSpec {
   /** Instances to run as soon as the service exists. */
   readonly minInstances: number
   readonly runAsUser: string
-  /** Basic credentials the instance expects from the router (`waiter:<password>`). */
-  readonly password: string
+  /** The `Authorization` header the instance expects from the router (Basic `waiter:<password>`). */
+  readonly authorization: string
 }

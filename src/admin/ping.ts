@@ -57,7 +57,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
       const spec = deps.launchSpecOf(current)
       const port = [instance.port, ...instance.extraPorts][spec.healthCheck.portIndex] ?? instance.port
       const res = await request(`http://${instance.host}:${port}${spec.healthCheck.url}`, {
-        headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: `Basic ${Buffer.from(`waiter:${spec.password}`).toString('base64')}` },
+        headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: spec.authorization },
         signal: AbortSignal.timeout(timeoutMs),
       })
       pingResponse = {

@@ -130,7 +130,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           cid,
           clientAddress: req.socket.remoteAddress ?? '',
           proto: 'http',
-          authorization: `Basic ${Buffer.from(`waiter:${deps.launchSpecOf(current).password}`).toString('base64')}`,
+          authorization: deps.launchSpecOf(current).authorization,
           principal: who.user,
         }),
         socketTimeoutMs: timeouts.socketTimeoutMs,

@@ -10,7 +10,6 @@ import {
   PARAMETERS,
   REQUIRED_PARAMETERS,
   defaultParameters,
-  type ParamValue,
   type Params,
 } from './parameters.ts'
 
@@ -126,5 +125,3 @@ export function effectiveParameters(core: Params): Record<string, unknown> {
   if (out['liveness-check-proto'] === undefined) out['liveness-check-proto'] = out['health-check-proto']
   return out
 }
-
-export type { ParamValue }

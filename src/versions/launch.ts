@@ -54,6 +54,6 @@ export function launchSpecOf(serviceId: string, effective: Readonly<Record<strin
     restartBackoffFactor: num('restart-backoff-factor'),
     minInstances: num('min-instances'),
     runAsUser: str('run-as-user'),
-    password,
+    authorization: `Basic ${Buffer.from(`waiter:${password}`).toString('base64')}`,
   }
 }

@@ -305,7 +305,7 @@ export class LocalBackend implements Backend {
     const scheme = check.proto === 'https' || check.proto === 'h2' ? 'https' : 'http'
     const result = await this.#prober.probe({
       url: `${scheme}://${this.#o.host}:${String(port)}${check.url}`,
-      authorization: check.authenticated ? `Basic ${Buffer.from(`waiter:${spec.password}`).toString('base64')}` : undefined,
+      authorization: check.authenticated ? spec.authorization : undefined,
     })
     if (instance.killReason !== undefined) return
     this.#recordProbe(service, instance, result)
