@@ -12,6 +12,10 @@ import { LRUCache } from 'lru-cache'
 import { createAdminHandler } from './admin/router.ts'
 import { oneUserAuthenticator } from './auth/authenticator.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
+import { KubernetesBackend } from './backends/kubernetes.ts'
+import { KubeApi } from './backends/kubernetes/api.ts'
+import { kubeConnection } from './backends/kubernetes/connection.ts'
+import type { Backend } from './backends/backend.ts'
 import { instrumented } from './backends/instrumented.ts'
 import { Metrics, type ServiceGauges } from './metrics.ts'
 import { VERSION } from './version.ts'
@@ -71,6 +75,14 @@ function redacted(config: Config): unknown {
   return { ...config, secret: config.secret === null ? null : '<redacted>' }
 }
 
+function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger): Backend {
+  if (config.backend.kind === 'kubernetes') {
+    const k8s = config.backend.kubernetes
+    return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s)), cluster: config.cluster, clock, log })
+  }
+  return new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
+}
+
 export async function createApp(config: Config, injected: AppOverrides = {}): Promise<App> {
   const clock = injected.clock ?? systemClock
   const log = injected.log ?? createLogger(config.log.level)
@@ -93,7 +105,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length },
     { version: VERSION },
   )
-  const backend = instrumented(new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log }), metrics)
+  const backend = instrumented(createBackend(config, dataDir, clock, log), metrics)
   const tracker = new InstanceTracker({
     clock,
     ejectBaseMs: config.proxy.ejectBaseMs,

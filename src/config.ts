@@ -29,6 +29,31 @@ export interface LocalBackendConfig {
   readonly minFailedInstances: number
 }
 
+export interface KubernetesBackendConfig {
+  /** API server URL; null = in-cluster when KUBERNETES_SERVICE_HOST is set, else the kubeconfig's. */
+  readonly apiServer: string | null
+  /** Kubeconfig file; null = $KUBECONFIG, else ~/.kube/config (used only outside a cluster). */
+  readonly kubeconfig: string | null
+  /** Kubeconfig context; null = its current-context. */
+  readonly context: string | null
+  /** Namespace for every ReplicaSet; null = maitre's own namespace in-cluster, else the context's, else default. */
+  readonly namespace: string | null
+  /** Image for services that name none (shell commands run in it). */
+  readonly defaultImage: string
+  /** Container port of $PORT0; $PORTn is this + n. Each pod has its own IP, so every version can share it. */
+  readonly podBasePort: number
+  /** Failed container runs (since the last ready one) before a deployment error is declared. */
+  readonly minFailedInstances: number
+  /** Watch streams are re-opened after this long (the API server's timeoutSeconds). */
+  readonly watchTimeoutSecs: number
+  /** First delay before re-listing after a failed list or watch; grows 1.5x up to 60 s. */
+  readonly relistBackoffMs: number
+  /** Floor for the pod's terminationGracePeriodSeconds (Waiter's pod-sigkill-delay-secs). */
+  readonly minTerminationGraceSecs: number
+  /** Instead of a server-side token: the service-account token file re-read every minute (null = in-cluster default). */
+  readonly tokenFile: string | null
+}
+
 export interface Config {
   readonly server: {
     readonly host: string
@@ -56,7 +81,7 @@ export interface Config {
     readonly maxEjectMs: number
     readonly resolutionCacheSize: number
   }
-  readonly backend: { readonly kind: 'local'; readonly local: LocalBackendConfig }
+  readonly backend: { readonly kind: 'local' | 'kubernetes'; readonly local: LocalBackendConfig; readonly kubernetes: KubernetesBackendConfig }
   readonly scaler: {
     readonly tickMs: number
     /** Demand at this multiple of the ready capacity starts a burst: jump to the ideal count at once. */
@@ -112,6 +137,19 @@ export const DEFAULTS: Config = {
       memoryCheckIntervalMs: 1000,
       minFailedInstances: 2,
     },
+    kubernetes: {
+      apiServer: null,
+      kubeconfig: null,
+      context: null,
+      namespace: null,
+      defaultImage: 'docker.io/library/debian:bookworm-slim',
+      podBasePort: 8080,
+      minFailedInstances: 2,
+      watchTimeoutSecs: 300,
+      relistBackoffMs: 100,
+      minTerminationGraceSecs: 3,
+      tokenFile: null,
+    },
   },
   scaler: {
     tickMs: 1000,
@@ -151,7 +189,13 @@ const RULES: Readonly<Record<string, Rule>> = {
   'proxy.ejectBaseMs': positiveInt,
   'proxy.maxEjectMs': positiveInt,
   'proxy.resolutionCacheSize': positiveInt,
-  'backend.kind': (v) => (v === 'local' ? undefined : "must be 'local' (kubernetes and mesos are not built yet)"),
+  'backend.kind': (v) => (v === 'local' || v === 'kubernetes' ? undefined : "must be 'local' or 'kubernetes' (mesos is not built yet)"),
+  'backend.kubernetes.namespace': (v) => (v === null || isDnsLabel(v as string) ? undefined : 'must be a DNS-1123 label (a-z, 0-9, -; at most 63) or null'),
+  'backend.kubernetes.podBasePort': (v) => (port(v) === undefined && (v as number) > 0 && (v as number) <= 65000 ? undefined : 'must be a port number in [1, 65000]'),
+  'backend.kubernetes.minFailedInstances': positiveInt,
+  'backend.kubernetes.watchTimeoutSecs': positiveInt,
+  'backend.kubernetes.relistBackoffMs': positiveInt,
+  'backend.kubernetes.minTerminationGraceSecs': nonNegativeInt,
   'backend.local.portRange': (v) =>
     Array.isArray(v) && v.length === 2 && v.every((p) => port(p) === undefined && (p as number) > 0) && (v[0] as number) <= (v[1] as number)
       ? undefined

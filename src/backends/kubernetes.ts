@@ -1,0 +1,434 @@
+/**
+ * The Kubernetes backend: one ReplicaSet per service version, its pods (found by list + watch,
+ * resumed from the last resourceVersion and re-listed after a 410) are the instances, and the
+ * kubelet's readiness probe decides which are healthy. Instance counts go through the scale
+ * subresource with optimistic concurrency. A kill removes the pod maitre chose: the pod gets the
+ * lowest pod-deletion-cost, replicas drop by one (so the ReplicaSet deletes that pod rather than
+ * a busy one), then the pod is deleted outright in case the controller preferred an unready one.
+ *
+ * Unlike the local backend, close() leaves versions running: they belong to the cluster, and the
+ * next router adopts them from their ReplicaSets (garbage collection still reaps the idle ones).
+ */
+import type { Clock } from '../clock.ts'
+import type { Logger } from '../log.ts'
+import type { LaunchSpec, Proto } from '../launch-spec.ts'
+import { misconfigured } from '../versions/descriptor.ts'
+import type { Backend, EndedInstance, ServiceState } from './backend.ts'
+import { deploymentError } from './deployment-error.ts'
+import { KubeApiError, type KubeApi } from './kubernetes/api.ts'
+import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
+import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem } from './kubernetes/pod-view.ts'
+import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
+
+export interface KubernetesBackendOptions {
+  readonly api: KubeApi
+  readonly cluster: string
+  readonly defaultImage: string
+  readonly podBasePort: number
+  readonly minFailedInstances: number
+  readonly watchTimeoutSecs: number
+  readonly relistBackoffMs: number
+  readonly minTerminationGraceSecs: number
+  readonly clock: Clock
+  readonly log: Logger
+}
+
+const ENDED_KEPT = 10
+const MAX_RELIST_BACKOFF_MS = 60_000
+const SCALE_RETRIES = 5
+/** How often services short of pods are checked for FailedCreate events (quota, admission). */
+const EVENT_CHECK_MS = 1000
+/** int32's minimum: this pod goes first when the ReplicaSet scales down. */
+const LOWEST_DELETION_COST = '-2147483648'
+
+interface KubeService {
+  readonly id: string
+  readonly replicaSet: string
+  uid: string | undefined
+  proto: Proto
+  portCount: number
+  requested: number
+  scaling: Promise<void>
+  /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
+  readonly killing: Set<string>
+  /** Restart count last seen per pod, so each failed container run is recorded once. */
+  readonly restartsSeen: Map<string, number>
+  failed: EndedInstance[]
+  killed: EndedInstance[]
+  failedSinceHealthy: EndedInstance[]
+  createError: string | undefined
+  eventError: string | undefined
+  deploymentError: string | undefined
+}
+
+class RelistNeeded extends Error {}
+
+export class KubernetesBackend implements Backend {
+  readonly kind = 'kubernetes' as const
+  readonly #o: KubernetesBackendOptions
+  readonly #services = new Map<string, KubeService>()
+  /** Every pod of this cluster, by service id then pod name, whether or not the service is known. */
+  readonly #pods = new Map<string, Map<string, Pod>>()
+  readonly #listeners = new Set<(serviceId: string) => void>()
+  readonly #abort = new AbortController()
+  readonly #synced: Promise<void>
+  readonly #loop: Promise<void>
+  #cancelEventCheck: (() => void) | undefined
+  #closed = false
+
+  constructor(options: KubernetesBackendOptions) {
+    this.#o = options
+    let synced!: () => void
+    this.#synced = new Promise((resolve) => (synced = resolve))
+    this.#loop = this.#syncLoop(synced)
+    this.#scheduleEventCheck()
+  }
+
+  /** Resolves once the first list of ReplicaSets and pods is in. */
+  ready(): Promise<void> {
+    return this.#synced
+  }
+
+  async ensureService(spec: LaunchSpec): Promise<void> {
+    if (this.#closed) throw new Error('the kubernetes backend is closed')
+    if (spec.backendProto === 'h2c' || spec.backendProto === 'h2') {
+      throw misconfigured([{ field: 'backend-proto', message: `backend-proto ${spec.backendProto} is not supported by maitre yet; use http or https.` }])
+    }
+    await this.#synced
+    if (this.#services.has(spec.serviceId)) return
+    const service = this.#newService(spec.serviceId, spec.backendProto, spec.ports, spec.minInstances, undefined)
+    this.#services.set(spec.serviceId, service)
+    try {
+      const created = await this.#o.api.createReplicaSet(replicaSetOf(spec, this.#o))
+      service.uid = created.metadata.uid
+      this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet, instances: spec.minInstances }, 'service created')
+    } catch (err) {
+      if (err instanceof KubeApiError && err.code === 409) {
+        // Made by an earlier router: adopt it at its current size.
+        const scale = await this.#o.api.getScale(service.replicaSet)
+        service.requested = Math.max(scale.spec.replicas, spec.minInstances)
+        this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet }, 'service adopted')
+        if (service.requested !== scale.spec.replicas) await this.#writeScale(service)
+      } else {
+        service.createError = `Could not create the ReplicaSet: ${(err as Error).message}`
+        this.#o.log.error({ err, service: spec.serviceId }, 'replicaset create failed')
+      }
+    }
+    this.#update(service)
+  }
+
+  async scale(serviceId: string, instances: number): Promise<void> {
+    const service = this.#services.get(serviceId)
+    if (service === undefined || service.createError !== undefined) return
+    const requested = Math.max(0, instances)
+    if (requested === service.requested) return
+    service.requested = requested
+    await this.#writeScale(service)
+  }
+
+  async killInstance(serviceId: string, id: string): Promise<boolean> {
+    const service = this.#services.get(serviceId)
+    const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => !isTerminating(p) && instanceId(serviceId, p) === id)
+    const name = pod?.metadata.name
+    if (service === undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
+    service.killing.add(name)
+    service.requested = Math.max(0, service.requested - 1)
+    this.#emit(serviceId)
+    this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
+    try {
+      await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } })
+      await this.#writeScale(service)
+      await this.#o.api.deletePod(name, pod.metadata.uid ?? '')
+    } catch (err) {
+      // 404: the ReplicaSet got there first; 409: that name now belongs to another pod.
+      if (!(err instanceof KubeApiError && (err.code === 404 || err.code === 409))) {
+        this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed')
+      }
+    }
+    return true
+  }
+
+  async deleteService(serviceId: string): Promise<void> {
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    this.#services.delete(serviceId)
+    service.requested = 0
+    this.#emit(serviceId)
+    try {
+      await this.#o.api.deleteReplicaSet(service.replicaSet)
+    } catch (err) {
+      if (!(err instanceof KubeApiError && err.code === 404)) throw err
+    }
+    this.#o.log.info({ service: serviceId, replicaSet: service.replicaSet }, 'service deleted')
+  }
+
+  state(serviceId: string): ServiceState | undefined {
+    const service = this.#services.get(serviceId)
+    return service === undefined ? undefined : this.#view(service)
+  }
+
+  services(): readonly ServiceState[] {
+    return [...this.#services.values()].map((s) => this.#view(s))
+  }
+
+  subscribe(listener: (serviceId: string) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#cancelEventCheck?.()
+    this.#abort.abort()
+    await this.#loop
+    await Promise.allSettled([...this.#services.values()].map((s) => s.scaling))
+    await this.#o.api.close()
+  }
+
+  #newService(id: string, proto: Proto, portCount: number, requested: number, uid: string | undefined): KubeService {
+    return {
+      id,
+      replicaSet: replicaSetName(id),
+      uid,
+      proto,
+      portCount,
+      requested,
+      scaling: Promise.resolve(),
+      killing: new Set(),
+      restartsSeen: new Map(),
+      failed: [],
+      killed: [],
+      failedSinceHealthy: [],
+      createError: undefined,
+      eventError: undefined,
+      deploymentError: undefined,
+    }
+  }
+
+  #livePods(service: KubeService): Pod[] {
+    return [...(this.#pods.get(service.id)?.values() ?? [])].filter((p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? ''))
+  }
+
+  #view(service: KubeService): ServiceState {
+    const now = this.#o.clock.now()
+    return {
+      id: service.id,
+      requested: service.requested,
+      instances: this.#livePods(service).map((pod) =>
+        instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: this.#o.podBasePort, portCount: service.portCount, now }),
+      ),
+      failed: service.failed,
+      killed: service.killed,
+      deploymentError: service.deploymentError,
+    }
+  }
+
+  #emit(serviceId: string): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(serviceId)
+      } catch (err) {
+        this.#o.log.error({ err, service: serviceId }, 'backend listener failed')
+      }
+    }
+  }
+
+  /** Queues a write of `requested` to /scale behind earlier ones; resolves when it is done. */
+  #writeScale(service: KubeService): Promise<void> {
+    const next = service.scaling.then(() => this.#putScale(service)).catch((err: unknown) => {
+      this.#o.log.error({ err, service: service.id }, 'scale failed')
+    })
+    service.scaling = next
+    return next
+  }
+
+  async #putScale(service: KubeService): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      if (!this.#services.has(service.id)) return
+      const scale = await this.#o.api.getScale(service.replicaSet)
+      if (scale.spec.replicas === service.requested) return
+      try {
+        await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
+        this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
+        return
+      } catch (err) {
+        // Someone else changed the ReplicaSet since the read: read again and retry.
+        if (!(err instanceof KubeApiError && err.code === 409) || attempt >= SCALE_RETRIES) throw err
+      }
+    }
+  }
+
+  #adopt(rs: ReplicaSet): void {
+    const id = rs.metadata.annotations?.[ANNOTATIONS.serviceId]
+    if (id === undefined || this.#services.has(id)) return
+    const proto = (rs.metadata.annotations?.[ANNOTATIONS.backendProto] ?? 'http') as Proto
+    const portCount = Number(rs.metadata.annotations?.[ANNOTATIONS.portCount] ?? '1') || 1
+    this.#services.set(id, this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid))
+    this.#o.log.info({ service: id, replicaSet: rs.metadata.name, instances: rs.spec.replicas }, 'service adopted')
+  }
+
+  async #syncLoop(synced: () => void): Promise<void> {
+    const selector = clusterSelector(this.#o.cluster)
+    let backoff = this.#o.relistBackoffMs
+    let first = true
+    while (!this.#closed) {
+      try {
+        if (first) {
+          for (const rs of (await this.#o.api.listReplicaSets(selector)).items) this.#adopt(rs)
+        }
+        const list = await this.#o.api.listPods(selector)
+        this.#replaceAll(list.items)
+        let resourceVersion = list.metadata.resourceVersion ?? ''
+        if (first) synced()
+        first = false
+        backoff = this.#o.relistBackoffMs
+        for (;;) {
+          await this.#o.api.watchPods(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, (event) => {
+            if (event.type === 'ERROR') {
+              const status = event.object as KubeStatus
+              if (status.code === 410) throw new RelistNeeded(status.message ?? 'resource version expired')
+              throw new KubeApiError(status.code, status.reason ?? 'Unknown', status.message ?? 'watch error')
+            }
+            const pod = event.object as Pod
+            resourceVersion = pod.metadata.resourceVersion ?? resourceVersion
+            if (event.type !== 'BOOKMARK') this.#apply(event.type, pod)
+          })
+          if (this.#closed) return
+          // The server ended the stream at timeoutSeconds: resume from the last version seen.
+        }
+      } catch (err) {
+        if (this.#closed) return
+        if (err instanceof RelistNeeded || (err instanceof KubeApiError && err.code === 410)) {
+          this.#o.log.info({ reason: err.message }, 'pod watch expired; listing again')
+          continue
+        }
+        this.#o.log.warn({ err, retryInMs: backoff }, 'pod list or watch failed; listing again')
+        await new Promise<void>((resolve) => {
+          const cancel = this.#o.clock.setTimeout(resolve, backoff)
+          this.#abort.signal.addEventListener('abort', () => {
+            cancel()
+            resolve()
+          }, { once: true })
+        })
+        backoff = Math.min(MAX_RELIST_BACKOFF_MS, backoff * 1.5)
+      }
+    }
+  }
+
+  /** A fresh list replaces the cache: pods missing from it were deleted while nobody watched. */
+  #replaceAll(pods: readonly Pod[]): void {
+    const listed = new Set(pods.map((p) => `${p.metadata.labels?.[LABELS.serviceId] ?? ''}/${p.metadata.name ?? ''}`))
+    for (const [serviceId, byName] of this.#pods) {
+      for (const [name, pod] of byName) {
+        if (!listed.has(`${serviceId}/${name}`)) this.#apply('DELETED', pod)
+      }
+    }
+    for (const pod of pods) this.#apply('MODIFIED', pod)
+  }
+
+  #apply(type: 'ADDED' | 'MODIFIED' | 'DELETED', pod: Pod): void {
+    const serviceId = pod.metadata.labels?.[LABELS.serviceId]
+    const name = pod.metadata.name
+    if (serviceId === undefined || name === undefined) return
+    let byName = this.#pods.get(serviceId)
+    if (byName === undefined) this.#pods.set(serviceId, (byName = new Map()))
+    if (type === 'DELETED') {
+      byName.delete(name)
+      if (byName.size === 0) this.#pods.delete(serviceId)
+    } else {
+      byName.set(name, pod)
+    }
+    const service = this.#services.get(serviceId)
+    if (service === undefined) return
+    this.#recordFailure(service, pod)
+    if (type === 'DELETED') this.#recordDeleted(service, pod)
+    if (isReady(pod)) {
+      service.failedSinceHealthy = []
+      service.eventError = undefined
+    }
+    this.#update(service)
+  }
+
+  #recordFailure(service: KubeService, pod: Pod): void {
+    const name = pod.metadata.name ?? ''
+    const failure = lastFailure(pod, service.id, this.#o.clock.now())
+    const restarts = appStatus(pod)?.restartCount ?? 0
+    const seen = service.restartsSeen.get(name) ?? 0
+    if (restarts > seen) service.restartsSeen.set(name, restarts)
+    if (failure === undefined || restarts <= seen) return
+    service.failed = [failure, ...service.failed].slice(0, ENDED_KEPT)
+    service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
+    this.#o.log.warn({ service: service.id, instance: failure.id, exitCode: failure.exitCode, reason: failure.message }, 'instance failed')
+  }
+
+  #recordDeleted(service: KubeService, pod: Pod): void {
+    const name = pod.metadata.name ?? ''
+    const onPurpose = service.killing.delete(name)
+    service.restartsSeen.delete(name)
+    const now = this.#o.clock.now()
+    const instance = instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: this.#o.podBasePort, portCount: service.portCount, now })
+    const ended: EndedInstance = {
+      id: instance.id,
+      serviceId: service.id,
+      host: instance.host,
+      port: instance.port,
+      startedAt: instance.startedAt,
+      endedAt: now,
+      exitCode: undefined,
+      flags: instance.flags,
+      message: onPurpose ? 'Killed by maitre' : 'Pod deleted by the cluster',
+      logDirectory: undefined,
+    }
+    service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
+  }
+
+  /** Recomputes the deployment error (Waiter's rules, then the cluster's own reasons) and tells listeners. */
+  #update(service: KubeService): void {
+    const live = this.#livePods(service)
+    const healthy = live.filter(isReady).length
+    const fromFailures = deploymentError({ healthy, failedSinceHealthy: service.failedSinceHealthy, unhealthy: [], minFailedInstances: this.#o.minFailedInstances })
+    const fromCluster = healthy > 0 ? undefined : (live.map(schedulerProblem).find((p) => p !== undefined) ?? service.eventError)
+    const next = service.createError ?? fromFailures ?? fromCluster
+    if (next !== service.deploymentError) {
+      service.deploymentError = next
+      if (next !== undefined) this.#o.log.warn({ service: service.id, error: next }, 'deployment error')
+    }
+    this.#emit(service.id)
+  }
+
+  #scheduleEventCheck(): void {
+    this.#cancelEventCheck = this.#o.clock.setTimeout(() => {
+      void this.#checkEvents()
+        .catch((err: unknown) => this.#o.log.warn({ err }, 'event check failed'))
+        .finally(() => {
+          if (!this.#closed) this.#scheduleEventCheck()
+        })
+    }, EVENT_CHECK_MS)
+  }
+
+  /** A ReplicaSet that cannot make its pods (quota, admission) says why only in its Events. */
+  async #checkEvents(): Promise<void> {
+    for (const service of this.#services.values()) {
+      const live = this.#livePods(service)
+      const short = service.requested > 0 && live.length < service.requested && !live.some(isReady)
+      if (!short) {
+        if (service.eventError !== undefined) {
+          service.eventError = undefined
+          this.#update(service)
+        }
+        continue
+      }
+      if (service.uid === undefined) continue
+      const events = await this.#o.api.listEvents(`involvedObject.kind=ReplicaSet,involvedObject.name=${service.replicaSet}`)
+      const failedCreate = events.items
+        .filter((e) => e.reason === 'FailedCreate' && e.involvedObject.uid === service.uid)
+        .sort((a, b) => Date.parse(b.lastTimestamp ?? '') - Date.parse(a.lastTimestamp ?? ''))[0]
+      const message = failedCreate === undefined ? undefined : `FailedCreate: ${failedCreate.message}`
+      if (message !== service.eventError) {
+        service.eventError = message
+        this.#update(service)
+      }
+    }
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * The Kubernetes REST calls the backend makes, over undici. Raw REST rather than
+ * @kubernetes/client-node: the backend needs eight calls, a watch that resumes from a
+ * resourceVersion and re-lists on 410 (client-node's Watch never reconnects), and explicit patch
+ * content types; undici is already the data path's client. Every call names the RBAC permission
+ * it needs, and PERMISSIONS lists them all, so the shipped Role is exactly what is used (a test
+ * holds the two equal).
+ */
+import { Agent, request, type Dispatcher } from 'undici'
+import type { KubeConnection } from './connection.ts'
+import type { KubeEvent, KubeList, KubeStatus, Pod, ReplicaSet, Scale } from './objects.ts'
+
+export const PERMISSIONS = {
+  replicasets: ['create', 'delete', 'list'],
+  'replicasets/scale': ['get', 'update'],
+  pods: ['delete', 'list', 'patch', 'watch'],
+  events: ['list'],
+} as const satisfies Record<string, readonly string[]>
+
+type Resource = keyof typeof PERMISSIONS
+type Verb<R extends Resource> = (typeof PERMISSIONS)[R][number]
+
+/** A non-2xx answer from the API server, with its Status reason (NotFound, Conflict, Expired...). */
+export class KubeApiError extends Error {
+  readonly code: number
+  readonly reason: string
+  constructor(code: number, reason: string, message: string) {
+    super(message)
+    this.name = 'KubeApiError'
+    this.code = code
+    this.reason = reason
+  }
+}
+
+export interface WatchEvent<T> {
+  readonly type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR'
+  readonly object: T
+}
+
+type Query = Record<string, string | number | boolean | undefined>
+
+function queryString(query: Query): string {
+  const parts = Object.entries(query)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`)
+  return parts.length === 0 ? '' : `?${parts.join('&')}`
+}
+
+export class KubeApi {
+  readonly namespace: string
+  readonly #connection: KubeConnection
+  readonly #agent: Agent
+
+  constructor(connection: KubeConnection) {
+    this.#connection = connection
+    this.namespace = connection.namespace
+    this.#agent = new Agent({ connect: { ...connection.tls }, keepAliveTimeout: 30_000, connections: 16 })
+  }
+
+  #path(group: 'core' | 'apps', resource: string, name?: string, sub?: string): string {
+    const base = group === 'core' ? '/api/v1' : '/apis/apps/v1'
+    const ns = encodeURIComponent(this.namespace)
+    return `${base}/namespaces/${ns}/${resource}${name === undefined ? '' : `/${encodeURIComponent(name)}`}${sub === undefined ? '' : `/${sub}`}`
+  }
+
+  /** `_permission` is checked by the compiler only: a call outside PERMISSIONS does not build. */
+  async #call<T, R extends Resource>(
+    _permission: [R, Verb<R>],
+    method: Dispatcher.HttpMethod,
+    path: string,
+    options: { query?: Query; body?: unknown; contentType?: string; signal?: AbortSignal } = {},
+  ): Promise<T> {
+    const authorization = await this.#connection.authorization()
+    const res = await request(`${this.#connection.server}${path}${queryString(options.query ?? {})}`, {
+      dispatcher: this.#agent,
+      method,
+      headers: {
+        accept: 'application/json',
+        ...(authorization === undefined ? {} : { authorization }),
+        ...(options.body === undefined ? {} : { 'content-type': options.contentType ?? 'application/json' }),
+      },
+      body: options.body === undefined ? null : JSON.stringify(options.body),
+      ...(options.signal === undefined ? {} : { signal: options.signal }),
+    })
+    const text = await res.body.text()
+    if (res.statusCode >= 200 && res.statusCode < 300) return JSON.parse(text) as T
+    throw errorOf(res.statusCode, text)
+  }
+
+  listReplicaSets(labelSelector: string): Promise<KubeList<ReplicaSet>> {
+    return this.#call(['replicasets', 'list'], 'GET', this.#path('apps', 'replicasets'), { query: { labelSelector } })
+  }
+
+  createReplicaSet(body: ReplicaSet): Promise<ReplicaSet> {
+    return this.#call(['replicasets', 'create'], 'POST', this.#path('apps', 'replicasets'), { body })
+  }
+
+  /** Background propagation: the garbage collector removes the pods after the ReplicaSet. */
+  deleteReplicaSet(name: string): Promise<unknown> {
+    return this.#call(['replicasets', 'delete'], 'DELETE', this.#path('apps', 'replicasets', name), {
+      body: { kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' },
+    })
+  }
+
+  getScale(name: string): Promise<Scale> {
+    return this.#call(['replicasets/scale', 'get'], 'GET', this.#path('apps', 'replicasets', name, 'scale'))
+  }
+
+  /** Keeps the fetched resourceVersion, so a concurrent change is a 409 rather than lost. */
+  replaceScale(name: string, scale: Scale): Promise<Scale> {
+    return this.#call(['replicasets/scale', 'update'], 'PUT', this.#path('apps', 'replicasets', name, 'scale'), { body: scale })
+  }
+
+  listPods(labelSelector: string): Promise<KubeList<Pod>> {
+    return this.#call(['pods', 'list'], 'GET', this.#path('core', 'pods'), { query: { labelSelector } })
+  }
+
+  patchPod(name: string, mergePatch: unknown): Promise<Pod> {
+    return this.#call(['pods', 'patch'], 'PATCH', this.#path('core', 'pods', name), { body: mergePatch, contentType: 'application/merge-patch+json' })
+  }
+
+  /** The uid precondition makes sure a same-named successor is never deleted by mistake. */
+  deletePod(name: string, uid: string, gracePeriodSeconds?: number): Promise<unknown> {
+    return this.#call(['pods', 'delete'], 'DELETE', this.#path('core', 'pods', name), {
+      body: { kind: 'DeleteOptions', apiVersion: 'v1', preconditions: { uid }, ...(gracePeriodSeconds === undefined ? {} : { gracePeriodSeconds }) },
+    })
+  }
+
+  listEvents(fieldSelector: string): Promise<KubeList<KubeEvent>> {
+    return this.#call(['events', 'list'], 'GET', this.#path('core', 'events'), { query: { fieldSelector } })
+  }
+
+  /**
+   * Watches pods from `resourceVersion` until the server ends the stream (timeoutSeconds) or the
+   * signal aborts. Each event goes to `onEvent`, ERROR included (a 410 arrives that way).
+   */
+  async watchPods(labelSelector: string, resourceVersion: string, timeoutSeconds: number, signal: AbortSignal, onEvent: (event: WatchEvent<Pod | KubeStatus>) => void): Promise<void> {
+    const _permission: [Resource, Verb<'pods'>] = ['pods', 'watch']
+    const authorization = await this.#connection.authorization()
+    const query = { watch: 'true', labelSelector, resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds }
+    const res = await request(`${this.#connection.server}${this.#path('core', 'pods')}${queryString(query)}`, {
+      dispatcher: this.#agent,
+      method: 'GET',
+      headers: { accept: 'application/json', ...(authorization === undefined ? {} : { authorization }) },
+      signal,
+      // A watch is quiet for long stretches; only the server's timeoutSeconds ends it.
+      bodyTimeout: 0,
+      headersTimeout: 30_000,
+    })
+    if (res.statusCode !== 200) throw errorOf(res.statusCode, await res.body.text())
+    let buffered = ''
+    for await (const chunk of res.body) {
+      buffered += (chunk as Buffer).toString('utf8')
+      let newline = buffered.indexOf('\n')
+      while (newline >= 0) {
+        const line = buffered.slice(0, newline).trim()
+        buffered = buffered.slice(newline + 1)
+        if (line !== '') onEvent(JSON.parse(line) as WatchEvent<Pod | KubeStatus>)
+        newline = buffered.indexOf('\n')
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#agent.close()
+  }
+}
+
+function errorOf(code: number, text: string): KubeApiError {
+  try {
+    const status = JSON.parse(text) as Partial<KubeStatus>
+    return new KubeApiError(code, status.reason ?? 'Unknown', status.message ?? text)
+  } catch {
+    return new KubeApiError(code, 'Unknown', text.slice(0, 500) || `HTTP ${code}`)
+  }
+}

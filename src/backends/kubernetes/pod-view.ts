@@ -1,0 +1,108 @@
+/**
+ * What a pod means to maitre, as pure functions: the instance it is, the container runs that
+ * failed, and the scheduler's own reason when nothing can start (reference §7.3 and §8).
+ */
+import type { Proto } from '../../launch-spec.ts'
+import type { EndedInstance, Instance, InstanceFlag } from '../backend.ts'
+import type { ContainerStatus, Pod } from './objects.ts'
+import { CONTAINER } from './replica-set.ts'
+
+export function appStatus(pod: Pod): ContainerStatus | undefined {
+  return pod.status?.containerStatuses?.find((c) => c.name === CONTAINER)
+}
+
+/** Waiter's instance id: one per container run, so a restarted container is a new instance. */
+export function instanceId(serviceId: string, pod: Pod): string {
+  return `${serviceId}.${pod.metadata.name ?? ''}-${appStatus(pod)?.restartCount ?? 0}`
+}
+
+export function isTerminating(pod: Pod): boolean {
+  return pod.metadata.deletionTimestamp !== undefined
+}
+
+/** Ready per the API: not terminating, Running, condition Ready=True, and an IP to send to. */
+export function isReady(pod: Pod): boolean {
+  return (
+    !isTerminating(pod) &&
+    pod.status?.phase === 'Running' &&
+    pod.status.podIP !== undefined &&
+    pod.status.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true
+  )
+}
+
+function time(value: string | undefined, fallback: number): number {
+  const parsed = value === undefined ? NaN : Date.parse(value)
+  return Number.isNaN(parsed) ? fallback : parsed
+}
+
+export interface PodInstanceOptions {
+  readonly serviceId: string
+  readonly proto: Proto
+  readonly basePort: number
+  readonly portCount: number
+  readonly now: number
+}
+
+export function instanceOf(pod: Pod, o: PodInstanceOptions): Instance {
+  const status = appStatus(pod)
+  return {
+    id: instanceId(o.serviceId, pod),
+    serviceId: o.serviceId,
+    host: pod.status?.podIP ?? '',
+    port: o.basePort,
+    extraPorts: Array.from({ length: Math.max(0, o.portCount - 1) }, (_, i) => o.basePort + 1 + i),
+    proto: o.proto,
+    startedAt: time(status?.state?.running?.startedAt ?? pod.metadata.creationTimestamp, o.now),
+    healthy: isReady(pod),
+    logDirectory: undefined,
+    flags: new Set<InstanceFlag>(),
+  }
+}
+
+/**
+ * The container run that ended before the current one, if the pod shows one: `lastState.terminated`
+ * belongs to run `restartCount - 1`. OOMKilled is a memory failure; 137/143 with reason Error is a
+ * liveness (or grace-period) kill, which says nothing about the command's own exit code.
+ */
+export function lastFailure(pod: Pod, serviceId: string, now: number): EndedInstance | undefined {
+  const status = appStatus(pod)
+  const terminated = status?.lastState?.terminated
+  if (status === undefined || terminated === undefined || status.restartCount < 1) return undefined
+  const flags = new Set<InstanceFlag>()
+  let exitCode: number | undefined = terminated.exitCode
+  let message = `Exited with code ${terminated.exitCode}`
+  if (terminated.reason === 'OOMKilled') {
+    flags.add('memory-limit-exceeded')
+    message = 'Exceeded allocated memory usage (OOMKilled)'
+  } else if ((terminated.exitCode === 137 || terminated.exitCode === 143) && terminated.reason === 'Error') {
+    exitCode = undefined
+    flags.add('has-connected').add('has-responded').add('never-passed-health-checks')
+    message = 'Killed by its liveness probe'
+  }
+  return {
+    id: `${serviceId}.${pod.metadata.name ?? ''}-${status.restartCount - 1}`,
+    serviceId,
+    host: pod.status?.podIP ?? '',
+    port: 0,
+    startedAt: time(terminated.startedAt, now),
+    endedAt: time(terminated.finishedAt, now),
+    exitCode,
+    flags,
+    message,
+    logDirectory: undefined,
+  }
+}
+
+const SCHEDULER_WAITING = new Set(['ImagePullBackOff', 'ErrImagePull', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError'])
+
+/** The cluster's own reason a pod cannot run at all (image, config, scheduling), if any. */
+export function schedulerProblem(pod: Pod): string | undefined {
+  if (isTerminating(pod)) return undefined
+  const waiting = appStatus(pod)?.state?.waiting
+  if (waiting?.reason !== undefined && SCHEDULER_WAITING.has(waiting.reason)) {
+    return waiting.message === undefined ? waiting.reason : `${waiting.reason}: ${waiting.message}`
+  }
+  const unschedulable = pod.status?.conditions?.find((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable')
+  if (unschedulable !== undefined) return `Unschedulable: ${unschedulable.message ?? 'no node fits the pod'}`
+  return undefined
+}

@@ -1,0 +1,118 @@
+/**
+ * One bare ReplicaSet per service version (Waiter's layout, reference §7.3): versions are
+ * immutable, so a Deployment's rollouts would only get in the way. Pure: LaunchSpec in, object out.
+ */
+import { createHash } from 'node:crypto'
+import type { LaunchSpec } from '../../launch-spec.ts'
+import type { Container, EnvVar, HttpGetProbe, ReplicaSet } from './objects.ts'
+
+export const LABELS = {
+  app: 'app',
+  cluster: 'maitre/cluster',
+  serviceId: 'maitre/service-id',
+} as const
+
+export const ANNOTATIONS = {
+  serviceId: 'maitre/service-id',
+  backendProto: 'maitre/backend-proto',
+  portCount: 'maitre/port-count',
+  deletionCost: 'controller.kubernetes.io/pod-deletion-cost',
+} as const
+
+export const CONTAINER = 'maitre-app'
+/** The pod's working directory and $HOME: an emptyDir, as Waiter gives each instance a sandbox. */
+export const SANDBOX = '/srv/maitre'
+/** Pod names are `<replicaset>-<5 chars>` and must stay a DNS label (63). */
+const MAX_REPLICASET_NAME = 57
+
+export interface ReplicaSetOptions {
+  readonly cluster: string
+  readonly defaultImage: string
+  readonly podBasePort: number
+  readonly minTerminationGraceSecs: number
+}
+
+/** Service ids are DNS labels of at most 63; long ones keep a hash so distinct ids stay distinct. */
+export function replicaSetName(serviceId: string): string {
+  if (serviceId.length <= MAX_REPLICASET_NAME) return serviceId
+  const hash = createHash('md5').update(serviceId).digest('hex').slice(0, 8)
+  return `${serviceId.slice(0, MAX_REPLICASET_NAME - 9)}-${hash}`
+}
+
+export function clusterSelector(cluster: string): string {
+  return `${LABELS.cluster}=${cluster}`
+}
+
+function probe(spec: LaunchSpec, check: LaunchSpec['healthCheck'], basePort: number): HttpGetProbe['httpGet'] {
+  const headers = [{ name: 'x-waiter-request-type', value: 'health-check' }]
+  if (check.authenticated) headers.push({ name: 'authorization', value: spec.authorization })
+  return {
+    path: check.url,
+    port: basePort + check.portIndex,
+    scheme: check.proto === 'https' || check.proto === 'h2' ? 'HTTPS' : 'HTTP',
+    httpHeaders: headers,
+  }
+}
+
+export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): ReplicaSet {
+  const name = replicaSetName(spec.serviceId)
+  const labels = { [LABELS.app]: name, [LABELS.cluster]: options.cluster, [LABELS.serviceId]: spec.serviceId }
+  const annotations = {
+    [ANNOTATIONS.serviceId]: spec.serviceId,
+    [ANNOTATIONS.backendProto]: spec.backendProto,
+    [ANNOTATIONS.portCount]: String(spec.ports),
+  }
+  const base = options.podBasePort
+  const env: EnvVar[] = [
+    ...Object.entries(spec.env).map(([k, v]) => ({ name: k, value: v })),
+    { name: 'HOME', value: SANDBOX },
+    { name: 'MESOS_SANDBOX', value: SANDBOX },
+    { name: 'WAITER_SANDBOX', value: SANDBOX },
+    { name: 'PORT', value: String(base) },
+    ...Array.from({ length: spec.ports }, (_, i) => ({ name: `PORT${i}`, value: String(base + i) })),
+    // Apps that must bind one address (rather than 0.0.0.0) find their pod's here.
+    { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
+  ]
+  const container: Container = {
+    name: CONTAINER,
+    image: spec.image ?? options.defaultImage,
+    command: ['/bin/sh', '-c', spec.command],
+    workingDir: SANDBOX,
+    env,
+    ports: Array.from({ length: spec.ports }, (_, i) => ({ containerPort: base + i })),
+    // Like Waiter: memory is a hard limit (OOMKilled past it), CPU only a request (no throttling).
+    resources: { requests: { cpu: String(spec.cpus), memory: `${spec.memMb}Mi` }, limits: { memory: `${spec.memMb}Mi` } },
+    // Readiness every second (the API's minimum), whatever the health-check interval: a cold
+    // start then costs at most a second more than the app's own start.
+    readinessProbe: { httpGet: probe(spec, spec.healthCheck, base), periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 1 },
+    volumeMounts: [{ name: 'sandbox', mountPath: SANDBOX }],
+  }
+  if (spec.gracePeriodMs > 0) {
+    container.livenessProbe = {
+      httpGet: probe(spec, spec.livenessCheck, base),
+      initialDelaySeconds: Math.ceil(spec.gracePeriodMs / 1000),
+      periodSeconds: Math.max(1, Math.round(spec.livenessCheck.intervalMs / 1000)),
+      timeoutSeconds: 1,
+      failureThreshold: spec.livenessCheck.maxConsecutiveFailures,
+    }
+  }
+  return {
+    apiVersion: 'apps/v1',
+    kind: 'ReplicaSet',
+    metadata: { name, labels, annotations },
+    spec: {
+      replicas: spec.minInstances,
+      selector: { matchLabels: { [LABELS.app]: name, [LABELS.cluster]: options.cluster } },
+      template: {
+        metadata: { labels, annotations },
+        spec: {
+          containers: [container],
+          terminationGracePeriodSeconds: Math.max(Math.ceil(spec.terminationGraceMs / 1000), options.minTerminationGraceSecs),
+          // Service code must not act with maitre's own API credentials.
+          automountServiceAccountToken: false,
+          volumes: [{ name: 'sandbox', emptyDir: {} }],
+        },
+      },
+    },
+  }
+}
