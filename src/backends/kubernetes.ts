@@ -63,6 +63,12 @@ interface KubeService {
 
 class RelistNeeded extends Error {}
 
+const TRANSIENT_RETRIES = 5
+
+function isTransient(err: unknown): boolean {
+  return !(err instanceof KubeApiError) || err.code >= 500 || err.code === 429
+}
+
 export class KubernetesBackend implements Backend {
   readonly kind = 'kubernetes' as const
   readonly #o: KubernetesBackendOptions
@@ -99,10 +105,15 @@ export class KubernetesBackend implements Backend {
     const service = this.#newService(spec.serviceId, spec.backendProto, spec.ports, spec.minInstances, undefined)
     this.#services.set(spec.serviceId, service)
     try {
-      const created = await this.#o.api.createReplicaSet(replicaSetOf(spec, this.#o))
+      const created = await this.#retrying(() => this.#o.api.createReplicaSet(replicaSetOf(spec, this.#o)))
       service.uid = created.metadata.uid
       this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet, instances: spec.minInstances }, 'service created')
     } catch (err) {
+      if (isTransient(err)) {
+        // The API server is unwell, not the service: let the next request try again.
+        this.#services.delete(spec.serviceId)
+        throw err
+      }
       if (err instanceof KubeApiError && err.code === 409) {
         // Made by an earlier router: adopt it at its current size.
         const scale = await this.#o.api.getScale(service.replicaSet)
@@ -243,10 +254,22 @@ export class KubernetesBackend implements Backend {
     return next
   }
 
+  /** Retries what an API server under stress (5xx, 429, a dropped connection) makes fail. */
+  async #retrying<T>(call: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call()
+      } catch (err) {
+        if (!isTransient(err) || attempt >= TRANSIENT_RETRIES || this.#closed) throw err
+        await new Promise((resolve) => this.#o.clock.setTimeout(() => resolve(undefined), this.#o.relistBackoffMs * 2 ** attempt))
+      }
+    }
+  }
+
   async #putScale(service: KubeService): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       if (!this.#services.has(service.id)) return
-      const scale = await this.#o.api.getScale(service.replicaSet)
+      const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
       if (scale.spec.replicas === service.requested) return
       try {
         await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
@@ -254,7 +277,8 @@ export class KubernetesBackend implements Backend {
         return
       } catch (err) {
         // Someone else changed the ReplicaSet since the read: read again and retry.
-        if (!(err instanceof KubeApiError && err.code === 409) || attempt >= SCALE_RETRIES) throw err
+        if (!(err instanceof KubeApiError && err.code === 409) && !isTransient(err)) throw err
+        if (attempt >= SCALE_RETRIES) throw err
       }
     }
   }

@@ -1,0 +1,225 @@
+/**
+ * The Kubernetes backend's own contract against the in-repo API simulator: the watch resumes and
+ * re-lists after 410, optimistic concurrency, in-cluster and kubeconfig credentials, and the
+ * pure readings of pods.
+ */
+import t from 'tap'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { request } from 'undici'
+import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
+import { KubeApi, KubeApiError, PERMISSIONS } from '../../src/backends/kubernetes/api.ts'
+import { fileToken, kubeConnection } from '../../src/backends/kubernetes/connection.ts'
+import type { Pod } from '../../src/backends/kubernetes/objects.ts'
+import { lastFailure, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
+import { replicaSetName, replicaSetOf } from '../../src/backends/kubernetes/replica-set.ts'
+import { systemClock } from '../../src/clock.ts'
+import { DEFAULTS } from '../../src/config.ts'
+import type { LaunchSpec } from '../../src/launch-spec.ts'
+import { createLogger, silentLogger } from '../../src/log.ts'
+import { createWriteStream } from 'node:fs'
+import { claimPortSlice, kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+import { startKubeSimulator, type Simulator } from '../k8s-sim/simulator.ts'
+
+const K8S = DEFAULTS.backend.kubernetes
+
+function spec(serviceId: string, overrides: Partial<LaunchSpec> = {}): LaunchSpec {
+  const check = { url: '/status', portIndex: 0, proto: 'http' as const, intervalMs: 10000, maxConsecutiveFailures: 5, authenticated: false }
+  return {
+    serviceId,
+    command: kitchenCmd(),
+    cmdType: 'shell',
+    image: undefined,
+    env: { WAITER_SERVICE_ID: serviceId },
+    ports: 1,
+    cpus: 0.1,
+    memMb: 256,
+    backendProto: 'http',
+    healthCheck: check,
+    livenessCheck: check,
+    gracePeriodMs: 0,
+    terminationGraceMs: 0,
+    restartBackoffFactor: 2,
+    minInstances: 1,
+    runAsUser: 'me',
+    authorization: 'Basic d2FpdGVyOnB3',
+    ...overrides,
+  }
+}
+
+async function setup(t: Parameters<typeof startRouter>[0]): Promise<{ sim: Simulator; api: KubeApi; backend: KubernetesBackend }> {
+  const dir = t.testdir()
+  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200 })
+  const { low, release } = claimPortSlice()
+  const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}))
+  const log = process.env['MAITRE_TEST_LOG_DIR'] === undefined ? silentLogger : createLogger('trace', createWriteStream(join(process.env['MAITRE_TEST_LOG_DIR'], `k8s-${low}.log`)))
+  const backend = new KubernetesBackend({ ...K8S, api, cluster: 'test', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log })
+  t.teardown(async () => {
+    await backend.close()
+    await sim.close()
+    release()
+  })
+  return { sim, api, backend }
+}
+
+const healthy = (backend: KubernetesBackend, id: string): number => backend.state(id)?.instances.filter((i) => i.healthy).length ?? 0
+
+t.test('after its history is compacted and its watch dropped, the backend lists again and keeps up', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-a'))
+  await waitFor('a ready pod', () => (healthy(backend, 'svc-a') === 1 ? true : undefined), 10000)
+  sim.compact()
+  sim.dropWatches()
+  // The resumed watch gets 410 Expired; only a fresh list shows the second pod.
+  await backend.scale('svc-a', 2)
+  await waitFor('two ready pods after the re-list', () => (healthy(backend, 'svc-a') === 2 ? true : undefined), 10000)
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 2, 'replicas written through /scale')
+  t.equal(backend.state('svc-a')?.instances.length, 2)
+  t.ok(sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length >= 2, 'the 410 led to a fresh list')
+})
+
+t.test('a failing API server is retried with backoff, not fatal', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ready()
+  sim.failNext(3)
+  sim.dropWatches()
+  await backend.ensureService(spec('svc-b')) // meets the injected 500s, and retries
+  await backend.ensureService(spec('svc-c'))
+  await waitFor('a ready pod of each', () => (healthy(backend, 'svc-b') === 1 && healthy(backend, 'svc-c') === 1 ? true : undefined), 10000)
+  t.equal(backend.state('svc-b')?.deploymentError, undefined, 'a 500 is not mistaken for a deployment error')
+  t.ok(sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length >= 2, 'the pods were listed again')
+})
+
+t.test('a router that starts later adopts the ReplicaSets already in the cluster', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-d'))
+  await backend.scale('svc-d', 2)
+  await waitFor('two ready pods', () => (healthy(backend, 'svc-d') === 2 ? true : undefined), 10000)
+  const next = new KubernetesBackend({ ...K8S, api: new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(t.testdir(), sim.url) }, {})), cluster: 'test', podBasePort: 1, clock: systemClock, log: silentLogger })
+  t.teardown(() => next.close())
+  await next.ready()
+  t.equal(next.state('svc-d')?.requested, 2, 'requested from the ReplicaSet')
+  t.equal(next.state('svc-d')?.instances.filter((i) => i.healthy).length, 2, 'its pods are its instances')
+})
+
+t.test('the API server enforces resourceVersion on /scale; the client reports Status errors typed', async (t) => {
+  const { api, backend } = await setup(t)
+  await backend.ensureService(spec('svc-e'))
+  const name = replicaSetName('svc-e')
+  const read = await api.getScale(name)
+  await api.replaceScale(name, { ...read, spec: { replicas: 2 } })
+  const stale = await api.replaceScale(name, { ...read, spec: { replicas: 3 } }).catch((err: unknown) => err)
+  t.ok(stale instanceof KubeApiError)
+  t.match(stale, { code: 409, reason: 'Conflict', message: /the object has been modified/ })
+  const missing = await api.getScale('nope').catch((err: unknown) => err)
+  t.match(missing, { code: 404, reason: 'NotFound' })
+  const bad = await api.patchPod('nope', {}).catch((err: unknown) => err)
+  t.match(bad, { code: 404 })
+})
+
+t.test('the simulator speaks the API faithfully where the backend relies on it', async (t) => {
+  const { sim } = await setup(t)
+  const h = { authorization: `Bearer ${SIM_TOKEN}`, 'content-type': 'application/json' }
+  const base = `${sim.url}/apis/coordination.k8s.io/v1/namespaces/${SIM_NAMESPACE}/leases`
+  const lease = (time: string, rv?: string): string =>
+    JSON.stringify({ apiVersion: 'coordination.k8s.io/v1', kind: 'Lease', metadata: { name: 'maitre-leader', ...(rv === undefined ? {} : { resourceVersion: rv }) }, spec: { holderIdentity: 'r1', leaseDurationSeconds: 15, renewTime: time } })
+  const millis = await request(base, { method: 'POST', headers: h, body: lease('2026-01-02T03:04:05.123Z') })
+  t.equal(millis.statusCode, 400, 'MicroTime needs six fractional digits')
+  await millis.body.dump()
+  const created = await request(base, { method: 'POST', headers: h, body: lease('2026-01-02T03:04:05.123000Z') })
+  t.equal(created.statusCode, 201)
+  const rv = ((await created.body.json()) as { metadata: { resourceVersion: string } }).metadata.resourceVersion
+  const renewed = await request(`${base}/maitre-leader`, { method: 'PUT', headers: h, body: lease('2026-01-02T03:04:15.123000Z', rv) })
+  t.equal(renewed.statusCode, 200)
+  await renewed.body.dump()
+  const lost = await request(`${base}/maitre-leader`, { method: 'PUT', headers: h, body: lease('2026-01-02T03:04:25.123000Z', rv) })
+  t.equal(lost.statusCode, 409, 'a stale resourceVersion is a Conflict')
+  t.match(await lost.body.json(), { kind: 'Status', reason: 'Conflict', code: 409 })
+  const anonymous = await request(base, { headers: { authorization: 'Bearer wrong' } })
+  t.equal(anonymous.statusCode, 401)
+  await anonymous.body.dump()
+  const badPatch = await request(`${sim.url}/api/v1/namespaces/${SIM_NAMESPACE}/pods/x`, { method: 'PATCH', headers: { ...h, 'content-type': 'text/plain' }, body: '{}' })
+  t.equal(badPatch.statusCode, 404, 'a missing pod is 404 before the patch type is looked at')
+  await badPatch.body.dump()
+})
+
+t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-f'))
+  await backend.scale('svc-f', 2)
+  await waitFor('two ready pods', () => (healthy(backend, 'svc-f') === 2 ? true : undefined), 10000)
+  const victim = backend.state('svc-f')?.instances[0]?.id as string
+  t.equal(await backend.killInstance('svc-f', victim), true)
+  await waitFor('one pod left', () => (backend.state('svc-f')?.instances.length === 1 ? true : undefined), 10000)
+  t.notOk(backend.state('svc-f')?.instances.some((i) => i.id === victim), 'the chosen pod is the one removed')
+  await backend.deleteService('svc-f')
+  await new Promise((r) => setTimeout(r, 1100)) // one events check
+  const allowed = new Set(Object.entries(PERMISSIONS).flatMap(([resource, verbs]) => verbs.map((v) => `${resource} ${v}`)))
+  const used = new Set(sim.requests.map(([resource, verb]) => `${resource} ${verb}`))
+  t.same([...used].filter((u) => !allowed.has(u)), [], 'nothing outside PERMISSIONS')
+})
+
+t.test('credentials: in-cluster files (token re-read as it rotates) and kubeconfig', async (t) => {
+  const dir = t.testdir()
+  const sa = join(dir, 'sa')
+  mkdirSync(sa)
+  writeFileSync(join(sa, 'token'), 'first\n')
+  writeFileSync(join(sa, 'namespace'), 'apps')
+  writeFileSync(join(sa, 'ca.crt'), '-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n')
+  const conn = kubeConnection(K8S, { KUBERNETES_SERVICE_HOST: '10.0.0.1', KUBERNETES_SERVICE_PORT: '443' }, sa)
+  t.equal(conn.server, 'https://10.0.0.1:443')
+  t.equal(conn.namespace, 'apps')
+  t.match(conn.tls.ca, /BEGIN CERTIFICATE/)
+  t.equal(await conn.authorization(), 'Bearer first')
+
+  let now = 0
+  const token = fileToken(join(sa, 'token'), () => now)
+  t.equal(await token(), 'first')
+  writeFileSync(join(sa, 'token'), 'second\n')
+  now = 59_000
+  t.equal(await token(), 'first', 'cached within a minute')
+  now = 60_000
+  t.equal(await token(), 'second', 'the rotated token is read after a minute')
+
+  const kc = join(dir, 'kc')
+  writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k:6443/", certificate-authority-data: ' + Buffer.from('CA').toString('base64') + '}}]', 'users: [{name: u, user: {tokenFile: tok}}]'].join('\n'))
+  writeFileSync(join(dir, 'tok'), 'file-token')
+  const fromFile = kubeConnection({ ...K8S, kubeconfig: kc }, {})
+  t.same([fromFile.server, fromFile.namespace, fromFile.tls.ca, await fromFile.authorization()], ['https://k:6443', 'default', 'CA', 'Bearer file-token'])
+  writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k"}}]', 'users: [{name: u, user: {exec: {command: aws}}}]'].join('\n'))
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'ERR_INVALID_CONFIG', message: /exec or auth-provider/ })
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: join(dir, 'none') }, {}), { message: /cannot read kubeconfig/ })
+})
+
+t.test('reading pods: failed runs, OOMKilled, liveness kills and the scheduler’s reasons', async (t) => {
+  const pod = (status: NonNullable<Pod['status']>): Pod => ({ metadata: { name: 'p-abcde' }, spec: { containers: [] }, status })
+  const run = (terminated: { exitCode: number; reason: string }, restartCount = 1): Pod =>
+    pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount, lastState: { terminated } }] })
+  t.match(lastFailure(run({ exitCode: 127, reason: 'Error' }, 3), 's', 0), { id: 's.p-abcde-2', exitCode: 127 })
+  const oom = lastFailure(run({ exitCode: 137, reason: 'OOMKilled' }), 's', 0)
+  t.ok(oom?.flags.has('memory-limit-exceeded'))
+  const liveness = lastFailure(run({ exitCode: 137, reason: 'Error' }), 's', 0)
+  t.equal(liveness?.exitCode, undefined, 'a liveness kill says nothing of the command')
+  t.ok(liveness?.flags.has('never-passed-health-checks'))
+  t.equal(lastFailure(pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: true, restartCount: 0 }] }), 's', 0), undefined)
+  t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image "x"' } } }] })), 'ImagePullBackOff: Back-off pulling image "x"')
+  t.equal(schedulerProblem(pod({ phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: '0/3 nodes are available: 3 Insufficient cpu.' }] })), 'Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.')
+  t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ContainerCreating' } } }] })), undefined, 'ContainerCreating is normal')
+})
+
+t.test('the ReplicaSet: names fit pod names, and the spec carries what the service needs', async (t) => {
+  const long = `maitre-${'x'.repeat(23)}-${'0123456789abcdef'.repeat(2)}`
+  t.equal(long.length, 63)
+  t.ok(replicaSetName(long).length <= 57, 'room for the 6-character pod suffix')
+  t.not(replicaSetName(long), replicaSetName(`${long.slice(0, -1)}0`), 'distinct ids stay distinct')
+  const rs = replicaSetOf(spec('svc', { gracePeriodMs: 30000, ports: 2, healthCheck: { url: '/healthy', portIndex: 1, proto: 'http', intervalMs: 10000, maxConsecutiveFailures: 5, authenticated: true } }), { cluster: 'c', defaultImage: 'img', podBasePort: 8080, minTerminationGraceSecs: 3 })
+  const container = rs.spec.template.spec.containers[0]
+  t.same(rs.spec.selector.matchLabels, { app: 'svc', 'maitre/cluster': 'c' })
+  t.same(container?.env?.filter((e) => e.name.startsWith('PORT')).map((e) => [e.name, e.value]), [['PORT', '8080'], ['PORT0', '8080'], ['PORT1', '8081']])
+  t.equal(container?.readinessProbe?.httpGet.port, 8081, 'health-check-port-index')
+  t.ok(container?.readinessProbe?.httpGet.httpHeaders?.some((h) => h.name === 'authorization'), 'authenticated health checks carry the credentials')
+  t.equal(container?.livenessProbe?.initialDelaySeconds, 30, 'liveness only with a grace period, after it')
+  t.same(container?.resources, { requests: { cpu: '0.1', memory: '256Mi' }, limits: { memory: '256Mi' } })
+  t.equal(rs.spec.template.spec.terminationGracePeriodSeconds, 3)
+  t.equal(rs.spec.template.spec.automountServiceAccountToken, false)
+})

@@ -1,0 +1,147 @@
+/**
+ * The same end-to-end scenarios on every backend: the embedded local one, and Kubernetes against
+ * the in-repo API simulator (its pods are real local processes, so requests really reach them).
+ */
+import t from 'tap'
+import { call, createToken, kitchenToken, startKubeRouter, startRouter, waitFor, type KubeRouter, type Reply, type Router } from '../fixtures/router.ts'
+
+type Test = Parameters<typeof startRouter>[0]
+
+interface AppView {
+  status: string
+  'deployment-error-message'?: string
+  'instance-counts': { 'healthy-instances': number; 'requested-instances': number }
+  instances: { 'active-instances': { id: string }[]; 'failed-instances': { 'exit-code'?: number }[] }
+}
+
+const FAST = { 'scaler.tickMs': 250, 'scaler.burstHoldMs': 1000, 'scaler.interKillMs': 100, 'scaler.gcIntervalMs': 500 }
+
+const BACKENDS: Record<string, (t: Test, overrides?: Record<string, unknown>) => Promise<Router>> = {
+  local: (t, overrides = {}) => startRouter(t, overrides),
+  kubernetes: (t, overrides = {}) => startKubeRouter(t, overrides),
+}
+
+async function appView(router: Router, id: string): Promise<AppView> {
+  return (await call(`${router.url}/apps/${id}`)).json<AppView>()
+}
+
+async function serviceId(router: Router, token: string): Promise<string> {
+  return (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': token } })).text
+}
+
+function message(reply: Reply): string {
+  return reply.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message
+}
+
+function isKube(router: Router): router is KubeRouter {
+  return 'sim' in router
+}
+
+for (const [kind, start] of Object.entries(BACKENDS)) {
+  t.test(`${kind}: a cold start holds the first request until an instance is ready; the next is warm`, async (t) => {
+    const router = await start(t)
+    await createToken(router, 'cold', kitchenToken())
+    const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'cold' } })
+    t.equal(first.status, 200, first.text)
+    t.equal(first.headers['x-maitre-cold-start'], 'true')
+    const second = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'cold' } })
+    t.equal(second.status, 200)
+    t.equal(second.headers['x-maitre-cold-start'], undefined, 'the second request is warm')
+    t.equal(second.json<{ pid: number }>().pid, first.json<{ pid: number }>().pid, 'and served by the same instance')
+    if (isKube(router)) {
+      const [rs] = router.sim.list('replicasets', router.namespace)
+      t.equal(rs?.metadata.annotations['maitre/service-id'], await serviceId(router, 'cold'), 'one ReplicaSet, annotated with the service id')
+      t.equal(rs?.spec.template.spec.containers[0].resources.limits.memory, '256Mi', 'mem becomes the memory limit')
+      t.equal(rs?.spec.template.spec.containers[0].readinessProbe.httpGet.path, '/status', 'readiness probes the health check URL')
+    }
+  })
+
+  t.test(`${kind}: load scales up; scale-down kills only idle instances, never one serving a request`, async (t) => {
+    const router = await start(t, FAST)
+    await createToken(router, 'elastic', kitchenToken({ 'concurrency-level': 1, 'max-instances': 4, 'scale-down-factor': 0.9 }))
+    const h = { 'x-waiter-token': 'elastic', 'x-waiter-debug': 'true' }
+    await call(`${router.url}/status`, { headers: h })
+    const id = await serviceId(router, 'elastic')
+
+    let stop = false
+    const clients = Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const statuses: number[] = []
+        while (!stop) statuses.push((await call(`${router.url}/sleep?sleep-ms=200`, { headers: h })).status)
+        return statuses
+      }),
+    )
+    await waitFor('3 healthy instances', async () => ((await appView(router, id))['instance-counts']['healthy-instances'] >= 3 ? true : undefined), 30000)
+    stop = true
+    t.same([...new Set((await clients).flat())], [200], 'every request during scale-up succeeded')
+
+    // One long request pins an instance while the version shrinks back to one.
+    const long = call(`${router.url}/sleep?sleep-ms=5000`, { headers: h })
+    await waitFor('the scale-down to one instance', async () => ((await appView(router, id))['instance-counts']['requested-instances'] === 1 ? true : undefined), 20000)
+    const reply = await long
+    t.equal(reply.status, 200, 'the long request finished on its instance')
+    const busy = String(reply.headers['x-waiter-backend-id'])
+    const left = await waitFor('one instance left', async () => {
+      const active = (await appView(router, id)).instances['active-instances']
+      return active.length === 1 ? active : undefined
+    }, 20000)
+    t.equal(left[0]?.id, busy, 'the instance that was busy is the one kept')
+    if (isKube(router)) {
+      const pods = router.sim.list('pods', router.namespace).filter((p) => p.metadata.deletionTimestamp === undefined)
+      t.equal(pods.length, 1, 'the ReplicaSet holds one pod')
+      t.equal(router.sim.list('replicasets', router.namespace)[0]?.spec.replicas, 1, 'replicas lowered through /scale')
+    }
+  })
+
+  t.test(`${kind}: garbage collection deletes a stale version and everything it ran`, async (t) => {
+    const router = await start(t, FAST)
+    await createToken(router, 'moving', kitchenToken({ 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
+    const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'moving' } })
+    t.equal(first.status, 200)
+    const oldId = await serviceId(router, 'moving')
+    await createToken(router, 'moving', kitchenToken({ version: 'v2', 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
+    t.equal((await call(`${router.url}/status`, { headers: { 'x-waiter-token': 'moving' } })).status, 200)
+    await waitFor('the stale version to be collected', async () => ((await call(`${router.url}/apps/${oldId}`)).status === 404 ? true : undefined), 15000)
+    if (isKube(router)) {
+      await waitFor('its ReplicaSet and pods to be gone', () => {
+        const sets = router.sim.list('replicasets', router.namespace).filter((r) => r.metadata.annotations['maitre/service-id'] === oldId)
+        const pods = router.sim.list('pods', router.namespace).filter((p) => p.metadata.labels['maitre/service-id'] === oldId)
+        return sets.length === 0 && pods.length === 0 ? true : undefined
+      }, 15000)
+      t.pass('the ReplicaSet was deleted and the garbage collector took its pods')
+    }
+    t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'moving' } })).status, 200, 'the current version still serves')
+  })
+
+  t.test(`${kind}: a bad command and an instance over its memory are Waiter's deployment errors`, async (t) => {
+    const router = await start(t)
+    await createToken(router, 'broken', { cmd: 'asdf-no-such-command --port $PORT0', cpus: 0.1, mem: 64, version: 'v1' })
+    const broken = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken', 'x-waiter-queue-timeout': '20000' } })
+    t.equal(broken.status, 503)
+    t.equal(message(broken), 'Deployment error: Invalid startup command')
+    const view = await appView(router, await serviceId(router, 'broken'))
+    t.equal(view.status, 'Failing')
+    t.equal(view['deployment-error-message'], 'Invalid startup command')
+    t.equal(view.instances['failed-instances'][0]?.['exit-code'], 127)
+
+    await createToken(router, 'hog', kitchenToken({ mem: 100 }, '--hold-mb 200 --start-up-sleep-ms 15000'))
+    const hog = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'hog', 'x-waiter-queue-timeout': '20000' } })
+    t.equal(hog.status, 503, hog.text)
+    t.equal(message(hog), 'Deployment error: Not enough memory allocated')
+  })
+}
+
+t.test('kubernetes: an image that cannot be pulled and a pod quota give the cluster’s own message', async (t) => {
+  const router = await startKubeRouter(t, {}, { images: ['docker.io/library/debian:bookworm-slim'], podQuota: 1 })
+  await createToken(router, 'pull', kitchenToken({ image: 'registry.example/missing:1' }))
+  const pull = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'pull', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(pull.status, 503)
+  t.match(message(pull), /^Deployment error: (ImagePullBackOff|ErrImagePull): .*registry\.example\/missing:1/)
+  t.equal((await appView(router, await serviceId(router, 'pull'))).status, 'Failing')
+
+  // The one pod the quota allows is taken by the pull above: the next version cannot get a pod.
+  await createToken(router, 'quota', kitchenToken())
+  const quota = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'quota', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(quota.status, 503)
+  t.match(message(quota), /^Deployment error: FailedCreate: Error creating: pods ".*" is forbidden: exceeded quota/)
+})
