@@ -19,7 +19,7 @@ import type { LaunchSpec } from '../../src/launch-spec.ts'
 import { createLogger, silentLogger } from '../../src/log.ts'
 import { createWriteStream } from 'node:fs'
 import { claimPortSlice, kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
-import { startKubeSimulator, type Simulator } from '../k8s-sim/simulator.ts'
+import { startKubeSimulator, type Simulator } from '../fixtures/k8s-sim/simulator.ts'
 
 const K8S = DEFAULTS.backend.kubernetes
 

@@ -1,0 +1,21 @@
+# maitre's image: Node 24 runs the TypeScript sources directly (type stripping), so the image
+# holds production dependencies and src/ only. Build: docker build -t maitre .
+FROM node:24-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+# --omit=dev leaves out the pinned `node` package: the base image is Node 24 already.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
+FROM node:24-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json ./
+COPY src ./src
+COPY schema ./schema
+COPY config ./config
+# A numeric non-root user, so runAsNonRoot can verify it without a passwd lookup.
+USER 10001:10001
+EXPOSE 9091
+ENTRYPOINT ["node", "src/main.ts"]
+CMD ["serve", "--config", "/etc/maitre/maitre.yaml"]

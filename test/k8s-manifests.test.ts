@@ -1,0 +1,141 @@
+/**
+ * The manifests in k8s/ that deploy maitre itself: each parses, uses only fields its kind has,
+ * hangs together (selectors, ports, names), is hardened, and the Role grants exactly what the
+ * Kubernetes backend calls.
+ */
+import t from 'tap'
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseAllDocuments } from 'yaml'
+import { PERMISSIONS } from '../src/backends/kubernetes/api.ts'
+import { loadConfigFile } from '../src/config.ts'
+
+const K8S = fileURLToPath(new URL('../k8s/', import.meta.url))
+const ROOT = fileURLToPath(new URL('../', import.meta.url))
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Obj = Record<string, any>
+
+/** The fields each kind may carry (from the Kubernetes API reference), one level per path. */
+const FIELDS: Record<string, Record<string, readonly string[]>> = {
+  'v1/ServiceAccount': { '': ['apiVersion', 'kind', 'metadata', 'automountServiceAccountToken', 'imagePullSecrets', 'secrets'] },
+  'rbac.authorization.k8s.io/v1/Role': { '': ['apiVersion', 'kind', 'metadata', 'rules'], 'rules[]': ['apiGroups', 'resources', 'verbs', 'resourceNames'] },
+  'rbac.authorization.k8s.io/v1/RoleBinding': { '': ['apiVersion', 'kind', 'metadata', 'roleRef', 'subjects'], roleRef: ['apiGroup', 'kind', 'name'], 'subjects[]': ['kind', 'name', 'namespace', 'apiGroup'] },
+  'v1/PersistentVolumeClaim': { '': ['apiVersion', 'kind', 'metadata', 'spec'], spec: ['accessModes', 'resources', 'storageClassName', 'volumeMode', 'selector', 'volumeName'] },
+  'v1/Service': { '': ['apiVersion', 'kind', 'metadata', 'spec'], spec: ['selector', 'ports', 'type', 'clusterIP'], 'spec.ports[]': ['name', 'port', 'targetPort', 'protocol', 'appProtocol', 'nodePort'] },
+  'policy/v1/PodDisruptionBudget': { '': ['apiVersion', 'kind', 'metadata', 'spec'], spec: ['maxUnavailable', 'minAvailable', 'selector', 'unhealthyPodEvictionPolicy'] },
+  'monitoring.coreos.com/v1/ServiceMonitor': { '': ['apiVersion', 'kind', 'metadata', 'spec'], spec: ['selector', 'endpoints', 'namespaceSelector', 'jobLabel'], 'spec.endpoints[]': ['port', 'path', 'interval', 'scrapeTimeout', 'scheme'] },
+  'apps/v1/Deployment': {
+    '': ['apiVersion', 'kind', 'metadata', 'spec'],
+    spec: ['replicas', 'strategy', 'selector', 'template', 'revisionHistoryLimit', 'minReadySeconds', 'progressDeadlineSeconds'],
+    'spec.template.spec': ['serviceAccountName', 'automountServiceAccountToken', 'terminationGracePeriodSeconds', 'securityContext', 'containers', 'volumes', 'affinity', 'nodeSelector', 'tolerations'],
+    'spec.template.spec.securityContext': ['runAsNonRoot', 'runAsUser', 'runAsGroup', 'fsGroup', 'seccompProfile'],
+    'spec.template.spec.containers[]': ['name', 'image', 'args', 'command', 'env', 'ports', 'readinessProbe', 'livenessProbe', 'startupProbe', 'lifecycle', 'resources', 'securityContext', 'volumeMounts'],
+    'spec.template.spec.containers[].securityContext': ['allowPrivilegeEscalation', 'readOnlyRootFilesystem', 'capabilities', 'runAsNonRoot', 'privileged'],
+    'spec.template.spec.containers[].readinessProbe': ['httpGet', 'periodSeconds', 'failureThreshold', 'initialDelaySeconds', 'timeoutSeconds', 'successThreshold'],
+    'spec.template.spec.containers[].livenessProbe': ['httpGet', 'periodSeconds', 'failureThreshold', 'initialDelaySeconds', 'timeoutSeconds'],
+    'spec.template.spec.volumes[]': ['name', 'configMap', 'persistentVolumeClaim', 'emptyDir'],
+  },
+}
+
+function at(object: Obj, path: string): Obj[] {
+  let nodes: Obj[] = [object]
+  for (const part of path.split('.').filter((p) => p !== '')) {
+    const list = part.endsWith('[]')
+    const key = list ? part.slice(0, -2) : part
+    nodes = nodes.flatMap((n) => {
+      const v = n[key]
+      return v === undefined ? [] : list ? (v as Obj[]) : [v as Obj]
+    })
+  }
+  return nodes
+}
+
+function manifests(): Obj[] {
+  const files = readdirSync(K8S).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
+  return files.flatMap((file) =>
+    parseAllDocuments(readFileSync(join(K8S, file), 'utf8')).map((doc) => {
+      if (doc.errors.length > 0) throw new Error(`${file}: ${doc.errors[0]?.message ?? ''}`)
+      return { ...(doc.toJS() as Obj), file }
+    }),
+  )
+}
+
+const all = manifests()
+const byKind = (kind: string): Obj => {
+  const found = all.find((o) => o['kind'] === kind)
+  if (found === undefined) throw new Error(`no ${kind} in k8s/`)
+  return found
+}
+
+t.test('every manifest parses, is listed in the kustomization, and uses only its kind’s fields', async (t) => {
+  const kustomization = parseAllDocuments(readFileSync(join(K8S, 'kustomization.yaml'), 'utf8'))[0]?.toJS() as Obj
+  t.same(new Set(kustomization['resources']), new Set(all.map((o) => o['file'])), 'kustomization lists each manifest')
+  for (const object of all) {
+    const key = `${String(object['apiVersion'])}/${String(object['kind'])}`
+    const fields = FIELDS[key]
+    t.ok(fields !== undefined, `${String(object['file'])}: ${key} is a known kind`)
+    t.match(object['metadata'], { name: /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/ }, `${key} has a DNS name`)
+    for (const [path, allowed] of Object.entries(fields ?? {})) {
+      for (const node of at(object, path)) {
+        const unknown = Object.keys(node).filter((k) => k !== 'file' && !allowed.includes(k))
+        t.same(unknown, [], `${key} ${path || '(top)'} has no unknown fields`)
+      }
+    }
+  }
+})
+
+t.test('the Deployment is hardened, probes /readyz and /livez, and its parts line up', async (t) => {
+  const deployment = byKind('Deployment')
+  const pod = deployment['spec'].template
+  const container = pod.spec.containers[0]
+  t.same(deployment['spec'].selector.matchLabels, Object.fromEntries(Object.entries(pod.metadata.labels).filter(([k]) => k in deployment['spec'].selector.matchLabels)), 'selector matches the template')
+  t.equal(pod.spec.securityContext.runAsNonRoot, true)
+  t.not(pod.spec.securityContext.runAsUser, 0)
+  t.equal(pod.spec.securityContext.seccompProfile.type, 'RuntimeDefault')
+  t.same(container.securityContext, { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } })
+  t.equal(container.readinessProbe.httpGet.path, '/readyz')
+  t.equal(container.livenessProbe.httpGet.path, '/livez')
+  t.ok(container.lifecycle.preStop.exec.command.includes('sleep'), 'preStop sleep')
+  t.ok(container.resources.requests.cpu !== undefined && container.resources.requests.memory !== undefined && container.resources.limits.memory !== undefined, 'resources set')
+  t.equal(pod.spec.serviceAccountName, byKind('ServiceAccount')['metadata'].name)
+
+  const config = loadConfigFile(join(K8S, 'config', 'maitre.yaml'))
+  t.equal(config.backend.kind, 'kubernetes', 'the ConfigMap runs the Kubernetes backend')
+  t.equal(container.ports[0].containerPort, config.server.port, 'the container port is the one maitre listens on')
+  t.equal(config.server.host, '0.0.0.0')
+  const mounts = new Map(container.volumeMounts.map((m: Obj) => [m['name'], m['mountPath']]))
+  t.equal(mounts.get('data'), config.dataDir, 'the data directory is on the volume')
+  t.ok(container.args.join(' ').includes(`${String(mounts.get('config'))}/maitre.yaml`), 'maitre reads the mounted config')
+  t.equal(pod.spec.volumes.find((v: Obj) => v['name'] === 'data').persistentVolumeClaim.claimName, byKind('PersistentVolumeClaim')['metadata'].name)
+  t.ok(pod.spec.terminationGracePeriodSeconds * 1000 >= config.server.shutdownTimeoutMs + 5000, 'grace covers preStop + draining')
+
+  const service = byKind('Service')
+  t.same(service['spec'].selector, deployment['spec'].selector.matchLabels, 'the Service selects the router pods')
+  t.equal(service['spec'].ports[0].targetPort, container.ports[0].name)
+  t.same(byKind('PodDisruptionBudget')['spec'].selector.matchLabels, deployment['spec'].selector.matchLabels)
+  t.equal(byKind('ServiceMonitor')['spec'].endpoints[0].port, service['spec'].ports[0].name)
+  t.equal(byKind('ServiceMonitor')['spec'].endpoints[0].path, '/metrics')
+})
+
+t.test('the Role grants exactly the verbs the backend calls, bound to maitre’s ServiceAccount', async (t) => {
+  const groupOf = (resource: string): string => (resource.startsWith('replicasets') ? 'apps' : '')
+  const granted = byKind('Role')['rules'].flatMap((r: Obj) => (r['resources'] as string[]).flatMap((res) => (r['verbs'] as string[]).map((v) => `${(r['apiGroups'] as string[]).join(',')}|${res}|${v}`)))
+  const used = Object.entries(PERMISSIONS).flatMap(([res, verbs]) => verbs.map((v) => `${groupOf(res)}|${res}|${v}`))
+  t.same(new Set(granted), new Set(used))
+  t.equal(granted.length, used.length, 'nothing granted twice')
+  const binding = byKind('RoleBinding')
+  t.same(binding['roleRef'], { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: byKind('Role')['metadata'].name })
+  t.same(binding['subjects'], [{ kind: 'ServiceAccount', name: byKind('ServiceAccount')['metadata'].name }])
+})
+
+t.test('the Dockerfile builds on node:24-slim and runs as a non-root user', async (t) => {
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+  const froms = [...dockerfile.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1])
+  t.ok(froms.length > 0 && froms.every((f) => f === 'node:24-slim'), `FROM ${froms.join(', ')}`)
+  const user = /^USER\s+(\S+)/m.exec(dockerfile)?.[1] ?? 'root'
+  t.notOk(/^(root|0)(:|$)/.test(user), `USER ${user}`)
+  t.match(dockerfile, /ENTRYPOINT \["node", "src\/main\.ts"\]/)
+  t.match(dockerfile, /npm ci --omit=dev/)
+})
