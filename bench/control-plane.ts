@@ -1,0 +1,116 @@
+/**
+ * Control-plane scale: one router holding 10,000 tokens and 1,000 live versions (each a real
+ * instance: busybox httpd, a megabyte apiece, so a thousand fit on one machine). Reports maitre's
+ * RSS and the routing latency to one warm version, alone and then among all the others.
+ * Run: `npm run bench:control-plane` (installs busybox from Debian's packages if missing).
+ */
+import { spawn } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Agent, request } from 'undici'
+import { ensureTools, freePort, rssMb } from './tools.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const TOKENS = Number(process.env['BENCH_TOKENS'] ?? 10_000)
+const VERSIONS = Number(process.env['BENCH_VERSIONS'] ?? 1_000)
+const SAMPLES = 3000
+const CMD = 'mkdir -p www && echo ok > www/status && exec busybox httpd -f -p 127.0.0.1:$PORT0 -h www'
+const agent = new Agent({ connections: 64, keepAliveTimeout: 30_000 })
+
+async function post(url: string, token: string, version: number): Promise<void> {
+  const res = await request(`${url}/token`, { method: 'POST', dispatcher: agent, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token, cmd: CMD, cpus: 0.01, mem: 32, version: `v${version}` }) })
+  await res.body.dump()
+  if (res.statusCode !== 200) throw new Error(`token ${token}: ${res.statusCode}`)
+}
+
+async function call(url: string, token: string): Promise<void> {
+  const res = await request(`${url}/status`, { dispatcher: agent, headers: { 'x-waiter-token': token } })
+  await res.body.dump()
+  if (res.statusCode !== 200) throw new Error(`${token}: ${res.statusCode}`)
+}
+
+async function inParallel(count: number, width: number, job: (i: number) => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < count) await job(next++)
+  }))
+}
+
+/** p50 and p99 of sequential requests over one kept-alive connection, in ms. */
+async function latency(url: string, tokens: readonly string[]): Promise<[number, number]> {
+  const one = new Agent({ connections: 1, keepAliveTimeout: 30_000 })
+  const samples: number[] = []
+  for (let i = 0; i < SAMPLES + 200; i++) {
+    const started = performance.now()
+    const res = await request(`${url}/status`, { dispatcher: one, headers: { 'x-waiter-token': tokens[i % tokens.length] as string } })
+    await res.body.dump()
+    if (i >= 200) samples.push(performance.now() - started) // the first 200 warm the JIT and pools
+  }
+  await one.close()
+  samples.sort((a, b) => a - b)
+  return [samples[Math.floor(samples.length * 0.5)] as number, samples[Math.floor(samples.length * 0.99)] as number]
+}
+
+async function main(): Promise<void> {
+  ensureTools({ busybox: 'busybox' })
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-cp-'))
+  const port = await freePort()
+  const config = join(dir, 'maitre.yaml')
+  writeFileSync(config, [
+    `server:\n  port: ${port}`,
+    `dataDir: ${join(dir, 'data')}`,
+    // Room for a thousand instances; memory checks every 5 s rather than every second.
+    'backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: 5000',
+    'log:\n  level: warn', '',
+  ].join('\n'))
+  const maitre = spawn(process.execPath, [join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const url = `http://127.0.0.1:${port}`
+  try {
+    for (;;) {
+      try {
+        await request(`${url}/livez`, { dispatcher: agent }).then((r) => r.body.dump())
+        break
+      } catch {
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    const pid = maitre.pid as number
+    await post(url, 'probe', 0)
+    await call(url, 'probe')
+    const rssEmpty = rssMb(pid)
+    const [alone50, alone99] = await latency(url, ['probe'])
+
+    let started = performance.now()
+    await inParallel(TOKENS - 1, 32, (i) => post(url, `tok-${i}`, i))
+    const tokensSecs = (performance.now() - started) / 1000
+    const rssTokens = rssMb(pid)
+    started = performance.now()
+    await inParallel(VERSIONS - 1, 16, (i) => call(url, `tok-${i}`))
+    const versionsSecs = (performance.now() - started) / 1000
+    const apps = (await (await request(`${url}/apps`, { dispatcher: agent })).body.json()) as unknown[]
+    const rssLoaded = rssMb(pid)
+    const [crowd50, crowd99] = await latency(url, ['probe'])
+    const spread = Array.from({ length: VERSIONS - 1 }, (_, i) => `tok-${i}`)
+    const [spread50, spread99] = await latency(url, spread)
+    const rssAfter = rssMb(pid)
+
+    console.log([
+      `Control plane: ${TOKENS} tokens (created in ${tokensSecs.toFixed(1)} s), ${apps.length} live versions (each one busybox httpd instance, started in ${versionsSecs.toFixed(1)} s).`,
+      '',
+      '| | maitre RSS MB | routing latency p50 ms | p99 ms |',
+      '|---|---|---|---|',
+      `| 1 token, 1 version | ${rssEmpty.toFixed(0)} | ${alone50.toFixed(3)} | ${alone99.toFixed(3)} |`,
+      `| ${TOKENS} tokens, 1 version | ${rssTokens.toFixed(0)} | | |`,
+      `| ${TOKENS} tokens, ${apps.length} versions: the same warm version | ${rssLoaded.toFixed(0)} | ${crowd50.toFixed(3)} | ${crowd99.toFixed(3)} |`,
+      `| ${TOKENS} tokens, ${apps.length} versions: each request to the next version | ${rssAfter.toFixed(0)} | ${spread50.toFixed(3)} | ${spread99.toFixed(3)} |`,
+    ].join('\n'))
+  } finally {
+    maitre.kill('SIGTERM')
+    await new Promise((r) => maitre.once('exit', r))
+    await agent.close()
+  }
+}
+
+await main()
