@@ -87,12 +87,12 @@ async function main(): Promise<void> {
     const tokensSecs = (performance.now() - started) / 1000
     const rssTokens = rssMb(pid)
     started = performance.now()
-    await inParallel(VERSIONS - 1, 16, (i) => call(url, `tok-${i}`))
+    await inParallel(VERSIONS, 16, (i) => call(url, `tok-${i}`))
     const versionsSecs = (performance.now() - started) / 1000
     const apps = (await (await request(`${url}/apps`, { dispatcher: agent })).body.json()) as unknown[]
     const rssLoaded = rssMb(pid)
     const [crowd50, crowd99] = await latency(url, ['probe'])
-    const spread = Array.from({ length: VERSIONS - 1 }, (_, i) => `tok-${i}`)
+    const spread = Array.from({ length: VERSIONS }, (_, i) => `tok-${i}`)
     const [spread50, spread99] = await latency(url, spread)
     const rssAfter = rssMb(pid)
 
