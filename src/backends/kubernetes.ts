@@ -10,25 +10,21 @@
  * next router adopts them from their ReplicaSets (garbage collection still reaps the idle ones).
  */
 import type { Clock } from '../clock.ts'
+import type { KubernetesBackendConfig } from '../config.ts'
 import type { Logger } from '../log.ts'
 import type { LaunchSpec, Proto } from '../launch-spec.ts'
-import { misconfigured } from '../versions/descriptor.ts'
 import type { Backend, EndedInstance, ServiceState } from './backend.ts'
 import { deploymentError } from './deployment-error.ts'
+import { refuseHttp2, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
 import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
-export interface KubernetesBackendOptions {
+export interface KubernetesBackendOptions
+  extends Pick<KubernetesBackendConfig, 'defaultImage' | 'podBasePort' | 'minFailedInstances' | 'watchTimeoutSecs' | 'relistBackoffMs' | 'minTerminationGraceSecs'> {
   readonly api: KubeApi
   readonly cluster: string
-  readonly defaultImage: string
-  readonly podBasePort: number
-  readonly minFailedInstances: number
-  readonly watchTimeoutSecs: number
-  readonly relistBackoffMs: number
-  readonly minTerminationGraceSecs: number
   readonly clock: Clock
   readonly log: Logger
 }
@@ -75,7 +71,7 @@ export class KubernetesBackend implements Backend {
   readonly #services = new Map<string, KubeService>()
   /** Every pod of this cluster, by service id then pod name, whether or not the service is known. */
   readonly #pods = new Map<string, Map<string, Pod>>()
-  readonly #listeners = new Set<(serviceId: string) => void>()
+  readonly #listeners: ServiceListeners
   readonly #abort = new AbortController()
   readonly #synced: Promise<void>
   readonly #loop: Promise<void>
@@ -84,6 +80,7 @@ export class KubernetesBackend implements Backend {
 
   constructor(options: KubernetesBackendOptions) {
     this.#o = options
+    this.#listeners = new ServiceListeners(options.log)
     let synced!: () => void
     this.#synced = new Promise((resolve) => (synced = resolve))
     this.#loop = this.#syncLoop(synced)
@@ -97,9 +94,7 @@ export class KubernetesBackend implements Backend {
 
   async ensureService(spec: LaunchSpec): Promise<void> {
     if (this.#closed) throw new Error('the kubernetes backend is closed')
-    if (spec.backendProto === 'h2c' || spec.backendProto === 'h2') {
-      throw misconfigured([{ field: 'backend-proto', message: `backend-proto ${spec.backendProto} is not supported by maitre yet; use http or https.` }])
-    }
+    refuseHttp2(spec)
     await this.#synced
     if (this.#services.has(spec.serviceId)) return
     const service = this.#newService(spec.serviceId, spec.backendProto, spec.ports, spec.minInstances, undefined)
@@ -144,7 +139,7 @@ export class KubernetesBackend implements Backend {
     if (service === undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
     service.killing.add(name)
     service.requested = Math.max(0, service.requested - 1)
-    this.#emit(serviceId)
+    this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
     try {
       await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } })
@@ -164,7 +159,7 @@ export class KubernetesBackend implements Backend {
     if (service === undefined) return
     this.#services.delete(serviceId)
     service.requested = 0
-    this.#emit(serviceId)
+    this.#listeners.emit(serviceId)
     try {
       await this.#o.api.deleteReplicaSet(service.replicaSet)
     } catch (err) {
@@ -183,8 +178,7 @@ export class KubernetesBackend implements Backend {
   }
 
   subscribe(listener: (serviceId: string) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
+    return this.#listeners.subscribe(listener)
   }
 
   async close(): Promise<void> {
@@ -232,16 +226,6 @@ export class KubernetesBackend implements Backend {
       failed: service.failed,
       killed: service.killed,
       deploymentError: service.deploymentError,
-    }
-  }
-
-  #emit(serviceId: string): void {
-    for (const listener of this.#listeners) {
-      try {
-        listener(serviceId)
-      } catch (err) {
-        this.#o.log.error({ err, service: serviceId }, 'backend listener failed')
-      }
     }
   }
 
@@ -418,7 +402,7 @@ export class KubernetesBackend implements Backend {
       service.deploymentError = next
       if (next !== undefined) this.#o.log.warn({ service: service.id, error: next }, 'deployment error')
     }
-    this.#emit(service.id)
+    this.#listeners.emit(service.id)
   }
 
   #scheduleEventCheck(): void {

@@ -111,6 +111,7 @@ t.test('the API server enforces resourceVersion on /scale; the client reports St
   const stale = await api.replaceScale(name, { ...read, spec: { replicas: 3 } }).catch((err: unknown) => err)
   t.ok(stale instanceof KubeApiError)
   t.match(stale, { code: 409, reason: 'Conflict', message: /the object has been modified/ })
+  await t.rejects(backend.ensureService(spec('svc-h2', { backendProto: 'h2c' })), { code: 'ERR_INVALID_DESCRIPTOR', message: /backend-proto h2c is not supported/ })
   const missing = await api.getScale('nope').catch((err: unknown) => err)
   t.match(missing, { code: 404, reason: 'NotFound' })
   const bad = await api.patchPod('nope', {}).catch((err: unknown) => err)

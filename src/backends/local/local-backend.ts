@@ -15,6 +15,7 @@ import { misconfigured } from '../../versions/descriptor.ts'
 import type { LaunchSpec } from '../../launch-spec.ts'
 import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
 import { deploymentError } from '../deployment-error.ts'
+import { refuseHttp2, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
@@ -69,7 +70,7 @@ export class LocalBackend implements Backend {
   readonly #services = new Map<string, LocalService>()
   /** Instances being stopped, by pid, so close() can wait for them too. */
   readonly #stopping = new Map<number, Promise<unknown>>()
-  readonly #listeners = new Set<(serviceId: string) => void>()
+  readonly #listeners: ServiceListeners
   readonly #ports: PortAllocator
   readonly #prober: HealthProber
   #cancelMemoryCheck: (() => void) | undefined
@@ -77,6 +78,7 @@ export class LocalBackend implements Backend {
 
   constructor(options: LocalBackendOptions) {
     this.#o = options
+    this.#listeners = new ServiceListeners(options.log)
     this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
     this.#prober = new HealthProber(options.healthCheckTimeoutMs)
     mkdirSync(options.workDir, { recursive: true })
@@ -90,10 +92,7 @@ export class LocalBackend implements Backend {
       const field = spec.image !== undefined ? 'image' : 'cmd-type'
       throw misconfigured([{ field, message: `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
-    if (spec.backendProto === 'h2c' || spec.backendProto === 'h2') {
-      // The forwarder speaks HTTP/1.1 to instances; sending that to an HTTP/2 app would fail obscurely.
-      throw misconfigured([{ field: 'backend-proto', message: `backend-proto ${spec.backendProto} is not supported by maitre yet; use http or https.` }])
-    }
+    refuseHttp2(spec)
     const serviceDir = join(this.#o.workDir, spec.serviceId)
     mkdirSync(serviceDir, { recursive: true })
     writeFileSync(join(serviceDir, 'run-service.sh'), `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
@@ -143,7 +142,7 @@ export class LocalBackend implements Backend {
       return instance.group.exited
     })
     this.#services.delete(serviceId)
-    this.#emit(serviceId)
+    this.#listeners.emit(serviceId)
     await Promise.all(exits)
     this.#o.log.info({ service: serviceId }, 'service deleted')
   }
@@ -158,8 +157,7 @@ export class LocalBackend implements Backend {
   }
 
   subscribe(listener: (serviceId: string) => void): () => void {
-    this.#listeners.add(listener)
-    return () => this.#listeners.delete(listener)
+    return this.#listeners.subscribe(listener)
   }
 
   async close(): Promise<void> {
@@ -197,16 +195,6 @@ export class LocalBackend implements Backend {
       failed: service.failed,
       killed: service.killed,
       deploymentError: service.deploymentError,
-    }
-  }
-
-  #emit(serviceId: string): void {
-    for (const listener of this.#listeners) {
-      try {
-        listener(serviceId)
-      } catch (err) {
-        this.#o.log.error({ err, service: serviceId }, 'backend listener failed')
-      }
     }
   }
 
@@ -269,7 +257,7 @@ export class LocalBackend implements Backend {
       this.#o.log.info({ service: spec.serviceId, instance: id, pid: group.pid, port: ports[0] }, 'instance started')
       void group.exited.then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
       this.#scheduleProbe(service, instance, 0)
-      this.#emit(spec.serviceId)
+      this.#listeners.emit(spec.serviceId)
     } catch (err) {
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
@@ -346,7 +334,7 @@ export class LocalBackend implements Backend {
       }
     }
     const errorChanged = this.#updateDeploymentError(service)
-    if (wasHealthy !== instance.healthy || errorChanged) this.#emit(spec.serviceId)
+    if (wasHealthy !== instance.healthy || errorChanged) this.#listeners.emit(spec.serviceId)
   }
 
   #kill(service: LocalService, instance: LocalInstance, reason: KillReason, signal: NodeJS.Signals): void {
@@ -365,7 +353,7 @@ export class LocalBackend implements Backend {
       void instance.group.exited.then(() => clearTimeout(timer))
     }
     this.#o.log.info({ service: service.spec.serviceId, instance: instance.id, reason: reason.message, signal }, 'instance killed')
-    this.#emit(service.spec.serviceId)
+    this.#listeners.emit(service.spec.serviceId)
   }
 
   #onExit(service: LocalService, instance: LocalInstance, code: number | null, signal: NodeJS.Signals | null): void {
@@ -407,7 +395,7 @@ export class LocalBackend implements Backend {
     this.#updateDeploymentError(service)
     if (!service.deleted) {
       this.#reconcile(service)
-      this.#emit(service.spec.serviceId)
+      this.#listeners.emit(service.spec.serviceId)
     }
   }
 
