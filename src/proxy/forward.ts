@@ -1,10 +1,14 @@
 /**
- * Forwarding one request to one instance with undici: bodies stream both ways with back-pressure
- * (nothing is buffered whole), the initial socket timeout becomes a 504, connect failures a 502,
- * and a body that stalls past the streaming timeout cuts the response off mid-stream.
+ * Forwarding one request to one instance through undici's raw dispatch API: one handler object
+ * per exchange writes the instance's answer straight into the client's response, with
+ * back-pressure both ways (the request body is a stream undici reads at the socket's pace; a
+ * full client socket pauses the instance's response). The stream() helper measured ~15–25 µs of
+ * proxy CPU more per request (an AsyncResource, a pipe and a finished() watcher each time).
+ * The initial socket timeout becomes a 504, connect failures a 502, and a body that stalls past
+ * the streaming timeout cuts the response off mid-stream.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { Agent, errors as undiciErrors } from 'undici'
+import { Agent, errors as undiciErrors, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
@@ -16,10 +20,8 @@ export interface ForwardRequest {
   readonly cid: string
   readonly socketTimeoutMs: number
   readonly streamingTimeoutMs: number
-  /** Aborted when the client goes away. */
-  readonly signal: AbortSignal
   /** Extra response headers (cold start, debug), decided when the response starts. */
-  readonly extraHeaders: () => Readonly<Record<string, string>>
+  readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
 }
 
 export interface ForwardResult {
@@ -55,6 +57,88 @@ function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome;
   return { outcome: 'instance-error', error: new MaitreError('ERR_UPSTREAM', 'Request to service backend failed', { cause: err }) }
 }
 
+/** One request/response exchange between a client's response and an instance. */
+class Exchange implements Dispatcher.DispatchHandler {
+  readonly #res: ServerResponse
+  readonly #request: ForwardRequest
+  readonly #settle: (result: ForwardResult) => void
+  #controller: Dispatcher.DispatchController | undefined
+  #status: number | undefined
+  #clientGone = false
+  #settled = false
+
+  constructor(res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void) {
+    this.#res = res
+    this.#request = request
+    this.#settle = settle
+    res.once('close', this.#onClientClose)
+  }
+
+  readonly #onClientClose = (): void => {
+    if (this.#settled || this.#res.writableFinished) return
+    this.#clientGone = true
+    this.#controller?.abort(new undiciErrors.RequestAbortedError())
+  }
+
+  readonly #onDrain = (): void => {
+    this.#controller?.resume()
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller
+    if (this.#clientGone || this.#res.destroyed) {
+      this.#clientGone = true
+      controller.abort(new undiciErrors.RequestAbortedError())
+    }
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+    // 1xx interim answers (100 Continue, 103 Early Hints) are the hop's business, not the client's.
+    if (statusCode < 200) return
+    this.#status = statusCode
+    const out = clientResponseHeaders(headers, this.#request.cid)
+    const extra = this.#request.extraHeaders?.()
+    if (extra !== undefined) Object.assign(out, extra)
+    this.#res.writeHead(statusCode, out)
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#res.write(chunk)) {
+      controller.pause()
+      this.#res.once('drain', this.#onDrain)
+    }
+  }
+
+  onResponseEnd(): void {
+    this.#res.end()
+    const status = this.#status
+    this.#finish({ outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined })
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    this.fail(err)
+  }
+
+  fail(err: Error): void {
+    const { outcome, error } = classify(err, this.#clientGone)
+    const res = this.#res
+    // Once the response has started, the only honest signal left is cutting the connection.
+    if (res.headersSent) res.destroy()
+    const status = this.#status
+    this.#finish({
+      outcome: status === undefined ? outcome : this.#clientGone ? 'client-error' : 'instance-error',
+      status,
+      error: res.headersSent ? undefined : error,
+    })
+  }
+
+  #finish(result: ForwardResult): void {
+    if (this.#settled) return
+    this.#settled = true
+    this.#settle(result)
+  }
+}
+
 export class Forwarder {
   readonly #agent: Agent
 
@@ -66,34 +150,28 @@ export class Forwarder {
     })
   }
 
-  async forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Promise<ForwardResult> {
+  forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Promise<ForwardResult> {
     const { instance } = request
-    let status: number | undefined
-    try {
-      await this.#agent.stream(
-        {
-          origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
-          path: req.url ?? '/',
-          method: req.method ?? 'GET',
-          headers: request.headers,
-          body: hasBody(req) ? req : null,
-          headersTimeout: request.socketTimeoutMs,
-          bodyTimeout: request.streamingTimeoutMs,
-          signal: request.signal,
-        },
-        ({ statusCode, headers }) => {
-          status = statusCode
-          res.writeHead(statusCode, { ...clientResponseHeaders(headers, request.cid), ...request.extraHeaders() })
-          return res
-        },
-      )
-      return { outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined }
-    } catch (err) {
-      const { outcome, error } = classify(err, request.signal.aborted)
-      // Once the response has started, the only honest signal left is cutting the connection.
-      if (res.headersSent) res.destroy()
-      return { outcome: status === undefined ? outcome : request.signal.aborted ? 'client-error' : 'instance-error', status, error: res.headersSent ? undefined : error }
-    }
+    return new Promise((resolve) => {
+      const exchange = new Exchange(res, request, resolve)
+      try {
+        this.#agent.dispatch(
+          {
+            origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
+            path: req.url ?? '/',
+            method: req.method ?? 'GET',
+            headers: request.headers,
+            body: hasBody(req) ? req : null,
+            headersTimeout: request.socketTimeoutMs,
+            bodyTimeout: request.streamingTimeoutMs,
+          },
+          exchange,
+        )
+      } catch (err) {
+        // Invalid options (a header undici refuses) throw synchronously instead of reaching the handler.
+        exchange.fail(err as Error)
+      }
+    })
   }
 
   close(): Promise<void> {

@@ -79,9 +79,13 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
   return async (req, res) => {
     const started = deps.clock.now()
     const cid = cidOf(req)
-    const aborter = new AbortController()
+    let clientGone = false
+    // Created only when the request has to wait for a slot: most requests never queue.
+    let queueAborter: AbortController | undefined
     res.once('close', () => {
-      if (!res.writableFinished) aborter.abort()
+      if (res.writableFinished) return
+      clientGone = true
+      queueAborter?.abort()
     })
     let principal: string | undefined
     let resolution: Resolution | undefined
@@ -94,9 +98,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let failure: string | undefined
     let instanceId: string | undefined
     try {
-      const who = await deps.authenticator.authenticate(req)
+      // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
+      const authenticated = deps.authenticator.authenticate(req)
+      const who = authenticated instanceof Promise ? await authenticated : authenticated
       principal = who.user
-      const resolved = await deps.resolver.resolve(req.headers, who)
+      const resolving = deps.resolver.resolve(req.headers, who)
+      const resolved = resolving instanceof Promise ? await resolving : resolving
       resolution = fallBack(resolved.resolution, who, deps)
       const perRequest = resolved.headers.perRequest
       const serviceId = resolution.serviceId
@@ -114,7 +121,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (lease === undefined) {
         coldStart = deps.tracker.load(serviceId).healthy === 0
         queued = true
-        const waiting = deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: aborter.signal })
+        queueAborter = new AbortController()
+        if (clientGone) queueAborter.abort()
+        const waiting = deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: queueAborter.signal })
         deps.onQueued(serviceId)
         lease = await waiting
         queueMs = deps.clock.now() - started
@@ -135,8 +144,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         }),
         socketTimeoutMs: timeouts.socketTimeoutMs,
         streamingTimeoutMs: timeouts.streamingTimeoutMs,
-        signal: aborter.signal,
-        extraHeaders: () => {
+        extraHeaders: !coldStart && !debug ? undefined : () => {
           const extra: Record<string, string> = {}
           if (coldStart) extra[COLD_START_HEADER] = 'true'
           if (debug) {
@@ -174,7 +182,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     } finally {
       if (resolution !== undefined) {
         const service = resolution.serviceId
-        const finalStatus = status ?? (aborter.signal.aborted ? 499 : 500)
+        const finalStatus = status ?? (clientGone ? 499 : 500)
         deps.metrics.requests.inc({ service, code: statusClass(finalStatus) })
         deps.metrics.requestDuration.observe({ service }, (deps.clock.now() - started) / 1000)
         if (queued) deps.metrics.queueWait.observe({ service }, queueMs / 1000)
@@ -193,7 +201,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           path: req.url,
           token: resolution?.source?.token,
           service: resolution?.serviceId,
-          status: status ?? (aborter.signal.aborted ? 499 : undefined),
+          status: status ?? (clientGone ? 499 : undefined),
           instance: instanceId,
           queueMs,
           backendMs,

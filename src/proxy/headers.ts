@@ -22,7 +22,10 @@ export const ERROR_CODE_HEADER = 'x-maitre-error'
 function connectionListed(headers: IncomingHttpHeaders | Record<string, unknown>): Set<string> | undefined {
   const value = headers['connection']
   if (typeof value !== 'string' || value === '') return undefined
-  return new Set(value.toLowerCase().split(',').map((s) => s.trim()))
+  // The common values name no other header; skip building a set for them on every message.
+  const lower = value.toLowerCase()
+  if (lower === 'keep-alive' || lower === 'close') return undefined
+  return new Set(lower.split(',').map((s) => s.trim()))
 }
 
 export interface BackendRequestContext {
@@ -37,7 +40,8 @@ export interface BackendRequestContext {
 export function backendRequestHeaders(incoming: IncomingHttpHeaders, ctx: BackendRequestContext): Record<string, string | string[]> {
   const listed = connectionListed(incoming)
   const out: Record<string, string | string[]> = {}
-  for (const [name, value] of Object.entries(incoming)) {
+  for (const name in incoming) {
+    const value = incoming[name]
     if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('x-waiter-') || listed?.has(name) === true) continue
     if (name === 'authorization' || name === 'expect') continue
     out[name] = value
@@ -62,7 +66,8 @@ export function clientResponseHeaders(
 ): Record<string, string | string[]> {
   const listed = connectionListed(backend)
   const out: Record<string, string | string[]> = {}
-  for (const [name, value] of Object.entries(backend)) {
+  for (const name in backend) {
+    const value = backend[name]
     if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
     out[name] = value
   }

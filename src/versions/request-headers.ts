@@ -46,7 +46,8 @@ export function parseWaiterHeaders(headers: Readonly<Record<string, string | str
   const params: Record<string, string> = {}
   const perRequest: Record<string, string> = {}
   const unsupported: string[] = []
-  for (const [header, value] of Object.entries(headers)) {
+  for (const header in headers) {
+    const value = headers[header]
     if (!header.startsWith(WAITER_PREFIX) || value === undefined) continue
     const raw = Array.isArray(value) ? value.join(',') : value
     const name = header.slice(WAITER_PREFIX.length)

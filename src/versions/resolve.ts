@@ -64,11 +64,14 @@ export class Resolver {
     tokens.onChange(() => this.#cache.clear())
   }
 
-  /** Resolves a request to its version and records the version in the registry. */
-  async resolve(
+  /**
+   * Resolves a request to its version and records the version in the registry. A cached answer
+   * comes back synchronously: the warm data path should not pay a promise turn for a map lookup.
+   */
+  resolve(
     headers: Readonly<Record<string, string | string[] | undefined>>,
     principal: Principal,
-  ): Promise<ResolvedRequest> {
+  ): ResolvedRequest | Promise<ResolvedRequest> {
     const waiter = parseWaiterHeaders(headers)
     const byId = waiter.perRequest['service-id']
     if (byId !== undefined) return { resolution: this.byServiceId(byId, principal), headers: waiter }
@@ -84,9 +87,10 @@ export class Resolver {
       ? tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
       : hostIsToken ? [hostToken] : []
     const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
-    await this.#registry.remember(resolution.serviceId, resolution.core, resolution.source)
-    this.#cache.set(key, resolution)
-    return { resolution, headers: waiter }
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source).then(() => {
+      this.#cache.set(key, resolution)
+      return { resolution, headers: waiter }
+    })
   }
 
   /** Drops cached resolutions to a version that was garbage-collected, so the next request records it again. */
