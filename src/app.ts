@@ -254,6 +254,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     routerId,
     clock,
     log,
+    accessLog: config.log.access,
   })
   const api = createAdminHandler({
     authenticator,

@@ -94,7 +94,11 @@ export interface Config {
     /** A version failing to start is deleted after its grace period plus this. */
     readonly brokenServiceTimeoutMins: number
   }
-  readonly log: { readonly level: LogLevel }
+  readonly log: {
+    readonly level: LogLevel
+    /** One `request completed` line per proxied request. */
+    readonly access: boolean
+  }
 }
 
 export const DEFAULTS: Config = {
@@ -159,7 +163,7 @@ export const DEFAULTS: Config = {
     gcIntervalMs: 60000,
     brokenServiceTimeoutMins: 30,
   },
-  log: { level: 'info' },
+  log: { level: 'info', access: true },
 }
 
 export interface ConfigIssue {

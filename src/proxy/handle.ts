@@ -42,6 +42,8 @@ export interface ProxyDeps {
   readonly metrics: Metrics
   readonly clock: Clock
   readonly log: Logger
+  /** Writes the per-request `request completed` line. */
+  readonly accessLog: boolean
 }
 
 const MAX_TIMEOUT_MS = 3_600_000
@@ -182,7 +184,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     } finally {
       if (resolution !== undefined) {
         const service = resolution.serviceId
-        const finalStatus = status ?? (clientGone ? 499 : 500)
+        const finalStatus = clientGone ? 499 : (status ?? 500)
         deps.metrics.requests.inc({ service, code: statusClass(finalStatus) })
         deps.metrics.requestDuration.observe({ service }, (deps.clock.now() - started) / 1000)
         if (queued) deps.metrics.queueWait.observe({ service }, queueMs / 1000)
@@ -194,14 +196,14 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         const rejection = failure === 'ERR_QUEUE_FULL' ? 'full' : failure === 'ERR_QUEUE_TIMEOUT' ? 'timeout' : failure === 'ERR_DEPLOYMENT' ? 'deployment-error' : undefined
         if (rejection !== undefined) deps.metrics.queueRejections.inc({ service, reason: rejection })
       }
-      deps.log.info(
+      if (deps.accessLog) deps.log.info(
         {
           cid,
           method: req.method,
           path: req.url,
           token: resolution?.source?.token,
           service: resolution?.serviceId,
-          status: status ?? (clientGone ? 499 : undefined),
+          status: clientGone ? 499 : status,
           instance: instanceId,
           queueMs,
           backendMs,

@@ -48,3 +48,39 @@ t.test('JSON log lines: one access line per request, and lifecycle lines', async
   const tracker = (await call(`${router.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { inFlight: number } }> }>()
   t.ok(Object.values(tracker.state).every((s) => s.load.inFlight === 0), '/state/instance-tracker shows each running version’s load')
 })
+
+t.test('the access line: 499 for a client that went away; log.access false turns it off', async (t) => {
+  const setups = [{ access: true, cid: 'gone-1' }, { access: false, cid: 'quiet-1' }]
+  for (const { access, cid } of setups) {
+    const lines: Record<string, unknown>[] = []
+    const out = new PassThrough()
+    out.on('data', (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+    })
+    const ports = claimPortSlice()
+    const config = withOverrides(DEFAULTS, { 'server.port': 0, dataDir: t.testdir(), 'backend.local.portRange': [ports.low, ports.low + 99], 'log.access': access })
+    const app = await createApp(config, { log: createLogger('info', out) })
+    const router = { url: `http://127.0.0.1:${await app.start()}` } as Router
+    await createToken(router, 'kitchen', kitchenToken())
+    await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': `${cid}-warm` } })
+    const aborter = new AbortController()
+    const gone = call(`${router.url}/sleep?sleep-ms=5000`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': cid }, signal: aborter.signal })
+    setTimeout(() => aborter.abort(), 300)
+    await t.rejects(gone, 'the client gives up')
+    if (access) {
+      const line = await waitFor('the access line of the abandoned request', () => lines.find((l) => l['cid'] === cid && l['msg'] === 'request completed'))
+      t.equal(line['status'], 499, 'logged as 499, nginx’s client-closed-request')
+      t.ok(lines.some((l) => l['cid'] === `${cid}-warm` && l['status'] === 200), 'the ordinary request has its line')
+    } else {
+      // The line would be written as the slot is released: wait for that, then look.
+      await waitFor('the abandoned request to release its slot', async () => {
+        const tracker = (await call(`${router.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { inFlight: number } }> }>()
+        return Object.values(tracker.state).every((s) => s.load.inFlight === 0)
+      })
+      t.notOk(lines.some((l) => l['msg'] === 'request completed'), 'no access lines')
+      t.ok(lines.some((l) => l['msg'] === 'instance healthy'), 'lifecycle lines still come')
+    }
+    await app.stop()
+    ports.release()
+  }
+})
