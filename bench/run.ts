@@ -6,6 +6,8 @@
  * prints markdown tables of absolute figures and of the ratios that matter.
  *
  *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
+ *   BENCH_ACCESS_LOG=1 (maitre writes its per-request log line; nginx's access_log stays off)
+ *   BENCH_SKIP_SCALING=1 (data path only)
  */
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -71,7 +73,9 @@ http {
 async function startMaitre(dir: string): Promise<{ port: number; pid: number; url: string }> {
   const port = await freePort()
   const config = join(dir, 'maitre.yaml')
-  writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: ${process.env['BENCH_LOG_LEVEL'] ?? 'info'}\n`)
+  // nginx runs with access_log off; so does maitre unless BENCH_ACCESS_LOG=1 (its cost is then in the figures).
+  const accessLog = process.env['BENCH_ACCESS_LOG'] === '1' ? '' : '  access: false\n'
+  writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: ${process.env['BENCH_LOG_LEVEL'] ?? 'info'}\n${accessLog}`)
   const maitre = start(process.execPath, [join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
   children.push(maitre)
   const url = `http://127.0.0.1:${port}`
