@@ -430,7 +430,8 @@ export class LocalBackend implements Backend {
       for (const instance of service.instances.values()) byGroup.set(instance.group.pid, [service, instance])
     }
     const usage = await treeResidentBytes(byGroup.keys())
-    this.#o.log.trace({ usage: Object.fromEntries([...usage].map(([pid, u]) => [pid, u.processes])) }, 'memory check')
+    // Built only when traced: with a thousand instances it is a sizeable object every second.
+    if (this.#o.log.isLevelEnabled('trace')) this.#o.log.trace({ usage: Object.fromEntries([...usage].map(([pid, u]) => [pid, u.processes])) }, 'memory check')
     for (const [pid, { bytes }] of usage) {
       const entry = byGroup.get(pid)
       if (entry === undefined) continue
