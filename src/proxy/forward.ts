@@ -115,11 +115,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#finish({ outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined })
   }
 
-  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
-    this.fail(err)
-  }
-
-  fail(err: Error): void {
+  onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
     const { outcome, error } = classify(err, this.#clientGone)
     const res = this.#res
     // Once the response has started, the only honest signal left is cutting the connection.
@@ -153,24 +149,19 @@ export class Forwarder {
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Promise<ForwardResult> {
     const { instance } = request
     return new Promise((resolve) => {
-      const exchange = new Exchange(res, request, resolve)
-      try {
-        this.#agent.dispatch(
-          {
-            origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
-            path: req.url ?? '/',
-            method: req.method ?? 'GET',
-            headers: request.headers,
-            body: hasBody(req) ? req : null,
-            headersTimeout: request.socketTimeoutMs,
-            bodyTimeout: request.streamingTimeoutMs,
-          },
-          exchange,
-        )
-      } catch (err) {
-        // Invalid options (a header undici refuses) throw synchronously instead of reaching the handler.
-        exchange.fail(err as Error)
-      }
+      // Invalid options (a header undici refuses) reach the handler's onResponseError too.
+      this.#agent.dispatch(
+        {
+          origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
+          path: req.url ?? '/',
+          method: req.method ?? 'GET',
+          headers: request.headers,
+          body: hasBody(req) ? req : null,
+          headersTimeout: request.socketTimeoutMs,
+          bodyTimeout: request.streamingTimeoutMs,
+        },
+        new Exchange(res, request, resolve),
+      )
     })
   }
 
