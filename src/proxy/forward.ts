@@ -57,6 +57,13 @@ function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome;
   return { outcome: 'instance-error', error: new MaitreError('ERR_UPSTREAM', 'Request to service backend failed', { cause: err }) }
 }
 
+/** A forward under way: its result, and the way to stop it when the client goes away. */
+export interface Forwarding {
+  readonly result: Promise<ForwardResult>
+  /** The client is gone: cut the exchange with the instance (a no-op once it has ended). */
+  readonly clientGone: () => void
+}
+
 /** One request/response exchange between a client's response and an instance. */
 class Exchange implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse
@@ -71,11 +78,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#res = res
     this.#request = request
     this.#settle = settle
-    res.once('close', this.#onClientClose)
   }
 
-  readonly #onClientClose = (): void => {
-    if (this.#settled || this.#res.writableFinished) return
+  readonly clientGone = (): void => {
+    if (this.#settled) return
     this.#clientGone = true
     this.#controller?.abort(new undiciErrors.RequestAbortedError())
   }
@@ -86,10 +92,8 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller
-    if (this.#clientGone || this.#res.destroyed) {
-      this.#clientGone = true
-      controller.abort(new undiciErrors.RequestAbortedError())
-    }
+    // The client may have left while the request waited in undici's queue for a connection.
+    if (this.#clientGone) controller.abort(new undiciErrors.RequestAbortedError())
   }
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
@@ -146,23 +150,25 @@ export class Forwarder {
     })
   }
 
-  forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Promise<ForwardResult> {
+  forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
     const { instance } = request
-    return new Promise((resolve) => {
-      // Invalid options (a header undici refuses) reach the handler's onResponseError too.
-      this.#agent.dispatch(
-        {
-          origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
-          path: req.url ?? '/',
-          method: req.method ?? 'GET',
-          headers: request.headers,
-          body: hasBody(req) ? req : null,
-          headersTimeout: request.socketTimeoutMs,
-          bodyTimeout: request.streamingTimeoutMs,
-        },
-        new Exchange(res, request, resolve),
-      )
-    })
+    let settle!: (result: ForwardResult) => void
+    const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
+    const exchange = new Exchange(res, request, settle)
+    // Invalid options (a header undici refuses) reach the handler's onResponseError too.
+    this.#agent.dispatch(
+      {
+        origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
+        path: req.url ?? '/',
+        method: req.method ?? 'GET',
+        headers: request.headers,
+        body: hasBody(req) ? req : null,
+        headersTimeout: request.socketTimeoutMs,
+        bodyTimeout: request.streamingTimeoutMs,
+      },
+      exchange,
+    )
+    return { result, clientGone: exchange.clientGone }
   }
 
   close(): Promise<void> {

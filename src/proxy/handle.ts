@@ -15,7 +15,7 @@ import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { sendError } from './error-response.ts'
 import { MaitreError } from '../errors.ts'
-import type { Forwarder } from './forward.ts'
+import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 
 export interface ProxyTimeouts {
@@ -84,10 +84,13 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let clientGone = false
     // Created only when the request has to wait for a slot: most requests never queue.
     let queueAborter: AbortController | undefined
+    let forwarding: Forwarding | undefined
+    // The one place that notices a client leaving; whatever the request is waiting on is told.
     res.once('close', () => {
       if (res.writableFinished) return
       clientGone = true
       queueAborter?.abort()
+      forwarding?.clientGone()
     })
     let principal: string | undefined
     let resolution: Resolution | undefined
@@ -134,7 +137,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       instanceId = instance.id
       const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
       const forwardedAt = deps.clock.now()
-      const result = await deps.forwarder.forward(req, res, {
+      forwarding = deps.forwarder.forward(req, res, {
         instance,
         cid,
         headers: backendRequestHeaders(req.headers, {
@@ -165,6 +168,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           return extra
         },
       })
+      if (clientGone) forwarding.clientGone()
+      const result = await forwarding.result
       backendMs = deps.clock.now() - forwardedAt
       lease.release(result.outcome)
       lease = undefined
