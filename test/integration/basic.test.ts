@@ -86,6 +86,11 @@ t.test('methods, chunked and gzip bodies, large headers pass through', async (t)
   const big = await call(`${router.url}/request-info`, { headers: { ...h, 'x-big': 'b'.repeat(24 * 1024 - 200) } })
   t.equal(big.status, 200, '24 KB of request headers are accepted')
   t.equal(big.json<{ headers: Record<string, string> }>().headers['x-big']?.length, 24 * 1024 - 200)
+
+  // An interim 103 from the instance is the hop's business: the client gets the final answer whole.
+  const hinted = await call(`${router.url}/early-hints`, { headers: h })
+  t.equal(hinted.status, 200, 'a 103 Early Hints before the answer does not break the response')
+  t.same(hinted.json(), { hinted: true })
 })
 
 t.test('errors are negotiated by Accept and carry x-cid', async (t) => {
