@@ -1,29 +1,26 @@
 import t from 'tap'
 import { PassThrough } from 'node:stream'
-import { createApp } from '../../src/app.ts'
-import { DEFAULTS, withOverrides } from '../../src/config.ts'
 import { createLogger } from '../../src/log.ts'
-import { call, claimPortSlice, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router, type Teardown } from '../fixtures/router.ts'
 
-t.test('JSON log lines: one access line per request, and lifecycle lines', async (t) => {
-  const lines: Record<string, unknown>[] = []
+type Line = Record<string, unknown>
+
+/** A router whose log lines are parsed into `lines` as they come. */
+async function loggedRouter(t: Teardown, overrides: Record<string, unknown>): Promise<{ router: Router; lines: Line[] }> {
+  const lines: Line[] = []
   const out = new PassThrough()
   out.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Line)
   })
-  const ports = claimPortSlice()
-  const config = withOverrides(DEFAULTS, { 'server.port': 0, dataDir: t.testdir(), 'backend.local.portRange': [ports.low, ports.low + 99], 'scaler.tickMs': 200, 'scaler.gcIntervalMs': 300 })
-  const app = await createApp(config, { log: createLogger('info', out) })
-  const port = await app.start()
-  t.teardown(async () => {
-    await app.stop()
-    ports.release()
-  })
-  const router = { url: `http://127.0.0.1:${port}` } as Router
+  return { router: await startRouter(t, overrides, { log: createLogger('info', out) }), lines }
+}
+
+t.test('JSON log lines: one access line per request, and lifecycle lines', async (t) => {
+  const { router, lines } = await loggedRouter(t, { 'scaler.tickMs': 200, 'scaler.gcIntervalMs': 300 })
   await createToken(router, 'kitchen', kitchenToken())
   await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': 'log-test-1' } })
   await waitFor('the access line', () => lines.find((l) => l['cid'] === 'log-test-1' && l['msg'] === 'request completed'))
-  const access = lines.find((l) => l['cid'] === 'log-test-1' && l['msg'] === 'request completed') as Record<string, unknown>
+  const access = lines.find((l) => l['cid'] === 'log-test-1' && l['msg'] === 'request completed') as Line
   t.match(access, { level: 30, token: 'kitchen', status: 200, coldStart: true, method: 'GET', path: '/request-info' })
   t.match(access['service'], /^maitre-/)
   t.match(access['instance'], /^maitre-.*\.[0-9a-f]+$/)
@@ -52,15 +49,7 @@ t.test('JSON log lines: one access line per request, and lifecycle lines', async
 t.test('the access line: 499 for a client that went away; log.access false turns it off', async (t) => {
   const setups = [{ access: true, cid: 'gone-1' }, { access: false, cid: 'quiet-1' }]
   for (const { access, cid } of setups) {
-    const lines: Record<string, unknown>[] = []
-    const out = new PassThrough()
-    out.on('data', (chunk: Buffer) => {
-      for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-    })
-    const ports = claimPortSlice()
-    const config = withOverrides(DEFAULTS, { 'server.port': 0, dataDir: t.testdir(), 'backend.local.portRange': [ports.low, ports.low + 99], 'log.access': access })
-    const app = await createApp(config, { log: createLogger('info', out) })
-    const router = { url: `http://127.0.0.1:${await app.start()}` } as Router
+    const { router, lines } = await loggedRouter(t, { 'log.access': access })
     await createToken(router, 'kitchen', kitchenToken())
     await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-cid': `${cid}-warm` } })
     const aborter = new AbortController()
@@ -80,7 +69,5 @@ t.test('the access line: 499 for a client that went away; log.access false turns
       t.notOk(lines.some((l) => l['msg'] === 'request completed'), 'no access lines')
       t.ok(lines.some((l) => l['msg'] === 'instance healthy'), 'lifecycle lines still come')
     }
-    await app.stop()
-    ports.release()
   }
 })

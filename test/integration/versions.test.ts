@@ -48,13 +48,13 @@ t.test('metadata-only edits keep the service id; /service-id tells it without st
 
 t.test('a router restart keeps every token and version', async (t) => {
   const dataDir = t.testdir()
-  const first = await startRouter(t, {}, dataDir)
+  const first = await startRouter(t, {}, { dataDir })
   await createToken(first, 'kitchen', kitchenToken())
   await createToken(first, 'other', kitchenToken({ version: 'other' }))
   const id = (await call(`${first.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })).headers['x-waiter-service-id']
   await first.app.stop()
 
-  const second = await startRouter(t, {}, dataDir)
+  const second = await startRouter(t, {}, { dataDir })
   const tokens = await call(`${second.url}/tokens`)
   t.same(tokens.json<{ token: string }[]>().map((x) => x.token), ['kitchen', 'other'])
   const reply = await call(`${second.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
