@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The floor of a Node.js proxy on this machine: node:http in front of an undici Pool through the
 // raw dispatch API, with nothing else — no routing, slots, headers policy, metrics or log. maitre
-// is measured against it in the same run to tell maitre's own cost from the platform's.
+// is measured against it in the same run to tell maitre's own cost from the platform's. Several
+// copies may share the port (SO_REUSEPORT): the bench runs two to show what a second core buys.
 import { createServer } from 'node:http'
 import { Pool } from 'undici'
 
@@ -27,5 +28,5 @@ createServer((req, res) => {
       },
     },
   )
-}).listen(port, '127.0.0.1')
+}).listen({ port, host: '127.0.0.1', reusePort: true })
 process.on('SIGTERM', () => process.exit(0))

@@ -2,8 +2,9 @@
  * maitre's benchmark, one command: `npm run bench`. In one run, interleaving the targets, it
  * measures a fixed test backend (a) directly, (b) through nginx as a keep-alive reverse proxy,
  * (c) through maitre with a warm service, and (d) through the floor of any Node.js proxy (node:http
- * + undici, nothing else: bench/bare-proxy.mjs); then cold starts and a 0 → 50 client burst. It
- * prints markdown tables of absolute figures and of the ratios that matter.
+ * + undici, nothing else: bench/bare-proxy.mjs), once in one process and once in two processes
+ * sharing the port (what spreading a Node proxy over both cores buys); then cold starts and a
+ * 0 → 50 client burst. It prints markdown tables of absolute figures and of the ratios that matter.
  *
  *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
  *   BENCH_ACCESS_LOG=1 (maitre writes its per-request log line; nginx's access_log stays off)
@@ -24,7 +25,7 @@ const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 const BARE_PROXY = join(ROOT, 'bench', 'bare-proxy.mjs')
 
 interface Target {
-  readonly name: 'direct' | 'nginx' | 'node floor' | 'maitre'
+  readonly name: 'direct' | 'nginx' | 'node floor' | 'node floor ×2' | 'maitre'
   readonly url: string
   readonly headers: readonly string[]
   /** Processes whose CPU counts as the proxy's. */
@@ -110,6 +111,10 @@ async function main(): Promise<void> {
   const bare = start(process.execPath, [BARE_PROXY, String(barePort), String(backendPort)])
   children.push(bare)
   await waitForHttp(`http://127.0.0.1:${barePort}/tiny`)
+  const pairPort = await freePort()
+  const pair = [0, 1].map(() => start(process.execPath, [BARE_PROXY, String(pairPort), String(backendPort)]))
+  children.push(...pair)
+  await waitForHttp(`http://127.0.0.1:${pairPort}/tiny`)
   const maitre = await startMaitre(dir)
   // One warm instance with room for every connection, like the direct target.
   await createToken(maitre.url, 'bench', { cmd: `${process.execPath} ${BACKEND} $PORT0`, cpus: 1, mem: 512, version: 'bench', 'concurrency-level': 1000, 'min-instances': 1, 'max-instances': 1, 'health-check-url': '/tiny' })
@@ -120,6 +125,7 @@ async function main(): Promise<void> {
     { name: 'direct', url: `http://127.0.0.1:${backendPort}`, headers: [], proxyPids: () => [] },
     { name: 'nginx', url: `http://127.0.0.1:${nginx.port}`, headers: [], proxyPids: nginx.pid },
     { name: 'node floor', url: `http://127.0.0.1:${barePort}`, headers: [], proxyPids: () => [bare.pid as number] },
+    { name: 'node floor ×2', url: `http://127.0.0.1:${pairPort}`, headers: [], proxyPids: () => pair.map((p) => p.pid as number) },
     { name: 'maitre', url: maitre.url, headers: ['x-waiter-token: bench'], proxyPids: () => [maitre.pid] },
   ]
   // JIT and pools warm before anything is counted, for every proxy alike.
@@ -161,13 +167,14 @@ async function main(): Promise<void> {
       lines.push(`| ${s.name} | ${s.connections} | ${t.name} | ${a.rps.toFixed(0)} | ${fmt(a.p50)} | ${fmt(a.p99)} | ${a.cpu === undefined ? '-' : (a.cpu * 1000).toFixed(0)} | ${a.errors} |`)
     }
   }
-  lines.push('', '| scenario | conns | maitre ÷ direct | maitre ÷ nginx | node floor ÷ nginx | maitre ÷ node floor | nginx ÷ direct | maitre adds p50 ms | maitre adds p99 ms | node floor adds p99 ms |', '|---|---|---|---|---|---|---|---|---|---|')
+  lines.push('', '| scenario | conns | maitre ÷ direct | maitre ÷ nginx | node floor ÷ nginx | node floor ×2 ÷ nginx | maitre ÷ node floor | nginx ÷ direct | maitre adds p50 ms | maitre adds p99 ms | node floor adds p99 ms | node floor ×2 adds p99 ms |', '|---|---|---|---|---|---|---|---|---|---|---|---|')
   for (const s of scenarios) {
     const d = agg(`${s.name}|${s.connections}|direct`)
     const n = agg(`${s.name}|${s.connections}|nginx`)
     const f = agg(`${s.name}|${s.connections}|node floor`)
+    const f2 = agg(`${s.name}|${s.connections}|node floor ×2`)
     const m = agg(`${s.name}|${s.connections}|maitre`)
-    lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / d.rps).toFixed(2)} | ${(m.rps / n.rps).toFixed(2)} | ${(f.rps / n.rps).toFixed(2)} | ${(m.rps / f.rps).toFixed(2)} | ${(n.rps / d.rps).toFixed(2)} | ${fmt(m.p50 - d.p50)} | ${fmt(m.p99 - d.p99)} | ${fmt(f.p99 - d.p99)} |`)
+    lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / d.rps).toFixed(2)} | ${(m.rps / n.rps).toFixed(2)} | ${(f.rps / n.rps).toFixed(2)} | ${(f2.rps / n.rps).toFixed(2)} | ${(m.rps / f.rps).toFixed(2)} | ${(n.rps / d.rps).toFixed(2)} | ${fmt(m.p50 - d.p50)} | ${fmt(m.p99 - d.p99)} | ${fmt(f.p99 - d.p99)} | ${fmt(f2.p99 - d.p99)} |`)
   }
   console.log(lines.join('\n'))
 
