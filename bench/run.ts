@@ -114,6 +114,7 @@ async function main(): Promise<void> {
   const pairPort = await freePort()
   const pair = [0, 1].map(() => start(process.execPath, [BARE_PROXY, String(pairPort), String(backendPort)]))
   children.push(...pair)
+  // This only shows one of the two listening; maitre's start and the warm-up below give the other time.
   await waitForHttp(`http://127.0.0.1:${pairPort}/tiny`)
   const maitre = await startMaitre(dir)
   // One warm instance with room for every connection, like the direct target.
