@@ -37,6 +37,8 @@ export interface InstanceSlots {
   readonly used: number
   readonly ejectedUntil: number
   readonly locked: boolean
+  /** False while an instance that is no longer healthy drains the requests it carries. */
+  readonly routable: boolean
 }
 
 export interface TrackerOptions {
@@ -49,7 +51,12 @@ export interface TrackerOptions {
   readonly onEject?: (serviceId: string, instanceId: string, periodMs: number, outcome: ReleaseOutcome) => void
 }
 
-/** One instance's slots. The object lives as long as the instance is healthy, so leases taken before a sync release into the same counter. */
+/**
+ * One instance's slots. The object lives while the instance is healthy or still carries a
+ * request, so leases taken before a sync release into the same counter, and an instance that
+ * fails a health check while busy keeps its in-flight count (for scaling, GC and kill choice)
+ * until its requests drain.
+ */
 interface Slot {
   instance: Instance
   startedAt: number
@@ -59,6 +66,8 @@ interface Slot {
   ejectedUntil: number
   /** Reserved for a kill: takes no new requests. */
   locked: boolean
+  /** Healthy in the backend's last report: only routable slots take new requests. */
+  routable: boolean
 }
 
 interface Waiter {
@@ -106,7 +115,12 @@ export class InstanceTracker {
     this.#dispatch(service)
   }
 
-  /** Replaces the known instances of a service with what the backend reports. */
+  /**
+   * Replaces the known instances of a service with what the backend reports. An instance that is
+   * no longer healthy (or no longer reported) but still carries requests keeps its slot, out of
+   * rotation, until they drain: its in-flight requests stay counted, it cannot be locked for a
+   * kill, and if it recovers it resumes with the slots it still has in use.
+   */
   sync(serviceId: string, instances: readonly Instance[], deploymentError: string | undefined): void {
     const service = this.#service(serviceId)
     const next = new Map<string, Slot>()
@@ -114,16 +128,22 @@ export class InstanceTracker {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false })
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, routable: true })
       } else {
         slot.instance = instance
+        slot.routable = true
         slot.expired ||= instance.flags.has('expired')
         next.set(instance.id, slot)
       }
     }
+    for (const [id, slot] of service.slots) {
+      if (next.has(id) || slot.used === 0) continue
+      slot.routable = false
+      next.set(id, slot)
+    }
     service.slots = next
     service.deploymentError = deploymentError
-    if (deploymentError !== undefined && next.size === 0) {
+    if (deploymentError !== undefined && routableCount(service) === 0) {
       const waiting = service.queue.splice(0)
       for (const waiter of waiting) waiter.fail(deploymentFailure(serviceId, deploymentError))
     }
@@ -144,7 +164,7 @@ export class InstanceTracker {
     service.lastActiveAt = this.#clock.now()
     const immediate = service.queue.length === 0 ? this.#take(service) : undefined
     if (immediate !== undefined) return Promise.resolve(immediate)
-    if (service.deploymentError !== undefined && service.slots.size === 0) {
+    if (service.deploymentError !== undefined && routableCount(service) === 0) {
       return Promise.reject(deploymentFailure(serviceId, service.deploymentError))
     }
     if (service.queue.length >= service.routing.maxQueueLength) {
@@ -195,9 +215,9 @@ export class InstanceTracker {
     const now = this.#clock.now()
     let available = 0
     for (const slot of service.slots.values()) {
-      if (slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
+      if (slot.routable && slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
     }
-    return { lastActiveAt: service.lastActiveAt, inFlight: this.#inFlight(service), queued: service.queue.length, healthy: service.slots.size, slotsAvailable: available }
+    return { lastActiveAt: service.lastActiveAt, inFlight: this.#inFlight(service), queued: service.queue.length, healthy: routableCount(service), slotsAvailable: available }
   }
 
   /** Per-instance slot use, for the admin API and the scaler's choice of what to kill. */
@@ -205,7 +225,7 @@ export class InstanceTracker {
     const service = this.#services.get(serviceId)
     return service === undefined
       ? []
-      : [...service.slots.values()].map((s) => ({ id: s.instance.id, used: s.used, ejectedUntil: s.ejectedUntil, locked: s.locked }))
+      : [...service.slots.values()].map((s) => ({ id: s.instance.id, used: s.used, ejectedUntil: s.ejectedUntil, locked: s.locked, routable: s.routable }))
   }
 
   /**
@@ -267,7 +287,7 @@ export class InstanceTracker {
     const limit = service.routing.concurrencyLevel
     const free: Slot[] = []
     for (const slot of service.slots.values()) {
-      if (slot.used < limit && slot.ejectedUntil <= now && !slot.locked) free.push(slot)
+      if (slot.routable && slot.used < limit && slot.ejectedUntil <= now && !slot.locked) free.push(slot)
     }
     const slot = chooseInstance(free, service.routing.loadBalancing, this.#random)
     if (slot === undefined) return undefined
@@ -281,6 +301,8 @@ export class InstanceTracker {
         slot.used -= 1
         service.lastActiveAt = this.#clock.now()
         this.#settle(service, slot, outcome)
+        // A drained instance that left rotation while busy is forgotten now, as a sync would have.
+        if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) service.slots.delete(slot.instance.id)
         this.#dispatch(service)
       },
     }
@@ -323,18 +345,24 @@ export class InstanceTracker {
 
   #timeoutError(serviceId: string, service: ServiceSlots, timeoutMs: number): MaitreError {
     const seconds = Number((timeoutMs / 1000).toFixed(3))
-    const hint = service.slots.size === 0 ? ' Check that your service is able to start properly!' : ' Check that your service is able to scale properly!'
+    const hint = routableCount(service) === 0 ? ' Check that your service is able to start properly!' : ' Check that your service is able to scale properly!'
     return new MaitreError('ERR_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request.${hint}`, {
       details: {
         'service-id': serviceId,
         'outstanding-requests': service.queue.length + this.#inFlight(service),
         'waiting-for-available-instance': service.queue.length,
-        'slots-assigned': service.slots.size * service.routing.concurrencyLevel,
+        'slots-assigned': routableCount(service) * service.routing.concurrencyLevel,
         'slots-in-use': this.#inFlight(service),
       },
       headers: { 'retry-after': '1' },
     })
   }
+}
+
+function routableCount(service: ServiceSlots): number {
+  let count = 0
+  for (const slot of service.slots.values()) if (slot.routable) count += 1
+  return count
 }
 
 function deploymentFailure(serviceId: string, message: string): MaitreError {

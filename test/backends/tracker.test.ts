@@ -119,3 +119,43 @@ t.test('load balancing: oldest, youngest, random; expired instances last', async
   t.equal(chooseInstance(c, 'random', () => 0)?.id, 'new')
   t.equal(chooseInstance([c[2] as (typeof c)[number]], 'oldest', Math.random)?.id, 'exp')
 })
+
+t.test('an instance that fails a health check while busy keeps its in-flight slots until they drain', async (t) => {
+  const { tracker } = setup(2)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const onA = [tracker.tryAcquire('s'), tracker.tryAcquire('s')]
+  t.same(onA.map((l) => l?.instance.id), ['a', 'a'], 'a (the oldest) is full')
+
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined)
+  t.match(tracker.load('s'), { inFlight: 2, healthy: 1, slotsAvailable: 2 }, 'its two requests still count; it offers no slot')
+  t.match(tracker.instanceSlots('s').find((s) => s.id === 'a'), { used: 2, routable: false })
+  t.notOk(tracker.lockForKill('s', 'a'), 'a busy instance out of rotation cannot be locked for a kill')
+  const next = tracker.tryAcquire('s')
+  t.equal(next?.instance.id, 'b', 'new requests go elsewhere')
+  next?.release('success')
+
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.match(tracker.instanceSlots('s').find((s) => s.id === 'a'), { used: 2, routable: true }, 'it recovers with the slots it still has in use')
+  const third = tracker.tryAcquire('s')
+  t.equal(third?.instance.id, 'b', 'concurrency-level 2 is not exceeded on a: the request goes to b')
+  third?.release('success')
+
+  tracker.sync('s', [instance('b', 2)], undefined)
+  t.equal(tracker.load('s').inFlight, 2, 'even gone from the backend, its requests count until they end')
+  onA[0]?.release('success')
+  t.equal(tracker.load('s').inFlight, 1)
+  onA[1]?.release('success')
+  t.same(tracker.instanceSlots('s').map((s) => s.id), ['b'], 'once drained, it is forgotten')
+  t.ok(tracker.lockForKill('s', 'a'), 'and is idle by definition')
+})
+
+t.test('a deployment error fails the queue when no instance is routable, even if one still drains', async (t) => {
+  const { tracker } = setup(1)
+  tracker.sync('s', [instance('a', 1)], undefined)
+  const busy = tracker.tryAcquire('s')
+  const waiting = tracker.acquire('s', { timeoutMs: 10_000 })
+  tracker.sync('s', [instance('a', 1, false)], 'Invalid startup command')
+  await t.rejects(waiting, { code: 'ERR_DEPLOYMENT' })
+  busy?.release('success')
+  t.equal(tracker.load('s').inFlight, 0)
+})
