@@ -1,16 +1,15 @@
 /**
  * The composition root: the only module that knows every other. It builds a router from a
- * Config, starts it, and stops it cleanly (drain, then stop every instance).
+ * Config, starts it, and stops it cleanly (drain, then stop every instance). It wires and
+ * decides nothing: every rule lives in the module that owns it.
  */
-import { existsSync, mkdirSync, readFileSync } from 'node:fs'
-import type { Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { mkdirSync } from 'node:fs'
 import { hostname, userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
 import { randomBytes } from 'node:crypto'
-import { LRUCache } from 'lru-cache'
 import { createAdminHandler } from './admin/router.ts'
 import { oneUserAuthenticator } from './auth/authenticator.ts'
+import { loadRouterSecret } from './auth/router-secret.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
@@ -29,18 +28,18 @@ import { createProxyHandler } from './proxy/handle.ts'
 import { createRouterServer } from './proxy/server.ts'
 import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
-import { scaleUpQuanta } from './scaler/decide.ts'
+import { followBackend } from './scaler/backend-sync.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
+import { scalableServiceOf } from './scaler/policy.ts'
+import { serviceGauges } from './scaler/service-gauges.ts'
 import { Overrides } from './versions/overrides.ts'
 import { Suspensions } from './versions/suspensions.ts'
 import { TOKEN_METADATA } from './versions/parameters.ts'
-import type { ServiceRecord } from './versions/registry.ts'
-import { writeFileAtomic } from './storage/json-dir.ts'
-import { launchSpecOf } from './versions/launch.ts'
 import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openFileTokenStore } from './versions/token-store.ts'
 import { Tokens } from './versions/tokens.ts'
+import { VersionParameters } from './versions/version-parameters.ts'
 
 /** Waiter's defaults for the token settings that GC and fallback use, from the one parameter table. */
 const TOKEN_DEFAULTS = {
@@ -61,16 +60,6 @@ export interface App {
   readonly url: () => string
 }
 
-/** The router secret, generated once per data directory so instance passwords survive restarts. */
-async function routerSecret(config: Config, dataDir: string): Promise<string> {
-  if (config.secret !== null) return config.secret
-  const path = join(dataDir, 'router-secret')
-  if (existsSync(path)) return readFileSync(path, 'utf8').trim()
-  const secret = randomBytes(24).toString('hex')
-  await writeFileAtomic(path, `${secret}\n`)
-  return secret
-}
-
 function redacted(config: Config): unknown {
   return { ...config, secret: config.secret === null ? null : '<redacted>' }
 }
@@ -88,7 +77,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const log = injected.log ?? createLogger(config.log.level)
   const dataDir = resolve(config.dataDir)
   mkdirSync(dataDir, { recursive: true })
-  const secret = await routerSecret(config, dataDir)
+  const secret = await loadRouterSecret(config.secret, dataDir)
   const user = config.auth.user ?? userInfo().username
   const routerId = `router-${randomBytes(4).toString('hex')}`
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
@@ -98,6 +87,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const registry = new ServiceRegistry(dataDir, clock)
   const overrides = new Overrides(dataDir, clock)
   const suspensions = new Suspensions(dataDir, clock)
+  const parameters = new VersionParameters(overrides, { cluster: config.cluster, secret }, config.proxy.resolutionCacheSize)
 
   // Late-bound: the gauges read the tracker and autoscaler, which are built below.
   let gauges: () => Iterable<ServiceGauges> = () => []
@@ -115,58 +105,14 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       log.warn({ service, instance, periodMs, outcome }, 'instance ejected')
     },
   })
-  const knownErrors = new Map<string, string>()
-  backend.subscribe((serviceId) => {
-    const state = backend.state(serviceId)
-    if (state === undefined) {
-      tracker.forget(serviceId)
-      knownErrors.delete(serviceId)
-      return
-    }
-    tracker.sync(serviceId, state.instances, state.deploymentError)
-    if (state.deploymentError !== undefined && knownErrors.get(serviceId) !== state.deploymentError) {
-      metrics.deploymentErrors.inc({ service: serviceId, reason: state.deploymentError })
-    }
-    if (state.deploymentError === undefined) knownErrors.delete(serviceId)
-    else knownErrors.set(serviceId, state.deploymentError)
-  })
-  const activator = new Activator(backend, tracker, log)
-  const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => {
-    const record = overrides.get(resolution.serviceId)
-    return record === undefined ? resolution.effective : { ...resolution.effective, ...record.overrides }
-  }
-  const recordParameters = (record: ServiceRecord): Readonly<Record<string, unknown>> => overrides.parameters(record.id, record.core)
-  const launchSpecs = new LRUCache<string, LaunchSpec>({ max: config.proxy.resolutionCacheSize })
-  const specOf = (resolution: Resolution): LaunchSpec => {
-    let spec = launchSpecs.get(resolution.serviceId)
-    if (spec === undefined) {
-      spec = launchSpecOf(resolution.serviceId, parametersOf(resolution), { cluster: config.cluster, secret })
-      launchSpecs.set(resolution.serviceId, spec)
-    }
-    return spec
-  }
+  const activator = new Activator(backend, tracker, clock, log)
   const autoscaler = new Autoscaler(
     {
       backend,
       tracker,
       serviceOf: (serviceId) => {
         const record = registry.get(serviceId)
-        if (record === undefined) return undefined
-        const p = recordParameters(record)
-        return {
-          policy: {
-            minInstances: p['min-instances'] as number,
-            maxInstances: p['max-instances'] as number,
-            concurrencyLevel: p['concurrency-level'] as number,
-            scaleFactor: p['scale-factor'] as number,
-            scaleUpFactor: p['scale-up-factor'] as number,
-            scaleDownFactor: p['scale-down-factor'] as number,
-            jitterThreshold: p['jitter-threshold'] as number,
-            expiredInstanceRestartRate: p['expired-instance-restart-rate'] as number,
-            maxScaleUpPerDecision: scaleUpQuanta(p['cpus'] as number, p['mem'] as number),
-          },
-          instanceExpiryMs: (p['instance-expiry-mins'] as number) * 60_000,
-        }
+        return record === undefined ? undefined : scalableServiceOf(parameters.ofRecord(record))
       },
       clock,
       log,
@@ -180,10 +126,19 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       interKillMs: config.scaler.interKillMs,
     },
   )
+  followBackend({
+    backend,
+    tracker,
+    metrics,
+    log,
+    onGone: (serviceId) => {
+      autoscaler.forget(serviceId)
+      parameters.forget(serviceId)
+    },
+  })
   overrides.onChange((serviceId) => {
-    launchSpecs.delete(serviceId)
     const record = registry.get(serviceId)
-    if (record !== undefined) tracker.configure(serviceId, routingOf(recordParameters(record)))
+    if (record !== undefined) tracker.configure(serviceId, routingOf(parameters.ofRecord(record)))
   })
   const resolver = new Resolver(tokens, registry, {
     routerHostnames,
@@ -198,13 +153,16 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       tracker,
       registry,
       tokens,
-      parametersOf: recordParameters,
+      activator,
+      parametersOf: (record) => parameters.ofRecord(record),
+      forgetVersion: async (serviceId) => {
+        resolver.forget(serviceId)
+        parameters.forget(serviceId)
+        await overrides.clear(serviceId)
+      },
       onCollected: async (serviceId, reason) => {
         metrics.gcDeletions.inc({ reason })
         await metrics.removeService(serviceId)
-        launchSpecs.delete(serviceId)
-        await overrides.clear(serviceId)
-        resolver.forget(serviceId)
       },
       clock,
       log,
@@ -216,28 +174,11 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       staleTimeoutMs: TOKEN_DEFAULTS.staleTimeoutMins * 60_000,
     },
   )
-  gauges = function* () {
-    for (const state of backend.services()) {
-      const load = tracker.load(state.id)
-      const healthy = state.instances.filter((i) => i.healthy).length
-      yield { service: state.id, inFlight: load.inFlight, queued: load.queued, healthy, starting: state.instances.length - healthy, target: autoscaler.snapshot(state.id)?.target }
-    }
-  }
+  gauges = () => serviceGauges(backend, tracker, autoscaler)
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
   const authenticator = oneUserAuthenticator(user)
-
-  let draining = false
-  let inFlight = 0
-  let idle: (() => void) | undefined
-  const counted = <A extends unknown[]>(fn: (...args: A) => Promise<void>) => async (...args: A): Promise<void> => {
-    inFlight += 1
-    try {
-      await fn(...args)
-    } finally {
-      inFlight -= 1
-      if (inFlight === 0) idle?.()
-    }
-  }
+  const launchSpecOf = (resolution: Resolution): LaunchSpec => parameters.launchSpec(resolution)
+  const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => parameters.ofResolution(resolution)
 
   const proxy = createProxyHandler({
     authenticator,
@@ -245,7 +186,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     activator,
     tracker,
     forwarder,
-    launchSpecOf: specOf,
+    launchSpecOf,
     parametersOf,
     onQueued: (serviceId) => autoscaler.poke(serviceId),
     isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
@@ -256,6 +197,8 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     log,
     accessLog: config.log.access,
   })
+  // Late-bound: the API reports the drain the server (built from the API) carries out.
+  let draining = (): boolean => false
   const api = createAdminHandler({
     authenticator,
     resolver,
@@ -272,19 +215,15 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     metrics,
     suspensions,
     activator,
-    launchSpecOf: specOf,
+    launchSpecOf,
     parametersOf,
     settings: () => redacted(config),
-    draining: () => draining,
+    draining: () => draining(),
+    clock,
     log,
   })
-  const server: Server = createRouterServer({
-    ...config.server,
-    routerHostnames,
-    api: counted(api),
-    proxy: counted(proxy),
-    draining: () => draining,
-  })
+  const server = createRouterServer({ ...config.server, routerHostnames, api, proxy, log })
+  draining = server.draining
 
   let port = config.server.port
   let stopping: Promise<void> | undefined
@@ -292,14 +231,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   return {
     url: () => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`,
     async start() {
-      await new Promise<void>((resolveListen, reject) => {
-        server.once('error', reject)
-        server.listen(config.server.port, config.server.host, () => {
-          server.off('error', reject)
-          resolveListen()
-        })
-      })
-      port = (server.address() as AddressInfo).port
+      port = await server.listen(config.server.port, config.server.host)
       routerHostnames.add(`${config.server.host}`)
       autoscaler.start()
       gc.start()
@@ -308,18 +240,11 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     },
     stop() {
       stopping ??= (async () => {
-        draining = true
-        log.info({ inFlight }, 'stopping: draining requests')
-        const closed = new Promise<void>((done) => server.close(() => done()))
-        if (inFlight > 0) {
-          await new Promise<void>((done) => {
-            idle = done
-            setTimeout(done, config.server.shutdownTimeoutMs).unref()
-          })
-        }
-        server.closeAllConnections()
-        await closed
-        autoscaler.stop() // never scale down because we are leaving
+        log.info({ inFlight: server.inFlight() }, 'stopping: draining requests')
+        // The autoscaler keeps running while requests drain (they may need an instance), and
+        // stops before the backend does: it never scales down because the router is leaving.
+        await server.drain(config.server.shutdownTimeoutMs)
+        autoscaler.stop()
         gc.stop()
         await backend.close()
         await forwarder.close()

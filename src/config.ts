@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs'
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml'
 import { MaitreError } from './errors.ts'
 import { LOG_LEVELS, type LogLevel } from './log.ts'
-import { isDnsLabel } from './versions/service-id.ts'
+import { isDnsLabel } from './dns-label.ts'
 
 export interface LocalBackendConfig {
   /** Where instance sandboxes go; null = <dataDir>/instances. */

@@ -104,3 +104,20 @@ export function asMaitreError(err: unknown): MaitreError {
   const message = err instanceof Error ? err.message : String(err)
   return new MaitreError('ERR_INTERNAL', `Internal error: ${message}`, { cause: err })
 }
+
+/** One broken rule of a service description. */
+export interface Issue {
+  /** The parameter the rule is about (several for cross-field rules). */
+  readonly field: string
+  readonly message: string
+}
+
+export const MISCONFIGURED = 'Service description using waiter headers/token improperly configured'
+
+/** Waiter's 400 for a description that breaks rules: one line per rule, every offending field named. */
+export function misconfigured(issues: readonly Issue[], extra: Record<string, unknown> = {}): MaitreError {
+  const lines = [...new Set(issues.map((i) => i.message))]
+  return new MaitreError('ERR_INVALID_DESCRIPTOR', `${MISCONFIGURED}\n${lines.join('\n')}`, {
+    details: { issues, fields: [...new Set(issues.map((i) => i.field))], ...extra },
+  })
+}

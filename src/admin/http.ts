@@ -1,7 +1,7 @@
 /** Small helpers the admin handlers share: JSON in, JSON out. */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { MaitreError } from '../errors.ts'
-import { SERVER_HEADER } from '../proxy/error-response.ts'
+import { SERVER_HEADER } from '../http/error-response.ts'
 
 export interface AdminRequest {
   readonly req: IncomingMessage

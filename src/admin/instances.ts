@@ -6,7 +6,7 @@ import { MaitreError } from '../errors.ts'
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Autoscaler } from '../scaler/autoscaler.ts'
-import { SERVER_HEADER } from '../proxy/error-response.ts'
+import { SERVER_HEADER } from '../http/error-response.ts'
 import { methodNotAllowed, sendJson, type AdminRequest } from './http.ts'
 
 export interface InstanceApiDeps {

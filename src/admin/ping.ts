@@ -8,6 +8,7 @@ import type { Principal } from '../auth/authenticator.ts'
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Activator } from '../scaler/activator.ts'
+import type { Clock } from '../clock.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import type { Resolution, Resolver } from '../versions/resolve.ts'
 import { serviceStatus } from './apps.ts'
@@ -20,6 +21,7 @@ export interface PingDeps {
   readonly backend: Backend
   readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
   readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
+  readonly clock: Clock
 }
 
 const DEFAULT_PING_TIMEOUT_MS = 300_000
@@ -49,9 +51,20 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   const timeoutMs = header > 0 ? header : DEFAULT_PING_TIMEOUT_MS
   const current = resolution
   let pingResponse: Record<string, unknown>
+  const deadline = deps.clock.now() + timeoutMs
+  const activation = {
+    serviceId: current.serviceId,
+    effective: () => deps.parametersOf(current),
+    launchSpec: () => deps.launchSpecOf(current),
+    remember: () => deps.resolver.remember(current),
+  }
   try {
-    await deps.activator.ensure({ serviceId: current.serviceId, effective: deps.parametersOf(current), launchSpec: () => deps.launchSpecOf(current) })
-    const lease = await deps.tracker.acquire(current.serviceId, { timeoutMs })
+    let starting = deps.activator.ensure(activation)
+    while (starting !== undefined) {
+      await deps.activator.bounded(current.serviceId, starting, { deadline, queueTimeoutMs: timeoutMs })
+      starting = deps.activator.ensure(activation)
+    }
+    const lease = await deps.tracker.acquire(current.serviceId, { timeoutMs: Math.max(1, deadline - deps.clock.now()), queueTimeoutMs: timeoutMs })
     try {
       const { instance } = lease
       const spec = deps.launchSpecOf(current)

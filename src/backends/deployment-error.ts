@@ -38,3 +38,29 @@ export function deploymentError(input: DeploymentErrorInput): string | undefined
   if (input.unhealthy[0]?.flags.has('health-check-401') === true) return DEPLOYMENT_ERRORS.healthCheckRequiresAuthentication
   return undefined
 }
+
+/** Waiter's messages by the short class a metric label carries. */
+const CLASSES: readonly (readonly [string, string])[] = [
+  [DEPLOYMENT_ERRORS.notEnoughMemory, 'not-enough-memory'],
+  [DEPLOYMENT_ERRORS.badStartupCommand, 'invalid-startup-command'],
+  [DEPLOYMENT_ERRORS.cannotConnect, 'cannot-connect'],
+  [DEPLOYMENT_ERRORS.healthCheckTimedOut, 'health-check-timed-out'],
+  [DEPLOYMENT_ERRORS.badSocket, 'bad-socket'],
+  [DEPLOYMENT_ERRORS.invalidHealthCheckResponse, 'invalid-health-check-response'],
+  [DEPLOYMENT_ERRORS.healthCheckRequiresAuthentication, 'health-check-requires-authentication'],
+]
+
+/** The cluster's own reasons (Kubernetes), which prefix their message as `Reason: …`. */
+const CLUSTER_REASONS = new Set(['ImagePullBackOff', 'ErrImagePull', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError', 'Unschedulable', 'FailedCreate'])
+
+/**
+ * A deployment error's class: one of a fixed set, so a metric label stays bounded whatever
+ * free text (pod names, image names, quota figures) the message carries.
+ */
+export function deploymentErrorClass(message: string): string {
+  for (const [text, name] of CLASSES) if (message === text) return name
+  const reason = /^([A-Za-z]+):/.exec(message)?.[1]
+  if (reason !== undefined && CLUSTER_REASONS.has(reason)) return reason.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase()
+  if (message.startsWith('Could not create the ReplicaSet')) return 'replicaset-rejected'
+  return 'other'
+}

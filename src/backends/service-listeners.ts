@@ -4,7 +4,7 @@
  */
 import type { LaunchSpec } from '../launch-spec.ts'
 import type { Logger } from '../log.ts'
-import { misconfigured } from '../versions/descriptor.ts'
+import { misconfigured } from '../errors.ts'
 
 export class ServiceListeners {
   readonly #listeners = new Set<(serviceId: string) => void>()

@@ -86,8 +86,13 @@ interface ServiceSlots {
 }
 
 export interface AcquireOptions {
+  /** How long to wait in the queue. */
   readonly timeoutMs: number
+  /** The request's whole queue timeout, as the error message states it (default: timeoutMs). */
+  readonly queueTimeoutMs?: number | undefined
   readonly signal?: AbortSignal | undefined
+  /** Told once the request really waits in the queue (not when it is refused at once). */
+  readonly onQueued?: (() => void) | undefined
 }
 
 const DEFAULT_ROUTING: Routing = { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 1000 }
@@ -203,9 +208,10 @@ export class InstanceTracker {
         },
       }
       const onAbort = (): void => waiter.fail(clientGone())
-      const cancelTimer = this.#clock.setTimeout(() => waiter.fail(this.#timeoutError(serviceId, service, options.timeoutMs)), options.timeoutMs)
+      const cancelTimer = this.#clock.setTimeout(() => waiter.fail(this.#timeoutError(serviceId, service, options.queueTimeoutMs ?? options.timeoutMs)), options.timeoutMs)
       options.signal?.addEventListener('abort', onAbort, { once: true })
       service.queue.push(waiter)
+      options.onQueued?.()
     })
   }
 
@@ -265,6 +271,19 @@ export class InstanceTracker {
     for (const waiter of service.queue.splice(0)) {
       waiter.fail(new MaitreError('ERR_SERVICE_NOT_FOUND', `Service ${serviceId} was deleted`, { details: { 'service-id': serviceId } }))
     }
+  }
+
+  /** Drops a service's entry if nothing waits on it or runs in it (a version that never ran). */
+  dropIfIdle(serviceId: string): void {
+    const service = this.#services.get(serviceId)
+    if (service === undefined || service.queue.length > 0 || service.slots.size > 0) return
+    service.ejectTimerCancel?.()
+    this.#services.delete(serviceId)
+  }
+
+  /** Services with an entry (for tests and /state: nothing is kept for versions that are gone). */
+  serviceIds(): string[] {
+    return [...this.#services.keys()]
   }
 
   #service(serviceId: string): ServiceSlots {

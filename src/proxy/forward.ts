@@ -24,6 +24,7 @@ export interface ForwardRequest {
   readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
 }
 
+
 export interface ForwardResult {
   /** How the slot is released: failures of the instance eject it. */
   readonly outcome: ReleaseOutcome
@@ -31,6 +32,12 @@ export interface ForwardResult {
   readonly status: number | undefined
   /** Set when the request failed before a response started: the caller answers with it. */
   readonly error: MaitreError | undefined
+  /**
+   * The instance cannot have received the request: its connection was refused or never
+   * established. Safe to send to another instance, whatever the method. (A connection that
+   * breaks later may have carried the request to an instance that acted on it, so it is not.)
+   */
+  readonly notDelivered: boolean
 }
 
 const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
@@ -116,7 +123,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   onResponseEnd(): void {
     this.#res.end()
     const status = this.#status
-    this.#finish({ outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined })
+    this.#finish({ outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined, notDelivered: false })
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
@@ -125,10 +132,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Once the response has started, the only honest signal left is cutting the connection.
     if (res.headersSent) res.destroy()
     const status = this.#status
+    const notDelivered = !this.#clientGone && status === undefined && CONNECT_ERRORS.has((err as { code?: string }).code ?? '')
     this.#finish({
       outcome: status === undefined ? outcome : this.#clientGone ? 'client-error' : 'instance-error',
       status,
       error: res.headersSent ? undefined : error,
+      notDelivered,
     })
   }
 

@@ -4,17 +4,17 @@
  * becomes a Waiter error response; a response already under way is cut instead.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { randomUUID } from 'node:crypto'
 import type { Authenticator, Principal } from '../auth/authenticator.ts'
 import type { InstanceTracker, Lease } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
-import type { Activator } from '../scaler/activator.ts'
+import type { ActivationRequest, Activator } from '../scaler/activator.ts'
 import type { Resolution, Resolver } from '../versions/resolve.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
-import { sendError } from './error-response.ts'
-import { MaitreError } from '../errors.ts'
+import { cidOf } from '../http/cid.ts'
+import { sendError } from '../http/error-response.ts'
+import { asMaitreError, MaitreError } from '../errors.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 
@@ -67,31 +67,44 @@ function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps): Reso
   const target = fallback.serviceIds.find((id) => deps.tracker.load(id).healthy > 0)
   if (target === undefined) return resolution
   const latest = resolution
-  const starting = deps.activator.ensure({ serviceId: latest.serviceId, effective: deps.parametersOf(latest), launchSpec: () => deps.launchSpecOf(latest) })
+  const starting = deps.activator.ensure(activationOf(latest, deps))
   starting?.catch((err: unknown) => deps.log.warn({ err, service: latest.serviceId }, 'starting the new version failed'))
   return { ...deps.resolver.byServiceId(target, who), source: latest.source, tokenMetadata: latest.tokenMetadata }
 }
 
-export function cidOf(req: IncomingMessage): string {
-  const given = req.headers['x-cid']
-  return typeof given === 'string' && given !== '' ? given : randomUUID()
+/** What the activator needs to start (and record) the version a request resolved to. */
+export function activationOf(resolution: Resolution, deps: Pick<ProxyDeps, 'parametersOf' | 'launchSpecOf' | 'resolver'>): ActivationRequest {
+  return {
+    serviceId: resolution.serviceId,
+    effective: () => deps.parametersOf(resolution),
+    launchSpec: () => deps.launchSpecOf(resolution),
+    remember: () => deps.resolver.remember(resolution),
+  }
 }
+
+/** Attempts at one request when instances refuse the connection (each refusal ejects the instance). */
+const MAX_ATTEMPTS = 3
 
 export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const started = deps.clock.now()
     const cid = cidOf(req)
     let clientGone = false
-    // Created only when the request has to wait for a slot: most requests never queue.
-    let queueAborter: AbortController | undefined
+    // Created only when the request has to wait (cold start or queue): most requests never do.
+    let waitAborter: AbortController | undefined
     let forwarding: Forwarding | undefined
     // The one place that notices a client leaving; whatever the request is waiting on is told.
     res.once('close', () => {
       if (res.writableFinished) return
       clientGone = true
-      queueAborter?.abort()
+      waitAborter?.abort()
       forwarding?.clientGone()
     })
+    const waitSignal = (): AbortSignal => {
+      waitAborter ??= new AbortController()
+      if (clientGone) waitAborter.abort()
+      return waitAborter.signal
+    }
     let principal: string | undefined
     let resolution: Resolution | undefined
     let lease: Lease | undefined
@@ -100,7 +113,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let queueMs = 0
     let backendMs: number | undefined
     let status: number | undefined
-    let failure: string | undefined
+    let failure: MaitreError | undefined
     let instanceId: string | undefined
     try {
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
@@ -120,76 +133,105 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
       const current = resolution
-      const activation = deps.activator.ensure({ serviceId, effective: deps.parametersOf(current), launchSpec: () => deps.launchSpecOf(current) })
-      if (activation !== undefined) await activation
+      // Cold start and queueing share the request's queue timeout.
+      const deadline = started + timeouts.queueTimeoutMs
+      const activation = activationOf(current, deps)
+      const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
+      const headers = backendRequestHeaders(req.headers, {
+        cid,
+        clientAddress: req.socket.remoteAddress ?? '',
+        proto: 'http',
+        authorization: deps.launchSpecOf(current).authorization,
+        principal: who.user,
+      })
+      // Ask until the version runs; the slot is then taken in the same turn, so a garbage
+      // collection can never slip between "it runs" and "this request holds a slot in it".
+      let starting = deps.activator.ensure(activation)
+      while (starting !== undefined) {
+        coldStart = true
+        await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs: timeouts.queueTimeoutMs, signal: waitSignal() })
+        starting = deps.activator.ensure(activation)
+      }
       lease = deps.tracker.tryAcquire(serviceId)
       if (lease === undefined) {
-        coldStart = deps.tracker.load(serviceId).healthy === 0
+        coldStart ||= deps.tracker.load(serviceId).healthy === 0
         queued = true
-        queueAborter = new AbortController()
-        if (clientGone) queueAborter.abort()
-        const waiting = deps.tracker.acquire(serviceId, { timeoutMs: timeouts.queueTimeoutMs, signal: queueAborter.signal })
-        deps.onQueued(serviceId)
-        lease = await waiting
-        queueMs = deps.clock.now() - started
+        lease = await deps.tracker.acquire(serviceId, {
+          timeoutMs: Math.max(1, deadline - deps.clock.now()),
+          queueTimeoutMs: timeouts.queueTimeoutMs,
+          signal: waitSignal(),
+          onQueued: () => deps.onQueued(serviceId),
+        })
       }
-      const instance = lease.instance
-      instanceId = instance.id
-      const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
-      const forwardedAt = deps.clock.now()
-      forwarding = deps.forwarder.forward(req, res, {
-        instance,
-        cid,
-        headers: backendRequestHeaders(req.headers, {
+      if (queued || coldStart) queueMs = deps.clock.now() - started
+      for (let attempt = 1; ; attempt++) {
+        const instance = lease.instance
+        instanceId = instance.id
+        const forwardedAt = deps.clock.now()
+        forwarding = deps.forwarder.forward(req, res, {
+          instance,
           cid,
-          clientAddress: req.socket.remoteAddress ?? '',
-          proto: 'http',
-          authorization: deps.launchSpecOf(current).authorization,
-          principal: who.user,
-        }),
-        socketTimeoutMs: timeouts.socketTimeoutMs,
-        streamingTimeoutMs: timeouts.streamingTimeoutMs,
-        extraHeaders: !coldStart && !debug ? undefined : () => {
-          const extra: Record<string, string> = {}
-          if (coldStart) extra[COLD_START_HEADER] = 'true'
-          if (debug) {
-            extra['x-waiter-service-id'] = serviceId
-            extra['x-waiter-backend-id'] = instance.id
-            extra['x-waiter-backend-host'] = instance.host
-            extra['x-waiter-backend-port'] = String(instance.port)
-            extra['x-waiter-backend-proto'] = instance.proto
-            extra['x-waiter-router-id'] = deps.routerId
-            extra['x-waiter-get-available-instance-ns'] = String(queueMs * 1_000_000)
-            extra['x-waiter-queue-timeout-ms'] = String(timeouts.queueTimeoutMs)
-            extra['x-waiter-socket-timeout-ms'] = String(timeouts.socketTimeoutMs)
-            extra['x-waiter-streaming-timeout-ms'] = String(timeouts.streamingTimeoutMs)
-            if (instance.logDirectory !== undefined) extra['x-waiter-backend-directory'] = instance.logDirectory
+          headers,
+          socketTimeoutMs: timeouts.socketTimeoutMs,
+          streamingTimeoutMs: timeouts.streamingTimeoutMs,
+          extraHeaders: !coldStart && !debug ? undefined : () => {
+            const extra: Record<string, string> = {}
+            if (coldStart) extra[COLD_START_HEADER] = 'true'
+            if (debug) {
+              extra['x-waiter-service-id'] = serviceId
+              extra['x-waiter-backend-id'] = instance.id
+              extra['x-waiter-backend-host'] = instance.host
+              extra['x-waiter-backend-port'] = String(instance.port)
+              extra['x-waiter-backend-proto'] = instance.proto
+              extra['x-waiter-router-id'] = deps.routerId
+              extra['x-waiter-get-available-instance-ns'] = String(queueMs * 1_000_000)
+              extra['x-waiter-queue-timeout-ms'] = String(timeouts.queueTimeoutMs)
+              extra['x-waiter-socket-timeout-ms'] = String(timeouts.socketTimeoutMs)
+              extra['x-waiter-streaming-timeout-ms'] = String(timeouts.streamingTimeoutMs)
+              if (instance.logDirectory !== undefined) extra['x-waiter-backend-directory'] = instance.logDirectory
+            }
+            return extra
+          },
+        })
+        if (clientGone) forwarding.clientGone()
+        const result = await forwarding.result
+        forwarding = undefined
+        backendMs = deps.clock.now() - forwardedAt
+        lease.release(result.outcome)
+        lease = undefined
+        status = result.status
+        // A request the instance never received (its connection was refused: the instance died
+        // or is restarting) goes to another instance with a free slot, whatever its method.
+        if (result.error !== undefined && result.notDelivered && attempt < MAX_ATTEMPTS && !clientGone && !res.headersSent && !req.readableDidRead) {
+          lease = deps.tracker.tryAcquire(serviceId)
+          if (lease !== undefined) {
+            deps.log.warn({ cid, service: serviceId, instance: instance.id, attempt }, 'instance refused the connection; trying another')
+            continue
           }
-          return extra
-        },
-      })
-      if (clientGone) forwarding.clientGone()
-      const result = await forwarding.result
-      backendMs = deps.clock.now() - forwardedAt
-      lease.release(result.outcome)
-      lease = undefined
-      status = result.status
-      if (result.error !== undefined) {
-        status = result.error.status
-        sendError(req, res, result.error, { cid, principal, serviceId, token: resolution.source?.token, instanceId: instance.id })
+        }
+        if (result.error !== undefined) {
+          status = result.error.status
+          failure = result.error
+          sendError(req, res, result.error, { cid, principal, serviceId, token: resolution.source?.token, instanceId: instance.id })
+        }
+        break
       }
     } catch (err) {
       lease?.release('generic-error')
       lease = undefined
-      status = (err as { status?: number }).status ?? 500
-      failure = (err as { code?: string }).code
-      if (queued) queueMs = deps.clock.now() - started
-      sendError(req, res, err, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
-      if (status >= 500 && (err as { code?: string }).code === undefined) deps.log.error({ err, cid }, 'request failed')
+      failure = asMaitreError(err)
+      status = failure.status
+      if (queued || coldStart) queueMs = deps.clock.now() - started
+      sendError(req, res, failure, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
     } finally {
+      const finalStatus = clientGone ? 499 : (status ?? 500)
+      if (failure !== undefined && finalStatus >= 500) {
+        // Every 5xx maitre answers is traceable by its cid; unexpected ones (no code of ours) are errors.
+        const level = failure.code === 'ERR_INTERNAL' ? 'error' : 'warn'
+        deps.log[level]({ cid, code: failure.code, status: finalStatus, reason: failure.message, service: resolution?.serviceId, instance: instanceId, err: failure.code === 'ERR_INTERNAL' ? failure.cause : undefined }, 'request failed')
+      }
       if (resolution !== undefined) {
         const service = resolution.serviceId
-        const finalStatus = clientGone ? 499 : (status ?? 500)
         deps.metrics.requests.inc({ service, code: statusClass(finalStatus) })
         deps.metrics.requestDuration.observe({ service }, (deps.clock.now() - started) / 1000)
         if (queued) deps.metrics.queueWait.observe({ service }, queueMs / 1000)
@@ -198,7 +240,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           deps.metrics.coldStarts.inc({ service })
           if (backendMs !== undefined) deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
         }
-        const rejection = failure === 'ERR_QUEUE_FULL' ? 'full' : failure === 'ERR_QUEUE_TIMEOUT' ? 'timeout' : failure === 'ERR_DEPLOYMENT' ? 'deployment-error' : undefined
+        const code = failure?.code
+        const rejection = code === 'ERR_QUEUE_FULL' ? 'full' : code === 'ERR_QUEUE_TIMEOUT' ? 'timeout' : code === 'ERR_DEPLOYMENT' ? 'deployment-error' : undefined
         if (rejection !== undefined) deps.metrics.queueRejections.inc({ service, reason: rejection })
       }
       if (deps.accessLog) deps.log.info(

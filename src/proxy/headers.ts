@@ -16,7 +16,6 @@ export const HOP_BY_HOP = new Set([
 
 export const VIA = '1.1 maitre'
 export const COLD_START_HEADER = 'x-maitre-cold-start'
-export const ERROR_CODE_HEADER = 'x-maitre-error'
 
 /** Header names the Connection header lists: also hop-by-hop for this one message. */
 function connectionListed(headers: IncomingHttpHeaders | Record<string, unknown>): Set<string> | undefined {

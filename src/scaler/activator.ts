@@ -1,18 +1,33 @@
 /**
- * Starts versions on demand. The first request for a version the backend does not run creates
- * it (with its minimum instances) and configures its slots; concurrent first requests share one
- * creation. This is where the autoscaler's "first request to a version at zero" hook belongs.
+ * Starts versions on demand, and keeps activation and garbage collection from racing. The first
+ * request for a version the backend does not run records it and creates it (with its minimum
+ * instances); concurrent first requests share one creation. While a version is being collected,
+ * activations wait for the collection to finish and then start the version afresh, so a request
+ * holding an old resolution can never leave a version running that nothing manages.
  */
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker, Routing } from '../backends/tracker.ts'
 import type { LoadBalancing } from '../backends/instance-choice.ts'
+import type { Clock } from '../clock.ts'
+import { MaitreError } from '../errors.ts'
 import type { Logger } from '../log.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 
 export interface ActivationRequest {
   readonly serviceId: string
-  readonly effective: Readonly<Record<string, unknown>>
+  readonly effective: () => Readonly<Record<string, unknown>>
   readonly launchSpec: () => LaunchSpec
+  /** Records the version (its description and token) before it is created, so it is always managed. */
+  readonly remember: () => Promise<unknown>
+}
+
+export interface ActivationBounds {
+  /** Give up at this time (clock ms) with Waiter's queue-timeout error. */
+  readonly deadline: number
+  /** The queue timeout the deadline came from, for the error message. */
+  readonly queueTimeoutMs: number
+  /** The client went away: stop waiting (the activation itself goes on). */
+  readonly signal?: AbortSignal | undefined
 }
 
 export function routingOf(effective: Readonly<Record<string, unknown>>): Routing {
@@ -26,35 +41,120 @@ export function routingOf(effective: Readonly<Record<string, unknown>>): Routing
 export class Activator {
   readonly #backend: Backend
   readonly #tracker: InstanceTracker
+  readonly #clock: Clock
   readonly #log: Logger
   readonly #pending = new Map<string, Promise<void>>()
+  /** Versions being garbage-collected: settles (never rejects) when the collection is over. */
+  readonly #collecting = new Map<string, Promise<void>>()
 
-  constructor(backend: Backend, tracker: InstanceTracker, log: Logger) {
+  constructor(backend: Backend, tracker: InstanceTracker, clock: Clock, log: Logger) {
     this.#backend = backend
     this.#tracker = tracker
+    this.#clock = clock
     this.#log = log
   }
 
-  /** Resolves once the backend runs (or is starting) the version. */
+  /**
+   * Undefined when the backend runs the version and nothing is collecting it: the caller may take
+   * a slot in the same turn. Otherwise a promise to await before asking again (a collection to
+   * wait out, or the version's creation).
+   */
   ensure(request: ActivationRequest): Promise<void> | undefined {
+    const collecting = this.#collecting.get(request.serviceId)
+    if (collecting !== undefined) return collecting
     const state = this.#backend.state(request.serviceId)
     if (state !== undefined && state.requested > 0) return undefined
     let pending = this.#pending.get(request.serviceId)
     if (pending === undefined) {
-      pending = this.#activate(request, state === undefined).finally(() => this.#pending.delete(request.serviceId))
+      pending = this.#activate(request, state === undefined)
+        .catch((err: unknown) => {
+          // A version that never got to run leaves no routing entry behind.
+          if (this.#backend.state(request.serviceId) === undefined) this.#tracker.dropIfIdle(request.serviceId)
+          throw err
+        })
+        .finally(() => this.#pending.delete(request.serviceId))
       this.#pending.set(request.serviceId, pending)
     }
     return pending
   }
 
+  /**
+   * A wait from ensure(), bounded: settles when the version is worth asking about again, or
+   * rejects with Waiter's queue-timeout error at the deadline (a cold start counts against the
+   * request's queue timeout, however long the backend keeps failing) or when the client leaves.
+   */
+  bounded(serviceId: string, waiting: Promise<void>, bounds: ActivationBounds): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const remaining = bounds.deadline - this.#clock.now()
+      const finish = (): void => {
+        cancelTimer()
+        bounds.signal?.removeEventListener('abort', onAbort)
+      }
+      const onAbort = (): void => {
+        finish()
+        reject(new MaitreError('ERR_CLIENT_CLOSED', 'Connection eagerly closed by client'))
+      }
+      const cancelTimer = this.#clock.setTimeout(() => {
+        finish()
+        reject(startTimeout(serviceId, bounds.queueTimeoutMs))
+      }, Math.max(0, remaining))
+      if (bounds.signal?.aborted === true) return onAbort()
+      bounds.signal?.addEventListener('abort', onAbort, { once: true })
+      waiting.then(
+        () => {
+          finish()
+          resolve()
+        },
+        (err: unknown) => {
+          finish()
+          reject(err)
+        },
+      )
+    })
+  }
+
+  /**
+   * Runs a collection of the version. Activations that arrive meanwhile wait for it, then start
+   * the version afresh. `collection` is called synchronously, so whatever it checks before its
+   * first await (nothing outstanding) still holds when the marker is in place.
+   */
+  collect<T>(serviceId: string, collection: () => Promise<T>): Promise<T> {
+    const previous = this.#collecting.get(serviceId)
+    if (previous !== undefined) return previous.then(() => this.collect(serviceId, collection))
+    const running = collection()
+    const settled = running.then(
+      () => undefined,
+      () => undefined,
+    )
+    this.#collecting.set(serviceId, settled)
+    void settled.then(() => {
+      if (this.#collecting.get(serviceId) === settled) this.#collecting.delete(serviceId)
+    })
+    return running
+  }
+
+  /** Whether a collection of the version is under way (for tests and /state). */
+  collecting(serviceId: string): boolean {
+    return this.#collecting.has(serviceId)
+  }
+
   async #activate(request: ActivationRequest, create: boolean): Promise<void> {
     const spec = request.launchSpec()
-    this.#tracker.configure(request.serviceId, routingOf(request.effective))
+    this.#tracker.configure(request.serviceId, routingOf(request.effective()))
     if (create) {
+      await request.remember()
       this.#log.info({ service: request.serviceId }, 'cold start: creating service')
       await this.#backend.ensureService(spec)
     } else {
       await this.#backend.scale(request.serviceId, spec.minInstances)
     }
   }
+}
+
+function startTimeout(serviceId: string, queueTimeoutMs: number): MaitreError {
+  const seconds = Number((queueTimeoutMs / 1000).toFixed(3))
+  return new MaitreError('ERR_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request. Check that your service is able to start properly!`, {
+    details: { 'service-id': serviceId, 'waiting-for-available-instance': 1 },
+    headers: { 'retry-after': '1' },
+  })
 }

@@ -48,6 +48,8 @@ interface Entry {
   last: LastDecision | undefined
   lastKillAt: number
   running: Promise<void> | undefined
+  /** A poke's decision is queued and has not started: further pokes add nothing to it. */
+  pokeQueued: boolean
 }
 
 export interface AutoscalerDeps {
@@ -64,8 +66,8 @@ export class Autoscaler {
   readonly #deps: AutoscalerDeps
   readonly #options: AutoscalerOptions
   readonly #entries = new Map<string, Entry>()
-  /** Instances an operator asked to expire (Waiter's /instance/{id}/expire). */
-  readonly #expireRequested = new Set<string>()
+  /** Instances an operator asked to expire (Waiter's /instance/{id}/expire), by version. */
+  readonly #expireRequested = new Map<string, Set<string>>()
   #loop: Loop | undefined
 
   constructor(deps: AutoscalerDeps, options: AutoscalerOptions) {
@@ -87,21 +89,40 @@ export class Autoscaler {
   async tick(): Promise<void> {
     const services = this.#deps.backend.services()
     const live = new Set(services.map((s) => s.id))
-    for (const id of this.#entries.keys()) if (!live.has(id)) this.#entries.delete(id)
+    for (const id of [...this.#entries.keys(), ...this.#expireRequested.keys()]) if (!live.has(id)) this.forget(id)
     for (const service of services) await this.#scaleOnce(service.id)
+  }
+
+  /** Drops everything kept about a version the backend no longer runs. */
+  forget(serviceId: string): void {
+    this.#entries.delete(serviceId)
+    this.#expireRequested.delete(serviceId)
+  }
+
+  /** Versions with state here (for tests: nothing is kept for versions that are gone). */
+  serviceIds(): string[] {
+    return [...new Set([...this.#entries.keys(), ...this.#expireRequested.keys()])]
   }
 
   /** Marks an instance expired: it is replaced, then killed first. */
   expire(serviceId: string, instanceId: string): boolean {
     if (this.#deps.backend.state(serviceId)?.instances.some((i) => i.id === instanceId) !== true) return false
-    this.#expireRequested.add(instanceId)
+    let requested = this.#expireRequested.get(serviceId)
+    if (requested === undefined) this.#expireRequested.set(serviceId, (requested = new Set()))
+    requested.add(instanceId)
     this.poke(serviceId)
     return true
   }
 
-  /** Decides for one version now instead of at the next tick (a request is waiting for it). */
+  /**
+   * Decides for one version now instead of at the next tick (a request is waiting for it). Pokes
+   * coalesce: while one decision is queued, more pokes add nothing, since it reads the load
+   * when it runs.
+   */
   poke(serviceId: string): void {
-    void this.#scaleOnce(serviceId)
+    const entry = this.#entries.get(serviceId)
+    if (entry?.pokeQueued === true) return
+    void this.#scaleOnce(serviceId, true)
   }
 
   snapshot(serviceId: string): ScalingSnapshot | undefined {
@@ -125,18 +146,22 @@ export class Autoscaler {
   }
 
   /** Serialised per service, so a poke and a tick never act on the same version at once. */
-  #scaleOnce(serviceId: string): Promise<void> {
+  #scaleOnce(serviceId: string, poked = false): Promise<void> {
     const state = this.#deps.backend.state(serviceId)
     const service = this.#deps.serviceOf(serviceId)
     if (state === undefined || service === undefined) return Promise.resolve()
     let entry = this.#entries.get(serviceId)
     if (entry === undefined) {
-      entry = { state: initialScalingState(state.requested), last: undefined, lastKillAt: 0, running: undefined }
+      entry = { state: initialScalingState(state.requested), last: undefined, lastKillAt: 0, running: undefined, pokeQueued: false }
       this.#entries.set(serviceId, entry)
     }
     const current = entry
+    if (poked) current.pokeQueued = true
     const run = (current.running ?? Promise.resolve())
-      .then(() => this.#apply(serviceId, service, current))
+      .then(() => {
+        if (poked) current.pokeQueued = false
+        return this.#apply(serviceId, service, current)
+      })
       .catch((err: unknown) => this.#deps.log.error({ err, service: serviceId }, 'scaling failed'))
     current.running = run
     return run
@@ -147,7 +172,13 @@ export class Autoscaler {
     const state = backend.state(serviceId)
     if (state === undefined) return
     const now = clock.now()
-    const expired = expiredIds(state, service.instanceExpiryMs, now, this.#expireRequested)
+    const requested = this.#expireRequested.get(serviceId)
+    if (requested !== undefined) {
+      // Instances that ended need no expiry any more.
+      for (const id of requested) if (!state.instances.some((i) => i.id === id)) requested.delete(id)
+      if (requested.size === 0) this.#expireRequested.delete(serviceId)
+    }
+    const expired = expiredIds(state, service.instanceExpiryMs, now, requested ?? EMPTY)
     tracker.markExpired(serviceId, expired)
     const load = tracker.load(serviceId)
     const healthy = state.instances.filter((i) => i.healthy)
@@ -203,6 +234,8 @@ export class Autoscaler {
     return choice.id
   }
 }
+
+const EMPTY: ReadonlySet<string> = new Set()
 
 function expiredIds(state: ServiceState, expiryMs: number, now: number, requested: ReadonlySet<string>): Set<string> {
   const out = new Set<string>()

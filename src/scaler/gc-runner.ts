@@ -1,7 +1,11 @@
 /**
  * The GC loop: every interval, gathers what each known version looks like, asks pickGarbage()
- * what to reap, and deletes it from the backend and the registry. The next request for a
- * collected version cold-starts it again.
+ * what to reap, and collects it. A collection runs under the activator's marker, so a request
+ * that arrives meanwhile waits and then starts the version afresh; it re-decides right before
+ * deleting (a request may have come since the verdict), and it drops the record and every cached
+ * resolution before the backend delete, so nothing can re-create the version in between. A
+ * version the backend still runs without a record (a delete that failed, a lost record) is
+ * collected too, one interval after it was first seen so.
  */
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
@@ -11,6 +15,7 @@ import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import type { Tokens } from '../versions/tokens.ts'
 import { tokenEtag } from '../versions/tokens.ts'
+import type { Activator } from './activator.ts'
 import { pickGarbage, type GcCandidate, type GcVerdict } from './gc.ts'
 
 export interface GcOptions {
@@ -26,19 +31,25 @@ export interface GcDeps {
   readonly tracker: InstanceTracker
   readonly registry: ServiceRegistry
   readonly tokens: Tokens
+  readonly activator: Pick<Activator, 'collect'>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
-  /** Called after a version is deleted (drop overrides, caches, metrics). */
+  /** Drops what is derived from the version's record (cached resolutions, overrides); called before the backend delete. */
+  readonly forgetVersion: (serviceId: string) => Promise<void> | void
+  /** Called after a version is collected (counting, metric series). */
   readonly onCollected: (serviceId: string, reason: GcVerdict['reason']) => Promise<void> | void
   readonly clock: Clock
   readonly log: Logger
 }
 
+const RECENT_KEPT = 50
+
 export class GcRunner {
   readonly #deps: GcDeps
   readonly #options: GcOptions
-  /** First time each version was seen broken / stale with a token that no longer exists. */
+  /** First time each version was seen broken / stale with a token that no longer exists / running unrecorded. */
   readonly #brokenSince = new Map<string, number>()
   readonly #orphanedSince = new Map<string, number>()
+  readonly #unrecordedSince = new Map<string, number>()
   readonly #collected: (GcVerdict & { at: number })[] = []
   #loop: Loop | undefined
 
@@ -61,25 +72,93 @@ export class GcRunner {
     return this.#collected
   }
 
+  /** Versions GC keeps a timestamp for (for tests: nothing is kept for versions that are gone). */
+  trackedIds(): string[] {
+    return [...new Set([...this.#brokenSince.keys(), ...this.#orphanedSince.keys(), ...this.#unrecordedSince.keys()])]
+  }
+
+  /** One collection round; resolves with what was collected. */
   async tick(): Promise<GcVerdict[]> {
     const now = this.#deps.clock.now()
-    const candidates = this.#deps.registry.all().map((record) => this.#candidate(record, now))
-    const verdicts = pickGarbage(candidates, now)
-    for (const verdict of verdicts) {
-      await this.#deps.backend.deleteService(verdict.id)
-      await this.#deps.onCollected(verdict.id, verdict.reason)
-      this.#brokenSince.delete(verdict.id)
-      this.#orphanedSince.delete(verdict.id)
-      this.#collected.unshift({ ...verdict, at: now })
-      this.#collected.length = Math.min(this.#collected.length, 50)
-      this.#deps.log.info({ service: verdict.id, reason: verdict.reason }, 'service garbage-collected')
-      // Last: once /apps no longer shows the version, everything else about it is already done.
-      await this.#deps.registry.forget(verdict.id)
+    const candidates = this.#candidates(now)
+    const known = new Set(candidates.map((c) => c.id))
+    for (const map of [this.#brokenSince, this.#orphanedSince, this.#unrecordedSince]) {
+      for (const id of map.keys()) if (!known.has(id)) map.delete(id)
     }
-    return verdicts
+    const collected: GcVerdict[] = []
+    for (const verdict of pickGarbage(candidates, now)) {
+      const done = await this.#collect(verdict.id).catch((err: unknown) => {
+        this.#deps.log.error({ err, service: verdict.id }, 'garbage collection of a version failed; it is retried next round')
+        return undefined
+      })
+      if (done !== undefined) collected.push(done)
+    }
+    return collected
+  }
+
+  #candidates(now: number): GcCandidate[] {
+    const recorded = this.#deps.registry.all().map((record) => this.#candidate(record, now))
+    const unrecorded = this.#deps.backend.services()
+      .filter((state) => this.#deps.registry.get(state.id) === undefined)
+      .map((state) => this.#unrecordedCandidate(state.id, now))
+    return [...recorded, ...unrecorded]
+  }
+
+  /** The verdict on one version as things are now, or undefined if it is no longer garbage. */
+  #verdictNow(serviceId: string): GcVerdict | undefined {
+    const now = this.#deps.clock.now()
+    const record = this.#deps.registry.get(serviceId)
+    if (record === undefined && this.#deps.backend.state(serviceId) === undefined) return undefined
+    const candidate = record === undefined ? this.#unrecordedCandidate(serviceId, now) : this.#candidate(record, now)
+    return pickGarbage([candidate], now)[0]
+  }
+
+  /** Collects one version under the activator's marker; undefined if it turned out not to be garbage. */
+  #collect(serviceId: string): Promise<GcVerdict | undefined> {
+    const { activator, registry, backend, clock, log } = this.#deps
+    return activator.collect(serviceId, async () => {
+      // Decided again, synchronously, now that activations wait: a request may have come since.
+      const verdict = this.#verdictNow(serviceId)
+      if (verdict === undefined) return undefined
+      // In this order, in this turn: record and cached resolutions first, then the backend delete.
+      const forgettingRecord = registry.forget(serviceId)
+      const forgettingDerived = this.#deps.forgetVersion(serviceId)
+      const deleting = backend.deleteService(serviceId)
+      await Promise.all([forgettingRecord, forgettingDerived, deleting])
+      // A version that never ran here still had a routing entry if requests asked for it.
+      this.#deps.tracker.dropIfIdle(serviceId)
+      await this.#deps.onCollected(serviceId, verdict.reason)
+      this.#brokenSince.delete(serviceId)
+      this.#orphanedSince.delete(serviceId)
+      this.#unrecordedSince.delete(serviceId)
+      this.#collected.unshift({ ...verdict, at: clock.now() })
+      this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
+      log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
+      return verdict
+    })
+  }
+
+  #unrecordedCandidate(serviceId: string, now: number): GcCandidate {
+    const load = this.#deps.tracker.load(serviceId)
+    const since = this.#unrecordedSince.get(serviceId) ?? now
+    this.#unrecordedSince.set(serviceId, since)
+    return {
+      id: serviceId,
+      outstanding: load.inFlight + load.queued,
+      lastActiveAt: load.lastActiveAt,
+      idleTimeoutMs: 0,
+      staleSince: undefined,
+      fallbackMs: 0,
+      staleTimeoutMs: 0,
+      brokenSince: undefined,
+      brokenTimeoutMs: 0,
+      unrecordedSince: since,
+      unrecordedGraceMs: this.#options.intervalMs,
+    }
   }
 
   #candidate(record: ServiceRecord, now: number): GcCandidate {
+    this.#unrecordedSince.delete(record.id)
     const { backend, tracker, tokens } = this.#deps
     const params = this.#deps.parametersOf(record)
     const load = tracker.load(record.id)

@@ -3,7 +3,7 @@
  * backend runs. A descriptor here is the *core* description (what the owner gave explicitly);
  * `effectiveParameters` adds the defaults.
  */
-import { MaitreError } from '../errors.ts'
+import { MaitreError, MISCONFIGURED, misconfigured, type Issue } from '../errors.ts'
 import {
   LIMITS,
   LIVENESS_FALLBACK,
@@ -13,13 +13,7 @@ import {
   type Params,
 } from './parameters.ts'
 
-export interface Issue {
-  /** The parameter the rule is about (several for cross-field rules). */
-  readonly field: string
-  readonly message: string
-}
-
-export const MISCONFIGURED = 'Service description using waiter headers/token improperly configured'
+export { MISCONFIGURED, misconfigured, type Issue }
 
 export interface ValidateOptions {
   /** Tokens may hold a partial description; a service to run needs every required parameter. */
@@ -91,13 +85,6 @@ export function validateParameters(params: Params, options: ValidateOptions): Is
     issues.push({ field: 'namespace', message: 'Service namespace must either be omitted or match the run-as-user.' })
   }
   return issues
-}
-
-export function misconfigured(issues: readonly Issue[], extra: Record<string, unknown> = {}): MaitreError {
-  const lines = [...new Set(issues.map((i) => i.message))]
-  return new MaitreError('ERR_INVALID_DESCRIPTOR', `${MISCONFIGURED}\n${lines.join('\n')}`, {
-    details: { issues, fields: [...new Set(issues.map((i) => i.field))], ...extra },
-  })
 }
 
 /** Throws a 400 naming every offending field unless `params` is a complete, valid description. */

@@ -93,6 +93,11 @@ export class Resolver {
     })
   }
 
+  /** Records a resolved version again (it may have been collected since it was resolved). */
+  remember(resolution: Resolution): Promise<unknown> {
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source)
+  }
+
   /** Drops cached resolutions to a version that was garbage-collected, so the next request records it again. */
   forget(serviceId: string): void {
     for (const [key, resolution] of this.#cache.entries()) if (resolution.serviceId === serviceId) this.#cache.delete(key)

@@ -7,10 +7,11 @@
 import { createHash } from 'node:crypto'
 import { coreParameters } from './descriptor.ts'
 import type { Params } from './parameters.ts'
+import { isDnsLabel, MAX_DNS_LABEL } from '../dns-label.ts'
 
 export const DEFAULT_SERVICE_ID_PREFIX = 'maitre-'
 const HASH_LENGTH = 32
-const MAX_ID_LENGTH = 63
+const MAX_ID_LENGTH = MAX_DNS_LABEL
 
 /** JSON with object keys sorted at every depth and set-like lists sorted, so equal meaning gives equal text. */
 export function canonicalJson(value: unknown, key?: string): string {
@@ -37,7 +38,4 @@ export function serviceIdOf(params: Params, prefix: string = DEFAULT_SERVICE_ID_
   return `${prefix}${name === '' ? '' : `${name}-`}${hash}`
 }
 
-/** DNS-1123 label check (used to validate configured prefixes and ids received from clients). */
-export function isDnsLabel(value: string): boolean {
-  return value.length <= MAX_ID_LENGTH && /^[a-z]([a-z0-9-]*[a-z0-9])?$/.test(value)
-}
+export { isDnsLabel }

@@ -39,7 +39,7 @@ t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
   t.ok((value(text, 'maitre_backend_operation_duration_seconds_count{backend="local",operation="ensureService"}') ?? 0) >= 2)
   t.equal(value(text, 'maitre_tokens'), 2)
   t.equal(value(text, 'maitre_services'), 2)
-  t.match(text, /maitre_deployment_errors_total\{service="maitre-[0-9a-f]{32}",reason="Invalid startup command"\} 1/)
+  t.match(text, /maitre_deployment_errors_total\{service="maitre-[0-9a-f]{32}",reason="invalid-startup-command"\} 1/, "the reason is the error's class, a bounded label")
   t.match(text, /maitre_queue_rejections_total\{service="maitre-[0-9a-f]{32}",reason="deployment-error"\} 1/)
   t.match(text, /maitre_build_info\{version="\d+\.\d+\.\d+",node_version="v24\.[^"]+"\} 1/)
   t.match(text, /^process_cpu_seconds_total /m, 'Node process metrics')

@@ -4,9 +4,9 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, type MaitreError } from '../errors.ts'
-import { ERROR_CODE_HEADER } from './headers.ts'
-
 export const SERVER_HEADER = 'maitre'
+/** Marks responses maitre itself generated, with the error's code. */
+export const ERROR_CODE_HEADER = 'x-maitre-error'
 
 export interface ErrorContext {
   readonly cid: string

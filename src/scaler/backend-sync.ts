@@ -1,0 +1,42 @@
+/**
+ * Carries what the backend reports into routing and metrics, and forgets a version everywhere
+ * the moment the backend stops running it, whatever stopped it (GC, DELETE /apps/{id}, the
+ * backend itself): its routing entry, its metric series and every per-version map listed in
+ * `onGone`. One place, so no path that ends a version can leave state behind.
+ */
+import type { Backend } from '../backends/backend.ts'
+import { deploymentErrorClass } from '../backends/deployment-error.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import type { Logger } from '../log.ts'
+import type { Metrics } from '../metrics.ts'
+
+export interface BackendSyncDeps {
+  readonly backend: Backend
+  readonly tracker: InstanceTracker
+  readonly metrics: Metrics
+  /** Other per-version state to drop when the backend no longer runs a version. */
+  readonly onGone: (serviceId: string) => void
+  readonly log: Logger
+}
+
+export function followBackend(deps: BackendSyncDeps): () => void {
+  /** The deployment error last counted per version, so each new error counts once. */
+  const counted = new Map<string, string>()
+  return deps.backend.subscribe((serviceId) => {
+    const state = deps.backend.state(serviceId)
+    if (state === undefined) {
+      deps.tracker.forget(serviceId)
+      counted.delete(serviceId)
+      deps.onGone(serviceId)
+      deps.metrics.removeService(serviceId).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
+      return
+    }
+    deps.tracker.sync(serviceId, state.instances, state.deploymentError)
+    const error = state.deploymentError
+    if (error === undefined) counted.delete(serviceId)
+    else if (counted.get(serviceId) !== error) {
+      counted.set(serviceId, error)
+      deps.metrics.deploymentErrors.inc({ service: serviceId, reason: deploymentErrorClass(error) })
+    }
+  })
+}

@@ -1,0 +1,108 @@
+/** On-demand activation on a manual clock: shared creations, bounded waits, failures that leave nothing behind. */
+import t from 'tap'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { MemoryBackend } from '../fixtures/memory-backend.ts'
+import { InstanceTracker } from '../../src/backends/tracker.ts'
+import { Activator, type ActivationRequest } from '../../src/scaler/activator.ts'
+import { effectiveParameters } from '../../src/versions/descriptor.ts'
+import { launchSpecOf } from '../../src/versions/launch.ts'
+import { silentLogger } from '../../src/log.ts'
+
+const CORE = { cmd: 'run', cpus: 1, mem: 64, version: 'v1', 'min-instances': 2 }
+
+function setup() {
+  const clock = new ManualClock()
+  const backend = new MemoryBackend(clock)
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  backend.subscribe((id) => {
+    const state = backend.state(id)
+    if (state === undefined) tracker.forget(id)
+    else tracker.sync(id, state.instances, undefined)
+  })
+  const activator = new Activator(backend, tracker, clock, silentLogger)
+  const remembered: string[] = []
+  const effective = { ...effectiveParameters(CORE), 'run-as-user': 'me' }
+  const request = (id: string): ActivationRequest => ({
+    serviceId: id,
+    effective: () => effective,
+    launchSpec: () => launchSpecOf(id, effective, { cluster: 'test', secret: 's' }),
+    remember: async () => void remembered.push(id),
+  })
+  return { clock, backend, tracker, activator, request, remembered }
+}
+
+t.test('concurrent first requests share one creation, recorded before it is made', async (t) => {
+  const { backend, activator, request, remembered } = setup()
+  const first = activator.ensure(request('a'))
+  const second = activator.ensure(request('a'))
+  t.ok(first)
+  t.equal(first, second, 'one creation')
+  await first
+  t.same(backend.calls, ['ensure a', 'scale a 2'])
+  t.same(remembered, ['a'])
+  t.equal(activator.ensure(request('a')), undefined, 'once it runs, nothing to wait for')
+})
+
+t.test('a version asked down to zero instances is scaled back to its minimum', async (t) => {
+  const { backend, activator, request } = setup()
+  await activator.ensure(request('a'))
+  await backend.scale('a', 0)
+  await activator.ensure(request('a'))
+  t.equal(backend.state('a')?.requested, 2)
+})
+
+t.test('a cold start is bounded by the queue timeout, however long the backend hangs', async (t) => {
+  const { clock, backend, activator, request } = setup()
+  backend.ensureGate = new Promise(() => {})
+  const waiting = activator.ensure(request('a')) as Promise<void>
+  const bounded = activator.bounded('a', waiting, { deadline: clock.now() + 5000, queueTimeoutMs: 5000 })
+  clock.advance(4999)
+  let settled = false
+  bounded.catch(() => undefined).finally(() => (settled = true))
+  await new Promise((r) => setImmediate(r))
+  t.notOk(settled, 'still waiting at 4.999 s')
+  clock.advance(1)
+  await t.rejects(bounded, {
+    code: 'ERR_QUEUE_TIMEOUT',
+    status: 503,
+    message: 'After 5 seconds, no instance available to handle request. Check that your service is able to start properly!',
+  })
+})
+
+t.test('a client that leaves stops waiting at once', async (t) => {
+  const { clock, backend, activator, request } = setup()
+  backend.ensureGate = new Promise(() => {})
+  const aborter = new AbortController()
+  const bounded = activator.bounded('a', activator.ensure(request('a')) as Promise<void>, { deadline: clock.now() + 60_000, queueTimeoutMs: 60_000, signal: aborter.signal })
+  aborter.abort()
+  await t.rejects(bounded, { code: 'ERR_CLIENT_CLOSED' })
+})
+
+t.test('a failed creation reaches the request and leaves no routing entry behind; the next request tries again', async (t) => {
+  const { backend, tracker, activator, request } = setup()
+  backend.failEnsures = 1
+  await t.rejects(activator.ensure(request('a')) as Promise<void>, /the cluster API is down/)
+  t.same(tracker.serviceIds(), [], 'nothing kept for a version that never ran')
+  await activator.ensure(request('a'))
+  t.equal(backend.state('a')?.requested, 2, 'the next request started it')
+})
+
+t.test('while a version is being collected, activation waits for the collection and then creates it afresh', async (t) => {
+  const { backend, activator, request } = setup()
+  await activator.ensure(request('a'))
+  let finish!: () => void
+  const gate = new Promise<void>((resolve) => (finish = resolve))
+  const collection = activator.collect('a', async () => {
+    await backend.deleteService('a')
+    await gate
+  })
+  const waiting = activator.ensure(request('a'))
+  t.ok(waiting, 'the version is being collected: wait')
+  t.same(backend.calls.filter((c) => c.startsWith('ensure')), ['ensure a'], 'nothing is created under the collection')
+  finish()
+  await collection
+  await waiting
+  await activator.ensure(request('a'))
+  t.same(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('delete')), ['ensure a', 'delete a', 'ensure a'])
+  t.equal(activator.collecting('a'), false)
+})

@@ -1,0 +1,160 @@
+/**
+ * Garbage collection driven by a manual clock: what is collected and when, and the races with
+ * traffic it must never lose (a request mid-collection, a request between verdict and delete,
+ * a delete that fails).
+ */
+import t from 'tap'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { MemoryBackend } from '../fixtures/memory-backend.ts'
+import { InstanceTracker, type Lease } from '../../src/backends/tracker.ts'
+import { Activator, type ActivationRequest } from '../../src/scaler/activator.ts'
+import { GcRunner } from '../../src/scaler/gc-runner.ts'
+import { ServiceRegistry } from '../../src/versions/registry.ts'
+import { Tokens } from '../../src/versions/tokens.ts'
+import { openFileTokenStore } from '../../src/versions/token-store.ts'
+import { effectiveParameters } from '../../src/versions/descriptor.ts'
+import { launchSpecOf } from '../../src/versions/launch.ts'
+import { silentLogger } from '../../src/log.ts'
+import type { LaunchSpec } from '../../src/launch-spec.ts'
+
+const CORE = { cmd: 'run', cpus: 1, mem: 64, version: 'v1', 'idle-timeout-mins': 1 }
+
+function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
+  const clock = new ManualClock()
+  const backend = new MemoryBackend(clock)
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  backend.subscribe((id) => {
+    const state = backend.state(id)
+    if (state === undefined) tracker.forget(id)
+    else tracker.sync(id, state.instances, undefined)
+  })
+  const registry = new ServiceRegistry(dir, clock)
+  const tokens = new Tokens(openFileTokenStore(dir), clock, 'test')
+  const activator = new Activator(backend, tracker, clock, silentLogger)
+  const forgotten: string[] = []
+  const collected: string[] = []
+  const gc = new GcRunner(
+    {
+      backend,
+      tracker,
+      registry,
+      tokens,
+      activator,
+      parametersOf: (record) => ({ ...effectiveParameters(record.core), 'run-as-user': 'me' }),
+      forgetVersion: (id) => void forgotten.push(id),
+      onCollected: (id, reason) => void collected.push(`${id}:${reason}`),
+      clock,
+      log: silentLogger,
+    },
+    { intervalMs: 10_000, brokenTimeoutMs: 60_000, fallbackMs: 0, staleTimeoutMs: 0 },
+  )
+  const activation = (id: string): ActivationRequest => {
+    const effective = { ...effectiveParameters(core), 'run-as-user': 'me' }
+    const spec: LaunchSpec = launchSpecOf(id, effective, { cluster: 'test', secret: 's' })
+    return { serviceId: id, effective: () => effective, launchSpec: () => spec, remember: () => registry.remember(id, core, undefined) }
+  }
+  /** What a request does: activate until the version runs, then take a slot in the same turn. */
+  const request = async (id: string): Promise<Lease> => {
+    for (let waiting = activator.ensure(activation(id)); waiting !== undefined; waiting = activator.ensure(activation(id))) await waiting
+    return tracker.acquire(id, { timeoutMs: 60_000 })
+  }
+  return { clock, backend, tracker, registry, activator, gc, forgotten, collected, request }
+}
+
+t.test('an idle version is collected once idle-timeout-mins pass with nothing outstanding, and the next request brings it back', async (t) => {
+  const { clock, backend, registry, gc, collected, forgotten, request, tracker } = setup(t.testdir())
+  const lease = await request('a')
+  t.ok(registry.get('a'), 'the first request recorded the version')
+  t.equal(backend.state('a')?.requested, 1)
+  clock.advance(120_000)
+  t.same(await gc.tick(), [], 'a request in flight keeps it, however long')
+  lease.release('success')
+  clock.advance(59_000)
+  t.same(await gc.tick(), [], 'idle for 59 s: kept')
+  clock.advance(1_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'idle for 60 s: collected')
+  t.equal(backend.state('a'), undefined, 'the backend no longer runs it')
+  t.equal(registry.get('a'), undefined, 'nor does the registry know it')
+  t.same(forgotten, ['a'])
+  t.same(collected, ['a:idle'])
+  t.same(tracker.serviceIds(), [], 'no routing entry is left')
+  t.same(gc.trackedIds(), [], 'nor any GC bookkeeping')
+
+  const again = await request('a')
+  t.ok(registry.get('a'), 'the next request records it again')
+  t.equal(backend.state('a')?.requested, 1, 'and starts it again')
+  again.release('success')
+})
+
+t.test('a request that arrives mid-collection waits, then starts the version afresh, recorded and managed', async (t) => {
+  const { clock, backend, registry, gc, activator, request } = setup(t.testdir())
+  ;(await request('a')).release('success')
+  clock.advance(60_000)
+  let finishDelete!: () => void
+  const deleting = new Promise<void>((resolve) => (finishDelete = resolve))
+  backend.deleteGate = deleting
+  const collecting = gc.tick()
+  t.ok(activator.collecting('a'), 'the collection is under way')
+  t.equal(registry.get('a'), undefined, 'the record went before the backend delete')
+  let served = false
+  const late = request('a').then((lease) => {
+    served = true
+    return lease
+  })
+  await new Promise((r) => setImmediate(r))
+  t.notOk(served, 'the request waits while the collection runs')
+  finishDelete()
+  t.same(await collecting, [{ id: 'a', reason: 'idle' }])
+  const lease = await late
+  t.ok(served)
+  t.ok(registry.get('a'), 'the version it started is recorded (so the autoscaler, GC and /apps know it)')
+  t.equal(backend.state('a')?.requested, 1, 'and runs')
+  t.same(backend.calls.filter((c) => c.startsWith('delete') || c.startsWith('ensure')), ['ensure a', 'delete a', 'ensure a'], 'created, collected, created afresh: never re-created under the collection')
+  lease.release('success')
+})
+
+t.test('a request that lands between the verdict and the delete saves the version', async (t) => {
+  const { clock, backend, registry, gc, request } = setup(t.testdir())
+  ;(await request('a')).release('success')
+  ;(await request('b')).release('success')
+  clock.advance(60_000)
+  let finishDelete!: () => void
+  backend.deleteGate = new Promise<void>((resolve) => (finishDelete = resolve))
+  const collecting = gc.tick()
+  // Both were verdicts; 'a' is being deleted, 'b' waits its turn. A request takes a slot in 'b'.
+  const lease = await request('b')
+  finishDelete()
+  t.same(await collecting, [{ id: 'a', reason: 'idle' }], 'only a was collected: b was re-checked right before its delete')
+  t.ok(registry.get('b'))
+  t.ok(backend.state('b'))
+  lease.release('success')
+})
+
+t.test('a version whose backend delete fails is not lost: it is collected at a later round as unrecorded', async (t) => {
+  const { clock, backend, registry, gc, request, collected } = setup(t.testdir())
+  ;(await request('a')).release('success')
+  clock.advance(60_000)
+  backend.failDeletes = 1
+  t.same(await gc.tick(), [], 'the delete failed')
+  t.equal(registry.get('a'), undefined, 'the record went first')
+  t.ok(backend.state('a'), 'the backend still runs it')
+  clock.advance(10_000)
+  t.same(await gc.tick(), [], 'seen running unrecorded: a request may still record it within one interval')
+  clock.advance(9_000)
+  t.same(await gc.tick(), [])
+  clock.advance(1_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'orphaned' }], 'one interval later it is collected')
+  t.equal(backend.state('a'), undefined)
+  t.same(collected, ['a:orphaned'])
+})
+
+t.test('a broken version is collected after its grace period plus the broken timeout', async (t) => {
+  const { clock, backend, gc, request } = setup(t.testdir(), { ...CORE, 'idle-timeout-mins': 0 })
+  ;(await request('a')).release('success')
+  backend.setDeploymentError('a', 'Invalid startup command')
+  t.same(await gc.tick(), [])
+  clock.advance(30_000 + 59_000)
+  t.same(await gc.tick(), [], 'grace 30 s + broken timeout 60 s not yet over')
+  clock.advance(1_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'broken' }])
+})
