@@ -45,6 +45,8 @@ interface KubeService {
   portCount: number
   requested: number
   scaling: Promise<void>
+  /** The delete of its ReplicaSet in flight; the service stays known until that succeeds. */
+  deleting: Promise<void> | undefined
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
   /** Restart count last seen per pod, so each failed container run is recorded once. */
@@ -96,6 +98,10 @@ export class KubernetesBackend implements Backend {
     if (this.#closed) throw new Error('the kubernetes backend is closed')
     refuseHttp2(spec)
     await this.#synced
+    // A service being deleted is not revived half-way (its ReplicaSet may vanish under it): the
+    // delete finishes first. If it succeeded, the service is created afresh below; if it failed,
+    // the service and its ReplicaSet are still there, which is all ensureService asks.
+    await this.#deletionSettled(spec.serviceId)
     if (this.#services.has(spec.serviceId)) return
     const service = this.#newService(spec.serviceId, spec.backendProto, spec.ports, spec.minInstances, undefined)
     this.#services.set(spec.serviceId, service)
@@ -123,7 +129,12 @@ export class KubernetesBackend implements Backend {
     this.#update(service)
   }
 
+  /**
+   * On a service being deleted, waits for the delete: then the service is gone (ensureService
+   * brings it back) or, if the delete failed, it is scaled as asked.
+   */
   async scale(serviceId: string, instances: number): Promise<void> {
+    await this.#deletionSettled(serviceId)
     const service = this.#services.get(serviceId)
     if (service === undefined || service.createError !== undefined) return
     const requested = Math.max(0, instances)
@@ -136,7 +147,8 @@ export class KubernetesBackend implements Backend {
     const service = this.#services.get(serviceId)
     const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => !isTerminating(p) && instanceId(serviceId, p) === id)
     const name = pod?.metadata.name
-    if (service === undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
+    // A service being deleted loses all its pods with its ReplicaSet; none is killed on its own.
+    if (service === undefined || service.deleting !== undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
     service.killing.add(name)
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
@@ -154,18 +166,52 @@ export class KubernetesBackend implements Backend {
     return true
   }
 
-  async deleteService(serviceId: string): Promise<void> {
+  /**
+   * The service is forgotten only once its ReplicaSet is deleted: were it forgotten first, a failed
+   * delete would leave the ReplicaSet running unmanaged until a restart. A failed delete rejects
+   * (after the transient retries) and leaves the service as it was, so a later call tries again;
+   * a call while a delete is in flight joins it.
+   */
+  deleteService(serviceId: string): Promise<void> {
     const service = this.#services.get(serviceId)
-    if (service === undefined) return
-    this.#services.delete(serviceId)
+    if (service === undefined) return Promise.resolve()
+    service.deleting ??= this.#delete(service)
+    return service.deleting
+  }
+
+  async #delete(service: KubeService): Promise<void> {
+    const requested = service.requested
     service.requested = 0
-    this.#listeners.emit(serviceId)
+    this.#listeners.emit(service.id)
     try {
-      await this.#o.api.deleteReplicaSet(service.replicaSet)
+      await this.#retrying(() => this.#deleteReplicaSet(service.replicaSet))
+    } catch (err) {
+      // The ReplicaSet still runs as it was: say so, and redo any scale write skipped meanwhile.
+      service.deleting = undefined
+      service.requested = requested
+      this.#listeners.emit(service.id)
+      void this.#writeScale(service)
+      throw err
+    }
+    this.#services.delete(service.id)
+    this.#listeners.emit(service.id)
+    this.#o.log.info({ service: service.id, replicaSet: service.replicaSet }, 'service deleted')
+  }
+
+  /** 404 is success: an earlier attempt whose answer was lost, or someone else, got there first. */
+  async #deleteReplicaSet(name: string): Promise<void> {
+    try {
+      await this.#o.api.deleteReplicaSet(name)
     } catch (err) {
       if (!(err instanceof KubeApiError && err.code === 404)) throw err
     }
-    this.#o.log.info({ service: serviceId, replicaSet: service.replicaSet }, 'service deleted')
+  }
+
+  /** Waits out every delete of this service in flight, whatever its outcome. */
+  async #deletionSettled(serviceId: string): Promise<void> {
+    for (let deleting = this.#services.get(serviceId)?.deleting; deleting !== undefined; deleting = this.#services.get(serviceId)?.deleting) {
+      await deleting.catch(() => undefined)
+    }
   }
 
   state(serviceId: string): ServiceState | undefined {
@@ -187,7 +233,7 @@ export class KubernetesBackend implements Backend {
     this.#cancelEventCheck?.()
     this.#abort.abort()
     await this.#loop
-    await Promise.allSettled([...this.#services.values()].map((s) => s.scaling))
+    await Promise.allSettled([...this.#services.values()].flatMap((s) => [s.scaling, s.deleting]))
     await this.#o.api.close()
   }
 
@@ -200,6 +246,7 @@ export class KubernetesBackend implements Backend {
       portCount,
       requested,
       scaling: Promise.resolve(),
+      deleting: undefined,
       killing: new Set(),
       restartsSeen: new Map(),
       failed: [],
@@ -252,7 +299,8 @@ export class KubernetesBackend implements Backend {
 
   async #putScale(service: KubeService): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      if (!this.#services.has(service.id)) return
+      // Forgotten, or its ReplicaSet on the way out: nothing to scale (a failed delete writes again).
+      if (this.#services.get(service.id) !== service || service.deleting !== undefined) return
       const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
       if (scale.spec.replicas === service.requested) return
       try {

@@ -1,15 +1,18 @@
 /**
  * The Kubernetes backend's own contract against the in-repo API simulator: the watch resumes and
- * re-lists after 410, optimistic concurrency, in-cluster and kubeconfig credentials, and the
- * pure readings of pods.
+ * re-lists after 410 and decodes characters split across chunks, calls time out and are retried,
+ * a service outlives a failed delete, optimistic concurrency, in-cluster and kubeconfig
+ * credentials, and the pure readings of pods.
  */
 import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
+import { createServer, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
-import { KubeApi, KubeApiError, PERMISSIONS } from '../../src/backends/kubernetes/api.ts'
-import { fileToken, kubeConnection } from '../../src/backends/kubernetes/connection.ts'
+import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
+import { fileToken, kubeConnection, type KubeConnection } from '../../src/backends/kubernetes/connection.ts'
 import type { Pod } from '../../src/backends/kubernetes/objects.ts'
 import { lastFailure, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
 import { replicaSetName, replicaSetOf } from '../../src/backends/kubernetes/replica-set.ts'
@@ -19,7 +22,7 @@ import type { LaunchSpec } from '../../src/launch-spec.ts'
 import { createLogger, silentLogger } from '../../src/log.ts'
 import { createWriteStream } from 'node:fs'
 import { claimPortSlice, kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
-import { startKubeSimulator, type Simulator } from '../fixtures/k8s-sim/simulator.ts'
+import { startKubeSimulator, type Simulator, type SimulatorOptions } from '../fixtures/k8s-sim/simulator.ts'
 
 const K8S = DEFAULTS.backend.kubernetes
 
@@ -47,11 +50,14 @@ function spec(serviceId: string, overrides: Partial<LaunchSpec> = {}): LaunchSpe
   }
 }
 
-async function setup(t: Parameters<typeof startRouter>[0]): Promise<{ sim: Simulator; api: KubeApi; backend: KubernetesBackend }> {
+async function setup(
+  t: Parameters<typeof startRouter>[0],
+  options: { api?: KubeApiOptions; sim?: Partial<SimulatorOptions> } = {},
+): Promise<{ sim: Simulator; api: KubeApi; backend: KubernetesBackend }> {
   const dir = t.testdir()
-  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200 })
+  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, ...options.sim })
   const { low, release } = claimPortSlice()
-  const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}))
+  const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}), options.api)
   const log = process.env['MAITRE_TEST_LOG_DIR'] === undefined ? silentLogger : createLogger('trace', createWriteStream(join(process.env['MAITRE_TEST_LOG_DIR'], `k8s-${low}.log`)))
   const backend = new KubernetesBackend({ ...K8S, api, cluster: 'test', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log })
   t.teardown(async () => {
@@ -63,6 +69,36 @@ async function setup(t: Parameters<typeof startRouter>[0]): Promise<{ sim: Simul
 }
 
 const healthy = (backend: KubernetesBackend, id: string): number => backend.state(id)?.instances.filter((i) => i.healthy).length ?? 0
+
+const served = (sim: Simulator, resource: string, verb: string): number => sim.requests.filter(([r, v]) => r === resource && v === verb).length
+
+/** A plain HTTP server on 127.0.0.1 in the API server's place, answering as `respond` says, and a client of it. */
+async function scriptedApi(t: Parameters<typeof startRouter>[0], respond: (res: ServerResponse) => void, options: KubeApiOptions = {}): Promise<KubeApi> {
+  const server: Server = createServer((_req, res) => respond(res))
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const connection: KubeConnection = {
+    server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    namespace: 'ns',
+    tls: { rejectUnauthorized: true },
+    authorization: async () => undefined,
+  }
+  const api = new KubeApi(connection, options)
+  t.teardown(async () => {
+    // Connections first: the client's close waits for requests still open.
+    server.closeAllConnections()
+    await new Promise((resolve) => server.close(resolve))
+    await api.close()
+  })
+  return api
+}
+
+/** Writes one chunk and lets the client read it before anything else is written, so chunks stay apart. */
+async function writeAlone(res: ServerResponse, chunk: Buffer): Promise<void> {
+  await new Promise<void>((resolve, reject) => res.write(chunk, (err) => (err ? reject(err) : resolve())))
+  // Written to the socket; one whole turn of the event loop (a poll phase) lets the client read it.
+  await new Promise((resolve) => setImmediate(resolve))
+  await new Promise((resolve) => setImmediate(resolve))
+}
 
 t.test('after its history is compacted and its watch dropped, the backend lists again and keeps up', async (t) => {
   const { sim, backend } = await setup(t)
@@ -88,6 +124,95 @@ t.test('a failing API server is retried with backoff, not fatal', async (t) => {
   await waitFor('a ready pod of each', () => (healthy(backend, 'svc-b') === 1 && healthy(backend, 'svc-c') === 1 ? true : undefined), 10000)
   t.equal(backend.state('svc-b')?.deploymentError, undefined, 'a 500 is not mistaken for a deployment error')
   t.ok(sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length >= 2, 'the pods were listed again')
+})
+
+t.test('a call the API server never answers fails within the request timeout, as a transient 504', { timeout: 15_000 }, async (t) => {
+  const silent = await scriptedApi(t, () => undefined, { requestTimeoutMs: 200 })
+  const stalled = await scriptedApi(t, (res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': '100' })
+    res.write('{"items":')
+  }, { requestTimeoutMs: 200 })
+  for (const [what, api] of [['no headers', silent], ['a body that never ends', stalled]] as const) {
+    const started = Date.now()
+    const err = await api.listPods('a=b').catch((e: unknown) => e)
+    t.ok(err instanceof KubeApiError, `${what}: a KubeApiError`)
+    t.match(err, { name: 'KubeApiTimeoutError', code: 504, reason: 'Timeout', message: 'GET /api/v1/namespaces/ns/pods: no answer from the API server within 200 ms' }, what)
+    t.ok(Date.now() - started < 5000, `${what}: bounded by the timeout`)
+  }
+})
+
+t.test('an API call never answered is retried like a 5xx, not taken for a deployment error', { timeout: 20_000 }, async (t) => {
+  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 500 } })
+  await backend.ready()
+  sim.hangNext(1, ['replicasets', 'create'])
+  await backend.ensureService(spec('svc-hung'))
+  t.ok(served(sim, 'replicasets', 'create') >= 2, 'the unanswered create was sent again')
+  t.equal(backend.state('svc-hung')?.deploymentError, undefined)
+  await waitFor('a ready pod', () => (healthy(backend, 'svc-hung') === 1 ? true : undefined), 10000)
+})
+
+t.test('the watch decodes characters whose bytes arrive in different chunks', { timeout: 15_000 }, async (t) => {
+  const event = (name: string): WatchEvent<unknown> => ({ type: 'ADDED', object: { metadata: { name, annotations: { note: 'é→😀' } } } })
+  const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((name) => Buffer.from(`${JSON.stringify(event(name))}\n`)) as [Buffer, Buffer, Buffer, Buffer]
+  /** A byte offset `into` bytes inside the first `char` of `line`. */
+  const inside = (line: Buffer, char: string, into: number): number => line.indexOf(Buffer.from(char)) + into
+  const events: unknown[] = []
+  const delivered = (n: number): Promise<boolean> => waitFor(`${n} events`, () => (events.length >= n ? true : undefined), 5000)
+  const script = async (res: ServerResponse): Promise<void> => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    const cSplit = inside(c, 'é', 1)
+    const [dSplit1, dSplit2] = [inside(d, '→', 1), inside(d, '😀', 2)]
+    // Two whole events and the first byte of c's é in one chunk; the rest of c only once a and b
+    // are delivered, so the client has read up to the middle of the é.
+    await writeAlone(res, Buffer.concat([a, b, c.subarray(0, cSplit)]))
+    await delivered(2)
+    // d over three chunks: cut inside → (once c is delivered) and inside 😀.
+    await writeAlone(res, Buffer.concat([c.subarray(cSplit), d.subarray(0, dSplit1)]))
+    await delivered(3)
+    await writeAlone(res, d.subarray(dSplit1, dSplit2))
+    await writeAlone(res, d.subarray(dSplit2))
+    res.end()
+  }
+  const api = await scriptedApi(t, (res) => void script(res).catch((err: unknown) => res.destroy(err as Error)))
+  await api.watchPods('a=b', '1', 60, new AbortController().signal, (e) => events.push(e))
+  t.same(events, ['a', 'b', 'c', 'd'].map(event), 'every event whole, é→😀 intact')
+})
+
+t.test('a ReplicaSet delete that fails leaves the service known, and a later delete finishes it', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-del'))
+  const replicaSets = (): string[] => sim.list('replicasets', SIM_NAMESPACE).map((rs) => rs.metadata.name as string)
+  sim.failNext(Number.POSITIVE_INFINITY, ['replicasets', 'delete'])
+  await t.rejects(backend.deleteService('svc-del'), { code: 500 }, 'the delete fails, after its retries')
+  t.equal(backend.state('svc-del')?.requested, 1, 'still known, at the size its ReplicaSet still has')
+  t.same(replicaSets(), [replicaSetName('svc-del')], 'the ReplicaSet still exists')
+  sim.failNext(0, ['replicasets', 'delete'])
+  await backend.deleteService('svc-del')
+  t.equal(backend.state('svc-del'), undefined, 'forgotten once deleted')
+  t.same(replicaSets(), [], 'the ReplicaSet is gone')
+})
+
+t.test('while its delete is in flight, a service is neither scaled nor half recreated', { timeout: 20_000 }, async (t) => {
+  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 500 } })
+  await backend.ensureService(spec('svc-x'))
+  const replicaSets = (): Array<{ uid: string; replicas: number }> => sim.list('replicasets', SIM_NAMESPACE).map((rs) => ({ uid: rs.metadata.uid as string, replicas: rs.spec.replicas as number }))
+  const [first] = replicaSets()
+  sim.hangNext(1, ['replicasets', 'delete']) // the first attempt times out; the retry deletes
+  const deleted = backend.deleteService('svc-x')
+  await waitFor('the delete sent', () => (served(sim, 'replicasets', 'delete') >= 1 ? true : undefined))
+  const scaling = backend.scale('svc-x', 3)
+  t.equal(backend.state('svc-x')?.requested, 0, 'still known while deleting, at 0')
+  const recreated = backend.ensureService(spec('svc-x'))
+  await deleted
+  await scaling
+  t.equal(served(sim, 'replicasets/scale', 'update'), 0, 'a scale asked while deleting waits for the delete, then has nothing to scale')
+  await recreated
+  const [second, ...more] = replicaSets()
+  t.same(more, [], 'one ReplicaSet')
+  t.not(second?.uid, first?.uid, 'created afresh after the delete, not adopted half-deleted')
+  t.equal(second?.replicas, 1)
+  t.equal(backend.state('svc-x')?.requested, 1)
+  await waitFor('a ready pod of the new ReplicaSet', () => (healthy(backend, 'svc-x') === 1 ? true : undefined), 10000)
 })
 
 t.test('a router that starts later adopts the ReplicaSets already in the cluster', async (t) => {
@@ -145,7 +270,7 @@ t.test('the simulator speaks the API faithfully where the backend relies on it',
 })
 
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
-  const { sim, backend } = await setup(t)
+  const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))
   await backend.scale('svc-f', 2)
   await waitFor('two ready pods', () => (healthy(backend, 'svc-f') === 2 ? true : undefined), 10000)
@@ -153,8 +278,12 @@ t.test('every call the backend makes is in PERMISSIONS, which the shipped Role g
   t.equal(await backend.killInstance('svc-f', victim), true)
   await waitFor('one pod left', () => (backend.state('svc-f')?.instances.length === 1 ? true : undefined), 10000)
   t.notOk(backend.state('svc-f')?.instances.some((i) => i.id === victim), 'the chosen pod is the one removed')
+  // Short of pods (the quota leaves it at most three) and none ready: the backend reads its
+  // ReplicaSet's Events to find out why.
+  await backend.ensureService(spec('svc-g', { command: 'exec sleep 60', minInstances: 4 }))
+  await waitFor('an events list', () => (sim.requests.some(([r, v]) => r === 'events' && v === 'list') ? true : undefined), 5000)
+  await backend.deleteService('svc-g')
   await backend.deleteService('svc-f')
-  await new Promise((r) => setTimeout(r, 1100)) // one events check
   const allowed = new Set(Object.entries(PERMISSIONS).flatMap(([resource, verbs]) => verbs.map((v) => `${resource} ${v}`)))
   const used = new Set(sim.requests.map(([resource, verb]) => `${resource} ${verb}`))
   t.same([...used].filter((u) => !allowed.has(u)), [], 'nothing outside PERMISSIONS')

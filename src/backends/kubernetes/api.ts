@@ -20,15 +20,36 @@ export const PERMISSIONS = {
 type Resource = keyof typeof PERMISSIONS
 type Verb<R extends Resource> = (typeof PERMISSIONS)[R][number]
 
+/** How long a call (anything but the watch) may take, connecting to last body byte. */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
+/** The watch's headers come at once; only its body is quiet for long stretches. */
+const WATCH_HEADERS_TIMEOUT_MS = 30_000
+
+export interface KubeApiOptions {
+  /** Bounds every call but the watch, so a hung API server cannot stall the backend. */
+  readonly requestTimeoutMs?: number
+}
+
 /** A non-2xx answer from the API server, with its Status reason (NotFound, Conflict, Expired...). */
 export class KubeApiError extends Error {
   readonly code: number
   readonly reason: string
-  constructor(code: number, reason: string, message: string) {
-    super(message)
+  constructor(code: number, reason: string, message: string, options?: ErrorOptions) {
+    super(message, options)
     this.name = 'KubeApiError'
     this.code = code
     this.reason = reason
+  }
+}
+
+/**
+ * The API server did not answer within the request timeout. A 504 Timeout, as the API server
+ * itself reports one, so that it is retried like any other transient failure.
+ */
+export class KubeApiTimeoutError extends KubeApiError {
+  constructor(call: string, timeoutMs: number, options?: ErrorOptions) {
+    super(504, 'Timeout', `${call}: no answer from the API server within ${timeoutMs} ms`, options)
+    this.name = 'KubeApiTimeoutError'
   }
 }
 
@@ -50,10 +71,12 @@ export class KubeApi {
   readonly namespace: string
   readonly #connection: KubeConnection
   readonly #agent: Agent
+  readonly #requestTimeoutMs: number
 
-  constructor(connection: KubeConnection) {
+  constructor(connection: KubeConnection, options: KubeApiOptions = {}) {
     this.#connection = connection
     this.namespace = connection.namespace
+    this.#requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
     this.#agent = new Agent({ connect: { ...connection.tls }, keepAliveTimeout: 30_000, connections: 16 })
   }
 
@@ -63,28 +86,45 @@ export class KubeApi {
     return `${base}/namespaces/${ns}/${resource}${name === undefined ? '' : `/${encodeURIComponent(name)}`}${sub === undefined ? '' : `/${sub}`}`
   }
 
-  /** `_permission` is checked by the compiler only: a call outside PERMISSIONS does not build. */
+  /**
+   * `_permission` is checked by the compiler only: a call outside PERMISSIONS does not build. One
+   * deadline covers connecting, the headers and the whole body (undici's headersTimeout and
+   * bodyTimeout leave connecting out, and bodyTimeout restarts at every chunk).
+   */
   async #call<T, R extends Resource>(
     _permission: [R, Verb<R>],
     method: Dispatcher.HttpMethod,
     path: string,
-    options: { query?: Query; body?: unknown; contentType?: string; signal?: AbortSignal } = {},
+    options: { query?: Query; body?: unknown; contentType?: string } = {},
   ): Promise<T> {
     const authorization = await this.#connection.authorization()
-    const res = await request(`${this.#connection.server}${path}${queryString(options.query ?? {})}`, {
-      dispatcher: this.#agent,
-      method,
-      headers: {
-        accept: 'application/json',
-        ...(authorization === undefined ? {} : { authorization }),
-        ...(options.body === undefined ? {} : { 'content-type': options.contentType ?? 'application/json' }),
-      },
-      body: options.body === undefined ? null : JSON.stringify(options.body),
-      ...(options.signal === undefined ? {} : { signal: options.signal }),
+    const deadline = AbortSignal.timeout(this.#requestTimeoutMs)
+    const { statusCode, text } = await this.#bounded(`${method} ${path}`, deadline, async () => {
+      const res = await request(`${this.#connection.server}${path}${queryString(options.query ?? {})}`, {
+        dispatcher: this.#agent,
+        method,
+        headers: {
+          accept: 'application/json',
+          ...(authorization === undefined ? {} : { authorization }),
+          ...(options.body === undefined ? {} : { 'content-type': options.contentType ?? 'application/json' }),
+        },
+        body: options.body === undefined ? null : JSON.stringify(options.body),
+        signal: deadline,
+      })
+      return { statusCode: res.statusCode, text: await res.body.text() }
     })
-    const text = await res.body.text()
-    if (res.statusCode >= 200 && res.statusCode < 300) return JSON.parse(text) as T
-    throw errorOf(res.statusCode, text)
+    if (statusCode >= 200 && statusCode < 300) return JSON.parse(text) as T
+    throw errorOf(statusCode, text)
+  }
+
+  /** Whatever undici throws when the deadline aborts `exchange` becomes one typed, transient error. */
+  async #bounded<T>(call: string, deadline: AbortSignal, exchange: () => Promise<T>): Promise<T> {
+    try {
+      return await exchange()
+    } catch (err) {
+      if (deadline.aborted) throw new KubeApiTimeoutError(call, this.#requestTimeoutMs, { cause: err })
+      throw err
+    }
   }
 
   listReplicaSets(labelSelector: string): Promise<KubeList<ReplicaSet>> {
@@ -145,24 +185,35 @@ export class KubeApi {
       signal,
       // A watch is quiet for long stretches; only the server's timeoutSeconds ends it.
       bodyTimeout: 0,
-      headersTimeout: 30_000,
+      headersTimeout: WATCH_HEADERS_TIMEOUT_MS,
     })
     if (res.statusCode !== 200) throw errorOf(res.statusCode, await res.body.text())
-    let buffered = ''
+    const lines = new LineSplitter()
     for await (const chunk of res.body) {
-      buffered += (chunk as Buffer).toString('utf8')
-      let newline = buffered.indexOf('\n')
-      while (newline >= 0) {
-        const line = buffered.slice(0, newline).trim()
-        buffered = buffered.slice(newline + 1)
-        if (line !== '') onEvent(JSON.parse(line) as WatchEvent<Pod | KubeStatus>)
-        newline = buffered.indexOf('\n')
+      for (const line of lines.push(chunk as Buffer)) {
+        if (line.trim() !== '') onEvent(JSON.parse(line) as WatchEvent<Pod | KubeStatus>)
       }
     }
   }
 
   async close(): Promise<void> {
     await this.#agent.close()
+  }
+}
+
+/**
+ * Cuts a byte stream into newline-terminated lines. The decoder streams: a character whose bytes
+ * arrive in two chunks is held back until it is whole, rather than becoming two U+FFFD.
+ */
+class LineSplitter {
+  readonly #utf8 = new TextDecoder('utf-8')
+  #partial = ''
+
+  /** The lines this chunk completes, without their newlines. */
+  push(chunk: Uint8Array): string[] {
+    const lines = (this.#partial + this.#utf8.decode(chunk, { stream: true })).split('\n')
+    this.#partial = lines.pop() ?? ''
+    return lines
   }
 }
 
