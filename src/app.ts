@@ -67,7 +67,7 @@ function redacted(config: Config): unknown {
 function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger): Backend {
   if (config.backend.kind === 'kubernetes') {
     const k8s = config.backend.kubernetes
-    return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s)), cluster: config.cluster, clock, log })
+    return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s), { requestTimeoutMs: k8s.requestTimeoutMs }), cluster: config.cluster, clock, log })
   }
   return new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
 }

@@ -52,6 +52,8 @@ export interface KubernetesBackendConfig {
   readonly minTerminationGraceSecs: number
   /** Instead of a server-side token: the service-account token file re-read every minute (null = in-cluster default). */
   readonly tokenFile: string | null
+  /** Every API call but the pod watch must be answered within this long, or it is retried. */
+  readonly requestTimeoutMs: number
 }
 
 export interface Config {
@@ -153,6 +155,7 @@ export const DEFAULTS: Config = {
       relistBackoffMs: 100,
       minTerminationGraceSecs: 3,
       tokenFile: null,
+      requestTimeoutMs: 10000,
     },
   },
   scaler: {
@@ -200,6 +203,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.kubernetes.watchTimeoutSecs': positiveInt,
   'backend.kubernetes.relistBackoffMs': positiveInt,
   'backend.kubernetes.minTerminationGraceSecs': nonNegativeInt,
+  'backend.kubernetes.requestTimeoutMs': positiveInt,
   'backend.local.portRange': (v) =>
     Array.isArray(v) && v.length === 2 && v.every((p) => port(p) === undefined && (p as number) > 0) && (v[0] as number) <= (v[1] as number)
       ? undefined

@@ -147,6 +147,10 @@ export class Activator {
       await this.#backend.ensureService(spec)
     } else {
       await this.#backend.scale(request.serviceId, spec.minInstances)
+      // A backend that still asks for no instance would have requests ask again and again.
+      if (this.#backend.state(request.serviceId)?.requested === 0) {
+        throw new MaitreError('ERR_BACKEND', 'The backend did not start the service; try again', { status: 503, details: { 'service-id': request.serviceId }, headers: { 'retry-after': '1' } })
+      }
     }
   }
 }

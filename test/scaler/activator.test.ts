@@ -106,3 +106,11 @@ t.test('while a version is being collected, activation waits for the collection 
   t.same(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('delete')), ['ensure a', 'delete a', 'ensure a'])
   t.equal(activator.collecting('a'), false)
 })
+
+t.test('a backend that leaves a version at zero instances fails the request with a 503, instead of having it ask forever', async (t) => {
+  const { backend, activator, request } = setup()
+  await activator.ensure(request('a'))
+  await backend.scale('a', 0)
+  backend.ignoreScales = true
+  await t.rejects(activator.ensure(request('a')) as Promise<void>, { code: 'ERR_BACKEND', status: 503 })
+})
