@@ -29,7 +29,7 @@ t.test('suspend and resume', async (t) => {
   t.equal(refused.status, 503)
   t.equal(refused.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message, 'Service has been suspended')
   t.match((await call(`${router.url}/apps/${id}`)).json(), { 'service-suspended-state': { suspended: true } })
-  await call(`${router.url}/apps/${id}/resume`, { method: 'POST' })
+  t.equal((await call(`${router.url}/apps/${id}/resume`, { method: 'POST' })).status, 200)
   t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
 })
 
@@ -59,9 +59,13 @@ t.test('kill and expire an instance; read its logs', async (t) => {
   const [second] = await active(router, id)
   const killed = await call(`${router.url}/apps/${id}/instance/${second!.id}/kill`, { method: 'POST' })
   t.equal(killed.json<{ 'signal-response': { message: string } }>()['signal-response'].message, `soft-kill successfully sent to ${second!.id}`)
-  const app = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'killed-instances': { id: string }[] } }>()
-  await waitFor('the kill to be recorded', async () => ((await call(`${router.url}/apps/${id}`)).json<{ instances: { 'killed-instances': { id: string }[] } }>().instances['killed-instances'].some((i) => i.id === second!.id) ? true : undefined))
-  t.ok(app)
+  type Instances = { instances: { 'active-instances': { id: string }[]; 'killed-instances': { id: string }[] } }
+  const app = await waitFor('the kill to be recorded', async () => {
+    const now = (await call(`${router.url}/apps/${id}`)).json<Instances>()
+    return now.instances['killed-instances'].some((i) => i.id === second!.id) ? now : undefined
+  })
+  t.ok(app.instances['killed-instances'].some((i) => i.id === second!.id), `${second!.id} is listed as killed`)
+  t.notOk(app.instances['active-instances'].some((i) => i.id === second!.id), 'and no longer as active')
   t.equal((await call(`${router.url}/apps/${id}/instance/nope/kill`, { method: 'POST' })).status, 404)
 })
 

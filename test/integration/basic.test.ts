@@ -1,5 +1,5 @@
 import t from 'tap'
-import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
 
 t.test('create a token, call it: a cold start, then a warm echo', async (t) => {
   const router = await startRouter(t)
@@ -128,5 +128,9 @@ t.test('on-the-fly parameters are off by default and work when enabled', async (
   const bad = await call(`${on.url}/x`, { headers: { ...headers, 'x-waiter-cpus': 'bad-cpus' } })
   t.equal(bad.status, 400)
   t.match(bad.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message, 'cpus must be a positive number.')
-  await waitFor('the instance to stay up', () => true)
+  // The refused request harmed nothing: the version's instance is still up and serves warm.
+  const again = await call(`${on.url}/environment`, { headers })
+  t.equal(again.status, 200, again.text)
+  t.equal(again.headers['x-maitre-cold-start'], undefined, 'the instance stayed up: no second cold start')
+  t.equal(again.json<Record<string, string>>()['PORT0'], vars['PORT0'], 'the same instance answers')
 })

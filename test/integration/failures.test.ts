@@ -1,5 +1,5 @@
 import t from 'tap'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
@@ -36,8 +36,11 @@ t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'slow', kitchenToken({ 'max-queue-length': 1, 'max-instances': 1 }))
   const h = { 'x-waiter-token': 'slow' }
-  t.equal((await call(`${router.url}/status`, { headers: h })).status, 200, 'warm')
-  const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
+  const warm = await call(`${router.url}/status`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  t.equal(warm.status, 200, 'warm')
+  // The busy request lasts until the test creates its file in the sandbox.
+  const sandbox = warm.headers['x-waiter-backend-directory'] as string
+  const busy = call(`${router.url}/wait-file?name=release-busy`, { headers: h })
   await waitFor('the slot to be taken', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { 'in-flight': number } }[]>()[0]?.['request-metrics']['in-flight'] === 1 ? true : undefined))
   const queued = call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '400' } })
   await waitFor('the queue to fill', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { queued: number } }[]>()[0]?.['request-metrics'].queued === 1 ? true : undefined))
@@ -48,6 +51,7 @@ t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
   const timedOut = await queued
   t.equal(timedOut.status, 503)
   t.equal(message(timedOut), 'After 0.4 seconds, no instance available to handle request. Check that your service is able to scale properly!')
+  writeFileSync(join(sandbox, 'release-busy'), '')
   t.equal((await busy).status, 200, 'the request holding the slot was not disturbed')
 })
 
@@ -108,9 +112,13 @@ t.test('a backend slower than x-waiter-timeout is a 504', async (t) => {
 })
 
 t.test('a body that stalls past the streaming timeout is cut off', async (t) => {
-  const router = await startRouter(t)
+  // The cut counts against the instance, which is ejected for proxy.ejectBaseMs (10 s by default):
+  // a short ejection lets the second request reach the same, only instance without waiting it out.
+  const router = await startRouter(t, { 'proxy.ejectBaseMs': 100 })
   await createToken(router, 'kitchen', kitchenToken())
   const h = { 'x-waiter-token': 'kitchen' }
+  // 1.5 s between chunks against a 300 ms streaming timeout: cut after the first chunk. With the
+  // default (20 s) the whole 3 s body would arrive and the call would not reject.
   await t.rejects(call(`${router.url}/chunked?chunks=3&delay-ms=1500`, { headers: { ...h, 'x-waiter-streaming-timeout': '300' } }))
   const ok = await call(`${router.url}/chunked?chunks=3&delay-ms=100`, { headers: { ...h, 'x-waiter-streaming-timeout': '1000' } })
   t.equal(ok.text, 'chunk-0\nchunk-1\nchunk-2\n')
@@ -132,18 +140,23 @@ t.test('an instance answering 503 is ejected: the next request goes elsewhere', 
 
 t.test('a client that aborts frees its slot at once', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'kitchen', kitchenToken())
+  // One instance with one slot: the next request can only be served in the slot the aborted one held.
+  await createToken(router, 'kitchen', kitchenToken({ 'max-instances': 1 }))
   const h = { 'x-waiter-token': 'kitchen' }
-  await call(`${router.url}/status`, { headers: h })
+  const warm = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const sandbox = warm.headers['x-waiter-backend-directory'] as string
   const controller = new AbortController()
-  const aborted = call(`${router.url}/sleep?sleep-ms=10000`, { headers: h, signal: controller.signal })
-  await new Promise((r) => setTimeout(r, 200))
+  const aborted = call(`${router.url}/sleep?sleep-ms=10000`, { headers: { ...h, 'x-cid': 'leaver' }, signal: controller.signal })
+  // Abort only once the app itself has the request, as its own log shows.
+  await waitFor('the app to start the slow request', () => (readFileSync(join(sandbox, 'requests.log'), 'utf8').includes('start leaver /sleep') ? true : undefined))
   controller.abort()
   await t.rejects(aborted)
   const started = Date.now()
-  const next = await call(`${router.url}/request-info`, { headers: h })
-  t.equal(next.status, 200)
+  // Had the slot stayed taken, this would wait for the app's 10 s sleep, and get a 503 at its 5 s queue timeout.
+  const next = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '5000' } })
+  t.equal(next.status, 200, next.text)
   t.ok(Date.now() - started < 2000, 'the next request did not wait for the aborted one')
+  await waitFor('the app to see the aborted request cut', () => (readFileSync(join(sandbox, 'requests.log'), 'utf8').includes('cut leaver /sleep') ? true : undefined))
   const apps = (await call(`${router.url}/apps`)).json<{ 'request-metrics': { outstanding: number } }[]>()
   t.equal(apps[0]?.['request-metrics'].outstanding, 0)
 })
@@ -169,12 +182,16 @@ t.test('a token’s queue-timeout-ms applies when the request says nothing', asy
   await createToken(router, 'slow', kitchenToken({ 'queue-timeout-ms': 300, 'max-instances': 1 }))
   const h = { 'x-waiter-token': 'slow' }
   // The warm-up's own cold start may take longer than the token's 300 ms on a busy machine.
-  t.equal((await call(`${router.url}/status`, { headers: { ...h, 'x-waiter-queue-timeout': '20000' } })).status, 200)
-  const busy = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
+  const warm = await call(`${router.url}/status`, { headers: { ...h, 'x-waiter-queue-timeout': '20000', 'x-waiter-debug': 'true' } })
+  t.equal(warm.status, 200)
+  // The busy request lasts until the test creates its file in the sandbox.
+  const sandbox = warm.headers['x-waiter-backend-directory'] as string
+  const busy = call(`${router.url}/wait-file?name=release-busy`, { headers: h })
   await waitFor('the slot to be taken', async () => ((await call(`${router.url}/apps`)).json<{ 'request-metrics': { 'in-flight': number } }[]>()[0]?.['request-metrics']['in-flight'] === 1 ? true : undefined))
   const waited = await call(`${router.url}/request-info`, { headers: h })
   t.equal(message(waited), 'After 0.3 seconds, no instance available to handle request. Check that your service is able to scale properly!')
   const header = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '200' } })
   t.match(message(header), /^After 0\.2 seconds/, 'the header wins over the token')
+  writeFileSync(join(sandbox, 'release-busy'), '')
   t.equal((await busy).status, 200)
 })

@@ -30,16 +30,37 @@ t.test('each instance has a sandbox with its stdout and stderr, and dies as a wh
   const deleted = await call(`${router.url}/apps/${id}`, { method: 'DELETE' })
   t.equal(deleted.json<{ result: string }>().result, 'deleted')
   await waitFor('the whole group to be gone', () => (alive(helper) || alive(app) ? undefined : true), 5000)
-  t.pass('app and helper are gone')
+  t.notOk(alive(app), 'the app is gone')
+  t.notOk(alive(helper), 'and so is its helper')
 })
 
 const MB = 1024 * 1024
+
+/**
+ * Resolves with `read()` once it has stayed the same for 8 polls in a row (200 ms): a byte count
+ * that stopped growing (a negative count is not there yet). A transfer without back-pressure stops
+ * only at its full size, so a small count here is the mark of back-pressure, however slow the machine.
+ */
+async function settled(what: string, read: () => number): Promise<number> {
+  let last = -1
+  let same = 0
+  return waitFor(what, () => {
+    const now = read()
+    same = now >= 0 && now === last ? same + 1 : 0
+    last = now
+    return same >= 8 ? now : undefined
+  })
+}
+
+const fileNumber = (path: string): number => (existsSync(path) ? Number(readFileSync(path, 'utf8')) : -1)
 
 t.test('a 100 MB upload streams: while the instance stops reading, the client is held back', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'kitchen', kitchenToken())
   const h = { 'x-waiter-token': 'kitchen' }
-  await call(`${router.url}/status`, { headers: h })
+  const warm = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const sandbox = warm.headers['x-waiter-backend-directory'] as string
+  const { pid } = warm.json<{ pid: number }>()
   const chunk = Buffer.alloc(MB, 120)
   let produced = 0
   async function* upload(): AsyncGenerator<Buffer> {
@@ -48,9 +69,12 @@ t.test('a 100 MB upload streams: while the instance stops reading, the client is
       yield chunk
     }
   }
-  const pending = call(`${router.url}/consume?stall-ms=1500`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: Readable.from(upload()) })
-  await new Promise((r) => setTimeout(r, 1000))
-  t.ok(produced < 40 * MB, `only ${(produced / MB).toFixed(0)} MB left the client while the instance was not reading`)
+  // hold=true: the instance reads the first chunk, then nothing until it gets SIGUSR2.
+  const pending = call(`${router.url}/consume?hold=true`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: Readable.from(upload()) })
+  await waitFor('the instance to stop reading', () => (existsSync(join(sandbox, 'consume.progress')) ? true : undefined))
+  const held = await settled('the client to stop sending', () => produced)
+  t.ok(held < 40 * MB, `only ${(held / MB).toFixed(0)} MB left the client while the instance was not reading`)
+  process.kill(pid, 'SIGUSR2')
   const reply = await pending
   t.equal(reply.json<{ bytes: number }>().bytes, 100 * MB, 'then all 100 MB arrive')
 })
@@ -61,11 +85,12 @@ t.test('a 100 MB download streams: while the client stops reading, the instance 
   const h = { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' }
   await call(`${router.url}/status`, { headers: h })
   const { request } = await import('undici')
-  const res = await request(`${router.url}/produce?bytes=${100 * MB}`, { headers: h })
+  // report=true: the instance writes how far it got to produce.sent after every block.
+  const res = await request(`${router.url}/produce?bytes=${100 * MB}&report=true`, { headers: h })
   const sandbox = res.headers['x-waiter-backend-directory'] as string
-  await new Promise((r) => setTimeout(r, 1000)) // not reading the body
-  const sent = Number(readFileSync(join(sandbox, 'produce.progress'), 'utf8'))
-  t.ok(sent < 40 * MB, `the instance had written only ${(sent / MB).toFixed(0)} MB while the client was not reading`)
+  // The body is not read until the instance has stopped writing.
+  const sent = await settled('the instance to stop writing', () => fileNumber(join(sandbox, 'produce.sent')))
+  t.ok(sent > 0 && sent < 40 * MB, `the instance had written only ${(sent / MB).toFixed(0)} MB while the client was not reading`)
   let bytes = 0
   for await (const chunk of Readable.from(res.body)) bytes += (chunk as Buffer).length
   t.equal(bytes, 100 * MB, 'then all 100 MB arrive')

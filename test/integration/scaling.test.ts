@@ -20,19 +20,27 @@ async function serviceId(router: Router, token: string): Promise<string> {
   return (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': token } })).text
 }
 
-/** Runs `clients` loops of requests until `until()` says stop; returns every status seen. */
 interface Served {
   readonly startedAt: number
   readonly endedAt: number
   readonly service: string
 }
 
-async function load(router: Router, clients: number, path: string, headers: Record<string, string>, until: () => boolean): Promise<{ statuses: number[]; served: Served[] }> {
+/** Requests running in `clients` loops; `statuses` and `served` grow as they answer. */
+interface Load {
+  readonly statuses: number[]
+  readonly served: Served[]
+  /** Lets every loop finish its current request, then stops. */
+  stop(): Promise<{ statuses: number[]; served: Served[] }>
+}
+
+function load(router: Router, clients: number, path: string, headers: Record<string, string>): Load {
   const statuses: number[] = []
   const served: Served[] = []
-  await Promise.all(
+  let stopped = false
+  const running = Promise.all(
     Array.from({ length: clients }, async () => {
-      while (!until()) {
+      while (!stopped) {
         const startedAt = performance.now()
         const reply = await call(`${router.url}${path}`, { headers: { ...headers, 'x-waiter-debug': 'true' } })
         statuses.push(reply.status)
@@ -40,7 +48,15 @@ async function load(router: Router, clients: number, path: string, headers: Reco
       }
     }),
   )
-  return { statuses, served }
+  return {
+    statuses,
+    served,
+    stop: async () => {
+      stopped = true
+      await running
+      return { statuses, served }
+    },
+  }
 }
 
 /** The kitchen's own request logs across every instance of a version: [started, ended, cut]. */
@@ -63,36 +79,37 @@ function requestLog(router: Router, id: string): { started: Set<string>; ended: 
 }
 
 t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then returns to min; no request is cut', async (t) => {
-  const router = await startRouter(t, FAST)
+  // A tick every 50 ms and at most one kill a tick: the shrink from 20 to 1 takes about a second
+  // instead of five at FAST's 250 ms. The burst hold only has to outlast the ramp-up.
+  const router = await startRouter(t, { ...FAST, 'scaler.tickMs': 50, 'scaler.burstHoldMs': 1000, 'scaler.interKillMs': 50 })
   await createToken(router, 'step', kitchenToken({ 'max-instances': 30 }))
   const h = { 'x-waiter-token': 'step' }
   await call(`${router.url}/status`, { headers: h })
   const id = await serviceId(router, 'step')
 
-  let stopHeavy = false
   const stepAt = Date.now()
-  const heavy = load(router, 20, '/sleep?sleep-ms=300', h, () => stopHeavy)
+  const heavy = load(router, 20, '/sleep?sleep-ms=300', h)
   const reachedIn = await waitFor('20 healthy instances', async () => ((await app(router, id))['instance-counts']['healthy-instances'] >= 20 ? Date.now() - stepAt : undefined), 20000)
   t.ok(reachedIn < 10000, `20 healthy instances ${reachedIn} ms after the step`)
-  await new Promise((r) => setTimeout(r, 1000))
-  stopHeavy = true
-  const heavyResult = await heavy
+  // The load goes on at full size for a while: a round of the 20 clients on the full fleet.
+  const full = performance.now()
+  await waitFor('20 requests on the full fleet', () => (heavy.served.filter((r) => r.startedAt >= full).length >= 20 ? true : undefined))
+  const heavyResult = await heavy.stop()
 
   // Waiter's default scale-down (0.001 per second) would take an hour: speed it up on the live version.
   const override = await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ 'scale-down-factor': 0.5 }) })
   t.equal(override.status, 200)
   // A trickle keeps going while the fleet shrinks: the instances it uses must never be killed under it.
-  let stopTrickle = false
-  const trickle = load(router, 2, '/sleep?sleep-ms=100', h, () => stopTrickle)
+  const trickle = load(router, 2, '/sleep?sleep-ms=100', h)
   await waitFor('back to a small fleet', async () => ((await app(router, id))['instance-counts']['requested-instances'] <= 2 ? true : undefined), 30000)
-  stopTrickle = true
-  const trickleResult = await trickle
+  const trickleResult = await trickle.stop()
+  t.ok(trickleResult.statuses.length > 0, `${trickleResult.statuses.length} requests while the fleet shrank`)
   await waitFor('back to min', async () => ((await app(router, id))['instance-counts']['requested-instances'] === 1 ? true : undefined), 30000)
 
   const statuses = [...heavyResult.statuses, ...trickleResult.statuses]
-  t.ok(statuses.length > 100, `${statuses.length} requests`)
-  t.same([...new Set(statuses)], [200], 'every request succeeded')
+  t.same([...new Set(statuses)], [200], `every one of ${statuses.length} requests succeeded`)
   const log = requestLog(router, id)
+  t.equal(log.started.size, statuses.length, 'the app logged every request (so the checks below look at them all)')
   t.same(log.cut, [], 'the app saw no request cut off')
   t.equal([...log.started].filter((cid) => !log.ended.has(cid)).length, 0, 'every request the app started, it finished')
   const state = await app(router, id)
@@ -146,22 +163,23 @@ t.test('a token edit under continuous load loses no request: the old version ser
   const h = { 'x-waiter-token': 'rolling' }
   await call(`${router.url}/status`, { headers: h })
   const oldId = await serviceId(router, 'rolling')
-  let stop = false
-  const running = load(router, 4, '/request-info', h, () => stop)
-  await new Promise((r) => setTimeout(r, 300))
-  // The new version takes 1.5 s to start: without fallback, requests would wait for it.
-  await createToken(router, 'rolling', kitchenToken({ version: 'v2' }, '--start-up-sleep-ms 1500'))
+  const running = load(router, 4, '/request-info', h)
+  await waitFor('the load to run on the old version', () => (running.served.length >= 8 ? true : undefined))
+  // The new version takes 1 s to start: without fallback, requests would wait for it.
+  await createToken(router, 'rolling', kitchenToken({ version: 'v2' }, '--start-up-sleep-ms 1000'))
+  const editedAt = performance.now()
   const newId = await serviceId(router, 'rolling')
   await waitFor('the new version to serve', async () => ((await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })).headers['x-waiter-service-id'] === newId ? true : undefined), 15000)
-  await new Promise((r) => setTimeout(r, 300))
-  stop = true
-  const { statuses, served } = await running
+  await waitFor('the load to run on the new version', () => (running.served.filter((r) => r.service === newId).length >= 8 ? true : undefined))
+  const { statuses, served } = await running.stop()
   t.same([...new Set(statuses)], [200], `all ${statuses.length} requests succeeded`)
   const firstNew = Math.min(...served.filter((r) => r.service === newId).map((r) => r.endedAt))
   t.ok(Number.isFinite(firstNew), 'the new version served in the end')
   t.ok(served.filter((r) => r.endedAt < firstNew).every((r) => r.service === oldId), 'until then the old version served')
-  t.ok(served.filter((r) => r.startedAt > firstNew).every((r) => r.service === newId), 'and no request sent after that went to the old one')
-  t.ok(served.some((r) => r.service === oldId && r.startedAt > served[0]!.startedAt + 300), 'requests sent during the new version’s start were served by the old one')
+  const after = served.filter((r) => r.startedAt > firstNew)
+  t.ok(after.length > 0 && after.every((r) => r.service === newId), `and none of the ${after.length} requests sent after that went to the old one`)
+  // Without fallback, requests sent this long after the edit would wait for the new version (≥ 1 s to start).
+  t.ok(served.some((r) => r.service === oldId && r.startedAt > editedAt + 500), 'requests sent while the new version started were served by the old one')
 })
 
 t.test('overrides change scaling knobs without changing the service id', async (t) => {

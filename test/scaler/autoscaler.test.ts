@@ -71,19 +71,34 @@ t.test('scale-down never kills an instance with a request in flight', async (t) 
   busy.release('success')
 })
 
-t.test('one kill per tick at most, and a locked instance takes no new requests', async (t) => {
+t.test('one kill per tick at most, however far the scaler wants to go down', async (t) => {
   const { clock, backend, tracker, scaler } = setup()
   backend.add('s', [1, 2, 3, 4, 5, 6])
   tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const kills = (): number => backend.calls.filter((c) => c.startsWith('kill')).length
   await scaler.tick()
-  clock.advance(1000)
-  await scaler.tick()
-  const kills = backend.calls.filter((c) => c.startsWith('kill')).length
-  t.ok(kills <= 1, `${kills} kill in one tick`)
+  t.equal(kills(), 0, 'the first look records state only')
+  // Six idle instances, min 1, scale-down factor 0.9: every tick wants to halve the fleet (6 → 3,
+  // 5 → 2, …), more than one instance each time. Ticks and the inter-kill wait are both 1000 ms.
+  for (let tick = 1; tick <= 5; tick++) {
+    clock.advance(1000)
+    await scaler.tick()
+    t.equal(kills(), tick, `tick ${tick}: one kill, ${kills()} in all`)
+    t.equal(backend.state('s')?.requested, 6 - tick, `tick ${tick}: ${6 - tick} instances left`)
+  }
+  t.equal(scaler.snapshot('s')?.['last-decision']?.scaleTo, 1, 'the last decision went down to min')
+  await ticks(clock, scaler, 3)
+  t.equal(kills(), 5, 'no kill below min-instances')
+})
+
+t.test('a locked instance takes no new requests, and a busy one cannot be locked', async (t) => {
+  const { backend, tracker } = setup()
+  backend.add('s', [1, 2, 3])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
   t.ok(tracker.lockForKill('s', 's.1'))
   t.notOk(tracker.lockForKill('s', 's.1'), 'cannot lock twice')
   const lease = tracker.tryAcquire('s') as Lease
-  t.not(lease.instance.id, 's.1', 'a locked instance is skipped')
+  t.equal(lease.instance.id, 's.2', 'a locked instance is skipped: the oldest unlocked one serves')
   t.notOk(tracker.lockForKill('s', lease.instance.id), 'a busy instance cannot be locked')
 })
 

@@ -67,7 +67,11 @@ t.test('the burst path jumps to the ideal at once and holds while the burst last
   const trace = simulate(WAITER, (s) => (s < 10 ? 20 : 2), 200, BURST)
   t.equal(trace[0], 20, 'demand ≥ 2× ready capacity: straight to 20 on the first tick')
   t.ok(trace.slice(0, 70).every((n) => n === 20), 'no scale-down for the hold after demand drops (60 s)')
-  t.ok((trace[200] as number) <= 20, 'then the EMA may bring it down')
+  // Demand last crossed the threshold at 0 s, so the burst holds through 59 s. From 60 s the EMA
+  // moves the target from 20 towards the ideal of 2 by the scale-down factor per tick, and the
+  // fleet follows it down in whole instances (a step once the target is a whole instance lower).
+  const target = 2 + (20 - 2) * (1 - WAITER.scaleDownFactor) ** (200 - 59)
+  t.equal(trace[200], Math.ceil(target), `then the EMA brings it down: ${trace[200]} instances at 200 s (target ${target.toFixed(2)})`)
 })
 
 t.test('spiky traffic: the fleet meets the first spike and does not collapse in the troughs', async (t) => {
