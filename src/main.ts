@@ -1,17 +1,36 @@
 #!/usr/bin/env node
 import { runCli } from './cli.ts'
 
+/**
+ * The same signal again within this long is the same request to stop: Ctrl-C on `npm start`
+ * reaches both npm and maitre (the terminal signals the whole process group), and npm forwards
+ * it too, so maitre sees it twice within milliseconds.
+ */
+const REPEAT_WINDOW_MS = 1000
+
 const stopSignal = (): Promise<void> =>
   new Promise((resolve) => {
+    let firstAt: number | undefined
     const onSignal = (): void => {
-      // A second signal means "now": do not wait for the drain.
-      process.once('SIGTERM', () => process.exit(1))
-      process.once('SIGINT', () => process.exit(1))
-      resolve()
+      const now = Date.now()
+      if (firstAt === undefined) {
+        firstAt = now
+        resolve()
+        return
+      }
+      // A second signal, later on, means "now": do not wait for the drain.
+      if (now - firstAt >= REPEAT_WINDOW_MS) process.exit(1)
     }
-    process.once('SIGTERM', onSignal)
-    process.once('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+    process.on('SIGINT', onSignal)
   })
+
+// The last safety net: a rejection nothing handled is reported, and the router stays up (the
+// request path has its own net, which also answers the request).
+process.on('unhandledRejection', (reason) => {
+  const err = reason instanceof Error ? { type: reason.name, message: reason.message, stack: reason.stack } : { message: String(reason) }
+  process.stderr.write(`${JSON.stringify({ level: 50, time: Date.now(), pid: process.pid, name: 'maitre', err, msg: 'unhandled rejection' })}\n`)
+})
 
 process.exitCode = await runCli(process.argv.slice(2), process.env, {
   out: (text) => process.stdout.write(text),

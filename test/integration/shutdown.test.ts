@@ -1,0 +1,93 @@
+/**
+ * Stopping cuts nothing: under continuous load, SIGTERM (or Ctrl-C reaching the whole process
+ * group under `npm start`) drains every request that was accepted, long streams included, then
+ * stops the instances and exits 0.
+ */
+import t, { type Test } from 'tap'
+import { Agent, Client, request } from 'undici'
+import { createToken, kitchenToken, processAlive, waitFor } from '../fixtures/router.ts'
+import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
+
+interface LoadReport {
+  readonly ok: number
+  readonly refused: number
+  readonly failures: string[]
+}
+
+/** Workers that send requests back to back until the router refuses new connections. */
+function continuousLoad(url: string, workers: number, headers: Record<string, string>): { stop: () => void; done: Promise<LoadReport>; count: () => number } {
+  const agent = new Agent({ connections: workers, keepAliveTimeout: 30_000 })
+  let ok = 0
+  let refused = 0
+  let stopped = false
+  const failures: string[] = []
+  const worker = async (): Promise<void> => {
+    while (!stopped) {
+      try {
+        const res = await request(`${url}/sleep?sleep-ms=20`, { dispatcher: agent, headers })
+        await res.body.text()
+        if (res.statusCode === 200) ok += 1
+        else failures.push(`status ${res.statusCode}`)
+      } catch (err) {
+        const code = (err as { code?: string }).code
+        // The listener is closed: a new connection is refused, so the request was never accepted.
+        if (code === 'ECONNREFUSED') {
+          refused += 1
+          return
+        }
+        failures.push(`${code ?? ''} ${(err as Error).message}`)
+        return
+      }
+    }
+  }
+  const done = Promise.all(Array.from({ length: workers }, worker)).then(async () => {
+    await agent.close()
+    return { ok, refused, failures }
+  })
+  return { stop: () => (stopped = true), done, count: () => ok }
+}
+
+/** A response streamed in `chunks` pieces over about chunks × 50 ms; resolves with its whole body. */
+async function longStream(url: string, headers: Record<string, string>, chunks: number): Promise<string> {
+  const res = await request(`${url}/chunked?chunks=${chunks}&delay-ms=50`, { headers })
+  return res.body.text()
+}
+
+async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void): Promise<void> {
+  await createToken(router, 'kitchen', kitchenToken({ 'concurrency-level': 20 }))
+  const h = { 'x-waiter-token': 'kitchen' }
+  const info = await request(`${router.url}/request-info`, { headers: h })
+  const { pid } = (await info.body.json()) as { pid: number }
+  // One kept-alive connection opened before the signal, to ask /readyz during the drain.
+  const probe = new Client(router.url, { keepAliveTimeout: 60_000 })
+  t.teardown(() => probe.close())
+  t.equal((await probe.request({ path: '/readyz', method: 'GET' })).statusCode, 200, 'ready before the signal')
+
+  const load = continuousLoad(router.url, 8, h)
+  const streams = [longStream(router.url, h, 30), longStream(router.url, h, 30)]
+  await waitFor('the load to run', () => (load.count() >= 100 ? true : undefined), 20_000)
+  stop()
+  await waitFor('the router to take the signal', () => (router.lines.some((l) => l['msg'] === 'stopping: draining requests') ? true : undefined), 5000)
+  const readyz = await probe.request({ path: '/readyz', method: 'GET' })
+  await readyz.body.text()
+  t.equal(readyz.statusCode, 503, '/readyz says 503 at once')
+  t.equal(readyz.headers['connection'], 'close', 'and every response of the drain closes its connection')
+
+  const report = await load.done
+  t.same(report.failures, [], `no accepted request failed (${report.ok} served, ${report.refused} workers stopped at a refused connection)`)
+  const bodies = await Promise.all(streams)
+  for (const body of bodies) t.equal(body.split('\n').filter((l) => l.startsWith('chunk-')).length, 30, 'a long stream in flight at the signal finished whole')
+  t.equal(await router.exited, 0, 'clean exit')
+  await waitFor('the instance to be stopped', () => (processAlive(pid) ? undefined : true), 5000)
+  t.ok(router.lines.some((l) => l['msg'] === 'stopped'), 'it stopped as it should, not by a second signal')
+}
+
+t.test('SIGTERM under continuous load: nothing accepted is cut, streams finish, instances stop', { timeout: 60_000 }, async (t) => {
+  const router = await startRouterProcess(t)
+  await drainUnderLoad(t, router, () => router.child.kill('SIGTERM'))
+})
+
+t.test('Ctrl-C on `npm start` (SIGINT to the whole process group, forwarded again by npm) drains instead of exiting at once', { timeout: 60_000 }, async (t) => {
+  const router = await startRouterProcess(t, { via: 'npm' })
+  await drainUnderLoad(t, router, () => process.kill(-(router.child.pid as number), 'SIGINT'))
+})
