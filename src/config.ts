@@ -27,6 +27,14 @@ export interface LocalBackendConfig {
   readonly memoryCheckIntervalMs: number
   /** Failed instances (since the last healthy one) before a deployment error is declared. */
   readonly minFailedInstances: number
+  /**
+   * An instance's stdout or stderr over this size is rotated (copied to stdout.1 / stderr.1,
+   * then emptied), checked every memoryCheckIntervalMs: each file stays under about this plus
+   * what the instance writes in one interval.
+   */
+  readonly maxLogBytes: number
+  /** Sandboxes of failed instances kept per version for /apps/{id}/logs; older ones are removed. */
+  readonly failedSandboxesKept: number
 }
 
 export interface KubernetesBackendConfig {
@@ -142,6 +150,8 @@ export const DEFAULTS: Config = {
       restartBackoffMaxMs: 30000,
       memoryCheckIntervalMs: 1000,
       minFailedInstances: 2,
+      maxLogBytes: 10485760,
+      failedSandboxesKept: 5,
     },
     kubernetes: {
       apiServer: null,
@@ -216,6 +226,8 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.local.restartBackoffMaxMs': nonNegativeInt,
   'backend.local.memoryCheckIntervalMs': positiveInt,
   'backend.local.minFailedInstances': positiveInt,
+  'backend.local.maxLogBytes': positiveInt,
+  'backend.local.failedSandboxesKept': nonNegativeInt,
   'scaler.tickMs': positiveInt,
   'scaler.burstThreshold': (v) => (typeof v === 'number' && v >= 1 ? undefined : 'must be a number >= 1'),
   'scaler.burstHoldMs': nonNegativeInt,

@@ -3,9 +3,13 @@
  * semantics (reference §7.2) — `$PORT0..` from a port range, a sandbox directory holding stdout
  * and stderr, WAITER_* environment, HTTP health checks (every few tens of ms until the first
  * success, so cold starts cost the app's own start time), a grace period, a memory limit, relaunch
- * to the requested count with backoff, and SIGTERM then SIGKILL of the whole group.
+ * to the requested count with backoff, and SIGTERM then SIGKILL of the whole group. Nothing is
+ * left behind: when an instance ends, what escaped its group (setsid, daemons) is killed and its
+ * sandbox removed (but for the last few failed ones, kept for their logs); its stdout and stderr
+ * are rotated past maxLogBytes; and at start-up whatever a crashed router left is swept away.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
+import { copyFile, readdir, rm, rmdir, stat, truncate } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
@@ -17,6 +21,7 @@ import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } fro
 import { deploymentError } from '../deployment-error.ts'
 import { refuseHttp2, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
+import { killProcessesUnder } from './leftovers.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
@@ -28,6 +33,9 @@ export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'>
 }
 
 const ENDED_KEPT = 10
+/** Written into each sandbox: what a later router needs to find the instance's processes. */
+const INSTANCE_FILE = 'maitre-instance.json'
+const LOG_FILES = ['stdout', 'stderr'] as const
 
 interface KillReason {
   readonly failed: boolean
@@ -47,6 +55,8 @@ interface LocalInstance {
   consecutiveFailures: number
   killReason: KillReason | undefined
   cancelProbe: (() => void) | undefined
+  /** Resolves when the instance has ended and its leftovers and sandbox are dealt with. */
+  finished: Promise<void> | undefined
 }
 
 interface LocalService {
@@ -70,6 +80,10 @@ export class LocalBackend implements Backend {
   readonly #services = new Map<string, LocalService>()
   /** Instances being stopped, by pid, so close() can wait for them too. */
   readonly #stopping = new Map<number, Promise<unknown>>()
+  /** Every instance still running or being cleaned up after, so close() can wait for all of it. */
+  readonly #finishing = new Set<Promise<void>>()
+  /** The start-up sweep of what a crashed router left behind; nothing launches before it is done. */
+  readonly #swept: Promise<void>
   readonly #listeners: ServiceListeners
   readonly #ports: PortAllocator
   readonly #prober: HealthProber
@@ -82,10 +96,18 @@ export class LocalBackend implements Backend {
     this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
     this.#prober = new HealthProber(options.healthCheckTimeoutMs)
     mkdirSync(options.workDir, { recursive: true })
+    this.#swept = this.#sweepLeftovers()
     this.#scheduleMemoryCheck()
   }
 
+  /** Resolves once the start-up sweep is done (ensureService waits for it anyway). */
+  ready(): Promise<void> {
+    return this.#swept
+  }
+
   async ensureService(spec: LaunchSpec): Promise<void> {
+    if (this.#closed) throw new Error('the local backend is closed')
+    await this.#swept
     if (this.#closed) throw new Error('the local backend is closed')
     if (this.#services.has(spec.serviceId)) return
     if (spec.cmdType === 'docker' || spec.image !== undefined) {
@@ -119,7 +141,22 @@ export class LocalBackend implements Backend {
     const service = this.#services.get(serviceId)
     if (service === undefined) return
     service.requested = Math.max(0, instances)
+    this.#shrink(service)
     this.#reconcile(service)
+  }
+
+  /**
+   * Stops instances beyond the requested count, as a ReplicaSet would: those not yet healthy
+   * first, then the youngest. (The autoscaler scales down through killInstance, naming an idle
+   * instance; this is for callers that only say how many.)
+   */
+  #shrink(service: LocalService): void {
+    const surplus = service.instances.size - service.requested
+    if (surplus <= 0) return
+    const victims = [...service.instances.values()]
+      .sort((a, b) => Number(a.healthy) - Number(b.healthy) || b.startedAt - a.startedAt)
+      .slice(0, surplus)
+    for (const victim of victims) this.#kill(service, victim, { failed: false, message: 'Scaled down' }, 'SIGTERM')
   }
 
   async killInstance(serviceId: string, instanceId: string): Promise<boolean> {
@@ -137,13 +174,16 @@ export class LocalBackend implements Backend {
     service.deleted = true
     service.requested = 0
     service.cancelRelaunch?.()
-    const exits = [...service.instances.values()].map((instance) => {
+    const ending = [...service.instances.values()].map((instance) => {
       this.#kill(service, instance, { failed: false, message: 'Service deleted' }, 'SIGTERM')
-      return instance.group.exited
+      return instance.finished
     })
     this.#services.delete(serviceId)
     this.#listeners.emit(serviceId)
-    await Promise.all(exits)
+    await Promise.all(ending)
+    // The sandboxes kept for failed instances' logs go with the service.
+    await Promise.all(service.failed.map((f) => removeSandbox(f.logDirectory)))
+    await rmdir(join(this.#o.workDir, serviceId)).catch(() => undefined) // only if nothing else lives there
     this.#o.log.info({ service: serviceId }, 'service deleted')
   }
 
@@ -172,7 +212,10 @@ export class LocalBackend implements Backend {
       }
     }
     await Promise.all(this.#stopping.values())
+    await Promise.all(this.#finishing)
     await this.#prober.close()
+    // Nothing runs any more: no sandbox is kept (the next start would sweep them anyway).
+    await this.#removeSandboxes()
   }
 
   #view(service: LocalService): ServiceState {
@@ -252,10 +295,17 @@ export class LocalBackend implements Backend {
         consecutiveFailures: 0,
         killReason: undefined,
         cancelProbe: undefined,
+        finished: undefined,
       }
+      writeFileSync(join(sandbox, INSTANCE_FILE), `${JSON.stringify({ id, serviceId: spec.serviceId, pid: group.pid, processGroup: group.pid, startedAt: instance.startedAt })}\n`)
       service.instances.set(id, instance)
       this.#o.log.info({ service: spec.serviceId, instance: id, pid: group.pid, port: ports[0] }, 'instance started')
-      void group.exited.then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
+      const finished = group.exited
+        .then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
+        .catch((err: unknown) => this.#o.log.error({ err, service: spec.serviceId, instance: id }, 'cleaning up after an instance failed'))
+      instance.finished = finished
+      this.#finishing.add(finished)
+      void finished.then(() => this.#finishing.delete(finished))
       this.#scheduleProbe(service, instance, 0)
       this.#listeners.emit(spec.serviceId)
     } catch (err) {
@@ -356,7 +406,7 @@ export class LocalBackend implements Backend {
     this.#listeners.emit(service.spec.serviceId)
   }
 
-  #onExit(service: LocalService, instance: LocalInstance, code: number | null, signal: NodeJS.Signals | null): void {
+  async #onExit(service: LocalService, instance: LocalInstance, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     instance.cancelProbe?.()
     this.#ports.release(instance.ports)
     const selfExit = instance.killReason === undefined
@@ -378,8 +428,42 @@ export class LocalBackend implements Backend {
       exitCode,
       flags: instance.flags,
       message,
-      logDirectory: instance.sandbox,
+      // A failed instance's sandbox is kept for its logs; one killed on purpose has nothing to tell.
+      logDirectory: failed ? instance.sandbox : undefined,
     }, failed)
+    // The group is gone; whatever escaped it (setsid, a daemon) is not, until now.
+    const leftovers = await killProcessesUnder(instance.sandbox, instance.group.pid)
+    if (leftovers.length > 0) this.#o.log.warn({ service: service.spec.serviceId, instance: instance.id, pids: leftovers }, 'killed processes that escaped the instance')
+    if (!failed) await removeSandbox(instance.sandbox)
+    await this.#pruneFailedSandboxes(service)
+  }
+
+  /** Keeps the sandboxes of the newest failedSandboxesKept failed instances of a service; older ones go. */
+  async #pruneFailedSandboxes(service: LocalService): Promise<void> {
+    const keep = this.#o.failedSandboxesKept
+    const old = service.failed.slice(keep).filter((f) => f.logDirectory !== undefined)
+    if (old.length === 0) return
+    service.failed = service.failed.map((f, index) => (index < keep ? f : { ...f, logDirectory: undefined }))
+    await Promise.all(old.map((f) => removeSandbox(f.logDirectory)))
+  }
+
+  /**
+   * What a router that died (even by SIGKILL) left: its instances' process groups die with it
+   * (their watchdogs), but what escaped a group lives on; kill it, and remove every sandbox.
+   */
+  async #sweepLeftovers(): Promise<void> {
+    const killed = await killProcessesUnder(this.#o.workDir)
+    if (killed.length > 0) this.#o.log.warn({ workDir: this.#o.workDir, pids: killed }, 'killed processes a previous router left running')
+    await this.#removeSandboxes()
+  }
+
+  async #removeSandboxes(): Promise<void> {
+    const entries = await readdir(this.#o.workDir).catch(() => [])
+    await Promise.all(entries.map(async (entry) => {
+      // A process dying at that moment may still create a file: one retry, then say so and go on.
+      const remove = (): Promise<void> => rm(join(this.#o.workDir, entry), { recursive: true, force: true, maxRetries: 2 })
+      await remove().catch(remove).catch((err: unknown) => this.#o.log.warn({ err, path: join(this.#o.workDir, entry) }, 'could not remove a sandbox'))
+    }))
   }
 
   #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean): void {
@@ -416,12 +500,32 @@ export class LocalBackend implements Backend {
 
   #scheduleMemoryCheck(): void {
     this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
-      void this.#checkMemory()
+      void Promise.all([this.#checkMemory(), this.#rotateLogs()])
         .catch((err: unknown) => this.#o.log.error({ err }, 'memory check failed'))
         .finally(() => {
           if (!this.#closed) this.#scheduleMemoryCheck()
         })
     }, this.#o.memoryCheckIntervalMs)
+  }
+
+  /**
+   * stdout and stderr past maxLogBytes are copied to stdout.1 / stderr.1 and emptied. The
+   * instance holds them open in append mode, so its next write lands at the new, empty end.
+   */
+  async #rotateLogs(): Promise<void> {
+    const max = this.#o.maxLogBytes
+    const files = [...this.#services.values()].flatMap((s) => [...s.instances.values()].flatMap((i) => LOG_FILES.map((f) => join(i.sandbox, f))))
+    await Promise.all(files.map(async (file) => {
+      const size = (await stat(file).catch(() => undefined))?.size ?? 0
+      if (size <= max) return
+      try {
+        await copyFile(file, `${file}.1`)
+        await truncate(file, 0)
+      } catch (err) {
+        // The instance ended and its sandbox went meanwhile: nothing to rotate.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      }
+    }))
   }
 
   async #checkMemory(): Promise<void> {
@@ -442,6 +546,10 @@ export class LocalBackend implements Backend {
       }
     }
   }
+}
+
+async function removeSandbox(sandbox: string | undefined): Promise<void> {
+  if (sandbox !== undefined) await rm(sandbox, { recursive: true, force: true })
 }
 
 function signalNumber(signal: NodeJS.Signals | null): number {
