@@ -60,7 +60,7 @@ export interface Backend {
   readonly kind: 'local' | 'kubernetes' | 'mesos'
   /** Creates the service with its minimum instances unless it exists already. */
   ensureService(spec: LaunchSpec): Promise<void>
-  /** Asks for `instances` instances of an existing service. */
+  /** Asks for `instances` instances of an existing service; going down, the backend picks which stop. */
   scale(serviceId: string, instances: number): Promise<void>
   /** Stops one instance (callers pick an idle one) and lowers the requested count by one. */
   killInstance(serviceId: string, instanceId: string): Promise<boolean>
@@ -70,6 +70,9 @@ export interface Backend {
   services(): readonly ServiceState[]
   /** Called with a service id whenever that service's instances or errors change. */
   subscribe(listener: (serviceId: string) => void): () => void
-  /** Stops every instance; nothing is left running. */
+  /**
+   * Stops watching and managing. A backend that owns its instances (local) stops every one; a
+   * cluster backend (Kubernetes) leaves them to the cluster, for the next router to adopt.
+   */
   close(): Promise<void>
 }
