@@ -77,3 +77,67 @@ t.test('an instance that fails its health checks mid-request finishes the reques
   t.notOk(log.some((l) => / cut /.test(l)), 'and no request was cut')
   t.ok(existsSync(busy['log-directory']), 'its sandbox is still there')
 })
+
+t.test('a request an instance refused to connect goes to another instance, whatever its method', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'pair', kitchenToken({ 'min-instances': 2, 'concurrency-level': 4, 'load-balancing': 'oldest' }))
+  const h = { 'x-waiter-token': 'pair' }
+  const serviceId = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${router.url}/status`, { headers: h })).status, 200)
+  const two = await waitFor('two healthy instances', async () => {
+    const live = (await app(router, serviceId)).instances['active-instances']
+    return live.length === 2 && live.every((i) => i.healthy) ? live : undefined
+  })
+  // The oldest instance (the one requests go to first) stops listening but stays healthy until its next check.
+  const deaf = await call(`${router.url}/stop-listening`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const deafId = deaf.headers['x-waiter-backend-id'] as string
+  t.ok(two.some((i) => i.id === deafId))
+  const replies = []
+  for (const method of ['GET', 'POST', 'PUT', 'DELETE', 'PATCH']) {
+    replies.push(await call(`${router.url}/request-info`, { method, headers: { ...h, 'x-waiter-debug': 'true', 'content-type': 'text/plain' }, body: method === 'GET' || method === 'DELETE' ? null : `a ${method} body` }))
+  }
+  t.same(replies.map((r) => r.status), [200, 200, 200, 200, 200], 'every request was served, bodies included')
+  t.ok(replies.every((r) => r.headers['x-waiter-backend-id'] !== deafId), 'by the instance that listens')
+  t.same(replies.slice(1).map((r) => r.json<{ body: string }>().body), ['a POST body', 'a PUT body', '', 'a PATCH body'], 'with their bodies intact')
+  const slots = (await app(router, serviceId)).slots
+  t.ok((slots.find((s) => s.id === deafId) as unknown as { ejectedUntil: number }).ejectedUntil > Date.now(), 'the deaf instance is ejected')
+})
+
+t.test('SIGKILL of an instance under load fails only the requests it was carrying', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'herd', kitchenToken({ 'min-instances': 3, 'concurrency-level': 4 }))
+  const h = { 'x-waiter-token': 'herd' }
+  const serviceId = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${router.url}/status`, { headers: h })).status, 200)
+  const three = await waitFor('three healthy instances', async () => {
+    const live = (await app(router, serviceId)).instances['active-instances']
+    return live.length === 3 && live.every((i) => i.healthy) ? live : undefined
+  })
+  const victim = three[0] as AppInstance
+  const victimPid = Number((readFileSync(join(victim['log-directory'], 'maitre-instance.json'), 'utf8').match(/"pid":(\d+)/) ?? [])[1])
+  let stop = false
+  let served = 0
+  const failures: string[] = []
+  const workers = Array.from({ length: 8 }, async () => {
+    while (!stop) {
+      const reply = await call(`${router.url}/sleep?sleep-ms=30`, { headers: h }).catch((err: Error) => ({ status: 0, text: err.message }))
+      if (reply.status === 200) served += 1
+      else failures.push(`${reply.status} ${/"message": "([^"]*)"/.exec(reply.text)?.[1] ?? reply.text.slice(0, 200)}`)
+    }
+  })
+  await waitFor('the load to reach the victim', () => (existsSync(join(victim['log-directory'], 'requests.log')) && served > 50 ? true : undefined))
+  process.kill(-victimPid, 'SIGKILL')
+  // What the app had started and not finished when it died: the requests it was carrying.
+  const log = readFileSync(join(victim['log-directory'], 'requests.log'), 'utf8').trim().split('\n')
+  const startedCids = log.filter((l) => / start /.test(l)).map((l) => l.split(' ')[2])
+  const endedCids = new Set(log.filter((l) => / end /.test(l)).map((l) => l.split(' ')[2]))
+  const carried = startedCids.filter((cid) => !endedCids.has(cid)).length
+  const before = served
+  await waitFor('the load to go on past the kill', () => (served > before + 100 ? true : undefined), 15_000)
+  stop = true
+  await Promise.all(workers)
+  // It can carry at most concurrency-level (4) requests; its own log shows those it had begun to
+  // handle, and a request already sent to it may not have reached its log yet.
+  t.ok(failures.length <= 4, `failures (${failures.length}) are at most the 4 requests it could carry (its log shows ${carried} begun): ${failures.join('; ')}`)
+  t.ok(failures.every((f) => f.startsWith('502') && f.includes('Request to service backend failed')), 'each a 502 for a request cut mid-way')
+})

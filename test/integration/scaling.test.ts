@@ -1,7 +1,7 @@
 import t from 'tap'
-import { readdirSync, readFileSync, existsSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { call, createToken, kitchenToken, processAlive, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 type App = {
   'service-id': string
@@ -60,14 +60,12 @@ function load(router: Router, clients: number, path: string, headers: Record<str
 }
 
 /** The kitchen's own request logs across every instance of a version: [started, ended, cut]. */
-function requestLog(router: Router, id: string): { started: Set<string>; ended: Set<string>; cut: string[] } {
-  const dir = join(router.dataDir, 'instances', id)
+function requestLog(dir: string): { started: Set<string>; ended: Set<string>; cut: string[] } {
   const started = new Set<string>()
   const ended = new Set<string>()
   const cut: string[] = []
-  for (const instance of readdirSync(dir)) {
-    const file = join(dir, instance, 'requests.log')
-    if (!existsSync(file)) continue
+  for (const name of readdirSync(dir)) {
+    const file = join(dir, name)
     for (const line of readFileSync(file, 'utf8').split('\n')) {
       const [, kind, cid] = line.split(' ')
       if (kind === 'start' && cid !== undefined) started.add(cid)
@@ -82,7 +80,10 @@ t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then return
   // A tick every 50 ms and at most one kill a tick: the shrink from 20 to 1 takes about a second
   // instead of five at FAST's 250 ms. The burst hold only has to outlast the ramp-up.
   const router = await startRouter(t, { ...FAST, 'scaler.tickMs': 50, 'scaler.burstHoldMs': 1000, 'scaler.interKillMs': 50 })
-  await createToken(router, 'step', kitchenToken({ 'max-instances': 30 }))
+  // The instances' request logs go where they outlive the instances killed on the way down.
+  const logDir = join(router.dataDir, 'request-logs')
+  mkdirSync(logDir)
+  await createToken(router, 'step', kitchenToken({ 'max-instances': 30 }, `--request-log-dir ${logDir}`))
   const h = { 'x-waiter-token': 'step' }
   await call(`${router.url}/status`, { headers: h })
   const id = await serviceId(router, 'step')
@@ -108,7 +109,7 @@ t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then return
 
   const statuses = [...heavyResult.statuses, ...trickleResult.statuses]
   t.same([...new Set(statuses)], [200], `every one of ${statuses.length} requests succeeded`)
-  const log = requestLog(router, id)
+  const log = requestLog(logDir)
   t.equal(log.started.size, statuses.length, 'the app logged every request (so the checks below look at them all)')
   t.same(log.cut, [], 'the app saw no request cut off')
   t.equal([...log.started].filter((cid) => !log.ended.has(cid)).length, 0, 'every request the app started, it finished')
@@ -116,25 +117,6 @@ t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then return
   t.equal(state.scaling?.['last-decision']?.direction !== undefined, true, '/apps/{id} shows the last decision')
   const autoscaler = (await call(`${router.url}/state/autoscaler`)).json<{ state: Record<string, { target: number }> }>()
   t.ok(autoscaler.state[id] !== undefined, '/state/autoscaler lists the version')
-})
-
-t.test('a version idle past its idle timeout is collected, and comes back on the next request', async (t) => {
-  const router = await startRouter(t, FAST)
-  await createToken(router, 'idle', kitchenToken({ 'idle-timeout-mins': 1 }))
-  const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'idle' } })
-  const pid = first.json<{ pid: number }>().pid
-  const id = await serviceId(router, 'idle')
-  const started = Date.now()
-  await waitFor('the idle version to disappear from /apps', async () => ((await call(`${router.url}/apps`)).json<App[]>().some((a) => a['service-id'] === id) ? undefined : true), 90000)
-  const after = Date.now() - started
-  t.ok(after >= 55000, `collected after ${after} ms of idleness (idle-timeout-mins 1)`)
-  await waitFor('its instance to be gone', () => (processAlive(pid) ? undefined : true), 5000)
-  t.notOk(processAlive(pid), 'its instance is gone')
-  const gc = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string; at: number }[] } }>()
-  t.match(gc.state['recently-collected'][0], { id, reason: 'idle' })
-  const again = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'idle' } })
-  t.equal(again.status, 200)
-  t.equal(again.headers['x-maitre-cold-start'], 'true', 'the next request cold-starts it')
 })
 
 t.test('broken and stale versions are collected', async (t) => {
@@ -153,7 +135,11 @@ t.test('broken and stale versions are collected', async (t) => {
   const newId = await serviceId(router, 'moving')
   await waitFor('the stale version to be collected', async () => ((await call(`${router.url}/apps/${oldId}`)).status === 404 ? true : undefined), 10000)
   t.equal((await app(router, newId)).status, 'Running', 'the current version stays')
-  const reasons = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string }[] } }>().state['recently-collected']
+  // A collection is on record once its instances are gone, a little after its record.
+  const reasons = await waitFor('both collections on record', async () => {
+    const recent = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string }[] } }>().state['recently-collected']
+    return recent.length >= 2 ? recent : undefined
+  })
   t.same(reasons.map((r) => [r.id, r.reason]).sort(), [[brokenId, 'broken'], [oldId, 'stale']].sort())
 })
 

@@ -1,0 +1,75 @@
+/**
+ * Garbage collection against a real router and real instances, with a clock the test jumps
+ * forward instead of waiting out idle timeouts.
+ */
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { call, createToken, kitchenCmd, kitchenToken, processAlive, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { OffsetClock } from '../fixtures/offset-clock.ts'
+
+const FAST_GC = { 'scaler.tickMs': 250, 'scaler.gcIntervalMs': 100 }
+
+interface AppSummary {
+  readonly 'service-id': string
+  readonly 'instance-counts': { 'healthy-instances': number }
+}
+
+async function listed(router: Router, id: string): Promise<AppSummary | undefined> {
+  return (await call(`${router.url}/apps`)).json<AppSummary[]>().find((a) => a['service-id'] === id)
+}
+
+t.test('a version idle past its idle timeout is collected, and comes back on the next request', async (t) => {
+  const clock = new OffsetClock()
+  const router = await startRouter(t, FAST_GC, { clock })
+  await createToken(router, 'idle', kitchenToken({ 'idle-timeout-mins': 1 }))
+  const h = { 'x-waiter-token': 'idle' }
+  const first = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const pid = first.json<{ pid: number }>().pid
+  const id = first.headers['x-waiter-service-id'] as string
+  const sandbox = first.headers['x-waiter-backend-directory'] as string
+  clock.jump(59_000)
+  await waitFor('a few GC rounds', async () => ((await call(`${router.url}/state/gc-services`)).status === 200 ? true : undefined))
+  t.ok(await listed(router, id), 'idle for 59 s: still there')
+  clock.jump(2_000)
+  await waitFor('the idle version to disappear from /apps', async () => ((await listed(router, id)) === undefined ? true : undefined))
+  await waitFor('its instance to be gone', () => (processAlive(pid) ? undefined : true), 5000)
+  await waitFor('and its sandbox', () => (existsSync(sandbox) ? undefined : true), 5000)
+  const collected = await waitFor('the collection on record', async () => {
+    const gc = (await call(`${router.url}/state/gc-services`)).json<{ state: { 'recently-collected': { id: string; reason: string }[] } }>()
+    return gc.state['recently-collected'][0]
+  })
+  t.match(collected, { id, reason: 'idle' })
+  const again = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(again.status, 200)
+  t.equal(again.headers['x-maitre-cold-start'], 'true', 'the next request cold-starts it')
+  t.ok(await listed(router, id), 'and it is listed again')
+})
+
+t.test('a request that arrives while its version is being collected starts it afresh, and it stays managed', async (t) => {
+  const clock = new OffsetClock()
+  // The instance ignores SIGTERM, so its collection lasts the whole SIGTERM→SIGKILL delay.
+  const router = await startRouter(t, { ...FAST_GC, 'backend.local.minSigkillDelayMs': 1500 }, { clock })
+  // exec: the app itself leads the process group and takes the SIGTERM (a shell would die of it).
+  await createToken(router, 'idle', kitchenToken({ 'idle-timeout-mins': 1, cmd: `exec ${kitchenCmd('--ignore-sigterm')}` }))
+  const h = { 'x-waiter-token': 'idle' }
+  const first = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  const oldPid = first.json<{ pid: number }>().pid
+  const id = first.headers['x-waiter-service-id'] as string
+  clock.jump(61_000)
+  // The record goes first, the instance last: in between, the collection is under way.
+  await waitFor('the collection to start', async () => ((await listed(router, id)) === undefined ? true : undefined))
+  t.ok(processAlive(oldPid), 'the old instance is still being stopped')
+  const late = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  t.equal(late.status, 200, 'the request is served')
+  t.notOk(processAlive(oldPid), 'by a new instance, after the collection ended')
+  t.not(late.json<{ pid: number }>().pid, oldPid)
+  t.equal(late.headers['x-maitre-cold-start'], 'true')
+  const summary = await listed(router, id)
+  t.equal(summary?.['instance-counts']['healthy-instances'], 1, 'the version it started is recorded: /apps knows it')
+  const scaling = await waitFor('the autoscaler to manage it', async () => (await call(`${router.url}/state/${id}`)).json<{ state: { autoscaler: unknown } }>().state.autoscaler ?? undefined)
+  t.ok(scaling, 'the autoscaler decides for it')
+  clock.jump(61_000)
+  await waitFor('GC to collect it again in its turn', async () => ((await listed(router, id)) === undefined ? true : undefined))
+  const newPid = late.json<{ pid: number }>().pid
+  await waitFor('and its instance to go', () => (processAlive(newPid) ? undefined : true), 5000)
+})
