@@ -155,6 +155,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
       tokens,
       activator,
       parametersOf: (record) => parameters.ofRecord(record),
+      serviceIdOfToken: (token) => resolver.serviceIdOfToken(token),
       forgetVersion: async (serviceId) => {
         resolver.forget(serviceId)
         parameters.forget(serviceId)

@@ -14,6 +14,7 @@ import { startLoop, type Loop } from './loop.ts'
 import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import type { Tokens } from '../versions/tokens.ts'
+import type { TokenData } from '../versions/token-store.ts'
 import { tokenEtag } from '../versions/tokens.ts'
 import type { Activator } from './activator.ts'
 import { pickGarbage, type GcCandidate, type GcVerdict } from './gc.ts'
@@ -33,6 +34,8 @@ export interface GcDeps {
   readonly tokens: Tokens
   readonly activator: Pick<Activator, 'collect'>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
+  /** The service a token's current description runs as (undefined if it cannot run on its own). */
+  readonly serviceIdOfToken?: (token: TokenData) => string | undefined
   /** Drops what is derived from the version's record (cached resolutions, overrides); called before the backend delete. */
   readonly forgetVersion: (serviceId: string) => Promise<void> | void
   /** Called after a version is collected (counting, metric series). */
@@ -179,7 +182,9 @@ export class GcRunner {
           if (!this.#orphanedSince.has(record.id)) this.#orphanedSince.set(record.id, now)
           continue
         }
-        if (tokenEtag(token) === source.etag) {
+        // Current if the token is still at that version, or was edited without changing what
+        // runs (a timeout, the owner) and so still resolves to this service.
+        if (tokenEtag(token) === source.etag || this.#deps.serviceIdOfToken?.(token) === record.id) {
           current = true
           break
         }

@@ -16,7 +16,7 @@ export interface ServiceRecord {
   readonly id: string
   /** The explicitly given parameters the id was computed from. */
   readonly core: Readonly<Record<string, unknown>>
-  /** Token versions that resolved to this service (empty for on-the-fly access). */
+  /** The latest version of each token that resolved to this service (empty for on-the-fly access). */
   readonly sources: readonly TokenReference[]
   readonly createdAt: number
 }
@@ -49,10 +49,13 @@ export class ServiceRegistry {
     const existing = this.#records.get(id)
     const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
     if (existing !== undefined && (source === undefined || known)) return existing
+    // One reference per token, its latest version: a token edited a thousand times without
+    // changing what runs (timeouts, owner) still leaves one entry, not a thousand.
+    const others = (existing?.sources ?? []).filter((s) => s.token !== source?.token)
     const record: ServiceRecord = {
       id,
       core,
-      sources: source === undefined ? (existing?.sources ?? []) : [...(existing?.sources ?? []), source],
+      sources: source === undefined ? others : [...others, source],
       createdAt: existing?.createdAt ?? this.#clock.now(),
     }
     await this.#records.put(id, record)

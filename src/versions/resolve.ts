@@ -6,7 +6,8 @@
 import { LRUCache } from 'lru-cache'
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
-import { assertRunnable, coreParameters, effectiveParameters, misconfigured } from './descriptor.ts'
+import { assertRunnable, coreParameters, effectiveParameters, misconfigured, validateParameters } from './descriptor.ts'
+import type { TokenData } from './token-store.ts'
 import { TOKEN_METADATA } from './parameters.ts'
 import { parseWaiterHeaders, type WaiterHeaders } from './request-headers.ts'
 import { serviceIdOf } from './service-id.ts'
@@ -91,6 +92,14 @@ export class Resolver {
       this.#cache.set(key, resolution)
       return { resolution, headers: waiter }
     })
+  }
+
+  /** The service a token's own description runs as, or undefined when it is not a complete one. */
+  serviceIdOfToken(data: TokenData): string | undefined {
+    const fields = serviceFields(data)
+    if (fields['run-as-user'] === '*') delete fields['run-as-user'] // as #compute does
+    const core = coreParameters(fields)
+    return validateParameters(core, { requireComplete: true }).length === 0 ? serviceIdOf(core, this.#options.serviceIdPrefix) : undefined
   }
 
   /** Records a resolved version again (it may have been collected since it was resolved). */

@@ -64,7 +64,25 @@ t.test('no series of a garbage-collected version remains', async (t) => {
   await createToken(router, 'moving', kitchenToken({ ...meta, version: 'v2' }))
   await call(`${router.url}/request-info`, { headers: h })
   await waitFor('the old version to be collected', async () => ((await call(`${router.url}/apps/${oldId}`)).status === 404 ? true : undefined), 10000)
-  const text = await scrape(router)
+  // The record goes first; the series once the collection is over.
+  const text = await waitFor('the collection to be counted', async () => {
+    const scraped = await scrape(router)
+    return value(scraped, 'maitre_gc_deletions_total{reason="stale"}') === 1 ? scraped : undefined
+  })
   t.notMatch(text, oldId, 'no series mentions the collected version')
-  t.equal(value(text, 'maitre_gc_deletions_total{reason="stale"}'), 1)
+})
+
+t.test('DELETE /apps/{id} removes the version\'s series as GC does', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'doomed', kitchenToken())
+  const h = { 'x-waiter-token': 'doomed' }
+  await call(`${router.url}/request-info`, { headers: h })
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.match(await scrape(router), `service="${id}"`, 'the version has series while it runs')
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
+  const text = await waitFor('its series to go', async () => {
+    const scraped = await scrape(router)
+    return scraped.includes(id) ? undefined : scraped
+  })
+  t.notMatch(text, id, 'no series mentions the deleted version')
 })

@@ -41,6 +41,8 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
       tokens,
       activator,
       parametersOf: (record) => ({ ...effectiveParameters(record.core), 'run-as-user': 'me' }),
+      // In these tests version 'a' is what a token at version v1 runs.
+      serviceIdOfToken: (data) => (data['version'] === 'v1' ? 'a' : `other-${String(data['version'])}`),
       forgetVersion: (id) => void forgotten.push(id),
       onCollected: (id, reason) => void collected.push(`${id}:${reason}`),
       clock,
@@ -58,7 +60,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
     for (let waiting = activator.ensure(activation(id)); waiting !== undefined; waiting = activator.ensure(activation(id))) await waiting
     return tracker.acquire(id, { timeoutMs: 60_000 })
   }
-  return { clock, backend, tracker, registry, activator, gc, forgotten, collected, request }
+  return { clock, backend, tracker, registry, tokens, activator, gc, forgotten, collected, request }
 }
 
 t.test('an idle version is collected once idle-timeout-mins pass with nothing outstanding, and the next request brings it back', async (t) => {
@@ -157,4 +159,29 @@ t.test('a broken version is collected after its grace period plus the broken tim
   t.same(await gc.tick(), [], 'grace 30 s + broken timeout 60 s not yet over')
   clock.advance(1_000)
   t.same(await gc.tick(), [{ id: 'a', reason: 'broken' }])
+})
+
+t.test('a version whose token was edited without changing what runs stays current; a real change makes it stale', async (t) => {
+  const { clock, gc, registry, tokens, request } = setup(t.testdir(), { ...CORE, 'idle-timeout-mins': 0 })
+  const admin = { user: 'me', admin: true }
+  const fields = { ...CORE, 'idle-timeout-mins': 0, 'stale-timeout-mins': 0, 'fallback-period-secs': 0 }
+  const first = await tokens.upsert('web', fields, { principal: admin })
+  const lease = await request('a')
+  await registry.remember('a', CORE, { token: 'web', etag: first.etag })
+  lease.release('success')
+  clock.advance(1000)
+  const edited = await tokens.upsert('web', { ...fields, 'queue-timeout-ms': 5000 }, { principal: admin })
+  t.not(edited.etag, first.etag, 'a new token version')
+  clock.advance(1000)
+  t.same(await gc.tick(), [], 'no request since, yet its token still runs it: not stale')
+  await tokens.upsert('web', { ...fields, version: 'v2' }, { principal: admin })
+  clock.advance(1000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'stale' }], 'the token moved to another version: stale')
+})
+
+t.test('a version remembers the latest version of each token, one entry per token', async (t) => {
+  const { registry } = setup(t.testdir())
+  for (let i = 0; i < 50; i++) await registry.remember('a', CORE, { token: 'web', etag: `E-${i}` })
+  await registry.remember('a', CORE, { token: 'api', etag: 'E-x' })
+  t.same(registry.get('a')?.sources, [{ token: 'web', etag: 'E-49' }, { token: 'api', etag: 'E-x' }])
 })
