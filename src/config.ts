@@ -310,7 +310,7 @@ function locate(doc: Document, counter: LineCounter, file: string, path: string)
 
 function fail(issues: readonly ConfigIssue[]): never {
   const lines = issues.map((i) => `${i.where === undefined ? '' : `${i.where}: `}${i.path} ${i.message}`)
-  throw new MaitreError('ERR_INVALID_CONFIG', `Invalid configuration:\n  ${lines.join('\n  ')}`, { details: { issues } })
+  throw new MaitreError('MAITRE_INVALID_CONFIG', `Invalid configuration:\n  ${lines.join('\n  ')}`, { details: { issues } })
 }
 
 /** Parses a YAML config text over the defaults. */
@@ -338,7 +338,7 @@ export function loadConfigFile(path: string): Config {
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
-    throw new MaitreError('ERR_INVALID_CONFIG', `Cannot read config file ${path}: ${(err as Error).message}`)
+    throw new MaitreError('MAITRE_INVALID_CONFIG', `Cannot read config file ${path}: ${(err as Error).message}`)
   }
   return parseConfig(text, path)
 }

@@ -4,31 +4,31 @@
  */
 
 export type ErrorCode =
-  | 'ERR_BAD_REQUEST'
-  | 'ERR_INVALID_DESCRIPTOR'
-  | 'ERR_INVALID_TOKEN'
-  | 'ERR_TOKEN_NOT_FOUND'
-  | 'ERR_SERVICE_NOT_FOUND'
-  | 'ERR_SERVICE_UNKNOWN'
-  | 'ERR_ON_THE_FLY_DISABLED'
-  | 'ERR_FORBIDDEN'
-  | 'ERR_STALE_TOKEN'
-  | 'ERR_METHOD_NOT_ALLOWED'
-  | 'ERR_NOT_FOUND'
-  | 'ERR_QUEUE_FULL'
-  | 'ERR_QUEUE_TIMEOUT'
-  | 'ERR_DEPLOYMENT'
-  | 'ERR_MAINTENANCE'
-  | 'ERR_SUSPENDED'
-  | 'ERR_UPSTREAM_CONNECT'
-  | 'ERR_UPSTREAM'
-  | 'ERR_UPSTREAM_TIMEOUT'
-  | 'ERR_CLIENT_TIMEOUT'
-  | 'ERR_CLIENT_CLOSED'
-  | 'ERR_STORE_CORRUPT'
-  | 'ERR_INVALID_CONFIG'
-  | 'ERR_BACKEND'
-  | 'ERR_INTERNAL'
+  | 'MAITRE_BAD_REQUEST'
+  | 'MAITRE_INVALID_DESCRIPTOR'
+  | 'MAITRE_INVALID_TOKEN'
+  | 'MAITRE_TOKEN_NOT_FOUND'
+  | 'MAITRE_SERVICE_NOT_FOUND'
+  | 'MAITRE_SERVICE_UNKNOWN'
+  | 'MAITRE_ON_THE_FLY_DISABLED'
+  | 'MAITRE_FORBIDDEN'
+  | 'MAITRE_STALE_TOKEN'
+  | 'MAITRE_METHOD_NOT_ALLOWED'
+  | 'MAITRE_NOT_FOUND'
+  | 'MAITRE_QUEUE_FULL'
+  | 'MAITRE_QUEUE_TIMEOUT'
+  | 'MAITRE_DEPLOYMENT'
+  | 'MAITRE_MAINTENANCE'
+  | 'MAITRE_SUSPENDED'
+  | 'MAITRE_UPSTREAM_CONNECT'
+  | 'MAITRE_UPSTREAM'
+  | 'MAITRE_UPSTREAM_TIMEOUT'
+  | 'MAITRE_CLIENT_TIMEOUT'
+  | 'MAITRE_CLIENT_CLOSED'
+  | 'MAITRE_STORE_CORRUPT'
+  | 'MAITRE_INVALID_CONFIG'
+  | 'MAITRE_BACKEND'
+  | 'MAITRE_INTERNAL'
 
 interface CodeInfo {
   readonly status: number
@@ -39,31 +39,31 @@ interface CodeInfo {
 }
 
 const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
-  ERR_BAD_REQUEST: { status: 400, errorClass: 'waiter.BadRequest' },
-  ERR_INVALID_DESCRIPTOR: { status: 400, errorClass: 'waiter.ServiceMisconfigured', title: 'Service Misconfigured' },
-  ERR_INVALID_TOKEN: { status: 400, errorClass: 'waiter.BadTokenRequest' },
-  ERR_TOKEN_NOT_FOUND: { status: 404, errorClass: 'waiter.TokenNotFound' },
-  ERR_SERVICE_NOT_FOUND: { status: 404, errorClass: 'waiter.ServiceNotFound', title: 'Service Not Found' },
-  ERR_SERVICE_UNKNOWN: { status: 400, errorClass: 'waiter.ServiceUnknown' },
-  ERR_ON_THE_FLY_DISABLED: { status: 403, errorClass: 'maitre.OnTheFlyDisabled', title: 'On-the-fly Services Disabled' },
-  ERR_FORBIDDEN: { status: 403, errorClass: 'waiter.Forbidden' },
-  ERR_STALE_TOKEN: { status: 412, errorClass: 'waiter.StaleToken' },
-  ERR_METHOD_NOT_ALLOWED: { status: 405, errorClass: 'waiter.MethodNotAllowed' },
-  ERR_NOT_FOUND: { status: 404, errorClass: 'waiter.NotFound' },
-  ERR_QUEUE_FULL: { status: 503, errorClass: 'waiter.QueueLength', title: 'Service Queue Length Exceeded' },
-  ERR_QUEUE_TIMEOUT: { status: 503, errorClass: 'waiter.RequestTimeout', title: 'Request Timeout' },
-  ERR_DEPLOYMENT: { status: 503, errorClass: 'waiter.DeploymentError', title: 'Service Deployment Error' },
-  ERR_MAINTENANCE: { status: 503, errorClass: 'waiter.Maintenance', title: 'Service in Maintenance' },
-  ERR_SUSPENDED: { status: 503, errorClass: 'waiter.Suspended', title: 'Service Suspended' },
-  ERR_UPSTREAM_CONNECT: { status: 502, errorClass: 'waiter.BackendConnectError', title: 'Service Backend Error' },
-  ERR_UPSTREAM: { status: 502, errorClass: 'waiter.BackendError', title: 'Service Backend Error' },
-  ERR_UPSTREAM_TIMEOUT: { status: 504, errorClass: 'waiter.BackendTimeout', title: 'Service Backend Timeout' },
-  ERR_CLIENT_TIMEOUT: { status: 408, errorClass: 'waiter.ClientTimeout' },
-  ERR_CLIENT_CLOSED: { status: 400, errorClass: 'waiter.ClientClosed' },
-  ERR_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
-  ERR_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },
-  ERR_BACKEND: { status: 500, errorClass: 'maitre.BackendError' },
-  ERR_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },
+  MAITRE_BAD_REQUEST: { status: 400, errorClass: 'waiter.BadRequest' },
+  MAITRE_INVALID_DESCRIPTOR: { status: 400, errorClass: 'waiter.ServiceMisconfigured', title: 'Service Misconfigured' },
+  MAITRE_INVALID_TOKEN: { status: 400, errorClass: 'waiter.BadTokenRequest' },
+  MAITRE_TOKEN_NOT_FOUND: { status: 404, errorClass: 'waiter.TokenNotFound' },
+  MAITRE_SERVICE_NOT_FOUND: { status: 404, errorClass: 'waiter.ServiceNotFound', title: 'Service Not Found' },
+  MAITRE_SERVICE_UNKNOWN: { status: 400, errorClass: 'waiter.ServiceUnknown' },
+  MAITRE_ON_THE_FLY_DISABLED: { status: 403, errorClass: 'maitre.OnTheFlyDisabled', title: 'On-the-fly Services Disabled' },
+  MAITRE_FORBIDDEN: { status: 403, errorClass: 'waiter.Forbidden' },
+  MAITRE_STALE_TOKEN: { status: 412, errorClass: 'waiter.StaleToken' },
+  MAITRE_METHOD_NOT_ALLOWED: { status: 405, errorClass: 'waiter.MethodNotAllowed' },
+  MAITRE_NOT_FOUND: { status: 404, errorClass: 'waiter.NotFound' },
+  MAITRE_QUEUE_FULL: { status: 503, errorClass: 'waiter.QueueLength', title: 'Service Queue Length Exceeded' },
+  MAITRE_QUEUE_TIMEOUT: { status: 503, errorClass: 'waiter.RequestTimeout', title: 'Request Timeout' },
+  MAITRE_DEPLOYMENT: { status: 503, errorClass: 'waiter.DeploymentError', title: 'Service Deployment Error' },
+  MAITRE_MAINTENANCE: { status: 503, errorClass: 'waiter.Maintenance', title: 'Service in Maintenance' },
+  MAITRE_SUSPENDED: { status: 503, errorClass: 'waiter.Suspended', title: 'Service Suspended' },
+  MAITRE_UPSTREAM_CONNECT: { status: 502, errorClass: 'waiter.BackendConnectError', title: 'Service Backend Error' },
+  MAITRE_UPSTREAM: { status: 502, errorClass: 'waiter.BackendError', title: 'Service Backend Error' },
+  MAITRE_UPSTREAM_TIMEOUT: { status: 504, errorClass: 'waiter.BackendTimeout', title: 'Service Backend Timeout' },
+  MAITRE_CLIENT_TIMEOUT: { status: 408, errorClass: 'waiter.ClientTimeout' },
+  MAITRE_CLIENT_CLOSED: { status: 400, errorClass: 'waiter.ClientClosed' },
+  MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
+  MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },
+  MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
+  MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },
 }
 
 export type ErrorDetails = Readonly<Record<string, unknown>>
@@ -98,11 +98,14 @@ export function isMaitreError(err: unknown): err is MaitreError {
   return err instanceof MaitreError
 }
 
-/** Any thrown value as a MaitreError; unknown failures become a 500 that names the cause. */
+/**
+ * Any thrown value as a MaitreError. An unknown failure becomes a 500 that says nothing of its
+ * cause (a path, a stack, another system's text are no business of the caller); the cause is
+ * kept for the log line, which carries the same cid as the answer.
+ */
 export function asMaitreError(err: unknown): MaitreError {
   if (err instanceof MaitreError) return err
-  const message = err instanceof Error ? err.message : String(err)
-  return new MaitreError('ERR_INTERNAL', `Internal error: ${message}`, { cause: err })
+  return new MaitreError('MAITRE_INTERNAL', 'Internal error; the router logged it under this request\'s cid', { cause: err })
 }
 
 /** One broken rule of a service description. */
@@ -117,7 +120,7 @@ export const MISCONFIGURED = 'Service description using waiter headers/token imp
 /** Waiter's 400 for a description that breaks rules: one line per rule, every offending field named. */
 export function misconfigured(issues: readonly Issue[], extra: Record<string, unknown> = {}): MaitreError {
   const lines = [...new Set(issues.map((i) => i.message))]
-  return new MaitreError('ERR_INVALID_DESCRIPTOR', `${MISCONFIGURED}\n${lines.join('\n')}`, {
+  return new MaitreError('MAITRE_INVALID_DESCRIPTOR', `${MISCONFIGURED}\n${lines.join('\n')}`, {
     details: { issues, fields: [...new Set(issues.map((i) => i.field))], ...extra },
   })
 }

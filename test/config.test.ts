@@ -21,7 +21,7 @@ t.test('every problem is reported at once, with file:line:col and a hint', async
     }
     return undefined
   })()
-  t.equal(err?.code, 'ERR_INVALID_CONFIG')
+  t.equal(err?.code, 'MAITRE_INVALID_CONFIG')
   t.match(err?.message, 'bad.yaml:2:9: server.prot is not a known setting; did you mean port?')
   t.match(err?.message, 'bad.yaml:3:9: server.host = 5, must be a string')
   t.match(err?.message, 'bad.yaml:5:19: proxy.queueTimeoutMs = -1, must be a positive integer')
@@ -30,6 +30,6 @@ t.test('every problem is reported at once, with file:line:col and a hint', async
 
 t.test('overrides from flags are checked like the file', async (t) => {
   t.equal(withOverrides(DEFAULTS, { 'server.port': 8080, dataDir: '/tmp/x' }).server.port, 8080)
-  t.throws(() => withOverrides(DEFAULTS, { 'server.port': 70000 }), { code: 'ERR_INVALID_CONFIG' })
+  t.throws(() => withOverrides(DEFAULTS, { 'server.port': 70000 }), { code: 'MAITRE_INVALID_CONFIG' })
   t.ok(Object.isFrozen(parseConfig('').server), 'the config is frozen')
 })

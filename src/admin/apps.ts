@@ -119,7 +119,7 @@ export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
 
 export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsApiDeps): Promise<void> {
   const record = deps.registry.get(serviceId)
-  if (record === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
     const existed = deps.backend.state(serviceId) !== undefined
     await deps.backend.deleteService(serviceId)
@@ -158,7 +158,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
 /** /apps/{id}/override: scaling knobs of a running version, without a new id. */
 export async function handleOverride(r: AdminRequest, serviceId: string, principal: Principal, deps: AppsApiDeps): Promise<void> {
   const record = deps.registry.get(serviceId)
-  if (record === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   const current = (): Record<string, unknown> => ({ 'service-id': serviceId, ...(deps.overrides.get(serviceId) ?? { overrides: {} }) })
   switch (r.req.method) {
     case 'GET':

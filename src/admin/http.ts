@@ -34,7 +34,7 @@ export async function readJsonObject(req: IncomingMessage): Promise<Record<strin
   let size = 0
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length
-    if (size > MAX_BODY_BYTES) throw new MaitreError('ERR_BAD_REQUEST', `Request body exceeds ${MAX_BODY_BYTES} bytes`, { status: 413 })
+    if (size > MAX_BODY_BYTES) throw new MaitreError('MAITRE_BAD_REQUEST', `Request body exceeds ${MAX_BODY_BYTES} bytes`, { status: 413 })
     chunks.push(chunk)
   }
   const text = Buffer.concat(chunks).toString('utf8')
@@ -42,16 +42,16 @@ export async function readJsonObject(req: IncomingMessage): Promise<Record<strin
   try {
     parsed = JSON.parse(text)
   } catch (err) {
-    throw new MaitreError('ERR_BAD_REQUEST', `Invalid JSON in request body: ${(err as Error).message}`)
+    throw new MaitreError('MAITRE_BAD_REQUEST', `Invalid JSON in request body: ${(err as Error).message}`)
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new MaitreError('ERR_BAD_REQUEST', 'The request body must be a JSON object')
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'The request body must be a JSON object')
   }
   return parsed as Record<string, unknown>
 }
 
 export function methodNotAllowed(method: string | undefined, allowed: readonly string[]): MaitreError {
-  return new MaitreError('ERR_METHOD_NOT_ALLOWED', `Method ${String(method)} is not supported here; use ${allowed.join(', ')}`, {
+  return new MaitreError('MAITRE_METHOD_NOT_ALLOWED', `Method ${String(method)} is not supported here; use ${allowed.join(', ')}`, {
     headers: { allow: allowed.join(', ') },
   })
 }

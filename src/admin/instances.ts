@@ -16,7 +16,7 @@ export interface InstanceApiDeps {
 }
 
 function notFound(serviceId: string, instanceId: string): MaitreError {
-  return new MaitreError('ERR_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
+  return new MaitreError('MAITRE_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
 }
 
 /** POST /apps/{id}/instance/{iid}/kill and /expire. */
@@ -46,7 +46,7 @@ export async function handleLogs(r: AdminRequest, serviceId: string, deps: Insta
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const instanceId = r.url.searchParams.get('instance-id')
   if (instanceId === null || instanceId === '') {
-    throw new MaitreError('ERR_BAD_REQUEST', 'Missing instance-id query parameter', { details: { field: 'instance-id' } })
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'Missing instance-id query parameter', { details: { field: 'instance-id' } })
   }
   const dir = logDirectoryOf(deps.backend, serviceId, instanceId)
   if (dir === undefined) throw notFound(serviceId, instanceId)
@@ -55,7 +55,7 @@ export async function handleLogs(r: AdminRequest, serviceId: string, deps: Insta
   if (file !== null) {
     // Only a name the listing shows: no path can reach outside the sandbox.
     if (!entries.some((e) => e.isFile() && e.name === file)) {
-      throw new MaitreError('ERR_NOT_FOUND', `No file ${file} in the sandbox of ${instanceId}`, { details: { file } })
+      throw new MaitreError('MAITRE_NOT_FOUND', `No file ${file} in the sandbox of ${instanceId}`, { details: { file } })
     }
     r.res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'x-cid': r.cid, server: SERVER_HEADER })
     createReadStream(join(dir, file)).on('error', () => r.res.destroy()).pipe(r.res)

@@ -84,8 +84,10 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
       lease.release('success')
     }
   } catch (err) {
-    const e = isMaitreError(err) ? err : new MaitreError('ERR_INTERNAL', `Internal error: ${(err as Error).message}`)
-    pingResponse = { result: e.code === 'ERR_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: e.message }
+    // The health check request itself failed: the instance's trouble, named by its error code only.
+    const code = (err as { code?: string }).code
+    const e = isMaitreError(err) ? err : new MaitreError('MAITRE_UPSTREAM', `Health check request to the instance failed${code === undefined ? '' : ` (${code})`}`, { cause: err })
+    pingResponse = { result: e.code === 'MAITRE_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: e.message }
   }
   sendJson(r.res, 200, {
     'ping-response': pingResponse,

@@ -1,6 +1,6 @@
 /** The Waiter API served by the router itself (requests that isApiRequest classifies as API calls). */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { MaitreError } from '../errors.ts'
+import { asMaitreError, MaitreError } from '../errors.ts'
 import type { Authenticator } from '../auth/authenticator.ts'
 import type { Logger } from '../log.ts'
 import { cidOf } from '../http/cid.ts'
@@ -91,7 +91,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const serviceState = /^\/state\/(maitre-[^/]+|[a-z][a-z0-9-]*-[0-9a-f]{32})$/.exec(path)
       if (serviceState !== null) {
         const id = serviceState[1] as string
-        if (deps.registry.get(id) === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': id } })
+        if (deps.registry.get(id) === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': id } })
         return sendJson(res, 200, {
           'router-id': deps.routerId,
           state: { backend: deps.backend.state(id) ?? null, tracker: { load: deps.tracker.load(id), slots: deps.tracker.instanceSlots(id) }, autoscaler: deps.autoscaler.snapshot(id) ?? null },
@@ -100,7 +100,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const sub = /^\/apps\/([^/]+)\/(override|suspend|resume|logs|instance\/([^/]+)\/(kill|expire))$/.exec(path)
       if (sub !== null) {
         const serviceId = decodeURIComponent(sub[1] as string)
-        if (deps.registry.get(serviceId) === undefined) throw new MaitreError('ERR_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+        if (deps.registry.get(serviceId) === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
         switch (sub[2]) {
           case 'override':
             return await handleOverride(r, serviceId, who, deps)
@@ -118,10 +118,15 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       }
       const app = /^\/apps\/([^/]+)$/.exec(path)
       if (app !== null) return await handleApp(r, decodeURIComponent(app[1] as string), deps)
-      throw new MaitreError('ERR_NOT_FOUND', 'Not found', { details: { path } })
+      throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path } })
     } catch (err) {
-      if (!(err instanceof MaitreError)) deps.log.error({ err, cid }, 'admin request failed')
-      sendError(req, res, err, { cid, principal })
+      const failure = asMaitreError(err)
+      // Every 5xx is traceable by its cid; one that is no error of ours (a bug) is an error line.
+      if (failure.status >= 500) {
+        const unexpected = failure.code === 'MAITRE_INTERNAL'
+        deps.log[unexpected ? 'error' : 'warn']({ cid, code: failure.code, status: failure.status, reason: failure.message, path: url.pathname, err: failure.cause ?? undefined }, 'admin request failed')
+      }
+      sendError(req, res, failure, { cid, principal })
     }
   }
 }

@@ -42,9 +42,9 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
     case 'GET':
     case 'HEAD': {
       const name = tokenNameOf(r, deps)
-      if (name === undefined) throw new MaitreError('ERR_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
+      if (name === undefined) throw new MaitreError('MAITRE_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
       const data = deps.tokens.get(name, includes(url, 'deleted'))
-      if (data === undefined) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Couldn't find token ${name}`, { details: { token: name } })
+      if (data === undefined) throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Couldn't find token ${name}`, { details: { token: name } })
       const body = includes(url, 'metadata') ? withMetadata(data) : userFields(data)
       return sendJson(res, 200, body, cid, { etag: tokenEtag(data) })
     }
@@ -52,11 +52,11 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
       const body = await readJsonObject(req)
       const fromQuery = url.searchParams.get('token')
       if (fromQuery !== null && body['token'] !== undefined) {
-        throw new MaitreError('ERR_BAD_REQUEST', 'The token should be provided only as a query parameter or in the json payload', { details: { field: 'token' } })
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'The token should be provided only as a query parameter or in the json payload', { details: { field: 'token' } })
       }
       const name = fromQuery ?? body['token']
       delete body['token']
-      if (typeof name !== 'string' || name === '') throw new MaitreError('ERR_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
+      if (typeof name !== 'string' || name === '') throw new MaitreError('MAITRE_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
       const write = await deps.tokens.upsert(name, body, {
         principal,
         ifMatch,
@@ -70,7 +70,7 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
     }
     case 'DELETE': {
       const name = tokenNameOf(r, deps)
-      if (name === undefined) throw new MaitreError('ERR_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
+      if (name === undefined) throw new MaitreError('MAITRE_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
       const hard = url.searchParams.get('hard-delete') === 'true'
       const { etag } = await deps.tokens.delete(name, { principal, ifMatch, hard })
       return sendJson(res, 200, { delete: name, 'hard-delete': hard, success: true }, cid, {
@@ -109,7 +109,7 @@ export function handleTokenHistory(r: AdminRequest, deps: TokenApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const name = r.url.searchParams.get('token') ?? ''
   const history = deps.tokens.history(name)
-  if (history.length === 0) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
+  if (history.length === 0) throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
   const length = Number.parseInt(r.url.searchParams.get('length') ?? '', 10)
   const entries = history.map((data) => {
     const description = serviceFields(data)

@@ -1,8 +1,21 @@
-/** A Backend that counts and times every call it makes (maitre_backend_operations_total and _duration_seconds). */
+/**
+ * A Backend that counts and times every call it makes (maitre_backend_operations_total and
+ * _duration_seconds), and turns its failures into one typed error: a caller (and through it a
+ * client) sees MAITRE_BACKEND, 503, with a message of ours, never the cluster API's own text;
+ * the original stays the error's cause, for the logs.
+ */
+import { MaitreError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Backend } from './backend.ts'
 
 type Operation = 'ensureService' | 'scale' | 'killInstance' | 'deleteService'
+
+const DOING: Readonly<Record<Operation, string>> = {
+  ensureService: 'create the service',
+  scale: 'scale the service',
+  killInstance: 'stop the instance',
+  deleteService: 'delete the service',
+}
 
 export function instrumented(backend: Backend, metrics: Metrics): Backend {
   const timed = <A extends unknown[], R>(operation: Operation, call: (...args: A) => Promise<R>) => async (...args: A): Promise<R> => {
@@ -13,7 +26,12 @@ export function instrumented(backend: Backend, metrics: Metrics): Backend {
       return result
     } catch (err) {
       metrics.backendOperations.inc({ backend: backend.kind, operation, result: 'error' })
-      throw err
+      if (err instanceof MaitreError) throw err // already ours: a misconfigured service, say
+      throw new MaitreError('MAITRE_BACKEND', `The ${backend.kind} backend could not ${DOING[operation]}; try again`, {
+        headers: { 'retry-after': '1' },
+        details: { operation },
+        cause: err,
+      })
     } finally {
       end()
     }

@@ -174,7 +174,7 @@ export class InstanceTracker {
     }
     if (service.queue.length >= service.routing.maxQueueLength) {
       return Promise.reject(
-        new MaitreError('ERR_QUEUE_FULL', 'Max queue length exceeded', {
+        new MaitreError('MAITRE_QUEUE_FULL', 'Max queue length exceeded', {
           details: {
             'current-queue-length': service.queue.length,
             'max-queue-length': service.routing.maxQueueLength,
@@ -269,7 +269,7 @@ export class InstanceTracker {
     this.#services.delete(serviceId)
     service.ejectTimerCancel?.()
     for (const waiter of service.queue.splice(0)) {
-      waiter.fail(new MaitreError('ERR_SERVICE_NOT_FOUND', `Service ${serviceId} was deleted`, { details: { 'service-id': serviceId } }))
+      waiter.fail(new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service ${serviceId} was deleted`, { details: { 'service-id': serviceId } }))
     }
   }
 
@@ -365,7 +365,7 @@ export class InstanceTracker {
   #timeoutError(serviceId: string, service: ServiceSlots, timeoutMs: number): MaitreError {
     const seconds = Number((timeoutMs / 1000).toFixed(3))
     const hint = routableCount(service) === 0 ? ' Check that your service is able to start properly!' : ' Check that your service is able to scale properly!'
-    return new MaitreError('ERR_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request.${hint}`, {
+    return new MaitreError('MAITRE_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request.${hint}`, {
       details: {
         'service-id': serviceId,
         'outstanding-requests': service.queue.length + this.#inFlight(service),
@@ -385,9 +385,9 @@ function routableCount(service: ServiceSlots): number {
 }
 
 function deploymentFailure(serviceId: string, message: string): MaitreError {
-  return new MaitreError('ERR_DEPLOYMENT', `Deployment error: ${message}`, { details: { 'service-id': serviceId } })
+  return new MaitreError('MAITRE_DEPLOYMENT', `Deployment error: ${message}`, { details: { 'service-id': serviceId } })
 }
 
 function clientGone(): MaitreError {
-  return new MaitreError('ERR_CLIENT_CLOSED', 'Connection eagerly closed by client')
+  return new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection eagerly closed by client')
 }

@@ -50,18 +50,18 @@ function hasBody(req: IncomingMessage): boolean {
 function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome; error: MaitreError } {
   const code = (err as { code?: string }).code ?? ''
   if (clientGone || err instanceof undiciErrors.RequestAbortedError) {
-    return { outcome: 'client-error', error: new MaitreError('ERR_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }
+    return { outcome: 'client-error', error: new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }
   }
   if (CONNECT_ERRORS.has(code)) {
-    return { outcome: 'instance-error', error: new MaitreError('ERR_UPSTREAM_CONNECT', 'Request failed to connect to service backend', { cause: err }) }
+    return { outcome: 'instance-error', error: new MaitreError('MAITRE_UPSTREAM_CONNECT', 'Request failed to connect to service backend', { cause: err }) }
   }
   if (code === 'UND_ERR_HEADERS_TIMEOUT') {
-    return { outcome: 'instance-error', error: new MaitreError('ERR_UPSTREAM_TIMEOUT', 'Request to service backend timed out', { cause: err }) }
+    return { outcome: 'instance-error', error: new MaitreError('MAITRE_UPSTREAM_TIMEOUT', 'Request to service backend timed out', { cause: err }) }
   }
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
-    return { outcome: 'client-error', error: new MaitreError('ERR_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }
+    return { outcome: 'client-error', error: new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }
   }
-  return { outcome: 'instance-error', error: new MaitreError('ERR_UPSTREAM', 'Request to service backend failed', { cause: err }) }
+  return { outcome: 'instance-error', error: new MaitreError('MAITRE_UPSTREAM', 'Request to service backend failed', { cause: err }) }
 }
 
 /** A forward under way: its result, and the way to stop it when the client goes away. */

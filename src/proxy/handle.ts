@@ -125,7 +125,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       resolution = fallBack(resolved.resolution, who, deps)
       const perRequest = resolved.headers.perRequest
       const serviceId = resolution.serviceId
-      if (deps.isSuspended(serviceId)) throw new MaitreError('ERR_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
+      if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       const meta = resolution.tokenMetadata
       const timeouts: ProxyTimeouts = {
         queueTimeoutMs: pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),
@@ -227,8 +227,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       const finalStatus = clientGone ? 499 : (status ?? 500)
       if (failure !== undefined && finalStatus >= 500) {
         // Every 5xx maitre answers is traceable by its cid; unexpected ones (no code of ours) are errors.
-        const level = failure.code === 'ERR_INTERNAL' ? 'error' : 'warn'
-        deps.log[level]({ cid, code: failure.code, status: finalStatus, reason: failure.message, service: resolution?.serviceId, instance: instanceId, err: failure.code === 'ERR_INTERNAL' ? failure.cause : undefined }, 'request failed')
+        const level = failure.code === 'MAITRE_INTERNAL' ? 'error' : 'warn'
+        deps.log[level]({ cid, code: failure.code, status: finalStatus, reason: failure.message, service: resolution?.serviceId, instance: instanceId, err: failure.code === 'MAITRE_INTERNAL' ? failure.cause : undefined }, 'request failed')
       }
       if (resolution !== undefined) {
         const service = resolution.serviceId
@@ -241,7 +241,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           if (backendMs !== undefined) deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
         }
         const code = failure?.code
-        const rejection = code === 'ERR_QUEUE_FULL' ? 'full' : code === 'ERR_QUEUE_TIMEOUT' ? 'timeout' : code === 'ERR_DEPLOYMENT' ? 'deployment-error' : undefined
+        const rejection = code === 'MAITRE_QUEUE_FULL' ? 'full' : code === 'MAITRE_QUEUE_TIMEOUT' ? 'timeout' : code === 'MAITRE_DEPLOYMENT' ? 'deployment-error' : undefined
         if (rejection !== undefined) deps.metrics.queueRejections.inc({ service, reason: rejection })
       }
       if (deps.accessLog) deps.log.info(

@@ -92,7 +92,7 @@ export class Activator {
       }
       const onAbort = (): void => {
         finish()
-        reject(new MaitreError('ERR_CLIENT_CLOSED', 'Connection eagerly closed by client'))
+        reject(new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection eagerly closed by client'))
       }
       const cancelTimer = this.#clock.setTimeout(() => {
         finish()
@@ -149,7 +149,7 @@ export class Activator {
       await this.#backend.scale(request.serviceId, spec.minInstances)
       // A backend that still asks for no instance would have requests ask again and again.
       if (this.#backend.state(request.serviceId)?.requested === 0) {
-        throw new MaitreError('ERR_BACKEND', 'The backend did not start the service; try again', { status: 503, details: { 'service-id': request.serviceId }, headers: { 'retry-after': '1' } })
+        throw new MaitreError('MAITRE_BACKEND', 'The backend did not start the service; try again', { status: 503, details: { 'service-id': request.serviceId }, headers: { 'retry-after': '1' } })
       }
     }
   }
@@ -157,7 +157,7 @@ export class Activator {
 
 function startTimeout(serviceId: string, queueTimeoutMs: number): MaitreError {
   const seconds = Number((queueTimeoutMs / 1000).toFixed(3))
-  return new MaitreError('ERR_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request. Check that your service is able to start properly!`, {
+  return new MaitreError('MAITRE_QUEUE_TIMEOUT', `After ${seconds} seconds, no instance available to handle request. Check that your service is able to start properly!`, {
     details: { 'service-id': serviceId, 'waiting-for-available-instance': 1 },
     headers: { 'retry-after': '1' },
   })

@@ -49,7 +49,7 @@ export class JsonDirectory<T> {
 
   /**
    * Loads every document. `check` may reject a parsed document by returning a reason; any
-   * unreadable document makes opening fail with ERR_STORE_CORRUPT naming the file.
+   * unreadable document makes opening fail with MAITRE_STORE_CORRUPT naming the file.
    */
   static open<T>(dir: string, what: string, check: (doc: unknown) => string | undefined = () => undefined): JsonDirectory<T> {
     mkdirSync(dir, { recursive: true })
@@ -66,11 +66,11 @@ export class JsonDirectory<T> {
       try {
         doc = JSON.parse(readFileSync(path, 'utf8'))
       } catch (err) {
-        throw new MaitreError('ERR_STORE_CORRUPT', `The ${what} store is corrupt: ${path} is not valid JSON (${(err as Error).message}). Nothing was changed; repair or move the file and start again.`)
+        throw new MaitreError('MAITRE_STORE_CORRUPT', `The ${what} store is corrupt: ${path} is not valid JSON (${(err as Error).message}). Nothing was changed; repair or move the file and start again.`)
       }
       const reason = check(doc)
       if (reason !== undefined) {
-        throw new MaitreError('ERR_STORE_CORRUPT', `The ${what} store is corrupt: ${path} ${reason}. Nothing was changed; repair or move the file and start again.`)
+        throw new MaitreError('MAITRE_STORE_CORRUPT', `The ${what} store is corrupt: ${path} ${reason}. Nothing was changed; repair or move the file and start again.`)
       }
       store.#docs.set(decodeURIComponent(file.slice(0, -SUFFIX.length)), doc as T)
     }

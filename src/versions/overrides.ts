@@ -44,7 +44,7 @@ export class Overrides {
   async set(serviceId: string, core: Readonly<Record<string, unknown>>, overrides: Record<string, unknown>, user: string): Promise<OverrideRecord> {
     const refused = Object.keys(overrides).filter((k) => PARAMETERS.get(k)?.overridable !== true)
     if (refused.length > 0) {
-      throw new MaitreError('ERR_BAD_REQUEST', `Cannot override the following parameter(s): ${refused.join(', ')}`, { details: { fields: refused } })
+      throw new MaitreError('MAITRE_BAD_REQUEST', `Cannot override the following parameter(s): ${refused.join(', ')}`, { details: { fields: refused } })
     }
     const issues = validateParameters({ ...core, ...overrides }, { requireComplete: true })
     if (issues.length > 0) throw misconfigured(issues, { 'service-id': serviceId })

@@ -54,7 +54,7 @@ export function parseWaiterHeaders(headers: Readonly<Record<string, string | str
     if (PER_REQUEST_HEADERS.has(name)) perRequest[name] = raw
     else if (UNSUPPORTED.has(name)) unsupported.push(header)
     else if (name === 'authentication') {
-      throw new MaitreError('ERR_BAD_REQUEST', 'An authentication parameter is not supported for on-the-fly headers', { details: { field: header } })
+      throw new MaitreError('MAITRE_BAD_REQUEST', 'An authentication parameter is not supported for on-the-fly headers', { details: { field: header } })
     } else if (name.startsWith('env-')) {
       const env = (onTheFly['env'] ??= {}) as Record<string, string>
       env[name.slice(4).toUpperCase()] = raw
@@ -69,7 +69,7 @@ export function parseWaiterHeaders(headers: Readonly<Record<string, string | str
     // Other x-waiter-* headers (token-only names such as https-redirect) are ignored, as Waiter does.
   }
   if (unsupported.length > 0) {
-    throw new MaitreError('ERR_BAD_REQUEST', 'Unsupported waiter headers found', { details: { 'unsupported-headers': unsupported } })
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'Unsupported waiter headers found', { details: { 'unsupported-headers': unsupported } })
   }
   return { onTheFly, params, perRequest }
 }

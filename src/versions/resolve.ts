@@ -116,7 +116,7 @@ export class Resolver {
   byServiceId(serviceId: string, principal: Principal): Resolution {
     const record = this.#registry.get(serviceId)
     if (record === undefined) {
-      throw new MaitreError('ERR_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
+      throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
     }
     return {
       serviceId,
@@ -136,7 +136,7 @@ export class Resolver {
       const data = this.#tokens.get(name)
       if (data === undefined) {
         // A Host name that is no token simply contributes nothing; a named token must exist.
-        if (namedByHeader) throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
+        if (namedByHeader) throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Token not found: ${name}`, { details: { token: name } })
         continue
       }
       mergeDescription(merged, serviceFields(data))
@@ -145,7 +145,7 @@ export class Resolver {
     }
     if (metadata['maintenance'] !== undefined) {
       const message = (metadata['maintenance'] as { message: string }).message
-      throw new MaitreError('ERR_MAINTENANCE', message, { details: { token: source?.token } })
+      throw new MaitreError('MAITRE_MAINTENANCE', message, { details: { token: source?.token } })
     }
 
     const onTheFly = Object.keys(waiter.onTheFly).length > 0 || Object.keys(waiter.params).length > 0
@@ -153,7 +153,7 @@ export class Resolver {
       if (!this.#options.allowOnTheFly) {
         const fields = Object.keys(waiter.onTheFly)
         throw new MaitreError(
-          'ERR_ON_THE_FLY_DISABLED',
+          'MAITRE_ON_THE_FLY_DISABLED',
           `On-the-fly service parameters are disabled on this router (given: ${fields.join(', ')}); register a token instead, or set proxy.allowOnTheFly in the config`,
           { details: { fields } },
         )
@@ -176,7 +176,7 @@ export class Resolver {
     }
     if (merged['run-as-user'] === '*') delete merged['run-as-user']
     if (Object.keys(merged).length === 0) {
-      throw new MaitreError('ERR_SERVICE_UNKNOWN', 'Unable to identify service using waiter headers/token', {
+      throw new MaitreError('MAITRE_SERVICE_UNKNOWN', 'Unable to identify service using waiter headers/token', {
         details: { tokens: names, 'on-the-fly': onTheFly },
       })
     }

@@ -42,11 +42,11 @@ export function serviceFields(data: TokenData): Record<string, unknown> {
 }
 
 export function validateTokenName(name: unknown): string {
-  if (typeof name !== 'string' || name === '') throw new MaitreError('ERR_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
+  if (typeof name !== 'string' || name === '') throw new MaitreError('MAITRE_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
   if (!TOKEN_NAME.test(name)) {
     const bad = [...name].find((c, i) => (i === 0 ? !/[a-zA-Z]/.test(c) : !/[a-zA-Z0-9\-_$.]/.test(c)))
     const message = bad === undefined ? `Token must match pattern: ${TOKEN_NAME.source}` : `Token contains invalid character: ${JSON.stringify(bad)}`
-    throw new MaitreError('ERR_INVALID_TOKEN', message, { details: { field: 'token', token: name } })
+    throw new MaitreError('MAITRE_INVALID_TOKEN', message, { details: { field: 'token', token: name } })
   }
   return name
 }
@@ -96,7 +96,7 @@ export class Tokens {
   async upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     validateTokenName(name)
     const admin = options.adminMode === true
-    if (admin && !options.principal.admin) throw new MaitreError('ERR_FORBIDDEN', 'Only admins may use update-mode=admin')
+    if (admin && !options.principal.admin) throw new MaitreError('MAITRE_FORBIDDEN', 'Only admins may use update-mode=admin')
     const current = this.#store.get(name)
     const currentLive = current !== undefined && current['deleted'] !== true ? current : undefined
 
@@ -118,21 +118,21 @@ export class Tokens {
     issues.push(...validateParameters(body, { requireComplete: false }))
     if (issues.length > 0) throw misconfigured(issues, { token: name })
     if (!Object.keys(body).some((k) => PARAMETERS.has(k) || (TOKEN_METADATA.has(k) && k !== 'owner'))) {
-      throw new MaitreError('ERR_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })
+      throw new MaitreError('MAITRE_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })
     }
 
     if (options.ifMatch !== undefined && (current === undefined || tokenEtag(current) !== options.ifMatch)) {
-      throw new MaitreError('ERR_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
+      throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
     }
     if (admin && current !== undefined && options.ifMatch === undefined) {
-      throw new MaitreError('ERR_BAD_REQUEST', 'Must specify if-match header for admin mode token updates', { details: { token: name } })
+      throw new MaitreError('MAITRE_BAD_REQUEST', 'Must specify if-match header for admin mode token updates', { details: { token: name } })
     }
     const owner = typeof body['owner'] === 'string' ? body['owner'] : ((currentLive?.['owner'] as string | undefined) ?? options.principal.user)
     if (currentLive !== undefined && currentLive['owner'] !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('ERR_FORBIDDEN', `Cannot update token (owner=${String(currentLive['owner'])}) as user: ${options.principal.user}`)
+      throw new MaitreError('MAITRE_FORBIDDEN', `Cannot update token (owner=${String(currentLive['owner'])}) as user: ${options.principal.user}`)
     }
     if (owner !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('ERR_FORBIDDEN', `Cannot create token as provided owner: ${owner}`)
+      throw new MaitreError('MAITRE_FORBIDDEN', `Cannot create token as provided owner: ${owner}`)
     }
 
     const fields: Record<string, unknown> = { ...body, owner }
@@ -157,19 +157,19 @@ export class Tokens {
   async delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
     const current = this.#store.get(name)
     if (current === undefined || (current['deleted'] === true && options.hard !== true)) {
-      throw new MaitreError('ERR_TOKEN_NOT_FOUND', `Token ${name} does not exist`, { details: { token: name } })
+      throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Token ${name} does not exist`, { details: { token: name } })
     }
     if (current['owner'] !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('ERR_FORBIDDEN', 'User not allowed to delete token', { details: { token: name } })
+      throw new MaitreError('MAITRE_FORBIDDEN', 'User not allowed to delete token', { details: { token: name } })
     }
     const etag = tokenEtag(current)
     if (options.ifMatch !== undefined && options.ifMatch !== etag) {
-      throw new MaitreError('ERR_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
+      throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
     }
     if (options.hard === true) {
-      if (!options.principal.admin) throw new MaitreError('ERR_FORBIDDEN', 'Cannot hard-delete token', { details: { token: name } })
+      if (!options.principal.admin) throw new MaitreError('MAITRE_FORBIDDEN', 'Cannot hard-delete token', { details: { token: name } })
       if (options.ifMatch === undefined && current['deleted'] !== true) {
-        throw new MaitreError('ERR_BAD_REQUEST', 'Must specify if-match header for token hard deletes', { details: { token: name } })
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'Must specify if-match header for token hard deletes', { details: { token: name } })
       }
       await this.#store.remove(name)
     } else {

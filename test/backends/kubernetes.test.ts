@@ -236,7 +236,7 @@ t.test('the API server enforces resourceVersion on /scale; the client reports St
   const stale = await api.replaceScale(name, { ...read, spec: { replicas: 3 } }).catch((err: unknown) => err)
   t.ok(stale instanceof KubeApiError)
   t.match(stale, { code: 409, reason: 'Conflict', message: /the object has been modified/ })
-  await t.rejects(backend.ensureService(spec('svc-h2', { backendProto: 'h2c' })), { code: 'ERR_INVALID_DESCRIPTOR', message: /backend-proto h2c is not supported/ })
+  await t.rejects(backend.ensureService(spec('svc-h2', { backendProto: 'h2c' })), { code: 'MAITRE_INVALID_DESCRIPTOR', message: /backend-proto h2c is not supported/ })
   const missing = await api.getScale('nope').catch((err: unknown) => err)
   t.match(missing, { code: 404, reason: 'NotFound' })
   const bad = await api.patchPod('nope', {}).catch((err: unknown) => err)
@@ -317,7 +317,7 @@ t.test('credentials: in-cluster files (token re-read as it rotates) and kubeconf
   const fromFile = kubeConnection({ ...K8S, kubeconfig: kc }, {})
   t.same([fromFile.server, fromFile.namespace, fromFile.tls.ca, await fromFile.authorization()], ['https://k:6443', 'default', 'CA', 'Bearer file-token'])
   writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k"}}]', 'users: [{name: u, user: {exec: {command: aws}}}]'].join('\n'))
-  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'ERR_INVALID_CONFIG', message: /exec or auth-provider/ })
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /exec or auth-provider/ })
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: join(dir, 'none') }, {}), { message: /cannot read kubeconfig/ })
 })
 

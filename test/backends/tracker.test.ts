@@ -57,7 +57,7 @@ t.test('a queue beyond max-queue-length is refused with 503', async (t) => {
   const { tracker } = setup(1, 1)
   tracker.sync('s', [], undefined)
   const waiting = tracker.acquire('s', { timeoutMs: 1000 })
-  await t.rejects(tracker.acquire('s', { timeoutMs: 1000 }), { code: 'ERR_QUEUE_FULL', status: 503, message: 'Max queue length exceeded' })
+  await t.rejects(tracker.acquire('s', { timeoutMs: 1000 }), { code: 'MAITRE_QUEUE_FULL', status: 503, message: 'Max queue length exceeded' })
   tracker.sync('s', [instance('a', 1)], undefined)
   t.equal((await waiting).instance.id, 'a')
 })
@@ -69,7 +69,7 @@ t.test('the queue timeout fires on the injected clock with Waiter\'s message', a
   clock.advance(2499)
   t.equal(tracker.load('s').queued, 1)
   clock.advance(1)
-  await t.rejects(waiting, { code: 'ERR_QUEUE_TIMEOUT', message: 'After 2.5 seconds, no instance available to handle request. Check that your service is able to start properly!' })
+  await t.rejects(waiting, { code: 'MAITRE_QUEUE_TIMEOUT', message: 'After 2.5 seconds, no instance available to handle request. Check that your service is able to start properly!' })
   t.equal(tracker.load('s').queued, 0)
 })
 
@@ -79,7 +79,7 @@ t.test('a client that goes away leaves the queue', async (t) => {
   const controller = new AbortController()
   const waiting = tracker.acquire('s', { timeoutMs: 1000, signal: controller.signal })
   controller.abort()
-  await t.rejects(waiting, { code: 'ERR_CLIENT_CLOSED' })
+  await t.rejects(waiting, { code: 'MAITRE_CLIENT_CLOSED' })
   t.equal(tracker.load('s').queued, 0)
 })
 
@@ -88,8 +88,8 @@ t.test('a deployment error fails queued and new requests at once', async (t) => 
   tracker.sync('s', [], undefined)
   const waiting = tracker.acquire('s', { timeoutMs: 100000 })
   tracker.sync('s', [], 'Invalid startup command')
-  await t.rejects(waiting, { code: 'ERR_DEPLOYMENT', message: 'Deployment error: Invalid startup command' })
-  await t.rejects(tracker.acquire('s', { timeoutMs: 100000 }), { code: 'ERR_DEPLOYMENT', status: 503 })
+  await t.rejects(waiting, { code: 'MAITRE_DEPLOYMENT', message: 'Deployment error: Invalid startup command' })
+  await t.rejects(tracker.acquire('s', { timeoutMs: 100000 }), { code: 'MAITRE_DEPLOYMENT', status: 503 })
 })
 
 t.test('failing instances are ejected with exponential backoff', async (t) => {
@@ -155,7 +155,7 @@ t.test('a deployment error fails the queue when no instance is routable, even if
   const busy = tracker.tryAcquire('s')
   const waiting = tracker.acquire('s', { timeoutMs: 10_000 })
   tracker.sync('s', [instance('a', 1, false)], 'Invalid startup command')
-  await t.rejects(waiting, { code: 'ERR_DEPLOYMENT' })
+  await t.rejects(waiting, { code: 'MAITRE_DEPLOYMENT' })
   busy?.release('success')
   t.equal(tracker.load('s').inFlight, 0)
 })

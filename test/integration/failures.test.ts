@@ -47,7 +47,7 @@ t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
   const full = await call(`${router.url}/request-info`, { headers: h })
   t.equal(full.status, 503)
   t.equal(message(full), 'Max queue length exceeded')
-  t.equal(full.headers['x-maitre-error'], 'ERR_QUEUE_FULL')
+  t.equal(full.headers['x-maitre-error'], 'MAITRE_QUEUE_FULL')
   const timedOut = await queued
   t.equal(timedOut.status, 503)
   t.equal(message(timedOut), 'After 0.4 seconds, no instance available to handle request. Check that your service is able to scale properly!')

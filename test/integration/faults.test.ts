@@ -5,7 +5,9 @@
 import t from 'tap'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { PassThrough } from 'node:stream'
+import { createLogger } from '../../src/log.ts'
+import { call, createToken, kitchenToken, startKubeRouter, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 interface AppInstance {
   readonly id: string
@@ -140,4 +142,42 @@ t.test('SIGKILL of an instance under load fails only the requests it was carryin
   // handle, and a request already sent to it may not have reached its log yet.
   t.ok(failures.length <= 4, `failures (${failures.length}) are at most the 4 requests it could carry (its log shows ${carried} begun): ${failures.join('; ')}`)
   t.ok(failures.every((f) => f.startsWith('502') && f.includes('Request to service backend failed')), 'each a 502 for a request cut mid-way')
+})
+
+t.test('a cluster API that keeps failing: a typed 503 within the queue timeout, its own text not shown, the cid logged', async (t) => {
+  const lines: Record<string, unknown>[] = []
+  const out = new PassThrough()
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+  })
+  const router = await startKubeRouter(t, {}, {}, { log: createLogger('info', out) })
+  router.sim.failNext(Infinity, ['replicasets', 'create'])
+  await createToken(router, 'unlucky', kitchenToken())
+  const started = Date.now()
+  const reply = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'unlucky', 'x-cid': 'k8s-down', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(reply.status, 503)
+  const err = reply.json<{ 'waiter-error': { code: string; message: string } }>()['waiter-error']
+  t.equal(err.code, 'MAITRE_BACKEND')
+  t.equal(err.message, 'The kubernetes backend could not create the service; try again')
+  t.notMatch(reply.text, /injected fault|InternalError/, 'nothing of the API server’s own answer')
+  t.equal(reply.headers['retry-after'], '1')
+  t.ok(Date.now() - started < 20_000, 'within the queue timeout')
+  t.match(lines.find((l) => l['cid'] === 'k8s-down' && l['msg'] === 'request failed'), { code: 'MAITRE_BACKEND', status: 503 }, 'the 5xx is logged with its cid')
+
+  router.sim.failNext(0, ['replicasets', 'create'])
+  const later = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'unlucky', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(later.status, 200, 'once the API server recovers, the next request starts the service')
+})
+
+t.test('a cold start waits no longer than the queue timeout while the cluster API hangs', async (t) => {
+  const router = await startKubeRouter(t, { 'backend.kubernetes.requestTimeoutMs': 60_000 })
+  router.sim.hangNext(Infinity, ['replicasets', 'create'])
+  await createToken(router, 'stuck', kitchenToken())
+  const started = Date.now()
+  const reply = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'stuck', 'x-waiter-queue-timeout': '1000' } })
+  const took = Date.now() - started
+  t.equal(reply.status, 503)
+  t.equal(reply.json<{ 'waiter-error': { code: string } }>()['waiter-error'].code, 'MAITRE_QUEUE_TIMEOUT')
+  t.ok(took < 3000, `answered after ${took} ms for a 1 s queue timeout`)
+  router.sim.hangNext(0, ['replicasets', 'create'])
 })

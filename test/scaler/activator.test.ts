@@ -63,7 +63,7 @@ t.test('a cold start is bounded by the queue timeout, however long the backend h
   t.notOk(settled, 'still waiting at 4.999 s')
   clock.advance(1)
   await t.rejects(bounded, {
-    code: 'ERR_QUEUE_TIMEOUT',
+    code: 'MAITRE_QUEUE_TIMEOUT',
     status: 503,
     message: 'After 5 seconds, no instance available to handle request. Check that your service is able to start properly!',
   })
@@ -75,7 +75,7 @@ t.test('a client that leaves stops waiting at once', async (t) => {
   const aborter = new AbortController()
   const bounded = activator.bounded('a', activator.ensure(request('a')) as Promise<void>, { deadline: clock.now() + 60_000, queueTimeoutMs: 60_000, signal: aborter.signal })
   aborter.abort()
-  await t.rejects(bounded, { code: 'ERR_CLIENT_CLOSED' })
+  await t.rejects(bounded, { code: 'MAITRE_CLIENT_CLOSED' })
 })
 
 t.test('a failed creation reaches the request and leaves no routing entry behind; the next request tries again', async (t) => {
@@ -112,5 +112,5 @@ t.test('a backend that leaves a version at zero instances fails the request with
   await activator.ensure(request('a'))
   await backend.scale('a', 0)
   backend.ignoreScales = true
-  await t.rejects(activator.ensure(request('a')) as Promise<void>, { code: 'ERR_BACKEND', status: 503 })
+  await t.rejects(activator.ensure(request('a')) as Promise<void>, { code: 'MAITRE_BACKEND', status: 503 })
 })

@@ -35,7 +35,7 @@ export function fileToken(path: string, now: () => number = Date.now): () => Pro
 }
 
 function misconfigured(message: string): MaitreError {
-  return new MaitreError('ERR_INVALID_CONFIG', `Kubernetes backend: ${message}`)
+  return new MaitreError('MAITRE_INVALID_CONFIG', `Kubernetes backend: ${message}`)
 }
 
 function readOptional(path: string): string | undefined {

@@ -1,0 +1,58 @@
+/** The listener's safety net: a handler that fails unexpectedly answers 500 once, is logged with its cid, and the router stays up. */
+import t from 'tap'
+import { PassThrough } from 'node:stream'
+import { request } from 'undici'
+import { createLogger } from '../../src/log.ts'
+import { createRouterServer } from '../../src/proxy/server.ts'
+
+function logged(): { log: ReturnType<typeof createLogger>; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = []
+  const out = new PassThrough()
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+  })
+  return { log: createLogger('info', out), lines }
+}
+
+t.test('a handler that rejects: one 500 with its cid, an error line with the same cid, and the router serves on', async (t) => {
+  const { log, lines } = logged()
+  let calls = 0
+  const server = createRouterServer({
+    maxHeaderBytes: 16384,
+    keepAliveTimeoutMs: 5000,
+    headersTimeoutMs: 5000,
+    routerHostnames: new Set(['127.0.0.1']),
+    api: async (_req, res) => void res.end('api'),
+    proxy: async (req, res) => {
+      calls += 1
+      if (req.url === '/late') {
+        res.writeHead(200)
+        res.write('half')
+      }
+      if (req.url !== '/fine') {
+        const err = new TypeError('Cannot read properties of undefined (reading "x") at /srv/maitre/src/secret.ts:12') as TypeError & { code: string }
+        err.code = 'ERR_INVALID_ARG_TYPE' // a Node-style code: must not be taken for one of ours
+        throw err
+      }
+      res.end('fine')
+    },
+    log,
+  })
+  const port = await server.listen(0, '127.0.0.1')
+  t.teardown(() => server.drain(0))
+  const url = `http://127.0.0.1:${port}`
+  const failed = await request(`${url}/boom`, { headers: { 'x-waiter-token': 'x', 'x-cid': 'net-1', accept: 'application/json' } })
+  const body = (await failed.body.json()) as { 'waiter-error': { code: string; message: string; cid: string } }
+  t.equal(failed.statusCode, 500)
+  t.equal(body['waiter-error'].code, 'MAITRE_INTERNAL', 'classified by type, not by its code property')
+  t.equal(body['waiter-error'].cid, 'net-1')
+  t.notMatch(body['waiter-error'].message, /secret\.ts|reading/, 'the cause is not told to the caller')
+  const line = lines.find((l) => l['cid'] === 'net-1')
+  t.match(line, { level: 50, msg: 'request handler failed unexpectedly' }, 'an error line with the same cid')
+  t.match((line?.['err'] as { message: string }).message, /reading "x"/, 'which holds the cause')
+
+  await t.rejects(request(`${url}/late`, { headers: { 'x-waiter-token': 'x' } }).then((r) => r.body.text()), 'a failure after the answer started cuts it, never a second answer')
+  const fine = await request(`${url}/fine`, { headers: { 'x-waiter-token': 'x' } })
+  t.equal(await fine.body.text(), 'fine', 'the router serves on')
+  t.equal(calls, 3)
+})
