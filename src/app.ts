@@ -20,7 +20,7 @@ import { Metrics, type ServiceGauges } from './metrics.ts'
 import { VERSION } from './version.ts'
 import { InstanceTracker } from './backends/tracker.ts'
 import { systemClock, type Clock } from './clock.ts'
-import type { Config } from './config.ts'
+import { redactedConfig, type Config } from './config.ts'
 import type { LaunchSpec } from './launch-spec.ts'
 import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
@@ -34,18 +34,12 @@ import { scalableServiceOf } from './scaler/policy.ts'
 import { serviceGauges } from './scaler/service-gauges.ts'
 import { Overrides } from './versions/overrides.ts'
 import { Suspensions } from './versions/suspensions.ts'
-import { TOKEN_METADATA } from './versions/parameters.ts'
+import { TOKEN_DEFAULTS } from './versions/parameters.ts'
 import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openFileTokenStore } from './versions/token-store.ts'
 import { Tokens } from './versions/tokens.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
-
-/** Waiter's defaults for the token settings that GC and fallback use, from the one parameter table. */
-const TOKEN_DEFAULTS = {
-  fallbackPeriodSecs: TOKEN_METADATA.get('fallback-period-secs')?.default as number,
-  staleTimeoutMins: TOKEN_METADATA.get('stale-timeout-mins')?.default as number,
-}
 
 export interface AppOverrides {
   readonly clock?: Clock
@@ -58,10 +52,6 @@ export interface App {
   /** Drains requests, then stops every instance. Safe to call twice. */
   stop(): Promise<void>
   readonly url: () => string
-}
-
-function redacted(config: Config): unknown {
-  return { ...config, secret: config.secret === null ? null : '<redacted>' }
 }
 
 function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger): Backend {
@@ -218,7 +208,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     activator,
     launchSpecOf,
     parametersOf,
-    settings: () => redacted(config),
+    settings: () => redactedConfig(config),
     draining: () => draining(),
     clock,
     log,

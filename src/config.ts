@@ -333,6 +333,11 @@ export function parseConfig(text: string, file = 'config'): Config {
   return deepFreeze(merged as Config)
 }
 
+/** The config as /settings shows it: the secret is never shown. */
+export function redactedConfig(config: Config): unknown {
+  return { ...config, secret: config.secret === null ? null : '<redacted>' }
+}
+
 export function loadConfigFile(path: string): Config {
   let text: string
   try {

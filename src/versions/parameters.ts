@@ -222,3 +222,9 @@ export const TOKEN_METADATA: ReadonlyMap<string, { name: string; check: Check; d
 
 /** Written by maitre; a client that sends them gets "Cannot modify X token metadata". */
 export const SYSTEM_METADATA: readonly string[] = ['last-update-time', 'last-update-user', 'root', 'previous', 'cluster', 'deleted']
+
+/** Waiter's defaults for the token settings that GC and fallback use, from the table above. */
+export const TOKEN_DEFAULTS = {
+  fallbackPeriodSecs: TOKEN_METADATA.get('fallback-period-secs')?.default as number,
+  staleTimeoutMins: TOKEN_METADATA.get('stale-timeout-mins')?.default as number,
+}
