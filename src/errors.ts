@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'MAITRE_CLIENT_TIMEOUT'
   | 'MAITRE_CLIENT_CLOSED'
   | 'MAITRE_STORE_CORRUPT'
+  | 'MAITRE_STORE_WRITE'
   | 'MAITRE_INVALID_CONFIG'
   | 'MAITRE_BACKEND'
   | 'MAITRE_INTERNAL'
@@ -61,6 +62,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_CLIENT_TIMEOUT: { status: 408, errorClass: 'waiter.ClientTimeout' },
   MAITRE_CLIENT_CLOSED: { status: 400, errorClass: 'waiter.ClientClosed' },
   MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
+  MAITRE_STORE_WRITE: { status: 503, errorClass: 'maitre.StoreWriteFailed', title: 'Store Unavailable' },
   MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },
   MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
   MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },

@@ -7,6 +7,7 @@ import type { Overrides } from '../versions/overrides.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
+import { globMatcher, MAX_FILTERS } from './glob.ts'
 import { methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface AppsApiDeps {
@@ -100,17 +101,15 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
 export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
-  const filters = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'include', 'effective-parameters'].includes(key))
+  const given = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'include', 'effective-parameters'].includes(key))
+  if (given.length > MAX_FILTERS) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
+  }
+  const filters = given.map(([key, wanted]) => ({ path: key.split('.').slice(0, 4), match: globMatcher(key, wanted) }))
   const matches = (rec: ServiceRecord): boolean =>
-    filters.every(([key, wanted]) => {
-      const actual = key.split('.').reduce<unknown>((v, k) => (typeof v === 'object' && v !== null ? (v as Record<string, unknown>)[k] : undefined), rec.core)
-      if (actual === undefined) return false
-      const text = String(actual)
-      try {
-        return text === wanted || new RegExp(`^(?:${wanted})$`).test(text)
-      } catch {
-        return false
-      }
+    filters.every(({ path, match }) => {
+      const actual = path.reduce<unknown>((v, k) => (typeof v === 'object' && v !== null && Object.hasOwn(v, k) ? (v as Record<string, unknown>)[k] : undefined), rec.core)
+      return actual !== undefined && typeof actual !== 'object' && match(String(actual))
     })
   const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec))
   records.sort((a, b) => a.createdAt - b.createdAt)

@@ -27,15 +27,44 @@ export function sendText(res: ServerResponse, status: number, text: string, cid:
   res.end(text)
 }
 
-const MAX_BODY_BYTES = 1 << 20
+/** Largest JSON body the API reads (a token is a few KiB; its history keeps five more). */
+export const MAX_BODY_BYTES = 256 * 1024
+/** Deepest nesting of arrays and objects a JSON body may have. */
+export const MAX_JSON_DEPTH = 32
 
+/** Nesting depth of a parsed JSON value, without recursion (the value may be hostile). */
+export function jsonDepth(value: unknown): number {
+  let deepest = 0
+  const stack: [unknown, number][] = [[value, 0]]
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop() as [unknown, number]
+    if (typeof node !== 'object' || node === null) continue
+    deepest = Math.max(deepest, depth + 1)
+    if (deepest > MAX_JSON_DEPTH) return deepest
+    for (const child of Object.values(node)) stack.push([child, depth + 1])
+  }
+  return deepest
+}
+
+/**
+ * Reads a JSON object body within the API's bounds: at most MAX_BODY_BYTES (413, and the
+ * connection closes: the rest of the body is not read) and MAX_JSON_DEPTH levels (400). A client
+ * that goes away mid-body is its own business: a 400-class failure, not an error of ours.
+ */
 export async function readJsonObject(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const declared = Number(req.headers['content-length'] ?? '0')
+  if (declared > MAX_BODY_BYTES) throw tooLarge()
   const chunks: Buffer[] = []
   let size = 0
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length
-    if (size > MAX_BODY_BYTES) throw new MaitreError('MAITRE_BAD_REQUEST', `Request body exceeds ${MAX_BODY_BYTES} bytes`, { status: 413 })
-    chunks.push(chunk)
+  try {
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length
+      if (size > MAX_BODY_BYTES) throw tooLarge()
+      chunks.push(chunk)
+    }
+  } catch (err) {
+    if (err instanceof MaitreError) throw err
+    throw new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection closed by the client while sending the request body', { cause: err })
   }
   const text = Buffer.concat(chunks).toString('utf8')
   let parsed: unknown
@@ -47,7 +76,19 @@ export async function readJsonObject(req: IncomingMessage): Promise<Record<strin
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new MaitreError('MAITRE_BAD_REQUEST', 'The request body must be a JSON object')
   }
+  if (jsonDepth(parsed) > MAX_JSON_DEPTH) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `The request body nests deeper than ${MAX_JSON_DEPTH} levels`, { details: { limit: 'json-depth', max: MAX_JSON_DEPTH } })
+  }
   return parsed as Record<string, unknown>
+}
+
+function tooLarge(): MaitreError {
+  return new MaitreError('MAITRE_BAD_REQUEST', `The request body exceeds ${MAX_BODY_BYTES} bytes`, {
+    status: 413,
+    details: { limit: 'body-bytes', max: MAX_BODY_BYTES },
+    // The rest of the body is not read: the connection cannot carry another request.
+    headers: { connection: 'close' },
+  })
 }
 
 export function methodNotAllowed(method: string | undefined, allowed: readonly string[]): MaitreError {

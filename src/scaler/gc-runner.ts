@@ -123,11 +123,11 @@ export class GcRunner {
       // Decided again, synchronously, now that activations wait: a request may have come since.
       const verdict = this.#verdictNow(serviceId)
       if (verdict === undefined) return undefined
-      // In this order, in this turn: record and cached resolutions first, then the backend delete.
-      const forgettingRecord = registry.forget(serviceId)
-      const forgettingDerived = this.#deps.forgetVersion(serviceId)
-      const deleting = backend.deleteService(serviceId)
-      await Promise.all([forgettingRecord, forgettingDerived, deleting])
+      // Record and cached resolutions first, then the backend delete: activations wait on the
+      // collection meanwhile, so nothing can re-create the version in between.
+      await registry.forget(serviceId)
+      await this.#deps.forgetVersion(serviceId)
+      await backend.deleteService(serviceId)
       // A version that never ran here still had a routing entry if requests asked for it.
       this.#deps.tracker.dropIfIdle(serviceId)
       await this.#deps.onCollected(serviceId, verdict.reason)

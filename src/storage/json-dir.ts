@@ -3,33 +3,43 @@
  * fsync of the directory) so that a crash leaves either the old or the new document, never half
  * of one. Opening refuses a directory holding a document it cannot parse, and touches nothing:
  * a corrupt store stops startup instead of being silently overwritten.
+ *
+ * Memory follows the disk: a write or delete shows in memory only once it is durable, so a
+ * write that fails (disk full, read-only, a name the file system refuses) leaves memory and disk
+ * both on the previous version, and its partial temporary file is removed. Temporary files live
+ * in their own subdirectory, so no key can ever collide with one, and the start-up sweep removes
+ * only them.
  */
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { open, rename, rm } from 'node:fs/promises'
-import { join } from 'node:path'
+import { mkdir, open, rename, rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { MaitreError } from '../errors.ts'
 
 const SUFFIX = '.json'
-const TEMP_MARK = '.tmp-'
+const TEMP_DIR = '.tmp'
+/** Temporaries of maitre versions before TEMP_DIR: `<key>.json.tmp-<pid>-<8 hex>` (a key's own file ends in .json). */
+const LEGACY_TEMP = /\.json\.tmp-\d+-[0-9a-f]{8}$/
+/** Longest file name the common file systems (ext4, xfs, btrfs, tmpfs) accept, in bytes. */
+export const MAX_FILE_NAME_BYTES = 255
 
-export async function writeFileAtomic(path: string, text: string): Promise<void> {
-  const dir = path.slice(0, path.lastIndexOf('/')) || '.'
-  const temp = `${path}${TEMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`
-  const handle = await open(temp, 'w', 0o600)
+/** Writes `text` to `path` atomically; the temporary file goes in `tempDir` (same file system), and is removed if anything fails. */
+export async function writeFileAtomic(path: string, text: string, tempDir = dirname(path)): Promise<void> {
+  const temp = join(tempDir, `${basename(path)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`)
   try {
-    await handle.writeFile(text)
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  try {
+    const handle = await open(temp, 'w', 0o600)
+    try {
+      await handle.writeFile(text)
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
     await rename(temp, path)
   } catch (err) {
     await rm(temp, { force: true })
     throw err
   }
-  const dirHandle = await open(dir, 'r')
+  const dirHandle = await open(dirname(path), 'r')
   try {
     await dirHandle.sync()
   } finally {
@@ -37,14 +47,21 @@ export async function writeFileAtomic(path: string, text: string): Promise<void>
   }
 }
 
+/** The file name a key is stored under. */
+export function fileNameOf(key: string): string {
+  return `${encodeURIComponent(key)}${SUFFIX}`
+}
+
 export class JsonDirectory<T> {
   readonly #dir: string
+  readonly #what: string
   readonly #docs = new Map<string, T>()
   /** Writes to one key are chained so that the last write wins on disk as in memory. */
   readonly #pending = new Map<string, Promise<void>>()
 
-  private constructor(dir: string) {
+  private constructor(dir: string, what: string) {
     this.#dir = dir
+    this.#what = what
   }
 
   /**
@@ -53,11 +70,13 @@ export class JsonDirectory<T> {
    */
   static open<T>(dir: string, what: string, check: (doc: unknown) => string | undefined = () => undefined): JsonDirectory<T> {
     mkdirSync(dir, { recursive: true })
-    const store = new JsonDirectory<T>(dir)
+    // Interrupted writes: the rename never happened, so the documents they were replacing are intact.
+    rmSync(join(dir, TEMP_DIR), { recursive: true, force: true })
+    mkdirSync(join(dir, TEMP_DIR))
+    const store = new JsonDirectory<T>(dir, what)
     for (const file of readdirSync(dir).sort()) {
       const path = join(dir, file)
-      if (file.includes(TEMP_MARK)) {
-        // An interrupted write: the rename never happened, so the document it was replacing is intact.
+      if (LEGACY_TEMP.test(file)) {
         rmSync(path, { force: true })
         continue
       }
@@ -93,15 +112,20 @@ export class JsonDirectory<T> {
     return this.#docs.size
   }
 
-  /** Updates memory at once (readers see the new value) and resolves once the file is durable. */
+  /** Resolves once the document is durable, and only then shows it in memory. */
   put(key: string, doc: T): Promise<void> {
-    this.#docs.set(key, doc)
-    return this.#chain(key, () => writeFileAtomic(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`))
+    return this.#chain(key, async () => {
+      await this.#guard(key, 'written', () => writeFileAtomic(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`, join(this.#dir, TEMP_DIR)))
+      this.#docs.set(key, doc)
+    })
   }
 
+  /** Resolves once the document is gone from disk, and only then from memory. */
   delete(key: string): Promise<void> {
-    this.#docs.delete(key)
-    return this.#chain(key, () => rm(this.#path(key), { force: true }))
+    return this.#chain(key, async () => {
+      await this.#guard(key, 'deleted', () => rm(this.#path(key), { force: true }))
+      this.#docs.delete(key)
+    })
   }
 
   /** Resolves when every write issued so far is on disk. */
@@ -110,7 +134,22 @@ export class JsonDirectory<T> {
   }
 
   #path(key: string): string {
-    return join(this.#dir, `${encodeURIComponent(key)}${SUFFIX}`)
+    return join(this.#dir, fileNameOf(key))
+  }
+
+  /** A file-system failure becomes one typed error, of ours, that says nothing changed. */
+  async #guard(key: string, verb: string, io: () => Promise<void>): Promise<void> {
+    try {
+      await mkdir(join(this.#dir, TEMP_DIR), { recursive: true })
+      await io()
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      throw new MaitreError('MAITRE_STORE_WRITE', `The ${this.#what} ${JSON.stringify(key)} could not be ${verb} (${code ?? 'I/O error'}); nothing was changed`, {
+        details: { store: this.#what, key },
+        headers: { 'retry-after': '5' },
+        cause: err,
+      })
+    }
   }
 
   #chain(key: string, write: () => Promise<void>): Promise<void> {

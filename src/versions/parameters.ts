@@ -24,7 +24,22 @@ export interface ParamSpec {
 const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
 const isInt = (v: unknown): v is number => Number.isInteger(v)
 
-const nonBlank: Check = (n, v) => (typeof v === 'string' && v.trim() !== '' ? undefined : `${n} must be a non-empty string.`)
+/** Longest string any parameter takes (cmd has its own, Waiter's, lower ceiling in LIMITS). */
+export const MAX_STRING_LENGTH = 4096
+const nonBlank: Check = (n, v) => {
+  if (!(typeof v === 'string' && v.trim() !== '')) return `${n} must be a non-empty string.`
+  return v.length <= MAX_STRING_LENGTH ? undefined : `${n} must be at most ${MAX_STRING_LENGTH} characters.`
+}
+/**
+ * An absolute path on the instance: what follows the instance's own host and port. Anything else
+ * (`@host:port/x`, `evil.example/x`) would send the request, and the instance's credentials, to
+ * whatever host it names.
+ */
+const absolutePath: Check = (n, v) => {
+  const blank = nonBlank(n, v)
+  if (blank !== undefined) return blank
+  return /^\/[\x21-\x7e]*$/.test(v as string) ? undefined : `${n} must be an absolute path: a / followed by printable characters, no spaces.`
+}
 const positive: Check = (n, v) => (isNumber(v) && v > 0 ? undefined : `${n} must be a positive number.`)
 const intRange = (lo: number, hi: number): Check => (n, v) =>
   isInt(v) && v >= lo && v <= hi ? undefined : `${n} must be an integer in the range [${lo}, ${hi}].`
@@ -109,7 +124,7 @@ const ROWS: Readonly<Record<string, Row>> = {
   'health-check-max-consecutive-failures': { check: intRange(1, 36), default: 5, overridable: true },
   'health-check-port-index': { check: intRange(0, 9), default: 0 },
   'health-check-proto': { check: protoOrNull, rawHeader: true },
-  'health-check-url': { check: nonBlank, default: '/status', rawHeader: true },
+  'health-check-url': { check: absolutePath, default: '/status', rawHeader: true },
   'idle-timeout-mins': { check: intRange(0, 43200), default: 30, overridable: true },
   image: { check: nonBlank, rawHeader: true },
   'instance-expiry-mins': { check: intAtLeast(0), default: 7200, overridable: true },
@@ -120,7 +135,7 @@ const ROWS: Readonly<Record<string, Row>> = {
   'liveness-check-max-consecutive-failures': { check: intRange(1, 36), overridable: true },
   'liveness-check-port-index': { check: intRange(0, 9) },
   'liveness-check-proto': { check: protoOrNull, rawHeader: true },
-  'liveness-check-url': { check: nonBlank, rawHeader: true },
+  'liveness-check-url': { check: absolutePath, rawHeader: true },
   'load-balancing': { check: oneOf('oldest', 'youngest', 'random'), default: 'oldest', overridable: true, rawHeader: true },
   'max-instances': { check: intRange(1, 2000), default: 500, overridable: true },
   'max-queue-length': { check: intAtLeast(1), default: 1000, overridable: true },
@@ -180,12 +195,16 @@ interface MetadataRow {
   default?: ParamValue
 }
 
+/** CORS rules are only validated (compiled, never run on a request): bounded all the same. */
+const MAX_CORS_RULES = 100
 const corsRulesCheck: Check = (n, v) => {
   if (!Array.isArray(v)) return `${n} must be a list of rules.`
+  if (v.length > MAX_CORS_RULES) return `${n} must have at most ${MAX_CORS_RULES} rules.`
   for (const rule of v as unknown[]) {
     if (typeof rule !== 'object' || rule === null) return `${n} entries must be objects.`
     const r = rule as Record<string, unknown>
     if (typeof r['origin-regex'] !== 'string') return `${n} entries need an origin-regex string.`
+    if (r['origin-regex'].length > 1024) return `${n} origin-regex must be at most 1024 characters.`
     try {
       new RegExp(r['origin-regex'])
     } catch {

@@ -10,9 +10,12 @@ import { misconfigured, validateParameters, type Issue } from './descriptor.ts'
 import { PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
 import { canonicalJson } from './service-id.ts'
 import type { TokenData, TokenStore } from './token-store.ts'
+import { fileNameOf, MAX_FILE_NAME_BYTES } from '../storage/json-dir.ts'
 
 export const HISTORY_LENGTH = 5
 const TOKEN_NAME = /^[a-zA-Z][a-zA-Z0-9\-_$.]+$/
+/** Longest token name: it is a file name on disk (a `$` takes three bytes there), and a Host name. */
+export const MAX_TOKEN_NAME = 200
 
 export type TokenWriteResult = 'token-created' | 'token-updated' | 'token-no-op'
 
@@ -43,6 +46,9 @@ export function serviceFields(data: TokenData): Record<string, unknown> {
 
 export function validateTokenName(name: unknown): string {
   if (typeof name !== 'string' || name === '') throw new MaitreError('MAITRE_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
+  if (name.length > MAX_TOKEN_NAME || Buffer.byteLength(fileNameOf(name)) > MAX_FILE_NAME_BYTES) {
+    throw new MaitreError('MAITRE_INVALID_TOKEN', `Token must be at most ${MAX_TOKEN_NAME} characters (fewer with $)`, { details: { field: 'token', limit: MAX_TOKEN_NAME, length: name.length } })
+  }
   if (!TOKEN_NAME.test(name)) {
     const bad = [...name].find((c, i) => (i === 0 ? !/[a-zA-Z]/.test(c) : !/[a-zA-Z0-9\-_$.]/.test(c)))
     const message = bad === undefined ? `Token must match pattern: ${TOKEN_NAME.source}` : `Token contains invalid character: ${JSON.stringify(bad)}`
@@ -70,6 +76,8 @@ export class Tokens {
   readonly #clock: Clock
   readonly #cluster: string
   readonly #listeners = new Set<TokenListener>()
+  /** Changes to one token run one after the other: each reads what the previous one wrote. */
+  readonly #changing = new Map<string, Promise<unknown>>()
 
   constructor(store: TokenStore, clock: Clock, cluster: string) {
     this.#store = store
@@ -95,6 +103,10 @@ export class Tokens {
 
   async upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     validateTokenName(name)
+    return this.#serialized(name, () => this.#upsert(name, body, options))
+  }
+
+  async #upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     const admin = options.adminMode === true
     if (admin && !options.principal.admin) throw new MaitreError('MAITRE_FORBIDDEN', 'Only admins may use update-mode=admin')
     const current = this.#store.get(name)
@@ -154,7 +166,11 @@ export class Tokens {
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
   }
 
-  async delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
+  delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
+    return this.#serialized(name, () => this.#delete(name, options))
+  }
+
+  async #delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
     const current = this.#store.get(name)
     if (current === undefined || (current['deleted'] === true && options.hard !== true)) {
       throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Token ${name} does not exist`, { details: { token: name } })
@@ -196,6 +212,17 @@ export class Tokens {
       cursor = (cursor as TokenData)['previous']
     }
     return out
+  }
+
+  #serialized<T>(name: string, change: () => Promise<T>): Promise<T> {
+    const previous = this.#changing.get(name) ?? Promise.resolve()
+    const next = previous.catch(() => undefined).then(change)
+    this.#changing.set(name, next)
+    const cleanup = (): void => {
+      if (this.#changing.get(name) === next) this.#changing.delete(name)
+    }
+    next.then(cleanup, cleanup)
+    return next
   }
 
   #emit(name: string): void {

@@ -97,6 +97,7 @@ t.test('a request that arrives mid-collection waits, then starts the version afr
   backend.deleteGate = deleting
   const collecting = gc.tick()
   t.ok(activator.collecting('a'), 'the collection is under way')
+  while (!backend.calls.includes('delete a')) await new Promise((r) => setImmediate(r))
   t.equal(registry.get('a'), undefined, 'the record went before the backend delete')
   let served = false
   const late = request('a').then((lease) => {

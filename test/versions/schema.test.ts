@@ -33,6 +33,10 @@ const INVALID: [string, Record<string, unknown>][] = [
   ['long cmd', { ...base, cmd: 'x'.repeat(1201) }],
   ['bad metric group', { ...base, 'metric-group': 'X' }],
   ['ports 11', { ...base, ports: 11 }],
+  ['a health-check-url that names another host', { ...base, 'health-check-url': '@evil.example:80/x' }],
+  ['a liveness-check-url that is not a path', { ...base, 'liveness-check-url': 'status' }],
+  ['a health-check-url with a space', { ...base, 'health-check-url': '/a b' }],
+  ['a version of 4097 characters', { ...base, version: 'v'.repeat(4097) }],
 ]
 
 t.test('the schema and the validator cover the same parameters', async (t) => {
