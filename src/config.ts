@@ -73,6 +73,14 @@ export interface Config {
     readonly maxHeaderBytes: number
     readonly keepAliveTimeoutMs: number
     readonly headersTimeoutMs: number
+    /** A request whose body sends nothing for this long gets 408 and its slot back. */
+    readonly bodyIdleTimeoutMs: number
+    /** Most headers a request may carry (431 beyond). */
+    readonly maxHeaders: number
+    /** Open client connections, in all (0 = no limit); beyond it a new one gets 503 and is closed. */
+    readonly maxConnections: number
+    /** Open client connections from one address (0 = no limit): one client cannot take them all. */
+    readonly maxConnectionsPerClient: number
     readonly shutdownTimeoutMs: number
   }
   readonly dataDir: string
@@ -119,6 +127,10 @@ export const DEFAULTS: Config = {
     maxHeaderBytes: 32768,
     keepAliveTimeoutMs: 65000,
     headersTimeoutMs: 60000,
+    bodyIdleTimeoutMs: 30000,
+    maxHeaders: 128,
+    maxConnections: 10000,
+    maxConnectionsPerClient: 2000,
     shutdownTimeoutMs: 10000,
   },
   dataDir: './data',
@@ -196,6 +208,10 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxHeaderBytes': positiveInt,
   'server.keepAliveTimeoutMs': positiveInt,
   'server.headersTimeoutMs': positiveInt,
+  'server.bodyIdleTimeoutMs': positiveInt,
+  'server.maxHeaders': positiveInt,
+  'server.maxConnections': nonNegativeInt,
+  'server.maxConnectionsPerClient': nonNegativeInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
   serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
   'auth.kind': (v) => (v === 'one-user' ? undefined : "must be 'one-user' (the only authenticator so far)"),

@@ -29,6 +29,8 @@ export type ErrorCode =
   | 'MAITRE_STORE_WRITE'
   | 'MAITRE_INVALID_CONFIG'
   | 'MAITRE_BACKEND'
+  | 'MAITRE_TOO_MANY_CONNECTIONS'
+  | 'MAITRE_ROUTER_OVERLOADED'
   | 'MAITRE_INTERNAL'
 
 interface CodeInfo {
@@ -64,6 +66,8 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
   MAITRE_STORE_WRITE: { status: 503, errorClass: 'maitre.StoreWriteFailed', title: 'Store Unavailable' },
   MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },
+  MAITRE_TOO_MANY_CONNECTIONS: { status: 503, errorClass: 'maitre.TooManyConnections', title: 'Too Many Connections' },
+  MAITRE_ROUTER_OVERLOADED: { status: 503, errorClass: 'maitre.RouterOverloaded', title: 'Router Overloaded' },
   MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
   MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },
 }

@@ -52,6 +52,11 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   const current = resolution
   let pingResponse: Record<string, unknown>
   const deadline = deps.clock.now() + timeoutMs
+  // A caller that hangs up stops waiting at once: its place in the queue goes with it.
+  const aborter = new AbortController()
+  r.res.once('close', () => {
+    if (!r.res.writableFinished) aborter.abort()
+  })
   const activation = {
     serviceId: current.serviceId,
     effective: () => deps.parametersOf(current),
@@ -61,10 +66,10 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   try {
     let starting = deps.activator.ensure(activation)
     while (starting !== undefined) {
-      await deps.activator.bounded(current.serviceId, starting, { deadline, queueTimeoutMs: timeoutMs })
+      await deps.activator.bounded(current.serviceId, starting, { deadline, queueTimeoutMs: timeoutMs, signal: aborter.signal })
       starting = deps.activator.ensure(activation)
     }
-    const lease = await deps.tracker.acquire(current.serviceId, { timeoutMs: Math.max(1, deadline - deps.clock.now()), queueTimeoutMs: timeoutMs })
+    const lease = await deps.tracker.acquire(current.serviceId, { timeoutMs: Math.max(1, deadline - deps.clock.now()), queueTimeoutMs: timeoutMs, signal: aborter.signal })
     try {
       const { instance } = lease
       const spec = deps.launchSpecOf(current)

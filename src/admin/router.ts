@@ -26,6 +26,15 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly log: Logger
 }
 
+/** A percent-decoded path segment; a malformed escape is the caller's 400, not our 500. */
+function pathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment)
+  } catch {
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'The path holds a malformed percent-escape', { details: { segment: segment.slice(0, 200) } })
+  }
+}
+
 export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const cid = cidOf(req)
@@ -99,7 +108,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       }
       const sub = /^\/apps\/([^/]+)\/(override|suspend|resume|logs|instance\/([^/]+)\/(kill|expire))$/.exec(path)
       if (sub !== null) {
-        const serviceId = decodeURIComponent(sub[1] as string)
+        const serviceId = pathSegment(sub[1] as string)
         if (deps.registry.get(serviceId) === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
         switch (sub[2]) {
           case 'override':
@@ -113,11 +122,11 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           case 'logs':
             return await handleLogs(r, serviceId, deps)
           default:
-            return await handleInstanceSignal(r, serviceId, decodeURIComponent(sub[3] as string), sub[4] as 'kill' | 'expire', deps)
+            return await handleInstanceSignal(r, serviceId, pathSegment(sub[3] as string), sub[4] as 'kill' | 'expire', deps)
         }
       }
       const app = /^\/apps\/([^/]+)$/.exec(path)
-      if (app !== null) return await handleApp(r, decodeURIComponent(app[1] as string), deps)
+      if (app !== null) return await handleApp(r, pathSegment(app[1] as string), deps)
       throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path } })
     } catch (err) {
       const failure = asMaitreError(err)

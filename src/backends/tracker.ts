@@ -332,12 +332,23 @@ export class InstanceTracker {
       slot.failures = 0
       slot.ejectedUntil = 0
     } else if (outcome === 'instance-error' || outcome === 'instance-busy') {
+      // A 503 says "busy", which a client can make any instance say: it never takes the last
+      // instance out of rotation, or one 503 would leave the service with nothing to route to.
+      if (outcome === 'instance-busy' && !this.#anotherRoutable(service, slot)) return
       slot.failures += 1
       const period = Math.min(this.#maxEjectMs, this.#ejectBaseMs * 2 ** Math.min(20, slot.failures - 1))
       slot.ejectedUntil = this.#clock.now() + period
       this.#scheduleUneject(service, period)
       this.#onEject?.(slot.instance.serviceId, slot.instance.id, period, outcome)
     }
+  }
+
+  #anotherRoutable(service: ServiceSlots, slot: Slot): boolean {
+    const now = this.#clock.now()
+    for (const other of service.slots.values()) {
+      if (other !== slot && other.routable && !other.locked && other.ejectedUntil <= now) return true
+    }
+    return false
   }
 
   /** Wakes the queue when an ejection ends, since no other event would. */

@@ -41,6 +41,10 @@ export interface ForwardResult {
 }
 
 const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
+/** The router itself is out of something (descriptors, buffers, memory): no fault of the instance. */
+const ROUTER_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
+/** undici refused the request before sending it (a header or method it will not carry): the client's doing. */
+const REFUSED_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
 
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length']
@@ -51,6 +55,14 @@ function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome;
   const code = (err as { code?: string }).code ?? ''
   if (clientGone || err instanceof undiciErrors.RequestAbortedError) {
     return { outcome: 'client-error', error: new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }
+  }
+  // The client's body failed on our side (it went idle, say): the client's doing, told as such.
+  if (err instanceof MaitreError) return { outcome: 'client-error', error: err }
+  if (REFUSED_ERRORS.has(code)) {
+    return { outcome: 'client-error', error: new MaitreError('MAITRE_BAD_REQUEST', `The request cannot be forwarded: ${(err as Error).message}`, { cause: err }) }
+  }
+  if (ROUTER_ERRORS.has(code)) {
+    return { outcome: 'generic-error', error: new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is out of resources to reach the instance; try again', { headers: { 'retry-after': '1' }, cause: err }) }
   }
   if (CONNECT_ERRORS.has(code)) {
     return { outcome: 'instance-error', error: new MaitreError('MAITRE_UPSTREAM_CONNECT', 'Request failed to connect to service backend', { cause: err }) }

@@ -116,6 +116,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let failure: MaitreError | undefined
     let instanceId: string | undefined
     try {
+      // What cannot be forwarded is the client's mistake, answered before it costs anyone a slot
+      // (or an instance its place in rotation): only a path (origin-form) is sent on.
+      if (req.method === 'CONNECT') throw new MaitreError('MAITRE_BAD_REQUEST', 'CONNECT is not proxied', { details: { method: 'CONNECT' } })
+      if (req.url === undefined || !req.url.startsWith('/')) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
+      }
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
       const authenticated = deps.authenticator.authenticate(req)
       const who = authenticated instanceof Promise ? await authenticated : authenticated

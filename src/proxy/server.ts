@@ -1,10 +1,13 @@
 /**
  * The router's HTTP listener: one port for the data path and the Waiter API, split by Waiter's
- * classification rule. Server timeouts are set explicitly so long proxied requests are not cut
- * by Node's defaults. It also owns the drain: what "stop" means for connections and requests.
+ * classification rule. It owns what a connection may cost: headers within headersTimeoutMs
+ * (checked every second), a body that keeps moving (bodyIdleTimeoutMs), a bounded header count,
+ * and bounded connections in all and per client address, each refusal a clear answer to the
+ * caller who earned it. It also owns the drain: what "stop" means for connections and requests.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { Server as NetServer, type AddressInfo, type Socket } from 'node:net'
+import { MaitreError } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
@@ -14,6 +17,10 @@ export interface ServerOptions {
   readonly maxHeaderBytes: number
   readonly keepAliveTimeoutMs: number
   readonly headersTimeoutMs: number
+  readonly bodyIdleTimeoutMs: number
+  readonly maxHeaders: number
+  readonly maxConnections: number
+  readonly maxConnectionsPerClient: number
   readonly routerHostnames: ReadonlySet<string>
   readonly api: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
@@ -28,6 +35,8 @@ export interface RouterServer {
   readonly draining: () => boolean
   /** Requests being handled right now. */
   readonly inFlight: () => number
+  /** Client connections open right now. */
+  readonly connections: () => number
   /**
    * Stops taking new connections and lets every request under way finish, for at most
    * `timeoutMs`: every response from now on says `Connection: close`, requests that still arrive
@@ -37,15 +46,33 @@ export interface RouterServer {
   drain(timeoutMs: number): Promise<void>
 }
 
+/** What the body-idle sweep knows of a request under way. */
+interface Open {
+  readonly req: IncomingMessage
+  readonly res: ServerResponse
+  bytesRead: number
+  movedAt: number
+}
+
+/** Node's own code for a request whose headers did not arrive within headersTimeout. */
+const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
+
 export function createRouterServer(options: ServerOptions): RouterServer {
   let draining = false
-  /** Responses under way: at a drain, the ones that have not started yet are told to close their connection. */
-  const open = new Set<ServerResponse>()
+  /** Requests under way: at a drain, the ones that have not answered yet are told to close their connection. */
+  const open = new Map<ServerResponse, Open>()
   let idle: (() => void) | undefined
+  const perClient = new Map<string, number>()
+  let connections = 0
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    // HTTP/0.9 has no status line or headers to answer with: the connection just goes.
+    if (req.httpVersionMajor === 0) {
+      req.socket.destroy()
+      return
+    }
     if (draining) res.shouldKeepAlive = false
-    open.add(res)
+    open.set(res, { req, res, bytesRead: req.socket.bytesRead, movedAt: Date.now() })
     // 'close' comes when the response is over, sent or cut: streamed answers (logs) included.
     res.once('close', () => {
       open.delete(res)
@@ -53,15 +80,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     })
     const path = pathOf(req.url)
     const handler = isApiRequest(path, req.headers, options.routerHostnames) ? options.api : options.proxy
-    handler(req, res)
-      .catch((err: unknown) => {
-        // The handlers answer their own failures; anything that escapes them is a bug, caught
-        // here so that it can never become an unhandled rejection that takes the router down.
-        const cid = cidOf(req)
-        options.log.error({ err, cid, method: req.method, path }, 'request handler failed unexpectedly')
-        if (!res.headersSent && !res.writableEnded) sendError(req, res, err, { cid })
-        else if (!res.writableEnded) res.destroy()
-      })
+    handler(req, res).catch((err: unknown) => {
+      // The handlers answer their own failures; anything that escapes them is a bug, caught
+      // here so that it can never become an unhandled rejection that takes the router down.
+      const cid = cidOf(req)
+      options.log.error({ err, cid, method: req.method, path }, 'request handler failed unexpectedly')
+      if (!res.headersSent && !res.writableEnded) sendError(req, res, err, { cid })
+      else if (!res.writableEnded) res.destroy()
+    })
   }
 
   const server = createServer(
@@ -70,15 +96,74 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       keepAliveTimeout: options.keepAliveTimeoutMs,
       headersTimeout: options.headersTimeoutMs,
       requestTimeout: 0, // proxied requests may legitimately take long; the per-request timeouts govern
+      // Node checks header deadlines every 30 s by default: a deadline is kept within a second.
+      connectionsCheckingInterval: 1000,
       noDelay: true,
     },
     handle,
   )
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (!socket.writable) return
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request'
-    socket.end(`HTTP/1.1 ${status}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+  // More headers than this is a parse error (HPE_HEADER_OVERFLOW): a 431 from clientError below.
+  server.maxHeadersCount = options.maxHeaders
+
+  server.on('connection', (socket: Socket) => {
+    const client = socket.remoteAddress ?? ''
+    const mine = (perClient.get(client) ?? 0) + 1
+    connections += 1
+    perClient.set(client, mine)
+    socket.once('close', () => {
+      connections -= 1
+      const left = (perClient.get(client) ?? 1) - 1
+      if (left === 0) perClient.delete(client)
+      else perClient.set(client, left)
+    })
+    const overAll = options.maxConnections > 0 && connections > options.maxConnections
+    const overClient = options.maxConnectionsPerClient > 0 && mine > options.maxConnectionsPerClient
+    if (overAll || overClient) {
+      const why = overClient ? `this client has ${options.maxConnectionsPerClient} connections open, the most one client may` : `the router has ${options.maxConnections} connections open, the most it takes`
+      const details = overClient ? { limit: 'connections-per-client', max: options.maxConnectionsPerClient } : { limit: 'connections', max: options.maxConnections }
+      socket.end(rawError('503 Service Unavailable', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: ${why}`, details, { 'retry-after': '1' }))
+    }
   })
+
+  // CONNECT asks for a tunnel, which maitre does not open (Node would only drop the connection).
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 22\r\n\r\nCONNECT is not proxied\n')
+  })
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // Never a second answer on a connection: if one has started, cutting is all that is left.
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+    if (!socket.writable || (answering !== null && answering !== undefined && answering.headersSent)) {
+      socket.destroy()
+      return
+    }
+    if (err.code === HEADERS_TIMEOUT) {
+      socket.end(rawError('408 Request Timeout', 'MAITRE_CLIENT_TIMEOUT', `The request headers did not arrive within ${options.headersTimeoutMs} ms`, { limit: 'headers-timeout-ms', max: options.headersTimeoutMs }))
+    } else if (err.code === 'HPE_HEADER_OVERFLOW') {
+      socket.end(rawError('431 Request Header Fields Too Large', 'MAITRE_BAD_REQUEST', `The request headers exceed the limits: at most ${options.maxHeaders} headers and ${options.maxHeaderBytes} bytes`, { limit: 'headers', 'max-headers': options.maxHeaders, 'max-header-bytes': options.maxHeaderBytes }))
+    } else {
+      socket.end(rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', `Malformed HTTP request (${err.code ?? 'parse error'})`, {}))
+    }
+  })
+
+  // A body that stops moving, through no back-pressure of ours, is the client's idleness.
+  const sweepEveryMs = Math.min(1000, Math.max(50, Math.floor(options.bodyIdleTimeoutMs / 4)))
+  const sweep = setInterval(() => {
+    const now = Date.now()
+    for (const entry of open.values()) {
+      const { req, res } = entry
+      const bytes = req.socket?.bytesRead ?? entry.bytesRead
+      if (req.complete || req.isPaused() || req.readableLength > 0 || bytes !== entry.bytesRead) {
+        entry.bytesRead = bytes
+        entry.movedAt = now
+        continue
+      }
+      if (now - entry.movedAt < options.bodyIdleTimeoutMs) continue
+      entry.movedAt = Number.POSITIVE_INFINITY // once
+      bodyIdle(req, res, options.bodyIdleTimeoutMs)
+    }
+  }, sweepEveryMs)
+  sweep.unref()
 
   let drained: Promise<void> | undefined
   return {
@@ -95,10 +180,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     },
     draining: () => draining,
     inFlight: () => open.size,
+    connections: () => connections,
     drain(timeoutMs) {
       drained ??= (async () => {
         draining = true
-        for (const res of open) if (!res.headersSent) res.shouldKeepAlive = false
+        for (const res of open.keys()) if (!res.headersSent) res.shouldKeepAlive = false
         // Stop listening, but unlike http.Server#close() keep idle kept-alive connections open: a
         // request a client is sending on one right now is served (with Connection: close) rather
         // than lost in a reset.
@@ -114,12 +200,37 @@ export function createRouterServer(options: ServerOptions): RouterServer {
           })
         }
         if (open.size > 0) options.log.warn({ cut: open.size, timeoutMs }, 'drain timed out; cutting the requests left')
+        clearInterval(sweep)
         server.closeAllConnections()
         server.close()
       })()
       return drained
     },
   }
+}
+
+/** A complete answer written straight to a socket that has no request object (yet): JSON, closing the connection. */
+function rawError(status: string, code: string, message: string, details: Record<string, unknown>, headers: Record<string, string> = {}): string {
+  const body = `${JSON.stringify({ 'waiter-error': { code, status: Number(status.slice(0, 3)), message, details } })}\n`
+  const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')
+  return `HTTP/1.1 ${status}\r\ncontent-type: application/json; charset=utf-8\r\n${extra}x-maitre-error: ${code}\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+}
+
+/** 408 if nothing was answered yet, then the connection goes (the rest of its body never will). */
+function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number): void {
+  const socket = req.socket
+  if (res.headersSent) {
+    socket.destroy()
+    return
+  }
+  res.shouldKeepAlive = false
+  const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${timeoutMs} ms`, { details: { limit: 'body-idle-ms', max: timeoutMs } })
+  sendError(req, res, err, { cid: cidOf(req) })
+  // Whatever reads the body (the forward to an instance) learns it will never end, and lets go.
+  res.once('finish', () => {
+    req.destroy(err)
+    socket.destroy()
+  })
 }
 
 function pathOf(url: string | undefined): string {

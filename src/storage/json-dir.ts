@@ -91,7 +91,13 @@ export class JsonDirectory<T> {
       if (reason !== undefined) {
         throw new MaitreError('MAITRE_STORE_CORRUPT', `The ${what} store is corrupt: ${path} ${reason}. Nothing was changed; repair or move the file and start again.`)
       }
-      store.#docs.set(decodeURIComponent(file.slice(0, -SUFFIX.length)), doc as T)
+      let key: string
+      try {
+        key = decodeURIComponent(file.slice(0, -SUFFIX.length))
+      } catch {
+        throw new MaitreError('MAITRE_STORE_CORRUPT', `The ${what} store is corrupt: ${path} is not a name this store writes. Nothing was changed; move the file and start again.`)
+      }
+      store.#docs.set(key, doc as T)
     }
     return store
   }

@@ -159,3 +159,18 @@ t.test('a deployment error fails the queue when no instance is routable, even if
   busy?.release('success')
   t.equal(tracker.load('s').inFlight, 0)
 })
+
+t.test('a 503 never ejects the last instance in rotation; with another one there, it does', async (t) => {
+  const { clock, tracker } = setup(1)
+  tracker.sync('s', [instance('a', 1)], undefined)
+  for (let i = 0; i < 5; i++) tracker.tryAcquire('s')?.release('instance-busy')
+  t.equal(tracker.load('s').slotsAvailable, 1, 'a one-instance service stays routable however often it answers 503')
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const lease = tracker.tryAcquire('s')
+  t.equal(lease?.instance.id, 'a')
+  lease?.release('instance-busy')
+  t.match(tracker.instanceSlots('s').find((s) => s.id === 'a'), { ejectedUntil: clock.now() + 1000 }, 'with b there, a is ejected')
+  tracker.tryAcquire('s')?.release('instance-busy')
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'b')?.ejectedUntil, 0, 'but b, now the last one in rotation, is not')
+  t.ok(tracker.tryAcquire('s'), 'so there is always an instance to route to')
+})

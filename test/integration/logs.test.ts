@@ -28,11 +28,15 @@ t.test('JSON log lines: one access line per request, and lifecycle lines', async
   t.match(access['instance'], /^maitre-.*\.[0-9a-f]+$/)
   for (const field of ['queueMs', 'backendMs', 'totalMs', 'time', 'pid']) t.type(access[field], 'number', field)
   const id = access['service'] as string
-  // Ejection, scaling, kill and GC each leave their line.
-  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-kitchen-act-busy': 'true' } })
+  // Scaling, ejection, kill and GC each leave their line.
   await call(`${router.url}/apps/${id}/override`, { method: 'POST', body: JSON.stringify({ 'min-instances': 2 }) })
   await waitFor('a scaling decision', () => lines.find((l) => l['msg'] === 'scaling decision'))
-  const instances = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'active-instances': { id: string }[] } }>().instances['active-instances']
+  const instances = await waitFor('two healthy instances', async () => {
+    const active = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'active-instances': { id: string; healthy: boolean }[] } }>().instances['active-instances']
+    return active.filter((i) => i.healthy).length === 2 ? active : undefined
+  })
+  // A 503 ejects an instance only while another can take its requests.
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-kitchen-act-busy': 'true' } })
   await call(`${router.url}/apps/${id}/instance/${instances[0]?.id ?? ''}/kill`, { method: 'POST' })
   await createToken(router, 'kitchen', kitchenToken({ version: 'v2', 'fallback-period-secs': 0, 'stale-timeout-mins': 0 }))
   await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })

@@ -21,6 +21,10 @@ t.test('a handler that rejects: one 500 with its cid, an error line with the sam
     maxHeaderBytes: 16384,
     keepAliveTimeoutMs: 5000,
     headersTimeoutMs: 5000,
+    bodyIdleTimeoutMs: 30_000,
+    maxHeaders: 128,
+    maxConnections: 0,
+    maxConnectionsPerClient: 0,
     routerHostnames: new Set(['127.0.0.1']),
     api: async (_req, res) => void res.end('api'),
     proxy: async (req, res) => {
