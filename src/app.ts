@@ -190,6 +190,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   })
   // Late-bound: the API reports the drain the server (built from the API) carries out.
   let draining = (): boolean => false
+  let serverLoad = (): { inFlight: number; connections: number } => ({ inFlight: 0, connections: 0 })
   const api = createAdminHandler({
     authenticator,
     resolver,
@@ -210,11 +211,13 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
     parametersOf,
     settings: () => redactedConfig(config),
     draining: () => draining(),
+    serverLoad: () => serverLoad(),
     clock,
     log,
   })
   const server = createRouterServer({ ...config.server, routerHostnames, api, proxy, log })
   draining = server.draining
+  serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })
 
   let port = config.server.port
   let stopping: Promise<void> | undefined

@@ -23,6 +23,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly metrics: Metrics
   readonly settings: () => unknown
   readonly draining: () => boolean
+  /** The listener's own load: requests being handled and client connections open. */
+  readonly serverLoad: () => { readonly inFlight: number; readonly connections: number }
   readonly log: Logger
 }
 
@@ -83,6 +85,8 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           return sendJson(res, 200, {
             'router-id': deps.routerId,
             routers: { [deps.routerId]: '' },
+            'in-flight-requests': deps.serverLoad().inFlight,
+            'open-connections': deps.serverLoad().connections,
             details: Object.fromEntries(['autoscaler', 'gc-services', 'instance-tracker', 'scheduler'].map((n) => [n, `/state/${n}`])),
           }, cid)
         case '/state/instance-tracker':

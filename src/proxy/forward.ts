@@ -51,7 +51,7 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
-function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome; error: MaitreError } {
+export function classify(err: unknown, clientGone: boolean): { outcome: ReleaseOutcome; error: MaitreError } {
   const code = (err as { code?: string }).code ?? ''
   if (clientGone || err instanceof undiciErrors.RequestAbortedError) {
     return { outcome: 'client-error', error: new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }

@@ -5,6 +5,8 @@
 import t from 'tap'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
+import { PassThrough } from 'node:stream'
+import { createLogger } from '../../src/log.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 import { raw, statusOf } from '../fixtures/raw-http.ts'
 
@@ -165,4 +167,24 @@ t.test('the data directory holds no stray temporaries after refused writes', asy
   const router = await startRouter(t)
   for (let i = 0; i < 5; i++) await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: `t${'y'.repeat(250)}`, ...kitchenToken() }) })
   t.same(readdirSync(join(router.dataDir, 'tokens', '.tmp')), [])
+})
+
+t.test('a client that hangs up mid-body on the API costs no error line', async (t) => {
+  const lines: Record<string, unknown>[] = []
+  const out = new PassThrough()
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+  })
+  const router = await startRouter(t, {}, { log: createLogger('info', out) })
+  for (let i = 0; i < 20; i++) {
+    const leaver = await raw(router.url, `POST /token HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nx-cid: leaver-${i}\r\ncontent-length: 1000\r\n\r\n{"token": "half`)
+    leaver.socket.destroy()
+  }
+  // Done with them when only the asking request is in flight and no leaver's connection is left.
+  const state = await waitFor('the router to be done with every hang-up', async () => {
+    const s = (await call(`${router.url}/state`)).json<{ 'in-flight-requests': number; 'open-connections': number }>()
+    return s['in-flight-requests'] === 1 && s['open-connections'] <= 2 ? s : undefined
+  })
+  t.ok(state, 'every hung-up request is over')
+  t.same(lines.filter((l) => (l['level'] as number) >= 50), [], 'no error line, for one hang-up or twenty')
 })
