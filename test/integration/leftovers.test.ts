@@ -53,6 +53,7 @@ t.test('a router killed with SIGKILL and restarted on the same data directory le
 
   const second = await startRouterProcess(t, { dataDir: first.dataDir, portLow: first.portLow })
   await waitFor('the start-up sweep to kill the leftover', () => (processAlive(daemon) ? undefined : true), 5000)
+  await waitFor('the old sandbox to be removed', () => (existsSync(sandbox) ? undefined : true), 5000)
   t.notOk(existsSync(sandbox), 'the old sandbox is gone')
   const again = await call(`${second.url}/request-info`, { headers: h })
   t.equal(again.status, 200, 'the token and its version survived the crash')
