@@ -73,7 +73,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
 
   // Stores open first: a corrupt store stops startup before anything runs.
-  const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster)
+  const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster, config.maxTokens)
   const registry = new ServiceRegistry(dataDir, clock)
   const overrides = new Overrides(dataDir, clock)
   const suspensions = new Suspensions(dataDir, clock)

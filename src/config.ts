@@ -81,9 +81,13 @@ export interface Config {
     readonly maxConnections: number
     /** Open client connections from one address (0 = no limit): one client cannot take them all. */
     readonly maxConnectionsPerClient: number
+    /** Requests under way on one connection at once (HTTP/1.1 pipelining); beyond it, 429 and the connection closes. */
+    readonly maxRequestsPerConnection: number
     readonly shutdownTimeoutMs: number
   }
   readonly dataDir: string
+  /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
+  readonly maxTokens: number
   readonly cluster: string
   readonly serviceIdPrefix: string
   /** Secret instance passwords derive from; null = generated once and kept in the data directory. */
@@ -131,9 +135,11 @@ export const DEFAULTS: Config = {
     maxHeaders: 128,
     maxConnections: 10000,
     maxConnectionsPerClient: 2000,
+    maxRequestsPerConnection: 16,
     shutdownTimeoutMs: 10000,
   },
   dataDir: './data',
+  maxTokens: 100000,
   cluster: 'maitre',
   serviceIdPrefix: 'maitre-',
   secret: null,
@@ -212,7 +218,9 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxHeaders': positiveInt,
   'server.maxConnections': nonNegativeInt,
   'server.maxConnectionsPerClient': nonNegativeInt,
+  'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
+  maxTokens: positiveInt,
   serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
   'auth.kind': (v) => (v === 'one-user' ? undefined : "must be 'one-user' (the only authenticator so far)"),
   'proxy.queueTimeoutMs': positiveInt,

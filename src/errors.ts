@@ -27,9 +27,11 @@ export type ErrorCode =
   | 'MAITRE_CLIENT_CLOSED'
   | 'MAITRE_STORE_CORRUPT'
   | 'MAITRE_STORE_WRITE'
+  | 'MAITRE_STORE_FULL'
   | 'MAITRE_INVALID_CONFIG'
   | 'MAITRE_BACKEND'
   | 'MAITRE_TOO_MANY_CONNECTIONS'
+  | 'MAITRE_TOO_MANY_REQUESTS'
   | 'MAITRE_ROUTER_OVERLOADED'
   | 'MAITRE_INTERNAL'
 
@@ -64,9 +66,11 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_CLIENT_TIMEOUT: { status: 408, errorClass: 'waiter.ClientTimeout' },
   MAITRE_CLIENT_CLOSED: { status: 400, errorClass: 'waiter.ClientClosed' },
   MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
+  MAITRE_STORE_FULL: { status: 507, errorClass: 'maitre.StoreFull', title: 'Token Store Full' },
   MAITRE_STORE_WRITE: { status: 503, errorClass: 'maitre.StoreWriteFailed', title: 'Store Unavailable' },
   MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },
-  MAITRE_TOO_MANY_CONNECTIONS: { status: 503, errorClass: 'maitre.TooManyConnections', title: 'Too Many Connections' },
+  MAITRE_TOO_MANY_CONNECTIONS: { status: 429, errorClass: 'maitre.TooManyConnections', title: 'Too Many Connections' },
+  MAITRE_TOO_MANY_REQUESTS: { status: 429, errorClass: 'maitre.TooManyRequests', title: 'Too Many Requests' },
   MAITRE_ROUTER_OVERLOADED: { status: 503, errorClass: 'maitre.RouterOverloaded', title: 'Router Overloaded' },
   MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
   MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },

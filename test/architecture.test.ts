@@ -74,7 +74,7 @@ const GROUND_FILES = [
   'src/log.ts',
   'src/clock.ts',
   'src/launch-spec.ts',
-  'src/dns-label.ts',
+  'src/dns-label.ts', 'src/limits.ts',
   'src/version.ts',
 ]
 const GROUND_FOLDERS = ['auth', 'storage', 'http']

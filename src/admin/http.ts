@@ -1,6 +1,7 @@
 /** Small helpers the admin handlers share: JSON in, JSON out. */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { MaitreError } from '../errors.ts'
+import { jsonDepth, MAX_JSON_DEPTH } from '../limits.ts'
 import { SERVER_HEADER } from '../http/error-response.ts'
 
 export interface AdminRequest {
@@ -29,22 +30,6 @@ export function sendText(res: ServerResponse, status: number, text: string, cid:
 
 /** Largest JSON body the API reads (a token is a few KiB; its history keeps five more). */
 export const MAX_BODY_BYTES = 256 * 1024
-/** Deepest nesting of arrays and objects a JSON body may have. */
-export const MAX_JSON_DEPTH = 32
-
-/** Nesting depth of a parsed JSON value, without recursion (the value may be hostile). */
-export function jsonDepth(value: unknown): number {
-  let deepest = 0
-  const stack: [unknown, number][] = [[value, 0]]
-  while (stack.length > 0) {
-    const [node, depth] = stack.pop() as [unknown, number]
-    if (typeof node !== 'object' || node === null) continue
-    deepest = Math.max(deepest, depth + 1)
-    if (deepest > MAX_JSON_DEPTH) return deepest
-    for (const child of Object.values(node)) stack.push([child, depth + 1])
-  }
-  return deepest
-}
 
 /**
  * Reads a JSON object body within the API's bounds: at most MAX_BODY_BYTES (413, and the

@@ -9,6 +9,7 @@ import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Activator } from '../scaler/activator.ts'
 import type { Clock } from '../clock.ts'
+import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import type { Resolution, Resolver } from '../versions/resolve.ts'
 import { serviceStatus } from './apps.ts'
@@ -48,7 +49,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     }, r.cid)
   }
   const header = Number.parseInt(String(r.req.headers['x-waiter-timeout'] ?? ''), 10)
-  const timeoutMs = header > 0 ? header : DEFAULT_PING_TIMEOUT_MS
+  const timeoutMs = header > 0 ? Math.min(header, MAX_TIMEOUT_MS) : DEFAULT_PING_TIMEOUT_MS
   const current = resolution
   let pingResponse: Record<string, unknown>
   const deadline = deps.clock.now() + timeoutMs

@@ -27,11 +27,18 @@ function tokenNameOf(r: AdminRequest, deps: TokenApiDeps): string | undefined {
   return host !== '' && !deps.routerHostnames.has(host) ? host : undefined
 }
 
+/** A stored time as ISO 8601; undefined for anything that is no valid time (a reader never throws on a token). */
+function isoTime(value: unknown): string | undefined {
+  if (typeof value !== 'number' || !Number.isFinite(value)) return undefined
+  const date = new Date(value)
+  return Number.isNaN(date.getTime()) ? undefined : date.toISOString()
+}
+
 function withMetadata(data: TokenData): Record<string, unknown> {
   const out: Record<string, unknown> = { ...data }
-  const time = data['last-update-time']
-  if (typeof time === 'number') out['last-update-time'] = new Date(time).toISOString()
-  if (typeof data['previous'] === 'object' && data['previous'] !== null) out['previous'] = withMetadata(data['previous'] as TokenData)
+  const time = isoTime(data['last-update-time'])
+  if (time !== undefined) out['last-update-time'] = time
+  if (typeof data['previous'] === 'object' && data['previous'] !== null && !Array.isArray(data['previous'])) out['previous'] = withMetadata(data['previous'] as TokenData)
   return out
 }
 
@@ -97,11 +104,12 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
     if (withMeta) {
       entry['deleted'] = data['deleted'] === true
       entry['etag'] = tokenEtag(data)
-      entry['last-update-time'] = new Date(data['last-update-time'] as number).toISOString()
+      entry['last-update-time'] = isoTime(data['last-update-time']) ?? null
     }
     list.push(entry)
   }
-  list.sort((a, b) => String(a['token']).localeCompare(String(b['token'])))
+  // Code-unit order: stable, and cheap for a hundred thousand names (localeCompare is not).
+  list.sort((a, b) => (String(a['token']) < String(b['token']) ? -1 : String(a['token']) > String(b['token']) ? 1 : 0))
   sendJson(r.res, 200, list, r.cid)
 }
 
@@ -117,7 +125,7 @@ export function handleTokenHistory(r: AdminRequest, deps: TokenApiDeps): void {
       'service-id': serviceIdOf(description, deps.serviceIdPrefix),
       'service-description': description,
       'source-component': 'token',
-      'update-time': new Date(data['last-update-time'] as number).toISOString(),
+      'update-time': isoTime(data['last-update-time']) ?? null,
       etag: tokenEtag(data),
       deleted: data['deleted'] === true,
     }

@@ -20,6 +20,12 @@ export interface ForwardRequest {
   readonly cid: string
   readonly socketTimeoutMs: number
   readonly streamingTimeoutMs: number
+  /**
+   * The caller chose these timeouts (x-waiter-timeout, x-waiter-streaming-timeout): running out
+   * of a time the caller picked is the caller's doing, and never takes the instance out of
+   * rotation (or a client could eject any instance with a short enough timeout).
+   */
+  readonly timeoutsChosenByClient?: boolean
   /** Extra response headers (cold start, debug), decided when the response starts. */
   readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
 }
@@ -41,6 +47,8 @@ export interface ForwardResult {
 }
 
 const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
+/** The instance took longer than a timeout allowed: for its first byte, or between two chunks. */
+const TIMEOUT_ERRORS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'])
 /** The router itself is out of something (descriptors, buffers, memory): no fault of the instance. */
 const ROUTER_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 /** undici refused the request before sending it (a header or method it will not carry): the client's doing. */
@@ -144,9 +152,11 @@ class Exchange implements Dispatcher.DispatchHandler {
     // Once the response has started, the only honest signal left is cutting the connection.
     if (res.headersSent) res.destroy()
     const status = this.#status
-    const notDelivered = !this.#clientGone && status === undefined && CONNECT_ERRORS.has((err as { code?: string }).code ?? '')
+    const code = (err as { code?: string }).code ?? ''
+    const notDelivered = !this.#clientGone && status === undefined && CONNECT_ERRORS.has(code)
+    const clientsTimeout = this.#request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)
     this.#finish({
-      outcome: status === undefined ? outcome : this.#clientGone ? 'client-error' : 'instance-error',
+      outcome: clientsTimeout ? 'client-error' : status === undefined ? outcome : this.#clientGone ? 'client-error' : 'instance-error',
       status,
       error: res.headersSent ? undefined : error,
       notDelivered,

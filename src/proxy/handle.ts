@@ -15,6 +15,7 @@ import { statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import { asMaitreError, MaitreError } from '../errors.ts'
+import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 
@@ -46,7 +47,6 @@ export interface ProxyDeps {
   readonly accessLog: boolean
 }
 
-const MAX_TIMEOUT_MS = 3_600_000
 
 /** Header (ms) over token setting over config; non-positive or unparsable values fall through. */
 function pickTimeout(header: string | undefined, token: unknown, fallback: number): number {
@@ -54,6 +54,11 @@ function pickTimeout(header: string | undefined, token: unknown, fallback: numbe
   if (fromHeader > 0) return Math.min(fromHeader, MAX_TIMEOUT_MS)
   if (typeof token === 'number' && token > 0) return Math.min(token, MAX_TIMEOUT_MS)
   return fallback
+}
+
+/** Whether the request set this timeout itself (a value pickTimeout takes). */
+function chosenByClient(header: string | undefined): boolean {
+  return header !== undefined && Number.parseInt(header, 10) > 0
 }
 
 /**
@@ -117,8 +122,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let instanceId: string | undefined
     try {
       // What cannot be forwarded is the client's mistake, answered before it costs anyone a slot
-      // (or an instance its place in rotation): only a path (origin-form) is sent on.
-      if (req.method === 'CONNECT') throw new MaitreError('MAITRE_BAD_REQUEST', 'CONNECT is not proxied', { details: { method: 'CONNECT' } })
+      // (or an instance its place in rotation): only a path (origin-form) is sent on. (CONNECT
+      // never gets here: the listener answers it.)
       if (req.url === undefined || !req.url.startsWith('/')) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
       }
@@ -180,6 +185,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           headers,
           socketTimeoutMs: timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
+          timeoutsChosenByClient: chosenByClient(perRequest['timeout']) || chosenByClient(perRequest['streaming-timeout']),
           extraHeaders: !coldStart && !debug ? undefined : () => {
             const extra: Record<string, string> = {}
             if (coldStart) extra[COLD_START_HEADER] = 'true'

@@ -1,12 +1,14 @@
 /**
  * The router's HTTP listener: one port for the data path and the Waiter API, split by Waiter's
- * classification rule. It owns what a connection may cost: headers within headersTimeoutMs
- * (checked every second), a body that keeps moving (bodyIdleTimeoutMs), a bounded header count,
- * and bounded connections in all and per client address, each refusal a clear answer to the
- * caller who earned it. It also owns the drain: what "stop" means for connections and requests.
+ * classification rule. It owns what a connection may cost: admission (connections in all and per
+ * client, decided before a byte of the connection is parsed), headers within headersTimeoutMs
+ * (checked twice a second), a bounded header count, a body that keeps moving
+ * (bodyIdleTimeoutMs), and a bounded number of pipelined requests per connection; each refusal a
+ * JSON answer aimed at the caller who earned it, after which its connection is closed and nothing
+ * more it sends is read. It also owns the drain: what "stop" means for connections and requests.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { Server as NetServer, type AddressInfo, type Socket } from 'node:net'
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createNetServer, isIPv6, type AddressInfo, type Socket } from 'node:net'
 import { MaitreError } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
@@ -21,6 +23,7 @@ export interface ServerOptions {
   readonly maxHeaders: number
   readonly maxConnections: number
   readonly maxConnectionsPerClient: number
+  readonly maxRequestsPerConnection: number
   readonly routerHostnames: ReadonlySet<string>
   readonly api: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
@@ -57,6 +60,21 @@ interface Open {
 /** Node's own code for a request whose headers did not arrive within headersTimeout. */
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 
+/**
+ * Whom a connection is counted against: its IPv4 address, or the /64 of an IPv6 one (a single
+ * host usually holds a whole /64, so per-address counting would give it billions of "clients").
+ */
+export function clientKey(address: string | undefined): string {
+  if (address === undefined || address === '') return 'unknown'
+  if (address.startsWith('::ffff:') && address.includes('.')) return address.slice(7)
+  if (!isIPv6(address)) return address
+  const [head = '', tail = ''] = address.split('::')
+  const left = head === '' ? [] : head.split(':')
+  const right = tail === '' ? [] : tail.split(':')
+  const groups = address.includes('::') ? [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right] : left
+  return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`
+}
+
 export function createRouterServer(options: ServerOptions): RouterServer {
   let draining = false
   /** Requests under way: at a drain, the ones that have not answered yet are told to close their connection. */
@@ -64,20 +82,43 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   let idle: (() => void) | undefined
   const perClient = new Map<string, number>()
   let connections = 0
+  /** Requests under way on each connection (HTTP/1.1 pipelining sends several at once). */
+  const perConnection = new WeakMap<Socket, number>()
+  /** Connections told no: whatever else arrives on them is not served. */
+  const refused = new WeakSet<Socket>()
+
+  const refuse = (socket: Socket, answer: string): void => {
+    refused.add(socket)
+    socket.end(answer)
+    socket.destroySoon()
+  }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
-    // HTTP/0.9 has no status line or headers to answer with: the connection just goes.
-    if (req.httpVersionMajor === 0) {
-      req.socket.destroy()
+    const socket = req.socket
+    // HTTP/0.9 has no status line or headers to answer with; a connection that was refused is over.
+    if (req.httpVersionMajor === 0 || refused.has(socket)) {
+      socket.destroy()
       return
     }
     if (draining) res.shouldKeepAlive = false
-    open.set(res, { req, res, bytesRead: req.socket.bytesRead, movedAt: Date.now() })
+    const onSocket = (perConnection.get(socket) ?? 0) + 1
+    perConnection.set(socket, onSocket)
+    open.set(res, { req, res, bytesRead: socket.bytesRead, movedAt: Date.now() })
     // 'close' comes when the response is over, sent or cut: streamed answers (logs) included.
     res.once('close', () => {
       open.delete(res)
+      perConnection.set(socket, (perConnection.get(socket) ?? 1) - 1)
       if (open.size === 0) idle?.()
     })
+    if (onSocket > options.maxRequestsPerConnection) {
+      // Answered in turn (Node keeps pipelined answers in order), then the connection goes.
+      res.shouldKeepAlive = false
+      const err = new MaitreError('MAITRE_TOO_MANY_REQUESTS', `At most ${options.maxRequestsPerConnection} requests may be under way on one connection`, {
+        details: { limit: 'requests-per-connection', max: options.maxRequestsPerConnection },
+        headers: { 'retry-after': '1' },
+      })
+      return sendError(req, res, err, { cid: cidOf(req) })
+    }
     const path = pathOf(req.url)
     const handler = isApiRequest(path, req.headers, options.routerHostnames) ? options.api : options.proxy
     handler(req, res).catch((err: unknown) => {
@@ -90,14 +131,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     })
   }
 
-  const server = createServer(
+  const server = createHttpServer(
     {
       maxHeaderSize: options.maxHeaderBytes,
       keepAliveTimeout: options.keepAliveTimeoutMs,
       headersTimeout: options.headersTimeoutMs,
       requestTimeout: 0, // proxied requests may legitimately take long; the per-request timeouts govern
-      // Node checks header deadlines every 30 s by default: a deadline is kept within a second.
-      connectionsCheckingInterval: 1000,
+      // Node checks header deadlines every 30 s by default: a deadline is kept within half a second.
+      connectionsCheckingInterval: 500,
       noDelay: true,
     },
     handle,
@@ -105,45 +146,56 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   // More headers than this is a parse error (HPE_HEADER_OVERFLOW): a 431 from clientError below.
   server.maxHeadersCount = options.maxHeaders
 
-  server.on('connection', (socket: Socket) => {
-    const client = socket.remoteAddress ?? ''
-    const mine = (perClient.get(client) ?? 0) + 1
+  // Admission, before the HTTP parser ever sees the connection: a refused one is answered and
+  // closed, and not a byte of what its client sends is parsed or served.
+  const listener = createNetServer({ noDelay: true }, (socket: Socket) => {
+    const client = clientKey(socket.remoteAddress)
+    const mine = perClient.get(client) ?? 0
+    if (options.maxConnectionsPerClient > 0 && mine >= options.maxConnectionsPerClient) {
+      refuse(socket, rawError('429 Too Many Requests', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: this client has ${options.maxConnectionsPerClient} open, the most one client may`, { limit: 'connections-per-client', max: options.maxConnectionsPerClient }, { 'retry-after': '1' }))
+      return
+    }
+    if (options.maxConnections > 0 && connections >= options.maxConnections) {
+      refuse(socket, rawError('503 Service Unavailable', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: the router has ${options.maxConnections} open, the most it takes`, { limit: 'connections', max: options.maxConnections }, { 'retry-after': '1' }))
+      return
+    }
     connections += 1
-    perClient.set(client, mine)
+    perClient.set(client, mine + 1)
     socket.once('close', () => {
       connections -= 1
       const left = (perClient.get(client) ?? 1) - 1
       if (left === 0) perClient.delete(client)
       else perClient.set(client, left)
     })
-    const overAll = options.maxConnections > 0 && connections > options.maxConnections
-    const overClient = options.maxConnectionsPerClient > 0 && mine > options.maxConnectionsPerClient
-    if (overAll || overClient) {
-      const why = overClient ? `this client has ${options.maxConnectionsPerClient} connections open, the most one client may` : `the router has ${options.maxConnections} connections open, the most it takes`
-      const details = overClient ? { limit: 'connections-per-client', max: options.maxConnectionsPerClient } : { limit: 'connections', max: options.maxConnections }
-      socket.end(rawError('503 Service Unavailable', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: ${why}`, details, { 'retry-after': '1' }))
-    }
+    server.emit('connection', socket)
   })
 
   // CONNECT asks for a tunnel, which maitre does not open (Node would only drop the connection).
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
-    socket.end('HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 22\r\n\r\nCONNECT is not proxied\n')
+    refuse(socket, rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', 'CONNECT is not proxied: maitre opens no tunnels', { method: 'CONNECT' }))
   })
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    // Never a second answer on a connection: if one has started, cutting is all that is left.
-    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-    if (!socket.writable || (answering !== null && answering !== undefined && answering.headersSent)) {
+    const answer =
+      err.code === HEADERS_TIMEOUT
+        ? rawError('408 Request Timeout', 'MAITRE_CLIENT_TIMEOUT', `The request headers did not arrive within ${options.headersTimeoutMs} ms`, { limit: 'headers-timeout-ms', max: options.headersTimeoutMs })
+        : err.code === 'HPE_HEADER_OVERFLOW'
+          ? rawError('431 Request Header Fields Too Large', 'MAITRE_BAD_REQUEST', `The request headers exceed the limits: at most ${options.maxHeaders} headers and ${options.maxHeaderBytes} bytes`, { limit: 'headers', 'max-headers': options.maxHeaders, 'max-header-bytes': options.maxHeaderBytes })
+          : rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', `Malformed HTTP request (${err.code ?? 'parse error'})`, { 'parse-error': err.code ?? 'unknown' })
+    if (!socket.writable) {
       socket.destroy()
       return
     }
-    if (err.code === HEADERS_TIMEOUT) {
-      socket.end(rawError('408 Request Timeout', 'MAITRE_CLIENT_TIMEOUT', `The request headers did not arrive within ${options.headersTimeoutMs} ms`, { limit: 'headers-timeout-ms', max: options.headersTimeoutMs }))
-    } else if (err.code === 'HPE_HEADER_OVERFLOW') {
-      socket.end(rawError('431 Request Header Fields Too Large', 'MAITRE_BAD_REQUEST', `The request headers exceed the limits: at most ${options.maxHeaders} headers and ${options.maxHeaderBytes} bytes`, { limit: 'headers', 'max-headers': options.maxHeaders, 'max-header-bytes': options.maxHeaderBytes }))
-    } else {
-      socket.end(rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', `Malformed HTTP request (${err.code ?? 'parse error'})`, {}))
+    // A request before the bad one may still be answering on this connection: its answer comes
+    // first and whole, then this one, then the connection goes. Never a second answer to one request.
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+    if (answering !== null && answering !== undefined && !answering.writableFinished) {
+      refused.add(socket)
+      answering.once('finish', () => refuse(socket, answer))
+      answering.once('close', () => socket.destroySoon())
+      return
     }
+    refuse(socket, answer)
   })
 
   // A body that stops moving, through no back-pressure of ours, is the client's idleness.
@@ -170,13 +222,16 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     server,
     async listen(port, host) {
       await new Promise<void>((resolveListen, reject) => {
-        server.once('error', reject)
-        server.listen(port, host, () => {
-          server.off('error', reject)
+        listener.once('error', reject)
+        listener.listen(port, host, () => {
+          listener.off('error', reject)
+          // The HTTP server never listens itself (the listener above hands it the connections it
+          // admits); its connection tracking, which enforces headersTimeout, starts on 'listening'.
+          server.emit('listening')
           resolveListen()
         })
       })
-      return (server.address() as AddressInfo).port
+      return (listener.address() as AddressInfo).port
     },
     draining: () => draining,
     inFlight: () => open.size,
@@ -185,10 +240,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       drained ??= (async () => {
         draining = true
         for (const res of open.keys()) if (!res.headersSent) res.shouldKeepAlive = false
-        // Stop listening, but unlike http.Server#close() keep idle kept-alive connections open: a
-        // request a client is sending on one right now is served (with Connection: close) rather
-        // than lost in a reset.
-        NetServer.prototype.close.call(server)
+        // Stop listening, but keep idle kept-alive connections open (http.Server#close would close
+        // them at once): a request a client is sending on one right now is served, with
+        // Connection: close, rather than lost in a reset.
+        listener.close()
         if (open.size > 0) {
           await new Promise<void>((done) => {
             const timer = setTimeout(done, timeoutMs)

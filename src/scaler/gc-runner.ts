@@ -188,7 +188,8 @@ export class GcRunner {
           current = true
           break
         }
-        staleSince = Math.max(staleSince ?? 0, token['last-update-time'] as number)
+        const updatedAt = token['last-update-time']
+        staleSince = Math.max(staleSince ?? 0, typeof updatedAt === 'number' && Number.isFinite(updatedAt) ? updatedAt : now)
         if (typeof token['fallback-period-secs'] === 'number') fallbackMs = token['fallback-period-secs'] * 1000
         if (typeof token['stale-timeout-mins'] === 'number') staleTimeoutMs = token['stale-timeout-mins'] * 60_000
       }

@@ -12,7 +12,7 @@
  */
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { mkdir, open, rename, rm } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { MaitreError } from '../errors.ts'
 
@@ -23,9 +23,13 @@ const LEGACY_TEMP = /\.json\.tmp-\d+-[0-9a-f]{8}$/
 /** Longest file name the common file systems (ext4, xfs, btrfs, tmpfs) accept, in bytes. */
 export const MAX_FILE_NAME_BYTES = 255
 
-/** Writes `text` to `path` atomically; the temporary file goes in `tempDir` (same file system), and is removed if anything fails. */
+/**
+ * Writes `text` to `path` atomically; the temporary file goes in `tempDir` (same file system),
+ * under a short name of its own (so that any name `path` may have fits), and is removed if
+ * anything fails.
+ */
 export async function writeFileAtomic(path: string, text: string, tempDir = dirname(path)): Promise<void> {
-  const temp = join(tempDir, `${basename(path)}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`)
+  const temp = join(tempDir, `.${process.pid}-${randomBytes(8).toString('hex')}.tmp`)
   try {
     const handle = await open(temp, 'w', 0o600)
     try {

@@ -138,7 +138,8 @@ const ROWS: Readonly<Record<string, Row>> = {
   'liveness-check-url': { check: absolutePath, rawHeader: true },
   'load-balancing': { check: oneOf('oldest', 'youngest', 'random'), default: 'oldest', overridable: true, rawHeader: true },
   'max-instances': { check: intRange(1, 2000), default: 500, overridable: true },
-  'max-queue-length': { check: intAtLeast(1), default: 1000, overridable: true },
+  // Waiter sets no ceiling; maitre does, so one token cannot ask for unbounded memory.
+  'max-queue-length': { check: intRange(1, 100000), default: 1000, overridable: true },
   metadata: { check: metadataCheck, default: {} },
   'metric-group': {
     check: pattern(/^(?=.{2,32}$)[a-z][a-z0-9]*(?:[_-][a-z0-9]+)*$/, 'must be 2 to 32 characters of lower-case letters, digits, - and _, starting with a letter'),

@@ -3,6 +3,7 @@
  * on the fly (and how their values are parsed), and which are refused.
  */
 import { MaitreError } from '../errors.ts'
+import { jsonDepth, MAX_JSON_DEPTH } from '../limits.ts'
 import { PARAMETERS } from './parameters.ts'
 
 export const WAITER_PREFIX = 'x-waiter-'
@@ -30,15 +31,28 @@ export interface WaiterHeaders {
   readonly perRequest: Record<string, string>
 }
 
-function parseValue(name: string, raw: string): unknown {
+function parseValue(header: string, name: string, raw: string): unknown {
   if (PARAMETERS.get(name)?.rawHeader === true) {
     return name === 'allowed-params' ? raw.split(',').map((s) => s.trim()).filter((s) => s !== '') : raw
   }
+  let value: unknown
   try {
-    return JSON.parse(raw)
+    value = JSON.parse(raw)
   } catch {
     return raw // the schema then reports the type error with the parameter's own message
   }
+  if (jsonDepth(value) > MAX_JSON_DEPTH) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `${header} nests deeper than ${MAX_JSON_DEPTH} levels`, { details: { field: header, limit: 'json-depth', max: MAX_JSON_DEPTH } })
+  }
+  return value
+}
+
+/** A key a caller names (env-*, metadata-*, param-*): never one that would reach an object's prototype. */
+function safeKey(header: string, key: string): string {
+  if (key === '__proto__' || key === 'constructor' || key === 'prototype' || key === '') {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `${header} names no valid key`, { details: { field: header } })
+  }
+  return key
 }
 
 export function parseWaiterHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): WaiterHeaders {
@@ -57,14 +71,14 @@ export function parseWaiterHeaders(headers: Readonly<Record<string, string | str
       throw new MaitreError('MAITRE_BAD_REQUEST', 'An authentication parameter is not supported for on-the-fly headers', { details: { field: header } })
     } else if (name.startsWith('env-')) {
       const env = (onTheFly['env'] ??= {}) as Record<string, string>
-      env[name.slice(4).toUpperCase()] = raw
+      env[safeKey(header, name.slice(4).toUpperCase())] = raw
     } else if (name.startsWith('metadata-')) {
       const metadata = (onTheFly['metadata'] ??= {}) as Record<string, string>
-      metadata[name.slice(9).toLowerCase()] = raw
+      metadata[safeKey(header, name.slice(9).toLowerCase())] = raw
     } else if (name.startsWith('param-')) {
-      params[name.slice(6).toUpperCase()] = raw
+      params[safeKey(header, name.slice(6).toUpperCase())] = raw
     } else if (PARAMETERS.has(name)) {
-      onTheFly[name] = parseValue(name, raw)
+      onTheFly[name] = parseValue(header, name, raw)
     }
     // Other x-waiter-* headers (token-only names such as https-redirect) are ignored, as Waiter does.
   }

@@ -44,6 +44,9 @@ export interface ResolverOptions {
   readonly fallbackPeriodSecs: number
 }
 
+/** Bytes the resolution cache may hold (keys, and about a KiB per resolution). */
+export const RESOLUTION_CACHE_BYTES = 64 * 1024 * 1024
+
 export function hostWithoutPort(host: string | undefined): string {
   if (host === undefined) return ''
   if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1).toLowerCase()
@@ -61,7 +64,8 @@ export class Resolver {
     this.#tokens = tokens
     this.#registry = registry
     this.#options = options
-    this.#cache = new LRUCache({ max: options.cacheSize })
+    // Bounded in entries and in bytes: a key carries on-the-fly headers, up to the header budget.
+    this.#cache = new LRUCache({ max: options.cacheSize, maxSize: RESOLUTION_CACHE_BYTES, sizeCalculation: (_resolution, key) => key.length + 1024 })
     tokens.onChange(() => this.#cache.clear())
   }
 
@@ -80,13 +84,14 @@ export class Resolver {
     const tokenHeader = waiter.perRequest['token']
     const hostToken = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
     const hostIsToken = hostToken !== '' && !this.#options.routerHostnames.has(hostToken)
-    const key = JSON.stringify([principal.user, tokenHeader, hostIsToken ? hostToken : '', waiter.onTheFly, waiter.params])
-    const cached = this.#cache.get(key)
-    if (cached !== undefined) return { resolution: cached, headers: waiter }
-
     const names = tokenHeader !== undefined
       ? tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
       : hostIsToken ? [hostToken] : []
+    // Keyed by what the answer depends on, normalised: padding a header cannot mint new entries.
+    const key = JSON.stringify([principal.user, tokenHeader !== undefined, names, waiter.onTheFly, waiter.params])
+    const cached = this.#cache.get(key)
+    if (cached !== undefined) return { resolution: cached, headers: waiter }
+
     const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
     return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source).then(() => {
       this.#cache.set(key, resolution)

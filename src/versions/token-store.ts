@@ -11,6 +11,8 @@ export type TokenData = Readonly<Record<string, unknown>>
 export interface TokenStore {
   get(name: string): TokenData | undefined
   entries(): Iterable<readonly [string, TokenData]>
+  /** Tokens stored, soft-deleted ones included. */
+  size(): number
   /** Replaces the token; resolves once the write is durable. */
   put(name: string, data: TokenData): Promise<void>
   /** Removes the token for good (hard delete). */
@@ -24,6 +26,7 @@ export function openFileTokenStore(dataDir: string): TokenStore {
   return {
     get: (name) => dir.get(name),
     entries: () => dir.entries(),
+    size: () => dir.size,
     put: (name, data) => dir.put(name, data),
     remove: (name) => dir.delete(name),
   }

@@ -7,7 +7,7 @@ import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import type { Clock } from '../clock.ts'
 import { misconfigured, validateParameters, type Issue } from './descriptor.ts'
-import { PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
+import { MAX_STRING_LENGTH, PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
 import { canonicalJson } from './service-id.ts'
 import type { TokenData, TokenStore } from './token-store.ts'
 import { fileNameOf, MAX_FILE_NAME_BYTES } from '../storage/json-dir.ts'
@@ -79,10 +79,13 @@ export class Tokens {
   /** Changes to one token run one after the other: each reads what the previous one wrote. */
   readonly #changing = new Map<string, Promise<unknown>>()
 
-  constructor(store: TokenStore, clock: Clock, cluster: string) {
+  readonly #maxTokens: number
+
+  constructor(store: TokenStore, clock: Clock, cluster: string, maxTokens = Number.POSITIVE_INFINITY) {
     this.#store = store
     this.#clock = clock
     this.#cluster = cluster
+    this.#maxTokens = maxTokens
   }
 
   onChange(listener: TokenListener): () => void {
@@ -121,6 +124,10 @@ export class Tokens {
       for (const key of SYSTEM_METADATA.filter((k) => k in body)) {
         issues.push({ field: key, message: `Cannot modify ${key} token metadata` })
       }
+    } else {
+      // An admin may write system metadata (a migration, a restore), but only what every reader
+      // of a token can read back: times that are times, names that are strings, a history of tokens.
+      issues.push(...systemMetadataIssues(body, HISTORY_LENGTH))
     }
     for (const [key, value] of Object.entries(body)) {
       const spec = TOKEN_METADATA.get(key)
@@ -147,6 +154,9 @@ export class Tokens {
       throw new MaitreError('MAITRE_FORBIDDEN', `Cannot create token as provided owner: ${owner}`)
     }
 
+    if (current === undefined && this.#store.size() >= this.#maxTokens) {
+      throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
+    }
     const fields: Record<string, unknown> = { ...body, owner }
     if (currentLive !== undefined && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
       return { result: 'token-no-op', etag: tokenEtag(currentLive), data: currentLive }
@@ -207,7 +217,7 @@ export class Tokens {
   history(name: string): TokenData[] {
     const out: TokenData[] = []
     let cursor: unknown = this.#store.get(name)
-    while (typeof cursor === 'object' && cursor !== null && out.length <= HISTORY_LENGTH) {
+    while (typeof cursor === 'object' && cursor !== null && !Array.isArray(cursor) && out.length <= HISTORY_LENGTH) {
       out.push(cursor as TokenData)
       cursor = (cursor as TokenData)['previous']
     }
@@ -228,6 +238,37 @@ export class Tokens {
   #emit(name: string): void {
     for (const listener of this.#listeners) listener(name)
   }
+}
+
+/** Latest time a Date can hold (ms since the epoch). */
+const MAX_TIME_MS = 8.64e15
+
+/** What is wrong with the system metadata of a token document written in admin mode, and of its `previous` chain. */
+function systemMetadataIssues(doc: Readonly<Record<string, unknown>>, depthLeft: number, path = ''): Issue[] {
+  const issues: Issue[] = []
+  const field = (key: string): string => `${path}${key}`
+  const time = doc['last-update-time']
+  if (time !== undefined && !(typeof time === 'number' && Number.isFinite(time) && time >= 0 && time <= MAX_TIME_MS)) {
+    issues.push({ field: field('last-update-time'), message: `${field('last-update-time')} must be a time in milliseconds since the epoch.` })
+  }
+  for (const key of ['last-update-user', 'root', 'cluster']) {
+    const value = doc[key]
+    if (value !== undefined && !(typeof value === 'string' && value !== '' && value.length <= MAX_STRING_LENGTH)) {
+      issues.push({ field: field(key), message: `${field(key)} must be a non-empty string of at most ${MAX_STRING_LENGTH} characters.` })
+    }
+  }
+  if (doc['deleted'] !== undefined && typeof doc['deleted'] !== 'boolean') issues.push({ field: field('deleted'), message: `${field('deleted')} must be a boolean.` })
+  const previous = doc['previous']
+  if (previous !== undefined) {
+    if (typeof previous !== 'object' || previous === null || Array.isArray(previous)) {
+      issues.push({ field: field('previous'), message: `${field('previous')} must be a token (an object).` })
+    } else if (depthLeft <= 0) {
+      issues.push({ field: field('previous'), message: `previous may hold at most ${HISTORY_LENGTH} older versions.` })
+    } else {
+      issues.push(...systemMetadataIssues(previous as Record<string, unknown>, depthLeft - 1, `${field('previous')}.`))
+    }
+  }
+  return issues
 }
 
 /** A copy of `data` whose `previous` chain holds at most `depth` older versions. */

@@ -2,7 +2,7 @@
  * Hostile clients and bad input against a real router: every refusal a clear 4xx aimed at the
  * caller who earned it, every resource bounded, and nobody else hurt.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
@@ -17,10 +17,10 @@ interface Slots {
   readonly 'request-metrics': { outstanding: number; queued: number; 'in-flight': number }
 }
 
-async function warm(router: Router, token: string, extra: Record<string, unknown> = {}): Promise<string> {
+async function warm(t: Test, router: Router, token: string, extra: Record<string, unknown> = {}): Promise<string> {
   await createToken(router, token, kitchenToken(extra))
   const h = { 'x-waiter-token': token }
-  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, `${token} is warm`)
   return (await call(`${router.url}/service-id`, { headers: h })).text
 }
 
@@ -30,7 +30,7 @@ async function appOf(router: Router, id: string): Promise<Slots> {
 
 t.test('requests the forwarder cannot carry are the client’s 400, and eject nobody', async (t) => {
   const router = await startRouter(t)
-  const id = await warm(router, 'web')
+  const id = await warm(t, router, 'web')
   const { port } = new URL(router.url)
   for (const [what, line] of [
     ['OPTIONS *', 'OPTIONS * HTTP/1.1'],
@@ -47,7 +47,7 @@ t.test('requests the forwarder cannot carry are the client’s 400, and eject no
 
 t.test('a client that makes the only instance answer 503 cannot take it out of rotation', async (t) => {
   const router = await startRouter(t)
-  const id = await warm(router, 'solo')
+  const id = await warm(t, router, 'solo')
   for (let i = 0; i < 5; i++) {
     const busy = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'solo', 'x-kitchen-act-busy': 'true' } })
     t.equal(busy.status, 503, 'the app’s own 503 reaches its caller')
@@ -76,7 +76,11 @@ t.test('the token store takes only what it can always read back', async (t) => {
   t.match(long.json<WaiterError>()['waiter-error'].message, /at most 200 characters/)
 
   await createToken(router, 'web.json.tmp-1-abcdef12', kitchenToken())
+  const dollars = `d${'$'.repeat(25)}${'x'.repeat(174)}`
+  t.equal((await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: dollars, ...kitchenToken() }) })).status, 200, 'a name the validator takes is stored, $ and all (a 255-byte file name)')
+  await router.app.stop()
   const restarted = await startRouter(t, {}, { dataDir: router.dataDir })
+  t.equal((await call(`${restarted.url}/token?token=${encodeURIComponent(dollars)}`)).status, 200, 'and read back')
   const back = await call(`${restarted.url}/token?token=web.json.tmp-1-abcdef12`)
   t.equal(back.status, 200, 'a token whose name looks like a temporary file survives a restart')
 })
@@ -104,17 +108,62 @@ t.test('malformed requests get a 4xx, never a 500, and never a second answer', a
   t.match(many.json<WaiterError>()['waiter-error'], { details: { limit: 'headers', 'max-headers': 20 } }, 'naming the limit')
   const nine = await raw(router.url, 'GET /status\r\n\r\n')
   t.equal(await nine.closed, '', 'HTTP/0.9 (no version, no status line to answer with) gets a close at once')
-  // A valid request and, pipelined behind it, garbage: one answer, then the connection goes.
-  await warm(router, 'piped')
+  // A valid request and, pipelined behind it, garbage: the valid one is answered whole, then
+  // the garbage gets its 400, then the connection goes. One answer each, in order.
+  await warm(t, router, 'piped')
   const piped = await raw(router.url, 'GET /sleep?sleep-ms=200 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: piped\r\n\r\nBLAH\x00\x01 nonsense\r\n\r\n')
   const both = await piped.closed
-  t.equal((both.match(/^HTTP\/1\.1 \d{3}/gm) ?? []).length <= 2, true, 'at most one answer per request')
-  t.notMatch(both, /HTTP\/1\.1 200[\s\S]*HTTP\/1\.1 200/, 'no request is answered twice')
+  t.same((both.match(/HTTP\/1\.1 \d{3}/g) ?? []), ['HTTP/1.1 200', 'HTTP/1.1 400'], 'the 200 of the valid request, then the 400 of the garbage')
+  t.match(both, /"slept":200[\s\S]*HTTP\/1\.1 400/, 'the 200 whole before the 400')
+})
+
+t.test('a refused connection is closed unread: nothing sent on it runs', async (t) => {
+  const router = await startRouter(t, { 'server.maxConnectionsPerClient': 1, 'server.headersTimeoutMs': 1000 })
+  const holder = await raw(router.url, undefined, '127.0.0.4')
+  t.teardown(() => holder.socket.destroy())
+  // A client that keeps its side open, and sends a request on the connection it was refused.
+  const { connect } = await import('node:net')
+  const { port } = new URL(router.url)
+  const sneaky = connect({ host: '127.0.0.1', port: Number(port), localAddress: '127.0.0.4', allowHalfOpen: true })
+  let got = ''
+  sneaky.on('data', (c: Buffer) => (got += c.toString()))
+  // It keeps its own side open, so the router's close shows as the end of what it receives.
+  const closed = new Promise((resolve) => {
+    sneaky.on('end', resolve)
+    sneaky.on('close', resolve)
+  })
+  sneaky.on('error', () => undefined)
+  const body = JSON.stringify({ token: 'sneaked', ...kitchenToken() })
+  sneaky.write(`POST /token HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  await closed
+  sneaky.destroy()
+  t.equal(statusOf(got), 429, 'refused')
+  t.equal((await call(`${router.url}/token?token=sneaked`)).status, 404, 'and the request sent on it never ran')
+
+  // The same for a request whose headers came too late: answered 408, and what follows is never run.
+  holder.socket.destroy()
+  const late = await raw(router.url, 'POST /token HTTP/1.1\r\nhost: 127.0.0.1\r\n', '127.0.0.5')
+  await waitFor('the 408', () => (statusOf(late.received()) === 408 ? true : undefined), 3000)
+  const lateBody = JSON.stringify({ token: 'late', ...kitchenToken() })
+  late.socket.write(`content-type: application/json\r\ncontent-length: ${Buffer.byteLength(lateBody)}\r\n\r\n${lateBody}`)
+  await late.closed
+  t.equal((await call(`${router.url}/token?token=late`)).status, 404, 'the request completed after its 408 never ran')
+})
+
+t.test('pipelining is bounded per connection', async (t) => {
+  const router = await startRouter(t, { 'server.maxRequestsPerConnection': 4 })
+  await warm(t, router, 'piped', { 'concurrency-level': 100 })
+  const one = 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: piped\r\n\r\n'
+  const exchange = await raw(router.url, one.repeat(10))
+  const answers = ((await exchange.closed).match(/HTTP\/1\.1 \d{3}/g) ?? [])
+  t.same(answers.slice(0, 4), Array(4).fill('HTTP/1.1 200'), 'the first four are served')
+  t.equal(answers[4], 'HTTP/1.1 429', 'the fifth is told to slow down, and the connection closes')
+  t.equal(answers.length, 5, 'nothing after it is read')
 })
 
 t.test('a body that stops sending gets 408 and frees its slot; so do headers that never end', async (t) => {
   const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 500, 'server.headersTimeoutMs': 1000 })
-  const id = await warm(router, 'upload', { 'max-instances': 1 })
+  const id = await warm(t, router, 'upload', { 'max-instances': 1 })
   const stalled = await raw(router.url, 'POST /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: upload\r\ncontent-length: 100\r\n\r\nonly some')
   await waitFor('the request to hold a slot', async () => ((await appOf(router, id))['request-metrics']['in-flight'] === 1 ? true : undefined))
   const answer = await stalled.closed
@@ -132,7 +181,7 @@ t.test('a body that stops sending gets 408 and frees its slot; so do headers tha
 
 t.test('an aborted /waiter-ping leaves the queue at once', async (t) => {
   const router = await startRouter(t)
-  const id = await warm(router, 'pinged', { 'max-instances': 1 })
+  const id = await warm(t, router, 'pinged', { 'max-instances': 1 })
   const sandbox = (await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'pinged', 'x-waiter-debug': 'true' } })).headers['x-waiter-backend-directory'] as string
   const busy = call(`${router.url}/wait-file?name=go`, { headers: { 'x-waiter-token': 'pinged' } })
   await waitFor('the only slot to be taken', async () => ((await appOf(router, id))['request-metrics']['in-flight'] === 1 ? true : undefined))
@@ -149,24 +198,18 @@ t.test('an aborted /waiter-ping leaves the queue at once', async (t) => {
 
 t.test('one client cannot take every connection: past its cap it is told so, and others are served', async (t) => {
   const router = await startRouter(t, { 'server.maxConnectionsPerClient': 50 })
-  await warm(router, 'shared')
+  await warm(t, router, 'shared')
   // From an address of their own, so that only these count against the cap.
   const hogs = await Promise.all(Array.from({ length: 60 }, () => raw(router.url, undefined, '127.0.0.3')))
   t.teardown(() => hogs.forEach((h) => h.socket.destroy()))
   const refused = await waitFor('the connections past the cap to be refused', () => {
-    const answered = hogs.filter((h) => statusOf(h.received()) === 503)
+    const answered = hogs.filter((h) => statusOf(h.received()) === 429)
     return answered.length >= 10 ? answered : undefined
   })
-  t.equal(refused.length, 10, 'exactly those past the cap of 50')
-  t.match(refused[0]?.received(), /retry-after: 1[\s\S]*Too many connections: this client has 50 connections open/)
+  t.equal(refused.length, 10, 'exactly those past the cap of 50, with 429: the client’s own doing')
+  t.match(refused[0]?.received(), /retry-after: 1[\s\S]*Too many connections: this client has 50 open/)
   const other = await raw(router.url, 'GET /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: shared\r\nconnection: close\r\n\r\n', '127.0.0.2')
   t.equal(statusOf(await other.closed), 200, 'a client from another address is served')
-})
-
-t.test('the data directory holds no stray temporaries after refused writes', async (t) => {
-  const router = await startRouter(t)
-  for (let i = 0; i < 5; i++) await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: `t${'y'.repeat(250)}`, ...kitchenToken() }) })
-  t.same(readdirSync(join(router.dataDir, 'tokens', '.tmp')), [])
 })
 
 t.test('a client that hangs up mid-body on the API costs no error line', async (t) => {
@@ -187,4 +230,60 @@ t.test('a client that hangs up mid-body on the API costs no error line', async (
   })
   t.ok(state, 'every hung-up request is over')
   t.same(lines.filter((l) => (l['level'] as number) >= 50), [], 'no error line, for one hang-up or twenty')
+})
+
+t.test('a timeout the client chose is the client’s: it never ejects the instance', async (t) => {
+  const router = await startRouter(t)
+  const id = await warm(t, router, 'patient')
+  const h = { 'x-waiter-token': 'patient' }
+  for (let i = 0; i < 3; i++) {
+    t.equal((await call(`${router.url}/sleep?sleep-ms=2000`, { headers: { ...h, 'x-waiter-timeout': '100' } })).status, 504)
+  }
+  await t.rejects(call(`${router.url}/chunked?chunks=3&delay-ms=1000`, { headers: { ...h, 'x-waiter-streaming-timeout': '100' } }), 'a stream cut at the client’s own streaming timeout')
+  t.ok((await appOf(router, id)).slots.every((s) => s.ejectedUntil === 0), 'the only instance stays in rotation')
+  t.equal((await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '3000' } })).status, 200, 'and serves the next caller')
+})
+
+t.test('a deeply nested x-waiter-* value is a 400 naming the header', async (t) => {
+  const router = await startRouter(t)
+  const deep = `${'['.repeat(2000)}1${']'.repeat(2000)}`
+  for (const path of ['/x', '/service-id']) {
+    const reply = await call(`${router.url}${path}`, { headers: { 'x-waiter-cpus': deep, 'x-waiter-cmd': 'x' } })
+    t.equal(reply.status, 400, `${path}: 400`)
+    t.match(reply.json<WaiterError>()['waiter-error'].details, { field: 'x-waiter-cpus', limit: 'json-depth' })
+  }
+})
+
+t.test('admin mode writes only system metadata every reader can read back; readers survive what an older store holds', async (t) => {
+  const router = await startRouter(t)
+  const post = (body: Record<string, unknown>) => call(`${router.url}/token?update-mode=admin`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...kitchenToken(), ...body }) })
+  for (const [why, metadata, field] of [
+    ['a time that is no time', { 'last-update-time': 1e300 }, 'last-update-time'],
+    ['a time that is a string', { 'last-update-time': 'x' }, 'last-update-time'],
+    ['a history that is a list', { previous: [1, 2] }, 'previous'],
+    ['a history entry with a bad time', { previous: { 'last-update-time': -5 } }, 'previous.last-update-time'],
+  ] as const) {
+    const reply = await post({ token: 'restored', ...metadata })
+    t.equal(reply.status, 400, why)
+    t.ok((reply.json<WaiterError>()['waiter-error'].details['fields'] as string[]).includes(field), `naming ${field}`)
+  }
+  t.equal((await post({ token: 'restored', 'last-update-time': 1_700_000_000_000, previous: { version: 'v0', 'last-update-time': 1_600_000_000_000 } })).status, 200, 'valid system metadata is taken')
+  t.equal((await call(`${router.url}/token-history?token=restored`)).status, 200)
+  // A token file from before these checks, with a time no Date can hold, and a list for a history.
+  await router.app.stop()
+  const { writeFileSync } = await import('node:fs')
+  writeFileSync(join(router.dataDir, 'tokens', 'legacy.json'), JSON.stringify({ ...kitchenToken(), owner: 'x', 'last-update-time': 1e300, previous: [1, 2] }))
+  const restarted = await startRouter(t, {}, { dataDir: router.dataDir })
+  for (const path of ['/token?token=legacy&include=metadata', '/tokens?include=metadata', '/token-history?token=legacy']) {
+    t.equal((await call(`${restarted.url}${path}`)).status, 200, `${path} reads it`)
+  }
+})
+
+t.test('the token store is bounded in count', async (t) => {
+  const router = await startRouter(t, { maxTokens: 3 })
+  for (const name of ['one', 'two', 'three']) await createToken(router, name, kitchenToken())
+  const full = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'four', ...kitchenToken() }) })
+  t.equal(full.status, 507)
+  t.match(full.json<WaiterError>()['waiter-error'], { code: 'MAITRE_STORE_FULL', details: { limit: 'tokens', max: 3 } })
+  t.equal((await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'one', ...kitchenToken({ version: 'v2' }) }) })).status, 200, 'updating one that exists is fine')
 })

@@ -25,6 +25,7 @@ t.test('a handler that rejects: one 500 with its cid, an error line with the sam
     maxHeaders: 128,
     maxConnections: 0,
     maxConnectionsPerClient: 0,
+    maxRequestsPerConnection: 16,
     routerHostnames: new Set(['127.0.0.1']),
     api: async (_req, res) => void res.end('api'),
     proxy: async (req, res) => {
