@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { createAdminHandler } from './admin/router.ts'
 import { oneUserAuthenticator } from './auth/authenticator.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
+import { lockDataDir } from './storage/lock.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
@@ -67,6 +68,18 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
   const log = injected.log ?? createLogger(config.log.level)
   const dataDir = resolve(config.dataDir)
   mkdirSync(dataDir, { recursive: true })
+  // Before anything reads or sweeps it: one router per data directory.
+  const unlock = lockDataDir(dataDir)
+  try {
+    return await assemble(config, { clock, log, dataDir, unlock })
+  } catch (err) {
+    unlock()
+    throw err
+  }
+}
+
+async function assemble(config: Config, base: { clock: Clock; log: Logger; dataDir: string; unlock: () => void }): Promise<App> {
+  const { clock, log, dataDir, unlock } = base
   const secret = await loadRouterSecret(config.secret, dataDir)
   const user = config.auth.user ?? userInfo().username
   const routerId = `router-${randomBytes(4).toString('hex')}`
@@ -150,6 +163,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
         resolver.forget(serviceId)
         parameters.forget(serviceId)
         await overrides.clear(serviceId)
+        await suspensions.resume(serviceId)
       },
       onCollected: async (serviceId, reason) => {
         metrics.gcDeletions.inc({ reason })
@@ -243,6 +257,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
         await backend.close()
         await forwarder.close()
         await registry.flush()
+        unlock()
         log.info('stopped')
       })()
       return stopping

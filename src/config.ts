@@ -251,7 +251,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.local.memoryCheckIntervalMs': positiveInt,
   'backend.local.minFailedInstances': positiveInt,
   'backend.local.maxLogBytes': positiveInt,
-  'backend.local.failedSandboxesKept': nonNegativeInt,
+  'backend.local.failedSandboxesKept': (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 10 ? undefined : 'must be an integer in [0, 10] (the failed instances /apps lists)'),
   'scaler.tickMs': positiveInt,
   'scaler.burstThreshold': (v) => (typeof v === 'number' && v >= 1 ? undefined : 'must be a number >= 1'),
   'scaler.burstHoldMs': nonNegativeInt,

@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'MAITRE_CLIENT_TIMEOUT'
   | 'MAITRE_CLIENT_CLOSED'
   | 'MAITRE_STORE_CORRUPT'
+  | 'MAITRE_DATA_DIR_IN_USE'
   | 'MAITRE_STORE_WRITE'
   | 'MAITRE_STORE_FULL'
   | 'MAITRE_INVALID_CONFIG'
@@ -66,6 +67,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_CLIENT_TIMEOUT: { status: 408, errorClass: 'waiter.ClientTimeout' },
   MAITRE_CLIENT_CLOSED: { status: 400, errorClass: 'waiter.ClientClosed' },
   MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
+  MAITRE_DATA_DIR_IN_USE: { status: 500, errorClass: 'maitre.DataDirInUse' },
   MAITRE_STORE_FULL: { status: 507, errorClass: 'maitre.StoreFull', title: 'Token Store Full' },
   MAITRE_STORE_WRITE: { status: 503, errorClass: 'maitre.StoreWriteFailed', title: 'Store Unavailable' },
   MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },

@@ -32,8 +32,12 @@ process.on('unhandledRejection', (reason) => {
   process.stderr.write(`${JSON.stringify({ level: 50, time: Date.now(), pid: process.pid, name: 'maitre', err, msg: 'unhandled rejection' })}\n`)
 })
 
+// Listening from the very start: a signal while the router starts up stops it once it is up,
+// instead of killing it half-started.
+const stopRequested = stopSignal()
+
 process.exitCode = await runCli(process.argv.slice(2), process.env, {
   out: (text) => process.stdout.write(text),
   err: (text) => process.stderr.write(text),
-  stopSignal,
+  stopSignal: () => stopRequested,
 })

@@ -99,7 +99,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/state/autoscaler':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: deps.autoscaler.snapshots() }, cid)
         case '/state/gc-services':
-          return sendJson(res, 200, { 'router-id': deps.routerId, state: { 'recently-collected': deps.gc.recent() } }, cid)
+          return sendJson(res, 200, { 'router-id': deps.routerId, state: { rounds: deps.gc.rounds(), 'recently-collected': deps.gc.recent() } }, cid)
       }
       const serviceState = /^\/state\/(maitre-[^/]+|[a-z][a-z0-9-]*-[0-9a-f]{32})$/.exec(path)
       if (serviceState !== null) {

@@ -61,6 +61,6 @@ export function deploymentErrorClass(message: string): string {
   for (const [text, name] of CLASSES) if (message === text) return name
   const reason = /^([A-Za-z]+):/.exec(message)?.[1]
   if (reason !== undefined && CLUSTER_REASONS.has(reason)) return reason.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase()
-  if (message.startsWith('Could not create the ReplicaSet')) return 'replicaset-rejected'
+  if (message.startsWith('The cluster refused to create')) return 'replicaset-rejected'
   return 'other'
 }

@@ -47,6 +47,8 @@ interface KubeService {
   scaling: Promise<void>
   /** The delete of its ReplicaSet in flight; the service stays known until that succeeds. */
   deleting: Promise<void> | undefined
+  /** The create of its ReplicaSet in flight; a delete waits for it. */
+  creating: Promise<void> | undefined
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
   /** Restart count last seen per pod, so each failed container run is recorded once. */
@@ -102,9 +104,25 @@ export class KubernetesBackend implements Backend {
     // delete finishes first. If it succeeded, the service is created afresh below; if it failed,
     // the service and its ReplicaSet are still there, which is all ensureService asks.
     await this.#deletionSettled(spec.serviceId)
-    if (this.#services.has(spec.serviceId)) return
+    const existing = this.#services.get(spec.serviceId)
+    if (existing !== undefined) {
+      await existing.creating?.catch(() => undefined)
+      return
+    }
     const service = this.#newService(spec.serviceId, spec.backendProto, spec.ports, spec.minInstances, undefined)
     this.#services.set(spec.serviceId, service)
+    // A delete that comes while the ReplicaSet is being created waits for the create: else it
+    // would find nothing to delete, forget the service, and the create would then leave a
+    // ReplicaSet that nobody manages.
+    service.creating = this.#create(service, spec)
+    try {
+      await service.creating
+    } finally {
+      service.creating = undefined
+    }
+  }
+
+  async #create(service: KubeService, spec: LaunchSpec): Promise<void> {
     try {
       const created = await this.#retrying(() => this.#o.api.createReplicaSet(replicaSetOf(spec, this.#o)))
       service.uid = created.metadata.uid
@@ -122,7 +140,10 @@ export class KubernetesBackend implements Backend {
         this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet }, 'service adopted')
         if (service.requested !== scale.spec.replicas) await this.#writeScale(service)
       } else {
-        service.createError = `Could not create the ReplicaSet: ${(err as Error).message}`
+        // Clients see the kind of refusal, not the API server's text (service account names,
+        // policy details); the log has the whole of it.
+        const reason = err instanceof KubeApiError ? err.reason : 'Error'
+        service.createError = `The cluster refused to create the service's ReplicaSet (${reason})`
         this.#o.log.error({ err, service: spec.serviceId }, 'replicaset create failed')
       }
     }
@@ -180,6 +201,7 @@ export class KubernetesBackend implements Backend {
   }
 
   async #delete(service: KubeService): Promise<void> {
+    await service.creating?.catch(() => undefined)
     const requested = service.requested
     service.requested = 0
     this.#listeners.emit(service.id)
@@ -247,6 +269,7 @@ export class KubernetesBackend implements Backend {
       requested,
       scaling: Promise.resolve(),
       deleting: undefined,
+      creating: undefined,
       killing: new Set(),
       restartsSeen: new Map(),
       failed: [],

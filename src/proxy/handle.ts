@@ -213,13 +213,22 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         lease = undefined
         status = result.status
         // A request the instance never received (its connection was refused: the instance died
-        // or is restarting) goes to another instance with a free slot, whatever its method.
-        if (result.error !== undefined && result.notDelivered && attempt < MAX_ATTEMPTS && !clientGone && !res.headersSent && !req.readableDidRead) {
+        // or is restarting) goes to another instance, whatever its method: at once if one has a
+        // free slot, else in the queue, within the request's deadline. (The refusing instance is
+        // ejected by now; with no other instance in rotation, the 502 says what happened.)
+        if (result.error !== undefined && result.notDelivered && attempt < MAX_ATTEMPTS && !clientGone && !res.headersSent && !req.readableDidRead && deps.tracker.load(serviceId).healthy > 1) {
+          deps.log.warn({ cid, service: serviceId, instance: instance.id, attempt }, 'instance refused the connection; trying another')
           lease = deps.tracker.tryAcquire(serviceId)
-          if (lease !== undefined) {
-            deps.log.warn({ cid, service: serviceId, instance: instance.id, attempt }, 'instance refused the connection; trying another')
-            continue
+          if (lease === undefined) {
+            queued = true
+            lease = await deps.tracker.acquire(serviceId, {
+              timeoutMs: Math.max(1, deadline - deps.clock.now()),
+              queueTimeoutMs: timeouts.queueTimeoutMs,
+              signal: waitSignal(),
+              onQueued: () => deps.onQueued(serviceId),
+            })
           }
+          continue
         }
         if (result.error !== undefined) {
           status = result.error.status

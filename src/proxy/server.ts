@@ -238,6 +238,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     connections: () => connections,
     drain(timeoutMs) {
       drained ??= (async () => {
+        const deadline = Date.now() + timeoutMs
         draining = true
         for (const res of open.keys()) if (!res.headersSent) res.shouldKeepAlive = false
         // Stop listening, but keep idle kept-alive connections open (http.Server#close would close
@@ -254,7 +255,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
             }
           })
         }
-        if (open.size > 0) options.log.warn({ cut: open.size, timeoutMs }, 'drain timed out; cutting the requests left')
+        // Idle connections go now; one still receiving a request's headers gets to finish it (and
+        // is answered with Connection: close) or to run into its header deadline, within the drain's.
+        server.closeIdleConnections()
+        while (connections > 0 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50).unref())
+          server.closeIdleConnections()
+        }
+        if (open.size > 0 || connections > 0) options.log.warn({ cut: open.size, connections, timeoutMs }, 'drain timed out; cutting the requests left')
         clearInterval(sweep)
         server.closeAllConnections()
         server.close()

@@ -73,6 +73,9 @@ export class Activator {
           throw err
         })
         .finally(() => this.#pending.delete(request.serviceId))
+      // Every caller handles its own copy; this one only keeps a failure nobody waits for any
+      // more from becoming an unhandled rejection.
+      pending.catch(() => undefined)
       this.#pending.set(request.serviceId, pending)
     }
     return pending
@@ -85,21 +88,17 @@ export class Activator {
    */
   bounded(serviceId: string, waiting: Promise<void>, bounds: ActivationBounds): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const remaining = bounds.deadline - this.#clock.now()
+      let cancelTimer: (() => void) | undefined
       const finish = (): void => {
-        cancelTimer()
+        cancelTimer?.()
         bounds.signal?.removeEventListener('abort', onAbort)
       }
       const onAbort = (): void => {
         finish()
         reject(new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection eagerly closed by client'))
       }
-      const cancelTimer = this.#clock.setTimeout(() => {
-        finish()
-        reject(startTimeout(serviceId, bounds.queueTimeoutMs))
-      }, Math.max(0, remaining))
-      if (bounds.signal?.aborted === true) return onAbort()
-      bounds.signal?.addEventListener('abort', onAbort, { once: true })
+      // Handled first, whatever happens next: a wait nobody listens to any more must not
+      // become an unhandled rejection when the activation behind it fails.
       waiting.then(
         () => {
           finish()
@@ -110,15 +109,23 @@ export class Activator {
           reject(err)
         },
       )
+      if (bounds.signal?.aborted === true) return onAbort()
+      cancelTimer = this.#clock.setTimeout(() => {
+        finish()
+        reject(startTimeout(serviceId, bounds.queueTimeoutMs))
+      }, Math.max(0, bounds.deadline - this.#clock.now()))
+      bounds.signal?.addEventListener('abort', onAbort, { once: true })
     })
   }
 
   /**
    * Runs a collection of the version. Activations that arrive meanwhile wait for it, then start
    * the version afresh. `collection` is called synchronously, so whatever it checks before its
-   * first await (nothing outstanding) still holds when the marker is in place.
+   * first await (nothing outstanding) still holds when the marker is in place. A version being
+   * started right now is not collected at all (undefined): a request is waiting for it.
    */
-  collect<T>(serviceId: string, collection: () => Promise<T>): Promise<T> {
+  collect<T>(serviceId: string, collection: () => Promise<T>): Promise<T | undefined> {
+    if (this.#pending.has(serviceId)) return Promise.resolve(undefined)
     const previous = this.#collecting.get(serviceId)
     if (previous !== undefined) return previous.then(() => this.collect(serviceId, collection))
     const running = collection()

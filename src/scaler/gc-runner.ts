@@ -54,6 +54,7 @@ export class GcRunner {
   readonly #orphanedSince = new Map<string, number>()
   readonly #unrecordedSince = new Map<string, number>()
   readonly #collected: (GcVerdict & { at: number })[] = []
+  #rounds = 0
   #loop: Loop | undefined
 
   constructor(deps: GcDeps, options: GcOptions) {
@@ -68,6 +69,11 @@ export class GcRunner {
   stop(): void {
     this.#loop?.stop()
     this.#loop = undefined
+  }
+
+  /** Rounds run so far (for /state: a round is over once this moves). */
+  rounds(): number {
+    return this.#rounds
   }
 
   /** Recent collections, newest first (for /state). */
@@ -96,6 +102,7 @@ export class GcRunner {
       })
       if (done !== undefined) collected.push(done)
     }
+    this.#rounds += 1
     return collected
   }
 

@@ -24,6 +24,7 @@ export interface ServiceRecord {
 export class ServiceRegistry {
   readonly #records: JsonDirectory<ServiceRecord>
   readonly #clock: Clock
+  readonly #changing = new Map<string, Promise<ServiceRecord>>()
 
   constructor(dataDir: string, clock: Clock) {
     this.#records = JsonDirectory.open<ServiceRecord>(join(dataDir, 'services'), 'service', (doc) => {
@@ -45,7 +46,23 @@ export class ServiceRegistry {
    * Records that `core` runs as `id`, adding the token reference if it is new. Resolves at once
    * when nothing changes, which is the common case on the request path.
    */
-  async remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+  remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+    const existing = this.#records.get(id)
+    const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
+    if (existing !== undefined && (source === undefined || known)) return Promise.resolve(existing)
+    // One change to a record at a time, each reading what the one before wrote: two tokens
+    // remembered at once must both end up in its sources.
+    const previous = this.#changing.get(id) ?? Promise.resolve()
+    const next = previous.catch(() => undefined).then(() => this.#write(id, core, source))
+    this.#changing.set(id, next)
+    const cleanup = (): void => {
+      if (this.#changing.get(id) === next) this.#changing.delete(id)
+    }
+    next.then(cleanup, cleanup)
+    return next
+  }
+
+  async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
     const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
     if (existing !== undefined && (source === undefined || known)) return existing

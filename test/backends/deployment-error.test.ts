@@ -9,6 +9,6 @@ t.test('a deployment error is counted under a bounded class, never its free text
   t.equal(deploymentErrorClass('ImagePullBackOff: Back-off pulling image "registry.example/app:1.2.3"'), 'image-pull-back-off', 'the image name is not in the label')
   t.equal(deploymentErrorClass('FailedCreate: Error creating: pods "maitre-abc-x7k2p" is forbidden: exceeded quota'), 'failed-create', 'nor the pod name')
   t.equal(deploymentErrorClass('Unschedulable: 0/3 nodes are available'), 'unschedulable')
-  t.equal(deploymentErrorClass('Could not create the ReplicaSet: admission webhook denied'), 'replicaset-rejected')
+  t.equal(deploymentErrorClass("The cluster refused to create the service's ReplicaSet (Forbidden)"), 'replicaset-rejected')
   t.equal(deploymentErrorClass('Something: nobody has seen this before'), 'other', 'anything else is one class')
 })

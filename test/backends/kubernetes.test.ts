@@ -353,3 +353,16 @@ t.test('the ReplicaSet: names fit pod names, and the spec carries what the servi
   t.equal(rs.spec.template.spec.terminationGracePeriodSeconds, 3)
   t.equal(rs.spec.template.spec.automountServiceAccountToken, false)
 })
+
+t.test('a delete that comes while the ReplicaSet is being created waits for it, and strands nothing', { timeout: 20_000 }, async (t) => {
+  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 500 } })
+  await backend.ready()
+  // The first create hangs until the client gives up on it; the retry makes the ReplicaSet.
+  sim.hangNext(1, ['replicasets', 'create'])
+  const creating = backend.ensureService(spec('svc-race'))
+  await waitFor('the create sent', () => (served(sim, 'replicasets', 'create') >= 1 ? true : undefined))
+  await backend.deleteService('svc-race')
+  await creating
+  t.equal(backend.state('svc-race'), undefined, 'forgotten once deleted')
+  t.same(sim.list('replicasets', SIM_NAMESPACE).map((r) => r.metadata.name), [], 'and no ReplicaSet is left that the backend does not know')
+})

@@ -92,6 +92,7 @@ t.test('generated token documents: accepted ones read back; refused ones change 
   )
   t.ok(accepted.size > 0, `${accepted.size} of the generated tokens were accepted (the rest refused cleanly)`)
 
+  await router.app.stop()
   const restarted = await startRouter(t, {}, { dataDir: router.dataDir })
   for (const [name, text] of accepted) {
     const back = await call(`${restarted.url}/token?token=${name}`)
@@ -115,6 +116,7 @@ t.test('generated token names: valid ones round-trip through a restart, the rest
     { seed: SEED, numRuns: 400 },
   )
   t.ok(created.length > 0, `${created.length} names accepted`)
+  await router.app.stop()
   const restarted = await startRouter(t, {}, { dataDir: router.dataDir })
   let readable = 0
   for (const name of created) if ((await call(`${restarted.url}/token?token=${encodeURIComponent(name)}`)).status === 200) readable += 1

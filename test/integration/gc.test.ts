@@ -3,7 +3,8 @@
  * forward instead of waiting out idle timeouts.
  */
 import t from 'tap'
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
 import { call, createToken, kitchenCmd, kitchenToken, processAlive, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 import { OffsetClock } from '../fixtures/offset-clock.ts'
 
@@ -27,8 +28,12 @@ t.test('a version idle past its idle timeout is collected, and comes back on the
   const pid = first.json<{ pid: number }>().pid
   const id = first.headers['x-waiter-service-id'] as string
   const sandbox = first.headers['x-waiter-backend-directory'] as string
+  // A suspension is the version's: it goes when the version is collected (else nothing could remove it).
+  t.equal((await call(`${router.url}/apps/${id}/suspend`, { method: 'POST' })).status, 200)
+  const rounds = async (): Promise<number> => (await call(`${router.url}/state/gc-services`)).json<{ state: { rounds: number } }>().state.rounds
   clock.jump(59_000)
-  await waitFor('a few GC rounds', async () => ((await call(`${router.url}/state/gc-services`)).status === 200 ? true : undefined))
+  const after = (await rounds()) + 2
+  await waitFor('two GC rounds after the jump', async () => ((await rounds()) >= after ? true : undefined))
   t.ok(await listed(router, id), 'idle for 59 s: still there')
   clock.jump(2_000)
   await waitFor('the idle version to disappear from /apps', async () => ((await listed(router, id)) === undefined ? true : undefined))
@@ -39,6 +44,7 @@ t.test('a version idle past its idle timeout is collected, and comes back on the
     return gc.state['recently-collected'][0]
   })
   t.match(collected, { id, reason: 'idle' })
+  t.same(readdirSync(join(router.dataDir, 'suspended')).filter((f) => f.endsWith('.json')), [], 'its suspension went with it')
   const again = await call(`${router.url}/request-info`, { headers: h })
   t.equal(again.status, 200)
   t.equal(again.headers['x-maitre-cold-start'], 'true', 'the next request cold-starts it')

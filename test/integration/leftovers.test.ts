@@ -5,7 +5,7 @@
 import t from 'tap'
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { call, createToken, kitchenCmd, processAlive, startRouter, waitFor } from '../fixtures/router.ts'
+import { call, createToken, kitchenCmd, kitchenToken, processAlive, startRouter, waitFor } from '../fixtures/router.ts'
 import { startRouterProcess } from '../fixtures/router-process.ts'
 
 /** Pids of live processes whose environment says they belong to this service and whose command line contains `marker`. */
@@ -115,12 +115,43 @@ t.test('stdout and stderr are rotated past backend.local.maxLogBytes', async (t)
   const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'chatty', 'x-waiter-debug': 'true' } })
   const sandbox = reply.headers['x-waiter-backend-directory'] as string
   await waitFor('a rotation', () => (existsSync(join(sandbox, 'stdout.1')) ? true : undefined), 10_000)
+  // Watch stdout over several rotations: it must keep shrinking back, never growing past the
+  // limit by more than what the app writes between two checks (about 10 KiB per 100 ms here,
+  // with room for a busy machine).
   const sizes: number[] = []
-  for (let i = 0; i < 20; i++) {
+  let rotations = 0
+  let lastRotated = statSync(join(sandbox, 'stdout.1')).mtimeMs
+  await waitFor('three more rotations', () => {
     sizes.push(statSync(join(sandbox, 'stdout')).size)
-    await waitFor('the next check', () => true)
-  }
-  // One check interval (100 ms) of output is about 10 KiB on top of the limit; allow scheduling noise.
-  t.ok(Math.max(...sizes) < 8192 + 64 * 1024, `stdout stays bounded (largest seen: ${Math.max(...sizes)} bytes)`)
+    const rotated = statSync(join(sandbox, 'stdout.1')).mtimeMs
+    if (rotated !== lastRotated) {
+      rotations += 1
+      lastRotated = rotated
+    }
+    return rotations >= 3 ? true : undefined
+  }, 10_000)
+  t.ok(Math.max(...sizes) < 8192 + 64 * 1024, `stdout stays bounded over ${sizes.length} samples (largest seen: ${Math.max(...sizes)} bytes)`)
+  t.ok(sizes.some((size, i) => i > 0 && size < (sizes[i - 1] as number)), 'and it was emptied, not only copied')
   t.ok(statSync(join(sandbox, 'stdout.1')).size > 8192, 'the rotated part holds the previous output')
+})
+
+t.test('a second router on a data directory in use refuses to start, and the first one’s instances live on', async (t) => {
+  const first = await startRouterProcess(t)
+  await createToken(first, 'kept', kitchenToken())
+  const { pid } = (await call(`${first.url}/request-info`, { headers: { 'x-waiter-token': 'kept' } })).json<{ pid: number }>()
+  await t.rejects(startRouterProcess(t, { dataDir: first.dataDir, portLow: first.portLow }), /exited early with 78/, 'the second router exits with a configuration error')
+  t.ok(processAlive(pid), 'the first router’s instance was not swept away')
+  t.equal((await call(`${first.url}/request-info`, { headers: { 'x-waiter-token': 'kept' } })).status, 200, 'and serves on')
+})
+
+t.test('a deleted version leaves no directory behind', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'gone', kitchenToken({ 'min-instances': 2 }))
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'gone', 'x-waiter-debug': 'true' } })
+  const serviceId = reply.headers['x-waiter-service-id'] as string
+  const serviceDir = join(router.dataDir, 'instances', serviceId)
+  t.ok(existsSync(join(reply.headers['x-waiter-backend-directory'] as string, 'run-service.sh')), 'each sandbox holds its own run script')
+  t.equal((await call(`${router.url}/apps/${serviceId}`, { method: 'DELETE' })).status, 200)
+  await waitFor('the version’s directory to be gone', () => (existsSync(serviceDir) ? undefined : true), 5000)
+  t.notOk(existsSync(serviceDir))
 })

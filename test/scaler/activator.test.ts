@@ -114,3 +114,20 @@ t.test('a backend that leaves a version at zero instances fails the request with
   backend.ignoreScales = true
   await t.rejects(activator.ensure(request('a')) as Promise<void>, { code: 'MAITRE_BACKEND', status: 503 })
 })
+
+t.test('a creation that fails after every waiter left is no unhandled rejection', async (t) => {
+  const { backend, activator, request, clock } = setup()
+  const unhandled: unknown[] = []
+  const onUnhandled = (reason: unknown): void => void unhandled.push(reason)
+  process.on('unhandledRejection', onUnhandled)
+  t.teardown(() => process.off('unhandledRejection', onUnhandled))
+  let fail!: () => void
+  backend.ensureGate = new Promise<void>((resolve) => (fail = resolve))
+  backend.failEnsures = 1
+  const aborter = new AbortController()
+  aborter.abort() // the client is gone before it even starts to wait
+  await t.rejects(activator.bounded('a', activator.ensure(request('a')) as Promise<void>, { deadline: clock.now() + 1000, queueTimeoutMs: 1000, signal: aborter.signal }), { code: 'MAITRE_CLIENT_CLOSED' })
+  fail()
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r))
+  t.same(unhandled, [], 'the failure reached nobody, and that is fine')
+})

@@ -54,7 +54,8 @@ t.test('a busy instance that turns unhealthy is not killed; an idle healthy one 
 
   backend.setHealthy('s', 's.1', true)
   const other = tracker.tryAcquire('s')
-  t.not(other?.instance.id, 's.1', 'recovered, it still holds its one request: concurrency-level 1 is not exceeded')
+  t.not(other?.instance.id, 's.1', 'recovered, it still holds its one request: no second one is routed to it')
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 's.1')?.used, 1, 'concurrency-level 1 is not exceeded')
   other?.release('success')
   long.release('success')
   for (const i of backend.state('s')?.instances ?? []) if (i.id !== 's.1') tracker.lockForKill('s', i.id)

@@ -186,3 +186,59 @@ t.test('a version remembers the latest version of each token, one entry per toke
   await registry.remember('a', CORE, { token: 'api', etag: 'E-x' })
   t.same(registry.get('a')?.sources, [{ token: 'web', etag: 'E-49' }, { token: 'api', etag: 'E-x' }])
 })
+
+t.test('two tokens remembered at once for one version both end up in its sources', async (t) => {
+  const { registry } = setup(t.testdir())
+  await Promise.all([registry.remember('a', CORE, { token: 'web', etag: 'E-1' }), registry.remember('a', CORE, { token: 'api', etag: 'E-2' })])
+  t.same(registry.get('a')?.sources.map((s) => s.token).sort(), ['api', 'web'])
+})
+
+t.test('between forgetting the record and the backend delete, a request gets no slot: it waits for the collection', async (t) => {
+  const dir = t.testdir()
+  const setupWithGate = setup(dir)
+  const { clock, backend, registry, gc, request, tracker } = setupWithGate
+  ;(await request('a')).release('success')
+  clock.advance(60_000)
+  // The collection stops right after forgetting the record, before the backend delete.
+  let letDelete!: () => void
+  backend.deleteGate = undefined
+  const gate = new Promise<void>((resolve) => (letDelete = resolve))
+  const realDelete = backend.deleteService.bind(backend)
+  backend.deleteService = async (id: string) => {
+    await gate
+    return realDelete(id)
+  }
+  const collecting = gc.tick()
+  while (registry.get('a') !== undefined) await new Promise((r) => setImmediate(r))
+  let leased = false
+  const late = request('a').then((lease) => {
+    leased = true
+    return lease
+  })
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r))
+  t.notOk(leased, 'the request holds no slot while the version is being collected')
+  t.equal(tracker.load('a').inFlight, 0, 'so nothing is in flight on what is about to be deleted')
+  letDelete()
+  t.same(await collecting, [{ id: 'a', reason: 'idle' }])
+  const lease = await late
+  t.ok(registry.get('a'), 'afterwards the request started it afresh, recorded')
+  lease.release('success')
+})
+
+t.test('a version being started for a request is not collected under it', async (t) => {
+  const { clock, backend, registry, tokens, gc, request } = setup(t.testdir())
+  // 'a' is what the token ran before an edit: stale (fallback and stale timeouts are 0 here).
+  await registry.remember('a', CORE, { token: 'web', etag: 'E-before' })
+  await tokens.upsert('web', { ...CORE, version: 'v2' }, { principal: { user: 'me', admin: true } })
+  clock.advance(1000)
+  let create!: () => void
+  backend.ensureGate = new Promise<void>((resolve) => (create = resolve))
+  const starting = request('a')
+  while (!backend.calls.includes('ensure a')) await new Promise((r) => setImmediate(r))
+  t.same(await gc.tick(), [], 'GC leaves a version alone while a request is starting it')
+  create()
+  const lease = await starting
+  t.ok(registry.get('a'), 'the version runs recorded')
+  t.ok(backend.state('a'), 'and the backend runs it')
+  lease.release('success')
+})

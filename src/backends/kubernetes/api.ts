@@ -24,6 +24,8 @@ type Verb<R extends Resource> = (typeof PERMISSIONS)[R][number]
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 /** The watch's headers come at once; only its body is quiet for long stretches. */
 const WATCH_HEADERS_TIMEOUT_MS = 30_000
+/** A watch still open this long after the server should have ended it is taken for dead. */
+const WATCH_GRACE_SECS = 30
 
 export interface KubeApiOptions {
   /** Bounds every call but the watch, so a hung API server cannot stall the backend. */
@@ -182,8 +184,10 @@ export class KubeApi {
       dispatcher: this.#agent,
       method: 'GET',
       headers: { accept: 'application/json', ...(authorization === undefined ? {} : { authorization }) },
-      signal,
-      // A watch is quiet for long stretches; only the server's timeoutSeconds ends it.
+      // A watch is quiet for long stretches, so no body timeout; but the server ends it at
+      // timeoutSeconds, and one that goes silent past that (a dropped connection, no FIN) is
+      // given up a little later, to be listed and watched anew.
+      signal: AbortSignal.any([signal, AbortSignal.timeout((timeoutSeconds + WATCH_GRACE_SECS) * 1000)]),
       bodyTimeout: 0,
       headersTimeout: WATCH_HEADERS_TIMEOUT_MS,
     })

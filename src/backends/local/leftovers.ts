@@ -2,19 +2,17 @@
  * Processes an instance left behind. Killing an instance's process group takes everything that
  * stayed in the group; a process that called setsid or daemonised did not. Such a process still
  * carries its instance's sandbox in its environment (WAITER_SANDBOX, which instances cannot set
- * themselves) or works inside the sandbox, and that is how it is found: in /proc (Linux), among
- * the processes this user may read.
+ * themselves), and that is how it is found: in /proc (Linux), among the processes this user may
+ * read. (Working in a sandbox is no sign: an operator's shell may have cd'd into one.)
  */
-import { readdir, readFile, readlink } from 'node:fs/promises'
+import { readdir, readFile } from 'node:fs/promises'
 import { sep } from 'node:path'
 
-/** Where the process runs and which sandbox its environment names; undefined once it is gone or unreadable. */
-async function inspect(pid: number): Promise<{ sandbox: string | undefined; cwd: string | undefined } | undefined> {
+/** The sandbox a process's environment names; undefined if none, or once it is gone or unreadable. */
+async function sandboxOf(pid: number): Promise<string | undefined> {
   try {
     const environ = await readFile(`/proc/${pid}/environ`, 'utf8')
-    const entry = environ.split('\0').find((e) => e.startsWith('WAITER_SANDBOX='))
-    const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined)
-    return { sandbox: entry?.slice('WAITER_SANDBOX='.length), cwd }
+    return environ.split('\0').find((e) => e.startsWith('WAITER_SANDBOX='))?.slice('WAITER_SANDBOX='.length)
   } catch {
     return undefined
   }
@@ -35,8 +33,7 @@ async function processGroupOf(pid: number): Promise<number | undefined> {
 }
 
 /**
- * Pids of live processes whose sandbox (by environment or working directory) is `root` or lies
- * under it, except members of `exceptGroup` (a group already being killed as a whole).
+ * Pids of live processes whose sandbox (by environment) is `root` or lies under it, except members of `exceptGroup` (a group already being killed as a whole).
  */
 export async function processesUnder(root: string, exceptGroup?: number): Promise<number[]> {
   let entries: string[]
@@ -50,9 +47,9 @@ export async function processesUnder(root: string, exceptGroup?: number): Promis
   // In batches: a host with thousands of processes must not open thousands of files at once.
   for (let i = 0; i < pids.length; i += 64) {
     const batch = pids.slice(i, i + 64)
-    const seen = await Promise.all(batch.map(inspect))
-    seen.forEach((info, index) => {
-      if (info !== undefined && (within(info.sandbox, root) || within(info.cwd, root))) found.push(batch[index] as number)
+    const seen = await Promise.all(batch.map(sandboxOf))
+    seen.forEach((sandbox, index) => {
+      if (within(sandbox, root)) found.push(batch[index] as number)
     })
   }
   if (exceptGroup === undefined) return found

@@ -115,9 +115,6 @@ export class LocalBackend implements Backend {
       throw misconfigured([{ field, message: `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
     refuseHttp2(spec)
-    const serviceDir = join(this.#o.workDir, spec.serviceId)
-    mkdirSync(serviceDir, { recursive: true })
-    writeFileSync(join(serviceDir, 'run-service.sh'), `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
     const service: LocalService = {
       spec,
       requested: spec.minInstances,
@@ -281,7 +278,10 @@ export class LocalBackend implements Backend {
       ports.forEach((port, index) => {
         env[`PORT${index}`] = String(port)
       })
-      const group = startProcessGroup(join(this.#o.workDir, spec.serviceId, 'run-service.sh'), sandbox, env)
+      // Each sandbox holds its own run script: nothing of an instance outlives its sandbox.
+      const runScript = join(sandbox, 'run-service.sh')
+      writeFileSync(runScript, `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
+      const group = startProcessGroup(runScript, sandbox, env)
       const instance: LocalInstance = {
         id,
         serviceId: spec.serviceId,
@@ -408,7 +408,6 @@ export class LocalBackend implements Backend {
 
   async #onExit(service: LocalService, instance: LocalInstance, code: number | null, signal: NodeJS.Signals | null): Promise<void> {
     instance.cancelProbe?.()
-    this.#ports.release(instance.ports)
     const selfExit = instance.killReason === undefined
     if (selfExit) {
       instance.healthy = false
@@ -434,8 +433,12 @@ export class LocalBackend implements Backend {
     // The group is gone; whatever escaped it (setsid, a daemon) is not, until now.
     const leftovers = await killProcessesUnder(instance.sandbox, instance.group.pid)
     if (leftovers.length > 0) this.#o.log.warn({ service: service.spec.serviceId, instance: instance.id, pids: leftovers }, 'killed processes that escaped the instance')
+    // Only now: an escaped process may have held one of them.
+    this.#ports.release(instance.ports)
     if (!failed) await removeSandbox(instance.sandbox)
     await this.#pruneFailedSandboxes(service)
+    // The last instance of a deleted service takes the service's directory with it.
+    if (service.deleted) await rmdir(join(this.#o.workDir, service.spec.serviceId)).catch(() => undefined)
   }
 
   /** Keeps the sandboxes of the newest failedSandboxesKept failed instances of a service; older ones go. */
@@ -468,7 +471,10 @@ export class LocalBackend implements Backend {
 
   #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean): void {
     if (failed) {
-      service.failed = [ended, ...service.failed].slice(0, ENDED_KEPT)
+      const failed = [ended, ...service.failed]
+      // An entry that falls off the list takes its sandbox with it (nothing else would remove it).
+      for (const dropped of failed.slice(ENDED_KEPT)) void removeSandbox(dropped.logDirectory)
+      service.failed = failed.slice(0, ENDED_KEPT)
       service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
       service.launchFailures += 1
       const backoff = this.#o.restartBackoffBaseMs * service.spec.restartBackoffFactor ** (service.launchFailures - 1)

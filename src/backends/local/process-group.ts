@@ -37,8 +37,14 @@ export function startProcessGroup(runScript: string, sandbox: string, env: Reado
     closeSync(stdout)
     closeSync(stderr)
   }
+  // A spawn that fails (EMFILE, EAGAIN: the router is out of something) reports it as an
+  // 'error' event on the next tick: without a listener that would crash the router.
+  let spawnError: Error | undefined
+  child.once('error', (err) => {
+    spawnError = err
+  })
   const pid = child.pid
-  if (pid === undefined) throw new Error('the instance process could not be started')
+  if (pid === undefined) throw new Error(`the instance process could not be started${spawnError === undefined ? '' : `: ${spawnError.message}`}`)
   const exited = new Promise<GroupExit>((resolve) => {
     child.once('exit', (code, signal) => {
       // The leader is gone; take its watchdog and any leftover children with it.
