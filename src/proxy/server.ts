@@ -110,6 +110,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       perConnection.set(socket, (perConnection.get(socket) ?? 1) - 1)
       if (open.size === 0) idle?.()
     })
+    if (req.httpVersionMinor >= 1 && req.headers.host === undefined) {
+      res.shouldKeepAlive = false
+      const err = new MaitreError('MAITRE_BAD_REQUEST', 'An HTTP/1.1 request must name its Host', { details: { field: 'host' } })
+      return sendError(req, res, err, { cid: cidOf(req) })
+    }
     if (onSocket > options.maxRequestsPerConnection) {
       // Answered in turn (Node keeps pipelined answers in order), then the connection goes.
       res.shouldKeepAlive = false
@@ -139,6 +144,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       requestTimeout: 0, // proxied requests may legitimately take long; the per-request timeouts govern
       // Node checks header deadlines every 30 s by default: a deadline is kept within half a second.
       connectionsCheckingInterval: 500,
+      // Node would answer a missing Host itself, with a bare 400: answered below, in JSON.
+      requireHostHeader: false,
       noDelay: true,
     },
     handle,
@@ -248,7 +255,6 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         if (open.size > 0) {
           await new Promise<void>((done) => {
             const timer = setTimeout(done, timeoutMs)
-            timer.unref()
             idle = () => {
               clearTimeout(timer)
               done()
@@ -259,7 +265,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         // is answered with Connection: close) or to run into its header deadline, within the drain's.
         server.closeIdleConnections()
         while (connections > 0 && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 50).unref())
+          // Not unref'd: the drain must finish (and the instances be stopped) before the process may end.
+          await new Promise((r) => setTimeout(r, 50))
           server.closeIdleConnections()
         }
         if (open.size > 0 || connections > 0) options.log.warn({ cut: open.size, connections, timeoutMs }, 'drain timed out; cutting the requests left')

@@ -123,6 +123,9 @@ export class Resolver {
     if (record === undefined) {
       throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
     }
+    // A record written before today's rules (a health-check-url that names a host, say) runs
+    // only if it still passes them.
+    assertRunnable(record.core)
     return {
       serviceId,
       core: record.core,

@@ -64,8 +64,16 @@ const tower = fc.integer({ min: 1, max: 4000 }).map((depth) => {
   for (let i = 0; i < depth; i++) value = i % 2 === 0 ? { n: value } : [value]
   return value
 })
+const systemMetadata = fc.record({
+  'last-update-time': fc.oneof(fc.integer(), fc.double(), fc.constant(1e300), fc.string({ maxLength: 10 })),
+  previous: fc.oneof(jsonish, fc.constant({ version: 'v0', 'last-update-time': 1_600_000_000_000 })),
+  root: fc.oneof(fc.string({ maxLength: 10 }), fc.integer()),
+  deleted: fc.oneof(fc.boolean(), fc.constant('yes')),
+}, { requiredKeys: [] })
 const tokenDocument = fc.record({
   base: fc.boolean(),
+  admin: fc.boolean(),
+  system: systemMetadata,
   fields: fc.dictionary(fc.oneof(fc.constantFrom(...parameterNames), fc.constantFrom(...hostileKeys), fc.string({ maxLength: 12 })), fc.oneof(jsonish, tower), { maxKeys: 8 }),
 })
 
@@ -76,16 +84,19 @@ t.test('generated token documents: accepted ones read back; refused ones change 
   await fc.assert(
     fc.asyncProperty(fc.integer({ min: 0, max: 9 }), tokenDocument, async (slot, doc) => {
       const name = `fuzz${slot}`
-      const body = JSON.stringify({ ...(doc.base ? kitchenToken() : {}), ...doc.fields, token: name })
+      const body = JSON.stringify({ ...(doc.base ? kitchenToken() : {}), ...doc.fields, ...(doc.admin ? doc.system : {}), token: name })
       const before = storeDigest(router)
-      const reply = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
+      const reply = await call(`${router.url}/token${doc.admin ? '?update-mode=admin' : ''}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
       checkAnswer(reply, `POST /token ${body.slice(0, 200)}`)
       if (reply.status !== 200) {
         if (storeDigest(router) !== before) throw new Error(`a refused write changed the store: ${body.slice(0, 200)}`)
         return
       }
-      const back = await call(`${router.url}/token?token=${name}&include=metadata`)
-      if (back.status !== 200) throw new Error(`an accepted token does not read back: ${back.status}`)
+      // Everything that reads a token reads this one.
+      for (const path of [`/token?token=${name}&include=metadata`, '/tokens?include=metadata', `/token-history?token=${name}`]) {
+        const back = await call(`${router.url}${path}`)
+        if (back.status !== 200) throw new Error(`${path} does not read an accepted token: ${back.status} ${back.text.slice(0, 200)} (${body.slice(0, 200)})`)
+      }
       accepted.set(name, (await call(`${router.url}/token?token=${name}`)).text)
     }),
     { seed: SEED, numRuns: 600 },
@@ -123,17 +134,24 @@ t.test('generated token names: valid ones round-trip through a restart, the rest
   t.equal(readable, created.length, 'every accepted name reads back after a restart')
 })
 
-t.test('generated x-waiter-* headers and /apps filters: answers, never 5xx', async (t) => {
-  const router = await startRouter(t)
-  await createToken(router, 'target', kitchenToken())
+t.test('generated x-waiter-* headers and /apps filters: answers, never 5xx, and no instance ejected', async (t) => {
+  // On-the-fly descriptions allowed: the headers reach the resolver and the schema, not only the refusal.
+  const router = await startRouter(t, { 'proxy.allowOnTheFly': true })
+  await createToken(router, 'target', kitchenToken({ 'concurrency-level': 10 }))
   const headerNames = [...[...PARAMETERS.keys()].map((k) => `x-waiter-${k}`), 'x-waiter-token', 'x-waiter-timeout', 'x-waiter-queue-timeout', 'x-waiter-streaming-timeout', 'x-waiter-service-id', 'x-waiter-debug', 'x-waiter-param-FOO', 'x-waiter-']
-  const headerValue = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 300 })
+  const printable = fc.string({ unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)), maxLength: 300 })
+  const headerValue = fc.oneof(
+    printable,
+    fc.integer({ min: -10, max: 100_000_000_000 }).map(String),
+    jsonish.map((v) => JSON.stringify(v)).filter((s) => s.length < 8000 && /^[\x20-\x7e]*$/.test(s)),
+    fc.integer({ min: 1, max: 3000 }).map((depth) => `${'['.repeat(depth)}1${']'.repeat(depth)}`),
+  )
   await fc.assert(
     fc.asyncProperty(fc.dictionary(fc.constantFrom(...headerNames), headerValue, { minKeys: 1, maxKeys: 5 }), async (headers) => {
-      // Served (the target's instance) or refused, but never a failure of ours. A cold start may be
-      // refused with 503 only when the generated queue timeout is that short.
-      const reply = await call(`${router.url}/fuzz`, { headers: { 'x-waiter-token': 'target', ...headers, 'x-waiter-queue-timeout': '5000' } })
-      if (reply.status === 503 && reply.headers['x-maitre-error'] === 'MAITRE_QUEUE_TIMEOUT') return
+      // Served or refused, never a failure of ours. A generated on-the-fly description may be valid
+      // and start (its command does not exist: a deployment error), or time out in the queue.
+      const reply = await call(`${router.url}/fuzz`, { headers: { 'x-waiter-token': 'target', ...headers } })
+      if (reply.status === 503 && ['MAITRE_QUEUE_TIMEOUT', 'MAITRE_DEPLOYMENT'].includes(String(reply.headers['x-maitre-error']))) return
       checkAnswer(reply, `headers ${JSON.stringify(headers).slice(0, 300)}`)
     }),
     { seed: SEED, numRuns: 500 },
@@ -147,6 +165,9 @@ t.test('generated x-waiter-* headers and /apps filters: answers, never 5xx', asy
     }),
     { seed: SEED, numRuns: 500 },
   )
+  const targetId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'target' } })).text
+  const slots = (await call(`${router.url}/apps/${targetId}`)).json<{ slots: { ejectedUntil: number }[] }>().slots
+  t.ok(slots.every((s) => s.ejectedUntil === 0), 'whatever the headers asked, no instance was ejected')
   t.equal((await call(`${router.url}/status`)).status, 200, 'the router is unharmed')
 })
 
@@ -188,10 +209,33 @@ t.test('generated malformed HTTP on raw sockets: an answer of 4xx or a close, ne
           }, 3000)
         }),
       ])
+      if (answered === 'answered') await Promise.race([exchange.closed, new Promise((r) => setTimeout(r, 500))])
       exchange.socket.destroy()
       if (answered === 'hung') throw new Error(`no answer and no close: ${JSON.stringify(text)}`)
-      const status = statusOf(exchange.received())
-      if (status !== undefined && status >= 500 && status !== 503) throw new Error(`${status} for ${JSON.stringify(text)}: ${exchange.received().slice(0, 200)}`)
+      const received = exchange.received()
+      const status = statusOf(received)
+      if (status === undefined) return // closed without an answer: HTTP/0.9, or nothing to answer
+      // The first answer: a 2xx/3xx for what happened to be a valid request, or a refusal that is a
+      // 4xx (never a 5xx) naming the problem in JSON.
+      if (status >= 500) throw new Error(`${status} for ${JSON.stringify(text)}: ${received.slice(0, 200)}`)
+      if (status >= 400) {
+        // JSON, unless the request reached a handler and asked for nothing (no Accept): then
+        // Waiter's error body is negotiated to text, which must still say what was wrong.
+        const head = received.slice(0, received.indexOf('\r\n\r\n'))
+        const body = received.slice(received.indexOf('\r\n\r\n') + 4)
+        if (/content-type: application\/json/i.test(head)) {
+          const firstLine = body.indexOf('\n') === -1 ? body : body.slice(0, body.indexOf('\n'))
+          let parsed: WaiterError
+          try {
+            parsed = JSON.parse(firstLine) as WaiterError
+          } catch {
+            throw new Error(`a ${status} with a broken JSON body for ${JSON.stringify(text)}: ${received.slice(0, 300)}`)
+          }
+          if (parsed['waiter-error']?.message === undefined) throw new Error(`a ${status} naming nothing for ${JSON.stringify(text)}`)
+        } else if (!/content-type: text\/plain/i.test(head) || body.trim() === '') {
+          throw new Error(`a ${status} that says nothing for ${JSON.stringify(text)}: ${received.slice(0, 300)}`)
+        }
+      }
     }),
     { seed: SEED, numRuns: 300 },
   )

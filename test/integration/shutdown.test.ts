@@ -47,10 +47,14 @@ function continuousLoad(url: string, workers: number, headers: Record<string, st
   return { stop: () => (stopped = true), done, count: () => ok }
 }
 
-/** A response streamed in `chunks` pieces over about chunks × 50 ms; resolves with its whole body. */
-async function longStream(url: string, headers: Record<string, string>, chunks: number): Promise<string> {
-  const res = await request(`${url}/chunked?chunks=${chunks}&delay-ms=50`, { headers })
-  return res.body.text()
+/** A response streamed in `chunks` pieces over about chunks × 50 ms: its body so far, and the whole of it. */
+function longStream(url: string, headers: Record<string, string>, chunks: number): { received: () => string; whole: Promise<string> } {
+  let body = ''
+  const whole = request(`${url}/chunked?chunks=${chunks}&delay-ms=50`, { headers }).then(async (res) => {
+    for await (const chunk of res.body) body += (chunk as Buffer).toString()
+    return body
+  })
+  return { received: () => body, whole }
 }
 
 async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void): Promise<void> {
@@ -64,8 +68,10 @@ async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void):
   t.equal((await probe.request({ path: '/readyz', method: 'GET' })).statusCode, 200, 'ready before the signal')
 
   const load = continuousLoad(router.url, 8, h)
-  const streams = [longStream(router.url, h, 30), longStream(router.url, h, 30)]
-  await waitFor('the load to run', () => (load.count() >= 100 ? true : undefined), 20_000)
+  const streams = [longStream(router.url, h, 80), longStream(router.url, h, 80)]
+  await waitFor('the load to run', () => (load.count() >= 50 ? true : undefined), 20_000)
+  await waitFor('both streams to be under way', () => (streams.every((s) => s.received().includes('chunk-1')) ? true : undefined))
+  t.ok(streams.every((s) => !s.received().includes('chunk-79')), 'the streams are still running when the signal comes')
   stop()
   await waitFor('the router to take the signal', () => (router.lines.some((l) => l['msg'] === 'stopping: draining requests') ? true : undefined), 5000)
   const readyz = await probe.request({ path: '/readyz', method: 'GET' })
@@ -75,8 +81,8 @@ async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void):
 
   const report = await load.done
   t.same(report.failures, [], `no accepted request failed (${report.ok} served, ${report.refused} workers stopped at a refused connection)`)
-  const bodies = await Promise.all(streams)
-  for (const body of bodies) t.equal(body.split('\n').filter((l) => l.startsWith('chunk-')).length, 30, 'a long stream in flight at the signal finished whole')
+  const bodies = await Promise.all(streams.map((s) => s.whole))
+  for (const body of bodies) t.equal(body.split('\n').filter((l) => l.startsWith('chunk-')).length, 80, 'a long stream in flight at the signal finished whole')
   t.equal(await router.exited, 0, 'clean exit')
   await waitFor('the instance to be stopped', () => (processAlive(pid) ? undefined : true), 5000)
   t.ok(router.lines.some((l) => l['msg'] === 'stopped'), 'it stopped as it should, not by a second signal')
