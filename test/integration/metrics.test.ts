@@ -18,9 +18,10 @@ t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
   await createToken(router, 'kitchen', kitchenToken({ 'min-instances': 2 }))
   const h = { 'x-waiter-token': 'kitchen' }
   t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
-  await call(`${router.url}/request-info`, { headers: { ...h, 'x-kitchen-act-busy': 'true' } })
   const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  // A 503 never ejects the last routable instance, so the busy answer waits for the second one.
   await waitFor('two healthy instances', async () => (value(await scrape(router), `maitre_instances{service="${id}",state="healthy"}`) === 2 ? true : undefined))
+  await call(`${router.url}/request-info`, { headers: { ...h, 'x-kitchen-act-busy': 'true' } })
   await createToken(router, 'broken', { cmd: 'exit 2', cpus: 0.1, mem: 64, version: 'v1' })
   await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
 
