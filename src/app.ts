@@ -38,7 +38,8 @@ import { Suspensions } from './versions/suspensions.ts'
 import { TOKEN_DEFAULTS } from './versions/parameters.ts'
 import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
-import { openFileTokenStore } from './versions/token-store.ts'
+import { openTokenStore } from './versions/token-store.ts'
+import { fileStores } from './storage/json-dir.ts'
 import { Tokens } from './versions/tokens.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
 
@@ -86,10 +87,11 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
 
   // Stores open first: a corrupt store stops startup before anything runs.
-  const tokens = new Tokens(openFileTokenStore(dataDir), clock, config.cluster, config.maxTokens)
-  const registry = new ServiceRegistry(dataDir, clock)
-  const overrides = new Overrides(dataDir, clock)
-  const suspensions = new Suspensions(dataDir, clock)
+  const stores = fileStores(dataDir)
+  const tokens = new Tokens(await openTokenStore(stores), clock, config.cluster, config.maxTokens)
+  const registry = await ServiceRegistry.open(stores, clock)
+  const overrides = await Overrides.open(stores, clock)
+  const suspensions = await Suspensions.open(stores, clock)
   const parameters = new VersionParameters(overrides, { cluster: config.cluster, secret }, config.proxy.resolutionCacheSize)
 
   // Late-bound: the gauges read the tracker and autoscaler, which are built below.

@@ -15,6 +15,7 @@ import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { MaitreError } from '../errors.ts'
+import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore, type StoreOpener } from './document-store.ts'
 
 const SUFFIX = '.json'
 const TEMP_DIR = '.tmp'
@@ -56,7 +57,7 @@ export function fileNameOf(key: string): string {
   return `${encodeURIComponent(key)}${SUFFIX}`
 }
 
-export class JsonDirectory<T> {
+export class JsonDirectory<T> implements DocumentStore<T> {
   readonly #dir: string
   readonly #what: string
   readonly #docs = new Map<string, T>()
@@ -72,7 +73,7 @@ export class JsonDirectory<T> {
    * Loads every document. `check` may reject a parsed document by returning a reason; any
    * unreadable document makes opening fail with MAITRE_STORE_CORRUPT naming the file.
    */
-  static open<T>(dir: string, what: string, check: (doc: unknown) => string | undefined = () => undefined): JsonDirectory<T> {
+  static open<T>(dir: string, what: string, check: DocumentCheck = () => undefined): JsonDirectory<T> {
     mkdirSync(dir, { recursive: true })
     // Interrupted writes: the rename never happened, so the documents they were replacing are intact.
     rmSync(join(dir, TEMP_DIR), { recursive: true, force: true })
@@ -123,19 +124,27 @@ export class JsonDirectory<T> {
   }
 
   /** Resolves once the document is durable, and only then shows it in memory. */
-  put(key: string, doc: T): Promise<void> {
+  put(key: string, doc: T, expected?: T | null): Promise<void> {
     return this.#chain(key, async () => {
+      // One process owns the directory (the data-dir lock), so what memory holds is what is stored.
+      if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
       await this.#guard(key, 'written', () => writeFileAtomic(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`, join(this.#dir, TEMP_DIR)))
       this.#docs.set(key, doc)
     })
   }
 
   /** Resolves once the document is gone from disk, and only then from memory. */
-  delete(key: string): Promise<void> {
+  delete(key: string, expected?: T | null): Promise<void> {
     return this.#chain(key, async () => {
+      if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
       await this.#guard(key, 'deleted', () => rm(this.#path(key), { force: true }))
       this.#docs.delete(key)
     })
+  }
+
+  /** Nobody else writes this directory while the router holds its data-dir lock. */
+  onChange(): () => void {
+    return () => undefined
   }
 
   /** Resolves when every write issued so far is on disk. */
@@ -171,5 +180,13 @@ export class JsonDirectory<T> {
     }
     next.then(cleanup, cleanup)
     return next
+  }
+}
+
+/** Single-router mode: each store is a directory under the data directory. */
+export function fileStores(dataDir: string): StoreOpener {
+  return {
+    kind: 'file',
+    open: <T>(name: string, what: string, check?: DocumentCheck) => Promise.resolve(JsonDirectory.open<T>(join(dataDir, name), what, check)),
   }
 }

@@ -3,10 +3,9 @@
  * /apps/{id}/override). Only the override-able parameters may be set; the result must still be
  * a valid description. Kept on disk beside the service records.
  */
-import { join } from 'node:path'
 import { MaitreError } from '../errors.ts'
 import type { Clock } from '../clock.ts'
-import { JsonDirectory } from '../storage/json-dir.ts'
+import type { DocumentStore, StoreOpener } from '../storage/document-store.ts'
 import { effectiveParameters, misconfigured, validateParameters } from './descriptor.ts'
 import { PARAMETERS } from './parameters.ts'
 
@@ -17,15 +16,22 @@ export interface OverrideRecord {
 }
 
 export class Overrides {
-  readonly #records: JsonDirectory<OverrideRecord>
+  readonly #records: DocumentStore<OverrideRecord>
   readonly #clock: Clock
   readonly #listeners = new Set<(serviceId: string) => void>()
 
-  constructor(dataDir: string, clock: Clock) {
-    this.#records = JsonDirectory.open<OverrideRecord>(join(dataDir, 'overrides'), 'override', (doc) =>
+  static async open(stores: StoreOpener, clock: Clock): Promise<Overrides> {
+    const records = await stores.open<OverrideRecord>('overrides', 'override', (doc) =>
       typeof doc === 'object' && doc !== null && typeof (doc as OverrideRecord).overrides === 'object' ? undefined : 'is not an override record',
     )
+    return new Overrides(records, clock)
+  }
+
+  constructor(records: DocumentStore<OverrideRecord>, clock: Clock) {
+    this.#records = records
     this.#clock = clock
+    // Another router's override applies here as soon as it is seen.
+    records.onChange((serviceId) => this.#emit(serviceId))
   }
 
   onChange(listener: (serviceId: string) => void): void {

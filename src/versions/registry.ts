@@ -3,9 +3,17 @@
  * led to it. Records persist under the data directory, so a version stays addressable by id
  * across restarts until it is deleted.
  */
-import { join } from 'node:path'
-import { JsonDirectory } from '../storage/json-dir.ts'
+import { MaitreError } from '../errors.ts'
+import type { DocumentStore, StoreOpener } from '../storage/document-store.ts'
 import type { Clock } from '../clock.ts'
+
+/** Writes of one record computed again after another router's write got in first, before giving up. */
+const CONFLICT_ATTEMPTS = 5
+
+const isServiceRecord = (doc: unknown): string | undefined => {
+  const r = doc as Partial<ServiceRecord> | null
+  return r !== null && typeof r === 'object' && typeof r.id === 'string' && typeof r.core === 'object' ? undefined : 'is not a service record'
+}
 
 export interface TokenReference {
   readonly token: string
@@ -22,15 +30,16 @@ export interface ServiceRecord {
 }
 
 export class ServiceRegistry {
-  readonly #records: JsonDirectory<ServiceRecord>
+  readonly #records: DocumentStore<ServiceRecord>
   readonly #clock: Clock
   readonly #changing = new Map<string, Promise<ServiceRecord>>()
 
-  constructor(dataDir: string, clock: Clock) {
-    this.#records = JsonDirectory.open<ServiceRecord>(join(dataDir, 'services'), 'service', (doc) => {
-      const r = doc as Partial<ServiceRecord> | null
-      return r !== null && typeof r === 'object' && typeof r.id === 'string' && typeof r.core === 'object' ? undefined : 'is not a service record'
-    })
+  static async open(stores: StoreOpener, clock: Clock): Promise<ServiceRegistry> {
+    return new ServiceRegistry(await stores.open<ServiceRecord>('services', 'service', isServiceRecord), clock)
+  }
+
+  constructor(records: DocumentStore<ServiceRecord>, clock: Clock) {
+    this.#records = records
     this.#clock = clock
   }
 
@@ -53,13 +62,24 @@ export class ServiceRegistry {
     // One change to a record at a time, each reading what the one before wrote: two tokens
     // remembered at once must both end up in its sources.
     const previous = this.#changing.get(id) ?? Promise.resolve()
-    const next = previous.catch(() => undefined).then(() => this.#write(id, core, source))
+    const next = previous.catch(() => undefined).then(() => this.#writeRetrying(id, core, source))
     this.#changing.set(id, next)
     const cleanup = (): void => {
       if (this.#changing.get(id) === next) this.#changing.delete(id)
     }
     next.then(cleanup, cleanup)
     return next
+  }
+
+  /** Another router may add its token to the same record at once: the loser reads theirs and adds again. */
+  async #writeRetrying(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#write(id, core, source)
+      } catch (err) {
+        if (!(err instanceof MaitreError) || err.code !== 'MAITRE_STORE_CONFLICT' || attempt >= CONFLICT_ATTEMPTS) throw err
+      }
+    }
   }
 
   async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
@@ -75,7 +95,7 @@ export class ServiceRegistry {
       sources: source === undefined ? others : [...others, source],
       createdAt: existing?.createdAt ?? this.#clock.now(),
     }
-    await this.#records.put(id, record)
+    await this.#records.put(id, record, existing ?? null)
     return record
   }
 

@@ -1,7 +1,6 @@
 /** Suspended versions (Waiter's /apps/{id}/suspend): requests get 503 until resumed. Kept on disk. */
-import { join } from 'node:path'
 import type { Clock } from '../clock.ts'
-import { JsonDirectory } from '../storage/json-dir.ts'
+import type { DocumentStore, StoreOpener } from '../storage/document-store.ts'
 
 export interface SuspendedState {
   readonly suspended: true
@@ -10,11 +9,15 @@ export interface SuspendedState {
 }
 
 export class Suspensions {
-  readonly #records: JsonDirectory<SuspendedState>
+  readonly #records: DocumentStore<SuspendedState>
   readonly #clock: Clock
 
-  constructor(dataDir: string, clock: Clock) {
-    this.#records = JsonDirectory.open<SuspendedState>(join(dataDir, 'suspended'), 'suspension')
+  static async open(stores: StoreOpener, clock: Clock): Promise<Suspensions> {
+    return new Suspensions(await stores.open<SuspendedState>('suspended', 'suspension'), clock)
+  }
+
+  constructor(records: DocumentStore<SuspendedState>, clock: Clock) {
+    this.#records = records
     this.#clock = clock
   }
 

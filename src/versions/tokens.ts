@@ -13,6 +13,8 @@ import type { TokenData, TokenStore } from './token-store.ts'
 import { fileNameOf, MAX_FILE_NAME_BYTES } from '../storage/json-dir.ts'
 
 export const HISTORY_LENGTH = 5
+/** Writes of one token computed again after another router's write got in first, before giving up. */
+const CONFLICT_ATTEMPTS = 5
 const TOKEN_NAME = /^[a-zA-Z][a-zA-Z0-9\-_$.]+$/
 /** Longest token name: it is a file name on disk (a `$` takes three bytes there), and a Host name. */
 export const MAX_TOKEN_NAME = 200
@@ -86,6 +88,8 @@ export class Tokens {
     this.#clock = clock
     this.#cluster = cluster
     this.#maxTokens = maxTokens
+    // Another router's write: caches keyed by this token must forget it, as after our own.
+    store.onChange((name) => this.#emit(name))
   }
 
   onChange(listener: TokenListener): () => void {
@@ -106,7 +110,7 @@ export class Tokens {
 
   async upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     validateTokenName(name)
-    return this.#serialized(name, () => this.#upsert(name, body, options))
+    return this.#serialized(name, () => this.#retryingConflicts(options.ifMatch, () => this.#upsert(name, body, options)))
   }
 
   async #upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
@@ -171,13 +175,31 @@ export class Tokens {
     if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]
     if (next['deleted'] !== true) delete next['deleted']
     if (current !== undefined) next['previous'] = trimHistory(current, HISTORY_LENGTH - 1)
-    await this.#store.put(name, next)
+    await this.#store.put(name, next, current ?? null)
     this.#emit(name)
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
   }
 
   delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
-    return this.#serialized(name, () => this.#delete(name, options))
+    return this.#serialized(name, () => this.#retryingConflicts(options.ifMatch, () => this.#delete(name, options)))
+  }
+
+  /**
+   * Another router wrote the token between our read and our write (the store refused the
+   * compare-and-set). With If-Match, the caller's version is stale: 412, as if it had been seen
+   * stale at once. Without, the change is computed again on the newer version, so neither
+   * write is lost (both stay in the history); a token rewritten that often gives up with 409.
+   */
+  async #retryingConflicts<T>(ifMatch: string | undefined, change: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await change()
+      } catch (err) {
+        if (!(err instanceof MaitreError) || err.code !== 'MAITRE_STORE_CONFLICT') throw err
+        if (ifMatch !== undefined) throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: err.details })
+        if (attempt >= CONFLICT_ATTEMPTS) throw err
+      }
+    }
   }
 
   async #delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
@@ -197,7 +219,7 @@ export class Tokens {
       if (options.ifMatch === undefined && current['deleted'] !== true) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'Must specify if-match header for token hard deletes', { details: { token: name } })
       }
-      await this.#store.remove(name)
+      await this.#store.remove(name, current)
     } else {
       await this.#store.put(name, {
         ...userFields(current),
@@ -207,7 +229,7 @@ export class Tokens {
         'last-update-time': this.#clock.now(),
         'last-update-user': options.principal.user,
         previous: trimHistory(current, HISTORY_LENGTH - 1),
-      })
+      }, current)
     }
     this.#emit(name)
     return { etag }

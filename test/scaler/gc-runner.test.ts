@@ -11,7 +11,9 @@ import { Activator, type ActivationRequest } from '../../src/scaler/activator.ts
 import { GcRunner } from '../../src/scaler/gc-runner.ts'
 import { ServiceRegistry } from '../../src/versions/registry.ts'
 import { Tokens } from '../../src/versions/tokens.ts'
-import { openFileTokenStore } from '../../src/versions/token-store.ts'
+import { tokenStoreOf } from '../../src/versions/token-store.ts'
+import { JsonDirectory } from '../../src/storage/json-dir.ts'
+import { join } from 'node:path'
 import { effectiveParameters } from '../../src/versions/descriptor.ts'
 import { launchSpecOf } from '../../src/versions/launch.ts'
 import { silentLogger } from '../../src/log.ts'
@@ -28,8 +30,8 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
     if (state === undefined) tracker.forget(id)
     else tracker.sync(id, state.instances, undefined)
   })
-  const registry = new ServiceRegistry(dir, clock)
-  const tokens = new Tokens(openFileTokenStore(dir), clock, 'test')
+  const registry = new ServiceRegistry(JsonDirectory.open(join(dir, 'services'), 'service'), clock)
+  const tokens = new Tokens(tokenStoreOf(JsonDirectory.open(join(dir, 'tokens'), 'token')), clock, 'test')
   const activator = new Activator(backend, tracker, clock, silentLogger)
   const forgotten: string[] = []
   const collected: string[] = []

@@ -2,7 +2,8 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ManualClock } from '../fixtures/manual-clock.ts'
-import { openFileTokenStore } from '../../src/versions/token-store.ts'
+import { tokenStoreOf } from '../../src/versions/token-store.ts'
+import { JsonDirectory } from '../../src/storage/json-dir.ts'
 import { HISTORY_LENGTH, Tokens, tokenEtag } from '../../src/versions/tokens.ts'
 import { MaitreError } from '../../src/errors.ts'
 
@@ -11,7 +12,7 @@ const stranger = { user: 'mallory', admin: false }
 const base = { cmd: 'node app.js', cpus: 1, mem: 128, version: 'v1' }
 
 function tokensIn(dir: string, clock = new ManualClock()): Tokens {
-  return new Tokens(openFileTokenStore(dir), clock, 'test-cluster')
+  return new Tokens(tokenStoreOf(JsonDirectory.open(join(dir, 'tokens'), 'token')), clock, 'test-cluster')
 }
 
 t.test('create, no-op, update with etags and history', async (t) => {
@@ -82,4 +83,43 @@ t.test('a restart keeps every token; a corrupt store refuses to start and change
   const { readFileSync } = await import('node:fs')
   t.equal(readFileSync(broken, 'utf8'), '{"cmd": "trunc', 'the corrupt file is left as it was')
   t.equal(JSON.parse(readFileSync(join(dir, 'tokens', 'a1.json'), 'utf8'))['version'], 'a1')
+})
+
+/**
+ * Another router writes the token between this one's read and its write (the store refuses the
+ * compare-and-set): the store below lets one such write in just before the first put.
+ */
+function racedTokens(dir: string, clock: ManualClock): { tokens: Tokens; raceOnce: (data: Record<string, unknown>) => void } {
+  const docs = JsonDirectory.open<Record<string, unknown>>(join(dir, 'tokens'), 'token')
+  const store = tokenStoreOf(docs)
+  let pending: Record<string, unknown> | undefined
+  const raced: typeof store = {
+    ...store,
+    put: async (name, data, expected) => {
+      const other = pending
+      pending = undefined
+      if (other !== undefined) await docs.put(name, other)
+      return store.put(name, data, expected)
+    },
+  }
+  return { tokens: new Tokens(raced, clock, 'test-cluster'), raceOnce: (data) => (pending = data) }
+}
+
+t.test('a write that lost a race to another router: recomputed without If-Match, 412 with it', async (t) => {
+  const clock = new ManualClock()
+  const { tokens, raceOnce } = racedTokens(t.testdir(), clock)
+  const created = await tokens.upsert('svc', base, { principal: owner })
+  const theirs = { ...created.data, version: 'theirs', previous: created.data }
+  raceOnce(theirs)
+  const ours = await tokens.upsert('svc', { ...base, version: 'ours' }, { principal: owner })
+  t.equal(ours.result, 'token-updated')
+  t.same(tokens.history('svc').map((h) => h['version']), ['ours', 'theirs', 'v1'], 'neither update is lost: theirs is in the history')
+
+  raceOnce({ ...(tokens.get('svc') as Record<string, unknown>), version: 'theirs-again' })
+  await t.rejects(tokens.upsert('svc', { ...base, version: 'mine' }, { principal: owner, ifMatch: ours.etag }), { code: 'MAITRE_STALE_TOKEN', status: 412 })
+  t.equal(tokens.get('svc')?.['version'], 'theirs-again', 'the If-Match write did not land')
+
+  raceOnce({ ...(tokens.get('svc') as Record<string, unknown>), version: 'before-delete' })
+  await t.rejects(tokens.delete('svc', { principal: owner, ifMatch: tokenEtag(tokens.get('svc') as Record<string, unknown>) }), { code: 'MAITRE_STALE_TOKEN' })
+  t.equal(tokens.get('svc')?.['version'], 'before-delete')
 })

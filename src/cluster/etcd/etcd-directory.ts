@@ -1,0 +1,275 @@
+/**
+ * A DocumentStore kept in etcd, one key per document under `<prefix>/<store>/<encoded key>`,
+ * mirrored in memory so that reads on the request path never leave the process.
+ *
+ * Opening loads every document (one range read) and then watches the prefix from the revision
+ * after it, so no change can fall between the two. A write shows in memory once etcd has
+ * committed it; another router's write arrives through the watch and is announced with
+ * `onChange`. Each document remembers the revision it was written at, and only a newer one
+ * replaces it (our own write and its echo through the watch arrive in either order).
+ *
+ * Compare-and-set is an etcd transaction on the key's mod revision (or "absent"): a write
+ * computed from a document another router has replaced meanwhile is refused, and the newer
+ * document read in the same transaction replaces ours in memory at once, so a retry works on
+ * what is current. A document that fails the store's check (written by hand, or by a newer
+ * maitre) is logged and left out rather than taking the router down.
+ */
+import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
+import { MaitreError } from '../../errors.ts'
+import type { Logger } from '../../log.ts'
+import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
+
+interface Entry<T> {
+  readonly doc: T
+  /** etcd's mod_revision of the key when this document was written (an int64, as etcd3 gives it). */
+  readonly revision: bigint
+}
+
+export class EtcdDirectory<T> implements DocumentStore<T> {
+  readonly #client: Etcd3
+  readonly #prefix: string
+  readonly #what: string
+  readonly #check: DocumentCheck
+  readonly #log: Logger
+  readonly #docs = new Map<string, Entry<T>>()
+  /** Revisions of deletions seen, so that a late echo of an older put cannot bring a document back. */
+  readonly #deletedAt = new Map<string, bigint>()
+  readonly #pending = new Map<string, Promise<void>>()
+  readonly #listeners = new Set<(key: string) => void>()
+  #watcher: Watcher | undefined
+  #closed = false
+
+  private constructor(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger) {
+    this.#client = client
+    this.#prefix = prefix
+    this.#what = what
+    this.#check = check
+    this.#log = log
+  }
+
+  /** `prefix` is the store's own, ending in `/` (e.g. `/maitre/cluster-a/tokens/`). */
+  static async open<T>(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger): Promise<EtcdDirectory<T>> {
+    const store = new EtcdDirectory<T>(client, prefix, what, check, log)
+    await store.#load()
+    return store
+  }
+
+  get(key: string): T | undefined {
+    return this.#docs.get(key)?.doc
+  }
+
+  has(key: string): boolean {
+    return this.#docs.has(key)
+  }
+
+  *entries(): IterableIterator<[string, T]> {
+    for (const [key, entry] of this.#docs) yield [key, entry.doc]
+  }
+
+  get size(): number {
+    return this.#docs.size
+  }
+
+  onChange(listener: (key: string) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  put(key: string, doc: T, expected?: T | null): Promise<void> {
+    return this.#chain(key, async () => {
+      const etcdKey = this.#prefix + encodeURIComponent(key)
+      const value = JSON.stringify(doc)
+      const response = await this.#guard(key, 'written', () => {
+        const txn = this.#condition(key, etcdKey, expected)
+        return txn.then(this.#client.put(etcdKey).value(value)).else(this.#client.get(etcdKey)).commit()
+      })
+      if (!response.succeeded) {
+        this.#absorbRange(key, response.responses[0]?.response_range?.kvs ?? [], BigInt(response.header.revision))
+        throw storeConflict(this.#what, key)
+      }
+      this.#apply(key, doc, BigInt(response.header.revision))
+    })
+  }
+
+  delete(key: string, expected?: T | null): Promise<void> {
+    return this.#chain(key, async () => {
+      const etcdKey = this.#prefix + encodeURIComponent(key)
+      const response = await this.#guard(key, 'deleted', () => {
+        const txn = this.#condition(key, etcdKey, expected)
+        return txn.then(this.#client.delete().key(etcdKey)).else(this.#client.get(etcdKey)).commit()
+      })
+      if (!response.succeeded) {
+        this.#absorbRange(key, response.responses[0]?.response_range?.kvs ?? [], BigInt(response.header.revision))
+        throw storeConflict(this.#what, key)
+      }
+      this.#applyDelete(key, BigInt(response.header.revision))
+    })
+  }
+
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.#pending.values()])
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    const watcher = this.#watcher
+    this.#watcher = undefined
+    await watcher?.cancel().catch(() => undefined)
+  }
+
+  /**
+   * The transaction's guard: the key still holds the document `expected` names (its revision),
+   * or is still absent. Without `expected` the guard always holds (an unconditional write).
+   */
+  #condition(key: string, etcdKey: string, expected: T | null | undefined): ReturnType<Etcd3['if']> {
+    const current = this.#docs.get(key)
+    if (!matchesExpected(current?.doc, expected)) throw storeConflict(this.#what, key)
+    if (expected === undefined) return this.#client.if(etcdKey, 'Version', '>', -1)
+    if (current === undefined) return this.#client.if(etcdKey, 'Version', '==', 0)
+    return this.#client.if(etcdKey, 'Mod', '==', current.revision.toString())
+  }
+
+  async #load(): Promise<void> {
+    const range = await this.#client.getAll().prefix(this.#prefix).exec()
+    const revision = BigInt(range.header.revision)
+    for (const kv of range.kvs) this.#absorb(kv, false)
+    await this.#watch(revision + 1n)
+  }
+
+  async #watch(fromRevision: bigint): Promise<void> {
+    const watcher = await this.#client.watch().prefix(this.#prefix).startRevision(fromRevision.toString()).create()
+    if (this.#closed) {
+      await watcher.cancel().catch(() => undefined)
+      return
+    }
+    this.#watcher = watcher
+    watcher.on('put', (kv) => this.#absorb(kv, true))
+    watcher.on('delete', (kv) => {
+      const key = this.#keyOf(kv.key)
+      if (key !== undefined && this.#applyDelete(key, BigInt(kv.mod_revision))) this.#emit(key)
+    })
+    // Unrecoverable for this watcher (e.g. its revision was compacted away): read everything
+    // again and watch from there; what changed meanwhile is announced like any other change.
+    watcher.on('error', (err) => {
+      if (this.#closed) return
+      this.#log.warn({ err, store: this.#what }, 'etcd watch failed: reloading the store')
+      void this.#reload()
+    })
+  }
+
+  async #reload(): Promise<void> {
+    const old = this.#watcher
+    this.#watcher = undefined
+    await old?.cancel().catch(() => undefined)
+    for (let delayMs = 500; !this.#closed; delayMs = Math.min(delayMs * 2, 10_000)) {
+      try {
+        const range = await this.#client.getAll().prefix(this.#prefix).exec()
+        const seen = new Set<string>()
+        for (const kv of range.kvs) {
+          const key = this.#absorb(kv, true)
+          if (key !== undefined) seen.add(key)
+        }
+        for (const key of [...this.#docs.keys()]) {
+          if (!seen.has(key) && this.#applyDelete(key, BigInt(range.header.revision))) this.#emit(key)
+        }
+        await this.#watch(BigInt(range.header.revision) + 1n)
+        return
+      } catch (err) {
+        this.#log.warn({ err, store: this.#what, retryInMs: delayMs }, 'etcd store reload failed')
+        await new Promise((resolve) => setTimeout(resolve, delayMs))
+      }
+    }
+  }
+
+  /** Takes a key-value pair read from etcd into memory if it is newer; returns its key when valid. */
+  #absorb(kv: IKeyValue, announce: boolean): string | undefined {
+    const key = this.#keyOf(kv.key)
+    if (key === undefined) return undefined
+    let doc: unknown
+    try {
+      doc = JSON.parse(kv.value.toString('utf8'))
+    } catch {
+      this.#log.error({ store: this.#what, key }, 'etcd holds a document that is not JSON: ignored')
+      return undefined
+    }
+    const reason = this.#check(doc)
+    if (reason !== undefined) {
+      this.#log.error({ store: this.#what, key, reason }, 'etcd holds a document this store does not read: ignored')
+      return undefined
+    }
+    if (this.#apply(key, doc as T, BigInt(kv.mod_revision)) && announce) this.#emit(key)
+    return key
+  }
+
+  /** What a refused transaction read instead: the key's current document, or none (deleted by then). */
+  #absorbRange(key: string, kvs: readonly IKeyValue[], revision: bigint): void {
+    const kv = kvs[0]
+    if (kv !== undefined) this.#absorb(kv, true)
+    else if (this.#applyDelete(key, revision)) this.#emit(key)
+  }
+
+  #apply(key: string, doc: T, revision: bigint): boolean {
+    const current = this.#docs.get(key)
+    if (current !== undefined && current.revision >= revision) return false
+    const deletedAt = this.#deletedAt.get(key)
+    if (deletedAt !== undefined && deletedAt >= revision) return false
+    this.#deletedAt.delete(key)
+    this.#docs.set(key, { doc, revision })
+    return true
+  }
+
+  #applyDelete(key: string, revision: bigint): boolean {
+    const current = this.#docs.get(key)
+    if (current !== undefined && current.revision > revision) return false
+    this.#docs.delete(key)
+    // Remembered only while a put older than it could still echo; bounded by the keys deleted
+    // recently, forgotten at the next put of the key.
+    if (this.#deletedAt.size < 10_000) this.#deletedAt.set(key, revision)
+    return current !== undefined
+  }
+
+  #keyOf(raw: Buffer): string | undefined {
+    const text = raw.toString('utf8')
+    if (!text.startsWith(this.#prefix)) return undefined
+    try {
+      return decodeURIComponent(text.slice(this.#prefix.length))
+    } catch {
+      return undefined
+    }
+  }
+
+  #emit(key: string): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(key)
+      } catch (err) {
+        this.#log.error({ err, store: this.#what, key }, 'a store change listener failed')
+      }
+    }
+  }
+
+  /** etcd unreachable or too slow: one typed error of ours, retryable by the caller. */
+  async #guard<R>(key: string, verb: string, io: () => Promise<R>): Promise<R> {
+    try {
+      return await io()
+    } catch (err) {
+      if (err instanceof MaitreError) throw err
+      throw new MaitreError('MAITRE_STORE_WRITE', `The ${this.#what} ${JSON.stringify(key)} could not be ${verb}: etcd did not confirm it (${(err as Error).message})`, {
+        details: { store: this.#what, key },
+        headers: { 'retry-after': '5' },
+        cause: err,
+      })
+    }
+  }
+
+  #chain(key: string, write: () => Promise<void>): Promise<void> {
+    const previous = this.#pending.get(key) ?? Promise.resolve()
+    const next = previous.catch(() => undefined).then(write)
+    this.#pending.set(key, next)
+    const cleanup = (): void => {
+      if (this.#pending.get(key) === next) this.#pending.delete(key)
+    }
+    next.then(cleanup, cleanup)
+    return next
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * The DocumentStore contract, run against both implementations: the directory of files of a
+ * single router and etcd (a real server) of a cluster. Then what only etcd does: two routers'
+ * stores see each other's writes, compare-and-set holds between them, and an outage of etcd
+ * refuses writes clearly while reads go on, and heals by itself.
+ */
+import t from 'tap'
+import { join } from 'node:path'
+import { Etcd3 } from 'etcd3'
+import { JsonDirectory } from '../../src/storage/json-dir.ts'
+import type { DocumentStore } from '../../src/storage/document-store.ts'
+import { EtcdDirectory } from '../../src/cluster/etcd/etcd-directory.ts'
+import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
+import { MaitreError } from '../../src/errors.ts'
+import { silentLogger } from '../../src/log.ts'
+import { startEtcd } from '../fixtures/etcd.ts'
+import { waitFor } from '../fixtures/router.ts'
+
+interface Doc {
+  readonly v: number
+}
+const check = (doc: unknown): string | undefined => (typeof (doc as Doc | null)?.v === 'number' ? undefined : 'has no v')
+
+const codeOf = async (promise: Promise<unknown>): Promise<string | undefined> => {
+  try {
+    await promise
+    return undefined
+  } catch (err) {
+    return err instanceof MaitreError ? err.code : `not ours: ${String(err)}`
+  }
+}
+
+interface Flavour {
+  readonly name: string
+  /** Opens the store as a router starting (again) would. */
+  setup(t: { teardown(fn: () => unknown): void; testdir(): string }): Promise<() => Promise<DocumentStore<Doc>>>
+}
+
+const flavours: Flavour[] = [
+  {
+    name: 'files',
+    setup: async (t) => {
+      const dir = t.testdir()
+      return () => Promise.resolve(JsonDirectory.open<Doc>(join(dir, 'things'), 'thing', check))
+    },
+  },
+  {
+    name: 'etcd',
+    setup: async (t) => {
+      const etcd = await startEtcd(t)
+      const clients: Etcd3[] = []
+      const stores: EtcdDirectory<Doc>[] = []
+      t.teardown(async () => {
+        for (const store of stores) await store.close()
+        for (const client of clients) client.close()
+      })
+      return async () => {
+        const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+        clients.push(client)
+        const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+        stores.push(store)
+        return store
+      }
+    },
+  },
+]
+
+for (const flavour of flavours) {
+  t.test(`${flavour.name}: what is written is read back, after a restart too`, async (t) => {
+    const open = await flavour.setup(t)
+    const store = await open()
+    await store.put('a', { v: 1 })
+    await store.put('odd/key %$.tmp-1', { v: 2 })
+    await store.put('a', { v: 3 })
+    await store.delete('gone-before-it-came')
+    t.same(store.get('a'), { v: 3 })
+    t.equal(store.size, 2)
+    const again = await open()
+    t.same(Object.fromEntries(again.entries()), { a: { v: 3 }, 'odd/key %$.tmp-1': { v: 2 } }, 'a restart loses nothing')
+    await again.delete('a')
+    t.notOk(again.has('a'))
+    t.same([...(await open()).entries()].map(([k]) => k), ['odd/key %$.tmp-1'])
+  })
+
+  t.test(`${flavour.name}: compare-and-set refuses a write computed from a replaced document`, async (t) => {
+    const open = await flavour.setup(t)
+    const store = await open()
+    t.equal(await codeOf(store.put('k', { v: 1 }, null)), undefined, 'created where nothing was')
+    const first = store.get('k')
+    t.equal(await codeOf(store.put('k', { v: 9 }, null)), 'MAITRE_STORE_CONFLICT', '"absent" no longer holds')
+    t.equal(await codeOf(store.put('k', { v: 2 }, first)), undefined, 'replaces the document it was computed from')
+    t.equal(await codeOf(store.put('k', { v: 9 }, first)), 'MAITRE_STORE_CONFLICT', 'but not twice')
+    t.equal(await codeOf(store.delete('k', first)), 'MAITRE_STORE_CONFLICT')
+    t.same(store.get('k'), { v: 2 }, 'nothing was written by the refused ones')
+    t.same((await open()).get('k'), { v: 2 }, 'nor stored')
+    t.equal(await codeOf(store.delete('k', store.get('k'))), undefined)
+    t.notOk((await open()).has('k'))
+  })
+}
+
+t.test('etcd: two routers see each other within a second; compare-and-set holds between them', async (t) => {
+  const open = await flavours[1]!.setup(t)
+  const a = await open()
+  const b = await open()
+  const changed: string[] = []
+  b.onChange((key) => changed.push(key))
+  const before = Date.now()
+  await a.put('shared', { v: 1 })
+  await waitFor('b sees a’s write', () => (b.get('shared')?.v === 1 ? true : undefined), 1000)
+  t.ok(Date.now() - before < 1000, `seen after ${Date.now() - before} ms`)
+  t.same(changed, ['shared'], 'and announces it')
+
+  // Both computed their write from v1: exactly one lands.
+  const base = b.get('shared') as Doc
+  const results = await Promise.all([codeOf(a.put('shared', { v: 2 }, a.get('shared'))), codeOf(b.put('shared', { v: 3 }, base))])
+  t.same(results.filter((r) => r === undefined).length, 1, `exactly one write wins (${results.join(', ')})`)
+  t.same(results.filter((r) => r === 'MAITRE_STORE_CONFLICT').length, 1, 'the other is a conflict')
+  const winner = results[0] === undefined ? 2 : 3
+  await waitFor('both agree', () => (a.get('shared')?.v === winner && b.get('shared')?.v === winner ? true : undefined), 1000)
+  // The loser already holds the winner's document, so a retry computed from it succeeds at once.
+  const loser = results[0] === undefined ? b : a
+  t.equal(await codeOf(loser.put('shared', { v: 4 }, loser.get('shared'))), undefined, 'a retry on what is current succeeds')
+
+  await a.delete('shared')
+  await waitFor('b sees the delete', () => (b.has('shared') ? undefined : true), 1000)
+})
+
+t.test('etcd: a document the store cannot read is left out, not fatal', async (t) => {
+  const etcd = await startEtcd(t)
+  const raw = new Etcd3({ hosts: etcd.endpoint })
+  t.teardown(() => raw.close())
+  await raw.put('/maitre/test/things/bad').value('{not json')
+  await raw.put('/maitre/test/things/wrong').value('{"w": 1}')
+  await raw.put('/maitre/test/things/good').value('{"v": 5}')
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+  t.teardown(async () => {
+    await store.close()
+    client.close()
+  })
+  t.same(Object.fromEntries(store.entries()), { good: { v: 5 } })
+  await raw.put('/maitre/test/things/later').value('[]')
+  await raw.put('/maitre/test/things/after').value('{"v": 6}')
+  await waitFor('the valid one arrives', () => (store.get('after')?.v === 6 ? true : undefined))
+  t.notOk(store.has('later'))
+})
+
+t.test('etcd: while etcd is down writes fail fast with a retryable 503, reads go on; then it heals', async (t) => {
+  const etcd = await startEtcd(t)
+  const open = async (): Promise<EtcdDirectory<Doc>> => {
+    const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 1000 })
+    const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+    t.teardown(async () => {
+      await store.close()
+      client.close()
+    })
+    return store
+  }
+  const a = await open()
+  const b = await open()
+  await a.put('k', { v: 1 })
+  await waitFor('b sees it', () => (b.get('k')?.v === 1 ? true : undefined))
+  await etcd.stop()
+  const started = Date.now()
+  const failure = await a.put('k', { v: 2 }).then(() => undefined, (err: unknown) => err)
+  t.ok(failure instanceof MaitreError && failure.code === 'MAITRE_STORE_WRITE' && failure.status === 503, 'a 503 of ours')
+  t.equal((failure as MaitreError).headers['retry-after'], '5')
+  t.ok(Date.now() - started < 5000, `within the request timeout's reach (${Date.now() - started} ms)`)
+  t.same(a.get('k'), { v: 1 }, 'memory stays on what etcd holds')
+  t.same(b.get('k'), { v: 1 }, 'reads go on')
+  await etcd.start()
+  await waitFor('a write goes through again', async () => ((await codeOf(a.put('k', { v: 3 }))) === undefined ? true : undefined), 20_000)
+  await waitFor('and b sees it through its re-established watch', () => (b.get('k')?.v === 3 ? true : undefined), 10_000)
+})
