@@ -6,11 +6,11 @@
 import { mkdirSync } from 'node:fs'
 import { hostname, userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
-import { randomBytes } from 'node:crypto'
 import { createAdminHandler } from './admin/router.ts'
 import { oneUserAuthenticator } from './auth/authenticator.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
+import { loadRouterId } from './cluster/router-id.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
@@ -83,7 +83,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const { clock, log, dataDir, unlock } = base
   const secret = await loadRouterSecret(config.secret, dataDir)
   const user = config.auth.user ?? userInfo().username
-  const routerId = `router-${randomBytes(4).toString('hex')}`
+  const routerId = await loadRouterId(config.routerId, dataDir)
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
 
   // Stores open first: a corrupt store stops startup before anything runs.

@@ -40,6 +40,8 @@ Serve options:
       --host ADDR        listen address (default 127.0.0.1)
       --data-dir DIR     where tokens, service records and instance sandboxes live (also MAITRE_DATA_DIR)
       --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (also MAITRE_LOG_LEVEL)
+      --etcd URL         cluster mode: share state with other routers through this etcd
+                         endpoint (repeatable; replaces etcd.endpoints; also MAITRE_ETCD, comma-separated)
       --check-config     validate the config, print it with defaults filled in, and exit
   -v, --version          print the version
   -h, --help             print this help
@@ -70,6 +72,7 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
         host: { type: 'string' },
         'data-dir': { type: 'string' },
         'log-level': { type: 'string' },
+        etcd: { type: 'string', multiple: true },
         'check-config': { type: 'boolean' },
         router: { type: 'string' },
         json: { type: 'boolean' },
@@ -92,7 +95,8 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     if (CLIENT_COMMANDS.has(command)) {
       const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`)
       try {
-        return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options: values })
+        const { etcd: _serveOnly, ...options } = values
+        return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options })
       } catch (err) {
         if (!(err instanceof CliError)) throw err
         io.err(`maitre: ${err.message}\n`)
@@ -108,6 +112,7 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
       'server.host': values.host,
       dataDir: values['data-dir'] ?? env['MAITRE_DATA_DIR'],
       'log.level': values['log-level'] ?? env['MAITRE_LOG_LEVEL'],
+      'etcd.endpoints': values.etcd ?? (env['MAITRE_ETCD'] === undefined || env['MAITRE_ETCD'] === '' ? undefined : env['MAITRE_ETCD'].split(',')),
     })
   } catch (err) {
     if (isMaitreError(err)) {

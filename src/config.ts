@@ -89,6 +89,18 @@ export interface Config {
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
   readonly maxTokens: number
   readonly cluster: string
+  /** This router's name among its peers (cluster mode); null = generated once and kept in the data directory. */
+  readonly routerId: string | null
+  /** Cluster mode: routers share state through etcd. No endpoints = a single router on its data directory. */
+  readonly etcd: {
+    readonly endpoints: readonly string[]
+    /** Namespace of every key; null = /maitre/<cluster>, so that two clusters can share one etcd. */
+    readonly prefix: string | null
+    /** Membership and leadership lapse this long after a router stops renewing them (crash, partition). */
+    readonly leaseTtlSecs: number
+    /** Each etcd call (get, put, transaction, lease grant) fails after this long. */
+    readonly requestTimeoutMs: number
+  }
   readonly serviceIdPrefix: string
   /** Secret instance passwords derive from; null = generated once and kept in the data directory. */
   readonly secret: string | null
@@ -141,6 +153,8 @@ export const DEFAULTS: Config = {
   dataDir: './data',
   maxTokens: 100000,
   cluster: 'maitre',
+  routerId: null,
+  etcd: { endpoints: [], prefix: null, leaseTtlSecs: 5, requestTimeoutMs: 2000 },
   serviceIdPrefix: 'maitre-',
   secret: null,
   auth: { kind: 'one-user', user: null },
@@ -204,6 +218,29 @@ export interface ConfigIssue {
 }
 
 type Rule = (value: unknown) => string | undefined
+
+/** A router id: it names the router's keys in etcd and its log lines. */
+export const ROUTER_ID = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
+
+/** What is wrong with an etcd endpoint: it must be a plain http(s) URL of a host and port, with no credentials in it. */
+function etcdEndpointProblem(value: unknown): string | undefined {
+  if (typeof value !== 'string') return 'must be a URL string'
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    return 'is not a URL'
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL'
+  if (url.username !== '' || url.password !== '') return 'must not carry credentials'
+  if (url.pathname !== '/' || url.search !== '' || url.hash !== '') return 'must be scheme://host:port and nothing more'
+  return undefined
+}
+
+/** The etcd key prefix of a cluster: every key of maitre lives under it. */
+export function etcdPrefixOf(config: Pick<Config, 'etcd' | 'cluster'>): string {
+  return config.etcd.prefix ?? `/maitre/${config.cluster}`
+}
 const positiveInt: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 ? undefined : 'must be a positive integer')
 const nonNegativeInt: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : 'must be an integer >= 0')
 const port: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : 'must be a port number in [0, 65535]')
@@ -221,6 +258,14 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
   maxTokens: positiveInt,
+  routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
+  'etcd.endpoints': (v) => {
+    const bad = (v as unknown[]).find((e) => etcdEndpointProblem(e) !== undefined)
+    return bad === undefined ? undefined : `${JSON.stringify(bad)} ${etcdEndpointProblem(bad)}`
+  },
+  'etcd.prefix': (v) => (v === null || (typeof v === 'string' && /^\/[\x21-\x7e]{0,200}$/.test(v) && !v.endsWith('/')) ? undefined : 'must start with "/", not end with "/", and hold only printable ASCII without spaces (at most 200), or be null'),
+  'etcd.leaseTtlSecs': (v) => (Number.isInteger(v) && (v as number) >= 2 && (v as number) <= 60 ? undefined : 'must be an integer in [2, 60] (seconds)'),
+  'etcd.requestTimeoutMs': positiveInt,
   serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
   'auth.kind': (v) => (v === 'one-user' ? undefined : "must be 'one-user' (the only authenticator so far)"),
   'proxy.queueTimeoutMs': positiveInt,

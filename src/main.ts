@@ -41,3 +41,8 @@ process.exitCode = await runCli(process.argv.slice(2), process.env, {
   err: (text) => process.stderr.write(text),
   stopSignal: () => stopRequested,
 })
+
+// Everything is stopped and flushed by now. A library timer may still hold the event loop (the
+// etcd client retries a watch stream it lost in an outage even after it is closed): it must not
+// keep a stopped router alive. The grace lets stdout drain; the timer itself holds nothing.
+setTimeout(() => process.exit(), 2000).unref()

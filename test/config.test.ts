@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { DEFAULTS, loadConfigFile, parseConfig, withOverrides } from '../src/config.ts'
+import { DEFAULTS, etcdPrefixOf, loadConfigFile, parseConfig, withOverrides } from '../src/config.ts'
 
 t.test('config/example.yaml is exactly the defaults', async (t) => {
   t.same(loadConfigFile('config/example.yaml'), DEFAULTS)
@@ -32,4 +32,25 @@ t.test('overrides from flags are checked like the file', async (t) => {
   t.equal(withOverrides(DEFAULTS, { 'server.port': 8080, dataDir: '/tmp/x' }).server.port, 8080)
   t.throws(() => withOverrides(DEFAULTS, { 'server.port': 70000 }), { code: 'MAITRE_INVALID_CONFIG' })
   t.ok(Object.isFrozen(parseConfig('').server), 'the config is frozen')
+})
+
+t.test('cluster mode settings: endpoints, prefix and router id are checked, credentials refused', async (t) => {
+  const good = parseConfig('etcd:\n  endpoints: [http://10.0.0.5:2379, "https://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
+  t.same(good.etcd.endpoints, ['http://10.0.0.5:2379', 'https://etcd.example:2379'])
+  t.equal(etcdPrefixOf(good), '/maitre/blue')
+  t.equal(etcdPrefixOf(parseConfig('cluster: green\n')), '/maitre/green', 'the prefix defaults to the cluster name')
+  const err = (() => {
+    try {
+      parseConfig('etcd:\n  endpoints: ["http://user:pw@10.0.0.5:2379"]\n  prefix: maitre/\n  leaseTtlSecs: 1\nrouterId: "a b"\n', 'c.yaml')
+    } catch (e) {
+      return e as Error & { code: string }
+    }
+    return undefined
+  })()
+  t.equal(err?.code, 'MAITRE_INVALID_CONFIG')
+  t.match(err?.message, 'etcd.endpoints = ["http://user:pw@10.0.0.5:2379"], "http://user:pw@10.0.0.5:2379" must not carry credentials')
+  t.match(err?.message, 'etcd.prefix = "maitre/", must start with "/"')
+  t.match(err?.message, 'etcd.leaseTtlSecs = 1, must be an integer in [2, 60]')
+  t.match(err?.message, 'routerId = "a b", must be 1-63 letters')
+  t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['etcd:2379'] }), { message: /must be an http:\/\/ or https:\/\/ URL/ })
 })

@@ -50,7 +50,7 @@ const flavours: Flavour[] = [
       const etcd = await startEtcd(t)
       const clients: Etcd3[] = []
       const stores: EtcdDirectory<Doc>[] = []
-      t.teardown(async () => {
+      etcd.beforeStop(async () => {
         for (const store of stores) await store.close()
         for (const client of clients) client.close()
       })
@@ -128,13 +128,13 @@ t.test('etcd: two routers see each other within a second; compare-and-set holds 
 t.test('etcd: a document the store cannot read is left out, not fatal', async (t) => {
   const etcd = await startEtcd(t)
   const raw = new Etcd3({ hosts: etcd.endpoint })
-  t.teardown(() => raw.close())
+  etcd.beforeStop(() => raw.close())
   await raw.put('/maitre/test/things/bad').value('{not json')
   await raw.put('/maitre/test/things/wrong').value('{"w": 1}')
   await raw.put('/maitre/test/things/good').value('{"v": 5}')
   const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
   const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
-  t.teardown(async () => {
+  etcd.beforeStop(async () => {
     await store.close()
     client.close()
   })
@@ -150,7 +150,7 @@ t.test('etcd: while etcd is down writes fail fast with a retryable 503, reads go
   const open = async (): Promise<EtcdDirectory<Doc>> => {
     const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 1000 })
     const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
-    t.teardown(async () => {
+    etcd.beforeStop(async () => {
       await store.close()
       client.close()
     })

@@ -38,6 +38,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   readonly #listeners = new Set<(key: string) => void>()
   #watcher: Watcher | undefined
   #closed = false
+  /** Ends the retry pauses when the store or coordinator closes, so nothing outlives it. */
+  readonly #closing = new AbortController()
 
   private constructor(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger) {
     this.#client = client
@@ -112,6 +114,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
 
   async close(): Promise<void> {
     this.#closed = true
+    this.#closing.abort()
     const watcher = this.#watcher
     this.#watcher = undefined
     await watcher?.cancel().catch(() => undefined)
@@ -176,7 +179,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         return
       } catch (err) {
         this.#log.warn({ err, store: this.#what, retryInMs: delayMs }, 'etcd store reload failed')
-        await new Promise((resolve) => setTimeout(resolve, delayMs))
+        await this.#pause(delayMs)
       }
     }
   }
@@ -260,6 +263,20 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         cause: err,
       })
     }
+  }
+
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#closing.signal.aborted) return resolve()
+      const signal = this.#closing.signal
+      const timer = setTimeout(done, ms)
+      function done(): void {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', done)
+        resolve()
+      }
+      signal.addEventListener('abort', done, { once: true })
+    })
   }
 
   #chain(key: string, write: () => Promise<void>): Promise<void> {

@@ -1,0 +1,64 @@
+/**
+ * What a router knows of its peers: who they are, who leads, and how much load each carries per
+ * version. The control loops ask it whether to act (only the leader scales, kills and collects)
+ * and what the fleet's load is (they scale on the sum over routers, and a version is idle only
+ * when every router says so). A single router is its own leader with no peers.
+ */
+
+export interface Member {
+  readonly routerId: string
+  /** Where peers reach it (its listening URL). */
+  readonly url: string
+  readonly startedAt: number
+}
+
+/** One version's load on one router, as the load exchange carries it. */
+export interface VersionLoad {
+  readonly inFlight: number
+  readonly queued: number
+  /** Last time a request for the version started or ended on that router (ms since the epoch); 0 = never. */
+  readonly lastRequestAt: number
+}
+
+export const NO_LOAD: VersionLoad = { inFlight: 0, queued: 0, lastRequestAt: 0 }
+
+export interface Coordination {
+  readonly mode: 'single' | 'etcd'
+  readonly routerId: string
+  /** Whether this router may act for the fleet right now (scale, kill, collect garbage). */
+  isLeader(): boolean
+  /** The leader's router id, when one is known. */
+  leaderId(): string | undefined
+  /** Live routers, this one included. */
+  members(): readonly Member[]
+  /** The load other routers last reported for a version (this router's own excluded). */
+  peerLoad(serviceId: string): VersionLoad
+  /** Versions some other router reports load for. */
+  peerVersions(): Iterable<string>
+  /** The etcd endpoints in use (no credentials: the config refuses them). */
+  readonly endpoints: readonly string[]
+  close(): Promise<void>
+}
+
+export function singleRouter(routerId: string, url: () => string, startedAt: number): Coordination {
+  return {
+    mode: 'single',
+    routerId,
+    isLeader: () => true,
+    leaderId: () => routerId,
+    members: () => [{ routerId, url: url(), startedAt }],
+    peerLoad: () => NO_LOAD,
+    peerVersions: () => [],
+    endpoints: [],
+    close: () => Promise.resolve(),
+  }
+}
+
+/** Local load plus what the peers report: sums of work, the latest request time. */
+export function fleetLoad(local: VersionLoad, peers: VersionLoad): VersionLoad {
+  return {
+    inFlight: local.inFlight + peers.inFlight,
+    queued: local.queued + peers.queued,
+    lastRequestAt: Math.max(local.lastRequestAt, peers.lastRequestAt),
+  }
+}

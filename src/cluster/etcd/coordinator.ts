@@ -1,0 +1,324 @@
+/**
+ * Cluster coordination through etcd: membership, leadership and the load exchange, all bound to
+ * one lease per router so that a router that dies (or is cut off) vanishes from all three within
+ * the lease TTL, with nobody having to notice it.
+ *
+ * Keys under the cluster prefix P:
+ *   P/routers/<routerId>  this router's Member (lease-bound): the membership list
+ *   P/leader              the leader's router id (lease-bound): created only where absent, so one holds it
+ *   P/load/<routerId>     this router's per-version load (lease-bound), rewritten when it changes,
+ *                         at most every `loadIntervalMs`: O(routers) writes per second, not O(versions)
+ *
+ * Leadership is held only while the lease is known to be alive: from the moment a keep-alive
+ * fails, or none has succeeded for two thirds of the TTL, this router stops acting as leader,
+ * before etcd can expire the lease and let another router take over. A lost lease is replaced
+ * by a new one, and membership, load and candidacy are re-established on it.
+ */
+import type { Etcd3, Lease } from 'etcd3'
+import type { Clock } from '../../clock.ts'
+import type { Logger } from '../../log.ts'
+import { NO_LOAD, type Coordination, type Member, type VersionLoad } from '../coordination.ts'
+import { EtcdDirectory } from './etcd-directory.ts'
+
+export interface EtcdCoordinatorOptions {
+  readonly client: Etcd3
+  /** The cluster prefix, without a trailing slash. */
+  readonly prefix: string
+  readonly routerId: string
+  readonly url: () => string
+  readonly leaseTtlSecs: number
+  readonly endpoints: readonly string[]
+  /** This router's per-version load, published to the others. */
+  readonly localLoads: () => Iterable<readonly [string, VersionLoad]>
+  /** How often the load is compared with what was last published (and rewritten if it changed). */
+  readonly loadIntervalMs?: number
+  readonly clock: Clock
+  readonly log: Logger
+}
+
+/** One router's published load: version id → [in flight, queued, last request time]. */
+type LoadDocument = { readonly at: number; readonly versions: Readonly<Record<string, readonly [number, number, number]>> }
+
+/** A published load stays under etcd's request limit (1.5 MiB by default) with room to spare. */
+const MAX_LOAD_BYTES = 1024 * 1024
+
+const isMember = (doc: unknown): string | undefined => {
+  const m = doc as Partial<Member> | null
+  return m !== null && typeof m === 'object' && typeof m.routerId === 'string' && typeof m.url === 'string' ? undefined : 'is not a router'
+}
+const isLoad = (doc: unknown): string | undefined => {
+  const l = doc as Partial<LoadDocument> | null
+  return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
+}
+
+export class EtcdCoordinator implements Coordination {
+  readonly mode = 'etcd'
+  readonly routerId: string
+  readonly endpoints: readonly string[]
+  readonly #options: EtcdCoordinatorOptions
+  readonly #client: Etcd3
+  readonly #leaderKey: string
+  readonly #memberKey: string
+  readonly #loadKey: string
+  readonly #ttlMs: number
+  readonly #members: EtcdDirectory<Member>
+  readonly #loads: EtcdDirectory<LoadDocument>
+  #lease: Lease | undefined
+  #leaseId: string | undefined
+  /** Last time etcd confirmed the lease (a grant or a keep-alive); 0 = not confirmed since a failure. */
+  #confirmedAt = 0
+  #leader: { routerId: string; lease: string } | undefined
+  #publishedLoad = ''
+  #publishing = false
+  #cancelLoadTimer: (() => void) | undefined
+  #closed = false
+  /** Ends the retry pauses when the store or coordinator closes, so nothing outlives it. */
+  readonly #closing = new AbortController()
+  readonly #startedAt: number
+
+  private constructor(options: EtcdCoordinatorOptions, members: EtcdDirectory<Member>, loads: EtcdDirectory<LoadDocument>) {
+    this.#options = options
+    this.#client = options.client
+    this.routerId = options.routerId
+    this.endpoints = options.endpoints
+    this.#leaderKey = `${options.prefix}/leader`
+    this.#memberKey = `${options.prefix}/routers/${encodeURIComponent(options.routerId)}`
+    this.#loadKey = `${options.prefix}/load/${encodeURIComponent(options.routerId)}`
+    this.#ttlMs = options.leaseTtlSecs * 1000
+    this.#members = members
+    this.#loads = loads
+    this.#startedAt = options.clock.now()
+  }
+
+  static async start(options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
+    const members = await EtcdDirectory.open<Member>(options.client, `${options.prefix}/routers/`, 'router', isMember, options.log)
+    const loads = await EtcdDirectory.open<LoadDocument>(options.client, `${options.prefix}/load/`, 'load report', isLoad, options.log)
+    const coordinator = new EtcdCoordinator(options, members, loads)
+    await coordinator.#watchLeader()
+    await coordinator.#join()
+    coordinator.#scheduleLoad()
+    return coordinator
+  }
+
+  isLeader(): boolean {
+    const leader = this.#leader
+    return (
+      !this.#closed &&
+      leader !== undefined &&
+      leader.lease === this.#leaseId &&
+      this.#confirmedAt > 0 &&
+      this.#options.clock.now() - this.#confirmedAt < (this.#ttlMs * 2) / 3
+    )
+  }
+
+  leaderId(): string | undefined {
+    return this.#leader?.routerId
+  }
+
+  members(): readonly Member[] {
+    return [...this.#members.entries()].map(([, member]) => member).sort((a, b) => a.routerId.localeCompare(b.routerId))
+  }
+
+  peerLoad(serviceId: string): VersionLoad {
+    let inFlight = 0
+    let queued = 0
+    let lastRequestAt = 0
+    for (const [routerId, report] of this.#loads.entries()) {
+      if (routerId === this.routerId) continue
+      const entry = report.versions[serviceId]
+      if (entry === undefined) continue
+      inFlight += entry[0]
+      queued += entry[1]
+      lastRequestAt = Math.max(lastRequestAt, entry[2])
+    }
+    return inFlight === 0 && queued === 0 && lastRequestAt === 0 ? NO_LOAD : { inFlight, queued, lastRequestAt }
+  }
+
+  *peerVersions(): Iterable<string> {
+    const seen = new Set<string>()
+    for (const [routerId, report] of this.#loads.entries()) {
+      if (routerId === this.routerId) continue
+      for (const id of Object.keys(report.versions)) {
+        if (!seen.has(id)) {
+          seen.add(id)
+          yield id
+        }
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    this.#closing.abort()
+    this.#cancelLoadTimer?.()
+    await this.#members.close()
+    await this.#loads.close()
+    await this.#leaderWatch?.cancel().catch(() => undefined)
+    // Revoking the lease removes membership, load and leadership at once: the others take over
+    // now rather than after the TTL.
+    await this.#lease?.revoke().catch(() => undefined)
+  }
+
+  #leaderWatch: Awaited<ReturnType<ReturnType<Etcd3['watch']>['create']>> | undefined
+
+  async #watchLeader(): Promise<void> {
+    const current = await this.#client.get(this.#leaderKey).exec()
+    const kv = current.kvs[0]
+    this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
+    const watcher = await this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()).create()
+    this.#leaderWatch = watcher
+    watcher.on('put', (put) => {
+      this.#setLeader({ routerId: put.value.toString('utf8'), lease: put.lease })
+    })
+    watcher.on('delete', () => {
+      this.#setLeader(undefined)
+      void this.#campaign()
+    })
+    watcher.on('error', (err) => {
+      if (this.#closed) return
+      this.#options.log.warn({ err }, 'etcd leader watch failed: watching again')
+      void this.#rewatchLeader()
+    })
+  }
+
+  async #rewatchLeader(): Promise<void> {
+    for (let delayMs = 500; !this.#closed; delayMs = Math.min(delayMs * 2, 10_000)) {
+      try {
+        await this.#leaderWatch?.cancel().catch(() => undefined)
+        await this.#watchLeader()
+        if (this.#leader === undefined) void this.#campaign()
+        return
+      } catch (err) {
+        this.#options.log.warn({ err, retryInMs: delayMs }, 'etcd leader watch could not be re-established')
+        await this.#pause(delayMs)
+      }
+    }
+  }
+
+  #setLeader(leader: { routerId: string; lease: string } | undefined): void {
+    const before = this.#leader?.routerId
+    this.#leader = leader
+    if (leader?.routerId !== before) this.#options.log.info({ leader: leader?.routerId, routerId: this.routerId }, 'cluster leader changed')
+  }
+
+  /** Grants a lease, registers as a member on it, publishes load and stands for leader. */
+  async #join(): Promise<void> {
+    const lease = this.#client.lease(this.#options.leaseTtlSecs)
+    const leaseId = await lease.grant()
+    if (this.#closed) {
+      await lease.revoke().catch(() => undefined)
+      return
+    }
+    this.#lease = lease
+    this.#leaseId = leaseId
+    this.#confirmedAt = this.#options.clock.now()
+    lease.on('keepaliveSucceeded', () => {
+      if (this.#lease === lease) this.#confirmedAt = this.#options.clock.now()
+    })
+    // Stop acting as leader at once: etcd may expire the lease before we hear from it again.
+    lease.on('keepaliveFailed', () => {
+      if (this.#lease === lease) this.#confirmedAt = 0
+    })
+    lease.on('lost', (err) => {
+      if (this.#lease !== lease || this.#closed) return
+      this.#options.log.warn({ err, routerId: this.routerId }, 'etcd lease lost: joining the cluster again')
+      this.#confirmedAt = 0
+      this.#lease = undefined
+      this.#leaseId = undefined
+      void this.#rejoin()
+    })
+    const member: Member = { routerId: this.routerId, url: this.#options.url(), startedAt: this.#startedAt }
+    await lease.put(this.#memberKey).value(JSON.stringify(member))
+    this.#publishedLoad = ''
+    await this.#publishLoad()
+    await this.#campaign()
+  }
+
+  async #rejoin(): Promise<void> {
+    for (let delayMs = 250; !this.#closed && this.#lease === undefined; delayMs = Math.min(delayMs * 2, 5000)) {
+      try {
+        await this.#join()
+        this.#options.log.info({ routerId: this.routerId }, 'joined the cluster again')
+        return
+      } catch (err) {
+        this.#options.log.warn({ err, retryInMs: delayMs }, 'joining the cluster failed')
+        const lease = this.#lease as Lease | undefined
+        this.#lease = undefined
+        this.#leaseId = undefined
+        await lease?.revoke().catch(() => undefined)
+        await this.#pause(delayMs)
+      }
+    }
+  }
+
+  /** Takes the leader key if nobody holds it (a transaction: one router wins). */
+  async #campaign(): Promise<void> {
+    const leaseId = this.#leaseId
+    if (this.#closed || leaseId === undefined) return
+    try {
+      const result = await this.#client
+        .if(this.#leaderKey, 'Create', '==', 0)
+        .then(this.#client.put(this.#leaderKey).value(this.routerId).lease(leaseId))
+        .else(this.#client.get(this.#leaderKey))
+        .commit()
+      if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
+      else {
+        const kv = result.responses[0]?.response_range?.kvs[0]
+        if (kv !== undefined) this.#setLeader({ routerId: kv.value.toString('utf8'), lease: kv.lease })
+      }
+    } catch (err) {
+      // The leader watch or a rejoin will call again.
+      this.#options.log.warn({ err }, 'standing for leader failed')
+    }
+  }
+
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#closing.signal.aborted) return resolve()
+      const signal = this.#closing.signal
+      const timer = setTimeout(done, ms)
+      function done(): void {
+        clearTimeout(timer)
+        signal.removeEventListener('abort', done)
+        resolve()
+      }
+      signal.addEventListener('abort', done, { once: true })
+    })
+  }
+
+  #scheduleLoad(): void {
+    if (this.#closed) return
+    this.#cancelLoadTimer = this.#options.clock.setTimeout(() => {
+      void this.#publishLoad().finally(() => this.#scheduleLoad())
+    }, this.#options.loadIntervalMs ?? 500)
+  }
+
+  /** Rewrites this router's load key when its content changed since the last write. */
+  async #publishLoad(): Promise<void> {
+    const lease = this.#lease
+    if (lease === undefined || this.#publishing) return
+    const entries = [...this.#options.localLoads()].sort((a, b) => b[1].lastRequestAt - a[1].lastRequestAt)
+    const versions: Record<string, readonly [number, number, number]> = {}
+    let bytes = 0
+    let dropped = 0
+    for (const [id, load] of entries) {
+      bytes += id.length + 48
+      if (bytes > MAX_LOAD_BYTES) dropped++
+      else versions[id] = [load.inFlight, load.queued, load.lastRequestAt]
+    }
+    const text = JSON.stringify(versions)
+    if (text === this.#publishedLoad) return
+    if (dropped > 0) this.#options.log.warn({ dropped }, 'load report over 1 MiB: the least recently used versions were left out')
+    this.#publishing = true
+    try {
+      const doc: LoadDocument = { at: this.#options.clock.now(), versions }
+      await lease.put(this.#loadKey).value(JSON.stringify(doc))
+      this.#publishedLoad = text
+    } catch (err) {
+      this.#options.log.debug({ err }, 'publishing load failed (etcd unreachable?); trying again')
+    } finally {
+      this.#publishing = false
+    }
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Membership, leadership and the load exchange against a real etcd: one leader among three,
+ * handed over at once on a clean leave and within the lease TTL when a router goes silent, and
+ * loads summed over the other routers.
+ */
+import t from 'tap'
+import type { Etcd3 } from 'etcd3'
+import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
+import { EtcdCoordinator } from '../../src/cluster/etcd/coordinator.ts'
+import type { VersionLoad } from '../../src/cluster/coordination.ts'
+import { systemClock } from '../../src/clock.ts'
+import { silentLogger } from '../../src/log.ts'
+import { startEtcd, type EtcdServer } from '../fixtures/etcd.ts'
+import { waitFor } from '../fixtures/router.ts'
+import { startRelay } from '../fixtures/tcp-cut.ts'
+
+interface Node {
+  readonly coordinator: EtcdCoordinator
+  readonly client: Etcd3
+  readonly loads: Map<string, VersionLoad>
+}
+
+async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2): Promise<Node> {
+  const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs: 1000 })
+  const loads = new Map<string, VersionLoad>()
+  const coordinator = await EtcdCoordinator.start({
+    client,
+    prefix: '/maitre/test',
+    routerId,
+    url: () => `http://127.0.0.1/${routerId}`,
+    leaseTtlSecs,
+    endpoints: [endpoint],
+    localLoads: () => loads.entries(),
+    loadIntervalMs: 100,
+    clock: systemClock,
+    log: silentLogger,
+  })
+  etcd.beforeStop(async () => {
+    await coordinator.close()
+    client.close()
+  })
+  return { coordinator, client, loads }
+}
+
+const leaders = (nodes: readonly Node[]): string[] => nodes.filter((n) => n.coordinator.isLeader()).map((n) => n.coordinator.routerId)
+
+t.test('three routers: one leader, everyone agrees; a clean leave hands over at once', async (t) => {
+  const etcd = await startEtcd(t)
+  const nodes = [await node(etcd, 'a'), await node(etcd, 'b'), await node(etcd, 'c')]
+  await waitFor('every router sees three members', () => (nodes.every((n) => n.coordinator.members().length === 3) ? true : undefined))
+  t.same(nodes[0]!.coordinator.members().map((m) => m.routerId), ['a', 'b', 'c'])
+  t.same(leaders(nodes), ['a'], 'the first to stand leads')
+  t.ok(nodes.every((n) => n.coordinator.leaderId() === 'a'), 'and all know it')
+
+  const started = Date.now()
+  await nodes[0]!.coordinator.close()
+  const rest = nodes.slice(1)
+  await waitFor('a new leader', () => (leaders(rest).length === 1 ? true : undefined), 3000)
+  t.ok(Date.now() - started < 1000, `handed over in ${Date.now() - started} ms (the lease was revoked, no TTL to wait)`)
+  const next = leaders(rest)[0]
+  await waitFor('both agree on it', () => (rest.every((n) => n.coordinator.leaderId() === next) ? true : undefined))
+  await waitFor('a left the member list', () => (rest.every((n) => n.coordinator.members().length === 2) ? true : undefined))
+})
+
+t.test('a leader cut off from etcd stops acting at once and is replaced within the lease TTL; it rejoins after', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url)
+  const b = await node(etcd, 'b')
+  t.ok(a.coordinator.isLeader())
+  const started = Date.now()
+  relay.cut()
+  let overlap = 0
+  let aStoppedAt = 0
+  await waitFor('b leads', () => {
+    if (a.coordinator.isLeader() && b.coordinator.isLeader()) overlap++
+    if (aStoppedAt === 0 && !a.coordinator.isLeader()) aStoppedAt = Date.now()
+    return b.coordinator.isLeader() ? true : undefined
+  }, 10_000)
+  const tookMs = Date.now() - started
+  t.ok(aStoppedAt - started < 1500, `a stopped acting as leader ${aStoppedAt - started} ms after the cut`)
+  t.ok(tookMs <= 2000 + 1000, `b took over ${tookMs} ms after the cut (TTL 2 s)`)
+  t.equal(overlap, 0, 'no moment with two leaders')
+  t.notOk(a.coordinator.isLeader())
+
+  relay.heal()
+  await waitFor('a is a member again, following b', () => (a.coordinator.leaderId() === 'b' && b.coordinator.members().some((m) => m.routerId === 'a') ? true : undefined), 15_000)
+  t.notOk(a.coordinator.isLeader())
+  t.ok(b.coordinator.isLeader())
+})
+
+t.test('load exchange: each router sees the sum of the others, not its own', async (t) => {
+  const etcd = await startEtcd(t)
+  const nodes = [await node(etcd, 'a'), await node(etcd, 'b'), await node(etcd, 'c')]
+  nodes[0]!.loads.set('svc', { inFlight: 2, queued: 1, lastRequestAt: 1000 })
+  nodes[1]!.loads.set('svc', { inFlight: 3, queued: 0, lastRequestAt: 3000 })
+  nodes[2]!.loads.set('other', { inFlight: 1, queued: 0, lastRequestAt: 5 })
+  await waitFor('c sees a and b', () => (nodes[2]!.coordinator.peerLoad('svc').inFlight === 5 ? true : undefined), 2000)
+  t.same(nodes[2]!.coordinator.peerLoad('svc'), { inFlight: 5, queued: 1, lastRequestAt: 3000 })
+  await waitFor('a sees b only', () => (nodes[0]!.coordinator.peerLoad('svc').inFlight === 3 ? true : undefined), 2000)
+  t.same(nodes[0]!.coordinator.peerLoad('svc'), { inFlight: 3, queued: 0, lastRequestAt: 3000 })
+  await waitFor('a sees c’s other version', () => ([...nodes[0]!.coordinator.peerVersions()].length === 2 ? true : undefined), 2000)
+  t.same([...nodes[0]!.coordinator.peerVersions()].sort(), ['other', 'svc'])
+
+  nodes[1]!.loads.set('svc', { inFlight: 0, queued: 0, lastRequestAt: 4000 })
+  await waitFor('a change arrives within a publish interval', () => (nodes[0]!.coordinator.peerLoad('svc').lastRequestAt === 4000 ? true : undefined), 2000)
+  await nodes[1]!.coordinator.close()
+  await waitFor('a router that leaves takes its load with it', () => (nodes[0]!.coordinator.peerLoad('svc').lastRequestAt === 0 ? true : undefined), 2000)
+})
