@@ -11,6 +11,11 @@ import { oneUserAuthenticator } from './auth/authenticator.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
 import { loadRouterId } from './cluster/router-id.ts'
+import { connectEtcd } from './cluster/etcd/connect.ts'
+import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
+import { etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
+import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
+import { localLoads } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
@@ -21,7 +26,7 @@ import { Metrics, type ServiceGauges } from './metrics.ts'
 import { VERSION } from './version.ts'
 import { InstanceTracker } from './backends/tracker.ts'
 import { systemClock, type Clock } from './clock.ts'
-import { redactedConfig, type Config } from './config.ts'
+import { etcdPrefixOf, redactedConfig, type Config } from './config.ts'
 import type { LaunchSpec } from './launch-spec.ts'
 import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
@@ -81,13 +86,18 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
 
 async function assemble(config: Config, base: { clock: Clock; log: Logger; dataDir: string; unlock: () => void }): Promise<App> {
   const { clock, log, dataDir, unlock } = base
-  const secret = await loadRouterSecret(config.secret, dataDir)
   const user = config.auth.user ?? userInfo().username
   const routerId = await loadRouterId(config.routerId, dataDir)
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
 
+  // Cluster mode: shared state lives in etcd; without endpoints, in the data directory.
+  const etcdPrefix = etcdPrefixOf(config)
+  const etcd = config.etcd.endpoints.length > 0 ? connectEtcd(config.etcd) : undefined
+  const sharedStores = etcd === undefined ? undefined : etcdStores(etcd, etcdPrefix, log)
+  const stores = sharedStores ?? fileStores(dataDir)
+  const secret = etcd !== undefined && config.secret === null ? await sharedRouterSecret(etcd, etcdPrefix) : await loadRouterSecret(config.secret, dataDir)
+
   // Stores open first: a corrupt store stops startup before anything runs.
-  const stores = fileStores(dataDir)
   const tokens = new Tokens(await openTokenStore(stores), clock, config.cluster, config.maxTokens)
   const registry = await ServiceRegistry.open(stores, clock)
   const overrides = await Overrides.open(stores, clock)
@@ -111,6 +121,12 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     },
   })
   const activator = new Activator(backend, tracker, clock, log)
+  let port = config.server.port
+  const url = (): string => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`
+  // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
+  // follows, so it acts for nobody.
+  let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
+  const fleet = { isLeader: () => coordination.isLeader(), peerLoad: (serviceId: string) => coordination.peerLoad(serviceId) }
   const autoscaler = new Autoscaler(
     {
       backend,
@@ -124,6 +140,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       onDecision: (service, decision) => {
         if (decision.direction !== 'stable') metrics.scalingDecisions.inc({ service, direction: decision.direction })
       },
+      fleet,
     },
     {
       tickMs: config.scaler.tickMs,
@@ -173,6 +190,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       },
       clock,
       log,
+      fleet,
     },
     {
       intervalMs: config.scaler.gcIntervalMs,
@@ -228,6 +246,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     settings: () => redactedConfig(config),
     draining: () => draining(),
     serverLoad: () => serverLoad(),
+    cluster: () => coordination,
     clock,
     log,
   })
@@ -235,17 +254,29 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   draining = server.draining
   serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })
 
-  let port = config.server.port
   let stopping: Promise<void> | undefined
 
   return {
-    url: () => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`,
+    url,
     async start() {
       port = await server.listen(config.server.port, config.server.host)
       routerHostnames.add(`${config.server.host}`)
+      if (etcd !== undefined) {
+        coordination = await EtcdCoordinator.start({
+          client: etcd,
+          prefix: etcdPrefix,
+          routerId,
+          url,
+          leaseTtlSecs: config.etcd.leaseTtlSecs,
+          endpoints: config.etcd.endpoints,
+          localLoads: () => localLoads(tracker),
+          clock,
+          log,
+        })
+      }
       autoscaler.start()
       gc.start()
-      log.info({ port, host: config.server.host, dataDir, backend: backend.kind, routerId, user }, 'maitre listening')
+      log.info({ port, host: config.server.host, dataDir, backend: backend.kind, routerId, user, cluster: coordination.mode === 'etcd' ? { etcd: config.etcd.endpoints, prefix: etcdPrefix } : undefined }, 'maitre listening')
       return port
     },
     stop() {
@@ -259,6 +290,10 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await backend.close()
         await forwarder.close()
         await registry.flush()
+        // Leaving the cluster revokes this router's lease: membership, load and leadership go at once.
+        await coordination.close()
+        await sharedStores?.close()
+        etcd?.close()
         unlock()
         log.info('stopped')
       })()

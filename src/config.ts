@@ -382,6 +382,18 @@ function fail(issues: readonly ConfigIssue[]): never {
   throw new MaitreError('MAITRE_INVALID_CONFIG', `Invalid configuration:\n  ${lines.join('\n  ')}`, { details: { issues } })
 }
 
+/** Rules between settings, checked once everything is merged. */
+function crossIssues(config: Config): ConfigIssue[] {
+  const issues: ConfigIssue[] = []
+  if (config.etcd.endpoints.length > 0 && config.backend.kind === 'local') {
+    issues.push({
+      path: 'etcd.endpoints',
+      message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes): the local backend's instances are one router's own processes",
+    })
+  }
+  return issues
+}
+
 /** Parses a YAML config text over the defaults. */
 export function parseConfig(text: string, file = 'config'): Config {
   const counter = new LineCounter()
@@ -393,6 +405,7 @@ export function parseConfig(text: string, file = 'config'): Config {
   if (doc.contents !== null && !isMap(doc.contents)) fail([{ path: '(root)', message: 'must be a map of settings' }])
   const issues: ConfigIssue[] = []
   const merged = mergeConfig(DEFAULTS, input, '', issues)
+  if (issues.length === 0) issues.push(...crossIssues(merged as Config))
   if (issues.length > 0) {
     fail(issues.map((i) => {
       const where = locate(doc, counter, file, i.path)
@@ -429,6 +442,7 @@ export function withOverrides(config: Config, overrides: Readonly<Record<string,
   }
   const issues: ConfigIssue[] = []
   const merged = mergeConfig(config, patch, '', issues)
+  if (issues.length === 0) issues.push(...crossIssues(merged as Config))
   if (issues.length > 0) fail(issues)
   return deepFreeze(merged as Config)
 }

@@ -30,6 +30,7 @@ export type ErrorCode =
   | 'MAITRE_STORE_WRITE'
   | 'MAITRE_STORE_FULL'
   | 'MAITRE_STORE_CONFLICT'
+  | 'MAITRE_CLUSTER_UNAVAILABLE'
   | 'MAITRE_INVALID_CONFIG'
   | 'MAITRE_BACKEND'
   | 'MAITRE_TOO_MANY_CONNECTIONS'
@@ -70,6 +71,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_STORE_CORRUPT: { status: 500, errorClass: 'maitre.StoreCorrupt' },
   MAITRE_DATA_DIR_IN_USE: { status: 500, errorClass: 'maitre.DataDirInUse' },
   MAITRE_STORE_FULL: { status: 507, errorClass: 'maitre.StoreFull', title: 'Token Store Full' },
+  MAITRE_CLUSTER_UNAVAILABLE: { status: 503, errorClass: 'maitre.ClusterUnavailable', title: 'Cluster Store Unavailable' },
   MAITRE_STORE_CONFLICT: { status: 409, errorClass: 'maitre.StoreConflict', title: 'Concurrent Update' },
   MAITRE_STORE_WRITE: { status: 503, errorClass: 'maitre.StoreWriteFailed', title: 'Store Unavailable' },
   MAITRE_INVALID_CONFIG: { status: 500, errorClass: 'maitre.InvalidConfig' },

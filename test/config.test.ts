@@ -35,7 +35,7 @@ t.test('overrides from flags are checked like the file', async (t) => {
 })
 
 t.test('cluster mode settings: endpoints, prefix and router id are checked, credentials refused', async (t) => {
-  const good = parseConfig('etcd:\n  endpoints: [http://10.0.0.5:2379, "https://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
+  const good = parseConfig('backend:\n  kind: kubernetes\netcd:\n  endpoints: [http://10.0.0.5:2379, "https://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
   t.same(good.etcd.endpoints, ['http://10.0.0.5:2379', 'https://etcd.example:2379'])
   t.equal(etcdPrefixOf(good), '/maitre/blue')
   t.equal(etcdPrefixOf(parseConfig('cluster: green\n')), '/maitre/green', 'the prefix defaults to the cluster name')
@@ -53,4 +53,5 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   t.match(err?.message, 'etcd.leaseTtlSecs = 1, must be an integer in [2, 60]')
   t.match(err?.message, 'routerId = "a b", must be 1-63 letters')
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['etcd:2379'] }), { message: /must be an http:\/\/ or https:\/\/ URL/ })
+  t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes\)/ }, 'the local backend cannot be shared')
 })

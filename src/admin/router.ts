@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, MaitreError } from '../errors.ts'
 import type { Authenticator } from '../auth/authenticator.ts'
 import type { Logger } from '../log.ts'
+import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Resolver } from '../versions/resolve.ts'
@@ -25,6 +26,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly draining: () => boolean
   /** The listener's own load: requests being handled and client connections open. */
   readonly serverLoad: () => { readonly inFlight: number; readonly connections: number }
+  /** This router's view of the cluster (a single router is a cluster of one). */
+  readonly cluster: () => Coordination
   readonly log: Logger
 }
 
@@ -84,11 +87,22 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/state':
           return sendJson(res, 200, {
             'router-id': deps.routerId,
-            routers: { [deps.routerId]: '' },
+            routers: Object.fromEntries(deps.cluster().members().map((m) => [m.routerId, m.url])),
             'in-flight-requests': deps.serverLoad().inFlight,
             'open-connections': deps.serverLoad().connections,
-            details: Object.fromEntries(['autoscaler', 'gc-services', 'instance-tracker', 'scheduler'].map((n) => [n, `/state/${n}`])),
+            details: Object.fromEntries(['autoscaler', 'cluster', 'gc-services', 'instance-tracker', 'scheduler'].map((n) => [n, `/state/${n}`])),
           }, cid)
+        case '/state/cluster': {
+          const cluster = deps.cluster()
+          return sendJson(res, 200, {
+            'router-id': cluster.routerId,
+            mode: cluster.mode,
+            leader: cluster.leaderId() ?? null,
+            'is-leader': cluster.isLeader(),
+            members: cluster.members(),
+            'etcd-endpoints': cluster.endpoints,
+          }, cid)
+        }
         case '/state/instance-tracker':
           return sendJson(res, 200, {
             'router-id': deps.routerId,

@@ -54,11 +54,17 @@ export function singleRouter(routerId: string, url: () => string, startedAt: num
   }
 }
 
-/** Local load plus what the peers report: sums of work, the latest request time. */
-export function fleetLoad(local: VersionLoad, peers: VersionLoad): VersionLoad {
+/** A cluster router before it has joined (it is not listening yet): it acts for nobody. */
+export function joining(routerId: string, endpoints: readonly string[]): Coordination {
   return {
-    inFlight: local.inFlight + peers.inFlight,
-    queued: local.queued + peers.queued,
-    lastRequestAt: Math.max(local.lastRequestAt, peers.lastRequestAt),
+    mode: 'etcd',
+    routerId,
+    isLeader: () => false,
+    leaderId: () => undefined,
+    members: () => [],
+    peerLoad: () => NO_LOAD,
+    peerVersions: () => [],
+    endpoints,
+    close: () => Promise.resolve(),
   }
 }

@@ -11,6 +11,7 @@ import { startLoop, type Loop } from './loop.ts'
 import type { Logger } from '../log.ts'
 import { decide, initialScalingState, type BurstOptions, type ScalingDirection, type ScalingPolicy, type ScalingState } from './decide.ts'
 import { chooseKill } from './kill-choice.ts'
+import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
 
 export interface ScalableService {
   readonly policy: ScalingPolicy
@@ -60,6 +61,8 @@ export interface AutoscalerDeps {
   readonly log: Logger
   /** Told about every decision (for metrics). */
   readonly onDecision?: (serviceId: string, decision: LastDecision) => void
+  /** The cluster: only its leader decides, on the load of every router (default: a router on its own). */
+  readonly fleet?: Fleet
 }
 
 export class Autoscaler {
@@ -171,6 +174,14 @@ export class Autoscaler {
     const { backend, tracker, clock, log } = this.#deps
     const state = backend.state(serviceId)
     if (state === undefined) return
+    const fleet = this.#deps.fleet ?? ALONE
+    if (!fleet.isLeader()) {
+      // Another router decides. Should leadership come here, it starts from what the backend
+      // runs then, not from a target computed before.
+      entry.state = initialScalingState(state.requested)
+      entry.last = undefined
+      return
+    }
     const now = clock.now()
     const requested = this.#expireRequested.get(serviceId)
     if (requested !== undefined) {
@@ -180,7 +191,7 @@ export class Autoscaler {
     }
     const expired = expiredIds(state, service.instanceExpiryMs, now, requested ?? EMPTY)
     tracker.markExpired(serviceId, expired)
-    const load = tracker.load(serviceId)
+    const load = fleetLoadOf(tracker, fleet, serviceId)
     const healthy = state.instances.filter((i) => i.healthy)
     const outstanding = load.inFlight + load.queued
     const decision = decide(

@@ -18,6 +18,7 @@ import type { TokenData } from '../versions/token-store.ts'
 import { tokenEtag } from '../versions/tokens.ts'
 import type { Activator } from './activator.ts'
 import { pickGarbage, type GcCandidate, type GcVerdict } from './gc.ts'
+import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
 
 export interface GcOptions {
   readonly intervalMs: number
@@ -42,6 +43,8 @@ export interface GcDeps {
   readonly onCollected: (serviceId: string, reason: GcVerdict['reason']) => Promise<void> | void
   readonly clock: Clock
   readonly log: Logger
+  /** The cluster: only its leader collects, and a version is idle only when every router says so (default: a router on its own). */
+  readonly fleet?: Fleet
 }
 
 const RECENT_KEPT = 50
@@ -88,6 +91,11 @@ export class GcRunner {
 
   /** One collection round; resolves with what was collected. */
   async tick(): Promise<GcVerdict[]> {
+    if (!(this.#deps.fleet ?? ALONE).isLeader()) {
+      // Another router collects; what was seen here starts afresh should leadership come back.
+      for (const map of [this.#brokenSince, this.#orphanedSince, this.#unrecordedSince]) map.clear()
+      return []
+    }
     const now = this.#deps.clock.now()
     const candidates = this.#candidates(now)
     const known = new Set(candidates.map((c) => c.id))
@@ -149,7 +157,7 @@ export class GcRunner {
   }
 
   #unrecordedCandidate(serviceId: string, now: number): GcCandidate {
-    const load = this.#deps.tracker.load(serviceId)
+    const load = fleetLoadOf(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId)
     const since = this.#unrecordedSince.get(serviceId) ?? now
     this.#unrecordedSince.set(serviceId, since)
     return {
@@ -171,7 +179,7 @@ export class GcRunner {
     this.#unrecordedSince.delete(record.id)
     const { backend, tracker, tokens } = this.#deps
     const params = this.#deps.parametersOf(record)
-    const load = tracker.load(record.id)
+    const load = fleetLoadOf(tracker, this.#deps.fleet ?? ALONE, record.id)
     const state = backend.state(record.id)
     const broken = state?.deploymentError !== undefined && !state.instances.some((i) => i.healthy)
     if (broken && !this.#brokenSince.has(record.id)) this.#brokenSince.set(record.id, now)

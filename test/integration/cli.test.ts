@@ -51,10 +51,11 @@ t.test('command-line errors are clear and exit non-zero', async (t) => {
   t.equal(await runCli(['--check-config', '--port', '8123'], {}, io), 0)
   t.equal((JSON.parse(out.join('')) as { server: { port: number } }).server.port, 8123)
   out.length = 0
-  t.equal(await runCli(['--check-config', '--etcd', 'http://127.0.0.1:2379', '--etcd', 'http://127.0.0.2:2379'], {}, io), 0, '--etcd repeats')
+  const kube = join(t.testdir({ 'kube.yaml': 'backend:\n  kind: kubernetes\n' }), 'kube.yaml')
+  t.equal(await runCli(['--check-config', '--config', kube, '--etcd', 'http://127.0.0.1:2379', '--etcd', 'http://127.0.0.2:2379'], {}, io), 0, '--etcd repeats')
   t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://127.0.0.1:2379', 'http://127.0.0.2:2379'])
   out.length = 0
-  t.equal(await runCli(['--check-config'], { MAITRE_ETCD: 'http://10.1.1.1:2379,http://10.1.1.2:2379' }, io), 0)
+  t.equal(await runCli(['--check-config', '--config', kube], { MAITRE_ETCD: 'http://10.1.1.1:2379,http://10.1.1.2:2379' }, io), 0)
   t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://10.1.1.1:2379', 'http://10.1.1.2:2379'], 'and MAITRE_ETCD lists them')
   out.length = 0
   t.equal(await runCli(['--check-config', '--etcd', 'localhost:2379'], {}, io), 78, 'a bad endpoint is a config error')

@@ -5,6 +5,8 @@ import { InstanceTracker, type Lease } from '../../src/backends/tracker.ts'
 import { Autoscaler, type ScalableService } from '../../src/scaler/autoscaler.ts'
 import type { ScalingPolicy } from '../../src/scaler/decide.ts'
 import { silentLogger } from '../../src/log.ts'
+import type { Fleet } from '../../src/scaler/fleet.ts'
+import { NO_LOAD, type VersionLoad } from '../../src/cluster/coordination.ts'
 
 const POLICY: ScalingPolicy = {
   minInstances: 1,
@@ -18,7 +20,7 @@ const POLICY: ScalingPolicy = {
   maxScaleUpPerDecision: 1000,
 }
 
-function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }) {
+function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }, fleet?: Fleet) {
   const clock = new ManualClock()
   const backend = new MemoryBackend(clock)
   const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
@@ -28,7 +30,7 @@ function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 
     else tracker.sync(id, state.instances, undefined)
   })
   const scaler = new Autoscaler(
-    { backend, tracker, serviceOf: () => service, clock, log: silentLogger },
+    { backend, tracker, serviceOf: () => service, clock, log: silentLogger, ...(fleet === undefined ? {} : { fleet }) },
     { tickMs: 1000, burst: { threshold: 2, holdMs: 3000, tickMs: 1000 }, interKillMs: 1000 },
   )
   return { clock, backend, tracker, scaler }
@@ -127,4 +129,36 @@ t.test('a poke decides at once, without waiting for the tick', async (t) => {
   scaler.poke('s')
   await new Promise((r) => setImmediate(r))
   t.equal(backend.state('s')?.requested, 3)
+})
+
+t.test('in a cluster only the leader decides, on the load of every router, and a new leader starts from the backend', async (t) => {
+  let leader = false
+  const peers = new Map<string, VersionLoad>()
+  const fleet: Fleet = { isLeader: () => leader, peerLoad: (id) => peers.get(id) ?? NO_LOAD }
+  const { clock, backend, tracker, scaler } = setup(undefined, fleet)
+  backend.add('s', [0])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  // Two other routers carry the version's demand: 6 in flight and 4 queued between them.
+  peers.set('s', { inFlight: 6, queued: 4, lastRequestAt: clock.now() })
+  await ticks(clock, scaler, 3)
+  t.equal(backend.state('s')?.requested, 1, 'a follower scales nothing, whatever the load')
+  t.same(backend.calls.filter((c) => c.startsWith('scale')), [])
+  t.equal(scaler.snapshot('s')?.['last-decision'], undefined)
+
+  leader = true
+  await scaler.tick()
+  t.equal(backend.state('s')?.requested, 10, 'the leader scales to the fleet-wide ideal: 10 outstanding on concurrency 1')
+  t.equal(scaler.snapshot('s')?.['last-decision']?.outstanding, 10)
+
+  const lease = tracker.tryAcquire('s') as Lease
+  await scaler.tick()
+  t.equal(scaler.snapshot('s')?.['last-decision']?.outstanding, 11, 'its own requests count too')
+  lease.release('success')
+
+  leader = false
+  peers.delete('s')
+  const before = backend.state('s')?.requested
+  await ticks(clock, scaler, 5)
+  t.equal(backend.state('s')?.requested, before, 'a router that lost leadership scales nothing down')
+  t.equal(backend.calls.filter((c) => c.startsWith('kill')).length, 0)
 })

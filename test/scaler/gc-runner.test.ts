@@ -17,11 +17,13 @@ import { join } from 'node:path'
 import { effectiveParameters } from '../../src/versions/descriptor.ts'
 import { launchSpecOf } from '../../src/versions/launch.ts'
 import { silentLogger } from '../../src/log.ts'
+import type { Fleet } from '../../src/scaler/fleet.ts'
+import { NO_LOAD, type VersionLoad } from '../../src/cluster/coordination.ts'
 import type { LaunchSpec } from '../../src/launch-spec.ts'
 
 const CORE = { cmd: 'run', cpus: 1, mem: 64, version: 'v1', 'idle-timeout-mins': 1 }
 
-function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
+function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, fleet?: Fleet) {
   const clock = new ManualClock()
   const backend = new MemoryBackend(clock)
   const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
@@ -49,6 +51,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE) {
       onCollected: (id, reason) => void collected.push(`${id}:${reason}`),
       clock,
       log: silentLogger,
+      ...(fleet === undefined ? {} : { fleet }),
     },
     { intervalMs: 10_000, brokenTimeoutMs: 60_000, fallbackMs: 0, staleTimeoutMs: 0 },
   )
@@ -243,4 +246,23 @@ t.test('a version being started for a request is not collected under it', async 
   t.ok(registry.get('a'), 'the version runs recorded')
   t.ok(backend.state('a'), 'and the backend runs it')
   lease.release('success')
+})
+
+t.test('in a cluster only the leader collects, and a version another router serves is not idle', async (t) => {
+  let leader = false
+  const peers = new Map<string, VersionLoad>()
+  const fleet: Fleet = { isLeader: () => leader, peerLoad: (id) => peers.get(id) ?? NO_LOAD }
+  const { clock, backend, gc, request } = setup(t.testdir(), CORE, fleet)
+  ;(await request('a')).release('success')
+  clock.advance(120_000)
+  t.same(await gc.tick(), [], 'a follower collects nothing')
+  t.ok(backend.state('a'))
+
+  leader = true
+  peers.set('a', { inFlight: 1, queued: 0, lastRequestAt: clock.now() - 120_000 })
+  t.same(await gc.tick(), [], 'a request in flight on another router keeps it')
+  peers.set('a', { inFlight: 0, queued: 0, lastRequestAt: clock.now() - 30_000 })
+  t.same(await gc.tick(), [], 'as does a request another router finished 30 s ago (idle timeout 60 s)')
+  clock.advance(30_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'idle on every router for 60 s: collected')
 })

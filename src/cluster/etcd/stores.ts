@@ -1,0 +1,56 @@
+/**
+ * Cluster mode's shared state: every store (tokens, service records, overrides, suspensions) is
+ * a prefix of etcd, and the router secret instance passwords derive from is kept there too, so
+ * that an instance started through one router answers every other.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Etcd3 } from 'etcd3'
+import { MaitreError } from '../../errors.ts'
+import type { Logger } from '../../log.ts'
+import type { DocumentCheck, StoreOpener } from '../../storage/document-store.ts'
+import { EtcdDirectory } from './etcd-directory.ts'
+
+export interface EtcdStores extends StoreOpener {
+  /** Stops every watch of the stores opened. */
+  close(): Promise<void>
+}
+
+export function etcdStores(client: Etcd3, prefix: string, log: Logger): EtcdStores {
+  const opened: EtcdDirectory<unknown>[] = []
+  return {
+    kind: 'etcd',
+    async open<T>(name: string, what: string, check: DocumentCheck = () => undefined) {
+      const store = await unavailableAsOurs(`the ${what} store`, () => EtcdDirectory.open<T>(client, `${prefix}/${name}/`, what, check, log))
+      opened.push(store as EtcdDirectory<unknown>)
+      return store
+    },
+    async close() {
+      await Promise.all(opened.map((store) => store.close()))
+    },
+  }
+}
+
+/**
+ * The secret every router of the cluster derives instance passwords from: created once, by
+ * whichever router gets there first (a transaction: the others read what it wrote).
+ */
+export async function sharedRouterSecret(client: Etcd3, prefix: string): Promise<string> {
+  const key = `${prefix}/router-secret`
+  const candidate = randomBytes(24).toString('hex')
+  const result = await unavailableAsOurs('the router secret', () =>
+    client.if(key, 'Create', '==', 0).then(client.put(key).value(candidate)).else(client.get(key)).commit(),
+  )
+  if (result.succeeded) return candidate
+  const stored = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
+  if (stored === undefined || stored === '') throw new MaitreError('MAITRE_STORE_CORRUPT', `etcd key ${key} holds no router secret; set one or delete the key`)
+  return stored
+}
+
+async function unavailableAsOurs<T>(what: string, io: () => Promise<T>): Promise<T> {
+  try {
+    return await io()
+  } catch (err) {
+    if (err instanceof MaitreError) throw err
+    throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', `etcd did not answer for ${what}: ${(err as Error).message}`, { cause: err, headers: { 'retry-after': '5' } })
+  }
+}

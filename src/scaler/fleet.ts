@@ -1,0 +1,37 @@
+/**
+ * What the control loops need of the cluster: whether this router may act (only the leader
+ * scales, kills and collects), and the load of a version over every router, so that the leader
+ * scales on the fleet's demand and never collects a version another router is serving.
+ */
+import type { InstanceTracker } from '../backends/tracker.ts'
+import { NO_LOAD, type Coordination, type VersionLoad } from '../cluster/coordination.ts'
+
+export type Fleet = Pick<Coordination, 'isLeader' | 'peerLoad'>
+
+/** A router on its own: always the leader, no peers. */
+export const ALONE: Fleet = { isLeader: () => true, peerLoad: () => NO_LOAD }
+
+export interface FleetLoad {
+  readonly inFlight: number
+  readonly queued: number
+  readonly lastActiveAt: number
+}
+
+/** This router's load of a version (from its tracker) plus what the other routers last reported. */
+export function fleetLoadOf(tracker: Pick<InstanceTracker, 'load'>, fleet: Fleet, serviceId: string): FleetLoad {
+  const local = tracker.load(serviceId)
+  const peers = fleet.peerLoad(serviceId)
+  return {
+    inFlight: local.inFlight + peers.inFlight,
+    queued: local.queued + peers.queued,
+    lastActiveAt: Math.max(local.lastActiveAt, peers.lastRequestAt),
+  }
+}
+
+/** This router's load of every version it routes, as the load exchange publishes it. */
+export function* localLoads(tracker: Pick<InstanceTracker, 'serviceIds' | 'load'>): Iterable<readonly [string, VersionLoad]> {
+  for (const id of tracker.serviceIds()) {
+    const load = tracker.load(id)
+    yield [id, { inFlight: load.inFlight, queued: load.queued, lastRequestAt: load.lastActiveAt }]
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Cluster mode end to end: three routers sharing a real etcd, on the Kubernetes backend against
+ * the in-repo API simulator (pods are local processes).
+ */
+import t from 'tap'
+import { startCluster } from '../fixtures/cluster.ts'
+import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+
+interface ClusterState {
+  'router-id': string
+  mode: string
+  leader: string | null
+  'is-leader': boolean
+  members: { routerId: string; url: string }[]
+  'etcd-endpoints': string[]
+}
+
+const clusterState = async (router: Router): Promise<ClusterState> => (await call(`${router.url}/state/cluster`)).json<ClusterState>()
+
+t.test('three routers act as one: shared tokens within a second, atomic If-Match, one leader', async (t) => {
+  const cluster = await startCluster(t, 3)
+  const [a, b, c] = cluster.routers as [Router, Router, Router]
+
+  await waitFor('every router sees three members and one leader', async () => {
+    const states = await Promise.all(cluster.routers.map(clusterState))
+    const leaders = new Set(states.map((s) => s.leader))
+    return states.every((s) => s.members.length === 3) && leaders.size === 1 && !leaders.has(null) ? states : undefined
+  })
+  const states = await Promise.all(cluster.routers.map(clusterState))
+  t.equal(states.filter((s) => s['is-leader']).length, 1, 'exactly one router acts as leader')
+  t.same(states[0]?.['etcd-endpoints'], [cluster.etcd.endpoint], '/state/cluster names the etcd endpoints')
+  t.same(new Set(states.map((s) => s['router-id'])).size, 3, 'each router has its own id')
+  t.match((await call(`${b.url}/state`)).json(), { routers: Object.fromEntries(states[0]!.members.map((m) => [m.routerId, m.url])) }, '/state lists the members')
+
+  // A token written through A is served by C within a second.
+  const written = Date.now()
+  t.equal((await createToken(a, 'shared', kitchenToken())).status, 200)
+  await waitFor('C knows the token', async () => ((await call(`${c.url}/token`, { headers: { 'x-waiter-token': 'shared' } })).status === 200 ? true : undefined), 1000)
+  t.ok(Date.now() - written < 1000, `C served it ${Date.now() - written} ms after A wrote it`)
+  const viaC = await call(`${c.url}/request-info`, { headers: { 'x-waiter-token': 'shared' } })
+  t.equal(viaC.status, 200, 'and C starts and routes the version')
+
+  // Two routers update the same version of the token at once: exactly one wins.
+  const current = await call(`${a.url}/token`, { headers: { 'x-waiter-token': 'shared' } })
+  const etag = current.headers['etag'] as string
+  const updates = await Promise.all([
+    call(`${a.url}/token`, { method: 'POST', headers: { 'x-waiter-token': 'shared', 'if-match': etag, 'content-type': 'application/json' }, body: JSON.stringify({ token: 'shared', ...kitchenToken({ version: 'from-a' }) }) }),
+    call(`${b.url}/token`, { method: 'POST', headers: { 'x-waiter-token': 'shared', 'if-match': etag, 'content-type': 'application/json' }, body: JSON.stringify({ token: 'shared', ...kitchenToken({ version: 'from-b' }) }) }),
+  ])
+  t.same(updates.map((u) => u.status).sort(), [200, 412], `one wins, the other is told its version is stale (${updates.map((u) => u.status).join(', ')})`)
+  const winner = updates[0]?.status === 200 ? 'from-a' : 'from-b'
+  await waitFor('every router serves the winner', async () => {
+    const seen = await Promise.all(cluster.routers.map(async (r) => ((await call(`${r.url}/token`, { headers: { 'x-waiter-token': 'shared' } })).json<{ version?: string }>()).version))
+    return seen.every((v) => v === winner) ? true : undefined
+  }, 2000)
+})
+
+t.test('a router that starts later sees everything, and a restart of every router loses nothing', async (t) => {
+  const cluster = await startCluster(t, 2)
+  const [a, b] = cluster.routers as [Router, Router]
+  for (const name of ['one', 'two', 'three']) t.equal((await createToken(a, name, kitchenToken({ version: name }))).status, 200)
+  t.equal((await call(`${b.url}/request-info`, { headers: { 'x-waiter-token': 'two' } })).status, 200)
+  const late = await cluster.addRouter()
+  const tokens = (await call(`${late.url}/tokens`)).json<{ token: string }[]>()
+  t.same(tokens.map((x) => x.token).sort(), ['one', 'three', 'two'], 'the late router lists every token at once')
+  const apps = (await call(`${late.url}/apps`)).json<{ 'service-id': string }[]>()
+  t.equal(apps.length, 1, 'and knows the version B started')
+
+  for (const router of cluster.routers) await router.app.stop()
+  const again = await cluster.addRouter()
+  t.same(((await call(`${again.url}/tokens`)).json<{ token: string }[]>()).map((x) => x.token).sort(), ['one', 'three', 'two'], 'after every router stopped, a new one finds every token')
+  t.equal((await call(`${again.url}/request-info`, { headers: { 'x-waiter-token': 'three' } })).status, 200)
+})
