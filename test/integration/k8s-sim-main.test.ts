@@ -1,0 +1,39 @@
+/** The Kubernetes simulator run on its own, as the README tells people trying cluster mode by hand. */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { REPO } from '../fixtures/router-process.ts'
+import { call, createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as { port: number }
+      probe.close(() => resolve(port))
+    })
+  })
+
+t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubeconfig maitre accepts, until SIGTERM', async (t) => {
+  const dir = t.testdir()
+  const port = await freePort()
+  const kubeconfig = join(dir, 'sim.kubeconfig')
+  const child = spawn(process.execPath, [join(REPO, 'test/fixtures/k8s-sim/main.ts'), '--port', String(port), '--kubeconfig', kubeconfig, '--work-dir', join(dir, 'pods')], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
+  const line = await new Promise<Record<string, unknown>>((resolve) => createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', (l) => resolve(JSON.parse(l) as Record<string, unknown>)))
+  t.equal(line['url'], `http://127.0.0.1:${port}`, 'it prints its URL, on the port asked for')
+  t.equal(line['kubeconfig'], kubeconfig)
+
+  const router = await startRouter(t, { 'backend.kind': 'kubernetes', 'backend.kubernetes.kubeconfig': kubeconfig })
+  await createToken(router, 'by-hand', kitchenToken())
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'by-hand' } })
+  t.equal(reply.status, 200, 'maitre runs a service on it through that kubeconfig')
+  await router.app.stop()
+
+  child.kill('SIGTERM')
+  t.equal(await exited, 0, 'SIGTERM stops it cleanly')
+})
