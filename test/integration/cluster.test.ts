@@ -71,3 +71,57 @@ t.test('a router that starts later sees everything, and a restart of every route
   t.same(((await call(`${again.url}/tokens`)).json<{ token: string }[]>()).map((x) => x.token).sort(), ['one', 'three', 'two'], 'after every router stopped, a new one finds every token')
   t.equal((await call(`${again.url}/request-info`, { headers: { 'x-waiter-token': 'three' } })).status, 200)
 })
+
+t.test('load spread over three routers scales the version to the fleet-wide ideal', async (t) => {
+  const cluster = await startCluster(t, 3, { 'scaler.tickMs': 200 })
+  const [a] = cluster.routers as [Router]
+  await createToken(a, 'spread', kitchenToken({ 'concurrency-level': 1, 'max-instances': 20 }))
+  const h = { 'x-waiter-token': 'spread' }
+  t.equal((await call(`${a.url}/request-info`, { headers: h })).status, 200)
+  const id = (await call(`${a.url}/service-id`, { headers: h })).text
+  // Two long requests through each router: six outstanding over the fleet, on concurrency-level 1.
+  const long = cluster.routers.flatMap((r) => [0, 1].map(() => call(`${r.url}/sleep?sleep-ms=4000`, { headers: h })))
+  const requested = await waitFor('the leader scales up', async () => {
+    // Every router watches the same Kubernetes API: any of them shows what was asked of it.
+    const apps = (await call(`${a.url}/apps/${id}`)).json<{ instances?: unknown; 'instance-counts'?: { 'requested-instances'?: number } }>()
+    const n = apps['instance-counts']?.['requested-instances'] ?? 0
+    return n >= 6 ? n : undefined
+  }, 4000)
+  t.equal(requested, 6, 'six instances: the sum of what the three routers carry, not a third of it nor three times')
+  const replies = await Promise.all(long)
+  t.same(replies.map((r) => r.status), [200, 200, 200, 200, 200, 200])
+})
+
+t.test('etcd away for 10 s: every router keeps serving warm versions, and all recover when it returns', async (t) => {
+  const cluster = await startCluster(t, 2)
+  const [a, b] = cluster.routers as [Router, Router]
+  await createToken(a, 'warm', kitchenToken())
+  const h = { 'x-waiter-token': 'warm' }
+  for (const r of [a, b]) t.equal((await call(`${r.url}/request-info`, { headers: h })).status, 200)
+  await cluster.etcd.stop()
+  const deadline = Date.now() + 10_000
+  let served = 0
+  let failed = 0
+  while (Date.now() < deadline) {
+    for (const r of [a, b]) {
+      const reply = await call(`${r.url}/request-info`, { headers: h })
+      if (reply.status === 200) served++
+      else failed++
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  t.equal(failed, 0, `no request failed while etcd was away (${served} served)`)
+  const refused = await call(`${a.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'during', ...kitchenToken() }) })
+  t.equal(refused.status, 503, 'a token write is refused clearly meanwhile')
+  t.ok(refused.headers['retry-after'], 'with Retry-After')
+  const states = await Promise.all([a, b].map(async (r) => (await call(`${r.url}/state/cluster`)).json<{ 'is-leader': boolean }>()))
+  t.same(states.map((s) => s['is-leader']), [false, false], 'nobody acts as leader while etcd is away')
+
+  await cluster.etcd.start()
+  await waitFor('a write goes through again', async () => ((await call(`${a.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'after', ...kitchenToken() }) })).status === 200 ? true : undefined), 20_000)
+  await waitFor('b sees it', async () => ((await call(`${b.url}/token`, { headers: { 'x-waiter-token': 'after' } })).status === 200 ? true : undefined), 10_000)
+  await waitFor('a leader again', async () => {
+    const now = await Promise.all([a, b].map(async (r) => (await call(`${r.url}/state/cluster`)).json<{ 'is-leader': boolean; members: unknown[] }>()))
+    return now.filter((s) => s['is-leader']).length === 1 && now.every((s) => s.members.length === 2) ? true : undefined
+  }, 20_000)
+})
