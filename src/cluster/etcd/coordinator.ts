@@ -51,6 +51,9 @@ const isLoad = (doc: unknown): string | undefined => {
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
 
+/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
+const RETRY_MAX_MS = 2000
+
 export class EtcdCoordinator implements Coordination {
   readonly mode = 'etcd'
   readonly routerId: string
@@ -183,7 +186,7 @@ export class EtcdCoordinator implements Coordination {
   }
 
   async #rewatchLeader(): Promise<void> {
-    for (let delayMs = 500; !this.#closed; delayMs = Math.min(delayMs * 2, 10_000)) {
+    for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         await this.#leaderWatch?.cancel().catch(() => undefined)
         await this.#watchLeader()
@@ -236,7 +239,7 @@ export class EtcdCoordinator implements Coordination {
   }
 
   async #rejoin(): Promise<void> {
-    for (let delayMs = 250; !this.#closed && this.#lease === undefined; delayMs = Math.min(delayMs * 2, 5000)) {
+    for (let delayMs = 250; !this.#closed && this.#lease === undefined; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         await this.#join()
         this.#options.log.info({ routerId: this.routerId }, 'joined the cluster again')

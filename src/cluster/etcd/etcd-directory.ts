@@ -25,6 +25,9 @@ interface Entry<T> {
   readonly revision: bigint
 }
 
+/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
+const RETRY_MAX_MS = 2000
+
 export class EtcdDirectory<T> implements DocumentStore<T> {
   readonly #client: Etcd3
   readonly #prefix: string
@@ -164,7 +167,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     const old = this.#watcher
     this.#watcher = undefined
     await old?.cancel().catch(() => undefined)
-    for (let delayMs = 500; !this.#closed; delayMs = Math.min(delayMs * 2, 10_000)) {
+    for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         const range = await this.#client.getAll().prefix(this.#prefix).exec()
         const seen = new Set<string>()
