@@ -1,0 +1,95 @@
+/**
+ * Cluster mode with routers as real processes (`node src/main.ts serve`), so that one can be
+ * killed as a crash kills it: SIGKILL, no goodbye to etcd.
+ */
+import t from 'tap'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startEtcd } from '../fixtures/etcd.ts'
+import { startKubeSimulator } from '../fixtures/k8s-sim/simulator.ts'
+import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
+import { call, claimPortSlice, createToken, kitchenToken, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+
+interface ClusterState {
+  leader: string | null
+  'is-leader': boolean
+  'router-id': string
+  members: unknown[]
+}
+
+t.test('leader SIGKILL under steady load: the others fail nothing, one of them leads within the TTL, and scales', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-cluster-procs-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
+  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
+  t.teardown(() => sim.close())
+  const kubeconfig = writeKubeconfig(dir, sim.url)
+  // One pod port for every router: they all build the same ReplicaSets.
+  const { low, release } = claimPortSlice()
+  t.teardown(release)
+  const config = `etcd:\n  endpoints: [${etcd.endpoint}]\n  leaseTtlSecs: 2\nscaler:\n  tickMs: 200\n`
+  const routers: RouterProcess[] = []
+  for (let i = 0; i < 3; i++) {
+    mkdirSync(join(dir, `r${i}`))
+    routers.push(await startRouterProcess(t, { dataDir: join(dir, `r${i}`, 'data'), kubeconfig, portLow: low, config }))
+  }
+
+  const state = async (r: RouterProcess): Promise<ClusterState> => (await call(`${r.url}/state/cluster`)).json<ClusterState>()
+  await waitFor('three members, one leader', async () => {
+    const states = await Promise.all(routers.map(state))
+    return states.every((s) => s.members.length === 3) && states.filter((s) => s['is-leader']).length === 1 ? true : undefined
+  })
+  await createToken(routers[0] as RouterProcess, 'steady', kitchenToken({ 'concurrency-level': 4, 'max-instances': 10 }))
+  const h = { 'x-waiter-token': 'steady' }
+  for (const r of routers) t.equal((await call(`${r.url}/request-info`, { headers: h })).status, 200)
+
+  const leaderIndex = (await Promise.all(routers.map(state))).findIndex((s) => s['is-leader'])
+  const leader = routers[leaderIndex] as RouterProcess
+  const survivors = routers.filter((r) => r !== leader)
+  // Steady load: two clients per surviving router, one after another, until told to stop.
+  let running = true
+  const outcomes = new Map<string, { ok: number; failed: string[] }>(survivors.map((r) => [r.url, { ok: 0, failed: [] }]))
+  const clients = survivors.flatMap((r) => [0, 1].map(async () => {
+    const tally = outcomes.get(r.url) as { ok: number; failed: string[] }
+    while (running) {
+      try {
+        const reply = await call(`${r.url}/sleep?sleep-ms=20`, { headers: h })
+        if (reply.status === 200) tally.ok++
+        else tally.failed.push(`${reply.status} ${reply.text.slice(0, 200)}`)
+      } catch (err) {
+        tally.failed.push((err as Error).message)
+      }
+    }
+  }))
+  await waitFor('load flows', () => ([...outcomes.values()].every((o) => o.ok >= 5) ? true : undefined))
+
+  const killedAt = Date.now()
+  process.kill(-(leader.child.pid as number), 'SIGKILL')
+  await leader.exited
+  const newLeader = await waitFor('a survivor leads', async () => {
+    const states = await Promise.all(survivors.map(state))
+    const leading = states.filter((s) => s['is-leader'])
+    return leading.length === 1 ? leading[0] : undefined
+  }, 10_000)
+  const tookMs = Date.now() - killedAt
+  t.ok(tookMs <= 2000 + 1500, `${newLeader?.['router-id']} leads ${tookMs} ms after the SIGKILL (lease TTL 2 s)`)
+  await waitFor('the dead router leaves the member list', async () => ((await state(survivors[0] as RouterProcess)).members.length === 2 ? true : undefined), 5000)
+
+  // Scaling resumes under the new leader: a burst of long requests asks for more instances. (Its
+  // own /apps: a follower's Kubernetes backend learns replica counts only from its own calls.)
+  const leading = survivors[(await Promise.all(survivors.map(state))).findIndex((s) => s['is-leader'])] as RouterProcess
+  const before = (await call(`${leading.url}/apps`)).json<{ 'instance-counts': { 'requested-instances': number } }[]>()[0]?.['instance-counts']['requested-instances'] ?? 0
+  const burst = Array.from({ length: 16 }, (_, i) => call(`${(survivors[i % 2] as RouterProcess).url}/sleep?sleep-ms=3000`, { headers: h }))
+  const scaled = await waitFor('the new leader scales up', async () => {
+    const n = (await call(`${leading.url}/apps`)).json<{ 'instance-counts': { 'requested-instances': number } }[]>()[0]?.['instance-counts']['requested-instances'] ?? 0
+    return n > before ? n : undefined
+  }, 5000)
+  t.ok(scaled > before, `requested instances ${before} → ${scaled}`)
+  running = false
+  await Promise.all(clients)
+  t.same((await Promise.all(burst)).map((r) => r.status).filter((s) => s !== 200), [], 'the burst is served')
+  for (const [url, tally] of outcomes) {
+    t.same(tally.failed, [], `no request through the surviving router ${url} failed (${tally.ok} served)`)
+  }
+})
