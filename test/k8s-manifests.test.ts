@@ -138,4 +138,6 @@ t.test('the Dockerfile builds on node:24-slim and runs as a non-root user', asyn
   t.notOk(/^(root|0)(:|$)/.test(user), `USER ${user}`)
   t.match(dockerfile, /ENTRYPOINT \["node", "src\/main\.ts"\]/)
   t.match(dockerfile, /npm ci --omit=dev/)
+  t.match(dockerfile, /apt-get install [^\n]*libjemalloc2/, 'jemalloc is installed')
+  t.match(dockerfile, /^ENV LD_PRELOAD=\/usr\/local\/lib\/libjemalloc\.so\.2$/m, 'and preloaded: RSS stays flat (RESULTS.md, Soak)')
 })
