@@ -104,6 +104,8 @@ export class GcRunner {
     }
     const collected: GcVerdict[] = []
     for (const verdict of pickGarbage(candidates, now)) {
+      // Collections take a while each: a router that lost leadership meanwhile stops here.
+      if (!(this.#deps.fleet ?? ALONE).isLeader()) break
       const done = await this.#collect(verdict.id).catch((err: unknown) => {
         this.#deps.log.error({ err, service: verdict.id }, 'garbage collection of a version failed; it is retried next round')
         return undefined

@@ -15,6 +15,7 @@ import { MaitreError } from '../../src/errors.ts'
 import { silentLogger } from '../../src/log.ts'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { waitFor } from '../fixtures/router.ts'
+import { startRelay } from '../fixtures/tcp-cut.ts'
 
 interface Doc {
   readonly v: number
@@ -171,4 +172,55 @@ t.test('etcd: while etcd is down writes fail fast with a retryable 503, reads go
   await etcd.start()
   await waitFor('a write goes through again', async () => ((await codeOf(a.put('k', { v: 3 }))) === undefined ? true : undefined), 20_000)
   await waitFor('and b sees it through its re-established watch', () => (b.get('k')?.v === 3 ? true : undefined), 10_000)
+})
+
+t.test('etcd: a router whose watch history was compacted while it was cut off reads everything again, and closes promptly', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  const raw = new Etcd3({ hosts: etcd.endpoint })
+  const client = connectEtcd({ endpoints: [relay.url], requestTimeoutMs: 1000 })
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+  let closed = false
+  etcd.beforeStop(async () => {
+    if (!closed) await store.close()
+    client.close()
+    raw.close()
+    await relay.close()
+  })
+  await raw.put('/maitre/test/things/x').value('{"v": 1}')
+  await waitFor('the store sees the first write', () => (store.get('x')?.v === 1 ? true : undefined))
+  relay.cut()
+  for (let v = 2; v <= 5; v++) await raw.put('/maitre/test/things/x').value(JSON.stringify({ v }))
+  await raw.put('/maitre/test/things/gone').value('{"v": 7}')
+  await raw.delete().key('/maitre/test/things/gone')
+  const { header } = await raw.get('/maitre/test/things/x').exec()
+  await raw.kv.compact({ revision: header.revision, physical: true })
+  relay.heal()
+  await waitFor('the store catches up past the compaction', () => (store.get('x')?.v === 5 ? true : undefined), 10_000)
+  await raw.put('/maitre/test/things/x').value('{"v": 6}')
+  await waitFor('and follows later writes', () => (store.get('x')?.v === 6 ? true : undefined), 5000)
+  t.notOk(store.has('gone'))
+  const started = Date.now()
+  await store.close()
+  closed = true
+  t.ok(Date.now() - started < 2000, `close() took ${Date.now() - started} ms`)
+})
+
+t.test('etcd: a store larger than gRPC’s default 4 MiB message opens', async (t) => {
+  const etcd = await startEtcd(t)
+  const raw = new Etcd3({ hosts: etcd.endpoint })
+  etcd.beforeStop(() => raw.close())
+  const padding = 'x'.repeat(2000)
+  // 2,560 documents of ~2 KB (tokens with their history are that size), written 128 per transaction.
+  for (let batch = 0; batch < 20; batch++) {
+    const puts = Array.from({ length: 128 }, (_, i) => raw.put(`/maitre/test/things/k${batch}-${i}`).value(JSON.stringify({ v: i, padding })))
+    await raw.if('/maitre/test/things/never', 'Version', '==', 0).then(...puts).commit()
+  }
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 5000 })
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+  etcd.beforeStop(async () => {
+    await store.close()
+    client.close()
+  })
+  t.equal(store.size, 2560, 'every document is read')
 })

@@ -4,7 +4,7 @@
  * streams and reconnect by themselves.
  */
 import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen } from 'cockatiel'
-import { Etcd3, isRecoverableError } from 'etcd3'
+import { Etcd3, isRecoverableError, type Watcher } from 'etcd3'
 
 /**
  * A lost watch stream is re-opened after 100 ms, doubling up to 2 s: a router catches up within
@@ -19,7 +19,17 @@ const WATCH_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 2000
  * to 2 minutes): a router is back within about 2 s of etcd's return, however long it was away.
  */
 const hostPolicy = (): ReturnType<typeof circuitBreaker> => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) })
-const GRPC_OPTIONS = { 'grpc.initial_reconnect_backoff_ms': 250, 'grpc.max_reconnect_backoff_ms': 2000 }
+const GRPC_OPTIONS = {
+  'grpc.initial_reconnect_backoff_ms': 250,
+  'grpc.max_reconnect_backoff_ms': 2000,
+  // A store opens with one range read of all its keys: gRPC's default 4 MiB would refuse a few
+  // thousand tokens with their histories. The largest store (maxTokens 100,000) fits in 512 MiB.
+  'grpc.max_receive_message_length': 512 * 1024 * 1024,
+  // A silent partition (no RST) is noticed within about 15 s, so streams and calls fail over
+  // instead of waiting on a dead connection (etcd accepts pings every 5 s at most).
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+}
 
 export interface EtcdSettings {
   readonly endpoints: readonly string[]
@@ -35,4 +45,29 @@ export function connectEtcd(settings: EtcdSettings): Etcd3 {
     grpcOptions: GRPC_OPTIONS,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.requestTimeoutMs }),
   })
+}
+
+/** Watchers are cancelled within this long, or given up on: a stop never waits on an etcd that does not answer. */
+const CANCEL_TIMEOUT_MS = 1000
+
+/**
+ * Lets go of a watcher. One that reported an error is already detached by the library (asking it
+ * to cancel would wait for an answer that never comes), so it is only silenced; any other is
+ * cancelled, waiting at most CANCEL_TIMEOUT_MS.
+ */
+export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<void> {
+  watcher.removeAllListeners('put')
+  watcher.removeAllListeners('delete')
+  watcher.removeAllListeners('error')
+  // An 'error' with no listener would throw from the library's stream handler.
+  watcher.on('error', () => undefined)
+  if (failed) return
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    watcher.cancel().catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, CANCEL_TIMEOUT_MS)
+    }),
+  ])
+  clearTimeout(timer)
 }

@@ -19,6 +19,7 @@ import type { Clock } from '../../clock.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
+import { dropWatcher } from './connect.ts'
 
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3
@@ -157,7 +158,9 @@ export class EtcdCoordinator implements Coordination {
     this.#cancelLoadTimer?.()
     await this.#members.close()
     await this.#loads.close()
-    await this.#leaderWatch?.cancel().catch(() => undefined)
+    const watcher = this.#leaderWatch
+    this.#leaderWatch = undefined
+    if (watcher !== undefined) await dropWatcher(watcher, false)
     // Revoking the lease removes membership, load and leadership at once: the others take over
     // now rather than after the TTL.
     await this.#lease?.revoke().catch(() => undefined)
@@ -170,6 +173,10 @@ export class EtcdCoordinator implements Coordination {
     const kv = current.kvs[0]
     this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
     const watcher = await this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()).create()
+    if (this.#closed) {
+      await dropWatcher(watcher, false)
+      return
+    }
     this.#leaderWatch = watcher
     watcher.on('put', (put) => {
       this.#setLeader({ routerId: put.value.toString('utf8'), lease: put.lease })
@@ -179,6 +186,8 @@ export class EtcdCoordinator implements Coordination {
       void this.#campaign()
     })
     watcher.on('error', (err) => {
+      void dropWatcher(watcher, true)
+      if (this.#leaderWatch === watcher) this.#leaderWatch = undefined
       if (this.#closed) return
       this.#options.log.warn({ err }, 'etcd leader watch failed: watching again')
       void this.#rewatchLeader()
@@ -188,7 +197,6 @@ export class EtcdCoordinator implements Coordination {
   async #rewatchLeader(): Promise<void> {
     for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
-        await this.#leaderWatch?.cancel().catch(() => undefined)
         await this.#watchLeader()
         if (this.#leader === undefined) void this.#campaign()
         return
@@ -255,24 +263,31 @@ export class EtcdCoordinator implements Coordination {
     }
   }
 
-  /** Takes the leader key if nobody holds it (a transaction: one router wins). */
+  /**
+   * Takes the leader key if nobody holds it (a transaction: one router wins). A call that fails
+   * (etcd slow or away) is tried again while this router holds a lease, or the cluster could stay
+   * without a leader until the key changes again.
+   */
   async #campaign(): Promise<void> {
-    const leaseId = this.#leaseId
-    if (this.#closed || leaseId === undefined) return
-    try {
-      const result = await this.#client
-        .if(this.#leaderKey, 'Create', '==', 0)
-        .then(this.#client.put(this.#leaderKey).value(this.routerId).lease(leaseId))
-        .else(this.#client.get(this.#leaderKey))
-        .commit()
-      if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
-      else {
-        const kv = result.responses[0]?.response_range?.kvs[0]
-        if (kv !== undefined) this.#setLeader({ routerId: kv.value.toString('utf8'), lease: kv.lease })
+    for (let delayMs = 250; ; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
+      const leaseId = this.#leaseId
+      if (this.#closed || leaseId === undefined) return
+      try {
+        const result = await this.#client
+          .if(this.#leaderKey, 'Create', '==', 0)
+          .then(this.#client.put(this.#leaderKey).value(this.routerId).lease(leaseId))
+          .else(this.#client.get(this.#leaderKey))
+          .commit()
+        if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
+        else {
+          const kv = result.responses[0]?.response_range?.kvs[0]
+          if (kv !== undefined) this.#setLeader({ routerId: kv.value.toString('utf8'), lease: kv.lease })
+        }
+        return
+      } catch (err) {
+        this.#options.log.warn({ err, retryInMs: delayMs }, 'standing for leader failed')
+        await this.#pause(delayMs)
       }
-    } catch (err) {
-      // The leader watch or a rejoin will call again.
-      this.#options.log.warn({ err }, 'standing for leader failed')
     }
   }
 

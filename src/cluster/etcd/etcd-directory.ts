@@ -18,6 +18,7 @@ import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
+import { dropWatcher } from './connect.ts'
 
 interface Entry<T> {
   readonly doc: T
@@ -120,7 +121,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     this.#closing.abort()
     const watcher = this.#watcher
     this.#watcher = undefined
-    await watcher?.cancel().catch(() => undefined)
+    if (watcher !== undefined) await dropWatcher(watcher, false)
   }
 
   /**
@@ -145,7 +146,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   async #watch(fromRevision: bigint): Promise<void> {
     const watcher = await this.#client.watch().prefix(this.#prefix).startRevision(fromRevision.toString()).create()
     if (this.#closed) {
-      await watcher.cancel().catch(() => undefined)
+      await dropWatcher(watcher, false)
       return
     }
     this.#watcher = watcher
@@ -157,6 +158,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     // Unrecoverable for this watcher (e.g. its revision was compacted away): read everything
     // again and watch from there; what changed meanwhile is announced like any other change.
     watcher.on('error', (err) => {
+      void dropWatcher(watcher, true)
+      if (this.#watcher === watcher) this.#watcher = undefined
       if (this.#closed) return
       this.#log.warn({ err, store: this.#what }, 'etcd watch failed: reloading the store')
       void this.#reload()
@@ -164,9 +167,6 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   async #reload(): Promise<void> {
-    const old = this.#watcher
-    this.#watcher = undefined
-    await old?.cancel().catch(() => undefined)
     for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         const range = await this.#client.getAll().prefix(this.#prefix).exec()
