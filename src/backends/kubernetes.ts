@@ -49,6 +49,8 @@ interface KubeService {
   deleting: Promise<void> | undefined
   /** The create of its ReplicaSet in flight; a delete waits for it. */
   creating: Promise<void> | undefined
+  /** Changes of `requested` made here and not yet written: the ReplicaSet watch leaves it alone meanwhile. */
+  localChanges: number
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
   /** Restart count last seen per pod, so each failed container run is recorded once. */
@@ -79,6 +81,7 @@ export class KubernetesBackend implements Backend {
   readonly #abort = new AbortController()
   readonly #synced: Promise<void>
   readonly #loop: Promise<void>
+  readonly #replicaSetLoop: Promise<void>
   #cancelEventCheck: (() => void) | undefined
   #closed = false
 
@@ -88,6 +91,7 @@ export class KubernetesBackend implements Backend {
     let synced!: () => void
     this.#synced = new Promise((resolve) => (synced = resolve))
     this.#loop = this.#syncLoop(synced)
+    this.#replicaSetLoop = this.#followReplicaSets()
     this.#scheduleEventCheck()
   }
 
@@ -161,7 +165,17 @@ export class KubernetesBackend implements Backend {
     const requested = Math.max(0, instances)
     if (requested === service.requested) return
     service.requested = requested
-    await this.#writeScale(service)
+    await this.#locally(service, () => this.#writeScale(service))
+  }
+
+  /** Runs a change of `requested` that this router makes, keeping the ReplicaSet watch off it until written. */
+  async #locally<T>(service: KubeService, change: () => Promise<T>): Promise<T> {
+    service.localChanges += 1
+    try {
+      return await change()
+    } finally {
+      service.localChanges -= 1
+    }
   }
 
   async killInstance(serviceId: string, id: string): Promise<boolean> {
@@ -171,6 +185,7 @@ export class KubernetesBackend implements Backend {
     // A service being deleted loses all its pods with its ReplicaSet; none is killed on its own.
     if (service === undefined || service.deleting !== undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
     service.killing.add(name)
+    service.localChanges += 1
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
@@ -183,6 +198,8 @@ export class KubernetesBackend implements Backend {
       if (!(err instanceof KubeApiError && (err.code === 404 || err.code === 409))) {
         this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed')
       }
+    } finally {
+      service.localChanges -= 1
     }
     return true
   }
@@ -255,6 +272,7 @@ export class KubernetesBackend implements Backend {
     this.#cancelEventCheck?.()
     this.#abort.abort()
     await this.#loop
+    await this.#replicaSetLoop
     await Promise.allSettled([...this.#services.values()].flatMap((s) => [s.scaling, s.deleting]))
     await this.#o.api.close()
   }
@@ -267,6 +285,7 @@ export class KubernetesBackend implements Backend {
       proto,
       portCount,
       requested,
+      localChanges: 0,
       scaling: Promise.resolve(),
       deleting: undefined,
       creating: undefined,
@@ -345,6 +364,95 @@ export class KubernetesBackend implements Backend {
     const portCount = Number(rs.metadata.annotations?.[ANNOTATIONS.portCount] ?? '1') || 1
     this.#services.set(id, this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid))
     this.#o.log.info({ service: id, replicaSet: rs.metadata.name, instances: rs.spec.replicas }, 'service adopted')
+    this.#listeners.emit(id)
+  }
+
+  /**
+   * What the ReplicaSets say, from the list and the watch: another router's versions are adopted,
+   * its scale writes become this router's `requested`, and a ReplicaSet another router deleted
+   * takes its service with it. Changes this router is making itself are left alone until written.
+   */
+  #observeReplicaSet(type: 'ADDED' | 'MODIFIED' | 'DELETED', rs: ReplicaSet): void {
+    const id = rs.metadata.annotations?.[ANNOTATIONS.serviceId]
+    if (id === undefined) return
+    const service = this.#services.get(id)
+    if (type === 'DELETED') {
+      this.#replicaSetGone(id, rs.metadata.uid)
+      return
+    }
+    if (service === undefined) {
+      this.#adopt(rs)
+      return
+    }
+    service.uid ??= rs.metadata.uid
+    if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
+    if (rs.spec.replicas !== service.requested) {
+      service.requested = rs.spec.replicas
+      this.#listeners.emit(id)
+    }
+  }
+
+  /** Another router deleted the version's ReplicaSet (its GC): the service goes here too. */
+  #replicaSetGone(id: string, uid: string | undefined): void {
+    const service = this.#services.get(id)
+    if (service === undefined || service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
+    // A same-named ReplicaSet made again since is not this one.
+    if (service.uid !== undefined && uid !== undefined && service.uid !== uid) return
+    this.#services.delete(id)
+    this.#listeners.emit(id)
+    this.#o.log.info({ service: id, replicaSet: service.replicaSet }, 'service deleted by another router')
+  }
+
+  async #followReplicaSets(): Promise<void> {
+    const selector = clusterSelector(this.#o.cluster)
+    let backoff = this.#o.relistBackoffMs
+    // The first list is the pod loop's (it adopts before it reports ready); this one follows.
+    await this.#synced
+    while (!this.#closed) {
+      try {
+        // Only services settled before the list began can be missing from it because they are gone.
+        const before = [...this.#services.values()].filter((service) => service.creating === undefined && service.uid !== undefined)
+        const list = await this.#o.api.listReplicaSets(selector)
+        const listed = new Set<string>()
+        for (const rs of list.items) {
+          const id = rs.metadata.annotations?.[ANNOTATIONS.serviceId]
+          if (id !== undefined) listed.add(id)
+          this.#observeReplicaSet('MODIFIED', rs)
+        }
+        // Gone while nobody watched.
+        for (const service of before) {
+          if (!listed.has(service.id) && this.#services.get(service.id) === service) this.#replicaSetGone(service.id, service.uid)
+        }
+        let resourceVersion = list.metadata.resourceVersion ?? ''
+        backoff = this.#o.relistBackoffMs
+        for (;;) {
+          await this.#o.api.watchReplicaSets(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, (event) => {
+            if (event.type === 'ERROR') {
+              const status = event.object as KubeStatus
+              if (status.code === 410) throw new RelistNeeded(status.message ?? 'resource version expired')
+              throw new KubeApiError(status.code, status.reason ?? 'Unknown', status.message ?? 'watch error')
+            }
+            const rs = event.object as ReplicaSet
+            resourceVersion = rs.metadata.resourceVersion ?? resourceVersion
+            if (event.type !== 'BOOKMARK') this.#observeReplicaSet(event.type, rs)
+          })
+          if (this.#closed) return
+        }
+      } catch (err) {
+        if (this.#closed) return
+        if (!(err instanceof RelistNeeded || (err instanceof KubeApiError && err.code === 410))) {
+          this.#o.log.warn({ err, retryInMs: backoff }, 'replicaset list or watch failed; listing again')
+          await new Promise<void>((resolve) => {
+            const cancel = this.#o.clock.setTimeout(resolve, backoff)
+            this.#abort.signal.addEventListener('abort', () => {
+              cancel()
+              resolve()
+            }, { once: true })
+          })
+          backoff = Math.min(MAX_RELIST_BACKOFF_MS, backoff * 1.5)
+        }
+      }
+    }
   }
 
   async #syncLoop(synced: () => void): Promise<void> {

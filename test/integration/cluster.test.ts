@@ -4,7 +4,7 @@
  */
 import t from 'tap'
 import { startCluster } from '../fixtures/cluster.ts'
-import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, SIM_NAMESPACE, waitFor, type Router } from '../fixtures/router.ts'
 
 interface ClusterState {
   'router-id': string
@@ -72,24 +72,28 @@ t.test('a router that starts later sees everything, and a restart of every route
   t.equal((await call(`${again.url}/request-info`, { headers: { 'x-waiter-token': 'three' } })).status, 200)
 })
 
-t.test('load spread over three routers scales the version to the fleet-wide ideal', async (t) => {
+t.test('load spread over three routers scales the version to the fleet-wide ideal, wherever it was started', async (t) => {
   const cluster = await startCluster(t, 3, { 'scaler.tickMs': 200 })
-  const [a] = cluster.routers as [Router]
-  await createToken(a, 'spread', kitchenToken({ 'concurrency-level': 1, 'max-instances': 20 }))
+  const states = await waitFor('one leader', async () => {
+    const all = await Promise.all(cluster.routers.map(clusterState))
+    return all.filter((s) => s['is-leader']).length === 1 ? all : undefined
+  })
+  // Started through a follower: the leader learns of it from the ReplicaSet watch alone.
+  const follower = cluster.routers[states.findIndex((s) => !s['is-leader'])] as Router
+  await createToken(follower, 'spread', kitchenToken({ 'concurrency-level': 1, 'max-instances': 20 }))
   const h = { 'x-waiter-token': 'spread' }
-  t.equal((await call(`${a.url}/request-info`, { headers: h })).status, 200)
-  const id = (await call(`${a.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
+  const replicas = (): number => cluster.sim.list('replicasets', SIM_NAMESPACE).map((rs) => (rs.spec as { replicas: number }).replicas)[0] ?? 0
   // Two long requests through each router: six outstanding over the fleet, on concurrency-level 1.
   const long = cluster.routers.flatMap((r) => [0, 1].map(() => call(`${r.url}/sleep?sleep-ms=2500`, { headers: h })))
-  const requested = await waitFor('the leader scales up', async () => {
-    // Every router watches the same Kubernetes API: any of them shows what was asked of it.
-    const apps = (await call(`${a.url}/apps/${id}`)).json<{ instances?: unknown; 'instance-counts'?: { 'requested-instances'?: number } }>()
-    const n = apps['instance-counts']?.['requested-instances'] ?? 0
-    return n >= 6 ? n : undefined
-  }, 4000)
-  t.equal(requested, 6, 'six instances: the sum of what the three routers carry, not a third of it nor three times')
+  const requested = await waitFor('the leader scales the ReplicaSet up', () => (replicas() >= 6 ? replicas() : undefined), 4000)
+  t.equal(requested, 6, 'six replicas: the sum of what the three routers carry, not a third of it nor three times')
   const replies = await Promise.all(long)
   t.same(replies.map((r) => r.status), [200, 200, 200, 200, 200, 200])
+  await waitFor('every router knows the replica count the leader wrote', async () => {
+    const counts = await Promise.all(cluster.routers.map(async (r) => (await call(`${r.url}/apps`)).json<{ 'instance-counts': { 'requested-instances': number } }[]>()[0]?.['instance-counts']['requested-instances']))
+    return counts.every((n) => n === replicas()) ? true : undefined
+  }, 3000)
 })
 
 t.test('etcd away for 10 s: every router keeps serving warm versions, and all recover when it returns', async (t) => {
@@ -126,4 +130,19 @@ t.test('etcd away for 10 s: every router keeps serving warm versions, and all re
     return now.filter((s) => s['is-leader']).length === 1 && now.every((s) => s.members.length === 2) ? true : undefined
   }, 20_000)
   t.comment(`recovered ${Date.now() - back} ms after etcd came back`)
+})
+
+t.test('a version deleted through one router is gone from the others, and a request there starts it afresh', async (t) => {
+  const cluster = await startCluster(t, 2)
+  const [a, b] = cluster.routers as [Router, Router]
+  await createToken(a, 'brief', kitchenToken())
+  const h = { 'x-waiter-token': 'brief' }
+  t.equal((await call(`${a.url}/request-info`, { headers: h })).status, 200)
+  const id = (await call(`${a.url}/service-id`, { headers: h })).text
+  const runs = async (r: Router): Promise<boolean> => (await call(`${r.url}/state/scheduler`)).json<{ state: { services: { id: string }[] } }>().state.services.some((s) => s.id === id)
+  await waitFor('b knows the version a started (its ReplicaSet appeared)', async () => ((await runs(b)) ? true : undefined), 3000)
+  t.equal((await call(`${a.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
+  await waitFor('b forgets it (its ReplicaSet is gone)', async () => ((await runs(b)) ? undefined : true), 3000)
+  t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'a request through b starts it again, instead of waiting on a ghost')
+  t.equal(cluster.sim.list('replicasets', SIM_NAMESPACE).length, 1)
 })

@@ -11,7 +11,7 @@ import type { KubeConnection } from './connection.ts'
 import type { KubeEvent, KubeList, KubeStatus, Pod, ReplicaSet, Scale } from './objects.ts'
 
 export const PERMISSIONS = {
-  replicasets: ['create', 'delete', 'list'],
+  replicasets: ['create', 'delete', 'list', 'watch'],
   'replicasets/scale': ['get', 'update'],
   pods: ['delete', 'list', 'patch', 'watch'],
   events: ['list'],
@@ -176,11 +176,21 @@ export class KubeApi {
    * Watches pods from `resourceVersion` until the server ends the stream (timeoutSeconds) or the
    * signal aborts. Each event goes to `onEvent`, ERROR included (a 410 arrives that way).
    */
-  async watchPods(labelSelector: string, resourceVersion: string, timeoutSeconds: number, signal: AbortSignal, onEvent: (event: WatchEvent<Pod | KubeStatus>) => void): Promise<void> {
+  watchPods(labelSelector: string, resourceVersion: string, timeoutSeconds: number, signal: AbortSignal, onEvent: (event: WatchEvent<Pod | KubeStatus>) => void): Promise<void> {
     const _permission: [Resource, Verb<'pods'>] = ['pods', 'watch']
+    return this.#watch(this.#path('core', 'pods'), labelSelector, resourceVersion, timeoutSeconds, signal, onEvent)
+  }
+
+  /** Watches ReplicaSets as watchPods watches pods: every router then sees the others' scale writes and deletes. */
+  watchReplicaSets(labelSelector: string, resourceVersion: string, timeoutSeconds: number, signal: AbortSignal, onEvent: (event: WatchEvent<ReplicaSet | KubeStatus>) => void): Promise<void> {
+    const _permission: [Resource, Verb<'replicasets'>] = ['replicasets', 'watch']
+    return this.#watch(this.#path('apps', 'replicasets'), labelSelector, resourceVersion, timeoutSeconds, signal, onEvent)
+  }
+
+  async #watch<T>(path: string, labelSelector: string, resourceVersion: string, timeoutSeconds: number, signal: AbortSignal, onEvent: (event: WatchEvent<T | KubeStatus>) => void): Promise<void> {
     const authorization = await this.#connection.authorization()
     const query = { watch: 'true', labelSelector, resourceVersion, allowWatchBookmarks: 'true', timeoutSeconds }
-    const res = await request(`${this.#connection.server}${this.#path('core', 'pods')}${queryString(query)}`, {
+    const res = await request(`${this.#connection.server}${path}${queryString(query)}`, {
       dispatcher: this.#agent,
       method: 'GET',
       headers: { accept: 'application/json', ...(authorization === undefined ? {} : { authorization }) },
@@ -195,7 +205,7 @@ export class KubeApi {
     const lines = new LineSplitter()
     for await (const chunk of res.body) {
       for (const line of lines.push(chunk as Buffer)) {
-        if (line.trim() !== '') onEvent(JSON.parse(line) as WatchEvent<Pod | KubeStatus>)
+        if (line.trim() !== '') onEvent(JSON.parse(line) as WatchEvent<T | KubeStatus>)
       }
     }
   }
