@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { startKubeSimulator } from '../fixtures/k8s-sim/simulator.ts'
 import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
-import { call, claimPortSlice, createToken, kitchenToken, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+import { call, claimPortSlice, createToken, kitchenToken, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
 
 interface ClusterState {
   leader: string | null
@@ -72,19 +72,16 @@ t.test('leader SIGKILL under steady load: the others fail nothing, one of them l
     const leading = states.filter((s) => s['is-leader'])
     return leading.length === 1 ? leading[0] : undefined
   }, 10_000)
+  // The TTL, then the watch's delete event and one transaction; the slack is for a loaded machine.
   const tookMs = Date.now() - killedAt
-  t.ok(tookMs <= 2000 + 1500, `${newLeader?.['router-id']} leads ${tookMs} ms after the SIGKILL (lease TTL 2 s)`)
+  t.ok(tookMs <= 2000 + 2500, `${newLeader?.['router-id']} leads ${tookMs} ms after the SIGKILL (lease TTL 2 s)`)
   await waitFor('the dead router leaves the member list', async () => ((await state(survivors[0] as RouterProcess)).members.length === 2 ? true : undefined), 5000)
 
-  // Scaling resumes under the new leader: a burst of long requests asks for more instances. (Its
-  // own /apps: a follower's Kubernetes backend learns replica counts only from its own calls.)
-  const leading = survivors[(await Promise.all(survivors.map(state))).findIndex((s) => s['is-leader'])] as RouterProcess
-  const before = (await call(`${leading.url}/apps`)).json<{ 'instance-counts': { 'requested-instances': number } }[]>()[0]?.['instance-counts']['requested-instances'] ?? 0
+  // Scaling resumes under the new leader: a burst of long requests asks for more replicas.
+  const replicas = (): number => sim.list('replicasets', SIM_NAMESPACE).map((rs) => (rs.spec as { replicas: number }).replicas)[0] ?? 0
+  const before = replicas()
   const burst = Array.from({ length: 16 }, (_, i) => call(`${(survivors[i % 2] as RouterProcess).url}/sleep?sleep-ms=3000`, { headers: h }))
-  const scaled = await waitFor('the new leader scales up', async () => {
-    const n = (await call(`${leading.url}/apps`)).json<{ 'instance-counts': { 'requested-instances': number } }[]>()[0]?.['instance-counts']['requested-instances'] ?? 0
-    return n > before ? n : undefined
-  }, 5000)
+  const scaled = await waitFor('the new leader scales the ReplicaSet up', () => (replicas() > before ? replicas() : undefined), 5000)
   t.ok(scaled > before, `requested instances ${before} → ${scaled}`)
   running = false
   await Promise.all(clients)
