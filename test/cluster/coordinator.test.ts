@@ -80,7 +80,7 @@ t.test('a leader cut off from etcd stops acting at once and is replaced within t
   }, 10_000)
   const tookMs = Date.now() - started
   t.ok(aStoppedAt - started < 1500, `a stopped acting as leader ${aStoppedAt - started} ms after the cut`)
-  t.ok(tookMs <= 2000 + 1000, `b took over ${tookMs} ms after the cut (TTL 2 s)`)
+  t.ok(tookMs <= 2000 + 2000, `b took over ${tookMs} ms after the cut (TTL 2 s)`)
   t.equal(overlap, 0, 'no moment with two leaders')
   t.notOk(a.coordinator.isLeader())
 
