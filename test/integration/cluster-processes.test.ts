@@ -83,10 +83,23 @@ t.test('leader SIGKILL under steady load: the others fail nothing, one of them l
   const burst = Array.from({ length: 16 }, (_, i) => call(`${(survivors[i % 2] as RouterProcess).url}/sleep?sleep-ms=3000`, { headers: h }))
   const scaled = await waitFor('the new leader scales the ReplicaSet up', () => (replicas() > before ? replicas() : undefined), 5000)
   t.ok(scaled > before, `requested instances ${before} → ${scaled}`)
-  running = false
-  await Promise.all(clients)
   t.same((await Promise.all(burst)).map((r) => r.status).filter((s) => s !== 200), [], 'the burst is served')
   for (const [url, tally] of outcomes) {
     t.same(tally.failed, [], `no request through the surviving router ${url} failed (${tally.ok} served)`)
   }
+
+  // Now a router that does not lead dies the same way, under the same load: only requests sent
+  // to it can fail; the last router serves on, and still leads.
+  const states = await Promise.all(survivors.map(state))
+  const follower = survivors[states.findIndex((s) => !s['is-leader'])] as RouterProcess
+  const last = survivors.find((r) => r !== follower) as RouterProcess
+  const lastTally = outcomes.get(last.url) as { ok: number; failed: string[] }
+  const servedBefore = lastTally.ok
+  process.kill(-(follower.child.pid as number), 'SIGKILL')
+  await follower.exited
+  await waitFor('the last router serves on', () => (lastTally.ok >= servedBefore + 20 ? true : undefined), 10_000)
+  running = false
+  await Promise.all(clients)
+  t.same(lastTally.failed, [], `no request through the last router failed across the follower's death (${lastTally.ok - servedBefore} served since)`)
+  t.ok((await state(last))['is-leader'], 'and it still leads')
 })
