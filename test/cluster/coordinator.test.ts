@@ -51,6 +51,13 @@ t.test('three routers: one leader, everyone agrees; a clean leave hands over at 
   t.same(nodes[0]!.coordinator.members().map((m) => m.routerId), ['a', 'b', 'c'])
   t.same(leaders(nodes), ['a'], 'the first to stand leads')
   t.ok(nodes.every((n) => n.coordinator.leaderId() === 'a'), 'and all know it')
+  // Keep-alives renew the window leadership is held in: sampled over twice the TTL, it never lapses.
+  let lapses = 0
+  for (const until = Date.now() + 4000; Date.now() < until; ) {
+    if (!nodes[0]!.coordinator.isLeader()) lapses++
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.equal(lapses, 0, 'a healthy leader stays leader between keep-alives')
 
   const started = Date.now()
   await nodes[0]!.coordinator.close()

@@ -70,7 +70,15 @@ export class EtcdCoordinator implements Coordination {
   #lease: Lease | undefined
   #leaseId: string | undefined
   /** Last time etcd confirmed the lease (a grant or a keep-alive); 0 = not confirmed since a failure. */
+  /**
+   * When the last request etcd confirmed the lease on was sent (performance.now(): monotonic, so
+   * a wall-clock step cannot stretch leadership); 0 = not confirmed since a failure. Counting
+   * from the send, not the answer, keeps the window inside etcd's own however late the answer
+   * is handled.
+   */
   #confirmedAt = 0
+  /** Send times of keep-alives not yet answered, oldest first (answers come in order on the stream). */
+  #keepalivesSent: number[] = []
   #leader: { routerId: string; lease: string } | undefined
   #publishedLoad = ''
   #publishing = false
@@ -111,7 +119,7 @@ export class EtcdCoordinator implements Coordination {
       leader !== undefined &&
       leader.lease === this.#leaseId &&
       this.#confirmedAt > 0 &&
-      this.#options.clock.now() - this.#confirmedAt < (this.#ttlMs * 2) / 3
+      performance.now() - this.#confirmedAt < (this.#ttlMs * 2) / 3
     )
   }
 
@@ -216,6 +224,7 @@ export class EtcdCoordinator implements Coordination {
   /** Grants a lease, registers as a member on it, publishes load and stands for leader. */
   async #join(): Promise<void> {
     const lease = this.#client.lease(this.#options.leaseTtlSecs)
+    const grantSentAt = performance.now()
     const leaseId = await lease.grant()
     if (this.#closed) {
       await lease.revoke().catch(() => undefined)
@@ -223,9 +232,19 @@ export class EtcdCoordinator implements Coordination {
     }
     this.#lease = lease
     this.#leaseId = leaseId
-    this.#confirmedAt = this.#options.clock.now()
+    this.#confirmedAt = grantSentAt
+    this.#keepalivesSent = []
+    lease.on('keepaliveEstablished', () => {
+      if (this.#lease === lease) this.#keepalivesSent = []
+    })
+    lease.on('keepaliveFired', () => {
+      if (this.#lease !== lease) return
+      this.#keepalivesSent.push(performance.now())
+      if (this.#keepalivesSent.length > 16) this.#keepalivesSent.shift()
+    })
     lease.on('keepaliveSucceeded', () => {
-      if (this.#lease === lease) this.#confirmedAt = this.#options.clock.now()
+      const sentAt = this.#keepalivesSent.shift()
+      if (this.#lease === lease && sentAt !== undefined) this.#confirmedAt = sentAt
     })
     // Stop acting as leader at once: etcd may expire the lease before we hear from it again.
     lease.on('keepaliveFailed', () => {
