@@ -138,11 +138,13 @@ export class GcRunner {
     const { activator, registry, backend, clock, log } = this.#deps
     return activator.collect(serviceId, async () => {
       // Decided again, synchronously, now that activations wait: a request may have come since.
+      const record = registry.get(serviceId)
       const verdict = this.#verdictNow(serviceId)
       if (verdict === undefined) return undefined
       // Record and cached resolutions first, then the backend delete: activations wait on the
-      // collection meanwhile, so nothing can re-create the version in between.
-      await registry.forget(serviceId)
+      // collection meanwhile, so nothing can re-create the version in between. The record goes
+      // only as the verdict saw it: another router that just recorded a request for it keeps it.
+      if (!(await registry.forget(serviceId, record))) return undefined
       await this.#deps.forgetVersion(serviceId)
       await backend.deleteService(serviceId)
       // A version that never ran here still had a routing entry if requests asked for it.

@@ -99,8 +99,21 @@ export class ServiceRegistry {
     return record
   }
 
-  async forget(id: string): Promise<void> {
-    if (this.#records.has(id)) await this.#records.delete(id)
+  /**
+   * Deletes the record, only if it is still `expected` when given (compare-and-set): another
+   * router may have just added its token to it, which means a request came. Returns whether the
+   * record is gone.
+   */
+  async forget(id: string, expected?: ServiceRecord): Promise<boolean> {
+    const current = this.#records.get(id)
+    if (current === undefined) return true
+    try {
+      await this.#records.delete(id, expected ?? current)
+      return true
+    } catch (err) {
+      if (err instanceof MaitreError && err.code === 'MAITRE_STORE_CONFLICT') return false
+      throw err
+    }
   }
 
   flush(): Promise<void> {

@@ -1,0 +1,40 @@
+/** Service records: concurrent changes from several routers are merged, and a delete never takes a record changed since it was judged. */
+import t from 'tap'
+import { join } from 'node:path'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { JsonDirectory } from '../../src/storage/json-dir.ts'
+import { ServiceRegistry, type ServiceRecord } from '../../src/versions/registry.ts'
+
+const CORE = { cmd: 'run', cpus: 1, mem: 64, version: 'v1' }
+
+t.test('forget takes the record only as it was judged: one another router just extended stays', async (t) => {
+  const docs = JsonDirectory.open<ServiceRecord>(join(t.testdir(), 'services'), 'service')
+  const registry = new ServiceRegistry(docs, new ManualClock())
+  const judged = await registry.remember('svc', CORE, { token: 'a', etag: 'E-1' })
+  // Another router records a request through token b, as its write arrives through the watch.
+  await docs.put('svc', { ...judged, sources: [...judged.sources, { token: 'b', etag: 'E-2' }] })
+  t.equal(await registry.forget('svc', judged), false, 'the delete is refused')
+  t.same(registry.get('svc')?.sources.map((s) => s.token), ['a', 'b'], 'and the record is whole')
+  t.equal(await registry.forget('svc', registry.get('svc')), true, 'judged again as it is now, it goes')
+  t.equal(registry.get('svc'), undefined)
+  t.equal(await registry.forget('svc'), true, 'forgetting what is gone is fine')
+})
+
+t.test('two token references recorded at once both land, even when one write loses a race', async (t) => {
+  const docs = JsonDirectory.open<ServiceRecord>(join(t.testdir(), 'services'), 'service')
+  const registry = new ServiceRegistry(docs, new ManualClock())
+  await registry.remember('svc', CORE, { token: 'a', etag: 'E-1' })
+  const base = docs.get('svc') as ServiceRecord
+  // Another router's reference lands between this router's read and its write.
+  const original = docs.put.bind(docs)
+  let raced = false
+  docs.put = async (key, doc, expected) => {
+    if (!raced) {
+      raced = true
+      await original(key, { ...base, sources: [...base.sources, { token: 'c', etag: 'E-3' }] })
+    }
+    return original(key, doc, expected)
+  }
+  await registry.remember('svc', CORE, { token: 'b', etag: 'E-2' })
+  t.same(registry.get('svc')?.sources.map((s) => s.token).sort(), ['a', 'b', 'c'], 'the retry read theirs and added ours')
+})
