@@ -132,3 +132,11 @@ t.test('a router whose leader watch was compacted away while cut off still follo
   await waitFor('a takes over when b leaves', () => (a.coordinator.isLeader() ? true : undefined), 5000)
   t.same(a.coordinator.members().map((m) => m.routerId), ['a'], 'and b is gone from its member list')
 })
+
+t.test('a second live router with the same routerId is refused at start, naming the one that holds it', async (t) => {
+  const etcd = await startEtcd(t)
+  await node(etcd, 'twin')
+  const started = Date.now()
+  await t.rejects(node(etcd, 'twin'), { code: 'MAITRE_INVALID_CONFIG', message: /routerId twin is held by another live router \(http:\/\/127\.0\.0\.1\/twin\)/ })
+  t.ok(Date.now() - started < 2000 + 2500, `after waiting out one lease TTL (${Date.now() - started} ms)`)
+})

@@ -16,6 +16,7 @@
  */
 import type { Etcd3, Lease } from 'etcd3'
 import type { Clock } from '../../clock.ts'
+import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
@@ -106,6 +107,13 @@ export class EtcdCoordinator implements Coordination {
     const members = await EtcdDirectory.open<Member>(options.client, `${options.prefix}/routers/`, 'router', isMember, options.log)
     const loads = await EtcdDirectory.open<LoadDocument>(options.client, `${options.prefix}/load/`, 'load report', isLoad, options.log)
     const coordinator = new EtcdCoordinator(options, members, loads)
+    try {
+      await coordinator.#waitForOwnId()
+    } catch (err) {
+      await members.close()
+      await loads.close()
+      throw err
+    }
     await coordinator.#watchLeader()
     await coordinator.#join()
     coordinator.#scheduleLoad()
@@ -172,6 +180,27 @@ export class EtcdCoordinator implements Coordination {
     // Revoking the lease removes membership, load and leadership at once: the others take over
     // now rather than after the TTL.
     await this.#lease?.revoke().catch(() => undefined)
+  }
+
+  /**
+   * Another live router with this router's id would overwrite its membership and load and share
+   * its leadership. A key left by this router's previous life goes within one lease TTL (nobody
+   * keeps it alive), so that long is waited out; one still held after that is someone else's.
+   */
+  async #waitForOwnId(): Promise<void> {
+    const deadline = performance.now() + this.#ttlMs + 1000
+    for (;;) {
+      const existing = (await this.#client.get(this.#memberKey).exec()).kvs[0]
+      if (existing === undefined) return
+      if (performance.now() > deadline) {
+        let url = '?'
+        try {
+          url = (JSON.parse(existing.value.toString('utf8')) as Member).url
+        } catch {}
+        throw new MaitreError('MAITRE_INVALID_CONFIG', `routerId ${this.routerId} is held by another live router (${url}); give each router its own routerId (or data directory)`, { details: { routerId: this.routerId } })
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250))
+    }
   }
 
   #leaderWatch: Awaited<ReturnType<ReturnType<Etcd3['watch']>['create']>> | undefined
