@@ -51,6 +51,8 @@ interface KubeService {
   creating: Promise<void> | undefined
   /** Changes of `requested` made here and not yet written: the ReplicaSet watch leaves it alone meanwhile. */
   localChanges: number
+  /** resourceVersion of this router's last scale write: watch events older than it are stale here. */
+  writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
   /** Restart count last seen per pod, so each failed container run is recorded once. */
@@ -64,6 +66,15 @@ interface KubeService {
 }
 
 class RelistNeeded extends Error {}
+
+/**
+ * A resourceVersion as a number to order events by. Kubernetes calls them opaque, but every API
+ * server (etcd's revisions) and the simulator hand out increasing integers; anything else is
+ * simply not ordered (undefined), and such events are taken as they come.
+ */
+function versionOf(resourceVersion: string | undefined): bigint | undefined {
+  return resourceVersion !== undefined && /^\d{1,30}$/.test(resourceVersion) ? BigInt(resourceVersion) : undefined
+}
 
 const TRANSIENT_RETRIES = 5
 
@@ -286,6 +297,7 @@ export class KubernetesBackend implements Backend {
       portCount,
       requested,
       localChanges: 0,
+      writtenVersion: 0n,
       scaling: Promise.resolve(),
       deleting: undefined,
       creating: undefined,
@@ -346,7 +358,8 @@ export class KubernetesBackend implements Backend {
       const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
       if (scale.spec.replicas === service.requested) return
       try {
-        await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
+        const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
+        service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
         this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
         return
       } catch (err) {
@@ -386,6 +399,9 @@ export class KubernetesBackend implements Backend {
     }
     service.uid ??= rs.metadata.uid
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
+    // An event from before this router's own last write says nothing new.
+    const version = versionOf(rs.metadata.resourceVersion)
+    if (version !== undefined && version <= service.writtenVersion) return
     if (rs.spec.replicas !== service.requested) {
       service.requested = rs.spec.replicas
       this.#listeners.emit(id)
