@@ -31,6 +31,9 @@ const GRPC_OPTIONS = {
   'grpc.keepalive_timeout_ms': 5_000,
 }
 
+/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
+export const RETRY_MAX_MS = 2000
+
 export interface EtcdSettings {
   readonly endpoints: readonly string[]
   /** Unary calls (get, put, transactions, lease grants) fail after this long. */
@@ -70,4 +73,18 @@ export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<vo
     }),
   ])
   clearTimeout(timer)
+}
+
+/** Waits `ms`, or less if `signal` aborts first (a closing store or coordinator stops its retries at once). */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve()
+    const timer = setTimeout(done, ms)
+    function done(): void {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+    signal.addEventListener('abort', done, { once: true })
+  })
 }

@@ -20,7 +20,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
-import { dropWatcher } from './connect.ts'
+import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
 
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3
@@ -52,9 +52,6 @@ const isLoad = (doc: unknown): string | undefined => {
   const l = doc as Partial<LoadDocument> | null
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
-
-/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
-const RETRY_MAX_MS = 2000
 
 export class EtcdCoordinator implements Coordination {
   readonly mode = 'etcd'
@@ -239,7 +236,7 @@ export class EtcdCoordinator implements Coordination {
         return
       } catch (err) {
         this.#options.log.warn({ err, retryInMs: delayMs }, 'etcd leader watch could not be re-established')
-        await this.#pause(delayMs)
+        await pause(delayMs, this.#closing.signal)
       }
     }
   }
@@ -306,7 +303,7 @@ export class EtcdCoordinator implements Coordination {
         this.#lease = undefined
         this.#leaseId = undefined
         await lease?.revoke().catch(() => undefined)
-        await this.#pause(delayMs)
+        await pause(delayMs, this.#closing.signal)
       }
     }
   }
@@ -334,23 +331,9 @@ export class EtcdCoordinator implements Coordination {
         return
       } catch (err) {
         this.#options.log.warn({ err, retryInMs: delayMs }, 'standing for leader failed')
-        await this.#pause(delayMs)
+        await pause(delayMs, this.#closing.signal)
       }
     }
-  }
-
-  #pause(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.#closing.signal.aborted) return resolve()
-      const signal = this.#closing.signal
-      const timer = setTimeout(done, ms)
-      function done(): void {
-        clearTimeout(timer)
-        signal.removeEventListener('abort', done)
-        resolve()
-      }
-      signal.addEventListener('abort', done, { once: true })
-    })
   }
 
   #scheduleLoad(): void {

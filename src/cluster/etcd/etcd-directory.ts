@@ -18,16 +18,13 @@ import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
-import { dropWatcher } from './connect.ts'
+import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
 
 interface Entry<T> {
   readonly doc: T
   /** etcd's mod_revision of the key when this document was written (an int64, as etcd3 gives it). */
   readonly revision: bigint
 }
-
-/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
-const RETRY_MAX_MS = 2000
 
 export class EtcdDirectory<T> implements DocumentStore<T> {
   readonly #client: Etcd3
@@ -182,7 +179,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         return
       } catch (err) {
         this.#log.warn({ err, store: this.#what, retryInMs: delayMs }, 'etcd store reload failed')
-        await this.#pause(delayMs)
+        await pause(delayMs, this.#closing.signal)
       }
     }
   }
@@ -266,20 +263,6 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         cause: err,
       })
     }
-  }
-
-  #pause(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.#closing.signal.aborted) return resolve()
-      const signal = this.#closing.signal
-      const timer = setTimeout(done, ms)
-      function done(): void {
-        clearTimeout(timer)
-        signal.removeEventListener('abort', done)
-        resolve()
-      }
-      signal.addEventListener('abort', done, { once: true })
-    })
   }
 
   #chain(key: string, write: () => Promise<void>): Promise<void> {
