@@ -16,7 +16,7 @@ import type { LaunchSpec, Proto } from '../launch-spec.ts'
 import type { Backend, EndedInstance, ServiceState } from './backend.ts'
 import { deploymentError } from './deployment-error.ts'
 import { refuseHttp2, ServiceListeners } from './service-listeners.ts'
-import { KubeApiError, type KubeApi } from './kubernetes/api.ts'
+import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
 import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
@@ -101,7 +101,7 @@ export class KubernetesBackend implements Backend {
     this.#listeners = new ServiceListeners(options.log)
     let synced!: () => void
     this.#synced = new Promise((resolve) => (synced = resolve))
-    this.#loop = this.#syncLoop(synced)
+    this.#loop = this.#syncPods(synced)
     this.#replicaSetLoop = this.#followReplicaSets()
     this.#scheduleEventCheck()
   }
@@ -419,13 +419,13 @@ export class KubernetesBackend implements Backend {
     this.#o.log.info({ service: id, replicaSet: service.replicaSet }, 'service deleted by another router')
   }
 
+  /** ReplicaSets: what the first list of #syncPods adopted, then every change, from the list and the watch. */
   async #followReplicaSets(): Promise<void> {
     const selector = clusterSelector(this.#o.cluster)
-    let backoff = this.#o.relistBackoffMs
-    // The first list is the pod loop's (it adopts before it reports ready); this one follows.
     await this.#synced
-    while (!this.#closed) {
-      try {
+    await this.#listAndWatch<ReplicaSet>(
+      'replicaset',
+      async () => {
         // Only services settled before the list began can be missing from it because they are gone.
         const before = [...this.#services.values()].filter((service) => service.creating === undefined && service.uid !== undefined)
         const list = await this.#o.api.listReplicaSets(selector)
@@ -439,63 +439,60 @@ export class KubernetesBackend implements Backend {
         for (const service of before) {
           if (!listed.has(service.id) && this.#services.get(service.id) === service) this.#replicaSetGone(service.id, service.uid)
         }
-        let resourceVersion = list.metadata.resourceVersion ?? ''
-        backoff = this.#o.relistBackoffMs
-        for (;;) {
-          await this.#o.api.watchReplicaSets(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, (event) => {
-            if (event.type === 'ERROR') {
-              const status = event.object as KubeStatus
-              if (status.code === 410) throw new RelistNeeded(status.message ?? 'resource version expired')
-              throw new KubeApiError(status.code, status.reason ?? 'Unknown', status.message ?? 'watch error')
-            }
-            const rs = event.object as ReplicaSet
-            resourceVersion = rs.metadata.resourceVersion ?? resourceVersion
-            if (event.type !== 'BOOKMARK') this.#observeReplicaSet(event.type, rs)
-          })
-          if (this.#closed) return
-        }
-      } catch (err) {
-        if (this.#closed) return
-        if (!(err instanceof RelistNeeded || (err instanceof KubeApiError && err.code === 410))) {
-          this.#o.log.warn({ err, retryInMs: backoff }, 'replicaset list or watch failed; listing again')
-          await new Promise<void>((resolve) => {
-            const cancel = this.#o.clock.setTimeout(resolve, backoff)
-            this.#abort.signal.addEventListener('abort', () => {
-              cancel()
-              resolve()
-            }, { once: true })
-          })
-          backoff = Math.min(MAX_RELIST_BACKOFF_MS, backoff * 1.5)
-        }
-      }
-    }
+        return list.metadata.resourceVersion ?? ''
+      },
+      (resourceVersion, onEvent) => this.#o.api.watchReplicaSets(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, onEvent),
+      (type, rs) => this.#observeReplicaSet(type, rs),
+    )
   }
 
-  async #syncLoop(synced: () => void): Promise<void> {
+  /** Pods: the first list (after the ReplicaSets, which it adopts) makes the backend ready. */
+  async #syncPods(synced: () => void): Promise<void> {
     const selector = clusterSelector(this.#o.cluster)
-    let backoff = this.#o.relistBackoffMs
     let first = true
-    while (!this.#closed) {
-      try {
+    await this.#listAndWatch<Pod>(
+      'pod',
+      async () => {
         if (first) {
           for (const rs of (await this.#o.api.listReplicaSets(selector)).items) this.#adopt(rs)
         }
         const list = await this.#o.api.listPods(selector)
         this.#replaceAll(list.items)
-        let resourceVersion = list.metadata.resourceVersion ?? ''
         if (first) synced()
         first = false
+        return list.metadata.resourceVersion ?? ''
+      },
+      (resourceVersion, onEvent) => this.#o.api.watchPods(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, onEvent),
+      (type, pod) => this.#apply(type, pod),
+    )
+  }
+
+  /**
+   * Lists (`list` takes the items in and returns the list's resourceVersion), then watches from
+   * there, resuming from the last version seen each time the server ends the stream; after a 410
+   * it lists again at once, after any other failure with backoff (1.5× up to 60 s). Until closed.
+   */
+  async #listAndWatch<T extends { metadata: { resourceVersion?: string } }>(
+    what: string,
+    list: () => Promise<string>,
+    watch: (resourceVersion: string, onEvent: (event: WatchEvent<T | KubeStatus>) => void) => Promise<void>,
+    apply: (type: 'ADDED' | 'MODIFIED' | 'DELETED', object: T) => void,
+  ): Promise<void> {
+    let backoff = this.#o.relistBackoffMs
+    while (!this.#closed) {
+      try {
+        let resourceVersion = await list()
         backoff = this.#o.relistBackoffMs
         for (;;) {
-          await this.#o.api.watchPods(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, (event) => {
+          await watch(resourceVersion, (event) => {
             if (event.type === 'ERROR') {
               const status = event.object as KubeStatus
               if (status.code === 410) throw new RelistNeeded(status.message ?? 'resource version expired')
               throw new KubeApiError(status.code, status.reason ?? 'Unknown', status.message ?? 'watch error')
             }
-            const pod = event.object as Pod
-            resourceVersion = pod.metadata.resourceVersion ?? resourceVersion
-            if (event.type !== 'BOOKMARK') this.#apply(event.type, pod)
+            const object = event.object as T
+            resourceVersion = object.metadata.resourceVersion ?? resourceVersion
+            if (event.type !== 'BOOKMARK') apply(event.type, object)
           })
           if (this.#closed) return
           // The server ended the stream at timeoutSeconds: resume from the last version seen.
@@ -503,10 +500,10 @@ export class KubernetesBackend implements Backend {
       } catch (err) {
         if (this.#closed) return
         if (err instanceof RelistNeeded || (err instanceof KubeApiError && err.code === 410)) {
-          this.#o.log.info({ reason: err.message }, 'pod watch expired; listing again')
+          this.#o.log.info({ reason: err.message }, `${what} watch expired; listing again`)
           continue
         }
-        this.#o.log.warn({ err, retryInMs: backoff }, 'pod list or watch failed; listing again')
+        this.#o.log.warn({ err, retryInMs: backoff }, `${what} list or watch failed; listing again`)
         await new Promise<void>((resolve) => {
           const cancel = this.#o.clock.setTimeout(resolve, backoff)
           this.#abort.signal.addEventListener('abort', () => {

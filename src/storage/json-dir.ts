@@ -15,6 +15,7 @@ import { mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { MaitreError } from '../errors.ts'
+import { PerKeyQueue } from './per-key-queue.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore, type StoreOpener } from './document-store.ts'
 
 const SUFFIX = '.json'
@@ -62,7 +63,7 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   readonly #what: string
   readonly #docs = new Map<string, T>()
   /** Writes to one key are chained so that the last write wins on disk as in memory. */
-  readonly #pending = new Map<string, Promise<void>>()
+  readonly #writes = new PerKeyQueue()
 
   private constructor(dir: string, what: string) {
     this.#dir = dir
@@ -125,7 +126,7 @@ export class JsonDirectory<T> implements DocumentStore<T> {
 
   /** Resolves once the document is durable, and only then shows it in memory. */
   put(key: string, doc: T, expected?: T | null): Promise<void> {
-    return this.#chain(key, async () => {
+    return this.#writes.run(key, async () => {
       // One process owns the directory (the data-dir lock), so what memory holds is what is stored.
       if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
       await this.#guard(key, 'written', () => writeFileAtomic(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`, join(this.#dir, TEMP_DIR)))
@@ -135,7 +136,7 @@ export class JsonDirectory<T> implements DocumentStore<T> {
 
   /** Resolves once the document is gone from disk, and only then from memory. */
   delete(key: string, expected?: T | null): Promise<void> {
-    return this.#chain(key, async () => {
+    return this.#writes.run(key, async () => {
       if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
       await this.#guard(key, 'deleted', () => rm(this.#path(key), { force: true }))
       this.#docs.delete(key)
@@ -149,7 +150,7 @@ export class JsonDirectory<T> implements DocumentStore<T> {
 
   /** Resolves when every write issued so far is on disk. */
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.#pending.values()])
+    await this.#writes.settled()
   }
 
   #path(key: string): string {
@@ -171,16 +172,6 @@ export class JsonDirectory<T> implements DocumentStore<T> {
     }
   }
 
-  #chain(key: string, write: () => Promise<void>): Promise<void> {
-    const previous = this.#pending.get(key) ?? Promise.resolve()
-    const next = previous.catch(() => undefined).then(write)
-    this.#pending.set(key, next)
-    const cleanup = (): void => {
-      if (this.#pending.get(key) === next) this.#pending.delete(key)
-    }
-    next.then(cleanup, cleanup)
-    return next
-  }
 }
 
 /** Single-router mode: each store is a directory under the data directory. */

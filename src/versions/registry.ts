@@ -5,6 +5,7 @@
  */
 import { MaitreError } from '../errors.ts'
 import type { DocumentStore, StoreOpener } from '../storage/document-store.ts'
+import { PerKeyQueue } from '../storage/per-key-queue.ts'
 import type { Clock } from '../clock.ts'
 
 /** Writes of one record computed again after another router's write got in first, before giving up. */
@@ -32,7 +33,7 @@ export interface ServiceRecord {
 export class ServiceRegistry {
   readonly #records: DocumentStore<ServiceRecord>
   readonly #clock: Clock
-  readonly #changing = new Map<string, Promise<ServiceRecord>>()
+  readonly #changing = new PerKeyQueue()
 
   static async open(stores: StoreOpener, clock: Clock): Promise<ServiceRegistry> {
     return new ServiceRegistry(await stores.open<ServiceRecord>('services', 'service', isServiceRecord), clock)
@@ -61,14 +62,7 @@ export class ServiceRegistry {
     if (existing !== undefined && (source === undefined || known)) return Promise.resolve(existing)
     // One change to a record at a time, each reading what the one before wrote: two tokens
     // remembered at once must both end up in its sources.
-    const previous = this.#changing.get(id) ?? Promise.resolve()
-    const next = previous.catch(() => undefined).then(() => this.#writeRetrying(id, core, source))
-    this.#changing.set(id, next)
-    const cleanup = (): void => {
-      if (this.#changing.get(id) === next) this.#changing.delete(id)
-    }
-    next.then(cleanup, cleanup)
-    return next
+    return this.#changing.run(id, () => this.#writeRetrying(id, core, source))
   }
 
   /** Another router may add its token to the same record at once: the loser reads theirs and adds again. */

@@ -11,6 +11,7 @@ import { MAX_STRING_LENGTH, PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from '
 import { canonicalJson } from './service-id.ts'
 import type { TokenData, TokenStore } from './token-store.ts'
 import { fileNameOf, MAX_FILE_NAME_BYTES } from '../storage/json-dir.ts'
+import { PerKeyQueue } from '../storage/per-key-queue.ts'
 
 export const HISTORY_LENGTH = 5
 /** Writes of one token computed again after another router's write got in first, before giving up. */
@@ -79,7 +80,7 @@ export class Tokens {
   readonly #cluster: string
   readonly #listeners = new Set<TokenListener>()
   /** Changes to one token run one after the other: each reads what the previous one wrote. */
-  readonly #changing = new Map<string, Promise<unknown>>()
+  readonly #changing = new PerKeyQueue()
 
   readonly #maxTokens: number
 
@@ -110,7 +111,7 @@ export class Tokens {
 
   async upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     validateTokenName(name)
-    return this.#serialized(name, () => this.#retryingConflicts(options.ifMatch, () => this.#upsert(name, body, options)))
+    return this.#changing.run(name, () => this.#retryingConflicts(options.ifMatch, () => this.#upsert(name, body, options)))
   }
 
   async #upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
@@ -181,7 +182,7 @@ export class Tokens {
   }
 
   delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {
-    return this.#serialized(name, () => this.#retryingConflicts(options.ifMatch, () => this.#delete(name, options)))
+    return this.#changing.run(name, () => this.#retryingConflicts(options.ifMatch, () => this.#delete(name, options)))
   }
 
   /**
@@ -244,17 +245,6 @@ export class Tokens {
       cursor = (cursor as TokenData)['previous']
     }
     return out
-  }
-
-  #serialized<T>(name: string, change: () => Promise<T>): Promise<T> {
-    const previous = this.#changing.get(name) ?? Promise.resolve()
-    const next = previous.catch(() => undefined).then(change)
-    this.#changing.set(name, next)
-    const cleanup = (): void => {
-      if (this.#changing.get(name) === next) this.#changing.delete(name)
-    }
-    next.then(cleanup, cleanup)
-    return next
   }
 
   #emit(name: string): void {

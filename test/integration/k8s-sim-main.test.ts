@@ -1,19 +1,11 @@
 /** The Kubernetes simulator run on its own, as the README tells people trying cluster mode by hand. */
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { REPO } from '../fixtures/router-process.ts'
+import { freePort } from '../../bench/tools.ts'
 import { call, createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve) => {
-    const probe = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address() as { port: number }
-      probe.close(() => resolve(port))
-    })
-  })
 
 t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubeconfig maitre accepts, until SIGTERM', async (t) => {
   const dir = t.testdir()

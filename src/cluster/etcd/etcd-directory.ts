@@ -18,6 +18,7 @@ import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
+import { PerKeyQueue } from '../../storage/per-key-queue.ts'
 import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
 
 interface Entry<T> {
@@ -35,7 +36,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   readonly #docs = new Map<string, Entry<T>>()
   /** Revisions of deletions seen, so that a late echo of an older put cannot bring a document back. */
   readonly #deletedAt = new Map<string, bigint>()
-  readonly #pending = new Map<string, Promise<void>>()
+  readonly #writes = new PerKeyQueue()
   readonly #listeners = new Set<(key: string) => void>()
   #watcher: Watcher | undefined
   #closed = false
@@ -79,7 +80,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   put(key: string, doc: T, expected?: T | null): Promise<void> {
-    return this.#chain(key, async () => {
+    return this.#writes.run(key, async () => {
       const etcdKey = this.#prefix + encodeURIComponent(key)
       const value = JSON.stringify(doc)
       const response = await this.#guard(key, 'written', () => {
@@ -95,7 +96,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   delete(key: string, expected?: T | null): Promise<void> {
-    return this.#chain(key, async () => {
+    return this.#writes.run(key, async () => {
       const etcdKey = this.#prefix + encodeURIComponent(key)
       const response = await this.#guard(key, 'deleted', () => {
         const txn = this.#condition(key, etcdKey, expected)
@@ -110,7 +111,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.#pending.values()])
+    await this.#writes.settled()
   }
 
   async close(): Promise<void> {
@@ -265,14 +266,4 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     }
   }
 
-  #chain(key: string, write: () => Promise<void>): Promise<void> {
-    const previous = this.#pending.get(key) ?? Promise.resolve()
-    const next = previous.catch(() => undefined).then(write)
-    this.#pending.set(key, next)
-    const cleanup = (): void => {
-      if (this.#pending.get(key) === next) this.#pending.delete(key)
-    }
-    next.then(cleanup, cleanup)
-    return next
-  }
 }
