@@ -57,6 +57,22 @@ interface Open {
   movedAt: number
 }
 
+/**
+ * What the listener keeps on each connection, as properties of the socket rather than in weak
+ * maps: they are read and written on every request, and weak maps cost the collector more.
+ */
+const UNDER_WAY = Symbol('maitre.requestsUnderWay')
+const REFUSED = Symbol('maitre.refused')
+interface Counted extends Socket {
+  /** Requests under way on this connection (HTTP/1.1 pipelining sends several at once). */
+  [UNDER_WAY]?: number
+  /** This connection was told no: whatever else arrives on it is not served. */
+  [REFUSED]?: boolean
+}
+function markRefused(socket: Socket): void {
+  ;(socket as Counted)[REFUSED] = true
+}
+
 /** Node's own code for a request whose headers did not arrive within headersTimeout. */
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 
@@ -82,13 +98,9 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   let idle: (() => void) | undefined
   const perClient = new Map<string, number>()
   let connections = 0
-  /** Requests under way on each connection (HTTP/1.1 pipelining sends several at once). */
-  const perConnection = new WeakMap<Socket, number>()
-  /** Connections told no: whatever else arrives on them is not served. */
-  const refused = new WeakSet<Socket>()
 
   const refuse = (socket: Socket, answer: string): void => {
-    refused.add(socket)
+    markRefused(socket)
     socket.end(answer)
     socket.destroySoon()
   }
@@ -96,18 +108,19 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const socket = req.socket
     // HTTP/0.9 has no status line or headers to answer with; a connection that was refused is over.
-    if (req.httpVersionMajor === 0 || refused.has(socket)) {
+    if (req.httpVersionMajor === 0 || (socket as Counted)[REFUSED] === true) {
       socket.destroy()
       return
     }
     if (draining) res.shouldKeepAlive = false
-    const onSocket = (perConnection.get(socket) ?? 0) + 1
-    perConnection.set(socket, onSocket)
+    const counted = socket as Counted
+    const onSocket = (counted[UNDER_WAY] ?? 0) + 1
+    counted[UNDER_WAY] = onSocket
     open.set(res, { req, res, bytesRead: socket.bytesRead, movedAt: Date.now() })
     // 'close' comes when the response is over, sent or cut: streamed answers (logs) included.
     res.once('close', () => {
       open.delete(res)
-      perConnection.set(socket, (perConnection.get(socket) ?? 1) - 1)
+      counted[UNDER_WAY] = (counted[UNDER_WAY] ?? 1) - 1
       if (open.size === 0) idle?.()
     })
     if (req.httpVersionMinor >= 1 && req.headers.host === undefined) {
@@ -197,7 +210,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // first and whole, then this one, then the connection goes. Never a second answer to one request.
     const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
     if (answering !== null && answering !== undefined && !answering.writableFinished) {
-      refused.add(socket)
+      markRefused(socket)
       answering.once('finish', () => refuse(socket, answer))
       answering.once('close', () => socket.destroySoon())
       return
