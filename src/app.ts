@@ -15,6 +15,8 @@ import { connectEtcd } from './cluster/etcd/connect.ts'
 import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
 import { etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
+import { SlotExchange } from './cluster/slot-exchange.ts'
+import { advertisedUrl } from './cluster/advertise.ts'
 import { localLoads } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
@@ -126,7 +128,26 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
   // follows, so it acts for nobody.
   let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
-  const fleet = { isLeader: () => coordination.isLeader(), peerLoad: (serviceId: string) => coordination.peerLoad(serviceId) }
+  // Cluster mode: each router fills only its share of every instance's slots and lends the rest.
+  const exchange =
+    etcd === undefined
+      ? undefined
+      : new SlotExchange({
+          routerId,
+          secret,
+          tracker,
+          view: () => coordination.slotView(),
+          clock,
+          log,
+          killEjectMs: config.proxy.ejectBaseMs,
+          onVeto: (service) => metrics.killVetoes.inc({ service }),
+        })
+  if (exchange !== undefined) tracker.shareSlots(exchange)
+  const fleet = {
+    isLeader: () => coordination.isLeader(),
+    peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
+    allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
+  }
   const autoscaler = new Autoscaler(
     {
       backend,
@@ -247,6 +268,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     draining: () => draining(),
     serverLoad: () => serverLoad(),
     cluster: () => coordination,
+    peers: exchange,
     clock,
     log,
   })
@@ -266,13 +288,16 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           client: etcd,
           prefix: etcdPrefix,
           routerId,
-          url,
+          url: () => advertisedUrl(config.server.advertiseUrl, config.server.host, port),
           leaseTtlSecs: config.etcd.leaseTtlSecs,
           endpoints: config.etcd.endpoints,
           localLoads: () => localLoads(tracker),
+          overShare: () => tracker.overLimit(),
           clock,
           log,
         })
+        coordination.onSlotViewChange(() => exchange?.viewChanged())
+        exchange?.viewChanged()
       }
       autoscaler.start()
       gc.start()
@@ -287,6 +312,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await server.drain(config.server.shutdownTimeoutMs)
         autoscaler.stop()
         gc.stop()
+        await exchange?.close()
         await backend.close()
         await forwarder.close()
         await registry.flush()

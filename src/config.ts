@@ -84,6 +84,11 @@ export interface Config {
     /** Requests under way on one connection at once (HTTP/1.1 pipelining); beyond it, 429 and the connection closes. */
     readonly maxRequestsPerConnection: number
     readonly shutdownTimeoutMs: number
+    /**
+     * Where the other routers of a cluster reach this one; null = http://<host>:<port>, with
+     * this machine's first non-loopback IPv4 address (a pod's IP) when host is 0.0.0.0 or ::.
+     */
+    readonly advertiseUrl: string | null
   }
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
@@ -149,6 +154,7 @@ export const DEFAULTS: Config = {
     maxConnectionsPerClient: 2000,
     maxRequestsPerConnection: 16,
     shutdownTimeoutMs: 10000,
+    advertiseUrl: null,
   },
   dataDir: './data',
   maxTokens: 100000,
@@ -257,6 +263,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxConnectionsPerClient': nonNegativeInt,
   'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
+  'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),
   maxTokens: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
   'etcd.endpoints': (v) => {

@@ -36,6 +36,8 @@ export type ErrorCode =
   | 'MAITRE_TOO_MANY_CONNECTIONS'
   | 'MAITRE_TOO_MANY_REQUESTS'
   | 'MAITRE_ROUTER_OVERLOADED'
+  | 'MAITRE_UNAUTHORIZED'
+  | 'MAITRE_INSTANCE_IN_USE'
   | 'MAITRE_INTERNAL'
 
 interface CodeInfo {
@@ -79,6 +81,8 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_TOO_MANY_REQUESTS: { status: 429, errorClass: 'maitre.TooManyRequests', title: 'Too Many Requests' },
   MAITRE_ROUTER_OVERLOADED: { status: 503, errorClass: 'maitre.RouterOverloaded', title: 'Router Overloaded' },
   MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
+  MAITRE_UNAUTHORIZED: { status: 401, errorClass: 'waiter.Unauthorized', title: 'Unauthorized' },
+  MAITRE_INSTANCE_IN_USE: { status: 423, errorClass: 'maitre.InstanceInUse', title: 'Instance In Use' },
   MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },
 }
 

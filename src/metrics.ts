@@ -36,6 +36,7 @@ export class Metrics {
   readonly queueWait: Histogram<'service'>
   readonly backendResponse: Histogram<'service'>
   readonly scalingDecisions: Counter<'service' | 'direction'>
+  readonly killVetoes: Counter<'service'>
   readonly coldStarts: Counter<'service'>
   readonly coldStartDuration: Histogram<'service'>
   readonly deploymentErrors: Counter<'service' | 'reason'>
@@ -53,6 +54,7 @@ export class Metrics {
     this.requestDuration = new Histogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
     this.queueWait = new Histogram({ name: 'maitre_queue_wait_seconds', help: 'Time requests waited for an instance slot (cold starts included).', labelNames: service, buckets: LATENCY_BUCKETS, registers })
     this.backendResponse = new Histogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.killVetoes = new Counter({ name: 'maitre_kill_vetoes_total', help: 'Scale-down kills another router vetoed because it carried a request on the instance (cluster mode).', labelNames: ['service'] as const, registers })
     this.scalingDecisions = new Counter({ name: 'maitre_scaling_decisions_total', help: 'Scaling decisions that changed the instance count, by direction.', labelNames: ['service', 'direction'] as const, registers })
     this.coldStarts = new Counter({ name: 'maitre_cold_starts_total', help: 'Requests that waited for a version with no healthy instance.', labelNames: service, registers })
     this.coldStartDuration = new Histogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
@@ -99,7 +101,7 @@ export class Metrics {
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })
 
-    this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections]
+    this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.killVetoes, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections]
   }
 
   /** Drops every series of a deleted version, so dead versions do not pile up in Prometheus. */

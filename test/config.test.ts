@@ -53,5 +53,9 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   t.match(err?.message, 'etcd.leaseTtlSecs = 1, must be an integer in [2, 60]')
   t.match(err?.message, 'routerId = "a b", must be 1-63 letters')
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['etcd:2379'] }), { message: /must be an http:\/\/ or https:\/\/ URL/ })
+  t.equal(parseConfig('server:\n  advertiseUrl: "http://10.1.2.3:9091"\n').server.advertiseUrl, 'http://10.1.2.3:9091')
+  for (const bad of ['10.1.2.3:9091', 'http://10.1.2.3:9091/path', 'http://user:pw@10.1.2.3']) {
+    t.throws(() => withOverrides(DEFAULTS, { 'server.advertiseUrl': bad }), { message: /server.advertiseUrl = .*no path or credentials/ }, `advertiseUrl ${bad} is refused`)
+  }
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes\)/ }, 'the local backend cannot be shared')
 })

@@ -5,6 +5,7 @@ import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Autoscaler } from '../scaler/autoscaler.ts'
 import type { Overrides } from '../versions/overrides.ts'
 import type { Principal } from '../auth/authenticator.ts'
+import type { Coordination } from '../cluster/coordination.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
@@ -19,6 +20,8 @@ export interface AppsApiDeps {
   readonly autoscaler: Autoscaler
   readonly suspensions: { get(serviceId: string): unknown }
   readonly routerId: string
+  /** The cluster this router is part of (a single router is a cluster of one). */
+  readonly cluster: () => Pick<Coordination, 'members'>
 }
 
 export type ServiceStatus = 'Failing' | 'Inactive' | 'Starting' | 'Running'
@@ -133,7 +136,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
   const state = deps.backend.state(serviceId)
   const body: Record<string, unknown> = {
     'router-id': deps.routerId,
-    'num-routers': 1,
+    'num-routers': Math.max(1, deps.cluster().members().length),
     ...summary(record, deps),
     instances: {
       'active-instances': (state?.instances ?? []).map(liveInstance),

@@ -10,6 +10,8 @@ import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
 import { handlePing, type PingDeps } from './ping.ts'
+import { handlePeer, type PeerExchange } from './peer.ts'
+import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Metrics } from '../metrics.ts'
@@ -28,6 +30,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly serverLoad: () => { readonly inFlight: number; readonly connections: number }
   /** This router's view of the cluster (a single router is a cluster of one). */
   readonly cluster: () => Coordination
+  /** The slot exchange with the other routers (cluster mode only). */
+  readonly peers?: PeerExchange | undefined
   readonly log: Logger
 }
 
@@ -48,6 +52,8 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
     let principal: string | undefined
     try {
       const path = url.pathname
+      // Router to router, proven by the cluster's key rather than a user's credentials.
+      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers)
       switch (path) {
         case '/':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])

@@ -41,6 +41,20 @@ export interface InstanceSlots {
   readonly routable: boolean
 }
 
+/**
+ * What a router in a cluster adds to slot accounting: how many of an instance's slots are its to
+ * fill (the rest belong to other routers), and the hooks slot lending runs on. A router on its
+ * own has none of it: every slot is its own.
+ */
+export interface SlotSharing {
+  /** How many requests this router may have on the instance at once (≤ concurrency-level). */
+  limit(serviceId: string, instanceId: string, concurrencyLevel: number): number
+  /** Requests waiting for a slot of the service on this router changed in number. */
+  queueChanged(serviceId: string, queued: number): void
+  /** A slot of the service is free and nobody here waits for it: another router may use it. */
+  slotFree(serviceId: string): void
+}
+
 export interface TrackerOptions {
   readonly clock: Clock
   readonly random?: () => number
@@ -76,6 +90,7 @@ interface Waiter {
 }
 
 interface ServiceSlots {
+  readonly id: string
   routing: Routing
   /** Last time a request arrived or finished. */
   lastActiveAt: number
@@ -104,6 +119,7 @@ export class InstanceTracker {
   readonly #ejectBaseMs: number
   readonly #maxEjectMs: number
   readonly #onEject: TrackerOptions['onEject']
+  #sharing: SlotSharing | undefined
 
   constructor(options: TrackerOptions) {
     this.#onEject = options.onEject
@@ -111,6 +127,17 @@ export class InstanceTracker {
     this.#random = options.random ?? Math.random
     this.#ejectBaseMs = options.ejectBaseMs
     this.#maxEjectMs = options.maxEjectMs
+  }
+
+  /** Joins a cluster's slot sharing (late: the cluster needs this tracker to lend its slots). */
+  shareSlots(sharing: SlotSharing): void {
+    this.#sharing = sharing
+    this.redispatch()
+  }
+
+  /** Shares changed (routers came or went, or let go of slots): waiting requests may fit now. */
+  redispatch(): void {
+    for (const service of this.#services.values()) this.#dispatch(service)
   }
 
   /** Sets the routing knobs of a service (creating its entry); queued requests see new slots at once. */
@@ -150,6 +177,7 @@ export class InstanceTracker {
     service.deploymentError = deploymentError
     if (deploymentError !== undefined && routableCount(service) === 0) {
       const waiting = service.queue.splice(0)
+      if (waiting.length > 0) this.#sharing?.queueChanged(serviceId, 0)
       for (const waiter of waiting) waiter.fail(deploymentFailure(serviceId, deploymentError))
     }
     this.#dispatch(service)
@@ -193,7 +221,10 @@ export class InstanceTracker {
         cancelTimer()
         options.signal?.removeEventListener('abort', onAbort)
         const index = service.queue.indexOf(waiter)
-        if (index !== -1) service.queue.splice(index, 1)
+        if (index !== -1) {
+          service.queue.splice(index, 1)
+          this.#sharing?.queueChanged(service.id, service.queue.length)
+        }
       }
       const waiter: Waiter = {
         grant: (lease) => {
@@ -211,6 +242,7 @@ export class InstanceTracker {
       const cancelTimer = this.#clock.setTimeout(() => waiter.fail(this.#timeoutError(serviceId, service, options.queueTimeoutMs ?? options.timeoutMs)), options.timeoutMs)
       options.signal?.addEventListener('abort', onAbort, { once: true })
       service.queue.push(waiter)
+      this.#sharing?.queueChanged(service.id, service.queue.length)
       options.onQueued?.()
     })
   }
@@ -221,7 +253,7 @@ export class InstanceTracker {
     const now = this.#clock.now()
     let available = 0
     for (const slot of service.slots.values()) {
-      if (slot.routable && slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, service.routing.concurrencyLevel - slot.used)
+      if (slot.routable && slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, this.#limitOf(service, slot) - slot.used)
     }
     return { lastActiveAt: service.lastActiveAt, inFlight: this.#inFlight(service), queued: service.queue.length, healthy: routableCount(service), slotsAvailable: available }
   }
@@ -268,6 +300,7 @@ export class InstanceTracker {
     if (service === undefined) return
     this.#services.delete(serviceId)
     service.ejectTimerCancel?.()
+    if (service.queue.length > 0) this.#sharing?.queueChanged(serviceId, 0)
     for (const waiter of service.queue.splice(0)) {
       waiter.fail(new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service ${serviceId} was deleted`, { details: { 'service-id': serviceId } }))
     }
@@ -289,10 +322,16 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { routing: DEFAULT_ROUTING, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service
+  }
+
+  #assigned(service: ServiceSlots): number {
+    let total = 0
+    for (const slot of service.slots.values()) if (slot.routable) total += this.#limitOf(service, slot)
+    return total
   }
 
   #inFlight(service: ServiceSlots): number {
@@ -303,10 +342,9 @@ export class InstanceTracker {
 
   #take(service: ServiceSlots): Lease | undefined {
     const now = this.#clock.now()
-    const limit = service.routing.concurrencyLevel
     const free: Slot[] = []
     for (const slot of service.slots.values()) {
-      if (slot.routable && slot.used < limit && slot.ejectedUntil <= now && !slot.locked) free.push(slot)
+      if (slot.routable && slot.ejectedUntil <= now && !slot.locked && slot.used < this.#limitOf(service, slot)) free.push(slot)
     }
     const slot = chooseInstance(free, service.routing.loadBalancing, this.#random)
     if (slot === undefined) return undefined
@@ -365,11 +403,70 @@ export class InstanceTracker {
   }
 
   #dispatch(service: ServiceSlots): void {
+    const waiting = service.queue.length
     while (service.queue.length > 0) {
       const lease = this.#take(service)
-      if (lease === undefined) return
+      if (lease === undefined) break
       const waiter = service.queue.shift() as Waiter
       waiter.grant(lease)
+    }
+    if (this.#sharing === undefined) return
+    if (service.queue.length !== waiting) this.#sharing.queueChanged(service.id, service.queue.length)
+    if (service.queue.length === 0) this.#sharing.slotFree(service.id)
+  }
+
+  #limitOf(service: ServiceSlots, slot: Slot): number {
+    const level = service.routing.concurrencyLevel
+    return this.#sharing === undefined ? level : this.#sharing.limit(service.id, slot.instance.id, level)
+  }
+
+  /**
+   * Another router lends this one a slot it holds on an instance: the request that has waited
+   * longest here takes it, and `done` tells the lender how it went when the request lets go.
+   * False if nobody waits (or the instance is not one this router may route to): the lender
+   * keeps its slot.
+   */
+  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): boolean {
+    const service = this.#services.get(serviceId)
+    const slot = service?.slots.get(instanceId)
+    if (service === undefined || slot === undefined || service.queue.length === 0) return false
+    if (!slot.routable || slot.locked || slot.ejectedUntil > this.#clock.now()) return false
+    const waiter = service.queue.shift() as Waiter
+    this.#sharing?.queueChanged(serviceId, service.queue.length)
+    let released = false
+    waiter.grant({
+      instance: slot.instance,
+      release: (outcome) => {
+        if (released) return
+        released = true
+        service.lastActiveAt = this.#clock.now()
+        done(outcome)
+      },
+    })
+    return true
+  }
+
+  /**
+   * The leader means to kill an instance: unless this router carries a request on it (a veto),
+   * it takes it out of rotation for `periodMs` (the kill comes meanwhile) and says yes.
+   */
+  ejectForKill(serviceId: string, instanceId: string, periodMs: number): boolean {
+    const service = this.#services.get(serviceId)
+    const slot = service?.slots.get(instanceId)
+    if (service === undefined || slot === undefined) return true
+    if (slot.used > 0) return false
+    slot.ejectedUntil = Math.max(slot.ejectedUntil, this.#clock.now() + periodMs)
+    this.#scheduleUneject(service, periodMs)
+    return true
+  }
+
+  /** Per instance, requests this router carries beyond what `limit` now allows it (a share it lost while they ran). */
+  *overLimit(): Iterable<readonly [serviceId: string, instanceId: string, over: number]> {
+    if (this.#sharing === undefined) return
+    for (const service of this.#services.values()) {
+      for (const slot of service.slots.values()) {
+        if (slot.used > 0 && slot.used > this.#limitOf(service, slot)) yield [service.id, slot.instance.id, slot.used]
+      }
     }
   }
 
@@ -381,7 +478,7 @@ export class InstanceTracker {
         'service-id': serviceId,
         'outstanding-requests': service.queue.length + this.#inFlight(service),
         'waiting-for-available-instance': service.queue.length,
-        'slots-assigned': routableCount(service) * service.routing.concurrencyLevel,
+        'slots-assigned': this.#assigned(service),
         'slots-in-use': this.#inFlight(service),
       },
       headers: { 'retry-after': '1' },

@@ -22,6 +22,23 @@ export interface VersionLoad {
 
 export const NO_LOAD: VersionLoad = { inFlight: 0, queued: 0, lastRequestAt: 0 }
 
+/** Another router, as the slot shares see it (slot-shares.ts). */
+export interface PeerReport {
+  readonly routerId: string
+  /** Where it is reached; undefined if it reports load but is no longer a member (it is leaving). */
+  readonly url: string | undefined
+  /** The membership it deals slots by; undefined until it has reported. */
+  readonly members: readonly string[] | undefined
+  /** Requests it still carries on an instance beyond its share (0 for most). */
+  over(serviceId: string, instanceId: string): number
+}
+
+/** What this router deals slots by: the live routers (itself included, sorted) and what the others report. */
+export interface SlotView {
+  readonly members: readonly string[]
+  readonly peers: readonly PeerReport[]
+}
+
 export interface Coordination {
   readonly mode: 'single' | 'etcd'
   readonly routerId: string
@@ -35,6 +52,10 @@ export interface Coordination {
   peerLoad(serviceId: string): VersionLoad
   /** Versions some other router reports load for. */
   peerVersions(): Iterable<string>
+  /** Who holds which slots: membership and the other routers' reports. */
+  slotView(): SlotView
+  /** Calls `listener` whenever the slot view may have changed; returns the unsubscribe. */
+  onSlotViewChange(listener: () => void): () => void
   /** The etcd endpoints in use (no credentials: the config refuses them). */
   readonly endpoints: readonly string[]
   close(): Promise<void>
@@ -49,6 +70,8 @@ export function singleRouter(routerId: string, url: () => string, startedAt: num
     members: () => [{ routerId, url: url(), startedAt }],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
+    slotView: () => ({ members: [routerId], peers: [] }),
+    onSlotViewChange: () => () => undefined,
     endpoints: [],
     close: () => Promise.resolve(),
   }
@@ -64,6 +87,8 @@ export function joining(routerId: string, endpoints: readonly string[]): Coordin
     members: () => [],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
+    slotView: () => ({ members: [], peers: [] }),
+    onSlotViewChange: () => () => undefined,
     endpoints,
     close: () => Promise.resolve(),
   }

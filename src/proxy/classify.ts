@@ -7,7 +7,8 @@ import type { IncomingHttpHeaders } from 'node:http'
 import { hostWithoutPort } from '../versions/resolve.ts'
 
 const ALWAYS_API = new Set(['/app-name', '/service-id', '/token', '/waiter-ping'])
-const API_PATTERN = /^\/waiter-(async\/(v2\/)?(complete|result|status)\/|auth\/|consent|interstitial)/
+// /maitre-peer/ is router-to-router (slot lending, kill vetoes): never a service's path.
+const API_PATTERN = /^\/(waiter-(async\/(v2\/)?(complete|result|status)\/|auth\/|consent|interstitial)|maitre-peer\/)/
 
 export function isApiRequest(path: string, headers: IncomingHttpHeaders, routerHostnames: ReadonlySet<string>): boolean {
   if (ALWAYS_API.has(path) || API_PATTERN.test(path)) return true

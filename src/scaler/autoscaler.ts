@@ -234,17 +234,32 @@ export class Autoscaler {
   async #killOne(serviceId: string, state: ServiceState, expired: ReadonlySet<string>): Promise<string | undefined> {
     const { backend, tracker } = this.#deps
     const inFlight = new Map(tracker.instanceSlots(serviceId).map((s) => [s.id, s.used]))
-    const candidates = state.instances.map((i) => ({ id: i.id, startedAt: i.startedAt, healthy: i.healthy, expired: expired.has(i.id), inFlight: inFlight.get(i.id) ?? 0 }))
-    const choice = chooseKill(candidates)
-    if (choice === undefined || !tracker.lockForKill(serviceId, choice.id)) return undefined
-    const killed = await backend.killInstance(serviceId, choice.id).catch(() => false)
-    if (!killed) {
-      tracker.unlock(serviceId, choice.id)
-      return undefined
+    let candidates = state.instances.map((i) => ({ id: i.id, startedAt: i.startedAt, healthy: i.healthy, expired: expired.has(i.id), inFlight: inFlight.get(i.id) ?? 0 }))
+    // An instance another router vetoes (it carries a request there) is passed over for the next
+    // choice, as Waiter does, a few times per tick at most.
+    for (let attempt = 0; attempt < MAX_KILL_ATTEMPTS; attempt++) {
+      const choice = chooseKill(candidates)
+      if (choice === undefined || !tracker.lockForKill(serviceId, choice.id)) return undefined
+      // Every other router takes it out of rotation first; one with a request on it vetoes the kill.
+      const allowed = await (this.#deps.fleet?.allowKill?.(serviceId, choice.id) ?? Promise.resolve(true)).catch(() => false)
+      if (!allowed) {
+        tracker.unlock(serviceId, choice.id)
+        candidates = candidates.filter((c) => c.id !== choice.id)
+        continue
+      }
+      const killed = await backend.killInstance(serviceId, choice.id).catch(() => false)
+      if (!killed) {
+        tracker.unlock(serviceId, choice.id)
+        return undefined
+      }
+      return choice.id
     }
-    return choice.id
+    return undefined
   }
 }
+
+/** Instances a scale-down tries per tick when other routers veto the first choices. */
+const MAX_KILL_ATTEMPTS = 3
 
 const EMPTY: ReadonlySet<string> = new Set()
 

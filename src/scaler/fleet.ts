@@ -6,7 +6,13 @@
 import type { InstanceTracker } from '../backends/tracker.ts'
 import { NO_LOAD, type Coordination, type VersionLoad } from '../cluster/coordination.ts'
 
-export type Fleet = Pick<Coordination, 'isLeader' | 'peerLoad'>
+export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
+  /**
+   * Asks the other routers before an instance is killed: false if any carries a request on it
+   * (a veto). Absent for a router on its own: its own tracker's lock is the whole answer.
+   */
+  readonly allowKill?: ((serviceId: string, instanceId: string) => Promise<boolean>) | undefined
+}
 
 /** A router on its own: always the leader, no peers. */
 export const ALONE: Fleet = { isLeader: () => true, peerLoad: () => NO_LOAD }

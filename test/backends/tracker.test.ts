@@ -68,7 +68,6 @@ t.test('the queue timeout fires on the injected clock with Waiter\'s message', a
   const waiting = tracker.acquire('s', { timeoutMs: 2500 })
   clock.advance(2499)
   t.equal(tracker.load('s').queued, 1)
-  clock.advance(1)
   await t.rejects(waiting, { code: 'MAITRE_QUEUE_TIMEOUT', message: 'After 2.5 seconds, no instance available to handle request. Check that your service is able to start properly!' })
   t.equal(tracker.load('s').queued, 0)
 })
@@ -104,7 +103,6 @@ t.test('failing instances are ejected with exponential backoff', async (t) => {
   lease.release('instance-busy') // second failure in a row: 2 s
   clock.advance(1999)
   t.equal(tracker.load('s').slotsAvailable, 0)
-  clock.advance(1)
   t.equal(tracker.load('s').slotsAvailable, 1)
   const ok = tracker.tryAcquire('s')
   ok?.release('success')
@@ -173,4 +171,68 @@ t.test('a 503 never ejects the last instance in rotation; with another one there
   tracker.tryAcquire('s')?.release('instance-busy')
   t.equal(tracker.instanceSlots('s').find((s) => s.id === 'b')?.ejectedUntil, 0, 'but b, now the last one in rotation, is not')
   t.ok(tracker.tryAcquire('s'), 'so there is always an instance to route to')
+})
+
+t.test('in a cluster, a router fills only its share of each instance and hears of every queue change and free slot', async (t) => {
+  const { clock, tracker } = setup(4)
+  const limits = new Map([['a', 1], ['b', 0]])
+  const queueChanges: number[] = []
+  const free: string[] = []
+  tracker.shareSlots({
+    limit: (_s, instanceId) => limits.get(instanceId) ?? 0,
+    queueChanged: (_s, queued) => queueChanges.push(queued),
+    slotFree: (s) => free.push(s),
+  })
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const first = tracker.tryAcquire('s')
+  t.equal(first?.instance.id, 'a')
+  t.equal(tracker.tryAcquire('s'), undefined, 'concurrency-level 4, but this router holds one slot of a and none of b')
+  t.match(tracker.load('s'), { inFlight: 1, slotsAvailable: 0 })
+  const waiting = tracker.acquire('s', { timeoutMs: 1000 })
+  t.same(queueChanges, [1], 'the queue growing is told')
+  limits.set('b', 2)
+  tracker.redispatch()
+  t.equal((await waiting).instance.id, 'b', 'a share that grows serves the queue at once')
+  t.same(queueChanges, [1, 0], 'and the queue emptying is told')
+  free.length = 0
+  first?.release('success')
+  t.same(free, ['s'], 'a freed slot nobody here waits for is offered to the cluster')
+  t.same([...tracker.overLimit()], [], 'nothing carried beyond the share')
+  limits.set('b', 0)
+  t.same([...tracker.overLimit()], [['s', 'b', 1]], 'a request on a share lost meanwhile is reported')
+})
+
+t.test('a slot lent by another router goes to the request waiting longest; the lender hears the outcome once', async (t) => {
+  const { tracker } = setup(1)
+  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined })
+  tracker.sync('s', [instance('a', 1)], undefined)
+  const outcomes: string[] = []
+  t.notOk(tracker.grantBorrowed('s', 'a', (o) => outcomes.push(o)), 'nobody waits: the offer is declined')
+  const first = tracker.acquire('s', { timeoutMs: 1000 })
+  const second = tracker.acquire('s', { timeoutMs: 1000 })
+  t.notOk(tracker.grantBorrowed('s', 'unknown', (o) => outcomes.push(o)), 'an instance this router does not route to is declined')
+  t.ok(tracker.grantBorrowed('s', 'a', (o) => outcomes.push(o)))
+  const lease = await first
+  t.equal(lease.instance.id, 'a', 'the first in the queue takes the borrowed slot')
+  t.equal(tracker.load('s').queued, 1, 'the second still waits')
+  t.equal(tracker.load('s').inFlight, 0, 'a borrowed slot counts on the lender, not here')
+  lease.release('instance-error')
+  lease.release('success')
+  t.same(outcomes, ['instance-error'], 'the outcome goes back to the lender, once')
+  tracker.forget('s')
+  await t.rejects(second)
+})
+
+t.test('a router vetoes a kill of an instance it carries a request on, and otherwise takes it out of rotation', async (t) => {
+  const { clock, tracker } = setup(2)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const lease = tracker.tryAcquire('s')
+  t.equal(lease?.instance.id, 'a')
+  t.notOk(tracker.ejectForKill('s', 'a', 5000), 'busy: veto')
+  t.ok(tracker.ejectForKill('s', 'b', 5000), 'idle: agreed')
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'a', 'the instance about to be killed takes no request')
+  t.equal(tracker.tryAcquire('s'), undefined)
+  clock.advance(5000)
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'if the kill never comes, it is back after the period')
+  t.ok(tracker.ejectForKill('s', 'gone', 5000), 'an instance this router does not know is no one’s here')
 })

@@ -146,3 +146,96 @@ t.test('a version deleted through one router is gone from the others, and a requ
   t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'a request through b starts it again, instead of waiting on a ghost')
   t.equal(cluster.sim.list('replicasets', SIM_NAMESPACE).length, 1)
 })
+
+t.test('slots across routers: concurrency-level is never exceeded fleet-wide, and a slot one router holds serves another router’s queue', async (t) => {
+  const cluster = await startCluster(t, 3)
+  const [a] = cluster.routers as [Router, Router, Router]
+  await waitFor('three members everywhere', async () => ((await Promise.all(cluster.routers.map(clusterState))).every((s) => s.members.length === 3) ? true : undefined))
+  await createToken(a, 'slots', kitchenToken({ 'concurrency-level': 1, 'min-instances': 2, 'max-instances': 2 }))
+  const h = { 'x-waiter-token': 'slots' }
+  t.equal((await call(`${a.url}/request-info`, { headers: h })).status, 200)
+  const serviceId = (await call(`${a.url}/apps`)).json<{ 'service-id': string }[]>()[0]?.['service-id'] as string
+  const instances = await waitFor('two healthy instances, known to every router', async () => {
+    const views = await Promise.all(cluster.routers.map(async (r) => (await call(`${r.url}/apps/${serviceId}`)).json<{ instances: { 'active-instances': { host: string; port: number; healthy: boolean }[] } }>()))
+    const healthy = views.map((v) => v.instances['active-instances'].filter((i) => i.healthy))
+    return healthy.every((list) => list.length === 2) ? healthy[0] : undefined
+  }, 20_000)
+  t.equal((await call(`${a.url}/apps/${serviceId}`)).json<{ 'num-routers': number }>()['num-routers'], 3, '/apps/{id} counts the routers')
+  const concurrency = async (): Promise<number[]> => Promise.all(instances.map(async (i) => (await call(`http://${i.host}:${i.port}/concurrency`)).json<{ max: number }>().max))
+
+  // Each router alone, two requests at once: they run side by side on the two instances, whether
+  // that router holds both slots, one, or none (then it borrows them from the others).
+  for (const [index, router] of cluster.routers.entries()) {
+    const started = Date.now()
+    const replies = await Promise.all([0, 1].map(() => call(`${router.url}/sleep?sleep-ms=600`, { headers: h })))
+    const took = Date.now() - started
+    t.same(replies.map((r) => r.status), [200, 200], `router ${index + 1}: both served`)
+    t.equal(new Set(replies.map((r) => r.json<{ pid: number }>().pid)).size, 2, `router ${index + 1}: on both instances`)
+    t.ok(took < 1100, `router ${index + 1}: side by side in ${took} ms, not one after the other (≥ 1200 ms)`)
+  }
+
+  // Every router at once, more requests than slots: the fleet sends each instance one at a time.
+  const burst = cluster.routers.flatMap((r) => [0, 1, 2, 3].map(() => call(`${r.url}/sleep?sleep-ms=150`, { headers: h })))
+  const statuses = (await Promise.all(burst)).map((r) => r.status)
+  t.same(statuses, statuses.map(() => 200), `all ${statuses.length} requests served`)
+  t.same(await concurrency(), [1, 1], 'neither instance ever had more than one request at once (its own count)')
+
+  // One instance: exactly one router holds its slot. While the holder carries a request, the
+  // others queue theirs; the moment the slot frees, the holder lends it, one request after the
+  // other: the slot idles for no more than the hop between two routers.
+  await createToken(a, 'single', kitchenToken({ 'concurrency-level': 1, 'min-instances': 1, 'max-instances': 1 }))
+  const one = { 'x-waiter-token': 'single' }
+  t.equal((await call(`${a.url}/request-info`, { headers: one })).status, 200)
+  const singleId = (await call(`${a.url}/apps`)).json<{ 'service-id': string; token?: string }[]>().map((x) => x['service-id']).find((id) => id !== serviceId) as string
+  const available = async (r: Router): Promise<number> => (await call(`${r.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { slotsAvailable: number } }> }>().state[singleId]?.load.slotsAvailable ?? -1
+  const holder = await waitFor('its one slot held by one router, and known to all', async () => {
+    const slots = await Promise.all(cluster.routers.map(available))
+    return slots.filter((n) => n === 1).length === 1 && slots.filter((n) => n === 0).length === 2 ? (cluster.routers[slots.indexOf(1)] as Router) : undefined
+  }, 20_000)
+  const others = cluster.routers.filter((r) => r !== holder)
+  const held = call(`${holder.url}/sleep?sleep-ms=500`, { headers: one }).then((r) => ({ status: r.status, at: Date.now() }))
+  await waitFor('the holder carries its request', async () => ((await available(holder)) === 0 ? true : undefined))
+  const queued = others.map((r) => call(`${r.url}/sleep?sleep-ms=0`, { headers: one }).then((reply) => ({ status: reply.status, at: Date.now() })))
+  const [first, ...rest] = await Promise.all([held, ...queued])
+  t.same([first, ...rest].map((x) => x?.status), [200, 200, 200], 'the holder’s request and both queued elsewhere are served')
+  const gaps = rest.map((x) => (x?.at ?? 0) - (first?.at ?? 0)).sort((x, y) => x - y)
+  t.comment(`after the slot freed, the queued requests elsewhere finished ${gaps.join(' and ')} ms later`)
+  t.ok(gaps.every((g) => g >= 0), 'neither ran before the slot freed: the holder’s one slot was never shared')
+  t.ok((gaps[0] ?? Infinity) < 100, `the first borrowed the freed slot within 100 ms (${gaps[0]} ms, its whole request included)`)
+  t.ok((gaps[1] ?? Infinity) < 200, `and the second right after it (${gaps[1]} ms)`)
+})
+
+t.test('a router carrying a request on an instance vetoes the leader’s kill of it; the kill comes once the request is done', async (t) => {
+  // A burst (the cold start) holds scale-downs for burstHoldMs: short here, so the test is too.
+  const cluster = await startCluster(t, 2, { 'scaler.tickMs': 200, 'scaler.burstHoldMs': 200 })
+  const states = await waitFor('one leader, two members', async () => {
+    const all = await Promise.all(cluster.routers.map(clusterState))
+    return all.filter((s) => s['is-leader']).length === 1 && all.every((s) => s.members.length === 2) ? all : undefined
+  })
+  const leader = cluster.routers[states.findIndex((s) => s['is-leader'])] as Router
+  const follower = cluster.routers[states.findIndex((s) => !s['is-leader'])] as Router
+  // concurrency-level 2 over two routers: each holds one slot of every instance.
+  await createToken(leader, 'veto', kitchenToken({ 'concurrency-level': 2, 'min-instances': 2, 'max-instances': 2 }))
+  const h = { 'x-waiter-token': 'veto' }
+  t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
+  const serviceId = (await call(`${leader.url}/apps`)).json<{ 'service-id': string }[]>()[0]?.['service-id'] as string
+  const healthy = async (r: Router): Promise<number> => (await call(`${r.url}/apps/${serviceId}`)).json<{ instances: { 'active-instances': { healthy: boolean }[] } }>().instances['active-instances'].filter((i) => i.healthy).length
+  await waitFor('two healthy instances on both routers', async () => ((await healthy(leader)) === 2 && (await healthy(follower)) === 2 ? true : undefined), 20_000)
+
+  // The follower carries one long request on each instance, on its own slots: the leader's
+  // tracker sees both instances idle.
+  const long = [0, 1].map(() => call(`${follower.url}/sleep?sleep-ms=3000`, { headers: h }))
+  await waitFor('both requests under way at the follower', async () => ((await call(`${follower.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { inFlight: number } }> }>().state[serviceId]?.load.inFlight === 2 ? true : undefined))
+  // One instance is enough now (min 1, and two requests fit one instance of concurrency-level 2),
+  // and the scaler comes down fast.
+  t.equal((await call(`${leader.url}/apps/${serviceId}/override`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ 'min-instances': 1, 'scale-down-factor': 0.9 }) })).status, 200)
+  const vetoes = async (): Promise<number> => {
+    const text = (await call(`${leader.url}/metrics`)).text
+    return Number(new RegExp(`maitre_kill_vetoes_total\\{service="${serviceId}"\\} (\\d+)`).exec(text)?.[1] ?? '0')
+  }
+  await waitFor('the leader tried to kill and was vetoed', async () => ((await vetoes()) > 0 ? true : undefined), 3000)
+  const replies = await Promise.all(long)
+  t.same(replies.map((r) => r.status), [200, 200], 'both long requests completed: no busy instance was killed')
+  t.ok((await vetoes()) >= 1, `vetoes counted (${await vetoes()})`)
+  await waitFor('with the requests done, the scale-down goes ahead', async () => ((await healthy(leader)) === 1 ? true : undefined), 10_000)
+})

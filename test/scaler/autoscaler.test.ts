@@ -162,3 +162,27 @@ t.test('in a cluster only the leader decides, on the load of every router, and a
   t.equal(backend.state('s')?.requested, before, 'a router that lost leadership scales nothing down')
   t.equal(backend.calls.filter((c) => c.startsWith('kill')).length, 0)
 })
+
+t.test('a scale-down kill asks every other router first; a vetoed instance stays, back in rotation, and the next choice goes', async (t) => {
+  const asked: string[] = []
+  let vetoed = new Set<string>()
+  const fleet: Fleet = { isLeader: () => true, peerLoad: () => NO_LOAD, allowKill: async (_s, instanceId) => (asked.push(instanceId), !vetoed.has(instanceId)) }
+  const { clock, backend, tracker, scaler } = setup(undefined, fleet)
+  backend.add('s', [1, 2, 3, 4, 5])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const kills = (): string[] => backend.calls.filter((c) => c.startsWith('kill'))
+  await scaler.tick()
+  vetoed = new Set(['s.5', 's.4', 's.3', 's.2'])
+  clock.advance(1000)
+  await scaler.tick()
+  t.same(asked, ['s.5', 's.4', 's.3'], 'the youngest first, then the next, three tries in one tick')
+  t.same(kills(), [], 'all vetoed: nothing was killed')
+  t.same(tracker.instanceSlots('s').map((s) => s.locked), [false, false, false, false, false], 'every vetoed instance is unlocked, back in rotation')
+  vetoed = new Set(['s.5'])
+  asked.length = 0
+  clock.advance(1000)
+  await scaler.tick()
+  t.same(asked, ['s.5', 's.4'], 'the vetoed one is passed over')
+  t.equal(kills().length, 1, 'and the next choice is killed')
+  t.match(kills()[0], /s\.4/)
+})

@@ -7,7 +7,10 @@
  *   P/routers/<routerId>  this router's Member (lease-bound): the membership list
  *   P/leader              the leader's router id (lease-bound): created only where absent, so one holds it
  *   P/load/<routerId>     this router's per-version load (lease-bound), rewritten when it changes,
- *                         at most every `loadIntervalMs`: O(routers) writes per second, not O(versions)
+ *                         at most every `loadIntervalMs`: O(routers) writes per second, not O(versions);
+ *                         with it, the membership this router deals slots by and the requests it
+ *                         still carries beyond its share (slot-shares.ts), rewritten at once when
+ *                         the membership changes
  *
  * Leadership is held only while the lease is known to be alive: from the moment a keep-alive
  * fails, or none has succeeded for two thirds of the TTL, this router stops acting as leader,
@@ -18,7 +21,7 @@ import type { Etcd3, Lease } from 'etcd3'
 import type { Clock } from '../../clock.ts'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
-import { NO_LOAD, type Coordination, type Member, type VersionLoad } from '../coordination.ts'
+import { NO_LOAD, type Coordination, type Member, type PeerReport, type SlotView, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
 import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
 
@@ -32,6 +35,8 @@ export interface EtcdCoordinatorOptions {
   readonly endpoints: readonly string[]
   /** This router's per-version load, published to the others. */
   readonly localLoads: () => Iterable<readonly [string, VersionLoad]>
+  /** Requests this router carries beyond its share of an instance (published with the load). */
+  readonly overShare?: () => Iterable<readonly [serviceId: string, instanceId: string, over: number]>
   /** How often the load is compared with what was last published (and rewritten if it changed). */
   readonly loadIntervalMs?: number
   readonly clock: Clock
@@ -39,7 +44,14 @@ export interface EtcdCoordinatorOptions {
 }
 
 /** One router's published load: version id → [in flight, queued, last request time]. */
-type LoadDocument = { readonly at: number; readonly versions: Readonly<Record<string, readonly [number, number, number]>> }
+type LoadDocument = {
+  readonly at: number
+  readonly versions: Readonly<Record<string, readonly [number, number, number]>>
+  /** The membership the router deals slots by. */
+  readonly members?: readonly string[]
+  /** version id → instance id → requests carried beyond its share. */
+  readonly over?: Readonly<Record<string, Readonly<Record<string, number>>>>
+}
 
 /** A published load stays under etcd's request limit (1.5 MiB by default) with room to spare. */
 const MAX_LOAD_BYTES = 1024 * 1024
@@ -79,6 +91,8 @@ export class EtcdCoordinator implements Coordination {
   #keepalivesSent: number[] = []
   #leader: { routerId: string; lease: string } | undefined
   #publishedLoad = ''
+  #slotView: SlotView | undefined
+  readonly #slotViewListeners = new Set<() => void>()
   #publishing = false
   #cancelLoadTimer: (() => void) | undefined
   #closed = false
@@ -98,6 +112,12 @@ export class EtcdCoordinator implements Coordination {
     this.#members = members
     this.#loads = loads
     this.#startedAt = options.clock.now()
+    members.onChange(() => {
+      this.#slotViewChanged()
+      // Peers learn at once which membership this router now deals by, so slots change hands fast.
+      void this.#publishLoad()
+    })
+    loads.onChange(() => this.#slotViewChanged())
   }
 
   static async start(options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
@@ -149,6 +169,38 @@ export class EtcdCoordinator implements Coordination {
       lastRequestAt = Math.max(lastRequestAt, entry[2])
     }
     return inFlight === 0 && queued === 0 && lastRequestAt === 0 ? NO_LOAD : { inFlight, queued, lastRequestAt }
+  }
+
+  slotView(): SlotView {
+    this.#slotView ??= this.#readSlotView()
+    return this.#slotView
+  }
+
+  onSlotViewChange(listener: () => void): () => void {
+    this.#slotViewListeners.add(listener)
+    return () => this.#slotViewListeners.delete(listener)
+  }
+
+  #slotViewChanged(): void {
+    this.#slotView = undefined
+    for (const listener of this.#slotViewListeners) listener()
+  }
+
+  #readSlotView(): SlotView {
+    const members = new Map<string, Member>([...this.#members.entries()].map(([, m]) => [m.routerId, m]))
+    const ids = [...new Set([...members.keys(), this.routerId])].sort()
+    const peers: PeerReport[] = []
+    const reported = new Set<string>()
+    for (const [routerId, report] of this.#loads.entries()) {
+      if (routerId === this.routerId) continue
+      reported.add(routerId)
+      const over = report.over ?? {}
+      peers.push({ routerId, url: members.get(routerId)?.url, members: Array.isArray(report.members) ? report.members : undefined, over: (s, i) => over[s]?.[i] ?? 0 })
+    }
+    for (const [routerId, member] of members) {
+      if (routerId !== this.routerId && !reported.has(routerId)) peers.push({ routerId, url: member.url, members: undefined, over: () => 0 })
+    }
+    return { members: ids, peers }
   }
 
   *peerVersions(): Iterable<string> {
@@ -285,9 +337,10 @@ export class EtcdCoordinator implements Coordination {
       void this.#rejoin()
     })
     const member: Member = { routerId: this.routerId, url: this.#options.url(), startedAt: this.#startedAt }
-    await lease.put(this.#memberKey).value(JSON.stringify(member))
+    // The report first: a member without one is taken to hold every slot until it reports.
     this.#publishedLoad = ''
     await this.#publishLoad()
+    await lease.put(this.#memberKey).value(JSON.stringify(member))
     await this.#campaign()
   }
 
@@ -356,12 +409,15 @@ export class EtcdCoordinator implements Coordination {
       if (bytes > MAX_LOAD_BYTES) dropped++
       else versions[id] = [load.inFlight, load.queued, load.lastRequestAt]
     }
-    const text = JSON.stringify(versions)
+    const members = this.slotView().members
+    const over: Record<string, Record<string, number>> = {}
+    for (const [serviceId, instanceId, n] of this.#options.overShare?.() ?? []) (over[serviceId] ??= {})[instanceId] = n
+    const text = JSON.stringify([versions, members, over])
     if (text === this.#publishedLoad) return
     if (dropped > 0) this.#options.log.warn({ dropped }, 'load report over 1 MiB: the least recently used versions were left out')
     this.#publishing = true
     try {
-      const doc: LoadDocument = { at: this.#options.clock.now(), versions }
+      const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over }
       await lease.put(this.#loadKey).value(JSON.stringify(doc))
       this.#publishedLoad = text
     } catch (err) {

@@ -1,0 +1,66 @@
+/**
+ * The calls routers of one cluster make to each other (slot-exchange.ts): what waits where, slot
+ * loans and kill vetoes. Only a caller with the cluster's peer key is heard; a router on its own
+ * has no peers and answers 404.
+ */
+import { MaitreError } from '../errors.ts'
+import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster/slot-exchange.ts'
+import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+
+export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject'>
+
+const ID = /^[\x21-\x7e]{1,253}$/
+
+function idField(body: Record<string, unknown>, field: string): string {
+  const value = body[field]
+  if (typeof value !== 'string' || !ID.test(value)) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `${field} must be a string of 1 to 253 printable characters`, { details: { field } })
+  }
+  return value
+}
+
+export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined): Promise<void> {
+  const { req, res, url, cid } = r
+  const what = url.pathname.slice(PEER_PATH_PREFIX.length)
+  if (exchange === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router is not in a cluster: it has no peers', { details: { path: url.pathname } })
+  if (!exchange.authorized(firstHeader(req.headers[PEER_KEY_HEADER]))) {
+    throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
+  }
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
+  const body = await readJsonObject(req)
+  switch (what) {
+    case 'wants': {
+      const from = idField(body, 'from')
+      const wants = body['wants']
+      if (typeof wants !== 'object' || wants === null || Array.isArray(wants)) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'wants must be an object of version id → requests waiting', { details: { field: 'wants' } })
+      }
+      const counts: Record<string, number> = {}
+      for (const [serviceId, n] of Object.entries(wants)) {
+        if (!ID.test(serviceId) || !Number.isSafeInteger(n) || (n as number) < 0) {
+          throw new MaitreError('MAITRE_BAD_REQUEST', 'each want must be a version id with a whole number of requests waiting, 0 or more', { details: { field: `wants.${serviceId.slice(0, 100)}` } })
+        }
+        counts[serviceId] = n as number
+      }
+      exchange.receiveWants(from, counts)
+      return sendJson(res, 200, { accepted: Object.keys(counts).length }, cid)
+    }
+    case 'offer': {
+      const outcome = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'))
+      if (outcome === undefined) return sendJson(res, 409, { taken: false, reason: 'nothing waits here for that instance' }, cid)
+      // Answered when the request that took the slot lets go of it: the lender holds it until then.
+      return sendJson(res, 200, { taken: true, outcome: await outcome }, cid)
+    }
+    case 'eject': {
+      const periodMs = body['periodMs']
+      if (!Number.isSafeInteger(periodMs) || (periodMs as number) < 0) throw new MaitreError('MAITRE_BAD_REQUEST', 'periodMs must be a whole number of milliseconds, 0 or more', { details: { field: 'periodMs' } })
+      const serviceId = idField(body, 'serviceId')
+      const instanceId = idField(body, 'instanceId')
+      if (!exchange.receiveEject(serviceId, instanceId, periodMs as number)) {
+        throw new MaitreError('MAITRE_INSTANCE_IN_USE', 'This router carries a request on the instance: it may not be killed now', { details: { 'service-id': serviceId, 'instance-id': instanceId } })
+      }
+      return sendJson(res, 200, { ejected: true, 'instance-id': instanceId }, cid)
+    }
+  }
+}

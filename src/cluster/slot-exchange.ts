@@ -1,0 +1,291 @@
+/**
+ * Slots across routers: each router fills only its share of every instance (slot-shares.ts), so
+ * the fleet never sends an instance more than concurrency-level requests at once; and so that no
+ * share idles while another router has requests waiting, routers lend each other slots, directly
+ * over HTTP (Waiter's work-stealing, reference/waiter.md §4.2):
+ *
+ * - A router whose queue for a version changes tells its peers how many requests wait there
+ *   (POST /maitre-peer/wants; repeated every second while any wait, forgotten after three).
+ * - A router with a free slot of that version and nobody of its own waiting takes the slot (a
+ *   lease in its own tracker: it counts there, for scaling, GC and kill vetoes) and offers it to
+ *   the router with the most waiting (POST /maitre-peer/offer). The borrower hands the instance to
+ *   its longest-waiting request, and answers the offer only when that request lets go, with how it
+ *   went; the lender then releases its lease. A borrower with nobody waiting any more says no at
+ *   once, and a broken connection (a router that died) releases the lease too.
+ * - Before the leader kills an instance, every peer is asked to take it out of rotation
+ *   (POST /maitre-peer/eject); one that carries a request on it says no (423) and the kill waits.
+ *
+ * Every call carries a key derived from the router secret the cluster shares: only routers of
+ * this cluster lend, borrow or veto.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { Agent, request } from 'undici'
+import type { Clock } from '../clock.ts'
+import type { Logger } from '../log.ts'
+import type { Lease, ReleaseOutcome, SlotSharing } from '../backends/tracker.ts'
+import type { PeerReport, SlotView } from './coordination.ts'
+import { slotLimit } from './slot-shares.ts'
+
+export const PEER_PATH_PREFIX = '/maitre-peer/'
+export const PEER_KEY_HEADER = 'x-maitre-peer-key'
+
+/** What the exchange needs of the tracker. */
+export interface LendingTracker {
+  tryAcquire(serviceId: string): Lease | undefined
+  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): boolean
+  ejectForKill(serviceId: string, instanceId: string, periodMs: number): boolean
+  redispatch(): void
+}
+
+export interface SlotExchangeOptions {
+  readonly routerId: string
+  /** The secret every router of the cluster shares; the peer key derives from it. */
+  readonly secret: string
+  readonly tracker: LendingTracker
+  /** The current slot view (late-bound: the router joins the cluster after it listens). */
+  readonly view: () => SlotView
+  readonly clock: Clock
+  readonly log: Logger
+  /** How long a peer keeps an instance out of rotation for a kill the leader prepares. */
+  readonly killEjectMs: number
+  /** Told of each kill another router vetoed (for metrics). */
+  readonly onVeto?: (serviceId: string, instanceId: string, vetoedBy: readonly string[]) => void
+  /** Bound on a wants or eject call to a peer. */
+  readonly peerTimeoutMs?: number
+}
+
+/** A peer's wants expire unless repeated: a router that died stops being lent to. */
+const WANT_TTL_MS = 3000
+const WANT_REPEAT_MS = 1000
+/** Versions one wants message may name (a router with more waiting sends several). */
+const MAX_WANTS_PER_MESSAGE = 1000
+
+interface RemoteWant {
+  waiting: number
+  until: number
+}
+
+export class SlotExchange implements SlotSharing {
+  readonly #o: SlotExchangeOptions
+  readonly #key: string
+  readonly #agent = new Agent({ keepAliveTimeout: 30_000, connections: 64 })
+  /** version id → instance id → concurrency-level → limit, valid until the slot view changes. */
+  #limits = new Map<string, Map<string, number>>()
+  /** This router's waiting requests per version, as last told to peers. */
+  readonly #waiting = new Map<string, number>()
+  /** Versions whose waiting count changed since the last wants message. */
+  readonly #changed = new Set<string>()
+  #flushScheduled = false
+  /** version id → router id → what that router has waiting. */
+  readonly #remote = new Map<string, Map<string, RemoteWant>>()
+  readonly #repeat: ReturnType<typeof setInterval>
+  #closed = false
+
+  constructor(options: SlotExchangeOptions) {
+    this.#o = options
+    this.#key = peerKey(options.secret)
+    this.#repeat = setInterval(() => this.#repeatWants(), WANT_REPEAT_MS)
+    this.#repeat.unref()
+  }
+
+  /** The value of PEER_KEY_HEADER that routers of this cluster send. */
+  get key(): string {
+    return this.#key
+  }
+
+  /** Whether a peer call carries this cluster's key. */
+  authorized(given: string | undefined): boolean {
+    if (given === undefined) return false
+    const a = Buffer.from(given)
+    const b = Buffer.from(this.#key)
+    return a.length === b.length && timingSafeEqual(a, b)
+  }
+
+  /** Membership or a peer's report changed: limits are dealt again, and waiting requests may fit now. */
+  viewChanged(): void {
+    this.#limits = new Map()
+    this.#o.tracker.redispatch()
+  }
+
+  limit(serviceId: string, instanceId: string, concurrencyLevel: number): number {
+    let byInstance = this.#limits.get(serviceId)
+    const key = `${instanceId}\u0000${concurrencyLevel}`
+    const known = byInstance?.get(key)
+    if (known !== undefined) return known
+    const view = this.#o.view()
+    const claims = view.peers.map((p: PeerReport) => ({ routerId: p.routerId, members: p.members, over: p.over(serviceId, instanceId) }))
+    const limit = slotLimit(instanceId, concurrencyLevel, view.members, this.#o.routerId, claims)
+    if (byInstance === undefined) this.#limits.set(serviceId, (byInstance = new Map()))
+    byInstance.set(key, limit)
+    return limit
+  }
+
+  queueChanged(serviceId: string, queued: number): void {
+    if ((this.#waiting.get(serviceId) ?? 0) === queued) return
+    if (queued === 0) this.#waiting.delete(serviceId)
+    else this.#waiting.set(serviceId, queued)
+    this.#changed.add(serviceId)
+    if (this.#flushScheduled) return
+    // One message per peer for everything that changed in this turn of the event loop.
+    this.#flushScheduled = true
+    setImmediate(() => {
+      this.#flushScheduled = false
+      const changed = [...this.#changed]
+      this.#changed.clear()
+      this.#sendWants(changed)
+    })
+  }
+
+  slotFree(serviceId: string): void {
+    if (this.#remote.has(serviceId)) this.#lend(serviceId)
+  }
+
+  /** A peer says how many requests wait there, per version. */
+  receiveWants(from: string, wants: Readonly<Record<string, number>>): void {
+    const until = this.#o.clock.now() + WANT_TTL_MS
+    for (const [serviceId, waiting] of Object.entries(wants)) {
+      let routers = this.#remote.get(serviceId)
+      if (waiting <= 0) {
+        routers?.delete(from)
+        if (routers?.size === 0) this.#remote.delete(serviceId)
+        continue
+      }
+      if (routers === undefined) this.#remote.set(serviceId, (routers = new Map()))
+      routers.set(from, { waiting, until })
+    }
+    for (const [serviceId, waiting] of Object.entries(wants)) if (waiting > 0) this.#lend(serviceId)
+  }
+
+  /**
+   * A peer lends a slot of an instance: resolves with how the request that took it went, or
+   * undefined at once if nobody here waits for it.
+   */
+  receiveOffer(serviceId: string, instanceId: string): Promise<ReleaseOutcome> | undefined {
+    let done: (outcome: ReleaseOutcome) => void = () => undefined
+    const outcome = new Promise<ReleaseOutcome>((resolve) => (done = resolve))
+    return this.#o.tracker.grantBorrowed(serviceId, instanceId, done) ? outcome : undefined
+  }
+
+  /** The leader prepares a kill: false (a veto) if this router carries a request on the instance. */
+  receiveEject(serviceId: string, instanceId: string, periodMs: number): boolean {
+    return this.#o.tracker.ejectForKill(serviceId, instanceId, Math.min(periodMs, this.#o.killEjectMs))
+  }
+
+  /**
+   * Asks every peer to take an instance out of rotation before the leader kills it: true only if
+   * every one agreed. A peer that cannot be asked may be carrying a request on it: that is a no.
+   */
+  async allowKill(serviceId: string, instanceId: string): Promise<boolean> {
+    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    const answers = await Promise.all(
+      peers.map((p) =>
+        this.#call(p.url as string, 'eject', { serviceId, instanceId, periodMs: this.#o.killEjectMs }).then(
+          (status) => status === 200,
+          () => false,
+        ),
+      ),
+    )
+    const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
+    if (vetoed.length > 0) {
+      this.#o.log.info({ service: serviceId, instance: instanceId, vetoedBy: vetoed }, 'kill vetoed by routers that carry requests on the instance (or could not be asked)')
+      this.#o.onVeto?.(serviceId, instanceId, vetoed)
+    }
+    return vetoed.length === 0
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    clearInterval(this.#repeat)
+    await this.#agent.close().catch(() => undefined)
+  }
+
+  #lend(serviceId: string): void {
+    const routers = this.#remote.get(serviceId)
+    if (routers === undefined || this.#closed) return
+    const now = this.#o.clock.now()
+    for (const [routerId, want] of routers) if (want.until <= now || want.waiting <= 0) routers.delete(routerId)
+    if (routers.size === 0) {
+      this.#remote.delete(serviceId)
+      return
+    }
+    const peers = new Map(this.#o.view().peers.map((p) => [p.routerId, p.url]))
+    for (;;) {
+      let neediest: [string, RemoteWant] | undefined
+      for (const entry of routers) if (entry[1].waiting > 0 && peers.get(entry[0]) !== undefined && (neediest === undefined || entry[1].waiting > neediest[1].waiting)) neediest = entry
+      if (neediest === undefined) return
+      const lease = this.#o.tracker.tryAcquire(serviceId)
+      if (lease === undefined) return
+      const [routerId, want] = neediest
+      want.waiting -= 1
+      void this.#offer(peers.get(routerId) as string, routerId, serviceId, lease)
+    }
+  }
+
+  async #offer(url: string, routerId: string, serviceId: string, lease: Lease): Promise<void> {
+    const instanceId = lease.instance.id
+    let outcome: ReleaseOutcome = 'client-error'
+    try {
+      const res = await request(`${url}${PEER_PATH_PREFIX}offer`, {
+        method: 'POST',
+        dispatcher: this.#agent,
+        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
+        body: JSON.stringify({ from: this.#o.routerId, serviceId, instanceId }),
+        // The answer comes when the borrowed request is over, however long that takes.
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      })
+      const body = (await res.body.json().catch(() => ({}))) as { outcome?: unknown }
+      if (res.statusCode === 200 && isOutcome(body.outcome)) outcome = body.outcome
+      else {
+        // Nobody waits there any more: stop lending to it until it says otherwise.
+        this.#remote.get(serviceId)?.delete(routerId)
+      }
+    } catch (err) {
+      this.#o.log.debug({ err, peer: routerId, service: serviceId }, 'slot offer failed')
+      this.#remote.get(serviceId)?.delete(routerId)
+    } finally {
+      lease.release(outcome)
+    }
+  }
+
+  #sendWants(serviceIds: readonly string[]): void {
+    if (this.#closed || serviceIds.length === 0) return
+    for (let i = 0; i < serviceIds.length; i += MAX_WANTS_PER_MESSAGE) {
+      const wants: Record<string, number> = {}
+      for (const id of serviceIds.slice(i, i + MAX_WANTS_PER_MESSAGE)) wants[id] = this.#waiting.get(id) ?? 0
+      for (const peer of this.#o.view().peers) {
+        if (peer.url === undefined) continue
+        this.#call(peer.url, 'wants', { from: this.#o.routerId, wants }).catch((err: unknown) => this.#o.log.debug({ err, peer: peer.routerId }, 'telling a peer what waits failed'))
+      }
+    }
+  }
+
+  #repeatWants(): void {
+    this.#sendWants([...this.#waiting.keys()])
+  }
+
+  async #call(url: string, what: 'wants' | 'eject', body: unknown): Promise<number> {
+    const timeout = this.#o.peerTimeoutMs ?? 1000
+    const res = await request(`${url}${PEER_PATH_PREFIX}${what}`, {
+      method: 'POST',
+      dispatcher: this.#agent,
+      headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
+      body: JSON.stringify(body),
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      signal: AbortSignal.timeout(timeout),
+    })
+    await res.body.dump()
+    return res.statusCode
+  }
+}
+
+/** The key routers of one cluster prove themselves with: derived from the shared secret, never the secret itself. */
+export function peerKey(secret: string): string {
+  return createHmac('sha256', secret).update('maitre-peer-v1').digest('hex')
+}
+
+const OUTCOMES = new Set<string>(['success', 'instance-error', 'instance-busy', 'client-error', 'generic-error'])
+function isOutcome(value: unknown): value is ReleaseOutcome {
+  return typeof value === 'string' && OUTCOMES.has(value)
+}

@@ -1,0 +1,91 @@
+/**
+ * The router-to-router API of cluster mode, on a real socket: only callers with the cluster's key
+ * are heard, bad input is a clear 400 naming the field, an offer is answered when the borrowed
+ * request is done, and a busy instance's kill is vetoed with 423.
+ */
+import t from 'tap'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { handlePeer, type PeerExchange } from '../../src/admin/peer.ts'
+import { peerKey, PEER_KEY_HEADER } from '../../src/cluster/slot-exchange.ts'
+import { sendError } from '../../src/http/error-response.ts'
+import type { ReleaseOutcome } from '../../src/backends/tracker.ts'
+import { call, waitFor } from '../fixtures/router.ts'
+
+const KEY = peerKey('the-cluster-secret')
+
+async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined): Promise<string> {
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://router')
+    handlePeer({ req, res, url, cid: 'c1' }, exchange).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+function fakeExchange() {
+  const wants: [string, Record<string, number>][] = []
+  let finish: ((o: ReleaseOutcome) => void) | undefined
+  const exchange: PeerExchange = {
+    authorized: (given) => given === KEY,
+    receiveWants: (from, w) => void wants.push([from, w]),
+    receiveOffer: (serviceId) => (serviceId === 'nobody-waits' ? undefined : new Promise<ReleaseOutcome>((resolve) => (finish = resolve))),
+    receiveEject: (_s, instanceId) => instanceId !== 'busy',
+  }
+  return { exchange, wants, offered: () => finish !== undefined, finish: (o: ReleaseOutcome) => finish?.(o) }
+}
+
+/** `key` null: no key header at all. */
+const post = (url: string, body: unknown, key: string | null = KEY) =>
+  call(url, { method: 'POST', headers: { 'content-type': 'application/json', ...(key === null ? {} : { [PEER_KEY_HEADER]: key }) }, body: JSON.stringify(body) })
+
+t.test('only routers of the cluster are heard, and a router on its own has no peer API', async (t) => {
+  const { exchange, wants } = fakeExchange()
+  const url = await serve(t, exchange)
+  const missing = await post(`${url}/maitre-peer/wants`, { from: 'r2', wants: { s: 1 } }, null)
+  t.equal(missing.status, 401)
+  t.match(missing.json(), { 'waiter-error': { details: { header: PEER_KEY_HEADER } } })
+  t.equal((await post(`${url}/maitre-peer/wants`, { from: 'r2', wants: { s: 1 } }, peerKey('another-cluster'))).status, 401, 'another cluster’s key is refused')
+  t.same(wants, [], 'nothing refused reached the exchange')
+  const alone = await serve(t, undefined)
+  t.equal((await post(`${alone}/maitre-peer/wants`, { from: 'r2', wants: {} })).status, 404)
+})
+
+t.test('bad input is a 400 naming the field', async (t) => {
+  const { exchange, wants } = fakeExchange()
+  const url = await serve(t, exchange)
+  const cases: [string, unknown, string][] = [
+    ['wants', { wants: { s: 1 } }, 'from'],
+    ['wants', { from: 'r2', wants: [1] }, 'wants'],
+    ['wants', { from: 'r2', wants: { s: -1 } }, 'wants.s'],
+    ['wants', { from: 'r2', wants: { s: 1.5 } }, 'wants.s'],
+    ['offer', { serviceId: 's' }, 'instanceId'],
+    ['eject', { serviceId: 's', instanceId: 'i', periodMs: 'soon' }, 'periodMs'],
+  ]
+  for (const [what, body, field] of cases) {
+    const reply = await post(`${url}/maitre-peer/${what}`, body)
+    t.equal(reply.status, 400, `${what} ${JSON.stringify(body)}`)
+    t.match(reply.json(), { 'waiter-error': { details: { field } } })
+  }
+  t.equal((await call(`${url}/maitre-peer/wants`, { headers: { [PEER_KEY_HEADER]: KEY } })).status, 405, 'GET is not a peer call')
+  t.equal((await post(`${url}/maitre-peer/nope`, {})).status, 404)
+  t.same(wants, [])
+})
+
+t.test('wants are taken; an offer is answered when the borrowed request lets go; a busy instance vetoes its kill', async (t) => {
+  const fake = fakeExchange()
+  const url = await serve(t, fake.exchange)
+  t.equal((await post(`${url}/maitre-peer/wants`, { from: 'r2', wants: { s: 3, t: 0 } })).status, 200)
+  t.same(fake.wants, [['r2', { s: 3, t: 0 }]])
+  t.equal((await post(`${url}/maitre-peer/offer`, { from: 'r2', serviceId: 'nobody-waits', instanceId: 'i' })).status, 409, 'nobody waits: declined at once')
+  const offer = post(`${url}/maitre-peer/offer`, { from: 'r2', serviceId: 's', instanceId: 'i' })
+  await waitFor('the offer reached the exchange', () => (fake.offered() ? true : undefined))
+  fake.finish('instance-error')
+  const reply = await offer
+  t.equal(reply.status, 200)
+  // The outcome exists only once the borrowed request let go: the answer waited for it.
+  t.match(reply.json(), { taken: true, outcome: 'instance-error' }, 'answered with how the borrowed request went')
+  t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'busy', periodMs: 1000 })).status, 423)
+  t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'idle', periodMs: 1000 })).status, 200)
+})
