@@ -13,6 +13,7 @@ interface AppInstance {
   readonly id: string
   readonly healthy: boolean
   readonly 'log-directory': string
+  readonly 'started-at': string
 }
 interface AppView {
   readonly instances: { 'active-instances': AppInstance[]; 'killed-instances': AppInstance[] }
@@ -115,34 +116,46 @@ t.test('SIGKILL of an instance under load fails only the requests it was carryin
     const live = (await app(router, serviceId)).instances['active-instances']
     return live.length === 3 && live.every((i) => i.healthy) ? live : undefined
   })
-  const victim = three[0] as AppInstance
+  // With 'oldest' load balancing the oldest instance is always the busiest: kill it mid-load.
+  const victim = [...three].sort((x, y) => Date.parse(x['started-at']) - Date.parse(y['started-at']))[0] as AppInstance
   const victimPid = Number((readFileSync(join(victim['log-directory'], 'maitre-instance.json'), 'utf8').match(/"pid":(\d+)/) ?? [])[1])
   let stop = false
   let served = 0
-  const failures: string[] = []
-  const workers = Array.from({ length: 8 }, async () => {
-    while (!stop) {
-      const reply = await call(`${router.url}/sleep?sleep-ms=30`, { headers: h }).catch((err: Error) => ({ status: 0, text: err.message }))
-      if (reply.status === 200) served += 1
-      else failures.push(`${reply.status} ${/"message": "([^"]*)"/.exec(reply.text)?.[1] ?? reply.text.slice(0, 200)}`)
-    }
+  const failures: { cid: string; reason: string }[] = []
+  const send = async (cid: string, sleepMs: number): Promise<void> => {
+    const reply = await call(`${router.url}/sleep?sleep-ms=${sleepMs}`, { headers: { ...h, 'x-cid': cid } }).catch((err: Error) => ({ status: 0, text: err.message }))
+    if (reply.status === 200) served += 1
+    else failures.push({ cid, reason: `${reply.status} ${/"message": "([^"]*)"/.exec(reply.text)?.[1] ?? reply.text.slice(0, 200)}` })
+  }
+  // Two long requests land on the victim first (the oldest, with free slots): it is surely
+  // carrying them when it dies.
+  const long = ['long-0', 'long-1'].map((cid) => send(cid, 10_000))
+  await waitFor('the victim carries both long requests', () => {
+    const log = existsSync(join(victim['log-directory'], 'requests.log')) ? readFileSync(join(victim['log-directory'], 'requests.log'), 'utf8') : ''
+    return log.includes('start long-0') && log.includes('start long-1') ? true : undefined
+  })
+  const workers = Array.from({ length: 8 }, async (_, worker) => {
+    for (let n = 0; !stop; n++) await send(`herd-${worker}-${n}`, 30)
   })
   await waitFor('the load to reach the victim', () => (existsSync(join(victim['log-directory'], 'requests.log')) && served > 50 ? true : undefined))
   process.kill(-victimPid, 'SIGKILL')
-  // What the app had started and not finished when it died: the requests it was carrying.
-  const log = readFileSync(join(victim['log-directory'], 'requests.log'), 'utf8').trim().split('\n')
-  const startedCids = log.filter((l) => / start /.test(l)).map((l) => l.split(' ')[2])
-  const endedCids = new Set(log.filter((l) => / end /.test(l)).map((l) => l.split(' ')[2]))
-  const carried = startedCids.filter((cid) => !endedCids.has(cid)).length
   const before = served
   await waitFor('the load to go on past the kill', () => (served > before + 100 ? true : undefined), 15_000)
   stop = true
-  await Promise.all(workers)
-  // It can carry at most concurrency-level (4) requests; its own log shows those it had begun to
-  // handle, and a request already sent to it may not have reached its log yet.
-  t.ok(carried <= 4, `its own log shows ${carried} requests begun and unfinished, within its concurrency-level`)
-  t.ok(failures.length <= 4, `failures (${failures.length}) are at most the 4 requests it could carry: ${failures.join('; ')}`)
-  t.ok(failures.every((f) => f.startsWith('502') && f.includes('Request to service backend failed')), 'each a 502 for a request cut mid-way')
+  await Promise.all([...workers, ...long])
+  // Each app's own log: what it began and finished, by cid.
+  const lines = (i: AppInstance): string[] => (existsSync(join(i['log-directory'], 'requests.log')) ? readFileSync(join(i['log-directory'], 'requests.log'), 'utf8').trim().split('\n') : [])
+  const cidsOf = (ls: string[], what: string): Set<string> => new Set(ls.filter((l) => l.split(' ')[1] === what).map((l) => l.split(' ')[2] as string))
+  const victimLog = lines(victim)
+  const endedThere = cidsOf(victimLog, 'end')
+  const carried = [...cidsOf(victimLog, 'start')].filter((cid) => !endedThere.has(cid))
+  const startedElsewhere = new Set(three.filter((i) => i.id !== victim.id).flatMap((i) => [...cidsOf(lines(i), 'start')]))
+  const failed = failures.map((f) => f.cid)
+  t.ok(carried.includes('long-0') && carried.includes('long-1') && carried.length <= 4, `the victim was carrying ${carried.length} requests when it died (its own log: ${carried.join(', ')}), the two long ones among them, within its concurrency-level`)
+  t.same(failed.filter((cid) => startedElsewhere.has(cid)), [], 'no request another instance handled failed')
+  t.same(carried.filter((cid) => !failed.includes(cid)), [], 'every request the victim carried failed (none was retried after reaching it)')
+  t.ok(failed.length <= 4, `failures (${failed.length}) are the requests it carried, and at most those sent to it and not yet read: ${failures.map((f) => `${f.cid} ${f.reason}`).join('; ')}`)
+  t.ok(failures.every((f) => f.reason.startsWith('502') && f.reason.includes('Request to service backend failed')), 'each a 502 for a request cut mid-way')
 })
 
 t.test('a cluster API that keeps failing: a typed 503 within the queue timeout, its own text not shown, the cid logged', async (t) => {

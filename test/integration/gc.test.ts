@@ -54,7 +54,8 @@ t.test('a version idle past its idle timeout is collected, and comes back on the
 t.test('a request that arrives while its version is being collected starts it afresh, and it stays managed', async (t) => {
   const clock = new OffsetClock()
   // The instance ignores SIGTERM, so its collection lasts the whole SIGTERM→SIGKILL delay.
-  const router = await startRouter(t, { ...FAST_GC, 'backend.local.minSigkillDelayMs': 1500 }, { clock })
+  // 3 s: room for the checks below to see the collection under way on a loaded machine.
+  const router = await startRouter(t, { ...FAST_GC, 'backend.local.minSigkillDelayMs': 3000 }, { clock })
   // exec: the app itself leads the process group and takes the SIGTERM (a shell would die of it).
   await createToken(router, 'idle', kitchenToken({ 'idle-timeout-mins': 1, cmd: `exec ${kitchenCmd('--ignore-sigterm')}` }))
   const h = { 'x-waiter-token': 'idle' }

@@ -66,6 +66,13 @@ async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void):
   const probe = new Client(router.url, { keepAliveTimeout: 60_000 })
   t.teardown(() => probe.close())
   t.equal((await probe.request({ path: '/readyz', method: 'GET' })).statusCode, 200, 'ready before the signal')
+  // And one for a proxied request that arrives, on a connection kept alive, during the drain.
+  const late = new Client(router.url, { keepAliveTimeout: 60_000 })
+  t.teardown(() => late.close())
+  const warm = await late.request({ path: '/request-info', method: 'GET', headers: h })
+  await warm.body.text()
+  t.equal(warm.statusCode, 200)
+  t.not(warm.headers['connection'], 'close', 'its connection is kept alive before the signal')
 
   const load = continuousLoad(router.url, 8, h)
   const streams = [longStream(router.url, h, 80), longStream(router.url, h, 80)]
@@ -78,6 +85,10 @@ async function drainUnderLoad(t: Test, router: RouterProcess, stop: () => void):
   await readyz.body.text()
   t.equal(readyz.statusCode, 503, '/readyz says 503 at once')
   t.equal(readyz.headers['connection'], 'close', 'and every response of the drain closes its connection')
+  const proxied = await late.request({ path: '/request-info', method: 'GET', headers: h })
+  await proxied.body.text()
+  t.equal(proxied.statusCode, 200, 'a proxied request arriving on a kept-alive connection during the drain is served, not cut')
+  t.equal(proxied.headers['connection'], 'close', 'with Connection: close')
 
   const report = await load.done
   t.same(report.failures, [], `no accepted request failed (${report.ok} served, ${report.refused} workers stopped at a refused connection)`)
@@ -96,4 +107,28 @@ t.test('SIGTERM under continuous load: nothing accepted is cut, streams finish, 
 t.test('Ctrl-C on `npm start` (SIGINT to the whole process group, forwarded again by npm) drains instead of exiting at once', { timeout: 60_000 }, async (t) => {
   const router = await startRouterProcess(t, { via: 'npm' })
   await drainUnderLoad(t, router, () => process.kill(-(router.child.pid as number), 'SIGINT'))
+})
+
+t.test('a request that outlives server.shutdownTimeoutMs is cut when the drain gives up; the router still stops cleanly', { timeout: 60_000 }, async (t) => {
+  const router = await startRouterProcess(t, { server: { shutdownTimeoutMs: 500 } })
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  t.equal((await request(`${router.url}/request-info`, { headers: h })).statusCode, 200)
+  let cut: unknown
+  const endless = request(`${router.url}/sleep?sleep-ms=30000`, { headers: h }).then(
+    async (res) => (await res.body.text(), res.statusCode),
+    (err: unknown) => ((cut = err), 'cut'),
+  )
+  await waitFor('the long request to be under way', async () => {
+    const res = await request(`${router.url}/state/instance-tracker`)
+    const state = ((await res.body.json()) as { state: Record<string, { load: { inFlight: number } }> }).state
+    return Object.values(state).some((s) => s.load.inFlight === 1) ? true : undefined
+  })
+  const signalled = Date.now()
+  router.child.kill('SIGTERM')
+  t.equal(await router.exited, 0, 'clean exit')
+  const took = Date.now() - signalled
+  t.equal(await endless, 'cut', `the request was cut at the drain's end (${String((cut as Error | undefined)?.message)})`)
+  t.ok(took < 10_000, `stopped ${took} ms after the signal: the drain gave up after 500 ms, not after the request's 30 s`)
+  t.ok(router.lines.some((l) => l['msg'] === 'drain timed out; cutting the requests left' && l['cut'] === 1), 'and said what it cut')
 })

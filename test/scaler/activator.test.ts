@@ -88,22 +88,32 @@ t.test('a failed creation reaches the request and leaves no routing entry behind
 })
 
 t.test('while a version is being collected, activation waits for the collection and then creates it afresh', async (t) => {
-  const { backend, activator, request } = setup()
+  const { backend, activator, request, remembered } = setup()
   await activator.ensure(request('a'))
   let finish!: () => void
   const gate = new Promise<void>((resolve) => (finish = resolve))
+  let deleted!: () => void
+  const backendDeleted = new Promise<void>((resolve) => (deleted = resolve))
   const collection = activator.collect('a', async () => {
     await backend.deleteService('a')
+    deleted()
     await gate
   })
+  // The backend no longer runs the version, but its collection is not over (record and resolver
+  // entries are still being dropped): a request now must not create it under the collection.
+  await backendDeleted
+  t.equal(backend.state('a'), undefined, 'the backend has let the version go')
   const waiting = activator.ensure(request('a'))
   t.ok(waiting, 'the version is being collected: wait')
+  // An activation records the version before it creates it, synchronously: none has begun.
+  t.same(remembered, ['a'], 'no activation began under the collection')
   t.same(backend.calls.filter((c) => c.startsWith('ensure')), ['ensure a'], 'nothing is created under the collection')
   finish()
   await collection
   await waiting
   await activator.ensure(request('a'))
-  t.same(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('delete')), ['ensure a', 'delete a', 'ensure a'])
+  t.same(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('delete')), ['ensure a', 'delete a', 'ensure a'], 'then it is created afresh')
+  t.same(remembered, ['a', 'a'])
   t.equal(activator.collecting('a'), false)
 })
 
