@@ -40,6 +40,7 @@ import { followBackend } from './scaler/backend-sync.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
 import { scalableServiceOf } from './scaler/policy.ts'
 import { serviceGauges } from './scaler/service-gauges.ts'
+import { VersionMemory } from './scaler/version-memory.ts'
 import { Overrides } from './versions/overrides.ts'
 import { Suspensions } from './versions/suspensions.ts'
 import { TOKEN_DEFAULTS } from './versions/parameters.ts'
@@ -169,26 +170,18 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       interKillMs: config.scaler.interKillMs,
     },
   )
-  followBackend({
-    backend,
-    tracker,
-    metrics,
-    log,
-    onGone: (serviceId) => {
-      autoscaler.forget(serviceId)
-      parameters.forget(serviceId)
-    },
-  })
-  overrides.onChange((serviceId) => {
-    const record = registry.get(serviceId)
-    if (record !== undefined) tracker.configure(serviceId, routingOf(parameters.ofRecord(record)))
-  })
   const resolver = new Resolver(tokens, registry, {
     routerHostnames,
     allowOnTheFly: config.proxy.allowOnTheFly,
     serviceIdPrefix: config.serviceIdPrefix,
     cacheSize: config.proxy.resolutionCacheSize,
     fallbackPeriodSecs: TOKEN_DEFAULTS.fallbackPeriodSecs,
+  })
+  const memory = new VersionMemory({ resolver, parameters, autoscaler, overrides, suspensions })
+  followBackend({ backend, tracker, metrics, log, onGone: (serviceId) => memory.stoppedRunning(serviceId) })
+  overrides.onChange((serviceId) => {
+    const record = registry.get(serviceId)
+    if (record !== undefined) tracker.configure(serviceId, routingOf(parameters.ofRecord(record)))
   })
   const gc = new GcRunner(
     {
@@ -199,12 +192,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       activator,
       parametersOf: (record) => parameters.ofRecord(record),
       serviceIdOfToken: (token) => resolver.serviceIdOfToken(token),
-      forgetVersion: async (serviceId) => {
-        resolver.forget(serviceId)
-        parameters.forget(serviceId)
-        await overrides.clear(serviceId)
-        await suspensions.resume(serviceId)
-      },
+      forgetVersion: (serviceId) => memory.collected(serviceId),
       onCollected: async (serviceId, reason) => {
         metrics.gcDeletions.inc({ reason })
         await metrics.removeService(serviceId)
