@@ -108,7 +108,7 @@ t.test('the Deployment is hardened, probes /readyz and /livez, and its parts lin
   const mounts = new Map(container.volumeMounts.map((m: Obj) => [m['name'], m['mountPath']]))
   t.equal(mounts.get('data'), config.dataDir, 'the data directory is on the volume')
   t.ok(container.args.join(' ').includes(`${String(mounts.get('config'))}/maitre.yaml`), 'maitre reads the mounted config')
-  t.equal(pod.spec.volumes.find((v: Obj) => v['name'] === 'data').persistentVolumeClaim.claimName, byKind('PersistentVolumeClaim')['metadata'].name)
+  t.same(pod.spec.volumes.find((v: Obj) => v['name'] === 'data').emptyDir, {}, 'shared state is in etcd: the data directory is the pod’s own')
   t.ok(pod.spec.terminationGracePeriodSeconds * 1000 >= config.server.shutdownTimeoutMs + 5000, 'grace covers preStop + draining')
 
   const service = byKind('Service')
@@ -117,6 +117,43 @@ t.test('the Deployment is hardened, probes /readyz and /livez, and its parts lin
   t.same(byKind('PodDisruptionBudget')['spec'].selector.matchLabels, deployment['spec'].selector.matchLabels)
   t.equal(byKind('ServiceMonitor')['spec'].endpoints[0].port, service['spec'].ports[0].name)
   t.equal(byKind('ServiceMonitor')['spec'].endpoints[0].path, '/metrics')
+})
+
+t.test('three routers in cluster mode: rolling updates that never drop below three, two kept through drains, spread over nodes', async (t) => {
+  const deployment = byKind('Deployment')
+  const spec = deployment['spec']
+  t.equal(spec.replicas, 3)
+  t.same(spec.strategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } })
+  const pdb = byKind('PodDisruptionBudget')['spec']
+  t.equal(pdb.minAvailable, 2, 'a drain leaves two routers serving')
+  t.equal(pdb.maxUnavailable, undefined)
+  const term = spec.template.spec.affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm
+  t.equal(term.topologyKey, 'kubernetes.io/hostname')
+  t.same(term.labelSelector.matchLabels, spec.selector.matchLabels, 'the anti-affinity selects the router pods themselves')
+  const config = loadConfigFile(join(K8S, 'config', 'maitre.yaml'))
+  t.ok(config.etcd.endpoints.length > 0, `cluster mode: etcd at ${config.etcd.endpoints.join(', ')}`)
+  t.equal(config.server.advertiseUrl, null, 'peers dial the pod IP, picked at start')
+})
+
+t.test('k8s/single/ turns it into one router on a volume, without etcd', async (t) => {
+  const dir = join(K8S, 'single')
+  const kustomization = parseAllDocuments(readFileSync(join(dir, 'kustomization.yaml'), 'utf8'))[0]?.toJS() as Obj
+  t.same(kustomization['resources'], ['../', 'pvc.yaml'])
+  const doc = (file: string): Obj => parseAllDocuments(readFileSync(join(dir, file), 'utf8'))[0]?.toJS() as Obj
+  const patches = (kustomization['patches'] as Obj[]).map((p) => doc(p['path'] as string))
+  const deployment = patches.find((p) => p['kind'] === 'Deployment') as Obj
+  t.equal(deployment['spec'].replicas, 1)
+  t.same(deployment['spec'].strategy, { type: 'Recreate', rollingUpdate: null }, 'never two routers at once: both would scale the same ReplicaSets')
+  const pvc = doc('pvc.yaml')
+  t.equal(pvc['kind'], 'PersistentVolumeClaim')
+  t.same(Object.keys(pvc['spec']).filter((k) => !FIELDS['v1/PersistentVolumeClaim']?.['spec']?.includes(k)), [], 'the claim uses only its kind’s fields')
+  t.same(deployment['spec'].template.spec.volumes, [{ name: 'data', emptyDir: null, persistentVolumeClaim: { claimName: pvc['metadata'].name } }], 'the data directory moves onto the claim')
+  t.same(patches.find((p) => p['kind'] === 'PodDisruptionBudget')?.['spec'], { minAvailable: null, maxUnavailable: 1 })
+  t.same(kustomization['configMapGenerator'], [{ name: 'maitre-config', behavior: 'replace', files: ['maitre.yaml=maitre.yaml'] }])
+  const config = loadConfigFile(join(dir, 'maitre.yaml'))
+  t.same(config.etcd.endpoints, [], 'no etcd: a single router')
+  t.equal(config.backend.kind, 'kubernetes')
+  t.equal(config.dataDir, loadConfigFile(join(K8S, 'config', 'maitre.yaml')).dataDir, 'the same data directory, now on the claim')
 })
 
 t.test('the Role grants exactly the verbs the backend calls, bound to maitre’s ServiceAccount', async (t) => {
