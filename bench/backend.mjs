@@ -17,5 +17,6 @@ const server = createServer((req, res) => {
   res.end(TINY)
 })
 server.keepAliveTimeout = 65_000
-server.listen(port, '127.0.0.1')
+// On the Kubernetes simulator a pod binds its own IP (127.x.y.z).
+server.listen(port, process.env.POD_IP ?? '127.0.0.1')
 process.on('SIGTERM', () => process.exit(0))

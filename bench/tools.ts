@@ -88,8 +88,8 @@ function toMs(text: string): number {
   return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v
 }
 
-export function wrk(url: string, connections: number, seconds: number, headers: readonly string[] = []): Promise<WrkResult> {
-  const args = ['-t2', `-c${connections}`, `-d${seconds}s`, '--latency', ...headers.flatMap((h) => ['-H', h]), url]
+export function wrk(url: string, connections: number, seconds: number, headers: readonly string[] = [], threads = 2): Promise<WrkResult> {
+  const args = [`-t${threads}`, `-c${connections}`, `-d${seconds}s`, '--latency', ...headers.flatMap((h) => ['-H', h]), url]
   return new Promise((resolve, reject) => {
     const child = spawn('wrk', args, { stdio: ['ignore', 'pipe', 'inherit'] })
     let text = ''

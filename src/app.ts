@@ -178,10 +178,14 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     fallbackPeriodSecs: TOKEN_DEFAULTS.fallbackPeriodSecs,
   })
   const memory = new VersionMemory({ resolver, parameters, autoscaler, overrides, suspensions })
-  followBackend({ backend, tracker, metrics, log, onGone: (serviceId) => memory.stoppedRunning(serviceId) })
-  overrides.onChange((serviceId) => {
+  const routingOfVersion = (serviceId: string) => {
     const record = registry.get(serviceId)
-    if (record !== undefined) tracker.configure(serviceId, routingOf(parameters.ofRecord(record)))
+    return record === undefined ? undefined : routingOf(parameters.ofRecord(record))
+  }
+  followBackend({ backend, tracker, metrics, log, routingOf: routingOfVersion, onGone: (serviceId) => memory.stoppedRunning(serviceId) })
+  overrides.onChange((serviceId) => {
+    const routing = routingOfVersion(serviceId)
+    if (routing !== undefined) tracker.configure(serviceId, routing)
   })
   const gc = new GcRunner(
     {

@@ -92,6 +92,8 @@ interface Waiter {
 interface ServiceSlots {
   readonly id: string
   routing: Routing
+  /** Routing was set from the version's parameters (not the default a sync starts with). */
+  configured: boolean
   /** Last time a request arrived or finished. */
   lastActiveAt: number
   slots: Map<string, Slot>
@@ -129,6 +131,14 @@ export class InstanceTracker {
     this.#maxEjectMs = options.maxEjectMs
   }
 
+  /**
+   * Whether the service's routing knobs were set. A version this router did not start (another
+   * router did, or this one before a restart) is known from the backend alone until then.
+   */
+  isConfigured(serviceId: string): boolean {
+    return this.#services.get(serviceId)?.configured === true
+  }
+
   /** Joins a cluster's slot sharing (late: the cluster needs this tracker to lend its slots). */
   shareSlots(sharing: SlotSharing): void {
     this.#sharing = sharing
@@ -144,6 +154,7 @@ export class InstanceTracker {
   configure(serviceId: string, routing: Routing): void {
     const service = this.#service(serviceId)
     service.routing = routing
+    service.configured = true
     this.#dispatch(service)
   }
 
@@ -322,7 +333,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { id: serviceId, routing: DEFAULT_ROUTING, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service

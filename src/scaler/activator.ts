@@ -63,7 +63,12 @@ export class Activator {
     const collecting = this.#collecting.get(request.serviceId)
     if (collecting !== undefined) return collecting
     const state = this.#backend.state(request.serviceId)
-    if (state !== undefined && state.requested > 0) return undefined
+    if (state !== undefined && state.requested > 0) {
+      // Running, but maybe not started here (another router did, or this one before a restart):
+      // its slots follow its own concurrency-level and queue bounds, not the tracker's defaults.
+      if (!this.#tracker.isConfigured(request.serviceId)) this.#tracker.configure(request.serviceId, routingOf(request.effective()))
+      return undefined
+    }
     let pending = this.#pending.get(request.serviceId)
     if (pending === undefined) {
       pending = this.#activate(request, state === undefined)

@@ -6,7 +6,7 @@
  */
 import type { Backend } from '../backends/backend.ts'
 import { deploymentErrorClass } from '../backends/deployment-error.ts'
-import type { InstanceTracker } from '../backends/tracker.ts'
+import type { InstanceTracker, Routing } from '../backends/tracker.ts'
 import type { Logger } from '../log.ts'
 import type { Metrics } from '../metrics.ts'
 
@@ -14,6 +14,12 @@ export interface BackendSyncDeps {
   readonly backend: Backend
   readonly tracker: InstanceTracker
   readonly metrics: Metrics
+  /**
+   * A version's routing knobs (concurrency-level, queue bound, load balancing), from its record;
+   * undefined if this router has no record of it (yet). Versions this router did not start
+   * (another router did, or this one before a restart) are routed by them from the first report.
+   */
+  readonly routingOf: (serviceId: string) => Routing | undefined
   /** Other per-version state to drop when the backend no longer runs a version. */
   readonly onGone: (serviceId: string) => void
   readonly log: Logger
@@ -30,6 +36,10 @@ export function followBackend(deps: BackendSyncDeps): () => void {
       deps.onGone(serviceId)
       deps.metrics.removeService(serviceId).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
       return
+    }
+    if (!deps.tracker.isConfigured(serviceId)) {
+      const routing = deps.routingOf(serviceId)
+      if (routing !== undefined) deps.tracker.configure(serviceId, routing)
     }
     deps.tracker.sync(serviceId, state.instances, state.deploymentError)
     const error = state.deploymentError

@@ -221,6 +221,10 @@ t.test('a router carrying a request on an instance vetoes the leader’s kill of
   const serviceId = (await call(`${leader.url}/apps`)).json<{ 'service-id': string }[]>()[0]?.['service-id'] as string
   const healthy = async (r: Router): Promise<number> => (await call(`${r.url}/apps/${serviceId}`)).json<{ instances: { 'active-instances': { healthy: boolean }[] } }>().instances['active-instances'].filter((i) => i.healthy).length
   await waitFor('two healthy instances on both routers', async () => ((await healthy(leader)) === 2 && (await healthy(follower)) === 2 ? true : undefined), 20_000)
+  // The leader never routed a request of this version, yet it deals its slots by the version's
+  // own concurrency-level: the routers' shares add up to 2 instances × 2 slots.
+  const available = async (r: Router): Promise<number> => (await call(`${r.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { slotsAvailable: number } }> }>().state[serviceId]?.load.slotsAvailable ?? 0
+  t.same([await available(leader), await available(follower)], [2, 2], 'each router holds one slot of each instance')
 
   // The follower carries one long request on each instance, on its own slots: the leader's
   // tracker sees both instances idle.

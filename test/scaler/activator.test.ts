@@ -141,3 +141,16 @@ t.test('a creation that fails after every waiter left is no unhandled rejection'
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r))
   t.same(unhandled, [], 'the failure reached nobody, and that is fine')
 })
+
+t.test('a version running before this router saw a request for it (another router started it, or this one before a restart) is routed by its own parameters', async (t) => {
+  const { backend, tracker, activator } = setup()
+  backend.add('a', [1])
+  t.equal(tracker.isConfigured('a'), false, 'known from the backend alone')
+  const effective = { ...effectiveParameters({ ...CORE, 'concurrency-level': 3, 'max-queue-length': 7 }), 'run-as-user': 'me' }
+  const request: ActivationRequest = { serviceId: 'a', effective: () => effective, launchSpec: () => launchSpecOf('a', effective, { cluster: 'test', secret: 's' }), remember: async () => undefined }
+  t.equal(activator.ensure(request), undefined, 'it runs: the request may take a slot at once')
+  const leases = [tracker.tryAcquire('a'), tracker.tryAcquire('a'), tracker.tryAcquire('a')]
+  t.ok(leases.every((l) => l !== undefined), 'three requests at once on its one instance: concurrency-level 3, not the default 1')
+  t.equal(tracker.tryAcquire('a'), undefined)
+  t.equal(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('scale')).length, 0, 'and nothing was started for it')
+})

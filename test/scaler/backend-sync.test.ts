@@ -1,0 +1,27 @@
+import t from 'tap'
+import { ManualClock } from '../fixtures/manual-clock.ts'
+import { MemoryBackend } from '../fixtures/memory-backend.ts'
+import { InstanceTracker } from '../../src/backends/tracker.ts'
+import { followBackend } from '../../src/scaler/backend-sync.ts'
+import { Metrics } from '../../src/metrics.ts'
+import { silentLogger } from '../../src/log.ts'
+
+t.test('a version the backend reports before any request here is routed by its own knobs from the first report', async (t) => {
+  const clock = new ManualClock()
+  const backend = new MemoryBackend(clock)
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  const metrics = new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: 'test' })
+  const gone: string[] = []
+  const known = new Set(['with-record'])
+  followBackend({ backend, tracker, metrics, log: silentLogger, routingOf: (id) => (known.has(id) ? { concurrencyLevel: 3, loadBalancing: 'oldest', maxQueueLength: 5 } : undefined), onGone: (id) => void gone.push(id) })
+  backend.add('with-record', [1])
+  backend.add('no-record-yet', [1])
+  t.ok(tracker.isConfigured('with-record'), 'another router started it (or this one, before a restart): its record says how to route it')
+  t.same([tracker.tryAcquire('with-record'), tracker.tryAcquire('with-record'), tracker.tryAcquire('with-record')].map((l) => l !== undefined), [true, true, true], 'concurrency-level 3 at once')
+  t.notOk(tracker.isConfigured('no-record-yet'), 'no record yet: the defaults, until one arrives')
+  known.add('no-record-yet')
+  backend.setHealthy('no-record-yet', 'no-record-yet.2', true)
+  t.ok(tracker.isConfigured('no-record-yet'), 'and its knobs from the next report after the record came')
+  await backend.deleteService('with-record')
+  t.same(gone, ['with-record'])
+})
