@@ -11,7 +11,7 @@
  *
  *   BENCH_SECONDS=5 BENCH_ROUNDS=3 npm run bench:cluster
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -77,7 +77,16 @@ async function warm(router: Router, token: string): Promise<void> {
   throw new Error(`${router.url}: ${token} never answered`)
 }
 
+/** Busy and total jiffies of the whole machine so far (all cores), from /proc/stat. */
+function machineTicks(): { busy: number; total: number } {
+  const fields = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number)
+  const total = fields.reduce((a, b) => a + b, 0)
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0)
+  return { busy: total - idle, total }
+}
+
 interface Sample {
+  readonly machineBusy: number
   readonly rps: number
   readonly cpuUsPerRequest: number
   readonly p99Ms: number
@@ -87,12 +96,15 @@ interface Sample {
 async function measure(c: Case, token: string): Promise<Sample> {
   const pids = c.routers.map((r) => r.pid)
   const before = cpuSeconds(pids)
+  const machineBefore = machineTicks()
   const per = Math.max(1, Math.floor(CONNECTIONS / c.routers.length))
   const threads = c.routers.length === 1 ? 2 : 1
   const results: WrkResult[] = await Promise.all(c.routers.map((r) => wrk(`${r.url}/tiny`, per, SECONDS, [`x-waiter-token: ${token}`], threads)))
   const cpu = cpuSeconds(pids) - before
+  const machineAfter = machineTicks()
   const requests = results.reduce((a, r) => a + r.requests, 0)
   return {
+    machineBusy: (machineAfter.busy - machineBefore.busy) / Math.max(1, machineAfter.total - machineBefore.total),
     rps: results.reduce((a, r) => a + r.rps, 0),
     cpuUsPerRequest: requests === 0 ? Number.NaN : (cpu * 1e6) / requests,
     p99Ms: Math.max(...results.map((r) => r.p99Ms)),
@@ -131,20 +143,20 @@ async function main(): Promise<void> {
     for (const [index, c] of cases.entries()) {
       const s = await measure(c, `bench-${index}`)
       samples.set(c.name, [...(samples.get(c.name) ?? []), s])
-      console.error(`round ${round + 1} ${c.name}: ${s.rps.toFixed(0)} req/s, ${s.cpuUsPerRequest.toFixed(0)} µs CPU/request, p99 ${s.p99Ms.toFixed(1)} ms, errors ${s.errors}`)
+      console.error(`round ${round + 1} ${c.name}: ${s.rps.toFixed(0)} req/s, ${s.cpuUsPerRequest.toFixed(0)} µs CPU/request, p99 ${s.p99Ms.toFixed(1)} ms, machine ${(s.machineBusy * 100).toFixed(0)} % busy, errors ${s.errors}`)
     }
   }
   const base = median((samples.get('1 router, no etcd') ?? []).map((s) => s.rps))
   const lines = [
     `Cluster mode, tiny responses: ${CONNECTIONS} connections split over the routers of each case, wrk ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians.`,
     '',
-    '| case | aggregate req/s | ÷ 1 router without etcd | router CPU µs/request | p99 ms (worst router) | errors |',
-    '|---|---|---|---|---|---|',
+    '| case | aggregate req/s | ÷ 1 router without etcd | router CPU µs/request | p99 ms (worst router) | machine busy (all cores) | errors |',
+    '|---|---|---|---|---|---|---|',
   ]
   for (const c of cases) {
     const list = samples.get(c.name) ?? []
     const rps = median(list.map((s) => s.rps))
-    lines.push(`| ${c.name} | ${rps.toFixed(0)} | ${(rps / base).toFixed(2)} | ${median(list.map((s) => s.cpuUsPerRequest)).toFixed(0)} | ${median(list.map((s) => s.p99Ms)).toFixed(1)} | ${list.reduce((a, s) => a + s.errors, 0)} |`)
+    lines.push(`| ${c.name} | ${rps.toFixed(0)} | ${(rps / base).toFixed(2)} | ${median(list.map((s) => s.cpuUsPerRequest)).toFixed(0)} | ${median(list.map((s) => s.p99Ms)).toFixed(1)} | ${(median(list.map((s) => s.machineBusy)) * 100).toFixed(0)} % | ${list.reduce((a, s) => a + s.errors, 0)} |`)
   }
   console.log(lines.join('\n'))
 }
