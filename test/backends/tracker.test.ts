@@ -68,6 +68,7 @@ t.test('the queue timeout fires on the injected clock with Waiter\'s message', a
   const waiting = tracker.acquire('s', { timeoutMs: 2500 })
   clock.advance(2499)
   t.equal(tracker.load('s').queued, 1)
+  clock.advance(1)
   await t.rejects(waiting, { code: 'MAITRE_QUEUE_TIMEOUT', message: 'After 2.5 seconds, no instance available to handle request. Check that your service is able to start properly!' })
   t.equal(tracker.load('s').queued, 0)
 })
@@ -103,6 +104,7 @@ t.test('failing instances are ejected with exponential backoff', async (t) => {
   lease.release('instance-busy') // second failure in a row: 2 s
   clock.advance(1999)
   t.equal(tracker.load('s').slotsAvailable, 0)
+  clock.advance(1)
   t.equal(tracker.load('s').slotsAvailable, 1)
   const ok = tracker.tryAcquire('s')
   ok?.release('success')
