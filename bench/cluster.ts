@@ -10,8 +10,12 @@
  * The machine's 2 cores also carry wrk, the backend and etcd: read the ratios within one run.
  *
  *   BENCH_SECONDS=5 BENCH_ROUNDS=3 npm run bench:cluster
+ *   BENCH_ROUTER_CPU=0.25 npm run bench:cluster   (as root: each router in its own cgroup, capped
+ *     at that share of one core, so that the routers, not the machine, are the bottleneck: how
+ *     throughput grows with routers when each has its own CPU, on a machine too small to give
+ *     each router a core)
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,6 +28,7 @@ import { SIM_TOKEN, writeKubeconfig } from '../test/fixtures/router.ts'
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 3)
 const CONNECTIONS = Number(process.env['BENCH_CONNECTIONS'] ?? 64)
+const ROUTER_CPU = process.env['BENCH_ROUTER_CPU'] === undefined ? undefined : Number(process.env['BENCH_ROUTER_CPU'])
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 
@@ -44,6 +49,41 @@ function cleanup(): void {
 }
 process.on('exit', cleanup)
 
+/** cgroup v1's cpu controller (as on this VM) or v2's unified hierarchy. */
+const CGROUP_V1 = '/sys/fs/cgroup/cpu'
+const CGROUP_V2 = '/sys/fs/cgroup'
+
+/** Puts a process in a cgroup of its own capped at `share` of one core (100 ms periods). */
+function capCpu(pid: number, name: string, share: number): void {
+  const quota = Math.round(share * 100_000)
+  if (existsSync(join(CGROUP_V1, 'cpu.cfs_quota_us'))) {
+    const dir = join(CGROUP_V1, `maitre-bench-${name}`)
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, 'cpu.cfs_period_us'), '100000')
+    writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quota))
+    writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+    cleanups.push(() => {
+      try {
+        rmdirSync(dir)
+      } catch {}
+    })
+    return
+  }
+  if (existsSync(join(CGROUP_V2, 'cgroup.controllers'))) {
+    const dir = join(CGROUP_V2, `maitre-bench-${name}`)
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, 'cpu.max'), `${quota} 100000`)
+    writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+    cleanups.push(() => {
+      try {
+        rmdirSync(dir)
+      } catch {}
+    })
+    return
+  }
+  throw new Error('BENCH_ROUTER_CPU needs a cgroup cpu controller (run as root)')
+}
+
 async function startRouter(dir: string, name: string, kubeconfig: string, podBasePort: number, etcd: string | undefined, prefix: string): Promise<Router> {
   const port = await freePort()
   const config = join(dir, `${name}.yaml`)
@@ -56,6 +96,7 @@ async function startRouter(dir: string, name: string, kubeconfig: string, podBas
   ].join('\n'))
   const child = start(process.execPath, [join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
   children.push(child)
+  if (ROUTER_CPU !== undefined) capCpu(child.pid as number, name, ROUTER_CPU)
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`, 30_000)
   return { url, pid: child.pid as number }
@@ -148,7 +189,7 @@ async function main(): Promise<void> {
   }
   const base = median((samples.get('1 router, no etcd') ?? []).map((s) => s.rps))
   const lines = [
-    `Cluster mode, tiny responses: ${CONNECTIONS} connections split over the routers of each case, wrk ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians.`,
+    `Cluster mode, tiny responses${ROUTER_CPU === undefined ? '' : `, each router capped at ${ROUTER_CPU} of a core`}: ${CONNECTIONS} connections split over the routers of each case, wrk ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians.`,
     '',
     '| case | aggregate req/s | ÷ 1 router without etcd | router CPU µs/request | p99 ms (worst router) | machine busy (all cores) | errors |',
     '|---|---|---|---|---|---|---|',
@@ -171,6 +212,8 @@ main()
   )
   .then(async (code) => {
     cleanup()
+    // The routers leave their cgroups only by exiting: wait for that before removing them.
+    await Promise.all(children.map((c) => (c.exitCode !== null || c.signalCode !== null ? undefined : new Promise((r) => c.once('exit', r)))))
     for (const fn of cleanups) await fn()
     process.exit(code)
   })
