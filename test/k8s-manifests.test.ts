@@ -5,13 +5,14 @@
  */
 import t from 'tap'
 import { readdirSync, readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseAllDocuments } from 'yaml'
 import { PERMISSIONS } from '../src/backends/kubernetes/api.ts'
 import { loadConfigFile } from '../src/config.ts'
 
-const K8S = fileURLToPath(new URL('../k8s/', import.meta.url))
+const K8S = fileURLToPath(new URL('../k8s/base/', import.meta.url))
+const DEPLOY = fileURLToPath(new URL('../k8s/', import.meta.url))
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -136,9 +137,9 @@ t.test('three routers in cluster mode: rolling updates that never drop below thr
 })
 
 t.test('k8s/single/ turns it into one router on a volume, without etcd', async (t) => {
-  const dir = join(K8S, 'single')
+  const dir = join(DEPLOY, 'single')
   const kustomization = parseAllDocuments(readFileSync(join(dir, 'kustomization.yaml'), 'utf8'))[0]?.toJS() as Obj
-  t.same(kustomization['resources'], ['../', 'pvc.yaml'])
+  t.same(kustomization['resources'], ['../base', 'pvc.yaml'])
   const doc = (file: string): Obj => parseAllDocuments(readFileSync(join(dir, file), 'utf8'))[0]?.toJS() as Obj
   const patches = (kustomization['patches'] as Obj[]).map((p) => doc(p['path'] as string))
   const deployment = patches.find((p) => p['kind'] === 'Deployment') as Obj
@@ -154,6 +155,19 @@ t.test('k8s/single/ turns it into one router on a volume, without etcd', async (
   t.same(config.etcd.endpoints, [], 'no etcd: a single router')
   t.equal(config.backend.kind, 'kubernetes')
   t.equal(config.dataDir, loadConfigFile(join(K8S, 'config', 'maitre.yaml')).dataDir, 'the same data directory, now on the claim')
+})
+
+t.test('each deployment is a kustomization of the base that kustomize can build: none names a folder that holds it', async (t) => {
+  // kustomize refuses a resource folder that contains the kustomization naming it (a cycle):
+  // k8s/ and k8s/single/ both build on k8s/base/, a sibling of the overlay, never its parent.
+  for (const [root, expected] of [[DEPLOY, ['base']], [join(DEPLOY, 'single'), ['../base', 'pvc.yaml']]] as const) {
+    const resources = (parseAllDocuments(readFileSync(join(root, 'kustomization.yaml'), 'utf8'))[0]?.toJS() as Obj)['resources'] as string[]
+    t.same(resources, expected)
+    for (const resource of resources) {
+      const target = resolve(root, resource)
+      t.notOk(`${root}/`.startsWith(`${target}/`), `${relative(DEPLOY, root) || 'k8s'}: ${resource} does not hold the kustomization that names it`)
+    }
+  }
 })
 
 t.test('the Role grants exactly the verbs the backend calls, bound to maitre’s ServiceAccount', async (t) => {
