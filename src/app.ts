@@ -299,6 +299,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     stop() {
       stopping ??= (async () => {
         log.info({ inFlight: server.inFlight() }, 'stopping: draining requests')
+        // A router on its way out lends nothing more; what it lent runs on.
+        exchange?.stopLending()
         // The autoscaler keeps running while requests drain (they may need an instance), and
         // stops before the backend does: it never scales down because the router is leaving.
         await server.drain(config.server.shutdownTimeoutMs)

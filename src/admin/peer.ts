@@ -47,10 +47,17 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       return sendJson(res, 200, { accepted: Object.keys(counts).length }, cid)
     }
     case 'offer': {
-      const outcome = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'))
-      if (outcome === undefined) return sendJson(res, 409, { taken: false, reason: 'nothing waits here for that instance' }, cid)
-      // Answered when the request that took the slot lets go of it: the lender holds it until then.
-      return sendJson(res, 200, { taken: true, outcome: await outcome }, cid)
+      const taken = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'))
+      if (taken === undefined) return sendJson(res, 409, { taken: false, reason: 'nothing waits here for that instance' }, cid)
+      // Answered when the request that took the slot lets go of it: the lender holds it until
+      // then. If the lender goes first (the connection breaks), the request counts here instead.
+      let answered = false
+      res.once('close', () => {
+        if (!answered) taken.lenderGone()
+      })
+      const outcome = await taken.outcome
+      answered = true
+      return sendJson(res, 200, { taken: true, outcome }, cid)
     }
     case 'eject': {
       const periodMs = body['periodMs']

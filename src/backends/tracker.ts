@@ -80,6 +80,8 @@ interface Slot {
   ejectedUntil: number
   /** Reserved for a kill: takes no new requests. */
   locked: boolean
+  /** Out of rotation until then for a kill the cluster's leader prepares (0 = none). */
+  killHoldUntil: number
   /** Healthy in the backend's last report: only routable slots take new requests. */
   routable: boolean
 }
@@ -171,7 +173,7 @@ export class InstanceTracker {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, routable: true })
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, killHoldUntil: 0, routable: true })
       } else {
         slot.instance = instance
         slot.routable = true
@@ -434,27 +436,38 @@ export class InstanceTracker {
   /**
    * Another router lends this one a slot it holds on an instance: the request that has waited
    * longest here takes it, and `done` tells the lender how it went when the request lets go.
-   * False if nobody waits (or the instance is not one this router may route to): the lender
-   * keeps its slot.
+   * Undefined if nobody waits (or the instance is not one this router may route to): the lender
+   * keeps its slot. Otherwise `adopt`: called if the lender stops counting the request (its
+   * offer's connection broke), it counts on this router from then until the request lets go.
    */
-  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): boolean {
+  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): (() => void) | undefined {
     const service = this.#services.get(serviceId)
     const slot = service?.slots.get(instanceId)
-    if (service === undefined || slot === undefined || service.queue.length === 0) return false
-    if (!slot.routable || slot.locked || slot.ejectedUntil > this.#clock.now()) return false
+    if (service === undefined || slot === undefined || service.queue.length === 0) return undefined
+    if (!slot.routable || slot.locked || slot.ejectedUntil > this.#clock.now()) return undefined
     const waiter = service.queue.shift() as Waiter
     this.#sharing?.queueChanged(serviceId, service.queue.length)
     let released = false
+    let adopted = false
     waiter.grant({
       instance: slot.instance,
       release: (outcome) => {
         if (released) return
         released = true
         service.lastActiveAt = this.#clock.now()
+        if (adopted) {
+          slot.used -= 1
+          if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) service.slots.delete(slot.instance.id)
+          this.#dispatch(service)
+        }
         done(outcome)
       },
     })
-    return true
+    return () => {
+      if (released || adopted) return
+      adopted = true
+      slot.used += 1
+    }
   }
 
   /**
@@ -466,9 +479,20 @@ export class InstanceTracker {
     const slot = service?.slots.get(instanceId)
     if (service === undefined || slot === undefined) return true
     if (slot.used > 0) return false
-    slot.ejectedUntil = Math.max(slot.ejectedUntil, this.#clock.now() + periodMs)
+    slot.killHoldUntil = this.#clock.now() + periodMs
+    slot.ejectedUntil = Math.max(slot.ejectedUntil, slot.killHoldUntil)
     this.#scheduleUneject(service, periodMs)
     return true
+  }
+
+  /** The kill held for was vetoed: the instance returns to rotation (unless a failure ejected it since). */
+  cancelKillHold(serviceId: string, instanceId: string): void {
+    const service = this.#services.get(serviceId)
+    const slot = service?.slots.get(instanceId)
+    if (service === undefined || slot === undefined || slot.killHoldUntil === 0) return
+    if (slot.ejectedUntil === slot.killHoldUntil) slot.ejectedUntil = 0
+    slot.killHoldUntil = 0
+    this.#dispatch(service)
   }
 
   /** Per instance, requests this router carries beyond what `limit` now allows it (a share it lost while they ran). */

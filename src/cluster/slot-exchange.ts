@@ -32,8 +32,9 @@ export const PEER_KEY_HEADER = 'x-maitre-peer-key'
 /** What the exchange needs of the tracker. */
 export interface LendingTracker {
   tryAcquire(serviceId: string): Lease | undefined
-  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): boolean
+  grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): (() => void) | undefined
   ejectForKill(serviceId: string, instanceId: string, periodMs: number): boolean
+  cancelKillHold(serviceId: string, instanceId: string): void
   redispatch(): void
 }
 
@@ -59,6 +60,19 @@ const WANT_TTL_MS = 3000
 const WANT_REPEAT_MS = 1000
 /** Versions one wants message may name (a router with more waiting sends several). */
 const MAX_WANTS_PER_MESSAGE = 1000
+/**
+ * How long a lender keeps a slot after its offer ended without an answer (the connection broke):
+ * a borrower that lives on carries its request as its own and reports it in its load (published
+ * every 500 ms) before the lender may use the slot again.
+ */
+const HANDOVER_MS = 1500
+
+/** An offer under way: its lease, and how to end it early. */
+interface Offer {
+  readonly routerId: string
+  readonly lease: Lease
+  readonly abort: AbortController
+}
 
 interface RemoteWant {
   waiting: number
@@ -68,7 +82,18 @@ interface RemoteWant {
 export class SlotExchange implements SlotSharing {
   readonly #o: SlotExchangeOptions
   readonly #key: string
+  /** Short calls (wants, ejects): a bounded pool. */
   readonly #agent = new Agent({ keepAliveTimeout: 30_000, connections: 64 })
+  /**
+   * Offers, each held open for as long as the borrowed request runs: a pool of their own, so
+   * that however many are out, a want or a kill's eject never waits behind them. Bounded by the
+   * slots this router holds (each offer holds one).
+   */
+  readonly #offerAgent = new Agent({ keepAliveTimeout: 30_000, connections: null })
+  readonly #offers = new Set<Offer>()
+  /** Handover holds of leases whose offer broke, released early when the router stops. */
+  readonly #handovers = new Map<ReturnType<typeof setTimeout>, Lease>()
+  #lending = true
   /** version id → instance id → concurrency-level → limit, valid until the slot view changes. */
   #limits = new Map<string, Map<string, number>>()
   /** This router's waiting requests per version, as last told to peers. */
@@ -104,6 +129,9 @@ export class SlotExchange implements SlotSharing {
   /** Membership or a peer's report changed: limits are dealt again, and waiting requests may fit now. */
   viewChanged(): void {
     this.#limits = new Map()
+    // A borrower that left the cluster (dead, or cut off) may never answer: its offers end now.
+    const live = new Set(this.#o.view().peers.filter((p) => p.url !== undefined).map((p) => p.routerId))
+    for (const offer of this.#offers) if (!live.has(offer.routerId)) offer.abort.abort()
     this.#o.tracker.redispatch()
   }
 
@@ -160,14 +188,22 @@ export class SlotExchange implements SlotSharing {
    * A peer lends a slot of an instance: resolves with how the request that took it went, or
    * undefined at once if nobody here waits for it.
    */
-  receiveOffer(serviceId: string, instanceId: string): Promise<ReleaseOutcome> | undefined {
+  receiveOffer(serviceId: string, instanceId: string): { readonly outcome: Promise<ReleaseOutcome>; lenderGone(): void } | undefined {
     let done: (outcome: ReleaseOutcome) => void = () => undefined
     const outcome = new Promise<ReleaseOutcome>((resolve) => (done = resolve))
-    return this.#o.tracker.grantBorrowed(serviceId, instanceId, done) ? outcome : undefined
+    const adopt = this.#o.tracker.grantBorrowed(serviceId, instanceId, done)
+    // The lender stops counting the request if its offer's connection breaks: from then on it is
+    // counted here (and reported as over this router's share), so the slot is never used twice.
+    return adopt === undefined ? undefined : { outcome, lenderGone: adopt }
   }
 
   /** The leader prepares a kill: false (a veto) if this router carries a request on the instance. */
   receiveEject(serviceId: string, instanceId: string, periodMs: number): boolean {
+    if (periodMs === 0) {
+      // The kill was vetoed by another router: the instance is back in rotation here at once.
+      this.#o.tracker.cancelKillHold(serviceId, instanceId)
+      return true
+    }
     return this.#o.tracker.ejectForKill(serviceId, instanceId, Math.min(periodMs, this.#o.killEjectMs))
   }
 
@@ -177,31 +213,44 @@ export class SlotExchange implements SlotSharing {
    */
   async allowKill(serviceId: string, instanceId: string): Promise<boolean> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const answers = await Promise.all(
-      peers.map((p) =>
-        this.#call(p.url as string, 'eject', { serviceId, instanceId, periodMs: this.#o.killEjectMs }).then(
-          (status) => status === 200,
-          () => false,
-        ),
-      ),
-    )
+    const ask = (url: string, periodMs: number): Promise<boolean> =>
+      withDeadline(this.#call(url, 'eject', { serviceId, instanceId, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch(() => false)
+    const answers = await Promise.all(peers.map((p) => ask(p.url as string, this.#o.killEjectMs)))
     const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
     if (vetoed.length > 0) {
+      // Those that agreed took the instance out of rotation for a kill that will not come now.
+      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p.url as string, 0)))
       this.#o.log.info({ service: serviceId, instance: instanceId, vetoedBy: vetoed }, 'kill vetoed by routers that carry requests on the instance (or could not be asked)')
       this.#o.onVeto?.(serviceId, instanceId, vetoed)
     }
     return vetoed.length === 0
   }
 
+  /** The router drains: it lends nothing more (what it lent runs on). */
+  stopLending(): void {
+    this.#lending = false
+  }
+
+  /**
+   * Ends every offer still out (their borrowers carry the requests as their own from then on)
+   * and every handover hold, without waiting for borrowed requests to finish.
+   */
   async close(): Promise<void> {
     this.#closed = true
+    this.#lending = false
     clearInterval(this.#repeat)
-    await this.#agent.close().catch(() => undefined)
+    for (const offer of this.#offers) offer.abort.abort()
+    for (const [timer, lease] of this.#handovers) {
+      clearTimeout(timer)
+      lease.release('client-error')
+    }
+    this.#handovers.clear()
+    await Promise.all([this.#agent.destroy().catch(() => undefined), this.#offerAgent.destroy().catch(() => undefined)])
   }
 
   #lend(serviceId: string): void {
     const routers = this.#remote.get(serviceId)
-    if (routers === undefined || this.#closed) return
+    if (routers === undefined || this.#closed || !this.#lending) return
     const now = this.#o.clock.now()
     for (const [routerId, want] of routers) if (want.until <= now || want.waiting <= 0) routers.delete(routerId)
     if (routers.size === 0) {
@@ -222,29 +271,42 @@ export class SlotExchange implements SlotSharing {
   }
 
   async #offer(url: string, routerId: string, serviceId: string, lease: Lease): Promise<void> {
-    const instanceId = lease.instance.id
-    let outcome: ReleaseOutcome = 'client-error'
+    const offer: Offer = { routerId, lease, abort: new AbortController() }
+    this.#offers.add(offer)
+    let outcome: ReleaseOutcome | undefined
     try {
       const res = await request(`${url}${PEER_PATH_PREFIX}offer`, {
         method: 'POST',
-        dispatcher: this.#agent,
+        dispatcher: this.#offerAgent,
         headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
-        body: JSON.stringify({ from: this.#o.routerId, serviceId, instanceId }),
+        body: JSON.stringify({ from: this.#o.routerId, serviceId, instanceId: lease.instance.id }),
         // The answer comes when the borrowed request is over, however long that takes.
         headersTimeout: 0,
         bodyTimeout: 0,
+        signal: offer.abort.signal,
       })
       const body = (await res.body.json().catch(() => ({}))) as { outcome?: unknown }
       if (res.statusCode === 200 && isOutcome(body.outcome)) outcome = body.outcome
-      else {
+      else if (res.statusCode !== 200) {
         // Nobody waits there any more: stop lending to it until it says otherwise.
         this.#remote.get(serviceId)?.delete(routerId)
+        outcome = 'client-error'
       }
     } catch (err) {
-      this.#o.log.debug({ err, peer: routerId, service: serviceId }, 'slot offer failed')
+      this.#o.log.debug({ err, peer: routerId, service: serviceId }, 'slot offer ended without an answer')
       this.#remote.get(serviceId)?.delete(routerId)
     } finally {
-      lease.release(outcome)
+      this.#offers.delete(offer)
+      if (outcome !== undefined || this.#closed) lease.release(outcome ?? 'client-error')
+      else {
+        // No answer: the borrower may still be running the request, now counted as its own.
+        const timer = setTimeout(() => {
+          this.#handovers.delete(timer)
+          lease.release('client-error')
+        }, HANDOVER_MS)
+        timer.unref()
+        this.#handovers.set(timer, lease)
+      }
     }
   }
 
@@ -288,4 +350,21 @@ export function peerKey(secret: string): string {
 const OUTCOMES = new Set<string>(['success', 'instance-error', 'instance-busy', 'client-error', 'generic-error'])
 function isOutcome(value: unknown): value is ReleaseOutcome {
   return typeof value === 'string' && OUTCOMES.has(value)
+}
+
+/** Rejects when `ms` pass first: a call that cannot be answered in time is no answer. */
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
+    work.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (err: unknown) => {
+        clearTimeout(timer)
+        reject(err)
+      },
+    )
+  })
 }

@@ -27,13 +27,15 @@ async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExc
 function fakeExchange() {
   const wants: [string, Record<string, number>][] = []
   let finish: ((o: ReleaseOutcome) => void) | undefined
+  let lenderGone = 0
   const exchange: PeerExchange = {
     authorized: (given) => given === KEY,
     receiveWants: (from, w) => void wants.push([from, w]),
-    receiveOffer: (serviceId) => (serviceId === 'nobody-waits' ? undefined : new Promise<ReleaseOutcome>((resolve) => (finish = resolve))),
+    receiveOffer: (serviceId) =>
+      serviceId === 'nobody-waits' ? undefined : { outcome: new Promise<ReleaseOutcome>((resolve) => (finish = resolve)), lenderGone: () => void (lenderGone += 1) },
     receiveEject: (_s, instanceId) => instanceId !== 'busy',
   }
-  return { exchange, wants, offered: () => finish !== undefined, finish: (o: ReleaseOutcome) => finish?.(o) }
+  return { exchange, wants, offered: () => finish !== undefined, finish: (o: ReleaseOutcome) => finish?.(o), lenderGone: () => lenderGone, reset: () => (finish = undefined) }
 }
 
 /** `key` null: no key header at all. */
@@ -86,6 +88,17 @@ t.test('wants are taken; an offer is answered when the borrowed request lets go;
   t.equal(reply.status, 200)
   // The outcome exists only once the borrowed request let go: the answer waited for it.
   t.match(reply.json(), { taken: true, outcome: 'instance-error' }, 'answered with how the borrowed request went')
+  t.equal(fake.lenderGone(), 0, 'an offer answered in full leaves the request the lender’s')
+  // A lender whose offer connection breaks while the borrowed request runs: the request is
+  // counted on the borrower from then on.
+  fake.reset()
+  const aborter = new AbortController()
+  const broken = call(`${url}/maitre-peer/offer`, { method: 'POST', headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: KEY }, body: JSON.stringify({ from: 'r2', serviceId: 's', instanceId: 'i' }), signal: aborter.signal }).catch(() => 'broken')
+  await waitFor('the second offer reached the exchange', () => (fake.offered() ? true : undefined))
+  aborter.abort()
+  t.equal(await broken, 'broken')
+  await waitFor('the borrower to learn the lender is gone', () => (fake.lenderGone() === 1 ? true : undefined))
+  fake.finish('success')
   t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'busy', periodMs: 1000 })).status, 423)
   t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'idle', periodMs: 1000 })).status, 200)
 })

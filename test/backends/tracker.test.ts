@@ -238,3 +238,28 @@ t.test('a router vetoes a kill of an instance it carries a request on, and other
   t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'if the kill never comes, it is back after the period')
   t.ok(tracker.ejectForKill('s', 'gone', 5000), 'an instance this router does not know is no one’s here')
 })
+
+t.test('a borrowed request whose lender stops counting it (its offer broke) counts here until it lets go', async (t) => {
+  const { tracker } = setup(1)
+  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined })
+  tracker.sync('s', [instance('a', 1)], undefined)
+  const waiting = tracker.acquire('s', { timeoutMs: 1000 })
+  const adopt = tracker.grantBorrowed('s', 'a', () => undefined)
+  const lease = await waiting
+  t.equal(tracker.load('s').inFlight, 0)
+  adopt?.()
+  adopt?.()
+  t.equal(tracker.load('s').inFlight, 1, 'adopted once: it counts here now')
+  t.same([...tracker.overLimit()], [['s', 'a', 1]], 'and is reported beyond this router’s share, so no peer uses the slot meanwhile')
+  lease.release('success')
+  t.equal(tracker.load('s').inFlight, 0, 'gone when the request lets go')
+})
+
+t.test('a kill hold that another router vetoed is lifted at once; a failure ejection is not', async (t) => {
+  const { tracker } = setup(1)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.ok(tracker.ejectForKill('s', 'a', 10_000))
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'held for the kill: out of rotation')
+  tracker.cancelKillHold('s', 'a')
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'a', 'the kill was vetoed: back in rotation before the hold would have ended')
+})

@@ -1,0 +1,117 @@
+/**
+ * Two routers' slot exchanges talking over real HTTP (the peer API on a socket), each with its own
+ * tracker: wants travel, an idle share is lent to the router that waits, the outcome returns to
+ * the lender, declined and broken offers release the lender's slot, a borrower that leaves the
+ * cluster ends its offers, and kill vetoes lift the holds of the routers that agreed.
+ */
+import t from 'tap'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { InstanceTracker } from '../../src/backends/tracker.ts'
+import type { Instance } from '../../src/backends/backend.ts'
+import { SlotExchange } from '../../src/cluster/slot-exchange.ts'
+import type { PeerReport, SlotView } from '../../src/cluster/coordination.ts'
+import { handlePeer } from '../../src/admin/peer.ts'
+import { sendError } from '../../src/http/error-response.ts'
+import { systemClock } from '../../src/clock.ts'
+import { silentLogger } from '../../src/log.ts'
+import { waitFor } from '../fixtures/router.ts'
+
+const instance = (id: string): Instance => ({ id, serviceId: 's', host: '127.0.0.1', port: 1, extraPorts: [], proto: 'http', startedAt: 1, healthy: true, logDirectory: undefined, flags: new Set() })
+
+interface Side {
+  readonly tracker: InstanceTracker
+  readonly exchange: SlotExchange
+  readonly url: string
+  peers: PeerReport[]
+}
+
+async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[]): Promise<Side> {
+  const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
+  const side: { peers: PeerReport[] } = { peers: [] }
+  const view = (): SlotView => ({ members, peers: side.peers })
+  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000 })
+  tracker.shareSlots(exchange)
+  tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
+  tracker.sync('s', [instance('i')], undefined)
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://router')
+    handlePeer({ req, res, url, cid: 'c' }, exchange).catch((err: unknown) => sendError(req, res, err, { cid: 'c' }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    await exchange.close()
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  return Object.assign(side, { tracker, exchange, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` })
+}
+
+/** Two routers that see each other; instance i (concurrency-level 2) gives each one slot. */
+async function pair(t: { teardown(fn: () => unknown): void }) {
+  const members = ['router-a', 'router-b']
+  const a = await router(t, 'router-a', members)
+  const b = await router(t, 'router-b', members)
+  a.peers = [{ routerId: 'router-b', url: b.url, members, over: () => 0 }]
+  b.peers = [{ routerId: 'router-a', url: a.url, members, over: () => 0 }]
+  a.exchange.viewChanged()
+  b.exchange.viewChanged()
+  return { a, b }
+}
+
+t.test('a router with requests waiting borrows the other’s idle share; the outcome goes back to the lender', async (t) => {
+  const { a, b } = await pair(t)
+  t.same([a.tracker.load('s').slotsAvailable, b.tracker.load('s').slotsAvailable], [1, 1], 'one slot each of concurrency-level 2')
+  const own = a.tracker.tryAcquire('s')
+  t.ok(own, 'a takes its own slot')
+  const borrowed = await a.tracker.acquire('s', { timeoutMs: 5000 })
+  t.equal(borrowed.instance.id, 'i', 'a second request on a is served by b’s slot')
+  t.equal(b.tracker.load('s').inFlight, 1, 'the lent slot counts on the lender (for scaling, GC and vetoes)')
+  t.equal(a.tracker.load('s').inFlight, 1, 'and not twice on the borrower')
+  t.equal(b.tracker.tryAcquire('s'), undefined, 'b cannot use the slot it lent')
+  borrowed.release('instance-error')
+  await waitFor('the lender to hear how it went', () => (b.tracker.load('s').inFlight === 0 ? true : undefined))
+  t.ok((b.tracker.instanceSlots('s')[0]?.ejectedUntil ?? 0) > Date.now(), 'an instance error on a borrowed slot ejects the instance on the lender')
+  own?.release('success')
+})
+
+t.test('a lender whose offer nobody takes any more keeps its slot; one whose borrower left the cluster gets it back', async (t) => {
+  const { a, b } = await pair(t)
+  const own = a.tracker.tryAcquire('s')
+  const aborter = new AbortController()
+  const waiting = a.tracker.acquire('s', { timeoutMs: 5000, signal: aborter.signal })
+  const borrowed = await waiting
+  t.equal(b.tracker.load('s').inFlight, 1)
+  // a leaves b's view (it died, or was cut off): its offer ends; b holds the slot for the
+  // handover (a request a still runs is a's own now), then has it back.
+  b.peers = []
+  b.exchange.viewChanged()
+  await waitFor('the lender to have its slot back', () => (b.tracker.load('s').inFlight === 0 ? true : undefined), 5000)
+  borrowed.release('success')
+  own?.release('success')
+  // Nobody waits on a: an offer b makes is declined, and b keeps its slot.
+  b.peers = [{ routerId: 'router-a', url: a.url, members: ['router-a', 'router-b'], over: () => 0 }]
+  b.exchange.viewChanged()
+  b.exchange.receiveWants('router-a', { s: 1 })
+  await waitFor('the declined offer to release b’s slot', () => (b.tracker.load('s').inFlight === 0 && b.tracker.load('s').slotsAvailable === 1 ? true : undefined))
+  t.equal(b.tracker.tryAcquire('s')?.instance.id, 'i', 'b serves its own request with it')
+})
+
+t.test('a kill another router vetoes lifts the hold of those that agreed', async (t) => {
+  const members = ['router-a', 'router-b', 'router-c']
+  const [a, b, c] = [await router(t, 'router-a', members), await router(t, 'router-b', members), await router(t, 'router-c', members)] as [Side, Side, Side]
+  for (const side of [a, b, c]) {
+    side.tracker.configure('s', { concurrencyLevel: 3, loadBalancing: 'oldest', maxQueueLength: 10 })
+    side.peers = [a, b, c].filter((o) => o !== side).map((o) => ({ routerId: members[[a, b, c].indexOf(o)] as string, url: o.url, members, over: () => 0 }))
+    side.exchange.viewChanged()
+  }
+  const busy = b.tracker.tryAcquire('s')
+  t.ok(busy, 'b carries a request on i')
+  t.notOk(await a.exchange.allowKill('s', 'i'), 'so the leader (a) is vetoed')
+  const onC = c.tracker.tryAcquire('s')
+  t.equal(onC?.instance.id, 'i', 'c, which agreed and held i out of rotation, has it back at once')
+  onC?.release('success')
+  busy?.release('success')
+  t.ok(await a.exchange.allowKill('s', 'i'), 'with nobody carrying a request there, everyone agrees')
+  t.equal(b.tracker.tryAcquire('s'), undefined, 'and b holds it out of rotation for the kill')
+})
