@@ -18,11 +18,14 @@ interface Node {
   readonly coordinator: EtcdCoordinator
   readonly client: Etcd3
   readonly loads: Map<string, VersionLoad>
+  /** What this router reports carrying beyond its share, per version and instance. */
+  readonly over: [string, string, number][]
 }
 
 async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2): Promise<Node> {
   const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs: 1000 })
   const loads = new Map<string, VersionLoad>()
+  const over: [string, string, number][] = []
   const coordinator = await EtcdCoordinator.start({
     client,
     prefix: '/maitre/test',
@@ -31,6 +34,7 @@ async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint
     leaseTtlSecs,
     endpoints: [endpoint],
     localLoads: () => loads.entries(),
+    overShare: () => over,
     loadIntervalMs: 100,
     clock: systemClock,
     log: silentLogger,
@@ -39,7 +43,7 @@ async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint
     await coordinator.close()
     client.close()
   })
-  return { coordinator, client, loads }
+  return { coordinator, client, loads, over }
 }
 
 const leaders = (nodes: readonly Node[]): string[] => nodes.filter((n) => n.coordinator.isLeader()).map((n) => n.coordinator.routerId)
@@ -144,4 +148,27 @@ t.test('keep-alives renew the window leadership is held in: a healthy leader nev
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   t.equal(lapses, 0, 'sampled past the first window (3.3 s), it never lapsed')
+})
+
+t.test('the slot view: every router’s membership as it deals slots, and what it carries beyond its share, through the load keys', async (t) => {
+  const etcd = await startEtcd(t)
+  const a = await node(etcd, 'a')
+  const b = await node(etcd, 'b')
+  let changes = 0
+  a.coordinator.onSlotViewChange(() => (changes += 1))
+  const view = await waitFor('a sees b report the membership of both', () => {
+    const v = a.coordinator.slotView()
+    return v.peers.find((p) => p.routerId === 'b')?.members?.length === 2 ? v : undefined
+  }, 3000)
+  t.same(view.members, ['a', 'b'], 'a deals by both members, itself included')
+  t.same(view.peers.map((p) => ({ routerId: p.routerId, url: p.url, members: p.members })), [{ routerId: 'b', url: 'http://127.0.0.1/b', members: ['a', 'b'] }])
+  b.over.push(['svc', 'svc.i1', 2])
+  await waitFor('b’s request beyond its share reaches a', () => (a.coordinator.slotView().peers[0]?.over('svc', 'svc.i1') === 2 ? true : undefined), 3000)
+  t.equal(a.coordinator.slotView().peers[0]?.over('svc', 'svc.other'), 0, 'nothing carried elsewhere')
+  t.ok(changes > 0, 'a was told its view changed')
+  const c = await node(etcd, 'c')
+  await waitFor('a, then its report, know c', () => (a.coordinator.slotView().members.length === 3 ? true : undefined), 3000)
+  await waitFor('b deals by three members too', () => (a.coordinator.slotView().peers.find((p) => p.routerId === 'b')?.members?.length === 3 ? true : undefined), 3000)
+  await c.coordinator.close()
+  await waitFor('c leaves every view with its lease', () => (a.coordinator.slotView().members.length === 2 && a.coordinator.slotView().peers.length === 1 ? true : undefined), 3000)
 })
