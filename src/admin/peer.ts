@@ -7,7 +7,7 @@ import { MaitreError } from '../errors.ts'
 import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster/slot-exchange.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
-export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject'>
+export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveMemberQuery'>
 
 const ID = /^[\x21-\x7e]{1,253}$/
 
@@ -26,7 +26,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
   if (!exchange.authorized(firstHeader(req.headers[PEER_KEY_HEADER]))) {
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
-  if (what !== 'wants' && what !== 'offer' && what !== 'eject') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
   switch (what) {
@@ -58,6 +58,10 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       const outcome = await taken.outcome
       answered = true
       return sendJson(res, 200, { taken: true, outcome }, cid)
+    }
+    case 'member': {
+      const routerId = idField(body, 'routerId')
+      return sendJson(res, 200, { 'router-id': routerId, member: exchange.receiveMemberQuery(routerId) }, cid)
     }
     case 'eject': {
       const periodMs = body['periodMs']

@@ -37,6 +37,11 @@ export interface PeerReport {
 export interface SlotView {
   readonly members: readonly string[]
   readonly peers: readonly PeerReport[]
+  /**
+   * etcd has not confirmed this router's lease for a whole TTL: the others may have let it go
+   * and dealt its shares among themselves (or etcd is down for everyone: then nobody did).
+   */
+  readonly cutOff: boolean
 }
 
 export interface Coordination {
@@ -70,7 +75,7 @@ export function singleRouter(routerId: string, url: () => string, startedAt: num
     members: () => [{ routerId, url: url(), startedAt }],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
-    slotView: () => ({ members: [routerId], peers: [] }),
+    slotView: () => ({ members: [routerId], peers: [], cutOff: false }),
     onSlotViewChange: () => () => undefined,
     endpoints: [],
     close: () => Promise.resolve(),
@@ -87,7 +92,7 @@ export function joining(routerId: string, endpoints: readonly string[]): Coordin
     members: () => [],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
-    slotView: () => ({ members: [], peers: [] }),
+    slotView: () => ({ members: [], peers: [], cutOff: false }),
     onSlotViewChange: () => () => undefined,
     endpoints,
     close: () => Promise.resolve(),

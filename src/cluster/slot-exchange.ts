@@ -15,6 +15,12 @@
  * - Before the leader kills an instance, every peer is asked to take it out of rotation
  *   (POST /maitre-peer/eject); one that carries a request on it says no (423) and the kill waits.
  *
+ * A router cut off from etcd for a whole lease TTL asks its peers whether they still count it
+ * as a member (POST /maitre-peer/member). If etcd is down for everyone, they do (nobody's lease
+ * lapses), and it serves on with its shares. If one says no (they reach etcd and let its lease
+ * lapse, so its shares are theirs now), or none can be asked, it is fenced: it fills no slot of
+ * its own until etcd confirms it again, so the fleet never exceeds concurrency-level.
+ *
  * Every call carries a key derived from the router secret the cluster shares: only routers of
  * this cluster lend, borrow or veto.
  */
@@ -94,6 +100,9 @@ export class SlotExchange implements SlotSharing {
   /** Handover holds of leases whose offer broke, released early when the router stops. */
   readonly #handovers = new Map<ReturnType<typeof setTimeout>, Lease>()
   #lending = true
+  /** Cut off and disowned (or alone with nobody to ask): no slot of its own until etcd is back. */
+  #fenced = false
+  #fenceCheck: Promise<void> | undefined
   /** version id → instance id → concurrency-level → limit, valid until the slot view changes. */
   #limits = new Map<string, Map<string, number>>()
   /** This router's waiting requests per version, as last told to peers. */
@@ -109,7 +118,10 @@ export class SlotExchange implements SlotSharing {
   constructor(options: SlotExchangeOptions) {
     this.#o = options
     this.#key = peerKey(options.secret)
-    this.#repeat = setInterval(() => this.#repeatWants(), WANT_REPEAT_MS)
+    this.#repeat = setInterval(() => {
+      this.#repeatWants()
+      this.#checkFence()
+    }, WANT_REPEAT_MS)
     this.#repeat.unref()
   }
 
@@ -136,6 +148,7 @@ export class SlotExchange implements SlotSharing {
   }
 
   limit(serviceId: string, instanceId: string, concurrencyLevel: number): number {
+    if (this.#fenced) return 0
     let byInstance = this.#limits.get(serviceId)
     const key = `${instanceId}\u0000${concurrencyLevel}`
     const known = byInstance?.get(key)
@@ -195,6 +208,48 @@ export class SlotExchange implements SlotSharing {
     // The lender stops counting the request if its offer's connection breaks: from then on it is
     // counted here (and reported as over this router's share), so the slot is never used twice.
     return adopt === undefined ? undefined : { outcome, lenderGone: adopt }
+  }
+
+  /** Whether this router counts `routerId` among the live members (asked by a router cut off from etcd). */
+  receiveMemberQuery(routerId: string): boolean {
+    return this.#o.view().members.includes(routerId)
+  }
+
+  /** Whether this router fills no slot of its own (cut off from etcd, and disowned by its peers). */
+  get fenced(): boolean {
+    return this.#fenced
+  }
+
+  /** Runs the fence check now (the timer runs it every second); resolves when it is done. */
+  checkFence(): Promise<void> {
+    return this.#checkFence()
+  }
+
+  #checkFence(): Promise<void> {
+    this.#fenceCheck ??= this.#decideFence().finally(() => (this.#fenceCheck = undefined))
+    return this.#fenceCheck
+  }
+
+  async #decideFence(): Promise<void> {
+    const view = this.#o.view()
+    let fenced = false
+    if (view.cutOff) {
+      const peers = view.peers.filter((p) => p.url !== undefined)
+      const answers = await Promise.all(
+        peers.map((p) =>
+          withDeadline(this.#callJson(p.url as string, 'member', { routerId: this.#o.routerId }), this.#o.peerTimeoutMs ?? 1000).then(
+            (body) => (body as { member?: unknown }).member === true,
+            () => undefined,
+          ),
+        ),
+      )
+      fenced = answers.includes(false) || (peers.length > 0 && answers.every((a) => a === undefined))
+    }
+    if (fenced !== this.#fenced) {
+      this.#fenced = fenced
+      this.#o.log.warn({ routerId: this.#o.routerId, fenced }, fenced ? 'cut off from etcd and no longer a member for the others: filling no slot of its own' : 'slot shares restored')
+      this.viewChanged()
+    }
   }
 
   /** The leader prepares a kill: false (a veto) if this router carries a request on the instance. */
@@ -324,6 +379,24 @@ export class SlotExchange implements SlotSharing {
 
   #repeatWants(): void {
     this.#sendWants([...this.#waiting.keys()])
+  }
+
+  async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {
+    const timeout = this.#o.peerTimeoutMs ?? 1000
+    const res = await request(`${url}${PEER_PATH_PREFIX}${what}`, {
+      method: 'POST',
+      dispatcher: this.#agent,
+      headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
+      body: JSON.stringify(body),
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      signal: AbortSignal.timeout(timeout),
+    })
+    if (res.statusCode !== 200) {
+      await res.body.dump()
+      throw new Error(`status ${res.statusCode}`)
+    }
+    return res.body.json()
   }
 
   async #call(url: string, what: 'wants' | 'eject', body: unknown): Promise<number> {

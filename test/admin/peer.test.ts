@@ -34,6 +34,7 @@ function fakeExchange() {
     receiveOffer: (serviceId) =>
       serviceId === 'nobody-waits' ? undefined : { outcome: new Promise<ReleaseOutcome>((resolve) => (finish = resolve)), lenderGone: () => void (lenderGone += 1) },
     receiveEject: (_s, instanceId) => instanceId !== 'busy',
+    receiveMemberQuery: (routerId) => routerId === 'r2',
   }
   return { exchange, wants, offered: () => finish !== undefined, finish: (o: ReleaseOutcome) => finish?.(o), lenderGone: () => lenderGone, reset: () => (finish = undefined) }
 }
@@ -101,4 +102,6 @@ t.test('wants are taken; an offer is answered when the borrowed request lets go;
   fake.finish('success')
   t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'busy', periodMs: 1000 })).status, 423)
   t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'idle', periodMs: 1000 })).status, 200)
+  t.match((await post(`${url}/maitre-peer/member`, { routerId: 'r2' })).json(), { member: true }, 'a router cut off from etcd asks whether it is still counted')
+  t.match((await post(`${url}/maitre-peer/member`, { routerId: 'r9' })).json(), { member: false })
 })

@@ -24,12 +24,14 @@ interface Side {
   readonly exchange: SlotExchange
   readonly url: string
   peers: PeerReport[]
+  members: string[]
+  cutOff: boolean
 }
 
 async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[]): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
-  const side: { peers: PeerReport[] } = { peers: [] }
-  const view = (): SlotView => ({ members, peers: side.peers })
+  const side: { peers: PeerReport[]; members: string[]; cutOff: boolean } = { peers: [], members, cutOff: false }
+  const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff })
   const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000 })
   tracker.shareSlots(exchange)
   tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
@@ -114,4 +116,28 @@ t.test('a kill another router vetoes lifts the hold of those that agreed', async
   busy?.release('success')
   t.ok(await a.exchange.allowKill('s', 'i'), 'with nobody carrying a request there, everyone agrees')
   t.equal(b.tracker.tryAcquire('s'), undefined, 'and b holds it out of rotation for the kill')
+})
+
+t.test('a router cut off from etcd serves on while its peers still count it, and fills no slot of its own once they do not', async (t) => {
+  const { a, b } = await pair(t)
+  a.cutOff = true
+  await a.exchange.checkFence()
+  t.notOk(a.exchange.fenced, 'etcd away for everyone: b still counts a, so a serves on with its share')
+  t.equal(a.tracker.load('s').slotsAvailable, 1)
+  // b reaches etcd and let a's lease lapse: a's shares are b's now.
+  b.members = ['router-b']
+  b.peers = []
+  b.exchange.viewChanged()
+  t.equal(b.tracker.load('s').slotsAvailable, 2, 'b deals itself every slot of i')
+  await a.exchange.checkFence()
+  t.ok(a.exchange.fenced, 'b no longer counts a: a is fenced')
+  t.equal(a.tracker.load('s').slotsAvailable, 0, 'and fills no slot of its own, so i never gets more than concurrency-level')
+  a.cutOff = false
+  await a.exchange.checkFence()
+  t.notOk(a.exchange.fenced, 'etcd confirms a again: its shares are back')
+  t.equal(a.tracker.load('s').slotsAvailable, 1)
+  a.cutOff = true
+  a.peers = [{ routerId: 'router-b', url: 'http://127.0.0.1:1', members: ['router-a', 'router-b'], over: () => 0 }]
+  await a.exchange.checkFence()
+  t.ok(a.exchange.fenced, 'cut off from etcd and from every peer: nobody can vouch for it, so it is fenced too')
 })

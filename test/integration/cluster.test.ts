@@ -217,6 +217,7 @@ t.test('a router carrying a request on an instance vetoes the leader’s kill of
   // concurrency-level 2 over two routers: each holds one slot of every instance.
   await createToken(leader, 'veto', kitchenToken({ 'concurrency-level': 2, 'min-instances': 2, 'max-instances': 2 }))
   const h = { 'x-waiter-token': 'veto' }
+  await waitFor('the follower knows the token', async () => ((await call(`${follower.url}/token`, { headers: h })).status === 200 ? true : undefined), 2000)
   t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
   const serviceId = (await call(`${leader.url}/apps`)).json<{ 'service-id': string }[]>()[0]?.['service-id'] as string
   const healthy = async (r: Router): Promise<number> => (await call(`${r.url}/apps/${serviceId}`)).json<{ instances: { 'active-instances': { healthy: boolean }[] } }>().instances['active-instances'].filter((i) => i.healthy).length

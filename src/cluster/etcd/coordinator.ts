@@ -87,6 +87,8 @@ export class EtcdCoordinator implements Coordination {
    * is handled.
    */
   #confirmedAt = 0
+  /** When etcd last confirmed a lease of this router (never zeroed): how long it has been cut off. */
+  #lastConfirmedAt = performance.now()
   /** Send times of keep-alives not yet answered, oldest first (answers come in order on the stream). */
   #keepalivesSent: number[] = []
   #leader: { routerId: string; lease: string } | undefined
@@ -173,7 +175,8 @@ export class EtcdCoordinator implements Coordination {
 
   slotView(): SlotView {
     this.#slotView ??= this.#readSlotView()
-    return this.#slotView
+    const cutOff = performance.now() - this.#lastConfirmedAt >= this.#ttlMs
+    return cutOff === this.#slotView.cutOff ? this.#slotView : (this.#slotView = { ...this.#slotView, cutOff })
   }
 
   onSlotViewChange(listener: () => void): () => void {
@@ -200,7 +203,7 @@ export class EtcdCoordinator implements Coordination {
     for (const [routerId, member] of members) {
       if (routerId !== this.routerId && !reported.has(routerId)) peers.push({ routerId, url: member.url, members: undefined, over: () => 0 })
     }
-    return { members: ids, peers }
+    return { members: ids, peers, cutOff: false }
   }
 
   *peerVersions(): Iterable<string> {
@@ -311,6 +314,7 @@ export class EtcdCoordinator implements Coordination {
     this.#lease = lease
     this.#leaseId = leaseId
     this.#confirmedAt = grantSentAt
+    this.#lastConfirmedAt = grantSentAt
     this.#keepalivesSent = []
     lease.on('keepaliveEstablished', () => {
       if (this.#lease === lease) this.#keepalivesSent = []
@@ -322,7 +326,10 @@ export class EtcdCoordinator implements Coordination {
     })
     lease.on('keepaliveSucceeded', () => {
       const sentAt = this.#keepalivesSent.shift()
-      if (this.#lease === lease && sentAt !== undefined) this.#confirmedAt = sentAt
+      if (this.#lease === lease && sentAt !== undefined) {
+        this.#confirmedAt = sentAt
+        this.#lastConfirmedAt = sentAt
+      }
     })
     // Stop acting as leader at once: etcd may expire the lease before we hear from it again.
     lease.on('keepaliveFailed', () => {
