@@ -142,6 +142,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           log,
           killEjectMs: config.proxy.ejectBaseMs,
           onVeto: (service) => metrics.killVetoes.inc({ service }),
+          onPeerGone: (peer) => coordination.suspect?.(peer),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
   const fleet = {
@@ -299,11 +300,12 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     stop() {
       stopping ??= (async () => {
         log.info({ inFlight: server.inFlight() }, 'stopping: draining requests')
-        // A router on its way out lends nothing more; what it lent runs on.
+        // A router on its way out lends nothing more; what it lent runs on. Its peers learn it
+        // drains before its listener closes, so its refusals are not taken for its death.
         exchange?.stopLending()
         // The autoscaler keeps running while requests drain (they may need an instance), and
         // stops before the backend does: it never scales down because the router is leaving.
-        await server.drain(config.server.shutdownTimeoutMs)
+        await server.drain(config.server.shutdownTimeoutMs, coordination.announceDraining?.())
         autoscaler.stop()
         gc.stop()
         await exchange?.close()

@@ -31,6 +31,8 @@ export interface PeerReport {
   readonly members: readonly string[] | undefined
   /** Requests it still carries on an instance beyond its share (0 for most). */
   over(serviceId: string, instanceId: string): number
+  /** It announced its drain: it refuses new connections but is not dead. */
+  readonly draining?: boolean
 }
 
 /** What this router deals slots by: the live routers (itself included, sorted) and what the others report. */
@@ -59,6 +61,10 @@ export interface Coordination {
   peerVersions(): Iterable<string>
   /** Who holds which slots: membership and the other routers' reports. */
   slotView(): SlotView
+  /** A peer refused a connection (its process is gone): deal its slots among the others now. */
+  suspect?(routerId: string): void
+  /** This router starts draining: tell the peers before its listener closes. */
+  announceDraining?(): Promise<void>
   /** Calls `listener` whenever the slot view may have changed; returns the unsubscribe. */
   onSlotViewChange(listener: () => void): () => void
   /** The etcd endpoints in use (no credentials: the config refuses them). */

@@ -55,6 +55,8 @@ export interface SlotExchangeOptions {
   readonly log: Logger
   /** How long a peer keeps an instance out of rotation for a kill the leader prepares. */
   readonly killEjectMs: number
+  /** A peer refused a connection: its process is gone (the coordination deals its slots anew). */
+  readonly onPeerGone?: (routerId: string) => void
   /** Told of each kill another router vetoed (for metrics). */
   readonly onVeto?: (serviceId: string, instanceId: string, vetoedBy: readonly string[]) => void
   /** Bound on a wants or eject call to a peer. */
@@ -268,13 +270,16 @@ export class SlotExchange implements SlotSharing {
    */
   async allowKill(serviceId: string, instanceId: string): Promise<boolean> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const ask = (url: string, periodMs: number): Promise<boolean> =>
-      withDeadline(this.#call(url, 'eject', { serviceId, instanceId, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch(() => false)
-    const answers = await Promise.all(peers.map((p) => ask(p.url as string, this.#o.killEjectMs)))
+    const ask = (peer: PeerReport, periodMs: number): Promise<boolean> =>
+      withDeadline(this.#call(peer.url as string, 'eject', { serviceId, instanceId, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+        this.#noteFailure(peer.routerId, err)
+        return false
+      })
+    const answers = await Promise.all(peers.map((p) => ask(p, this.#o.killEjectMs)))
     const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
     if (vetoed.length > 0) {
       // Those that agreed took the instance out of rotation for a kill that will not come now.
-      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p.url as string, 0)))
+      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p, 0)))
       this.#o.log.info({ service: serviceId, instance: instanceId, vetoedBy: vetoed }, 'kill vetoed by routers that carry requests on the instance (or could not be asked)')
       this.#o.onVeto?.(serviceId, instanceId, vetoed)
     }
@@ -349,6 +354,7 @@ export class SlotExchange implements SlotSharing {
       }
     } catch (err) {
       this.#o.log.debug({ err, peer: routerId, service: serviceId }, 'slot offer ended without an answer')
+      this.#noteFailure(routerId, err)
       this.#remote.get(serviceId)?.delete(routerId)
     } finally {
       this.#offers.delete(offer)
@@ -372,13 +378,21 @@ export class SlotExchange implements SlotSharing {
       for (const id of serviceIds.slice(i, i + MAX_WANTS_PER_MESSAGE)) wants[id] = this.#waiting.get(id) ?? 0
       for (const peer of this.#o.view().peers) {
         if (peer.url === undefined) continue
-        this.#call(peer.url, 'wants', { from: this.#o.routerId, wants }).catch((err: unknown) => this.#o.log.debug({ err, peer: peer.routerId }, 'telling a peer what waits failed'))
+        this.#call(peer.url, 'wants', { from: this.#o.routerId, wants }).catch((err: unknown) => {
+          this.#o.log.debug({ err, peer: peer.routerId }, 'telling a peer what waits failed')
+          this.#noteFailure(peer.routerId, err)
+        })
       }
     }
   }
 
   #repeatWants(): void {
     this.#sendWants([...this.#waiting.keys()])
+  }
+
+  /** A refused connection means nobody listens at the peer's address any more. */
+  #noteFailure(routerId: string, err: unknown): void {
+    if ((err as { code?: string } | null)?.code === 'ECONNREFUSED') this.#o.onPeerGone?.(routerId)
   }
 
   async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {

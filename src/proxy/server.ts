@@ -44,9 +44,10 @@ export interface RouterServer {
    * Stops taking new connections and lets every request under way finish, for at most
    * `timeoutMs`: every response from now on says `Connection: close`, requests that still arrive
    * on kept-alive connections are served, and connections close once idle. Then what is left is
-   * cut. Safe to call twice.
+   * cut. Safe to call twice. The listener closes once `before` settles (bounded by the caller):
+   * meanwhile /readyz already says 503 and every response says close.
    */
-  drain(timeoutMs: number): Promise<void>
+  drain(timeoutMs: number, before?: Promise<unknown>): Promise<void>
 }
 
 /** What the body-idle sweep knows of a request under way. */
@@ -256,11 +257,12 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     draining: () => draining,
     inFlight: () => open.size,
     connections: () => connections,
-    drain(timeoutMs) {
+    drain(timeoutMs, before) {
       drained ??= (async () => {
         const deadline = Date.now() + timeoutMs
         draining = true
         for (const res of open.keys()) if (!res.headersSent) res.shouldKeepAlive = false
+        await before?.catch(() => undefined)
         // Stop listening, but keep idle kept-alive connections open (http.Server#close would close
         // them at once): a request a client is sending on one right now is served, with
         // Connection: close, rather than lost in a reset.

@@ -28,11 +28,11 @@ interface Side {
   cutOff: boolean
 }
 
-async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[]): Promise<Side> {
+async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = []): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
   const side: { peers: PeerReport[]; members: string[]; cutOff: boolean } = { peers: [], members, cutOff: false }
   const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff })
-  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000 })
+  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer) })
   tracker.shareSlots(exchange)
   tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
   tracker.sync('s', [instance('i')], undefined)
@@ -140,4 +140,21 @@ t.test('a router cut off from etcd serves on while its peers still count it, and
   a.peers = [{ routerId: 'router-b', url: 'http://127.0.0.1:1', members: ['router-a', 'router-b'], over: () => 0 }]
   await a.exchange.checkFence()
   t.ok(a.exchange.fenced, 'cut off from etcd and from every peer: nobody can vouch for it, so it is fenced too')
+})
+
+t.test('a peer whose port refuses connections is reported gone (its process is), so its slots can be dealt anew', async (t) => {
+  const gone: string[] = []
+  const a = await router(t, 'router-a', ['router-a', 'router-b'], gone)
+  const closed = createServer()
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+  const deadUrl = `http://127.0.0.1:${(closed.address() as AddressInfo).port}`
+  await new Promise<void>((resolve) => closed.close(() => resolve()))
+  a.peers = [{ routerId: 'router-b', url: deadUrl, members: ['router-a', 'router-b'], over: () => 0 }]
+  a.exchange.viewChanged()
+  const own = a.tracker.tryAcquire('s')
+  const waiting = a.tracker.acquire('s', { timeoutMs: 200 }).catch((err: unknown) => err)
+  await waitFor('a’s wants to b were refused', () => (gone.length > 0 ? true : undefined))
+  t.same(gone, ['router-b'])
+  t.match(await waiting, { code: 'MAITRE_QUEUE_TIMEOUT' })
+  own?.release('success')
 })

@@ -51,6 +51,8 @@ type LoadDocument = {
   readonly members?: readonly string[]
   /** version id → instance id → requests carried beyond its share. */
   readonly over?: Readonly<Record<string, Readonly<Record<string, number>>>>
+  /** It is draining: it refuses new connections but still carries requests on its slots. */
+  readonly draining?: boolean
 }
 
 /** A published load stays under etcd's request limit (1.5 MiB by default) with room to spare. */
@@ -94,6 +96,14 @@ export class EtcdCoordinator implements Coordination {
   #leader: { routerId: string; lease: string } | undefined
   #publishedLoad = ''
   #slotView: SlotView | undefined
+  /**
+   * Members a peer found dead (its port refused a connection: the process is gone), left out of
+   * the slot view until their membership key changes (a restart joins anew) or goes.
+   */
+  readonly #suspects = new Set<string>()
+  /** The last load published carries requests beyond this router's share: publish fast until they drain. */
+  #overPending = false
+  #draining = false
   readonly #slotViewListeners = new Set<() => void>()
   #publishing = false
   #cancelLoadTimer: (() => void) | undefined
@@ -114,7 +124,8 @@ export class EtcdCoordinator implements Coordination {
     this.#members = members
     this.#loads = loads
     this.#startedAt = options.clock.now()
-    members.onChange(() => {
+    members.onChange((key) => {
+      this.#suspects.delete(key)
       this.#slotViewChanged()
       // Peers learn at once which membership this router now deals by, so slots change hands fast.
       void this.#publishLoad()
@@ -189,21 +200,52 @@ export class EtcdCoordinator implements Coordination {
     for (const listener of this.#slotViewListeners) listener()
   }
 
+  /**
+   * A peer refused a connection (its process is gone): its slots are dealt among the others now
+   * rather than when its lease lapses. A router that restarts under the same id must wait out its
+   * old membership key before it joins, so nothing it does can clash with the re-dealt slots.
+   */
+  suspect(routerId: string): void {
+    if (routerId === this.routerId || this.#suspects.has(routerId) || !this.#members.has(routerId)) return
+    // A draining router refuses new connections while it finishes what it carries: not dead.
+    if (this.#loads.get(routerId)?.draining === true) return
+    this.#suspects.add(routerId)
+    this.#options.log.warn({ routerId }, 'peer refused a connection: dealing its slots among the others until its lease lapses')
+    this.#slotViewChanged()
+    void this.#publishLoad()
+  }
+
   #readSlotView(): SlotView {
-    const members = new Map<string, Member>([...this.#members.entries()].map(([, m]) => [m.routerId, m]))
+    const members = new Map<string, Member>([...this.#members.entries()].map(([, m]) => [m.routerId, m]).filter(([id]) => !this.#suspects.has(id as string)) as [string, Member][])
     const ids = [...new Set([...members.keys(), this.routerId])].sort()
     const peers: PeerReport[] = []
     const reported = new Set<string>()
     for (const [routerId, report] of this.#loads.entries()) {
-      if (routerId === this.routerId) continue
+      if (routerId === this.routerId || this.#suspects.has(routerId)) continue
       reported.add(routerId)
       const over = report.over ?? {}
-      peers.push({ routerId, url: members.get(routerId)?.url, members: Array.isArray(report.members) ? report.members : undefined, over: (s, i) => over[s]?.[i] ?? 0 })
+      peers.push({ routerId, url: members.get(routerId)?.url, members: Array.isArray(report.members) ? report.members : undefined, over: (s, i) => over[s]?.[i] ?? 0, draining: report.draining === true })
     }
     for (const [routerId, member] of members) {
       if (routerId !== this.routerId && !reported.has(routerId)) peers.push({ routerId, url: member.url, members: undefined, over: () => 0 })
     }
     return { members: ids, peers, cutOff: false }
+  }
+
+  /**
+   * This router starts draining: its peers learn it before its listener closes (so a refused
+   * connection is not taken for its death while it still carries requests). Bounded: etcd may be
+   * away, and the drain must not wait on it.
+   */
+  async announceDraining(): Promise<void> {
+    this.#draining = true
+    await Promise.race([this.#publishUntilDone(), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+  }
+
+  async #publishUntilDone(): Promise<void> {
+    // A publish already under way may carry the old flag: wait it out, then write ours.
+    for (let i = 0; i < 20 && this.#publishing; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    await this.#publishLoad()
   }
 
   *peerVersions(): Iterable<string> {
@@ -400,7 +442,7 @@ export class EtcdCoordinator implements Coordination {
     if (this.#closed) return
     this.#cancelLoadTimer = this.#options.clock.setTimeout(() => {
       void this.#publishLoad().finally(() => this.#scheduleLoad())
-    }, this.#options.loadIntervalMs ?? 500)
+    }, this.#overPending ? Math.min(50, this.#options.loadIntervalMs ?? 500) : (this.#options.loadIntervalMs ?? 500))
   }
 
   /** Rewrites this router's load key when its content changed since the last write. */
@@ -419,14 +461,18 @@ export class EtcdCoordinator implements Coordination {
     const members = this.slotView().members
     const over: Record<string, Record<string, number>> = {}
     for (const [serviceId, instanceId, n] of this.#options.overShare?.() ?? []) (over[serviceId] ??= {})[instanceId] = n
-    const text = JSON.stringify([versions, members, over])
+    const draining = this.#draining
+    const text = JSON.stringify([versions, members, over, draining])
     if (text === this.#publishedLoad) return
     if (dropped > 0) this.#options.log.warn({ dropped }, 'load report over 1 MiB: the least recently used versions were left out')
     this.#publishing = true
     try {
-      const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over }
+      const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over, ...(draining ? { draining } : {}) }
       await lease.put(this.#loadKey).value(JSON.stringify(doc))
       this.#publishedLoad = text
+      // While requests run beyond this router's share, a peer waits for the report that they
+      // ended before it takes the slots: check every 50 ms until then, not every 500.
+      this.#overPending = Object.keys(over).length > 0
     } catch (err) {
       this.#options.log.debug({ err }, 'publishing load failed (etcd unreachable?); trying again')
     } finally {
