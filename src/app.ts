@@ -300,9 +300,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     stop() {
       stopping ??= (async () => {
         log.info({ inFlight: server.inFlight() }, 'stopping: draining requests')
-        // A router on its way out lends nothing more; what it lent runs on. Its peers learn it
-        // drains before its listener closes, so its refusals are not taken for its death.
-        exchange?.stopLending()
+        // Its peers learn it drains before its listener closes, so its refusals are not taken
+        // for its death; it keeps lending its idle slots meanwhile (its share stays its own).
         // The autoscaler keeps running while requests drain (they may need an instance), and
         // stops before the backend does: it never scales down because the router is leaving.
         await server.drain(config.server.shutdownTimeoutMs, coordination.announceDraining?.())

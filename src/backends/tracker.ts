@@ -82,6 +82,8 @@ interface Slot {
   locked: boolean
   /** Out of rotation until then for a kill the cluster's leader prepares (0 = none). */
   killHoldUntil: number
+  /** Out of rotation until then for failing requests (0 = none); ejectedUntil is the later of the two. */
+  failedUntil: number
   /** Healthy in the backend's last report: only routable slots take new requests. */
   routable: boolean
 }
@@ -173,7 +175,7 @@ export class InstanceTracker {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, killHoldUntil: 0, routable: true })
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, killHoldUntil: 0, failedUntil: 0, routable: true })
       } else {
         slot.instance = instance
         slot.routable = true
@@ -381,14 +383,16 @@ export class InstanceTracker {
   #settle(service: ServiceSlots, slot: Slot, outcome: ReleaseOutcome): void {
     if (outcome === 'success') {
       slot.failures = 0
-      slot.ejectedUntil = 0
+      slot.failedUntil = 0
+      slot.ejectedUntil = slot.killHoldUntil
     } else if (outcome === 'instance-error' || outcome === 'instance-busy') {
       // A 503 says "busy", which a client can make any instance say: it never takes the last
       // instance out of rotation, or one 503 would leave the service with nothing to route to.
       if (outcome === 'instance-busy' && !this.#anotherRoutable(service, slot)) return
       slot.failures += 1
       const period = Math.min(this.#maxEjectMs, this.#ejectBaseMs * 2 ** Math.min(20, slot.failures - 1))
-      slot.ejectedUntil = this.#clock.now() + period
+      slot.failedUntil = this.#clock.now() + period
+      slot.ejectedUntil = Math.max(slot.failedUntil, slot.killHoldUntil)
       this.#scheduleUneject(service, period)
       this.#onEject?.(slot.instance.serviceId, slot.instance.id, period, outcome)
     }
@@ -490,8 +494,8 @@ export class InstanceTracker {
     const service = this.#services.get(serviceId)
     const slot = service?.slots.get(instanceId)
     if (service === undefined || slot === undefined || slot.killHoldUntil === 0) return
-    if (slot.ejectedUntil === slot.killHoldUntil) slot.ejectedUntil = 0
     slot.killHoldUntil = 0
+    slot.ejectedUntil = slot.failedUntil
     this.#dispatch(service)
   }
 

@@ -104,6 +104,8 @@ export class SlotExchange implements SlotSharing {
   #lending = true
   /** Cut off and disowned (or alone with nobody to ask): no slot of its own until etcd is back. */
   #fenced = false
+  /** When each peer was last probed because another router dealt it out. */
+  readonly #probedAt = new Map<string, number>()
   #fenceCheck: Promise<void> | undefined
   /** version id → instance id → concurrency-level → limit, valid until the slot view changes. */
   #limits = new Map<string, Map<string, number>>()
@@ -143,10 +145,27 @@ export class SlotExchange implements SlotSharing {
   /** Membership or a peer's report changed: limits are dealt again, and waiting requests may fit now. */
   viewChanged(): void {
     this.#limits = new Map()
+    const view = this.#o.view()
     // A borrower that left the cluster (dead, or cut off) may never answer: its offers end now.
-    const live = new Set(this.#o.view().peers.filter((p) => p.url !== undefined).map((p) => p.routerId))
+    const live = new Set(view.peers.filter((p) => p.url !== undefined).map((p) => p.routerId))
     for (const offer of this.#offers) if (!live.has(offer.routerId)) offer.abort.abort()
+    this.#probeMissing(view)
     this.#o.tracker.redispatch()
+  }
+
+  /**
+   * A member that another router deals without (it found it dead) is checked from here too, so
+   * that every router re-deals a dead router's slots, not only the one that called it first.
+   */
+  #probeMissing(view: SlotView): void {
+    const now = this.#o.clock.now()
+    for (const peer of view.peers) {
+      if (peer.url === undefined || (this.#probedAt.get(peer.routerId) ?? 0) > now - WANT_REPEAT_MS) continue
+      const dealtOut = view.peers.some((other) => other.routerId !== peer.routerId && other.members !== undefined && other.members.includes(this.#o.routerId) && !other.members.includes(peer.routerId))
+      if (!dealtOut) continue
+      this.#probedAt.set(peer.routerId, now)
+      this.#callJson(peer.url, 'member', { routerId: this.#o.routerId }).catch((err: unknown) => this.#noteFailure(peer.routerId, err))
+    }
   }
 
   limit(serviceId: string, instanceId: string, concurrencyLevel: number): number {
@@ -284,11 +303,6 @@ export class SlotExchange implements SlotSharing {
       this.#o.onVeto?.(serviceId, instanceId, vetoed)
     }
     return vetoed.length === 0
-  }
-
-  /** The router drains: it lends nothing more (what it lent runs on). */
-  stopLending(): void {
-    this.#lending = false
   }
 
   /**

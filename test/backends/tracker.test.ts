@@ -261,5 +261,11 @@ t.test('a kill hold that another router vetoed is lifted at once; a failure ejec
   t.ok(tracker.ejectForKill('s', 'a', 10_000))
   t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'held for the kill: out of rotation')
   tracker.cancelKillHold('s', 'a')
-  t.equal(tracker.tryAcquire('s')?.instance.id, 'a', 'the kill was vetoed: back in rotation before the hold would have ended')
+  const back = tracker.tryAcquire('s')
+  t.equal(back?.instance.id, 'a', 'the kill was vetoed: back in rotation before the hold would have ended')
+  // Now a failure ejects a, and a later kill hold on it is vetoed: the failure's ejection stays.
+  back?.release('instance-error')
+  t.ok(tracker.ejectForKill('s', 'a', 10_000))
+  tracker.cancelKillHold('s', 'a')
+  t.not(tracker.tryAcquire('s')?.instance.id, 'a', 'still ejected for its failure after the veto lifted the hold')
 })

@@ -195,3 +195,14 @@ t.test('a peer found dead (a refused connection) leaves the slot view at once, u
   await waitFor('b, back under its id, is a member again', () => (a.coordinator.slotView().members.includes('b') ? true : undefined), 5000)
   t.ok(again.coordinator.slotView().members.includes('a'))
 })
+
+t.test('a suspect that keeps its lease alive for a TTL was alive after all, and is counted again', async (t) => {
+  const etcd = await startEtcd(t)
+  const a = await node(etcd, 'a')
+  await node(etcd, 'b')
+  await waitFor('a sees b', () => (a.coordinator.slotView().members.length === 2 ? true : undefined), 3000)
+  a.coordinator.suspect('b')
+  t.same(a.coordinator.slotView().members, ['a'])
+  await waitFor('b, whose key outlived the suspicion by a TTL, counts again', () => (a.coordinator.slotView().members.length === 2 ? true : undefined), 6000)
+  t.same(a.coordinator.slotView().members, ['a', 'b'])
+})

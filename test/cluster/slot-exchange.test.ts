@@ -158,3 +158,22 @@ t.test('a peer whose port refuses connections is reported gone (its process is),
   t.match(await waiting, { code: 'MAITRE_QUEUE_TIMEOUT' })
   own?.release('success')
 })
+
+t.test('a member another router deals without is checked from here too, and reported gone if its port refuses', async (t) => {
+  const gone: string[] = []
+  const members = ['router-a', 'router-b', 'router-c']
+  const a = await router(t, 'router-a', members, gone)
+  const b = await router(t, 'router-b', members)
+  const closed = createServer()
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+  const deadUrl = `http://127.0.0.1:${(closed.address() as AddressInfo).port}`
+  await new Promise<void>((resolve) => closed.close(() => resolve()))
+  // b found c dead and deals without it; a has no queue of its own, so it would never call c.
+  a.peers = [
+    { routerId: 'router-b', url: b.url, members: ['router-a', 'router-b'], over: () => 0 },
+    { routerId: 'router-c', url: deadUrl, members, over: () => 0 },
+  ]
+  a.exchange.viewChanged()
+  await waitFor('a to check c and find it gone', () => (gone.length > 0 ? true : undefined))
+  t.same(gone, ['router-c'])
+})

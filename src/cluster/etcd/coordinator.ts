@@ -100,7 +100,7 @@ export class EtcdCoordinator implements Coordination {
    * Members a peer found dead (its port refused a connection: the process is gone), left out of
    * the slot view until their membership key changes (a restart joins anew) or goes.
    */
-  readonly #suspects = new Set<string>()
+  readonly #suspects = new Map<string, number>()
   /** The last load published carries requests beyond this router's share: publish fast until they drain. */
   #overPending = false
   #draining = false
@@ -130,7 +130,11 @@ export class EtcdCoordinator implements Coordination {
       // Peers learn at once which membership this router now deals by, so slots change hands fast.
       void this.#publishLoad()
     })
-    loads.onChange(() => this.#slotViewChanged())
+    loads.onChange((key) => {
+      // A suspect that reports itself draining was refusing connections, not dead.
+      if (this.#suspects.has(key) && loads.get(key)?.draining === true) this.#suspects.delete(key)
+      this.#slotViewChanged()
+    })
   }
 
   static async start(options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
@@ -209,7 +213,7 @@ export class EtcdCoordinator implements Coordination {
     if (routerId === this.routerId || this.#suspects.has(routerId) || !this.#members.has(routerId)) return
     // A draining router refuses new connections while it finishes what it carries: not dead.
     if (this.#loads.get(routerId)?.draining === true) return
-    this.#suspects.add(routerId)
+    this.#suspects.set(routerId, performance.now())
     this.#options.log.warn({ routerId }, 'peer refused a connection: dealing its slots among the others until its lease lapses')
     this.#slotViewChanged()
     void this.#publishLoad()
@@ -438,8 +442,26 @@ export class EtcdCoordinator implements Coordination {
     }
   }
 
+  /**
+   * A dead router's lease lapses within a TTL of its death, taking its membership key with it. A
+   * suspect whose key is still there a TTL (and a second) after it was suspected is alive (say,
+   * reachable from others but not from here): it is counted again, claims and all.
+   */
+  #clearStaleSuspicions(): void {
+    let changed = false
+    for (const [routerId, since] of this.#suspects) {
+      if (performance.now() - since > this.#ttlMs + 1000 && this.#members.has(routerId)) {
+        this.#suspects.delete(routerId)
+        changed = true
+        this.#options.log.warn({ routerId }, 'a suspected peer kept its lease alive: counting it again')
+      }
+    }
+    if (changed) this.#slotViewChanged()
+  }
+
   #scheduleLoad(): void {
     if (this.#closed) return
+    this.#clearStaleSuspicions()
     this.#cancelLoadTimer = this.#options.clock.setTimeout(() => {
       void this.#publishLoad().finally(() => this.#scheduleLoad())
     }, this.#overPending ? Math.min(50, this.#options.loadIntervalMs ?? 500) : (this.#options.loadIntervalMs ?? 500))
