@@ -22,7 +22,7 @@ interface Node {
   readonly over: [string, string, number][]
 }
 
-async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2): Promise<Node> {
+async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2, loadIntervalMs = 100): Promise<Node> {
   const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs: 1000 })
   const loads = new Map<string, VersionLoad>()
   const over: [string, string, number][] = []
@@ -35,7 +35,7 @@ async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint
     endpoints: [endpoint],
     localLoads: () => loads.entries(),
     overShare: () => over,
-    loadIntervalMs: 100,
+    loadIntervalMs,
     clock: systemClock,
     log: silentLogger,
   })
@@ -205,4 +205,18 @@ t.test('a suspect that keeps its lease alive for a TTL was alive after all, and 
   t.same(a.coordinator.slotView().members, ['a'])
   await waitFor('b, whose key outlived the suspicion by a TTL, counts again', () => (a.coordinator.slotView().members.length === 2 ? true : undefined), 6000)
   t.same(a.coordinator.slotView().members, ['a', 'b'])
+})
+
+t.test('while a router carries requests beyond its share it reports every 50 ms, so the slot changes hands fast', async (t) => {
+  const etcd = await startEtcd(t)
+  const a = await node(etcd, 'a')
+  // b reports load every 2 s, except while it carries requests beyond its share.
+  const b = await node(etcd, 'b', etcd.endpoint, 2, 2000)
+  await waitFor('a sees b', () => (a.coordinator.slotView().peers.some((p) => p.routerId === 'b' && p.members !== undefined) ? true : undefined), 5000)
+  b.over.push(['svc', 'svc.i1', 1])
+  await waitFor('b reports the request beyond its share', () => (a.coordinator.slotView().peers[0]?.over('svc', 'svc.i1') === 1 ? true : undefined), 5000)
+  b.over.length = 0
+  const endedAt = Date.now()
+  await waitFor('b reports it let go', () => (a.coordinator.slotView().peers[0]?.over('svc', 'svc.i1') === 0 ? true : undefined), 5000)
+  t.ok(Date.now() - endedAt < 1000, `within ${Date.now() - endedAt} ms, not b's 2 s interval`)
 })

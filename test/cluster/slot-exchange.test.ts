@@ -87,8 +87,10 @@ t.test('a lender whose offer nobody takes any more keeps its slot; one whose bor
   // a leaves b's view (it died, or was cut off): its offer ends; b holds the slot for the
   // handover (a request a still runs is a's own now), then has it back.
   b.peers = []
+  const endedAt = Date.now()
   b.exchange.viewChanged()
   await waitFor('the lender to have its slot back', () => (b.tracker.load('s').inFlight === 0 ? true : undefined), 5000)
+  t.ok(Date.now() - endedAt >= 1400, `held for the hand-over (${Date.now() - endedAt} ms), so a borrower that lives on reports the request as its own first`)
   borrowed.release('success')
   own?.release('success')
   // Nobody waits on a: an offer b makes is declined, and b keeps its slot.
