@@ -179,3 +179,23 @@ t.test('a member another router deals without is checked from here too, and repo
   await waitFor('a to check c and find it gone', () => (gone.length > 0 ? true : undefined))
   t.same(gone, ['router-c'])
 })
+
+t.test('however many offers are held open, a kill’s eject and a want still go through at once', async (t) => {
+  const { a, b } = await pair(t)
+  for (const side of [a, b]) side.tracker.configure('s', { concurrencyLevel: 160, loadBalancing: 'oldest', maxQueueLength: 200 })
+  a.exchange.viewChanged()
+  b.exchange.viewChanged()
+  // b fills its own 80 slots, then 80 more requests wait there: a lends them all its 80.
+  const own = Array.from({ length: 80 }, () => b.tracker.tryAcquire('s'))
+  t.ok(own.every((l) => l !== undefined), 'b holds 80 slots of its own')
+  const borrowed = Array.from({ length: 80 }, () => b.tracker.acquire('s', { timeoutMs: 10_000 }))
+  const leases = await Promise.all(borrowed)
+  t.equal(a.tracker.load('s').inFlight, 80, 'a lent 80 slots: 80 offers held open, more than a connection pool of 64')
+  const started = Date.now()
+  t.notOk(await a.exchange.allowKill('s', 'i'), 'b carries requests on i: vetoed')
+  const took = Date.now() - started
+  t.ok(took < 500, `answered in ${took} ms, not stuck behind the held offers until a deadline`)
+  for (const lease of leases) lease.release('success')
+  for (const lease of own) lease?.release('success')
+  await waitFor('every lent slot back', () => (a.tracker.load('s').inFlight === 0 ? true : undefined), 5000)
+})
