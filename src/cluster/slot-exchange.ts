@@ -18,8 +18,9 @@
  * A router cut off from etcd for a whole lease TTL asks its peers whether they still count it
  * as a member (POST /maitre-peer/member). If etcd is down for everyone, they do (nobody's lease
  * lapses), and it serves on with its shares. If one says no (they reach etcd and let its lease
- * lapse, so its shares are theirs now), or none can be asked, it is fenced: it fills no slot of
- * its own until etcd confirms it again, so the fleet never exceeds concurrency-level.
+ * lapse, so its shares are theirs now), or it has peers and none answers, it is fenced: it fills
+ * no slot of its own until etcd confirms it again, so the fleet never exceeds concurrency-level.
+ * (A router with no peers has nobody its shares could have gone to.)
  *
  * Every call carries a key derived from the router secret the cluster shares: only routers of
  * this cluster lend, borrow or veto.
@@ -102,7 +103,7 @@ export class SlotExchange implements SlotSharing {
   /** Handover holds of leases whose offer broke, released early when the router stops. */
   readonly #handovers = new Map<ReturnType<typeof setTimeout>, Lease>()
   #lending = true
-  /** Cut off and disowned (or alone with nobody to ask): no slot of its own until etcd is back. */
+  /** Cut off from etcd and disowned by a peer (or unable to reach any): no slot of its own until etcd is back. */
   #fenced = false
   /** When each peer was last probed because another router dealt it out. */
   readonly #probedAt = new Map<string, number>()
@@ -124,7 +125,7 @@ export class SlotExchange implements SlotSharing {
     this.#key = peerKey(options.secret)
     this.#repeat = setInterval(() => {
       this.#repeatWants()
-      this.#checkFence()
+      this.#checkFence().catch((err: unknown) => this.#o.log.warn({ err }, 'fence check failed'))
     }, WANT_REPEAT_MS)
     this.#repeat.unref()
   }
@@ -159,6 +160,8 @@ export class SlotExchange implements SlotSharing {
    */
   #probeMissing(view: SlotView): void {
     const now = this.#o.clock.now()
+    const present = new Set(view.peers.map((p) => p.routerId))
+    for (const routerId of this.#probedAt.keys()) if (!present.has(routerId)) this.#probedAt.delete(routerId)
     for (const peer of view.peers) {
       if (peer.url === undefined || (this.#probedAt.get(peer.routerId) ?? 0) > now - WANT_REPEAT_MS) continue
       const dealtOut = view.peers.some((other) => other.routerId !== peer.routerId && other.members !== undefined && other.members.includes(this.#o.routerId) && !other.members.includes(peer.routerId))
