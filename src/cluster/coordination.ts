@@ -44,6 +44,8 @@ export interface SlotView {
    * and dealt its shares among themselves (or etcd is down for everyone: then nobody did).
    */
   readonly cutOff: boolean
+  /** It has just (re)joined: it fills no slot of its own until every peer has seen its claims. */
+  readonly settling: boolean
 }
 
 export interface Coordination {
@@ -81,7 +83,7 @@ export function singleRouter(routerId: string, url: () => string, startedAt: num
     members: () => [{ routerId, url: url(), startedAt }],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
-    slotView: () => ({ members: [routerId], peers: [], cutOff: false }),
+    slotView: () => ({ members: [routerId], peers: [], cutOff: false, settling: false }),
     onSlotViewChange: () => () => undefined,
     endpoints: [],
     close: () => Promise.resolve(),
@@ -98,7 +100,7 @@ export function joining(routerId: string, endpoints: readonly string[]): Coordin
     members: () => [],
     peerLoad: () => NO_LOAD,
     peerVersions: () => [],
-    slotView: () => ({ members: [], peers: [], cutOff: false }),
+    slotView: () => ({ members: [], peers: [], cutOff: false, settling: false }),
     onSlotViewChange: () => () => undefined,
     endpoints,
     close: () => Promise.resolve(),

@@ -178,6 +178,8 @@ export class SlotExchange implements SlotSharing {
     const known = byInstance?.get(key)
     if (known !== undefined) return known
     const view = this.#o.view()
+    // Just joined: its peers may not have seen its claims yet. It borrows meanwhile.
+    if (view.settling) return 0
     const claims = view.peers.map((p: PeerReport) => ({ routerId: p.routerId, members: p.members, over: p.over(serviceId, instanceId) }))
     const limit = slotLimit(instanceId, concurrencyLevel, view.members, this.#o.routerId, claims)
     if (byInstance === undefined) this.#limits.set(serviceId, (byInstance = new Map()))

@@ -6,7 +6,7 @@
 import t from 'tap'
 import type { Etcd3 } from 'etcd3'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
-import { EtcdCoordinator } from '../../src/cluster/etcd/coordinator.ts'
+import { EtcdCoordinator, SETTLE_MS } from '../../src/cluster/etcd/coordinator.ts'
 import type { VersionLoad } from '../../src/cluster/coordination.ts'
 import { systemClock } from '../../src/clock.ts'
 import { silentLogger } from '../../src/log.ts'
@@ -219,4 +219,16 @@ t.test('while a router carries requests beyond its share it reports every 50 ms,
   const endedAt = Date.now()
   await waitFor('b reports it let go', () => (a.coordinator.slotView().peers[0]?.over('svc', 'svc.i1') === 0 ? true : undefined), 5000)
   t.ok(Date.now() - endedAt < 1000, `within ${Date.now() - endedAt} ms, not b's 2 s interval`)
+})
+
+t.test('a router that (re)joins settles for a second before it fills slots of its own, so every peer has seen its claims', async (t) => {
+  const etcd = await startEtcd(t)
+  const joinedAt = Date.now()
+  const a = await node(etcd, 'a')
+  t.ok(a.coordinator.slotView().settling || Date.now() - joinedAt >= 1000, 'settling right after it joined')
+  let changed = false
+  a.coordinator.onSlotViewChange(() => (changed = true))
+  await waitFor('settled', () => (a.coordinator.slotView().settling ? undefined : true), 3000)
+  t.ok(Date.now() - joinedAt >= 1000, `settled ${Date.now() - joinedAt} ms after starting to join (at least ${SETTLE_MS} ms)`)
+  t.ok(changed, 'and the router was told its view changed, so waiting requests take the slots at once')
 })

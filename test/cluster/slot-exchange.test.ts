@@ -26,12 +26,13 @@ interface Side {
   peers: PeerReport[]
   members: string[]
   cutOff: boolean
+  settling: boolean
 }
 
 async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = []): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
-  const side: { peers: PeerReport[]; members: string[]; cutOff: boolean } = { peers: [], members, cutOff: false }
-  const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff })
+  const side: { peers: PeerReport[]; members: string[]; cutOff: boolean; settling: boolean } = { peers: [], members, cutOff: false, settling: false }
+  const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff, settling: side.settling })
   const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer) })
   tracker.shareSlots(exchange)
   tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
@@ -198,4 +199,17 @@ t.test('however many offers are held open, a kill’s eject and a want still go 
   for (const lease of leases) lease.release('success')
   for (const lease of own) lease?.release('success')
   await waitFor('every lent slot back', () => (a.tracker.load('s').inFlight === 0 ? true : undefined), 5000)
+})
+
+t.test('a router that has just joined fills no slot of its own until its peers have seen its claims; it borrows meanwhile', async (t) => {
+  const { a, b } = await pair(t)
+  a.settling = true
+  a.exchange.viewChanged()
+  t.equal(a.tracker.load('s').slotsAvailable, 0, 'settling: none of its own')
+  const borrowed = await a.tracker.acquire('s', { timeoutMs: 5000 })
+  t.equal(b.tracker.load('s').inFlight, 1, 'its request is served by a slot b lends')
+  borrowed.release('success')
+  a.settling = false
+  a.exchange.viewChanged()
+  t.equal(a.tracker.load('s').slotsAvailable, 1, 'settled: its share is its own')
 })

@@ -55,6 +55,15 @@ type LoadDocument = {
   readonly draining?: boolean
 }
 
+/**
+ * How long a router that (re)joins waits, after publishing the report that claims its shares,
+ * before it fills any: every peer subtracts a claim only once its watch has delivered the
+ * report, and the limits of all routers together stay within concurrency-level only when each
+ * sees every other's claim (slot-shares.ts). Far above a watch's delivery time; meanwhile its
+ * requests borrow from the others.
+ */
+export const SETTLE_MS = 1000
+
 /** A published load stays under etcd's request limit (1.5 MiB by default) with room to spare. */
 const MAX_LOAD_BYTES = 1024 * 1024
 
@@ -103,6 +112,9 @@ export class EtcdCoordinator implements Coordination {
   readonly #suspects = new Map<string, number>()
   /** The last load published carries requests beyond this router's share: publish fast until they drain. */
   #overPending = false
+  /** Until then (performance.now()), this router fills no slot of its own: it has just (re)joined. */
+  #settledAt = Number.POSITIVE_INFINITY
+  #settleTimer: ReturnType<typeof setTimeout> | undefined
   #draining = false
   readonly #slotViewListeners = new Set<() => void>()
   #publishing = false
@@ -190,8 +202,10 @@ export class EtcdCoordinator implements Coordination {
 
   slotView(): SlotView {
     this.#slotView ??= this.#readSlotView()
-    const cutOff = performance.now() - this.#lastConfirmedAt >= this.#ttlMs
-    return cutOff === this.#slotView.cutOff ? this.#slotView : (this.#slotView = { ...this.#slotView, cutOff })
+    const now = performance.now()
+    const cutOff = now - this.#lastConfirmedAt >= this.#ttlMs
+    const settling = now < this.#settledAt
+    return cutOff === this.#slotView.cutOff && settling === this.#slotView.settling ? this.#slotView : (this.#slotView = { ...this.#slotView, cutOff, settling })
   }
 
   onSlotViewChange(listener: () => void): () => void {
@@ -233,7 +247,7 @@ export class EtcdCoordinator implements Coordination {
     for (const [routerId, member] of members) {
       if (routerId !== this.routerId && !reported.has(routerId)) peers.push({ routerId, url: member.url, members: undefined, over: () => 0 })
     }
-    return { members: ids, peers, cutOff: false }
+    return { members: ids, peers, cutOff: false, settling: false }
   }
 
   /**
@@ -269,6 +283,7 @@ export class EtcdCoordinator implements Coordination {
     if (this.#closed) return
     this.#closed = true
     this.#closing.abort()
+    if (this.#settleTimer !== undefined) clearTimeout(this.#settleTimer)
     this.#cancelLoadTimer?.()
     await this.#members.close()
     await this.#loads.close()
@@ -392,6 +407,10 @@ export class EtcdCoordinator implements Coordination {
     const member: Member = { routerId: this.routerId, url: this.#options.url(), startedAt: this.#startedAt }
     // The report first: a member without one is taken to hold every slot until it reports.
     this.#publishedLoad = ''
+    // Slots wait until every peer has surely seen the report that claims them (see SETTLE_MS).
+    this.#settledAt = performance.now() + SETTLE_MS
+    this.#settleTimer = setTimeout(() => this.#slotViewChanged(), SETTLE_MS + 1)
+    this.#settleTimer.unref()
     await this.#publishLoad()
     await lease.put(this.#memberKey).value(JSON.stringify(member))
     await this.#campaign()
