@@ -424,7 +424,16 @@ export function parseConfig(text: string, file = 'config'): Config {
 
 /** The config as /settings shows it: the secret is never shown. */
 export function redactedConfig(config: Config): unknown {
-  return { ...config, secret: config.secret === null ? null : '<redacted>' }
+  return {
+    ...config,
+    secret: config.secret === null ? null : '<redacted>',
+    // Waiter's own names for what its CLI and tools read from /settings.
+    'cluster-config': { name: config.cluster },
+    'scheduler-config': { kind: config.backend.kind },
+    // Waiter polls its scheduler every this many seconds; maitre's backends push every change as
+    // it happens (a watch, a health result), so routers agree within about a second.
+    'scheduler-syncer-interval-secs': 1,
+  }
 }
 
 export function loadConfigFile(path: string): Config {

@@ -98,6 +98,12 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
             'open-connections': deps.serverLoad().connections,
             details: Object.fromEntries(['autoscaler', 'cluster', 'gc-services', 'instance-tracker', 'scheduler'].map((n) => [n, `/state/${n}`])),
           }, cid)
+        case '/state/maintainer':
+          // What Waiter's CLI and tools read to find every router: { state: { routers: { id: url } } }.
+          return sendJson(res, 200, {
+            'router-id': deps.routerId,
+            state: { routers: Object.fromEntries(deps.cluster().members().map((m) => [m.routerId, m.url])) },
+          }, cid)
         case '/state/cluster': {
           const cluster = deps.cluster()
           return sendJson(res, 200, {

@@ -88,4 +88,8 @@ t.test('/apps filters and /settings redaction', async (t) => {
   const settings = await call(`${router.url}/settings`)
   t.notMatch(settings.text, 'hunter2')
   t.match(settings.json(), { secret: '<redacted>', proxy: { allowOnTheFly: false } })
+  // What Waiter's CLI reads: the cluster's name, the scheduler's kind and its sync interval.
+  t.match(settings.json(), { 'cluster-config': { name: 'maitre' }, 'scheduler-config': { kind: 'local' }, 'scheduler-syncer-interval-secs': 1 })
+  const maintainer = (await call(`${router.url}/state/maintainer`)).json<{ state: { routers: Record<string, string> } }>()
+  t.same(Object.values(maintainer.state.routers), [router.url], '/state/maintainer lists the routers as Waiter’s tools read them')
 })

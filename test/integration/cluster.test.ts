@@ -31,6 +31,7 @@ t.test('three routers act as one: shared tokens within a second, atomic If-Match
   t.same(states[0]?.['etcd-endpoints'], [cluster.etcd.endpoint], '/state/cluster names the etcd endpoints')
   t.same(new Set(states.map((s) => s['router-id'])).size, 3, 'each router has its own id')
   t.match((await call(`${b.url}/state`)).json(), { routers: Object.fromEntries(states[0]!.members.map((m) => [m.routerId, m.url])) }, '/state lists the members')
+  t.same((await call(`${c.url}/state/maintainer`)).json<{ state: { routers: Record<string, string> } }>().state.routers, Object.fromEntries(states[0]!.members.map((m) => [m.routerId, m.url])), '/state/maintainer lists every member, as Waiter’s tools read it')
 
   // A token written through A is served by C within a second.
   const written = Date.now()
