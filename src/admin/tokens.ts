@@ -100,7 +100,8 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
     if (data['deleted'] === true && !withDeleted) continue
     if (owners.size > 0 && !owners.has(String(data['owner']))) continue
     const entry: Record<string, unknown> = { token, owner: data['owner'] }
-    if (data['maintenance'] !== undefined) entry['maintenance'] = data['maintenance']
+    // Waiter's index says whether a token is in maintenance, always, as a boolean.
+    entry['maintenance'] = data['maintenance'] !== undefined && data['maintenance'] !== null
     if (withMeta) {
       entry['deleted'] = data['deleted'] === true
       entry['etag'] = tokenEtag(data)

@@ -61,7 +61,10 @@ export function validateParameters(params: Params, options: ValidateOptions): Is
     const indexKey = `${kind}-check-port-index`
     const protoKey = `${kind}-check-proto`
     const index = (effective[indexKey] ?? effective['health-check-port-index']) as number
-    if (params[indexKey] !== undefined && index >= ports) {
+    // A token may name the port index while another token (or a header) names the ports, as
+    // Waiter allows: a part is checked only when it gives both; the whole description always is.
+    const portsKnown = options.requireComplete || params['ports'] !== undefined
+    if (params[indexKey] !== undefined && portsKnown && index >= ports) {
       const label = kind === 'health' ? 'health check' : 'liveness check'
       issues.push({ field: indexKey, message: `The ${label} port index (${index}) must be smaller than ports (${ports})` })
     }

@@ -145,7 +145,10 @@ export class Tokens {
       throw new MaitreError('MAITRE_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })
     }
 
-    if (options.ifMatch !== undefined && (current === undefined || tokenEtag(current) !== options.ifMatch)) {
+    // `If-Match: ""` is what Waiter's CLI sends for a token it believes new: it holds for a token
+    // that does not exist (or was soft-deleted), and is stale against one that does.
+    const stale = options.ifMatch === '' ? currentLive !== undefined : options.ifMatch !== undefined && (current === undefined || tokenEtag(current) !== options.ifMatch)
+    if (stale) {
       throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
     }
     if (admin && current !== undefined && options.ifMatch === undefined) {
@@ -175,7 +178,8 @@ export class Tokens {
     }
     if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]
     if (next['deleted'] !== true) delete next['deleted']
-    if (current !== undefined) next['previous'] = trimHistory(current, HISTORY_LENGTH - 1)
+    // Waiter's first version carries an empty history, `"previous": {}`.
+    next['previous'] = current === undefined ? {} : trimHistory(current, HISTORY_LENGTH - 1)
     await this.#store.put(name, next, current ?? null)
     this.#emit(name)
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
@@ -240,7 +244,8 @@ export class Tokens {
   history(name: string): TokenData[] {
     const out: TokenData[] = []
     let cursor: unknown = this.#store.get(name)
-    while (typeof cursor === 'object' && cursor !== null && !Array.isArray(cursor) && out.length <= HISTORY_LENGTH) {
+    // The first version's `previous` is an empty object: the end of the history, not a version.
+    while (typeof cursor === 'object' && cursor !== null && !Array.isArray(cursor) && Object.keys(cursor).length > 0 && out.length <= HISTORY_LENGTH) {
       out.push(cursor as TokenData)
       cursor = (cursor as TokenData)['previous']
     }
@@ -286,6 +291,7 @@ function systemMetadataIssues(doc: Readonly<Record<string, unknown>>, depthLeft:
 /** A copy of `data` whose `previous` chain holds at most `depth` older versions. */
 function trimHistory(data: TokenData, depth: number): TokenData {
   const { previous, ...rest } = data
+  if (typeof previous === 'object' && previous !== null && Object.keys(previous).length === 0) return { ...rest, previous: {} }
   if (depth <= 0 || typeof previous !== 'object' || previous === null) return rest
   return { ...rest, previous: trimHistory(previous as TokenData, depth - 1) }
 }

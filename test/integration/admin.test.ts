@@ -93,3 +93,16 @@ t.test('/apps filters and /settings redaction', async (t) => {
   const maintainer = (await call(`${router.url}/state/maintainer`)).json<{ state: { routers: Record<string, string> } }>()
   t.same(Object.values(maintainer.state.routers), [router.url], '/state/maintainer lists the routers as Waiter’s tools read them')
 })
+
+t.test('Waiter’s CLI reads: /tokens always says whether a token is in maintenance; a port index is checked against ports only when a token gives both', async (t) => {
+  const router = await startRouter(t)
+  t.equal((await createToken(router, 'open', kitchenToken())).status, 200)
+  t.equal((await createToken(router, 'closed', kitchenToken({ maintenance: { message: 'back soon' } }))).status, 200)
+  const list = (await call(`${router.url}/tokens`)).json<{ token: string; maintenance: unknown }[]>()
+  t.same(Object.fromEntries(list.map((e) => [e.token, e.maintenance])), { open: false, closed: true }, 'a boolean for every entry')
+  // Another token (or a header) may bring the ports: an index alone is no error in a token.
+  t.equal((await createToken(router, 'index-only', kitchenToken({ 'health-check-port-index': 1 }))).status, 200)
+  const both = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'index-and-ports', ...kitchenToken({ 'health-check-port-index': 1, ports: 1 }) }) })
+  t.equal(both.status, 400, 'with both given, the index must be smaller than ports')
+  t.match(both.text, /health check port index \(1\) must be smaller than ports \(1\)/)
+})

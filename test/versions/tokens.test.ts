@@ -123,3 +123,16 @@ t.test('a write that lost a race to another router: recomputed without If-Match,
   await t.rejects(tokens.delete('svc', { principal: owner, ifMatch: tokenEtag(tokens.get('svc') as Record<string, unknown>) }), { code: 'MAITRE_STALE_TOKEN' })
   t.equal(tokens.get('svc')?.['version'], 'before-delete')
 })
+
+t.test('Waiter’s CLI: If-Match "" creates a token that does not exist or was soft-deleted, and is stale against a live one; the first version’s history is {}', async (t) => {
+  const tokens = tokensIn(t.testdir())
+  const created = await tokens.upsert('fresh', base, { principal: owner, ifMatch: '' })
+  t.equal(created.result, 'token-created', 'what `waiter create` sends for a new token')
+  t.same(created.data['previous'], {}, 'the first version carries an empty history, as Waiter’s does')
+  t.same(tokens.history('fresh').length, 1, 'and that empty history is no version of its own')
+  await t.rejects(tokens.upsert('fresh', { ...base, version: 'v2' }, { principal: owner, ifMatch: '' }), { code: 'MAITRE_STALE_TOKEN', status: 412, message: 'Cannot modify stale token' }, 'against a live token it is stale')
+  await tokens.delete('fresh', { principal: owner, hard: false })
+  const recreated = await tokens.upsert('fresh', { ...base, version: 'v3' }, { principal: owner, ifMatch: '' })
+  t.equal(recreated.result, 'token-created', 'a soft-deleted token may be created again with it')
+  t.same(tokens.history('fresh').map((v) => v['version'] ?? null).slice(0, 3), ['v3', 'v1', 'v1'], 'over the deleted version and the first one')
+})
