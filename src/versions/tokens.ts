@@ -126,8 +126,13 @@ export class Tokens {
       for (const key of unknown) issues.push({ field: key, message: `Unsupported key(s) in token: ${unknown.join(', ')}` })
     }
     if (!admin) {
-      for (const key of SYSTEM_METADATA.filter((k) => k in body)) {
+      // `cluster` a user may set, as Waiter allows (its CLI does); the rest the router keeps.
+      for (const key of SYSTEM_METADATA.filter((k) => k in body && k !== 'cluster')) {
         issues.push({ field: key, message: `Cannot modify ${key} token metadata` })
+      }
+      const cluster = body['cluster']
+      if (cluster !== undefined && !(typeof cluster === 'string' && cluster !== '' && cluster.length <= MAX_STRING_LENGTH)) {
+        issues.push({ field: 'cluster', message: `cluster must be a non-empty string of at most ${MAX_STRING_LENGTH} characters.` })
       }
     } else {
       // An admin may write system metadata (a migration, a restore), but only what every reader
@@ -166,14 +171,15 @@ export class Tokens {
       throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
     }
     const fields: Record<string, unknown> = { ...body, owner }
-    if (currentLive !== undefined && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
+    const clusterChanges = typeof body['cluster'] === 'string' && body['cluster'] !== currentLive?.['cluster']
+    if (currentLive !== undefined && !clusterChanges && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
       return { result: 'token-no-op', etag: tokenEtag(currentLive), data: currentLive }
     }
     const next: Record<string, unknown> = {
       ...fields,
       'last-update-time': this.#clock.now(),
       'last-update-user': options.principal.user,
-      cluster: (current?.['cluster'] as string | undefined) ?? this.#cluster,
+      cluster: typeof body['cluster'] === 'string' ? body['cluster'] : ((current?.['cluster'] as string | undefined) ?? this.#cluster),
       root: (current?.['root'] as string | undefined) ?? this.#cluster,
     }
     if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]

@@ -136,3 +136,17 @@ t.test('Waiter’s CLI: If-Match "" creates a token that does not exist or was s
   t.equal(recreated.result, 'token-created', 'a soft-deleted token may be created again with it')
   t.same(tokens.history('fresh').map((v) => v['version'] ?? null).slice(0, 3), ['v3', 'v1', 'v1'], 'over the deleted version and the first one')
 })
+
+t.test('a user may set a token’s cluster, as Waiter’s CLI does; the other system metadata stays the router’s', async (t) => {
+  const tokens = tokensIn(t.testdir())
+  const made = await tokens.upsert('colored', { ...base, cluster: 'blue' }, { principal: stranger })
+  t.equal(made.data['cluster'], 'blue', 'user-set cluster is kept')
+  t.equal((await tokens.upsert('colored', { ...base }, { principal: stranger })).data['cluster'], 'blue', 'and stays when a later write does not name it')
+  const moved = await tokens.upsert('colored', { ...base, cluster: 'green' }, { principal: stranger })
+  t.equal(moved.result, 'token-updated', 'changing only the cluster is an update, not a no-op')
+  t.equal(moved.data['cluster'], 'green')
+  for (const key of ['last-update-time', 'last-update-user', 'root', 'previous']) {
+    await t.rejects(tokens.upsert('colored', { ...base, [key]: key === 'last-update-time' ? 1 : key === 'previous' ? {} : 'x' }, { principal: stranger }), { code: 'MAITRE_INVALID_DESCRIPTOR', message: new RegExp(`Cannot modify ${key} token metadata`) }, `${key} is refused`)
+  }
+  await t.rejects(tokens.upsert('colored', { ...base, cluster: '' }, { principal: stranger }), { message: /cluster must be a non-empty string/ })
+})
