@@ -47,6 +47,9 @@ export interface ResolverOptions {
 /** Bytes the resolution cache may hold (keys, and about a KiB per resolution). */
 export const RESOLUTION_CACHE_BYTES = 64 * 1024 * 1024
 
+/** Waiter's pseudo-token naming a service version by id. */
+export const SERVICE_ID_TOKEN = '^SERVICE-ID#'
+
 export function hostWithoutPort(host: string | undefined): string {
   if (host === undefined) return ''
   if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1).toLowerCase()
@@ -82,6 +85,11 @@ export class Resolver {
     if (byId !== undefined) return { resolution: this.byServiceId(byId, principal), headers: waiter }
 
     const tokenHeader = waiter.perRequest['token']
+    // Waiter keeps each service's description under the pseudo-token ^SERVICE-ID#<id> (what its
+    // CLI's `ping --service-id` sends): it names the version exactly, as x-waiter-service-id does.
+    if (tokenHeader !== undefined && tokenHeader.startsWith(SERVICE_ID_TOKEN)) {
+      return { resolution: this.byServiceId(tokenHeader.slice(SERVICE_ID_TOKEN.length).trim(), principal), headers: waiter }
+    }
     const hostToken = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
     const hostIsToken = hostToken !== '' && !this.#options.routerHostnames.has(hostToken)
     const names = tokenHeader !== undefined

@@ -19,6 +19,21 @@ t.test('/waiter-ping starts the service and health-checks an instance', async (t
   t.match(missing.json(), { 'ping-response': { result: 'descriptor-error', status: 404 }, 'service-state': { 'exists?': false, status: 'Inactive' } })
 })
 
+t.test('Waiter’s pseudo-token ^SERVICE-ID#<id> (what `waiter ping --service-id` sends) names a version exactly', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
+  const serviceId = first.headers['x-waiter-service-id'] as string
+  await createToken(router, 'kitchen', kitchenToken({ version: 'v2' }))
+  const ping = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': `^SERVICE-ID#${serviceId}`, 'x-waiter-fallback-period-secs': '0' } })
+  t.equal(ping.status, 200)
+  t.match(ping.json(), { 'ping-response': { result: 'received-response', status: 200 }, 'service-state': { 'service-id': serviceId, 'exists?': true } }, 'the version named, not the token’s newer one')
+  const proxied = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': `^SERVICE-ID#${serviceId}`, 'x-waiter-debug': 'true' } })
+  t.equal(proxied.headers['x-waiter-service-id'], serviceId, 'and so does a proxied request')
+  const unknown = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': '^SERVICE-ID#maitre-nope' } })
+  t.match(unknown.json(), { 'ping-response': { result: 'descriptor-error', status: 404 } })
+})
+
 t.test('suspend and resume', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'kitchen', kitchenToken())
