@@ -66,9 +66,13 @@ function chosenByClient(header: string | undefined): boolean {
  * healthy instance, a request goes to the newest previous version that has one — and the new
  * version is started meanwhile, so an update under load fails no request and waits for nothing.
  */
-function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps): Resolution {
+function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, periodHeader: string | undefined): Resolution {
   const fallback = resolution.fallback
-  if (fallback === undefined || deps.clock.now() >= fallback.until || deps.tracker.load(resolution.serviceId).healthy > 0) return resolution
+  if (fallback === undefined) return resolution
+  // x-waiter-fallback-period-secs overrides the token's period for this request (0: no fallback).
+  const headerSecs = periodHeader === undefined ? Number.NaN : Number(periodHeader)
+  const until = Number.isInteger(headerSecs) && headerSecs >= 0 ? fallback.since + headerSecs * 1000 : fallback.until
+  if (deps.clock.now() >= until || deps.tracker.load(resolution.serviceId).healthy > 0) return resolution
   const target = fallback.serviceIds.find((id) => deps.tracker.load(id).healthy > 0)
   if (target === undefined) return resolution
   const latest = resolution
@@ -133,8 +137,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       principal = who.user
       const resolving = deps.resolver.resolve(req.headers, who)
       const resolved = resolving instanceof Promise ? await resolving : resolving
-      resolution = fallBack(resolved.resolution, who, deps)
       const perRequest = resolved.headers.perRequest
+      resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
       const serviceId = resolution.serviceId
       if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       const meta = resolution.tokenMetadata

@@ -25,7 +25,8 @@ export interface Resolution {
   /** Token-only settings the tokens give explicitly (timeouts, fallback, maintenance); config supplies the rest. */
   readonly tokenMetadata: Readonly<Record<string, unknown>>
   /** Earlier versions of the token to route to while this one has no healthy instance, until `until`. */
-  readonly fallback: { readonly until: number; readonly serviceIds: readonly string[] } | undefined
+  /** Waiter's fallback window: from the token's last update (`since`) until `until`, to these versions. */
+  readonly fallback: { readonly since: number; readonly until: number; readonly serviceIds: readonly string[] } | undefined
 }
 
 export interface ResolvedRequest {
@@ -221,7 +222,7 @@ export class Resolver {
       const id = serviceIdOf(coreParameters(serviceFields(data)), this.#options.serviceIdPrefix)
       if (id !== serviceId && !serviceIds.includes(id)) serviceIds.push(id)
     }
-    return serviceIds.length === 0 ? undefined : { until: updatedAt + periodSecs * 1000, serviceIds }
+    return serviceIds.length === 0 ? undefined : { since: updatedAt, until: updatedAt + periodSecs * 1000, serviceIds }
   }
 }
 

@@ -170,6 +170,21 @@ t.test('a token edit under continuous load loses no request: the old version ser
   t.ok(served.some((r) => r.service === oldId && r.startedAt > editedAt + 500), 'requests sent while the new version started were served by the old one')
 })
 
+t.test('x-waiter-fallback-period-secs overrides the token’s fallback period for a request; 0 means no fallback', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'edited', kitchenToken())
+  const h = { 'x-waiter-token': 'edited', 'x-waiter-debug': 'true' }
+  const oldId = (await call(`${router.url}/request-info`, { headers: h })).headers['x-waiter-service-id']
+  // The new version takes a second to start: a request with fallback goes to the old one meanwhile.
+  await createToken(router, 'edited', kitchenToken({ version: 'v2' }, '--start-up-sleep-ms 1000'))
+  const withFallback = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(withFallback.headers['x-waiter-service-id'], oldId, 'within the token’s fallback period: the old version serves')
+  const noFallback = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-fallback-period-secs': '0' } })
+  t.equal(noFallback.status, 200)
+  t.not(noFallback.headers['x-waiter-service-id'], oldId, 'with the header at 0: the request waits for the new version')
+  t.equal(noFallback.headers['x-maitre-cold-start'], 'true')
+})
+
 t.test('overrides change scaling knobs without changing the service id', async (t) => {
   const router = await startRouter(t, FAST)
   await createToken(router, 'tuned', kitchenToken())
