@@ -14,6 +14,7 @@ import type { LaunchSpec } from '../launch-spec.ts'
 import type { Resolution, Resolver } from '../versions/resolve.ts'
 import { serviceStatus } from './apps.ts'
 import { sendJson, type AdminRequest } from './http.ts'
+import { errorBody } from '../http/error-response.ts'
 
 export interface PingDeps {
   readonly resolver: Resolver
@@ -44,7 +45,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   } catch (err) {
     if (!isMaitreError(err)) throw err
     return sendJson(r.res, 200, {
-      'ping-response': { result: 'descriptor-error', status: err.status, body: err.message },
+      'ping-response': { result: 'descriptor-error', status: err.status, body: errorBody(err, r.req, { cid: r.cid, principal: who.user }, 'json') },
       'service-state': serviceState(deps, undefined),
     }, r.cid)
   }
@@ -93,7 +94,8 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     // The health check request itself failed: the instance's trouble, named by its error code only.
     const code = (err as { code?: string }).code
     const e = isMaitreError(err) ? err : new MaitreError('MAITRE_UPSTREAM', `Health check request to the instance failed${code === undefined ? '' : ` (${code})`}`, { cause: err })
-    pingResponse = { result: e.code === 'MAITRE_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: e.message }
+    // maitre's own refusal, as the JSON error body it would have sent (what Waiter's ping reports).
+    pingResponse = { result: e.code === 'MAITRE_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: errorBody(e, r.req, { cid: r.cid, principal: who.user, serviceId: current.serviceId }, 'json') }
   }
   sendJson(r.res, 200, {
     'ping-response': pingResponse,

@@ -101,6 +101,9 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
   const err = asMaitreError(error)
   const format = negotiate(req)
   const body = errorBody(err, req, ctx, format)
+  // With x-waiter-debug, an error about a known version names it, as Waiter's do.
+  const serviceId = ctx.serviceId ?? (err.details['service-id'] as string | undefined)
+  const debug = req.headers['x-waiter-debug'] === 'true' && typeof serviceId === 'string'
   res.writeHead(err.status, {
     ...err.headers,
     'content-type': CONTENT_TYPES[format],
@@ -108,6 +111,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
     'x-cid': ctx.cid,
     server: SERVER_HEADER,
     [ERROR_CODE_HEADER]: err.code,
+    ...(debug ? { 'x-waiter-service-id': serviceId } : {}),
   })
   res.end(req.method === 'HEAD' ? undefined : body)
 }

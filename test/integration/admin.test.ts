@@ -17,6 +17,9 @@ t.test('/waiter-ping starts the service and health-checks an instance', async (t
   t.equal(body['service-description']['version'], 'v1')
   const missing = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'nope' } })
   t.match(missing.json(), { 'ping-response': { result: 'descriptor-error', status: 404 }, 'service-state': { 'exists?': false, status: 'Inactive' } })
+  // maitre's own refusal travels as the JSON error body it would have sent, as Waiter's does.
+  const refusal = JSON.parse(missing.json<{ 'ping-response': { body: string } }>()['ping-response'].body) as { 'waiter-error': Record<string, unknown> }
+  t.match(refusal['waiter-error'], { status: 404, code: 'MAITRE_TOKEN_NOT_FOUND', message: /nope/ })
 })
 
 t.test('Waiter’s pseudo-token ^SERVICE-ID#<id> (what `waiter ping --service-id` sends) names a version exactly', async (t) => {
@@ -43,6 +46,10 @@ t.test('suspend and resume', async (t) => {
   const refused = await call(`${router.url}/request-info`, { headers: h })
   t.equal(refused.status, 503)
   t.equal(refused.json<{ 'waiter-error': { message: string } }>()['waiter-error'].message, 'Service has been suspended')
+  t.equal(refused.headers['x-waiter-service-id'], undefined, 'without x-waiter-debug an error names no version')
+  const debugged = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  t.equal(debugged.status, 503)
+  t.equal(debugged.headers['x-waiter-service-id'], id, 'with it, maitre’s own error names the version, as Waiter’s do')
   t.match((await call(`${router.url}/apps/${id}`)).json(), { 'service-suspended-state': { suspended: true } })
   t.equal((await call(`${router.url}/apps/${id}/resume`, { method: 'POST' })).status, 200)
   t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
