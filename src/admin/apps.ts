@@ -6,6 +6,9 @@ import type { Autoscaler } from '../scaler/autoscaler.ts'
 import type { Overrides } from '../versions/overrides.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import type { Coordination } from '../cluster/coordination.ts'
+import type { GcRunner } from '../scaler/gc-runner.ts'
+import type { Clock } from '../clock.ts'
+import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
@@ -21,7 +24,10 @@ export interface AppsApiDeps {
   readonly suspensions: { get(serviceId: string): unknown }
   readonly routerId: string
   /** The cluster this router is part of (a single router is a cluster of one). */
-  readonly cluster: () => Pick<Coordination, 'members'>
+  readonly cluster: () => Pick<Coordination, 'members' | 'peerVersions'>
+  /** Deletes a version now, as a collection does. */
+  readonly gc: Pick<GcRunner, 'deleteNow'>
+  readonly clock: Clock
 }
 
 export type ServiceStatus = 'Failing' | 'Inactive' | 'Starting' | 'Running'
@@ -123,13 +129,25 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
   const record = deps.registry.get(serviceId)
   if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
-    const existed = deps.backend.state(serviceId) !== undefined
-    await deps.backend.deleteService(serviceId)
+    // Checked before anything stops: a bad timeout is the caller's 400, and nothing is deleted.
+    const timeoutParam = r.url.searchParams.get('timeout')
+    const timeoutMs = timeoutParam === null ? 0 : Number(timeoutParam)
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > MAX_TIMEOUT_MS) {
+      throw new MaitreError('MAITRE_BAD_REQUEST', `timeout must be a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS}`, { details: { field: 'timeout', value: String(timeoutParam).slice(0, 50) } })
+    }
+    // Gone as a collection would take it: record, caches, settings, then the backend. It leaves
+    // /apps at once, and a second DELETE finds nothing (404).
+    const existed = await deps.gc.deleteNow(serviceId)
+    // Every router has let it go once none reports load for it (reports come every 500 ms).
+    const agreed = (): boolean => ![...deps.cluster().peerVersions()].includes(serviceId)
+    const deadline = deps.clock.now() + timeoutMs
+    while (!agreed() && deps.clock.now() < deadline) await new Promise<void>((resolve) => deps.clock.setTimeout(resolve, 100))
     return sendJson(r.res, 200, {
       'service-id': serviceId,
       success: true,
       result: existed ? 'deleted' : 'no-such-service-exists',
       message: existed ? 'Service deleted' : 'Service was not running',
+      'routers-agree': agreed(),
     }, r.cid)
   }
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET', 'DELETE'])

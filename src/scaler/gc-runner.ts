@@ -17,6 +17,7 @@ import type { Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
 import { tokenEtag } from '../versions/tokens.ts'
 import type { Activator } from './activator.ts'
+import { MaitreError } from '../errors.ts'
 import { pickGarbage, type GcCandidate, type GcVerdict } from './gc.ts'
 import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
 
@@ -48,6 +49,9 @@ export interface GcDeps {
 }
 
 const RECENT_KEPT = 50
+/** An operator's delete waits this often, this many times, for a request that is starting the version. */
+const DELETE_ATTEMPTS = 50
+const DELETE_RETRY_MS = 100
 
 export class GcRunner {
   readonly #deps: GcDeps
@@ -158,6 +162,36 @@ export class GcRunner {
       log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
       return verdict
     })
+  }
+
+  /**
+   * An operator's DELETE /apps/{id}: the version goes now, as a collection does (activations
+   * wait for it, record and caches first, then the backend), whatever its idleness. Resolves
+   * with whether the backend was running it.
+   */
+  async deleteNow(serviceId: string): Promise<boolean> {
+    const { activator, registry, backend, clock, log } = this.#deps
+    // A request starting the version right now goes first (its activation is not cut in half).
+    for (let attempt = 0; attempt < DELETE_ATTEMPTS; attempt++) {
+      const result = await this.#deleteOnce(serviceId, activator, registry, backend, log)
+      if (result !== undefined) return result
+      await new Promise<void>((resolve) => clock.setTimeout(resolve, DELETE_RETRY_MS))
+    }
+    throw new MaitreError('MAITRE_BACKEND', 'The service is being started by a request; try the delete again', { status: 503, details: { 'service-id': serviceId }, headers: { 'retry-after': '1' } })
+  }
+
+  #deleteOnce(serviceId: string, activator: GcDeps['activator'], registry: GcDeps['registry'], backend: GcDeps['backend'], log: GcDeps['log']): Promise<boolean | undefined> {
+    return activator
+      .collect(serviceId, async () => {
+        const record = registry.get(serviceId)
+        if (record !== undefined) await registry.forget(serviceId, record)
+        await this.#deps.forgetVersion(serviceId)
+        const running = backend.state(serviceId) !== undefined
+        await backend.deleteService(serviceId)
+        this.#deps.tracker.dropIfIdle(serviceId)
+        log.info({ service: serviceId, running }, 'service deleted by request')
+        return running
+      })
   }
 
   #unrecordedCandidate(serviceId: string, now: number): GcCandidate {

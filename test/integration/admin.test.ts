@@ -128,3 +128,22 @@ t.test('Waiter’s CLI reads: /tokens always says whether a token is in maintena
   t.equal(both.status, 400, 'with both given, the index must be smaller than ports')
   t.match(both.text, /health check port index \(1\) must be smaller than ports \(1\)/)
 })
+
+t.test('Waiter’s kill: DELETE /apps/{id} stops the version, it leaves /apps, routers agree, a second DELETE is 404, a bad timeout stops nothing', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' }
+  const id = (await call(`${router.url}/request-info`, { headers: h })).headers['x-waiter-service-id'] as string
+  const garbage = await call(`${router.url}/apps/${id}?timeout=soon`, { method: 'DELETE' })
+  t.equal(garbage.status, 400)
+  t.match(garbage.json(), { 'waiter-error': { details: { field: 'timeout' } } })
+  t.equal((await call(`${router.url}/apps`)).json<unknown[]>().length, 1, 'and nothing was stopped')
+  const killed = await call(`${router.url}/apps/${id}?timeout=5000`, { method: 'DELETE' })
+  t.equal(killed.status, 200)
+  t.match(killed.json(), { 'service-id': id, success: true, result: 'deleted', 'routers-agree': true })
+  t.same((await call(`${router.url}/apps`)).json(), [], 'the killed version is gone from /apps, not left Inactive')
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 404, 'a second DELETE finds nothing')
+  const again = await call(`${router.url}/request-info`, { headers: h })
+  t.equal(again.status, 200, 'the token starts it afresh on the next request')
+  t.equal(again.headers['x-maitre-cold-start'], 'true')
+})

@@ -142,7 +142,10 @@ t.test('a version deleted through one router is gone from the others, and a requ
   const id = (await call(`${a.url}/service-id`, { headers: h })).text
   const runs = async (r: Router): Promise<boolean> => (await call(`${r.url}/state/scheduler`)).json<{ state: { services: { id: string }[] } }>().state.services.some((s) => s.id === id)
   await waitFor('b knows the version a started (its ReplicaSet appeared)', async () => ((await runs(b)) ? true : undefined), 3000)
-  t.equal((await call(`${a.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
+  t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'b routes it too (so b reports load for it)')
+  const killed = await call(`${a.url}/apps/${id}?timeout=5000`, { method: 'DELETE' })
+  t.equal(killed.status, 200)
+  t.match(killed.json(), { result: 'deleted', 'routers-agree': true }, 'answered once every router let the version go (Waiter’s routers-agree)')
   await waitFor('b forgets it (its ReplicaSet is gone)', async () => ((await runs(b)) ? undefined : true), 3000)
   t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'a request through b starts it again, instead of waiting on a ghost')
   t.equal(cluster.sim.list('replicasets', SIM_NAMESPACE).length, 1)
