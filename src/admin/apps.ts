@@ -39,7 +39,7 @@ export function serviceStatus(state: ServiceState | undefined): ServiceStatus {
   return state.instances.some((i) => i.healthy) ? 'Running' : 'Starting'
 }
 
-function liveInstance(i: Instance): Record<string, unknown> {
+function liveInstance(i: Instance, expiredByRequest: ReadonlySet<string>): Record<string, unknown> {
   return {
     id: i.id,
     'service-id': i.serviceId,
@@ -49,7 +49,10 @@ function liveInstance(i: Instance): Record<string, unknown> {
     protocol: i.proto,
     'started-at': new Date(i.startedAt).toISOString(),
     healthy: i.healthy,
-    flags: [...i.flags],
+    // Waiter's own key for it, as its CLI reads it.
+    'healthy?': i.healthy,
+    // An instance an operator asked to expire is expired from that moment, as Waiter shows it.
+    flags: [...new Set([...i.flags, ...(expiredByRequest.has(i.id) ? ['expired'] : [])])],
     'log-directory': i.logDirectory ?? null,
   }
 }
@@ -157,7 +160,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsAp
     'num-routers': Math.max(1, deps.cluster().members().length),
     ...summary(record, deps),
     instances: {
-      'active-instances': (state?.instances ?? []).map(liveInstance),
+      'active-instances': (state?.instances ?? []).map((i) => liveInstance(i, deps.autoscaler.expiryRequested(serviceId))),
       'failed-instances': (state?.failed ?? []).map(endedInstance),
       'killed-instances': (state?.killed ?? []).map(endedInstance),
     },

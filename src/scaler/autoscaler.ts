@@ -107,6 +107,11 @@ export class Autoscaler {
     return [...new Set([...this.#entries.keys(), ...this.#expireRequested.keys()])]
   }
 
+  /** Instances of a version an operator asked to expire (and that still run). */
+  expiryRequested(serviceId: string): ReadonlySet<string> {
+    return this.#expireRequested.get(serviceId) ?? EMPTY
+  }
+
   /** Marks an instance expired: it is replaced, then killed first. */
   expire(serviceId: string, instanceId: string): boolean {
     if (this.#deps.backend.state(serviceId)?.instances.some((i) => i.id === instanceId) !== true) return false

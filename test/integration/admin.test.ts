@@ -73,6 +73,11 @@ t.test('kill and expire an instance; read its logs', async (t) => {
 
   const expired = await call(`${router.url}/apps/${id}/instance/${first!.id}/expire`, { method: 'POST' })
   t.same(expired.json(), { 'signal-response': { message: `expire successfully sent to ${first!.id}`, success: true } })
+  // Until its replacement is up (a new process: far longer than this one call), it is listed expired.
+  const marked = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'active-instances': { id: string; flags: string[]; 'healthy?': boolean }[] } }>()
+  const shown = marked.instances['active-instances'].find((i) => i.id === first!.id)
+  t.ok(shown?.flags.includes('expired'), `shown expired (${String(shown?.flags)})`)
+  t.equal(shown?.['healthy?'], true, 'with Waiter’s healthy? key')
   await waitFor('the expired instance to be replaced and killed', async () => {
     const now = await active(router, id)
     return !now.some((i) => i.id === first!.id) && now.some((i) => i.healthy) ? true : undefined
