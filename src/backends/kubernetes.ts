@@ -82,6 +82,9 @@ function isTransient(err: unknown): boolean {
   return !(err instanceof KubeApiError) || err.code >= 500 || err.code === 429
 }
 
+/** Longest a close waits for the list-and-watch loops and API calls under way. */
+const CLOSE_WAIT_MS = 5000
+
 export class KubernetesBackend implements Backend {
   readonly kind = 'kubernetes' as const
   readonly #o: KubernetesBackendOptions
@@ -282,9 +285,14 @@ export class KubernetesBackend implements Backend {
     this.#closed = true
     this.#cancelEventCheck?.()
     this.#abort.abort()
-    await this.#loop
-    await this.#replicaSetLoop
-    await Promise.allSettled([...this.#services.values()].flatMap((s) => [s.scaling, s.deleting]))
+    // The loops and API calls under way end on the abort or within their request timeouts; a
+    // close never waits longer than CLOSE_WAIT_MS for them (a shutdown must finish), and closing
+    // the API client then ends whatever is left.
+    const settled = Promise.allSettled([this.#loop, this.#replicaSetLoop, ...[...this.#services.values()].flatMap((s) => [s.scaling, s.deleting])])
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const late = await Promise.race([settled.then(() => false), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), CLOSE_WAIT_MS)))])
+    clearTimeout(timer)
+    if (late) this.#o.log.warn({ waitedMs: CLOSE_WAIT_MS }, 'kubernetes backend: calls still under way at close; closing the API client under them')
     await this.#o.api.close()
   }
 

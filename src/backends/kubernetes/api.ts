@@ -210,8 +210,9 @@ export class KubeApi {
     }
   }
 
+  /** Ends every connection, calls under way included: a closing router waits for none of them. */
   async close(): Promise<void> {
-    await this.#agent.close()
+    await this.#agent.destroy()
   }
 }
 
