@@ -56,32 +56,23 @@ const CGROUP_V2 = '/sys/fs/cgroup'
 /** Puts a process in a cgroup of its own capped at `share` of one core (100 ms periods). */
 function capCpu(pid: number, name: string, share: number): void {
   const quota = Math.round(share * 100_000)
-  if (existsSync(join(CGROUP_V1, 'cpu.cfs_quota_us'))) {
-    const dir = join(CGROUP_V1, `maitre-bench-${name}`)
-    mkdirSync(dir, { recursive: true })
+  // cgroup v1's cpu controller writes period and quota apart; v2 writes both in cpu.max.
+  const v1 = existsSync(join(CGROUP_V1, 'cpu.cfs_quota_us'))
+  if (!v1 && !existsSync(join(CGROUP_V2, 'cgroup.controllers'))) throw new Error('BENCH_ROUTER_CPU needs a cgroup cpu controller (run as root)')
+  const dir = join(v1 ? CGROUP_V1 : CGROUP_V2, `maitre-bench-${name}`)
+  mkdirSync(dir, { recursive: true })
+  if (v1) {
     writeFileSync(join(dir, 'cpu.cfs_period_us'), '100000')
     writeFileSync(join(dir, 'cpu.cfs_quota_us'), String(quota))
-    writeFileSync(join(dir, 'cgroup.procs'), String(pid))
-    cleanups.push(() => {
-      try {
-        rmdirSync(dir)
-      } catch {}
-    })
-    return
-  }
-  if (existsSync(join(CGROUP_V2, 'cgroup.controllers'))) {
-    const dir = join(CGROUP_V2, `maitre-bench-${name}`)
-    mkdirSync(dir, { recursive: true })
+  } else {
     writeFileSync(join(dir, 'cpu.max'), `${quota} 100000`)
-    writeFileSync(join(dir, 'cgroup.procs'), String(pid))
-    cleanups.push(() => {
-      try {
-        rmdirSync(dir)
-      } catch {}
-    })
-    return
   }
-  throw new Error('BENCH_ROUTER_CPU needs a cgroup cpu controller (run as root)')
+  writeFileSync(join(dir, 'cgroup.procs'), String(pid))
+  cleanups.push(() => {
+    try {
+      rmdirSync(dir)
+    } catch {}
+  })
 }
 
 async function startRouter(dir: string, name: string, kubeconfig: string, podBasePort: number, etcd: string | undefined, prefix: string): Promise<Router> {

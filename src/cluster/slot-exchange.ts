@@ -26,7 +26,7 @@
  * this cluster lend, borrow or veto.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto'
-import { Agent, request } from 'undici'
+import { Agent, request, type Dispatcher } from 'undici'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { Lease, ReleaseOutcome, SlotSharing } from '../backends/tracker.ts'
@@ -414,9 +414,10 @@ export class SlotExchange implements SlotSharing {
     if ((err as { code?: string } | null)?.code === 'ECONNREFUSED') this.#o.onPeerGone?.(routerId)
   }
 
-  async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {
+  /** A short peer call (wants, eject, member), bounded by the peer timeout. */
+  async #post(url: string, what: 'wants' | 'eject' | 'member', body: unknown): Promise<Dispatcher.ResponseData> {
     const timeout = this.#o.peerTimeoutMs ?? 1000
-    const res = await request(`${url}${PEER_PATH_PREFIX}${what}`, {
+    return request(`${url}${PEER_PATH_PREFIX}${what}`, {
       method: 'POST',
       dispatcher: this.#agent,
       headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
@@ -425,6 +426,10 @@ export class SlotExchange implements SlotSharing {
       bodyTimeout: timeout,
       signal: AbortSignal.timeout(timeout),
     })
+  }
+
+  async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {
+    const res = await this.#post(url, what, body)
     if (res.statusCode !== 200) {
       await res.body.dump()
       throw new Error(`status ${res.statusCode}`)
@@ -433,16 +438,7 @@ export class SlotExchange implements SlotSharing {
   }
 
   async #call(url: string, what: 'wants' | 'eject', body: unknown): Promise<number> {
-    const timeout = this.#o.peerTimeoutMs ?? 1000
-    const res = await request(`${url}${PEER_PATH_PREFIX}${what}`, {
-      method: 'POST',
-      dispatcher: this.#agent,
-      headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
-      body: JSON.stringify(body),
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      signal: AbortSignal.timeout(timeout),
-    })
+    const res = await this.#post(url, what, body)
     await res.body.dump()
     return res.statusCode
   }
