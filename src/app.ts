@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs'
 import { hostname, userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createAdminHandler } from './admin/router.ts'
-import { oneUserAuthenticator } from './auth/authenticator.ts'
+import { authGateOf } from './auth/configure.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
 import { loadRouterId } from './cluster/router-id.ts'
@@ -215,12 +215,12 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   )
   gauges = () => serviceGauges(backend, tracker, autoscaler)
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
-  const authenticator = oneUserAuthenticator(user)
+  const auth = authGateOf(config.auth, { oneUser: user, routerSecret: secret, clock })
   const launchSpecOf = (resolution: Resolution): LaunchSpec => parameters.launchSpec(resolution)
   const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => parameters.ofResolution(resolution)
 
   const proxy = createProxyHandler({
-    authenticator,
+    auth,
     resolver,
     activator,
     tracker,
@@ -240,7 +240,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   let draining = (): boolean => false
   let serverLoad = (): { inFlight: number; connections: number } => ({ inFlight: 0, connections: 0 })
   const api = createAdminHandler({
-    authenticator,
+    auth,
     resolver,
     tokens,
     registry,

@@ -64,6 +64,29 @@ export interface KubernetesBackendConfig {
   readonly requestTimeoutMs: number
 }
 
+export interface AuthConfig {
+  /** one-user: every caller from loopback is `user` (an admin); jwt: Bearer tokens checked against a JWKS. */
+  readonly kind: 'one-user' | 'jwt'
+  /** The one-user principal; null = the OS user running maitre. */
+  readonly user: string | null
+  /** A one-user router bound to a non-loopback address refuses to start unless this says so on purpose. */
+  readonly allowRemoteOneUser: boolean
+  /** Principals that may do everything (the one-user principal always may). */
+  readonly admins: readonly string[]
+  readonly jwt: {
+    /** A JWKS file, re-read when it changes (exactly one of jwksFile and jwksUrl). */
+    readonly jwksFile: string | null
+    /** A JWKS URL, fetched and cached, fetched again when a token names an unknown key id. */
+    readonly jwksUrl: string | null
+    readonly issuer: string | null
+    readonly audience: string | null
+    /** Leeway for exp and nbf. */
+    readonly clockSkewSecs: number
+    /** The claim that names the principal. */
+    readonly subjectClaim: string
+  }
+}
+
 export interface Config {
   readonly server: {
     readonly host: string
@@ -109,7 +132,7 @@ export interface Config {
   readonly serviceIdPrefix: string
   /** Secret instance passwords derive from; null = generated once and kept in the data directory. */
   readonly secret: string | null
-  readonly auth: { readonly kind: 'one-user'; readonly user: string | null }
+  readonly auth: AuthConfig
   readonly proxy: {
     readonly allowOnTheFly: boolean
     readonly queueTimeoutMs: number
@@ -163,7 +186,13 @@ export const DEFAULTS: Config = {
   etcd: { endpoints: [], prefix: null, leaseTtlSecs: 5, requestTimeoutMs: 2000 },
   serviceIdPrefix: 'maitre-',
   secret: null,
-  auth: { kind: 'one-user', user: null },
+  auth: {
+    kind: 'one-user',
+    user: null,
+    allowRemoteOneUser: false,
+    admins: [],
+    jwt: { jwksFile: null, jwksUrl: null, issuer: null, audience: null, clockSkewSecs: 60, subjectClaim: 'sub' },
+  },
   proxy: {
     allowOnTheFly: false,
     queueTimeoutMs: 300000,
@@ -274,7 +303,12 @@ const RULES: Readonly<Record<string, Rule>> = {
   'etcd.leaseTtlSecs': (v) => (Number.isInteger(v) && (v as number) >= 2 && (v as number) <= 60 ? undefined : 'must be an integer in [2, 60] (seconds)'),
   'etcd.requestTimeoutMs': positiveInt,
   serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
-  'auth.kind': (v) => (v === 'one-user' ? undefined : "must be 'one-user' (the only authenticator so far)"),
+  'auth.kind': (v) => (v === 'one-user' || v === 'jwt' ? undefined : "must be 'one-user' or 'jwt'"),
+  'auth.user': (v) => (v === null || (typeof v === 'string' && v.trim() !== '') ? undefined : 'must be a non-blank user name or null'),
+  'auth.admins': (v) => ((v as unknown[]).every((a) => typeof a === 'string' && a.trim() !== '') ? undefined : 'must be a list of non-blank principal names'),
+  'auth.jwt.jwksUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL, or null'),
+  'auth.jwt.clockSkewSecs': (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 600 ? undefined : 'must be an integer in [0, 600] (seconds)'),
+  'auth.jwt.subjectClaim': (v) => (typeof v === 'string' && v !== '' ? undefined : 'must name a claim'),
   'proxy.queueTimeoutMs': positiveInt,
   'proxy.socketTimeoutMs': positiveInt,
   'proxy.streamingTimeoutMs': positiveInt,
@@ -397,6 +431,33 @@ function crossIssues(config: Config): ConfigIssue[] {
       path: 'etcd.endpoints',
       message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes): the local backend's instances are one router's own processes",
     })
+  }
+  issues.push(...authIssues(config))
+  return issues
+}
+
+/** Loopback addresses: a router bound only to them is reachable from this machine alone. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/^\[|\]$/g, '')
+  return h === 'localhost' || h === '::1' || /^127(\.\d{1,3}){3}$/.test(h) || /^::ffff:127(\.\d{1,3}){3}$/.test(h)
+}
+
+function authIssues(config: Config): ConfigIssue[] {
+  const { auth } = config
+  const issues: ConfigIssue[] = []
+  if (auth.kind === 'one-user' && !auth.allowRemoteOneUser) {
+    const exposed = [['server.host', config.server.host]].filter(([, host]) => !isLoopbackHost(host as string))
+    for (const [path, host] of exposed) {
+      issues.push({
+        path: path as string,
+        message: `= ${JSON.stringify(host)}, not a loopback address: with auth.kind one-user every caller would be the admin (and could run commands on this host). Configure auth.kind: jwt, or set auth.allowRemoteOneUser: true if that is really meant`,
+      })
+    }
+  }
+  if (auth.kind === 'jwt') {
+    if ((auth.jwt.jwksFile === null) === (auth.jwt.jwksUrl === null)) issues.push({ path: 'auth.jwt', message: 'needs exactly one of jwksFile and jwksUrl' })
+    if (auth.jwt.issuer === null) issues.push({ path: 'auth.jwt.issuer', message: 'is required with auth.kind jwt: a token of another issuer must not be accepted' })
+    if (auth.jwt.audience === null) issues.push({ path: 'auth.jwt.audience', message: 'is required with auth.kind jwt: a token minted for another service must not be accepted' })
   }
   return issues
 }

@@ -11,7 +11,6 @@ export type ErrorCode =
   | 'MAITRE_SERVICE_NOT_FOUND'
   | 'MAITRE_SERVICE_UNKNOWN'
   | 'MAITRE_ON_THE_FLY_DISABLED'
-  | 'MAITRE_FORBIDDEN'
   | 'MAITRE_STALE_TOKEN'
   | 'MAITRE_METHOD_NOT_ALLOWED'
   | 'MAITRE_NOT_FOUND'
@@ -37,6 +36,16 @@ export type ErrorCode =
   | 'MAITRE_TOO_MANY_REQUESTS'
   | 'MAITRE_ROUTER_OVERLOADED'
   | 'MAITRE_UNAUTHORIZED'
+  | 'MAITRE_AUTH_UNAVAILABLE'
+  | 'MAITRE_HTTPS_REDIRECT'
+  | 'MAITRE_NOT_TOKEN_MANAGER'
+  | 'MAITRE_CANNOT_ASSIGN_OWNER'
+  | 'MAITRE_CANNOT_RUN_AS'
+  | 'MAITRE_NOT_PERMITTED'
+  | 'MAITRE_NOT_SERVICE_MANAGER'
+  | 'MAITRE_ADMIN_ONLY'
+  | 'MAITRE_CORS_PREFLIGHT_FORBIDDEN'
+  | 'MAITRE_CORS_REQUEST_FORBIDDEN'
   | 'MAITRE_INSTANCE_IN_USE'
   | 'MAITRE_INTERNAL'
 
@@ -56,7 +65,6 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_SERVICE_NOT_FOUND: { status: 404, errorClass: 'waiter.ServiceNotFound', title: 'Service Not Found' },
   MAITRE_SERVICE_UNKNOWN: { status: 400, errorClass: 'waiter.ServiceUnknown' },
   MAITRE_ON_THE_FLY_DISABLED: { status: 403, errorClass: 'maitre.OnTheFlyDisabled', title: 'On-the-fly Services Disabled' },
-  MAITRE_FORBIDDEN: { status: 403, errorClass: 'waiter.Forbidden' },
   MAITRE_STALE_TOKEN: { status: 412, errorClass: 'waiter.StaleToken' },
   MAITRE_METHOD_NOT_ALLOWED: { status: 405, errorClass: 'waiter.MethodNotAllowed' },
   MAITRE_NOT_FOUND: { status: 404, errorClass: 'waiter.NotFound' },
@@ -82,6 +90,17 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_ROUTER_OVERLOADED: { status: 503, errorClass: 'maitre.RouterOverloaded', title: 'Router Overloaded' },
   MAITRE_BACKEND: { status: 503, errorClass: 'maitre.BackendError', title: 'Cluster Backend Unavailable' },
   MAITRE_UNAUTHORIZED: { status: 401, errorClass: 'waiter.Unauthorized', title: 'Unauthorized' },
+  MAITRE_HTTPS_REDIRECT: { status: 301, errorClass: 'waiter.HttpsRedirect', title: 'Moved Permanently' },
+  MAITRE_AUTH_UNAVAILABLE: { status: 503, errorClass: 'maitre.AuthUnavailable', title: 'Authentication Unavailable' },
+  // Authorization: one code (and error-class) per rule, so a client can tell which rule refused it.
+  MAITRE_NOT_TOKEN_MANAGER: { status: 403, errorClass: 'waiter.TokenManageForbidden', title: 'Forbidden' },
+  MAITRE_CANNOT_ASSIGN_OWNER: { status: 403, errorClass: 'waiter.TokenOwnerForbidden', title: 'Forbidden' },
+  MAITRE_CANNOT_RUN_AS: { status: 403, errorClass: 'waiter.RunAsForbidden', title: 'Forbidden' },
+  MAITRE_NOT_PERMITTED: { status: 403, errorClass: 'waiter.UserNotPermitted', title: 'Forbidden' },
+  MAITRE_NOT_SERVICE_MANAGER: { status: 403, errorClass: 'waiter.ServiceManageForbidden', title: 'Forbidden' },
+  MAITRE_ADMIN_ONLY: { status: 403, errorClass: 'waiter.AdminOnly', title: 'Forbidden' },
+  MAITRE_CORS_PREFLIGHT_FORBIDDEN: { status: 403, errorClass: 'waiter.CorsPreflightForbidden', title: 'Forbidden' },
+  MAITRE_CORS_REQUEST_FORBIDDEN: { status: 403, errorClass: 'waiter.CorsRequestForbidden', title: 'Forbidden' },
   MAITRE_INSTANCE_IN_USE: { status: 423, errorClass: 'maitre.InstanceInUse', title: 'Instance In Use' },
   MAITRE_INTERNAL: { status: 500, errorClass: 'waiter.InternalError' },
 }

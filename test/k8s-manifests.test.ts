@@ -36,7 +36,7 @@ const FIELDS: Record<string, Record<string, readonly string[]>> = {
     'spec.template.spec.containers[].securityContext': ['allowPrivilegeEscalation', 'readOnlyRootFilesystem', 'capabilities', 'runAsNonRoot', 'privileged'],
     'spec.template.spec.containers[].readinessProbe': ['httpGet', 'periodSeconds', 'failureThreshold', 'initialDelaySeconds', 'timeoutSeconds', 'successThreshold'],
     'spec.template.spec.containers[].livenessProbe': ['httpGet', 'periodSeconds', 'failureThreshold', 'initialDelaySeconds', 'timeoutSeconds'],
-    'spec.template.spec.volumes[]': ['name', 'configMap', 'persistentVolumeClaim', 'emptyDir'],
+    'spec.template.spec.volumes[]': ['name', 'configMap', 'persistentVolumeClaim', 'emptyDir', 'secret'],
   },
 }
 
@@ -106,6 +106,10 @@ t.test('the Deployment is hardened, probes /readyz and /livez, and its parts lin
   t.equal(config.backend.kind, 'kubernetes', 'the ConfigMap runs the Kubernetes backend')
   t.equal(container.ports[0].containerPort, config.server.port, 'the container port is the one maitre listens on')
   t.equal(config.server.host, '0.0.0.0')
+  t.equal(config.auth.kind, 'jwt', 'reachable from the cluster: callers prove who they are')
+  const jwksMount = container.volumeMounts.find((m: Obj) => String(config.auth.jwt.jwksFile).startsWith(`${String(m['mountPath'])}/`))
+  t.ok(jwksMount !== undefined, 'the JWKS file is on a mounted volume')
+  t.equal(pod.spec.volumes.find((v: Obj) => v['name'] === jwksMount?.['name'])?.secret?.secretName, 'maitre-jwks', 'from the Secret maitre-jwks')
   const mounts = new Map(container.volumeMounts.map((m: Obj) => [m['name'], m['mountPath']]))
   t.equal(mounts.get('data'), config.dataDir, 'the data directory is on the volume')
   t.ok(container.args.join(' ').includes(`${String(mounts.get('config'))}/maitre.yaml`), 'maitre reads the mounted config')

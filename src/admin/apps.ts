@@ -12,6 +12,7 @@ import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
+import { assertManages, mayManage } from './access.ts'
 import { methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface AppsApiDeps {
@@ -110,7 +111,7 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
   return out
 }
 
-export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
+export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
   const given = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'include', 'effective-parameters'].includes(key))
@@ -123,15 +124,17 @@ export function handleAppsList(r: AdminRequest, deps: AppsApiDeps): void {
       const actual = path.reduce<unknown>((v, k) => (typeof v === 'object' && v !== null && Object.hasOwn(v, k) ? (v as Record<string, unknown>)[k] : undefined), rec.core)
       return actual !== undefined && typeof actual !== 'object' && match(String(actual))
     })
-  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec))
+  // Waiter lists only the versions the caller may manage (admins see all).
+  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec) && mayManage(who, rec, deps.tokens))
   records.sort((a, b) => a.createdAt - b.createdAt)
   sendJson(r.res, 200, records.map((rec) => summary(rec, deps)), r.cid)
 }
 
-export async function handleApp(r: AdminRequest, serviceId: string, deps: AppsApiDeps): Promise<void> {
+export async function handleApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): Promise<void> {
   const record = deps.registry.get(serviceId)
   if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
+    assertManages(who, record, deps.tokens)
     // Checked before anything stops: a bad timeout is the caller's 400, and nothing is deleted.
     const timeoutParam = r.url.searchParams.get('timeout')
     const timeoutMs = timeoutParam === null ? 0 : Number(timeoutParam)

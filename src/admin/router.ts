@@ -1,7 +1,8 @@
 /** The Waiter API served by the router itself (requests that isApiRequest classifies as API calls). */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, MaitreError } from '../errors.ts'
-import type { Authenticator } from '../auth/authenticator.ts'
+import type { AuthGate } from '../auth/gate.ts'
+import { assertManages } from './access.ts'
 import type { Logger } from '../log.ts'
 import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
@@ -20,7 +21,7 @@ import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from
 
 export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly suspensions: Suspensions
-  readonly authenticator: Authenticator
+  readonly auth: AuthGate
   readonly resolver: Resolver
   readonly gc: GcRunner
   readonly metrics: Metrics
@@ -69,8 +70,10 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/readyz':
           return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
       }
-      const who = await deps.authenticator.authenticate(req)
+      const who = await deps.auth.authenticate(req)
       principal = who.user
+      const cookies = deps.auth.cookiesFor(who)
+      if (cookies !== undefined) res.setHeader('set-cookie', cookies)
       switch (path) {
         case '/token':
           return await handleToken(r, who, deps)
@@ -86,7 +89,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           return sendText(res, 200, resolution.serviceId, cid)
         }
         case '/apps':
-          return handleAppsList(r, deps)
+          return handleAppsList(r, who, deps)
         case '/settings':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
           return sendJson(res, 200, deps.settings(), cid)
@@ -139,14 +142,19 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const sub = /^\/apps\/([^/]+)\/(override|suspend|resume|logs|instance\/([^/]+)\/(kill|expire))$/.exec(path)
       if (sub !== null) {
         const serviceId = pathSegment(sub[1] as string)
-        if (deps.registry.get(serviceId) === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+        const record = deps.registry.get(serviceId)
+        if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+        // Reading a version's overrides is anyone's; changing anything about it, or reading its logs, is its managers'.
+        if (!(sub[2] === 'override' && req.method === 'GET')) assertManages(who, record, deps.tokens)
         switch (sub[2]) {
           case 'override':
             return await handleOverride(r, serviceId, who, deps)
           case 'suspend':
+            if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
             await deps.suspensions.suspend(serviceId, who.user)
             return sendJson(res, 200, { success: true, 'service-id': serviceId }, cid)
           case 'resume':
+            if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
             await deps.suspensions.resume(serviceId)
             return sendJson(res, 200, { success: true, 'service-id': serviceId }, cid)
           case 'logs':
@@ -156,7 +164,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         }
       }
       const app = /^\/apps\/([^/]+)$/.exec(path)
-      if (app !== null) return await handleApp(r, pathSegment(app[1] as string), deps)
+      if (app !== null) return await handleApp(r, pathSegment(app[1] as string), who, deps)
       throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path } })
     } catch (err) {
       const failure = asMaitreError(err)

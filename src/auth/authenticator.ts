@@ -1,14 +1,20 @@
 /**
- * Who is calling. Handlers receive a Principal and never look at credentials themselves, so a
- * JWT or OIDC authenticator can replace the one-user authenticator without touching them.
+ * Who is calling. Handlers receive a Principal and never look at credentials themselves, so the
+ * way a caller proves who it is (one-user, JWT, a cookie) can change without touching them.
  */
 import type { IncomingMessage } from 'node:http'
+import { MaitreError } from '../errors.ts'
 
 export interface Principal {
-  /** The user name requests run as and tokens are owned by. */
+  /** The user name requests run as, tokens are owned by, and rules compare. */
   readonly user: string
-  /** Admins may hard-delete tokens and use admin update mode. */
+  /** Admins may do everything (auth.admins; the one-user principal). */
   readonly admin: boolean
+  /**
+   * How the caller proved it: a fresh proof earns an x-waiter-auth cookie, a cookie does not.
+   * Unset for principals no request carried (internal callers, unit tests).
+   */
+  readonly method?: 'one-user' | 'jwt' | 'cookie'
 }
 
 export interface Authenticator {
@@ -17,8 +23,26 @@ export interface Authenticator {
   authenticate(req: IncomingMessage): Principal | Promise<Principal>
 }
 
-/** Waiter's one-user authenticator: every caller is the configured local user, who is also admin. */
-export function oneUserAuthenticator(user: string): Authenticator {
-  const principal: Principal = Object.freeze({ user, admin: true })
-  return { kind: 'one-user', authenticate: () => principal }
+/** Loopback peers: the only callers a one-user router trusts unless told otherwise. */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  if (address === undefined) return false
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.')
+}
+
+/**
+ * Waiter's one-user authenticator: every caller is the configured user, who is also admin. That
+ * is only safe for callers on this machine, so a remote caller is refused unless the
+ * configuration says on purpose that remote callers are trusted too.
+ */
+export function oneUserAuthenticator(user: string, options: { readonly allowRemote: boolean }): Authenticator {
+  const principal: Principal = Object.freeze({ user, admin: true, method: 'one-user' })
+  return {
+    kind: 'one-user',
+    authenticate: (req) => {
+      if (options.allowRemote || isLoopbackAddress(req.socket.remoteAddress)) return principal
+      throw new MaitreError('MAITRE_UNAUTHORIZED', 'This router trusts callers on its own machine only (auth.kind one-user)', {
+        details: { reason: 'remote-caller' },
+      })
+    },
+  }
 }

@@ -26,6 +26,8 @@ export interface ForwardRequest {
    * rotation (or a client could eject any instance with a short enough timeout).
    */
   readonly timeoutsChosenByClient?: boolean
+  /** Set-Cookie values of the router's own (the x-waiter-auth cookie), added to the instance's. */
+  readonly setCookies?: readonly string[] | undefined
   /** Extra response headers (cold start, debug), decided when the response starts. */
   readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
 }
@@ -130,6 +132,11 @@ class Exchange implements Dispatcher.DispatchHandler {
     const out = clientResponseHeaders(headers, this.#request.cid)
     const extra = this.#request.extraHeaders?.()
     if (extra !== undefined) Object.assign(out, extra)
+    const cookies = this.#request.setCookies
+    if (cookies !== undefined) {
+      const theirs = out['set-cookie']
+      out['set-cookie'] = theirs === undefined ? [...cookies] : [...(Array.isArray(theirs) ? theirs : [theirs]), ...cookies]
+    }
     this.#res.writeHead(statusCode, out)
   }
 

@@ -4,12 +4,14 @@
  * becomes a Waiter error response; a response already under way is cut instead.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { Authenticator, Principal } from '../auth/authenticator.ts'
+import type { Principal } from '../auth/authenticator.ts'
+import type { AuthGate } from '../auth/gate.ts'
+import { assertMayInvoke } from '../auth/rules.ts'
 import type { InstanceTracker, Lease } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { ActivationRequest, Activator } from '../scaler/activator.ts'
-import type { Resolution, Resolver } from '../versions/resolve.ts'
+import { hostWithoutPort, type Resolution, type Resolver } from '../versions/resolve.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
@@ -26,7 +28,7 @@ export interface ProxyTimeouts {
 }
 
 export interface ProxyDeps {
-  readonly authenticator: Authenticator
+  readonly auth: AuthGate
   readonly resolver: Resolver
   readonly activator: Activator
   readonly tracker: InstanceTracker
@@ -91,6 +93,41 @@ export function activationOf(resolution: Resolution, deps: Pick<ProxyDeps, 'para
   }
 }
 
+/** Who calls a service that is served without authentication: nobody in particular. */
+const ANONYMOUS: Principal = Object.freeze({ user: '', admin: false })
+
+/**
+ * A caller that could not be authenticated may still call a token whose owner turned
+ * authentication off (`authentication: disabled`, which Waiter allows only with permitted-user
+ * `*` and an explicit run-as-user), and gets its maintenance answer or its https redirect; for
+ * anything else the authentication failure stands, and says nothing about what the request named.
+ */
+async function withoutAuthentication(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<Principal> {
+  if (!(authFailure instanceof MaitreError) || authFailure.code !== 'MAITRE_UNAUTHORIZED') throw authFailure
+  let resolution: Resolution
+  try {
+    resolution = (await deps.resolver.resolve(req.headers, ANONYMOUS)).resolution
+  } catch (err) {
+    if (err instanceof MaitreError && err.code === 'MAITRE_MAINTENANCE') throw err
+    throw authFailure
+  }
+  assertHttpsOrRedirect(req, resolution)
+  const effective = resolution.effective
+  if (effective['authentication'] === 'disabled' && effective['permitted-user'] === '*' && typeof resolution.core['run-as-user'] === 'string') return ANONYMOUS
+  throw authFailure
+}
+
+/** Waiter's https-redirect: a plain-HTTP request to such a token is sent to its https URL (301 for GET and HEAD, else 307). */
+export function assertHttpsOrRedirect(req: IncomingMessage, resolution: Resolution): void {
+  if (resolution.tokenMetadata['https-redirect'] !== true) return
+  const proto = req.headers['x-forwarded-proto']
+  if ((typeof proto === 'string' ? proto.split(',')[0]?.trim().toLowerCase() : 'http') === 'https') return
+  const host = req.headers.host ?? ''
+  const location = `https://${hostWithoutPort(host)}${req.url ?? '/'}`
+  const status = req.method === 'GET' || req.method === 'HEAD' ? 301 : 307
+  throw new MaitreError('MAITRE_HTTPS_REDIRECT', `This service is served over https only: ${location}`, { status, headers: { location }, details: { location } })
+}
+
 /** Attempts at one request when instances refuse the connection (each refusal ejects the instance). */
 const MAX_ATTEMPTS = 3
 
@@ -132,14 +169,23 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
       }
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
-      const authenticated = deps.authenticator.authenticate(req)
-      const who = authenticated instanceof Promise ? await authenticated : authenticated
-      principal = who.user
+      let who: Principal
+      try {
+        const authenticated = deps.auth.authenticate(req)
+        who = authenticated instanceof Promise ? await authenticated : authenticated
+      } catch (err) {
+        who = await withoutAuthentication(req, deps, err)
+      }
+      const anonymous = who === ANONYMOUS
+      if (!anonymous) principal = who.user
       const resolving = deps.resolver.resolve(req.headers, who)
       const resolved = resolving instanceof Promise ? await resolving : resolving
       const perRequest = resolved.headers.perRequest
+      assertHttpsOrRedirect(req, resolved.resolution)
+      if (!anonymous) assertMayInvoke(who, resolved.resolution.effective['permitted-user'], resolved.resolution.serviceId)
       resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
       const serviceId = resolution.serviceId
+      const setCookies = anonymous ? undefined : deps.auth.cookiesFor(who)
       if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       const meta = resolution.tokenMetadata
       const timeouts: ProxyTimeouts = {
@@ -157,7 +203,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         clientAddress: req.socket.remoteAddress ?? '',
         proto: 'http',
         authorization: deps.launchSpecOf(current).authorization,
-        principal: who.user,
+        principal: anonymous ? undefined : who.user,
       })
       // Ask until the version runs; the slot is then taken in the same turn, so a garbage
       // collection can never slip between "it runs" and "this request holds a slot in it".
@@ -190,6 +236,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           socketTimeoutMs: timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
           timeoutsChosenByClient: chosenByClient(perRequest['timeout']) || chosenByClient(perRequest['streaming-timeout']),
+          setCookies,
           extraHeaders: !coldStart && !debug ? undefined : () => {
             const extra: Record<string, string> = {}
             if (coldStart) extra[COLD_START_HEADER] = 'true'

@@ -1,5 +1,6 @@
 /** Header hygiene between client and instance (RFC 9110 §7.6.1 hop-by-hop, Waiter's x-waiter-*). */
 import type { IncomingHttpHeaders } from 'node:http'
+import { ROUTER_COOKIES, setsRouterCookie, withoutRouterCookies } from '../auth/cookie.ts'
 
 export const HOP_BY_HOP = new Set([
   'connection',
@@ -17,6 +18,12 @@ export const HOP_BY_HOP = new Set([
 export const VIA = '1.1 maitre'
 export const COLD_START_HEADER = 'x-maitre-cold-start'
 
+function hasRouterCookie(value: string | string[]): boolean {
+  const text = Array.isArray(value) ? value.join(';') : value
+  for (const name of ROUTER_COOKIES) if (text.includes(name)) return true
+  return false
+}
+
 /** Header names the Connection header lists: also hop-by-hop for this one message. */
 function connectionListed(headers: IncomingHttpHeaders | Record<string, unknown>): Set<string> | undefined {
   const value = headers['connection']
@@ -32,7 +39,8 @@ export interface BackendRequestContext {
   readonly clientAddress: string
   readonly proto: 'http' | 'https'
   readonly authorization: string
-  readonly principal: string
+  /** Unset for a service served without authentication: the instance hears of no principal. */
+  readonly principal: string | undefined
 }
 
 /** The headers sent to an instance: the client's, minus hop-by-hop and x-waiter-*, plus Waiter's. */
@@ -43,12 +51,21 @@ export function backendRequestHeaders(incoming: IncomingHttpHeaders, ctx: Backen
     const value = incoming[name]
     if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('x-waiter-') || listed?.has(name) === true) continue
     if (name === 'authorization' || name === 'expect') continue
+    if (name === 'cookie' && hasRouterCookie(value)) {
+      // The router's own cookies (x-waiter-auth) are credentials for the router, not the instance's business.
+      const kept = withoutRouterCookies(Array.isArray(value) ? value.join('; ') : value)
+      if (kept !== undefined) out[name] = kept
+      continue
+    }
     out[name] = value
   }
   out['x-cid'] = ctx.cid
   out['authorization'] = ctx.authorization
-  out['x-waiter-auth-principal'] = ctx.principal
-  out['x-waiter-authenticated-principal'] = ctx.principal
+  if (ctx.principal !== undefined) {
+    out['x-waiter-auth-principal'] = ctx.principal
+    out['x-waiter-auth-user'] = ctx.principal
+    out['x-waiter-authenticated-principal'] = ctx.principal
+  }
   const via = incoming['via']
   out['via'] = via === undefined ? VIA : `${via}, ${VIA}`
   const forwardedFor = incoming['x-forwarded-for']
@@ -68,6 +85,12 @@ export function clientResponseHeaders(
   for (const name in backend) {
     const value = backend[name]
     if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
+    if (name === 'set-cookie') {
+      // An instance cannot set (or clear) the router's own cookies: the auth cookie is the router's to give.
+      const kept = (Array.isArray(value) ? value : [String(value)]).filter((c) => !setsRouterCookie(c))
+      if (kept.length > 0) out[name] = kept
+      continue
+    }
     out[name] = value
   }
   out['x-cid'] = cid

@@ -6,6 +6,7 @@
 import { LRUCache } from 'lru-cache'
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
+import { assertMayRunAs } from '../auth/rules.ts'
 import { assertRunnable, coreParameters, effectiveParameters, misconfigured, validateParameters } from './descriptor.ts'
 import type { TokenData } from './token-store.ts'
 import { TOKEN_METADATA } from './parameters.ts'
@@ -178,10 +179,15 @@ export class Resolver {
       if (waiter.onTheFly['idle-timeout-mins'] === 0) {
         throw misconfigured([{ field: 'idle-timeout-mins', message: 'idle-timeout-mins on-the-fly must be a positive integer.' }])
       }
+      if (merged['authentication'] === 'disabled') {
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'An authentication disabled token may not be combined with on-the-fly headers', { details: { fields: Object.keys(waiter.onTheFly) } })
+      }
       mergeDescription(merged, waiter.onTheFly)
-      // Waiter: a description changed on the fly runs as, and is reserved for, the requester.
+      // Waiter: a description changed on the fly runs as, and is reserved for, the requester;
+      // running a command as somebody else takes an admin.
       merged['run-as-user'] = waiter.onTheFly['run-as-user'] ?? principal.user
       merged['permitted-user'] = waiter.onTheFly['permitted-user'] ?? principal.user
+      assertMayRunAs(principal, merged['run-as-user'], true)
     }
     if (Object.keys(waiter.params).length > 0) {
       const allowed = new Set((merged['allowed-params'] as string[] | undefined) ?? [])

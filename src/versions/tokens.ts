@@ -5,9 +5,10 @@
 import { createHash } from 'node:crypto'
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
+import { assertAdmin, assertMayAssignOwner, assertMayDeleteToken, assertMayEditToken, assertMayRunAs, OWNER_ONLY_TOKEN_KEYS } from '../auth/rules.ts'
 import type { Clock } from '../clock.ts'
 import { misconfigured, validateParameters, type Issue } from './descriptor.ts'
-import { MAX_STRING_LENGTH, PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
+import { MAX_STRING_LENGTH, PARAMETERS, REQUIRED_PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
 import { canonicalJson } from './service-id.ts'
 import type { TokenData, TokenStore } from './token-store.ts'
 import { fileNameOf, MAX_FILE_NAME_BYTES } from '../storage/json-dir.ts'
@@ -116,7 +117,7 @@ export class Tokens {
 
   async #upsert(name: string, body: Record<string, unknown>, options: UpsertOptions): Promise<TokenWrite> {
     const admin = options.adminMode === true
-    if (admin && !options.principal.admin) throw new MaitreError('MAITRE_FORBIDDEN', 'Only admins may use update-mode=admin')
+    if (admin) assertAdmin(options.principal, 'Only admins may use update-mode=admin')
     const current = this.#store.get(name)
     const currentLive = current !== undefined && current['deleted'] !== true ? current : undefined
 
@@ -145,6 +146,7 @@ export class Tokens {
       if (message !== undefined) issues.push({ field: key, message })
     }
     issues.push(...validateParameters(body, { requireComplete: false }))
+    if (body['authentication'] === 'disabled') issues.push(...authenticationDisabledIssues(body))
     if (issues.length > 0) throw misconfigured(issues, { token: name })
     if (!Object.keys(body).some((k) => PARAMETERS.has(k) || (TOKEN_METADATA.has(k) && k !== 'owner'))) {
       throw new MaitreError('MAITRE_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })
@@ -160,12 +162,13 @@ export class Tokens {
       throw new MaitreError('MAITRE_BAD_REQUEST', 'Must specify if-match header for admin mode token updates', { details: { token: name } })
     }
     const owner = typeof body['owner'] === 'string' ? body['owner'] : ((currentLive?.['owner'] as string | undefined) ?? options.principal.user)
-    if (currentLive !== undefined && currentLive['owner'] !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('MAITRE_FORBIDDEN', `Cannot update token (owner=${String(currentLive['owner'])}) as user: ${options.principal.user}`)
+    if (currentLive !== undefined) {
+      const changed = OWNER_ONLY_TOKEN_KEYS.filter((k) => canonicalJson(k === 'owner' ? owner : body[k]) !== canonicalJson(currentLive[k]))
+      assertMayEditToken(options.principal, name, { owner: currentLive['owner'], editor: currentLive['editor'] }, changed)
+    } else {
+      assertMayAssignOwner(options.principal, name, owner)
     }
-    if (owner !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('MAITRE_FORBIDDEN', `Cannot create token as provided owner: ${owner}`)
-    }
+    assertMayRunAs(options.principal, body['run-as-user'], admin)
 
     if (current === undefined && this.#store.size() >= this.#maxTokens) {
       throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
@@ -218,15 +221,13 @@ export class Tokens {
     if (current === undefined || (current['deleted'] === true && options.hard !== true)) {
       throw new MaitreError('MAITRE_TOKEN_NOT_FOUND', `Token ${name} does not exist`, { details: { token: name } })
     }
-    if (current['owner'] !== options.principal.user && !options.principal.admin) {
-      throw new MaitreError('MAITRE_FORBIDDEN', 'User not allowed to delete token', { details: { token: name } })
-    }
+    assertMayDeleteToken(options.principal, name, current['owner'])
     const etag = tokenEtag(current)
     if (options.ifMatch !== undefined && options.ifMatch !== etag) {
       throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
     }
     if (options.hard === true) {
-      if (!options.principal.admin) throw new MaitreError('MAITRE_FORBIDDEN', 'Cannot hard-delete token', { details: { token: name } })
+      assertAdmin(options.principal, 'Cannot hard-delete token')
       if (options.ifMatch === undefined && current['deleted'] !== true) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'Must specify if-match header for token hard deletes', { details: { token: name } })
       }
@@ -265,6 +266,25 @@ export class Tokens {
 
 /** Latest time a Date can hold (ms since the epoch). */
 const MAX_TIME_MS = 8.64e15
+
+/**
+ * Waiter's rules for a token served without authentication: anyone may call it, so it must say
+ * who it runs as and be complete in itself (no caller's headers fill it in).
+ */
+function authenticationDisabledIssues(body: Readonly<Record<string, unknown>>): Issue[] {
+  const issues: Issue[] = []
+  if (body['permitted-user'] !== '*') {
+    issues.push({ field: 'permitted-user', message: `Tokens with authentication disabled must specify permitted-user as *, instead provided ${body['permitted-user'] === undefined ? 'nothing' : String(body['permitted-user'])}` })
+  }
+  if (typeof body['run-as-user'] !== 'string' || body['run-as-user'] === '*') {
+    issues.push({ field: 'run-as-user', message: 'Tokens with authentication disabled must specify an explicit run-as-user (not *)' })
+  }
+  const missing = REQUIRED_PARAMETERS.filter((name) => body[name] === undefined)
+  if (missing.length > 0) {
+    issues.push(...missing.map((field) => ({ field, message: `Tokens with authentication disabled must specify all required parameters. Missing parameters: ${missing.join(', ')}` })))
+  }
+  return issues
+}
 
 /** What is wrong with the system metadata of a token document written in admin mode, and of its `previous` chain. */
 function systemMetadataIssues(doc: Readonly<Record<string, unknown>>, depthLeft: number, path = ''): Issue[] {

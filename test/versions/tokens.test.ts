@@ -57,7 +57,7 @@ t.test('validation names the fields and the token', async (t) => {
 t.test('soft delete, then hard delete by an admin with If-Match', async (t) => {
   const tokens = tokensIn(t.testdir())
   const { etag } = await tokens.upsert('svc', base, { principal: owner })
-  await t.rejects(tokens.delete('svc', { principal: stranger }), { code: 'MAITRE_FORBIDDEN', status: 403 })
+  await t.rejects(tokens.delete('svc', { principal: stranger }), { code: 'MAITRE_NOT_TOKEN_MANAGER', status: 403 })
   await tokens.delete('svc', { principal: owner })
   t.equal(tokens.get('svc'), undefined, 'soft-deleted tokens are hidden')
   t.equal(tokens.get('svc', true)?.['deleted'], true)

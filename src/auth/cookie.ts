@@ -1,0 +1,133 @@
+/**
+ * Waiter's x-waiter-auth cookie: once a caller has proven who it is, the router hands it a cookie
+ * that names the principal, sealed with AES-256-GCM under a key derived from the router secret
+ * (so every router of a cluster that shares the secret accepts it), and later requests that carry
+ * it skip the signature checks. The cookie cannot be read, forged or altered without the secret;
+ * it expires a day after it was issued, whatever the browser does with Max-Age.
+ */
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
+import type { Clock } from '../clock.ts'
+
+export const AUTH_COOKIE = 'x-waiter-auth'
+export const EXPIRES_AT_COOKIE = 'x-auth-expires-at'
+/** Cookies of maitre's own: never shown to an instance, never taken from one. */
+export const ROUTER_COOKIES: ReadonlySet<string> = new Set([AUTH_COOKIE, EXPIRES_AT_COOKIE, 'x-waiter-consent'])
+
+export const COOKIE_MAX_AGE_SECS = 86400
+/** One sealed value is handed out again for this long: a busy client does not cost a seal per request. */
+const REISSUE_AFTER_MS = 60_000
+/** Longest cookie value even looked at (a sealed principal is well under this). */
+const MAX_SEALED_CHARS = 2048
+/** Sealed values remembered once opened, so a cookie is decrypted once, not on every request. */
+const OPENED_CACHE_ENTRIES = 10_000
+const VERSION = 1
+const IV_BYTES = 12
+const TAG_BYTES = 16
+
+export interface CookiePrincipal {
+  readonly user: string
+  readonly expiresAt: number
+  /** The authenticator that vouched for the user: a cookie is honoured only by a router of the same kind. */
+  readonly kind: string
+}
+
+export class AuthCookies {
+  readonly #key: Buffer
+  readonly #clock: Clock
+  readonly #issued = new Map<string, { readonly headers: readonly string[]; readonly at: number }>()
+  readonly #opened = new LRUCache<string, CookiePrincipal>({ max: OPENED_CACHE_ENTRIES })
+
+  constructor(routerSecret: string, clock: Clock) {
+    this.#key = Buffer.from(hkdfSync('sha256', routerSecret, 'maitre', 'x-waiter-auth cookie v1', 32))
+    this.#clock = clock
+  }
+
+  /** The Set-Cookie values that let `user` skip authentication for a day. */
+  issue(user: string, kind: string): readonly string[] {
+    const now = this.#clock.now()
+    const cached = this.#issued.get(`${kind}:${user}`)
+    if (cached !== undefined && now - cached.at < REISSUE_AFTER_MS) return cached.headers
+    const expiresAt = now + COOKIE_MAX_AGE_SECS * 1000
+    const sealed = this.seal({ user, expiresAt, kind })
+    const expiresSecs = Math.floor(expiresAt / 1000)
+    const headers = [
+      `${AUTH_COOKIE}=${sealed}; Max-Age=${COOKIE_MAX_AGE_SECS}; Path=/; HttpOnly; SameSite=Lax`,
+      `${EXPIRES_AT_COOKIE}=${expiresSecs}; Max-Age=${COOKIE_MAX_AGE_SECS}; Path=/`,
+    ]
+    // Bounded by the principals seen in a minute: stale entries go on the next issue after it.
+    if (this.#issued.size >= OPENED_CACHE_ENTRIES) this.#issued.clear()
+    this.#issued.set(`${kind}:${user}`, { headers, at: now })
+    return headers
+  }
+
+  seal(principal: CookiePrincipal): string {
+    const iv = randomBytes(IV_BYTES)
+    const cipher = createCipheriv('aes-256-gcm', this.#key, iv)
+    const body = Buffer.concat([cipher.update(JSON.stringify([principal.user, principal.expiresAt, principal.kind]), 'utf8'), cipher.final()])
+    return Buffer.concat([Buffer.of(VERSION), iv, body, cipher.getAuthTag()]).toString('base64url')
+  }
+
+  /** The principal a request's cookie names, if it carries a valid, unexpired one. */
+  fromRequest(cookieHeader: string | undefined): CookiePrincipal | undefined {
+    if (cookieHeader === undefined || !cookieHeader.includes(AUTH_COOKIE)) return undefined
+    for (const value of cookieValues(cookieHeader, AUTH_COOKIE)) {
+      const principal = this.open(value)
+      if (principal !== undefined) return principal
+    }
+    return undefined
+  }
+
+  /** The principal a sealed value names; undefined for anything forged, altered, truncated or expired. */
+  open(sealed: string): CookiePrincipal | undefined {
+    if (sealed.length > MAX_SEALED_CHARS) return undefined
+    let principal = this.#opened.get(sealed)
+    if (principal === undefined) {
+      principal = this.#unseal(sealed)
+      if (principal === undefined) return undefined
+      this.#opened.set(sealed, principal)
+    }
+    return principal.expiresAt > this.#clock.now() ? principal : undefined
+  }
+
+  #unseal(sealed: string): CookiePrincipal | undefined {
+    const raw = Buffer.from(sealed, 'base64url')
+    if (raw.length < 1 + IV_BYTES + TAG_BYTES + 2 || raw[0] !== VERSION) return undefined
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', this.#key, raw.subarray(1, 1 + IV_BYTES))
+      decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))
+      const text = Buffer.concat([decipher.update(raw.subarray(1 + IV_BYTES, raw.length - TAG_BYTES)), decipher.final()]).toString('utf8')
+      const parsed: unknown = JSON.parse(text)
+      if (!Array.isArray(parsed) || typeof parsed[0] !== 'string' || parsed[0] === '' || typeof parsed[1] !== 'number' || typeof parsed[2] !== 'string') return undefined
+      return { user: parsed[0], expiresAt: parsed[1], kind: parsed[2] }
+    } catch {
+      return undefined
+    }
+  }
+}
+
+/** Every value of cookie `name` in a Cookie header (a client may send one name twice). */
+export function cookieValues(header: string, name: string): string[] {
+  const values: string[] = []
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=')
+    if (eq !== -1 && part.slice(0, eq).trim() === name) values.push(part.slice(eq + 1).trim())
+  }
+  return values
+}
+
+/** A Cookie header without maitre's own cookies; undefined when none is left. */
+export function withoutRouterCookies(header: string): string | undefined {
+  const kept = header.split(';').filter((part) => {
+    const eq = part.indexOf('=')
+    return !ROUTER_COOKIES.has((eq === -1 ? part : part.slice(0, eq)).trim())
+  })
+  const joined = kept.map((p) => p.trim()).filter((p) => p !== '').join('; ')
+  return joined === '' ? undefined : joined
+}
+
+/** Whether a Set-Cookie value (from an instance) would set one of maitre's own cookies. */
+export function setsRouterCookie(setCookie: string): boolean {
+  const eq = setCookie.indexOf('=')
+  return ROUTER_COOKIES.has((eq === -1 ? setCookie : setCookie.slice(0, eq)).trim())
+}

@@ -1,0 +1,44 @@
+/**
+ * The one door every authenticated request goes through: a valid x-waiter-auth cookie, else the
+ * configured authenticator. A caller that proved itself afresh gets the cookie, so its next
+ * requests skip the signature checks.
+ */
+import type { IncomingMessage } from 'node:http'
+import type { Authenticator, Principal } from './authenticator.ts'
+import type { AuthCookies } from './cookie.ts'
+
+export class AuthGate {
+  readonly #authenticator: Authenticator
+  readonly #cookies: AuthCookies
+  readonly #admins: ReadonlySet<string>
+  /** One-user trusts loopback callers by their address, not by a cookie: it issues cookies, it does not read them. */
+  readonly #readsCookies: boolean
+
+  constructor(authenticator: Authenticator, cookies: AuthCookies, admins: ReadonlySet<string>) {
+    this.#authenticator = authenticator
+    this.#cookies = cookies
+    this.#admins = admins
+    this.#readsCookies = authenticator.kind !== 'one-user'
+  }
+
+  get kind(): string {
+    return this.#authenticator.kind
+  }
+
+  /** The caller, or a MaitreError (401) when it cannot be trusted. Synchronous when nothing needs awaiting. */
+  authenticate(req: IncomingMessage): Principal | Promise<Principal> {
+    if (this.#readsCookies) {
+      const fromCookie = this.#cookies.fromRequest(req.headers.cookie)
+      if (fromCookie !== undefined && fromCookie.kind === this.#authenticator.kind) {
+        return { user: fromCookie.user, admin: this.#admins.has(fromCookie.user), method: 'cookie' }
+      }
+    }
+    return this.#authenticator.authenticate(req)
+  }
+
+  /** Set-Cookie values for a caller that proved itself afresh; undefined for one that came with a cookie. */
+  cookiesFor(principal: Principal): readonly string[] | undefined {
+    if (principal.method === undefined || principal.method === 'cookie') return undefined
+    return this.#cookies.issue(principal.user, this.#authenticator.kind)
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * Bearer JWT authentication with `jose`: the signature (RS256, ES256 or EdDSA only: no `none`, no
+ * HMAC, so a public key can never be abused as a shared secret), the issuer, the audience, and
+ * exp/nbf with a stated leeway. Keys come from a JWKS file (re-read when it changes) or URL
+ * (cached; fetched again when a token names a key id not in the cache).
+ */
+import { readFileSync, statSync } from 'node:fs'
+import type { IncomingMessage } from 'node:http'
+import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
+import { MaitreError } from '../errors.ts'
+import type { Clock } from '../clock.ts'
+import type { Authenticator, Principal } from './authenticator.ts'
+
+export const JWT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const
+/** Longest principal name a token may carry. */
+const MAX_PRINCIPAL_CHARS = 256
+/** A JWKS file is looked at again at most this often for quiet changes (a key revoked under the same id). */
+const FILE_RECHECK_MS = 1000
+
+export interface JwtOptions {
+  readonly jwksFile: string | null
+  readonly jwksUrl: string | null
+  readonly issuer: string
+  readonly audience: string
+  readonly clockSkewSecs: number
+  readonly subjectClaim: string
+  readonly admins: ReadonlySet<string>
+  /** After a fetch, an unknown key id triggers another only this much later (protects the issuer). */
+  readonly refetchCooldownMs?: number
+}
+
+export const BEARER_CHALLENGE = 'Bearer realm="maitre"'
+
+function unauthorized(message: string, reason: string, invalidToken: boolean): MaitreError {
+  return new MaitreError('MAITRE_UNAUTHORIZED', message, {
+    details: { reason },
+    headers: { 'www-authenticate': invalidToken ? `${BEARER_CHALLENGE}, error="invalid_token"` : BEARER_CHALLENGE },
+  })
+}
+
+/** The keys could not be had (the JWKS URL is down, the file unreadable): the router's trouble, not the caller's. */
+class KeysUnavailable extends Error {}
+
+/** A JWKS file's key set, read again when the file changes (checked on an unknown key id, and at most once a second otherwise). */
+export class JwksFile {
+  readonly #path: string
+  readonly #clock: Clock
+  #stamp = ''
+  #checkedAt = -Infinity
+  #keys: JWTVerifyGetKey
+
+  /** Reads the file once: a missing or malformed JWKS at start is a configuration error. */
+  constructor(path: string, clock: Clock) {
+    this.#path = path
+    this.#clock = clock
+    const loaded = this.#load()
+    if (loaded instanceof Error) throw new MaitreError('MAITRE_INVALID_CONFIG', `auth.jwt.jwksFile ${path}: ${loaded.message}`)
+    this.#keys = loaded
+  }
+
+  readonly getKey: JWTVerifyGetKey = async (header, token) => {
+    this.#refresh(false)
+    try {
+      return await this.#keys(header, token)
+    } catch (err) {
+      if (!(err instanceof joseErrors.JWKSNoMatchingKey)) throw err
+      // Keys are rotated by rewriting the file: an unknown key id may be a new key.
+      if (!this.#refresh(true)) throw err
+      return await this.#keys(header, token)
+    }
+  }
+
+  /** Re-reads the file if it changed; true when the key set was replaced. A broken rewrite keeps the old keys. */
+  #refresh(force: boolean): boolean {
+    const now = this.#clock.now()
+    if (!force && now - this.#checkedAt < FILE_RECHECK_MS) return false
+    this.#checkedAt = now
+    if (this.#stampOf() === this.#stamp) return false
+    const loaded = this.#load()
+    if (loaded instanceof Error) return false
+    this.#keys = loaded
+    return true
+  }
+
+  #stampOf(): string {
+    try {
+      const s = statSync(this.#path)
+      return `${s.ino}:${s.size}:${s.mtimeMs}`
+    } catch {
+      return 'missing'
+    }
+  }
+
+  #load(): JWTVerifyGetKey | Error {
+    const stamp = this.#stampOf()
+    try {
+      const jwks = JSON.parse(readFileSync(this.#path, 'utf8')) as JSONWebKeySet
+      const keys = createLocalJWKSet(jwks)
+      this.#stamp = stamp
+      return keys
+    } catch (err) {
+      return err as Error
+    }
+  }
+}
+
+export function jwtAuthenticator(options: JwtOptions, clock: Clock): Authenticator {
+  const getKey = keySource(options, clock)
+  const verifyOptions = {
+    issuer: options.issuer,
+    audience: options.audience,
+    algorithms: [...JWT_ALGORITHMS],
+    clockTolerance: options.clockSkewSecs,
+    requiredClaims: ['exp'],
+  }
+  return {
+    kind: 'jwt',
+    async authenticate(req: IncomingMessage): Promise<Principal> {
+      const header = req.headers.authorization
+      const match = header === undefined ? null : /^Bearer[ ]+([^\s]+)\s*$/i.exec(header)
+      if (match === null) throw unauthorized('Authentication required: send Authorization: Bearer <JWT>', header === undefined ? 'missing-credentials' : 'not-bearer', false)
+      let payload: Record<string, unknown>
+      try {
+        ;({ payload } = await jwtVerify(match[1] as string, getKey, { ...verifyOptions, currentDate: new Date(clock.now()) }))
+      } catch (err) {
+        if (err instanceof KeysUnavailable) {
+          throw new MaitreError('MAITRE_AUTH_UNAVAILABLE', 'The keys that verify bearer tokens cannot be fetched; try again later', { details: { reason: err.message } })
+        }
+        const code = err instanceof joseErrors.JOSEError ? err.code : 'ERR_JWT_INVALID'
+        throw unauthorized(`Invalid bearer token (${code})`, code, true)
+      }
+      const subject = payload[options.subjectClaim]
+      if (typeof subject !== 'string' || subject.trim() === '' || subject.length > MAX_PRINCIPAL_CHARS || /[\x00-\x1f\x7f]/.test(subject)) {
+        throw unauthorized(`The bearer token's ${options.subjectClaim} claim does not name a principal`, 'no-principal', true)
+      }
+      return { user: subject, admin: options.admins.has(subject), method: 'jwt' }
+    },
+  }
+}
+
+function keySource(options: JwtOptions, clock: Clock): JWTVerifyGetKey {
+  if (options.jwksFile !== null) return new JwksFile(options.jwksFile, clock).getKey
+  const remote = createRemoteJWKSet(new URL(options.jwksUrl as string), {
+    timeoutDuration: 5000,
+    cooldownDuration: options.refetchCooldownMs ?? 5000,
+    cacheMaxAge: 600_000,
+  })
+  return async (header, token) => {
+    try {
+      return await remote(header, token)
+    } catch (err) {
+      // A token naming a key the set lacks is the caller's problem; a set that cannot be fetched is ours.
+      if (err instanceof joseErrors.JWKSNoMatchingKey || err instanceof joseErrors.JWKSMultipleMatchingKeys || err instanceof joseErrors.JOSENotSupported) throw err
+      throw new KeysUnavailable(err instanceof joseErrors.JOSEError ? err.code : 'fetch-failed')
+    }
+  }
+}
