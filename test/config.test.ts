@@ -59,3 +59,16 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   }
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes\)/ }, 'the local backend cannot be shared')
 })
+
+t.test('authentication settings: one-user refuses a non-loopback address unless told, jwt needs its keys, issuer and audience', async (t) => {
+  t.throws(() => parseConfig('server:\n  host: 0.0.0.0\n', 'a.yaml'), { code: 'MAITRE_INVALID_CONFIG', message: /a\.yaml:2:9: server\.host = "0\.0\.0\.0", not a loopback address: with auth\.kind one-user every caller would be the admin/ })
+  t.throws(() => withOverrides(DEFAULTS, { 'server.host': '10.1.2.3' }), { message: /not a loopback address/ }, 'a --host flag is checked as well')
+  t.equal(parseConfig('server:\n  host: 0.0.0.0\nauth:\n  allowRemoteOneUser: true\n').server.host, '0.0.0.0', 'allowed on purpose')
+  for (const host of ['127.0.0.1', '127.0.0.2', '::1', 'localhost']) t.equal(withOverrides(DEFAULTS, { 'server.host': host }).server.host, host, `${host} is loopback`)
+  t.throws(() => parseConfig('auth:\n  kind: jwt\n'), { message: /auth\.jwt needs exactly one of jwksFile and jwksUrl[\s\S]*auth\.jwt\.issuer is required[\s\S]*auth\.jwt\.audience is required/ })
+  t.throws(() => parseConfig('auth:\n  kind: jwt\n  jwt:\n    jwksFile: /k.json\n    jwksUrl: https://k\n    issuer: i\n    audience: a\n'), { message: /exactly one of jwksFile and jwksUrl/ })
+  t.throws(() => parseConfig('auth:\n  kind: kerberos\n'), { message: /auth\.kind = "kerberos", must be 'one-user' or 'jwt'/ })
+  t.throws(() => parseConfig('auth:\n  admins: [""]\n'), { message: /auth\.admins .* must be a list of non-blank principal names/ })
+  const jwt = parseConfig('server:\n  host: 0.0.0.0\nauth:\n  kind: jwt\n  admins: [root]\n  jwt:\n    jwksUrl: https://idp.example/jwks\n    issuer: https://idp.example\n    audience: maitre\n')
+  t.match(jwt.auth, { kind: 'jwt', admins: ['root'], jwt: { jwksUrl: 'https://idp.example/jwks', clockSkewSecs: 60, subjectClaim: 'sub' } }, 'a JWT router may listen on every address')
+})

@@ -1,0 +1,210 @@
+import t from 'tap'
+import { join } from 'node:path'
+import { call, kitchenToken, startRouter, type Reply, type Router, type Teardown } from '../fixtures/router.ts'
+import { AUDIENCE, ISSUER, mint, signingKey, writeJwks, type SigningKey } from '../fixtures/jwt.ts'
+
+interface JwtRouter extends Router {
+  readonly key: SigningKey
+  /** Headers that authenticate as `user`. */
+  as(user: string): Promise<Record<string, string>>
+}
+
+async function startJwtRouter(t: Teardown & { testdir(): string }, overrides: Record<string, unknown> = {}): Promise<JwtRouter> {
+  const key = await signingKey('ES256', 'test-key')
+  const file = join(t.testdir(), 'jwks.json')
+  writeJwks(file, [key])
+  const router = await startRouter(t, {
+    'auth.kind': 'jwt',
+    'auth.admins': ['root'],
+    'auth.jwt.jwksFile': file,
+    'auth.jwt.issuer': ISSUER,
+    'auth.jwt.audience': AUDIENCE,
+    ...overrides,
+  })
+  const tokens = new Map<string, string>()
+  return {
+    ...router,
+    key,
+    async as(user) {
+      if (!tokens.has(user)) tokens.set(user, await mint(key, { sub: user }))
+      return { authorization: `Bearer ${tokens.get(user) as string}` }
+    },
+  }
+}
+
+const post = async (router: JwtRouter, user: string, body: Record<string, unknown>, query = '', headers: Record<string, string> = {}): Promise<Reply> =>
+  call(`${router.url}/token${query}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(await router.as(user)), ...headers }, body: JSON.stringify(body) })
+
+type ErrorBody = { 'waiter-error': { status: number; code: string; 'error-class': string; message: string; principal: string | null } }
+const waiterError = (reply: Reply): ErrorBody['waiter-error'] => reply.json<ErrorBody>()['waiter-error']
+
+t.test('JWT: no or bad credentials are a 401 with a Bearer challenge and Waiter’s body; a good token earns the x-waiter-auth cookie that then stands in for it', async (t) => {
+  const router = await startJwtRouter(t)
+  for (const [what, headers] of [['none', {}], ['garbage', { authorization: 'Bearer a.b.c' }], ['expired', { authorization: `Bearer ${await mint(router.key, { sub: 'alice', expiresIn: -3600 })}` }]] as const) {
+    const reply = await call(`${router.url}/tokens`, { headers })
+    t.equal(reply.status, 401, what)
+    t.match(reply.headers['www-authenticate'], /^Bearer realm="maitre"/, `${what}: challenged`)
+    t.match(waiterError(reply), { status: 401, 'error-class': 'waiter.Unauthorized', code: 'MAITRE_UNAUTHORIZED' })
+  }
+  const proxied = await call(`${router.url}/anything`, { headers: { 'x-waiter-token': 'nope' } })
+  t.equal(proxied.status, 401, 'the data path asks for credentials before it says anything about the token')
+
+  const ok = await call(`${router.url}/tokens`, { headers: await router.as('alice') })
+  t.equal(ok.status, 200)
+  const setCookie = ok.headers['set-cookie'] as string[]
+  t.match(setCookie[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=86400; Path=\/; HttpOnly/)
+  t.match(setCookie[1], /^x-auth-expires-at=\d+; Max-Age=86400; Path=\/$/)
+  const cookie = (setCookie[0] as string).split(';')[0] as string
+  const byCookie = await call(`${router.url}/token`, { method: 'POST', headers: { cookie, 'content-type': 'application/json' }, body: JSON.stringify({ token: 'mine', ...kitchenToken() }) })
+  t.equal(byCookie.status, 200, 'the cookie alone authenticates')
+  t.equal(byCookie.headers['set-cookie'], undefined, 'and earns no new cookie')
+  const token = await call(`${router.url}/token?token=mine`, { headers: { cookie } })
+  t.equal(token.json()['owner'], 'alice', 'as the principal the JWT named')
+  const tampered = await call(`${router.url}/tokens`, { headers: { cookie: `${cookie.slice(0, -2)}AA` } })
+  t.equal(tampered.status, 401, 'an altered cookie is no credential')
+})
+
+t.test('an instance hears who called (x-waiter-auth-principal, -user) and nothing a client forged, never the router’s cookie, and cannot set it', async (t) => {
+  const router = await startJwtRouter(t)
+  await post(router, 'alice', { token: 'kitchen', ...kitchenToken() })
+  const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', ...(await router.as('alice')) } })
+  t.equal(first.status, 200)
+  const cookie = ((first.headers['set-cookie'] as string[])[0] as string).split(';')[0] as string
+  t.ok(cookie.startsWith('x-waiter-auth='), 'the data path sets the cookie too')
+  const info = await call(`${router.url}/request-info`, {
+    headers: { 'x-waiter-token': 'kitchen', cookie: `theme=dark; ${cookie}; x-auth-expires-at=1`, 'x-waiter-auth-principal': 'root', 'x-waiter-auth-user': 'root' },
+  })
+  const seen = info.json<{ headers: Record<string, string> }>().headers
+  t.equal(seen['x-waiter-auth-principal'], 'alice')
+  t.equal(seen['x-waiter-auth-user'], 'alice')
+  t.equal(seen['cookie'], 'theme=dark', 'the app’s own cookies pass, the router’s do not')
+  t.notOk(String(seen['authorization']).startsWith('Bearer'), 'the caller’s bearer token is not passed on')
+  const set = await call(`${router.url}/set-cookies?name=session&name=x-waiter-auth`, { headers: { 'x-waiter-token': 'kitchen', cookie } })
+  t.same([set.headers['set-cookie']].flat(), ['session=from-the-app; Path=/'], 'the app cannot set the router’s cookie')
+})
+
+t.test('token rules: owner, editor, owner assignment, run-as, admins and update-mode=admin, each a 403 naming its rule', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'shop', ...kitchenToken(), editor: 'bob' })).status, 200)
+  const bobOwner = await post(router, 'bob', { token: 'shop', ...kitchenToken({ version: 'v2' }), owner: 'bob', editor: 'bob' })
+  t.equal(bobOwner.status, 403)
+  t.match(waiterError(bobOwner), { code: 'MAITRE_NOT_TOKEN_MANAGER', 'error-class': 'waiter.TokenManageForbidden', message: 'An editor cannot change owner of token shop' })
+  t.equal((await post(router, 'bob', { token: 'shop', ...kitchenToken({ version: 'v2' }), owner: 'alice', editor: 'bob' })).status, 200, 'an editor edits the description')
+  const carol = await post(router, 'carol', { token: 'shop', ...kitchenToken({ version: 'v3' }) })
+  t.match(waiterError(carol), { status: 403, code: 'MAITRE_NOT_TOKEN_MANAGER', message: 'Cannot update token (owner=alice) as user: carol' })
+  const carolDelete = await call(`${router.url}/token?token=shop`, { method: 'DELETE', headers: await router.as('carol') })
+  t.match(waiterError(carolDelete), { status: 403, message: 'User not allowed to delete token' })
+  const bobDelete = await call(`${router.url}/token?token=shop`, { method: 'DELETE', headers: await router.as('bob') })
+  t.equal(bobDelete.status, 403, 'an editor does not delete')
+
+  const forOther = await post(router, 'alice', { token: 'gift', ...kitchenToken(), owner: 'bob' })
+  t.match(waiterError(forOther), { status: 403, code: 'MAITRE_CANNOT_ASSIGN_OWNER', 'error-class': 'waiter.TokenOwnerForbidden', message: 'Cannot create token as provided owner: bob' })
+  t.equal((await post(router, 'root', { token: 'gift', ...kitchenToken(), owner: 'bob' })).status, 200, 'an admin creates tokens for others')
+
+  const runAs = await post(router, 'alice', { token: 'runner', ...kitchenToken(), 'run-as-user': 'bob' })
+  t.match(waiterError(runAs), { status: 403, code: 'MAITRE_CANNOT_RUN_AS', 'error-class': 'waiter.RunAsForbidden', message: "Authenticated user 'alice' cannot run as user 'bob'" })
+  t.equal((await post(router, 'alice', { token: 'runner', ...kitchenToken(), 'run-as-user': 'alice' })).status, 200, 'as oneself')
+  t.equal((await post(router, 'alice', { token: 'runner2', ...kitchenToken(), 'run-as-user': '*' })).status, 200, 'as the requester')
+  const adminPlain = await post(router, 'root', { token: 'runner3', ...kitchenToken(), 'run-as-user': 'bob', owner: 'bob' })
+  t.match(waiterError(adminPlain), { status: 403, message: "Authenticated user 'root' cannot run as user 'bob'" }, 'an admin too, unless it asks for admin mode')
+  t.equal((await post(router, 'root', { token: 'runner3', ...kitchenToken(), 'run-as-user': 'bob', owner: 'bob' }, '?update-mode=admin')).status, 200, 'admin mode, as the CLI’s --admin sends')
+  const notAdmin = await post(router, 'alice', { token: 'runner4', ...kitchenToken() }, '?update-mode=admin')
+  t.match(waiterError(notAdmin), { status: 403, code: 'MAITRE_ADMIN_ONLY', message: 'Only admins may use update-mode=admin' })
+})
+
+t.test('permitted-user decides who calls a version; only its managers (or an admin) change it, and /apps shows each caller what it manages', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'private', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': 'alice' })).status, 200)
+  const bob = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'private', ...(await router.as('bob')) } })
+  t.match(waiterError(bob), { status: 403, code: 'MAITRE_NOT_PERMITTED', 'error-class': 'waiter.UserNotPermitted', message: "This user isn't allowed to invoke this service", principal: 'bob' })
+  const bobPing = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'private', ...(await router.as('bob')) } })
+  t.match(bobPing.json(), { 'ping-response': { result: 'descriptor-error', status: 403 } }, 'nor may bob start it with a ping')
+  const alice = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'private', 'x-waiter-debug': 'true', ...(await router.as('alice')) } })
+  t.equal(alice.status, 200)
+  const serviceId = alice.headers['x-waiter-service-id'] as string
+
+  const refusals: [string, string, string][] = [
+    ['DELETE', `/apps/${serviceId}`, 'delete'],
+    ['POST', `/apps/${serviceId}/suspend`, 'suspend'],
+    ['POST', `/apps/${serviceId}/resume`, 'resume'],
+    ['POST', `/apps/${serviceId}/override`, 'override'],
+    ['DELETE', `/apps/${serviceId}/override`, 'clear overrides'],
+    ['GET', `/apps/${serviceId}/logs?instance-id=x`, 'logs'],
+    ['POST', `/apps/${serviceId}/instance/x/kill`, 'kill'],
+    ['POST', `/apps/${serviceId}/instance/x/expire`, 'expire'],
+  ]
+  for (const [method, path, what] of refusals) {
+    const reply = await call(`${router.url}${path}`, { method, headers: { 'content-type': 'application/json', ...(await router.as('bob')) }, body: method === 'POST' ? '{"min-instances": 1}' : null })
+    t.match(waiterError(reply), { status: 403, code: 'MAITRE_NOT_SERVICE_MANAGER', 'error-class': 'waiter.ServiceManageForbidden' }, `bob may not ${what}`)
+  }
+  t.equal((await call(`${router.url}/apps/${serviceId}/override`, { headers: await router.as('bob') })).status, 200, 'reading overrides is anyone’s')
+  const listFor = async (user: string): Promise<string[]> => (await call(`${router.url}/apps`, { headers: await router.as(user) })).json<{ 'service-id': string }[]>().map((a) => a['service-id'])
+  t.same(await listFor('bob'), [], 'bob manages nothing')
+  t.same(await listFor('alice'), [serviceId])
+  t.same(await listFor('root'), [serviceId], 'admins see everything')
+  t.equal((await call(`${router.url}/apps/${serviceId}/suspend`, { method: 'POST', headers: await router.as('alice') })).status, 200, 'alice suspends her own')
+  t.equal((await call(`${router.url}/apps/${serviceId}/resume`, { method: 'POST', headers: await router.as('root') })).status, 200, 'an admin resumes it')
+  const get = await call(`${router.url}/apps/${serviceId}/suspend`, { headers: await router.as('alice') })
+  t.equal(get.status, 405, 'state changes refuse GET')
+  t.equal(get.headers['allow'], 'POST')
+
+  t.equal((await post(router, 'alice', { token: 'open', ...kitchenToken({ version: 'v9' }), 'run-as-user': 'alice', 'permitted-user': '*' })).status, 200)
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'open', ...(await router.as('bob')) } })).status, 200, 'permitted-user * lets anyone authenticated call')
+  const deleted = await call(`${router.url}/apps/${serviceId}`, { method: 'DELETE', headers: await router.as('alice') })
+  t.match(deleted.json(), { success: true, result: 'deleted' }, 'alice deletes her version')
+})
+
+t.test('on the fly: only with proxy.allowOnTheFly, and running as somebody else takes an admin', async (t) => {
+  const router = await startJwtRouter(t, { 'proxy.allowOnTheFly': true })
+  const onTheFly = { 'x-waiter-cmd': 'true', 'x-waiter-cpus': '0.1', 'x-waiter-mem': '64', 'x-waiter-version': 'a' }
+  const own = await call(`${router.url}/service-id`, { headers: { ...onTheFly, ...(await router.as('bob')) } })
+  t.equal(own.status, 200, 'as oneself')
+  const other = await call(`${router.url}/service-id`, { headers: { ...onTheFly, 'x-waiter-run-as-user': 'alice', ...(await router.as('bob')) } })
+  t.match(waiterError(other), { status: 403, code: 'MAITRE_CANNOT_RUN_AS', message: "Authenticated user 'bob' cannot run as user 'alice'" })
+  t.equal((await call(`${router.url}/service-id`, { headers: { ...onTheFly, 'x-waiter-run-as-user': 'alice', ...(await router.as('root')) } })).status, 200, 'an admin may')
+  const closed = await startJwtRouter(t)
+  t.match(waiterError(await call(`${closed.url}/service-id`, { headers: { ...onTheFly, ...(await closed.as('root')) } })), { status: 403, code: 'MAITRE_ON_THE_FLY_DISABLED' }, 'off by default, even for admins')
+})
+
+t.test('authentication: disabled tokens are served to anyone, with no principal; Waiter’s rules hold at token write', async (t) => {
+  const router = await startJwtRouter(t, { 'proxy.allowOnTheFly': true })
+  const incomplete = await post(router, 'alice', { token: 'public', cmd: 'x', authentication: 'disabled' })
+  t.equal(incomplete.status, 400)
+  t.match(waiterError(incomplete).message, /must specify permitted-user as \*[\s\S]*explicit run-as-user[\s\S]*Missing parameters: cpus, mem, version/)
+  t.equal((await post(router, 'alice', { token: 'public', ...kitchenToken(), authentication: 'disabled', 'permitted-user': '*', 'run-as-user': 'alice' })).status, 200)
+  const anonymous = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', 'x-waiter-auth-principal': 'root' } })
+  t.equal(anonymous.status, 200, 'no credentials needed')
+  const seen = anonymous.json<{ headers: Record<string, string> }>().headers
+  t.equal(seen['x-waiter-auth-principal'], undefined, 'the instance hears of no principal, forged or not')
+  t.equal(anonymous.headers['set-cookie'], undefined, 'and nobody gets a cookie')
+  const mixed = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', 'x-waiter-cpus': '0.2', ...(await router.as('alice')) } })
+  t.match(waiterError(mixed), { status: 400, message: 'An authentication disabled token may not be combined with on-the-fly headers' })
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', 'x-waiter-cpus': '0.2' } })).status, 401, 'nor does it let an anonymous caller change the description')
+  t.equal((await post(router, 'alice', { token: 'closed', ...kitchenToken({ version: 'v2' }), 'run-as-user': 'alice' })).status, 200)
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'closed' } })).status, 401, 'other tokens still need credentials')
+})
+
+t.test('https-redirect and maintenance are answered before authentication', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'secure', ...kitchenToken(), 'https-redirect': true })).status, 200)
+  const get = await call(`${router.url}/a/b?c=1`, { headers: { 'x-waiter-token': 'secure', host: 'secure.example:9091' } })
+  t.equal(get.status, 301)
+  t.equal(get.headers['location'], 'https://secure.example/a/b?c=1')
+  const postReply = await call(`${router.url}/a`, { method: 'POST', headers: { 'x-waiter-token': 'secure', host: 'secure.example' }, body: 'x' })
+  t.equal(postReply.status, 307, 'other methods keep their method and body: 307')
+  const authenticated = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'secure', ...(await router.as('alice')) } })
+  t.equal(authenticated.status, 301, 'authenticated or not')
+  const behindTls = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'secure', 'x-forwarded-proto': 'https', ...(await router.as('alice')) } })
+  t.equal(behindTls.status, 200, 'a request that came in over https (a TLS terminator said so) is served')
+
+  t.equal((await post(router, 'alice', { token: 'down', ...kitchenToken(), maintenance: { message: 'back at noon' } })).status, 200)
+  const down = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'down' } })
+  t.match(waiterError(down), { status: 503, 'error-class': 'waiter.Maintenance', message: 'back at noon' })
+})
+
+t.test('one-user (the default) sets the x-waiter-auth cookie like any authenticator', async (t) => {
+  const router = await startRouter(t)
+  const reply = await call(`${router.url}/tokens`)
+  t.equal(reply.status, 200)
+  t.match((reply.headers['set-cookie'] as string[])[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=86400; Path=\/; HttpOnly/)
+})
