@@ -6,7 +6,7 @@
 import { mkdirSync } from 'node:fs'
 import { hostname, userInfo } from 'node:os'
 import { join, resolve } from 'node:path'
-import { createAdminHandler } from './admin/router.ts'
+import { createAdminHandler, publicApiOnly } from './admin/router.ts'
 import { authGateOf } from './auth/configure.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
@@ -62,6 +62,8 @@ export interface App {
   /** Drains requests, then stops every instance. Safe to call twice. */
   stop(): Promise<void>
   readonly url: () => string
+  /** The admin API's own listener, when it has one. */
+  readonly adminUrl: () => string | undefined
 }
 
 function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger): Backend {
@@ -265,7 +267,11 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     clock,
     log,
   })
-  const server = createRouterServer({ ...config.server, routerHostnames, api, proxy, log })
+  const separateAdmin = config.server.admin.host !== null
+  const server = createRouterServer({ ...config.server, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, log })
+  // On its own listener, every request is an API call.
+  const adminServer = separateAdmin ? createRouterServer({ ...config.server, routerHostnames, api, proxy: api, log }) : undefined
+  let adminPort: number | undefined
   draining = server.draining
   serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })
 
@@ -273,9 +279,15 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
 
   return {
     url,
+    adminUrl: () => {
+      const host = config.server.admin.host
+      if (host === null || adminPort === undefined) return undefined
+      return `http://${host.includes(':') ? `[${host}]` : host}:${adminPort}`
+    },
     async start() {
       port = await server.listen(config.server.port, config.server.host)
       routerHostnames.add(`${config.server.host}`)
+      if (adminServer !== undefined) adminPort = await adminServer.listen(config.server.admin.port, config.server.admin.host as string)
       if (etcd !== undefined) {
         coordination = await EtcdCoordinator.start({
           client: etcd,
@@ -294,7 +306,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       }
       autoscaler.start()
       gc.start()
-      log.info({ port, host: config.server.host, dataDir, backend: backend.kind, routerId, user, cluster: coordination.mode === 'etcd' ? { etcd: config.etcd.endpoints, prefix: etcdPrefix } : undefined }, 'maitre listening')
+      log.info({ port, host: config.server.host, adminPort, dataDir, backend: backend.kind, routerId, user, cluster: coordination.mode === 'etcd' ? { etcd: config.etcd.endpoints, prefix: etcdPrefix } : undefined }, 'maitre listening')
       return port
     },
     stop() {
@@ -304,7 +316,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         // for its death; it keeps lending its idle slots meanwhile (its share stays its own).
         // The autoscaler keeps running while requests drain (they may need an instance), and
         // stops before the backend does: it never scales down because the router is leaving.
-        await server.drain(config.server.shutdownTimeoutMs, coordination.announceDraining?.())
+        await Promise.all([server.drain(config.server.shutdownTimeoutMs, coordination.announceDraining?.()), adminServer?.drain(config.server.shutdownTimeoutMs)])
         autoscaler.stop()
         gc.stop()
         await exchange?.close()

@@ -112,6 +112,11 @@ export interface Config {
      * this machine's first non-loopback IPv4 address (a pod's IP) when host is 0.0.0.0 or ::.
      */
     readonly advertiseUrl: string | null
+    /**
+     * The admin API on a listener of its own (host null = the one listener serves everything, as
+     * by default). With it, the main listener serves the data path and health checks only.
+     */
+    readonly admin: { readonly host: string | null; readonly port: number }
   }
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
@@ -178,6 +183,7 @@ export const DEFAULTS: Config = {
     maxRequestsPerConnection: 16,
     shutdownTimeoutMs: 10000,
     advertiseUrl: null,
+    admin: { host: null, port: 9092 },
   },
   dataDir: './data',
   maxTokens: 100000,
@@ -292,6 +298,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxConnectionsPerClient': nonNegativeInt,
   'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
+  'server.admin.port': port,
   'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),
   maxTokens: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
@@ -446,7 +453,8 @@ function authIssues(config: Config): ConfigIssue[] {
   const { auth } = config
   const issues: ConfigIssue[] = []
   if (auth.kind === 'one-user' && !auth.allowRemoteOneUser) {
-    const exposed = [['server.host', config.server.host]].filter(([, host]) => !isLoopbackHost(host as string))
+    const listeners = [['server.host', config.server.host], ...(config.server.admin.host === null ? [] : [['server.admin.host', config.server.admin.host]])]
+    const exposed = listeners.filter(([, host]) => !isLoopbackHost(host as string))
     for (const [path, host] of exposed) {
       issues.push({
         path: path as string,

@@ -6,7 +6,8 @@ import { assertManages } from './access.ts'
 import type { Logger } from '../log.ts'
 import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
-import { sendError } from '../http/error-response.ts'
+import { sendError, SERVER_HEADER } from '../http/error-response.ts'
+import { isPreflight, isSameOrigin, preflightHeaders, requestProto } from '../http/cors.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
@@ -70,8 +71,18 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/readyz':
           return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
       }
+      // The API has no CORS rules of its own: pages of the router's own origin only. A page of
+      // another origin cannot make a browser spend the caller's cookie here.
+      const origin = req.headers.origin
+      const foreign = origin !== undefined && !isSameOrigin(origin, req.headers.host, requestProto(req.headers))
+      if (isPreflight(req.method, req.headers)) {
+        if (foreign) throw new MaitreError('MAITRE_CORS_PREFLIGHT_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
+        res.writeHead(200, { ...preflightHeaders(origin as string, undefined, req.headers['access-control-request-headers']), 'content-length': 0, 'x-cid': cid, server: SERVER_HEADER })
+        return void res.end()
+      }
       const who = await deps.auth.authenticate(req)
       principal = who.user
+      if (foreign) throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
       const cookies = deps.auth.cookiesFor(who)
       if (cookies !== undefined) res.setHeader('set-cookie', cookies)
       switch (path) {
@@ -175,5 +186,21 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       }
       sendError(req, res, failure, { cid, principal })
     }
+  }
+}
+
+/** What the main listener still answers when the admin API has a listener of its own. */
+const PUBLIC_PATHS = new Set(['/status', '/livez', '/readyz'])
+
+/**
+ * The API as the main listener serves it when the admin API listens elsewhere: health checks for
+ * load balancers, and the routers' own peer calls (peers dial the advertised, main, address);
+ * anything else is not found here, without a word about where it is.
+ */
+export function publicApiOnly(api: (req: IncomingMessage, res: ServerResponse) => Promise<void>): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
+  return async (req, res) => {
+    const path = new URL(req.url ?? '/', 'http://router').pathname
+    if (PUBLIC_PATHS.has(path) || path.startsWith(PEER_PATH_PREFIX)) return api(req, res)
+    sendError(req, res, new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: path.slice(0, 200) } }), { cid: cidOf(req) })
   }
 }

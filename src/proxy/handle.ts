@@ -15,7 +15,8 @@ import { hostWithoutPort, type Resolution, type Resolver } from '../versions/res
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
-import { sendError } from '../http/error-response.ts'
+import { sendError, SERVER_HEADER } from '../http/error-response.ts'
+import { allowedRequestHeaders, isPreflight, isSameOrigin, matchingRule, preflightHeaders, requestProto } from '../http/cors.ts'
 import { asMaitreError, MaitreError } from '../errors.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
@@ -120,12 +121,43 @@ async function withoutAuthentication(req: IncomingMessage, deps: ProxyDeps, auth
 /** Waiter's https-redirect: a plain-HTTP request to such a token is sent to its https URL (301 for GET and HEAD, else 307). */
 export function assertHttpsOrRedirect(req: IncomingMessage, resolution: Resolution): void {
   if (resolution.tokenMetadata['https-redirect'] !== true) return
-  const proto = req.headers['x-forwarded-proto']
-  if ((typeof proto === 'string' ? proto.split(',')[0]?.trim().toLowerCase() : 'http') === 'https') return
+  if (requestProto(req.headers) === 'https') return
   const host = req.headers.host ?? ''
   const location = `https://${hostWithoutPort(host)}${req.url ?? '/'}`
   const status = req.method === 'GET' || req.method === 'HEAD' ? 301 : 307
   throw new MaitreError('MAITRE_HTTPS_REDIRECT', `This service is served over https only: ${location}`, { status, headers: { location }, details: { location } })
+}
+
+/**
+ * A CORS preflight, answered before authentication (browsers send it without credentials):
+ * allowed when the page is of the request's own origin or a rule of the token allows it.
+ */
+function answerPreflight(req: IncomingMessage, res: ServerResponse, cid: string, deps: ProxyDeps): void {
+  const origin = req.headers.origin as string
+  const method = req.headers['access-control-request-method'] as string
+  const path = pathOf(req.url)
+  const rule = isSameOrigin(origin, req.headers.host, requestProto(req.headers)) ? undefined : matchingRule(deps.resolver.tokenMetadataOf(req.headers)['cors-rules'], origin, path, method)
+  if (rule === undefined && !isSameOrigin(origin, req.headers.host, requestProto(req.headers))) {
+    throw new MaitreError('MAITRE_CORS_PREFLIGHT_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200), method: method.slice(0, 20) } })
+  }
+  const headers = preflightHeaders(origin, rule, req.headers['access-control-request-headers'])
+  res.writeHead(200, { ...headers, 'content-length': 0, 'x-cid': cid, server: SERVER_HEADER })
+  res.end()
+}
+
+/** A cross-origin request (it carries an Origin not its own) passes only by a rule of its token; the answer then says so to the browser. */
+function corsHeadersFor(req: IncomingMessage, resolution: Resolution): Record<string, string> | undefined {
+  const origin = req.headers.origin
+  if (origin === undefined || isSameOrigin(origin, req.headers.host, requestProto(req.headers))) return undefined
+  if (matchingRule(resolution.tokenMetadata['cors-rules'], origin, pathOf(req.url), req.method ?? 'GET') === undefined) {
+    throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
+  }
+  return allowedRequestHeaders(origin, false)
+}
+
+function pathOf(url: string | undefined): string {
+  const q = (url ?? '/').indexOf('?')
+  return q === -1 ? (url ?? '/') : (url as string).slice(0, q)
 }
 
 /** Attempts at one request when instances refuse the connection (each refusal ejects the instance). */
@@ -168,6 +200,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (req.url === undefined || !req.url.startsWith('/')) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
       }
+      if (isPreflight(req.method, req.headers)) return answerPreflight(req, res, cid, deps)
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
       let who: Principal
       try {
@@ -183,6 +216,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       const perRequest = resolved.headers.perRequest
       assertHttpsOrRedirect(req, resolved.resolution)
       if (!anonymous) assertMayInvoke(who, resolved.resolution.effective['permitted-user'], resolved.resolution.serviceId)
+      const cors = corsHeadersFor(req, resolved.resolution)
+      if (cors !== undefined) for (const [name, value] of Object.entries(cors)) res.setHeader(name, value)
       resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
       const serviceId = resolution.serviceId
       const setCookies = anonymous ? undefined : deps.auth.cookiesFor(who)

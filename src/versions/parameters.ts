@@ -3,6 +3,7 @@
  * except max-queue-length 1000) and the friendly messages a violation produces. This table is the
  * single source for validation, defaults, overrides and the JSON Schema test.
  */
+import { corsRulesProblem } from '../http/cors.ts'
 
 export type ParamValue = string | number | boolean | readonly string[] | Readonly<Record<string, string>>
 export type Params = Readonly<Record<string, unknown>>
@@ -196,24 +197,7 @@ interface MetadataRow {
   default?: ParamValue
 }
 
-/** CORS rules are only validated (compiled, never run on a request): bounded all the same. */
-const MAX_CORS_RULES = 100
-const corsRulesCheck: Check = (n, v) => {
-  if (!Array.isArray(v)) return `${n} must be a list of rules.`
-  if (v.length > MAX_CORS_RULES) return `${n} must have at most ${MAX_CORS_RULES} rules.`
-  for (const rule of v as unknown[]) {
-    if (typeof rule !== 'object' || rule === null) return `${n} entries must be objects.`
-    const r = rule as Record<string, unknown>
-    if (typeof r['origin-regex'] !== 'string') return `${n} entries need an origin-regex string.`
-    if (r['origin-regex'].length > 1024) return `${n} origin-regex must be at most 1024 characters.`
-    try {
-      new RegExp(r['origin-regex'])
-    } catch {
-      return `${n} origin-regex ${JSON.stringify(r['origin-regex'])} is not a valid regular expression.`
-    }
-  }
-  return undefined
-}
+const corsRulesCheck: Check = (n, v) => corsRulesProblem(n, v)
 
 const TOKEN_METADATA_ROWS: Readonly<Record<string, MetadataRow>> = {
   owner: { check: nonBlank },

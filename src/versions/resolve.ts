@@ -109,6 +109,25 @@ export class Resolver {
     })
   }
 
+  /**
+   * The token-only settings (cors-rules, https-redirect, …) of the tokens a request names, for
+   * answers given before a version is resolved (a CORS preflight carries no x-waiter-* values,
+   * so its token comes from the Host). Unknown tokens contribute nothing.
+   */
+  tokenMetadataOf(headers: Readonly<Record<string, string | string[] | undefined>>): Record<string, unknown> {
+    const header = headers['x-waiter-token']
+    const tokenHeader = typeof header === 'string' ? header : undefined
+    const host = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
+    const names = tokenHeader !== undefined ? tokenHeader.split(',').map((t) => t.trim()) : host !== '' && !this.#options.routerHostnames.has(host) ? [host] : []
+    const metadata: Record<string, unknown> = {}
+    for (const name of names) {
+      const data = this.#tokens.get(name)
+      if (data === undefined) continue
+      for (const key of TOKEN_METADATA.keys()) if (data[key] !== undefined) metadata[key] = data[key]
+    }
+    return metadata
+  }
+
   /** The service a token's own description runs as, or undefined when it is not a complete one. */
   serviceIdOfToken(data: TokenData): string | undefined {
     const fields = serviceFields(data)

@@ -208,3 +208,68 @@ t.test('one-user (the default) sets the x-waiter-auth cookie like any authentica
   t.equal(reply.status, 200)
   t.match((reply.headers['set-cookie'] as string[])[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=86400; Path=\/; HttpOnly/)
 })
+
+t.test('CORS: preflights are answered before authentication by the token’s cors-rules (Waiter’s headers, 403 classes); cross-origin calls need a rule too', async (t) => {
+  const router = await startJwtRouter(t)
+  const rules = [{ 'origin-regex': 'https://app\\.example', 'target-path-regex': '/api/.*', methods: ['GET', 'POST'] }]
+  t.equal((await post(router, 'alice', { token: 'shop.example', ...kitchenToken(), 'cors-rules': rules, 'permitted-user': '*' })).status, 200)
+  const preflight = (origin: string, method: string, path = '/api/items'): Promise<Reply> =>
+    call(`${router.url}${path}`, { method: 'OPTIONS', headers: { host: 'shop.example', origin, 'access-control-request-method': method, 'access-control-request-headers': 'content-type' } })
+  const allowed = await preflight('https://app.example', 'POST')
+  t.equal(allowed.status, 200, 'no credentials needed for a preflight')
+  t.match(allowed.headers, {
+    'access-control-allow-origin': 'https://app.example',
+    'access-control-allow-credentials': 'true',
+    'access-control-allow-methods': 'GET, POST',
+    'access-control-allow-headers': 'content-type',
+    'access-control-max-age': '3600',
+  })
+  for (const [what, origin, method, path] of [
+    ['another origin', 'https://evil.example', 'POST', '/api/items'],
+    ['a prefix of the pattern is no match', 'https://app.example.evil.com', 'POST', '/api/items'],
+    ['a method the rule does not name', 'https://app.example', 'DELETE', '/api/items'],
+    ['a path outside the rule', 'https://app.example', 'GET', '/admin'],
+  ] as const) {
+    const reply = await preflight(origin, method, path)
+    t.match(waiterError(reply), { status: 403, 'error-class': 'waiter.CorsPreflightForbidden' }, what)
+  }
+  const sameOrigin = await call(`${router.url}/api/x`, { method: 'OPTIONS', headers: { host: 'shop.example', origin: 'http://shop.example', 'access-control-request-method': 'PUT' } })
+  t.equal(sameOrigin.status, 200, 'a page of the service’s own origin needs no rule')
+
+  const auth = await router.as('bob')
+  const actual = await call(`${router.url}/api/items`, { headers: { host: 'shop.example', origin: 'https://app.example', ...auth } })
+  t.equal(actual.status, 200)
+  t.equal(actual.headers['access-control-allow-origin'], 'https://app.example')
+  t.equal(actual.headers['access-control-allow-credentials'], 'true')
+  const refused = await call(`${router.url}/api/items`, { headers: { host: 'shop.example', origin: 'https://evil.example', ...auth } })
+  t.match(waiterError(refused), { status: 403, 'error-class': 'waiter.CorsRequestForbidden' })
+
+  const apiPreflight = await call(`${router.url}/token`, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' } })
+  t.match(waiterError(apiPreflight), { status: 403, 'error-class': 'waiter.CorsPreflightForbidden' }, 'the API has no rules: other origins are refused')
+  const apiCall = await call(`${router.url}/tokens`, { headers: { origin: 'https://app.example', ...auth } })
+  t.match(waiterError(apiCall), { status: 403, 'error-class': 'waiter.CorsRequestForbidden' }, 'so a page elsewhere cannot spend a caller’s cookie on the API')
+  const badRule = await post(router, 'alice', { token: 'slow', ...kitchenToken(), 'cors-rules': [{ 'origin-regex': '(a+)+b' }] })
+  t.match(waiterError(badRule), { status: 400, message: /nests quantifiers/ }, 'a pattern that can backtrack without bound is refused at write')
+})
+
+t.test('the admin API on its own listener: the main one serves the data path and health checks only; state changes refuse GET', async (t) => {
+  const router = await startRouter(t, { 'server.admin.host': '127.0.0.1', 'server.admin.port': 0 })
+  const admin = router.app.adminUrl() as string
+  t.match(admin, /^http:\/\/127\.0\.0\.1:\d+$/)
+  t.not(admin, router.url)
+  const created = await call(`${admin}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'kitchen', ...kitchenToken() }) })
+  t.equal(created.status, 200, 'the API on the admin listener')
+  for (const path of ['/token?token=kitchen', '/tokens', '/apps', '/settings', '/state', '/metrics', '/waiter-ping', '/']) {
+    t.equal((await call(`${router.url}${path}`)).status, 404, `${path} is not on the main listener`)
+  }
+  for (const path of ['/status', '/livez', '/readyz']) t.equal((await call(`${router.url}${path}`)).status, 200, `${path} is`)
+  const proxied = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
+  t.equal(proxied.status, 200, 'and the data path is')
+  const serviceId = proxied.headers['x-waiter-service-id'] as string
+  for (const path of [`/apps/${serviceId}/suspend`, `/apps/${serviceId}/resume`, `/apps/${serviceId}/instance/x/kill`, `/apps/${serviceId}/instance/x/expire`]) {
+    const reply = await call(`${admin}${path}`)
+    t.equal(reply.status, 405, `GET ${path}`)
+  }
+  t.equal((await call(`${admin}/apps/${serviceId}`, { method: 'PUT' })).status, 405)
+})
+
