@@ -119,9 +119,15 @@ export function jwtAuthenticator(options: JwtOptions, clock: Clock): Authenticat
       const header = req.headers.authorization
       const match = header === undefined ? null : /^Bearer[ ]+([^\s]+)\s*$/i.exec(header)
       if (match === null) throw unauthorized('Authentication required: send Authorization: Bearer <JWT>', header === undefined ? 'missing-credentials' : 'not-bearer', false)
+      const token = match[1] as string
+      // The last base64url character of a signature carries spare bits a decoder ignores: one
+      // signature has several spellings. Only the canonical one is accepted, so a token string
+      // names exactly one token (a log, a revocation list, a cache key can rely on it).
+      const signature = token.slice(token.lastIndexOf('.') + 1)
+      if (Buffer.from(signature, 'base64url').toString('base64url') !== signature) throw unauthorized('Invalid bearer token (ERR_JWS_INVALID)', 'ERR_JWS_INVALID', true)
       let payload: Record<string, unknown>
       try {
-        ;({ payload } = await jwtVerify(match[1] as string, getKey, { ...verifyOptions, currentDate: new Date(clock.now()) }))
+        ;({ payload } = await jwtVerify(token, getKey, { ...verifyOptions, currentDate: new Date(clock.now()) }))
       } catch (err) {
         if (err instanceof KeysUnavailable) {
           throw new MaitreError('MAITRE_AUTH_UNAVAILABLE', 'The keys that verify bearer tokens cannot be fetched; try again later', { details: { reason: err.message } })

@@ -73,6 +73,15 @@ t.test('every way a token can be wrong is a 401 with a Bearer challenge, never a
     t.equal(err.details['reason'], reason, `${what}: ${reason}`)
     t.match(err.headers['www-authenticate'], /^Bearer realm="maitre"/, `${what}: challenged`)
   }
+  const rsa = await signingKey('RS256', 'rsa')
+  writeJwks(file, [key, rsa])
+  const good = await mint(rsa, { sub: 'alice', now })
+  t.equal((await auth.authenticate(request({ authorization: `Bearer ${good}` }))).user, 'alice')
+  // A 256-byte signature leaves 4 spare bits in its last base64url character: flip one of them.
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+  const respelled = `${good.slice(0, -1)}${alphabet[alphabet.indexOf(good.slice(-1)) ^ 1] as string}`
+  t.same(Buffer.from(respelled.split('.')[2] as string, 'base64url'), Buffer.from(good.split('.')[2] as string, 'base64url'), 'the same signature bytes, spelled otherwise')
+  t.equal((await refusal(auth, { authorization: `Bearer ${respelled}` })).details['reason'], 'ERR_JWS_INVALID', 'only the canonical spelling of a token is accepted')
   const within = await auth.authenticate(request({ authorization: `Bearer ${await mint(key, { sub: 'alice', now, expiresIn: -30 })}` }))
   t.equal(within.user, 'alice', 'expired 30 s ago is within the 60 s leeway')
 })
