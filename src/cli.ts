@@ -93,7 +93,7 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     }
     command = positionals[0] ?? 'serve'
     if (CLIENT_COMMANDS.has(command)) {
-      const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`)
+      const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`, env['MAITRE_AUTH_TOKEN'])
       try {
         const { etcd: _serveOnly, ...options } = values
         return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options })

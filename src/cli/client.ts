@@ -19,9 +19,12 @@ export interface Reply {
 
 export class RouterClient {
   readonly #base: string
+  readonly #credentials: Record<string, string>
 
-  constructor(base: string) {
+  /** `bearer`: a JWT for a router with auth.kind jwt (taken from the environment, never argv, which `ps` shows). */
+  constructor(base: string, bearer?: string) {
     this.#base = base.replace(/\/+$/, '')
+    this.#credentials = bearer === undefined || bearer === '' ? {} : { authorization: `Bearer ${bearer}` }
   }
 
   async call(method: string, path: string, options: { headers?: Record<string, string>; body?: unknown; okStatuses?: readonly number[] } = {}): Promise<Reply> {
@@ -29,7 +32,7 @@ export class RouterClient {
     try {
       res = await request(`${this.#base}${path}`, {
         method: method as 'GET',
-        headers: { accept: 'application/json', ...(options.body === undefined ? {} : { 'content-type': 'application/json' }), ...options.headers },
+        headers: { accept: 'application/json', ...this.#credentials, ...(options.body === undefined ? {} : { 'content-type': 'application/json' }), ...options.headers },
         body: options.body === undefined ? null : JSON.stringify(options.body),
         signal: AbortSignal.timeout(330_000),
       })

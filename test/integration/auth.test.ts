@@ -2,6 +2,7 @@ import t from 'tap'
 import { join } from 'node:path'
 import { call, kitchenToken, startRouter, type Reply, type Router, type Teardown } from '../fixtures/router.ts'
 import { AUDIENCE, ISSUER, mint, signingKey, writeJwks, type SigningKey } from '../fixtures/jwt.ts'
+import { runCli } from '../../src/cli.ts'
 
 interface JwtRouter extends Router {
   readonly key: SigningKey
@@ -273,3 +274,21 @@ t.test('the admin API on its own listener: the main one serves the data path and
   t.equal((await call(`${admin}/apps/${serviceId}`, { method: 'PUT' })).status, 405)
 })
 
+
+t.test('maitre’s own CLI authenticates to a JWT router with MAITRE_AUTH_TOKEN', async (t) => {
+  const router = await startJwtRouter(t)
+  await post(router, 'alice', { token: 'shop', ...kitchenToken() })
+  const run = async (env: Record<string, string>): Promise<{ code: number; out: string; err: string }> => {
+    const out: string[] = []
+    const err: string[] = []
+    const code = await runCli(['token', 'list', '--json', '--router', router.url], env, { out: (s) => void out.push(s), err: (s) => void err.push(s), stopSignal: () => Promise.resolve() })
+    return { code, out: out.join(''), err: err.join('') }
+  }
+  const anonymous = await run({})
+  t.equal(anonymous.code, 1)
+  t.match(anonymous.err, /401: Authentication required/)
+  const bearer = (await router.as('alice'))['authorization']?.slice('Bearer '.length) as string
+  const listed = await run({ MAITRE_AUTH_TOKEN: bearer })
+  t.equal(listed.code, 0, listed.err)
+  t.same((JSON.parse(listed.out) as { token: string; owner: string }[]).map((x) => [x.token, x.owner]), [['shop', 'alice']])
+})
