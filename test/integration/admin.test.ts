@@ -152,3 +152,16 @@ t.test('Waiter’s kill: DELETE /apps/{id} stops the version, it leaves /apps, r
   t.equal(again.status, 200, 'the token starts it afresh on the next request')
   t.equal(again.headers['x-maitre-cold-start'], 'true')
 })
+
+t.test('Waiter’s run-as rule under one-user authentication: another run-as-user takes admin mode (the CLI’s --admin), as it does for everyone', async (t) => {
+  const router = await startRouter(t, { 'auth.user': 'alice' })
+  const post = (body: Record<string, unknown>, query = '', headers: Record<string, string> = {}) =>
+    call(`${router.url}/token${query}`, { method: 'POST', headers: { 'content-type': 'application/json', 'if-match': '', ...headers }, body: JSON.stringify(body) })
+  const refused = await post({ token: 'batch', ...kitchenToken(), 'run-as-user': 'bob' })
+  t.equal(refused.status, 403)
+  t.match(refused.json(), { 'waiter-error': { message: "Authenticated user 'alice' cannot run as user 'bob'", 'error-class': 'waiter.RunAsForbidden' } })
+  t.equal((await post({ token: 'batch', ...kitchenToken(), 'run-as-user': 'alice' })).status, 200, 'as oneself')
+  const adminMode = await post({ token: 'batch2', ...kitchenToken(), 'run-as-user': 'bob' }, '?update-mode=admin')
+  t.equal(adminMode.status, 200, 'the one-user principal is an admin, and said so')
+  t.equal((await call(`${router.url}/token?token=batch2`)).json()['run-as-user'], 'bob')
+})
