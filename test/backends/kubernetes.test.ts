@@ -5,9 +5,10 @@
  * credentials, and the pure readings of pods.
  */
 import t from 'tap'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { request } from 'undici'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
@@ -53,19 +54,33 @@ function spec(serviceId: string, overrides: Partial<LaunchSpec> = {}): LaunchSpe
 async function setup(
   t: Parameters<typeof startRouter>[0],
   options: { api?: KubeApiOptions; sim?: Partial<SimulatorOptions> } = {},
-): Promise<{ sim: Simulator; api: KubeApi; backend: KubernetesBackend }> {
-  const dir = t.testdir()
-  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, ...options.sim })
+): Promise<{ sim: Simulator; api: KubeApi; backend: KubernetesBackend; kubeconfig: string }> {
+  // The cluster's own directory (its pods' working directories and logs), removed only once the
+  // simulator has stopped every pod. Not t.testdir(): tap removes a test's fixture directory
+  // before it runs the test's teardowns, so pods would still be writing in it (rimraf then fails
+  // with ENOTEMPTY, and tap skips the teardowns: the simulator and its pods are left running and
+  // the file hangs until tap's timeout); and a second t.testdir() in the test would wipe it.
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-k8s-test-'))
+  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, ...options.sim }).catch((err: unknown) => {
+    rmSync(dir, { recursive: true, force: true })
+    throw err
+  })
   const { low, release } = claimPortSlice()
-  const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}), options.api)
+  const kubeconfig = writeKubeconfig(dir, sim.url)
+  const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig }, {}), options.api)
   const log = process.env['MAITRE_TEST_LOG_DIR'] === undefined ? silentLogger : createLogger('trace', createWriteStream(join(process.env['MAITRE_TEST_LOG_DIR'], `k8s-${low}.log`)))
   const backend = new KubernetesBackend({ ...K8S, api, cluster: 'test', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log })
   t.teardown(async () => {
-    await backend.close()
-    await sim.close()
-    release()
+    try {
+      await backend.close()
+    } finally {
+      // The cluster goes whatever the backend's close did; its directory only once no pod is left.
+      await sim.close()
+      release()
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
-  return { sim, api, backend }
+  return { sim, api, backend, kubeconfig }
 }
 
 const healthy = (backend: KubernetesBackend, id: string): number => backend.state(id)?.instances.filter((i) => i.healthy).length ?? 0
@@ -216,11 +231,11 @@ t.test('while its delete is in flight, a service is neither scaled nor half recr
 })
 
 t.test('a router that starts later adopts the ReplicaSets already in the cluster', async (t) => {
-  const { sim, backend } = await setup(t)
+  const { backend, kubeconfig } = await setup(t)
   await backend.ensureService(spec('svc-d'))
   await backend.scale('svc-d', 2)
   await waitFor('two ready pods', () => (healthy(backend, 'svc-d') === 2 ? true : undefined), 10000)
-  const next = new KubernetesBackend({ ...K8S, api: new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(t.testdir(), sim.url) }, {})), cluster: 'test', podBasePort: 1, clock: systemClock, log: silentLogger })
+  const next = new KubernetesBackend({ ...K8S, api: new KubeApi(kubeConnection({ ...K8S, kubeconfig }, {})), cluster: 'test', podBasePort: 1, clock: systemClock, log: silentLogger })
   t.teardown(() => next.close())
   await next.ready()
   t.equal(next.state('svc-d')?.requested, 2, 'requested from the ReplicaSet')
