@@ -14,6 +14,8 @@
  */
 import t, { type Test } from 'tap'
 import { join } from 'node:path'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import type { Backend, Instance } from '../../src/backends/backend.ts'
 import { DEPLOYMENT_ERRORS } from '../../src/backends/deployment-error.ts'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
@@ -65,33 +67,47 @@ const BACKENDS: Record<'memory' | 'local' | 'kubernetes', (t: Test) => Promise<H
 
   async local(t) {
     const { low, release } = claimPortSlice()
+    // Not t.testdir(): tap removes that before the teardown below has stopped the instances.
+    const dir = mkdtempSync(join(tmpdir(), 'maitre-contract-local-'))
     const backend = new LocalBackend({
       ...DEFAULTS.backend.local,
-      workDir: join(t.testdir(), 'instances'),
+      workDir: join(dir, 'instances'),
       portRange: [low, low + 99],
       minSigkillDelayMs: 200,
       clock: systemClock,
       log: silentLogger,
     })
     t.teardown(async () => {
-      await backend.close()
-      release() // only once its instances are gone
+      try {
+        await backend.close()
+      } finally {
+        release() // only once its instances are gone
+        rmSync(dir, { recursive: true, force: true })
+      }
     })
     return { backend, real: true, closeStops: true, cluster: undefined }
   },
 
   async kubernetes(t) {
-    const dir = t.testdir()
-    const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
+    // Not t.testdir(): tap removes that before it runs the teardowns, while pods still write in it.
+    const dir = mkdtempSync(join(tmpdir(), 'maitre-contract-k8s-'))
+    const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 }).catch((err: unknown) => {
+      rmSync(dir, { recursive: true, force: true })
+      throw err
+    })
     // Pods have their own IPs; a port slice of our own still keeps them off other tests' instances.
     const { low, release } = claimPortSlice()
     const K8S = DEFAULTS.backend.kubernetes
     const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}))
     const backend = new KubernetesBackend({ ...K8S, api, cluster: 'contract', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log: silentLogger })
     t.teardown(async () => {
-      await backend.close()
-      await sim.close() // the cluster under it last: close() leaves the pods running
-      release()
+      try {
+        await backend.close()
+      } finally {
+        await sim.close() // the cluster under it last: close() leaves the pods running
+        release()
+        rmSync(dir, { recursive: true, force: true })
+      }
     })
     const objects = (serviceId: string): string[] =>
       (['replicasets', 'pods'] as const).flatMap((resource) =>
