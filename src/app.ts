@@ -198,7 +198,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       tokens,
       activator,
       parametersOf: (record) => parameters.ofRecord(record),
-      serviceIdOfToken: (token) => resolver.serviceIdOfToken(token),
+      serviceIdOfToken: (token, requester) => resolver.serviceIdOfToken(token, requester),
       forgetVersion: (serviceId) => memory.collected(serviceId),
       onCollected: async (serviceId, reason) => {
         metrics.gcDeletions.inc({ reason })

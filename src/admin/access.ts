@@ -2,27 +2,21 @@
 import type { Principal } from '../auth/authenticator.ts'
 import { assertMayManageService } from '../auth/rules.ts'
 import type { ServiceRecord } from '../versions/registry.ts'
-import type { Tokens } from '../versions/tokens.ts'
 
 /**
- * A version's managers: the user it runs as; one that runs as its requester (no run-as-user in
- * its description) is managed by the owners of the tokens it was reached through.
+ * A version's managers: the user it runs as. (A token that runs as its requester gives each
+ * requester a version of its own, run as that requester.) A version recorded before run-as was
+ * part of every version names nobody: only admins manage it.
  */
-export function serviceManagers(record: ServiceRecord, tokens: Pick<Tokens, 'get'>): Set<string> {
+export function serviceManagers(record: ServiceRecord): Set<string> {
   const runAs = record.core['run-as-user']
-  if (typeof runAs === 'string' && runAs !== '*') return new Set([runAs])
-  const owners = new Set<string>()
-  for (const source of record.sources) {
-    const owner = tokens.get(source.token, true)?.['owner']
-    if (typeof owner === 'string') owners.add(owner)
-  }
-  return owners
+  return typeof runAs === 'string' && runAs !== '*' ? new Set([runAs]) : new Set()
 }
 
-export function mayManage(who: Principal, record: ServiceRecord, tokens: Pick<Tokens, 'get'>): boolean {
-  return who.admin || serviceManagers(record, tokens).has(who.user)
+export function mayManage(who: Principal, record: ServiceRecord): boolean {
+  return who.admin || serviceManagers(record).has(who.user)
 }
 
-export function assertManages(who: Principal, record: ServiceRecord, tokens: Pick<Tokens, 'get'>): void {
-  assertMayManageService(who, serviceManagers(record, tokens), record.id)
+export function assertManages(who: Principal, record: ServiceRecord): void {
+  assertMayManageService(who, serviceManagers(record), record.id)
 }

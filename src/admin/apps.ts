@@ -125,7 +125,7 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
       return actual !== undefined && typeof actual !== 'object' && match(String(actual))
     })
   // Waiter lists only the versions the caller may manage (admins see all).
-  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec) && mayManage(who, rec, deps.tokens))
+  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec) && mayManage(who, rec))
   records.sort((a, b) => a.createdAt - b.createdAt)
   sendJson(r.res, 200, records.map((rec) => summary(rec, deps)), r.cid)
 }
@@ -134,7 +134,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
   const record = deps.registry.get(serviceId)
   if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
-    assertManages(who, record, deps.tokens)
+    assertManages(who, record)
     // Checked before anything stops: a bad timeout is the caller's 400, and nothing is deleted.
     const timeoutParam = r.url.searchParams.get('timeout')
     const timeoutMs = timeoutParam === null ? 0 : Number(timeoutParam)

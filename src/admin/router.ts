@@ -91,7 +91,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/tokens':
           return handleTokens(r, deps)
         case '/token-history':
-          return handleTokenHistory(r, deps)
+          return handleTokenHistory(r, who, deps)
         case '/waiter-ping':
           return await handlePing(r, who, deps)
         case '/service-id':
@@ -156,7 +156,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         const record = deps.registry.get(serviceId)
         if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
         // Reading a version's overrides is anyone's; changing anything about it, or reading its logs, is its managers'.
-        if (!(sub[2] === 'override' && req.method === 'GET')) assertManages(who, record, deps.tokens)
+        if (!(sub[2] === 'override' && req.method === 'GET')) assertManages(who, record)
         switch (sub[2]) {
           case 'override':
             return await handleOverride(r, serviceId, who, deps)

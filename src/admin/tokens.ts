@@ -3,6 +3,7 @@ import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import { hostWithoutPort } from '../versions/resolve.ts'
 import { serviceIdOf } from '../versions/service-id.ts'
+import { runAsRequester } from '../versions/resolve.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
@@ -114,7 +115,7 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
   sendJson(r.res, 200, list, r.cid)
 }
 
-export function handleTokenHistory(r: AdminRequest, deps: TokenApiDeps): void {
+export function handleTokenHistory(r: AdminRequest, who: Principal, deps: TokenApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const name = r.url.searchParams.get('token') ?? ''
   const history = deps.tokens.history(name)
@@ -122,8 +123,11 @@ export function handleTokenHistory(r: AdminRequest, deps: TokenApiDeps): void {
   const length = Number.parseInt(r.url.searchParams.get('length') ?? '', 10)
   const entries = history.map((data) => {
     const description = serviceFields(data)
+    // A token that runs as its requester has a version per requester: the caller's is shown.
+    const runs = { ...description }
+    runAsRequester(runs, who)
     return {
-      'service-id': serviceIdOf(description, deps.serviceIdPrefix),
+      'service-id': serviceIdOf(runs, deps.serviceIdPrefix),
       'service-description': description,
       'source-component': 'token',
       'update-time': isoTime(data['last-update-time']) ?? null,

@@ -15,7 +15,14 @@ export interface Principal {
    * Unset for principals no request carried (internal callers, unit tests).
    */
   readonly method?: 'one-user' | 'jwt' | 'cookie'
+  /** When the proof itself lapses (a JWT's exp, ms): a cookie never outlives it. */
+  readonly expiresAt?: number
+  /** Nobody proved anything: only tokens with authentication disabled serve such a caller. */
+  readonly anonymous?: true
 }
+
+/** The caller of a service whose token turned authentication off. */
+export const ANONYMOUS: Principal = Object.freeze({ user: '', admin: false, anonymous: true })
 
 export interface Authenticator {
   readonly kind: string

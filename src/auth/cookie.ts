@@ -21,6 +21,8 @@ const REISSUE_AFTER_MS = 60_000
 const MAX_SEALED_CHARS = 2048
 /** Sealed values remembered once opened, so a cookie is decrypted once, not on every request. */
 const OPENED_CACHE_ENTRIES = 10_000
+/** x-waiter-auth values of one request that are opened at most. */
+const MAX_COOKIES_TRIED = 4
 const VERSION = 1
 const IV_BYTES = 12
 const TAG_BYTES = 16
@@ -35,7 +37,7 @@ export interface CookiePrincipal {
 export class AuthCookies {
   readonly #key: Buffer
   readonly #clock: Clock
-  readonly #issued = new Map<string, { readonly headers: readonly string[]; readonly at: number }>()
+  readonly #issued = new Map<string, { readonly headers: readonly string[]; readonly at: number; readonly expiresAt: number }>()
   readonly #opened = new LRUCache<string, CookiePrincipal>({ max: OPENED_CACHE_ENTRIES })
 
   constructor(routerSecret: string, clock: Clock) {
@@ -43,21 +45,25 @@ export class AuthCookies {
     this.#clock = clock
   }
 
-  /** The Set-Cookie values that let `user` skip authentication for a day. */
-  issue(user: string, kind: string): readonly string[] {
+  /**
+   * The Set-Cookie values that let `user` skip authentication for a day, or until `notAfter`
+   * (the proof's own expiry, a JWT's exp) if that comes first: a cookie never outlives its proof.
+   */
+  issue(user: string, kind: string, notAfter = Number.POSITIVE_INFINITY): readonly string[] {
     const now = this.#clock.now()
-    const cached = this.#issued.get(`${kind}:${user}`)
-    if (cached !== undefined && now - cached.at < REISSUE_AFTER_MS) return cached.headers
-    const expiresAt = now + COOKIE_MAX_AGE_SECS * 1000
+    const key = `${kind}:${user}`
+    const cached = this.#issued.get(key)
+    if (cached !== undefined && now - cached.at < REISSUE_AFTER_MS && cached.expiresAt <= notAfter) return cached.headers
+    const expiresAt = Math.min(now + COOKIE_MAX_AGE_SECS * 1000, notAfter)
+    const maxAge = Math.max(0, Math.floor((expiresAt - now) / 1000))
     const sealed = this.seal({ user, expiresAt, kind })
-    const expiresSecs = Math.floor(expiresAt / 1000)
     const headers = [
-      `${AUTH_COOKIE}=${sealed}; Max-Age=${COOKIE_MAX_AGE_SECS}; Path=/; HttpOnly; SameSite=Lax`,
-      `${EXPIRES_AT_COOKIE}=${expiresSecs}; Max-Age=${COOKIE_MAX_AGE_SECS}; Path=/`,
+      `${AUTH_COOKIE}=${sealed}; Max-Age=${maxAge}; Path=/; HttpOnly; SameSite=Lax`,
+      `${EXPIRES_AT_COOKIE}=${Math.floor(expiresAt / 1000)}; Max-Age=${maxAge}; Path=/`,
     ]
-    // Bounded by the principals seen in a minute: stale entries go on the next issue after it.
+    // Bounded: past the cap the map starts over (each entry is only a shortcut).
     if (this.#issued.size >= OPENED_CACHE_ENTRIES) this.#issued.clear()
-    this.#issued.set(`${kind}:${user}`, { headers, at: now })
+    this.#issued.set(key, { headers, at: now, expiresAt })
     return headers
   }
 
@@ -71,7 +77,8 @@ export class AuthCookies {
   /** The principal a request's cookie names, if it carries a valid, unexpired one. */
   fromRequest(cookieHeader: string | undefined): CookiePrincipal | undefined {
     if (cookieHeader === undefined || !cookieHeader.includes(AUTH_COOKIE)) return undefined
-    for (const value of cookieValues(cookieHeader, AUTH_COOKIE)) {
+    // A browser sends one; a few more (several paths or domains) are tried, never a header full.
+    for (const value of cookieValues(cookieHeader, AUTH_COOKIE).slice(0, MAX_COOKIES_TRIED)) {
       const principal = this.open(value)
       if (principal !== undefined) return principal
     }

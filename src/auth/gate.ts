@@ -39,6 +39,6 @@ export class AuthGate {
   /** Set-Cookie values for a caller that proved itself afresh; undefined for one that came with a cookie. */
   cookiesFor(principal: Principal): readonly string[] | undefined {
     if (principal.method === undefined || principal.method === 'cookie') return undefined
-    return this.#cookies.issue(principal.user, this.#authenticator.kind)
+    return this.#cookies.issue(principal.user, this.#authenticator.kind, principal.expiresAt)
   }
 }

@@ -136,10 +136,11 @@ export function jwtAuthenticator(options: JwtOptions, clock: Clock): Authenticat
         throw unauthorized(`Invalid bearer token (${code})`, code, true)
       }
       const subject = payload[options.subjectClaim]
-      if (typeof subject !== 'string' || subject.trim() === '' || subject.length > MAX_PRINCIPAL_CHARS || /[\x00-\x1f\x7f]/.test(subject)) {
-        throw unauthorized(`The bearer token's ${options.subjectClaim} claim does not name a principal`, 'no-principal', true)
+      // Printable ASCII: the principal travels in HTTP headers to instances, which carry nothing else safely.
+      if (typeof subject !== 'string' || subject.trim() === '' || subject.length > MAX_PRINCIPAL_CHARS || !/^[\x20-\x7e]+$/.test(subject)) {
+        throw unauthorized(`The bearer token's ${options.subjectClaim} claim does not name a principal (1 to ${MAX_PRINCIPAL_CHARS} printable ASCII characters)`, 'no-principal', true)
       }
-      return { user: subject, admin: options.admins.has(subject), method: 'jwt' }
+      return { user: subject, admin: options.admins.has(subject), method: 'jwt', expiresAt: (payload.exp as number) * 1000 }
     },
   }
 }

@@ -42,6 +42,17 @@ export function assertMayRunAs(who: Principal, runAsUser: unknown, adminMode: bo
   })
 }
 
+/**
+ * Waiter's check when a request arrives: the caller must be able to run as the version's
+ * run-as-user, unless one token it named vouches for it (see the resolver's preauthorized tokens).
+ */
+export function assertMayRunService(who: Principal, runAsUser: unknown, serviceId: string): void {
+  if (runAsUser === who.user || who.admin) return
+  throw new MaitreError('MAITRE_CANNOT_RUN_AS', 'Authenticated user cannot run service', {
+    details: { rule: 'run-as', 'run-as-user': runAsUser, 'service-id': serviceId },
+  })
+}
+
 /** `permitted-user` decides who may call a version: `*` is anyone authenticated. */
 export function assertMayInvoke(who: Principal, permittedUser: unknown, serviceId: string): void {
   if (permittedUser === undefined || permittedUser === '*' || permittedUser === who.user || who.admin) return

@@ -4,14 +4,13 @@
  * becomes a Waiter error response; a response already under way is cut instead.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { Principal } from '../auth/authenticator.ts'
+import { ANONYMOUS, type Principal } from '../auth/authenticator.ts'
 import type { AuthGate } from '../auth/gate.ts'
-import { assertMayInvoke } from '../auth/rules.ts'
 import type { InstanceTracker, Lease } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { ActivationRequest, Activator } from '../scaler/activator.ts'
-import { hostWithoutPort, type Resolution, type Resolver } from '../versions/resolve.ts'
+import { hostWithoutPort, type Resolution, type ResolvedRequest, type Resolver } from '../versions/resolve.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
@@ -81,7 +80,15 @@ function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, perio
   const latest = resolution
   const starting = deps.activator.ensure(activationOf(latest, deps))
   starting?.catch((err: unknown) => deps.log.warn({ err, service: latest.serviceId }, 'starting the new version failed'))
-  return { ...deps.resolver.byServiceId(target, who), source: latest.source, tokenMetadata: latest.tokenMetadata }
+  let previous: Resolution
+  try {
+    // The previous version is judged on its own: a caller it does not admit is not served by it.
+    previous = deps.resolver.byServiceId(target, who)
+  } catch (err) {
+    if (err instanceof MaitreError && err.status < 500) return resolution
+    throw err
+  }
+  return { ...previous, source: latest.source, tokenMetadata: latest.tokenMetadata, authenticationDisabled: latest.authenticationDisabled }
 }
 
 /** What the activator needs to start (and record) the version a request resolved to. */
@@ -94,33 +101,28 @@ export function activationOf(resolution: Resolution, deps: Pick<ProxyDeps, 'para
   }
 }
 
-/** Who calls a service that is served without authentication: nobody in particular. */
-const ANONYMOUS: Principal = Object.freeze({ user: '', admin: false })
-
 /**
  * A caller that could not be authenticated may still call a token whose owner turned
- * authentication off (`authentication: disabled`, which Waiter allows only with permitted-user
- * `*` and an explicit run-as-user), and gets its maintenance answer or its https redirect; for
- * anything else the authentication failure stands, and says nothing about what the request named.
+ * authentication off (one token, `authentication: disabled`, permitted-user `*`, its own
+ * run-as-user: the resolver decides, before it records anything), and gets a token's
+ * maintenance answer or https redirect; for anything else the authentication failure stands,
+ * and says nothing about what the request named.
  */
-async function withoutAuthentication(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<Principal> {
+async function resolveAnonymously(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<ResolvedRequest> {
   if (!(authFailure instanceof MaitreError) || authFailure.code !== 'MAITRE_UNAUTHORIZED') throw authFailure
-  let resolution: Resolution
+  assertHttpsOrRedirect(req, deps.resolver.tokenMetadataOf(req.headers))
   try {
-    resolution = (await deps.resolver.resolve(req.headers, ANONYMOUS)).resolution
+    const resolving = deps.resolver.resolve(req.headers, ANONYMOUS)
+    return resolving instanceof Promise ? await resolving : resolving
   } catch (err) {
     if (err instanceof MaitreError && err.code === 'MAITRE_MAINTENANCE') throw err
     throw authFailure
   }
-  assertHttpsOrRedirect(req, resolution)
-  const effective = resolution.effective
-  if (effective['authentication'] === 'disabled' && effective['permitted-user'] === '*' && typeof resolution.core['run-as-user'] === 'string') return ANONYMOUS
-  throw authFailure
 }
 
 /** Waiter's https-redirect: a plain-HTTP request to such a token is sent to its https URL (301 for GET and HEAD, else 307). */
-export function assertHttpsOrRedirect(req: IncomingMessage, resolution: Resolution): void {
-  if (resolution.tokenMetadata['https-redirect'] !== true) return
+export function assertHttpsOrRedirect(req: IncomingMessage, tokenMetadata: Readonly<Record<string, unknown>>): void {
+  if (tokenMetadata['https-redirect'] !== true) return
   if (requestProto(req.headers) === 'https') return
   const host = req.headers.host ?? ''
   const location = `https://${hostWithoutPort(host)}${req.url ?? '/'}`
@@ -203,19 +205,23 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (isPreflight(req.method, req.headers)) return answerPreflight(req, res, cid, deps)
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
       let who: Principal
+      let resolved: ResolvedRequest | undefined
       try {
         const authenticated = deps.auth.authenticate(req)
         who = authenticated instanceof Promise ? await authenticated : authenticated
       } catch (err) {
-        who = await withoutAuthentication(req, deps, err)
+        resolved = await resolveAnonymously(req, deps, err)
+        who = ANONYMOUS
       }
-      const anonymous = who === ANONYMOUS
+      const anonymous = who.anonymous === true
       if (!anonymous) principal = who.user
-      const resolving = deps.resolver.resolve(req.headers, who)
-      const resolved = resolving instanceof Promise ? await resolving : resolving
+      if (resolved === undefined) {
+        // The resolver also decides who may run and call the version (run-as, permitted-user).
+        const resolving = deps.resolver.resolve(req.headers, who)
+        resolved = resolving instanceof Promise ? await resolving : resolving
+      }
       const perRequest = resolved.headers.perRequest
-      assertHttpsOrRedirect(req, resolved.resolution)
-      if (!anonymous) assertMayInvoke(who, resolved.resolution.effective['permitted-user'], resolved.resolution.serviceId)
+      assertHttpsOrRedirect(req, resolved.resolution.tokenMetadata)
       const cors = corsHeadersFor(req, resolved.resolution)
       if (cors !== undefined) for (const [name, value] of Object.entries(cors)) res.setHeader(name, value)
       resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
@@ -241,7 +247,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         clientAddress: req.socket.remoteAddress ?? '',
         proto: 'http',
         authorization: deps.launchSpecOf(current).authorization,
-        principal: anonymous ? undefined : who.user,
+        // Waiter: a service served without authentication hears of no principal, even one who proved itself.
+        principal: anonymous || current.authenticationDisabled ? undefined : who.user,
       })
       // Ask until the version runs; the slot is then taken in the same turn, so a garbage
       // collection can never slip between "it runs" and "this request holds a slot in it".

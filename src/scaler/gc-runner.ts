@@ -37,7 +37,8 @@ export interface GcDeps {
   readonly activator: Pick<Activator, 'collect'>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
   /** The service a token's current description runs as (undefined if it cannot run on its own). */
-  readonly serviceIdOfToken?: (token: TokenData) => string | undefined
+  /** The version a token runs (a token that runs as its requester: `requester`'s version). */
+  readonly serviceIdOfToken?: (token: TokenData, requester?: string) => string | undefined
   /** Drops what is derived from the version's record (cached resolutions, overrides); called before the backend delete. */
   readonly forgetVersion: (serviceId: string) => Promise<void> | void
   /** Called after a version is collected (counting, metric series). */
@@ -237,7 +238,7 @@ export class GcRunner {
         }
         // Current if the token is still at that version, or was edited without changing what
         // runs (a timeout, the owner) and so still resolves to this service.
-        if (tokenEtag(token) === source.etag || this.#deps.serviceIdOfToken?.(token) === record.id) {
+        if (tokenEtag(token) === source.etag || this.#deps.serviceIdOfToken?.(token, typeof record.core['run-as-user'] === 'string' ? record.core['run-as-user'] : undefined) === record.id) {
           current = true
           break
         }

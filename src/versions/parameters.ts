@@ -3,7 +3,7 @@
  * except max-queue-length 1000) and the friendly messages a violation produces. This table is the
  * single source for validation, defaults, overrides and the JSON Schema test.
  */
-import { corsRulesProblem } from '../http/cors.ts'
+import { corsRulesShapeProblem } from '../http/cors-shape.ts'
 
 export type ParamValue = string | number | boolean | readonly string[] | Readonly<Record<string, string>>
 export type Params = Readonly<Record<string, unknown>>
@@ -197,7 +197,11 @@ interface MetadataRow {
   default?: ParamValue
 }
 
-const corsRulesCheck: Check = (n, v) => corsRulesProblem(n, v)
+/**
+ * The shape of cors-rules (a list of up to 100 objects with pattern strings and methods). Their
+ * patterns are compiled where a token is written (versions/tokens.ts): this table stays pure.
+ */
+const corsRulesCheck: Check = (n, v) => corsRulesShapeProblem(n, v)
 
 const TOKEN_METADATA_ROWS: Readonly<Record<string, MetadataRow>> = {
   owner: { check: nonBlank },

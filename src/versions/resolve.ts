@@ -6,7 +6,7 @@
 import { LRUCache } from 'lru-cache'
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
-import { assertMayRunAs } from '../auth/rules.ts'
+import { assertMayInvoke, assertMayRunAs, assertMayRunService } from '../auth/rules.ts'
 import { assertRunnable, coreParameters, effectiveParameters, misconfigured, validateParameters } from './descriptor.ts'
 import type { TokenData } from './token-store.ts'
 import { TOKEN_METADATA } from './parameters.ts'
@@ -28,6 +28,11 @@ export interface Resolution {
   /** Earlier versions of the token to route to while this one has no healthy instance, until `until`. */
   /** Waiter's fallback window: from the token's last update (`since`) until `until`, to these versions. */
   readonly fallback: { readonly since: number; readonly until: number; readonly serviceIds: readonly string[] } | undefined
+  /**
+   * Reached through one token that itself says `authentication: disabled` (with permitted-user
+   * `*` and its own run-as-user) and nothing else: served to callers who prove nothing.
+   */
+  readonly authenticationDisabled: boolean
 }
 
 export interface ResolvedRequest {
@@ -128,10 +133,16 @@ export class Resolver {
     return metadata
   }
 
-  /** The service a token's own description runs as, or undefined when it is not a complete one. */
-  serviceIdOfToken(data: TokenData): string | undefined {
+  /**
+   * The service a token's own description runs as, or undefined when it is not a complete one.
+   * A token that runs as its requester has one version per requester: `requester` says whose.
+   */
+  serviceIdOfToken(data: TokenData, requester?: string): string | undefined {
     const fields = serviceFields(data)
-    if (fields['run-as-user'] === '*') delete fields['run-as-user'] // as #compute does
+    if (explicitUser(fields['run-as-user']) === undefined) {
+      if (requester === undefined) return undefined
+      runAsRequester(fields, { user: requester })
+    }
     const core = coreParameters(fields)
     return validateParameters(core, { requireComplete: true }).length === 0 ? serviceIdOf(core, this.#options.serviceIdPrefix) : undefined
   }
@@ -146,8 +157,15 @@ export class Resolver {
     for (const [key, resolution] of this.#cache.entries()) if (resolution.serviceId === serviceId) this.#cache.delete(key)
   }
 
-  /** A precise version, addressed by its id. */
+  /**
+   * A precise version, addressed by its id. Whoever recorded it was allowed to run it as its
+   * run-as-user (checked before anything is recorded), so a version that names both its
+   * run-as-user and its permitted-user is callable by its permitted users, as Waiter's
+   * ^SERVICE-ID# pseudo-token is; any other needs the caller to be able to run as it. The
+   * operational settings of its tokens (maintenance, https-redirect, cors-rules) still apply.
+   */
   byServiceId(serviceId: string, principal: Principal): Resolution {
+    if (principal.anonymous === true) throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous-by-id' } })
     const record = this.#registry.get(serviceId)
     if (record === undefined) {
       throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
@@ -155,14 +173,20 @@ export class Resolver {
     // A record written before today's rules (a health-check-url that names a host, say) runs
     // only if it still passes them.
     assertRunnable(record.core)
-    return {
-      serviceId,
-      core: record.core,
-      effective: withRunAsUser(record.core, principal),
-      source: undefined,
-      tokenMetadata: {},
-      fallback: undefined,
+    const vouched = explicitUser(record.core['run-as-user']) !== undefined && typeof record.core['permitted-user'] === 'string'
+    if (!vouched) assertMayRunService(principal, record.core['run-as-user'] ?? principal.user, serviceId)
+    const effective = withRunAsUser(record.core, principal)
+    assertMayInvoke(principal, effective['permitted-user'], serviceId)
+    const metadata: Record<string, unknown> = {}
+    for (const source of record.sources) {
+      const data = this.#tokens.get(source.token)
+      if (data === undefined) continue
+      for (const key of OPERATIONAL_METADATA) if (data[key] !== undefined) metadata[key] = data[key]
     }
+    if (metadata['maintenance'] !== undefined) {
+      throw new MaitreError('MAITRE_MAINTENANCE', (metadata['maintenance'] as { message: string }).message, { details: { 'service-id': serviceId } })
+    }
+    return { serviceId, core: record.core, effective, source: undefined, tokenMetadata: metadata, fallback: undefined, authenticationDisabled: false }
   }
 
   #compute(names: readonly string[], namedByHeader: boolean, waiter: WaiterHeaders, principal: Principal): Resolution {
@@ -186,6 +210,18 @@ export class Resolver {
     }
 
     const onTheFly = Object.keys(waiter.onTheFly).length > 0 || Object.keys(waiter.params).length > 0
+    // Waiter's preauthorized token: one token, nothing on the fly, whose own description names
+    // who it runs as and who may call it. Its writer was allowed to run as that user (checked
+    // at token write), so its callers need only be permitted; anything merged from several
+    // tokens or headers is judged as a whole, by who the caller may run as.
+    const only = names.length === 1 && !onTheFly ? this.#tokens.get(names[0] as string) : undefined
+    const own = only === undefined ? undefined : serviceFields(only)
+    const preauthorized = own !== undefined && explicitUser(own['run-as-user']) !== undefined && typeof own['permitted-user'] === 'string'
+    const authenticationDisabled = preauthorized && own['authentication'] === 'disabled' && own['permitted-user'] === '*'
+    if (principal.anonymous === true && !authenticationDisabled) {
+      // Decided before anything is recorded: a caller who proved nothing leaves no trace.
+      throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous' } })
+    }
     if (Object.keys(waiter.onTheFly).length > 0) {
       if (!this.#options.allowOnTheFly) {
         const fields = Object.keys(waiter.onTheFly)
@@ -216,27 +252,31 @@ export class Resolver {
       }
       merged['env'] = { ...((merged['env'] as Record<string, string> | undefined) ?? {}), ...waiter.params }
     }
-    if (merged['run-as-user'] === '*') delete merged['run-as-user']
     if (Object.keys(merged).length === 0) {
       throw new MaitreError('MAITRE_SERVICE_UNKNOWN', 'Unable to identify service using waiter headers/token', {
         details: { tokens: names, 'on-the-fly': onTheFly },
       })
     }
+    runAsRequester(merged, principal)
     assertRunnable(merged)
     const core = coreParameters(merged)
     const serviceId = serviceIdOf(core, this.#options.serviceIdPrefix)
+    if (!preauthorized) assertMayRunService(principal, core['run-as-user'], serviceId)
+    const effective = withRunAsUser(core, principal)
+    if (principal.anonymous !== true) assertMayInvoke(principal, effective['permitted-user'], serviceId)
     return {
       serviceId,
       core,
-      effective: withRunAsUser(core, principal),
+      effective,
       source: onTheFly ? undefined : source,
       tokenMetadata: metadata,
-      fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata) : undefined,
+      fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata, principal) : undefined,
+      authenticationDisabled,
     }
   }
 
   /** Waiter's fallback: the token's previous versions, for fallback-period-secs after its last update. */
-  #fallbackOf(token: string, serviceId: string, metadata: Readonly<Record<string, unknown>>): Resolution['fallback'] {
+  #fallbackOf(token: string, serviceId: string, metadata: Readonly<Record<string, unknown>>, principal: Principal): Resolution['fallback'] {
     const [current, ...previous] = this.#tokens.history(token)
     const updatedAt = current?.['last-update-time']
     if (typeof updatedAt !== 'number' || previous.length === 0) return undefined
@@ -244,7 +284,9 @@ export class Resolver {
     const serviceIds: string[] = []
     for (const data of previous) {
       if (data['deleted'] === true) continue
-      const id = serviceIdOf(coreParameters(serviceFields(data)), this.#options.serviceIdPrefix)
+      const fields = serviceFields(data)
+      runAsRequester(fields, principal)
+      const id = serviceIdOf(coreParameters(fields), this.#options.serviceIdPrefix)
       if (id !== serviceId && !serviceIds.includes(id)) serviceIds.push(id)
     }
     return serviceIds.length === 0 ? undefined : { since: updatedAt, until: updatedAt + periodSecs * 1000, serviceIds }
@@ -260,6 +302,24 @@ function mergeDescription(into: Record<string, unknown>, from: Readonly<Record<s
       into[key] = value
     }
   }
+}
+
+/** The token settings that govern a version however it is addressed, by token or by id. */
+const OPERATIONAL_METADATA = ['maintenance', 'https-redirect', 'cors-rules'] as const
+
+function explicitUser(value: unknown): string | undefined {
+  return typeof value === 'string' && value !== '*' ? value : undefined
+}
+
+/**
+ * Waiter's run-as-requester: a description that names no run-as-user (or `*`) runs as, and is
+ * reserved for, its requester. The requester is part of the version: each requester has its
+ * own, which only it (and admins) can call or manage.
+ */
+export function runAsRequester(fields: Record<string, unknown>, principal: Pick<Principal, 'user'>): void {
+  if (explicitUser(fields['run-as-user']) !== undefined) return
+  fields['run-as-user'] = principal.user
+  fields['permitted-user'] = principal.user
 }
 
 function withRunAsUser(core: Readonly<Record<string, unknown>>, principal: Principal): Record<string, unknown> {

@@ -7,6 +7,7 @@ import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import { assertAdmin, assertMayAssignOwner, assertMayDeleteToken, assertMayEditToken, assertMayRunAs, OWNER_ONLY_TOKEN_KEYS } from '../auth/rules.ts'
 import type { Clock } from '../clock.ts'
+import { corsRulesProblem } from '../http/cors.ts'
 import { misconfigured, validateParameters, type Issue } from './descriptor.ts'
 import { MAX_STRING_LENGTH, PARAMETERS, REQUIRED_PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from './parameters.ts'
 import { canonicalJson } from './service-id.ts'
@@ -147,6 +148,9 @@ export class Tokens {
     }
     issues.push(...validateParameters(body, { requireComplete: false }))
     if (body['authentication'] === 'disabled') issues.push(...authenticationDisabledIssues(body))
+    // The patterns themselves (the parameter table checked their shape): RE2 must compile each.
+    const cors = body['cors-rules'] === undefined || issues.some((i) => i.field === 'cors-rules') ? undefined : corsRulesProblem('cors-rules', body['cors-rules'])
+    if (cors !== undefined) issues.push({ field: 'cors-rules', message: cors })
     if (issues.length > 0) throw misconfigured(issues, { token: name })
     if (!Object.keys(body).some((k) => PARAMETERS.has(k) || (TOKEN_METADATA.has(k) && k !== 'owner'))) {
       throw new MaitreError('MAITRE_INVALID_TOKEN', `No parameters provided for ${name}`, { details: { token: name } })

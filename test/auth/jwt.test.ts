@@ -4,6 +4,7 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { IncomingMessage } from 'node:http'
 import { join } from 'node:path'
+import { SignJWT } from 'jose'
 import { jwtAuthenticator, type JwtOptions } from '../../src/auth/jwt.ts'
 import { oneUserAuthenticator } from '../../src/auth/authenticator.ts'
 import type { Authenticator } from '../../src/auth/authenticator.ts'
@@ -42,7 +43,7 @@ t.test('RS256, ES256 and EdDSA tokens from the JWKS file authenticate their subj
   const auth = jwtAuthenticator(options({ jwksFile: file }), clock)
   for (const key of keys) {
     const who = await auth.authenticate(request({ authorization: `Bearer ${await mint(key, { sub: `user-${key.alg}`, now: clock.now() })}` }))
-    t.same(who, { user: `user-${key.alg}`, admin: false, method: 'jwt' }, key.alg)
+    t.same(who, { user: `user-${key.alg}`, admin: false, method: 'jwt', expiresAt: (Math.floor(clock.now() / 1000) + 3600) * 1000 }, `${key.alg}, and the proof lapses with its exp`)
   }
   const admin = await auth.authenticate(request({ authorization: `bearer ${await mint(keys[0] as SigningKey, { sub: 'root', now: clock.now() })}` }))
   t.equal(admin.admin, true, 'a principal of auth.admins is an admin (and the scheme is case-insensitive)')
@@ -65,6 +66,8 @@ t.test('every way a token can be wrong is a 401 with a Bearer challenge, never a
     ['another issuer', { authorization: `Bearer ${await mint(key, { sub: 'alice', now, iss: 'https://evil.test' })}` }, 'ERR_JWT_CLAIM_VALIDATION_FAILED'],
     ['another audience', { authorization: `Bearer ${await mint(key, { sub: 'alice', now, aud: 'other' })}` }, 'ERR_JWT_CLAIM_VALIDATION_FAILED'],
     ['no subject', { authorization: `Bearer ${await mint(key, { now })}` }, 'no-principal'],
+    ['a subject headers cannot carry', { authorization: `Bearer ${await mint(key, { sub: 'алиса', now })}` }, 'no-principal'],
+    ['no expiry at all', { authorization: `Bearer ${await new SignJWT({ sub: 'alice' }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(ISSUER).setAudience(AUDIENCE).sign(key.privateKey)}` }, 'ERR_JWT_CLAIM_VALIDATION_FAILED'],
     ['garbage', { authorization: 'Bearer not.a.jwt' }, 'ERR_JWS_INVALID'],
   ]
   for (const [what, headers, reason] of cases) {

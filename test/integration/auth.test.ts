@@ -53,8 +53,11 @@ t.test('JWT: no or bad credentials are a 401 with a Bearer challenge and Waiter�
   const ok = await call(`${router.url}/tokens`, { headers: await router.as('alice') })
   t.equal(ok.status, 200)
   const setCookie = ok.headers['set-cookie'] as string[]
-  t.match(setCookie[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=86400; Path=\/; HttpOnly/)
-  t.match(setCookie[1], /^x-auth-expires-at=\d+; Max-Age=86400; Path=\/$/)
+  // The token lives an hour: the cookie lives no longer than its proof (at most a day).
+  const maxAge = Number(/Max-Age=(\d+)/.exec(setCookie[0] as string)?.[1])
+  t.match(setCookie[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=\d+; Path=\/; HttpOnly; SameSite=Lax$/)
+  t.ok(maxAge > 3500 && maxAge <= 3600, `Max-Age ${maxAge}: the JWT's remaining hour, not a day`)
+  t.match(setCookie[1], /^x-auth-expires-at=\d+; Max-Age=\d+; Path=\/$/)
   const cookie = (setCookie[0] as string).split(';')[0] as string
   const byCookie = await call(`${router.url}/token`, { method: 'POST', headers: { cookie, 'content-type': 'application/json' }, body: JSON.stringify({ token: 'mine', ...kitchenToken() }) })
   t.equal(byCookie.status, 200, 'the cookie alone authenticates')
@@ -249,8 +252,16 @@ t.test('CORS: preflights are answered before authentication by the token’s cor
   t.match(waiterError(apiPreflight), { status: 403, 'error-class': 'waiter.CorsPreflightForbidden' }, 'the API has no rules: other origins are refused')
   const apiCall = await call(`${router.url}/tokens`, { headers: { origin: 'https://app.example', ...auth } })
   t.match(waiterError(apiCall), { status: 403, 'error-class': 'waiter.CorsRequestForbidden' }, 'so a page elsewhere cannot spend a caller’s cookie on the API')
-  const badRule = await post(router, 'alice', { token: 'slow', ...kitchenToken(), 'cors-rules': [{ 'origin-regex': '(a+)+b' }] })
-  t.match(waiterError(badRule), { status: 400, message: /nests quantifiers/ }, 'a pattern that can backtrack without bound is refused at write')
+  const backref = await post(router, 'alice', { token: 'slow', ...kitchenToken(), 'cors-rules': [{ 'origin-regex': '(a)\\1' }] })
+  t.match(waiterError(backref), { status: 400, message: /origin-regex "\(a\)\\\\1" is not a valid regular expression \(RE2 syntax/ }, 'RE2 syntax: no backreferences')
+  // Patterns a backtracking engine takes seconds to minutes on (here, about 2^500 paths): RE2 is linear.
+  const slow = ['(a|a)*b', '(a+)+b', 'a*a*a*a*a*a*b', '.*.*.*.*.*.*=']
+  t.equal((await post(router, 'alice', { token: 'slow.example', ...kitchenToken(), 'permitted-user': '*', 'cors-rules': slow.map((p) => ({ 'origin-regex': p })) })).status, 200)
+  for (const origin of ['a'.repeat(500), `https://${'a'.repeat(490)}`]) {
+    const reply = await call(`${router.url}/x`, { method: 'OPTIONS', headers: { host: 'slow.example', origin, 'access-control-request-method': 'GET' } })
+    t.equal(reply.status, 403, `a ${origin.length}-character origin against ${slow.join(', ')}: answered, not stalled`)
+  }
+  t.equal((await call(`${router.url}/x`, { method: 'OPTIONS', headers: { host: 'slow.example', origin: `${'a'.repeat(400)}b`, 'access-control-request-method': 'GET' } })).status, 200, 'and matched where it should')
 })
 
 t.test('the admin API on its own listener: the main one serves the data path and health checks only; state changes refuse GET', async (t) => {
@@ -291,4 +302,85 @@ t.test('maitre’s own CLI authenticates to a JWT router with MAITRE_AUTH_TOKEN'
   const listed = await run({ MAITRE_AUTH_TOKEN: bearer })
   t.equal(listed.code, 0, listed.err)
   t.same((JSON.parse(listed.out) as { token: string; owner: string }[]).map((x) => [x.token, x.owner]), [['shop', 'alice']])
+})
+
+t.test('what a request merges is judged as a whole: tokens joined in x-waiter-token cannot lend each other run-as, permitted-user or authentication: disabled', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'private', ...kitchenToken({ env: { SECRET_FLAVOUR: 'alice-only' } }), 'run-as-user': 'alice', 'permitted-user': 'alice' })).status, 200)
+  t.equal((await post(router, 'bob', { token: 'opener', 'permitted-user': '*' })).status, 200)
+  const bobDirect = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'private', ...(await router.as('bob')) } })
+  t.match(waiterError(bobDirect), { status: 403, code: 'MAITRE_NOT_PERMITTED' })
+  const bobJoined = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'private,opener', ...(await router.as('bob')) } })
+  t.match(waiterError(bobJoined), { status: 403, code: 'MAITRE_CANNOT_RUN_AS', message: 'Authenticated user cannot run service' }, 'a later token’s permitted-user does not open an earlier token’s service to bob')
+
+  t.equal((await post(router, 'bob', { token: 'bobs', ...kitchenToken({ version: 'bob-v1' }), 'run-as-user': 'bob' })).status, 200)
+  t.equal((await post(router, 'alice', { token: 'mine', version: 'alice-v1' })).status, 200)
+  const aliceAsBob = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'bobs,mine', ...(await router.as('alice')) } })
+  t.match(waiterError(aliceAsBob), { status: 403, message: 'Authenticated user cannot run service' }, 'alice cannot run her changes as bob')
+  const aliceBobsAlone = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'bobs', ...(await router.as('alice')) } })
+  t.match(waiterError(aliceBobsAlone), { status: 403, message: 'Authenticated user cannot run service' }, 'bob’s token says who it runs as but not who may call it: only bob')
+
+  t.equal((await post(router, 'alice', { token: 'public', ...kitchenToken({ version: 'pub' }), authentication: 'disabled', 'permitted-user': '*', 'run-as-user': 'alice' })).status, 200)
+  t.equal((await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'public,bobs' } })).status, 401, 'an anonymous caller cannot ride a public token into bob’s')
+  t.equal((await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'bobs,public' } })).status, 401, 'in either order')
+  const info = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', ...(await router.as('bob')) } })
+  t.equal(info.json<{ headers: Record<string, string> }>().headers['x-waiter-auth-principal'], undefined, 'a public service hears of no principal, even one who proved itself')
+
+  t.equal((await post(router, 'alice', { token: 'params', ...kitchenToken({ version: 'p' }), 'allowed-params': ['FOO'], 'run-as-user': 'alice', 'permitted-user': '*' })).status, 200)
+  for (let i = 0; i < 5; i++) t.equal((await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'params', 'x-waiter-param-foo': `v${i}` } })).status, 401)
+  const recorded = (await call(`${router.url}/apps`, { headers: await router.as('root') })).json<{ 'service-description': Record<string, unknown> }[]>()
+  t.notOk(recorded.some((a) => JSON.stringify(a['service-description']).includes('"FOO"')), 'callers who proved nothing recorded no version')
+})
+
+t.test('a token that runs as its requester gives each requester a version of its own, run as them and managed by them alone', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'shared', ...kitchenToken(), 'permitted-user': '*' })).status, 200)
+  const idOf = async (user: string): Promise<string> => (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'shared', ...(await router.as(user)) } })).text
+  const alices = await idOf('alice')
+  const bobs = await idOf('bob')
+  t.not(alices, bobs, 'two requesters, two versions')
+  const env = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'shared', ...(await router.as('bob')) } })
+  t.equal(env.json()['USER'], 'bob', 'bob’s runs as bob')
+  const app = (await call(`${router.url}/apps/${bobs}`, { headers: await router.as('bob') })).json<{ 'service-description': Record<string, unknown> }>()
+  t.match(app['service-description'], { 'run-as-user': 'bob', 'permitted-user': 'bob' }, 'and says so')
+  t.match(waiterError(await call(`${router.url}/apps/${alices}`, { method: 'DELETE', headers: await router.as('bob') })), { status: 403, code: 'MAITRE_NOT_SERVICE_MANAGER' }, 'bob cannot stop alice’s, though his token is a copy')
+  t.match(waiterError(await call(`${router.url}/request-info`, { headers: { 'x-waiter-service-id': alices, ...(await router.as('bob')) } })), { status: 403, code: 'MAITRE_NOT_PERMITTED' }, 'nor call it by id')
+  const history = (await call(`${router.url}/token-history?token=shared`, { headers: await router.as('bob') })).json<{ 'service-id': string }[]>()
+  t.equal(history[0]?.['service-id'], bobs, 'the token’s history shows the caller’s own version')
+})
+
+t.test('a version addressed by id is still its tokens’: maintenance holds, and a fallback target admits only its own callers', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'mm', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': '*' })).status, 200)
+  const serviceId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'mm', ...(await router.as('alice')) } })).text
+  t.equal((await post(router, 'alice', { token: 'mm', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': '*', maintenance: { message: 'down for now' } })).status, 200)
+  for (const headers of [{ 'x-waiter-service-id': serviceId }, { 'x-waiter-token': `^SERVICE-ID#${serviceId}` }]) {
+    t.match(waiterError(await call(`${router.url}/request-info`, { headers: { ...headers, ...(await router.as('bob')) } })), { status: 503, 'error-class': 'waiter.Maintenance', message: 'down for now' })
+  }
+
+  t.equal((await post(router, 'alice', { token: 'fb', ...kitchenToken({ version: 'v1' }), 'run-as-user': 'alice', 'permitted-user': 'alice' })).status, 200)
+  const v1 = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'fb', 'x-waiter-debug': 'true', ...(await router.as('alice')) } })
+  t.equal(v1.status, 200)
+  // v2 never becomes healthy, opens the token to everyone: within the fallback period, v1 still serves.
+  t.equal((await post(router, 'alice', { token: 'fb', ...kitchenToken({ version: 'v2', cmd: 'exit 1' }), 'run-as-user': 'alice', 'permitted-user': '*', authentication: 'disabled' })).status, 200)
+  const aliceNow = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'fb', 'x-waiter-debug': 'true', ...(await router.as('alice')) } })
+  t.equal(aliceNow.headers['x-waiter-service-id'], v1.headers['x-waiter-service-id'], 'alice falls back to v1')
+  for (const [who, headers] of [['bob', await router.as('bob')], ['an anonymous caller', {}]] as const) {
+    const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'fb', 'x-waiter-debug': 'true', 'x-waiter-queue-timeout': '2000', ...headers } })
+    t.not(reply.status, 200, `${who} is not served by v1, which admits alice only`)
+    t.not(reply.headers['x-waiter-service-id'], v1.headers['x-waiter-service-id'])
+  }
+})
+
+t.test('with an admin listener, the main one still carries the routers’ peer calls; hard delete takes an admin', async (t) => {
+  const router = await startJwtRouter(t, { 'server.admin.host': '127.0.0.1', 'server.admin.port': 0 })
+  const peer = await call(`${router.url}/maitre-peer/wants`, { method: 'POST', body: '{}' })
+  t.equal(peer.status, 404, 'a single router has no peers, and says so from its peer handler')
+  t.match(peer.json(), { 'waiter-error': { code: 'MAITRE_NOT_FOUND', message: 'This router is not in a cluster: it has no peers' } })
+  const admin = router.app.adminUrl() as string
+  const created = await call(`${admin}/token`, { method: 'POST', headers: { 'content-type': 'application/json', ...(await router.as('alice')) }, body: JSON.stringify({ token: 'gone', ...kitchenToken() }) })
+  const etag = created.headers['etag'] as string
+  const hard = await call(`${admin}/token?token=gone&hard-delete=true`, { method: 'DELETE', headers: { 'if-match': etag, ...(await router.as('alice')) } })
+  t.match(waiterError(hard), { status: 403, code: 'MAITRE_ADMIN_ONLY', message: 'Cannot hard-delete token' }, 'the owner may not hard-delete')
+  t.equal((await call(`${admin}/token?token=gone&hard-delete=true`, { method: 'DELETE', headers: { 'if-match': etag, ...(await router.as('root')) } })).status, 200, 'an admin may')
 })
