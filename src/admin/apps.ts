@@ -9,7 +9,7 @@ import type { Coordination } from '../cluster/coordination.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Clock } from '../clock.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
-import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
+import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
 import { assertManages, mayManage } from './access.ts'
@@ -73,13 +73,26 @@ function endedInstance(i: EndedInstance): Record<string, unknown> {
   }
 }
 
+/** The token combinations a version was reached through (a record from before they were kept: its tokens, one each). */
+function sourceSetsOf(record: ServiceRecord): readonly (readonly TokenReference[])[] {
+  return record.sourceSets ?? record.sources.map((s) => [s])
+}
+
+/** Tokens whose current version still leads here. */
 function currentForTokens(record: ServiceRecord, tokens: Tokens): string[] {
-  return record.sources
-    .filter((s) => {
+  const current = new Set<string>()
+  for (const set of sourceSetsOf(record)) {
+    for (const s of set) {
       const data = tokens.get(s.token)
-      return data !== undefined && tokenEtag(data) === s.etag
-    })
-    .map((s) => s.token)
+      if (data !== undefined && tokenEtag(data) === s.etag) current.add(s.token)
+    }
+  }
+  return [...current].sort()
+}
+
+/** The description as it runs: the parameters given, with who it runs as and who may call it. */
+function describedAsRun(record: ServiceRecord): Record<string, unknown> {
+  return { ...record.core, 'permitted-user': record.core['permitted-user'] ?? '*' }
 }
 
 function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unknown> {
@@ -89,7 +102,7 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
   const core = record.core
   const out: Record<string, unknown> = {
     'service-id': record.id,
-    'service-description': core,
+    'service-description': describedAsRun(record),
     status: serviceStatus(state),
     'instance-counts': {
       'healthy-instances': healthy,
@@ -101,7 +114,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
       cpus: (state?.instances.length ?? 0) * (core['cpus'] as number),
       mem: (state?.instances.length ?? 0) * (core['mem'] as number),
     },
-    'source-tokens': record.sources,
+    // Waiter's shape: one list per token combination, each token at the version it had.
+    'source-tokens': sourceSetsOf(record).map((set) => set.map((s) => ({ token: s.token, version: s.etag }))),
     'current-for-tokens': currentForTokens(record, deps.tokens),
     url: `/apps/${record.id}`,
   }
@@ -114,7 +128,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
 export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
-  const given = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'include', 'effective-parameters'].includes(key))
+  const tokenVersion = r.url.searchParams.get('token-version')
+  const given = [...r.url.searchParams.entries()].filter(([key]) => !['token', 'token-version', 'include', 'effective-parameters'].includes(key))
   if (given.length > MAX_FILTERS) {
     throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
   }
@@ -124,10 +139,17 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
       const actual = path.reduce<unknown>((v, k) => (typeof v === 'object' && v !== null && Object.hasOwn(v, k) ? (v as Record<string, unknown>)[k] : undefined), rec.core)
       return actual !== undefined && typeof actual !== 'object' && match(String(actual))
     })
-  // Waiter lists only the versions the caller may manage (admins see all).
-  const records = deps.registry.all().filter((rec) => (token === null || rec.sources.some((s) => s.token === token)) && matches(rec) && mayManage(who, rec))
+  const reachedThrough = (rec: ServiceRecord, wanted: (s: TokenReference) => boolean): boolean => sourceSetsOf(rec).some((set) => set.some(wanted))
+  // Only the versions the caller may manage (admins see all). (Waiter also lists anyone's for
+  // ?run-as-user=; maitre does not show one user's versions to another.)
+  const records = deps.registry.all().filter((rec) =>
+    (token === null || reachedThrough(rec, (s) => s.token === token)) &&
+    (tokenVersion === null || reachedThrough(rec, (s) => s.etag === tokenVersion)) &&
+    matches(rec) &&
+    mayManage(who, rec))
   records.sort((a, b) => a.createdAt - b.createdAt)
-  sendJson(r.res, 200, records.map((rec) => summary(rec, deps)), r.cid)
+  const effective = r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true'
+  sendJson(r.res, 200, records.map((rec) => ({ ...summary(rec, deps), ...(effective ? { 'effective-parameters': deps.overrides.parameters(rec.id, rec.core) } : {}) })), r.cid)
 }
 
 export async function handleApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): Promise<void> {

@@ -8,6 +8,23 @@ import type { DocumentStore, StoreOpener } from '../storage/document-store.ts'
 import { PerKeyQueue } from '../storage/per-key-queue.ts'
 import type { Clock } from '../clock.ts'
 
+/** Token combinations a record keeps (Waiter's source-tokens); the oldest goes first. */
+export const MAX_SOURCE_SETS = 20
+
+function knows(sources: readonly TokenReference[], source: TokenReference): boolean {
+  return sources.some((s) => s.token === source.token && s.etag === source.etag)
+}
+
+const setNames = (set: readonly TokenReference[]): string => JSON.stringify(set.map((s) => s.token))
+
+function knowsSet(record: ServiceRecord, set: readonly TokenReference[]): boolean {
+  if (set.length === 0) return true
+  const sets = record.sourceSets
+  // A record from before source sets knows a one-token set through its sources.
+  if (sets === undefined) return set.length === 1 && knows(record.sources, set[0] as TokenReference)
+  return sets.some((s) => s.length === set.length && s.every((r, i) => r.token === set[i]?.token && r.etag === set[i]?.etag))
+}
+
 /** Writes of one record computed again after another router's write got in first, before giving up. */
 const CONFLICT_ATTEMPTS = 5
 
@@ -27,6 +44,12 @@ export interface ServiceRecord {
   readonly core: Readonly<Record<string, unknown>>
   /** The latest version of each token that resolved to this service (empty for on-the-fly access). */
   readonly sources: readonly TokenReference[]
+  /**
+   * Every combination of tokens requests reached it through (`x-waiter-token: a,b` is one), at
+   * its latest versions: Waiter's source-tokens. At most MAX_SOURCE_SETS, the newest kept.
+   * Absent in records written before it was kept.
+   */
+  readonly sourceSets?: readonly (readonly TokenReference[])[]
   readonly createdAt: number
 }
 
@@ -56,37 +79,40 @@ export class ServiceRegistry {
    * Records that `core` runs as `id`, adding the token reference if it is new. Resolves at once
    * when nothing changes, which is the common case on the request path.
    */
-  remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+  remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[] = source === undefined ? [] : [source]): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
-    const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
-    if (existing !== undefined && (source === undefined || known)) return Promise.resolve(existing)
+    if (existing !== undefined && (source === undefined || (knows(existing.sources, source) && knowsSet(existing, sourceSet)))) return Promise.resolve(existing)
     // One change to a record at a time, each reading what the one before wrote: two tokens
     // remembered at once must both end up in its sources.
-    return this.#changing.run(id, () => this.#writeRetrying(id, core, source))
+    return this.#changing.run(id, () => this.#writeRetrying(id, core, source, sourceSet))
   }
 
   /** Another router may add its token to the same record at once: the loser reads theirs and adds again. */
-  async #writeRetrying(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+  async #writeRetrying(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[]): Promise<ServiceRecord> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#write(id, core, source)
+        return await this.#write(id, core, source, sourceSet)
       } catch (err) {
         if (!(err instanceof MaitreError) || err.code !== 'MAITRE_STORE_CONFLICT' || attempt >= CONFLICT_ATTEMPTS) throw err
       }
     }
   }
 
-  async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined): Promise<ServiceRecord> {
+  async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[]): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
-    const known = existing?.sources.some((s) => s.token === source?.token && s.etag === source.etag) ?? false
-    if (existing !== undefined && (source === undefined || known)) return existing
+    if (existing !== undefined && (source === undefined || (knows(existing.sources, source) && knowsSet(existing, sourceSet)))) return existing
     // One reference per token, its latest version: a token edited a thousand times without
     // changing what runs (timeouts, owner) still leaves one entry, not a thousand.
     const others = (existing?.sources ?? []).filter((s) => s.token !== source?.token)
+    // Likewise one set per combination of token names, at its latest versions.
+    const names = setNames(sourceSet)
+    const otherSets = (existing?.sourceSets ?? (existing?.sources ?? []).map((s) => [s])).filter((set) => setNames(set) !== names)
+    const sourceSets = sourceSet.length === 0 ? otherSets : [...otherSets, sourceSet].slice(-MAX_SOURCE_SETS)
     const record: ServiceRecord = {
       id,
       core,
       sources: source === undefined ? others : [...others, source],
+      sourceSets,
       createdAt: existing?.createdAt ?? this.#clock.now(),
     }
     await this.#records.put(id, record, existing ?? null)

@@ -23,6 +23,8 @@ export interface Resolution {
   readonly effective: Readonly<Record<string, unknown>>
   /** The last token of the request, as the reference that makes the version current or stale. */
   readonly source: TokenReference | undefined
+  /** Every token of the request, in order (empty on the fly or by id): Waiter's source-tokens entry. */
+  readonly sources: readonly TokenReference[]
   /** Token-only settings the tokens give explicitly (timeouts, fallback, maintenance); config supplies the rest. */
   readonly tokenMetadata: Readonly<Record<string, unknown>>
   /** Earlier versions of the token to route to while this one has no healthy instance, until `until`. */
@@ -108,7 +110,7 @@ export class Resolver {
     if (cached !== undefined) return { resolution: cached, headers: waiter }
 
     const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
-    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source).then(() => {
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources).then(() => {
       this.#cache.set(key, resolution)
       return { resolution, headers: waiter }
     })
@@ -149,7 +151,7 @@ export class Resolver {
 
   /** Records a resolved version again (it may have been collected since it was resolved). */
   remember(resolution: Resolution): Promise<unknown> {
-    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source)
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources)
   }
 
   /** Drops cached resolutions to a version that was garbage-collected, so the next request records it again. */
@@ -186,13 +188,14 @@ export class Resolver {
     if (metadata['maintenance'] !== undefined) {
       throw new MaitreError('MAITRE_MAINTENANCE', (metadata['maintenance'] as { message: string }).message, { details: { 'service-id': serviceId } })
     }
-    return { serviceId, core: record.core, effective, source: undefined, tokenMetadata: metadata, fallback: undefined, authenticationDisabled: false }
+    return { serviceId, core: record.core, effective, source: undefined, sources: [], tokenMetadata: metadata, fallback: undefined, authenticationDisabled: false }
   }
 
   #compute(names: readonly string[], namedByHeader: boolean, waiter: WaiterHeaders, principal: Principal): Resolution {
     const merged: Record<string, unknown> = {}
     const metadata: Record<string, unknown> = {}
     let source: TokenReference | undefined
+    const sources: TokenReference[] = []
     for (const name of names) {
       const data = this.#tokens.get(name)
       if (data === undefined) {
@@ -203,6 +206,7 @@ export class Resolver {
       mergeDescription(merged, serviceFields(data))
       for (const key of TOKEN_METADATA.keys()) if (data[key] !== undefined) metadata[key] = data[key]
       source = { token: name, etag: tokenEtag(data) }
+      sources.push(source)
     }
     if (metadata['maintenance'] !== undefined) {
       const message = (metadata['maintenance'] as { message: string }).message
@@ -269,6 +273,7 @@ export class Resolver {
       core,
       effective,
       source: onTheFly ? undefined : source,
+      sources: onTheFly ? [] : sources,
       tokenMetadata: metadata,
       fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata, principal) : undefined,
       authenticationDisabled,

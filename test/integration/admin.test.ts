@@ -165,3 +165,29 @@ t.test('Waiter’s run-as rule under one-user authentication: another run-as-use
   t.equal(adminMode.status, 200, 'the one-user principal is an admin, and said so')
   t.equal((await call(`${router.url}/token?token=batch2`)).json()['run-as-user'], 'bob')
 })
+
+t.test('Waiter’s CLI `show`: /apps?effective-parameters=true&token=T lists each version with its effective parameters, the description as it runs, and source-tokens in Waiter’s shape, under every token it was reached through', async (t) => {
+  const router = await startRouter(t, { 'auth.user': 'alice' })
+  const base = await createToken(router, 'base', kitchenToken())
+  await createToken(router, 'extra', { env: { FLAVOUR: 'mint' }, 'run-as-user': 'alice', 'permitted-user': '*' })
+  const baseEtag = base.headers['etag'] as string
+  const extraEtag = (await call(`${router.url}/token?token=extra`)).headers['etag'] as string
+  const single = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'base', 'x-waiter-debug': 'true' } })
+  const joined = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'base,extra', 'x-waiter-debug': 'true' } })
+  const [singleId, joinedId] = [single.headers['x-waiter-service-id'], joined.headers['x-waiter-service-id']] as string[]
+  t.not(singleId, joinedId)
+
+  type App = { 'service-id': string; 'service-description': Record<string, unknown>; 'effective-parameters': Record<string, unknown>; 'source-tokens': { token: string; version: string }[][]; 'current-for-tokens': string[] }
+  const listed = (await call(`${router.url}/apps?effective-parameters=true&token=base`)).json<App[]>()
+  t.same(listed.map((a) => a['service-id']).sort(), [singleId, joinedId].sort(), '?token=base finds both: the one reached through base alone and the one through base,extra')
+  t.same((await call(`${router.url}/apps?token=extra`)).json<App[]>().map((a) => a['service-id']), [joinedId], '?token=extra finds the joined one')
+  const joinedApp = listed.find((a) => a['service-id'] === joinedId) as App
+  t.same(joinedApp['source-tokens'], [[{ token: 'base', version: baseEtag }, { token: 'extra', version: extraEtag }]], 'one list per token combination, each token at its etag (what the CLI compares to decide "Current")')
+  t.same(joinedApp['current-for-tokens'], ['base', 'extra'])
+  t.match(joinedApp['effective-parameters'], { 'run-as-user': 'alice', cpus: 0.1, mem: 256, version: 'v1', 'concurrency-level': 1, env: { FLAVOUR: 'mint' } }, 'what the CLI prints: run-as-user, cpus, memory, version')
+  t.match(joinedApp['service-description'], { 'run-as-user': 'alice', 'permitted-user': '*' }, 'the description names who it runs as and who may call it, as resolved')
+  const singleApp = listed.find((a) => a['service-id'] === singleId) as App
+  t.match(singleApp['service-description'], { 'run-as-user': 'alice', 'permitted-user': 'alice' }, 'a token that runs as its requester: the requester, both (Waiter forces permitted-user to the requester too)')
+  t.same((await call(`${router.url}/apps?token-version=${extraEtag}`)).json<App[]>().map((a) => a['service-id']), [joinedId], '?token-version=<etag> finds the versions of that token version')
+  t.equal((await call(`${router.url}/apps`)).json<App[]>()[0]?.['effective-parameters'], undefined, 'effective parameters only when asked for')
+})
