@@ -90,6 +90,16 @@ function currentForTokens(record: ServiceRecord, tokens: Tokens): string[] {
   return [...current].sort()
 }
 
+/** Waiter's ?include=healthy-instances: where each healthy instance is. */
+function healthyInstances(state: ServiceState | undefined): Record<string, unknown>[] {
+  return (state?.instances ?? []).filter((i) => i.healthy).map((i) => ({ id: i.id, host: i.host, port: i.port, 'started-at': new Date(i.startedAt).toISOString() }))
+}
+
+/** Waiter's ?include=references: each way the version is referred to, by the tokens (at their versions) a request named. */
+function referencesOf(record: ServiceRecord): Record<string, unknown>[] {
+  return sourceSetsOf(record).map((set) => ({ token: { sources: set.map((s) => ({ token: s.token, version: s.etag })) } }))
+}
+
 /** The description as it runs: the parameters given, with who it runs as and who may call it. */
 function describedAsRun(record: ServiceRecord): Record<string, unknown> {
   return { ...record.core, 'permitted-user': record.core['permitted-user'] ?? '*' }
@@ -98,6 +108,7 @@ function describedAsRun(record: ServiceRecord): Record<string, unknown> {
 function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unknown> {
   const state = deps.backend.state(record.id)
   const load = deps.tracker.load(record.id)
+  const stats = deps.tracker.requestStats(record.id)
   const healthy = state?.instances.filter((i) => i.healthy).length ?? 0
   const core = record.core
   const out: Record<string, unknown> = {
@@ -109,7 +120,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
       'unhealthy-instances': (state?.instances.length ?? 0) - healthy,
       'requested-instances': state?.requested ?? 0,
     },
-    'request-metrics': { outstanding: load.inFlight + load.queued, 'in-flight': load.inFlight, queued: load.queued },
+    'request-metrics': { outstanding: load.inFlight + load.queued, 'in-flight': load.inFlight, queued: load.queued, total: stats.total },
+    'last-request-time': stats.lastRequestAt === undefined ? null : new Date(stats.lastRequestAt).toISOString(),
     'resource-usage': {
       cpus: (state?.instances.length ?? 0) * (core['cpus'] as number),
       mem: (state?.instances.length ?? 0) * (core['mem'] as number),
@@ -119,7 +131,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
     'current-for-tokens': currentForTokens(record, deps.tokens),
     url: `/apps/${record.id}`,
   }
-  if (state?.deploymentError !== undefined) out['deployment-error-message'] = state.deploymentError
+  // Waiter's wording, as its clients match on it.
+  if (state?.deploymentError !== undefined) out['deployment-error-message'] = state.deploymentError.startsWith('Deployment error: ') ? state.deploymentError : `Deployment error: ${state.deploymentError}`
   const scaling = deps.autoscaler.snapshot(record.id)
   if (scaling !== undefined) out['scaling-state'] = scaling['scaling-state']
   return out
@@ -149,7 +162,13 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
     mayManage(who, rec))
   records.sort((a, b) => a.createdAt - b.createdAt)
   const effective = r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true'
-  sendJson(r.res, 200, records.map((rec) => ({ ...summary(rec, deps), ...(effective ? { 'effective-parameters': deps.overrides.parameters(rec.id, rec.core) } : {}) })), r.cid)
+  const includes = new Set(r.url.searchParams.getAll('include'))
+  sendJson(r.res, 200, records.map((rec) => ({
+    ...summary(rec, deps),
+    ...(effective ? { 'effective-parameters': deps.overrides.parameters(rec.id, rec.core) } : {}),
+    ...(includes.has('healthy-instances') ? { instances: { 'healthy-instances': healthyInstances(deps.backend.state(rec.id)) } } : {}),
+    ...(includes.has('references') ? { references: referencesOf(rec) } : {}),
+  })), r.cid)
 }
 
 export async function handleApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): Promise<void> {
@@ -180,12 +199,17 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
   }
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET', 'DELETE'])
   const state = deps.backend.state(serviceId)
+  // Waiter adds each instance's log-url for a caller who may read its logs.
+  const manages = mayManage(who, record)
+  const logUrl = (i: Instance): Record<string, unknown> => (manages ? { 'log-url': `/apps/${encodeURIComponent(serviceId)}/logs?instance-id=${encodeURIComponent(i.id)}&host=${encodeURIComponent(i.host)}` } : {})
+  const includes = new Set(r.url.searchParams.getAll('include'))
   const body: Record<string, unknown> = {
     'router-id': deps.routerId,
     'num-routers': Math.max(1, deps.cluster().members().length),
     ...summary(record, deps),
     instances: {
-      'active-instances': (state?.instances ?? []).map((i) => liveInstance(i, deps.autoscaler.expiryRequested(serviceId))),
+      ...(includes.has('healthy-instances') ? { 'healthy-instances': healthyInstances(state) } : {}),
+      'active-instances': (state?.instances ?? []).map((i) => ({ ...liveInstance(i, deps.autoscaler.expiryRequested(serviceId)), ...logUrl(i) })),
       'failed-instances': (state?.failed ?? []).map(endedInstance),
       'killed-instances': (state?.killed ?? []).map(endedInstance),
     },
@@ -193,6 +217,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     slots: deps.tracker.instanceSlots(serviceId),
     scaling: deps.autoscaler.snapshot(serviceId) ?? null,
   }
+  if (includes.has('references')) body['references'] = referencesOf(record)
   const overrides = deps.overrides.get(serviceId)
   if (overrides !== undefined) body['service-description-overrides'] = overrides
   const suspended = deps.suspensions.get(serviceId)

@@ -26,13 +26,15 @@ export async function handleInstanceSignal(r: AdminRequest, serviceId: string, i
     if (!deps.autoscaler.expire(serviceId, instanceId)) throw notFound(serviceId, instanceId)
     return sendJson(r.res, 200, { 'signal-response': { message: `expire successfully sent to ${instanceId}`, success: true } }, r.cid)
   }
+  // Waiter's ?force=true: SIGKILL (a pod deleted with no grace period), not SIGTERM and a grace period.
+  const force = r.url.searchParams.get('force') === 'true'
   // An operator's kill happens even if requests are in flight; locking first still keeps new ones off it.
   deps.tracker.lockForKill(serviceId, instanceId)
-  if (!(await deps.backend.killInstance(serviceId, instanceId))) {
+  if (!(await deps.backend.killInstance(serviceId, instanceId, { force }))) {
     deps.tracker.unlock(serviceId, instanceId)
     throw notFound(serviceId, instanceId)
   }
-  sendJson(r.res, 200, { 'signal-response': { message: `soft-kill successfully sent to ${instanceId}`, success: true } }, r.cid)
+  sendJson(r.res, 200, { 'signal-response': { message: `${force ? 'force-kill' : 'soft-kill'} successfully sent to ${instanceId}`, success: true } }, r.cid)
 }
 
 function logDirectoryOf(backend: Backend, serviceId: string, instanceId: string): string | undefined {

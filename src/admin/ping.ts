@@ -44,6 +44,8 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     resolution = (await deps.resolver.resolve(r.req.headers, who)).resolution
   } catch (err) {
     if (!isMaitreError(err)) throw err
+    // A token in maintenance answers a ping as it answers any request: Waiter's 503 waiter.Maintenance.
+    if (err.code === 'MAITRE_MAINTENANCE') throw err
     return sendJson(r.res, 200, {
       'ping-response': { result: 'descriptor-error', status: err.status, body: errorBody(err, r.req, { cid: r.cid, principal: who.user }, 'json') },
       'service-state': serviceState(deps, undefined),
@@ -97,9 +99,11 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     // maitre's own refusal, as the JSON error body it would have sent (what Waiter's ping reports).
     pingResponse = { result: e.code === 'MAITRE_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: errorBody(e, r.req, { cid: r.cid, principal: who.user, serviceId: current.serviceId }, 'json') }
   }
+  const excluded = r.url.searchParams.getAll('exclude').includes('service-state')
+  const debug = r.req.headers['x-waiter-debug'] === 'true'
   sendJson(r.res, 200, {
     'ping-response': pingResponse,
     'service-description': current.core,
-    'service-state': serviceState(deps, current.serviceId),
-  }, r.cid)
+    'service-state': excluded ? { result: 'excluded' } : serviceState(deps, current.serviceId),
+  }, r.cid, debug ? { 'x-waiter-service-id': current.serviceId } : {})
 }

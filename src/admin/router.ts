@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, MaitreError } from '../errors.ts'
 import type { AuthGate } from '../auth/gate.ts'
 import { assertManages } from './access.ts'
+import { fallbackTarget } from '../versions/fallback.ts'
 import type { Logger } from '../log.ts'
 import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
@@ -96,8 +97,20 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           return await handlePing(r, who, deps)
         case '/service-id':
         case '/app-name': {
-          const { resolution } = await deps.resolver.resolve(req.headers, who)
-          return sendText(res, 200, resolution.serviceId, cid)
+          const { resolution, headers } = await deps.resolver.resolve(req.headers, who)
+          // The version that would serve the request now: during a fallback, the previous one
+          // (?latest=true: the token's newest, whatever serves). Nothing is started.
+          const latest = url.searchParams.get('latest') === 'true'
+          const target = latest ? undefined : fallbackTarget(resolution, deps.clock.now(), headers.perRequest['fallback-period-secs'], (id) => deps.tracker.load(id).healthy)
+          let serving = resolution.serviceId
+          if (target !== undefined) {
+            try {
+              serving = deps.resolver.byServiceId(target, who).serviceId
+            } catch (err) {
+              if (!(err instanceof MaitreError) || err.status >= 500) throw err
+            }
+          }
+          return sendText(res, 200, serving, cid)
         }
         case '/apps':
           return handleAppsList(r, who, deps)

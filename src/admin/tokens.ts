@@ -1,9 +1,9 @@
 /** Waiter's /token, /tokens and /token-history endpoints. */
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
-import { hostWithoutPort } from '../versions/resolve.ts'
+import { hostWithoutPort, runAsRequester } from '../versions/resolve.ts'
 import { serviceIdOf } from '../versions/service-id.ts'
-import { runAsRequester } from '../versions/resolve.ts'
+import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
@@ -96,13 +96,34 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
   const owners = new Set(r.url.searchParams.getAll('owner'))
   const withDeleted = includes(r.url, 'deleted')
   const withMeta = includes(r.url, 'metadata')
+  // Waiter's filters: any token key (dotted for maps: env.FLAG), exact or a glob; a key given
+  // twice matches either value. `parameters=K` adds those keys' values to each entry.
+  const reserved = new Set(['owner', 'include', 'parameters', 'maintenance'])
+  const byKey = new Map<string, Matcher[]>()
+  for (const [key, wanted] of r.url.searchParams.entries()) {
+    if (reserved.has(key)) continue
+    byKey.set(key, [...(byKey.get(key) ?? []), globMatcher(key, wanted)])
+  }
+  if (byKey.size > MAX_FILTERS) throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
+  const filters = [...byKey].map(([key, matchers]) => ({ path: key.split('.').slice(0, 4), matchers }))
+  const maintenance = r.url.searchParams.get('maintenance')
+  const shown = r.url.searchParams.getAll('parameters').slice(0, MAX_FILTERS)
+  const valueAt = (data: Readonly<Record<string, unknown>>, path: readonly string[]): unknown =>
+    path.reduce<unknown>((v, k) => (typeof v === 'object' && v !== null && Object.hasOwn(v, k) ? (v as Record<string, unknown>)[k] : undefined), data)
   const list: Record<string, unknown>[] = []
   for (const [token, data] of deps.tokens.entries()) {
     if (data['deleted'] === true && !withDeleted) continue
     if (owners.size > 0 && !owners.has(String(data['owner']))) continue
+    const inMaintenance = data['maintenance'] !== undefined && data['maintenance'] !== null
+    if (maintenance !== null && String(inMaintenance) !== maintenance) continue
+    if (!filters.every(({ path, matchers }) => {
+      const actual = path.length === 1 && path[0] === 'token' ? token : valueAt(data, path)
+      return actual !== undefined && typeof actual !== 'object' && matchers.some((m) => m(String(actual)))
+    })) continue
     const entry: Record<string, unknown> = { token, owner: data['owner'] }
+    if (shown.length > 0) entry['parameters'] = Object.fromEntries(shown.filter((k) => data[k] !== undefined).map((k) => [k, data[k]]))
     // Waiter's index says whether a token is in maintenance, always, as a boolean.
-    entry['maintenance'] = data['maintenance'] !== undefined && data['maintenance'] !== null
+    entry['maintenance'] = inMaintenance
     if (withMeta) {
       entry['deleted'] = data['deleted'] === true
       entry['etag'] = tokenEtag(data)

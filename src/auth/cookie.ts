@@ -99,7 +99,9 @@ export class AuthCookies {
 
   #unseal(sealed: string): CookiePrincipal | undefined {
     const raw = Buffer.from(sealed, 'base64url')
-    if (raw.length < 1 + IV_BYTES + TAG_BYTES + 2 || raw[0] !== VERSION) return undefined
+    // Only the canonical spelling: the decoder skips stray characters and spare bits, so another
+    // spelling of the same bytes would otherwise be the same cookie.
+    if (raw.length < 1 + IV_BYTES + TAG_BYTES + 2 || raw[0] !== VERSION || raw.toString('base64url') !== sealed) return undefined
     try {
       const decipher = createDecipheriv('aes-256-gcm', this.#key, raw.subarray(1, 1 + IV_BYTES))
       decipher.setAuthTag(raw.subarray(raw.length - TAG_BYTES))

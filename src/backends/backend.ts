@@ -62,8 +62,11 @@ export interface Backend {
   ensureService(spec: LaunchSpec): Promise<void>
   /** Asks for `instances` instances of an existing service; going down, the backend picks which stop. */
   scale(serviceId: string, instances: number): Promise<void>
-  /** Stops one instance (callers pick an idle one) and lowers the requested count by one. */
-  killInstance(serviceId: string, instanceId: string): Promise<boolean>
+  /**
+   * Stops one instance (callers pick an idle one) and lowers the requested count by one.
+   * `force`: at once (SIGKILL, a pod deleted with no grace) rather than after its grace period.
+   */
+  killInstance(serviceId: string, instanceId: string, options?: { readonly force?: boolean }): Promise<boolean>
   /** Stops every instance and forgets the service. */
   deleteService(serviceId: string): Promise<void>
   state(serviceId: string): ServiceState | undefined

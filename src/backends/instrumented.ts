@@ -40,7 +40,7 @@ export function instrumented(backend: Backend, metrics: Metrics): Backend {
     kind: backend.kind,
     ensureService: timed('ensureService', (spec) => backend.ensureService(spec)),
     scale: timed('scale', (id, n) => backend.scale(id, n)),
-    killInstance: timed('killInstance', (id, instance) => backend.killInstance(id, instance)),
+    killInstance: timed('killInstance', (id, instance, options) => backend.killInstance(id, instance, options)),
     deleteService: timed('deleteService', (id) => backend.deleteService(id)),
     state: (id) => backend.state(id),
     services: () => backend.services(),

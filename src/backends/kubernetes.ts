@@ -192,7 +192,7 @@ export class KubernetesBackend implements Backend {
     }
   }
 
-  async killInstance(serviceId: string, id: string): Promise<boolean> {
+  async killInstance(serviceId: string, id: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
     const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => !isTerminating(p) && instanceId(serviceId, p) === id)
     const name = pod?.metadata.name
@@ -206,7 +206,7 @@ export class KubernetesBackend implements Backend {
     try {
       await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } })
       await this.#writeScale(service)
-      await this.#o.api.deletePod(name, pod.metadata.uid ?? '')
+      await this.#o.api.deletePod(name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
     } catch (err) {
       // 404: the ReplicaSet got there first; 409: that name now belongs to another pod.
       if (!(err instanceof KubeApiError && (err.code === 404 || err.code === 409))) {

@@ -100,6 +100,9 @@ interface ServiceSlots {
   configured: boolean
   /** Last time a request arrived or finished. */
   lastActiveAt: number
+  /** Requests this router has proxied to the version, and when the last one arrived (0: none). */
+  requests: number
+  lastRequestAt: number
   slots: Map<string, Slot>
   queue: Waiter[]
   deploymentError: string | undefined
@@ -196,6 +199,19 @@ export class InstanceTracker {
       for (const waiter of waiting) waiter.fail(deploymentFailure(serviceId, deploymentError))
     }
     this.#dispatch(service)
+  }
+
+  /** A request for the version arrived (counted once, however many slots it takes to serve). */
+  noteRequest(serviceId: string): void {
+    const service = this.#service(serviceId)
+    service.requests += 1
+    service.lastRequestAt = this.#clock.now()
+  }
+
+  /** Waiter's request-metrics.total and last-request-time, as this router saw them. */
+  requestStats(serviceId: string): { readonly total: number; readonly lastRequestAt: number | undefined } {
+    const service = this.#services.get(serviceId)
+    return { total: service?.requests ?? 0, lastRequestAt: service === undefined || service.lastRequestAt === 0 ? undefined : service.lastRequestAt }
   }
 
   /** A lease at once if a slot is free and nobody is queued ahead, else undefined. */
@@ -337,7 +353,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service

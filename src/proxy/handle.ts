@@ -11,6 +11,7 @@ import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { ActivationRequest, Activator } from '../scaler/activator.ts'
 import { hostWithoutPort, type Resolution, type ResolvedRequest, type Resolver } from '../versions/resolve.ts'
+import { fallbackTarget } from '../versions/fallback.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
@@ -69,13 +70,7 @@ function chosenByClient(header: string | undefined): boolean {
  * version is started meanwhile, so an update under load fails no request and waits for nothing.
  */
 function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, periodHeader: string | undefined): Resolution {
-  const fallback = resolution.fallback
-  if (fallback === undefined) return resolution
-  // x-waiter-fallback-period-secs overrides the token's period for this request (0: no fallback).
-  const headerSecs = periodHeader === undefined ? Number.NaN : Number(periodHeader)
-  const until = Number.isInteger(headerSecs) && headerSecs >= 0 ? fallback.since + headerSecs * 1000 : fallback.until
-  if (deps.clock.now() >= until || deps.tracker.load(resolution.serviceId).healthy > 0) return resolution
-  const target = fallback.serviceIds.find((id) => deps.tracker.load(id).healthy > 0)
+  const target = fallbackTarget(resolution, deps.clock.now(), periodHeader, (id) => deps.tracker.load(id).healthy)
   if (target === undefined) return resolution
   const latest = resolution
   const starting = deps.activator.ensure(activationOf(latest, deps))
@@ -231,6 +226,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Waiter's CLI picks it up) but spares the data path the header (3-4% of a tiny response's cost).
       const setCookies = anonymous || who.method === 'one-user' ? undefined : deps.auth.cookiesFor(who)
       if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
+      deps.tracker.noteRequest(serviceId)
       const meta = resolution.tokenMetadata
       const timeouts: ProxyTimeouts = {
         queueTimeoutMs: pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),
@@ -291,6 +287,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
               extra['x-waiter-backend-host'] = instance.host
               extra['x-waiter-backend-port'] = String(instance.port)
               extra['x-waiter-backend-proto'] = instance.proto
+              extra['x-waiter-backend-response-ns'] = String((deps.clock.now() - forwardedAt) * 1_000_000)
               extra['x-waiter-router-id'] = deps.routerId
               extra['x-waiter-get-available-instance-ns'] = String(queueMs * 1_000_000)
               extra['x-waiter-queue-timeout-ms'] = String(timeouts.queueTimeoutMs)
@@ -329,6 +326,13 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         if (result.error !== undefined) {
           status = result.error.status
           failure = result.error
+          // Waiter: maitre's own 502/504 for a request that reached an instance names it, with debug on.
+          if (debug && !res.headersSent) {
+            res.setHeader('x-waiter-backend-id', instance.id)
+            res.setHeader('x-waiter-backend-host', instance.host)
+            res.setHeader('x-waiter-backend-port', String(instance.port))
+            res.setHeader('x-waiter-backend-proto', instance.proto)
+          }
           sendError(req, res, result.error, { cid, principal, serviceId, token: resolution.source?.token, instanceId: instance.id })
         }
         break

@@ -25,6 +25,7 @@ t.test('the cookie names its principal for a day, under HttpOnly, and nobody wit
   flipped[20] = (flipped[20] as number) ^ 1
   t.equal(cookies.open(flipped.toString('base64url')), undefined, 'one flipped bit: rejected')
   t.equal(cookies.open(sealed.slice(0, -4)), undefined, 'truncated: rejected')
+  t.equal(cookies.open(`${sealed.slice(0, 10)}!${sealed.slice(10)}`), undefined, 'a stray character the decoder would skip: rejected')
   t.equal(new AuthCookies('another-secret', clock).open(sealed), undefined, 'another router secret: rejected')
   t.equal(cookies.open('x'.repeat(5000)), undefined, 'oversized: not even decoded')
   t.same(cookies.issue('alice', 'jwt'), issued, 'handed out again within a minute: no seal per request')

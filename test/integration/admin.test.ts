@@ -191,3 +191,58 @@ t.test('Waiter’s CLI `show`: /apps?effective-parameters=true&token=T lists eac
   t.same((await call(`${router.url}/apps?token-version=${extraEtag}`)).json<App[]>().map((a) => a['service-id']), [joinedId], '?token-version=<etag> finds the versions of that token version')
   t.equal((await call(`${router.url}/apps`)).json<App[]>()[0]?.['effective-parameters'], undefined, 'effective parameters only when asked for')
 })
+
+t.test('the rest of Waiter’s API its own integration tests rely on', async (t) => {
+  const router = await startRouter(t, { 'auth.user': 'alice' })
+  await createToken(router, 'kitchen', kitchenToken({ env: { FLAG: 'on' }, 'load-balancing': 'random' }))
+  await createToken(router, 'other', kitchenToken({ version: 'v2', env: { FLAG: 'off' } }))
+
+  const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
+  t.match(first.headers['x-waiter-backend-response-ns'], /^\d+$/, 'debug: how long the instance took to answer, in ns')
+  const serviceId = first.headers['x-waiter-service-id'] as string
+  const died = await call(`${router.url}/die`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
+  t.equal(died.status, 502, 'maitre’s own 502 for a request that reached an instance')
+  t.match(died.headers, { 'x-waiter-backend-id': /^maitre-/, 'x-waiter-backend-host': '127.0.0.1', 'x-waiter-backend-port': /^\d+$/, 'x-waiter-backend-proto': 'http' }, 'names the instance')
+
+  const ping = await call(`${router.url}/waiter-ping?exclude=service-state`, { headers: { 'x-waiter-token': 'kitchen', 'x-waiter-debug': 'true' } })
+  t.equal(ping.headers['x-waiter-service-id'], serviceId, 'ping with debug names the version')
+  t.same(ping.json()['service-state'], { result: 'excluded' }, '?exclude=service-state')
+
+  type Entry = { token: string; parameters?: Record<string, unknown> }
+  const tokens = async (query: string): Promise<string[]> => (await call(`${router.url}/tokens?${query}`)).json<Entry[]>().map((e) => e.token)
+  t.same(await tokens('version=v2'), ['other'], 'any parameter filters')
+  t.same(await tokens('env.FLAG=on'), ['kitchen'], 'dotted keys reach into maps')
+  t.same(await tokens('load-balancing=random'), ['kitchen'])
+  t.same(await tokens('version=v1&version=v2'), ['kitchen', 'other'], 'a key given twice matches either')
+  t.same((await call(`${router.url}/tokens?token=kitchen&parameters=version&parameters=cpus`)).json<Entry[]>()[0]?.parameters, { version: 'v1', cpus: 0.1 }, 'parameters= adds those values')
+
+  const app = (await call(`${router.url}/apps/${serviceId}?include=references&include=healthy-instances`)).json<{
+    'request-metrics': { total: number }; 'last-request-time': string; references: unknown[]
+    instances: { 'healthy-instances': { id: string; host: string; port: number }[]; 'active-instances': { id: string; 'log-url': string }[] }
+  }>()
+  t.equal(app['request-metrics'].total, 2, 'request-metrics.total counts the proxied requests (a ping’s health check is none)')
+  t.ok(Date.parse(app['last-request-time']) > Date.now() - 60_000, 'last-request-time is recent')
+  t.match(app.references, [{ token: { sources: [{ token: 'kitchen', version: /^E-/ }] } }], '?include=references')
+  const instance = app.instances['active-instances'][0] as { id: string; 'log-url': string }
+  t.match(app.instances['healthy-instances'], [{ id: instance.id, host: '127.0.0.1', port: Number }], '?include=healthy-instances')
+  t.equal(instance['log-url'], `/apps/${serviceId}/logs?instance-id=${encodeURIComponent(instance.id)}&host=127.0.0.1`, 'an active instance carries its log-url for a caller who manages it')
+
+  await createToken(router, 'kitchen', kitchenToken({ env: { FLAG: 'on' }, 'load-balancing': 'random', version: 'v9', cmd: 'exit 3' }))
+  const during = await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'kitchen' } })
+  t.equal(during.text, serviceId, '/service-id during a fallback names the version that serves')
+  const latest = await call(`${router.url}/service-id?latest=true`, { headers: { 'x-waiter-token': 'kitchen' } })
+  t.not(latest.text, serviceId, '?latest=true names the token’s newest')
+
+  const killed = await call(`${router.url}/apps/${serviceId}/instance/${instance.id}/kill?force=true`, { method: 'POST' })
+  t.same(killed.json(), { 'signal-response': { message: `force-kill successfully sent to ${instance.id}`, success: true } })
+  await waitFor('the force-killed instance to be gone', async () => {
+    const now = (await call(`${router.url}/apps/${serviceId}`)).json<{ instances: { 'killed-instances': { id: string; 'exit-code': number | null; message: string }[] } }>()
+    return now.instances['killed-instances'].find((k) => k.id === instance.id)
+  }).then((gone) => t.match(gone, { message: 'Force-killed by maitre' }, 'killed at once, and said so'))
+
+
+  await createToken(router, 'down', { ...kitchenToken(), maintenance: { message: 'back soon' } })
+  const inMaintenance = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'down' } })
+  t.equal(inMaintenance.status, 503, 'a ping of a token in maintenance is answered as any request to it')
+  t.match(inMaintenance.json(), { 'waiter-error': { 'error-class': 'waiter.Maintenance', message: 'back soon' } })
+})

@@ -121,7 +121,7 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
     t.equal(message(broken), 'Deployment error: Invalid startup command')
     const view = await appView(router, await serviceId(router, 'broken'))
     t.equal(view.status, 'Failing')
-    t.equal(view['deployment-error-message'], 'Invalid startup command')
+    t.equal(view['deployment-error-message'], 'Deployment error: Invalid startup command')
     t.equal(view.instances['failed-instances'][0]?.['exit-code'], 127)
 
     await createToken(router, 'hog', kitchenToken({ mem: 100 }, '--hold-mb 200 --start-up-sleep-ms 15000'))

@@ -67,7 +67,7 @@ t.test('a bad command is a deployment error within seconds, and the service is F
   const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'broken' } })).text
   const app = (await call(`${router.url}/apps/${id}`)).json<{ status: string; 'deployment-error-message': string; instances: { 'failed-instances': { 'exit-code': number }[] } }>()
   t.equal(app.status, 'Failing')
-  t.equal(app['deployment-error-message'], 'Invalid startup command')
+  t.equal(app['deployment-error-message'], 'Deployment error: Invalid startup command', 'Waiter’s wording')
   t.equal(app.instances['failed-instances'][0]?.['exit-code'], 127)
   const again = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'broken' } })
   t.equal(again.status, 503, 'later requests fail at once too')

@@ -16,8 +16,9 @@ async function app(router: Router, id: string): Promise<App> {
   return (await call(`${router.url}/apps/${id}`)).json<App>()
 }
 
+/** The token's newest version (during a fallback, /service-id names the one serving instead). */
 async function serviceId(router: Router, token: string): Promise<string> {
-  return (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': token } })).text
+  return (await call(`${router.url}/service-id?latest=true`, { headers: { 'x-waiter-token': token } })).text
 }
 
 interface Served {

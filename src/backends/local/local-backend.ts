@@ -156,12 +156,12 @@ export class LocalBackend implements Backend {
     for (const victim of victims) this.#kill(service, victim, { failed: false, message: 'Scaled down' }, 'SIGTERM')
   }
 
-  async killInstance(serviceId: string, instanceId: string): Promise<boolean> {
+  async killInstance(serviceId: string, instanceId: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
     const instance = service?.instances.get(instanceId)
     if (service === undefined || instance === undefined) return false
     service.requested = Math.max(0, service.requested - 1)
-    this.#kill(service, instance, { failed: false, message: 'Killed by maitre' }, 'SIGTERM')
+    this.#kill(service, instance, { failed: false, message: options.force === true ? 'Force-killed by maitre' : 'Killed by maitre' }, options.force === true ? 'SIGKILL' : 'SIGTERM')
     return true
   }
 
