@@ -24,6 +24,7 @@ export interface PingDeps {
   readonly launchSpecOf: (resolution: Resolution) => LaunchSpec
   readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
   readonly clock: Clock
+  readonly suspensions: { get(serviceId: string): unknown }
 }
 
 const DEFAULT_PING_TIMEOUT_MS = 300_000
@@ -50,6 +51,10 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
       'ping-response': { result: 'descriptor-error', status: err.status, body: errorBody(err, r.req, { cid: r.cid, principal: who.user }, 'json') },
       'service-state': serviceState(deps, undefined),
     }, r.cid)
+  }
+  // A suspended version stays down: a ping does not start it (a proxied request would get 503 too).
+  if (deps.suspensions.get(resolution.serviceId) !== undefined) {
+    throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': resolution.serviceId } })
   }
   const header = Number.parseInt(String(r.req.headers['x-waiter-timeout'] ?? ''), 10)
   const timeoutMs = header > 0 ? Math.min(header, MAX_TIMEOUT_MS) : DEFAULT_PING_TIMEOUT_MS

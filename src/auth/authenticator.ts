@@ -21,6 +21,15 @@ export interface Principal {
   readonly anonymous?: true
 }
 
+/**
+ * Whether a name can be a principal: printable ASCII (it travels in headers to instances), no
+ * space at either end (HTTP would trim it into another user's name), at most 256 characters,
+ * and not a wildcard of the rules (`*`, `:any`).
+ */
+export function isPrincipalName(name: unknown): name is string {
+  return typeof name === 'string' && name.length <= 256 && /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(name) && name !== '*' && name !== ':any'
+}
+
 /** The caller of a service whose token turned authentication off. */
 export const ANONYMOUS: Principal = Object.freeze({ user: '', admin: false, anonymous: true })
 

@@ -4,7 +4,7 @@
  * requests skip the signature checks.
  */
 import type { IncomingMessage } from 'node:http'
-import type { Authenticator, Principal } from './authenticator.ts'
+import { isPrincipalName, type Authenticator, type Principal } from './authenticator.ts'
 import type { AuthCookies } from './cookie.ts'
 
 export class AuthGate {
@@ -29,7 +29,8 @@ export class AuthGate {
   authenticate(req: IncomingMessage): Principal | Promise<Principal> {
     if (this.#readsCookies) {
       const fromCookie = this.#cookies.fromRequest(req.headers.cookie)
-      if (fromCookie !== undefined && fromCookie.kind === this.#authenticator.kind) {
+      // A cookie names a principal as today's rules allow (one sealed under older rules does not count).
+      if (fromCookie !== undefined && fromCookie.kind === this.#authenticator.kind && isPrincipalName(fromCookie.user)) {
         return { user: fromCookie.user, admin: this.#admins.has(fromCookie.user), method: 'cookie' }
       }
     }

@@ -9,7 +9,7 @@ import type { IncomingMessage } from 'node:http'
 import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
 import { MaitreError } from '../errors.ts'
 import type { Clock } from '../clock.ts'
-import type { Authenticator, Principal } from './authenticator.ts'
+import { isPrincipalName, type Authenticator, type Principal } from './authenticator.ts'
 
 export const JWT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const
 /** Longest principal name a token may carry. */
@@ -136,9 +136,8 @@ export function jwtAuthenticator(options: JwtOptions, clock: Clock): Authenticat
         throw unauthorized(`Invalid bearer token (${code})`, code, true)
       }
       const subject = payload[options.subjectClaim]
-      // Printable ASCII: the principal travels in HTTP headers to instances, which carry nothing else safely.
-      if (typeof subject !== 'string' || subject.trim() === '' || subject.length > MAX_PRINCIPAL_CHARS || !/^[\x20-\x7e]+$/.test(subject)) {
-        throw unauthorized(`The bearer token's ${options.subjectClaim} claim does not name a principal (1 to ${MAX_PRINCIPAL_CHARS} printable ASCII characters)`, 'no-principal', true)
+      if (!isPrincipalName(subject)) {
+        throw unauthorized(`The bearer token's ${options.subjectClaim} claim does not name a principal (1 to ${MAX_PRINCIPAL_CHARS} printable ASCII characters, no space at either end, not * or :any)`, 'no-principal', true)
       }
       return { user: subject, admin: options.admins.has(subject), method: 'jwt', expiresAt: (payload.exp as number) * 1000 }
     },

@@ -14,25 +14,39 @@ export interface CorsRule {
   readonly methods?: readonly string[]
 }
 
-/** Longest origin and path a rule is tried on: a longer one is refused, not matched. */
-const MAX_ORIGIN_CHARS = 512
-const MAX_PATH_CHARS = 4096
+/**
+ * RE2 matches in time proportional to its program's size times the input's length, so both are
+ * bounded: a pattern compiles to at most MAX_PROGRAM instructions (a counted repeat such as
+ * `.{0,1000}` compiles to thousands and is refused), a token's patterns to MAX_TOKEN_PROGRAM in
+ * all, and a rule is tried on an origin of at most MAX_ORIGIN_CHARS and a path of at most
+ * MAX_PATH_CHARS (longer ones match no rule). One preflight thus costs at most about
+ * MAX_TOKEN_PROGRAM × MAX_PATH_CHARS steps (~4 million: tens of milliseconds).
+ */
+export const MAX_PROGRAM = 1000
+export const MAX_TOKEN_PROGRAM = 4000
+const MAX_ORIGIN_CHARS = 256
+const MAX_PATH_CHARS = 1024
 
 /** What is wrong with a token's cors-rules, in Waiter's words (shape, then each pattern compiled by RE2); undefined when nothing is. */
 export function corsRulesProblem(name: string, value: unknown): string | undefined {
   const shape = corsRulesShapeProblem(name, value)
   if (shape !== undefined) return shape
+  let total = 0
   for (const rule of value as Record<string, unknown>[]) {
     for (const key of ['origin-regex', 'target-path-regex']) {
       const pattern = rule[key]
       if (typeof pattern !== 'string') continue
+      let size: number
       try {
-        RE2JS.compile(pattern)
+        size = RE2JS.compile(pattern).programSize()
       } catch (err) {
         return `${name} ${key} ${JSON.stringify(pattern)} is not a valid regular expression (RE2 syntax: ${(err as Error).message}).`
       }
+      if (size > MAX_PROGRAM) return `${name} ${key} ${JSON.stringify(pattern.slice(0, 100))} is too complex: ${size} RE2 instructions, at most ${MAX_PROGRAM} (large counted repeats like {0,1000} cost the most).`
+      total += size
     }
   }
+  if (total > MAX_TOKEN_PROGRAM) return `${name} are too complex in all: ${total} RE2 instructions, at most ${MAX_TOKEN_PROGRAM}.`
   return undefined
 }
 
@@ -47,6 +61,8 @@ function fullMatch(pattern: string, text: string): boolean {
     if (compiled.size >= 10_000) compiled.clear()
     try {
       re = RE2JS.compile(pattern)
+      // A pattern stored before the size rule: too costly to run, so it matches nothing.
+      if (re.programSize() > MAX_PROGRAM) re = null
     } catch {
       re = null
     }

@@ -83,7 +83,7 @@ function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, perio
     if (err instanceof MaitreError && err.status < 500) return resolution
     throw err
   }
-  return { ...previous, source: latest.source, tokenMetadata: latest.tokenMetadata, authenticationDisabled: latest.authenticationDisabled }
+  return { ...previous, source: latest.source, tokenMetadata: latest.tokenMetadata }
 }
 
 /** What the activator needs to start (and record) the version a request resolved to. */

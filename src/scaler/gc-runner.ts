@@ -227,7 +227,14 @@ export class GcRunner {
     let staleSince: number | undefined
     let fallbackMs = this.#options.fallbackMs
     let staleTimeoutMs = this.#options.staleTimeoutMs
-    if (record.sources.length > 0) {
+    // A version recorded before every version named its run-as-user (a token that ran as its
+    // requester): requests resolve to the requester's own version now, never to this one. It is
+    // as stale as one whose token is gone.
+    const legacy = typeof record.core['run-as-user'] !== 'string'
+    if (legacy && record.sources.length > 0) {
+      staleSince = this.#orphanedSince.get(record.id) ?? now
+      if (!this.#orphanedSince.has(record.id)) this.#orphanedSince.set(record.id, now)
+    } else if (record.sources.length > 0) {
       let current = false
       for (const source of record.sources) {
         const token = tokens.get(source.token)

@@ -71,6 +71,8 @@ export class Resolver {
   readonly #registry: ServiceRegistry
   readonly #options: ResolverOptions
   readonly #cache: LRUCache<string, Resolution>
+  /** Counts token changes: an answer computed before a change is never cached after it. */
+  #generation = 0
 
   constructor(tokens: Tokens, registry: ServiceRegistry, options: ResolverOptions) {
     this.#tokens = tokens
@@ -78,7 +80,10 @@ export class Resolver {
     this.#options = options
     // Bounded in entries and in bytes: a key carries on-the-fly headers, up to the header budget.
     this.#cache = new LRUCache({ max: options.cacheSize, maxSize: RESOLUTION_CACHE_BYTES, sizeCalculation: (_resolution, key) => key.length + 1024 })
-    tokens.onChange(() => this.#cache.clear())
+    tokens.onChange(() => {
+      this.#generation += 1
+      this.#cache.clear()
+    })
   }
 
   /**
@@ -109,9 +114,12 @@ export class Resolver {
     const cached = this.#cache.get(key)
     if (cached !== undefined) return { resolution: cached, headers: waiter }
 
+    const generation = this.#generation
     const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
     return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources).then(() => {
-      this.#cache.set(key, resolution)
+      // A token changed while the record was written: this answer may be one the change
+      // revokes (a narrower permitted-user, maintenance), so it is not kept for later requests.
+      if (this.#generation === generation) this.#cache.set(key, resolution)
       return { resolution, headers: waiter }
     })
   }
@@ -175,8 +183,11 @@ export class Resolver {
     // A record written before today's rules (a health-check-url that names a host, say) runs
     // only if it still passes them.
     assertRunnable(record.core)
-    const vouched = explicitUser(record.core['run-as-user']) !== undefined && typeof record.core['permitted-user'] === 'string'
-    if (!vouched) assertMayRunService(principal, record.core['run-as-user'] ?? principal.user, serviceId)
+    const runAs = explicitUser(record.core['run-as-user'])
+    const vouched = runAs !== undefined && typeof record.core['permitted-user'] === 'string'
+    // A record from before every version named its run-as-user runs as nobody in particular:
+    // by id, only admins may call it.
+    if (!vouched) assertMayRunService(principal, runAs, serviceId)
     const effective = withRunAsUser(record.core, principal)
     assertMayInvoke(principal, effective['permitted-user'], serviceId)
     const metadata: Record<string, unknown> = {}
@@ -188,7 +199,10 @@ export class Resolver {
     if (metadata['maintenance'] !== undefined) {
       throw new MaitreError('MAITRE_MAINTENANCE', (metadata['maintenance'] as { message: string }).message, { details: { 'service-id': serviceId } })
     }
-    return { serviceId, core: record.core, effective, source: undefined, sources: [], tokenMetadata: metadata, fallback: undefined, authenticationDisabled: false }
+    // Served to anonymous callers only through its token, never by id; but a public version hears
+    // of no principal however it is reached.
+    const authenticationDisabled = vouched && record.core['authentication'] === 'disabled' && record.core['permitted-user'] === '*'
+    return { serviceId, core: record.core, effective, source: undefined, sources: [], tokenMetadata: metadata, fallback: undefined, authenticationDisabled }
   }
 
   #compute(names: readonly string[], namedByHeader: boolean, waiter: WaiterHeaders, principal: Principal): Resolution {

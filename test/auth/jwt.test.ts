@@ -67,6 +67,8 @@ t.test('every way a token can be wrong is a 401 with a Bearer challenge, never a
     ['another audience', { authorization: `Bearer ${await mint(key, { sub: 'alice', now, aud: 'other' })}` }, 'ERR_JWT_CLAIM_VALIDATION_FAILED'],
     ['no subject', { authorization: `Bearer ${await mint(key, { now })}` }, 'no-principal'],
     ['a subject headers cannot carry', { authorization: `Bearer ${await mint(key, { sub: 'алиса', now })}` }, 'no-principal'],
+    ['a subject HTTP would trim into another', { authorization: `Bearer ${await mint(key, { sub: ' alice ', now })}` }, 'no-principal'],
+    ['a wildcard of the rules as subject', { authorization: `Bearer ${await mint(key, { sub: '*', now })}` }, 'no-principal'],
     ['no expiry at all', { authorization: `Bearer ${await new SignJWT({ sub: 'alice' }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(ISSUER).setAudience(AUDIENCE).sign(key.privateKey)}` }, 'ERR_JWT_CLAIM_VALIDATION_FAILED'],
     ['garbage', { authorization: 'Bearer not.a.jwt' }, 'ERR_JWS_INVALID'],
   ]

@@ -241,6 +241,9 @@ t.test('the rest of Waiter’s API its own integration tests rely on', async (t)
   }).then((gone) => t.match(gone, { message: 'Force-killed by maitre' }, 'killed at once, and said so'))
 
 
+  await call(`${router.url}/apps/${serviceId}/suspend`, { method: 'POST' })
+  const suspendedPing = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': `^SERVICE-ID#${serviceId}` } })
+  t.match(suspendedPing.json(), { 'waiter-error': { status: 503, 'error-class': 'waiter.Suspended' } }, 'a ping does not start a suspended version')
   await createToken(router, 'down', { ...kitchenToken(), maintenance: { message: 'back soon' } })
   const inMaintenance = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'down' } })
   t.equal(inMaintenance.status, 503, 'a ping of a token in maintenance is answered as any request to it')

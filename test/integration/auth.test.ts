@@ -260,11 +260,11 @@ t.test('CORS: preflights are answered before authentication by the token’s cor
   // Patterns a backtracking engine takes seconds to minutes on (here, about 2^500 paths): RE2 is linear.
   const slow = ['(a|a)*b', '(a+)+b', 'a*a*a*a*a*a*b', '.*.*.*.*.*.*=']
   t.equal((await post(router, 'alice', { token: 'slow.example', ...kitchenToken(), 'permitted-user': '*', 'cors-rules': slow.map((p) => ({ 'origin-regex': p })) })).status, 200)
-  for (const origin of ['a'.repeat(500), `https://${'a'.repeat(490)}`]) {
+  for (const origin of ['a'.repeat(250), `https://${'a'.repeat(240)}`]) {
     const reply = await call(`${router.url}/x`, { method: 'OPTIONS', headers: { host: 'slow.example', origin, 'access-control-request-method': 'GET' } })
     t.equal(reply.status, 403, `a ${origin.length}-character origin against ${slow.join(', ')}: answered, not stalled`)
   }
-  t.equal((await call(`${router.url}/x`, { method: 'OPTIONS', headers: { host: 'slow.example', origin: `${'a'.repeat(400)}b`, 'access-control-request-method': 'GET' } })).status, 200, 'and matched where it should')
+  t.equal((await call(`${router.url}/x`, { method: 'OPTIONS', headers: { host: 'slow.example', origin: `${'a'.repeat(200)}b`, 'access-control-request-method': 'GET' } })).status, 200, 'and matched where it should')
 })
 
 t.test('the admin API on its own listener: the main one serves the data path and health checks only; state changes refuse GET', async (t) => {
@@ -326,8 +326,11 @@ t.test('what a request merges is judged as a whole: tokens joined in x-waiter-to
   t.equal((await post(router, 'alice', { token: 'public', ...kitchenToken({ version: 'pub' }), authentication: 'disabled', 'permitted-user': '*', 'run-as-user': 'alice' })).status, 200)
   t.equal((await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'public,bobs' } })).status, 401, 'an anonymous caller cannot ride a public token into bob’s')
   t.equal((await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'bobs,public' } })).status, 401, 'in either order')
-  const info = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', ...(await router.as('bob')) } })
+  const info = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', 'x-waiter-debug': 'true', ...(await router.as('bob')) } })
   t.equal(info.json<{ headers: Record<string, string> }>().headers['x-waiter-auth-principal'], undefined, 'a public service hears of no principal, even one who proved itself')
+  const byId = await call(`${router.url}/request-info`, { headers: { 'x-waiter-service-id': info.headers['x-waiter-service-id'] as string, ...(await router.as('bob')) } })
+  t.equal(byId.json<{ headers: Record<string, string> }>().headers['x-waiter-auth-principal'], undefined, 'nor when it is called by id')
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-service-id': info.headers['x-waiter-service-id'] as string } })).status, 401, 'though by id it is not public')
 
   t.equal((await post(router, 'alice', { token: 'params', ...kitchenToken({ version: 'p' }), 'allowed-params': ['FOO'], 'run-as-user': 'alice', 'permitted-user': '*' })).status, 200)
   for (let i = 0; i < 5; i++) t.equal((await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'params', 'x-waiter-param-foo': `v${i}` } })).status, 401)

@@ -173,7 +173,7 @@ t.test('a version whose token was edited without changing what runs stays curren
   const fields = { ...CORE, 'idle-timeout-mins': 0, 'stale-timeout-mins': 0, 'fallback-period-secs': 0 }
   const first = await tokens.upsert('web', fields, { principal: admin })
   const lease = await request('a')
-  await registry.remember('a', CORE, { token: 'web', etag: first.etag })
+  await registry.remember('a', { ...CORE, 'run-as-user': 'me' }, { token: 'web', etag: first.etag })
   lease.release('success')
   clock.advance(1000)
   const edited = await tokens.upsert('web', { ...fields, 'queue-timeout-ms': 5000 }, { principal: admin })
@@ -183,6 +183,15 @@ t.test('a version whose token was edited without changing what runs stays curren
   await tokens.upsert('web', { ...fields, version: 'v2' }, { principal: admin })
   clock.advance(1000)
   t.same(await gc.tick(), [{ id: 'a', reason: 'stale' }], 'the token moved to another version: stale')
+})
+
+t.test('a version recorded before versions named their run-as-user is stale, though its token is unchanged: requests now go to the requester’s own', async (t) => {
+  const { clock, gc, registry, tokens } = setup(t.testdir(), { ...CORE, 'idle-timeout-mins': 0 })
+  const fields = { ...CORE, 'idle-timeout-mins': 0, 'stale-timeout-mins': 0, 'fallback-period-secs': 0 }
+  const { etag } = await tokens.upsert('web', fields, { principal: { user: 'me', admin: true } })
+  await registry.remember('legacy', CORE, { token: 'web', etag })
+  clock.advance(1000)
+  t.same(await gc.tick(), [{ id: 'legacy', reason: 'stale' }])
 })
 
 t.test('a version remembers the latest version of each token, one entry per token', async (t) => {
