@@ -105,7 +105,8 @@ interface Row {
 
 const ROWS: Readonly<Record<string, Row>> = {
   cmd: { check: nonBlank, rawHeader: true },
-  'cmd-type': { check: oneOf('shell', 'docker'), rawHeader: true },
+  // Waiter's own message (service_description.clj validate-schema).
+  'cmd-type': { check: (n, v) => (v === 'shell' || v === 'docker' ? undefined : typeof v === 'string' && v.trim() !== '' ? `Command type ${v} is not supported` : `${n} must be a non-empty string.`), rawHeader: true },
   cpus: { check: positive },
   mem: { check: positive },
   version: { check: nonBlank, rawHeader: true },

@@ -55,9 +55,10 @@ export function validateTokenName(name: unknown): string {
     throw new MaitreError('MAITRE_INVALID_TOKEN', `Token must be at most ${MAX_TOKEN_NAME} characters (fewer with $)`, { details: { field: 'token', limit: MAX_TOKEN_NAME, length: name.length } })
   }
   if (!TOKEN_NAME.test(name)) {
+    // Waiter's two messages: "#" (its pseudo-tokens' mark) is named; any other break of the pattern cites it.
+    const message = name.includes('#') ? 'Token contains invalid character: "#"' : 'Token must match pattern'
     const bad = [...name].find((c, i) => (i === 0 ? !/[a-zA-Z]/.test(c) : !/[a-zA-Z0-9\-_$.]/.test(c)))
-    const message = bad === undefined ? `Token must match pattern: ${TOKEN_NAME.source}` : `Token contains invalid character: ${JSON.stringify(bad)}`
-    throw new MaitreError('MAITRE_INVALID_TOKEN', message, { details: { field: 'token', token: name } })
+    throw new MaitreError('MAITRE_INVALID_TOKEN', message, { details: { field: 'token', token: name.slice(0, 200), pattern: TOKEN_NAME.source, ...(bad === undefined ? {} : { 'invalid-character': bad }) } })
   }
   return name
 }

@@ -112,7 +112,8 @@ export class LocalBackend implements Backend {
     if (this.#services.has(spec.serviceId)) return
     if (spec.cmdType === 'docker' || spec.image !== undefined) {
       const field = spec.image !== undefined ? 'image' : 'cmd-type'
-      throw misconfigured([{ field, message: `The local backend runs shell commands only; ${field} is not supported here.` }])
+      // Waiter's wording for a command type its scheduler cannot run, and why.
+      throw misconfigured([{ field, message: field === 'cmd-type' ? 'Command type docker is not supported (the local backend runs shell commands only)' : `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
     refuseHttp2(spec)
     const service: LocalService = {
