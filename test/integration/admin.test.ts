@@ -189,6 +189,11 @@ t.test('Waiter’s CLI `show`: /apps?effective-parameters=true&token=T lists eac
   const singleApp = listed.find((a) => a['service-id'] === singleId) as App
   t.match(singleApp['service-description'], { 'run-as-user': 'alice', 'permitted-user': 'alice' }, 'a token that runs as its requester: the requester, both (Waiter forces permitted-user to the requester too)')
   t.same((await call(`${router.url}/apps?token-version=${extraEtag}`)).json<App[]>().map((a) => a['service-id']), [joinedId], '?token-version=<etag> finds the versions of that token version')
+  await createToken(router, 'star', kitchenToken({ version: 'v3', 'run-as-user': '*' }))
+  const starId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'star' } })).text
+  const star = (await call(`${router.url}/apps/${starId}?effective-parameters=true`)).json<App>()
+  t.match(star['service-description'], { 'run-as-user': 'alice', 'permitted-user': 'alice' }, 'a run-as-user "*" token’s service shows its requester as its run-as-user')
+  t.equal(star['effective-parameters']['run-as-user'], 'alice')
   t.equal((await call(`${router.url}/apps`)).json<App[]>()[0]?.['effective-parameters'], undefined, 'effective parameters only when asked for')
 })
 
