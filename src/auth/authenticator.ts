@@ -26,8 +26,10 @@ export interface Principal {
  * space at either end (HTTP would trim it into another user's name), at most 256 characters,
  * and not a wildcard of the rules (`*`, `:any`).
  */
+export const MAX_PRINCIPAL_CHARS = 256
+
 export function isPrincipalName(name: unknown): name is string {
-  return typeof name === 'string' && name.length <= 256 && /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(name) && name !== '*' && name !== ':any'
+  return typeof name === 'string' && name.length <= MAX_PRINCIPAL_CHARS && /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(name) && name !== '*' && name !== ':any'
 }
 
 /** The caller of a service whose token turned authentication off. */

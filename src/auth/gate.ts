@@ -21,10 +21,6 @@ export class AuthGate {
     this.#readsCookies = authenticator.kind !== 'one-user'
   }
 
-  get kind(): string {
-    return this.#authenticator.kind
-  }
-
   /** The caller, or a MaitreError (401) when it cannot be trusted. Synchronous when nothing needs awaiting. */
   authenticate(req: IncomingMessage): Principal | Promise<Principal> {
     if (this.#readsCookies) {

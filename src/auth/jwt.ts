@@ -9,11 +9,9 @@ import type { IncomingMessage } from 'node:http'
 import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
 import { MaitreError } from '../errors.ts'
 import type { Clock } from '../clock.ts'
-import { isPrincipalName, type Authenticator, type Principal } from './authenticator.ts'
+import { isPrincipalName, MAX_PRINCIPAL_CHARS, type Authenticator, type Principal } from './authenticator.ts'
 
 export const JWT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const
-/** Longest principal name a token may carry. */
-const MAX_PRINCIPAL_CHARS = 256
 /** A JWKS file is looked at again at most this often for quiet changes (a key revoked under the same id). */
 const FILE_RECHECK_MS = 1000
 
@@ -42,7 +40,7 @@ function unauthorized(message: string, reason: string, invalidToken: boolean): M
 class KeysUnavailable extends Error {}
 
 /** A JWKS file's key set, read again when the file changes (checked on an unknown key id, and at most once a second otherwise). */
-export class JwksFile {
+class JwksFile {
   readonly #path: string
   readonly #clock: Clock
   #stamp = ''

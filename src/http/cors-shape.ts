@@ -1,6 +1,6 @@
 /** The shape of a token's cors-rules, checked without compiling anything (the parameter table is pure). */
 
-export const MAX_CORS_RULES = 100
+const MAX_CORS_RULES = 100
 const MAX_PATTERN_CHARS = 1024
 /** Waiter's nine methods, what a preflight allows when the rule names none. */
 export const ALL_METHODS = ['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE'] as const

@@ -21,6 +21,7 @@ import { asMaitreError, MaitreError } from '../errors.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
+import { pathOf } from './server.ts'
 
 export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
@@ -150,11 +151,6 @@ function corsHeadersFor(req: IncomingMessage, resolution: Resolution): Record<st
     throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
   }
   return allowedRequestHeaders(origin, false)
-}
-
-function pathOf(url: string | undefined): string {
-  const q = (url ?? '/').indexOf('?')
-  return q === -1 ? (url ?? '/') : (url as string).slice(0, q)
 }
 
 /** Attempts at one request when instances refuse the connection (each refusal ejects the instance). */

@@ -318,7 +318,8 @@ function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number):
   })
 }
 
-function pathOf(url: string | undefined): string {
+/** The path of a request target, without its query. */
+export function pathOf(url: string | undefined): string {
   if (url === undefined) return '/'
   const q = url.indexOf('?')
   return q === -1 ? url : url.slice(0, q)

@@ -104,11 +104,7 @@ export class Resolver {
     if (tokenHeader !== undefined && tokenHeader.startsWith(SERVICE_ID_TOKEN)) {
       return { resolution: this.byServiceId(tokenHeader.slice(SERVICE_ID_TOKEN.length).trim(), principal), headers: waiter }
     }
-    const hostToken = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
-    const hostIsToken = hostToken !== '' && !this.#options.routerHostnames.has(hostToken)
-    const names = tokenHeader !== undefined
-      ? tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
-      : hostIsToken ? [hostToken] : []
+    const names = this.#tokenNames(tokenHeader, headers['host'])
     // Keyed by what the answer depends on, normalised: padding a header cannot mint new entries.
     const key = JSON.stringify([principal.user, tokenHeader !== undefined, names, waiter.onTheFly, waiter.params])
     const cached = this.#cache.get(key)
@@ -131,9 +127,7 @@ export class Resolver {
    */
   tokenMetadataOf(headers: Readonly<Record<string, string | string[] | undefined>>): Record<string, unknown> {
     const header = headers['x-waiter-token']
-    const tokenHeader = typeof header === 'string' ? header : undefined
-    const host = tokenHeader === undefined ? hostWithoutPort(headers['host'] as string | undefined) : ''
-    const names = tokenHeader !== undefined ? tokenHeader.split(',').map((t) => t.trim()) : host !== '' && !this.#options.routerHostnames.has(host) ? [host] : []
+    const names = this.#tokenNames(typeof header === 'string' ? header : undefined, headers['host'])
     const metadata: Record<string, unknown> = {}
     for (const name of names) {
       const data = this.#tokens.get(name)
@@ -141,6 +135,13 @@ export class Resolver {
       for (const key of TOKEN_METADATA.keys()) if (data[key] !== undefined) metadata[key] = data[key]
     }
     return metadata
+  }
+
+  /** The tokens a request names: x-waiter-token's list, else the Host name unless it is this router's. */
+  #tokenNames(tokenHeader: string | undefined, host: string | string[] | undefined): string[] {
+    if (tokenHeader !== undefined) return tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
+    const hostToken = hostWithoutPort(host as string | undefined)
+    return hostToken !== '' && !this.#options.routerHostnames.has(hostToken) ? [hostToken] : []
   }
 
   /**
