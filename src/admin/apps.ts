@@ -8,12 +8,11 @@ import type { Principal } from '../auth/authenticator.ts'
 import type { Coordination } from '../cluster/coordination.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Clock } from '../clock.ts'
-import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
 import { assertManages, mayManage } from './access.ts'
-import { methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+import { methodNotAllowed, queryFlag, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface AppsApiDeps {
   readonly backend: Backend
@@ -78,14 +77,19 @@ function sourceSetsOf(record: ServiceRecord): readonly (readonly TokenReference[
   return record.sourceSets ?? record.sources.map((s) => [s])
 }
 
-/** Tokens whose current version still leads here. */
+/**
+ * Tokens whose current versions still lead here, as Waiter counts them: a combination's tokens
+ * only when every token in that combination is still at the version it had (a request naming
+ * `a,b` no longer reaches this version once `b` changed, even if `a` did not).
+ */
 function currentForTokens(record: ServiceRecord, tokens: Tokens): string[] {
   const current = new Set<string>()
+  const isCurrent = (s: TokenReference): boolean => {
+    const data = tokens.get(s.token)
+    return data !== undefined && tokenEtag(data) === s.etag
+  }
   for (const set of sourceSetsOf(record)) {
-    for (const s of set) {
-      const data = tokens.get(s.token)
-      if (data !== undefined && tokenEtag(data) === s.etag) current.add(s.token)
-    }
+    if (set.every(isCurrent)) for (const s of set) current.add(s.token)
   }
   return [...current].sort()
 }
@@ -138,6 +142,12 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
   return out
 }
 
+function isKnownToRun(serviceId: string, deps: AppsApiDeps): boolean {
+  if (deps.backend.state(serviceId) !== undefined) return true
+  const load = deps.tracker.load(serviceId)
+  return load.inFlight + load.queued > 0
+}
+
 export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDeps): void {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
@@ -153,15 +163,22 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
       return actual !== undefined && typeof actual !== 'object' && match(String(actual))
     })
   const reachedThrough = (rec: ServiceRecord, wanted: (s: TokenReference) => boolean): boolean => sourceSetsOf(rec).some((set) => set.some(wanted))
+  const tokenMatch = token === null ? undefined : globMatcher('token', token)
+  const tokenVersionMatch = tokenVersion === null ? undefined : globMatcher('token-version', tokenVersion)
+  // As Waiter lists what its scheduler knows: versions the backend runs or holds (scaled to zero
+  // but not yet collected), or with requests under way (a cold start). A version that is only
+  // recorded (asked for by /service-id, or left from before a restart) is not listed, so
+  // `waiter kill` and `waiter delete` see no service; /apps/{id} still answers for it.
   // Only the versions the caller may manage (admins see all). (Waiter also lists anyone's for
   // ?run-as-user=; maitre does not show one user's versions to another.)
   const records = deps.registry.all().filter((rec) =>
-    (token === null || reachedThrough(rec, (s) => s.token === token)) &&
-    (tokenVersion === null || reachedThrough(rec, (s) => s.etag === tokenVersion)) &&
+    isKnownToRun(rec.id, deps) &&
+    (tokenMatch === undefined || reachedThrough(rec, (s) => tokenMatch(s.token))) &&
+    (tokenVersionMatch === undefined || reachedThrough(rec, (s) => tokenVersionMatch(s.etag))) &&
     matches(rec) &&
     mayManage(who, rec))
   records.sort((a, b) => a.createdAt - b.createdAt)
-  const effective = r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true'
+  const effective = r.url.searchParams.getAll('include').includes('effective-parameters') || queryFlag(r.url, 'effective-parameters')
   const includes = new Set(r.url.searchParams.getAll('include'))
   sendJson(r.res, 200, records.map((rec) => ({
     ...summary(rec, deps),
@@ -171,24 +188,33 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
   })), r.cid)
 }
 
+/** Waiter reads the kill timeout as a Java int of milliseconds: digits only, at most 2^31 - 1. */
+export const MAX_KILL_TIMEOUT_MS = 2_147_483_647
+
+function killTimeoutMs(param: string | null): number {
+  if (param === null) return 0
+  const ms = /^[0-9]{1,10}$/.test(param) ? Number(param) : Number.NaN
+  if (!(ms <= MAX_KILL_TIMEOUT_MS)) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', `timeout must be a whole number of milliseconds from 0 to ${MAX_KILL_TIMEOUT_MS}`, { details: { field: 'timeout', value: param.slice(0, 50) } })
+  }
+  return ms
+}
+
 export async function handleApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): Promise<void> {
   const record = deps.registry.get(serviceId)
   if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
     assertManages(who, record)
     // Checked before anything stops: a bad timeout is the caller's 400, and nothing is deleted.
-    const timeoutParam = r.url.searchParams.get('timeout')
-    const timeoutMs = timeoutParam === null ? 0 : Number(timeoutParam)
-    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > MAX_TIMEOUT_MS) {
-      throw new MaitreError('MAITRE_BAD_REQUEST', `timeout must be a whole number of milliseconds from 0 to ${MAX_TIMEOUT_MS}`, { details: { field: 'timeout', value: String(timeoutParam).slice(0, 50) } })
-    }
+    const timeoutMs = killTimeoutMs(r.url.searchParams.get('timeout'))
     // Gone as a collection would take it: record, caches, settings, then the backend. It leaves
     // /apps at once, and a second DELETE finds nothing (404).
     const existed = await deps.gc.deleteNow(serviceId)
     // Every router has let it go once none reports load for it (reports come every 500 ms).
     const agreed = (): boolean => ![...deps.cluster().peerVersions()].includes(serviceId)
     const deadline = deps.clock.now() + timeoutMs
-    while (!agreed() && deps.clock.now() < deadline) await new Promise<void>((resolve) => deps.clock.setTimeout(resolve, 100))
+    // A caller that hangs up stops the wait (the deletion itself is done).
+    while (!agreed() && deps.clock.now() < deadline && !r.res.destroyed) await new Promise<void>((resolve) => deps.clock.setTimeout(resolve, 100))
     return sendJson(r.res, 200, {
       'service-id': serviceId,
       success: true,
@@ -222,7 +248,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
   if (overrides !== undefined) body['service-description-overrides'] = overrides
   const suspended = deps.suspensions.get(serviceId)
   if (suspended !== undefined) body['service-suspended-state'] = suspended
-  if (r.url.searchParams.getAll('include').includes('effective-parameters') || r.url.searchParams.get('effective-parameters') === 'true') {
+  if (r.url.searchParams.getAll('include').includes('effective-parameters') || queryFlag(r.url, 'effective-parameters')) {
     body['effective-parameters'] = deps.overrides.parameters(serviceId, record.core)
   }
   sendJson(r.res, 200, body, r.cid)

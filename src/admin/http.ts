@@ -85,3 +85,11 @@ export function methodNotAllowed(method: string | undefined, allowed: readonly s
 export function firstHeader(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value
 }
+
+/**
+ * A yes/no query parameter as Waiter reads it (Java's Boolean.parseBoolean): `true` in any case
+ * is yes, anything else no. Waiter's CLI sends Python's `True`.
+ */
+export function queryFlag(url: URL, name: string): boolean {
+  return url.searchParams.get(name)?.toLowerCase() === 'true'
+}

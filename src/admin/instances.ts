@@ -7,7 +7,7 @@ import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Autoscaler } from '../scaler/autoscaler.ts'
 import { SERVER_HEADER } from '../http/error-response.ts'
-import { methodNotAllowed, sendJson, type AdminRequest } from './http.ts'
+import { methodNotAllowed, queryFlag, sendJson, type AdminRequest } from './http.ts'
 
 export interface InstanceApiDeps {
   readonly backend: Backend
@@ -27,7 +27,7 @@ export async function handleInstanceSignal(r: AdminRequest, serviceId: string, i
     return sendJson(r.res, 200, { 'signal-response': { message: `expire successfully sent to ${instanceId}`, success: true } }, r.cid)
   }
   // Waiter's ?force=true: SIGKILL (a pod deleted with no grace period), not SIGTERM and a grace period.
-  const force = r.url.searchParams.get('force') === 'true'
+  const force = queryFlag(r.url, 'force')
   // An operator's kill happens even if requests are in flight; locking first still keeps new ones off it.
   deps.tracker.lockForKill(serviceId, instanceId)
   if (!(await deps.backend.killInstance(serviceId, instanceId, { force }))) {

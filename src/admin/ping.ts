@@ -15,6 +15,7 @@ import type { Resolution, Resolver } from '../versions/resolve.ts'
 import { serviceStatus } from './apps.ts'
 import { sendJson, type AdminRequest } from './http.ts'
 import { errorBody } from '../http/error-response.ts'
+import { isDebugRequested } from '../http/debug.ts'
 
 export interface PingDeps {
   readonly resolver: Resolver
@@ -105,7 +106,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     pingResponse = { result: e.code === 'MAITRE_QUEUE_TIMEOUT' ? 'timed-out' : 'received-response', status: e.status, body: errorBody(e, r.req, { cid: r.cid, principal: who.user, serviceId: current.serviceId }, 'json') }
   }
   const excluded = r.url.searchParams.getAll('exclude').includes('service-state')
-  const debug = r.req.headers['x-waiter-debug'] === 'true'
+  const debug = isDebugRequested(r.req.headers)
   sendJson(r.res, 200, {
     'ping-response': pingResponse,
     'service-description': current.core,

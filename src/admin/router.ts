@@ -18,7 +18,7 @@ import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Metrics } from '../metrics.ts'
-import { methodNotAllowed, sendJson, sendText, type AdminRequest } from './http.ts'
+import { methodNotAllowed, queryFlag, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
 export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
@@ -100,7 +100,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           const { resolution, headers } = await deps.resolver.resolve(req.headers, who)
           // The version that would serve the request now: during a fallback, the previous one
           // (?latest=true: the token's newest, whatever serves). Nothing is started.
-          const latest = url.searchParams.get('latest') === 'true'
+          const latest = queryFlag(url, 'latest')
           const target = latest ? undefined : fallbackTarget(resolution, deps.clock.now(), headers.perRequest['fallback-period-secs'], (id) => deps.tracker.load(id).healthy)
           let serving = resolution.serviceId
           if (target !== undefined) {

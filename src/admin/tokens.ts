@@ -6,7 +6,7 @@ import { serviceIdOf } from '../versions/service-id.ts'
 import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
-import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+import { firstHeader, methodNotAllowed, queryFlag, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface TokenApiDeps {
   readonly tokens: Tokens
@@ -79,7 +79,7 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
     case 'DELETE': {
       const name = tokenNameOf(r, deps)
       if (name === undefined) throw new MaitreError('MAITRE_BAD_REQUEST', "Couldn't find token in request", { details: { field: 'token' } })
-      const hard = url.searchParams.get('hard-delete') === 'true'
+      const hard = queryFlag(url, 'hard-delete')
       const { etag } = await deps.tokens.delete(name, { principal, ifMatch, hard })
       return sendJson(res, 200, { delete: name, 'hard-delete': hard, success: true }, cid, {
         etag: ifMatch ?? etag,

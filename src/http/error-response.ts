@@ -4,6 +4,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, type MaitreError } from '../errors.ts'
+import { isDebugRequested } from './debug.ts'
 export const SERVER_HEADER = 'maitre'
 /** Marks responses maitre itself generated, with the error's code. */
 export const ERROR_CODE_HEADER = 'x-maitre-error'
@@ -103,7 +104,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
   const body = errorBody(err, req, ctx, format)
   // With x-waiter-debug, an error about a known version names it, as Waiter's do.
   const serviceId = ctx.serviceId ?? (err.details['service-id'] as string | undefined)
-  const debug = req.headers['x-waiter-debug'] === 'true' && typeof serviceId === 'string'
+  const debug = isDebugRequested(req.headers) && typeof serviceId === 'string'
   res.writeHead(err.status, {
     ...err.headers,
     'content-type': CONTENT_TYPES[format],

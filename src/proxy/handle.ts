@@ -22,6 +22,7 @@ import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 import { pathOf } from './server.ts'
+import { isDebugRequested } from '../http/debug.ts'
 
 export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
@@ -159,6 +160,10 @@ const MAX_ATTEMPTS = 3
 export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const started = deps.clock.now()
+    const debug = isDebugRequested(req.headers)
+    // Waiter's *-ns debug headers, measured in nanoseconds on the monotonic clock (only when asked).
+    const startedNs = debug ? process.hrtime.bigint() : 0n
+    let gotInstanceNs = 0n
     const cid = cidOf(req)
     let clientGone = false
     // Created only when the request has to wait (cold start or queue): most requests never do.
@@ -233,7 +238,6 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
-      const debug = perRequest['debug'] !== undefined && perRequest['debug'] !== 'false'
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',
@@ -262,10 +266,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         })
       }
       if (queued || coldStart) queueMs = deps.clock.now() - started
+      if (debug) gotInstanceNs = process.hrtime.bigint() - startedNs
       for (let attempt = 1; ; attempt++) {
         const instance = lease.instance
         instanceId = instance.id
         const forwardedAt = deps.clock.now()
+        const forwardedNs = debug ? process.hrtime.bigint() : 0n
         forwarding = deps.forwarder.forward(req, res, {
           instance,
           cid,
@@ -283,9 +289,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
               extra['x-waiter-backend-host'] = instance.host
               extra['x-waiter-backend-port'] = String(instance.port)
               extra['x-waiter-backend-proto'] = instance.proto
-              extra['x-waiter-backend-response-ns'] = String((deps.clock.now() - forwardedAt) * 1_000_000)
+              extra['x-waiter-backend-response-ns'] = String(process.hrtime.bigint() - forwardedNs)
               extra['x-waiter-router-id'] = deps.routerId
-              extra['x-waiter-get-available-instance-ns'] = String(queueMs * 1_000_000)
+              extra['x-waiter-get-available-instance-ns'] = String(gotInstanceNs)
               extra['x-waiter-queue-timeout-ms'] = String(timeouts.queueTimeoutMs)
               extra['x-waiter-socket-timeout-ms'] = String(timeouts.socketTimeoutMs)
               extra['x-waiter-streaming-timeout-ms'] = String(timeouts.streamingTimeoutMs)

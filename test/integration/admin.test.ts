@@ -100,8 +100,9 @@ t.test('/apps filters and /settings redaction', async (t) => {
   const router = await startRouter(t, { secret: 'hunter2' })
   await createToken(router, 'alpha-token', kitchenToken({ name: 'alpha' }))
   await createToken(router, 'beta-token', kitchenToken({ name: 'beta', version: 'v2' }))
-  await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'alpha-token' } })
-  await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'beta-token' } })
+  // Running, so listed (/apps lists what runs, as Waiter's lists what its scheduler knows).
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'alpha-token' } })
+  await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'beta-token' } })
   const byName = (await call(`${router.url}/apps?name=beta`)).json<{ 'service-description': { name: string } }[]>()
   t.same(byName.map((a) => a['service-description'].name), ['beta'])
   const byGlob = (await call(`${router.url}/apps?version=v*`)).json<unknown[]>()

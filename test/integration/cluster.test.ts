@@ -4,6 +4,8 @@
  */
 import t from 'tap'
 import { startCluster } from '../fixtures/cluster.ts'
+import { startRelay } from '../fixtures/tcp-cut.ts'
+import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
 import { call, createToken, kitchenToken, SIM_NAMESPACE, waitFor, type Router } from '../fixtures/router.ts'
 
 interface ClusterState {
@@ -149,6 +151,36 @@ t.test('a version deleted through one router is gone from the others, and a requ
   await waitFor('b forgets it (its ReplicaSet is gone)', async () => ((await runs(b)) ? undefined : true), 3000)
   t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'a request through b starts it again, instead of waiting on a ghost')
   t.equal(cluster.sim.list('replicasets', SIM_NAMESPACE).length, 1)
+})
+
+t.test('Waiter’s kill times out honestly: a router cut off from etcd still reports the version, so routers-agree is false at the timeout', async (t) => {
+  const cluster = await startCluster(t, 1)
+  const [a] = cluster.routers as [Router]
+  const relay = await startRelay(Number(new URL(cluster.etcd.endpoint).port))
+  cluster.etcd.beforeStop(() => relay.close())
+  const b = await cluster.addRouter({ 'etcd.endpoints': [relay.url] })
+  await createToken(a, 'held', kitchenToken())
+  const h = { 'x-waiter-token': 'held' }
+  t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'b carries the version, so b reports load for it')
+  const id = (await call(`${a.url}/service-id`, { headers: h })).text
+  const etcd = connectEtcd({ endpoints: [cluster.etcd.endpoint], requestTimeoutMs: 1000 })
+  cluster.etcd.beforeStop(() => etcd.close())
+  const bReports = async (): Promise<boolean> => {
+    const loads = await etcd.getAll().prefix('/maitre/maitre/load/').strings()
+    return Object.values(loads).some((doc) => id in (JSON.parse(doc) as { versions: Record<string, unknown> }).versions)
+  }
+  // Seen in etcd twice in a row, so a (watching) has it too.
+  let seen = 0
+  await waitFor('b’s load report names the version', async () => ((await bReports()) && ++seen >= 2 ? true : undefined))
+  relay.cut()
+  const asked = Date.now()
+  const killed = await call(`${a.url}/apps/${id}?timeout=300`, { method: 'DELETE' })
+  t.equal(killed.status, 200)
+  t.match(killed.json(), { result: 'deleted', success: true, 'routers-agree': false }, 'b’s report stays until its lease lapses: not every router has let go')
+  t.ok(Date.now() - asked >= 300, 'answered at the timeout, not before')
+  await waitFor('b’s lease lapses and its report goes', async () => ((await bReports()) ? undefined : true), 10_000)
+  relay.heal()
+  t.equal((await call(`${a.url}/apps/${id}`, { method: 'DELETE' })).status, 404, 'the version was deleted all the same')
 })
 
 t.test('slots across routers: concurrency-level is never exceeded fleet-wide, and a slot one router holds serves another router’s queue', async (t) => {
