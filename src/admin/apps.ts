@@ -24,7 +24,7 @@ export interface AppsApiDeps {
   readonly suspensions: { get(serviceId: string): unknown }
   readonly routerId: string
   /** The cluster this router is part of (a single router is a cluster of one). */
-  readonly cluster: () => Pick<Coordination, 'members' | 'peerVersions'>
+  readonly cluster: () => Pick<Coordination, 'members' | 'peerMayHold'>
   /** Deletes a version now, as a collection does. */
   readonly gc: Pick<GcRunner, 'deleteNow'>
   readonly clock: Clock
@@ -211,7 +211,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     // /apps at once, and a second DELETE finds nothing (404).
     const existed = await deps.gc.deleteNow(serviceId)
     // Every router has let it go once none reports load for it (reports come every 500 ms).
-    const agreed = (): boolean => ![...deps.cluster().peerVersions()].includes(serviceId)
+    const agreed = (): boolean => !deps.cluster().peerMayHold(serviceId)
     const deadline = deps.clock.now() + timeoutMs
     // A caller that hangs up stops the wait (the deletion itself is done).
     while (!agreed() && deps.clock.now() < deadline && !r.res.destroyed) await new Promise<void>((resolve) => deps.clock.setTimeout(resolve, 100))

@@ -73,6 +73,9 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     launchSpec: () => deps.launchSpecOf(current),
     remember: () => deps.resolver.remember(current),
   }
+  // A ping is a request to the version, as in Waiter (where it goes through the proxy): it counts
+  // in request-metrics and last-request-time, and keeps the version from looking idle.
+  deps.tracker.noteRequest(current.serviceId)
   try {
     let starting = deps.activator.ensure(activation)
     while (starting !== undefined) {

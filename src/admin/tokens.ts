@@ -65,11 +65,11 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
       const name = fromQuery ?? body['token']
       delete body['token']
       if (typeof name !== 'string' || name === '') throw new MaitreError('MAITRE_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
-      const write = await deps.tokens.upsert(name, body, {
-        principal,
-        ifMatch,
-        adminMode: url.searchParams.get('update-mode') === 'admin',
-      })
+      const updateMode = url.searchParams.get('update-mode')
+      if (updateMode !== null && updateMode !== 'admin') {
+        throw new MaitreError('MAITRE_BAD_REQUEST', `Invalid update-mode: ${updateMode.slice(0, 50)} (the only mode is admin)`, { details: { field: 'update-mode', allowed: ['admin'] } })
+      }
+      const write = await deps.tokens.upsert(name, body, { principal, ifMatch, adminMode: updateMode === 'admin' })
       const message = write.result === 'token-no-op' ? `No changes detected for ${name}` : `Successfully ${write.result === 'token-created' ? 'created' : 'updated'} ${name}`
       return sendJson(res, 200, { message, 'service-description': serviceFields(write.data) }, cid, {
         etag: write.etag,
@@ -99,12 +99,11 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
   // Waiter's filters: any token key (dotted for maps: env.FLAG), exact or a glob; a key given
   // twice matches either value. `parameters=K` adds those keys' values to each entry.
   const reserved = new Set(['owner', 'include', 'parameters', 'maintenance'])
+  const given = [...r.url.searchParams.entries()].filter(([key]) => !reserved.has(key))
+  // Every value counts, a repeated key's too: each is tried against every token.
+  if (given.length > MAX_FILTERS) throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
   const byKey = new Map<string, Matcher[]>()
-  for (const [key, wanted] of r.url.searchParams.entries()) {
-    if (reserved.has(key)) continue
-    byKey.set(key, [...(byKey.get(key) ?? []), globMatcher(key, wanted)])
-  }
-  if (byKey.size > MAX_FILTERS) throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
+  for (const [key, wanted] of given) byKey.set(key, [...(byKey.get(key) ?? []), globMatcher(key, wanted)])
   const filters = [...byKey].map(([key, matchers]) => ({ path: key.split('.').slice(0, 4), matchers }))
   const maintenance = r.url.searchParams.get('maintenance')
   const shown = r.url.searchParams.getAll('parameters').slice(0, MAX_FILTERS)

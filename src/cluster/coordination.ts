@@ -59,8 +59,8 @@ export interface Coordination {
   members(): readonly Member[]
   /** The load other routers last reported for a version (this router's own excluded). */
   peerLoad(serviceId: string): VersionLoad
-  /** Versions some other router reports load for. */
-  peerVersions(): Iterable<string>
+  /** Whether another router may still hold a version: it reports load for it, or its report was cut short. */
+  peerMayHold(serviceId: string): boolean
   /** Who holds which slots: membership and the other routers' reports. */
   slotView(): SlotView
   /** A peer refused a connection (its process is gone): deal its slots among the others now. */
@@ -82,7 +82,7 @@ export function singleRouter(routerId: string, url: () => string, startedAt: num
     leaderId: () => routerId,
     members: () => [{ routerId, url: url(), startedAt }],
     peerLoad: () => NO_LOAD,
-    peerVersions: () => [],
+    peerMayHold: () => false,
     slotView: () => ({ members: [routerId], peers: [], cutOff: false, settling: false }),
     onSlotViewChange: () => () => undefined,
     endpoints: [],
@@ -99,7 +99,7 @@ export function joining(routerId: string, endpoints: readonly string[]): Coordin
     leaderId: () => undefined,
     members: () => [],
     peerLoad: () => NO_LOAD,
-    peerVersions: () => [],
+    peerMayHold: () => false,
     slotView: () => ({ members: [], peers: [], cutOff: false, settling: false }),
     onSlotViewChange: () => () => undefined,
     endpoints,

@@ -50,7 +50,8 @@ export function errorBody(err: MaitreError, req: IncomingMessage, ctx: ErrorCont
     timestamp: new Date().toISOString(),
     title: err.title,
     uri: q === -1 ? url : url.slice(0, q),
-    'waiter-token': ctx.token ?? null,
+    // The token the request named, when the error came before (or without) resolving it.
+    'waiter-token': ctx.token ?? req.headers['x-waiter-token'] ?? null,
   }
   if (format === 'json') return `${JSON.stringify({ 'waiter-error': info }, null, 2)}\n`
   const rows: [string, unknown][] = [

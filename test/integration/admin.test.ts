@@ -226,7 +226,7 @@ t.test('the rest of Waiter’s API its own integration tests rely on', async (t)
     'request-metrics': { total: number }; 'last-request-time': string; references: unknown[]
     instances: { 'healthy-instances': { id: string; host: string; port: number }[]; 'active-instances': { id: string; 'log-url': string }[] }
   }>()
-  t.equal(app['request-metrics'].total, 2, 'request-metrics.total counts the proxied requests (a ping’s health check is none)')
+  t.equal(app['request-metrics'].total, 3, 'request-metrics.total counts the proxied requests and the ping (Waiter’s ping goes through its proxy)')
   t.ok(Date.parse(app['last-request-time']) > Date.now() - 60_000, 'last-request-time is recent')
   t.match(app.references, [{ token: { sources: [{ token: 'kitchen', version: /^E-/ }] } }], '?include=references')
   const instance = app.instances['active-instances'][0] as { id: string; 'log-url': string }

@@ -161,6 +161,7 @@ t.test('Waiter’s kill times out honestly: a router cut off from etcd still rep
   const b = await cluster.addRouter({ 'etcd.endpoints': [relay.url] })
   await createToken(a, 'held', kitchenToken())
   const h = { 'x-waiter-token': 'held' }
+  await waitFor('b sees the token', async () => ((await call(`${b.url}/token?token=held`)).status === 200 ? true : undefined))
   t.equal((await call(`${b.url}/request-info`, { headers: h })).status, 200, 'b carries the version, so b reports load for it')
   const id = (await call(`${a.url}/service-id`, { headers: h })).text
   const etcd = connectEtcd({ endpoints: [cluster.etcd.endpoint], requestTimeoutMs: 1000 })

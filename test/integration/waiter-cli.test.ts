@@ -196,3 +196,30 @@ t.test('x-waiter-debug is on whenever the header is there (Waiter’s rule), on 
   }
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })).headers['x-waiter-service-id'], undefined, 'and not without it')
 })
+
+t.test('`waiter ping` is a request to the version (Waiter’s goes through its proxy): `show` then has a last request; a ping of a token in maintenance names the token', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'pinged', kitchenToken())
+  const ping = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'pinged', 'x-waiter-fallback-period-secs': '0' } })
+  t.match(ping.json(), { 'ping-response': { result: 'received-response', status: 200 } })
+  const [service] = await servicesUsing(router, 'pinged')
+  t.ok(service?.['last-request-time'] !== null && Number.isFinite(Date.parse(service?.['last-request-time'] as string)), 'last-request-time is set, not n/a')
+  t.match(service, { 'request-metrics': { total: 1 } })
+  await createToken(router, 'down', kitchenToken({ maintenance: { message: 'back soon' } }))
+  const down = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'down' } })
+  t.equal(down.status, 503)
+  t.match(down.json(), { 'waiter-error': { 'error-class': 'waiter.Maintenance', 'waiter-token': 'down' } })
+})
+
+t.test('token writes and lists refuse what Waiter refuses: an unknown update-mode, more filter values than the bound', async (t) => {
+  const router = await startRouter(t)
+  const odd = await call(`${router.url}/token?token=odd&update-mode=foo`, { method: 'POST', headers: { ...json, 'if-match': '' }, body: JSON.stringify(kitchenToken()) })
+  t.equal(odd.status, 400)
+  t.match(odd.json(), { 'waiter-error': { details: { field: 'update-mode' }, message: /Invalid update-mode/ } })
+  t.equal((await call(`${router.url}/token?token=odd`)).status, 404, 'and nothing was written')
+  const many = Array.from({ length: 17 }, (_, i) => `name=n${i}`).join('&')
+  const refused = await call(`${router.url}/tokens?${many}`)
+  t.equal(refused.status, 400, 'one key repeated counts once per value')
+  t.match(refused.json(), { 'waiter-error': { details: { limit: 'filters', max: 16 } } })
+  t.equal((await call(`${router.url}/tokens?${Array.from({ length: 16 }, (_, i) => `name=n${i}`).join('&')}`)).status, 200, 'up to the bound')
+})

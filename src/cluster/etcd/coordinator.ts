@@ -53,6 +53,8 @@ type LoadDocument = {
   readonly over?: Readonly<Record<string, Readonly<Record<string, number>>>>
   /** It is draining: it refuses new connections but still carries requests on its slots. */
   readonly draining?: boolean
+  /** Some versions were left out to keep the report under its bound: it may hold more than it lists. */
+  readonly partial?: boolean
 }
 
 /**
@@ -266,17 +268,13 @@ export class EtcdCoordinator implements Coordination {
     await this.#publishLoad()
   }
 
-  *peerVersions(): Iterable<string> {
-    const seen = new Set<string>()
+  peerMayHold(serviceId: string): boolean {
     for (const [routerId, report] of this.#loads.entries()) {
       if (routerId === this.routerId) continue
-      for (const id of Object.keys(report.versions)) {
-        if (!seen.has(id)) {
-          seen.add(id)
-          yield id
-        }
-      }
+      // A report cut short to its bound may leave out the very version asked about.
+      if (Object.hasOwn(report.versions, serviceId) || report.partial === true) return true
     }
+    return false
   }
 
   async close(): Promise<void> {
@@ -503,12 +501,12 @@ export class EtcdCoordinator implements Coordination {
     const over: Record<string, Record<string, number>> = {}
     for (const [serviceId, instanceId, n] of this.#options.overShare?.() ?? []) (over[serviceId] ??= {})[instanceId] = n
     const draining = this.#draining
-    const text = JSON.stringify([versions, members, over, draining])
+    const text = JSON.stringify([versions, members, over, draining, dropped > 0])
     if (text === this.#publishedLoad) return
     if (dropped > 0) this.#options.log.warn({ dropped }, 'load report over 1 MiB: the least recently used versions were left out')
     this.#publishing = true
     try {
-      const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over, ...(draining ? { draining } : {}) }
+      const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over, ...(draining ? { draining } : {}), ...(dropped > 0 ? { partial: true } : {}) }
       await lease.put(this.#loadKey).value(JSON.stringify(doc))
       this.#publishedLoad = text
       // While requests run beyond this router's share, a peer waits for the report that they
