@@ -32,7 +32,8 @@ import { etcdPrefixOf, redactedConfig, type Config } from './config.ts'
 import type { LaunchSpec } from './launch-spec.ts'
 import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
-import { createProxyHandler } from './proxy/handle.ts'
+import { createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
+import { createWebSocketProxy } from './proxy/websocket.ts'
 import { createRouterServer } from './proxy/server.ts'
 import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
@@ -221,7 +222,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const launchSpecOf = (resolution: Resolution): LaunchSpec => parameters.launchSpec(resolution)
   const parametersOf = (resolution: Resolution): Readonly<Record<string, unknown>> => parameters.ofResolution(resolution)
 
-  const proxy = createProxyHandler({
+  const proxyDeps: ProxyDeps = {
     auth,
     resolver,
     activator,
@@ -237,7 +238,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     clock,
     log,
     accessLog: config.log.access,
-  })
+  }
+  const proxy = createProxyHandler(proxyDeps)
+  const websocket = createWebSocketProxy(proxyDeps, config.proxy.websocket)
   // Late-bound: the API reports the drain the server (built from the API) carries out.
   let draining = (): boolean => false
   let serverLoad = (): { inFlight: number; connections: number } => ({ inFlight: 0, connections: 0 })
@@ -268,7 +271,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     log,
   })
   const separateAdmin = config.server.admin.host !== null
-  const server = createRouterServer({ ...config.server, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, log })
+  const server = createRouterServer({ ...config.server, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, websocket, log })
   // On its own listener, every request is an API call.
   const adminServer = separateAdmin ? createRouterServer({ ...config.server, routerHostnames, api, proxy: api, log }) : undefined
   let adminPort: number | undefined

@@ -147,6 +147,12 @@ export interface Config {
     readonly ejectBaseMs: number
     readonly maxEjectMs: number
     readonly resolutionCacheSize: number
+    readonly websocket: {
+      /** Largest WebSocket message either side may send; a larger one closes the connection with 1009. */
+      readonly maxMessageBytes: number
+      /** A WebSocket with no message either way for this long is closed (1001). */
+      readonly idleTimeoutMs: number
+    }
   }
   readonly backend: { readonly kind: 'local' | 'kubernetes'; readonly local: LocalBackendConfig; readonly kubernetes: KubernetesBackendConfig }
   readonly scaler: {
@@ -208,6 +214,7 @@ export const DEFAULTS: Config = {
     ejectBaseMs: 10000,
     maxEjectMs: 300000,
     resolutionCacheSize: 10000,
+    websocket: { maxMessageBytes: 1048576, idleTimeoutMs: 300000 },
   },
   backend: {
     kind: 'local',
@@ -323,6 +330,8 @@ const RULES: Readonly<Record<string, Rule>> = {
   'proxy.ejectBaseMs': positiveInt,
   'proxy.maxEjectMs': positiveInt,
   'proxy.resolutionCacheSize': positiveInt,
+  'proxy.websocket.maxMessageBytes': (v) => (Number.isInteger(v) && (v as number) >= 125 && (v as number) <= 64 * 1024 * 1024 ? undefined : 'must be an integer in [125, 67108864] (bytes)'),
+  'proxy.websocket.idleTimeoutMs': (v) => (Number.isInteger(v) && (v as number) > 0 && (v as number) <= 2 ** 31 - 1 ? undefined : 'must be a positive integer of milliseconds, at most 2147483647'),
   'backend.kind': (v) => (v === 'local' || v === 'kubernetes' ? undefined : "must be 'local' or 'kubernetes' (mesos is not built yet)"),
   'backend.kubernetes.namespace': (v) => (v === null || isDnsLabel(v as string) ? undefined : 'must be a DNS-1123 label (a-z, 0-9, -; at most 63) or null'),
   'backend.kubernetes.podBasePort': (v) => (port(v) === undefined && (v as number) > 0 && (v as number) <= 65000 ? undefined : 'must be a port number in [1, 65000]'),

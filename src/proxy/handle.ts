@@ -54,7 +54,7 @@ export interface ProxyDeps {
 
 
 /** Header (ms) over token setting over config; non-positive or unparsable values fall through. */
-function pickTimeout(header: string | undefined, token: unknown, fallback: number): number {
+export function pickTimeout(header: string | undefined, token: unknown, fallback: number): number {
   const fromHeader = header === undefined ? NaN : Number.parseInt(header, 10)
   if (fromHeader > 0) return Math.min(fromHeader, MAX_TIMEOUT_MS)
   if (typeof token === 'number' && token > 0) return Math.min(token, MAX_TIMEOUT_MS)
@@ -71,7 +71,7 @@ function chosenByClient(header: string | undefined): boolean {
  * healthy instance, a request goes to the newest previous version that has one — and the new
  * version is started meanwhile, so an update under load fails no request and waits for nothing.
  */
-function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, periodHeader: string | undefined): Resolution {
+export function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps, periodHeader: string | undefined): Resolution {
   const target = fallbackTarget(resolution, deps.clock.now(), periodHeader, (id) => deps.tracker.load(id).healthy)
   if (target === undefined) return resolution
   const latest = resolution
@@ -105,7 +105,7 @@ export function activationOf(resolution: Resolution, deps: Pick<ProxyDeps, 'para
  * maintenance answer or https redirect; for anything else the authentication failure stands,
  * and says nothing about what the request named.
  */
-async function resolveAnonymously(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<ResolvedRequest> {
+export async function resolveAnonymously(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<ResolvedRequest> {
   if (!(authFailure instanceof MaitreError) || authFailure.code !== 'MAITRE_UNAUTHORIZED') throw authFailure
   assertHttpsOrRedirect(req, deps.resolver.tokenMetadataOf(req.headers))
   try {
@@ -145,7 +145,7 @@ function answerPreflight(req: IncomingMessage, res: ServerResponse, cid: string,
 }
 
 /** A cross-origin request (it carries an Origin not its own) passes only by a rule of its token; the answer then says so to the browser. */
-function corsHeadersFor(req: IncomingMessage, resolution: Resolution): Record<string, string> | undefined {
+export function corsHeadersFor(req: IncomingMessage, resolution: Resolution): Record<string, string> | undefined {
   const origin = req.headers.origin
   if (origin === undefined || isSameOrigin(origin, req.headers.host, requestProto(req.headers))) return undefined
   if (matchingRule(resolution.tokenMetadata['cors-rules'], origin, pathOf(req.url), req.method ?? 'GET') === undefined) {

@@ -14,6 +14,8 @@ import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
 import { isApiRequest } from './classify.ts'
+import { isWebSocketUpgrade, refuseUpgrade } from './upgrade.ts'
+import type { Duplex } from 'node:stream'
 
 export interface ServerOptions {
   readonly maxHeaderBytes: number
@@ -27,6 +29,12 @@ export interface ServerOptions {
   readonly routerHostnames: ReadonlySet<string>
   readonly api: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
+  /** WebSocket upgrades on the data path (absent: an upgrade is served as plain HTTP/1.1). */
+  readonly websocket?: {
+    handle(req: IncomingMessage, socket: Duplex, head: Buffer): void
+    /** Told when a drain starts: open WebSockets are asked to close (1001). */
+    closeAll(): void
+  }
   readonly log: Logger
 }
 
@@ -161,6 +169,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       // Node would answer a missing Host itself, with a bare 400: answered below, in JSON.
       requireHostHeader: false,
       noDelay: true,
+      // Only a WebSocket upgrade is taken as one; any other (h2c, say) is served as HTTP/1.1.
+      shouldUpgradeCallback: (req: IncomingMessage) => options.websocket !== undefined && isWebSocketUpgrade(req),
     },
     handle,
   )
@@ -189,6 +199,19 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       else perClient.set(client, left)
     })
     server.emit('connection', socket)
+  })
+
+  // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const cid = cidOf(req)
+    if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
+    if (draining) {
+      return refuseUpgrade(req, socket, new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }), { cid })
+    }
+    if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames) || options.websocket === undefined) {
+      return refuseUpgrade(req, socket, new MaitreError('MAITRE_BAD_REQUEST', 'WebSocket upgrades are proxied to services only: name a token (x-waiter-token or the Host)', { details: { field: 'upgrade' } }), { cid })
+    }
+    options.websocket.handle(req, socket, head)
   })
 
   // CONNECT asks for a tunnel, which maitre does not open (Node would only drop the connection).
@@ -267,6 +290,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         // them at once): a request a client is sending on one right now is served, with
         // Connection: close, rather than lost in a reset.
         listener.close()
+        // WebSockets have no end of their own: each is asked to close (1001, going away) now.
+        options.websocket?.closeAll()
         if (open.size > 0) {
           await new Promise<void>((done) => {
             const timer = setTimeout(done, timeoutMs)

@@ -1,0 +1,30 @@
+/** An HTTP upgrade at the listener: which ones are WebSockets, and how one that will not happen is refused. */
+import { ServerResponse, type IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { sendError } from '../http/error-response.ts'
+
+/** Whether an upgrade asks for a WebSocket (other upgrades, h2c for one, are served as HTTP/1.1). */
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  return req.headers.upgrade?.toLowerCase() === 'websocket'
+}
+
+/** Writes one plain HTTP answer on an upgrade's socket (no server response exists for it), then closes the connection. */
+export function answerOnSocket(req: IncomingMessage, socket: Duplex, answer: (res: ServerResponse) => void): void {
+  if (!socket.writable) {
+    socket.destroy()
+    return
+  }
+  const res = new ServerResponse(req)
+  res.shouldKeepAlive = false
+  res.assignSocket(socket as Parameters<ServerResponse['assignSocket']>[0])
+  res.once('finish', () => {
+    res.detachSocket(socket as Parameters<ServerResponse['detachSocket']>[0])
+    socket.end()
+  })
+  answer(res)
+}
+
+/** Answers an upgrade that will not happen with Waiter's error response, then closes the connection. */
+export function refuseUpgrade(req: IncomingMessage, socket: Duplex, error: unknown, ctx: { cid: string; principal?: string | undefined; serviceId?: string | undefined; token?: string | undefined }): void {
+  answerOnSocket(req, socket, (res) => sendError(req, res, error, ctx))
+}

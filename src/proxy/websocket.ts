@@ -1,0 +1,353 @@
+/**
+ * WebSockets through the router. An upgrade is admitted as any request is (authenticate →
+ * resolve → start the version if nothing runs → take a slot or queue), then opened to the
+ * instance, and only once the instance has accepted is the client's handshake completed, with
+ * the subprotocol the instance chose and the request's x-cid. From then on messages are relayed
+ * one by one, so the router can bound their size and the connection's idleness, relay close
+ * codes as sent, and tell the client at once (1011) when the instance goes away. The connection
+ * holds its slot for its whole life: it counts in flight for scaling, and an instance carrying it
+ * is never picked for a scale-down kill.
+ *
+ * Why `ws` on both sides rather than forwarding the bytes (http-proxy-3's way): a byte tunnel
+ * cannot bound a message, cannot tell an idle connection from one that streams, and turns an
+ * instance's death into a bare TCP reset; a message relay does all three, for the cost of
+ * parsing frames.
+ */
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import { WebSocket, WebSocketServer, type RawData } from 'ws'
+import { ANONYMOUS, type Principal } from '../auth/authenticator.ts'
+import type { Lease, ReleaseOutcome } from '../backends/tracker.ts'
+import { asMaitreError, MaitreError } from '../errors.ts'
+import { cidOf } from '../http/cid.ts'
+import { isDebugRequested } from '../http/debug.ts'
+import { statusClass } from '../metrics.ts'
+import type { Resolution, ResolvedRequest } from '../versions/resolve.ts'
+import { activationOf, assertHttpsOrRedirect, corsHeadersFor, fallBack, pickTimeout, resolveAnonymously, type ProxyDeps } from './handle.ts'
+import { backendRequestHeaders } from './headers.ts'
+import { answerOnSocket, refuseUpgrade } from './upgrade.ts'
+
+export interface WebSocketLimits {
+  /** Largest message either side may send; a larger one closes the connection with 1009. */
+  readonly maxMessageBytes: number
+  /** A connection with no message either way for this long is closed (1001). */
+  readonly idleTimeoutMs: number
+}
+
+export interface WebSocketProxy {
+  /** Takes an upgrade the listener handed over; answers every failure itself, never throws. */
+  handle(req: IncomingMessage, socket: Duplex, head: Buffer): void
+  /** Closes every relayed connection with 1001 (the router is going away). */
+  closeAll(): void
+  /** Connections relayed right now. */
+  open(): number
+}
+
+/** Sending side of a relay stops reading while the other side has this much unsent. */
+const HIGH_WATER_BYTES = 1024 * 1024
+/** Largest body of an instance's refusal of the upgrade that is passed on to the client. */
+const MAX_REFUSAL_BODY_BYTES = 64 * 1024
+/** A client handshake's key: 16 bytes in base64 (RFC 6455 §4.2.1). */
+const KEY = /^[+/0-9A-Za-z]{22}==$/
+/** The client's handshake headers: the router makes its own handshake with the instance. */
+const HANDSHAKE_HEADERS = ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions', 'sec-websocket-protocol']
+
+/** Close codes a peer may send (RFC 6455 §7.4): not 1004-1006 or 1015, which only describe. */
+function sendableCode(code: number): number | undefined {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999) ? code : undefined
+}
+
+function checkHandshake(req: IncomingMessage): void {
+  if (req.method !== 'GET') throw new MaitreError('MAITRE_BAD_REQUEST', 'A WebSocket upgrade must be a GET', { details: { method: (req.method ?? '').slice(0, 20) } })
+  if (req.url === undefined || !req.url.startsWith('/')) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
+  }
+  const key = req.headers['sec-websocket-key']
+  if (typeof key !== 'string' || !KEY.test(key.trim())) throw new MaitreError('MAITRE_BAD_REQUEST', 'A WebSocket upgrade needs a Sec-WebSocket-Key of 16 bytes in base64', { details: { field: 'sec-websocket-key' } })
+  const version = req.headers['sec-websocket-version']
+  if (version !== '13' && version !== '8') {
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Version must be 13 (or 8)', { details: { field: 'sec-websocket-version' }, headers: { 'sec-websocket-version': '13, 8' } })
+  }
+}
+
+function subprotocols(header: string | undefined): string[] {
+  if (header === undefined) return []
+  return header.split(',').map((p) => p.trim()).filter((p) => p !== '')
+}
+
+export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): WebSocketProxy {
+  // The instance's choice of subprotocol and the headers added to the 101, per upgrade request.
+  const chosen = new WeakMap<IncomingMessage, string | undefined>()
+  const added = new WeakMap<IncomingMessage, readonly string[]>()
+  const server = new WebSocketServer({
+    noServer: true,
+    clientTracking: false,
+    perMessageDeflate: false,
+    maxPayload: limits.maxMessageBytes,
+    handleProtocols: (_offered, req) => chosen.get(req) ?? false,
+  })
+  server.on('headers', (headers, req) => {
+    for (const line of added.get(req) ?? []) headers.push(line)
+  })
+  const live = new Set<{ client: WebSocket; backend: WebSocket }>()
+
+  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
+    checkHandshake(req)
+    let who: Principal
+    let resolved: ResolvedRequest | undefined
+    try {
+      who = await deps.auth.authenticate(req)
+    } catch (err) {
+      resolved = await resolveAnonymously(req, deps, err)
+      who = ANONYMOUS
+    }
+    resolved ??= await deps.resolver.resolve(req.headers, who)
+    const perRequest = resolved.headers.perRequest
+    assertHttpsOrRedirect(req, resolved.resolution.tokenMetadata)
+    corsHeadersFor(req, resolved.resolution)
+    const resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
+    const serviceId = resolution.serviceId
+    if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
+    deps.tracker.noteRequest(serviceId)
+    const meta = resolution.tokenMetadata
+    const queueTimeoutMs = pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs)
+    const socketTimeoutMs = pickTimeout(perRequest['timeout'], meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs)
+    const deadline = deps.clock.now() + queueTimeoutMs
+    const activation = activationOf(resolution, deps)
+    let coldStart = false
+    let starting = deps.activator.ensure(activation)
+    while (starting !== undefined) {
+      coldStart = true
+      await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs, signal })
+      starting = deps.activator.ensure(activation)
+    }
+    const lease = deps.tracker.tryAcquire(serviceId) ?? await deps.tracker.acquire(serviceId, {
+      timeoutMs: Math.max(1, deadline - deps.clock.now()),
+      queueTimeoutMs,
+      signal,
+      onQueued: () => deps.onQueued(serviceId),
+    })
+    if (!socket.writable) {
+      lease.release('client-error')
+      throw new MaitreError('MAITRE_CLIENT_CLOSED', 'The client went away', {})
+    }
+    return { who, resolution, lease, coldStart, socketTimeoutMs }
+  }
+
+  function handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const started = deps.clock.now()
+    const cid = cidOf(req)
+    socket.on('error', () => undefined)
+    const aborter = new AbortController()
+    let relaying = false
+    let onClientGone: (() => void) | undefined
+    socket.once('close', () => {
+      aborter.abort()
+      if (!relaying) onClientGone?.()
+    })
+    let resolution: Resolution | undefined
+    let principal: string | undefined
+    let status: number | undefined
+    let failure: MaitreError | undefined
+    let instanceId: string | undefined
+    let coldStart = false
+    let finished = false
+    const finish = (): void => {
+      if (finished) return
+      finished = true
+      const finalStatus = status ?? 499
+      if (failure !== undefined && finalStatus >= 500) {
+        deps.log[failure.code === 'MAITRE_INTERNAL' ? 'error' : 'warn']({ cid, code: failure.code, status: finalStatus, reason: failure.message, service: resolution?.serviceId, instance: instanceId, websocket: true }, 'request failed')
+      }
+      if (resolution !== undefined) {
+        deps.metrics.requests.inc({ service: resolution.serviceId, code: statusClass(finalStatus) })
+        deps.metrics.requestDuration.observe({ service: resolution.serviceId }, (deps.clock.now() - started) / 1000)
+        if (coldStart) deps.metrics.coldStarts.inc({ service: resolution.serviceId })
+      }
+      if (deps.accessLog) {
+        deps.log.info({ cid, method: req.method, path: req.url, token: resolution?.source?.token, service: resolution?.serviceId, status: finalStatus, instance: instanceId, totalMs: deps.clock.now() - started, coldStart, websocket: true }, 'request completed')
+      }
+    }
+    const refuse = (err: unknown): void => {
+      failure = asMaitreError(err)
+      status = socket.writable ? failure.status : 499
+      refuseUpgrade(req, socket, failure, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
+      finish()
+    }
+
+    admit(req, socket, cid, aborter.signal).then((admitted) => {
+      resolution = admitted.resolution
+      coldStart = admitted.coldStart
+      if (admitted.who.anonymous !== true) principal = admitted.who.user
+      const { lease } = admitted
+      const instance = lease.instance
+      instanceId = instance.id
+      const current = admitted.resolution
+      const headers = backendRequestHeaders(req.headers, {
+        cid,
+        clientAddress: req.socket.remoteAddress ?? '',
+        proto: 'http',
+        authorization: deps.launchSpecOf(current).authorization,
+        principal: admitted.who.anonymous === true || current.authenticationDisabled ? undefined : admitted.who.user,
+      })
+      for (const name of HANDSHAKE_HEADERS) delete headers[name]
+      const scheme = instance.proto === 'https' || instance.proto === 'h2' ? 'wss' : 'ws'
+      const backend = new WebSocket(`${scheme}://${instance.host}:${instance.port}${req.url ?? '/'}`, subprotocols(req.headers['sec-websocket-protocol'] as string | undefined), {
+        headers: headers as Record<string, string>,
+        perMessageDeflate: false,
+        maxPayload: limits.maxMessageBytes,
+        handshakeTimeout: Math.min(admitted.socketTimeoutMs, 2 ** 31 - 1),
+        followRedirects: false,
+        rejectUnauthorized: false,
+      })
+      let released = false
+      const release = (outcome: ReleaseOutcome): void => {
+        if (released) return
+        released = true
+        lease.release(outcome)
+      }
+      onClientGone = () => {
+        backend.terminate()
+        release('client-error')
+        status = 499
+        finish()
+      }
+      backend.on('error', () => undefined)
+      backend.once('unexpected-response', (_request, response) => {
+        // The instance answered the upgrade with a plain response: the client gets it as it came.
+        relaying = true
+        const chunks: Buffer[] = []
+        let size = 0
+        response.on('data', (chunk: Buffer) => {
+          if (size < MAX_REFUSAL_BODY_BYTES) chunks.push(chunk.subarray(0, MAX_REFUSAL_BODY_BYTES - size))
+          size += chunk.length
+        })
+        response.once('error', () => undefined)
+        response.once('end', () => {
+          const code = response.statusCode ?? 502
+          release(code >= 500 ? 'instance-error' : 'success')
+          status = code
+          const passed: Record<string, string | string[]> = {}
+          for (const [name, value] of Object.entries(response.headers)) {
+            if (value !== undefined && !['connection', 'transfer-encoding', 'content-length', 'keep-alive', 'upgrade'].includes(name)) passed[name] = value
+          }
+          const body = Buffer.concat(chunks)
+          answerOnSocket(req, socket, (res) => {
+            res.writeHead(code, { ...passed, 'content-length': body.length, 'x-cid': cid })
+            res.end(body)
+          })
+          backend.terminate()
+          finish()
+        })
+      })
+      backend.once('close', () => {
+        if (relaying || finished) return
+        // The connection to the instance failed before any answer.
+        relaying = true
+        release('instance-error')
+        refuse(new MaitreError('MAITRE_UPSTREAM', 'The WebSocket connection to the instance failed', { details: { 'service-id': current.serviceId, 'instance-id': instance.id } }))
+      })
+      backend.once('open', () => {
+        if (!socket.writable) {
+          backend.terminate()
+          release('client-error')
+          status = 499
+          return finish()
+        }
+        chosen.set(req, backend.protocol === '' ? undefined : backend.protocol)
+        const extra = [`x-cid: ${cid}`]
+        if (isDebugRequested(req.headers)) extra.push(`x-waiter-service-id: ${current.serviceId}`, `x-waiter-backend-id: ${instance.id}`, `x-waiter-router-id: ${deps.routerId}`)
+        added.set(req, extra)
+        // Completed at once; if the client's socket is gone by now, ws drops it without calling
+        // back, and the socket's close (relaying still false) lets the instance and slot go.
+        server.handleUpgrade(req, socket, head, (client) => {
+          relaying = true
+          status = 101
+          relay(client, backend, (outcome) => {
+            release(outcome)
+            finish()
+          })
+        })
+      })
+    }, refuse)
+  }
+
+  /** Messages both ways until either side closes; `done` once both have. */
+  function relay(client: WebSocket, backend: WebSocket, done: (outcome: ReleaseOutcome) => void): void {
+    const pair = { client, backend }
+    live.add(pair)
+    let idleTimer: NodeJS.Timeout | undefined
+    const touch = (): void => {
+      idleTimer?.refresh()
+    }
+    // Both sides closed: the timer is gone and a late event must not re-arm it.
+    idleTimer = setTimeout(() => {
+      client.close(1001, 'Idle timeout')
+      backend.close(1001, 'Idle timeout')
+    }, limits.idleTimeoutMs)
+    idleTimer.unref()
+    let outcome: ReleaseOutcome = 'success'
+    let closed = 0
+    const closedOne = (): void => {
+      closed += 1
+      if (closed < 2) return
+      clearTimeout(idleTimer)
+      idleTimer = undefined
+      live.delete(pair)
+      done(outcome)
+    }
+    const pipe = (from: WebSocket, to: WebSocket): void => {
+      let paused = false
+      from.on('message', (data: RawData, isBinary: boolean) => {
+        touch()
+        if (to.readyState !== WebSocket.OPEN) return
+        to.send(data, { binary: isBinary }, () => {
+          if (paused && to.bufferedAmount <= HIGH_WATER_BYTES / 2) {
+            paused = false
+            from.resume()
+          }
+        })
+        if (!paused && to.bufferedAmount > HIGH_WATER_BYTES) {
+          paused = true
+          from.pause()
+        }
+      })
+      from.on('ping', touch)
+      from.on('pong', touch)
+    }
+    pipe(client, backend)
+    pipe(backend, client)
+    const tooBig = (err: Error & { code?: string }): boolean => err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH'
+    client.on('error', (err: Error & { code?: string }) => {
+      if (tooBig(err)) backend.close(1009, 'Message too big')
+    })
+    backend.on('error', (err: Error & { code?: string }) => {
+      if (tooBig(err)) client.close(1009, 'Message too big')
+    })
+    client.once('close', (code: number, reason: Buffer) => {
+      const sendable = sendableCode(code)
+      if (backend.readyState === WebSocket.OPEN) backend.close(sendable, sendable === undefined ? undefined : reason)
+      else if (backend.readyState === WebSocket.CONNECTING) backend.terminate()
+      closedOne()
+    })
+    backend.once('close', (code: number, reason: Buffer) => {
+      // 1006: the instance's connection ended with no close frame (it died, or was killed).
+      if (code === 1006) outcome = 'instance-error'
+      const sendable = code === 1006 ? 1011 : sendableCode(code)
+      const why = code === 1006 ? 'The instance closed the connection' : sendable === undefined ? undefined : reason
+      if (client.readyState === WebSocket.OPEN) client.close(sendable, why)
+      closedOne()
+    })
+  }
+
+  return {
+    handle,
+    closeAll() {
+      for (const { client, backend } of live) {
+        client.close(1001, 'The router is shutting down')
+        backend.close(1001, 'The router is shutting down')
+      }
+    },
+    open: () => live.size,
+  }
+}

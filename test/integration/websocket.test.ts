@@ -1,0 +1,213 @@
+/**
+ * WebSockets through the router, end to end: the `ws` client against real kitchen instances
+ * (which echo, close on request, die on request and report what they were sent).
+ */
+import t from 'tap'
+import type { IncomingMessage } from 'node:http'
+import { connect as connectTcp } from 'node:net'
+import { WebSocket, type RawData } from 'ws'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+
+interface Opened {
+  readonly ws: WebSocket
+  readonly response: IncomingMessage
+}
+
+interface Refused {
+  readonly status: number
+  readonly headers: IncomingMessage['headers']
+  readonly body: string
+}
+
+/** Opens a WebSocket through the router; resolves with the socket, or with the HTTP answer that refused it. */
+function open(router: Router, path: string, headers: Record<string, string>, protocols: string[] = []): Promise<Opened | Refused> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${router.url.replace('http://', 'ws://')}${path}`, protocols, { headers })
+    ws.once('upgrade', (response) => ws.once('open', () => resolve({ ws, response })))
+    ws.once('unexpected-response', (_req, res) => {
+      let body = ''
+      res.on('data', (c: Buffer) => (body += c.toString()))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
+    })
+    ws.once('error', reject)
+  })
+}
+
+async function opened(router: Router, path: string, headers: Record<string, string>, protocols: string[] = []): Promise<Opened> {
+  const result = await open(router, path, headers, protocols)
+  if (!('ws' in result)) throw new Error(`refused: ${result.status} ${result.body}`)
+  return result
+}
+
+function next(ws: WebSocket): Promise<{ data: Buffer; isBinary: boolean }> {
+  return new Promise((resolve) => ws.once('message', (data: RawData, isBinary: boolean) => resolve({ data: data as Buffer, isBinary })))
+}
+
+function closed(ws: WebSocket): Promise<{ code: number; reason: string; at: number }> {
+  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString(), at: Date.now() })))
+}
+
+async function ask(ws: WebSocket, text: string): Promise<string> {
+  const reply = next(ws)
+  ws.send(text)
+  return (await reply).data.toString()
+}
+
+const h = { 'x-waiter-token': 'chat' }
+
+/** Sends bytes on a fresh connection and collects everything until the router closes it. */
+function rawExchange(router: Router, request: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connectTcp(Number(new URL(router.url).port), '127.0.0.1', () => socket.write(request))
+    let text = ''
+    socket.on('data', (c) => (text += c.toString()))
+    socket.on('close', () => resolve(text))
+  })
+}
+
+t.test('a WebSocket through a token: echoes text and binary, the 101 carries x-cid, the instance gets Waiter’s headers and none of the router’s, the subprotocol is the instance’s choice', async (t) => {
+  const router = await startRouter(t, { 'auth.user': 'alice' })
+  await createToken(router, 'chat', kitchenToken())
+  const { ws, response } = await opened(router, '/chat?room=1', { ...h, 'x-cid': 'ws-cid-1', 'x-waiter-debug': 'true' }, ['chat.v1', 'chat.v2'])
+  t.equal(response.headers['x-cid'], 'ws-cid-1', 'x-cid on the upgrade response')
+  t.match(response.headers['x-waiter-service-id'], /^maitre-/, 'debug headers too, when asked')
+  t.equal(ws.protocol, 'chat.v2', 'the instance chose chat.v2 of the two offered, and the client was told so')
+  t.equal(await ask(ws, 'hello'), 'hello')
+  const binary = next(ws)
+  ws.send(Buffer.from([0, 1, 2, 255]))
+  const got = await binary
+  t.ok(got.isBinary, 'binary stays binary')
+  t.same([...got.data], [0, 1, 2, 255])
+  const seen = JSON.parse(await ask(ws, 'headers')) as Record<string, string>
+  t.match(seen, { 'x-cid': 'ws-cid-1', 'x-waiter-auth-principal': 'alice', 'sec-websocket-protocol': 'chat.v1,chat.v2' })
+  t.match(seen['authorization'], /^Basic /, 'the instance’s own credentials')
+  t.notOk(Object.keys(seen).some((k) => k.startsWith('x-waiter-') && !['x-waiter-auth-principal', 'x-waiter-auth-user', 'x-waiter-authenticated-principal'].includes(k)), 'no x-waiter-* of the client reaches the instance')
+  const done = closed(ws)
+  ws.close(1000, 'bye')
+  t.equal((await done).code, 1000)
+  t.equal(await ask((await opened(router, '/', h)).ws, 'last-close'), JSON.stringify({ code: 1000, reason: 'bye' }), 'the instance saw the client’s close code and reason')
+})
+
+t.test('close codes are relayed both ways; the instance’s death reaches the client at once as 1011', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'chat', kitchenToken())
+  const first = await opened(router, '/', h)
+  const byInstance = closed(first.ws)
+  first.ws.send('close:4001:done here')
+  t.same(await byInstance.then(({ code, reason }) => ({ code, reason })), { code: 4001, reason: 'done here' }, 'the instance’s close code and reason, as sent')
+
+  const second = await opened(router, '/', h)
+  const byClient = closed(second.ws)
+  second.ws.close(4000, 'leaving')
+  await byClient
+  const third = await opened(router, '/', h)
+  t.equal(await ask(third.ws, 'last-close'), JSON.stringify({ code: 4000, reason: 'leaving' }), 'the client’s close code and reason reached the instance')
+
+  const gone = closed(third.ws)
+  const diedAt = Date.now()
+  third.ws.send('die')
+  const ended = await gone
+  t.equal(ended.code, 1011, 'the instance died: 1011, not a hang')
+  t.equal(ended.reason, 'The instance closed the connection')
+  t.ok(ended.at - diedAt < 2000, `within ${ended.at - diedAt} ms`)
+})
+
+t.test('a WebSocket holds its slot for its whole life: it counts in flight, a request queues behind it, and scale-down never kills its instance', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'chat', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
+  const { ws } = await opened(router, '/', h)
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const app = (await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()
+  t.equal(app['request-metrics']['in-flight'], 1, 'in flight while open')
+  const queued = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '300' } })
+  t.equal(queued.status, 503, 'the only slot is the WebSocket’s: a request waits, and times out')
+  t.match(queued.json(), { 'waiter-error': { code: 'MAITRE_QUEUE_TIMEOUT' } })
+  const done = closed(ws)
+  ws.close()
+  await done
+  await waitFor('the slot is free', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 0 ? true : undefined))
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, 'and then a request is served at once')
+
+  // Two instances, each carrying a WebSocket; then the version may only have one: the scaler
+  // wants one gone, and neither may go while its WebSocket lives.
+  await createToken(router, 'pair', kitchenToken({ version: 'pair', 'concurrency-level': 1, 'min-instances': 2, 'max-instances': 2 }))
+  const pair = { 'x-waiter-token': 'pair' }
+  const sockets = [(await opened(router, '/', pair)).ws, (await opened(router, '/', pair)).ws]
+  const pairId = (await call(`${router.url}/service-id`, { headers: pair })).text
+  t.equal((await call(`${router.url}/apps/${pairId}/override`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ 'min-instances': 1, 'max-instances': 1 }) })).status, 200)
+  type Scaling = { scaling: { 'last-decision'?: { direction: string; killed?: string } } | null; instances: { 'active-instances': unknown[] } }
+  const decided = await waitFor('the scaler wants one instance gone', async () => {
+    const now = (await call(`${router.url}/apps/${pairId}`)).json<Scaling>()
+    return now.scaling?.['last-decision']?.direction === 'down' ? now : undefined
+  }, 15_000)
+  t.equal(decided.scaling?.['last-decision']?.killed, undefined, 'it killed nothing')
+  t.equal(decided.instances['active-instances'].length, 2, 'both instances run')
+  for (const ws of sockets) t.equal(await ask(ws, 'still'), 'still', 'and both WebSockets still work')
+  for (const ws of sockets) ws.close()
+})
+
+t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 whichever side sent it; an idle WebSocket is closed with 1001', async (t) => {
+  const router = await startRouter(t, { 'proxy.websocket.maxMessageBytes': 1024, 'proxy.websocket.idleTimeoutMs': 400 })
+  await createToken(router, 'chat', kitchenToken())
+  const fromClient = await opened(router, '/', h)
+  t.equal(await ask(fromClient.ws, 'x'.repeat(1024)), 'x'.repeat(1024), 'a message at the bound passes')
+  const tooBig = closed(fromClient.ws)
+  fromClient.ws.send('x'.repeat(1025))
+  t.equal((await tooBig).code, 1009, 'the client’s message over the bound: 1009')
+
+  const fromInstance = await opened(router, '/', h)
+  const tooBigBack = closed(fromInstance.ws)
+  fromInstance.ws.send('big:5000')
+  t.equal((await tooBigBack).code, 1009, 'the instance’s message over the bound: 1009 to the client')
+
+  const idle = await opened(router, '/', h)
+  const openedAt = Date.now()
+  t.equal(await ask(idle.ws, 'one'), 'one')
+  const idled = await closed(idle.ws)
+  t.equal(idled.code, 1001)
+  t.equal(idled.reason, 'Idle timeout')
+  t.ok(idled.at - openedAt >= 400, `closed after ${idled.at - openedAt} ms without a message, not before 400`)
+})
+
+t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an instance’s refusal reaches the client as it came', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'chat', kitchenToken())
+  const unknown = await open(router, '/', { 'x-waiter-token': 'nope', 'x-cid': 'ws-cid-2', accept: 'application/json' })
+  t.ok(!('ws' in unknown))
+  const u = unknown as Refused
+  t.equal(u.status, 404)
+  t.equal(u.headers['x-cid'], 'ws-cid-2')
+  t.match(JSON.parse(u.body), { 'waiter-error': { 'waiter-token': 'nope' } })
+
+  const refused = (await open(router, '/ws-refuse', h)) as Refused
+  t.equal(refused.status, 403, 'the instance’s 403')
+  t.equal(refused.headers['x-kitchen-refused'], 'yes')
+  t.same(JSON.parse(refused.body), { refused: true, path: '/ws-refuse' })
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  await waitFor('the slot of the refused upgrade is free', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 0 ? true : undefined))
+
+  const api = (await open(router, '/apps', { accept: 'application/json' })) as Refused
+  t.equal(api.status, 400, 'an upgrade to the API is refused')
+  t.match(JSON.parse(api.body), { 'waiter-error': { details: { field: 'upgrade' } } })
+
+  // A raw upgrade with a malformed key: refused before anything is started.
+  const raw = await rawExchange(router, 'GET / HTTP/1.1\r\nHost: x\r\nx-waiter-token: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n')
+  t.match(raw, /^HTTP\/1\.1 400 /, 'a malformed handshake is a 400')
+  t.match(raw, /sec-websocket-key/)
+})
+
+t.test('an upgrade that is not a WebSocket (h2c) is served as HTTP/1.1; a draining router closes its WebSockets with 1001', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'chat', kitchenToken())
+  const h2c = await rawExchange(router, 'GET /request-info HTTP/1.1\r\nHost: x\r\nx-waiter-token: chat\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n')
+  t.match(h2c, /^HTTP\/1\.1 200 /, 'answered over HTTP/1.1')
+  const seen = JSON.parse(h2c.slice(h2c.indexOf('\r\n\r\n') + 4)) as { headers: Record<string, string> }
+  t.notOk('upgrade' in seen.headers, 'the upgrade header is not passed on')
+  const { ws } = await opened(router, '/', h)
+  const going = closed(ws)
+  const stopping = router.app.stop()
+  const ended = await going
+  t.equal(ended.code, 1001, 'going away')
+  t.equal(ended.reason, 'The router is shutting down')
+  await stopping
+})
