@@ -15,7 +15,7 @@ import type { Logger } from '../log.ts'
 import type { LaunchSpec, Proto } from '../launch-spec.ts'
 import type { Backend, EndedInstance, ServiceState } from './backend.ts'
 import { deploymentError } from './deployment-error.ts'
-import { refuseHttp2, ServiceListeners } from './service-listeners.ts'
+import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
 import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem } from './kubernetes/pod-view.ts'
@@ -116,7 +116,7 @@ export class KubernetesBackend implements Backend {
 
   async ensureService(spec: LaunchSpec): Promise<void> {
     if (this.#closed) throw new Error('the kubernetes backend is closed')
-    refuseHttp2(spec)
+    refuseUnsupportedProtos(spec, ['http', 'https'])
     await this.#synced
     // A service being deleted is not revived half-way (its ReplicaSet may vanish under it): the
     // delete finishes first. If it succeeded, the service is created afresh below; if it failed,

@@ -30,9 +30,14 @@ export class ServiceListeners {
   }
 }
 
-/** The forwarder speaks HTTP/1.1 to instances; sending that to an HTTP/2 app would fail obscurely. */
-export function refuseHttp2(spec: LaunchSpec): void {
-  if (spec.backendProto === 'h2c' || spec.backendProto === 'h2') {
-    throw misconfigured([{ field: 'backend-proto', message: `backend-proto ${spec.backendProto} is not supported by maitre yet; use http or https.` }])
+/**
+ * A backend-proto (or health-check-proto) this backend cannot carry yet is refused when the
+ * version is created, in Waiter's words, rather than failing obscurely at the first request.
+ */
+export function refuseUnsupportedProtos(spec: LaunchSpec, supported: readonly LaunchSpec['backendProto'][]): void {
+  for (const [field, proto] of [['backend-proto', spec.backendProto], ['health-check-proto', spec.healthCheck.proto]] as const) {
+    if (!supported.includes(proto)) {
+      throw misconfigured([{ field, message: `${field} ${proto} is not supported by this backend yet; use ${supported.join(' or ')}.` }])
+    }
   }
 }

@@ -2,9 +2,11 @@
  * Waiter's error responses: a `waiter-error` JSON object, an HTML page or plain text, chosen by
  * the Accept header (then the request's Content-Type), always carrying the request's x-cid.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
+import type { ServerHttp2Stream } from 'node:http2'
 import { asMaitreError, type MaitreError } from '../errors.ts'
 import { isDebugRequested } from './debug.ts'
+import { encodeGrpcMessage, grpcStatusOf, grpcTimeoutMs, isGrpcRequest } from './grpc.ts'
 export const SERVER_HEADER = 'maitre'
 /** Marks responses maitre itself generated, with the error's code. */
 export const ERROR_CODE_HEADER = 'x-maitre-error'
@@ -101,6 +103,7 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
     return
   }
   const err = asMaitreError(error)
+  if (isGrpcRequest(req.headers, req.httpVersionMajor)) return sendGrpcError(req, res, err, ctx)
   const format = negotiate(req)
   const body = errorBody(err, req, ctx, format)
   // With x-waiter-debug, an error about a known version names it, as Waiter's do.
@@ -116,4 +119,31 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
     ...(debug ? { 'x-waiter-service-id': serviceId } : {}),
   })
   res.end(req.method === 'HEAD' ? undefined : body)
+}
+
+/**
+ * A refusal of a gRPC call is a gRPC status: a trailers-only response (one HEADERS frame that
+ * ends the stream: :status 200, grpc-status, grpc-message), so a gRPC client sees a gRPC error
+ * rather than a protocol error. The details stay in maitre's log under the x-cid.
+ */
+function sendGrpcError(req: IncomingMessage, res: ServerResponse, err: MaitreError, ctx: ErrorContext): void {
+  const stream = (res as unknown as { stream?: ServerHttp2Stream }).stream
+  if (stream === undefined || stream.destroyed || stream.headersSent) {
+    res.destroy()
+    return
+  }
+  const serviceId = ctx.serviceId ?? (err.details['service-id'] as string | undefined)
+  const headers: OutgoingHttpHeaders = {
+    ...err.headers,
+    ':status': 200,
+    'content-type': 'application/grpc',
+    'grpc-status': String(grpcStatusOf(err, grpcTimeoutMs(req.headers['grpc-timeout']) !== undefined)),
+    'grpc-message': encodeGrpcMessage(err.message),
+    'x-cid': ctx.cid,
+    server: SERVER_HEADER,
+    [ERROR_CODE_HEADER]: err.code,
+    ...(isDebugRequested(req.headers) && typeof serviceId === 'string' ? { 'x-waiter-service-id': serviceId } : {}),
+  }
+  delete headers['location']
+  stream.respond(headers, { endStream: true })
 }

@@ -57,6 +57,8 @@ const ROUTER_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 const REFUSED_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
 
 function hasBody(req: IncomingMessage): boolean {
+  // HTTP/2 says "no body" by ending the stream with the headers; a length is optional there.
+  if (req.httpVersionMajor === 2) return !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders
   const length = req.headers['content-length']
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
@@ -100,6 +102,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #settle: (result: ForwardResult) => void
   #controller: Dispatcher.DispatchController | undefined
   #status: number | undefined
+  #grpcStatus: string | undefined
+  #statusTrailers: Record<string, string | string[]> | undefined
   #clientGone = false
   #settled = false
 
@@ -130,6 +134,19 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return
     this.#status = statusCode
     const out = clientResponseHeaders(headers, this.#request.cid)
+    if (headers['grpc-status'] !== undefined) {
+      // A gRPC "trailers-only" answer: the status and all its metadata in the one HEADERS frame
+      // that ended the stream. Relayed as an equally valid gRPC response the compatibility API
+      // can write: headers (content-type and the router's own), an empty body, and trailers
+      // holding the status and every other field the instance sent.
+      this.#grpcStatus = String(headers['grpc-status'])
+      this.#statusTrailers = {}
+      for (const name of Object.keys(out)) {
+        if (name === 'content-type' || name === 'x-cid' || name === 'via') continue
+        this.#statusTrailers[name] = out[name] as string | string[]
+        delete out[name]
+      }
+    }
     const extra = this.#request.extraHeaders?.()
     if (extra !== undefined) Object.assign(out, extra)
     const cookies = this.#request.setCookies
@@ -147,10 +164,18 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+    // Trailers (gRPC's status travels in them) go on as they came: in HTTP/2 always, in HTTP/1.1
+    // when the response is chunked (Node drops them otherwise: a fixed length leaves no room).
+    let any = false
+    for (const name in trailers) if (trailers[name] !== undefined) any = true
+    if (this.#statusTrailers !== undefined) this.#res.addTrailers({ ...this.#statusTrailers, ...(trailers as Record<string, string | string[]>) })
+    else if (any) this.#res.addTrailers(trailers as Record<string, string | string[]>)
     this.#res.end()
     const status = this.#status
-    this.#finish({ outcome: status === 503 ? 'instance-busy' : 'success', status, error: undefined, notDelivered: false })
+    // gRPC's UNAVAILABLE (in the trailers, or in the headers of a trailers-only answer) is its 503.
+    const busy = status === 503 || trailers['grpc-status'] === '14' || this.#grpcStatus === '14'
+    this.#finish({ outcome: busy ? 'instance-busy' : 'success', status, error: undefined, notDelivered: false })
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
@@ -177,15 +202,19 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 }
 
+/** The scheme of an instance's origin for each backend-proto. */
+const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
+
 export class Forwarder {
+  /** HTTP/1.1 (and https, which may agree on h2 by ALPN). */
   readonly #agent: Agent
+  /** HTTP/2 over cleartext, by prior knowledge: one pooled connection per instance, streams multiplexed. */
+  readonly #h2c: Agent
 
   constructor(options: { connectTimeoutMs: number }) {
-    this.#agent = new Agent({
-      connect: { timeout: options.connectTimeoutMs },
-      keepAliveTimeout: 4_000,
-      keepAliveMaxTimeout: 60_000,
-    })
+    const common = { connect: { timeout: options.connectTimeoutMs }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000 }
+    this.#agent = new Agent(common)
+    this.#h2c = new Agent({ ...common, allowH2: true, useH2c: true, connections: 1, pipelining: 100 } as Agent.Options)
   }
 
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
@@ -194,9 +223,10 @@ export class Forwarder {
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exchange = new Exchange(res, request, settle)
     // Invalid options (a header undici refuses) reach the handler's onResponseError too.
-    this.#agent.dispatch(
+    const dispatcher = instance.proto === 'h2c' ? this.#h2c : this.#agent
+    dispatcher.dispatch(
       {
-        origin: `${instance.proto === 'https' ? 'https' : 'http'}://${instance.host}:${instance.port}`,
+        origin: `${SCHEMES[instance.proto]}://${instance.host}:${instance.port}`,
         path: req.url ?? '/',
         method: req.method ?? 'GET',
         headers: request.headers,
@@ -209,7 +239,7 @@ export class Forwarder {
     return { result, clientGone: exchange.clientGone }
   }
 
-  close(): Promise<void> {
-    return this.#agent.close()
+  async close(): Promise<void> {
+    await Promise.all([this.#agent.close(), this.#h2c.close()])
   }
 }

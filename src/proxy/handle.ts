@@ -23,6 +23,7 @@ import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 import { pathOf } from './server.ts'
 import { isDebugRequested } from '../http/debug.ts'
+import { grpcTimeoutMs } from '../http/grpc.ts'
 
 export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
@@ -229,9 +230,11 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       deps.tracker.noteRequest(serviceId)
       const meta = resolution.tokenMetadata
+      // A gRPC call's deadline (grpc-timeout) bounds its wait and its answer, unless Waiter's headers say otherwise.
+      const deadlineHeader = req.headers['grpc-timeout'] === undefined ? undefined : String(grpcTimeoutMs(req.headers['grpc-timeout']) ?? '')
       const timeouts: ProxyTimeouts = {
-        queueTimeoutMs: pickTimeout(perRequest['queue-timeout'], meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),
-        socketTimeoutMs: pickTimeout(perRequest['timeout'], meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
+        queueTimeoutMs: pickTimeout(perRequest['queue-timeout'] ?? deadlineHeader, meta['queue-timeout-ms'], deps.timeouts.queueTimeoutMs),
+        socketTimeoutMs: pickTimeout(perRequest['timeout'] ?? deadlineHeader, meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
       const current = resolution
@@ -278,7 +281,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           headers,
           socketTimeoutMs: timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
-          timeoutsChosenByClient: chosenByClient(perRequest['timeout']) || chosenByClient(perRequest['streaming-timeout']),
+          timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,
           extraHeaders: !coldStart && !debug ? undefined : () => {
             const extra: Record<string, string> = {}

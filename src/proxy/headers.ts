@@ -9,7 +9,8 @@ export const HOP_BY_HOP = new Set([
   'proxy-authorization',
   'proxy-connection',
   'te',
-  'trailer',
+  // RFC 2616's misspelt "Trailers" (Waiter strips it). "Trailer" itself is end to end: it
+  // announces the trailer fields that follow the body.
   'trailers',
   'transfer-encoding',
   'upgrade',
@@ -49,7 +50,12 @@ export function backendRequestHeaders(incoming: IncomingHttpHeaders, ctx: Backen
   const out: Record<string, string | string[]> = {}
   for (const name in incoming) {
     const value = incoming[name]
-    if (value === undefined || HOP_BY_HOP.has(name) || name.startsWith('x-waiter-') || listed?.has(name) === true) continue
+    if (value === undefined || name.startsWith(':') || name.startsWith('x-waiter-') || listed?.has(name) === true) continue
+    if (HOP_BY_HOP.has(name)) {
+      // TE is hop-by-hop, but "trailers" is what a gRPC client says and its server expects.
+      if (name === 'te' && value === 'trailers') out[name] = value
+      continue
+    }
     if (name === 'authorization' || name === 'expect') continue
     if (name === 'cookie' && hasRouterCookie(value)) {
       // The router's own cookies (x-waiter-auth) are credentials for the router, not the instance's business.

@@ -8,6 +8,7 @@
  * more it sends is read. It also owns the drain: what "stop" means for connections and requests.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
 import { createServer as createNetServer, isIPv6, type AddressInfo, type Socket } from 'node:net'
 import { MaitreError } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
@@ -82,6 +83,11 @@ function markRefused(socket: Socket): void {
   ;(socket as Counted)[REFUSED] = true
 }
 
+/** What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4). */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')
+/** Streams one HTTP/2 connection may have open at once (its SETTINGS_MAX_CONCURRENT_STREAMS). */
+export const MAX_H2_STREAMS = 100
+
 /** Node's own code for a request whose headers did not arrive within headersTimeout. */
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 
@@ -146,6 +152,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       })
       return sendError(req, res, err, { cid: cidOf(req) })
     }
+    dispatch(req, res)
+  }
+
+  /** One request, either protocol, to the API or the data path. */
+  const dispatch = (req: IncomingMessage, res: ServerResponse): void => {
     const path = pathOf(req.url)
     const handler = isApiRequest(path, req.headers, options.routerHostnames) ? options.api : options.proxy
     handler(req, res).catch((err: unknown) => {
@@ -177,6 +188,38 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   // More headers than this is a parse error (HPE_HEADER_OVERFLOW): a 431 from clientError below.
   server.maxHeadersCount = options.maxHeaders
 
+  // HTTP/2 over cleartext on the same port, for clients with prior knowledge (gRPC's, curl's
+  // --http2-prior-knowledge). (The Upgrade: h2c dance is deprecated by RFC 9113 and never
+  // widely deployed: such a request is served as HTTP/1.1, which the RFC allows.) The same
+  // handlers serve it through Node's compatibility API.
+  const sessions = new Set<ServerHttp2Session>()
+  const h2 = createHttp2Server(
+    {
+      maxHeaderListPairs: options.maxHeaders,
+      settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: options.maxHeaderBytes },
+    },
+    (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority.
+      if (req.headers.host === undefined && req.authority !== undefined) req.headers.host = req.authority
+      const request = req as unknown as IncomingMessage
+      const response = res as unknown as ServerResponse
+      // Counted for the drain as HTTP/1.1 requests are (the body-idle sweep leaves HTTP/2 streams
+      // to their flow control: the connection's byte count moves with every stream).
+      open.set(response, { req: request, res: response, bytesRead: Number.NaN, movedAt: Number.POSITIVE_INFINITY })
+      res.once('close', () => {
+        open.delete(response)
+        if (open.size === 0) idle?.()
+      })
+      dispatch(request, response)
+    },
+  )
+  h2.on('session', (session: ServerHttp2Session) => {
+    sessions.add(session)
+    session.once('close', () => sessions.delete(session))
+    // A drain under way: this connection gets no new streams.
+    if (draining) session.close()
+  })
+
   // Admission, before the HTTP parser ever sees the connection: a refused one is answered and
   // closed, and not a byte of what its client sends is parsed or served.
   const listener = createNetServer({ noDelay: true }, (socket: Socket) => {
@@ -198,8 +241,37 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       if (left === 0) perClient.delete(client)
       else perClient.set(client, left)
     })
-    server.emit('connection', socket)
+    routeByPreface(socket)
   })
+
+  /**
+   * HTTP/1.1 or HTTP/2 is told by a connection's first bytes. A connection that sends nothing
+   * within headersTimeoutMs is closed. (HTTP/1.1's parser reads the socket's handle directly,
+   * so the bytes read here are handed to it as a data event; HTTP/2's session takes them back
+   * from the stream.)
+   */
+  const routeByPreface = (socket: Socket): void => {
+    let first: Buffer | undefined
+    const silent = setTimeout(() => socket.destroy(), options.headersTimeoutMs)
+    const onData = (chunk: Buffer): void => {
+      first = first === undefined ? chunk : Buffer.concat([first, chunk])
+      const n = Math.min(first.length, H2_PREFACE.length)
+      const h2Preface = first.subarray(0, n).equals(H2_PREFACE.subarray(0, n))
+      if (h2Preface && first.length < H2_PREFACE.length) return
+      clearTimeout(silent)
+      socket.off('data', onData)
+      if (h2Preface) {
+        socket.pause()
+        socket.unshift(first)
+        h2.emit('connection', socket)
+      } else {
+        server.emit('connection', socket)
+        socket.emit('data', first)
+      }
+    }
+    socket.on('data', onData)
+    socket.once('close', () => clearTimeout(silent))
+  }
 
   // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -247,6 +319,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   const sweep = setInterval(() => {
     const now = Date.now()
     for (const entry of open.values()) {
+      // Already timed out (once), or an HTTP/2 stream (never swept).
+      if (entry.movedAt === Number.POSITIVE_INFINITY) continue
       const { req, res } = entry
       const bytes = req.socket?.bytesRead ?? entry.bytesRead
       if (req.complete || req.isPaused() || req.readableLength > 0 || bytes !== entry.bytesRead) {
@@ -292,6 +366,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         listener.close()
         // WebSockets have no end of their own: each is asked to close (1001, going away) now.
         options.websocket?.closeAll()
+        // HTTP/2 connections are told GOAWAY: streams under way finish, no new ones start.
+        for (const session of sessions) session.close()
         if (open.size > 0) {
           await new Promise<void>((done) => {
             const timer = setTimeout(done, timeoutMs)
@@ -313,6 +389,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         clearInterval(sweep)
         server.closeAllConnections()
         server.close()
+        for (const session of sessions) session.destroy()
+        h2.close()
       })()
       return drained
     },

@@ -12,22 +12,27 @@ export interface ProbeResult {
 export interface ProbeTarget {
   readonly url: string
   readonly authorization: string | undefined
+  /** The instance speaks HTTP/2 over cleartext (health-check-proto h2c): prior knowledge, no upgrade. */
+  readonly h2c?: boolean
 }
 
 export class HealthProber {
   readonly #agent: Agent
+  readonly #h2c: Agent
   readonly #timeoutMs: number
 
   constructor(timeoutMs: number) {
     this.#timeoutMs = timeoutMs
-    this.#agent = new Agent({ connect: { timeout: timeoutMs }, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+    const options = { connect: { timeout: timeoutMs }, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs }
+    this.#agent = new Agent(options)
+    this.#h2c = new Agent({ ...options, allowH2: true, useH2c: true } as Agent.Options)
   }
 
   async probe(target: ProbeTarget): Promise<ProbeResult> {
     const headers: Record<string, string> = { 'x-waiter-request-type': 'health-check', 'user-agent': 'maitre-health-check' }
     if (target.authorization !== undefined) headers['authorization'] = target.authorization
     try {
-      const res = await request(target.url, { dispatcher: this.#agent, headers, signal: AbortSignal.timeout(this.#timeoutMs * 2) })
+      const res = await request(target.url, { dispatcher: target.h2c === true ? this.#h2c : this.#agent, headers, signal: AbortSignal.timeout(this.#timeoutMs * 2) })
       await res.body.dump()
       const ok = res.statusCode >= 200 && res.statusCode < 300
       return { ok, status: res.statusCode, connected: true, responded: true, timedOut: false }
@@ -39,7 +44,7 @@ export class HealthProber {
     }
   }
 
-  close(): Promise<void> {
-    return this.#agent.close()
+  async close(): Promise<void> {
+    await Promise.all([this.#agent.close(), this.#h2c.close()])
   }
 }

@@ -19,7 +19,7 @@ import { misconfigured } from '../../errors.ts'
 import type { LaunchSpec } from '../../launch-spec.ts'
 import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
 import { deploymentError } from '../deployment-error.ts'
-import { refuseHttp2, ServiceListeners } from '../service-listeners.ts'
+import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { killProcessesUnder } from './leftovers.ts'
 import { treeResidentBytes } from './memory.ts'
@@ -115,7 +115,7 @@ export class LocalBackend implements Backend {
       // Waiter's wording for a command type its scheduler cannot run, and why.
       throw misconfigured([{ field, message: field === 'cmd-type' ? 'Command type docker is not supported (the local backend runs shell commands only)' : `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
-    refuseHttp2(spec)
+    refuseUnsupportedProtos(spec, ['http', 'https', 'h2c'])
     const service: LocalService = {
       spec,
       requested: spec.minInstances,
@@ -345,6 +345,7 @@ export class LocalBackend implements Backend {
     const result = await this.#prober.probe({
       url: `${scheme}://${this.#o.host}:${String(port)}${check.url}`,
       authorization: check.authenticated ? spec.authorization : undefined,
+      h2c: check.proto === 'h2c',
     })
     if (instance.killReason !== undefined) return
     this.#recordProbe(service, instance, result)

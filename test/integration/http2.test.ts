@@ -1,0 +1,80 @@
+/**
+ * HTTP/2 end to end: clients on h2c (prior knowledge) and instances that speak h2c, in every
+ * pairing with HTTP/1.1, trailers included.
+ */
+import t from 'tap'
+import { request } from 'undici'
+import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
+import { createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
+
+const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
+
+t.test('an HTTP/1.1 client reaches an h2c instance; its response trailers arrive as it sent them', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const res = await request(`${router.url}/protocol`, { headers: { 'x-waiter-token': 'twos' } })
+  t.equal(res.statusCode, 200)
+  const seen = (await res.body.json()) as { httpVersion: string; headers: Record<string, string> }
+  t.equal(seen.httpVersion, '2.0', 'the instance was spoken to in HTTP/2')
+  t.match(seen.headers, { 'x-cid': String, authorization: /^Basic / })
+  const withTrailers = await request(`${router.url}/trailers?grpc-status=0&x-custom=yes`, { headers: { 'x-waiter-token': 'twos' } })
+  t.equal(await withTrailers.body.text(), 'body before trailers')
+  t.same(withTrailers.trailers, { 'grpc-status': '0', 'x-custom': 'yes' }, 'trailers relayed to an HTTP/1.1 client (chunked)')
+})
+
+t.test('HTTP/1.1 instance: response trailers reach an HTTP/1.1 client', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  const res = await request(`${router.url}/trailers?x-checksum=abc`, { headers: { 'x-waiter-token': 'ones' } })
+  t.equal(await res.body.text(), 'body before trailers')
+  t.same(res.trailers, { 'x-checksum': 'abc' })
+})
+
+/** One HTTP/2 request on a session: status, headers, body and trailers. */
+function h2Request(session: ClientHttp2Session, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: Record<string, unknown>; body: string; trailers: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request(headers, { endStream: body === undefined })
+    let responseHeaders: Record<string, unknown> = {}
+    let trailers: Record<string, unknown> = {}
+    let text = ''
+    stream.on('response', (h) => (responseHeaders = h))
+    stream.on('trailers', (h) => (trailers = h))
+    stream.on('data', (c: Buffer) => (text += c.toString()))
+    stream.on('end', () => resolve({ status: Number(responseHeaders[':status']), headers: responseHeaders, body: text, trailers }))
+    stream.on('error', reject)
+    if (body !== undefined) stream.end(body)
+  })
+}
+
+t.test('an h2c client (prior knowledge) on the router’s one port: the data path to HTTP/1.1 and h2c instances, trailers both ways, and Waiter’s API', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  await createToken(router, 'twos', h2cToken())
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const toOnes = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'ones' })
+  t.equal(toOnes.status, 200)
+  t.equal(JSON.parse(toOnes.body).httpVersion, '1.1', 'an HTTP/2 client reaches an HTTP/1.1 instance')
+  t.match(toOnes.headers, { 'x-cid': String })
+  const toTwos = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'twos' })
+  t.equal(JSON.parse(toTwos.body).httpVersion, '2.0', 'and an h2c instance')
+  const posted = await h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'ones', 'content-type': 'text/plain' }, 'a body over h2')
+  t.equal(JSON.parse(posted.body).body, 'a body over h2', 'a request body arrives whole')
+  const trailed = await h2Request(session, { ':path': '/trailers?grpc-status=0&grpc-message=fine', 'x-waiter-token': 'twos' })
+  t.equal(trailed.body, 'body before trailers')
+  t.match(trailed.trailers, { 'grpc-status': '0', 'grpc-message': 'fine' }, 'an h2c instance’s trailers reach the HTTP/2 client')
+  const trailedFromOnes = await h2Request(session, { ':path': '/trailers?x-checksum=abc', 'x-waiter-token': 'ones' })
+  t.match(trailedFromOnes.trailers, { 'x-checksum': 'abc' }, 'and an HTTP/1.1 instance’s')
+
+  // Waiter's API over HTTP/2.
+  const created = await h2Request(session, { ':method': 'POST', ':path': '/token', 'content-type': 'application/json' }, JSON.stringify({ token: 'via-h2', ...kitchenToken({ version: 'h2-made' }) }))
+  t.equal(created.status, 200, 'a token written over HTTP/2')
+  const read = await h2Request(session, { ':path': '/token?token=via-h2', accept: 'application/json' })
+  t.equal(JSON.parse(read.body).version, 'h2-made')
+  const unknown = await h2Request(session, { ':path': '/x', 'x-waiter-token': 'nope', accept: 'application/json' })
+  t.equal(unknown.status, 404)
+  t.match(JSON.parse(unknown.body), { 'waiter-error': { status: 404 } }, 'maitre’s errors as over HTTP/1.1')
+  // Many streams at once on one connection.
+  const many = await Promise.all(Array.from({ length: 20 }, (_, i) => h2Request(session, { ':path': `/request-info?i=${i}`, 'x-waiter-token': 'twos' })))
+  t.same(many.map((r) => JSON.parse(r.body).query), Array.from({ length: 20 }, (_, i) => `?i=${i}`), 'twenty concurrent streams, each answered')
+})
