@@ -34,7 +34,7 @@ import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
 import { createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
 import { createWebSocketProxy } from './proxy/websocket.ts'
-import { createRouterServer } from './proxy/server.ts'
+import { createRouterServer, readTlsFiles } from './proxy/server.ts'
 import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
 import { followBackend } from './scaler/backend-sync.ts'
@@ -78,20 +78,22 @@ function createBackend(config: Config, dataDir: string, clock: Clock, log: Logge
 export async function createApp(config: Config, injected: AppOverrides = {}): Promise<App> {
   const clock = injected.clock ?? systemClock
   const log = injected.log ?? createLogger(config.log.level)
+  // Read first: a bad certificate stops the router before it holds anything.
+  const tls = readTlsFiles(config.server.tls)
   const dataDir = resolve(config.dataDir)
   mkdirSync(dataDir, { recursive: true })
   // Before anything reads or sweeps it: one router per data directory.
   const unlock = lockDataDir(dataDir)
   try {
-    return await assemble(config, { clock, log, dataDir, unlock })
+    return await assemble(config, { clock, log, dataDir, unlock, tls })
   } catch (err) {
     unlock()
     throw err
   }
 }
 
-async function assemble(config: Config, base: { clock: Clock; log: Logger; dataDir: string; unlock: () => void }): Promise<App> {
-  const { clock, log, dataDir, unlock } = base
+async function assemble(config: Config, base: { clock: Clock; log: Logger; dataDir: string; unlock: () => void; tls: ReturnType<typeof readTlsFiles> }): Promise<App> {
+  const { clock, log, dataDir, unlock, tls } = base
   const user = config.auth.user ?? userInfo().username
   const routerId = await loadRouterId(config.routerId, dataDir)
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
@@ -271,9 +273,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     log,
   })
   const separateAdmin = config.server.admin.host !== null
-  const server = createRouterServer({ ...config.server, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, websocket, log })
+  const server = createRouterServer({ ...config.server, tls, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, websocket, log })
   // On its own listener, every request is an API call.
-  const adminServer = separateAdmin ? createRouterServer({ ...config.server, routerHostnames, api, proxy: api, log }) : undefined
+  const adminServer = separateAdmin ? createRouterServer({ ...config.server, tls, routerHostnames, api, proxy: api, log }) : undefined
   let adminPort: number | undefined
   draining = server.draining
   serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })

@@ -117,6 +117,11 @@ export interface Config {
      * by default). With it, the main listener serves the data path and health checks only.
      */
     readonly admin: { readonly host: string | null; readonly port: number }
+    /**
+     * TLS on the router's listeners (PEM files; both or neither): ALPN offers h2 and http/1.1.
+     * Without it the port speaks cleartext HTTP/1.1 and h2c.
+     */
+    readonly tls: { readonly cert: string | null; readonly key: string | null }
   }
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
@@ -190,6 +195,7 @@ export const DEFAULTS: Config = {
     shutdownTimeoutMs: 10000,
     advertiseUrl: null,
     admin: { host: null, port: 9092 },
+    tls: { cert: null, key: null },
   },
   dataDir: './data',
   maxTokens: 100000,
@@ -306,6 +312,8 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
   'server.admin.port': port,
+  'server.tls.cert': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM certificate (chain) file, or null'),
+  'server.tls.key': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM private key file, or null'),
   'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),
   maxTokens: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
@@ -447,6 +455,10 @@ function crossIssues(config: Config): ConfigIssue[] {
       path: 'etcd.endpoints',
       message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes): the local backend's instances are one router's own processes",
     })
+  }
+  const { cert, key } = config.server.tls
+  if ((cert === null) !== (key === null)) {
+    issues.push({ path: cert === null ? 'server.tls.cert' : 'server.tls.key', message: 'is required with the other: TLS needs both a certificate and its key (PEM files)' })
   }
   issues.push(...authIssues(config))
   return issues

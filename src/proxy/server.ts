@@ -8,8 +8,10 @@
  * more it sends is read. It also owns the drain: what "stop" means for connections and requests.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
+import { createSecureServer as createHttp2SecureServer, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
 import { createServer as createNetServer, isIPv6, type AddressInfo, type Socket } from 'node:net'
+import { createSecureContext } from 'node:tls'
+import { readFileSync } from 'node:fs'
 import { MaitreError } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
@@ -28,6 +30,8 @@ export interface ServerOptions {
   readonly maxConnectionsPerClient: number
   readonly maxRequestsPerConnection: number
   readonly routerHostnames: ReadonlySet<string>
+  /** TLS on this listener (PEM): ALPN chooses HTTP/2 or HTTP/1.1. Absent: cleartext HTTP/1.1 and h2c. */
+  readonly tls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
   readonly api: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   /** WebSocket upgrades on the data path (absent: an upgrade is served as plain HTTP/1.1). */
@@ -113,6 +117,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   let idle: (() => void) | undefined
   const perClient = new Map<string, number>()
   let connections = 0
+  /** Every connection admitted and still open, whatever it became. */
+  const admitted = new Set<Socket>()
 
   const refuse = (socket: Socket, answer: string): void => {
     markRefused(socket)
@@ -155,8 +161,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     dispatch(req, res)
   }
 
+  /** Over the router's own TLS a request is https (unless a proxy in front already said what it was). */
+  const markHttps = (req: IncomingMessage): void => {
+    if (tlsServer !== undefined && req.headers['x-forwarded-proto'] === undefined) req.headers['x-forwarded-proto'] = 'https'
+  }
+
   /** One request, either protocol, to the API or the data path. */
   const dispatch = (req: IncomingMessage, res: ServerResponse): void => {
+    markHttps(req)
     const path = pathOf(req.url)
     const handler = isApiRequest(path, req.headers, options.routerHostnames) ? options.api : options.proxy
     handler(req, res).catch((err: unknown) => {
@@ -193,12 +205,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   // widely deployed: such a request is served as HTTP/1.1, which the RFC allows.) The same
   // handlers serve it through Node's compatibility API.
   const sessions = new Set<ServerHttp2Session>()
-  const h2 = createHttp2Server(
-    {
-      maxHeaderListPairs: options.maxHeaders,
-      settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: options.maxHeaderBytes },
-    },
-    (req: Http2ServerRequest, res: Http2ServerResponse) => {
+  const h2Options = {
+    maxHeaderListPairs: options.maxHeaders,
+    settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: options.maxHeaderBytes },
+  }
+  const handleH2 = (req: Http2ServerRequest, res: Http2ServerResponse): void => {
       // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority.
       if (req.headers.host === undefined && req.authority !== undefined) req.headers.host = req.authority
       const request = req as unknown as IncomingMessage
@@ -211,14 +222,41 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         if (open.size === 0) idle?.()
       })
       dispatch(request, response)
+  }
+  const h2 = createHttp2Server(h2Options, handleH2)
+
+  // TLS (server.tls): one secure server does the handshake and serves HTTP/2 or, by ALPN (or its
+  // absence), HTTP/1.1 with the same settings and handlers as the cleartext HTTP/1.1 server.
+  const tlsServer = options.tls === undefined ? undefined : createHttp2SecureServer(
+    { ...h2Options, cert: options.tls.cert, key: options.tls.key, minVersion: 'TLSv1.2', allowHTTP1: true, handshakeTimeout: options.headersTimeoutMs },
+    (req: Http2ServerRequest | IncomingMessage, res: Http2ServerResponse | ServerResponse) => {
+      if (req.httpVersionMajor === 2) handleH2(req as Http2ServerRequest, res as Http2ServerResponse)
+      else handle(req as IncomingMessage, res as ServerResponse)
     },
   )
-  h2.on('session', (session: ServerHttp2Session) => {
-    sessions.add(session)
-    session.once('close', () => sessions.delete(session))
-    // A drain under way: this connection gets no new streams.
-    if (draining) session.close()
-  })
+  if (tlsServer !== undefined) {
+    // Its HTTP/1.1 side reads Node's HTTP server settings from the server object itself.
+    Object.assign(tlsServer, {
+      maxHeaderSize: options.maxHeaderBytes,
+      maxHeadersCount: options.maxHeaders,
+      keepAliveTimeout: options.keepAliveTimeoutMs,
+      headersTimeout: options.headersTimeoutMs,
+      requestTimeout: 0,
+      connectionsCheckingInterval: 500,
+      requireHostHeader: false,
+      shouldUpgradeCallback: (req: IncomingMessage) => options.websocket !== undefined && isWebSocketUpgrade(req),
+    })
+    // A failed handshake is the client's affair: its socket goes, nothing is logged as ours.
+    tlsServer.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy())
+  }
+  for (const h2Server of [h2, tlsServer]) {
+    h2Server?.on('session', (session: ServerHttp2Session) => {
+      sessions.add(session)
+      session.once('close', () => sessions.delete(session))
+      // A drain under way: this connection gets no new streams.
+      if (draining) session.close()
+    })
+  }
 
   // Admission, before the HTTP parser ever sees the connection: a refused one is answered and
   // closed, and not a byte of what its client sends is parsed or served.
@@ -234,14 +272,17 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       return
     }
     connections += 1
+    admitted.add(socket)
     perClient.set(client, mine + 1)
     socket.once('close', () => {
+      admitted.delete(socket)
       connections -= 1
       const left = (perClient.get(client) ?? 1) - 1
       if (left === 0) perClient.delete(client)
       else perClient.set(client, left)
     })
-    routeByPreface(socket)
+    if (tlsServer === undefined) routeByPreface(socket)
+    else tlsServer.emit('connection', socket)
   })
 
   /**
@@ -274,7 +315,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   }
 
   // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    markHttps(req)
     const cid = cidOf(req)
     if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
     if (draining) {
@@ -284,14 +326,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       return refuseUpgrade(req, socket, new MaitreError('MAITRE_BAD_REQUEST', 'WebSocket upgrades are proxied to services only: name a token (x-waiter-token or the Host)', { details: { field: 'upgrade' } }), { cid })
     }
     options.websocket.handle(req, socket, head)
-  })
+  }
 
   // CONNECT asks for a tunnel, which maitre does not open (Node would only drop the connection).
-  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+  const onConnect = (_req: IncomingMessage, socket: Socket): void => {
     refuse(socket, rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', 'CONNECT is not proxied: maitre opens no tunnels', { method: 'CONNECT' }))
-  })
+  }
 
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+  const onClientError = (err: NodeJS.ErrnoException, socket: Socket): void => {
     const answer =
       err.code === HEADERS_TIMEOUT
         ? rawError('408 Request Timeout', 'MAITRE_CLIENT_TIMEOUT', `The request headers did not arrive within ${options.headersTimeoutMs} ms`, { limit: 'headers-timeout-ms', max: options.headersTimeoutMs })
@@ -312,7 +354,13 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       return
     }
     refuse(socket, answer)
-  })
+  }
+  // The same answers on the cleartext HTTP/1.1 server and on TLS's HTTP/1.1 side.
+  for (const http1 of [server, tlsServer]) {
+    http1?.on('upgrade', onUpgrade)
+    http1?.on('connect', onConnect)
+    http1?.on('clientError', onClientError)
+  }
 
   // A body that stops moving, through no back-pressure of ours, is the client's idleness.
   const sweepEveryMs = Math.min(1000, Math.max(50, Math.floor(options.bodyIdleTimeoutMs / 4)))
@@ -346,6 +394,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
           // The HTTP server never listens itself (the listener above hands it the connections it
           // admits); its connection tracking, which enforces headersTimeout, starts on 'listening'.
           server.emit('listening')
+          tlsServer?.emit('listening')
           resolveListen()
         })
       })
@@ -379,18 +428,26 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         }
         // Idle connections go now; one still receiving a request's headers gets to finish it (and
         // is answered with Connection: close) or to run into its header deadline, within the drain's.
-        server.closeIdleConnections()
+        const closeIdle = (): void => {
+          server.closeIdleConnections()
+          // (TLS's HTTP/1.1 side has it at run time; Node's types do not say so.)
+          ;(tlsServer as { closeIdleConnections?: () => void } | undefined)?.closeIdleConnections?.()
+        }
+        closeIdle()
         while (connections > 0 && Date.now() < deadline) {
           // Not unref'd: the drain must finish (and the instances be stopped) before the process may end.
           await new Promise((r) => setTimeout(r, 50))
-          server.closeIdleConnections()
+          closeIdle()
         }
         if (open.size > 0 || connections > 0) options.log.warn({ cut: open.size, connections, timeoutMs }, 'drain timed out; cutting the requests left')
         clearInterval(sweep)
         server.closeAllConnections()
         server.close()
+        tlsServer?.close()
         for (const session of sessions) session.destroy()
         h2.close()
+        // Whatever is still open (TLS, HTTP/2, upgraded connections) is cut now.
+        for (const socket of admitted) socket.destroy()
       })()
       return drained
     },
@@ -426,4 +483,26 @@ export function pathOf(url: string | undefined): string {
   if (url === undefined) return '/'
   const q = url.indexOf('?')
   return q === -1 ? url : url.slice(0, q)
+}
+
+/**
+ * The PEM files of server.tls, read and tried at start: a missing file or a key that does not
+ * match its certificate stops the router with a configuration error, not at the first client.
+ */
+export function readTlsFiles(paths: { readonly cert: string | null; readonly key: string | null }): { cert: Buffer; key: Buffer } | undefined {
+  if (paths.cert === null || paths.key === null) return undefined
+  const read = (field: 'cert' | 'key', path: string): Buffer => {
+    try {
+      return readFileSync(path)
+    } catch (err) {
+      throw new MaitreError('MAITRE_INVALID_CONFIG', `Cannot read server.tls.${field} ${path}: ${(err as Error).message}`, { details: { field: `server.tls.${field}` } })
+    }
+  }
+  const files = { cert: read('cert', paths.cert), key: read('key', paths.key) }
+  try {
+    createSecureContext(files)
+  } catch (err) {
+    throw new MaitreError('MAITRE_INVALID_CONFIG', `server.tls.cert and server.tls.key are not a usable certificate and key: ${(err as Error).message}`, { details: { field: 'server.tls' } })
+  }
+  return files
 }

@@ -4,24 +4,9 @@
  * gRPC statuses.
  */
 import t from 'tap'
-import { fileURLToPath } from 'node:url'
 import * as grpc from '@grpc/grpc-js'
-import { KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
+import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
 import { call, createToken, startRouter, type Router } from '../fixtures/router.ts'
-
-const APP = fileURLToPath(new URL('../fixtures/grpc-kitchen.mjs', import.meta.url))
-const grpcToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
-  cmd: `${process.execPath} ${APP}`,
-  cpus: 0.1,
-  mem: 256,
-  version: 'grpc',
-  ports: 2,
-  'backend-proto': 'h2c',
-  'health-check-proto': 'http',
-  'health-check-port-index': 1,
-  'health-check-url': '/status',
-  ...extra,
-})
 
 const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void

@@ -1,0 +1,101 @@
+/**
+ * TLS on the router's port (server.tls): ALPN h2 and http/1.1, the data path and Waiter's API
+ * over each, WebSockets over wss, and the configuration refusing what cannot work.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { connect as connectH2 } from 'node:http2'
+import { Agent, request } from 'undici'
+import { WebSocket } from 'ws'
+import * as grpc from '@grpc/grpc-js'
+import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
+import { kitchenToken, startRouter } from '../fixtures/router.ts'
+import { createApp } from '../../src/app.ts'
+import { DEFAULTS, withOverrides } from '../../src/config.ts'
+
+/** A self-signed certificate for 127.0.0.1 and localhost, made with Debian's openssl. */
+function selfSigned(dir: string): { cert: string; key: string; ca: Buffer } {
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
+  return { cert, key, ca: readFileSync(cert) }
+}
+
+t.test('over TLS: HTTP/1.1 and HTTP/2 (ALPN) reach the data path and the API; requests count as https; WebSockets as wss', async (t) => {
+  const pem = selfSigned(t.testdir())
+  const router = await startRouter(t, { 'server.tls.cert': pem.cert, 'server.tls.key': pem.key })
+  const url = router.url.replace('http://', 'https://')
+  const agent = new Agent({ connect: { ca: pem.ca }, allowH2: false })
+  t.teardown(() => agent.close())
+  const created = await request(`${url}/token`, { dispatcher: agent, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'secure', ...kitchenToken({ 'https-redirect': true }) }) })
+  t.equal(created.statusCode, 200, 'a token written over TLS')
+  await created.body.dump()
+  const one = await request(`${url}/request-info`, { dispatcher: agent, headers: { 'x-waiter-token': 'secure' } })
+  t.equal(one.statusCode, 200, 'HTTP/1.1 over TLS; an https-redirect token serves it (it is https)')
+  const seen = (await one.body.json()) as { headers: Record<string, string> }
+  t.equal(seen.headers['x-forwarded-proto'], 'https', 'the instance hears it was https')
+
+  const session = connectH2(url, { ca: pem.ca })
+  t.teardown(() => session.close())
+  const answer = await new Promise<{ status: number; body: string; protocol: string | undefined }>((resolve, reject) => {
+    const stream = session.request({ ':path': '/request-info', 'x-waiter-token': 'secure' })
+    let status = 0
+    let body = ''
+    stream.on('response', (h) => (status = Number(h[':status'])))
+    stream.on('data', (c: Buffer) => (body += c.toString()))
+    stream.on('end', () => resolve({ status, body, protocol: session.alpnProtocol }))
+    stream.on('error', reject)
+    stream.end()
+  })
+  t.equal(answer.status, 200)
+  t.equal(answer.protocol, 'h2', 'ALPN agreed on h2')
+  t.equal(JSON.parse(answer.body).headers['x-forwarded-proto'], 'https')
+  const api = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': '/token?token=secure', accept: 'application/json' })
+    stream.on('response', (h) => resolve(Number(h[':status'])))
+    stream.on('error', reject)
+    stream.resume()
+    stream.end()
+  })
+  t.equal(api, 200, 'Waiter’s API over h2 with TLS')
+
+  const ws = new WebSocket(`${url.replace('https://', 'wss://')}/`, { headers: { 'x-waiter-token': 'secure' }, ca: pem.ca })
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve)
+    ws.once('error', reject)
+  })
+  const echoed = new Promise<string>((resolve) => ws.once('message', (d) => resolve(d.toString())))
+  ws.send('over wss')
+  t.equal(await echoed, 'over wss', 'a WebSocket over TLS')
+  ws.close()
+
+  // gRPC over TLS (h2 by ALPN), to an h2c instance.
+  const grpcCreated = await request(`${url}/token`, { dispatcher: agent, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'grpc', ...grpcToken() }) })
+  t.equal(grpcCreated.statusCode, 200)
+  await grpcCreated.body.dump()
+  const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
+  const grpcClient = new KitchenClient(new URL(url).host, grpc.credentials.createSsl(pem.ca)) as unknown as { echo(r: unknown, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, v?: { text: string }) => void): void; close(): void }
+  t.teardown(() => grpcClient.close())
+  const metadata = new grpc.Metadata()
+  metadata.set('x-waiter-token', 'grpc')
+  const echoedOverTls = await new Promise<string | undefined>((resolve, reject) => grpcClient.echo({ text: 'secure call' }, metadata, {}, (err, v) => (err ? reject(err) : resolve(v?.text))))
+  t.equal(echoedOverTls, 'secure call', 'a gRPC call over TLS')
+
+  const plain = await request(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'secure' } }).catch((err: Error) => err)
+  t.ok(plain instanceof Error, 'cleartext is not spoken on a TLS port')
+})
+
+t.test('server.tls: both files or neither; unreadable or mismatched files stop the router at start', async (t) => {
+  const dir = t.testdir()
+  const pem = selfSigned(dir)
+  t.throws(() => withOverrides(DEFAULTS, { 'server.tls.cert': pem.cert }), { code: 'MAITRE_INVALID_CONFIG', message: /server\.tls\.key is required with the other/ })
+  const otherDir = join(dir, 'other')
+  mkdirSync(otherDir)
+  const other = selfSigned(otherDir)
+  const missing = withOverrides(DEFAULTS, { 'server.tls.cert': join(dir, 'nope.pem'), 'server.tls.key': pem.key, dataDir: join(dir, 'data'), 'server.port': 0, 'log.level': 'silent' })
+  await t.rejects(createApp(missing), { code: 'MAITRE_INVALID_CONFIG', message: /Cannot read server\.tls\.cert/ })
+  const mismatched = withOverrides(DEFAULTS, { 'server.tls.cert': pem.cert, 'server.tls.key': other.key, dataDir: join(dir, 'data2'), 'server.port': 0, 'log.level': 'silent' })
+  await t.rejects(createApp(mismatched), { code: 'MAITRE_INVALID_CONFIG', message: /not a usable certificate and key/ })
+})
