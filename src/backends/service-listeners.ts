@@ -2,7 +2,7 @@
  * What every backend shares besides the contract: telling subscribers a service changed (one
  * failing subscriber must not starve the others), and refusing what the data path cannot carry.
  */
-import type { LaunchSpec } from '../launch-spec.ts'
+import type { LaunchSpec, Proto } from '../launch-spec.ts'
 import type { Logger } from '../log.ts'
 import { misconfigured } from '../errors.ts'
 
@@ -31,13 +31,14 @@ export class ServiceListeners {
 }
 
 /**
- * A backend-proto (or health-check-proto) this backend cannot carry yet is refused when the
- * version is created, in Waiter's words, rather than failing obscurely at the first request.
+ * A backend-proto or health-check-proto this backend cannot carry is refused when the version is
+ * created, in Waiter's words, rather than failing obscurely at the first request.
  */
-export function refuseUnsupportedProtos(spec: LaunchSpec, supported: readonly LaunchSpec['backendProto'][]): void {
-  for (const [field, proto] of [['backend-proto', spec.backendProto], ['health-check-proto', spec.healthCheck.proto]] as const) {
-    if (!supported.includes(proto)) {
-      throw misconfigured([{ field, message: `${field} ${proto} is not supported by this backend yet; use ${supported.join(' or ')}.` }])
+export function refuseUnsupportedProtos(spec: LaunchSpec, supported: { readonly backend: readonly Proto[]; readonly healthCheck: readonly Proto[]; readonly why?: string }): void {
+  const checks = [['backend-proto', spec.backendProto, supported.backend], ['health-check-proto', spec.healthCheck.proto, supported.healthCheck]] as const
+  for (const [field, proto, allowed] of checks) {
+    if (!allowed.includes(proto)) {
+      throw misconfigured([{ field, message: `${field} ${proto} is not supported by this backend; use ${allowed.join(', ')}${supported.why === undefined ? '' : ` (${supported.why})`}.` }])
     }
   }
 }

@@ -206,14 +206,18 @@ class Exchange implements Dispatcher.DispatchHandler {
 const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
 
 export class Forwarder {
-  /** HTTP/1.1 (and https, which may agree on h2 by ALPN). */
+  /** HTTP/1.1, and TLS (https, h2) with ALPN choosing HTTP/2 or HTTP/1.1. */
   readonly #agent: Agent
   /** HTTP/2 over cleartext, by prior knowledge: one pooled connection per instance, streams multiplexed. */
   readonly #h2c: Agent
 
   constructor(options: { connectTimeoutMs: number }) {
-    const common = { connect: { timeout: options.connectTimeoutMs }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000 }
-    this.#agent = new Agent(common)
+    // An instance's TLS (backend-proto https or h2) guards the wire; whom the router talks to it
+    // already knows, having started the instance at that address, so the instance's certificate
+    // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
+    const common = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000 }
+    // allowH2: https instances may agree on HTTP/2 by ALPN (backend-proto h2 always offers it).
+    this.#agent = new Agent({ ...common, allowH2: true })
     this.#h2c = new Agent({ ...common, allowH2: true, useH2c: true, connections: 1, pipelining: 100 } as Agent.Options)
   }
 

@@ -4,6 +4,8 @@
  */
 import t from 'tap'
 import { request } from 'undici'
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
 import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
 import { createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
 
@@ -77,4 +79,28 @@ t.test('an h2c client (prior knowledge) on the router’s one port: the data pat
   // Many streams at once on one connection.
   const many = await Promise.all(Array.from({ length: 20 }, (_, i) => h2Request(session, { ':path': `/request-info?i=${i}`, 'x-waiter-token': 'twos' })))
   t.same(many.map((r) => JSON.parse(r.body).query), Array.from({ length: 20 }, (_, i) => `?i=${i}`), 'twenty concurrent streams, each answered')
+})
+
+t.test('TLS instances: backend-proto https (HTTP/1.1) and h2 (HTTP/2 only), self-signed, health-checked over their own protocol, reached from HTTP/1.1 and HTTP/2 clients', async (t) => {
+  const dir = t.testdir()
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=instance'], { stdio: 'ignore' })
+  const router = await startRouter(t)
+  const tlsArgs = `--tls-cert ${cert} --tls-key ${key}`
+  await createToken(router, 'secure1', kitchenToken({ 'backend-proto': 'https', 'health-check-proto': 'https', version: 'https' }, tlsArgs))
+  await createToken(router, 'secure2', kitchenToken({ 'backend-proto': 'h2', 'health-check-proto': 'h2', version: 'h2' }, `${tlsArgs} --h2`))
+  const one = await request(`${router.url}/protocol`, { headers: { 'x-waiter-token': 'secure1' } })
+  t.equal(one.statusCode, 200)
+  t.match(await one.body.json(), { httpVersion: '1.1', encrypted: true }, 'an https instance, its self-signed certificate taken')
+  const two = await request(`${router.url}/protocol`, { headers: { 'x-waiter-token': 'secure2' } })
+  t.equal(two.statusCode, 200)
+  t.match(await two.body.json(), { httpVersion: '2.0', encrypted: true }, 'an h2 instance that speaks nothing but HTTP/2, over TLS')
+  const trailed = await request(`${router.url}/trailers?grpc-status=0`, { headers: { 'x-waiter-token': 'secure2' } })
+  await trailed.body.text()
+  t.same(trailed.trailers, { 'grpc-status': '0' }, 'its trailers too')
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const viaH2 = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'secure2' })
+  t.equal(JSON.parse(viaH2.body).httpVersion, '2.0', 'from an HTTP/2 client too')
 })

@@ -23,8 +23,9 @@ export class HealthProber {
 
   constructor(timeoutMs: number) {
     this.#timeoutMs = timeoutMs
-    const options = { connect: { timeout: timeoutMs }, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs }
-    this.#agent = new Agent(options)
+    // Instances' own certificates (health-check-proto https, h2) are not checked against a CA: see Forwarder.
+    const options = { connect: { timeout: timeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 30_000, headersTimeout: timeoutMs, bodyTimeout: timeoutMs }
+    this.#agent = new Agent({ ...options, allowH2: true })
     this.#h2c = new Agent({ ...options, allowH2: true, useH2c: true } as Agent.Options)
   }
 

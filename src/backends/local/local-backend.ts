@@ -115,7 +115,7 @@ export class LocalBackend implements Backend {
       // Waiter's wording for a command type its scheduler cannot run, and why.
       throw misconfigured([{ field, message: field === 'cmd-type' ? 'Command type docker is not supported (the local backend runs shell commands only)' : `The local backend runs shell commands only; ${field} is not supported here.` }])
     }
-    refuseUnsupportedProtos(spec, ['http', 'https', 'h2c'])
+    refuseUnsupportedProtos(spec, { backend: ['http', 'https', 'h2c', 'h2'], healthCheck: ['http', 'https', 'h2c', 'h2'] })
     const service: LocalService = {
       spec,
       requested: spec.minInstances,
