@@ -65,7 +65,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   // A caller that hangs up stops waiting at once: its place in the queue goes with it.
   const aborter = new AbortController()
   r.res.once('close', () => {
-    if (!r.res.writableFinished) aborter.abort()
+    if (!r.res.writableEnded) aborter.abort()
   })
   const activation = {
     serviceId: current.serviceId,

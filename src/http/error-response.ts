@@ -2,8 +2,7 @@
  * Waiter's error responses: a `waiter-error` JSON object, an HTML page or plain text, chosen by
  * the Accept header (then the request's Content-Type), always carrying the request's x-cid.
  */
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
-import type { ServerHttp2Stream } from 'node:http2'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { asMaitreError, type MaitreError } from '../errors.ts'
 import { isDebugRequested } from './debug.ts'
 import { encodeGrpcMessage, grpcStatusOf, grpcTimeoutMs, isGrpcRequest } from './grpc.ts'
@@ -122,28 +121,25 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
 }
 
 /**
- * A refusal of a gRPC call is a gRPC status: a trailers-only response (one HEADERS frame that
- * ends the stream: :status 200, grpc-status, grpc-message), so a gRPC client sees a gRPC error
- * rather than a protocol error. The details stay in maitre's log under the x-cid.
+ * A refusal of a gRPC call is a gRPC status: headers (:status 200, content-type
+ * application/grpc, x-cid), no message, and trailers holding grpc-status and grpc-message, so a
+ * gRPC client sees a gRPC error rather than a protocol error. The details stay in maitre's log
+ * under the x-cid.
  */
 function sendGrpcError(req: IncomingMessage, res: ServerResponse, err: MaitreError, ctx: ErrorContext): void {
-  const stream = (res as unknown as { stream?: ServerHttp2Stream }).stream
-  if (stream === undefined || stream.destroyed || stream.headersSent) {
-    res.destroy()
-    return
-  }
   const serviceId = ctx.serviceId ?? (err.details['service-id'] as string | undefined)
-  const headers: OutgoingHttpHeaders = {
-    ...err.headers,
-    ':status': 200,
+  const { location: _location, ...errHeaders } = err.headers
+  res.writeHead(200, {
+    ...errHeaders,
     'content-type': 'application/grpc',
-    'grpc-status': String(grpcStatusOf(err, grpcTimeoutMs(req.headers['grpc-timeout']) !== undefined)),
-    'grpc-message': encodeGrpcMessage(err.message),
     'x-cid': ctx.cid,
     server: SERVER_HEADER,
     [ERROR_CODE_HEADER]: err.code,
     ...(isDebugRequested(req.headers) && typeof serviceId === 'string' ? { 'x-waiter-service-id': serviceId } : {}),
-  }
-  delete headers['location']
-  stream.respond(headers, { endStream: true })
+  })
+  res.addTrailers({
+    'grpc-status': String(grpcStatusOf(err, grpcTimeoutMs(req.headers['grpc-timeout']) !== undefined)),
+    'grpc-message': encodeGrpcMessage(err.message),
+  })
+  res.end()
 }

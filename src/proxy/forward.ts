@@ -12,7 +12,7 @@ import { Agent, errors as undiciErrors, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
-import { clientResponseHeaders } from './headers.ts'
+import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
 
 export interface ForwardRequest {
   readonly instance: Instance
@@ -28,6 +28,8 @@ export interface ForwardRequest {
   readonly timeoutsChosenByClient?: boolean
   /** Set-Cookie values of the router's own (the x-waiter-auth cookie), added to the instance's. */
   readonly setCookies?: readonly string[] | undefined
+  /** The client speaks HTTP/2: single-value fields go as one value. */
+  readonly clientHttp2?: boolean
   /** Extra response headers (cold start, debug), decided when the response starts. */
   readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
 }
@@ -129,11 +131,11 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#clientGone) controller.abort(new undiciErrors.RequestAbortedError())
   }
 
-  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     // 1xx interim answers (100 Continue, 103 Early Hints) are the hop's business, not the client's.
     if (statusCode < 200) return
-    this.#status = statusCode
     const out = clientResponseHeaders(headers, this.#request.cid)
+    if (this.#request.clientHttp2 === true) forHttp2(out)
     if (headers['grpc-status'] !== undefined) {
       // A gRPC "trailers-only" answer: the status and all its metadata in the one HEADERS frame
       // that ended the stream. Relayed as an equally valid gRPC response the compatibility API
@@ -154,7 +156,15 @@ class Exchange implements Dispatcher.DispatchHandler {
       const theirs = out['set-cookie']
       out['set-cookie'] = theirs === undefined ? [...cookies] : [...(Array.isArray(theirs) ? theirs : [theirs]), ...cookies]
     }
-    this.#res.writeHead(statusCode, out)
+    try {
+      this.#res.writeHead(statusCode, out)
+    } catch (err) {
+      // Headers the client's protocol cannot carry (Node checks them): a clean 502 instead of a
+      // broken stream; the instance answered, so it is not ejected for it.
+      controller.abort(new MaitreError('MAITRE_UPSTREAM', `The instance's response headers cannot be relayed: ${(err as Error).message}`, { cause: err }))
+      return
+    }
+    this.#status = statusCode
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -167,11 +177,15 @@ class Exchange implements Dispatcher.DispatchHandler {
   onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
     // Trailers (gRPC's status travels in them) go on as they came: in HTTP/2 always, in HTTP/1.1
     // when the response is chunked (Node drops them otherwise: a fixed length leaves no room).
-    let any = false
-    for (const name in trailers) if (trailers[name] !== undefined) any = true
-    if (this.#statusTrailers !== undefined) this.#res.addTrailers({ ...this.#statusTrailers, ...(trailers as Record<string, string | string[]>) })
-    else if (any) this.#res.addTrailers(trailers as Record<string, string | string[]>)
-    this.#res.end()
+    const relayed = clientTrailers(trailers)
+    const all = this.#statusTrailers === undefined ? relayed : { ...this.#statusTrailers, ...relayed }
+    try {
+      if (all !== undefined) this.#res.addTrailers(all)
+      this.#res.end()
+    } catch {
+      // Trailers the client's protocol refuses: the response cannot end cleanly, so it is cut.
+      this.#res.destroy()
+    }
     const status = this.#status
     // gRPC's UNAVAILABLE (in the trailers, or in the headers of a trailers-only answer) is its 503.
     const busy = status === 503 || trailers['grpc-status'] === '14' || this.#grpcStatus === '14'
@@ -181,8 +195,9 @@ class Exchange implements Dispatcher.DispatchHandler {
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
     const { outcome, error } = classify(err, this.#clientGone)
     const res = this.#res
-    // Once the response has started, the only honest signal left is cutting the connection.
-    if (res.headersSent) res.destroy()
+    // Once the response has started, the only honest signal left is cutting the connection
+    // (unless it was ended already: the listener answered for it, a body gone idle, say).
+    if (res.headersSent && !res.writableEnded) res.destroy()
     const status = this.#status
     const code = (err as { code?: string }).code ?? ''
     const notDelivered = !this.#clientGone && status === undefined && CONNECT_ERRORS.has(code)

@@ -172,7 +172,11 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let forwarding: Forwarding | undefined
     // The one place that notices a client leaving; whatever the request is waiting on is told.
     res.once('close', () => {
-      if (res.writableFinished) return
+      // Ended by us, the answer given (writableFinished would not do: over HTTP/2 it reads true
+      // when the client reset the stream). An exchange with an instance still under way then
+      // has nowhere left to answer (the listener answered for it: a body gone idle, say): it
+      // ends too, and its slot comes back. (A relayed answer has settled its exchange by now.)
+      if (res.writableEnded) return forwarding?.clientGone()
       clientGone = true
       waitAborter?.abort()
       forwarding?.clientGone()
@@ -270,6 +274,10 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       }
       if (queued || coldStart) queueMs = deps.clock.now() - started
       if (debug) gotInstanceNs = process.hrtime.bigint() - startedNs
+      // Expect: 100-continue is answered once the request is admitted and holds a slot: every
+      // refusal of maitre's (unknown token, forbidden, queue full or timed out) comes first and
+      // final, and the body is never sent for a request that cannot be served.
+      if (req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue' && !res.headersSent) res.writeContinue()
       for (let attempt = 1; ; attempt++) {
         const instance = lease.instance
         instanceId = instance.id
@@ -279,10 +287,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           instance,
           cid,
           headers,
-          socketTimeoutMs: timeouts.socketTimeoutMs,
+          // A gRPC deadline is one budget: what the wait left of it bounds the answer.
+          socketTimeoutMs: perRequest['timeout'] === undefined && deadlineHeader !== undefined && deadlineHeader !== '' ? Math.max(1, started + Number(deadlineHeader) - deps.clock.now()) : timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
           timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,
+          clientHttp2: req.httpVersionMajor === 2,
           extraHeaders: !coldStart && !debug ? undefined : () => {
             const extra: Record<string, string> = {}
             if (coldStart) extra[COLD_START_HEADER] = 'true'

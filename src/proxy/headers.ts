@@ -16,6 +16,18 @@ export const HOP_BY_HOP = new Set([
   'upgrade',
 ])
 
+/** Connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2) beyond the hop-by-hop ones: never relayed. */
+const CONNECTION_SPECIFIC = new Set([...HOP_BY_HOP, 'http2-settings'])
+
+/** Fields HTTP/2 allows once only (Node refuses a second value): an HTTP/2 client gets the first. */
+const SINGLE_VALUE = new Set([
+  'access-control-allow-credentials', 'access-control-max-age', 'access-control-request-method', 'age', 'authorization',
+  'content-encoding', 'content-language', 'content-length', 'content-location', 'content-md5', 'content-range',
+  'content-type', 'date', 'dnt', 'etag', 'expires', 'from', 'host', 'if-match', 'if-modified-since', 'if-none-match',
+  'if-range', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'range',
+  'referer', 'retry-after', 'tk', 'upgrade-insecure-requests', 'user-agent', 'x-content-type-options',
+])
+
 export const VIA = '1.1 maitre'
 export const COLD_START_HEADER = 'x-maitre-cold-start'
 
@@ -90,7 +102,7 @@ export function clientResponseHeaders(
   const out: Record<string, string | string[]> = {}
   for (const name in backend) {
     const value = backend[name]
-    if (value === undefined || HOP_BY_HOP.has(name) || listed?.has(name) === true) continue
+    if (value === undefined || CONNECTION_SPECIFIC.has(name) || name.startsWith(':') || listed?.has(name) === true) continue
     if (name === 'set-cookie') {
       // An instance cannot set (or clear) the router's own cookies: the auth cookie is the router's to give.
       const kept = (Array.isArray(value) ? value : [String(value)]).filter((c) => !setsRouterCookie(c))
@@ -102,5 +114,25 @@ export function clientResponseHeaders(
   out['x-cid'] = cid
   const via = backend['via']
   out['via'] = via === undefined ? VIA : `${String(via)}, ${VIA}`
+  return out
+}
+
+/** An HTTP/2 client takes one value of a single-value field: the first, as HTTP/1.1 readers mostly do. */
+export function forHttp2(headers: Record<string, string | string[]>): Record<string, string | string[]> {
+  for (const name in headers) {
+    const value = headers[name]
+    if (Array.isArray(value) && SINGLE_VALUE.has(name)) headers[name] = value[0] ?? ''
+  }
+  return headers
+}
+
+/** The instance's trailers as the client gets them: end-to-end fields only (never framing or connection ones). */
+export function clientTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
+  let out: Record<string, string | string[]> | undefined
+  for (const name in trailers) {
+    const value = trailers[name]
+    if (value === undefined || CONNECTION_SPECIFIC.has(name) || name.startsWith(':') || name === 'content-length' || name === 'trailer') continue
+    ;(out ??= {})[name] = value
+  }
   return out
 }

@@ -8,7 +8,7 @@
  * more it sends is read. It also owns the drain: what "stop" means for connections and requests.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { createSecureServer as createHttp2SecureServer, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
+import { constants as h2constants, createSecureServer as createHttp2SecureServer, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
 import { createServer as createNetServer, isIPv6, type AddressInfo, type Socket } from 'node:net'
 import { createSecureContext } from 'node:tls'
 import { readFileSync } from 'node:fs'
@@ -221,6 +221,29 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         open.delete(response)
         if (open.size === 0) idle?.()
       })
+      // A request body that sends nothing for bodyIdleTimeoutMs: 408, or the stream is reset if
+      // an answer already began. Only this stream goes; the connection's others carry on.
+      const stream = res.stream
+      if (!stream.endAfterHeaders && !req.complete) {
+        stream.setTimeout(options.bodyIdleTimeoutMs, () => {
+          // Body bytes waiting to be read wait on us (a queued request), not on the client.
+          if (req.complete || req.readableLength > 0 || stream.readableLength > 0) return
+          const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${options.bodyIdleTimeoutMs} ms`, { details: { limit: 'body-idle-ms', max: options.bodyIdleTimeoutMs } })
+          if (res.headersSent) stream.close(h2constants.NGHTTP2_CANCEL)
+          else {
+            sendError(request, response, err, { cid: cidOf(request) })
+            // Answered in full, the stream is then closed (RST_STREAM NO_ERROR: RFC 9113 §8.1
+            // lets a server that answered stop a request body that way): whatever reads the body
+            // (the forward to an instance) learns that it will never end, and lets its slot go.
+            setImmediate(() => {
+              req.once('error', () => undefined)
+              req.destroy(err)
+              stream.close(h2constants.NGHTTP2_NO_ERROR)
+            })
+          }
+        })
+        req.once('end', () => stream.setTimeout(0))
+      }
       dispatch(request, response)
   }
   const h2 = createHttp2Server(h2Options, handleH2)
@@ -252,7 +275,27 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   for (const h2Server of [h2, tlsServer]) {
     h2Server?.on('session', (session: ServerHttp2Session) => {
       sessions.add(session)
-      session.once('close', () => sessions.delete(session))
+      // A connection with no stream open for keepAliveTimeoutMs is told GOAWAY, as an idle
+      // HTTP/1.1 connection is closed (a long call keeps it, however quiet).
+      let streams = 0
+      let idleTimer: NodeJS.Timeout | undefined
+      const armIdle = (): void => {
+        idleTimer = setTimeout(() => session.close(), options.keepAliveTimeoutMs)
+        idleTimer.unref()
+      }
+      armIdle()
+      session.on('stream', (stream) => {
+        streams += 1
+        clearTimeout(idleTimer)
+        stream.once('close', () => {
+          streams -= 1
+          if (streams === 0 && !session.closed && !session.destroyed) armIdle()
+        })
+      })
+      session.once('close', () => {
+        clearTimeout(idleTimer)
+        sessions.delete(session)
+      })
       // A drain under way: this connection gets no new streams.
       if (draining) session.close()
     })
@@ -357,6 +400,13 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   }
   // The same answers on the cleartext HTTP/1.1 server and on TLS's HTTP/1.1 side.
   for (const http1 of [server, tlsServer]) {
+    // Expect: 100-continue is not answered at once: the proxy answers it once it admitted the
+    // request (an API call, which reads small bodies, is told to go on at once).
+    http1?.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.httpVersionMajor === 2) return handleH2(req as unknown as Http2ServerRequest, res as unknown as Http2ServerResponse)
+      if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames)) res.writeContinue()
+      handle(req, res)
+    })
     http1?.on('upgrade', onUpgrade)
     http1?.on('connect', onConnect)
     http1?.on('clientError', onClientError)

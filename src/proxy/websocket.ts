@@ -24,7 +24,7 @@ import { isDebugRequested } from '../http/debug.ts'
 import { statusClass } from '../metrics.ts'
 import type { Resolution, ResolvedRequest } from '../versions/resolve.ts'
 import { activationOf, assertHttpsOrRedirect, corsHeadersFor, fallBack, pickTimeout, resolveAnonymously, type ProxyDeps } from './handle.ts'
-import { backendRequestHeaders } from './headers.ts'
+import { backendRequestHeaders, clientResponseHeaders } from './headers.ts'
 import { answerOnSocket, refuseUpgrade } from './upgrade.ts'
 
 export interface WebSocketLimits {
@@ -89,7 +89,8 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   server.on('headers', (headers, req) => {
     for (const line of added.get(req) ?? []) headers.push(line)
   })
-  const live = new Set<{ client: WebSocket; backend: WebSocket }>()
+  /** Each relayed connection, by its way of closing both sides. */
+  const closers = new Map<object, (code: number, reason: string) => void>()
 
   async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
     checkHandshake(req)
@@ -223,21 +224,30 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
           size += chunk.length
         })
         response.once('error', () => undefined)
+        // A refusal whose body stalls (no byte for the streaming timeout) or breaks off is the
+        // instance's failure: the client gets a 502, and the slot comes back either way.
+        response.setTimeout(deps.timeouts.streamingTimeoutMs, () => response.destroy())
+        let ended = false
         response.once('end', () => {
+          ended = true
           const code = response.statusCode ?? 502
           release(code >= 500 ? 'instance-error' : 'success')
           status = code
-          const passed: Record<string, string | string[]> = {}
-          for (const [name, value] of Object.entries(response.headers)) {
-            if (value !== undefined && !['connection', 'transfer-encoding', 'content-length', 'keep-alive', 'upgrade'].includes(name)) passed[name] = value
-          }
+          const passed = clientResponseHeaders(response.headers, cid)
+          delete passed['content-length']
           const body = Buffer.concat(chunks)
           answerOnSocket(req, socket, (res) => {
-            res.writeHead(code, { ...passed, 'content-length': body.length, 'x-cid': cid })
+            res.writeHead(code, { ...passed, 'content-length': body.length })
             res.end(body)
           })
           backend.terminate()
           finish()
+        })
+        response.once('close', () => {
+          if (ended) return
+          release('instance-error')
+          backend.terminate()
+          refuse(new MaitreError('MAITRE_UPSTREAM', 'The instance refused the WebSocket upgrade and its answer broke off', { details: { 'service-id': current.serviceId, 'instance-id': instance.id } }))
         })
       })
       backend.once('close', () => {
@@ -275,17 +285,20 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   /** Messages both ways until either side closes; `done` once both have. */
   function relay(client: WebSocket, backend: WebSocket, done: (outcome: ReleaseOutcome) => void): void {
     const pair = { client, backend }
-    live.add(pair)
     let idleTimer: NodeJS.Timeout | undefined
     const touch = (): void => {
       idleTimer?.refresh()
     }
     // Both sides closed: the timer is gone and a late event must not re-arm it.
-    idleTimer = setTimeout(() => {
-      client.close(1001, 'Idle timeout')
-      backend.close(1001, 'Idle timeout')
-    }, limits.idleTimeoutMs)
+    idleTimer = setTimeout(() => closeBoth(1001, 'Idle timeout'), limits.idleTimeoutMs)
     idleTimer.unref()
+    const closeBoth = (code: number, reason: string): void => {
+      for (const side of [client, backend]) {
+        side.resume()
+        side.close(code, reason)
+      }
+    }
+    closers.set(pair, closeBoth)
     let outcome: ReleaseOutcome = 'success'
     let closed = 0
     const closedOne = (): void => {
@@ -293,7 +306,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       if (closed < 2) return
       clearTimeout(idleTimer)
       idleTimer = undefined
-      live.delete(pair)
+      closers.delete(pair)
       done(outcome)
     }
     const pipe = (from: WebSocket, to: WebSocket): void => {
@@ -325,12 +338,15 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       if (tooBig(err)) client.close(1009, 'Message too big')
     })
     client.once('close', (code: number, reason: Buffer) => {
+      // A side paused for back-pressure must read again, or it never sees the close reply.
+      backend.resume()
       const sendable = sendableCode(code)
       if (backend.readyState === WebSocket.OPEN) backend.close(sendable, sendable === undefined ? undefined : reason)
       else if (backend.readyState === WebSocket.CONNECTING) backend.terminate()
       closedOne()
     })
     backend.once('close', (code: number, reason: Buffer) => {
+      client.resume()
       // 1006: the instance's connection ended with no close frame (it died, or was killed).
       if (code === 1006) outcome = 'instance-error'
       const sendable = code === 1006 ? 1011 : sendableCode(code)
@@ -343,11 +359,8 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   return {
     handle,
     closeAll() {
-      for (const { client, backend } of live) {
-        client.close(1001, 'The router is shutting down')
-        backend.close(1001, 'The router is shutting down')
-      }
+      for (const close of closers.values()) close(1001, 'The router is shutting down')
     },
-    open: () => live.size,
+    open: () => closers.size,
   }
 }

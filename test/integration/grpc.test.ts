@@ -119,6 +119,14 @@ t.test('maitre’s own refusals reach a gRPC client as gRPC statuses, in trailer
   t.equal((await slow).err, null)
   t.equal((await queued).err, null, 'the queued call was served once the slot freed')
 
+  // A call the client cancels mid-stream gives its slot back: the next call on the one slot is served.
+  const cancelled = c.countdown({ from: 50, intervalMs: 50 }, meta('narrow'))
+  await new Promise<void>((resolve) => cancelled.once('data', () => resolve()))
+  cancelled.on('error', () => undefined)
+  cancelled.cancel()
+  const afterCancel = await unary(c, { text: 'after cancel' }, meta('narrow'), { deadline: Date.now() + 2000 })
+  t.equal(afterCancel.err, null, 'a cancelled stream’s slot serves the next call')
+
   const timedOut = await unary(c, { text: 'x', sleepMs: 2000 }, meta('grpc', { 'x-waiter-timeout': '300' }))
   t.equal(timedOut.err?.code, grpc.status.DEADLINE_EXCEEDED, 'the instance too slow for x-waiter-timeout: DEADLINE_EXCEEDED')
   t.match(timedOut.err?.details, /timed out/)

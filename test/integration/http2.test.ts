@@ -6,7 +6,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
+import { connect as connectH2, constants as h2constants, type ClientHttp2Session } from 'node:http2'
 import { createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
 
 const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
@@ -103,4 +103,68 @@ t.test('TLS instances: backend-proto https (HTTP/1.1) and h2 (HTTP/2 only), self
   t.teardown(() => session.close())
   const viaH2 = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'secure2' })
   t.equal(JSON.parse(viaH2.body).httpVersion, '2.0', 'from an HTTP/2 client too')
+})
+
+t.test('an HTTP/2 client is safe from an HTTP/1.1 instance’s odd fields: connection-specific headers and trailers are dropped, a doubled single-value field sent once', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const odd = await h2Request(session, { ':path': '/odd-fields', 'x-waiter-token': 'ones' })
+  t.equal(odd.status, 200, 'answered, not a broken stream (nor a crashed router)')
+  t.equal(odd.body, 'odd')
+  t.equal(odd.headers['content-type'], 'text/plain', 'the first content-type')
+  t.notOk('http2-settings' in odd.headers)
+  t.equal(odd.trailers['x-ok'], 'yes', 'the end-to-end trailer')
+  t.notOk('connection' in odd.trailers || 'transfer-encoding' in odd.trailers, 'and none of the connection’s')
+  const again = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'ones' })
+  t.equal(again.status, 200, 'the router is still there')
+})
+
+t.test('an HTTP/2 client that resets its stream (or drops its connection) gives its slot back at once; idle HTTP/2 connections and stalled bodies are bounded', async (t) => {
+  const router = await startRouter(t, { 'server.keepAliveTimeoutMs': 400, 'server.bodyIdleTimeoutMs': 300 })
+  await createToken(router, 'narrow', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  t.equal((await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow' })).status, 200, 'warm')
+  const slow = session.request({ ':path': '/sleep?sleep-ms=3000', 'x-waiter-token': 'narrow' })
+  slow.on('error', () => undefined)
+  slow.end()
+  await new Promise((r) => setTimeout(r, 200))
+  slow.close(h2constants.NGHTTP2_CANCEL)
+  const next = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500' })
+  t.equal(next.status, 200, 'the reset stream’s slot served the next request (one slot in all)')
+
+  const dropped = connectH2(router.url)
+  const held = dropped.request({ ':path': '/sleep?sleep-ms=3000', 'x-waiter-token': 'narrow' })
+  held.on('error', () => undefined)
+  held.end()
+  await new Promise((r) => setTimeout(r, 200))
+  dropped.destroy()
+  t.equal((await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500' })).status, 200, 'a dropped connection’s slot too')
+
+  const stalled = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const stream = session.request({ ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'narrow', accept: 'application/json' }, { endStream: false })
+    stream.write('part of a body that never ends')
+    let status = 0
+    let body = ''
+    stream.on('response', (h) => (status = Number(h[':status'])))
+    stream.on('data', (c: Buffer) => (body += c.toString()))
+    stream.on('end', () => resolve({ status, body }))
+    stream.on('close', () => resolve({ status, body }))
+    stream.on('error', reject)
+  })
+  t.equal(stalled.status, 408, 'a body that stops moving: 408')
+  t.match(JSON.parse(stalled.body), { 'waiter-error': { details: { limit: 'body-idle-ms' } } })
+  const after = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500', accept: 'application/json' })
+  t.equal(after.status, 200, 'and its slot came back; the connection serves on')
+
+  const quiet = connectH2(router.url)
+  const goaway = await new Promise<number>((resolve) => {
+    const openedAt = Date.now()
+    quiet.once('goaway', () => resolve(Date.now() - openedAt))
+    quiet.once('close', () => resolve(Date.now() - openedAt))
+  })
+  quiet.destroy()
+  t.ok(goaway >= 300 && goaway < 5000, `a connection with no stream is told to go after keepAliveTimeoutMs (${goaway} ms)`)
 })

@@ -186,6 +186,11 @@ t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an in
   const id = (await call(`${router.url}/service-id`, { headers: h })).text
   await waitFor('the slot of the refused upgrade is free', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 0 ? true : undefined))
 
+  const broken = (await open(router, '/ws-broken', { ...h, accept: 'application/json' })) as Refused
+  t.equal(broken.status, 502, 'an instance whose refusal breaks off: 502')
+  t.match(JSON.parse(broken.body), { 'waiter-error': { message: /broke off/ } })
+  await waitFor('the slot of the broken refusal is free', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 0 ? true : undefined))
+
   const api = (await open(router, '/apps', { accept: 'application/json' })) as Refused
   t.equal(api.status, 400, 'an upgrade to the API is refused')
   t.match(JSON.parse(api.body), { 'waiter-error': { details: { field: 'upgrade' } } })
