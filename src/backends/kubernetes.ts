@@ -116,7 +116,7 @@ export class KubernetesBackend implements Backend {
 
   async ensureService(spec: LaunchSpec): Promise<void> {
     if (this.#closed) throw new Error('the kubernetes backend is closed')
-    refuseUnsupportedProtos(spec, { backend: ['http', 'https', 'h2c', 'h2'], healthCheck: ['http', 'https', 'h2'], why: "the kubelet's HTTP probes speak HTTP/1.1 or TLS; give an h2c service an HTTP health check port with health-check-port-index" })
+    refuseUnsupportedProtos(spec, { backend: ['http', 'https', 'h2c', 'h2'], healthCheck: ['http', 'https'], why: "the kubelet's HTTP probes speak HTTP/1.1, in the clear or over TLS; give an HTTP/2 service an HTTP/1.1 health check port with health-check-port-index" })
     await this.#synced
     // A service being deleted is not revived half-way (its ReplicaSet may vanish under it): the
     // delete finishes first. If it succeeded, the service is created afresh below; if it failed,

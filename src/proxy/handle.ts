@@ -21,7 +21,7 @@ import { asMaitreError, MaitreError } from '../errors.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
-import { pathOf } from './server.ts'
+import { continueRequest, pathOf } from './server.ts'
 import { isDebugRequested } from '../http/debug.ts'
 import { grpcTimeoutMs } from '../http/grpc.ts'
 
@@ -175,9 +175,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Ended by us, the answer given (writableFinished would not do: over HTTP/2 it reads true
       // when the client reset the stream). An exchange with an instance still under way then
       // has nowhere left to answer (the listener answered for it: a body gone idle, say): it
-      // ends too, and its slot comes back. (A relayed answer has settled its exchange by now.)
-      if (res.writableEnded) return forwarding?.clientGone()
-      clientGone = true
+      // ends too, and its slot comes back, as does a wait in the queue. (A relayed answer has
+      // settled its exchange, and any wait, by now.)
+      if (!res.writableEnded) clientGone = true
       waitAborter?.abort()
       forwarding?.clientGone()
     })
@@ -277,7 +277,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Expect: 100-continue is answered once the request is admitted and holds a slot: every
       // refusal of maitre's (unknown token, forbidden, queue full or timed out) comes first and
       // final, and the body is never sent for a request that cannot be served.
-      if (req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue' && !res.headersSent) res.writeContinue()
+      if (req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue') continueRequest(res)
       for (let attempt = 1; ; attempt++) {
         const instance = lease.instance
         instanceId = instance.id
@@ -288,7 +288,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           cid,
           headers,
           // A gRPC deadline is one budget: what the wait left of it bounds the answer.
-          socketTimeoutMs: perRequest['timeout'] === undefined && deadlineHeader !== undefined && deadlineHeader !== '' ? Math.max(1, started + Number(deadlineHeader) - deps.clock.now()) : timeouts.socketTimeoutMs,
+          socketTimeoutMs: perRequest['timeout'] === undefined && deadlineHeader !== undefined && deadlineHeader !== '' ? Math.max(1, Math.min(MAX_TIMEOUT_MS, started + Number(deadlineHeader) - deps.clock.now())) : timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
           timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,

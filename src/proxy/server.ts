@@ -92,6 +92,8 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n')
 /** Streams one HTTP/2 connection may have open at once (its SETTINGS_MAX_CONCURRENT_STREAMS). */
 export const MAX_H2_STREAMS = 100
 
+const CONNECT_REFUSED = 'CONNECT is not proxied: maitre opens no tunnels'
+
 /** Node's own code for a request whose headers did not arrive within headersTimeout. */
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 
@@ -225,9 +227,15 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       // an answer already began. Only this stream goes; the connection's others carry on.
       const stream = res.stream
       if (!stream.endAfterHeaders && !req.complete) {
-        stream.setTimeout(options.bodyIdleTimeoutMs, () => {
-          // Body bytes waiting to be read wait on us (a queued request), not on the client.
-          if (req.complete || req.readableLength > 0 || stream.readableLength > 0) return
+        const onIdle = (): void => {
+          if (req.complete) return
+          // Body bytes waiting to be read, or a body not yet asked for (Expect: 100-continue),
+          // wait on us (a queued request), not on the client: look again later. (A stream's
+          // timeout fires once per quiet spell; it is set anew.)
+          if (req.readableLength > 0 || stream.readableLength > 0 || awaitingContinue(request, response)) {
+            stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
+            return
+          }
           const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${options.bodyIdleTimeoutMs} ms`, { details: { limit: 'body-idle-ms', max: options.bodyIdleTimeoutMs } })
           if (res.headersSent) stream.close(h2constants.NGHTTP2_CANCEL)
           else {
@@ -241,7 +249,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
               stream.close(h2constants.NGHTTP2_NO_ERROR)
             })
           }
-        })
+        }
+        stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
         req.once('end', () => stream.setTimeout(0))
       }
       dispatch(request, response)
@@ -372,8 +381,13 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   }
 
   // CONNECT asks for a tunnel, which maitre does not open (Node would only drop the connection).
-  const onConnect = (_req: IncomingMessage, socket: Socket): void => {
-    refuse(socket, rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', 'CONNECT is not proxied: maitre opens no tunnels', { method: 'CONNECT' }))
+  // HTTP/1.1 hands over the socket; HTTP/2 (Node's compatibility layer, on the same event) a
+  // request and its response: the stream is answered, the connection's others carry on.
+  const onConnect = (req: IncomingMessage, socketOrResponse: Socket | ServerResponse): void => {
+    if (req.httpVersionMajor === 2) {
+      return sendError(req, socketOrResponse as ServerResponse, new MaitreError('MAITRE_BAD_REQUEST', CONNECT_REFUSED, { details: { method: 'CONNECT' } }), { cid: cidOf(req) })
+    }
+    refuse(socketOrResponse as Socket, rawError('400 Bad Request', 'MAITRE_BAD_REQUEST', CONNECT_REFUSED, { method: 'CONNECT' }))
   }
 
   const onClientError = (err: NodeJS.ErrnoException, socket: Socket): void => {
@@ -398,15 +412,19 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     }
     refuse(socket, answer)
   }
+  // Expect: 100-continue is not answered at once (as Node would): the proxy answers it once it
+  // admitted the request (continueRequest); an API call, which reads small bodies, goes on at once.
+  const onCheckContinue = (req: IncomingMessage, res: ServerResponse): void => {
+    if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames)) continueRequest(res)
+    if (req.httpVersionMajor === 2) handleH2(req as unknown as Http2ServerRequest, res as unknown as Http2ServerResponse)
+    else handle(req, res)
+  }
+  for (const any of [server, h2, tlsServer]) any?.on('checkContinue', onCheckContinue)
+  h2.on('connect', onConnect)
   // The same answers on the cleartext HTTP/1.1 server and on TLS's HTTP/1.1 side.
   for (const http1 of [server, tlsServer]) {
     // Expect: 100-continue is not answered at once: the proxy answers it once it admitted the
     // request (an API call, which reads small bodies, is told to go on at once).
-    http1?.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
-      if (req.httpVersionMajor === 2) return handleH2(req as unknown as Http2ServerRequest, res as unknown as Http2ServerResponse)
-      if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames)) res.writeContinue()
-      handle(req, res)
-    })
     http1?.on('upgrade', onUpgrade)
     http1?.on('connect', onConnect)
     http1?.on('clientError', onClientError)
@@ -421,7 +439,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       if (entry.movedAt === Number.POSITIVE_INFINITY) continue
       const { req, res } = entry
       const bytes = req.socket?.bytesRead ?? entry.bytesRead
-      if (req.complete || req.isPaused() || req.readableLength > 0 || bytes !== entry.bytesRead) {
+      if (req.complete || req.isPaused() || req.readableLength > 0 || bytes !== entry.bytesRead || awaitingContinue(req, res)) {
         entry.bytesRead = bytes
         entry.movedAt = now
         continue
@@ -555,4 +573,19 @@ export function readTlsFiles(paths: { readonly cert: string | null; readonly key
     throw new MaitreError('MAITRE_INVALID_CONFIG', `server.tls.cert and server.tls.key are not a usable certificate and key: ${(err as Error).message}`, { details: { field: 'server.tls' } })
   }
   return files
+}
+
+/** Responses told 100 Continue (by continueRequest). */
+const CONTINUED = Symbol('maitre.continued')
+
+/** Answers Expect: 100-continue: the client may send its body now. */
+export function continueRequest(res: ServerResponse): void {
+  if ((res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] === true || res.headersSent) return
+  ;(res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] = true
+  res.writeContinue()
+}
+
+/** The client waits for our 100 Continue before it sends the body: its silence is not idleness. */
+function awaitingContinue(req: IncomingMessage, res: ServerResponse): boolean {
+  return req.headers.expect?.toLowerCase() === '100-continue' && (res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] !== true
 }

@@ -252,7 +252,7 @@ t.test('the API server enforces resourceVersion on /scale; the client reports St
   t.ok(stale instanceof KubeApiError)
   t.match(stale, { code: 409, reason: 'Conflict', message: /the object has been modified/ })
   const h2cCheck = { url: '/status', portIndex: 0, proto: 'h2c' as const, intervalMs: 10000, maxConsecutiveFailures: 5, authenticated: false }
-  await t.rejects(backend.ensureService(spec('svc-h2', { backendProto: 'h2c', healthCheck: h2cCheck })), { code: 'MAITRE_INVALID_DESCRIPTOR', message: /health-check-proto h2c is not supported by this backend; use http, https, h2 \(the kubelet's HTTP probes/ }, 'an h2c health check is refused: the kubelet cannot probe it')
+  await t.rejects(backend.ensureService(spec('svc-h2', { backendProto: 'h2c', healthCheck: h2cCheck })), { code: 'MAITRE_INVALID_DESCRIPTOR', message: /health-check-proto h2c is not supported by this backend; use http, https \(the kubelet's HTTP probes/ }, 'an h2c health check is refused: the kubelet cannot probe it')
   const missing = await api.getScale('nope').catch((err: unknown) => err)
   t.match(missing, { code: 404, reason: 'NotFound' })
   const bad = await api.patchPod('nope', {}).catch((err: unknown) => err)

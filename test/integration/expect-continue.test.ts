@@ -5,7 +5,8 @@
  */
 import t from 'tap'
 import { connect } from 'node:net'
-import { createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
+import { connect as connectH2 } from 'node:http2'
+import { call, createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
 
 /** Sends the head, waits for the first answer line, then (if told to continue) the body; returns all that came back. */
 function exchange(router: Router, head: string, body: string): Promise<{ first: string; all: string }> {
@@ -40,4 +41,49 @@ t.test('Expect: 100-continue is answered after admission: a refusal is final and
   t.match(served.first, /^HTTP\/1\.1 100 Continue/, 'admitted (the version started for it): told to continue')
   t.match(served.all, /HTTP\/1\.1 200 /)
   t.match(served.all, /"body":"the body, sent only when asked"/, 'the body reached the instance')
+})
+
+t.test('a request queued longer than the body-idle timeout waits for its 100 Continue, not a 408; one whose client leaves meanwhile leaves the queue', async (t) => {
+  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 400 })
+  await createToken(router, 'narrow', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
+  const warm = await exchange(router, 'GET /protocol HTTP/1.1\r\nHost: x\r\nx-waiter-token: narrow\r\nconnection: close\r\n\r\n', '')
+  t.match(warm.first, /^HTTP\/1\.1 200 /)
+  const holding = exchange(router, 'GET /sleep?sleep-ms=1200 HTTP/1.1\r\nHost: x\r\nx-waiter-token: narrow\r\nconnection: close\r\n\r\n', '')
+  await new Promise((r) => setTimeout(r, 100))
+  const body = 'sent after a long wait'
+  const startedAt = Date.now()
+  const queued = await exchange(router, post('narrow', body), body)
+  t.match(queued.first, /^HTTP\/1\.1 100 Continue/, `told to continue once the slot freed (${Date.now() - startedAt} ms, past the 400 ms body-idle bound)`)
+  t.match(queued.all, /"body":"sent after a long wait"/)
+  await holding
+})
+
+t.test('over HTTP/2: Expect: 100-continue waits for admission too, and CONNECT is refused with a 400', async (t) => {
+  const router = await startRouter(t)
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const refused = await new Promise<{ statuses: number[] }>((resolve, reject) => {
+    const statuses: number[] = []
+    const stream = session.request({ ':method': 'POST', ':path': '/x', 'x-waiter-token': 'nope', expect: '100-continue', accept: 'application/json' }, { endStream: false })
+    stream.on('continue', () => statuses.push(100))
+    stream.on('response', (h) => statuses.push(Number(h[':status'])))
+    stream.on('error', reject)
+    stream.on('end', () => resolve({ statuses }))
+    stream.resume()
+    setTimeout(() => stream.end('late body'), 500)
+  })
+  t.same(refused.statuses, [404], 'an unknown token: the final 404, no 100 first')
+  const connected = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443', accept: 'application/json' })
+    let status = 0
+    let body = ''
+    stream.on('response', (h) => (status = Number(h[':status'])))
+    stream.on('data', (c: Buffer) => (body += c.toString()))
+    stream.on('end', () => resolve({ status, body }))
+    stream.on('close', () => resolve({ status, body }))
+    stream.on('error', reject)
+  })
+  t.equal(connected.status, 400, 'CONNECT over HTTP/2: 400')
+  t.match(connected.body, /maitre opens no tunnels/)
+  t.equal((await call(`${router.url}/status`)).status, 200, 'and the router carries on')
 })

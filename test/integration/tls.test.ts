@@ -60,6 +60,13 @@ t.test('over TLS: HTTP/1.1 and HTTP/2 (ALPN) reach the data path and the API; re
     stream.end()
   })
   t.equal(api, 200, 'Waiter’s API over h2 with TLS')
+  const connectStatus = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443' })
+    stream.on('response', (h) => resolve(Number(h[':status'])))
+    stream.on('error', reject)
+    stream.resume()
+  })
+  t.equal(connectStatus, 400, 'CONNECT over h2 with TLS: a 400, and the router lives on')
 
   const ws = new WebSocket(`${url.replace('https://', 'wss://')}/`, { headers: { 'x-waiter-token': 'secure' }, ca: pem.ca })
   await new Promise((resolve, reject) => {
