@@ -6,6 +6,7 @@
 import t from 'tap'
 import { connect } from 'node:net'
 import { connect as connectH2 } from 'node:http2'
+import { h2Request } from '../fixtures/h2.ts'
 import { call, createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
 
 /** Sends the head, waits for the first answer line, then (if told to continue) the body; returns all that came back. */
@@ -73,16 +74,7 @@ t.test('over HTTP/2: Expect: 100-continue waits for admission too, and CONNECT i
     setTimeout(() => stream.end('late body'), 500)
   })
   t.same(refused.statuses, [404], 'an unknown token: the final 404, no 100 first')
-  const connected = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const stream = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443', accept: 'application/json' })
-    let status = 0
-    let body = ''
-    stream.on('response', (h) => (status = Number(h[':status'])))
-    stream.on('data', (c: Buffer) => (body += c.toString()))
-    stream.on('end', () => resolve({ status, body }))
-    stream.on('close', () => resolve({ status, body }))
-    stream.on('error', reject)
-  })
+  const connected = await h2Request(session, { ':method': 'CONNECT', ':authority': 'example.com:443', accept: 'application/json' })
   t.equal(connected.status, 400, 'CONNECT over HTTP/2: 400')
   t.match(connected.body, /maitre opens no tunnels/)
   t.equal((await call(`${router.url}/status`)).status, 200, 'and the router carries on')

@@ -6,7 +6,8 @@ import t from 'tap'
 import { request } from 'undici'
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
-import { connect as connectH2, constants as h2constants, type ClientHttp2Session } from 'node:http2'
+import { connect as connectH2, constants as h2constants } from 'node:http2'
+import { h2Request } from '../fixtures/h2.ts'
 import { createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
 
 const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
@@ -31,22 +32,6 @@ t.test('HTTP/1.1 instance: response trailers reach an HTTP/1.1 client', async (t
   t.equal(await res.body.text(), 'body before trailers')
   t.same(res.trailers, { 'x-checksum': 'abc' })
 })
-
-/** One HTTP/2 request on a session: status, headers, body and trailers. */
-function h2Request(session: ClientHttp2Session, headers: Record<string, string>, body?: string): Promise<{ status: number; headers: Record<string, unknown>; body: string; trailers: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const stream = session.request(headers, { endStream: body === undefined })
-    let responseHeaders: Record<string, unknown> = {}
-    let trailers: Record<string, unknown> = {}
-    let text = ''
-    stream.on('response', (h) => (responseHeaders = h))
-    stream.on('trailers', (h) => (trailers = h))
-    stream.on('data', (c: Buffer) => (text += c.toString()))
-    stream.on('end', () => resolve({ status: Number(responseHeaders[':status']), headers: responseHeaders, body: text, trailers }))
-    stream.on('error', reject)
-    if (body !== undefined) stream.end(body)
-  })
-}
 
 t.test('an h2c client (prior knowledge) on the router’s one port: the data path to HTTP/1.1 and h2c instances, trailers both ways, and Waiter’s API', async (t) => {
   const router = await startRouter(t)
@@ -143,17 +128,7 @@ t.test('an HTTP/2 client that resets its stream (or drops its connection) gives 
   dropped.destroy()
   t.equal((await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500' })).status, 200, 'a dropped connection’s slot too')
 
-  const stalled = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const stream = session.request({ ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'narrow', accept: 'application/json' }, { endStream: false })
-    stream.write('part of a body that never ends')
-    let status = 0
-    let body = ''
-    stream.on('response', (h) => (status = Number(h[':status'])))
-    stream.on('data', (c: Buffer) => (body += c.toString()))
-    stream.on('end', () => resolve({ status, body }))
-    stream.on('close', () => resolve({ status, body }))
-    stream.on('error', reject)
-  })
+  const stalled = await h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'narrow', accept: 'application/json' }, 'part of a body that never ends', { open: true })
   t.equal(stalled.status, 408, 'a body that stops moving: 408')
   t.match(JSON.parse(stalled.body), { 'waiter-error': { details: { limit: 'body-idle-ms' } } })
   const after = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500', accept: 'application/json' })
