@@ -114,8 +114,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
 
   // Late-bound: the gauges read the tracker and autoscaler, which are built below.
   let gauges: () => Iterable<ServiceGauges> = () => []
+  let websocketsOpen = (): number => 0
   const metrics = new Metrics(
-    { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length },
+    { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length, websockets: () => websocketsOpen() },
     { version: VERSION },
   )
   const backend = instrumented(createBackend(config, dataDir, clock, log), metrics)
@@ -243,6 +244,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   }
   const proxy = createProxyHandler(proxyDeps)
   const websocket = createWebSocketProxy(proxyDeps, config.proxy.websocket)
+  websocketsOpen = websocket.open
   // Late-bound: the API reports the drain the server (built from the API) carries out.
   let draining = (): boolean => false
   let serverLoad = (): { inFlight: number; connections: number } => ({ inFlight: 0, connections: 0 })

@@ -23,6 +23,8 @@ export interface GaugeSources {
   readonly services: () => Iterable<ServiceGauges>
   readonly tokens: () => number
   readonly versions: () => number
+  /** WebSockets relayed right now (absent: none are). */
+  readonly websockets?: () => number
 }
 
 export function statusClass(status: number): string {
@@ -98,6 +100,7 @@ export class Metrics {
     })
     new Gauge({ name: 'maitre_tokens', help: 'Tokens stored (soft-deleted ones included).', registers, collect() { this.set(sources.tokens()) } })
     new Gauge({ name: 'maitre_services', help: 'Service versions known to this router.', registers, collect() { this.set(sources.versions()) } })
+    new Gauge({ name: 'maitre_websockets_open', help: 'WebSockets relayed right now (each holds its slot).', registers, collect() { this.set(sources.websockets?.() ?? 0) } })
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })
 

@@ -119,6 +119,7 @@ t.test('a WebSocket holds its slot for its whole life: it counts in flight, a re
   const id = (await call(`${router.url}/service-id`, { headers: h })).text
   const app = (await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()
   t.equal(app['request-metrics']['in-flight'], 1, 'in flight while open')
+  t.match((await call(`${router.url}/metrics`)).text, /^maitre_websockets_open 1$/m, 'and counted open in /metrics')
   const queued = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '300' } })
   t.equal(queued.status, 503, 'the only slot is the WebSocket’s: a request waits, and times out')
   t.match(queued.json(), { 'waiter-error': { code: 'MAITRE_QUEUE_TIMEOUT' } })
