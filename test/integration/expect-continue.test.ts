@@ -7,7 +7,7 @@ import t from 'tap'
 import { connect } from 'node:net'
 import { connect as connectH2 } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
-import { call, createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 /** Sends the head, waits for the first answer line, then (if told to continue) the body; returns all that came back. */
 function exchange(router: Router, head: string, body: string): Promise<{ first: string; all: string }> {
@@ -49,12 +49,15 @@ t.test('a request queued longer than the body-idle timeout waits for its 100 Con
   await createToken(router, 'narrow', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
   const warm = await exchange(router, 'GET /protocol HTTP/1.1\r\nHost: x\r\nx-waiter-token: narrow\r\nconnection: close\r\n\r\n', '')
   t.match(warm.first, /^HTTP\/1\.1 200 /)
-  const holding = exchange(router, 'GET /sleep?sleep-ms=1200 HTTP/1.1\r\nHost: x\r\nx-waiter-token: narrow\r\nconnection: close\r\n\r\n', '')
-  await new Promise((r) => setTimeout(r, 100))
+  const holding = exchange(router, 'GET /sleep?sleep-ms=2000 HTTP/1.1\r\nHost: x\r\nx-waiter-token: narrow\r\nconnection: close\r\n\r\n', '')
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  await waitFor('the slow request holds the one slot', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 1 ? true : undefined))
   const body = 'sent after a long wait'
   const startedAt = Date.now()
   const queued = await exchange(router, post('narrow', body), body)
-  t.match(queued.first, /^HTTP\/1\.1 100 Continue/, `told to continue once the slot freed (${Date.now() - startedAt} ms, past the 400 ms body-idle bound)`)
+  const waited = Date.now() - startedAt
+  t.match(queued.first, /^HTTP\/1\.1 100 Continue/, 'told to continue once the slot freed, not a 408')
+  t.ok(waited > 400, `after waiting ${waited} ms in the queue, past the 400 ms body-idle bound`)
   t.match(queued.all, /"body":"sent after a long wait"/)
   await holding
 })

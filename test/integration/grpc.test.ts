@@ -6,7 +6,7 @@
 import t from 'tap'
 import * as grpc from '@grpc/grpc-js'
 import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
-import { call, createToken, startRouter, type Router } from '../fixtures/router.ts'
+import { call, createToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void
@@ -105,14 +105,16 @@ t.test('maitre’s own refusals reach a gRPC client as gRPC statuses, in trailer
 
   // The only slot is held by a slow call; the next queues past its deadline.
   t.equal((await unary(c, { text: 'warm' }, meta('narrow'))).err, null, 'narrow runs')
-  const slow = unary(c, { text: 'slow', sleepMs: 1500 }, meta('narrow'))
-  await new Promise((r) => setTimeout(r, 200))
+  const narrowId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  const load = async (): Promise<{ 'in-flight': number; queued: number }> => (await call(`${router.url}/apps/${narrowId}`)).json<{ 'request-metrics': { 'in-flight': number; queued: number } }>()['request-metrics']
+  const slow = unary(c, { text: 'slow', sleepMs: 3000 }, meta('narrow'))
+  await waitFor('the slow call holds the one slot', async () => ((await load())['in-flight'] === 1 ? true : undefined))
   const queuedAt = Date.now()
   const late = await unary(c, { text: 'late' }, meta('narrow'), { deadline: Date.now() + 300 })
   t.equal(late.err?.code, grpc.status.DEADLINE_EXCEEDED, 'grpc-timeout is the queue timeout: DEADLINE_EXCEEDED when it runs out')
   t.ok(Date.now() - queuedAt < 1200, `within its deadline, not after the slow call (${Date.now() - queuedAt} ms)`)
   const queued = unary(c, { text: 'queued' }, meta('narrow'))
-  await new Promise((r) => setTimeout(r, 100))
+  await waitFor('a call waits in the queue of one', async () => ((await load()).queued === 1 ? true : undefined))
   const full = await unary(c, { text: 'full' }, meta('narrow'))
   t.equal(full.err?.code, grpc.status.UNAVAILABLE, 'a full queue: UNAVAILABLE')
   t.match(full.err?.details, /queue/i)

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
-import { createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
 
@@ -112,10 +112,12 @@ t.test('an HTTP/2 client that resets its stream (or drops its connection) gives 
   const session = connectH2(router.url)
   t.teardown(() => session.close())
   t.equal((await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow' })).status, 200, 'warm')
+  const narrowId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  const inFlight = async (): Promise<number> => (await call(`${router.url}/apps/${narrowId}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight']
   const slow = session.request({ ':path': '/sleep?sleep-ms=3000', 'x-waiter-token': 'narrow' })
   slow.on('error', () => undefined)
   slow.end()
-  await new Promise((r) => setTimeout(r, 200))
+  await waitFor('the slow request holds the one slot', async () => ((await inFlight()) === 1 ? true : undefined))
   slow.close(h2constants.NGHTTP2_CANCEL)
   const next = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500' })
   t.equal(next.status, 200, 'the reset stream’s slot served the next request (one slot in all)')
@@ -124,7 +126,7 @@ t.test('an HTTP/2 client that resets its stream (or drops its connection) gives 
   const held = dropped.request({ ':path': '/sleep?sleep-ms=3000', 'x-waiter-token': 'narrow' })
   held.on('error', () => undefined)
   held.end()
-  await new Promise((r) => setTimeout(r, 200))
+  await waitFor('the held request holds the one slot', async () => ((await inFlight()) === 1 ? true : undefined))
   dropped.destroy()
   t.equal((await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'narrow', 'x-waiter-queue-timeout': '1500' })).status, 200, 'a dropped connection’s slot too')
 

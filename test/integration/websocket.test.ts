@@ -39,8 +39,16 @@ async function opened(router: Router, path: string, headers: Record<string, stri
   return result
 }
 
+/** The next message; a close before it fails the wait (rather than hanging the test). */
 function next(ws: WebSocket): Promise<{ data: Buffer; isBinary: boolean }> {
-  return new Promise((resolve) => ws.once('message', (data: RawData, isBinary: boolean) => resolve({ data: data as Buffer, isBinary })))
+  return new Promise((resolve, reject) => {
+    const onClose = (code: number): void => reject(new Error(`closed (${code}) before a message came`))
+    ws.once('close', onClose)
+    ws.once('message', (data: RawData, isBinary: boolean) => {
+      ws.off('close', onClose)
+      resolve({ data: data as Buffer, isBinary })
+    })
+  })
 }
 
 function closed(ws: WebSocket): Promise<{ code: number; reason: string; at: number }> {
@@ -148,7 +156,8 @@ t.test('a WebSocket holds its slot for its whole life: it counts in flight, a re
 })
 
 t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 whichever side sent it; an idle WebSocket is closed with 1001', async (t) => {
-  const router = await startRouter(t, { 'proxy.websocket.maxMessageBytes': 1024, 'proxy.websocket.idleTimeoutMs': 400 })
+  // 1.5 s of idleness: short for a test, long enough that a loaded machine's round trip is not idleness.
+  const router = await startRouter(t, { 'proxy.websocket.maxMessageBytes': 1024, 'proxy.websocket.idleTimeoutMs': 1500 })
   await createToken(router, 'chat', kitchenToken())
   const fromClient = await opened(router, '/', h)
   t.equal(await ask(fromClient.ws, 'x'.repeat(1024)), 'x'.repeat(1024), 'a message at the bound passes')
@@ -167,7 +176,7 @@ t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 
   const idled = await closed(idle.ws)
   t.equal(idled.code, 1001)
   t.equal(idled.reason, 'Idle timeout')
-  t.ok(idled.at - openedAt >= 400, `closed after ${idled.at - openedAt} ms without a message, not before 400`)
+  t.ok(idled.at - openedAt >= 1500, `closed after ${idled.at - openedAt} ms without a message, not before 1500`)
 })
 
 t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an instance’s refusal reaches the client as it came', async (t) => {
