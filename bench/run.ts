@@ -3,18 +3,20 @@
  * measures a fixed test backend (a) directly, (b) through nginx as a keep-alive reverse proxy,
  * (c) through maitre with a warm service, and (d) through the floor of any Node.js proxy (node:http
  * + undici, nothing else: bench/bare-proxy.mjs), once in one process and once in two processes
- * sharing the port (what spreading a Node proxy over both cores buys); then cold starts and a
+ * sharing the port (what spreading a Node proxy over both cores buys), and (e) Go's
+ * httputil.ReverseProxy at GOMAXPROCS=1 (bench/go-proxy, built here when Go is installed; the
+ * data plane of the KEDA HTTP add-on and of Knative's activator); then cold starts and a
  * 0 → 50 client burst. It prints markdown tables of absolute figures and of the ratios that matter.
  *
  *   BENCH_SECONDS=5 BENCH_ROUNDS=2 npm run bench
  *   BENCH_ACCESS_LOG=1 (maitre writes its per-request log line; nginx's access_log stays off)
- *   BENCH_SKIP_SCALING=1 (data path only)
+ *   BENCH_SKIP_SCALING=1 (data path only); BENCH_GO=0 (no Go anchor)
  */
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import type { ChildProcess } from 'node:child_process'
+import { spawnSync, type ChildProcess } from 'node:child_process'
 import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, type WrkResult } from './tools.ts'
 import { coldStarts, burst } from './scaling.ts'
 
@@ -23,9 +25,26 @@ const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 const BARE_PROXY = join(ROOT, 'bench', 'bare-proxy.mjs')
+const GO_PROXY = join(ROOT, 'bench', 'go-proxy')
+
+/**
+ * Builds the Go anchor (httputil.ReverseProxy, stdlib only) when Go is installed (Debian's
+ * golang-go; BENCH_GO=0 skips it). Returns the binary, or undefined without Go.
+ */
+function buildGoProxy(dir: string): string | undefined {
+  if (process.env['BENCH_GO'] === '0') return undefined
+  if (spawnSync('which', ['go']).status !== 0) {
+    console.error('go not found: the Go anchor is left out (apt-get install golang-go to add it)')
+    return undefined
+  }
+  const binary = join(dir, 'go-proxy')
+  const built = spawnSync('go', ['build', '-o', binary, '.'], { cwd: GO_PROXY, env: { ...process.env, GOCACHE: join(dir, 'gocache'), GOPATH: join(dir, 'gopath'), GOFLAGS: '-mod=mod' }, stdio: ['ignore', 'inherit', 'inherit'] })
+  if (built.status !== 0) throw new Error('building bench/go-proxy failed')
+  return binary
+}
 
 interface Target {
-  readonly name: 'direct' | 'nginx' | 'node floor' | 'node floor ×2' | 'maitre'
+  readonly name: 'direct' | 'nginx' | 'node floor' | 'node floor ×2' | 'go' | 'maitre'
   readonly url: string
   readonly headers: readonly string[]
   /** Processes whose CPU counts as the proxy's. */
@@ -116,6 +135,14 @@ async function main(): Promise<void> {
   children.push(...pair)
   // This only shows one of the two listening; maitre's start and the warm-up below give the other time.
   await waitForHttp(`http://127.0.0.1:${pairPort}/tiny`)
+  const goBinary = buildGoProxy(dir)
+  const goPort = goBinary === undefined ? undefined : await freePort()
+  // One OS thread running Go code, as maitre has one event loop.
+  const goProxy = goBinary === undefined ? undefined : start(goBinary, [String(goPort), String(backendPort)], { ...process.env, GOMAXPROCS: '1' })
+  if (goProxy !== undefined) {
+    children.push(goProxy)
+    await waitForHttp(`http://127.0.0.1:${goPort}/tiny`)
+  }
   const maitre = await startMaitre(dir)
   // One warm instance with room for every connection, like the direct target.
   await createToken(maitre.url, 'bench', { cmd: `${process.execPath} ${BACKEND} $PORT0`, cpus: 1, mem: 512, version: 'bench', 'concurrency-level': 1000, 'min-instances': 1, 'max-instances': 1, 'health-check-url': '/tiny' })
@@ -127,6 +154,7 @@ async function main(): Promise<void> {
     { name: 'nginx', url: `http://127.0.0.1:${nginx.port}`, headers: [], proxyPids: nginx.pid },
     { name: 'node floor', url: `http://127.0.0.1:${barePort}`, headers: [], proxyPids: () => [bare.pid as number] },
     { name: 'node floor ×2', url: `http://127.0.0.1:${pairPort}`, headers: [], proxyPids: () => pair.map((p) => p.pid as number) },
+    ...(goProxy === undefined ? [] : [{ name: 'go' as const, url: `http://127.0.0.1:${goPort}`, headers: [], proxyPids: () => [goProxy.pid as number] }]),
     { name: 'maitre', url: maitre.url, headers: ['x-waiter-token: bench'], proxyPids: () => [maitre.pid] },
   ]
   // JIT and pools warm before anything is counted, for every proxy alike.
@@ -176,6 +204,19 @@ async function main(): Promise<void> {
     const f2 = agg(`${s.name}|${s.connections}|node floor ×2`)
     const m = agg(`${s.name}|${s.connections}|maitre`)
     lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / d.rps).toFixed(2)} | ${(m.rps / n.rps).toFixed(2)} | ${(f.rps / n.rps).toFixed(2)} | ${(f2.rps / n.rps).toFixed(2)} | ${(m.rps / f.rps).toFixed(2)} | ${(n.rps / d.rps).toFixed(2)} | ${fmt(m.p50 - d.p50)} | ${fmt(m.p99 - d.p99)} | ${fmt(f.p99 - d.p99)} | ${fmt(f2.p99 - d.p99)} |`)
+  }
+  if (targets.some((t) => t.name === 'go')) {
+    // The Go anchor: httputil.ReverseProxy at GOMAXPROCS=1 (the KEDA add-on's and Knative's data plane).
+    lines.push('', '| scenario | conns | maitre ÷ Go | node floor ÷ Go | Go ÷ nginx | Go CPU µs/req | maitre CPU µs/req | Go adds p99 ms | maitre adds p99 ms |', '|---|---|---|---|---|---|---|---|---|')
+    for (const s of scenarios) {
+      const d = agg(`${s.name}|${s.connections}|direct`)
+      const n = agg(`${s.name}|${s.connections}|nginx`)
+      const f = agg(`${s.name}|${s.connections}|node floor`)
+      const g = agg(`${s.name}|${s.connections}|go`)
+      const m = agg(`${s.name}|${s.connections}|maitre`)
+      const us = (v: number | undefined): string => (v === undefined ? '-' : (v * 1000).toFixed(0))
+      lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / g.rps).toFixed(2)} | ${(f.rps / g.rps).toFixed(2)} | ${(g.rps / n.rps).toFixed(2)} | ${us(g.cpu)} | ${us(m.cpu)} | ${fmt(g.p99 - d.p99)} | ${fmt(m.p99 - d.p99)} |`)
+    }
   }
   console.log(lines.join('\n'))
 

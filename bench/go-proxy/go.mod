@@ -1,0 +1,3 @@
+module maitre/bench/go-proxy
+
+go 1.19
