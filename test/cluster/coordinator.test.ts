@@ -22,8 +22,8 @@ interface Node {
   readonly over: [string, string, number][]
 }
 
-async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2, loadIntervalMs = 100): Promise<Node> {
-  const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs: 1000 })
+async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2, loadIntervalMs = 100, requestTimeoutMs = 1000): Promise<Node> {
+  const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs })
   const loads = new Map<string, VersionLoad>()
   const over: [string, string, number][] = []
   const coordinator = await EtcdCoordinator.start({
@@ -248,4 +248,18 @@ t.test('a load report cut short to its bound says so, and a peer then takes it a
   b.loads.clear()
   await waitFor('b reports nothing', () => (a.coordinator.peerMayHold(`maitre-${String(12_999).padStart(32, '0')}`) ? undefined : true), 5000)
   t.notOk(a.coordinator.peerMayHold('maitre-never-reported'), 'a whole report is taken at its word')
+})
+
+t.test('a drain announcement waits for etcd at most a second: a router cut off from etcd still stops in time', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  // etcd calls may take 10 s here: the announcement's own second must bound it.
+  const a = await node(etcd, 'a', relay.url, 2, 100, 10_000)
+  relay.stall()
+  const started = Date.now()
+  await a.coordinator.announceDraining()
+  const took = Date.now() - started
+  t.ok(took >= 900 && took < 1500, `gave up after ${took} ms with etcd silent: bounded by its second, not by etcd's 10 s timeout`)
+  relay.heal()
 })
