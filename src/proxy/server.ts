@@ -212,48 +212,48 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: options.maxHeaderBytes },
   }
   const handleH2 = (req: Http2ServerRequest, res: Http2ServerResponse): void => {
-      // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority.
-      if (req.headers.host === undefined && req.authority !== undefined) req.headers.host = req.authority
-      const request = req as unknown as IncomingMessage
-      const response = res as unknown as ServerResponse
-      // Counted for the drain as HTTP/1.1 requests are (the body-idle sweep leaves HTTP/2 streams
-      // to their flow control: the connection's byte count moves with every stream).
-      open.set(response, { req: request, res: response, bytesRead: Number.NaN, movedAt: Number.POSITIVE_INFINITY })
-      res.once('close', () => {
-        open.delete(response)
-        if (open.size === 0) idle?.()
-      })
-      // A request body that sends nothing for bodyIdleTimeoutMs: 408, or the stream is reset if
-      // an answer already began. Only this stream goes; the connection's others carry on.
-      const stream = res.stream
-      if (!stream.endAfterHeaders && !req.complete) {
-        const onIdle = (): void => {
-          if (req.complete) return
-          // Body bytes waiting to be read, or a body not yet asked for (Expect: 100-continue),
-          // wait on us (a queued request), not on the client: look again later. (A stream's
-          // timeout fires once per quiet spell; it is set anew.)
-          if (req.readableLength > 0 || stream.readableLength > 0 || awaitingContinue(request, response)) {
-            stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
-            return
-          }
-          const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${options.bodyIdleTimeoutMs} ms`, { details: { limit: 'body-idle-ms', max: options.bodyIdleTimeoutMs } })
-          if (res.headersSent) stream.close(h2constants.NGHTTP2_CANCEL)
-          else {
-            sendError(request, response, err, { cid: cidOf(request) })
-            // Answered in full, the stream is then closed (RST_STREAM NO_ERROR: RFC 9113 §8.1
-            // lets a server that answered stop a request body that way): whatever reads the body
-            // (the forward to an instance) learns that it will never end, and lets its slot go.
-            setImmediate(() => {
-              req.once('error', () => undefined)
-              req.destroy(err)
-              stream.close(h2constants.NGHTTP2_NO_ERROR)
-            })
-          }
+    // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority.
+    if (req.headers.host === undefined && req.authority !== undefined) req.headers.host = req.authority
+    const request = req as unknown as IncomingMessage
+    const response = res as unknown as ServerResponse
+    // Counted for the drain as HTTP/1.1 requests are. (The body-idle sweep skips HTTP/2 streams,
+    // whose connection's byte count moves with every stream: each has its own timer below.)
+    open.set(response, { req: request, res: response, bytesRead: Number.NaN, movedAt: Number.POSITIVE_INFINITY })
+    res.once('close', () => {
+      open.delete(response)
+      if (open.size === 0) idle?.()
+    })
+    // A request body that sends nothing for bodyIdleTimeoutMs: 408, or the stream is reset if
+    // an answer already began. Only this stream goes; the connection's others carry on.
+    const stream = res.stream
+    if (!stream.endAfterHeaders && !req.complete) {
+      const onIdle = (): void => {
+        if (req.complete) return
+        // Body bytes waiting to be read, or a body not yet asked for (Expect: 100-continue),
+        // wait on us (a queued request), not on the client: look again later. (A stream's
+        // timeout fires once per quiet spell; it is set anew.)
+        if (req.readableLength > 0 || stream.readableLength > 0 || awaitingContinue(request, response)) {
+          stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
+          return
         }
-        stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
-        req.once('end', () => stream.setTimeout(0))
+        const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${options.bodyIdleTimeoutMs} ms`, { details: { limit: 'body-idle-ms', max: options.bodyIdleTimeoutMs } })
+        if (res.headersSent) stream.close(h2constants.NGHTTP2_CANCEL)
+        else {
+          sendError(request, response, err, { cid: cidOf(request) })
+          // Answered in full, the stream is then closed (RST_STREAM NO_ERROR: RFC 9113 §8.1
+          // lets a server that answered stop a request body that way): whatever reads the body
+          // (the forward to an instance) learns that it will never end, and lets its slot go.
+          setImmediate(() => {
+            req.once('error', () => undefined)
+            req.destroy(err)
+            stream.close(h2constants.NGHTTP2_NO_ERROR)
+          })
+        }
       }
-      dispatch(request, response)
+      stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
+      req.once('end', () => stream.setTimeout(0))
+    }
+    dispatch(request, response)
   }
   const h2 = createHttp2Server(h2Options, handleH2)
 
