@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { childPids, cpuSeconds, ensureTools, freePort, median, start } from './tools.ts'
+import { childPids, cpuSeconds, ensureTools, freePort, median, start, writeNginxConf } from './tools.ts'
 
 const SECONDS = Number(process.env['PROTO_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['PROTO_ROUNDS'] ?? 3)
@@ -87,22 +87,12 @@ async function main(): Promise<void> {
 
   const nginxH2c = await freePort()
   const nginxGrpc = await freePort()
-  const conf = join(dir, 'nginx.conf')
-  writeFileSync(conf, `worker_processes 1;
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'nginx-error.log')} warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  # nginx closes a client connection after 1000 requests by default; h2load does not reconnect.
+  const conf = writeNginxConf(dir, `  # nginx closes a client connection after 1000 requests by default; h2load does not reconnect.
   keepalive_requests 100000000;
   upstream h2c { server 127.0.0.1:${h2cPort}; keepalive 64; }
   upstream grpc { server 127.0.0.1:${grpcPort}; keepalive 64; }
   server { listen 127.0.0.1:${nginxH2c} http2; http2_max_concurrent_streams 1000; location / { grpc_pass grpc://h2c; } }
-  server { listen 127.0.0.1:${nginxGrpc} http2; http2_max_concurrent_streams 1000; location / { grpc_pass grpc://grpc; } }
-}
-`)
+  server { listen 127.0.0.1:${nginxGrpc} http2; http2_max_concurrent_streams 1000; location / { grpc_pass grpc://grpc; } }`)
   const nginx = run('nginx', ['-c', conf, '-p', dir])
 
   const maitrePort = await freePort()

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, type WrkResult } from './tools.ts'
+import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, writeNginxConf, type WrkResult } from './tools.ts'
 import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
@@ -63,16 +63,7 @@ process.on('exit', cleanup)
 
 async function startNginx(dir: string, backendPort: number): Promise<{ port: number; pid: () => number[] }> {
   const port = await freePort()
-  const conf = join(dir, 'nginx.conf')
-  // One worker: like-for-like with maitre's single event loop on this 2-core machine.
-  writeFileSync(conf, `worker_processes 1;
-pid ${join(dir, 'nginx.pid')};
-error_log ${join(dir, 'nginx-error.log')} warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream backend { server 127.0.0.1:${backendPort}; keepalive 256; }
+  const conf = writeNginxConf(dir, `  upstream backend { server 127.0.0.1:${backendPort}; keepalive 256; }
   server {
     listen 127.0.0.1:${port};
     location / {
@@ -81,9 +72,7 @@ http {
       proxy_set_header Connection "";
       proxy_buffering on;
     }
-  }
-}
-`)
+  }`)
   const nginx = start('nginx', ['-c', conf, '-p', dir])
   children.push(nginx)
   await waitForHttp(`http://127.0.0.1:${port}/tiny`)

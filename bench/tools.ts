@@ -1,6 +1,6 @@
 /** Helpers the benchmark shares: processes, ports, wrk, /proc readings. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 
 export function freePort(): Promise<number> {
@@ -115,4 +115,23 @@ export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = Math.floor(sorted.length / 2)
   return sorted.length % 2 === 0 ? ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2 : (sorted[mid] as number)
+}
+
+/**
+ * Writes an nginx.conf into `dir` and returns its path: one worker (like-for-like with one Node
+ * event loop on this 2-core machine), no daemon, no access log, and `http` holding `httpBlock`.
+ */
+export function writeNginxConf(dir: string, httpBlock: string): string {
+  const conf = `${dir}/nginx.conf`
+  writeFileSync(conf, `worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+${httpBlock}
+}
+`)
+  return conf
 }

@@ -5,19 +5,14 @@
 import t from 'tap'
 import * as grpc from '@grpc/grpc-js'
 import { WebSocket } from 'ws'
-import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
+import { echoOnce, grpcToken } from '../fixtures/grpc-service.ts'
 import { createToken, kitchenToken, startKubeRouter } from '../fixtures/router.ts'
 
 t.test('a gRPC call and a WebSocket through a Kubernetes-backed router', async (t) => {
   const router = await startKubeRouter(t)
   await createToken(router, 'grpc', grpcToken())
   await createToken(router, 'chat', kitchenToken())
-  const Kitchen = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
-  const client = new Kitchen(new URL(router.url).host, grpc.credentials.createInsecure()) as unknown as { echo(r: unknown, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, v?: { text: string }) => void): void; close(): void }
-  t.teardown(() => client.close())
-  const metadata = new grpc.Metadata()
-  metadata.set('x-waiter-token', 'grpc')
-  const echoed = await new Promise<string | undefined>((resolve, reject) => client.echo({ text: 'to a pod' }, metadata, { deadline: Date.now() + 20_000 }, (err, v) => (err ? reject(err) : resolve(v?.text))))
+  const echoed = await echoOnce(new URL(router.url).host, grpc.credentials.createInsecure(), 'grpc', 'to a pod')
   t.equal(echoed, 'to a pod', 'gRPC over h2c to a pod (its health check on its HTTP port, as the kubelet probes)')
 
   const ws = new WebSocket(`${router.url.replace('http://', 'ws://')}/`, { headers: { 'x-waiter-token': 'chat' } })

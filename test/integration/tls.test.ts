@@ -10,7 +10,7 @@ import { connect as connectH2 } from 'node:http2'
 import { Agent, request } from 'undici'
 import { WebSocket } from 'ws'
 import * as grpc from '@grpc/grpc-js'
-import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
+import { echoOnce, grpcToken } from '../fixtures/grpc-service.ts'
 import { kitchenToken, startRouter } from '../fixtures/router.ts'
 import { createApp } from '../../src/app.ts'
 import { DEFAULTS, withOverrides } from '../../src/config.ts'
@@ -82,12 +82,7 @@ t.test('over TLS: HTTP/1.1 and HTTP/2 (ALPN) reach the data path and the API; re
   const grpcCreated = await request(`${url}/token`, { dispatcher: agent, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'grpc', ...grpcToken() }) })
   t.equal(grpcCreated.statusCode, 200)
   await grpcCreated.body.dump()
-  const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
-  const grpcClient = new KitchenClient(new URL(url).host, grpc.credentials.createSsl(pem.ca)) as unknown as { echo(r: unknown, m: grpc.Metadata, o: grpc.CallOptions, cb: (err: grpc.ServiceError | null, v?: { text: string }) => void): void; close(): void }
-  t.teardown(() => grpcClient.close())
-  const metadata = new grpc.Metadata()
-  metadata.set('x-waiter-token', 'grpc')
-  const echoedOverTls = await new Promise<string | undefined>((resolve, reject) => grpcClient.echo({ text: 'secure call' }, metadata, {}, (err, v) => (err ? reject(err) : resolve(v?.text))))
+  const echoedOverTls = await echoOnce(new URL(url).host, grpc.credentials.createSsl(pem.ca), 'grpc', 'secure call')
   t.equal(echoedOverTls, 'secure call', 'a gRPC call over TLS')
 
   const plain = await request(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'secure' } }).catch((err: Error) => err)
