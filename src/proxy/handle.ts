@@ -274,10 +274,11 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       }
       if (queued || coldStart) queueMs = deps.clock.now() - started
       if (debug) gotInstanceNs = process.hrtime.bigint() - startedNs
-      // Expect: 100-continue is answered once the request is admitted and holds a slot: every
-      // refusal of maitre's (unknown token, forbidden, queue full or timed out) comes first and
-      // final, and the body is never sent for a request that cannot be served.
-      if (req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue') continueRequest(res)
+      // Expect: 100-continue is answered once the request is admitted and holds a slot, and
+      // its instance asked for the body: every refusal (maitre's: unknown token, forbidden,
+      // queue full or timed out; or the instance's) comes first and final, and the body is
+      // never sent for a request that cannot be served.
+      const continueClient = req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue' ? () => continueRequest(res) : undefined
       for (let attempt = 1; ; attempt++) {
         const instance = lease.instance
         instanceId = instance.id
@@ -293,6 +294,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,
           clientHttp2: req.httpVersionMajor === 2,
+          continueClient,
           extraHeaders: !coldStart && !debug ? undefined : () => {
             const extra: Record<string, string> = {}
             if (coldStart) extra[COLD_START_HEADER] = 'true'

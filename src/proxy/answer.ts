@@ -1,0 +1,91 @@
+/**
+ * Writing an instance's answer into the client's response: the one way both forwarders (undici's
+ * and Node's own clients) relay a head, trailers and a failure, so a client cannot tell which
+ * carried its request.
+ */
+import type { ServerResponse } from 'node:http'
+import { MaitreError } from '../errors.ts'
+import type { ReleaseOutcome } from '../backends/tracker.ts'
+import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
+import { classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
+
+/** What the head left for the end: a gRPC "trailers-only" answer's status and fields. */
+export interface AnswerHead {
+  readonly grpcStatus: string | undefined
+  readonly statusTrailers: Record<string, string | string[]> | undefined
+}
+
+/**
+ * Writes the client's response head from the instance's. An Error when the client's protocol
+ * cannot carry it (Node checks the fields): the caller cuts the exchange and answers 502.
+ */
+export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, statusCode: number, headers: Readonly<Record<string, string | string[] | undefined>>): AnswerHead | MaitreError {
+  const out = clientResponseHeaders(headers, request.cid)
+  if (request.clientHttp2 === true) forHttp2(out)
+  let grpcStatus: string | undefined
+  let statusTrailers: Record<string, string | string[]> | undefined
+  if (headers['grpc-status'] !== undefined) {
+    // A gRPC "trailers-only" answer: the status and all its metadata in the one HEADERS frame
+    // that ended the stream. Relayed as an equally valid gRPC response the compatibility API
+    // can write: headers (content-type and the router's own), an empty body, and trailers
+    // holding the status and every other field the instance sent.
+    grpcStatus = String(headers['grpc-status'])
+    statusTrailers = {}
+    for (const name of Object.keys(out)) {
+      if (name === 'content-type' || name === 'x-cid' || name === 'via') continue
+      statusTrailers[name] = out[name] as string | string[]
+      delete out[name]
+    }
+  }
+  const extra = request.extraHeaders?.()
+  if (extra !== undefined) Object.assign(out, extra)
+  const cookies = request.setCookies
+  if (cookies !== undefined) {
+    const theirs = out['set-cookie']
+    out['set-cookie'] = theirs === undefined ? [...cookies] : [...(Array.isArray(theirs) ? theirs : [theirs]), ...cookies]
+  }
+  try {
+    res.writeHead(statusCode, out)
+  } catch (err) {
+    // Headers the client's protocol cannot carry: a clean 502 instead of a broken stream; the
+    // instance answered, so it is not ejected for it.
+    return new MaitreError('MAITRE_UPSTREAM', `The instance's response headers cannot be relayed: ${(err as Error).message}`, { cause: err })
+  }
+  return { grpcStatus, statusTrailers }
+}
+
+/**
+ * Ends the client's response with the instance's trailers (gRPC's status travels in them): in
+ * HTTP/2 always, in HTTP/1.1 when the response is chunked (Node drops them otherwise: a fixed
+ * length leaves no room). Returns how the slot is released: gRPC's UNAVAILABLE is its 503.
+ */
+export function endAnswer(res: ServerResponse, status: number | undefined, head: AnswerHead | undefined, trailers: Readonly<Record<string, string | string[] | undefined>>): ReleaseOutcome {
+  const relayed = clientTrailers(trailers)
+  const all = head?.statusTrailers === undefined ? relayed : { ...head.statusTrailers, ...relayed }
+  try {
+    if (all !== undefined) res.addTrailers(all)
+    res.end()
+  } catch {
+    // Trailers the client's protocol refuses: the response cannot end cleanly, so it is cut.
+    res.destroy()
+  }
+  const busy = status === 503 || trailers['grpc-status'] === '14' || head?.grpcStatus === '14'
+  return busy ? 'instance-busy' : 'success'
+}
+
+/** The result of an exchange that failed: what the client is told, and how the slot is released. */
+export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: unknown, clientGone: boolean, status: number | undefined): ForwardResult {
+  const { outcome, error } = classify(err, clientGone)
+  // Once the response has started, the only honest signal left is cutting the connection
+  // (unless it was ended already: the listener answered for it, a body gone idle, say).
+  if (res.headersSent && !res.writableEnded) res.destroy()
+  const code = (err as { code?: string }).code ?? ''
+  const notDelivered = !clientGone && status === undefined && CONNECT_ERRORS.has(code)
+  const clientsTimeout = request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)
+  return {
+    outcome: clientsTimeout ? 'client-error' : status === undefined ? outcome : clientGone ? 'client-error' : 'instance-error',
+    status,
+    error: res.headersSent ? undefined : error,
+    notDelivered,
+  }
+}

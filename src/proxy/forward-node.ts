@@ -1,0 +1,325 @@
+/**
+ * Forwarding through Node's own clients (node:http, node:https, node:http2) for the few requests
+ * undici cannot carry as the protocol asks:
+ * - `Expect: 100-continue`: undici sends no expectation over HTTP/1.1, so an instance could not
+ *   refuse a body before it came. Here the instance hears the expectation, and the client is told
+ *   to send its body only when the instance asks for it (or after a second of silence, as
+ *   RFC 9110 §10.1.1 has a client do); an instance that answers first never gets the body.
+ * - request trailers: undici sends none. A request that announces them (`Trailer`), or an
+ *   HTTP/1.1 chunked body (which may end with trailers unannounced), comes here, and its
+ *   trailers follow its body to the instance.
+ * Everything else goes through undici (forward.ts), which costs less per request. The answer is
+ * written the same way (answer.ts), so a client cannot tell which carried its request.
+ */
+import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
+import { connect as connectH2, constants as h2constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders as H2Headers } from 'node:http2'
+import type { Socket } from 'node:net'
+import { MaitreError } from '../errors.ts'
+import type { Instance } from '../backends/backend.ts'
+import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
+import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
+import { clientTrailers } from './headers.ts'
+
+/** How long an instance may stay silent about an expectation before the body goes anyway (curl waits as long). */
+export const EXPECT_WAIT_MS = 1000
+/** An HTTP/2 connection to an instance with no stream for this long is closed. */
+const H2_IDLE_MS = 4_000
+
+/** The request needs what only Node's own clients send: an expectation, or trailers after its body. */
+export function needsNodeClient(req: IncomingMessage, request: ForwardRequest): boolean {
+  if (request.continueClient !== undefined) return true
+  if (req.headers['trailer'] !== undefined) return true
+  return req.httpVersionMajor === 1 && req.headers['transfer-encoding'] !== undefined
+}
+
+function failure(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code })
+}
+
+/** The two ways a request travels here: an HTTP/1.1 request, or an HTTP/2 stream. */
+interface Upstream {
+  /** Sends the body (piped from the client, with back-pressure), then its trailers. */
+  sendBody(req: IncomingMessage): void
+  /** Ends the request without a body (none, or one the instance refused). */
+  endWithoutBody(): void
+  /** Cuts the exchange: the connection (HTTP/1.1) or the stream (HTTP/2) goes. */
+  cut(): void
+}
+
+/** One exchange between a client's response and an instance, on Node's clients. */
+class NodeExchange {
+  readonly #req: IncomingMessage
+  readonly #res: ServerResponse
+  readonly #request: ForwardRequest
+  readonly #settle: (result: ForwardResult) => void
+  #upstream: Upstream | undefined
+  #timer: NodeJS.Timeout | undefined
+  #expectTimer: NodeJS.Timeout | undefined
+  /** The body went (or was asked for): the expectation is settled. */
+  #proceeded = false
+  #status: number | undefined
+  #head: AnswerHead | undefined
+  #clientGone = false
+  #settled = false
+
+  constructor(req: IncomingMessage, res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void) {
+    this.#req = req
+    this.#res = res
+    this.#request = request
+    this.#settle = settle
+  }
+
+  start(upstream: Upstream): void {
+    this.#upstream = upstream
+    this.#timer = setTimeout(() => this.fail(failure(HEADERS_TIMEOUT, `No response within ${this.#request.socketTimeoutMs} ms`)), this.#request.socketTimeoutMs)
+    // A client that is no longer there (it left while the request was set up) takes it down.
+    this.#req.once('error', (err) => this.fail(err))
+    if (!hasBody(this.#req)) {
+      this.#proceeded = true
+      upstream.endWithoutBody()
+    } else if (this.#request.continueClient === undefined) this.#proceed()
+    else this.#expectTimer = setTimeout(() => this.#proceed(), EXPECT_WAIT_MS)
+  }
+
+  readonly clientGone = (): void => {
+    if (this.#settled) return
+    this.#clientGone = true
+    this.fail(new Error('the client went away'))
+  }
+
+  /** The instance said 100 Continue. */
+  readonly onContinue = (): void => this.#proceed()
+
+  #proceed(): void {
+    if (this.#proceeded || this.#settled) return
+    this.#proceeded = true
+    clearTimeout(this.#expectTimer)
+    this.#request.continueClient?.()
+    this.#upstream?.sendBody(this.#req)
+  }
+
+  /** The instance's final answer begins. Returns whether to read on. */
+  onResponse(status: number, headers: Readonly<Record<string, string | string[] | undefined>>): boolean {
+    if (this.#settled) return false
+    if (!this.#proceeded) {
+      // The instance answered before it asked for the body: the body is never sent, and the
+      // client's connection closes after this answer (its unsent body would follow otherwise).
+      this.#proceeded = true
+      clearTimeout(this.#expectTimer)
+      this.#res.shouldKeepAlive = false
+    }
+    const head = writeAnswerHead(this.#res, this.#request, status, headers)
+    if (head instanceof MaitreError) {
+      this.fail(head)
+      return false
+    }
+    this.#head = head
+    this.#status = status
+    this.#armStreaming()
+    return true
+  }
+
+  #armStreaming(): void {
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => this.fail(failure(BODY_TIMEOUT, `The response sent nothing for ${this.#request.streamingTimeoutMs} ms`)), this.#request.streamingTimeoutMs)
+  }
+
+  /** A chunk of the answer; a client that pushes back pauses the instance's answer until it drains. */
+  onData(chunk: Buffer, pause: () => void, resume: () => void): void {
+    this.#timer?.refresh()
+    if (!this.#res.write(chunk)) {
+      pause()
+      // The client is slow, not the instance: its silence meanwhile is no timeout.
+      clearTimeout(this.#timer)
+      this.#res.once('drain', () => {
+        if (this.#settled) return
+        this.#armStreaming()
+        resume()
+      })
+    }
+  }
+
+  onEnd(trailers: Readonly<Record<string, string | string[] | undefined>>): void {
+    if (this.#settled) return
+    const status = this.#status
+    const outcome = endAnswer(this.#res, status, this.#head, trailers)
+    this.#finish({ outcome, status, error: undefined, notDelivered: false })
+    // A body never sent leaves the request unfinished: its connection or stream cannot go on.
+    if (!this.#req.readableDidRead && hasBody(this.#req)) this.#upstream?.cut()
+  }
+
+  readonly fail = (err: unknown): void => {
+    if (this.#settled) return
+    this.#upstream?.cut()
+    this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status))
+  }
+
+  #finish(result: ForwardResult): void {
+    this.#settled = true
+    clearTimeout(this.#timer)
+    clearTimeout(this.#expectTimer)
+    this.#req.unpipe()
+    this.#settle(result)
+  }
+}
+
+/** The request's trailers as the instance gets them: end-to-end fields only. */
+function requestTrailers(req: IncomingMessage): Record<string, string | string[]> | undefined {
+  return clientTrailers(req.trailers)
+}
+
+/** The client's request as an HTTP/1.1 request to the instance. */
+function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMessage, request: ForwardRequest, agent: HttpAgent, connectTimeoutMs: number): Upstream {
+  const headers: Record<string, string | string[]> = { ...request.headers }
+  if (request.continueClient !== undefined) headers['expect'] = '100-continue'
+  // Trailers need a chunked body: a length (an HTTP/2 client's) would leave them no room.
+  if (req.headers['trailer'] !== undefined) delete headers['content-length']
+  const send = instance.proto === 'http' ? httpRequest : httpsRequest
+  const up: ClientRequest = send({
+    host: instance.host,
+    port: instance.port,
+    method: req.method ?? 'GET',
+    path: req.url ?? '/',
+    headers,
+    agent,
+    rejectUnauthorized: false,
+  })
+  up.on('socket', (socket: Socket) => {
+    if (!socket.connecting) return
+    const timer = setTimeout(() => socket.destroy(failure('UND_ERR_CONNECT_TIMEOUT', `No connection within ${connectTimeoutMs} ms`)), connectTimeoutMs)
+    socket.once('connect', () => clearTimeout(timer))
+    socket.once('close', () => clearTimeout(timer))
+  })
+  up.on('error', exchange.fail)
+  up.on('continue', exchange.onContinue)
+  up.on('response', (answer: IncomingMessage) => {
+    if (!exchange.onResponse(answer.statusCode ?? 502, answer.headers)) {
+      answer.resume()
+      return
+    }
+    answer.on('data', (chunk: Buffer) => exchange.onData(chunk, () => answer.pause(), () => answer.resume()))
+    answer.on('end', () => exchange.onEnd(answer.trailers))
+    answer.on('error', exchange.fail)
+    answer.on('close', () => {
+      if (!answer.complete) exchange.fail(failure('ECONNRESET', 'The instance closed the connection mid-answer'))
+    })
+  })
+  if (request.continueClient !== undefined) up.flushHeaders()
+  return {
+    sendBody(body) {
+      body.pipe(up, { end: false })
+      body.once('end', () => {
+        const trailers = requestTrailers(body)
+        if (trailers !== undefined) up.addTrailers(trailers)
+        up.end()
+      })
+    },
+    endWithoutBody: () => up.end(),
+    cut: () => up.destroy(),
+  }
+}
+
+/** The client's request as a stream on the instance's HTTP/2 connection. */
+function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance: Instance, req: IncomingMessage, request: ForwardRequest, sessionError: () => Error | undefined): Upstream {
+  const headers: Record<string, string | string[]> = {}
+  for (const name in request.headers) if (name !== 'host') headers[name] = request.headers[name] as string | string[]
+  headers[':method'] = req.method ?? 'GET'
+  headers[':path'] = req.url ?? '/'
+  headers[':scheme'] = instance.proto === 'h2' ? 'https' : 'http'
+  headers[':authority'] = String(request.headers['host'] ?? `${instance.host}:${instance.port}`)
+  if (request.continueClient !== undefined) headers['expect'] = '100-continue'
+  const withBody = hasBody(req)
+  const stream: ClientHttp2Stream = session.request(headers, { endStream: !withBody, waitForTrailers: withBody })
+  let trailers: Record<string, string | string[]> | undefined
+  let answerTrailers: H2Headers = {}
+  stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? {}))
+  // A stream that fails because its connection did (refused, say) reports the connection's error.
+  stream.on('error', (err) => exchange.fail(sessionError() ?? err))
+  stream.on('continue', exchange.onContinue)
+  stream.on('response', (head) => {
+    const status = Number(head[':status'] ?? 502)
+    if (!exchange.onResponse(status, head)) return
+    stream.on('data', (chunk: Buffer) => exchange.onData(chunk, () => stream.pause(), () => stream.resume()))
+    stream.on('trailers', (t) => (answerTrailers = t))
+    stream.on('end', () => exchange.onEnd(answerTrailers))
+  })
+  stream.on('close', () => {
+    // Reset by the instance, or its connection went: anything not ended by now failed.
+    const code = stream.rstCode
+    exchange.fail(sessionError() ?? failure(code === h2constants.NGHTTP2_REFUSED_STREAM ? 'ECONNREFUSED' : 'ECONNRESET', `The instance's stream closed (HTTP/2 error ${code ?? 'none'})`))
+  })
+  return {
+    sendBody(body) {
+      body.pipe(stream, { end: false })
+      body.once('end', () => {
+        trailers = requestTrailers(body)
+        stream.end()
+      })
+    },
+    endWithoutBody() {
+      if (withBody) stream.close(h2constants.NGHTTP2_NO_ERROR)
+    },
+    cut() {
+      if (!stream.closed) stream.close(h2constants.NGHTTP2_CANCEL)
+    },
+  }
+}
+
+export class NodeForwarder {
+  readonly #connectTimeoutMs: number
+  readonly #http = new HttpAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000 })
+  readonly #https = new HttpsAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000, rejectUnauthorized: false })
+  /** One HTTP/2 connection per instance origin (h2c and h2), shared by its streams; closed when idle. */
+  readonly #sessions = new Map<string, { session: ClientHttp2Session; error: Error | undefined }>()
+
+  constructor(options: { connectTimeoutMs: number }) {
+    this.#connectTimeoutMs = options.connectTimeoutMs
+  }
+
+  forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
+    const { instance } = request
+    let settle!: (result: ForwardResult) => void
+    const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
+    const exchange = new NodeExchange(req, res, request, settle)
+    if (instance.proto === 'h2c' || instance.proto === 'h2') {
+      const entry = this.#session(instance)
+      exchange.start(overHttp2(exchange, entry.session, instance, req, request, () => entry.error))
+    } else {
+      exchange.start(overHttp1(exchange, instance, req, request, instance.proto === 'http' ? this.#http : this.#https, this.#connectTimeoutMs))
+    }
+    return { result, clientGone: exchange.clientGone }
+  }
+
+  #session(instance: Instance): { session: ClientHttp2Session; error: Error | undefined } {
+    const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${instance.host}:${instance.port}`
+    const known = this.#sessions.get(origin)
+    if (known !== undefined && !known.session.closed && !known.session.destroyed) return known
+    const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])
+    const entry = { session, error: undefined as Error | undefined }
+    const forget = (): void => {
+      if (this.#sessions.get(origin) === entry) this.#sessions.delete(origin)
+    }
+    const connectTimer = setTimeout(() => session.destroy(failure('UND_ERR_CONNECT_TIMEOUT', `No connection within ${this.#connectTimeoutMs} ms`)), this.#connectTimeoutMs)
+    session.once('connect', () => clearTimeout(connectTimer))
+    session.on('error', (err) => {
+      entry.error = err
+      forget()
+    })
+    session.once('goaway', forget)
+    session.once('close', () => {
+      clearTimeout(connectTimer)
+      forget()
+    })
+    session.setTimeout(H2_IDLE_MS, () => session.close())
+    this.#sessions.set(origin, entry)
+    return entry
+  }
+
+  async close(): Promise<void> {
+    this.#http.destroy()
+    this.#https.destroy()
+    for (const { session } of this.#sessions.values()) session.destroy()
+    this.#sessions.clear()
+  }
+}
