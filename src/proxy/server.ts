@@ -18,6 +18,7 @@ import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
 import { isApiRequest } from './classify.ts'
 import { isWebSocketUpgrade, refuseUpgrade } from './upgrade.ts'
+import { isH2cUpgrade, spliceUpgradedRequest, SWITCHING_TO_H2C, upgradedRequestFrames } from './h2c-upgrade.ts'
 import type { Duplex } from 'node:stream'
 
 export interface ServerOptions {
@@ -194,8 +195,9 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       // Node would answer a missing Host itself, with a bare 400: answered below, in JSON.
       requireHostHeader: false,
       noDelay: true,
-      // Only a WebSocket upgrade is taken as one; any other (h2c, say) is served as HTTP/1.1.
-      shouldUpgradeCallback: (req: IncomingMessage) => options.websocket !== undefined && isWebSocketUpgrade(req),
+      // A WebSocket upgrade, and a well-formed h2c one (outside a drain), are taken as such;
+      // any other is served as HTTP/1.1.
+      shouldUpgradeCallback: (req: IncomingMessage) => (options.websocket !== undefined && isWebSocketUpgrade(req)) || (!draining && isH2cUpgrade(req)),
     },
     handle,
   )
@@ -203,9 +205,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   server.maxHeadersCount = options.maxHeaders
 
   // HTTP/2 over cleartext on the same port, for clients with prior knowledge (gRPC's, curl's
-  // --http2-prior-knowledge). (The Upgrade: h2c dance is deprecated by RFC 9113 and never
-  // widely deployed: such a request is served as HTTP/1.1, which the RFC allows.) The same
-  // handlers serve it through Node's compatibility API.
+  // --http2-prior-knowledge) and for those that ask with Upgrade: h2c (curl's --http2; see
+  // h2c-upgrade.ts). The same handlers serve it through Node's compatibility API.
   const sessions = new Set<ServerHttp2Session>()
   const h2Options = {
     maxHeaderListPairs: options.maxHeaders,
@@ -367,10 +368,17 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   }
 
   // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
+  // An h2c upgrade: for anything, the API included.
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     markHttps(req)
     const cid = cidOf(req)
     if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
+    if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
+      // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.
+      socket.write(SWITCHING_TO_H2C)
+      spliceUpgradedRequest(socket as Socket, head, upgradedRequestFrames(req), options.headersTimeoutMs, (upgraded) => h2.emit('connection', upgraded))
+      return
+    }
     if (draining) {
       return refuseUpgrade(req, socket, new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }), { cid })
     }
