@@ -1,15 +1,18 @@
 /**
- * Forwarding through Node's own clients (node:http, node:https, node:http2) for the few requests
- * undici cannot carry as the protocol asks:
- * - `Expect: 100-continue`: undici sends no expectation over HTTP/1.1, so an instance could not
- *   refuse a body before it came. Here the instance hears the expectation, and the client is told
- *   to send its body only when the instance asks for it (or after a second of silence, as
- *   RFC 9110 §10.1.1 has a client do); an instance that answers first never gets the body.
- * - request trailers: undici sends none. A request that announces them (`Trailer`), or an
- *   HTTP/1.1 chunked body (which may end with trailers unannounced), comes here, and its
- *   trailers follow its body to the instance.
- * Everything else goes through undici (forward.ts), which costs less per request. The answer is
- * written the same way (answer.ts), so a client cannot tell which carried its request.
+ * Forwarding through Node's own clients:
+ * - node:http2 for every request to an HTTP/2 instance (backend-proto h2c or h2): one connection
+ *   per instance, its streams multiplexed. It measured 7–12 µs of proxy CPU per request less than
+ *   undici's HTTP/2 (bench/RESULTS.md), and it sends request trailers, which undici cannot.
+ * - node:http and node:https for the few requests undici cannot carry to an HTTP/1.1 instance as
+ *   the protocol asks: `Expect: 100-continue` (undici sends no expectation over HTTP/1.1, so an
+ *   instance could not refuse a body before it came), and request trailers (a request that
+ *   announces them with `Trailer`, or an HTTP/1.1 chunked body, which may end with trailers
+ *   unannounced). Everything else to HTTP/1.1 instances goes through undici (forward.ts), which
+ *   costs less there.
+ * With an expectation, the instance hears it, and the client is told to send its body only when
+ * the instance asks for it (or after a second of silence, as RFC 9110 §10.1.1 has a client do);
+ * an instance that answers first never gets the body. The answer is written the same way for
+ * every client (answer.ts), so a client cannot tell which carried its request.
  */
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http'
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
@@ -41,8 +44,13 @@ function failure(code: string, message: string): Error {
 interface Upstream {
   /** Sends the body (piped from the client, with back-pressure), then its trailers. */
   sendBody(req: IncomingMessage): void
-  /** Ends the request without a body (none, or one the instance refused). */
+  /** Ends the request without a body (there is none). */
   endWithoutBody(): void
+  /**
+   * The answer is complete: a request not sent in full by now (a body the instance refused, or
+   * answered before reading to its end) is cut, so its connection or stream cannot linger.
+   */
+  answered(): void
   /** Cuts the exchange: the connection (HTTP/1.1) or the stream (HTTP/2) goes. */
   cut(): void
 }
@@ -62,6 +70,10 @@ class NodeExchange {
   #head: AnswerHead | undefined
   #clientGone = false
   #settled = false
+
+  get settled(): boolean {
+    return this.#settled
+  }
 
   constructor(req: IncomingMessage, res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void) {
     this.#req = req
@@ -145,8 +157,7 @@ class NodeExchange {
     const status = this.#status
     const outcome = endAnswer(this.#res, status, this.#head, trailers)
     this.#finish({ outcome, status, error: undefined, notDelivered: false })
-    // A body never sent leaves the request unfinished: its connection or stream cannot go on.
-    if (!this.#req.readableDidRead && hasBody(this.#req)) this.#upstream?.cut()
+    this.#upstream?.answered()
   }
 
   readonly fail = (err: unknown): void => {
@@ -216,12 +227,15 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
       })
     },
     endWithoutBody: () => up.end(),
+    answered() {
+      if (!up.writableEnded) up.destroy()
+    },
     cut: () => up.destroy(),
   }
 }
 
 /** The client's request as a stream on the instance's HTTP/2 connection. */
-function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance: Instance, req: IncomingMessage, request: ForwardRequest, sessionError: () => Error | undefined): Upstream {
+function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance: Instance, req: IncomingMessage, request: ForwardRequest, sessionError: () => Error | undefined, closed: () => void): Upstream {
   const headers: Record<string, string | string[]> = {}
   for (const name in request.headers) if (name !== 'host') headers[name] = request.headers[name] as string | string[]
   headers[':method'] = req.method ?? 'GET'
@@ -245,7 +259,9 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
     stream.on('end', () => exchange.onEnd(answerTrailers))
   })
   stream.on('close', () => {
+    closed()
     // Reset by the instance, or its connection went: anything not ended by now failed.
+    if (exchange.settled) return
     const code = stream.rstCode
     exchange.fail(sessionError() ?? failure(code === h2constants.NGHTTP2_REFUSED_STREAM ? 'ECONNREFUSED' : 'ECONNRESET', `The instance's stream closed (HTTP/2 error ${code ?? 'none'})`))
   })
@@ -258,7 +274,10 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
       })
     },
     endWithoutBody() {
-      if (withBody) stream.close(h2constants.NGHTTP2_NO_ERROR)
+      // (The stream was opened ended.)
+    },
+    answered() {
+      if (!stream.writableEnded && !stream.closed) stream.close(h2constants.NGHTTP2_CANCEL)
     },
     cut() {
       if (!stream.closed) stream.close(h2constants.NGHTTP2_CANCEL)
@@ -266,12 +285,23 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
   }
 }
 
+/** One pooled HTTP/2 connection to an instance. */
+interface H2Connection {
+  readonly session: ClientHttp2Session
+  /** Why the connection failed, if it did: its streams report this rather than their own reset. */
+  error: Error | undefined
+  /** Streams open on it now. */
+  streams: number
+  /** When a stream last opened or closed (ms since the epoch). */
+  lastUsed: number
+}
+
 export class NodeForwarder {
   readonly #connectTimeoutMs: number
   readonly #http = new HttpAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000 })
   readonly #https = new HttpsAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000, rejectUnauthorized: false })
   /** One HTTP/2 connection per instance origin (h2c and h2), shared by its streams; closed when idle. */
-  readonly #sessions = new Map<string, { session: ClientHttp2Session; error: Error | undefined }>()
+  readonly #sessions = new Map<string, H2Connection>()
 
   constructor(options: { connectTimeoutMs: number }) {
     this.#connectTimeoutMs = options.connectTimeoutMs
@@ -282,21 +312,36 @@ export class NodeForwarder {
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exchange = new NodeExchange(req, res, request, settle)
-    if (instance.proto === 'h2c' || instance.proto === 'h2') {
-      const entry = this.#session(instance)
-      exchange.start(overHttp2(exchange, entry.session, instance, req, request, () => entry.error))
-    } else {
-      exchange.start(overHttp1(exchange, instance, req, request, instance.proto === 'http' ? this.#http : this.#https, this.#connectTimeoutMs))
+    let upstream: Upstream
+    try {
+      if (instance.proto === 'h2c' || instance.proto === 'h2') {
+        const entry = this.#session(instance)
+        upstream = overHttp2(exchange, entry.session, instance, req, request, () => entry.error, () => {
+          entry.streams -= 1
+          entry.lastUsed = Date.now()
+        })
+        // Counted once the stream exists (its close is then certain to uncount it).
+        entry.streams += 1
+        entry.lastUsed = Date.now()
+      } else {
+        upstream = overHttp1(exchange, instance, req, request, instance.proto === 'http' ? this.#http : this.#https, this.#connectTimeoutMs)
+      }
+    } catch (err) {
+      // A field or value the instance's protocol cannot carry (Node checks them as it sends):
+      // the request's doing, answered as such, and nothing was sent.
+      exchange.fail(failure('UND_ERR_INVALID_ARG', (err as Error).message))
+      return { result, clientGone: exchange.clientGone }
     }
+    exchange.start(upstream)
     return { result, clientGone: exchange.clientGone }
   }
 
-  #session(instance: Instance): { session: ClientHttp2Session; error: Error | undefined } {
+  #session(instance: Instance): H2Connection {
     const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${instance.host}:${instance.port}`
     const known = this.#sessions.get(origin)
     if (known !== undefined && !known.session.closed && !known.session.destroyed) return known
     const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])
-    const entry = { session, error: undefined as Error | undefined }
+    const entry: H2Connection = { session, error: undefined, streams: 0, lastUsed: Date.now() }
     const forget = (): void => {
       if (this.#sessions.get(origin) === entry) this.#sessions.delete(origin)
     }
@@ -311,7 +356,14 @@ export class NodeForwarder {
       clearTimeout(connectTimer)
       forget()
     })
-    session.setTimeout(H2_IDLE_MS, () => session.close())
+    // Closed once it has had no stream for H2_IDLE_MS (one timer per connection, not per request).
+    const idle = (): void => {
+      if (session.closed || session.destroyed) return
+      const quietFor = Date.now() - entry.lastUsed
+      if (entry.streams === 0 && quietFor >= H2_IDLE_MS) session.close()
+      else setTimeout(idle, entry.streams === 0 ? H2_IDLE_MS - quietFor : H2_IDLE_MS).unref()
+    }
+    setTimeout(idle, H2_IDLE_MS).unref()
     this.#sessions.set(origin, entry)
     return entry
   }

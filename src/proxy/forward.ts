@@ -92,11 +92,13 @@ class Exchange implements Dispatcher.DispatchHandler {
 const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
 
 export class Forwarder {
-  /** HTTP/1.1, and TLS (https, h2) with ALPN choosing HTTP/2 or HTTP/1.1. */
+  /** HTTP/1.1 instances, in the clear (http) or over TLS (https, where ALPN may choose HTTP/2). */
   readonly #agent: Agent
-  /** HTTP/2 over cleartext, by prior knowledge: one pooled connection per instance, streams multiplexed. */
-  readonly #h2c: Agent
-  /** Node's own clients, for what undici cannot send: an expectation, trailers after a body. */
+  /**
+   * Node's own clients: node:http2 for HTTP/2 instances (h2c, h2), which measured 7–12 µs per
+   * request cheaper than undici's HTTP/2 and forwards request trailers; and node:http(s) for
+   * what undici cannot send an HTTP/1.1 instance: an expectation, trailers after a body.
+   */
   readonly #node: NodeForwarder
 
   constructor(options: { connectTimeoutMs: number }) {
@@ -105,20 +107,18 @@ export class Forwarder {
     // already knows, having started the instance at that address, so the instance's certificate
     // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
     const common = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000 }
-    // allowH2: https instances may agree on HTTP/2 by ALPN (backend-proto h2 always offers it).
+    // allowH2: https instances may agree on HTTP/2 by ALPN.
     this.#agent = new Agent({ ...common, allowH2: true })
-    this.#h2c = new Agent({ ...common, allowH2: true, useH2c: true, connections: 1, pipelining: 100 } as Agent.Options)
   }
 
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
-    if (needsNodeClient(req, request)) return this.#node.forward(req, res, request)
+    if (request.instance.proto === 'h2c' || request.instance.proto === 'h2' || needsNodeClient(req, request)) return this.#node.forward(req, res, request)
     const { instance } = request
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exchange = new Exchange(res, request, settle)
     // Invalid options (a header undici refuses) reach the handler's onResponseError too.
-    const dispatcher = instance.proto === 'h2c' ? this.#h2c : this.#agent
-    dispatcher.dispatch(
+    this.#agent.dispatch(
       {
         origin: `${SCHEMES[instance.proto]}://${instance.host}:${instance.port}`,
         path: req.url ?? '/',
@@ -134,6 +134,6 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#agent.close(), this.#h2c.close(), this.#node.close()])
+    await Promise.all([this.#agent.close(), this.#node.close()])
   }
 }

@@ -1,10 +1,10 @@
 /**
- * Request trailers reach the instance: after an HTTP/1.1 chunked body (announced or not) and
- * after an HTTP/2 body that announces them, to HTTP/1.1 and h2c instances alike.
+ * Request trailers reach the instance: after an HTTP/1.1 chunked body (announced or not), and
+ * after an HTTP/2 body (to an h2c instance always; to an HTTP/1.1 one when announced).
  */
 import t from 'tap'
 import { request as httpRequest } from 'node:http'
-import { connect as connectH2 } from 'node:http2'
+import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
 import { createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
 
 const h2cToken = (): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c' }, '--h2c')
@@ -49,26 +49,35 @@ t.test('an HTTP/1.1 chunked body’s trailers reach HTTP/1.1 and h2c instances, 
   t.same(filtered.trailers, { 'x-kept': 'yes' }, 'a connection-specific trailer field is not relayed')
 })
 
-t.test('an HTTP/2 body’s announced trailers reach HTTP/1.1 (as a chunked body) and h2c instances', async (t) => {
+/** An HTTP/2 POST whose body ends with trailers, announced with a Trailer field or not. */
+function h2WithTrailers(session: ClientHttp2Session, token: string, announce: boolean): Promise<Seen> {
+  return new Promise<Seen>((resolve, reject) => {
+    const headers: Record<string, string> = { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': token, 'content-type': 'text/plain', 'content-length': '11' }
+    if (announce) headers['trailer'] = 'x-digest'
+    const stream = session.request(headers, { waitForTrailers: true })
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'x-digest': 'md5=xyz' }))
+    let text = ''
+    stream.on('data', (c: Buffer) => (text += c.toString()))
+    stream.on('end', () => resolve(JSON.parse(text) as Seen))
+    stream.on('error', reject)
+    stream.end('over http/2')
+  })
+}
+
+t.test('an HTTP/2 body’s trailers reach h2c instances always, and HTTP/1.1 ones (as a chunked body) when announced', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'ones', kitchenToken())
   await createToken(router, 'twos', h2cToken())
   const session = connectH2(router.url)
   t.teardown(() => session.close())
   for (const token of ['ones', 'twos']) {
-    const seen = await new Promise<Seen>((resolve, reject) => {
-      const stream = session.request(
-        { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': token, 'content-type': 'text/plain', 'content-length': '11', trailer: 'x-digest' },
-        { waitForTrailers: true },
-      )
-      stream.on('wantTrailers', () => stream.sendTrailers({ 'x-digest': 'md5=xyz' }))
-      let text = ''
-      stream.on('data', (c: Buffer) => (text += c.toString()))
-      stream.on('end', () => resolve(JSON.parse(text) as Seen))
-      stream.on('error', reject)
-      stream.end('over http/2')
-    })
+    const seen = await h2WithTrailers(session, token, true)
     t.equal(seen.body, 'over http/2', `${token}: the body`)
-    t.same(seen.trailers, { 'x-digest': 'md5=xyz' }, `${token}: the trailers, spoken ${seen.httpVersion === '2.0' ? 'HTTP/2' : 'HTTP/1.1'} to the instance`)
+    t.same(seen.trailers, { 'x-digest': 'md5=xyz' }, `${token}, announced: the trailers, spoken ${seen.httpVersion === '2.0' ? 'HTTP/2' : 'HTTP/1.1'} to the instance`)
   }
+  const unannounced = await h2WithTrailers(session, 'twos', false)
+  t.same(unannounced.trailers, { 'x-digest': 'md5=xyz' }, 'twos, unannounced: HTTP/2 to HTTP/2 carries them all the same')
+  const dropped = await h2WithTrailers(session, 'ones', false)
+  t.equal(dropped.body, 'over http/2', 'ones, unannounced: the body arrives (with its length, sent as it came)')
+  t.same(dropped.trailers, {}, 'and the unannounced trailers are dropped, as RFC 9110 §6.5.1 allows (documented)')
 })
