@@ -70,6 +70,11 @@ export interface Backend {
   /** Stops every instance and forgets the service. */
   deleteService(serviceId: string): Promise<void>
   state(serviceId: string): ServiceState | undefined
+  /**
+   * The instance count asked for, or undefined when the backend does not know the version: what
+   * `state(serviceId)?.requested` says, without building the state (every request asks it).
+   */
+  requested(serviceId: string): number | undefined
   services(): readonly ServiceState[]
   /** Called with a service id whenever that service's instances or errors change. */
   subscribe(listener: (serviceId: string) => void): () => void

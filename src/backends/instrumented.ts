@@ -43,6 +43,7 @@ export function instrumented(backend: Backend, metrics: Metrics): Backend {
     killInstance: timed('killInstance', (id, instance, options) => backend.killInstance(id, instance, options)),
     deleteService: timed('deleteService', (id) => backend.deleteService(id)),
     state: (id) => backend.state(id),
+    requested: (id) => backend.requested(id),
     services: () => backend.services(),
     subscribe: (listener) => backend.subscribe(listener),
     close: () => backend.close(),

@@ -62,8 +62,9 @@ export class Activator {
   ensure(request: ActivationRequest): Promise<void> | undefined {
     const collecting = this.#collecting.get(request.serviceId)
     if (collecting !== undefined) return collecting
-    const state = this.#backend.state(request.serviceId)
-    if (state !== undefined && state.requested > 0) {
+    // (Every request asks: the backend's count, not its whole state.)
+    const requested = this.#backend.requested(request.serviceId)
+    if (requested !== undefined && requested > 0) {
       // Running, but maybe not started here (another router did, or this one before a restart):
       // its slots follow its own concurrency-level and queue bounds, not the tracker's defaults.
       if (!this.#tracker.isConfigured(request.serviceId)) this.#tracker.configure(request.serviceId, routingOf(request.effective()))
@@ -71,7 +72,7 @@ export class Activator {
     }
     let pending = this.#pending.get(request.serviceId)
     if (pending === undefined) {
-      pending = this.#activate(request, state === undefined)
+      pending = this.#activate(request, requested === undefined)
         .catch((err: unknown) => {
           // A version that never got to run leaves no routing entry behind.
           if (this.#backend.state(request.serviceId) === undefined) this.#tracker.dropIfIdle(request.serviceId)

@@ -157,6 +157,7 @@ const CASES: readonly Case[] = [
       await backend.ensureService(spec)
       t.equal(backend.services().filter((s) => s.id === id).length, 1, 'one service')
       t.equal(backend.state(id)?.requested, 2, 'requested = min-instances')
+      t.equal(backend.requested(id), 2, 'requested() says as much')
       await until('min-instances healthy instances', () => exactlyHealthy(backend, id, 2))
       t.ok(heard.includes(id), 'listeners heard about the service')
       for (const i of live(backend, id)) seen.add(i.id)
@@ -173,8 +174,10 @@ const CASES: readonly Case[] = [
       await until('one healthy instance', () => exactlyHealthy(backend, id, 1))
       await backend.scale(id, 2)
       t.equal(backend.state(id)?.requested, 2, 'requested 2')
+      t.equal(backend.requested(id), 2, 'requested() says as much')
       await until('two healthy instances', () => exactlyHealthy(backend, id, 2))
       t.equal(backend.state(id)?.requested, 2, 'still requested 2')
+      t.equal(backend.requested(id), 2, 'requested() says as much')
     },
   },
 
@@ -187,6 +190,7 @@ const CASES: readonly Case[] = [
       const pids = real ? await Promise.all(live(backend, id).map(pidOf)) : []
       await backend.scale(id, 1)
       t.equal(backend.state(id)?.requested, 1, 'requested 1')
+      t.equal(backend.requested(id), 1, 'requested() says as much')
       await until('one instance left after scaling down', () => exactlyHealthy(backend, id, 1), 10_000)
       if (real) await until('one of the two processes left', () => pids.filter(processAlive).length === 1, 10_000)
     },
@@ -203,6 +207,7 @@ const CASES: readonly Case[] = [
 
       t.equal(await backend.killInstance(id, `${id}.no-such-instance`), false, 'an unknown instance id: false')
       t.equal(backend.state(id)?.requested, 2, 'requested unchanged')
+      t.equal(backend.requested(id), 2, 'requested() says as much')
       t.same(idsOf(backend, id), [victim.id, survivor.id].sort(), 'instances unchanged')
 
       const seen = new Set<string>()
@@ -211,6 +216,7 @@ const CASES: readonly Case[] = [
       })
       t.equal(await backend.killInstance(id, victim.id), true, 'the chosen instance: true')
       t.equal(backend.state(id)?.requested, 1, 'requested lowered by one')
+      t.equal(backend.requested(id), 1, 'requested() says as much')
       await until('the killed instance gone', () => !live(backend, id).some((i) => i.id === victim.id) && (!real || !processAlive(victimPid)))
       t.same(idsOf(backend, id), [survivor.id], 'the other instance is the one left')
       t.equal(healthy(backend, id), 1, 'and still healthy')
@@ -218,6 +224,7 @@ const CASES: readonly Case[] = [
       if (cluster !== undefined) await until('one pod left in the cluster', () => cluster.objects(id).filter((o) => o.startsWith('pods/')).length === 1)
       t.equal(await backend.killInstance(id, victim.id), false, 'killing it again: false')
       t.equal(backend.state(id)?.requested, 1, 'requested still 1')
+      t.equal(backend.requested(id), 1, 'requested() says as much')
       t.same([...seen].filter((i) => i !== victim.id && i !== survivor.id), [], 'no replacement was started')
     },
   },
@@ -236,6 +243,7 @@ const CASES: readonly Case[] = [
       })
       await backend.deleteService(id)
       t.equal(backend.state(id), undefined, 'state() undefined')
+      t.equal(backend.requested(id), undefined, 'requested() undefined')
       t.notOk(backend.services().some((s) => s.id === id), 'services() no longer lists it')
       t.ok(toldGone.includes(true), 'listeners were told, once it was gone')
       await t.resolves(backend.deleteService(id), 'a second delete resolves')
@@ -256,6 +264,7 @@ const CASES: readonly Case[] = [
       t.equal(await backend.killInstance(id, `${id}.x`), false, 'killInstance: false')
       await t.resolves(backend.deleteService(id), 'deleteService resolves')
       t.equal(backend.state(id), undefined, 'state() undefined')
+      t.equal(backend.requested(id), undefined, 'requested() undefined')
       t.same(backend.services().map((s) => s.id), [known], 'services() lists only the known one')
       t.equal(backend.state(known)?.requested, 1, 'the known service is untouched')
       t.same(processesWithEnv(envOf(id)), [], 'no process for it')

@@ -190,6 +190,10 @@ export class LocalBackend implements Backend {
     return service === undefined ? undefined : this.#view(service)
   }
 
+  requested(serviceId: string): number | undefined {
+    return this.#services.get(serviceId)?.requested
+  }
+
   services(): readonly ServiceState[] {
     return [...this.#services.values()].map((s) => this.#view(s))
   }
