@@ -10,7 +10,7 @@
  * (forward-node.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { Agent, errors as undiciErrors, type Dispatcher } from 'undici'
+import { errors as undiciErrors, Pool, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
@@ -91,9 +91,28 @@ class Exchange implements Dispatcher.DispatchHandler {
 /** The scheme of an instance's origin for each backend-proto. */
 const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
 
+/** The pool of connections to one HTTP/1.1 instance. */
+interface InstancePool {
+  readonly pool: Pool
+  /** A request went through it since the last sweep. */
+  used: boolean
+}
+
+/** How often pools are looked at; one unused for a whole period, with nothing under way, is closed. */
+const POOL_SWEEP_MS = 30_000
+
 export class Forwarder {
-  /** HTTP/1.1 instances, in the clear (http) or over TLS (https, where ALPN may choose HTTP/2). */
-  readonly #agent: Agent
+  /**
+   * HTTP/1.1 instances, in the clear (http) or over TLS (https, where ALPN may choose HTTP/2):
+   * one undici Pool per instance, kept while the instance is used. (undici's Agent closes an
+   * origin's pool whenever its last connection drops, so an instance that closes connections
+   * after each answer cost a new pool, and its 16 KB queue, per request.)
+   */
+  readonly #pools = new Map<string, InstancePool>()
+  /** The pool of each instance the tracker hands out (its objects are stable): no origin string per request. */
+  #byInstance = new WeakMap<Instance, InstancePool>()
+  readonly #poolOptions: Pool.Options
+  readonly #sweep: NodeJS.Timeout
   /**
    * Node's own clients: node:http2 for HTTP/2 instances (h2c, h2), which measured 7–12 µs per
    * request cheaper than undici's HTTP/2 and forwards request trailers; and node:http(s) for
@@ -106,21 +125,47 @@ export class Forwarder {
     // An instance's TLS (backend-proto https or h2) guards the wire; whom the router talks to it
     // already knows, having started the instance at that address, so the instance's certificate
     // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
-    const common = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000 }
     // allowH2: https instances may agree on HTTP/2 by ALPN.
-    this.#agent = new Agent({ ...common, allowH2: true })
+    this.#poolOptions = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000, allowH2: true }
+    this.#sweep = setInterval(() => this.#closeUnused(), POOL_SWEEP_MS)
+    this.#sweep.unref()
+  }
+
+  #poolFor(instance: Instance): InstancePool {
+    let entry = this.#byInstance.get(instance)
+    if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
+      const origin = `${SCHEMES[instance.proto]}://${instance.host}:${instance.port}`
+      entry = this.#pools.get(origin)
+      if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
+        entry = { pool: new Pool(origin, this.#poolOptions), used: false }
+        this.#pools.set(origin, entry)
+      }
+      this.#byInstance.set(instance, entry)
+    }
+    entry.used = true
+    return entry
+  }
+
+  /** Pools of instances gone (or idle for a whole period) are closed: bounded by the instances in use. */
+  #closeUnused(): void {
+    for (const [origin, entry] of this.#pools) {
+      const { running, pending } = entry.pool.stats
+      if (!entry.used && running === 0 && pending === 0) {
+        this.#pools.delete(origin)
+        entry.pool.close().catch(() => undefined)
+      }
+      entry.used = false
+    }
   }
 
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
     if (request.instance.proto === 'h2c' || request.instance.proto === 'h2' || needsNodeClient(req, request)) return this.#node.forward(req, res, request)
-    const { instance } = request
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exchange = new Exchange(res, request, settle)
     // Invalid options (a header undici refuses) reach the handler's onResponseError too.
-    this.#agent.dispatch(
+    this.#poolFor(request.instance).pool.dispatch(
       {
-        origin: `${SCHEMES[instance.proto]}://${instance.host}:${instance.port}`,
         path: req.url ?? '/',
         method: req.method ?? 'GET',
         headers: request.headers,
@@ -134,6 +179,10 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#agent.close(), this.#node.close()])
+    clearInterval(this.#sweep)
+    const pools = [...this.#pools.values()]
+    this.#pools.clear()
+    this.#byInstance = new WeakMap()
+    await Promise.all([...pools.map((entry) => entry.pool.close()), this.#node.close()])
   }
 }
