@@ -8,6 +8,7 @@ import { MaitreError } from '../errors.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
 import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
 import { classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
+import { encodeGrpcMessage, GRPC_STATUS, grpcStatusOf } from '../http/grpc.ts'
 
 /** What the head left for the end: a gRPC "trailers-only" answer's status and fields. */
 export interface AnswerHead {
@@ -76,10 +77,15 @@ export function endAnswer(res: ServerResponse, status: number | undefined, head:
 /** The result of an exchange that failed: what the client is told, and how the slot is released. */
 export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: unknown, clientGone: boolean, status: number | undefined): ForwardResult {
   const { outcome, error } = classify(err, clientGone)
-  // Once the response has started, the only honest signal left is cutting the connection
-  // (unless it was ended already: the listener answered for it, a body gone idle, say).
-  if (res.headersSent && !res.writableEnded) res.destroy()
   const code = (err as { code?: string }).code ?? ''
+  // Once the response has started (and unless it was ended already: the listener answered for
+  // it, a body gone idle, say), a gRPC call still ends as gRPC does, with its status in trailers
+  // (a stream that ran out of time: DEADLINE_EXCEEDED; an instance gone: UNAVAILABLE); any
+  // other response can only be cut, the one honest signal left.
+  if (res.headersSent && !res.writableEnded) {
+    if (!clientGone && isGrpcCall(request)) endGrpcCall(res, TIMEOUT_ERRORS.has(code) ? GRPC_STATUS.DEADLINE_EXCEEDED : grpcStatusOf(error, false), error.message)
+    else res.destroy()
+  }
   const notDelivered = !clientGone && status === undefined && CONNECT_ERRORS.has(code)
   const clientsTimeout = request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)
   return {
@@ -87,5 +93,20 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
     status,
     error: res.headersSent ? undefined : error,
     notDelivered,
+  }
+}
+
+/** A gRPC call from an HTTP/2 client (its status can still be told in trailers). */
+function isGrpcCall(request: ForwardRequest): boolean {
+  const type = request.headers['content-type']
+  return request.clientHttp2 === true && typeof type === 'string' && type.startsWith('application/grpc')
+}
+
+function endGrpcCall(res: ServerResponse, grpcStatus: number, message: string): void {
+  try {
+    res.addTrailers({ 'grpc-status': String(grpcStatus), 'grpc-message': encodeGrpcMessage(message) })
+    res.end()
+  } catch {
+    res.destroy()
   }
 }

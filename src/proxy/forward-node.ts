@@ -22,7 +22,7 @@ import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
 import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
-import { clientTrailers } from './headers.ts'
+import { backendRequestTrailers } from './headers.ts'
 
 /** How long an instance may stay silent about an expectation before the body goes anyway (curl waits as long). */
 export const EXPECT_WAIT_MS = 1000
@@ -40,6 +40,14 @@ function failure(code: string, message: string): Error {
   return Object.assign(new Error(message), { code })
 }
 
+/** The instance refused the stream before processing it: as undelivered as a refused connection. */
+function refusedStream(): Error {
+  return failure('ECONNREFUSED', 'The instance refused the stream (REFUSED_STREAM)')
+}
+
+/** What Node refuses to send because of the request's own fields or values: the client's doing. */
+const REQUEST_REFUSALS = new Set(['ERR_HTTP2_INVALID_HEADER_VALUE', 'ERR_HTTP2_HEADER_SINGLE_VALUE', 'ERR_HTTP2_INVALID_CONNECTION_HEADERS', 'ERR_HTTP2_INVALID_PSEUDOHEADER', 'ERR_INVALID_HTTP_TOKEN', 'ERR_INVALID_CHAR', 'ERR_UNESCAPED_CHARACTERS', 'ERR_HTTP_INVALID_HEADER_VALUE'])
+
 /** The two ways a request travels here: an HTTP/1.1 request, or an HTTP/2 stream. */
 interface Upstream {
   /** Sends the body (piped from the client, with back-pressure), then its trailers. */
@@ -53,6 +61,8 @@ interface Upstream {
   answered(): void
   /** Cuts the exchange: the connection (HTTP/1.1) or the stream (HTTP/2) goes. */
   cut(): void
+  /** The instance is not reading the body as fast as it comes (its buffer is full). */
+  backPressured(): boolean
 }
 
 /** One exchange between a client's response and an instance, on Node's clients. */
@@ -66,6 +76,8 @@ class NodeExchange {
   #expectTimer: NodeJS.Timeout | undefined
   /** The body went (or was asked for): the expectation is settled. */
   #proceeded = false
+  /** The whole request (body and trailers) has been handed to the instance's connection. */
+  #sent = false
   #status: number | undefined
   #head: AnswerHead | undefined
   #clientGone = false
@@ -84,11 +96,12 @@ class NodeExchange {
 
   start(upstream: Upstream): void {
     this.#upstream = upstream
-    this.#timer = setTimeout(() => this.fail(failure(HEADERS_TIMEOUT, `No response within ${this.#request.socketTimeoutMs} ms`)), this.#request.socketTimeoutMs)
+    this.#timer = setTimeout(this.#firstByteOverdue, this.#request.socketTimeoutMs)
     // A client that is no longer there (it left while the request was set up) takes it down.
     this.#req.once('error', (err) => this.fail(err))
     if (!hasBody(this.#req)) {
       this.#proceeded = true
+      this.#sent = true
       upstream.endWithoutBody()
     } else if (this.#request.continueClient === undefined) this.#proceed()
     else this.#expectTimer = setTimeout(() => this.#proceed(), EXPECT_WAIT_MS)
@@ -102,6 +115,27 @@ class NodeExchange {
 
   /** The instance said 100 Continue. */
   readonly onContinue = (): void => this.#proceed()
+
+  /**
+   * The socket timeout bounds the instance's silence once it has the whole request. A body
+   * still coming in at the client's pace (a client-streaming call, a slow upload) is no
+   * silence of the instance's: the timer starts over, and the client's own idleness is the
+   * body-idle bound's business. An instance that stopped reading the body is silent.
+   */
+  readonly #firstByteOverdue = (): void => {
+    if (this.#settled) return
+    if (this.#proceeded && !this.#sent && this.#upstream?.backPressured() !== true) {
+      this.#timer?.refresh()
+      return
+    }
+    this.fail(failure(HEADERS_TIMEOUT, `No response within ${this.#request.socketTimeoutMs} ms`))
+  }
+
+  /** The whole request went to the instance: its time to answer starts now. */
+  readonly onSent = (): void => {
+    this.#sent = true
+    if (this.#status === undefined && !this.#settled) this.#timer?.refresh()
+  }
 
   #proceed(): void {
     if (this.#proceeded || this.#settled) return
@@ -175,9 +209,9 @@ class NodeExchange {
   }
 }
 
-/** The request's trailers as the instance gets them: end-to-end fields only. */
+/** The request's trailers as the instance gets them. */
 function requestTrailers(req: IncomingMessage): Record<string, string | string[]> | undefined {
-  return clientTrailers(req.trailers)
+  return backendRequestTrailers(req.trailers)
 }
 
 /** The client's request as an HTTP/1.1 request to the instance. */
@@ -186,6 +220,10 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
   if (request.continueClient !== undefined) headers['expect'] = '100-continue'
   // Trailers need a chunked body: a length (an HTTP/2 client's) would leave them no room.
   if (req.headers['trailer'] !== undefined) delete headers['content-length']
+  // A body without a length is framed as chunked, whatever the method: Node frames only some
+  // methods' bodies by itself and would send a GET's or DELETE's raw on a kept-alive
+  // connection, where its bytes would read as another request.
+  if (hasBody(req) && headers['content-length'] === undefined) headers['transfer-encoding'] = 'chunked'
   const send = instance.proto === 'http' ? httpRequest : httpsRequest
   const up: ClientRequest = send({
     host: instance.host,
@@ -223,10 +261,11 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
       body.once('end', () => {
         const trailers = requestTrailers(body)
         if (trailers !== undefined) up.addTrailers(trailers)
-        up.end()
+        up.end(exchange.onSent)
       })
     },
     endWithoutBody: () => up.end(),
+    backPressured: () => up.writableNeedDrain,
     answered() {
       if (!up.writableEnded) up.destroy()
     },
@@ -248,8 +287,10 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
   let trailers: Record<string, string | string[]> | undefined
   let answerTrailers: H2Headers = {}
   stream.on('wantTrailers', () => stream.sendTrailers(trailers ?? {}))
-  // A stream that fails because its connection did (refused, say) reports the connection's error.
-  stream.on('error', (err) => exchange.fail(sessionError() ?? err))
+  // A stream that fails because its connection did (refused, say) reports the connection's
+  // error; one the instance refused (REFUSED_STREAM: a connection closing gracefully) was never
+  // processed, and may go to another instance.
+  stream.on('error', (err) => exchange.fail(sessionError() ?? (stream.rstCode === h2constants.NGHTTP2_REFUSED_STREAM ? refusedStream() : err)))
   stream.on('continue', exchange.onContinue)
   stream.on('response', (head) => {
     const status = Number(head[':status'] ?? 502)
@@ -263,16 +304,17 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
     // Reset by the instance, or its connection went: anything not ended by now failed.
     if (exchange.settled) return
     const code = stream.rstCode
-    exchange.fail(sessionError() ?? failure(code === h2constants.NGHTTP2_REFUSED_STREAM ? 'ECONNREFUSED' : 'ECONNRESET', `The instance's stream closed (HTTP/2 error ${code ?? 'none'})`))
+    exchange.fail(sessionError() ?? (code === h2constants.NGHTTP2_REFUSED_STREAM ? refusedStream() : failure('ECONNRESET', `The instance's stream closed (HTTP/2 error ${code ?? 'none'})`)))
   })
   return {
     sendBody(body) {
       body.pipe(stream, { end: false })
       body.once('end', () => {
         trailers = requestTrailers(body)
-        stream.end()
+        stream.end(exchange.onSent)
       })
     },
+    backPressured: () => stream.writableNeedDrain,
     endWithoutBody() {
       // (The stream was opened ended.)
     },
@@ -298,8 +340,10 @@ interface H2Connection {
 
 export class NodeForwarder {
   readonly #connectTimeoutMs: number
-  readonly #http = new HttpAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000 })
-  readonly #https = new HttpsAgent({ keepAlive: true, keepAliveMsecs: 1000, timeout: 60_000, rejectUnauthorized: false })
+  // Idle connections are kept 4 s, as undici's are: well inside the 5 s a Node instance keeps
+  // them, so the router never sends on a connection the instance is closing.
+  readonly #http = new HttpAgent({ keepAlive: true, timeout: 4_000 })
+  readonly #https = new HttpsAgent({ keepAlive: true, timeout: 4_000, rejectUnauthorized: false })
   /** One HTTP/2 connection per instance origin (h2c and h2), shared by its streams; closed when idle. */
   readonly #sessions = new Map<string, H2Connection>()
 
@@ -328,8 +372,10 @@ export class NodeForwarder {
       }
     } catch (err) {
       // A field or value the instance's protocol cannot carry (Node checks them as it sends):
-      // the request's doing, answered as such, and nothing was sent.
-      exchange.fail(failure('UND_ERR_INVALID_ARG', (err as Error).message))
+      // the request's doing, answered as such. Anything else (a connection closing as the
+      // stream was asked for) sent nothing either: another instance may take it.
+      const code = (err as { code?: string }).code ?? ''
+      exchange.fail(REQUEST_REFUSALS.has(code) ? failure('UND_ERR_INVALID_ARG', (err as Error).message) : failure('ECONNREFUSED', `The instance's connection could not take the request: ${(err as Error).message}`))
       return { result, clientGone: exchange.clientGone }
     }
     exchange.start(upstream)

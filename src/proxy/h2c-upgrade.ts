@@ -38,11 +38,13 @@ function tokens(value: string | string[] | undefined): string[] {
 
 /**
  * The request asks for h2c as RFC 7540 §3.2 has it: Upgrade names h2c, exactly one
- * HTTP2-Settings in base64url that decodes to whole settings, both listed in Connection, and no
- * body. Anything else is served as HTTP/1.1.
+ * HTTP2-Settings in base64url that decodes to whole settings, both listed in Connection, a
+ * target that is a path, and no body. Anything else is served as HTTP/1.1.
  */
 export function isH2cUpgrade(req: IncomingMessage): boolean {
   if (!tokens(req.headers.upgrade).includes('h2c')) return false
+  // An origin-form target (a path) becomes :path as it is; any other form is served as HTTP/1.1.
+  if (!(req.url ?? '').startsWith('/')) return false
   const connection = tokens(req.headers.connection)
   if (!connection.includes('upgrade') || !connection.includes('http2-settings')) return false
   let settings = 0

@@ -14,6 +14,9 @@ export const HOP_BY_HOP = new Set([
   'trailers',
   'transfer-encoding',
   'upgrade',
+  // HTTP/2's upgrade settings (RFC 7540 §3.2.1): for the connection they came on, and a field
+  // HTTP/2 itself refuses to carry.
+  'http2-settings',
 ])
 
 /** Connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2) beyond the hop-by-hop ones: never relayed. */
@@ -126,13 +129,44 @@ export function forHttp2(headers: Record<string, string | string[]>): Record<str
   return headers
 }
 
-/** The instance's trailers as the client gets them: end-to-end fields only (never framing or connection ones). */
+/**
+ * Fields a trailer section must not carry (RFC 9110 §6.5.1: framing, routing, request
+ * modifiers, authentication, response control and content processing), on top of the
+ * connection's own; a recipient may drop them, and the router does.
+ */
+const NOT_IN_TRAILERS = new Set([
+  ...CONNECTION_SPECIFIC,
+  'content-length', 'content-type', 'content-encoding', 'content-range', 'trailer', 'host', 'expect', 'max-forwards',
+  'cache-control', 'authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'www-authenticate', 'proxy-authenticate',
+  'age', 'date', 'expires', 'location', 'retry-after', 'vary', 'warning',
+])
+
+/** The instance's trailers as the client gets them: end-to-end fields only (never framing, connection or control ones). */
 export function clientTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
   let out: Record<string, string | string[]> | undefined
   for (const name in trailers) {
     const value = trailers[name]
-    if (value === undefined || CONNECTION_SPECIFIC.has(name) || name.startsWith(':') || name === 'content-length' || name === 'trailer') continue
+    if (value === undefined || NOT_IN_TRAILERS.has(name) || name.startsWith(':')) continue
     ;(out ??= {})[name] = value
   }
   return out
 }
+
+/**
+ * The client's request trailers as the instance gets them: what RFC 9110 allows in a trailer
+ * section, and none of the fields the router itself sets or strips in the request's headers
+ * (Waiter's x-waiter-* and principal headers, x-cid, via, x-forwarded-*): a client cannot
+ * forge in its trailers what the router would never let through in its headers.
+ */
+export function backendRequestTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
+  let out: Record<string, string | string[]> | undefined
+  for (const name in trailers) {
+    const value = trailers[name]
+    if (value === undefined || NOT_IN_TRAILERS.has(name) || name.startsWith(':') || name.startsWith('x-waiter-') || ROUTER_SET.has(name)) continue
+    ;(out ??= {})[name] = value
+  }
+  return out
+}
+
+/** Request fields the router writes itself (backendRequestHeaders): never taken from a client's trailers. */
+const ROUTER_SET = new Set(['x-cid', 'via', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'])

@@ -372,6 +372,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     markHttps(req)
     const cid = cidOf(req)
+    // Node stops listening for the socket's errors once it hands it over: a client that resets
+    // it now (waiting in the queue, before its preface, after a refusal) must not take the
+    // router down with an unhandled error.
+    socket.on('error', () => socket.destroy())
     if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.

@@ -7,6 +7,7 @@ import t from 'tap'
 import { connect } from 'node:net'
 import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
+import { everyProto } from '../fixtures/protocols.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 /** Sends the head, waits for the first answer line, then (if told to continue) the body; returns all that came back. */
@@ -29,8 +30,6 @@ function exchange(router: Router, head: string, body: string): Promise<{ first: 
 
 const post = (token: string, body: string, path = '/request-info'): string =>
   `POST ${path} HTTP/1.1\r\nHost: x\r\nx-waiter-token: ${token}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nexpect: 100-continue\r\naccept: application/json\r\nconnection: close\r\n\r\n`
-
-const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
 
 /** An HTTP/2 request with Expect: 100-continue whose body goes only when told to continue: the statuses seen, and the answer. */
 function h2Expecting(session: ClientHttp2Session, headers: Record<string, string>, body: string): Promise<{ statuses: number[]; text: string }> {
@@ -64,28 +63,33 @@ t.test('Expect: 100-continue is answered after admission: a refusal is final and
   t.match(served.all, /"expect":"100-continue"/, 'which heard the expectation itself (it could have refused)')
 })
 
-t.test('an instance that refuses before the body: its final answer reaches the client first, with no 100 Continue, so the body is never sent; one deaf to expectations gets the body after a second', async (t) => {
+t.test('an instance that refuses before the body: its final answer reaches the client first, with no 100 Continue, and the body never reaches it (even one sent unasked); one deaf to expectations gets the body after a second', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'ones', kitchenToken())
-  await createToken(router, 'twos', h2cToken())
+  const protos = await everyProto(router, t.testdir())
   const body = 'a body the instance does not want'
-  for (const token of ['ones', 'twos']) {
+  for (const token of protos) {
     const refused = await exchange(router, post(token, body, '/refuse-body'), body)
     t.match(refused.first, /^HTTP\/1\.1 413 /, `${token}: the instance's 413 comes first`)
-    t.notMatch(refused.all, / 100 Continue/, `${token}: never a 100 Continue, so the client never sent its body`)
+    t.notMatch(refused.all, / 100 Continue/, `${token}: never a 100 Continue`)
     t.match(refused.all, /"expect":"100-continue"/, `${token}: the instance heard the expectation`)
     t.match(refused.all, /\r\nconnection: close\r\n/i, `${token}: the connection closes after the answer (the unsent body cannot follow)`)
+    // A client that does not wait (curl sends after a second; some send at once): the body
+    // comes with the head, and still never reaches the instance that refused it.
+    const eager = await exchange(router, post(token, body, '/refuse-body') + body, '')
+    t.match(eager.first, /^HTTP\/1\.1 413 /, `${token}: a body sent unasked, refused all the same`)
+    const counted = await call(`${router.url}/refused-bytes`, { headers: { 'x-waiter-token': token } })
+    t.same(counted.json(), { bytes: 0 }, `${token}: the instance got none of either body`)
   }
   const startedAt = Date.now()
-  const deaf = await exchange(router, post('ones', body, '/ignore-expect'), body)
+  const deaf = await exchange(router, post('http', body, '/ignore-expect'), body)
   t.match(deaf.first, /^HTTP\/1\.1 100 Continue/, 'an instance that never says 100: the router tells the client to go on')
   t.ok(Date.now() - startedAt >= 900, 'after about a second of the instance’s silence (RFC 9110 §10.1.1)')
   t.match(deaf.all, /"body":"a body the instance does not want"/, 'and the body reaches it')
 
-  // From an HTTP/2 client, to an HTTP/1.1 and an h2c instance.
+  // From an HTTP/2 client, to instances of every backend-proto.
   const session = connectH2(router.url)
   t.teardown(() => session.close())
-  for (const token of ['ones', 'twos']) {
+  for (const token of protos) {
     const no = await h2Expecting(session, { ':path': '/refuse-body', 'x-waiter-token': token }, body)
     t.same(no.statuses, [413], `HTTP/2 client, ${token}: the refusal alone, no 100`)
     const yes = await h2Expecting(session, { ':path': '/request-info', 'x-waiter-token': token }, body)

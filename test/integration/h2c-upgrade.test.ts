@@ -11,6 +11,7 @@ import { promisify } from 'node:util'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { call, createToken, kitchenToken, startRouter, type Router } from '../fixtures/router.ts'
+import { h2cToken } from '../fixtures/protocols.ts'
 
 const run = promisify(execFile)
 
@@ -21,8 +22,6 @@ async function curlH2(dir: string, urls: string[], extra: string[] = []): Promis
   const marks = [...stdout.matchAll(/##(\S+) (\d+) (\d+)##/g)]
   return { versions: marks.map((m) => `${m[1]} ${m[2]}`), connects: marks.map((m) => m[3] ?? ''), bodies: files.map((f) => readFileSync(f, 'utf8')) }
 }
-
-const h2cToken = (): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c' }, '--h2c')
 
 t.test('curl --http2: the upgraded request and the next ones on its connection are answered over HTTP/2 — Waiter’s API and the data path to HTTP/1.1 and h2c instances', async (t) => {
   const router = await startRouter(t)
@@ -109,10 +108,37 @@ t.test('a preface that arrives in pieces is awaited; one that is not a preface l
     ['two HTTP2-Settings', 'GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nHTTP2-Settings: AAMAAABk\r\n\r\n'],
     ['HTTP2-Settings not in Connection', 'GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n'],
     ['settings not base64url', 'GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: !!!\r\n\r\n'],
+    ['an absolute-form target', 'GET http://localhost/status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n'],
     ['a body', 'POST /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\ncontent-length: 2\r\n\r\nhi'],
   ] as const) {
     const answer = await raw(router, [head])
     t.match(answer.text.toString('latin1'), /^HTTP\/1\.1 200 OK\r\n/, `${what}: served as HTTP/1.1`)
   }
   t.equal((await call(`${router.url}/status`)).status, 200, 'and the router carries on')
+})
+
+/** Sends `head`, waits for the answer's first line, then resets the connection (RST). */
+function resetAfterAnswer(router: Router, head: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(new URL(router.url).port), '127.0.0.1', () => socket.write(head))
+    socket.on('error', reject)
+    socket.once('data', (c: Buffer) => {
+      socket.resetAndDestroy()
+      resolve(c.toString('latin1').slice(0, c.indexOf('\r\n')))
+    })
+  })
+}
+
+t.test('a client that resets its connection after the 101, or after an upgrade is refused, takes down its own connection only', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  for (let i = 0; i < 3; i++) {
+    t.equal(await resetAfterAnswer(router, UPGRADE), 'HTTP/1.1 101 Switching Protocols', 'reset right after the 101, before any preface')
+    const refusal = await resetAfterAnswer(router, 'GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')
+    t.match(refusal, /^HTTP\/1\.1 400 /, 'reset as a WebSocket upgrade to the API is refused')
+  }
+  await new Promise((resolve) => setImmediate(resolve))
+  t.equal((await call(`${router.url}/status`)).status, 200, 'the router still answers')
+  const served = await curlH2(t.testdir(), [`${router.url}/protocol`], ['-H', 'x-waiter-token: ones'])
+  t.same(served.versions, ['2 200'], 'and upgrades the next client')
 })

@@ -4,13 +4,12 @@
  */
 import t from 'tap'
 import { request } from 'undici'
-import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
+import { readFileSync } from 'node:fs'
 import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
+import { h2cToken, selfSigned } from '../fixtures/protocols.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
-
-const h2cToken = (extra: Record<string, unknown> = {}): Record<string, unknown> => kitchenToken({ 'backend-proto': 'h2c', 'health-check-proto': 'h2c', version: 'h2c', ...extra }, '--h2c')
 
 t.test('an HTTP/1.1 client reaches an h2c instance; its response trailers arrive as it sent them', async (t) => {
   const router = await startRouter(t)
@@ -67,10 +66,7 @@ t.test('an h2c client (prior knowledge) on the router’s one port: the data pat
 })
 
 t.test('TLS instances: backend-proto https (HTTP/1.1) and h2 (HTTP/2 only), self-signed, health-checked over their own protocol, reached from HTTP/1.1 and HTTP/2 clients', async (t) => {
-  const dir = t.testdir()
-  const cert = join(dir, 'cert.pem')
-  const key = join(dir, 'key.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=instance'], { stdio: 'ignore' })
+  const { cert, key } = selfSigned(t.testdir())
   const router = await startRouter(t)
   const tlsArgs = `--tls-cert ${cert} --tls-key ${key}`
   await createToken(router, 'secure1', kitchenToken({ 'backend-proto': 'https', 'health-check-proto': 'https', version: 'https' }, tlsArgs))
@@ -144,4 +140,33 @@ t.test('an HTTP/2 client that resets its stream (or drops its connection) gives 
   })
   quiet.destroy()
   t.ok(goaway >= 300 && goaway < 5000, `a connection with no stream is told to go after keepAliveTimeoutMs (${goaway} ms)`)
+})
+
+t.test('a stream the instance refuses unprocessed (REFUSED_STREAM) counts as never delivered: tried on another instance, then told as a connection failure', async (t) => {
+  // Ejections short, so the last of the three attempts (back on the first instance) comes soon.
+  const router = await startRouter(t, { 'proxy.ejectBaseMs': 300 })
+  await createToken(router, 'twos', h2cToken({ 'min-instances': 2 }))
+  t.equal((await call(`${router.url}/protocol`, { headers: { 'x-waiter-token': 'twos' } })).status, 200, 'started')
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'twos' } })).text
+  type Listed = { instances: { 'active-instances': Array<{ 'log-directory': string | null; 'healthy?': boolean }> } }
+  const dirs = await waitFor('two healthy instances, both in rotation', async () => {
+    const listed = (await call(`${router.url}/apps/${id}`)).json<Listed>().instances['active-instances'].filter((i) => i['healthy?'])
+    const tracker = (await call(`${router.url}/state/${id}`)).json<{ state: { tracker: { load: { healthy: number } } } }>().state.tracker
+    return listed.length === 2 && tracker.load.healthy === 2 ? listed.map((i) => i['log-directory']) : undefined
+  })
+  const refused = await request(`${router.url}/refuse-stream`, { headers: { 'x-waiter-token': 'twos' } })
+  const body = await refused.body.text()
+  t.equal(refused.statusCode, 502)
+  t.equal(refused.headers['x-maitre-error'], 'MAITRE_UPSTREAM_CONNECT', 'a connection failure, not a failed request')
+  t.match(body, /failed to connect/)
+  const cid = String(refused.headers['x-cid'])
+  const logOf = (dir: string | null): string => {
+    try {
+      return readFileSync(join(String(dir), 'requests.log'), 'utf8')
+    } catch {
+      return '' // an instance that never had a request has no log yet
+    }
+  }
+  const tried = dirs.filter((dir) => logOf(dir).includes(`start ${cid} /refuse-stream`))
+  t.equal(tried.length, 2, 'both instances were asked: the refused stream went to the other one')
 })

@@ -3,8 +3,7 @@
  * over each, WebSockets over wss, and the configuration refusing what cannot work.
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { connect as connectH2 } from 'node:http2'
 import { Agent, request } from 'undici'
@@ -13,15 +12,8 @@ import * as grpc from '@grpc/grpc-js'
 import { echoOnce, grpcToken } from '../fixtures/grpc-service.ts'
 import { kitchenToken, startRouter } from '../fixtures/router.ts'
 import { createApp } from '../../src/app.ts'
+import { selfSigned } from '../fixtures/protocols.ts'
 import { DEFAULTS, withOverrides } from '../../src/config.ts'
-
-/** A self-signed certificate for 127.0.0.1 and localhost, made with Debian's openssl. */
-function selfSigned(dir: string): { cert: string; key: string; ca: Buffer } {
-  const cert = join(dir, 'cert.pem')
-  const key = join(dir, 'key.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
-  return { cert, key, ca: readFileSync(cert) }
-}
 
 t.test('over TLS: HTTP/1.1 and HTTP/2 (ALPN) reach the data path and the API; requests count as https; WebSockets as wss', async (t) => {
   const pem = selfSigned(t.testdir())
