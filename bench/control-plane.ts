@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Agent, request } from 'undici'
-import { ensureTools, freePort, rssMb } from './tools.ts'
+import { ensureTools, freePort, rssMb, MAITRE_NODE_FLAGS } from './tools.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const TOKENS = Number(process.env['BENCH_TOKENS'] ?? 10_000)
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     'backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: 5000',
     'log:\n  level: warn', '',
   ].join('\n'))
-  const maitre = spawn(process.execPath, [join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] })
   const url = `http://127.0.0.1:${port}`
   try {
     for (;;) {
