@@ -29,11 +29,13 @@ export const EXPECT_WAIT_MS = 1000
 /** An HTTP/2 connection to an instance with no stream for this long is closed. */
 const H2_IDLE_MS = 4_000
 
-/** The request needs what only Node's own clients send: an expectation, or trailers after its body. */
+/**
+ * The request needs what only Node's own clients do: an expectation, trailers after its body,
+ * or a socket timeout that waits for the whole body (undici's starts with the request, so a
+ * body still moving to a slow reader was cut): every request with a body.
+ */
 export function needsNodeClient(req: IncomingMessage, request: ForwardRequest): boolean {
-  if (request.continueClient !== undefined) return true
-  if (req.headers['trailer'] !== undefined) return true
-  return req.httpVersionMajor === 1 && req.headers['transfer-encoding'] !== undefined
+  return request.continueClient !== undefined || hasBody(req)
 }
 
 function failure(code: string, message: string): Error {
@@ -78,6 +80,9 @@ class NodeExchange {
   #proceeded = false
   /** The whole request (body and trailers) has been handed to the instance's connection. */
   #sent = false
+  /** Body bytes the instance has taken so far, and as of the timer's last tick. */
+  #bodyBytes = 0
+  #bodyBytesAtTick = 0
   #status: number | undefined
   #head: AnswerHead | undefined
   #clientGone = false
@@ -124,9 +129,15 @@ class NodeExchange {
    */
   readonly #firstByteOverdue = (): void => {
     if (this.#settled) return
-    if (this.#proceeded && !this.#sent && this.#upstream?.backPressured() !== true) {
-      this.#timer?.refresh()
-      return
+    if (!this.#sent) {
+      // Judged by progress over the whole period, not by the moment: an instance that took
+      // some of the body, however slowly, is not silent; nor is one waiting on a slow client.
+      const moved = this.#bodyBytes !== this.#bodyBytesAtTick
+      this.#bodyBytesAtTick = this.#bodyBytes
+      if (!this.#proceeded || moved || (!this.#req.isPaused() && this.#upstream?.backPressured() !== true)) {
+        this.#timer?.refresh()
+        return
+      }
     }
     this.fail(failure(HEADERS_TIMEOUT, `No response within ${this.#request.socketTimeoutMs} ms`))
   }
@@ -143,6 +154,8 @@ class NodeExchange {
     clearTimeout(this.#expectTimer)
     this.#request.continueClient?.()
     this.#upstream?.sendBody(this.#req)
+    // (After the pipe: a reader of its own would start the body flowing before the pipe took it.)
+    this.#req.on('data', (chunk: Buffer) => (this.#bodyBytes += chunk.length))
   }
 
   /** The instance's final answer begins. Returns whether to read on. */
@@ -297,7 +310,16 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
     if (!exchange.onResponse(status, head)) return
     stream.on('data', (chunk: Buffer) => exchange.onData(chunk, () => stream.pause(), () => stream.resume()))
     stream.on('trailers', (t) => (answerTrailers = t))
-    stream.on('end', () => exchange.onEnd(answerTrailers))
+    stream.on('end', () => {
+      // Node ends the stream of a connection that dropped, or of a reset, as if it were
+      // complete: an answer cut short must not pass for a whole one (nor a gRPC call without
+      // its status for a finished one).
+      const code = stream.rstCode
+      const cut = sessionError() !== undefined || session.destroyed || (code !== undefined && code !== h2constants.NGHTTP2_NO_ERROR)
+      const grpcUnfinished = String(request.headers['content-type'] ?? '').startsWith('application/grpc') && answerTrailers['grpc-status'] === undefined && head['grpc-status'] === undefined
+      if (cut || grpcUnfinished) exchange.fail(sessionError() ?? failure('ECONNRESET', `The instance's answer was cut short (HTTP/2 error ${code ?? 'none'})`))
+      else exchange.onEnd(answerTrailers)
+    })
   })
   stream.on('close', () => {
     closed()

@@ -168,7 +168,11 @@ t.test('a stream that keeps moving outlives the socket timeout, either way; the 
 
   const chat = c.chat(meta('grpc'))
   const gone = new Promise<grpc.ServiceError>((resolve) => chat.on('error', resolve))
+  // An answer under way (its headers and a message relayed) when the instance dies.
+  const echoed = new Promise<void>((resolve) => chat.once('data', () => resolve()))
   chat.on('data', () => undefined)
+  chat.write({ text: 'hello' })
+  await echoed
   chat.write({ text: 'die' })
   const err = await gone
   t.equal(err.code, grpc.status.UNAVAILABLE, 'the instance died: the call ends with UNAVAILABLE, as gRPC says it (not a reset stream)')

@@ -170,3 +170,32 @@ t.test('a stream the instance refuses unprocessed (REFUSED_STREAM) counts as nev
   const tried = dirs.filter((dir) => logOf(dir).includes(`start ${cid} /refuse-stream`))
   t.equal(tried.length, 2, 'both instances were asked: the refused stream went to the other one')
 })
+
+t.test('an HTTP/2 instance that dies mid-answer: the client’s answer is cut, never passed off as complete', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const res = await request(`${router.url}/die-mid-answer`, { headers: { 'x-waiter-token': 'twos' } })
+  t.equal(res.statusCode, 200, 'the answer had begun')
+  await t.rejects(res.body.text(), 'the body ends in an error, not as a whole answer')
+})
+
+t.test('a body still moving to an instance that reads it slowly is not cut by the socket timeout, from either client', async (t) => {
+  const router = await startRouter(t)
+  // An h2c instance: HTTP/2's flow control (64 KB windows) shows the router each chunk the
+  // instance takes. (To an HTTP/1.1 instance progress shows only as the kernel's socket buffers,
+  // megabytes on loopback, drain: the same rule, seen at a coarser grain.)
+  await createToken(router, 'twos', h2cToken({ 'socket-timeout-ms': 300 }))
+  // 2 MB, its first 60 chunks read 20 ms apart (1.2 s of slow, steady progress, past the 300 ms
+  // socket timeout), then the rest at once.
+  const body = Buffer.alloc(2 * 1024 * 1024, 97)
+  const path = '/consume-slowly?pace-ms=20&slow-chunks=60'
+  for (const token of ['twos']) {
+    const sized = await request(`${router.url}${path}`, { method: 'POST', headers: { 'x-waiter-token': token, 'content-type': 'application/octet-stream' }, body })
+    t.equal(sized.statusCode, 200, `${token}, with a length: answered`)
+    t.same(await sized.body.json(), { bytes: body.length }, `${token}: every byte read`)
+    const session = connectH2(router.url)
+    const viaH2 = await h2Request(session, { ':method': 'POST', ':path': path, 'x-waiter-token': token }, body.toString())
+    session.close()
+    t.equal(viaH2.status, 200, `${token}, from an HTTP/2 client: answered`)
+  }
+})
