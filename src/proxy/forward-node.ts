@@ -3,12 +3,12 @@
  * - node:http2 for every request to an HTTP/2 instance (backend-proto h2c or h2): one connection
  *   per instance, its streams multiplexed. It measured 7–12 µs of proxy CPU per request less than
  *   undici's HTTP/2 (bench/RESULTS.md), and it sends request trailers, which undici cannot.
- * - node:http and node:https for the few requests undici cannot carry to an HTTP/1.1 instance as
- *   the protocol asks: `Expect: 100-continue` (undici sends no expectation over HTTP/1.1, so an
- *   instance could not refuse a body before it came), and request trailers (a request that
- *   announces them with `Trailer`, or an HTTP/1.1 chunked body, which may end with trailers
- *   unannounced). Everything else to HTTP/1.1 instances goes through undici (forward.ts), which
- *   costs less there.
+ * - node:http and node:https for the requests undici cannot carry to an HTTP/1.1 instance as the
+ *   protocol asks: `Expect: 100-continue` (undici sends no expectation over HTTP/1.1, so an
+ *   instance could not refuse a body before it came), and every request with a body (undici
+ *   sends no request trailers, and its socket timeout starts with the request, so a body still
+ *   moving to a slow reader was cut). Bodiless requests to HTTP/1.1 instances go through undici
+ *   (forward.ts), which costs less there.
  * With an expectation, the instance hears it, and the client is told to send its body only when
  * the instance asks for it (or after a second of silence, as RFC 9110 §10.1.1 has a client do);
  * an instance that answers first never gets the body. The answer is written the same way for

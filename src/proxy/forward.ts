@@ -5,9 +5,8 @@
  * full client socket pauses the instance's response). The stream() helper measured ~15–25 µs of
  * proxy CPU more per request (an AsyncResource, a pipe and a finished() watcher each time).
  * The initial socket timeout becomes a 504, connect failures a 502, and a body that stalls past
- * the streaming timeout cuts the response off mid-stream. A request that needs what undici does
- * not send (an expectation, trailers after its body) goes through Node's clients instead
- * (forward-node.ts).
+ * the streaming timeout cuts the response off mid-stream. Requests with a body or an expectation,
+ * and every request to an HTTP/2 instance, go through Node's clients instead (forward-node.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errors as undiciErrors, Pool, type Dispatcher } from 'undici'
