@@ -1,8 +1,9 @@
 /**
  * Forwarding through Node's own clients:
  * - node:http2 for every request to an HTTP/2 instance (backend-proto h2c or h2): one connection
- *   per instance, its streams multiplexed. It measured 7–12 µs of proxy CPU per request less than
- *   undici's HTTP/2 (bench/RESULTS.md), and it sends request trailers, which undici cannot.
+ *   per instance, its streams multiplexed. Against undici's HTTP/2 it measured 7–12 µs of CPU
+ *   per request less in a bare proxy and ~45 µs less per gRPC call in maitre, the same for a
+ *   bodiless request (bench/RESULTS.md), and it sends request trailers, which undici cannot.
  * - node:http and node:https for the requests undici cannot carry to an HTTP/1.1 instance as the
  *   protocol asks: `Expect: 100-continue` (undici sends no expectation over HTTP/1.1, so an
  *   instance could not refuse a body before it came), and every request with a body (undici
@@ -30,12 +31,14 @@ export const EXPECT_WAIT_MS = 1000
 const H2_IDLE_MS = 4_000
 
 /**
- * The request needs what only Node's own clients do: an expectation, trailers after its body,
- * or a socket timeout that waits for the whole body (undici's starts with the request, so a
- * body still moving to a slow reader was cut): every request with a body.
+ * The request goes through Node's own clients: to an HTTP/2 instance always; to an HTTP/1.1
+ * one when it needs what only they do (an expectation, trailers after its body, a socket
+ * timeout that waits for the whole body: undici's starts with the request, so a body still
+ * moving to a slow reader was cut), that is, with an expectation or a body.
  */
 export function needsNodeClient(req: IncomingMessage, request: ForwardRequest): boolean {
-  return request.continueClient !== undefined || hasBody(req)
+  const proto = request.instance.proto
+  return proto === 'h2c' || proto === 'h2' || request.continueClient !== undefined || hasBody(req)
 }
 
 function failure(code: string, message: string): Error {
@@ -222,11 +225,6 @@ class NodeExchange {
   }
 }
 
-/** The request's trailers as the instance gets them. */
-function requestTrailers(req: IncomingMessage): Record<string, string | string[]> | undefined {
-  return backendRequestTrailers(req.trailers)
-}
-
 /** The client's request as an HTTP/1.1 request to the instance. */
 function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMessage, request: ForwardRequest, agent: HttpAgent, connectTimeoutMs: number): Upstream {
   const headers: Record<string, string | string[]> = { ...request.headers }
@@ -272,7 +270,7 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
     sendBody(body) {
       body.pipe(up, { end: false })
       body.once('end', () => {
-        const trailers = requestTrailers(body)
+        const trailers = backendRequestTrailers(body.trailers)
         if (trailers !== undefined) up.addTrailers(trailers)
         up.end(exchange.onSent)
       })
@@ -332,7 +330,7 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
     sendBody(body) {
       body.pipe(stream, { end: false })
       body.once('end', () => {
-        trailers = requestTrailers(body)
+        trailers = backendRequestTrailers(body.trailers)
         stream.end(exchange.onSent)
       })
     },

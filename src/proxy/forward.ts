@@ -1,8 +1,7 @@
 /**
  * Forwarding one request to one instance through undici's raw dispatch API: one handler object
  * per exchange writes the instance's answer straight into the client's response, with
- * back-pressure both ways (the request body is a stream undici reads at the socket's pace; a
- * full client socket pauses the instance's response). The stream() helper measured ~15–25 µs of
+ * back-pressure (a full client socket pauses the instance's response). The stream() helper measured ~15–25 µs of
  * proxy CPU more per request (an AsyncResource, a pipe and a finished() watcher each time).
  * The initial socket timeout becomes a 504, connect failures a 502, and a body that stalls past
  * the streaming timeout cuts the response off mid-stream. Requests with a body or an expectation,
@@ -13,7 +12,7 @@ import { errors as undiciErrors, Pool, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
-import { hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
+import { type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { NodeForwarder, needsNodeClient } from './forward-node.ts'
 
 export { classify, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
@@ -102,8 +101,8 @@ const POOL_SWEEP_MS = 30_000
 
 export class Forwarder {
   /**
-   * HTTP/1.1 instances, in the clear (http) or over TLS (https, where ALPN may choose HTTP/2):
-   * one undici Pool per instance, kept while the instance is used. (undici's Agent closes an
+   * Bodiless requests to HTTP/1.1 instances, in the clear (http) or over TLS (https, where ALPN
+   * may choose HTTP/2): one undici Pool per instance, kept while the instance is used. (undici's Agent closes an
    * origin's pool whenever its last connection drops, so an instance that closes connections
    * after each answer cost a new pool, and its 16 KB queue, per request.)
    */
@@ -112,11 +111,7 @@ export class Forwarder {
   #byInstance = new WeakMap<Instance, InstancePool>()
   readonly #poolOptions: Pool.Options
   readonly #sweep: NodeJS.Timeout
-  /**
-   * Node's own clients: node:http2 for HTTP/2 instances (h2c, h2), which measured 7–12 µs per
-   * request cheaper than undici's HTTP/2 and forwards request trailers; and node:http(s) for
-   * what undici cannot send an HTTP/1.1 instance: an expectation, trailers after a body.
-   */
+  /** Node's own clients: every request to an HTTP/2 instance, and those with a body or an expectation (forward-node.ts). */
   readonly #node: NodeForwarder
 
   constructor(options: { connectTimeoutMs: number }) {
@@ -158,7 +153,7 @@ export class Forwarder {
   }
 
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
-    if (request.instance.proto === 'h2c' || request.instance.proto === 'h2' || needsNodeClient(req, request)) return this.#node.forward(req, res, request)
+    if (needsNodeClient(req, request)) return this.#node.forward(req, res, request)
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exchange = new Exchange(res, request, settle)
@@ -168,7 +163,7 @@ export class Forwarder {
         path: req.url ?? '/',
         method: req.method ?? 'GET',
         headers: request.headers,
-        body: hasBody(req) ? req : null,
+        body: null, // requests with a body go through Node's clients (needsNodeClient)
         headersTimeout: request.socketTimeoutMs,
         bodyTimeout: request.streamingTimeoutMs,
       },

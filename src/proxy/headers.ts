@@ -141,16 +141,26 @@ const NOT_IN_TRAILERS = new Set([
   'age', 'date', 'expires', 'location', 'retry-after', 'vary', 'warning',
 ])
 
-/** The instance's trailers as the client gets them: end-to-end fields only (never framing, connection or control ones). */
-export function clientTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
+/** The fields of a trailer section that pass: allowed in trailers (RFC 9110 §6.5.1) and by `keep`. */
+function passingTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>, keep: (name: string) => boolean): Record<string, string | string[]> | undefined {
   let out: Record<string, string | string[]> | undefined
   for (const name in trailers) {
     const value = trailers[name]
-    if (value === undefined || NOT_IN_TRAILERS.has(name) || name.startsWith(':')) continue
+    if (value === undefined || NOT_IN_TRAILERS.has(name) || name.startsWith(':') || !keep(name)) continue
     ;(out ??= {})[name] = value
   }
   return out
 }
+
+/** The instance's trailers as the client gets them: end-to-end fields only (never framing, connection or control ones). */
+export function clientTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
+  return passingTrailers(trailers, keepAll)
+}
+
+const keepAll = (): boolean => true
+
+/** Request fields the router writes itself (backendRequestHeaders): never taken from a client's trailers. */
+const ROUTER_SET = new Set(['x-cid', 'via', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'])
 
 /**
  * The client's request trailers as the instance gets them: what RFC 9110 allows in a trailer
@@ -159,14 +169,7 @@ export function clientTrailers(trailers: Readonly<Record<string, string | string
  * forge in its trailers what the router would never let through in its headers.
  */
 export function backendRequestTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>): Record<string, string | string[]> | undefined {
-  let out: Record<string, string | string[]> | undefined
-  for (const name in trailers) {
-    const value = trailers[name]
-    if (value === undefined || NOT_IN_TRAILERS.has(name) || name.startsWith(':') || name.startsWith('x-waiter-') || ROUTER_SET.has(name)) continue
-    ;(out ??= {})[name] = value
-  }
-  return out
+  return passingTrailers(trailers, notRouterSet)
 }
 
-/** Request fields the router writes itself (backendRequestHeaders): never taken from a client's trailers. */
-const ROUTER_SET = new Set(['x-cid', 'via', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'])
+const notRouterSet = (name: string): boolean => !name.startsWith('x-waiter-') && !ROUTER_SET.has(name)
