@@ -8,7 +8,7 @@
  * more it sends is read. It also owns the drain: what "stop" means for connections and requests.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { constants as h2constants, createSecureServer as createHttp2SecureServer, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2'
+import { constants as h2constants, createSecureServer as createHttp2SecureServer, createServer as createHttp2Server, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2'
 import { createServer as createNetServer, isIPv6, type AddressInfo, type Socket } from 'node:net'
 import { createSecureContext } from 'node:tls'
 import { readFileSync } from 'node:fs'
@@ -97,6 +97,8 @@ const CONNECT_REFUSED = 'CONNECT is not proxied: maitre opens no tunnels'
 
 /** Node's own code for a request whose headers did not arrive within headersTimeout. */
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
+/** How long the rest of an answered HTTP/2 request's body is read and dropped before the stream is reset. */
+const STOP_BODY_GRACE_MS = 250
 
 /**
  * Whom a connection is counted against: its IPv4 address, or the /64 of an IPv6 one (a single
@@ -254,6 +256,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
       req.once('end', () => stream.setTimeout(0))
     }
+    if (!stream.endAfterHeaders) stopBodyAfterAnswer(req, stream)
     dispatch(request, response)
   }
   const h2 = createHttp2Server(h2Options, handleH2)
@@ -555,6 +558,33 @@ function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number):
   res.once('finish', () => {
     req.destroy(err)
     socket.destroy()
+  })
+}
+
+/**
+ * An HTTP/2 request whose answer went out in full before its body did (an instance's early 413,
+ * a refusal of maitre's, a gRPC call ended by the server) must still end. Left alone it never
+ * does: the body nobody reads any more shuts the stream's flow-control window, the client waits
+ * on it for ever, and the stream counts as a request under way. (Node ends such a stream by
+ * itself only when its body was never read.) So the rest of the body is read and dropped, as
+ * Node's HTTP/1.1 server does, for at most STOP_BODY_GRACE_MS; a body still coming then is
+ * stopped with RST_STREAM NO_ERROR, as RFC 9113 §8.1 lets a server that answered do. (Sent with
+ * the answer's last frames, that reset makes some clients, curl 7.88 among them, drop an answer
+ * they already have: hence the grace first.) The answer is complete once compat has sent its
+ * trailers ('wantTrailers' fires for every answer with a body) or ended on its headers.
+ */
+function stopBodyAfterAnswer(req: Http2ServerRequest, stream: ServerHttp2Stream): void {
+  const stop = (): void => {
+    if (req.complete || stream.closed || stream.destroyed) return
+    req.resume()
+    const timer = setTimeout(() => {
+      if (!req.complete && !stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR)
+    }, STOP_BODY_GRACE_MS)
+    stream.once('close', () => clearTimeout(timer))
+  }
+  stream.on('wantTrailers', stop)
+  stream.once('finish', () => {
+    if (!stream.destroyed && stream.state.localClose === 1) stop()
   })
 }
 

@@ -5,11 +5,15 @@
 import t from 'tap'
 import { request } from 'undici'
 import { join } from 'node:path'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
 import { h2cToken, selfSigned } from '../fixtures/protocols.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+
+const run = promisify(execFile)
 
 t.test('an HTTP/1.1 client reaches an h2c instance; its response trailers arrive as it sent them', async (t) => {
   const router = await startRouter(t)
@@ -197,5 +201,43 @@ t.test('a body still moving to an instance that reads it slowly is not cut by th
     const viaH2 = await h2Request(session, { ':method': 'POST', ':path': path, 'x-waiter-token': token }, body.toString())
     session.close()
     t.equal(viaH2.status, 200, `${token}, from an HTTP/2 client: answered`)
+  }
+})
+
+t.test('an upload the instance refuses early (413, body unread) ends for an HTTP/2 client: its body is dropped or stopped, its stream and slot come back, its connection serves on', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  await createToken(router, 'twos', h2cToken())
+  // Bigger than every flow-control window on the way (64 KB streams, the instance's sockets):
+  // the client is still sending when the answer is complete.
+  const upload = Buffer.alloc(4 * 1024 * 1024, 97)
+  const file = join(t.testdir({}), 'upload.bin')
+  writeFileSync(file, upload)
+  const underWay = async (): Promise<number> => (await call(`${router.url}/state`)).json<{ 'in-flight-requests': number }>()['in-flight-requests']
+  for (const token of ['ones', 'twos']) {
+    const session = connectH2(router.url)
+    const refused = await h2Request(session, { ':method': 'POST', ':path': '/early', 'x-waiter-token': token, 'content-type': 'application/octet-stream' }, upload.toString())
+    t.equal(refused.status, 413, `${token}: the instance's early answer is relayed`)
+    t.same(JSON.parse(refused.body), { early: true }, `${token}: whole`)
+    // A body that never ends: read and dropped for a while, then stopped (RST_STREAM NO_ERROR).
+    const endless = session.request({ ':method': 'POST', ':path': '/early', 'x-waiter-token': token })
+    const chunk = Buffer.alloc(16 * 1024, 98)
+    const feed = setInterval(() => endless.write(chunk), 5)
+    const closed = await new Promise<{ status: unknown; rstCode: number | undefined }>((resolve) => {
+      let status: unknown
+      endless.on('response', (h) => (status = h[':status']))
+      endless.on('error', () => undefined)
+      endless.resume()
+      endless.on('close', () => resolve({ status, rstCode: endless.rstCode }))
+    })
+    clearInterval(feed)
+    t.same(closed, { status: 413, rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: a body that keeps coming is stopped without error once answered`)
+    await waitFor(`${token}: no request left under way but the one asking`, async () => ((await underWay()) === 1 ? true : undefined))
+    const next = await h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': token, 'content-type': 'text/plain' }, 'after the refusal')
+    t.equal(JSON.parse(next.body).body, 'after the refusal', `${token}: the same connection carries the next upload (its window is open)`)
+    session.close()
+    // curl reports the answer and finishes.
+    const { stdout } = await run('curl', ['-sS', '--http2-prior-knowledge', '-H', `x-waiter-token: ${token}`, '--data-binary', `@${file}`, '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '20', `${router.url}/early`])
+    t.equal(stdout, '413', `${token}: curl is told 413 and finishes`)
   }
 })
