@@ -38,6 +38,9 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
       delete out[name]
     }
   }
+  // RFC 9110 §8.6: no Content-Length on a 204 (an instance's own HTTP/1.1 server may send one,
+  // and an HTTP/2 client takes it for a protocol error).
+  if (statusCode === 204) delete out['content-length']
   const extra = request.extraHeaders?.()
   if (extra !== undefined) Object.assign(out, extra)
   const cookies = request.setCookies

@@ -570,22 +570,29 @@ function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number):
  * Node's HTTP/1.1 server does, for at most STOP_BODY_GRACE_MS; a body still coming then is
  * stopped with RST_STREAM NO_ERROR, as RFC 9113 §8.1 lets a server that answered do. (Sent with
  * the answer's last frames, that reset makes some clients, curl 7.88 among them, drop an answer
- * they already have: hence the grace first.) The answer is complete once compat has sent its
- * trailers ('wantTrailers' fires for every answer with a body) or ended on its headers.
+ * they already have: hence the grace, which also covers the turn compat takes to send the
+ * trailers it is asked for.) The answer is over when compat is asked for its trailers
+ * ('wantTrailers': every answer with a body), or, for one that ended on its headers (a 204, a
+ * 304), once its END_STREAM is out (localClose, a turn after 'finish').
  */
 function stopBodyAfterAnswer(req: Http2ServerRequest, stream: ServerHttp2Stream): void {
+  let stopping = false
   const stop = (): void => {
-    if (req.complete || stream.closed || stream.destroyed) return
+    if (stopping || req.complete || stream.closed || stream.destroyed) return
+    stopping = true
     req.resume()
     const timer = setTimeout(() => {
       if (!req.complete && !stream.closed && !stream.destroyed) stream.close(h2constants.NGHTTP2_NO_ERROR)
     }, STOP_BODY_GRACE_MS)
+    timer.unref()
     stream.once('close', () => clearTimeout(timer))
   }
   stream.on('wantTrailers', stop)
-  stream.once('finish', () => {
-    if (!stream.destroyed && stream.state.localClose === 1) stop()
-  })
+  stream.once('finish', () =>
+    setImmediate(() => {
+      if (!stream.destroyed && stream.state.localClose === 1) stop()
+    }),
+  )
 }
 
 /** The path of a request target, without its query. */

@@ -102,6 +102,10 @@ t.test('an HTTP/2 client is safe from an HTTP/1.1 instance’s odd fields: conne
   t.notOk('http2-settings' in odd.headers)
   t.equal(odd.trailers['x-ok'], 'yes', 'the end-to-end trailer')
   t.notOk('connection' in odd.trailers || 'transfer-encoding' in odd.trailers, 'and none of the connection’s')
+  // A 204 with a Content-Length (the instance's HTTP/1.1 server sends one): the length goes.
+  const noContent = await h2Request(session, { ':path': '/sleep?status=204', 'x-waiter-token': 'ones' })
+  t.equal(noContent.status, 204, 'a 204 with a length reaches an HTTP/2 client as a 204')
+  t.notOk('content-length' in noContent.headers)
   const again = await h2Request(session, { ':path': '/protocol', 'x-waiter-token': 'ones' })
   t.equal(again.status, 200, 'the router is still there')
 })
@@ -214,24 +218,35 @@ t.test('an upload the instance refuses early (413, body unread) ends for an HTTP
   const file = join(t.testdir({}), 'upload.bin')
   writeFileSync(file, upload)
   const underWay = async (): Promise<number> => (await call(`${router.url}/state`)).json<{ 'in-flight-requests': number }>()['in-flight-requests']
+  /** A POST whose body is `upload`, or never ends: its status, how its upload ended, its stream's reset code. */
+  const post = (session: ReturnType<typeof connectH2>, path: string, token: string, body: Buffer | 'endless'): Promise<{ status: unknown; sent: string; rstCode: number | undefined }> =>
+    new Promise((resolve, reject) => {
+      const stream = session.request({ ':method': 'POST', ':path': path, 'x-waiter-token': token })
+      let status: unknown
+      let sent = 'not yet'
+      let feed: NodeJS.Timeout | undefined
+      const bound = setTimeout(() => reject(new Error(`${token} ${path}: the stream did not end within 5 s (status ${String(status)}, upload ${sent})`)), 5000)
+      stream.on('response', (h) => (status = h[':status']))
+      stream.on('error', () => undefined)
+      stream.resume()
+      stream.on('close', () => {
+        clearTimeout(bound)
+        clearInterval(feed)
+        // (The upload's last write may be acknowledged in the same turn as the close.)
+        setImmediate(() => resolve({ status, sent, rstCode: stream.rstCode }))
+      })
+      if (body === 'endless') {
+        const chunk = Buffer.alloc(16 * 1024, 98)
+        feed = setInterval(() => stream.write(chunk), 5)
+      } else stream.end(body, () => (sent = 'whole'))
+    })
   for (const token of ['ones', 'twos']) {
     const session = connectH2(router.url)
-    const refused = await h2Request(session, { ':method': 'POST', ':path': '/early', 'x-waiter-token': token, 'content-type': 'application/octet-stream' }, upload.toString())
-    t.equal(refused.status, 413, `${token}: the instance's early answer is relayed`)
-    t.same(JSON.parse(refused.body), { early: true }, `${token}: whole`)
+    const refused = await post(session, '/early', token, upload)
+    t.same(refused, { status: 413, sent: 'whole', rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: the early 413 is relayed, and the rest of the upload is taken and dropped`)
     // A body that never ends: read and dropped for a while, then stopped (RST_STREAM NO_ERROR).
-    const endless = session.request({ ':method': 'POST', ':path': '/early', 'x-waiter-token': token })
-    const chunk = Buffer.alloc(16 * 1024, 98)
-    const feed = setInterval(() => endless.write(chunk), 5)
-    const closed = await new Promise<{ status: unknown; rstCode: number | undefined }>((resolve) => {
-      let status: unknown
-      endless.on('response', (h) => (status = h[':status']))
-      endless.on('error', () => undefined)
-      endless.resume()
-      endless.on('close', () => resolve({ status, rstCode: endless.rstCode }))
-    })
-    clearInterval(feed)
-    t.same(closed, { status: 413, rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: a body that keeps coming is stopped without error once answered`)
+    const endless = await post(session, '/early', token, 'endless')
+    t.same(endless, { status: 413, sent: 'not yet', rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: a body that keeps coming is stopped without error once answered`)
     await waitFor(`${token}: no request left under way but the one asking`, async () => ((await underWay()) === 1 ? true : undefined))
     const next = await h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': token, 'content-type': 'text/plain' }, 'after the refusal')
     t.equal(JSON.parse(next.body).body, 'after the refusal', `${token}: the same connection carries the next upload (its window is open)`)
@@ -239,5 +254,13 @@ t.test('an upload the instance refuses early (413, body unread) ends for an HTTP
     // curl reports the answer and finishes.
     const { stdout } = await run('curl', ['-sS', '--http2-prior-knowledge', '-H', `x-waiter-token: ${token}`, '--data-binary', `@${file}`, '-o', '/dev/null', '-w', '%{http_code}', '--max-time', '20', `${router.url}/early`])
     t.equal(stdout, '413', `${token}: curl is told 413 and finishes`)
+  }
+  // An answer that ends on its headers (a 304) ends the stream the same way.
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  for (const token of ['ones', 'twos']) {
+    const headersOnly = await post(session, '/sleep?status=304', token, 'endless')
+    t.same(headersOnly, { status: 304, sent: 'not yet', rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: a 304 to a body that keeps coming: stopped once answered`)
+    await waitFor(`${token}: and it is no longer under way`, async () => ((await underWay()) === 1 ? true : undefined))
   }
 })
