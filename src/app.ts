@@ -39,6 +39,8 @@ import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
 import { followBackend } from './scaler/backend-sync.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
+import { KeepAliveLedger } from './scaler/keep-alive-ledger.ts'
+import { KeepAliveRunner, type PrewarmPayload } from './scaler/keep-alive-runner.ts'
 import { scalableServiceOf } from './scaler/policy.ts'
 import { serviceGauges } from './scaler/service-gauges.ts'
 import { VersionMemory } from './scaler/version-memory.ts'
@@ -194,7 +196,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     const routing = routingOfVersion(serviceId)
     if (routing !== undefined) tracker.configure(serviceId, routing)
   })
-  const gc = new GcRunner(
+  // The keep-alive runner (below) hands its collections to the GC, which asks it when adaptive
+  // versions go.
+  const gc: GcRunner = new GcRunner(
     {
       backend,
       tracker,
@@ -204,10 +208,13 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       parametersOf: (record) => parameters.ofRecord(record),
       serviceIdOfToken: (token, requester) => resolver.serviceIdOfToken(token, requester),
       forgetVersion: (serviceId) => memory.collected(serviceId),
-      onCollected: async (serviceId, reason) => {
+      onCollected: async (serviceId, reason, lastActiveAt) => {
         metrics.gcDeletions.inc({ reason })
+        keepAlive.collected(serviceId, reason, lastActiveAt)
         await metrics.removeService(serviceId)
       },
+      onDeleted: (serviceId) => keepAlive.deleted(serviceId),
+      keepUntil: (record, params, lastActiveAt) => keepAlive.keepUntil(record, params, lastActiveAt),
       clock,
       log,
       fleet,
@@ -218,6 +225,31 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       fallbackMs: TOKEN_DEFAULTS.fallbackPeriodSecs * 1000,
       staleTimeoutMs: TOKEN_DEFAULTS.staleTimeoutMins * 60_000,
     },
+  )
+  const keepAlive: KeepAliveRunner = new KeepAliveRunner(
+    {
+      ledger: new KeepAliveLedger<PrewarmPayload>(config.scaler.keepAliveVersions),
+      backend,
+      tracker,
+      registry,
+      activator,
+      collectIfIdle: (serviceId) => gc.collectIfDue(serviceId),
+      parametersOf: (record) => parameters.ofRecord(record),
+      // A version is started without a request only while its token still runs it.
+      mayPrewarm: (serviceId, token) => {
+        if (suspensions.get(serviceId) !== undefined) return false
+        if (token === undefined) return true
+        const data = tokens.get(token)
+        return data !== undefined && resolver.serviceIdOfToken(data) === serviceId
+      },
+      onPrewarm: () => metrics.prewarms.inc(),
+      onHit: () => metrics.prewarmHits.inc(),
+      onMiss: () => metrics.prewarmMisses.inc(),
+      clock,
+      log,
+      fleet,
+    },
+    { defaultPolicy: config.scaler.keepAlive, tickMs: config.scaler.keepAliveTickMs },
   )
   gauges = () => serviceGauges(backend, tracker, autoscaler)
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
@@ -234,6 +266,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     launchSpecOf,
     parametersOf,
     onQueued: (serviceId) => autoscaler.poke(serviceId),
+    keepAlive,
     isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
     metrics,
     timeouts: config.proxy,
@@ -261,6 +294,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     overrides,
     autoscaler,
     gc,
+    keepAlive,
     metrics,
     suspensions,
     activator,
@@ -313,6 +347,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       }
       autoscaler.start()
       gc.start()
+      keepAlive.start()
       log.info({ port, host: config.server.host, adminPort, dataDir, backend: backend.kind, routerId, user, cluster: coordination.mode === 'etcd' ? { etcd: config.etcd.endpoints, prefix: etcdPrefix } : undefined }, 'maitre listening')
       return port
     },
@@ -326,6 +361,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await Promise.all([server.drain(config.server.shutdownTimeoutMs, coordination.announceDraining?.()), adminServer?.drain(config.server.shutdownTimeoutMs)])
         autoscaler.stop()
         gc.stop()
+        keepAlive.stop()
         await exchange?.close()
         await backend.close()
         await forwarder.close()

@@ -171,6 +171,12 @@ export interface Config {
     readonly gcIntervalMs: number
     /** A version failing to start is deleted after its grace period plus this. */
     readonly brokenServiceTimeoutMins: number
+    /** The keep-alive policy of versions whose token sets none: 'fixed' (idle-timeout-mins) or 'adaptive'. */
+    readonly keepAlive: 'fixed' | 'adaptive'
+    /** How often adaptive versions are looked at, to let them go or pre-warm them on time. */
+    readonly keepAliveTickMs: number
+    /** Versions whose idle-time history is kept (least recently used forgotten first). */
+    readonly keepAliveVersions: number
   }
   readonly log: {
     readonly level: LogLevel
@@ -261,6 +267,9 @@ export const DEFAULTS: Config = {
     interKillMs: 1000,
     gcIntervalMs: 60000,
     brokenServiceTimeoutMins: 30,
+    keepAlive: 'fixed',
+    keepAliveTickMs: 5000,
+    keepAliveVersions: 10000,
   },
   log: { level: 'info', access: true },
 }
@@ -368,6 +377,9 @@ const RULES: Readonly<Record<string, Rule>> = {
   'scaler.interKillMs': nonNegativeInt,
   'scaler.gcIntervalMs': positiveInt,
   'scaler.brokenServiceTimeoutMins': nonNegativeInt,
+  'scaler.keepAlive': (v) => (v === 'fixed' || v === 'adaptive' ? undefined : "must be 'fixed' or 'adaptive'"),
+  'scaler.keepAliveTickMs': positiveInt,
+  'scaler.keepAliveVersions': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1_000_000 ? undefined : 'must be an integer from 1 to 1000000'),
   'log.level': (v) => (LOG_LEVELS.includes(v as LogLevel) ? undefined : `must be one of ${LOG_LEVELS.join(', ')}`),
 }
 

@@ -40,6 +40,9 @@ export class Metrics {
   readonly scalingDecisions: Counter<'service' | 'direction'>
   readonly killVetoes: Counter<'service'>
   readonly coldStarts: Counter<'service'>
+  readonly prewarms: Counter
+  readonly prewarmHits: Counter
+  readonly prewarmMisses: Counter
   readonly coldStartDuration: Histogram<'service'>
   readonly deploymentErrors: Counter<'service' | 'reason'>
   readonly queueRejections: Counter<'service' | 'reason'>
@@ -58,6 +61,9 @@ export class Metrics {
     this.backendResponse = new Histogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
     this.killVetoes = new Counter({ name: 'maitre_kill_vetoes_total', help: 'Scale-down kills another router vetoed because it carried a request on the instance (cluster mode).', labelNames: ['service'] as const, registers })
     this.scalingDecisions = new Counter({ name: 'maitre_scaling_decisions_total', help: 'Scaling decisions that changed the instance count, by direction.', labelNames: ['service', 'direction'] as const, registers })
+    this.prewarms = new Counter({ name: 'maitre_prewarms_total', help: 'Versions started by their adaptive keep-alive before an expected request.', registers })
+    this.prewarmHits = new Counter({ name: 'maitre_prewarm_hits_total', help: 'Pre-warmed versions that served a request before they were let go.', registers })
+    this.prewarmMisses = new Counter({ name: 'maitre_prewarm_misses_total', help: 'Pre-warmed versions let go without serving a request.', registers })
     this.coldStarts = new Counter({ name: 'maitre_cold_starts_total', help: 'Requests that waited for a version with no healthy instance.', labelNames: service, registers })
     this.coldStartDuration = new Histogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
     this.deploymentErrors = new Counter({ name: 'maitre_deployment_errors_total', help: 'Times a version was found unable to start, by Waiter deployment-error message.', labelNames: ['service', 'reason'] as const, registers })

@@ -7,6 +7,8 @@ import type { Overrides } from '../versions/overrides.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import type { Coordination } from '../cluster/coordination.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
+import type { KeepAliveRunner } from '../scaler/keep-alive-runner.ts'
+import type { KeepAliveView } from '../scaler/keep-alive-ledger.ts'
 import type { Clock } from '../clock.ts'
 import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
@@ -27,6 +29,8 @@ export interface AppsApiDeps {
   readonly cluster: () => Pick<Coordination, 'members' | 'peerMayHold'>
   /** Deletes a version now, as a collection does. */
   readonly gc: Pick<GcRunner, 'deleteNow'>
+  /** What each version's keep-alive policy plans (absent: not shown). */
+  readonly keepAlive?: Pick<KeepAliveRunner, 'view' | 'dormant' | 'forget'>
   readonly clock: Clock
 }
 
@@ -202,7 +206,7 @@ function killTimeoutMs(param: string | null): number {
 
 export async function handleApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): Promise<void> {
   const record = deps.registry.get(serviceId)
-  if (record === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  if (record === undefined) return dormantApp(r, serviceId, who, deps)
   if (r.req.method === 'DELETE') {
     assertManages(who, record)
     // Checked before anything stops: a bad timeout is the caller's 400, and nothing is deleted.
@@ -244,6 +248,7 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     scaling: deps.autoscaler.snapshot(serviceId) ?? null,
   }
   if (includes.has('references')) body['references'] = referencesOf(record)
+  if (deps.keepAlive !== undefined) body['keep-alive'] = keepAliveJson(deps.keepAlive.view(record, serviceId, deps.overrides.parameters(serviceId, record.core)))
   const overrides = deps.overrides.get(serviceId)
   if (overrides !== undefined) body['service-description-overrides'] = overrides
   const suspended = deps.suspensions.get(serviceId)
@@ -252,6 +257,50 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     body['effective-parameters'] = deps.overrides.parameters(serviceId, record.core)
   }
   sendJson(r.res, 200, body, r.cid)
+}
+
+/**
+ * A version with no record: unknown (404), or let go by its adaptive keep-alive, which still
+ * remembers it and may start it again: shown as Inactive with what its keep-alive plans, to
+ * whoever may manage it.
+ */
+function dormantApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): void {
+  const dormant = deps.keepAlive?.dormant(serviceId)
+  const notFound = new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
+  if (dormant === undefined || !mayManage(who, { id: serviceId, core: dormant.core, sources: [], createdAt: 0 })) throw notFound
+  if (r.req.method === 'DELETE') {
+    // Nothing runs; what goes is its history, so it is not started again before a request.
+    deps.keepAlive?.forget(serviceId)
+    return sendJson(r.res, 200, { 'service-id': serviceId, success: true, result: 'no-such-service-exists', message: 'Service was not running; its keep-alive history is forgotten', 'routers-agree': true }, r.cid)
+  }
+  if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET', 'DELETE'])
+  sendJson(r.res, 200, {
+    'router-id': deps.routerId,
+    'num-routers': Math.max(1, deps.cluster().members().length),
+    'service-id': serviceId,
+    'service-description': { ...dormant.core, 'permitted-user': dormant.core['permitted-user'] ?? '*' },
+    status: 'Inactive' satisfies ServiceStatus,
+    'instance-counts': { 'healthy-instances': 0, 'unhealthy-instances': 0, 'requested-instances': 0 },
+    'keep-alive': keepAliveJson(dormant.view),
+  }, r.cid)
+}
+
+/** The keep-alive view as JSON: times as ISO strings, spans in seconds. */
+function keepAliveJson(view: KeepAliveView): Record<string, unknown> {
+  const at = (ms: number | undefined): string | null => (ms === undefined ? null : new Date(ms).toISOString())
+  return {
+    policy: view.policy,
+    basis: view.basis,
+    'idle-times-seen': view.idleTimes,
+    'pre-warm-after-secs': view.prewarmMs / 1000,
+    'keep-alive-secs': view.keepAliveMs / 1000,
+    'idle-since': at(view.idleSince),
+    'next-action': view.next === undefined ? null : { action: view.next.action, at: at(view.next.at) },
+    'pre-warmed-at': at(view.prewarmedAt),
+    'pre-warms': view.prewarms,
+    'pre-warm-hits': view.hits,
+    'pre-warm-misses': view.misses,
+  }
 }
 
 /** /apps/{id}/override: scaling knobs of a running version, without a new id. */

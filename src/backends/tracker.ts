@@ -208,6 +208,13 @@ export class InstanceTracker {
     service.lastRequestAt = this.#clock.now()
   }
 
+  /** When the version's last request ended, if none is under way or waiting here now (undefined otherwise, or if it is unknown here). */
+  idleSince(serviceId: string): number | undefined {
+    const service = this.#services.get(serviceId)
+    if (service === undefined || service.queue.length > 0 || this.#inFlight(service) > 0) return undefined
+    return service.lastActiveAt
+  }
+
   /** Waiter's request-metrics.total and last-request-time, as this router saw them. */
   requestStats(serviceId: string): { readonly total: number; readonly lastRequestAt: number | undefined } {
     const service = this.#services.get(serviceId)

@@ -3,6 +3,7 @@
  * runs → take a slot (or queue) → forward → release the slot, whatever happened. Every failure
  * becomes a Waiter error response; a response already under way is cut instead.
  */
+import type { KeepAliveRunner } from '../scaler/keep-alive-runner.ts'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { ANONYMOUS, type Principal } from '../auth/authenticator.ts'
 import type { AuthGate } from '../auth/gate.ts'
@@ -44,6 +45,8 @@ export interface ProxyDeps {
   readonly isSuspended: (serviceId: string) => boolean
   /** A request had to queue: decide about this version now rather than at the next tick. */
   readonly onQueued: (serviceId: string) => void
+  /** Told of each request's version, for an adaptive keep-alive's history (absent: none kept). */
+  readonly keepAlive?: Pick<KeepAliveRunner, 'arrived'>
   readonly timeouts: ProxyTimeouts
   readonly routerId: string
   readonly metrics: Metrics
@@ -245,6 +248,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
+      deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), { activation, token: current.source?.token, core: current.core })
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',

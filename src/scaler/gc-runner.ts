@@ -41,8 +41,12 @@ export interface GcDeps {
   readonly serviceIdOfToken?: (token: TokenData, requester?: string) => string | undefined
   /** Drops what is derived from the version's record (cached resolutions, overrides); called before the backend delete. */
   readonly forgetVersion: (serviceId: string) => Promise<void> | void
-  /** Called after a version is collected (counting, metric series). */
-  readonly onCollected: (serviceId: string, reason: GcVerdict['reason']) => Promise<void> | void
+  /** Called after a version is collected (counting, metric series, its keep-alive history), with when it was last active. */
+  readonly onCollected: (serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number) => Promise<void> | void
+  /** Called after an operator deleted a version. */
+  readonly onDeleted?: (serviceId: string) => void
+  /** When a version's keep-alive policy lets it go, if the policy has its own say (an adaptive one). */
+  readonly keepUntil?: (record: ServiceRecord, params: Readonly<Record<string, unknown>>, lastActiveAt: number) => number | undefined
   readonly clock: Clock
   readonly log: Logger
   /** The cluster: only its leader collects, and a version is idle only when every router says so (default: a router on its own). */
@@ -129,13 +133,26 @@ export class GcRunner {
     return [...recorded, ...unrecorded]
   }
 
-  /** The verdict on one version as things are now, or undefined if it is no longer garbage. */
-  #verdictNow(serviceId: string): GcVerdict | undefined {
+  /** The verdict on one version as things are now (and when it was last active), or undefined if it is no longer garbage. */
+  #verdictNow(serviceId: string): (GcVerdict & { lastActiveAt: number }) | undefined {
     const now = this.#deps.clock.now()
     const record = this.#deps.registry.get(serviceId)
     if (record === undefined && this.#deps.backend.state(serviceId) === undefined) return undefined
     const candidate = record === undefined ? this.#unrecordedCandidate(serviceId, now) : this.#candidate(record, now)
-    return pickGarbage([candidate], now)[0]
+    const verdict = pickGarbage([candidate], now)[0]
+    return verdict === undefined ? undefined : { ...verdict, lastActiveAt: candidate.lastActiveAt }
+  }
+
+  /**
+   * Collects one version now if it is garbage now (the keep-alive policy's own timing: a
+   * version it lets go need not wait for the next round). Resolves with what was done.
+   */
+  async collectIfDue(serviceId: string): Promise<GcVerdict | undefined> {
+    if (!(this.#deps.fleet ?? ALONE).isLeader()) return undefined
+    return this.#collect(serviceId).catch((err: unknown) => {
+      this.#deps.log.error({ err, service: serviceId }, 'garbage collection of a version failed; it is retried next round')
+      return undefined
+    })
   }
 
   /** Collects one version under the activator's marker; undefined if it turned out not to be garbage. */
@@ -154,14 +171,14 @@ export class GcRunner {
       await backend.deleteService(serviceId)
       // A version that never ran here still had a routing entry if requests asked for it.
       this.#deps.tracker.dropIfIdle(serviceId)
-      await this.#deps.onCollected(serviceId, verdict.reason)
+      await this.#deps.onCollected(serviceId, verdict.reason, verdict.lastActiveAt)
       this.#brokenSince.delete(serviceId)
       this.#orphanedSince.delete(serviceId)
       this.#unrecordedSince.delete(serviceId)
-      this.#collected.unshift({ ...verdict, at: clock.now() })
+      this.#collected.unshift({ id: verdict.id, reason: verdict.reason, at: clock.now() })
       this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
       log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
-      return verdict
+      return { id: verdict.id, reason: verdict.reason }
     })
   }
 
@@ -190,6 +207,7 @@ export class GcRunner {
         const running = backend.state(serviceId) !== undefined
         await backend.deleteService(serviceId)
         this.#deps.tracker.dropIfIdle(serviceId)
+        this.#deps.onDeleted?.(serviceId)
         log.info({ service: serviceId, running }, 'service deleted by request')
         return running
       })
@@ -256,11 +274,13 @@ export class GcRunner {
       }
       if (current) staleSince = undefined
     }
+    const lastActiveAt = Math.max(load.lastActiveAt, record.createdAt)
     return {
       id: record.id,
       outstanding: load.inFlight + load.queued,
-      lastActiveAt: Math.max(load.lastActiveAt, record.createdAt),
+      lastActiveAt,
       idleTimeoutMs: (params['idle-timeout-mins'] as number) * 60_000,
+      keepUntil: this.#deps.keepUntil?.(record, params, lastActiveAt),
       staleSince,
       fallbackMs,
       staleTimeoutMs,

@@ -13,6 +13,11 @@ export interface GcCandidate {
   readonly lastActiveAt: number
   /** 0 = never collect for idleness. */
   readonly idleTimeoutMs: number
+  /**
+   * When the version's keep-alive policy lets it go, if it has its own say (an adaptive policy
+   * may let it go sooner, or keep it longer, than lastActiveAt + idleTimeoutMs).
+   */
+  readonly keepUntil?: number | undefined
   /** When the version's tokens moved on to another version; undefined while it is current. */
   readonly staleSince: number | undefined
   readonly fallbackMs: number
@@ -40,7 +45,7 @@ export function pickGarbage(candidates: readonly GcCandidate[], now: number): Gc
     }
     if (c.staleSince !== undefined && now >= c.staleSince + c.fallbackMs + c.staleTimeoutMs) out.push({ id: c.id, reason: 'stale' })
     else if (c.brokenSince !== undefined && now >= c.brokenSince + c.brokenTimeoutMs) out.push({ id: c.id, reason: 'broken' })
-    else if (c.idleTimeoutMs > 0 && now >= c.lastActiveAt + c.idleTimeoutMs) out.push({ id: c.id, reason: 'idle' })
+    else if (c.keepUntil !== undefined ? now >= c.keepUntil : c.idleTimeoutMs > 0 && now >= c.lastActiveAt + c.idleTimeoutMs) out.push({ id: c.id, reason: 'idle' })
   }
   return out
 }

@@ -15,7 +15,7 @@ const VALID: Record<string, unknown>[] = [
   { ...base, 'concurrency-level': 10000, 'min-instances': 2, 'max-instances': 2, ports: 3, 'health-check-port-index': 2 },
   { ...base, env: { FOO_BAR: 'x', WAITER_CONFIG_X: 'y' }, metadata: { team: 'core' }, 'allowed-params': ['FOO'] },
   { ...base, 'scale-up-factor': 0.5, 'scale-down-factor': 0.01, 'jitter-threshold': 0, 'expired-instance-restart-rate': 1, 'scale-factor': 2 },
-  { ...base, 'load-balancing': 'random', 'backend-proto': 'https', 'health-check-proto': 'https', 'idle-timeout-mins': 0, 'metric-group': 'web_api' },
+  { ...base, 'load-balancing': 'random', 'backend-proto': 'https', 'health-check-proto': 'https', 'idle-timeout-mins': 0, 'metric-group': 'web_api', 'keep-alive': 'adaptive' },
 ]
 
 const INVALID: [string, Record<string, unknown>][] = [
@@ -25,6 +25,7 @@ const INVALID: [string, Record<string, unknown>][] = [
   ['concurrency 0', { ...base, 'concurrency-level': 0 }],
   ['fractional concurrency', { ...base, 'concurrency-level': 1.5 }],
   ['unknown balancing', { ...base, 'load-balancing': 'round-robin' }],
+  ['unknown keep-alive policy', { ...base, 'keep-alive': 'forever' }],
   ['reserved env', { ...base, env: { HOME: '/root' } }],
   ['bad env key', { ...base, env: { '9LIVES': 'x' } }],
   ['scale-up-factor 1', { ...base, 'scale-up-factor': 1 }],

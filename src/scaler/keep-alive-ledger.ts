@@ -1,0 +1,181 @@
+/**
+ * What the keep-alive policy remembers of each version, across its collections: its idle-time
+ * histogram, when its last activity ended, whether it was pre-warmed since, and what it takes
+ * to start it again. No clock and no I/O (times come in as numbers), so the router and the
+ * trace replay in bench/ drive the very same code.
+ *
+ * Bounded: at most `maxVersions` entries, the least recently used dropped first; an entry is
+ * an IdleHistogram (under 1 KB) and a few numbers, plus the caller's start payload.
+ */
+import { LRUCache } from 'lru-cache'
+import { IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf, type AdaptiveOptions, type KeepAlivePlan, type KeepAlivePolicy, type KeepAliveSchedule, DEFAULT_ADAPTIVE } from './keep-alive.ts'
+
+export const DEFAULT_LEDGER_VERSIONS = 10_000
+
+interface Entry<P> {
+  readonly histogram: IdleHistogram
+  /** When the version's last activity ended, as last known (kept across its collections). */
+  idleSince: number | undefined
+  lastSampleAt: number | undefined
+  /** Started by a pre-warm at this time, and no request has come since. */
+  prewarmedAt: number | undefined
+  /** The idle period (its idleSince) a pre-warm was last made for: one per period. */
+  prewarmedFor: number | undefined
+  prewarms: number
+  hits: number
+  misses: number
+  /** What it takes to start the version again (the last request's). */
+  payload: P | undefined
+}
+
+export interface KeepAliveView {
+  readonly policy: KeepAlivePolicy
+  readonly basis: KeepAlivePlan['basis']
+  readonly idleTimes: number
+  readonly prewarmMs: number
+  readonly keepAliveMs: number
+  readonly idleSince: number | undefined
+  readonly collectAt: number | undefined
+  readonly prewarmAt: number | undefined
+  readonly prewarmedAt: number | undefined
+  /** What happens next if no request comes first. */
+  readonly next: { readonly action: 'let-go' | 'pre-warm'; readonly at: number } | undefined
+  readonly prewarms: number
+  readonly hits: number
+  readonly misses: number
+}
+
+export class KeepAliveLedger<P = unknown> {
+  readonly #entries: LRUCache<string, Entry<P>>
+  readonly #options: AdaptiveOptions
+
+  constructor(maxVersions: number = DEFAULT_LEDGER_VERSIONS, options: AdaptiveOptions = DEFAULT_ADAPTIVE) {
+    this.#entries = new LRUCache<string, Entry<P>>({ max: maxVersions })
+    this.#options = options
+  }
+
+  #entry(serviceId: string): Entry<P> {
+    let entry = this.#entries.get(serviceId)
+    if (entry === undefined) {
+      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
+      this.#entries.set(serviceId, entry)
+    }
+    return entry
+  }
+
+  /**
+   * A request for the version arrives. `runningIdleSince`: when the running version's last
+   * activity ended (undefined: a request is under way, or the version is not running, in which
+   * case the end of activity recorded at its collection counts). Returns whether it found the
+   * version pre-warmed (a hit).
+   */
+  arrived(serviceId: string, now: number, running: boolean, runningIdleSince: number | undefined, payload?: P): boolean {
+    const entry = this.#entry(serviceId)
+    if (payload !== undefined) entry.payload = payload
+    const prewarmed = entry.prewarmedAt !== undefined
+    const hit = prewarmed && running
+    // A version that is not running, or runs only because it was pre-warmed, was last active
+    // when its collection found it so; a running one, when the tracker last saw it.
+    if (running || entry.idleSince !== undefined) {
+      const idleSince = running && !prewarmed ? runningIdleSince : entry.idleSince
+      const sample = idleSampleOf(now, idleSince, entry.lastSampleAt)
+      if (sample !== undefined) {
+        entry.histogram.record(sample)
+        entry.lastSampleAt = now
+      }
+    }
+    if (hit) entry.hits += 1
+    entry.prewarmedAt = undefined
+    return hit
+  }
+
+  /** The version was collected; `lastActiveAt`: when its last activity ended. Returns whether it was a pre-warm that served nothing (a miss). */
+  collected(serviceId: string, lastActiveAt: number): boolean {
+    const entry = this.#entries.get(serviceId)
+    if (entry === undefined) return false
+    const miss = entry.prewarmedAt !== undefined
+    if (miss) entry.misses += 1
+    else entry.idleSince = lastActiveAt
+    entry.prewarmedAt = undefined
+    return miss
+  }
+
+  /** The version was started by a pre-warm. */
+  prewarmed(serviceId: string, now: number): void {
+    const entry = this.#entry(serviceId)
+    entry.prewarmedAt = now
+    entry.prewarmedFor = entry.idleSince
+    entry.prewarms += 1
+  }
+
+  /** Forgets a version (its token is gone, an operator deleted it). */
+  forget(serviceId: string): void {
+    this.#entries.delete(serviceId)
+  }
+
+  plan(serviceId: string, policy: KeepAlivePolicy, fixedTimeoutMs: number): KeepAlivePlan {
+    return planKeepAlive(policy, this.#entries.peek(serviceId)?.histogram, fixedTimeoutMs, this.#options)
+  }
+
+  /** The schedule of a running version whose last activity ended at `lastActiveAt`. */
+  scheduleRunning(serviceId: string, plan: KeepAlivePlan, lastActiveAt: number): KeepAliveSchedule {
+    const entry = this.#entries.peek(serviceId)
+    const prewarmed = entry?.prewarmedAt !== undefined
+    return scheduleOf(plan, prewarmed ? (entry?.idleSince ?? lastActiveAt) : lastActiveAt, prewarmed)
+  }
+
+  /**
+   * For a version that is not running: its start payload if its pre-warm time has come (and
+   * its keep-alive time has not passed), else undefined.
+   */
+  prewarmDue(serviceId: string, plan: KeepAlivePlan, now: number): P | undefined {
+    const entry = this.#entries.peek(serviceId)
+    if (entry === undefined || entry.idleSince === undefined || entry.payload === undefined || entry.prewarmedFor === entry.idleSince) return undefined
+    return prewarmDue(scheduleOf(plan, entry.idleSince, false), plan, now) ? entry.payload : undefined
+  }
+
+  /** When a version that is not running is due for its pre-warm (undefined: it is not). */
+  prewarmAt(serviceId: string, plan: KeepAlivePlan): number | undefined {
+    const entry = this.#entries.peek(serviceId)
+    if (entry === undefined || entry.idleSince === undefined || entry.prewarmedFor === entry.idleSince) return undefined
+    return scheduleOf(plan, entry.idleSince, false).prewarmAt
+  }
+
+  /** What it takes to start the version again, from its last request. */
+  payload(serviceId: string): P | undefined {
+    return this.#entries.peek(serviceId)?.payload
+  }
+
+  /** Versions the ledger remembers. */
+  ids(): string[] {
+    return [...this.#entries.keys()]
+  }
+
+  size(): number {
+    return this.#entries.size
+  }
+
+  /** `lastActiveAt`: when a running version's last request ended (undefined: one is under way). */
+  view(serviceId: string, plan: KeepAlivePlan, running: boolean, lastActiveAt: number | undefined, now: number): KeepAliveView {
+    const entry = this.#entries.peek(serviceId)
+    const schedule = running && lastActiveAt !== undefined ? this.scheduleRunning(serviceId, plan, lastActiveAt) : !running && entry?.idleSince !== undefined ? scheduleOf(plan, entry.idleSince, false) : undefined
+    let next: KeepAliveView['next']
+    if (schedule !== undefined && running && Number.isFinite(schedule.collectAt)) next = { action: 'let-go', at: schedule.collectAt }
+    else if (schedule !== undefined && !running && entry?.payload !== undefined && entry.prewarmedFor !== entry.idleSince && schedule.prewarmAt !== undefined && now < schedule.prewarmAt + plan.keepAliveMs) next = { action: 'pre-warm', at: schedule.prewarmAt }
+    return {
+      policy: plan.policy,
+      basis: plan.basis,
+      idleTimes: entry?.histogram.samples ?? 0,
+      prewarmMs: plan.prewarmMs,
+      keepAliveMs: plan.keepAliveMs,
+      idleSince: running ? (entry?.prewarmedAt !== undefined ? entry.idleSince : lastActiveAt) : entry?.idleSince,
+      collectAt: running && schedule !== undefined && Number.isFinite(schedule.collectAt) ? schedule.collectAt : undefined,
+      prewarmAt: !running ? schedule?.prewarmAt : undefined,
+      prewarmedAt: entry?.prewarmedAt,
+      next,
+      prewarms: entry?.prewarms ?? 0,
+      hits: entry?.hits ?? 0,
+      misses: entry?.misses ?? 0,
+    }
+  }
+}

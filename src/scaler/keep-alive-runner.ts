@@ -1,0 +1,176 @@
+/**
+ * Carries out the keep-alive policy of versions that learn theirs ('adaptive'): records the idle
+ * time each request ends, lets a version go when its plan says (through the GC, which decides
+ * again before it collects), and starts a version again at its pre-warm time through the
+ * activator, as a first request would. A pre-warm only starts a version that does not run, with
+ * its minimum instances: the autoscaler owns it from there, and max-instances holds as ever.
+ * Only the leader lets versions go and pre-warms them (as only it collects).
+ */
+import type { Backend } from '../backends/backend.ts'
+import type { InstanceTracker } from '../backends/tracker.ts'
+import type { Clock } from '../clock.ts'
+import type { Logger } from '../log.ts'
+import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
+import type { Activator, ActivationRequest } from './activator.ts'
+import type { GcVerdict } from './gc.ts'
+import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
+import type { KeepAliveLedger, KeepAliveView } from './keep-alive-ledger.ts'
+import type { KeepAlivePlan, KeepAlivePolicy } from './keep-alive.ts'
+import { startLoop, type Loop } from './loop.ts'
+
+/** What a pre-warm needs: the activation of the version's last request, and the token it came through. */
+export interface PrewarmPayload {
+  readonly activation: ActivationRequest
+  readonly token: string | undefined
+  /** The version's description (what /apps/{id} shows of it while it does not run). */
+  readonly core: Readonly<Record<string, unknown>>
+}
+
+export interface KeepAliveDeps {
+  readonly ledger: KeepAliveLedger<PrewarmPayload>
+  readonly backend: Pick<Backend, 'requested'>
+  readonly tracker: InstanceTracker
+  readonly registry: Pick<ServiceRegistry, 'all' | 'get'>
+  readonly activator: Pick<Activator, 'ensure'>
+  /** The GC's collection of a version it finds idle now (it decides again), resolving with what it did. */
+  readonly collectIfIdle: (serviceId: string) => Promise<GcVerdict | undefined>
+  readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
+  /** Whether a version may be started without a request: still what its token runs, not suspended. */
+  readonly mayPrewarm: (serviceId: string, token: string | undefined) => boolean
+  readonly onPrewarm?: (serviceId: string) => void
+  readonly onHit?: (serviceId: string) => void
+  readonly onMiss?: (serviceId: string) => void
+  readonly clock: Clock
+  readonly log: Logger
+  readonly fleet?: Fleet
+}
+
+export interface KeepAliveOptions {
+  /** The policy of versions whose parameters name none. */
+  readonly defaultPolicy: KeepAlivePolicy
+  readonly tickMs: number
+}
+
+export class KeepAliveRunner {
+  readonly #deps: KeepAliveDeps
+  readonly #options: KeepAliveOptions
+  #loop: Loop | undefined
+  /** Pre-warms under way (a slow start is not started twice). */
+  readonly #starting = new Set<string>()
+
+  constructor(deps: KeepAliveDeps, options: KeepAliveOptions) {
+    this.#deps = deps
+    this.#options = options
+  }
+
+  start(): void {
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => this.tick(), (err) => this.#deps.log.error({ err }, 'keep-alive round failed'))
+  }
+
+  stop(): void {
+    this.#loop?.stop()
+    this.#loop = undefined
+  }
+
+  policyOf(params: Readonly<Record<string, unknown>>): KeepAlivePolicy {
+    const named = params['keep-alive']
+    return named === 'adaptive' || named === 'fixed' ? named : this.#options.defaultPolicy
+  }
+
+  #planOf(serviceId: string, params: Readonly<Record<string, unknown>>): KeepAlivePlan {
+    return this.#deps.ledger.plan(serviceId, this.policyOf(params), (params['idle-timeout-mins'] as number) * 60_000)
+  }
+
+  /** A request for the version arrives (on the data path: a map lookup for an adaptive version, nothing for the others). */
+  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, payload: PrewarmPayload): void {
+    if (this.policyOf(params) !== 'adaptive') return
+    const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
+    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, payload)
+    if (hit) this.#deps.onHit?.(serviceId)
+  }
+
+  /** For the GC: when an adaptive version is let go (undefined: its idle timeout decides). */
+  keepUntil(record: ServiceRecord, params: Readonly<Record<string, unknown>>, lastActiveAt: number): number | undefined {
+    if (this.policyOf(params) !== 'adaptive') return undefined
+    return this.#deps.ledger.scheduleRunning(record.id, this.#planOf(record.id, params), lastActiveAt).collectAt
+  }
+
+  /** The GC collected a version: for its idleness (its history stays), or for good. */
+  collected(serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number): void {
+    if (reason !== 'idle') {
+      this.#deps.ledger.forget(serviceId)
+      return
+    }
+    if (this.#deps.ledger.collected(serviceId, lastActiveAt)) this.#deps.onMiss?.(serviceId)
+  }
+
+  /** An operator deleted the version: nothing is started again. */
+  deleted(serviceId: string): void {
+    this.#deps.ledger.forget(serviceId)
+  }
+
+  /** What /apps/{id} shows of the version's keep-alive. */
+  view(record: ServiceRecord | undefined, serviceId: string, params: Readonly<Record<string, unknown>>): KeepAliveView {
+    const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
+    const load = fleetLoadOf(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId)
+    const lastActiveAt = record === undefined ? load.lastActiveAt : Math.max(load.lastActiveAt, record.createdAt)
+    return this.#deps.ledger.view(serviceId, this.#planOf(serviceId, params), running, load.inFlight + load.queued > 0 ? undefined : lastActiveAt, this.#deps.clock.now())
+  }
+
+  /** A version that does not run and has no record, but whose keep-alive remembers it: its description and plans. */
+  dormant(serviceId: string): { core: Readonly<Record<string, unknown>>; view: KeepAliveView } | undefined {
+    const payload = this.#deps.ledger.payload(serviceId)
+    if (payload === undefined || (this.#deps.backend.requested(serviceId) ?? 0) > 0) return undefined
+    return { core: payload.core, view: this.view(undefined, serviceId, payload.activation.effective()) }
+  }
+
+  /** Forgets a version's history (an operator deleted it). */
+  forget(serviceId: string): void {
+    this.#deps.ledger.forget(serviceId)
+  }
+
+  /** One round: adaptive versions due to go are offered to the GC; those due to come back are started. */
+  async tick(): Promise<void> {
+    const { ledger, backend, registry, clock, log } = this.#deps
+    if (!(this.#deps.fleet ?? ALONE).isLeader()) return
+    const now = clock.now()
+    const running = new Set<string>()
+    for (const record of registry.all()) {
+      if ((backend.requested(record.id) ?? 0) === 0) continue
+      running.add(record.id)
+      const params = this.#deps.parametersOf(record)
+      if (this.policyOf(params) !== 'adaptive') continue
+      const load = fleetLoadOf(this.#deps.tracker, this.#deps.fleet ?? ALONE, record.id)
+      if (load.inFlight + load.queued > 0) continue
+      const collectAt = this.keepUntil(record, params, Math.max(load.lastActiveAt, record.createdAt))
+      if (collectAt !== undefined && now >= collectAt) await this.#deps.collectIfIdle(record.id)
+    }
+    for (const serviceId of ledger.ids()) {
+      if (running.has(serviceId) || this.#starting.has(serviceId) || (backend.requested(serviceId) ?? 0) > 0) continue
+      const record = registry.get(serviceId)
+      // A version not running has no record (its collection dropped it): its plan follows the
+      // parameters of the last request that reached it.
+      const payload = ledger.payload(serviceId)
+      if (payload === undefined) continue
+      const params = record === undefined ? payload.activation.effective() : this.#deps.parametersOf(record)
+      if (this.policyOf(params) !== 'adaptive') continue
+      if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now) === undefined) continue
+      if (!this.#deps.mayPrewarm(serviceId, payload.token)) {
+        ledger.forget(serviceId)
+        continue
+      }
+      this.#starting.add(serviceId)
+      ledger.prewarmed(serviceId, now)
+      this.#deps.onPrewarm?.(serviceId)
+      log.info({ service: serviceId }, 'pre-warming: starting the version before its next expected request')
+      const starting = this.#deps.activator.ensure(payload.activation)
+      if (starting === undefined) {
+        this.#starting.delete(serviceId)
+        continue
+      }
+      void starting
+        .catch((err: unknown) => log.warn({ err, service: serviceId }, 'pre-warming the version failed'))
+        .finally(() => this.#starting.delete(serviceId))
+    }
+  }
+}

@@ -1,0 +1,127 @@
+import t from 'tap'
+import { DEFAULT_ADAPTIVE, IDLE_BIN_MS, IDLE_BINS, IDLE_SAMPLES_KEPT, IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf } from '../../src/scaler/keep-alive.ts'
+import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
+
+const MIN = 60_000
+/** The paper's own settings, for exact figures independent of maitre's tuned defaults. */
+const PAPER = { minSamples: 5, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 99, margin: 0.1 }
+
+function histogramOf(idleMinutes: number[]): IdleHistogram {
+  const h = new IdleHistogram()
+  for (const m of idleMinutes) h.record(m * MIN + 1000)
+  return h
+}
+
+t.test('idle times fall in one-minute bins over four hours; longer ones are counted apart', async (t) => {
+  const h = histogramOf([0, 0, 5, 239])
+  h.record(IDLE_BINS * IDLE_BIN_MS + 1)
+  t.equal(h.bins[0], 2)
+  t.equal(h.bins[5], 1)
+  t.equal(h.bins[239], 1)
+  t.equal(h.outOfRange, 1)
+  t.equal(h.samples, 5)
+  t.equal(h.inRange(), 4)
+})
+
+t.test('the histogram stays bounded: at IDLE_SAMPLES_KEPT idle times every count is halved', async (t) => {
+  const h = new IdleHistogram()
+  for (let i = 0; i < IDLE_SAMPLES_KEPT - 1; i++) h.record(3 * MIN)
+  t.equal(h.bins[3], IDLE_SAMPLES_KEPT - 1)
+  h.record(3 * MIN)
+  t.equal(h.bins[3], IDLE_SAMPLES_KEPT / 2, 'halved')
+  t.equal(h.samples, IDLE_SAMPLES_KEPT / 2)
+  // A pattern that changes takes over: the old one fades.
+  for (let i = 0; i < IDLE_SAMPLES_KEPT; i++) h.record(90 * MIN)
+  t.ok((h.bins[90] ?? 0) >= (h.bins[3] ?? 0) * 3, 'the new idle time dominates')
+})
+
+t.test('the plan: fixed as asked; adaptive learns from a periodic version, and falls back to the fixed timeout when it cannot', async (t) => {
+  const periodic = histogramOf(Array.from({ length: 20 }, () => 29))
+  t.same(planKeepAlive('fixed', periodic, 30 * MIN, PAPER), { policy: 'fixed', basis: 'fixed', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'fixed ignores any history')
+  const learned = planKeepAlive('adaptive', periodic, 30 * MIN, PAPER)
+  // Every idle time in bin 29: pre-warm at 29 min less 10 %, keep to 30 min plus 10 %.
+  t.same(learned, { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.9, keepAliveMs: 33 * MIN - 29 * MIN * 0.9 })
+  t.equal(planKeepAlive('adaptive', undefined, 30 * MIN, PAPER).basis, 'too-few-idle-times')
+  t.equal(planKeepAlive('adaptive', histogramOf([29, 29]), 30 * MIN).basis, 'too-few-idle-times', `fewer than ${DEFAULT_ADAPTIVE.minSamples} idle times`)
+  const beyond = histogramOf([29, 29, 29, 29, 29, 29, 29, 29, 29, 29])
+  for (let i = 0; i < 11; i++) beyond.record(5 * 60 * MIN)
+  t.same(planKeepAlive('adaptive', beyond, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'beyond-range', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'mostly beyond four hours: the fixed timeout')
+  const spread = histogramOf(Array.from({ length: 240 }, (_, i) => i))
+  t.equal(planKeepAlive('adaptive', spread, 30 * MIN, PAPER).basis, 'no-pattern', 'idle times spread evenly over the range show no pattern')
+  t.same(planKeepAlive('adaptive', periodic, 0, PAPER), { policy: 'adaptive', basis: 'fixed', prewarmMs: 0, keepAliveMs: 0 }, 'idle-timeout-mins 0 (never let go) is kept')
+  const busy = histogramOf(Array.from({ length: 50 }, () => 0))
+  t.same(planKeepAlive('adaptive', busy, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 1.1 * MIN }, 'a busy version: kept a little over its longest usual pause, not let go early')
+  // maitre's defaults: the 95th percentile with 5 % margins, and never kept longer than the fixed timeout when not let go early.
+  t.same(planKeepAlive('adaptive', periodic, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.95, keepAliveMs: 30 * MIN * 1.05 - 29 * MIN * 0.95 })
+  const bursty = histogramOf([...Array.from({ length: 30 }, () => 0), 100, 100])
+  t.same(planKeepAlive('adaptive', bursty, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: Math.round(101 * MIN * 1.1) }, 'the paper keeps a bursty version to its 99th percentile, here 111 min')
+  t.same(planKeepAlive('adaptive', bursty, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'maitre caps that at the fixed idle timeout')
+})
+
+t.test('the schedule: kept to the end of its keep-alive; with a pre-warm, let go at once, started again, kept from there', async (t) => {
+  const plan = { policy: 'adaptive' as const, basis: 'learned' as const, prewarmMs: 10 * MIN, keepAliveMs: 5 * MIN }
+  t.same(scheduleOf(plan, 1000, false), { collectAt: 1000, prewarmAt: 1000 + 10 * MIN })
+  t.same(scheduleOf(plan, 1000, true), { collectAt: 1000 + 15 * MIN, prewarmAt: 1000 + 10 * MIN })
+  t.same(scheduleOf({ ...plan, prewarmMs: 0 }, 1000, false), { collectAt: 1000 + 5 * MIN, prewarmAt: undefined })
+  t.same(scheduleOf({ ...plan, keepAliveMs: 0, prewarmMs: 0 }, 1000, false), { collectAt: Number.POSITIVE_INFINITY, prewarmAt: undefined })
+  const schedule = scheduleOf(plan, 0, false)
+  t.notOk(prewarmDue(schedule, plan, 10 * MIN - 1), 'not before its time')
+  t.ok(prewarmDue(schedule, plan, 10 * MIN))
+  t.notOk(prewarmDue(schedule, plan, 15 * MIN), 'nor once its keep-alive is over (the request did not come)')
+})
+
+t.test('idle samples: a gap of a minute or more counts as is; shorter gaps and busy arrivals count as zero at most once a minute', async (t) => {
+  t.equal(idleSampleOf(10 * MIN, 0, undefined), 10 * MIN)
+  t.equal(idleSampleOf(10 * MIN, 10 * MIN - 5000, undefined), 5000)
+  t.equal(idleSampleOf(10 * MIN, 10 * MIN - 5000, 10 * MIN - 30_000), undefined, 'a second short gap within the minute is not counted')
+  t.equal(idleSampleOf(10 * MIN, undefined, 10 * MIN - 30_000), undefined, 'nor a busy arrival')
+  t.equal(idleSampleOf(10 * MIN, undefined, 8 * MIN), 0, 'a busy arrival a minute on counts as zero')
+})
+
+t.test('the ledger learns a period across collections, pre-warms before the next request, and counts hits and misses', async (t) => {
+  const ledger = new KeepAliveLedger<string>(10, PAPER)
+  const fixedMs = 30 * MIN
+  const period = 20 * MIN
+  // Requests every 20 minutes, each ending at once; the version is let go between them.
+  let now = 0
+  ledger.arrived('v', now, false, undefined, 'start-v')
+  for (let i = 1; i <= 6; i++) {
+    const plan = ledger.plan('v', 'adaptive', fixedMs)
+    const schedule = ledger.scheduleRunning('v', plan, now)
+    // Collected when its plan says (while learning: after the fixed timeout, beyond the next request).
+    if (schedule.collectAt <= now + period) ledger.collected('v', now)
+    const running = schedule.collectAt > now + period
+    now += period
+    ledger.arrived('v', now, running, running ? now - period : undefined)
+  }
+  const plan = ledger.plan('v', 'adaptive', fixedMs)
+  t.equal(plan.basis, 'learned')
+  t.equal(plan.prewarmMs, 18 * MIN, 'pre-warm at 20 min less 10 %')
+  t.equal(plan.keepAliveMs, Math.round(21 * MIN * 1.1) - 18 * MIN)
+  t.same(ledger.scheduleRunning('v', plan, now), { collectAt: now, prewarmAt: now + 18 * MIN }, 'let go at once')
+  ledger.collected('v', now)
+  t.equal(ledger.prewarmDue('v', plan, now + 17 * MIN), undefined)
+  t.equal(ledger.prewarmDue('v', plan, now + 18 * MIN), 'start-v', 'its start payload, at the pre-warm time')
+  ledger.prewarmed('v', now + 18 * MIN)
+  t.same(ledger.scheduleRunning('v', plan, now + 18 * MIN), { collectAt: now + 18 * MIN + plan.keepAliveMs, prewarmAt: now + 18 * MIN }, 'a pre-warmed version is kept for its keep-alive time')
+  t.equal(ledger.arrived('v', now + period, true, now + 18 * MIN), true, 'the request finds it warm: a hit')
+  const view = ledger.view('v', plan, true, now + period, now + period)
+  t.match(view, { hits: 1, misses: 0, prewarms: 1, idleSince: now + period, next: { action: 'let-go', at: now + period } })
+  t.equal(ledger.plan('v', 'adaptive', fixedMs).prewarmMs, 18 * MIN, 'the hit counted the idle time from the last request, not from the pre-warm')
+  now += period
+  ledger.collected('v', now)
+  ledger.prewarmed('v', now + 18 * MIN)
+  t.equal(ledger.collected('v', now + 18 * MIN), true, 'let go again unused: a miss')
+  t.match(ledger.view('v', plan, false, undefined, now + 20 * MIN), { misses: 1, idleSince: now, next: undefined }, 'a miss keeps the end of the last real activity')
+})
+
+t.test('the ledger is bounded: the least recently seen versions are forgotten first', async (t) => {
+  const ledger = new KeepAliveLedger<string>(2)
+  ledger.arrived('a', 0, false, undefined, 'a')
+  ledger.arrived('b', 0, false, undefined, 'b')
+  ledger.arrived('a', 1, false, undefined, 'a')
+  ledger.arrived('c', 2, false, undefined, 'c')
+  t.same(ledger.ids().sort(), ['a', 'c'])
+  ledger.forget('a')
+  t.same(ledger.ids(), ['c'])
+})
