@@ -208,9 +208,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       parametersOf: (record) => parameters.ofRecord(record),
       serviceIdOfToken: (token, requester) => resolver.serviceIdOfToken(token, requester),
       forgetVersion: (serviceId) => memory.collected(serviceId),
-      onCollected: async (serviceId, reason, lastActiveAt) => {
+      onCollecting: (serviceId, reason, lastActiveAt) => keepAlive.collected(serviceId, reason, lastActiveAt),
+      onCollected: async (serviceId, reason) => {
         metrics.gcDeletions.inc({ reason })
-        keepAlive.collected(serviceId, reason, lastActiveAt)
         await metrics.removeService(serviceId)
       },
       onDeleted: (serviceId) => keepAlive.deleted(serviceId),
@@ -236,11 +236,12 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       collectIfIdle: (serviceId) => gc.collectIfDue(serviceId),
       parametersOf: (record) => parameters.ofRecord(record),
       // A version is started without a request only while its token still runs it.
-      mayPrewarm: (serviceId, token) => {
+      mayPrewarm: (serviceId, { token, core }) => {
         if (suspensions.get(serviceId) !== undefined) return false
         if (token === undefined) return true
         const data = tokens.get(token)
-        return data !== undefined && resolver.serviceIdOfToken(data) === serviceId
+        const runAs = core['run-as-user']
+        return data !== undefined && resolver.serviceIdOfToken(data, typeof runAs === 'string' ? runAs : undefined) === serviceId
       },
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),

@@ -43,6 +43,11 @@ export interface GcDeps {
   readonly forgetVersion: (serviceId: string) => Promise<void> | void
   /** Called after a version is collected (counting, metric series, its keep-alive history), with when it was last active. */
   readonly onCollected: (serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number) => Promise<void> | void
+  /**
+   * Called as a collection takes the version (its record just dropped, before the backend
+   * delete): what depends on when it was last active learns it before a request can come.
+   */
+  readonly onCollecting?: (serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number) => void
   /** Called after an operator deleted a version. */
   readonly onDeleted?: (serviceId: string) => void
   /** When a version's keep-alive policy lets it go, if the policy has its own say (an adaptive one). */
@@ -167,6 +172,7 @@ export class GcRunner {
       // collection meanwhile, so nothing can re-create the version in between. The record goes
       // only as the verdict saw it: another router that just recorded a request for it keeps it.
       if (!(await registry.forget(serviceId, record))) return undefined
+      this.#deps.onCollecting?.(serviceId, verdict.reason, verdict.lastActiveAt)
       await this.#deps.forgetVersion(serviceId)
       await backend.deleteService(serviceId)
       // A version that never ran here still had a routing entry if requests asked for it.

@@ -35,8 +35,8 @@ export interface KeepAliveDeps {
   /** The GC's collection of a version it finds idle now (it decides again), resolving with what it did. */
   readonly collectIfIdle: (serviceId: string) => Promise<GcVerdict | undefined>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
-  /** Whether a version may be started without a request: still what its token runs, not suspended. */
-  readonly mayPrewarm: (serviceId: string, token: string | undefined) => boolean
+  /** Whether a version may be started without a request: still what its token runs (for the user it runs as), not suspended. */
+  readonly mayPrewarm: (serviceId: string, payload: PrewarmPayload) => boolean
   readonly onPrewarm?: (serviceId: string) => void
   readonly onHit?: (serviceId: string) => void
   readonly onMiss?: (serviceId: string) => void
@@ -82,10 +82,10 @@ export class KeepAliveRunner {
   }
 
   /** A request for the version arrives (on the data path: a map lookup for an adaptive version, nothing for the others). */
-  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, payload: PrewarmPayload): void {
+  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, token: string | undefined, core: Readonly<Record<string, unknown>>): void {
     if (this.policyOf(params) !== 'adaptive') return
     const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
-    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, payload)
+    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, token, core })
     if (hit) this.#deps.onHit?.(serviceId)
   }
 
@@ -155,7 +155,7 @@ export class KeepAliveRunner {
       const params = record === undefined ? payload.activation.effective() : this.#deps.parametersOf(record)
       if (this.policyOf(params) !== 'adaptive') continue
       if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now) === undefined) continue
-      if (!this.#deps.mayPrewarm(serviceId, payload.token)) {
+      if (!this.#deps.mayPrewarm(serviceId, payload)) {
         ledger.forget(serviceId)
         continue
       }

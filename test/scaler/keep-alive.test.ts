@@ -125,3 +125,12 @@ t.test('the ledger is bounded: the least recently seen versions are forgotten fi
   ledger.forget('a')
   t.same(ledger.ids(), ['c'])
 })
+
+t.test('the GC follows a keep-alive deadline when the policy gives one, the idle timeout otherwise', async (t) => {
+  const { pickGarbage } = await import('../../src/scaler/gc.ts')
+  const base = { id: 'v', outstanding: 0, lastActiveAt: 0, idleTimeoutMs: 30 * MIN, staleSince: undefined, fallbackMs: 0, staleTimeoutMs: 0, brokenSince: undefined, brokenTimeoutMs: 0 }
+  t.same(pickGarbage([base], 29 * MIN), [], 'fixed: kept for its idle timeout')
+  t.same(pickGarbage([{ ...base, keepUntil: 2 * MIN }], 2 * MIN), [{ id: 'v', reason: 'idle' }], 'adaptive: let go sooner')
+  t.same(pickGarbage([{ ...base, keepUntil: 45 * MIN }], 40 * MIN), [], 'or later')
+  t.same(pickGarbage([{ ...base, keepUntil: 0, outstanding: 1 }], 40 * MIN), [], 'and never with a request under way')
+})

@@ -1,0 +1,95 @@
+/**
+ * Adaptive keep-alive against a real router and real instances: a client that calls every 90 s,
+ * on a clock the test jumps forward (instances start and probes run in real time).
+ */
+import t from 'tap'
+import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { OffsetClock } from '../fixtures/offset-clock.ts'
+
+const FAST = { 'scaler.tickMs': 250, 'scaler.gcIntervalMs': 100, 'scaler.keepAliveTickMs': 50 }
+
+interface KeepAliveJson {
+  readonly policy: string
+  readonly basis: string
+  readonly 'idle-times-seen': number
+  readonly 'pre-warm-after-secs': number
+  readonly 'keep-alive-secs': number
+  readonly 'next-action': { action: string; at: string } | null
+  readonly 'pre-warms': number
+  readonly 'pre-warm-hits': number
+  readonly 'pre-warm-misses': number
+}
+interface AppJson {
+  readonly status: string
+  readonly 'keep-alive': KeepAliveJson
+}
+
+async function app(router: Router, id: string): Promise<AppJson | undefined> {
+  const reply = await call(`${router.url}/apps/${id}`)
+  return reply.status === 200 ? reply.json<AppJson>() : undefined
+}
+
+async function metric(router: Router, name: string): Promise<number> {
+  const text = (await call(`${router.url}/metrics`)).text
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `))
+  return Number(line?.split(' ')[1] ?? Number.NaN)
+}
+
+t.test('a client every 90 s: an adaptive version learns the period, sits at zero between calls and is warm again for each once it has learned', async (t) => {
+  const clock = new OffsetClock()
+  const router = await startRouter(t, FAST, { clock })
+  // The fixed timeout it falls back to while it learns (1 min) is shorter than the period: every call is cold until then.
+  await createToken(router, 'periodic', kitchenToken({ 'keep-alive': 'adaptive', 'idle-timeout-mins': 1 }))
+  const h = { 'x-waiter-token': 'periodic' }
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const status = async (): Promise<string | undefined> => (await app(router, id))?.status
+  const cold: boolean[] = []
+  for (let period = 1; period <= 7; period++) {
+    const startedAt = clock.now()
+    const reply = await call(`${router.url}/request-info`, { headers: h })
+    t.equal(reply.status, 200)
+    cold.push(reply.headers['x-maitre-cold-start'] === 'true')
+    const keepAlive = await waitFor(`period ${period}: the keep-alive view`, async () => (await app(router, id))?.['keep-alive'])
+    if (keepAlive.basis === 'learned') {
+      // Let go at once, started again before the next call is due.
+      await waitFor(`period ${period}: the version let go right after its call`, async () => ((await status()) === 'Inactive' ? true : undefined))
+      const dormant = await app(router, id)
+      t.equal(dormant?.['keep-alive']['next-action']?.action, 'pre-warm', `period ${period}: at zero, with a pre-warm planned`)
+      clock.jump(startedAt + 80_000 - clock.now())
+      await waitFor(`period ${period}: pre-warmed and healthy`, async () => ((await status()) === 'Running' ? true : undefined))
+    } else {
+      // Still learning: the fixed 1-minute timeout lets it go before the next call.
+      clock.jump(startedAt + 61_000 - clock.now())
+      await waitFor(`period ${period}: collected after the fixed timeout`, async () => ((await status()) === 'Inactive' ? true : undefined))
+    }
+    clock.jump(startedAt + 90_000 - clock.now())
+  }
+  t.same(cold, [true, true, true, true, false, false, false], 'cold while it learns (three idle times), then warm at every call')
+  // The loop left it pre-warmed for an eighth call, due now.
+  const learned = (await app(router, id))?.['keep-alive']
+  t.match(learned, { policy: 'adaptive', basis: 'learned', 'pre-warm-after-secs': 57, 'keep-alive-secs': 69, 'pre-warms': 4, 'pre-warm-hits': 3, 'pre-warm-misses': 0 }, 'pre-warmed at 57 s (60 less 5 %), kept to 126 s (120 plus 5 %)')
+  t.equal(await metric(router, 'maitre_prewarms_total'), 4)
+  t.equal(await metric(router, 'maitre_prewarm_hits_total'), 3)
+  t.equal(await metric(router, 'maitre_prewarm_misses_total'), 0)
+
+  // The eighth call does not come: the pre-warmed version is let go at the end of its keep-alive, a miss.
+  clock.jump(40_000)
+  await waitFor('let go unused: a miss', async () => ((await metric(router, 'maitre_prewarm_misses_total')) === 1 ? true : undefined))
+  const after = await app(router, id)
+  t.equal(after?.status, 'Inactive', 'at zero')
+  t.equal(after?.['keep-alive']['next-action'], null, 'and nothing more is planned until a call comes')
+})
+
+t.test('keep-alive: a fixed version shows its plan; an unknown policy is refused; an operator’s delete of a version at zero forgets it', async (t) => {
+  const router = await startRouter(t, FAST)
+  await createToken(router, 'fixed', kitchenToken({ 'idle-timeout-mins': 5 }))
+  const h = { 'x-waiter-token': 'fixed' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.match((await app(router, id))?.['keep-alive'], { policy: 'fixed', basis: 'fixed', 'keep-alive-secs': 300, 'next-action': { action: 'let-go' } }, 'the router default, fixed: let go after idle-timeout-mins')
+  const refused = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'bad', ...kitchenToken({ 'keep-alive': 'forever' }) }) })
+  t.equal(refused.status, 400)
+  t.match(refused.text, /keep-alive must be one of: 'fixed', 'adaptive'/)
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
+  t.equal((await call(`${router.url}/apps/${id}`)).status, 404, 'a fixed version, deleted, is gone')
+})
