@@ -51,7 +51,7 @@ import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openTokenStore } from './versions/token-store.ts'
 import { fileStores } from './storage/json-dir.ts'
-import { Tokens } from './versions/tokens.ts'
+import { tokenEtag, Tokens } from './versions/tokens.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
 
 export interface AppOverrides {
@@ -235,14 +235,17 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       activator,
       collectIfIdle: (serviceId) => gc.collectIfDue(serviceId),
       parametersOf: (record) => parameters.ofRecord(record),
-      // A version is started without a request only while its token still runs it.
-      mayPrewarm: (serviceId, { token, core }) => {
-        if (suspensions.get(serviceId) !== undefined) return false
-        if (token === undefined) return true
-        const data = tokens.get(token)
+      // A version is started without a request only while the tokens that reached it are as
+      // they were (the GC's own test of a current version).
+      isCurrent: (serviceId, { sources, core }) => sources.every((source) => {
+        const data = tokens.get(source.token)
+        if (data === undefined) return false
+        if (tokenEtag(data) === source.etag) return true
+        // Edited without changing what runs (a timeout, the owner): still this version.
         const runAs = core['run-as-user']
-        return data !== undefined && resolver.serviceIdOfToken(data, typeof runAs === 'string' ? runAs : undefined) === serviceId
-      },
+        return sources.length === 1 && resolver.serviceIdOfToken(data, typeof runAs === 'string' ? runAs : undefined) === serviceId
+      }),
+      isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),
       onMiss: () => metrics.prewarmMisses.inc(),

@@ -261,17 +261,18 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
 
 /**
  * A version with no record: unknown (404), or let go by its adaptive keep-alive, which still
- * remembers it and may start it again: shown as Inactive with what its keep-alive plans, to
- * whoever may manage it.
+ * remembers it and may start it again: shown as Inactive with what its keep-alive plans (to
+ * any caller, as a recorded version is); its managers may DELETE its history.
  */
 function dormantApp(r: AdminRequest, serviceId: string, who: Principal, deps: AppsApiDeps): void {
   const dormant = deps.keepAlive?.dormant(serviceId)
-  const notFound = new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
-  if (dormant === undefined || !mayManage(who, { id: serviceId, core: dormant.core, sources: [], createdAt: 0 })) throw notFound
+  if (dormant === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': serviceId } })
   if (r.req.method === 'DELETE') {
-    // Nothing runs; what goes is its history, so it is not started again before a request.
+    assertManages(who, { id: serviceId, core: dormant.core, sources: [], createdAt: 0 })
+    // Nothing runs: what goes is its history, so it is not started again before a request.
+    // Waiter's answer for a service that does not run: 404, no-such-service-exists.
     deps.keepAlive?.forget(serviceId)
-    return sendJson(r.res, 200, { 'service-id': serviceId, success: true, result: 'no-such-service-exists', message: 'Service was not running; its keep-alive history is forgotten', 'routers-agree': true }, r.cid)
+    return sendJson(r.res, 404, { 'service-id': serviceId, success: false, result: 'no-such-service-exists', message: 'Service was not running; its keep-alive history is forgotten' }, r.cid)
   }
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET', 'DELETE'])
   sendJson(r.res, 200, {

@@ -248,7 +248,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
-      deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), activation, current.source?.token, current.core)
+      deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), activation, current.sources, current.core)
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',

@@ -21,6 +21,8 @@ interface Entry<P> {
   prewarmedAt: number | undefined
   /** The idle period (its idleSince) a pre-warm was last made for: one per period. */
   prewarmedFor: number | undefined
+  /** The last request's arrival: one since the version was let go starts it itself. */
+  lastArrivalAt: number | undefined
   prewarms: number
   hits: number
   misses: number
@@ -45,6 +47,11 @@ export interface KeepAliveView {
   readonly misses: number
 }
 
+/** Not yet pre-warmed for its current idle period, and no request has come since it began (one would start the version itself). */
+function awaitsPrewarm(entry: Entry<unknown>): boolean {
+  return entry.prewarmedFor !== entry.idleSince && (entry.lastArrivalAt === undefined || entry.idleSince === undefined || entry.lastArrivalAt <= entry.idleSince)
+}
+
 export class KeepAliveLedger<P = unknown> {
   readonly #entries: LRUCache<string, Entry<P>>
   readonly #options: AdaptiveOptions
@@ -57,7 +64,7 @@ export class KeepAliveLedger<P = unknown> {
   #entry(serviceId: string): Entry<P> {
     let entry = this.#entries.get(serviceId)
     if (entry === undefined) {
-      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
+      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, lastArrivalAt: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
       this.#entries.set(serviceId, entry)
     }
     return entry
@@ -78,7 +85,8 @@ export class KeepAliveLedger<P = unknown> {
     // when its collection found it so; a running one, when the tracker last saw it.
     if (running || entry.idleSince !== undefined) {
       const idleSince = running && !prewarmed ? runningIdleSince : entry.idleSince
-      const sample = idleSampleOf(now, idleSince, entry.lastSampleAt)
+      // A version let go too early (a cold start) always counts: its history must catch up.
+      const sample = idleSampleOf(now, idleSince, running ? entry.lastSampleAt : undefined)
       if (sample !== undefined) {
         entry.histogram.record(sample)
         entry.lastSampleAt = now
@@ -86,6 +94,7 @@ export class KeepAliveLedger<P = unknown> {
     }
     if (hit) entry.hits += 1
     entry.prewarmedAt = undefined
+    entry.lastArrivalAt = now
     return hit
   }
 
@@ -130,14 +139,14 @@ export class KeepAliveLedger<P = unknown> {
    */
   prewarmDue(serviceId: string, plan: KeepAlivePlan, now: number): P | undefined {
     const entry = this.#entries.peek(serviceId)
-    if (entry === undefined || entry.idleSince === undefined || entry.payload === undefined || entry.prewarmedFor === entry.idleSince) return undefined
+    if (entry === undefined || entry.idleSince === undefined || entry.payload === undefined || !awaitsPrewarm(entry)) return undefined
     return prewarmDue(scheduleOf(plan, entry.idleSince, false), plan, now) ? entry.payload : undefined
   }
 
   /** When a version that is not running is due for its pre-warm (undefined: it is not). */
   prewarmAt(serviceId: string, plan: KeepAlivePlan): number | undefined {
     const entry = this.#entries.peek(serviceId)
-    if (entry === undefined || entry.idleSince === undefined || entry.prewarmedFor === entry.idleSince) return undefined
+    if (entry === undefined || entry.idleSince === undefined || !awaitsPrewarm(entry)) return undefined
     return scheduleOf(plan, entry.idleSince, false).prewarmAt
   }
 
@@ -161,7 +170,7 @@ export class KeepAliveLedger<P = unknown> {
     const schedule = running && lastActiveAt !== undefined ? this.scheduleRunning(serviceId, plan, lastActiveAt) : !running && entry?.idleSince !== undefined ? scheduleOf(plan, entry.idleSince, false) : undefined
     let next: KeepAliveView['next']
     if (schedule !== undefined && running && Number.isFinite(schedule.collectAt)) next = { action: 'let-go', at: schedule.collectAt }
-    else if (schedule !== undefined && !running && entry?.payload !== undefined && entry.prewarmedFor !== entry.idleSince && schedule.prewarmAt !== undefined && now < schedule.prewarmAt + plan.keepAliveMs) next = { action: 'pre-warm', at: schedule.prewarmAt }
+    else if (schedule !== undefined && !running && entry?.payload !== undefined && awaitsPrewarm(entry) && schedule.prewarmAt !== undefined && now < schedule.prewarmAt + plan.keepAliveMs) next = { action: 'pre-warm', at: schedule.prewarmAt }
     return {
       policy: plan.policy,
       basis: plan.basis,

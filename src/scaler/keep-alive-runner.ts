@@ -10,7 +10,7 @@ import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
-import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
+import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
 import type { Activator, ActivationRequest } from './activator.ts'
 import type { GcVerdict } from './gc.ts'
 import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
@@ -18,10 +18,11 @@ import type { KeepAliveLedger, KeepAliveView } from './keep-alive-ledger.ts'
 import type { KeepAlivePlan, KeepAlivePolicy } from './keep-alive.ts'
 import { startLoop, type Loop } from './loop.ts'
 
-/** What a pre-warm needs: the activation of the version's last request, and the token it came through. */
+/** What a pre-warm needs: the activation of the version's last request, and the tokens it came through. */
 export interface PrewarmPayload {
   readonly activation: ActivationRequest
-  readonly token: string | undefined
+  /** The tokens (each at its version) the last request named: a pre-warm needs them unchanged. */
+  readonly sources: readonly TokenReference[]
   /** The version's description (what /apps/{id} shows of it while it does not run). */
   readonly core: Readonly<Record<string, unknown>>
 }
@@ -29,14 +30,16 @@ export interface PrewarmPayload {
 export interface KeepAliveDeps {
   readonly ledger: KeepAliveLedger<PrewarmPayload>
   readonly backend: Pick<Backend, 'requested'>
-  readonly tracker: InstanceTracker
+  readonly tracker: Pick<InstanceTracker, 'load' | 'idleSince'>
   readonly registry: Pick<ServiceRegistry, 'all' | 'get'>
-  readonly activator: Pick<Activator, 'ensure'>
+  readonly activator: Pick<Activator, 'ensure' | 'collecting'>
   /** The GC's collection of a version it finds idle now (it decides again), resolving with what it did. */
   readonly collectIfIdle: (serviceId: string) => Promise<GcVerdict | undefined>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
-  /** Whether a version may be started without a request: still what its token runs (for the user it runs as), not suspended. */
-  readonly mayPrewarm: (serviceId: string, payload: PrewarmPayload) => boolean
+  /** Whether the version is still what the tokens of its last request run (else it is never pre-warmed again). */
+  readonly isCurrent: (serviceId: string, payload: PrewarmPayload) => boolean
+  /** Whether the version is suspended (no pre-warm meanwhile; its history stays). */
+  readonly isSuspended: (serviceId: string) => boolean
   readonly onPrewarm?: (serviceId: string) => void
   readonly onHit?: (serviceId: string) => void
   readonly onMiss?: (serviceId: string) => void
@@ -82,10 +85,10 @@ export class KeepAliveRunner {
   }
 
   /** A request for the version arrives (on the data path: a map lookup for an adaptive version, nothing for the others). */
-  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, token: string | undefined, core: Readonly<Record<string, unknown>>): void {
+  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, sources: readonly TokenReference[], core: Readonly<Record<string, unknown>>): void {
     if (this.policyOf(params) !== 'adaptive') return
     const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
-    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, token, core })
+    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, sources, core })
     if (hit) this.#deps.onHit?.(serviceId)
   }
 
@@ -147,27 +150,29 @@ export class KeepAliveRunner {
     }
     for (const serviceId of ledger.ids()) {
       if (running.has(serviceId) || this.#starting.has(serviceId) || (backend.requested(serviceId) ?? 0) > 0) continue
-      const record = registry.get(serviceId)
-      // A version not running has no record (its collection dropped it): its plan follows the
-      // parameters of the last request that reached it.
+      // A collection under way: looked at again next round, once it is over.
+      if (this.#deps.activator.collecting(serviceId)) continue
       const payload = ledger.payload(serviceId)
       if (payload === undefined) continue
+      // A version not running has no record (its collection dropped it): its plan follows the
+      // parameters of the last request that reached it.
+      const record = registry.get(serviceId)
       const params = record === undefined ? payload.activation.effective() : this.#deps.parametersOf(record)
       if (this.policyOf(params) !== 'adaptive') continue
       if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now) === undefined) continue
-      if (!this.#deps.mayPrewarm(serviceId, payload)) {
+      if (this.#deps.isSuspended(serviceId)) continue
+      if (!this.#deps.isCurrent(serviceId, payload)) {
+        // Its tokens moved on: what they run now is another version, with a history of its own.
         ledger.forget(serviceId)
         continue
       }
+      const starting = this.#deps.activator.ensure(payload.activation)
+      // (Undefined: it runs after all, started by a request meanwhile.)
+      if (starting === undefined) continue
       this.#starting.add(serviceId)
       ledger.prewarmed(serviceId, now)
       this.#deps.onPrewarm?.(serviceId)
       log.info({ service: serviceId }, 'pre-warming: starting the version before its next expected request')
-      const starting = this.#deps.activator.ensure(payload.activation)
-      if (starting === undefined) {
-        this.#starting.delete(serviceId)
-        continue
-      }
       void starting
         .catch((err: unknown) => log.warn({ err, service: serviceId }, 'pre-warming the version failed'))
         .finally(() => this.#starting.delete(serviceId))

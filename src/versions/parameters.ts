@@ -129,7 +129,8 @@ const ROWS: Readonly<Record<string, Row>> = {
   'health-check-url': { check: absolutePath, default: '/status', rawHeader: true },
   'idle-timeout-mins': { check: intRange(0, 43200), default: 30, overridable: true },
   // maitre's own: how idleness ends a version (no default here: the router's scaler.keepAlive).
-  'keep-alive': { check: oneOf('fixed', 'adaptive'), overridable: true, rawHeader: true },
+  // Not overridable: overrides go with a collection, and the policy must outlive those.
+  'keep-alive': { check: oneOf('fixed', 'adaptive'), rawHeader: true },
   image: { check: nonBlank, rawHeader: true },
   'instance-expiry-mins': { check: intAtLeast(0), default: 7200, overridable: true },
   'interstitial-secs': { check: intRange(0, 3600), default: 0, overridable: true },

@@ -51,8 +51,9 @@ t.test('a client every 90 s: an adaptive version learns the period, sits at zero
     cold.push(reply.headers['x-maitre-cold-start'] === 'true')
     const keepAlive = await waitFor(`period ${period}: the keep-alive view`, async () => (await app(router, id))?.['keep-alive'])
     if (keepAlive.basis === 'learned') {
-      // Let go at once, started again before the next call is due.
-      await waitFor(`period ${period}: the version let go right after its call`, async () => ((await status()) === 'Inactive' ? true : undefined))
+      // Let go soon (half its 57 s pre-warm time), started again before the next call is due.
+      clock.jump(startedAt + 30_000 - clock.now())
+      await waitFor(`period ${period}: the version let go after its call`, async () => ((await status()) === 'Inactive' ? true : undefined))
       const dormant = await app(router, id)
       t.equal(dormant?.['keep-alive']['next-action']?.action, 'pre-warm', `period ${period}: at zero, with a pre-warm planned`)
       clock.jump(startedAt + 80_000 - clock.now())
@@ -78,6 +79,11 @@ t.test('a client every 90 s: an adaptive version learns the period, sits at zero
   const after = await app(router, id)
   t.equal(after?.status, 'Inactive', 'at zero')
   t.equal(after?.['keep-alive']['next-action'], null, 'and nothing more is planned until a call comes')
+  // An operator's delete of a version at zero forgets it: Waiter's answer for a service that does not run.
+  const deleted = await call(`${router.url}/apps/${id}`, { method: 'DELETE' })
+  t.equal(deleted.status, 404)
+  t.match(deleted.json(), { success: false, result: 'no-such-service-exists' })
+  t.equal((await call(`${router.url}/apps/${id}`)).status, 404, 'then unknown')
 })
 
 t.test('keep-alive: a fixed version shows its plan; an unknown policy is refused; an operator’s delete of a version at zero forgets it', async (t) => {

@@ -58,9 +58,10 @@ t.test('the plan: fixed as asked; adaptive learns from a periodic version, and f
   t.same(planKeepAlive('adaptive', bursty, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'maitre caps that at the fixed idle timeout')
 })
 
-t.test('the schedule: kept to the end of its keep-alive; with a pre-warm, let go at once, started again, kept from there', async (t) => {
+t.test('the schedule: kept to the end of its keep-alive; with a pre-warm, let go soon, started again, kept from there', async (t) => {
   const plan = { policy: 'adaptive' as const, basis: 'learned' as const, prewarmMs: 10 * MIN, keepAliveMs: 5 * MIN }
-  t.same(scheduleOf(plan, 1000, false), { collectAt: 1000, prewarmAt: 1000 + 10 * MIN })
+  t.same(scheduleOf(plan, 1000, false), { collectAt: 1000 + 10_000, prewarmAt: 1000 + 10 * MIN }, 'let go after 10 s idle')
+  t.same(scheduleOf({ ...plan, prewarmMs: 12_000 }, 1000, false), { collectAt: 1000 + 6000, prewarmAt: 1000 + 12_000 }, 'or half its pre-warm time if that is shorter')
   t.same(scheduleOf(plan, 1000, true), { collectAt: 1000 + 15 * MIN, prewarmAt: 1000 + 10 * MIN })
   t.same(scheduleOf({ ...plan, prewarmMs: 0 }, 1000, false), { collectAt: 1000 + 5 * MIN, prewarmAt: undefined })
   t.same(scheduleOf({ ...plan, keepAliveMs: 0, prewarmMs: 0 }, 1000, false), { collectAt: Number.POSITIVE_INFINITY, prewarmAt: undefined })
@@ -98,7 +99,7 @@ t.test('the ledger learns a period across collections, pre-warms before the next
   t.equal(plan.basis, 'learned')
   t.equal(plan.prewarmMs, 18 * MIN, 'pre-warm at 20 min less 10 %')
   t.equal(plan.keepAliveMs, Math.round(21 * MIN * 1.1) - 18 * MIN)
-  t.same(ledger.scheduleRunning('v', plan, now), { collectAt: now, prewarmAt: now + 18 * MIN }, 'let go at once')
+  t.same(ledger.scheduleRunning('v', plan, now), { collectAt: now + 10_000, prewarmAt: now + 18 * MIN }, 'let go after 10 s of idleness')
   ledger.collected('v', now)
   t.equal(ledger.prewarmDue('v', plan, now + 17 * MIN), undefined)
   t.equal(ledger.prewarmDue('v', plan, now + 18 * MIN), 'start-v', 'its start payload, at the pre-warm time')
@@ -106,7 +107,7 @@ t.test('the ledger learns a period across collections, pre-warms before the next
   t.same(ledger.scheduleRunning('v', plan, now + 18 * MIN), { collectAt: now + 18 * MIN + plan.keepAliveMs, prewarmAt: now + 18 * MIN }, 'a pre-warmed version is kept for its keep-alive time')
   t.equal(ledger.arrived('v', now + period, true, now + 18 * MIN), true, 'the request finds it warm: a hit')
   const view = ledger.view('v', plan, true, now + period, now + period)
-  t.match(view, { hits: 1, misses: 0, prewarms: 1, idleSince: now + period, next: { action: 'let-go', at: now + period } })
+  t.match(view, { hits: 1, misses: 0, prewarms: 1, idleSince: now + period, next: { action: 'let-go', at: now + period + 10_000 } })
   t.equal(ledger.plan('v', 'adaptive', fixedMs).prewarmMs, 18 * MIN, 'the hit counted the idle time from the last request, not from the pre-warm')
   now += period
   ledger.collected('v', now)
