@@ -151,7 +151,7 @@ async function main(): Promise<void> {
   const etcd = await startEtcd({ teardown: (fn) => void cleanups.unshift(fn), testdir: () => join(dir, 'etcd') })
   const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim') })
   cleanups.unshift(() => sim.close())
-  const kubeconfig = writeKubeconfig(dir, sim.url)
+  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
 
   // Each case is its own cluster (its own etcd prefix and pod ports), so the cases run side by side.
   const cases: Case[] = []

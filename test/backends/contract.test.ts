@@ -98,7 +98,7 @@ const BACKENDS: Record<'memory' | 'local' | 'kubernetes', (t: Test) => Promise<H
     // Pods have their own IPs; a port slice of our own still keeps them off other tests' instances.
     const { low, release } = claimPortSlice()
     const K8S = DEFAULTS.backend.kubernetes
-    const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url) }, {}))
+    const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig: writeKubeconfig(dir, sim.url, sim.ca) }, {}))
     const backend = new KubernetesBackend({ ...K8S, api, cluster: 'contract', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log: silentLogger })
     t.teardown(async () => {
       try {

@@ -10,7 +10,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { request } from 'undici'
+import { Agent, request as undiciRequest } from 'undici'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
 import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
 import { fileToken, kubeConnection, type KubeConnection } from '../../src/backends/kubernetes/connection.ts'
@@ -66,7 +66,7 @@ async function setup(
     throw err
   })
   const { low, release } = claimPortSlice()
-  const kubeconfig = writeKubeconfig(dir, sim.url)
+  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
   const api = new KubeApi(kubeConnection({ ...K8S, kubeconfig }, {}), options.api)
   const log = process.env['MAITRE_TEST_LOG_DIR'] === undefined ? silentLogger : createLogger('trace', createWriteStream(join(process.env['MAITRE_TEST_LOG_DIR'], `k8s-${low}.log`)))
   const backend = new KubernetesBackend({ ...K8S, api, cluster: 'test', podBasePort: low, relistBackoffMs: 20, clock: systemClock, log })
@@ -261,6 +261,12 @@ t.test('the API server enforces resourceVersion on /scale; the client reports St
 
 t.test('the simulator speaks the API faithfully where the backend relies on it', async (t) => {
   const { sim } = await setup(t)
+  // Over TLS, trusting the simulator's CA only (as a client of a cluster does).
+  const trusting = new Agent({ connect: { ca: sim.ca } })
+  t.teardown(() => trusting.close())
+  const request = (url: string, options: Parameters<typeof undiciRequest>[1] = {}): ReturnType<typeof undiciRequest> => undiciRequest(url, { ...options, dispatcher: trusting })
+  const untrusted = await undiciRequest(`${sim.url}/version`).catch((err: unknown) => err)
+  t.match(untrusted, { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' }, 'a client that does not trust its CA is refused')
   const h = { authorization: `Bearer ${SIM_TOKEN}`, 'content-type': 'application/json' }
   const base = `${sim.url}/apis/coordination.k8s.io/v1/namespaces/${SIM_NAMESPACE}/leases`
   const lease = (time: string, rv?: string): string =>

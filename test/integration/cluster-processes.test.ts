@@ -24,7 +24,7 @@ t.test('leader SIGKILL under steady load: the others fail nothing, one of them l
   const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
   const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
   t.teardown(() => sim.close())
-  const kubeconfig = writeKubeconfig(dir, sim.url)
+  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
   // One pod port for every router: they all build the same ReplicaSets.
   const { low, release } = claimPortSlice()
   t.teardown(release)
