@@ -291,6 +291,65 @@ t.test('the simulator speaks the API faithfully where the backend relies on it',
   await badPatch.body.dump()
 })
 
+t.test('the simulator behaves as an API server where clients are easily fooled: field selectors, no-op writes, dry runs, selector transitions on watches, second-precision times', async (t) => {
+  const { sim } = await setup(t)
+  const trusting = new Agent({ connect: { ca: sim.ca } })
+  t.teardown(() => trusting.close())
+  const h = { authorization: `Bearer ${SIM_TOKEN}`, 'content-type': 'application/json' }
+  const core = `${sim.url}/api/v1/namespaces/${SIM_NAMESPACE}`
+  const apps = `${sim.url}/apis/apps/v1/namespaces/${SIM_NAMESPACE}`
+  const json = async (url: string, options: { method?: string; body?: unknown; type?: string } = {}): Promise<{ status: number; body: Record<string, any> }> => {
+    const res = await undiciRequest(url, { dispatcher: trusting, method: (options.method ?? 'GET') as 'GET', headers: { ...h, ...(options.type === undefined ? {} : { 'content-type': options.type }) }, ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }) })
+    return { status: res.statusCode, body: (await res.body.json()) as Record<string, any> }
+  }
+  const rs = { apiVersion: 'apps/v1', kind: 'ReplicaSet', metadata: { name: 'fidelity' }, spec: { replicas: 1, selector: { matchLabels: { app: 'fidelity' } }, template: { metadata: { labels: { app: 'fidelity' } }, spec: { containers: [{ name: 'app', image: 'maitre-app', command: ['/bin/sh', '-c', 'exec sleep 60'] }] } } } }
+
+  const dry = await json(`${apps}/replicasets?dryRun=All`, { method: 'POST', body: rs })
+  t.equal(dry.status, 201, 'a dry run is answered as a create')
+  t.equal((await json(`${apps}/replicasets/fidelity`)).status, 404, 'and stores nothing')
+  t.equal((await json(`${apps}/replicasets`, { method: 'POST', body: rs })).status, 201)
+  const pod = await waitFor('its pod running', async () => {
+    const items = (await json(`${core}/pods`)).body.items as Record<string, any>[]
+    return items.find((p) => p.status?.containerStatuses?.[0]?.state?.running !== undefined)
+  })
+  const name = pod.metadata.name as string
+  t.match(pod.metadata.creationTimestamp, /T\d\d:\d\d:\d\dZ$/, 'timestamps in whole seconds (metav1.Time)')
+  t.match(pod.status.containerStatuses[0].state.running.startedAt, /T\d\d:\d\d:\d\dZ$/)
+
+  const unsupported = await json(`${core}/pods?fieldSelector=spec.containers.image%3Dx`)
+  t.equal(unsupported.status, 400, 'a field the API server cannot select by is a 400, not ignored')
+  t.match(unsupported.body, { reason: 'BadRequest', message: /not a known field selector/ })
+  t.equal((await json(`${core}/pods?fieldSelector=status.phase%3DRunning`)).status, 200, 'a supported one is served')
+
+  // A watch of the pods labelled tier=web sees one come and go as its label changes.
+  const watched = await undiciRequest(`${core}/pods?watch=true&labelSelector=tier%3Dweb&resourceVersion=${String(pod.metadata.resourceVersion)}`, { dispatcher: trusting, headers: h })
+  const types: string[] = []
+  let buffered = ''
+  watched.body.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString()
+    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+      const line = buffered.slice(0, nl)
+      buffered = buffered.slice(nl + 1)
+      const event = JSON.parse(line) as { type: string; object: { metadata: { name: string } } }
+      if (event.object.metadata.name === name) types.push(event.type)
+    }
+  })
+  t.teardown(() => watched.body.destroy())
+  const label = (value: string): Promise<{ status: number; body: Record<string, any> }> => json(`${core}/pods/${name}`, { method: 'PATCH', type: 'application/merge-patch+json', body: { metadata: { labels: { tier: value } } } })
+  const labelled = await label('web')
+  await label('batch')
+  await waitFor('ADDED then DELETED', () => (types.length >= 2 ? true : undefined))
+  t.same(types, ['ADDED', 'DELETED'], 'a pod that comes to match a selector is ADDED to its watch, one that stops matching is DELETED')
+
+  const again = await json(`${core}/pods/${name}`, { method: 'PATCH', type: 'application/merge-patch+json', body: { metadata: { labels: { tier: 'batch' } } } })
+  const now = await json(`${core}/pods/${name}`)
+  t.equal(again.body.metadata.resourceVersion, now.body.metadata.resourceVersion, 'a patch that changes nothing is no write')
+  t.not(labelled.body.metadata.resourceVersion, now.body.metadata.resourceVersion)
+  const dryPatch = await json(`${core}/pods/${name}?dryRun=All`, { method: 'PATCH', type: 'application/merge-patch+json', body: { metadata: { labels: { tier: 'web' } } } })
+  t.equal(dryPatch.body.metadata.labels.tier, 'web', 'a dry-run patch answers the patched object')
+  t.equal((await json(`${core}/pods/${name}`)).body.metadata.labels.tier, 'batch', 'and stores nothing')
+})
+
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
   const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))
