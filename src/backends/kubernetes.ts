@@ -55,8 +55,8 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** Restart count last seen per pod, so each failed container run is recorded once. */
-  readonly restartsSeen: Map<string, number>
+  /** The last ended run recorded per pod (its instance id): each is recorded once. */
+  readonly failuresSeen: Map<string, string>
   failed: EndedInstance[]
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
@@ -314,7 +314,7 @@ export class KubernetesBackend implements Backend {
       deleting: undefined,
       creating: undefined,
       killing: new Set(),
-      restartsSeen: new Map(),
+      failuresSeen: new Map(),
       failed: [],
       killed: [],
       failedSinceHealthy: [],
@@ -562,13 +562,12 @@ export class KubernetesBackend implements Backend {
     this.#update(service)
   }
 
+  /** Records a pod's container run that ended, once, as soon as the pod shows it (not when the kubelet restarts it after its back-off). */
   #recordFailure(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
     const failure = lastFailure(pod, service.id, this.#o.clock.now())
-    const restarts = appStatus(pod)?.restartCount ?? 0
-    const seen = service.restartsSeen.get(name) ?? 0
-    if (restarts > seen) service.restartsSeen.set(name, restarts)
-    if (failure === undefined || restarts <= seen) return
+    if (failure === undefined || service.failuresSeen.get(name) === failure.id) return
+    service.failuresSeen.set(name, failure.id)
     service.failed = [failure, ...service.failed].slice(0, ENDED_KEPT)
     service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
     this.#o.log.warn({ service: service.id, instance: failure.id, exitCode: failure.exitCode, reason: failure.message }, 'instance failed')
@@ -577,7 +576,7 @@ export class KubernetesBackend implements Backend {
   #recordDeleted(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
     const onPurpose = service.killing.delete(name)
-    service.restartsSeen.delete(name)
+    service.failuresSeen.delete(name)
     const now = this.#o.clock.now()
     const instance = instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: this.#o.podBasePort, portCount: service.portCount, now })
     const ended: EndedInstance = {

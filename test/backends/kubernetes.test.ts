@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request as undiciRequest } from 'undici'
+import { DEPLOYMENT_ERRORS } from '../../src/backends/deployment-error.ts'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
 import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
 import { fileToken, kubeConnection, type KubeConnection } from '../../src/backends/kubernetes/connection.ts'
@@ -350,6 +351,20 @@ t.test('the simulator behaves as an API server where clients are easily fooled: 
   t.equal((await json(`${core}/pods/${name}`)).body.metadata.labels.tier, 'batch', 'and stores nothing')
 })
 
+t.test('a crash is seen as soon as the pod shows it, not when the kubelet restarts the container after its back-off: Invalid startup command within seconds of the second crash', async (t) => {
+  // The kubelet's back-off at a tenth of its real length: 1 s, then 2 s, â€¦ The second crash
+  // comes after the first back-off (1 s); the restart after it only 2 s later.
+  const { sim, backend } = await setup(t, { sim: { crashBackoffMs: 1000, maxCrashBackoffMs: 30_000 } })
+  const startedAt = Date.now()
+  await backend.ensureService(spec('svc-crashes', { command: 'exit 3' }))
+  const error = await waitFor('a deployment error', () => backend.state('svc-crashes')?.deploymentError, 10_000)
+  const tookMs = Date.now() - startedAt
+  t.equal(error, DEPLOYMENT_ERRORS.badStartupCommand)
+  const restarts = sim.list('pods', SIM_NAMESPACE).map((p) => p.status?.containerStatuses?.[0]?.restartCount as number)
+  t.same(restarts, [1], 'seen while the container waits out its second back-off (restarted once so far)')
+  t.ok(tookMs < 2800, `within ${tookMs} ms: the first back-off and two crashes, not the second back-off`)
+})
+
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
   const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))
@@ -413,6 +428,12 @@ t.test('reading pods: failed runs, OOMKilled, liveness kills and the schedulerâ€
   t.equal(liveness?.exitCode, undefined, 'a liveness kill says nothing of the command')
   t.ok(liveness?.flags.has('never-passed-health-checks'))
   t.equal(lastFailure(pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: true, restartCount: 0 }] }), 's', 0), undefined)
+  // A kubelet counts a restart when it starts the container again: a crash shows before that.
+  const backingOff = pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 1, state: { waiting: { reason: 'CrashLoopBackOff' } }, lastState: { terminated: { exitCode: 3, reason: 'Error' } } }] })
+  t.match(lastFailure(backingOff, 's', 0), { id: 's.p-abcde-1', exitCode: 3 }, 'in back-off, the run that ended is run restartCount')
+  const justEnded = pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { terminated: { exitCode: 3, reason: 'Error' } } }] })
+  t.match(lastFailure(justEnded, 's', 0), { id: 's.p-abcde-0', exitCode: 3 }, 'the first crash, before any restart')
+  t.equal(lastFailure({ ...justEnded, metadata: { ...justEnded.metadata, deletionTimestamp: '2026-01-01T00:00:00Z' } }, 's', 0), undefined, 'a pod being deleted ended on purpose')
   t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image "x"' } } }] })), 'ImagePullBackOff: Back-off pulling image "x"')
   t.equal(schedulerProblem(pod({ phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: '0/3 nodes are available: 3 Insufficient cpu.' }] })), 'Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.')
   t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ContainerCreating' } } }] })), undefined, 'ContainerCreating is normal')

@@ -60,14 +60,21 @@ export function instanceOf(pod: Pod, o: PodInstanceOptions): Instance {
 }
 
 /**
- * The container run that ended before the current one, if the pod shows one: `lastState.terminated`
- * belongs to run `restartCount - 1`. OOMKilled is a memory failure; 137/143 with reason Error is a
- * liveness (or grace-period) kill, which says nothing about the command's own exit code.
+ * The container run that ended last, as soon as the pod shows it. A kubelet counts a restart
+ * when it starts the container again, after its back-off, not when it crashes: while the
+ * container is down (`state.terminated`, then `waiting: CrashLoopBackOff` with the crash in
+ * `lastState`) the run that ended is run `restartCount`; once it runs again, `lastState`
+ * holds run `restartCount - 1`. A pod being deleted ended on purpose. OOMKilled is a memory
+ * failure; 137/143 with reason Error is a liveness (or grace-period) kill, which says nothing
+ * about the command's own exit code.
  */
 export function lastFailure(pod: Pod, serviceId: string, now: number): EndedInstance | undefined {
   const status = appStatus(pod)
-  const terminated = status?.lastState?.terminated
-  if (status === undefined || terminated === undefined || status.restartCount < 1) return undefined
+  if (status === undefined || isTerminating(pod)) return undefined
+  const down = status.state?.terminated !== undefined || status.state?.waiting !== undefined
+  const terminated = status.state?.terminated ?? status.lastState?.terminated
+  const run = down ? status.restartCount : status.restartCount - 1
+  if (terminated === undefined || run < 0) return undefined
   const flags = new Set<InstanceFlag>()
   let exitCode: number | undefined = terminated.exitCode
   let message = `Exited with code ${terminated.exitCode}`
@@ -80,7 +87,7 @@ export function lastFailure(pod: Pod, serviceId: string, now: number): EndedInst
     message = 'Killed by its liveness probe'
   }
   return {
-    id: `${serviceId}.${pod.metadata.name ?? ''}-${status.restartCount - 1}`,
+    id: `${serviceId}.${pod.metadata.name ?? ''}-${run}`,
     serviceId,
     host: pod.status?.podIP ?? '',
     port: 0,
