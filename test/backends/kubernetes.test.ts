@@ -5,7 +5,7 @@
  * credentials, and the pure readings of pods.
  */
 import t from 'tap'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -363,6 +363,23 @@ t.test('a crash is seen as soon as the pod shows it, not when the kubelet restar
   const restarts = sim.list('pods', SIM_NAMESPACE).map((p) => p.status?.containerStatuses?.[0]?.restartCount as number)
   t.same(restarts, [1], 'seen while the container waits out its second back-off (restarted once so far)')
   t.ok(tookMs < 2800, `within ${tookMs} ms: the first back-off and two crashes, not the second back-off`)
+})
+
+t.test('SIGTERM reaches the app when the kubelet signals only the container’s PID 1, whatever shell line runs it', async (t) => {
+  const { backend } = await setup(t)
+  const logs = mkdtempSync(join(tmpdir(), 'maitre-k8s-sigterm-'))
+  t.teardown(() => rmSync(logs, { recursive: true, force: true }))
+  // A shell line that does not end in the app (a shell stays its parent): the case a bare
+  // `/bin/sh -c` left to SIGKILL at the end of the grace period.
+  await backend.ensureService(spec('svc-term', { command: `${kitchenCmd(`--request-log-dir ${logs}`)}; echo stopped` }))
+  await waitFor('a ready pod', () => (healthy(backend, 'svc-term') === 1 ? true : undefined), 10_000)
+  const victim = backend.state('svc-term')?.instances[0]?.id as string
+  t.equal(await backend.killInstance('svc-term', victim), true)
+  const said = await waitFor('the app told of its stop', () => {
+    const lines = readdirSync(logs).flatMap((f) => readFileSync(join(logs, f), 'utf8').split('\n'))
+    return lines.some((l) => / sigterm \d+$/.test(l)) ? lines : undefined
+  }, 10_000)
+  t.ok(said.some((l) => / sigterm \d+$/.test(l)), 'the app got SIGTERM and could finish its requests')
 })
 
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {

@@ -76,7 +76,7 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
   const container: Container = {
     name: CONTAINER,
     image: spec.image ?? options.defaultImage,
-    command: ['/bin/sh', '-c', spec.command],
+    command: ['/bin/sh', '-c', forwardingTerm(spec.command)],
     workingDir: SANDBOX,
     env,
     ports: Array.from({ length: spec.ports }, (_, i) => ({ containerPort: base + i })),
@@ -115,4 +115,27 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
       },
     },
   }
+}
+
+/**
+ * The service's command as the container's PID 1 runs it. The kubelet sends SIGTERM to PID 1
+ * only, and a shell there neither passes it on nor (as PID 1) dies of it: an app that is a
+ * child of the shell would run on, unwarned, until the SIGKILL at the end of the grace period.
+ * So the shell runs the command as a job and, on SIGTERM, ignores it itself and sends it to its
+ * whole process group (the app and whatever else the command started), then waits for the job
+ * and exits with its status. (The job's own shell, if the command needs one, survives the
+ * signal with a no-op trap and waits for its children; a command that ends in `exec app` is
+ * the app itself.) What the app must do: handle SIGTERM by finishing its requests and exiting.
+ */
+export function forwardingTerm(command: string): string {
+  return [
+    `trap 'trap "" TERM; kill -TERM 0' TERM`,
+    '{ trap : TERM',
+    command,
+    '} &',
+    'pid=$!',
+    'wait $pid; status=$?',
+    'while kill -0 $pid 2>/dev/null; do wait $pid; status=$?; done',
+    'exit $status',
+  ].join('\n')
 }
