@@ -1,11 +1,14 @@
 /** The Kubernetes simulator run on its own, as the README tells people trying cluster mode by hand. */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import { promisify } from 'node:util'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { REPO } from '../fixtures/router-process.ts'
 import { freePort } from '../../bench/tools.ts'
 import { call, createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
+
+const run = promisify(execFile)
 
 t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubeconfig maitre accepts, until SIGTERM', async (t) => {
   const dir = t.testdir()
@@ -17,8 +20,10 @@ t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubecon
     if (child.exitCode === null) child.kill('SIGKILL')
   })
   const line = await new Promise<Record<string, unknown>>((resolve) => createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', (l) => resolve(JSON.parse(l) as Record<string, unknown>)))
-  t.equal(line['url'], `http://127.0.0.1:${port}`, 'it prints its URL, on the port asked for')
+  t.equal(line['url'], `https://127.0.0.1:${port}`, 'it prints its URL, on the port asked for')
   t.equal(line['kubeconfig'], kubeconfig)
+  const { stdout, stderr } = await run('kubectl', ['--kubeconfig', kubeconfig, 'get', 'pods'], { timeout: 20_000 })
+  t.match(stdout + stderr, /No resources found in maitre-test namespace/, 'kubectl reads the kubeconfig as written (CA, token, namespace)')
 
   const router = await startRouter(t, { 'backend.kind': 'kubernetes', 'backend.kubernetes.kubeconfig': kubeconfig })
   await createToken(router, 'by-hand', kitchenToken())

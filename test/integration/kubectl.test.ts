@@ -118,21 +118,3 @@ function write(dir: string, name: string, text: string): string {
   writeFileSync(path, text)
   return path
 }
-
-t.test('the simulator runs on its own: it writes a kubeconfig kubectl accepts, prints its URL, and stops on SIGTERM', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'maitre-kubectl-main-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const kubeconfig = join(dir, 'sim.kubeconfig')
-  const child = spawn(process.execPath, ['test/fixtures/k8s-sim/main.ts', '--port', '0', '--kubeconfig', kubeconfig, '--work-dir', join(dir, 'work')], { stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => child.kill('SIGKILL'))
-  const started = await new Promise<{ url: string; kubeconfig: string }>((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (line) => resolve(JSON.parse(line) as { url: string; kubeconfig: string }))
-    child.once('exit', (code) => reject(new Error(`the simulator exited with ${String(code)}`)))
-  })
-  t.match(started, { url: /^https:\/\/127\.0\.0\.1:\d+$/, kubeconfig })
-  const { stdout, stderr } = await run('kubectl', ['--kubeconfig', kubeconfig, 'get', 'pods'], { timeout: 20_000 })
-  t.match(stdout + stderr, /No resources found in maitre-test namespace/, 'kubectl reads its kubeconfig as written, namespace included')
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  t.equal(await exited, 0, 'a clean exit on SIGTERM')
-})
