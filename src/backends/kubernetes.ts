@@ -18,7 +18,7 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
-import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem } from './kubernetes/pod-view.ts'
+import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
@@ -632,9 +632,7 @@ export class KubernetesBackend implements Backend {
       }
       if (service.uid === undefined) continue
       const events = await this.#o.api.listEvents(`involvedObject.kind=ReplicaSet,involvedObject.name=${service.replicaSet}`)
-      const failedCreate = events.items
-        .filter((e) => e.reason === 'FailedCreate' && e.involvedObject.uid === service.uid)
-        .sort((a, b) => Date.parse(b.lastTimestamp ?? '') - Date.parse(a.lastTimestamp ?? ''))[0]
+      const failedCreate = latestFailedCreate(events.items, service.uid)
       const message = failedCreate === undefined ? undefined : `FailedCreate: ${failedCreate.message}`
       if (message !== service.eventError) {
         service.eventError = message

@@ -16,7 +16,8 @@ import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
 import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
 import { fileToken, kubeConnection, type KubeConnection } from '../../src/backends/kubernetes/connection.ts'
 import type { Pod } from '../../src/backends/kubernetes/objects.ts'
-import { lastFailure, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
+import { lastFailure, latestFailedCreate, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
+import type { KubeEvent } from '../../src/backends/kubernetes/objects.ts'
 import { replicaSetName, replicaSetOf } from '../../src/backends/kubernetes/replica-set.ts'
 import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
@@ -451,6 +452,13 @@ t.test('reading pods: failed runs, OOMKilled, liveness kills and the schedulerâ€
   const justEnded = pod({ phase: 'Running', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { terminated: { exitCode: 3, reason: 'Error' } } }] })
   t.match(lastFailure(justEnded, 's', 0), { id: 's.p-abcde-0', exitCode: 3 }, 'the first crash, before any restart')
   t.equal(lastFailure({ ...justEnded, metadata: { ...justEnded.metadata, deletionTimestamp: '2026-01-01T00:00:00Z' } }, 's', 0), undefined, 'a pod being deleted ended on purpose')
+  // Events carry whole seconds: ties are broken by eventTime, then by count; others ignored.
+  const event = (name: string, lastTimestamp: string | undefined, extra: Record<string, unknown> = {}): KubeEvent => ({ metadata: { name }, involvedObject: { kind: 'ReplicaSet', name: 'rs', uid: 'u1' }, reason: 'FailedCreate', message: name, type: 'Warning', ...(lastTimestamp === undefined ? {} : { lastTimestamp }), ...extra })
+  const second = '2026-01-01T00:00:05Z'
+  t.equal(latestFailedCreate([event('old', '2026-01-01T00:00:04Z'), event('new', second), event('none', undefined)], 'u1')?.message, 'new')
+  t.equal(latestFailedCreate([event('a', second, { eventTime: '2026-01-01T00:00:05.100000Z' }), event('b', second, { eventTime: '2026-01-01T00:00:05.900000Z' })], 'u1')?.message, 'b', 'a tie on the second: eventTime decides')
+  t.equal(latestFailedCreate([event('once', second, { count: 1 }), event('recurring', second, { count: 4 })], 'u1')?.message, 'recurring', 'then the count')
+  t.equal(latestFailedCreate([event('other', second, { involvedObject: { kind: 'ReplicaSet', name: 'rs', uid: 'u2' } })], 'u1'), undefined, 'another ReplicaSetâ€™s events are not its')
   t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ImagePullBackOff', message: 'Back-off pulling image "x"' } } }] })), 'ImagePullBackOff: Back-off pulling image "x"')
   t.equal(schedulerProblem(pod({ phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: '0/3 nodes are available: 3 Insufficient cpu.' }] })), 'Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.')
   t.equal(schedulerProblem(pod({ phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ContainerCreating' } } }] })), undefined, 'ContainerCreating is normal')

@@ -130,5 +130,8 @@ export interface KubeEvent {
   type: 'Normal' | 'Warning'
   count?: number
   firstTimestamp?: string
+  /** Whole seconds (metav1.Time): events of one second tie on it. */
   lastTimestamp?: string
+  /** Microseconds (MicroTime), when the reporter sets it. */
+  eventTime?: string | null
 }

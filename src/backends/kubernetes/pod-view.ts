@@ -4,7 +4,7 @@
  */
 import type { Proto } from '../../launch-spec.ts'
 import type { EndedInstance, Instance, InstanceFlag } from '../backend.ts'
-import type { ContainerStatus, Pod } from './objects.ts'
+import type { ContainerStatus, KubeEvent, Pod } from './objects.ts'
 import { CONTAINER } from './replica-set.ts'
 
 export function appStatus(pod: Pod): ContainerStatus | undefined {
@@ -112,4 +112,19 @@ export function schedulerProblem(pod: Pod): string | undefined {
   const unschedulable = pod.status?.conditions?.find((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable')
   if (unschedulable !== undefined) return `Unschedulable: ${unschedulable.message ?? 'no node fits the pod'}`
   return undefined
+}
+
+/**
+ * The newest FailedCreate event of a ReplicaSet (by uid). lastTimestamp has whole seconds only,
+ * so events of one second tie: the finer eventTime decides when the reporter set it, then the
+ * higher count (the one still recurring).
+ */
+export function latestFailedCreate(events: readonly KubeEvent[], uid: string): KubeEvent | undefined {
+  const at = (value: string | null | undefined): number => {
+    const parsed = value === undefined || value === null ? Number.NaN : Date.parse(value)
+    return Number.isNaN(parsed) ? 0 : parsed
+  }
+  return events
+    .filter((e) => e.reason === 'FailedCreate' && e.involvedObject.uid === uid)
+    .sort((a, b) => at(b.lastTimestamp) - at(a.lastTimestamp) || at(b.eventTime) - at(a.eventTime) || (b.count ?? 1) - (a.count ?? 1))[0]
 }
