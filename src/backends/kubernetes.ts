@@ -18,7 +18,7 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
-import { appStatus, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
+import { failureKey, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
@@ -30,6 +30,8 @@ export interface KubernetesBackendOptions
 }
 
 const ENDED_KEPT = 10
+/** Ended runs remembered per pod to record each once (a kubelet shows the last one only). */
+const FAILURE_KEYS_KEPT = 8
 const MAX_RELIST_BACKOFF_MS = 60_000
 const SCALE_RETRIES = 5
 /** How often services short of pods are checked for FailedCreate events (quota, admission). */
@@ -55,8 +57,8 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** The last ended run recorded per pod (its instance id): each is recorded once. */
-  readonly failuresSeen: Map<string, string>
+  /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
+  readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
@@ -566,8 +568,12 @@ export class KubernetesBackend implements Backend {
   #recordFailure(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
     const failure = lastFailure(pod, service.id, this.#o.clock.now())
-    if (failure === undefined || service.failuresSeen.get(name) === failure.id) return
-    service.failuresSeen.set(name, failure.id)
+    const key = failureKey(pod)
+    if (failure === undefined || key === undefined) return
+    // One run shows in many statuses (crashed, backing off, being re-created): recorded once.
+    const seen = service.failuresSeen.get(name) ?? []
+    if (seen.includes(key)) return
+    service.failuresSeen.set(name, [...seen, key].slice(-FAILURE_KEYS_KEPT))
     service.failed = [failure, ...service.failed].slice(0, ENDED_KEPT)
     service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
     this.#o.log.warn({ service: service.id, instance: failure.id, exitCode: failure.exitCode, reason: failure.message }, 'instance failed')

@@ -88,7 +88,7 @@ export interface Scale {
 export interface ContainerState {
   waiting?: { reason?: string; message?: string }
   running?: { startedAt?: string }
-  terminated?: { exitCode: number; reason?: string; message?: string; startedAt?: string; finishedAt?: string }
+  terminated?: { exitCode: number; reason?: string; message?: string; startedAt?: string; finishedAt?: string; containerID?: string }
 }
 
 export interface ContainerStatus {

@@ -11,9 +11,32 @@ export function appStatus(pod: Pod): ContainerStatus | undefined {
   return pod.status?.containerStatuses?.find((c) => c.name === CONTAINER)
 }
 
-/** Waiter's instance id: one per container run, so a restarted container is a new instance. */
+/**
+ * Whether the container has ended and the kubelet has not started it again yet: the run that
+ * ended is then run `restartCount` (a kubelet counts a restart when it starts the container
+ * again, after its back-off), and the next one will be `restartCount + 1`. A container being
+ * created again (`waiting` for another reason) has its restart counted already.
+ */
+function awaitingRestart(status: ContainerStatus): boolean {
+  return status.state?.terminated !== undefined || status.state?.waiting?.reason === 'CrashLoopBackOff'
+}
+
+/** Waiter's instance id: one per container run, so a restarted container is a new instance (the one to come, while it waits to restart). */
 export function instanceId(serviceId: string, pod: Pod): string {
-  return `${serviceId}.${pod.metadata.name ?? ''}-${appStatus(pod)?.restartCount ?? 0}`
+  const status = appStatus(pod)
+  const run = status === undefined ? 0 : awaitingRestart(status) ? status.restartCount + 1 : status.restartCount
+  return `${serviceId}.${pod.metadata.name ?? ''}-${run}`
+}
+
+/**
+ * What identifies one ended container run of a pod, however often the pod's status shows it
+ * (back-off, re-creation, restart): its container id, else its times and exit code.
+ */
+export function failureKey(pod: Pod): string | undefined {
+  const status = appStatus(pod)
+  const terminated = status?.state?.terminated ?? status?.lastState?.terminated
+  if (terminated === undefined) return undefined
+  return terminated.containerID ?? `${terminated.startedAt ?? ''}|${terminated.finishedAt ?? ''}|${terminated.exitCode}`
 }
 
 export function isTerminating(pod: Pod): boolean {
@@ -63,17 +86,16 @@ export function instanceOf(pod: Pod, o: PodInstanceOptions): Instance {
  * The container run that ended last, as soon as the pod shows it. A kubelet counts a restart
  * when it starts the container again, after its back-off, not when it crashes: while the
  * container is down (`state.terminated`, then `waiting: CrashLoopBackOff` with the crash in
- * `lastState`) the run that ended is run `restartCount`; once it runs again, `lastState`
- * holds run `restartCount - 1`. A pod being deleted ended on purpose. OOMKilled is a memory
+ * `lastState`) the run that ended is run `restartCount`; once its restart is counted,
+ * `lastState` holds run `restartCount - 1`. A pod being deleted ended on purpose. OOMKilled is a memory
  * failure; 137/143 with reason Error is a liveness (or grace-period) kill, which says nothing
  * about the command's own exit code.
  */
 export function lastFailure(pod: Pod, serviceId: string, now: number): EndedInstance | undefined {
   const status = appStatus(pod)
   if (status === undefined || isTerminating(pod)) return undefined
-  const down = status.state?.terminated !== undefined || status.state?.waiting !== undefined
   const terminated = status.state?.terminated ?? status.lastState?.terminated
-  const run = down ? status.restartCount : status.restartCount - 1
+  const run = awaitingRestart(status) ? status.restartCount : status.restartCount - 1
   if (terminated === undefined || run < 0) return undefined
   const flags = new Set<InstanceFlag>()
   let exitCode: number | undefined = terminated.exitCode

@@ -76,7 +76,7 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
   const container: Container = {
     name: CONTAINER,
     image: spec.image ?? options.defaultImage,
-    command: ['/bin/sh', '-c', forwardingTerm(spec.command)],
+    command: ['/bin/sh', '-c', FORWARDING_TERM, 'maitre-app', spec.command],
     workingDir: SANDBOX,
     env,
     ports: Array.from({ length: spec.ports }, (_, i) => ({ containerPort: base + i })),
@@ -118,24 +118,24 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
 }
 
 /**
- * The service's command as the container's PID 1 runs it. The kubelet sends SIGTERM to PID 1
- * only, and a shell there neither passes it on nor (as PID 1) dies of it: an app that is a
- * child of the shell would run on, unwarned, until the SIGKILL at the end of the grace period.
- * So the shell runs the command as a job and, on SIGTERM, ignores it itself and sends it to its
- * whole process group (the app and whatever else the command started), then waits for the job
- * and exits with its status. (The job's own shell, if the command needs one, survives the
- * signal with a no-op trap and waits for its children; a command that ends in `exec app` is
- * the app itself.) What the app must do: handle SIGTERM by finishing its requests and exiting.
+ * The script the container's PID 1 runs, with the service's command as its $1. The kubelet
+ * sends SIGTERM to PID 1 only, and a shell there neither passes it on nor (as PID 1) dies of
+ * it: an app that is a child of the shell would run on, unwarned, until the SIGKILL at the end
+ * of the grace period. So PID 1 runs the command in a shell of its own (as `/bin/sh -c` would:
+ * the command is passed as an argument, never spliced into the script), and on SIGTERM ignores
+ * it itself and sends it to its whole process group. The command's shell then runs nothing
+ * more (a `sleep 5; app` does not start the app during shutdown), waits for every job it
+ * started, and exits 143; PID 1 waits for it and exits 143 too, which is how a kubelet's
+ * SIGTERM (a liveness failure, a delete) reads in the container's last state. Otherwise PID 1
+ * exits with the command's own status. What the app must do: on SIGTERM, finish its requests
+ * and exit within termination-grace-period-secs.
  */
-export function forwardingTerm(command: string): string {
-  return [
-    `trap 'trap "" TERM; kill -TERM 0' TERM`,
-    '{ trap : TERM',
-    command,
-    '} &',
-    'pid=$!',
-    'wait $pid; status=$?',
-    'while kill -0 $pid 2>/dev/null; do wait $pid; status=$?; done',
-    'exit $status',
-  ].join('\n')
-}
+export const FORWARDING_TERM = [
+  `trap 'trap "" TERM; term=1; kill -TERM 0' TERM`,
+  `/bin/sh -c 'trap "wait; exit 143" TERM; eval "$1"' maitre-app "$1" &`,
+  'pid=$!',
+  'wait $pid; status=$?',
+  'while kill -0 $pid 2>/dev/null; do wait $pid; status=$?; done',
+  'if [ -n "${term:-}" ]; then exit 143; fi',
+  'exit $status',
+].join('\n')
