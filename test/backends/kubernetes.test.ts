@@ -401,6 +401,19 @@ t.test('SIGTERM reaches the app when the kubelet signals only the container’s 
   t.ok(said.some((l) => / sigterm \d+$/.test(l)), 'the app got SIGTERM and could finish its requests')
 })
 
+t.test('a container that fails its liveness probe is stopped as a kubelet does it (SIGTERM first), and read as a liveness kill', async (t) => {
+  const { backend } = await setup(t)
+  const logs = mkdtempSync(join(tmpdir(), 'maitre-k8s-liveness-'))
+  t.teardown(() => rmSync(logs, { recursive: true, force: true }))
+  const failing = { url: '/bad-status', portIndex: 0, proto: 'http' as const, intervalMs: 1000, maxConsecutiveFailures: 1, authenticated: false }
+  await backend.ensureService(spec('svc-live', { command: kitchenCmd(`--request-log-dir ${logs}`), livenessCheck: failing, gracePeriodMs: 1000 }))
+  const failure = await waitFor('a failed run', () => backend.state('svc-live')?.failed[0], 15_000)
+  t.equal(failure.exitCode, undefined, 'a liveness kill says nothing of the command’s own exit code')
+  t.ok(failure.flags.has('never-passed-health-checks'), 'read as a liveness kill (exit 143, reason Error)')
+  const lines = readdirSync(logs).flatMap((f) => readFileSync(join(logs, f), 'utf8').split('\n'))
+  t.ok(lines.some((l) => / sigterm \d+$/.test(l)), 'the app was told with SIGTERM, and could stop cleanly')
+})
+
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
   const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))
