@@ -414,6 +414,44 @@ t.test('a container that fails its liveness probe is stopped as a kubelet does i
   t.ok(lines.some((l) => / sigterm \d+$/.test(l)), 'the app was told with SIGTERM, and could stop cleanly')
 })
 
+t.test('the simulator’s ReplicaSet controller can act from a lagging pod cache: a scale-down right after a deletion-cost patch goes by the rank it last saw; its expectations keep it from creating twice', { timeout: 30_000 }, async (t) => {
+  const run = async (lagMs: number): Promise<{ kept: string; created: number }> => {
+    const { sim } = await setup(t, { sim: { controllerLagMs: { pods: lagMs, replicasets: 0 } } })
+    const trusting = new Agent({ connect: { ca: sim.ca } })
+    const h = { authorization: `Bearer ${SIM_TOKEN}`, 'content-type': 'application/json' }
+    const apps = `${sim.url}/apis/apps/v1/namespaces/${SIM_NAMESPACE}`
+    const core = `${sim.url}/api/v1/namespaces/${SIM_NAMESPACE}`
+    const call = async (url: string, method: string, body?: unknown, type = 'application/json'): Promise<Record<string, any>> => {
+      const res = await undiciRequest(url, { dispatcher: trusting, method: method as 'GET', headers: { ...h, 'content-type': type }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+      return (await res.body.json()) as Record<string, any>
+    }
+    const pods = async (): Promise<Record<string, any>[]> => ((await call(`${core}/pods`, 'GET')).items as Record<string, any>[]).filter((p) => p.metadata.deletionTimestamp === undefined)
+    await call(`${apps}/replicasets`, 'POST', { apiVersion: 'apps/v1', kind: 'ReplicaSet', metadata: { name: 'lag' }, spec: { replicas: 1, selector: { matchLabels: { app: 'lag' } }, template: { metadata: { labels: { app: 'lag' } }, spec: { terminationGracePeriodSeconds: 1, containers: [{ name: 'app', image: 'maitre-app', command: ['/bin/sh', '-c', 'exec sleep 60'] }] } } } })
+    await waitFor('one pod', async () => ((await pods()).length === 1 ? true : undefined), 10_000)
+    // A second pod a second younger (timestamps have whole seconds): without a cost, the younger goes first.
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 2 } }, 'application/merge-patch+json')
+    await waitFor('two pods', async () => ((await pods()).length === 2 ? true : undefined), 10_000)
+    await new Promise((resolve) => setTimeout(resolve, lagMs + 200))
+    const [older, younger] = (await pods()).sort((a, b) => Date.parse(a.metadata.creationTimestamp) - Date.parse(b.metadata.creationTimestamp))
+    // The older is marked to go first, and the count lowered at once.
+    await call(`${core}/pods/${String(older?.metadata.name)}`, 'PATCH', { metadata: { annotations: { 'controller.kubernetes.io/pod-deletion-cost': '-2147483648' } } }, 'application/merge-patch+json')
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 1 } }, 'application/merge-patch+json')
+    const left = await waitFor('one pod left', async () => {
+      const now = await pods()
+      return now.length === 1 ? now : undefined
+    }, 10_000)
+    // Up again by two: a lagging cache must not make it create more.
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 3 } }, 'application/merge-patch+json')
+    await new Promise((resolve) => setTimeout(resolve, lagMs * 3 + 500))
+    const created = (await pods()).length
+    await trusting.close()
+    return { kept: left[0]?.metadata.name === younger?.metadata.name ? 'younger' : 'older', created }
+  }
+  t.same(await run(0), { kept: 'younger', created: 3 }, 'a controller that sees everything at once takes the pod marked to go')
+  t.same(await run(700), { kept: 'older', created: 3 }, 'one whose pod cache lags takes the one its stale rank puts first, and still creates exactly what is missing')
+})
+
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
   const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))
