@@ -32,6 +32,8 @@ export interface KubernetesBackendOptions
 const ENDED_KEPT = 10
 /** Ended runs remembered per pod to record each once (a kubelet shows the last one only). */
 const FAILURE_KEYS_KEPT = 8
+/** How long a kill waits for the ReplicaSet controller to report it saw the chosen pod's change before it lowers the count anyway. */
+const KILL_BARRIER_MS = 3000
 const MAX_RELIST_BACKOFF_MS = 60_000
 const SCALE_RETRIES = 5
 /** How often services short of pods are checked for FailedCreate events (quota, admission). */
@@ -57,6 +59,10 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
+  /** The ReplicaSet's status.fullyLabeledReplicas as last watched (pods its controller sees with every template label). */
+  fullyLabeled?: number | undefined
+  /** Whether its pod template carries LABELS.serving (ReplicaSets made before it do not). */
+  servingLabel?: boolean
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
   readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
@@ -206,7 +212,15 @@ export class KubernetesBackend implements Backend {
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
     try {
-      await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } })
+      // The ReplicaSet controller picks what goes when replicas drop, from its own pod cache,
+      // which may lag: it must have seen the chosen pod's lowest deletion cost first, or it may
+      // take another, maybe one serving a request. The same patch takes the pod's `serving`
+      // label off, and the controller's status.fullyLabeledReplicas drops once its cache has
+      // that change: only then is the count lowered. (ReplicaSets made before the label wait
+      // for nothing; a controller slower than KILL_BARRIER_MS is not waited for longer.)
+      const serving = [...(this.#pods.get(serviceId)?.values() ?? [])].filter((p) => !isTerminating(p) && p.metadata.labels?.[LABELS.serving] !== undefined).length
+      await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST }, labels: { [LABELS.serving]: null } } })
+      if (service.servingLabel === true) await this.#until(() => service.fullyLabeled !== undefined && service.fullyLabeled <= serving - 1, KILL_BARRIER_MS)
       await this.#writeScale(service)
       await this.#o.api.deletePod(name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
     } catch (err) {
@@ -218,6 +232,12 @@ export class KubernetesBackend implements Backend {
       service.localChanges -= 1
     }
     return true
+  }
+
+  /** Resolves once `ready()` holds (looked at every 25 ms), or after `maxMs`. */
+  async #until(ready: () => boolean, maxMs: number): Promise<void> {
+    const deadline = this.#o.clock.now() + maxMs
+    while (!ready() && this.#o.clock.now() < deadline && !this.#closed) await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
   }
 
   /**
@@ -412,6 +432,9 @@ export class KubernetesBackend implements Backend {
       return
     }
     service.uid ??= rs.metadata.uid
+    // What the ReplicaSet controller last reported of the pods it sees (a kill waits on it).
+    service.fullyLabeled = rs.status?.fullyLabeledReplicas
+    service.servingLabel = rs.spec.template?.metadata?.labels?.[LABELS.serving] !== undefined
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
     const version = versionOf(rs.metadata.resourceVersion)

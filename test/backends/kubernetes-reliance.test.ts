@@ -35,6 +35,7 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'replicasets watch': [
     { behaviour: 'NDJSON events resumed from a resourceVersion; 410 Expired once compacted, then list again', shownBy: [K8S, 'after its history is compacted and its watch dropped'] },
     { behaviour: 'the answer’s head comes at once; its bytes may split a character anywhere', shownBy: [K8S, 'the watch decodes characters whose bytes arrive in different chunks'] },
+    { behaviour: 'status.fullyLabeledReplicas counts the pods the controller’s own (maybe lagging) cache shows with every template label', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
   ],
   'replicasets/scale get': [
     { behaviour: 'a Scale (autoscaling/v1) with the ReplicaSet’s resourceVersion', shownBy: [K8S, 'the API server enforces resourceVersion on /scale'] },
@@ -45,11 +46,13 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'pods delete': [
     { behaviour: 'a delete of the named pod (its uid as a precondition) removes that pod and no other', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
     { behaviour: 'scale-down by deletion cost and delete: the pod chosen (idle) goes, never one serving a request', shownBy: [PARITY, 'load scales up; scale-down kills only idle instances, never one serving a request'] },
+    { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [
     { behaviour: 'a merge patch of the pod-deletion-cost annotation; a value that is not a 32-bit integer is a 422', shownBy: [KUBECTL, 'kubectl works against the simulator unchanged'] },
     { behaviour: 'a patch that changes nothing bumps no resourceVersion and sends no event', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
+    { behaviour: 'a merge patch with a null label removes it; the controller ranks victims by what its cache last saw', shownBy: [K8S, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
   ],
   'pods list': [
     { behaviour: 'label selectors; only the selectable fields (else 400); whole-second timestamps', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },

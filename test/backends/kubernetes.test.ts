@@ -452,6 +452,33 @@ t.test('the simulator’s ReplicaSet controller can act from a lagging pod cache
   t.same(await run(700), { kept: 'older', created: 3 }, 'one whose pod cache lags takes the one its stale rank puts first, and still creates exactly what is missing')
 })
 
+t.test('killing an idle pod is safe against a ReplicaSet controller whose pod cache lags: the pod serving a request is never the one that goes', { timeout: 30_000 }, async (t) => {
+  // The controller sees a new replica count at once, pod changes 600 ms late.
+  const { backend } = await setup(t, { sim: { controllerLagMs: { pods: 600, replicasets: 0 } } })
+  await backend.ensureService(spec('svc-lag'))
+  await waitFor('one ready pod', () => (healthy(backend, 'svc-lag') === 1 ? true : undefined), 10_000)
+  // A second pod, a second or more younger (timestamps have whole seconds): with no deletion
+  // cost seen, the controller's rank takes the younger one first.
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  await backend.scale('svc-lag', 2)
+  await waitFor('two ready pods', () => (healthy(backend, 'svc-lag') === 2 ? true : undefined), 10_000)
+  const [older, younger] = [...(backend.state('svc-lag')?.instances ?? [])].sort((a, b) => a.startedAt - b.startedAt)
+  if (older === undefined || younger === undefined) throw new Error('two instances expected')
+  // The younger one serves a long request; the older one, idle, is chosen to go.
+  const serving = undiciRequest(`http://${younger.host}:${younger.port}/sleep?sleep-ms=2500`).then(async (res) => ({ status: res.statusCode, body: await res.body.text() }), (err: unknown) => ({ status: 0, body: String(err) }))
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const seen = new Set<string>()
+  backend.subscribe((id) => {
+    if (id === 'svc-lag') for (const i of backend.state('svc-lag')?.instances ?? []) seen.add(i.id)
+  })
+  t.equal(await backend.killInstance('svc-lag', older.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, 'the request on the busy pod finished')
+  await waitFor('one pod left', () => (backend.state('svc-lag')?.instances.length === 1 ? true : undefined), 10_000)
+  t.same(backend.state('svc-lag')?.instances.map((i) => i.id), [younger.id], 'the busy pod is the one that stays')
+  t.same([...seen].filter((id) => id !== older.id && id !== younger.id), [], 'and no pod was started in between')
+})
+
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {
   const { sim, backend } = await setup(t, { sim: { podQuota: 4 } })
   await backend.ensureService(spec('svc-f'))

@@ -74,7 +74,7 @@ export interface ReplicaSet {
   kind: 'ReplicaSet'
   metadata: ObjectMeta
   spec: { replicas: number; selector: { matchLabels: Record<string, string> }; template: PodTemplate }
-  status?: { replicas?: number; readyReplicas?: number; availableReplicas?: number; observedGeneration?: number }
+  status?: { replicas?: number; fullyLabeledReplicas?: number; readyReplicas?: number; availableReplicas?: number; observedGeneration?: number }
 }
 
 export interface Scale {
