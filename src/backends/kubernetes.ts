@@ -32,6 +32,10 @@ export interface KubernetesBackendOptions
 const ENDED_KEPT = 10
 /** Ended runs remembered per pod to record each once (a kubelet shows the last one only). */
 const FAILURE_KEYS_KEPT = 8
+/** A pod the ReplicaSet controller counts as active: neither Failed nor Succeeded (terminating ones aside). */
+function isActivePhase(pod: Pod): boolean {
+  return pod.status?.phase !== 'Failed' && pod.status?.phase !== 'Succeeded'
+}
 /** How long a kill waits for the ReplicaSet controller to report it saw the chosen pod's change before it lowers the count anyway. */
 const KILL_BARRIER_MS = 3000
 const MAX_RELIST_BACKOFF_MS = 60_000
@@ -59,8 +63,8 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** The ReplicaSet's status.fullyLabeledReplicas as last watched (pods its controller sees with every template label). */
-  fullyLabeled?: number | undefined
+  /** status.replicas − status.fullyLabeledReplicas as last watched: active pods its controller sees without every template label. */
+  unlabeledSeen?: number | undefined
   /** Whether its pod template carries LABELS.serving (ReplicaSets made before it do not). */
   servingLabel?: boolean
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
@@ -218,9 +222,15 @@ export class KubernetesBackend implements Backend {
       // label off, and the controller's status.fullyLabeledReplicas drops once its cache has
       // that change: only then is the count lowered. (ReplicaSets made before the label wait
       // for nothing; a controller slower than KILL_BARRIER_MS is not waited for longer.)
-      const serving = [...(this.#pods.get(serviceId)?.values() ?? [])].filter((p) => !isTerminating(p) && p.metadata.labels?.[LABELS.serving] !== undefined).length
       await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST }, labels: { [LABELS.serving]: null } } })
-      if (service.servingLabel === true) await this.#until(() => service.fullyLabeled !== undefined && service.fullyLabeled <= serving - 1, KILL_BARRIER_MS)
+      if (service.servingLabel === true) {
+        // The controller must report at least as many active pods without the label as are
+        // known to lack it: the ones being killed (this one included) and any other.
+        const unlabeledKnown = (): number =>
+          [...(this.#pods.get(serviceId)?.values() ?? [])].filter((p) => !isTerminating(p) && isActivePhase(p) && (service.killing.has(p.metadata.name ?? '') || p.metadata.labels?.[LABELS.serving] === undefined)).length
+        const seen = await this.#until(() => service.unlabeledSeen !== undefined && service.unlabeledSeen >= unlabeledKnown(), KILL_BARRIER_MS)
+        if (!seen) this.#o.log.warn({ service: serviceId, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not report seeing the pod chosen to go; lowering replicas anyway')
+      }
       await this.#writeScale(service)
       await this.#o.api.deletePod(name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
     } catch (err) {
@@ -234,10 +244,14 @@ export class KubernetesBackend implements Backend {
     return true
   }
 
-  /** Resolves once `ready()` holds (looked at every 25 ms), or after `maxMs`. */
-  async #until(ready: () => boolean, maxMs: number): Promise<void> {
+  /** Resolves with true once `ready()` holds (looked at every 25 ms), or with false after `maxMs`. */
+  async #until(ready: () => boolean, maxMs: number): Promise<boolean> {
     const deadline = this.#o.clock.now() + maxMs
-    while (!ready() && this.#o.clock.now() < deadline && !this.#closed) await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
+    while (!ready()) {
+      if (this.#o.clock.now() >= deadline || this.#closed) return false
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
+    }
+    return true
   }
 
   /**
@@ -432,8 +446,9 @@ export class KubernetesBackend implements Backend {
       return
     }
     service.uid ??= rs.metadata.uid
-    // What the ReplicaSet controller last reported of the pods it sees (a kill waits on it).
-    service.fullyLabeled = rs.status?.fullyLabeledReplicas
+    // What the ReplicaSet controller last reported of the pods it sees, as one snapshot: the
+    // active pods lacking a template label (a kill waits on it). The API omits zero counts.
+    service.unlabeledSeen = rs.status === undefined ? undefined : (rs.status.replicas ?? 0) - (rs.status.fullyLabeledReplicas ?? 0)
     service.servingLabel = rs.spec.template?.metadata?.labels?.[LABELS.serving] !== undefined
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
