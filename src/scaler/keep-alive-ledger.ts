@@ -37,8 +37,6 @@ export interface KeepAliveView {
   readonly prewarmMs: number
   readonly keepAliveMs: number
   readonly idleSince: number | undefined
-  readonly collectAt: number | undefined
-  readonly prewarmAt: number | undefined
   readonly prewarmedAt: number | undefined
   /** What happens next if no request comes first. */
   readonly next: { readonly action: 'let-go' | 'pre-warm'; readonly at: number } | undefined
@@ -160,10 +158,6 @@ export class KeepAliveLedger<P = unknown> {
     return [...this.#entries.keys()]
   }
 
-  size(): number {
-    return this.#entries.size
-  }
-
   /** `lastActiveAt`: when a running version's last request ended (undefined: one is under way). */
   view(serviceId: string, plan: KeepAlivePlan, running: boolean, lastActiveAt: number | undefined, now: number): KeepAliveView {
     const entry = this.#entries.peek(serviceId)
@@ -178,8 +172,6 @@ export class KeepAliveLedger<P = unknown> {
       prewarmMs: plan.prewarmMs,
       keepAliveMs: plan.keepAliveMs,
       idleSince: running ? (entry?.prewarmedAt !== undefined ? entry.idleSince : lastActiveAt) : entry?.idleSince,
-      collectAt: running && schedule !== undefined && Number.isFinite(schedule.collectAt) ? schedule.collectAt : undefined,
-      prewarmAt: !running ? schedule?.prewarmAt : undefined,
       prewarmedAt: entry?.prewarmedAt,
       next,
       prewarms: entry?.prewarms ?? 0,

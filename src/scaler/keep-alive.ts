@@ -22,7 +22,6 @@ export const IDLE_BINS = 240
 export const IDLE_SAMPLES_KEPT = 2048
 
 export type KeepAlivePolicy = 'fixed' | 'adaptive'
-export const KEEP_ALIVE_POLICIES: readonly KeepAlivePolicy[] = ['fixed', 'adaptive']
 
 export interface AdaptiveOptions {
   /** Idle times a histogram needs before it is trusted. */

@@ -74,7 +74,7 @@ function setUp(options: { leader?: boolean } = {}) {
     // (Learned after three idle times: the last calls were pre-warmed for; what follows counts afresh.)
     starts.length = 0
   }
-  return { clock, ledger, requested, collecting, starts, state, runner, call, learn }
+  return { clock, ledger, requested, collecting, starts, state, runner, activation, call, learn }
 }
 
 t.test('a learned version is let go after its call and started once, at its pre-warm time, through the activator', async (t) => {
@@ -116,11 +116,11 @@ t.test('a pre-warm waits out a collection under way, is never made twice for one
 })
 
 t.test('a call that comes after the version was let go starts it itself: no pre-warm then', async (t) => {
-  const { clock, starts, runner, learn, requested, ledger } = setUp()
+  const { clock, starts, runner, learn, requested, ledger, activation } = setUp()
   await learn()
   // A call arrives early (the version is not running): the request path starts it.
   clock.advance(5 * MIN)
-  runner.arrived('v', PARAMS, { serviceId: 'v', effective: () => PARAMS, launchSpec: () => { throw new Error('x') }, remember: async () => undefined }, [{ token: 't', etag: 'e1' }], {})
+  runner.arrived('v', PARAMS, activation, [{ token: 't', etag: 'e1' }], {})
   t.equal(requested.get('v'), undefined)
   clock.advance(14 * MIN)
   await runner.tick()
@@ -156,7 +156,7 @@ t.test('no pre-warm for a suspended version (its history stays), nor for one who
 })
 
 t.test('fixed versions are neither learned from nor acted on', async (t) => {
-  const { runner, ledger } = setUp()
-  runner.arrived('v', { ...PARAMS, 'keep-alive': 'fixed' }, { serviceId: 'v', effective: () => PARAMS, launchSpec: () => { throw new Error('x') }, remember: async () => undefined }, [], {})
+  const { runner, ledger, activation } = setUp()
+  runner.arrived('v', { ...PARAMS, 'keep-alive': 'fixed' }, activation, [], {})
   t.same(ledger.ids(), [], 'no history kept for a fixed version')
 })
