@@ -6,7 +6,7 @@
 import t from 'tap'
 import * as grpc from '@grpc/grpc-js'
 import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
-import { call, createToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, startRouter, waitFor, within, type Router } from '../fixtures/router.ts'
 
 const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void
@@ -139,7 +139,7 @@ t.test('maitre’s own refusals reach a gRPC client as gRPC statuses, in trailer
   t.equal(suspended.err?.code, grpc.status.UNAVAILABLE, 'a suspended service: UNAVAILABLE')
 })
 
-t.test('a stream that keeps moving outlives the socket timeout, either way; the streaming timeout applies between messages (DEADLINE_EXCEEDED); an instance that dies mid-stream ends the call with UNAVAILABLE', async (t) => {
+t.test('a stream that keeps moving outlives the socket timeout, either way; the streaming timeout applies between messages (DEADLINE_EXCEEDED)', async (t) => {
   const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 400 })
   await createToken(router, 'grpc', grpcToken({ 'socket-timeout-ms': 300 }))
   const c = client(t, router)
@@ -165,15 +165,24 @@ t.test('a stream that keeps moving outlives the socket timeout, either way; the 
     stream.on('error', resolve)
   })
   t.equal(stalled.code, grpc.status.DEADLINE_EXCEEDED, 'a second between messages exceeds the 400 ms streaming timeout: DEADLINE_EXCEEDED, in trailers')
+})
 
+// A router of its own: the stalled stream above ejects its instance for 10 s (Waiter's rule for
+// an instance's failure), which a call right after it would wait out in the queue.
+t.test('an instance that dies mid-stream ends the call with UNAVAILABLE', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'grpc', grpcToken())
+  const c = client(t, router)
   const chat = c.chat(meta('grpc'))
   const gone = new Promise<grpc.ServiceError>((resolve) => chat.on('error', resolve))
   // An answer under way (its headers and a message relayed) when the instance dies.
   const echoed = new Promise<void>((resolve) => chat.once('data', () => resolve()))
   chat.on('data', () => undefined)
   chat.write({ text: 'hello' })
-  await echoed
+  // Raced with the call's end: a call that failed first shows its status rather than hanging.
+  const early = await within('the chat’s first message (a cold start) or its end', Promise.race([echoed.then(() => undefined), gone]), 30_000)
+  t.equal(early, undefined, 'the chat’s first message came back before anything failed')
   chat.write({ text: 'die' })
-  const err = await gone
+  const err = await within('the chat to end once its instance died', gone)
   t.equal(err.code, grpc.status.UNAVAILABLE, 'the instance died: the call ends with UNAVAILABLE, as gRPC says it (not a reset stream)')
 })

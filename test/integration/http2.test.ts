@@ -192,11 +192,12 @@ t.test('a body still moving to an instance that reads it slowly is not cut by th
   // An h2c instance: HTTP/2's flow control (64 KB windows) shows the router each chunk the
   // instance takes. (To an HTTP/1.1 instance progress shows only as the kernel's socket buffers,
   // megabytes on loopback, drain: the same rule, seen at a coarser grain.)
-  await createToken(router, 'twos', h2cToken({ 'socket-timeout-ms': 300 }))
-  // 2 MB, its first 60 chunks read 20 ms apart (1.2 s of slow, steady progress, past the 300 ms
-  // socket timeout), then the rest at once.
+  await createToken(router, 'twos', h2cToken({ 'socket-timeout-ms': 800 }))
+  // 2 MB, its first 100 chunks read 20 ms apart (2 s of slow, steady progress, past the 800 ms
+  // socket timeout), then the rest at once. (The timeout leaves a loaded machine room to
+  // schedule the instance: CI once saw 300 ms pass without a chunk read.)
   const body = Buffer.alloc(2 * 1024 * 1024, 97)
-  const path = '/consume-slowly?pace-ms=20&slow-chunks=60'
+  const path = '/consume-slowly?pace-ms=20&slow-chunks=100'
   for (const token of ['twos']) {
     const sized = await request(`${router.url}${path}`, { method: 'POST', headers: { 'x-waiter-token': token, 'content-type': 'application/octet-stream' }, body })
     t.equal(sized.statusCode, 200, `${token}, with a length: answered`)
