@@ -20,6 +20,8 @@ import { advertisedUrl } from './cluster/advertise.ts'
 import { localLoads } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
+import { MesosBackend } from './backends/mesos.ts'
+import { fileFrameworkIds } from './backends/mesos/framework-id.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
 import { kubeConnection } from './backends/kubernetes/connection.ts'
 import type { Backend } from './backends/backend.ts'
@@ -73,6 +75,9 @@ function createBackend(config: Config, dataDir: string, clock: Clock, log: Logge
   if (config.backend.kind === 'kubernetes') {
     const k8s = config.backend.kubernetes
     return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s), { requestTimeoutMs: k8s.requestTimeoutMs }), cluster: config.cluster, clock, log })
+  }
+  if (config.backend.kind === 'mesos') {
+    return new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds: fileFrameworkIds(join(dataDir, 'mesos-framework.json')), user: userInfo().username })
   }
   return new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
 }

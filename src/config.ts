@@ -64,6 +64,27 @@ export interface KubernetesBackendConfig {
   readonly requestTimeoutMs: number
 }
 
+export interface MesosBackendConfig {
+  /** The masters' URLs, comma-separated (http://host:5050); the leader among them is found by redirect. */
+  readonly master: string
+  /** The role the framework subscribes with (its offers and quota). */
+  readonly role: string
+  /** HTTP basic credentials, when the master authenticates frameworks (both or neither). */
+  readonly principal: string | null
+  readonly secret: string | null
+  readonly frameworkName: string
+  /** How long the master keeps the framework's tasks running while no router is subscribed (seconds). */
+  readonly failoverTimeoutSecs: number
+  /** Failed tasks (since the last healthy one) before a deployment error is declared. */
+  readonly minFailedInstances: number
+  /** How long an offer declined (or the unused part of one accepted) is not offered again, unless demand revives it. */
+  readonly declineRefuseSecs: number
+  /** Spread a version's instances over agents before packing them (bin-packing still picks among equals). */
+  readonly spread: boolean
+  /** Every call, and the state read, must be answered within this long. */
+  readonly requestTimeoutMs: number
+}
+
 export interface AuthConfig {
   /** one-user: every caller from loopback is `user` (an admin); jwt: Bearer tokens checked against a JWKS. */
   readonly kind: 'one-user' | 'jwt'
@@ -159,7 +180,7 @@ export interface Config {
       readonly idleTimeoutMs: number
     }
   }
-  readonly backend: { readonly kind: 'local' | 'kubernetes'; readonly local: LocalBackendConfig; readonly kubernetes: KubernetesBackendConfig }
+  readonly backend: { readonly kind: 'local' | 'kubernetes' | 'mesos'; readonly local: LocalBackendConfig; readonly kubernetes: KubernetesBackendConfig; readonly mesos: MesosBackendConfig }
   readonly scaler: {
     readonly tickMs: number
     /** Demand at this multiple of the ready capacity starts a burst: jump to the ideal count at once. */
@@ -259,6 +280,18 @@ export const DEFAULTS: Config = {
       tokenFile: null,
       requestTimeoutMs: 10000,
     },
+    mesos: {
+      master: 'http://127.0.0.1:5050',
+      role: 'maitre',
+      principal: null,
+      secret: null,
+      frameworkName: 'maitre',
+      failoverTimeoutSecs: 604800,
+      minFailedInstances: 2,
+      declineRefuseSecs: 60,
+      spread: true,
+      requestTimeoutMs: 10000,
+    },
   },
   scaler: {
     tickMs: 1000,
@@ -349,7 +382,19 @@ const RULES: Readonly<Record<string, Rule>> = {
   'proxy.resolutionCacheSize': positiveInt,
   'proxy.websocket.maxMessageBytes': (v) => (Number.isInteger(v) && (v as number) >= 125 && (v as number) <= 64 * 1024 * 1024 ? undefined : 'must be an integer in [125, 67108864] (bytes)'),
   'proxy.websocket.idleTimeoutMs': (v) => (Number.isInteger(v) && (v as number) > 0 && (v as number) <= 2 ** 31 - 1 ? undefined : 'must be a positive integer of milliseconds, at most 2147483647'),
-  'backend.kind': (v) => (v === 'local' || v === 'kubernetes' ? undefined : "must be 'local' or 'kubernetes' (mesos is not built yet)"),
+  'backend.kind': (v) => (v === 'local' || v === 'kubernetes' || v === 'mesos' ? undefined : "must be 'local', 'kubernetes' or 'mesos'"),
+  'backend.mesos.master': (v) => {
+    const masters = typeof v === 'string' ? v.split(',').map((m) => m.trim()) : []
+    return masters.length > 0 && masters.every((m) => /^https?:\/\/[^\s/]+\/?$/.test(m)) ? undefined : 'must be a master URL (http://host:5050) or a comma-separated list of them'
+  },
+  'backend.mesos.role': (v) => (typeof v === 'string' && /^[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}$/.test(v) && v !== '.' && v !== '..' ? undefined : "must be a Mesos role name (letters, digits, '_', '.', '-'; not starting with '.' or '-'; at most 128)"),
+  'backend.mesos.principal': (v) => (v === null || (typeof v === 'string' && v.trim() !== '' && !v.includes(':')) ? undefined : "must be a non-blank principal without ':', or null"),
+  'backend.mesos.secret': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be a non-empty secret, or null'),
+  'backend.mesos.frameworkName': (v) => (typeof v === 'string' && v.trim() !== '' ? undefined : 'must be a non-blank name'),
+  'backend.mesos.failoverTimeoutSecs': (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 60 ? undefined : 'must be at least 60 (seconds): the master kills every task of a framework gone longer than this'),
+  'backend.mesos.minFailedInstances': positiveInt,
+  'backend.mesos.declineRefuseSecs': (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 3600 ? undefined : 'must be a number of seconds in [0, 3600]'),
+  'backend.mesos.requestTimeoutMs': positiveInt,
   'backend.kubernetes.namespace': (v) => (v === null || isDnsLabel(v as string) ? undefined : 'must be a DNS-1123 label (a-z, 0-9, -; at most 63) or null'),
   'backend.kubernetes.podBasePort': (v) => (port(v) === undefined && (v as number) > 0 && (v as number) <= 65000 ? undefined : 'must be a port number in [1, 65000]'),
   'backend.kubernetes.minFailedInstances': positiveInt,
@@ -467,6 +512,16 @@ function crossIssues(config: Config): ConfigIssue[] {
       path: 'etcd.endpoints',
       message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes): the local backend's instances are one router's own processes",
     })
+  }
+  if (config.etcd.endpoints.length > 0 && config.backend.kind === 'mesos') {
+    issues.push({
+      path: 'etcd.endpoints',
+      message: '= cluster mode, which the Mesos backend does not support yet: a framework has one subscription, and the routers do not yet elect the one that holds it',
+    })
+  }
+  const mesos = config.backend.mesos
+  if (config.backend.kind === 'mesos' && (mesos.principal === null) !== (mesos.secret === null)) {
+    issues.push({ path: mesos.principal === null ? 'backend.mesos.principal' : 'backend.mesos.secret', message: 'is required with the other: HTTP basic authentication needs both' })
   }
   const { cert, key } = config.server.tls
   if ((cert === null) !== (key === null)) {

@@ -60,6 +60,17 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes\)/ }, 'the local backend cannot be shared')
 })
 
+t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster mode is refused until routers elect the subscriber', async (t) => {
+  const good = parseConfig('backend:\n  kind: mesos\n  mesos:\n    master: "http://m1:5050, http://m2:5050"\n    principal: maitre\n    secret: s3cret\n')
+  t.equal(good.backend.kind, 'mesos')
+  t.equal(good.backend.mesos.master, 'http://m1:5050, http://m2:5050')
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.master': 'zk://zk1:2181/mesos' }), { message: /backend.mesos.master = "zk:\/\/zk1:2181\/mesos", must be a master URL/ }, 'a ZooKeeper URL is not a master')
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.principal': 'maitre' }), { message: /backend.mesos.secret is required with the other/ }, 'a principal without its secret')
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.failoverTimeoutSecs': 0 }), { message: /backend.mesos.failoverTimeoutSecs = 0, must be at least 60/ }, "Mesos's default of 0 would kill every task at the first disconnect")
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /the Mesos backend does not support yet/ })
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'marathon' }), { message: /must be 'local', 'kubernetes' or 'mesos'/ })
+})
+
 t.test('authentication settings: one-user refuses a non-loopback address unless told, jwt needs its keys, issuer and audience', async (t) => {
   t.throws(() => parseConfig('server:\n  host: 0.0.0.0\n', 'a.yaml'), { code: 'MAITRE_INVALID_CONFIG', message: /a\.yaml:2:9: server\.host = "0\.0\.0\.0", not a loopback address: with auth\.kind one-user every caller would be the admin/ })
   t.throws(() => withOverrides(DEFAULTS, { 'server.host': '10.1.2.3' }), { message: /not a loopback address/ }, 'a --host flag is checked as well')

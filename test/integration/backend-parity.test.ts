@@ -1,9 +1,11 @@
 /**
- * The same end-to-end scenarios on every backend: the embedded local one, and Kubernetes against
- * the in-repo API simulator (its pods are real local processes, so requests really reach them).
+ * The same end-to-end scenarios on every backend: the embedded local one, Kubernetes against the
+ * in-repo API simulator, and Mesos against the in-repo master simulator (pods and tasks are real
+ * local processes, so requests really reach them).
  */
 import t, { type Test as TapTest } from 'tap'
 import { call, createToken, kitchenToken, startKubeRouter, startRouter, waitFor, type KubeRouter, type Reply, type Router } from '../fixtures/router.ts'
+import { startMesosRouter, type MesosRouter } from '../fixtures/mesos-router.ts'
 
 type Test = Parameters<typeof startRouter>[0]
 
@@ -19,6 +21,7 @@ const FAST = { 'scaler.tickMs': 250, 'scaler.burstHoldMs': 1000, 'scaler.interKi
 const BACKENDS: Record<string, (t: Test, overrides?: Record<string, unknown>) => Promise<Router>> = {
   local: (t, overrides = {}) => startRouter(t, overrides),
   kubernetes: (t, overrides = {}) => startKubeRouter(t, overrides),
+  mesos: (t, overrides = {}) => startMesosRouter(t, overrides),
 }
 
 async function appView(router: Router, id: string): Promise<AppView> {
@@ -34,7 +37,16 @@ function message(reply: Reply): string {
 }
 
 function isKube(router: Router): router is KubeRouter {
-  return 'sim' in router
+  return 'namespace' in router
+}
+
+function isMesos(router: Router): router is MesosRouter {
+  return 'sim' in router && !isKube(router)
+}
+
+/** The simulated master's tasks of a version still running (or about to). */
+function liveTasks(router: MesosRouter, serviceId: string): ReturnType<MesosRouter['sim']['tasks']> {
+  return router.sim.tasks().filter((task) => task.id.startsWith(`${serviceId}.`) && ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING'].includes(task.state))
 }
 
 /** Load scales a version up; with one long request pinning an instance, it shrinks back to one, and that busy instance is the one kept. */
@@ -72,6 +84,10 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
     t.equal(pods.length, 1, 'the ReplicaSet holds one pod')
     t.equal(router.sim.list('replicasets', router.namespace)[0]?.spec.replicas, 1, 'replicas lowered through /scale')
   }
+  if (isMesos(router)) {
+    await waitFor('the master to run one task of the version', () => (liveTasks(router, id).length === 1 ? true : undefined), 20000)
+    t.equal(liveTasks(router, id)[0]?.id, busy, 'the task kept is the busy instance')
+  }
 }
 
 for (const [kind, start] of Object.entries(BACKENDS)) {
@@ -90,6 +106,11 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
       t.equal(rs?.metadata.annotations['maitre/service-id'], await serviceId(router, 'cold'), 'one ReplicaSet, annotated with the service id')
       t.equal(rs?.spec.template.spec.containers[0].resources.limits.memory, '256Mi', 'mem becomes the memory limit')
       t.equal(rs?.spec.template.spec.containers[0].readinessProbe.httpGet.path, '/status', 'readiness probes the health check URL')
+    }
+    if (isMesos(router)) {
+      const [task] = liveTasks(router, await serviceId(router, 'cold'))
+      t.equal(task?.env['PORT0'], String(task?.ports[0]), 'one task, its first offered port exported as PORT0')
+      t.equal(task?.env['HOST'], task?.host, "and its agent's host as HOST")
     }
   })
 
@@ -113,6 +134,10 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
         return sets.length === 0 && pods.length === 0 ? true : undefined
       }, 15000)
       t.pass('the ReplicaSet was deleted and the garbage collector took its pods')
+    }
+    if (isMesos(router)) {
+      await waitFor('its tasks to be killed', () => (liveTasks(router, oldId).length === 0 ? true : undefined), 15000)
+      t.ok(router.sim.tasks().some((task) => task.id.startsWith(`${oldId}.`) && task.state === 'TASK_KILLED'), 'its task was killed through the master')
     }
     t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'moving' } })).status, 200, 'the current version still serves')
   })
