@@ -26,7 +26,7 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { place, type AgentUse, type Demand } from './mesos/placement.ts'
 import { TERMINAL_STATES, type Event, type Offer, type TaskState, type TaskStatus } from './mesos/protocol.ts'
-import { MesosScheduler } from './mesos/scheduler.ts'
+import { MesosScheduler, redirectTarget } from './mesos/scheduler.ts'
 import { endFlags, endMessage, exitCodeOf, labelOf, LABELS, lostWithItsAgent, newTaskId, portsOfState, serviceIdOfTask, taskInfoOf } from './mesos/tasks.ts'
 import { request } from 'undici'
 
@@ -51,10 +51,25 @@ const IMPLICIT_RECONCILE_MS = 15 * 60_000
 /** First wait before reconciling again the tasks that got no update since the subscription. */
 const RECONCILE_RETRY_MS = 5_000
 const MAX_RECONCILE_RETRY_MS = 5 * 60_000
+/** A KILL with no terminal update after this (plus the task's grace) is sent again, the wait doubling. */
+const KILL_RETRY_MS = 2_000
+const MAX_KILL_RETRY_MS = 60_000
+/** A failed SUPPRESS or REVIVE is tried again after this. */
+const OFFERS_CALL_RETRY_MS = 1_000
+/** How often the backend checks that the master's view of its demand holds (see #watch). */
+const WATCH_MS = 2_000
+/** Demand with no offer for this long: the master may have missed a REVIVE, or filters hold; revive. */
+const OFFERLESS_MS = 10_000
+/** The master's state could not be read to adopt tasks: tried again after this, doubling. */
+const ADOPT_RETRY_MS = 500
+const MAX_ADOPT_RETRY_MS = 15_000
+/** A refuse filter for offers declined while demand is still unplaced: short, so a fit that frees up is seen. */
+const UNPLACED_REFUSE_SECS = 1
 
 interface MesosTask {
   readonly id: string
-  readonly serviceId: string
+  /** The service record it was launched or adopted for (a service deleted and made again is another record). */
+  readonly owner: MesosService
   readonly agentId: string
   host: string
   ports: number[]
@@ -63,6 +78,10 @@ interface MesosTask {
   everHealthy: boolean
   startedAt: number
   killing: boolean
+  /** The ACCEPT that launches it, while in flight: a KILL waits for it, or it would overtake its own launch. */
+  launching: Promise<void> | undefined
+  /** The kill's grace: the service's termination grace, or 0 for a forced kill. */
+  graceMs: number
   /** The last update's time (ms): a reconciliation after a subscription waits for one newer than it. */
   updatedAt: number
 }
@@ -86,10 +105,16 @@ export class MesosBackend implements Backend {
   readonly #tasks = new Map<string, MesosTask>()
   readonly #listeners: ServiceListeners
   readonly #scheduler: Promise<MesosScheduler>
-  /** Offers are suppressed (nothing wanted) as far as this framework last told the master. */
-  #suppressed = false
+  /** What the master last confirmed of this framework's offers: suppressed, revived, or unknown (a call failed, a new subscription). */
+  #offersState: 'suppressed' | 'revived' | undefined
   /** The demand last told to the master by a REVIVE: more than this revives again. */
   #revivedFor = 0
+  /** REVIVEs sent so far: an offer round that saw one go out meanwhile may have filtered what it revived. */
+  #revives = 0
+  /** A SUPPRESS or REVIVE in flight (they go one at a time, the latest wish last). */
+  #offersCall: Promise<void> | undefined
+  #offersWish: { readonly force: boolean } | undefined
+  #lastOffersAt = 0
   #subscribedAt = 0
   /**
    * The master's state has been read since the last subscription: until then nothing is launched,
@@ -97,17 +122,28 @@ export class MesosBackend implements Backend {
    */
   #adopted = false
   #cancelReconcile: (() => void) | undefined
+  #cancelWatch: (() => void) | undefined
+  /** Timers that send a KILL, SUPPRESS or REVIVE again: cancelled on close. */
+  readonly #timers = new Set<() => void>()
   #closed = false
 
   constructor(options: MesosBackendOptions) {
     this.#o = options
     this.#listeners = new ServiceListeners(options.log)
     this.#scheduler = this.#connect()
+    this.#watch()
   }
 
   async #connect(): Promise<MesosScheduler> {
     const o = this.#o
-    const frameworkId = await o.frameworkIds.load()
+    let frameworkId: string | undefined
+    try {
+      frameworkId = await o.frameworkIds.load()
+    } catch (err) {
+      // Already lost; the router still has to run. The old framework's tasks run on until its
+      // failover timeout, unknown to this one.
+      o.log.error({ err }, 'the kept mesos framework id cannot be read: subscribing as a new framework')
+    }
     const scheduler = new MesosScheduler({
       masters: o.master.split(',').map((m) => m.trim().replace(/\/+$/, '')).filter((m) => m !== ''),
       frameworkInfo: {
@@ -182,11 +218,31 @@ export class MesosBackend implements Backend {
     return true
   }
 
-  /** Asks the master to kill a task; it stays a task (not an instance) until its terminal update. */
+  #killCall(task: MesosTask): Promise<boolean> {
+    return this.#call({ type: 'KILL', kill: { task_id: { value: task.id }, agent_id: { value: task.agentId }, kill_policy: { grace_period: { nanoseconds: task.graceMs * 1_000_000 } } } }, { service: task.owner.id, instance: task.id })
+  }
+
+  /**
+   * Asks the master to kill a task; it stays a task (not an instance) until its terminal update,
+   * and the KILL is sent again until that comes (a call lost, a master that restarted meanwhile).
+   * A task still being launched is killed once its ACCEPT is answered, not before: a KILL that
+   * overtook it would find no task, and the launch would then run one nobody knows.
+   */
   #kill(service: MesosService, task: MesosTask, force: boolean): void {
     task.killing = true
-    const graceMs = force ? 0 : (service.spec?.terminationGraceMs ?? 0)
-    void this.#call({ type: 'KILL', kill: { task_id: { value: task.id }, agent_id: { value: task.agentId }, kill_policy: { grace_period: { nanoseconds: graceMs * 1_000_000 } } } }, { service: service.id, instance: task.id })
+    task.graceMs = force ? 0 : (service.spec?.terminationGraceMs ?? 0)
+    void (task.launching ?? Promise.resolve()).then(() => this.#sendKill(task, KILL_RETRY_MS))
+  }
+
+  async #sendKill(task: MesosTask, retryMs: number): Promise<void> {
+    if (this.#closed || this.#tasks.get(task.id) !== task) return
+    await this.#killCall(task)
+    // Whether or not that call went through, the task is gone only once its terminal update comes.
+    const cancel = this.#o.clock.setTimeout(() => {
+      this.#timers.delete(cancel)
+      void this.#sendKill(task, Math.min(MAX_KILL_RETRY_MS, retryMs * 2))
+    }, retryMs + task.graceMs)
+    this.#timers.add(cancel)
   }
 
   async deleteService(serviceId: string): Promise<void> {
@@ -221,6 +277,9 @@ export class MesosBackend implements Backend {
     if (this.#closed) return
     this.#closed = true
     this.#cancelReconcile?.()
+    this.#cancelWatch?.()
+    for (const cancel of this.#timers) cancel()
+    this.#timers.clear()
     await (await this.#scheduler).close()
   }
 
@@ -247,43 +306,62 @@ export class MesosBackend implements Backend {
   // -------------------------------------------------------------------------------------------
   // Events
 
+  /** One event; a malformed one is logged and skipped, never the end of the stream. */
   #onEvent(event: Event): void {
     if (this.#closed) return
-    switch (event.type) {
-      case 'SUBSCRIBED':
-        void this.#subscribed(event.subscribed?.framework_id.value ?? '')
-        break
-      case 'OFFERS':
-        void this.#offered(event.offers?.offers ?? [])
-        break
-      case 'UPDATE':
-        if (event.update !== undefined) this.#updated(event.update.status)
-        break
-      case 'FAILURE':
-        this.#o.log.warn({ failure: event.failure }, 'mesos reports an agent or executor lost')
-        break
-      default:
-        // HEARTBEAT (the scheduler's watchdog saw it), RESCIND (no offer is held here), the rest unused.
-        break
+    try {
+      switch (event.type) {
+        case 'SUBSCRIBED':
+          void this.#subscribed(String(event.subscribed?.framework_id?.value ?? ''))
+          break
+        case 'OFFERS':
+          this.#lastOffersAt = this.#o.clock.now()
+          void this.#offered(wellFormedOffers(event.offers?.offers))
+          break
+        case 'UPDATE': {
+          const status = event.update?.status
+          if (typeof status?.task_id?.value !== 'string' || typeof status.state !== 'string') throw new Error('an UPDATE without a task id or state')
+          this.#updated(status)
+          break
+        }
+        case 'FAILURE':
+          this.#o.log.warn({ failure: event.failure }, 'mesos reports an agent or executor lost')
+          break
+        default:
+          // HEARTBEAT (the scheduler's watchdog saw it), RESCIND (no offer is held here), the rest unused.
+          break
+      }
+    } catch (err) {
+      this.#o.log.error({ err, type: event.type }, 'a mesos event could not be read; skipped')
     }
   }
 
   async #subscribed(frameworkId: string): Promise<void> {
     this.#subscribedAt = this.#o.clock.now()
-    this.#suppressed = false
+    this.#lastOffersAt = this.#subscribedAt
+    this.#offersState = undefined
     this.#revivedFor = 0
     this.#adopted = false
     this.#o.log.info({ frameworkId }, 'subscribed to mesos')
     await this.#o.frameworkIds.save(frameworkId).catch((err: unknown) => this.#o.log.error({ err, frameworkId }, 'could not keep the mesos framework id'))
-    try {
-      await this.#adopt(frameworkId)
-    } catch (err) {
-      // Without the state, reconciliation still brings the known tasks' states; tasks of an
-      // earlier run stay unknown until the next subscription reads it.
-      this.#o.log.warn({ err }, 'could not read the mesos master state to adopt running tasks')
+    // Until the master's state is read, nothing is launched (a restart would launch beside what
+    // runs): read it again and again, as long as this subscription lasts.
+    const subscribedAt = this.#subscribedAt
+    for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
+      if (this.#closed || this.#subscribedAt !== subscribedAt) return
+      try {
+        await this.#adopt(frameworkId)
+        break
+      } catch (err) {
+        this.#o.log.warn({ err, retryInMs: wait }, 'could not read the mesos master state to adopt running tasks')
+      }
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
     }
+    if (this.#closed || this.#subscribedAt !== subscribedAt) return
     this.#adopted = true
     this.#reconcile(RECONCILE_RETRY_MS, true)
+    // Kills the master may not have had (sent before a restart of it, or while disconnected).
+    for (const task of this.#tasks.values()) if (task.killing && task.launching === undefined) void this.#killCall(task)
     // Also clears the refuse filters of offers declined before the adoption.
     this.#demandChanged(true)
   }
@@ -291,18 +369,26 @@ export class MesosBackend implements Backend {
   /** Takes over the tasks the master runs for this framework that this router does not know yet. */
   async #adopt(frameworkId: string): Promise<void> {
     const scheduler = await this.#scheduler
-    const leader = scheduler.leader
-    if (leader === undefined) return
-    const res = await request(`${leader}/master/state`, { headers: scheduler.authorizationHeaders(), headersTimeout: this.#o.requestTimeoutMs, bodyTimeout: this.#o.requestTimeoutMs })
-    if (res.statusCode !== 200) {
-      await res.body.dump()
-      throw new Error(`GET /master/state: ${res.statusCode}`)
+    let target = scheduler.leader
+    if (target === undefined) throw new Error('no master to read the state of')
+    let state: MasterState | undefined
+    for (let redirects = 0; state === undefined; redirects += 1) {
+      const res = await request(`${target}/master/state`, { headers: scheduler.authorizationHeaders(), headersTimeout: this.#o.requestTimeoutMs, bodyTimeout: this.#o.requestTimeoutMs })
+      const location = redirectTarget(target, res.headers['location'])
+      if (res.statusCode === 307 && location !== undefined && redirects < 3) {
+        await res.body.dump()
+        target = location
+      } else if (res.statusCode !== 200) {
+        await res.body.dump()
+        throw new Error(`GET /master/state: ${res.statusCode}`)
+      } else {
+        state = (await res.body.json()) as MasterState
+      }
     }
-    const state = (await res.body.json()) as MasterState
     const hosts = new Map((state.slaves ?? []).map((s) => [s.id, s.hostname]))
     const framework = (state.frameworks ?? []).find((f) => f.id === frameworkId)
     for (const t of framework?.tasks ?? []) {
-      if (TERMINAL_STATES.has(t.state as TaskState) || this.#tasks.has(t.id)) continue
+      if (typeof t.id !== 'string' || TERMINAL_STATES.has(t.state as TaskState) || this.#tasks.has(t.id)) continue
       if (labelOf(t.labels, LABELS.cluster) !== this.#o.cluster) continue
       const serviceId = labelOf(t.labels, LABELS.serviceId) ?? serviceIdOfTask(t.id)
       if (serviceId === undefined) continue
@@ -314,7 +400,7 @@ export class MesosBackend implements Backend {
       const statuses = t.statuses ?? []
       const task: MesosTask = {
         id: t.id,
-        serviceId,
+        owner: service,
         agentId: t.slave_id,
         host: hosts.get(t.slave_id) ?? '',
         ports: portsOfState(t.resources?.ports),
@@ -323,10 +409,14 @@ export class MesosBackend implements Backend {
         everHealthy: statuses.some((s) => s.healthy === true),
         startedAt: Math.round((statuses[0]?.timestamp ?? this.#o.clock.now() / 1000) * 1000),
         killing: false,
+        launching: undefined,
+        graceMs: service.spec?.terminationGraceMs ?? 0,
         updatedAt: 0,
       }
       service.tasks.set(task.id, task)
       this.#tasks.set(task.id, task)
+      // A task the last router was killing is killed again, not counted.
+      if (t.state === 'TASK_KILLING') this.#kill(service, task, false)
       // Its count is what runs, or what a request asked for meanwhile if that is more.
       service.requested = Math.max(service.requested, [...service.tasks.values()].filter((k) => !k.killing).length)
       this.#o.log.info({ service: serviceId, instance: task.id, state: task.state }, 'task adopted')
@@ -335,76 +425,92 @@ export class MesosBackend implements Backend {
   }
 
   async #offered(offers: readonly Offer[]): Promise<void> {
-    const demands = this.#demands()
-    const used = new Map<string, { cpus: number; memMb: number; instances: Map<string, number> }>()
-    for (const task of this.#tasks.values()) {
-      const spec = this.#services.get(task.serviceId)?.spec
-      const use = used.get(task.agentId) ?? { cpus: 0, memMb: 0, instances: new Map<string, number>() }
-      use.cpus += spec?.cpus ?? 0
-      use.memMb += spec?.memMb ?? 0
-      use.instances.set(task.serviceId, (use.instances.get(task.serviceId) ?? 0) + 1)
-      used.set(task.agentId, use)
+    const revivesBefore = this.#revives
+    let placement: ReturnType<typeof place>
+    try {
+      placement = place({ offers, demands: this.#demands(), used: this.#used(), spread: this.#o.spread })
+    } catch (err) {
+      this.#o.log.error({ err }, 'mesos offers could not be placed; declined')
+      await this.#call({ type: 'DECLINE', decline: { offer_ids: offers.map((o) => o.id), filters: { refuse_seconds: UNPLACED_REFUSE_SECS } } }, {})
+      return
     }
-    const placement = place({ offers, demands, used: used as ReadonlyMap<string, AgentUse>, spread: this.#o.spread })
-    // Every task is recorded before any call goes out: offers that come meanwhile see them as demand met.
+    // Declined or left over while some demand is still unplaced: a short filter, so resources
+    // that free up are offered again soon; with everything placed, the long one.
+    const refuseSeconds = placement.unplaced.size > 0 ? UNPLACED_REFUSE_SECS : this.#o.declineRefuseSecs
+    // Every task is recorded before any call goes out: offers that come meanwhile see the demand
+    // met, and a kill waits for the launch.
     const accepts = placement.launches.map((launch) => {
       const infos = []
+      const tasks: MesosTask[] = []
       for (const placed of launch.tasks) {
         const service = this.#services.get(placed.serviceId)
         if (service?.spec === undefined) continue
         const id = newTaskId(service.id)
         const now = this.#o.clock.now()
-        const task: MesosTask = { id, serviceId: service.id, agentId: launch.agentId, host: placed.hostname, ports: [...placed.ports], state: 'TASK_STAGING', healthy: false, everHealthy: false, startedAt: now, killing: false, updatedAt: now }
+        const task: MesosTask = { id, owner: service, agentId: launch.agentId, host: placed.hostname, ports: [...placed.ports], state: 'TASK_STAGING', healthy: false, everHealthy: false, startedAt: now, killing: false, launching: undefined, graceMs: service.spec.terminationGraceMs, updatedAt: now }
         service.tasks.set(id, task)
         this.#tasks.set(id, task)
+        tasks.push(task)
         infos.push(taskInfoOf(service.spec, placed, id, this.#o.cluster))
         this.#o.log.info({ service: service.id, instance: id, agent: launch.agentId, host: placed.hostname, ports: placed.ports }, 'instance launching')
         this.#listeners.emit(service.id)
       }
-      return { launch, infos }
+      const launching = (async () => {
+        const ok = await this.#call({ type: 'ACCEPT', accept: { offer_ids: launch.offerIds, operations: [{ type: 'LAUNCH', launch: { task_infos: infos } }], filters: { refuse_seconds: refuseSeconds } } }, { agent: launch.agentId })
+        for (const task of tasks) task.launching = undefined
+        // Unknown whether the master took it (an answer lost is not a refusal): asked, it says
+        // LOST for what it never launched, and the demand comes back then.
+        if (!ok) void this.#call({ type: 'RECONCILE', reconcile: { tasks: tasks.map((k) => ({ task_id: { value: k.id }, agent_id: { value: k.agentId } })) } }, {})
+      })()
+      for (const task of tasks) task.launching = launching
+      return launching
     })
-    await Promise.all(
-      accepts.map(async ({ launch, infos }) => {
-        const ok = await this.#call({ type: 'ACCEPT', accept: { offer_ids: launch.offerIds, operations: [{ type: 'LAUNCH', launch: { task_infos: infos } }], filters: { refuse_seconds: this.#o.declineRefuseSecs } } }, { agent: launch.agentId })
-        // Never launched: the demand is still there, for the next offers.
-        if (!ok) for (const info of infos) this.#forget(info.task_id.value)
-      }),
-    )
-    if (placement.unused.length > 0) {
-      await this.#call({ type: 'DECLINE', decline: { offer_ids: placement.unused, filters: { refuse_seconds: this.#o.declineRefuseSecs } } }, {})
-    }
+    const declined = placement.unused.length === 0 ? Promise.resolve(true) : this.#call({ type: 'DECLINE', decline: { offer_ids: placement.unused, filters: { refuse_seconds: refuseSeconds } } }, {})
+    await Promise.all([...accepts, declined])
     if (placement.unplaced.size > 0) this.#o.log.debug({ unplaced: Object.fromEntries(placement.unplaced) }, 'instances that fit no offer')
-    this.#demandChanged()
+    // A REVIVE that went out during the round cleared filters this round then set: again.
+    this.#demandChanged(this.#revives !== revivesBefore)
+  }
+
+  /** What this framework runs on each agent, for the fitness of placing more there. */
+  #used(): Map<string, AgentUse> {
+    const used = new Map<string, { cpus: number; memMb: number; instances: Map<string, number> }>()
+    for (const task of this.#tasks.values()) {
+      const spec = task.owner.spec
+      const use = used.get(task.agentId) ?? { cpus: 0, memMb: 0, instances: new Map<string, number>() }
+      use.cpus += spec?.cpus ?? 0
+      use.memMb += spec?.memMb ?? 0
+      if (!task.killing) use.instances.set(task.owner.id, (use.instances.get(task.owner.id) ?? 0) + 1)
+      used.set(task.agentId, use)
+    }
+    return used
   }
 
   #updated(status: TaskStatus): void {
-    const scheduler = this.#scheduler
     if (status.uuid !== undefined && status.agent_id !== undefined) {
       const ack = { type: 'ACKNOWLEDGE' as const, acknowledge: { agent_id: status.agent_id, task_id: status.task_id, uuid: status.uuid } }
-      void scheduler.then((s) => s.call(ack)).catch((err: unknown) => this.#o.log.warn({ err, task: status.task_id.value }, 'mesos acknowledgement failed (the master will send the update again)'))
+      void this.#scheduler.then((s) => s.call(ack)).catch((err: unknown) => this.#o.log.warn({ err, task: status.task_id.value }, 'mesos acknowledgement failed (the master will send the update again)'))
     }
     const task = this.#tasks.get(status.task_id.value)
     if (task === undefined) {
-      // A task this router does not know: one of a deleted service, ended since; or one the
-      // master's state did not list yet (adopted on the next subscription's state).
-      if (!TERMINAL_STATES.has(status.state)) this.#o.log.debug({ task: status.task_id.value, state: status.state }, 'update for an unknown mesos task')
+      this.#unknownTask(status)
       return
     }
-    const service = this.#services.get(task.serviceId)
+    const service = task.owner
+    const current = this.#services.get(service.id) === service
     task.updatedAt = this.#o.clock.now()
     if (!TERMINAL_STATES.has(status.state)) {
       task.state = status.state
       if (status.healthy !== undefined) task.healthy = status.healthy
       if (status.state !== 'TASK_RUNNING') task.healthy = false
       if (task.healthy) task.everHealthy = true
-      if (service !== undefined) {
+      if (current) {
         if (task.healthy) service.failedSinceHealthy = []
         this.#update(service)
       }
       return
     }
     this.#forget(task.id)
-    if (service === undefined) return
     const ended: EndedInstance = {
       id: task.id,
       serviceId: service.id,
@@ -421,19 +527,33 @@ export class MesosBackend implements Backend {
       service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
     } else {
       service.failed = [ended, ...service.failed].slice(0, ENDED_KEPT)
-      // A lost agent says nothing of the service: replaced, but no step towards a deployment error.
+      // A lost agent or launch says nothing of the service: replaced, but no step towards a deployment error.
       if (!lostWithItsAgent(status)) service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
       this.#o.log.warn({ service: service.id, instance: task.id, state: status.state, reason: status.reason, message: status.message }, 'instance failed')
     }
-    this.#update(service)
+    if (current) this.#update(service)
     this.#demandChanged()
+  }
+
+  /**
+   * An update for a task this router does not know. Before the master's state is adopted it may
+   * be one of an earlier run (the reconciliation after the adoption asks again). After, a live
+   * one is an orphan — a LOST task whose agent came back after its replacement started, a launch
+   * this router gave up on — and is killed rather than left running unseen.
+   */
+  #unknownTask(status: TaskStatus): void {
+    if (TERMINAL_STATES.has(status.state) || !this.#adopted || status.agent_id === undefined) return
+    const taskId = status.task_id.value
+    if (serviceIdOfTask(taskId) === undefined) return
+    this.#o.log.warn({ task: taskId, state: status.state }, 'a task this router does not run: killed')
+    void this.#call({ type: 'KILL', kill: { task_id: status.task_id, agent_id: status.agent_id } }, { instance: taskId })
   }
 
   #forget(taskId: string): void {
     const task = this.#tasks.get(taskId)
     if (task === undefined) return
     this.#tasks.delete(taskId)
-    this.#services.get(task.serviceId)?.tasks.delete(taskId)
+    task.owner.tasks.delete(taskId)
   }
 
   /** Recomputes the deployment error (Waiter's rules) and tells listeners. */
@@ -462,22 +582,63 @@ export class MesosBackend implements Backend {
     return demands
   }
 
-  /** Tells the master whether offers are wanted: SUPPRESS with no demand, REVIVE when it appears or grows. */
+  #wanted(): number {
+    return this.#demands().reduce((sum, d) => sum + d.count, 0)
+  }
+
+  /**
+   * Tells the master whether offers are wanted: SUPPRESS with no demand, REVIVE when it appears
+   * or grows (which also clears the filters of offers declined earlier). The calls go one at a
+   * time and the latest wish is what is sent next; a failed one leaves the state unknown and is
+   * tried again, so the framework is never left suppressed with demand.
+   */
   #demandChanged(force = false): void {
-    const wanted = this.#demands().reduce((sum, d) => sum + d.count, 0)
-    if (wanted === 0) {
-      this.#revivedFor = 0
-      if (!this.#suppressed || force) {
-        this.#suppressed = true
-        void this.#call({ type: 'SUPPRESS', suppress: { roles: [this.#o.role] } }, {})
+    if (this.#closed) return
+    this.#offersWish = { force: force || (this.#offersWish?.force ?? false) }
+    this.#offersCall ??= this.#sendOffersWish().finally(() => (this.#offersCall = undefined))
+  }
+
+  async #sendOffersWish(): Promise<void> {
+    while (this.#offersWish !== undefined && !this.#closed) {
+      const { force } = this.#offersWish
+      this.#offersWish = undefined
+      const wanted = this.#wanted()
+      let ok = true
+      if (wanted === 0) {
+        this.#revivedFor = 0
+        if (this.#offersState !== 'suppressed' || force) {
+          ok = await this.#call({ type: 'SUPPRESS', suppress: { roles: [this.#o.role] } }, {})
+          this.#offersState = ok ? 'suppressed' : undefined
+        }
+      } else if (this.#offersState !== 'revived' || wanted > this.#revivedFor || force) {
+        this.#revives += 1
+        ok = await this.#call({ type: 'REVIVE', revive: { roles: [this.#o.role] } }, {})
+        this.#offersState = ok ? 'revived' : undefined
+        this.#revivedFor = ok ? wanted : 0
+      } else {
+        this.#revivedFor = wanted
       }
-    } else if (this.#suppressed || wanted > this.#revivedFor || force) {
-      this.#suppressed = false
-      this.#revivedFor = wanted
-      void this.#call({ type: 'REVIVE', revive: { roles: [this.#o.role] } }, {})
-    } else {
-      this.#revivedFor = wanted
+      if (!ok) {
+        const cancel = this.#o.clock.setTimeout(() => {
+          this.#timers.delete(cancel)
+          this.#demandChanged()
+        }, OFFERS_CALL_RETRY_MS)
+        this.#timers.add(cancel)
+        return
+      }
     }
+  }
+
+  /** Every WATCH_MS: demand that has seen no offer for OFFERLESS_MS revives offers again. */
+  #watch(): void {
+    this.#cancelWatch = this.#o.clock.setTimeout(() => {
+      if (this.#closed) return
+      if (this.#adopted && this.#wanted() > 0 && this.#o.clock.now() - this.#lastOffersAt > OFFERLESS_MS) {
+        this.#lastOffersAt = this.#o.clock.now()
+        this.#demandChanged(true)
+      }
+      this.#watch()
+    }, WATCH_MS)
   }
 
   /**
@@ -486,6 +647,7 @@ export class MesosBackend implements Backend {
    */
   #reconcile(retryMs: number, afterSubscription = false): void {
     this.#cancelReconcile?.()
+    if (this.#closed) return
     const since = this.#subscribedAt
     const stale = [...this.#tasks.values()].filter((t) => t.updatedAt < since)
     if (stale.length > 0) {
@@ -504,6 +666,7 @@ export class MesosBackend implements Backend {
 
   /** A call on the current subscription; false (logged) if it did not go through. */
   async #call(call: Parameters<MesosScheduler['call']>[0], context: Record<string, unknown>): Promise<boolean> {
+    if (this.#closed) return false
     try {
       await (await this.#scheduler).call(call)
       return true
@@ -512,6 +675,15 @@ export class MesosBackend implements Backend {
       return false
     }
   }
+}
+
+/** The offers an OFFERS event carries that have what placement reads; the others are left to expire. */
+function wellFormedOffers(offers: unknown): Offer[] {
+  if (!Array.isArray(offers)) return []
+  return offers.filter((o): o is Offer => {
+    const offer = o as Partial<Offer> | null
+    return typeof offer?.id?.value === 'string' && typeof offer.agent_id?.value === 'string' && typeof offer.hostname === 'string' && Array.isArray(offer.resources)
+  })
 }
 
 /** The part of GET /master/state read to adopt tasks (v0 names: `slaves`, `slave_id`). */

@@ -48,6 +48,8 @@ const FIRST_BACKOFF_MS = 250
 /** Heartbeat intervals without a record before the stream counts as dead (the reference's ~5). */
 const MISSED_HEARTBEATS = 5
 const DEFAULT_HEARTBEAT_SECONDS = 15
+/** A stream up this long resets the subscription back-off. */
+const STREAM_LASTED_MS = 15_000
 /** Redirects followed in a row before a master list is tried afresh. */
 const MAX_REDIRECTS = 5
 
@@ -63,6 +65,8 @@ export class MesosScheduler {
   #stream: AbortController | undefined
   #loop: Promise<void> | undefined
   #wake: (() => void) | undefined
+  /** The master said another scheduler took this framework over. */
+  #failedOver = false
 
   constructor(options: SchedulerOptions) {
     if (options.masters.length === 0) throw new Error('no Mesos master to subscribe to')
@@ -122,8 +126,9 @@ export class MesosScheduler {
         target = location
         continue
       }
-      // The master no longer knows this stream: a new subscription is the way back.
-      if (res.statusCode === 403 && this.#streamId === streamId) this.reconnect()
+      // The master no longer knows this stream: a new subscription is the way back. (A 403 for
+      // want of authorization is not that, and subscribing again would not mend it.)
+      if (res.statusCode === 403 && /not subscribed/i.test(text) && this.#streamId === streamId) this.reconnect()
       throw new MesosCallError(call.type, res.statusCode, text)
     }
   }
@@ -144,6 +149,7 @@ export class MesosScheduler {
     let backoff = FIRST_BACKOFF_MS
     while (!this.#closed) {
       let subscribed = false
+      const startedAt = this.#o.clock.now()
       try {
         subscribed = await this.#subscribeOnce()
       } catch (err) {
@@ -154,7 +160,15 @@ export class MesosScheduler {
         this.#o.onDisconnected()
       }
       if (this.#closed) break
-      if (subscribed) backoff = FIRST_BACKOFF_MS
+      // A stream that lasted is a fresh start; one dropped at once (a master that keeps failing
+      // right after SUBSCRIBED) keeps backing off.
+      if (subscribed && this.#o.clock.now() - startedAt >= STREAM_LASTED_MS) backoff = FIRST_BACKOFF_MS
+      if (this.#failedOver) {
+        // Another scheduler subscribed with this framework id: taking it back at once would only
+        // make the two steal the stream from each other.
+        this.#failedOver = false
+        backoff = MAX_BACKOFF_MS
+      }
       await new Promise<void>((resolve) => {
         const cancel = this.#o.clock.setTimeout(resolve, backoff)
         this.#wake = () => {
@@ -240,7 +254,15 @@ export class MesosScheduler {
       for await (const chunk of body) {
         for (const record of parser.push(chunk)) {
           watch()
-          const event = JSON.parse(record) as Event
+          let event: Event
+          try {
+            event = JSON.parse(record) as Event
+            if (typeof event?.type !== 'string') throw new Error('no type')
+          } catch (err) {
+            // One unreadable record is skipped; dropping the stream would only bring it back.
+            this.#o.log.error({ err, record: record.slice(0, 200) }, 'a mesos event that is not JSON with a type; skipped')
+            continue
+          }
           if (!subscribed) {
             if (event.type === 'ERROR') throw this.#refused(event.error?.message ?? 'no message')
             if (event.type !== 'SUBSCRIBED' || event.subscribed === undefined) throw new Error(`the stream began with ${event.type}, not SUBSCRIBED`)
@@ -252,7 +274,11 @@ export class MesosScheduler {
           } else if (event.type === 'ERROR') {
             throw this.#refused(event.error?.message ?? 'no message')
           }
-          this.#o.onEvent(event)
+          try {
+            this.#o.onEvent(event)
+          } catch (err) {
+            this.#o.log.error({ err, type: event.type }, 'a mesos event could not be handled; skipped')
+          }
         }
       }
     } catch (err) {
@@ -267,7 +293,10 @@ export class MesosScheduler {
 
   /** The master ended the subscription with an ERROR; a framework it removed starts over as a new one. */
   #refused(message: string): Error {
-    if (/framework.*(removed|torn down|completed)/i.test(message)) {
+    if (/failed over/i.test(message)) {
+      this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'another scheduler subscribed as this framework: backing off before taking it back')
+      this.#failedOver = true
+    } else if (/framework.*(removed|torn down|completed)/i.test(message)) {
       this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'the mesos master removed this framework: subscribing as a new one (its tasks are gone)')
       this.#frameworkId = undefined
     }

@@ -1,0 +1,115 @@
+/**
+ * The Mesos backend where calls race: an ACCEPT slow to be answered while the version is scaled,
+ * a REVIVE the master fails. The backend talks to the in-repo master simulator through a proxy
+ * that holds back or fails chosen calls.
+ */
+import t, { type Test } from 'tap'
+import { createServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { MesosBackend } from '../../src/backends/mesos.ts'
+import { systemClock } from '../../src/clock.ts'
+import { DEFAULTS } from '../../src/config.ts'
+import type { HealthCheckSpec, LaunchSpec } from '../../src/launch-spec.ts'
+import { silentLogger } from '../../src/log.ts'
+import { kitchenCmd, waitFor } from '../fixtures/router.ts'
+import { startMesosSimulatorFor } from '../fixtures/mesos-router.ts'
+import type { MesosSim } from '../fixtures/mesos-sim/master.ts'
+
+function spec(serviceId: string, minInstances: number): LaunchSpec {
+  const check: HealthCheckSpec = { url: '/status', portIndex: 0, proto: 'http', intervalMs: 1000, maxConsecutiveFailures: 5, authenticated: false }
+  return { serviceId, command: kitchenCmd(), cmdType: 'shell', image: undefined, env: {}, ports: 1, cpus: 0.1, memMb: 128, backendProto: 'http', healthCheck: check, livenessCheck: check, gracePeriodMs: 0, terminationGraceMs: 0, restartBackoffFactor: 2, minInstances, runAsUser: 'maitre', authorization: 'Basic d2FpdGVyOnB3' }
+}
+
+/** A proxy to the master holding back (ms) or failing (500, once) calls of the given types; the event stream passes untouched. */
+async function meddlingProxy(t: Test, target: string, meddle: { hold?: Record<string, number>; failOnce?: Set<string> }): Promise<string> {
+  const to = new URL(target)
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      let type = ''
+      try {
+        type = String((JSON.parse(body.toString()) as { type?: unknown }).type)
+      } catch {
+        // Not a call (GET /master/state): passed on as it is.
+      }
+      if (meddle.failOnce?.delete(type) === true) {
+        res.writeHead(500).end('failed on purpose')
+        return
+      }
+      setTimeout(() => {
+        const up = httpRequest({ host: to.hostname, port: to.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers)
+          answer.pipe(res)
+        })
+        up.on('error', () => res.destroy())
+        up.end(body)
+      }, meddle.hold?.[type] ?? 0)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+function backendOn(t: Test, master: string, declineRefuseSecs: number): MesosBackend {
+  let kept: string | undefined
+  const backend = new MesosBackend({
+    ...DEFAULTS.backend.mesos,
+    master,
+    declineRefuseSecs,
+    cluster: 'test',
+    clock: systemClock,
+    log: silentLogger,
+    user: 'maitre',
+    frameworkIds: {
+      load: async () => kept,
+      save: async (id) => {
+        kept = id
+      },
+    },
+  })
+  t.teardown(() => backend.close())
+  return backend
+}
+
+function live(sim: MesosSim, serviceId: string): number {
+  return sim.tasks().filter((task) => task.id.startsWith(`${serviceId}.`) && ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING'].includes(task.state)).length
+}
+
+t.test('a version scaled to zero while its ACCEPT is still unanswered: the KILL follows the launch, and no task is left running', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { hold: { ACCEPT: 500 } }), 1)
+  await backend.ensureService(spec('orphan', 1))
+  await waitFor('a task being launched', () => ((backend.state('orphan')?.instances.length ?? 0) > 0 ? true : undefined))
+  await backend.scale('orphan', 0)
+  await waitFor('the launched task killed', () => (sim.tasks().some((task) => task.id.startsWith('orphan.') && task.state === 'TASK_KILLED') ? true : undefined))
+  t.equal(live(sim, 'orphan'), 0, 'the master runs no task of the version')
+  t.equal(backend.state('orphan')?.instances.length, 0)
+})
+
+t.test('a scale-up while an ACCEPT is unanswered is launched at once, not after the 60 s filters of that offer round', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { hold: { ACCEPT: 500 } }), 60)
+  await backend.ensureService(spec('grow', 1))
+  await waitFor('a task being launched', () => ((backend.state('grow')?.instances.length ?? 0) > 0 ? true : undefined))
+  await backend.scale('grow', 3)
+  await waitFor('three tasks running', () => (live(sim, 'grow') === 3 ? true : undefined), 10000)
+  t.pass('all three launched within 10 s')
+})
+
+t.test('a REVIVE the master fails is sent again: the framework is not left suppressed with demand', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const failOnce = new Set<string>()
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { failOnce }), 60)
+  await backend.ensureService(spec('revive', 1))
+  await waitFor('one task running and offers suppressed', () => (live(sim, 'revive') === 1 && sim.frameworks()[0]?.suppressed === true ? true : undefined), 10000)
+  failOnce.add('REVIVE')
+  await backend.scale('revive', 2)
+  await waitFor('the second task running', () => (live(sim, 'revive') === 2 ? true : undefined), 10000)
+  t.equal(failOnce.size, 0, 'the first REVIVE did fail')
+})
