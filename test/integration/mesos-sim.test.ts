@@ -212,10 +212,10 @@ t.test('a task runs: offers, LAUNCH, STARTING → RUNNING → healthy, reachable
     { name: 'cpus', type: 'SCALAR', scalar: { value: 4 }, role: '*', allocation_info: { role: 'maitre' } },
     { name: 'mem', type: 'SCALAR', scalar: { value: 4096 } },
     { name: 'disk', type: 'SCALAR' },
-    { name: 'ports', type: 'RANGES', ranges: { range: [{ begin: 31000, end: 31099 }] } },
+    { name: 'ports', type: 'RANGES', ranges: { range: [{ begin: 31000, end: 31032 }] } }, // the first agent's third of 31000–31099
   ])
 
-  const info = task(offer, 'web.1', kitchen, { env: { POD_IP: offer.hostname, WAITER_PASSWORD: 'pw' }, extra: { health_check: { type: 'HTTP', http: { scheme: 'http', port: 31000, path: '/status' }, delay_seconds: 0.05, interval_seconds: 0.1, timeout_seconds: 1, consecutive_failures: 3, grace_period_seconds: 5 }, kill_policy: { grace_period: { nanoseconds: 2e9 } } } })
+  const info = task(offer, 'web.1', kitchen, { env: { WAITER_PASSWORD: 'pw' }, extra: { health_check: { type: 'HTTP', http: { scheme: 'http', port: 31000, path: '/status' }, delay_seconds: 0.05, interval_seconds: 0.1, timeout_seconds: 1, consecutive_failures: 3, grace_period_seconds: 5 }, kill_policy: { grace_period: { nanoseconds: 2e9 } } } })
   t.equal((await launch(sub, offer, [info])).status, 202)
   const starting = await sub.nextUpdate('web.1', 'TASK_STARTING')
   t.match(starting, { source: 'SOURCE_EXECUTOR', agent_id: offer.agent_id, uuid: /^[A-Za-z0-9+/]{22}==$/ })
@@ -241,7 +241,7 @@ t.test('a task runs: offers, LAUNCH, STARTING → RUNNING → healthy, reachable
 
   const state = (await (await request(`${s.url}/master/state`)).body.json()) as Record<string, any>
   t.equal(state['slaves'].length, 3)
-  t.match(state['slaves'][0], { id: /-S0$/, hostname: /^127\./, resources: { cpus: 4, mem: 4096, ports: '[31000-31099]' } })
+  t.match(state['slaves'][0], { id: /-S0$/, hostname: /^127\./, resources: { cpus: 4, mem: 4096, ports: '[31000-31032]' } })
   t.match(state['frameworks'][0], { id: sub.frameworkId, name: 'maitre-test', active: true, connected: true, failover_timeout: 3600 })
   t.match(state['frameworks'][0].tasks[0], { id: 'web.1', framework_id: sub.frameworkId, slave_id: offer.agent_id.value, state: 'TASK_RUNNING', resources: { cpus: 0.1, mem: 128, ports: '[31000-31000]' } })
   t.match(state['frameworks'][0].tasks[0].statuses.map((x: { state: string }) => x.state), ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING', 'TASK_RUNNING'])
@@ -307,7 +307,7 @@ t.test('a failing health check: RUNNING healthy:false, then the task killed, TAS
   t.teardown(stop)
   const offer = (await sub.nextOffers(0))[0] as Offer
   const check = { type: 'HTTP' as const, http: { port: 31000, path: '/status' }, delay_seconds: 0, interval_seconds: 0.1, timeout_seconds: 1, consecutive_failures: 3, grace_period_seconds: 5 }
-  await launch(sub, offer, [task(offer, 'sickly', kitchen, { env: { POD_IP: offer.hostname }, extra: { health_check: check, kill_policy: { grace_period: { nanoseconds: 1e9 } } } })])
+  await launch(sub, offer, [task(offer, 'sickly', kitchen, { extra: { health_check: check, kill_policy: { grace_period: { nanoseconds: 1e9 } } } })])
   await until('healthy', () => sub.updates('sickly').find((u) => u.healthy === true))
   writeFileSync(join(s.tasks()[0]?.env['MESOS_SANDBOX'] as string, 'fail-health-checks'), '')
   const unhealthy = await until('healthy:false', () => sub.updates('sickly').find((u) => u.healthy === false))
