@@ -113,3 +113,16 @@ t.test('a REVIVE the master fails is sent again: the framework is not left suppr
   await waitFor('the second task running', () => (live(sim, 'revive') === 2 ? true : undefined), 10000)
   t.equal(failOnce.size, 0, 'the first REVIVE did fail')
 })
+
+t.test('a KILL the master fails is sent again until the task ends', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const failOnce = new Set<string>()
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { failOnce }), 1)
+  await backend.ensureService(spec('stubborn', 1))
+  await waitFor('one task running', () => (live(sim, 'stubborn') === 1 ? true : undefined), 10000)
+  failOnce.add('KILL')
+  await backend.scale('stubborn', 0)
+  await waitFor('the task killed after all', () => (live(sim, 'stubborn') === 0 ? true : undefined), 10000)
+  t.equal(failOnce.size, 0, 'the first KILL did fail')
+  t.ok(sim.calls().some((c) => c.type === 'KILL'), 'the master heard a later one')
+})
