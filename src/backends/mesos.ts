@@ -237,6 +237,7 @@ export class MesosBackend implements Backend {
   async #sendKill(task: MesosTask, retryMs: number): Promise<void> {
     if (this.#closed || this.#tasks.get(task.id) !== task) return
     await this.#killCall(task)
+    if (this.#closed) return
     // Whether or not that call went through, the task is gone only once its terminal update comes.
     const cancel = this.#o.clock.setTimeout(() => {
       this.#timers.delete(cancel)
@@ -619,6 +620,7 @@ export class MesosBackend implements Backend {
         this.#revivedFor = wanted
       }
       if (!ok) {
+        if (this.#closed) return
         const cancel = this.#o.clock.setTimeout(() => {
           this.#timers.delete(cancel)
           this.#demandChanged()
