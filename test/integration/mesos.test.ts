@@ -37,7 +37,8 @@ t.test('offers are taken only when wanted: unused ones declined, suppressed with
   t.ok(calls().includes('DECLINE'), 'the other agents’ offers were declined, not held')
   t.ok(calls().includes('REVIVE'), 'offers were revived when the demand appeared')
   await waitFor('STARTING, RUNNING and healthy RUNNING acknowledged', () => (calls().filter((c) => c === 'ACKNOWLEDGE').length >= 3 ? true : undefined))
-  t.pass('each status update with a uuid was acknowledged')
+  await waitFor('no update left unacknowledged', () => (router.sim.unacknowledged() === 0 ? true : undefined))
+  t.pass('each status update with a uuid was acknowledged: the master holds none back')
   t.ok(calls().includes('RECONCILE'), 'tasks were reconciled after subscribing')
 })
 
