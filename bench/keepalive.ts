@@ -262,7 +262,8 @@ function replayApp(app: App, minutes: number, choice: PolicyChoice, ledger: Keep
       requests += 1
       const wasRunning = running()
       const busy = inFlight(t) + queued > 0
-      ledger.arrived(app.id, t, wasRunning, wasRunning && !busy ? lastActiveAt : undefined, true)
+      const warm = wasRunning && instances.some((i) => i.readyAt <= t)
+      ledger.arrived(app.id, t, wasRunning, warm, wasRunning && !busy ? lastActiveAt : undefined, true)
       if (!wasRunning) {
         start(t, scaling.minInstances)
         state = initialScalingState(instances.length)

@@ -50,6 +50,9 @@ function awaitsPrewarm(entry: Entry<unknown>): boolean {
   return entry.prewarmedFor !== entry.idleSince && (entry.lastArrivalAt === undefined || entry.idleSince === undefined || entry.lastArrivalAt <= entry.idleSince)
 }
 
+/** What became of a pre-warm when the next request came. */
+export type PrewarmOutcome = 'hit' | 'miss'
+
 export class KeepAliveLedger<P = unknown> {
   readonly #entries: LRUCache<string, Entry<P>>
   readonly #options: AdaptiveOptions
@@ -69,16 +72,19 @@ export class KeepAliveLedger<P = unknown> {
   }
 
   /**
-   * A request for the version arrives. `runningIdleSince`: when the running version's last
-   * activity ended (undefined: a request is under way, or the version is not running, in which
-   * case the end of activity recorded at its collection counts). Returns whether it found the
-   * version pre-warmed (a hit).
+   * A request for the version arrives. `running`: instances are asked for; `warm`: one is
+   * healthy, so the request waits for no start. `runningIdleSince`: when the running version's
+   * last activity ended (undefined: a request is under way, or the version is not running, in
+   * which case the end of activity recorded at its collection counts). Returns what became of a
+   * pre-warm: a hit when the request found the version warm, a miss when it still waited for the
+   * start (the pre-warm came too late, or failed); undefined with no pre-warm pending.
    */
-  arrived(serviceId: string, now: number, running: boolean, runningIdleSince: number | undefined, payload?: P): boolean {
+  arrived(serviceId: string, now: number, running: boolean, warm: boolean, runningIdleSince: number | undefined, payload?: P): PrewarmOutcome | undefined {
     const entry = this.#entry(serviceId)
     if (payload !== undefined) entry.payload = payload
     const prewarmed = entry.prewarmedAt !== undefined
-    const hit = prewarmed && running
+    const hit = prewarmed && running && warm
+    if (prewarmed && !hit) entry.misses += 1
     // A version that is not running, or runs only because it was pre-warmed, was last active
     // when its collection found it so; a running one, when the tracker last saw it.
     if (running || entry.idleSince !== undefined) {
@@ -93,7 +99,16 @@ export class KeepAliveLedger<P = unknown> {
     if (hit) entry.hits += 1
     entry.prewarmedAt = undefined
     entry.lastArrivalAt = now
-    return hit
+    return prewarmed ? (hit ? 'hit' : 'miss') : undefined
+  }
+
+  /** A pre-warm's start failed: it will serve no request, a miss (counted once). */
+  prewarmFailed(serviceId: string): boolean {
+    const entry = this.#entries.get(serviceId)
+    if (entry?.prewarmedAt === undefined) return false
+    entry.misses += 1
+    entry.prewarmedAt = undefined
+    return true
   }
 
   /** The version was collected; `lastActiveAt`: when its last activity ended. Returns whether it was a pre-warm that served nothing (a miss). */

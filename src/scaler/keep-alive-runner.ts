@@ -88,8 +88,10 @@ export class KeepAliveRunner {
   arrived(serviceId: string, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, sources: readonly TokenReference[], core: Readonly<Record<string, unknown>>): void {
     if (this.policyOf(params) !== 'adaptive') return
     const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
-    const hit = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, sources, core })
-    if (hit) this.#deps.onHit?.(serviceId)
+    const warm = running && this.#deps.tracker.load(serviceId).healthy > 0
+    const outcome = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, warm, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, sources, core })
+    if (outcome === 'hit') this.#deps.onHit?.(serviceId)
+    else if (outcome === 'miss') this.#deps.onMiss?.(serviceId)
   }
 
   /** For the GC: when an adaptive version is let go (undefined: its idle timeout decides). */
@@ -174,7 +176,10 @@ export class KeepAliveRunner {
       this.#deps.onPrewarm?.(serviceId)
       log.info({ service: serviceId }, 'pre-warming: starting the version before its next expected request')
       void starting
-        .catch((err: unknown) => log.warn({ err, service: serviceId }, 'pre-warming the version failed'))
+        .catch((err: unknown) => {
+          log.warn({ err, service: serviceId }, 'pre-warming the version failed')
+          if (ledger.prewarmFailed(serviceId)) this.#deps.onMiss?.(serviceId)
+        })
         .finally(() => this.#starting.delete(serviceId))
     }
   }

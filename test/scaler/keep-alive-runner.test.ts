@@ -10,23 +10,25 @@ const MIN = 60_000
 const PARAMS = { 'keep-alive': 'adaptive', 'idle-timeout-mins': 10, 'min-instances': 1 }
 
 /** A runner over fakes: a backend that runs what the activator starts, a registry of what runs, a tracker that is idle. */
-function setUp(options: { leader?: boolean } = {}) {
+function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
   const clock = new ManualClock(0)
   const ledger = new KeepAliveLedger<PrewarmPayload>(100)
   const requested = new Map<string, number>()
   const collecting = new Set<string>()
   const records = new Map<string, ServiceRecord>()
   const starts: string[] = []
-  const state = { current: true, suspended: false, lastActiveAt: 0 }
+  const state = { current: true, suspended: false, lastActiveAt: 0, healthy: 1 }
+  const outcomes: string[] = []
   const runner = new KeepAliveRunner(
     {
       ledger,
       backend: { requested: (id) => requested.get(id) },
-      tracker: { load: () => ({ lastActiveAt: state.lastActiveAt, inFlight: 0, queued: 0, healthy: 1, slotsAvailable: 1 }), idleSince: () => state.lastActiveAt },
+      tracker: { load: () => ({ lastActiveAt: state.lastActiveAt, inFlight: 0, queued: 0, healthy: state.healthy, slotsAvailable: state.healthy }), idleSince: () => state.lastActiveAt },
       registry: { all: () => [...records.values()], get: (id) => records.get(id) },
       activator: {
         ensure: (activation) => {
           starts.push(activation.serviceId)
+          if (options.failStarts === true) return Promise.reject(new Error('the start failed'))
           requested.set(activation.serviceId, 1)
           records.set(activation.serviceId, { id: activation.serviceId, core: {}, sources: [], createdAt: clock.now() })
           return Promise.resolve()
@@ -44,6 +46,8 @@ function setUp(options: { leader?: boolean } = {}) {
       isSuspended: () => state.suspended,
       clock,
       log: silentLogger,
+      onHit: () => outcomes.push('hit'),
+      onMiss: () => outcomes.push('miss'),
       fleet: { isLeader: () => options.leader ?? true, peerLoad: () => ({ inFlight: 0, queued: 0, lastRequestAt: 0 }) },
     },
     { defaultPolicy: 'fixed', tickMs: 1000 },
@@ -73,8 +77,9 @@ function setUp(options: { leader?: boolean } = {}) {
     await runner.tick()
     // (Learned after three idle times: the last calls were pre-warmed for; what follows counts afresh.)
     starts.length = 0
+    outcomes.length = 0
   }
-  return { clock, ledger, requested, collecting, starts, state, runner, activation, call, learn }
+  return { clock, ledger, requested, collecting, starts, state, runner, activation, call, learn, outcomes }
 }
 
 t.test('a learned version is let go after its call and started once, at its pre-warm time, through the activator', async (t) => {
@@ -159,4 +164,31 @@ t.test('fixed versions are neither learned from nor acted on', async (t) => {
   const { runner, ledger, activation } = setUp()
   runner.arrived('v', { ...PARAMS, 'keep-alive': 'fixed' }, activation, [], {})
   t.same(ledger.ids(), [], 'no history kept for a fixed version')
+})
+
+t.test('a pre-warm counts as a hit only if the call finds an instance healthy; a late or failed one is a miss', async (t) => {
+  const late = setUp()
+  await late.learn()
+  late.clock.advance(19 * MIN)
+  await late.runner.tick()
+  t.same(late.starts, ['v'], 'pre-warmed')
+  late.state.healthy = 0
+  late.runner.arrived('v', PARAMS, late.activation, [{ token: 't', etag: 'e1' }], {})
+  t.same(late.outcomes, ['miss'], 'the call came while the instance was still starting: it waited, a miss')
+
+  const failed = setUp({ failStarts: true })
+  await failed.learn()
+  failed.clock.advance(19 * MIN)
+  await failed.runner.tick()
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(failed.outcomes, ['miss'], 'the start failed: a miss at once')
+  failed.runner.arrived('v', PARAMS, failed.activation, [{ token: 't', etag: 'e1' }], {})
+  t.same(failed.outcomes, ['miss'], 'not counted again when the call comes')
+
+  const warm = setUp()
+  await warm.learn()
+  warm.clock.advance(19 * MIN)
+  await warm.runner.tick()
+  warm.runner.arrived('v', PARAMS, warm.activation, [{ token: 't', etag: 'e1' }], {})
+  t.same(warm.outcomes, ['hit'], 'found healthy: a hit')
 })

@@ -85,7 +85,7 @@ t.test('the ledger learns a period across collections, pre-warms before the next
   const period = 20 * MIN
   // Requests every 20 minutes, each ending at once; the version is let go between them.
   let now = 0
-  ledger.arrived('v', now, false, undefined, 'start-v')
+  ledger.arrived('v', now, false, false, undefined, 'start-v')
   for (let i = 1; i <= 6; i++) {
     const plan = ledger.plan('v', 'adaptive', fixedMs)
     const schedule = ledger.scheduleRunning('v', plan, now)
@@ -93,7 +93,7 @@ t.test('the ledger learns a period across collections, pre-warms before the next
     if (schedule.collectAt <= now + period) ledger.collected('v', now)
     const running = schedule.collectAt > now + period
     now += period
-    ledger.arrived('v', now, running, running ? now - period : undefined)
+    ledger.arrived('v', now, running, running, running ? now - period : undefined)
   }
   const plan = ledger.plan('v', 'adaptive', fixedMs)
   t.equal(plan.basis, 'learned')
@@ -105,7 +105,7 @@ t.test('the ledger learns a period across collections, pre-warms before the next
   t.equal(ledger.prewarmDue('v', plan, now + 18 * MIN), 'start-v', 'its start payload, at the pre-warm time')
   ledger.prewarmed('v', now + 18 * MIN)
   t.same(ledger.scheduleRunning('v', plan, now + 18 * MIN), { collectAt: now + 18 * MIN + plan.keepAliveMs, prewarmAt: now + 18 * MIN }, 'a pre-warmed version is kept for its keep-alive time')
-  t.equal(ledger.arrived('v', now + period, true, now + 18 * MIN), true, 'the request finds it warm: a hit')
+  t.equal(ledger.arrived('v', now + period, true, true, now + 18 * MIN), 'hit', 'the request finds it warm: a hit')
   const view = ledger.view('v', plan, true, now + period, now + period)
   t.match(view, { hits: 1, misses: 0, prewarms: 1, idleSince: now + period, next: { action: 'let-go', at: now + period + 10_000 } })
   t.equal(ledger.plan('v', 'adaptive', fixedMs).prewarmMs, 18 * MIN, 'the hit counted the idle time from the last request, not from the pre-warm')
@@ -116,12 +116,27 @@ t.test('the ledger learns a period across collections, pre-warms before the next
   t.match(ledger.view('v', plan, false, undefined, now + 20 * MIN), { misses: 1, idleSince: now, next: undefined }, 'a miss keeps the end of the last real activity')
 })
 
+t.test('a pre-warm is a hit only when the request finds an instance ready; one still starting, or one that failed, is a miss', async (t) => {
+  const ledger = new KeepAliveLedger<string>(10)
+  ledger.arrived('v', 0, false, false, undefined, 'start-v')
+  ledger.collected('v', 1000)
+  ledger.prewarmed('v', 60_000)
+  t.equal(ledger.arrived('v', 61_000, true, false, undefined), 'miss', 'asked for but not yet healthy: the request waits for the start')
+  t.equal(ledger.arrived('v', 62_000, true, true, undefined), undefined, 'the next request has no pre-warm to judge')
+  ledger.collected('v', 70_000)
+  ledger.prewarmed('v', 120_000)
+  t.equal(ledger.prewarmFailed('v'), true, 'a failed start is a miss')
+  t.equal(ledger.prewarmFailed('v'), false, 'counted once')
+  t.equal(ledger.arrived('v', 121_000, false, false, undefined), undefined, 'and the request after it is not judged again')
+  t.match(ledger.view('v', ledger.plan('v', 'adaptive', 600_000), false, undefined, 121_000), { prewarms: 2, hits: 0, misses: 2 })
+})
+
 t.test('the ledger is bounded: the least recently seen versions are forgotten first', async (t) => {
   const ledger = new KeepAliveLedger<string>(2)
-  ledger.arrived('a', 0, false, undefined, 'a')
-  ledger.arrived('b', 0, false, undefined, 'b')
-  ledger.arrived('a', 1, false, undefined, 'a')
-  ledger.arrived('c', 2, false, undefined, 'c')
+  ledger.arrived('a', 0, false, false, undefined, 'a')
+  ledger.arrived('b', 0, false, false, undefined, 'b')
+  ledger.arrived('a', 1, false, false, undefined, 'a')
+  ledger.arrived('c', 2, false, false, undefined, 'c')
   t.same(ledger.ids().sort(), ['a', 'c'])
   ledger.forget('a')
   t.same(ledger.ids(), ['c'])
