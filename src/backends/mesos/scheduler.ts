@@ -89,11 +89,6 @@ export class MesosScheduler {
     return credentials === undefined ? {} : { authorization: `Basic ${Buffer.from(`${credentials.principal}:${credentials.secret}`).toString('base64')}` }
   }
 
-  /** Subscribed now: calls can go. */
-  get subscribed(): boolean {
-    return this.#streamId !== undefined
-  }
-
   start(): void {
     this.#loop ??= this.#run()
   }

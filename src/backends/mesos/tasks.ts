@@ -102,7 +102,7 @@ export function endFlags(status: TaskStatus, everHealthy: boolean): Set<Instance
  * A task killed that maitre did not kill: the command executor's health checker did (its
  * TASK_KILLED carries no reason of its own), or an operator, which reads the same here.
  */
-export function killedByHealthChecks(status: TaskStatus): boolean {
+function killedByHealthChecks(status: TaskStatus): boolean {
   return status.state === 'TASK_KILLED' || status.reason === 'REASON_TASK_HEALTH_CHECK_STATUS_UPDATED'
 }
 
