@@ -4,7 +4,7 @@
  * a service outlives a failed delete, optimistic concurrency, in-cluster and kubeconfig
  * credentials, and the pure readings of pods.
  */
-import t from 'tap'
+import t, { type Test as TapTest } from 'tap'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -25,7 +25,7 @@ import type { LaunchSpec } from '../../src/launch-spec.ts'
 import { createLogger, silentLogger } from '../../src/log.ts'
 import { createWriteStream } from 'node:fs'
 import { claimPortSlice, kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
-import { startKubeSimulator, type Simulator, type SimulatorOptions } from '../fixtures/k8s-sim/simulator.ts'
+import { realisticTiming, startKubeSimulator, type Simulator, type SimulatorOptions } from '../fixtures/k8s-sim/simulator.ts'
 
 const K8S = DEFAULTS.backend.kubernetes
 
@@ -367,8 +367,13 @@ t.test('the simulator behaves as an API server where clients are easily fooled: 
 
 t.test('a crash is recorded as soon as the pod shows it, not when the kubelet restarts the container after its back-off', async (t) => {
   // The kubelet's back-off at a fifth of its real length: the first restart at once, then 2 s,
-  // 4 s, … The second crash comes right after the first; its restart only 2 s later.
-  const { sim, backend } = await setup(t, { sim: { crashBackoffMs: 2000, maxCrashBackoffMs: 30_000 } })
+  // 4 s, … The second crash comes right after the first; its restart only 2 s later. Also with
+  // the whole cluster at a fifth of real time (a container's end seen at a 200 ms relist).
+  for (const [timing, sim] of [['fast', { crashBackoffMs: 2000, maxCrashBackoffMs: 30_000 }], ['realistic', realisticTiming(0.2)]] as const) await t.test(timing, (t) => crashesOnRecord(t, sim))
+})
+
+async function crashesOnRecord(t: TapTest, simOptions: Partial<SimulatorOptions>): Promise<void> {
+  const { sim, backend } = await setup(t, { sim: simOptions })
   const startedAt = Date.now()
   await backend.ensureService(spec('svc-crashes', { command: 'exit 3' }))
   const failed = await waitFor('both crashed runs on record', () => {
@@ -382,10 +387,11 @@ t.test('a crash is recorded as soon as the pod shows it, not when the kubelet re
   t.same(restarts, [1], 'the second is on record while the container waits out its back-off (restarted once so far)')
   t.ok(tookMs < 1500, `within ${tookMs} ms: two crashes, not the back-off after them`)
   t.equal(backend.state('svc-crashes')?.deploymentError, DEPLOYMENT_ERRORS.badStartupCommand)
-})
+}
 
 t.test('SIGTERM reaches the app when the kubelet signals only the container’s PID 1, whatever shell line runs it', async (t) => {
-  const { backend } = await setup(t)
+  // And that PID 1 is deaf to a SIGTERM it has no handler for, as a container's init is.
+  const { backend } = await setup(t, { sim: { pid1SignalImmunity: true } })
   const logs = mkdtempSync(join(tmpdir(), 'maitre-k8s-sigterm-'))
   t.teardown(() => rmSync(logs, { recursive: true, force: true }))
   // A shell line that does not end in the app (a shell stays its parent): the case a bare
@@ -402,7 +408,7 @@ t.test('SIGTERM reaches the app when the kubelet signals only the container’s 
 })
 
 t.test('a container that fails its liveness probe is stopped as a kubelet does it (SIGTERM first), and read as a liveness kill', async (t) => {
-  const { backend } = await setup(t)
+  const { backend } = await setup(t, { sim: { pid1SignalImmunity: true } })
   const logs = mkdtempSync(join(tmpdir(), 'maitre-k8s-liveness-'))
   t.teardown(() => rmSync(logs, { recursive: true, force: true }))
   const failing = { url: '/bad-status', portIndex: 0, proto: 'http' as const, intervalMs: 1000, maxConsecutiveFailures: 1, authenticated: false }

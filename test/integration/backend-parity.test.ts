@@ -4,8 +4,12 @@
  * local processes, so requests really reach them).
  */
 import t, { type Test as TapTest } from 'tap'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { call, createToken, kitchenToken, startKubeRouter, startRouter, waitFor, type KubeRouter, type Reply, type Router } from '../fixtures/router.ts'
 import { startMesosRouter, type MesosRouter } from '../fixtures/mesos-router.ts'
+import { realisticTiming } from '../fixtures/k8s-sim/simulator.ts'
 
 type Test = Parameters<typeof startRouter>[0]
 
@@ -18,9 +22,17 @@ interface AppView {
 
 const FAST = { 'scaler.tickMs': 250, 'scaler.burstHoldMs': 1000, 'scaler.interKillMs': 100, 'scaler.gcIntervalMs': 500 }
 
+/**
+ * The Kubernetes simulator in its realistic-timing mode, ten times faster than a cluster: a
+ * container starts 100 ms after its pod, CrashLoopBackOff from 1 s, a container's end seen at
+ * the next 100 ms PLEG relist, the controller's informer caches 300 ms (pods) and 100 ms behind,
+ * and a PID 1 deaf to a SIGTERM it does not handle.
+ */
+const REALISTIC = realisticTiming(0.1)
+
 const BACKENDS: Record<string, (t: Test, overrides?: Record<string, unknown>) => Promise<Router>> = {
   local: (t, overrides = {}) => startRouter(t, overrides),
-  kubernetes: (t, overrides = {}) => startKubeRouter(t, overrides),
+  kubernetes: (t, overrides = {}) => startKubeRouter(t, overrides, REALISTIC),
   mesos: (t, overrides = {}) => startMesosRouter(t, overrides),
 }
 
@@ -51,7 +63,10 @@ function liveTasks(router: MesosRouter, serviceId: string): ReturnType<MesosRout
 
 /** Load scales a version up; with one long request pinning an instance, it shrinks back to one, and that busy instance is the one kept. */
 async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> {
-  await createToken(router, 'elastic', kitchenToken({ 'concurrency-level': 1, 'max-instances': 4, 'scale-down-factor': 0.9 }))
+  // Every instance logs each request it takes, answers and has cut (test/fixtures/kitchen.mjs).
+  const logs = mkdtempSync(join(tmpdir(), 'maitre-parity-requests-'))
+  t.teardown(() => rmSync(logs, { recursive: true, force: true }))
+  await createToken(router, 'elastic', kitchenToken({ 'concurrency-level': 1, 'max-instances': 4, 'scale-down-factor': 0.9 }, `--request-log-dir ${logs}`))
   const h = { 'x-waiter-token': 'elastic', 'x-waiter-debug': 'true' }
   await call(`${router.url}/status`, { headers: h })
   const id = await serviceId(router, 'elastic')
@@ -79,6 +94,25 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
     return active.length === 1 ? active : undefined
   }, 20000)
   t.equal(left[0]?.id, busy, 'the instance that was busy is the one kept')
+  // The instances' own word: each request an instance began it answered (a kill mid-request
+  // leaves a start without an end, or a cut), and none ever held two at once.
+  const perInstance = readdirSync(logs).map((f) => readFileSync(join(logs, f), 'utf8').split('\n').filter((l) => / (start|end|cut) /.test(l)))
+  const unanswered: string[] = []
+  let mostAtOnce = 0
+  for (const lines of perInstance) {
+    const open = new Set<string>()
+    for (const line of lines) {
+      const [, what, cid] = line.split(' ')
+      if (what === 'start') open.add(cid as string)
+      else if (what === 'end') open.delete(cid as string)
+      else unanswered.push(line)
+      mostAtOnce = Math.max(mostAtOnce, open.size)
+    }
+    unanswered.push(...open)
+  }
+  t.ok(perInstance.flat().length > 0, `the instances logged ${perInstance.flat().length / 2} requests`)
+  t.same(unanswered, [], 'no request was cut by a scale-down, by the instances’ own logs')
+  t.equal(mostAtOnce, 1, 'no instance ever held more than its concurrency-level of 1')
   if (isKube(router)) {
     const pods = router.sim.list('pods', router.namespace).filter((p) => p.metadata.deletionTimestamp === undefined)
     t.equal(pods.length, 1, 'the ReplicaSet holds one pod')
@@ -161,7 +195,7 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
 }
 
 t.test('kubernetes: an image that cannot be pulled and a pod quota give the cluster’s own message', async (t) => {
-  const router = await startKubeRouter(t, {}, { images: ['docker.io/library/debian:bookworm-slim'], podQuota: 1 })
+  const router = await startKubeRouter(t, {}, { ...REALISTIC, images: ['docker.io/library/debian:bookworm-slim'], podQuota: 1 })
   await createToken(router, 'pull', kitchenToken({ image: 'registry.example/missing:1' }))
   const pull = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'pull', 'x-waiter-queue-timeout': '20000' } })
   t.equal(pull.status, 503)
@@ -176,5 +210,5 @@ t.test('kubernetes: an image that cannot be pulled and a pod quota give the clus
 })
 
 t.test('kubernetes, its ReplicaSet controller’s pod cache lagging 500 ms: scale-down under load still kills only idle instances', async (t) => {
-  await scaleDownKeepsTheBusy(t, await startKubeRouter(t, FAST, { controllerLagMs: { pods: 500, replicasets: 0 } }))
+  await scaleDownKeepsTheBusy(t, await startKubeRouter(t, FAST, { ...REALISTIC, controllerLagMs: { pods: 500, replicasets: 0 } }))
 })

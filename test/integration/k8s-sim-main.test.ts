@@ -10,11 +10,11 @@ import { call, createToken, kitchenToken, startRouter } from '../fixtures/router
 
 const run = promisify(execFile)
 
-t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubeconfig maitre accepts, until SIGTERM', async (t) => {
+t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubeconfig maitre accepts, until SIGTERM (here in realistic timing)', async (t) => {
   const dir = t.testdir()
   const port = await freePort()
   const kubeconfig = join(dir, 'sim.kubeconfig')
-  const child = spawn(process.execPath, [join(REPO, 'test/fixtures/k8s-sim/main.ts'), '--port', String(port), '--kubeconfig', kubeconfig, '--work-dir', join(dir, 'pods')], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [join(REPO, 'test/fixtures/k8s-sim/main.ts'), '--port', String(port), '--kubeconfig', kubeconfig, '--work-dir', join(dir, 'pods'), '--clock-factor', '0.1'], { stdio: ['ignore', 'pipe', 'inherit'] })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL')
@@ -33,4 +33,9 @@ t.test('node test/fixtures/k8s-sim/main.ts --port P --kubeconfig FILE: a kubecon
 
   child.kill('SIGTERM')
   t.equal(await exited, 0, 'SIGTERM stops it cleanly')
+})
+
+t.test('a clock factor out of (0, 1] is refused with the rule', async (t) => {
+  const refused = await run(process.execPath, [join(REPO, 'test/fixtures/k8s-sim/main.ts'), '--port', '0', '--kubeconfig', join(t.testdir(), 'k'), '--clock-factor', '0'], { timeout: 20_000 }).catch((err: unknown) => err as { code: number; stderr: string })
+  t.match(refused, { code: 64, stderr: /--clock-factor must be a number in \(0, 1\]/ })
 })
