@@ -13,14 +13,16 @@ import { lockDataDir } from './storage/lock.ts'
 import { loadRouterId } from './cluster/router-id.ts'
 import { connectEtcd } from './cluster/etcd/connect.ts'
 import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
-import { etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
+import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
-import { SlotExchange } from './cluster/slot-exchange.ts'
+import { peerKey, SlotExchange } from './cluster/slot-exchange.ts'
+import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
 import { localLoads } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
-import { MesosBackend } from './backends/mesos.ts'
+import { MesosBackend, type FrameworkIdStore } from './backends/mesos.ts'
+import { LeaderBackend } from './cluster/leader-backend.ts'
 import { fileFrameworkIds } from './backends/mesos/framework-id.ts'
 import { KubeApi } from './backends/kubernetes/api.ts'
 import { kubeConnection } from './backends/kubernetes/connection.ts'
@@ -71,13 +73,35 @@ export interface App {
   readonly adminUrl: () => string | undefined
 }
 
-function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger): Backend {
+/** In cluster mode, what a backend only the leader may drive needs: etcd, and who leads. */
+interface ClusterOfBackend {
+  readonly etcd: Etcd3
+  readonly prefix: string
+  readonly coordination: () => Coordination
+  readonly secret: string
+}
+
+function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger, cluster: ClusterOfBackend | undefined): Backend {
   if (config.backend.kind === 'kubernetes') {
     const k8s = config.backend.kubernetes
     return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s), { requestTimeoutMs: k8s.requestTimeoutMs }), cluster: config.cluster, clock, log })
   }
   if (config.backend.kind === 'mesos') {
-    return new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds: fileFrameworkIds(join(dataDir, 'mesos-framework.json')), user: userInfo().username })
+    const mesos = (frameworkIds: FrameworkIdStore): MesosBackend => new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, user: userInfo().username })
+    if (cluster === undefined) return mesos(fileFrameworkIds(join(dataDir, 'mesos-framework.json')))
+    // One scheduler per framework: the leader subscribes, the other routers go through it.
+    return new LeaderBackend({
+      kind: 'mesos',
+      start: () => mesos(etcdFrameworkIds(cluster.etcd, cluster.prefix)),
+      isLeader: () => cluster.coordination().isLeader(),
+      leaderUrl: () => {
+        const coordination = cluster.coordination()
+        const leader = coordination.leaderId()
+        return leader === coordination.routerId ? undefined : coordination.members().find((m) => m.routerId === leader)?.url
+      },
+      peerKey: peerKey(cluster.secret),
+      log,
+    })
   }
   return new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
 }
@@ -126,7 +150,13 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length, websockets: () => websocketsOpen() },
     { version: VERSION },
   )
-  const backend = instrumented(createBackend(config, dataDir, clock, log), metrics)
+  let port = config.server.port
+  const url = (): string => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`
+  // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
+  // follows, so it acts for nobody.
+  let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
+  const led = createBackend(config, dataDir, clock, log, etcd === undefined ? undefined : { etcd, prefix: etcdPrefix, coordination: () => coordination, secret })
+  const backend = instrumented(led, metrics)
   const tracker = new InstanceTracker({
     clock,
     ejectBaseMs: config.proxy.ejectBaseMs,
@@ -137,11 +167,6 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     },
   })
   const activator = new Activator(backend, tracker, clock, log)
-  let port = config.server.port
-  const url = (): string => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`
-  // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
-  // follows, so it acts for nobody.
-  let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
   // Cluster mode: each router fills only its share of every instance's slots and lends the rest.
   const exchange =
     etcd === undefined
@@ -314,6 +339,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     serverLoad: () => serverLoad(),
     cluster: () => coordination,
     peers: exchange,
+    backendPeer: led instanceof LeaderBackend ? led : undefined,
     clock,
     log,
   })

@@ -510,13 +510,7 @@ function crossIssues(config: Config): ConfigIssue[] {
   if (config.etcd.endpoints.length > 0 && config.backend.kind === 'local') {
     issues.push({
       path: 'etcd.endpoints',
-      message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes): the local backend's instances are one router's own processes",
-    })
-  }
-  if (config.etcd.endpoints.length > 0 && config.backend.kind === 'mesos') {
-    issues.push({
-      path: 'etcd.endpoints',
-      message: '= cluster mode, which the Mesos backend does not support yet: a framework has one subscription, and the routers do not yet elect the one that holds it',
+      message: "= cluster mode, which needs a backend every router shares (backend.kind: kubernetes or mesos): the local backend's instances are one router's own processes",
     })
   }
   const mesos = config.backend.mesos

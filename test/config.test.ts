@@ -57,17 +57,17 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   for (const bad of ['10.1.2.3:9091', 'http://10.1.2.3:9091/path', 'http://user:pw@10.1.2.3']) {
     t.throws(() => withOverrides(DEFAULTS, { 'server.advertiseUrl': bad }), { message: /server.advertiseUrl = .*no path or credentials/ }, `advertiseUrl ${bad} is refused`)
   }
-  t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes\)/ }, 'the local backend cannot be shared')
+  t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes or mesos\)/ }, 'the local backend cannot be shared')
 })
 
-t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster mode is refused until routers elect the subscriber', async (t) => {
+t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster mode is taken', async (t) => {
   const good = parseConfig('backend:\n  kind: mesos\n  mesos:\n    master: "http://m1:5050, http://m2:5050"\n    principal: maitre\n    secret: s3cret\n')
   t.equal(good.backend.kind, 'mesos')
   t.equal(good.backend.mesos.master, 'http://m1:5050, http://m2:5050')
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.master': 'zk://zk1:2181/mesos' }), { message: /backend.mesos.master = "zk:\/\/zk1:2181\/mesos", must be a master URL/ }, 'a ZooKeeper URL is not a master')
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.principal': 'maitre' }), { message: /backend.mesos.secret is required with the other/ }, 'a principal without its secret')
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.failoverTimeoutSecs': 0 }), { message: /backend.mesos.failoverTimeoutSecs = 0, must be at least 60/ }, "Mesos's default of 0 would kill every task at the first disconnect")
-  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /the Mesos backend does not support yet/ })
+  t.equal(withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'etcd.endpoints': ['http://127.0.0.1:2379'] }).etcd.endpoints.length, 1, 'the leader drives the framework; the others go through it')
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'marathon' }), { message: /must be 'local', 'kubernetes' or 'mesos'/ })
 })
 

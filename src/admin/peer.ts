@@ -1,13 +1,18 @@
 /**
- * The calls routers of one cluster make to each other (slot-exchange.ts): what waits where, slot
- * loans and kill vetoes. Only a caller with the cluster's peer key is heard; a router on its own
- * has no peers and answers 404.
+ * The calls routers of one cluster make to each other: what waits where, slot loans and kill
+ * vetoes (slot-exchange.ts), and, for a backend only the leader drives, its view and the calls
+ * followers ask it to make (leader-backend.ts). Only a caller with the cluster's peer key is
+ * heard; a router on its own has no peers and answers 404.
  */
 import { MaitreError } from '../errors.ts'
 import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster/slot-exchange.ts'
+import type { BackendCall, LeaderBackend } from '../cluster/leader-backend.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveMemberQuery'>
+export type BackendPeer = Pick<LeaderBackend, 'peerState' | 'peerCall'>
+
+const BACKEND_CALLS = new Set<string>(['ensure', 'scale', 'kill', 'delete'])
 
 const ID = /^[\x21-\x7e]{1,253}$/
 
@@ -19,13 +24,14 @@ function idField(body: Record<string, unknown>, field: string): string {
   return value
 }
 
-export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined): Promise<void> {
+export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer): Promise<void> {
   const { req, res, url, cid } = r
   const what = url.pathname.slice(PEER_PATH_PREFIX.length)
   if (exchange === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router is not in a cluster: it has no peers', { details: { path: url.pathname } })
   if (!exchange.authorized(firstHeader(req.headers[PEER_KEY_HEADER]))) {
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
+  if (what.startsWith('backend/')) return handleBackendPeer(r, what.slice('backend/'.length), backend)
   if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
@@ -73,5 +79,30 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       }
       return sendJson(res, 200, { ejected: true, 'instance-id': instanceId }, cid)
     }
+  }
+}
+
+/** The leader-driven backend's view (GET state, a long poll) and the calls followers ask of it. */
+async function handleBackendPeer(r: AdminRequest, what: string, backend: BackendPeer | undefined): Promise<void> {
+  const { req, res, url, cid } = r
+  if (backend === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router’s backend is not driven by the cluster leader', { details: { path: url.pathname } })
+  if (what === 'state') {
+    if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
+    const after = url.searchParams.get('after') ?? ''
+    if (after.length > 100) throw new MaitreError('MAITRE_BAD_REQUEST', 'after must be a view id of at most 100 characters', { details: { field: 'after' } })
+    // The long poll ends early when the follower goes.
+    const gone = new AbortController()
+    res.once('close', () => gone.abort())
+    return sendJson(res, 200, await backend.peerState(after, gone.signal), cid)
+  }
+  if (!BACKEND_CALLS.has(what)) throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
+  const body = await readJsonObject(req)
+  try {
+    return sendJson(res, 200, await backend.peerCall(what as BackendCall, body), cid)
+  } catch (err) {
+    if (!(err instanceof MaitreError)) throw err
+    // Carried to the follower whole, which raises the same error for its own caller.
+    return sendJson(res, err.status, { failure: { code: err.code, status: err.status, message: err.message, details: err.details } }, cid, err.headers)
   }
 }

@@ -13,7 +13,7 @@ import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
 import { handlePing, type PingDeps } from './ping.ts'
-import { handlePeer, type PeerExchange } from './peer.ts'
+import { handlePeer, type BackendPeer, type PeerExchange } from './peer.ts'
 import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
@@ -35,6 +35,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly cluster: () => Coordination
   /** The slot exchange with the other routers (cluster mode only). */
   readonly peers?: PeerExchange | undefined
+  /** The backend the cluster's leader drives, when it is one (Mesos in cluster mode). */
+  readonly backendPeer?: BackendPeer | undefined
   readonly log: Logger
 }
 
@@ -56,7 +58,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
     try {
       const path = url.pathname
       // Router to router, proven by the cluster's key rather than a user's credentials.
-      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers)
+      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer)
       switch (path) {
         case '/':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])

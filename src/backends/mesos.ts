@@ -167,6 +167,11 @@ export class MesosBackend implements Backend {
     return scheduler
   }
 
+  /** It knows what runs: the master's state has been read since it subscribed (cluster mode shows its view from then on). */
+  get ready(): boolean {
+    return this.#adopted
+  }
+
   async ensureService(spec: LaunchSpec): Promise<void> {
     if (this.#closed) throw new Error('the mesos backend is closed')
     refuseUnsupportedProtos(spec, { backend: ['http', 'https', 'h2c', 'h2'], healthCheck: ['http', 'https'], why: "Mesos's HTTP health checks speak HTTP/1.1; give an HTTP/2 service an HTTP/1.1 health check port with health-check-port-index" })

@@ -169,6 +169,7 @@ t.test('SUBSCRIBE: a chunked RecordIO stream with a Mesos-Stream-Id, SUBSCRIBED 
   t.equal(again.frameworkId, sub.frameworkId, 'a re-subscription keeps the framework id')
   t.not(again.streamId, sub.streamId, 'with a new stream id')
   await until('the old stream closed', () => sub.ended)
+  t.match(sub.events[sub.events.length - 1], { type: 'ERROR', error: { message: 'Framework failed over' } }, 'the scheduler replaced is told, as the master’s failoverFramework does')
   t.equal(s.frameworks()[0]?.connected, true, 'replacing a stream is no disconnection')
 })
 

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto'
 import type { Etcd3 } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
+import type { FrameworkIdStore } from '../../backends/mesos.ts'
 import type { DocumentCheck, StoreOpener } from '../../storage/document-store.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
 
@@ -44,6 +45,23 @@ export async function sharedRouterSecret(client: Etcd3, prefix: string): Promise
   const stored = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
   if (stored === undefined || stored === '') throw new MaitreError('MAITRE_STORE_CORRUPT', `etcd key ${key} holds no router secret; set one or delete the key`)
   return stored
+}
+
+/**
+ * The Mesos framework id, kept in etcd in cluster mode: whichever router leads subscribes as the
+ * same framework, so the master hands it the tasks the last leader launched.
+ */
+export function etcdFrameworkIds(client: Etcd3, prefix: string): FrameworkIdStore {
+  const key = `${prefix}/mesos/framework-id`
+  return {
+    async load() {
+      const id = await unavailableAsOurs('the mesos framework id', () => client.get(key).string())
+      return id === null || id === '' ? undefined : id
+    },
+    async save(id) {
+      await unavailableAsOurs('the mesos framework id', () => client.put(key).value(id).exec())
+    },
+  }
 }
 
 async function unavailableAsOurs<T>(what: string, io: () => Promise<T>): Promise<T> {

@@ -1,0 +1,118 @@
+/**
+ * The Mesos backend in cluster mode: a real etcd, the master simulator and routers in this
+ * process. Only the leader subscribes (a framework has one scheduler); the others show the
+ * leader's view and ask it for what they want done. A new leader subscribes with the framework id
+ * the cluster keeps in etcd and adopts what runs instead of launching it again.
+ */
+import t from 'tap'
+import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { startMesosCluster, type MesosCluster } from '../fixtures/mesos-router.ts'
+
+const LIVE = ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING']
+
+interface ClusterState {
+  'router-id': string
+  leader: string | null
+  'is-leader': boolean
+  members: unknown[]
+}
+
+const clusterState = async (router: Router): Promise<ClusterState> => (await call(`${router.url}/state/cluster`)).json<ClusterState>()
+
+/** The routers, once they agree on one leader: [leader, ...followers]. */
+async function byLeadership(cluster: MesosCluster, routers = cluster.routers): Promise<Router[]> {
+  const states = await waitFor('one leader every router agrees on', async () => {
+    const all = await Promise.all(routers.map(clusterState))
+    const leaders = new Set(all.map((s) => s.leader))
+    return all.filter((s) => s['is-leader']).length === 1 && leaders.size === 1 && all.every((s) => s.members.length === routers.length) ? all : undefined
+  }, 15_000)
+  const leader = routers[states.findIndex((s) => s['is-leader'])] as Router
+  return [leader, ...routers.filter((r) => r !== leader)]
+}
+
+function liveTasks(cluster: MesosCluster, serviceId: string): ReturnType<MesosCluster['sim']['tasks']> {
+  return cluster.sim.tasks().filter((task) => task.id.startsWith(`${serviceId}.`) && LIVE.includes(task.state))
+}
+
+async function serve(router: Router, token: string): Promise<{ status: number; instance: string; body: string }> {
+  const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': token, 'x-waiter-queue-timeout': '20000', 'x-waiter-debug': 'true' } })
+  return { status: reply.status, instance: String(reply.headers['x-waiter-backend-id']), body: reply.text }
+}
+
+interface AppView {
+  'instance-counts': { 'healthy-instances': number; 'requested-instances': number }
+  instances: { 'active-instances': { id: string }[] }
+}
+
+const appView = async (router: Router, id: string): Promise<AppView> => (await call(`${router.url}/apps/${id}`)).json<AppView>()
+
+t.test('two routers on one master: only the leader subscribes; a cold start asked through the follower runs one task, which both serve', async (t) => {
+  const cluster = await startMesosCluster(t, 2)
+  const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
+  await waitFor('the leader subscribed', () => (cluster.sim.frameworks().some((f) => f.connected) ? true : undefined), 10_000)
+  t.equal(cluster.sim.frameworks().length, 1, 'one framework for the whole cluster')
+  t.equal(cluster.sim.calls().filter((c) => c.type === 'SUBSCRIBE').length, 1, 'one subscription: the follower never subscribed')
+
+  await createToken(follower, 'shared', kitchenToken())
+  const first = await serve(follower, 'shared')
+  t.equal(first.status, 200, `the follower's cold start went through the leader (${first.body.slice(0, 200)})`)
+  const id = (await call(`${follower.url}/service-id`, { headers: { 'x-waiter-token': 'shared' } })).text
+  t.equal(liveTasks(cluster, id).length, 1, 'one task runs')
+  t.equal(first.instance, liveTasks(cluster, id)[0]?.id, 'the follower routed to it')
+  const second = await serve(leader, 'shared')
+  t.same([second.status, second.instance], [200, first.instance], 'the leader serves the same instance')
+  const views = await Promise.all([leader, follower].map((r) => appView(r, id)))
+  t.same(views.map((v) => v['instance-counts']['healthy-instances']), [1, 1], 'both routers show the one healthy instance')
+
+  // A kill asked through the follower: carried out by the leader, seen by both.
+  const killed = await call(`${follower.url}/apps/${id}/instance/${first.instance}/kill`, { method: 'POST' })
+  t.equal(killed.status, 200, `the follower's kill went through the leader (${killed.text.slice(0, 200)})`)
+  await waitFor('the task killed at the master', () => (liveTasks(cluster, id).length === 0 ? true : undefined), 10_000)
+  await waitFor('both routers see it gone', async () => ((await Promise.all([leader, follower].map((r) => appView(r, id)))).every((v) => v.instances['active-instances'].length === 0) ? true : undefined), 5000)
+  t.pass('the killed instance is gone from both views')
+})
+
+t.test('the leader goes: the other router takes the framework over with its id, adopts the running task instead of launching another, and drives it from then on', async (t) => {
+  const cluster = await startMesosCluster(t, 2)
+  const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
+  await createToken(leader, 'kept', kitchenToken())
+  const before = await serve(follower, 'kept')
+  t.equal(before.status, 200)
+  const id = (await call(`${follower.url}/service-id`, { headers: { 'x-waiter-token': 'kept' } })).text
+  const frameworkId = cluster.sim.frameworks()[0]?.id
+  const launched = cluster.sim.calls().filter((c) => c.type === 'ACCEPT').length
+
+  await leader.app.stop()
+  const [successor] = (await byLeadership(cluster, [follower])) as [Router]
+  t.equal(successor, follower, 'the follower leads')
+  await waitFor('the framework subscribed again', () => (cluster.sim.frameworks()[0]?.connected === true ? true : undefined), 10_000)
+  t.same(cluster.sim.frameworks().map((f) => f.id), [frameworkId], 'with the same framework id, kept in etcd')
+  const after = await serve(follower, 'kept')
+  t.same([after.status, after.instance], [200, before.instance], 'the running task is served on, adopted')
+  t.equal(liveTasks(cluster, id).length, 1, 'no second task of it')
+  t.equal(cluster.sim.calls().filter((c) => c.type === 'ACCEPT').length, launched, 'nothing launched again')
+
+  await createToken(follower, 'fresh', kitchenToken({ version: 'v2' }))
+  t.equal((await serve(follower, 'fresh')).status, 200, 'the new leader launches what is asked of it')
+})
+
+t.test('with no leader to ask, a follower serves what it knows and a cold start fails with a clear 503', async (t) => {
+  const cluster = await startMesosCluster(t, 2)
+  const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
+  await createToken(leader, 'known', kitchenToken())
+  await createToken(leader, 'unborn', kitchenToken({ version: 'v3' }))
+  const known = await serve(follower, 'known')
+  t.equal(known.status, 200)
+  // etcd goes: nobody leads, nobody can be asked; the follower still has its view.
+  await cluster.etcd.stop()
+  await waitFor('no router leads', async () => ((await Promise.all([leader, follower].map(clusterState))).every((s) => !s['is-leader']) ? true : undefined), 10_000)
+  const warm = await serve(follower, 'known')
+  t.same([warm.status, warm.instance], [200, known.instance], 'the follower serves the instance it knew')
+  const cold = await call(`${follower.url}/request-info`, { headers: { 'x-waiter-token': 'unborn', 'x-waiter-queue-timeout': '3000' } })
+  t.equal(cold.status, 503, 'a cold start nobody can carry out is refused')
+  // (It cannot even be recorded: the version's record goes to etcd before anything is asked of the leader.)
+  t.match(cold.text, /MAITRE_STORE_WRITE|leader|no instance available/, `with a reason (${cold.text.slice(0, 300)})`)
+  await cluster.etcd.start()
+  await byLeadership(cluster)
+  t.equal((await serve(follower, 'unborn')).status, 200, 'once a leader is back, the cold start goes through')
+})
