@@ -108,6 +108,16 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     corsHeadersFor(req, resolved.resolution)
     const resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
     const serviceId = resolution.serviceId
+    // The relay opens an HTTP/1.1 WebSocket to the instance, which one that speaks only HTTP/2
+    // cannot take (WebSockets over HTTP/2, RFC 8441, are not carried). Refused before a slot is
+    // taken or anything dialled: the failed handshake would otherwise count against the
+    // instance and take it out of rotation, at the call of anyone allowed to call the service.
+    const backendProto = deps.launchSpecOf(resolution).backendProto
+    if (backendProto === 'h2c' || backendProto === 'h2') {
+      throw new MaitreError('MAITRE_BAD_REQUEST', `WebSockets are not carried to a service whose backend-proto is ${backendProto}: its instances speak only HTTP/2, and the router opens WebSockets to an instance over HTTP/1.1`, {
+        details: { rule: 'websocket-backend-proto', 'backend-proto': backendProto, 'service-id': serviceId },
+      })
+    }
     if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
     deps.tracker.noteRequest(serviceId)
     const meta = resolution.tokenMetadata
@@ -192,7 +202,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         principal: admitted.who.anonymous === true || current.authenticationDisabled ? undefined : admitted.who.user,
       })
       for (const name of HANDSHAKE_HEADERS) delete headers[name]
-      const scheme = instance.proto === 'https' || instance.proto === 'h2' ? 'wss' : 'ws'
+      const scheme = instance.proto === 'https' ? 'wss' : 'ws'
       const backend = new WebSocket(`${scheme}://${instance.host}:${instance.port}${req.url ?? '/'}`, subprotocols(req.headers['sec-websocket-protocol'] as string | undefined), {
         headers: headers as Record<string, string>,
         perMessageDeflate: false,

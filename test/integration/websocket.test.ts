@@ -7,6 +7,7 @@ import type { IncomingMessage } from 'node:http'
 import { connect as connectTcp } from 'node:net'
 import { WebSocket, type RawData } from 'ws'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { h2cToken } from '../fixtures/protocols.ts'
 
 interface Opened {
   readonly ws: WebSocket
@@ -209,6 +210,33 @@ t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an in
   const raw = await rawExchange(router, 'GET / HTTP/1.1\r\nHost: x\r\nx-waiter-token: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n')
   t.match(raw, /^HTTP\/1\.1 400 /, 'a malformed handshake is a 400')
   t.match(raw, /sec-websocket-key/)
+})
+
+t.test('a WebSocket to an HTTP/2-only service (backend-proto h2c or h2) is refused with a 400 before anything is dialled, and its instance stays in rotation', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const twos = { 'x-waiter-token': 'twos', 'x-waiter-debug': 'true' }
+  const warm = await call(`${router.url}/request-info`, { headers: twos })
+  t.equal(warm.status, 200, 'the h2c service runs')
+  const instance = warm.headers['x-waiter-backend-id']
+  const refused = await open(router, '/', { 'x-waiter-token': 'twos', 'x-cid': 'ws-h2c', accept: 'application/json' })
+  t.ok(!('ws' in refused), 'not upgraded')
+  const r = refused as Refused
+  t.equal(r.status, 400, 'a 400')
+  t.equal(r.headers['x-cid'], 'ws-h2c')
+  t.equal(r.headers['x-maitre-error'], 'MAITRE_BAD_REQUEST')
+  t.match(JSON.parse(r.body), { 'waiter-error': { message: /backend-proto is h2c/, details: { rule: 'websocket-backend-proto', 'backend-proto': 'h2c' } } }, 'naming the rule')
+  // Served at once by the same instance: not ejected (which would queue this for 10 s).
+  const started = Date.now()
+  const next = await call(`${router.url}/request-info`, { headers: { ...twos, 'x-waiter-queue-timeout': '2000' } })
+  t.equal(next.status, 200, `a request right after is served (${Date.now() - started} ms)`)
+  t.equal(next.headers['x-waiter-backend-id'], instance, 'by the same instance')
+
+  // h2: refused as such before a version is even started.
+  await createToken(router, 'tls-twos', kitchenToken({ 'backend-proto': 'h2', 'health-check-proto': 'h2', version: 'h2' }, '--h2'))
+  const h2 = (await open(router, '/', { 'x-waiter-token': 'tls-twos', accept: 'application/json' })) as Refused
+  t.equal(h2.status, 400)
+  t.match(JSON.parse(h2.body), { 'waiter-error': { details: { rule: 'websocket-backend-proto', 'backend-proto': 'h2' } } })
 })
 
 t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a draining router closes its WebSockets with 1001', async (t) => {
