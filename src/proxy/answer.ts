@@ -7,7 +7,7 @@ import type { ServerResponse } from 'node:http'
 import { MaitreError } from '../errors.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
 import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
-import { classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
+import { BODY_TIMEOUT, classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
 import { encodeGrpcMessage, GRPC_STATUS, grpcStatusOf } from '../http/grpc.ts'
 
 /** What the head left for the end: a gRPC "trailers-only" answer's status and fields. */
@@ -77,8 +77,11 @@ export function endAnswer(res: ServerResponse, status: number | undefined, head:
   return busy ? 'instance-busy' : 'success'
 }
 
-/** The result of an exchange that failed: what the client is told, and how the slot is released. */
-export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: unknown, clientGone: boolean, status: number | undefined): ForwardResult {
+/**
+ * The result of an exchange that failed: what the client is told, and how the slot is released.
+ * `requestOpen`: the client has not sent its whole request yet.
+ */
+export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: unknown, clientGone: boolean, status: number | undefined, requestOpen = false): ForwardResult {
   const { outcome, error } = classify(err, clientGone)
   const code = (err as { code?: string }).code ?? ''
   // Once the response has started (and unless it was ended already: the listener answered for
@@ -86,11 +89,14 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
   // (a stream that ran out of time: DEADLINE_EXCEEDED; an instance gone: UNAVAILABLE); any
   // other response can only be cut, the one honest signal left.
   if (res.headersSent && !res.writableEnded) {
-    if (!clientGone && isGrpcCall(request)) endGrpcCall(res, TIMEOUT_ERRORS.has(code) ? GRPC_STATUS.DEADLINE_EXCEEDED : grpcStatusOf(error, false), error.message)
+    if (!clientGone && isGrpcCall(request)) endGrpcCall(res, TIMEOUT_ERRORS.has(code) ? GRPC_STATUS.DEADLINE_EXCEEDED : grpcStatusOf(error, false), TIMEOUT_ERRORS.has(code) ? (err as Error).message : error.message)
     else res.destroy()
   }
   const notDelivered = !clientGone && status === undefined && CONNECT_ERRORS.has(code)
-  const clientsTimeout = request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)
+  // A gRPC call gone quiet both ways while its client may still send (a bidirectional call) may
+  // be an instance waiting on its client: the streaming timeout ends it, but does not take the
+  // instance out of rotation, or any caller could eject it by opening a call and saying nothing.
+  const clientsTimeout = (request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)) || (requestOpen && code === BODY_TIMEOUT && isGrpcCall(request))
   return {
     outcome: clientsTimeout ? 'client-error' : status === undefined ? outcome : clientGone ? 'client-error' : 'instance-error',
     status,

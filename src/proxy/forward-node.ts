@@ -213,7 +213,7 @@ class NodeExchange {
   readonly fail = (err: unknown): void => {
     if (this.#settled) return
     this.#upstream?.cut()
-    this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status))
+    this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status, !this.#sent))
   }
 
   #finish(result: ForwardResult): void {

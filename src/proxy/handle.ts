@@ -22,9 +22,9 @@ import { asMaitreError, MaitreError } from '../errors.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
-import { continueRequest, pathOf } from './server.ts'
+import { continueRequest, grpcCallAdmitted, grpcCallWaits, pathOf } from './server.ts'
 import { isDebugRequested } from '../http/debug.ts'
-import { grpcTimeoutMs } from '../http/grpc.ts'
+import { grpcTimeoutMs, isGrpcRequest } from '../http/grpc.ts'
 
 export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
@@ -244,6 +244,10 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         socketTimeoutMs: pickTimeout(perRequest['timeout'] ?? deadlineHeader, meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
+      // A gRPC call's client may say nothing while it waits (a bidirectional call waiting on the
+      // server to speak first): the queue timeout, not the listener's body-idle bound, governs.
+      const grpcCall = isGrpcRequest(req.headers, req.httpVersionMajor)
+      if (grpcCall) grpcCallWaits(req, res)
       const current = resolution
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
@@ -283,6 +287,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // queue full or timed out; or the instance's) comes first and final, and the body is
       // never sent for a request that cannot be served.
       const continueClient = req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue' ? () => continueRequest(res) : undefined
+      // An admitted gRPC call may go quiet between messages: its streaming timeout, not the
+      // listener's body-idle bound, says for how long.
+      if (grpcCall) grpcCallAdmitted(req, res, timeouts.streamingTimeoutMs)
       for (let attempt = 1; ; attempt++) {
         const instance = lease.instance
         instanceId = instance.id

@@ -227,29 +227,42 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       if (open.size === 0) idle?.()
     })
     // A request body that sends nothing for bodyIdleTimeoutMs: 408, or the stream is reset if
-    // an answer already began. Only this stream goes; the connection's others carry on.
+    // an answer already began. Only this stream goes; the connection's others carry on. An
+    // admitted gRPC call is held to its streaming timeout instead (see grpcCallAdmitted).
     const stream = res.stream
     if (!stream.endAfterHeaders && !req.complete) {
       const onIdle = (): void => {
-        if (req.complete) return
+        // Complete, or answered in full (a refusal: stopBodyAfterAnswer ends the body).
+        if (req.complete || res.writableEnded) return
+        const callBound = quietCallBound(response)
+        if (callBound === 0 || (callBound !== undefined && res.headersSent)) {
+          // A gRPC call waiting for a slot, or one whose answer has begun, is not cut here: the
+          // queue timeout bounds the first, the forwarder's streaming timeout the second.
+          stream.setTimeout(0)
+          return
+        }
+        const bound = callBound ?? options.bodyIdleTimeoutMs
         // Body bytes waiting to be read, or a body not yet asked for (Expect: 100-continue),
         // wait on us (a queued request), not on the client: look again later. (A stream's
         // timeout fires once per quiet spell; it is set anew.)
         if (req.readableLength > 0 || stream.readableLength > 0 || awaitingContinue(request, response)) {
-          stream.setTimeout(options.bodyIdleTimeoutMs, onIdle)
+          stream.setTimeout(bound, onIdle)
           return
         }
-        const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${options.bodyIdleTimeoutMs} ms`, { details: { limit: 'body-idle-ms', max: options.bodyIdleTimeoutMs } })
+        const err = callBound === undefined
+          ? new MaitreError('MAITRE_CLIENT_TIMEOUT', `The request body sent nothing for ${bound} ms`, { details: { limit: 'body-idle-ms', max: bound } })
+          : new MaitreError('MAITRE_CLIENT_TIMEOUT', `The call sent nothing, and was sent nothing, for ${bound} ms (its streaming timeout)`, { details: { limit: 'streaming-timeout-ms', max: bound } })
         if (res.headersSent) stream.close(h2constants.NGHTTP2_CANCEL)
         else {
+          // (A gRPC call hears a gRPC status, DEADLINE_EXCEEDED, in trailers.)
           sendError(request, response, err, { cid: cidOf(request) })
-          // Answered in full, the stream is then closed (RST_STREAM NO_ERROR: RFC 9113 §8.1
-          // lets a server that answered stop a request body that way): whatever reads the body
-          // (the forward to an instance) learns that it will never end, and lets its slot go.
+          // Whatever reads the body (the forward to an instance) learns that it will never
+          // end, and lets its slot go. The stream itself is closed by stopBodyAfterAnswer once
+          // the answer is out, trailers and all (closing it now would cut them off: a gRPC
+          // client would see a call without a status).
           setImmediate(() => {
             req.once('error', () => undefined)
             req.destroy(err)
-            stream.close(h2constants.NGHTTP2_NO_ERROR)
           })
         }
       }
@@ -622,6 +635,43 @@ export function readTlsFiles(paths: { readonly cert: string | null; readonly key
     throw new MaitreError('MAITRE_INVALID_CONFIG', `server.tls.cert and server.tls.key are not a usable certificate and key: ${(err as Error).message}`, { details: { field: 'server.tls' } })
   }
   return files
+}
+
+/** A gRPC call's own quiet bound (set by grpcCallWaits and grpcCallAdmitted); 0: none. */
+const QUIET_CALL_MS = Symbol('maitre.quietCallMs')
+type QuietCallResponse = ServerResponse & { [QUIET_CALL_MS]?: number; stream?: ServerHttp2Stream }
+
+/**
+ * A client that sends nothing for a while is normal in a gRPC call (a bidirectional call waiting
+ * on the server, a client-streaming one between messages), so once the router knows a request
+ * for a gRPC call to a service, server.bodyIdleTimeoutMs no longer holds it. While it waits for
+ * a slot (cold start, queue), its wait is bounded by the queue timeout (its deadline, when it
+ * sent grpc-timeout) and by nothing else; grpcCallAdmitted says what bounds it after.
+ */
+export function grpcCallWaits(req: IncomingMessage, res: ServerResponse): void {
+  setQuietBound(req, res, 0)
+}
+
+/**
+ * The gRPC call holds a slot: from now on the streaming timeout applies between messages, as
+ * Waiter's does. Until its answer begins, a call quiet both ways for that long is answered
+ * DEADLINE_EXCEEDED (MAITRE_CLIENT_TIMEOUT); once it has begun, the listener never cuts it, and
+ * the forwarder's streaming timeout ends one whose answer stops, with a gRPC status. A call that
+ * keeps moving either way is never cut.
+ */
+export function grpcCallAdmitted(req: IncomingMessage, res: ServerResponse, streamingTimeoutMs: number): void {
+  setQuietBound(req, res, streamingTimeoutMs)
+}
+
+function setQuietBound(req: IncomingMessage, res: ServerResponse, ms: number): void {
+  const response = res as QuietCallResponse
+  response[QUIET_CALL_MS] = ms
+  // Only the period changes: the listener's callback stays (a setTimeout without one keeps it).
+  if (response.stream !== undefined && !req.complete && !response.stream.destroyed) response.stream.setTimeout(ms)
+}
+
+function quietCallBound(res: ServerResponse): number | undefined {
+  return (res as QuietCallResponse)[QUIET_CALL_MS]
 }
 
 /** Responses told 100 Continue (by continueRequest). */

@@ -5,13 +5,15 @@
  */
 import t from 'tap'
 import * as grpc from '@grpc/grpc-js'
+import type { IncomingHttpHeaders } from 'node:http'
+import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
 import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
 import { call, createToken, startRouter, waitFor, within, type Router } from '../fixtures/router.ts'
 
 const KitchenClient = grpc.makeGenericClientConstructor(KITCHEN_SERVICE, 'Kitchen')
 type Callback<T> = (err: grpc.ServiceError | null, value?: T) => void
 interface Kitchen extends grpc.Client {
-  echo(request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<{ text: string; metadata: Record<string, string> }>): grpc.ClientUnaryCall
+  echo(request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<{ text: string; metadata: Record<string, string>; peer: string }>): grpc.ClientUnaryCall
   countdown(request: unknown, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<{ n: number }>
   sum(metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<{ sum: number; count: number }>): grpc.ClientWritableStream<{ n: number }>
   chat(metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<{ text: string }, { text: string }>
@@ -30,7 +32,7 @@ function meta(token: string, extra: Record<string, string> = {}): grpc.Metadata 
   return m
 }
 
-function unary(c: Kitchen, request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions = {}): Promise<{ err: grpc.ServiceError | null; value: { text: string; metadata: Record<string, string> } | undefined; trailers: grpc.Metadata | undefined }> {
+function unary(c: Kitchen, request: unknown, metadata: grpc.Metadata, options: grpc.CallOptions = {}): Promise<{ err: grpc.ServiceError | null; value: { text: string; metadata: Record<string, string>; peer: string } | undefined; trailers: grpc.Metadata | undefined }> {
   return new Promise((resolve) => {
     let trailers: grpc.Metadata | undefined
     const callRef = c.echo(request, metadata, options, (err, value) => setImmediate(() => resolve({ err, value, trailers })))
@@ -185,4 +187,147 @@ t.test('an instance that dies mid-stream ends the call with UNAVAILABLE', async 
   chat.write({ text: 'die' })
   const err = await within('the chat to end once its instance died', gone)
   t.equal(err.code, grpc.status.UNAVAILABLE, 'the instance died: the call ends with UNAVAILABLE, as gRPC says it (not a reset stream)')
+})
+
+/** A gRPC message frame (uncompressed) holding `value` as the test service's JSON. */
+function frame(value: unknown): Buffer {
+  const bytes = Buffer.from(JSON.stringify(value))
+  const prefix = Buffer.alloc(5)
+  prefix.writeUInt32BE(bytes.length, 1)
+  return Buffer.concat([prefix, bytes])
+}
+
+/**
+ * One raw gRPC call over node:http2, which keeps no deadline of its own (unlike grpc-js): what
+ * the router alone did to it. `open`: the request side stays open after the messages.
+ */
+function rawCall(session: ClientHttp2Session, method: string, headers: Record<string, string>, messages: unknown[], open = false): Promise<{ headers: IncomingHttpHeaders; trailers: IncomingHttpHeaders; rstCode: number | undefined; ms: number }> {
+  const started = Date.now()
+  return new Promise((resolve) => {
+    const stream = session.request({ ':method': 'POST', ':path': `/kitchen.Kitchen/${method}`, 'content-type': 'application/grpc', te: 'trailers', ...headers }, { endStream: false })
+    let head: IncomingHttpHeaders = {}
+    let trailers: IncomingHttpHeaders = {}
+    stream.on('response', (h) => (head = h))
+    stream.on('trailers', (h) => (trailers = h))
+    stream.on('error', () => undefined)
+    stream.resume()
+    stream.on('close', () => resolve({ headers: head, trailers, rstCode: stream.rstCode, ms: Date.now() - started }))
+    for (const m of messages) stream.write(frame(m))
+    if (!open) stream.end()
+  })
+}
+
+t.test('grpc-timeout alone (no deadline kept by the client) bounds the wait in the queue and the wait for the answer', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'narrow', grpcToken({ version: 'narrow', 'concurrency-level': 1, 'max-instances': 1 }))
+  const c = client(t, router)
+  t.equal((await unary(c, { text: 'warm' }, meta('narrow'))).err, null, 'narrow runs')
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+
+  const slow = rawCall(session, 'Echo', { 'x-waiter-token': 'narrow' }, [{ text: 'slow', sleepMs: 3000 }])
+  const narrowId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  await waitFor('the slow call holds the one slot', async () => ((await call(`${router.url}/apps/${narrowId}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 1 ? true : undefined))
+  const queued = await rawCall(session, 'Echo', { 'x-waiter-token': 'narrow', 'grpc-timeout': '300m' }, [{ text: 'late' }])
+  t.equal(queued.trailers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'queued past its grpc-timeout: DEADLINE_EXCEEDED, in trailers')
+  t.equal(queued.headers['x-maitre-error'], 'MAITRE_QUEUE_TIMEOUT', 'said by the router, as its queue timeout')
+  t.ok(queued.ms < 1500, `within its 300 ms, not once the slow call freed the slot (${queued.ms} ms)`)
+  t.equal((await slow).trailers['grpc-status'], '0', 'the slow call was not disturbed')
+
+  const tooSlow = await rawCall(session, 'Echo', { 'x-waiter-token': 'narrow', 'grpc-timeout': '400m' }, [{ text: 'slow', sleepMs: 3000 }])
+  t.equal(tooSlow.trailers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'an instance slower than grpc-timeout: DEADLINE_EXCEEDED')
+  t.equal(tooSlow.headers['x-maitre-error'], 'MAITRE_UPSTREAM_TIMEOUT', 'said by the router, as its socket timeout')
+  t.ok(tooSlow.ms < 1500, `after its 400 ms, not the instance’s 3 s (${tooSlow.ms} ms)`)
+})
+
+t.test('a deployment error, and an instance gone before it answers, are UNAVAILABLE with the reason in grpc-message', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'broken', grpcToken({ version: 'broken', cmd: 'asdf-no-such-command --port $PORT0' }))
+  await createToken(router, 'grpc', grpcToken())
+  const c = client(t, router)
+
+  const broken = await unary(c, { text: 'x' }, meta('broken'))
+  t.equal(broken.err?.code, grpc.status.UNAVAILABLE, 'a deployment error: UNAVAILABLE')
+  t.equal(broken.err?.details, 'Deployment error: Invalid startup command', 'Waiter’s message, in grpc-message')
+
+  // The instance dies on the chat's first message, before its answer has begun.
+  const chat = c.chat(meta('grpc'))
+  chat.on('data', () => undefined)
+  const gone = new Promise<grpc.ServiceError>((resolve) => chat.on('error', resolve))
+  chat.write({ text: 'die' })
+  const err = await within('the chat to end once its instance died', gone, 30_000)
+  t.equal(err.code, grpc.status.UNAVAILABLE, 'the instance gone before answering: UNAVAILABLE')
+  t.equal(err.details, 'Request to service backend failed', 'the router’s reason, in grpc-message')
+})
+
+t.test('an admitted gRPC call may go quiet past the body-idle bound; the streaming timeout ends one quiet both ways with DEADLINE_EXCEEDED and ejects nothing', async (t) => {
+  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 300, 'proxy.streamingTimeoutMs': 1500 })
+  await createToken(router, 'grpc', grpcToken())
+  const c = client(t, router)
+  t.equal((await unary(c, { text: 'warm' }, meta('grpc'))).err, null)
+  const quiet = (): Promise<void> => new Promise((r) => setTimeout(r, 900)) // three body-idle bounds, under the streaming timeout
+
+  // Bidirectional: the answer has begun; then nothing either way for a while.
+  const chat = c.chat(meta('grpc'))
+  const replies: string[] = []
+  const chatEnded = new Promise<grpc.ServiceError | 'end'>((resolve) => {
+    chat.on('error', resolve)
+    chat.on('end', () => resolve('end'))
+  })
+  for (const text of ['one', 'two']) {
+    const reply = new Promise<string>((resolve) => chat.once('data', (m: { text: string }) => resolve(m.text)))
+    chat.write({ text })
+    replies.push(await within(`the echo of ${text}`, Promise.race([reply, chatEnded.then((e) => `ended: ${JSON.stringify(e)}`)])))
+    await quiet()
+  }
+  chat.write({ text: 'end' })
+  t.equal(await within('the chat to end', chatEnded), 'end', 'a quiet bidirectional call ends as its server ended it')
+  t.same(replies, ['one', 'two'], 'every message answered')
+
+  // Client streaming: nothing answered until the client is done.
+  const summed = await new Promise<{ err: grpc.ServiceError | null; value: { sum: number; count: number } | undefined }>((resolve) => {
+    const upload = c.sum(meta('grpc'), {}, (err, value) => resolve({ err, value }))
+    upload.write({ n: 1 })
+    void quiet().then(() => upload.end({ n: 2 }))
+  })
+  t.equal(summed.err, null, 'a client-streaming call quiet before its answer is not cut at body-idle')
+  t.same(summed.value, { sum: 3, count: 2 })
+
+  // Quiet both ways past the streaming timeout before the answer: the router answers for it.
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const stalledUpload = await within('the stalled upload to end', rawCall(session, 'Sum', { 'x-waiter-token': 'grpc' }, [{ n: 1 }], true))
+  t.equal(stalledUpload.trailers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), 'quiet past the streaming timeout: DEADLINE_EXCEEDED, a gRPC status in trailers (not a bare reset)')
+  t.match(stalledUpload.trailers['grpc-message'], /streaming timeout/)
+  t.equal(stalledUpload.headers['x-maitre-error'], 'MAITRE_CLIENT_TIMEOUT')
+  t.ok(stalledUpload.ms >= 1400, `not before the streaming timeout (${stalledUpload.ms} ms)`)
+
+  // Quiet both ways past the streaming timeout after the answer began: the forwarder's timeout.
+  const stalledChat = c.chat(meta('grpc'))
+  const stalled = new Promise<grpc.ServiceError>((resolve) => stalledChat.on('error', resolve))
+  const first = new Promise<void>((resolve) => stalledChat.once('data', () => resolve()))
+  stalledChat.write({ text: 'hello' })
+  await within('the first echo', first)
+  const err = await within('the quiet chat to end', stalled)
+  t.equal(err.code, grpc.status.DEADLINE_EXCEEDED, 'a chat quiet both ways past the streaming timeout: DEADLINE_EXCEEDED')
+  t.match(err.details, /sent nothing for 1500 ms/)
+  const at = Date.now()
+  const next = await unary(c, { text: 'next' }, meta('grpc'), { deadline: Date.now() + 3000 })
+  t.equal(next.err, null, `its instance was not ejected: the next call served at once (${Date.now() - at} ms)`)
+})
+
+t.test('calls to one h2c instance share one pooled HTTP/2 connection, whichever client connection they came on', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'grpc', grpcToken({ 'concurrency-level': 20 }))
+  const first = client(t, router)
+  const second = client(t, router)
+  const warm = await unary(first, { text: 'warm' }, meta('grpc'))
+  t.equal(warm.err, null)
+  const peer = warm.value?.peer
+  t.match(peer, /:\d+$/, `the instance saw the router at ${String(peer)}`)
+  // Concurrent calls from two client connections, then one after another.
+  const together = await Promise.all(Array.from({ length: 10 }, (_, i) => unary(i % 2 === 0 ? first : second, { text: `n${i}`, sleepMs: 50 }, meta('grpc'))))
+  const after = [await unary(second, { text: 'a' }, meta('grpc')), await unary(first, { text: 'b' }, meta('grpc'))]
+  const peers = new Set([...together, ...after].map((r) => r.value?.peer))
+  t.same([...peers], [peer], 'every call came over the same router→instance connection')
 })

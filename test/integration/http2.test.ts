@@ -187,7 +187,7 @@ t.test('an HTTP/2 instance that dies mid-answer: the client’s answer is cut, n
   await t.rejects(res.body.text(), 'the body ends in an error, not as a whole answer')
 })
 
-t.test('a body still moving to an instance that reads it slowly is not cut by the socket timeout, from either client', async (t) => {
+t.test('a body still moving to an instance that reads it slowly is not cut by the socket timeout, from an HTTP/1.1 client and from an HTTP/2 one', async (t) => {
   const router = await startRouter(t)
   // An h2c instance: HTTP/2's flow control (64 KB windows) shows the router each chunk the
   // instance takes. (To an HTTP/1.1 instance progress shows only as the kernel's socket buffers,
@@ -198,15 +198,14 @@ t.test('a body still moving to an instance that reads it slowly is not cut by th
   // schedule the instance: CI once saw 300 ms pass without a chunk read.)
   const body = Buffer.alloc(2 * 1024 * 1024, 97)
   const path = '/consume-slowly?pace-ms=20&slow-chunks=100'
-  for (const token of ['twos']) {
-    const sized = await request(`${router.url}${path}`, { method: 'POST', headers: { 'x-waiter-token': token, 'content-type': 'application/octet-stream' }, body })
-    t.equal(sized.statusCode, 200, `${token}, with a length: answered`)
-    t.same(await sized.body.json(), { bytes: body.length }, `${token}: every byte read`)
-    const session = connectH2(router.url)
-    const viaH2 = await h2Request(session, { ':method': 'POST', ':path': path, 'x-waiter-token': token }, body.toString())
-    session.close()
-    t.equal(viaH2.status, 200, `${token}, from an HTTP/2 client: answered`)
-  }
+  const sized = await request(`${router.url}${path}`, { method: 'POST', headers: { 'x-waiter-token': 'twos', 'content-type': 'application/octet-stream' }, body })
+  t.equal(sized.statusCode, 200, 'from an HTTP/1.1 client, with a length: answered')
+  t.same(await sized.body.json(), { bytes: body.length }, 'every byte read')
+  const session = connectH2(router.url)
+  const viaH2 = await h2Request(session, { ':method': 'POST', ':path': path, 'x-waiter-token': 'twos' }, body.toString())
+  session.close()
+  t.equal(viaH2.status, 200, 'from an HTTP/2 client: answered')
+  t.same(JSON.parse(viaH2.body), { bytes: body.length }, 'every byte read')
 })
 
 t.test('an upload the instance refuses early (413, body unread) ends for an HTTP/2 client: its body is dropped or stopped, its stream and slot come back, its connection serves on', async (t) => {
