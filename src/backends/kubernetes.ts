@@ -3,8 +3,8 @@
  * resumed from the last resourceVersion and re-listed after a 410) are the instances, and the
  * kubelet's readiness probe decides which are healthy. Instance counts go through the scale
  * subresource with optimistic concurrency. A kill removes the pod maitre chose: the pod gets the
- * lowest pod-deletion-cost, replicas drop by one (so the ReplicaSet deletes that pod rather than
- * a busy one), then the pod is deleted outright in case the controller preferred an unready one.
+ * lowest pod-deletion-cost and is deleted; once the ReplicaSet controller has replaced it, replicas
+ * drop by one, and the controller deletes the replacement, which it ranks first (killInstance).
  *
  * Unlike the local backend, close() leaves versions running: they belong to the cluster, and the
  * next router adopts them from their ReplicaSets (garbage collection still reaps the idle ones).
@@ -63,10 +63,12 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** status.replicas − status.fullyLabeledReplicas as last watched: active pods its controller sees without every template label. */
-  unlabeledSeen?: number | undefined
-  /** Whether its pod template carries LABELS.serving (ReplicaSets made before it do not). */
-  servingLabel?: boolean
+  /** The ReplicaSet's spec.replicas as last seen or written: what its controller fills the pod count up to. */
+  specReplicas?: number | undefined
+  /** The ReplicaSet as last watched: its resourceVersion, generation and the controller's status of it. */
+  lastSeen?: { readonly version: bigint | undefined; readonly generation: number; readonly observedGeneration: number; readonly replicas: number; readonly spec: number } | undefined
+  /** Kills of this service, one at a time: each waits until the controller has done what the last one asked. */
+  killChain: Promise<void>
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
   readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
@@ -215,33 +217,76 @@ export class KubernetesBackend implements Backend {
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
+    const kill = service.killChain.then(() => this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined))
+    service.killChain = kill.then(
+      () => undefined,
+      () => undefined,
+    )
     try {
-      // The ReplicaSet controller picks what goes when replicas drop, from its own pod cache,
-      // which may lag: it must have seen the chosen pod's lowest deletion cost first, or it may
-      // take another, maybe one serving a request. The same patch takes the pod's `serving`
-      // label off, and the controller's status.fullyLabeledReplicas drops once its cache has
-      // that change: only then is the count lowered. (ReplicaSets made before the label wait
-      // for nothing; a controller slower than KILL_BARRIER_MS is not waited for longer.)
-      await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST }, labels: { [LABELS.serving]: null } } })
-      if (service.servingLabel === true) {
-        // The controller must report at least as many active pods without the label as are
-        // known to lack it: the ones being killed (this one included) and any other.
-        const unlabeledKnown = (): number =>
-          [...(this.#pods.get(serviceId)?.values() ?? [])].filter((p) => !isTerminating(p) && isActivePhase(p) && (service.killing.has(p.metadata.name ?? '') || p.metadata.labels?.[LABELS.serving] === undefined)).length
-        const seen = await this.#until(() => service.unlabeledSeen !== undefined && service.unlabeledSeen >= unlabeledKnown(), KILL_BARRIER_MS)
-        if (!seen) this.#o.log.warn({ service: serviceId, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not report seeing the pod chosen to go; lowering replicas anyway')
-      }
-      await this.#writeScale(service)
-      await this.#o.api.deletePod(name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
-    } catch (err) {
-      // 404: the ReplicaSet got there first; 409: that name now belongs to another pod.
-      if (!(err instanceof KubeApiError && (err.code === 404 || err.code === 409))) {
-        this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed')
-      }
+      return await kill
     } finally {
       service.localChanges -= 1
+      // Its DELETED event may have come already: nothing left to wait for.
+      if (!this.#pods.get(serviceId)?.has(name)) service.killing.delete(name)
     }
+  }
+
+  /**
+   * Waiter's recipe, with barriers against a controller whose caches lag. The chosen pod is
+   * deleted first, so it leaves the ReplicaSet's count at once; the controller fills the hole
+   * with a replacement, which shows that its cache has seen the chosen pod go; only then is the
+   * count lowered, and the controller deletes the pod it ranks first: the replacement, still
+   * unscheduled or Pending (and if not, unready and the youngest), never a pod that serves.
+   * Lowering the count first would let the controller choose from what its cache ranks first:
+   * an unready pod comes before any deletion cost, and a busy single-threaded app fails its
+   * readiness probe. Before the delete, the controller must have done what the last write asked
+   * (its status reports the current generation with as many pods as asked for): else it may
+   * still count a pod killed before, and take the place of a replacement for a busy pod. The
+   * lowest deletion cost still goes on the chosen pod, for a controller slower than the barriers.
+   */
+  async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
+    if (service.requested === 0) {
+      // Every pod goes: nothing busy can be taken in this one's place.
+      await this.#writeScale(service)
+      return this.#deleteChosen(service, name, uid, grace)
+    }
+    const settled = await this.#until(() => this.#controllerSettled(service), KILL_BARRIER_MS)
+    if (!settled) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller has not reported doing what was last asked; killing anyway')
+    await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
+      if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
+    })
+    const before = new Set(this.#pods.get(service.id)?.keys() ?? [])
+    if (!(await this.#deleteChosen(service, name, uid, grace))) return false
+    const replaced = await this.#until(() => [...(this.#pods.get(service.id)?.keys() ?? [])].some((pod) => !before.has(pod)), KILL_BARRIER_MS)
+    if (!replaced) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
+    await this.#writeScale(service)
     return true
+  }
+
+  /** The controller has reported on the ReplicaSet as last written (its generation), with as many active pods as asked for. */
+  #controllerSettled(service: KubeService): boolean {
+    const seen = service.lastSeen
+    return seen !== undefined && (seen.version === undefined || seen.version >= service.writtenVersion) && seen.observedGeneration >= seen.generation && seen.replicas === seen.spec
+  }
+
+  /**
+   * Deletes the pod chosen to go (its uid as a precondition), retrying what is transient. True
+   * once it is gone or going (404: gone already; 409: the name is another pod's now, so it is
+   * gone too). A delete that cannot be made undoes the kill: the count comes back and the pod
+   * stays an instance.
+   */
+  async #deleteChosen(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
+    try {
+      await this.#retrying(() => this.#o.api.deletePod(name, uid, grace))
+      return true
+    } catch (err) {
+      if (err instanceof KubeApiError && (err.code === 404 || err.code === 409)) return true
+      this.#o.log.error({ err, service: service.id, pod: name }, 'pod kill failed; the pod stays')
+      service.killing.delete(name)
+      service.requested += 1
+      this.#listeners.emit(service.id)
+      return false
+    }
   }
 
   /** Resolves with true once `ready()` holds (looked at every 25 ms), or with false after `maxMs`. */
@@ -344,6 +389,8 @@ export class KubernetesBackend implements Backend {
       proto,
       portCount,
       requested,
+      specReplicas: requested,
+      killChain: Promise.resolve(),
       localChanges: 0,
       writtenVersion: 0n,
       scaling: Promise.resolve(),
@@ -408,6 +455,7 @@ export class KubernetesBackend implements Backend {
       try {
         const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
         service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
+        service.specReplicas = written.spec.replicas
         this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
         return
       } catch (err) {
@@ -446,10 +494,11 @@ export class KubernetesBackend implements Backend {
       return
     }
     service.uid ??= rs.metadata.uid
-    // What the ReplicaSet controller last reported of the pods it sees, as one snapshot: the
-    // active pods lacking a template label (a kill waits on it). The API omits zero counts.
-    service.unlabeledSeen = rs.status === undefined ? undefined : (rs.status.replicas ?? 0) - (rs.status.fullyLabeledReplicas ?? 0)
-    service.servingLabel = rs.spec.template?.metadata?.labels?.[LABELS.serving] !== undefined
+    // What the controller last reported and the count it fills up to (a kill waits on both),
+    // unless older than this router's own write.
+    const seenVersion = versionOf(rs.metadata.resourceVersion)
+    if (seenVersion === undefined || seenVersion >= service.writtenVersion) service.specReplicas = rs.spec.replicas
+    service.lastSeen = { version: seenVersion, generation: rs.metadata.generation ?? 0, observedGeneration: rs.status?.observedGeneration ?? 0, replicas: rs.status?.replicas ?? 0, spec: rs.spec.replicas }
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
     const version = versionOf(rs.metadata.resourceVersion)

@@ -6,7 +6,7 @@
  */
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request } from 'undici'
@@ -125,6 +125,15 @@ t.test('a PID 1 with no SIGTERM handler ignores SIGTERM and runs until the grace
     return live.length === 2 ? live : undefined
   }, 10_000)
   const nameOf = (app: string): string => running.find((p) => p.metadata.labels.app === app)?.metadata.name as string
+  // The shell's trap is in place (its SigCgt shows it) before the delete: else a real PID 1 would drop the SIGTERM too.
+  const trapped = readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('trap "exit 0" TERM; while')
+    } catch {
+      return false
+    }
+  })
+  await waitFor('the polite pod’s trap installed', () => (trapped.some((pid) => catches(pid, 'SIGTERM')) ? true : undefined), 5000)
   const stopTime = async (name: string): Promise<number> => {
     const from = Date.now()
     await deletePod(name, 2)

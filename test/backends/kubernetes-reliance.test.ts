@@ -35,7 +35,7 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'replicasets watch': [
     { behaviour: 'NDJSON events resumed from a resourceVersion; 410 Expired once compacted, then list again', shownBy: [K8S, 'after its history is compacted and its watch dropped'] },
     { behaviour: 'the answer’s head comes at once; its bytes may split a character anywhere', shownBy: [K8S, 'the watch decodes characters whose bytes arrive in different chunks'] },
-    { behaviour: 'status.fullyLabeledReplicas counts the pods the controller’s own (maybe lagging) cache shows with every template label', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
+    { behaviour: 'status.replicas counts the active pods the controller’s own (maybe lagging) cache shows, and status.observedGeneration the generation it acted on', shownBy: [K8S, 'two kills back to back, the controller’s pod cache lagging'] },
   ],
   'replicasets/scale get': [
     { behaviour: 'a Scale (autoscaling/v1) with the ReplicaSet’s resourceVersion', shownBy: [K8S, 'the API server enforces resourceVersion on /scale'] },
@@ -47,6 +47,8 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
     { behaviour: 'a delete of the named pod (its uid as a precondition) removes that pod and no other', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
     { behaviour: 'scale-down by deletion cost and delete: the pod chosen (idle) goes, never one serving a request', shownBy: [PARITY, 'load scales up; scale-down kills only idle instances, never one serving a request'] },
     { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
+    { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [K8S, 'a busy single-threaded app fails its readiness probe'] },
+    { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [K8S, 'two kills back to back, the controller’s pod cache lagging'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [

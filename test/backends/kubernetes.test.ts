@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request as undiciRequest } from 'undici'
+import type { Instance } from '../../src/backends/backend.ts'
 import { DEPLOYMENT_ERRORS } from '../../src/backends/deployment-error.ts'
 import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
 import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
@@ -474,21 +475,82 @@ t.test('killing an idle pod is safe against a ReplicaSet controller whose pod ca
   const serving = undiciRequest(`http://${younger.host}:${younger.port}/sleep?sleep-ms=2500`).then(async (res) => ({ status: res.statusCode, body: await res.body.text() }), (err: unknown) => ({ status: 0, body: String(err) }))
   await new Promise((resolve) => setTimeout(resolve, 200))
   const seen = new Set<string>()
+  const everHealthy = new Set<string>()
   backend.subscribe((id) => {
-    if (id === 'svc-lag') for (const i of backend.state('svc-lag')?.instances ?? []) seen.add(i.id)
+    for (const i of id === 'svc-lag' ? (backend.state('svc-lag')?.instances ?? []) : []) {
+      seen.add(i.id)
+      if (i.healthy) everHealthy.add(i.id)
+    }
   })
   t.equal(await backend.killInstance('svc-lag', older.id), true)
   const answer = await serving
   t.equal(answer.status, 200, 'the request on the busy pod finished')
   await waitFor('one pod left', () => (backend.state('svc-lag')?.instances.length === 1 ? true : undefined), 10_000)
   t.same(backend.state('svc-lag')?.instances.map((i) => i.id), [younger.id], 'the busy pod is the one that stays')
-  t.same([...seen].filter((id) => id !== older.id && id !== younger.id), [], 'and no pod was started in between')
+  // The controller's replacement for the deleted pod is what the lower count takes: never ready, never served.
+  t.same([...everHealthy].filter((id) => id !== older.id && id !== younger.id), [], 'no other pod ever took requests meanwhile')
   // The last pod: the API server leaves out a zero fullyLabeledReplicas, and the kill still
   // sees its barrier met as soon as the controller does (not at the end of its 3 s bound).
   const startedAt = Date.now()
   t.equal(await backend.killInstance('svc-lag', younger.id), true)
   const tookMs = Date.now() - startedAt
   t.ok(tookMs < 2000, `the last pod's kill took ${tookMs} ms (the pod-cache lag, not the bound)`)
+})
+
+/** Pods of the service ready at the backend, oldest first (one second apart: timestamps have whole seconds). */
+async function readyPods(t: TapTest, backend: KubernetesBackend, serviceId: string, count: number): Promise<Instance[]> {
+  for (let n = 1; n <= count; n++) {
+    if (n > 1) {
+      await new Promise((resolve) => setTimeout(resolve, 1100))
+      await backend.scale(serviceId, n)
+    }
+    await waitFor(`${n} ready pods`, () => (healthy(backend, serviceId) === n ? true : undefined), 15_000)
+  }
+  t.pass(`${count} pods ready`)
+  return [...(backend.state(serviceId)?.instances ?? [])].sort((a, b) => a.startedAt - b.startedAt)
+}
+
+/** A request straight to an instance, with what came of it. */
+function requestTo(instance: Instance, path: string): Promise<{ status: number; body: string }> {
+  return undiciRequest(`http://${instance.host}:${instance.port}${path}`).then(async (res) => ({ status: res.statusCode, body: await res.body.text() }), (err: unknown) => ({ status: 0, body: String(err) }))
+}
+
+t.test('two kills back to back, the controller’s pod cache lagging: the pod serving a request stays, and its request ends whole', { timeout: 45_000 }, async (t) => {
+  const { sim, backend } = await setup(t, { sim: { controllerLagMs: { pods: 300, replicasets: 100 } } })
+  await backend.ensureService(spec('svc-twice'))
+  const [oldest, middle, busy] = (await readyPods(t, backend, 'svc-twice', 3)) as [Instance, Instance, Instance]
+  // The youngest serves a request longer than its grace period (3 s): were it deleted, SIGKILL would cut it.
+  const serving = requestTo(busy, '/sleep?sleep-ms=4000')
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const goneEarly: string[] = []
+  const watch = setInterval(() => {
+    for (const p of sim.list('pods', SIM_NAMESPACE)) if (p.metadata.deletionTimestamp !== undefined && busy.id.includes(p.metadata.name as string) && !goneEarly.includes(p.metadata.name as string)) goneEarly.push(p.metadata.name as string)
+  }, 20)
+  t.teardown(() => clearInterval(watch))
+  // One right after the other, as the autoscaler or an operator may.
+  t.equal(await backend.killInstance('svc-twice', oldest.id), true)
+  t.equal(await backend.killInstance('svc-twice', middle.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(backend.state('svc-twice')?.instances.map((i) => i.id), [busy.id], 'the busy pod is the one left')
+  t.same(goneEarly, [], 'it was never marked for deletion')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
+})
+
+t.test('a busy single-threaded app fails its readiness probe, which the controller ranks before any deletion cost: it still stays, and the idle one goes', { timeout: 45_000 }, async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-unready'))
+  const [idle, busy] = (await readyPods(t, backend, 'svc-unready', 2)) as [Instance, Instance]
+  // It blocks for 4 s: no health check is answered meanwhile (the probe's timeout is 1 s).
+  const serving = requestTo(busy, '/block?block-ms=4000')
+  await waitFor('the busy pod unready', () => (backend.state('svc-unready')?.instances.find((i) => i.id === busy.id)?.healthy === false ? true : undefined), 5000)
+  t.equal(await backend.killInstance('svc-unready', idle.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(sim.list('pods', SIM_NAMESPACE).map((p) => busy.id.includes(p.metadata.name as string)), [true], 'the busy pod is the one left')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
 })
 
 t.test('every call the backend makes is in PERMISSIONS, which the shipped Role grants exactly', async (t) => {

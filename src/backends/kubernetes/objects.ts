@@ -7,6 +7,8 @@ export interface ObjectMeta {
   resourceVersion?: string
   creationTimestamp?: string
   deletionTimestamp?: string
+  /** Bumped by the API server on every change of the spec (a scale included). */
+  generation?: number
   labels?: Record<string, string>
   annotations?: Record<string, string>
   ownerReferences?: { apiVersion: string; kind: string; name: string; uid: string; controller?: boolean }[]

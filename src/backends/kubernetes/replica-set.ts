@@ -10,12 +10,6 @@ export const LABELS = {
   app: 'app',
   cluster: 'maitre/cluster',
   serviceId: 'maitre/service-id',
-  /**
-   * On every pod of the template, outside the selector, and taken off the pod chosen to go: the
-   * ReplicaSet's status.fullyLabeledReplicas then drops once its controller's pod cache has
-   * seen that change (and the deletion cost patched with it). See KubernetesBackend.killInstance.
-   */
-  serving: 'maitre/serving',
 } as const
 
 export const ANNOTATIONS = {
@@ -110,7 +104,7 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
       replicas: spec.minInstances,
       selector: { matchLabels: { [LABELS.app]: name, [LABELS.cluster]: options.cluster } },
       template: {
-        metadata: { labels: { ...labels, [LABELS.serving]: 'true' }, annotations },
+        metadata: { labels, annotations },
         spec: {
           containers: [container],
           terminationGracePeriodSeconds: Math.max(Math.ceil(spec.terminationGraceMs / 1000), options.minTerminationGraceSecs),
