@@ -36,6 +36,8 @@ const FAILURE_KEYS_KEPT = 8
 function isActivePhase(pod: Pod): boolean {
   return pod.status?.phase !== 'Failed' && pod.status?.phase !== 'Succeeded'
 }
+/** How long a pod the controller made in place of a killed one stays hidden if it is not deleted (a scale-up came meanwhile). */
+const REPLACEMENT_HIDDEN_MS = 6000
 /** How long a kill waits for the ReplicaSet controller to report it saw the chosen pod's change before it lowers the count anyway. */
 const KILL_BARRIER_MS = 3000
 const MAX_RELIST_BACKOFF_MS = 60_000
@@ -63,12 +65,12 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** The ReplicaSet's spec.replicas as last seen or written: what its controller fills the pod count up to. */
-  specReplicas?: number | undefined
-  /** The ReplicaSet as last watched: its resourceVersion, generation and the controller's status of it. */
-  lastSeen?: { readonly version: bigint | undefined; readonly generation: number; readonly observedGeneration: number; readonly replicas: number; readonly spec: number } | undefined
   /** Kills of this service, one at a time: each waits until the controller has done what the last one asked. */
   killChain: Promise<void>
+  /** A kill waits for the controller to replace its pod: a pod that appears meanwhile is that replacement. */
+  awaitingReplacement: boolean
+  /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
+  readonly replacements: Set<string>
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
   readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
@@ -105,6 +107,8 @@ export class KubernetesBackend implements Backend {
   readonly #services = new Map<string, KubeService>()
   /** Every pod of this cluster, by service id then pod name, whether or not the service is known. */
   readonly #pods = new Map<string, Map<string, Pod>>()
+  /** Timers that show a kill's leftover replacement as an instance: cancelled on close. */
+  readonly #timers = new Set<() => void>()
   readonly #listeners: ServiceListeners
   readonly #abort = new AbortController()
   readonly #synced: Promise<void>
@@ -239,10 +243,10 @@ export class KubernetesBackend implements Backend {
    * unscheduled or Pending (and if not, unready and the youngest), never a pod that serves.
    * Lowering the count first would let the controller choose from what its cache ranks first:
    * an unready pod comes before any deletion cost, and a busy single-threaded app fails its
-   * readiness probe. Before the delete, the controller must have done what the last write asked
-   * (its status reports the current generation with as many pods as asked for): else it may
-   * still count a pod killed before, and take the place of a replacement for a busy pod. The
-   * lowest deletion cost still goes on the chosen pod, for a controller slower than the barriers.
+   * readiness probe. A pod that appears after the delete can only be the controller's answer to
+   * it (its cache has seen the pod go), never an echo of an earlier kill, since kills of a
+   * version go one at a time. The replacement never shows as an instance. The lowest deletion
+   * cost still goes on the chosen pod, for a controller slower than the barrier.
    */
   async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
     if (service.requested === 0) {
@@ -250,23 +254,34 @@ export class KubernetesBackend implements Backend {
       await this.#writeScale(service)
       return this.#deleteChosen(service, name, uid, grace)
     }
-    const settled = await this.#until(() => this.#controllerSettled(service), KILL_BARRIER_MS)
-    if (!settled) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller has not reported doing what was last asked; killing anyway')
     await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
       if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
     })
-    const before = new Set(this.#pods.get(service.id)?.keys() ?? [])
-    if (!(await this.#deleteChosen(service, name, uid, grace))) return false
-    const replaced = await this.#until(() => [...(this.#pods.get(service.id)?.keys() ?? [])].some((pod) => !before.has(pod)), KILL_BARRIER_MS)
-    if (!replaced) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
+    const earlier = new Set(service.replacements)
+    service.awaitingReplacement = true
+    try {
+      if (!(await this.#deleteChosen(service, name, uid, grace))) return false
+      // A replacement for this pod (one made for an earlier kill may still be on its way out).
+      const replaced = await this.#until(() => [...service.replacements].some((pod) => !earlier.has(pod)), KILL_BARRIER_MS)
+      if (!replaced) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
+    } finally {
+      service.awaitingReplacement = false
+    }
     await this.#writeScale(service)
+    // The controller deletes the replacement. One it leaves (a scale-up that came meanwhile made
+    // it wanted after all) is an instance like any other, REPLACEMENT_HIDDEN_MS later.
+    const made = [...service.replacements].filter((pod) => !earlier.has(pod))
+    if (made.length > 0) {
+      const cancel = this.#o.clock.setTimeout(() => {
+        this.#timers.delete(cancel)
+        const kept = made.filter((pod) => service.replacements.delete(pod) && this.#pods.get(service.id)?.has(pod) === true)
+        if (kept.length === 0) return
+        this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
+        this.#listeners.emit(service.id)
+      }, REPLACEMENT_HIDDEN_MS)
+      this.#timers.add(cancel)
+    }
     return true
-  }
-
-  /** The controller has reported on the ReplicaSet as last written (its generation), with as many active pods as asked for. */
-  #controllerSettled(service: KubeService): boolean {
-    const seen = service.lastSeen
-    return seen !== undefined && (seen.version === undefined || seen.version >= service.writtenVersion) && seen.observedGeneration >= seen.generation && seen.replicas === seen.spec
   }
 
   /**
@@ -369,6 +384,8 @@ export class KubernetesBackend implements Backend {
     if (this.#closed) return
     this.#closed = true
     this.#cancelEventCheck?.()
+    for (const cancel of this.#timers) cancel()
+    this.#timers.clear()
     this.#abort.abort()
     // The loops and API calls under way end on the abort or within their request timeouts; a
     // close never waits longer than CLOSE_WAIT_MS for them (a shutdown must finish), and closing
@@ -389,8 +406,9 @@ export class KubernetesBackend implements Backend {
       proto,
       portCount,
       requested,
-      specReplicas: requested,
       killChain: Promise.resolve(),
+      awaitingReplacement: false,
+      replacements: new Set(),
       localChanges: 0,
       writtenVersion: 0n,
       scaling: Promise.resolve(),
@@ -408,7 +426,7 @@ export class KubernetesBackend implements Backend {
   }
 
   #livePods(service: KubeService): Pod[] {
-    return [...(this.#pods.get(service.id)?.values() ?? [])].filter((p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? ''))
+    return [...(this.#pods.get(service.id)?.values() ?? [])].filter((p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? ''))
   }
 
   #view(service: KubeService): ServiceState {
@@ -455,7 +473,6 @@ export class KubernetesBackend implements Backend {
       try {
         const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
         service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
-        service.specReplicas = written.spec.replicas
         this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
         return
       } catch (err) {
@@ -494,11 +511,6 @@ export class KubernetesBackend implements Backend {
       return
     }
     service.uid ??= rs.metadata.uid
-    // What the controller last reported and the count it fills up to (a kill waits on both),
-    // unless older than this router's own write.
-    const seenVersion = versionOf(rs.metadata.resourceVersion)
-    if (seenVersion === undefined || seenVersion >= service.writtenVersion) service.specReplicas = rs.spec.replicas
-    service.lastSeen = { version: seenVersion, generation: rs.metadata.generation ?? 0, observedGeneration: rs.status?.observedGeneration ?? 0, replicas: rs.status?.replicas ?? 0, spec: rs.spec.replicas }
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
     const version = versionOf(rs.metadata.resourceVersion)
@@ -634,6 +646,9 @@ export class KubernetesBackend implements Backend {
     if (serviceId === undefined || name === undefined) return
     let byName = this.#pods.get(serviceId)
     if (byName === undefined) this.#pods.set(serviceId, (byName = new Map()))
+    const replacing = this.#services.get(serviceId)
+    // A pod new to this router while a kill waits for the controller to replace its pod.
+    if (type !== 'DELETED' && !byName.has(name) && replacing?.awaitingReplacement === true) replacing.replacements.add(name)
     if (type === 'DELETED') {
       byName.delete(name)
       if (byName.size === 0) this.#pods.delete(serviceId)
@@ -668,6 +683,7 @@ export class KubernetesBackend implements Backend {
 
   #recordDeleted(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
+    if (service.replacements.delete(name)) return
     const onPurpose = service.killing.delete(name)
     service.failuresSeen.delete(name)
     const now = this.#o.clock.now()

@@ -48,6 +48,8 @@ export interface LeaderBackendOptions {
   readonly log: Logger
   /** How often leadership is checked (ms). */
   readonly checkMs?: number
+  /** How long a follower's call waits for a leader to take it (ms). */
+  readonly askPatienceMs?: number
 }
 
 export type BackendCall = 'ensure' | 'scale' | 'kill' | 'delete'
@@ -318,7 +320,7 @@ export class LeaderBackend implements Backend {
    * a leader change (the request's own queue timeout still bounds the caller) instead of failing.
    */
   async #ask(call: BackendCall, body: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const giveUpAt = Date.now() + ASK_PATIENCE_MS
+    const giveUpAt = Date.now() + (this.#o.askPatienceMs ?? ASK_PATIENCE_MS)
     for (;;) {
       try {
         return await this.#askOnce(call, body)

@@ -487,8 +487,9 @@ t.test('killing an idle pod is safe against a ReplicaSet controller whose pod ca
   t.equal(answer.status, 200, 'the request on the busy pod finished')
   await waitFor('one pod left', () => (backend.state('svc-lag')?.instances.length === 1 ? true : undefined), 10_000)
   t.same(backend.state('svc-lag')?.instances.map((i) => i.id), [younger.id], 'the busy pod is the one that stays')
-  // The controller's replacement for the deleted pod is what the lower count takes: never ready, never served.
-  t.same([...everHealthy].filter((id) => id !== older.id && id !== younger.id), [], 'no other pod ever took requests meanwhile')
+  // The controller's replacement for the deleted pod is what the lower count takes: it never shows as an instance.
+  t.same([...seen].filter((id) => id !== older.id && id !== younger.id), [], 'no other instance ever showed meanwhile')
+  t.same([...everHealthy].filter((id) => id !== older.id && id !== younger.id), [], 'nor took requests')
   // The last pod: the API server leaves out a zero fullyLabeledReplicas, and the kill still
   // sees its barrier met as soon as the controller does (not at the end of its 3 s bound).
   const startedAt = Date.now()
