@@ -79,6 +79,8 @@ interface ClusterOfBackend {
   readonly prefix: string
   readonly coordination: () => Coordination
   readonly secret: string
+  /** A recorded version's LaunchSpec (demand a new leader carries over). */
+  readonly specOf: (serviceId: string) => LaunchSpec | undefined
 }
 
 function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger, cluster: ClusterOfBackend | undefined): Backend {
@@ -87,12 +89,14 @@ function createBackend(config: Config, dataDir: string, clock: Clock, log: Logge
     return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s), { requestTimeoutMs: k8s.requestTimeoutMs }), cluster: config.cluster, clock, log })
   }
   if (config.backend.kind === 'mesos') {
-    const mesos = (frameworkIds: FrameworkIdStore): MesosBackend => new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, user: userInfo().username })
-    if (cluster === undefined) return mesos(fileFrameworkIds(join(dataDir, 'mesos-framework.json')))
+    const mesos = (frameworkIds: FrameworkIdStore, frameworkIdRequired: boolean): MesosBackend =>
+      new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, frameworkIdRequired, user: userInfo().username })
+    if (cluster === undefined) return mesos(fileFrameworkIds(join(dataDir, 'mesos-framework.json')), false)
     // One scheduler per framework: the leader subscribes, the other routers go through it.
     return new LeaderBackend({
       kind: 'mesos',
-      start: () => mesos(etcdFrameworkIds(cluster.etcd, cluster.prefix)),
+      start: () => mesos(etcdFrameworkIds(cluster.etcd, cluster.prefix), true),
+      specOf: cluster.specOf,
       isLeader: () => cluster.coordination().isLeader(),
       leaderUrl: () => {
         const coordination = cluster.coordination()
@@ -155,7 +159,11 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
   // follows, so it acts for nobody.
   let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
-  const led = createBackend(config, dataDir, clock, log, etcd === undefined ? undefined : { etcd, prefix: etcdPrefix, coordination: () => coordination, secret })
+  const specOfRecord = (serviceId: string): LaunchSpec | undefined => {
+    const record = registry.get(serviceId)
+    return record === undefined ? undefined : parameters.launchSpecOfRecord(record)
+  }
+  const led = createBackend(config, dataDir, clock, log, etcd === undefined ? undefined : { etcd, prefix: etcdPrefix, coordination: () => coordination, secret, specOf: specOfRecord })
   const backend = instrumented(led, metrics)
   const tracker = new InstanceTracker({
     clock,

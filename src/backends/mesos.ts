@@ -41,6 +41,13 @@ export interface MesosBackendOptions extends MesosBackendConfig {
   readonly clock: Clock
   readonly log: Logger
   readonly frameworkIds: FrameworkIdStore
+  /**
+   * The framework id must be read before subscribing (cluster mode: it is the cluster's, in
+   * etcd): a failed read is tried again, never taken for "no id" (that would register a second
+   * framework, launch everything again and orphan the first one's tasks). Without it (a file in
+   * the data directory), an unreadable id is logged and the router subscribes as a new framework.
+   */
+  readonly frameworkIdRequired?: boolean
   /** The OS user maitre runs as: the framework's default task user. */
   readonly user: string
 }
@@ -137,12 +144,21 @@ export class MesosBackend implements Backend {
   async #connect(): Promise<MesosScheduler> {
     const o = this.#o
     let frameworkId: string | undefined
-    try {
-      frameworkId = await o.frameworkIds.load()
-    } catch (err) {
-      // Already lost; the router still has to run. The old framework's tasks run on until its
-      // failover timeout, unknown to this one.
-      o.log.error({ err }, 'the kept mesos framework id cannot be read: subscribing as a new framework')
+    for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
+      try {
+        frameworkId = await o.frameworkIds.load()
+        break
+      } catch (err) {
+        if (o.frameworkIdRequired !== true) {
+          // Already lost; the router still has to run. The old framework's tasks run on until
+          // its failover timeout, unknown to this one.
+          o.log.error({ err }, 'the kept mesos framework id cannot be read: subscribing as a new framework')
+          break
+        }
+        o.log.warn({ err, retryInMs: wait }, 'the mesos framework id cannot be read: not subscribing until it can')
+      }
+      if (this.#closed) break
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
     }
     const scheduler = new MesosScheduler({
       masters: o.master.split(',').map((m) => m.trim().replace(/\/+$/, '')).filter((m) => m !== ''),
@@ -163,7 +179,7 @@ export class MesosBackend implements Backend {
       onEvent: (event) => this.#onEvent(event),
       onDisconnected: () => this.#o.log.warn({ frameworkId: scheduler.frameworkId }, 'mesos stream lost; subscribing again'),
     })
-    scheduler.start()
+    if (!this.#closed) scheduler.start()
     return scheduler
   }
 

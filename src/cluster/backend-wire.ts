@@ -76,10 +76,9 @@ function proto(o: Record<string, unknown>, key: string, field: string): Proto {
   return value as Proto
 }
 
+/** Flags this router does not know (a newer router's, in a rolling upgrade) are left out, not refused. */
 function flags(o: Record<string, unknown>, field: string): ReadonlySet<InstanceFlag> {
-  const values = list(o, 'flags', field)
-  for (const [i, flag] of values.entries()) if (!FLAGS.has(flag as InstanceFlag)) throw new WireError(`${field}.flags[${i}]`, 'must be an instance flag')
-  return new Set(values as InstanceFlag[])
+  return new Set(list(o, 'flags', field).filter((flag): flag is InstanceFlag => FLAGS.has(flag as InstanceFlag)))
 }
 
 function instanceOf(value: unknown, field: string): Instance {

@@ -50,6 +50,11 @@ export interface LeaderBackendOptions {
   readonly checkMs?: number
   /** How long a follower's call waits for a leader to take it (ms). */
   readonly askPatienceMs?: number
+  /**
+   * The LaunchSpec of a recorded version, for demand a new leader carries over from the last
+   * view (a cold start not placed yet, whose service its own backend cannot adopt: no task runs).
+   */
+  readonly specOf?: (serviceId: string) => LaunchSpec | undefined
 }
 
 export type BackendCall = 'ensure' | 'scale' | 'kill' | 'delete'
@@ -65,6 +70,8 @@ const ASK_PATIENCE_MS = 10_000
 const CALL_TIMEOUT_MS = 10_000
 
 const ID = /^[\x21-\x7e]{1,253}$/
+/** The most instances a peer may ask for one version: far beyond any real service, short of a runaway. */
+const MAX_INSTANCES = 10_000
 
 export class LeaderBackend implements Backend {
   readonly kind: Backend['kind']
@@ -105,27 +112,44 @@ export class LeaderBackend implements Backend {
   async ensureService(spec: LaunchSpec): Promise<void> {
     const local = this.#local
     if (local !== undefined) return local.ensureService(spec)
-    this.#merge(spec.serviceId, await this.#ask('ensure', { spec }))
+    this.#merge('ensure', spec.serviceId, await this.#ask('ensure', { spec }))
   }
 
+  // Scale, kill and delete act on services the backend knows, which a leader still taking over
+  // may not yet: they wait for it to be ready (ensure creates, so it need not).
+
   async scale(serviceId: string, instances: number): Promise<void> {
-    const local = this.#local
-    if (local !== undefined) return local.scale(serviceId, instances)
-    this.#merge(serviceId, await this.#ask('scale', { serviceId, instances }))
+    if (this.#local !== undefined) return (await this.#readyLocal('scale')).scale(serviceId, instances)
+    this.#merge('scale', serviceId, await this.#ask('scale', { serviceId, instances }))
   }
 
   async killInstance(serviceId: string, instanceId: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
-    const local = this.#local
-    if (local !== undefined) return local.killInstance(serviceId, instanceId, options)
+    if (this.#local !== undefined) return (await this.#readyLocal('kill')).killInstance(serviceId, instanceId, options)
     const answer = await this.#ask('kill', { serviceId, instanceId, force: options.force === true })
-    this.#merge(serviceId, answer)
-    return answer.killed === true
+    this.#merge('kill', serviceId, answer)
+    return answer['killed'] === true
   }
 
   async deleteService(serviceId: string): Promise<void> {
-    const local = this.#local
-    if (local !== undefined) return local.deleteService(serviceId)
-    this.#merge(serviceId, await this.#ask('delete', { serviceId }))
+    if (this.#local !== undefined) return (await this.#readyLocal('delete')).deleteService(serviceId)
+    this.#merge('delete', serviceId, await this.#ask('delete', { serviceId }))
+  }
+
+  /** This router's own backend once it is ready, waited for up to the call patience. */
+  async #readyLocal(call: BackendCall): Promise<LedBackend> {
+    const giveUpAt = Date.now() + (this.#o.askPatienceMs ?? ASK_PATIENCE_MS)
+    for (;;) {
+      const local = this.#local
+      if (local?.ready === true && this.#showingLocal) return local
+      if (local === undefined || this.#closed || Date.now() >= giveUpAt) {
+        throw new MaitreError('MAITRE_BACKEND', `The ${this.kind} backend is changing hands between the cluster's routers; try again`, { status: 503, headers: { 'retry-after': '1' }, details: { call } })
+      }
+      await this.#sleep(RETRY_MS)
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms).unref())
   }
 
   // While this router's own backend is still taking over (not ready), a service it was asked
@@ -175,6 +199,7 @@ export class LeaderBackend implements Backend {
     if (leading && this.#local === undefined && this.#stopping === undefined) this.#lead()
     else if (!leading && this.#local !== undefined) this.#stepDown()
     if (leading && this.#local?.ready === true && !this.#showingLocal) {
+      this.#carryOver(this.#local)
       // The leader's own view from now on: whatever either view names may have changed.
       const ids = new Set([...this.#remote.keys(), ...this.#local.services().map((s) => s.id)])
       this.#showingLocal = true
@@ -183,6 +208,27 @@ export class LeaderBackend implements Backend {
       for (const id of ids) this.#listeners.emit(id)
     }
     if (!leading) this.#follow(this.#o.leaderUrl())
+  }
+
+  /**
+   * Demand the last view had that the new backend did not adopt (nothing of it ran: a cold
+   * start not placed yet) is asked of it again, so the requests waiting for it wait on instead of
+   * finding their service gone.
+   */
+  #carryOver(local: LedBackend): void {
+    for (const service of this.#remote.values()) {
+      if (service.requested === 0 || local.state(service.id) !== undefined) continue
+      const spec = this.#o.specOf?.(service.id)
+      if (spec === undefined) {
+        this.#o.log.warn({ service: service.id }, 'demand the last leader had cannot be carried over: the version is not recorded')
+        continue
+      }
+      const failed = (err: unknown): void => this.#o.log.error({ err, service: service.id }, 'demand the last leader had could not be carried over')
+      // Both take effect at once (before their first await): the view shown next has the service.
+      local.ensureService(spec).catch(failed)
+      local.scale(service.id, service.requested).catch(failed)
+      this.#o.log.info({ service: service.id, instances: service.requested }, 'cluster leader: carried over demand the last leader had not placed')
+    }
   }
 
   #lead(): void {
@@ -292,6 +338,7 @@ export class LeaderBackend implements Backend {
       this.#o.log.warn({ err }, 'the cluster leader sent a backend view this router cannot read; keeping the last one')
       return
     }
+    if (this.#olderThanShown(view)) return
     const next = new Map(services.map((s) => [s.id, s]))
     const changed = [...new Set([...this.#remote.keys(), ...next.keys()])].filter((id) => JSON.stringify(toWire(this.#remote.get(id) ?? EMPTY)) !== JSON.stringify(toWire(next.get(id) ?? EMPTY)))
     this.#remote = next
@@ -299,19 +346,40 @@ export class LeaderBackend implements Backend {
     for (const id of changed) this.#listeners.emit(id)
   }
 
-  /** One service's state as the leader answered a call: shown at once. */
-  #merge(serviceId: string, answer: Record<string, unknown>): void {
+  /**
+   * One service's state as the leader answered a call: shown at once. A view from the long poll
+   * older than this answer is dropped when it arrives (it could undo what the call did).
+   */
+  #merge(call: BackendCall, serviceId: string, answer: Record<string, unknown>): void {
     if (this.#local !== undefined) return
     let state: ServiceState | undefined
     try {
-      state = answer['service'] === null ? undefined : serviceStateOf(answer['service'])
+      state = answer['service'] === null || answer['service'] === undefined ? undefined : serviceStateOf(answer['service'])
     } catch (err) {
       this.#o.log.warn({ err, service: serviceId }, 'the cluster leader answered with a service state this router cannot read')
       return
     }
+    if (typeof answer['view'] === 'string') this.#noteNewest(answer['view'])
+    // Only a delete makes a service gone; another call that finds none changes nothing here.
+    if (state === undefined && call !== 'delete') return
     if (state === undefined) this.#remote.delete(serviceId)
     else this.#remote.set(serviceId, state)
     this.#listeners.emit(serviceId)
+  }
+
+  /** The newest view a call's answer came from: `<epoch>.<version>`. */
+  #newest: { epoch: string; version: number } | undefined
+
+  #noteNewest(view: string): void {
+    const parsed = parseView(view)
+    if (parsed === undefined) return
+    if (this.#newest === undefined || this.#newest.epoch !== parsed.epoch || this.#newest.version < parsed.version) this.#newest = parsed
+  }
+
+  /** Whether a long-poll view is older than a call's answer already shown. */
+  #olderThanShown(view: string): boolean {
+    const parsed = parseView(view)
+    return parsed !== undefined && this.#newest !== undefined && parsed.epoch === this.#newest.epoch && parsed.version < this.#newest.version
   }
 
   /**
@@ -327,22 +395,21 @@ export class LeaderBackend implements Backend {
       } catch (err) {
         if (!(err instanceof LeaderUnavailable) || Date.now() >= giveUpAt || this.#closed) throw err instanceof LeaderUnavailable ? err.error : err
       }
-      await new Promise((resolve) => setTimeout(resolve, RETRY_MS))
+      await this.#sleep(RETRY_MS)
       if (this.#local !== undefined) {
         // This router leads now: its own backend carries the call out.
-        const local = this.#local
         switch (call) {
           case 'ensure':
-            await local.ensureService(body['spec'] as LaunchSpec)
-            return { service: null }
+            await this.ensureService(body['spec'] as LaunchSpec)
+            return {}
           case 'scale':
-            await local.scale(body['serviceId'] as string, body['instances'] as number)
-            return { service: null }
+            await this.scale(body['serviceId'] as string, body['instances'] as number)
+            return {}
           case 'kill':
-            return { killed: await local.killInstance(body['serviceId'] as string, body['instanceId'] as string, { force: body['force'] === true }), service: null }
+            return { killed: await this.killInstance(body['serviceId'] as string, body['instanceId'] as string, { force: body['force'] === true }) }
           case 'delete':
-            await local.deleteService(body['serviceId'] as string)
-            return { service: null }
+            await this.deleteService(body['serviceId'] as string)
+            return {}
         }
       }
     }
@@ -370,7 +437,8 @@ export class LeaderBackend implements Backend {
     if (res.statusCode === 200) return answer
     // The leader's own refusal of the call (a descriptor this backend cannot run): the same error here.
     const failure = answer['failure'] as { code?: unknown; message?: unknown; status?: unknown; details?: unknown } | undefined
-    if (typeof failure?.code === 'string' && typeof failure.message === 'string' && typeof failure.status === 'number' && failure.status < 500) {
+    // (Only a refusal of the version itself: any other 4xx is the routers' own fault, not the caller's.)
+    if (failure?.code === 'MAITRE_INVALID_DESCRIPTOR' && typeof failure.message === 'string' && typeof failure.status === 'number') {
       throw new MaitreError(failure.code as ErrorCode, failure.message, { status: failure.status, details: (failure.details ?? {}) as Record<string, unknown> })
     }
     const why = `answered ${res.statusCode}${typeof failure?.message === 'string' ? `: ${failure.message}` : ''}`
@@ -390,9 +458,11 @@ export class LeaderBackend implements Backend {
         const wake = (): void => {
           clearTimeout(timer)
           this.#waiters.delete(wake)
+          signal.removeEventListener('abort', wake)
           resolve()
         }
         const timer = setTimeout(wake, LONG_POLL_MS)
+        if (signal.aborted) return wake()
         this.#waiters.add(wake)
         signal.addEventListener('abort', wake, { once: true })
       })
@@ -404,13 +474,15 @@ export class LeaderBackend implements Backend {
   /** A follower's call, carried out here (the leader): answers with the service's state after it. */
   async peerCall(call: BackendCall, body: Record<string, unknown>): Promise<Record<string, unknown>> {
     const local = this.#local
-    if (local === undefined || !this.#o.isLeader()) throw notLeading()
+    // Still taking over, it knows only what it was asked since: the follower asks again.
+    if (local === undefined || !this.#o.isLeader() || (call !== 'ensure' && !(local.ready && this.#showingLocal))) throw notLeading()
     let serviceId: string
     const answer: Record<string, unknown> = {}
     try {
       switch (call) {
         case 'ensure': {
           const spec = launchSpecOf(body['spec'])
+          if (!ID.test(spec.serviceId)) throw new WireError('spec.serviceId', 'must be a string of 1 to 253 printable characters')
           serviceId = spec.serviceId
           await local.ensureService(spec)
           break
@@ -418,7 +490,7 @@ export class LeaderBackend implements Backend {
         case 'scale': {
           serviceId = idOf(body, 'serviceId')
           const instances = body['instances']
-          if (!Number.isSafeInteger(instances) || (instances as number) < 0) throw new WireError('instances', 'must be a whole number, 0 or more')
+          if (!Number.isSafeInteger(instances) || (instances as number) < 0 || (instances as number) > MAX_INSTANCES) throw new WireError('instances', `must be a whole number from 0 to ${MAX_INSTANCES}`)
           await local.scale(serviceId, instances as number)
           break
         }
@@ -436,10 +508,12 @@ export class LeaderBackend implements Backend {
       }
     } catch (err) {
       if (err instanceof WireError) throw new MaitreError('MAITRE_BAD_REQUEST', `${err.message}`, { details: { field: err.field } })
+      // Stepped down meanwhile (its backend closed under the call): the follower asks the next leader.
+      if (!(err instanceof MaitreError) && this.#local !== local) throw notLeading()
       throw err
     }
     const state = local.state(serviceId)
-    return { ...answer, service: state === undefined ? null : toWire(state) }
+    return { ...answer, service: state === undefined ? null : toWire(state), view: this.#viewId() }
   }
 
   #viewId(): string {
@@ -466,6 +540,12 @@ function idOf(body: Record<string, unknown>, field: string): string {
   const value = body[field]
   if (typeof value !== 'string' || !ID.test(value)) throw new WireError(field, 'must be a string of 1 to 253 printable characters')
   return value
+}
+
+function parseView(view: string): { epoch: string; version: number } | undefined {
+  const dot = view.lastIndexOf('.')
+  const version = Number(view.slice(dot + 1))
+  return dot <= 0 || !Number.isSafeInteger(version) ? undefined : { epoch: view.slice(0, dot), version }
 }
 
 function notLeading(): MaitreError {

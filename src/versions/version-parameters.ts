@@ -44,6 +44,11 @@ export class VersionParameters {
     return spec
   }
 
+  /** A recorded version's LaunchSpec, as a request for it would make it (no request at hand: a backend changing hands). */
+  launchSpecOfRecord(record: ServiceRecord): LaunchSpec {
+    return this.#specs.get(record.id) ?? launchSpecOf(record.id, this.ofRecord(record), this.#context)
+  }
+
   /** The version is gone: its cached LaunchSpec goes too. */
   forget(serviceId: string): void {
     this.#specs.delete(serviceId)

@@ -126,3 +126,36 @@ t.test('a KILL the master fails is sent again until the task ends', async (t) =>
   t.equal(failOnce.size, 0, 'the first KILL did fail')
   t.ok(sim.calls().some((c) => c.type === 'KILL'), 'the master heard a later one')
 })
+
+t.test('cluster mode: a framework id that cannot be read yet is read again, never taken for none (a second framework would launch everything twice)', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  // The cluster's framework: subscribed once, its task running, its id kept.
+  let kept: string | undefined
+  let failures = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => {
+      if (failures > 0) {
+        failures -= 1
+        throw new Error('etcd: deadline exceeded')
+      }
+      return kept
+    },
+    save: async (id: string): Promise<void> => {
+      kept = id
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  await first.ensureService(spec('kept', 1))
+  await waitFor('its task running', () => (live(sim, 'kept') === 1 ? true : undefined), 10_000)
+  await first.close()
+  const frameworkId = kept
+
+  failures = 2
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await waitFor('the next leader adopted the task', () => (next.ready && next.state('kept')?.instances.length === 1 ? true : undefined), 15_000)
+  t.equal(failures, 0, 'the id was read again until it could be')
+  t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'one framework: subscribed with the kept id')
+  t.equal(live(sim, 'kept'), 1, 'nothing launched twice')
+})

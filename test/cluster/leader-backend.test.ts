@@ -99,7 +99,7 @@ interface Peer {
 }
 
 /** Two routers, each a LeaderBackend behind its own peer port; `leader` decides who leads. */
-async function routers(t: Test, options: { askPatienceMs?: number; notReady?: boolean } = {}): Promise<[Peer, Peer]> {
+async function routers(t: Test, options: { askPatienceMs?: number; notReady?: boolean; specOf?: (id: string) => LaunchSpec | undefined } = {}): Promise<[Peer, Peer]> {
   const peers: Peer[] = []
   const exchange: PeerExchange = { authorized: (k) => k === KEY, receiveWants: () => undefined, receiveOffer: () => undefined, receiveEject: () => true, receiveMemberQuery: () => true }
   for (let i = 0; i < 2; i++) {
@@ -125,6 +125,7 @@ async function routers(t: Test, options: { askPatienceMs?: number; notReady?: bo
       log: silentLogger,
       checkMs: 20,
       ...(options.askPatienceMs === undefined ? {} : { askPatienceMs: options.askPatienceMs }),
+      ...(options.specOf === undefined ? {} : { specOf: options.specOf }),
     })
     ;(peer as { backend: LeaderBackend }).backend = backend
     peers.push(peer)
@@ -229,4 +230,39 @@ t.test('a peer’s bad input is a 400 naming the field; a router that does not l
   await t.rejects(leader.backend.peerCall('delete', { serviceId: '' }), { code: 'MAITRE_BAD_REQUEST', details: { field: 'serviceId' } })
   await t.rejects(follower.backend.peerCall('scale', { serviceId: 'svc', instances: 1 }), { code: 'MAITRE_CLUSTER_UNAVAILABLE', status: 503 })
   await t.rejects(follower.backend.peerState('', new AbortController().signal), { code: 'MAITRE_CLUSTER_UNAVAILABLE' })
+})
+
+t.test('a leader still taking over makes the follower’s kill wait until it knows what runs, then carries it out', async (t) => {
+  const [leader, follower] = await routers(t, { notReady: true })
+  const real = await waitFor('the leader’s backend started', () => leader.started[0], 2000)
+  real.set({ id: 'svc', requested: 2, instances: [instance('svc', 1), instance('svc', 2)], failed: [], killed: [], deploymentError: undefined })
+  let killed: boolean | undefined
+  const asked = follower.backend.killInstance('svc', 'svc.1').then((k) => (killed = k))
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.same(real.calls, [], 'nothing reached a backend that has not adopted what runs')
+  t.equal(killed, undefined, 'the follower still waits')
+  real.ready = true
+  await asked
+  t.equal(killed, true)
+  t.same(real.calls, ['kill svc svc.1 false'], 'carried out once the leader was ready')
+})
+
+t.test('a cold start the last leader had not placed is carried over to the next: its service never leaves the view', async (t) => {
+  const [a, b] = await routers(t, { notReady: true, specOf: (id) => (id === 'pending' ? spec('pending') : undefined) })
+  const first = await waitFor('a’s backend started', () => a.started[0], 2000)
+  first.ready = true
+  first.set({ id: 'pending', requested: 2, instances: [], failed: [], killed: [], deploymentError: undefined })
+  await waitFor('b sees the demand', () => (b.backend.requested('pending') === 2 ? true : undefined), 2000)
+  const gone: string[] = []
+  b.backend.subscribe((id) => {
+    if (b.backend.state(id) === undefined) gone.push(id)
+  })
+  a.leading = false
+  b.leading = true
+  const second = await waitFor('b’s backend started', () => b.started[0], 2000)
+  second.ready = true
+  await waitFor('b shows its own view', () => (second.calls.length >= 2 ? true : undefined), 2000)
+  t.same(second.calls, ['ensure pending', 'scale pending 2'], 'b’s backend was asked for it, as many as before')
+  t.equal(b.backend.requested('pending'), 2)
+  t.same(gone, [], 'the service never went missing from b’s view (its queued requests wait on)')
 })

@@ -67,8 +67,9 @@ t.test('two routers on one master: only the leader subscribes; a cold start aske
   // A kill asked through the follower: carried out by the leader, seen by both.
   const killed = await call(`${follower.url}/apps/${id}/instance/${first.instance}/kill`, { method: 'POST' })
   t.equal(killed.status, 200, `the follower's kill went through the leader (${killed.text.slice(0, 200)})`)
-  await waitFor('the task killed at the master', () => (liveTasks(cluster, id).length === 0 ? true : undefined), 10_000)
-  await waitFor('both routers see it gone', async () => ((await Promise.all([leader, follower].map((r) => appView(r, id)))).every((v) => v.instances['active-instances'].length === 0) ? true : undefined), 5000)
+  // (The autoscaler may start another meanwhile: its burst hold keeps what the two requests asked for.)
+  await waitFor('the task killed at the master', () => (cluster.sim.tasks().some((task) => task.id === first.instance && task.state === 'TASK_KILLED') ? true : undefined), 10_000)
+  await waitFor('both routers see it gone', async () => ((await Promise.all([leader, follower].map((r) => appView(r, id)))).every((v) => !v.instances['active-instances'].some((i) => i.id === first.instance)) ? true : undefined), 5000)
   t.pass('the killed instance is gone from both views')
 })
 
@@ -102,7 +103,7 @@ t.test('with no leader to ask, a follower serves what it knows and a cold start 
   await createToken(leader, 'known', kitchenToken())
   await createToken(leader, 'unborn', kitchenToken({ version: 'v3' }))
   const known = await serve(follower, 'known')
-  t.equal(known.status, 200)
+  t.equal(known.status, 200, `the follower's cold start served (${known.body.slice(0, 300)})`)
   // etcd goes: nobody leads, nobody can be asked; the follower still has its view.
   await cluster.etcd.stop()
   await waitFor('no router leads', async () => ((await Promise.all([leader, follower].map(clusterState))).every((s) => !s['is-leader']) ? true : undefined), 10_000)

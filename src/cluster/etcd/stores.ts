@@ -58,8 +58,14 @@ export function etcdFrameworkIds(client: Etcd3, prefix: string): FrameworkIdStor
       const id = await unavailableAsOurs('the mesos framework id', () => client.get(key).string())
       return id === null || id === '' ? undefined : id
     },
+    /** Kept only where none is (a transaction): an id the cluster has is never replaced by another. */
     async save(id) {
-      await unavailableAsOurs('the mesos framework id', () => client.put(key).value(id).exec())
+      const result = await unavailableAsOurs('the mesos framework id', () =>
+        client.if(key, 'Create', '==', 0).then(client.put(key).value(id)).else(client.get(key)).commit(),
+      )
+      if (result.succeeded) return
+      const kept = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
+      if (kept !== id) throw new MaitreError('MAITRE_STORE_CONFLICT', `etcd key ${key} keeps mesos framework ${String(kept)}; this router subscribed as ${id}, which is not kept`)
     },
   }
 }
