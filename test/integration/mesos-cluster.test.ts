@@ -5,8 +5,13 @@
  * the cluster keeps in etcd and adopts what runs instead of launching it again.
  */
 import t from 'tap'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
-import { startMesosCluster, type MesosCluster } from '../fixtures/mesos-router.ts'
+import { startMesosCluster, startMesosSimulatorFor, type MesosCluster } from '../fixtures/mesos-router.ts'
+import { startEtcd } from '../fixtures/etcd.ts'
+import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
 
 const LIVE = ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING']
 
@@ -116,4 +121,56 @@ t.test('with no leader to ask, a follower serves what it knows and a cold start 
   await cluster.etcd.start()
   await byLeadership(cluster)
   t.equal((await serve(follower, 'unborn')).status, 200, 'once a leader is back, the cold start goes through')
+})
+
+t.test('leader SIGKILL under steady load (routers as processes): the survivor fails nothing, takes the framework over within the TTL, adopts, and launches', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-mesos-procs-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
+  const sim = await startMesosSimulatorFor(t)
+  const config = `etcd:\n  endpoints: [${etcd.endpoint}]\n  leaseTtlSecs: 2\nscaler:\n  tickMs: 200\n`
+  const routers: RouterProcess[] = []
+  for (let i = 0; i < 2; i++) {
+    mkdirSync(join(dir, `r${i}`))
+    routers.push(await startRouterProcess(t, { dataDir: join(dir, `r${i}`, 'data'), mesosMaster: sim.url, config }))
+  }
+  const state = async (r: RouterProcess): Promise<ClusterState> => (await call(`${r.url}/state/cluster`)).json<ClusterState>()
+  const states = await waitFor('two members, one leader', async () => {
+    const all = await Promise.all(routers.map(state))
+    return all.every((s) => s.members.length === 2) && all.filter((s) => s['is-leader']).length === 1 ? all : undefined
+  }, 15_000)
+  const leader = routers[states.findIndex((s) => s['is-leader'])] as RouterProcess
+  const survivor = routers.find((r) => r !== leader) as RouterProcess
+  await createToken(survivor, 'steady', kitchenToken({ 'concurrency-level': 4 }))
+  const h = { 'x-waiter-token': 'steady', 'x-waiter-queue-timeout': '20000' }
+  t.equal((await call(`${survivor.url}/request-info`, { headers: h })).status, 200, 'started through the follower')
+  const id = (await call(`${survivor.url}/service-id`, { headers: { 'x-waiter-token': 'steady' } })).text
+  const tasksBefore = sim.tasks().filter((task) => task.id.startsWith(`${id}.`) && LIVE.includes(task.state)).map((task) => task.id).sort()
+
+  let running = true
+  const tally = { ok: 0, failed: [] as string[] }
+  const clients = [0, 1].map(async () => {
+    while (running) {
+      const reply = await call(`${survivor.url}/sleep?sleep-ms=20`, { headers: h }).catch((err: unknown) => ({ status: 0, text: String(err) }))
+      if (reply.status === 200) tally.ok++
+      else tally.failed.push(`${reply.status} ${reply.text.slice(0, 200)}`)
+    }
+  })
+  await waitFor('load flows', () => (tally.ok >= 10 ? true : undefined))
+  const killedAt = Date.now()
+  process.kill(-(leader.child.pid as number), 'SIGKILL')
+  await leader.exited
+  await waitFor('the survivor leads', async () => ((await state(survivor))['is-leader'] ? true : undefined), 10_000)
+  const tookMs = Date.now() - killedAt
+  t.ok(tookMs <= 2000 + 2500, `it leads ${tookMs} ms after the SIGKILL (lease TTL 2 s)`)
+  await waitFor('the framework subscribed again', () => (sim.frameworks()[0]?.connected === true ? true : undefined), 10_000)
+  t.equal(sim.frameworks().length, 1, 'as the same framework')
+  const served = tally.ok
+  await waitFor('load flows on', () => (tally.ok >= served + 20 ? true : undefined), 10_000)
+  running = false
+  await Promise.all(clients)
+  t.same(tally.failed, [], `no request through the survivor failed (${tally.ok} served)`)
+  t.same(sim.tasks().filter((task) => task.id.startsWith(`${id}.`) && LIVE.includes(task.state)).map((task) => task.id).sort(), tasksBefore, 'the tasks that ran are the tasks that run: adopted, none launched again')
+  await createToken(survivor, 'after', kitchenToken({ version: 'v9' }))
+  t.equal((await call(`${survivor.url}/request-info`, { headers: { 'x-waiter-token': 'after', 'x-waiter-queue-timeout': '20000' } })).status, 200, 'the new leader launches a new version')
 })
