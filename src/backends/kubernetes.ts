@@ -32,13 +32,13 @@ export interface KubernetesBackendOptions
 const ENDED_KEPT = 10
 /** Ended runs remembered per pod to record each once (a kubelet shows the last one only). */
 const FAILURE_KEYS_KEPT = 8
-/** A pod the ReplicaSet controller counts as active: neither Failed nor Succeeded (terminating ones aside). */
-function isActivePhase(pod: Pod): boolean {
-  return pod.status?.phase !== 'Failed' && pod.status?.phase !== 'Succeeded'
-}
 /** How long a pod the controller made in place of a killed one stays hidden if it is not deleted (a scale-up came meanwhile). */
 const REPLACEMENT_HIDDEN_MS = 6000
-/** How long a kill waits for the ReplicaSet controller to report it saw the chosen pod's change before it lowers the count anyway. */
+/** Replacements a kill deletes in turn because they became ready before the count could drop. */
+const MAX_REPLACEMENT_ROUNDS = 3
+/** How long after its creation a pod marked as a replacement is left out of every router's instances. */
+const REPLACEMENT_MARK_MS = 30_000
+/** How long a kill waits for the ReplicaSet controller to replace the pod it deleted before it lowers the count anyway. */
 const KILL_BARRIER_MS = 3000
 const MAX_RELIST_BACKOFF_MS = 60_000
 const SCALE_RETRIES = 5
@@ -69,6 +69,8 @@ interface KubeService {
   killChain: Promise<void>
   /** A kill waits for the controller to replace its pod: a pod that appears meanwhile is that replacement. */
   awaitingReplacement: boolean
+  /** Kills asked for and not yet at their own scale write: the count written keeps their pods (each kill lowers it for its own, once replaced). */
+  queuedKills: number
   /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
   readonly replacements: Set<string>
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
@@ -221,7 +223,13 @@ export class KubernetesBackend implements Backend {
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
-    const kill = service.killChain.then(() => this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined))
+    // Counted until its turn: a write made by the kill before it (or by anyone) must not lower the
+    // count for this pod while it still runs, or the controller would choose what goes.
+    service.queuedKills += 1
+    const kill = service.killChain.then(() => {
+      service.queuedKills -= 1
+      return this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
+    })
     service.killChain = kill.then(
       () => undefined,
       () => undefined,
@@ -249,7 +257,7 @@ export class KubernetesBackend implements Backend {
    * cost still goes on the chosen pod, for a controller slower than the barrier.
    */
   async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
-    if (service.requested === 0) {
+    if (service.requested + service.queuedKills === 0) {
       // Every pod goes: nothing busy can be taken in this one's place.
       await this.#writeScale(service)
       return this.#deleteChosen(service, name, uid, grace)
@@ -257,31 +265,60 @@ export class KubernetesBackend implements Backend {
     await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
       if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
     })
+    const before = new Set(service.replacements)
     const earlier = new Set(service.replacements)
     service.awaitingReplacement = true
     try {
       if (!(await this.#deleteChosen(service, name, uid, grace))) return false
-      // A replacement for this pod (one made for an earlier kill may still be on its way out).
-      const replaced = await this.#until(() => [...service.replacements].some((pod) => !earlier.has(pod)), KILL_BARRIER_MS)
-      if (!replaced) this.#o.log.warn({ service: service.id, pod: name, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
+      let replacement = await this.#replacementOf(service, name, earlier)
+      let rounds = 1
+      // Checked again right before the count is written (a write held back by API errors can
+      // come after the replacement is ready): one already ready while another pod is not (a busy
+      // single-threaded app fails its probe) would be ranked after that pod by the controller.
+      // It goes the chosen pod's way instead, and its own replacement, new again, is what the
+      // lower count takes.
+      await this.#writeScale(service, async () => {
+        const made = replacement === undefined ? undefined : this.#pods.get(service.id)?.get(replacement)
+        if (made === undefined || !isReady(made) || rounds >= MAX_REPLACEMENT_ROUNDS || !this.#livePods(service).some((p) => !isReady(p))) return true
+        rounds += 1
+        await this.#retrying(() => this.#o.api.deletePod(made.metadata.name ?? '', made.metadata.uid ?? '', 0)).catch(() => undefined)
+        replacement = await this.#replacementOf(service, name, earlier)
+        return false
+      })
     } finally {
       service.awaitingReplacement = false
     }
-    await this.#writeScale(service)
     // The controller deletes the replacement. One it leaves (a scale-up that came meanwhile made
     // it wanted after all) is an instance like any other, REPLACEMENT_HIDDEN_MS later.
-    const made = [...service.replacements].filter((pod) => !earlier.has(pod))
+    const made = [...service.replacements].filter((pod) => !before.has(pod))
     if (made.length > 0) {
       const cancel = this.#o.clock.setTimeout(() => {
         this.#timers.delete(cancel)
         const kept = made.filter((pod) => service.replacements.delete(pod) && this.#pods.get(service.id)?.has(pod) === true)
         if (kept.length === 0) return
         this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
+        for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null } } }).catch(() => undefined)
         this.#listeners.emit(service.id)
       }, REPLACEMENT_HIDDEN_MS)
       this.#timers.add(cancel)
     }
     return true
+  }
+
+  /**
+   * The controller's replacement for a pod this kill deleted (one made for an earlier kill may
+   * still be on its way out: `earlier`), marked so that no router routes to it and ranked first
+   * among pods as ready as it; undefined if none came within KILL_BARRIER_MS.
+   */
+  async #replacementOf(service: KubeService, deleted: string, earlier: Set<string>): Promise<string | undefined> {
+    const replacement = await this.#waitFor(() => [...service.replacements].find((pod) => !earlier.has(pod)), KILL_BARRIER_MS)
+    if (replacement === undefined) {
+      this.#o.log.warn({ service: service.id, pod: deleted, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
+      return undefined
+    }
+    earlier.add(replacement)
+    await this.#o.api.patchPod(replacement, { metadata: { annotations: { [ANNOTATIONS.replacement]: 'true', [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch(() => undefined)
+    return replacement
   }
 
   /**
@@ -302,6 +339,12 @@ export class KubernetesBackend implements Backend {
       this.#listeners.emit(service.id)
       return false
     }
+  }
+
+  /** Resolves with what `found()` returns once it is defined (looked at every 25 ms), or undefined after `maxMs`. */
+  async #waitFor<T>(found: () => T | undefined, maxMs: number): Promise<T | undefined> {
+    let value: T | undefined
+    return (await this.#until(() => (value = found()) !== undefined, maxMs)) ? value : undefined
   }
 
   /** Resolves with true once `ready()` holds (looked at every 25 ms), or with false after `maxMs`. */
@@ -408,6 +451,7 @@ export class KubernetesBackend implements Backend {
       requested,
       killChain: Promise.resolve(),
       awaitingReplacement: false,
+      queuedKills: 0,
       replacements: new Set(),
       localChanges: 0,
       writtenVersion: 0n,
@@ -426,7 +470,17 @@ export class KubernetesBackend implements Backend {
   }
 
   #livePods(service: KubeService): Pod[] {
-    return [...(this.#pods.get(service.id)?.values() ?? [])].filter((p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? ''))
+    return [...(this.#pods.get(service.id)?.values() ?? [])].filter(
+      (p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? '') && !this.#markedReplacement(p),
+    )
+  }
+
+  /**
+   * Another router's kill marked it as the replacement its lower count takes next. Only while it
+   * is young: one the count did not take after all (that router died first) is an instance again.
+   */
+  #markedReplacement(pod: Pod): boolean {
+    return pod.metadata.annotations?.[ANNOTATIONS.replacement] === 'true' && this.#o.clock.now() - Date.parse(pod.metadata.creationTimestamp ?? '') < REPLACEMENT_MARK_MS
   }
 
   #view(service: KubeService): ServiceState {
@@ -444,8 +498,9 @@ export class KubernetesBackend implements Backend {
   }
 
   /** Queues a write of `requested` to /scale behind earlier ones; resolves when it is done. */
-  #writeScale(service: KubeService): Promise<void> {
-    const next = service.scaling.then(() => this.#putScale(service)).catch((err: unknown) => {
+  /** `ready`, if given, is asked right before the write (after the read): false reads and asks again. */
+  #writeScale(service: KubeService, ready?: () => Promise<boolean>): Promise<void> {
+    const next = service.scaling.then(() => this.#putScale(service, ready)).catch((err: unknown) => {
       this.#o.log.error({ err, service: service.id }, 'scale failed')
     })
     service.scaling = next
@@ -464,21 +519,24 @@ export class KubernetesBackend implements Backend {
     }
   }
 
-  async #putScale(service: KubeService): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
+  async #putScale(service: KubeService, ready?: () => Promise<boolean>): Promise<void> {
+    for (let attempt = 1; ; ) {
       // Forgotten, or its ReplicaSet on the way out: nothing to scale (a failed delete writes again).
       if (this.#services.get(service.id) !== service || service.deleting !== undefined) return
       const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
-      if (scale.spec.replicas === service.requested) return
+      const target = service.requested + service.queuedKills
+      if (scale.spec.replicas === target) return
+      if (ready !== undefined && !(await ready())) continue
+      attempt += 1
       try {
-        const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: service.requested } })
+        const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: target } })
         service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
         this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
         return
       } catch (err) {
         // Someone else changed the ReplicaSet since the read: read again and retry.
         if (!(err instanceof KubeApiError && err.code === 409) && !isTransient(err)) throw err
-        if (attempt >= SCALE_RETRIES) throw err
+        if (attempt > SCALE_RETRIES) throw err
       }
     }
   }
@@ -524,9 +582,12 @@ export class KubernetesBackend implements Backend {
   /** Another router deleted the version's ReplicaSet (its GC): the service goes here too. */
   #replicaSetGone(id: string, uid: string | undefined): void {
     const service = this.#services.get(id)
-    if (service === undefined || service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
+    if (service === undefined || service.creating !== undefined || service.deleting !== undefined) return
     // A same-named ReplicaSet made again since is not this one.
     if (service.uid !== undefined && uid !== undefined && service.uid !== uid) return
+    // This router's own changes in flight (a kill waiting on the controller) do not keep a
+    // ReplicaSet known to be gone; without its uid, the change is given the benefit of the doubt.
+    if (service.localChanges > 0 && (service.uid === undefined || uid === undefined)) return
     this.#services.delete(id)
     this.#listeners.emit(id)
     this.#o.log.info({ service: id, replicaSet: service.replicaSet }, 'service deleted by another router')
@@ -683,7 +744,7 @@ export class KubernetesBackend implements Backend {
 
   #recordDeleted(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
-    if (service.replacements.delete(name)) return
+    if (service.replacements.delete(name) || this.#markedReplacement(pod)) return
     const onPurpose = service.killing.delete(name)
     service.failuresSeen.delete(name)
     const now = this.#o.clock.now()

@@ -35,7 +35,6 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'replicasets watch': [
     { behaviour: 'NDJSON events resumed from a resourceVersion; 410 Expired once compacted, then list again', shownBy: [K8S, 'after its history is compacted and its watch dropped'] },
     { behaviour: 'the answer’s head comes at once; its bytes may split a character anywhere', shownBy: [K8S, 'the watch decodes characters whose bytes arrive in different chunks'] },
-    { behaviour: 'status.replicas counts the active pods the controller’s own (maybe lagging) cache shows, and status.observedGeneration the generation it acted on', shownBy: [K8S, 'two kills back to back, the controller’s pod cache lagging'] },
   ],
   'replicasets/scale get': [
     { behaviour: 'a Scale (autoscaling/v1) with the ReplicaSet’s resourceVersion', shownBy: [K8S, 'the API server enforces resourceVersion on /scale'] },
@@ -49,12 +48,15 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
     { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
     { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [K8S, 'a busy single-threaded app fails its readiness probe'] },
     { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [K8S, 'two kills back to back, the controller’s pod cache lagging'] },
+    { behaviour: 'the same for two kills at once', shownBy: [K8S, 'two kills at once (an operator’s and the autoscaler’s)'] },
+    { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [K8S, 'a scale write held back until the replacement is ready'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [
     { behaviour: 'a merge patch of the pod-deletion-cost annotation; a value that is not a 32-bit integer is a 422', shownBy: [KUBECTL, 'kubectl works against the simulator unchanged'] },
     { behaviour: 'a patch that changes nothing bumps no resourceVersion and sends no event', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
-    { behaviour: 'a merge patch with a null label removes it; the controller ranks victims by what its cache last saw', shownBy: [K8S, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
+    { behaviour: 'the controller ranks victims by what its cache last saw', shownBy: [K8S, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
+    { behaviour: 'a merge patch of annotations (the replacement mark and cost) on a pod the controller just made', shownBy: [K8S, 'a scale write held back until the replacement is ready'] },
   ],
   'pods list': [
     { behaviour: 'label selectors; only the selectable fields (else 400); whole-second timestamps', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },

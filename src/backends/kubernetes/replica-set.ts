@@ -17,6 +17,11 @@ export const ANNOTATIONS = {
   backendProto: 'maitre/backend-proto',
   portCount: 'maitre/port-count',
   deletionCost: 'controller.kubernetes.io/pod-deletion-cost',
+  /**
+   * On a pod the ReplicaSet controller made in place of one being killed, which the lower count
+   * takes next: every router leaves it out of its instances (it is about to go).
+   */
+  replacement: 'maitre/replacement',
 } as const
 
 export const CONTAINER = 'maitre-app'
