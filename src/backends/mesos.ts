@@ -33,7 +33,12 @@ import { request } from 'undici'
 /** Where the framework id lives between runs (a file in the data directory; etcd in cluster mode). */
 export interface FrameworkIdStore {
   load(): Promise<string | undefined>
-  save(id: string): Promise<void>
+  /**
+   * Keeps `id` in place of `replacing` (the id loaded, now superseded: the master removed that
+   * framework), or where none is kept. A store shared by routers (etcd) refuses, with
+   * MAITRE_STORE_CONFLICT, when it keeps another id by then: another router's.
+   */
+  save(id: string, replacing: string | undefined): Promise<void>
 }
 
 export interface MesosBackendOptions extends MesosBackendConfig {
@@ -133,6 +138,8 @@ export class MesosBackend implements Backend {
   /** Timers that send a KILL, SUPPRESS or REVIVE again: cancelled on close. */
   readonly #timers = new Set<() => void>()
   #closed = false
+  /** The framework id the store keeps, as far as this router knows (loaded, then saved). */
+  #keptId: string | undefined
 
   constructor(options: MesosBackendOptions) {
     this.#o = options
@@ -160,6 +167,7 @@ export class MesosBackend implements Backend {
       if (this.#closed) break
       await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
     }
+    this.#keptId = frameworkId
     const scheduler = new MesosScheduler({
       masters: o.master.split(',').map((m) => m.trim().replace(/\/+$/, '')).filter((m) => m !== ''),
       frameworkInfo: {
@@ -365,10 +373,10 @@ export class MesosBackend implements Backend {
     this.#revivedFor = 0
     this.#adopted = false
     this.#o.log.info({ frameworkId }, 'subscribed to mesos')
-    await this.#o.frameworkIds.save(frameworkId).catch((err: unknown) => this.#o.log.error({ err, frameworkId }, 'could not keep the mesos framework id'))
+    const subscribedAt = this.#subscribedAt
+    if (!(await this.#keep(frameworkId, subscribedAt))) return
     // Until the master's state is read, nothing is launched (a restart would launch beside what
     // runs): read it again and again, as long as this subscription lasts.
-    const subscribedAt = this.#subscribedAt
     for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
       if (this.#closed || this.#subscribedAt !== subscribedAt) return
       try {
@@ -386,6 +394,36 @@ export class MesosBackend implements Backend {
     for (const task of this.#tasks.values()) if (task.killing && task.launching === undefined) void this.#killCall(task)
     // Also clears the refuse filters of offers declined before the adoption.
     this.#demandChanged(true)
+  }
+
+  /**
+   * Keeps the framework id the master gave (a new framework, or the same one). Where the id must
+   * be kept (cluster mode), it is tried again until it is, before anything is adopted or
+   * launched: the next leader must subscribe as this framework, or it would launch everything
+   * again beside it. If another router kept another id meanwhile, this one launches nothing
+   * (false): it is not the cluster's framework.
+   */
+  async #keep(frameworkId: string, subscribedAt: number): Promise<boolean> {
+    for (let wait = ADOPT_RETRY_MS; frameworkId !== this.#keptId; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
+      if (this.#closed || this.#subscribedAt !== subscribedAt) return false
+      try {
+        await this.#o.frameworkIds.save(frameworkId, this.#keptId)
+        this.#keptId = frameworkId
+        break
+      } catch (err) {
+        if ((err as { code?: unknown }).code === 'MAITRE_STORE_CONFLICT') {
+          this.#o.log.error({ err, frameworkId }, 'another mesos framework id is kept: this router launches nothing as this framework')
+          return false
+        }
+        if (this.#o.frameworkIdRequired !== true) {
+          this.#o.log.error({ err, frameworkId }, 'could not keep the mesos framework id')
+          break
+        }
+        this.#o.log.warn({ err, frameworkId, retryInMs: wait }, 'could not keep the mesos framework id: trying again before anything is launched')
+      }
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
+    }
+    return true
   }
 
   /** Takes over the tasks the master runs for this framework that this router does not know yet. */

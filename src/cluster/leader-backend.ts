@@ -343,6 +343,7 @@ export class LeaderBackend implements Backend {
     const changed = [...new Set([...this.#remote.keys(), ...next.keys()])].filter((id) => JSON.stringify(toWire(this.#remote.get(id) ?? EMPTY)) !== JSON.stringify(toWire(next.get(id) ?? EMPTY)))
     this.#remote = next
     this.#seen = view
+    this.#noteNewest(view)
     for (const id of changed) this.#listeners.emit(id)
   }
 
@@ -359,7 +360,11 @@ export class LeaderBackend implements Backend {
       this.#o.log.warn({ err, service: serviceId }, 'the cluster leader answered with a service state this router cannot read')
       return
     }
-    if (typeof answer['view'] === 'string') this.#noteNewest(answer['view'])
+    // An answer from before the view shown (the poll overtook it) would undo what came since.
+    if (typeof answer['view'] === 'string') {
+      if (this.#olderThanShown(answer['view'])) return
+      this.#noteNewest(answer['view'])
+    }
     // Only a delete makes a service gone; another call that finds none changes nothing here.
     if (state === undefined && call !== 'delete') return
     if (state === undefined) this.#remote.delete(serviceId)
@@ -367,7 +372,7 @@ export class LeaderBackend implements Backend {
     this.#listeners.emit(serviceId)
   }
 
-  /** The newest view a call's answer came from: `<epoch>.<version>`. */
+  /** The newest view shown, from the long poll or a call's answer: `<epoch>.<version>`. */
   #newest: { epoch: string; version: number } | undefined
 
   #noteNewest(view: string): void {
@@ -376,7 +381,7 @@ export class LeaderBackend implements Backend {
     if (this.#newest === undefined || this.#newest.epoch !== parsed.epoch || this.#newest.version < parsed.version) this.#newest = parsed
   }
 
-  /** Whether a long-poll view is older than a call's answer already shown. */
+  /** Whether a view (polled, or a call's answer) is older than one already shown. */
   #olderThanShown(view: string): boolean {
     const parsed = parseView(view)
     return parsed !== undefined && this.#newest !== undefined && parsed.epoch === this.#newest.epoch && parsed.version < this.#newest.version

@@ -13,6 +13,9 @@ import type { HealthCheckSpec, LaunchSpec } from '../../src/launch-spec.ts'
 import { silentLogger } from '../../src/log.ts'
 import { kitchenCmd, waitFor } from '../fixtures/router.ts'
 import { startMesosSimulatorFor } from '../fixtures/mesos-router.ts'
+import { startEtcd } from '../fixtures/etcd.ts'
+import { Etcd3 } from 'etcd3'
+import { etcdFrameworkIds } from '../../src/cluster/etcd/stores.ts'
 import type { MesosSim } from '../fixtures/mesos-sim/master.ts'
 
 function spec(serviceId: string, minInstances: number): LaunchSpec {
@@ -158,4 +161,64 @@ t.test('cluster mode: a framework id that cannot be read yet is read again, neve
   t.equal(failures, 0, 'the id was read again until it could be')
   t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'one framework: subscribed with the kept id')
   t.equal(live(sim, 'kept'), 1, 'nothing launched twice')
+})
+
+t.test('cluster mode: a framework id that could not be kept at once is kept before anything launches (the next leader subscribes as this framework)', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let failSaves = 2
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    save: async (id: string): Promise<void> => {
+      if (failSaves > 0) {
+        failSaves -= 1
+        throw new Error('etcd: deadline exceeded')
+      }
+      kept = id
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  await first.ensureService(spec('once', 1))
+  await waitFor('its task running', () => (live(sim, 'once') === 1 ? true : undefined), 15_000)
+  t.equal(failSaves, 0, 'the save was tried again')
+  t.equal(kept, sim.frameworks()[0]?.id, 'and the id kept before the task launched')
+  await first.close()
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await waitFor('the next leader adopted the task', () => (next.ready && next.state('once')?.instances.length === 1 ? true : undefined), 15_000)
+  t.equal(sim.frameworks().length, 1, 'one framework')
+  t.equal(live(sim, 'once'), 1, 'nothing launched twice')
+})
+
+t.test('cluster mode, etcd: after the master removed the kept framework, the new one replaces it in etcd, and the next leader subscribes as that one', async (t) => {
+  const etcd = await startEtcd(t)
+  const client = new Etcd3({ hosts: etcd.endpoint })
+  etcd.beforeStop(() => client.close())
+  const sim = await startMesosSimulatorFor(t)
+  const make = (failoverTimeoutSecs: number): MesosBackend =>
+    new MesosBackend({ ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, failoverTimeoutSecs, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds: etcdFrameworkIds(client, '/m'), frameworkIdRequired: true })
+  // The first framework's failover timeout of 1 s stands for an operator's TEARDOWN or a long outage.
+  const first = make(1)
+  await first.ensureService(spec('svc', 1))
+  await waitFor('its task running', () => (live(sim, 'svc') === 1 ? true : undefined), 15_000)
+  const removed = await client.get('/m/mesos/framework-id').string()
+  await first.close()
+  await waitFor('the master removed it', () => (sim.frameworks().length === 0 ? true : undefined), 10_000)
+  const second = make(3600)
+  await waitFor('the second leader ready', () => (second.ready ? true : undefined), 15_000)
+  await second.ensureService(spec('svc', 1))
+  await waitFor('its task running', () => (live(sim, 'svc') === 1 ? true : undefined), 15_000)
+  const replacing = await client.get('/m/mesos/framework-id').string()
+  t.not(replacing, removed, 'the new framework’s id replaced the removed one in etcd')
+  t.equal(replacing, sim.frameworks()[0]?.id)
+  await second.close()
+  const third = make(3600)
+  t.teardown(() => third.close())
+  await waitFor('the third leader adopted the task', () => (third.ready && third.state('svc')?.instances.length === 1 ? true : undefined), 15_000)
+  t.same(sim.frameworks().map((f) => f.id), [replacing], 'it subscribed as the framework the second drove')
+  t.equal(live(sim, 'svc'), 1, 'one task: none orphaned, none launched again')
+  // And an id another router kept meanwhile is never replaced.
+  await t.rejects(etcdFrameworkIds(client, '/m').save('someone-else', 'not-the-kept-one'), { code: 'MAITRE_STORE_CONFLICT' })
+  t.equal(await client.get('/m/mesos/framework-id').string(), replacing)
 })

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net'
 import { handlePeer, type PeerExchange } from '../../src/admin/peer.ts'
 import type { Instance, ServiceState } from '../../src/backends/backend.ts'
 import { LeaderBackend, type LedBackend } from '../../src/cluster/leader-backend.ts'
+import { serviceStateOf, toWire } from '../../src/cluster/backend-wire.ts'
 import { peerKey } from '../../src/cluster/slot-exchange.ts'
 import { MaitreError, misconfigured } from '../../src/errors.ts'
 import { sendError } from '../../src/http/error-response.ts'
@@ -265,4 +266,70 @@ t.test('a cold start the last leader had not placed is carried over to the next:
   t.same(second.calls, ['ensure pending', 'scale pending 2'], 'b’s backend was asked for it, as many as before')
   t.equal(b.backend.requested('pending'), 2)
   t.same(gone, [], 'the service never went missing from b’s view (its queued requests wait on)')
+})
+
+t.test('the leader’s own scale, kill and delete wait until its backend has adopted what runs', async (t) => {
+  const [leader] = await routers(t, { notReady: true })
+  const real = await waitFor('the leader’s backend started', () => leader.started[0], 2000)
+  real.set({ id: 'svc', requested: 1, instances: [instance('svc', 1)], failed: [], killed: [], deploymentError: undefined })
+  let done = false
+  const scaling = leader.backend.scale('svc', 5).then(() => (done = true))
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.same([real.calls, done], [[], false], 'not carried out while the backend does not know what runs (it would be dropped)')
+  real.ready = true
+  await scaling
+  t.same(real.calls, ['scale svc 5'])
+  t.equal(leader.backend.requested('svc'), 5)
+})
+
+t.test('a refusal that is not about the version (the routers’ own fault) reaches the caller as a 503, not as the leader’s 4xx', async (t) => {
+  const [leader, follower] = await routers(t)
+  const real = await waitFor('the leader’s backend started', () => leader.started[0], 2000)
+  real.refuse = new MaitreError('MAITRE_NOT_PERMITTED', 'not permitted here', { status: 403 })
+  const refused = await follower.backend.ensureService(spec('svc')).catch((err: unknown) => err)
+  t.match(refused, { code: 'MAITRE_BACKEND', status: 503, message: /answered 403: not permitted here/ })
+})
+
+t.test('a call’s answer older than the view already shown (the long poll overtook it) changes nothing', async (t) => {
+  // A fake leader: the poll shows view E.12 (svc.1 killed at E.11); the scale's answer, made at E.10, arrives after it.
+  let polls = 0
+  const server: Server = createServer((req, res) => {
+    if (req.url?.startsWith('/maitre-peer/backend/state')) {
+      polls += 1
+      if (polls === 1) res.end(JSON.stringify({ view: 'E.12', services: [toWire({ id: 'svc', requested: 1, instances: [instance('svc', 2)], failed: [], killed: [], deploymentError: undefined })] }))
+      return // later polls: nothing new (held open)
+    }
+    req.resume()
+    setTimeout(() => res.end(JSON.stringify({ service: toWire({ id: 'svc', requested: 2, instances: [instance('svc', 1), instance('svc', 2)], failed: [], killed: [], deploymentError: undefined }), view: 'E.10' })), 300)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const follower = new LeaderBackend({ kind: 'mesos', start: () => new FakeBackend(), isLeader: () => false, leaderUrl: () => url, peerKey: KEY, log: silentLogger, checkMs: 20 })
+  t.teardown(async () => {
+    await follower.close()
+    server.closeAllConnections()
+    server.close()
+  })
+  const scaling = follower.scale('svc', 2)
+  await waitFor('E.12 shown', () => (follower.state('svc')?.instances.length === 1 ? true : undefined), 2000)
+  await scaling
+  t.same(follower.state('svc')?.instances.map((i) => i.id), ['svc.2'], 'svc.1, killed at E.11, is not routed to again')
+})
+
+t.test('the wire: a state read back is the state sent; flags a newer router added are left out, not refused; a bad field is named', async (t) => {
+  const state: ServiceState = { id: 's', requested: 2, instances: [instance('s', 1)], failed: [{ id: 's.0', serviceId: 's', host: 'h', port: 1, startedAt: 1, endedAt: 2, exitCode: 127, flags: new Set(['never-passed-health-checks']), message: 'Invalid startup command', logDirectory: undefined }], killed: [], deploymentError: 'Invalid startup command' }
+  t.same(serviceStateOf(JSON.parse(JSON.stringify(toWire(state)))), state)
+  const newer = JSON.parse(JSON.stringify(toWire(state))) as { instances: { flags: string[] }[] }
+  newer.instances[0]?.flags.push('a-flag-from-the-future')
+  t.same([...(serviceStateOf(newer).instances[0]?.flags ?? [])], ['has-connected'])
+  const fieldOf = (build: () => unknown): unknown => {
+    try {
+      build()
+    } catch (err) {
+      return (err as { field?: unknown }).field
+    }
+    return undefined
+  }
+  t.equal(fieldOf(() => serviceStateOf({ ...(toWire(state) as object), requested: -1 })), 'service.requested')
+  t.equal(fieldOf(() => serviceStateOf({ ...(toWire(state) as object), instances: [{ ...(toWire(state) as { instances: object[] }).instances[0], port: 'x' }] })), 'service.instances[0].port')
 })

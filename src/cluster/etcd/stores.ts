@@ -53,21 +53,23 @@ export async function sharedRouterSecret(client: Etcd3, prefix: string): Promise
  */
 export function etcdFrameworkIds(client: Etcd3, prefix: string): FrameworkIdStore {
   const key = `${prefix}/mesos/framework-id`
-  return {
+  const store: FrameworkIdStore = {
     async load() {
       const id = await unavailableAsOurs('the mesos framework id', () => client.get(key).string())
       return id === null || id === '' ? undefined : id
     },
-    /** Kept only where none is (a transaction): an id the cluster has is never replaced by another. */
-    async save(id) {
-      const result = await unavailableAsOurs('the mesos framework id', () =>
-        client.if(key, 'Create', '==', 0).then(client.put(key).value(id)).else(client.get(key)).commit(),
-      )
+    /** Kept only in place of the id this router loaded, or where none is (a transaction): never over another router's. */
+    async save(id, replacing) {
+      const kept = (replacing === undefined ? client.if(key, 'Create', '==', 0) : client.if(key, 'Value', '==', replacing)).then(client.put(key).value(id)).else(client.get(key))
+      const result = await unavailableAsOurs('the mesos framework id', () => kept.commit())
       if (result.succeeded) return
-      const kept = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
-      if (kept !== id) throw new MaitreError('MAITRE_STORE_CONFLICT', `etcd key ${key} keeps mesos framework ${String(kept)}; this router subscribed as ${id}, which is not kept`)
+      const other = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
+      // Deleted meanwhile (by hand): kept where none is.
+      if (other === undefined && replacing !== undefined) return store.save(id, undefined)
+      if (other !== id) throw new MaitreError('MAITRE_STORE_CONFLICT', `etcd key ${key} keeps mesos framework ${String(other)}; this router subscribed as ${id}, which is not kept`)
     },
   }
+  return store
 }
 
 async function unavailableAsOurs<T>(what: string, io: () => Promise<T>): Promise<T> {
