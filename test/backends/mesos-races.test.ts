@@ -157,7 +157,7 @@ t.test('cluster mode: a framework id that cannot be read yet is read again, neve
   failures = 2
   const next = new MesosBackend(options)
   t.teardown(() => next.close())
-  await waitFor('the next leader adopted the task', () => (next.ready && next.state('kept')?.instances.length === 1 ? true : undefined), 15_000)
+  await waitFor('the next leader adopted the task', () => (next.ready && next.state('kept')?.instances.length === 1 ? true : undefined), 30_000)
   t.equal(failures, 0, 'the id was read again until it could be')
   t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'one framework: subscribed with the kept id')
   t.equal(live(sim, 'kept'), 1, 'nothing launched twice')
@@ -186,7 +186,7 @@ t.test('cluster mode: a framework id that could not be kept at once is kept befo
   await first.close()
   const next = new MesosBackend(options)
   t.teardown(() => next.close())
-  await waitFor('the next leader adopted the task', () => (next.ready && next.state('once')?.instances.length === 1 ? true : undefined), 15_000)
+  await waitFor('the next leader adopted the task', () => (next.ready && next.state('once')?.instances.length === 1 ? true : undefined), 30_000)
   t.equal(sim.frameworks().length, 1, 'one framework')
   t.equal(live(sim, 'once'), 1, 'nothing launched twice')
 })
