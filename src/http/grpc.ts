@@ -27,6 +27,15 @@ export function isGrpcRequest(headers: IncomingHttpHeaders, httpVersionMajor: nu
   return httpVersionMajor === 2 && headers['content-type']?.startsWith('application/grpc') === true
 }
 
+/**
+ * A gRPC call to a service: a gRPC request to one whose backend-proto is h2c or h2. (gRPC cannot
+ * work over HTTP/1.1, so to any other service the request is an ordinary one, held to every
+ * bound an ordinary request is.)
+ */
+export function isGrpcCall(headers: IncomingHttpHeaders, httpVersionMajor: number, backendProto: string): boolean {
+  return (backendProto === 'h2c' || backendProto === 'h2') && isGrpcRequest(headers, httpVersionMajor)
+}
+
 const UNITS: Readonly<Record<string, number>> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 }
 
 /** The call's deadline from its grpc-timeout header (at most 8 digits and a unit), in whole ms; undefined if absent or malformed. */

@@ -4,6 +4,7 @@
  * carried its request.
  */
 import type { ServerResponse } from 'node:http'
+import { constants as h2constants } from 'node:http2'
 import { MaitreError } from '../errors.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
 import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
@@ -77,6 +78,57 @@ export function endAnswer(res: ServerResponse, status: number | undefined, head:
   return busy ? 'instance-busy' : 'success'
 }
 
+/** Errors of clients that stopped reading their answer (made by awaitClient). */
+const STALLS = new WeakSet<object>()
+
+/**
+ * Bytes of the answer still waiting for the client: the response's buffer and, over HTTP/1.1,
+ * what its socket has yet to hand the kernel (which shrinks with every byte the client reads,
+ * not only by whole chunks). An HTTP/2 connection's socket carries other streams too: a stream's
+ * own buffer alone says what its client took.
+ */
+function waitingForClient(res: ServerResponse, clientHttp2: boolean): number {
+  if (clientHttp2) return res.writableLength
+  const handle = (res.socket as { _handle?: { writeQueueSize?: unknown } } | null)?._handle
+  const queued = handle?.writeQueueSize
+  return res.writableLength + (typeof queued === 'number' ? queued : 0)
+}
+
+/**
+ * The client pushed back (its response's buffer is full), so the instance's answer waits for
+ * 'drain' — but not forever, or a client that stops reading would hold its slot for good. What
+ * waits for the client is looked at every `ms` (the streaming timeout): a client that took some
+ * of it is reading, however slowly, and is waited for; one that took nothing in a whole period
+ * is `stalled`, with an error that is the client's doing (its slot goes back, and the instance
+ * stays in rotation). Returns the function that stops waiting.
+ */
+export function awaitClient(res: ServerResponse, request: ForwardRequest, drained: () => void, stalled: (err: MaitreError) => void): () => void {
+  const ms = request.streamingTimeoutMs
+  const http2 = request.clientHttp2 === true
+  let left = waitingForClient(res, http2)
+  const onDrain = (): void => {
+    clearTimeout(timer)
+    drained()
+  }
+  const timer = setTimeout(() => {
+    const now = waitingForClient(res, http2)
+    if (now < left) {
+      left = now
+      timer.refresh()
+      return
+    }
+    res.off('drain', onDrain)
+    const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The client read nothing of the answer for ${ms} ms (its streaming timeout)`, { details: { limit: 'streaming-timeout-ms', max: ms } })
+    STALLS.add(err)
+    stalled(err)
+  }, ms)
+  res.once('drain', onDrain)
+  return () => {
+    clearTimeout(timer)
+    res.off('drain', onDrain)
+  }
+}
+
 /**
  * The result of an exchange that failed: what the client is told, and how the slot is released.
  * `requestOpen`: the client has not sent its whole request yet.
@@ -89,7 +141,10 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
   // (a stream that ran out of time: DEADLINE_EXCEEDED; an instance gone: UNAVAILABLE); any
   // other response can only be cut, the one honest signal left.
   if (res.headersSent && !res.writableEnded) {
-    if (!clientGone && isGrpcCall(request)) endGrpcCall(res, TIMEOUT_ERRORS.has(code) ? GRPC_STATUS.DEADLINE_EXCEEDED : grpcStatusOf(error, false), TIMEOUT_ERRORS.has(code) ? (err as Error).message : error.message)
+    // A client that stopped reading would never read a status either: its stream (or
+    // connection) goes at once, rather than sit in the router's buffers behind the answer.
+    if (STALLS.has(err as object)) cutClient(res, request)
+    else if (!clientGone && isGrpcCall(request)) endGrpcCall(res, TIMEOUT_ERRORS.has(code) ? GRPC_STATUS.DEADLINE_EXCEEDED : grpcStatusOf(error, false), TIMEOUT_ERRORS.has(code) ? (err as Error).message : error.message)
     else res.destroy()
   }
   const notDelivered = !clientGone && status === undefined && CONNECT_ERRORS.has(code)
@@ -98,7 +153,9 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
   // instance out of rotation, or any caller could eject it by opening a call and saying nothing.
   const clientsTimeout = (request.timeoutsChosenByClient === true && TIMEOUT_ERRORS.has(code)) || (requestOpen && code === BODY_TIMEOUT && isGrpcCall(request))
   return {
-    outcome: clientsTimeout ? 'client-error' : status === undefined ? outcome : clientGone ? 'client-error' : 'instance-error',
+    // (An error of maitre's own is the client's doing, answer begun or not: its body went idle,
+    // or it stopped reading the answer.)
+    outcome: clientsTimeout || err instanceof MaitreError ? 'client-error' : status === undefined ? outcome : clientGone ? 'client-error' : 'instance-error',
     status,
     error: res.headersSent ? undefined : error,
     notDelivered,
@@ -109,6 +166,14 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
 function isGrpcCall(request: ForwardRequest): boolean {
   const type = request.headers['content-type']
   return request.clientHttp2 === true && typeof type === 'string' && type.startsWith('application/grpc')
+}
+
+/** Cuts the client's answer: its HTTP/2 stream is cancelled, its HTTP/1.1 connection closed. */
+function cutClient(res: ServerResponse, request: ForwardRequest): void {
+  const stream = (res as ServerResponse & { stream?: { close(code: number): void; closed: boolean } }).stream
+  if (request.clientHttp2 === true && stream !== undefined) {
+    if (!stream.closed) stream.close(h2constants.NGHTTP2_CANCEL)
+  } else res.destroy()
 }
 
 function endGrpcCall(res: ServerResponse, grpcStatus: number, message: string): void {

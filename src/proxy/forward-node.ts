@@ -21,7 +21,7 @@ import { connect as connectH2, constants as h2constants, type ClientHttp2Session
 import type { Socket } from 'node:net'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
-import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
+import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
 import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { backendRequestTrailers } from './headers.ts'
 
@@ -78,6 +78,8 @@ class NodeExchange {
   readonly #settle: (result: ForwardResult) => void
   #upstream: Upstream | undefined
   #timer: NodeJS.Timeout | undefined
+  /** Stops waiting for a client that pushed back. */
+  #stopWaiting: (() => void) | undefined
   #expectTimer: NodeJS.Timeout | undefined
   /** The body went (or was asked for): the expectation is settled. */
   #proceeded = false
@@ -187,18 +189,23 @@ class NodeExchange {
     this.#timer = setTimeout(() => this.fail(failure(BODY_TIMEOUT, `The response sent nothing for ${this.#request.streamingTimeoutMs} ms`)), this.#request.streamingTimeoutMs)
   }
 
-  /** A chunk of the answer; a client that pushes back pauses the instance's answer until it drains. */
+  /**
+   * A chunk of the answer; a client that pushes back pauses the instance's answer until it
+   * drains, for as long as it reads (awaitClient: one that reads nothing for the streaming
+   * timeout is cut, as its own doing).
+   */
   onData(chunk: Buffer, pause: () => void, resume: () => void): void {
     this.#timer?.refresh()
     if (!this.#res.write(chunk)) {
       pause()
-      // The client is slow, not the instance: its silence meanwhile is no timeout.
+      // The client is slow, not the instance: the instance's silence meanwhile is no timeout.
       clearTimeout(this.#timer)
-      this.#res.once('drain', () => {
+      this.#stopWaiting = awaitClient(this.#res, this.#request, () => {
+        this.#stopWaiting = undefined
         if (this.#settled) return
         this.#armStreaming()
         resume()
-      })
+      }, this.fail)
     }
   }
 
@@ -220,6 +227,7 @@ class NodeExchange {
     this.#settled = true
     clearTimeout(this.#timer)
     clearTimeout(this.#expectTimer)
+    this.#stopWaiting?.()
     this.#req.unpipe()
     this.#settle(result)
   }

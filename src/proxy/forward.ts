@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { errors as undiciErrors, Pool, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
-import { endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
+import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
 import { type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { NodeForwarder, needsNodeClient } from './forward-node.ts'
 
@@ -23,6 +23,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #request: ForwardRequest
   readonly #settle: (result: ForwardResult) => void
   #controller: Dispatcher.DispatchController | undefined
+  /** Stops waiting for a client that pushed back. */
+  #stopWaiting: (() => void) | undefined
   #status: number | undefined
   #head: AnswerHead | undefined
   #clientGone = false
@@ -41,6 +43,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   readonly #onDrain = (): void => {
+    this.#stopWaiting = undefined
     this.#controller?.resume()
   }
 
@@ -65,7 +68,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (!this.#res.write(chunk)) {
       controller.pause()
-      this.#res.once('drain', this.#onDrain)
+      // For as long as the client reads: one that reads nothing for the streaming timeout is cut.
+      this.#stopWaiting = awaitClient(this.#res, this.#request, this.#onDrain, (err) => controller.abort(err))
     }
   }
 
@@ -82,6 +86,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   #finish(result: ForwardResult): void {
     if (this.#settled) return
     this.#settled = true
+    this.#stopWaiting?.()
     this.#settle(result)
   }
 }

@@ -24,7 +24,7 @@ import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
 import { continueRequest, grpcCallAdmitted, grpcCallWaits, pathOf } from './server.ts'
 import { isDebugRequested } from '../http/debug.ts'
-import { grpcTimeoutMs, isGrpcRequest } from '../http/grpc.ts'
+import { grpcTimeoutMs, isGrpcCall } from '../http/grpc.ts'
 
 export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
@@ -244,11 +244,14 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         socketTimeoutMs: pickTimeout(perRequest['timeout'] ?? deadlineHeader, meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
+      const current = resolution
+      const launchSpec = deps.launchSpecOf(current)
       // A gRPC call's client may say nothing while it waits (a bidirectional call waiting on the
       // server to speak first): the queue timeout, not the listener's body-idle bound, governs.
-      const grpcCall = isGrpcRequest(req.headers, req.httpVersionMajor)
+      // Only a call that can be one: to a service whose instances speak HTTP/2 (the header alone
+      // would let any HTTP/2 request out of the body-idle bound).
+      const grpcCall = isGrpcCall(req.headers, req.httpVersionMajor, launchSpec.backendProto)
       if (grpcCall) grpcCallWaits(req, res)
-      const current = resolution
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
@@ -257,7 +260,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         cid,
         clientAddress: req.socket.remoteAddress ?? '',
         proto: 'http',
-        authorization: deps.launchSpecOf(current).authorization,
+        authorization: launchSpec.authorization,
         // Waiter: a service served without authentication hears of no principal, even one who proved itself.
         principal: anonymous || current.authenticationDisabled ? undefined : who.user,
       })

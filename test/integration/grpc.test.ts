@@ -6,7 +6,7 @@
 import t from 'tap'
 import * as grpc from '@grpc/grpc-js'
 import type { IncomingHttpHeaders } from 'node:http'
-import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
+import { connect as connectH2, constants as h2constants, type ClientHttp2Session } from 'node:http2'
 import { grpcToken, KITCHEN_SERVICE } from '../fixtures/grpc-service.ts'
 import { call, createToken, startRouter, waitFor, within, type Router } from '../fixtures/router.ts'
 
@@ -330,4 +330,71 @@ t.test('calls to one h2c instance share one pooled HTTP/2 connection, whichever 
   const after = [await unary(second, { text: 'a' }, meta('grpc')), await unary(first, { text: 'b' }, meta('grpc'))]
   const peers = new Set([...together, ...after].map((r) => r.value?.peer))
   t.same([...peers], [peer], 'every call came over the same router→instance connection')
+})
+
+t.test('a gRPC call whose client stops reading gives its slot back after the streaming timeout, its request ended or open, and ejects nobody', async (t) => {
+  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000 })
+  await createToken(router, 'narrow', grpcToken({ version: 'narrow', 'concurrency-level': 1, 'max-instances': 1 }))
+  const c = client(t, router)
+  t.equal((await unary(c, { text: 'warm' }, meta('narrow'))).err, null, 'narrow runs')
+  const narrowId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  const inFlight = async (): Promise<number> => (await call(`${router.url}/apps/${narrowId}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight']
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  /** A raw call whose answer is never read: its stream's reset code once it closes. */
+  const unread = (method: string, messages: unknown[], open: boolean): Promise<number | undefined> => {
+    const stream = session.request({ ':method': 'POST', ':path': `/kitchen.Kitchen/${method}`, 'content-type': 'application/grpc', te: 'trailers', 'x-waiter-token': 'narrow' }, { endStream: false })
+    stream.on('error', () => undefined)
+    stream.pause()
+    for (const m of messages) stream.write(frame(m))
+    if (!open) stream.end()
+    return new Promise((resolve) => stream.once('close', () => resolve(stream.rstCode)))
+  }
+  const cases: [string, Promise<number | undefined>][] = []
+  for (const [what, start] of [
+    // 8 MB of messages asked for, the request ended.
+    ['server-streaming, request ended', () => unread('Countdown', [{ from: 2000, intervalMs: 0, padBytes: 4096 }], false)],
+    // 1 MB echoed back, the request side left open.
+    ['bidirectional, request open', () => unread('Chat', Array.from({ length: 16 }, () => ({ text: 'x'.repeat(65536) })), true)],
+  ] as const) {
+    const closed = start()
+    cases.push([what, closed])
+    await waitFor(`the unread ${what} call to hold the slot`, async () => ((await inFlight()) === 1 ? true : undefined))
+    await waitFor(`the unread ${what} call’s slot to come back`, async () => ((await inFlight()) === 0 ? true : undefined))
+    t.equal(await within(`the ${what} stream to close`, closed), h2constants.NGHTTP2_CANCEL, `${what}: its stream is cancelled`)
+    const next = await unary(c, { text: 'next' }, meta('narrow', { 'x-waiter-queue-timeout': '2000' }))
+    t.equal(next.err, null, `${what}: the one instance serves the next call at once (not ejected)`)
+  }
+})
+
+t.test('a gRPC call queued behind another may send nothing past the body-idle bound, and is served', async (t) => {
+  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 300, 'proxy.streamingTimeoutMs': 5000 })
+  await createToken(router, 'narrow', grpcToken({ version: 'narrow', 'concurrency-level': 1, 'max-instances': 1 }))
+  const c = client(t, router)
+  t.equal((await unary(c, { text: 'warm' }, meta('narrow'))).err, null, 'narrow runs')
+  const narrowId = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
+  const metrics = async (): Promise<{ 'in-flight': number; queued: number }> => (await call(`${router.url}/apps/${narrowId}`)).json<{ 'request-metrics': { 'in-flight': number; queued: number } }>()['request-metrics']
+  const slow = unary(c, { text: 'slow', sleepMs: 1500 }, meta('narrow'))
+  await waitFor('the slow call to hold the one slot', async () => ((await metrics())['in-flight'] === 1 ? true : undefined))
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  // A chat that sends nothing at all until it has been served.
+  const chat = session.request({ ':method': 'POST', ':path': '/kitchen.Kitchen/Chat', 'content-type': 'application/grpc', te: 'trailers', 'x-waiter-token': 'narrow' }, { endStream: false })
+  chat.on('error', () => undefined)
+  let body = Buffer.alloc(0)
+  let trailers: IncomingHttpHeaders = {}
+  chat.on('data', (chunk: Buffer) => (body = Buffer.concat([body, chunk])))
+  chat.on('trailers', (h) => (trailers = h))
+  const closed = new Promise<void>((resolve) => chat.once('close', () => resolve()))
+  await waitFor('the chat to be queued', async () => ((await metrics()).queued === 1 ? true : undefined))
+  t.equal((await within('the slow call', slow)).err, null, 'the slow call is answered')
+  await waitFor('the chat to take the slot', async () => ((await metrics()).queued === 0 ? true : undefined))
+  t.equal(chat.closed, false, 'the chat, silent well past the 300 ms body-idle bound while queued, is still open')
+  chat.write(frame({ text: 'hi' }))
+  await waitFor('the echo', () => (body.length >= 5 ? true : undefined))
+  t.same(JSON.parse(body.subarray(5).toString()), { text: 'hi' }, 'and served: its message echoed')
+  chat.end(frame({ text: 'end' }))
+  await within('the chat to end', closed)
+  t.equal(trailers['grpc-status'], '0', 'it ends OK')
+  t.equal(trailers['x-chat-ended'], 'by request', 'with the instance’s own trailers')
 })

@@ -6,8 +6,10 @@ import t, { type Test } from 'tap'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { PassThrough } from 'node:stream'
+import { connect } from 'node:net'
+import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { createLogger } from '../../src/log.ts'
-import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor, within, type Router } from '../fixtures/router.ts'
 import { raw, statusOf } from '../fixtures/raw-http.ts'
 
 type WaiterError = { 'waiter-error': { code: string; message: string; details: Record<string, unknown> } }
@@ -288,4 +290,59 @@ t.test('the token store is bounded in count', async (t) => {
   t.equal(full.status, 507)
   t.match(full.json<WaiterError>()['waiter-error'], { code: 'MAITRE_STORE_FULL', details: { limit: 'tokens', max: 3 } })
   t.equal((await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'one', ...kitchenToken({ version: 'v2' }) }) })).status, 200, 'updating one that exists is fine')
+})
+
+t.test('a client that stops reading its answer gives its slot back after the streaming timeout, over HTTP/1.1 and HTTP/2, and ejects nobody; one that reads slowly gets it all', async (t) => {
+  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000 })
+  const id = await warm(t, router, 'reader', { 'concurrency-level': 1, 'max-instances': 1 })
+  const inFlight = async (): Promise<number> => (await appOf(router, id))['request-metrics']['in-flight']
+  const next = async (what: string): Promise<void> => {
+    const answer = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'reader', 'x-waiter-queue-timeout': '2000' } })
+    t.equal(answer.status, 200, `${what}: the one instance serves the next request at once (not ejected)`)
+  }
+
+  // HTTP/1.1: 50 MB asked for on a raw socket that reads none of it.
+  const socket = connect(Number(new URL(router.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  socket.on('error', () => undefined)
+  socket.pause()
+  socket.write('GET /produce?bytes=50000000 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: reader\r\n\r\n')
+  await waitFor('the unread HTTP/1.1 answer to hold the slot', async () => ((await inFlight()) === 1 ? true : undefined))
+  const heldFrom = Date.now()
+  await waitFor('the HTTP/1.1 reader’s slot to come back', async () => ((await inFlight()) === 0 ? true : undefined))
+  t.ok(Date.now() - heldFrom >= 500, `not before the client had stalled for its streaming timeout (${Date.now() - heldFrom} ms)`)
+  await next('HTTP/1.1')
+
+  // HTTP/2: the same on a stream never read; the stream is cancelled.
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  const unread = session.request({ ':path': '/produce?bytes=50000000', 'x-waiter-token': 'reader' })
+  unread.on('error', () => undefined)
+  unread.pause()
+  const closed = new Promise<number | undefined>((resolve) => unread.once('close', () => resolve(unread.rstCode)))
+  await waitFor('the unread HTTP/2 answer to hold the slot', async () => ((await inFlight()) === 1 ? true : undefined))
+  await waitFor('the HTTP/2 reader’s slot to come back', async () => ((await inFlight()) === 0 ? true : undefined))
+  t.equal(await within('the unread stream to close', closed), h2constants.NGHTTP2_CANCEL, 'its stream is cancelled')
+  await next('HTTP/2')
+
+  // A reader that keeps reading, however slowly, is waited for: 1 MB at 16 KB every 50 ms
+  // (about 3 s, three times the streaming timeout, every read pushed back by the router).
+  const slow = session.request({ ':path': '/produce?bytes=1000000', 'x-waiter-token': 'reader' })
+  slow.pause()
+  const read = await within('the slow reader’s answer', new Promise<{ status: number; bytes: number; rst: number | undefined }>((resolve) => {
+    let status = 0
+    let bytes = 0
+    slow.on('response', (h) => (status = Number(h[':status'])))
+    slow.on('error', () => undefined)
+    const pace = setInterval(() => {
+      const chunk = slow.read(16384) as Buffer | null
+      if (chunk !== null) bytes += chunk.length
+    }, 50)
+    slow.once('close', () => {
+      clearInterval(pace)
+      resolve({ status, bytes, rst: slow.rstCode })
+    })
+    slow.once('end', () => undefined)
+  }), 30_000)
+  t.same(read, { status: 200, bytes: 1000000, rst: h2constants.NGHTTP2_NO_ERROR }, 'the slow reader got the whole answer')
 })

@@ -11,7 +11,7 @@ import { promisify } from 'node:util'
 import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
 import { h2cToken, selfSigned } from '../fixtures/protocols.ts'
-import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, startRouter, waitFor, within } from '../fixtures/router.ts'
 
 const run = promisify(execFile)
 
@@ -263,4 +263,19 @@ t.test('an upload the instance refuses early (413, body unread) ends for an HTTP
     t.same(headersOnly, { status: 304, sent: 'not yet', rstCode: h2constants.NGHTTP2_NO_ERROR }, `${token}: a 304 to a body that keeps coming: stopped once answered`)
     await waitFor(`${token}: and it is no longer under way`, async () => ((await underWay()) === 1 ? true : undefined))
   }
+})
+
+t.test('the gRPC content-type alone lets no request out of the body-idle bound: a silent gRPC-typed POST to an HTTP/1.1 service is cut as any other', async (t) => {
+  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 300 })
+  await createToken(router, 'plain', kitchenToken())
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'plain' } })).status, 200, 'warm')
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  const started = Date.now()
+  // /request-info waits for the whole body; an hour of streaming timeout is the caller's own.
+  const stalled = await within('the silent POST to be cut', h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'plain', 'content-type': 'application/grpc', 'x-waiter-streaming-timeout': '3600000' }, 'x', { open: true }), 5000)
+  const ms = Date.now() - started
+  t.equal(stalled.headers['x-maitre-error'], 'MAITRE_CLIENT_TIMEOUT', 'the router cut it')
+  t.match(stalled.trailers['grpc-message'], /The request body sent nothing for 300 ms/, 'as a body gone idle (told as a gRPC status, the client having asked in gRPC)')
+  t.ok(ms < 3000, `after the 300 ms body-idle bound, not the hour of streaming timeout (${ms} ms)`)
 })
