@@ -169,6 +169,12 @@ export interface Config {
     readonly queueTimeoutMs: number
     readonly socketTimeoutMs: number
     readonly streamingTimeoutMs: number
+    /**
+     * A client that takes nothing of its answer for this long (never less than the streaming
+     * timeout) is cut, its slot freed. Long, because the router sees a reader's progress only as
+     * the kernel's socket buffer empties (in steps of megabytes over HTTP/1.1).
+     */
+    readonly clientStallTimeoutMs: number
     readonly connectTimeoutMs: number
     readonly ejectBaseMs: number
     readonly maxEjectMs: number
@@ -243,6 +249,7 @@ export const DEFAULTS: Config = {
     queueTimeoutMs: 300000,
     socketTimeoutMs: 900000,
     streamingTimeoutMs: 20000,
+    clientStallTimeoutMs: 120000,
     connectTimeoutMs: 5000,
     ejectBaseMs: 10000,
     maxEjectMs: 300000,
@@ -376,6 +383,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'proxy.queueTimeoutMs': positiveInt,
   'proxy.socketTimeoutMs': positiveInt,
   'proxy.streamingTimeoutMs': positiveInt,
+  'proxy.clientStallTimeoutMs': positiveInt,
   'proxy.connectTimeoutMs': positiveInt,
   'proxy.ejectBaseMs': positiveInt,
   'proxy.maxEjectMs': positiveInt,

@@ -97,13 +97,14 @@ function waitingForClient(res: ServerResponse, clientHttp2: boolean): number {
 /**
  * The client pushed back (its response's buffer is full), so the instance's answer waits for
  * 'drain' — but not forever, or a client that stops reading would hold its slot for good. What
- * waits for the client is looked at every `ms` (the streaming timeout): a client that took some
+ * waits for the client is looked at every `ms` (proxy.clientStallTimeoutMs, never less than the
+ * streaming timeout): a client that took some
  * of it is reading, however slowly, and is waited for; one that took nothing in a whole period
  * is `stalled`, with an error that is the client's doing (its slot goes back, and the instance
  * stays in rotation). Returns the function that stops waiting.
  */
 export function awaitClient(res: ServerResponse, request: ForwardRequest, drained: () => void, stalled: (err: MaitreError) => void): () => void {
-  const ms = request.streamingTimeoutMs
+  const ms = request.clientStallMs ?? request.streamingTimeoutMs
   const http2 = request.clientHttp2 === true
   let left = waitingForClient(res, http2)
   const onDrain = (): void => {
@@ -118,7 +119,7 @@ export function awaitClient(res: ServerResponse, request: ForwardRequest, draine
       return
     }
     res.off('drain', onDrain)
-    const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The client read nothing of the answer for ${ms} ms (its streaming timeout)`, { details: { limit: 'streaming-timeout-ms', max: ms } })
+    const err = new MaitreError('MAITRE_CLIENT_TIMEOUT', `The client read nothing of the answer for ${ms} ms`, { details: { limit: 'client-stall-timeout-ms', max: ms } })
     STALLS.add(err)
     stalled(err)
   }, ms)

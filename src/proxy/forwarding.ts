@@ -15,6 +15,8 @@ export interface ForwardRequest {
   readonly cid: string
   readonly socketTimeoutMs: number
   readonly streamingTimeoutMs: number
+  /** How long a client that reads nothing of its answer is waited for (awaitClient); the streaming timeout if absent. */
+  readonly clientStallMs?: number
   /**
    * The caller chose these timeouts (x-waiter-timeout, x-waiter-streaming-timeout): running out
    * of a time the caller picked is the caller's doing, and never takes the instance out of

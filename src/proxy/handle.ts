@@ -30,6 +30,8 @@ export interface ProxyTimeouts {
   readonly queueTimeoutMs: number
   readonly socketTimeoutMs: number
   readonly streamingTimeoutMs: number
+  /** A client that reads nothing of its answer for this long is cut (at least the streaming timeout). */
+  readonly clientStallTimeoutMs?: number
 }
 
 export interface ProxyDeps {
@@ -305,6 +307,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           // A gRPC deadline is one budget: what the wait left of it bounds the answer.
           socketTimeoutMs: perRequest['timeout'] === undefined && deadlineHeader !== undefined && deadlineHeader !== '' ? Math.max(1, Math.min(MAX_TIMEOUT_MS, started + Number(deadlineHeader) - deps.clock.now())) : timeouts.socketTimeoutMs,
           streamingTimeoutMs: timeouts.streamingTimeoutMs,
+          clientStallMs: Math.max(timeouts.streamingTimeoutMs, deps.timeouts.clientStallTimeoutMs ?? 0),
           timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,
           clientHttp2: req.httpVersionMajor === 2,

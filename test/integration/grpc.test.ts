@@ -332,8 +332,8 @@ t.test('calls to one h2c instance share one pooled HTTP/2 connection, whichever 
   t.same([...peers], [peer], 'every call came over the same router→instance connection')
 })
 
-t.test('a gRPC call whose client stops reading gives its slot back after the streaming timeout, its request ended or open, and ejects nobody', async (t) => {
-  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000 })
+t.test('a gRPC call whose client stops reading gives its slot back after the client-stall bound, its request ended or open, and ejects nobody', async (t) => {
+  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000, 'proxy.clientStallTimeoutMs': 1000 })
   await createToken(router, 'narrow', grpcToken({ version: 'narrow', 'concurrency-level': 1, 'max-instances': 1 }))
   const c = client(t, router)
   t.equal((await unary(c, { text: 'warm' }, meta('narrow'))).err, null, 'narrow runs')

@@ -292,8 +292,8 @@ t.test('the token store is bounded in count', async (t) => {
   t.equal((await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'one', ...kitchenToken({ version: 'v2' }) }) })).status, 200, 'updating one that exists is fine')
 })
 
-t.test('a client that stops reading its answer gives its slot back after the streaming timeout, over HTTP/1.1 and HTTP/2, and ejects nobody; one that reads slowly gets it all', async (t) => {
-  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000 })
+t.test('a client that stops reading its answer gives its slot back after the client-stall bound, over HTTP/1.1 and HTTP/2, and ejects nobody; one that reads slowly gets it all', async (t) => {
+  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1000, 'proxy.clientStallTimeoutMs': 1000 })
   const id = await warm(t, router, 'reader', { 'concurrency-level': 1, 'max-instances': 1 })
   const inFlight = async (): Promise<number> => (await appOf(router, id))['request-metrics']['in-flight']
   const next = async (what: string): Promise<void> => {
