@@ -65,7 +65,7 @@ interface KubeService {
   writtenVersion: bigint
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
-  /** Kills of this service, one at a time: each waits until the controller has done what the last one asked. */
+  /** Kills of this service, one at a time (a pod that appears during one is its replacement, never another's). */
   killChain: Promise<void>
   /** A kill waits for the controller to replace its pod: a pod that appears meanwhile is that replacement. */
   awaitingReplacement: boolean
@@ -497,8 +497,11 @@ export class KubernetesBackend implements Backend {
     }
   }
 
-  /** Queues a write of `requested` to /scale behind earlier ones; resolves when it is done. */
-  /** `ready`, if given, is asked right before the write (after the read): false reads and asks again. */
+  /**
+   * Queues a write of `requested` (and the pods of kills still queued) to /scale behind earlier
+   * ones; resolves when it is done. `ready`, if given, is asked right before the write (after the
+   * read): false reads and asks again.
+   */
   #writeScale(service: KubeService, ready?: () => Promise<boolean>): Promise<void> {
     const next = service.scaling.then(() => this.#putScale(service, ready)).catch((err: unknown) => {
       this.#o.log.error({ err, service: service.id }, 'scale failed')
@@ -531,7 +534,7 @@ export class KubernetesBackend implements Backend {
       try {
         const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: target } })
         service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
-        this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: service.requested }, 'scaled')
+        this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: target }, 'scaled')
         return
       } catch (err) {
         // Someone else changed the ReplicaSet since the read: read again and retry.

@@ -18,8 +18,10 @@
  * leading closes its backend at once, leaving what runs to the next leader (a new subscription
  * with the framework id ends the old one in any case: Mesos itself fences a deposed scheduler),
  * and shows the last view it had until the new leader's arrives. With no leader, or none that
- * answers, a follower keeps routing to what it last knew; what it asks for fails with a 503 and
- * Retry-After, and the request is tried again as any failed cold start is.
+ * answers, a follower keeps routing to what it last knew; what it asks for waits up to
+ * ASK_PATIENCE_MS for a leader to take it, then fails with a 503 and Retry-After. A new leader
+ * carries over demand it cannot adopt (a cold start not placed yet) from the version's record,
+ * and its scale, kill and delete wait until it knows what runs.
  */
 import { randomUUID } from 'node:crypto'
 import { request } from 'undici'
