@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs'
 import { PERMISSIONS } from '../../src/backends/kubernetes/api.ts'
 
 const K8S = 'test/backends/kubernetes.test.ts'
+const KILL = 'test/backends/kubernetes-kill.test.ts'
 const KUBECTL = 'test/integration/kubectl.test.ts'
 const PARITY = 'test/integration/backend-parity.test.ts'
 
@@ -45,18 +46,18 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'pods delete': [
     { behaviour: 'a delete of the named pod (its uid as a precondition) removes that pod and no other', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
     { behaviour: 'scale-down by deletion cost and delete: the pod chosen (idle) goes, never one serving a request', shownBy: [PARITY, 'load scales up; scale-down kills only idle instances, never one serving a request'] },
-    { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [K8S, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
-    { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [K8S, 'a busy single-threaded app fails its readiness probe'] },
-    { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [K8S, 'two kills back to back, the controller’s pod cache lagging'] },
-    { behaviour: 'the same for two kills at once', shownBy: [K8S, 'two kills at once (an operator’s and the autoscaler’s)'] },
-    { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [K8S, 'a scale write held back until the replacement is ready'] },
+    { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [KILL, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
+    { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [KILL, 'a busy single-threaded app fails its readiness probe'] },
+    { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [KILL, 'two kills back to back, the controller’s pod cache lagging'] },
+    { behaviour: 'the same for two kills at once', shownBy: [KILL, 'two kills at once (an operator’s and the autoscaler’s)'] },
+    { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [KILL, 'a scale write held back until the replacement is ready'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [
     { behaviour: 'a merge patch of the pod-deletion-cost annotation; a value that is not a 32-bit integer is a 422', shownBy: [KUBECTL, 'kubectl works against the simulator unchanged'] },
     { behaviour: 'a patch that changes nothing bumps no resourceVersion and sends no event', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
-    { behaviour: 'the controller ranks victims by what its cache last saw', shownBy: [K8S, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
-    { behaviour: 'a merge patch of annotations (the replacement mark and cost) on a pod the controller just made', shownBy: [K8S, 'a scale write held back until the replacement is ready'] },
+    { behaviour: 'the controller ranks victims by what its cache last saw', shownBy: [KILL, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
+    { behaviour: 'a merge patch of annotations (the replacement mark and cost) on a pod the controller just made', shownBy: [KILL, 'a scale write held back until the replacement is ready'] },
   ],
   'pods list': [
     { behaviour: 'label selectors; only the selectable fields (else 400); whole-second timestamps', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },

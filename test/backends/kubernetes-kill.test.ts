@@ -1,0 +1,172 @@
+/**
+ * The Kubernetes backend's kill of an idle pod, against the simulator's ReplicaSet controller:
+ * whatever its caches lag, however kills race, and even when a busy single-threaded app fails its
+ * readiness probe (which the controller ranks before any deletion cost), the pod serving a
+ * request is never the one that goes.
+ */
+import t from 'tap'
+import { request as undiciRequest, Agent } from 'undici'
+import type { Instance } from '../../src/backends/backend.ts'
+import { replicaSetName } from '../../src/backends/kubernetes/replica-set.ts'
+import { SIM_NAMESPACE, SIM_TOKEN, waitFor } from '../fixtures/router.ts'
+import { healthy, readyPods, requestTo, setup, spec } from '../fixtures/kube-backend.ts'
+
+t.test('the simulator’s ReplicaSet controller can act from a lagging pod cache: a scale-down right after a deletion-cost patch goes by the rank it last saw; its expectations keep it from creating twice', { timeout: 30_000 }, async (t) => {
+  const run = async (lagMs: number): Promise<{ kept: string; created: number }> => {
+    const { sim } = await setup(t, { sim: { controllerLagMs: { pods: lagMs, replicasets: 0 } } })
+    const trusting = new Agent({ connect: { ca: sim.ca } })
+    const h = { authorization: `Bearer ${SIM_TOKEN}`, 'content-type': 'application/json' }
+    const apps = `${sim.url}/apis/apps/v1/namespaces/${SIM_NAMESPACE}`
+    const core = `${sim.url}/api/v1/namespaces/${SIM_NAMESPACE}`
+    const call = async (url: string, method: string, body?: unknown, type = 'application/json'): Promise<Record<string, any>> => {
+      const res = await undiciRequest(url, { dispatcher: trusting, method: method as 'GET', headers: { ...h, 'content-type': type }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) })
+      return (await res.body.json()) as Record<string, any>
+    }
+    const pods = async (): Promise<Record<string, any>[]> => ((await call(`${core}/pods`, 'GET')).items as Record<string, any>[]).filter((p) => p.metadata.deletionTimestamp === undefined)
+    await call(`${apps}/replicasets`, 'POST', { apiVersion: 'apps/v1', kind: 'ReplicaSet', metadata: { name: 'lag' }, spec: { replicas: 1, selector: { matchLabels: { app: 'lag' } }, template: { metadata: { labels: { app: 'lag' } }, spec: { terminationGracePeriodSeconds: 1, containers: [{ name: 'app', image: 'maitre-app', command: ['/bin/sh', '-c', 'exec sleep 60'] }] } } } })
+    await waitFor('one pod', async () => ((await pods()).length === 1 ? true : undefined), 10_000)
+    // A second pod a second younger (timestamps have whole seconds): without a cost, the younger goes first.
+    await new Promise((resolve) => setTimeout(resolve, 1100))
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 2 } }, 'application/merge-patch+json')
+    await waitFor('two pods', async () => ((await pods()).length === 2 ? true : undefined), 10_000)
+    await new Promise((resolve) => setTimeout(resolve, lagMs + 200))
+    const [older, younger] = (await pods()).sort((a, b) => Date.parse(a.metadata.creationTimestamp) - Date.parse(b.metadata.creationTimestamp))
+    // The older is marked to go first, and the count lowered at once.
+    await call(`${core}/pods/${String(older?.metadata.name)}`, 'PATCH', { metadata: { annotations: { 'controller.kubernetes.io/pod-deletion-cost': '-2147483648' } } }, 'application/merge-patch+json')
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 1 } }, 'application/merge-patch+json')
+    const left = await waitFor('one pod left', async () => {
+      const now = await pods()
+      return now.length === 1 ? now : undefined
+    }, 10_000)
+    // Up again by two: a lagging cache must not make it create more.
+    await call(`${apps}/replicasets/lag/scale`, 'PATCH', { spec: { replicas: 3 } }, 'application/merge-patch+json')
+    await new Promise((resolve) => setTimeout(resolve, lagMs * 3 + 500))
+    const created = (await pods()).length
+    await trusting.close()
+    return { kept: left[0]?.metadata.name === younger?.metadata.name ? 'younger' : 'older', created }
+  }
+  t.same(await run(0), { kept: 'younger', created: 3 }, 'a controller that sees everything at once takes the pod marked to go')
+  t.same(await run(700), { kept: 'older', created: 3 }, 'one whose pod cache lags takes the one its stale rank puts first, and still creates exactly what is missing')
+})
+
+t.test('killing an idle pod is safe against a ReplicaSet controller whose pod cache lags: the pod serving a request is never the one that goes', { timeout: 30_000 }, async (t) => {
+  // The controller sees a new replica count at once, pod changes 600 ms late.
+  const { backend } = await setup(t, { sim: { controllerLagMs: { pods: 600, replicasets: 0 } } })
+  await backend.ensureService(spec('svc-lag'))
+  await waitFor('one ready pod', () => (healthy(backend, 'svc-lag') === 1 ? true : undefined), 10_000)
+  // A second pod, a second or more younger (timestamps have whole seconds): with no deletion
+  // cost seen, the controller's rank takes the younger one first.
+  await new Promise((resolve) => setTimeout(resolve, 1100))
+  await backend.scale('svc-lag', 2)
+  await waitFor('two ready pods', () => (healthy(backend, 'svc-lag') === 2 ? true : undefined), 10_000)
+  const [older, younger] = [...(backend.state('svc-lag')?.instances ?? [])].sort((a, b) => a.startedAt - b.startedAt)
+  if (older === undefined || younger === undefined) throw new Error('two instances expected')
+  // The younger one serves a long request; the older one, idle, is chosen to go.
+  const serving = undiciRequest(`http://${younger.host}:${younger.port}/sleep?sleep-ms=2500`).then(async (res) => ({ status: res.statusCode, body: await res.body.text() }), (err: unknown) => ({ status: 0, body: String(err) }))
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const seen = new Set<string>()
+  const everHealthy = new Set<string>()
+  backend.subscribe((id) => {
+    for (const i of id === 'svc-lag' ? (backend.state('svc-lag')?.instances ?? []) : []) {
+      seen.add(i.id)
+      if (i.healthy) everHealthy.add(i.id)
+    }
+  })
+  t.equal(await backend.killInstance('svc-lag', older.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, 'the request on the busy pod finished')
+  await waitFor('one pod left', () => (backend.state('svc-lag')?.instances.length === 1 ? true : undefined), 10_000)
+  t.same(backend.state('svc-lag')?.instances.map((i) => i.id), [younger.id], 'the busy pod is the one that stays')
+  // The controller's replacement for the deleted pod is what the lower count takes: it never shows as an instance.
+  t.same([...seen].filter((id) => id !== older.id && id !== younger.id), [], 'no other instance ever showed meanwhile')
+  t.same([...everHealthy].filter((id) => id !== older.id && id !== younger.id), [], 'nor took requests')
+  // The last pod: the API server leaves out a zero fullyLabeledReplicas, and the kill still
+  // sees its barrier met as soon as the controller does (not at the end of its 3 s bound).
+  const startedAt = Date.now()
+  t.equal(await backend.killInstance('svc-lag', younger.id), true)
+  const tookMs = Date.now() - startedAt
+  t.ok(tookMs < 2000, `the last pod's kill took ${tookMs} ms (the pod-cache lag, not the bound)`)
+})
+
+t.test('two kills back to back, the controller’s pod cache lagging: the pod serving a request stays, and its request ends whole', { timeout: 45_000 }, async (t) => {
+  const { sim, backend } = await setup(t, { sim: { controllerLagMs: { pods: 300, replicasets: 100 } } })
+  await backend.ensureService(spec('svc-twice'))
+  const [oldest, middle, busy] = (await readyPods(t, backend, 'svc-twice', 3)) as [Instance, Instance, Instance]
+  // The youngest serves a request longer than its grace period (3 s): were it deleted, SIGKILL would cut it.
+  const serving = requestTo(busy, '/sleep?sleep-ms=4000')
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const goneEarly: string[] = []
+  const watch = setInterval(() => {
+    for (const p of sim.list('pods', SIM_NAMESPACE)) if (p.metadata.deletionTimestamp !== undefined && busy.id.includes(p.metadata.name as string) && !goneEarly.includes(p.metadata.name as string)) goneEarly.push(p.metadata.name as string)
+  }, 20)
+  t.teardown(() => clearInterval(watch))
+  // One right after the other, as the autoscaler or an operator may.
+  t.equal(await backend.killInstance('svc-twice', oldest.id), true)
+  t.equal(await backend.killInstance('svc-twice', middle.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(backend.state('svc-twice')?.instances.map((i) => i.id), [busy.id], 'the busy pod is the one left')
+  t.same(goneEarly, [], 'it was never marked for deletion')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
+})
+
+t.test('a busy single-threaded app fails its readiness probe, which the controller ranks before any deletion cost: it still stays, and the idle one goes', { timeout: 45_000 }, async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-unready'))
+  const [idle, busy] = (await readyPods(t, backend, 'svc-unready', 2)) as [Instance, Instance]
+  // It blocks for 4 s: no health check is answered meanwhile (the probe's timeout is 1 s).
+  const serving = requestTo(busy, '/block?block-ms=4000')
+  await waitFor('the busy pod unready', () => (backend.state('svc-unready')?.instances.find((i) => i.id === busy.id)?.healthy === false ? true : undefined), 5000)
+  t.equal(await backend.killInstance('svc-unready', idle.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(sim.list('pods', SIM_NAMESPACE).map((p) => busy.id.includes(p.metadata.name as string)), [true], 'the busy pod is the one left')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
+})
+
+t.test('two kills at once (an operator’s and the autoscaler’s): the pod serving a request stays, and its request ends whole', { timeout: 45_000 }, async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ensureService(spec('svc-both'))
+  const [oldest, middle, busy] = (await readyPods(t, backend, 'svc-both', 3)) as [Instance, Instance, Instance]
+  const serving = requestTo(busy, '/sleep?sleep-ms=4000')
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  t.same(await Promise.all([backend.killInstance('svc-both', oldest.id), backend.killInstance('svc-both', middle.id)]), [true, true])
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(backend.state('svc-both')?.instances.map((i) => i.id), [busy.id], 'the busy pod is the one left')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
+})
+
+t.test('a scale write held back until the replacement is ready, while a busy pod is unready: the replacement is replaced again, and the busy pod stays', { timeout: 45_000 }, async (t) => {
+  // The API server never answers the kill's first read of /scale (1.5 s to its timeout): by the
+  // time the count could drop, the replacement is ready, and the controller would rank the
+  // unready busy pod before it.
+  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 1500 } })
+  await backend.ensureService(spec('svc-late'))
+  const [idle, busy] = (await readyPods(t, backend, 'svc-late', 2)) as [Instance, Instance]
+  const serving = requestTo(busy, '/block?block-ms=6000')
+  await waitFor('the busy pod unready', () => (backend.state('svc-late')?.instances.find((i) => i.id === busy.id)?.healthy === false ? true : undefined), 5000)
+  sim.hangNext(1, ['replicasets/scale', 'get'])
+  t.equal(await backend.killInstance('svc-late', idle.id), true)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
+  t.same(sim.list('pods', SIM_NAMESPACE).map((p) => busy.id.includes(p.metadata.name as string)), [true], 'the busy pod is the one left')
+})
+
+t.test('another router’s GC deletes the ReplicaSet while a kill waits on the controller: the service goes here too', { timeout: 30_000 }, async (t) => {
+  // With a pod quota the controller cannot replace the pod, so the kill waits out its bound.
+  const { sim, api, backend } = await setup(t, { sim: { podQuota: 2 } })
+  await backend.ensureService(spec('svc-gone'))
+  const [first] = (await readyPods(t, backend, 'svc-gone', 2)) as [Instance, Instance]
+  const killing = backend.killInstance('svc-gone', first.id)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  await api.deleteReplicaSet(replicaSetName('svc-gone'))
+  await waitFor('the ReplicaSet gone', () => (sim.list('replicasets', SIM_NAMESPACE).length === 0 ? true : undefined), 10_000)
+  await waitFor('the service forgotten here', () => (backend.state('svc-gone') === undefined ? true : undefined), 2000)
+  t.same(backend.services().map((s) => s.id), [], 'no service is left without its ReplicaSet, though a kill was under way')
+  await killing
+})
