@@ -96,7 +96,7 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
   t.equal(left[0]?.id, busy, 'the instance that was busy is the one kept')
   // The instances' own word: each request an instance began it answered (a kill mid-request
   // leaves a start without an end, or a cut), and none ever held two at once.
-  const perInstance = readdirSync(logs).map((f) => readFileSync(join(logs, f), 'utf8').split('\n').filter((l) => / (start|end|cut) /.test(l)))
+  const perInstance = readdirSync(logs).map((f) => readFileSync(join(logs, f), 'utf8').split('\n').filter((l) => / (start|end|cut|sigterm) /.test(l)).map((l) => `${l} [${f}]`))
   const unanswered: string[] = []
   let mostAtOnce = 0
   for (const lines of perInstance) {
@@ -105,12 +105,13 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
       const [, what, cid] = line.split(' ')
       if (what === 'start') open.add(cid as string)
       else if (what === 'end') open.delete(cid as string)
-      else unanswered.push(line)
+      else if (what === 'cut') unanswered.push(line)
       mostAtOnce = Math.max(mostAtOnce, open.size)
     }
-    unanswered.push(...open)
+    // (With the instance's whole log, to tell what ended it.)
+    unanswered.push(...[...open].map((cid) => `${cid} never answered: ${lines.join(' | ')}`))
   }
-  t.ok(perInstance.flat().length > 0, `the instances logged ${perInstance.flat().length / 2} requests`)
+  t.ok(perInstance.flat().length > 0, `the instances logged ${perInstance.flat().filter((l) => / start /.test(l)).length} requests`)
   t.same(unanswered, [], 'no request was cut by a scale-down, by the instances’ own logs')
   t.equal(mostAtOnce, 1, 'no instance ever held more than its concurrency-level of 1')
   if (isKube(router)) {
