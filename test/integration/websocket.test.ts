@@ -159,7 +159,10 @@ t.test('a WebSocket holds its slot for its whole life: it counts in flight, a re
 t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 whichever side sent it; an idle WebSocket is closed with 1001', async (t) => {
   // 1.5 s of idleness: short for a test, long enough that a loaded machine's round trip is not idleness.
   const router = await startRouter(t, { 'proxy.websocket.maxMessageBytes': 1024, 'proxy.websocket.idleTimeoutMs': 1500 })
-  await createToken(router, 'chat', kitchenToken())
+  // A slot for each of the three WebSockets: each opens without waiting for the one before to
+  // finish its closing handshake (a loaded machine once held the third in the queue past the
+  // file's timeout). That the slots all come back is checked at the end.
+  await createToken(router, 'chat', kitchenToken({ 'concurrency-level': 3 }))
   const fromClient = await opened(router, '/', h)
   t.equal(await ask(fromClient.ws, 'x'.repeat(1024)), 'x'.repeat(1024), 'a message at the bound passes')
   const tooBig = closed(fromClient.ws)
@@ -178,6 +181,13 @@ t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 
   t.equal(idled.code, 1001)
   t.equal(idled.reason, 'Idle timeout')
   t.ok(idled.at - openedAt >= 1500, `closed after ${idled.at - openedAt} ms without a message, not before 1500`)
+  // Every slot back, the closing handshakes over (ws gives an unanswered one 30 s).
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const free = await waitFor('every slot back', async () => {
+    const n = (await call(`${router.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { slotsAvailable: number } }> }>().state[id]?.load.slotsAvailable
+    return n === 3 ? n : undefined
+  }, 40_000)
+  t.equal(free, 3, 'the three WebSockets gave their slots back')
 })
 
 t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an instance’s refusal reaches the client as it came', async (t) => {
