@@ -432,8 +432,11 @@ export class InstanceTracker {
   /** Wakes the queue when an ejection ends, since no other event would. */
   #scheduleUneject(service: ServiceSlots, periodMs: number): void {
     service.ejectTimerCancel?.()
-    const earliest = Math.min(...[...service.slots.values()].filter((s) => s.ejectedUntil > 0).map((s) => s.ejectedUntil))
-    const wait = Number.isFinite(earliest) ? Math.max(0, earliest - this.#clock.now()) : periodMs
+    // Only ejections still running: one that ran out stays on its slot until a success clears
+    // it, and counting it would make this timer due at once, again and again (a busy loop).
+    const now = this.#clock.now()
+    const earliest = Math.min(...[...service.slots.values()].filter((s) => s.ejectedUntil > now).map((s) => s.ejectedUntil))
+    const wait = Number.isFinite(earliest) ? earliest - now : periodMs
     service.ejectTimerCancel = this.#clock.setTimeout(() => {
       service.ejectTimerCancel = undefined
       this.#dispatch(service)

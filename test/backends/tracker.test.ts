@@ -111,6 +111,36 @@ t.test('failing instances are ejected with exponential backoff', async (t) => {
   t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0, 'success clears the ejection')
 })
 
+t.test('an ejection that ran out long ago does not make the wake-up timer of a later one spin', async (t) => {
+  // A spinning timer (due at once, again and again, until the later ejection ends) burns the
+  // router's event loop for up to proxy.maxEjectMs; with this clock it would never return.
+  class CountingClock extends ManualClock {
+    timers = 0
+    override setTimeout(fn: () => void, ms: number): () => void {
+      if (++this.timers > 50) throw new Error(`${this.timers} timers: the wake-up spins`)
+      return super.setTimeout(fn, ms)
+    }
+  }
+  const clock = new CountingClock()
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 10 })
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  tracker.tryAcquire('s')?.release('instance-error') // a: ejected 1 s, and never succeeds after
+  clock.advance(5000)
+  t.equal(tracker.load('s').slotsAvailable, 2, 'a is back in rotation')
+  const onA = tracker.tryAcquire('s')
+  const onB = tracker.tryAcquire('s')
+  t.equal(onB?.instance.id, 'b', 'b is the younger: taken second')
+  onB?.release('instance-error') // b: ejected 1 s, while a (busy) keeps its old ejection time
+  const queued = tracker.acquire('s', { timeoutMs: 60000 })
+  const before = clock.timers
+  clock.advance(999)
+  clock.advance(1)
+  t.equal((await queued).instance.id, 'b', 'the queued request is served when b’s ejection ends')
+  onA?.release('success')
+  t.ok(clock.timers - before <= 3, `${clock.timers - before} timers for one ejection`)
+})
+
 t.test('load balancing: oldest, youngest, random; expired instances last', async (t) => {
   const c = [{ id: 'new', startedAt: 30, expired: false }, { id: 'old', startedAt: 10, expired: false }, { id: 'exp', startedAt: 1, expired: true }]
   t.equal(chooseInstance(c, 'oldest', Math.random)?.id, 'old')
