@@ -302,7 +302,13 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     // Both sides closed: the timer is gone and a late event must not re-arm it.
     idleTimer = setTimeout(() => closeBoth(1001, 'Idle timeout'), limits.idleTimeoutMs)
     idleTimer.unref()
+    // Set once the router has begun closing the instance's side (the client closed, a message
+    // broke the bound, idleness, shutdown): a connection that then ends without a close frame
+    // is not the instance failing. ws stops reading a side whose message broke the bound, so
+    // the instance's close reply is never read there and its end always looks like 1006.
+    let closingBackend = false
     const closeBoth = (code: number, reason: string): void => {
+      closingBackend = true
       for (const side of [client, backend]) {
         side.resume()
         side.close(code, reason)
@@ -342,12 +348,18 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     pipe(backend, client)
     const tooBig = (err: Error & { code?: string }): boolean => err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH'
     client.on('error', (err: Error & { code?: string }) => {
-      if (tooBig(err)) backend.close(1009, 'Message too big')
+      if (!tooBig(err)) return
+      closingBackend = true
+      backend.close(1009, 'Message too big')
     })
     backend.on('error', (err: Error & { code?: string }) => {
-      if (tooBig(err)) client.close(1009, 'Message too big')
+      if (!tooBig(err)) return
+      // ws has closed the instance's side with 1009 itself: the router's bound, not a failure.
+      closingBackend = true
+      client.close(1009, 'Message too big')
     })
     client.once('close', (code: number, reason: Buffer) => {
+      closingBackend = true
       // A side paused for back-pressure must read again, or it never sees the close reply.
       backend.resume()
       const sendable = sendableCode(code)
@@ -357,8 +369,10 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     })
     backend.once('close', (code: number, reason: Buffer) => {
       client.resume()
-      // 1006: the instance's connection ended with no close frame (it died, or was killed).
-      if (code === 1006) outcome = 'instance-error'
+      // 1006: the instance's connection ended with no close frame (it died, or was killed),
+      // unless the router was closing it, in which case the instance is not to blame (and not
+      // to be ejected: one oversized message would otherwise take it out of rotation).
+      if (code === 1006 && !closingBackend) outcome = 'instance-error'
       const sendable = code === 1006 ? 1011 : sendableCode(code)
       const why = code === 1006 ? 'The instance closed the connection' : sendable === undefined ? undefined : reason
       if (client.readyState === WebSocket.OPEN) client.close(sendable, why)

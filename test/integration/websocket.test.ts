@@ -173,6 +173,14 @@ t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 
   const tooBigBack = closed(fromInstance.ws)
   fromInstance.ws.send('big:5000')
   t.equal((await tooBigBack).code, 1009, 'the instance’s message over the bound: 1009 to the client')
+  // The bound is the router's rule, not the instance failing: it stays in rotation. (It used to
+  // be ejected for 10 s, since ws stops reading a side whose message broke the bound and its
+  // close reply then looks like a dead connection; the next WebSocket queued behind that.)
+  const overBound = await waitFor('both sides of the oversized exchange closed', async () => {
+    const metrics = (await call(`${router.url}/metrics`)).text
+    return /^maitre_websockets_open 0$/m.test(metrics) ? metrics : undefined
+  }, 40_000)
+  t.notMatch(overBound, /^maitre_ejections_total\{[^}]*\} [1-9]/m, 'the instance was not ejected')
 
   const idle = await opened(router, '/', h)
   const openedAt = Date.now()
