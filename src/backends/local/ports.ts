@@ -5,11 +5,12 @@
  */
 import { createServer } from 'node:net'
 
-function isFree(port: number, host: string): Promise<boolean> {
+/** Undefined if the port is free; otherwise why not (EADDRINUSE when something listens there). */
+function whyNotFree(port: number, host: string): Promise<string | undefined> {
   return new Promise((resolve) => {
     const probe = createServer()
-    probe.once('error', () => resolve(false))
-    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve(true)))
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message))
+    probe.listen({ port, host, exclusive: true }, () => probe.close(() => resolve(undefined)))
   })
 }
 
@@ -35,17 +36,34 @@ export class PortAllocator {
   async reserve(count: number): Promise<number[]> {
     const size = this.#high - this.#low + 1
     const got: number[] = []
+    // Why the ports passed over were not taken, for the error (EMFILE is not a busy range).
+    const passed = new Map<string, number>()
+    const pass = (why: string): void => {
+      passed.set(why, (passed.get(why) ?? 0) + 1)
+    }
     for (let tried = 0; tried < size && got.length < count; tried++) {
       const port = this.#cursor
       this.#cursor = port >= this.#high ? this.#low : port + 1
-      if (this.#inUse.has(port) || (this.#restingUntil.get(port) ?? 0) > this.#now()) continue
+      if (this.#inUse.has(port)) {
+        pass('held by an instance')
+        continue
+      }
+      if ((this.#restingUntil.get(port) ?? 0) > this.#now()) {
+        pass('resting after release')
+        continue
+      }
       this.#inUse.add(port) // claim before the async check so concurrent launches never share a port
-      if (await isFree(port, this.#host)) got.push(port)
-      else this.#inUse.delete(port)
+      const why = await whyNotFree(port, this.#host)
+      if (why === undefined) got.push(port)
+      else {
+        this.#inUse.delete(port)
+        pass(why)
+      }
     }
     if (got.length < count) {
       this.release(got)
-      throw new Error(`No free ports left in the range ${this.#low}-${this.#high}`)
+      const reasons = [...passed].map(([why, n]) => `${why}: ${n}`).join(', ')
+      throw new Error(`No free ports left in the range ${this.#low}-${this.#high} (${reasons})`)
     }
     return got
   }
