@@ -1,6 +1,7 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { createServer } from 'node:net'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
@@ -53,6 +54,23 @@ t.test('queue bounds: length and time give Waiter’s 503s', async (t) => {
   t.equal(message(timedOut), 'After 0.4 seconds, no instance available to handle request. Check that your service is able to scale properly!')
   writeFileSync(join(sandbox, 'release-busy'), '')
   t.equal((await busy).status, 200, 'the request holding the slot was not disturbed')
+})
+
+t.test('a version the router cannot launch at all (every port of its range taken) fails with the launch’s own reason, not a health-check message', async (t) => {
+  // The range's one port is held by another process, as a stranger on the host would.
+  const stranger = createServer()
+  await new Promise<void>((resolve) => stranger.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => stranger.close(() => resolve())))
+  const port = (stranger.address() as { port: number }).port
+  const router = await startRouter(t, { 'backend.local.portRange': [port, port] })
+  await createToken(router, 'portless', kitchenToken())
+  const reply = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'portless', 'x-waiter-queue-timeout': '20000' } })
+  t.equal(reply.status, 503)
+  t.equal(message(reply), `Deployment error: Launch failed: No free ports left in the range ${port}-${port} (EADDRINUSE: 1)`, 'the reason, and why the port was passed over')
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'portless' } })).text
+  const app = (await call(`${router.url}/apps/${id}`)).json<{ status: string; 'deployment-error-message': string }>()
+  t.equal(app.status, 'Failing')
+  t.match(app['deployment-error-message'], /^Deployment error: Launch failed: No free ports/)
 })
 
 t.test('a bad command is a deployment error within seconds, and the service is Failing', async (t) => {

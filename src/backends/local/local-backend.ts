@@ -26,6 +26,9 @@ import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
 
+/** Names the record of a launch that failed before any process ran. */
+const LAUNCH_FAILURE_SUFFIX = '.launch-failure'
+
 export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'> {
   readonly workDir: string
   readonly clock: Clock
@@ -317,7 +320,7 @@ export class LocalBackend implements Backend {
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
       this.#recordEnded(service, {
-        id: `${spec.serviceId}.launch-failure`,
+        id: `${spec.serviceId}${LAUNCH_FAILURE_SUFFIX}`,
         serviceId: spec.serviceId,
         host: this.#o.host,
         port: 0,
@@ -498,12 +501,20 @@ export class LocalBackend implements Backend {
   /** Returns whether the deployment error changed. */
   #updateDeploymentError(service: LocalService): boolean {
     const instances = [...service.instances.values()]
+    const healthy = instances.filter((i) => i.healthy).length
+    // A launch that failed before any process ran (no free port, a sandbox that could not be
+    // made) says nothing of the service's command or health check: Waiter's rules judge the
+    // instances that ran, and a version that could not be launched at all gets the launch's
+    // own reason rather than "Unable to connect to run health checks".
+    const ran = service.failedSinceHealthy.filter((f) => !f.id.endsWith(LAUNCH_FAILURE_SUFFIX))
+    const launchFailures = service.failedSinceHealthy.length - ran.length
+    const latestLaunchFailure = service.failedSinceHealthy.findLast((f) => f.id.endsWith(LAUNCH_FAILURE_SUFFIX))
     const next = deploymentError({
-      healthy: instances.filter((i) => i.healthy).length,
-      failedSinceHealthy: service.failedSinceHealthy,
+      healthy,
+      failedSinceHealthy: ran,
       unhealthy: this.#view(service).instances.filter((i) => !i.healthy),
       minFailedInstances: this.#o.minFailedInstances,
-    })
+    }) ?? (healthy === 0 && ran.length === 0 && launchFailures >= this.#o.minFailedInstances ? latestLaunchFailure?.message : undefined)
     if (next === service.deploymentError) return false
     service.deploymentError = next
     if (next !== undefined) this.#o.log.warn({ service: service.spec.serviceId, error: next }, 'deployment error')
