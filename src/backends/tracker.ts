@@ -53,6 +53,13 @@ export interface SlotSharing {
   queueChanged(serviceId: string, queued: number): void
   /** A slot of the service is free and nobody here waits for it: another router may use it. */
   slotFree(serviceId: string): void
+  /**
+   * Instances came into rotation here (new to this router, or back from an ejection or a kill
+   * hold) while requests still wait (so none of their slots is this router's share): peers
+   * should hear again that they wait, since one may have offered such an instance while this
+   * router could not take it, been declined, and stopped lending here.
+   */
+  rotationGrew(serviceId: string, queued: number): void
 }
 
 export interface TrackerOptions {
@@ -174,10 +181,12 @@ export class InstanceTracker {
   sync(serviceId: string, instances: readonly Instance[], deploymentError: string | undefined): void {
     const service = this.#service(serviceId)
     const next = new Map<string, Slot>()
+    let added = false
     for (const instance of instances) {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
+        added = true
         next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, killHoldUntil: 0, failedUntil: 0, routable: true })
       } else {
         slot.instance = instance
@@ -199,6 +208,7 @@ export class InstanceTracker {
       for (const waiter of waiting) waiter.fail(deploymentFailure(serviceId, deploymentError))
     }
     this.#dispatch(service)
+    if (added) this.#rotationGrew(service)
   }
 
   /** A request for the version arrived (counted once, however many slots it takes to serve). */
@@ -440,6 +450,7 @@ export class InstanceTracker {
     service.ejectTimerCancel = this.#clock.setTimeout(() => {
       service.ejectTimerCancel = undefined
       this.#dispatch(service)
+      this.#rotationGrew(service)
       const stillEjected = [...service.slots.values()].some((s) => s.ejectedUntil > this.#clock.now())
       if (stillEjected) this.#scheduleUneject(service, periodMs)
     }, wait)
@@ -523,6 +534,11 @@ export class InstanceTracker {
     slot.killHoldUntil = 0
     slot.ejectedUntil = slot.failedUntil
     this.#dispatch(service)
+    this.#rotationGrew(service)
+  }
+
+  #rotationGrew(service: ServiceSlots): void {
+    if (service.queue.length > 0) this.#sharing?.rotationGrew(service.id, service.queue.length)
   }
 
   /** Per instance, requests this router carries beyond what `limit` now allows it (a share it lost while they ran). */

@@ -62,6 +62,8 @@ export interface SlotExchangeOptions {
   readonly onVeto?: (serviceId: string, instanceId: string, vetoedBy: readonly string[]) => void
   /** Bound on a wants or eject call to a peer. */
   readonly peerTimeoutMs?: number
+  /** How often the wants of requests still waiting are told again (default 1 s). */
+  readonly wantsRepeatMs?: number
 }
 
 /** A peer's wants expire unless repeated: a router that died stops being lent to. */
@@ -126,7 +128,7 @@ export class SlotExchange implements SlotSharing {
     this.#repeat = setInterval(() => {
       this.#repeatWants()
       this.#checkFence().catch((err: unknown) => this.#o.log.warn({ err }, 'fence check failed'))
-    }, WANT_REPEAT_MS)
+    }, options.wantsRepeatMs ?? WANT_REPEAT_MS)
     this.#repeat.unref()
   }
 
@@ -191,6 +193,18 @@ export class SlotExchange implements SlotSharing {
     if ((this.#waiting.get(serviceId) ?? 0) === queued) return
     if (queued === 0) this.#waiting.delete(serviceId)
     else this.#waiting.set(serviceId, queued)
+    this.#wantsChanged(serviceId)
+  }
+
+  rotationGrew(serviceId: string, queued: number): void {
+    // A peer that offered one of them while this router could not take it (it did not know the
+    // instance yet, or had it out of rotation) was declined and stopped lending here until told
+    // again: told now, not at the next repeat (up to a second of an idle slot while requests wait).
+    this.#waiting.set(serviceId, queued)
+    this.#wantsChanged(serviceId)
+  }
+
+  #wantsChanged(serviceId: string): void {
     this.#changed.add(serviceId)
     if (this.#flushScheduled) return
     // One message per peer for everything that changed in this turn of the event loop.

@@ -214,7 +214,9 @@ t.test('in a cluster, a router fills only its share of each instance and hears o
     limit: (_s, instanceId) => limits.get(instanceId) ?? 0,
     queueChanged: (_s, queued) => queueChanges.push(queued),
     slotFree: (s) => free.push(s),
+    rotationGrew: (_s, queued) => added.push(queued),
   })
+  const added: number[] = []
   tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
   const first = tracker.tryAcquire('s')
   t.equal(first?.instance.id, 'a')
@@ -222,6 +224,11 @@ t.test('in a cluster, a router fills only its share of each instance and hears o
   t.match(tracker.load('s'), { inFlight: 1, slotsAvailable: 0 })
   const waiting = tracker.acquire('s', { timeoutMs: 1000 })
   t.same(queueChanges, [1], 'the queue growing is told')
+  t.same(added, [], 'no instance came yet')
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.same(added, [], 'a sync of instances already known tells nothing')
+  tracker.sync('s', [instance('a', 1), instance('b', 2), instance('c', 3)], undefined)
+  t.same(added, [1], 'a new instance none of whose slots is this router’s, while one waits: told, with the queue')
   limits.set('b', 2)
   tracker.redispatch()
   t.equal((await waiting).instance.id, 'b', 'a share that grows serves the queue at once')
@@ -234,9 +241,24 @@ t.test('in a cluster, a router fills only its share of each instance and hears o
   t.same([...tracker.overLimit()], [['s', 'b', 1]], 'a request on a share lost meanwhile is reported')
 })
 
+t.test('in a cluster, an instance back from an ejection while requests still wait here is told, so peers lend again', async (t) => {
+  const { clock, tracker } = setup(1)
+  const grew: number[] = []
+  tracker.shareSlots({ limit: () => 1, queueChanged: () => undefined, slotFree: () => undefined, rotationGrew: (_s, queued) => grew.push(queued) })
+  tracker.sync('s', [instance('a', 1)], undefined)
+  tracker.tryAcquire('s')?.release('instance-error') // a: ejected 1 s
+  const first = tracker.acquire('s', { timeoutMs: 60_000 })
+  const second = tracker.acquire('s', { timeoutMs: 60_000 })
+  clock.advance(1000)
+  t.equal((await first).instance.id, 'a', 'the first waiter gets a back')
+  t.same(grew, [1], 'and the one still waiting is told to peers again')
+  ;(await first).release('success')
+  ;(await second).release('success')
+})
+
 t.test('a slot lent by another router goes to the request waiting longest; the lender hears the outcome once', async (t) => {
   const { tracker } = setup(1)
-  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined })
+  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined, rotationGrew: () => undefined })
   tracker.sync('s', [instance('a', 1)], undefined)
   const outcomes: string[] = []
   t.notOk(tracker.grantBorrowed('s', 'a', (o) => outcomes.push(o)), 'nobody waits: the offer is declined')
@@ -271,7 +293,7 @@ t.test('a router vetoes a kill of an instance it carries a request on, and other
 
 t.test('a borrowed request whose lender stops counting it (its offer broke) counts here until it lets go', async (t) => {
   const { tracker } = setup(1)
-  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined })
+  tracker.shareSlots({ limit: () => 0, queueChanged: () => undefined, slotFree: () => undefined, rotationGrew: () => undefined })
   tracker.sync('s', [instance('a', 1)], undefined)
   const waiting = tracker.acquire('s', { timeoutMs: 1000 })
   const adopt = tracker.grantBorrowed('s', 'a', () => undefined)

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net'
 import { InstanceTracker } from '../../src/backends/tracker.ts'
 import type { Instance } from '../../src/backends/backend.ts'
 import { SlotExchange } from '../../src/cluster/slot-exchange.ts'
+import { shareOf } from '../../src/cluster/slot-shares.ts'
 import type { PeerReport, SlotView } from '../../src/cluster/coordination.ts'
 import { handlePeer } from '../../src/admin/peer.ts'
 import { sendError } from '../../src/http/error-response.ts'
@@ -29,11 +30,11 @@ interface Side {
   settling: boolean
 }
 
-async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = []): Promise<Side> {
+async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = [], wantsRepeatMs?: number): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
   const side: { peers: PeerReport[]; members: string[]; cutOff: boolean; settling: boolean } = { peers: [], members, cutOff: false, settling: false }
   const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff, settling: side.settling })
-  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer) })
+  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer), ...(wantsRepeatMs === undefined ? {} : { wantsRepeatMs }) })
   tracker.shareSlots(exchange)
   tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
   tracker.sync('s', [instance('i')], undefined)
@@ -100,6 +101,40 @@ t.test('a lender whose offer nobody takes any more keeps its slot; one whose bor
   b.exchange.receiveWants('router-a', { s: 1 })
   await waitFor('the declined offer to release b’s slot', () => (b.tracker.load('s').inFlight === 0 && b.tracker.load('s').slotsAvailable === 1 ? true : undefined))
   t.equal(b.tracker.tryAcquire('s')?.instance.id, 'i', 'b serves its own request with it')
+})
+
+t.test('an instance lent before the borrower knew it (declined) is lent again as soon as the borrower learns it, not at the next repeat of its wants', async (t) => {
+  const members = ['router-a', 'router-b']
+  // Wants told again only once a minute: the lending below cannot wait for the repeat.
+  const a = await router(t, 'router-a', members, [], 60_000)
+  const b = await router(t, 'router-b', members, [], 60_000)
+  a.peers = [{ routerId: 'router-b', url: b.url, members, over: () => 0 }]
+  b.peers = [{ routerId: 'router-a', url: a.url, members, over: () => 0 }]
+  a.exchange.viewChanged()
+  b.exchange.viewChanged()
+  // A concurrency-level 1 version whose one new instance's slot is b's share, not a's.
+  const j = ['j0', 'j1', 'j2', 'j3', 'j4', 'j5', 'j6', 'j7'].find((id) => shareOf(id, 1, members, 'router-b') === 1) as string
+  for (const side of [a, b]) side.tracker.configure('t', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 10 })
+  const heard: number[] = []
+  const receiveWants = b.exchange.receiveWants.bind(b.exchange)
+  b.exchange.receiveWants = (from, wants) => {
+    if (wants['t'] !== undefined) heard.push(wants['t'])
+    receiveWants(from, wants)
+  }
+  const waiting = a.tracker.acquire('t', { timeoutMs: 20_000 })
+  await waitFor('b to hear that a waits', () => (heard.length === 1 ? true : undefined))
+  // b learns of j first and lends its slot to a, which does not know j yet: declined.
+  b.tracker.sync('t', [{ ...instance(j), serviceId: 't' }], undefined)
+  t.equal(b.tracker.load('t').inFlight, 1, 'b lent its slot of j at once')
+  await waitFor('the declined offer to give b its slot back', () => (b.tracker.load('t').inFlight === 0 ? true : undefined))
+  t.same(heard, [1], 'a said it waits once so far')
+  // a learns of j: none of its slots is a's, so a tells b again that it waits, and b lends.
+  a.tracker.sync('t', [{ ...instance(j), serviceId: 't' }], undefined)
+  const lease = await waiting
+  t.equal(lease.instance.id, j, 'a’s request is served on b’s slot of j')
+  t.equal(b.tracker.load('t').inFlight, 1, 'counted on the lender')
+  lease.release('success')
+  await waitFor('the lender to have its slot back', () => (b.tracker.load('t').inFlight === 0 ? true : undefined))
 })
 
 t.test('a kill another router vetoes lifts the hold of those that agreed', async (t) => {
