@@ -13,6 +13,10 @@ import { realisticTiming } from '../fixtures/k8s-sim/simulator.ts'
 
 type Test = Parameters<typeof startRouter>[0]
 
+// Fifteen scenarios of real routers and instances on three backends: about 50 s alone, but a
+// loaded machine has taken it past the suite's 120 s per file. Each scenario bounds its own waits.
+t.setTimeout(240_000)
+
 interface AppView {
   status: string
   'deployment-error-message'?: string

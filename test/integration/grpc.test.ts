@@ -142,31 +142,33 @@ t.test('maitre’s own refusals reach a gRPC client as gRPC statuses, in trailer
 })
 
 t.test('a stream that keeps moving outlives the socket timeout, either way; the streaming timeout applies between messages (DEADLINE_EXCEEDED)', async (t) => {
-  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 400 })
-  await createToken(router, 'grpc', grpcToken({ 'socket-timeout-ms': 300 }))
+  // Bounds ten times the gaps between messages: a machine loaded enough to stall a process for
+  // a few hundred ms (a CI run once did, with 300/400 ms bounds) must not turn a gap into a cut.
+  const router = await startRouter(t, { 'proxy.streamingTimeoutMs': 1500 })
+  await createToken(router, 'grpc', grpcToken({ 'socket-timeout-ms': 1000 }))
   const c = client(t, router)
   t.equal((await unary(c, { text: 'warm' }, meta('grpc'))).err, null)
-  const counted = await countdown(c, { from: 10, intervalMs: 100 })
-  t.equal(counted.length, 10, 'a second of messages 100 ms apart: past the 300 ms socket timeout, never 400 ms apart')
+  const counted = await countdown(c, { from: 20, intervalMs: 100 })
+  t.equal(counted.length, 20, 'two seconds of messages 100 ms apart: past the 1 s socket timeout, never 1.5 s apart')
   const summed = await new Promise<{ err: grpc.ServiceError | null; value: { sum: number; count: number } | undefined }>((resolve) => {
     const upload = c.sum(meta('grpc'), {}, (err, value) => resolve({ err, value }))
     let n = 0
     const next = (): void => {
       n += 1
       upload.write({ n })
-      if (n === 10) upload.end()
+      if (n === 20) upload.end()
       else setTimeout(next, 100)
     }
     next()
   })
-  t.equal(summed.err, null, 'a client-streaming call sending for a second, 100 ms apart: not cut at the 300 ms socket timeout')
-  t.same(summed.value, { sum: 55, count: 10 }, 'and every message counted')
+  t.equal(summed.err, null, 'a client-streaming call sending for two seconds, 100 ms apart: not cut at the 1 s socket timeout')
+  t.same(summed.value, { sum: 210, count: 20 }, 'and every message counted')
   const stalled = await new Promise<grpc.ServiceError>((resolve) => {
-    const stream = c.countdown({ from: 3, intervalMs: 1000 }, meta('grpc'))
+    const stream = c.countdown({ from: 3, intervalMs: 4000 }, meta('grpc'))
     stream.on('data', () => undefined)
     stream.on('error', resolve)
   })
-  t.equal(stalled.code, grpc.status.DEADLINE_EXCEEDED, 'a second between messages exceeds the 400 ms streaming timeout: DEADLINE_EXCEEDED, in trailers')
+  t.equal(stalled.code, grpc.status.DEADLINE_EXCEEDED, 'four seconds between messages exceed the 1.5 s streaming timeout: DEADLINE_EXCEEDED, in trailers')
 })
 
 // A router of its own: the stalled stream above ejects its instance for 10 s (Waiter's rule for
