@@ -9,7 +9,13 @@
  * per request. The worktrees share this checkout's node_modules (a symlink): dependencies are the
  * same for both, so only maitre's own code differs.
  *
+ * Launch variants of one commit (or of two): `--a-flags` / `--b-flags` replace the Node flags that
+ * side's shebang declares, `--a-env` / `--b-env` add to the environment it declares (`env -S
+ * NAME=value node …`); both as space-separated lists. Each side's RSS right after its last run is
+ * reported too.
+ *
  *   node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--out file.json]
+ *                    [--a-flags='--max-semi-space-size=8 …'] [--a-env='MALLOC_ARENA_MAX=2 …'] [--b-flags=…] [--b-env=…]
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -17,7 +23,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { cpuSeconds, ensureTools, freePort, median, start, waitForHttp, wrk } from './tools.ts'
+import { cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk } from './tools.ts'
 
 const { values: opts } = parseArgs({
   options: {
@@ -26,10 +32,20 @@ const { values: opts } = parseArgs({
     rounds: { type: 'string', default: '6' },
     secs: { type: 'string', default: '5' },
     out: { type: 'string' },
+    'a-flags': { type: 'string' },
+    'b-flags': { type: 'string' },
+    'a-env': { type: 'string' },
+    'b-env': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
   },
 })
+const USAGE = "usage: node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--out file.json] [--a-flags='--flag …'] [--a-env='NAME=value …'] [--b-flags=…] [--b-env=…] (with '=': a value that starts with a dash)"
+if (opts.help === true) {
+  console.log(USAGE)
+  process.exit(0)
+}
 if (opts.a === undefined || opts.b === undefined) {
-  console.error('usage: node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--out file.json]')
+  console.error(USAGE)
   process.exit(2)
 }
 const ROUNDS = Number(opts.rounds)
@@ -44,6 +60,7 @@ interface Router {
   readonly ref: string
   readonly commit: string
   readonly nodeFlags: readonly string[]
+  readonly env: Readonly<Record<string, string>>
   readonly url: string
   readonly child: ChildProcess
 }
@@ -55,6 +72,7 @@ interface Run {
   readonly cpuUsPerRequest: number
   readonly p99Ms: number
   readonly errors: number
+  readonly rssMb: number
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'maitre-ab-'))
@@ -91,12 +109,20 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.on(signal, () => void cleanup().finally(() => process.exit(130)))
 }
 
+/** `NAME=value NAME2=value2` as a record. */
+function envList(text: string | undefined): Record<string, string> {
+  const pairs = (text ?? '').split(/\s+/).filter((s) => /^[A-Za-z_][A-Za-z0-9_]*=/.test(s))
+  return Object.fromEntries(pairs.map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]))
+}
+
 /**
  * Checks the commit out and starts its router the way bench/run.ts starts maitre (same config,
- * but log level warn and the access log off), using the entry point and Node flags that commit
- * itself declares (package.json's bin, the entry's shebang), so each runs as it shipped.
+ * but log level warn and the access log off), using the entry point, Node flags and environment
+ * that commit itself declares (package.json's bin, the entry's shebang: `#!/usr/bin/env -S
+ * NAME=value node --flag`), so each runs as it shipped, unless --a-flags/--a-env (--b-…) say
+ * otherwise.
  */
-async function startRouter(label: 'A' | 'B', ref: string): Promise<Router> {
+async function startRouter(label: 'A' | 'B', ref: string, flagsOverride: string | undefined, extraEnv: string | undefined): Promise<Router> {
   const commit = git('rev-parse', '--short', `${ref}^{commit}`)
   const worktree = join(dir, label)
   git('worktree', 'add', '--detach', worktree, commit)
@@ -106,12 +132,16 @@ async function startRouter(label: 'A' | 'B', ref: string): Promise<Router> {
   const entry = join(worktree, pkg.bin?.['maitre'] ?? 'src/main.ts')
   if (!existsSync(entry)) throw new Error(`${ref}: no entry point ${entry}`)
   const shebang = readFileSync(entry, 'utf8').split('\n', 1)[0] ?? ''
-  const nodeFlags = shebang.startsWith('#!') ? shebang.split(/\s+/).filter((arg) => arg.startsWith('--')) : []
+  const declared = shebang.startsWith('#!') ? shebang.split(/\s+/) : []
+  const nodeFlags = flagsOverride === undefined ? declared.filter((arg) => arg.startsWith('--')) : flagsOverride.split(/\s+/).filter((s) => s !== '')
+  // env -S assignments come before the command (`node`); after it they would be arguments.
+  const nodeAt = declared.findIndex((arg) => arg === 'node' || arg.endsWith('/node'))
+  const env = { ...envList(declared.slice(0, nodeAt < 0 ? 0 : nodeAt).join(' ')), ...envList(extraEnv) }
 
   const port = await freePort()
   const config = join(dir, `${label}.yaml`)
   writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, `${label}-data`)}\nlog:\n  level: warn\n  access: false\n`)
-  const child = start(process.execPath, [...nodeFlags, entry, 'serve', '--config', config])
+  const child = start(process.execPath, [...nodeFlags, entry, 'serve', '--config', config], { ...process.env, ...env })
   routers.push(child)
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`)
@@ -122,7 +152,7 @@ async function startRouter(label: 'A' | 'B', ref: string): Promise<Router> {
   // The first request waits for the instance to be healthy.
   const warm = await fetch(`${url}/tiny`, { headers: { 'x-waiter-token': 'bench' } })
   if (!warm.ok) throw new Error(`${label} (${commit}) warm-up: ${warm.status}`)
-  return { label, ref, commit, nodeFlags, url, child }
+  return { label, ref, commit, nodeFlags, env, url, child }
 }
 
 async function measure(router: Router, round: number): Promise<Run> {
@@ -132,38 +162,47 @@ async function measure(router: Router, round: number): Promise<Run> {
   const cpu = cpuSeconds([pid]) - before
   // A router that died would otherwise show up only as a run full of socket errors.
   if (router.child.exitCode !== null || router.child.signalCode !== null) throw new Error(`router ${router.label} (${router.commit}) exited`)
-  return { round, router: router.label, rps: result.rps, cpuUsPerRequest: result.requests === 0 ? Number.NaN : (cpu * 1e6) / result.requests, p99Ms: result.p99Ms, errors: result.errors }
+  return { round, router: router.label, rps: result.rps, cpuUsPerRequest: result.requests === 0 ? Number.NaN : (cpu * 1e6) / result.requests, p99Ms: result.p99Ms, errors: result.errors, rssMb: rssMb(pid) }
 }
 
 async function main(): Promise<void> {
   ensureTools({ wrk: 'wrk' })
-  const a = await startRouter('A', opts.a as string)
-  const b = await startRouter('B', opts.b as string)
+  const a = await startRouter('A', opts.a as string, opts['a-flags'], opts['a-env'])
+  const b = await startRouter('B', opts.b as string, opts['b-flags'], opts['b-env'])
   // JIT and connection pools warm before anything is counted, for both alike.
   for (const router of [a, b]) await wrk(`${router.url}/tiny`, CONNECTIONS, 2, ['x-waiter-token: bench'])
 
   const runs: Run[] = []
-  console.log(`A = ${a.ref} (${a.commit}), B = ${b.ref} (${b.commit}); node ${process.version}, flags A [${a.nodeFlags.join(' ')}] B [${b.nodeFlags.join(' ')}]; node_modules shared from ${ROOT}`)
+  console.log(`A = ${a.ref} (${a.commit}), B = ${b.ref} (${b.commit}); node ${process.version}, flags A [${a.nodeFlags.join(' ')}] B [${b.nodeFlags.join(' ')}], env A [${Object.entries(a.env).map(([k, v]) => `${k}=${v}`).join(' ')}] B [${Object.entries(b.env).map(([k, v]) => `${k}=${v}`).join(' ')}]; node_modules shared from ${ROOT}`)
   console.log(`wrk -t2 -c${CONNECTIONS} -d${SECONDS}s /tiny, ${ROUNDS} rounds, the order flipped each round`)
-  console.log('| round | router | req/s | CPU µs/req | p99 ms | errors |\n|---|---|---|---|---|---|')
+  console.log('| round | router | req/s | CPU µs/req | p99 ms | errors | RSS MB |\n|---|---|---|---|---|---|---|')
   for (let round = 1; round <= ROUNDS; round++) {
     for (const router of round % 2 === 1 ? [a, b] : [b, a]) {
       const run = await measure(router, round)
       runs.push(run)
-      console.log(`| ${round} | ${run.router} ${router.commit} | ${run.rps.toFixed(0)} | ${run.cpuUsPerRequest.toFixed(1)} | ${run.p99Ms.toFixed(2)} | ${run.errors} |`)
+      console.log(`| ${round} | ${run.router} ${router.commit} | ${run.rps.toFixed(0)} | ${run.cpuUsPerRequest.toFixed(1)} | ${run.p99Ms.toFixed(2)} | ${run.errors} | ${run.rssMb.toFixed(0)} |`)
     }
   }
   const summary = (router: Router) => {
     const own = runs.filter((r) => r.router === router.label)
-    return { ref: router.ref, commit: router.commit, nodeFlags: router.nodeFlags, rps: median(own.map((r) => r.rps)), cpuUsPerRequest: median(own.map((r) => r.cpuUsPerRequest)), p99Ms: median(own.map((r) => r.p99Ms)), errors: own.reduce((n, r) => n + r.errors, 0) }
+    return { ref: router.ref, commit: router.commit, nodeFlags: router.nodeFlags, env: router.env, rssAfterMb: own[own.length - 1]?.rssMb ?? Number.NaN, rps: median(own.map((r) => r.rps)), cpuUsPerRequest: median(own.map((r) => r.cpuUsPerRequest)), p99Ms: median(own.map((r) => r.p99Ms)), errors: own.reduce((n, r) => n + r.errors, 0) }
   }
   const medians = { A: summary(a), B: summary(b) }
-  console.log('\n| medians | req/s | CPU µs/req | p99 ms | errors |\n|---|---|---|---|---|')
-  for (const [label, m] of Object.entries(medians)) console.log(`| ${label} ${m.commit} | ${m.rps.toFixed(0)} | ${m.cpuUsPerRequest.toFixed(1)} | ${m.p99Ms.toFixed(2)} | ${m.errors} |`)
+  console.log('\n| medians | req/s | CPU µs/req | p99 ms | errors | RSS after the last run MB |\n|---|---|---|---|---|---|')
+  for (const [label, m] of Object.entries(medians)) console.log(`| ${label} ${m.commit} | ${m.rps.toFixed(0)} | ${m.cpuUsPerRequest.toFixed(1)} | ${m.p99Ms.toFixed(2)} | ${m.errors} | ${m.rssAfterMb.toFixed(0)} |`)
   console.log(`B ÷ A: req/s ${(medians.B.rps / medians.A.rps).toFixed(3)}, CPU/req ${(medians.B.cpuUsPerRequest / medians.A.cpuUsPerRequest).toFixed(3)}`)
+  // Each round's two runs are back to back, so their ratio is less exposed to the machine's drift
+  // over the whole run than the ratio of the two medians.
+  const paired = Array.from({ length: ROUNDS }, (_, i) => {
+    const ra = runs.find((r) => r.round === i + 1 && r.router === 'A')
+    const rb = runs.find((r) => r.round === i + 1 && r.router === 'B')
+    return ra === undefined || rb === undefined ? undefined : { rps: rb.rps / ra.rps, cpu: rb.cpuUsPerRequest / ra.cpuUsPerRequest }
+  }).filter((p) => p !== undefined)
+  const pairedMedians = { rps: median(paired.map((p) => p.rps)), cpu: median(paired.map((p) => p.cpu)) }
+  console.log(`B ÷ A within each round, median: req/s ${pairedMedians.rps.toFixed(3)}, CPU/req ${pairedMedians.cpu.toFixed(3)} (CPU/req ratios ${paired.map((p) => p.cpu.toFixed(2)).join(', ')})`)
   if (opts.out !== undefined) {
     const setup = { connections: CONNECTIONS, seconds: SECONDS, rounds: ROUNDS, node: process.version, nodeModules: `shared: both worktrees link ${join(ROOT, 'node_modules')}` }
-    writeFileSync(opts.out, `${JSON.stringify({ setup, medians, runs }, null, 2)}\n`)
+    writeFileSync(opts.out, `${JSON.stringify({ setup, medians, pairedMedians, runs }, null, 2)}\n`)
     console.log(`written to ${opts.out}`)
   }
 }

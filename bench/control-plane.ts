@@ -3,19 +3,32 @@
  * instance: busybox httpd, a megabyte apiece, so a thousand fit on one machine). Reports maitre's
  * RSS and the routing latency to one warm version, alone and then among all the others.
  * Run: `npm run bench:control-plane` (installs busybox from Debian's packages if missing).
+ * maitre is launched as it ships (MAITRE_ENV, MAITRE_NODE_FLAGS); BENCH_NODE_FLAGS='--flag …'
+ * replaces the flags and BENCH_MAITRE_ENV='NAME=value …' adds to the environment, to measure a
+ * launch variant. The RSS is read again after 10 s without requests (BENCH_IDLE_SECONDS).
+ * BENCH_HEAP=1 loads bench/memory-probe.mjs into maitre and, after the last RSS reading, reports
+ * its live heap after a full collection (what the tokens and versions hold) and V8's sizes.
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Agent, request } from 'undici'
-import { ensureTools, freePort, rssMb, MAITRE_NODE_FLAGS } from './tools.ts'
+import { ensureTools, freePort, rssMb, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const TOKENS = Number(process.env['BENCH_TOKENS'] ?? 10_000)
 const VERSIONS = Number(process.env['BENCH_VERSIONS'] ?? 1_000)
 const SAMPLES = 3000
+const IDLE_SECONDS = Number(process.env['BENCH_IDLE_SECONDS'] ?? 10)
+const NODE_FLAGS = process.env['BENCH_NODE_FLAGS'] === undefined ? MAITRE_NODE_FLAGS : process.env['BENCH_NODE_FLAGS'].split(/\s+/).filter((s) => s !== '')
+const MAITRE_LAUNCH_ENV: Record<string, string> = {
+  ...MAITRE_ENV,
+  ...Object.fromEntries((process.env['BENCH_MAITRE_ENV'] ?? '').split(/\s+/).filter((s) => s.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
+}
+const HEAP = process.env['BENCH_HEAP'] === '1'
+const PROBE_OUT = join(tmpdir(), `maitre-cp-probe-${process.pid}.json`)
 const CMD = 'mkdir -p www && echo ok > www/status && exec busybox httpd -f -p 127.0.0.1:$PORT0 -h www'
 const agent = new Agent({ connections: 64, keepAliveTimeout: 30_000 })
 
@@ -65,7 +78,9 @@ async function main(): Promise<void> {
     'backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: 5000',
     'log:\n  level: warn', '',
   ].join('\n'))
-  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const probeArgs = HEAP ? ['--expose-gc', '--import', join(ROOT, 'bench', 'memory-probe.mjs')] : []
+  const probeEnv = HEAP ? { MEM_PROBE_OUT: PROBE_OUT, MEM_PROBE_GC: '1' } : {}
+  const maitre = spawn(process.execPath, [...NODE_FLAGS, ...probeArgs, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...MAITRE_LAUNCH_ENV, ...probeEnv } })
   const url = `http://127.0.0.1:${port}`
   try {
     for (;;) {
@@ -95,9 +110,21 @@ async function main(): Promise<void> {
     const spread = Array.from({ length: VERSIONS }, (_, i) => `tok-${i}`)
     const [spread50, spread99] = await latency(url, spread)
     const rssAfter = rssMb(pid)
+    await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000))
+    const rssIdle = rssMb(pid)
+    let heap = ''
+    if (HEAP) {
+      rmSync(PROBE_OUT, { force: true })
+      maitre.kill('SIGUSR2')
+      for (let i = 0; i < 100 && !existsSync(PROBE_OUT); i++) await new Promise((r) => setTimeout(r, 50))
+      await new Promise((r) => setTimeout(r, 50))
+      const p = JSON.parse(readFileSync(PROBE_OUT, 'utf8')) as { heapUsed: number; heapCommitted: number; rss: number; external: number }
+      rmSync(PROBE_OUT, { force: true })
+      heap = `\nAfter a full collection (BENCH_HEAP=1): live heap ${p.heapUsed.toFixed(1)} MB, V8 committed ${p.heapCommitted.toFixed(1)} MB, external ${p.external.toFixed(1)} MB, RSS ${p.rss.toFixed(0)} MB.`
+    }
 
     console.log([
-      `Control plane: ${TOKENS} tokens (created in ${tokensSecs.toFixed(1)} s), ${apps.length} live versions (each one busybox httpd instance, started in ${versionsSecs.toFixed(1)} s).`,
+      `Control plane: ${TOKENS} tokens (created in ${tokensSecs.toFixed(1)} s), ${apps.length} live versions (each one busybox httpd instance, started in ${versionsSecs.toFixed(1)} s); maitre launched with [${Object.entries(MAITRE_LAUNCH_ENV).map(([k, v]) => `${k}=${v}`).join(' ')}] node [${NODE_FLAGS.join(' ')}].`,
       '',
       '| | maitre RSS MB | routing latency p50 ms | p99 ms |',
       '|---|---|---|---|',
@@ -105,7 +132,8 @@ async function main(): Promise<void> {
       `| ${TOKENS} tokens, 1 version | ${rssTokens.toFixed(0)} | | |`,
       `| ${TOKENS} tokens, ${apps.length} versions: the same warm version | ${rssLoaded.toFixed(0)} | ${crowd50.toFixed(3)} | ${crowd99.toFixed(3)} |`,
       `| ${TOKENS} tokens, ${apps.length} versions: each request to the next version | ${rssAfter.toFixed(0)} | ${spread50.toFixed(3)} | ${spread99.toFixed(3)} |`,
-    ].join('\n'))
+      `| the same, after ${IDLE_SECONDS} s without requests | ${rssIdle.toFixed(0)} | | |`,
+    ].join('\n') + heap)
   } finally {
     maitre.kill('SIGTERM')
     await new Promise((r) => maitre.once('exit', r))

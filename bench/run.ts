@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, writeNginxConf, type WrkResult, MAITRE_NODE_FLAGS } from './tools.ts'
+import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, writeNginxConf, type WrkResult, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
@@ -85,7 +85,8 @@ async function startMaitre(dir: string): Promise<{ port: number; pid: number; ur
   // nginx runs with access_log off; so does maitre unless BENCH_ACCESS_LOG=1 (its cost is then in the figures).
   const accessLog = process.env['BENCH_ACCESS_LOG'] === '1' ? '' : '  access: false\n'
   writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: ${process.env['BENCH_LOG_LEVEL'] ?? 'info'}\n${accessLog}`)
-  const maitre = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
+  // Launched as it ships: the shebang's environment (MAITRE_ENV) and Node flags.
+  const maitre = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
   children.push(maitre)
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`)

@@ -36,6 +36,13 @@ export async function waitForHttp(url: string, timeoutMs = 15_000): Promise<void
  */
 export const MAITRE_NODE_FLAGS = ['--max-semi-space-size=16'] as const
 
+/**
+ * The environment maitre runs with wherever it is launched with glibc's malloc (the `env -S`
+ * assignments of src/main.ts's shebang), set on top of the caller's for the router only; the
+ * benchmarks launch maitre with it so they measure it as it ships.
+ */
+export const MAITRE_ENV: Readonly<Record<string, string>> = {}
+
 export function start(command: string, args: readonly string[], env: NodeJS.ProcessEnv = process.env): ChildProcess {
   return spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'], env })
 }
