@@ -38,8 +38,15 @@ const REPLACEMENT_HIDDEN_MS = 6000
 const MAX_REPLACEMENT_ROUNDS = 3
 /** How long after its creation a pod marked as a replacement is left out of every router's instances. */
 const REPLACEMENT_MARK_MS = 30_000
-/** How long a kill waits for the ReplicaSet controller to replace the pod it deleted before it lowers the count anyway. */
-const KILL_BARRIER_MS = 3000
+/**
+ * How long a kill waits for the ReplicaSet controller to replace the pod it deleted before it
+ * lowers the count anyway. Long: the replacement comes once the controller's pod cache has seen
+ * the delete and its expectations of its last action are met, which takes a multiple of its
+ * informer lag (seconds on a loaded cluster); a count lowered before that lets it choose what goes.
+ */
+const KILL_BARRIER_MS = 30_000
+/** From this long into a kill's wait, the ReplicaSet's Events are read (each such period) for a FailedCreate that says no replacement will come (quota, admission). */
+const FAILED_CREATE_CHECK_MS = 2000
 const MAX_RELIST_BACKOFF_MS = 60_000
 const SCALE_RETRIES = 5
 /** How often services short of pods are checked for FailedCreate events (quota, admission). */
@@ -69,8 +76,10 @@ interface KubeService {
   killChain: Promise<void>
   /** A kill waits for the controller to replace its pod: a pod that appears meanwhile is that replacement. */
   awaitingReplacement: boolean
-  /** Kills asked for and not yet at their own scale write: the count written keeps their pods (each kill lowers it for its own, once replaced). */
-  queuedKills: number
+  /** Kills asked for and not yet past their own scale write: every other write keeps their pods in the count (each kill lowers it for its own, once replaced). */
+  unwrittenKills: number
+  /** Until when (each) a kill that lowered the count without seeing its replacement claims the next new pod as that replacement, should the controller make it late. */
+  owedReplacements: number[]
   /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
   readonly replacements: Set<string>
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
@@ -84,6 +93,17 @@ interface KubeService {
 }
 
 class RelistNeeded extends Error {}
+
+/** A kill's pod in the count written by others, until the kill's own write (see #putScale). */
+interface KillCount {
+  counted: boolean
+}
+
+/** The resourceVersion of what an API call answered with, if it is an object that has one. */
+function resourceVersionOf(answer: unknown): bigint | undefined {
+  const metadata = typeof answer === 'object' && answer !== null ? (answer as { metadata?: { resourceVersion?: unknown } }).metadata : undefined
+  return typeof metadata?.resourceVersion === 'string' ? versionOf(metadata.resourceVersion) : undefined
+}
 
 /**
  * A resourceVersion as a number to order events by. Kubernetes calls them opaque, but every API
@@ -223,13 +243,11 @@ export class KubernetesBackend implements Backend {
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
-    // Counted until its turn: a write made by the kill before it (or by anyone) must not lower the
-    // count for this pod while it still runs, or the controller would choose what goes.
-    service.queuedKills += 1
-    const kill = service.killChain.then(() => {
-      service.queuedKills -= 1
-      return this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined)
-    })
+    // Counted until its own scale write: a write made meanwhile by anyone else (the kill before
+    // it, the autoscaler) must not lower the count for this pod while it runs or while its
+    // replacement is awaited, or the controller would choose what goes.
+    service.unwrittenKills += 1
+    const kill = service.killChain.then(() => this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined))
     service.killChain = kill.then(
       () => undefined,
       () => undefined,
@@ -243,6 +261,24 @@ export class KubernetesBackend implements Backend {
     }
   }
 
+  /** Runs one kill in its turn; it stops counting in the writes of others once its own is written, or when it ends without one. */
+  async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
+    const own: KillCount = { counted: true }
+    const before = new Set(service.replacements)
+    try {
+      return await this.#killCounted(service, name, uid, grace, own)
+    } finally {
+      this.#uncount(service, own)
+      this.#showLeftovers(service, [...service.replacements].filter((pod) => !before.has(pod)))
+    }
+  }
+
+  #uncount(service: KubeService, own: KillCount): void {
+    if (!own.counted) return
+    own.counted = false
+    service.unwrittenKills -= 1
+  }
+
   /**
    * Waiter's recipe, with barriers against a controller whose caches lag. The chosen pod is
    * deleted first, so it leaves the ReplicaSet's count at once; the controller fills the hole
@@ -253,108 +289,152 @@ export class KubernetesBackend implements Backend {
    * an unready pod comes before any deletion cost, and a busy single-threaded app fails its
    * readiness probe. A pod that appears after the delete can only be the controller's answer to
    * it (its cache has seen the pod go), never an echo of an earlier kill, since kills of a
-   * version go one at a time. The replacement never shows as an instance. The lowest deletion
-   * cost still goes on the chosen pod, for a controller slower than the barrier.
+   * version go one at a time. The replacement never shows as an instance. The wait follows the
+   * controller (KILL_BARRIER_MS at most, shorter when its Events say it cannot create); one it
+   * outlasts leaves a debt, so that a replacement made after the count dropped is still claimed.
+   * The lowest deletion cost still goes on the chosen pod, for a controller slower than that.
    */
-  async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
-    if (service.requested + service.queuedKills === 0) {
+  async #killCounted(service: KubeService, name: string, uid: string, grace: number | undefined, own: KillCount): Promise<boolean> {
+    if (service.requested + service.unwrittenKills - 1 === 0) {
       // Every pod goes: nothing busy can be taken in this one's place.
-      await this.#writeScale(service)
-      return this.#deleteChosen(service, name, uid, grace)
+      await this.#writeScale(service, undefined, own)
+      return (await this.#deleteChosen(service, name, uid, grace)) !== false
     }
     await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
       if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
     })
-    const before = new Set(service.replacements)
     const earlier = new Set(service.replacements)
     service.awaitingReplacement = true
     try {
-      if (!(await this.#deleteChosen(service, name, uid, grace))) return false
-      let replacement = await this.#replacementOf(service, name, earlier)
+      const deleted = await this.#deleteChosen(service, name, uid, grace)
+      if (deleted === false) return false
+      if (deleted === 'gone') {
+        // Gone before this delete (someone else's, or a crash): nothing was chosen here, so the
+        // count stays as it was and whatever replaces the pod is an instance like any other.
+        service.requested += 1
+        this.#listeners.emit(service.id)
+        return true
+      }
+      let replacement = await this.#replacementOf(service, name, earlier, deleted.version)
       let rounds = 1
       // Checked again right before the count is written (a write held back by API errors can
       // come after the replacement is ready): one already ready while another pod is not (a busy
       // single-threaded app fails its probe) would be ranked after that pod by the controller.
       // It goes the chosen pod's way instead, and its own replacement, new again, is what the
       // lower count takes.
-      await this.#writeScale(service, async () => {
-        const made = replacement === undefined ? undefined : this.#pods.get(service.id)?.get(replacement)
-        if (made === undefined || !isReady(made) || rounds >= MAX_REPLACEMENT_ROUNDS || !this.#livePods(service).some((p) => !isReady(p))) return true
-        rounds += 1
-        await this.#retrying(() => this.#o.api.deletePod(made.metadata.name ?? '', made.metadata.uid ?? '', 0)).catch(() => undefined)
-        replacement = await this.#replacementOf(service, name, earlier)
-        return false
-      })
+      await this.#writeScale(
+        service,
+        async () => {
+          const made = replacement === undefined ? undefined : this.#pods.get(service.id)?.get(replacement)
+          if (made === undefined || !isReady(made) || rounds >= MAX_REPLACEMENT_ROUNDS || !this.#livePods(service).some((p) => !isReady(p))) {
+            if (replacement === undefined) service.owedReplacements.push(this.#o.clock.now() + REPLACEMENT_MARK_MS)
+            return true
+          }
+          rounds += 1
+          const again = await this.#retrying(() => this.#o.api.deletePod(made.metadata.name ?? '', made.metadata.uid ?? '', 0)).catch(() => undefined)
+          replacement = await this.#replacementOf(service, name, earlier, resourceVersionOf(again))
+          return false
+        },
+        own,
+      )
     } finally {
       service.awaitingReplacement = false
-    }
-    // The controller deletes the replacement. One it leaves (a scale-up that came meanwhile made
-    // it wanted after all) is an instance like any other, REPLACEMENT_HIDDEN_MS later.
-    const made = [...service.replacements].filter((pod) => !before.has(pod))
-    if (made.length > 0) {
-      const cancel = this.#o.clock.setTimeout(() => {
-        this.#timers.delete(cancel)
-        const kept = made.filter((pod) => service.replacements.delete(pod) && this.#pods.get(service.id)?.has(pod) === true)
-        if (kept.length === 0) return
-        this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
-        for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null } } }).catch(() => undefined)
-        this.#listeners.emit(service.id)
-      }, REPLACEMENT_HIDDEN_MS)
-      this.#timers.add(cancel)
     }
     return true
   }
 
   /**
-   * The controller's replacement for a pod this kill deleted (one made for an earlier kill may
-   * still be on its way out: `earlier`), marked so that no router routes to it and ranked first
-   * among pods as ready as it; undefined if none came within KILL_BARRIER_MS.
+   * A kill's leftover replacements (a scale-up that came meanwhile made them wanted after all, or
+   * the controller never took them) are instances like any other, REPLACEMENT_HIDDEN_MS later.
    */
-  async #replacementOf(service: KubeService, deleted: string, earlier: Set<string>): Promise<string | undefined> {
-    const replacement = await this.#waitFor(() => [...service.replacements].find((pod) => !earlier.has(pod)), KILL_BARRIER_MS)
-    if (replacement === undefined) {
-      this.#o.log.warn({ service: service.id, pod: deleted, waitedMs: KILL_BARRIER_MS }, 'the ReplicaSet controller did not replace the deleted pod in time; lowering replicas anyway')
-      return undefined
-    }
-    earlier.add(replacement)
-    await this.#o.api.patchPod(replacement, { metadata: { annotations: { [ANNOTATIONS.replacement]: 'true', [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch(() => undefined)
-    return replacement
+  #showLeftovers(service: KubeService, made: readonly string[]): void {
+    if (made.length === 0) return
+    const cancel = this.#o.clock.setTimeout(() => {
+      this.#timers.delete(cancel)
+      const kept = made.filter((pod) => service.replacements.delete(pod) && this.#pods.get(service.id)?.has(pod) === true)
+      if (kept.length === 0) return
+      this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
+      for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null } } }).catch(() => undefined)
+      this.#listeners.emit(service.id)
+    }, REPLACEMENT_HIDDEN_MS)
+    this.#timers.add(cancel)
   }
 
   /**
-   * Deletes the pod chosen to go (its uid as a precondition), retrying what is transient. True
-   * once it is gone or going (404: gone already; 409: the name is another pod's now, so it is
-   * gone too). A delete that cannot be made undoes the kill: the count comes back and the pod
-   * stays an instance.
+   * The controller's replacement for a pod this kill deleted (one made for an earlier kill may
+   * still be on its way out: `earlier`), marked so that no router routes to it and ranked first
+   * among pods as ready as it. Undefined if none came: the wait ends after KILL_BARRIER_MS, when
+   * a FailedCreate newer than the delete (`after`, its resourceVersion) says none will come, or
+   * when the service goes.
    */
-  async #deleteChosen(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
+  async #replacementOf(service: KubeService, deleted: string, earlier: Set<string>, after: bigint | undefined): Promise<string | undefined> {
+    const started = this.#o.clock.now()
+    let checkAt = started + FAILED_CREATE_CHECK_MS
+    for (;;) {
+      const replacement = [...service.replacements].find((pod) => !earlier.has(pod))
+      if (replacement !== undefined) {
+        earlier.add(replacement)
+        this.#markReplacement(replacement)
+        return replacement
+      }
+      const now = this.#o.clock.now()
+      let why: string | undefined
+      if (this.#closed || this.#services.get(service.id) !== service || service.deleting !== undefined) return undefined
+      if (now - started >= KILL_BARRIER_MS) why = 'the ReplicaSet controller did not replace the deleted pod in time'
+      else if (now >= checkAt) {
+        why = await this.#failedCreateAfter(service, after)
+        checkAt = this.#o.clock.now() + FAILED_CREATE_CHECK_MS
+        if (why === undefined) continue
+      }
+      if (why !== undefined) {
+        this.#o.log.warn({ service: service.id, pod: deleted, waitedMs: this.#o.clock.now() - started, why }, 'no replacement for the deleted pod; lowering replicas anyway (a late one is still claimed)')
+        return undefined
+      }
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
+    }
+  }
+
+  /**
+   * The ReplicaSet's latest FailedCreate, if it came after resourceVersion `after` (undefined: no
+   * way to tell, so none). resourceVersions are etcd revisions, comparable across resources; a
+   * cluster that keeps Events in an etcd of their own breaks that, and then the wait merely ends
+   * at the first FailedCreate check or runs to its bound.
+   */
+  async #failedCreateAfter(service: KubeService, after: bigint | undefined): Promise<string | undefined> {
+    if (after === undefined || service.uid === undefined) return undefined
     try {
-      await this.#retrying(() => this.#o.api.deletePod(name, uid, grace))
-      return true
+      const events = await this.#o.api.listEvents(`involvedObject.kind=ReplicaSet,involvedObject.name=${service.replicaSet}`)
+      const failedCreate = latestFailedCreate(events.items, service.uid)
+      const version = versionOf(failedCreate?.metadata.resourceVersion)
+      return failedCreate !== undefined && version !== undefined && version > after ? `FailedCreate: ${failedCreate.message}` : undefined
     } catch (err) {
-      if (err instanceof KubeApiError && (err.code === 404 || err.code === 409)) return true
+      this.#o.log.debug({ err, service: service.id }, 'events unreadable during a kill; waiting on')
+      return undefined
+    }
+  }
+
+  /** Marks a kill's replacement so that no router routes to it, and so that the lower count takes it first. */
+  #markReplacement(pod: string): void {
+    void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: 'true', [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch(() => undefined)
+  }
+
+  /**
+   * Deletes the pod chosen to go (its uid as a precondition), retrying what is transient: its
+   * resourceVersion as deleted once it is going; 'gone' when it was gone already (404; 409: the
+   * name is another pod's now). A delete that cannot be made undoes the kill (false): the count
+   * comes back and the pod stays an instance.
+   */
+  async #deleteChosen(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<{ readonly version: bigint | undefined } | 'gone' | false> {
+    try {
+      return { version: resourceVersionOf(await this.#retrying(() => this.#o.api.deletePod(name, uid, grace))) }
+    } catch (err) {
+      if (err instanceof KubeApiError && (err.code === 404 || err.code === 409)) return 'gone'
       this.#o.log.error({ err, service: service.id, pod: name }, 'pod kill failed; the pod stays')
       service.killing.delete(name)
       service.requested += 1
       this.#listeners.emit(service.id)
       return false
     }
-  }
-
-  /** Resolves with what `found()` returns once it is defined (looked at every 25 ms), or undefined after `maxMs`. */
-  async #waitFor<T>(found: () => T | undefined, maxMs: number): Promise<T | undefined> {
-    let value: T | undefined
-    return (await this.#until(() => (value = found()) !== undefined, maxMs)) ? value : undefined
-  }
-
-  /** Resolves with true once `ready()` holds (looked at every 25 ms), or with false after `maxMs`. */
-  async #until(ready: () => boolean, maxMs: number): Promise<boolean> {
-    const deadline = this.#o.clock.now() + maxMs
-    while (!ready()) {
-      if (this.#o.clock.now() >= deadline || this.#closed) return false
-      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
-    }
-    return true
   }
 
   /**
@@ -451,7 +531,8 @@ export class KubernetesBackend implements Backend {
       requested,
       killChain: Promise.resolve(),
       awaitingReplacement: false,
-      queuedKills: 0,
+      unwrittenKills: 0,
+      owedReplacements: [],
       replacements: new Set(),
       localChanges: 0,
       writtenVersion: 0n,
@@ -502,8 +583,8 @@ export class KubernetesBackend implements Backend {
    * ones; resolves when it is done. `ready`, if given, is asked right before the write (after the
    * read): false reads and asks again.
    */
-  #writeScale(service: KubeService, ready?: () => Promise<boolean>): Promise<void> {
-    const next = service.scaling.then(() => this.#putScale(service, ready)).catch((err: unknown) => {
+  #writeScale(service: KubeService, ready?: () => Promise<boolean>, own?: KillCount): Promise<void> {
+    const next = service.scaling.then(() => this.#putScale(service, ready, own)).catch((err: unknown) => {
       this.#o.log.error({ err, service: service.id }, 'scale failed')
     })
     service.scaling = next
@@ -522,25 +603,35 @@ export class KubernetesBackend implements Backend {
     }
   }
 
-  async #putScale(service: KubeService, ready?: () => Promise<boolean>): Promise<void> {
-    for (let attempt = 1; ; ) {
-      // Forgotten, or its ReplicaSet on the way out: nothing to scale (a failed delete writes again).
-      if (this.#services.get(service.id) !== service || service.deleting !== undefined) return
-      const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
-      const target = service.requested + service.queuedKills
-      if (scale.spec.replicas === target) return
-      if (ready !== undefined && !(await ready())) continue
-      attempt += 1
-      try {
-        const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas: target } })
-        service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
-        this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: target }, 'scaled')
-        return
-      } catch (err) {
-        // Someone else changed the ReplicaSet since the read: read again and retry.
-        if (!(err instanceof KubeApiError && err.code === 409) && !isTransient(err)) throw err
-        if (attempt > SCALE_RETRIES) throw err
+  /**
+   * The count written is `requested` plus the pods of kills not yet past their own write, less
+   * the kill (`own`) this write is for. That kill stops counting as the write ends (done, not
+   * needed, or failed), before any write queued behind it reads the count.
+   */
+  async #putScale(service: KubeService, ready?: () => Promise<boolean>, own?: KillCount): Promise<void> {
+    try {
+      for (let attempt = 1; ; ) {
+        // Forgotten, or its ReplicaSet on the way out: nothing to scale (a failed delete writes again).
+        if (this.#services.get(service.id) !== service || service.deleting !== undefined) return
+        const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
+        const target = (): number => service.requested + service.unwrittenKills - (own?.counted === true ? 1 : 0)
+        if (scale.spec.replicas === target()) return
+        if (ready !== undefined && !(await ready())) continue
+        attempt += 1
+        const replicas = target()
+        try {
+          const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas } })
+          service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
+          this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: replicas }, 'scaled')
+          return
+        } catch (err) {
+          // Someone else changed the ReplicaSet since the read: read again and retry.
+          if (!(err instanceof KubeApiError && err.code === 409) && !isTransient(err)) throw err
+          if (attempt > SCALE_RETRIES) throw err
+        }
       }
+    } finally {
+      if (own !== undefined) this.#uncount(service, own)
     }
   }
 
@@ -711,8 +802,9 @@ export class KubernetesBackend implements Backend {
     let byName = this.#pods.get(serviceId)
     if (byName === undefined) this.#pods.set(serviceId, (byName = new Map()))
     const replacing = this.#services.get(serviceId)
-    // A pod new to this router while a kill waits for the controller to replace its pod.
-    if (type !== 'DELETED' && !byName.has(name) && replacing?.awaitingReplacement === true) replacing.replacements.add(name)
+    // A pod new to this router while a kill waits for the controller to replace its pod, or
+    // after a kill gave up waiting for that: the replacement, late.
+    if (type !== 'DELETED' && !byName.has(name) && replacing !== undefined) this.#claimReplacement(replacing, name)
     if (type === 'DELETED') {
       byName.delete(name)
       if (byName.size === 0) this.#pods.delete(serviceId)
@@ -728,6 +820,20 @@ export class KubernetesBackend implements Backend {
       service.eventError = undefined
     }
     this.#update(service)
+  }
+
+  #claimReplacement(service: KubeService, name: string): void {
+    if (service.awaitingReplacement) {
+      service.replacements.add(name)
+      return
+    }
+    const now = this.#o.clock.now()
+    while (service.owedReplacements.length > 0 && (service.owedReplacements[0] ?? 0) <= now) service.owedReplacements.shift()
+    if (service.owedReplacements.shift() === undefined) return
+    this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
+    service.replacements.add(name)
+    this.#markReplacement(name)
+    this.#showLeftovers(service, [name])
   }
 
   /** Records a pod's container run that ended, once, as soon as the pod shows it (not when the kubelet restarts it after its back-off). */

@@ -111,6 +111,91 @@ t.test('two kills back to back, the controller’s pod cache lagging: the pod se
   t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1)
 })
 
+t.test('a controller whose pod cache lags 2 s: a second kill’s replacement comes twice the lag after its delete, past any fixed 3 s bound; the count drops only once each chosen pod is replaced, and only pods maitre chose (or their replacements) go', { timeout: 60_000 }, async (t) => {
+  // The controller waits on its expectations of the first kill's scale-down (its delete of the
+  // replacement, seen a lag later) before it sees the second delete: its replacement takes ~2 lags.
+  // Its expectations last longer than the lag, as the real one's 5 minutes do.
+  const { sim, backend } = await setup(t, { sim: { controllerLagMs: { pods: 2000, replicasets: 0 }, expectationsTimeoutMs: 60_000 } })
+  await backend.ensureService(spec('svc-slow'))
+  const [first, second, busy] = (await readyPods(t, backend, 'svc-slow', 3, { together: true })) as [Instance, Instance, Instance]
+  const instances = new Set<string>()
+  backend.subscribe((id) => {
+    for (const i of id === 'svc-slow' ? (backend.state('svc-slow')?.instances ?? []) : []) instances.add(i.id)
+  })
+  // What the cluster does, in order, as a 20 ms poll sees it: pods created and marked for
+  // deletion, and the replica count.
+  const history: { kind: 'created' | 'deleted' | 'replicas'; what: string }[] = []
+  const known = new Set(sim.list('pods', SIM_NAMESPACE).map((p) => p.metadata.name as string))
+  const deleted = new Set<string>()
+  let replicas = sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas as number
+  const watch = setInterval(() => {
+    for (const p of sim.list('pods', SIM_NAMESPACE)) {
+      const name = p.metadata.name as string
+      if (!known.has(name)) history.push({ kind: 'created', what: name })
+      known.add(name)
+      if (p.metadata.deletionTimestamp !== undefined && !deleted.has(name)) history.push({ kind: 'deleted', what: name })
+      if (p.metadata.deletionTimestamp !== undefined) deleted.add(name)
+    }
+    const now = sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas as number
+    if (now !== replicas) history.push({ kind: 'replicas', what: String(now) })
+    replicas = now
+  }, 20)
+  t.teardown(() => clearInterval(watch))
+  // Longer than both kills and the pods' grace period: a SIGTERM while it runs would cut it at SIGKILL.
+  const serving = requestTo(busy, '/sleep?sleep-ms=9000')
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  for (const chosen of [first, second]) t.equal(await backend.killInstance('svc-slow', chosen.id), true)
+  await waitFor('one pod left, nothing terminating', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 30_000)
+  const answer = await serving
+  t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
+  const podOf = (i: Instance): string => [...known].find((name) => i.id.includes(name)) ?? i.id
+  const chosen = [first, second].map(podOf)
+  // Each drop of the count comes after the controller created a pod in place of the chosen one.
+  const drops = history.flatMap((e, at) => (e.kind === 'replicas' ? [at] : []))
+  t.equal(drops.length, 2, `two drops of the count (${JSON.stringify(history)})`)
+  for (const [k, at] of drops.entries()) {
+    const deletedAt = history.findIndex((e) => e.kind === 'deleted' && e.what === chosen[k])
+    t.ok(deletedAt >= 0 && deletedAt < at && history.slice(deletedAt, at).some((e) => e.kind === 'created'), `kill ${k + 1}: the count dropped once the controller had replaced the chosen pod (${JSON.stringify(history)})`)
+  }
+  const shown = new Set([...instances].map((id) => [...known].find((name) => id.includes(name))))
+  t.same([...deleted].filter((name) => !chosen.includes(name) && shown.has(name)), [], 'no pod that ever was an instance went unless maitre chose it')
+  t.notOk(deleted.has(podOf(busy)), 'the busy pod was never marked for deletion')
+  t.same(backend.state('svc-slow')?.instances.map((i) => i.id), [busy.id], 'the busy pod is the one left')
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 1, 'replicas 1')
+})
+
+t.test('a controller that cannot replace the chosen pod (its quota is full) says so with a FailedCreate: the kill lowers the count then, not after its bound; a replacement it makes after all, once the count dropped, is claimed and never shows as an instance', { timeout: 60_000 }, async (t) => {
+  // The controller sees pods at once and ReplicaSets 1.5 s late: once the quota is lifted it makes
+  // a replacement for the count it last saw, after maitre lowered it.
+  const { sim, backend } = await setup(t, { sim: { controllerLagMs: { pods: 0, replicasets: 1500 }, expectationsTimeoutMs: 60_000 } })
+  await backend.ensureService(spec('svc-quota'))
+  const [idle, other, busy] = (await readyPods(t, backend, 'svc-quota', 3, { together: true })) as [Instance, Instance, Instance]
+  const serving = requestTo(busy, '/sleep?sleep-ms=5500')
+  const instances = new Set<string>()
+  backend.subscribe((id) => {
+    for (const i of id === 'svc-quota' ? (backend.state('svc-quota')?.instances ?? []) : []) instances.add(i.id)
+  })
+  const deleted = new Set<string>()
+  const watch = setInterval(() => {
+    for (const p of sim.list('pods', SIM_NAMESPACE)) if (p.metadata.deletionTimestamp !== undefined) deleted.add(p.metadata.name as string)
+  }, 20)
+  t.teardown(() => clearInterval(watch))
+  const before = new Set(sim.list('pods', SIM_NAMESPACE).map((p) => p.metadata.name as string))
+  sim.setPodQuota(2)
+  const startedAt = Date.now()
+  t.equal(await backend.killInstance('svc-quota', idle.id), true)
+  const tookMs = Date.now() - startedAt
+  t.ok(tookMs < 15_000, `the kill ended on the FailedCreate after ${tookMs} ms, not at its 30 s bound`)
+  t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 2, 'the count dropped by one')
+  sim.setPodQuota(undefined)
+  const late = await waitFor('a replacement made after the count dropped', () => sim.list('pods', SIM_NAMESPACE).map((p) => p.metadata.name as string).find((name) => !before.has(name)), 10_000)
+  await waitFor('the late replacement deleted', () => (deleted.has(late) ? true : undefined), 10_000)
+  await waitFor('two pods left, nothing terminating', () => (sim.list('pods', SIM_NAMESPACE).length === 2 ? true : undefined), 15_000)
+  t.notOk([...instances].some((id) => id.includes(late)), 'the late replacement never showed as an instance')
+  t.same([...backend.state('svc-quota')?.instances.map((i) => i.id) ?? []].sort(), [other.id, busy.id].sort(), 'the pods maitre did not choose stay')
+  t.equal((await serving).status, 200, 'the busy pod’s request ended whole')
+})
+
 t.test('a busy single-threaded app fails its readiness probe, which the controller ranks before any deletion cost: it still stays, and the idle one goes', { timeout: 45_000 }, async (t) => {
   const { sim, backend } = await setup(t)
   await backend.ensureService(spec('svc-unready'))

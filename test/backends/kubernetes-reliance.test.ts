@@ -51,6 +51,8 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
     { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [KILL, 'two kills back to back, the controller’s pod cache lagging'] },
     { behaviour: 'the same for two kills at once', shownBy: [KILL, 'two kills at once (an operator’s and the autoscaler’s)'] },
     { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [KILL, 'a scale write held back until the replacement is ready'] },
+    { behaviour: 'the replacement comes once the controller’s pod cache saw the delete and its expectations are met, a multiple of its lag: the count waits for it', shownBy: [KILL, 'a controller whose pod cache lags 2 s'] },
+    { behaviour: 'the answer is the pod as marked for deletion, with the resourceVersion of that write (integers that grow across resources, as etcd revisions do)', shownBy: [KILL, 'a controller that cannot replace the chosen pod (its quota is full)'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [
@@ -70,6 +72,7 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   ],
   'events list': [
     { behaviour: 'FailedCreate events of the ReplicaSet, selected by involvedObject.kind and .name', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
+    { behaviour: 'a FailedCreate the controller records (or counts again) after a pod delete has a greater resourceVersion than that delete’s answer', shownBy: [KILL, 'a controller that cannot replace the chosen pod (its quota is full)'] },
     { behaviour: 'lastTimestamp in whole seconds (ties broken by eventTime, then count)', shownBy: [K8S, 'reading pods: failed runs, OOMKilled, liveness kills'] },
   ],
   'any call': [
