@@ -11,7 +11,6 @@ import { authGateOf } from './auth/configure.ts'
 import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
 import { loadRouterId } from './cluster/router-id.ts'
-import { connectEtcd } from './cluster/etcd/connect.ts'
 import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
 import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
@@ -135,7 +134,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
 
   // Cluster mode: shared state lives in etcd; without endpoints, in the data directory.
   const etcdPrefix = etcdPrefixOf(config)
-  const etcd = config.etcd.endpoints.length > 0 ? connectEtcd(config.etcd) : undefined
+  // etcd's client (gRPC) is loaded in cluster mode only: a router on its own starts without it.
+  const etcd = config.etcd.endpoints.length > 0 ? (await import('./cluster/etcd/connect.ts')).connectEtcd(config.etcd) : undefined
   const sharedStores = etcd === undefined ? undefined : etcdStores(etcd, etcdPrefix, log)
   const stores = sharedStores ?? fileStores(dataDir)
   const secret = etcd !== undefined && config.secret === null ? await sharedRouterSecret(etcd, etcdPrefix) : await loadRouterSecret(config.secret, dataDir)

@@ -1,10 +1,12 @@
 /**
  * The etcd client of a router in cluster mode (etcd3, gRPC). Every unary call carries a deadline,
  * so a router never waits on an etcd that does not answer; watches and lease keep-alives are
- * streams and reconnect by themselves.
+ * streams and reconnect by themselves. Only cluster mode loads this module (app.ts imports it
+ * when etcd endpoints are configured): etcd3 with gRPC and protobufjs costs a router ~270 ms of
+ * start and ~8 MB of heap it has no use for on its own.
  */
 import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen } from 'cockatiel'
-import { Etcd3, isRecoverableError, type Watcher } from 'etcd3'
+import { Etcd3, isRecoverableError } from 'etcd3'
 
 /**
  * A lost watch stream is re-opened after 100 ms, doubling up to 2 s: a router catches up within
@@ -31,9 +33,6 @@ const GRPC_OPTIONS = {
   'grpc.keepalive_timeout_ms': 5_000,
 }
 
-/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
-export const RETRY_MAX_MS = 2000
-
 export interface EtcdSettings {
   readonly endpoints: readonly string[]
   /** Unary calls (get, put, transactions, lease grants) fail after this long. */
@@ -47,44 +46,5 @@ export function connectEtcd(settings: EtcdSettings): Etcd3 {
     faultHandling: { watchBackoff: WATCH_BACKOFF, host: hostPolicy },
     grpcOptions: GRPC_OPTIONS,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.requestTimeoutMs }),
-  })
-}
-
-/** Watchers are cancelled within this long, or given up on: a stop never waits on an etcd that does not answer. */
-const CANCEL_TIMEOUT_MS = 1000
-
-/**
- * Lets go of a watcher. One that reported an error is already detached by the library (asking it
- * to cancel would wait for an answer that never comes), so it is only silenced; any other is
- * cancelled, waiting at most CANCEL_TIMEOUT_MS.
- */
-export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<void> {
-  watcher.removeAllListeners('put')
-  watcher.removeAllListeners('delete')
-  watcher.removeAllListeners('error')
-  // An 'error' with no listener would throw from the library's stream handler.
-  watcher.on('error', () => undefined)
-  if (failed) return
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([
-    watcher.cancel().catch(() => undefined),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, CANCEL_TIMEOUT_MS)
-    }),
-  ])
-  clearTimeout(timer)
-}
-
-/** Waits `ms`, or less if `signal` aborts first (a closing store or coordinator stops its retries at once). */
-export function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const timer = setTimeout(done, ms)
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-    signal.addEventListener('abort', done, { once: true })
   })
 }

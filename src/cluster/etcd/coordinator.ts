@@ -23,7 +23,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type PeerReport, type SlotView, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
-import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
+import { dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
 
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3

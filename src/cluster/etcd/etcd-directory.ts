@@ -19,7 +19,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
 import { PerKeyQueue } from '../../storage/per-key-queue.ts'
-import { dropWatcher, pause, RETRY_MAX_MS } from './connect.ts'
+import { dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
 
 interface Entry<T> {
   readonly doc: T

@@ -1,0 +1,48 @@
+/**
+ * What the etcd-backed stores and the coordinator share about calling etcd: how far retries back
+ * off, how a watcher is let go, and a pause that a close cuts short. Types only from etcd3, so
+ * that importing these loads no gRPC (connect.ts does, in cluster mode only).
+ */
+import type { Watcher } from 'etcd3'
+
+/** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
+export const RETRY_MAX_MS = 2000
+
+/** Watchers are cancelled within this long, or given up on: a stop never waits on an etcd that does not answer. */
+const CANCEL_TIMEOUT_MS = 1000
+
+/**
+ * Lets go of a watcher. One that reported an error is already detached by the library (asking it
+ * to cancel would wait for an answer that never comes), so it is only silenced; any other is
+ * cancelled, waiting at most CANCEL_TIMEOUT_MS.
+ */
+export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<void> {
+  watcher.removeAllListeners('put')
+  watcher.removeAllListeners('delete')
+  watcher.removeAllListeners('error')
+  // An 'error' with no listener would throw from the library's stream handler.
+  watcher.on('error', () => undefined)
+  if (failed) return
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    watcher.cancel().catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, CANCEL_TIMEOUT_MS)
+    }),
+  ])
+  clearTimeout(timer)
+}
+
+/** Waits `ms`, or less if `signal` aborts first (a closing store or coordinator stops its retries at once). */
+export function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve()
+    const timer = setTimeout(done, ms)
+    function done(): void {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', done)
+      resolve()
+    }
+    signal.addEventListener('abort', done, { once: true })
+  })
+}
