@@ -74,14 +74,14 @@ interface KubeService {
   readonly killing: Set<string>
   /** Kills of this service, one at a time (a pod that appears during one is its replacement, never another's). */
   killChain: Promise<void>
-  /** A kill waits for the controller to replace its pod: a pod that appears meanwhile is that replacement. */
-  awaitingReplacement: boolean
+  /** Kills between their delete and the end of their wait for a replacement: a pod that appears meanwhile may be one. */
+  awaitingReplacements: number
   /** Kills asked for and not yet past their own scale write: every other write keeps their pods in the count (each kill lowers it for its own, once replaced). */
   unwrittenKills: number
-  /** Until when (each) a kill that lowered the count without seeing its replacement claims the next new pod as that replacement, should the controller make it late. */
-  owedReplacements: number[]
+  /** Kills that lowered the count without seeing their replacement: the next new pod is claimed as one, should the controller make it late (until it shows it has caught up with that count, or `until`). */
+  readonly owedReplacements: OwedReplacement[]
   /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
-  readonly replacements: Set<string>
+  readonly replacements: Map<string, Replacement>
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
   readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
@@ -97,6 +97,20 @@ class RelistNeeded extends Error {}
 /** A kill's pod in the count written by others, until the kill's own write (see #putScale). */
 interface KillCount {
   counted: boolean
+}
+
+/** A pod that appeared while a kill waited for the controller's replacement. */
+interface Replacement {
+  /** Its resourceVersion when first seen: a replacement for a delete is newer than the delete. */
+  readonly seenAt: bigint | undefined
+  /** 'free': nobody's yet; 'taken': a kill waits to lower the count for it; 'done': that kill wrote the count. */
+  state: 'free' | 'taken' | 'done'
+}
+
+interface OwedReplacement {
+  readonly until: number
+  /** The resourceVersion of the lower count's write: the debt is settled once the controller's status has caught up with it. */
+  readonly written: bigint
 }
 
 /** The resourceVersion of what an API call answered with, if it is an object that has one. */
@@ -243,34 +257,39 @@ export class KubernetesBackend implements Backend {
     service.requested = Math.max(0, service.requested - 1)
     this.#listeners.emit(serviceId)
     this.#o.log.info({ service: serviceId, instance: id, pod: name }, 'instance killed')
-    // Counted until its own scale write: a write made meanwhile by anyone else (the kill before
-    // it, the autoscaler) must not lower the count for this pod while it runs or while its
-    // replacement is awaited, or the controller would choose what goes.
+    // Counted until its own scale write: a write made meanwhile by anyone else (another kill, the
+    // autoscaler) must not lower the count for this pod while it runs or while its replacement is
+    // awaited, or the controller would choose what goes.
     service.unwrittenKills += 1
-    const kill = service.killChain.then(() => this.#kill(service, name, pod.metadata.uid ?? '', options.force === true ? 0 : undefined))
-    service.killChain = kill.then(
-      () => undefined,
-      () => undefined,
-    )
-    try {
-      return await kill
-    } finally {
-      service.localChanges -= 1
-      // Its DELETED event may have come already: nothing left to wait for.
-      if (!this.#pods.get(serviceId)?.has(name)) service.killing.delete(name)
-    }
-  }
-
-  /** Runs one kill in its turn; it stops counting in the writes of others once its own is written, or when it ends without one. */
-  async #kill(service: KubeService, name: string, uid: string, grace: number | undefined): Promise<boolean> {
     const own: KillCount = { counted: true }
-    const before = new Set(service.replacements)
-    try {
-      return await this.#killCounted(service, name, uid, grace, own)
-    } finally {
-      this.#uncount(service, own)
-      this.#showLeftovers(service, [...service.replacements].filter((pod) => !before.has(pod)))
-    }
+    const uid = pod.metadata.uid ?? ''
+    const grace = options.force === true ? 0 : undefined
+    // Kills of a version go one at a time, whole (a pod that appears during one is its
+    // replacement, never an answer to another's delete the controller has not seen yet). The
+    // caller is answered once the chosen pod is deleted; the wait for the controller's
+    // replacement and the lower count follow in the background, so that a caller (the
+    // autoscaler) never waits on the controller for its own kill.
+    let answer!: (outcome: boolean) => void
+    const deleted = new Promise<boolean>((resolve) => (answer = resolve))
+    service.killChain = service.killChain
+      .then(async () => {
+        const outcome = await this.#deleteStep(service, name, uid, grace, own).catch((err: unknown) => {
+          this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed')
+          return false as const
+        })
+        answer(outcome !== false)
+        if (typeof outcome === 'object') await this.#lowerOnceReplaced(service, name, outcome.version, own)
+      })
+      .catch((err: unknown) => this.#o.log.error({ err, service: serviceId, pod: name }, 'kill failed after its delete'))
+      .finally(() => {
+        answer(false)
+        this.#uncount(service, own)
+        service.localChanges -= 1
+        // Its DELETED event may have come already: nothing left to wait for.
+        if (!this.#pods.get(serviceId)?.has(name)) service.killing.delete(name)
+        this.#sweepLeftovers(service)
+      })
+    return deleted
   }
 
   #uncount(service: KubeService, own: KillCount): void {
@@ -283,39 +302,49 @@ export class KubernetesBackend implements Backend {
    * Waiter's recipe, with barriers against a controller whose caches lag. The chosen pod is
    * deleted first, so it leaves the ReplicaSet's count at once; the controller fills the hole
    * with a replacement, which shows that its cache has seen the chosen pod go; only then is the
-   * count lowered, and the controller deletes the pod it ranks first: the replacement, still
-   * unscheduled or Pending (and if not, unready and the youngest), never a pod that serves.
-   * Lowering the count first would let the controller choose from what its cache ranks first:
-   * an unready pod comes before any deletion cost, and a busy single-threaded app fails its
-   * readiness probe. A pod that appears after the delete can only be the controller's answer to
-   * it (its cache has seen the pod go), never an echo of an earlier kill, since kills of a
-   * version go one at a time. The replacement never shows as an instance. The wait follows the
-   * controller (KILL_BARRIER_MS at most, shorter when its Events say it cannot create); one it
-   * outlasts leaves a debt, so that a replacement made after the count dropped is still claimed.
-   * The lowest deletion cost still goes on the chosen pod, for a controller slower than that.
+   * count lowered (#lowerOnceReplaced), and the controller deletes the pod it ranks first: the
+   * replacement, still unscheduled or Pending (and if not, unready and the youngest), never a pod
+   * that serves. Lowering the count first would let the controller choose from what its cache
+   * ranks first: an unready pod comes before any deletion cost, and a busy single-threaded app
+   * fails its readiness probe. The lowest deletion cost still goes on the chosen pod, for a
+   * controller slower than every barrier. Resolves with the delete's resourceVersion; 'last' when
+   * every pod goes (nothing busy can be taken in its place, so the count drops first); 'gone'
+   * when the pod was gone already (nothing was chosen, so the count stays); false if it could
+   * not be deleted (the kill is undone).
    */
-  async #killCounted(service: KubeService, name: string, uid: string, grace: number | undefined, own: KillCount): Promise<boolean> {
-    if (service.requested + service.unwrittenKills - 1 === 0) {
-      // Every pod goes: nothing busy can be taken in this one's place.
+  async #deleteStep(service: KubeService, name: string, uid: string, grace: number | undefined, own: KillCount): Promise<{ readonly version: bigint | undefined } | 'last' | 'gone' | false> {
+    if (service.requested === 0 && service.unwrittenKills === 1) {
       await this.#writeScale(service, undefined, own)
-      return (await this.#deleteChosen(service, name, uid, grace)) !== false
+      return (await this.#deleteChosen(service, name, uid, grace)) === false ? false : 'last'
     }
     await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
       if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
     })
-    const earlier = new Set(service.replacements)
-    service.awaitingReplacement = true
+    service.awaitingReplacements += 1
+    const deleted = await this.#deleteChosen(service, name, uid, grace)
+    if (typeof deleted === 'object') return deleted
+    service.awaitingReplacements -= 1
+    if (deleted === 'gone') {
+      // Gone before this delete (someone else's, a crash): nothing was chosen here, so the count
+      // stays as it was, and whatever replaces the pod is an instance like any other.
+      service.requested += 1
+      this.#listeners.emit(service.id)
+    }
+    return deleted
+  }
+
+  /**
+   * The second half of a kill: the wait for the controller's replacement of the deleted pod (a
+   * pod first seen after the delete, which only the controller's answer to a delete can be),
+   * then the lower count. The wait follows the controller: KILL_BARRIER_MS at most, shorter when
+   * its Events say it cannot create; a kill that outlasts it leaves a debt, so that a replacement
+   * made after the count dropped is still claimed.
+   */
+  async #lowerOnceReplaced(service: KubeService, name: string, deletedAt: bigint | undefined, own: KillCount): Promise<void> {
+    let gaveUp = false
+    let replacement: string | undefined
     try {
-      const deleted = await this.#deleteChosen(service, name, uid, grace)
-      if (deleted === false) return false
-      if (deleted === 'gone') {
-        // Gone before this delete (someone else's, or a crash): nothing was chosen here, so the
-        // count stays as it was and whatever replaces the pod is an instance like any other.
-        service.requested += 1
-        this.#listeners.emit(service.id)
-        return true
-      }
-      let replacement = await this.#replacementOf(service, name, earlier, deleted.version)
+      replacement = await this.#replacementOf(service, name, deletedAt)
       let rounds = 1
       // Checked again right before the count is written (a write held back by API errors can
       // come after the replacement is ready): one already ready while another pod is not (a busy
@@ -327,53 +356,71 @@ export class KubernetesBackend implements Backend {
         async () => {
           const made = replacement === undefined ? undefined : this.#pods.get(service.id)?.get(replacement)
           if (made === undefined || !isReady(made) || rounds >= MAX_REPLACEMENT_ROUNDS || !this.#livePods(service).some((p) => !isReady(p))) {
-            if (replacement === undefined) service.owedReplacements.push(this.#o.clock.now() + REPLACEMENT_MARK_MS)
+            gaveUp = replacement === undefined
             return true
           }
           rounds += 1
-          const again = await this.#retrying(() => this.#o.api.deletePod(made.metadata.name ?? '', made.metadata.uid ?? '', 0)).catch(() => undefined)
-          replacement = await this.#replacementOf(service, name, earlier, resourceVersionOf(again))
+          let again: unknown
+          try {
+            again = await this.#retrying(() => this.#o.api.deletePod(made.metadata.name ?? '', made.metadata.uid ?? '', 0))
+          } catch {
+            // Gone or not deletable: no new replacement will come of it; the count goes as it is.
+            return true
+          }
+          replacement = await this.#replacementOf(service, name, resourceVersionOf(again))
           return false
         },
         own,
       )
     } finally {
-      service.awaitingReplacement = false
+      service.awaitingReplacements -= 1
+      const entry = replacement === undefined ? undefined : service.replacements.get(replacement)
+      if (entry !== undefined) entry.state = 'done'
     }
-    return true
+    if (gaveUp && !this.#closed) service.owedReplacements.push({ until: this.#o.clock.now() + REPLACEMENT_MARK_MS, written: service.writtenVersion })
   }
 
   /**
-   * A kill's leftover replacements (a scale-up that came meanwhile made them wanted after all, or
-   * the controller never took them) are instances like any other, REPLACEMENT_HIDDEN_MS later.
+   * Leftover replacements (a scale-up that came meanwhile made them wanted after all, or the
+   * controller did not take them) are instances like any other REPLACEMENT_HIDDEN_MS after the
+   * last kill of the version ended, if they are still there and not going.
    */
-  #showLeftovers(service: KubeService, made: readonly string[]): void {
-    if (made.length === 0) return
+  #sweepLeftovers(service: KubeService): void {
+    if (service.replacements.size === 0 || this.#closed) return
     const cancel = this.#o.clock.setTimeout(() => {
       this.#timers.delete(cancel)
-      const kept = made.filter((pod) => service.replacements.delete(pod) && this.#pods.get(service.id)?.has(pod) === true)
+      // A kill under way owns what it took; the last one to end sweeps again.
+      if (service.awaitingReplacements > 0) return
+      const pods = this.#pods.get(service.id)
+      for (const name of [...service.replacements.keys()]) if (pods?.get(name) === undefined) service.replacements.delete(name)
+      const kept = [...service.replacements.keys()].filter((name) => {
+        const pod = pods?.get(name)
+        return pod !== undefined && !isTerminating(pod)
+      })
       if (kept.length === 0) return
+      for (const name of kept) service.replacements.delete(name)
       this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
-      for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null } } }).catch(() => undefined)
+      for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null, [ANNOTATIONS.deletionCost]: null } } }).catch(() => undefined)
       this.#listeners.emit(service.id)
     }, REPLACEMENT_HIDDEN_MS)
     this.#timers.add(cancel)
   }
 
   /**
-   * The controller's replacement for a pod this kill deleted (one made for an earlier kill may
-   * still be on its way out: `earlier`), marked so that no router routes to it and ranked first
-   * among pods as ready as it. Undefined if none came: the wait ends after KILL_BARRIER_MS, when
-   * a FailedCreate newer than the delete (`after`, its resourceVersion) says none will come, or
-   * when the service goes.
+   * The controller's replacement for a pod a kill deleted: a pod first seen after the delete
+   * (resourceVersion `after`) that no other kill took, marked so that no router routes to it
+   * and ranked first among pods as ready as it. Undefined if none came: the wait ends after
+   * KILL_BARRIER_MS, when a FailedCreate newer than the delete says none will come, or when the
+   * service goes.
    */
-  async #replacementOf(service: KubeService, deleted: string, earlier: Set<string>, after: bigint | undefined): Promise<string | undefined> {
+  async #replacementOf(service: KubeService, deleted: string, after: bigint | undefined): Promise<string | undefined> {
     const started = this.#o.clock.now()
     let checkAt = started + FAILED_CREATE_CHECK_MS
     for (;;) {
-      const replacement = [...service.replacements].find((pod) => !earlier.has(pod))
+      const replacement = [...service.replacements].find(([, r]) => r.state === 'free' && (after === undefined || r.seenAt === undefined || r.seenAt > after))?.[0]
       if (replacement !== undefined) {
-        earlier.add(replacement)
+        const entry = service.replacements.get(replacement)
+        if (entry !== undefined) entry.state = 'taken'
         this.#markReplacement(replacement)
         return replacement
       }
@@ -395,8 +442,8 @@ export class KubernetesBackend implements Backend {
   }
 
   /**
-   * The ReplicaSet's latest FailedCreate, if it came after resourceVersion `after` (undefined: no
-   * way to tell, so none). resourceVersions are etcd revisions, comparable across resources; a
+   * A FailedCreate of the ReplicaSet recorded (or counted again) after resourceVersion `after`
+   * (undefined: no way to tell, so none). resourceVersions are etcd revisions, comparable across resources; a
    * cluster that keeps Events in an etcd of their own breaks that, and then the wait merely ends
    * at the first FailedCreate check or runs to its bound.
    */
@@ -404,9 +451,9 @@ export class KubernetesBackend implements Backend {
     if (after === undefined || service.uid === undefined) return undefined
     try {
       const events = await this.#o.api.listEvents(`involvedObject.kind=ReplicaSet,involvedObject.name=${service.replicaSet}`)
-      const failedCreate = latestFailedCreate(events.items, service.uid)
-      const version = versionOf(failedCreate?.metadata.resourceVersion)
-      return failedCreate !== undefined && version !== undefined && version > after ? `FailedCreate: ${failedCreate.message}` : undefined
+      const uid = service.uid
+      const failedCreate = events.items.find((e) => e.reason === 'FailedCreate' && e.involvedObject.uid === uid && (versionOf(e.metadata.resourceVersion) ?? 0n) > after)
+      return failedCreate === undefined ? undefined : `FailedCreate: ${failedCreate.message}`
     } catch (err) {
       this.#o.log.debug({ err, service: service.id }, 'events unreadable during a kill; waiting on')
       return undefined
@@ -415,6 +462,7 @@ export class KubernetesBackend implements Backend {
 
   /** Marks a kill's replacement so that no router routes to it, and so that the lower count takes it first. */
   #markReplacement(pod: string): void {
+    if (this.#closed) return
     void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: 'true', [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch(() => undefined)
   }
 
@@ -530,10 +578,10 @@ export class KubernetesBackend implements Backend {
       portCount,
       requested,
       killChain: Promise.resolve(),
-      awaitingReplacement: false,
+      awaitingReplacements: 0,
       unwrittenKills: 0,
       owedReplacements: [],
-      replacements: new Set(),
+      replacements: new Map(),
       localChanges: 0,
       writtenVersion: 0n,
       scaling: Promise.resolve(),
@@ -663,6 +711,7 @@ export class KubernetesBackend implements Backend {
       return
     }
     service.uid ??= rs.metadata.uid
+    this.#settleDebts(service, rs)
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
     const version = versionOf(rs.metadata.resourceVersion)
@@ -804,7 +853,7 @@ export class KubernetesBackend implements Backend {
     const replacing = this.#services.get(serviceId)
     // A pod new to this router while a kill waits for the controller to replace its pod, or
     // after a kill gave up waiting for that: the replacement, late.
-    if (type !== 'DELETED' && !byName.has(name) && replacing !== undefined) this.#claimReplacement(replacing, name)
+    if (type !== 'DELETED' && !byName.has(name) && replacing !== undefined) this.#claimReplacement(replacing, pod)
     if (type === 'DELETED') {
       byName.delete(name)
       if (byName.size === 0) this.#pods.delete(serviceId)
@@ -822,18 +871,35 @@ export class KubernetesBackend implements Backend {
     this.#update(service)
   }
 
-  #claimReplacement(service: KubeService, name: string): void {
-    if (service.awaitingReplacement) {
-      service.replacements.add(name)
+  /**
+   * A pod new to this router: a replacement made late for a kill that gave up waiting (while a
+   * debt is owed: those come first), or, while a kill waits, maybe that kill's replacement.
+   */
+  #claimReplacement(service: KubeService, pod: Pod): void {
+    const name = pod.metadata.name ?? ''
+    const now = this.#o.clock.now()
+    while (service.owedReplacements.length > 0 && (service.owedReplacements[0]?.until ?? 0) <= now) service.owedReplacements.shift()
+    if (service.owedReplacements.shift() !== undefined) {
+      this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
+      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done' })
+      this.#markReplacement(name)
+      this.#sweepLeftovers(service)
       return
     }
-    const now = this.#o.clock.now()
-    while (service.owedReplacements.length > 0 && (service.owedReplacements[0] ?? 0) <= now) service.owedReplacements.shift()
-    if (service.owedReplacements.shift() === undefined) return
-    this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
-    service.replacements.add(name)
-    this.#markReplacement(name)
-    this.#showLeftovers(service, [name])
+    if (service.awaitingReplacements > 0) service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'free' })
+  }
+
+  /**
+   * Debts of late replacements are settled once the controller shows (its status, for a
+   * generation at least as new as the lower count's write) that it has caught up with that count
+   * and has no pod beyond it: anything it makes from then on answers a later count.
+   */
+  #settleDebts(service: KubeService, rs: ReplicaSet): void {
+    const version = versionOf(rs.metadata.resourceVersion)
+    const observed = rs.status?.observedGeneration
+    if (service.owedReplacements.length === 0 || version === undefined || observed === undefined || observed < (rs.metadata.generation ?? 0) || (rs.status?.replicas ?? 0) > rs.spec.replicas) return
+    const left = service.owedReplacements.filter((debt) => debt.written > version)
+    service.owedReplacements.splice(0, service.owedReplacements.length, ...left)
   }
 
   /** Records a pod's container run that ended, once, as soon as the pod shows it (not when the kubelet restarts it after its back-off). */

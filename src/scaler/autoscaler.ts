@@ -51,6 +51,8 @@ interface Entry {
   running: Promise<void> | undefined
   /** A poke's decision is queued and has not started: further pokes add nothing to it. */
   pokeQueued: boolean
+  /** Decisions queued or running: the loop adds none while one is under way. */
+  pending: number
 }
 
 export interface AutoscalerDeps {
@@ -79,7 +81,10 @@ export class Autoscaler {
   }
 
   start(): void {
-    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => this.tick(), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
+    // The loop never waits on a version's decision: one held up by its backend (a kill waiting on
+    // a cluster's controller) delays neither the other versions nor the next tick, and that
+    // version is decided again at the first tick after its decision is done.
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => Promise.resolve(this.#launch()), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
   }
 
   /** Stops the loop; never scales down on the way out. */
@@ -88,12 +93,22 @@ export class Autoscaler {
     this.#loop = undefined
   }
 
-  /** One decision for every running version. */
+  /** One decision for every running version, one version after the other; resolves when all are done. */
   async tick(): Promise<void> {
-    const services = this.#deps.backend.services()
-    const live = new Set(services.map((s) => s.id))
-    for (const id of [...this.#entries.keys(), ...this.#expireRequested.keys()]) if (!live.has(id)) this.forget(id)
-    for (const service of services) await this.#scaleOnce(service.id)
+    for (const id of this.#liveServices()) await this.#scaleOnce(id)
+  }
+
+  /** The loop's tick: a decision for every running version that has none under way, not waited for. */
+  #launch(): void {
+    for (const id of this.#liveServices()) if ((this.#entries.get(id)?.pending ?? 0) === 0) void this.#scaleOnce(id)
+  }
+
+  /** The versions the backend runs; what is kept about any other is dropped. */
+  #liveServices(): string[] {
+    const live = this.#deps.backend.services().map((s) => s.id)
+    const known = new Set(live)
+    for (const id of [...this.#entries.keys(), ...this.#expireRequested.keys()]) if (!known.has(id)) this.forget(id)
+    return live
   }
 
   /** Drops everything kept about a version the backend no longer runs. */
@@ -160,17 +175,21 @@ export class Autoscaler {
     if (state === undefined || service === undefined) return Promise.resolve()
     let entry = this.#entries.get(serviceId)
     if (entry === undefined) {
-      entry = { state: initialScalingState(state.requested), last: undefined, lastKillAt: 0, running: undefined, pokeQueued: false }
+      entry = { state: initialScalingState(state.requested), last: undefined, lastKillAt: 0, running: undefined, pokeQueued: false, pending: 0 }
       this.#entries.set(serviceId, entry)
     }
     const current = entry
     if (poked) current.pokeQueued = true
+    current.pending += 1
     const run = (current.running ?? Promise.resolve())
       .then(() => {
         if (poked) current.pokeQueued = false
         return this.#apply(serviceId, service, current)
       })
       .catch((err: unknown) => this.#deps.log.error({ err, service: serviceId }, 'scaling failed'))
+      .finally(() => {
+        current.pending -= 1
+      })
     current.running = run
     return run
   }

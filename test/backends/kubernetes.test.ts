@@ -265,6 +265,7 @@ t.test('the simulator behaves as an API server where clients are easily fooled: 
   t.match(unsupported.body, { reason: 'BadRequest', message: 'field label not supported: spec.containers.image' })
   t.equal((await json(`${core}/pods?fieldSelector=status.phase%3DRunning`)).status, 200, 'a supported one is served')
 
+
   // A watch of the pods labelled tier=web sees one come and go as its label changes.
   const watched = await undiciRequest(`${core}/pods?watch=true&labelSelector=tier%3Dweb&resourceVersion=${String(pod.metadata.resourceVersion)}`, { dispatcher: trusting, headers: h })
   const types: string[] = []
@@ -305,6 +306,13 @@ t.test('the simulator behaves as an API server where clients are easily fooled: 
   const dryPatch = await json(`${core}/pods/${name}?dryRun=All`, { method: 'PATCH', type: 'application/merge-patch+json', body: { metadata: { labels: { tier: 'web' } } } })
   t.equal(dryPatch.body.metadata.labels.tier, 'web', 'a dry-run patch answers the patched object')
   t.equal((await json(`${core}/pods/${name}`)).body.metadata.labels.tier, 'batch', 'and stores nothing')
+  // A delete whose uid precondition names another pod (a same-named successor) is refused, and the pod stays.
+  const wrongUid = await json(`${core}/pods/${name}`, { method: 'DELETE', body: { kind: 'DeleteOptions', apiVersion: 'v1', preconditions: { uid: 'not-its-uid' } } })
+  t.equal(wrongUid.status, 409, 'a delete with another uid as its precondition is a 409 Conflict')
+  t.equal((await json(`${core}/pods/${name}`)).body.metadata?.deletionTimestamp, undefined, 'and the pod is not marked for deletion')
+  const deleted = await json(`${core}/pods/${name}`, { method: 'DELETE', body: { kind: 'DeleteOptions', apiVersion: 'v1', preconditions: { uid: pod.metadata.uid }, gracePeriodSeconds: 30 } })
+  t.equal(deleted.status, 200, 'with its own uid the delete is taken')
+  t.ok(BigInt(deleted.body.metadata.resourceVersion as string) > BigInt(pod.metadata.resourceVersion as string), 'answered with the pod as marked for deletion, at a newer resourceVersion')
 })
 
 t.test('a crash is recorded as soon as the pod shows it, not when the kubelet restarts the container after its back-off', async (t) => {

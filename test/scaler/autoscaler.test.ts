@@ -204,3 +204,45 @@ t.test('an expiry an operator asked for is forgotten with its version, whether t
   scaler.forget('u')
   t.same(scaler.serviceIds(), [], 'as does forget() when the backend reports the version gone')
 })
+
+t.test('the running loop never waits on one version’s decision: a kill the backend holds for long (a cluster controller) delays neither another version’s scale-up nor the next ticks', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  // 'slow' is idle on three instances: it scales down, and its kill hangs until released.
+  backend.add('slow', [1, 2, 3])
+  backend.add('fast', [1])
+  tracker.configure('slow', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  tracker.configure('fast', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  const kill = backend.killInstance.bind(backend)
+  let killsAsked = 0
+  backend.killInstance = async (serviceId: string, instanceId: string): Promise<boolean> => {
+    if (serviceId !== 'slow') return kill(serviceId, instanceId)
+    killsAsked += 1
+    await held
+    return kill(serviceId, instanceId)
+  }
+  scaler.start()
+  t.teardown(() => scaler.stop())
+  const settle = async (): Promise<void> => {
+    for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve))
+  }
+  for (let i = 0; i < 40 && killsAsked === 0; i++) {
+    clock.advance(1000)
+    await settle()
+  }
+  t.equal(killsAsked, 1, 'the idle version’s kill is asked for, and hangs')
+  // Now 'fast' gets a queue: the next ticks scale it up although 'slow' still waits.
+  const leases = [tracker.tryAcquire('fast') as Lease]
+  const waiting = Array.from({ length: 4 }, () => tracker.acquire('fast', { timeoutMs: 60_000 }))
+  for (let i = 0; i < 3; i++) {
+    clock.advance(1000)
+    await settle()
+  }
+  t.equal(backend.state('fast')?.requested, 5, 'the busy version scaled to its load meanwhile')
+  t.equal(killsAsked, 1, 'and no second decision piled up behind the held kill')
+  release()
+  leases.push(...(await Promise.all(waiting)))
+  for (const lease of leases) lease.release('success')
+  await settle()
+})
