@@ -54,6 +54,12 @@ export interface ServiceState {
   readonly killed: readonly EndedInstance[]
   /** Waiter's deployment-error message when the service cannot start, e.g. "Invalid startup command". */
   readonly deploymentError: string | undefined
+  /**
+   * Kills answered but not finished (on Kubernetes, the wait for the controller's replacement and
+   * the lower count go on after the delete): a scale-down waits for them before it kills again,
+   * since kills of a version go one at a time. Absent: none.
+   */
+  readonly killsUnderWay?: number
 }
 
 export interface Backend {

@@ -82,6 +82,10 @@ interface KubeService {
   readonly owedReplacements: OwedReplacement[]
   /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
   readonly replacements: Map<string, Replacement>
+  /** The newest ReplicaSet resourceVersion whose status shows the controller caught up with the count (observedGeneration, no pod beyond it). */
+  caughtUpTo: bigint
+  /** A look at the leftover replacements is scheduled (one at a time). */
+  sweeping: boolean
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
   readonly failuresSeen: Map<string, string[]>
   failed: EndedInstance[]
@@ -105,6 +109,10 @@ interface Replacement {
   readonly seenAt: bigint | undefined
   /** 'free': nobody's yet; 'taken': a kill waits to lower the count for it; 'done': that kill wrote the count. */
   state: 'free' | 'taken' | 'done'
+  /** When this router first saw it (its clock). */
+  readonly since: number
+  /** 'done': the resourceVersion of the lower count's write, which the controller acts on. */
+  written?: bigint
 }
 
 interface OwedReplacement {
@@ -274,7 +282,11 @@ export class KubernetesBackend implements Backend {
     service.killChain = service.killChain
       .then(async () => {
         const outcome = await this.#deleteStep(service, name, uid, grace, own).catch((err: unknown) => {
-          this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed')
+          // Undone as a failed delete is: the count comes back and the pod stays an instance.
+          this.#o.log.error({ err, service: serviceId, pod: name }, 'pod kill failed; the pod stays')
+          service.killing.delete(name)
+          service.requested += 1
+          this.#listeners.emit(serviceId)
           return false as const
         })
         answer(outcome !== false)
@@ -315,7 +327,10 @@ export class KubernetesBackend implements Backend {
   async #deleteStep(service: KubeService, name: string, uid: string, grace: number | undefined, own: KillCount): Promise<{ readonly version: bigint | undefined } | 'last' | 'gone' | false> {
     if (service.requested === 0 && service.unwrittenKills === 1) {
       await this.#writeScale(service, undefined, own)
-      return (await this.#deleteChosen(service, name, uid, grace)) === false ? false : 'last'
+      if ((await this.#deleteChosen(service, name, uid, grace)) !== false) return 'last'
+      // The count went to zero first: the pod that stays needs it back.
+      void this.#writeScale(service)
+      return false
     }
     await this.#o.api.patchPod(name, { metadata: { annotations: { [ANNOTATIONS.deletionCost]: LOWEST_DELETION_COST } } }).catch((err: unknown) => {
       if (!(err instanceof KubeApiError && err.code === 404)) this.#o.log.warn({ err, service: service.id, pod: name }, 'could not mark the pod chosen to go; deleting it anyway')
@@ -345,6 +360,9 @@ export class KubernetesBackend implements Backend {
     let replacement: string | undefined
     try {
       replacement = await this.#replacementOf(service, name, deletedAt)
+      // Closing: the count stays as it is, this kill's pod in it; the next router adopts that
+      // count and decides again. Lowered blind, it would let the controller choose.
+      if (this.#closed) return
       let rounds = 1
       // Checked again right before the count is written (a write held back by API errors can
       // come after the replacement is ready): one already ready while another pod is not (a busy
@@ -375,33 +393,47 @@ export class KubernetesBackend implements Backend {
     } finally {
       service.awaitingReplacements -= 1
       const entry = replacement === undefined ? undefined : service.replacements.get(replacement)
-      if (entry !== undefined) entry.state = 'done'
+      if (entry !== undefined) {
+        entry.state = 'done'
+        entry.written = service.writtenVersion
+      }
     }
     if (gaveUp && !this.#closed) service.owedReplacements.push({ until: this.#o.clock.now() + REPLACEMENT_MARK_MS, written: service.writtenVersion })
   }
 
   /**
    * Leftover replacements (a scale-up that came meanwhile made them wanted after all, or the
-   * controller did not take them) are instances like any other REPLACEMENT_HIDDEN_MS after the
-   * last kill of the version ended, if they are still there and not going.
+   * controller did not take them) are instances like any other once no kill of the version
+   * waits, REPLACEMENT_HIDDEN_MS after the last one ended, if they are still there and not
+   * going; one whose kill lowered the count only once the controller's status shows it acted on
+   * that count (a slow controller is about to delete it: shown, it would take requests), or
+   * REPLACEMENT_MARK_MS after it came. What is still hidden is looked at again as long as any is.
    */
   #sweepLeftovers(service: KubeService): void {
-    if (service.replacements.size === 0 || this.#closed) return
+    if (service.replacements.size === 0 || this.#closed || service.sweeping) return
+    service.sweeping = true
     const cancel = this.#o.clock.setTimeout(() => {
       this.#timers.delete(cancel)
+      service.sweeping = false
       // A kill under way owns what it took; the last one to end sweeps again.
-      if (service.awaitingReplacements > 0) return
+      if (service.awaitingReplacements > 0 || this.#services.get(service.id) !== service) return
       const pods = this.#pods.get(service.id)
-      for (const name of [...service.replacements.keys()]) if (pods?.get(name) === undefined) service.replacements.delete(name)
-      const kept = [...service.replacements.keys()].filter((name) => {
+      const now = this.#o.clock.now()
+      const kept: string[] = []
+      for (const [name, entry] of [...service.replacements]) {
         const pod = pods?.get(name)
-        return pod !== undefined && !isTerminating(pod)
-      })
-      if (kept.length === 0) return
+        if (pod === undefined) service.replacements.delete(name)
+        else if (isTerminating(pod)) continue
+        else if (entry.state === 'done' && (entry.written ?? 0n) > service.caughtUpTo && now - entry.since < REPLACEMENT_MARK_MS) continue
+        else kept.push(name)
+      }
       for (const name of kept) service.replacements.delete(name)
-      this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
-      for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null, [ANNOTATIONS.deletionCost]: null } } }).catch(() => undefined)
-      this.#listeners.emit(service.id)
+      if (kept.length > 0) {
+        this.#o.log.info({ service: service.id, pods: kept }, 'pods made during a kill stay: the count asks for them')
+        for (const pod of kept) void this.#o.api.patchPod(pod, { metadata: { annotations: { [ANNOTATIONS.replacement]: null, [ANNOTATIONS.deletionCost]: null } } }).catch(() => undefined)
+        this.#listeners.emit(service.id)
+      }
+      this.#sweepLeftovers(service)
     }, REPLACEMENT_HIDDEN_MS)
     this.#timers.add(cancel)
   }
@@ -582,6 +614,8 @@ export class KubernetesBackend implements Backend {
       unwrittenKills: 0,
       owedReplacements: [],
       replacements: new Map(),
+      caughtUpTo: 0n,
+      sweeping: false,
       localChanges: 0,
       writtenVersion: 0n,
       scaling: Promise.resolve(),
@@ -623,6 +657,7 @@ export class KubernetesBackend implements Backend {
       failed: service.failed,
       killed: service.killed,
       deploymentError: service.deploymentError,
+      killsUnderWay: service.unwrittenKills,
     }
   }
 
@@ -661,6 +696,8 @@ export class KubernetesBackend implements Backend {
       for (let attempt = 1; ; ) {
         // Forgotten, or its ReplicaSet on the way out: nothing to scale (a failed delete writes again).
         if (this.#services.get(service.id) !== service || service.deleting !== undefined) return
+        // A kill's lower count is never written by a closing router (see #lowerOnceReplaced).
+        if (own !== undefined && this.#closed) return
         const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
         const target = (): number => service.requested + service.unwrittenKills - (own?.counted === true ? 1 : 0)
         if (scale.spec.replicas === target()) return
@@ -879,25 +916,28 @@ export class KubernetesBackend implements Backend {
     const name = pod.metadata.name ?? ''
     const now = this.#o.clock.now()
     while (service.owedReplacements.length > 0 && (service.owedReplacements[0]?.until ?? 0) <= now) service.owedReplacements.shift()
-    if (service.owedReplacements.shift() !== undefined) {
+    const debt = service.owedReplacements.shift()
+    if (debt !== undefined) {
       this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
-      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done' })
+      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done', since: now, written: debt.written })
       this.#markReplacement(name)
       this.#sweepLeftovers(service)
       return
     }
-    if (service.awaitingReplacements > 0) service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'free' })
+    if (service.awaitingReplacements > 0) service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'free', since: now })
   }
 
   /**
-   * Debts of late replacements are settled once the controller shows (its status, for a
+   * What the controller's status says it has caught up with: debts of late replacements are
+   * settled, and replacements whose count it acted on may be shown, once the controller shows (its status, for a
    * generation at least as new as the lower count's write) that it has caught up with that count
    * and has no pod beyond it: anything it makes from then on answers a later count.
    */
   #settleDebts(service: KubeService, rs: ReplicaSet): void {
     const version = versionOf(rs.metadata.resourceVersion)
     const observed = rs.status?.observedGeneration
-    if (service.owedReplacements.length === 0 || version === undefined || observed === undefined || observed < (rs.metadata.generation ?? 0) || (rs.status?.replicas ?? 0) > rs.spec.replicas) return
+    if (version === undefined || observed === undefined || observed < (rs.metadata.generation ?? 0) || (rs.status?.replicas ?? 0) > rs.spec.replicas) return
+    if (version > service.caughtUpTo) service.caughtUpTo = version
     const left = service.owedReplacements.filter((debt) => debt.written > version)
     service.owedReplacements.splice(0, service.owedReplacements.length, ...left)
   }

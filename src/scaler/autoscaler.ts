@@ -84,7 +84,7 @@ export class Autoscaler {
     // The loop never waits on a version's decision: one held up by its backend (a kill waiting on
     // a cluster's controller) delays neither the other versions nor the next tick, and that
     // version is decided again at the first tick after its decision is done.
-    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => Promise.resolve(this.#launch()), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, async () => this.#launch(), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
   }
 
   /** Stops the loop; never scales down on the way out. */
@@ -235,7 +235,7 @@ export class Autoscaler {
     let killed: string | undefined
     if (decision.amount > 0) {
       await backend.scale(serviceId, decision.scaleTo)
-    } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs) {
+    } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs && (state.killsUnderWay ?? 0) === 0) {
       killed = await this.#killOne(serviceId, state, expired)
       if (killed !== undefined) entry.lastKillAt = now
     }

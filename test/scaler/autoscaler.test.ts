@@ -20,7 +20,7 @@ const POLICY: ScalingPolicy = {
   maxScaleUpPerDecision: 1000,
 }
 
-function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }, fleet?: Fleet) {
+function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 }, fleet?: Fleet, onDecision?: (serviceId: string) => void) {
   const clock = new ManualClock()
   const backend = new MemoryBackend(clock)
   const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
@@ -30,7 +30,7 @@ function setup(service: ScalableService = { policy: POLICY, instanceExpiryMs: 0 
     else tracker.sync(id, state.instances, undefined)
   })
   const scaler = new Autoscaler(
-    { backend, tracker, serviceOf: () => service, clock, log: silentLogger, ...(fleet === undefined ? {} : { fleet }) },
+    { backend, tracker, serviceOf: () => service, clock, log: silentLogger, ...(fleet === undefined ? {} : { fleet }), ...(onDecision === undefined ? {} : { onDecision }) },
     { tickMs: 1000, burst: { threshold: 2, holdMs: 3000, tickMs: 1000 }, interKillMs: 1000 },
   )
   return { clock, backend, tracker, scaler }
@@ -206,7 +206,8 @@ t.test('an expiry an operator asked for is forgotten with its version, whether t
 })
 
 t.test('the running loop never waits on one version’s decision: a kill the backend holds for long (a cluster controller) delays neither another version’s scale-up nor the next ticks', async (t) => {
-  const { clock, backend, tracker, scaler } = setup()
+  const decisions = new Map<string, number>()
+  const { clock, backend, tracker, scaler } = setup(undefined, undefined, (id) => decisions.set(id, (decisions.get(id) ?? 0) + 1))
   // 'slow' is idle on three instances: it scales down, and its kill hangs until released.
   backend.add('slow', [1, 2, 3])
   backend.add('fast', [1])
@@ -240,9 +241,26 @@ t.test('the running loop never waits on one version’s decision: a kill the bac
     await settle()
   }
   t.equal(backend.state('fast')?.requested, 5, 'the busy version scaled to its load meanwhile')
-  t.equal(killsAsked, 1, 'and no second decision piled up behind the held kill')
+  t.equal(killsAsked, 1, 'and no second kill was asked for meanwhile')
+  const decidedBefore = decisions.get('slow') ?? 0
   release()
+  await settle()
+  t.equal((decisions.get('slow') ?? 0) - decidedBefore, 1, 'once the kill is done, only its own decision completes: none piled up behind it')
   leases.push(...(await Promise.all(waiting)))
   for (const lease of leases) lease.release('success')
   await settle()
+})
+
+t.test('a scale-down waits while a kill the backend answered is still under way (kills of a version go one at a time), then goes on', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  backend.add('s', [1, 2, 3, 4])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const kills = (): number => backend.calls.filter((c) => c.startsWith('kill')).length
+  backend.killsUnderWay.set('s', 1)
+  await ticks(clock, scaler, 20)
+  t.equal(kills(), 0, 'no kill while one is under way, however idle the version')
+  t.equal(backend.state('s')?.requested, 4)
+  backend.killsUnderWay.set('s', 0)
+  await ticks(clock, scaler, 20)
+  t.ok(kills() >= 1, `the scale-down goes on once it is done (${kills()} kills)`)
 })
