@@ -93,6 +93,7 @@ const POD_LAG_MS = numberOpt('pod-lag-ms', 0, 60_000)
 /** The router's log lines (src/backends/kubernetes.ts) for a kill that lowered the count without its replacement, and for one made after. */
 const GAVE_UP = 'no replacement for the deleted pod; lowering replicas anyway (a late one is still claimed)'
 const LATE_CLAIMED = 'a replacement came after its kill lowered the count: claimed, never an instance'
+const LEFTOVER_TAKEN = "an earlier kill's replacement stayed in place of the deleted pod: the lower count takes it"
 const RS_LAG_MS = numberOpt('rs-lag-ms', 0, 60_000)
 const MAX_INSTANCES = Math.round(numberOpt('max-instances', 2, 50))
 const CLIENTS = Math.round(numberOpt('clients', 2, 200))
@@ -613,7 +614,7 @@ async function main(): Promise<number> {
   console.log(`pods deleted: ${deleted.length} — ${[...roles].map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}`)
   const unchosenListed = unchosen.filter((h) => h.instanceAt !== undefined)
   console.log(`pods deleted that maitre neither chose nor marked: ${unchosen.length}; of them listed by the router as instances (routable, so picked by the controller among serving pods): ${unchosenListed.length}, having served ${unchosenListed.reduce((a, h) => a + runs.filter((r) => r.pod === h.name).reduce((b, r) => b + r.started, 0), 0)} request(s) in all`)
-  console.log(`replacement barrier given up (count lowered without a replacement): ${logsOf(GAVE_UP).length}; late replacements claimed: ${logsOf(LATE_CLAIMED).length}; replacements kept as instances: ${logsOf('pods made during a kill stay: the count asks for them').length}`)
+  console.log(`replacement barrier given up (count lowered without a replacement): ${logsOf(GAVE_UP).length}; late replacements claimed: ${logsOf(LATE_CLAIMED).length}; earlier replacements taken in place of a new one: ${logsOf(LEFTOVER_TAKEN).length}; replacements kept as instances: ${logsOf('pods made during a kill stay: the count asks for them').length}`)
   console.log(`instances failed on their own: ${failedIds.size}${failedIds.size > 0 ? ` (${[...failedIds].join(', ')})` : ''}`)
   console.log(`most concurrent requests any instance held: ${Math.max(0, ...runs.map((r) => r.mostAtOnce))}`)
   console.log(`client statuses other than 200: ${non200.length}`)
@@ -640,7 +641,7 @@ async function main(): Promise<number> {
     const to = (h.goneAt ?? at) + 1000
     for (const [i, r] of routerLog.entries()) {
       const about = routerLines[i]?.includes(h.name) === true
-      const nearby = r.time >= from && r.time <= to && ['instance killed', 'scaled', 'scaling decision', GAVE_UP, LATE_CLAIMED, 'pods made during a kill stay: the count asks for them'].includes(r.msg)
+      const nearby = r.time >= from && r.time <= to && ['instance killed', 'scaled', 'scaling decision', GAVE_UP, LATE_CLAIMED, LEFTOVER_TAKEN, 'pods made during a kill stay: the count asks for them'].includes(r.msg)
       if (about || nearby) console.log(`  ${fmt(r.time)} ${routerLines[i] ?? ''}`)
     }
     for (const other of [...pods.values()].filter((p) => p.name !== h.name && p.firstSeen >= from && p.firstSeen <= to)) console.log(`  other pod ${other.name}: ${timeline(other.name)}`)

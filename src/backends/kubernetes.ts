@@ -402,6 +402,27 @@ export class KubernetesBackend implements Backend {
   }
 
   /**
+   * When no new pod came (the wait ran out, or the controller cannot create), an earlier kill's
+   * replacement may have filled this kill's hole: the controller took that kill's lower count out
+   * on the pod this kill had already deleted, so the earlier replacement stayed and the count
+   * needed no new pod. That one is then what this kill's lower count takes (the readiness check
+   * before the write applies to it as to any replacement). By then the controller has long seen
+   * the delete (its FailedCreate, or the wait's 30 s), so its cache counts the pod gone.
+   */
+  #leftoverFor(service: KubeService, deleted: string): string | undefined {
+    if (this.#services.get(service.id) !== service || service.deleting !== undefined) return undefined
+    const pods = this.#pods.get(service.id)
+    const leftover = [...service.replacements].find(([name, r]) => {
+      const pod = pods?.get(name)
+      return r.state === 'done' && pod !== undefined && !isTerminating(pod)
+    })
+    if (leftover === undefined) return undefined
+    leftover[1].state = 'taken'
+    this.#o.log.info({ service: service.id, pod: deleted, replacement: leftover[0] }, "an earlier kill's replacement stayed in place of the deleted pod: the lower count takes it")
+    return leftover[0]
+  }
+
+  /**
    * Leftover replacements (a scale-up that came meanwhile made them wanted after all, or the
    * controller did not take them) are instances like any other once no kill of the version
    * waits, REPLACEMENT_HIDDEN_MS after the last one ended, if they are still there and not
@@ -441,9 +462,10 @@ export class KubernetesBackend implements Backend {
   /**
    * The controller's replacement for a pod a kill deleted: a pod first seen after the delete
    * (resourceVersion `after`) that no other kill took, marked so that no router routes to it
-   * and ranked first among pods as ready as it. Undefined if none came: the wait ends after
-   * KILL_BARRIER_MS, when a FailedCreate newer than the delete says none will come, or when the
-   * service goes.
+   * and ranked first among pods as ready as it. If none came when the wait ends (after
+   * KILL_BARRIER_MS, or when a FailedCreate newer than the delete says none will come), an earlier
+   * kill's replacement that stayed in its place (#leftoverFor), if any; undefined otherwise, or
+   * when the service goes.
    */
   async #replacementOf(service: KubeService, deleted: string, after: bigint | undefined): Promise<string | undefined> {
     const started = this.#o.clock.now()
@@ -466,8 +488,10 @@ export class KubernetesBackend implements Backend {
         if (why === undefined) continue
       }
       if (why !== undefined) {
-        this.#o.log.warn({ service: service.id, pod: deleted, waitedMs: this.#o.clock.now() - started, why }, 'no replacement for the deleted pod; lowering replicas anyway (a late one is still claimed)')
-        return undefined
+        // Given up, unless an earlier kill's replacement stayed in its place (#leftoverFor).
+        const leftover = this.#leftoverFor(service, deleted)
+        if (leftover === undefined) this.#o.log.warn({ service: service.id, pod: deleted, waitedMs: this.#o.clock.now() - started, why }, 'no replacement for the deleted pod; lowering replicas anyway (a late one is still claimed)')
+        return leftover
       }
       await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, 25))
     }
