@@ -4,7 +4,9 @@
  * Kubernetes backend calls.
  */
 import t from 'tap'
-import { readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseAllDocuments } from 'yaml'
@@ -204,4 +206,21 @@ t.test('maitre runs with the same V8 flags however it is launched: the bin’s s
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   t.equal(pkg.scripts['start'], `exec node ${flags} src/main.ts serve`, 'npm start')
   t.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), `ENTRYPOINT ["node", ${MAITRE_NODE_FLAGS.map((f) => JSON.stringify(f)).join(', ')}, "src/main.ts"]`, 'the image')
+})
+
+t.test('maitre starts from Node’s compile cache: the image fills it at build time as the user it runs as; elsewhere it is the user’s own directory, never a shared one', async (t) => {
+  const dockerfile = readFileSync(join(ROOT, 'Dockerfile'), 'utf8')
+  t.match(dockerfile, /^ENV NODE_COMPILE_CACHE=\/app\/\.node-compile-cache$/m, 'the image sets the cache before Node starts, so even main.ts is read from it')
+  const user = dockerfile.indexOf('USER 10001:10001')
+  const warm = dockerfile.indexOf('RUN node src/main.ts --version')
+  t.ok(user >= 0 && warm > user, 'and fills it as the user the router runs as (Node keeps a directory per user)')
+  t.ok(warm < dockerfile.indexOf('ENTRYPOINT'), 'before the entry point')
+  // Run as a user with its own home: the cache goes there.
+  const home = t.testdir()
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: home }
+  delete env['NODE_COMPILE_CACHE']
+  const { stdout } = await promisify(execFile)(process.execPath, [join(ROOT, 'src', 'main.ts'), '--version'], { env, timeout: 30_000 })
+  t.match(stdout, /^\d+\.\d+\.\d+/)
+  const dir = join(home, '.cache', 'maitre', 'node-compile-cache')
+  t.ok(existsSync(dir) && readdirSync(dir).length > 0, `a start without NODE_COMPILE_CACHE keeps its cache in ${dir}`)
 })
