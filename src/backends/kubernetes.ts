@@ -82,8 +82,6 @@ interface KubeService {
   readonly owedReplacements: OwedReplacement[]
   /** Pods the controller made in place of one being killed, which the lower count takes next: never instances, and their end is nobody's failure. */
   readonly replacements: Map<string, Replacement>
-  /** The newest ReplicaSet resourceVersion whose status shows the controller caught up with the count (observedGeneration, no pod beyond it). */
-  caughtUpTo: bigint
   /** A look at the leftover replacements is scheduled (one at a time). */
   sweeping: boolean
   /** The ended runs recorded per pod (failureKey, the last FAILURE_KEYS_KEPT): each is recorded once. */
@@ -113,6 +111,8 @@ interface Replacement {
   readonly since: number
   /** 'done': the resourceVersion of the lower count's write, which the controller acts on. */
   written?: bigint
+  /** 'done': hidden until then (or until it goes), however the count moved since: see #sweepLeftovers. */
+  hideUntil?: number
 }
 
 interface OwedReplacement {
@@ -358,8 +358,11 @@ export class KubernetesBackend implements Backend {
   async #lowerOnceReplaced(service: KubeService, name: string, deletedAt: bigint | undefined, own: KillCount): Promise<void> {
     let gaveUp = false
     let replacement: string | undefined
+    const waitedFrom = this.#o.clock.now()
+    let answeredInMs = 0
     try {
       replacement = await this.#replacementOf(service, name, deletedAt)
+      answeredInMs = this.#o.clock.now() - waitedFrom
       // Closing: the count stays as it is, this kill's pod in it; the next router adopts that
       // count and decides again. Lowered blind, it would let the controller choose.
       if (this.#closed) return
@@ -396,6 +399,8 @@ export class KubernetesBackend implements Backend {
       if (entry !== undefined) {
         entry.state = 'done'
         entry.written = service.writtenVersion
+        // The controller takes the lower count out on it about as late as it answered the delete.
+        entry.hideUntil = this.#o.clock.now() + Math.min(REPLACEMENT_MARK_MS, Math.max(REPLACEMENT_HIDDEN_MS, 3 * answeredInMs))
       }
     }
     if (gaveUp && !this.#closed) service.owedReplacements.push({ until: this.#o.clock.now() + REPLACEMENT_MARK_MS, written: service.writtenVersion })
@@ -426,9 +431,11 @@ export class KubernetesBackend implements Backend {
    * Leftover replacements (a scale-up that came meanwhile made them wanted after all, or the
    * controller did not take them) are instances like any other once no kill of the version
    * waits, REPLACEMENT_HIDDEN_MS after the last one ended, if they are still there and not
-   * going; one whose kill lowered the count only once the controller's status shows it acted on
-   * that count (a slow controller is about to delete it: shown, it would take requests), or
-   * REPLACEMENT_MARK_MS after it came. What is still hidden is looked at again as long as any is.
+   * going; one whose kill lowered the count only once the controller has had as long to delete
+   * it as three times it took to answer the delete (6 to 30 s): shown before, it would take
+   * requests and then go. The controller's status is no sign here: it is written from its pod
+   * cache, which may not show the replacement yet, so it reads as caught up before the
+   * replacement's delete is even due. What is still hidden is looked at again as long as any is.
    */
   #sweepLeftovers(service: KubeService): void {
     if (service.replacements.size === 0 || this.#closed || service.sweeping) return
@@ -445,7 +452,7 @@ export class KubernetesBackend implements Backend {
         const pod = pods?.get(name)
         if (pod === undefined) service.replacements.delete(name)
         else if (isTerminating(pod)) continue
-        else if (entry.state === 'done' && (entry.written ?? 0n) > service.caughtUpTo && now - entry.since < REPLACEMENT_MARK_MS) continue
+        else if (entry.state === 'done' && now < (entry.hideUntil ?? 0)) continue
         else kept.push(name)
       }
       for (const name of kept) service.replacements.delete(name)
@@ -638,7 +645,6 @@ export class KubernetesBackend implements Backend {
       unwrittenKills: 0,
       owedReplacements: [],
       replacements: new Map(),
-      caughtUpTo: 0n,
       sweeping: false,
       localChanges: 0,
       writtenVersion: 0n,
@@ -943,7 +949,7 @@ export class KubernetesBackend implements Backend {
     const debt = service.owedReplacements.shift()
     if (debt !== undefined) {
       this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
-      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done', since: now, written: debt.written })
+      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done', since: now, written: debt.written, hideUntil: now + REPLACEMENT_MARK_MS })
       this.#markReplacement(name)
       this.#sweepLeftovers(service)
       return
@@ -952,16 +958,16 @@ export class KubernetesBackend implements Backend {
   }
 
   /**
-   * What the controller's status says it has caught up with: debts of late replacements are
-   * settled, and replacements whose count it acted on may be shown, once the controller shows (its status, for a
-   * generation at least as new as the lower count's write) that it has caught up with that count
-   * and has no pod beyond it: anything it makes from then on answers a later count.
+   * Debts of late replacements are settled once the controller shows (its status, for a
+   * generation at least as new as the lower count's write) that it acted on that count with no
+   * pod beyond it: any pod it creates from then on answers a later count. A late replacement it
+   * created before that status write, still on its way to this router, is the window left: the
+   * pod watch and the ReplicaSet watch are separate streams (both from one API server).
    */
   #settleDebts(service: KubeService, rs: ReplicaSet): void {
     const version = versionOf(rs.metadata.resourceVersion)
     const observed = rs.status?.observedGeneration
     if (version === undefined || observed === undefined || observed < (rs.metadata.generation ?? 0) || (rs.status?.replicas ?? 0) > rs.spec.replicas) return
-    if (version > service.caughtUpTo) service.caughtUpTo = version
     const left = service.owedReplacements.filter((debt) => debt.written > version)
     service.owedReplacements.splice(0, service.owedReplacements.length, ...left)
   }
