@@ -1,7 +1,7 @@
 /** The Kubernetes simulator run on its own, as the README tells people trying cluster mode by hand. */
 import t from 'tap'
 import { execFile, spawn } from 'node:child_process'
-import { readdirSync, readlinkSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -53,6 +53,19 @@ function processesUnder(dir: string): number[] {
   })
 }
 
+/** The process groups the simulator's container watchdogs guard (the last argument of each). */
+function watchdogTargets(): number[] {
+  return readdirSync('/proc').flatMap((entry) => {
+    if (!/^\d+$/.test(entry)) return []
+    try {
+      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').filter((a) => a !== '')
+      return args.includes('k8s-sim-watchdog') ? [Number(args[args.length - 1])] : []
+    } catch {
+      return []
+    }
+  })
+}
+
 t.test('a simulator killed with SIGKILL (a test runner’s timeout) takes its pods with it', async (t) => {
   const dir = t.testdir()
   const port = await freePort()
@@ -70,6 +83,9 @@ t.test('a simulator killed with SIGKILL (a test runner’s timeout) takes its po
   await run('kubectl', ['--kubeconfig', kubeconfig, 'create', '--validate=false', '-f', manifest], { timeout: 20_000 })
   // Each pod: its shell and the sleep it started, in the container's process group.
   const running = await waitFor('both pods’ processes', () => (processesUnder(pods).length >= 4 ? processesUnder(pods) : undefined), 15_000)
+  // And each container's watchdog, which the simulator starts right after the container (the
+  // moment between the two is the one a SIGKILL can still miss).
+  await waitFor('a watchdog per pod', () => (watchdogTargets().filter((pgid) => running.includes(pgid)).length === 2 ? true : undefined), 15_000)
   child.kill('SIGKILL')
   await exited
   const left = await waitFor('every pod process gone', () => (processesUnder(pods).length === 0 ? true : undefined), 10_000).catch(() => false)
