@@ -110,27 +110,38 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
   // a machine starved of CPU) is not one, and is only reported here.
   const view = await appView(router, id)
   const failedOnItsOwn = new Set(view.instances['failed-instances'].map((i) => i.id))
-  const files = readdirSync(logs)
-  const perInstance = files.map((f) => readFileSync(join(logs, f), 'utf8').split('\n').filter((l) => / (start|end|cut|sigterm) /.test(l)).map((l) => `${l} [${f}]`))
-  const unanswered: string[] = []
-  let mostAtOnce = 0
-  for (const [i, lines] of perInstance.entries()) {
-    const instance = instanceOfPid.get((files[i] as string).replace(/\.log$/, ''))
-    if (instance !== undefined && failedOnItsOwn.has(instance)) {
-      t.comment(`${instance} failed on its own (${lines.length} log lines); its requests are not a scale-down's`)
-      continue
+  const readLogs = (): { perInstance: string[][]; unanswered: string[]; mostAtOnce: number; skipped: string[] } => {
+    const files = readdirSync(logs)
+    const perInstance = files.map((f) => readFileSync(join(logs, f), 'utf8').split('\n').filter((l) => / (start|end|cut|sigterm) /.test(l)).map((l) => `${l} [${f}]`))
+    const unanswered: string[] = []
+    const skipped: string[] = []
+    let mostAtOnce = 0
+    for (const [i, lines] of perInstance.entries()) {
+      const instance = instanceOfPid.get((files[i] as string).replace(/\.log$/, ''))
+      if (instance !== undefined && failedOnItsOwn.has(instance)) {
+        skipped.push(`${instance} failed on its own (${lines.length} log lines); its requests are not a scale-down's`)
+        continue
+      }
+      const open = new Set<string>()
+      for (const line of lines) {
+        const [, what, cid] = line.split(' ')
+        if (what === 'start') open.add(cid as string)
+        else if (what === 'end') open.delete(cid as string)
+        else if (what === 'cut') unanswered.push(line)
+        mostAtOnce = Math.max(mostAtOnce, open.size)
+      }
+      // (With the instance's whole log, to tell what ended it.)
+      unanswered.push(...[...open].map((cid) => `${cid} never answered: ${lines.join(' | ')}`))
     }
-    const open = new Set<string>()
-    for (const line of lines) {
-      const [, what, cid] = line.split(' ')
-      if (what === 'start') open.add(cid as string)
-      else if (what === 'end') open.delete(cid as string)
-      else if (what === 'cut') unanswered.push(line)
-      mostAtOnce = Math.max(mostAtOnce, open.size)
-    }
-    // (With the instance's whole log, to tell what ended it.)
-    unanswered.push(...[...open].map((cid) => `${cid} never answered: ${lines.join(' | ')}`))
+    return { perInstance, unanswered, mostAtOnce, skipped }
   }
+  // An instance writes a request's end once its answer is handed to the kernel ('finish'), which
+  // a loaded machine can run after the client already has the answer: the last request's end
+  // line is waited for (a request a kill cut never gets one, and is reported after the wait).
+  let read = readLogs()
+  await waitFor('every request an instance began logged as answered', () => ((read = readLogs()).unanswered.length === 0 ? true : undefined), 5000).catch(() => undefined)
+  const { perInstance, unanswered, mostAtOnce } = read
+  for (const line of read.skipped) t.comment(line)
   t.ok(perInstance.flat().length > 0, `the instances logged ${perInstance.flat().filter((l) => / start /.test(l)).length} requests`)
   t.same(unanswered, [], 'no request was cut by a scale-down, by the instances’ own logs')
   t.equal(mostAtOnce, 1, 'no instance ever held more than its concurrency-level of 1')
