@@ -3,6 +3,7 @@
  * the in-repo API simulator (pods are local processes).
  */
 import t from 'tap'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { startCluster } from '../fixtures/cluster.ts'
 import { startRelay } from '../fixtures/tcp-cut.ts'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
@@ -230,16 +231,22 @@ t.test('slots across routers: concurrency-level is never exceeded fleet-wide, an
     return slots.filter((n) => n === 1).length === 1 && slots.filter((n) => n === 0).length === 2 ? (cluster.routers[slots.indexOf(1)] as Router) : undefined
   }, 20_000)
   const others = cluster.routers.filter((r) => r !== holder)
+  // The routers run in this process: a stall of its event loop (a loaded machine, a GC) delays
+  // every hop alike and is no slot idling, so the longest one seen is measured and allowed for.
+  const stalls = monitorEventLoopDelay({ resolution: 10 })
+  stalls.enable()
   const held = call(`${holder.url}/sleep?sleep-ms=500`, { headers: one }).then((r) => ({ status: r.status, at: Date.now() }))
   await waitFor('the holder carries its request', async () => ((await available(holder)) === 0 ? true : undefined))
   const queued = others.map((r) => call(`${r.url}/sleep?sleep-ms=0`, { headers: one }).then((reply) => ({ status: reply.status, at: Date.now() })))
   const [first, ...rest] = await Promise.all([held, ...queued])
+  stalls.disable()
+  const stallMs = Math.round(stalls.max / 1e6)
   t.same([first, ...rest].map((x) => x?.status), [200, 200, 200], 'the holder’s request and both queued elsewhere are served')
   const gaps = rest.map((x) => (x?.at ?? 0) - (first?.at ?? 0)).sort((x, y) => x - y)
   t.comment(`after the slot freed, the queued requests elsewhere finished ${gaps.join(' and ')} ms later`)
   t.ok(gaps.every((g) => g >= 0), 'neither ran before the slot freed: the holder’s one slot was never shared')
-  t.ok((gaps[0] ?? Infinity) < 100, `the first borrowed the freed slot within 100 ms (${gaps[0]} ms, its whole request included)`)
-  t.ok((gaps[1] ?? Infinity) < 200, `and the second right after it (${gaps[1]} ms)`)
+  t.ok((gaps[0] ?? Infinity) < 100 + stallMs, `the first borrowed the freed slot within 100 ms (${gaps[0]} ms, its whole request included; this process's longest event-loop stall meanwhile: ${stallMs} ms)`)
+  t.ok((gaps[1] ?? Infinity) < 200 + stallMs, `and the second right after it (${gaps[1]} ms)`)
 })
 
 t.test('a router carrying a request on an instance vetoes the leader’s kill of it; the kill comes once the request is done', async (t) => {
