@@ -55,8 +55,8 @@ export interface ServiceState {
   /** Waiter's deployment-error message when the service cannot start, e.g. "Invalid startup command". */
   readonly deploymentError: string | undefined
   /**
-   * Kills answered but not finished (on Kubernetes, the wait for the controller's replacement and
-   * the lower count go on after the delete): a scale-down waits for them before it kills again,
+   * Kills asked for and not finished (on Kubernetes, the wait for the controller's replacement and
+   * the lower count go on after the delete is answered): a scale-down waits for them before it kills again,
    * since kills of a version go one at a time. Absent: none.
    */
   readonly killsUnderWay?: number

@@ -107,10 +107,6 @@ interface Replacement {
   readonly seenAt: bigint | undefined
   /** 'free': nobody's yet; 'taken': a kill waits to lower the count for it; 'done': that kill wrote the count. */
   state: 'free' | 'taken' | 'done'
-  /** When this router first saw it (its clock). */
-  readonly since: number
-  /** 'done': the resourceVersion of the lower count's write, which the controller acts on. */
-  written?: bigint
   /** 'done': hidden until then (or until it goes), however the count moved since: see #sweepLeftovers. */
   hideUntil?: number
 }
@@ -398,7 +394,6 @@ export class KubernetesBackend implements Backend {
       const entry = replacement === undefined ? undefined : service.replacements.get(replacement)
       if (entry !== undefined) {
         entry.state = 'done'
-        entry.written = service.writtenVersion
         // The controller takes the lower count out on it about as late as it answered the delete.
         entry.hideUntil = this.#o.clock.now() + Math.min(REPLACEMENT_MARK_MS, Math.max(REPLACEMENT_HIDDEN_MS, 3 * answeredInMs))
       }
@@ -949,12 +944,12 @@ export class KubernetesBackend implements Backend {
     const debt = service.owedReplacements.shift()
     if (debt !== undefined) {
       this.#o.log.info({ service: service.id, pod: name }, 'a replacement came after its kill lowered the count: claimed, never an instance')
-      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done', since: now, written: debt.written, hideUntil: now + REPLACEMENT_MARK_MS })
+      service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'done', hideUntil: now + REPLACEMENT_MARK_MS })
       this.#markReplacement(name)
       this.#sweepLeftovers(service)
       return
     }
-    if (service.awaitingReplacements > 0) service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'free', since: now })
+    if (service.awaitingReplacements > 0) service.replacements.set(name, { seenAt: versionOf(pod.metadata.resourceVersion), state: 'free' })
   }
 
   /**
