@@ -17,11 +17,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { childPids, cpuSeconds, ensureTools, freePort, median, rssMb, start, waitForHttp, wrk, writeNginxConf, type WrkResult, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
+import { childPids, cpuSeconds, ensureTools, freePort, median, peakRssMb, rssMb, start, waitForHttp, wrk, writeNginxConf, type WrkResult, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
+/** How long after the last run the RSS is read again: past server.memoryRelease.quietMs (10 s) and one read interval (2.5 s). */
+const QUIET_READ_MS = 15_000
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 const BARE_PROXY = join(ROOT, 'bench', 'bare-proxy.mjs')
@@ -177,8 +179,14 @@ async function main(): Promise<void> {
       errors: samples.reduce((a, s) => a + s.errors, 0),
     }
   }
+  // The RSS as the load ends (and its peak), then once maitre has seen no request for longer than
+  // server.memoryRelease.quietMs (10 s by default), when it hands back what the load left behind.
+  const rssAfterRuns = rssMb(maitre.pid)
+  const rssPeak = peakRssMb(maitre.pid)
+  await new Promise((r) => setTimeout(r, QUIET_READ_MS))
+  const rssQuiet = rssMb(maitre.pid)
   const lines: string[] = []
-  lines.push(`Data path: wrk -t2, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. maitre RSS after the runs: ${rssMb(maitre.pid).toFixed(0)} MB.`, '')
+  lines.push(`Data path: wrk -t2, ${SECONDS} s per run, ${ROUNDS} interleaved rounds, medians. maitre RSS after the runs: ${rssAfterRuns.toFixed(0)} MB (peak ${rssPeak.toFixed(0)} MB); ${QUIET_READ_MS / 1000} s later, with no traffic: ${rssQuiet.toFixed(0)} MB.`, '')
   lines.push('| scenario | conns | target | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |', '|---|---|---|---|---|---|---|---|')
   for (const s of scenarios) {
     for (const t of targets) {

@@ -38,6 +38,7 @@ import { Forwarder } from './proxy/forward.ts'
 import { createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
 import { createWebSocketProxy } from './proxy/websocket.ts'
 import { createRouterServer, readTlsFiles } from './proxy/server.ts'
+import { startMemoryRelease, type MemoryRelease } from './memory/release.ts'
 import { Activator, routingOf } from './scaler/activator.ts'
 import { Autoscaler } from './scaler/autoscaler.ts'
 import { followBackend } from './scaler/backend-sync.ts'
@@ -360,6 +361,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })
 
   let stopping: Promise<void> | undefined
+  let memoryRelease: MemoryRelease | undefined
 
   return {
     url,
@@ -391,6 +393,20 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       autoscaler.start()
       gc.start()
       keepAlive.start()
+      const { quietMs, growthMb } = config.server.memoryRelease
+      if (quietMs > 0) {
+        memoryRelease = startMemoryRelease({
+          quietMs,
+          growthBytes: growthMb * 1024 * 1024,
+          requests: server.proxiedRequests,
+          clock,
+          log,
+          onRelease: ({ rssBefore, rssAfter }) => {
+            metrics.memoryReleases.inc()
+            metrics.memoryReleasedBytes.inc(Math.max(0, rssBefore - rssAfter))
+          },
+        })
+      }
       log.info({ port, host: config.server.host, adminPort, dataDir, backend: backend.kind, routerId, user, cluster: coordination.mode === 'etcd' ? { etcd: config.etcd.endpoints, prefix: etcdPrefix } : undefined }, 'maitre listening')
       return port
     },
@@ -405,6 +421,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         autoscaler.stop()
         gc.stop()
         keepAlive.stop()
+        memoryRelease?.stop()
         await exchange?.close()
         await backend.close()
         await forwarder.close()

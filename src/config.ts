@@ -143,6 +143,12 @@ export interface Config {
      * Without it the port speaks cleartext HTTP/1.1 and h2c.
      */
     readonly tls: { readonly cert: string | null; readonly key: string | null }
+    /**
+     * After a burst, the memory it left behind goes back to the system (memory/release.ts): once no
+     * proxied request has begun for quietMs (0 = never; else at least 1 s), if the RSS grew by
+     * growthMb since the last release, one memory-reducing collection.
+     */
+    readonly memoryRelease: { readonly quietMs: number; readonly growthMb: number }
   }
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
@@ -229,6 +235,7 @@ export const DEFAULTS: Config = {
     advertiseUrl: null,
     admin: { host: null, port: 9092 },
     tls: { cert: null, key: null },
+    memoryRelease: { quietMs: 10000, growthMb: 32 },
   },
   dataDir: './data',
   maxTokens: 100000,
@@ -361,6 +368,8 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.maxRequestsPerConnection': positiveInt,
   'server.shutdownTimeoutMs': nonNegativeInt,
   'server.admin.port': port,
+  'server.memoryRelease.quietMs': (v) => (Number.isInteger(v) && (v === 0 || ((v as number) >= 1000 && (v as number) <= 86_400_000)) ? undefined : 'must be 0 (never release) or an integer of milliseconds in [1000, 86400000]'),
+  'server.memoryRelease.growthMb': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65536 ? undefined : 'must be an integer of MB in [1, 65536]'),
   'server.tls.cert': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM certificate (chain) file, or null'),
   'server.tls.key': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM private key file, or null'),
   'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),

@@ -50,6 +50,8 @@ export class Metrics {
   readonly gcDeletions: Counter<'reason'>
   readonly backendOperations: Counter<'backend' | 'operation' | 'result'>
   readonly backendOperationDuration: Histogram<'backend' | 'operation'>
+  readonly memoryReleases: Counter
+  readonly memoryReleasedBytes: Counter
   readonly #perService: Metric<string>[]
 
   constructor(sources: GaugeSources, build: { version: string }) {
@@ -72,6 +74,8 @@ export class Metrics {
     this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken).', labelNames: ['reason'] as const, registers })
     this.backendOperations = new Counter({ name: 'maitre_backend_operations_total', help: 'Calls to the cluster backend by operation and result (ok, error).', labelNames: ['backend', 'operation', 'result'] as const, registers })
     this.backendOperationDuration = new Histogram({ name: 'maitre_backend_operation_duration_seconds', help: 'Duration of calls to the cluster backend.', labelNames: ['backend', 'operation'] as const, buckets: LATENCY_BUCKETS, registers })
+    this.memoryReleases = new Counter({ name: 'maitre_memory_releases_total', help: 'Memory-reducing collections run once traffic went quiet (server.memoryRelease).', registers })
+    this.memoryReleasedBytes = new Counter({ name: 'maitre_memory_released_bytes_total', help: 'Resident memory those collections handed back to the system.', registers })
 
     const perServiceGauge = (name: string, help: string, value: (s: ServiceGauges) => number | undefined): Gauge<'service'> =>
       new Gauge({

@@ -77,7 +77,7 @@ const GROUND_FILES = [
   'src/dns-label.ts', 'src/limits.ts',
   'src/version.ts',
 ]
-const GROUND_FOLDERS = ['auth', 'storage', 'http']
+const GROUND_FOLDERS = ['auth', 'storage', 'http', 'memory']
 const APP = 'src/app.ts'
 const ENTRY_POINTS = ['src/cli.ts', 'src/main.ts']
 const PURE = [
@@ -87,6 +87,7 @@ const PURE = [
   'src/backends/instance-choice.ts',
   'src/backends/mesos/placement.ts',
   'src/versions/service-id.ts',
+  'src/memory/release-decision.ts',
 ]
 /** The one node: built-in a pure module may use (service-id hashes). */
 const PURE_BUILTINS = ['node:crypto', 'crypto']

@@ -60,6 +60,13 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes or mesos\)/ }, 'the local backend cannot be shared')
 })
 
+t.test('memory release: off with 0, else a quiet spell of at least a second and a growth of at least 1 MB', async (t) => {
+  t.equal(withOverrides(DEFAULTS, { 'server.memoryRelease.quietMs': 0 }).server.memoryRelease.quietMs, 0, '0 turns it off')
+  t.equal(parseConfig('server:\n  memoryRelease:\n    quietMs: 60000\n').server.memoryRelease.growthMb, 32, 'the other key keeps its default')
+  t.throws(() => withOverrides(DEFAULTS, { 'server.memoryRelease.quietMs': 500 }), { message: /server.memoryRelease.quietMs = 500, must be 0 \(never release\) or an integer of milliseconds in \[1000, 86400000\]/ }, 'a pause every half second of quiet is no quiet')
+  t.throws(() => withOverrides(DEFAULTS, { 'server.memoryRelease.growthMb': 0 }), { message: /server.memoryRelease.growthMb = 0, must be an integer of MB in \[1, 65536\]/ }, 'no growth at all would collect at every quiet spell')
+})
+
 t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster mode is taken', async (t) => {
   const good = parseConfig('backend:\n  kind: mesos\n  mesos:\n    master: "http://m1:5050, http://m2:5050"\n    principal: maitre\n    secret: s3cret\n')
   t.equal(good.backend.kind, 'mesos')

@@ -52,6 +52,8 @@ export interface RouterServer {
   readonly draining: () => boolean
   /** Requests being handled right now. */
   readonly inFlight: () => number
+  /** Data-path requests (not the router's own API) begun since the server was made. */
+  readonly proxiedRequests: () => number
   /** Client connections open right now. */
   readonly connections: () => number
   /**
@@ -171,11 +173,15 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     if (tlsServer !== undefined && req.headers['x-forwarded-proto'] === undefined) req.headers['x-forwarded-proto'] = 'https'
   }
 
+  /** Data-path requests begun: what tells traffic from the probes and scrapes an idle router gets. */
+  let proxied = 0
   /** One request, either protocol, to the API or the data path. */
   const dispatch = (req: IncomingMessage, res: ServerResponse): void => {
     markHttps(req)
     const path = pathOf(req.url)
-    const handler = isApiRequest(path, req.headers, options.routerHostnames) ? options.api : options.proxy
+    const api = isApiRequest(path, req.headers, options.routerHostnames)
+    if (!api) proxied++
+    const handler = api ? options.api : options.proxy
     handler(req, res).catch((err: unknown) => {
       // The handlers answer their own failures; anything that escapes them is a bug, caught
       // here so that it can never become an unhandled rejection that takes the router down.
@@ -498,6 +504,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     },
     draining: () => draining,
     inFlight: () => open.size,
+    proxiedRequests: () => proxied,
     connections: () => connections,
     drain(timeoutMs, before) {
       drained ??= (async () => {
