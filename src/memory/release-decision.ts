@@ -7,9 +7,9 @@
  * Java's G1 answers the same problem with a periodic collection once the application is idle
  * (JEP 346); this is that rule: once no proxied request has begun for `quietMs`, and the RSS has
  * grown by at least `growthBytes` since the last release (or the lowest reading since), one
- * memory-reducing collection. A release that frees nothing raises the baseline to what is left,
- * so an idle router never collects again until it grows again: at most one release per quiet
- * spell, and none for a router whose memory never grew.
+ * memory-reducing collection. At most one per quiet spell: what still allocates in it (a long
+ * stream, a WebSocket, scrapes) regrows the young generation at once, and would otherwise earn a
+ * pause every few seconds. None for a router whose memory never grew.
  */
 
 export interface ReleaseRule {
@@ -27,6 +27,8 @@ export interface ReleaseWatch {
   readonly quietSince: number
   /** The RSS after the last release, or the lowest since (bytes). */
   readonly baselineRss: number
+  /** This quiet spell had its release: the next one waits for a request to begin. */
+  readonly spellReleased: boolean
 }
 
 export interface ReleaseReading {
@@ -37,19 +39,19 @@ export interface ReleaseReading {
 }
 
 export function startWatch(reading: ReleaseReading): ReleaseWatch {
-  return { requests: reading.requests, quietSince: reading.now, baselineRss: reading.rss }
+  return { requests: reading.requests, quietSince: reading.now, baselineRss: reading.rss, spellReleased: false }
 }
 
 /** The next watch, and whether to collect now. After a release, `released` sets the new baseline. */
 export function watchRelease(watch: ReleaseWatch, reading: ReleaseReading, rule: ReleaseRule): { watch: ReleaseWatch; release: boolean } {
   const baselineRss = Math.min(watch.baselineRss, reading.rss)
-  if (reading.requests !== watch.requests) return { watch: { requests: reading.requests, quietSince: reading.now, baselineRss }, release: false }
+  if (reading.requests !== watch.requests) return { watch: { requests: reading.requests, quietSince: reading.now, baselineRss, spellReleased: false }, release: false }
   const next = { ...watch, baselineRss }
-  const release = reading.now - watch.quietSince >= rule.quietMs && reading.rss - baselineRss >= rule.growthBytes
+  const release = !watch.spellReleased && reading.now - watch.quietSince >= rule.quietMs && reading.rss - baselineRss >= rule.growthBytes
   return { watch: next, release }
 }
 
-/** The watch after a release that left `rssAfter`: growth is measured from there on. */
+/** The watch after a release that left `rssAfter`: growth is measured from there on, and this spell is done. */
 export function released(watch: ReleaseWatch, rssAfter: number): ReleaseWatch {
-  return { ...watch, baselineRss: rssAfter }
+  return { ...watch, baselineRss: rssAfter, spellReleased: true }
 }

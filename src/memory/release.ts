@@ -5,9 +5,13 @@
  *
  * The collection stops the event loop for as long as it takes (120–280 ms measured after the
  * bench's load, ~20 MB live): it runs only after `quietMs` (at least 1 s; 10 s by default)
- * without a new proxied request, so every request still under way then (a stream, a long poll,
- * one queued behind a long cold start) has already taken at least that long, and a request that
- * arrives during the collection waits for it.
+ * without a new proxied request or WebSocket, so every request still under way then (a stream, a
+ * long poll, one queued behind a long cold start) has already taken at least that long; its
+ * bytes, and a request that arrives during the collection, wait for it. Once per quiet spell.
+ *
+ * Nothing here may take the router down: a failed reading (the RSS is read through a file
+ * descriptor, and a router out of them gets EMFILE) skips one turn, and a runtime without V8's
+ * gc() turns the release off, with one warning each.
  */
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
@@ -50,15 +54,17 @@ let gcFunction: GcFunction | undefined
 function v8Gc(): GcFunction {
   if (gcFunction !== undefined) return gcFunction
   const global = (globalThis as { gc?: unknown }).gc
-  if (typeof global === 'function') gcFunction = global as GcFunction
-  else {
+  let found: unknown = global
+  if (typeof found !== 'function') {
     setFlagsFromString('--expose-gc')
     try {
-      gcFunction = runInNewContext('gc') as GcFunction
+      found = runInNewContext('gc')
     } finally {
       setFlagsFromString('--no-expose-gc')
     }
   }
+  if (typeof found !== 'function') throw new Error("this runtime gives no V8 gc() to call")
+  gcFunction = found as GcFunction
   return gcFunction
 }
 
@@ -76,25 +82,45 @@ export function startMemoryRelease(options: MemoryReleaseOptions): MemoryRelease
   const rss = options.rss ?? (() => process.memoryUsage.rss())
   const collect = options.collect ?? collectForRelease
   const { clock } = options
-  let watch: ReleaseWatch = startWatch({ now: clock.now(), requests: options.requests(), rss: rss() })
   let cancel: (() => void) | undefined
   let stopped = false
 
+  let readingFailed = false
+  // An RSS that cannot be read yet is no baseline: the first reading that succeeds becomes it.
+  let watch: ReleaseWatch = startWatch({ now: clock.now(), requests: options.requests(), rss: Number.POSITIVE_INFINITY })
+  try {
+    watch = startWatch({ now: clock.now(), requests: options.requests(), rss: rss() })
+  } catch {}
+  const turn = (): void => {
+    const decided = watchRelease(watch, { now: clock.now(), requests: options.requests(), rss: rss() }, options)
+    watch = decided.watch
+    if (!decided.release) return
+    const rssBefore = rss()
+    const started = performance.now()
+    try {
+      collect()
+    } catch (err) {
+      stopped = true
+      options.log.warn({ err }, 'memory release turned off: the collection failed')
+      return
+    }
+    const pauseMs = performance.now() - started
+    watch = released(watch, watch.baselineRss) // this spell is done, even if the RSS cannot be read now
+    const release: Release = { rssBefore, rssAfter: rss(), pauseMs }
+    watch = released(watch, release.rssAfter)
+    options.log.info({ rssBeforeMb: toMb(release.rssBefore), rssAfterMb: toMb(release.rssAfter), pauseMs: Math.round(release.pauseMs) }, 'traffic quiet: memory handed back to the system')
+    options.onRelease?.(release)
+  }
   const read = (): void => {
     if (stopped) return
-    const now = clock.now()
-    const decided = watchRelease(watch, { now, requests: options.requests(), rss: rss() }, options)
-    watch = decided.watch
-    if (decided.release) {
-      const rssBefore = rss()
-      const started = performance.now()
-      collect()
-      const release: Release = { rssBefore, rssAfter: rss(), pauseMs: performance.now() - started }
-      watch = released(watch, release.rssAfter)
-      options.log.info({ rssBeforeMb: toMb(release.rssBefore), rssAfterMb: toMb(release.rssAfter), pauseMs: Math.round(release.pauseMs) }, 'traffic quiet: memory handed back to the system')
-      options.onRelease?.(release)
+    try {
+      turn()
+    } catch (err) {
+      // The RSS could not be read (EMFILE): this turn is skipped, the next may succeed.
+      if (!readingFailed) options.log.warn({ err }, 'memory release: reading the RSS failed; trying again next turn')
+      readingFailed = true
     }
-    cancel = clock.setTimeout(read, readEveryMs(options.quietMs))
+    if (!stopped) cancel = clock.setTimeout(read, readEveryMs(options.quietMs))
   }
   cancel = clock.setTimeout(read, readEveryMs(options.quietMs))
 

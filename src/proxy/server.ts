@@ -52,7 +52,7 @@ export interface RouterServer {
   readonly draining: () => boolean
   /** Requests being handled right now. */
   readonly inFlight: () => number
-  /** Data-path requests (not the router's own API) begun since the server was made. */
+  /** Data-path requests and WebSocket upgrades (not the router's own API) begun since the server was made. */
   readonly proxiedRequests: () => number
   /** Client connections open right now. */
   readonly connections: () => number
@@ -173,7 +173,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     if (tlsServer !== undefined && req.headers['x-forwarded-proto'] === undefined) req.headers['x-forwarded-proto'] = 'https'
   }
 
-  /** Data-path requests begun: what tells traffic from the probes and scrapes an idle router gets. */
+  /** Data-path requests and WebSockets begun: what tells traffic from the probes and scrapes an idle router gets. */
   let proxied = 0
   /** One request, either protocol, to the API or the data path. */
   const dispatch = (req: IncomingMessage, res: ServerResponse): void => {
@@ -411,6 +411,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames) || options.websocket === undefined) {
       return refuseUpgrade(req, socket, new MaitreError('MAITRE_BAD_REQUEST', 'WebSocket upgrades are proxied to services only: name a token (x-waiter-token or the Host)', { details: { field: 'upgrade' } }), { cid })
     }
+    proxied++
     options.websocket.handle(req, socket, head)
   }
 

@@ -5,6 +5,7 @@ import { released, startWatch, watchRelease, type ReleaseRule } from '../../src/
 import { collectForRelease, readEveryMs, startMemoryRelease, type Release } from '../../src/memory/release.ts'
 import { ManualClock } from '../fixtures/manual-clock.ts'
 import { createLogger } from '../../src/log.ts'
+import { PassThrough } from 'node:stream'
 
 const MB = 1024 * 1024
 const RULE: ReleaseRule = { quietMs: 10_000, growthBytes: 32 * MB }
@@ -24,6 +25,7 @@ t.test('the rule: quiet for quietMs and grown by growthBytes, then once per grow
   watch = released(watch, 190 * MB)
   t.equal(step(30_000, 900, 190), false, 'released: the baseline is what was left, so no second release')
   t.equal(step(90_000, 900, 200), false, 'idle and grown by less than growthBytes: none')
+  t.equal(step(92_500, 900, 400), false, 'grown back by 210 MB in the same quiet spell (a stream, a WebSocket): still none')
   t.equal(step(95_000, 901, 260), false, 'one new request restarts the quiet spell')
   t.equal(step(104_999, 901, 260), false, 'not yet quiet again')
   t.equal(step(105_000, 901, 260), true, 'quiet again, and grown by 70 MB over what the last release left')
@@ -73,10 +75,18 @@ t.test('the loop: collects once when traffic stops, never during it, and stops',
   t.same(releases, [{ rssBefore: 300 * MB, rssAfter: 125 * MB, pauseMs: releases[0]?.pauseMs }], 'told what it freed')
   clock.advance(600_000)
   t.equal(collections.length, 1, 'ten idle minutes: no second collection')
+  rss = 320 * MB
+  clock.advance(60_000)
+  t.equal(collections.length, 1, 'the RSS grew back while nothing began (a long stream): one pause per quiet spell')
+  requests += 1
+  clock.advance(12_500)
+  t.equal(collections.length, 2, 'a request began, then quiet again: the next spell has its release')
   release.stop()
+  requests += 1
+  clock.advance(1_000)
   rss = 400 * MB
   clock.advance(600_000)
-  t.equal(collections.length, 1, 'stopped: nothing more')
+  t.equal(collections.length, 2, 'stopped: nothing more')
 })
 
 t.test("V8's last-resort collection hands freed heap pages back to the system", async (t) => {
@@ -91,4 +101,79 @@ t.test("V8's last-resort collection hands freed heap pages back to the system", 
   const rssAfter = process.memoryUsage.rss()
   t.ok(rssAfter < rssFull - 40 * MB, `the RSS fell from ${Math.round(rssFull / MB)} to ${Math.round(rssAfter / MB)} MB`)
   t.equal(typeof (globalThis as { gc?: unknown }).gc, 'undefined', 'gc() stays off the global object')
+})
+
+t.test('the loop: a failed RSS reading skips a turn, a failed collection turns it off; neither throws', async (t) => {
+  const clock = new ManualClock(0)
+  const lines: Record<string, unknown>[] = []
+  const out = new PassThrough()
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+  })
+  let rssFails = true
+  let rss = 300 * MB
+  let collections = 0
+  let collectFails = false
+  const release = startMemoryRelease({
+    quietMs: 1_000,
+    growthBytes: MB,
+    requests: () => 0,
+    clock,
+    log: createLogger('info', out),
+    rss: () => {
+      if (rssFails) throw Object.assign(new Error('EMFILE: too many open files, uv_resident_set_memory'), { code: 'EMFILE' })
+      return rss
+    },
+    collect: () => {
+      collections += 1
+      if (collectFails) throw new Error('no gc here')
+    },
+  })
+  t.teardown(() => release.stop())
+  t.doesNotThrow(() => clock.advance(5_000), 'readings that throw never reach the timer')
+  t.equal(collections, 0, 'nothing decided without a reading')
+  rssFails = false
+  clock.advance(1_000)
+  rss = 350 * MB
+  clock.advance(1_500)
+  t.equal(collections, 1, 'readings back: the first one is the baseline, growth past it is released')
+  await new Promise((r) => setImmediate(r))
+  t.equal(lines.filter((l) => /reading the RSS failed/.test(String(l['msg']))).length, 1, 'one warning for the failed readings')
+  t.ok(lines.some((l) => l['msg'] === 'traffic quiet: memory handed back to the system'), 'and a line for the release')
+})
+
+t.test('the loop: a collection that throws turns the release off with one warning', async (t) => {
+  const clock = new ManualClock(0)
+  const lines: Record<string, unknown>[] = []
+  const out = new PassThrough()
+  out.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+  })
+  let requests = 0
+  let rss = 100 * MB
+  let collections = 0
+  const release = startMemoryRelease({
+    quietMs: 1_000,
+    growthBytes: MB,
+    requests: () => requests,
+    clock,
+    log: createLogger('info', out),
+    rss: () => rss,
+    collect: () => {
+      collections += 1
+      throw new Error('this runtime gives no V8 gc() to call')
+    },
+  })
+  t.teardown(() => release.stop())
+  rss = 200 * MB
+  t.doesNotThrow(() => clock.advance(1_500))
+  t.equal(collections, 1, 'tried once')
+  for (let i = 0; i < 5; i++) {
+    requests += 1
+    rss += 50 * MB
+    clock.advance(2_000)
+  }
+  t.equal(collections, 1, 'never again')
+  await new Promise((r) => setImmediate(r))
+  t.equal(lines.filter((l) => l['msg'] === 'memory release turned off: the collection failed').length, 1, 'one warning')
 })

@@ -2,6 +2,8 @@
 import t from 'tap'
 import { PassThrough } from 'node:stream'
 import { request } from 'undici'
+import { connect } from 'node:http2'
+import { connect as netConnect } from 'node:net'
 import { createLogger } from '../../src/log.ts'
 import { createRouterServer } from '../../src/proxy/server.ts'
 
@@ -60,4 +62,64 @@ t.test('a handler that rejects: one 500 with its cid, an error line with the sam
   const fine = await request(`${url}/fine`, { headers: { 'x-waiter-token': 'x' } })
   t.equal(await fine.body.text(), 'fine', 'the router serves on')
   t.equal(calls, 3)
+})
+
+t.test("proxiedRequests counts the data path's requests and WebSockets, over HTTP/1.1 and HTTP/2, never the router's own API", async (t) => {
+  const { log } = logged()
+  let upgrades = 0
+  const server = createRouterServer({
+    maxHeaderBytes: 16384,
+    keepAliveTimeoutMs: 5000,
+    headersTimeoutMs: 5000,
+    bodyIdleTimeoutMs: 30_000,
+    maxHeaders: 128,
+    maxConnections: 0,
+    maxConnectionsPerClient: 0,
+    maxRequestsPerConnection: 16,
+    routerHostnames: new Set(['127.0.0.1']),
+    api: async (_req, res) => void res.end('api'),
+    proxy: async (_req, res) => void res.end('proxied'),
+    websocket: {
+      handle(_req, socket) {
+        upgrades += 1
+        socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n')
+      },
+      closeAll() {},
+    },
+    log,
+  })
+  const port = await server.listen(0, '127.0.0.1')
+  t.teardown(() => server.drain(0))
+  const url = `http://127.0.0.1:${port}`
+  t.equal(server.proxiedRequests(), 0)
+  for (const path of ['/status', '/metrics', '/token?token=x']) await (await request(`${url}${path}`)).body.text()
+  t.equal(server.proxiedRequests(), 0, 'probes, scrapes and API calls are not traffic')
+  t.equal(await (await request(`${url}/any`, { headers: { 'x-waiter-token': 'x' } })).body.text(), 'proxied')
+  t.equal(server.proxiedRequests(), 1, 'an HTTP/1.1 request to a service')
+
+  const session = connect(url)
+  t.teardown(() => session.close())
+  const h2Body = await new Promise<string>((resolve, reject) => {
+    const stream = session.request({ ':path': '/any', 'x-waiter-token': 'x' })
+    let body = ''
+    stream.on('data', (chunk: Buffer) => (body += chunk.toString()))
+    stream.on('end', () => resolve(body))
+    stream.on('error', reject)
+    stream.end()
+  })
+  t.equal(h2Body, 'proxied')
+  t.equal(server.proxiedRequests(), 2, 'an HTTP/2 stream to a service')
+
+  const answer = await new Promise<string>((resolve, reject) => {
+    const socket = netConnect(port, '127.0.0.1', () => {
+      socket.write('GET /socket HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n')
+    })
+    let got = ''
+    socket.on('data', (chunk: Buffer) => (got += chunk.toString()))
+    socket.on('end', () => resolve(got))
+    socket.on('error', reject)
+  })
+  t.match(answer, /^HTTP\/1.1 400/, "the relay's answer")
+  t.equal(upgrades, 1, 'the WebSocket upgrade reached the relay')
+  t.equal(server.proxiedRequests(), 3, 'and counts as traffic')
 })
