@@ -58,8 +58,16 @@ t.test('a router killed with SIGKILL and restarted on the same data directory le
   const again = await call(`${second.url}/request-info`, { headers: h })
   t.equal(again.status, 200, 'the token and its version survived the crash')
   t.equal(processesOf(serviceId, 'kitchen.mjs').length, 1, 'exactly one instance of the version runs: none survived, none is duplicated')
-  t.equal(processesOf(serviceId, 'sleep 1001').length, 1, 'and one daemon: the new instance’s own')
+  const daemons = processesOf(serviceId, 'sleep 1001')
+  t.equal(daemons.length, 1, 'and one daemon: the new instance’s own')
   t.ok(second.lines.some((l) => l['msg'] === 'killed processes a previous router left running'), 'the sweep is logged')
+
+  // A router stopped the ordinary way takes its instances' escaped processes with it (were it
+  // SIGKILLed at teardown, this daemon would outlive the test by 17 minutes).
+  second.child.kill('SIGTERM')
+  t.equal(await second.exited, 0, 'the second router stops cleanly on SIGTERM')
+  await waitFor('the new daemon to go with its router', () => (daemons.some(processAlive) ? undefined : true), 5000)
+  t.same(processesOf(serviceId, 'sleep 1001'), [], 'no daemon of the version is left running')
 })
 
 t.test('an instance that ends takes its escaped processes with it, and its sandbox goes', async (t) => {
