@@ -4,10 +4,10 @@ import t from 'tap'
 import { released, startWatch, watchRelease, type ReleaseRule } from '../../src/memory/release-decision.ts'
 import { collectForRelease, readEveryMs, startMemoryRelease, type Release } from '../../src/memory/release.ts'
 import { ManualClock } from '../fixtures/manual-clock.ts'
-import { createLogger } from '../../src/log.ts'
-import { PassThrough } from 'node:stream'
+import { capturedLog } from '../fixtures/captured-log.ts'
 
 const MB = 1024 * 1024
+
 const RULE: ReleaseRule = { quietMs: 10_000, growthBytes: 32 * MB }
 
 t.test('the rule: quiet for quietMs and grown by growthBytes, then once per growth', async (t) => {
@@ -52,7 +52,7 @@ t.test('the loop: collects once when traffic stops, never during it, and stops',
     ...RULE,
     requests: () => requests,
     clock,
-    log: createLogger('silent'),
+    log: capturedLog().log,
     rss: () => rss,
     collect: () => {
       collections.push(clock.now())
@@ -105,11 +105,7 @@ t.test("V8's last-resort collection hands freed heap pages back to the system", 
 
 t.test('the loop: a failed RSS reading skips a turn, a failed collection turns it off; neither throws', async (t) => {
   const clock = new ManualClock(0)
-  const lines: Record<string, unknown>[] = []
-  const out = new PassThrough()
-  out.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-  })
+  const { log, lines } = capturedLog()
   let rssFails = true
   let rss = 300 * MB
   let collections = 0
@@ -119,7 +115,7 @@ t.test('the loop: a failed RSS reading skips a turn, a failed collection turns i
     growthBytes: MB,
     requests: () => 0,
     clock,
-    log: createLogger('info', out),
+    log,
     rss: () => {
       if (rssFails) throw Object.assign(new Error('EMFILE: too many open files, uv_resident_set_memory'), { code: 'EMFILE' })
       return rss
@@ -144,11 +140,7 @@ t.test('the loop: a failed RSS reading skips a turn, a failed collection turns i
 
 t.test('the loop: a collection that throws turns the release off with one warning', async (t) => {
   const clock = new ManualClock(0)
-  const lines: Record<string, unknown>[] = []
-  const out = new PassThrough()
-  out.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-  })
+  const { log, lines } = capturedLog()
   let requests = 0
   let rss = 100 * MB
   let collections = 0
@@ -157,7 +149,7 @@ t.test('the loop: a collection that throws turns the release off with one warnin
     growthBytes: MB,
     requests: () => requests,
     clock,
-    log: createLogger('info', out),
+    log,
     rss: () => rss,
     collect: () => {
       collections += 1

@@ -1,34 +1,29 @@
 /** The listener's safety net: a handler that fails unexpectedly answers 500 once, is logged with its cid, and the router stays up. */
 import t from 'tap'
-import { PassThrough } from 'node:stream'
 import { request } from 'undici'
 import { connect } from 'node:http2'
 import { connect as netConnect } from 'node:net'
-import { createLogger } from '../../src/log.ts'
+import { capturedLog } from '../fixtures/captured-log.ts'
 import { createRouterServer } from '../../src/proxy/server.ts'
 
-function logged(): { log: ReturnType<typeof createLogger>; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = []
-  const out = new PassThrough()
-  out.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
-  })
-  return { log: createLogger('info', out), lines }
+/** The listener's limits both tests use. */
+const LISTENER = {
+  maxHeaderBytes: 16384,
+  keepAliveTimeoutMs: 5000,
+  headersTimeoutMs: 5000,
+  bodyIdleTimeoutMs: 30_000,
+  maxHeaders: 128,
+  maxConnections: 0,
+  maxConnectionsPerClient: 0,
+  maxRequestsPerConnection: 16,
+  routerHostnames: new Set(['127.0.0.1']),
 }
 
 t.test('a handler that rejects: one 500 with its cid, an error line with the same cid, and the router serves on', async (t) => {
-  const { log, lines } = logged()
+  const { log, lines } = capturedLog()
   let calls = 0
   const server = createRouterServer({
-    maxHeaderBytes: 16384,
-    keepAliveTimeoutMs: 5000,
-    headersTimeoutMs: 5000,
-    bodyIdleTimeoutMs: 30_000,
-    maxHeaders: 128,
-    maxConnections: 0,
-    maxConnectionsPerClient: 0,
-    maxRequestsPerConnection: 16,
-    routerHostnames: new Set(['127.0.0.1']),
+    ...LISTENER,
     api: async (_req, res) => void res.end('api'),
     proxy: async (req, res) => {
       calls += 1
@@ -65,18 +60,10 @@ t.test('a handler that rejects: one 500 with its cid, an error line with the sam
 })
 
 t.test("proxiedRequests counts the data path's requests and WebSockets, over HTTP/1.1 and HTTP/2, never the router's own API", async (t) => {
-  const { log } = logged()
+  const { log } = capturedLog()
   let upgrades = 0
   const server = createRouterServer({
-    maxHeaderBytes: 16384,
-    keepAliveTimeoutMs: 5000,
-    headersTimeoutMs: 5000,
-    bodyIdleTimeoutMs: 30_000,
-    maxHeaders: 128,
-    maxConnections: 0,
-    maxConnectionsPerClient: 0,
-    maxRequestsPerConnection: 16,
-    routerHostnames: new Set(['127.0.0.1']),
+    ...LISTENER,
     api: async (_req, res) => void res.end('api'),
     proxy: async (_req, res) => void res.end('proxied'),
     websocket: {
