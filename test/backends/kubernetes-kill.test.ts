@@ -132,7 +132,19 @@ t.test('a controller whose pod cache lags 2 s: a second kill’s replacement com
   const deleted = new Set<string>()
   let replicas = sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas as number
   const watch = setInterval(() => {
-    for (const p of sim.list('pods', SIM_NAMESPACE)) {
+    const pods = sim.list('pods', SIM_NAMESPACE)
+    // An idle app exits at its SIGTERM at once, so its pod may be gone by the next poll (this
+    // process stalls on a loaded machine): a pod gone without being seen terminating was
+    // deleted too. Recorded before the pods this poll finds new, as the loop below records a
+    // terminating pod before the younger ones listed after it.
+    const listed = new Set(pods.map((p) => p.metadata.name as string))
+    for (const name of known) {
+      if (!listed.has(name) && !deleted.has(name)) {
+        history.push({ kind: 'deleted', what: name })
+        deleted.add(name)
+      }
+    }
+    for (const p of pods) {
       const name = p.metadata.name as string
       if (!known.has(name)) history.push({ kind: 'created', what: name })
       known.add(name)
