@@ -14,7 +14,7 @@
  * NAME=value node …`); both as space-separated lists. Each side's RSS right after its last run is
  * reported too.
  *
- *   node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--out file.json]
+ *   node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--gap 0] [--out file.json]
  *                    [--a-flags='--max-semi-space-size=8 …'] [--a-env='MALLOC_ARENA_MAX=2 …'] [--b-flags=…] [--b-env=…]
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
@@ -31,6 +31,7 @@ const { values: opts } = parseArgs({
     b: { type: 'string' },
     rounds: { type: 'string', default: '6' },
     secs: { type: 'string', default: '5' },
+    gap: { type: 'string', default: '0' },
     out: { type: 'string' },
     'a-flags': { type: 'string' },
     'b-flags': { type: 'string' },
@@ -50,6 +51,8 @@ if (opts.a === undefined || opts.b === undefined) {
 }
 const ROUNDS = Number(opts.rounds)
 const SECONDS = Number(opts.secs)
+/** Seconds with no traffic at all before each run: past server.memoryRelease.quietMs (10 s), each run starts after a release. */
+const GAP_SECONDS = Number(opts.gap)
 const CONNECTIONS = 64
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 // This checkout's backend for both routers: the instance must not be one of the differences.
@@ -174,10 +177,11 @@ async function main(): Promise<void> {
 
   const runs: Run[] = []
   console.log(`A = ${a.ref} (${a.commit}), B = ${b.ref} (${b.commit}); node ${process.version}, flags A [${a.nodeFlags.join(' ')}] B [${b.nodeFlags.join(' ')}], env A [${Object.entries(a.env).map(([k, v]) => `${k}=${v}`).join(' ')}] B [${Object.entries(b.env).map(([k, v]) => `${k}=${v}`).join(' ')}]; node_modules shared from ${ROOT}`)
-  console.log(`wrk -t2 -c${CONNECTIONS} -d${SECONDS}s /tiny, ${ROUNDS} rounds, the order flipped each round`)
+  console.log(`wrk -t2 -c${CONNECTIONS} -d${SECONDS}s /tiny, ${ROUNDS} rounds, the order flipped each round${GAP_SECONDS > 0 ? `, ${GAP_SECONDS} s without traffic before each run` : ''}`)
   console.log('| round | router | req/s | CPU µs/req | p99 ms | errors | RSS MB |\n|---|---|---|---|---|---|---|')
   for (let round = 1; round <= ROUNDS; round++) {
     for (const router of round % 2 === 1 ? [a, b] : [b, a]) {
+      if (GAP_SECONDS > 0) await new Promise((r) => setTimeout(r, GAP_SECONDS * 1000))
       const run = await measure(router, round)
       runs.push(run)
       console.log(`| ${round} | ${run.router} ${router.commit} | ${run.rps.toFixed(0)} | ${run.cpuUsPerRequest.toFixed(1)} | ${run.p99Ms.toFixed(2)} | ${run.errors} | ${run.rssMb.toFixed(0)} |`)

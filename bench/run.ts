@@ -22,7 +22,7 @@ import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
-/** How long after the last run the RSS is read again: past server.memoryRelease.quietMs (10 s) and one read interval (2.5 s). */
+/** How long after the last run the RSS is read again: past a server.memoryRelease.quietMs of 10 s and one read interval (2.5 s). */
 const QUIET_READ_MS = 15_000
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
@@ -179,8 +179,8 @@ async function main(): Promise<void> {
       errors: samples.reduce((a, s) => a + s.errors, 0),
     }
   }
-  // The RSS as the load ends (and its peak), then once maitre has seen no request for longer than
-  // server.memoryRelease.quietMs (10 s by default), when it hands back what the load left behind.
+  // The RSS as the load ends (and its peak), then after 15 s without traffic: what maitre holds
+  // as it ships (server.memoryRelease off), or what it kept after a release when it is on.
   const rssAfterRuns = rssMb(maitre.pid)
   const rssPeak = peakRssMb(maitre.pid)
   await new Promise((r) => setTimeout(r, QUIET_READ_MS))
