@@ -87,15 +87,16 @@ export function startMemoryRelease(options: MemoryReleaseOptions): MemoryRelease
 
   let readingFailed = false
   // An RSS that cannot be read yet is no baseline: the first reading that succeeds becomes it.
-  let watch: ReleaseWatch = startWatch({ now: clock.now(), requests: options.requests(), rss: Number.POSITIVE_INFINITY })
+  let firstRss = Number.POSITIVE_INFINITY
   try {
-    watch = startWatch({ now: clock.now(), requests: options.requests(), rss: rss() })
+    firstRss = rss()
   } catch {}
+  let watch: ReleaseWatch = startWatch({ now: clock.now(), requests: options.requests(), rss: firstRss })
   const turn = (): void => {
-    const decided = watchRelease(watch, { now: clock.now(), requests: options.requests(), rss: rss() }, options)
+    const rssBefore = rss()
+    const decided = watchRelease(watch, { now: clock.now(), requests: options.requests(), rss: rssBefore }, options)
     watch = decided.watch
     if (!decided.release) return
-    const rssBefore = rss()
     const started = performance.now()
     try {
       collect()
