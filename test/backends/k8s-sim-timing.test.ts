@@ -53,17 +53,29 @@ async function cluster(t: Test, options: Partial<SimulatorOptions>): Promise<Clu
   }
 }
 
-/** Samples `read` every few milliseconds until `done`, keeping each change with when it was seen. */
-async function changes<T>(read: () => T, done: (value: T) => boolean, timeoutMs: number): Promise<{ at: number; value: T }[]> {
-  const seen: { at: number; value: T }[] = []
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = read()
-    if (seen.length === 0 || JSON.stringify(seen[seen.length - 1]?.value) !== JSON.stringify(value)) seen.push({ at: Date.now(), value })
-    if (done(value)) return seen
-    if (Date.now() > deadline) throw new Error(`timed out; seen: ${JSON.stringify(seen)}`)
-    await new Promise((resolve) => setTimeout(resolve, 3))
-  }
+interface ContainerState {
+  readonly at: number
+  readonly restartCount: number
+  /** running, terminated or waiting */
+  readonly state: string
+  readonly reason: string | undefined
+}
+
+/** Every change of the first pod's container state, timed when the simulator writes it. */
+function containerStates(t: Test, sim: Simulator): ContainerState[] {
+  const states: ContainerState[] = []
+  t.teardown(
+    sim.observe((resource, pod) => {
+      const cs = resource === 'pods' ? pod.status?.containerStatuses?.[0] : undefined
+      if (cs === undefined) return
+      const state = Object.keys(cs.state ?? {})[0] ?? ''
+      const reason = cs.state?.[state]?.reason as string | undefined
+      const last = states[states.length - 1]
+      if (last !== undefined && last.restartCount === cs.restartCount && last.state === state && last.reason === reason) return
+      states.push({ at: Date.now(), restartCount: cs.restartCount as number, state, reason })
+    }),
+  )
+  return states
 }
 
 t.test('realistic timing is a real cluster’s intervals times the clock factor; what the pod spec sets and the informer lag are not scaled', async (t) => {
@@ -86,17 +98,27 @@ t.test('realistic timing is a real cluster’s intervals times the clock factor;
 
 t.test('CrashLoopBackOff at a real cluster’s proportions: the first restart at once, then the base doubling; restartCount rises at each restart', async (t) => {
   // Base 200 ms (10 s at a fiftieth), the PLEG's relist 20 ms.
-  const { replicaSet, pods } = await cluster(t, realisticTiming(0.02))
+  const { sim, replicaSet, pods } = await cluster(t, realisticTiming(0.02))
+  const states = containerStates(t, sim)
   await replicaSet('crasher', ['/bin/sh', '-c', 'exit 3'])
-  const restarts = await changes(() => (pods()[0]?.status?.containerStatuses?.[0]?.restartCount as number | undefined) ?? 0, (n) => n >= 4, 15_000)
-  t.same(restarts.map((r) => r.value), [0, 1, 2, 3, 4], 'one restart at a time')
-  const gaps = restarts.slice(1).map((r, i) => r.at - (restarts[i]?.at ?? 0))
+  await waitFor('restart 4', () => (states.some((s) => s.restartCount === 4 && s.state === 'running') ? true : undefined), 15_000)
+  const starts = states.filter((s) => s.state === 'running')
+  t.same(starts.map((s) => s.restartCount), [0, 1, 2, 3, 4], 'one restart at a time')
+  // Each wait runs from the write that shows run k-1 ended to the write that shows run k started:
+  // the simulator's own times, so neither the container's run nor this test's sampling is in it.
+  const waits = starts.slice(1).map((start) => {
+    const ended = states.filter((s) => s.restartCount === start.restartCount - 1 && s.state === 'terminated' && s.at <= start.at).pop()
+    return { start, waitMs: ended === undefined ? Infinity : start.at - ended.at, backedOff: states.some((s) => s.restartCount === start.restartCount - 1 && s.reason === 'CrashLoopBackOff') }
+  })
+  t.same(waits.map((w) => w.backedOff), [false, true, true, true], 'no CrashLoopBackOff before the first restart, one before each later one')
+  // The first waits only for the kubelet's next sync (10 ms) and the container's spawn.
+  const first = waits[0]?.waitMs as number
+  t.ok(first < 200, `the first restart came ${first} ms after the run ended: at once, before the 200 ms base could pass`)
   // After restart k the container crashes at once; restart k+1 waits out 200·2^(k-1) ms.
   for (const [k, want] of [[1, 200], [2, 400], [3, 800]] as const) {
-    const gap = gaps[k] as number
-    t.ok(gap >= want - 5 && gap < want + 600, `restart ${k + 1} came ${gap} ms after restart ${k}: the ${want} ms back-off`)
+    const wait = waits[k]?.waitMs as number
+    t.ok(wait >= want - 5 && wait < want + 600, `restart ${k + 1} came ${wait} ms after run ${k} ended: the ${want} ms back-off`)
   }
-  t.ok((gaps[0] as number) < 400, `the first restart came ${gaps[0] as number} ms after the container started: at once`)
   const waiting = pods()[0]?.status?.containerStatuses?.[0]
   t.match(waiting, { lastState: { terminated: { exitCode: 3 } } }, 'the last run’s end is on record')
 })
@@ -104,16 +126,16 @@ t.test('CrashLoopBackOff at a real cluster’s proportions: the first restart at
 t.test('a container’s end is seen at the PLEG’s next relist, not at once: until then the pod shows it running', async (t) => {
   // A 1 s relist, relists on the wall clock's whole seconds; restarts at once, then after 50 ms.
   const relistMs = 1000
-  const { replicaSet, pods } = await cluster(t, { plegRelistMs: relistMs, crashBackoffMs: 50, maxCrashBackoffMs: 50 })
+  const { sim, replicaSet } = await cluster(t, { plegRelistMs: relistMs, crashBackoffMs: 50, maxCrashBackoffMs: 50 })
+  const states = containerStates(t, sim)
   await replicaSet('ender', ['/bin/sh', '-c', 'exit 4'])
-  const terminations = (await changes(() => {
-    const cs = pods()[0]?.status?.containerStatuses?.[0]
-    return cs?.state?.terminated === undefined ? undefined : (cs.restartCount as number)
-  }, (n) => n !== undefined && n >= 2, 10_000)).filter((c) => c.value !== undefined)
-  t.equal(terminations.length, 3, 'three runs ended')
-  // A run ends milliseconds after it starts, anywhere in a relist period; each is seen at a
-  // relist. Without the PLEG, three ends seen within 350 ms after a whole second is a 1-in-80 chance.
-  for (const end of terminations) t.ok(end.at % relistMs < 350, `run ${end.value as number}'s end seen ${end.at % relistMs} ms into a relist period`)
+  await waitFor('three runs ended', () => (states.filter((s) => s.state === 'terminated').length >= 3 ? true : undefined), 10_000)
+  const terminations = states.filter((s) => s.state === 'terminated').slice(0, 3)
+  t.same(terminations.map((s) => s.restartCount), [0, 1, 2], 'three runs ended, one after the other')
+  // A run ends milliseconds after it starts, anywhere in a relist period; each is written at a
+  // relist (the time is the write's own). Without the PLEG, three ends written within 350 ms
+  // after a whole second is a 1-in-80 chance.
+  for (const end of terminations) t.ok(end.at % relistMs < 350, `run ${end.restartCount}'s end written ${end.at % relistMs} ms into a relist period`)
 })
 
 t.test('a PID 1 with no SIGTERM handler ignores SIGTERM and runs until the grace period’s SIGKILL; one with a handler stops at once', async (t) => {
