@@ -1,12 +1,12 @@
 /**
  * The local backend's memory check reads each instance's whole process tree from /proc: every
  * descendant counted, a process gone meanwhile counted as nothing, and the event loop given back
- * while it reads many.
+ * every so many files read, however the files are spread over instances and threads.
  */
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
-import { PROCESSES_PER_TURN, treeResidentBytes } from '../../src/backends/local/memory.ts'
+import { readdirSync, readFileSync } from 'node:fs'
+import { READS_PER_TURN, treeResidentBytes } from '../../src/backends/local/memory.ts'
 import { waitFor } from '../fixtures/router.ts'
 
 function leader(t: Test, script: string): ChildProcess {
@@ -25,15 +25,28 @@ const parentOf = (pid: number): number => {
   const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
   return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
 }
+const commOf = (pid: number): string => {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'latin1').trim()
+  } catch {
+    return ''
+  }
+}
 const rssOf = (pid: number): number => Number(readFileSync(`/proc/${pid}/statm`, 'latin1').split(' ')[1]) * 4096
 
 t.test('a tree is counted whole: the leader, its children and their children', async (t) => {
   // sh → (subshell → sleep) and sh → sleep: four processes, one of them a grandchild.
   const sh = leader(t, '(sleep 60; true) & sleep 60 & wait')
   const pid = sh.pid as number
-  const usage = await waitFor('four processes in the tree', async () => {
+  // Settled: four processes, the same two readings in a row (a fork changes its RSS when it
+  // execs), the leaves both sleep.
+  let last = ''
+  const usage = await waitFor('the tree of four, settled', async () => {
     const found = (await treeResidentBytes([pid])).get(pid)
-    return found?.processes.length === 4 ? found : undefined
+    const reading = JSON.stringify(found)
+    const settled = found?.processes.length === 4 && reading === last && found.processes.filter(([p]) => commOf(p) === 'sleep').length === 2
+    last = reading
+    return settled ? found : undefined
   })
   const pids = usage.processes.map(([p]) => p)
   t.equal(pids[0], pid, 'the leader first')
@@ -45,9 +58,8 @@ t.test('a tree is counted whole: the leader, its children and their children', a
   t.ok(pids.some((p) => parentOf(p) !== pid), 'a grandchild is among them')
   for (const [p, bytes] of usage.processes) t.ok(bytes > 0, `process ${p} has its resident bytes (${bytes})`)
   t.equal(usage.bytes, usage.processes.reduce((sum, [, bytes]) => sum + bytes, 0), 'the total is the sum of its processes')
-  // Bytes, not pages: a whole number of pages, the size /proc gives for it now, within a few pages
-  // (a process just started may still be touching pages).
-  for (const [p, bytes] of usage.processes) t.ok(bytes % 4096 === 0 && Math.abs(rssOf(p) - bytes) < 64 * 4096, `process ${p}: ${bytes} bytes, /proc now says ${rssOf(p)}`)
+  // Bytes, not pages: what /proc gives for each now, within a few pages (sh and sleep idle).
+  for (const [p, bytes] of usage.processes) t.ok(bytes % 4096 === 0 && Math.abs(rssOf(p) - bytes) < 16 * 4096, `process ${p}: ${bytes} bytes, /proc now says ${rssOf(p)}`)
 })
 
 t.test('a leader that is gone counts as nothing, and the others are still read', async (t) => {
@@ -59,8 +71,8 @@ t.test('a leader that is gone counts as nothing, and the others are still read',
   t.ok((usage.get(alive.pid as number)?.bytes ?? 0) > 0, 'the live one is read')
 })
 
-t.test(`many instances: the event loop is given back every ${PROCESSES_PER_TURN} processes, not held for the whole check`, async (t) => {
-  const leaders = Array.from({ length: PROCESSES_PER_TURN + 8 }, () => leader(t, 'exec sleep 60'))
+/** How many times other work got a turn while `work` ran. */
+async function turnsDuring(work: () => Promise<unknown>): Promise<number> {
   let turns = 0
   let counting = true
   const count = (): void => {
@@ -69,16 +81,36 @@ t.test(`many instances: the event loop is given back every ${PROCESSES_PER_TURN}
     setImmediate(count)
   }
   setImmediate(count)
-  const usage = await treeResidentBytes(leaders.map((l) => l.pid as number))
+  await work()
   counting = false
+  return turns
+}
+
+t.test(`many instances: the event loop is given back every ${READS_PER_TURN} files read, not held for the whole check`, async (t) => {
+  // Each sleep costs three reads: its statm, its task directory, its one thread's children.
+  const leaders = Array.from({ length: 40 }, () => leader(t, 'exec sleep 60'))
+  const pids = leaders.map((l) => l.pid as number)
+  let usage = new Map<number, { bytes: number }>()
+  const turns = await turnsDuring(async () => (usage = await treeResidentBytes(pids, 6)))
   t.equal(usage.size, leaders.length, 'every leader read')
   t.ok([...usage.values()].every((u) => u.bytes > 0), 'each one alive and counted')
-  t.ok(turns >= 1, `other work ran ${turns} times while it read ${leaders.length} processes`)
-  // With every process in one turn, nothing else runs until the check is done.
-  turns = 0
-  counting = true
-  setImmediate(count)
-  await treeResidentBytes(leaders.map((l) => l.pid as number), leaders.length + 1)
-  counting = false
-  t.equal(turns, 0, 'with a budget above the count, it reads them all in one turn')
+  t.ok(turns >= 19, `other work ran ${turns} times while it read 120 files six at a time`)
+  t.equal(await turnsDuring(() => treeResidentBytes(pids, 121)), 0, 'with a budget above the reads, it reads them all in one turn')
+})
+
+t.test('one process with many threads is read a few files at a time too: the budget counts files, not processes', async (t) => {
+  // A Node process: a main thread and V8's and libuv's helpers, each with its own children file.
+  const node = leader(t, `exec ${process.execPath} -e "setInterval(() => {}, 1000)"`)
+  const pid = node.pid as number
+  const threads = await waitFor('its threads', () => {
+    try {
+      const count = readdirSync(`/proc/${pid}/task`).length
+      return count >= 5 ? count : undefined
+    } catch {
+      return undefined
+    }
+  })
+  const turns = await turnsDuring(() => treeResidentBytes([pid], 2))
+  // statm, the task directory and one file per thread, two at a time.
+  t.ok(turns >= Math.floor((2 + threads) / 2) - 1, `other work ran ${turns} times while it read the ${threads} threads of one process`)
 })
