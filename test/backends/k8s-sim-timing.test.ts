@@ -99,27 +99,31 @@ t.test('realistic timing is a real cluster’s intervals times the clock factor;
 t.test('CrashLoopBackOff at a real cluster’s proportions: the first restart at once, then the base doubling; restartCount rises at each restart', async (t) => {
   // Base 500 ms (10 s at a twentieth), the PLEG's relist 50 ms: a base well above what a
   // container's spawn takes on a loaded machine (up to ~250 ms seen), so "at once" is told
-  // from "after the base" by the clock, not only by the states.
+  // from "after the base" by the clock, not only by the states. Each wait is timed from the
+  // simulator's own writes (containerStates).
   const { sim, replicaSet, pods } = await cluster(t, realisticTiming(0.05))
   const states = containerStates(t, sim)
   await replicaSet('crasher', ['/bin/sh', '-c', 'exit 3'])
-  await waitFor('restart 3', () => (states.some((s) => s.restartCount === 3 && s.state === 'running') ? true : undefined), 15_000)
+  await waitFor('restart 4', () => (states.some((s) => s.restartCount === 4 && s.state === 'running') ? true : undefined), 15_000)
   const starts = states.filter((s) => s.state === 'running')
-  t.same(starts.map((s) => s.restartCount), [0, 1, 2, 3], 'one restart at a time')
+  t.same(starts.map((s) => s.restartCount), [0, 1, 2, 3, 4], 'one restart at a time')
   // Each wait runs from the write that shows run k-1 ended to the write that shows run k started:
   // the simulator's own times, so neither the container's run nor this test's sampling is in it.
   const waits = starts.slice(1).map((start) => {
     const ended = states.filter((s) => s.restartCount === start.restartCount - 1 && s.state === 'terminated' && s.at <= start.at).pop()
     return { waitMs: ended === undefined ? Infinity : start.at - ended.at, backedOff: states.some((s) => s.restartCount === start.restartCount - 1 && s.reason === 'CrashLoopBackOff') }
   })
-  t.same(waits.map((w) => w.backedOff), [false, true, true], 'no CrashLoopBackOff before the first restart, one before each later one')
-  // The first waits only for the kubelet's next sync (10 ms) and the container's spawn.
+  t.same(waits.map((w) => w.backedOff), [false, true, true, true], 'no CrashLoopBackOff before the first restart, one before each later one')
+  // The first waits only for the kubelet's next sync (10 ms), the spawns of the container and its
+  // watchdog, and this process's event loop.
   const first = waits[0]?.waitMs as number
   t.ok(first < 500, `the first restart came ${first} ms after the run ended: at once, before the 500 ms base could pass`)
-  // After restart k the container crashes at once; restart k+1 waits out 500·2^(k-1) ms.
-  for (const [k, want] of [[1, 500], [2, 1000]] as const) {
+  // After restart k the container crashes at once; restart k+1 waits out 500·2^(k-1) ms, plus
+  // the same spawns as the first: so each wait less the first is the back-off alone (a linear
+  // 500·k would read 1500 at the third).
+  for (const [k, want] of [[1, 500], [2, 1000], [3, 2000]] as const) {
     const wait = waits[k]?.waitMs as number
-    t.ok(wait >= want - 5 && wait < want + 600, `restart ${k + 1} came ${wait} ms after run ${k} ended: the ${want} ms back-off`)
+    t.ok(wait >= want - 5 && wait - first < want + 400, `restart ${k + 1} came ${wait} ms after run ${k} ended (${wait - first} beyond the first's ${first}): the ${want} ms back-off`)
   }
   const waiting = pods()[0]?.status?.containerStatuses?.[0]
   t.match(waiting, { lastState: { terminated: { exitCode: 3 } } }, 'the last run’s end is on record')
@@ -134,11 +138,14 @@ t.test('a container’s end is seen at the PLEG’s next relist, not at once: un
   await waitFor('three runs ended', () => (states.filter((s) => s.state === 'terminated').length >= 3 ? true : undefined), 10_000)
   const terminations = states.filter((s) => s.state === 'terminated').slice(0, 3)
   t.same(terminations.map((s) => s.restartCount), [0, 1, 2], 'three runs ended, one after the other')
-  // A run ends milliseconds after it starts, anywhere in a relist period; each is written at a
-  // relist (the time is the write's own; a timer may fire a millisecond before the whole second
-  // by the wall clock, hence the 5 ms of slack before it). Without the PLEG, three ends written
-  // within 350 ms after a whole second is a 1-in-80 chance.
-  for (const end of terminations) {
+  // A run ends milliseconds after it starts, and the next starts 10 then 50 ms after its end is
+  // seen: without the PLEG the three ends would be written within ~300 ms of one another. With
+  // it each waits for the next relist, on the next whole second.
+  for (const [i, end] of terminations.entries()) {
+    const before = terminations[i - 1]
+    if (before !== undefined) t.ok(end.at - before.at >= 900, `run ${end.restartCount}'s end written ${end.at - before.at} ms after run ${before.restartCount}'s: a relist apart`)
+    // The write's own time, a relist's; a timer may fire a millisecond before the whole second by
+    // the wall clock, hence the 5 ms of slack before it.
     const into = ((end.at % relistMs) + 5) % relistMs - 5
     t.ok(into < 350, `run ${end.restartCount}'s end written ${into} ms into a relist period`)
   }
