@@ -334,8 +334,9 @@ async function crashesOnRecord(t: TapTest, simOptions: Partial<SimulatorOptions>
   t.same(failed.map((f) => f.exitCode), [3, 3], 'each run that ended, with its exit code')
   t.equal(new Set(failed.map((f) => f.id)).size, 2, 'each once')
   const restarts = sim.list('pods', SIM_NAMESPACE).map((p) => p.status?.containerStatuses?.[0]?.restartCount as number)
-  t.same(restarts, [1], 'the second is on record while the container waits out its back-off (restarted once so far)')
-  t.ok(tookMs < 1500, `within ${tookMs} ms: two crashes, not the back-off after them`)
+  // Restarted once so far: the second run is on record before the 2 s back-off after it ran out,
+  // whatever the machine's load made of the time before (no wall-clock bound needed).
+  t.same(restarts, [1], `the second is on record ${tookMs} ms after the start, while the container waits out its back-off (restarted once so far)`)
   t.equal(backend.state('svc-crashes')?.deploymentError, DEPLOYMENT_ERRORS.badStartupCommand)
 }
 
