@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { READS_PER_TURN, treeResidentBytes } from '../../src/backends/local/memory.ts'
 import { waitFor } from '../fixtures/router.ts'
+import { turnsDuring } from '../fixtures/turns.ts'
 
 function leader(t: Test, script: string): ChildProcess {
   const child = spawn('/bin/sh', ['-c', script], { detached: true, stdio: 'ignore' })
@@ -70,21 +71,6 @@ t.test('a leader that is gone counts as nothing, and the others are still read',
   t.same(usage.get(gone.pid as number), { bytes: 0, processes: [[gone.pid, 0]] })
   t.ok((usage.get(alive.pid as number)?.bytes ?? 0) > 0, 'the live one is read')
 })
-
-/** How many times other work got a turn while `work` ran. */
-async function turnsDuring(work: () => Promise<unknown>): Promise<number> {
-  let turns = 0
-  let counting = true
-  const count = (): void => {
-    if (!counting) return
-    turns++
-    setImmediate(count)
-  }
-  setImmediate(count)
-  await work()
-  counting = false
-  return turns
-}
 
 t.test(`many instances: the event loop is given back every ${READS_PER_TURN} files read, not held for the whole check`, async (t) => {
   // Each sleep costs three reads: its statm, its task directory, its one thread's children.

@@ -9,7 +9,7 @@
  * are rotated past maxLogBytes; and at start-up whatever a crashed router left is swept away.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
-import { copyFile, readdir, rm, rmdir, stat, truncate } from 'node:fs/promises'
+import { readdir, rm, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
@@ -22,6 +22,7 @@ import { deploymentError } from '../deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { killProcessesUnder } from './leftovers.ts'
+import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
@@ -531,24 +532,13 @@ export class LocalBackend implements Backend {
     }, this.#o.memoryCheckIntervalMs)
   }
 
-  /**
-   * stdout and stderr past maxLogBytes are copied to stdout.1 / stderr.1 and emptied. The
-   * instance holds them open in append mode, so its next write lands at the new, empty end.
-   */
+  /** stdout and stderr kept under maxLogBytes (log-rotation.ts). */
   async #rotateLogs(): Promise<void> {
-    const max = this.#o.maxLogBytes
-    const files = [...this.#services.values()].flatMap((s) => [...s.instances.values()].flatMap((i) => LOG_FILES.map((f) => join(i.sandbox, f))))
-    await Promise.all(files.map(async (file) => {
-      const size = (await stat(file).catch(() => undefined))?.size ?? 0
-      if (size <= max) return
-      try {
-        await copyFile(file, `${file}.1`)
-        await truncate(file, 0)
-      } catch (err) {
-        // The instance ended and its sandbox went meanwhile: nothing to rotate.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
-      }
-    }))
+    const files: string[] = []
+    for (const service of this.#services.values()) {
+      for (const instance of service.instances.values()) for (const name of LOG_FILES) files.push(join(instance.sandbox, name))
+    }
+    await rotateOversizedLogs(files, this.#o.maxLogBytes)
   }
 
   async #checkMemory(): Promise<void> {

@@ -13,31 +13,12 @@
  * threads cannot hold it longer), a few milliseconds at a time however many instances there are.
  */
 import { readdirSync, readFileSync } from 'node:fs'
-import { setImmediate as nextTurn } from 'node:timers/promises'
+import { ReadBudget } from './read-budget.ts'
 
 const PAGE_BYTES = 4096
 
 /** /proc files read between two turns of the event loop: 15-20 µs each here, so ~4 ms at a time. */
 export const READS_PER_TURN = 256
-
-/** Counts the files read, and gives the event loop back once `perTurn` have been. */
-class ReadBudget {
-  readonly #perTurn: number
-  #left: number
-  constructor(perTurn: number) {
-    this.#perTurn = perTurn
-    this.#left = perTurn
-  }
-
-  /** Counts one read, after giving the event loop back if this turn's reads are spent. */
-  async read(): Promise<void> {
-    if (this.#left <= 0) {
-      this.#left = this.#perTurn
-      await nextTurn()
-    }
-    this.#left--
-  }
-}
 
 async function childrenOf(pid: number, budget: ReadBudget): Promise<number[]> {
   let tasks: string[]
