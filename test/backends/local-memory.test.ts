@@ -1,12 +1,14 @@
 /**
- * The local backend's memory check reads each instance's whole process tree from /proc: every
- * descendant counted, a process gone meanwhile counted as nothing, and the event loop given back
- * every so many files read, however the files are spread over instances and threads.
+ * The local backend's memory check reads each instance's whole process tree from /proc, by a
+ * walk of its own tree or by a scan of every process on the host, whichever reads fewer files:
+ * every descendant counted, a process gone meanwhile counted as nothing, and the event loop given
+ * back every so many files read, however the files are spread over instances and threads.
  */
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { READS_PER_TURN, treeResidentBytes } from '../../src/backends/local/memory.ts'
+import { processIds, READS_PER_TURN, scanIsCheaper, scanTrees, treeResidentBytes, walkTrees, type TreeUsage } from '../../src/backends/local/memory.ts'
+import { ReadBudget } from '../../src/backends/local/read-budget.ts'
 import { waitFor } from '../fixtures/router.ts'
 import { turnsDuring } from '../fixtures/turns.ts'
 
@@ -35,7 +37,13 @@ const commOf = (pid: number): string => {
 }
 const rssOf = (pid: number): number => Number(readFileSync(`/proc/${pid}/statm`, 'latin1').split(' ')[1]) * 4096
 
-t.test('a tree is counted whole: the leader, its children and their children', async (t) => {
+/** The two ways of reading the trees, each on its own budget. */
+const WAYS: Record<'walk' | 'scan', (leaders: number[], readsPerTurn?: number) => Promise<Map<number, TreeUsage>>> = {
+  walk: (leaders, readsPerTurn = READS_PER_TURN) => walkTrees(leaders, new ReadBudget(readsPerTurn)),
+  scan: (leaders, readsPerTurn = READS_PER_TURN) => scanTrees(leaders, processIds(), new ReadBudget(readsPerTurn)),
+}
+
+for (const [way, read] of Object.entries(WAYS)) t.test(`${way}: a tree is counted whole: the leader, its children and their children`, async (t) => {
   // sh → (subshell → sleep) and sh → sleep: four processes, one of them a grandchild.
   const sh = leader(t, '(sleep 60; true) & sleep 60 & wait')
   const pid = sh.pid as number
@@ -43,7 +51,7 @@ t.test('a tree is counted whole: the leader, its children and their children', a
   // execs), the leaves both sleep.
   let last = ''
   const usage = await waitFor('the tree of four, settled', async () => {
-    const found = (await treeResidentBytes([pid])).get(pid)
+    const found = (await read([pid])).get(pid)
     const reading = JSON.stringify(found)
     const settled = found?.processes.length === 4 && reading === last && found.processes.filter(([p]) => commOf(p) === 'sleep').length === 2
     last = reading
@@ -63,28 +71,28 @@ t.test('a tree is counted whole: the leader, its children and their children', a
   for (const [p, bytes] of usage.processes) t.ok(bytes % 4096 === 0 && Math.abs(rssOf(p) - bytes) < 16 * 4096, `process ${p}: ${bytes} bytes, /proc now says ${rssOf(p)}`)
 })
 
-t.test('a leader that is gone counts as nothing, and the others are still read', async (t) => {
+for (const [way, read] of Object.entries(WAYS)) t.test(`${way}: a leader that is gone counts as nothing, and the others are still read`, async (t) => {
   const gone = spawn('/bin/true')
   await new Promise((resolve) => gone.once('exit', resolve))
   const alive = leader(t, 'exec sleep 60')
-  const usage = await treeResidentBytes([gone.pid as number, alive.pid as number])
+  const usage = await read([gone.pid as number, alive.pid as number])
   t.same(usage.get(gone.pid as number), { bytes: 0, processes: [[gone.pid, 0]] })
   t.ok((usage.get(alive.pid as number)?.bytes ?? 0) > 0, 'the live one is read')
 })
 
-t.test(`many instances: the event loop is given back every ${READS_PER_TURN} files read, not held for the whole check`, async (t) => {
+t.test(`walk, many instances: the event loop is given back every ${READS_PER_TURN} files read, not held for the whole check`, async (t) => {
   // Each sleep costs three reads: its statm, its task directory, its one thread's children.
   const leaders = Array.from({ length: 40 }, () => leader(t, 'exec sleep 60'))
   const pids = leaders.map((l) => l.pid as number)
   let usage = new Map<number, { bytes: number }>()
-  const turns = await turnsDuring(async () => (usage = await treeResidentBytes(pids, 6)))
+  const turns = await turnsDuring(async () => (usage = await WAYS.walk(pids, 6)))
   t.equal(usage.size, leaders.length, 'every leader read')
   t.ok([...usage.values()].every((u) => u.bytes > 0), 'each one alive and counted')
   t.ok(turns >= 19, `other work ran ${turns} times while it read 120 files six at a time`)
-  t.equal(await turnsDuring(() => treeResidentBytes(pids, 121)), 0, 'with a budget above the reads, it reads them all in one turn')
+  t.equal(await turnsDuring(() => WAYS.walk(pids, 121)), 0, 'with a budget above the reads, it reads them all in one turn')
 })
 
-t.test('one process with many threads is read a few files at a time too: the budget counts files, not processes', async (t) => {
+t.test('walk: one process with many threads is read a few files at a time too: the budget counts files, not processes', async (t) => {
   // A Node process: a main thread and V8's and libuv's helpers, each with its own children file.
   const node = leader(t, `exec ${process.execPath} -e "setInterval(() => {}, 1000)"`)
   const pid = node.pid as number
@@ -96,7 +104,32 @@ t.test('one process with many threads is read a few files at a time too: the bud
       return undefined
     }
   })
-  const turns = await turnsDuring(() => treeResidentBytes([pid], 2))
+  const turns = await turnsDuring(() => WAYS.walk([pid], 2))
   // statm, the task directory and one file per thread, two at a time.
   t.ok(turns >= Math.floor((2 + threads) / 2) - 1, `other work ran ${turns} times while it read the ${threads} threads of one process`)
+})
+
+t.test('scan: one stat per process on the host, a few at a time', async (t) => {
+  const sleeper = leader(t, 'exec sleep 60')
+  const host = processIds().length
+  const turns = await turnsDuring(() => WAYS.scan([sleeper.pid as number], 8))
+  t.ok(turns >= Math.floor(host / 8) - 2, `other work ran ${turns} times while it read the ~${host} processes of the host eight at a time`)
+})
+
+t.test('the first tree is walked and stands for the others: the host is scanned when that reads fewer files', async (t) => {
+  // A thousand Node instances (a launcher and a Node process of a dozen threads: ~16 files to walk each) on a host of 2 100 processes.
+  t.ok(scanIsCheaper(2100, 999, { reads: 16, processes: 2 }), 'a thousand Node instances: scanned (~4 100 files against ~16 000)')
+  // Single-threaded instances cost three files each to walk: a scan would read the host's every process too.
+  t.notOk(scanIsCheaper(2100, 999, { reads: 3, processes: 1 }), 'a thousand busybox instances: walked')
+  t.notOk(scanIsCheaper(300, 9, { reads: 16, processes: 2 }), 'ten Node instances on a host of 300 processes: walked')
+
+  // Both ways of reading give the same trees, and the check with several leaders agrees with them.
+  const sleepers = Array.from({ length: 3 }, () => leader(t, 'exec sleep 60'))
+  const pids = sleepers.map((s) => s.pid as number)
+  await waitFor('the sleepers', () => (pids.every((p) => commOf(p) === 'sleep') ? true : undefined))
+  const shape = (usage: Map<number, TreeUsage>): unknown => [...usage].map(([leader, u]) => [leader, u.processes.map(([p]) => p)])
+  const expected = pids.map((p) => [p, [p]])
+  t.same(shape(await WAYS.walk(pids)), expected)
+  t.same(shape(await WAYS.scan(pids)), expected)
+  t.same(shape(await treeResidentBytes(pids)), expected, 'each leader counted alone, in the order given')
 })

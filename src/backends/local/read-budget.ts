@@ -9,6 +9,8 @@ import { setImmediate as nextTurn } from 'node:timers/promises'
 export class ReadBudget {
   readonly #perTurn: number
   #left: number
+  /** Files read so far. */
+  reads = 0
   constructor(perTurn: number) {
     this.#perTurn = perTurn
     this.#left = perTurn
@@ -21,5 +23,6 @@ export class ReadBudget {
       await nextTurn()
     }
     this.#left--
+    this.reads++
   }
 }
