@@ -7,7 +7,7 @@
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
-import { processIds, READS_PER_TURN, scanIsCheaper, scanTrees, treeResidentBytes, walkTrees, type TreeUsage } from '../../src/backends/local/memory.ts'
+import { listProcesses, READS_PER_TURN, SAMPLE_TREES, scanTrees, treeResidentBytes, walkTrees, type TreeUsage } from '../../src/backends/local/memory.ts'
 import { ReadBudget } from '../../src/backends/local/read-budget.ts'
 import { waitFor } from '../fixtures/router.ts'
 import { turnsDuring } from '../fixtures/turns.ts'
@@ -40,7 +40,10 @@ const rssOf = (pid: number): number => Number(readFileSync(`/proc/${pid}/statm`,
 /** The two ways of reading the trees, each on its own budget. */
 const WAYS: Record<'walk' | 'scan', (leaders: number[], readsPerTurn?: number) => Promise<Map<number, TreeUsage>>> = {
   walk: (leaders, readsPerTurn = READS_PER_TURN) => walkTrees(leaders, new ReadBudget(readsPerTurn)),
-  scan: (leaders, readsPerTurn = READS_PER_TURN) => scanTrees(leaders, processIds(), new ReadBudget(readsPerTurn)),
+  scan: async (leaders, readsPerTurn = READS_PER_TURN) => {
+    const budget = new ReadBudget(readsPerTurn)
+    return scanTrees(leaders, (await listProcesses(budget)) ?? [], budget)
+  },
 }
 
 for (const [way, read] of Object.entries(WAYS)) t.test(`${way}: a tree is counted whole: the leader, its children and their children`, async (t) => {
@@ -111,25 +114,58 @@ t.test('walk: one process with many threads is read a few files at a time too: t
 
 t.test('scan: one stat per process on the host, a few at a time', async (t) => {
   const sleeper = leader(t, 'exec sleep 60')
-  const host = processIds().length
-  const turns = await turnsDuring(() => WAYS.scan([sleeper.pid as number], 8))
-  t.ok(turns >= Math.floor(host / 8) - 2, `other work ran ${turns} times while it read the ~${host} processes of the host eight at a time`)
+  const budget = new ReadBudget(8)
+  const host = (await listProcesses(budget)) ?? []
+  const turns = await turnsDuring(() => scanTrees([sleeper.pid as number], host, budget))
+  t.ok(turns >= Math.floor(host.length / 8) - 1, `other work ran ${turns} times while it read the ${host.length} processes of the host eight at a time`)
 })
 
-t.test('the first tree is walked and stands for the others: the host is scanned when that reads fewer files', async (t) => {
-  // A thousand Node instances (a launcher and a Node process of a dozen threads: ~16 files to walk each) on a host of 2 100 processes.
-  t.ok(scanIsCheaper(2100, 999, { reads: 16, processes: 2 }), 'a thousand Node instances: scanned (~4 100 files against ~16 000)')
-  // Single-threaded instances cost three files each to walk: a scan would read the host's every process too.
-  t.notOk(scanIsCheaper(2100, 999, { reads: 3, processes: 1 }), 'a thousand busybox instances: walked')
-  t.notOk(scanIsCheaper(300, 9, { reads: 16, processes: 2 }), 'ten Node instances on a host of 300 processes: walked')
+/** A Node process doing nothing: a dozen threads, so ~14 files to walk. */
+const nodeLeader = (t: Test): ChildProcess => leader(t, `exec ${process.execPath} -e "setInterval(() => {}, 1000)"`)
+const threadsOf = (pid: number): number => {
+  try {
+    return readdirSync(`/proc/${pid}/task`).length
+  } catch {
+    return 0
+  }
+}
+const shape = (usage: Map<number, TreeUsage>): unknown => [...usage].map(([leader, u]) => [leader, u.processes.map(([p]) => p)])
 
-  // Both ways of reading give the same trees, and the check with several leaders agrees with them.
-  const sleepers = Array.from({ length: 3 }, () => leader(t, 'exec sleep 60'))
+t.test(`a sample of ${SAMPLE_TREES} trees is walked; the rest are read from one scan when the sample says it reads fewer files`, async (t) => {
+  const nodes = Array.from({ length: 12 }, () => nodeLeader(t))
+  const pids = nodes.map((n) => n.pid as number)
+  await waitFor('twelve Node processes with their threads', () => (pids.every((p) => threadsOf(p) >= 5) ? true : undefined))
+  let how: [string, number] | undefined
+  // The host as twelve processes: four trees left after the sample, ~14 files each to walk, against 12 stats and 4 statms.
+  const usage = await treeResidentBytes(pids, { hostProcesses: async () => pids, observe: (way, reads) => (how = [way, reads]) })
+  t.equal(how?.[0], 'scan', `many-threaded instances on a small host: the rest scanned (${how?.[1]} files in all)`)
+  t.same(shape(usage), pids.map((p) => [p, [p]]), 'each leader counted alone, in the order given')
+  t.ok([...usage.values()].every((u) => u.bytes > 0), 'each with its resident bytes')
+  t.same(shape(await WAYS.walk(pids)), shape(usage), 'the trees a walk finds')
+})
+
+t.test('one many-threaded instance among single-threaded ones does not make the check scan a large host', async (t) => {
+  const node = nodeLeader(t)
+  const sleepers = Array.from({ length: 15 }, () => leader(t, 'exec sleep 60'))
+  const pids = [node.pid as number, ...sleepers.map((s) => s.pid as number)]
+  await waitFor('the Node process with its threads, and the sleepers', () => (threadsOf(pids[0] as number) >= 5 && pids.slice(1).every((p) => commOf(p) === 'sleep') ? true : undefined))
+  // A host of 46 processes (30 of them pids above the kernel's largest, which never exist):
+  // judged by the Node tree alone (~10 files), the 15 others would cost ~150 files to walk
+  // against ~90 to scan; the sample of eight (~4 files a tree) says walk.
+  const host = [...pids, ...Array.from({ length: 30 }, (_, i) => 4_194_400 + i)]
+  let how: [string, number] | undefined
+  const usage = await treeResidentBytes(pids, { hostProcesses: async () => host, observe: (way, reads) => (how = [way, reads]) })
+  t.equal(how?.[0], 'walk', `walked (${how?.[1]} files), not a scan of the host's every process`)
+  t.same(shape(usage), pids.map((p) => [p, [p]]))
+})
+
+t.test('no /proc listing: every tree is walked', async (t) => {
+  const sleepers = Array.from({ length: 12 }, () => nodeLeader(t))
   const pids = sleepers.map((s) => s.pid as number)
-  await waitFor('the sleepers', () => (pids.every((p) => commOf(p) === 'sleep') ? true : undefined))
-  const shape = (usage: Map<number, TreeUsage>): unknown => [...usage].map(([leader, u]) => [leader, u.processes.map(([p]) => p)])
-  const expected = pids.map((p) => [p, [p]])
-  t.same(shape(await WAYS.walk(pids)), expected)
-  t.same(shape(await WAYS.scan(pids)), expected)
-  t.same(shape(await treeResidentBytes(pids)), expected, 'each leader counted alone, in the order given')
+  await waitFor('twelve Node processes with their threads', () => (pids.every((p) => threadsOf(p) >= 5) ? true : undefined))
+  let way: string | undefined
+  const usage = await treeResidentBytes(pids, { hostProcesses: async () => undefined, observe: (w) => (way = w) })
+  t.equal(way, 'walk')
+  t.equal(usage.size, 12)
+  t.ok([...usage.values()].every((u) => u.bytes > 0))
 })

@@ -3,7 +3,7 @@
  * left alone, and the event loop given back while a thousand instances' files are looked at.
  */
 import t from 'tap'
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { rotateOversizedLogs, STATS_PER_TURN } from '../../src/backends/local/log-rotation.ts'
 import { turnsDuring } from '../fixtures/turns.ts'
@@ -22,6 +22,13 @@ t.test('a file past the bound is copied to <file>.1 and emptied; files at or und
   writeFileSync(join(dir, 'big'), 'w'.repeat(150))
   t.same(await rotateOversizedLogs(files, 100), [join(dir, 'big')])
   t.equal(readFileSync(join(dir, 'big.1'), 'utf8'), 'w'.repeat(150), 'the previous rotation is replaced')
+})
+
+t.test('a file that cannot be read (a link looping on itself, which an instance can make of its own stdout) is skipped, and the files after it still rotated', async (t) => {
+  const dir = t.testdir({ big: 'x'.repeat(101) })
+  symlinkSync(join(dir, 'stdout'), join(dir, 'stdout'))
+  t.same(await rotateOversizedLogs([join(dir, 'stdout'), join(dir, 'big')], 100), [join(dir, 'big')])
+  t.equal(readFileSync(join(dir, 'big.1'), 'utf8'), 'x'.repeat(101))
 })
 
 t.test(`many files: the event loop is given back every ${STATS_PER_TURN} sizes read, not held for the whole round`, async (t) => {

@@ -524,8 +524,12 @@ export class LocalBackend implements Backend {
 
   #scheduleMemoryCheck(): void {
     this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
-      void Promise.all([this.#checkMemory(), this.#rotateLogs()])
+      // One after the other: each gives the event loop back every so many files, which
+      // side by side would add up in the same turns.
+      void this.#checkMemory()
         .catch((err: unknown) => this.#o.log.error({ err }, 'memory check failed'))
+        .then(() => this.#rotateLogs())
+        .catch((err: unknown) => this.#o.log.error({ err }, 'log rotation failed'))
         .finally(() => {
           if (!this.#closed) this.#scheduleMemoryCheck()
         })
@@ -546,9 +550,10 @@ export class LocalBackend implements Backend {
     for (const service of this.#services.values()) {
       for (const instance of service.instances.values()) byGroup.set(instance.group.pid, [service, instance])
     }
-    const usage = await treeResidentBytes(byGroup.keys())
+    let read: { way: 'walk' | 'scan'; files: number } | undefined
+    const usage = await treeResidentBytes(byGroup.keys(), { observe: (way, files) => (read = { way, files }) })
     // Built only when traced: with a thousand instances it is a sizeable object every second.
-    if (this.#o.log.isLevelEnabled('trace')) this.#o.log.trace({ usage: Object.fromEntries([...usage].map(([pid, u]) => [pid, u.processes])) }, 'memory check')
+    if (this.#o.log.isLevelEnabled('trace')) this.#o.log.trace({ ...read, usage: Object.fromEntries([...usage].map(([pid, u]) => [pid, u.processes])) }, 'memory check')
     for (const [pid, { bytes }] of usage) {
       const entry = byGroup.get(pid)
       if (entry === undefined) continue

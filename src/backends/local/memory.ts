@@ -1,14 +1,15 @@
 /**
- * Resident memory of each instance's process tree, read from /proc (Linux), one of two ways,
- * whichever reads fewer files:
+ * Resident memory of each instance's process tree, read from /proc (Linux), one of two ways:
  * - a walk of the instances' own trees (leader, then children via
  *   /proc/<pid>/task/<tid>/children): its `statm`, its `task/` directory and one children file
  *   per thread, so ~14 files for a Node instance (a dozen threads), 50 and more for a JVM;
  * - a scan of every process on the host: one `stat` each (its parent), the trees then built
  *   from the parent links, and one `statm` for each process counted.
- * The first instance's tree is walked, and the rest read the way its files predict is cheaper:
- * with a thousand Node instances (two processes each) the walk reads ~16 000 files each check,
- * the scan ~5 000; with instances of one thread each (busybox) the walk, 3 files apiece, wins.
+ * A sample of the trees is walked and predicts which reads fewer files for the rest
+ * (`node bench/local-checks.ts N`): with 200 Node instances (a bash launcher and a Node process
+ * each, 12 files to walk) on a host of 524 processes, the walk read 2 400 files in 45-71 ms of
+ * CPU per check (median 58), the sample and scan ~930 in 33-68 (median 37); with 100 instances
+ * 31 and 18. Instances of one thread each (busybox: 3 files) keep the walk.
  *
  * The reads are synchronous. The files read here (`statm`, `stat`, `task/`, `task/<tid>/children`)
  * are made by the kernel on the spot, with no disk and no lock on the target's memory that could
@@ -19,13 +20,13 @@
  * `READS_PER_TURN` files (counted per file, so an instance with hundreds of threads cannot hold
  * it longer), a few milliseconds at a time however many instances there are.
  */
-import { readdirSync, readFileSync } from 'node:fs'
+import { opendirSync, readdirSync, readFileSync, type Dir } from 'node:fs'
 import { ReadBudget } from './read-budget.ts'
 
 const PAGE_BYTES = 4096
 
-/** /proc files read between two turns of the event loop: 15-20 µs each here, so ~4 ms at a time. */
-export const READS_PER_TURN = 256
+/** /proc files read between two turns of the event loop: 25-37 µs each here, so 3-5 ms at a time. */
+export const READS_PER_TURN = 128
 
 async function childrenOf(pid: number, budget: ReadBudget): Promise<number[]> {
   let tasks: string[]
@@ -63,37 +64,81 @@ export interface TreeUsage {
   readonly processes: readonly (readonly [number, number])[]
 }
 
-/** Sums the RSS in bytes of each leader's process tree. */
-export async function treeResidentBytes(leaders: Iterable<number>, readsPerTurn = READS_PER_TURN): Promise<Map<number, TreeUsage>> {
-  // Copied first: the check yields, and a caller's live collection may change meanwhile.
-  const [first, ...rest] = [...leaders]
-  const budget = new ReadBudget(readsPerTurn)
-  if (first === undefined) return new Map()
-  // The first tree is walked, and stands for the others in the choice.
-  const totals = await walkTrees([first], budget)
-  if (rest.length === 0) return totals
-  const sample = { reads: budget.reads, processes: totals.get(first)?.processes.length ?? 1 }
-  await budget.read()
-  const host = processIds()
-  const others = scanIsCheaper(host.length, rest.length, sample) ? await scanTrees(rest, host, budget) : await walkTrees(rest, budget)
-  for (const [leader, usage] of others) totals.set(leader, usage)
-  return totals
+/** Trees walked first, spread over the leaders, to estimate what walking the rest would read. */
+export const SAMPLE_TREES = 8
+
+/**
+ * What a file of the scan costs against one of a walk: measured with 100 Node instances here,
+ * ~37 µs a file (mostly `stat`) against ~25 (mostly `children`). The scan must win by that much.
+ */
+export const SCAN_FILE_COST = 1.5
+
+export interface TreeReading {
+  /** Files read between two turns of the event loop. */
+  readonly readsPerTurn?: number
+  /** The processes of the host (default: as /proc lists them); undefined when it cannot be listed. */
+  readonly hostProcesses?: (budget: ReadBudget) => Promise<number[] | undefined>
+  /** Told how the trees past the sample were read, and how many files the whole reading took. */
+  readonly observe?: (way: 'walk' | 'scan', reads: number) => void
 }
 
 /**
- * Whether reading every process's `stat` once (and each counted process's `statm`) reads fewer
- * files than walking `leaders` trees like the sample one (its files read, its processes).
+ * Sums the RSS in bytes of each leader's process tree. A sample of the trees is walked; the rest
+ * are walked too, or read from one scan of the host when the sample says that reads fewer files.
+ * A sample, not one tree: an instance with a hundred threads among single-threaded ones would
+ * otherwise make every check scan a host of thousands of processes.
  */
-export function scanIsCheaper(hostProcesses: number, leaders: number, sample: { readonly reads: number; readonly processes: number }): boolean {
-  return hostProcesses + leaders * sample.processes < leaders * sample.reads
+export async function treeResidentBytes(leaders: Iterable<number>, reading: TreeReading = {}): Promise<Map<number, TreeUsage>> {
+  // Copied first: the check yields, and a caller's live collection may change meanwhile.
+  const all = [...leaders]
+  const budget = new ReadBudget(reading.readsPerTurn ?? READS_PER_TURN)
+  const stride = Math.max(1, Math.floor(all.length / SAMPLE_TREES))
+  const sample = all.filter((_, i) => i % stride === 0).slice(0, SAMPLE_TREES)
+  const sampled = await walkTrees(sample, budget)
+  const rest = all.filter((leader) => !sampled.has(leader))
+  let way: 'walk' | 'scan' = 'walk'
+  let others: Map<number, TreeUsage> = new Map()
+  if (rest.length > 0) {
+    const readsPerTree = budget.reads / sample.length
+    const processesPerTree = [...sampled.values()].reduce((sum, usage) => sum + usage.processes.length, 0) / sample.length
+    const walk = rest.length * readsPerTree
+    const statms = rest.length * processesPerTree
+    // Listing the host is only worth it when a scan could win even on an empty one.
+    const host = SCAN_FILE_COST * statms < walk ? await (reading.hostProcesses ?? listProcesses)(budget) : undefined
+    if (host !== undefined && SCAN_FILE_COST * (host.length + statms) < walk) way = 'scan'
+    others = way === 'scan' ? await scanTrees(rest, host as number[], budget) : await walkTrees(rest, budget)
+  }
+  reading.observe?.(way, budget.reads)
+  // In the order given.
+  const totals = new Map<number, TreeUsage>()
+  for (const leader of all) totals.set(leader, (sampled.get(leader) ?? others.get(leader)) as TreeUsage)
+  return totals
 }
 
-/** The pids /proc lists: every process on the host (of this pid namespace). */
-export function processIds(): number[] {
+/** Entries of /proc counted as one read of the budget: listing one is far cheaper than reading a file. */
+const ENTRIES_PER_READ = 64
+
+/** The pids /proc lists (every process of this pid namespace), or undefined when it cannot be listed. */
+export async function listProcesses(budget: ReadBudget): Promise<number[] | undefined> {
+  let dir: Dir
+  try {
+    dir = opendirSync('/proc')
+  } catch {
+    return undefined
+  }
   const ids: number[] = []
-  for (const name of readdirSync('/proc')) {
-    const code = name.charCodeAt(0)
-    if (code >= 48 && code <= 57) ids.push(Number(name))
+  try {
+    for (let entries = 0; ; entries++) {
+      if (entries % ENTRIES_PER_READ === 0) await budget.read()
+      const entry = dir.readSync()
+      if (entry === null) break
+      const code = entry.name.charCodeAt(0)
+      if (code >= 48 && code <= 57) ids.push(Number(entry.name))
+    }
+  } catch {
+    return undefined
+  } finally {
+    dir.closeSync()
   }
   return ids
 }
