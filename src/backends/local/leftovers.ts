@@ -32,34 +32,35 @@ async function processGroupOf(pid: number): Promise<number | undefined> {
   }
 }
 
-/**
- * Pids of live processes whose sandbox (by environment) is `root` or lies under it, except members of `exceptGroup` (a group already being killed as a whole).
- */
-export async function processesUnder(root: string, exceptGroup?: number): Promise<number[]> {
+/** Each live process (but this one) whose environment names a sandbox within one of `roots`, with that sandbox. */
+async function sandboxedProcesses(roots: readonly string[]): Promise<Map<number, string>> {
   let entries: string[]
   try {
     entries = await readdir('/proc')
   } catch {
-    return [] // not Linux: nothing to find this way
+    return new Map() // not Linux: nothing to find this way
   }
   const pids = entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid)
-  const found: number[] = []
+  const found = new Map<number, string>()
   // In batches: a host with thousands of processes must not open thousands of files at once.
   for (let i = 0; i < pids.length; i += 64) {
     const batch = pids.slice(i, i + 64)
     const seen = await Promise.all(batch.map(sandboxOf))
     seen.forEach((sandbox, index) => {
-      if (within(sandbox, root)) found.push(batch[index] as number)
+      if (sandbox !== undefined && roots.some((root) => within(sandbox, root))) found.set(batch[index] as number, sandbox)
     })
   }
-  if (exceptGroup === undefined) return found
-  const groups = await Promise.all(found.map(processGroupOf))
-  return found.filter((_, index) => groups[index] !== exceptGroup)
+  return found
 }
 
-/** SIGKILLs every process found under `root` (but members of `exceptGroup`); returns their pids. */
-export async function killProcessesUnder(root: string, exceptGroup?: number): Promise<number[]> {
-  const pids = await processesUnder(root, exceptGroup)
+async function pick(found: ReadonlyMap<number, string>, root: string, exceptGroup: number | undefined): Promise<number[]> {
+  const pids = [...found].filter(([, sandbox]) => within(sandbox, root)).map(([pid]) => pid)
+  if (exceptGroup === undefined) return pids
+  const groups = await Promise.all(pids.map(processGroupOf))
+  return pids.filter((_, index) => groups[index] !== exceptGroup)
+}
+
+function killAll(pids: readonly number[]): void {
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL')
@@ -67,5 +68,58 @@ export async function killProcessesUnder(root: string, exceptGroup?: number): Pr
       // ESRCH: it ended meanwhile.
     }
   }
-  return pids
+}
+
+interface Sweep {
+  readonly root: string
+  readonly exceptGroup: number | undefined
+  readonly done: (pids: number[]) => void
+  readonly failed: (err: unknown) => void
+}
+
+/**
+ * Kills what escaped ended instances, one scan of /proc for all the instances that ended while
+ * the scan before it ran. A scan reads every process's environment: with 3 000 processes on the
+ * host it took 0.2-0.5 s and 0.3-0.7 s of CPU here, so a scan per instance made a router stopping
+ * or scaling down hundreds of instances spend minutes in it. Each sweep still sees /proc as it was
+ * after the sweep was asked for: one asked while a scan runs waits for the next.
+ */
+export class LeftoverSweeper {
+  readonly #scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>>
+  #waiting: Sweep[] = []
+  #scanning = false
+  /** Scans run so far (for tests and logs). */
+  scans = 0
+
+  constructor(scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>> = sandboxedProcesses) {
+    this.#scan = scan
+  }
+
+  /** SIGKILLs every process found under `root` (but members of `exceptGroup`); resolves with their pids. */
+  sweep(root: string, exceptGroup?: number): Promise<number[]> {
+    return new Promise<number[]>((done, failed) => {
+      this.#waiting.push({ root, exceptGroup, done, failed })
+      if (!this.#scanning) void this.#run()
+    })
+  }
+
+  async #run(): Promise<void> {
+    this.#scanning = true
+    while (this.#waiting.length > 0) {
+      const sweeps = this.#waiting
+      this.#waiting = []
+      this.scans++
+      try {
+        const found = await this.#scan(sweeps.map((s) => s.root))
+        await Promise.all(sweeps.map(async (s) => {
+          const pids = await pick(found, s.root, s.exceptGroup)
+          killAll(pids)
+          s.done(pids)
+        }))
+      } catch (err) {
+        for (const s of sweeps) s.failed(err)
+      }
+    }
+    this.#scanning = false
+  }
 }

@@ -21,7 +21,7 @@ import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } fro
 import { deploymentError } from '../deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
-import { killProcessesUnder } from './leftovers.ts'
+import { LeftoverSweeper } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
@@ -91,6 +91,8 @@ export class LocalBackend implements Backend {
   readonly #listeners: ServiceListeners
   readonly #ports: PortAllocator
   readonly #prober: HealthProber
+  /** One scan of /proc for every instance that ended meanwhile (leftovers.ts). */
+  readonly #leftovers = new LeftoverSweeper()
   #cancelMemoryCheck: (() => void) | undefined
   #closed = false
 
@@ -441,7 +443,7 @@ export class LocalBackend implements Backend {
       logDirectory: failed ? instance.sandbox : undefined,
     }, failed)
     // The group is gone; whatever escaped it (setsid, a daemon) is not, until now.
-    const leftovers = await killProcessesUnder(instance.sandbox, instance.group.pid)
+    const leftovers = await this.#leftovers.sweep(instance.sandbox, instance.group.pid)
     if (leftovers.length > 0) this.#o.log.warn({ service: service.spec.serviceId, instance: instance.id, pids: leftovers }, 'killed processes that escaped the instance')
     // Only now: an escaped process may have held one of them.
     this.#ports.release(instance.ports)
@@ -465,7 +467,7 @@ export class LocalBackend implements Backend {
    * (their watchdogs), but what escaped a group lives on; kill it, and remove every sandbox.
    */
   async #sweepLeftovers(): Promise<void> {
-    const killed = await killProcessesUnder(this.#o.workDir)
+    const killed = await this.#leftovers.sweep(this.#o.workDir)
     if (killed.length > 0) this.#o.log.warn({ workDir: this.#o.workDir, pids: killed }, 'killed processes a previous router left running')
     await this.#removeSandboxes()
   }

@@ -1,0 +1,97 @@
+/**
+ * What escaped ended instances is killed by sweeps of /proc, one scan for every instance that
+ * ended while the scan before it ran: a router stopping hundreds of instances reads the host's
+ * processes a few times, not once per instance, and no sweep is answered from a scan older than it.
+ */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { LeftoverSweeper } from '../../src/backends/local/leftovers.ts'
+import { processAlive, waitFor } from '../fixtures/router.ts'
+
+/** A scan the test answers by hand: each call waits for `answer`. */
+function manualScan(): { scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>>; calls: (readonly string[])[]; answer: (found: ReadonlyMap<number, string> | Error) => void } {
+  const calls: (readonly string[])[] = []
+  const pending: ((found: ReadonlyMap<number, string> | Error) => void)[] = []
+  return {
+    calls,
+    scan: (roots) => {
+      calls.push(roots)
+      return new Promise((resolve, reject) => pending.push((found) => (found instanceof Error ? reject(found) : resolve(found))))
+    },
+    answer: (found) => pending.shift()?.(found),
+  }
+}
+
+// Pids above the kernel's largest never exist: SIGKILL finds nothing (ESRCH), and their group reads as unknown.
+const PID = 4_194_400
+
+t.test('fifty instances ending at once: two scans, each sweep answered with what lies under its own sandbox', async (t) => {
+  const manual = manualScan()
+  const sweeper = new LeftoverSweeper(manual.scan)
+  const roots = Array.from({ length: 50 }, (_, i) => `/w/svc/${i}`)
+  const results = roots.map((root) => sweeper.sweep(root))
+  t.same(manual.calls.map((c) => c.length), [1], 'the first sweep starts a scan at once; the others wait for it')
+  manual.answer(new Map([[PID, '/w/svc/0']]))
+  await waitFor('the second scan', () => (manual.calls.length === 2 ? true : undefined))
+  t.same(manual.calls[1], roots.slice(1), 'one scan for the 49 that asked meanwhile')
+  manual.answer(new Map([[PID + 1, '/w/svc/7/tmp'], [PID + 2, '/w/svc/49'], [PID + 3, '/elsewhere']]))
+  const found = await Promise.all(results)
+  t.same(found[0], [PID])
+  t.same(found[7], [PID + 1], 'a process in a folder of the sandbox belongs to it')
+  t.same(found[49], [PID + 2])
+  t.same(found.filter((pids) => pids.length > 0).length, 3, 'the rest found nothing')
+  t.equal(sweeper.scans, 2)
+})
+
+t.test('a sweep asked while a scan runs is answered by the next scan, never by the one that may have passed its processes', async (t) => {
+  const manual = manualScan()
+  const sweeper = new LeftoverSweeper(manual.scan)
+  const first = sweeper.sweep('/w/a')
+  const late = sweeper.sweep('/w/b')
+  let lateAnswer: number[] | undefined
+  void late.then((pids) => (lateAnswer = pids))
+  // The running scan saw a process of /w/b, but it began before /w/b's sweep was asked for.
+  manual.answer(new Map([[PID, '/w/a'], [PID + 1, '/w/b']]))
+  t.same(await first, [PID])
+  t.equal(lateAnswer, undefined, 'not answered from the older scan')
+  await waitFor('the next scan', () => (manual.calls.length === 2 ? true : undefined))
+  manual.answer(new Map([[PID + 5, '/w/b']]))
+  t.same(await late, [PID + 5], 'answered from the scan that began after it was asked')
+})
+
+t.test('a failed scan fails only the sweeps it was for; the next ones scan again', async (t) => {
+  const manual = manualScan()
+  const sweeper = new LeftoverSweeper(manual.scan)
+  const failing = sweeper.sweep('/w/a')
+  manual.answer(new Error('EMFILE'))
+  await t.rejects(failing, /EMFILE/)
+  const next = sweeper.sweep('/w/b')
+  manual.answer(new Map([[PID, '/w/b']]))
+  t.same(await next, [PID])
+  t.equal(sweeper.scans, 2)
+})
+
+t.test('on real processes: escaped processes of two instances killed by one scan, the members of a group being killed spared', async (t) => {
+  const root = t.testdir({ a: {}, b: {} })
+  const escaped = (sandbox: string) => spawn('sleep', ['60'], { detached: true, stdio: 'ignore', env: { ...process.env, WAITER_SANDBOX: sandbox } })
+  const a = escaped(join(root, 'a'))
+  const b = escaped(join(root, 'b'))
+  const spared = escaped(join(root, 'b'))
+  t.teardown(() => {
+    for (const child of [a, b, spared]) {
+      try {
+        process.kill(child.pid as number, 'SIGKILL')
+      } catch {
+        // gone
+      }
+    }
+  })
+  const sweeper = new LeftoverSweeper()
+  const [fromA, fromB] = await Promise.all([sweeper.sweep(join(root, 'a')), sweeper.sweep(join(root, 'b'), spared.pid)])
+  t.same(fromA, [a.pid])
+  t.same(fromB, [b.pid], 'the process whose group is being killed as a whole is left to that')
+  t.ok(sweeper.scans <= 2)
+  await waitFor('both killed', () => (!processAlive(a.pid as number) && !processAlive(b.pid as number) ? true : undefined))
+  t.ok(processAlive(spared.pid as number), 'the spared one lives')
+})
