@@ -8,6 +8,9 @@
  * launch variant. The RSS is read again after 10 s without requests (BENCH_IDLE_SECONDS).
  * BENCH_HEAP=1 loads bench/memory-probe.mjs into maitre and, after the last RSS reading, reports
  * its live heap after a full collection (what the tokens and versions hold) and V8's sizes.
+ * Also reported: maitre's CPU while idle with every version live (its per-instance loops: health
+ * checks, the memory and log checks, the autoscaler's ticks), and how long SIGTERM takes to stop
+ * it and its thousand instances.
  */
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -66,6 +69,13 @@ async function latency(url: string, tokens: readonly string[]): Promise<[number,
   return [samples[Math.floor(samples.length * 0.5)] as number, samples[Math.floor(samples.length * 0.99)] as number]
 }
 
+/** CPU seconds (user + system) a process has used, from /proc (clock ticks of 1/100 s). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / 100
+}
+
 async function main(): Promise<void> {
   ensureTools({ busybox: 'busybox' })
   const dir = mkdtempSync(join(tmpdir(), 'maitre-cp-'))
@@ -110,7 +120,9 @@ async function main(): Promise<void> {
     const spread = Array.from({ length: VERSIONS }, (_, i) => `tok-${i}`)
     const [spread50, spread99] = await latency(url, spread)
     const rssAfter = rssMb(pid)
+    const cpuBefore = cpuSeconds(pid)
     await new Promise((r) => setTimeout(r, IDLE_SECONDS * 1000))
+    const idleCpuPct = ((cpuSeconds(pid) - cpuBefore) / IDLE_SECONDS) * 100
     const rssIdle = rssMb(pid)
     let heap = ''
     if (HEAP) {
@@ -133,10 +145,18 @@ async function main(): Promise<void> {
       `| ${TOKENS} tokens, ${apps.length} versions: the same warm version | ${rssLoaded.toFixed(0)} | ${crowd50.toFixed(3)} | ${crowd99.toFixed(3)} |`,
       `| ${TOKENS} tokens, ${apps.length} versions: each request to the next version | ${rssAfter.toFixed(0)} | ${spread50.toFixed(3)} | ${spread99.toFixed(3)} |`,
       `| the same, after ${IDLE_SECONDS} s without requests | ${rssIdle.toFixed(0)} | | |`,
+      '',
+      `Idle with ${apps.length} live versions: maitre used ${idleCpuPct.toFixed(1)} % of a core over ${IDLE_SECONDS} s.`,
     ].join('\n') + heap)
-  } finally {
+    const stopping = performance.now()
     maitre.kill('SIGTERM')
     await new Promise((r) => maitre.once('exit', r))
+    console.log(`SIGTERM to exit, its ${apps.length} instances stopped: ${((performance.now() - stopping) / 1000).toFixed(1)} s.`)
+  } finally {
+    if (maitre.exitCode === null && maitre.signalCode === null) {
+      maitre.kill('SIGTERM')
+      await new Promise((r) => maitre.once('exit', r))
+    }
     await agent.close()
   }
 }
