@@ -3,7 +3,8 @@
  *
  * How long the local backend takes to stop N running instances (close(), as a router shutting
  * down does; a scale-down to zero ends them the same way) on a host where H other processes run
- * (idle `sleep`s: a busy machine, or the instances of other routers). Each ended instance has
+ * (idle `sleep`s of the same user: a busy machine, or the instances of other routers; another
+ * user's processes cost less, their environments cannot be opened). Each ended instance has
  * its escaped processes swept from /proc (leftovers.ts), which reads every process's
  * environment. Prints the wall time and this process's CPU (main thread and thread pool).
  */
@@ -25,7 +26,11 @@ const H = Number(values['host-processes'])
 
 const dir = mkdtempSync(join(tmpdir(), 'maitre-local-stop-'))
 const others: ChildProcess[] = []
-for (let i = 0; i < H; i++) others.push(spawn('sleep', ['600'], { stdio: 'ignore', detached: true }))
+for (let i = 0; i < H; i++) {
+  const child = spawn('sleep', ['600'], { stdio: 'ignore' })
+  child.on('error', (err) => console.error(`a host process could not start: ${err.message}`))
+  others.push(child)
+}
 const backend = new LocalBackend({ ...DEFAULTS.backend.local, workDir: join(dir, 'instances'), portRange: [40000, 40000 + N + 100], clock: systemClock, log: silentLogger })
 try {
   const effective = { ...effectiveParameters({ cmd: 'exec sleep 600', cpus: 0.01, mem: 64, version: 'v1', 'grace-period-secs': 600 }), 'run-as-user': 'me' }

@@ -56,8 +56,16 @@ async function sandboxedProcesses(roots: readonly string[]): Promise<Map<number,
 async function pick(found: ReadonlyMap<number, string>, root: string, exceptGroup: number | undefined): Promise<number[]> {
   const pids = [...found].filter(([, sandbox]) => within(sandbox, root)).map(([pid]) => pid)
   if (exceptGroup === undefined) return pids
-  const groups = await Promise.all(pids.map(processGroupOf))
-  return pids.filter((_, index) => groups[index] !== exceptGroup)
+  const kept: number[] = []
+  // In batches too: instances may have left thousands of processes.
+  for (let i = 0; i < pids.length; i += 64) {
+    const batch = pids.slice(i, i + 64)
+    const groups = await Promise.all(batch.map(processGroupOf))
+    batch.forEach((pid, index) => {
+      if (groups[index] !== exceptGroup) kept.push(pid)
+    })
+  }
+  return kept
 }
 
 function killAll(pids: readonly number[]): void {
@@ -79,46 +87,62 @@ interface Sweep {
 
 /**
  * Kills what escaped ended instances, one scan of /proc for all the instances that ended while
- * the scan before it ran. A scan reads every process's environment: with 3 000 processes on the
- * host it took 0.2-0.5 s and 0.3-0.7 s of CPU here, so a scan per instance made a router stopping
- * or scaling down hundreds of instances spend minutes in it. Each sweep still sees /proc as it was
- * after the sweep was asked for: one asked while a scan runs waits for the next.
+ * the scan before it ran (and in the same turn as the first of them). A scan reads every
+ * process's environment: with 3 000 processes of the router's user on the host it took 0.2-0.5 s
+ * and 0.3-0.7 s of CPU here, so a scan per instance made a router stopping or scaling down
+ * hundreds of instances spend minutes in it. Each sweep still sees /proc as it was after the
+ * sweep was asked for: one asked while a scan runs waits for the next. A scan that never ends
+ * (an environment stuck behind a hung process's memory lock) holds every later sweep, as it held
+ * the instance's own before.
  */
 export class LeftoverSweeper {
   readonly #scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>>
   #waiting: Sweep[] = []
   #scanning = false
-  /** Scans run so far (for tests and logs). */
-  scans = 0
+  #scans = 0
 
   constructor(scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>> = sandboxedProcesses) {
     this.#scan = scan
+  }
+
+  /** Scans run so far. */
+  get scans(): number {
+    return this.#scans
   }
 
   /** SIGKILLs every process found under `root` (but members of `exceptGroup`); resolves with their pids. */
   sweep(root: string, exceptGroup?: number): Promise<number[]> {
     return new Promise<number[]>((done, failed) => {
       this.#waiting.push({ root, exceptGroup, done, failed })
-      if (!this.#scanning) void this.#run()
+      if (this.#scanning) return
+      this.#scanning = true
+      // A turn later: the instances a stop or a scale-down ends together share the first scan.
+      setImmediate(() => void this.#run())
     })
   }
 
   async #run(): Promise<void> {
-    this.#scanning = true
     while (this.#waiting.length > 0) {
       const sweeps = this.#waiting
       this.#waiting = []
-      this.scans++
+      this.#scans++
+      let found: ReadonlyMap<number, string>
       try {
-        const found = await this.#scan(sweeps.map((s) => s.root))
-        await Promise.all(sweeps.map(async (s) => {
+        found = await this.#scan(sweeps.map((s) => s.root))
+      } catch (err) {
+        for (const s of sweeps) s.failed(err)
+        continue
+      }
+      // Each sweep on its own: one that fails does not fail the others.
+      await Promise.all(sweeps.map(async (s) => {
+        try {
           const pids = await pick(found, s.root, s.exceptGroup)
           killAll(pids)
           s.done(pids)
-        }))
-      } catch (err) {
-        for (const s of sweeps) s.failed(err)
-      }
+        } catch (err) {
+          s.failed(err)
+        }
+      }))
     }
     this.#scanning = false
   }

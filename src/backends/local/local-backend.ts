@@ -10,7 +10,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { readdir, rm, rmdir } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
 import type { LocalBackendConfig } from '../../config.ts'
@@ -97,11 +97,13 @@ export class LocalBackend implements Backend {
   #closed = false
 
   constructor(options: LocalBackendOptions) {
-    this.#o = options
+    // Absolute and normalised: sandboxes are found by their path's prefix (a trailing slash or a
+    // relative workDir would keep the start-up sweep from finding a dead router's leftovers).
+    this.#o = { ...options, workDir: resolve(options.workDir) }
     this.#listeners = new ServiceListeners(options.log)
     this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
     this.#prober = new HealthProber(options.healthCheckTimeoutMs)
-    mkdirSync(options.workDir, { recursive: true })
+    mkdirSync(this.#o.workDir, { recursive: true })
     this.#swept = this.#sweepLeftovers()
     this.#scheduleMemoryCheck()
   }
@@ -443,7 +445,11 @@ export class LocalBackend implements Backend {
       logDirectory: failed ? instance.sandbox : undefined,
     }, failed)
     // The group is gone; whatever escaped it (setsid, a daemon) is not, until now.
-    const leftovers = await this.#leftovers.sweep(instance.sandbox, instance.group.pid)
+    const leftovers = await this.#leftovers.sweep(instance.sandbox, instance.group.pid).catch((err: unknown) => {
+      // The ports and the sandbox are still released: a failed sweep must not leak them.
+      this.#o.log.error({ err, service: service.spec.serviceId, instance: instance.id }, 'could not look for processes that escaped the instance')
+      return []
+    })
     if (leftovers.length > 0) this.#o.log.warn({ service: service.spec.serviceId, instance: instance.id, pids: leftovers }, 'killed processes that escaped the instance')
     // Only now: an escaped process may have held one of them.
     this.#ports.release(instance.ports)
