@@ -167,35 +167,24 @@ export async function scanTrees(leaders: readonly number[], processes: readonly 
     if (siblings === undefined) children.set(parent, [pid])
     else siblings.push(pid)
   }
-  const totals = new Map<number, TreeUsage>()
-  for (const leader of leaders) {
-    let total = 0
-    const counted: [number, number][] = []
-    const seen = new Set<number>()
-    let frontier = [leader]
-    while (frontier.length > 0 && seen.size < 10_000) {
-      const next: number[] = []
-      for (const pid of frontier) {
-        if (seen.has(pid)) continue
-        seen.add(pid)
-        let bytes = 0
-        if (alive.has(pid)) {
-          await budget.read()
-          bytes = residentBytes(pid)
-          next.push(...(children.get(pid) ?? []))
-        }
-        counted.push([pid, bytes])
-        total += bytes
-      }
-      frontier = next
-    }
-    totals.set(leader, { bytes: total, processes: counted })
-  }
-  return totals
+  return sumTrees(leaders, async (pid) => {
+    if (!alive.has(pid)) return { bytes: 0, children: [] }
+    await budget.read()
+    return { bytes: residentBytes(pid), children: children.get(pid) ?? [] }
+  })
 }
 
 /** The trees walked from each leader through the children files of its threads. */
 export async function walkTrees(leaders: readonly number[], budget: ReadBudget): Promise<Map<number, TreeUsage>> {
+  return sumTrees(leaders, async (pid) => {
+    await budget.read()
+    const bytes = residentBytes(pid)
+    return { bytes, children: await childrenOf(pid, budget) }
+  })
+}
+
+/** Each leader's tree, breadth first, each process once: `visit` reads one (its resident bytes and its children). */
+async function sumTrees(leaders: readonly number[], visit: (pid: number) => Promise<{ readonly bytes: number; readonly children: readonly number[] }>): Promise<Map<number, TreeUsage>> {
   const totals = new Map<number, TreeUsage>()
   for (const leader of leaders) {
     let total = 0
@@ -207,11 +196,10 @@ export async function walkTrees(leaders: readonly number[], budget: ReadBudget):
       for (const pid of frontier) {
         if (seen.has(pid)) continue
         seen.add(pid)
-        await budget.read()
-        const bytes = residentBytes(pid)
+        const { bytes, children } = await visit(pid)
         processes.push([pid, bytes])
         total += bytes
-        next.push(...(await childrenOf(pid, budget)))
+        next.push(...children)
       }
       frontier = next
     }
