@@ -6,7 +6,7 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
-import { LeftoverSweeper } from '../../src/backends/local/leftovers.ts'
+import { LeftoverSweeper, SandboxScanner } from '../../src/backends/local/leftovers.ts'
 import { processAlive, waitFor } from '../fixtures/router.ts'
 
 /** A scan the test answers by hand: each call waits for `answer`. */
@@ -108,4 +108,40 @@ t.test('on real processes: escaped processes of two instances killed by one scan
   t.equal(sweeper.scans, 1, 'asked in the same turn, both answered by one scan')
   await waitFor('both killed', () => (!processAlive(a.pid as number) && !processAlive(b.pid as number) ? true : undefined))
   t.ok(processAlive(spared.pid as number), 'the spared one lives')
+})
+
+t.test('a process whose environment cannot be read in time (stuck in the kernel) is given up, the scan goes on, and it is skipped while it lives', async (t) => {
+  const reads: number[] = []
+  let pids = [100, 101, 102]
+  const scanner = new SandboxScanner({
+    list: async () => pids,
+    read: (pid) => {
+      reads.push(pid)
+      // 101 never answers, as a read behind a hung process's memory lock.
+      return pid === 101 ? new Promise<string | undefined>(() => undefined) : Promise.resolve(`/w/${pid}`)
+    },
+    timeoutMs: 50,
+  })
+  t.same([...(await scanner.scan(['/w']))], [[100, '/w/100'], [102, '/w/102']], 'the others are found')
+  t.same([...scanner.stuck], [101])
+  reads.length = 0
+  t.same([...(await scanner.scan(['/w']))].map(([pid]) => pid), [100, 102])
+  t.same(reads, [100, 102], 'the stuck one is not read again: no second thread of the pool held by it')
+  pids = [100, 102]
+  await scanner.scan(['/w'])
+  t.same([...scanner.stuck], [], 'forgotten once it is gone (its pid may come back as another process)')
+  pids = [100, 101, 102]
+  reads.length = 0
+  await scanner.scan(['/w'])
+  t.ok(reads.includes(101), 'a new process with that pid is read again')
+})
+
+t.test('a sweeper on a scanner with a stuck process still answers every sweep', async (t) => {
+  const scanner = new SandboxScanner({
+    list: async () => [PID, PID + 1],
+    read: (pid) => (pid === PID ? new Promise<string | undefined>(() => undefined) : Promise.resolve('/w/b')),
+    timeoutMs: 50,
+  })
+  const sweeper = new LeftoverSweeper(scanner.scan)
+  t.same(await Promise.all([sweeper.sweep('/w/a'), sweeper.sweep('/w/b')]), [[], [PID + 1]])
 })

@@ -32,25 +32,88 @@ async function processGroupOf(pid: number): Promise<number | undefined> {
   }
 }
 
-/** Each live process (but this one) whose environment names a sandbox within one of `roots`, with that sandbox. */
-async function sandboxedProcesses(roots: readonly string[]): Promise<Map<number, string>> {
-  let entries: string[]
+/** The pids /proc lists, but this process's; undefined when it cannot be listed (not Linux). */
+async function listPids(): Promise<number[] | undefined> {
   try {
-    entries = await readdir('/proc')
+    return (await readdir('/proc')).filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid)
   } catch {
-    return new Map() // not Linux: nothing to find this way
+    return undefined
   }
-  const pids = entries.filter((e) => /^\d+$/.test(e)).map(Number).filter((pid) => pid !== process.pid)
-  const found = new Map<number, string>()
-  // In batches: a host with thousands of processes must not open thousands of files at once.
-  for (let i = 0; i < pids.length; i += 64) {
-    const batch = pids.slice(i, i + 64)
-    const seen = await Promise.all(batch.map(sandboxOf))
-    seen.forEach((sandbox, index) => {
-      if (sandbox !== undefined && roots.some((root) => within(sandbox, root))) found.set(batch[index] as number, sandbox)
+}
+
+/** A read of one process's environment taking longer than this is given up. */
+export const ENVIRON_READ_TIMEOUT_MS = 2_000
+
+/**
+ * Finds the processes whose environment names a sandbox. Reading another process's environment
+ * takes a lock on its memory: a process stuck in the kernel holding it (on a hung NFS or FUSE
+ * mount, say) would hold the read, its thread of the pool, and with it every later sweep, so
+ * ports and sandboxes of ended instances would never be released. A read past
+ * `ENVIRON_READ_TIMEOUT_MS` is given up, and that process is not read again while it lives: at
+ * most one thread of the pool stays stuck per such process.
+ */
+export class SandboxScanner {
+  readonly #list: () => Promise<number[] | undefined>
+  readonly #read: (pid: number) => Promise<string | undefined>
+  readonly #timeoutMs: number
+  readonly #stuck = new Set<number>()
+
+  constructor(options: { list?: () => Promise<number[] | undefined>; read?: (pid: number) => Promise<string | undefined>; timeoutMs?: number } = {}) {
+    this.#list = options.list ?? listPids
+    this.#read = options.read ?? sandboxOf
+    this.#timeoutMs = options.timeoutMs ?? ENVIRON_READ_TIMEOUT_MS
+  }
+
+  /** Processes whose reads were given up, skipped while they live. */
+  get stuck(): ReadonlySet<number> {
+    return this.#stuck
+  }
+
+  /** Each live process whose environment names a sandbox within one of `roots`, with that sandbox. */
+  readonly scan = async (roots: readonly string[]): Promise<Map<number, string>> => {
+    const pids = (await this.#list()) ?? []
+    const live = new Set(pids)
+    for (const pid of this.#stuck) if (!live.has(pid)) this.#stuck.delete(pid)
+    const readable = pids.filter((pid) => !this.#stuck.has(pid))
+    const found = new Map<number, string>()
+    // In batches: a host with thousands of processes must not open thousands of files at once.
+    for (let i = 0; i < readable.length; i += 64) {
+      const batch = readable.slice(i, i + 64)
+      const seen = await this.#readBatch(batch)
+      seen.forEach((sandbox, index) => {
+        if (sandbox !== undefined && roots.some((root) => within(sandbox, root))) found.set(batch[index] as number, sandbox)
+      })
+    }
+    return found
+  }
+
+  /** The sandboxes of a batch of processes; a read not done within the timeout counts as none, and its process as stuck. */
+  #readBatch(batch: readonly number[]): Promise<(string | undefined)[]> {
+    return new Promise((resolve) => {
+      const sandboxes: (string | undefined)[] = batch.map(() => undefined)
+      const done = batch.map(() => false)
+      let left = batch.length
+      const finish = (): void => {
+        clearTimeout(timer)
+        resolve(sandboxes)
+      }
+      const timer = setTimeout(() => {
+        batch.forEach((pid, index) => {
+          if (!done[index]) this.#stuck.add(pid)
+        })
+        resolve([...sandboxes]) // a copy: a read that ends later must not change what was answered
+      }, this.#timeoutMs)
+      batch.forEach((pid, index) => {
+        const settle = (sandbox: string | undefined): void => {
+          done[index] = true
+          sandboxes[index] = sandbox
+          if (--left === 0) finish()
+        }
+        this.#read(pid).then(settle, () => settle(undefined))
+      })
+      if (left === 0) finish()
     })
   }
-  return found
 }
 
 async function pick(found: ReadonlyMap<number, string>, root: string, exceptGroup: number | undefined): Promise<number[]> {
@@ -91,9 +154,8 @@ interface Sweep {
  * process's environment: with 3 000 processes of the router's user on the host it took 0.2-0.5 s
  * and 0.3-0.7 s of CPU here, so a scan per instance made a router stopping or scaling down
  * hundreds of instances spend minutes in it. Each sweep still sees /proc as it was after the
- * sweep was asked for: one asked while a scan runs waits for the next. A scan that never ends
- * (an environment stuck behind a hung process's memory lock) holds every later sweep, as it held
- * the instance's own before.
+ * sweep was asked for: one asked while a scan runs waits for the next. (A scan cannot hang on a
+ * stuck process: SandboxScanner gives such a read up.)
  */
 export class LeftoverSweeper {
   readonly #scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>>
@@ -101,7 +163,7 @@ export class LeftoverSweeper {
   #scanning = false
   #scans = 0
 
-  constructor(scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>> = sandboxedProcesses) {
+  constructor(scan: (roots: readonly string[]) => Promise<ReadonlyMap<number, string>> = new SandboxScanner().scan) {
     this.#scan = scan
   }
 
