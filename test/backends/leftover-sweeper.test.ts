@@ -110,30 +110,71 @@ t.test('on real processes: escaped processes of two instances killed by one scan
   t.ok(processAlive(spared.pid as number), 'the spared one lives')
 })
 
-t.test('a process whose environment cannot be read in time (stuck in the kernel) is given up, the scan goes on, and it is skipped while it lives', async (t) => {
+t.test('a read that does not answer (a process stuck in the kernel) is given up, the scan goes on, and that process is skipped until the read answers', async (t) => {
   const reads: number[] = []
-  let pids = [100, 101, 102]
+  let unstick: ((sandbox: string | undefined) => void) | undefined
+  const givenUp: number[] = []
   const scanner = new SandboxScanner({
-    list: async () => pids,
+    list: async () => [100, 101, 102],
     read: (pid) => {
       reads.push(pid)
-      // 101 never answers, as a read behind a hung process's memory lock.
-      return pid === 101 ? new Promise<string | undefined>(() => undefined) : Promise.resolve(`/w/${pid}`)
+      if (pid === 101 && unstick === undefined) return new Promise<string | undefined>((resolve) => (unstick = resolve))
+      return Promise.resolve(`/w/${pid}`)
     },
     timeoutMs: 50,
+    onGiveUp: (pid) => givenUp.push(pid),
   })
-  t.same([...(await scanner.scan(['/w']))], [[100, '/w/100'], [102, '/w/102']], 'the others are found')
+  const first = await scanner.scan(['/w'])
+  t.same([...first], [[100, '/w/100'], [102, '/w/102']], 'the others are found')
   t.same([...scanner.stuck], [101])
+  t.same(givenUp, [101], 'told, once')
   reads.length = 0
   t.same([...(await scanner.scan(['/w']))].map(([pid]) => pid), [100, 102])
-  t.same(reads, [100, 102], 'the stuck one is not read again: no second thread of the pool held by it')
-  pids = [100, 102]
-  await scanner.scan(['/w'])
-  t.same([...scanner.stuck], [], 'forgotten once it is gone (its pid may come back as another process)')
-  pids = [100, 101, 102]
+  t.same(reads, [100, 102], 'not read again while its read waits: no second thread of the pool held by it')
+  unstick?.('/w/101')
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same([...scanner.stuck], [], 'its read answered at last: its thread is free')
+  t.same([...first], [[100, '/w/100'], [102, '/w/102']], 'the answer already given is not changed by it')
   reads.length = 0
-  await scanner.scan(['/w'])
-  t.ok(reads.includes(101), 'a new process with that pid is read again')
+  t.same([...(await scanner.scan(['/w']))].map(([pid]) => pid), [100, 101, 102], 'read again, and found')
+})
+
+t.test('reads that answer slowly but steadily are not given up: the bound is on a batch in which nothing answers', async (t) => {
+  const pids = Array.from({ length: 10 }, (_, i) => 200 + i)
+  const scanner = new SandboxScanner({
+    list: async () => pids,
+    // One answer every 20 ms: the batch takes ~200 ms, four times the bound.
+    read: (pid) => new Promise((resolve) => setTimeout(() => resolve(`/w/${pid}`), 20 * (pid - 199))),
+    timeoutMs: 50,
+  })
+  const found = await scanner.scan(['/w'])
+  t.equal(found.size, 10, 'every one read')
+  t.same([...scanner.stuck], [])
+})
+
+t.test('an event loop held past the bound (a long pause) does not make a read that answers right after count as stuck', async (t) => {
+  const scanner = new SandboxScanner({
+    list: async () => [300],
+    read: () => new Promise((resolve) => setTimeout(() => resolve('/w/300'), 60)),
+    timeoutMs: 50,
+  })
+  const scanning = scanner.scan(['/w'])
+  // Let the scan start its read, then hold the loop for 200 ms: both timers are due when it is free.
+  await new Promise((resolve) => setImmediate(resolve))
+  const until = performance.now() + 200
+  while (performance.now() < until) {
+    // held
+  }
+  t.same([...(await scanning)], [[300, '/w/300']])
+  t.same([...scanner.stuck], [], 'the late timer was armed again, and the read answered')
+})
+
+t.test('a read that fails counts as no sandbox, not as stuck; a listing that fails, as no processes', async (t) => {
+  const failing = new SandboxScanner({ list: async () => [400, 401], read: async (pid) => (pid === 400 ? Promise.reject(new Error('EACCES')) : '/w/401'), timeoutMs: 50 })
+  t.same([...(await failing.scan(['/w']))], [[401, '/w/401']])
+  t.same([...failing.stuck], [])
+  const unlisted = new SandboxScanner({ list: () => new Promise(() => undefined), timeoutMs: 50 })
+  t.same([...(await unlisted.scan(['/w']))], [], 'a listing that never answers is given up too')
 })
 
 t.test('a sweeper on a scanner with a stuck process still answers every sweep', async (t) => {

@@ -41,40 +41,78 @@ async function listPids(): Promise<number[] | undefined> {
   }
 }
 
-/** A read of one process's environment taking longer than this is given up. */
+/** Reads of a batch of environments with none answering for this long are given up. */
 export const ENVIRON_READ_TIMEOUT_MS = 2_000
+
+/**
+ * Waits for `work`, giving up once nothing has progressed for `timeoutMs` (each call of the
+ * returned `progressed` counts). A timer that fires late, the event loop having been held (a long
+ * collection, a frozen VM), is no sign of a stuck read: it is armed again.
+ */
+function withInactivityTimeout<T>(timeoutMs: number, work: (progressed: () => void) => Promise<T>, onGiveUp: () => T): Promise<T> {
+  return new Promise<T>((resolve) => {
+    let settled = false
+    let lastProgress = performance.now()
+    let timer: NodeJS.Timeout | undefined
+    const arm = (delayMs: number): void => {
+      const armedAt = performance.now()
+      timer = setTimeout(() => {
+        const now = performance.now()
+        if (now - armedAt > delayMs * 1.5) return arm(timeoutMs)
+        const quiet = now - lastProgress
+        if (quiet < timeoutMs) return arm(timeoutMs - quiet)
+        settled = true
+        resolve(onGiveUp())
+      }, delayMs)
+    }
+    arm(timeoutMs)
+    const settle = (value: T): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      resolve(value)
+    }
+    Promise.resolve()
+      .then(() => work(() => (lastProgress = performance.now())))
+      .then(settle, () => settle(onGiveUp()))
+  })
+}
 
 /**
  * Finds the processes whose environment names a sandbox. Reading another process's environment
  * takes a lock on its memory: a process stuck in the kernel holding it (on a hung NFS or FUSE
- * mount, say) would hold the read, its thread of the pool, and with it every later sweep, so
- * ports and sandboxes of ended instances would never be released. A read past
- * `ENVIRON_READ_TIMEOUT_MS` is given up, and that process is not read again while it lives: at
- * most one thread of the pool stays stuck per such process.
+ * mount, say) holds the read and its thread of the pool for as long as it is stuck, and with it,
+ * since sweeps are batched, every later sweep (ended instances' ports and sandboxes never
+ * released, close() never returning). So a batch in which no read has answered for
+ * `ENVIRON_READ_TIMEOUT_MS` gives up the reads left, and their processes are skipped until those
+ * reads answer. Listing /proc gets the same bound. What stays: each stuck process holds one of the
+ * pool's four threads; with four stuck, no file work of the router's moves, and sweeps then find
+ * nothing (they still end).
  */
 export class SandboxScanner {
   readonly #list: () => Promise<number[] | undefined>
   readonly #read: (pid: number) => Promise<string | undefined>
   readonly #timeoutMs: number
+  readonly #onGiveUp: (pid: number) => void
+  /** Processes whose environment read was given up and has not answered since. */
   readonly #stuck = new Set<number>()
 
-  constructor(options: { list?: () => Promise<number[] | undefined>; read?: (pid: number) => Promise<string | undefined>; timeoutMs?: number } = {}) {
+  constructor(options: { list?: () => Promise<number[] | undefined>; read?: (pid: number) => Promise<string | undefined>; timeoutMs?: number; onGiveUp?: (pid: number) => void } = {}) {
     this.#list = options.list ?? listPids
     this.#read = options.read ?? sandboxOf
     this.#timeoutMs = options.timeoutMs ?? ENVIRON_READ_TIMEOUT_MS
+    this.#onGiveUp = options.onGiveUp ?? (() => undefined)
   }
 
-  /** Processes whose reads were given up, skipped while they live. */
+  /** Processes skipped because a read of theirs was given up and has not answered yet. */
   get stuck(): ReadonlySet<number> {
     return this.#stuck
   }
 
   /** Each live process whose environment names a sandbox within one of `roots`, with that sandbox. */
   readonly scan = async (roots: readonly string[]): Promise<Map<number, string>> => {
-    const pids = (await this.#list()) ?? []
-    const live = new Set(pids)
-    for (const pid of this.#stuck) if (!live.has(pid)) this.#stuck.delete(pid)
-    const readable = pids.filter((pid) => !this.#stuck.has(pid))
+    const pids = await withInactivityTimeout(this.#timeoutMs, () => this.#list(), () => undefined)
+    const readable = (pids ?? []).filter((pid) => !this.#stuck.has(pid))
     const found = new Map<number, string>()
     // In batches: a host with thousands of processes must not open thousands of files at once.
     for (let i = 0; i < readable.length; i += 64) {
@@ -87,32 +125,38 @@ export class SandboxScanner {
     return found
   }
 
-  /** The sandboxes of a batch of processes; a read not done within the timeout counts as none, and its process as stuck. */
+  /** The sandboxes of a batch of processes (undefined: none, unreadable, or given up). */
   #readBatch(batch: readonly number[]): Promise<(string | undefined)[]> {
-    return new Promise((resolve) => {
-      const sandboxes: (string | undefined)[] = batch.map(() => undefined)
-      const done = batch.map(() => false)
-      let left = batch.length
-      const finish = (): void => {
-        clearTimeout(timer)
-        resolve(sandboxes)
-      }
-      const timer = setTimeout(() => {
-        batch.forEach((pid, index) => {
-          if (!done[index]) this.#stuck.add(pid)
-        })
-        resolve([...sandboxes]) // a copy: a read that ends later must not change what was answered
-      }, this.#timeoutMs)
-      batch.forEach((pid, index) => {
-        const settle = (sandbox: string | undefined): void => {
-          done[index] = true
-          sandboxes[index] = sandbox
-          if (--left === 0) finish()
+    const sandboxes: (string | undefined)[] = batch.map(() => undefined)
+    const done = batch.map(() => false)
+    let givenUp = false
+    return withInactivityTimeout(
+      this.#timeoutMs,
+      (progressed) => Promise.all(batch.map(async (pid, index) => {
+        let sandbox: string | undefined
+        try {
+          sandbox = await this.#read(pid)
+        } catch {
+          sandbox = undefined
         }
-        this.#read(pid).then(settle, () => settle(undefined))
-      })
-      if (left === 0) finish()
-    })
+        done[index] = true
+        // Answered after all: its thread is free again, and it is read at the next scan.
+        if (givenUp) this.#stuck.delete(pid)
+        else {
+          sandboxes[index] = sandbox
+          progressed()
+        }
+      })).then(() => [...sandboxes]),
+      () => {
+        givenUp = true
+        batch.forEach((pid, index) => {
+          if (done[index]) return
+          this.#stuck.add(pid)
+          this.#onGiveUp(pid)
+        })
+        return [...sandboxes]
+      },
+    )
   }
 }
 

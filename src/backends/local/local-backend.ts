@@ -21,7 +21,7 @@ import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } fro
 import { deploymentError } from '../deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
-import { LeftoverSweeper } from './leftovers.ts'
+import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
@@ -92,7 +92,7 @@ export class LocalBackend implements Backend {
   readonly #ports: PortAllocator
   readonly #prober: HealthProber
   /** One scan of /proc for every instance that ended meanwhile (leftovers.ts). */
-  readonly #leftovers = new LeftoverSweeper()
+  readonly #leftovers: LeftoverSweeper
   #cancelMemoryCheck: (() => void) | undefined
   #closed = false
 
@@ -103,6 +103,10 @@ export class LocalBackend implements Backend {
     this.#listeners = new ServiceListeners(options.log)
     this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
     this.#prober = new HealthProber(options.healthCheckTimeoutMs)
+    const scanner = new SandboxScanner({
+      onGiveUp: (pid) => options.log.warn({ pid }, 'a process’s environment did not answer within 2 s (stuck in the kernel?): skipped by leftover sweeps until it does'),
+    })
+    this.#leftovers = new LeftoverSweeper(scanner.scan)
     mkdirSync(this.#o.workDir, { recursive: true })
     this.#swept = this.#sweepLeftovers()
     this.#scheduleMemoryCheck()
