@@ -113,7 +113,7 @@ t.test('on real processes: escaped processes of two instances killed by one scan
 t.test('a read that does not answer (a process stuck in the kernel) is given up, the scan goes on, and that process is skipped until the read answers', async (t) => {
   const reads: number[] = []
   let unstick: ((sandbox: string | undefined) => void) | undefined
-  const givenUp: number[] = []
+  const givenUp: (number | string)[] = []
   const scanner = new SandboxScanner({
     list: async () => [100, 101, 102],
     read: (pid) => {
@@ -173,8 +173,10 @@ t.test('a read that fails counts as no sandbox, not as stuck; a listing that fai
   const failing = new SandboxScanner({ list: async () => [400, 401], read: async (pid) => (pid === 400 ? Promise.reject(new Error('EACCES')) : '/w/401'), timeoutMs: 50 })
   t.same([...(await failing.scan(['/w']))], [[401, '/w/401']])
   t.same([...failing.stuck], [])
-  const unlisted = new SandboxScanner({ list: () => new Promise(() => undefined), timeoutMs: 50 })
+  const told: (number | string)[] = []
+  const unlisted = new SandboxScanner({ list: () => new Promise(() => undefined), timeoutMs: 50, onGiveUp: (what) => told.push(what) })
   t.same([...(await unlisted.scan(['/w']))], [], 'a listing that never answers is given up too')
+  t.same(told, ['listing'], 'and told')
 })
 
 t.test('a sweeper on a scanner with a stuck process still answers every sweep', async (t) => {

@@ -93,11 +93,11 @@ export class SandboxScanner {
   readonly #list: () => Promise<number[] | undefined>
   readonly #read: (pid: number) => Promise<string | undefined>
   readonly #timeoutMs: number
-  readonly #onGiveUp: (pid: number) => void
+  readonly #onGiveUp: (what: number | 'listing') => void
   /** Processes whose environment read was given up and has not answered since. */
   readonly #stuck = new Set<number>()
 
-  constructor(options: { list?: () => Promise<number[] | undefined>; read?: (pid: number) => Promise<string | undefined>; timeoutMs?: number; onGiveUp?: (pid: number) => void } = {}) {
+  constructor(options: { list?: () => Promise<number[] | undefined>; read?: (pid: number) => Promise<string | undefined>; timeoutMs?: number; onGiveUp?: (what: number | 'listing') => void } = {}) {
     this.#list = options.list ?? listPids
     this.#read = options.read ?? sandboxOf
     this.#timeoutMs = options.timeoutMs ?? ENVIRON_READ_TIMEOUT_MS
@@ -111,7 +111,10 @@ export class SandboxScanner {
 
   /** Each live process whose environment names a sandbox within one of `roots`, with that sandbox. */
   readonly scan = async (roots: readonly string[]): Promise<Map<number, string>> => {
-    const pids = await withInactivityTimeout(this.#timeoutMs, () => this.#list(), () => undefined)
+    const pids = await withInactivityTimeout(this.#timeoutMs, () => this.#list(), () => {
+      this.#onGiveUp('listing')
+      return undefined
+    })
     const readable = (pids ?? []).filter((pid) => !this.#stuck.has(pid))
     const found = new Map<number, string>()
     // In batches: a host with thousands of processes must not open thousands of files at once.

@@ -104,7 +104,10 @@ export class LocalBackend implements Backend {
     this.#ports = new PortAllocator(options.portRange, options.host, options.portRestMs, () => options.clock.now())
     this.#prober = new HealthProber(options.healthCheckTimeoutMs)
     const scanner = new SandboxScanner({
-      onGiveUp: (pid) => options.log.warn({ pid }, 'a process’s environment did not answer within 2 s (stuck in the kernel?): skipped by leftover sweeps until it does'),
+      onGiveUp: (what) =>
+        what === 'listing'
+          ? options.log.warn('the /proc listing did not answer within 2 s: this sweep for processes that escaped instances found nothing')
+          : options.log.warn({ pid: what }, 'a process’s environment did not answer within 2 s (stuck in the kernel?): skipped by leftover sweeps until it does'),
     })
     this.#leftovers = new LeftoverSweeper(scanner.scan)
     mkdirSync(this.#o.workDir, { recursive: true })
