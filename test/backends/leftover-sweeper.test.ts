@@ -143,9 +143,9 @@ t.test('reads that answer slowly but steadily are not given up: the bound is on 
   const pids = Array.from({ length: 10 }, (_, i) => 200 + i)
   const scanner = new SandboxScanner({
     list: async () => pids,
-    // One answer every 20 ms: the batch takes ~200 ms, four times the bound.
-    read: (pid) => new Promise((resolve) => setTimeout(() => resolve(`/w/${pid}`), 20 * (pid - 199))),
-    timeoutMs: 50,
+    // One answer every 40 ms: the batch takes ~400 ms, four times the bound.
+    read: (pid) => new Promise((resolve) => setTimeout(() => resolve(`/w/${pid}`), 40 * (pid - 199))),
+    timeoutMs: 100,
   })
   const found = await scanner.scan(['/w'])
   t.equal(found.size, 10, 'every one read')

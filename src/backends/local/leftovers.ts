@@ -52,7 +52,7 @@ export const ENVIRON_READ_TIMEOUT_MS = 2_000
 function withInactivityTimeout<T>(timeoutMs: number, work: (progressed: () => void) => Promise<T>, onGiveUp: () => T): Promise<T> {
   return new Promise<T>((resolve) => {
     let settled = false
-    let lastProgress = performance.now()
+    let lastProgress = 0
     let timer: NodeJS.Timeout | undefined
     const arm = (delayMs: number): void => {
       const armedAt = performance.now()
@@ -65,16 +65,25 @@ function withInactivityTimeout<T>(timeoutMs: number, work: (progressed: () => vo
         resolve(onGiveUp())
       }, delayMs)
     }
-    arm(timeoutMs)
     const settle = (value: T): void => {
       if (settled) return
       settled = true
       clearTimeout(timer)
       resolve(value)
     }
-    Promise.resolve()
-      .then(() => work(() => (lastProgress = performance.now())))
-      .then(settle, () => settle(onGiveUp()))
+    // The work first, then the clock: a pause in between (this process not scheduled) must not
+    // count against reads not yet asked for.
+    let working: Promise<T>
+    try {
+      working = work(() => (lastProgress = performance.now()))
+    } catch (err) {
+      working = Promise.reject(err)
+    }
+    lastProgress = performance.now()
+    arm(timeoutMs)
+    working.then(settle, () => {
+      if (!settled) settle(onGiveUp())
+    })
   })
 }
 
