@@ -5,7 +5,13 @@
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { LocalBackend } from '../../src/backends/local/local-backend.ts'
+import { systemClock } from '../../src/clock.ts'
+import { DEFAULTS } from '../../src/config.ts'
+import { silentLogger } from '../../src/log.ts'
 import { LeftoverSweeper, SandboxScanner } from '../../src/backends/local/leftovers.ts'
 import { processAlive, waitFor } from '../fixtures/router.ts'
 
@@ -187,4 +193,22 @@ t.test('a sweeper on a scanner with a stuck process still answers every sweep', 
   })
   const sweeper = new LeftoverSweeper(scanner.scan)
   t.same(await Promise.all([sweeper.sweep('/w/a'), sweeper.sweep('/w/b')]), [[], [PID + 1]])
+})
+
+t.test('the local backend’s start-up sweep finds what a dead router left even when workDir is given with a trailing slash', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-sweep-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const left = spawn('sleep', ['60'], { detached: true, stdio: 'ignore', env: { ...process.env, WAITER_SANDBOX: join(dir, 'svc', 'inst') } })
+  t.teardown(() => {
+    try {
+      process.kill(left.pid as number, 'SIGKILL')
+    } catch {
+      // gone
+    }
+  })
+  const backend = new LocalBackend({ ...DEFAULTS.backend.local, workDir: `${dir}/`, portRange: [47000, 47009], clock: systemClock, log: silentLogger })
+  t.teardown(() => backend.close())
+  await backend.ready()
+  await waitFor('the leftover killed', () => (processAlive(left.pid as number) ? undefined : true))
+  t.notOk(processAlive(left.pid as number), 'killed at start-up')
 })
