@@ -64,12 +64,12 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
  * HTTP/2 always, in HTTP/1.1 when the response is chunked (Node drops them otherwise: a fixed
  * length leaves no room). Returns how the slot is released: gRPC's UNAVAILABLE is its 503.
  */
-export function endAnswer(res: ServerResponse, status: number | undefined, head: AnswerHead | undefined, trailers: Readonly<Record<string, string | string[] | undefined>>): ReleaseOutcome {
+export function endAnswer(res: ServerResponse, status: number | undefined, head: AnswerHead | undefined, trailers: Readonly<Record<string, string | string[] | undefined>>, lastChunk?: Buffer): ReleaseOutcome {
   const relayed = clientTrailers(trailers)
   const all = head?.statusTrailers === undefined ? relayed : { ...head.statusTrailers, ...relayed }
   try {
     if (all !== undefined) res.addTrailers(all)
-    res.end()
+    res.end(lastChunk)
   } catch {
     // Trailers the client's protocol refuses: the response cannot end cleanly, so it is cut.
     res.destroy()

@@ -29,6 +29,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   #head: AnswerHead | undefined
   #clientGone = false
   #settled = false
+  /** A body chunk arrived. */
+  #bodyStarted = false
+  /** The first chunk, until this read is parsed: the end may come with it. */
+  #held: Buffer | undefined
 
   constructor(res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void) {
     this.#res = res
@@ -66,7 +70,28 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (!this.#res.write(chunk)) {
+    if (!this.#bodyStarted) {
+      // The first chunk waits for the end of this read: an answer whole in one read (most are)
+      // then leaves with its head in one res.end(chunk), ~7 % less CPU per request than a
+      // write and an end (bench/RESULTS.md). A longer body sends it once the read is parsed.
+      this.#bodyStarted = true
+      this.#held = chunk
+      queueMicrotask(this.#sendHeld)
+      return
+    }
+    this.#sendHeld()
+    this.#write(controller, chunk)
+  }
+
+  readonly #sendHeld = (): void => {
+    const held = this.#held
+    if (held === undefined || this.#controller === undefined) return
+    this.#held = undefined
+    this.#write(this.#controller, held)
+  }
+
+  #write(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#res.write(chunk) && this.#stopWaiting === undefined) {
       controller.pause()
       // For as long as the client reads: one that reads nothing for the streaming timeout is cut.
       this.#stopWaiting = awaitClient(this.#res, this.#request, this.#onDrain, (err) => controller.abort(err))
@@ -75,7 +100,9 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
     const status = this.#status
-    const outcome = endAnswer(this.#res, status, this.#head, trailers)
+    const last = this.#held
+    this.#held = undefined
+    const outcome = endAnswer(this.#res, status, this.#head, trailers, last)
     this.#finish({ outcome, status, error: undefined, notDelivered: false })
   }
 
@@ -86,6 +113,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   #finish(result: ForwardResult): void {
     if (this.#settled) return
     this.#settled = true
+    this.#held = undefined
     this.#stopWaiting?.()
     this.#settle(result)
   }

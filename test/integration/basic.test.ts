@@ -93,6 +93,32 @@ t.test('methods, chunked and gzip bodies, large headers pass through', async (t)
   t.same(hinted.json(), { hinted: true })
 })
 
+t.test('a streamed answer’s first chunk reaches the client as it comes, not with the next one', async (t) => {
+  // The router holds an answer's first chunk until the read it came in is parsed, so a whole
+  // answer leaves with its head in one write: a stream must not wait for its next chunk.
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  const { request } = await import('undici')
+  const stream = new AbortController()
+  t.teardown(() => stream.abort())
+  // The second chunk comes 60 s after the first.
+  const res = await request(`${router.url}/chunked?chunks=2&delay-ms=60000`, { headers: h, signal: stream.signal })
+  t.equal(res.statusCode, 200)
+  const first = await new Promise<string>((resolve, reject) => {
+    const bound = setTimeout(() => reject(new Error('no chunk within 20 s')), 20_000)
+    res.body.once('data', (chunk: Buffer) => {
+      clearTimeout(bound)
+      resolve(chunk.toString())
+    })
+    res.body.once('error', reject)
+  })
+  t.equal(first, 'chunk-0\n', 'the first chunk alone, long before the second')
+  stream.abort()
+  res.body.on('error', () => undefined)
+})
+
 t.test('errors are negotiated by Accept and carry x-cid', async (t) => {
   const router = await startRouter(t)
   const json = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'missing', 'x-cid': 'abc' } })
