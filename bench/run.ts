@@ -3,7 +3,8 @@
  * measures a fixed test backend (a) directly, (b) through nginx as a keep-alive reverse proxy,
  * (c) through maitre with a warm service, and (d) through the floor of any Node.js proxy (node:http
  * + undici, nothing else: bench/bare-proxy.mjs), once in one process and once in two processes
- * sharing the port (what spreading a Node proxy over both cores buys), and (e) Go's
+ * sharing the port (what spreading a Node proxy over both cores buys), and once more with the
+ * headers Waiter's protocol adds to every request and answer (what the protocol itself costs), (e) Go's
  * httputil.ReverseProxy at GOMAXPROCS=1 (bench/go-proxy, built here when Go is installed; the
  * data plane of the KEDA HTTP add-on and of Knative's activator); then cold starts and a
  * 0 → 50 client burst. It prints markdown tables of absolute figures and of the ratios that matter.
@@ -46,7 +47,7 @@ function buildGoProxy(dir: string): string | undefined {
 }
 
 interface Target {
-  readonly name: 'direct' | 'nginx' | 'node floor' | 'node floor ×2' | 'go' | 'maitre'
+  readonly name: 'direct' | 'nginx' | 'node floor' | 'node floor ×2' | 'node floor + Waiter headers' | 'go' | 'maitre'
   readonly url: string
   readonly headers: readonly string[]
   /** Processes whose CPU counts as the proxy's. */
@@ -127,6 +128,10 @@ async function main(): Promise<void> {
   children.push(...pair)
   // This only shows one of the two listening; maitre's start and the warm-up below give the other time.
   await waitForHttp(`http://127.0.0.1:${pairPort}/tiny`)
+  const waiterFloorPort = await freePort()
+  const waiterFloor = start(process.execPath, [BARE_PROXY, String(waiterFloorPort), String(backendPort), '--waiter-headers'])
+  children.push(waiterFloor)
+  await waitForHttp(`http://127.0.0.1:${waiterFloorPort}/tiny`)
   const goBinary = buildGoProxy(dir)
   const goPort = goBinary === undefined ? undefined : await freePort()
   // One OS thread running Go code, as maitre has one event loop.
@@ -146,6 +151,8 @@ async function main(): Promise<void> {
     { name: 'nginx', url: `http://127.0.0.1:${nginx.port}`, headers: [], proxyPids: nginx.pid },
     { name: 'node floor', url: `http://127.0.0.1:${barePort}`, headers: [], proxyPids: () => [bare.pid as number] },
     { name: 'node floor ×2', url: `http://127.0.0.1:${pairPort}`, headers: [], proxyPids: () => pair.map((p) => p.pid as number) },
+    // The same request bytes as maitre gets (its x-waiter-* fields are dropped on the way, as maitre drops them).
+    { name: 'node floor + Waiter headers', url: `http://127.0.0.1:${waiterFloorPort}`, headers: ['x-waiter-token: bench'], proxyPids: () => [waiterFloor.pid as number] },
     ...(goProxy === undefined ? [] : [{ name: 'go' as const, url: `http://127.0.0.1:${goPort}`, headers: [], proxyPids: () => [goProxy.pid as number] }]),
     { name: 'maitre', url: maitre.url, headers: ['x-waiter-token: bench'], proxyPids: () => [maitre.pid] },
   ]
@@ -202,6 +209,15 @@ async function main(): Promise<void> {
     const f2 = agg(`${s.name}|${s.connections}|node floor ×2`)
     const m = agg(`${s.name}|${s.connections}|maitre`)
     lines.push(`| ${s.name} | ${s.connections} | ${(m.rps / d.rps).toFixed(2)} | ${(m.rps / n.rps).toFixed(2)} | ${(f.rps / n.rps).toFixed(2)} | ${(f2.rps / n.rps).toFixed(2)} | ${(m.rps / f.rps).toFixed(2)} | ${(n.rps / d.rps).toFixed(2)} | ${fmt(m.p50 - d.p50)} | ${fmt(m.p99 - d.p99)} | ${fmt(f.p99 - d.p99)} | ${fmt(f2.p99 - d.p99)} |`)
+  }
+  // What Waiter's protocol costs a proxy (the floor with the headers maitre adds, ÷ the floor), and maitre beside that floor.
+  lines.push('', '| scenario | conns | node floor + Waiter headers ÷ node floor | maitre ÷ node floor + Waiter headers | CPU µs/req: node floor / + Waiter headers / maitre |', '|---|---|---|---|---|')
+  for (const s of scenarios) {
+    const f = agg(`${s.name}|${s.connections}|node floor`)
+    const w = agg(`${s.name}|${s.connections}|node floor + Waiter headers`)
+    const m = agg(`${s.name}|${s.connections}|maitre`)
+    const us = (v: number | undefined): string => (v === undefined ? '-' : (v * 1000).toFixed(0))
+    lines.push(`| ${s.name} | ${s.connections} | ${(w.rps / f.rps).toFixed(2)} | ${(m.rps / w.rps).toFixed(2)} | ${us(f.cpu)} / ${us(w.cpu)} / ${us(m.cpu)} |`)
   }
   if (targets.some((t) => t.name === 'go')) {
     // The Go anchor: httputil.ReverseProxy at GOMAXPROCS=1 (the KEDA add-on's and Knative's data plane).
