@@ -55,7 +55,8 @@ import { ServiceRegistry } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openTokenStore } from './versions/token-store.ts'
 import { fileStores } from './storage/json-dir.ts'
-import { tokenEtag, Tokens } from './versions/tokens.ts'
+import { Tokens } from './versions/tokens.ts'
+import { currencyOf } from './versions/currency.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
 
 export interface AppOverrides {
@@ -245,7 +246,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       tokens,
       activator,
       parametersOf: (record) => parameters.ofRecord(record),
-      serviceIdOfToken: (token, requester) => resolver.serviceIdOfToken(token, requester),
+      serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester),
       forgetVersion: (serviceId) => memory.collected(serviceId),
       onCollecting: (serviceId, reason, lastActiveAt) => keepAlive.collected(serviceId, reason, lastActiveAt),
       onCollected: async (serviceId, reason) => {
@@ -274,16 +275,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       activator,
       collectIfIdle: (serviceId) => gc.collectIfDue(serviceId),
       parametersOf: (record) => parameters.ofRecord(record),
-      // A version is started without a request only while the tokens that reached it are as
-      // they were (the GC's own test of a current version).
-      isCurrent: (serviceId, { sources, core }) => sources.every((source) => {
-        const data = tokens.get(source.token)
-        if (data === undefined) return false
-        if (tokenEtag(data) === source.etag) return true
-        // Edited without changing what runs (a timeout, the owner): still this version.
-        const runAs = core['run-as-user']
-        return sources.length === 1 && resolver.serviceIdOfToken(data, typeof runAs === 'string' ? runAs : undefined) === serviceId
-      }),
+      // A version is started without a request only while the tokens the last request named
+      // still lead to it (the GC's own test of a current version).
+      isCurrent: (serviceId, { sources, core }) => currencyOf({ id: serviceId, core, sources, sourceSets: [sources], createdAt: 0 }, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current,
       isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),

@@ -15,7 +15,7 @@ import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry } from '../versions/registry.ts'
 import type { Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
-import { tokenEtag } from '../versions/tokens.ts'
+import { currencyOf } from '../versions/currency.ts'
 import type { Activator } from './activator.ts'
 import { MaitreError } from '../errors.ts'
 import { pickGarbage, type GcCandidate, type GcVerdict } from './gc.ts'
@@ -36,9 +36,8 @@ export interface GcDeps {
   readonly tokens: Tokens
   readonly activator: Pick<Activator, 'collect'>
   readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
-  /** The service a token's current description runs as (undefined if it cannot run on its own). */
-  /** The version a token runs (a token that runs as its requester: `requester`'s version). */
-  readonly serviceIdOfToken?: (token: TokenData, requester?: string) => string | undefined
+  /** The version tokens' descriptions, merged in order, run as (tokens that run as their requester: `requester`'s version; undefined if incomplete). */
+  readonly serviceIdOfTokens?: (tokens: readonly TokenData[], requester?: string) => string | undefined
   /** Drops what is derived from the version's record (cached resolutions, overrides); called before the backend delete. */
   readonly forgetVersion: (serviceId: string) => Promise<void> | void
   /** Called after a version is collected (counting, metric series, its keep-alive history), with when it was last active. */
@@ -259,26 +258,22 @@ export class GcRunner {
       staleSince = this.#orphanedSince.get(record.id) ?? now
       if (!this.#orphanedSince.has(record.id)) this.#orphanedSince.set(record.id, now)
     } else if (record.sources.length > 0) {
-      let current = false
-      for (const source of record.sources) {
-        const token = tokens.get(source.token)
-        if (token === undefined) {
-          staleSince = Math.max(staleSince ?? 0, this.#orphanedSince.get(record.id) ?? now)
+      const currency = currencyOf(record, {
+        token: (name) => tokens.get(name),
+        serviceIdOfTokens: (list, requester) => this.#deps.serviceIdOfTokens?.(list, requester),
+        now,
+      })
+      if (!currency.current) {
+        if (currency.orphaned) {
+          staleSince = this.#orphanedSince.get(record.id) ?? now
           if (!this.#orphanedSince.has(record.id)) this.#orphanedSince.set(record.id, now)
-          continue
         }
-        // Current if the token is still at that version, or was edited without changing what
-        // runs (a timeout, the owner) and so still resolves to this service.
-        if (tokenEtag(token) === source.etag || this.#deps.serviceIdOfToken?.(token, typeof record.core['run-as-user'] === 'string' ? record.core['run-as-user'] : undefined) === record.id) {
-          current = true
-          break
+        if (currency.movedOnAt !== undefined) staleSince = Math.max(staleSince ?? 0, currency.movedOnAt)
+        for (const token of currency.movedBy) {
+          if (typeof token['fallback-period-secs'] === 'number') fallbackMs = token['fallback-period-secs'] * 1000
+          if (typeof token['stale-timeout-mins'] === 'number') staleTimeoutMs = token['stale-timeout-mins'] * 60_000
         }
-        const updatedAt = token['last-update-time']
-        staleSince = Math.max(staleSince ?? 0, typeof updatedAt === 'number' && Number.isFinite(updatedAt) ? updatedAt : now)
-        if (typeof token['fallback-period-secs'] === 'number') fallbackMs = token['fallback-period-secs'] * 1000
-        if (typeof token['stale-timeout-mins'] === 'number') staleTimeoutMs = token['stale-timeout-mins'] * 60_000
       }
-      if (current) staleSince = undefined
     }
     const lastActiveAt = Math.max(load.lastActiveAt, record.createdAt)
     return {

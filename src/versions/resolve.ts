@@ -149,7 +149,13 @@ export class Resolver {
    * A token that runs as its requester has one version per requester: `requester` says whose.
    */
   serviceIdOfToken(data: TokenData, requester?: string): string | undefined {
-    const fields = serviceFields(data)
+    return this.serviceIdOfTokens([data], requester)
+  }
+
+  /** The service tokens' descriptions, merged in order as a request naming them all merges them, run as. */
+  serviceIdOfTokens(tokens: readonly TokenData[], requester?: string): string | undefined {
+    const fields: Record<string, unknown> = {}
+    for (const data of tokens) mergeDescription(fields, serviceFields(data))
     if (explicitUser(fields['run-as-user']) === undefined) {
       if (requester === undefined) return undefined
       runAsRequester(fields, { user: requester })

@@ -45,8 +45,11 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
       tokens,
       activator,
       parametersOf: (record) => ({ ...effectiveParameters(record.core), 'run-as-user': 'me' }),
-      // In these tests version 'a' is what a token at version v1 runs.
-      serviceIdOfToken: (data) => (data['version'] === 'v1' ? 'a' : `other-${String(data['version'])}`),
+      // In these tests version 'a' is what tokens whose merged version is v1 run (the last to name one wins).
+      serviceIdOfTokens: (list) => {
+        const version = list.reduce<unknown>((named, data) => data['version'] ?? named, undefined)
+        return version === 'v1' ? 'a' : `other-${String(version)}`
+      },
       forgetVersion: (id) => void forgotten.push(id),
       onCollected: (id, reason) => void collected.push(`${id}:${reason}`),
       clock,
@@ -183,6 +186,47 @@ t.test('a version whose token was edited without changing what runs stays curren
   await tokens.upsert('web', { ...fields, version: 'v2' }, { principal: admin })
   clock.advance(1000)
   t.same(await gc.tick(), [{ id: 'a', reason: 'stale' }], 'the token moved to another version: stale')
+})
+
+t.test('a version reached through two tokens (x-waiter-token: web,base) is stale once web moves on, though base, the last named, is unchanged', async (t) => {
+  const { clock, gc, registry, tokens, request } = setup(t.testdir(), { ...CORE, 'idle-timeout-mins': 0 })
+  const admin = { user: 'me', admin: true }
+  const fields = { ...CORE, 'idle-timeout-mins': 0, 'stale-timeout-mins': 0, 'fallback-period-secs': 0 }
+  const web = await tokens.upsert('web', fields, { principal: admin })
+  const base = await tokens.upsert('base', { 'queue-timeout-ms': 5000 }, { principal: admin })
+  const lease = await request('a')
+  // What a request naming both records: the last token as its source, the pair as its combination.
+  const pair = [{ token: 'web', etag: web.etag }, { token: 'base', etag: base.etag }]
+  await registry.remember('a', { ...CORE, 'run-as-user': 'me' }, pair[1], pair)
+  lease.release('success')
+  clock.advance(1000)
+  await tokens.upsert('web', { ...fields, 'queue-timeout-ms': 7000 }, { principal: admin })
+  clock.advance(1000)
+  t.same(await gc.tick(), [], 'web edited without changing what the pair runs: still current')
+  await tokens.upsert('web', { ...fields, version: 'v2' }, { principal: admin })
+  clock.advance(1000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'stale' }], 'web,base now runs v2: the pair moved on')
+})
+
+t.test('edits that change nothing after a token moved on do not put off its old version’s collection', async (t) => {
+  const { clock, gc, registry, tokens, request } = setup(t.testdir(), { ...CORE, 'idle-timeout-mins': 0 })
+  const admin = { user: 'me', admin: true }
+  const fields = { ...CORE, 'idle-timeout-mins': 0, 'stale-timeout-mins': 0, 'fallback-period-secs': 3 }
+  const first = await tokens.upsert('web', fields, { principal: admin })
+  const lease = await request('a')
+  await registry.remember('a', { ...CORE, 'run-as-user': 'me' }, { token: 'web', etag: first.etag })
+  lease.release('success')
+  clock.advance(1000)
+  await tokens.upsert('web', { ...fields, version: 'v2' }, { principal: admin })
+  const movedAt = clock.now()
+  // A timeout edited every second from then on: what runs stays v2.
+  const collectedAt: number[] = []
+  for (let i = 1; i <= 6 && collectedAt.length === 0; i++) {
+    clock.advance(1000)
+    await tokens.upsert('web', { ...fields, version: 'v2', 'queue-timeout-ms': 1000 + i }, { principal: admin })
+    if ((await gc.tick()).some((v) => v.id === 'a')) collectedAt.push(clock.now())
+  }
+  t.same(collectedAt.map((at) => at - movedAt), [3000], 'collected as its fallback period (3 s) after the move ends, the edits since notwithstanding')
 })
 
 t.test('a version recorded before versions named their run-as-user is stale, though its token is unchanged: requests now go to the requester’s own', async (t) => {
