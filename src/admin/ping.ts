@@ -16,6 +16,7 @@ import { serviceStatus } from './apps.ts'
 import { sendJson, type AdminRequest } from './http.ts'
 import { errorBody } from '../http/error-response.ts'
 import { isDebugRequested } from '../http/debug.ts'
+import { authority } from '../http/authority.ts'
 
 export interface PingDeps {
   readonly resolver: Resolver
@@ -87,7 +88,7 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
       const { instance } = lease
       const spec = deps.launchSpecOf(current)
       const port = [instance.port, ...instance.extraPorts][spec.healthCheck.portIndex] ?? instance.port
-      const res = await request(`http://${instance.host}:${port}${spec.healthCheck.url}`, {
+      const res = await request(`http://${authority(instance.host, port)}${spec.healthCheck.url}`, {
         headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: spec.authorization },
         signal: AbortSignal.timeout(timeoutMs),
       })

@@ -24,6 +24,7 @@ import type { Instance } from '../backends/backend.ts'
 import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
 import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { backendRequestTrailers } from './headers.ts'
+import { authority } from '../http/authority.ts'
 
 /** How long an instance may stay silent about an expectation before the body goes anyway (curl waits as long). */
 export const EXPECT_WAIT_MS = 1000
@@ -299,7 +300,7 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
   headers[':method'] = req.method ?? 'GET'
   headers[':path'] = req.url ?? '/'
   headers[':scheme'] = instance.proto === 'h2' ? 'https' : 'http'
-  headers[':authority'] = String(request.headers['host'] ?? `${instance.host}:${instance.port}`)
+  headers[':authority'] = String(request.headers['host'] ?? authority(instance.host, instance.port))
   if (request.continueClient !== undefined) headers['expect'] = '100-continue'
   const withBody = hasBody(req)
   const stream: ClientHttp2Stream = session.request(headers, { endStream: !withBody, waitForTrailers: withBody })
@@ -411,7 +412,7 @@ export class NodeForwarder {
   }
 
   #session(instance: Instance): H2Connection {
-    const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${instance.host}:${instance.port}`
+    const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${authority(instance.host, instance.port)}`
     const known = this.#sessions.get(origin)
     if (known !== undefined && !known.session.closed && !known.session.destroyed) return known
     const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])

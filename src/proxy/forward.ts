@@ -14,6 +14,7 @@ import type { Instance } from '../backends/backend.ts'
 import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
 import { type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { NodeForwarder, needsNodeClient } from './forward-node.ts'
+import { authority } from '../http/authority.ts'
 
 export { classify, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 
@@ -151,7 +152,7 @@ export class Forwarder {
   #poolFor(instance: Instance): InstancePool {
     let entry = this.#byInstance.get(instance)
     if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
-      const origin = `${SCHEMES[instance.proto]}://${instance.host}:${instance.port}`
+      const origin = `${SCHEMES[instance.proto]}://${authority(instance.host, instance.port)}`
       entry = this.#pools.get(origin)
       if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
         entry = { pool: new Pool(origin, this.#poolOptions), used: false }

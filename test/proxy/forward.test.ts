@@ -30,3 +30,32 @@ t.test('the instance’s own failures are the instance’s', async (t) => {
   t.match(classify(withCode('ECONNRESET'), false), { outcome: 'instance-error', error: { code: 'MAITRE_UPSTREAM', status: 502 } })
   t.match(classify(withCode('ECONNRESET'), true), { outcome: 'client-error' }, 'unless the client left first')
 })
+
+t.test('an instance at an IPv6 address (a pod IP in an IPv6 or dual-stack cluster) is reached over HTTP/1.1 and h2c, not refused as a bad URL', async (t) => {
+  const { createServer } = await import('node:http')
+  const { createServer: createH2cServer } = await import('node:http2')
+  const { Forwarder } = await import('../../src/proxy/forward.ts')
+  const listen = (server: import('node:net').Server): Promise<number> => new Promise((resolve) => server.listen(0, '::1', () => resolve((server.address() as import('node:net').AddressInfo).port)))
+  const h1 = createServer((_req, res) => res.end('h1 on ::1'))
+  const h2c = createH2cServer((_req, res) => res.end('h2c on ::1'))
+  const ports = { http: await listen(h1), h2c: await listen(h2c) }
+  const forwarder = new Forwarder({ connectTimeoutMs: 2000 })
+  // The router's side: each request forwarded to the instance its path names.
+  const front = createServer((req, res) => {
+    const proto = req.url === '/h2c' ? 'h2c' : 'http'
+    const instance = { id: `v6-${proto}`, host: '::1', port: ports[proto], proto, healthy: true, startedAt: 0 } as unknown as import('../../src/backends/backend.ts').Instance
+    void forwarder.forward(req, res, { instance, headers: { host: 'v6.example' }, cid: 'c', socketTimeoutMs: 2000, streamingTimeoutMs: 2000, extraHeaders: undefined }).result.then((result) => {
+      if (result.error !== undefined && !res.headersSent) res.writeHead(result.error.status).end(result.error.code)
+    })
+  })
+  const frontPort = await new Promise<number>((resolve) => front.listen(0, '127.0.0.1', () => resolve((front.address() as import('node:net').AddressInfo).port)))
+  t.teardown(async () => {
+    await forwarder.close()
+    for (const server of [front, h1, h2c]) server.close()
+  })
+  for (const path of ['/h1', '/h2c']) {
+    const res = await fetch(`http://127.0.0.1:${frontPort}${path}`)
+    t.equal(res.status, 200, `${path}: answered`)
+    t.equal(await res.text(), `${path.slice(1)} on ::1`)
+  }
+})

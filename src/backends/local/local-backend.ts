@@ -26,6 +26,7 @@ import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
+import { authority } from '../../http/authority.ts'
 
 /** Names the record of a launch that failed before any process ran. */
 const LAUNCH_FAILURE_SUFFIX = '.launch-failure'
@@ -362,7 +363,7 @@ export class LocalBackend implements Backend {
     const port = instance.ports[check.portIndex] ?? instance.ports[0]
     const scheme = check.proto === 'https' || check.proto === 'h2' ? 'https' : 'http'
     const result = await this.#prober.probe({
-      url: `${scheme}://${this.#o.host}:${String(port)}${check.url}`,
+      url: `${scheme}://${authority(this.#o.host, String(port))}${check.url}`,
       authorization: check.authenticated ? spec.authorization : undefined,
       h2c: check.proto === 'h2c',
     })
