@@ -26,6 +26,7 @@ import type { Resolution, ResolvedRequest } from '../versions/resolve.ts'
 import { activationOf, assertHttpsOrRedirect, corsHeadersFor, fallBack, pickTimeout, resolveAnonymously, type ProxyDeps } from './handle.ts'
 import { backendRequestHeaders, clientResponseHeaders } from './headers.ts'
 import { answerOnSocket, refuseUpgrade } from './upgrade.ts'
+import { authority } from '../http/authority.ts'
 
 export interface WebSocketLimits {
   /** Largest message either side may send; a larger one closes the connection with 1009. */
@@ -68,11 +69,23 @@ function checkHandshake(req: IncomingMessage): void {
   if (version !== '13' && version !== '8') {
     throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Version must be 13 (or 8)', { details: { field: 'sec-websocket-version' }, headers: { 'sec-websocket-version': '13, 8' } })
   }
+  checkSubprotocols(req.headers['sec-websocket-protocol'])
 }
+
+/** A subprotocol name is an HTTP token (RFC 6455 §4.1, RFC 9110 §5.6.2). */
+const TOKEN = /^[!#$%&'*+\-.0-9A-Z^_`|a-z~]+$/
 
 function subprotocols(header: string | undefined): string[] {
   if (header === undefined) return []
   return header.split(',').map((p) => p.trim()).filter((p) => p !== '')
+}
+
+/** The offered subprotocols must be distinct tokens: refused before a slot is taken, as the instance's client would refuse them. */
+function checkSubprotocols(header: string | string[] | undefined): void {
+  const offered = subprotocols(Array.isArray(header) ? header.join(',') : header)
+  const bad = offered.find((p) => !TOKEN.test(p))
+  if (bad !== undefined) throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Protocol must list subprotocol names (HTTP tokens)', { details: { field: 'sec-websocket-protocol', rule: 'token', value: bad.slice(0, 100) } })
+  if (new Set(offered).size !== offered.length) throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Protocol must not name a subprotocol twice', { details: { field: 'sec-websocket-protocol', rule: 'distinct' } })
 }
 
 export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): WebSocketProxy {
@@ -187,6 +200,18 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     }
 
     admit(req, socket, cid, aborter.signal).then((admitted) => {
+      try {
+        connect(admitted)
+      } catch (err) {
+        // Whatever throws before the instance is dialled (an address the URL cannot hold, say)
+        // is the router's failure, not the instance's: the slot comes back, the client is told.
+        admitted.lease.release('generic-error')
+        onClientGone = undefined
+        refuse(err)
+      }
+    }, refuse)
+
+    function connect(admitted: Awaited<ReturnType<typeof admit>>): void {
       resolution = admitted.resolution
       coldStart = admitted.coldStart
       if (admitted.who.anonymous !== true) principal = admitted.who.user
@@ -203,7 +228,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       })
       for (const name of HANDSHAKE_HEADERS) delete headers[name]
       const scheme = instance.proto === 'https' ? 'wss' : 'ws'
-      const backend = new WebSocket(`${scheme}://${instance.host}:${instance.port}${req.url ?? '/'}`, subprotocols(req.headers['sec-websocket-protocol'] as string | undefined), {
+      const backend = new WebSocket(`${scheme}://${authority(instance.host, instance.port)}${req.url ?? '/'}`, subprotocols(req.headers['sec-websocket-protocol'] as string | undefined), {
         headers: headers as Record<string, string>,
         perMessageDeflate: false,
         maxPayload: limits.maxMessageBytes,
@@ -224,6 +249,13 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         finish()
       }
       backend.on('error', () => undefined)
+      // The instance said 101: a handshake that fails after that failed on what it chose (no
+      // subprotocol of those offered, as a browser would refuse too), which is no reason to
+      // take it out of rotation: anyone may offer a subprotocol it does not speak.
+      let upgraded = false
+      backend.once('upgrade', () => {
+        upgraded = true
+      })
       backend.once('unexpected-response', (_request, response) => {
         // The instance answered the upgrade with a plain response: the client gets it as it came.
         relaying = true
@@ -262,8 +294,15 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       })
       backend.once('close', () => {
         if (relaying || finished) return
-        // The connection to the instance failed before any answer.
         relaying = true
+        if (upgraded) {
+          release('client-error')
+          refuse(new MaitreError('MAITRE_UPSTREAM', 'The instance accepted the WebSocket upgrade, but not on the terms offered: it chose none of the offered subprotocols (or one not offered)', {
+            details: { 'service-id': current.serviceId, 'instance-id': instance.id, 'offered-subprotocols': subprotocols(req.headers['sec-websocket-protocol'] as string | undefined).slice(0, 10) },
+          }))
+          return
+        }
+        // The connection to the instance failed before any answer.
         release('instance-error')
         refuse(new MaitreError('MAITRE_UPSTREAM', 'The WebSocket connection to the instance failed', { details: { 'service-id': current.serviceId, 'instance-id': instance.id } }))
       })
@@ -289,7 +328,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
           })
         })
       })
-    }, refuse)
+    }
   }
 
   /** Messages both ways until either side closes; `done` once both have. */

@@ -257,6 +257,37 @@ t.test('a WebSocket to an HTTP/2-only service (backend-proto h2c or h2) is refus
   t.match(JSON.parse(h2.body), { 'waiter-error': { details: { rule: 'websocket-backend-proto', 'backend-proto': 'h2' } } })
 })
 
+t.test('subprotocols: a malformed or repeated offer is a 400 before a slot is taken; one the instance does not choose is a 502 that leaves the instance in rotation', async (t) => {
+  const router = await startRouter(t)
+  // One instance with one slot: a slot held for good would leave the next request nowhere to go.
+  await createToken(router, 'chat', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
+  const debug = { ...h, 'x-waiter-debug': 'true' }
+  const warm = await call(`${router.url}/request-info`, { headers: debug })
+  t.equal(warm.status, 200)
+  const instance = warm.headers['x-waiter-backend-id']
+  const upgrade = (offer: string): string => `GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nx-waiter-token: chat\r\nAccept: application/json\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: ${offer}\r\n\r\n`
+  for (const [offer, rule] of [['chat.v2, chat.v2', 'distinct'], ['chat v2', 'token']] as const) {
+    const answer = await rawExchange(router, upgrade(offer))
+    t.match(answer, /^HTTP\/1\.1 400 /, `"${offer}": a 400`)
+    t.match(answer, new RegExp(`"field":\\s*"sec-websocket-protocol"[\\s\\S]*"rule":\\s*"${rule}"`), `naming the field and the rule (${rule})`)
+  }
+  // The instance speaks chat.v2 only. Offered "chat", it accepts choosing none, which the
+  // router's client refuses as a browser does: a 502, and no fault of the instance's.
+  const refused = await open(router, '/', { ...h, accept: 'application/json' }, ['chat'])
+  t.ok(!('ws' in refused), 'not upgraded')
+  t.equal((refused as Refused).status, 502)
+  t.match(JSON.parse((refused as Refused).body), { 'waiter-error': { message: /none of the offered subprotocols/ } })
+  const started = Date.now()
+  const next = await call(`${router.url}/request-info`, { headers: { ...debug, 'x-waiter-queue-timeout': '3000' } })
+  t.equal(next.status, 200, `the one slot came back and the instance stayed in rotation: served at once (${Date.now() - started} ms; an ejection queues it for 10 s)`)
+  t.equal(next.headers['x-waiter-backend-id'], instance, 'by the same instance')
+  const spoken = await opened(router, '/', h, ['chat', 'chat.v2'])
+  t.equal(spoken.ws.protocol, 'chat.v2', 'offered one it speaks, the instance chooses it')
+  const done = closed(spoken.ws)
+  spoken.ws.close(1000)
+  await done
+})
+
 t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a draining router closes its WebSockets with 1001', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'chat', kitchenToken())
