@@ -50,13 +50,32 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
     out['set-cookie'] = theirs === undefined ? [...cookies] : [...(Array.isArray(theirs) ? theirs : [theirs]), ...cookies]
   }
   try {
-    res.writeHead(statusCode, out)
+    writeHeadDroppingTrailer(res, statusCode, out)
   } catch (err) {
     // Headers the client's protocol cannot carry: a clean 502 instead of a broken stream; the
-    // instance answered, so it is not ejected for it.
+    // instance answered, so it is not ejected for it. (The failed head's reason phrase must not
+    // stay on the 502's status line.)
+    if (request.clientHttp2 !== true) res.statusMessage = ''
     return new MaitreError('MAITRE_UPSTREAM', `The instance's response headers cannot be relayed: ${(err as Error).message}`, { cause: err })
   }
   return { grpcStatus, statusTrailers }
+}
+
+/**
+ * A `Trailer` field announces trailers, which only a chunked HTTP/1.1 body can carry: Node
+ * refuses the head of a response it will not chunk (an HTTP/1.0 client, HEAD, 204, 304, a
+ * Content-Length). Such a response carries no trailers (endAnswer's are dropped with it), so it
+ * goes without the announcement rather than as a 502.
+ */
+function writeHeadDroppingTrailer(res: ServerResponse, statusCode: number, out: Record<string, string | string[]>): void {
+  try {
+    res.writeHead(statusCode, out)
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== 'ERR_HTTP_TRAILER_INVALID' || out['trailer'] === undefined) throw err
+    delete out['trailer']
+    res.removeHeader('trailer')
+    res.writeHead(statusCode, out)
+  }
 }
 
 /**

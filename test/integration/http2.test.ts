@@ -34,6 +34,18 @@ t.test('HTTP/1.1 instance: response trailers reach an HTTP/1.1 client', async (t
   const res = await request(`${router.url}/trailers?x-checksum=abc`, { headers: { 'x-waiter-token': 'ones' } })
   t.equal(await res.body.text(), 'body before trailers')
   t.same(res.trailers, { 'x-checksum': 'abc' })
+  // A response that cannot be chunked (here: to an HTTP/1.0 client) cannot carry trailers: it
+  // comes whole, without the Trailer announcement, rather than as a 502.
+  const { connect } = await import('node:net')
+  const http10 = await new Promise<string>((resolve) => {
+    const socket = connect(Number(new URL(router.url).port), '127.0.0.1', () => socket.write('GET /trailers?x-checksum=abc HTTP/1.0\r\nHost: 127.0.0.1\r\nx-waiter-token: ones\r\n\r\n'))
+    let text = ''
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString()))
+    socket.on('close', () => resolve(text))
+  })
+  t.match(http10, /^HTTP\/1\.1 200 OK\r\n/, 'an HTTP/1.0 client: answered')
+  t.match(http10, /\r\n\r\nbody before trailers$/, 'the body whole, unchunked')
+  t.notMatch(http10.toLowerCase(), /\r\ntrailer:/, 'no Trailer field')
 })
 
 t.test('an h2c client (prior knowledge) on the router’s one port: the data path to HTTP/1.1 and h2c instances, trailers both ways, and Waiter’s API', async (t) => {
