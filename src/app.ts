@@ -197,6 +197,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     isLeader: () => coordination.isLeader(),
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
+    cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
   }
   const autoscaler = new Autoscaler(
     {

@@ -324,6 +324,17 @@ export class SlotExchange implements SlotSharing {
     return vetoed.length === 0
   }
 
+  /** Puts an instance back in rotation at every peer: the kill they agreed to is not coming (it failed, or this router stopped leading). */
+  async cancelKill(serviceId: string, instanceId: string): Promise<void> {
+    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    await Promise.all(peers.map((peer) =>
+      withDeadline(this.#call(peer.url as string, 'eject', { serviceId, instanceId, periodMs: 0 }), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+        // Its hold lapses by itself (killEjectMs) if it cannot be told.
+        this.#noteFailure(peer.routerId, err)
+      }),
+    ))
+  }
+
   /**
    * Ends every offer still out (their borrowers carry the requests as their own from then on)
    * and every handover hold, without waiting for borrowed requests to finish.

@@ -271,9 +271,14 @@ export class Autoscaler {
         candidates = candidates.filter((c) => c.id !== choice.id)
         continue
       }
-      const killed = await backend.killInstance(serviceId, choice.id).catch(() => false)
+      // The peers' round took time (seconds, with vetoes and slow peers): a router deposed
+      // meanwhile must not kill, or two leaders would act at once.
+      const stillLeader = (this.#deps.fleet ?? ALONE).isLeader()
+      const killed = stillLeader && (await backend.killInstance(serviceId, choice.id).catch(() => false))
       if (!killed) {
         tracker.unlock(serviceId, choice.id)
+        // The routers that agreed took the instance out of rotation for a kill that is not coming.
+        await this.#deps.fleet?.cancelKill?.(serviceId, choice.id).catch(() => undefined)
         return undefined
       }
       return choice.id

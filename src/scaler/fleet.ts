@@ -12,6 +12,8 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
    * (a veto). Absent for a router on its own: its own tracker's lock is the whole answer.
    */
   readonly allowKill?: ((serviceId: string, instanceId: string) => Promise<boolean>) | undefined
+  /** The routers that agreed to a kill that is not coming after all (it failed, or leadership went) put the instance back in rotation. */
+  readonly cancelKill?: ((serviceId: string, instanceId: string) => Promise<void>) | undefined
 }
 
 /** A router on its own: always the leader, no peers. */

@@ -154,6 +154,13 @@ t.test('a kill another router vetoes lifts the hold of those that agreed', async
   busy?.release('success')
   t.ok(await a.exchange.allowKill('s', 'i'), 'with nobody carrying a request there, everyone agrees')
   t.equal(b.tracker.tryAcquire('s'), undefined, 'and b holds it out of rotation for the kill')
+  // The kill fails at the backend (or a loses leadership): called off, b and c serve on i at once.
+  await a.exchange.cancelKill('s', 'i')
+  for (const [name, side] of [['b', b], ['c', c]] as const) {
+    const lease = side.tracker.tryAcquire('s')
+    t.equal(lease?.instance.id, 'i', `${name} has i back in rotation once the kill is called off`)
+    lease?.release('success')
+  }
 })
 
 t.test('a router cut off from etcd serves on while its peers still count it, and fills no slot of its own once they do not', async (t) => {

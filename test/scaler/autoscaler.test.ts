@@ -187,6 +187,42 @@ t.test('a scale-down kill asks every other router first; a vetoed instance stays
   t.match(kills()[0], /s\.4/)
 })
 
+t.test('a kill that does not come after the other routers agreed (the backend failed it, or this router stopped leading meanwhile) puts the instance back in rotation everywhere', async (t) => {
+  let leader = true
+  let loseLeadershipWhileAsking = false
+  const cancelled: string[] = []
+  const fleet: Fleet = {
+    isLeader: () => leader,
+    peerLoad: () => NO_LOAD,
+    allowKill: async () => {
+      if (loseLeadershipWhileAsking) leader = false
+      return true
+    },
+    cancelKill: async (_s, instanceId) => void cancelled.push(instanceId),
+  }
+  const { clock, backend, tracker, scaler } = setup(undefined, fleet)
+  backend.add('s', [1, 2, 3])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const kills = (): string[] => backend.calls.filter((c) => c.startsWith('kill'))
+  await scaler.tick()
+  // The backend refuses the kill (a pod delete Kubernetes turned down).
+  const killInstance = backend.killInstance.bind(backend)
+  backend.killInstance = async () => false
+  clock.advance(1000)
+  await scaler.tick()
+  t.same(cancelled, ['s.3'], 'the failed kill is called off at the routers that agreed')
+  t.same(tracker.instanceSlots('s').map((s) => s.locked), [false, false, false], 'and the instance is back in rotation here')
+  backend.killInstance = killInstance
+  // Deposed while the peers were being asked: a router that no longer leads kills nothing.
+  loseLeadershipWhileAsking = true
+  cancelled.length = 0
+  clock.advance(1000)
+  await scaler.tick()
+  t.same(kills(), [], 'no kill from a router deposed during the round')
+  t.same(cancelled, ['s.3'], 'the peers put the instance back')
+  t.same(tracker.instanceSlots('s').map((s) => s.locked), [false, false, false])
+})
+
 t.test('an expiry an operator asked for is forgotten with its version, whether the tick or the backend notices first', async (t) => {
   const { clock, backend, scaler } = setup()
   backend.add('s', [1, 2])
