@@ -4,7 +4,8 @@
  * a lock file with its router's pid, taken at start-up and removed at stop. A lock whose router
  * is gone (a crash, SIGKILL) is taken over.
  */
-import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MaitreError } from '../errors.ts'
 
@@ -27,28 +28,74 @@ function routerAlive(pid: number): boolean {
   }
 }
 
-/** Takes the data directory for this router; returns the release. */
+/**
+ * Takes the data directory for this router; returns the release. The lock file appears whole,
+ * pid included (written aside, then linked into place: a link fails if the name exists), so a
+ * reader never sees it empty; a stale one is moved aside by rename, which only one of several
+ * routers starting at once can do, and the one that moved it checks it moved the dead router's.
+ */
 export function lockDataDir(dataDir: string): () => void {
   const path = join(dataDir, LOCK_FILE)
   if (heldHere.has(path)) throw inUse(dataDir, process.pid)
-  for (let attempt = 0; ; attempt++) {
-    let fd: number
+  for (let attempt = 0; attempt < TAKEOVER_ATTEMPTS; attempt++) {
+    if (linkWhole(path)) {
+      heldHere.add(path)
+      return () => {
+        heldHere.delete(path)
+        rmSync(path, { force: true })
+      }
+    }
+    const holder = readHolder(path)
+    if (holder === undefined) continue // released (or moved aside) meanwhile: try again
+    if (routerAlive(holder) && holder !== process.pid) throw inUse(dataDir, holder)
+    // Left by a router that is gone: moved aside, by one router only.
+    const aside = `${path}.stale-${process.pid}-${randomBytes(4).toString('hex')}`
     try {
-      fd = openSync(path, 'wx', 0o600)
+      renameSync(path, aside)
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err
-      const holder = Number(readFileSync(path, 'utf8').trim())
-      if (routerAlive(holder) && holder !== process.pid) throw inUse(dataDir, holder)
-      rmSync(path, { force: true }) // left by a router that is gone
-      continue
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue // another router moved it first
+      throw err
     }
-    writeSync(fd, `${process.pid}\n`)
-    closeSync(fd)
-    heldHere.add(path)
-    return () => {
-      heldHere.delete(path)
-      rmSync(path, { force: true })
+    const moved = readHolder(aside)
+    if (moved !== undefined && moved !== holder && moved !== process.pid && routerAlive(moved)) {
+      // Between reading it and moving it, a live router took the lock over: its lock goes back.
+      try {
+        linkSync(aside, path)
+      } catch {
+        // Taken by yet another meanwhile: it holds it now.
+      }
+      rmSync(aside, { force: true })
+      throw inUse(dataDir, moved)
     }
+    rmSync(aside, { force: true })
+  }
+  throw inUse(dataDir, readHolder(path) ?? 0)
+}
+
+/** Rounds of trying to take a stale lock while other routers start on the same directory. */
+const TAKEOVER_ATTEMPTS = 5
+
+/** Creates the lock file with this router's pid in it, at once and whole; false if one exists. */
+function linkWhole(path: string): boolean {
+  const draft = `${path}.${process.pid}-${randomBytes(4).toString('hex')}`
+  writeFileSync(draft, `${process.pid}\n`, { mode: 0o600 })
+  try {
+    linkSync(draft, path)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw err
+  } finally {
+    rmSync(draft, { force: true })
+  }
+}
+
+function readHolder(path: string): number | undefined {
+  try {
+    return Number(readFileSync(path, 'utf8').trim())
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+    throw err
   }
 }
 
