@@ -94,6 +94,23 @@ t.test('a leader cut off from etcd stops acting at once and is replaced within t
   t.ok(b.coordinator.isLeader())
 })
 
+t.test('etcd away for longer than two TTLs: once it is back, a leader acts again at once, not a TTL later', async (t) => {
+  const etcd = await startEtcd(t)
+  const nodes = [await node(etcd, 'a'), await node(etcd, 'b')]
+  await waitFor('a leads', () => (nodes[0]?.coordinator.isLeader() === true ? true : undefined))
+  await etcd.stop()
+  // The scenario: an outage past 2 × TTL (2 s), after which each router's lease is lost to it,
+  // while etcd, back, would keep the old leader key alive for another TTL.
+  await new Promise((resolve) => setTimeout(resolve, 5000))
+  t.same(nodes.map((n) => n.coordinator.isLeader()), [false, false], 'nobody leads while etcd is away')
+  await etcd.start()
+  const back = Date.now()
+  await waitFor('a leader acting', () => (nodes.some((n) => n.coordinator.isLeader()) ? true : undefined), 10_000)
+  const tookMs = Date.now() - back
+  t.ok(tookMs < 1500, `a leader acts ${tookMs} ms after etcd returned (the stale key would hold it off for a TTL and more)`)
+  await waitFor('both agree on it', () => (new Set(nodes.map((n) => n.coordinator.leaderId())).size === 1 ? true : undefined))
+})
+
 t.test('load exchange: each router sees the sum of the others, not its own', async (t) => {
   const etcd = await startEtcd(t)
   const nodes = [await node(etcd, 'a'), await node(etcd, 'b'), await node(etcd, 'c')]

@@ -437,6 +437,7 @@ export class EtcdCoordinator implements Coordination {
    * without a leader until the key changes again.
    */
   async #campaign(): Promise<void> {
+    let withdrawn = false
     for (let delayMs = 250; ; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       const leaseId = this.#leaseId
       if (this.#closed || leaseId === undefined) return
@@ -449,6 +450,15 @@ export class EtcdCoordinator implements Coordination {
         if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
         else {
           const kv = result.responses[0]?.response_range?.kvs[0]
+          if (kv !== undefined && kv.value.toString('utf8') === this.routerId && kv.lease !== leaseId && !withdrawn) {
+            withdrawn = true
+            // This router's own key, bound to a lease it lost (etcd was away for longer than two
+            // TTLs): nobody keeps that lease alive, yet etcd, back, would keep the key for up to
+            // a TTL more with no leader acting. Withdrawn (if unchanged since), then stood again.
+            await this.#client.if(this.#leaderKey, 'Mod', '==', kv.mod_revision).then(this.#client.delete().key(this.#leaderKey)).commit()
+            await this.#client.leaseClient.leaseRevoke({ ID: kv.lease }).catch(() => undefined)
+            continue
+          }
           if (kv !== undefined) this.#setLeader({ routerId: kv.value.toString('utf8'), lease: kv.lease })
         }
         return
