@@ -45,12 +45,23 @@ export async function writeFileAtomic(path: string, text: string, tempDir = dirn
     await rm(temp, { force: true })
     throw err
   }
-  const dirHandle = await open(dirname(path), 'r')
+  await syncDirectory(dirname(path))
+}
+
+/** Makes a directory's entries (a rename, a removal) durable: until then a power loss may undo them. */
+async function syncDirectory(dir: string): Promise<void> {
+  const dirHandle = await open(dir, 'r')
   try {
     await dirHandle.sync()
   } finally {
     await dirHandle.close()
   }
+}
+
+/** Removes a file durably: acknowledged, it stays removed across a power loss. */
+export async function removeFileDurably(path: string): Promise<void> {
+  await rm(path, { force: true })
+  await syncDirectory(dirname(path))
 }
 
 /** The file name a key is stored under. */
@@ -138,7 +149,7 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   delete(key: string, expected?: T | null): Promise<void> {
     return this.#writes.run(key, async () => {
       if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
-      await this.#guard(key, 'deleted', () => rm(this.#path(key), { force: true }))
+      await this.#guard(key, 'deleted', () => removeFileDurably(this.#path(key)))
       this.#docs.delete(key)
     })
   }
