@@ -219,9 +219,11 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     const deadline = deps.clock.now() + timeoutMs
     // A caller that hangs up stops the wait (the deletion itself is done).
     while (!agreed() && deps.clock.now() < deadline && !r.res.destroyed) await new Promise<void>((resolve) => deps.clock.setTimeout(resolve, 100))
-    return sendJson(r.res, 200, {
+    // Waiter's answer for a version that was not running (recorded only, by /service-id or
+    // before a restart): 404, no-such-service-exists, as for one at zero.
+    return sendJson(r.res, existed ? 200 : 404, {
       'service-id': serviceId,
-      success: true,
+      success: existed,
       result: existed ? 'deleted' : 'no-such-service-exists',
       message: existed ? 'Service deleted' : 'Service was not running',
       'routers-agree': agreed(),

@@ -152,6 +152,13 @@ t.test('Waiter’s kill: DELETE /apps/{id} stops the version, it leaves /apps, r
   const again = await call(`${router.url}/request-info`, { headers: h })
   t.equal(again.status, 200, 'the token starts it afresh on the next request')
   t.equal(again.headers['x-maitre-cold-start'], 'true')
+  // A version recorded but never started (GET /service-id records it): Waiter's 404.
+  await createToken(router, 'idle', kitchenToken({ version: 'never-started' }))
+  const idle = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'idle' } })).text
+  t.equal((await call(`${router.url}/apps/${idle}`)).status, 200, 'recorded')
+  const notRunning = await call(`${router.url}/apps/${idle}`, { method: 'DELETE' })
+  t.equal(notRunning.status, 404, 'deleting a version that does not run is a 404')
+  t.match(notRunning.json(), { 'service-id': idle, success: false, result: 'no-such-service-exists' })
 })
 
 t.test('Waiter’s run-as rule under one-user authentication: another run-as-user takes admin mode (the CLI’s --admin), as it does for everyone', async (t) => {
