@@ -329,6 +329,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     routerId,
     routerHostnames,
     serviceIdPrefix: config.serviceIdPrefix,
+    admins: new Set([...config.auth.admins, ...(config.auth.kind === 'one-user' ? [user] : [])]),
     overrides,
     autoscaler,
     gc,

@@ -6,13 +6,22 @@ import { serviceIdOf } from '../versions/service-id.ts'
 import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
+import { PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from '../versions/parameters.ts'
 import { firstHeader, methodNotAllowed, queryFlag, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export interface TokenApiDeps {
   readonly tokens: Tokens
   readonly routerHostnames: ReadonlySet<string>
   readonly serviceIdPrefix: string
+  /** Principals that manage every token (auth.admins, and the one-user principal): ?can-manage-as-user= counts them. */
+  readonly admins?: ReadonlySet<string>
 }
+
+/** Token fields a listing may filter on (Waiter: the token-data keys but owner and maintenance, which have their own flags), and `token` itself. */
+const FILTERABLE = new Set([...PARAMETERS.keys(), ...TOKEN_METADATA.keys(), ...SYSTEM_METADATA, 'token'].filter((k) => k !== 'owner' && k !== 'maintenance'))
+
+/** Waiter's flag parsing: "true" in any case is true, anything else false. */
+const flag = (value: string): boolean => value.toLowerCase() === 'true'
 
 function includes(url: URL, what: string): boolean {
   return url.searchParams.getAll('include').some((v) => v.split(',').includes(what))
@@ -97,15 +106,19 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
   const withDeleted = includes(r.url, 'deleted')
   const withMeta = includes(r.url, 'metadata')
   // Waiter's filters: any token key (dotted for maps: env.FLAG), exact or a glob; a key given
-  // twice matches either value. `parameters=K` adds those keys' values to each entry.
-  const reserved = new Set(['owner', 'include', 'parameters', 'maintenance'])
-  const given = [...r.url.searchParams.entries()].filter(([key]) => !reserved.has(key))
+  // twice matches either value. `parameters=K` adds those keys' values to each entry. Other
+  // parameters are flags (run-as-requester, requires-parameters, can-manage-as-user, maintenance)
+  // or not filters at all (Waiter ignores them: watch=false, a cache-buster).
+  const given = [...r.url.searchParams.entries()].filter(([key]) => FILTERABLE.has(key.split('.')[0] as string))
   // Every value counts, a repeated key's too: each is tried against every token.
   if (given.length > MAX_FILTERS) throw new MaitreError('MAITRE_BAD_REQUEST', `At most ${MAX_FILTERS} filters`, { details: { limit: 'filters', max: MAX_FILTERS } })
   const byKey = new Map<string, Matcher[]>()
   for (const [key, wanted] of given) byKey.set(key, [...(byKey.get(key) ?? []), globMatcher(key, wanted)])
   const filters = [...byKey].map(([key, matchers]) => ({ path: key.split('.').slice(0, 4), matchers }))
   const maintenance = r.url.searchParams.get('maintenance')
+  const runAsRequester = r.url.searchParams.get('run-as-requester')
+  const requiresParameters = r.url.searchParams.get('requires-parameters')
+  const manager = r.url.searchParams.get('can-manage-as-user')
   const shown = r.url.searchParams.getAll('parameters').slice(0, MAX_FILTERS)
   const valueAt = (data: Readonly<Record<string, unknown>>, path: readonly string[]): unknown =>
     path.reduce<unknown>((v, k) => (typeof v === 'object' && v !== null && Object.hasOwn(v, k) ? (v as Record<string, unknown>)[k] : undefined), data)
@@ -114,7 +127,12 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
     if (data['deleted'] === true && !withDeleted) continue
     if (owners.size > 0 && !owners.has(String(data['owner']))) continue
     const inMaintenance = data['maintenance'] !== undefined && data['maintenance'] !== null
-    if (maintenance !== null && String(inMaintenance) !== maintenance) continue
+    if (maintenance !== null && inMaintenance !== flag(maintenance)) continue
+    // A token that names no run-as-user (or "*") runs each request as its requester.
+    if (runAsRequester !== null && (data['run-as-user'] === undefined || data['run-as-user'] === '*') !== flag(runAsRequester)) continue
+    // A parameterized token: its requests may (and to run, may have to) supply x-waiter-param-*.
+    if (requiresParameters !== null && (Array.isArray(data['allowed-params']) && data['allowed-params'].length > 0) !== flag(requiresParameters)) continue
+    if (manager !== null && data['owner'] !== manager && deps.admins?.has(manager) !== true) continue
     if (!filters.every(({ path, matchers }) => {
       const actual = path.length === 1 && path[0] === 'token' ? token : valueAt(data, path)
       return actual !== undefined && typeof actual !== 'object' && matchers.some((m) => m(String(actual)))

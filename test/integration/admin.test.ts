@@ -227,6 +227,14 @@ t.test('the rest of Waiter’s API its own integration tests rely on', async (t)
   t.same(await tokens('env.FLAG=on'), ['kitchen'], 'dotted keys reach into maps')
   t.same(await tokens('load-balancing=random'), ['kitchen'])
   t.same(await tokens('version=v1&version=v2'), ['kitchen', 'other'], 'a key given twice matches either')
+  // Waiter's flags, and parameters that are no token field (ignored, as Waiter does).
+  t.same(await tokens('watch=false&run-as-requester=TRUE'), ['kitchen', 'other'], 'both run as their requester (no run-as-user)')
+  t.same(await tokens('run-as-requester=false'), [])
+  t.same(await tokens('requires-parameters=false'), ['kitchen', 'other'], 'neither takes x-waiter-param-*')
+  t.same(await tokens('requires-parameters=true'), [])
+  t.same(await tokens('maintenance=FALSE'), ['kitchen', 'other'], 'maintenance is a flag, read in any case')
+  t.same(await tokens('can-manage-as-user=alice'), ['kitchen', 'other'], 'alice owns both (and, as the one-user principal, is an admin)')
+  t.same(await tokens('can-manage-as-user=mallory'), [], 'mallory manages neither')
   t.same((await call(`${router.url}/tokens?token=kitchen&parameters=version&parameters=cpus`)).json<Entry[]>()[0]?.parameters, { version: 'v1', cpus: 0.1 }, 'parameters= adds those values')
 
   const app = (await call(`${router.url}/apps/${serviceId}?include=references&include=healthy-instances`)).json<{
