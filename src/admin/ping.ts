@@ -2,7 +2,7 @@
  * Waiter's /waiter-ping: resolve the request's service, start it if needed, wait for an instance
  * (up to x-waiter-timeout), health-check it, and report what happened with the service's state.
  */
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import { MaitreError, isMaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import type { Backend } from '../backends/backend.ts'
@@ -88,16 +88,26 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
       const { instance } = lease
       const spec = deps.launchSpecOf(current)
       const port = [instance.port, ...instance.extraPorts][spec.healthCheck.portIndex] ?? instance.port
-      const res = await request(`http://${authority(instance.host, port)}${spec.healthCheck.url}`, {
-        headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: spec.authorization },
-        signal: AbortSignal.timeout(timeoutMs),
-      })
-      pingResponse = {
-        result: 'received-response',
-        status: res.statusCode,
-        headers: res.headers,
-        body: await res.body.text(),
-        instance: { id: instance.id, host: instance.host, port: instance.port },
+      // In the health check's own protocol, as the backends check it: TLS for https and h2
+      // (the instance's own certificate, not checked against a CA), HTTP/2 by prior knowledge for h2c.
+      const proto = spec.healthCheck.proto
+      const scheme = proto === 'https' || proto === 'h2' ? 'https' : 'http'
+      const dispatcher = new Agent({ connect: { rejectUnauthorized: false }, allowH2: proto !== 'http', ...(proto === 'h2c' ? { useH2c: true } : {}) } as Agent.Options)
+      try {
+        const res = await request(`${scheme}://${authority(instance.host, port)}${spec.healthCheck.url}`, {
+          dispatcher,
+          headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: spec.authorization },
+          signal: AbortSignal.timeout(timeoutMs),
+        })
+        pingResponse = {
+          result: 'received-response',
+          status: res.statusCode,
+          headers: res.headers,
+          body: await res.body.text(),
+          instance: { id: instance.id, host: instance.host, port: instance.port },
+        }
+      } finally {
+        void dispatcher.close().catch(() => undefined)
       }
     } finally {
       lease.release('success')

@@ -26,6 +26,10 @@ t.test('an HTTP/1.1 client reaches an h2c instance; its response trailers arrive
   const withTrailers = await request(`${router.url}/trailers?grpc-status=0&x-custom=yes`, { headers: { 'x-waiter-token': 'twos' } })
   t.equal(await withTrailers.body.text(), 'body before trailers')
   t.same(withTrailers.trailers, { 'grpc-status': '0', 'x-custom': 'yes' }, 'trailers relayed to an HTTP/1.1 client (chunked)')
+  // Waiter's ping checks the instance in its health check's protocol (h2c here), as the backend does.
+  const ping = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'twos' } })
+  t.equal(ping.status, 200)
+  t.match(ping.json(), { 'ping-response': { result: 'received-response', status: 200 }, 'service-state': { 'healthy?': true } }, 'the ping reaches the h2c instance')
 })
 
 t.test('HTTP/1.1 instance: response trailers reach an HTTP/1.1 client', async (t) => {
