@@ -36,9 +36,11 @@ export function currencyOf(record: ServiceRecord, deps: CurrencyDeps): Currency 
   const requester = typeof record.core['run-as-user'] === 'string' ? record.core['run-as-user'] : undefined
   let movedOnAt: number | undefined
   let orphaned = false
+  let judged = false
   const movedBy: TokenData[] = []
   for (const set of sourceSetsOf(record)) {
     if (set.length === 0) continue
+    judged = true
     const tokens = set.map((source) => deps.token(source.token))
     if (tokens.some((data) => data === undefined)) {
       orphaned = true
@@ -64,6 +66,8 @@ export function currencyOf(record: ServiceRecord, deps: CurrencyDeps): Currency 
     }
     movedOnAt = Math.max(movedOnAt ?? 0, left)
   }
+  // Reached through no token at all (headers only, or by id): nothing it came from can move on.
+  if (!judged) return { current: true, movedOnAt: undefined, orphaned: false, movedBy: [] }
   return { current: false, movedOnAt, orphaned, movedBy }
 }
 

@@ -94,20 +94,22 @@ t.test('a leader cut off from etcd stops acting at once and is replaced within t
   t.ok(b.coordinator.isLeader())
 })
 
-t.test('etcd away for longer than two TTLs: once it is back, a leader acts again at once, not a TTL later', async (t) => {
+t.test('etcd away for longer than two TTLs: once it is back, a leader acts again as soon as the routers rejoin, not a TTL later', async (t) => {
   const etcd = await startEtcd(t)
-  const nodes = [await node(etcd, 'a'), await node(etcd, 'b')]
+  // A 5 s TTL: the stale key would hold leadership off for 5 s and more after etcd returns,
+  // well clear of the time rejoining itself takes on a loaded machine (up to ~2.5 s seen).
+  const nodes = [await node(etcd, 'a', etcd.endpoint, 5), await node(etcd, 'b', etcd.endpoint, 5)]
   await waitFor('a leads', () => (nodes[0]?.coordinator.isLeader() === true ? true : undefined))
   await etcd.stop()
-  // The scenario: an outage past 2 × TTL (2 s), after which each router's lease is lost to it,
-  // while etcd, back, would keep the old leader key alive for another TTL.
-  await new Promise((resolve) => setTimeout(resolve, 5000))
+  // The scenario: an outage past 2 × TTL, after which each router's lease is lost to it, while
+  // etcd, back, would keep the old leader key alive for another TTL.
+  await new Promise((resolve) => setTimeout(resolve, 11_000))
   t.same(nodes.map((n) => n.coordinator.isLeader()), [false, false], 'nobody leads while etcd is away')
   await etcd.start()
   const back = Date.now()
-  await waitFor('a leader acting', () => (nodes.some((n) => n.coordinator.isLeader()) ? true : undefined), 10_000)
+  await waitFor('a leader acting', () => (nodes.some((n) => n.coordinator.isLeader()) ? true : undefined), 15_000)
   const tookMs = Date.now() - back
-  t.ok(tookMs < 1500, `a leader acts ${tookMs} ms after etcd returned (the stale key would hold it off for a TTL and more)`)
+  t.ok(tookMs < 4000, `a leader acts ${tookMs} ms after etcd returned (the stale key would hold it off for the TTL, 5 s, and more)`)
   await waitFor('both agree on it', () => (new Set(nodes.map((n) => n.coordinator.leaderId())).size === 1 ? true : undefined))
 })
 
