@@ -5,7 +5,7 @@
  * is gone (a crash, SIGKILL) is taken over.
  */
 import { randomBytes } from 'node:crypto'
-import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { linkSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MaitreError } from '../errors.ts'
 
@@ -30,55 +30,71 @@ function routerAlive(pid: number): boolean {
 
 /**
  * Takes the data directory for this router; returns the release. The lock file appears whole,
- * pid included (written aside, then linked into place: a link fails if the name exists), so a
- * reader never sees it empty; a stale one is moved aside by rename, which only one of several
- * routers starting at once can do, and the one that moved it checks it moved the dead router's.
+ * pid and nonce included (written aside, then linked into place: a link fails if the name
+ * exists), so a reader never sees it empty. A stale one is removed only under a takeover guard
+ * (a directory only one router can make), so of several routers starting at once on it, one
+ * removes it and the rest find the new holder alive. The release removes the file only while
+ * it is still this router's.
  */
 export function lockDataDir(dataDir: string): () => void {
   const path = join(dataDir, LOCK_FILE)
   if (heldHere.has(path)) throw inUse(dataDir, process.pid)
-  for (let attempt = 0; attempt < TAKEOVER_ATTEMPTS; attempt++) {
-    if (linkWhole(path)) {
+  const mine = `${process.pid} ${randomBytes(8).toString('hex')}\n`
+  for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
+    if (linkWhole(path, mine)) {
       heldHere.add(path)
       return () => {
         heldHere.delete(path)
-        rmSync(path, { force: true })
+        if (readText(path) === mine) rmSync(path, { force: true })
       }
     }
-    const holder = readHolder(path)
-    if (holder === undefined) continue // released (or moved aside) meanwhile: try again
+    const holder = holderOf(readText(path))
+    if (holder === undefined) continue // released meanwhile: try again
     if (routerAlive(holder) && holder !== process.pid) throw inUse(dataDir, holder)
-    // Left by a router that is gone: moved aside, by one router only.
-    const aside = `${path}.stale-${process.pid}-${randomBytes(4).toString('hex')}`
-    try {
-      renameSync(path, aside)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue // another router moved it first
-      throw err
-    }
-    const moved = readHolder(aside)
-    if (moved !== undefined && moved !== holder && moved !== process.pid && routerAlive(moved)) {
-      // Between reading it and moving it, a live router took the lock over: its lock goes back.
-      try {
-        linkSync(aside, path)
-      } catch {
-        // Taken by yet another meanwhile: it holds it now.
-      }
-      rmSync(aside, { force: true })
-      throw inUse(dataDir, moved)
-    }
-    rmSync(aside, { force: true })
+    // Left by a router that is gone. Another router may be taking it over right now: wait a
+    // moment for its lock to appear (then it is alive, and this one refuses).
+    if (!removeStale(path)) Atomics.wait(PAUSE, 0, 0, 10)
   }
-  throw inUse(dataDir, readHolder(path) ?? 0)
+  throw inUse(dataDir, holderOf(readText(path)) ?? 0)
 }
 
-/** Rounds of trying to take a stale lock while other routers start on the same directory. */
-const TAKEOVER_ATTEMPTS = 5
+/** Rounds of trying, 10 ms apart while another router takes a stale lock over: about a second. */
+const LOCK_ATTEMPTS = 100
+const PAUSE = new Int32Array(new SharedArrayBuffer(4))
+/** A takeover guard older than this was left by a router that died taking over (a takeover lasts milliseconds). */
+const GUARD_STALE_MS = 10_000
 
-/** Creates the lock file with this router's pid in it, at once and whole; false if one exists. */
-function linkWhole(path: string): boolean {
+/**
+ * Removes a stale lock under the takeover guard: only the router that made the guard removes
+ * it, after reading again that its holder is gone. False if another router holds the guard.
+ */
+function removeStale(path: string): boolean {
+  const guard = `${path}.takeover`
+  try {
+    mkdirSync(guard)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    try {
+      if (Date.now() - statSync(guard).mtimeMs > GUARD_STALE_MS) rmdirSync(guard)
+    } catch {
+      // Gone meanwhile: its router finished.
+    }
+    return false
+  }
+  try {
+    const holder = holderOf(readText(path))
+    // Under the guard nobody else removes the lock, and none can be made while it exists.
+    if (holder !== undefined && !(routerAlive(holder) && holder !== process.pid)) rmSync(path, { force: true })
+    return true
+  } finally {
+    rmdirSync(guard)
+  }
+}
+
+/** Creates the lock file with `text` in it, at once and whole; false if one exists. */
+function linkWhole(path: string, text: string): boolean {
   const draft = `${path}.${process.pid}-${randomBytes(4).toString('hex')}`
-  writeFileSync(draft, `${process.pid}\n`, { mode: 0o600 })
+  writeFileSync(draft, text, { mode: 0o600 })
   try {
     linkSync(draft, path)
     return true
@@ -90,13 +106,18 @@ function linkWhole(path: string): boolean {
   }
 }
 
-function readHolder(path: string): number | undefined {
+function readText(path: string): string | undefined {
   try {
-    return Number(readFileSync(path, 'utf8').trim())
+    return readFileSync(path, 'utf8')
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
     throw err
   }
+}
+
+/** The pid a lock file names (its first field); a file of an older maitre holds the pid alone. */
+function holderOf(text: string | undefined): number | undefined {
+  return text === undefined ? undefined : Number(text.trim().split(/\s+/)[0])
 }
 
 function inUse(dataDir: string, pid: number): MaitreError {
