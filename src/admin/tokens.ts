@@ -20,6 +20,14 @@ export interface TokenApiDeps {
 /** Token fields a listing may filter on (Waiter: the token-data keys but owner and maintenance, which have their own flags), and `token` itself. */
 const FILTERABLE = new Set([...PARAMETERS.keys(), ...TOKEN_METADATA.keys(), ...SYSTEM_METADATA, 'token'].filter((k) => k !== 'owner' && k !== 'maintenance'))
 
+/** A token a request must give x-waiter-param-* to run: an allowed parameter its env sets no default for (Waiter's requires-parameters?). */
+function requiresParameterValues(data: Readonly<Record<string, unknown>>): boolean {
+  const allowed = data['allowed-params']
+  if (!Array.isArray(allowed)) return false
+  const env = typeof data['env'] === 'object' && data['env'] !== null ? (data['env'] as Record<string, unknown>) : {}
+  return allowed.some((name) => typeof name === 'string' && !Object.hasOwn(env, name))
+}
+
 /** Waiter's flag parsing: "true" in any case is true, anything else false. */
 const flag = (value: string): boolean => value.toLowerCase() === 'true'
 
@@ -128,10 +136,9 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
     if (owners.size > 0 && !owners.has(String(data['owner']))) continue
     const inMaintenance = data['maintenance'] !== undefined && data['maintenance'] !== null
     if (maintenance !== null && inMaintenance !== flag(maintenance)) continue
-    // A token that names no run-as-user (or "*") runs each request as its requester.
-    if (runAsRequester !== null && (data['run-as-user'] === undefined || data['run-as-user'] === '*') !== flag(runAsRequester)) continue
-    // A parameterized token: its requests may (and to run, may have to) supply x-waiter-param-*.
-    if (requiresParameters !== null && (Array.isArray(data['allowed-params']) && data['allowed-params'].length > 0) !== flag(requiresParameters)) continue
+    // Waiter's predicates exactly: run-as-user "*"; an allowed parameter with no default in env.
+    if (runAsRequester !== null && (data['run-as-user'] === '*') !== flag(runAsRequester)) continue
+    if (requiresParameters !== null && requiresParameterValues(data) !== flag(requiresParameters)) continue
     if (manager !== null && data['owner'] !== manager && deps.admins?.has(manager) !== true) continue
     if (!filters.every(({ path, matchers }) => {
       const actual = path.length === 1 && path[0] === 'token' ? token : valueAt(data, path)
