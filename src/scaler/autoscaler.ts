@@ -274,11 +274,13 @@ export class Autoscaler {
       // The peers' round took time (seconds, with vetoes and slow peers): a router deposed
       // meanwhile must not kill, or two leaders would act at once.
       const stillLeader = (this.#deps.fleet ?? ALONE).isLeader()
-      const killed = stillLeader && (await backend.killInstance(serviceId, choice.id).catch(() => false))
-      if (!killed) {
+      // A kill that threw may have gone through (a delete that timed out): the peers' hold then
+      // lapses by itself; one refused outright, or never sent, is called off at once.
+      const killed = stillLeader ? await backend.killInstance(serviceId, choice.id).catch(() => undefined) : false
+      if (killed !== true) {
         tracker.unlock(serviceId, choice.id)
         // The routers that agreed took the instance out of rotation for a kill that is not coming.
-        await this.#deps.fleet?.cancelKill?.(serviceId, choice.id).catch(() => undefined)
+        if (killed === false) await this.#deps.fleet?.cancelKill?.(serviceId, choice.id).catch(() => undefined)
         return undefined
       }
       return choice.id

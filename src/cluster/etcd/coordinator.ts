@@ -450,7 +450,9 @@ export class EtcdCoordinator implements Coordination {
         if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
         else {
           const kv = result.responses[0]?.response_range?.kvs[0]
-          if (kv !== undefined && kv.value.toString('utf8') === this.routerId && kv.lease !== leaseId && !withdrawn) {
+          // (Only while the lease this campaign stood with is still this router's: a campaign that
+          // outlived its lease must not withdraw what the next one put.)
+          if (kv !== undefined && kv.value.toString('utf8') === this.routerId && kv.lease !== leaseId && leaseId === this.#leaseId && kv.lease !== this.#leaseId && !withdrawn) {
             withdrawn = true
             // This router's own key, bound to a lease it lost (etcd was away for longer than two
             // TTLs): nobody keeps that lease alive, yet etcd, back, would keep the key for up to
