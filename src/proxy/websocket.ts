@@ -249,12 +249,15 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         finish()
       }
       backend.on('error', () => undefined)
-      // The instance said 101: a handshake that fails after that failed on what it chose (no
-      // subprotocol of those offered, as a browser would refuse too), which is no reason to
-      // take it out of rotation: anyone may offer a subprotocol it does not speak.
-      let upgraded = false
-      backend.once('upgrade', () => {
-        upgraded = true
+      // The instance said 101 without choosing one of the subprotocols offered (RFC 6455 lets
+      // it; a browser then fails the connection, and so does the router's client): no reason
+      // to take it out of rotation, since anyone may offer a subprotocol it does not speak.
+      // (A handshake that fails on anything else, a wrong accept key say, is the instance's.)
+      let unmatchedSubprotocol = false
+      backend.once('upgrade', (response) => {
+        const offered = subprotocols(req.headers['sec-websocket-protocol'] as string | undefined)
+        const chose = response.headers['sec-websocket-protocol']
+        unmatchedSubprotocol = chose === undefined ? offered.length > 0 : !offered.includes(String(chose))
       })
       backend.once('unexpected-response', (_request, response) => {
         // The instance answered the upgrade with a plain response: the client gets it as it came.
@@ -295,7 +298,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       backend.once('close', () => {
         if (relaying || finished) return
         relaying = true
-        if (upgraded) {
+        if (unmatchedSubprotocol) {
           release('client-error')
           refuse(new MaitreError('MAITRE_UPSTREAM', 'The instance accepted the WebSocket upgrade, but not on the terms offered: it chose none of the offered subprotocols (or one not offered)', {
             details: { 'service-id': current.serviceId, 'instance-id': instance.id, 'offered-subprotocols': subprotocols(req.headers['sec-websocket-protocol'] as string | undefined).slice(0, 10) },
