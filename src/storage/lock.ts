@@ -45,7 +45,11 @@ export function lockDataDir(dataDir: string): () => void {
       heldHere.add(path)
       return () => {
         heldHere.delete(path)
-        if (readText(path) === mine) rmSync(path, { force: true })
+        try {
+          if (readText(path) === mine) rmSync(path, { force: true })
+        } catch {
+          // Unreadable now: left as it is; a later start takes it over once this router is gone.
+        }
       }
     }
     const holder = holderOf(readText(path))
