@@ -58,6 +58,7 @@ import { fileStores } from './storage/json-dir.ts'
 import { Tokens } from './versions/tokens.ts'
 import { currencyOf } from './versions/currency.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
+import { authority } from './http/authority.ts'
 
 export interface AppOverrides {
   readonly clock?: Clock
@@ -157,7 +158,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     { version: VERSION },
   )
   let port = config.server.port
-  const url = (): string => `http://${config.server.host.includes(':') ? `[${config.server.host}]` : config.server.host}:${port}`
+  const url = (): string => `http://${authority(config.server.host, port)}`
   // Late-bound: a cluster router joins once it listens (its peers need its URL); until then it
   // follows, so it acts for nobody.
   let coordination: Coordination = etcd === undefined ? singleRouter(routerId, url, clock.now()) : joining(routerId, config.etcd.endpoints)
@@ -364,7 +365,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     adminUrl: () => {
       const host = config.server.admin.host
       if (host === null || adminPort === undefined) return undefined
-      return `http://${host.includes(':') ? `[${host}]` : host}:${adminPort}`
+      return `http://${authority(host, adminPort)}`
     },
     async start() {
       port = await server.listen(config.server.port, config.server.host)

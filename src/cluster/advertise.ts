@@ -1,5 +1,6 @@
 /** Where the other routers of a cluster reach this one. */
 import { networkInterfaces } from 'node:os'
+import { authority } from '../http/authority.ts'
 
 /** This machine's first non-loopback IPv4 address (in a pod: the pod's IP), if any. */
 function firstExternalIPv4(): string | undefined {
@@ -17,5 +18,5 @@ export function advertisedUrl(configured: string | null, host: string, port: num
   if (configured !== null) return configured
   const wildcard = host === '0.0.0.0' || host === '::' || host === ''
   const address = wildcard ? (external() ?? '127.0.0.1') : host
-  return `http://${address.includes(':') ? `[${address}]` : address}:${port}`
+  return `http://${authority(address, port)}`
 }

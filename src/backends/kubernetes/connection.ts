@@ -10,6 +10,7 @@ import { dirname, isAbsolute, join } from 'node:path'
 import { parse } from 'yaml'
 import { MaitreError } from '../../errors.ts'
 import type { KubernetesBackendConfig } from '../../config.ts'
+import { authority } from '../../http/authority.ts'
 
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount'
 const TOKEN_REREAD_MS = 60_000
@@ -49,7 +50,7 @@ function readOptional(path: string): string | undefined {
 function inCluster(config: KubernetesBackendConfig, env: NodeJS.ProcessEnv, saDir: string): KubeConnection {
   const host = env['KUBERNETES_SERVICE_HOST'] as string
   const port = env['KUBERNETES_SERVICE_PORT'] ?? '443'
-  const server = config.apiServer ?? `https://${host.includes(':') ? `[${host}]` : host}:${port}`
+  const server = config.apiServer ?? `https://${authority(host, port)}`
   const ca = readOptional(join(saDir, 'ca.crt'))
   const token = fileToken(config.tokenFile ?? join(saDir, 'token'))
   return {
