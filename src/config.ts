@@ -591,11 +591,22 @@ export function parseConfig(text: string, file = 'config'): Config {
   return deepFreeze(merged as Config)
 }
 
-/** The config as /settings shows it: the secret is never shown. */
+/** Settings whose value is a credential, at any depth (the router secret, the Mesos framework's password). */
+const SECRET_KEY = /secret|password|passwd|credential/i
+
+/** A copy of a settings tree with every credential's value replaced (null stays null: "none set" is no secret). */
+function redacted(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redacted)
+  if (value === null || typeof value !== 'object') return value
+  const copy: Record<string, unknown> = {}
+  for (const [key, inner] of Object.entries(value)) copy[key] = SECRET_KEY.test(key) && inner !== null ? '<redacted>' : redacted(inner)
+  return copy
+}
+
+/** The config as /settings shows it: no credential is ever shown, wherever it sits. */
 export function redactedConfig(config: Config): unknown {
   return {
-    ...config,
-    secret: config.secret === null ? null : '<redacted>',
+    ...(redacted(config) as object),
     // Waiter's own names for what its CLI and tools read from /settings.
     'cluster-config': { name: config.cluster },
     'scheduler-config': { kind: config.backend.kind },

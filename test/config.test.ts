@@ -1,6 +1,6 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
-import { DEFAULTS, etcdPrefixOf, loadConfigFile, parseConfig, withOverrides } from '../src/config.ts'
+import { DEFAULTS, etcdPrefixOf, loadConfigFile, parseConfig, redactedConfig, withOverrides } from '../src/config.ts'
 
 t.test('config/example.yaml is exactly the defaults', async (t) => {
   t.same(loadConfigFile('config/example.yaml'), DEFAULTS)
@@ -89,4 +89,15 @@ t.test('authentication settings: one-user refuses a non-loopback address unless 
   t.throws(() => parseConfig('auth:\n  admins: [""]\n'), { message: /auth\.admins .* must be a list of non-blank principal names/ })
   const jwt = parseConfig('server:\n  host: 0.0.0.0\nauth:\n  kind: jwt\n  admins: [root]\n  jwt:\n    jwksUrl: https://idp.example/jwks\n    issuer: https://idp.example\n    audience: maitre\n')
   t.match(jwt.auth, { kind: 'jwt', admins: ['root'], jwt: { jwksUrl: 'https://idp.example/jwks', clockSkewSecs: 60, subjectClaim: 'sub' } }, 'a JWT router may listen on every address')
+})
+
+t.test('/settings shows no credential, wherever it sits: the router secret and the Mesos framework\'s password alike', async (t) => {
+  const config = withOverrides(DEFAULTS, { secret: 'PLANTED-router', 'backend.kind': 'mesos', 'backend.mesos.principal': 'maitre', 'backend.mesos.secret': 'PLANTED-mesos' })
+  const shown = redactedConfig(config) as { secret: unknown; backend: { mesos: { secret: unknown; principal: unknown } } }
+  t.notMatch(JSON.stringify(shown), /PLANTED/, 'neither value appears')
+  t.equal(shown.secret, '<redacted>', 'a set secret is said to be set')
+  t.equal(shown.backend.mesos.secret, '<redacted>')
+  t.equal(shown.backend.mesos.principal, 'maitre', 'the principal (a name, not a credential) is shown')
+  t.equal((redactedConfig(DEFAULTS) as { secret: unknown }).secret, null, 'an unset secret reads null')
+  t.same((redactedConfig(config) as { backend: unknown }).backend, { ...config.backend, mesos: { ...config.backend.mesos, secret: '<redacted>' } }, 'everything else is shown as configured')
 })
