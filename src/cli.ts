@@ -48,11 +48,17 @@ Serve options:
 `
 
 
-function intOption(name: string, value: string | undefined): number | undefined {
+/** A whole number written in decimal digits: Number() would also take '' (0), '0x10' and '1e3'. */
+function intOption(source: string, value: string | undefined): number | undefined {
   if (value === undefined) return undefined
-  const n = Number(value)
-  if (!Number.isInteger(n)) throw new UsageError(`--${name} must be an integer, got ${JSON.stringify(value)}`)
-  return n
+  if (!/^-?[0-9]+$/.test(value)) throw new UsageError(`${source} must be an integer, got ${JSON.stringify(value)}`)
+  return Number(value)
+}
+
+/** An environment variable set to nothing is unset, as a shell's `NAME= maitre` means. */
+function fromEnv(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name]
+  return value === '' ? undefined : value
 }
 
 class UsageError extends Error {}
@@ -105,14 +111,14 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     }
     if (command !== 'serve' || positionals.length > 1) throw new UsageError(`unknown command: ${positionals.join(' ')}`)
     checkOnly = values['check-config'] === true
-    const file = values.config ?? env['MAITRE_CONFIG']
+    const file = values.config ?? fromEnv(env, 'MAITRE_CONFIG')
     const base = file === undefined || file === '' ? DEFAULTS : loadConfigFile(file)
     config = withOverrides(base, {
-      'server.port': intOption('port', values.port ?? env['MAITRE_PORT']),
+      'server.port': values.port !== undefined ? intOption('--port', values.port) : intOption('MAITRE_PORT', fromEnv(env, 'MAITRE_PORT')),
       'server.host': values.host,
-      dataDir: values['data-dir'] ?? env['MAITRE_DATA_DIR'],
-      'log.level': values['log-level'] ?? env['MAITRE_LOG_LEVEL'],
-      'etcd.endpoints': values.etcd ?? (env['MAITRE_ETCD'] === undefined || env['MAITRE_ETCD'] === '' ? undefined : env['MAITRE_ETCD'].split(',')),
+      dataDir: values['data-dir'] ?? fromEnv(env, 'MAITRE_DATA_DIR'),
+      'log.level': values['log-level'] ?? fromEnv(env, 'MAITRE_LOG_LEVEL'),
+      'etcd.endpoints': values.etcd ?? fromEnv(env, 'MAITRE_ETCD')?.split(','),
     })
   } catch (err) {
     if (isMaitreError(err)) {

@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { call, claimPortSlice, createToken, kitchenToken, processAlive, waitFor, type Router } from '../fixtures/router.ts'
 import { runCli } from '../../src/cli.ts'
+import { DEFAULTS } from '../../src/config.ts'
 
 const alive = processAlive
 
@@ -57,6 +58,18 @@ t.test('command-line errors are clear and exit non-zero', async (t) => {
   out.length = 0
   t.equal(await runCli(['--check-config', '--config', kube], { MAITRE_ETCD: 'http://10.1.1.1:2379,http://10.1.1.2:2379' }, io), 0)
   t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://10.1.1.1:2379', 'http://10.1.1.2:2379'], 'and MAITRE_ETCD lists them')
+  out.length = 0
+  t.equal(await runCli(['--check-config'], { MAITRE_PORT: '', MAITRE_LOG_LEVEL: '', MAITRE_DATA_DIR: '' }, io), 0, 'variables set to nothing are unset')
+  const unset = JSON.parse(out.join('')) as { server: { port: number }; log: { level: string }; dataDir: string }
+  t.same([unset.server.port, unset.log.level, unset.dataDir], [9091, 'info', DEFAULTS.dataDir], 'an empty MAITRE_PORT is not port 0 (a random one)')
+  out.length = 0
+  for (const port of ['0x10', '1e3', ' 80', '80.5']) {
+    t.equal(await runCli(['--check-config'], { MAITRE_PORT: port }, io), 64, `MAITRE_PORT=${JSON.stringify(port)} is refused`)
+    t.match(out.join(''), `MAITRE_PORT must be an integer, got ${JSON.stringify(port)}`, 'naming the variable, not --port')
+    out.length = 0
+  }
+  t.equal(await runCli(['--check-config', '--port', '0x10'], {}, io), 64)
+  t.match(out.join(''), '--port must be an integer, got "0x10"')
   out.length = 0
   t.equal(await runCli(['--check-config', '--etcd', 'localhost:2379'], {}, io), 78, 'a bad endpoint is a config error')
   t.match(out.join(''), 'etcd.endpoints')
