@@ -239,7 +239,7 @@ export class Resolver {
     // who it runs as and who may call it. Its writer was allowed to run as that user (checked
     // at token write), so its callers need only be permitted; anything merged from several
     // tokens or headers is judged as a whole, by who the caller may run as.
-    const only = names.length === 1 && !onTheFly ? this.#tokens.get(names[0] as string) : undefined
+    const only = names.length === 1 && Object.keys(waiter.onTheFly).length === 0 ? this.#tokens.get(names[0] as string) : undefined
     const own = only === undefined ? undefined : serviceFields(only)
     const preauthorized = own !== undefined && explicitUser(own['run-as-user']) !== undefined && typeof own['permitted-user'] === 'string'
     const authenticationDisabled = preauthorized && own['authentication'] === 'disabled' && own['permitted-user'] === '*'
@@ -309,7 +309,8 @@ export class Resolver {
     const periodSecs = typeof metadata['fallback-period-secs'] === 'number' ? metadata['fallback-period-secs'] : this.#options.fallbackPeriodSecs
     const serviceIds: string[] = []
     for (const data of previous) {
-      if (data['deleted'] === true) continue
+      // A delete ends the token's line: what it served before belongs to a token that is gone.
+      if (data['deleted'] === true) break
       const fields = serviceFields(data)
       runAsRequester(fields, principal)
       const id = serviceIdOf(coreParameters(fields), this.#options.serviceIdPrefix)

@@ -173,14 +173,16 @@ export class Tokens {
     } else {
       assertMayAssignOwner(options.principal, name, owner)
     }
-    assertMayRunAs(options.principal, body['run-as-user'], admin)
+    // Waiter: an editor cannot change run-as-user (checked above), so its run-as rule is not asked again.
+    const editing = currentLive !== undefined && !options.principal.admin && currentLive['owner'] !== options.principal.user && currentLive['editor'] === options.principal.user
+    if (!editing) assertMayRunAs(options.principal, body['run-as-user'], admin)
 
     if (current === undefined && this.#store.size() >= this.#maxTokens) {
       throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
     }
     const fields: Record<string, unknown> = { ...body, owner }
     const clusterChanges = typeof body['cluster'] === 'string' && body['cluster'] !== currentLive?.['cluster']
-    if (currentLive !== undefined && !clusterChanges && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
+    if (!admin && currentLive !== undefined && !clusterChanges && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
       return { result: 'token-no-op', etag: tokenEtag(currentLive), data: currentLive }
     }
     const next: Record<string, unknown> = {

@@ -390,3 +390,49 @@ t.test('with an admin listener, the main one still carries the routers’ peer c
   t.match(waiterError(hard), { status: 403, code: 'MAITRE_ADMIN_ONLY', message: 'Cannot hard-delete token' }, 'the owner may not hard-delete')
   t.equal((await call(`${admin}/token?token=gone&hard-delete=true`, { method: 'DELETE', headers: { 'if-match': etag, ...(await router.as('root')) } })).status, 200, 'an admin may')
 })
+
+t.test('an editor edits a token that runs as its owner: Waiter asks the run-as rule of owners, not editors (who cannot change run-as-user)', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'shop', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': '*', editor: 'bob' })).status, 200)
+  const edit = await post(router, 'bob', { token: 'shop', ...kitchenToken({ version: 'v2' }), 'run-as-user': 'alice', 'permitted-user': '*', editor: 'bob' })
+  t.equal(edit.status, 200, 'the editor changes the description')
+  const takeOver = await post(router, 'bob', { token: 'shop', ...kitchenToken({ version: 'v3' }), 'run-as-user': 'bob', 'permitted-user': '*', editor: 'bob' })
+  t.match(waiterError(takeOver), { status: 403, message: 'An editor cannot change run-as-user of token shop' }, 'but not whom it runs as')
+  const carol = await post(router, 'carol', { token: 'shop', ...kitchenToken({ version: 'v4' }), 'run-as-user': 'alice', 'permitted-user': '*' })
+  t.equal(carol.status, 403, 'and nobody else edits it')
+})
+
+t.test('a token deleted and created again by someone else starts afresh: no fallback to the deleted token’s versions, which run as their old owner', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'app', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': '*' })).status, 200)
+  const alices = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'app', ...(await router.as('alice')) } })
+  t.equal(alices.status, 200, 'alice’s version runs')
+  t.equal((await call(`${router.url}/token?token=app`, { method: 'DELETE', headers: await router.as('alice') })).status, 200)
+  t.equal((await post(router, 'bob', { token: 'app', cmd: 'exec sleep 600', cpus: 0.1, mem: 64, version: 'bob', 'health-check-url': '/never' })).status, 200, 'bob creates the name again')
+  const bobs = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'app', 'x-waiter-queue-timeout': '1500', ...(await router.as('bob')) } })
+  t.equal(bobs.status, 503, 'bob’s request waits for bob’s version, which never comes up, rather than reach alice’s running one')
+})
+
+t.test('a caller of a preauthorized token may set its allowed params: x-waiter-param-* does not take the token’s run-as-user away', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'pp', ...kitchenToken(), 'run-as-user': 'alice', 'permitted-user': '*', 'allowed-params': ['FOO'] })).status, 200)
+  t.equal((await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'pp', ...(await router.as('bob')) } })).status, 200, 'bob may call it')
+  const withParam = await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'pp', 'x-waiter-param-foo': 'bar', ...(await router.as('bob')) } })
+  t.equal(withParam.status, 200, 'and give it an allowed param')
+  const env = await call(`${router.url}/environment`, { headers: { 'x-waiter-token': 'pp', 'x-waiter-param-foo': 'bar', ...(await router.as('bob')) } })
+  t.match(env.json(), { FOO: 'bar', USER: 'alice' }, 'the version sees the param and still runs as alice')
+  const notAllowed = await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'pp', 'x-waiter-param-bar': 'x', ...(await router.as('bob')) } })
+  t.equal(notAllowed.status, 400, 'a param the token does not allow is still refused')
+})
+
+t.test('update-mode=admin always writes: a change of system metadata alone (deleted, last-update-user) is no no-op', async (t) => {
+  const router = await startJwtRouter(t)
+  t.equal((await post(router, 'alice', { token: 'sync', ...kitchenToken() })).status, 200)
+  const etag = (await call(`${router.url}/token?token=sync`, { headers: await router.as('root') })).headers['etag'] as string
+  const write = await post(router, 'root', { token: 'sync', ...kitchenToken(), owner: 'alice', deleted: true }, '?update-mode=admin', { 'if-match': etag })
+  t.equal(write.headers['x-waiter-operation-result'], 'token-updated', 'the write is applied')
+  t.equal((await call(`${router.url}/token?token=sync`, { headers: await router.as('root') })).status, 404, 'and the token is soft-deleted, as token sync relies on')
+  const same = await post(router, 'alice', { token: 'plain', ...kitchenToken() })
+  t.equal(same.status, 200)
+  t.equal((await post(router, 'alice', { token: 'plain', ...kitchenToken() })).headers['x-waiter-operation-result'], 'token-no-op', 'an ordinary write that changes nothing stays a no-op')
+})
