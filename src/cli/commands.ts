@@ -53,7 +53,7 @@ async function tokenCommand(ctx: CommandContext, args: readonly string[]): Promi
       const existing = await ctx.client.call('GET', `/token?token=${q(name)}`, { okStatuses: [200, 404] })
       if (sub === 'create' && existing.status === 200) throw new CliError(`token ${name} exists already; use "maitre token update"`, EXIT.apiError)
       if (sub === 'update' && existing.status === 404) throw new CliError(`token ${name} does not exist; use "maitre token create"`, EXIT.apiError)
-      const headers: Record<string, string> = existing.status === 200 ? { 'if-match': String(existing.headers['etag']) } : {}
+      const headers: Record<string, string> = { 'if-match': existing.status === 200 ? String(existing.headers['etag']) : '' }
       const reply = await ctx.client.call('POST', '/token', { body: { ...descriptor, token: name }, headers })
       const result = JSON.parse(reply.body) as { message: string }
       return print(ctx, { ...result, etag: reply.headers['etag'], result: reply.headers['x-waiter-operation-result'] }, () => `${result.message} (etag ${String(reply.headers['etag'])})\n`)
@@ -74,8 +74,8 @@ async function tokenCommand(ctx: CommandContext, args: readonly string[]): Promi
     case 'list': {
       need(rest, 0, 'token list [--owner USER]')
       const owner = ctx.options['owner']
-      const data = await ctx.client.json<{ token: string; owner: string; maintenance?: unknown }[]>('GET', `/tokens${typeof owner === 'string' ? `?owner=${q(owner)}` : ''}`)
-      return print(ctx, data, () => table(['TOKEN', 'OWNER', 'MAINTENANCE'], data.map((d) => [d.token, d.owner, d.maintenance === undefined ? '' : 'yes'])))
+      const data = await ctx.client.json<{ token: string; owner: string; maintenance?: boolean }[]>('GET', `/tokens${typeof owner === 'string' ? `?owner=${q(owner)}` : ''}`)
+      return print(ctx, data, () => table(['TOKEN', 'OWNER', 'MAINTENANCE'], data.map((d) => [d.token, d.owner, d.maintenance === true ? 'yes' : ''])))
     }
     default:
       throw new CliError('usage: maitre token create|update|show|delete|list …', EXIT.usage)

@@ -2,6 +2,8 @@ import t from 'tap'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCli } from '../../src/cli.ts'
+import { RouterClient } from '../../src/cli/client.ts'
+import { runCommand } from '../../src/cli/commands.ts'
 import { call, kitchenCmd, startRouter } from '../fixtures/router.ts'
 
 function io() {
@@ -38,7 +40,7 @@ t.test('the service owner’s and SRE’s commands against a real router', async
   t.match(shown.out, /version\s+v2/)
   const listed = await run('token', 'list', '--json')
   t.same((JSON.parse(listed.out) as { token: string }[]).map((x) => x.token), ['kitchen'])
-  t.match((await run('token', 'list')).out, /^TOKEN\s+OWNER\s+MAINTENANCE\nkitchen\s+\S+/)
+  t.match((await run('token', 'list')).out, /^TOKEN\s+OWNER\s+MAINTENANCE\nkitchen\s+\S+[ \t]*\n/, 'a token not in maintenance shows nothing in that column')
 
   const ping = await run('ping', 'kitchen')
   t.equal(ping.code, 0, ping.err)
@@ -100,4 +102,23 @@ t.test('clear errors and exit codes', async (t) => {
   t.equal(down.code, 69)
   t.match(down.err, 'cannot reach the router at http://127.0.0.1:1')
   t.equal((await run('apps', 'a', 'b', '--router', router.url)).code, 64)
+})
+
+t.test('token create never overwrites a token that appeared after it looked: the write says If-Match "" and the race ends in a refusal', async (t) => {
+  const router = await startRouter(t)
+  const file = join(router.dataDir, 'd.json')
+  writeFileSync(file, JSON.stringify({ cmd: kitchenCmd(), cpus: 0.1, mem: 256, version: 'cli' }))
+  const teammate = JSON.stringify({ token: 'race', cmd: kitchenCmd(), cpus: 0.1, mem: 256, version: 'teammate' })
+  // A teammate creates the token between the CLI's look and its write.
+  class Racing extends RouterClient {
+    override async call(...args: Parameters<RouterClient['call']>): ReturnType<RouterClient['call']> {
+      const reply = await super.call(...args)
+      if (args[0] === 'GET') t.equal((await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: teammate })).status, 200)
+      return reply
+    }
+  }
+  const err = await runCommand('token', ['create', 'race'], { client: new Racing(router.url, undefined), json: false, out: () => undefined, options: { file } }).then(() => undefined, (e: unknown) => e as Error)
+  t.ok(err !== undefined, 'the create fails')
+  t.match(err?.message, /412|changed|exists|match/i, 'saying the token is not what it looked')
+  t.equal((await call(`${router.url}/token?token=race`)).json<{ version: string }>().version, 'teammate', 'the teammate’s token stands')
 })
