@@ -280,7 +280,9 @@ export class LocalBackend implements Backend {
     let ports: number[] = []
     try {
       ports = await this.#ports.reserve(spec.ports)
-      if (service.deleted) {
+      // Scaled down (or deleted) while the ports were found: a launch no longer wanted is not
+      // made, or the service would run more than it was told (#shrink sees running ones only).
+      if (service.deleted || service.instances.size + service.launching - 1 >= service.requested) {
         this.#ports.release(ports)
         return
       }
@@ -356,8 +358,16 @@ export class LocalBackend implements Backend {
     }, delayMs)
   }
 
+  /**
+   * The instance is still this backend's to check: not killed, and not exited on its own (whose
+   * probe in flight at its exit must not go on checking its port, which a later instance may get).
+   */
+  #probed(service: LocalService, instance: LocalInstance): boolean {
+    return instance.killReason === undefined && service.instances.get(instance.id) === instance
+  }
+
   async #probe(service: LocalService, instance: LocalInstance): Promise<void> {
-    if (instance.killReason !== undefined) return
+    if (!this.#probed(service, instance)) return
     const { spec } = service
     const check = instance.everHealthy ? spec.livenessCheck : spec.healthCheck
     const port = instance.ports[check.portIndex] ?? instance.ports[0]
@@ -367,9 +377,9 @@ export class LocalBackend implements Backend {
       authorization: check.authenticated ? spec.authorization : undefined,
       h2c: check.proto === 'h2c',
     })
-    if (instance.killReason !== undefined) return
+    if (!this.#probed(service, instance)) return
     this.#recordProbe(service, instance, result)
-    if (instance.killReason !== undefined) return
+    if (!this.#probed(service, instance)) return
     const next = instance.everHealthy ? spec.healthCheck.intervalMs : this.#o.startupProbeIntervalMs
     this.#scheduleProbe(service, instance, next)
   }

@@ -1,0 +1,72 @@
+/**
+ * The local backend's instances end when they end: one that exits on its own is no longer
+ * health-checked (its port may go to another instance), and a scale-down that comes while
+ * launches are still finding ports leaves the count it asked for.
+ */
+import t, { type Test } from 'tap'
+import { createServer, type Socket } from 'node:net'
+import { readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { LocalBackend } from '../../src/backends/local/local-backend.ts'
+import { systemClock } from '../../src/clock.ts'
+import { DEFAULTS } from '../../src/config.ts'
+import { silentLogger } from '../../src/log.ts'
+import { spec } from '../fixtures/kube-backend.ts'
+import { claimPortSlice, waitFor } from '../fixtures/router.ts'
+
+/** A backend working in `dir` (t.testdir() once per test: a second call empties the first's). */
+function localBackend(t: Test, dir: string, overrides: Partial<ConstructorParameters<typeof LocalBackend>[0]> = {}): { backend: LocalBackend; workDir: string } {
+  const { low, release } = claimPortSlice()
+  const workDir = join(dir, 'work')
+  const backend = new LocalBackend({ ...DEFAULTS.backend.local, workDir, portRange: [low, low + 99], minSigkillDelayMs: 200, clock: systemClock, log: silentLogger, ...overrides })
+  t.teardown(async () => {
+    await backend.close()
+    release()
+  })
+  return { backend, workDir }
+}
+
+t.test('an instance that exits while a health check is under way is never checked again: its port may belong to another instance by then', async (t) => {
+  // The app hands the first connection it gets (a health check) to a process of its own
+  // session, outside the instance's group and without its sandbox in its environment (so the
+  // sweep for leftovers does not end it at once), and exits: that check is still under way
+  // after the instance is gone, and is answered only later.
+  const dir = t.testdir()
+  const app = join(dir, 'hand-off.mjs')
+  writeFileSync(app, `import { createServer } from 'node:net'
+import { spawn } from 'node:child_process'
+const server = createServer((socket) => {
+  const heir = spawn(process.execPath, ['-e', "setTimeout(() => { require('fs').writeSync(3, 'HTTP/1.1 503 Busy\\\\r\\\\ncontent-length: 0\\\\r\\\\n\\\\r\\\\n'); process.exit(0) }, 500)"], { detached: true, env: {}, cwd: '/', stdio: ['ignore', 'ignore', 'ignore', socket] })
+  heir.unref()
+  server.close()
+  setTimeout(() => process.exit(3), 50)
+})
+server.listen(Number(process.env.PORT0), '127.0.0.1')
+`)
+  // Relaunches wait 400 ms, so a second instance (on another port: the first one's rests) shows
+  // some time has passed; its grace period is 0, so nothing else stops a check that goes on.
+  const { backend } = localBackend(t, dir, { restartBackoffBaseMs: 400, restartBackoffMaxMs: 400, portRestMs: 60_000, startupProbeIntervalMs: 20 })
+  await backend.ensureService(spec('svc-exit', { command: `exec ${process.execPath} ${app}`, gracePeriodMs: 0, minInstances: 1 }))
+  const first = await waitFor('the first instance', () => backend.state('svc-exit')?.instances[0], 10_000)
+  await waitFor('it exits on its own', () => (backend.state('svc-exit')?.failed.some((f) => f.id === first.id) === true ? true : undefined), 10_000)
+  // Another server on the dead instance's port: a check still sent there would reach it.
+  const reached: Socket[] = []
+  const squatter = createServer((socket) => {
+    reached.push(socket)
+    socket.destroy()
+  })
+  await new Promise<void>((resolve) => squatter.listen(first.port, '127.0.0.1', resolve))
+  t.teardown(() => squatter.close())
+  await waitFor('two more instances launched and ended the same way', () => ((backend.state('svc-exit')?.failed.length ?? 0) >= 3 ? true : undefined), 15_000)
+  t.equal(reached.length, 0, 'nothing checked the dead instance’s port after it exited')
+})
+
+t.test('scaled down while launches are still finding ports: the service runs what it was told last, no more', async (t) => {
+  const { backend, workDir } = localBackend(t, t.testdir())
+  await backend.ensureService(spec('svc-shrink', { minInstances: 1 }))
+  await backend.scale('svc-shrink', 3)
+  await backend.scale('svc-shrink', 1)
+  await waitFor('an instance healthy', () => (backend.state('svc-shrink')?.instances.some((i) => i.healthy) === true ? true : undefined), 15_000)
+  t.equal(backend.state('svc-shrink')?.instances.length, 1, 'one instance runs')
+  t.equal(readdirSync(join(workDir, 'svc-shrink')).length, 1, 'and only one was ever started')
+})
