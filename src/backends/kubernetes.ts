@@ -772,6 +772,13 @@ export class KubernetesBackend implements Backend {
       this.#adopt(rs)
       return
     }
+    if (service.creating === undefined && service.deleting === undefined && service.uid !== undefined && rs.metadata.uid !== undefined && rs.metadata.uid !== service.uid) {
+      // Deleted and made again while this router was not watching (a relist shows only the new
+      // one): as if it had seen both, or the new one's delete would pass for another's.
+      this.#replicaSetGone(id, service.uid)
+      if (!this.#services.has(id)) this.#adopt(rs)
+      return
+    }
     service.uid ??= rs.metadata.uid
     this.#settleDebts(service, rs)
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return

@@ -493,3 +493,31 @@ t.test('a delete that comes while the ReplicaSet is being created waits for it, 
   t.equal(backend.state('svc-race'), undefined, 'forgotten once deleted')
   t.same(sim.list('replicasets', SIM_NAMESPACE).map((r) => r.metadata.name), [], 'and no ReplicaSet is left that the backend does not know')
 })
+
+t.test('a ReplicaSet deleted and made again while this router was not watching is taken for the new one: its later delete takes the service with it', async (t) => {
+  const { sim, api, backend } = await setup(t)
+  await backend.ready()
+  const options = { ...DEFAULTS.backend.kubernetes, cluster: 'test', podBasePort: 30000 }
+  // Another router makes the version; this one adopts it from its watch.
+  const first = await api.createReplicaSet(replicaSetOf(spec('svc-u'), options))
+  await waitFor('adopted', () => (backend.state('svc-u') !== undefined ? true : undefined), 5000)
+  // This router's ReplicaSet list and watch fail for a while (API server trouble, a partition)...
+  sim.failNext(Infinity, ['replicasets', 'watch'])
+  sim.failNext(Infinity, ['replicasets', 'list'])
+  sim.dropWatches()
+  // ...while the other router's GC deletes the version and a request makes it again.
+  await api.deleteReplicaSet(first.metadata.name as string)
+  const second = await api.createReplicaSet(replicaSetOf(spec('svc-u'), options))
+  t.not(second.metadata.uid, first.metadata.uid, 'a new ReplicaSet under the same name')
+  const lists = sim.requests.filter(([r, v]) => r === 'replicasets' && v === 'list').length
+  sim.failNext(0, ['replicasets', 'watch'])
+  sim.failNext(0, ['replicasets', 'list'])
+  await waitFor('listed again', () => (sim.requests.filter(([r, v]) => r === 'replicasets' && v === 'list').length > lists ? true : undefined), 10_000)
+  t.ok(backend.state('svc-u'), 'the version is still known: its ReplicaSet exists')
+  // The other router's GC deletes it again (the watch resumes from the list, so it sees this).
+  await api.deleteReplicaSet(second.metadata.name as string)
+  await waitFor('the version forgotten with its ReplicaSet', () => (backend.state('svc-u') === undefined ? true : undefined), 5000)
+  const scales = sim.requests.filter(([r]) => r === 'replicasets/scale').length
+  await backend.scale('svc-u', 3)
+  t.equal(sim.requests.filter(([r]) => r === 'replicasets/scale').length, scales, 'and no scale is written to a ReplicaSet that is gone')
+})
