@@ -281,6 +281,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       // still lead to it (the GC's own test of a current version).
       isCurrent: (serviceId, { sources, core }) => currencyOf({ id: serviceId, core, sources, sourceSets: [sources], createdAt: 0 }, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current,
       isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
+      isOverridden: (serviceId) => overrides.get(serviceId) !== undefined,
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),
       onMiss: () => metrics.prewarmMisses.inc(),

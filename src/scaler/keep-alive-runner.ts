@@ -40,6 +40,8 @@ export interface KeepAliveDeps {
   readonly isCurrent: (serviceId: string, payload: PrewarmPayload) => boolean
   /** Whether the version is suspended (no pre-warm meanwhile; its history stays). */
   readonly isSuspended: (serviceId: string) => boolean
+  /** Whether an operator overrode the version's scaling parameters. */
+  readonly isOverridden: (serviceId: string) => boolean
   readonly onPrewarm?: (serviceId: string) => void
   readonly onHit?: (serviceId: string) => void
   readonly onMiss?: (serviceId: string) => void
@@ -94,15 +96,23 @@ export class KeepAliveRunner {
     else if (outcome === 'miss') this.#deps.onMiss?.(serviceId)
   }
 
-  /** For the GC: when an adaptive version is let go (undefined: its idle timeout decides). */
+  /**
+   * For the GC: when an adaptive version is let go (undefined: its idle timeout decides). A
+   * version an operator set by hand (suspended, or its scaling overridden) keeps its idle
+   * timeout: a collection ends the suspension and the overrides with the version, and an
+   * adaptive let-go, seconds after each busy spell, would end them within a minute (and the
+   * pre-warm would then start a version its operator had suspended).
+   */
   keepUntil(record: ServiceRecord, params: Readonly<Record<string, unknown>>, lastActiveAt: number): number | undefined {
     if (this.policyOf(params) !== 'adaptive') return undefined
+    if (this.#deps.isSuspended(record.id) || this.#deps.isOverridden(record.id)) return undefined
     return this.#deps.ledger.scheduleRunning(record.id, this.#planOf(record.id, params), lastActiveAt).collectAt
   }
 
   /** The GC collected a version: for its idleness (its history stays), or for good. */
   collected(serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number): void {
-    if (reason !== 'idle') {
+    // Collected while suspended (its suspension goes with it): never started again but by a request.
+    if (reason !== 'idle' || this.#deps.isSuspended(serviceId)) {
       this.#deps.ledger.forget(serviceId)
       return
     }

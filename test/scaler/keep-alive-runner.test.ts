@@ -17,7 +17,7 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
   const collecting = new Set<string>()
   const records = new Map<string, ServiceRecord>()
   const starts: string[] = []
-  const state = { current: true, suspended: false, lastActiveAt: 0, healthy: 1 }
+  const state = { current: true, suspended: false, overridden: false, lastActiveAt: 0, healthy: 1 }
   const outcomes: string[] = []
   const runner = new KeepAliveRunner(
     {
@@ -44,6 +44,7 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
       parametersOf: () => PARAMS,
       isCurrent: () => state.current,
       isSuspended: () => state.suspended,
+      isOverridden: () => state.overridden,
       clock,
       log: silentLogger,
       onHit: () => outcomes.push('hit'),
@@ -158,6 +159,35 @@ t.test('no pre-warm for a suspended version (its history stays), nor for one who
   follower.clock.advance(60 * MIN)
   await follower.runner.tick()
   t.equal(follower.requested.get('v'), 1, 'a follower lets nothing go')
+})
+
+t.test('a version suspended or overridden by hand while it runs keeps its idle timeout: not let go seconds after its call (which would end what the operator set), nor pre-warmed once collected while suspended', async (t) => {
+  for (const hand of ['suspended', 'overridden'] as const) {
+    const { clock, requested, starts, state, runner, learn, call, ledger } = setUp()
+    await learn()
+    clock.advance(19 * MIN - 15_000)
+    await runner.tick()
+    t.same(starts, ['v'], 'pre-warmed for its next call')
+    starts.length = 0
+    clock.advance(MIN)
+    await call()
+    state[hand] = true
+    clock.advance(15_000)
+    await runner.tick()
+    t.equal(requested.get('v'), 1, `${hand}: not let go 10 s after its call`)
+    t.equal(runner.keepUntil({ id: 'v', core: {}, sources: [], createdAt: 0 }, PARAMS, state.lastActiveAt), undefined, `${hand}: the GC goes by its idle timeout`)
+    // The GC's own round collects it at its idle timeout (idle-timeout-mins 10).
+    runner.collected('v', 'idle', state.lastActiveAt)
+    requested.delete('v')
+    clock.advance(19 * MIN)
+    await runner.tick()
+    if (hand === 'suspended') {
+      t.same(starts, [], 'collected while suspended: never started again but by a request')
+      t.same(ledger.ids(), [], 'its history forgotten')
+    } else {
+      t.same(starts, ['v'], 'collected with its overrides (they end with it, as for any version): pre-warmed as usual')
+    }
+  }
 })
 
 t.test('fixed versions are neither learned from nor acted on', async (t) => {
