@@ -91,7 +91,10 @@ export function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps
     if (err instanceof MaitreError && err.status < 500) return resolution
     throw err
   }
-  return { ...previous, source: latest.source, tokenMetadata: latest.tokenMetadata }
+  // The previous version as it is, addressed by id (no token reference: its record must not
+  // learn the edited token's new version, which would make it look current to the GC), under the
+  // token's operational settings.
+  return { ...previous, tokenMetadata: latest.tokenMetadata }
 }
 
 /** What the activator needs to start (and record) the version a request resolved to. */
@@ -193,6 +196,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     }
     let principal: string | undefined
     let resolution: Resolution | undefined
+    /** The token the request named (a fallback serves it from a version addressed by id). */
+    let token: string | undefined
     let lease: Lease | undefined
     let coldStart = false
     let queued = false
@@ -230,6 +235,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       assertHttpsOrRedirect(req, resolved.resolution.tokenMetadata)
       const cors = corsHeadersFor(req, resolved.resolution)
       if (cors !== undefined) for (const [name, value] of Object.entries(cors)) res.setHeader(name, value)
+      token = resolved.resolution.source?.token
       resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
       const serviceId = resolution.serviceId
       // The cookie saves a JWT caller a signature check per request. A one-user router trusts its
@@ -257,7 +263,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
-      deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), activation, current.sources, current.core)
+      // A request served by a fallback is the edited token's, not the previous version's: that
+      // version, stale now, learns nothing from it (and is never pre-warmed for it).
+      if (current === resolved.resolution) deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), activation, current.sources, current.core)
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',
@@ -367,7 +375,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
             res.setHeader('x-waiter-backend-port', String(instance.port))
             res.setHeader('x-waiter-backend-proto', instance.proto)
           }
-          sendError(req, res, result.error, { cid, principal, serviceId, token: resolution.source?.token, instanceId: instance.id })
+          sendError(req, res, result.error, { cid, principal, serviceId, token, instanceId: instance.id })
         }
         break
       }
@@ -377,7 +385,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       failure = asMaitreError(err)
       status = failure.status
       if (queued || coldStart) queueMs = deps.clock.now() - started
-      sendError(req, res, failure, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
+      sendError(req, res, failure, { cid, principal, serviceId: resolution?.serviceId, token })
     } finally {
       const finalStatus = clientGone ? 499 : (status ?? 500)
       if (failure !== undefined && finalStatus >= 500) {
@@ -404,7 +412,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           cid,
           method: req.method,
           path: req.url,
-          token: resolution?.source?.token,
+          token,
           service: resolution?.serviceId,
           status: clientGone ? 499 : status,
           instance: instanceId,

@@ -105,7 +105,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   /** Each relayed connection, by its way of closing both sides. */
   const closers = new Map<object, (code: number, reason: string) => void>()
 
-  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
+  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
     checkHandshake(req)
     let who: Principal
     let resolved: ResolvedRequest | undefined
@@ -155,7 +155,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       lease.release('client-error')
       throw new MaitreError('MAITRE_CLIENT_CLOSED', 'The client went away', {})
     }
-    return { who, resolution, lease, coldStart, socketTimeoutMs }
+    return { who, resolution, token: resolved.resolution.source?.token, lease, coldStart, socketTimeoutMs }
   }
 
   function handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -170,6 +170,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       if (!relaying) onClientGone?.()
     })
     let resolution: Resolution | undefined
+    let token: string | undefined
     let principal: string | undefined
     let status: number | undefined
     let failure: MaitreError | undefined
@@ -189,13 +190,13 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         if (coldStart) deps.metrics.coldStarts.inc({ service: resolution.serviceId })
       }
       if (deps.accessLog) {
-        deps.log.info({ cid, method: req.method, path: req.url, token: resolution?.source?.token, service: resolution?.serviceId, status: finalStatus, instance: instanceId, totalMs: deps.clock.now() - started, coldStart, websocket: true }, 'request completed')
+        deps.log.info({ cid, method: req.method, path: req.url, token, service: resolution?.serviceId, status: finalStatus, instance: instanceId, totalMs: deps.clock.now() - started, coldStart, websocket: true }, 'request completed')
       }
     }
     const refuse = (err: unknown): void => {
       failure = asMaitreError(err)
       status = socket.writable ? failure.status : 499
-      refuseUpgrade(req, socket, failure, { cid, principal, serviceId: resolution?.serviceId, token: resolution?.source?.token })
+      refuseUpgrade(req, socket, failure, { cid, principal, serviceId: resolution?.serviceId, token })
       finish()
     }
 
@@ -213,6 +214,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
 
     function connect(admitted: Awaited<ReturnType<typeof admit>>): void {
       resolution = admitted.resolution
+      token = admitted.token
       coldStart = admitted.coldStart
       if (admitted.who.anonymous !== true) principal = admitted.who.user
       const { lease } = admitted

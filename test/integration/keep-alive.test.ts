@@ -99,3 +99,36 @@ t.test('keep-alive: a fixed version shows its plan; an unknown policy is refused
   t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
   t.equal((await call(`${router.url}/apps/${id}`)).status, 404, 'a fixed version, deleted, is gone')
 })
+
+t.test('a request served by a fallback is the edited token’s: the previous version, stale, is not pre-warmed for it, and is forgotten', async (t) => {
+  const clock = new OffsetClock()
+  const router = await startRouter(t, FAST, { clock })
+  await createToken(router, 'fb', kitchenToken({ 'keep-alive': 'adaptive', 'idle-timeout-mins': 1 }))
+  const h = { 'x-waiter-token': 'fb' }
+  const v1 = (await call(`${router.url}/service-id`, { headers: h })).text
+  const status = async (id: string): Promise<string | undefined> => (await app(router, id))?.status
+  let startedAt = clock.now()
+  for (let period = 1; ; period++) {
+    startedAt = clock.now()
+    t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+    if ((await waitFor('the keep-alive view', async () => (await app(router, v1))?.['keep-alive'])).basis === 'learned') break
+    clock.jump(startedAt + 61_000 - clock.now())
+    await waitFor(`period ${period}: collected`, async () => ((await status(v1)) === 'Inactive' ? true : undefined))
+    clock.jump(startedAt + 90_000 - clock.now())
+  }
+  // v1 runs, just called. The token moves on to v2, slow to start: meanwhile v1 serves it.
+  await createToken(router, 'fb', kitchenToken({ 'keep-alive': 'fixed', 'idle-timeout-mins': 60, version: 'v2' }, '--start-up-sleep-ms 2000'))
+  const served = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-debug': 'true' } })
+  t.equal(served.headers['x-waiter-service-id'], v1, 'a request served by v1 through the fallback')
+  const v2 = (await call(`${router.url}/service-id`, { headers: h })).text
+  await waitFor('v2 healthy', async () => ((await status(v2)) === 'Running' ? true : undefined), 20_000)
+  clock.jump(startedAt + 30_000 - clock.now())
+  await waitFor('v1 let go', async () => ((await status(v1)) === 'Inactive' ? true : undefined))
+  // Its pre-warm time: the token no longer runs it, so it is forgotten rather than started.
+  clock.jump(startedAt + 85_000 - clock.now())
+  const outcome = await waitFor('v1 started or forgotten', async () => {
+    const reply = await call(`${router.url}/apps/${v1}`)
+    return reply.status === 404 ? 'forgotten' : reply.json<AppJson>().status === 'Running' ? 'started' : undefined
+  })
+  t.equal(outcome, 'forgotten', 'not started again: its token moved on')
+})
