@@ -31,6 +31,9 @@ export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other'
 }
 
+/** Versions remembered as gone, for the series their last requests record after they went. */
+const MAX_RETIRED = 10_000
+
 export class Metrics {
   readonly registry = new Registry()
   readonly requests: Counter<'service' | 'code'>
@@ -53,6 +56,12 @@ export class Metrics {
   readonly memoryReleases: Counter
   readonly memoryReleasedBytes: Counter
   readonly #perService: Metric<string>[]
+  /**
+   * Versions whose series were removed because they stopped running, until they run again:
+   * what a request still under way at the time records afterwards is removed at the next
+   * scrape. At most MAX_RETIRED, the oldest forgotten first.
+   */
+  readonly #retired = new Set<string>()
 
   constructor(sources: GaugeSources, build: { version: string }) {
     const registers = [this.registry]
@@ -119,11 +128,29 @@ export class Metrics {
 
   /** Drops every series of a deleted version, so dead versions do not pile up in Prometheus. */
   async removeService(serviceId: string): Promise<void> {
+    this.#retired.delete(serviceId)
+    this.#retired.add(serviceId)
+    if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.values().next().value as string)
+    await this.#removeSeries((service) => service === serviceId)
+  }
+
+  /** The version runs (again): its series are kept from now on. */
+  revive(serviceId: string): void {
+    if (this.#retired.size > 0) this.#retired.delete(serviceId)
+  }
+
+  /** The text a scrape gets: first, the series that versions gone recorded since they went are dropped. */
+  async render(): Promise<string> {
+    if (this.#retired.size > 0) await this.#removeSeries((service) => this.#retired.has(service))
+    return this.registry.metrics()
+  }
+
+  async #removeSeries(gone: (service: string) => boolean): Promise<void> {
     for (const metric of this.#perService) {
       const { values } = await metric.get()
       const seen = new Set<string>()
       for (const { labels } of values) {
-        if (labels['service'] !== serviceId) continue
+        if (typeof labels['service'] !== 'string' || !gone(labels['service'])) continue
         const { le: _le, quantile: _q, ...series } = labels as Record<string, string | number>
         const key = JSON.stringify(series)
         if (seen.has(key)) continue

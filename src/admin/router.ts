@@ -67,7 +67,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/livez':
           return sendJson(res, 200, { status: 'ok' }, cid)
         case '/metrics': {
-          const text = await deps.metrics.registry.metrics()
+          const text = await deps.metrics.render()
           res.writeHead(200, { 'content-type': deps.metrics.registry.contentType, 'content-length': Buffer.byteLength(text), 'x-cid': cid })
           return void res.end(text)
         }

@@ -37,6 +37,7 @@ export function followBackend(deps: BackendSyncDeps): () => void {
       deps.metrics.removeService(serviceId).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
       return
     }
+    deps.metrics.revive(serviceId)
     if (!deps.tracker.isConfigured(serviceId)) {
       const routing = deps.routingOf(serviceId)
       if (routing !== undefined) deps.tracker.configure(serviceId, routing)

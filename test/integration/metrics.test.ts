@@ -87,3 +87,18 @@ t.test('DELETE /apps/{id} removes the version\'s series as GC does', async (t) =
   })
   t.notMatch(text, id, 'no series mentions the deleted version')
 })
+
+t.test('a version deleted with a request under way: what that request records when it ends does not bring the version’s series back; a version started again has its series again', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'doomed', kitchenToken())
+  const h = { 'x-waiter-token': 'doomed' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const pending = call(`${router.url}/sleep?sleep-ms=1500`, { headers: h })
+  await waitFor('the request under way', async () => ((await call(`${router.url}/apps/${id}`)).json<{ 'request-metrics': { 'in-flight': number } }>()['request-metrics']['in-flight'] === 1 ? true : undefined))
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 200)
+  await pending // it ended (cut off with its instance) and recorded what it did
+  t.notMatch(await scrape(router), id, 'no series mentions the deleted version')
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, 'a request starts it again')
+  t.equal(value(await scrape(router), `maitre_requests_total{service="${id}",code="2xx"}`), 1, 'and its series count from there')
+})
