@@ -40,6 +40,7 @@ export type ErrorCode =
   | 'MAITRE_HTTPS_REDIRECT'
   | 'MAITRE_NOT_TOKEN_MANAGER'
   | 'MAITRE_CANNOT_ASSIGN_OWNER'
+  | 'MAITRE_TOKEN_NAME_RESERVED'
   | 'MAITRE_CANNOT_RUN_AS'
   | 'MAITRE_NOT_PERMITTED'
   | 'MAITRE_NOT_SERVICE_MANAGER'
@@ -95,6 +96,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   // Authorization: one code (and error-class) per rule, so a client can tell which rule refused it.
   MAITRE_NOT_TOKEN_MANAGER: { status: 403, errorClass: 'waiter.TokenManageForbidden', title: 'Forbidden' },
   MAITRE_CANNOT_ASSIGN_OWNER: { status: 403, errorClass: 'waiter.TokenOwnerForbidden', title: 'Forbidden' },
+  MAITRE_TOKEN_NAME_RESERVED: { status: 403, errorClass: 'waiter.TokenNameReserved', title: 'Forbidden' },
   MAITRE_CANNOT_RUN_AS: { status: 403, errorClass: 'waiter.RunAsForbidden', title: 'Forbidden' },
   MAITRE_NOT_PERMITTED: { status: 403, errorClass: 'waiter.UserNotPermitted', title: 'Forbidden' },
   MAITRE_NOT_SERVICE_MANAGER: { status: 403, errorClass: 'waiter.ServiceManageForbidden', title: 'Forbidden' },

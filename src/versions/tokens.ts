@@ -86,12 +86,18 @@ export class Tokens {
   readonly #changing = new PerKeyQueue()
 
   readonly #maxTokens: number
+  readonly #reservedNames: ReadonlySet<string>
 
-  constructor(store: TokenStore, clock: Clock, cluster: string, maxTokens = Number.POSITIVE_INFINITY) {
+  /**
+   * `reservedNames`: the router's own host names (lower case), which a Host header never reads
+   * as a token: a token of that name could never be reached by Host, so none is made.
+   */
+  constructor(store: TokenStore, clock: Clock, cluster: string, maxTokens = Number.POSITIVE_INFINITY, reservedNames: ReadonlySet<string> = new Set()) {
     this.#store = store
     this.#clock = clock
     this.#cluster = cluster
     this.#maxTokens = maxTokens
+    this.#reservedNames = reservedNames
     // Another router's write: caches keyed by this token must forget it, as after our own.
     store.onChange((name) => this.#emit(name))
   }
@@ -122,6 +128,9 @@ export class Tokens {
     if (admin) assertAdmin(options.principal, 'Only admins may use update-mode=admin')
     const current = this.#store.get(name)
     const currentLive = current !== undefined && current['deleted'] !== true ? current : undefined
+    if (current === undefined && this.#reservedNames.has(name.toLowerCase())) {
+      throw new MaitreError('MAITRE_TOKEN_NAME_RESERVED', 'Token name is reserved', { details: { token: name, rule: 'a host name of this router' } })
+    }
 
     const issues: Issue[] = []
     const unknown = Object.keys(body).filter((k) => !PARAMETERS.has(k) && !TOKEN_METADATA.has(k) && !SYSTEM_METADATA.includes(k))
@@ -149,6 +158,11 @@ export class Tokens {
     }
     issues.push(...validateParameters(body, { requireComplete: false }))
     if (body['authentication'] === 'disabled') issues.push(...authenticationDisabledIssues(body))
+    // Waiter: an interstitial page waits for the version a token runs, so the token must name one whole.
+    const missingForInterstitial = typeof body['interstitial-secs'] === 'number' && body['interstitial-secs'] > 0 ? REQUIRED_PARAMETERS.filter((key) => body[key] === undefined) : []
+    if (missingForInterstitial.length > 0) {
+      issues.push({ field: 'interstitial-secs', message: `Tokens with missing required parameters cannot use interstitial support. Missing parameters: ${missingForInterstitial.join(', ')}` })
+    }
     // The patterns themselves (the parameter table checked their shape): RE2 must compile each.
     const cors = body['cors-rules'] === undefined || issues.some((i) => i.field === 'cors-rules') ? undefined : corsRulesProblem('cors-rules', body['cors-rules'])
     if (cors !== undefined) issues.push({ field: 'cors-rules', message: cors })

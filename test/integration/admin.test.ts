@@ -272,8 +272,8 @@ t.test('the rest of Waiter’s API its own integration tests rely on', async (t)
   t.match(inMaintenance.json(), { 'waiter-error': { 'error-class': 'waiter.Maintenance', message: 'back soon' } })
 })
 
-t.test('Waiter’s messages for an unsupported cmd-type and a malformed token name', async (t) => {
-  const router = await startRouter(t)
+t.test('Waiter’s messages for an unsupported cmd-type, a malformed or reserved token name and an interstitial on a partial token', async (t) => {
+  const router = await startRouter(t, { 'server.hostnames': ['maitre.example.com'] })
   const post = (body: Record<string, unknown>) => call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
   const bogus = await post({ token: 'typed', ...kitchenToken(), 'cmd-type': 'bogus' })
   t.equal(bogus.status, 400)
@@ -285,4 +285,12 @@ t.test('Waiter’s messages for an unsupported cmd-type and a malformed token na
   t.match(hash.json(), { 'waiter-error': { status: 400, message: 'Token contains invalid character: "#"' } })
   const digit = await post({ token: '9lives', ...kitchenToken() })
   t.match(digit.json(), { 'waiter-error': { status: 400, message: 'Token must match pattern', details: { pattern: String, 'invalid-character': '9' } } }, 'any other break of the pattern cites it')
+  for (const name of ['localhost', 'LocalHost', 'maitre.example.com']) {
+    const reserved = await post({ token: name, ...kitchenToken() })
+    t.match(reserved.json(), { 'waiter-error': { status: 403, code: 'MAITRE_TOKEN_NAME_RESERVED', message: 'Token name is reserved' } }, `${name}: a host name of the router, which a Host header never reads as a token`)
+  }
+  t.equal((await call(`${router.url}/token?token=localhost`)).status, 404, 'nothing was made')
+  const interstitial = await post({ token: 'partial', version: 'v1', 'interstitial-secs': 5 })
+  t.match(interstitial.json(), { 'waiter-error': { status: 400, message: /Tokens with missing required parameters cannot use interstitial support\. Missing parameters: cmd, cpus, mem/ } }, 'an interstitial waits for what a token runs: the token must name it whole')
+  t.equal((await post({ token: 'partial', version: 'v1', 'interstitial-secs': 0 })).status, 200, 'a partial token without one is fine')
 })
