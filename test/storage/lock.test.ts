@@ -14,7 +14,10 @@ const LOCK = fileURLToPath(new URL('../../src/storage/lock.ts', import.meta.url)
  * lock stale, and a late racer would then rightly take it over.
  */
 async function race(dir: string, at: number, count: number): Promise<string[]> {
+  // Asleep until just before the moment, then spinning for it (all of it spun, three processes
+  // on two cores burnt 20 s of CPU per run of this file).
   const script = `import { lockDataDir } from ${JSON.stringify(LOCK)}
+await new Promise((resolve) => setTimeout(resolve, Math.max(0, ${at} - Date.now() - 100)))
 while (Date.now() < ${at}) {}
 try { lockDataDir(${JSON.stringify(dir)}); console.log('HELD') } catch (e) { console.log('REFUSED ' + (e.code ?? e.message)) }
 process.stdin.resume()
