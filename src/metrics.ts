@@ -80,7 +80,7 @@ export class Metrics {
     this.deploymentErrors = new Counter({ name: 'maitre_deployment_errors_total', help: 'Times a version was found unable to start, by Waiter deployment-error message.', labelNames: ['service', 'reason'] as const, registers })
     this.queueRejections = new Counter({ name: 'maitre_queue_rejections_total', help: 'Requests refused with 503 for want of an instance, by reason (full, timeout, deployment-error).', labelNames: ['service', 'reason'] as const, registers })
     this.ejections = new Counter({ name: 'maitre_ejections_total', help: 'Instances taken out of rotation after a connect error, a failure or a 503.', labelNames: service, registers })
-    this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken).', labelNames: ['reason'] as const, registers })
+    this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken, orphaned).', labelNames: ['reason'] as const, registers })
     this.backendOperations = new Counter({ name: 'maitre_backend_operations_total', help: 'Calls to the cluster backend by operation and result (ok, error).', labelNames: ['backend', 'operation', 'result'] as const, registers })
     this.backendOperationDuration = new Histogram({ name: 'maitre_backend_operation_duration_seconds', help: 'Duration of calls to the cluster backend.', labelNames: ['backend', 'operation'] as const, buckets: LATENCY_BUCKETS, registers })
     this.memoryReleases = new Counter({ name: 'maitre_memory_releases_total', help: 'Memory-reducing collections run once traffic went quiet (server.memoryRelease).', registers })
@@ -106,7 +106,7 @@ export class Metrics {
     perServiceGauge('maitre_target_instances', 'The autoscaler\'s smoothed target instance count.', (s) => s.target)
     new Gauge({
       name: 'maitre_instances',
-      help: 'Live instances by state (healthy, starting).',
+      help: 'Live instances by state: healthy, or starting (not passing health checks: not yet, or no longer).',
       labelNames: ['service', 'state'] as const,
       registers,
       collect() {
