@@ -4,9 +4,10 @@
  * of one. Opening refuses a directory holding a document it cannot parse, and touches nothing:
  * a corrupt store stops startup instead of being silently overwritten.
  *
- * Memory follows the disk: a write or delete shows in memory only once it is durable, so a
- * write that fails (disk full, read-only, a name the file system refuses) leaves memory and disk
- * both on the previous version, and its partial temporary file is removed. Temporary files live
+ * Memory follows the disk: a write or delete shows in memory once it is on disk, so a write
+ * that fails (disk full, read-only, a name the file system refuses) leaves memory and disk both
+ * on the previous version, and its partial temporary file is removed; one made whose directory
+ * could not then be synced shows, and is reported as not durable. Temporary files live
  * in their own subdirectory, so no key can ever collide with one, and the start-up sweep removes
  * only them.
  */
@@ -31,6 +32,12 @@ export const MAX_FILE_NAME_BYTES = 255
  * anything fails.
  */
 export async function writeFileAtomic(path: string, text: string, tempDir = dirname(path)): Promise<void> {
+  await replaceFile(path, text, tempDir)
+  await syncDirectory(dirname(path))
+}
+
+/** The first step of writeFileAtomic: the file replaced whole, its entry not yet durable. */
+async function replaceFile(path: string, text: string, tempDir: string): Promise<void> {
   const temp = join(tempDir, `.${process.pid}-${randomBytes(8).toString('hex')}.tmp`)
   try {
     const handle = await open(temp, 'w', 0o600)
@@ -45,7 +52,6 @@ export async function writeFileAtomic(path: string, text: string, tempDir = dirn
     await rm(temp, { force: true })
     throw err
   }
-  await syncDirectory(dirname(path))
 }
 
 /** Makes a directory's entries (a rename, a removal) durable: until then a power loss may undo them. */
@@ -58,15 +64,14 @@ async function syncDirectory(dir: string): Promise<void> {
   }
 }
 
-/** Removes a file durably: acknowledged, it stays removed across a power loss. */
-export async function removeFileDurably(path: string): Promise<void> {
-  await rm(path, { force: true })
-  await syncDirectory(dirname(path))
-}
-
 /** The file name a key is stored under. */
 export function fileNameOf(key: string): string {
   return `${encodeURIComponent(key)}${SUFFIX}`
+}
+
+/** How a store makes its directory's entries durable (tests inject a failing one). */
+export interface JsonDirectoryOptions {
+  readonly syncDirectory?: (dir: string) => Promise<void>
 }
 
 export class JsonDirectory<T> implements DocumentStore<T> {
@@ -75,22 +80,24 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   readonly #docs = new Map<string, T>()
   /** Writes to one key are chained so that the last write wins on disk as in memory. */
   readonly #writes = new PerKeyQueue()
+  readonly #syncDirectory: (dir: string) => Promise<void>
 
-  private constructor(dir: string, what: string) {
+  private constructor(dir: string, what: string, options: JsonDirectoryOptions) {
     this.#dir = dir
     this.#what = what
+    this.#syncDirectory = options.syncDirectory ?? syncDirectory
   }
 
   /**
    * Loads every document. `check` may reject a parsed document by returning a reason; any
    * unreadable document makes opening fail with MAITRE_STORE_CORRUPT naming the file.
    */
-  static open<T>(dir: string, what: string, check: DocumentCheck = () => undefined): JsonDirectory<T> {
+  static open<T>(dir: string, what: string, check: DocumentCheck = () => undefined, options: JsonDirectoryOptions = {}): JsonDirectory<T> {
     mkdirSync(dir, { recursive: true })
     // Interrupted writes: the rename never happened, so the documents they were replacing are intact.
     rmSync(join(dir, TEMP_DIR), { recursive: true, force: true })
     mkdirSync(join(dir, TEMP_DIR))
-    const store = new JsonDirectory<T>(dir, what)
+    const store = new JsonDirectory<T>(dir, what, options)
     for (const file of readdirSync(dir).sort()) {
       const path = join(dir, file)
       if (LEGACY_TEMP.test(file)) {
@@ -140,8 +147,9 @@ export class JsonDirectory<T> implements DocumentStore<T> {
     return this.#writes.run(key, async () => {
       // One process owns the directory (the data-dir lock), so what memory holds is what is stored.
       if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
-      await this.#guard(key, 'written', () => writeFileAtomic(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`, join(this.#dir, TEMP_DIR)))
+      await this.#guard(key, 'written', () => replaceFile(this.#path(key), `${JSON.stringify(doc, null, 1)}\n`, join(this.#dir, TEMP_DIR)))
       this.#docs.set(key, doc)
+      await this.#durable(key, 'written')
     })
   }
 
@@ -149,9 +157,28 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   delete(key: string, expected?: T | null): Promise<void> {
     return this.#writes.run(key, async () => {
       if (!matchesExpected(this.#docs.get(key), expected)) throw storeConflict(this.#what, key)
-      await this.#guard(key, 'deleted', () => removeFileDurably(this.#path(key)))
+      await this.#guard(key, 'deleted', () => rm(this.#path(key), { force: true }))
       this.#docs.delete(key)
+      await this.#durable(key, 'deleted')
     })
+  }
+
+  /**
+   * The change is made (what a reader of the directory, or this router after a restart, sees),
+   * memory follows it; only its entry is not yet safe from a power loss. A failure to make it so
+   * is said as such: not "nothing changed", which would no longer be true.
+   */
+  async #durable(key: string, verb: string): Promise<void> {
+    try {
+      await this.#syncDirectory(this.#dir)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      throw new MaitreError('MAITRE_STORE_WRITE', `The ${this.#what} ${JSON.stringify(key)} was ${verb}, but the change could not be made durable (${code ?? 'I/O error'}): a power loss may undo it`, {
+        details: { store: this.#what, key, durable: false },
+        headers: { 'retry-after': '5' },
+        cause: err,
+      })
+    }
   }
 
   /** Nobody else writes this directory while the router holds its data-dir lock. */

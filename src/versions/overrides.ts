@@ -55,15 +55,22 @@ export class Overrides {
     const issues = validateParameters({ ...core, ...overrides }, { requireComplete: true })
     if (issues.length > 0) throw misconfigured(issues, { 'service-id': serviceId })
     const record: OverrideRecord = { overrides, 'last-updated-by': user, time: new Date(this.#clock.now()).toISOString() }
-    await this.#records.put(serviceId, record)
-    this.#emit(serviceId)
+    try {
+      await this.#records.put(serviceId, record)
+    } finally {
+      // A write reported as failed may still have been made (only not made durable).
+      this.#emit(serviceId)
+    }
     return record
   }
 
   async clear(serviceId: string): Promise<void> {
     if (!this.#records.has(serviceId)) return
-    await this.#records.delete(serviceId)
-    this.#emit(serviceId)
+    try {
+      await this.#records.delete(serviceId)
+    } finally {
+      this.#emit(serviceId)
+    }
   }
 
   #emit(serviceId: string): void {

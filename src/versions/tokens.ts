@@ -210,8 +210,13 @@ export class Tokens {
     if (next['deleted'] !== true) delete next['deleted']
     // Waiter's first version carries an empty history, `"previous": {}`.
     next['previous'] = current === undefined ? {} : trimHistory(current, HISTORY_LENGTH - 1)
-    await this.#store.put(name, next, current ?? null)
-    this.#emit(name)
+    try {
+      await this.#store.put(name, next, current ?? null)
+    } finally {
+      // Even a write reported as failed may have been made (only its durability unconfirmed):
+      // caches of the token are dropped whatever happened, which at worst costs a resolution.
+      this.#emit(name)
+    }
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
   }
 
@@ -247,6 +252,15 @@ export class Tokens {
     if (options.ifMatch !== undefined && options.ifMatch !== etag) {
       throw new MaitreError('MAITRE_STALE_TOKEN', 'Cannot modify stale token', { details: { token: name } })
     }
+    try {
+      await this.#deleteStored(name, current, options)
+    } finally {
+      this.#emit(name)
+    }
+    return { etag }
+  }
+
+  async #deleteStored(name: string, current: TokenData, options: DeleteOptions): Promise<void> {
     if (options.hard === true) {
       assertAdmin(options.principal, 'Cannot hard-delete token')
       if (options.ifMatch === undefined && current['deleted'] !== true) {
@@ -264,8 +278,6 @@ export class Tokens {
         previous: trimHistory(current, HISTORY_LENGTH - 1),
       }, current)
     }
-    this.#emit(name)
-    return { etag }
   }
 
   /** The current version and its predecessors, newest first. */
