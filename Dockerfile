@@ -9,7 +9,7 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
 FROM node:24-slim
 ENV NODE_ENV=production
 # jemalloc as the router's allocator: under glibc's malloc a long-running router's RSS keeps
-# creeping (about 90 MB an hour in the soak, its live heap flat), under jemalloc it stays flat
+# creeping (86–125 MB an hour in the soaks, its live heap flat), under jemalloc it stays flat
 # (bench/RESULTS.md, "Soak"). A link with a fixed name keeps LD_PRELOAD independent of the arch.
 RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 && rm -rf /var/lib/apt/lists/* \
  && ln -s "$(find /usr/lib -name libjemalloc.so.2 | head -n 1)" /usr/local/lib/libjemalloc.so.2
