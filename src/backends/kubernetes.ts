@@ -48,6 +48,8 @@ const KILL_BARRIER_MS = 30_000
 /** From this long into a kill's wait, the ReplicaSet's Events are read (each such period) for a FailedCreate that says no replacement will come (quota, admission). */
 const FAILED_CREATE_CHECK_MS = 2000
 const MAX_RELIST_BACKOFF_MS = 60_000
+/** A watch that lasts less than this was not ended by its timeoutSeconds (at least 1 s). */
+const MIN_WATCH_MS = 1_000
 const SCALE_RETRIES = 5
 /** How often services short of pods are checked for FailedCreate events (quota, admission). */
 const EVENT_CHECK_MS = 1000
@@ -865,11 +867,13 @@ export class KubernetesBackend implements Backend {
     apply: (type: 'ADDED' | 'MODIFIED' | 'DELETED', object: T) => void,
   ): Promise<void> {
     let backoff = this.#o.relistBackoffMs
+    /** When the last watch began: one that ran a while, whatever ended it, shows things work. */
+    let watchedAt: number | undefined
     while (!this.#closed) {
       try {
         let resourceVersion = await list()
-        backoff = this.#o.relistBackoffMs
         for (;;) {
+          watchedAt = this.#o.clock.now()
           await watch(resourceVersion, (event) => {
             if (event.type === 'ERROR') {
               const status = event.object as KubeStatus
@@ -881,10 +885,16 @@ export class KubernetesBackend implements Backend {
             if (event.type !== 'BOOKMARK') apply(event.type, object)
           })
           if (this.#closed) return
+          // A stream ended at once (a proxy in the way that closes it, an API server unwell)
+          // is not resumed at once, or the router would spin on it: it goes the way of a
+          // failure, listed again after the back-off.
+          if (this.#o.clock.now() - watchedAt < MIN_WATCH_MS) throw new Error(`the ${what} watch ended within ${MIN_WATCH_MS} ms of its start`)
           // The server ended the stream at timeoutSeconds: resume from the last version seen.
         }
       } catch (err) {
         if (this.#closed) return
+        if (watchedAt !== undefined && this.#o.clock.now() - watchedAt >= MIN_WATCH_MS) backoff = this.#o.relistBackoffMs
+        watchedAt = undefined
         if (err instanceof RelistNeeded || (err instanceof KubeApiError && err.code === 410)) {
           this.#o.log.info({ reason: err.message }, `${what} watch expired; listing again`)
           continue

@@ -521,3 +521,13 @@ t.test('a ReplicaSet deleted and made again while this router was not watching i
   await backend.scale('svc-u', 3)
   t.equal(sim.requests.filter(([r]) => r === 'replicasets/scale').length, scales, 'and no scale is written to a ReplicaSet that is gone')
 })
+
+t.test('watches that the server ends as soon as they begin are not resumed in a spin: the backend backs off, lists again, and still keeps up', async (t) => {
+  // timeoutSeconds=0: every watch ends at once (as through a proxy that closes the stream).
+  const { sim, backend } = await setup(t, { backend: { watchTimeoutSecs: 0 } })
+  await backend.ready()
+  await backend.ensureService(spec('svc-w'))
+  await waitFor('the pod ready, seen through lists', () => (healthy(backend, 'svc-w') === 1 ? true : undefined), 20_000)
+  const watches = sim.requests.filter(([, verb]) => verb === 'watch').length
+  t.ok(watches < 200, `${watches} watches in all, not one every few milliseconds`)
+})
