@@ -293,6 +293,9 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
   }
 }
 
+/** The content-type of a gRPC answer over HTTP/2 (application/grpc, +proto, +json, …), not gRPC-Web's. */
+const GRPC_ANSWER = /^application\/grpc(?:$|[+;])/i
+
 /** The client's request as a stream on the instance's HTTP/2 connection. */
 function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance: Instance, req: IncomingMessage, request: ForwardRequest, sessionError: () => Error | undefined, closed: () => void): Upstream {
   const headers: Record<string, string | string[]> = {}
@@ -323,7 +326,9 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
       // its status for a finished one).
       const code = stream.rstCode
       const cut = sessionError() !== undefined || session.destroyed || (code !== undefined && code !== h2constants.NGHTTP2_NO_ERROR)
-      const grpcUnfinished = String(request.headers['content-type'] ?? '').startsWith('application/grpc') && answerTrailers['grpc-status'] === undefined && head['grpc-status'] === undefined
+      // A gRPC answer (by its own content-type: a request that says gRPC may get any answer,
+      // and gRPC-Web carries its status in the body) that ends without a status was cut short.
+      const grpcUnfinished = GRPC_ANSWER.test(String(head['content-type'] ?? '')) && answerTrailers['grpc-status'] === undefined && head['grpc-status'] === undefined
       if (cut || grpcUnfinished) exchange.fail(sessionError() ?? failure('ECONNRESET', `The instance's answer was cut short (HTTP/2 error ${code ?? 'none'})`))
       else exchange.onEnd(answerTrailers)
     })

@@ -295,3 +295,21 @@ t.test('the gRPC content-type alone lets no request out of the body-idle bound: 
   t.match(stalled.trailers['grpc-message'], /The request body sent nothing for 300 ms/, 'as a body gone idle (told as a gRPC status, the client having asked in gRPC)')
   t.ok(ms < 3000, `after the 300 ms body-idle bound, not the hour of streaming timeout (${ms} ms)`)
 })
+
+t.test('a gRPC content-type on a request is no gRPC answer: an HTTP/2 instance’s ordinary answer to it is relayed whole, and the instance stays in rotation', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'twos' } })).status, 200, 'warm')
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'twos' } })).text
+  const viaH1 = await request(`${router.url}/request-info`, { method: 'POST', headers: { 'x-waiter-token': 'twos', 'content-type': 'application/grpc' }, body: 'x' })
+  t.equal(viaH1.statusCode, 200)
+  t.match(await viaH1.body.json(), { body: 'x' }, 'an HTTP/1.1 client gets the answer whole')
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  const viaH2 = await h2Request(session, { ':method': 'POST', ':path': '/request-info', 'x-waiter-token': 'twos', 'content-type': 'application/grpc' }, 'x')
+  t.equal(viaH2.status, 200)
+  t.equal(viaH2.trailers['grpc-status'], undefined, 'an HTTP/2 client gets no gRPC failure tacked on')
+  const slots = (await call(`${router.url}/apps/${id}`)).json<{ slots: { ejectedUntil: number }[] }>().slots
+  t.ok(slots.every((s) => s.ejectedUntil <= Date.now()), 'nothing was ejected')
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'twos', 'x-waiter-queue-timeout': '2000' } })).status, 200, 'the next request is served')
+})
