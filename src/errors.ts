@@ -41,6 +41,7 @@ export type ErrorCode =
   | 'MAITRE_NOT_TOKEN_MANAGER'
   | 'MAITRE_CANNOT_ASSIGN_OWNER'
   | 'MAITRE_TOKEN_NAME_RESERVED'
+  | 'MAITRE_TRANSFER_CODING'
   | 'MAITRE_CANNOT_RUN_AS'
   | 'MAITRE_NOT_PERMITTED'
   | 'MAITRE_NOT_SERVICE_MANAGER'
@@ -97,6 +98,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   MAITRE_NOT_TOKEN_MANAGER: { status: 403, errorClass: 'waiter.TokenManageForbidden', title: 'Forbidden' },
   MAITRE_CANNOT_ASSIGN_OWNER: { status: 403, errorClass: 'waiter.TokenOwnerForbidden', title: 'Forbidden' },
   MAITRE_TOKEN_NAME_RESERVED: { status: 403, errorClass: 'waiter.TokenNameReserved', title: 'Forbidden' },
+  MAITRE_TRANSFER_CODING: { status: 501, errorClass: 'maitre.UnsupportedTransferCoding', title: 'Not Implemented' },
   MAITRE_CANNOT_RUN_AS: { status: 403, errorClass: 'waiter.RunAsForbidden', title: 'Forbidden' },
   MAITRE_NOT_PERMITTED: { status: 403, errorClass: 'waiter.UserNotPermitted', title: 'Forbidden' },
   MAITRE_NOT_SERVICE_MANAGER: { status: 403, errorClass: 'waiter.ServiceManageForbidden', title: 'Forbidden' },

@@ -22,7 +22,7 @@ import { asMaitreError, MaitreError } from '../errors.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
-import { continueRequest, grpcCallAdmitted, grpcCallWaits, pathOf } from './server.ts'
+import { continueRequest, expectsContinue, grpcCallAdmitted, grpcCallWaits, pathOf } from './server.ts'
 import { isDebugRequested } from '../http/debug.ts'
 import { grpcTimeoutMs, isGrpcCall } from '../http/grpc.ts'
 
@@ -213,6 +213,12 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (req.url === undefined || !req.url.startsWith('/')) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
       }
+      // A body in a transfer coding besides chunked (gzip, say) cannot be passed on as it is
+      // (Transfer-Encoding is the hop's), nor should it reach the instance undecoded and unsaid.
+      const coding = req.headers['transfer-encoding']
+      if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
+        throw new MaitreError('MAITRE_TRANSFER_CODING', 'Transfer-Encoding other than chunked is not supported', { details: { field: 'transfer-encoding', rule: 'chunked only', value: coding.slice(0, 100) } })
+      }
       if (isPreflight(req.method, req.headers)) return answerPreflight(req, res, cid, deps)
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
       let who: Principal
@@ -299,7 +305,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // its instance asked for the body: every refusal (maitre's: unknown token, forbidden,
       // queue full or timed out; or the instance's) comes first and final, and the body is
       // never sent for a request that cannot be served.
-      const continueClient = req.headers.expect !== undefined && req.headers.expect.toLowerCase() === '100-continue' ? () => continueRequest(res) : undefined
+      const continueClient = expectsContinue(req) ? () => continueRequest(res) : undefined
       // An admitted gRPC call may go quiet between messages: its streaming timeout, not the
       // listener's body-idle bound, says for how long.
       if (grpcCall) grpcCallAdmitted(req, res, timeouts.streamingTimeoutMs)

@@ -692,7 +692,15 @@ export function continueRequest(res: ServerResponse): void {
   res.writeContinue()
 }
 
+/**
+ * The client asks to be told before it sends its body. An HTTP/1.0 client cannot (RFC 9110
+ * §10.1.1: the expectation is ignored, and no 1xx goes to it, which it would take for the answer).
+ */
+export function expectsContinue(req: IncomingMessage): boolean {
+  return req.headers.expect?.toLowerCase() === '100-continue' && !(req.httpVersionMajor === 1 && req.httpVersionMinor === 0)
+}
+
 /** The client waits for our 100 Continue before it sends the body: its silence is not idleness. */
 function awaitingContinue(req: IncomingMessage, res: ServerResponse): boolean {
-  return req.headers.expect?.toLowerCase() === '100-continue' && (res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] !== true
+  return expectsContinue(req) && (res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] !== true
 }

@@ -9,6 +9,7 @@ import { connect as connectH2, type ClientHttp2Session } from 'node:http2'
 import { h2Request } from '../fixtures/h2.ts'
 import { everyProto } from '../fixtures/protocols.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
+import { raw, statusOf } from '../fixtures/raw-http.ts'
 
 /** Sends the head, waits for the first answer line, then (if told to continue) the body; returns all that came back. */
 function exchange(router: Router, head: string, body: string): Promise<{ first: string; all: string }> {
@@ -136,4 +137,24 @@ t.test('over HTTP/2: Expect: 100-continue waits for admission too, and CONNECT i
   t.equal(connected.status, 400, 'CONNECT over HTTP/2: 400')
   t.match(connected.body, /maitre opens no tunnels/)
   t.equal((await call(`${router.url}/status`)).status, 200, 'and the router carries on')
+})
+
+t.test('an HTTP/1.0 client’s Expect: 100-continue is ignored, as RFC 9110 says: no 1xx reaches it (it would take it for the answer), and its body goes on at once', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const exchange = await raw(router.url, 'POST /request-info HTTP/1.0\r\nHost: x\r\nx-waiter-token: kitchen\r\nExpect: 100-continue\r\ncontent-length: 5\r\n\r\nhello')
+  const text = await exchange.closed
+  t.match(text, /^HTTP\/1\.1 200 /, 'the first thing it hears is the answer')
+  t.notMatch(text, / 100 Continue/, 'never a 100 Continue')
+  t.match(text, /"body":"hello"/, 'and its body reached the instance')
+})
+
+t.test('a body in a transfer coding besides chunked is refused with 501, not passed on undecoded and unsaid', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const exchange = await raw(router.url, 'POST /request-info HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n')
+  const text = await exchange.closed
+  t.equal(statusOf(text), 501)
+  t.match(text, /x-maitre-error: MAITRE_TRANSFER_CODING/)
+  t.match(text, /"field": "transfer-encoding"/, 'naming the field')
 })
