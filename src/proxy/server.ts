@@ -392,12 +392,28 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
   // An h2c upgrade: for anything, the API included.
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    markHttps(req)
-    const cid = cidOf(req)
     // Node stops listening for the socket's errors once it hands it over: a client that resets
     // it now (waiting in the queue, before its preface, after a refusal) must not take the
     // router down with an unhandled error.
     socket.on('error', () => socket.destroy())
+    // Pipelined behind a request still being answered: that answer goes out whole first (Node
+    // hands the socket over at once, and a 101 written now would come before it, the answer
+    // then inside the new protocol's bytes). What the client sends meanwhile waits unread.
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+    if (answering !== null && answering !== undefined && !answering.writableFinished) {
+      answering.once('finish', () => upgrade(req, socket, head))
+      answering.once('close', () => {
+        if (!answering.writableFinished) socket.destroy()
+      })
+      return
+    }
+    upgrade(req, socket, head)
+  }
+
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (socket.destroyed) return
+    markHttps(req)
+    const cid = cidOf(req)
     if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.

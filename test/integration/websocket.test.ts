@@ -303,3 +303,24 @@ t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a 
   t.equal(ended.reason, 'The router is shutting down')
   await stopping
 })
+
+t.test('an upgrade pipelined behind a request still being answered: that answer goes out whole first, then the 101 (h2c and WebSocket alike)', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })).status, 200, 'warm')
+  const slow = 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\n\r\n'
+  const upgrades = {
+    h2c: 'GET /request-info HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n',
+    websocket: `GET /ws HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${Buffer.alloc(16, 1).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  }
+  for (const [kind, upgrade] of Object.entries(upgrades)) {
+    const socket = connectTcp(Number(new URL(router.url).port), '127.0.0.1', () => socket.write(slow + upgrade))
+    t.teardown(() => socket.destroy())
+    let received = ''
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')))
+    await waitFor(`${kind}: the first answer and the 101`, () => (received.includes(' 101 Switching Protocols') && received.includes('"slept":300') ? true : undefined), 10_000)
+    t.match(received, /^HTTP\/1\.1 200 OK\r\n/, `${kind}: the first answer comes first`)
+    t.ok(received.indexOf('"slept":300') < received.indexOf(' 101 Switching Protocols'), `${kind}: whole, before the 101`)
+    socket.destroy()
+  }
+})
