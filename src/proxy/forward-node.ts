@@ -372,14 +372,28 @@ interface H2Connection {
   lastUsed: number
 }
 
+/**
+ * The streams an HTTP/2 connection may carry at once, as the instance's SETTINGS say (until they
+ * arrive, nghttp2 assumes 100); at least one, so a peer that says 0 costs one connection per stream.
+ */
+function streamsAllowed(session: ClientHttp2Session): number {
+  return Math.max(1, session.remoteSettings.maxConcurrentStreams ?? 100)
+}
+
 export class NodeForwarder {
   readonly #connectTimeoutMs: number
   // Idle connections are kept 4 s, as undici's are: well inside the 5 s a Node instance keeps
   // them, so the router never sends on a connection the instance is closing.
   readonly #http = new HttpAgent({ keepAlive: true, timeout: 4_000 })
   readonly #https = new HttpsAgent({ keepAlive: true, timeout: 4_000, rejectUnauthorized: false })
-  /** One HTTP/2 connection per instance origin (h2c and h2), shared by its streams; closed when idle. */
-  readonly #sessions = new Map<string, H2Connection>()
+  /**
+   * HTTP/2 connections to each instance origin (h2c and h2), shared by their streams, each
+   * closed when idle: one, and another whenever those open are carrying all the streams the
+   * instance allows on one (its SETTINGS_MAX_CONCURRENT_STREAMS), so a request never waits in a
+   * connection's queue against its socket timeout. Bounded by the version's concurrency-level
+   * over that allowance.
+   */
+  readonly #sessions = new Map<string, H2Connection[]>()
 
   constructor(options: { connectTimeoutMs: number }) {
     this.#connectTimeoutMs = options.connectTimeoutMs
@@ -418,12 +432,16 @@ export class NodeForwarder {
 
   #session(instance: Instance): H2Connection {
     const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${authority(instance.host, instance.port)}`
-    const known = this.#sessions.get(origin)
-    if (known !== undefined && !known.session.closed && !known.session.destroyed) return known
+    const pool = this.#sessions.get(origin) ?? []
+    for (const known of pool) {
+      if (!known.session.closed && !known.session.destroyed && known.streams < streamsAllowed(known.session)) return known
+    }
     const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])
     const entry: H2Connection = { session, error: undefined, streams: 0, lastUsed: Date.now() }
     const forget = (): void => {
-      if (this.#sessions.get(origin) === entry) this.#sessions.delete(origin)
+      const left = (this.#sessions.get(origin) ?? []).filter((other) => other !== entry)
+      if (left.length === 0) this.#sessions.delete(origin)
+      else this.#sessions.set(origin, left)
     }
     const connectTimer = setTimeout(() => session.destroy(failure('UND_ERR_CONNECT_TIMEOUT', `No connection within ${this.#connectTimeoutMs} ms`)), this.#connectTimeoutMs)
     session.once('connect', () => clearTimeout(connectTimer))
@@ -444,14 +462,14 @@ export class NodeForwarder {
       else setTimeout(idle, entry.streams === 0 ? H2_IDLE_MS - quietFor : H2_IDLE_MS).unref()
     }
     setTimeout(idle, H2_IDLE_MS).unref()
-    this.#sessions.set(origin, entry)
+    this.#sessions.set(origin, [...pool, entry])
     return entry
   }
 
   async close(): Promise<void> {
     this.#http.destroy()
     this.#https.destroy()
-    for (const { session } of this.#sessions.values()) session.destroy()
+    for (const pool of this.#sessions.values()) for (const { session } of pool) session.destroy()
     this.#sessions.clear()
   }
 }
