@@ -7,7 +7,7 @@ import type { ServerResponse } from 'node:http'
 import { constants as h2constants } from 'node:http2'
 import { MaitreError } from '../errors.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
-import { clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
+import { allowedInTrailers, clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
 import { BODY_TIMEOUT, classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
 import { encodeGrpcMessage, GRPC_STATUS, grpcStatusOf } from '../http/grpc.ts'
 
@@ -29,12 +29,15 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
   if (headers['grpc-status'] !== undefined) {
     // A gRPC "trailers-only" answer: the status and all its metadata in the one HEADERS frame
     // that ended the stream. Relayed as an equally valid gRPC response the compatibility API
-    // can write: headers (content-type and the router's own), an empty body, and trailers
-    // holding the status and every other field the instance sent.
+    // can write: headers (the router's own, and every field a trailer section may not carry:
+    // content-type, set-cookie, cache-control, …), an empty body, and trailers holding the
+    // status and the rest of the instance's metadata. (Its content-length, 0, would forbid the
+    // trailers: the empty body goes without one.)
     grpcStatus = String(headers['grpc-status'])
     statusTrailers = {}
+    delete out['content-length']
     for (const name of Object.keys(out)) {
-      if (name === 'content-type' || name === 'x-cid' || name === 'via') continue
+      if (name === 'x-cid' || name === 'via' || !allowedInTrailers(name)) continue
       statusTrailers[name] = out[name] as string | string[]
       delete out[name]
     }

@@ -141,6 +141,11 @@ const NOT_IN_TRAILERS = new Set([
   'age', 'date', 'expires', 'location', 'retry-after', 'vary', 'warning',
 ])
 
+/** Whether a field may be sent in a trailer section (RFC 9110 §6.5.1). */
+export function allowedInTrailers(name: string): boolean {
+  return !NOT_IN_TRAILERS.has(name) && !name.startsWith(':')
+}
+
 /** The fields of a trailer section that pass: allowed in trailers (RFC 9110 §6.5.1) and by `keep`. */
 function passingTrailers(trailers: Readonly<Record<string, string | string[] | undefined>>, keep: (name: string) => boolean): Record<string, string | string[]> | undefined {
   let out: Record<string, string | string[]> | undefined

@@ -324,3 +324,16 @@ t.test('an HTTP/2 instance that takes fewer streams per connection than its conc
   const slots = (await call(`${router.url}/apps/${id}`)).json<{ slots: { ejectedUntil: number }[] }>().slots
   t.ok(slots.every((s) => s.ejectedUntil <= Date.now()), 'nothing was ejected')
 })
+
+t.test('a gRPC trailers-only answer: its status and metadata reach the client as trailers, and what a trailer section may not carry (set-cookie, cache-control) stays in the head', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  const answer = await h2Request(session, { ':method': 'POST', ':path': '/grpc-trailers-only', 'x-waiter-token': 'twos', 'content-type': 'application/grpc', te: 'trailers' }, '')
+  t.equal(answer.status, 200)
+  t.match(answer.headers, { 'content-type': 'application/grpc', 'set-cookie': ['jar=1'], 'cache-control': 'no-store' }, 'the head keeps what belongs in a head')
+  t.match(answer.trailers, { 'grpc-status': '5', 'grpc-message': 'not found', 'x-kitchen-meta': 'kept' }, 'the status and the metadata come as trailers')
+  t.equal(answer.trailers['set-cookie'], undefined, 'no cookie among the trailers, where a client would ignore it')
+  t.equal(answer.trailers['cache-control'], undefined)
+})
