@@ -370,15 +370,12 @@ interface H2Connection {
   streams: number
   /** When a stream last opened or closed (ms since the epoch). */
   lastUsed: number
+  /** The instance's SETTINGS arrived on it. */
+  settled: boolean
 }
 
-/**
- * The streams an HTTP/2 connection may carry at once, as the instance's SETTINGS say (until they
- * arrive, nghttp2 assumes 100); at least one, so a peer that says 0 costs one connection per stream.
- */
-function streamsAllowed(session: ClientHttp2Session): number {
-  return Math.max(1, session.remoteSettings.maxConcurrentStreams ?? 100)
-}
+/** Instances' allowances of streams per connection remembered, at most (the oldest forgotten first). */
+const ALLOWANCES_KEPT = 10_000
 
 export class NodeForwarder {
   readonly #connectTimeoutMs: number
@@ -394,6 +391,12 @@ export class NodeForwarder {
    * over that allowance.
    */
   readonly #sessions = new Map<string, H2Connection[]>()
+  /**
+   * The streams per connection each origin last allowed (its SETTINGS_MAX_CONCURRENT_STREAMS):
+   * what a new connection is held to until its own SETTINGS arrive. Unknown: one, as a stream
+   * sent beyond the allowance is refused (REFUSED_STREAM), a 502 for its client.
+   */
+  readonly #allowances = new Map<string, number>()
 
   constructor(options: { connectTimeoutMs: number }) {
     this.#connectTimeoutMs = options.connectTimeoutMs
@@ -434,10 +437,16 @@ export class NodeForwarder {
     const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${authority(instance.host, instance.port)}`
     const pool = this.#sessions.get(origin) ?? []
     for (const known of pool) {
-      if (!known.session.closed && !known.session.destroyed && known.streams < streamsAllowed(known.session)) return known
+      if (!known.session.closed && !known.session.destroyed && known.streams < this.#streamsAllowed(known, origin)) return known
     }
     const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])
-    const entry: H2Connection = { session, error: undefined, streams: 0, lastUsed: Date.now() }
+    const entry: H2Connection = { session, error: undefined, streams: 0, lastUsed: Date.now(), settled: false }
+    session.on('remoteSettings', (settings) => {
+      entry.settled = true
+      this.#allowances.delete(origin)
+      this.#allowances.set(origin, Math.max(1, settings.maxConcurrentStreams ?? 2 ** 31 - 1))
+      if (this.#allowances.size > ALLOWANCES_KEPT) this.#allowances.delete(this.#allowances.keys().next().value as string)
+    })
     const forget = (): void => {
       const left = (this.#sessions.get(origin) ?? []).filter((other) => other !== entry)
       if (left.length === 0) this.#sessions.delete(origin)
@@ -464,6 +473,12 @@ export class NodeForwarder {
     setTimeout(idle, H2_IDLE_MS).unref()
     this.#sessions.set(origin, [...pool, entry])
     return entry
+  }
+
+  /** The streams a connection may carry at once: as its SETTINGS say, or, before they arrive, as the origin's last did. */
+  #streamsAllowed(entry: H2Connection, origin: string): number {
+    if (entry.settled) return Math.max(1, entry.session.remoteSettings.maxConcurrentStreams ?? 2 ** 31 - 1)
+    return this.#allowances.get(origin) ?? 1
   }
 
   async close(): Promise<void> {
