@@ -396,18 +396,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // it now (waiting in the queue, before its preface, after a refusal) must not take the
     // router down with an unhandled error.
     socket.on('error', () => socket.destroy())
-    // Pipelined behind a request still being answered: that answer goes out whole first (Node
-    // hands the socket over at once, and a 101 written now would come before it, the answer
+    // Pipelined behind requests still being answered: their answers go out whole first (Node
+    // hands the socket over at once, and a 101 written now would come before them, the answers
     // then inside the new protocol's bytes). What the client sends meanwhile waits unread.
-    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-    if (answering !== null && answering !== undefined && !answering.writableFinished) {
-      answering.once('finish', () => upgrade(req, socket, head))
-      answering.once('close', () => {
-        if (!answering.writableFinished) socket.destroy()
-      })
-      return
-    }
-    upgrade(req, socket, head)
+    afterEarlierAnswers(socket, () => upgrade(req, socket, head))
   }
 
   const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -415,14 +407,16 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     markHttps(req)
     const cid = cidOf(req)
     if ((socket as Counted)[REFUSED] === true) return void socket.destroy()
+    // (A drain may have begun while the upgrade waited behind earlier answers: the new protocol's
+    // connection would be closed as soon as it began.)
+    if (draining) {
+      return refuseUpgrade(req, socket, new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }), { cid })
+    }
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.
       socket.write(SWITCHING_TO_H2C)
       spliceUpgradedRequest(socket as Socket, head, upgradedRequestFrames(req), options.headersTimeoutMs, (upgraded) => h2.emit('connection', upgraded))
       return
-    }
-    if (draining) {
-      return refuseUpgrade(req, socket, new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }), { cid })
     }
     if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames) || options.websocket === undefined) {
       return refuseUpgrade(req, socket, new MaitreError('MAITRE_BAD_REQUEST', 'WebSocket upgrades are proxied to services only: name a token (x-waiter-token or the Host)', { details: { field: 'upgrade' } }), { cid })
@@ -452,16 +446,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       socket.destroy()
       return
     }
-    // A request before the bad one may still be answering on this connection: its answer comes
+    // Requests before the bad one may still be answering on this connection: their answers come
     // first and whole, then this one, then the connection goes. Never a second answer to one request.
-    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-    if (answering !== null && answering !== undefined && !answering.writableFinished) {
-      markRefused(socket)
-      answering.once('finish', () => refuse(socket, answer))
-      answering.once('close', () => socket.destroySoon())
-      return
-    }
-    refuse(socket, answer)
+    markRefused(socket)
+    afterEarlierAnswers(socket, () => refuse(socket, answer))
   }
   // Expect: 100-continue is not answered at once (as Node would): the proxy answers it once it
   // admitted the request (continueRequest); an API call, which reads small bodies, goes on at once.
@@ -706,6 +694,20 @@ export function continueRequest(res: ServerResponse): void {
   if ((res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] === true || res.headersSent) return
   ;(res as ServerResponse & { [CONTINUED]?: boolean })[CONTINUED] = true
   res.writeContinue()
+}
+
+/**
+ * Runs `then` once every answer to the requests that came before on this connection has gone
+ * out whole (Node answers pipelined requests in turn, moving the next onto the socket as one
+ * finishes); a connection that closes first is destroyed instead.
+ */
+function afterEarlierAnswers(socket: Duplex, then: () => void): void {
+  const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (answering === null || answering === undefined || answering.writableFinished) return then()
+  answering.once('finish', () => setImmediate(() => afterEarlierAnswers(socket, then)))
+  answering.once('close', () => {
+    if (!answering.writableFinished) socket.destroy()
+  })
 }
 
 /**

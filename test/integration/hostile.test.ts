@@ -117,6 +117,11 @@ t.test('malformed requests get a 4xx, never a 500, and never a second answer', a
   const both = await piped.closed
   t.same((both.match(/HTTP\/1\.1 \d{3}/g) ?? []), ['HTTP/1.1 200', 'HTTP/1.1 400'], 'the 200 of the valid request, then the 400 of the garbage')
   t.match(both, /"slept":200[\s\S]*HTTP\/1\.1 400/, 'the 200 whole before the 400')
+  // Two valid requests before the garbage: both answered whole, in turn, before its 400.
+  const two = await raw(router.url, 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: piped\r\n\r\nGET /sleep?sleep-ms=100 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: piped\r\n\r\nBLAH\x00\x01 nonsense\r\n\r\n')
+  const three = await two.closed
+  t.same((three.match(/HTTP\/1\.1 \d{3}/g) ?? []), ['HTTP/1.1 200', 'HTTP/1.1 200', 'HTTP/1.1 400'], 'two 200s, then the 400')
+  t.match(three, /"slept":300[\s\S]*"slept":100[\s\S]*HTTP\/1\.1 400/, 'each whole, in turn')
 })
 
 t.test('a refused connection is closed unread: nothing sent on it runs', async (t) => {

@@ -304,11 +304,11 @@ t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a 
   await stopping
 })
 
-t.test('an upgrade pipelined behind a request still being answered: that answer goes out whole first, then the 101 (h2c and WebSocket alike)', async (t) => {
+t.test('an upgrade pipelined behind requests still being answered: their answers go out whole first, in turn, then the 101 (h2c and WebSocket alike)', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'kitchen', kitchenToken())
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })).status, 200, 'warm')
-  const slow = 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\n\r\n'
+  const slow = 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\n\r\nGET /sleep?sleep-ms=200 HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\n\r\n'
   const upgrades = {
     h2c: 'GET /request-info HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n',
     websocket: `GET /ws HTTP/1.1\r\nHost: x\r\nx-waiter-token: kitchen\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${Buffer.alloc(16, 1).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
@@ -318,9 +318,10 @@ t.test('an upgrade pipelined behind a request still being answered: that answer 
     t.teardown(() => socket.destroy())
     let received = ''
     socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')))
-    await waitFor(`${kind}: the first answer and the 101`, () => (received.includes(' 101 Switching Protocols') && received.includes('"slept":300') ? true : undefined), 10_000)
+    await waitFor(`${kind}: both answers and the 101`, () => (received.includes(' 101 Switching Protocols') && received.includes('"slept":300') && received.includes('"slept":200') ? true : undefined), 10_000)
     t.match(received, /^HTTP\/1\.1 200 OK\r\n/, `${kind}: the first answer comes first`)
-    t.ok(received.indexOf('"slept":300') < received.indexOf(' 101 Switching Protocols'), `${kind}: whole, before the 101`)
+    const [first, second, upgraded] = ['"slept":300', '"slept":200', ' 101 Switching Protocols'].map((text) => received.indexOf(text))
+    t.ok((first as number) < (second as number) && (second as number) < (upgraded as number), `${kind}: both answers whole, in turn, before the 101`)
     socket.destroy()
   }
 })
