@@ -235,14 +235,16 @@ export class Resolver {
     }
 
     const onTheFly = Object.keys(waiter.onTheFly).length > 0 || Object.keys(waiter.params).length > 0
-    // Waiter's preauthorized token: one token, nothing on the fly, whose own description names
-    // who it runs as and who may call it. Its writer was allowed to run as that user (checked
-    // at token write), so its callers need only be permitted; anything merged from several
-    // tokens or headers is judged as a whole, by who the caller may run as.
+    // Waiter's preauthorized token: one token, nothing on the fly but the params it allows,
+    // whose own description names who it runs as and who may call it. Its writer was allowed to
+    // run as that user (checked at token write), so its callers need only be permitted; anything
+    // merged from several tokens or headers is judged as a whole, by who the caller may run as.
     const only = names.length === 1 && Object.keys(waiter.onTheFly).length === 0 ? this.#tokens.get(names[0] as string) : undefined
     const own = only === undefined ? undefined : serviceFields(only)
     const preauthorized = own !== undefined && explicitUser(own['run-as-user']) !== undefined && typeof own['permitted-user'] === 'string'
-    const authenticationDisabled = preauthorized && own['authentication'] === 'disabled' && own['permitted-user'] === '*'
+    // A caller who proves nothing calls the token as it is: params (each a new version) take
+    // credentials, where Waiter would let anyone start versions without end.
+    const authenticationDisabled = preauthorized && !onTheFly && own['authentication'] === 'disabled' && own['permitted-user'] === '*'
     if (principal.anonymous === true && !authenticationDisabled) {
       // Decided before anything is recorded: a caller who proved nothing leaves no trace.
       throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous' } })
