@@ -774,13 +774,6 @@ export class KubernetesBackend implements Backend {
       this.#adopt(rs)
       return
     }
-    if (service.creating === undefined && service.deleting === undefined && service.uid !== undefined && rs.metadata.uid !== undefined && rs.metadata.uid !== service.uid) {
-      // Deleted and made again while this router was not watching (a relist shows only the new
-      // one): as if it had seen both, or the new one's delete would pass for another's.
-      this.#replicaSetGone(id, service.uid)
-      if (!this.#services.has(id)) this.#adopt(rs)
-      return
-    }
     service.uid ??= rs.metadata.uid
     this.#settleDebts(service, rs)
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
@@ -816,11 +809,20 @@ export class KubernetesBackend implements Backend {
       async () => {
         // Only services settled before the list began can be missing from it because they are gone.
         const before = [...this.#services.values()].filter((service) => service.creating === undefined && service.uid !== undefined)
+        const uidAtStart = new Map(before.map((service) => [service, service.uid]))
         const list = await this.#o.api.listReplicaSets(selector)
         const listed = new Set<string>()
         for (const rs of list.items) {
           const id = rs.metadata.annotations?.[ANNOTATIONS.serviceId]
           if (id !== undefined) listed.add(id)
+          // Deleted and made again while nobody watched: the list shows another ReplicaSet under
+          // the name of one settled before it began, and untouched since. As if both events had
+          // been seen, or the new one's delete would later pass for another's. (Only the list
+          // says so: a watch event under an older uid may just be late.)
+          const service = id === undefined ? undefined : this.#services.get(id)
+          if (service !== undefined && id !== undefined && uidAtStart.has(service) && uidAtStart.get(service) === service.uid && service.creating === undefined && service.deleting === undefined && rs.metadata.uid !== undefined && rs.metadata.uid !== service.uid) {
+            this.#replicaSetGone(id, service.uid)
+          }
           this.#observeReplicaSet('MODIFIED', rs)
         }
         // Gone while nobody watched.
