@@ -140,7 +140,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   // etcd's client (gRPC) is loaded in cluster mode only: a router on its own starts without it.
   const etcd = config.etcd.endpoints.length > 0 ? (await import('./cluster/etcd/connect.ts')).connectEtcd(config.etcd) : undefined
   const sharedStores = etcd === undefined ? undefined : etcdStores(etcd, etcdPrefix, log)
-  const stores = sharedStores ?? fileStores(dataDir)
+  const stores = sharedStores ?? fileStores(dataDir, ({ store, key, verb, err }) => log.error({ err, store, key }, `a ${store} was ${verb}, but its directory could not be synced: a power loss may undo it`))
   const secret = etcd !== undefined && config.secret === null ? await sharedRouterSecret(etcd, etcdPrefix) : await loadRouterSecret(config.secret, dataDir)
 
   // Stores open first: a corrupt store stops startup before anything runs.

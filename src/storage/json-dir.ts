@@ -7,7 +7,7 @@
  * Memory follows the disk: a write or delete shows in memory once it is on disk, so a write
  * that fails (disk full, read-only, a name the file system refuses) leaves memory and disk both
  * on the previous version, and its partial temporary file is removed; one made whose directory
- * could not then be synced shows, and is reported as not durable. Temporary files live
+ * could not then be synced shows, and is reported to the operator as not durable. Temporary files live
  * in their own subdirectory, so no key can ever collide with one, and the start-up sweep removes
  * only them.
  */
@@ -69,9 +69,23 @@ export function fileNameOf(key: string): string {
   return `${encodeURIComponent(key)}${SUFFIX}`
 }
 
-/** How a store makes its directory's entries durable (tests inject a failing one). */
+/** A change made whose directory could not then be synced: a power loss may undo it. */
+export interface NotDurable {
+  readonly store: string
+  readonly key: string
+  readonly verb: string
+  readonly err: unknown
+}
+
 export interface JsonDirectoryOptions {
+  /** How a store makes its directory's entries durable (tests inject a failing one). */
   readonly syncDirectory?: (dir: string) => Promise<void>
+  /** Told of each change that could not be made durable (default: a process warning). */
+  readonly onNotDurable?: (what: NotDurable) => void
+}
+
+function warnNotDurable({ store, key, verb, err }: NotDurable): void {
+  process.emitWarning(`The ${store} ${JSON.stringify(key)} was ${verb}, but its directory could not be synced (${(err as NodeJS.ErrnoException).code ?? String(err)}): a power loss may undo it`)
 }
 
 export class JsonDirectory<T> implements DocumentStore<T> {
@@ -81,11 +95,13 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   /** Writes to one key are chained so that the last write wins on disk as in memory. */
   readonly #writes = new PerKeyQueue()
   readonly #syncDirectory: (dir: string) => Promise<void>
+  readonly #onNotDurable: (what: NotDurable) => void
 
   private constructor(dir: string, what: string, options: JsonDirectoryOptions) {
     this.#dir = dir
     this.#what = what
     this.#syncDirectory = options.syncDirectory ?? syncDirectory
+    this.#onNotDurable = options.onNotDurable ?? warnNotDurable
   }
 
   /**
@@ -166,18 +182,15 @@ export class JsonDirectory<T> implements DocumentStore<T> {
   /**
    * The change is made (what a reader of the directory, or this router after a restart, sees),
    * memory follows it; only its entry is not yet safe from a power loss. A failure to make it so
-   * is said as such: not "nothing changed", which would no longer be true.
+   * (a failing disk) is reported to the operator, not to the caller as a failed write: that would
+   * no longer be true, and every caller (a GC half done, a client retrying a write already made)
+   * would act on a falsehood.
    */
   async #durable(key: string, verb: string): Promise<void> {
     try {
       await this.#syncDirectory(this.#dir)
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code
-      throw new MaitreError('MAITRE_STORE_WRITE', `The ${this.#what} ${JSON.stringify(key)} was ${verb}, but the change could not be made durable (${code ?? 'I/O error'}): a power loss may undo it`, {
-        details: { store: this.#what, key, durable: false },
-        headers: { 'retry-after': '5' },
-        cause: err,
-      })
+      this.#onNotDurable({ store: this.#what, key, verb, err })
     }
   }
 
@@ -213,9 +226,9 @@ export class JsonDirectory<T> implements DocumentStore<T> {
 }
 
 /** Single-router mode: each store is a directory under the data directory. */
-export function fileStores(dataDir: string): StoreOpener {
+export function fileStores(dataDir: string, onNotDurable?: (what: NotDurable) => void): StoreOpener {
   return {
     kind: 'file',
-    open: <T>(name: string, what: string, check?: DocumentCheck) => Promise.resolve(JsonDirectory.open<T>(join(dataDir, name), what, check)),
+    open: <T>(name: string, what: string, check?: DocumentCheck) => Promise.resolve(JsonDirectory.open<T>(join(dataDir, name), what, check, onNotDurable === undefined ? {} : { onNotDurable })),
   }
 }
