@@ -269,9 +269,10 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Cold start and queueing share the request's queue timeout.
       const deadline = started + timeouts.queueTimeoutMs
       const activation = activationOf(current, deps)
-      // A request served by a fallback is the edited token's, not the previous version's: that
-      // version, stale now, learns nothing from it (and is never pre-warmed for it).
-      if (current === resolved.resolution) deps.keepAlive?.arrived(serviceId, deps.parametersOf(current), activation, current.sources, current.core)
+      // A request served by a fallback is the edited token's: the version it asked for (starting
+      // now) learns of it, not the previous one, stale, which is never pre-warmed for it.
+      const asked = resolved.resolution
+      deps.keepAlive?.arrived(asked.serviceId, deps.parametersOf(asked), asked === current ? activation : activationOf(asked, deps), asked.sources, asked.core)
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',
