@@ -31,7 +31,7 @@ export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other'
 }
 
-/** Versions remembered as gone, for the series their last requests record after they went. */
+/** Versions remembered as gone with requests under way, for the series those record after they went. */
 const MAX_RETIRED = 10_000
 
 export class Metrics {
@@ -57,9 +57,10 @@ export class Metrics {
   readonly memoryReleasedBytes: Counter
   readonly #perService: Metric<string>[]
   /**
-   * Versions whose series were removed because they stopped running, until they run again:
-   * what a request still under way at the time records afterwards is removed at the next
-   * scrape. At most MAX_RETIRED, the oldest forgotten first.
+   * Versions that stopped running with requests still under way, until they run again: what
+   * those requests record afterwards is removed at each scrape (which then reads every series
+   * once more: only while such a version is remembered). At most MAX_RETIRED, the oldest
+   * forgotten first.
    */
   readonly #retired = new Set<string>()
 
@@ -126,11 +127,16 @@ export class Metrics {
     this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.killVetoes, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections]
   }
 
-  /** Drops every series of a deleted version, so dead versions do not pile up in Prometheus. */
-  async removeService(serviceId: string): Promise<void> {
-    this.#retired.delete(serviceId)
-    this.#retired.add(serviceId)
-    if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.values().next().value as string)
+  /**
+   * Drops every series of a deleted version, so dead versions do not pile up in Prometheus;
+   * `requestsUnderWay`: some of its requests have yet to record how they ended.
+   */
+  async removeService(serviceId: string, requestsUnderWay = false): Promise<void> {
+    if (requestsUnderWay) {
+      this.#retired.delete(serviceId)
+      this.#retired.add(serviceId)
+      if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.values().next().value as string)
+    }
     await this.#removeSeries((service) => service === serviceId)
   }
 

@@ -31,10 +31,12 @@ export function followBackend(deps: BackendSyncDeps): () => void {
   return deps.backend.subscribe((serviceId) => {
     const state = deps.backend.state(serviceId)
     if (state === undefined) {
+      const load = deps.tracker.load(serviceId)
+      const underWay = load.inFlight + load.queued > 0
       deps.tracker.forget(serviceId)
       counted.delete(serviceId)
       deps.onGone(serviceId)
-      deps.metrics.removeService(serviceId).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
+      deps.metrics.removeService(serviceId, underWay).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
       return
     }
     deps.metrics.revive(serviceId)
