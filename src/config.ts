@@ -594,9 +594,13 @@ export function parseConfig(text: string, file = 'config'): Config {
 /** Settings whose value is a credential, at any depth (the router secret, the Mesos framework's password). */
 const SECRET_KEY = /secret|password|passwd|credential/i
 
+/** The user information of a URL (`scheme://user:password@host`), wherever one sits in a string. */
+const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^/@\s,]*@/gi
+
 /** A copy of a settings tree with every credential's value replaced (null stays null: "none set" is no secret). */
 function redacted(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redacted)
+  if (typeof value === 'string') return value.replace(URL_CREDENTIALS, '$1<redacted>@')
   if (value === null || typeof value !== 'object') return value
   const copy: Record<string, unknown> = {}
   for (const [key, inner] of Object.entries(value)) copy[key] = SECRET_KEY.test(key) && inner !== null ? '<redacted>' : redacted(inner)

@@ -99,5 +99,10 @@ t.test('/settings shows no credential, wherever it sits: the router secret and t
   t.equal(shown.backend.mesos.secret, '<redacted>')
   t.equal(shown.backend.mesos.principal, 'maitre', 'the principal (a name, not a credential) is shown')
   t.equal((redactedConfig(DEFAULTS) as { secret: unknown }).secret, null, 'an unset secret reads null')
+  const inUrls = withOverrides(DEFAULTS, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': 'https://jwks:PLANTED-jwks@idp.example/keys', 'auth.jwt.issuer': 'i', 'auth.jwt.audience': 'a', 'backend.kind': 'mesos', 'backend.mesos.master': 'http://m:PLANTED-m1@m1:5050, http://m2:5050' })
+  const urls = redactedConfig(inUrls) as { auth: { jwt: { jwksUrl: string } }; backend: { mesos: { master: string } } }
+  t.notMatch(JSON.stringify(urls), /PLANTED/, 'nor does one written into a URL')
+  t.equal(urls.auth.jwt.jwksUrl, 'https://<redacted>@idp.example/keys')
+  t.equal(urls.backend.mesos.master, 'http://<redacted>@m1:5050, http://m2:5050', 'each URL of a list')
   t.same((redactedConfig(config) as { backend: unknown }).backend, { ...config.backend, mesos: { ...config.backend.mesos, secret: '<redacted>' } }, 'everything else is shown as configured')
 })
