@@ -4,7 +4,8 @@
  * decides nothing: every rule lives in the module that owns it.
  */
 import { mkdirSync } from 'node:fs'
-import { hostname, userInfo } from 'node:os'
+import { hostname } from 'node:os'
+import { osUserName } from './os-user.ts'
 import { join, resolve } from 'node:path'
 import { createAdminHandler, publicApiOnly } from './admin/router.ts'
 import { authGateOf } from './auth/configure.ts'
@@ -92,7 +93,7 @@ function createBackend(config: Config, dataDir: string, clock: Clock, log: Logge
   }
   if (config.backend.kind === 'mesos') {
     const mesos = (frameworkIds: FrameworkIdStore, frameworkIdRequired: boolean): MesosBackend =>
-      new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, frameworkIdRequired, user: userInfo().username })
+      new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, frameworkIdRequired, user: osUserName() })
     if (cluster === undefined) return mesos(fileFrameworkIds(join(dataDir, 'mesos-framework.json')), false)
     // One scheduler per framework: the leader subscribes, the other routers go through it.
     return new LeaderBackend({
@@ -131,7 +132,7 @@ export async function createApp(config: Config, injected: AppOverrides = {}): Pr
 
 async function assemble(config: Config, base: { clock: Clock; log: Logger; dataDir: string; unlock: () => void; tls: ReturnType<typeof readTlsFiles> }): Promise<App> {
   const { clock, log, dataDir, unlock, tls } = base
-  const user = config.auth.user ?? userInfo().username
+  const user = config.auth.user ?? osUserName()
   const routerId = await loadRouterId(config.routerId, dataDir)
   const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
 
