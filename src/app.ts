@@ -5,7 +5,7 @@
  */
 import { mkdirSync } from 'node:fs'
 import { hostname } from 'node:os'
-import { osUserName } from './os-user.ts'
+import { osUserName } from './auth/os-user.ts'
 import { join, resolve } from 'node:path'
 import { createAdminHandler, publicApiOnly } from './admin/router.ts'
 import { authGateOf } from './auth/configure.ts'

@@ -1,6 +1,6 @@
 /** The OS user's name, even for a uid with no passwd entry (the image runs as 10001, which has none). */
 import t from 'tap'
-import { osUserName } from '../src/os-user.ts'
+import { osUserName } from '../../src/auth/os-user.ts'
 
 const noEntry = (): { username: string } => {
   throw Object.assign(new Error('A system error occurred: uv_os_get_passwd returned ENOENT (no such file or directory)'), { code: 'ERR_SYSTEM_ERROR' })
