@@ -62,6 +62,10 @@ export class Activator {
   ensure(request: ActivationRequest): Promise<void> | undefined {
     const collecting = this.#collecting.get(request.serviceId)
     if (collecting !== undefined) return collecting
+    // A creation (or scale-up from zero) under way: later requests wait for it too, behind the
+    // first (a backend may report the version requested before its create call has returned).
+    const underWay = this.#pending.get(request.serviceId)
+    if (underWay !== undefined) return underWay
     // (Every request asks: the backend's count, not its whole state.)
     const requested = this.#backend.requested(request.serviceId)
     if (requested !== undefined && requested > 0) {

@@ -43,6 +43,33 @@ t.test('concurrent first requests share one creation, recorded before it is made
   t.equal(activator.ensure(request('a')), undefined, 'once it runs, nothing to wait for')
 })
 
+t.test('requests that come while a creation is under way wait for it, behind the first, even when the backend already reports the version requested (as the Kubernetes backend does from the start of its create)', async (t) => {
+  const { backend, activator, request } = setup()
+  backend.reportsRequestedEarly = true
+  let open!: () => void
+  backend.ensureGate = new Promise((resolve) => (open = resolve))
+  const first = activator.ensure(request('a'))
+  t.ok(first, 'the first request waits for the creation')
+  // (The version is recorded before it is created: one turn of the loop, and the creation is under way.)
+  await new Promise((resolve) => setImmediate(resolve))
+  t.same(backend.calls, ['ensure a'])
+  t.equal(backend.requested('a'), 2, 'which the backend already counts as requested')
+  t.equal(activator.ensure(request('a')), first, 'a request meanwhile waits for the same creation, not straight in the queue ahead of the first')
+  open()
+  await first
+  t.equal(activator.ensure(request('a')), undefined, 'once it runs, nothing to wait for')
+
+  // A creation that fails fails them all at once, rather than leaving the later ones queued.
+  backend.ensureGate = new Promise((resolve) => (open = resolve))
+  backend.failEnsures = 1
+  const failing = activator.ensure(request('b'))
+  await new Promise((resolve) => setImmediate(resolve))
+  const meanwhile = activator.ensure(request('b'))
+  t.equal(meanwhile, failing, 'the later request shares its fate')
+  open()
+  await t.rejects(failing as Promise<void>)
+})
+
 t.test('a version asked down to zero instances is scaled back to its minimum', async (t) => {
   const { backend, activator, request } = setup()
   await activator.ensure(request('a'))
