@@ -358,7 +358,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         // or is restarting) goes to another instance, whatever its method: at once if one has a
         // free slot, else in the queue, within the request's deadline. (The refusing instance is
         // ejected by now; with no other instance in rotation, the 502 says what happened.)
-        if (result.error !== undefined && result.notDelivered && attempt < MAX_ATTEMPTS && !clientGone && !res.headersSent && !req.readableDidRead && deps.tracker.load(serviceId).healthy > 1) {
+        if (result.error !== undefined && result.notDelivered && attempt < MAX_ATTEMPTS && !clientGone && !res.headersSent && !req.readableDidRead && deps.tracker.instanceSlots(serviceId).some((s) => s.routable && s.id !== instance.id)) {
           deps.log.warn({ cid, service: serviceId, instance: instance.id, attempt }, 'instance refused the connection; trying another')
           lease = deps.tracker.tryAcquire(serviceId)
           if (lease === undefined) {
