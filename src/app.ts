@@ -86,14 +86,14 @@ interface ClusterOfBackend {
   readonly specOf: (serviceId: string) => LaunchSpec | undefined
 }
 
-function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger, cluster: ClusterOfBackend | undefined): Backend {
+function createBackend(config: Config, dataDir: string, clock: Clock, log: Logger, cluster: ClusterOfBackend | undefined, specOf: (serviceId: string) => LaunchSpec | undefined): Backend {
   if (config.backend.kind === 'kubernetes') {
     const k8s = config.backend.kubernetes
     return new KubernetesBackend({ ...k8s, api: new KubeApi(kubeConnection(k8s), { requestTimeoutMs: k8s.requestTimeoutMs }), cluster: config.cluster, clock, log })
   }
   if (config.backend.kind === 'mesos') {
     const mesos = (frameworkIds: FrameworkIdStore, frameworkIdRequired: boolean): MesosBackend =>
-      new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, frameworkIdRequired, user: osUserName() })
+      new MesosBackend({ ...config.backend.mesos, cluster: config.cluster, clock, log, frameworkIds, frameworkIdRequired, user: osUserName(), specOf })
     if (cluster === undefined) return mesos(fileFrameworkIds(join(dataDir, 'mesos-framework.json')), false)
     // One scheduler per framework: the leader subscribes, the other routers go through it.
     return new LeaderBackend({
@@ -167,7 +167,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     const record = registry.get(serviceId)
     return record === undefined ? undefined : parameters.launchSpecOfRecord(record)
   }
-  const led = createBackend(config, dataDir, clock, log, etcd === undefined ? undefined : { etcd, prefix: etcdPrefix, coordination: () => coordination, secret, specOf: specOfRecord })
+  const led = createBackend(config, dataDir, clock, log, etcd === undefined ? undefined : { etcd, prefix: etcdPrefix, coordination: () => coordination, secret, specOf: specOfRecord }, specOfRecord)
   const backend = instrumented(led, metrics)
   const tracker = new InstanceTracker({
     clock,

@@ -55,6 +55,13 @@ export interface MesosBackendOptions extends MesosBackendConfig {
   readonly frameworkIdRequired?: boolean
   /** The OS user maitre runs as: the framework's default task user. */
   readonly user: string
+  /**
+   * A recorded version's launch spec, for a task adopted from the master's state: its label
+   * carries no credentials (the master shows labels to whoever reads its state), so what it
+   * runs with comes from the version's record. Without one, an adopted version is replaced only
+   * once a request ensures it again.
+   */
+  readonly specOf?: (serviceId: string) => LaunchSpec | undefined
 }
 
 const ENDED_KEPT = 10
@@ -454,7 +461,7 @@ export class MesosBackend implements Backend {
       if (serviceId === undefined) continue
       let service = this.#services.get(serviceId)
       if (service === undefined) {
-        service = this.#newService(serviceId, parseSpec(labelOf(t.labels, LABELS.launchSpec)), 0)
+        service = this.#newService(serviceId, this.#o.specOf?.(serviceId) ?? parseSpec(labelOf(t.labels, LABELS.launchSpec)), 0)
         this.#services.set(serviceId, service)
       }
       const statuses = t.statuses ?? []
@@ -763,11 +770,12 @@ interface MasterState {
   }[]
 }
 
+/** A whole launch spec from a task's label (as routers before 2026-12-02 wrote it); one without its credentials is none. */
 function parseSpec(text: string | undefined): LaunchSpec | undefined {
   if (text === undefined) return undefined
   try {
     const spec = JSON.parse(text) as LaunchSpec
-    return typeof spec.serviceId === 'string' && typeof spec.command === 'string' ? spec : undefined
+    return typeof spec.serviceId === 'string' && typeof spec.command === 'string' && typeof spec.env === 'object' && spec.env !== null && 'authorization' in spec ? spec : undefined
   } catch {
     return undefined
   }

@@ -82,6 +82,19 @@ t.test('a router restart re-subscribes as the same framework and adopts the runn
   t.equal(after.pid, before.pid, 'by the very same task process')
   const id = await serviceId(second, 'kept')
   t.equal(sim.tasks().filter((task) => task.id.startsWith(`${id}.`)).length, 1, 'no second task was ever launched')
+
+  // The master's state, which it shows whoever reads it, holds no credential: the adopting
+  // router found what the version runs with in its record.
+  const state = await (await fetch(`${sim.url}/master/state`)).text()
+  const [task] = sim.tasks().filter((k) => k.id.startsWith(`${id}.`))
+  t.ok(task?.env['WAITER_PASSWORD'], 'the task runs with its password')
+  t.notMatch(state, task?.env['WAITER_PASSWORD'] as string, 'which the master state never shows')
+  t.notMatch(state, /"authorization"|Basic /, 'nor the Authorization the router sends it')
+  if (task === undefined) throw new Error('no task')
+  sim.loseAgent(task.agentId)
+  await waitFor('the adopted version replaced on another agent', () => sim.tasks().find((k) => k.id.startsWith(`${id}.`) && k.state === 'TASK_RUNNING' && k.healthy === true && k.id !== task.id), 20_000)
+  const replaced = await served(second, 'kept')
+  t.equal(replaced.status, 200, 'and its replacement, launched from the record, takes the router’s credentials')
 })
 
 t.test('the master restarts, and a standby redirects to the leader: the framework follows and its instance serves on', async (t) => {

@@ -4,8 +4,10 @@
  *
  * A task's id is its instance id, `<service-id>.<suffix>` as Waiter names instances, so a status
  * update (which carries nothing but the id) tells which service it belongs to. Its labels carry
- * the service id and the LaunchSpec itself, so a router that subscribes again (a restart, a new
- * leader) finds in the master's state everything it needs to adopt the task and replace it.
+ * the service id and the LaunchSpec without its credentials and environment (the master shows
+ * labels to all who read its state), so a router that subscribes again (a restart, a new leader)
+ * finds in the master's state what it needs to adopt the task; what it runs with comes from the
+ * version's record.
  */
 import { randomBytes } from 'node:crypto'
 import type { LaunchSpec } from '../../launch-spec.ts'
@@ -72,10 +74,18 @@ export function taskInfoOf(spec: LaunchSpec, placed: PlacedTask, taskId: string,
       labels: [
         { key: LABELS.serviceId, value: spec.serviceId },
         { key: LABELS.cluster, value: cluster },
-        { key: LABELS.launchSpec, value: JSON.stringify(spec) },
+        // What it runs, for whoever reads the master's state (the master shows labels to all its
+        // readers): never its credentials or its environment, which may hold the service's own secrets.
+        { key: LABELS.launchSpec, value: JSON.stringify(withoutSecrets(spec)) },
       ],
     },
   }
+}
+
+/** A launch spec without the instance's credentials and environment. */
+function withoutSecrets(spec: LaunchSpec): Omit<LaunchSpec, 'authorization' | 'env'> {
+  const { authorization: _authorization, env: _env, ...shown } = spec
+  return shown
 }
 
 /** A failed command's exit status, as the command executor words it ("Command exited with status 127"). */
