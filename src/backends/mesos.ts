@@ -181,7 +181,9 @@ export class MesosBackend implements Backend {
         user: o.user,
         name: o.frameworkName,
         roles: [o.role],
-        capabilities: [{ type: 'MULTI_ROLE' }],
+        // TASK_KILLING_STATE: a task in its termination grace shows as TASK_KILLING (else
+        // TASK_RUNNING until it ends), so a router adopting it then knows it is on its way out.
+        capabilities: [{ type: 'MULTI_ROLE' }, { type: 'TASK_KILLING_STATE' }],
         failover_timeout: o.failoverTimeoutSecs,
         checkpoint: true,
         ...(o.principal === null ? {} : { principal: o.principal }),

@@ -222,3 +222,24 @@ t.test('cluster mode, etcd: after the master removed the kept framework, the new
   await t.rejects(etcdFrameworkIds(client, '/m').save('someone-else', 'not-the-kept-one'), { code: 'MAITRE_STORE_CONFLICT' })
   t.equal(await client.get('/m/mesos/framework-id').string(), replacing)
 })
+
+t.test('a router that restarts while a task it scaled down is in its termination grace adopts it as on its way out: not an instance, the scale-down holds', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  const frameworkIds = { load: async (): Promise<string | undefined> => kept, save: async (id: string): Promise<void> => void (kept = id) }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds }
+  const first = new MesosBackend(options)
+  // An app that ignores SIGTERM: it stays in its 6 s grace until the router is long restarted.
+  await first.ensureService({ ...spec('down', 2), command: `exec ${kitchenCmd('--ignore-sigterm')}`, terminationGraceMs: 6000 })
+  await waitFor('two healthy', () => (first.state('down')?.instances.filter((i) => i.healthy).length === 2 ? true : undefined), 15_000)
+  const victim = (first.state('down')?.instances[0] as { id: string }).id
+  t.equal(await first.killInstance('down', victim), true)
+  await waitFor('the master to show it being killed', () => (sim.tasks().find((task) => task.id === victim)?.state === 'TASK_KILLING' ? true : undefined), 10_000)
+  await first.close()
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await waitFor('the next router adopted what runs', () => (next.ready && next.state('down') !== undefined ? true : undefined), 15_000)
+  const adopted = next.state('down')
+  t.notOk(adopted?.instances.some((i) => i.id === victim), 'the task on its way out is no instance to route to')
+  t.equal(adopted?.requested, 1, 'the scale-down holds')
+})
