@@ -69,6 +69,8 @@ const ENDED_KEPT = 10
 const IMPLICIT_RECONCILE_MS = 15 * 60_000
 /** First wait before reconciling again the tasks that got no update since the subscription. */
 const RECONCILE_RETRY_MS = 5_000
+/** A failed DECLINE is tried again after this, doubling, five times. */
+const DECLINE_RETRY_MS = 250
 const MAX_RECONCILE_RETRY_MS = 5 * 60_000
 /** A KILL with no terminal update after this (plus the task's grace) is sent again, the wait doubling. */
 const KILL_RETRY_MS = 2_000
@@ -500,7 +502,7 @@ export class MesosBackend implements Backend {
       placement = place({ offers, demands: this.#demands(), used: this.#used(), spread: this.#o.spread })
     } catch (err) {
       this.#o.log.error({ err }, 'mesos offers could not be placed; declined')
-      await this.#call({ type: 'DECLINE', decline: { offer_ids: offers.map((o) => o.id), filters: { refuse_seconds: UNPLACED_REFUSE_SECS } } }, {})
+      await this.#decline(offers.map((o) => o.id), UNPLACED_REFUSE_SECS)
       return
     }
     // Declined or left over while some demand is still unplaced: a short filter, so resources
@@ -527,14 +529,19 @@ export class MesosBackend implements Backend {
       const launching = (async () => {
         const ok = await this.#call({ type: 'ACCEPT', accept: { offer_ids: launch.offerIds, operations: [{ type: 'LAUNCH', launch: { task_infos: infos } }], filters: { refuse_seconds: refuseSeconds } } }, { agent: launch.agentId })
         for (const task of tasks) task.launching = undefined
-        // Unknown whether the master took it (an answer lost is not a refusal): asked, it says
-        // LOST for what it never launched, and the demand comes back then.
-        if (!ok) void this.#call({ type: 'RECONCILE', reconcile: { tasks: tasks.map((k) => ({ task_id: { value: k.id }, agent_id: { value: k.agentId } })) } }, {})
+        if (ok) return
+        // Unknown whether the master took it (an answer lost is not a refusal). Asked, until it
+        // answers, it says LOST for what it never launched, and the demand comes back then; and
+        // the offers are declined, or (Mesos has no offer timeout) they stay held, their agent
+        // never offered again. (Declining offers the master did use changes nothing.)
+        for (const task of tasks) task.updatedAt = 0
+        this.#reconcile(RECONCILE_RETRY_MS)
+        void this.#decline(launch.offerIds, UNPLACED_REFUSE_SECS)
       })()
       for (const task of tasks) task.launching = launching
       return launching
     })
-    const declined = placement.unused.length === 0 ? Promise.resolve(true) : this.#call({ type: 'DECLINE', decline: { offer_ids: placement.unused, filters: { refuse_seconds: refuseSeconds } } }, {})
+    const declined = placement.unused.length === 0 ? Promise.resolve(true) : this.#decline(placement.unused, refuseSeconds)
     await Promise.all([...accepts, declined])
     if (placement.unplaced.size > 0) this.#o.log.debug({ unplaced: Object.fromEntries(placement.unplaced) }, 'instances that fit no offer')
     // A REVIVE that went out during the round cleared filters this round then set: again.
@@ -732,6 +739,24 @@ export class MesosBackend implements Backend {
       if (stale.length === 0) void this.#call({ type: 'RECONCILE', reconcile: { tasks: [] } }, {})
       this.#reconcile(Math.min(MAX_RECONCILE_RETRY_MS, retryMs * 2))
     }, next)
+  }
+
+  /**
+   * Declines offers. One that fails is tried again in the background, a few times, for as long
+   * as the subscription lasts (a new one voids every offer): Mesos has no offer timeout, so an
+   * offer never declined is held for good, and its agent never offered again.
+   */
+  async #decline(offerIds: readonly { value: string }[], refuseSeconds: number): Promise<boolean> {
+    const decline = (): Promise<boolean> => this.#call({ type: 'DECLINE', decline: { offer_ids: offerIds, filters: { refuse_seconds: refuseSeconds } } }, {})
+    if (await decline()) return true
+    const subscribedAt = this.#subscribedAt
+    void (async () => {
+      for (let wait = DECLINE_RETRY_MS; wait <= DECLINE_RETRY_MS * 16; wait *= 2) {
+        await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
+        if (this.#closed || this.#subscribedAt !== subscribedAt || (await decline())) return
+      }
+    })()
+    return false
   }
 
   /** A call on the current subscription; false (logged) if it did not go through. */

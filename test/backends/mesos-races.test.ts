@@ -243,3 +243,32 @@ t.test('a router that restarts while a task it scaled down is in its termination
   t.notOk(adopted?.instances.some((i) => i.id === victim), 'the task on its way out is no instance to route to')
   t.equal(adopted?.requested, 1, 'the scale-down holds')
 })
+
+t.test('a DECLINE that fails is tried again: the offers are not held for good (Mesos has no offer timeout), and the next demand gets them', async (t) => {
+  // Each agent takes one instance. The first DECLINE fails (of every offer, before the first
+  // version is known, or of the agents it did not take): without a retry, those are held.
+  const sim = await startMesosSimulatorFor(t, { agents: 3, agentCpus: 0.1 })
+  const failOnce = new Set(['DECLINE'])
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { failOnce }), 1)
+  await backend.ensureService(spec('first', 1))
+  await waitFor('its task running', () => (live(sim, 'first') === 1 ? true : undefined), 15_000)
+  t.equal(failOnce.size, 0, 'a DECLINE failed on the way')
+  // The next version fits only on those other agents.
+  await backend.ensureService(spec('next', 1))
+  await waitFor('its task running too', () => (live(sim, 'next') === 1 ? true : undefined), 15_000)
+  t.pass('the other agents were offered again')
+})
+
+t.test('an ACCEPT that fails, and the RECONCILE after it too: the launch is asked about until the master answers, and the version runs', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const failOnce = new Set<string>()
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { failOnce }), 1)
+  await waitFor('ready, and reconciled after subscribing', () => (backend.ready && sim.calls().some((c) => c.type === 'RECONCILE') ? true : undefined), 10_000)
+  failOnce.add('ACCEPT')
+  failOnce.add('RECONCILE')
+  await backend.ensureService(spec('stuck', 1))
+  await waitFor('both to have failed', () => (failOnce.size === 0 ? true : undefined), 10_000)
+  await waitFor('its task running', () => (live(sim, 'stuck') === 1 ? true : undefined), 20_000)
+  await waitFor('and seen healthy', () => (backend.state('stuck')?.instances.some((i) => i.healthy) === true ? true : undefined), 20_000)
+  t.equal(backend.state('stuck')?.instances.length, 1, 'one instance: the launch that never happened is gone')
+})
