@@ -446,6 +446,9 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       socket.destroy()
       return
     }
+    // Node reports every later chunk of a connection whose parsing failed: the one answer is
+    // under way already (each report would add its wait to the answers still going out).
+    if ((socket as Counted)[REFUSED] === true) return
     // Requests before the bad one may still be answering on this connection: their answers come
     // first and whole, then this one, then the connection goes. Never a second answer to one request.
     markRefused(socket)

@@ -122,6 +122,20 @@ t.test('malformed requests get a 4xx, never a 500, and never a second answer', a
   const three = await two.closed
   t.same((three.match(/HTTP\/1\.1 \d{3}/g) ?? []), ['HTTP/1.1 200', 'HTTP/1.1 200', 'HTTP/1.1 400'], 'two 200s, then the 400')
   t.match(three, /"slept":300[\s\S]*"slept":100[\s\S]*HTTP\/1\.1 400/, 'each whole, in turn')
+  // More garbage after the garbage, while an answer is still going out: Node reports each chunk,
+  // and none may add a wait (listeners on the answer) of its own.
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => void warnings.push(warning.name)
+  process.on('warning', onWarning)
+  t.teardown(() => process.off('warning', onWarning))
+  const flood = await raw(router.url, 'GET /sleep?sleep-ms=800 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: piped\r\n\r\nBLAH\x00\x01 nonsense\r\n\r\n')
+  for (let i = 0; i < 30 && !flood.socket.destroyed; i++) {
+    await new Promise<void>((resolve) => flood.socket.write('\x00', () => resolve()))
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  const flooded = await flood.closed
+  t.same((flooded.match(/HTTP\/1\.1 \d{3}/g) ?? []), ['HTTP/1.1 200', 'HTTP/1.1 400'], 'still one answer each')
+  t.notOk(warnings.includes('MaxListenersExceededWarning'), 'and no pile of listeners')
 })
 
 t.test('a refused connection is closed unread: nothing sent on it runs', async (t) => {
