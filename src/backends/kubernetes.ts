@@ -204,6 +204,8 @@ export class KubernetesBackend implements Backend {
     try {
       const created = await this.#retrying(() => this.#o.api.createReplicaSet(replicaSetOf(spec, this.#o)))
       service.uid = created.metadata.uid
+      // Events from before the ReplicaSet was made say nothing new of it.
+      service.writtenVersion = versionOf(created.metadata.resourceVersion) ?? service.writtenVersion
       this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet, instances: spec.minInstances }, 'service created')
     } catch (err) {
       if (isTransient(err)) {
@@ -774,6 +776,10 @@ export class KubernetesBackend implements Backend {
       this.#adopt(rs)
       return
     }
+    // A late event of a ReplicaSet this one replaced (this router deleted and made it again, and
+    // knows the new uid): it says nothing of the new one. (A relist decides a replacement made
+    // while nobody watched.)
+    if (service.uid !== undefined && rs.metadata.uid !== undefined && rs.metadata.uid !== service.uid) return
     service.uid ??= rs.metadata.uid
     this.#settleDebts(service, rs)
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
