@@ -595,7 +595,7 @@ export function parseConfig(text: string, file = 'config'): Config {
 const SECRET_KEY = /secret|password|passwd|credential/i
 
 /** The user information of a URL (`scheme://user:password@host`), wherever one sits in a string. */
-const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^/@\s,]*@/gi
+const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^/\s?#]*@/gi
 
 /** A copy of a settings tree with every credential's value replaced (null stays null: "none set" is no secret). */
 function redacted(value: unknown): unknown {

@@ -104,5 +104,7 @@ t.test('/settings shows no credential, wherever it sits: the router secret and t
   t.notMatch(JSON.stringify(urls), /PLANTED/, 'nor does one written into a URL')
   t.equal(urls.auth.jwt.jwksUrl, 'https://<redacted>@idp.example/keys')
   t.equal(urls.backend.mesos.master, 'http://<redacted>@m1:5050, http://m2:5050', 'each URL of a list')
+  const odd = redactedConfig(withOverrides(DEFAULTS, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': 'https://u:PLANTED,a@b@idp.example/keys', 'auth.jwt.issuer': 'i', 'auth.jwt.audience': 'a' })) as { auth: { jwt: { jwksUrl: string } } }
+  t.equal(odd.auth.jwt.jwksUrl, 'https://<redacted>@idp.example/keys', 'a password with a comma or an @ in it too')
   t.same((redactedConfig(config) as { backend: unknown }).backend, { ...config.backend, mesos: { ...config.backend.mesos, secret: '<redacted>' } }, 'everything else is shown as configured')
 })
