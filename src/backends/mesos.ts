@@ -747,9 +747,10 @@ export class MesosBackend implements Backend {
    * offer never declined is held for good, and its agent never offered again.
    */
   async #decline(offerIds: readonly { value: string }[], refuseSeconds: number): Promise<boolean> {
+    // The offers are this subscription's: a new one voids them.
+    const subscribedAt = this.#subscribedAt
     const decline = (): Promise<boolean> => this.#call({ type: 'DECLINE', decline: { offer_ids: offerIds, filters: { refuse_seconds: refuseSeconds } } }, {})
     if (await decline()) return true
-    const subscribedAt = this.#subscribedAt
     void (async () => {
       for (let wait = DECLINE_RETRY_MS; wait <= DECLINE_RETRY_MS * 16; wait *= 2) {
         await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))

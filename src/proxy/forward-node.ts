@@ -374,7 +374,7 @@ interface H2Connection {
   settled: boolean
 }
 
-/** Instances' allowances of streams per connection remembered, at most (the oldest forgotten first). */
+/** Instances whose allowance of streams per connection is remembered, at most (the oldest forgotten first). */
 const ALLOWANCES_KEPT = 10_000
 
 export class NodeForwarder {
@@ -392,9 +392,11 @@ export class NodeForwarder {
    */
   readonly #sessions = new Map<string, H2Connection[]>()
   /**
-   * The streams per connection each origin last allowed (its SETTINGS_MAX_CONCURRENT_STREAMS):
-   * what a new connection is held to until its own SETTINGS arrive. Unknown: one, as a stream
-   * sent beyond the allowance is refused (REFUSED_STREAM), a 502 for its client.
+   * The streams per connection each instance last allowed (its SETTINGS_MAX_CONCURRENT_STREAMS),
+   * by instance id (an address may pass to another instance): what a new connection is held to
+   * until its own SETTINGS arrive. Unknown: one, as a stream sent beyond the allowance is refused
+   * (REFUSED_STREAM), a 502 for its client; so a cold burst opens up to concurrency-level
+   * connections, each closed when idle, until the first SETTINGS are known.
    */
   readonly #allowances = new Map<string, number>()
 
@@ -437,14 +439,14 @@ export class NodeForwarder {
     const origin = `${instance.proto === 'h2' ? 'https' : 'http'}://${authority(instance.host, instance.port)}`
     const pool = this.#sessions.get(origin) ?? []
     for (const known of pool) {
-      if (!known.session.closed && !known.session.destroyed && known.streams < this.#streamsAllowed(known, origin)) return known
+      if (!known.session.closed && !known.session.destroyed && known.streams < this.#streamsAllowed(known, instance.id)) return known
     }
     const session = connectH2(origin, { rejectUnauthorized: false, ALPNProtocols: ['h2'], settings: { enablePush: false } } as Parameters<typeof connectH2>[1])
     const entry: H2Connection = { session, error: undefined, streams: 0, lastUsed: Date.now(), settled: false }
     session.on('remoteSettings', (settings) => {
       entry.settled = true
-      this.#allowances.delete(origin)
-      this.#allowances.set(origin, Math.max(1, settings.maxConcurrentStreams ?? 2 ** 31 - 1))
+      this.#allowances.delete(instance.id)
+      this.#allowances.set(instance.id, Math.max(1, settings.maxConcurrentStreams ?? 2 ** 31 - 1))
       if (this.#allowances.size > ALLOWANCES_KEPT) this.#allowances.delete(this.#allowances.keys().next().value as string)
     })
     const forget = (): void => {
@@ -476,9 +478,9 @@ export class NodeForwarder {
   }
 
   /** The streams a connection may carry at once: as its SETTINGS say, or, before they arrive, as the origin's last did. */
-  #streamsAllowed(entry: H2Connection, origin: string): number {
+  #streamsAllowed(entry: H2Connection, instanceId: string): number {
     if (entry.settled) return Math.max(1, entry.session.remoteSettings.maxConcurrentStreams ?? 2 ** 31 - 1)
-    return this.#allowances.get(origin) ?? 1
+    return this.#allowances.get(instanceId) ?? 1
   }
 
   async close(): Promise<void> {

@@ -15,7 +15,8 @@ export interface DocumentStore<T> {
   entries(): IterableIterator<[string, T]>
   readonly size: number
   /**
-   * Resolves once the document is durable, and only then shows it in memory. With `expected`
+   * Resolves once the document is stored (durable, or, in a directory that could not then be
+   * synced, reported to the operator as not), and only then shows it in memory. With `expected`
    * (the document this write replaces, as read from this store, or null for "none"), the write
    * is a compare-and-set: if the stored document is another one by then, nothing is written and
    * it rejects with MAITRE_STORE_CONFLICT.
@@ -23,7 +24,7 @@ export interface DocumentStore<T> {
   put(key: string, doc: T, expected?: T | null): Promise<void>
   /** Resolves once the document is gone from storage, and only then from memory; `expected` as for put. */
   delete(key: string, expected?: T | null): Promise<void>
-  /** Resolves when every write issued so far is durable. */
+  /** Resolves when every write issued so far is stored. */
   flush(): Promise<void>
   /** Told of every change this store did not make itself (another router's write); returns an unsubscribe. */
   onChange(listener: (key: string) => void): () => void

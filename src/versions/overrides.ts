@@ -58,7 +58,7 @@ export class Overrides {
     try {
       await this.#records.put(serviceId, record)
     } finally {
-      // A write reported as failed may still have been made (only not made durable).
+      // Listeners drop what they derived from the overrides whatever the write reported: at worst one recomputation.
       this.#emit(serviceId)
     }
     return record

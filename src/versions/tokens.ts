@@ -213,8 +213,8 @@ export class Tokens {
     try {
       await this.#store.put(name, next, current ?? null)
     } finally {
-      // Even a write reported as failed may have been made (only its durability unconfirmed):
-      // caches of the token are dropped whatever happened, which at worst costs a resolution.
+      // Caches of the token are dropped whatever the write reported (an etcd transaction whose
+      // answer was lost may have gone through): at worst one resolution more.
       this.#emit(name)
     }
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
