@@ -234,7 +234,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     const record = registry.get(serviceId)
     return record === undefined ? undefined : routingOf(parameters.ofRecord(record))
   }
-  followBackend({ backend, tracker, metrics, log, routingOf: routingOfVersion, onGone: (serviceId) => memory.stoppedRunning(serviceId) })
+  followBackend({ backend, tracker, metrics, log, routingOf: routingOfVersion, onGone: (serviceId) => memory.stoppedRunning(serviceId), starting: (serviceId) => activator.starting(serviceId) })
   overrides.onChange((serviceId) => {
     const routing = routingOfVersion(serviceId)
     if (routing !== undefined) tracker.configure(serviceId, routing)

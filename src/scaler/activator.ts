@@ -155,6 +155,11 @@ export class Activator {
     return this.#collecting.has(serviceId)
   }
 
+  /** Whether the version is being created (or scaled up from zero) for requests that wait on it. */
+  starting(serviceId: string): boolean {
+    return this.#pending.has(serviceId)
+  }
+
   async #activate(request: ActivationRequest, create: boolean): Promise<void> {
     const spec = request.launchSpec()
     this.#tracker.configure(request.serviceId, routingOf(request.effective()))

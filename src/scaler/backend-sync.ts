@@ -22,6 +22,8 @@ export interface BackendSyncDeps {
   readonly routingOf: (serviceId: string) => Routing | undefined
   /** Other per-version state to drop when the backend no longer runs a version. */
   readonly onGone: (serviceId: string) => void
+  /** Whether requests wait on the version's start (they too record how they ended, later). */
+  readonly starting?: (serviceId: string) => boolean
   readonly log: Logger
 }
 
@@ -32,7 +34,7 @@ export function followBackend(deps: BackendSyncDeps): () => void {
     const state = deps.backend.state(serviceId)
     if (state === undefined) {
       const load = deps.tracker.load(serviceId)
-      const underWay = load.inFlight + load.queued > 0
+      const underWay = load.inFlight + load.queued > 0 || deps.starting?.(serviceId) === true
       deps.tracker.forget(serviceId)
       counted.delete(serviceId)
       deps.onGone(serviceId)

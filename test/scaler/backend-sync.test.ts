@@ -25,3 +25,19 @@ t.test('a version the backend reports before any request here is routed by its o
   await backend.deleteService('with-record')
   t.same(gone, ['with-record'])
 })
+
+t.test('a version gone while requests wait on its start: what they record when they end is dropped from the next scrape', async (t) => {
+  const clock = new ManualClock()
+  const backend = new MemoryBackend(clock)
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  const metrics = new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: 'test' })
+  followBackend({ backend, tracker, metrics, log: silentLogger, routingOf: () => undefined, onGone: () => undefined, starting: (id) => id === 'waited-on' })
+  backend.add('waited-on', [1])
+  await backend.deleteService('waited-on')
+  // (Its series removed first: one turn of the loop.)
+  await new Promise((resolve) => setImmediate(resolve))
+  // A request that waited on its start ends now, and records how.
+  metrics.requests.inc({ service: 'waited-on', code: '5xx' })
+  metrics.requestDuration.observe({ service: 'waited-on' }, 1)
+  t.notMatch(await metrics.render(), 'waited-on', 'no series of the version that went')
+})
