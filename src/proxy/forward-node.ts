@@ -477,7 +477,7 @@ export class NodeForwarder {
     return entry
   }
 
-  /** The streams a connection may carry at once: as its SETTINGS say, or, before they arrive, as the origin's last did. */
+  /** The streams a connection may carry at once: as its SETTINGS say, or, before they arrive, as the instance's last did. */
   #streamsAllowed(entry: H2Connection, instanceId: string): number {
     if (entry.settled) return Math.max(1, entry.session.remoteSettings.maxConcurrentStreams ?? 2 ** 31 - 1)
     return this.#allowances.get(instanceId) ?? 1

@@ -159,7 +159,7 @@ export class Tokens {
     issues.push(...validateParameters(body, { requireComplete: false }))
     if (body['authentication'] === 'disabled') issues.push(...authenticationDisabledIssues(body))
     // Waiter: an interstitial page waits for the version a token runs, so the token must name one whole.
-    const missingForInterstitial = typeof body['interstitial-secs'] === 'number' && body['interstitial-secs'] > 0 ? REQUIRED_PARAMETERS.filter((key) => body[key] === undefined) : []
+    const missingForInterstitial = typeof body['interstitial-secs'] === 'number' && body['interstitial-secs'] > 0 ? missingRequired(body) : []
     if (missingForInterstitial.length > 0) {
       issues.push({ field: 'interstitial-secs', message: `Tokens with missing required parameters cannot use interstitial support. Missing parameters: ${missingForInterstitial.join(', ')}` })
     }
@@ -304,6 +304,11 @@ const MAX_TIME_MS = 8.64e15
  * Waiter's rules for a token served without authentication: anyone may call it, so it must say
  * who it runs as and be complete in itself (no caller's headers fill it in).
  */
+/** The parameters a whole description needs that a token does not give. */
+function missingRequired(body: Readonly<Record<string, unknown>>): string[] {
+  return REQUIRED_PARAMETERS.filter((name) => body[name] === undefined)
+}
+
 function authenticationDisabledIssues(body: Readonly<Record<string, unknown>>): Issue[] {
   const issues: Issue[] = []
   if (body['permitted-user'] !== '*') {
@@ -312,7 +317,7 @@ function authenticationDisabledIssues(body: Readonly<Record<string, unknown>>): 
   if (typeof body['run-as-user'] !== 'string' || body['run-as-user'] === '*') {
     issues.push({ field: 'run-as-user', message: 'Tokens with authentication disabled must specify an explicit run-as-user (not *)' })
   }
-  const missing = REQUIRED_PARAMETERS.filter((name) => body[name] === undefined)
+  const missing = missingRequired(body)
   if (missing.length > 0) {
     issues.push(...missing.map((field) => ({ field, message: `Tokens with authentication disabled must specify all required parameters. Missing parameters: ${missing.join(', ')}` })))
   }
