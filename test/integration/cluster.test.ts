@@ -270,7 +270,12 @@ t.test('a router carrying a request on an instance vetoes the leader’s kill of
   // The leader never routed a request of this version, yet it deals its slots by the version's
   // own concurrency-level: the routers' shares add up to 2 instances × 2 slots.
   const available = async (r: Router): Promise<number> => (await call(`${r.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { slotsAvailable: number } }> }>().state[serviceId]?.load.slotsAvailable ?? 0
-  t.same([await available(leader), await available(follower)], [2, 2], 'each router holds one slot of each instance')
+  // (Shares are dealt as the instances' health reaches each router: waited for, not read once.)
+  const shares = await waitFor('each router to hold its shares', async () => {
+    const both = [await available(leader), await available(follower)]
+    return both[0] === 2 && both[1] === 2 ? both : undefined
+  }, 10_000).catch(async () => [await available(leader), await available(follower)])
+  t.same(shares, [2, 2], 'each router holds one slot of each instance')
 
   // The follower carries one long request on each instance, on its own slots: the leader's
   // tracker sees both instances idle.
