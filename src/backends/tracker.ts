@@ -112,6 +112,8 @@ interface ServiceSlots {
   lastRequestAt: number
   slots: Map<string, Slot>
   queue: Waiter[]
+  /** Requests waiting for the version to start here (a cold start): they count against the queue's bound. */
+  startWaiters: number
   deploymentError: string | undefined
   ejectTimerCancel: (() => void) | undefined
 }
@@ -248,19 +250,7 @@ export class InstanceTracker {
     if (service.deploymentError !== undefined && routableCount(service) === 0) {
       return Promise.reject(deploymentFailure(serviceId, service.deploymentError))
     }
-    if (service.queue.length >= service.routing.maxQueueLength) {
-      return Promise.reject(
-        new MaitreError('MAITRE_QUEUE_FULL', 'Max queue length exceeded', {
-          details: {
-            'current-queue-length': service.queue.length,
-            'max-queue-length': service.routing.maxQueueLength,
-            'outstanding-requests': service.queue.length + this.#inFlight(service),
-            'service-id': serviceId,
-          },
-          headers: { 'retry-after': '1' },
-        }),
-      )
-    }
+    if (service.queue.length + service.startWaiters >= service.routing.maxQueueLength) return Promise.reject(this.#queueFull(service))
     if (options.signal?.aborted === true) return Promise.reject(clientGone())
     return new Promise<Lease>((resolve, reject) => {
       let settled = false
@@ -293,6 +283,24 @@ export class InstanceTracker {
       this.#sharing?.queueChanged(service.id, service.queue.length)
       options.onQueued?.()
     })
+  }
+
+  /**
+   * A request waits for the version to start (Waiter queues it from its arrival): it takes a
+   * place in the version's queue bound until the returned function gives it back, which it does
+   * before it asks for a slot. Throws Waiter's queue-full error when the bound is reached, so a
+   * long cold start (a Kubernetes image pull) cannot gather requests without limit.
+   */
+  awaitStart(serviceId: string): () => void {
+    const service = this.#service(serviceId)
+    if (service.queue.length + service.startWaiters >= service.routing.maxQueueLength) throw this.#queueFull(service)
+    service.startWaiters += 1
+    let given = false
+    return () => {
+      if (given) return
+      given = true
+      service.startWaiters -= 1
+    }
   }
 
   load(serviceId: string): Load {
@@ -370,7 +378,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], startWaiters: 0, deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service
@@ -549,6 +557,19 @@ export class InstanceTracker {
         if (slot.used > 0 && slot.used > this.#limitOf(service, slot)) yield [service.id, slot.instance.id, slot.used]
       }
     }
+  }
+
+  #queueFull(service: ServiceSlots): MaitreError {
+    const queued = service.queue.length + service.startWaiters
+    return new MaitreError('MAITRE_QUEUE_FULL', 'Max queue length exceeded', {
+      details: {
+        'current-queue-length': queued,
+        'max-queue-length': service.routing.maxQueueLength,
+        'outstanding-requests': queued + this.#inFlight(service),
+        'service-id': service.id,
+      },
+      headers: { 'retry-after': '1' },
+    })
   }
 
   #timeoutError(serviceId: string, service: ServiceSlots, timeoutMs: number): MaitreError {

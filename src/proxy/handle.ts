@@ -284,10 +284,18 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // Ask until the version runs; the slot is then taken in the same turn, so a garbage
       // collection can never slip between "it runs" and "this request holds a slot in it".
       let starting = deps.activator.ensure(activation)
-      while (starting !== undefined) {
-        coldStart = true
-        await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs: timeouts.queueTimeoutMs, signal: waitSignal() })
-        starting = deps.activator.ensure(activation)
+      if (starting !== undefined) {
+        // Waiting for a start counts against the version's queue bound, as a queued request does.
+        const giveBack = deps.tracker.awaitStart(serviceId)
+        try {
+          while (starting !== undefined) {
+            coldStart = true
+            await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs: timeouts.queueTimeoutMs, signal: waitSignal() })
+            starting = deps.activator.ensure(activation)
+          }
+        } finally {
+          giveBack()
+        }
       }
       lease = deps.tracker.tryAcquire(serviceId)
       if (lease === undefined) {
