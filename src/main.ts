@@ -33,7 +33,15 @@ const stopSignal = (): Promise<void> =>
     }
     process.on('SIGTERM', onSignal)
     process.on('SIGINT', onSignal)
+    // The terminal maitre was started from closed (an ssh session ended): stop as for SIGTERM.
+    // Node's default would exit at once, leaving every local instance running with nothing to
+    // manage it (each runs in a process group of its own, which the hangup does not reach).
+    process.on('SIGHUP', onSignal)
   })
+
+// With that terminal gone, a write to it fails (EIO), as one to a closed pipe does (EPIPE): the
+// drain goes on without its log lines rather than stopping at an 'error' nobody listens to.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined)
 
 // The last safety net: a rejection nothing handled is reported, and the router stays up (the
 // request path has its own net, which also answers the request).

@@ -109,6 +109,19 @@ t.test('Ctrl-C on `npm start` (SIGINT to the whole process group, forwarded agai
   await drainUnderLoad(t, router, () => process.kill(-(router.child.pid as number), 'SIGINT'))
 })
 
+t.test('SIGHUP (the terminal maitre ran in closed) drains and stops the instances too, instead of leaving them running', { timeout: 60_000 }, async (t) => {
+  const router = await startRouterProcess(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  const info = await request(`${router.url}/request-info`, { headers: h })
+  const { pid } = (await info.body.json()) as { pid: number }
+  router.child.kill('SIGHUP')
+  t.equal(await router.exited, 0, 'clean exit')
+  t.ok(router.lines.some((l) => l['msg'] === 'stopping: draining requests'), 'it drained')
+  await waitFor('the instance to be stopped', () => (processAlive(pid) ? undefined : true), 5000)
+  t.notOk(processAlive(pid), 'no instance is left running')
+})
+
 t.test('a request that outlives server.shutdownTimeoutMs is cut when the drain gives up; the router still stops cleanly', { timeout: 60_000 }, async (t) => {
   const router = await startRouterProcess(t, { server: { shutdownTimeoutMs: 500 } })
   await createToken(router, 'kitchen', kitchenToken())
