@@ -95,6 +95,12 @@ interface Slot {
   routable: boolean
 }
 
+interface Bench {
+  readonly failures: number
+  readonly failedUntil: number
+  readonly killHoldUntil: number
+}
+
 interface Waiter {
   readonly grant: (lease: Lease) => void
   readonly fail: (err: MaitreError) => void
@@ -112,6 +118,12 @@ interface ServiceSlots {
   lastRequestAt: number
   slots: Map<string, Slot>
   queue: Waiter[]
+  /**
+   * Ejections and kill holds of instances that left rotation (a failed health check) while the
+   * backend still reports them: one that comes back healthy resumes them, so a flapping instance
+   * does not shed its ejection. Bounded by the instances the backend reports.
+   */
+  benched: Map<string, Bench>
   /** Requests waiting for the version to start here (a cold start): they count against the queue's bound. */
   startWaiters: number
   deploymentError: string | undefined
@@ -182,14 +194,22 @@ export class InstanceTracker {
    */
   sync(serviceId: string, instances: readonly Instance[], deploymentError: string | undefined): void {
     const service = this.#service(serviceId)
+    const now = this.#clock.now()
     const next = new Map<string, Slot>()
     let added = false
+    /** The longest ejection an instance back in rotation resumed (ms left; 0: none). */
+    let resumedEjection = 0
     for (const instance of instances) {
       if (!instance.healthy) continue
       const slot = service.slots.get(instance.id)
       if (slot === undefined) {
         added = true
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: 0, ejectedUntil: 0, locked: false, killHoldUntil: 0, failedUntil: 0, routable: true })
+        const bench = service.benched.get(instance.id)
+        const failedUntil = bench === undefined || bench.failedUntil <= now ? 0 : bench.failedUntil
+        const killHoldUntil = bench === undefined || bench.killHoldUntil <= now ? 0 : bench.killHoldUntil
+        const ejectedUntil = Math.max(failedUntil, killHoldUntil)
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: bench?.failures ?? 0, ejectedUntil, locked: false, killHoldUntil, failedUntil, routable: true })
+        resumedEjection = Math.max(resumedEjection, ejectedUntil - now)
       } else {
         slot.instance = instance
         slot.routable = true
@@ -198,11 +218,22 @@ export class InstanceTracker {
       }
     }
     for (const [id, slot] of service.slots) {
-      if (next.has(id) || slot.used === 0) continue
+      if (next.has(id)) continue
+      if (slot.used === 0) {
+        this.#bench(service, slot)
+        continue
+      }
       slot.routable = false
       next.set(id, slot)
     }
+    // Kept only for instances the backend still reports and that are out of rotation.
+    if (service.benched.size > 0) {
+      const reported = new Set<string>()
+      for (const instance of instances) reported.add(instance.id)
+      for (const id of service.benched.keys()) if (next.has(id) || !reported.has(id)) service.benched.delete(id)
+    }
     service.slots = next
+    if (resumedEjection > 0) this.#scheduleUneject(service, resumedEjection)
     service.deploymentError = deploymentError
     if (deploymentError !== undefined && routableCount(service) === 0) {
       const waiting = service.queue.splice(0)
@@ -378,7 +409,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], startWaiters: 0, deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], benched: new Map(), startWaiters: 0, deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service
@@ -415,10 +446,19 @@ export class InstanceTracker {
         service.lastActiveAt = this.#clock.now()
         this.#settle(service, slot, outcome)
         // A drained instance that left rotation while busy is forgotten now, as a sync would have.
-        if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) service.slots.delete(slot.instance.id)
+        if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) {
+          service.slots.delete(slot.instance.id)
+          this.#bench(service, slot)
+        }
         this.#dispatch(service)
       },
     }
+  }
+
+  /** Remembers an instance's ejection as it leaves rotation (see ServiceSlots.benched). */
+  #bench(service: ServiceSlots, slot: Slot): void {
+    if (slot.failures === 0 && slot.killHoldUntil === 0) return
+    service.benched.set(slot.instance.id, { failures: slot.failures, failedUntil: slot.failedUntil, killHoldUntil: slot.killHoldUntil })
   }
 
   #settle(service: ServiceSlots, slot: Slot, outcome: ReleaseOutcome): void {
@@ -506,7 +546,10 @@ export class InstanceTracker {
         service.lastActiveAt = this.#clock.now()
         if (adopted) {
           slot.used -= 1
-          if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) service.slots.delete(slot.instance.id)
+          if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) {
+          service.slots.delete(slot.instance.id)
+          this.#bench(service, slot)
+        }
           this.#dispatch(service)
         }
         done(outcome)

@@ -111,6 +111,30 @@ t.test('failing instances are ejected with exponential backoff', async (t) => {
   t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0, 'success clears the ejection')
 })
 
+t.test('an ejected instance that fails a health check and recovers keeps its ejection (a flapping instance)', async (t) => {
+  const { clock, tracker } = setup()
+  const t0 = clock.now()
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  tracker.tryAcquire('s')?.release('instance-error') // a: ejected 1 s
+  clock.advance(500)
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined) // a fails its health check
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined) // and passes the next one
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, t0 + 1000, 'still ejected until the end of its period')
+  const onB = tracker.tryAcquire('s')
+  t.equal(onB?.instance.id, 'b', 'the ejected instance is skipped')
+  const queued = tracker.acquire('s', { timeoutMs: 60000 })
+  clock.advance(500)
+  const lease = await queued
+  t.equal(lease.instance.id, 'a', 'the resumed ejection ends on time and wakes the queue')
+  lease.release('instance-error')
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, t0 + 3000, 'its failures still count: the next ejection lasts 2 s')
+  onB?.release('success')
+  // An instance the backend no longer reports leaves nothing behind: a new one under its id starts clean.
+  tracker.sync('s', [instance('b', 2)], undefined)
+  tracker.sync('s', [instance('a', 4), instance('b', 2)], undefined)
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0)
+})
+
 t.test('an ejection that ran out long ago does not make the wake-up timer of a later one spin', async (t) => {
   // A spinning timer (due at once, again and again, until the later ejection ends) burns the
   // router's event loop for up to proxy.maxEjectMs; with this clock it would never return.
