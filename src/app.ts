@@ -4,7 +4,6 @@
  * decides nothing: every rule lives in the module that owns it.
  */
 import { mkdirSync } from 'node:fs'
-import { hostname } from 'node:os'
 import { osUserName } from './auth/os-user.ts'
 import { join, resolve } from 'node:path'
 import { createAdminHandler, publicApiOnly } from './admin/router.ts'
@@ -60,6 +59,7 @@ import { Tokens } from './versions/tokens.ts'
 import { currencyOf } from './versions/currency.ts'
 import { VersionParameters } from './versions/version-parameters.ts'
 import { authority } from './http/authority.ts'
+import { routerHostnames as routerHostnamesOf } from './http/router-hostnames.ts'
 
 export interface AppOverrides {
   readonly clock?: Clock
@@ -134,7 +134,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const { clock, log, dataDir, unlock, tls } = base
   const user = config.auth.user ?? osUserName()
   const routerId = await loadRouterId(config.routerId, dataDir)
-  const routerHostnames = new Set(['localhost', '127.0.0.1', '[::1]', hostname().toLowerCase(), config.server.host, ...config.server.hostnames.map((h) => h.toLowerCase())])
+  const routerHostnames = routerHostnamesOf([config.server.host, config.server.admin.host], config.server.hostnames)
 
   // Cluster mode: shared state lives in etcd; without endpoints, in the data directory.
   const etcdPrefix = etcdPrefixOf(config)
@@ -371,7 +371,6 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     },
     async start() {
       port = await server.listen(config.server.port, config.server.host)
-      routerHostnames.add(`${config.server.host}`)
       if (adminServer !== undefined) adminPort = await adminServer.listen(config.server.admin.port, config.server.admin.host as string)
       if (etcd !== undefined) {
         coordination = await EtcdCoordinator.start({

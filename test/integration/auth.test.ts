@@ -439,3 +439,21 @@ t.test('update-mode=admin always writes: a change of system metadata alone (dele
   t.equal(same.status, 200)
   t.equal((await post(router, 'alice', { token: 'plain', ...kitchenToken() })).headers['x-waiter-operation-result'], 'token-no-op', 'an ordinary write that changes nothing stays a no-op')
 })
+
+t.test('a router bound to every interface serves its own API to a request naming it by an interface address (a kubelet probing the pod IP), not as a token', async (t) => {
+  const { networkInterfaces } = await import('node:os')
+  const address = Object.values(networkInterfaces()).flat().find((i) => i !== undefined && !i.internal && i.family === 'IPv4')?.address
+  if (address === undefined) {
+    t.comment('this machine has no interface but loopback: nothing to check')
+    return
+  }
+  const router = await startJwtRouter(t, { 'server.host': '0.0.0.0' })
+  const port = new URL(router.url).port
+  for (const path of ['/readyz', '/livez', '/status']) {
+    const reply = await call(`${router.url}${path}`, { headers: { host: `${address}:${port}` } })
+    t.equal(reply.status, 200, `${path} by ${address}`)
+  }
+  const apps = await call(`${router.url}/apps`, { headers: { host: `${address}:${port}`, ...(await router.as('root')) } })
+  t.equal(apps.status, 200, 'and the API answers there as on localhost')
+  t.same(apps.json(), [])
+})
