@@ -117,7 +117,11 @@ export function decide(policy: ScalingPolicy, input: ScalingInput, state: Scalin
   }
 
   const expired = input.expiredHealthy + Math.min(MAX_EXPIRED_UNHEALTHY, input.expiredUnhealthy)
-  if (expired > 0 && !(to < requested && requested === healthy)) {
+  // Replacements are added to a decision made from the target (or to a first look), never to a
+  // second look within a tick, which only keeps the count: added to the count itself, each
+  // queued request's poke would add another replacement for the same expired instance.
+  const recordOnly = !bursting && ticks === 0 && state.decidedAt !== undefined
+  if (expired > 0 && !recordOnly && !(to < requested && requested === healthy)) {
     to = to + Math.ceil(expired * policy.expiredInstanceRestartRate) - Math.max(0, healthy - to)
   }
   // No scale-down while a burst lasts (after the replacement arithmetic, so it cannot compound).

@@ -133,6 +133,18 @@ t.test('bounds, jitter and expired instances', async (t) => {
     requested = d.scaleTo
   }
   t.equal(requested, 2, 'during a burst an expired instance gets one replacement, not one per tick')
+  // Pokes (a queued request's immediate look) within one tick, while the replacement still starts:
+  // the count stays, where each look used to add another replacement for the same instance.
+  let poked: ScalingState = { target: 3, decidedAt: 1000, burstUntil: 0 }
+  let count = 4
+  for (let ms = 1050; ms < 2000; ms += 50) {
+    const d = decide(WAITER, { outstanding: 3, requested: count, healthy: 2, expiredHealthy: 1, expiredUnhealthy: 0 }, poked, ms, NO_BURST)
+    poked = d.state
+    count = d.scaleTo
+  }
+  t.equal(count, 4, 'looks within a tick add no replacement on top of the count')
+  const nextTick = decide(WAITER, { outstanding: 3, requested: count, healthy: 2, expiredHealthy: 1, expiredUnhealthy: 0 }, poked, 2000, NO_BURST)
+  t.equal(nextTick.scaleTo, 4, 'and the next tick keeps the ideal plus one replacement')
   const lots = decide(WAITER, { outstanding: 3, requested: 3, healthy: 3, expiredHealthy: 0, expiredUnhealthy: 9 }, { target: 3, decidedAt: 0, burstUntil: 0 }, 1000, NO_BURST)
   t.equal(lots.scaleTo, 4, 'at most two expired unhealthy instances count (ceil(2 × 0.1) = 1)')
 })
