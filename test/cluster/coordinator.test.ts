@@ -287,3 +287,62 @@ t.test('a drain announcement waits for etcd at most a second: a router cut off f
   t.ok(took >= 900 && took < 1500, `gave up after ${took} ms with etcd silent: bounded by its second, not by etcd's 10 s timeout`)
   relay.heal()
 })
+
+/** Cuts the link once more (for 200 ms) the first time any watch of `client` is (re)established. */
+function flapOnNextWatch(client: Etcd3, relay: { cut(): void; heal(): void }, key?: string): () => boolean {
+  type Watched = { once(event: 'connected', fn: () => void): void; request: { key: Uint8Array } }
+  const manager = (client as unknown as { watchManager: { watchers: Watched[]; attach(w: Watched): void } }).watchManager
+  let flapped = false
+  const flapOnConnect = (w: Watched): void => {
+    if (key !== undefined && Buffer.from(w.request.key).toString() !== key) return
+    w.once('connected', () => {
+      if (flapped) return
+      flapped = true
+      relay.cut()
+      setTimeout(() => relay.heal(), 200)
+    })
+  }
+  for (const w of manager.watchers) flapOnConnect(w)
+  const attach = manager.attach.bind(manager)
+  manager.attach = (w) => {
+    flapOnConnect(w)
+    attach(w)
+  }
+  return () => flapped
+}
+
+t.test('the leader leaves while the only other router is cut off for a moment, and the link flaps again as it comes back: that router still takes the lead', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a')
+  const b = await node(etcd, 'b', relay.url)
+  await waitFor('a leads, b knows it', () => (a.coordinator.isLeader() && b.coordinator.leaderId() === 'a' ? true : undefined), 5000)
+  relay.cut()
+  await a.coordinator.close() // a rolling update: the leader leaves, its lease revoked
+  const flapped = flapOnNextWatch(b.client, relay, '/maitre/test/leader')
+  relay.heal()
+  await waitFor('the link to flap', () => (flapped() ? true : undefined), 10_000)
+  await waitFor('b to lead', () => (b.coordinator.isLeader() ? true : undefined), 10_000).catch(() => undefined)
+  t.ok(b.coordinator.isLeader(), 'b, the only router left, leads: the leader’s leaving was not lost in the flap')
+})
+
+t.test('a router that left while another was cut off for a moment is no member of that one’s view, even when the link flaps as it comes back', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url)
+  const b = await node(etcd, 'b')
+  const c = await node(etcd, 'c')
+  c.loads.set('svc', { inFlight: 3, queued: 2, lastRequestAt: Date.now() })
+  await waitFor('a sees c and its load', () => (a.coordinator.members().length === 3 && a.coordinator.peerLoad('svc').inFlight === 3 ? true : undefined), 5000)
+  relay.cut()
+  await c.coordinator.close()
+  await waitFor('b sees c gone', () => (b.coordinator.members().length === 2 ? true : undefined), 3000)
+  const flapped = flapOnNextWatch(a.client, relay)
+  relay.heal()
+  await waitFor('the link to flap', () => (flapped() ? true : undefined), 10_000)
+  await waitFor('a to see c gone', () => (a.coordinator.members().length === 2 && a.coordinator.peerLoad('svc').inFlight === 0 ? true : undefined), 10_000).catch(() => undefined)
+  t.same(a.coordinator.members().map((m) => m.routerId).sort(), ['a', 'b'], 'c is no member for a (an unreported member would hold every slot)')
+  t.equal(a.coordinator.peerLoad('svc').inFlight, 0, 'nor is its load counted')
+})

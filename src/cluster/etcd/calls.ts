@@ -3,7 +3,7 @@
  * off, how a watcher is let go, and a pause that a close cuts short. Types only from etcd3, so
  * that importing these loads no gRPC (connect.ts does, in cluster mode only).
  */
-import type { Watcher } from 'etcd3'
+import type { Watcher, WatchBuilder } from 'etcd3'
 
 /** Retries against an etcd that is away back off to at most this: a router catches up within about 2 s of its return. */
 export const RETRY_MAX_MS = 2000
@@ -31,6 +31,29 @@ export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<vo
     }),
   ])
   clearTimeout(timer)
+}
+
+/**
+ * Starts a watch and resolves once etcd has accepted it, as the library's create() does, but
+ * hands the watcher to `hold` at once. A watcher whose start is still pending when its owner
+ * closes (etcd away) can then be let go: left attached, the library would retry it every 2 s,
+ * on a closed client too, for as long as the process lives.
+ */
+export function startWatch(builder: WatchBuilder, hold: (watcher: Watcher) => void): Promise<Watcher> {
+  const watcher = builder.watcher()
+  hold(watcher)
+  return new Promise((resolve, reject) => {
+    const onConnected = (): void => {
+      watcher.off('error', onError)
+      resolve(watcher)
+    }
+    const onError = (err: unknown): void => {
+      watcher.off('connected', onConnected)
+      reject(err)
+    }
+    watcher.once('connected', onConnected)
+    watcher.once('error', onError)
+  })
 }
 
 /** Waits `ms`, or less if `signal` aborts first (a closing store or coordinator stops its retries at once). */

@@ -23,7 +23,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type PeerReport, type SlotView, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
-import { dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
+import { startWatch, dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
 
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3
@@ -285,9 +285,9 @@ export class EtcdCoordinator implements Coordination {
     this.#cancelLoadTimer?.()
     await this.#members.close()
     await this.#loads.close()
-    const watcher = this.#leaderWatch
+    for (const watcher of [this.#leaderWatch, this.#leaderWatchStarting]) if (watcher !== undefined) await dropWatcher(watcher, false)
     this.#leaderWatch = undefined
-    if (watcher !== undefined) await dropWatcher(watcher, false)
+    this.#leaderWatchStarting = undefined
     // Revoking the lease removes membership, load and leadership at once: the others take over
     // now rather than after the TTL.
     await this.#lease?.revoke().catch(() => undefined)
@@ -315,12 +315,15 @@ export class EtcdCoordinator implements Coordination {
   }
 
   #leaderWatch: Awaited<ReturnType<ReturnType<Etcd3['watch']>['create']>> | undefined
+  /** A leader watch asked for and not yet accepted by etcd. */
+  #leaderWatchStarting: Awaited<ReturnType<ReturnType<Etcd3['watch']>['create']>> | undefined
 
   async #watchLeader(): Promise<void> {
     const current = await this.#client.get(this.#leaderKey).exec()
     const kv = current.kvs[0]
     this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
-    const watcher = await this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()).create()
+    const watcher = await startWatch(this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()), (w) => (this.#leaderWatchStarting = w))
+    this.#leaderWatchStarting = undefined
     if (this.#closed) {
       await dropWatcher(watcher, false)
       return
@@ -338,6 +341,15 @@ export class EtcdCoordinator implements Coordination {
       if (this.#leaderWatch === watcher) this.#leaderWatch = undefined
       if (this.#closed) return
       this.#options.log.warn({ err }, 'etcd leader watch failed: watching again')
+      void this.#rewatchLeader()
+    })
+    // The library would resume the watch past a leader change it never delivered (see
+    // EtcdDirectory): the leader key is read again instead, and a vacant seat is campaigned for.
+    watcher.on('disconnected', () => {
+      if (this.#leaderWatch !== watcher) return
+      this.#leaderWatch = undefined
+      void dropWatcher(watcher, false)
+      if (this.#closed) return
       void this.#rewatchLeader()
     })
   }

@@ -19,7 +19,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
 import { PerKeyQueue } from '../../storage/per-key-queue.ts'
-import { dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
+import { dropWatcher, pause, RETRY_MAX_MS, startWatch } from './calls.ts'
 
 interface Entry<T> {
   readonly doc: T
@@ -39,6 +39,10 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   readonly #writes = new PerKeyQueue()
   readonly #listeners = new Set<(key: string) => void>()
   #watcher: Watcher | undefined
+  /** A watch asked for and not yet accepted by etcd. */
+  #starting: Watcher | undefined
+  /** The highest etcd revision this store has applied: an etcd that answers with a lower one lost data. */
+  #highest = 0n
   #closed = false
   /** Ends the retry pauses when the store or coordinator closes, so nothing outlives it. */
   readonly #closing = new AbortController()
@@ -117,9 +121,9 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   async close(): Promise<void> {
     this.#closed = true
     this.#closing.abort()
-    const watcher = this.#watcher
+    for (const watcher of [this.#watcher, this.#starting]) if (watcher !== undefined) await dropWatcher(watcher, false)
     this.#watcher = undefined
-    if (watcher !== undefined) await dropWatcher(watcher, false)
+    this.#starting = undefined
   }
 
   /**
@@ -138,11 +142,13 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     const range = await this.#client.getAll().prefix(this.#prefix).exec()
     const revision = BigInt(range.header.revision)
     for (const kv of range.kvs) this.#absorb(kv, false)
+    this.#highest = revision
     await this.#watch(revision + 1n)
   }
 
   async #watch(fromRevision: bigint): Promise<void> {
-    const watcher = await this.#client.watch().prefix(this.#prefix).startRevision(fromRevision.toString()).create()
+    const watcher = await startWatch(this.#client.watch().prefix(this.#prefix).startRevision(fromRevision.toString()), (w) => (this.#starting = w))
+    this.#starting = undefined
     if (this.#closed) {
       await dropWatcher(watcher, false)
       return
@@ -162,21 +168,44 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
       this.#log.warn({ err, store: this.#what }, 'etcd watch failed: reloading the store')
       void this.#reload()
     })
+    // The connection dropped. The etcd3 library would resume the watch by itself, but from the
+    // revision etcd reported when it last answered (its current one), not from the last change
+    // delivered: changes made while this router was away and not yet streamed when the
+    // connection drops again would never arrive. So the watch is dropped here and the store read
+    // again, in full, once etcd answers.
+    watcher.on('disconnected', () => {
+      if (this.#watcher !== watcher) return
+      this.#watcher = undefined
+      void dropWatcher(watcher, false)
+      if (this.#closed) return
+      this.#log.warn({ store: this.#what }, 'etcd watch disconnected: reloading the store once etcd answers')
+      void this.#reload()
+    })
   }
 
   async #reload(): Promise<void> {
     for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         const range = await this.#client.getAll().prefix(this.#prefix).exec()
+        const revision = BigInt(range.header.revision)
+        // etcd is behind what this store has seen: its data was lost or restored from an older
+        // backup. Its revisions mean nothing against ours any more: what it holds now is taken
+        // whole, and the deletions remembered are forgotten.
+        if (revision < this.#highest) {
+          this.#log.error({ store: this.#what, revision: String(revision), seen: String(this.#highest) }, 'etcd is behind what this router saw (data lost or restored): taking what it holds now')
+          for (const [key, entry] of this.#docs) this.#docs.set(key, { doc: entry.doc, revision: -1n })
+          this.#deletedAt.clear()
+          this.#highest = revision
+        }
         const seen = new Set<string>()
         for (const kv of range.kvs) {
           const key = this.#absorb(kv, true)
           if (key !== undefined) seen.add(key)
         }
         for (const key of [...this.#docs.keys()]) {
-          if (!seen.has(key) && this.#applyDelete(key, BigInt(range.header.revision))) this.#emit(key)
+          if (!seen.has(key) && this.#applyDelete(key, revision)) this.#emit(key)
         }
-        await this.#watch(BigInt(range.header.revision) + 1n)
+        await this.#watch(revision + 1n)
         return
       } catch (err) {
         this.#log.warn({ err, store: this.#what, retryInMs: delayMs }, 'etcd store reload failed')
@@ -213,6 +242,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   #apply(key: string, doc: T, revision: bigint): boolean {
+    if (revision > this.#highest) this.#highest = revision
     const current = this.#docs.get(key)
     if (current !== undefined && current.revision >= revision) return false
     const deletedAt = this.#deletedAt.get(key)
@@ -223,6 +253,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   #applyDelete(key: string, revision: bigint): boolean {
+    if (revision > this.#highest) this.#highest = revision
     const current = this.#docs.get(key)
     if (current !== undefined && current.revision > revision) return false
     this.#docs.delete(key)
