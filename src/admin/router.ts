@@ -9,6 +9,7 @@ import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError, SERVER_HEADER } from '../http/error-response.ts'
 import { isPreflight, isSameOrigin, preflightHeaders, requestProto } from '../http/cors.ts'
+import { hostWithoutPort } from '../versions/resolve.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
@@ -52,10 +53,10 @@ function pathSegment(segment: string): string {
 export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
     const cid = cidOf(req)
-    const url = new URL(req.url ?? '/', 'http://router')
-    const r: AdminRequest = { req, res, url, cid }
     let principal: string | undefined
     try {
+      const url = requestUrl(req.url)
+      const r: AdminRequest = { req, res, url, cid }
       const path = url.pathname
       // Router to router, proven by the cluster's key rather than a user's credentials.
       if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer)
@@ -74,9 +75,17 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/readyz':
           return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
       }
+      // A browser's request must name the router in its Host. A page whose own host name an
+      // attacker pointed at the router's address (DNS rebinding) is same-origin to the browser,
+      // and would otherwise reach an API that may trust its callers by address (one-user) and
+      // registers commands to run. (Browsers send Sec-Fetch-Mode on every request, Origin on
+      // every write; a client outside a browser, such as curl or the CLI, sends neither.)
+      const origin = req.headers.origin
+      if ((origin !== undefined || req.headers['sec-fetch-mode'] !== undefined) && !deps.routerHostnames.has(hostWithoutPort(req.headers.host))) {
+        throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'A browser may reach the API only through one of the router’s own host names (server.hostnames)', { details: { host: String(req.headers.host ?? '').slice(0, 200) } })
+      }
       // The API has no CORS rules of its own: pages of the router's own origin only. A page of
       // another origin cannot make a browser spend the caller's cookie here.
-      const origin = req.headers.origin
       const foreign = origin !== undefined && !isSameOrigin(origin, req.headers.host, requestProto(req.headers))
       if (isPreflight(req.method, req.headers)) {
         if (foreign) throw new MaitreError('MAITRE_CORS_PREFLIGHT_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
@@ -197,10 +206,19 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       // Every 5xx is traceable by its cid; one that is no error of ours (a bug) is an error line.
       if (failure.status >= 500) {
         const unexpected = failure.code === 'MAITRE_INTERNAL'
-        deps.log[unexpected ? 'error' : 'warn']({ cid, code: failure.code, status: failure.status, reason: failure.message, path: url.pathname, err: failure.cause ?? undefined }, 'admin request failed')
+        deps.log[unexpected ? 'error' : 'warn']({ cid, code: failure.code, status: failure.status, reason: failure.message, path: (req.url ?? '/').split('?')[0]?.slice(0, 200), err: failure.cause ?? undefined }, 'admin request failed')
       }
       sendError(req, res, failure, { cid, principal })
     }
+  }
+}
+
+/** The request target as a URL; one that is no path (`http://[`, `//[/x`) is the caller's 400, not our 500. */
+function requestUrl(target: string | undefined): URL {
+  try {
+    return new URL(target ?? '/', 'http://router')
+  } catch {
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: String(target).slice(0, 200) } })
   }
 }
 
@@ -214,7 +232,12 @@ const PUBLIC_PATHS = new Set(['/status', '/livez', '/readyz'])
  */
 export function publicApiOnly(api: (req: IncomingMessage, res: ServerResponse) => Promise<void>): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
   return async (req, res) => {
-    const path = new URL(req.url ?? '/', 'http://router').pathname
+    let path: string
+    try {
+      path = requestUrl(req.url).pathname
+    } catch (err) {
+      return sendError(req, res, asMaitreError(err), { cid: cidOf(req) })
+    }
     if (PUBLIC_PATHS.has(path) || path.startsWith(PEER_PATH_PREFIX)) return api(req, res)
     sendError(req, res, new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: path.slice(0, 200) } }), { cid: cidOf(req) })
   }
