@@ -17,6 +17,7 @@ import { sendJson, type AdminRequest } from './http.ts'
 import { errorBody } from '../http/error-response.ts'
 import { isDebugRequested } from '../http/debug.ts'
 import { authority } from '../http/authority.ts'
+import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
 
 export interface PingDeps {
   readonly resolver: Resolver
@@ -30,6 +31,25 @@ export interface PingDeps {
 }
 
 const DEFAULT_PING_TIMEOUT_MS = 300_000
+
+/** The most of an instance's answer a ping reports: what is beyond is cut (and the answer says so). */
+export const PING_BODY_LIMIT_BYTES = 64 * 1024
+
+/** Reads a body up to `limit` bytes, then lets the rest go (the connection with it). */
+async function boundedText(body: AsyncIterable<Buffer> & { destroy(): unknown }, limit: number): Promise<{ text: string; truncated: boolean }> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of body) {
+    if (size + chunk.length > limit) {
+      chunks.push(chunk.subarray(0, limit - size))
+      body.destroy()
+      return { text: Buffer.concat(chunks).toString('utf8'), truncated: true }
+    }
+    chunks.push(chunk)
+    size += chunk.length
+  }
+  return { text: Buffer.concat(chunks).toString('utf8'), truncated: false }
+}
 
 function serviceState(deps: PingDeps, serviceId: string | undefined): Record<string, unknown> {
   const state = serviceId === undefined ? undefined : deps.backend.state(serviceId)
@@ -47,12 +67,25 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
     resolution = (await deps.resolver.resolve(r.req.headers, who)).resolution
   } catch (err) {
     if (!isMaitreError(err)) throw err
-    // A token in maintenance answers a ping as it answers any request: Waiter's 503 waiter.Maintenance.
-    if (err.code === 'MAITRE_MAINTENANCE') throw err
+    // A token in maintenance: Waiter's ping answers 200, its ping-response the 503 waiter.Maintenance
+    // any request to the token gets, and the version Inactive (none is named, none is started).
+    if (err.code === 'MAITRE_MAINTENANCE') {
+      return sendJson(r.res, 200, {
+        'ping-response': { result: 'received-response', status: err.status, body: errorBody(err, r.req, { cid: r.cid, principal: who.user }, 'json') },
+        'service-state': serviceState(deps, undefined),
+      }, r.cid)
+    }
     return sendJson(r.res, 200, {
       'ping-response': { result: 'descriptor-error', status: err.status, body: errorBody(err, r.req, { cid: r.cid, principal: who.user }, 'json') },
       'service-state': serviceState(deps, undefined),
     }, r.cid)
+  }
+  // An https-only token is not started over plain http: Waiter's redirect, with the ping's body.
+  try {
+    assertHttpsOrRedirect(r.req, resolution.tokenMetadata)
+  } catch (err) {
+    if (!isMaitreError(err)) throw err
+    return sendJson(r.res, err.status, { 'ping-response': { result: 'waiter-response', status: err.status }, 'service-state': serviceState(deps, undefined) }, r.cid, err.headers)
   }
   // A suspended version stays down: a ping does not start it (a proxied request would get 503 too).
   if (deps.suspensions.get(resolution.serviceId) !== undefined) {
@@ -99,11 +132,13 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
           headers: { 'x-waiter-request-type': 'health-check', 'x-cid': r.cid, authorization: spec.authorization },
           signal: AbortSignal.timeout(timeoutMs),
         })
+        const { text, truncated } = await boundedText(res.body, PING_BODY_LIMIT_BYTES)
         pingResponse = {
           result: 'received-response',
           status: res.statusCode,
           headers: res.headers,
-          body: await res.body.text(),
+          body: text,
+          ...(truncated ? { 'body-truncated': true } : {}),
           instance: { id: instance.id, host: instance.host, port: instance.port },
         }
       } finally {

@@ -1,7 +1,8 @@
 /** Waiter's /token, /tokens and /token-history endpoints. */
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
-import { hostWithoutPort, runAsRequester } from '../versions/resolve.ts'
+import { runAsRequester } from '../versions/resolve.ts'
+import { hostAsSent } from '../http/host.ts'
 import { serviceIdOf } from '../versions/service-id.ts'
 import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
@@ -41,8 +42,8 @@ function tokenNameOf(r: AdminRequest, deps: TokenApiDeps): string | undefined {
   if (fromQuery !== null && fromQuery !== '') return fromQuery
   const fromHeader = firstHeader(r.req.headers['x-waiter-token'])
   if (fromHeader !== undefined && fromHeader !== '') return fromHeader
-  const host = hostWithoutPort(r.req.headers.host)
-  return host !== '' && !deps.routerHostnames.has(host) ? host : undefined
+  const host = hostAsSent(r.req.headers.host)
+  return host !== '' && !deps.routerHostnames.has(host.toLowerCase()) ? host : undefined
 }
 
 /** A stored time as ISO 8601; undefined for anything that is no valid time (a reader never throws on a token). */

@@ -4,7 +4,7 @@
  * than x-waiter-debug) is the API, and everything else is proxied.
  */
 import type { IncomingHttpHeaders } from 'node:http'
-import { hostWithoutPort } from '../versions/resolve.ts'
+import { hostWithoutPort } from '../http/host.ts'
 
 const ALWAYS_API = new Set(['/app-name', '/service-id', '/token', '/waiter-ping'])
 // /maitre-peer/ is router-to-router (slot lending, kill vetoes): never a service's path.

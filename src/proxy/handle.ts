@@ -11,7 +11,8 @@ import type { InstanceTracker, Lease } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { ActivationRequest, Activator } from '../scaler/activator.ts'
-import { hostWithoutPort, type Resolution, type ResolvedRequest, type Resolver } from '../versions/resolve.ts'
+import type { Resolution, ResolvedRequest, Resolver } from '../versions/resolve.ts'
+import { hostWithoutPort } from '../http/host.ts'
 import { fallbackTarget } from '../versions/fallback.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import { statusClass, type Metrics } from '../metrics.ts'
@@ -19,6 +20,7 @@ import { cidOf } from '../http/cid.ts'
 import { sendError, SERVER_HEADER } from '../http/error-response.ts'
 import { allowedRequestHeaders, isPreflight, isSameOrigin, matchingRule, preflightHeaders, requestProto } from '../http/cors.ts'
 import { asMaitreError, MaitreError } from '../errors.ts'
+import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
@@ -126,15 +128,6 @@ export async function resolveAnonymously(req: IncomingMessage, deps: ProxyDeps, 
   }
 }
 
-/** Waiter's https-redirect: a plain-HTTP request to such a token is sent to its https URL (301 for GET and HEAD, else 307). */
-export function assertHttpsOrRedirect(req: IncomingMessage, tokenMetadata: Readonly<Record<string, unknown>>): void {
-  if (tokenMetadata['https-redirect'] !== true) return
-  if (requestProto(req.headers) === 'https') return
-  const host = req.headers.host ?? ''
-  const location = `https://${hostWithoutPort(host)}${req.url ?? '/'}`
-  const status = req.method === 'GET' || req.method === 'HEAD' ? 301 : 307
-  throw new MaitreError('MAITRE_HTTPS_REDIRECT', `This service is served over https only: ${location}`, { status, headers: { location }, details: { location } })
-}
 
 /**
  * A CORS preflight, answered before authentication (browsers send it without credentials):

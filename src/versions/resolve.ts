@@ -59,12 +59,8 @@ export const RESOLUTION_CACHE_BYTES = 64 * 1024 * 1024
 /** Waiter's pseudo-token naming a service version by id. */
 export const SERVICE_ID_TOKEN = '^SERVICE-ID#'
 
-export function hostWithoutPort(host: string | undefined): string {
-  if (host === undefined) return ''
-  if (host.startsWith('[')) return host.slice(0, host.indexOf(']') + 1).toLowerCase()
-  const colon = host.indexOf(':')
-  return (colon === -1 ? host : host.slice(0, colon)).toLowerCase()
-}
+
+import { hostAsSent } from '../http/host.ts'
 
 export class Resolver {
   readonly #tokens: Tokens
@@ -140,8 +136,9 @@ export class Resolver {
   /** The tokens a request names: x-waiter-token's list, else the Host name unless it is this router's. */
   #tokenNames(tokenHeader: string | undefined, host: string | string[] | undefined): string[] {
     if (tokenHeader !== undefined) return tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
-    const hostToken = hostWithoutPort(host as string | undefined)
-    return hostToken !== '' && !this.#options.routerHostnames.has(hostToken) ? [hostToken] : []
+    // Looked up as sent (token names are case-sensitive), compared with the router's own names in lower case.
+    const hostToken = hostAsSent(host as string | undefined)
+    return hostToken !== '' && !this.#options.routerHostnames.has(hostToken.toLowerCase()) ? [hostToken] : []
   }
 
   /**

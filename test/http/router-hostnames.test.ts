@@ -1,7 +1,7 @@
 import t from 'tap'
 import { hostname } from 'node:os'
 import { routerHostnames } from '../../src/http/router-hostnames.ts'
-import { hostWithoutPort } from '../../src/versions/resolve.ts'
+import { hostWithoutPort } from '../../src/http/host.ts'
 
 const interfaces = {
   lo: [{ address: '127.0.0.1', netmask: '255.0.0.0', family: 'IPv4' as const, mac: '00:00:00:00:00:00', internal: true, cidr: '127.0.0.1/8' }],

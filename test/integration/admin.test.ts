@@ -268,8 +268,26 @@ t.test('the rest of Waiter’s API its own integration tests rely on', async (t)
   t.match(suspendedPing.json(), { 'waiter-error': { status: 503, 'error-class': 'waiter.Suspended' } }, 'a ping does not start a suspended version')
   await createToken(router, 'down', { ...kitchenToken(), maintenance: { message: 'back soon' } })
   const inMaintenance = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'down' } })
-  t.equal(inMaintenance.status, 503, 'a ping of a token in maintenance is answered as any request to it')
-  t.match(inMaintenance.json(), { 'waiter-error': { 'error-class': 'waiter.Maintenance', message: 'back soon' } })
+  t.equal(inMaintenance.status, 200, 'Waiter: a ping of a token in maintenance is a 200 (the CLI reads the ping-response of a 200 only)…')
+  t.match(inMaintenance.json(), {
+    'ping-response': { result: 'received-response', status: 503, body: /waiter\.Maintenance[\s\S]*back soon/ },
+    'service-state': { 'exists?': false, 'healthy?': false, 'service-id': null, status: 'Inactive' },
+  }, '…whose ping-response is the 503 any request to the token gets; nothing is started')
+
+  await createToken(router, 'secure', kitchenToken({ 'https-redirect': true }))
+  const redirected = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'secure' } })
+  t.equal(redirected.status, 301, 'an https-only token is not pinged (nor started) over plain http: Waiter’s redirect')
+  t.equal(redirected.headers['location'], 'https://127.0.0.1/waiter-ping')
+  t.match(redirected.json(), { 'ping-response': { result: 'waiter-response', status: 301 }, 'service-state': { status: 'Inactive' } })
+  t.same((await call(`${router.url}/apps`)).json<{ 'service-id': string }[]>().filter((a) => a['service-id'].includes('secure')), [], 'no version of it runs')
+
+  // An instance's answer is reported up to a stated bound, not read whole into the router.
+  await createToken(router, 'big', kitchenToken({ 'health-check-url': '/status?pad=100000' }))
+  const big = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'big' } })
+  const pinged = big.json<{ 'ping-response': { status: number; body: string; 'body-truncated'?: boolean } }>()['ping-response']
+  t.equal(pinged.status, 200, pinged.body.slice(0, 300))
+  t.equal(pinged.body.length, 64 * 1024, 'the body is cut at 64 KiB')
+  t.equal(pinged['body-truncated'], true, 'and the answer says so')
 })
 
 t.test('Waiter’s messages for an unsupported cmd-type, a malformed or reserved token name and an interstitial on a partial token', async (t) => {
@@ -293,4 +311,15 @@ t.test('Waiter’s messages for an unsupported cmd-type, a malformed or reserved
   const interstitial = await post({ token: 'partial', version: 'v1', 'interstitial-secs': 5 })
   t.match(interstitial.json(), { 'waiter-error': { status: 400, message: /Tokens with missing required parameters cannot use interstitial support\. Missing parameters: cmd, cpus, mem/ } }, 'an interstitial waits for what a token runs: the token must name it whole')
   t.equal((await post({ token: 'partial', version: 'v1', 'interstitial-secs': 0 })).status, 200, 'a partial token without one is fine')
+})
+
+t.test('a token named by the Host is looked up as the Host sends it (token names are case-sensitive)', async (t) => {
+  const router = await startRouter(t)
+  const port = new URL(router.url).port
+  t.equal((await createToken(router, 'MyApp.example', kitchenToken())).status, 200)
+  const read = await call(`${router.url}/token`, { headers: { host: `MyApp.example:${port}` } })
+  t.equal(read.status, 200, 'GET /token by Host')
+  const served = await call(`${router.url}/request-info`, { headers: { host: `MyApp.example:${port}` } })
+  t.equal(served.status, 200, 'a request to the token the Host names')
+  t.same((await call(`${router.url}/status`, { headers: { host: `LOCALHOST:${port}` } })).json(), { status: 'ok' }, 'the router’s own names still match in any case (the API answers)')
 })
