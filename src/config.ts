@@ -8,6 +8,7 @@ import { LineCounter, parseDocument, isMap, type Document } from 'yaml'
 import { MaitreError } from './errors.ts'
 import { LOG_LEVELS, type LogLevel } from './log.ts'
 import { isDnsLabel } from './dns-label.ts'
+import { isPrincipalName } from './auth/authenticator.ts'
 
 export interface LocalBackendConfig {
   /** Where instance sandboxes go; null = <dataDir>/instances. */
@@ -354,20 +355,27 @@ export function etcdPrefixOf(config: Pick<Config, 'etcd' | 'cluster'>): string {
 }
 const positiveInt: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 ? undefined : 'must be a positive integer')
 const nonNegativeInt: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : 'must be an integer >= 0')
+/** Milliseconds a timer waits: Node caps a timer at 2^31 - 1 ms and fires a longer one after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+const positiveMs: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 && (v as number) <= MAX_TIMER_MS ? undefined : `must be an integer of milliseconds in [1, ${MAX_TIMER_MS}]`)
+const nonNegativeMs: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= MAX_TIMER_MS ? undefined : `must be an integer of milliseconds in [0, ${MAX_TIMER_MS}]`)
 const port: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : 'must be a port number in [0, 65535]')
 
 /** Rules beyond "same type as the default", by dotted path. */
 const RULES: Readonly<Record<string, Rule>> = {
   'server.port': port,
+  'server.hostnames': (v) => ((v as unknown[]).every((h) => typeof h === 'string' && /^[^\s/@]{1,253}$/.test(h)) ? undefined : 'must be a list of host names (1-253 characters, no spaces, "/" or "@")'),
+  // Labels and selectors of the Kubernetes backend carry it, and so does the etcd prefix.
+  cluster: (v) => (typeof v === 'string' && /^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/.test(v) ? undefined : 'must be a Kubernetes label value: 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit'),
   'server.maxHeaderBytes': positiveInt,
-  'server.keepAliveTimeoutMs': positiveInt,
-  'server.headersTimeoutMs': positiveInt,
-  'server.bodyIdleTimeoutMs': positiveInt,
+  'server.keepAliveTimeoutMs': positiveMs,
+  'server.headersTimeoutMs': positiveMs,
+  'server.bodyIdleTimeoutMs': positiveMs,
   'server.maxHeaders': positiveInt,
   'server.maxConnections': nonNegativeInt,
   'server.maxConnectionsPerClient': nonNegativeInt,
   'server.maxRequestsPerConnection': positiveInt,
-  'server.shutdownTimeoutMs': nonNegativeInt,
+  'server.shutdownTimeoutMs': nonNegativeMs,
   'server.admin.port': port,
   'server.memoryRelease.quietMs': (v) => (Number.isInteger(v) && (v === 0 || ((v as number) >= 1000 && (v as number) <= 86_400_000)) ? undefined : 'must be 0 (never release) or an integer of milliseconds in [1000, 86400000]'),
   'server.memoryRelease.growthMb': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65536 ? undefined : 'must be an integer of MB in [1, 65536]'),
@@ -382,22 +390,23 @@ const RULES: Readonly<Record<string, Rule>> = {
   },
   'etcd.prefix': (v) => (v === null || (typeof v === 'string' && /^\/[\x21-\x7e]{0,200}$/.test(v) && !v.endsWith('/')) ? undefined : 'must start with "/", not end with "/", and hold only printable ASCII without spaces (at most 200), or be null'),
   'etcd.leaseTtlSecs': (v) => (Number.isInteger(v) && (v as number) >= 2 && (v as number) <= 60 ? undefined : 'must be an integer in [2, 60] (seconds)'),
-  'etcd.requestTimeoutMs': positiveInt,
+  'etcd.requestTimeoutMs': positiveMs,
   serviceIdPrefix: (v) => (typeof v === 'string' && v.length <= 20 && isDnsLabel(`${v}x`) ? undefined : 'must be at most 20 characters of a-z, 0-9 and -, starting with a letter'),
   'auth.kind': (v) => (v === 'one-user' || v === 'jwt' ? undefined : "must be 'one-user' or 'jwt'"),
-  'auth.user': (v) => (v === null || (typeof v === 'string' && v.trim() !== '') ? undefined : 'must be a non-blank user name or null'),
-  'auth.admins': (v) => ((v as unknown[]).every((a) => typeof a === 'string' && a.trim() !== '') ? undefined : 'must be a list of non-blank principal names'),
+  // Principals travel in headers to instances: what a JWT subject must be, these must be too.
+  'auth.user': (v) => (v === null || isPrincipalName(v) ? undefined : 'must be a user name (printable ASCII, no space at either end, at most 256 characters, not * or :any) or null'),
+  'auth.admins': (v) => ((v as unknown[]).every((a) => isPrincipalName(a)) ? undefined : 'must be a list of principal names (printable ASCII, no space at either end, at most 256 characters, not * or :any)'),
   'auth.jwt.jwksUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL, or null'),
   'auth.jwt.clockSkewSecs': (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 600 ? undefined : 'must be an integer in [0, 600] (seconds)'),
   'auth.jwt.subjectClaim': (v) => (typeof v === 'string' && v !== '' ? undefined : 'must name a claim'),
-  'proxy.queueTimeoutMs': positiveInt,
-  'proxy.socketTimeoutMs': positiveInt,
-  'proxy.streamingTimeoutMs': positiveInt,
-  'proxy.clientStallTimeoutMs': positiveInt,
-  'proxy.connectTimeoutMs': positiveInt,
-  'proxy.ejectBaseMs': positiveInt,
-  'proxy.maxEjectMs': positiveInt,
-  'proxy.resolutionCacheSize': positiveInt,
+  'proxy.queueTimeoutMs': positiveMs,
+  'proxy.socketTimeoutMs': positiveMs,
+  'proxy.streamingTimeoutMs': positiveMs,
+  'proxy.clientStallTimeoutMs': positiveMs,
+  'proxy.connectTimeoutMs': positiveMs,
+  'proxy.ejectBaseMs': positiveMs,
+  'proxy.maxEjectMs': positiveMs,
+  'proxy.resolutionCacheSize': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1_000_000 ? undefined : 'must be an integer from 1 to 1000000 (resolutions cached)'),
   'proxy.websocket.maxMessageBytes': (v) => (Number.isInteger(v) && (v as number) >= 125 && (v as number) <= 64 * 1024 * 1024 ? undefined : 'must be an integer in [125, 67108864] (bytes)'),
   'proxy.websocket.idleTimeoutMs': (v) => (Number.isInteger(v) && (v as number) > 0 && (v as number) <= 2 ** 31 - 1 ? undefined : 'must be a positive integer of milliseconds, at most 2147483647'),
   'backend.kind': (v) => (v === 'local' || v === 'kubernetes' || v === 'mesos' ? undefined : "must be 'local', 'kubernetes' or 'mesos'"),
@@ -412,36 +421,36 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.mesos.failoverTimeoutSecs': (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 60 ? undefined : 'must be at least 60 (seconds): the master kills every task of a framework gone longer than this'),
   'backend.mesos.minFailedInstances': positiveInt,
   'backend.mesos.declineRefuseSecs': (v) => (typeof v === 'number' && Number.isFinite(v) && v >= 0 && v <= 3600 ? undefined : 'must be a number of seconds in [0, 3600]'),
-  'backend.mesos.requestTimeoutMs': positiveInt,
+  'backend.mesos.requestTimeoutMs': positiveMs,
   'backend.kubernetes.namespace': (v) => (v === null || isDnsLabel(v as string) ? undefined : 'must be a DNS-1123 label (a-z, 0-9, -; at most 63) or null'),
   'backend.kubernetes.podBasePort': (v) => (port(v) === undefined && (v as number) > 0 && (v as number) <= 65000 ? undefined : 'must be a port number in [1, 65000]'),
   'backend.kubernetes.minFailedInstances': positiveInt,
   'backend.kubernetes.watchTimeoutSecs': positiveInt,
-  'backend.kubernetes.relistBackoffMs': positiveInt,
+  'backend.kubernetes.relistBackoffMs': positiveMs,
   'backend.kubernetes.minTerminationGraceSecs': nonNegativeInt,
-  'backend.kubernetes.requestTimeoutMs': positiveInt,
+  'backend.kubernetes.requestTimeoutMs': positiveMs,
   'backend.local.portRange': (v) =>
     Array.isArray(v) && v.length === 2 && v.every((p) => port(p) === undefined && (p as number) > 0) && (v[0] as number) <= (v[1] as number)
       ? undefined
       : 'must be [low, high] with 0 < low <= high <= 65535',
-  'backend.local.portRestMs': nonNegativeInt,
-  'backend.local.healthCheckTimeoutMs': positiveInt,
-  'backend.local.startupProbeIntervalMs': positiveInt,
-  'backend.local.minSigkillDelayMs': nonNegativeInt,
-  'backend.local.restartBackoffBaseMs': nonNegativeInt,
-  'backend.local.restartBackoffMaxMs': nonNegativeInt,
-  'backend.local.memoryCheckIntervalMs': positiveInt,
+  'backend.local.portRestMs': nonNegativeMs,
+  'backend.local.healthCheckTimeoutMs': positiveMs,
+  'backend.local.startupProbeIntervalMs': positiveMs,
+  'backend.local.minSigkillDelayMs': nonNegativeMs,
+  'backend.local.restartBackoffBaseMs': nonNegativeMs,
+  'backend.local.restartBackoffMaxMs': nonNegativeMs,
+  'backend.local.memoryCheckIntervalMs': positiveMs,
   'backend.local.minFailedInstances': positiveInt,
   'backend.local.maxLogBytes': positiveInt,
   'backend.local.failedSandboxesKept': (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 10 ? undefined : 'must be an integer in [0, 10] (the failed instances /apps lists)'),
-  'scaler.tickMs': positiveInt,
+  'scaler.tickMs': positiveMs,
   'scaler.burstThreshold': (v) => (typeof v === 'number' && v >= 1 ? undefined : 'must be a number >= 1'),
-  'scaler.burstHoldMs': nonNegativeInt,
-  'scaler.interKillMs': nonNegativeInt,
-  'scaler.gcIntervalMs': positiveInt,
+  'scaler.burstHoldMs': nonNegativeMs,
+  'scaler.interKillMs': nonNegativeMs,
+  'scaler.gcIntervalMs': positiveMs,
   'scaler.brokenServiceTimeoutMins': nonNegativeInt,
   'scaler.keepAlive': (v) => (v === 'fixed' || v === 'adaptive' ? undefined : "must be 'fixed' or 'adaptive'"),
-  'scaler.keepAliveTickMs': positiveInt,
+  'scaler.keepAliveTickMs': positiveMs,
   'scaler.keepAliveVersions': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 1_000_000 ? undefined : 'must be an integer from 1 to 1000000'),
   'log.level': (v) => (LOG_LEVELS.includes(v as LogLevel) ? undefined : `must be one of ${LOG_LEVELS.join(', ')}`),
 }

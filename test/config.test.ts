@@ -24,8 +24,24 @@ t.test('every problem is reported at once, with file:line:col and a hint', async
   t.equal(err?.code, 'MAITRE_INVALID_CONFIG')
   t.match(err?.message, 'bad.yaml:2:9: server.prot is not a known setting; did you mean port?')
   t.match(err?.message, 'bad.yaml:3:9: server.host = 5, must be a string')
-  t.match(err?.message, 'bad.yaml:5:19: proxy.queueTimeoutMs = -1, must be a positive integer')
+  t.match(err?.message, 'bad.yaml:5:19: proxy.queueTimeoutMs = -1, must be an integer of milliseconds in [1, 2147483647]')
   t.match(err?.message, 'log.level = "loud", must be one of')
+})
+
+t.test('numbers with a ceiling: a timer past 2^31 - 1 ms (Node fires it after 1 ms) and a cache sized past a million are refused', async (t) => {
+  t.throws(() => parseConfig('proxy:\n  queueTimeoutMs: 3000000000\n'), { message: /proxy\.queueTimeoutMs = 3000000000, must be an integer of milliseconds in \[1, 2147483647\]/ })
+  t.throws(() => parseConfig('scaler:\n  gcIntervalMs: 4000000000\n'), { message: /scaler\.gcIntervalMs/ })
+  t.throws(() => parseConfig('backend:\n  local:\n    minSigkillDelayMs: 2147483648\n'), { message: /in \[0, 2147483647\]/ })
+  t.equal(parseConfig('proxy:\n  queueTimeoutMs: 2147483647\n').proxy.queueTimeoutMs, 2147483647, 'the ceiling itself is fine')
+  t.throws(() => parseConfig('proxy:\n  resolutionCacheSize: 50000000\n'), { message: /resolutionCacheSize = 50000000, must be an integer from 1 to 1000000/ })
+})
+
+t.test('strings the router hands on are checked where they are read: a cluster name is a Kubernetes label value, host names are names', async (t) => {
+  t.throws(() => parseConfig('cluster: "prod east"\n'), { message: /cluster = "prod east", must be a Kubernetes label value/ })
+  t.equal(parseConfig('cluster: prod-east.1\n').cluster, 'prod-east.1')
+  t.throws(() => parseConfig('server:\n  hostnames: [1]\n'), { message: /server\.hostnames = \[1\], must be a list of host names/ })
+  t.throws(() => parseConfig('server:\n  hostnames: [null]\n'), { message: /server\.hostnames/ })
+  t.same(parseConfig('server:\n  hostnames: [maitre.example.com]\n').server.hostnames, ['maitre.example.com'])
 })
 
 t.test('overrides from flags are checked like the file', async (t) => {
@@ -86,7 +102,11 @@ t.test('authentication settings: one-user refuses a non-loopback address unless 
   t.throws(() => parseConfig('auth:\n  kind: jwt\n'), { message: /auth\.jwt needs exactly one of jwksFile and jwksUrl[\s\S]*auth\.jwt\.issuer is required[\s\S]*auth\.jwt\.audience is required/ })
   t.throws(() => parseConfig('auth:\n  kind: jwt\n  jwt:\n    jwksFile: /k.json\n    jwksUrl: https://k\n    issuer: i\n    audience: a\n'), { message: /exactly one of jwksFile and jwksUrl/ })
   t.throws(() => parseConfig('auth:\n  kind: kerberos\n'), { message: /auth\.kind = "kerberos", must be 'one-user' or 'jwt'/ })
-  t.throws(() => parseConfig('auth:\n  admins: [""]\n'), { message: /auth\.admins .* must be a list of non-blank principal names/ })
+  t.throws(() => parseConfig('auth:\n  admins: [""]\n'), { message: /auth\.admins .* must be a list of principal names/ })
+  // A principal travels in headers to instances: one no header can carry is refused at start, not
+  // found out on every request (a 400 that blames the caller for the router's setting).
+  t.throws(() => parseConfig('auth:\n  user: "łukasz"\n'), { message: /auth\.user = "łukasz", must be a user name \(printable ASCII/ })
+  t.throws(() => parseConfig('auth:\n  admins: ["ok", " padded"]\n'), { message: /auth\.admins/ })
   const jwt = parseConfig('server:\n  host: 0.0.0.0\nauth:\n  kind: jwt\n  admins: [root]\n  jwt:\n    jwksUrl: https://idp.example/jwks\n    issuer: https://idp.example\n    audience: maitre\n')
   t.match(jwt.auth, { kind: 'jwt', admins: ['root'], jwt: { jwksUrl: 'https://idp.example/jwks', clockSkewSecs: 60, subjectClaim: 'sub' } }, 'a JWT router may listen on every address')
 })
