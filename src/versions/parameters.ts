@@ -29,7 +29,9 @@ const isInt = (v: unknown): v is number => Number.isInteger(v)
 export const MAX_STRING_LENGTH = 4096
 const nonBlank: Check = (n, v) => {
   if (!(typeof v === 'string' && v.trim() !== '')) return `${n} must be a non-empty string.`
-  return v.length <= MAX_STRING_LENGTH ? undefined : `${n} must be at most ${MAX_STRING_LENGTH} characters.`
+  if (v.length > MAX_STRING_LENGTH) return `${n} must be at most ${MAX_STRING_LENGTH} characters.`
+  // No process takes one in a command, a user name or an argument: refused here, not at launch.
+  return v.includes('\0') ? `${n} must not contain a NUL character.` : undefined
 }
 /**
  * An absolute path on the instance: what follows the instance's own host and port. Anything else
@@ -73,6 +75,8 @@ const envCheck: Check = (n, v) => {
   if (reserved.length > 0) return `The following environment variable keys are reserved: ${reserved.join(', ')}.`
   const badValues = entries.filter(([, val]) => typeof val !== 'string' || val.length < 1 || val.length > 512).map(([k]) => k)
   if (badValues.length > 0) return `Environment variable values must be strings of 1 to 512 characters: ${badValues.join(', ')}.`
+  const withNul = entries.filter(([, val]) => (val as string).includes('\0')).map(([k]) => k)
+  if (withNul.length > 0) return `Environment variable values must not contain a NUL character: ${withNul.join(', ')}.`
   return undefined
 }
 

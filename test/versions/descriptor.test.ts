@@ -47,6 +47,15 @@ t.test('env rules', async (t) => {
   t.equal(reserved[0]?.message, 'The following environment variable keys are reserved: HOME, PORT0.')
   const invalid = validateParameters({ ...valid, env: { '1BAD': 'x' } }, { requireComplete: true })
   t.equal(invalid[0]?.message, 'The following environment variable keys are invalid: 1BAD.')
+  const nul = validateParameters({ ...valid, env: { A: 'x\0y', B: 'fine' } }, { requireComplete: true })
+  t.same(nul.map((i) => [i.field, i.message]), [['env', 'Environment variable values must not contain a NUL character: A.']], 'refused when written, not at launch')
+})
+
+t.test('a NUL character in a string no process can take is refused when written, naming the field', async (t) => {
+  for (const field of ['cmd', 'run-as-user', 'version']) {
+    const issues = validateParameters({ ...valid, [field]: 'a\0b' }, { requireComplete: true })
+    t.same(issues.map((i) => [i.field, i.message]), [[field, `${field} must not contain a NUL character.`]], field)
+  }
 })
 
 t.test('the 400 error names every offending field', async (t) => {
