@@ -139,12 +139,23 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     const socketTimeoutMs = pickTimeout(perRequest['timeout'], meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs)
     const deadline = deps.clock.now() + queueTimeoutMs
     const activation = activationOf(resolution, deps)
+    // A WebSocket is a call like any other for the keep-alive policy (its arrival, a pre-warm's hit).
+    const asked = resolved.resolution
+    deps.keepAlive?.arrived(asked.serviceId, deps.parametersOf(asked), asked === resolution ? activation : activationOf(asked, deps), asked.sources, asked.core)
     let coldStart = false
     let starting = deps.activator.ensure(activation)
-    while (starting !== undefined) {
-      coldStart = true
-      await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs, signal })
-      starting = deps.activator.ensure(activation)
+    if (starting !== undefined) {
+      // Waiting for a start counts against the version's queue bound, as for any request.
+      const giveBack = deps.tracker.awaitStart(serviceId)
+      try {
+        while (starting !== undefined) {
+          coldStart = true
+          await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs, signal })
+          starting = deps.activator.ensure(activation)
+        }
+      } finally {
+        giveBack()
+      }
     }
     const lease = deps.tracker.tryAcquire(serviceId) ?? await deps.tracker.acquire(serviceId, {
       timeoutMs: Math.max(1, deadline - deps.clock.now()),
