@@ -63,6 +63,10 @@ function fromEnv(env: NodeJS.ProcessEnv, name: string): string | undefined {
 
 class UsageError extends Error {}
 
+/** The options each kind of command reads (help and version are everyone's). */
+const SERVE_OPTIONS = new Set(['config', 'port', 'host', 'data-dir', 'log-level', 'etcd', 'check-config', 'help', 'version'])
+const CLIENT_OPTIONS = new Set(['router', 'json', 'file', 'owner', 'hard', 'help', 'version'])
+
 export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io: CliIo): Promise<number> {
   let config: Config
   let command: string
@@ -98,15 +102,20 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
       return 0
     }
     command = positionals[0] ?? 'serve'
+    // An option another command reads would be taken and ignored without a word (`serve -f
+    // prod.yaml` served the defaults; `token list --port 9095` asked the default router).
+    const own = CLIENT_COMMANDS.has(command) ? CLIENT_OPTIONS : SERVE_OPTIONS
+    const foreign = Object.keys(values).find((name) => !own.has(name))
+    if (foreign !== undefined) throw new UsageError(`--${foreign} is not an option of "${CLIENT_COMMANDS.has(command) ? command : 'serve'}"`)
     if (CLIENT_COMMANDS.has(command)) {
       const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`, env['MAITRE_AUTH_TOKEN'])
       try {
         const { etcd: _serveOnly, ...options } = values
         return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options })
       } catch (err) {
-        if (!(err instanceof CliError)) throw err
-        io.err(`maitre: ${err.message}\n`)
-        return err.exitCode
+        // An answer the CLI did not expect is its own failure, not the user's usage.
+        io.err(`maitre: ${(err as Error).message}\n`)
+        return err instanceof CliError ? err.exitCode : 1
       }
     }
     if (command !== 'serve' || positionals.length > 1) throw new UsageError(`unknown command: ${positionals.join(' ')}`)

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { CliError, EXIT, RouterClient } from './client.ts'
-import { table } from './table.ts'
+import { table, visible } from './table.ts'
 
 export interface CommandContext {
   readonly client: RouterClient
@@ -35,7 +35,7 @@ function readDescriptor(file: string | undefined): Record<string, unknown> {
 }
 
 function print(ctx: CommandContext, data: unknown, human: () => string): void {
-  ctx.out(ctx.json ? `${JSON.stringify(data, null, 2)}\n` : human())
+  ctx.out(ctx.json ? `${JSON.stringify(data, null, 2)}\n` : visible(human(), true))
 }
 
 function need(args: readonly string[], count: number, usage: string): string[] {
@@ -92,7 +92,8 @@ interface AppSummary {
 }
 
 interface AppDetail extends AppSummary {
-  instances: {
+  /** Absent for a version its adaptive keep-alive let go (nothing runs). */
+  instances?: {
     'active-instances': { id: string; host: string; port: number; healthy: boolean; 'started-at': string }[]
     'failed-instances': { id: string; 'exit-code': number | null; message: string; 'ended-at': string }[]
   }
@@ -112,8 +113,8 @@ async function appsCommand(ctx: CommandContext, args: readonly string[]): Promis
   const app = await ctx.client.json<AppDetail>('GET', `/apps/${q(args[0] as string)}`)
   return print(ctx, app, () => {
     const head = `${app['service-id']}  ${app.status}${app['deployment-error-message'] === undefined ? '' : `  (${app['deployment-error-message']})`}\n\n`
-    const active = table(['INSTANCE', 'HOST', 'PORT', 'HEALTHY', 'STARTED'], app.instances['active-instances'].map((i) => [i.id, i.host, i.port, i.healthy ? 'yes' : 'no', i['started-at']]))
-    const failed = app.instances['failed-instances']
+    const active = table(['INSTANCE', 'HOST', 'PORT', 'HEALTHY', 'STARTED'], (app.instances?.['active-instances'] ?? []).map((i) => [i.id, i.host, i.port, i.healthy ? 'yes' : 'no', i['started-at']]))
+    const failed = app.instances?.['failed-instances'] ?? []
     return head + active + (failed.length === 0 ? '' : `\nFailed:\n${table(['INSTANCE', 'EXIT', 'MESSAGE', 'ENDED'], failed.map((i) => [i.id, i['exit-code'], i.message, i['ended-at']]))}`)
   })
 }

@@ -1,10 +1,12 @@
 import t from 'tap'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCli } from '../../src/cli.ts'
 import { RouterClient } from '../../src/cli/client.ts'
 import { runCommand } from '../../src/cli/commands.ts'
-import { call, kitchenCmd, startRouter } from '../fixtures/router.ts'
+import { call, createToken, kitchenCmd, kitchenToken, startRouter } from '../fixtures/router.ts'
 
 function io() {
   const out: string[] = []
@@ -102,6 +104,31 @@ t.test('clear errors and exit codes', async (t) => {
   t.equal(down.code, 69)
   t.match(down.err, 'cannot reach the router at http://127.0.0.1:1')
   t.equal((await run('apps', 'a', 'b', '--router', router.url)).code, 64)
+})
+
+t.test('what the terminal shows: control characters in a token are made visible, and a version with no instances (let go) is shown, not a crash', async (t) => {
+  const router = await startRouter(t)
+  const c = io()
+  const nasty = 'echo hi\u001b[2J\u001b]0;owned\u0007\r\nfake line'
+  t.equal((await createToken(router, 'nasty', kitchenToken({ cmd: nasty }))).status, 200)
+  t.equal(await runCli(['token', 'show', 'nasty', '--router', router.url], {}, c.io), 0)
+  const shown = c.out.join('')
+  t.notOk(/[\u0000-\u0008\u000b-\u001f\u007f]/.test(shown), 'no raw control character reaches the terminal')
+  t.match(shown, 'echo hi\\x1b[2J\\x1b]0;owned\\x07\\x0d\\x0afake line', 'each is shown as \\xNN')
+  const json = io()
+  t.equal(await runCli(['token', 'show', 'nasty', '--json', '--router', router.url], {}, json.io), 0)
+  t.equal((JSON.parse(json.out.join('')) as { cmd: string }).cmd, nasty, '--json keeps the value as it is')
+
+  // A version its adaptive keep-alive let go answers without `instances`: shown, exit 0.
+  const dormant = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ 'service-id': 's-1', status: 'Inactive', 'instance-counts': { 'healthy-instances': 0, 'requested-instances': 0 }, 'request-metrics': { outstanding: 0 }, 'current-for-tokens': [] }))
+  })
+  await new Promise<void>((r) => dormant.listen(0, '127.0.0.1', r))
+  t.teardown(() => new Promise<void>((r) => dormant.close(() => r())))
+  const apps = io()
+  t.equal(await runCli(['apps', 's-1', '--router', `http://127.0.0.1:${(dormant.address() as AddressInfo).port}`], {}, apps.io), 0)
+  t.match(apps.out.join(''), 's-1  Inactive')
 })
 
 t.test('token create never overwrites a token that appeared after it looked: the write says If-Match "" and the race ends in a refusal', async (t) => {

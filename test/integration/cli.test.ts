@@ -76,6 +76,13 @@ t.test('command-line errors are clear and exit non-zero', async (t) => {
   out.length = 0
   t.equal(await runCli(['--help'], {}, io), 0)
   t.match(out.join(''), 'Usage: maitre')
+  out.length = 0
+  // An option another command reads is refused, not taken and ignored.
+  t.equal(await runCli(['serve', '-f', 'prod.yaml', '--check-config'], {}, io), 64, 'serve -f (meant: -c) would have served the defaults')
+  t.match(out.join(''), '--file is not an option of "serve"')
+  out.length = 0
+  t.equal(await runCli(['token', 'list', '--port', '9095'], {}, io), 64, 'a client command does not take --port (it would ask the default router)')
+  t.match(out.join(''), '--port is not an option of "token"')
 })
 
 t.test('a corrupt token store stops startup with a clear message', async (t) => {
