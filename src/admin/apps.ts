@@ -105,7 +105,9 @@ function healthyInstances(state: ServiceState | undefined): Record<string, unkno
 
 /** Waiter's ?include=references: each way the version is referred to, by the tokens (at their versions) a request named. */
 function referencesOf(record: ServiceRecord): Record<string, unknown>[] {
-  return sourceSetsOf(record).map((set) => ({ token: { sources: set.map((s) => ({ token: s.token, version: s.etag })) } }))
+  const byTokens = sourceSetsOf(record).map((set) => ({ token: { sources: set.map((s) => ({ token: s.token, version: s.etag })) } }))
+  // On-the-fly access is Waiter's empty reference.
+  return record.direct === true ? [{}, ...byTokens] : byTokens
 }
 
 /** The description as it runs: the parameters given, with who it runs as and who may call it. */

@@ -33,6 +33,8 @@ export function sourceSetsOf(record: ServiceRecord): readonly (readonly TokenRef
 }
 
 export function currencyOf(record: ServiceRecord, deps: CurrencyDeps): Currency {
+  // Reached by on-the-fly headers: no token edit moves those callers on (Waiter's `{}` reference).
+  if (record.direct === true) return { current: true, movedOnAt: undefined, orphaned: false, movedBy: [] }
   const requester = typeof record.core['run-as-user'] === 'string' ? record.core['run-as-user'] : undefined
   let movedOnAt: number | undefined
   let orphaned = false

@@ -25,6 +25,12 @@ function knowsSet(record: ServiceRecord, set: readonly TokenReference[]): boolea
   return sets.some((s) => s.length === set.length && s.every((r, i) => r.token === set[i]?.token && r.etag === set[i]?.etag))
 }
 
+/** Whether the record already holds what a request adds: its token, its combination, its on-the-fly access. */
+function knowsAll(record: ServiceRecord, source: TokenReference | undefined, sourceSet: readonly TokenReference[], direct: boolean): boolean {
+  if (direct && record.direct !== true) return false
+  return source === undefined || (knows(record.sources, source) && knowsSet(record, sourceSet))
+}
+
 /** Writes of one record computed again after another router's write got in first, before giving up. */
 const CONFLICT_ATTEMPTS = 5
 
@@ -50,6 +56,8 @@ export interface ServiceRecord {
    * Absent in records written before it was kept.
    */
   readonly sourceSets?: readonly (readonly TokenReference[])[]
+  /** Reached by on-the-fly headers at least once (Waiter's `{}` reference): never stale, collected only when idle. */
+  readonly direct?: true
   readonly createdAt: number
 }
 
@@ -79,28 +87,28 @@ export class ServiceRegistry {
    * Records that `core` runs as `id`, adding the token reference if it is new. Resolves at once
    * when nothing changes, which is the common case on the request path.
    */
-  remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[] = source === undefined ? [] : [source]): Promise<ServiceRecord> {
+  remember(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[] = source === undefined ? [] : [source], direct = false): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
-    if (existing !== undefined && (source === undefined || (knows(existing.sources, source) && knowsSet(existing, sourceSet)))) return Promise.resolve(existing)
+    if (existing !== undefined && knowsAll(existing, source, sourceSet, direct)) return Promise.resolve(existing)
     // One change to a record at a time, each reading what the one before wrote: two tokens
     // remembered at once must both end up in its sources.
-    return this.#changing.run(id, () => this.#writeRetrying(id, core, source, sourceSet))
+    return this.#changing.run(id, () => this.#writeRetrying(id, core, source, sourceSet, direct))
   }
 
   /** Another router may add its token to the same record at once: the loser reads theirs and adds again. */
-  async #writeRetrying(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[]): Promise<ServiceRecord> {
+  async #writeRetrying(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[], direct: boolean): Promise<ServiceRecord> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#write(id, core, source, sourceSet)
+        return await this.#write(id, core, source, sourceSet, direct)
       } catch (err) {
         if (!(err instanceof MaitreError) || err.code !== 'MAITRE_STORE_CONFLICT' || attempt >= CONFLICT_ATTEMPTS) throw err
       }
     }
   }
 
-  async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[]): Promise<ServiceRecord> {
+  async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[], direct: boolean): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
-    if (existing !== undefined && (source === undefined || (knows(existing.sources, source) && knowsSet(existing, sourceSet)))) return existing
+    if (existing !== undefined && knowsAll(existing, source, sourceSet, direct)) return existing
     // One reference per token, its latest version: a token edited a thousand times without
     // changing what runs (timeouts, owner) still leaves one entry, not a thousand.
     const others = (existing?.sources ?? []).filter((s) => s.token !== source?.token)
@@ -113,6 +121,7 @@ export class ServiceRegistry {
       core,
       sources: source === undefined ? others : [...others, source],
       sourceSets,
+      ...(direct || existing?.direct === true ? { direct: true as const } : {}),
       createdAt: existing?.createdAt ?? this.#clock.now(),
     }
     await this.#records.put(id, record, existing ?? null)

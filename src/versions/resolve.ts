@@ -25,6 +25,8 @@ export interface Resolution {
   readonly source: TokenReference | undefined
   /** Every token of the request, in order (empty on the fly or by id): Waiter's source-tokens entry. */
   readonly sources: readonly TokenReference[]
+  /** Reached by on-the-fly headers (Waiter's `{}` reference): no token edit makes it stale. */
+  readonly direct?: boolean
   /** Token-only settings the tokens give explicitly (timeouts, fallback, maintenance); config supplies the rest. */
   readonly tokenMetadata: Readonly<Record<string, unknown>>
   /** Earlier versions of the token to route to while this one has no healthy instance, until `until`. */
@@ -108,7 +110,7 @@ export class Resolver {
 
     const generation = this.#generation
     const resolution = this.#compute(names, tokenHeader !== undefined, waiter, principal)
-    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources).then(() => {
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources, resolution.direct === true).then(() => {
       // A token changed while the record was written: this answer may be one the change
       // revokes (a narrower permitted-user, maintenance), so it is not kept for later requests.
       if (this.#generation === generation) this.#cache.set(key, resolution)
@@ -163,7 +165,7 @@ export class Resolver {
 
   /** Records a resolved version again (it may have been collected since it was resolved). */
   remember(resolution: Resolution): Promise<unknown> {
-    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources)
+    return this.#registry.remember(resolution.serviceId, resolution.core, resolution.source, resolution.sources, resolution.direct === true)
   }
 
   /** Drops cached resolutions to a version that was garbage-collected, so the next request records it again. */
@@ -294,6 +296,7 @@ export class Resolver {
       effective,
       source: onTheFly ? undefined : source,
       sources: onTheFly ? [] : sources,
+      ...(onTheFly ? { direct: true } : {}),
       tokenMetadata: metadata,
       fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata, principal) : undefined,
       authenticationDisabled,

@@ -159,4 +159,6 @@ t.test('on-the-fly parameters are off by default and work when enabled', async (
   t.equal(again.status, 200, again.text)
   t.equal(again.headers['x-maitre-cold-start'], undefined, 'the instance stayed up: no second cold start')
   t.equal(again.json<Record<string, string>>()['PORT0'], vars['PORT0'], 'the same instance answers')
+  const app = (await call(`${on.url}/apps/${vars['WAITER_SERVICE_ID'] ?? ''}?include=references`)).json<{ references: unknown[] }>()
+  t.same(app.references, [{}], 'reached on the fly: Waiter’s empty reference')
 })

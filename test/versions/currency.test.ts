@@ -15,6 +15,15 @@ t.test('a version reached through no token (headers only, or by id) is current: 
   t.match(currencyOf(older, { token: () => undefined, serviceIdOfTokens, now: 5 }), { current: true }, 'a record from before combinations were kept, with no token')
 })
 
+t.test('a version also reached by on-the-fly headers is current although its token moved on: those callers did not (Waiter’s {} reference)', async (t) => {
+  const v1: TokenData = { version: 'v1', 'last-update-time': 1000 }
+  const v2: TokenData = { version: 'v2', 'last-update-time': 2000, previous: v1 }
+  const tokens = new Map([['web', v2]])
+  const byToken = record([[{ token: 'web', etag: tokenEtag(v1) }]])
+  t.match(currencyOf(byToken, { token: (n) => tokens.get(n), serviceIdOfTokens, now: 9000 }), { current: false }, 'by the token alone: stale')
+  t.match(currencyOf({ ...byToken, direct: true }, { token: (n) => tokens.get(n), serviceIdOfTokens, now: 9000 }), { current: true, movedOnAt: undefined }, 'reached on the fly too: current')
+})
+
 t.test('a token moved on: stale since the first of its versions that leads elsewhere, later edits notwithstanding', async (t) => {
   const v1: TokenData = { version: 'v1', 'last-update-time': 1000, previous: {} }
   const v2: TokenData = { version: 'v2', 'last-update-time': 2000, previous: v1 }
