@@ -51,7 +51,7 @@ import { VersionMemory } from './scaler/version-memory.ts'
 import { Overrides } from './versions/overrides.ts'
 import { Suspensions } from './versions/suspensions.ts'
 import { TOKEN_DEFAULTS } from './versions/parameters.ts'
-import { ServiceRegistry } from './versions/registry.ts'
+import { ServiceRegistry, type ServiceRecord } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
 import { openTokenStore } from './versions/token-store.ts'
 import { fileStores } from './storage/json-dir.ts'
@@ -201,13 +201,15 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
     cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
   }
+  // The GC's test of a version its tokens still lead to (stale ones scale as if min-instances were 1; only current ones are pre-warmed).
+  const isCurrentRecord = (record: ServiceRecord): boolean => currencyOf(record, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current
   const autoscaler = new Autoscaler(
     {
       backend,
       tracker,
       serviceOf: (serviceId) => {
         const record = registry.get(serviceId)
-        return record === undefined ? undefined : scalableServiceOf(parameters.ofRecord(record))
+        return record === undefined ? undefined : scalableServiceOf(parameters.ofRecord(record), !isCurrentRecord(record))
       },
       clock,
       log,
@@ -280,7 +282,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       parametersOf: (record) => parameters.ofRecord(record),
       // A version is started without a request only while the tokens the last request named
       // still lead to it (the GC's own test of a current version).
-      isCurrent: (serviceId, { sources, core }) => currencyOf({ id: serviceId, core, sources, sourceSets: [sources], createdAt: 0 }, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current,
+      isCurrent: (serviceId, { sources, core }) => isCurrentRecord({ id: serviceId, core, sources, sourceSets: [sources], createdAt: 0 }),
       isSuspended: (serviceId) => suspensions.get(serviceId) !== undefined,
       isOverridden: (serviceId) => overrides.get(serviceId) !== undefined,
       onPrewarm: () => metrics.prewarms.inc(),

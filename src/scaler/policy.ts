@@ -2,10 +2,15 @@
 import type { ScalableService } from './autoscaler.ts'
 import { scaleUpQuanta } from './decide.ts'
 
-export function scalableServiceOf(p: Readonly<Record<string, unknown>>): ScalableService {
+/**
+ * `stale`: the version's tokens moved on. Waiter scales a stale version as if its min-instances
+ * were 1 (at most): it may still serve requests through fallback, but holds no more than one
+ * instance idle while its collection is due.
+ */
+export function scalableServiceOf(p: Readonly<Record<string, unknown>>, stale = false): ScalableService {
   return {
     policy: {
-      minInstances: p['min-instances'] as number,
+      minInstances: stale ? Math.min(1, p['min-instances'] as number) : (p['min-instances'] as number),
       maxInstances: p['max-instances'] as number,
       concurrencyLevel: p['concurrency-level'] as number,
       scaleFactor: p['scale-factor'] as number,
