@@ -199,17 +199,20 @@ export class Tokens {
     if (!admin && currentLive !== undefined && !clusterChanges && canonicalJson(userFields(currentLive)) === canonicalJson(userFields(fields))) {
       return { result: 'token-no-op', etag: tokenEtag(currentLive), data: currentLive }
     }
+    // A token created again after a soft delete starts afresh, as in Waiter: no history, root or
+    // cluster of the deleted one (an admin's write, token sync's, continues what is stored).
+    const base = admin ? current : currentLive
     const next: Record<string, unknown> = {
       ...fields,
       'last-update-time': this.#clock.now(),
       'last-update-user': options.principal.user,
-      cluster: typeof body['cluster'] === 'string' ? body['cluster'] : ((current?.['cluster'] as string | undefined) ?? this.#cluster),
-      root: (current?.['root'] as string | undefined) ?? this.#cluster,
+      cluster: typeof body['cluster'] === 'string' ? body['cluster'] : ((base?.['cluster'] as string | undefined) ?? this.#cluster),
+      root: (base?.['root'] as string | undefined) ?? this.#cluster,
     }
     if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]
     if (next['deleted'] !== true) delete next['deleted']
     // Waiter's first version carries an empty history, `"previous": {}`.
-    next['previous'] = current === undefined ? {} : trimHistory(current, HISTORY_LENGTH - 1)
+    next['previous'] = base === undefined ? {} : trimHistory(base, HISTORY_LENGTH - 1)
     try {
       await this.#store.put(name, next, current ?? null)
     } finally {
