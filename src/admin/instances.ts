@@ -28,10 +28,10 @@ export async function handleInstanceSignal(r: AdminRequest, serviceId: string, i
   }
   // Waiter's ?force=true: SIGKILL (a pod deleted with no grace period), not SIGTERM and a grace period.
   const force = queryFlag(r.url, 'force')
-  // An operator's kill happens even if requests are in flight; locking first still keeps new ones off it.
-  deps.tracker.lockForKill(serviceId, instanceId)
+  // An operator's kill happens even if requests are in flight; locking first keeps new ones off it.
+  const lockedHere = deps.tracker.lockForOperatorKill(serviceId, instanceId)
   if (!(await deps.backend.killInstance(serviceId, instanceId, { force }))) {
-    deps.tracker.unlock(serviceId, instanceId)
+    if (lockedHere) deps.tracker.unlock(serviceId, instanceId)
     throw notFound(serviceId, instanceId)
   }
   sendJson(r.res, 200, { 'signal-response': { message: `${force ? 'force-kill' : 'soft-kill'} successfully sent to ${instanceId}`, success: true } }, r.cid)

@@ -365,6 +365,18 @@ export class InstanceTracker {
     return true
   }
 
+  /**
+   * An operator's kill: the instance leaves rotation at once, busy or not (its requests in flight
+   * go on until the kill ends them). Returns whether this call locked it, so that only a kill that
+   * did may unlock it when the kill fails: an autoscaler's own lock is not the operator's to lift.
+   */
+  lockForOperatorKill(serviceId: string, instanceId: string): boolean {
+    const slot = this.#services.get(serviceId)?.slots.get(instanceId)
+    if (slot === undefined || slot.locked) return false
+    slot.locked = true
+    return true
+  }
+
   /** Returns a locked instance to rotation (its kill did not happen). */
   unlock(serviceId: string, instanceId: string): void {
     const service = this.#services.get(serviceId)

@@ -135,6 +135,25 @@ t.test('an ejected instance that fails a health check and recovers keeps its eje
   t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0)
 })
 
+t.test('an operator’s kill takes a busy instance out of rotation, and never lifts the lock of a kill the autoscaler prepares', async (t) => {
+  const { tracker } = setup(2)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const busy = tracker.tryAcquire('s')
+  t.equal(busy?.instance.id, 'a')
+  t.equal(tracker.lockForOperatorKill('s', 'a'), true, 'busy, yet locked: no new request goes to an instance being killed')
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'b', 'new requests go elsewhere')
+  t.equal(tracker.lockForKill('s', 'b'), false, 'b is busy now')
+  busy?.release('success')
+  const lease = tracker.instanceSlots('s').find((s) => s.id === 'b')
+  t.equal(lease?.used, 1)
+  // The autoscaler locked an idle instance for its own kill; an operator's kill of it fails (the
+  // backend no longer has it): the operator's failure must not return it to rotation.
+  tracker.sync('s', [instance('c', 3)], undefined)
+  t.equal(tracker.lockForKill('s', 'c'), true, 'the autoscaler’s lock')
+  t.equal(tracker.lockForOperatorKill('s', 'c'), false, 'already locked: not the operator’s lock')
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'c')?.locked, true, 'and it stays locked for the autoscaler’s kill')
+})
+
 t.test('an ejection that ran out long ago does not make the wake-up timer of a later one spin', async (t) => {
   // A spinning timer (due at once, again and again, until the later ejection ends) burns the
   // router's event loop for up to proxy.maxEjectMs; with this clock it would never return.
