@@ -346,3 +346,18 @@ t.test('a router that left while another was cut off for a moment is no member o
   t.same(a.coordinator.members().map((m) => m.routerId).sort(), ['a', 'b'], 'c is no member for a (an unreported member would hold every slot)')
   t.equal(a.coordinator.peerLoad('svc').inFlight, 0, 'nor is its load counted')
 })
+
+t.test('a version’s last request on a router that leaves is remembered by the others: the leader does not take it for idle since long before', async (t) => {
+  const etcd = await startEtcd(t)
+  const a = await node(etcd, 'a')
+  const b = await node(etcd, 'b')
+  const usedAt = Date.now()
+  b.loads.set('svc', { inFlight: 0, queued: 0, lastRequestAt: usedAt })
+  await waitFor('a sees b’s report', () => (a.coordinator.peerLoad('svc').lastRequestAt === usedAt ? true : undefined), 5000)
+  await b.coordinator.close() // b leaves: its lease, membership and report go
+  await waitFor('a sees b gone', () => (a.coordinator.members().length === 1 ? true : undefined), 5000)
+  t.equal(a.coordinator.peerLoad('svc').lastRequestAt, usedAt, 'the last request b served still counts')
+  t.equal(a.coordinator.peerLoad('svc').inFlight, 0, 'and nothing of it is in flight')
+  const c = await node(etcd, 'c')
+  t.equal(c.coordinator.peerLoad('svc').lastRequestAt, 0, 'a router that never saw it knows nothing of it (the reports are gone)')
+})

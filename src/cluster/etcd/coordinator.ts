@@ -78,6 +78,9 @@ const isLoad = (doc: unknown): string | undefined => {
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
 
+/** Versions whose last request on another router this one remembers (see #lastRequestSeen). */
+const MAX_VERSIONS_REMEMBERED = 100_000
+
 export class EtcdCoordinator implements Coordination {
   readonly mode = 'etcd'
   readonly routerId: string
@@ -147,8 +150,32 @@ export class EtcdCoordinator implements Coordination {
     loads.onChange((key) => {
       // A suspect that reports itself draining was refusing connections, not dead.
       if (this.#suspects.has(key) && loads.get(key)?.draining === true) this.#suspects.delete(key)
+      this.#noteLastRequests(key)
       this.#slotViewChanged()
     })
+    for (const [key] of loads.entries()) this.#noteLastRequests(key)
+  }
+
+  /**
+   * The latest request each version had on any router, as the reports showed it. A router's report
+   * goes with the router (a scale-down, a crash): without this, the fleet would forget that a
+   * version was used a moment ago there, and the leader collect it as idle since long before.
+   * Bounded: the versions least recently reported go first.
+   */
+  readonly #lastRequestSeen = new Map<string, number>()
+
+  #noteLastRequests(routerId: string): void {
+    if (routerId === this.routerId) return
+    const report = this.#loads.get(routerId)
+    if (report === undefined) return
+    for (const [serviceId, entry] of Object.entries(report.versions)) {
+      const at = entry[2]
+      const seen = this.#lastRequestSeen.get(serviceId)
+      if (seen !== undefined && seen >= at) continue
+      this.#lastRequestSeen.delete(serviceId)
+      this.#lastRequestSeen.set(serviceId, at)
+      if (this.#lastRequestSeen.size > MAX_VERSIONS_REMEMBERED) this.#lastRequestSeen.delete(this.#lastRequestSeen.keys().next().value as string)
+    }
   }
 
   static async start(options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
@@ -199,6 +226,7 @@ export class EtcdCoordinator implements Coordination {
       queued += entry[1]
       lastRequestAt = Math.max(lastRequestAt, entry[2])
     }
+    lastRequestAt = Math.max(lastRequestAt, this.#lastRequestSeen.get(serviceId) ?? 0)
     return inFlight === 0 && queued === 0 && lastRequestAt === 0 ? NO_LOAD : { inFlight, queued, lastRequestAt }
   }
 
