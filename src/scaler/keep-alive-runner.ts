@@ -129,7 +129,10 @@ export class KeepAliveRunner {
     const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
     const load = fleetLoadOf(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId)
     const lastActiveAt = record === undefined ? load.lastActiveAt : Math.max(load.lastActiveAt, record.createdAt)
-    return this.#deps.ledger.view(serviceId, this.#planOf(serviceId, params), running, load.inFlight + load.queued > 0 ? undefined : lastActiveAt, this.#deps.clock.now())
+    // As keepUntil decides it: a version an operator suspended or overrode keeps its idle timeout.
+    const byOperator = this.policyOf(params) === 'adaptive' && (this.#deps.isSuspended(serviceId) || this.#deps.isOverridden(serviceId))
+    const plan: KeepAlivePlan = byOperator ? { policy: 'adaptive', basis: 'operator', prewarmMs: 0, keepAliveMs: (params['idle-timeout-mins'] as number) * 60_000 } : this.#planOf(serviceId, params)
+    return this.#deps.ledger.view(serviceId, plan, running, load.inFlight + load.queued > 0 ? undefined : lastActiveAt, this.#deps.clock.now())
   }
 
   /** A version that does not run and has no record, but whose keep-alive remembers it: its description and plans. */

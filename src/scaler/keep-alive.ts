@@ -109,7 +109,7 @@ export class IdleHistogram {
 export interface KeepAlivePlan {
   readonly policy: KeepAlivePolicy
   /** Why this plan: 'fixed' (chosen), or for an adaptive version 'learned' or why it fell back. */
-  readonly basis: 'fixed' | 'learned' | 'too-few-idle-times' | 'beyond-range' | 'no-pattern'
+  readonly basis: 'fixed' | 'learned' | 'too-few-idle-times' | 'beyond-range' | 'no-pattern' | 'operator'
   /** Once idle this long, the version is started again (0: it is not let go early). */
   readonly prewarmMs: number
   /** Then kept this long before it is let go (0: never, a fixed idle timeout of 0). */

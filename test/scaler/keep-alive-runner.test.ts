@@ -222,3 +222,20 @@ t.test('a pre-warm counts as a hit only if the call finds an instance healthy; a
   warm.runner.arrived('v', PARAMS, warm.activation, [{ token: 't', etag: 'e1' }], {})
   t.same(warm.outcomes, ['hit'], 'found healthy: a hit')
 })
+
+t.test('/apps/{id} shows what the GC will do with an adaptive version an operator suspended or overrode: its idle timeout, not the learned plan', async (t) => {
+  for (const hand of ['overridden', 'suspended'] as const) {
+    const { clock, state, runner, learn, call } = setUp()
+    await learn()
+    clock.advance(19 * MIN - 15_000)
+    await runner.tick()
+    clock.advance(MIN)
+    await call()
+    state[hand] = true
+    const record = { id: 'v', core: {}, sources: [], createdAt: 0 }
+    t.equal(runner.keepUntil(record, PARAMS, state.lastActiveAt), undefined, `${hand}: the GC goes by its idle timeout`)
+    const view = runner.view(record, 'v', PARAMS)
+    t.equal(view.basis, 'operator', `${hand}: and the view says why`)
+    t.equal(view.next?.at, state.lastActiveAt + 10 * MIN, `${hand}: the next action shown is when the GC will really let it go`)
+  }
+})
