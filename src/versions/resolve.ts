@@ -137,7 +137,13 @@ export class Resolver {
 
   /** The tokens a request names: x-waiter-token's list, else the Host name unless it is this router's. */
   #tokenNames(tokenHeader: string | undefined, host: string | string[] | undefined): string[] {
-    if (tokenHeader !== undefined) return tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
+    if (tokenHeader !== undefined) {
+      // A token named again adds nothing but its place: only its last mention counts (the merge
+      // is in order, the last one wins, so `a,b,a` is `b,a`). Repeats would otherwise swell the
+      // version's record, which keeps each combination of names.
+      const names = tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
+      return names.filter((name, i) => names.lastIndexOf(name) === i)
+    }
     // Looked up as sent (token names are case-sensitive), compared with the router's own names in lower case.
     const hostToken = hostAsSent(host as string | undefined)
     return hostToken !== '' && !this.#options.routerHostnames.has(hostToken.toLowerCase()) ? [hostToken] : []

@@ -192,6 +192,10 @@ t.test('Waiter’s CLI `show`: /apps?effective-parameters=true&token=T lists eac
   const joinedApp = listed.find((a) => a['service-id'] === joinedId) as App
   t.same(joinedApp['source-tokens'], [[{ token: 'base', version: baseEtag }, { token: 'extra', version: extraEtag }]], 'one list per token combination, each token at its etag (what the CLI compares to decide "Current")')
   t.same(joinedApp['current-for-tokens'], ['base', 'extra'])
+  // A token named again counts once, at its last place: the same version, the same one combination.
+  const repeated = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'extra,base,extra,base,extra', 'x-waiter-debug': 'true' } })
+  t.equal(repeated.headers['x-waiter-service-id'], joinedId, '`extra,base,extra,base,extra` is `base,extra`')
+  t.same((await call(`${router.url}/apps/${joinedId}?effective-parameters=true`)).json<App>()['source-tokens'], [[{ token: 'base', version: baseEtag }, { token: 'extra', version: extraEtag }]], 'and adds no combination to the record')
   t.match(joinedApp['effective-parameters'], { 'run-as-user': 'alice', cpus: 0.1, mem: 256, version: 'v1', 'concurrency-level': 1, env: { FLAVOUR: 'mint' } }, 'what the CLI prints: run-as-user, cpus, memory, version')
   t.match(joinedApp['service-description'], { 'run-as-user': 'alice', 'permitted-user': '*' }, 'the description names who it runs as and who may call it, as resolved')
   const singleApp = listed.find((a) => a['service-id'] === singleId) as App
