@@ -108,7 +108,7 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     const foreign = Object.keys(values).find((name) => !own.has(name))
     if (foreign !== undefined) throw new UsageError(`--${foreign} is not an option of "${CLIENT_COMMANDS.has(command) ? command : 'serve'}"`)
     if (CLIENT_COMMANDS.has(command)) {
-      const client = new RouterClient(values.router ?? env['MAITRE_URL'] ?? `http://127.0.0.1:${DEFAULTS.server.port}`, env['MAITRE_AUTH_TOKEN'])
+      const client = new RouterClient(values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`, fromEnv(env, 'MAITRE_AUTH_TOKEN'))
       try {
         const { etcd: _serveOnly, ...options } = values
         return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options })

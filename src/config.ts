@@ -544,6 +544,10 @@ function crossIssues(config: Config): ConfigIssue[] {
   if (config.backend.kind === 'mesos' && (mesos.principal === null) !== (mesos.secret === null)) {
     issues.push({ path: mesos.principal === null ? 'backend.mesos.principal' : 'backend.mesos.secret', message: 'is required with the other: HTTP basic authentication needs both' })
   }
+  const { admin } = config.server
+  if (admin.host !== null && admin.port !== 0 && admin.port === config.server.port) {
+    issues.push({ path: 'server.admin.port', message: `= ${admin.port}, the port of server.port too: the admin API needs a port of its own (or 0, any free one)` })
+  }
   const { cert, key } = config.server.tls
   if ((cert === null) !== (key === null)) {
     issues.push({ path: cert === null ? 'server.tls.cert' : 'server.tls.key', message: 'is required with the other: TLS needs both a certificate and its key (PEM files)' })
