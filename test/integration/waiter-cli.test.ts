@@ -207,8 +207,10 @@ t.test('`waiter ping` is a request to the version (Waiter’s goes through its p
   t.match(service, { 'request-metrics': { total: 1 } })
   await createToken(router, 'down', kitchenToken({ maintenance: { message: 'back soon' } }))
   const down = await call(`${router.url}/waiter-ping`, { headers: { 'x-waiter-token': 'down' } })
-  t.equal(down.status, 503)
-  t.match(down.json(), { 'waiter-error': { 'error-class': 'waiter.Maintenance', 'waiter-token': 'down' } })
+  t.equal(down.status, 200, 'Waiter: a 200, whose ping-response is the token’s 503')
+  const pinged = down.json<{ 'ping-response': { status: number; body: string } }>()['ping-response']
+  t.equal(pinged.status, 503)
+  t.match(JSON.parse(pinged.body), { 'waiter-error': { 'error-class': 'waiter.Maintenance', 'waiter-token': 'down' } })
 })
 
 t.test('token writes and lists refuse what Waiter refuses: an unknown update-mode, more filter values than the bound', async (t) => {
