@@ -17,7 +17,7 @@ import { joining, singleRouter, type Coordination } from './cluster/coordination
 import { peerKey, SlotExchange } from './cluster/slot-exchange.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
-import { localLoads } from './scaler/fleet.ts'
+import { agreeToCollect, localLoads } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { MesosBackend, type FrameworkIdStore } from './backends/mesos.ts'
@@ -193,6 +193,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           killEjectMs: config.proxy.ejectBaseMs,
           onVeto: (service) => metrics.killVetoes.inc({ service }),
           onPeerGone: (peer) => coordination.suspect?.(peer),
+          holdForCollection: (serviceId, lastActiveAt, periodMs) => agreeToCollect(tracker, activator, serviceId, lastActiveAt, periodMs),
+          releaseCollectionHold: (serviceId) => activator.releaseHold(serviceId),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
   const fleet = {
@@ -200,6 +202,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
     cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
+    allowCollect: exchange === undefined ? undefined : (serviceId: string, lastActiveAt: number) => exchange.allowCollect(serviceId, lastActiveAt),
+    collectDone: exchange === undefined ? undefined : (serviceId: string) => exchange.collectDone(serviceId),
   }
   // The GC's test of a version its tokens still lead to (stale ones scale as if min-instances were 1; only current ones are pre-warmed).
   const isCurrentRecord = (record: ServiceRecord): boolean => currencyOf(record, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current

@@ -9,7 +9,7 @@ import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster
 import type { BackendCall, LeaderBackend } from '../cluster/leader-backend.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
-export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveMemberQuery'>
+export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveCollect' | 'receiveMemberQuery'>
 export type BackendPeer = Pick<LeaderBackend, 'peerState' | 'peerCall'>
 
 const BACKEND_CALLS = new Set<string>(['ensure', 'scale', 'kill', 'delete'])
@@ -32,7 +32,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
   if (what.startsWith('backend/')) return handleBackendPeer(r, what.slice('backend/'.length), backend)
-  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
   switch (what) {
@@ -78,6 +78,17 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
         throw new MaitreError('MAITRE_INSTANCE_IN_USE', 'This router carries a request on the instance: it may not be killed now', { details: { 'service-id': serviceId, 'instance-id': instanceId } })
       }
       return sendJson(res, 200, { ejected: true, 'instance-id': instanceId }, cid)
+    }
+    case 'collect': {
+      const periodMs = body['periodMs']
+      const lastActiveAt = body['lastActiveAt']
+      if (!Number.isSafeInteger(periodMs) || (periodMs as number) < 0) throw new MaitreError('MAITRE_BAD_REQUEST', 'periodMs must be a whole number of milliseconds, 0 or more', { details: { field: 'periodMs' } })
+      if (typeof lastActiveAt !== 'number' || !Number.isFinite(lastActiveAt)) throw new MaitreError('MAITRE_BAD_REQUEST', 'lastActiveAt must be a time in milliseconds', { details: { field: 'lastActiveAt' } })
+      const serviceId = idField(body, 'serviceId')
+      if (!exchange.receiveCollect(serviceId, lastActiveAt, periodMs as number)) {
+        throw new MaitreError('MAITRE_INSTANCE_IN_USE', 'This router is using the version: it may not be collected now', { details: { 'service-id': serviceId } })
+      }
+      return sendJson(res, 200, { held: periodMs !== 0, 'service-id': serviceId }, cid)
     }
   }
 }

@@ -62,9 +62,21 @@ export interface SlotExchangeOptions {
   readonly onVeto?: (serviceId: string, instanceId: string, vetoedBy: readonly string[]) => void
   /** Bound on a wants or eject call to a peer. */
   readonly peerTimeoutMs?: number
+  /**
+   * The leader is about to collect a version: this router holds its new requests for it for
+   * `periodMs` (they wait, then start it afresh) and says yes, or says no (a veto) if it carries,
+   * waits for or starts a request for the version, or served one after `lastActiveAt` (the
+   * leader's verdict came from load reports up to a publish interval old). Absent: always yes.
+   */
+  readonly holdForCollection?: (serviceId: string, lastActiveAt: number, periodMs: number) => boolean
+  /** The collection this router held requests for is over (done, failed, or vetoed elsewhere). */
+  readonly releaseCollectionHold?: (serviceId: string) => void
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
+
+/** How long a peer holds its requests for a version the leader collects, at most (a collection that takes longer lets them go on). */
+const COLLECT_HOLD_MS = 30_000
 
 /** A peer's wants expire unless repeated: a router that died stops being lent to. */
 const WANT_TTL_MS = 3000
@@ -324,6 +336,47 @@ export class SlotExchange implements SlotSharing {
     return vetoed.length === 0
   }
 
+  /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
+  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number): boolean {
+    if (periodMs === 0) {
+      this.#o.releaseCollectionHold?.(serviceId)
+      return true
+    }
+    return this.#o.holdForCollection?.(serviceId, lastActiveAt, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
+  }
+
+  /**
+   * Asks every peer to hold its requests for a version before the leader collects it: true only
+   * if every one agreed. A peer that cannot be asked may be serving it: that is a no, as for kills.
+   * Those that agreed are released by collectDone(), or when the veto of another makes it moot.
+   */
+  async allowCollect(serviceId: string, lastActiveAt: number): Promise<boolean> {
+    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    const ask = (peer: PeerReport, periodMs: number): Promise<boolean> =>
+      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+        this.#noteFailure(peer.routerId, err)
+        return false
+      })
+    const answers = await Promise.all(peers.map((p) => ask(p, COLLECT_HOLD_MS)))
+    const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
+    if (vetoed.length > 0) {
+      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p, 0)))
+      this.#o.log.info({ service: serviceId, vetoedBy: vetoed }, 'collection vetoed by routers that use the version (or could not be asked)')
+    }
+    return vetoed.length === 0
+  }
+
+  /** The collection is over: every peer lets the requests it held for the version go on. */
+  async collectDone(serviceId: string): Promise<void> {
+    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    await Promise.all(peers.map((peer) =>
+      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt: 0, periodMs: 0 }), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+        // Its hold lapses by itself (COLLECT_HOLD_MS) if it cannot be told.
+        this.#noteFailure(peer.routerId, err)
+      }),
+    ))
+  }
+
   /** Puts an instance back in rotation at every peer: the kill they agreed to is not coming (it failed, or this router stopped leading). */
   async cancelKill(serviceId: string, instanceId: string): Promise<void> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
@@ -440,7 +493,7 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** A short peer call (wants, eject, member), bounded by the peer timeout. */
-  async #post(url: string, what: 'wants' | 'eject' | 'member', body: unknown): Promise<Dispatcher.ResponseData> {
+  async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown): Promise<Dispatcher.ResponseData> {
     const timeout = this.#o.peerTimeoutMs ?? 1000
     return request(`${url}${PEER_PATH_PREFIX}${what}`, {
       method: 'POST',
@@ -462,7 +515,7 @@ export class SlotExchange implements SlotSharing {
     return res.body.json()
   }
 
-  async #call(url: string, what: 'wants' | 'eject', body: unknown): Promise<number> {
+  async #call(url: string, what: 'wants' | 'eject' | 'collect', body: unknown): Promise<number> {
     const res = await this.#post(url, what, body)
     await res.body.dump()
     return res.statusCode

@@ -46,6 +46,8 @@ export class Activator {
   readonly #pending = new Map<string, Promise<void>>()
   /** Versions being garbage-collected: settles (never rejects) when the collection is over. */
   readonly #collecting = new Map<string, Promise<void>>()
+  /** Collections the cluster's leader makes, which requests here wait out: how to let them go on. */
+  readonly #holds = new Map<string, () => void>()
 
   constructor(backend: Backend, tracker: InstanceTracker, clock: Clock, log: Logger) {
     this.#backend = backend
@@ -148,6 +150,38 @@ export class Activator {
       if (this.#collecting.get(serviceId) === settled) this.#collecting.delete(serviceId)
     })
     return running
+  }
+
+  /**
+   * The cluster's leader collects the version: requests for it here wait, as for a collection
+   * here, until releaseHold() or `periodMs`, then start it afresh. False if a start of it is under
+   * way here (a request waits for it: the collection would cut it).
+   */
+  holdForCollection(serviceId: string, periodMs: number): boolean {
+    if (this.#pending.has(serviceId)) return false
+    if (this.#holds.has(serviceId)) return true
+    let release = (): void => undefined
+    const held = new Promise<void>((resolve) => (release = resolve))
+    const cancelTimer = this.#clock.setTimeout(() => this.releaseHold(serviceId), periodMs)
+    this.#holds.set(serviceId, () => {
+      cancelTimer()
+      release()
+    })
+    const waited = this.#collecting.get(serviceId)
+    const marker = waited === undefined ? held : Promise.all([waited, held]).then(() => undefined)
+    this.#collecting.set(serviceId, marker)
+    void marker.then(() => {
+      if (this.#collecting.get(serviceId) === marker) this.#collecting.delete(serviceId)
+    })
+    return true
+  }
+
+  /** The leader's collection is over (or will not come): held requests go on. */
+  releaseHold(serviceId: string): void {
+    const release = this.#holds.get(serviceId)
+    if (release === undefined) return
+    this.#holds.delete(serviceId)
+    release()
   }
 
   /** Whether a collection of the version is under way (for tests and /state). */

@@ -14,6 +14,26 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
   readonly allowKill?: ((serviceId: string, instanceId: string) => Promise<boolean>) | undefined
   /** The routers that agreed to a kill that is not coming after all (it failed, or leadership went) put the instance back in rotation. */
   readonly cancelKill?: ((serviceId: string, instanceId: string) => Promise<void>) | undefined
+  /**
+   * Asks the other routers before a version is collected: false if any uses it (a request in
+   * flight, waiting or starting, or one since `lastActiveAt`); those that agree hold their new
+   * requests for it until collectDone. Absent for a router on its own.
+   */
+  readonly allowCollect?: ((serviceId: string, lastActiveAt: number) => Promise<boolean>) | undefined
+  readonly collectDone?: ((serviceId: string) => Promise<void>) | undefined
+}
+
+/**
+ * A peer's answer to the leader's collection of a version: whether this router may let it go
+ * now (nothing in flight or waiting here, no request since `lastActiveAt`, no start under way),
+ * and if so its new requests for it are held for `periodMs`.
+ */
+export function agreeToCollect(tracker: Pick<InstanceTracker, 'load'>, activator: { holdForCollection(serviceId: string, periodMs: number): boolean }, serviceId: string, lastActiveAt: number, periodMs: number): boolean {
+  const load = tracker.load(serviceId)
+  if (load.inFlight + load.queued > 0) return false
+  // Used since the activity the leader judged by (its reports are up to a publish interval old).
+  if (load.lastActiveAt > lastActiveAt) return false
+  return activator.holdForCollection(serviceId, periodMs)
 }
 
 /** A router on its own: always the leader, no peers. */

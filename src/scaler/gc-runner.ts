@@ -167,6 +167,22 @@ export class GcRunner {
       const record = registry.get(serviceId)
       const verdict = this.#verdictNow(serviceId)
       if (verdict === undefined) return undefined
+      // In a cluster, the others judge too: the verdict came from their load reports, up to a
+      // publish interval old. One that uses the version now says no; the others hold their
+      // requests for it (as activations here wait) until the collection is over.
+      const fleet = this.#deps.fleet
+      if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt))) return undefined
+      try {
+        return await this.#collectNow(serviceId, record, verdict)
+      } finally {
+        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId).catch(() => undefined)
+      }
+    })
+  }
+
+  async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<GcVerdict | undefined> {
+    const { registry, backend, clock, log } = this.#deps
+    {
       // Record and cached resolutions first, then the backend delete: activations wait on the
       // collection meanwhile, so nothing can re-create the version in between. The record goes
       // only as the verdict saw it: another router that just recorded a request for it keeps it.
@@ -184,7 +200,7 @@ export class GcRunner {
       this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
       log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
       return { id: verdict.id, reason: verdict.reason }
-    })
+    }
   }
 
   /**

@@ -34,6 +34,7 @@ function fakeExchange() {
     receiveOffer: (serviceId) =>
       serviceId === 'nobody-waits' ? undefined : { outcome: new Promise<ReleaseOutcome>((resolve) => (finish = resolve)), lenderGone: () => void (lenderGone += 1) },
     receiveEject: (_s, instanceId) => instanceId !== 'busy',
+    receiveCollect: () => true,
     receiveMemberQuery: (routerId) => routerId === 'r2',
   }
   return { exchange, wants, offered: () => finish !== undefined, finish: (o: ReleaseOutcome) => finish?.(o), lenderGone: () => lenderGone, reset: () => (finish = undefined) }

@@ -102,7 +102,7 @@ interface Peer {
 /** Two routers, each a LeaderBackend behind its own peer port; `leader` decides who leads. */
 async function routers(t: Test, options: { askPatienceMs?: number; notReady?: boolean; specOf?: (id: string) => LaunchSpec | undefined } = {}): Promise<[Peer, Peer]> {
   const peers: Peer[] = []
-  const exchange: PeerExchange = { authorized: (k) => k === KEY, receiveWants: () => undefined, receiveOffer: () => undefined, receiveEject: () => true, receiveMemberQuery: () => true }
+  const exchange: PeerExchange = { authorized: (k) => k === KEY, receiveWants: () => undefined, receiveOffer: () => undefined, receiveEject: () => true, receiveCollect: () => true, receiveMemberQuery: () => true }
   for (let i = 0; i < 2; i++) {
     let backend: LeaderBackend | undefined
     const server: Server = createServer((req, res) => {

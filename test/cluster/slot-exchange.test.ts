@@ -255,3 +255,48 @@ t.test('a router that has just joined fills no slot of its own until its peers h
   a.exchange.viewChanged()
   t.equal(a.tracker.load('s').slotsAvailable, 1, 'settled: its share is its own')
 })
+
+t.test('the leader’s collection of a version: a router using it vetoes; one that agrees holds its requests for it until the collection is over', async (t) => {
+  const members = ['router-a', 'router-b']
+  const a = await router(t, 'router-a', members)
+  const held: string[] = []
+  const released: string[] = []
+  let using = false
+  const bSide = await routerWithCollect(t, 'router-b', members, {
+    holdForCollection: (serviceId) => {
+      if (using) return false
+      held.push(serviceId)
+      return true
+    },
+    releaseCollectionHold: (serviceId) => void released.push(serviceId),
+  })
+  a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }]
+  a.exchange.viewChanged()
+  t.equal(await a.exchange.allowCollect('s', 1000), true, 'b does not use it: yes')
+  t.same(held, ['s'], 'and holds its requests for it')
+  await a.exchange.collectDone('s')
+  t.same(released, ['s'], 'released when the collection is over')
+  using = true
+  t.equal(await a.exchange.allowCollect('s', 1000), false, 'b uses it: a veto')
+  a.peers = [{ routerId: 'router-b', url: 'http://127.0.0.1:1', members, over: () => 0 }]
+  a.exchange.viewChanged()
+  t.equal(await a.exchange.allowCollect('s', 1000), false, 'a router that cannot be asked may be using it: a veto')
+})
+
+/** A router whose exchange answers collections with the given hooks (the others above use none). */
+async function routerWithCollect(t: { teardown(fn: () => unknown): void }, id: string, members: string[], hooks: { holdForCollection: (serviceId: string, lastActiveAt: number, periodMs: number) => boolean; releaseCollectionHold: (serviceId: string) => void }): Promise<{ url: string }> {
+  const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
+  const view = (): SlotView => ({ members, peers: [], cutOff: false, settling: false })
+  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, ...hooks })
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://router')
+    handlePeer({ req, res, url, cid: 'c' }, exchange).catch((err: unknown) => sendError(req, res, err, { cid: 'c' }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    await exchange.close()
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }
+}

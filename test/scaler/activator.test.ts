@@ -4,6 +4,7 @@ import { ManualClock } from '../fixtures/manual-clock.ts'
 import { MemoryBackend } from '../fixtures/memory-backend.ts'
 import { InstanceTracker } from '../../src/backends/tracker.ts'
 import { Activator, type ActivationRequest } from '../../src/scaler/activator.ts'
+import { agreeToCollect } from '../../src/scaler/fleet.ts'
 import { effectiveParameters } from '../../src/versions/descriptor.ts'
 import { launchSpecOf } from '../../src/versions/launch.ts'
 import { silentLogger } from '../../src/log.ts'
@@ -180,4 +181,34 @@ t.test('a version running before this router saw a request for it (another route
   t.ok(leases.every((l) => l !== undefined), 'three requests at once on its one instance: concurrency-level 3, not the default 1')
   t.equal(tracker.tryAcquire('a'), undefined)
   t.equal(backend.calls.filter((c) => c.startsWith('ensure') || c.startsWith('scale')).length, 0, 'and nothing was started for it')
+})
+
+t.test('the cluster leader’s collection: requests here wait while it holds the version, and go on when released or when the hold lapses; a start under way refuses the hold', async (t) => {
+  const { clock, backend, tracker, activator, request } = setup()
+  await activator.ensure(request('a'))
+  t.equal(activator.ensure(request('a')), undefined, 'running: a request takes a slot at once')
+  t.equal(agreeToCollect(tracker, activator, 'a', clock.now(), 30_000), true, 'idle here: agreed')
+  const waiting = activator.ensure(request('a'))
+  t.ok(waiting, 'a request now waits for the collection')
+  let done = false
+  void waiting?.then(() => (done = true))
+  await new Promise((r) => setImmediate(r))
+  t.notOk(done)
+  activator.releaseHold('a')
+  await waiting
+  t.equal(activator.ensure(request('a')), undefined, 'released: requests go on')
+
+  t.equal(activator.holdForCollection('a', 5000), true)
+  const lapsing = activator.ensure(request('a'))
+  clock.advance(5000)
+  await lapsing
+  t.equal(activator.ensure(request('a')), undefined, 'a hold nobody released lapses')
+
+  const lease = tracker.tryAcquire('a')
+  t.equal(agreeToCollect(tracker, activator, 'a', clock.now(), 30_000), false, 'a request in flight here: a veto')
+  lease?.release('success')
+  t.equal(agreeToCollect(tracker, activator, 'a', clock.now() - 1, 30_000), false, 'used here since the activity the leader judged by: a veto')
+  backend.ensureGate = new Promise<void>(() => undefined)
+  void activator.ensure(request('b'))
+  t.equal(agreeToCollect(tracker, activator, 'b', clock.now(), 30_000), false, 'a start under way here: a veto')
 })

@@ -319,3 +319,29 @@ t.test('in a cluster only the leader collects, and a version another router serv
   clock.advance(30_000)
   t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'idle on every router for 60 s: collected')
 })
+
+t.test('in a cluster the leader asks the other routers before it collects: one that uses the version keeps it; those that agreed hear when the collection is over', async (t) => {
+  let allowed = false
+  const asked: [string, number][] = []
+  const done: string[] = []
+  const fleet: Fleet = {
+    isLeader: () => true,
+    peerLoad: () => NO_LOAD,
+    allowCollect: async (id, lastActiveAt) => {
+      asked.push([id, lastActiveAt])
+      return allowed
+    },
+    collectDone: async (id) => void done.push(id),
+  }
+  const { clock, backend, gc, request } = setup(t.testdir(), CORE, fleet)
+  ;(await request('a')).release('success')
+  clock.advance(120_000)
+  t.same(await gc.tick(), [], 'a router using it vetoes: kept')
+  t.ok(backend.state('a'))
+  t.equal(asked[0]?.[0], 'a', 'asked, with the activity it judged by')
+  t.same(done, [], '(a veto releases those that agreed within the asking)')
+  allowed = true
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'every router agrees: collected')
+  await new Promise((r) => setImmediate(r))
+  t.same(done, ['a'], 'and the routers that held their requests hear it is over')
+})
