@@ -7,7 +7,24 @@ export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info'
 
 export function createLogger(level: LogLevel, destination?: NodeJS.WritableStream): Logger {
   const options = { level, base: { name: 'maitre', pid: process.pid } }
-  return destination === undefined ? pino(options) : pino(options, destination)
+  return pino(options, destination ?? standardOutput())
+}
+
+/**
+ * Standard output as pino writes it, made harmless once it fails. A terminal that went away (EIO)
+ * or an fd that cannot be written (EBADF) is not the broken pipe pino already shrugs off: its
+ * error would stop the router, and at exit pino's last flush would retry the write every 100 ms
+ * for ever. Logging just ends there; the router goes on (and stops) without it.
+ */
+function standardOutput(): ReturnType<typeof pino.destination> {
+  const out = pino.destination({ fd: 1, sync: false })
+  out.on('error', () => {
+    out.write = () => true
+    out.flushSync = () => undefined
+    out.flush = (cb?: (err?: Error) => void) => cb?.()
+    out.end = () => undefined
+  })
+  return out
 }
 
 export const silentLogger: Logger = pino({ level: 'silent' })
