@@ -306,6 +306,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
 
   const proxyDeps: ProxyDeps = {
     auth,
+    routerHostnames,
     resolver,
     activator,
     tracker,

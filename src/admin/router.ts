@@ -9,7 +9,7 @@ import type { Coordination } from '../cluster/coordination.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError, SERVER_HEADER } from '../http/error-response.ts'
 import { isPreflight, isSameOrigin, preflightHeaders, requestProto } from '../http/cors.ts'
-import { hostWithoutPort } from '../http/host.ts'
+import { assertBrowserReachesApi } from '../http/browser-guard.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
@@ -75,15 +75,9 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/readyz':
           return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
       }
-      // A browser's request must name the router in its Host. A page whose own host name an
-      // attacker pointed at the router's address (DNS rebinding) is same-origin to the browser,
-      // and would otherwise reach an API that may trust its callers by address (one-user) and
-      // registers commands to run. (Browsers send Sec-Fetch-Mode on every request, Origin on
-      // every write; a client outside a browser, such as curl or the CLI, sends neither.)
+      // DNS rebinding (see browser-guard.ts).
+      assertBrowserReachesApi(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
       const origin = req.headers.origin
-      if ((origin !== undefined || req.headers['sec-fetch-mode'] !== undefined) && !deps.routerHostnames.has(hostWithoutPort(req.headers.host))) {
-        throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'A browser may reach the API only through one of the router’s own host names (server.hostnames)', { details: { host: String(req.headers.host ?? '').slice(0, 200) } })
-      }
       // The API has no CORS rules of its own: pages of the router's own origin only. A page of
       // another origin cannot make a browser spend the caller's cookie here.
       const foreign = origin !== undefined && !isSameOrigin(origin, req.headers.host, requestProto(req.headers))

@@ -21,6 +21,11 @@ export class AuthGate {
     this.#readsCookies = authenticator.kind !== 'one-user'
   }
 
+  /** Whether callers are trusted by their address (one-user), which a browser under a foreign name must not borrow. */
+  get trustsByAddress(): boolean {
+    return this.#authenticator.kind === 'one-user'
+  }
+
   /** The caller, or a MaitreError (401) when it cannot be trusted. Synchronous when nothing needs awaiting. */
   authenticate(req: IncomingMessage): Principal | Promise<Principal> {
     if (this.#readsCookies) {

@@ -23,8 +23,9 @@ export function routerHostnames(listenHosts: readonly (string | null)[], configu
   let wildcard = false
   for (const host of listenHosts) {
     if (host === null) continue
+    // The bound address names the router too, a wildcard included (the address its log prints).
+    if (host !== '') names.add(hostForm(host))
     if (WILDCARDS.has(host)) wildcard = true
-    else names.add(hostForm(host))
   }
   if (wildcard) {
     for (const addresses of Object.values(interfaces)) {

@@ -21,6 +21,7 @@ import { sendError, SERVER_HEADER } from '../http/error-response.ts'
 import { allowedRequestHeaders, isPreflight, isSameOrigin, matchingRule, preflightHeaders, requestProto } from '../http/cors.ts'
 import { asMaitreError, MaitreError } from '../errors.ts'
 import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
+import { assertBrowserReachesService } from '../http/browser-guard.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { Forwarder, Forwarding } from './forward.ts'
 import { backendRequestHeaders, COLD_START_HEADER } from './headers.ts'
@@ -58,6 +59,8 @@ export interface ProxyDeps {
   readonly log: Logger
   /** Writes the per-request `request completed` line. */
   readonly accessLog: boolean
+  /** The router's own host names (for the DNS-rebinding guard; absent: no guard, as in unit harnesses). */
+  readonly routerHostnames?: ReadonlySet<string>
 }
 
 
@@ -213,6 +216,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
         throw new MaitreError('MAITRE_TRANSFER_CODING', 'Transfer-Encoding other than chunked is not supported', { details: { field: 'transfer-encoding', rule: 'chunked only', value: coding.slice(0, 100) } })
       }
       if (isPreflight(req.method, req.headers)) return answerPreflight(req, res, cid, deps)
+      // DNS rebinding (see browser-guard.ts).
+      if (deps.routerHostnames !== undefined) assertBrowserReachesService(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
       let who: Principal
       let resolved: ResolvedRequest | undefined

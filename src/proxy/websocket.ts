@@ -24,6 +24,7 @@ import { isDebugRequested } from '../http/debug.ts'
 import { statusClass } from '../metrics.ts'
 import type { Resolution, ResolvedRequest } from '../versions/resolve.ts'
 import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
+import { assertBrowserReachesService } from '../http/browser-guard.ts'
 import { activationOf, corsHeadersFor, fallBack, pickTimeout, resolveAnonymously, type ProxyDeps } from './handle.ts'
 import { backendRequestHeaders, clientResponseHeaders } from './headers.ts'
 import { answerOnSocket, refuseUpgrade } from './upgrade.ts'
@@ -108,6 +109,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
 
   async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
     checkHandshake(req)
+    if (deps.routerHostnames !== undefined) assertBrowserReachesService(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
     let who: Principal
     let resolved: ResolvedRequest | undefined
     try {
