@@ -4,6 +4,7 @@
  * file:line:col of the offending key, and unknown keys are errors (with a did-you-mean hint).
  */
 import { readFileSync } from 'node:fs'
+import { isIPv6 } from 'node:net'
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml'
 import { MaitreError } from './errors.ts'
 import { LOG_LEVELS, type LogLevel } from './log.ts'
@@ -364,7 +365,7 @@ const port: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as nu
 /** Rules beyond "same type as the default", by dotted path. */
 const RULES: Readonly<Record<string, Rule>> = {
   'server.port': port,
-  'server.hostnames': (v) => ((v as unknown[]).every((h) => typeof h === 'string' && /^[^\s/@]{1,253}$/.test(h)) ? undefined : 'must be a list of host names (1-253 characters, no spaces, "/" or "@")'),
+  'server.hostnames': (v) => ((v as unknown[]).every((h) => typeof h === 'string' && (/^[^\s/@:]{1,253}$/.test(h) || isIPv6(h.replace(/^\[(.*)\]$/, '$1')))) ? undefined : 'must be a list of host names without a port (1-253 characters, no spaces, "/", "@" or ":" but in an IPv6 address)'),
   // Labels and selectors of the Kubernetes backend carry it, and so does the etcd prefix.
   cluster: (v) => (typeof v === 'string' && /^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/.test(v) ? undefined : 'must be a Kubernetes label value: 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit'),
   'server.maxHeaderBytes': positiveInt,

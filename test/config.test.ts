@@ -47,6 +47,8 @@ t.test('strings the router hands on are checked where they are read: a cluster n
   t.throws(() => parseConfig('server:\n  hostnames: [1]\n'), { message: /server\.hostnames = \[1\], must be a list of host names/ })
   t.throws(() => parseConfig('server:\n  hostnames: [null]\n'), { message: /server\.hostnames/ })
   t.same(parseConfig('server:\n  hostnames: [maitre.example.com]\n').server.hostnames, ['maitre.example.com'])
+  t.throws(() => parseConfig('server:\n  hostnames: ["maitre.example.com:9091"]\n'), { message: /without a port/ }, 'a name with a port would never match a Host (its port is stripped)')
+  t.same(parseConfig('server:\n  hostnames: ["fd00::2", "[fd00::3]"]\n').server.hostnames, ['fd00::2', '[fd00::3]'], 'IPv6 addresses, bracketed or not')
 })
 
 t.test('overrides from flags are checked like the file', async (t) => {

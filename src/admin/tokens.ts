@@ -2,7 +2,7 @@
 import { MaitreError } from '../errors.ts'
 import type { Principal } from '../auth/authenticator.ts'
 import { runAsRequester } from '../versions/resolve.ts'
-import { hostAsSent } from '../http/host.ts'
+import { hostAsSent, tokenNamedByHost } from '../http/host.ts'
 import { serviceIdOf } from '../versions/service-id.ts'
 import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
@@ -43,7 +43,7 @@ function tokenNameOf(r: AdminRequest, deps: TokenApiDeps): string | undefined {
   const fromHeader = firstHeader(r.req.headers['x-waiter-token'])
   if (fromHeader !== undefined && fromHeader !== '') return fromHeader
   const host = hostAsSent(r.req.headers.host)
-  return host !== '' && !deps.routerHostnames.has(host.toLowerCase()) ? host : undefined
+  return host !== '' && !deps.routerHostnames.has(host.toLowerCase()) ? tokenNamedByHost(host, (name) => deps.tokens.get(name) !== undefined) : undefined
 }
 
 /** A stored time as ISO 8601; undefined for anything that is no valid time (a reader never throws on a token). */

@@ -592,6 +592,9 @@ export class InstanceTracker {
   /** The kill held for was vetoed: the instance returns to rotation (unless a failure ejected it since). */
   cancelKillHold(serviceId: string, instanceId: string): void {
     const service = this.#services.get(serviceId)
+    // Out of rotation for a failed health check meanwhile: it comes back without the hold.
+    const bench = service?.benched.get(instanceId)
+    if (service !== undefined && bench !== undefined) service.benched.set(instanceId, { ...bench, killHoldUntil: 0 })
     const slot = service?.slots.get(instanceId)
     if (service === undefined || slot === undefined || slot.killHoldUntil === 0) return
     slot.killHoldUntil = 0

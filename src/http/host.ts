@@ -12,3 +12,14 @@ export function hostAsSent(host: string | undefined): string {
 export function hostWithoutPort(host: string | undefined): string {
   return hostAsSent(host).toLowerCase()
 }
+
+/**
+ * The token a Host names: as sent (token names are case-sensitive, as in Waiter), else in lower
+ * case when only that exists (every Host-named token was found so until maitre looked them up as
+ * sent, and DNS names ignore case: curl sends `MyApp.example` as typed).
+ */
+export function tokenNamedByHost(host: string, exists: (name: string) => boolean): string {
+  if (exists(host)) return host
+  const lower = host.toLowerCase()
+  return lower !== host && exists(lower) ? lower : host
+}

@@ -62,7 +62,7 @@ export const RESOLUTION_CACHE_BYTES = 64 * 1024 * 1024
 export const SERVICE_ID_TOKEN = '^SERVICE-ID#'
 
 
-import { hostAsSent } from '../http/host.ts'
+import { hostAsSent, tokenNamedByHost } from '../http/host.ts'
 
 export class Resolver {
   readonly #tokens: Tokens
@@ -146,7 +146,8 @@ export class Resolver {
     }
     // Looked up as sent (token names are case-sensitive), compared with the router's own names in lower case.
     const hostToken = hostAsSent(host as string | undefined)
-    return hostToken !== '' && !this.#options.routerHostnames.has(hostToken.toLowerCase()) ? [hostToken] : []
+    if (hostToken === '' || this.#options.routerHostnames.has(hostToken.toLowerCase())) return []
+    return [tokenNamedByHost(hostToken, (name) => this.#tokens.get(name) !== undefined)]
   }
 
   /**
@@ -302,7 +303,7 @@ export class Resolver {
       effective,
       source: onTheFly ? undefined : source,
       sources: onTheFly ? [] : sources,
-      ...(onTheFly ? { direct: true } : {}),
+      ...(onTheFly && names.length === 0 ? { direct: true } : {}),
       tokenMetadata: metadata,
       fallback: !onTheFly && names.length === 1 && source !== undefined ? this.#fallbackOf(source.token, serviceId, metadata, principal) : undefined,
       authenticationDisabled,

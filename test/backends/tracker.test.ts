@@ -154,6 +154,16 @@ t.test('an operator’s kill takes a busy instance out of rotation, and never li
   t.equal(tracker.instanceSlots('s').find((s) => s.id === 'c')?.locked, true, 'and it stays locked for the autoscaler’s kill')
 })
 
+t.test('an instance held for a kill that fails a health check meanwhile comes back without the hold once the kill is vetoed', async (t) => {
+  const { tracker } = setup()
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.equal(tracker.ejectForKill('s', 'a', 10_000), true)
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined)
+  tracker.cancelKillHold('s', 'a')
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.equal(tracker.instanceSlots('s').find((s) => s.id === 'a')?.ejectedUntil, 0, 'back in rotation at once')
+})
+
 t.test('an ejection that ran out long ago does not make the wake-up timer of a later one spin', async (t) => {
   // A spinning timer (due at once, again and again, until the later ejection ends) burns the
   // router's event loop for up to proxy.maxEjectMs; with this clock it would never return.

@@ -326,4 +326,7 @@ t.test('a token named by the Host is looked up as the Host sends it (token names
   const served = await call(`${router.url}/request-info`, { headers: { host: `MyApp.example:${port}` } })
   t.equal(served.status, 200, 'a request to the token the Host names')
   t.same((await call(`${router.url}/status`, { headers: { host: `LOCALHOST:${port}` } })).json(), { status: 'ok' }, 'the router’s own names still match in any case (the API answers)')
+  t.equal((await createToken(router, 'lower.example', kitchenToken())).status, 200)
+  t.equal((await call(`${router.url}/request-info`, { headers: { host: `Lower.Example:${port}` } })).status, 200, 'a lower-case token is still reached by a Host in another case, as before (DNS names ignore case)')
+  t.equal((await call(`${router.url}/token`, { headers: { host: `LOWER.example:${port}` } })).status, 200)
 })

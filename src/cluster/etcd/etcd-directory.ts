@@ -199,6 +199,13 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         }
         const seen = new Set<string>()
         for (const kv of range.kvs) {
+          // The range is what etcd holds now: a key it holds at an older revision than ours was
+          // restored from a backup (restores may bump the revision past ours, so the check above
+          // does not catch every one), and what it holds is taken.
+          const cachedKey = this.#keyOf(kv.key)
+          const cached = cachedKey === undefined ? undefined : this.#docs.get(cachedKey)
+          if (cachedKey !== undefined && cached !== undefined && cached.revision > BigInt(kv.mod_revision)) this.#docs.set(cachedKey, { doc: cached.doc, revision: -1n })
+          if (cachedKey !== undefined && (this.#deletedAt.get(cachedKey) ?? -1n) > BigInt(kv.mod_revision)) this.#deletedAt.delete(cachedKey)
           const key = this.#absorb(kv, true)
           if (key !== undefined) seen.add(key)
         }
