@@ -12,7 +12,7 @@ import { systemClock } from '../../src/clock.ts'
 import { silentLogger } from '../../src/log.ts'
 import { startEtcd, type EtcdServer } from '../fixtures/etcd.ts'
 import { waitFor } from '../fixtures/router.ts'
-import { startRelay } from '../fixtures/tcp-cut.ts'
+import { flapOnNextWatch, startRelay } from '../fixtures/tcp-cut.ts'
 
 interface Node {
   readonly coordinator: EtcdCoordinator
@@ -288,29 +288,6 @@ t.test('a drain announcement waits for etcd at most a second: a router cut off f
   t.ok(took >= 900 && took < 1500, `gave up after ${took} ms with etcd silent: bounded by its second, not by etcd's 10 s timeout`)
   relay.heal()
 })
-
-/** Cuts the link once more (for 200 ms) the first time any watch of `client` is (re)established. */
-function flapOnNextWatch(client: Etcd3, relay: { cut(): void; heal(): void }, key?: string): () => boolean {
-  type Watched = { once(event: 'connected', fn: () => void): void; request: { key: Uint8Array } }
-  const manager = (client as unknown as { watchManager: { watchers: Watched[]; attach(w: Watched): void } }).watchManager
-  let flapped = false
-  const flapOnConnect = (w: Watched): void => {
-    if (key !== undefined && Buffer.from(w.request.key).toString() !== key) return
-    w.once('connected', () => {
-      if (flapped) return
-      flapped = true
-      relay.cut()
-      setTimeout(() => relay.heal(), 200)
-    })
-  }
-  for (const w of manager.watchers) flapOnConnect(w)
-  const attach = manager.attach.bind(manager)
-  manager.attach = (w) => {
-    flapOnConnect(w)
-    attach(w)
-  }
-  return () => flapped
-}
 
 t.test('the leader leaves while the only other router is cut off for a moment, and the link flaps again as it comes back: that router still takes the lead', async (t) => {
   const etcd = await startEtcd(t)

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { InstanceTracker } from '../../src/backends/tracker.ts'
 import type { Instance } from '../../src/backends/backend.ts'
-import { SlotExchange } from '../../src/cluster/slot-exchange.ts'
+import { SlotExchange, type SlotExchangeOptions } from '../../src/cluster/slot-exchange.ts'
 import { shareOf } from '../../src/cluster/slot-shares.ts'
 import type { PeerReport, SlotView } from '../../src/cluster/coordination.ts'
 import { handlePeer } from '../../src/admin/peer.ts'
@@ -30,11 +30,13 @@ interface Side {
   settling: boolean
 }
 
-async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = [], wantsRepeatMs?: number): Promise<Side> {
+type CollectHooks = Pick<SlotExchangeOptions, 'holdForCollection' | 'releaseCollectionHold'>
+
+async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = [], wantsRepeatMs?: number, hooks: CollectHooks = {}): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
   const side: { peers: PeerReport[]; members: string[]; cutOff: boolean; settling: boolean } = { peers: [], members, cutOff: false, settling: false }
   const view = (): SlotView => ({ members: side.members, peers: side.peers, cutOff: side.cutOff, settling: side.settling })
-  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer), ...(wantsRepeatMs === undefined ? {} : { wantsRepeatMs }) })
+  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (peer) => void gone.push(peer), ...(wantsRepeatMs === undefined ? {} : { wantsRepeatMs }), ...hooks })
   tracker.shareSlots(exchange)
   tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
   tracker.sync('s', [instance('i')], undefined)
@@ -262,7 +264,7 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   const held: string[] = []
   const released: string[] = []
   let using = false
-  const bSide = await routerWithCollect(t, 'router-b', members, {
+  const bSide = await router(t, 'router-b', members, [], undefined, {
     holdForCollection: (serviceId) => {
       if (using) return false
       held.push(serviceId)
@@ -282,21 +284,3 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   a.exchange.viewChanged()
   t.equal(await a.exchange.allowCollect('s', 1000), false, 'a router that cannot be asked may be using it: a veto')
 })
-
-/** A router whose exchange answers collections with the given hooks (the others above use none). */
-async function routerWithCollect(t: { teardown(fn: () => unknown): void }, id: string, members: string[], hooks: { holdForCollection: (serviceId: string, lastActiveAt: number, periodMs: number) => boolean; releaseCollectionHold: (serviceId: string) => void }): Promise<{ url: string }> {
-  const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
-  const view = (): SlotView => ({ members, peers: [], cutOff: false, settling: false })
-  const exchange = new SlotExchange({ routerId: id, secret: 'shared', tracker, view, clock: systemClock, log: silentLogger, killEjectMs: 10_000, ...hooks })
-  const server: Server = createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://router')
-    handlePeer({ req, res, url, cid: 'c' }, exchange).catch((err: unknown) => sendError(req, res, err, { cid: 'c' }))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    await exchange.close()
-    server.closeAllConnections()
-    await new Promise<void>((resolve) => server.close(() => resolve()))
-  })
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` }
-}

@@ -16,7 +16,7 @@ import { MaitreError } from '../../src/errors.ts'
 import { silentLogger } from '../../src/log.ts'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { waitFor } from '../fixtures/router.ts'
-import { startRelay } from '../fixtures/tcp-cut.ts'
+import { flapOnNextWatch, startRelay } from '../fixtures/tcp-cut.ts'
 
 interface Doc {
   readonly v: number
@@ -226,27 +226,9 @@ t.test('etcd: a link that flaps again just as the watch resumes loses none of th
   await raw.put(`${prefix}old`).value('{"v": 2}')
   await raw.delete().key(`${prefix}gone`)
   for (let i = 0; i < 50; i++) await raw.put(`${prefix}new-${i}`).value('{"v": 3}')
-  // The link drops once more the moment a watch is (re)established, before etcd has streamed
-  // what the router missed. The etcd3 library resumes from etcd's revision at that moment, past
-  // the backlog, whether it re-creates the watch or the store makes a new one.
-  type Watched = { once(event: 'connected', fn: () => void): void }
-  const manager = (client as unknown as { watchManager: { watchers: Watched[]; attach(w: Watched): void } }).watchManager
-  let flapped = false
-  const flapOnConnect = (w: Watched): void =>
-    w.once('connected', () => {
-      if (flapped) return
-      flapped = true
-      relay.cut()
-      setTimeout(() => relay.heal(), 200)
-    })
-  for (const w of manager.watchers) flapOnConnect(w)
-  const attach = manager.attach.bind(manager)
-  manager.attach = (w) => {
-    flapOnConnect(w)
-    attach(w)
-  }
+  const flapped = flapOnNextWatch(client, relay)
   relay.heal()
-  await waitFor('the link to flap', () => (flapped ? true : undefined), 10_000)
+  await waitFor('the link to flap', () => (flapped() ? true : undefined), 10_000)
   await waitFor('the store to hold what etcd holds', () => (store.size === 51 && store.get('old')?.v === 2 && !store.has('gone') ? true : undefined), 10_000).catch(() => undefined)
   t.equal(store.size, 51, 'every token written meanwhile arrived')
   t.same(store.get('old'), { v: 2 }, 'the one changed meanwhile reads changed')
