@@ -1,5 +1,4 @@
 #!/usr/bin/env -S node --max-semi-space-size=16
-import { readFileSync } from 'node:fs'
 import { enableCompileCache } from 'node:module'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
@@ -19,17 +18,6 @@ const { runCli } = await import('./cli.ts')
  */
 const REPEAT_WINDOW_MS = 1000
 
-/** Whether the process started with the signal ignored (nohup), which a handler would undo. Linux only; elsewhere false. */
-function ignoredAtStart(signal: 'SIGHUP'): boolean {
-  const number = { SIGHUP: 1 }[signal]
-  try {
-    const mask = /^SigIgn:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]
-    return mask !== undefined && ((BigInt(`0x${mask}`) >> BigInt(number - 1)) & 1n) === 1n
-  } catch {
-    return false
-  }
-}
-
 const stopSignal = (): Promise<void> =>
   new Promise((resolve) => {
     let firstAt: number | undefined
@@ -48,8 +36,9 @@ const stopSignal = (): Promise<void> =>
     // The terminal maitre was started from closed (an ssh session ended): stop as for SIGTERM.
     // Node's default would exit at once, leaving every local instance running with nothing to
     // manage it (each runs in a process group of its own, which the hangup does not reach).
-    // Started under nohup (SIGHUP ignored), it keeps running, as nohup promises.
-    if (!ignoredAtStart('SIGHUP')) process.on('SIGHUP', onSignal)
+    // (nohup cannot keep maitre running: Node resets an ignored SIGHUP to the default, exit, as it
+    // starts. A drain is the better end; `setsid` or a service manager keeps it running.)
+    process.on('SIGHUP', onSignal)
   })
 
 // With that terminal gone, a write to it fails (EIO), as one to a closed pipe does (EPIPE): the
