@@ -14,7 +14,7 @@ import { loadRouterId } from './cluster/router-id.ts'
 import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
 import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
-import { peerKey, SlotExchange } from './cluster/slot-exchange.ts'
+import { peerKey, SlotExchange, type CollectReason } from './cluster/slot-exchange.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
 import { agreeToCollect, localLoads } from './scaler/fleet.ts'
@@ -202,7 +202,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
     cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
-    allowCollect: exchange === undefined ? undefined : (serviceId: string, lastActiveAt: number) => exchange.allowCollect(serviceId, lastActiveAt),
+    allowCollect: exchange === undefined ? undefined : (serviceId: string, lastActiveAt: number, reason: CollectReason) => exchange.allowCollect(serviceId, lastActiveAt, reason),
     collectDone: exchange === undefined ? undefined : (serviceId: string) => exchange.collectDone(serviceId),
   }
   // The GC's test of a version its tokens still lead to (stale ones scale as if min-instances were 1; only current ones are pre-warmed).

@@ -546,7 +546,8 @@ function crossIssues(config: Config): ConfigIssue[] {
     issues.push({ path: mesos.principal === null ? 'backend.mesos.principal' : 'backend.mesos.secret', message: 'is required with the other: HTTP basic authentication needs both' })
   }
   const { admin } = config.server
-  if (admin.host !== null && admin.port !== 0 && admin.port === config.server.port) {
+  const shareAddress = (a: string, b: string): boolean => a === b || ['0.0.0.0', '::', '[::]'].includes(a) || ['0.0.0.0', '::', '[::]'].includes(b)
+  if (admin.host !== null && admin.port !== 0 && admin.port === config.server.port && shareAddress(admin.host, config.server.host)) {
     issues.push({ path: 'server.admin.port', message: `= ${admin.port}, the port of server.port too: the admin API needs a port of its own (or 0, any free one)` })
   }
   const { cert, key } = config.server.tls

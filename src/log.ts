@@ -18,7 +18,11 @@ export function createLogger(level: LogLevel, destination?: NodeJS.WritableStrea
  */
 function standardOutput(): ReturnType<typeof pino.destination> {
   const out = pino.destination({ fd: 1, sync: false })
-  out.on('error', () => {
+  out.on('error', (err: NodeJS.ErrnoException) => {
+    // Said once where it may still be read (a disk full under a redirected stdout, say).
+    try {
+      process.stderr.write(`maitre: standard output failed (${err.code ?? err.message}): logging stops here\n`)
+    } catch {}
     out.write = () => true
     out.flushSync = () => undefined
     out.flush = (cb?: (err?: Error) => void) => cb?.()

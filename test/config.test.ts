@@ -39,6 +39,7 @@ t.test('numbers with a ceiling: a timer past 2^31 - 1 ms (Node fires it after 1 
 t.test('an admin listener on the main listener’s port is refused at --check-config, not found out as EADDRINUSE', async (t) => {
   t.throws(() => parseConfig('server:\n  port: 9091\n  admin:\n    host: 127.0.0.1\n    port: 9091\n'), { message: /server\.admin\.port = 9091, the port of server\.port too/ })
   t.equal(parseConfig('server:\n  port: 0\n  admin:\n    host: 127.0.0.1\n    port: 0\n').server.admin.port, 0, 'two free ports are two ports')
+  t.equal(parseConfig('server:\n  host: 127.0.0.1\n  port: 9091\n  admin:\n    host: 127.0.0.2\n    port: 9091\n').server.admin.port, 9091, 'the same port on two addresses is two listeners')
 })
 
 t.test('strings the router hands on are checked where they are read: a cluster name is a Kubernetes label value, host names are names', async (t) => {

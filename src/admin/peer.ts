@@ -84,8 +84,10 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       const lastActiveAt = body['lastActiveAt']
       if (!Number.isSafeInteger(periodMs) || (periodMs as number) < 0) throw new MaitreError('MAITRE_BAD_REQUEST', 'periodMs must be a whole number of milliseconds, 0 or more', { details: { field: 'periodMs' } })
       if (typeof lastActiveAt !== 'number' || !Number.isFinite(lastActiveAt)) throw new MaitreError('MAITRE_BAD_REQUEST', 'lastActiveAt must be a time in milliseconds', { details: { field: 'lastActiveAt' } })
+      const reason = body['reason'] ?? 'idle'
+      if (reason !== 'idle' && reason !== 'stale' && reason !== 'broken' && reason !== 'orphaned') throw new MaitreError('MAITRE_BAD_REQUEST', "reason must be 'idle', 'stale', 'broken' or 'orphaned'", { details: { field: 'reason' } })
       const serviceId = idField(body, 'serviceId')
-      if (!exchange.receiveCollect(serviceId, lastActiveAt, periodMs as number)) {
+      if (!exchange.receiveCollect(serviceId, lastActiveAt, periodMs as number, reason)) {
         throw new MaitreError('MAITRE_INSTANCE_IN_USE', 'This router is using the version: it may not be collected now', { details: { 'service-id': serviceId } })
       }
       return sendJson(res, 200, { held: periodMs !== 0, 'service-id': serviceId }, cid)

@@ -66,14 +66,19 @@ export interface SlotExchangeOptions {
    * The leader is about to collect a version: this router holds its new requests for it for
    * `periodMs` (they wait, then start it afresh) and says yes, or says no (a veto) if it carries,
    * waits for or starts a request for the version, or served one after `lastActiveAt` (the
-   * leader's verdict came from load reports up to a publish interval old). Absent: always yes.
+   * leader's verdict came from load reports up to a publish interval old; undefined when the
+   * verdict is not about idleness: a stale or broken version goes with nothing outstanding,
+   * however recently it was asked for). Absent: always yes.
    */
-  readonly holdForCollection?: (serviceId: string, lastActiveAt: number, periodMs: number) => boolean
+  readonly holdForCollection?: (serviceId: string, lastActiveAt: number | undefined, periodMs: number) => boolean
   /** The collection this router held requests for is over (done, failed, or vetoed elsewhere). */
   readonly releaseCollectionHold?: (serviceId: string) => void
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
+
+/** Why the leader collects a version (the GC's reasons); only an idle one is judged by when it was last used. */
+export type CollectReason = 'idle' | 'stale' | 'broken' | 'orphaned'
 
 /** How long a peer holds its requests for a version the leader collects, at most (a collection that takes longer lets them go on). */
 const COLLECT_HOLD_MS = 30_000
@@ -337,12 +342,12 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
-  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number): boolean {
+  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason): boolean {
     if (periodMs === 0) {
       this.#o.releaseCollectionHold?.(serviceId)
       return true
     }
-    return this.#o.holdForCollection?.(serviceId, lastActiveAt, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
+    return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
   }
 
   /**
@@ -350,17 +355,19 @@ export class SlotExchange implements SlotSharing {
    * if every one agreed. A peer that cannot be asked may be serving it: that is a no, as for kills.
    * Those that agreed are released by collectDone(), or when the veto of another makes it moot.
    */
-  async allowCollect(serviceId: string, lastActiveAt: number): Promise<boolean> {
+  async allowCollect(serviceId: string, lastActiveAt: number, reason: CollectReason): Promise<boolean> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const ask = (peer: PeerReport, periodMs: number): Promise<boolean> =>
-      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+    const ask = (peer: PeerReport, periodMs: number, why: CollectReason): Promise<boolean> =>
+      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt, periodMs, reason: why }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
         this.#noteFailure(peer.routerId, err)
         return false
       })
-    const answers = await Promise.all(peers.map((p) => ask(p, COLLECT_HOLD_MS)))
+    const answers = await Promise.all(peers.map((p) => ask(p, COLLECT_HOLD_MS, reason)))
     const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
     if (vetoed.length > 0) {
-      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p, 0)))
+      // Every peer is released, not only those that said yes in time: one too slow to answer
+      // (a veto here) may still place its hold when the question reaches it.
+      await Promise.all(peers.map((p) => ask(p, 0, reason)))
       this.#o.log.info({ service: serviceId, vetoedBy: vetoed }, 'collection vetoed by routers that use the version (or could not be asked)')
     }
     return vetoed.length === 0

@@ -19,7 +19,7 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
    * flight, waiting or starting, or one since `lastActiveAt`); those that agree hold their new
    * requests for it until collectDone. Absent for a router on its own.
    */
-  readonly allowCollect?: ((serviceId: string, lastActiveAt: number) => Promise<boolean>) | undefined
+  readonly allowCollect?: ((serviceId: string, lastActiveAt: number, reason: 'idle' | 'stale' | 'broken' | 'orphaned') => Promise<boolean>) | undefined
   readonly collectDone?: ((serviceId: string) => Promise<void>) | undefined
 }
 
@@ -28,11 +28,12 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
  * now (nothing in flight or waiting here, no request since `lastActiveAt`, no start under way),
  * and if so its new requests for it are held for `periodMs`.
  */
-export function agreeToCollect(tracker: Pick<InstanceTracker, 'load'>, activator: { holdForCollection(serviceId: string, periodMs: number): boolean }, serviceId: string, lastActiveAt: number, periodMs: number): boolean {
+export function agreeToCollect(tracker: Pick<InstanceTracker, 'load'>, activator: { holdForCollection(serviceId: string, periodMs: number): boolean }, serviceId: string, lastActiveAt: number | undefined, periodMs: number): boolean {
   const load = tracker.load(serviceId)
   if (load.inFlight + load.queued > 0) return false
-  // Used since the activity the leader judged by (its reports are up to a publish interval old).
-  if (load.lastActiveAt > lastActiveAt) return false
+  // Used since the activity the leader judged an idle version by (its reports are up to a
+  // publish interval old). Undefined: a verdict not about idleness (stale, broken).
+  if (lastActiveAt !== undefined && load.lastActiveAt > lastActiveAt) return false
   return activator.holdForCollection(serviceId, periodMs)
 }
 

@@ -171,7 +171,7 @@ export class GcRunner {
       // publish interval old. One that uses the version now says no; the others hold their
       // requests for it (as activations here wait) until the collection is over.
       const fleet = this.#deps.fleet
-      if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt))) return undefined
+      if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt, verdict.reason))) return undefined
       try {
         return await this.#collectNow(serviceId, record, verdict)
       } finally {

@@ -263,9 +263,11 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   const a = await router(t, 'router-a', members)
   const held: string[] = []
   const released: string[] = []
+  const judgedBy: (number | undefined)[] = []
   let using = false
   const bSide = await router(t, 'router-b', members, [], undefined, {
-    holdForCollection: (serviceId) => {
+    holdForCollection: (serviceId, lastActiveAt) => {
+      judgedBy.push(lastActiveAt)
       if (using) return false
       held.push(serviceId)
       return true
@@ -274,13 +276,19 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   })
   a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }]
   a.exchange.viewChanged()
-  t.equal(await a.exchange.allowCollect('s', 1000), true, 'b does not use it: yes')
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), true, 'b does not use it: yes')
   t.same(held, ['s'], 'and holds its requests for it')
   await a.exchange.collectDone('s')
   t.same(released, ['s'], 'released when the collection is over')
-  using = true
-  t.equal(await a.exchange.allowCollect('s', 1000), false, 'b uses it: a veto')
-  a.peers = [{ routerId: 'router-b', url: 'http://127.0.0.1:1', members, over: () => 0 }]
+  t.equal(await a.exchange.allowCollect('s', 1000, 'stale'), true)
+  t.same(judgedBy, [1000, undefined], 'a stale (or broken) version is not judged by when it was last used')
+  await a.exchange.collectDone('s')
+  // b agrees, a router that cannot be asked vetoes: b is released at once, not after 30 s.
+  a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }, { routerId: 'router-c', url: 'http://127.0.0.1:1', members, over: () => 0 }]
   a.exchange.viewChanged()
-  t.equal(await a.exchange.allowCollect('s', 1000), false, 'a router that cannot be asked may be using it: a veto')
+  released.length = 0
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'a router that cannot be asked may be using it: a veto')
+  t.same(released, ['s'], 'and every router that may hold its requests is released')
+  using = true
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b uses it: a veto')
 })

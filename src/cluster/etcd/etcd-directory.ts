@@ -204,8 +204,11 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
           // does not catch every one), and what it holds is taken.
           const cachedKey = this.#keyOf(kv.key)
           const cached = cachedKey === undefined ? undefined : this.#docs.get(cachedKey)
-          if (cachedKey !== undefined && cached !== undefined && cached.revision > BigInt(kv.mod_revision)) this.#docs.set(cachedKey, { doc: cached.doc, revision: -1n })
-          if (cachedKey !== undefined && (this.#deletedAt.get(cachedKey) ?? -1n) > BigInt(kv.mod_revision)) this.#deletedAt.delete(cachedKey)
+          // (Only what the range could have seen: a write of ours committed after its snapshot,
+          // above its revision, is newer than the range, not lost.)
+          const restored = (at: bigint | undefined): boolean => at !== undefined && at > BigInt(kv.mod_revision) && at <= revision
+          if (cachedKey !== undefined && cached !== undefined && restored(cached.revision)) this.#docs.set(cachedKey, { doc: cached.doc, revision: -1n })
+          if (cachedKey !== undefined && restored(this.#deletedAt.get(cachedKey))) this.#deletedAt.delete(cachedKey)
           const key = this.#absorb(kv, true)
           if (key !== undefined) seen.add(key)
         }
