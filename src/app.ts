@@ -194,7 +194,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           onVeto: (service) => metrics.killVetoes.inc({ service }),
           onPeerGone: (peer) => coordination.suspect?.(peer),
           holdForCollection: (serviceId, lastActiveAt, periodMs) => agreeToCollect(tracker, activator, serviceId, lastActiveAt, periodMs),
-          releaseCollectionHold: (serviceId) => activator.releaseHold(serviceId),
+          releaseCollectionHold: (serviceId, deleted) => activator.releaseHold(serviceId, deleted),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
   const fleet = {
@@ -203,7 +203,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
     cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
     allowCollect: exchange === undefined ? undefined : (serviceId: string, lastActiveAt: number, reason: CollectReason) => exchange.allowCollect(serviceId, lastActiveAt, reason),
-    collectDone: exchange === undefined ? undefined : (serviceId: string) => exchange.collectDone(serviceId),
+    collectDone: exchange === undefined ? undefined : (serviceId: string, deleted: boolean) => exchange.collectDone(serviceId, deleted),
   }
   // The GC's test of a version its tokens still lead to (stale ones scale as if min-instances were 1; only current ones are pre-warmed).
   const isCurrentRecord = (record: ServiceRecord): boolean => currencyOf(record, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current

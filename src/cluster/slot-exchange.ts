@@ -72,7 +72,7 @@ export interface SlotExchangeOptions {
    */
   readonly holdForCollection?: (serviceId: string, lastActiveAt: number | undefined, periodMs: number) => boolean
   /** The collection this router held requests for is over (done, failed, or vetoed elsewhere). */
-  readonly releaseCollectionHold?: (serviceId: string) => void
+  readonly releaseCollectionHold?: (serviceId: string, deleted: boolean) => void
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
@@ -342,9 +342,9 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
-  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason): boolean {
+  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false): boolean {
     if (periodMs === 0) {
-      this.#o.releaseCollectionHold?.(serviceId)
+      this.#o.releaseCollectionHold?.(serviceId, deleted)
       return true
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
@@ -373,11 +373,11 @@ export class SlotExchange implements SlotSharing {
     return vetoed.length === 0
   }
 
-  /** The collection is over: every peer lets the requests it held for the version go on. */
-  async collectDone(serviceId: string): Promise<void> {
+  /** The collection is over (`deleted`: it took the version): every peer lets the requests it held for it go on. */
+  async collectDone(serviceId: string, deleted: boolean): Promise<void> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
     await Promise.all(peers.map((peer) =>
-      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt: 0, periodMs: 0 }), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt: 0, periodMs: 0, deleted }), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
         // Its hold lapses by itself (COLLECT_HOLD_MS) if it cannot be told.
         this.#noteFailure(peer.routerId, err)
       }),

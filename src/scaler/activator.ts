@@ -176,10 +176,25 @@ export class Activator {
     return true
   }
 
-  /** The leader's collection is over (or will not come): held requests go on. */
-  releaseHold(serviceId: string): void {
+  /**
+   * The leader's collection is over (or will not come): held requests go on. When it deleted the
+   * version (`deleted`), they go on once this router's backend view shows it gone too (still
+   * within the hold's bound), so they start it afresh rather than take a slot on an instance
+   * being deleted.
+   */
+  releaseHold(serviceId: string, deleted = false): void {
     const release = this.#holds.get(serviceId)
     if (release === undefined) return
+    if (deleted && this.#backend.state(serviceId) !== undefined) {
+      const unsubscribe = this.#backend.subscribe((id) => {
+        if (id === serviceId && this.#backend.state(serviceId) === undefined) this.releaseHold(serviceId)
+      })
+      this.#holds.set(serviceId, () => {
+        unsubscribe()
+        release()
+      })
+      return
+    }
     this.#holds.delete(serviceId)
     release()
   }

@@ -20,7 +20,8 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
    * requests for it until collectDone. Absent for a router on its own.
    */
   readonly allowCollect?: ((serviceId: string, lastActiveAt: number, reason: 'idle' | 'stale' | 'broken' | 'orphaned') => Promise<boolean>) | undefined
-  readonly collectDone?: ((serviceId: string) => Promise<void>) | undefined
+  /** The collection is over; `deleted`: it took the version. */
+  readonly collectDone?: ((serviceId: string, deleted: boolean) => Promise<void>) | undefined
 }
 
 /**

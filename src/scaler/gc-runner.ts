@@ -172,10 +172,12 @@ export class GcRunner {
       // requests for it (as activations here wait) until the collection is over.
       const fleet = this.#deps.fleet
       if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt, verdict.reason))) return undefined
+      let collected: GcVerdict | undefined
       try {
-        return await this.#collectNow(serviceId, record, verdict)
+        collected = await this.#collectNow(serviceId, record, verdict)
+        return collected
       } finally {
-        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId).catch(() => undefined)
+        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected !== undefined).catch(() => undefined)
       }
     })
   }

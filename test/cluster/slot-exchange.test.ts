@@ -278,11 +278,11 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   a.exchange.viewChanged()
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), true, 'b does not use it: yes')
   t.same(held, ['s'], 'and holds its requests for it')
-  await a.exchange.collectDone('s')
+  await a.exchange.collectDone('s', true)
   t.same(released, ['s'], 'released when the collection is over')
   t.equal(await a.exchange.allowCollect('s', 1000, 'stale'), true)
   t.same(judgedBy, [1000, undefined], 'a stale (or broken) version is not judged by when it was last used')
-  await a.exchange.collectDone('s')
+  await a.exchange.collectDone('s', false)
   // b agrees, a router that cannot be asked vetoes: b is released at once, not after 30 s.
   a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }, { routerId: 'router-c', url: 'http://127.0.0.1:1', members, over: () => 0 }]
   a.exchange.viewChanged()

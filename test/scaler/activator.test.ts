@@ -204,6 +204,21 @@ t.test('the cluster leader’s collection: requests here wait while it holds the
   await lapsing
   t.equal(activator.ensure(request('a')), undefined, 'a hold nobody released lapses')
 
+  // The leader deleted it: held requests go on once this router's backend shows it gone, not
+  // before (they would take a slot on an instance being deleted).
+  t.equal(activator.holdForCollection('a', 30_000), true)
+  const heldForDelete = activator.ensure(request('a'))
+  let goneOn = false
+  void heldForDelete?.then(() => (goneOn = true))
+  activator.releaseHold('a', true)
+  await new Promise((r) => setImmediate(r))
+  t.notOk(goneOn, 'still held while the backend shows the version')
+  await backend.deleteService('a')
+  await heldForDelete
+  t.ok(goneOn, 'released when the backend shows it gone')
+  t.ok(activator.ensure(request('a')), 'and the next request starts it afresh')
+  await activator.ensure(request('a'))
+
   const lease = tracker.tryAcquire('a')
   t.equal(agreeToCollect(tracker, activator, 'a', clock.now(), 30_000), false, 'a request in flight here: a veto')
   lease?.release('success')

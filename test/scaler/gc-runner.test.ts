@@ -331,7 +331,7 @@ t.test('in a cluster the leader asks the other routers before it collects: one t
       asked.push([id, lastActiveAt])
       return allowed
     },
-    collectDone: async (id) => void done.push(id),
+    collectDone: async (id, deleted) => void done.push(`${id} ${String(deleted)}`),
   }
   const { clock, backend, gc, request } = setup(t.testdir(), CORE, fleet)
   ;(await request('a')).release('success')
@@ -343,5 +343,5 @@ t.test('in a cluster the leader asks the other routers before it collects: one t
   allowed = true
   t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'every router agrees: collected')
   await new Promise((r) => setImmediate(r))
-  t.same(done, ['a'], 'and the routers that held their requests hear it is over')
+  t.same(done, ['a true'], 'and the routers that held their requests hear it is over, and that it took the version')
 })
