@@ -146,7 +146,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
 
   // Stores open first: a corrupt store stops startup before anything runs.
   const tokens = new Tokens(await openTokenStore(stores), clock, config.cluster, config.maxTokens, routerHostnames)
-  const registry = await ServiceRegistry.open(stores, clock)
+  const registry = await ServiceRegistry.open(stores, clock, config.maxVersions)
   const overrides = await Overrides.open(stores, clock)
   const suspensions = await Suspensions.open(stores, clock)
   const parameters = new VersionParameters(overrides, { cluster: config.cluster, secret }, config.proxy.resolutionCacheSize)

@@ -156,6 +156,8 @@ export interface Config {
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
   readonly maxTokens: number
+  /** Service versions recorded at most (a new one past it: 507). */
+  readonly maxVersions: number
   readonly cluster: string
   /** This router's name among its peers (cluster mode); null = generated once and kept in the data directory. */
   readonly routerId: string | null
@@ -242,6 +244,7 @@ export const DEFAULTS: Config = {
   },
   dataDir: './data',
   maxTokens: 100000,
+  maxVersions: 100000,
   cluster: 'maitre',
   routerId: null,
   etcd: { endpoints: [], prefix: null, leaseTtlSecs: 5, requestTimeoutMs: 2000 },
@@ -384,6 +387,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.tls.key': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM private key file, or null'),
   'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),
   maxTokens: positiveInt,
+  maxVersions: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
   'etcd.endpoints': (v) => {
     const bad = (v as unknown[]).find((e) => etcdEndpointProblem(e) !== undefined)

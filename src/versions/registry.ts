@@ -66,13 +66,17 @@ export class ServiceRegistry {
   readonly #clock: Clock
   readonly #changing = new PerKeyQueue()
 
-  static async open(stores: StoreOpener, clock: Clock): Promise<ServiceRegistry> {
-    return new ServiceRegistry(await stores.open<ServiceRecord>('services', 'service', isServiceRecord), clock)
+  readonly #maxRecords: number
+
+  static async open(stores: StoreOpener, clock: Clock, maxRecords?: number): Promise<ServiceRegistry> {
+    return new ServiceRegistry(await stores.open<ServiceRecord>('services', 'service', isServiceRecord), clock, maxRecords)
   }
 
-  constructor(records: DocumentStore<ServiceRecord>, clock: Clock) {
+  /** `maxRecords`: versions recorded at most (each distinct description callers name makes one). */
+  constructor(records: DocumentStore<ServiceRecord>, clock: Clock, maxRecords = Number.POSITIVE_INFINITY) {
     this.#records = records
     this.#clock = clock
+    this.#maxRecords = maxRecords
   }
 
   get(id: string): ServiceRecord | undefined {
@@ -109,6 +113,11 @@ export class ServiceRegistry {
   async #write(id: string, core: Readonly<Record<string, unknown>>, source: TokenReference | undefined, sourceSet: readonly TokenReference[], direct: boolean): Promise<ServiceRecord> {
     const existing = this.#records.get(id)
     if (existing !== undefined && knowsAll(existing, source, sourceSet, direct)) return existing
+    // Every distinct description a caller names (a parameter value, an on-the-fly header) is a
+    // version of its own, and one that never runs is never idle: the count is bounded here.
+    if (existing === undefined && this.#records.size >= this.#maxRecords) {
+      throw new MaitreError('MAITRE_STORE_FULL', `maitre holds ${this.#maxRecords} service versions, the most it takes; idle and stale ones are collected, or DELETE /apps/{id} some`, { details: { limit: 'versions', max: this.#maxRecords } })
+    }
     // One reference per token, its latest version: a token edited a thousand times without
     // changing what runs (timeouts, owner) still leaves one entry, not a thousand.
     const others = (existing?.sources ?? []).filter((s) => s.token !== source?.token)

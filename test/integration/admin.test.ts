@@ -330,3 +330,14 @@ t.test('a token named by the Host is looked up as the Host sends it (token names
   t.equal((await call(`${router.url}/request-info`, { headers: { host: `Lower.Example:${port}` } })).status, 200, 'a lower-case token is still reached by a Host in another case, as before (DNS names ignore case)')
   t.equal((await call(`${router.url}/token`, { headers: { host: `LOWER.example:${port}` } })).status, 200)
 })
+
+t.test('callers cannot record versions without bound: past maxVersions a request naming a new one is a 507, the recorded ones still serve', async (t) => {
+  const router = await startRouter(t, { maxVersions: 1 })
+  t.equal((await createToken(router, 'mint', kitchenToken({ 'allowed-params': ['X'], 'idle-timeout-mins': 0 }))).status, 200)
+  const h = (x: string) => ({ 'x-waiter-token': 'mint', 'x-waiter-param-x': x })
+  t.equal((await call(`${router.url}/service-id`, { headers: h('v1') })).status, 200, 'the first version')
+  const second = await call(`${router.url}/service-id`, { headers: h('v2') })
+  t.equal(second.status, 507, 'a second, past the bound')
+  t.match(second.json(), { 'waiter-error': { code: 'MAITRE_STORE_FULL', details: { limit: 'versions', max: 1 } } })
+  t.equal((await call(`${router.url}/request-info`, { headers: h('v1') })).status, 200, 'the recorded one serves')
+})

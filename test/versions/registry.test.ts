@@ -54,3 +54,17 @@ t.test('a version reached by token and by on-the-fly headers keeps both referenc
   const reopened = new ServiceRegistry(JsonDirectory.open<ServiceRecord>(dir, 'service'), new ManualClock())
   t.equal(reopened.get('svc')?.direct, true, 'and after a restart')
 })
+
+t.test('versions are bounded: a new one past maxVersions is refused with 507, one already recorded is not', async (t) => {
+  const docs = JsonDirectory.open<ServiceRecord>(join(t.testdir(), 'services'), 'service')
+  const registry = new ServiceRegistry(docs, new ManualClock(), 2)
+  await registry.remember('a', CORE, { token: 't', etag: 'E-1' })
+  await registry.remember('b', CORE, { token: 't', etag: 'E-2' })
+  await t.rejects(registry.remember('c', CORE, { token: 't', etag: 'E-3' }), { code: 'MAITRE_STORE_FULL', status: 507, details: { limit: 'versions', max: 2 } })
+  t.equal(registry.get('c'), undefined, 'nothing written')
+  await registry.remember('a', CORE, { token: 'u', etag: 'E-4' })
+  t.same(registry.get('a')?.sources.map((s) => s.token), ['t', 'u'], 'a recorded version still takes a new reference')
+  t.equal(await registry.forget('b'), true)
+  await registry.remember('c', CORE, { token: 't', etag: 'E-3' })
+  t.ok(registry.get('c'), 'room again once one is collected')
+})
