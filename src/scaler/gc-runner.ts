@@ -161,7 +161,7 @@ export class GcRunner {
 
   /** Collects one version under the activator's marker; undefined if it turned out not to be garbage. */
   #collect(serviceId: string): Promise<GcVerdict | undefined> {
-    const { activator, registry, backend, clock, log } = this.#deps
+    const { activator, registry } = this.#deps
     return activator.collect(serviceId, async () => {
       // Decided again, synchronously, now that activations wait: a request may have come since.
       const record = registry.get(serviceId)
@@ -184,25 +184,23 @@ export class GcRunner {
 
   async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<GcVerdict | undefined> {
     const { registry, backend, clock, log } = this.#deps
-    {
-      // Record and cached resolutions first, then the backend delete: activations wait on the
-      // collection meanwhile, so nothing can re-create the version in between. The record goes
-      // only as the verdict saw it: another router that just recorded a request for it keeps it.
-      if (!(await registry.forget(serviceId, record))) return undefined
-      this.#deps.onCollecting?.(serviceId, verdict.reason, verdict.lastActiveAt)
-      await this.#deps.forgetVersion(serviceId)
-      await backend.deleteService(serviceId)
-      // A version that never ran here still had a routing entry if requests asked for it.
-      this.#deps.tracker.dropIfIdle(serviceId)
-      await this.#deps.onCollected(serviceId, verdict.reason, verdict.lastActiveAt)
-      this.#brokenSince.delete(serviceId)
-      this.#orphanedSince.delete(serviceId)
-      this.#unrecordedSince.delete(serviceId)
-      this.#collected.unshift({ id: verdict.id, reason: verdict.reason, at: clock.now() })
-      this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
-      log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
-      return { id: verdict.id, reason: verdict.reason }
-    }
+    // Record and cached resolutions first, then the backend delete: activations wait on the
+    // collection meanwhile, so nothing can re-create the version in between. The record goes
+    // only as the verdict saw it: another router that just recorded a request for it keeps it.
+    if (!(await registry.forget(serviceId, record))) return undefined
+    this.#deps.onCollecting?.(serviceId, verdict.reason, verdict.lastActiveAt)
+    await this.#deps.forgetVersion(serviceId)
+    await backend.deleteService(serviceId)
+    // A version that never ran here still had a routing entry if requests asked for it.
+    this.#deps.tracker.dropIfIdle(serviceId)
+    await this.#deps.onCollected(serviceId, verdict.reason, verdict.lastActiveAt)
+    this.#brokenSince.delete(serviceId)
+    this.#orphanedSince.delete(serviceId)
+    this.#unrecordedSince.delete(serviceId)
+    this.#collected.unshift({ id: verdict.id, reason: verdict.reason, at: clock.now() })
+    this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
+    log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
+    return { id: verdict.id, reason: verdict.reason }
   }
 
   /**
