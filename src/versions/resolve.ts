@@ -142,7 +142,17 @@ export class Resolver {
       // is in order, the last one wins, so `a,b,a` is `b,a`). Repeats would otherwise swell the
       // version's record, which keeps each combination of names.
       const names = tokenHeader.split(',').map((t) => t.trim()).filter((t) => t !== '')
-      return names.filter((name, i) => names.lastIndexOf(name) === i)
+      if (names.length < 2) return names
+      // In one pass from the end (a header of thousands of names costs no more than their count).
+      const seen = new Set<string>()
+      const kept: string[] = []
+      for (let i = names.length - 1; i >= 0; i--) {
+        const name = names[i] as string
+        if (seen.has(name)) continue
+        seen.add(name)
+        kept.push(name)
+      }
+      return kept.reverse()
     }
     // Looked up as sent (token names are case-sensitive), compared with the router's own names in lower case.
     const hostToken = hostAsSent(host as string | undefined)
