@@ -6,8 +6,7 @@
 import t, { type Test } from 'tap'
 import { Agent, Client, request } from 'undici'
 import { claimPortSlice, createToken, kitchenToken, processAlive, waitFor } from '../fixtures/router.ts'
-import { REPO, startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
-import { spawn } from 'node:child_process'
+import { REPO, spawnRouterGroup, startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
 import { closeSync, openSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -136,22 +135,9 @@ t.test('a router whose standard output can no longer be written (its terminal we
   writeFileSync(join(dir, 'out'), '')
   const unwritable = openSync(join(dir, 'out'), 'r')
   t.teardown(() => closeSync(unwritable))
-  const start = () => {
-    const child = spawn(process.execPath, [join(REPO, 'src/main.ts'), 'serve', '--config', config], { cwd: REPO, stdio: ['ignore', unwritable, 'ignore'], detached: true })
-    const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)))
-    t.teardown(async () => {
-      if (child.exitCode === null && child.signalCode === null) {
-        try {
-          process.kill(-(child.pid as number), 'SIGKILL')
-        } catch {}
-        await exited
-      }
-    })
-    return { child, exited }
-  }
   const up = () => waitFor('the router to answer', async () => ((await request(`http://127.0.0.1:${port}/status`).then((r) => r.body.text().then(() => r.statusCode), () => 0)) === 200 ? true : undefined), 20_000)
 
-  const router = start()
+  const router = spawnRouterGroup(t, process.execPath, [join(REPO, 'src/main.ts'), 'serve', '--config', config], ['ignore', unwritable, 'ignore'])
   await up()
   await createToken({ url: `http://127.0.0.1:${port}` }, 'kitchen', kitchenToken())
   t.equal((await request(`http://127.0.0.1:${port}/request-info`, { headers: { 'x-waiter-token': 'kitchen' } })).statusCode, 200, 'it serves, its log lines going nowhere')
