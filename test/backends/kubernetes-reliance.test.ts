@@ -9,7 +9,9 @@ import { readFileSync } from 'node:fs'
 import { PERMISSIONS } from '../../src/backends/kubernetes/api.ts'
 
 const K8S = 'test/backends/kubernetes.test.ts'
-const KILL = 'test/backends/kubernetes-kill.test.ts'
+const KILL_LAG = 'test/backends/kubernetes-kill-lag.test.ts'
+const KILL_REPLACEMENTS = 'test/backends/kubernetes-kill-replacements.test.ts'
+const KILL_RACES = 'test/backends/kubernetes-kill-races.test.ts'
 const KUBECTL = 'test/integration/kubectl.test.ts'
 const PARITY = 'test/integration/backend-parity.test.ts'
 
@@ -36,7 +38,7 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   'replicasets watch': [
     { behaviour: 'NDJSON events resumed from a resourceVersion; 410 Expired once compacted, then list again', shownBy: [K8S, 'after its history is compacted and its watch dropped'] },
     { behaviour: 'the answer’s head comes at once; its bytes may split a character anywhere', shownBy: [K8S, 'the watch decodes characters whose bytes arrive in different chunks'] },
-    { behaviour: 'the controller writes status.replicas (the active pods its cache shows) with observedGeneration once it has acted on a generation: a kill that gave up on its replacement owes one only until then', shownBy: [KILL, 'a kill that gave up on its replacement owes one only until'] },
+    { behaviour: 'the controller writes status.replicas (the active pods its cache shows) with observedGeneration once it has acted on a generation: a kill that gave up on its replacement owes one only until then', shownBy: [KILL_REPLACEMENTS, 'a kill that gave up on its replacement owes one only until'] },
   ],
   'replicasets/scale get': [
     { behaviour: 'a Scale (autoscaling/v1) with the ReplicaSet’s resourceVersion', shownBy: [K8S, 'the API server enforces resourceVersion on /scale'] },
@@ -46,22 +48,22 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   ],
   'pods delete': [
     { behaviour: 'a delete of the named pod with its uid as a precondition: another uid is a 409 Conflict and the pod stays', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
-    { behaviour: 'a pod already gone is a 404: the kill chose nothing, so the count stays', shownBy: [KILL, 'a pod gone before its kill could delete it (404)'] },
+    { behaviour: 'a pod already gone is a 404: the kill chose nothing, so the count stays', shownBy: [KILL_REPLACEMENTS, 'a pod gone before its kill could delete it (404)'] },
     { behaviour: 'scale-down by deletion cost and delete: the pod chosen (idle) goes, never one serving a request', shownBy: [PARITY, 'load scales up; scale-down kills only idle instances, never one serving a request'] },
-    { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [KILL, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
-    { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [KILL, 'a busy single-threaded app fails its readiness probe'] },
-    { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [KILL, 'two kills back to back, the controller’s pod cache lagging'] },
-    { behaviour: 'the same for two kills at once', shownBy: [KILL, 'two kills at once (an operator’s and the autoscaler’s)'] },
-    { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [KILL, 'a scale write held back until the replacement is ready'] },
-    { behaviour: 'the replacement comes once the controller’s pod cache saw the delete and its expectations are met, a multiple of its lag: the count waits for it', shownBy: [KILL, 'a controller whose pod cache lags 2 s'] },
+    { behaviour: 'the same when the controller’s pod cache lags its ReplicaSet cache', shownBy: [KILL_LAG, 'killing an idle pod is safe against a ReplicaSet controller whose pod cache lags'] },
+    { behaviour: 'a deleted pod leaves the count at once and the controller replaces it; lowered then, it deletes the replacement (unscheduled or Pending first), even when a busy pod is unready', shownBy: [KILL_RACES, 'a busy single-threaded app fails its readiness probe'] },
+    { behaviour: 'the same for kills one right after the other, the controller’s caches lagging', shownBy: [KILL_LAG, 'two kills back to back, the controller’s pod cache lagging'] },
+    { behaviour: 'the same for two kills at once', shownBy: [KILL_RACES, 'two kills at once (an operator’s and the autoscaler’s)'] },
+    { behaviour: 'a replacement already ready when the count could drop: deleted in turn, its own replacement (Pending) is what the count takes', shownBy: [KILL_RACES, 'a scale write held back until the replacement is ready'] },
+    { behaviour: 'the replacement comes once the controller’s pod cache saw the delete and its expectations are met, a multiple of its lag: the count waits for it', shownBy: [KILL_LAG, 'a controller whose pod cache lags 2 s'] },
     { behaviour: 'the answer is the pod as marked for deletion, with the resourceVersion of that write (integers that grow across resources, as etcd revisions do)', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
     { behaviour: 'the kubelet sends SIGTERM to the container’s PID 1 only, SIGKILL after the grace period', shownBy: [K8S, 'SIGTERM reaches the app when the kubelet signals only the container’s PID 1'] },
   ],
   'pods patch': [
     { behaviour: 'a merge patch of the pod-deletion-cost annotation; a value that is not a 32-bit integer is a 422', shownBy: [KUBECTL, 'kubectl works against the simulator unchanged'] },
     { behaviour: 'a patch that changes nothing bumps no resourceVersion and sends no event', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
-    { behaviour: 'the controller ranks victims by what its cache last saw', shownBy: [KILL, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
-    { behaviour: 'a merge patch of annotations (the replacement mark and cost) on a pod the controller just made', shownBy: [KILL, 'a scale write held back until the replacement is ready'] },
+    { behaviour: 'the controller ranks victims by what its cache last saw', shownBy: [KILL_LAG, 'the simulator’s ReplicaSet controller can act from a lagging pod cache'] },
+    { behaviour: 'a merge patch of annotations (the replacement mark and cost) on a pod the controller just made', shownBy: [KILL_RACES, 'a scale write held back until the replacement is ready'] },
   ],
   'pods list': [
     { behaviour: 'label selectors; only the selectable fields (else 400); whole-second timestamps', shownBy: [K8S, 'the simulator behaves as an API server where clients are easily fooled'] },
@@ -74,8 +76,8 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
   ],
   'events list': [
     { behaviour: 'FailedCreate events of the ReplicaSet, selected by involvedObject.kind and .name', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
-    { behaviour: 'a FailedCreate the controller records (or counts again) after a pod delete has a greater resourceVersion than that delete’s answer', shownBy: [KILL, 'a controller that cannot replace the chosen pod (its quota is full)'] },
-    { behaviour: 'a FailedCreate from before the delete keeps its older resourceVersion, so it does not end the wait for a replacement', shownBy: [KILL, 'a FailedCreate from before the kill does not end its wait'] },
+    { behaviour: 'a FailedCreate the controller records (or counts again) after a pod delete has a greater resourceVersion than that delete’s answer', shownBy: [KILL_REPLACEMENTS, 'a controller that cannot replace the chosen pod (its quota is full)'] },
+    { behaviour: 'a FailedCreate from before the delete keeps its older resourceVersion, so it does not end the wait for a replacement', shownBy: [KILL_REPLACEMENTS, 'a FailedCreate from before the kill does not end its wait'] },
     { behaviour: 'lastTimestamp in whole seconds (ties broken by eventTime, then count)', shownBy: [K8S, 'reading pods: failed runs, OOMKilled, liveness kills'] },
   ],
   'any call': [
