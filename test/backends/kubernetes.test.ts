@@ -2,7 +2,7 @@
  * The Kubernetes backend's own contract against the in-repo API simulator: the watch resumes and
  * re-lists after 410 and decodes characters split across chunks, calls time out and are retried,
  * a service outlives a failed delete, optimistic concurrency, in-cluster and kubeconfig
- * credentials, and the pure readings of pods. (The kill of an idle pod: kubernetes-kill.test.ts.)
+ * credentials, and the pure readings of pods. (The kill of an idle pod: kubernetes-kill-*.test.ts.)
  */
 import t, { type Test as TapTest } from 'tap'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -495,9 +495,10 @@ t.test('a delete that comes while the ReplicaSet is being created waits for it, 
 })
 
 t.test('a ReplicaSet deleted and made again while this router was not watching is taken for the new one: its later delete takes the service with it', async (t) => {
-  const { sim, api, backend } = await setup(t)
+  const { sim, api, backend, podBasePort } = await setup(t)
   await backend.ready()
-  const options = { ...DEFAULTS.backend.kubernetes, cluster: 'test', podBasePort: 30000 }
+  // The ports this test claimed: a fixed one could be another test file's.
+  const options = { ...DEFAULTS.backend.kubernetes, cluster: 'test', podBasePort }
   // Another router makes the version; this one adopts it from its watch.
   const first = await api.createReplicaSet(replicaSetOf(spec('svc-u'), options))
   await waitFor('adopted', () => (backend.state('svc-u') !== undefined ? true : undefined), 5000)

@@ -311,7 +311,7 @@ t.test('a failing health check: RUNNING healthy:false, then the task killed, TAS
   await launch(sub, offer, [task(offer, 'sickly', kitchen, { extra: { health_check: check, kill_policy: { grace_period: { nanoseconds: 1e9 } } } })])
   await until('healthy', () => sub.updates('sickly').find((u) => u.healthy === true))
   writeFileSync(join(s.tasks()[0]?.env['MESOS_SANDBOX'] as string, 'fail-health-checks'), '')
-  const unhealthy = await until('healthy:false', () => sub.updates('sickly').find((u) => u.healthy === false))
+  const unhealthy = await until(`healthy:false (updates so far: ${JSON.stringify(sub.updates('sickly').map((u) => [u.state, u.healthy, u.uuid !== undefined]))})`, () => sub.updates('sickly').find((u) => u.healthy === false))
   t.equal(unhealthy.state, 'TASK_RUNNING', 'turning unhealthy is a TASK_RUNNING update')
   await sub.nextUpdate('sickly', 'TASK_KILLING')
   t.match(await sub.nextUpdate('sickly', 'TASK_KILLED'), { healthy: false })
