@@ -278,10 +278,11 @@ t.test('a load report cut short to its bound says so, and a peer then takes it a
 t.test('a drain announcement waits for etcd at most a second: a router cut off from etcd still stops in time', async (t) => {
   const etcd = await startEtcd(t)
   const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  // Registered before the router, so closed after it (closers run last first): an etcd3 client
+  // closed with its server out of reach keeps retrying its lost streams, and the file never exits.
+  etcd.beforeStop(() => relay.close())
   // etcd calls may take 10 s here: the announcement's own second must bound it.
   const a = await node(etcd, 'a', relay.url, 2, 100, 10_000)
-  // Closed after the router (closers run in order), so that its lease is revoked at once.
-  etcd.beforeStop(() => relay.close())
   relay.stall()
   const started = Date.now()
   await a.coordinator.announceDraining()
