@@ -5,7 +5,7 @@
  */
 import t, { type Test } from 'tap'
 import { createServer, type Socket } from 'node:net'
-import { readdirSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LocalBackend } from '../../src/backends/local/local-backend.ts'
 import { systemClock } from '../../src/clock.ts'
@@ -69,4 +69,37 @@ t.test('scaled down while launches are still finding ports: the service runs wha
   await waitFor('an instance healthy', () => (backend.state('svc-shrink')?.instances.some((i) => i.healthy) === true ? true : undefined), 15_000)
   t.equal(backend.state('svc-shrink')?.instances.length, 1, 'one instance runs')
   t.equal(readdirSync(join(workDir, 'svc-shrink')).length, 1, 'and only one was ever started')
+})
+
+t.test('a kill gives the service its termination grace whether or not its cmd ends in exec: SIGTERM reaches it, and the instance ends when the service does', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'drains.mjs')
+  // Answers its health check; on SIGTERM, notes it, drains for 600 ms, notes that, and exits.
+  writeFileSync(app, `import { createServer } from 'node:http'
+import { appendFileSync } from 'node:fs'
+const server = createServer((req, res) => res.end('ok')).listen(Number(process.env.PORT0), '127.0.0.1')
+process.on('SIGTERM', () => {
+  appendFileSync(process.env.MARKS, 'term\\n')
+  setTimeout(() => { appendFileSync(process.env.MARKS, 'drained\\n'); server.close(); process.exit(0) }, 600)
+})
+`)
+  const { backend } = localBackend(t, dir)
+  const cmds = {
+    'no exec': `${process.execPath} ${app}`,
+    'exec': `exec ${process.execPath} ${app}`,
+    'in the background, waited for': `${process.execPath} ${app} & wait $!`,
+  }
+  for (const [name, command] of Object.entries(cmds)) {
+    const serviceId = `svc-grace-${Object.keys(cmds).indexOf(name)}`
+    const marks = join(dir, `${serviceId}.marks`)
+    writeFileSync(marks, '')
+    await backend.ensureService(spec(serviceId, { command, env: { WAITER_SERVICE_ID: serviceId, MARKS: marks }, terminationGraceMs: 10_000 }))
+    const instance = await waitFor(`${name}: an instance healthy`, () => backend.state(serviceId)?.instances.find((i) => i.healthy), 15_000)
+    const killedAt = Date.now()
+    t.equal(await backend.killInstance(serviceId, instance.id), true)
+    await waitFor(`${name}: the instance ended`, () => ((backend.state(serviceId)?.killed.length ?? 0) > 0 ? true : undefined), 15_000)
+    const tookMs = Date.now() - killedAt
+    t.equal(readFileSync(marks, 'utf8'), 'term\ndrained\n', `${name}: the service drained before it went`)
+    t.ok(tookMs >= 550 && tookMs < 9000, `${name}: the instance ended when the service did (${tookMs} ms), not at once nor at the grace's end`)
+  }
 })

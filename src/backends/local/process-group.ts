@@ -1,14 +1,22 @@
 /**
  * One instance = one process group. The group's leader first forks a watchdog that blocks on a
  * pipe from maitre and kills the whole group when the pipe closes: if maitre dies, even by
- * SIGKILL, the kernel closes the pipe and no instance is orphaned. The leader then execs the
- * service's run script, so its exit code is the service's.
+ * SIGKILL, the kernel closes the pipe and no instance is orphaned. The leader then runs the
+ * service's run script itself (sourced, `$0` its path), so its exit code is the service's, and a
+ * `cmd` that ends in `exec` makes the service the leader.
+ *
+ * A kill signals the whole group with SIGTERM, and the group goes once its leader exits. A leader
+ * with no trap would die of that SIGTERM at once, and the service it runs (`node app.js`, any
+ * `cmd` not ending in `exec`) with it, its termination grace lost. So the leader traps SIGTERM:
+ * bash runs the trap once the foreground command has ended, and the trap also waits for what the
+ * script started in the background (`app & wait`), then exits with the service's status.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
 import { join } from 'node:path'
 
-const LAUNCHER = '(read -r -u 3 _; kill -KILL 0) & exec 3<&-; exec /bin/bash "$1"'
+// The watchdog is disowned so that the trap's `wait` does not wait for it.
+const LAUNCHER = '(read -r -u 3 _; kill -KILL 0) & disown; exec 3<&-; trap \'maitre_status=$?; wait; exit $maitre_status\' TERM; . "$0"'
 
 export interface GroupExit {
   readonly code: number | null
@@ -27,7 +35,7 @@ export function startProcessGroup(runScript: string, sandbox: string, env: Reado
   const stderr = openSync(join(sandbox, 'stderr'), 'a')
   let child: ChildProcess
   try {
-    child = spawn('/bin/bash', ['-c', LAUNCHER, 'maitre-instance', runScript], {
+    child = spawn('/bin/bash', ['-c', LAUNCHER, runScript], {
       cwd: sandbox,
       env,
       detached: true, // setsid: the instance leads its own process group
