@@ -18,7 +18,7 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
-import { failureKey, instanceId, instanceOf, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
+import { failureKey, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
@@ -256,7 +256,7 @@ export class KubernetesBackend implements Backend {
 
   async killInstance(serviceId: string, id: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
-    const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => !isTerminating(p) && instanceId(serviceId, p) === id)
+    const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => isActive(p) && instanceId(serviceId, p) === id)
     const name = pod?.metadata.name
     // A service being deleted loses all its pods with its ReplicaSet; none is killed on its own.
     if (service === undefined || service.deleting !== undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
@@ -418,7 +418,7 @@ export class KubernetesBackend implements Backend {
     const pods = this.#pods.get(service.id)
     const leftover = [...service.replacements].find(([name, r]) => {
       const pod = pods?.get(name)
-      return r.state === 'done' && pod !== undefined && !isTerminating(pod)
+      return r.state === 'done' && pod !== undefined && isActive(pod)
     })
     if (leftover === undefined) return undefined
     leftover[1].state = 'taken'
@@ -451,6 +451,8 @@ export class KubernetesBackend implements Backend {
         const pod = pods?.get(name)
         if (pod === undefined) service.replacements.delete(name)
         else if (isTerminating(pod)) continue
+        // Evicted, say: the controller already made another; it is nobody's replacement.
+        else if (!isActive(pod)) service.replacements.delete(name)
         else if (entry.state === 'done' && now < (entry.hideUntil ?? 0)) continue
         else kept.push(name)
       }
@@ -663,7 +665,7 @@ export class KubernetesBackend implements Backend {
 
   #livePods(service: KubeService): Pod[] {
     return [...(this.#pods.get(service.id)?.values() ?? [])].filter(
-      (p) => !isTerminating(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? '') && !this.#markedReplacement(p),
+      (p) => isActive(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? '') && !this.#markedReplacement(p),
     )
   }
 
@@ -1067,7 +1069,10 @@ export class KubernetesBackend implements Backend {
       }
       if (service.uid === undefined) continue
       const events = await this.#o.api.listEvents(`involvedObject.kind=ReplicaSet,involvedObject.name=${service.replicaSet}`)
-      const failedCreate = latestFailedCreate(events.items, service.uid)
+      // Only what the controller recorded (or counted again) since this router's last write to
+      // the count: Events live an hour, and a quota full then says nothing of this scale-up.
+      const recent = events.items.filter((e) => (versionOf(e.metadata.resourceVersion) ?? 0n) > service.writtenVersion)
+      const failedCreate = latestFailedCreate(recent, service.uid)
       const message = failedCreate === undefined ? undefined : `FailedCreate: ${failedCreate.message}`
       if (message !== service.eventError) {
         service.eventError = message

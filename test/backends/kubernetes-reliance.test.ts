@@ -13,6 +13,7 @@ const KILL_LAG = 'test/backends/kubernetes-kill-lag.test.ts'
 const KILL_REPLACEMENTS = 'test/backends/kubernetes-kill-replacements.test.ts'
 const KILL_RACES = 'test/backends/kubernetes-kill-races.test.ts'
 const KUBECTL = 'test/integration/kubectl.test.ts'
+const ENDED = 'test/backends/kubernetes-ended-pods.test.ts'
 const PARITY = 'test/integration/backend-parity.test.ts'
 
 interface Reliance {
@@ -73,11 +74,13 @@ const RELIES_ON: Readonly<Record<string, readonly Reliance[]>> = {
     { behaviour: 'a crash shows at once in the container’s state; restartCount rises at the restart after the back-off', shownBy: [K8S, 'a crash is recorded as soon as the pod shows it'] },
     { behaviour: 'a liveness failure ends the container with SIGTERM first (reason Error, 143 or 137)', shownBy: [K8S, 'a container that fails its liveness probe is stopped as a kubelet does it'] },
     { behaviour: 'OOMKilled, liveness kills and the scheduler’s own reasons as the kubelet reports them', shownBy: [K8S, 'reading pods: failed runs, OOMKilled, liveness kills'] },
+    { behaviour: 'an evicted pod stays, phase Failed with reason Evicted and no deletionTimestamp; the controller no longer counts it and makes another', shownBy: [ENDED, 'an evicted pod is no instance'] },
   ],
   'events list': [
     { behaviour: 'FailedCreate events of the ReplicaSet, selected by involvedObject.kind and .name', shownBy: [K8S, 'every call the backend makes is in PERMISSIONS'] },
     { behaviour: 'a FailedCreate the controller records (or counts again) after a pod delete has a greater resourceVersion than that delete’s answer', shownBy: [KILL_REPLACEMENTS, 'a controller that cannot replace the chosen pod (its quota is full)'] },
     { behaviour: 'a FailedCreate from before the delete keeps its older resourceVersion, so it does not end the wait for a replacement', shownBy: [KILL_REPLACEMENTS, 'a FailedCreate from before the kill does not end its wait'] },
+    { behaviour: 'a FailedCreate recorded before a scale write has a smaller resourceVersion than that write’s answer (Events outlive the quota that caused them)', shownBy: [ENDED, 'a FailedCreate from an earlier scale-up does not fail a later cold start'] },
     { behaviour: 'lastTimestamp in whole seconds (ties broken by eventTime, then count)', shownBy: [K8S, 'reading pods: failed runs, OOMKilled, liveness kills'] },
   ],
   'any call': [

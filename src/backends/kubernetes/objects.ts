@@ -117,6 +117,9 @@ export interface Pod {
   spec: PodSpec
   status?: {
     phase?: 'Pending' | 'Running' | 'Succeeded' | 'Failed' | 'Unknown'
+    /** Why the pod ended for good (phase Failed): Evicted, Shutdown, NodeShutdown… */
+    reason?: string
+    message?: string
     podIP?: string
     startTime?: string
     conditions?: PodCondition[]

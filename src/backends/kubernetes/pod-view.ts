@@ -33,6 +33,7 @@ export function instanceId(serviceId: string, pod: Pod): string {
  * (back-off, re-creation, restart): its container id, else its times and exit code.
  */
 export function failureKey(pod: Pod): string | undefined {
+  if (hasEnded(pod)) return `pod-${pod.status?.phase ?? ''}`
   const status = appStatus(pod)
   const terminated = status?.state?.terminated ?? status?.lastState?.terminated
   if (terminated === undefined) return undefined
@@ -41,6 +42,20 @@ export function failureKey(pod: Pod): string | undefined {
 
 export function isTerminating(pod: Pod): boolean {
   return pod.metadata.deletionTimestamp !== undefined
+}
+
+/**
+ * A pod that ended for good without being deleted: evicted (node pressure) or stopped by its
+ * node's shutdown. It stays in the API until the pod GC takes it (by default only past 12,500
+ * ended pods), but the ReplicaSet controller no longer counts it and makes another.
+ */
+function hasEnded(pod: Pod): boolean {
+  return pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded'
+}
+
+/** A pod the ReplicaSet controller counts (its IsPodActive): neither being deleted nor ended for good. */
+export function isActive(pod: Pod): boolean {
+  return !isTerminating(pod) && !hasEnded(pod)
 }
 
 /** Ready per the API: not terminating, Running, condition Ready=True, and an IP to send to. */
@@ -93,7 +108,25 @@ export function instanceOf(pod: Pod, o: PodInstanceOptions): Instance {
  */
 export function lastFailure(pod: Pod, serviceId: string, now: number): EndedInstance | undefined {
   const status = appStatus(pod)
-  if (status === undefined || isTerminating(pod)) return undefined
+  if (isTerminating(pod)) return undefined
+  if (hasEnded(pod)) {
+    // The pod's own reason: its container may show no run that ended (an eviction stops it).
+    const terminated = status?.state?.terminated
+    const why = [pod.status?.reason ?? `Pod ${pod.status?.phase ?? ''}`, pod.status?.message].filter((part) => part !== undefined && part !== '').join(': ')
+    return {
+      id: instanceId(serviceId, pod),
+      serviceId,
+      host: pod.status?.podIP ?? '',
+      port: 0,
+      startedAt: time(terminated?.startedAt ?? status?.state?.running?.startedAt ?? pod.metadata.creationTimestamp, now),
+      endedAt: time(terminated?.finishedAt, now),
+      exitCode: terminated?.exitCode,
+      flags: new Set<InstanceFlag>(),
+      message: why,
+      logDirectory: undefined,
+    }
+  }
+  if (status === undefined) return undefined
   const terminated = status.state?.terminated ?? status.lastState?.terminated
   const run = awaitingRestart(status) ? status.restartCount : status.restartCount - 1
   if (terminated === undefined || run < 0) return undefined
