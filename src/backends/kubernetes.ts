@@ -72,6 +72,8 @@ interface KubeService {
   localChanges: number
   /** resourceVersion of this router's last scale write: watch events older than it are stale here. */
   writtenVersion: bigint
+  /** The last write of the count failed for good (the API server shed it): the next scale() writes again, even for the same count. */
+  scaleUnwritten: boolean
   /** Pods being killed on purpose: no longer instances, and their deletion is not a failure. */
   readonly killing: Set<string>
   /** Kills of this service, one at a time (a pod that appears during one is its replacement, never another's). */
@@ -239,7 +241,7 @@ export class KubernetesBackend implements Backend {
     const service = this.#services.get(serviceId)
     if (service === undefined || service.createError !== undefined) return
     const requested = Math.max(0, instances)
-    if (requested === service.requested) return
+    if (requested === service.requested && !service.scaleUnwritten) return
     service.requested = requested
     await this.#locally(service, () => this.#writeScale(service))
   }
@@ -649,6 +651,7 @@ export class KubernetesBackend implements Backend {
       sweeping: false,
       localChanges: 0,
       writtenVersion: 0n,
+      scaleUnwritten: false,
       scaling: Promise.resolve(),
       deleting: undefined,
       creating: undefined,
@@ -699,6 +702,8 @@ export class KubernetesBackend implements Backend {
    */
   #writeScale(service: KubeService, ready?: () => Promise<boolean>, own?: KillCount): Promise<void> {
     const next = service.scaling.then(() => this.#putScale(service, ready, own)).catch((err: unknown) => {
+      // Asked again (the autoscaler's next tick, the next cold start), it is written then.
+      service.scaleUnwritten = true
       this.#o.log.error({ err, service: service.id }, 'scale failed')
     })
     service.scaling = next
@@ -731,19 +736,26 @@ export class KubernetesBackend implements Backend {
         if (own !== undefined && this.#closed) return
         const scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
         const target = (): number => service.requested + service.unwrittenKills - (own?.counted === true ? 1 : 0)
-        if (scale.spec.replicas === target()) return
+        if (scale.spec.replicas === target()) {
+          service.scaleUnwritten = false
+          return
+        }
         if (ready !== undefined && !(await ready())) continue
         attempt += 1
         const replicas = target()
         try {
           const written = await this.#o.api.replaceScale(service.replicaSet, { ...scale, spec: { replicas } })
           service.writtenVersion = versionOf(written.metadata.resourceVersion) ?? service.writtenVersion
+          service.scaleUnwritten = false
           this.#o.log.debug({ service: service.id, from: scale.spec.replicas, to: replicas }, 'scaled')
           return
         } catch (err) {
           // Someone else changed the ReplicaSet since the read: read again and retry.
-          if (!(err instanceof KubeApiError && err.code === 409) && !isTransient(err)) throw err
-          if (attempt > SCALE_RETRIES) throw err
+          const conflict = err instanceof KubeApiError && err.code === 409
+          if (!conflict && !isTransient(err)) throw err
+          if (attempt > SCALE_RETRIES || this.#closed) throw err
+          // An API server shedding load (429, 5xx) is given time, as every other call is.
+          if (!conflict) await new Promise((resolve) => this.#o.clock.setTimeout(() => resolve(undefined), this.#o.relistBackoffMs * 2 ** (attempt - 1)))
         }
       }
     } finally {
@@ -911,11 +923,16 @@ export class KubernetesBackend implements Backend {
         }
         this.#o.log.warn({ err, retryInMs: backoff }, `${what} list or watch failed; listing again`)
         await new Promise<void>((resolve) => {
-          const cancel = this.#o.clock.setTimeout(resolve, backoff)
-          this.#abort.signal.addEventListener('abort', () => {
+          // The listener goes with the pause: one left per pause would pile up on the signal over outages.
+          const onAbort = (): void => {
             cancel()
             resolve()
-          }, { once: true })
+          }
+          const cancel = this.#o.clock.setTimeout(() => {
+            this.#abort.signal.removeEventListener('abort', onAbort)
+            resolve()
+          }, backoff)
+          this.#abort.signal.addEventListener('abort', onAbort, { once: true })
         })
         backoff = Math.min(MAX_RELIST_BACKOFF_MS, backoff * 1.5)
       }

@@ -5,6 +5,7 @@
  * credentials, and the pure readings of pods. (The kill of an idle pod: kubernetes-kill-*.test.ts.)
  */
 import t, { type Test as TapTest } from 'tap'
+import { getEventListeners } from 'node:events'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -83,6 +84,56 @@ t.test('a failing API server is retried with backoff, not fatal', async (t) => {
   await waitFor('a ready pod of each', () => (healthy(backend, 'svc-b') === 1 && healthy(backend, 'svc-c') === 1 ? true : undefined), 10000)
   t.equal(backend.state('svc-b')?.deploymentError, undefined, 'a 500 is not mistaken for a deployment error')
   t.ok(sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length >= 2, 'the pods were listed again')
+})
+
+t.test('a scale write the API server sheds past every retry is written again when the count is asked for again, even the same count', async (t) => {
+  const { sim, backend } = await setup(t)
+  await backend.ready()
+  await backend.ensureService(spec('svc-shed', { minInstances: 0 }))
+  const replicas = (): unknown => sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas
+  await waitFor('the ReplicaSet made', () => (replicas() === 0 ? true : undefined), 5000)
+  // The API server sheds every write of the count for a while (429/5xx: an etcd leader change, its
+  // priority and fairness): a cold start's scale-up fails after its retries.
+  sim.failNext(Infinity, ['replicasets/scale', 'update'])
+  await backend.scale('svc-shed', 1)
+  t.equal(replicas(), 0, 'not written while the API server sheds it')
+  sim.failNext(0, ['replicasets/scale', 'update'])
+  // The next cold start (or the autoscaler's next tick) asks for the same count.
+  await backend.scale('svc-shed', 1)
+  t.equal(replicas(), 1, 'written then: the cold start goes on instead of waiting for a ReplicaSet event')
+  await waitFor('its pod ready', () => (healthy(backend, 'svc-shed') === 1 ? true : undefined), 10_000)
+})
+
+t.test('an outage of the API server leaves no listener behind per relist pause', async (t) => {
+  // The backend's own AbortController, caught as it is made (it is private).
+  const made: AbortController[] = []
+  const Real = globalThis.AbortController
+  globalThis.AbortController = class extends Real {
+    constructor() {
+      super()
+      made.push(this)
+    }
+  }
+  let setUp: Awaited<ReturnType<typeof setup>>
+  try {
+    setUp = await setup(t, { backend: { relistBackoffMs: 5 } })
+  } finally {
+    globalThis.AbortController = Real
+  }
+  const { sim, backend } = setUp
+  await backend.ready()
+  const listeners = (): number => Math.max(0, ...made.map((c) => getEventListeners(c.signal, 'abort').length))
+  const lists = (): number => sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length
+  const before = lists()
+  sim.failNext(Infinity, ['pods', 'watch'])
+  sim.failNext(Infinity, ['pods', 'list'])
+  sim.dropWatches()
+  await waitFor('a dozen failed relists', () => (lists() >= before + 12 ? true : undefined), 20_000)
+  sim.failNext(0, ['pods', 'watch'])
+  sim.failNext(0, ['pods', 'list'])
+  const failing = lists()
+  await waitFor('listed again', () => (lists() > failing ? true : undefined), 20_000)
+  t.ok(listeners() <= 2, `abort listeners on the backend's signal after twelve pauses: ${listeners()}`)
 })
 
 t.test('a call the API server never answers fails within the request timeout, as a transient 504', { timeout: 15_000 }, async (t) => {
