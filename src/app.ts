@@ -110,7 +110,8 @@ function createBackend(config: Config, dataDir: string, clock: Clock, log: Logge
       log,
     })
   }
-  return new LocalBackend({ ...config.backend.local, workDir: config.backend.local.workDir ?? join(dataDir, 'instances'), clock, log })
+  const workDir = config.backend.local.workDir
+  return new LocalBackend({ ...config.backend.local, workDir: workDir ?? join(dataDir, 'instances'), claimWorkDir: workDir !== null, clock, log })
 }
 
 export async function createApp(config: Config, injected: AppOverrides = {}): Promise<App> {

@@ -9,7 +9,8 @@ import { linkSync, mkdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFi
 import { join } from 'node:path'
 import { MaitreError } from '../errors.ts'
 
-const LOCK_FILE = 'router.lock'
+/** The lock file's name, and its takeover guard's (`.takeover` appended). */
+export const LOCK_FILE = 'router.lock'
 /** Directories locked by routers of this very process (tests run several). */
 const heldHere = new Set<string>()
 
@@ -36,9 +37,9 @@ function routerAlive(pid: number): boolean {
  * removes it and the rest find the new holder alive. The release removes the file only while
  * it is still this router's.
  */
-export function lockDataDir(dataDir: string): () => void {
+export function lockDataDir(dataDir: string, what = 'data directory'): () => void {
   const path = join(dataDir, LOCK_FILE)
-  if (heldHere.has(path)) throw inUse(dataDir, process.pid)
+  if (heldHere.has(path)) throw inUse(dataDir, process.pid, what)
   const mine = `${process.pid} ${randomBytes(8).toString('hex')}\n`
   for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
     if (linkWhole(path, mine)) {
@@ -54,12 +55,12 @@ export function lockDataDir(dataDir: string): () => void {
     }
     const holder = holderOf(readText(path))
     if (holder === undefined) continue // released meanwhile: try again
-    if (routerAlive(holder) && holder !== process.pid) throw inUse(dataDir, holder)
+    if (routerAlive(holder) && holder !== process.pid) throw inUse(dataDir, holder, what)
     // Left by a router that is gone. Another router may be taking it over right now: wait a
     // moment for its lock to appear (then it is alive, and this one refuses).
     if (!removeStale(path)) Atomics.wait(PAUSE, 0, 0, 10)
   }
-  throw inUse(dataDir, holderOf(readText(path)) ?? 0)
+  throw inUse(dataDir, holderOf(readText(path)) ?? 0, what)
 }
 
 /** Rounds of trying, 10 ms apart while another router takes a stale lock over: about a second. */
@@ -124,6 +125,6 @@ function holderOf(text: string | undefined): number | undefined {
   return text === undefined ? undefined : Number(text.trim().split(/\s+/)[0])
 }
 
-function inUse(dataDir: string, pid: number): MaitreError {
-  return new MaitreError('MAITRE_DATA_DIR_IN_USE', `The data directory ${dataDir} is in use by another router (pid ${pid}); give each router its own`, { details: { dataDir, pid } })
+function inUse(dataDir: string, pid: number, what: string): MaitreError {
+  return new MaitreError('MAITRE_DATA_DIR_IN_USE', `The ${what} ${dataDir} is in use by another router (pid ${pid}); give each router its own`, { details: { dataDir, pid } })
 }

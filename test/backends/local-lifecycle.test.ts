@@ -4,8 +4,10 @@
  * launches are still finding ports leaves the count it asked for.
  */
 import t, { type Test } from 'tap'
+import fs from 'node:fs'
+import { syncBuiltinESMExports } from 'node:module'
 import { createServer, type Socket } from 'node:net'
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { LocalBackend } from '../../src/backends/local/local-backend.ts'
 import { systemClock } from '../../src/clock.ts'
@@ -102,4 +104,67 @@ process.on('SIGTERM', () => {
     t.equal(readFileSync(marks, 'utf8'), 'term\ndrained\n', `${name}: the service drained before it went`)
     t.ok(tookMs >= 550 && tookMs < 9000, `${name}: the instance ended when the service did (${tookMs} ms), not at once nor at the grace's end`)
   }
+})
+
+t.test('an explicit work directory must be maitre’s: one holding other files is refused untouched, and a second router cannot take one in use', async (t) => {
+  const dir = t.testdir()
+  const { low, release } = claimPortSlice()
+  t.teardown(release)
+  const options = { ...DEFAULTS.backend.local, portRange: [low, low + 99] as [number, number], minSigkillDelayMs: 200, clock: systemClock, log: silentLogger, claimWorkDir: true }
+  // Someone's directory: maitre would remove everything in it at start and stop.
+  const theirs = join(dir, 'theirs')
+  mkdirSync(join(theirs, 'notes'), { recursive: true })
+  writeFileSync(join(theirs, 'precious.txt'), 'keep me')
+  t.throws(() => new LocalBackend({ ...options, workDir: theirs }), { code: 'MAITRE_INVALID_CONFIG', details: { field: 'backend.local.workDir' } }, 'refused, naming the setting')
+  t.same(readdirSync(theirs).sort(), ['notes', 'precious.txt'], 'and nothing in it touched')
+
+  const work = join(dir, 'work')
+  const first = new LocalBackend({ ...options, workDir: work })
+  t.teardown(() => first.close())
+  await first.ensureService(spec('svc-owned', { minInstances: 1 }))
+  const instance = await waitFor('an instance healthy', () => first.state('svc-owned')?.instances.find((i) => i.healthy), 15_000)
+  t.throws(() => new LocalBackend({ ...options, workDir: work }), { code: 'MAITRE_DATA_DIR_IN_USE' }, 'a second router on the same work directory is refused')
+  t.ok(first.state('svc-owned')?.instances.some((i) => i.id === instance.id && i.healthy), 'and the first one’s instance runs on')
+  await first.close()
+  const again = new LocalBackend({ ...options, workDir: work })
+  t.teardown(() => again.close())
+  await again.ready()
+  t.pass('once it stopped, the directory (marked as maitre’s) is taken again')
+})
+
+t.test('a launch that fails after its process started (the instance file could not be written: a full disk) leaves no process running', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'untracked-app.mjs')
+  writeFileSync(app, `import { createServer } from 'node:http'\ncreateServer((req, res) => res.end('ok')).listen(Number(process.env.PORT0), '127.0.0.1')\n`)
+  const running = (): number =>
+    readdirSync('/proc').filter((pid) => /^\d+$/.test(pid)).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(app)
+      } catch {
+        return false
+      }
+    }).length
+  // The first two instance files fail to be written.
+  let failures = 0
+  const real = fs.writeFileSync
+  fs.writeFileSync = ((path: fs.PathOrFileDescriptor, ...rest: unknown[]) => {
+    if (String(path).endsWith('maitre-instance.json') && failures < 2) {
+      failures += 1
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' })
+    }
+    return (real as (...args: unknown[]) => void)(path, ...rest)
+  }) as typeof fs.writeFileSync
+  syncBuiltinESMExports()
+  t.teardown(() => {
+    fs.writeFileSync = real
+    syncBuiltinESMExports()
+  })
+  const { backend } = localBackend(t, dir, { restartBackoffBaseMs: 10 })
+  await backend.ensureService(spec('svc-untracked', { command: `exec ${process.execPath} ${app}`, minInstances: 1 }))
+  await waitFor('an instance healthy after two failed launches', () => (backend.state('svc-untracked')?.instances.some((i) => i.healthy) === true ? true : undefined), 15_000)
+  t.equal(backend.state('svc-untracked')?.failed.filter((f) => f.message.startsWith('Launch failed: ENOSPC')).length, 2, 'two launches failed')
+  await waitFor('only the tracked instance’s process left', () => (running() === 1 ? true : undefined), 5000).catch(() => undefined)
+  t.equal(running(), 1, 'one process runs the app: the failed launches’ processes are gone')
+  await waitFor('the failed launches’ sandboxes removed', () => (readdirSync(join(dir, 'work', 'svc-untracked')).length === 1 ? true : undefined), 5000).catch(() => undefined)
+  t.equal(readdirSync(join(dir, 'work', 'svc-untracked')).length, 1, 'and only the tracked instance’s sandbox is left')
 })

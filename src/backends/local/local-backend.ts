@@ -25,6 +25,7 @@ import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
+import { claimWorkDir, WORK_DIR_OWN } from './work-dir.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
 import { authority } from '../../http/authority.ts'
 
@@ -33,6 +34,8 @@ const LAUNCH_FAILURE_SUFFIX = '.launch-failure'
 
 export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'> {
   readonly workDir: string
+  /** The work directory was given explicitly, not the default under the data directory: claim it (work-dir.ts). */
+  readonly claimWorkDir?: boolean
   readonly clock: Clock
   readonly log: Logger
 }
@@ -96,6 +99,8 @@ export class LocalBackend implements Backend {
   readonly #leftovers: LeftoverSweeper
   #cancelMemoryCheck: (() => void) | undefined
   #closed = false
+  /** Releases the work directory's lock, if this backend claimed it. */
+  readonly #releaseWorkDir: () => void
 
   constructor(options: LocalBackendOptions) {
     // Absolute and normalised: sandboxes are found by their path's prefix (a trailing slash or a
@@ -111,6 +116,8 @@ export class LocalBackend implements Backend {
           : options.log.warn({ pid: what }, 'a process’s environment did not answer within 2 s (stuck in the kernel?): skipped by leftover sweeps until it does'),
     })
     this.#leftovers = new LeftoverSweeper(scanner.scan)
+    // Before the sweep: it kills and removes whatever the directory holds.
+    this.#releaseWorkDir = options.claimWorkDir === true ? claimWorkDir(this.#o.workDir) : () => undefined
     mkdirSync(this.#o.workDir, { recursive: true })
     this.#swept = this.#sweepLeftovers()
     this.#scheduleMemoryCheck()
@@ -234,6 +241,7 @@ export class LocalBackend implements Backend {
     await this.#prober.close()
     // Nothing runs any more: no sandbox is kept (the next start would sweep them anyway).
     await this.#removeSandboxes()
+    this.#releaseWorkDir()
   }
 
   #view(service: LocalService): ServiceState {
@@ -278,6 +286,9 @@ export class LocalBackend implements Backend {
     const { spec } = service
     service.launching += 1
     let ports: number[] = []
+    // Started but not yet tracked: a launch that fails from here on must not leave it running.
+    let untracked: ProcessGroup | undefined
+    let sandboxMade: string | undefined
     try {
       ports = await this.#ports.reserve(spec.ports)
       // Scaled down (or deleted) while the ports were found: a launch no longer wanted is not
@@ -289,6 +300,7 @@ export class LocalBackend implements Backend {
       const id = `${spec.serviceId}.${randomBytes(5).toString('hex')}`
       const sandbox = join(this.#o.workDir, spec.serviceId, id)
       mkdirSync(sandbox, { recursive: true })
+      sandboxMade = sandbox
       const env: Record<string, string> = {
         PATH: process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin',
         ...(process.env['LANG'] === undefined ? {} : { LANG: process.env['LANG'] }),
@@ -305,6 +317,7 @@ export class LocalBackend implements Backend {
       const runScript = join(sandbox, 'run-service.sh')
       writeFileSync(runScript, `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
       const group = startProcessGroup(runScript, sandbox, env)
+      untracked = group
       const instance: LocalInstance = {
         id,
         serviceId: spec.serviceId,
@@ -322,6 +335,9 @@ export class LocalBackend implements Backend {
       }
       writeFileSync(join(sandbox, INSTANCE_FILE), `${JSON.stringify({ id, serviceId: spec.serviceId, pid: group.pid, processGroup: group.pid, startedAt: instance.startedAt })}\n`)
       service.instances.set(id, instance)
+      // Tracked from here: its exit cleans up after it.
+      untracked = undefined
+      sandboxMade = undefined
       this.#o.log.info({ service: spec.serviceId, instance: id, pid: group.pid, port: ports[0] }, 'instance started')
       const finished = group.exited
         .then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
@@ -332,6 +348,11 @@ export class LocalBackend implements Backend {
       this.#scheduleProbe(service, instance, 0)
       this.#listeners.emit(spec.serviceId)
     } catch (err) {
+      // Its ports go back to the pool: the process holding them goes first.
+      untracked?.signal('SIGKILL')
+      // Nothing records it (the failure has no log directory): nothing else would remove it.
+      void untracked?.exited.then(() => removeSandbox(sandboxMade)).catch(() => undefined)
+      if (untracked === undefined) void removeSandbox(sandboxMade).catch(() => undefined)
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
       this.#recordEnded(service, {
@@ -497,7 +518,7 @@ export class LocalBackend implements Backend {
   }
 
   async #removeSandboxes(): Promise<void> {
-    const entries = await readdir(this.#o.workDir).catch(() => [])
+    const entries = (await readdir(this.#o.workDir).catch(() => [])).filter((entry) => !WORK_DIR_OWN.has(entry))
     await Promise.all(entries.map(async (entry) => {
       // A process dying at that moment may still create a file: one retry, then say so and go on.
       const remove = (): Promise<void> => rm(join(this.#o.workDir, entry), { recursive: true, force: true, maxRetries: 2 })

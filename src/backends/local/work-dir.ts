@@ -1,0 +1,38 @@
+/**
+ * The local backend's work directory is its own: at start-up it kills what a router that died
+ * left running there and removes every sandbox, and at stop it removes them again. A directory
+ * given explicitly (`backend.local.workDir`) must therefore be maitre's: empty, or marked as
+ * maitre's by an earlier start; and held by one router at a time, with the data directory's lock
+ * (a second router there would kill the first one's instances). The default, under the data
+ * directory, is maitre's by construction and held by the data directory's own lock.
+ */
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { MaitreError } from '../../errors.ts'
+import { LOCK_FILE, lockDataDir } from '../../storage/lock.ts'
+
+export const WORK_DIR_MARK = '.maitre-work-dir'
+/** What the work directory holds besides sandboxes: never removed with them. */
+export const WORK_DIR_OWN = new Set([WORK_DIR_MARK, LOCK_FILE, `${LOCK_FILE}.takeover`])
+
+/** Takes the work directory for this router; returns the release. */
+export function claimWorkDir(workDir: string): () => void {
+  mkdirSync(workDir, { recursive: true })
+  const unlock = lockDataDir(workDir, 'local backend work directory')
+  try {
+    const foreign = readdirSync(workDir).filter((entry) => !WORK_DIR_OWN.has(entry))
+    if (foreign.length > 0 && !existsSync(join(workDir, WORK_DIR_MARK))) {
+      const shown = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? ', …' : '')
+      throw new MaitreError(
+        'MAITRE_INVALID_CONFIG',
+        `backend.local.workDir ${workDir} holds files maitre did not make (${shown}), and maitre removes everything in it: give it an empty directory of its own (or, if those are an earlier maitre's sandboxes, create ${join(workDir, WORK_DIR_MARK)})`,
+        { details: { field: 'backend.local.workDir', workDir } },
+      )
+    }
+    writeFileSync(join(workDir, WORK_DIR_MARK), 'This directory is the work directory of a maitre router (backend.local.workDir): everything else in it is removed at its start and stop.\n')
+    return unlock
+  } catch (err) {
+    unlock()
+    throw err
+  }
+}
