@@ -11,7 +11,10 @@ ENV NODE_ENV=production
 # jemalloc as the router's allocator: under glibc's malloc a long-running router's RSS keeps
 # creeping (86–125 MB an hour in the soaks, its live heap flat), under jemalloc it stays flat
 # (bench/RESULTS.md, "Soak"). A link with a fixed name keeps LD_PRELOAD independent of the arch.
-RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 && rm -rf /var/lib/apt/lists/* \
+# tini as PID 1: with the local backend each instance's watchdog is reparented to PID 1 when the
+# instance ends, and Node, as PID 1, would never reap it (a zombie per instance, up to the
+# container's pid limit); tini reaps them and hands signals on to the router.
+RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 tini && rm -rf /var/lib/apt/lists/* \
  && ln -s "$(find /usr/lib -name libjemalloc.so.2 | head -n 1)" /usr/local/lib/libjemalloc.so.2
 ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2
 WORKDIR /app
@@ -31,5 +34,5 @@ RUN node src/main.ts --version && node --input-type=module -e "await import('/ap
 EXPOSE 9091
 # V8 sizes the young generation from the machine's memory (up to 64 MB semi-spaces); 16 MB ones
 # keep the router's RSS ~75-100 MB lower under load at the same throughput (bench/RESULTS.md).
-ENTRYPOINT ["node", "--max-semi-space-size=16", "src/main.ts"]
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--max-semi-space-size=16", "src/main.ts"]
 CMD ["serve", "--config", "/etc/maitre/maitre.yaml"]

@@ -193,7 +193,8 @@ t.test('the Dockerfile builds on node:24-slim and runs as a non-root user', asyn
   t.ok(froms.length > 0 && froms.every((f) => f === 'node:24-slim'), `FROM ${froms.join(', ')}`)
   const user = /^USER\s+(\S+)/m.exec(dockerfile)?.[1] ?? 'root'
   t.notOk(/^(root|0)(:|$)/.test(user), `USER ${user}`)
-  t.match(dockerfile, /ENTRYPOINT \["node", "--max-semi-space-size=16", "src\/main\.ts"\]/)
+  t.match(dockerfile, /ENTRYPOINT \["\/usr\/bin\/tini", "--", "node", "--max-semi-space-size=16", "src\/main\.ts"\]/)
+  t.match(dockerfile, /apt-get install [^\n]*tini/, 'tini is PID 1: it reaps what is reparented to it (each ended instance’s watchdog), which Node would not')
   t.match(dockerfile, /npm ci --omit=dev/)
   t.match(dockerfile, /apt-get install [^\n]*libjemalloc2/, 'jemalloc is installed')
   t.match(dockerfile, /^ENV LD_PRELOAD=\/usr\/local\/lib\/libjemalloc\.so\.2$/m, 'and preloaded: RSS stays flat (RESULTS.md, Soak)')
@@ -205,7 +206,7 @@ t.test('maitre runs with the same V8 flags however it is launched: the bin’s s
   t.equal(readFileSync(join(ROOT, 'src', 'main.ts'), 'utf8').split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the shebang of the maitre bin')
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
   t.equal(pkg.scripts['start'], `exec node ${flags} src/main.ts serve`, 'npm start')
-  t.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), `ENTRYPOINT ["node", ${MAITRE_NODE_FLAGS.map((f) => JSON.stringify(f)).join(', ')}, "src/main.ts"]`, 'the image')
+  t.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), `ENTRYPOINT ["/usr/bin/tini", "--", "node", ${MAITRE_NODE_FLAGS.map((f) => JSON.stringify(f)).join(', ')}, "src/main.ts"]`, 'the image')
 })
 
 t.test('maitre starts from Node’s compile cache: the image fills it at build time as the user it runs as; elsewhere it is the user’s own directory, never a shared one', async (t) => {

@@ -168,3 +168,16 @@ t.test('a launch that fails after its process started (the instance file could n
   await waitFor('the failed launches’ sandboxes removed', () => (readdirSync(join(dir, 'work', 'svc-untracked')).length === 1 ? true : undefined), 5000).catch(() => undefined)
   t.equal(readdirSync(join(dir, 'work', 'svc-untracked')).length, 1, 'and only the tracked instance’s sandbox is left')
 })
+
+t.test('an instance’s sandbox, run script and logs are readable by its own user only (they hold its command and what it prints)', async (t) => {
+  const { backend, workDir } = localBackend(t, t.testdir())
+  await backend.ensureService(spec('svc-private', { minInstances: 1 }))
+  const instance = await waitFor('an instance healthy', () => backend.state('svc-private')?.instances.find((i) => i.healthy), 15_000)
+  const sandbox = instance.logDirectory as string
+  const mode = (path: string): string => (fs.statSync(path).mode & 0o777).toString(8)
+  t.equal(mode(join(workDir, 'svc-private')), '700', 'the version’s directory')
+  t.equal(mode(sandbox), '700', 'the sandbox')
+  t.equal(mode(join(sandbox, 'run-service.sh')), '700', 'the run script')
+  t.equal(mode(join(sandbox, 'stdout')), '600', 'stdout')
+  t.equal(mode(join(sandbox, 'stderr')), '600', 'stderr')
+})

@@ -299,7 +299,9 @@ export class LocalBackend implements Backend {
       }
       const id = `${spec.serviceId}.${randomBytes(5).toString('hex')}`
       const sandbox = join(this.#o.workDir, spec.serviceId, id)
-      mkdirSync(sandbox, { recursive: true })
+      // Its own user's only: the sandbox holds the command (secrets included) and the logs, and
+      // other users of the host have no business there.
+      mkdirSync(sandbox, { recursive: true, mode: 0o700 })
       sandboxMade = sandbox
       const env: Record<string, string> = {
         PATH: process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin',
@@ -315,7 +317,7 @@ export class LocalBackend implements Backend {
       })
       // Each sandbox holds its own run script: nothing of an instance outlives its sandbox.
       const runScript = join(sandbox, 'run-service.sh')
-      writeFileSync(runScript, `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o755 })
+      writeFileSync(runScript, `#!/bin/bash\n\n${spec.command}\n`, { mode: 0o700 })
       const group = startProcessGroup(runScript, sandbox, env)
       untracked = group
       const instance: LocalInstance = {

@@ -31,8 +31,8 @@ export interface ProcessGroup {
 }
 
 export function startProcessGroup(runScript: string, sandbox: string, env: Readonly<Record<string, string>>): ProcessGroup {
-  const stdout = openSync(join(sandbox, 'stdout'), 'a')
-  const stderr = openSync(join(sandbox, 'stderr'), 'a')
+  const stdout = openSync(join(sandbox, 'stdout'), 'a', 0o600)
+  const stderr = openSync(join(sandbox, 'stderr'), 'a', 0o600)
   let child: ChildProcess
   try {
     child = spawn('/bin/bash', ['-c', LAUNCHER, runScript], {
