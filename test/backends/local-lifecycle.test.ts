@@ -181,3 +181,62 @@ t.test('an instance’s sandbox, run script and logs are readable by its own use
   t.equal(mode(join(sandbox, 'stdout')), '600', 'stdout')
   t.equal(mode(join(sandbox, 'stderr')), '600', 'stderr')
 })
+
+t.test('the health check decides readiness at every round and the liveness check decides kills: an instance not ready but alive stays, out of rotation; one not alive goes', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'ready-live.mjs')
+  const hits = join(dir, 'hits')
+  writeFileSync(hits, '')
+  writeFileSync(app, `import { createServer } from 'node:http'
+import { appendFileSync, existsSync } from 'node:fs'
+createServer((req, res) => {
+  appendFileSync(${JSON.stringify(hits)}, req.url + '\\n')
+  const down = (name) => existsSync(${JSON.stringify(dir)} + '/' + name)
+  res.statusCode = req.url === '/ready' ? (down('not-ready') ? 503 : 200) : req.url === '/live' ? (down('not-live') ? 503 : 200) : 200
+  res.end()
+}).listen(Number(process.env.PORT0), '127.0.0.1')
+`)
+  const { backend } = localBackend(t, dir)
+  const check = { url: '/ready', portIndex: 0, proto: 'http' as const, intervalMs: 100, maxConsecutiveFailures: 2, authenticated: false }
+  await backend.ensureService(spec('svc-rl', { command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: { ...check, url: '/live' }, gracePeriodMs: 30_000 }))
+  const instance = await waitFor('an instance healthy', () => backend.state('svc-rl')?.instances.find((i) => i.healthy), 15_000)
+  const liveHits = (): number => readFileSync(hits, 'utf8').split('\n').filter((line) => line === '/live').length
+
+  writeFileSync(join(dir, 'not-ready'), '')
+  await waitFor('out of rotation once its health check fails', () => (backend.state('svc-rl')?.instances.some((i) => i.id === instance.id && !i.healthy) === true ? true : undefined), 5000)
+  const seen = liveHits()
+  await waitFor('three more liveness checks', () => (liveHits() >= seen + 3 ? true : undefined), 5000)
+  t.ok(backend.state('svc-rl')?.instances.some((i) => i.id === instance.id && !i.healthy), 'not ready but alive: it stays, out of rotation')
+  fs.rmSync(join(dir, 'not-ready'))
+  await waitFor('back in rotation', () => (backend.state('svc-rl')?.instances.some((i) => i.id === instance.id && i.healthy) === true ? true : undefined), 5000)
+  t.pass('ready again: back in rotation')
+
+  writeFileSync(join(dir, 'not-live'), '')
+  await waitFor('killed once its liveness check fails twice', () => ((backend.state('svc-rl')?.failed.length ?? 0) > 0 ? true : undefined), 5000)
+  t.match(backend.state('svc-rl')?.failed[0], { id: instance.id, message: 'Failed 2 consecutive health checks' }, 'not alive: killed')
+})
+
+t.test('an instance that never passes its health check is checked ever less often: at most every tenth of its age, not 40 times a second for ever', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'never-ready.mjs')
+  const hits = join(dir, 'hits')
+  writeFileSync(hits, '')
+  writeFileSync(app, `import { createServer } from 'node:http'
+import { appendFileSync } from 'node:fs'
+createServer((req, res) => {
+  appendFileSync(${JSON.stringify(hits)}, Date.now() + '\\n')
+  res.statusCode = 503
+  res.end()
+}).listen(Number(process.env.PORT0), '127.0.0.1')
+`)
+  const { backend } = localBackend(t, dir)
+  // No grace period: it is never killed for it, and checked for as long as it runs.
+  await backend.ensureService(spec('svc-never', { command: `exec ${process.execPath} ${app}`, gracePeriodMs: 0 }))
+  const startedAt = (await waitFor('an instance', () => backend.state('svc-never')?.instances[0], 15_000)).startedAt
+  const times = (): number[] => readFileSync(hits, 'utf8').split('\n').filter((line) => line !== '').map(Number)
+  await waitFor('checked after 3 s of age', () => (times().some((at) => at - startedAt >= 3000) ? true : undefined), 10_000)
+  const between = times().filter((at) => at - startedAt >= 2000 && at - startedAt < 3000).length
+  t.ok(between >= 1 && between <= 8, `${between} checks between 2 and 3 s of age (every 200-300 ms), not 40`)
+  const [first = 0, second = Infinity] = times()
+  t.ok(second - first < 250, `and checked often at first (${second - first} ms between the first two), so a cold start ends as soon as the instance is up`)
+})

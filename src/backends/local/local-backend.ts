@@ -41,6 +41,8 @@ export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'>
 }
 
 const ENDED_KEPT = 10
+/** The longest pause between two checks of an instance that has not passed one yet. */
+const STARTUP_PROBE_MAX_MS = 1000
 /** Written into each sandbox: what a later router needs to find the instance's processes. */
 const INSTANCE_FILE = 'maitre-instance.json'
 const LOG_FILES = ['stdout', 'stderr'] as const
@@ -389,25 +391,48 @@ export class LocalBackend implements Backend {
     return instance.killReason === undefined && service.instances.get(instance.id) === instance
   }
 
+  /**
+   * Waiter's two checks: the health check (readiness) decides whether the instance takes
+   * requests, at every round; once it has been healthy, the liveness check (its own URL and port,
+   * when the descriptor gives one) decides whether it is killed as dead, after
+   * `liveness-check-max-consecutive-failures` in a row, and only with a grace period. An
+   * instance whose readiness fails while it is alive stays, out of rotation.
+   */
   async #probe(service: LocalService, instance: LocalInstance): Promise<void> {
     if (!this.#probed(service, instance)) return
     const { spec } = service
-    const check = instance.everHealthy ? spec.livenessCheck : spec.healthCheck
-    const port = instance.ports[check.portIndex] ?? instance.ports[0]
-    const scheme = check.proto === 'https' || check.proto === 'h2' ? 'https' : 'http'
-    const result = await this.#prober.probe({
-      url: `${scheme}://${authority(this.#o.host, String(port))}${check.url}`,
-      authorization: check.authenticated ? spec.authorization : undefined,
-      h2c: check.proto === 'h2c',
-    })
+    const readiness = await this.#check(service, instance, spec.healthCheck)
     if (!this.#probed(service, instance)) return
-    this.#recordProbe(service, instance, result)
+    const ownLiveness = instance.everHealthy && spec.gracePeriodMs > 0 && !sameCheck(spec.livenessCheck, spec.healthCheck)
+    const liveness = ownLiveness ? await this.#check(service, instance, spec.livenessCheck) : readiness
     if (!this.#probed(service, instance)) return
-    const next = instance.everHealthy ? spec.healthCheck.intervalMs : this.#o.startupProbeIntervalMs
-    this.#scheduleProbe(service, instance, next)
+    this.#recordProbe(service, instance, readiness, liveness)
+    if (!this.#probed(service, instance)) return
+    this.#scheduleProbe(service, instance, instance.everHealthy ? spec.healthCheck.intervalMs : this.#startupProbeDelay(spec, instance))
   }
 
-  #recordProbe(service: LocalService, instance: LocalInstance, result: ProbeResult): void {
+  /**
+   * Until its first success an instance is checked often, so a cold start ends as soon as it
+   * listens, but never more often than a tenth of the time it has taken so far (up to a second,
+   * or its health-check interval if shorter): that adds at most a tenth to a start's wait, and an
+   * instance that never listens (with no grace period, for ever) costs a check a second, not 40.
+   */
+  #startupProbeDelay(spec: LaunchSpec, instance: LocalInstance): number {
+    const age = this.#o.clock.now() - instance.startedAt
+    return Math.max(this.#o.startupProbeIntervalMs, Math.min(age / 10, STARTUP_PROBE_MAX_MS, spec.healthCheck.intervalMs))
+  }
+
+  #check(service: LocalService, instance: LocalInstance, check: LaunchSpec['healthCheck']): Promise<ProbeResult> {
+    const port = instance.ports[check.portIndex] ?? instance.ports[0]
+    const scheme = check.proto === 'https' || check.proto === 'h2' ? 'https' : 'http'
+    return this.#prober.probe({
+      url: `${scheme}://${authority(this.#o.host, String(port))}${check.url}`,
+      authorization: check.authenticated ? service.spec.authorization : undefined,
+      h2c: check.proto === 'h2c',
+    })
+  }
+
+  #recordProbe(service: LocalService, instance: LocalInstance, result: ProbeResult, liveness: ProbeResult): void {
     const { spec } = service
     if (result.connected) instance.flags.add('has-connected')
     if (result.responded) instance.flags.add('has-responded')
@@ -415,25 +440,25 @@ export class LocalBackend implements Backend {
     if (result.status === 401) instance.flags.add('health-check-401')
     else instance.flags.delete('health-check-401')
     const wasHealthy = instance.healthy
-    if (result.ok) {
+    instance.healthy = result.ok
+    if (result.ok && !instance.everHealthy) {
+      instance.everHealthy = true
       instance.consecutiveFailures = 0
-      instance.healthy = true
-      if (!instance.everHealthy) {
-        instance.everHealthy = true
-        service.failedSinceHealthy = []
-        service.launchFailures = 0
-        this.#o.log.info({ service: spec.serviceId, instance: instance.id, startupMs: this.#o.clock.now() - instance.startedAt }, 'instance healthy')
-      }
-    } else {
-      instance.consecutiveFailures += 1
-      instance.healthy = false
+      service.failedSinceHealthy = []
+      service.launchFailures = 0
+      this.#o.log.info({ service: spec.serviceId, instance: instance.id, startupMs: this.#o.clock.now() - instance.startedAt }, 'instance healthy')
+    } else if (!instance.everHealthy) {
       const age = this.#o.clock.now() - instance.startedAt
-      if (!instance.everHealthy && spec.gracePeriodMs > 0 && age >= spec.gracePeriodMs) {
+      if (spec.gracePeriodMs > 0 && age >= spec.gracePeriodMs) {
         instance.flags.add('never-passed-health-checks')
         this.#kill(service, instance, { failed: true, message: `Exceeded grace period of ${spec.gracePeriodMs / 1000} seconds` }, 'SIGKILL')
         return
       }
-      if (instance.everHealthy && spec.gracePeriodMs > 0 && instance.consecutiveFailures >= spec.livenessCheck.maxConsecutiveFailures) {
+    } else if (liveness.ok) {
+      instance.consecutiveFailures = 0
+    } else {
+      instance.consecutiveFailures += 1
+      if (spec.gracePeriodMs > 0 && instance.consecutiveFailures >= spec.livenessCheck.maxConsecutiveFailures) {
         this.#kill(service, instance, { failed: true, message: `Failed ${instance.consecutiveFailures} consecutive health checks` }, 'SIGKILL')
         return
       }
@@ -622,4 +647,9 @@ async function removeSandbox(sandbox: string | undefined): Promise<void> {
 function signalNumber(signal: NodeJS.Signals | null): number {
   const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15, SIGABRT: 6 }
   return signal === null ? 0 : (numbers[signal] ?? 0)
+}
+
+/** Two checks that probe the same thing: one probe answers both. */
+function sameCheck(a: LaunchSpec['healthCheck'], b: LaunchSpec['healthCheck']): boolean {
+  return a.url === b.url && a.portIndex === b.portIndex && a.proto === b.proto && a.authenticated === b.authenticated
 }
