@@ -249,7 +249,16 @@ export class MesosBackend implements Backend {
   async killInstance(serviceId: string, instanceId: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
     const task = service?.tasks.get(instanceId)
-    if (service === undefined || task === undefined || task.killing) return false
+    if (service === undefined || task === undefined) return false
+    if (task.killing) {
+      // Already on its way out, within its termination grace: a forced kill cuts the grace short
+      // (a second KILL with a shorter kill_policy shortens it); the count dropped with the first.
+      if (options.force !== true || task.graceMs === 0) return false
+      task.graceMs = 0
+      void (task.launching ?? Promise.resolve()).then(() => this.#killCall(task))
+      this.#o.log.info({ service: serviceId, instance: instanceId }, 'instance killed at once, its termination grace cut short')
+      return true
+    }
     service.requested = Math.max(0, service.requested - 1)
     this.#kill(service, task, options.force === true)
     this.#o.log.info({ service: serviceId, instance: instanceId }, 'instance killed')

@@ -14,7 +14,7 @@ import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
 import { silentLogger } from '../../src/log.ts'
 import { spec } from '../fixtures/kube-backend.ts'
-import { claimPortSlice, waitFor } from '../fixtures/router.ts'
+import { claimPortSlice, kitchenCmd, waitFor } from '../fixtures/router.ts'
 
 /** A backend working in `dir` (t.testdir() once per test: a second call empties the first's). */
 function localBackend(t: Test, dir: string, overrides: Partial<ConstructorParameters<typeof LocalBackend>[0]> = {}): { backend: LocalBackend; workDir: string } {
@@ -239,4 +239,17 @@ createServer((req, res) => {
   t.ok(between >= 1 && between <= 8, `${between} checks between 2 and 3 s of age (every 200-300 ms), not 40`)
   const [first = 0, second = Infinity] = times()
   t.ok(second - first < 250, `and checked often at first (${second - first} ms between the first two), so a cold start ends as soon as the instance is up`)
+})
+
+t.test('a forced kill of an instance already in its termination grace cuts the grace short', async (t) => {
+  const { backend } = localBackend(t, t.testdir())
+  // Ignores SIGTERM: a graceful kill lasts its whole 30 s grace.
+  await backend.ensureService(spec('svc-slow-to-go', { command: `exec ${kitchenCmd('--ignore-sigterm')}`, terminationGraceMs: 30_000 }))
+  const instance = await waitFor('an instance healthy', () => backend.state('svc-slow-to-go')?.instances.find((i) => i.healthy), 15_000)
+  t.equal(await backend.killInstance('svc-slow-to-go', instance.id), true, 'a graceful kill')
+  const forcedAt = Date.now()
+  t.equal(await backend.killInstance('svc-slow-to-go', instance.id, { force: true }), true, 'the forced kill is taken')
+  await waitFor('the instance ended', () => ((backend.state('svc-slow-to-go')?.killed.length ?? 0) > 0 ? true : undefined), 10_000)
+  t.ok(Date.now() - forcedAt < 5000, `ended ${Date.now() - forcedAt} ms after the forced kill, not at the end of its 30 s grace`)
+  t.equal(backend.state('svc-slow-to-go')?.requested, 0, 'the count dropped once, with the first kill')
 })

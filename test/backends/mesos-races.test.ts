@@ -272,3 +272,19 @@ t.test('an ACCEPT that fails, and the RECONCILE after it too: the launch is aske
   await waitFor('and seen healthy', () => (backend.state('stuck')?.instances.some((i) => i.healthy) === true ? true : undefined), 20_000)
   t.equal(backend.state('stuck')?.instances.length, 1, 'one instance: the launch that never happened is gone')
 })
+
+t.test('a forced kill of a task already in its termination grace cuts the grace short', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, sim.url, 1)
+  // An app that ignores SIGTERM: a graceful kill lasts its whole 30 s grace.
+  await backend.ensureService({ ...spec('slow-to-go', 1), command: `exec ${kitchenCmd('--ignore-sigterm')}`, terminationGraceMs: 30_000 })
+  await waitFor('one healthy', () => (backend.state('slow-to-go')?.instances.some((i) => i.healthy) === true ? true : undefined), 15_000)
+  const victim = (backend.state('slow-to-go')?.instances[0] as { id: string }).id
+  t.equal(await backend.killInstance('slow-to-go', victim), true, 'a graceful kill')
+  await waitFor('the master to show it being killed', () => (sim.tasks().find((task) => task.id === victim)?.state === 'TASK_KILLING' ? true : undefined), 10_000)
+  const forcedAt = Date.now()
+  t.equal(await backend.killInstance('slow-to-go', victim, { force: true }), true, 'the forced kill is taken')
+  await waitFor('the task killed', () => (sim.tasks().find((task) => task.id === victim)?.state === 'TASK_KILLED' ? true : undefined), 10_000)
+  t.ok(Date.now() - forcedAt < 5000, `killed ${Date.now() - forcedAt} ms after the forced kill, not at the end of its 30 s grace`)
+  t.equal(backend.state('slow-to-go')?.requested, 0, 'the count dropped once, with the first kill')
+})

@@ -90,6 +90,8 @@ export class LocalBackend implements Backend {
   readonly #services = new Map<string, LocalService>()
   /** Instances being stopped, by pid, so close() can wait for them too. */
   readonly #stopping = new Map<number, Promise<unknown>>()
+  /** Instances killed gracefully and still in their termination grace, by id: a forced kill cuts it short. */
+  readonly #inGrace = new Map<string, LocalInstance>()
   /** Every instance still running or being cleaned up after, so close() can wait for all of it. */
   readonly #finishing = new Set<Promise<void>>()
   /** The start-up sweep of what a crashed router left behind; nothing launches before it is done. */
@@ -185,6 +187,14 @@ export class LocalBackend implements Backend {
   async killInstance(serviceId: string, instanceId: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
     const instance = service?.instances.get(instanceId)
+    if (service !== undefined && instance === undefined && options.force === true) {
+      // Already killed, within its termination grace: SIGKILL now (the count dropped with the first kill).
+      const going = this.#inGrace.get(instanceId)
+      if (going === undefined) return false
+      going.group.signal('SIGKILL')
+      this.#o.log.info({ service: serviceId, instance: instanceId }, 'instance killed at once, its termination grace cut short')
+      return true
+    }
     if (service === undefined || instance === undefined) return false
     service.requested = Math.max(0, service.requested - 1)
     this.#kill(service, instance, { failed: false, message: options.force === true ? 'Force-killed by maitre' : 'Killed by maitre' }, options.force === true ? 'SIGKILL' : 'SIGTERM')
@@ -480,7 +490,11 @@ export class LocalBackend implements Backend {
     if (signal !== 'SIGKILL') {
       const delay = Math.max(service.spec.terminationGraceMs, this.#o.minSigkillDelayMs)
       const timer = setTimeout(() => instance.group.signal('SIGKILL'), delay)
-      void instance.group.exited.then(() => clearTimeout(timer))
+      this.#inGrace.set(instance.id, instance)
+      void instance.group.exited.then(() => {
+        clearTimeout(timer)
+        this.#inGrace.delete(instance.id)
+      })
     }
     this.#o.log.info({ service: service.spec.serviceId, instance: instance.id, reason: reason.message, signal }, 'instance killed')
     this.#listeners.emit(service.spec.serviceId)
