@@ -26,6 +26,12 @@ export interface Routing {
 export interface Load {
   /** Last time a request arrived or finished (or when the service was first seen). */
   readonly lastActiveAt: number
+  /**
+   * Requests this router carries: on its own slots, and on slots a peer lent it; not those on
+   * slots it lent a peer, which that peer carries and counts. So the fleet's sum counts each
+   * request once, before, during and after a loan (the borrower's queued request becomes its
+   * in-flight one), however stale the reports it is summed from.
+   */
   readonly inFlight: number
   readonly queued: number
   readonly healthy: number
@@ -126,6 +132,10 @@ interface ServiceSlots {
   benched: Map<string, Bench>
   /** Requests waiting for the version to start here (a cold start): they count against the queue's bound. */
   startWaiters: number
+  /** Slots taken to lend to a peer (tryAcquire), not yet released: the peer carries their requests. */
+  lent: number
+  /** Requests granted a slot a peer lent (grantBorrowed), not yet done nor adopted as this router's own. */
+  borrowed: number
   deploymentError: string | undefined
   ejectTimerCancel: (() => void) | undefined
 }
@@ -254,7 +264,7 @@ export class InstanceTracker {
   /** When the version's last request ended, if none is under way or waiting here now (undefined otherwise, or if it is unknown here). */
   idleSince(serviceId: string): number | undefined {
     const service = this.#services.get(serviceId)
-    if (service === undefined || service.queue.length > 0 || this.#inFlight(service) > 0) return undefined
+    if (service === undefined || service.queue.length > 0 || this.#inFlight(service) > 0 || service.borrowed > 0) return undefined
     return service.lastActiveAt
   }
 
@@ -271,6 +281,28 @@ export class InstanceTracker {
     const lease = this.#take(service)
     if (lease !== undefined) service.lastActiveAt = this.#clock.now()
     return lease
+  }
+
+  /**
+   * A slot to lend to a peer (the slot exchange), as tryAcquire; it counts here as a slot in use
+   * (kill vetoes, routing), but its request is the borrower's to count in the load.
+   */
+  lend(serviceId: string): Lease | undefined {
+    const service = this.#services.get(serviceId)
+    const lease = this.tryAcquire(serviceId)
+    if (service === undefined || lease === undefined) return lease
+    service.lent += 1
+    let released = false
+    return {
+      instance: lease.instance,
+      release: (outcome) => {
+        if (!released) {
+          released = true
+          service.lent -= 1
+        }
+        lease.release(outcome)
+      },
+    }
   }
 
   acquire(serviceId: string, options: AcquireOptions): Promise<Lease> {
@@ -342,7 +374,7 @@ export class InstanceTracker {
     for (const slot of service.slots.values()) {
       if (slot.routable && slot.ejectedUntil <= now && !slot.locked) available += Math.max(0, this.#limitOf(service, slot) - slot.used)
     }
-    return { lastActiveAt: service.lastActiveAt, inFlight: this.#inFlight(service), queued: service.queue.length, healthy: routableCount(service), slotsAvailable: available }
+    return { lastActiveAt: service.lastActiveAt, inFlight: Math.max(0, this.#inFlight(service) - service.lent) + service.borrowed, queued: service.queue.length, healthy: routableCount(service), slotsAvailable: available }
   }
 
   /** Per-instance slot use, for the admin API and the scaler's choice of what to kill. */
@@ -421,7 +453,7 @@ export class InstanceTracker {
   #service(serviceId: string): ServiceSlots {
     let service = this.#services.get(serviceId)
     if (service === undefined) {
-      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], benched: new Map(), startWaiters: 0, deploymentError: undefined, ejectTimerCancel: undefined }
+      service = { id: serviceId, routing: DEFAULT_ROUTING, configured: false, lastActiveAt: this.#clock.now(), requests: 0, lastRequestAt: 0, slots: new Map(), queue: [], benched: new Map(), startWaiters: 0, lent: 0, borrowed: 0, deploymentError: undefined, ejectTimerCancel: undefined }
       this.#services.set(serviceId, service)
     }
     return service
@@ -550,12 +582,14 @@ export class InstanceTracker {
     this.#sharing?.queueChanged(serviceId, service.queue.length)
     let released = false
     let adopted = false
+    service.borrowed += 1
     waiter.grant({
       instance: slot.instance,
       release: (outcome) => {
         if (released) return
         released = true
         service.lastActiveAt = this.#clock.now()
+        if (!adopted) service.borrowed -= 1
         if (adopted) {
           slot.used -= 1
           if (!slot.routable && slot.used === 0 && service.slots.get(slot.instance.id) === slot) {
@@ -570,6 +604,8 @@ export class InstanceTracker {
     return () => {
       if (released || adopted) return
       adopted = true
+      // Its own from now on: counted on the slot, as any of its requests.
+      service.borrowed -= 1
       slot.used += 1
     }
   }

@@ -7,7 +7,8 @@
  * - A router whose queue for a version changes tells its peers how many requests wait there
  *   (POST /maitre-peer/wants; repeated every second while any wait, forgotten after three).
  * - A router with a free slot of that version and nobody of its own waiting takes the slot (a
- *   lease in its own tracker: it counts there, for scaling, GC and kill vetoes) and offers it to
+ *   lease in its own tracker: it counts there for kill vetoes and routing; its request counts in
+ *   the borrower's load, for scaling and GC, so the fleet's sum never counts it twice) and offers it to
  *   the router with the most waiting (POST /maitre-peer/offer). The borrower hands the instance to
  *   its longest-waiting request, and answers the offer only when that request lets go, with how it
  *   went; the lender then releases its lease. A borrower with nobody waiting any more says no at
@@ -38,7 +39,7 @@ export const PEER_KEY_HEADER = 'x-maitre-peer-key'
 
 /** What the exchange needs of the tracker. */
 export interface LendingTracker {
-  tryAcquire(serviceId: string): Lease | undefined
+  lend(serviceId: string): Lease | undefined
   grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): (() => void) | undefined
   ejectForKill(serviceId: string, instanceId: string, periodMs: number): boolean
   cancelKillHold(serviceId: string, instanceId: string): void
@@ -426,7 +427,7 @@ export class SlotExchange implements SlotSharing {
       let neediest: [string, RemoteWant] | undefined
       for (const entry of routers) if (entry[1].waiting > 0 && peers.get(entry[0]) !== undefined && (neediest === undefined || entry[1].waiting > neediest[1].waiting)) neediest = entry
       if (neediest === undefined) return
-      const lease = this.#o.tracker.tryAcquire(serviceId)
+      const lease = this.#o.tracker.lend(serviceId)
       if (lease === undefined) return
       const [routerId, want] = neediest
       want.waiting -= 1
