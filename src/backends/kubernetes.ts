@@ -19,7 +19,7 @@ import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.t
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
 import { failureKey, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
-import { ANNOTATIONS, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
+import { ANNOTATIONS, basePortOf, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
   extends Pick<KubernetesBackendConfig, 'defaultImage' | 'podBasePort' | 'minFailedInstances' | 'watchTimeoutSecs' | 'relistBackoffMs' | 'minTerminationGraceSecs'> {
@@ -62,6 +62,8 @@ interface KubeService {
   uid: string | undefined
   proto: Proto
   portCount: number
+  /** The pods' first port, from their ReplicaSet (maitre/pod-base-port), else this router's podBasePort. */
+  basePort: number
   requested: number
   scaling: Promise<void>
   /** The delete of its ReplicaSet in flight; the service stays known until that succeeds. */
@@ -642,6 +644,7 @@ export class KubernetesBackend implements Backend {
       uid,
       proto,
       portCount,
+      basePort: this.#o.podBasePort,
       requested,
       killChain: Promise.resolve(),
       awaitingReplacements: 0,
@@ -686,7 +689,7 @@ export class KubernetesBackend implements Backend {
       id: service.id,
       requested: service.requested,
       instances: this.#livePods(service).map((pod) =>
-        instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: this.#o.podBasePort, portCount: service.portCount, now }),
+        instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: service.basePort, portCount: service.portCount, now }),
       ),
       failed: service.failed,
       killed: service.killed,
@@ -768,7 +771,9 @@ export class KubernetesBackend implements Backend {
     if (id === undefined || this.#services.has(id)) return
     const proto = (rs.metadata.annotations?.[ANNOTATIONS.backendProto] ?? 'http') as Proto
     const portCount = Number(rs.metadata.annotations?.[ANNOTATIONS.portCount] ?? '1') || 1
-    this.#services.set(id, this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid))
+    const service = this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid)
+    service.basePort = basePortOf(rs) ?? service.basePort
+    this.#services.set(id, service)
     this.#o.log.info({ service: id, replicaSet: rs.metadata.name, instances: rs.spec.replicas }, 'service adopted')
     this.#listeners.emit(id)
   }
@@ -795,6 +800,8 @@ export class KubernetesBackend implements Backend {
     // while nobody watched.)
     if (service.uid !== undefined && rs.metadata.uid !== undefined && rs.metadata.uid !== service.uid) return
     service.uid ??= rs.metadata.uid
+    // One this router found made (a 409 at its create) may have been made with another podBasePort.
+    service.basePort = basePortOf(rs) ?? service.basePort
     this.#settleDebts(service, rs)
     if (service.creating !== undefined || service.deleting !== undefined || service.localChanges > 0) return
     // An event from before this router's own last write says nothing new.
@@ -1032,7 +1039,7 @@ export class KubernetesBackend implements Backend {
     const onPurpose = service.killing.delete(name)
     service.failuresSeen.delete(name)
     const now = this.#o.clock.now()
-    const instance = instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: this.#o.podBasePort, portCount: service.portCount, now })
+    const instance = instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: service.basePort, portCount: service.portCount, now })
     const ended: EndedInstance = {
       id: instance.id,
       serviceId: service.id,

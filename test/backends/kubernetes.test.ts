@@ -24,7 +24,8 @@ import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
 import { silentLogger } from '../../src/log.ts'
 import { kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor } from '../fixtures/router.ts'
-import { healthy, setup, spec } from '../fixtures/kube-backend.ts'
+import { healthy, requestTo, setup, spec } from '../fixtures/kube-backend.ts'
+import type { Instance } from '../../src/backends/backend.ts'
 import { realisticTiming, type Simulator, type SimulatorOptions } from '../fixtures/k8s-sim/simulator.ts'
 
 const K8S = DEFAULTS.backend.kubernetes
@@ -235,6 +236,11 @@ t.test('a router that starts later adopts the ReplicaSets already in the cluster
   await next.ready()
   t.equal(next.state('svc-d')?.requested, 2, 'requested from the ReplicaSet')
   t.equal(next.state('svc-d')?.instances.filter((i) => i.healthy).length, 2, 'its pods are its instances')
+  // This router's own podBasePort (1) is not the one the pods were made with.
+  const ports = (b: KubernetesBackend): number[] => (b.state('svc-d')?.instances ?? []).map((i) => i.port)
+  t.same(ports(next), ports(backend), 'at the port the ReplicaSet made them with, not this router’s podBasePort')
+  const answer = await requestTo(next.state('svc-d')?.instances[0] as Instance, '/status')
+  t.equal(answer.status, 200, 'and reached there')
 })
 
 t.test('the API server enforces resourceVersion on /scale; the client reports Status errors typed', async (t) => {

@@ -16,6 +16,8 @@ export const ANNOTATIONS = {
   serviceId: 'maitre/service-id',
   backendProto: 'maitre/backend-proto',
   portCount: 'maitre/port-count',
+  /** The port the pods' first port is (PORT0): a router configured with another podBasePort still reaches them. */
+  podBasePort: 'maitre/pod-base-port',
   deletionCost: 'controller.kubernetes.io/pod-deletion-cost',
   /**
    * On a pod the ReplicaSet controller made in place of one being killed, which the lower count
@@ -66,6 +68,7 @@ export function replicaSetOf(spec: LaunchSpec, options: ReplicaSetOptions): Repl
     [ANNOTATIONS.serviceId]: spec.serviceId,
     [ANNOTATIONS.backendProto]: spec.backendProto,
     [ANNOTATIONS.portCount]: String(spec.ports),
+    [ANNOTATIONS.podBasePort]: String(options.podBasePort),
   }
   const base = options.podBasePort
   const env: EnvVar[] = [
@@ -144,3 +147,9 @@ export const FORWARDING_TERM = [
   'if [ -n "${term:-}" ]; then exit 143; fi',
   'exit $status',
 ].join('\n')
+
+/** The pods' first port, as the ReplicaSet was made with it; undefined for one made before the annotation (or not by maitre). */
+export function basePortOf(rs: { metadata: { annotations?: Record<string, string> | undefined } }): number | undefined {
+  const value = Number(rs.metadata.annotations?.[ANNOTATIONS.podBasePort])
+  return Number.isInteger(value) && value > 0 && value < 65536 ? value : undefined
+}
