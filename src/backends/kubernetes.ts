@@ -18,7 +18,7 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
-import { failureKey, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
+import { failureKey, hasEnded, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, basePortOf, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
@@ -260,7 +260,7 @@ export class KubernetesBackend implements Backend {
 
   async killInstance(serviceId: string, id: string, options: { readonly force?: boolean } = {}): Promise<boolean> {
     const service = this.#services.get(serviceId)
-    const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => isActive(p) && instanceId(serviceId, p) === id)
+    const pod = [...(this.#pods.get(serviceId)?.values() ?? [])].find((p) => isActive(p) && (service === undefined || this.#ownedBy(service, p)) && instanceId(serviceId, p) === id)
     const name = pod?.metadata.name
     // A service being deleted loses all its pods with its ReplicaSet; none is killed on its own.
     if (service === undefined || service.deleting !== undefined || pod === undefined || name === undefined || service.killing.has(name)) return false
@@ -671,8 +671,19 @@ export class KubernetesBackend implements Backend {
 
   #livePods(service: KubeService): Pod[] {
     return [...(this.#pods.get(service.id)?.values() ?? [])].filter(
-      (p) => isActive(p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? '') && !this.#markedReplacement(p),
+      (p) => isActive(p) && this.#ownedBy(service, p) && !service.killing.has(p.metadata.name ?? '') && !service.replacements.has(p.metadata.name ?? '') && !this.#markedReplacement(p),
     )
+  }
+
+  /**
+   * A pod with the version's labels is its instance unless another ReplicaSet controls it: the
+   * one before, deleted and made again under the same name, whose pods the garbage collector
+   * has not reached yet (they are about to get their SIGTERM). One controlled by nothing (left
+   * by an orphaning delete) still runs the version.
+   */
+  #ownedBy(service: KubeService, pod: Pod): boolean {
+    const owner = pod.metadata.ownerReferences?.find((o) => o.controller === true)?.uid
+    return service.uid === undefined || owner === undefined || owner === service.uid
   }
 
   /**
@@ -705,8 +716,9 @@ export class KubernetesBackend implements Backend {
    */
   #writeScale(service: KubeService, ready?: () => Promise<boolean>, own?: KillCount): Promise<void> {
     const next = service.scaling.then(() => this.#putScale(service, ready, own)).catch((err: unknown) => {
-      // Asked again (the autoscaler's next tick, the next cold start), it is written then.
-      service.scaleUnwritten = true
+      // Shed by an API server under load: asked again (the autoscaler's next tick, the next cold
+      // start), it is written then. A refusal (403, 422) is not asked again for the same count.
+      if (isTransient(err) || (err instanceof KubeApiError && err.code === 409)) service.scaleUnwritten = true
       this.#o.log.error({ err, service: service.id }, 'scale failed')
     })
     service.scaling = next
@@ -1029,13 +1041,22 @@ export class KubernetesBackend implements Backend {
     if (seen.includes(key)) return
     service.failuresSeen.set(name, [...seen, key].slice(-FAILURE_KEYS_KEPT))
     service.failed = [failure, ...service.failed].slice(0, ENDED_KEPT)
-    service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
+    // An eviction (a node's pressure or shutdown) says nothing of the version: it does not count
+    // towards Waiter's deployment errors, which two evictions in a row would otherwise make
+    // ('Invalid startup command' from their exit code 137).
+    if (!hasEnded(pod)) service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
     this.#o.log.warn({ service: service.id, instance: failure.id, exitCode: failure.exitCode, reason: failure.message }, 'instance failed')
   }
 
   #recordDeleted(service: KubeService, pod: Pod): void {
     const name = pod.metadata.name ?? ''
     if (service.replacements.delete(name) || this.#markedReplacement(pod)) return
+    // An evicted pod the pod GC removes at last: its end is recorded already, as a failure.
+    if (hasEnded(pod)) {
+      service.killing.delete(name)
+      service.failuresSeen.delete(name)
+      return
+    }
     const onPurpose = service.killing.delete(name)
     service.failuresSeen.delete(name)
     const now = this.#o.clock.now()

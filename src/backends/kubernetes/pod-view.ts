@@ -49,7 +49,7 @@ export function isTerminating(pod: Pod): boolean {
  * node's shutdown. It stays in the API until the pod GC takes it (by default only past 12,500
  * ended pods), but the ReplicaSet controller no longer counts it and makes another.
  */
-function hasEnded(pod: Pod): boolean {
+export function hasEnded(pod: Pod): boolean {
   return pod.status?.phase === 'Failed' || pod.status?.phase === 'Succeeded'
 }
 
