@@ -190,7 +190,7 @@ export class LocalBackend implements Backend {
     if (service !== undefined && instance === undefined && options.force === true) {
       // Already killed, within its termination grace: SIGKILL now (the count dropped with the first kill).
       const going = this.#inGrace.get(instanceId)
-      if (going === undefined) return false
+      if (going === undefined || going.serviceId !== serviceId) return false
       going.group.signal('SIGKILL')
       this.#o.log.info({ service: serviceId, instance: instanceId }, 'instance killed at once, its termination grace cut short')
       return true

@@ -9,14 +9,17 @@
  * with no trap would die of that SIGTERM at once, and the service it runs (`node app.js`, any
  * `cmd` not ending in `exec`) with it, its termination grace lost. So the leader traps SIGTERM:
  * bash runs the trap once the foreground command has ended, and the trap also waits for what the
- * script started in the background (`app & wait`), then exits with the service's status.
+ * script started in the background (`app & wait`), then exits with the status of the command
+ * the SIGTERM interrupted (143 for a `wait`).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
 import { join } from 'node:path'
 
-// The watchdog is disowned so that the trap's `wait` does not wait for it.
-const LAUNCHER = '(read -r -u 3 _; kill -KILL 0) & disown; exec 3<&-; trap \'maitre_status=$?; wait; exit $maitre_status\' TERM; . "$0"'
+// The watchdog ignores SIGTERM (a kill's SIGTERM reaches the whole group, and a router that dies
+// during the grace must still take the group with it), and is disowned so that the trap's `wait`
+// does not wait for it.
+const LAUNCHER = '(trap "" TERM; read -r -u 3 _; kill -KILL 0) & disown; exec 3<&-; trap \'maitre_status=$?; wait; exit $maitre_status\' TERM; . "$0"'
 
 export interface GroupExit {
   readonly code: number | null

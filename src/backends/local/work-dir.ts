@@ -12,8 +12,8 @@ import { MaitreError } from '../../errors.ts'
 import { LOCK_FILE, lockDataDir } from '../../storage/lock.ts'
 
 export const WORK_DIR_MARK = '.maitre-work-dir'
-/** What the work directory holds besides sandboxes: never removed with them. */
-export const WORK_DIR_OWN = new Set([WORK_DIR_MARK, LOCK_FILE, `${LOCK_FILE}.takeover`])
+/** What the work directory holds besides sandboxes: never removed with them (lost+found: a disk mounted there). */
+export const WORK_DIR_OWN = new Set([WORK_DIR_MARK, LOCK_FILE, `${LOCK_FILE}.takeover`, 'lost+found'])
 
 /** Takes the work directory for this router; returns the release. */
 export function claimWorkDir(workDir: string): () => void {
