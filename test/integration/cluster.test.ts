@@ -63,6 +63,8 @@ t.test('a router that starts later sees everything, and a restart of every route
   const cluster = await startCluster(t, 2)
   const [a, b] = cluster.routers as [Router, Router]
   for (const name of ['one', 'two', 'three']) t.equal((await createToken(a, name, kitchenToken({ version: name }))).status, 200)
+  // B learns of a token A wrote by its watch, within a second.
+  await waitFor('B knows the token', async () => ((await call(`${b.url}/token?token=two`)).status === 200 ? true : undefined), 10_000)
   t.equal((await call(`${b.url}/request-info`, { headers: { 'x-waiter-token': 'two' } })).status, 200)
   const late = await cluster.addRouter()
   const tokens = (await call(`${late.url}/tokens`)).json<{ token: string }[]>()
@@ -105,6 +107,7 @@ t.test('etcd away for 10 s: every router keeps serving warm versions, and all re
   const [a, b] = cluster.routers as [Router, Router]
   await createToken(a, 'warm', kitchenToken())
   const h = { 'x-waiter-token': 'warm' }
+  await waitFor('b knows the token', async () => ((await call(`${b.url}/token?token=warm`)).status === 200 ? true : undefined), 10_000)
   for (const r of [a, b]) t.equal((await call(`${r.url}/request-info`, { headers: h })).status, 200)
   await cluster.etcd.stop()
   const deadline = Date.now() + 10_000

@@ -51,6 +51,11 @@ interface AppView {
 
 const appView = async (router: Router, id: string): Promise<AppView> => (await call(`${router.url}/apps/${id}`)).json<AppView>()
 
+/** A token written through one router reaches another by its etcd watch, within a second: wait for it there. */
+async function knownTo(router: Router, token: string): Promise<void> {
+  await waitFor(`${token} known to ${router.url}`, async () => ((await call(`${router.url}/token?token=${token}`)).status === 200 ? true : undefined), 10_000)
+}
+
 t.test('two routers on one master: only the leader subscribes; a cold start asked through the follower runs one task, which both serve', async (t) => {
   const cluster = await startMesosCluster(t, 2)
   const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
@@ -89,6 +94,7 @@ t.test('the leader goes: the other router takes the framework over with its id, 
   const cluster = await startMesosCluster(t, 2)
   const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
   await createToken(leader, 'kept', kitchenToken())
+  await knownTo(follower, 'kept')
   const before = await serve(follower, 'kept')
   t.equal(before.status, 200)
   const id = (await call(`${follower.url}/service-id`, { headers: { 'x-waiter-token': 'kept' } })).text
@@ -114,6 +120,8 @@ t.test('with no leader to ask, a follower serves what it knows and a cold start 
   const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
   await createToken(leader, 'known', kitchenToken())
   await createToken(leader, 'unborn', kitchenToken({ version: 'v3' }))
+  await knownTo(follower, 'known')
+  await knownTo(follower, 'unborn')
   const known = await serve(follower, 'known')
   t.equal(known.status, 200, `the follower's cold start served (${known.body.slice(0, 300)})`)
   // etcd goes: nobody leads, nobody can be asked; the follower still has its view.
