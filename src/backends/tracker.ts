@@ -132,7 +132,7 @@ interface ServiceSlots {
   benched: Map<string, Bench>
   /** Requests waiting for the version to start here (a cold start): they count against the queue's bound. */
   startWaiters: number
-  /** Slots taken to lend to a peer (tryAcquire), not yet released: the peer carries their requests. */
+  /** Slots taken to lend to a peer (lend), not yet released: the peer carries their requests. */
   lent: number
   /** Requests granted a slot a peer lent (grantBorrowed), not yet done nor adopted as this router's own. */
   borrowed: number
