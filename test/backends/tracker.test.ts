@@ -201,6 +201,11 @@ t.test('load balancing: oldest, youngest, random; expired instances last', async
   t.equal(chooseInstance(c, 'random', () => 0.99)?.id, 'old')
   t.equal(chooseInstance(c, 'random', () => 0)?.id, 'new')
   t.equal(chooseInstance([c[2] as (typeof c)[number]], 'oldest', Math.random)?.id, 'exp')
+  // Only expired ones: the youngest, whatever the order (Waiter: expired by started-at descending),
+  // so the oldest, killed first, drains first.
+  const expired = [{ id: 'exp-old', startedAt: 1, expired: true }, { id: 'exp-young', startedAt: 5, expired: true }]
+  t.equal(chooseInstance(expired, 'oldest', Math.random)?.id, 'exp-young', 'oldest-first, all expired: the youngest expired')
+  t.equal(chooseInstance(expired, 'youngest', Math.random)?.id, 'exp-young', 'youngest-first, all expired: the youngest expired')
 })
 
 t.test('an instance that fails a health check while busy keeps its in-flight slots until they drain', async (t) => {
