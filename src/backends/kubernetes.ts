@@ -637,14 +637,14 @@ export class KubernetesBackend implements Backend {
     await this.#o.api.close()
   }
 
-  #newService(id: string, proto: Proto, portCount: number, requested: number, uid: string | undefined): KubeService {
+  #newService(id: string, proto: Proto, portCount: number, requested: number, uid: string | undefined, basePort = this.#o.podBasePort): KubeService {
     return {
       id,
       replicaSet: replicaSetName(id),
       uid,
       proto,
       portCount,
-      basePort: this.#o.podBasePort,
+      basePort,
       requested,
       killChain: Promise.resolve(),
       awaitingReplacements: 0,
@@ -783,9 +783,7 @@ export class KubernetesBackend implements Backend {
     if (id === undefined || this.#services.has(id)) return
     const proto = (rs.metadata.annotations?.[ANNOTATIONS.backendProto] ?? 'http') as Proto
     const portCount = Number(rs.metadata.annotations?.[ANNOTATIONS.portCount] ?? '1') || 1
-    const service = this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid)
-    service.basePort = basePortOf(rs) ?? service.basePort
-    this.#services.set(id, service)
+    this.#services.set(id, this.#newService(id, proto, portCount, rs.spec.replicas, rs.metadata.uid, basePortOf(rs)))
     this.#o.log.info({ service: id, replicaSet: rs.metadata.name, instances: rs.spec.replicas }, 'service adopted')
     this.#listeners.emit(id)
   }

@@ -365,8 +365,7 @@ export class LocalBackend implements Backend {
       // Its ports go back to the pool: the process holding them goes first.
       untracked?.signal('SIGKILL')
       // Nothing records it (the failure has no log directory): nothing else would remove it.
-      void untracked?.exited.then(() => removeSandbox(sandboxMade)).catch(() => undefined)
-      if (untracked === undefined) void removeSandbox(sandboxMade).catch(() => undefined)
+      void (untracked?.exited ?? Promise.resolve()).then(() => removeSandbox(sandboxMade)).catch(() => undefined)
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
       this.#recordEnded(service, {
