@@ -15,6 +15,7 @@ import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
 import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
 import { peerKey, SlotExchange, type CollectReason } from './cluster/slot-exchange.ts'
+import { PeerSync } from './cluster/peer-sync.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
 import { agreeToCollect, localLoads } from './scaler/fleet.ts'
@@ -198,6 +199,9 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           releaseCollectionHold: (serviceId, deleted) => activator.releaseHold(serviceId, deleted),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
+  // Cluster mode: a write to the shared state is answered once every peer has read it.
+  const peerSync = sharedStores === undefined ? undefined : new PeerSync({ routerId, key: peerKey(secret), members: () => coordination.members(), log, onOutcome: (outcome) => metrics.peerSyncs.inc({ outcome }) })
+  if (peerSync !== undefined) sharedStores?.afterCommit((store, key) => peerSync.announce(store, key))
   const fleet = {
     isLeader: () => coordination.isLeader(),
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
@@ -355,6 +359,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     serverLoad: () => serverLoad(),
     cluster: () => coordination,
     peers: exchange,
+    storesPeer: sharedStores,
     backendPeer: led instanceof LeaderBackend ? led : undefined,
     clock,
     log,
@@ -432,6 +437,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await backend.close()
         await forwarder.close()
         await registry.flush()
+        await peerSync?.close()
         // Leaving the cluster revokes this router's lease: membership, load and leadership go at once.
         await coordination.close()
         await sharedStores?.close()

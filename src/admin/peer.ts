@@ -11,6 +11,14 @@ import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequ
 
 export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveCollect' | 'receiveMemberQuery'>
 export type BackendPeer = Pick<LeaderBackend, 'peerState' | 'peerCall'>
+/** The shared stores, for a peer that wrote one of their keys (peer-sync.ts). */
+export interface StoresPeer {
+  /** Reads the key from etcd now; false when no store has that name. */
+  refresh(store: string, key: string): Promise<boolean>
+}
+
+/** The longest store key a peer may name (token names and version ids are far shorter). */
+const MAX_KEY_LENGTH = 1024
 
 const BACKEND_CALLS = new Set<string>(['ensure', 'scale', 'kill', 'delete'])
 
@@ -24,7 +32,7 @@ function idField(body: Record<string, unknown>, field: string): string {
   return value
 }
 
-export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer): Promise<void> {
+export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer, stores?: StoresPeer): Promise<void> {
   const { req, res, url, cid } = r
   const what = url.pathname.slice(PEER_PATH_PREFIX.length)
   if (exchange === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router is not in a cluster: it has no peers', { details: { path: url.pathname } })
@@ -32,7 +40,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
   if (what.startsWith('backend/')) return handleBackendPeer(r, what.slice('backend/'.length), backend)
-  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect' && what !== 'refresh') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
   switch (what) {
@@ -64,6 +72,19 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       const outcome = await taken.outcome
       answered = true
       return sendJson(res, 200, { taken: true, outcome }, cid)
+    }
+    case 'refresh': {
+      // A peer wrote this key and answers its caller once every router has read it.
+      const store = body['store']
+      const key = body['key']
+      if (typeof store !== 'string' || store === '') throw new MaitreError('MAITRE_BAD_REQUEST', 'store must name a shared store', { details: { field: 'store' } })
+      if (typeof key !== 'string' || key === '' || key.length > MAX_KEY_LENGTH) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', `key must be a string of 1 to ${MAX_KEY_LENGTH} characters`, { details: { field: 'key' } })
+      }
+      if (stores === undefined || !(await stores.refresh(store, key))) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', 'store must name a shared store: tokens, services, overrides or suspended', { details: { field: 'store', value: store.slice(0, 100) } })
+      }
+      return sendJson(res, 200, { refreshed: true, store, key }, cid)
     }
     case 'member': {
       const routerId = idField(body, 'routerId')

@@ -14,7 +14,7 @@ import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs } from './instances.ts'
 import { handlePing, type PingDeps } from './ping.ts'
-import { handlePeer, type BackendPeer, type PeerExchange } from './peer.ts'
+import { handlePeer, type BackendPeer, type PeerExchange, type StoresPeer } from './peer.ts'
 import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
@@ -38,6 +38,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly peers?: PeerExchange | undefined
   /** The backend the cluster's leader drives, when it is one (Mesos in cluster mode). */
   readonly backendPeer?: BackendPeer | undefined
+  /** Cluster mode: the shared stores, read again when a peer wrote one of their keys. */
+  readonly storesPeer?: StoresPeer | undefined
   readonly log: Logger
 }
 
@@ -59,7 +61,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const r: AdminRequest = { req, res, url, cid }
       const path = url.pathname
       // Router to router, proven by the cluster's key rather than a user's credentials.
-      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer)
+      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer, deps.storesPeer)
       switch (path) {
         case '/':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])

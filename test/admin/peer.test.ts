@@ -6,7 +6,8 @@
 import t from 'tap'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { handlePeer, type PeerExchange } from '../../src/admin/peer.ts'
+import { handlePeer, type PeerExchange, type StoresPeer } from '../../src/admin/peer.ts'
+import { MaitreError } from '../../src/errors.ts'
 import { peerKey, PEER_KEY_HEADER } from '../../src/cluster/slot-exchange.ts'
 import { sendError } from '../../src/http/error-response.ts'
 import type { ReleaseOutcome } from '../../src/backends/tracker.ts'
@@ -14,10 +15,10 @@ import { call, waitFor } from '../fixtures/router.ts'
 
 const KEY = peerKey('the-cluster-secret')
 
-async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined): Promise<string> {
+async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined, stores?: StoresPeer): Promise<string> {
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://router')
-    handlePeer({ req, res, url, cid: 'c1' }, exchange).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
+    handlePeer({ req, res, url, cid: 'c1' }, exchange, undefined, stores).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
@@ -105,4 +106,40 @@ t.test('wants are taken; an offer is answered when the borrowed request lets go;
   t.equal((await post(`${url}/maitre-peer/eject`, { serviceId: 's', instanceId: 'idle', periodMs: 1000 })).status, 200)
   t.match((await post(`${url}/maitre-peer/member`, { routerId: 'r2' })).json(), { member: true }, 'a router cut off from etcd asks whether it is still counted')
   t.match((await post(`${url}/maitre-peer/member`, { routerId: 'r9' })).json(), { member: false })
+})
+
+t.test('a peer that wrote a key has it read again here before it answers its caller; bad names are a 400', async (t) => {
+  const { exchange } = fakeExchange()
+  const refreshed: [string, string][] = []
+  let etcdDown = false
+  const stores: StoresPeer = {
+    refresh: async (store, key) => {
+      if (etcdDown) throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', 'etcd did not answer')
+      if (store !== 'tokens') return false
+      refreshed.push([store, key])
+      return true
+    },
+  }
+  const url = await serve(t, exchange, stores)
+  const reply = await post(`${url}/maitre-peer/refresh`, { store: 'tokens', key: 'my-token' })
+  t.equal(reply.status, 200)
+  t.match(reply.json(), { refreshed: true, store: 'tokens', key: 'my-token' })
+  t.same(refreshed, [['tokens', 'my-token']], 'the store read the key again')
+  t.equal((await post(`${url}/maitre-peer/refresh`, { store: 'tokens', key: 'x' }, null)).status, 401, 'only routers of the cluster')
+  const cases: [unknown, string][] = [
+    [{ key: 'k' }, 'store'],
+    [{ store: 'secrets', key: 'k' }, 'store'],
+    [{ store: 'tokens' }, 'key'],
+    [{ store: 'tokens', key: '' }, 'key'],
+    [{ store: 'tokens', key: 'k'.repeat(1025) }, 'key'],
+  ]
+  for (const [body, field] of cases) {
+    const bad = await post(`${url}/maitre-peer/refresh`, body)
+    t.equal(bad.status, 400, JSON.stringify(body).slice(0, 60))
+    t.match(bad.json(), { 'waiter-error': { details: { field } } })
+  }
+  t.equal(refreshed.length, 1, 'nothing refused was read')
+  etcdDown = true
+  const down = await post(`${url}/maitre-peer/refresh`, { store: 'tokens', key: 'my-token' })
+  t.equal(down.status, 503, 'etcd away: the writer hears no confirmation')
 })

@@ -127,6 +127,44 @@ t.test('etcd: two routers see each other within a second; compare-and-set holds 
   await waitFor('b sees the delete', () => (b.has('shared') ? undefined : true), 1000)
 })
 
+t.test('etcd: read-your-writes: a write resolves once the stores it is announced to read it, however far behind their watch is', async (t) => {
+  const etcd = await startEtcd(t)
+  // b is a router on a slow link (150 ms each way): its watch hears of a's writes 150 ms late.
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port), { delayMs: 150 })
+  const fast = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+  const slow = connectEtcd({ endpoints: [relay.url], requestTimeoutMs: 3000 })
+  const a = await EtcdDirectory.open<Doc>(fast, '/maitre/test/things/', 'thing', check, silentLogger)
+  const b = await EtcdDirectory.open<Doc>(slow, '/maitre/test/things/', 'thing', check, silentLogger)
+  etcd.beforeStop(async () => {
+    await a.close()
+    await b.close()
+    fast.close()
+    slow.close()
+    await relay.close()
+  })
+  const announced: string[] = []
+  a.afterCommit(async (key) => {
+    announced.push(key)
+    await b.refresh(key)
+  })
+  const changed: string[] = []
+  b.onChange((key) => changed.push(key))
+
+  await a.put('k', { v: 1 })
+  t.same(b.get('k'), { v: 1 }, 'a new document is in b when a’s write resolves')
+  await a.put('k', { v: 2 }, a.get('k'))
+  t.same(b.get('k'), { v: 2 }, 'so is a replaced one')
+  await a.delete('k', a.get('k'))
+  t.notOk(b.has('k'), 'and a deletion')
+  t.same(announced, ['k', 'k', 'k'], 'each write was announced once')
+  t.same(changed, ['k', 'k', 'k'], 'b announced each change to its listeners, as its watch would')
+  // The late echoes of the watch change nothing: b does not bring back what was deleted.
+  await a.put('other', { v: 9 })
+  await waitFor('b’s watch catches up', () => (b.get('other')?.v === 9 ? true : undefined), 3000)
+  t.notOk(b.has('k'), 'the deletion holds after the watch delivered the old writes')
+  t.same(changed.filter((k) => k === 'k').length, 3, 'and the echoes were not announced again')
+})
+
 t.test('etcd: a document the store cannot read is left out, not fatal', async (t) => {
   const etcd = await startEtcd(t)
   const raw = new Etcd3({ hosts: etcd.endpoint })

@@ -13,8 +13,13 @@
  * document read in the same transaction replaces ours in memory at once, so a retry works on
  * what is current. A document that fails the store's check (written by hand, or by a newer
  * maitre) is logged and left out rather than taking the router down.
+ *
+ * Read-your-writes across routers: a watch brings another router's write within milliseconds as
+ * a rule, but not before that router's caller may ask a third router for it. So a write of ours
+ * resolves only once `afterCommit` (cluster mode: the peers are told, peer-sync.ts) is done, and
+ * a peer told of a key reads it from etcd at once (`refresh`) rather than wait for its watch.
  */
-import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
+import type { Etcd3, IKeyValue, IRangeResponse, Watcher } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
@@ -46,6 +51,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   #closed = false
   /** Ends the retry pauses when the store or coordinator closes, so nothing outlives it. */
   readonly #closing = new AbortController()
+  /** Awaited after each write of ours is committed, before the write resolves (it never rejects). */
+  #afterCommit: ((key: string) => Promise<void>) | undefined
 
   private constructor(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger) {
     this.#client = client
@@ -83,7 +90,37 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     return () => this.#listeners.delete(listener)
   }
 
-  put(key: string, doc: T, expected?: T | null): Promise<void> {
+  /** Sets what every later write of ours waits for once etcd committed it (see the header). */
+  afterCommit(hook: (key: string) => Promise<void>): void {
+    this.#afterCommit = hook
+  }
+
+  /**
+   * Reads one key from etcd now (a linearizable read) and takes what it holds, or its absence,
+   * into memory, announcing a change as the watch would: what another router just wrote is then
+   * served here without waiting for the watch to bring it.
+   */
+  async refresh(key: string): Promise<void> {
+    let response: IRangeResponse
+    try {
+      response = await this.#client.get(this.#prefix + encodeURIComponent(key)).exec()
+    } catch (err) {
+      throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', `etcd did not answer for the ${this.#what} ${JSON.stringify(key)}: ${(err as Error).message}`, { details: { store: this.#what, key }, headers: { 'retry-after': '1' }, cause: err })
+    }
+    this.#absorbRange(key, response.kvs, BigInt(response.header.revision))
+  }
+
+  async put(key: string, doc: T, expected?: T | null): Promise<void> {
+    await this.#put(key, doc, expected)
+    await this.#afterCommit?.(key)
+  }
+
+  async delete(key: string, expected?: T | null): Promise<void> {
+    await this.#delete(key, expected)
+    await this.#afterCommit?.(key)
+  }
+
+  #put(key: string, doc: T, expected?: T | null): Promise<void> {
     return this.#writes.run(key, async () => {
       const etcdKey = this.#prefix + encodeURIComponent(key)
       const value = JSON.stringify(doc)
@@ -99,7 +136,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     })
   }
 
-  delete(key: string, expected?: T | null): Promise<void> {
+  #delete(key: string, expected?: T | null): Promise<void> {
     return this.#writes.run(key, async () => {
       const etcdKey = this.#prefix + encodeURIComponent(key)
       const response = await this.#guard(key, 'deleted', () => {

@@ -12,21 +12,40 @@ import type { DocumentCheck, StoreOpener } from '../../storage/document-store.ts
 import { EtcdDirectory } from './etcd-directory.ts'
 
 export interface EtcdStores extends StoreOpener {
+  /**
+   * What every write through these stores waits for once etcd committed it (cluster mode: the
+   * peers are told, peer-sync.ts), for stores opened before and after.
+   */
+  afterCommit(hook: (store: string, key: string) => Promise<void>): void
+  /** Reads one key of one store from etcd now (a peer wrote it); false when no store has that name. */
+  refresh(store: string, key: string): Promise<boolean>
   /** Stops every watch of the stores opened. */
   close(): Promise<void>
 }
 
 export function etcdStores(client: Etcd3, prefix: string, log: Logger): EtcdStores {
-  const opened: EtcdDirectory<unknown>[] = []
+  const opened = new Map<string, EtcdDirectory<unknown>>()
+  let hook: ((store: string, key: string) => Promise<void>) | undefined
+  const hookOf = (name: string) => (key: string) => hook?.(name, key) ?? Promise.resolve()
   return {
     kind: 'etcd',
     async open<T>(name: string, what: string, check: DocumentCheck = () => undefined) {
       const store = await unavailableAsOurs(`the ${what} store`, () => EtcdDirectory.open<T>(client, `${prefix}/${name}/`, what, check, log))
-      opened.push(store as EtcdDirectory<unknown>)
+      store.afterCommit(hookOf(name))
+      opened.set(name, store as EtcdDirectory<unknown>)
       return store
     },
+    afterCommit(next) {
+      hook = next
+    },
+    async refresh(name, key) {
+      const store = opened.get(name)
+      if (store === undefined) return false
+      await store.refresh(key)
+      return true
+    },
     async close() {
-      await Promise.all(opened.map((store) => store.close()))
+      await Promise.all([...opened.values()].map((store) => store.close()))
     },
   }
 }
