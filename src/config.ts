@@ -596,7 +596,14 @@ export function parseConfig(text: string, file = 'config'): Config {
   if (doc.errors.length > 0) {
     fail(doc.errors.map((e) => ({ path: '(yaml)', message: e.message, where: `${file}:${e.linePos?.[0].line ?? 0}:${e.linePos?.[0].col ?? 0}` })))
   }
-  const input: unknown = doc.contents === null ? {} : doc.toJS()
+  let input: unknown = {}
+  try {
+    if (doc.contents !== null) input = doc.toJS()
+  } catch (err) {
+    // Well-formed YAML can still be refused as a whole: aliases that expand past the parser's
+    // bound (a "billion laughs"), say.
+    fail([{ path: '(yaml)', message: (err as Error).message, where: file }])
+  }
   if (doc.contents !== null && !isMap(doc.contents)) fail([{ path: '(root)', message: 'must be a map of settings' }])
   const issues: ConfigIssue[] = []
   const merged = mergeConfig(DEFAULTS, input, '', issues)

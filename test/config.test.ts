@@ -28,6 +28,12 @@ t.test('every problem is reported at once, with file:line:col and a hint', async
   t.match(err?.message, 'log.level = "loud", must be one of')
 })
 
+t.test('YAML that expands past the parser’s bound (a billion laughs) is a configuration error naming the file', async (t) => {
+  const rows = ['a: &a [x, x, x, x, x, x, x, x, x]']
+  for (const [name, prev] of [['b', 'a'], ['c', 'b'], ['d', 'c'], ['e', 'd']]) rows.push(`${name}: &${name} [${Array(9).fill(`*${prev}`).join(', ')}]`)
+  t.throws(() => parseConfig(rows.join('\n'), 'bomb.yaml'), { code: 'MAITRE_INVALID_CONFIG', message: /bomb\.yaml: \(yaml\) Excessive alias count/ })
+})
+
 t.test('numbers with a ceiling: a timer past 2^31 - 1 ms (Node fires it after 1 ms) and a cache sized past a million are refused', async (t) => {
   t.throws(() => parseConfig('proxy:\n  queueTimeoutMs: 3000000000\n'), { message: /proxy\.queueTimeoutMs = 3000000000, must be an integer of milliseconds in \[1, 2147483647\]/ })
   t.throws(() => parseConfig('scaler:\n  gcIntervalMs: 4000000000\n'), { message: /scaler\.gcIntervalMs/ })

@@ -478,6 +478,13 @@ t.test('credentials: in-cluster files (token re-read as it rotates) and kubeconf
   writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k"}}]', 'users: [{name: u, user: {exec: {command: aws}}}]'].join('\n'))
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /exec or auth-provider/ })
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: join(dir, 'none') }, {}), { message: /cannot read kubeconfig/ })
+  // A broken file is a configuration error naming it (exit 78 at start), never a TypeError.
+  writeFileSync(kc, 'clusters: [\n')
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /kubeconfig .* is not valid YAML/ })
+  writeFileSync(kc, ['current-context: a', 'contexts: {a: {cluster: c}}'].join('\n'))
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /kubeconfig .* cannot be used/ })
+  writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k", certificate-authority: missing-ca.pem}}]', 'users: [{name: u, user: {token: x}}]'].join('\n'))
+  t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /missing-ca\.pem/ })
 })
 
 t.test('reading pods: failed runs, OOMKilled, liveness kills and the scheduler’s reasons', async (t) => {

@@ -70,13 +70,29 @@ interface KubeconfigFile {
 
 function fromKubeconfig(config: KubernetesBackendConfig, env: NodeJS.ProcessEnv): KubeConnection {
   const path = config.kubeconfig ?? env['KUBECONFIG']?.split(':')[0] ?? join(homedir(), '.kube', 'config')
+  try {
+    return readKubeconfig(config, path)
+  } catch (err) {
+    // A file of the wrong shape (a list where a map belongs, a server that is no string) or a
+    // certificate file it names that cannot be read: a configuration error naming the file.
+    if (err instanceof MaitreError) throw err
+    throw misconfigured(`kubeconfig ${path} cannot be used: ${(err as Error).message}`)
+  }
+}
+
+function readKubeconfig(config: KubernetesBackendConfig, path: string): KubeConnection {
   let text: string
   try {
     text = readFileSync(path, 'utf8')
   } catch (err) {
     throw misconfigured(`not in a cluster (KUBERNETES_SERVICE_HOST unset) and cannot read kubeconfig ${path}: ${(err as Error).message}`)
   }
-  const file = parse(text) as KubeconfigFile
+  let file: KubeconfigFile
+  try {
+    file = (parse(text) ?? {}) as KubeconfigFile
+  } catch (err) {
+    throw misconfigured(`kubeconfig ${path} is not valid YAML: ${(err as Error).message}`)
+  }
   const base = dirname(path)
   const resolvePath = (p: string): string => (isAbsolute(p) ? p : join(base, p))
   const contextName = config.context ?? file['current-context']
