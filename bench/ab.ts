@@ -14,7 +14,7 @@
  * NAME=value node …`); both as space-separated lists. Each side's RSS right after its last run is
  * reported too.
  *
- *   node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--gap 0] [--out file.json]
+ *   node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--gap 0] [--access-log] [--out file.json]
  *                    [--a-flags='--max-semi-space-size=8 …'] [--a-env='MALLOC_ARENA_MAX=2 …'] [--b-flags=…] [--b-env=…]
  */
 import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
@@ -37,10 +37,11 @@ const { values: opts } = parseArgs({
     'b-flags': { type: 'string' },
     'a-env': { type: 'string' },
     'b-env': { type: 'string' },
+    'access-log': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   },
 })
-const USAGE = "usage: node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--out file.json] [--a-flags='--flag …'] [--a-env='NAME=value …'] [--b-flags=…] [--b-env=…] (with '=': a value that starts with a dash)"
+const USAGE = "usage: node bench/ab.ts --a <commit-ish> --b <commit-ish> [--rounds 6] [--secs 5] [--access-log] [--out file.json] [--a-flags='--flag …'] [--a-env='NAME=value …'] [--b-flags=…] [--b-env=…] (with '=': a value that starts with a dash)"
 if (opts.help === true) {
   console.log(USAGE)
   process.exit(0)
@@ -143,7 +144,9 @@ async function startRouter(label: 'A' | 'B', ref: string, flagsOverride: string 
 
   const port = await freePort()
   const config = join(dir, `${label}.yaml`)
-  writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, `${label}-data`)}\nlog:\n  level: warn\n  access: false\n`)
+  // --access-log: both write their per-request line (to /dev/null), as a router with default settings does.
+  const log = opts['access-log'] === true ? 'log:\n  level: info\n' : 'log:\n  level: warn\n  access: false\n'
+  writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, `${label}-data`)}\n${log}`)
   const child = start(process.execPath, [...nodeFlags, entry, 'serve', '--config', config], { ...process.env, ...env })
   routers.push(child)
   const url = `http://127.0.0.1:${port}`

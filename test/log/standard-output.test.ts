@@ -1,0 +1,71 @@
+/**
+ * maitre's log on standard output, in a child process as the router runs it: what waits for a
+ * reader that stalled is bounded, and nothing waiting is lost at exit.
+ */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+const LOG = fileURLToPath(new URL('../../src/log.ts', import.meta.url))
+
+interface Run {
+  readonly lines: Record<string, unknown>[]
+  readonly report: Record<string, unknown>
+  readonly stderr: string
+}
+
+/**
+ * Runs `body` in a child whose logger is createLogger('info'); the child reports through stderr
+ * as JSON. With `stalled`, nothing is read of its standard output until the child reports.
+ */
+function run(body: string, stalled = false): Promise<Run> {
+  const script = `
+    import { pino } from 'pino'
+    import { createLogger } from ${JSON.stringify(LOG)}
+    const log = createLogger('info')
+    const stream = log[pino.symbols.streamSym]
+    const report = (data) => process.stderr.write(JSON.stringify(data) + '\\n')
+    ${body}
+  `
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    const read = (): void => void child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()))
+    if (!stalled) read()
+    child.stderr.on('data', (chunk: Buffer) => {
+      err += chunk.toString()
+      if (stalled && err.includes('"reported"')) read()
+    })
+    child.once('error', reject)
+    child.once('exit', (code) => {
+      if (code !== 0) return reject(new Error(`child exited ${String(code)}: ${err}`))
+      const lines = out.split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>)
+      const report = JSON.parse(err.trim().split('\n').at(-1) ?? '{}') as Record<string, unknown>
+      resolve({ lines, report, stderr: err })
+    })
+  })
+}
+
+t.test('lines waiting at exit are written', async (t) => {
+  const { lines } = await run(`
+    for (let i = 0; i < 1000; i++) log.info({ i }, 'before exit')
+    report({})
+    process.exit(0)
+  `)
+  t.same(lines.map((l) => l['i']), [...Array(1000).keys()], 'every line, in order, the last logged just before exit included')
+})
+
+t.test('standard output not read: what waits is bounded (32 MB), the rest dropped and said once on stderr', async (t) => {
+  const { lines, report, stderr } = await run(`
+    const line = 'x'.repeat(1000)
+    let dropped = 0
+    stream.on('drop', () => (dropped += 1))
+    for (let i = 0; i < 40_000; i++) log.info({ i, line })
+    report({ reported: true, dropped })
+  `, true)
+  const dropped = report['dropped'] as number
+  t.ok(dropped > 3000, `of 40 000 lines of 1 KB, ${dropped} were dropped rather than held`)
+  t.equal(stderr.split('standard output is not being read').length - 1, 1, 'the operator is told once, on stderr')
+  t.ok(lines.length >= 40_000 - dropped - 100 && lines.length <= 40_000 - dropped, `the ${lines.length} kept reached standard output once it was read`)
+})
