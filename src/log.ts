@@ -1,4 +1,5 @@
 /** Structured JSON logs on stdout in pino's line shape. */
+import { write } from 'node:fs'
 import { pino, type Logger } from 'pino'
 
 export type { Logger }
@@ -27,28 +28,33 @@ function standardOutput(): ReturnType<typeof pino.destination> {
   // Written asynchronously; under load the lines of many requests leave in one write anyway
   // (0.09 writes per request at 64 connections), so batching them further saves nothing.
   const out = pino.destination({ fd: 1, sync: false, maxLength: LOG_BACKLOG_BYTES })
+  // Said once per backlog, until it is written out.
   let dropping = false
   out.on('drop', () => {
     if (dropping) return
     dropping = true
-    try {
-      process.stderr.write(`maitre: standard output is not being read: log lines past ${LOG_BACKLOG_BYTES} bytes waiting are dropped\n`)
-    } catch {}
+    tellStderr(`maitre: standard output is not being read: log lines past ${LOG_BACKLOG_BYTES} bytes waiting are dropped\n`)
   })
-  out.on('write', () => {
+  out.on('drain', () => {
     dropping = false
   })
   out.on('error', (err: NodeJS.ErrnoException) => {
     // Said once where it may still be read (a disk full under a redirected stdout, say).
-    try {
-      process.stderr.write(`maitre: standard output failed (${err.code ?? err.message}): logging stops here\n`)
-    } catch {}
+    tellStderr(`maitre: standard output failed (${err.code ?? err.message}): logging stops here\n`)
     out.write = () => true
     out.flushSync = () => undefined
     out.flush = (cb?: (err?: Error) => void) => cb?.()
     out.end = () => undefined
   })
   return out
+}
+
+/**
+ * A word on stderr that can neither block nor fail: Node writes to a terminal synchronously, and
+ * a terminal nobody reads (the same one standard output stalled on) would stop the router.
+ */
+function tellStderr(text: string): void {
+  write(2, text, () => undefined)
 }
 
 export const silentLogger: Logger = pino({ level: 'silent' })

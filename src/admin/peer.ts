@@ -20,6 +20,16 @@ export interface StoresPeer {
 /** The longest store key a peer may name (token names and version ids are far shorter). */
 const MAX_KEY_LENGTH = 1024
 
+/** Whether a string is whole Unicode (a lone surrogate has no UTF-8 form: no store key holds one). */
+function wellFormed(text: string): boolean {
+  try {
+    encodeURIComponent(text)
+    return true
+  } catch {
+    return false
+  }
+}
+
 const BACKEND_CALLS = new Set<string>(['ensure', 'scale', 'kill', 'delete'])
 
 const ID = /^[\x21-\x7e]{1,253}$/
@@ -78,8 +88,8 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       const store = body['store']
       const key = body['key']
       if (typeof store !== 'string' || store === '') throw new MaitreError('MAITRE_BAD_REQUEST', 'store must name a shared store', { details: { field: 'store' } })
-      if (typeof key !== 'string' || key === '' || key.length > MAX_KEY_LENGTH) {
-        throw new MaitreError('MAITRE_BAD_REQUEST', `key must be a string of 1 to ${MAX_KEY_LENGTH} characters`, { details: { field: 'key' } })
+      if (typeof key !== 'string' || key === '' || key.length > MAX_KEY_LENGTH || !wellFormed(key)) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', `key must be a string of 1 to ${MAX_KEY_LENGTH} characters, without lone surrogates`, { details: { field: 'key' } })
       }
       if (stores === undefined || !(await stores.refresh(store, key))) {
         throw new MaitreError('MAITRE_BAD_REQUEST', 'store must name a shared store: tokens, services, overrides or suspended', { details: { field: 'store', value: store.slice(0, 100) } })

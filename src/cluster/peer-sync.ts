@@ -34,8 +34,11 @@ export interface PeerSyncOptions {
 
 export class PeerSync {
   readonly #o: PeerSyncOptions
-  /** At most this many connections to each peer: a burst of writes queues rather than opening hundreds. */
-  readonly #agent = new Agent({ keepAliveTimeout: 10_000, connections: 8 })
+  /**
+   * At most this many connections to each peer: a burst of writes queues rather than opening
+   * hundreds (a call still queued when its write's second is up counts as unconfirmed).
+   */
+  readonly #agent = new Agent({ keepAliveTimeout: 10_000, connections: 32 })
   /** Peers that did not confirm their last change: not waited for until they confirm one. */
   readonly #unresponsive = new Set<string>()
   /** Each peer's latest confirmed call (by the order calls were made): an older call's failure, coming later, does not count. */
@@ -49,6 +52,10 @@ export class PeerSync {
   /** Resolves once every peer has read `key` of `store` from etcd, or the timeout passed; never rejects. */
   async announce(store: string, key: string): Promise<void> {
     const peers = this.#o.members().filter((m) => m.routerId !== this.#o.routerId)
+    // Members gone are forgotten (both stay bounded by the membership): one back is a router
+    // started again, waited for like any other.
+    for (const routerId of this.#unresponsive) if (!peers.some((p) => p.routerId === routerId)) this.#unresponsive.delete(routerId)
+    for (const routerId of this.#confirmedUpTo.keys()) if (!peers.some((p) => p.routerId === routerId)) this.#confirmedUpTo.delete(routerId)
     if (peers.length === 0) return
     const timeout = this.#o.timeoutMs ?? PEER_SYNC_TIMEOUT_MS
     const signal = AbortSignal.timeout(timeout)
@@ -59,9 +66,6 @@ export class PeerSync {
       if (!this.#unresponsive.has(peer.routerId)) awaited.push(telling)
     }
     await Promise.all(awaited)
-    // Members gone are forgotten (the set stays bounded by the membership).
-    for (const routerId of this.#unresponsive) if (!peers.some((p) => p.routerId === routerId)) this.#unresponsive.delete(routerId)
-    for (const routerId of this.#confirmedUpTo.keys()) if (!peers.some((p) => p.routerId === routerId)) this.#confirmedUpTo.delete(routerId)
   }
 
   async #tell(peer: Member, store: string, key: string, body: string, signal: AbortSignal, timeout: number): Promise<void> {

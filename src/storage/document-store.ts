@@ -26,7 +26,11 @@ export interface DocumentStore<T> {
   delete(key: string, expected?: T | null): Promise<void>
   /** Resolves when every write issued so far is stored. */
   flush(): Promise<void>
-  /** Told of every change this store did not make itself (another router's write); returns an unsubscribe. */
+  /**
+   * Told of every change this store did not make itself (another router's write), and, where a
+   * write waits for other routers to read it (etcd's `afterCommit`), of its own writes once
+   * committed, before that wait. Returns an unsubscribe.
+   */
   onChange(listener: (key: string) => void): () => void
 }
 

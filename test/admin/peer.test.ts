@@ -132,6 +132,7 @@ t.test('a peer that wrote a key has it read again here before it answers its cal
     [{ store: 'tokens' }, 'key'],
     [{ store: 'tokens', key: '' }, 'key'],
     [{ store: 'tokens', key: 'k'.repeat(1025) }, 'key'],
+    [{ store: 'tokens', key: '\ud800' }, 'key'],
   ]
   for (const [body, field] of cases) {
     const bad = await post(`${url}/maitre-peer/refresh`, body)

@@ -114,3 +114,21 @@ t.test('a peer that did not confirm is told of later writes without being waited
   t.ok(Date.now() - started >= 140, `back in favour, it is waited for (${Date.now() - started} ms)`)
   t.same(flaky.heard.map((h) => (h.body as { key: string }).key), ['a', 'b', 'c', 'd'], 'it heard of every write')
 })
+
+t.test('a peer that left the membership is forgotten: back (a router restarted with its id), it is waited for again', async (t) => {
+  let members: Member[] = []
+  const silent = await peer(t, () => undefined)
+  const sync = new PeerSync({ routerId: 'me', key: 'k', members: () => members, log: silentLogger, timeoutMs: 200 })
+  t.teardown(() => sync.close())
+  members = [member('r2', silent.url)]
+  await sync.announce('tokens', 'a')
+  members = []
+  await sync.announce('tokens', 'b')
+  // Restarted at another address, slow to answer this once.
+  const restarted = await peer(t, (res) => setTimeout(() => res.end('{}'), 100))
+  members = [member('r2', restarted.url)]
+  const started = Date.now()
+  await sync.announce('tokens', 'c')
+  t.ok(Date.now() - started >= 90, `the restarted router was waited for (${Date.now() - started} ms)`)
+  t.same(restarted.heard.map((h) => (h.body as { key: string }).key), ['c'])
+})

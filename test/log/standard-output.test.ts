@@ -1,10 +1,14 @@
 /**
  * maitre's log on standard output, in a child process as the router runs it: what waits for a
- * reader that stalled is bounded, and nothing waiting is lost at exit.
+ * reader that stalled is bounded, saying so never stops the router, and nothing waiting is lost
+ * at exit.
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { waitFor } from '../fixtures/router.ts'
 
 const LOG = fileURLToPath(new URL('../../src/log.ts', import.meta.url))
 
@@ -68,4 +72,55 @@ t.test('standard output not read: what waits is bounded (32 MB), the rest droppe
   t.ok(dropped > 3000, `of 40 000 lines of 1 KB, ${dropped} were dropped rather than held`)
   t.equal(stderr.split('standard output is not being read').length - 1, 1, 'the operator is told once, on stderr')
   t.ok(lines.length >= 40_000 - dropped - 100 && lines.length <= 40_000 - dropped, `the ${lines.length} kept reached standard output once it was read`)
+})
+
+t.test('standard output and stderr on a terminal nobody reads: the router goes on', async (t) => {
+  const beats = join(t.testdir(), 'beats')
+  const script = `
+    import { writeFileSync } from 'node:fs'
+    import { pino } from 'pino'
+    import { createLogger } from ${JSON.stringify(LOG)}
+    const log = createLogger('info')
+    const stream = log[pino.symbols.streamSym]
+    let dropped = false
+    stream.on('drop', () => (dropped = true))
+    const line = 'x'.repeat(1000)
+    // A router at work: lines faster than anyone reads them, and an event loop that must keep turning.
+    const busy = setInterval(() => { for (let i = 0; i < 200; i++) log.info({ line }) }, 1)
+    let n = 0
+    const beat = setInterval(() => writeFileSync(${JSON.stringify(beats)}, JSON.stringify({ n: ++n, dropped, pid: process.pid })), 20)
+  `
+  // A terminal (util-linux's script makes one) whose output nobody reads: script copies it to a
+  // pipe this test leaves unread, so the terminal fills. Node writes to a terminal synchronously.
+  const child = spawn('script', ['-qfec', `exec ${JSON.stringify(process.execPath)} --input-type=module -e "$MAITRE_SCRIPT"`, '/dev/null'], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)),
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, MAITRE_SCRIPT: script },
+  })
+  let pid: number | undefined
+  const read = (): { n: number; dropped: boolean; pid: number } | undefined => {
+    try {
+      const beat = JSON.parse(readFileSync(beats, 'utf8')) as { n: number; dropped: boolean; pid: number }
+      pid = beat.pid
+      return beat
+    } catch {
+      return undefined
+    }
+  }
+  t.teardown(() => {
+    // The child itself too: one frozen in a terminal write may outlive its terminal.
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGKILL')
+      } catch {}
+    }
+    if (child.exitCode === null) child.kill('SIGKILL')
+  })
+  const atDrop = await waitFor('lines to be dropped', () => (read()?.dropped === true ? read() : undefined), 15_000)
+  const later = await waitFor('the event loop to keep turning after the drop', () => ((read()?.n ?? 0) >= atDrop.n + 25 ? read() : undefined), 5000).catch(() => read())
+  t.ok((later?.n ?? 0) >= atDrop.n + 25, `it beat ${(later?.n ?? 0) - atDrop.n} times in the seconds after it dropped lines`)
+  // (Its exit would write the 32 MB waiting first, at the pace of pino's retries: not this test's business.)
+  child.stdout.resume()
+  child.kill('SIGKILL')
+  await new Promise((resolve) => child.once('exit', resolve))
 })

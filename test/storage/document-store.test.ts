@@ -165,6 +165,26 @@ t.test('etcd: read-your-writes: a write resolves once the stores it is announced
   t.same(changed.filter((k) => k === 'k').length, 3, 'and the echoes were not announced again')
 })
 
+t.test('etcd: while a write waits for the other routers, this router’s own caches already know it', async (t) => {
+  const etcd = await startEtcd(t)
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+  const a = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+  etcd.beforeStop(async () => {
+    await a.close()
+    client.close()
+  })
+  const heard: string[] = []
+  a.onChange((key) => heard.push(`${key}=${a.get(key)?.v ?? 'gone'}`))
+  // What this router's listeners had heard when the wait for the peers began.
+  const heardAtWait: string[][] = []
+  a.afterCommit(async () => void heardAtWait.push([...heard]))
+  await a.put('k', { v: 1 })
+  await a.delete('k')
+  // (Its watch's echo of a write may come first and be announced too: a second announcement is harmless.)
+  t.ok(heardAtWait[0]?.includes('k=1'), `the write was announced here at commit, the document in memory (${JSON.stringify(heardAtWait[0])})`)
+  t.ok(heardAtWait[1]?.includes('k=gone'), `and so was the delete (${JSON.stringify(heardAtWait[1])})`)
+})
+
 t.test('etcd: a document the store cannot read is left out, not fatal', async (t) => {
   const etcd = await startEtcd(t)
   const raw = new Etcd3({ hosts: etcd.endpoint })

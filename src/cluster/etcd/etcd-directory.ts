@@ -101,9 +101,10 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
    * served here without waiting for the watch to bring it.
    */
   async refresh(key: string): Promise<void> {
+    const etcdKey = this.#prefix + encodeURIComponent(key)
     let response: IRangeResponse
     try {
-      response = await this.#client.get(this.#prefix + encodeURIComponent(key)).exec()
+      response = await this.#client.get(etcdKey).exec()
     } catch (err) {
       throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', `etcd did not answer for the ${this.#what} ${JSON.stringify(key)}: ${(err as Error).message}`, { details: { store: this.#what, key }, headers: { 'retry-after': '1' }, cause: err })
     }
@@ -112,12 +113,23 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
 
   async put(key: string, doc: T, expected?: T | null): Promise<void> {
     await this.#put(key, doc, expected)
-    await this.#afterCommit?.(key)
+    await this.#committed(key)
   }
 
   async delete(key: string, expected?: T | null): Promise<void> {
     await this.#delete(key, expected)
-    await this.#afterCommit?.(key)
+    await this.#committed(key)
+  }
+
+  /**
+   * With peers to tell, this router's own caches of the key are told first, at commit: else
+   * they would serve the old document here for as long as the peers take (up to a second),
+   * while the peers already serve the new one.
+   */
+  async #committed(key: string): Promise<void> {
+    if (this.#afterCommit === undefined) return
+    this.#emit(key)
+    await this.#afterCommit(key)
   }
 
   #put(key: string, doc: T, expected?: T | null): Promise<void> {
