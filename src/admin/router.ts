@@ -74,8 +74,15 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           res.writeHead(200, { 'content-type': deps.metrics.registry.contentType, 'content-length': Buffer.byteLength(text), 'x-cid': cid })
           return void res.end(text)
         }
-        case '/readyz':
-          return deps.draining() ? sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid) : sendJson(res, 200, { status: 'ok' }, cid)
+        case '/readyz': {
+          if (deps.draining()) return sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid)
+          // A cluster router that has not joined (yet, or again) can fill no slot of its own.
+          const cluster = deps.cluster()
+          if (cluster.mode === 'etcd' && !cluster.members().some((m) => m.routerId === cluster.routerId)) {
+            return sendJson(res, 503, { status: 'joining', message: 'Router is joining its cluster.' }, cid)
+          }
+          return sendJson(res, 200, { status: 'ok' }, cid)
+        }
       }
       // DNS rebinding (see browser-guard.ts).
       assertBrowserReachesApi(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)

@@ -78,6 +78,16 @@ const isLoad = (doc: unknown): string | undefined => {
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
 
+/** The URL a membership key advertises, if it holds a member. */
+function memberUrlOf(value: Buffer): string | undefined {
+  try {
+    const url = (JSON.parse(value.toString('utf8')) as Partial<Member> | null)?.url
+    return typeof url === 'string' ? url : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** Versions whose last request on another router this one remembers (see #lastRequestSeen). */
 const MAX_VERSIONS_REMEMBERED = 100_000
 
@@ -331,11 +341,17 @@ export class EtcdCoordinator implements Coordination {
     for (;;) {
       const existing = (await this.#client.get(this.#memberKey).exec()).kvs[0]
       if (existing === undefined) return
+      // This router's own previous life (SIGKILLed, OOM-killed, its container restarted): the
+      // same id at the very address this process now listens on, which no other live router
+      // can hold. Its lease goes at once (its membership, load and any leadership with it)
+      // rather than after a TTL during which this router could fill no slot.
+      if (memberUrlOf(existing.value) === this.#options.url()) {
+        await this.#client.leaseClient.leaseRevoke({ ID: existing.lease }).catch(() => undefined)
+        const still = (await this.#client.get(this.#memberKey).exec()).kvs[0]
+        if (still === undefined) return
+      }
       if (performance.now() > deadline) {
-        let url = '?'
-        try {
-          url = (JSON.parse(existing.value.toString('utf8')) as Member).url
-        } catch {}
+        const url = memberUrlOf(existing.value) ?? '?'
         throw new MaitreError('MAITRE_INVALID_CONFIG', `routerId ${this.routerId} is held by another live router (${url}); give each router its own routerId (or data directory)`, { details: { routerId: this.routerId } })
       }
       await new Promise((resolve) => setTimeout(resolve, 250))

@@ -1,0 +1,74 @@
+/**
+ * A cluster router killed outright (SIGKILL, an OOM kill, a container restart) and started again
+ * with its data directory, so with its routerId: it must not say it is ready while it cannot
+ * serve, and it takes its place back at once rather than after its old lease's TTL, during
+ * which it could fill no slot of its own.
+ */
+import t from 'tap'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startEtcd } from '../fixtures/etcd.ts'
+import { startKubeSimulator } from '../fixtures/k8s-sim/simulator.ts'
+import { startRouterProcess, spawnRouterGroup, REPO } from '../fixtures/router-process.ts'
+import { call, claimPortSlice, createToken, kitchenToken, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+
+t.test('a router SIGKILLed and started again with its routerId serves at once once it says it is ready', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'maitre-restart-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
+  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
+  t.teardown(() => sim.close())
+  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
+  const pods = claimPortSlice()
+  t.teardown(pods.release)
+  const own = claimPortSlice()
+  t.teardown(own.release)
+  // A lease TTL of 6 s: what the restarted router used to wait out.
+  const extra = `etcd:\n  endpoints: [${etcd.endpoint}]\n  leaseTtlSecs: 6\n`
+  mkdirSync(join(dir, 'r0'))
+  const r0 = await startRouterProcess(t, { dataDir: join(dir, 'r0', 'data'), kubeconfig, portLow: pods.low, config: extra })
+  const r1Data = join(dir, 'r1', 'data')
+  mkdirSync(r1Data, { recursive: true })
+  const config = join(dir, 'r1.yaml')
+  const configAt = (port: number): void => writeFileSync(config, ['server:', `  port: ${port}`, '  host: 127.0.0.1', `dataDir: ${r1Data}`, 'backend:', '  kind: kubernetes', '  kubernetes:', `    kubeconfig: ${kubeconfig}`, `    podBasePort: ${pods.low}`, '    relistBackoffMs: 50', extra, ''].join('\n'))
+  configAt(own.low)
+  const startR1 = () => spawnRouterGroup(t, process.execPath, [join(REPO, 'src/main.ts'), 'serve', '--config', config], ['ignore', 'ignore', 'inherit'])
+  let r1 = startR1()
+  const url1 = `http://127.0.0.1:${own.low}`
+  await waitFor('r1 to join', async () => ((await call(`${r0.url}/state/cluster`)).json<{ members: unknown[] }>().members.length === 2 ? true : undefined), 20_000)
+  await createToken(r0, 'warm', kitchenToken({ 'concurrency-level': 4, 'min-instances': 1 }))
+  const h = { 'x-waiter-token': 'warm' }
+  t.equal((await call(`${r0.url}/request-info`, { headers: h })).status, 200)
+  t.equal((await call(`${url1}/request-info`, { headers: h })).status, 200, 'both routers serve the warm version')
+
+  process.kill(-(r1.child.pid as number), 'SIGKILL')
+  await r1.exited
+  r1 = startR1()
+  let restarted = Date.now()
+  await waitFor('r1 to say it is ready again', async () => ((await call(`${url1}/readyz`).then((r) => r.status, () => 0)) === 200 ? true : undefined), 20_000)
+  const readyAfter = Date.now() - restarted
+  t.ok(readyAfter < 3000, `at the same address, it was ready ${readyAfter} ms after it started again, not after its old lease's 6 s TTL`)
+  let started = Date.now()
+  t.equal((await call(`${url1}/request-info`, { headers: h })).status, 200)
+  t.ok(Date.now() - started < 1500, `and served the warm version in ${Date.now() - started} ms`)
+
+  // Started again at another address, it cannot tell its old lease from another router's: it
+  // waits the lease out, and says meanwhile that it is not ready.
+  process.kill(-(r1.child.pid as number), 'SIGKILL')
+  await r1.exited
+  configAt(own.low + 1)
+  const url2 = `http://127.0.0.1:${own.low + 1}`
+  r1 = startR1()
+  restarted = Date.now()
+  const readiness: string[] = []
+  await waitFor('r1 to say it is ready again', async () => {
+    const reply = await call(`${url2}/readyz`).catch(() => undefined)
+    if (reply !== undefined) readiness.push(`${reply.status} ${reply.json<{ status: string }>().status}`)
+    return reply?.status === 200 ? true : undefined
+  }, 20_000)
+  t.ok(readiness.includes('503 joining'), `not ready while it waited out its old lease (${[...new Set(readiness)].join(', ')}, ready after ${Date.now() - restarted} ms)`)
+  started = Date.now()
+  t.equal((await call(`${url2}/request-info`, { headers: h })).status, 200)
+  t.ok(Date.now() - started < 1500, `once ready, it served the warm version in ${Date.now() - started} ms (it took ~4 s: the old lease's TTL, then the settling)`)
+})
