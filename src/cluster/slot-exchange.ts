@@ -461,6 +461,9 @@ export class SlotExchange implements SlotSharing {
       this.#o.log.debug({ err, peer: routerId, service: serviceId }, 'slot offer ended without an answer')
       this.#noteFailure(routerId, err)
       this.#remote.get(serviceId)?.delete(routerId)
+      // The offer never left (nobody listens there: a router that died, or one draining, whose
+      // listener is closed): no request of the borrower can hold the slot, so no handover.
+      if (neverConnected(err)) outcome = 'client-error'
     } finally {
       this.#offers.delete(offer)
       if (outcome !== undefined || this.#closed) lease.release(outcome ?? 'client-error')
@@ -528,6 +531,12 @@ export class SlotExchange implements SlotSharing {
     await res.body.dump()
     return res.statusCode
   }
+}
+
+/** A call that failed before its connection was made: nothing of it reached the peer. */
+function neverConnected(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT'
 }
 
 /** The key routers of one cluster prove themselves with: derived from the shared secret, never the secret itself. */

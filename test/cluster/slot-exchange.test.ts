@@ -297,3 +297,29 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   using = true
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b uses it: a veto')
 })
+
+t.test('an offer refused at connect (nobody listens: a draining or dead borrower) gives the lender its slot back at once, not after the handover', async (t) => {
+  // A port nobody listens on.
+  const closed: Server = createServer()
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve))
+  const port = (closed.address() as AddressInfo).port
+  await new Promise<void>((resolve) => closed.close(() => resolve()))
+  const members = ['router-a', 'router-b']
+  const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
+  const peers: PeerReport[] = [{ routerId: 'router-b', url: `http://127.0.0.1:${port}`, members, over: () => 0, draining: true }]
+  const gone: string[] = []
+  const exchange = new SlotExchange({ routerId: 'router-a', secret: 'x', tracker, view: (): SlotView => ({ members, peers, cutOff: false, settling: false }), clock: systemClock, log: silentLogger, killEjectMs: 10_000, onPeerGone: (p) => void gone.push(p) })
+  t.teardown(() => exchange.close())
+  tracker.shareSlots(exchange)
+  // Concurrency-level 2 over two routers: router-a holds one slot of i.
+  tracker.configure('s', { concurrencyLevel: 2, loadBalancing: 'oldest', maxQueueLength: 10 })
+  tracker.sync('s', [instance('i')], undefined)
+  t.equal(tracker.load('s').slotsAvailable, 1, 'a holds one free slot')
+  exchange.receiveWants('router-b', { s: 1 })
+  t.equal(tracker.load('s').slotsAvailable, 0, 'and lends it to b, which says requests wait there')
+  await waitFor('the offer to be refused', () => (gone.includes('router-b') ? true : undefined), 2000)
+  await waitFor('the slot to come back', () => (tracker.load('s').slotsAvailable === 1 ? true : undefined), 500).catch(() => undefined)
+  const own = tracker.tryAcquire('s')
+  t.ok(own !== undefined, 'a’s own request gets the slot at once: the offer never reached anyone')
+  own?.release('success')
+})
