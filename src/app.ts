@@ -16,6 +16,7 @@ import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
 import { peerKey, SlotExchange, type CollectReason } from './cluster/slot-exchange.ts'
 import { PeerSync } from './cluster/peer-sync.ts'
+import { LeaderCalls } from './cluster/leader-calls.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
 import { agreeToCollect, localLoads } from './scaler/fleet.ts'
@@ -202,6 +203,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   // Cluster mode: a write to the shared state is answered once every peer has read it.
   const peerSync = sharedStores === undefined ? undefined : new PeerSync({ routerId, key: peerKey(secret), members: () => coordination.members(), log, onOutcome: (outcome) => metrics.peerSyncs.inc({ outcome }) })
   if (peerSync !== undefined) sharedStores?.afterCommit((store, key) => peerSync.announce(store, key))
+  // Cluster mode: an operator's expiry through a follower reaches the leader, which replaces instances.
+  const leaderCalls = etcd === undefined ? undefined : new LeaderCalls({ key: peerKey(secret), coordination: () => coordination, expireHere: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) })
   const fleet = {
     isLeader: () => coordination.isLeader(),
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
@@ -360,6 +363,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     cluster: () => coordination,
     peers: exchange,
     storesPeer: sharedStores,
+    leaderPeer: leaderCalls === undefined ? undefined : { isLeader: () => coordination.isLeader(), expire: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) },
+    expireInstance: (serviceId, instanceId) => (leaderCalls === undefined ? Promise.resolve(autoscaler.expire(serviceId, instanceId)) : leaderCalls.expire(serviceId, instanceId)),
     backendPeer: led instanceof LeaderBackend ? led : undefined,
     clock,
     log,
@@ -438,6 +443,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await forwarder.close()
         await registry.flush()
         await peerSync?.close()
+        await leaderCalls?.close()
         // Leaving the cluster revokes this router's lease: membership, load and leadership go at once.
         await coordination.close()
         await sharedStores?.close()

@@ -13,6 +13,8 @@ export interface InstanceApiDeps {
   readonly backend: Backend
   readonly tracker: InstanceTracker
   readonly autoscaler: Autoscaler
+  /** Expires an instance (in cluster mode the leader acts on it); false when no such instance is known. */
+  readonly expireInstance: (serviceId: string, instanceId: string) => Promise<boolean>
 }
 
 function notFound(serviceId: string, instanceId: string): MaitreError {
@@ -23,7 +25,7 @@ function notFound(serviceId: string, instanceId: string): MaitreError {
 export async function handleInstanceSignal(r: AdminRequest, serviceId: string, instanceId: string, signal: 'kill' | 'expire', deps: InstanceApiDeps): Promise<void> {
   if (r.req.method !== 'POST') throw methodNotAllowed(r.req.method, ['POST'])
   if (signal === 'expire') {
-    if (!deps.autoscaler.expire(serviceId, instanceId)) throw notFound(serviceId, instanceId)
+    if (!(await deps.expireInstance(serviceId, instanceId))) throw notFound(serviceId, instanceId)
     return sendJson(r.res, 200, { 'signal-response': { message: `expire successfully sent to ${instanceId}`, success: true } }, r.cid)
   }
   // Waiter's ?force=true: SIGKILL (a pod deleted with no grace period), not SIGTERM and a grace period.

@@ -11,6 +11,13 @@ import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequ
 
 export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveCollect' | 'receiveMemberQuery'>
 export type BackendPeer = Pick<LeaderBackend, 'peerState' | 'peerCall'>
+/** What only the leader does, asked by a follower (leader-calls.ts). */
+export interface LeaderPeer {
+  isLeader(): boolean
+  /** False when no such instance is known here. */
+  expire(serviceId: string, instanceId: string): boolean
+}
+
 /** The shared stores, for a peer that wrote one of their keys (peer-sync.ts). */
 export interface StoresPeer {
   /** Reads the key from etcd now; false when no store has that name. */
@@ -42,7 +49,7 @@ function idField(body: Record<string, unknown>, field: string): string {
   return value
 }
 
-export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer, stores?: StoresPeer): Promise<void> {
+export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer, stores?: StoresPeer, leader?: LeaderPeer): Promise<void> {
   const { req, res, url, cid } = r
   const what = url.pathname.slice(PEER_PATH_PREFIX.length)
   if (exchange === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router is not in a cluster: it has no peers', { details: { path: url.pathname } })
@@ -50,7 +57,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
   if (what.startsWith('backend/')) return handleBackendPeer(r, what.slice('backend/'.length), backend)
-  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect' && what !== 'refresh') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect' && what !== 'refresh' && what !== 'expire') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
   switch (what) {
@@ -95,6 +102,14 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
         throw new MaitreError('MAITRE_BAD_REQUEST', 'store must name a shared store: tokens, services, overrides or suspended', { details: { field: 'store', value: store.slice(0, 100) } })
       }
       return sendJson(res, 200, { refreshed: true, store, key }, cid)
+    }
+    case 'expire': {
+      const serviceId = idField(body, 'serviceId')
+      const instanceId = idField(body, 'instanceId')
+      // Led elsewhere by now: the follower says so to its caller, who tries again.
+      if (leader === undefined || !leader.isLeader()) throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', 'This router does not lead the cluster', { details: { 'service-id': serviceId }, headers: { 'retry-after': '1' } })
+      if (!leader.expire(serviceId, instanceId)) throw new MaitreError('MAITRE_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
+      return sendJson(res, 200, { expired: true, 'instance-id': instanceId }, cid)
     }
     case 'member': {
       const routerId = idField(body, 'routerId')

@@ -12,9 +12,9 @@ import { isPreflight, isSameOrigin, preflightHeaders, requestProto } from '../ht
 import { assertBrowserReachesApi } from '../http/browser-guard.ts'
 import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
-import { handleInstanceSignal, handleLogs } from './instances.ts'
+import { handleInstanceSignal, handleLogs, type InstanceApiDeps } from './instances.ts'
 import { handlePing, type PingDeps } from './ping.ts'
-import { handlePeer, type BackendPeer, type PeerExchange, type StoresPeer } from './peer.ts'
+import { handlePeer, type BackendPeer, type LeaderPeer, type PeerExchange, type StoresPeer } from './peer.ts'
 import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
@@ -22,7 +22,7 @@ import type { Metrics } from '../metrics.ts'
 import { methodNotAllowed, queryFlag, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
-export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
+export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps, Pick<InstanceApiDeps, 'expireInstance'> {
   readonly suspensions: Suspensions
   readonly auth: AuthGate
   readonly resolver: Resolver
@@ -40,6 +40,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps {
   readonly backendPeer?: BackendPeer | undefined
   /** Cluster mode: the shared stores, read again when a peer wrote one of their keys. */
   readonly storesPeer?: StoresPeer | undefined
+  /** Cluster mode: what a follower asks of the leader. */
+  readonly leaderPeer?: LeaderPeer | undefined
   readonly log: Logger
 }
 
@@ -61,7 +63,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const r: AdminRequest = { req, res, url, cid }
       const path = url.pathname
       // Router to router, proven by the cluster's key rather than a user's credentials.
-      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer, deps.storesPeer)
+      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer, deps.storesPeer, deps.leaderPeer)
       switch (path) {
         case '/':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])

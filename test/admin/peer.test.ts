@@ -6,7 +6,7 @@
 import t from 'tap'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { handlePeer, type PeerExchange, type StoresPeer } from '../../src/admin/peer.ts'
+import { handlePeer, type LeaderPeer, type PeerExchange, type StoresPeer } from '../../src/admin/peer.ts'
 import { MaitreError } from '../../src/errors.ts'
 import { peerKey, PEER_KEY_HEADER } from '../../src/cluster/slot-exchange.ts'
 import { sendError } from '../../src/http/error-response.ts'
@@ -15,10 +15,10 @@ import { call, waitFor } from '../fixtures/router.ts'
 
 const KEY = peerKey('the-cluster-secret')
 
-async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined, stores?: StoresPeer): Promise<string> {
+async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined, stores?: StoresPeer, leader?: LeaderPeer): Promise<string> {
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://router')
-    handlePeer({ req, res, url, cid: 'c1' }, exchange, undefined, stores).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
+    handlePeer({ req, res, url, cid: 'c1' }, exchange, undefined, stores, leader).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
@@ -143,4 +143,21 @@ t.test('a peer that wrote a key has it read again here before it answers its cal
   etcdDown = true
   const down = await post(`${url}/maitre-peer/refresh`, { store: 'tokens', key: 'my-token' })
   t.equal(down.status, 503, 'etcd away: the writer hears no confirmation')
+})
+
+t.test('a follower’s expiry reaches the leader: done there, 404 for an unknown instance, 503 once it no longer leads', async (t) => {
+  const { exchange } = fakeExchange()
+  const expired: string[] = []
+  let leads = true
+  const leader: LeaderPeer = { isLeader: () => leads, expire: (serviceId, instanceId) => (instanceId === 'gone' ? false : (expired.push(`${serviceId}/${instanceId}`), true)) }
+  const url = await serve(t, exchange, undefined, leader)
+  const done = await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i1' })
+  t.equal(done.status, 200)
+  t.same(expired, ['s/i1'], 'the leader’s autoscaler was told')
+  t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'gone' })).status, 404)
+  t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's' })).status, 400, 'instanceId is required')
+  t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i2' }, null)).status, 401, 'only routers of the cluster')
+  leads = false
+  t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i3' })).status, 503, 'led elsewhere by now: the follower is told to try again')
+  t.same(expired, ['s/i1'], 'nothing refused was expired')
 })

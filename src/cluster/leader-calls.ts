@@ -1,0 +1,73 @@
+/**
+ * Operator calls only the leader carries out, because only the leader runs the autoscaler: a
+ * router that does not lead takes the call in (so that its own view shows it, and it acts on it
+ * should it lead next) and asks the leader to act, over the peer API, before it answers.
+ * Waiter's `/apps/{id}/instance/{iid}/expire` is one: through a follower it used to answer
+ * success and do nothing.
+ */
+import { Agent, request } from 'undici'
+import { MaitreError } from '../errors.ts'
+import type { Coordination } from './coordination.ts'
+import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
+
+/** How long a follower waits for the leader's answer. */
+const LEADER_CALL_TIMEOUT_MS = 5000
+
+export interface LeaderCallsOptions {
+  /** The cluster's peer key. */
+  readonly key: string
+  /** The current coordination (late-bound: the router joins after it listens). */
+  readonly coordination: () => Coordination
+  /** This router's own autoscaler: what it does with an expiry. */
+  readonly expireHere: (serviceId: string, instanceId: string) => boolean
+}
+
+export class LeaderCalls {
+  readonly #o: LeaderCallsOptions
+  readonly #agent = new Agent({ keepAliveTimeout: 10_000, connections: 4 })
+
+  constructor(options: LeaderCallsOptions) {
+    this.#o = options
+  }
+
+  /**
+   * Expires an instance: false when this router knows no such instance. A follower also asks
+   * the leader, and fails with a 503 when there is none to ask or it does not answer.
+   */
+  async expire(serviceId: string, instanceId: string): Promise<boolean> {
+    if (!this.#o.expireHere(serviceId, instanceId)) return false
+    const coordination = this.#o.coordination()
+    if (coordination.isLeader()) return true
+    const leaderId = coordination.leaderId()
+    const leader = coordination.members().find((m) => m.routerId === leaderId)
+    if (leader === undefined) throw unavailable(serviceId, instanceId, 'no leader is known right now')
+    let status: number
+    try {
+      const res = await request(`${leader.url}${PEER_PATH_PREFIX}expire`, {
+        method: 'POST',
+        dispatcher: this.#agent,
+        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#o.key },
+        body: JSON.stringify({ serviceId, instanceId }),
+        signal: AbortSignal.timeout(LEADER_CALL_TIMEOUT_MS),
+      })
+      await res.body.dump()
+      status = res.statusCode
+    } catch (err) {
+      throw unavailable(serviceId, instanceId, `the leader did not answer (${(err as Error).message})`)
+    }
+    if (status === 404) return false
+    if (status !== 200) throw unavailable(serviceId, instanceId, `the leader answered ${status}`)
+    return true
+  }
+
+  async close(): Promise<void> {
+    await this.#agent.close()
+  }
+}
+
+function unavailable(serviceId: string, instanceId: string, why: string): MaitreError {
+  return new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', `The instance could not be expired: only the cluster's leader replaces instances, and ${why}; try again`, {
+    details: { 'service-id': serviceId, 'instance-id': instanceId },
+    headers: { 'retry-after': '1' },
+  })
+}
