@@ -26,7 +26,7 @@ export interface AppsApiDeps {
   readonly suspensions: { get(serviceId: string): unknown }
   readonly routerId: string
   /** The cluster this router is part of (a single router is a cluster of one). */
-  readonly cluster: () => Pick<Coordination, 'members' | 'peerMayHold'>
+  readonly cluster: () => Pick<Coordination, 'members' | 'peerMayHold' | 'peerLoad'>
   /** Deletes a version now, as a collection does. */
   readonly gc: Pick<GcRunner, 'deleteNow'>
   /** What each version's keep-alive policy plans (absent: not shown). */
@@ -119,6 +119,12 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
   const state = deps.backend.state(record.id)
   const load = deps.tracker.load(record.id)
   const stats = deps.tracker.requestStats(record.id)
+  // In cluster mode the whole fleet's requests (the other routers' as they last reported them,
+  // at most 500 ms old), so that every router answers alike; `total` is this router's own count.
+  const peers = deps.cluster().peerLoad(record.id)
+  const inFlight = load.inFlight + peers.inFlight
+  const queued = load.queued + peers.queued
+  const lastRequestAt = Math.max(stats.lastRequestAt ?? 0, peers.lastRequestAt)
   const healthy = state?.instances.filter((i) => i.healthy).length ?? 0
   const core = record.core
   const out: Record<string, unknown> = {
@@ -130,8 +136,8 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
       'unhealthy-instances': (state?.instances.length ?? 0) - healthy,
       'requested-instances': state?.requested ?? 0,
     },
-    'request-metrics': { outstanding: load.inFlight + load.queued, 'in-flight': load.inFlight, queued: load.queued, total: stats.total },
-    'last-request-time': stats.lastRequestAt === undefined ? null : new Date(stats.lastRequestAt).toISOString(),
+    'request-metrics': { outstanding: inFlight + queued, 'in-flight': inFlight, queued, total: stats.total },
+    'last-request-time': lastRequestAt === 0 ? null : new Date(lastRequestAt).toISOString(),
     'resource-usage': {
       cpus: (state?.instances.length ?? 0) * (core['cpus'] as number),
       mem: (state?.instances.length ?? 0) * (core['mem'] as number),

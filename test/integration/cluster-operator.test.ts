@@ -42,3 +42,25 @@ t.test('an instance expired through a router that does not lead is replaced, as 
   const unknown = await call(`${follower.url}/apps/${serviceId}/instance/nope/expire`, { method: 'POST' })
   t.equal(unknown.status, 404, 'an instance nobody knows is a 404, as on one router')
 })
+
+t.test('/apps shows the same requests under way through every router', async (t) => {
+  const cluster = await startCluster(t, 2)
+  const [a, b] = cluster.routers as [Router, Router]
+  await createToken(a, 'busy', kitchenToken({ 'concurrency-level': 4 }))
+  const h = { 'x-waiter-token': 'busy' }
+  t.equal((await call(`${a.url}/request-info`, { headers: h })).status, 200)
+  const serviceId = (await call(`${a.url}/service-id`, { headers: h })).text
+  const metricsOn = async (r: Router): Promise<{ metrics: Record<string, number>; last: string | null } | undefined> => {
+    const app = (await call(`${r.url}/apps`)).json<Record<string, unknown>[]>().find((x) => x['service-id'] === serviceId)
+    return app === undefined ? undefined : { metrics: app['request-metrics'] as Record<string, number>, last: app['last-request-time'] as string | null }
+  }
+  const slow = Array.from({ length: 3 }, () => call(`${a.url}/sleep?sleep-ms=3000`, { headers: h }))
+  await waitFor('A to carry the three requests', async () => ((await metricsOn(a))?.metrics['in-flight'] === 3 ? true : undefined), 5000)
+  const seenOnB = await waitFor('B to show them', async () => {
+    const m = await metricsOn(b)
+    return m?.metrics['in-flight'] === 3 ? m : undefined
+  }, 2000).catch(() => metricsOn(b))
+  t.match(seenOnB?.metrics, { 'in-flight': 3, outstanding: 3, queued: 0 }, 'B counts the requests A carries (from A’s load report)')
+  t.ok(seenOnB?.last !== null && seenOnB?.last !== undefined, `and knows the version's last request (${String(seenOnB?.last)})`)
+  await Promise.all(slow)
+})
