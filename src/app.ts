@@ -396,6 +396,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           prefix: etcdPrefix,
           routerId,
           url: () => advertisedUrl(config.server.advertiseUrl, config.server.host, port),
+          urlIsOwnAddress: config.server.advertiseUrl === null,
           leaseTtlSecs: config.etcd.leaseTtlSecs,
           endpoints: config.etcd.endpoints,
           localLoads: () => localLoads(tracker),

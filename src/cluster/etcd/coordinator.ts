@@ -31,6 +31,12 @@ export interface EtcdCoordinatorOptions {
   readonly prefix: string
   readonly routerId: string
   readonly url: () => string
+  /**
+   * The URL is this process's own listening address (not a configured `advertiseUrl`, which
+   * several routers could share): a membership key advertising it can only be this router's
+   * previous life.
+   */
+  readonly urlIsOwnAddress?: boolean
   readonly leaseTtlSecs: number
   readonly endpoints: readonly string[]
   /** This router's per-version load, published to the others. */
@@ -342,10 +348,10 @@ export class EtcdCoordinator implements Coordination {
       const existing = (await this.#client.get(this.#memberKey).exec()).kvs[0]
       if (existing === undefined) return
       // This router's own previous life (SIGKILLed, OOM-killed, its container restarted): the
-      // same id at the very address this process now listens on, which no other live router
-      // can hold. Its lease goes at once (its membership, load and any leadership with it)
+      // same id at the very address this process now listens on (its own, not a configured
+      // advertiseUrl), which no other live router can hold. Its lease goes at once (its membership, load and any leadership with it)
       // rather than after a TTL during which this router could fill no slot.
-      if (memberUrlOf(existing.value) === this.#options.url()) {
+      if (this.#options.urlIsOwnAddress === true && memberUrlOf(existing.value) === this.#options.url()) {
         await this.#client.leaseClient.leaseRevoke({ ID: existing.lease }).catch(() => undefined)
         const still = (await this.#client.get(this.#memberKey).exec()).kvs[0]
         if (still === undefined) return
