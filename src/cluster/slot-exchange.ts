@@ -269,6 +269,11 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** Whether this router counts `routerId` among the live members (asked by a router cut off from etcd). */
+  /** Versions with wants held (expired or not): bounded by what was asked for in the last few seconds. */
+  get wantsHeld(): number {
+    return this.#remote.size
+  }
+
   receiveMemberQuery(routerId: string): boolean {
     return this.#o.view().members.includes(routerId)
   }
@@ -496,6 +501,13 @@ export class SlotExchange implements SlotSharing {
 
   #repeatWants(): void {
     this.#sendWants([...this.#waiting.keys()])
+    // Wants nobody repeated have expired: forgotten here too, not only when a slot of theirs
+    // frees (a version collected, a peer gone, would otherwise stay for good).
+    const now = this.#o.clock.now()
+    for (const [serviceId, routers] of this.#remote) {
+      for (const [routerId, want] of routers) if (want.until <= now) routers.delete(routerId)
+      if (routers.size === 0) this.#remote.delete(serviceId)
+    }
   }
 
   /** A refused connection means nobody listens at the peer's address any more. */

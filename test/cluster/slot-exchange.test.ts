@@ -323,3 +323,16 @@ t.test('an offer refused at connect (nobody listens: a draining or dead borrower
   t.ok(own !== undefined, 'a’s own request gets the slot at once: the offer never reached anyone')
   own?.release('success')
 })
+
+t.test('wants nobody repeats are forgotten, even for a version whose slots never free here again', async (t) => {
+  const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
+  const members = ['router-a', 'router-b']
+  const exchange = new SlotExchange({ routerId: 'router-a', secret: 'x', tracker, view: (): SlotView => ({ members, peers: [], cutOff: false, settling: false }), clock: systemClock, log: silentLogger, killEjectMs: 10_000, wantsRepeatMs: 100 })
+  t.teardown(() => exchange.close())
+  tracker.shareSlots(exchange)
+  // Versions this router does not run (collected, say): nothing here ever frees a slot of them.
+  exchange.receiveWants('router-b', { gone1: 2, gone2: 1 })
+  t.equal(exchange.wantsHeld, 2, 'held while they may still be repeated')
+  await waitFor('the wants to expire (3 s) and be forgotten', () => (exchange.wantsHeld === 0 ? true : undefined), 6000).catch(() => undefined)
+  t.equal(exchange.wantsHeld, 0, 'forgotten once expired')
+})
