@@ -119,12 +119,12 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
   const state = deps.backend.state(record.id)
   const load = deps.tracker.load(record.id)
   const stats = deps.tracker.requestStats(record.id)
-  // In cluster mode the whole fleet's requests (the other routers' as they last reported them,
-  // at most 500 ms old), so that every router answers alike; `total` is this router's own count.
+  // In cluster mode the whole fleet's requests under way (the other routers' as they last
+  // reported them, at most 500 ms old), so that every router answers alike. `total` and the last
+  // request's time are this router's own (the load reports carry activity, not arrivals).
   const peers = deps.cluster().peerLoad(record.id)
   const inFlight = load.inFlight + peers.inFlight
   const queued = load.queued + peers.queued
-  const lastRequestAt = Math.max(stats.lastRequestAt ?? 0, peers.lastRequestAt)
   const healthy = state?.instances.filter((i) => i.healthy).length ?? 0
   const core = record.core
   const out: Record<string, unknown> = {
@@ -137,7 +137,7 @@ function summary(record: ServiceRecord, deps: AppsApiDeps): Record<string, unkno
       'requested-instances': state?.requested ?? 0,
     },
     'request-metrics': { outstanding: inFlight + queued, 'in-flight': inFlight, queued, total: stats.total },
-    'last-request-time': lastRequestAt === 0 ? null : new Date(lastRequestAt).toISOString(),
+    'last-request-time': stats.lastRequestAt === undefined ? null : new Date(stats.lastRequestAt).toISOString(),
     'resource-usage': {
       cpus: (state?.instances.length ?? 0) * (core['cpus'] as number),
       mem: (state?.instances.length ?? 0) * (core['mem'] as number),

@@ -10,6 +10,8 @@ export interface Member {
   /** Where peers reach it (its listening URL). */
   readonly url: string
   readonly startedAt: number
+  /** The name of the machine (the pod, the container) it runs on, as its OS gives it. */
+  readonly hostname?: string
 }
 
 /** One version's load on one router, as the load exchange carries it. */

@@ -1,7 +1,8 @@
 /**
  * Operator calls only the leader carries out, because only the leader runs the autoscaler: a
- * router that does not lead takes the call in (so that its own view shows it, and it acts on it
- * should it lead next) and asks the leader to act, over the peer API, before it answers.
+ * router that does not lead asks the leader to act, over the peer API, and once the leader has
+ * taken the call, takes it in too (so that its own view shows it, and it acts on it should it
+ * lead next) before it answers.
  * Waiter's `/apps/{id}/instance/{iid}/expire` is one: through a follower it used to answer
  * success and do nothing.
  */
@@ -31,13 +32,12 @@ export class LeaderCalls {
   }
 
   /**
-   * Expires an instance: false when this router knows no such instance. A follower also asks
-   * the leader, and fails with a 503 when there is none to ask or it does not answer.
+   * Expires an instance: false when the leader knows no such instance. A follower fails with a
+   * 503 when there is no leader to ask or it does not answer, and records nothing then.
    */
   async expire(serviceId: string, instanceId: string): Promise<boolean> {
-    if (!this.#o.expireHere(serviceId, instanceId)) return false
     const coordination = this.#o.coordination()
-    if (coordination.isLeader()) return true
+    if (coordination.isLeader()) return this.#o.expireHere(serviceId, instanceId)
     const leaderId = coordination.leaderId()
     const leader = coordination.members().find((m) => m.routerId === leaderId)
     if (leader === undefined) throw unavailable(serviceId, instanceId, 'no leader is known right now')
@@ -57,6 +57,8 @@ export class LeaderCalls {
     }
     if (status === 404) return false
     if (status !== 200) throw unavailable(serviceId, instanceId, `the leader answered ${status}`)
+    // (An instance this router has not seen yet is the leader's business alone.)
+    this.#o.expireHere(serviceId, instanceId)
     return true
   }
 

@@ -545,10 +545,14 @@ export class SlotExchange implements SlotSharing {
   }
 }
 
-/** A call that failed before its connection was made: nothing of it reached the peer. */
+/**
+ * Failures before a connection was made: nothing of the call reached the peer. (Not a socket
+ * error or a reset: the offer may have been written by then.)
+ */
+const BEFORE_CONNECTING = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL'])
 function neverConnected(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code
-  return code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT'
+  return typeof code === 'string' && BEFORE_CONNECTING.has(code)
 }
 
 /** The key routers of one cluster prove themselves with: derived from the shared secret, never the secret itself. */

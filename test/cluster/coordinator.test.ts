@@ -22,7 +22,7 @@ interface Node {
   readonly over: [string, string, number][]
 }
 
-async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2, loadIntervalMs = 100, requestTimeoutMs = 1000): Promise<Node> {
+async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint, leaseTtlSecs = 2, loadIntervalMs = 100, requestTimeoutMs = 1000, machine?: string): Promise<Node> {
   const client = connectEtcd({ endpoints: [endpoint], requestTimeoutMs })
   const loads = new Map<string, VersionLoad>()
   const over: [string, string, number][] = []
@@ -31,6 +31,7 @@ async function node(etcd: EtcdServer, routerId: string, endpoint = etcd.endpoint
     prefix: '/maitre/test',
     routerId,
     url: () => `http://127.0.0.1/${routerId}`,
+    ...(machine === undefined ? {} : { urlIsOwnAddress: true, hostname: machine }),
     leaseTtlSecs,
     endpoints: [endpoint],
     localLoads: () => loads.entries(),
@@ -162,6 +163,13 @@ t.test('a second live router with the same routerId is refused at start, naming 
   const started = Date.now()
   await t.rejects(node(etcd, 'twin'), { code: 'MAITRE_INVALID_CONFIG', message: /routerId twin is held by another live router \(http:\/\/127\.0\.0\.1\/twin\)/ })
   t.ok(Date.now() - started < 2000 + 2500, `after waiting out one lease TTL (${Date.now() - started} ms)`)
+})
+
+t.test('a key at the same id and address but from another machine is another live router’s (127.0.0.1 repeats across containers): refused, not revoked', async (t) => {
+  const etcd = await startEtcd(t)
+  const first = await node(etcd, 'twin', etcd.endpoint, 2, 100, 1000, 'container-a')
+  await t.rejects(node(etcd, 'twin', etcd.endpoint, 2, 100, 1000, 'container-b'), { code: 'MAITRE_INVALID_CONFIG', message: /routerId twin is held by another live router/ })
+  t.ok(first.coordinator.members().some((m) => m.routerId === 'twin'), 'the live one keeps its membership')
 })
 
 t.test('keep-alives renew the window leadership is held in: a healthy leader never lapses', async (t) => {

@@ -17,6 +17,7 @@
  * before etcd can expire the lease and let another router take over. A lost lease is replaced
  * by a new one, and membership, load and candidacy are re-established on it.
  */
+import { hostname } from 'node:os'
 import type { Etcd3, Lease } from 'etcd3'
 import type { Clock } from '../../clock.ts'
 import { MaitreError } from '../../errors.ts'
@@ -37,6 +38,8 @@ export interface EtcdCoordinatorOptions {
    * previous life.
    */
   readonly urlIsOwnAddress?: boolean
+  /** The machine's name, kept in the membership key (default: the OS's). */
+  readonly hostname?: string
   readonly leaseTtlSecs: number
   readonly endpoints: readonly string[]
   /** This router's per-version load, published to the others. */
@@ -84,11 +87,12 @@ const isLoad = (doc: unknown): string | undefined => {
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
 
-/** The URL a membership key advertises, if it holds a member. */
-function memberUrlOf(value: Buffer): string | undefined {
+/** The member a membership key holds, as far as it can be read. */
+function memberOf(value: Buffer): { url: string | undefined; hostname: string | undefined } | undefined {
   try {
-    const url = (JSON.parse(value.toString('utf8')) as Partial<Member> | null)?.url
-    return typeof url === 'string' ? url : undefined
+    const member = JSON.parse(value.toString('utf8')) as Partial<Member> | null
+    if (member === null || typeof member !== 'object') return undefined
+    return { url: typeof member.url === 'string' ? member.url : undefined, hostname: typeof member.hostname === 'string' ? member.hostname : undefined }
   } catch {
     return undefined
   }
@@ -349,15 +353,18 @@ export class EtcdCoordinator implements Coordination {
       if (existing === undefined) return
       // This router's own previous life (SIGKILLed, OOM-killed, its container restarted): the
       // same id at the very address this process now listens on (its own, not a configured
-      // advertiseUrl), which no other live router can hold. Its lease goes at once (its membership, load and any leadership with it)
+      // advertiseUrl), on the same machine (an address like 127.0.0.1 repeats across
+      // containers), which no other live router can hold: this process holds the address, and
+      // the data directory's lock. Its lease goes at once (its membership, load and any leadership with it)
       // rather than after a TTL during which this router could fill no slot.
-      if (this.#options.urlIsOwnAddress === true && memberUrlOf(existing.value) === this.#options.url()) {
+      const previous = memberOf(existing.value)
+      if (this.#options.urlIsOwnAddress === true && previous?.url === this.#options.url() && previous.hostname === (this.#options.hostname ?? hostname())) {
         await this.#client.leaseClient.leaseRevoke({ ID: existing.lease }).catch(() => undefined)
         const still = (await this.#client.get(this.#memberKey).exec()).kvs[0]
         if (still === undefined) return
       }
       if (performance.now() > deadline) {
-        const url = memberUrlOf(existing.value) ?? '?'
+        const url = previous?.url ?? '?'
         throw new MaitreError('MAITRE_INVALID_CONFIG', `routerId ${this.routerId} is held by another live router (${url}); give each router its own routerId (or data directory)`, { details: { routerId: this.routerId } })
       }
       await new Promise((resolve) => setTimeout(resolve, 250))
@@ -464,7 +471,7 @@ export class EtcdCoordinator implements Coordination {
       this.#leaseId = undefined
       void this.#rejoin()
     })
-    const member: Member = { routerId: this.routerId, url: this.#options.url(), startedAt: this.#startedAt }
+    const member: Member = { routerId: this.routerId, url: this.#options.url(), startedAt: this.#startedAt, hostname: this.#options.hostname ?? hostname() }
     // The report first: a member without one is taken to hold every slot until it reports.
     this.#publishedLoad = ''
     // Slots wait until every peer has surely seen the report that claims them (see SETTLE_MS).
