@@ -192,20 +192,31 @@ t.test('an instance’s sandbox, run script and logs are readable by its own use
   t.equal(mode(join(sandbox, 'stderr')), '600', 'stderr')
 })
 
-t.test('the health check decides readiness at every round and the liveness check decides kills: an instance not ready but alive stays, out of rotation; one not alive goes', async (t) => {
-  const dir = t.testdir()
-  const app = join(dir, 'ready-live.mjs')
+/**
+ * A test app on $PORT0 that notes each request as a line of `hits` (the expression `note`, of
+ * `req`) and answers with the status the expression `status` gives; existsSync is in scope.
+ */
+function noteTakingApp(dir: string, name: string, note: string, status: string): { app: string; hits: string } {
+  const app = join(dir, name)
   const hits = join(dir, 'hits')
   writeFileSync(hits, '')
   writeFileSync(app, `import { createServer } from 'node:http'
 import { appendFileSync, existsSync } from 'node:fs'
 createServer((req, res) => {
-  appendFileSync(${JSON.stringify(hits)}, req.url + '\\n')
-  const down = (name) => existsSync(${JSON.stringify(dir)} + '/' + name)
-  res.statusCode = req.url === '/ready' ? (down('not-ready') ? 503 : 200) : req.url === '/live' ? (down('not-live') ? 503 : 200) : 200
+  appendFileSync(${JSON.stringify(hits)}, ${note} + '\\n')
+  res.statusCode = ${status}
   res.end()
 }).listen(Number(process.env.PORT0), '127.0.0.1')
 `)
+  return { app, hits }
+}
+
+t.test('the health check decides readiness at every round and the liveness check decides kills: an instance not ready but alive stays, out of rotation; one not alive goes', async (t) => {
+  const dir = t.testdir()
+  const { app, hits } = noteTakingApp(dir, 'ready-live.mjs', 'req.url', `(() => {
+    const down = (name) => existsSync(${JSON.stringify(dir)} + '/' + name)
+    return req.url === '/ready' ? (down('not-ready') ? 503 : 200) : req.url === '/live' ? (down('not-live') ? 503 : 200) : 200
+  })()`)
   const { backend } = localBackend(t, dir)
   const check = { url: '/ready', portIndex: 0, proto: 'http' as const, intervalMs: 100, maxConsecutiveFailures: 2, authenticated: false }
   await backend.ensureService(spec('svc-rl', { command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: { ...check, url: '/live' }, gracePeriodMs: 30_000 }))
@@ -228,17 +239,7 @@ createServer((req, res) => {
 
 t.test('an instance that never passes its health check is checked ever less often: at most every tenth of its age, not 40 times a second for ever', async (t) => {
   const dir = t.testdir()
-  const app = join(dir, 'never-ready.mjs')
-  const hits = join(dir, 'hits')
-  writeFileSync(hits, '')
-  writeFileSync(app, `import { createServer } from 'node:http'
-import { appendFileSync } from 'node:fs'
-createServer((req, res) => {
-  appendFileSync(${JSON.stringify(hits)}, Date.now() + '\\n')
-  res.statusCode = 503
-  res.end()
-}).listen(Number(process.env.PORT0), '127.0.0.1')
-`)
+  const { app, hits } = noteTakingApp(dir, 'never-ready.mjs', 'Date.now()', '503')
   const { backend } = localBackend(t, dir)
   // No grace period: it is never killed for it, and checked for as long as it runs.
   await backend.ensureService(spec('svc-never', { command: `exec ${process.execPath} ${app}`, gracePeriodMs: 0 }))

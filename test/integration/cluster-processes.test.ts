@@ -3,13 +3,11 @@
  * killed as a crash kills it: SIGKILL, no goodbye to etcd.
  */
 import t from 'tap'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { startEtcd } from '../fixtures/etcd.ts'
-import { startKubeSimulator } from '../fixtures/k8s-sim/simulator.ts'
+import { startProcessClusterBase } from '../fixtures/cluster.ts'
 import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
-import { call, claimPortSlice, createToken, kitchenToken, SIM_NAMESPACE, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, SIM_NAMESPACE, waitFor } from '../fixtures/router.ts'
 
 interface ClusterState {
   leader: string | null
@@ -19,15 +17,8 @@ interface ClusterState {
 }
 
 t.test('leader SIGKILL under steady load: the others fail nothing, one of them leads within the TTL, and scales', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'maitre-cluster-procs-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
-  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
-  t.teardown(() => sim.close())
-  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
   // One pod port for every router: they all build the same ReplicaSets.
-  const { low, release } = claimPortSlice()
-  t.teardown(release)
+  const { dir, etcd, sim, kubeconfig, podPortLow: low } = await startProcessClusterBase(t, 'cluster-procs')
   const config = `etcd:\n  endpoints: [${etcd.endpoint}]\n  leaseTtlSecs: 2\nscaler:\n  tickMs: 200\n`
   const routers: RouterProcess[] = []
   for (let i = 0; i < 3; i++) {

@@ -5,33 +5,24 @@
  * which it could fill no slot of its own.
  */
 import t from 'tap'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { startEtcd } from '../fixtures/etcd.ts'
-import { startKubeSimulator } from '../fixtures/k8s-sim/simulator.ts'
+import { startProcessClusterBase } from '../fixtures/cluster.ts'
 import { startRouterProcess, spawnRouterGroup, REPO } from '../fixtures/router-process.ts'
-import { call, claimPortSlice, createToken, kitchenToken, SIM_TOKEN, waitFor, writeKubeconfig } from '../fixtures/router.ts'
+import { call, claimPortSlice, createToken, kitchenToken, waitFor } from '../fixtures/router.ts'
 
 t.test('a router SIGKILLed and started again with its routerId serves at once once it says it is ready', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'maitre-restart-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const etcd = await startEtcd({ teardown: (fn) => t.teardown(fn), testdir: () => join(dir, 'etcd') })
-  const sim = await startKubeSimulator({ token: SIM_TOKEN, workDir: join(dir, 'sim'), crashBackoffMs: 200, maxCrashBackoffMs: 2000 })
-  t.teardown(() => sim.close())
-  const kubeconfig = writeKubeconfig(dir, sim.url, sim.ca)
-  const pods = claimPortSlice()
-  t.teardown(pods.release)
+  const { dir, etcd, kubeconfig, podPortLow } = await startProcessClusterBase(t, 'restart')
   const own = claimPortSlice()
   t.teardown(own.release)
   // A lease TTL of 6 s: what the restarted router used to wait out.
   const extra = `etcd:\n  endpoints: [${etcd.endpoint}]\n  leaseTtlSecs: 6\n`
   mkdirSync(join(dir, 'r0'))
-  const r0 = await startRouterProcess(t, { dataDir: join(dir, 'r0', 'data'), kubeconfig, portLow: pods.low, config: extra })
+  const r0 = await startRouterProcess(t, { dataDir: join(dir, 'r0', 'data'), kubeconfig, portLow: podPortLow, config: extra })
   const r1Data = join(dir, 'r1', 'data')
   mkdirSync(r1Data, { recursive: true })
   const config = join(dir, 'r1.yaml')
-  const configAt = (port: number): void => writeFileSync(config, ['server:', `  port: ${port}`, '  host: 127.0.0.1', `dataDir: ${r1Data}`, 'backend:', '  kind: kubernetes', '  kubernetes:', `    kubeconfig: ${kubeconfig}`, `    podBasePort: ${pods.low}`, '    relistBackoffMs: 50', extra, ''].join('\n'))
+  const configAt = (port: number): void => writeFileSync(config, ['server:', `  port: ${port}`, '  host: 127.0.0.1', `dataDir: ${r1Data}`, 'backend:', '  kind: kubernetes', '  kubernetes:', `    kubeconfig: ${kubeconfig}`, `    podBasePort: ${podPortLow}`, '    relistBackoffMs: 50', extra, ''].join('\n'))
   configAt(own.low)
   const startR1 = () => spawnRouterGroup(t, process.execPath, [join(REPO, 'src/main.ts'), 'serve', '--config', config], ['ignore', 'ignore', 'inherit'])
   let r1 = startR1()
