@@ -17,6 +17,7 @@ import { joining, singleRouter, type Coordination } from './cluster/coordination
 import { peerKey, SlotExchange, type CollectReason } from './cluster/slot-exchange.ts'
 import { PeerSync } from './cluster/peer-sync.ts'
 import { LeaderCalls } from './cluster/leader-calls.ts'
+import { ArrivalNotes } from './cluster/arrival-notes.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
 import { agreeToCollect, localLoads } from './scaler/fleet.ts'
@@ -37,7 +38,7 @@ import { etcdPrefixOf, redactedConfig, type Config } from './config.ts'
 import type { LaunchSpec } from './launch-spec.ts'
 import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
-import { createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
+import { activationOf, createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
 import { createWebSocketProxy } from './proxy/websocket.ts'
 import { createRouterServer, readTlsFiles } from './proxy/server.ts'
 import { startMemoryRelease, type MemoryRelease } from './memory/release.ts'
@@ -205,6 +206,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   if (peerSync !== undefined) sharedStores?.afterCommit((store, key) => peerSync.announce(store, key))
   // Cluster mode: an operator's expiry through a follower reaches the leader, which replaces instances.
   const leaderCalls = etcd === undefined ? undefined : new LeaderCalls({ key: peerKey(secret), coordination: () => coordination, expireHere: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) })
+  // Cluster mode: every router's keep-alive learns from the requests that reached the others.
+  const arrivalNotes = etcd === undefined ? undefined : new ArrivalNotes({ routerId, key: peerKey(secret), members: () => coordination.members(), log, onOutcome: (outcome, count) => metrics.keepAliveNotes.inc({ outcome }, count) })
   const fleet = {
     isLeader: () => coordination.isLeader(),
     peerLoad: (serviceId: string) => coordination.peerLoad(serviceId),
@@ -300,6 +303,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),
       onMiss: () => metrics.prewarmMisses.inc(),
+      tellPeers: arrivalNotes === undefined ? undefined : (asked, arrival) => arrivalNotes.tell(asked, arrival),
       clock,
       log,
       fleet,
@@ -363,6 +367,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     cluster: () => coordination,
     peers: exchange,
     storesPeer: sharedStores,
+    arrivalsPeer: arrivalNotes === undefined ? undefined : { heard: (asked, arrival) => keepAlive.arrived(asked, parametersOf(asked), activationOf(asked, proxyDeps), arrival) },
     leaderPeer: leaderCalls === undefined ? undefined : { isLeader: () => coordination.isLeader(), expire: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) },
     expireInstance: (serviceId, instanceId) => (leaderCalls === undefined ? Promise.resolve(autoscaler.expire(serviceId, instanceId)) : leaderCalls.expire(serviceId, instanceId)),
     backendPeer: led instanceof LeaderBackend ? led : undefined,
@@ -445,6 +450,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await registry.flush()
         await peerSync?.close()
         await leaderCalls?.close()
+        await arrivalNotes?.close()
         // Leaving the cluster revokes this router's lease: membership, load and leadership go at once.
         await coordination.close()
         await sharedStores?.close()

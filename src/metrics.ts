@@ -43,6 +43,7 @@ export class Metrics {
   readonly scalingDecisions: Counter<'service' | 'direction'>
   readonly killVetoes: Counter<'service'>
   readonly peerSyncs: Counter<'outcome'>
+  readonly keepAliveNotes: Counter<'outcome'>
   readonly coldStarts: Counter<'service'>
   readonly prewarms: Counter
   readonly prewarmHits: Counter
@@ -74,6 +75,7 @@ export class Metrics {
     this.backendResponse = new Histogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
     this.killVetoes = new Counter({ name: 'maitre_kill_vetoes_total', help: 'Scale-down kills another router vetoed because it carried a request on the instance (cluster mode).', labelNames: ['service'] as const, registers })
     this.peerSyncs = new Counter({ name: 'maitre_peer_syncs_total', help: 'Peers told of a write to the shared state, by outcome: confirmed (it read the write before the writer answered) or unconfirmed (no answer within 1 s; its watch brings the write later). Cluster mode.', labelNames: ['outcome'] as const, registers })
+    this.keepAliveNotes = new Counter({ name: 'maitre_keep_alive_notes_total', help: 'Requests to adaptive versions told to a peer so that its keep-alive learns of them, per peer, by outcome: sent, failed (the peer did not take them), dropped (too many waiting, or too large). Cluster mode.', labelNames: ['outcome'] as const, registers })
     this.scalingDecisions = new Counter({ name: 'maitre_scaling_decisions_total', help: 'Scaling decisions that changed the instance count, by direction.', labelNames: ['service', 'direction'] as const, registers })
     this.prewarms = new Counter({ name: 'maitre_prewarms_total', help: 'Versions started by their adaptive keep-alive before an expected request.', registers })
     this.prewarmHits = new Counter({ name: 'maitre_prewarm_hits_total', help: 'Pre-warms whose next request found an instance healthy (it waited for no start).', registers })

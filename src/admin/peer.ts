@@ -7,6 +7,8 @@
 import { MaitreError } from '../errors.ts'
 import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster/slot-exchange.ts'
 import type { BackendCall, LeaderBackend } from '../cluster/leader-backend.ts'
+import { resolutionFromWire } from '../versions/resolution-wire.ts'
+import type { Resolution } from '../versions/resolve.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveCollect' | 'receiveMemberQuery'>
@@ -23,6 +25,14 @@ export interface StoresPeer {
   /** Reads the key from etcd now; false when no store has that name. */
   refresh(store: string, key: string): Promise<boolean>
 }
+
+/** What another router told of requests to adaptive versions that reached it (arrival-notes.ts). */
+export interface ArrivalsPeer {
+  heard(asked: Resolution, arrival: { readonly agoMs: number; readonly running: boolean; readonly warm: boolean; readonly idleForMs: number | undefined }): void
+}
+
+/** How old a told request may be: notes wait 100 ms to be sent, and a post 2 s at most. */
+const MAX_NOTE_AGE_MS = 60_000
 
 /** The longest store key a peer may name (token names and version ids are far shorter). */
 const MAX_KEY_LENGTH = 1024
@@ -49,7 +59,7 @@ function idField(body: Record<string, unknown>, field: string): string {
   return value
 }
 
-export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer, stores?: StoresPeer, leader?: LeaderPeer): Promise<void> {
+export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undefined, backend?: BackendPeer, stores?: StoresPeer, leader?: LeaderPeer, arrivals?: ArrivalsPeer): Promise<void> {
   const { req, res, url, cid } = r
   const what = url.pathname.slice(PEER_PATH_PREFIX.length)
   if (exchange === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router is not in a cluster: it has no peers', { details: { path: url.pathname } })
@@ -57,7 +67,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     throw new MaitreError('MAITRE_UNAUTHORIZED', `Peer calls need the cluster's key in ${PEER_KEY_HEADER}`, { details: { header: PEER_KEY_HEADER } })
   }
   if (what.startsWith('backend/')) return handleBackendPeer(r, what.slice('backend/'.length), backend)
-  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect' && what !== 'refresh' && what !== 'expire') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+  if (what !== 'wants' && what !== 'offer' && what !== 'eject' && what !== 'member' && what !== 'collect' && what !== 'refresh' && what !== 'expire' && what !== 'arrivals') throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
   if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
   const body = await readJsonObject(req)
   switch (what) {
@@ -103,6 +113,12 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       }
       return sendJson(res, 200, { refreshed: true, store, key }, cid)
     }
+    case 'arrivals': {
+      const heard = arrivalsOf(body)
+      // Every note checked before any is taken: a batch is heard whole or not at all.
+      for (const { asked, arrival } of heard) arrivals?.heard(asked, arrival)
+      return sendJson(res, 200, { heard: heard.length }, cid)
+    }
     case 'expire': {
       const serviceId = idField(body, 'serviceId')
       const instanceId = idField(body, 'instanceId')
@@ -139,6 +155,28 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       return sendJson(res, 200, { held: periodMs !== 0, 'service-id': serviceId }, cid)
     }
   }
+}
+
+function arrivalsOf(body: Record<string, unknown>): { asked: Resolution; arrival: Parameters<ArrivalsPeer['heard']>[1] }[] {
+  const notes = body['notes']
+  if (!Array.isArray(notes)) throw new MaitreError('MAITRE_BAD_REQUEST', 'notes must be a list of requests told of', { details: { field: 'notes' } })
+  return notes.map((note: unknown, i) => {
+    const field = `notes[${i}]`
+    if (typeof note !== 'object' || note === null || Array.isArray(note)) throw new MaitreError('MAITRE_BAD_REQUEST', `${field} must be an object`, { details: { field } })
+    const n = note as Record<string, unknown>
+    const agoMs = n['agoMs']
+    if (!Number.isSafeInteger(agoMs) || (agoMs as number) < 0 || (agoMs as number) > MAX_NOTE_AGE_MS) {
+      throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.agoMs must be a whole number of milliseconds from 0 to ${MAX_NOTE_AGE_MS}`, { details: { field: `${field}.agoMs` } })
+    }
+    for (const flag of ['running', 'warm']) {
+      if (typeof n[flag] !== 'boolean') throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.${flag} must be true or false`, { details: { field: `${field}.${flag}` } })
+    }
+    const idleForMs = n['idleForMs']
+    if (idleForMs !== undefined && (typeof idleForMs !== 'number' || !Number.isFinite(idleForMs) || idleForMs < 0)) {
+      throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.idleForMs must be a number of milliseconds, 0 or more, or absent (the version was busy)`, { details: { field: `${field}.idleForMs` } })
+    }
+    return { asked: resolutionFromWire(n['resolution'], `${field}.resolution`), arrival: { agoMs: agoMs as number, running: n['running'] as boolean, warm: n['warm'] as boolean, idleForMs: idleForMs as number | undefined } }
+  })
 }
 
 /** The leader-driven backend's view (GET state, a long poll) and the calls followers ask of it. */

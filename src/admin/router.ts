@@ -14,7 +14,7 @@ import type { Resolver } from '../versions/resolve.ts'
 import { handleApp, handleAppsList, handleOverride, type AppsApiDeps } from './apps.ts'
 import { handleInstanceSignal, handleLogs, type InstanceApiDeps } from './instances.ts'
 import { handlePing, type PingDeps } from './ping.ts'
-import { handlePeer, type BackendPeer, type LeaderPeer, type PeerExchange, type StoresPeer } from './peer.ts'
+import { handlePeer, type ArrivalsPeer, type BackendPeer, type LeaderPeer, type PeerExchange, type StoresPeer } from './peer.ts'
 import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
@@ -42,6 +42,8 @@ export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps, Pick<Ins
   readonly storesPeer?: StoresPeer | undefined
   /** Cluster mode: what a follower asks of the leader. */
   readonly leaderPeer?: LeaderPeer | undefined
+  /** What the keep-alive learns of requests that reached the other routers. */
+  readonly arrivalsPeer?: ArrivalsPeer | undefined
   readonly log: Logger
 }
 
@@ -63,7 +65,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const r: AdminRequest = { req, res, url, cid }
       const path = url.pathname
       // Router to router, proven by the cluster's key rather than a user's credentials.
-      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer, deps.storesPeer, deps.leaderPeer)
+      if (path.startsWith(PEER_PATH_PREFIX)) return await handlePeer(r, deps.peers, deps.backendPeer, deps.storesPeer, deps.leaderPeer, deps.arrivalsPeer)
       switch (path) {
         case '/':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])

@@ -270,7 +270,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       // A request served by a fallback is the edited token's: the version it asked for (starting
       // now) learns of it, not the previous one, stale, which is never pre-warmed for it.
       const asked = resolved.resolution
-      deps.keepAlive?.arrived(asked.serviceId, deps.parametersOf(asked), asked === current ? activation : activationOf(asked, deps), asked.sources, asked.core)
+      deps.keepAlive?.arrived(asked, deps.parametersOf(asked), asked === current ? activation : activationOf(asked, deps))
       const headers = backendRequestHeaders(req.headers, {
         cid,
         clientAddress: req.socket.remoteAddress ?? '',

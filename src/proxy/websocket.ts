@@ -143,7 +143,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     const activation = activationOf(resolution, deps)
     // A WebSocket is a call like any other for the keep-alive policy (its arrival, a pre-warm's hit).
     const asked = resolved.resolution
-    deps.keepAlive?.arrived(asked.serviceId, deps.parametersOf(asked), asked === resolution ? activation : activationOf(asked, deps), asked.sources, asked.core)
+    deps.keepAlive?.arrived(asked, deps.parametersOf(asked), asked === resolution ? activation : activationOf(asked, deps))
     let coldStart = false
     let starting = deps.activator.ensure(activation)
     if (starting !== undefined) {

@@ -58,6 +58,20 @@ export function fleetLoadOf(tracker: Pick<InstanceTracker, 'load'>, fleet: Fleet
   }
 }
 
+/**
+ * When the version's last activity ended over the whole fleet, if none is under way or waiting
+ * anywhere now as far as this router knows (undefined otherwise, or if this router's tracker does
+ * not know the version). The other routers' part is their last reports (up to a publish interval
+ * old): an idle time in the keep-alive's one-minute bins does not notice.
+ */
+export function fleetIdleSince(tracker: Pick<InstanceTracker, 'idleSince'>, fleet: Fleet, serviceId: string): number | undefined {
+  const own = tracker.idleSince(serviceId)
+  if (own === undefined) return undefined
+  const peers = fleet.peerLoad(serviceId)
+  if (peers.inFlight + peers.queued > 0) return undefined
+  return Math.max(own, peers.lastRequestAt)
+}
+
 /** This router's load of every version it routes, as the load exchange publishes it. */
 export function* localLoads(tracker: Pick<InstanceTracker, 'serviceIds' | 'load'>): Iterable<readonly [string, VersionLoad]> {
   for (const id of tracker.serviceIds()) {

@@ -8,7 +8,7 @@
  * an IdleHistogram (under 1 KB) and a few numbers, plus the caller's start payload.
  */
 import { LRUCache } from 'lru-cache'
-import { IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf, type AdaptiveOptions, type KeepAlivePlan, type KeepAlivePolicy, type KeepAliveSchedule, DEFAULT_ADAPTIVE } from './keep-alive.ts'
+import { IdleHistogram, idleSampleOf, PEER_NOTE_GAP_MS, planKeepAlive, prewarmDue, scheduleOf, type AdaptiveOptions, type KeepAlivePlan, type KeepAlivePolicy, type KeepAliveSchedule, DEFAULT_ADAPTIVE } from './keep-alive.ts'
 
 export const DEFAULT_LEDGER_VERSIONS = 10_000
 
@@ -23,6 +23,8 @@ interface Entry<P> {
   prewarmedFor: number | undefined
   /** The last request's arrival: one since the version was let go starts it itself. */
   lastArrivalAt: number | undefined
+  /** When this router last told its peers of a request here (cluster mode). */
+  toldAt: number | undefined
   prewarms: number
   hits: number
   misses: number
@@ -65,7 +67,7 @@ export class KeepAliveLedger<P = unknown> {
   #entry(serviceId: string): Entry<P> {
     let entry = this.#entries.get(serviceId)
     if (entry === undefined) {
-      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, lastArrivalAt: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
+      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, lastArrivalAt: undefined, toldAt: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
       this.#entries.set(serviceId, entry)
     }
     return entry
@@ -100,6 +102,18 @@ export class KeepAliveLedger<P = unknown> {
     entry.prewarmedAt = undefined
     entry.lastArrivalAt = now
     return prewarmed ? (hit ? 'hit' : 'miss') : undefined
+  }
+
+  /**
+   * Whether to tell the other routers of a request that just arrived here (see
+   * PEER_NOTE_GAP_MS): always when the version was not running, else once per gap. Records the
+   * telling.
+   */
+  tell(serviceId: string, now: number, running: boolean): boolean {
+    const entry = this.#entry(serviceId)
+    if (running && entry.toldAt !== undefined && now - entry.toldAt < PEER_NOTE_GAP_MS) return false
+    entry.toldAt = now
+    return true
   }
 
   /** A pre-warm's start failed: it will serve no request, a miss (counted once). */

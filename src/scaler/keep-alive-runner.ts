@@ -4,16 +4,20 @@
  * again before it collects), and starts a version again at its pre-warm time through the
  * activator, as a first request would. A pre-warm only starts a version that does not run, with
  * its minimum instances: the autoscaler owns it from there, and max-instances holds as ever.
- * Only the leader lets versions go and pre-warms them (as only it collects).
+ * Only the leader lets versions go and pre-warms them (as only it collects). In a cluster every
+ * router learns from every router's requests: each tells the others of those that reach it
+ * (PEER_NOTE_GAP_MS), and idle times are the fleet's, not one router's (its own requests alone
+ * would make a version look idle while the others serve it).
  */
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
 import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
+import type { Resolution } from '../versions/resolve.ts'
 import type { Activator, ActivationRequest } from './activator.ts'
 import type { GcVerdict } from './gc.ts'
-import { ALONE, fleetLoadOf, type Fleet } from './fleet.ts'
+import { ALONE, fleetIdleSince, fleetLoadOf, type Fleet } from './fleet.ts'
 import type { KeepAliveLedger, KeepAliveView } from './keep-alive-ledger.ts'
 import type { KeepAlivePlan, KeepAlivePolicy } from './keep-alive.ts'
 import { startLoop, type Loop } from './loop.ts'
@@ -27,10 +31,23 @@ export interface PrewarmPayload {
   readonly core: Readonly<Record<string, unknown>>
 }
 
+/** A request for an adaptive version that reached another router, as that router told this one. */
+export interface PeerArrival {
+  /** How long before this router heard of it the request arrived there (the note waited to be sent). */
+  readonly agoMs: number
+  /** Whether the version was running there (instances asked for), and warm (one healthy), when it arrived. */
+  readonly running: boolean
+  readonly warm: boolean
+  /** How long the fleet had been idle when it arrived, as that router saw it (undefined: busy, or the version not running there). */
+  readonly idleForMs: number | undefined
+}
+
 export interface KeepAliveDeps {
   readonly ledger: KeepAliveLedger<PrewarmPayload>
   readonly backend: Pick<Backend, 'requested'>
   readonly tracker: Pick<InstanceTracker, 'load' | 'idleSince'>
+  /** Tells the other routers of a request that reached this one (cluster mode; see PEER_NOTE_GAP_MS). */
+  readonly tellPeers?: ((asked: Resolution, arrival: PeerArrival) => void) | undefined
   readonly registry: Pick<ServiceRegistry, 'all' | 'get'>
   readonly activator: Pick<Activator, 'ensure' | 'collecting'>
   /** The GC's collection of a version it finds idle now (it decides again), resolving with what it did. */
@@ -86,14 +103,29 @@ export class KeepAliveRunner {
     return this.#deps.ledger.plan(serviceId, this.policyOf(params), (params['idle-timeout-mins'] as number) * 60_000)
   }
 
-  /** A request for the version arrives (on the data path: a map lookup for an adaptive version, nothing for the others). */
-  arrived(serviceId: string, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, sources: readonly TokenReference[], core: Readonly<Record<string, unknown>>): void {
+  /**
+   * A request for the version arrives: here (on the data path: a map lookup for an adaptive
+   * version, nothing for the others), or at another router, which told this one (`heard`).
+   */
+  arrived(asked: Resolution, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, heard?: PeerArrival): void {
     if (this.policyOf(params) !== 'adaptive') return
-    const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
-    const warm = running && this.#deps.tracker.load(serviceId).healthy > 0
-    const outcome = this.#deps.ledger.arrived(serviceId, this.#deps.clock.now(), running, warm, running ? this.#deps.tracker.idleSince(serviceId) : undefined, { activation, sources, core })
+    const serviceId = asked.serviceId
+    const now = this.#deps.clock.now()
+    const at = heard === undefined ? now : now - heard.agoMs
+    // What the router the request reached saw then: this one, or the one that told of it (a
+    // cold start there may already show as running here).
+    const running = heard?.running ?? (this.#deps.backend.requested(serviceId) ?? 0) > 0
+    const warm = heard?.warm ?? (running && this.#deps.tracker.load(serviceId).healthy > 0)
+    let idleSince: number | undefined
+    if (heard !== undefined) idleSince = heard.idleForMs === undefined ? undefined : at - heard.idleForMs
+    else if (running) idleSince = fleetIdleSince(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId)
+    const { ledger } = this.#deps
+    const outcome = ledger.arrived(serviceId, at, running, warm, running ? idleSince : undefined, { activation, sources: asked.sources, core: asked.core })
     if (outcome === 'hit') this.#deps.onHit?.(serviceId)
     else if (outcome === 'miss') this.#deps.onMiss?.(serviceId)
+    if (heard === undefined && this.#deps.tellPeers !== undefined && ledger.tell(serviceId, now, running)) {
+      this.#deps.tellPeers(asked, { agoMs: 0, running, warm, idleForMs: idleSince === undefined ? undefined : Math.max(0, now - idleSince) })
+    }
   }
 
   /**

@@ -175,6 +175,18 @@ export function prewarmDue(schedule: KeepAliveSchedule, plan: KeepAlivePlan, now
 }
 
 /**
+ * In a cluster each router sees only the requests that reach it, so each tells the others of
+ * the requests to an adaptive version that reach it: every one that finds the version not
+ * running (a cold start, which the histogram must count), and otherwise at most one per version
+ * every PEER_NOTE_GAP_MS. That loses nothing the histogram keeps: an idle time of a minute or
+ * more ends with a request at least that long after this router's previous one (its activity is
+ * part of the fleet's), so it is always told; shorter ones count as zero, at most once a minute;
+ * and a pre-warmed version's next request comes at least 57 s after its idle time began (the
+ * first bin's edge less the margin), so its hit or miss is always told too.
+ */
+export const PEER_NOTE_GAP_MS = 30_000
+
+/**
  * The idle time a request arriving at `now` adds to its version's histogram, if any. `idleSince`:
  * when the version's last activity ended (undefined: a request is still under way). A gap under
  * a minute (or a busy version) counts as a zero idle time, at most once a minute, as the

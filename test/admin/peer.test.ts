@@ -6,7 +6,7 @@
 import t from 'tap'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { handlePeer, type LeaderPeer, type PeerExchange, type StoresPeer } from '../../src/admin/peer.ts'
+import { handlePeer, type ArrivalsPeer, type LeaderPeer, type PeerExchange, type StoresPeer } from '../../src/admin/peer.ts'
 import { MaitreError } from '../../src/errors.ts'
 import { peerKey, PEER_KEY_HEADER } from '../../src/cluster/slot-exchange.ts'
 import { sendError } from '../../src/http/error-response.ts'
@@ -15,10 +15,10 @@ import { call, waitFor } from '../fixtures/router.ts'
 
 const KEY = peerKey('the-cluster-secret')
 
-async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined, stores?: StoresPeer, leader?: LeaderPeer): Promise<string> {
+async function serve(t: { teardown(fn: () => unknown): void }, exchange: PeerExchange | undefined, stores?: StoresPeer, leader?: LeaderPeer, arrivals?: ArrivalsPeer): Promise<string> {
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://router')
-    handlePeer({ req, res, url, cid: 'c1' }, exchange, undefined, stores, leader).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
+    handlePeer({ req, res, url, cid: 'c1' }, exchange, undefined, stores, leader, arrivals).catch((err: unknown) => sendError(req, res, err, { cid: 'c1' }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
@@ -160,4 +160,37 @@ t.test('a follower’s expiry reaches the leader: done there, 404 for an unknown
   leads = false
   t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i3' })).status, 503, 'led elsewhere by now: the follower is told to try again')
   t.same(expired, ['s/i1'], 'nothing refused was expired')
+})
+
+t.test('requests another router told of reach the keep-alive; a batch with one bad note is a 400 naming its field, and none of it is heard', async (t) => {
+  const { exchange } = fakeExchange()
+  const heard: Parameters<ArrivalsPeer['heard']>[] = []
+  const url = await serve(t, exchange, undefined, undefined, { heard: (asked, arrival) => void heard.push([asked, arrival]) })
+  const resolution = { serviceId: 's-1', core: { cmd: 'serve' }, effective: { cmd: 'serve' }, sources: [{ token: 'web', etag: 'E1' }], source: { token: 'web', etag: 'E1' }, tokenMetadata: {}, authenticationDisabled: false }
+  const good = { agoMs: 12, running: true, warm: false, idleForMs: 90_000, resolution }
+  const ok = await post(`${url}/maitre-peer/arrivals`, { from: 'r2', notes: [good] })
+  t.equal(ok.status, 200)
+  t.same(ok.json(), { heard: 1 })
+  t.same(heard, [[{ ...resolution, fallback: undefined }, { agoMs: 12, running: true, warm: false, idleForMs: 90_000 }]], 'heard as told')
+  heard.length = 0
+  const cases: [unknown, string][] = [
+    [{ notes: 'all of them' }, 'notes'],
+    [{ notes: [good, 'x'] }, 'notes[1]'],
+    [{ notes: [{ ...good, agoMs: -1 }] }, 'notes[0].agoMs'],
+    [{ notes: [{ ...good, agoMs: 3_600_000 }] }, 'notes[0].agoMs'],
+    [{ notes: [{ ...good, warm: 'yes' }] }, 'notes[0].warm'],
+    [{ notes: [{ ...good, idleForMs: -5 }] }, 'notes[0].idleForMs'],
+    [{ notes: [good, { ...good, resolution: { ...resolution, serviceId: 'a b' } }] }, 'notes[1].resolution.serviceId'],
+    [{ notes: [{ ...good, resolution: { ...resolution, sources: [{ token: 'web' }] } }] }, 'notes[0].resolution.sources[0]'],
+    [{ notes: [{ ...good, resolution: { ...resolution, core: [] } }] }, 'notes[0].resolution.core'],
+    [{ notes: [{ ...good, resolution: { ...resolution, fallback: { since: 1, until: 2, serviceIds: [7] } } }] }, 'notes[0].resolution.fallback.serviceIds'],
+    [{ notes: [{ ...good, resolution: undefined }] }, 'notes[0].resolution'],
+  ]
+  for (const [body, field] of cases) {
+    const res = await post(`${url}/maitre-peer/arrivals`, body)
+    t.equal(res.status, 400, field)
+    t.match(res.json(), { 'waiter-error': { details: { field } } }, `names ${field}`)
+  }
+  t.same(heard, [], 'no note of a refused batch was heard, not even its good ones')
+  t.equal((await post(`${url}/maitre-peer/arrivals`, { notes: [good] }, null)).status, 401, 'without the key: refused')
 })

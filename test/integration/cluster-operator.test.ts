@@ -12,15 +12,18 @@ interface ClusterState {
 }
 const clusterState = async (r: Router): Promise<ClusterState> => (await call(`${r.url}/state/cluster`)).json<ClusterState>()
 
+/** Two routers, once both see both as members and one leads: which is which. */
+async function leaderAndFollower(routers: readonly Router[]): Promise<{ leader: Router; follower: Router }> {
+  const states = await waitFor('two members, one leader', async () => {
+    const states = await Promise.all(routers.map(clusterState))
+    return states.every((s) => s.members.length === 2) && states.filter((s) => s['is-leader']).length === 1 ? states : undefined
+  })
+  return { leader: routers[states.findIndex((s) => s['is-leader'])] as Router, follower: routers[states.findIndex((s) => !s['is-leader'])] as Router }
+}
+
 t.test('an instance expired through a router that does not lead is replaced, as through the leader', async (t) => {
   const cluster = await startCluster(t, 2, { 'scaler.tickMs': 200 })
-  await waitFor('two members, one leader', async () => {
-    const states = await Promise.all(cluster.routers.map(clusterState))
-    return states.every((s) => s.members.length === 2) && states.filter((s) => s['is-leader']).length === 1 ? true : undefined
-  })
-  const states = await Promise.all(cluster.routers.map(clusterState))
-  const leader = cluster.routers[states.findIndex((s) => s['is-leader'])] as Router
-  const follower = cluster.routers[states.findIndex((s) => !s['is-leader'])] as Router
+  const { leader, follower } = await leaderAndFollower(cluster.routers)
   await createToken(leader, 'exp', kitchenToken({ 'min-instances': 1 }))
   const h = { 'x-waiter-token': 'exp' }
   t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
@@ -62,4 +65,25 @@ t.test('/apps shows the same requests under way through every router', async (t)
   }, 2000).catch(() => metricsOn(b))
   t.match(seenOnB?.metrics, { 'in-flight': 3, outstanding: 3, queued: 0 }, 'B counts the requests A carries (from A’s load report)')
   await Promise.all(slow)
+})
+
+t.test('an adaptive version’s keep-alive learns from the requests every router serves, not only the leader’s', async (t) => {
+  const cluster = await startCluster(t, 2)
+  const { leader, follower } = await leaderAndFollower(cluster.routers)
+  await createToken(leader, 'learns', kitchenToken({ 'keep-alive': 'adaptive' }))
+  const h = { 'x-waiter-token': 'learns' }
+  const serviceId = (await call(`${leader.url}/service-id`, { headers: h })).text
+  const idleTimesOn = async (r: Router): Promise<number | undefined> => {
+    const res = await call(`${r.url}/apps/${serviceId}`)
+    return res.status === 200 ? res.json<{ 'keep-alive'?: { 'idle-times-seen': number } }>()['keep-alive']?.['idle-times-seen'] : undefined
+  }
+  // The first request starts the version (no idle time before it); the second, through the
+  // follower, ends the version's first idle time. Only the follower served it.
+  t.equal((await call(`${leader.url}/request-info`, { headers: h })).status, 200)
+  t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
+  t.equal(await idleTimesOn(follower), 1, 'the follower counts the idle time its request ended')
+  const onLeader = await waitFor('the leader to learn of it', async () => ((await idleTimesOn(leader)) === 1 ? 1 : undefined), 5000).catch(() => idleTimesOn(leader))
+  t.equal(onLeader, 1, 'so does the leader, which lets versions go and pre-warms them, though the request never reached it')
+  const sent = (await call(`${follower.url}/metrics`)).text.match(/^maitre_keep_alive_notes_total\{outcome="sent"\} (\d+)/m)?.[1]
+  t.ok(Number(sent) >= 1, `the follower told it (maitre_keep_alive_notes_total sent ${sent})`)
 })

@@ -1,13 +1,20 @@
 import t from 'tap'
 import { ManualClock } from '../fixtures/manual-clock.ts'
 import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
-import { KeepAliveRunner, type PrewarmPayload } from '../../src/scaler/keep-alive-runner.ts'
+import { KeepAliveRunner, type PeerArrival, type PrewarmPayload } from '../../src/scaler/keep-alive-runner.ts'
+import type { VersionLoad } from '../../src/cluster/coordination.ts'
 import type { ActivationRequest } from '../../src/scaler/activator.ts'
-import type { ServiceRecord } from '../../src/versions/registry.ts'
+import type { ServiceRecord, TokenReference } from '../../src/versions/registry.ts'
+import type { Resolution } from '../../src/versions/resolve.ts'
 import { silentLogger } from '../../src/log.ts'
 
 const MIN = 60_000
 const PARAMS = { 'keep-alive': 'adaptive', 'idle-timeout-mins': 10, 'min-instances': 1 }
+
+/** Version v, as a request through the given tokens resolved it. */
+function askedOf(sources: readonly TokenReference[], core: Readonly<Record<string, unknown>>, serviceId = 'v'): Resolution {
+  return { serviceId, core, effective: PARAMS, source: sources.at(-1), sources, tokenMetadata: {}, fallback: undefined, authenticationDisabled: false }
+}
 
 /** A runner over fakes: a backend that runs what the activator starts, a registry of what runs, a tracker that is idle. */
 function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
@@ -17,8 +24,10 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
   const collecting = new Set<string>()
   const records = new Map<string, ServiceRecord>()
   const starts: string[] = []
-  const state = { current: true, suspended: false, overridden: false, lastActiveAt: 0, healthy: 1 }
+  const state = { current: true, suspended: false, overridden: false, lastActiveAt: 0, healthy: 1, peers: { inFlight: 0, queued: 0, lastRequestAt: 0 } as VersionLoad }
   const outcomes: string[] = []
+  /** What this router told its peers (cluster mode). */
+  const told: { serviceId: string; arrival: PeerArrival }[] = []
   const runner = new KeepAliveRunner(
     {
       ledger,
@@ -49,14 +58,15 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
       log: silentLogger,
       onHit: () => outcomes.push('hit'),
       onMiss: () => outcomes.push('miss'),
-      fleet: { isLeader: () => options.leader ?? true, peerLoad: () => ({ inFlight: 0, queued: 0, lastRequestAt: 0 }) },
+      fleet: { isLeader: () => options.leader ?? true, peerLoad: () => state.peers },
+      tellPeers: (asked, arrival) => told.push({ serviceId: asked.serviceId, arrival }),
     },
     { defaultPolicy: 'fixed', tickMs: 1000 },
   )
   const activation: ActivationRequest = { serviceId: 'v', effective: () => PARAMS, launchSpec: () => { throw new Error('not used') }, remember: async () => undefined }
   /** A call to v, ending at once, with the version then let go by the runner when due. */
   const call = async (): Promise<void> => {
-    runner.arrived('v', PARAMS, activation, [{ token: 't', etag: 'e1' }], { cmd: 'x' })
+    runner.arrived(askedOf([{ token: 't', etag: 'e1' }], { cmd: 'x' }), PARAMS, activation)
     if ((requested.get('v') ?? 0) === 0) {
       requested.set('v', 1)
       records.set('v', { id: 'v', core: {}, sources: [], createdAt: clock.now() })
@@ -80,7 +90,12 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
     starts.length = 0
     outcomes.length = 0
   }
-  return { clock, ledger, requested, collecting, starts, state, runner, activation, call, learn, outcomes }
+  /** Version v runs (a request elsewhere started it). */
+  const runs = (): void => {
+    requested.set('v', 1)
+    records.set('v', { id: 'v', core: {}, sources: [], createdAt: clock.now() })
+  }
+  return { clock, ledger, requested, collecting, starts, state, runner, activation, call, learn, outcomes, told, runs }
 }
 
 t.test('a learned version is let go after its call and started once, at its pre-warm time, through the activator', async (t) => {
@@ -126,7 +141,7 @@ t.test('a call that comes after the version was let go starts it itself: no pre-
   await learn()
   // A call arrives early (the version is not running): the request path starts it.
   clock.advance(5 * MIN)
-  runner.arrived('v', PARAMS, activation, [{ token: 't', etag: 'e1' }], {})
+  runner.arrived(askedOf([{ token: 't', etag: 'e1' }], {}), PARAMS, activation)
   t.equal(requested.get('v'), undefined)
   clock.advance(14 * MIN)
   await runner.tick()
@@ -192,7 +207,7 @@ t.test('a version suspended or overridden by hand while it runs keeps its idle t
 
 t.test('fixed versions are neither learned from nor acted on', async (t) => {
   const { runner, ledger, activation } = setUp()
-  runner.arrived('v', { ...PARAMS, 'keep-alive': 'fixed' }, activation, [], {})
+  runner.arrived(askedOf([], {}), { ...PARAMS, 'keep-alive': 'fixed' }, activation)
   t.same(ledger.ids(), [], 'no history kept for a fixed version')
 })
 
@@ -203,7 +218,7 @@ t.test('a pre-warm counts as a hit only if the call finds an instance healthy; a
   await late.runner.tick()
   t.same(late.starts, ['v'], 'pre-warmed')
   late.state.healthy = 0
-  late.runner.arrived('v', PARAMS, late.activation, [{ token: 't', etag: 'e1' }], {})
+  late.runner.arrived(askedOf([{ token: 't', etag: 'e1' }], {}), PARAMS, late.activation)
   t.same(late.outcomes, ['miss'], 'the call came while the instance was still starting: it waited, a miss')
 
   const failed = setUp({ failStarts: true })
@@ -212,14 +227,14 @@ t.test('a pre-warm counts as a hit only if the call finds an instance healthy; a
   await failed.runner.tick()
   await new Promise((resolve) => setImmediate(resolve))
   t.same(failed.outcomes, ['miss'], 'the start failed: a miss at once')
-  failed.runner.arrived('v', PARAMS, failed.activation, [{ token: 't', etag: 'e1' }], {})
+  failed.runner.arrived(askedOf([{ token: 't', etag: 'e1' }], {}), PARAMS, failed.activation)
   t.same(failed.outcomes, ['miss'], 'not counted again when the call comes')
 
   const warm = setUp()
   await warm.learn()
   warm.clock.advance(19 * MIN)
   await warm.runner.tick()
-  warm.runner.arrived('v', PARAMS, warm.activation, [{ token: 't', etag: 'e1' }], {})
+  warm.runner.arrived(askedOf([{ token: 't', etag: 'e1' }], {}), PARAMS, warm.activation)
   t.same(warm.outcomes, ['hit'], 'found healthy: a hit')
 })
 
@@ -238,4 +253,90 @@ t.test('/apps/{id} shows what the GC will do with an adaptive version an operato
     t.equal(view.basis, 'operator', `${hand}: and the view says why`)
     t.equal(view.next?.at, state.lastActiveAt + 10 * MIN, `${hand}: the next action shown is when the GC will really let it go`)
   }
+})
+
+t.test('in a cluster, idle times are the fleet’s: requests the other routers served end an idle period here too', async (t) => {
+  const { clock, ledger, requested, state, runner, activation, told } = setUp()
+  const asked = askedOf([{ token: 't', etag: 'e1' }], {})
+  requested.set('v', 1)
+  // This router last served v at 0; the others serve it every 20 minutes, 2 minutes before this router's next call.
+  for (let i = 1; i <= 3; i++) {
+    clock.advance(20 * MIN)
+    state.peers = { inFlight: 0, queued: 0, lastRequestAt: clock.now() - 2 * MIN }
+    runner.arrived(asked, PARAMS, activation)
+  }
+  const plan = ledger.plan('v', 'adaptive', 10 * MIN)
+  t.equal(plan.basis, 'learned')
+  t.equal(plan.prewarmMs, Math.floor(2 * MIN * 0.95), 'learned 2-minute idle times (the fleet’s), not 20 (this router’s own)')
+  t.same(told.map((n) => n.arrival.idleForMs), [2 * MIN, 2 * MIN, 2 * MIN], 'and told the peers so')
+
+  // Another router carries a request: the fleet is not idle, whatever this router's own tracker says.
+  clock.advance(20 * MIN)
+  state.peers = { inFlight: 1, queued: 0, lastRequestAt: clock.now() - 10 * MIN }
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(told.at(-1)?.arrival.idleForMs, undefined, 'busy elsewhere: no idle time told')
+  t.equal(ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), true, undefined, clock.now()).idleTimes, 4, 'a zero idle time, not 20 minutes')
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, 0, 'so the 5th percentile is now under a minute')
+})
+
+t.test('in a cluster, a router tells its peers of a request to an adaptive version: every cold start, else at most once every 30 s; a fixed version never, nor a request it was told of', async (t) => {
+  const { clock, requested, runner, activation, told } = setUp()
+  const asked = askedOf([{ token: 't', etag: 'e1' }], {})
+  runner.arrived(asked, PARAMS, activation)
+  t.same(told.at(-1)?.arrival, { agoMs: 0, running: false, warm: false, idleForMs: undefined }, 'a cold start is told, as seen here')
+  clock.advance(1000)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(told.length, 2, 'another cold start a second later (still not running) is told too')
+  requested.set('v', 1)
+  clock.advance(1000)
+  runner.arrived(asked, PARAMS, activation)
+  clock.advance(28_999)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(told.length, 2, 'running: not told again within 30 s')
+  clock.advance(1)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(told.length, 3, 'told again 30 s after the last')
+  t.same(told.at(-1)?.arrival, { agoMs: 0, running: true, warm: true, idleForMs: 31_000 }, 'running, warm, and idle since the end of the last activity it knows of')
+  runner.arrived(askedOf([], {}, 'f'), { ...PARAMS, 'keep-alive': 'fixed' }, { ...activation, serviceId: 'f' })
+  clock.advance(60_000)
+  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: true, warm: true, idleForMs: 60_000 })
+  t.equal(told.length, 3, 'neither a fixed version nor a request another router told of is told')
+})
+
+t.test('requests told by other routers teach this one: the idle times, the pre-warm’s hit, and a cold start counted from the collection even if the version runs here by then', async (t) => {
+  const { clock, ledger, requested, starts, state, runner, activation, outcomes, runs } = setUp()
+  const asked = askedOf([{ token: 't', etag: 'e1' }], { cmd: 'x' })
+  // Every 20 minutes a request reaches another router, the version idle since the one before.
+  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: false, warm: false, idleForMs: undefined })
+  runs()
+  for (let i = 0; i < 3; i++) {
+    clock.advance(20 * MIN)
+    runner.arrived(asked, PARAMS, activation, { agoMs: 100, running: true, warm: true, idleForMs: 20 * MIN })
+  }
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, 19 * MIN, 'learned from what the other router saw, though no request reached this one')
+  t.same(ledger.payload('v')?.core, { cmd: 'x' }, 'and what it takes to start the version again')
+  // The leader lets the version go after 10 s, and pre-warms it at 19 minutes.
+  state.lastActiveAt = clock.now()
+  clock.advance(15_000)
+  await runner.tick()
+  t.equal(requested.get('v'), undefined, 'let go')
+  clock.advance(19 * MIN - 15_000)
+  await runner.tick()
+  t.same(starts, ['v'], 'pre-warmed on the other router’s history')
+  clock.advance(MIN)
+  runner.arrived(asked, PARAMS, activation, { agoMs: 50, running: true, warm: true, idleForMs: 20 * MIN })
+  t.same(outcomes, ['hit'], 'the next request, on the other router, found it warm: a hit')
+
+  // Let go again; a request reaches the other router 5 minutes later, a cold start there. By the
+  // time its note arrives the version runs here (the other router started it).
+  state.lastActiveAt = clock.now()
+  clock.advance(15_000)
+  await runner.tick()
+  t.equal(requested.get('v'), undefined)
+  const before = ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), false, undefined, clock.now()).idleTimes
+  clock.advance(5 * MIN)
+  runs()
+  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: false, warm: false, idleForMs: undefined })
+  t.equal(ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), true, undefined, clock.now()).idleTimes, before + 1, 'the cold start counts')
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, Math.floor(5 * MIN * 0.95), 'as a 5-minute idle time, from when the version was let go')
 })
