@@ -20,7 +20,7 @@ import { LeaderCalls } from './cluster/leader-calls.ts'
 import { ArrivalNotes } from './cluster/arrival-notes.ts'
 import type { Etcd3 } from 'etcd3'
 import { advertisedUrl } from './cluster/advertise.ts'
-import { agreeToCollect, localLoads } from './scaler/fleet.ts'
+import { agreeToCollect, localLoads, type CollectedVersion } from './scaler/fleet.ts'
 import { LocalBackend } from './backends/local/local-backend.ts'
 import { KubernetesBackend } from './backends/kubernetes.ts'
 import { MesosBackend, type FrameworkIdStore } from './backends/mesos.ts'
@@ -199,6 +199,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           onPeerGone: (peer) => coordination.suspect?.(peer),
           holdForCollection: (serviceId, lastActiveAt, periodMs) => agreeToCollect(tracker, activator, serviceId, lastActiveAt, periodMs),
           releaseCollectionHold: (serviceId, deleted) => activator.releaseHold(serviceId, deleted),
+          // (keepAlive is made further down; a collection is only heard once the router serves.)
+          collectedByLeader: (serviceId, reason, lastActiveAt) => keepAlive.collected(serviceId, reason, lastActiveAt),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
   // Cluster mode: a write to the shared state is answered once every peer has read it.
@@ -214,7 +216,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     allowKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.allowKill(serviceId, instanceId),
     cancelKill: exchange === undefined ? undefined : (serviceId: string, instanceId: string) => exchange.cancelKill(serviceId, instanceId),
     allowCollect: exchange === undefined ? undefined : (serviceId: string, lastActiveAt: number, reason: CollectReason) => exchange.allowCollect(serviceId, lastActiveAt, reason),
-    collectDone: exchange === undefined ? undefined : (serviceId: string, deleted: boolean) => exchange.collectDone(serviceId, deleted),
+    collectDone: exchange === undefined ? undefined : (serviceId: string, collected: CollectedVersion | undefined) => exchange.collectDone(serviceId, collected),
   }
   // The GC's test of a version its tokens still lead to (stale ones scale as if min-instances were 1; only current ones are pre-warmed).
   const isCurrentRecord = (record: ServiceRecord): boolean => currencyOf(record, { token: (name) => tokens.get(name), serviceIdOfTokens: (list, requester) => resolver.serviceIdOfTokens(list, requester), now: clock.now() }).current

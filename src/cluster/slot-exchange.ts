@@ -74,6 +74,8 @@ export interface SlotExchangeOptions {
   readonly holdForCollection?: (serviceId: string, lastActiveAt: number | undefined, periodMs: number) => boolean
   /** The collection this router held requests for is over (done, failed, or vetoed elsewhere). */
   readonly releaseCollectionHold?: (serviceId: string, deleted: boolean) => void
+  /** The leader collected a version: for this reason, idle since `lastActiveAt` (what the keep-alive learns of it). */
+  readonly collectedByLeader?: (serviceId: string, reason: CollectReason, lastActiveAt: number) => void
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
@@ -351,6 +353,7 @@ export class SlotExchange implements SlotSharing {
   receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false): boolean {
     if (periodMs === 0) {
       this.#o.releaseCollectionHold?.(serviceId, deleted)
+      if (deleted) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt)
       return true
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
@@ -380,10 +383,11 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The collection is over (`deleted`: it took the version): every peer lets the requests it held for it go on. */
-  async collectDone(serviceId: string, deleted: boolean): Promise<void> {
+  async collectDone(serviceId: string, collected: { readonly reason: CollectReason; readonly lastActiveAt: number } | undefined): Promise<void> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    const body = collected === undefined ? { serviceId, lastActiveAt: 0, periodMs: 0, deleted: false } : { serviceId, lastActiveAt: collected.lastActiveAt, periodMs: 0, deleted: true, reason: collected.reason }
     await Promise.all(peers.map((peer) =>
-      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt: 0, periodMs: 0, deleted }), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
+      withDeadline(this.#call(peer.url as string, 'collect', body), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
         // Its hold lapses by itself (COLLECT_HOLD_MS) if it cannot be told.
         this.#noteFailure(peer.routerId, err)
       }),

@@ -20,8 +20,17 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
    * requests for it until collectDone. Absent for a router on its own.
    */
   readonly allowCollect?: ((serviceId: string, lastActiveAt: number, reason: 'idle' | 'stale' | 'broken' | 'orphaned') => Promise<boolean>) | undefined
-  /** The collection is over; `deleted`: it took the version. */
-  readonly collectDone?: ((serviceId: string, deleted: boolean) => Promise<void>) | undefined
+  /**
+   * The collection is over; `collected`: it took the version, for this reason, idle since this
+   * time (the others' keep-alive learns that the version was let go, as the leader's does).
+   */
+  readonly collectDone?: ((serviceId: string, collected: CollectedVersion | undefined) => Promise<void>) | undefined
+}
+
+/** A version the leader collected: why, and when its last activity ended. */
+export interface CollectedVersion {
+  readonly reason: 'idle' | 'stale' | 'broken' | 'orphaned'
+  readonly lastActiveAt: number
 }
 
 /**

@@ -177,7 +177,7 @@ export class GcRunner {
         collected = await this.#collectNow(serviceId, record, verdict)
         return collected
       } finally {
-        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected !== undefined).catch(() => undefined)
+        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected === undefined ? undefined : { reason: verdict.reason, lastActiveAt: verdict.lastActiveAt }).catch(() => undefined)
       }
     })
   }

@@ -30,7 +30,7 @@ interface Side {
   settling: boolean
 }
 
-type CollectHooks = Pick<SlotExchangeOptions, 'holdForCollection' | 'releaseCollectionHold'>
+type CollectHooks = Pick<SlotExchangeOptions, 'holdForCollection' | 'releaseCollectionHold' | 'collectedByLeader'>
 
 async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = [], wantsRepeatMs?: number, hooks: CollectHooks = {}): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
@@ -268,6 +268,7 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   const a = await router(t, 'router-a', members)
   const held: string[] = []
   const released: string[] = []
+  const collected: [string, string, number][] = []
   const judgedBy: (number | undefined)[] = []
   let using = false
   const bSide = await router(t, 'router-b', members, [], undefined, {
@@ -278,16 +279,19 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
       return true
     },
     releaseCollectionHold: (serviceId) => void released.push(serviceId),
+    collectedByLeader: (serviceId, reason, lastActiveAt) => void collected.push([serviceId, reason, lastActiveAt]),
   })
   a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }]
   a.exchange.viewChanged()
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), true, 'b does not use it: yes')
   t.same(held, ['s'], 'and holds its requests for it')
-  await a.exchange.collectDone('s', true)
+  await a.exchange.collectDone('s', { reason: 'idle', lastActiveAt: 1000 })
   t.same(released, ['s'], 'released when the collection is over')
+  t.same(collected, [['s', 'idle', 1000]], 'and told the version went, why, and when it was last used (its keep-alive learns it was let go)')
   t.equal(await a.exchange.allowCollect('s', 1000, 'stale'), true)
   t.same(judgedBy, [1000, undefined], 'a stale (or broken) version is not judged by when it was last used')
-  await a.exchange.collectDone('s', false)
+  await a.exchange.collectDone('s', undefined)
+  t.same(collected, [['s', 'idle', 1000]], 'a collection that did not take the version tells nothing of one')
   // b agrees, a router that cannot be asked vetoes: b is released at once, not after 30 s.
   a.peers = [{ routerId: 'router-b', url: bSide.url, members, over: () => 0 }, { routerId: 'router-c', url: 'http://127.0.0.1:1', members, over: () => 0 }]
   a.exchange.viewChanged()

@@ -331,7 +331,7 @@ t.test('in a cluster the leader asks the other routers before it collects: one t
       asked.push([id, lastActiveAt])
       return allowed
     },
-    collectDone: async (id, deleted) => void done.push(`${id} ${String(deleted)}`),
+    collectDone: async (id, collected) => void done.push(`${id} ${collected === undefined ? 'kept' : `${collected.reason} since ${collected.lastActiveAt}`}`),
   }
   const { clock, backend, gc, request } = setup(t.testdir(), CORE, fleet)
   ;(await request('a')).release('success')
@@ -343,5 +343,5 @@ t.test('in a cluster the leader asks the other routers before it collects: one t
   allowed = true
   t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'every router agrees: collected')
   await new Promise((r) => setImmediate(r))
-  t.same(done, ['a true'], 'and the routers that held their requests hear it is over, and that it took the version')
+  t.same(done, [`a idle since ${asked[0]?.[1]}`], 'and the routers that held their requests hear it is over, that it took the version, why, and its last activity')
 })
