@@ -353,7 +353,8 @@ export class SlotExchange implements SlotSharing {
   receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false): boolean {
     if (periodMs === 0) {
       this.#o.releaseCollectionHold?.(serviceId, deleted)
-      if (deleted) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt)
+      // (A leader from before this was told sends no last activity: 0, nothing to learn from.)
+      if (deleted && lastActiveAt > 0) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt)
       return true
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
