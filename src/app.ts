@@ -38,7 +38,7 @@ import { etcdPrefixOf, redactedConfig, type Config } from './config.ts'
 import type { LaunchSpec } from './launch-spec.ts'
 import { createLogger, type Logger } from './log.ts'
 import { Forwarder } from './proxy/forward.ts'
-import { activationOf, createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
+import { createProxyHandler, type ProxyDeps } from './proxy/handle.ts'
 import { createWebSocketProxy } from './proxy/websocket.ts'
 import { createRouterServer, readTlsFiles } from './proxy/server.ts'
 import { startMemoryRelease, type MemoryRelease } from './memory/release.ts'
@@ -47,7 +47,7 @@ import { Autoscaler } from './scaler/autoscaler.ts'
 import { followBackend } from './scaler/backend-sync.ts'
 import { GcRunner } from './scaler/gc-runner.ts'
 import { KeepAliveLedger } from './scaler/keep-alive-ledger.ts'
-import { KeepAliveRunner, type PrewarmPayload } from './scaler/keep-alive-runner.ts'
+import { KeepAliveRunner, payloadOfRecord, type PrewarmPayload, type RecordStarts } from './scaler/keep-alive-runner.ts'
 import { scalableServiceOf } from './scaler/policy.ts'
 import { serviceGauges } from './scaler/service-gauges.ts'
 import { VersionMemory } from './scaler/version-memory.ts'
@@ -305,7 +305,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
       onPrewarm: () => metrics.prewarms.inc(),
       onHit: () => metrics.prewarmHits.inc(),
       onMiss: () => metrics.prewarmMisses.inc(),
-      tellPeers: arrivalNotes === undefined ? undefined : (asked, arrival) => arrivalNotes.tell(asked, arrival),
+      tellPeers: arrivalNotes === undefined ? undefined : (serviceId, arrival) => arrivalNotes.tell(serviceId, arrival),
       clock,
       log,
       fleet,
@@ -313,6 +313,16 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     { defaultPolicy: config.scaler.keepAlive, tickMs: config.scaler.keepAliveTickMs },
   )
   gauges = () => serviceGauges(backend, tracker, autoscaler)
+  // A request another router told of: this router's own record says what the version is.
+  const recordStarts: RecordStarts = {
+    parametersOf: (record) => parameters.ofRecord(record),
+    launchSpecOf: (record) => parameters.launchSpecOfRecord(record),
+    remember: (record) => registry.remember(record.id, record.core, record.sources.at(-1), record.sources, record.direct === true),
+  }
+  const knownVersion = (serviceId: string): { params: Readonly<Record<string, unknown>>; payload: PrewarmPayload | undefined } | undefined => {
+    const record = registry.get(serviceId)
+    return record === undefined ? undefined : { params: parameters.ofRecord(record), payload: payloadOfRecord(record, recordStarts) }
+  }
   const forwarder = new Forwarder({ connectTimeoutMs: config.proxy.connectTimeoutMs })
   const auth = authGateOf(config.auth, { oneUser: user, routerSecret: secret, clock })
   const launchSpecOf = (resolution: Resolution): LaunchSpec => parameters.launchSpec(resolution)
@@ -369,7 +379,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     cluster: () => coordination,
     peers: exchange,
     storesPeer: sharedStores,
-    arrivalsPeer: arrivalNotes === undefined ? undefined : { heard: (asked, arrival) => keepAlive.arrived(asked, parametersOf(asked), activationOf(asked, proxyDeps), arrival) },
+    arrivalsPeer: arrivalNotes === undefined ? undefined : { heard: (serviceId, arrival) => keepAlive.heard(serviceId, knownVersion(serviceId), arrival) },
     leaderPeer: leaderCalls === undefined ? undefined : { isLeader: () => coordination.isLeader(), expire: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) },
     expireInstance: (serviceId, instanceId) => (leaderCalls === undefined ? Promise.resolve(autoscaler.expire(serviceId, instanceId)) : leaderCalls.expire(serviceId, instanceId)),
     backendPeer: led instanceof LeaderBackend ? led : undefined,

@@ -7,8 +7,6 @@
 import { MaitreError } from '../errors.ts'
 import { PEER_KEY_HEADER, PEER_PATH_PREFIX, type SlotExchange } from '../cluster/slot-exchange.ts'
 import type { BackendCall, LeaderBackend } from '../cluster/leader-backend.ts'
-import { resolutionFromWire } from '../versions/resolution-wire.ts'
-import type { Resolution } from '../versions/resolve.ts'
 import { firstHeader, methodNotAllowed, readJsonObject, sendJson, type AdminRequest } from './http.ts'
 
 export type PeerExchange = Pick<SlotExchange, 'authorized' | 'receiveWants' | 'receiveOffer' | 'receiveEject' | 'receiveCollect' | 'receiveMemberQuery'>
@@ -28,11 +26,13 @@ export interface StoresPeer {
 
 /** What another router told of requests to adaptive versions that reached it (arrival-notes.ts). */
 export interface ArrivalsPeer {
-  heard(asked: Resolution, arrival: { readonly agoMs: number; readonly running: boolean; readonly warm: boolean; readonly idleForMs: number | undefined }): void
+  heard(serviceId: string, arrival: { readonly agoMs: number; readonly running: boolean; readonly warm: boolean; readonly idleForMs: number | undefined }): void
 }
 
 /** How old a told request may be: notes wait 100 ms to be sent, and a post 2 s at most. */
 const MAX_NOTE_AGE_MS = 60_000
+/** The longest idle time a note may tell of (a histogram bins anything past four hours together). */
+const MAX_IDLE_FOR_MS = 365 * 24 * 3_600_000
 
 /** The longest store key a peer may name (token names and version ids are far shorter). */
 const MAX_KEY_LENGTH = 1024
@@ -51,8 +51,8 @@ const BACKEND_CALLS = new Set<string>(['ensure', 'scale', 'kill', 'delete'])
 
 const ID = /^[\x21-\x7e]{1,253}$/
 
-function idField(body: Record<string, unknown>, field: string): string {
-  const value = body[field]
+function idField(body: Record<string, unknown>, name: string, field = name): string {
+  const value = body[name]
   if (typeof value !== 'string' || !ID.test(value)) {
     throw new MaitreError('MAITRE_BAD_REQUEST', `${field} must be a string of 1 to 253 printable characters`, { details: { field } })
   }
@@ -114,9 +114,10 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       return sendJson(res, 200, { refreshed: true, store, key }, cid)
     }
     case 'arrivals': {
+      if (arrivals === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'This router’s keep-alive hears no other router', { details: { path: url.pathname } })
       const heard = arrivalsOf(body)
       // Every note checked before any is taken: a batch is heard whole or not at all.
-      for (const { asked, arrival } of heard) arrivals?.heard(asked, arrival)
+      for (const { serviceId, arrival } of heard) arrivals.heard(serviceId, arrival)
       return sendJson(res, 200, { heard: heard.length }, cid)
     }
     case 'expire': {
@@ -157,8 +158,9 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
   }
 }
 
-function arrivalsOf(body: Record<string, unknown>): { asked: Resolution; arrival: Parameters<ArrivalsPeer['heard']>[1] }[] {
+function arrivalsOf(body: Record<string, unknown>): { serviceId: string; arrival: Parameters<ArrivalsPeer['heard']>[1] }[] {
   const notes = body['notes']
+  // (As many as a body of 256 KB holds: a few thousand.)
   if (!Array.isArray(notes)) throw new MaitreError('MAITRE_BAD_REQUEST', 'notes must be a list of requests told of', { details: { field: 'notes' } })
   return notes.map((note: unknown, i) => {
     const field = `notes[${i}]`
@@ -172,10 +174,10 @@ function arrivalsOf(body: Record<string, unknown>): { asked: Resolution; arrival
       if (typeof n[flag] !== 'boolean') throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.${flag} must be true or false`, { details: { field: `${field}.${flag}` } })
     }
     const idleForMs = n['idleForMs']
-    if (idleForMs !== undefined && (typeof idleForMs !== 'number' || !Number.isFinite(idleForMs) || idleForMs < 0)) {
-      throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.idleForMs must be a number of milliseconds, 0 or more, or absent (the version was busy)`, { details: { field: `${field}.idleForMs` } })
+    if (idleForMs !== undefined && (typeof idleForMs !== 'number' || !Number.isFinite(idleForMs) || idleForMs < 0 || idleForMs > MAX_IDLE_FOR_MS)) {
+      throw new MaitreError('MAITRE_BAD_REQUEST', `${field}.idleForMs must be a number of milliseconds from 0 to ${MAX_IDLE_FOR_MS} (a year), or absent (the version was busy)`, { details: { field: `${field}.idleForMs` } })
     }
-    return { asked: resolutionFromWire(n['resolution'], `${field}.resolution`), arrival: { agoMs: agoMs as number, running: n['running'] as boolean, warm: n['warm'] as boolean, idleForMs: idleForMs as number | undefined } }
+    return { serviceId: idField(n, 'serviceId', `${field}.serviceId`), arrival: { agoMs: agoMs as number, running: n['running'] as boolean, warm: n['warm'] as boolean, idleForMs: idleForMs as number | undefined } }
   })
 }
 

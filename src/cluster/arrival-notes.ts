@@ -13,7 +13,6 @@
  */
 import { Agent, request } from 'undici'
 import type { Logger } from '../log.ts'
-import type { Resolution } from '../versions/resolve.ts'
 import type { Member } from './coordination.ts'
 import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
 
@@ -63,20 +62,16 @@ export class ArrivalNotes {
     this.#o = options
   }
 
-  /** A request to `asked` arrived here: tell the peers at the next flush. */
-  tell(asked: Resolution, arrival: ToldArrival): void {
+  /** A request to the version arrived here: tell the peers at the next flush. */
+  tell(serviceId: string, arrival: ToldArrival): void {
     if (this.#closed) return
     if (this.#pending.length >= MAX_PENDING) {
       this.#o.onOutcome?.('dropped', 1)
       return
     }
     const { running, warm, idleForMs } = arrival
-    const json = JSON.stringify({ resolution: asked, running, warm, ...(idleForMs === undefined ? {} : { idleForMs: Math.round(idleForMs) }) })
-    // One that could never be carried (a descriptor of hundreds of KB) is not tried.
-    if (json.length > MAX_POST_BYTES) {
-      this.#o.onOutcome?.('dropped', 1)
-      return
-    }
+    // A note names the version: the routers told start it, if ever, from their own record of it.
+    const json = JSON.stringify({ serviceId, running, warm, ...(idleForMs === undefined ? {} : { idleForMs: Math.round(idleForMs) }) })
     this.#pending.push({ json, at: performance.now() })
     this.#timer ??= setTimeout(() => this.#flush(), this.#o.flushMs ?? FLUSH_MS).unref()
   }
@@ -129,13 +124,14 @@ function* batches(from: string, pending: readonly Pending[], now: number): Itera
   for (const note of pending) {
     // `{"agoMs":N,` then the note's own fields.
     const part = `{"agoMs":${Math.max(0, Math.round(now - note.at))},${note.json.slice(1)}`
-    if (parts.length > 0 && size + part.length + 1 > MAX_POST_BYTES) {
+    const bytes = Buffer.byteLength(part)
+    if (parts.length > 0 && size + bytes + 1 > MAX_POST_BYTES) {
       yield { text: `${head}${parts.join(',')}]}`, count: parts.length }
       parts = []
       size = head.length + 2
     }
     parts.push(part)
-    size += part.length + 1
+    size += bytes + 1
   }
   if (parts.length > 0) yield { text: `${head}${parts.join(',')}]}`, count: parts.length }
 }

@@ -87,12 +87,19 @@ export class KeepAliveLedger<P = unknown> {
     const prewarmed = entry.prewarmedAt !== undefined
     const hit = prewarmed && running && warm
     if (prewarmed && !hit) entry.misses += 1
-    // A version that is not running, or runs only because it was pre-warmed, was last active
-    // when its collection found it so; a running one, when the tracker last saw it.
-    if (running || entry.idleSince !== undefined) {
-      const idleSince = running && !prewarmed ? runningIdleSince : entry.idleSince
+    // When the idle period this request ends began. A version let go with no request since
+    // began it at its collection, whatever runs it now (its pre-warm; in a cluster, a request at
+    // another router that has not told this one yet); a running one, when its activity last ended.
+    const letGo = entry.idleSince !== undefined && (entry.lastArrivalAt === undefined || entry.lastArrivalAt <= entry.idleSince)
+    let idleSince = letGo || !running ? entry.idleSince : runningIdleSince
+    // A request seen here since then already ended that period: this one comes within the busy
+    // spell that followed (in a cluster, two routers that each saw a request to a version idle
+    // for an hour tell of it once each, not as two hours-long idle times; nor do two cold starts).
+    const ended = idleSince !== undefined && entry.lastArrivalAt !== undefined && entry.lastArrivalAt > idleSince
+    if (ended) idleSince = entry.lastArrivalAt
+    if (running || idleSince !== undefined) {
       // A version let go too early (a cold start) always counts: its history must catch up.
-      const sample = idleSampleOf(now, idleSince, running ? entry.lastSampleAt : undefined)
+      const sample = idleSampleOf(now, idleSince, running || ended ? entry.lastSampleAt : undefined)
       if (sample !== undefined) {
         entry.histogram.record(sample)
         entry.lastSampleAt = now
@@ -100,7 +107,8 @@ export class KeepAliveLedger<P = unknown> {
     }
     if (hit) entry.hits += 1
     entry.prewarmedAt = undefined
-    entry.lastArrivalAt = now
+    // (A request told of late by another router arrived before one seen here already.)
+    entry.lastArrivalAt = Math.max(entry.lastArrivalAt ?? now, now)
     return prewarmed ? (hit ? 'hit' : 'miss') : undefined
   }
 
@@ -111,7 +119,8 @@ export class KeepAliveLedger<P = unknown> {
    */
   tell(serviceId: string, now: number, running: boolean): boolean {
     const entry = this.#entry(serviceId)
-    if (running && entry.toldAt !== undefined && now - entry.toldAt < PEER_NOTE_GAP_MS) return false
+    // (A clock stepped back since is not taken for a gap not yet over.)
+    if (running && entry.toldAt !== undefined && now >= entry.toldAt && now - entry.toldAt < PEER_NOTE_GAP_MS) return false
     entry.toldAt = now
     return true
   }

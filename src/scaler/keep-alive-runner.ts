@@ -7,11 +7,13 @@
  * Only the leader lets versions go and pre-warms them (as only it collects). In a cluster every
  * router learns from every router's requests: each tells the others of those that reach it
  * (PEER_NOTE_GAP_MS), and idle times are the fleet's, not one router's (its own requests alone
- * would make a version look idle while the others serve it).
+ * would make a version look idle while the others serve it). A note only names the version: what
+ * starts it again comes from this router's own record of it.
  */
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Clock } from '../clock.ts'
+import type { LaunchSpec } from '../launch-spec.ts'
 import type { Logger } from '../log.ts'
 import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions/registry.ts'
 import type { Resolution } from '../versions/resolve.ts'
@@ -42,12 +44,36 @@ export interface PeerArrival {
   readonly idleForMs: number | undefined
 }
 
+/** How a recorded version is started without a request (as a leader taking over a backend does). */
+export interface RecordStarts {
+  readonly parametersOf: (record: ServiceRecord) => Readonly<Record<string, unknown>>
+  readonly launchSpecOf: (record: ServiceRecord) => LaunchSpec
+  readonly remember: (record: ServiceRecord) => Promise<unknown>
+}
+
+/**
+ * What a pre-warm of a version takes, from this router's own record of it: its parameters and
+ * its tokens as recorded. Undefined for a record that names no run-as-user (from before every
+ * version named one): who it runs as came from each request, so only a request starts it.
+ */
+export function payloadOfRecord(record: ServiceRecord, starts: RecordStarts): PrewarmPayload | undefined {
+  const runAs = record.core['run-as-user']
+  if (typeof runAs !== 'string' || runAs === '' || runAs === '*') return undefined
+  const activation: ActivationRequest = {
+    serviceId: record.id,
+    effective: () => starts.parametersOf(record),
+    launchSpec: () => starts.launchSpecOf(record),
+    remember: () => starts.remember(record),
+  }
+  return { activation, sources: record.sources, core: record.core }
+}
+
 export interface KeepAliveDeps {
   readonly ledger: KeepAliveLedger<PrewarmPayload>
   readonly backend: Pick<Backend, 'requested'>
   readonly tracker: Pick<InstanceTracker, 'load' | 'idleSince'>
   /** Tells the other routers of a request that reached this one (cluster mode; see PEER_NOTE_GAP_MS). */
-  readonly tellPeers?: ((asked: Resolution, arrival: PeerArrival) => void) | undefined
+  readonly tellPeers?: ((serviceId: string, arrival: PeerArrival) => void) | undefined
   readonly registry: Pick<ServiceRegistry, 'all' | 'get'>
   readonly activator: Pick<Activator, 'ensure' | 'collecting'>
   /** The GC's collection of a version it finds idle now (it decides again), resolving with what it did. */
@@ -103,29 +129,39 @@ export class KeepAliveRunner {
     return this.#deps.ledger.plan(serviceId, this.policyOf(params), (params['idle-timeout-mins'] as number) * 60_000)
   }
 
-  /**
-   * A request for the version arrives: here (on the data path: a map lookup for an adaptive
-   * version, nothing for the others), or at another router, which told this one (`heard`).
-   */
-  arrived(asked: Resolution, params: Readonly<Record<string, unknown>>, activation: ActivationRequest, heard?: PeerArrival): void {
+  /** A request for the version arrives here (on the data path: a map lookup for an adaptive version, nothing for the others). */
+  arrived(asked: Resolution, params: Readonly<Record<string, unknown>>, activation: ActivationRequest): void {
     if (this.policyOf(params) !== 'adaptive') return
     const serviceId = asked.serviceId
     const now = this.#deps.clock.now()
-    const at = heard === undefined ? now : now - heard.agoMs
-    // What the router the request reached saw then: this one, or the one that told of it (a
-    // cold start there may already show as running here).
-    const running = heard?.running ?? (this.#deps.backend.requested(serviceId) ?? 0) > 0
-    const warm = heard?.warm ?? (running && this.#deps.tracker.load(serviceId).healthy > 0)
-    let idleSince: number | undefined
-    if (heard !== undefined) idleSince = heard.idleForMs === undefined ? undefined : at - heard.idleForMs
-    else if (running) idleSince = fleetIdleSince(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId)
-    const { ledger } = this.#deps
-    const outcome = ledger.arrived(serviceId, at, running, warm, running ? idleSince : undefined, { activation, sources: asked.sources, core: asked.core })
+    const running = (this.#deps.backend.requested(serviceId) ?? 0) > 0
+    const warm = running && this.#deps.tracker.load(serviceId).healthy > 0
+    const idleSince = running ? fleetIdleSince(this.#deps.tracker, this.#deps.fleet ?? ALONE, serviceId) : undefined
+    this.#learn(serviceId, now, running, warm, idleSince, { activation, sources: asked.sources, core: asked.core })
+    if (this.#deps.tellPeers !== undefined && this.#deps.ledger.tell(serviceId, now, running)) {
+      this.#deps.tellPeers(serviceId, { agoMs: 0, running, warm, idleForMs: idleSince === undefined ? undefined : Math.max(0, now - idleSince) })
+    }
+  }
+
+  /**
+   * A request for an adaptive version reached another router, which told this one. `known`:
+   * this router's own record of the version, if it has one: its parameters, and what it takes to
+   * start it again (never what the note says: a note names a version, it does not describe one).
+   * Judged by what that router saw when the request arrived (a cold start there may already
+   * show as running here).
+   */
+  heard(serviceId: string, known: { readonly params: Readonly<Record<string, unknown>>; readonly payload: PrewarmPayload | undefined } | undefined, arrival: PeerArrival): void {
+    // (Unknown here yet, a version just recorded elsewhere: the router that told judged it adaptive.)
+    if (known !== undefined && this.policyOf(known.params) !== 'adaptive') return
+    const at = this.#deps.clock.now() - arrival.agoMs
+    const idleSince = arrival.running && arrival.idleForMs !== undefined ? at - arrival.idleForMs : undefined
+    this.#learn(serviceId, at, arrival.running, arrival.warm, idleSince, known?.payload)
+  }
+
+  #learn(serviceId: string, at: number, running: boolean, warm: boolean, idleSince: number | undefined, payload: PrewarmPayload | undefined): void {
+    const outcome = this.#deps.ledger.arrived(serviceId, at, running, warm, idleSince, payload)
     if (outcome === 'hit') this.#deps.onHit?.(serviceId)
     else if (outcome === 'miss') this.#deps.onMiss?.(serviceId)
-    if (heard === undefined && this.#deps.tellPeers !== undefined && ledger.tell(serviceId, now, running)) {
-      this.#deps.tellPeers(asked, { agoMs: 0, running, warm, idleForMs: idleSince === undefined ? undefined : Math.max(0, now - idleSince) })
-    }
   }
 
   /**

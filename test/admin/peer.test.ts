@@ -165,26 +165,24 @@ t.test('a follower’s expiry reaches the leader: done there, 404 for an unknown
 t.test('requests another router told of reach the keep-alive; a batch with one bad note is a 400 naming its field, and none of it is heard', async (t) => {
   const { exchange } = fakeExchange()
   const heard: Parameters<ArrivalsPeer['heard']>[] = []
-  const url = await serve(t, exchange, undefined, undefined, { heard: (asked, arrival) => void heard.push([asked, arrival]) })
-  const resolution = { serviceId: 's-1', core: { cmd: 'serve' }, effective: { cmd: 'serve' }, sources: [{ token: 'web', etag: 'E1' }], source: { token: 'web', etag: 'E1' }, tokenMetadata: {}, authenticationDisabled: false }
-  const good = { agoMs: 12, running: true, warm: false, idleForMs: 90_000, resolution }
-  const ok = await post(`${url}/maitre-peer/arrivals`, { from: 'r2', notes: [good] })
+  const url = await serve(t, exchange, undefined, undefined, { heard: (serviceId, arrival) => void heard.push([serviceId, arrival]) })
+  const good = { serviceId: 's-1', agoMs: 12, running: true, warm: false, idleForMs: 90_000 }
+  const ok = await post(`${url}/maitre-peer/arrivals`, { from: 'r2', notes: [good, { ...good, serviceId: 's-2', idleForMs: undefined }] })
   t.equal(ok.status, 200)
-  t.same(ok.json(), { heard: 1 })
-  t.same(heard, [[{ ...resolution, fallback: undefined }, { agoMs: 12, running: true, warm: false, idleForMs: 90_000 }]], 'heard as told')
+  t.same(ok.json(), { heard: 2 })
+  t.same(heard, [['s-1', { agoMs: 12, running: true, warm: false, idleForMs: 90_000 }], ['s-2', { agoMs: 12, running: true, warm: false, idleForMs: undefined }]], 'heard as told')
   heard.length = 0
   const cases: [unknown, string][] = [
     [{ notes: 'all of them' }, 'notes'],
     [{ notes: [good, 'x'] }, 'notes[1]'],
+    [{ notes: [good, { ...good, serviceId: 'a b' }] }, 'notes[1].serviceId'],
+    [{ notes: [{ ...good, serviceId: undefined }] }, 'notes[0].serviceId'],
     [{ notes: [{ ...good, agoMs: -1 }] }, 'notes[0].agoMs'],
     [{ notes: [{ ...good, agoMs: 3_600_000 }] }, 'notes[0].agoMs'],
+    [{ notes: [{ ...good, running: 1 }] }, 'notes[0].running'],
     [{ notes: [{ ...good, warm: 'yes' }] }, 'notes[0].warm'],
     [{ notes: [{ ...good, idleForMs: -5 }] }, 'notes[0].idleForMs'],
-    [{ notes: [good, { ...good, resolution: { ...resolution, serviceId: 'a b' } }] }, 'notes[1].resolution.serviceId'],
-    [{ notes: [{ ...good, resolution: { ...resolution, sources: [{ token: 'web' }] } }] }, 'notes[0].resolution.sources[0]'],
-    [{ notes: [{ ...good, resolution: { ...resolution, core: [] } }] }, 'notes[0].resolution.core'],
-    [{ notes: [{ ...good, resolution: { ...resolution, fallback: { since: 1, until: 2, serviceIds: [7] } } }] }, 'notes[0].resolution.fallback.serviceIds'],
-    [{ notes: [{ ...good, resolution: undefined }] }, 'notes[0].resolution'],
+    [{ notes: [{ ...good, idleForMs: 1e300 }] }, 'notes[0].idleForMs'],
   ]
   for (const [body, field] of cases) {
     const res = await post(`${url}/maitre-peer/arrivals`, body)

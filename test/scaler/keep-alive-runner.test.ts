@@ -1,7 +1,7 @@
 import t from 'tap'
 import { ManualClock } from '../fixtures/manual-clock.ts'
 import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
-import { KeepAliveRunner, type PeerArrival, type PrewarmPayload } from '../../src/scaler/keep-alive-runner.ts'
+import { KeepAliveRunner, payloadOfRecord, type PeerArrival, type PrewarmPayload } from '../../src/scaler/keep-alive-runner.ts'
 import type { VersionLoad } from '../../src/cluster/coordination.ts'
 import type { ActivationRequest } from '../../src/scaler/activator.ts'
 import type { ServiceRecord, TokenReference } from '../../src/versions/registry.ts'
@@ -59,7 +59,7 @@ function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
       onHit: () => outcomes.push('hit'),
       onMiss: () => outcomes.push('miss'),
       fleet: { isLeader: () => options.leader ?? true, peerLoad: () => state.peers },
-      tellPeers: (asked, arrival) => told.push({ serviceId: asked.serviceId, arrival }),
+      tellPeers: (serviceId, arrival) => told.push({ serviceId, arrival }),
     },
     { defaultPolicy: 'fixed', tickMs: 1000 },
   )
@@ -299,22 +299,23 @@ t.test('in a cluster, a router tells its peers of a request to an adaptive versi
   t.same(told.at(-1)?.arrival, { agoMs: 0, running: true, warm: true, idleForMs: 31_000 }, 'running, warm, and idle since the end of the last activity it knows of')
   runner.arrived(askedOf([], {}, 'f'), { ...PARAMS, 'keep-alive': 'fixed' }, { ...activation, serviceId: 'f' })
   clock.advance(60_000)
-  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: true, warm: true, idleForMs: 60_000 })
+  runner.heard('v', { params: PARAMS, payload: undefined }, { agoMs: 0, running: true, warm: true, idleForMs: 60_000 })
   t.equal(told.length, 3, 'neither a fixed version nor a request another router told of is told')
 })
 
 t.test('requests told by other routers teach this one: the idle times, the pre-warm’s hit, and a cold start counted from the collection even if the version runs here by then', async (t) => {
   const { clock, ledger, requested, starts, state, runner, activation, outcomes, runs } = setUp()
-  const asked = askedOf([{ token: 't', etag: 'e1' }], { cmd: 'x' })
+  // This router's own record of the version (a note only names it).
+  const known = { params: PARAMS, payload: { activation, sources: [{ token: 't', etag: 'e1' }], core: { cmd: 'x' } } }
   // Every 20 minutes a request reaches another router, the version idle since the one before.
-  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: false, warm: false, idleForMs: undefined })
+  runner.heard('v', known, { agoMs: 100, running: false, warm: false, idleForMs: undefined })
   runs()
   for (let i = 0; i < 3; i++) {
     clock.advance(20 * MIN)
-    runner.arrived(asked, PARAMS, activation, { agoMs: 100, running: true, warm: true, idleForMs: 20 * MIN })
+    runner.heard('v', known, { agoMs: 100, running: true, warm: true, idleForMs: 20 * MIN })
   }
   t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, 19 * MIN, 'learned from what the other router saw, though no request reached this one')
-  t.same(ledger.payload('v')?.core, { cmd: 'x' }, 'and what it takes to start the version again')
+  t.same(ledger.payload('v')?.core, { cmd: 'x' }, 'and what it takes to start the version again, from its own record')
   // The leader lets the version go after 10 s, and pre-warms it at 19 minutes.
   state.lastActiveAt = clock.now()
   clock.advance(15_000)
@@ -324,7 +325,7 @@ t.test('requests told by other routers teach this one: the idle times, the pre-w
   await runner.tick()
   t.same(starts, ['v'], 'pre-warmed on the other router’s history')
   clock.advance(MIN)
-  runner.arrived(asked, PARAMS, activation, { agoMs: 50, running: true, warm: true, idleForMs: 20 * MIN })
+  runner.heard('v', known, { agoMs: 50, running: true, warm: true, idleForMs: 20 * MIN })
   t.same(outcomes, ['hit'], 'the next request, on the other router, found it warm: a hit')
 
   // Let go again; a request reaches the other router 5 minutes later, a cold start there. By the
@@ -336,7 +337,81 @@ t.test('requests told by other routers teach this one: the idle times, the pre-w
   const before = ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), false, undefined, clock.now()).idleTimes
   clock.advance(5 * MIN)
   runs()
-  runner.arrived(asked, PARAMS, activation, { agoMs: 0, running: false, warm: false, idleForMs: undefined })
+  runner.heard('v', known, { agoMs: 0, running: false, warm: false, idleForMs: undefined })
   t.equal(ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), true, undefined, clock.now()).idleTimes, before + 1, 'the cold start counts')
   t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, Math.floor(5 * MIN * 0.95), 'as a 5-minute idle time, from when the version was let go')
+})
+
+t.test('a request told late, that arrived at the other router before the version was let go, does not end its idle period here', async (t) => {
+  const { clock, starts, state, runner, activation, learn, ledger } = setUp()
+  await learn()
+  // learn() let the version go 15 s after its last call; the other router's note of a request
+  // from just before that call comes now, 2 s late.
+  clock.advance(1000)
+  runner.heard('v', { params: PARAMS, payload: undefined }, { agoMs: 17_000, running: true, warm: true, idleForMs: undefined })
+  clock.advance(19 * MIN - 16_000)
+  await runner.tick()
+  t.same(starts, ['v'], 'still pre-warmed: that request came before the version was let go')
+  t.equal(ledger.payload('v')?.activation, activation, 'a note without a record here leaves what starts the version as it was')
+  t.equal(state.current, true)
+})
+
+t.test('a record that names no run-as-user (from before every version named one) is started only by a request: no pre-warm payload from it', async (t) => {
+  const starts = { parametersOf: () => PARAMS, launchSpecOf: () => { throw new Error('not used') }, remember: async () => undefined }
+  const record = (core: Record<string, unknown>): ServiceRecord => ({ id: 'v', core, sources: [{ token: 't', etag: 'e2' }], createdAt: 0 })
+  t.equal(payloadOfRecord(record({ cmd: 'x' }), starts), undefined)
+  t.equal(payloadOfRecord(record({ cmd: 'x', 'run-as-user': '*' }), starts), undefined)
+  const payload = payloadOfRecord(record({ cmd: 'x', 'run-as-user': 'alice' }), starts)
+  t.same(payload?.sources, [{ token: 't', etag: 'e2' }], 'the tokens as recorded')
+  t.equal(payload?.activation.serviceId, 'v')
+  t.same(payload?.activation.effective(), PARAMS, 'the parameters as this router has them')
+})
+
+t.test('one idle period is one idle time, however many routers saw the request that ended it: a long idle time, and a cold start', async (t) => {
+  const { clock, ledger, requested, runner, activation, runs } = setUp()
+  const asked = askedOf([{ token: 't', etag: 'e1' }], {})
+  const idleTimes = (): number => ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), true, undefined, clock.now()).idleTimes
+  runs()
+  clock.advance(20 * MIN)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(idleTimes(), 1, 'a request here after 20 idle minutes')
+  clock.advance(300)
+  // Another router's request 100 ms later, before it heard of this one's: it too saw 20 idle minutes.
+  runner.heard('v', { params: PARAMS, payload: undefined }, { agoMs: 200, running: true, warm: true, idleForMs: 20 * MIN + 100 })
+  t.equal(idleTimes(), 1, 'its note adds no second 20-minute idle time')
+
+  // Let go; 5 minutes later a request here starts it again, and so does one at another router.
+  runner.collected('v', 'idle', clock.now())
+  requested.delete('v')
+  clock.advance(5 * MIN)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(idleTimes(), 2, 'the cold start counts once')
+  clock.advance(200)
+  runner.heard('v', { params: PARAMS, payload: undefined }, { agoMs: 100, running: false, warm: false, idleForMs: undefined })
+  t.equal(idleTimes(), 2, 'not twice')
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).basis, 'too-few-idle-times', 'two idle periods are not yet three idle times')
+})
+
+t.test('a router that did not pre-warm a version (the leader did) counts the idle time from when the version was let go, not from when it came back', async (t) => {
+  const { clock, ledger, state, runner, activation, runs } = setUp({ leader: false })
+  const asked = askedOf([{ token: 't', etag: 'e1' }], {})
+  runs()
+  runner.arrived(asked, PARAMS, activation)
+  // The leader let the version go (and told this router), then pre-warmed it 19 minutes later:
+  // this router's tracker sees a new instance, as if active then.
+  runner.collected('v', 'idle', clock.now())
+  clock.advance(19 * MIN)
+  state.lastActiveAt = clock.now()
+  clock.advance(MIN)
+  runner.arrived(asked, PARAMS, activation)
+  t.equal(ledger.view('v', ledger.plan('v', 'adaptive', 10 * MIN), true, undefined, clock.now()).idleTimes, 2)
+  // Two more like it make the histogram trusted (with the first call's zero): its 95th percentile is 20 minutes, not 1.
+  for (let i = 0; i < 2; i++) {
+    runner.collected('v', 'idle', clock.now())
+    clock.advance(19 * MIN)
+    state.lastActiveAt = clock.now()
+    clock.advance(MIN)
+    runner.arrived(asked, PARAMS, activation)
+  }
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).keepAliveMs, 10 * MIN, '20-minute idle times (kept to the fixed 10 minutes, not let go after 2.1): the version was idle since it was let go')
 })
