@@ -12,6 +12,9 @@ import { IdleHistogram, idleSampleOf, PEER_NOTE_GAP_MS, planKeepAlive, prewarmDu
 
 export const DEFAULT_LEDGER_VERSIONS = 10_000
 
+/** How late another router's note of a request can be heard (its age bound at the peer API). */
+const LATE_NOTE_MS = 60_000
+
 interface Entry<P> {
   readonly histogram: IdleHistogram
   /** When the version's last activity ended, as last known (kept across its collections). */
@@ -107,8 +110,10 @@ export class KeepAliveLedger<P = unknown> {
     }
     if (hit) entry.hits += 1
     entry.prewarmedAt = undefined
-    // (A request told of late by another router arrived before one seen here already.)
-    entry.lastArrivalAt = Math.max(entry.lastArrivalAt ?? now, now)
+    // A request told of late by another router (a minute at most) arrived before one seen here
+    // already; anything further ahead is a clock stepped back, which the next arrival follows.
+    const last = entry.lastArrivalAt
+    entry.lastArrivalAt = last !== undefined && last > now && last - now <= LATE_NOTE_MS ? last : now
     return prewarmed ? (hit ? 'hit' : 'miss') : undefined
   }
 

@@ -150,3 +150,17 @@ t.test('the GC follows a keep-alive deadline when the policy gives one, the idle
   t.same(pickGarbage([{ ...base, keepUntil: 45 * MIN }], 40 * MIN), [], 'or later')
   t.same(pickGarbage([{ ...base, keepUntil: 0, outstanding: 1 }], 40 * MIN), [], 'and never with a request under way')
 })
+
+t.test('a wall clock stepped back an hour does not leave the last arrival in the future: the next let-go idle period is measured and pre-warmed as usual', async (t) => {
+  const ledger = new KeepAliveLedger<string>(10)
+  const T = 10 * 3_600_000
+  ledger.arrived('v', T, false, false, undefined, 'start-v')
+  // The clock steps back an hour; the version is let go, and a request comes 35 minutes later.
+  ledger.collected('v', T - 55 * 60_000)
+  // (This one period reads a request after its let-go: the clock's own step, as before.)
+  ledger.arrived('v', T - 20 * 60_000, false, false, undefined)
+  const view = ledger.view('v', ledger.plan('v', 'adaptive', 10 * 60_000), false, undefined, T - 20 * 60_000)
+  t.equal(view.idleTimes, 1, 'the cold start counts')
+  ledger.collected('v', T - 19 * 60_000)
+  t.equal(ledger.prewarmAt('v', { policy: 'adaptive', basis: 'learned', prewarmMs: 60_000, keepAliveMs: 60_000 }), T - 18 * 60_000, 'and the next let-go is pre-warmed: the last arrival follows the clock')
+})
