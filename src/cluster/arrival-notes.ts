@@ -11,10 +11,10 @@
  * time short), and nothing is sent again. Bounded: at most MAX_PENDING notes wait for a flush;
  * more are dropped and counted.
  */
-import { Agent, request } from 'undici'
+import { Agent } from 'undici'
 import type { Logger } from '../log.ts'
 import type { Member } from './coordination.ts'
-import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
+import { postToPeerOk } from './peer-post.ts'
 
 /** How long notes are gathered before they are sent. */
 export const FLUSH_MS = 100
@@ -90,15 +90,7 @@ export class ArrivalNotes {
 
   async #post(peer: Member, body: string, count: number): Promise<void> {
     try {
-      const res = await request(`${peer.url}${PEER_PATH_PREFIX}arrivals`, {
-        method: 'POST',
-        dispatcher: this.#agent,
-        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#o.key },
-        body,
-        signal: AbortSignal.timeout(POST_TIMEOUT_MS),
-      })
-      await res.body.dump()
-      if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`)
+      await postToPeerOk({ url: peer.url, what: 'arrivals', key: this.#o.key, body, timeoutMs: POST_TIMEOUT_MS, dispatcher: this.#agent })
       this.#o.onOutcome?.('sent', count)
     } catch (err) {
       this.#o.onOutcome?.('failed', count)

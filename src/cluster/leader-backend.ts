@@ -31,7 +31,7 @@ import { MaitreError, type ErrorCode } from '../errors.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
 import type { Logger } from '../log.ts'
 import { launchSpecOf, serviceStateOf, toWire, WireError } from './backend-wire.ts'
-import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
+import { PEER_KEY_HEADER, PEER_PATH_PREFIX, postToPeer } from './peer-post.ts'
 
 /** The real backend the leader runs: `ready` once it knows what runs (Mesos: tasks adopted). */
 export interface LedBackend extends Backend {
@@ -429,14 +429,7 @@ export class LeaderBackend implements Backend {
     if (url === undefined) throw unavailable('none is known right now')
     let res: Awaited<ReturnType<typeof request>>
     try {
-      res = await request(`${url}${PEER_PATH_PREFIX}backend/${call}`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#o.peerKey },
-        body: JSON.stringify(body),
-        headersTimeout: CALL_TIMEOUT_MS,
-        bodyTimeout: CALL_TIMEOUT_MS,
-        signal: AbortSignal.timeout(CALL_TIMEOUT_MS),
-      })
+      res = await postToPeer({ url, what: `backend/${call}`, key: this.#o.peerKey, body: JSON.stringify(body), timeoutMs: CALL_TIMEOUT_MS })
     } catch (err) {
       throw unavailable('did not answer', err)
     }

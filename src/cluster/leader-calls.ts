@@ -6,10 +6,10 @@
  * Waiter's `/apps/{id}/instance/{iid}/expire` is one: through a follower it used to answer
  * success and do nothing.
  */
-import { Agent, request } from 'undici'
+import { Agent } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Coordination } from './coordination.ts'
-import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
+import { postToPeer } from './peer-post.ts'
 
 /** How long a follower waits for the leader's answer. */
 const LEADER_CALL_TIMEOUT_MS = 5000
@@ -43,13 +43,7 @@ export class LeaderCalls {
     if (leader === undefined) throw unavailable(serviceId, instanceId, 'no leader is known right now')
     let status: number
     try {
-      const res = await request(`${leader.url}${PEER_PATH_PREFIX}expire`, {
-        method: 'POST',
-        dispatcher: this.#agent,
-        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#o.key },
-        body: JSON.stringify({ serviceId, instanceId }),
-        signal: AbortSignal.timeout(LEADER_CALL_TIMEOUT_MS),
-      })
+      const res = await postToPeer({ url: leader.url, what: 'expire', key: this.#o.key, body: JSON.stringify({ serviceId, instanceId }), timeoutMs: LEADER_CALL_TIMEOUT_MS, dispatcher: this.#agent })
       await res.body.dump()
       status = res.statusCode
     } catch (err) {

@@ -10,10 +10,10 @@
  * confirms one again: a silent peer costs one write the timeout, not every write until its lease
  * lapses (a version's record is written before its first start, so cold starts would pay it).
  */
-import { Agent, request } from 'undici'
+import { Agent } from 'undici'
 import type { Logger } from '../log.ts'
 import type { Member } from './coordination.ts'
-import { PEER_KEY_HEADER, PEER_PATH_PREFIX } from './slot-exchange.ts'
+import { postToPeerOk } from './peer-post.ts'
 
 /** How long a write waits for its peers at most. */
 export const PEER_SYNC_TIMEOUT_MS = 1000
@@ -71,17 +71,7 @@ export class PeerSync {
   async #tell(peer: Member, store: string, key: string, body: string, signal: AbortSignal, timeout: number): Promise<void> {
     const call = ++this.#calls
     try {
-      const res = await request(`${peer.url}${PEER_PATH_PREFIX}refresh`, {
-        method: 'POST',
-        dispatcher: this.#agent,
-        headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#o.key },
-        body,
-        signal,
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-      })
-      await res.body.dump()
-      if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`)
+      await postToPeerOk({ url: peer.url, what: 'refresh', key: this.#o.key, body, timeoutMs: timeout, signal, dispatcher: this.#agent })
       this.#unresponsive.delete(peer.routerId)
       this.#confirmedUpTo.set(peer.routerId, Math.max(call, this.#confirmedUpTo.get(peer.routerId) ?? 0))
       this.#o.onOutcome?.('confirmed')

@@ -34,8 +34,9 @@ import type { Lease, ReleaseOutcome, SlotSharing } from '../backends/tracker.ts'
 import type { PeerReport, SlotView } from './coordination.ts'
 import { slotLimit } from './slot-shares.ts'
 
-export const PEER_PATH_PREFIX = '/maitre-peer/'
-export const PEER_KEY_HEADER = 'x-maitre-peer-key'
+import { PEER_KEY_HEADER, PEER_PATH_PREFIX, postToPeer } from './peer-post.ts'
+
+export { PEER_KEY_HEADER, PEER_PATH_PREFIX }
 
 /** What the exchange needs of the tracker. */
 export interface LendingTracker {
@@ -522,16 +523,7 @@ export class SlotExchange implements SlotSharing {
 
   /** A short peer call (wants, eject, member), bounded by the peer timeout. */
   async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown): Promise<Dispatcher.ResponseData> {
-    const timeout = this.#o.peerTimeoutMs ?? 1000
-    return request(`${url}${PEER_PATH_PREFIX}${what}`, {
-      method: 'POST',
-      dispatcher: this.#agent,
-      headers: { 'content-type': 'application/json', [PEER_KEY_HEADER]: this.#key },
-      body: JSON.stringify(body),
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      signal: AbortSignal.timeout(timeout),
-    })
+    return postToPeer({ url, what, key: this.#key, body: JSON.stringify(body), timeoutMs: this.#o.peerTimeoutMs ?? 1000, dispatcher: this.#agent })
   }
 
   async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {
