@@ -4,6 +4,7 @@
  */
 import t from 'tap'
 import { startCluster } from '../fixtures/cluster.ts'
+import { OffsetClock } from '../fixtures/offset-clock.ts'
 import { call, createToken, kitchenToken, SIM_NAMESPACE, waitFor, type Router } from '../fixtures/router.ts'
 
 interface ClusterState {
@@ -86,4 +87,26 @@ t.test('an adaptive version’s keep-alive learns from the requests every router
   t.equal(onLeader, 1, 'so does the leader, which lets versions go and pre-warms them, though the request never reached it')
   const sent = (await call(`${follower.url}/metrics`)).text.match(/^maitre_keep_alive_notes_total\{outcome="sent"\} (\d+)/m)?.[1]
   t.ok(Number(sent) >= 1, `the follower told it (maitre_keep_alive_notes_total sent ${sent})`)
+})
+
+t.test('a version the leader collects is known as let go on every router, with when it was last used (so any router that leads next can pre-warm it)', async (t) => {
+  const clock = new OffsetClock()
+  const cluster = await startCluster(t, 2, { 'scaler.tickMs': 250, 'scaler.gcIntervalMs': 100 }, { clock })
+  const { leader, follower } = await leaderAndFollower(cluster.routers)
+  await createToken(leader, 'letgo', kitchenToken({ 'keep-alive': 'adaptive', 'idle-timeout-mins': 1 }))
+  const h = { 'x-waiter-token': 'letgo' }
+  const serviceId = (await call(`${follower.url}/service-id`, { headers: h })).text
+  await waitFor('the token on the follower', async () => ((await call(`${follower.url}/request-info`, { headers: h })).status === 200 ? true : undefined))
+  const keepAliveOn = async (r: Router): Promise<{ status?: string; 'keep-alive'?: { 'idle-since': string | null } } | undefined> => {
+    const res = await call(`${r.url}/apps/${serviceId}`)
+    return res.status === 200 ? res.json() : undefined
+  }
+  t.equal((await keepAliveOn(follower))?.['keep-alive']?.['idle-since'] !== undefined, true, 'the follower shows the version’s keep-alive')
+  // Idle past its fixed minute (three idle times are not yet seen): the leader collects it.
+  clock.jump(61_000)
+  const dormant = await waitFor('the follower to show the version at zero', async () => {
+    const app = await keepAliveOn(follower)
+    return app?.status === 'Inactive' ? app : undefined
+  }, 10_000)
+  t.not(dormant['keep-alive']?.['idle-since'] ?? null, null, 'and since when it has been idle: the leader told it of the collection')
 })
