@@ -23,8 +23,8 @@ import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
-/** How long after the last run the RSS is read again: past a server.memoryRelease.quietMs of 10 s and one read interval (2.5 s). */
-const QUIET_READ_MS = 15_000
+/** How long after the last run the RSS is read again: past server.memoryRelease.quietMs (30 s by default) and two of its read intervals (5 s). */
+const QUIET_READ_MS = 42_000
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 const BARE_PROXY = join(ROOT, 'bench', 'bare-proxy.mjs')
@@ -186,8 +186,8 @@ async function main(): Promise<void> {
       errors: samples.reduce((a, s) => a + s.errors, 0),
     }
   }
-  // The RSS as the load ends (and its peak), then after 15 s without traffic: what maitre holds
-  // as it ships (server.memoryRelease off), or what it kept after a release when it is on.
+  // The RSS as the load ends (and its peak), then once the quiet spell has had its release
+  // (server.memoryRelease, on by default): what maitre holds between bursts.
   const rssAfterRuns = rssMb(maitre.pid)
   const rssPeak = peakRssMb(maitre.pid)
   await new Promise((r) => setTimeout(r, QUIET_READ_MS))

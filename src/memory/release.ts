@@ -4,7 +4,7 @@
  * one that also hands its pooled pages back to the system; a plain full collection keeps them).
  *
  * The collection stops the event loop for as long as it takes (120–280 ms measured after the
- * bench's load, ~20 MB live): it runs only after `quietMs` (at least 1 s; off by default)
+ * bench's load, ~20 MB live): it runs only after `quietMs` (at least 1 s; 30 s by default)
  * without a new proxied request or WebSocket, so every request still under way then (a stream, a
  * long poll, one queued behind a long cold start) has already taken at least that long; its
  * bytes, and a request that arrives during the collection, wait for it. Once per quiet spell.
