@@ -345,12 +345,20 @@ export class EtcdCoordinator implements Coordination {
    * Another live router with this router's id would overwrite its membership and load and share
    * its leadership. A key left by this router's previous life goes within one lease TTL (nobody
    * keeps it alive), so that long is waited out; one still held after that is someone else's.
+   * The TTL is the old lease's own when it was longer (the previous life ran with a longer
+   * `etcd.leaseTtlSecs`): waiting out only this life's would take the previous one for a twin.
    */
   async #waitForOwnId(): Promise<void> {
-    const deadline = performance.now() + this.#ttlMs + 1000
+    let deadline = performance.now() + this.#ttlMs + 1000
+    let leaseSeen: string | undefined
     for (;;) {
       const existing = (await this.#client.get(this.#memberKey).exec()).kvs[0]
       if (existing === undefined) return
+      if (existing.lease !== leaseSeen) {
+        leaseSeen = existing.lease
+        const granted = Number((await this.#client.leaseClient.leaseTimeToLive({ ID: existing.lease }).catch(() => undefined))?.grantedTTL ?? 0)
+        if (Number.isFinite(granted) && granted * 1000 > this.#ttlMs) deadline = Math.max(deadline, performance.now() + granted * 1000 + 1000)
+      }
       // This router's own previous life (SIGKILLed, OOM-killed, its container restarted): the
       // same id at the very address this process now listens on (its own, not a configured
       // advertiseUrl), on the same machine (an address like 127.0.0.1 repeats across
