@@ -182,7 +182,7 @@ t.test('Waiter’s kill times out honestly: a router cut off from etcd still rep
   const killed = await call(`${a.url}/apps/${id}?timeout=300`, { method: 'DELETE' })
   t.equal(killed.status, 200)
   t.match(killed.json(), { result: 'deleted', success: true, 'routers-agree': false }, 'b’s report stays until its lease lapses: not every router has let go')
-  t.ok(Date.now() - asked >= 300, 'answered at the timeout, not before')
+  t.ok(Date.now() - asked >= 290, `answered at the 300 ms timeout, not before (${Date.now() - asked} ms; a timer may fire a millisecond early)`)
   await waitFor('b’s lease lapses and its report goes', async () => ((await bReports()) ? undefined : true), 10_000)
   relay.heal()
   t.equal((await call(`${a.url}/apps/${id}`, { method: 'DELETE' })).status, 404, 'the version was deleted all the same')

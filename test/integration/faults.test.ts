@@ -192,6 +192,6 @@ t.test('a cold start waits no longer than the queue timeout while the cluster AP
   const took = Date.now() - started
   t.equal(reply.status, 503)
   t.equal(reply.json<{ 'waiter-error': { code: string } }>()['waiter-error'].code, 'MAITRE_QUEUE_TIMEOUT')
-  t.ok(took < 3000, `answered after ${took} ms for a 1 s queue timeout`)
+  t.ok(took < 10_000, `answered after ${took} ms for a 1 s queue timeout, not at the API server call's 60 s timeout`)
   router.sim.hangNext(0, ['replicasets', 'create'])
 })

@@ -199,7 +199,7 @@ t.test('a body that stops sending gets 408 and frees its slot; so do headers tha
   const slow = await raw(router.url, 'GET /status HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ')
   const timedOut = await slow.closed
   t.equal(statusOf(timedOut), 408, 'headers that never end get 408')
-  t.ok(Date.now() - started < 2500, `within a second of the 1 s deadline (${Date.now() - started} ms)`)
+  t.ok(Date.now() - started < 6000, `at the 1 s deadline, checked every 500 ms, not at Node's default check every 30 s (${Date.now() - started} ms)`)
 })
 
 t.test('an aborted /waiter-ping leaves the queue at once', async (t) => {
