@@ -4,6 +4,9 @@
  */
 import t from 'tap'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
+import { EtcdCoordinator } from '../../src/cluster/etcd/coordinator.ts'
+import { systemClock } from '../../src/clock.ts'
+import { silentLogger } from '../../src/log.ts'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { node } from '../fixtures/coordinator-node.ts'
 
@@ -36,4 +39,28 @@ t.test('a key at the same id and address but from another machine is another liv
   const first = await node(etcd, 'twin', etcd.endpoint, 2, 100, 1000, 'container-a')
   await t.rejects(node(etcd, 'twin', etcd.endpoint, 2, 100, 1000, 'container-b'), { code: 'MAITRE_INVALID_CONFIG', message: /routerId twin is held by another live router/ })
   t.ok(first.coordinator.members().some((m) => m.routerId === 'twin'), 'the live one keeps its membership')
+})
+
+t.test('when etcd will not say how long the old lease lasts, the router waits as long as any lease may last rather than take its previous life for a twin', async (t) => {
+  const etcd = await startEtcd(t)
+  const planted = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 1000 })
+  t.teardown(() => planted.close())
+  await planted.lease(5, { autoKeepAlive: false }).put('/maitre/test/routers/phoenix').value(JSON.stringify({ routerId: 'phoenix', url: 'http://127.0.0.1/old-address', hostname: 'elsewhere' }))
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 1000 })
+  // The first question about the old lease fails (a timeout, etcd busy): the router must not
+  // fall back to its own 2 s TTL for it.
+  const leases = client.leaseClient as unknown as { leaseTimeToLive: (...args: unknown[]) => Promise<unknown> }
+  const ask = leases.leaseTimeToLive.bind(leases)
+  let asked = 0
+  leases.leaseTimeToLive = (...args) => (++asked === 1 ? Promise.reject(new Error('DEADLINE_EXCEEDED')) : ask(...args))
+  const warnings: string[] = []
+  const log = { ...silentLogger, warn: (_: unknown, msg: string) => void warnings.push(msg) } as unknown as typeof silentLogger
+  const started = Date.now()
+  const coordinator = await EtcdCoordinator.start({ client, prefix: '/maitre/test', routerId: 'phoenix', url: () => 'http://127.0.0.1/phoenix', leaseTtlSecs: 2, endpoints: [etcd.endpoint], localLoads: () => new Map().entries(), overShare: () => [], loadIntervalMs: 100, clock: systemClock, log })
+  etcd.beforeStop(async () => {
+    await coordinator.close()
+    client.close()
+  })
+  t.ok(coordinator.members().some((m) => m.routerId === 'phoenix' && m.url === 'http://127.0.0.1/phoenix'), `it joined ${Date.now() - started} ms later, once the old 5 s lease had gone`)
+  t.ok(warnings.some((w) => /cannot read the lease/.test(w)), 'and said why it waited')
 })

@@ -88,6 +88,9 @@ const isLoad = (doc: unknown): string | undefined => {
 }
 
 /** The member a membership key holds, as far as it can be read. */
+/** The longest lease a router may hold (`etcd.leaseTtlSecs` is at most 60). */
+const MAX_LEASE_TTL_MS = 60_000
+
 function memberOf(value: Buffer): { url: string | undefined; hostname: string | undefined } | undefined {
   try {
     const member = JSON.parse(value.toString('utf8')) as Partial<Member> | null
@@ -347,17 +350,28 @@ export class EtcdCoordinator implements Coordination {
    * keeps it alive), so that long is waited out; one still held after that is someone else's.
    * The TTL is the old lease's own when it was longer (the previous life ran with a longer
    * `etcd.leaseTtlSecs`): waiting out only this life's would take the previous one for a twin.
+   * Counted from when this router began to wait, so a twin that keeps taking new leases cannot
+   * push the refusal out; while etcd will not say the old lease's TTL, the longest any router
+   * may hold (60 s) is assumed rather than a shorter one that could refuse wrongly.
    */
   async #waitForOwnId(): Promise<void> {
-    let deadline = performance.now() + this.#ttlMs + 1000
-    let leaseSeen: string | undefined
+    const waitingSince = performance.now()
+    const until = (ttlMs: number): number => waitingSince + Math.max(this.#ttlMs, ttlMs) + 1000
+    let deadline = until(0)
+    let leaseKnown: string | undefined
+    let toldOfFailure = false
     for (;;) {
       const existing = (await this.#client.get(this.#memberKey).exec()).kvs[0]
       if (existing === undefined) return
-      if (existing.lease !== leaseSeen) {
-        leaseSeen = existing.lease
-        const granted = Number((await this.#client.leaseClient.leaseTimeToLive({ ID: existing.lease }).catch(() => undefined))?.grantedTTL ?? 0)
-        if (Number.isFinite(granted) && granted * 1000 > this.#ttlMs) deadline = Math.max(deadline, performance.now() + granted * 1000 + 1000)
+      if (existing.lease !== leaseKnown) {
+        const reply = await this.#client.leaseClient.leaseTimeToLive({ ID: existing.lease }).catch((err: unknown) => {
+          if (!toldOfFailure) this.#options.log.warn({ err, routerId: this.routerId }, 'cannot read the lease of the membership key this routerId still has: waiting as long as any lease may last')
+          toldOfFailure = true
+          return undefined
+        })
+        const grantedSecs = Number(reply?.grantedTTL)
+        if (reply !== undefined) leaseKnown = existing.lease
+        deadline = Math.max(deadline, until(reply === undefined ? MAX_LEASE_TTL_MS : Number.isFinite(grantedSecs) ? Math.min(grantedSecs * 1000, MAX_LEASE_TTL_MS) : 0))
       }
       // This router's own previous life (SIGKILLed, OOM-killed, its container restarted): the
       // same id at the very address this process now listens on (its own, not a configured
