@@ -52,7 +52,7 @@ if (opts.a === undefined || opts.b === undefined) {
 }
 const ROUNDS = Number(opts.rounds)
 const SECONDS = Number(opts.secs)
-/** Seconds with no traffic at all before each run: past server.memoryRelease.quietMs (10 s), each run starts after a release. */
+/** Seconds with no traffic at all before each run: past the routers' server.memoryRelease.quietMs (60 s by default) plus a reading (5 s), each run starts after a release. */
 const GAP_SECONDS = Number(opts.gap)
 const CONNECTIONS = 64
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

@@ -23,8 +23,8 @@ import { coldStarts, burst } from './scaling.ts'
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['BENCH_ROUNDS'] ?? 2)
-/** How long after the last run the RSS is read again: past server.memoryRelease.quietMs (30 s by default) and two of its read intervals (5 s). */
-const QUIET_READ_MS = 42_000
+/** How long after the last run the RSS is read again: past server.memoryRelease.quietMs (60 s by default) and two of its read intervals (5 s). */
+const QUIET_READ_MS = 72_000
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const BACKEND = join(ROOT, 'bench', 'backend.mjs')
 const BARE_PROXY = join(ROOT, 'bench', 'bare-proxy.mjs')

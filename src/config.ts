@@ -147,11 +147,12 @@ export interface Config {
     readonly tls: { readonly cert: string | null; readonly key: string | null }
     /**
      * After a burst, the memory it left behind goes back to the system (memory/release.ts): once no
-     * proxied request has begun for quietMs (30 s by default; 0 = never; else at least 1 s), if the
+     * proxied request has begun for quietMs (60 s by default; 0 = never; else at least 1 s), if the
      * RSS grew by growthMb since the last release, one memory-reducing collection. V8's own memory
-     * reducer does the same after a minute or two of quiet, or not at all (bench/RESULTS.md):
-     * this makes the bound stated and the moment known. The next burst's first seconds pay for
-     * the heap V8 grows back either way.
+     * reducer hands the pages back after 1.5–3 minutes of quiet in the runs measured
+     * (bench/RESULTS.md): this makes the bound stated and the moment known, a little sooner.
+     * Quiet spells between quietMs and V8's own moment now pay for the release (its pause grows
+     * with the live heap) and for the heap the next burst grows back.
      */
     readonly memoryRelease: { readonly quietMs: number; readonly growthMb: number }
   }
@@ -242,7 +243,7 @@ export const DEFAULTS: Config = {
     advertiseUrl: null,
     admin: { host: null, port: 9092 },
     tls: { cert: null, key: null },
-    memoryRelease: { quietMs: 30_000, growthMb: 32 },
+    memoryRelease: { quietMs: 60_000, growthMb: 32 },
   },
   dataDir: './data',
   maxTokens: 100000,

@@ -90,8 +90,8 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes or mesos\)/ }, 'the local backend cannot be shared')
 })
 
-t.test('memory release: on by default after 30 s of quiet, off with 0, else a quiet spell of at least a second and a growth of at least 1 MB', async (t) => {
-  t.same(parseConfig('').server.memoryRelease, { quietMs: 30_000, growthMb: 32 }, 'a router hands a burst\'s memory back 30 s after its traffic stops, unless told otherwise')
+t.test('memory release: on by default after 60 s of quiet, off with 0, else a quiet spell of at least a second and a growth of at least 1 MB', async (t) => {
+  t.same(parseConfig('').server.memoryRelease, { quietMs: 60_000, growthMb: 32 }, 'a router hands a burst\'s memory back 60 s after its traffic stops, unless told otherwise')
   t.equal(withOverrides(DEFAULTS, { 'server.memoryRelease.quietMs': 0 }).server.memoryRelease.quietMs, 0, '0 turns it off')
   t.equal(parseConfig('server:\n  memoryRelease:\n    quietMs: 60000\n').server.memoryRelease.growthMb, 32, 'the other key keeps its default')
   t.throws(() => withOverrides(DEFAULTS, { 'server.memoryRelease.quietMs': 500 }), { message: /server.memoryRelease.quietMs = 500, must be 0 \(never release\) or an integer of milliseconds in \[1000, 86400000\]/ }, 'a pause every half second of quiet is no quiet')

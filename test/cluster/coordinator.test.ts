@@ -6,7 +6,7 @@
 import t from 'tap'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
 import { SETTLE_MS } from '../../src/cluster/etcd/coordinator.ts'
-import { startEtcd, watchLeasedKey } from '../fixtures/etcd.ts'
+import { startEtcd, followLeasedKey } from '../fixtures/etcd.ts'
 import { leaders, node } from '../fixtures/coordinator-node.ts'
 import { waitFor, within } from '../fixtures/router.ts'
 import { flapOnNextWatch, startRelay } from '../fixtures/tcp-cut.ts'
@@ -38,8 +38,8 @@ t.test('a leader cut off from etcd stops acting at once and is replaced within t
   const a = await node(etcd, 'a', relay.url)
   const b = await node(etcd, 'b')
   t.ok(a.coordinator.isLeader())
-  // When etcd lets a's lease go is etcd's doing (late on a loaded machine): watched apart from b's taking over.
-  const leaderKey = await watchLeasedKey(etcd, '/maitre/test/leader')
+  // When etcd lets a's lease go is etcd's doing (late on a loaded machine): timed apart from b's taking over.
+  const leaderKey = await followLeasedKey(etcd, '/maitre/test/leader')
   t.equal(leaderKey.grantedTtlSecs, 2, 'a leads on a lease of the 2 s TTL, which etcd lets go 2 s after its last renewal')
   const started = Date.now()
   relay.cut()

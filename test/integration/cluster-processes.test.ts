@@ -6,7 +6,7 @@ import t from 'tap'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { startProcessClusterBase } from '../fixtures/cluster.ts'
-import { watchLeasedKey } from '../fixtures/etcd.ts'
+import { followLeasedKey } from '../fixtures/etcd.ts'
 import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
 import { call, createToken, kitchenToken, SIM_NAMESPACE, waitFor, within } from '../fixtures/router.ts'
 
@@ -58,7 +58,7 @@ t.test('leader SIGKILL under steady load: the others fail nothing, one of them l
 
   // When etcd lets the dead leader's lease go is etcd's doing (late on a loaded machine): watched
   // apart from the survivors' taking over, which is the routers' own.
-  const leaderKey = await watchLeasedKey(etcd, '/maitre/maitre/leader')
+  const leaderKey = await followLeasedKey(etcd, '/maitre/maitre/leader')
   t.equal(leaderKey.grantedTtlSecs, 2, 'the leader holds its key on a lease of the configured 2 s TTL')
   const killedAt = Date.now()
   process.kill(-(leader.child.pid as number), 'SIGKILL')

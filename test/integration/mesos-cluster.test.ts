@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { call, createToken, kitchenToken, waitFor, within, type Router } from '../fixtures/router.ts'
 import { startMesosCluster, startMesosSimulatorFor, type MesosCluster } from '../fixtures/mesos-router.ts'
-import { startEtcd, watchLeasedKey } from '../fixtures/etcd.ts'
+import { startEtcd, followLeasedKey } from '../fixtures/etcd.ts'
 import { startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
 
 const LIVE = ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING']
@@ -181,7 +181,7 @@ t.test('leader SIGKILL under steady load (routers as processes): the survivor fa
   await waitFor('load flows', () => (tally.ok >= 10 ? true : undefined))
   // When etcd lets the dead leader's lease go is etcd's doing (late on a loaded machine): watched
   // apart from the survivor's taking over, which is the router's own.
-  const leaderKey = await watchLeasedKey(etcd, '/maitre/maitre/leader')
+  const leaderKey = await followLeasedKey(etcd, '/maitre/maitre/leader')
   t.equal(leaderKey.grantedTtlSecs, 2, 'the leader holds its key on a lease of the configured 2 s TTL')
   const killedAt = Date.now()
   process.kill(-(leader.child.pid as number), 'SIGKILL')
