@@ -316,9 +316,11 @@ t.test('a gRPC content-type on a request is no gRPC answer: an HTTP/2 instanceâ€
 
 t.test('an HTTP/2 instance that takes fewer streams per connection than its concurrency-level: requests beyond go on another connection, none waits out its socket timeout in a queue, nothing is ejected', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'narrow', h2cToken({ 'concurrency-level': 4, 'max-instances': 1, 'socket-timeout-ms': 1500 }, '--h2-max-streams 2'))
+  // Each request takes 2 s at the instance; one queued behind another connection's two streams
+  // would take 4 s, past the 3 s socket timeout (1 s of margin both ways on a loaded machine).
+  await createToken(router, 'narrow', h2cToken({ 'concurrency-level': 4, 'max-instances': 1, 'socket-timeout-ms': 3000 }, '--h2-max-streams 2'))
   const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'narrow' } })).text
-  const burst = (): Promise<number[]> => Promise.all([0, 1, 2, 3].map(async () => (await call(`${router.url}/sleep?sleep-ms=1000`, { headers: { 'x-waiter-token': 'narrow' } })).status))
+  const burst = (): Promise<number[]> => Promise.all([0, 1, 2, 3].map(async () => (await call(`${router.url}/sleep?sleep-ms=2000`, { headers: { 'x-waiter-token': 'narrow' } })).status))
   // Cold: the four reach the instance at once, before any connection to it knows its allowance.
   t.same(await burst(), [200, 200, 200, 200], 'four at once, cold, on an instance that takes two streams a connection: all served')
   t.same(await burst(), [200, 200, 200, 200], 'and again, warm')

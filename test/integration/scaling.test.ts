@@ -91,10 +91,11 @@ t.test('a step from 1 to 20 clients reaches 20 instances in seconds, then return
 
   const stepAt = Date.now()
   const heavy = load(router, 20, '/sleep?sleep-ms=300', h)
-  const reachedIn = await waitFor('20 healthy instances', async () => ((await app(router, id))['instance-counts']['healthy-instances'] >= 20 ? Date.now() - stepAt : undefined), 20000)
-  // Seconds, not a benchmark (bench/ measures the burst): the suite runs four files at once on
-  // two cores, and 20 Node processes starting side by side take longer there than alone.
-  t.ok(reachedIn < 15000, `20 healthy instances ${reachedIn} ms after the step`)
+  const reachedIn = await waitFor('20 healthy instances', async () => ((await app(router, id))['instance-counts']['healthy-instances'] >= 20 ? Date.now() - stepAt : undefined), 40_000)
+  // Seconds, not a benchmark (bench/ measures the burst): the suite runs six files at once on
+  // two cores, and 20 Node processes starting side by side take longer there than alone (17 s
+  // seen on a slow day, ~5 s alone).
+  t.ok(reachedIn < 30_000, `20 healthy instances ${reachedIn} ms after the step`)
   // The load goes on at full size for a while: a round of the 20 clients on the full fleet.
   const full = performance.now()
   await waitFor('20 requests on the full fleet', () => (heavy.served.filter((r) => r.startedAt >= full).length >= 20 ? true : undefined))
