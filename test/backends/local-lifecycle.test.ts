@@ -10,7 +10,8 @@ import fs from 'node:fs'
 import { spawn } from 'node:child_process'
 import { syncBuiltinESMExports } from 'node:module'
 import { createServer, type Socket } from 'node:net'
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LocalBackend } from '../../src/backends/local/local-backend.ts'
 import { systemClock } from '../../src/clock.ts'
@@ -19,13 +20,19 @@ import { silentLogger } from '../../src/log.ts'
 import { spec } from '../fixtures/kube-backend.ts'
 import { claimPortSlice, kitchenCmd, waitFor } from '../fixtures/router.ts'
 
-/** A backend working in `dir` (t.testdir() once per test: a second call empties the first's). */
-function localBackend(t: Test, dir: string, overrides: Partial<ConstructorParameters<typeof LocalBackend>[0]> = {}): { backend: LocalBackend; workDir: string } {
+/**
+ * A backend with a work directory of its own, removed only once the backend has closed: in the
+ * test's fixture directory, tap's removal (which runs first) raced a backend still relaunching
+ * instances into it, and its ENOTEMPTY skipped the test's other teardowns.
+ */
+function localBackend(t: Test, overrides: Partial<ConstructorParameters<typeof LocalBackend>[0]> = {}): { backend: LocalBackend; workDir: string } {
   const { low, release } = claimPortSlice()
-  const workDir = join(dir, 'work')
+  const parent = mkdtempSync(join(tmpdir(), 'maitre-lifecycle-'))
+  const workDir = join(parent, 'work')
   const backend = new LocalBackend({ ...DEFAULTS.backend.local, workDir, portRange: [low, low + 99], minSigkillDelayMs: 200, clock: systemClock, log: silentLogger, ...overrides })
   t.teardown(async () => {
     await backend.close()
+    rmSync(parent, { recursive: true, force: true })
     release()
   })
   return { backend, workDir }
@@ -50,7 +57,7 @@ server.listen(Number(process.env.PORT0), '127.0.0.1')
 `)
   // Relaunches wait 400 ms, so a second instance (on another port: the first one's rests) shows
   // some time has passed; its grace period is 0, so nothing else stops a check that goes on.
-  const { backend } = localBackend(t, dir, { restartBackoffBaseMs: 400, restartBackoffMaxMs: 400, portRestMs: 60_000, startupProbeIntervalMs: 20 })
+  const { backend } = localBackend(t, { restartBackoffBaseMs: 400, restartBackoffMaxMs: 400, portRestMs: 60_000, startupProbeIntervalMs: 20 })
   await backend.ensureService(spec('svc-exit', { command: `exec ${process.execPath} ${app}`, gracePeriodMs: 0, minInstances: 1 }))
   const first = await waitFor('the first instance', () => backend.state('svc-exit')?.instances[0], 10_000)
   await waitFor('it exits on its own', () => (backend.state('svc-exit')?.failed.some((f) => f.id === first.id) === true ? true : undefined), 10_000)
@@ -67,7 +74,7 @@ server.listen(Number(process.env.PORT0), '127.0.0.1')
 })
 
 t.test('scaled down while launches are still finding ports: the service runs what it was told last, no more', async (t) => {
-  const { backend, workDir } = localBackend(t, t.testdir())
+  const { backend, workDir } = localBackend(t)
   await backend.ensureService(spec('svc-shrink', { minInstances: 1 }))
   await backend.scale('svc-shrink', 3)
   await backend.scale('svc-shrink', 1)
@@ -88,7 +95,7 @@ process.on('SIGTERM', () => {
   setTimeout(() => { appendFileSync(process.env.MARKS, 'drained\\n'); server.close(); process.exit(0) }, 600)
 })
 `)
-  const { backend } = localBackend(t, dir)
+  const { backend } = localBackend(t)
   const cmds = {
     'no exec': `${process.execPath} ${app}`,
     'exec': `exec ${process.execPath} ${app}`,
@@ -169,18 +176,18 @@ t.test('a launch that fails after its process started (the instance file could n
     fs.writeFileSync = real
     syncBuiltinESMExports()
   })
-  const { backend } = localBackend(t, dir, { restartBackoffBaseMs: 10 })
+  const { backend, workDir } = localBackend(t, { restartBackoffBaseMs: 10 })
   await backend.ensureService(spec('svc-untracked', { command: `exec ${process.execPath} ${app}`, minInstances: 1 }))
   await waitFor('an instance healthy after two failed launches', () => (backend.state('svc-untracked')?.instances.some((i) => i.healthy) === true ? true : undefined), 15_000)
   t.equal(backend.state('svc-untracked')?.failed.filter((f) => f.message.startsWith('Launch failed: ENOSPC')).length, 2, 'two launches failed')
   await waitFor('only the tracked instance’s process left', () => (running() === 1 ? true : undefined), 5000).catch(() => undefined)
   t.equal(running(), 1, 'one process runs the app: the failed launches’ processes are gone')
-  await waitFor('the failed launches’ sandboxes removed', () => (readdirSync(join(dir, 'work', 'svc-untracked')).length === 1 ? true : undefined), 5000).catch(() => undefined)
-  t.equal(readdirSync(join(dir, 'work', 'svc-untracked')).length, 1, 'and only the tracked instance’s sandbox is left')
+  await waitFor('the failed launches’ sandboxes removed', () => (readdirSync(join(workDir, 'svc-untracked')).length === 1 ? true : undefined), 5000).catch(() => undefined)
+  t.equal(readdirSync(join(workDir, 'svc-untracked')).length, 1, 'and only the tracked instance’s sandbox is left')
 })
 
 t.test('an instance’s sandbox, run script and logs are readable by its own user only (they hold its command and what it prints)', async (t) => {
-  const { backend, workDir } = localBackend(t, t.testdir())
+  const { backend, workDir } = localBackend(t)
   await backend.ensureService(spec('svc-private', { minInstances: 1 }))
   const instance = await waitFor('an instance healthy', () => backend.state('svc-private')?.instances.find((i) => i.healthy), 15_000)
   const sandbox = instance.logDirectory as string
@@ -217,7 +224,7 @@ t.test('the health check decides readiness at every round and the liveness check
     const down = (name) => existsSync(${JSON.stringify(dir)} + '/' + name)
     return req.url === '/ready' ? (down('not-ready') ? 503 : 200) : req.url === '/live' ? (down('not-live') ? 503 : 200) : 200
   })()`)
-  const { backend } = localBackend(t, dir)
+  const { backend } = localBackend(t)
   const check = { url: '/ready', portIndex: 0, proto: 'http' as const, intervalMs: 100, maxConsecutiveFailures: 2, authenticated: false }
   await backend.ensureService(spec('svc-rl', { command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: { ...check, url: '/live' }, gracePeriodMs: 30_000 }))
   const instance = await waitFor('an instance healthy', () => backend.state('svc-rl')?.instances.find((i) => i.healthy), 15_000)
@@ -240,7 +247,7 @@ t.test('the health check decides readiness at every round and the liveness check
 t.test('an instance that never passes its health check is checked ever less often: at most every tenth of its age, not 40 times a second for ever', async (t) => {
   const dir = t.testdir()
   const { app, hits } = noteTakingApp(dir, 'never-ready.mjs', 'Date.now()', '503')
-  const { backend } = localBackend(t, dir)
+  const { backend } = localBackend(t)
   // No grace period: it is never killed for it, and checked for as long as it runs.
   await backend.ensureService(spec('svc-never', { command: `exec ${process.execPath} ${app}`, gracePeriodMs: 0 }))
   const startedAt = (await waitFor('an instance', () => backend.state('svc-never')?.instances[0], 15_000)).startedAt
@@ -254,7 +261,7 @@ t.test('an instance that never passes its health check is checked ever less ofte
 })
 
 t.test('a forced kill of an instance already in its termination grace cuts the grace short', async (t) => {
-  const { backend } = localBackend(t, t.testdir())
+  const { backend } = localBackend(t)
   // Ignores SIGTERM: a graceful kill lasts its whole 30 s grace.
   await backend.ensureService(spec('svc-slow-to-go', { command: `exec ${kitchenCmd('--ignore-sigterm')}`, terminationGraceMs: 30_000 }))
   const instance = await waitFor('an instance healthy', () => backend.state('svc-slow-to-go')?.instances.find((i) => i.healthy), 15_000)
