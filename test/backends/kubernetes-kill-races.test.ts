@@ -29,7 +29,11 @@ t.test('a router that closes while a kill waits for the controller leaves the co
 })
 
 t.test('a busy single-threaded app fails its readiness probe, which the controller ranks before any deletion cost: it still stays, and the idle one goes', { timeout: 45_000 }, async (t) => {
-  const { sim, backend } = await setup(t)
+  // Containers start 1.5 s after their pods are bound, as real ones take seconds: the kill's
+  // replacement is still starting when the lower count reaches the controller. (With the
+  // simulator's default 10 ms it could be ready by then on a slow machine, and a ready
+  // replacement is ranked after the busy pod: CI saw the busy pod go once at half speed.)
+  const { sim, backend } = await setup(t, { sim: { containerStartMs: 1500 } })
   await backend.ensureService(spec('svc-unready'))
   const [idle, busy] = (await readyPods(t, backend, 'svc-unready', 2)) as [Instance, Instance]
   // It blocks for 4 s: no health check is answered meanwhile (the probe's timeout is 1 s).
