@@ -5,7 +5,8 @@
  *
  * The collection stops the event loop for as long as it takes (120–280 ms measured after the
  * bench's load, ~20 MB live; it grows with the live heap: 0.3 s with 107 MB, 0.9 s with 370 MB,
- * `node bench/release-pause.ts`): it runs only after `quietMs` (at least 1 s; 60 s by default) without a new proxied request or WebSocket, so every request still under way then (a stream, a
+ * `node bench/release-pause.ts`): it runs only after `quietMs` (at least 1 s; 60 s by default)
+ * without a new proxied request or WebSocket, so every request still under way then (a stream, a
  * long poll, one queued behind a long cold start) has already taken at least that long; its
  * bytes, and a request that arrives during the collection, wait for it. Once per quiet spell.
  *

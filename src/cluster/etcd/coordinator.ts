@@ -87,10 +87,10 @@ const isLoad = (doc: unknown): string | undefined => {
   return l !== null && typeof l === 'object' && typeof l.versions === 'object' && l.versions !== null ? undefined : 'is not a load report'
 }
 
-/** The member a membership key holds, as far as it can be read. */
 /** The longest lease a router may hold (`etcd.leaseTtlSecs` is at most 60). */
 const MAX_LEASE_TTL_MS = 60_000
 
+/** The member a membership key holds, as far as it can be read. */
 function memberOf(value: Buffer): { url: string | undefined; hostname: string | undefined } | undefined {
   try {
     const member = JSON.parse(value.toString('utf8')) as Partial<Member> | null
