@@ -139,3 +139,24 @@ t.test('the leader leaves while the only other router is cut off for a moment, a
   await waitFor('b to lead', () => (b.coordinator.isLeader() ? true : undefined), 10_000).catch(() => undefined)
   t.ok(b.coordinator.isLeader(), 'b, the only router left, leads: the leader’s leaving was not lost in the flap')
 })
+
+t.test('a router closed while it watches the leader again after a disconnection leaves no watch behind to hold the process open', async (t) => {
+  const etcd = await startEtcd(t)
+  // A slow link: the leader key's read after the disconnection is still out when the router closes.
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port), { delayMs: 300 })
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url, 5, 100, 5000)
+  type Watched = { once(event: 'disconnected', fn: () => void): void }
+  const manager = (a.client as unknown as { watchManager: { watchers: Watched[] } }).watchManager
+  let disconnected = false
+  for (const watcher of manager.watchers) watcher.once('disconnected', () => (disconnected = true))
+  relay.cut()
+  relay.heal()
+  await waitFor('the watches to drop', () => (disconnected ? true : undefined), 5000)
+  await a.coordinator.close()
+  a.client.close()
+  // The etcd3 library retries every attached watch, on a closed client too, for as long as the
+  // process lives: what the router left attached is what would keep it from exiting.
+  const attached = await waitFor('a watch to be left attached', () => (manager.watchers.length > 0 ? manager.watchers.length : undefined), 3000).catch(() => 0)
+  t.equal(attached, 0, 'no watch was started once the router had closed')
+})

@@ -6,6 +6,7 @@
  */
 import t from 'tap'
 import { rmSync } from 'node:fs'
+import { Writable } from 'node:stream'
 import { join } from 'node:path'
 import { Etcd3 } from 'etcd3'
 import { JsonDirectory } from '../../src/storage/json-dir.ts'
@@ -13,7 +14,7 @@ import type { DocumentStore } from '../../src/storage/document-store.ts'
 import { EtcdDirectory } from '../../src/cluster/etcd/etcd-directory.ts'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
 import { MaitreError } from '../../src/errors.ts'
-import { silentLogger } from '../../src/log.ts'
+import { createLogger, silentLogger } from '../../src/log.ts'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { waitFor } from '../fixtures/router.ts'
 import { flapOnNextWatch, startRelay } from '../fixtures/tcp-cut.ts'
@@ -291,6 +292,27 @@ t.test('etcd: a link that flaps again just as the watch resumes loses none of th
   t.equal(store.size, 51, 'every token written meanwhile arrived')
   t.same(store.get('old'), { v: 2 }, 'the one changed meanwhile reads changed')
   t.notOk(store.has('gone'), 'the one deleted meanwhile is gone')
+})
+
+t.test('etcd: a store closed while it reads everything again after a disconnection leaves no watch behind to hold the process open', async (t) => {
+  const etcd = await startEtcd(t)
+  // A slow link: the read after the disconnection is still out when the store and client close.
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port), { delayMs: 300 })
+  const client = connectEtcd({ endpoints: [relay.url], requestTimeoutMs: 5000 })
+  const logged: string[] = []
+  const log = createLogger('warn', new Writable({ write: (chunk: Buffer, _encoding, done) => void (logged.push(chunk.toString('utf8')), done()) }))
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, log)
+  etcd.beforeStop(() => relay.close())
+  relay.cut()
+  relay.heal()
+  await waitFor('the store to start reading everything again', () => (logged.some((line) => line.includes('reloading the store')) ? true : undefined), 5000)
+  await store.close()
+  client.close()
+  // The etcd3 library retries every attached watch, on a closed client too, for as long as the
+  // process lives: what the store left attached is what would keep a router from exiting.
+  const watchers = (): number => (client as unknown as { watchManager: { watchers: unknown[] } }).watchManager.watchers.length
+  const attached = await waitFor('a watch to be left attached', () => (watchers() > 0 ? watchers() : undefined), 3000).catch(() => 0)
+  t.equal(attached, 0, 'no watch was started once the store had closed')
 })
 
 t.test('etcd: an etcd that comes back with its data lost is taken as it is: the store lets go of what it held and writes work again', async (t) => {

@@ -401,6 +401,9 @@ export class EtcdCoordinator implements Coordination {
     const current = await this.#client.get(this.#leaderKey).exec()
     const kv = current.kvs[0]
     this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
+    // Closed while the read was out (a re-watch after a disconnection): a watch started now
+    // would be retried by the library on the closed client for as long as the process lives.
+    if (this.#closed) return
     const watcher = await startWatch(this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()), (w) => (this.#leaderWatchStarting = w))
     this.#leaderWatchStarting = undefined
     if (this.#closed) {

@@ -196,6 +196,9 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   async #watch(fromRevision: bigint): Promise<void> {
+    // A reload whose read was answered after close() must start nothing: a watch of a closed
+    // client is retried by the library for as long as the process lives, and holds it open.
+    if (this.#closed) return
     const watcher = await startWatch(this.#client.watch().prefix(this.#prefix).startRevision(fromRevision.toString()), (w) => (this.#starting = w))
     this.#starting = undefined
     if (this.#closed) {
