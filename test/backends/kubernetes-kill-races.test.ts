@@ -62,20 +62,26 @@ t.test('two kills at once (an operator’s and the autoscaler’s): the pod serv
 })
 
 t.test('a scale write held back until the replacement is ready, while a busy pod is unready: the replacement is replaced again, and the busy pod stays', { timeout: 45_000 }, async (t) => {
-  // The API server never answers the kill's first read of /scale (1.5 s to its timeout): by the
+  // The API server never answers the kill's first read of /scale (3 s to its timeout): by the
   // time the count could drop, the replacement is ready, and the controller would rank the
-  // unready busy pod before it.
-  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 1500 } })
+  // unready busy pod before it. Containers start 1 s after binding, as real ones take seconds:
+  // the replacement's own replacement is then still starting when the lower count reaches the
+  // controller. (With the simulator's default 10 ms it could be ready by then on a slow machine,
+  // the recipe's race the README names: CI saw the busy pod go once at half speed.)
+  const { sim, backend } = await setup(t, { api: { requestTimeoutMs: 3000 }, sim: { containerStartMs: 1000 } })
   await backend.ensureService(spec('svc-late'))
   const [idle, busy] = (await readyPods(t, backend, 'svc-late', 2)) as [Instance, Instance]
   const serving = requestTo(busy, '/block?block-ms=6000')
   await waitFor('the busy pod unready', () => (backend.state('svc-late')?.instances.find((i) => i.id === busy.id)?.healthy === false ? true : undefined), 5000)
   sim.hangNext(1, ['replicasets/scale', 'get'])
+  const podDeletes = (): number => sim.requests.filter(([resource, verb]) => resource === 'pods' && verb === 'delete').length
+  const deletesBefore = podDeletes()
   t.equal(await backend.killInstance('svc-late', idle.id), true)
   const answer = await serving
   t.equal(answer.status, 200, `the busy pod's request ended whole (${answer.body.slice(0, 100)})`)
   await waitFor('one pod left', () => (sim.list('pods', SIM_NAMESPACE).length === 1 ? true : undefined), 15_000)
   t.same(sim.list('pods', SIM_NAMESPACE).map((p) => busy.id.includes(p.metadata.name as string)), [true], 'the busy pod is the one left')
+  t.ok(podDeletes() - deletesBefore >= 2, `the ready replacement was itself replaced: ${podDeletes() - deletesBefore} pod deletes by the router, the chosen pod's and its replacement's`)
 })
 
 t.test('another router’s GC deletes the ReplicaSet while a kill waits on the controller: the service goes here too', { timeout: 30_000 }, async (t) => {
