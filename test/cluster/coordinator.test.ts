@@ -6,7 +6,10 @@
  */
 import t from 'tap'
 import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
-import { startEtcd, followLeasedKey } from '../fixtures/etcd.ts'
+import { EtcdCoordinator } from '../../src/cluster/etcd/coordinator.ts'
+import { systemClock } from '../../src/clock.ts'
+import { silentLogger } from '../../src/log.ts'
+import { attachedWatches, followLeasedKey, recordReads, startEtcd } from '../fixtures/etcd.ts'
 import { leaders, node } from '../fixtures/coordinator-node.ts'
 import { waitFor, within } from '../fixtures/router.ts'
 import { flapOnNextWatch, startRelay } from '../fixtures/tcp-cut.ts'
@@ -142,21 +145,35 @@ t.test('the leader leaves while the only other router is cut off for a moment, a
 
 t.test('a router closed while it watches the leader again after a disconnection leaves no watch behind to hold the process open', async (t) => {
   const etcd = await startEtcd(t)
-  // A slow link: the leader key's read after the disconnection is still out when the router closes.
+  // A slow link: the reads after the disconnection are still out when the router closes.
   const relay = await startRelay(Number(new URL(etcd.endpoint).port), { delayMs: 300 })
   etcd.beforeStop(() => relay.close())
   const a = await node(etcd, 'a', relay.url, 5, 100, 5000)
   type Watched = { once(event: 'disconnected', fn: () => void): void }
-  const manager = (a.client as unknown as { watchManager: { watchers: Watched[] } }).watchManager
   let disconnected = false
-  for (const watcher of manager.watchers) watcher.once('disconnected', () => (disconnected = true))
+  for (const watcher of (a.client as unknown as { watchManager: { watchers: Watched[] } }).watchManager.watchers) watcher.once('disconnected', () => (disconnected = true))
+  const reads = recordReads(a.client)
   relay.cut()
   relay.heal()
   await waitFor('the watches to drop', () => (disconnected ? true : undefined), 5000)
+  const afterDrop = reads.length
   await a.coordinator.close()
   a.client.close()
-  // The etcd3 library retries every attached watch, on a closed client too, for as long as the
-  // process lives: what the router left attached is what would keep it from exiting.
-  const attached = await waitFor('a watch to be left attached', () => (manager.watchers.length > 0 ? manager.watchers.length : undefined), 3000).catch(() => 0)
-  t.equal(attached, 0, 'no watch was started once the router had closed')
+  // The case under test: the reads the router sent to watch again were answered after it closed.
+  const outcomes = await Promise.all(reads.map((read) => read.then(() => 'answered', () => 'failed')))
+  t.ok(afterDrop > 0 && outcomes.every((o) => o === 'answered'), `the ${afterDrop} reads the router sent to watch again were answered after it closed: ${outcomes.join(', ')}`)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  t.equal(attachedWatches(a.client), 0, 'no watch was started once the router had closed')
+})
+
+t.test('a start that fails part-way lets go of what it began: no watch is left attached', async (t) => {
+  const etcd = await startEtcd(t)
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 1000 })
+  etcd.beforeStop(() => client.close())
+  // Its stores and leader watch are under way when the lease cannot be had.
+  ;(client as unknown as { lease: () => never }).lease = () => {
+    throw new Error('no lease for you')
+  }
+  await t.rejects(EtcdCoordinator.start({ client, prefix: '/maitre/test', routerId: 'a', url: () => 'http://127.0.0.1/a', leaseTtlSecs: 2, endpoints: [etcd.endpoint], localLoads: () => [], clock: systemClock, log: silentLogger }), { message: 'no lease for you' })
+  t.equal(attachedWatches(client), 0, 'its stores’ and leader watches were let go')
 })

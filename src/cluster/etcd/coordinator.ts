@@ -203,17 +203,24 @@ export class EtcdCoordinator implements Coordination {
 
   static async start(options: EtcdCoordinatorOptions): Promise<EtcdCoordinator> {
     const members = await EtcdDirectory.open<Member>(options.client, `${options.prefix}/routers/`, 'router', isMember, options.log)
-    const loads = await EtcdDirectory.open<LoadDocument>(options.client, `${options.prefix}/load/`, 'load report', isLoad, options.log)
-    const coordinator = new EtcdCoordinator(options, members, loads)
+    let loads: EtcdDirectory<LoadDocument>
     try {
-      await coordinator.#waitForOwnId()
+      loads = await EtcdDirectory.open<LoadDocument>(options.client, `${options.prefix}/load/`, 'load report', isLoad, options.log)
     } catch (err) {
       await members.close()
-      await loads.close()
       throw err
     }
-    await coordinator.#watchLeader()
-    await coordinator.#join()
+    const coordinator = new EtcdCoordinator(options, members, loads)
+    // A start that fails part-way lets go of all it began (watches, a lease and its keep-alives,
+    // the rejoin its loss would start): the caller never gets the coordinator to close.
+    try {
+      await coordinator.#waitForOwnId()
+      await coordinator.#watchLeader()
+      await coordinator.#join()
+    } catch (err) {
+      await coordinator.close()
+      throw err
+    }
     coordinator.#scheduleLoad()
     return coordinator
   }
@@ -399,11 +406,11 @@ export class EtcdCoordinator implements Coordination {
 
   async #watchLeader(): Promise<void> {
     const current = await this.#client.get(this.#leaderKey).exec()
-    const kv = current.kvs[0]
-    this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
     // Closed while the read was out (a re-watch after a disconnection): a watch started now
     // would be retried by the library on the closed client for as long as the process lives.
     if (this.#closed) return
+    const kv = current.kvs[0]
+    this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
     const watcher = await startWatch(this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()), (w) => (this.#leaderWatchStarting = w))
     this.#leaderWatchStarting = undefined
     if (this.#closed) {

@@ -239,6 +239,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
         const range = await this.#client.getAll().prefix(this.#prefix).exec()
+        // Closed while the read was out: nothing more is taken in or announced.
+        if (this.#closed) return
         const revision = BigInt(range.header.revision)
         // etcd is behind what this store has seen: its data was lost or restored from an older
         // backup. Its revisions mean nothing against ours any more: what it holds now is taken
