@@ -13,6 +13,7 @@ import { request } from 'undici'
 import type { Event, Offer, Resource, TaskInfo, TaskStatus } from '../../src/backends/mesos/protocol.ts'
 import { startMesosSimulator, type MesosSim, type MesosSimOptions } from '../fixtures/mesos-sim/master.ts'
 import { RecordIOReader } from '../fixtures/mesos-sim/recordio.ts'
+import { ownDir } from '../fixtures/own-dir.ts'
 
 // Not from router-process.ts: that pulls in the whole router, unneeded here.
 const REPO = fileURLToPath(new URL('../..', import.meta.url))
@@ -30,7 +31,7 @@ async function until<T>(what: string, probe: () => T | undefined | Promise<T | u
 }
 
 async function sim(t: Test, options: Partial<MesosSimOptions> = {}): Promise<MesosSim> {
-  const s = await startMesosSimulator({ workDir: t.testdir(), heartbeatIntervalSeconds: 0.2, offerIntervalMs: 20, ...options })
+  const s = await startMesosSimulator({ workDir: ownDir(t, 'maitre-mesos-sim-'), heartbeatIntervalSeconds: 0.2, offerIntervalMs: 20, ...options })
   t.teardown(() => s.close())
   return s
 }
@@ -549,7 +550,7 @@ t.test('with credentials, calls need HTTP basic auth', async (t) => {
 })
 
 t.test('node test/fixtures/mesos-sim/main.ts prints its URL and agents, serves, and stops on SIGTERM', async (t) => {
-  const child = spawn(process.execPath, [join(REPO, 'test/fixtures/mesos-sim/main.ts'), '--port', '0', '--agents', '2', '--work-dir', t.testdir()], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [join(REPO, 'test/fixtures/mesos-sim/main.ts'), '--port', '0', '--agents', '2', '--work-dir', ownDir(t, 'maitre-mesos-sim-')], { stdio: ['ignore', 'pipe', 'inherit'] })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL')

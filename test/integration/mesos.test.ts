@@ -8,7 +8,7 @@ import t from 'tap'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { call, createToken, kitchenToken, waitFor, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, ownDir, waitFor, type Router } from '../fixtures/router.ts'
 import { startMesosRouter, startMesosSimulatorFor, type MesosRouter } from '../fixtures/mesos-router.ts'
 import { startMesosSimulator } from '../fixtures/mesos-sim/master.ts'
 
@@ -99,7 +99,7 @@ t.test('a router restart re-subscribes as the same framework and adopts the runn
 
 t.test('the master restarts, and a standby redirects to the leader: the framework follows and its instance serves on', async (t) => {
   const sim = await startMesosSimulatorFor(t)
-  const standby = await startMesosSimulator({ workDir: mkdtempSync(join(tmpdir(), 'maitre-mesos-standby-')), agents: 0, leader: sim.url })
+  const standby = await startMesosSimulator({ workDir: ownDir(t, 'maitre-mesos-standby-'), agents: 0, leader: sim.url })
   t.teardown(() => standby.close())
   // The standby first in the list: the leader is found through its 307 (a scheme-less Location).
   const router = await startMesosRouter(t, { 'backend.mesos.master': `${standby.url},${sim.url}` }, { sim })

@@ -5,7 +5,7 @@
  */
 import t, { type Test } from 'tap'
 import { Agent, Client, request } from 'undici'
-import { claimPortSlice, createToken, kitchenToken, processAlive, waitFor } from '../fixtures/router.ts'
+import { claimPortSlice, createToken, kitchenToken, ownDir, processAlive, waitFor } from '../fixtures/router.ts'
 import { REPO, spawnRouterGroup, startRouterProcess, type RouterProcess } from '../fixtures/router-process.ts'
 import { closeSync, openSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -125,7 +125,7 @@ t.test('SIGHUP (the terminal maitre ran in closed) drains and stops the instance
 })
 
 t.test('a router whose standard output can no longer be written (its terminal went away) still serves, and stops cleanly on SIGHUP', async (t) => {
-  const dir = t.testdir()
+  const dir = ownDir(t)
   const { low, release } = claimPortSlice()
   t.teardown(() => release())
   const port = low + 99

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { call, createToken, kitchenToken, startRouter } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, ownDir, startRouter } from '../fixtures/router.ts'
 
 type Info = { pid: number; headers: Record<string, string> }
 
@@ -47,7 +47,7 @@ t.test('metadata-only edits keep the service id; /service-id tells it without st
 })
 
 t.test('a router restart keeps every token and version', async (t) => {
-  const dataDir = t.testdir()
+  const dataDir = ownDir(t)
   const first = await startRouter(t, {}, { dataDir })
   await createToken(first, 'kitchen', kitchenToken())
   await createToken(first, 'other', kitchenToken({ version: 'other' }))

@@ -4,7 +4,7 @@
  * subcommands/) and checks what the CLI reads from the answer.
  */
 import t from 'tap'
-import { call, createToken, kitchenToken, startRouter, waitFor, type Reply, type Router } from '../fixtures/router.ts'
+import { call, createToken, kitchenToken, ownDir, startRouter, waitFor, type Reply, type Router } from '../fixtures/router.ts'
 
 type Service = {
   'service-id': string
@@ -89,7 +89,7 @@ t.test('`waiter show` and `waiter tokens`: the token with its metadata, its serv
 })
 
 t.test('`waiter kill` and `waiter delete`: only versions that run are services; kill waits for the routers; delete then goes through; after a restart nothing is left to kill', async (t) => {
-  const dataDir = t.testdir()
+  const dataDir = ownDir(t)
   const first = await startRouter(t, {}, { dataDir })
   await cliPost(first, 'brief', kitchenToken())
   const idOnly = (await call(`${first.url}/service-id`, { headers: { 'x-waiter-token': 'brief' } })).text
