@@ -336,6 +336,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   // Admission, before the HTTP parser ever sees the connection: a refused one is answered and
   // closed, and not a byte of what its client sends is parsed or served.
   const listener = createNetServer({ noDelay: true }, (socket: Socket) => {
+    // A client may reset its connection at any moment (before its first bytes, inside the
+    // HTTP/2 preface, as it is refused): that ends its connection, never the router, which an
+    // 'error' with no listener would. (Node's HTTP servers add listeners of their own once they
+    // take the socket.)
+    socket.on('error', () => socket.destroy())
     const client = clientKey(socket.remoteAddress)
     const mine = perClient.get(client) ?? 0
     if (options.maxConnectionsPerClient > 0 && mine >= options.maxConnectionsPerClient) {

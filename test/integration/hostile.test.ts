@@ -369,3 +369,41 @@ t.test('a client that stops reading its answer gives its slot back after the cli
   }), 30_000)
   t.same(read, { status: 200, bytes: 1000000, rst: h2constants.NGHTTP2_NO_ERROR }, 'the slow reader got the whole answer')
 })
+
+t.test('a client that resets its connection before its first bytes, inside the HTTP/2 preface, or once refused, takes down its own connection only', async (t) => {
+  const router = await startRouter(t, { 'server.maxConnectionsPerClient': 1 })
+  const port = Number(new URL(router.url).port)
+  /** Connects from `from`, sends `bytes` (if any), then resets the connection (TCP RST) once the router has had them. */
+  const resetAfter = (from: string, bytes: string | undefined): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port, localAddress: from }, () => {
+        if (bytes !== undefined) socket.write(bytes)
+        // A turn of the router's loop to read what came, then the reset.
+        setTimeout(() => {
+          socket.resetAndDestroy()
+          resolve()
+        }, 30)
+      })
+      socket.on('error', reject)
+    })
+  for (let i = 0; i < 5; i++) {
+    await resetAfter('127.0.0.6', undefined)
+    await resetAfter('127.0.0.6', 'PRI * HTTP/2.0\r\n')
+  }
+  // Refused (this client's one connection is taken): reset at once, as the refusal is written, and after it.
+  const holder = await raw(router.url, undefined, '127.0.0.7')
+  t.teardown(() => holder.socket.destroy())
+  for (let i = 0; i < 5; i++) {
+    await new Promise<void>((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port, localAddress: '127.0.0.7' }, () => {
+        socket.resetAndDestroy()
+        resolve()
+      })
+      socket.on('error', () => undefined)
+    })
+    await resetAfter('127.0.0.7', undefined)
+  }
+  // Each reset reached the router while it still held the connection: had one escaped as an
+  // unhandled error, this process (the router runs in it) would be gone by now.
+  t.equal((await call(`${router.url}/apps`)).status, 200, 'the router still answers')
+})
