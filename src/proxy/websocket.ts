@@ -71,7 +71,11 @@ function checkHandshake(req: IncomingMessage): void {
   if (version !== '13' && version !== '8') {
     throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Version must be 13 (or 8)', { details: { field: 'sec-websocket-version' }, headers: { 'sec-websocket-version': '13, 8' } })
   }
-  checkSubprotocols(req.headers['sec-websocket-protocol'])
+  const offered = checkSubprotocols(req.headers['sec-websocket-protocol'])
+  // HTTP's list syntax allows empty elements ("chat.v2,", RFC 9110 §5.6.1), which the WebSocket
+  // library would refuse with a bare 400 after a slot was taken: the offer goes on as the list it means.
+  if (offered.length === 0) delete req.headers['sec-websocket-protocol']
+  else req.headers['sec-websocket-protocol'] = offered.join(', ')
 }
 
 /** A subprotocol name is an HTTP token (RFC 6455 §4.1, RFC 9110 §5.6.2). */
@@ -83,11 +87,12 @@ function subprotocols(header: string | undefined): string[] {
 }
 
 /** The offered subprotocols must be distinct tokens: refused before a slot is taken, as the instance's client would refuse them. */
-function checkSubprotocols(header: string | string[] | undefined): void {
+function checkSubprotocols(header: string | string[] | undefined): string[] {
   const offered = subprotocols(Array.isArray(header) ? header.join(',') : header)
   const bad = offered.find((p) => !TOKEN.test(p))
   if (bad !== undefined) throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Protocol must list subprotocol names (HTTP tokens)', { details: { field: 'sec-websocket-protocol', rule: 'token', value: bad.slice(0, 100) } })
   if (new Set(offered).size !== offered.length) throw new MaitreError('MAITRE_BAD_REQUEST', 'Sec-WebSocket-Protocol must not name a subprotocol twice', { details: { field: 'sec-websocket-protocol', rule: 'distinct' } })
+  return offered
 }
 
 export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): WebSocketProxy {

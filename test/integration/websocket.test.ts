@@ -271,6 +271,23 @@ t.test('subprotocols: a malformed or repeated offer is a 400 before a slot is ta
     t.match(answer, /^HTTP\/1\.1 400 /, `"${offer}": a 400`)
     t.match(answer, new RegExp(`"field":\\s*"sec-websocket-protocol"[\\s\\S]*"rule":\\s*"${rule}"`), `naming the field and the rule (${rule})`)
   }
+  // HTTP's list syntax allows empty elements: such an offer is the list it means.
+  for (const offer of ['chat.v2,', ', chat.v2', 'chat,, chat.v2']) {
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = connectTcp(Number(new URL(router.url).port), '127.0.0.1', () => socket.write(upgrade(offer)))
+      let text = ''
+      socket.on('data', (c: Buffer) => {
+        text += c.toString('latin1')
+        if (!text.includes('\r\n\r\n')) return
+        socket.destroy()
+        resolve(text)
+      })
+      socket.on('error', reject)
+      socket.on('close', () => resolve(text))
+    })
+    t.match(head, /^HTTP\/1\.1 101 /, `"${offer}": upgraded`)
+    t.match(head, /\r\nsec-websocket-protocol: chat\.v2\r\n/i, `"${offer}": the instance chose chat.v2 of it`)
+  }
   // The instance speaks chat.v2 only. Offered "chat", it accepts choosing none, which the
   // router's client refuses as a browser does: a 502, and no fault of the instance's.
   const refused = await open(router, '/', { ...h, accept: 'application/json' }, ['chat'])
