@@ -111,6 +111,8 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   })
   /** Each relayed connection, by its way of closing both sides. */
   const closers = new Map<object, (code: number, reason: string) => void>()
+  /** closeAll() was called (the router drains): an upgrade admitted from now on is not opened. */
+  let shuttingDown = false
 
   async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
     checkHandshake(req)
@@ -220,6 +222,14 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     }
 
     admit(req, socket, cid, aborter.signal).then((admitted) => {
+      if (shuttingDown) {
+        // Admitted (it waited for a start or a slot) while the router began to drain: a
+        // connection opened now would be cut within the drain. A 503 lets the client reconnect
+        // through another router at once.
+        admitted.lease.release('generic-error')
+        refuse(new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }))
+        return
+      }
       try {
         connect(admitted)
       } catch (err) {
@@ -378,6 +388,8 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       }
     }
     closers.set(pair, closeBoth)
+    // Dialled before the drain began, answered after it asked every relay to close: this one too.
+    if (shuttingDown) closeBoth(1001, 'The router is shutting down')
     let outcome: ReleaseOutcome = 'success'
     let closed = 0
     const closedOne = (): void => {
@@ -446,6 +458,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   return {
     handle,
     closeAll() {
+      shuttingDown = true
       for (const close of closers.values()) close(1001, 'The router is shutting down')
     },
     open: () => closers.size,

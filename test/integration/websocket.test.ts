@@ -313,12 +313,31 @@ t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a 
   const seen = JSON.parse(other.slice(other.indexOf('\r\n\r\n') + 4)) as { headers: Record<string, string> }
   t.notOk('upgrade' in seen.headers, 'the upgrade header is not passed on')
   const { ws } = await opened(router, '/', h)
+  // A second WebSocket waits behind it for the one slot of another version.
+  await createToken(router, 'single', kitchenToken({ version: 'single', 'concurrency-level': 1, 'max-instances': 1 }))
+  const single = { 'x-waiter-token': 'single' }
+  const holder = (await opened(router, '/', single)).ws
+  const serviceId = (await call(`${router.url}/service-id`, { headers: single })).text
+  const waiting = open(router, '/', { ...single, accept: 'application/json' })
+  await waitFor('the second WebSocket to queue', async () => ((await call(`${router.url}/apps/${serviceId}`)).json<{ 'request-metrics': { queued: number } }>()['request-metrics'].queued === 1 ? true : undefined))
   const going = closed(ws)
+  const holderGoing = closed(holder)
+  const started = Date.now()
   const stopping = router.app.stop()
   const ended = await going
   t.equal(ended.code, 1001, 'going away')
   t.equal(ended.reason, 'The router is shutting down')
+  t.equal((await holderGoing).code, 1001, 'the one holding the slot too')
+  // Its slot freed, the queued one is admitted while the router drains: not opened only to be
+  // cut when the drain gives up (1006 after server.shutdownTimeoutMs), but refused, so its
+  // client reconnects elsewhere at once.
+  const refused = await waiting
+  t.notOk('ws' in refused, 'not upgraded')
+  t.equal((refused as Refused).status, 503)
+  t.match(JSON.parse((refused as Refused).body), { 'waiter-error': { code: 'MAITRE_ROUTER_OVERLOADED', details: { draining: true } } })
+  t.equal((refused as Refused).headers['retry-after'], '1')
   await stopping
+  t.ok(Date.now() - started < 5000, `the router stopped without waiting out its drain (${Date.now() - started} ms)`)
 })
 
 t.test('an upgrade pipelined behind requests still being answered: their answers go out whole first, in turn, then the 101 (h2c and WebSocket alike)', async (t) => {
