@@ -88,7 +88,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       return sendJson(res, 200, { accepted: Object.keys(counts).length }, cid)
     }
     case 'offer': {
-      const taken = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'))
+      const taken = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'), idField(body, 'from'))
       if (taken === undefined) return sendJson(res, 409, { taken: false, reason: 'nothing waits here for that instance' }, cid)
       // Answered when the request that took the slot lets go of it: the lender holds it until
       // then. If the lender goes first (the connection breaks), the request counts here instead.
@@ -96,6 +96,8 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       res.once('close', () => {
         if (!answered) taken.lenderGone()
       })
+      // (Its connection may have closed while the body was read, before the listener was there.)
+      if (res.destroyed) taken.lenderGone()
       const outcome = await taken.outcome
       answered = true
       return sendJson(res, 200, { taken: true, outcome }, cid)

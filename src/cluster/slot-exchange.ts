@@ -123,6 +123,12 @@ export class SlotExchange implements SlotSharing {
    */
   readonly #offerAgent = new Agent({ keepAliveTimeout: 30_000, connections: null })
   readonly #offers = new Set<Offer>()
+  /**
+   * Requests running here on slots peers lent, by lender: each is adopted (counted and reported
+   * as this router's own) once its lender leaves this router's view, before this router's next
+   * report deals without the lender. Bounded by the requests this router carries.
+   */
+  readonly #borrowed = new Map<string, Set<() => void>>()
   /** Handover holds of leases whose offer broke, released early when the router stops. */
   readonly #handovers = new Map<ReturnType<typeof setTimeout>, Lease>()
   #lending = true
@@ -173,6 +179,14 @@ export class SlotExchange implements SlotSharing {
     // A borrower that left the cluster (dead, or cut off) may never answer: its offers end now.
     const live = new Set(view.peers.filter((p) => p.url !== undefined).map((p) => p.routerId))
     for (const offer of this.#offers) if (!live.has(offer.routerId)) offer.abort.abort()
+    // A lender gone from the view (it left, or was found dead; its offer's connection may not
+    // have broken yet): its slots are dealt among the others now, and the requests it lent
+    // them to must count here from this moment, or two routers could fill the one slot.
+    for (const [lender, adoptions] of this.#borrowed) {
+      if (view.members.includes(lender)) continue
+      this.#borrowed.delete(lender)
+      for (const adopt of adoptions) adopt()
+    }
     this.#probeMissing(view)
     this.#o.tracker.redispatch()
   }
@@ -262,13 +276,32 @@ export class SlotExchange implements SlotSharing {
    * A peer lends a slot of an instance: resolves with how the request that took it went, or
    * undefined at once if nobody here waits for it.
    */
-  receiveOffer(serviceId: string, instanceId: string): { readonly outcome: Promise<ReleaseOutcome>; lenderGone(): void } | undefined {
+  receiveOffer(serviceId: string, instanceId: string, lender: string): { readonly outcome: Promise<ReleaseOutcome>; lenderGone(): void } | undefined {
+    // A lender already gone from this view: its slots are being dealt to others.
+    if (!this.#o.view().members.includes(lender)) return undefined
     let done: (outcome: ReleaseOutcome) => void = () => undefined
     const outcome = new Promise<ReleaseOutcome>((resolve) => (done = resolve))
-    const adopt = this.#o.tracker.grantBorrowed(serviceId, instanceId, done)
-    // The lender stops counting the request if its offer's connection breaks: from then on it is
-    // counted here (and reported as over this router's share), so the slot is never used twice.
-    return adopt === undefined ? undefined : { outcome, lenderGone: adopt }
+    let adoptions = this.#borrowed.get(lender)
+    let adopt: (() => void) | undefined
+    const forget = (): void => {
+      if (adopt === undefined || adoptions?.delete(adopt) !== true) return
+      if (adoptions.size === 0 && this.#borrowed.get(lender) === adoptions) this.#borrowed.delete(lender)
+    }
+    const granted = this.#o.tracker.grantBorrowed(serviceId, instanceId, (result) => {
+      forget()
+      done(result)
+    })
+    if (granted === undefined) return undefined
+    adopt = (): void => {
+      forget()
+      granted()
+    }
+    if (adoptions === undefined) this.#borrowed.set(lender, (adoptions = new Set()))
+    adoptions.add(adopt)
+    // The lender stops counting the request if its offer's connection breaks (or it leaves this
+    // router's view): from then on it is counted here (and reported as over this router's
+    // share), so the slot is never used twice.
+    return { outcome, lenderGone: adopt }
   }
 
   /** Whether this router counts `routerId` among the live members (asked by a router cut off from etcd). */

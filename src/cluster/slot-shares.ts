@@ -62,13 +62,25 @@ export interface PeerClaim {
  * view gives it, or what it still carries there if that is more, so a slot changes hands only
  * once its previous holder has let go of it and said so; a peer whose view is not known yet
  * (it has not reported) is assumed to hold every slot, so nobody takes one of its slots meanwhile.
+ *
+ * A router gone from this one's view (it left, or was found dead) still claims its share for as
+ * long as a peer's report deals with it: that peer may be running a request on a slot the router
+ * lent it, which it counts as its own (and reports) only once it too has seen the router go.
  */
 export function slotLimit(instanceId: string, concurrencyLevel: number, members: readonly string[], routerId: string, peers: readonly PeerClaim[]): number {
   let claimed = 0
+  let departed: Map<string, number> | undefined
   for (const peer of peers) {
     if (peer.routerId === routerId) continue
     const share = peer.members === undefined ? concurrencyLevel : shareOf(instanceId, concurrencyLevel, peer.members, peer.routerId)
     claimed += Math.max(share, peer.over)
+    if (peer.members === undefined) continue
+    for (const other of peer.members) {
+      if (other === routerId || other === peer.routerId || members.includes(other)) continue
+      const theirs = shareOf(instanceId, concurrencyLevel, peer.members, other)
+      if (theirs > (departed?.get(other) ?? 0)) (departed ??= new Map()).set(other, theirs)
+    }
   }
+  if (departed !== undefined) for (const share of departed.values()) claimed += share
   return Math.max(0, Math.min(shareOf(instanceId, concurrencyLevel, members, routerId), concurrencyLevel - claimed))
 }

@@ -183,3 +183,39 @@ t.test('a version’s last request on a router that leaves is remembered by the 
   const c = await node(etcd, 'c')
   t.equal(c.coordinator.peerLoad('svc').lastRequestAt, 0, 'a router that never saw it knows nothing of it (the reports are gone)')
 })
+
+t.test('what changes while a report is being written goes out right after it: a drain announced then is not lost to a slow write', async (t) => {
+  const etcd = await startEtcd(t)
+  // Reports only when something changes (no periodic write within the test), so any write of
+  // the draining flag is the one announceDraining makes.
+  const a = await node(etcd, 'a', etcd.endpoint, 5, 60_000)
+  // The writes of a's load key, each held until the test lets it through: a write under way.
+  const { KVClient } = (await import('etcd3/lib/rpc.js')) as unknown as { KVClient: { prototype: { put(req: { key: Buffer; value: Buffer }, options?: unknown): Promise<unknown> } } }
+  const original = KVClient.prototype.put
+  const written: Record<string, unknown>[] = []
+  let hold: Promise<void> | undefined
+  let held = 0
+  KVClient.prototype.put = async function (this: unknown, req, options) {
+    if (String(req.key).endsWith('/load/a')) {
+      held += 1
+      await hold
+      written.push(JSON.parse(String(req.value)) as Record<string, unknown>)
+    }
+    return original.call(this, req, options)
+  }
+  t.teardown(() => {
+    KVClient.prototype.put = original
+  })
+  let letThrough!: () => void
+  hold = new Promise((resolve) => (letThrough = resolve))
+  // b joins: a deals by a new membership and writes its report, which is held.
+  await node(etcd, 'b', etcd.endpoint, 5, 60_000)
+  await waitFor('a’s report to be under way', () => (held > 0 ? true : undefined), 3000)
+  // The announcement does not wait on etcd for long (the drain must go on): a write slower
+  // than its bound is still under way when it returns.
+  await a.coordinator.announceDraining()
+  letThrough()
+  await waitFor('a’s report with the draining flag', () => (written.some((doc) => doc['draining'] === true) ? true : undefined), 3000)
+  t.notOk(written[0]?.['draining'], 'the write under way carried the report read before the drain')
+  t.equal(written.at(-1)?.['draining'], true, 'the write that followed it carried the drain')
+})

@@ -342,3 +342,52 @@ t.test('wants nobody repeats are forgotten, even for a version whose slots never
   await waitFor('the wants to expire (3 s) and be forgotten', () => (exchange.wantsHeld === 0 ? true : undefined), 6000).catch(() => undefined)
   t.equal(exchange.wantsHeld, 0, 'forgotten once expired')
 })
+
+t.test('a lender that leaves: the request it lent a slot to counts on the borrower at once, so the slot is never filled twice', async (t) => {
+  // Concurrency-level 1 and three routers: the one slot of instance i is a's; c is next in line.
+  const all = ['router-a', 'router-b', 'router-c']
+  const a = await router(t, 'router-a', all)
+  const b = await router(t, 'router-b', all)
+  const c = await router(t, 'router-c', all)
+  const level = 1
+  const id = Array.from({ length: 500 }, (_, n) => `i${n}`).find((i) => shareOf(i, level, all, 'router-a') === 1 && shareOf(i, level, ['router-b', 'router-c'], 'router-c') === 1) as string
+  for (const side of [a, b, c]) {
+    side.tracker.configure('s', { concurrencyLevel: level, loadBalancing: 'oldest', maxQueueLength: 10 })
+    side.tracker.sync('s', [instance(id)], undefined)
+  }
+  const report = (routerId: string, url: string, members: string[], over: () => number = () => 0): PeerReport => ({ routerId, url, members, over })
+  a.peers = [report('router-b', b.url, all), report('router-c', c.url, all)]
+  b.peers = [report('router-a', a.url, all), report('router-c', c.url, all)]
+  c.peers = [report('router-a', a.url, all), report('router-b', b.url, all)]
+  for (const side of [a, b, c]) side.exchange.viewChanged()
+  // b's request borrows a's slot.
+  const lease = await b.tracker.acquire('s', { timeoutMs: 5000 })
+  t.equal(held(a, 's'), 1, 'a lent its slot to b')
+  t.equal([...b.tracker.overLimit()].length, 0, 'a borrowed request is the lender’s claim, not the borrower’s')
+  // a leaves b's view (its lease revoked, or found dead) before its offer's connection broke.
+  b.members = ['router-b', 'router-c']
+  b.peers = [report('router-c', c.url, all)]
+  b.exchange.viewChanged()
+  t.same([...b.tracker.overLimit()], [['s', id, 1]], 'b counts the request as its own at once, over its share: its next report says so')
+  // c sees a gone while b's report is still the one made before.
+  c.members = ['router-b', 'router-c']
+  c.peers = [report('router-b', b.url, all)]
+  c.exchange.viewChanged()
+  t.equal(c.exchange.limit('s', id, level), 0, 'c does not fill the slot while b’s report still deals with a')
+  c.peers = [report('router-b', b.url, ['router-b', 'router-c'], () => 1)]
+  c.exchange.viewChanged()
+  t.equal(c.exchange.limit('s', id, level), 0, 'nor while b reports the request it carries there')
+  lease.release('success')
+  c.peers = [report('router-b', b.url, ['router-b', 'router-c'])]
+  c.exchange.viewChanged()
+  // (b's withdrawn wants may still be on their way to c, which then lends b the slot once, declined.)
+  const mine = await waitFor('c to take the slot once b reports it let go', () => c.tracker.tryAcquire('s'), 3000)
+  t.ok(mine, 'c takes the slot once b reports it let go')
+  // b waits now (c holds the one slot). An offer from a router b no longer counts is declined:
+  // its slots are being dealt anew. One from a member is taken.
+  const waiting = b.tracker.acquire('s', { timeoutMs: 5000 }).then(() => 'granted', () => 'timed out')
+  t.equal(b.exchange.receiveOffer('s', id, 'router-a'), undefined, 'a gone lender’s offer is declined')
+  t.ok(b.exchange.receiveOffer('s', id, 'router-c'), 'a member’s offer is taken')
+  t.equal(await waiting, 'granted')
+  mine.release('success')
+})

@@ -97,3 +97,17 @@ t.test('routers whose actual views are newer than the reports the others have se
   )
   t.pass('no over-admission from stale reports, as long as every router has seen every other one’s report (a joining router settles first)')
 })
+
+t.test('a router gone from this view keeps its share claimed while a peer’s report still deals with it', async (t) => {
+  // Concurrency-level 1, three routers: the slot is a's; once a is gone it is c's.
+  const all = ['a', 'b', 'c']
+  const instance = Array.from({ length: 500 }, (_, i) => `svc.${i}`).find((id) => rankOf(id, all, 'a') === 0 && rankOf(id, ['b', 'c'], 'c') === 0) as string
+  t.ok(instance, 'an instance whose slot moves from a to c')
+  const left = ['b', 'c']
+  // b's report was made while a was still a member: b may run a request on the slot a lent it,
+  // which b counts as its own (and reports over its share) only once it has seen a go too.
+  t.equal(slotLimit(instance, 1, left, 'c', [{ routerId: 'b', members: all, over: 0 }]), 0, 'c waits while b’s report still deals with a')
+  t.equal(slotLimit(instance, 1, left, 'c', [{ routerId: 'b', members: left, over: 1 }]), 0, 'then while b reports the request it adopted')
+  t.equal(slotLimit(instance, 1, left, 'c', [{ routerId: 'b', members: left, over: 0 }]), 1, 'and takes the slot once b reports it let go')
+  t.equal(slotLimit(instance, 1, all, 'a', [{ routerId: 'b', members: all, over: 0 }, { routerId: 'c', members: all, over: 0 }]), 1, 'nothing changes while nobody is gone')
+})

@@ -145,7 +145,10 @@ export class EtcdCoordinator implements Coordination {
   #settleTimer: ReturnType<typeof setTimeout> | undefined
   #draining = false
   readonly #slotViewListeners = new Set<() => void>()
-  #publishing = false
+  /** The write of this router's load key under way, if any. */
+  #publishing: Promise<void> | undefined
+  /** The write that follows it, for what changed after it read the load (one, shared by every caller meanwhile). */
+  #publishAfter: Promise<void> | undefined
   #cancelLoadTimer: (() => void) | undefined
   #closed = false
   /** Ends the retry pauses when the store or coordinator closes, so nothing outlives it. */
@@ -317,13 +320,8 @@ export class EtcdCoordinator implements Coordination {
    */
   async announceDraining(): Promise<void> {
     this.#draining = true
-    await Promise.race([this.#publishUntilDone(), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
-  }
-
-  async #publishUntilDone(): Promise<void> {
-    // A publish already under way may carry the old flag: wait it out, then write ours.
-    for (let i = 0; i < 20 && this.#publishing; i++) await new Promise((resolve) => setTimeout(resolve, 10))
-    await this.#publishLoad()
+    // (A write already under way may carry the old flag: #publishLoad follows it with ours.)
+    await Promise.race([this.#publishLoad(), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
   }
 
   peerMayHold(serviceId: string): boolean {
@@ -597,10 +595,27 @@ export class EtcdCoordinator implements Coordination {
     }, this.#overPending ? Math.min(50, this.#options.loadIntervalMs ?? 500) : (this.#options.loadIntervalMs ?? 500))
   }
 
-  /** Rewrites this router's load key when its content changed since the last write. */
-  async #publishLoad(): Promise<void> {
+  /**
+   * Rewrites this router's load key when its content changed since the last write; settles once
+   * a write that read the load after this call has ended. A write under way read it before (a
+   * membership, a draining flag, a request over its share may have changed since): another
+   * follows it, or peers could deal by a report this router no longer stands by.
+   */
+  #publishLoad(): Promise<void> {
+    if (this.#publishing === undefined) {
+      this.#publishing = this.#writeLoad().finally(() => (this.#publishing = undefined))
+      return this.#publishing
+    }
+    this.#publishAfter ??= this.#publishing.then(() => {
+      this.#publishAfter = undefined
+      return this.#publishLoad()
+    })
+    return this.#publishAfter
+  }
+
+  async #writeLoad(): Promise<void> {
     const lease = this.#lease
-    if (lease === undefined || this.#publishing) return
+    if (lease === undefined) return
     const entries = [...this.#options.localLoads()].sort((a, b) => b[1].lastRequestAt - a[1].lastRequestAt)
     const versions: Record<string, readonly [number, number, number]> = {}
     let bytes = 0
@@ -617,7 +632,6 @@ export class EtcdCoordinator implements Coordination {
     const text = JSON.stringify([versions, members, over, draining, dropped > 0])
     if (text === this.#publishedLoad) return
     if (dropped > 0) this.#options.log.warn({ dropped }, 'load report over 1 MiB: the least recently used versions were left out')
-    this.#publishing = true
     try {
       const doc: LoadDocument = { at: this.#options.clock.now(), versions, members, over, ...(draining ? { draining } : {}), ...(dropped > 0 ? { partial: true } : {}) }
       await lease.put(this.#loadKey).value(JSON.stringify(doc))
@@ -627,8 +641,6 @@ export class EtcdCoordinator implements Coordination {
       this.#overPending = Object.keys(over).length > 0
     } catch (err) {
       this.#options.log.debug({ err }, 'publishing load failed (etcd unreachable?); trying again')
-    } finally {
-      this.#publishing = false
     }
   }
 }
