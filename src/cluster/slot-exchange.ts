@@ -366,21 +366,40 @@ export class SlotExchange implements SlotSharing {
    * every one agreed. A peer that cannot be asked may be carrying a request on it: that is a no.
    */
   async allowKill(serviceId: string, instanceId: string): Promise<boolean> {
-    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const ask = (peer: PeerReport, periodMs: number): Promise<boolean> =>
-      withDeadline(this.#call(peer.url as string, 'eject', { serviceId, instanceId, periodMs }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
-        this.#noteFailure(peer.routerId, err)
-        return false
-      })
-    const answers = await Promise.all(peers.map((p) => ask(p, this.#o.killEjectMs)))
-    const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
+    // (The question waits for its answer as long as the hold it asks for lasts: see #askEveryPeer.)
+    const vetoed = await this.#askEveryPeer((url) => this.#call(url, 'eject', { serviceId, instanceId, periodMs: this.#o.killEjectMs }, this.#o.killEjectMs), (url) => this.#call(url, 'eject', { serviceId, instanceId, periodMs: 0 }))
     if (vetoed.length > 0) {
-      // Those that agreed took the instance out of rotation for a kill that will not come now.
-      await Promise.all(peers.filter((_, i) => answers[i] === true).map((p) => ask(p, 0)))
       this.#o.log.info({ service: serviceId, instance: instanceId, vetoedBy: vetoed }, 'kill vetoed by routers that carry requests on the instance (or could not be asked)')
       this.#o.onVeto?.(serviceId, instanceId, vetoed)
     }
     return vetoed.length === 0
+  }
+
+  /**
+   * Asks every peer to `hold` (a kill's eject, a collection's hold): the routers that said no,
+   * or gave no answer within the peer timeout (one that cannot be asked may be using what is
+   * asked for). With any no, every peer that said yes is told to `release`: those that answered
+   * in time at once, one too slow (a no here, yet it holds once the question reaches it) as soon
+   * as its yes comes, so that the release cannot overtake the hold it lifts. (`hold` keeps its
+   * call open for as long as the hold would last, so a late yes is still heard.)
+   */
+  async #askEveryPeer(hold: (url: string) => Promise<number>, release: (url: string) => Promise<number>): Promise<string[]> {
+    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
+    const inTime = (peer: PeerReport, answer: Promise<number>): Promise<boolean> =>
+      withDeadline(answer, this.#o.peerTimeoutMs ?? 1000).then((status) => status === 200, (err: unknown) => {
+        this.#noteFailure(peer.routerId, err)
+        return false
+      })
+    const asked = peers.map((p) => hold(p.url as string))
+    const answers = await Promise.all(peers.map((p, i) => inTime(p, asked[i] as Promise<number>)))
+    const vetoed = peers.filter((_, i) => !answers[i]).map((p) => p.routerId)
+    if (vetoed.length === 0) return vetoed
+    for (const [i, peer] of peers.entries()) {
+      if (answers[i]) continue
+      void (asked[i] as Promise<number>).then((status) => (status === 200 ? inTime(peer, release(peer.url as string)) : undefined), () => undefined)
+    }
+    await Promise.all(peers.filter((_, i) => answers[i]).map((p) => inTime(p, release(p.url as string))))
+    return vetoed
   }
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
@@ -400,20 +419,9 @@ export class SlotExchange implements SlotSharing {
    * Those that agreed are released by collectDone(), or when the veto of another makes it moot.
    */
   async allowCollect(serviceId: string, lastActiveAt: number, reason: CollectReason): Promise<boolean> {
-    const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const ask = (peer: PeerReport, periodMs: number, why: CollectReason): Promise<boolean> =>
-      withDeadline(this.#call(peer.url as string, 'collect', { serviceId, lastActiveAt, periodMs, reason: why }).then((status) => status === 200), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
-        this.#noteFailure(peer.routerId, err)
-        return false
-      })
-    const answers = await Promise.all(peers.map((p) => ask(p, COLLECT_HOLD_MS, reason)))
-    const vetoed = peers.filter((_, i) => answers[i] !== true).map((p) => p.routerId)
-    if (vetoed.length > 0) {
-      // Every peer is released, not only those that said yes in time: one too slow to answer
-      // (a veto here) may still place its hold when the question reaches it.
-      await Promise.all(peers.map((p) => ask(p, 0, reason)))
-      this.#o.log.info({ service: serviceId, vetoedBy: vetoed }, 'collection vetoed by routers that use the version (or could not be asked)')
-    }
+    const ask = (periodMs: number) => (url: string): Promise<number> => this.#call(url, 'collect', { serviceId, lastActiveAt, periodMs, reason }, periodMs === 0 ? undefined : periodMs)
+    const vetoed = await this.#askEveryPeer(ask(COLLECT_HOLD_MS), ask(0))
+    if (vetoed.length > 0) this.#o.log.info({ service: serviceId, vetoedBy: vetoed }, 'collection vetoed by routers that use the version (or could not be asked)')
     return vetoed.length === 0
   }
 
@@ -555,8 +563,8 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** A short peer call (wants, eject, member), bounded by the peer timeout. */
-  async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown): Promise<Dispatcher.ResponseData> {
-    return postToPeer({ url, what, key: this.#key, body: JSON.stringify(body), timeoutMs: this.#o.peerTimeoutMs ?? 1000, dispatcher: this.#agent })
+  async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown, timeoutMs = this.#o.peerTimeoutMs ?? 1000): Promise<Dispatcher.ResponseData> {
+    return postToPeer({ url, what, key: this.#key, body: JSON.stringify(body), timeoutMs, dispatcher: this.#agent })
   }
 
   async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {
@@ -568,8 +576,8 @@ export class SlotExchange implements SlotSharing {
     return res.body.json()
   }
 
-  async #call(url: string, what: 'wants' | 'eject' | 'collect', body: unknown): Promise<number> {
-    const res = await this.#post(url, what, body)
+  async #call(url: string, what: 'wants' | 'eject' | 'collect', body: unknown, timeoutMs?: number): Promise<number> {
+    const res = await this.#post(url, what, body, timeoutMs)
     await res.body.dump()
     return res.statusCode
   }
