@@ -447,6 +447,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     stop() {
       stopping ??= (async () => {
         log.info({ inFlight: server.inFlight() }, 'stopping: draining requests')
+        if (led instanceof LeaderBackend) led.endLongPolls()
         // Its peers learn it drains before its listener closes, so its refusals are not taken
         // for its death; it keeps lending its idle slots meanwhile (its share stays its own).
         // The autoscaler keeps running while requests drain (they may need an instance), and

@@ -93,6 +93,7 @@ export class LeaderBackend implements Backend {
   readonly #epoch = randomUUID()
   #version = 0
   readonly #waiters = new Set<() => void>()
+  #longPollsEnded = false
   #followAbort: AbortController | undefined
   #followingUrl: string | undefined
   #following: Promise<void> | undefined
@@ -450,10 +451,21 @@ export class LeaderBackend implements Backend {
   // -------------------------------------------------------------------------------------------
   // Serving the followers (admin/peer.ts)
 
+  /**
+   * This router drains: followers' long polls are answered now (with the view as it is) rather
+   * than when they end by themselves, which the drain would wait for (up to LONG_POLL_MS, while
+   * the leadership it is about to give up stays here), and new ones are answered at once.
+   */
+  endLongPolls(): void {
+    this.#longPollsEnded = true
+    for (const wake of this.#waiters) wake()
+    this.#waiters.clear()
+  }
+
   /** The view after `after`: at once if it is another, else when it changes (or the long poll ends). */
   async peerState(after: string, signal: AbortSignal): Promise<{ view: string; services: unknown[] }> {
     this.#mustLead()
-    if (after === this.#viewId()) {
+    if (after === this.#viewId() && !this.#longPollsEnded) {
       await new Promise<void>((resolve) => {
         const wake = (): void => {
           clearTimeout(timer)

@@ -91,7 +91,9 @@ t.test('two routers on one master: only the leader subscribes; a cold start aske
 })
 
 t.test('the leader goes: the other router takes the framework over with its id, adopts the running task instead of launching another, and drives it from then on', async (t) => {
-  const cluster = await startMesosCluster(t, 2)
+  // A drain bound far above what a stop takes: one that waited out the follower's long poll
+  // (up to 20 s parked at the leader) would show.
+  const cluster = await startMesosCluster(t, 2, { 'server.shutdownTimeoutMs': 30_000 })
   const [leader, follower] = (await byLeadership(cluster)) as [Router, Router]
   await createToken(leader, 'kept', kitchenToken())
   await knownTo(follower, 'kept')
@@ -101,7 +103,12 @@ t.test('the leader goes: the other router takes the framework over with its id, 
   const frameworkId = cluster.sim.frameworks()[0]?.id
   const launched = cluster.sim.calls().filter((c) => c.type === 'ACCEPT').length
 
+  // (This /state call is one of the leader's requests in flight; the follower's long poll the other.)
+  await waitFor('the follower’s long poll to be parked at the leader', async () => ((await call(`${leader.url}/state`)).json<{ 'in-flight-requests': number }>()['in-flight-requests'] >= 2 ? true : undefined), 10_000)
+  const stopping = Date.now()
   await leader.app.stop()
+  const stopMs = Date.now() - stopping
+  t.ok(stopMs < 10_000, `the leader stopped without waiting for the follower's long poll to end by itself (${stopMs} ms)`)
   const [successor] = (await byLeadership(cluster, [follower])) as [Router]
   t.equal(successor, follower, 'the follower leads')
   await waitFor('the framework subscribed again', () => (cluster.sim.frameworks()[0]?.connected === true ? true : undefined), 10_000)
