@@ -304,6 +304,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // A failed handshake is the client's affair: its socket goes, nothing is logged as ours.
     tlsServer.on('tlsClientError', (_err: Error, socket: Socket) => socket.destroy())
   }
+  /** A connection upgraded with Upgrade: h2c is being handed to the HTTP/2 server (see upgrade()). */
+  let handingOverUpgraded = false
   for (const h2Server of [h2, tlsServer]) {
     h2Server?.on('session', (session: ServerHttp2Session) => {
       sessions.add(session)
@@ -328,8 +330,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         clearTimeout(idleTimer)
         sessions.delete(session)
       })
-      // A drain under way: this connection gets no new streams.
-      if (draining) session.close()
+      // A drain under way: this connection gets no new streams. One upgraded from HTTP/1.1 had
+      // its request accepted with the 101 (before the drain): stream 1 is answered first.
+      if (draining && handingOverUpgraded) session.once('stream', () => session.close())
+      else if (draining) session.close()
     })
   }
 
@@ -420,7 +424,15 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.
       socket.write(SWITCHING_TO_H2C)
-      spliceUpgradedRequest(socket as Socket, head, upgradedRequestFrames(req), options.headersTimeoutMs, (upgraded) => h2.emit('connection', upgraded))
+      spliceUpgradedRequest(socket as Socket, head, upgradedRequestFrames(req), options.headersTimeoutMs, (upgraded) => {
+        // (The HTTP/2 server makes the session, and says so, within this call.)
+        handingOverUpgraded = true
+        try {
+          h2.emit('connection', upgraded)
+        } finally {
+          handingOverUpgraded = false
+        }
+      })
       return
     }
     if (isApiRequest(pathOf(req.url), req.headers, options.routerHostnames) || options.websocket === undefined) {

@@ -142,3 +142,38 @@ t.test('a client that resets its connection after the 101, or after an upgrade i
   const served = await curlH2(t.testdir(), [`${router.url}/protocol`], ['-H', 'x-waiter-token: ones'])
   t.same(served.versions, ['2 200'], 'and upgrades the next client')
 })
+
+t.test('an upgrade answered 101 just before a drain began still gets its answer on stream 1, then the connection goes', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'ones', kitchenToken())
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'ones' } })).status, 200, 'the version runs')
+  const socket = connect(Number(new URL(router.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  let got = Buffer.alloc(0)
+  const arrived: (() => void)[] = []
+  socket.on('data', (chunk: Buffer) => {
+    got = Buffer.concat([got, chunk])
+    for (const wake of arrived.splice(0)) wake()
+  })
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()))
+  socket.on('error', () => undefined)
+  socket.write('GET /request-info HTTP/1.1\r\nHost: x\r\nx-waiter-token: ones\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n')
+  while (!got.toString('latin1').includes('\r\n\r\n')) await new Promise<void>((resolve) => arrived.push(resolve))
+  t.match(got.toString('latin1'), /^HTTP\/1\.1 101 /, 'switched')
+  got = Buffer.alloc(0)
+  // The drain begins (synchronously, as stop() is called) before the client's preface arrives.
+  const stopping = router.app.stop()
+  socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]))
+  await closed
+  await stopping
+  const frames: { type: number; flags: number; stream: number; payload: Buffer }[] = []
+  for (let at = 0; at + 9 <= got.length; ) {
+    const length = got.readUIntBE(at, 3)
+    frames.push({ type: got[at + 3] as number, flags: got[at + 4] as number, stream: got.readUInt32BE(at + 5) & 0x7fffffff, payload: got.subarray(at + 9, at + 9 + length) })
+    at += 9 + length
+  }
+  t.ok(frames.some((f) => f.type === 1 && f.stream === 1), 'HEADERS of the answer on stream 1')
+  t.ok(frames.some((f) => f.type === 0 && f.stream === 1 && (f.flags & 1) === 1), 'its body, ended')
+  const goaway = frames.find((f) => f.type === 7)
+  t.equal(goaway?.payload.readUInt32BE(0), 1, 'GOAWAY names stream 1 as the last one served')
+})
