@@ -58,6 +58,8 @@ export interface GcDeps {
 }
 
 const RECENT_KEPT = 50
+/** Idle collections whose backend delete failed, remembered until the version is collected as an orphan (the oldest forgotten first). */
+const MAX_UNFINISHED_KEPT = 10_000
 /** An operator's delete waits this often, this many times, for a request that is starting the version. */
 const DELETE_ATTEMPTS = 50
 const DELETE_RETRY_MS = 100
@@ -68,6 +70,8 @@ export class GcRunner {
   /** First time each version was seen broken / stale with a token that no longer exists / running unrecorded. */
   readonly #brokenSince = new Map<string, number>()
   readonly #orphanedSince = new Map<string, number>()
+  /** Versions an idle collection forgot whose backend delete failed: their idle time, for when they go as orphans. */
+  readonly #idleUnfinished = new Map<string, number>()
   readonly #unrecordedSince = new Map<string, number>()
   readonly #collected: (GcVerdict & { at: number })[] = []
   #rounds = 0
@@ -188,19 +192,35 @@ export class GcRunner {
     // collection meanwhile, so nothing can re-create the version in between. The record goes
     // only as the verdict saw it: another router that just recorded a request for it keeps it.
     if (!(await registry.forget(serviceId, record))) return undefined
-    this.#deps.onCollecting?.(serviceId, verdict.reason, verdict.lastActiveAt)
+    // An idle version whose instances outlived its record (the backend's delete failed) is
+    // collected later as an orphan: it is still one collected for its idleness (an adaptive
+    // keep-alive keeps what it learned of it, and may pre-warm it).
+    const unfinished = verdict.reason === 'orphaned' ? this.#idleUnfinished.get(serviceId) : undefined
+    const reason = unfinished === undefined ? verdict.reason : 'idle'
+    const lastActiveAt = unfinished ?? verdict.lastActiveAt
+    this.#deps.onCollecting?.(serviceId, reason, lastActiveAt)
     await this.#deps.forgetVersion(serviceId)
-    await backend.deleteService(serviceId)
+    try {
+      await backend.deleteService(serviceId)
+    } catch (err) {
+      if (reason === 'idle') {
+        this.#idleUnfinished.delete(serviceId)
+        this.#idleUnfinished.set(serviceId, lastActiveAt)
+        if (this.#idleUnfinished.size > MAX_UNFINISHED_KEPT) this.#idleUnfinished.delete(this.#idleUnfinished.keys().next().value as string)
+      }
+      throw err
+    }
+    this.#idleUnfinished.delete(serviceId)
     // A version that never ran here still had a routing entry if requests asked for it.
     this.#deps.tracker.dropIfIdle(serviceId)
-    await this.#deps.onCollected(serviceId, verdict.reason, verdict.lastActiveAt)
+    await this.#deps.onCollected(serviceId, reason, lastActiveAt)
     this.#brokenSince.delete(serviceId)
     this.#orphanedSince.delete(serviceId)
     this.#unrecordedSince.delete(serviceId)
-    this.#collected.unshift({ id: verdict.id, reason: verdict.reason, at: clock.now() })
+    this.#collected.unshift({ id: verdict.id, reason, at: clock.now() })
     this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
-    log.info({ service: serviceId, reason: verdict.reason }, 'service garbage-collected')
-    return { id: verdict.id, reason: verdict.reason }
+    log.info({ service: serviceId, reason }, 'service garbage-collected')
+    return { id: verdict.id, reason }
   }
 
   /**

@@ -37,6 +37,8 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
   const activator = new Activator(backend, tracker, clock, silentLogger)
   const forgotten: string[] = []
   const collected: string[] = []
+  /** What the keep-alive is told as each collection begins: version, reason, last activity. */
+  const collecting: [string, string, number][] = []
   const gc = new GcRunner(
     {
       backend,
@@ -52,6 +54,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
       },
       forgetVersion: (id) => void forgotten.push(id),
       onCollected: (id, reason) => void collected.push(`${id}:${reason}`),
+      onCollecting: (id, reason, lastActiveAt) => void collecting.push([id, reason, lastActiveAt]),
       clock,
       log: silentLogger,
       ...(fleet === undefined ? {} : { fleet }),
@@ -68,7 +71,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
     for (let waiting = activator.ensure(activation(id)); waiting !== undefined; waiting = activator.ensure(activation(id))) await waiting
     return tracker.acquire(id, { timeoutMs: 60_000 })
   }
-  return { clock, backend, tracker, registry, tokens, activator, gc, forgotten, collected, request }
+  return { clock, backend, tracker, registry, tokens, activator, gc, forgotten, collected, collecting, request }
 }
 
 t.test('an idle version is collected once idle-timeout-mins pass with nothing outstanding, and the next request brings it back', async (t) => {
@@ -141,9 +144,10 @@ t.test('a request that lands between the verdict and the delete saves the versio
   lease.release('success')
 })
 
-t.test('a version whose backend delete fails is not lost: it is collected at a later round as unrecorded', async (t) => {
-  const { clock, backend, registry, gc, request, collected } = setup(t.testdir())
+t.test('a version whose backend delete fails is not lost: it is collected at a later round as unrecorded, still for its idleness', async (t) => {
+  const { clock, backend, registry, gc, request, collected, collecting } = setup(t.testdir())
   ;(await request('a')).release('success')
+  const idleSince = clock.now()
   clock.advance(60_000)
   backend.failDeletes = 1
   t.same(await gc.tick(), [], 'the delete failed')
@@ -154,9 +158,11 @@ t.test('a version whose backend delete fails is not lost: it is collected at a l
   clock.advance(9_000)
   t.same(await gc.tick(), [])
   clock.advance(1_000)
-  t.same(await gc.tick(), [{ id: 'a', reason: 'orphaned' }], 'one interval later it is collected')
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'one interval later it is collected, as the idle collection it was')
   t.equal(backend.state('a'), undefined)
-  t.same(collected, ['a:orphaned'])
+  t.same(collected, ['a:idle'])
+  // (An adaptive keep-alive forgets what it learned of a version collected for any other reason.)
+  t.same(collecting, [['a', 'idle', idleSince], ['a', 'idle', idleSince]], 'the keep-alive hears of an idle collection both times, idle since the last request')
 })
 
 t.test('a broken version is collected after its grace period plus the broken timeout', async (t) => {
