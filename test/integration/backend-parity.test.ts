@@ -89,8 +89,17 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
       return statuses
     }),
   )
-  await waitFor('3 healthy instances', async () => ((await appView(router, id))['instance-counts']['healthy-instances'] >= 3 ? true : undefined), 30000)
-  stop = true
+  // (Should the wait fail, the clients stop too, and what they met is not left unhandled.)
+  clients.catch(() => undefined)
+  try {
+    await waitFor('3 healthy instances', async () => ((await appView(router, id))['instance-counts']['healthy-instances'] >= 3 ? true : undefined), 30000).catch(async (err: unknown) => {
+      // What the version looked like, for whoever reads a failure.
+      t.comment(JSON.stringify((await appView(router, id))['instance-counts']))
+      throw err
+    })
+  } finally {
+    stop = true
+  }
   t.same([...new Set((await clients).flat())], [200], 'every request during scale-up succeeded')
 
   // One long request pins an instance while the version shrinks back to one.
