@@ -235,6 +235,11 @@ export class Autoscaler {
     let killed: string | undefined
     if (decision.amount > 0) {
       await backend.scale(serviceId, decision.scaleTo)
+    } else if (decision.amount < 0 && state.requested > state.instances.length) {
+      // Instances the backend still owes (a relaunch waiting out its back-off, a task with no
+      // offer yet) go first: fewer are asked for, and none that runs is killed for them. (A kill
+      // would lower the count and stop a running one, leaving the owed one to come, or nothing.)
+      await backend.scale(serviceId, Math.max(decision.scaleTo, state.instances.length))
     } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs && (state.killsUnderWay ?? 0) === 0) {
       killed = await this.#killOne(serviceId, state, expired)
       if (killed !== undefined) entry.lastKillAt = now

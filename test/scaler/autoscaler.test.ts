@@ -73,6 +73,18 @@ t.test('scale-down never kills an instance with a request in flight', async (t) 
   busy.release('success')
 })
 
+t.test('going down while the backend still owes an instance (a relaunch in its back-off) lowers the count: the running one is not killed', async (t) => {
+  const { clock, backend, tracker, scaler } = setup()
+  backend.add('s', [1, 2])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  await scaler.tick()
+  backend.lose('s', 's.2')
+  t.same([backend.state('s')?.requested, backend.state('s')?.instances.map((i) => i.id)], [2, ['s.1']], 'two asked for, one running')
+  await ticks(clock, scaler, 5)
+  t.same(backend.calls.filter((c) => c.startsWith('kill')), [], 'nothing killed')
+  t.same([backend.state('s')?.requested, backend.state('s')?.instances.map((i) => i.id)], [1, ['s.1']], 'one asked for: the one that runs')
+})
+
 t.test('one kill per tick at most, however far the scaler wants to go down', async (t) => {
   const { clock, backend, tracker, scaler } = setup()
   backend.add('s', [1, 2, 3, 4, 5, 6])
