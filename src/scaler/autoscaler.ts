@@ -241,7 +241,11 @@ export class Autoscaler {
       // would lower the count and stop a running one, leaving the owed one to come, or nothing.)
       await backend.scale(serviceId, Math.max(decision.scaleTo, state.instances.length))
     } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs && (state.killsUnderWay ?? 0) === 0) {
-      killed = await this.#killOne(serviceId, state, expired)
+      // A scale-down no larger than the expired instances that run retires those: an expired
+      // instance still busy (a long stream, a WebSocket) is waited for, not exchanged for its idle
+      // replacement, which the next tick would only start again.
+      const retiring = -decision.amount <= state.instances.filter((i) => expired.has(i.id)).length
+      killed = await this.#killOne(serviceId, state, expired, retiring)
       if (killed !== undefined) entry.lastKillAt = now
     }
     if (decision.amount !== 0) {
@@ -260,10 +264,11 @@ export class Autoscaler {
     this.#deps.onDecision?.(serviceId, entry.last)
   }
 
-  async #killOne(serviceId: string, state: ServiceState, expired: ReadonlySet<string>): Promise<string | undefined> {
+  async #killOne(serviceId: string, state: ServiceState, expired: ReadonlySet<string>, onlyExpired: boolean): Promise<string | undefined> {
     const { backend, tracker } = this.#deps
     const inFlight = new Map(tracker.instanceSlots(serviceId).map((s) => [s.id, s.used]))
     let candidates = state.instances.map((i) => ({ id: i.id, startedAt: i.startedAt, healthy: i.healthy, expired: expired.has(i.id), inFlight: inFlight.get(i.id) ?? 0 }))
+    if (onlyExpired) candidates = candidates.filter((c) => c.expired)
     // An instance another router vetoes (it carries a request there) is passed over for the next
     // choice, as Waiter does, a few times per tick at most.
     for (let attempt = 0; attempt < MAX_KILL_ATTEMPTS; attempt++) {

@@ -131,6 +131,24 @@ t.test('an expired instance is replaced first, then killed first', async (t) => 
   t.equal(ids.length, 2)
 })
 
+t.test('an expired instance kept busy by a long request is waited for: its idle replacement is not killed and started again, tick after tick', async (t) => {
+  const { clock, backend, tracker, scaler } = setup({ policy: { ...POLICY, scaleDownFactor: 0.001 }, instanceExpiryMs: 60_000 })
+  backend.add('s', [clock.now()])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  await ticks(clock, scaler, 3)
+  // A WebSocket, say, holds the only instance past its expiry.
+  const long = tracker.tryAcquire('s') as Lease
+  clock.advance(61_000)
+  await ticks(clock, scaler, 30)
+  const kills = backend.calls.filter((c) => c.startsWith('kill'))
+  t.same(kills, [], 'nothing killed while the expired one is busy')
+  t.equal(backend.calls.filter((c) => c.startsWith('scale s')).length, 1, 'one replacement started, once')
+  long.release('success')
+  await ticks(clock, scaler, 3)
+  t.same(backend.calls.filter((c) => c.startsWith('kill')), ['kill s.1'], 'once free, the expired instance is the one killed')
+  t.same(backend.state('s')?.instances.map((i) => i.id), ['s.2'], 'its replacement serves on')
+})
+
 t.test('a poke decides at once, without waiting for the tick', async (t) => {
   const { backend, tracker, scaler } = setup()
   backend.add('s', [0])
