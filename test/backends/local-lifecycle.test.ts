@@ -313,3 +313,30 @@ const started = setInterval(() => {
   await waitFor('the app gone', () => (alive() ? undefined : true), 5000).catch(() => undefined)
   t.notOk(alive(), 'the app is gone: nothing is left running once the router died')
 })
+
+t.test('a router out of file descriptors for a while blames no instance: its health checks say nothing then, and every instance keeps its state', async (t) => {
+  const dir = t.testdir()
+  // It closes every connection (as python's http.server does), so each check needs a new socket.
+  const { app, hits } = noteTakingApp(dir, 'fd-starved.mjs', 'req.url', "(res.setHeader('connection', 'close'), 200)")
+  const { backend } = localBackend(t)
+  const check = { url: '/ready', portIndex: 0, proto: 'http' as const, intervalMs: 100, maxConsecutiveFailures: 2, authenticated: false }
+  await backend.ensureService(spec('svc-fd', { command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: check, gracePeriodMs: 30_000 }))
+  const instance = await waitFor('an instance healthy', () => backend.state('svc-fd')?.instances.find((i) => i.healthy), 15_000)
+  const changes: string[] = []
+  const unsubscribe = backend.subscribe(() => changes.push(JSON.stringify(backend.state('svc-fd')?.instances.map((i) => [i.id, i.healthy]))))
+  t.teardown(unsubscribe)
+  // This process is the router: it runs out of file descriptors for ten check intervals.
+  const taken: number[] = []
+  try {
+    for (;;) taken.push(fs.openSync('/dev/null', 'r'))
+  } catch (err) {
+    t.equal((err as NodeJS.ErrnoException).code, 'EMFILE', `out of file descriptors after ${taken.length} more`)
+  }
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  for (const fd of taken.splice(0)) fs.closeSync(fd)
+  const seen = readFileSync(hits, 'utf8').split('\n').length
+  await waitFor('health checks again', () => (readFileSync(hits, 'utf8').split('\n').length > seen + 2 ? true : undefined), 5000)
+  t.same(changes, [], 'no instance left rotation meanwhile')
+  t.same(backend.state('svc-fd')?.failed, [], 'none was killed as failing its checks')
+  t.ok(backend.state('svc-fd')?.instances.some((i) => i.id === instance.id && i.healthy), 'the instance serves on')
+})

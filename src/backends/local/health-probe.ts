@@ -7,7 +7,15 @@ export interface ProbeResult {
   readonly connected: boolean
   readonly responded: boolean
   readonly timedOut: boolean
+  /**
+   * The check could not be made for want of the router's own resources (file descriptors,
+   * buffers, memory): it says nothing of the instance, whose state stays as it was.
+   */
+  readonly inconclusive: boolean
 }
+
+/** Errors of a router out of resources: none is the instance's doing. */
+const ROUTER_OUT_OF = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 
 export interface ProbeTarget {
   readonly url: string
@@ -36,12 +44,15 @@ export class HealthProber {
       const res = await request(target.url, { dispatcher: target.h2c === true ? this.#h2c : this.#agent, headers, signal: AbortSignal.timeout(this.#timeoutMs * 2) })
       await res.body.dump()
       const ok = res.statusCode >= 200 && res.statusCode < 300
-      return { ok, status: res.statusCode, connected: true, responded: true, timedOut: false }
+      return { ok, status: res.statusCode, connected: true, responded: true, timedOut: false, inconclusive: false }
     } catch (err) {
       const code = (err as { code?: string }).code ?? ''
+      if (ROUTER_OUT_OF.has(code) || ROUTER_OUT_OF.has((err as { cause?: { code?: string } }).cause?.code ?? '')) {
+        return { ok: false, status: undefined, connected: false, responded: false, timedOut: false, inconclusive: true }
+      }
       const refused = code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ECONNRESET_BEFORE_CONNECT'
       const timedOut = code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || (err as Error).name === 'TimeoutError'
-      return { ok: false, status: undefined, connected: !refused, responded: false, timedOut }
+      return { ok: false, status: undefined, connected: !refused, responded: false, timedOut, inconclusive: false }
     }
   }
 

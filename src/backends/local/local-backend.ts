@@ -43,6 +43,8 @@ export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'>
 const ENDED_KEPT = 10
 /** The longest pause between two checks of an instance that has not passed one yet. */
 const STARTUP_PROBE_MAX_MS = 1000
+/** Health checks the router could not make (out of file descriptors) are said at most this often. */
+const UNPROBED_WARN_EVERY_MS = 10_000
 /** Written into each sandbox: what a later router needs to find the instance's processes. */
 const INSTANCE_FILE = 'maitre-instance.json'
 const LOG_FILES = ['stdout', 'stderr'] as const
@@ -103,6 +105,7 @@ export class LocalBackend implements Backend {
   readonly #leftovers: LeftoverSweeper
   #cancelMemoryCheck: (() => void) | undefined
   #closed = false
+  #unprobedWarnedAt = Number.NEGATIVE_INFINITY
   /** Releases the work directory's lock, if this backend claimed it. */
   readonly #releaseWorkDir: () => void
 
@@ -415,7 +418,16 @@ export class LocalBackend implements Backend {
     const ownLiveness = instance.everHealthy && spec.gracePeriodMs > 0 && !sameCheck(spec.livenessCheck, spec.healthCheck)
     const liveness = ownLiveness ? await this.#check(service, instance, spec.livenessCheck) : readiness
     if (!this.#probed(service, instance)) return
-    this.#recordProbe(service, instance, readiness, liveness)
+    // The router out of file descriptors (a connection flood, say) cannot check anyone: a round
+    // it could not make is no failure of the instance's (it would be taken out of rotation, then
+    // killed, every instance alike).
+    if (readiness.inconclusive || liveness.inconclusive) {
+      const now = this.#o.clock.now()
+      if (now - this.#unprobedWarnedAt >= UNPROBED_WARN_EVERY_MS) {
+        this.#unprobedWarnedAt = now
+        this.#o.log.warn({ service: spec.serviceId, instance: instance.id }, 'health checks not made: the router is out of resources (file descriptors?); instances keep their state')
+      }
+    } else this.#recordProbe(service, instance, readiness, liveness)
     if (!this.#probed(service, instance)) return
     this.#scheduleProbe(service, instance, instance.everHealthy ? spec.healthCheck.intervalMs : this.#startupProbeDelay(spec, instance))
   }
