@@ -105,6 +105,8 @@ interface Bench {
   readonly failures: number
   readonly failedUntil: number
   readonly killHoldUntil: number
+  /** Locked for a kill (see Slot.locked): it comes back locked, and takes nothing until unlocked. */
+  readonly locked: boolean
 }
 
 interface Waiter {
@@ -218,7 +220,7 @@ export class InstanceTracker {
         const failedUntil = bench === undefined || bench.failedUntil <= now ? 0 : bench.failedUntil
         const killHoldUntil = bench === undefined || bench.killHoldUntil <= now ? 0 : bench.killHoldUntil
         const ejectedUntil = Math.max(failedUntil, killHoldUntil)
-        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: bench?.failures ?? 0, ejectedUntil, locked: false, killHoldUntil, failedUntil, routable: true })
+        next.set(instance.id, { instance, startedAt: instance.startedAt, expired: instance.flags.has('expired'), used: 0, failures: bench?.failures ?? 0, ejectedUntil, locked: bench?.locked ?? false, killHoldUntil, failedUntil, routable: true })
         resumedEjection = Math.max(resumedEjection, ejectedUntil - now)
       } else {
         slot.instance = instance
@@ -390,8 +392,15 @@ export class InstanceTracker {
    * Returns false if the instance is busy (or unknown to routing, hence idle by definition: true).
    */
   lockForKill(serviceId: string, instanceId: string): boolean {
-    const slot = this.#services.get(serviceId)?.slots.get(instanceId)
-    if (slot === undefined) return true
+    const service = this.#services.get(serviceId)
+    const slot = service?.slots.get(instanceId)
+    if (slot === undefined) {
+      // Out of rotation now (unhealthy): should it come back before the kill, it comes back locked.
+      const bench = service?.benched.get(instanceId)
+      if (bench?.locked === true) return false
+      service?.benched.set(instanceId, { failures: bench?.failures ?? 0, failedUntil: bench?.failedUntil ?? 0, killHoldUntil: bench?.killHoldUntil ?? 0, locked: true })
+      return true
+    }
     if (slot.used > 0 || slot.locked) return false
     slot.locked = true
     return true
@@ -413,6 +422,8 @@ export class InstanceTracker {
   unlock(serviceId: string, instanceId: string): void {
     const service = this.#services.get(serviceId)
     const slot = service?.slots.get(instanceId)
+    const bench = service?.benched.get(instanceId)
+    if (bench?.locked === true) service?.benched.set(instanceId, { ...bench, locked: false })
     if (service === undefined || slot === undefined) return
     slot.locked = false
     this.#dispatch(service)
@@ -501,8 +512,8 @@ export class InstanceTracker {
 
   /** Remembers an instance's ejection as it leaves rotation (see ServiceSlots.benched). */
   #bench(service: ServiceSlots, slot: Slot): void {
-    if (slot.failures === 0 && slot.killHoldUntil === 0) return
-    service.benched.set(slot.instance.id, { failures: slot.failures, failedUntil: slot.failedUntil, killHoldUntil: slot.killHoldUntil })
+    if (slot.failures === 0 && slot.killHoldUntil === 0 && !slot.locked) return
+    service.benched.set(slot.instance.id, { failures: slot.failures, failedUntil: slot.failedUntil, killHoldUntil: slot.killHoldUntil, locked: slot.locked })
   }
 
   #settle(service: ServiceSlots, slot: Slot, outcome: ReleaseOutcome): void {

@@ -237,6 +237,30 @@ t.test('an instance that fails a health check while busy keeps its in-flight slo
   t.ok(tracker.lockForKill('s', 'a'), 'and is idle by definition')
 })
 
+t.test('an instance locked for a kill stays locked through a readiness flap: it takes no request before its kill', async (t) => {
+  const { tracker } = setup(1)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  t.ok(tracker.lockForKill('s', 'a'), 'locked while the other routers are asked')
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined)
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const first = tracker.tryAcquire('s')
+  const second = tracker.tryAcquire('s')
+  t.same([first?.instance.id, second], ['b', undefined], 'back healthy, a is still locked: only b serves')
+  first?.release('success')
+  // Locked while out of rotation: it comes back locked too.
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined)
+  tracker.unlock('s', 'a')
+  tracker.sync('s', [instance('a', 1, false), instance('b', 2)], undefined)
+  t.ok(tracker.lockForKill('s', 'a'), 'an instance out of rotation can be locked')
+  t.notOk(tracker.lockForKill('s', 'a'), 'once')
+  tracker.sync('s', [instance('a', 1), instance('b', 2)], undefined)
+  const held = tracker.tryAcquire('s')
+  t.same([held?.instance.id, tracker.tryAcquire('s')], ['b', undefined], 'and comes back locked')
+  held?.release('success')
+  tracker.unlock('s', 'a')
+  t.equal(tracker.tryAcquire('s')?.instance.id, 'a', 'unlocked (its kill did not happen), it serves again')
+})
+
 t.test('a deployment error fails the queue when no instance is routable, even if one still drains', async (t) => {
   const { tracker } = setup(1)
   tracker.sync('s', [instance('a', 1)], undefined)
