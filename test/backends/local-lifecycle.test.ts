@@ -8,6 +8,7 @@
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
 import { spawn } from 'node:child_process'
+import { Writable } from 'node:stream'
 import { syncBuiltinESMExports } from 'node:module'
 import { createServer, type Socket } from 'node:net'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -16,7 +17,7 @@ import { join } from 'node:path'
 import { LocalBackend } from '../../src/backends/local/local-backend.ts'
 import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
-import { silentLogger } from '../../src/log.ts'
+import { createLogger, silentLogger } from '../../src/log.ts'
 import { spec } from '../fixtures/kube-backend.ts'
 import { claimPortSlice, kitchenCmd, waitFor } from '../fixtures/router.ts'
 
@@ -339,4 +340,27 @@ t.test('a router out of file descriptors for a while blames no instance: its hea
   t.same(changes, [], 'no instance left rotation meanwhile')
   t.same(backend.state('svc-fd')?.failed, [], 'none was killed as failing its checks')
   t.ok(backend.state('svc-fd')?.instances.some((i) => i.id === instance.id && i.healthy), 'the instance serves on')
+})
+
+t.test('a launch that fails (its one port taken) is tried again, even with no back-off configured, and without spinning', async (t) => {
+  const { low, release } = claimPortSlice()
+  t.teardown(release)
+  const squatter = createServer()
+  await new Promise<void>((resolve) => squatter.listen(low, '127.0.0.1', resolve))
+  let failures = 0
+  const log = createLogger('error', new Writable({ write(chunk: Buffer, _encoding, done) {
+    if (chunk.toString().includes('instance launch failed')) failures += 1
+    done()
+  } }))
+  const { backend } = localBackend(t, { portRange: [low, low], portRestMs: 0, restartBackoffBaseMs: 0, log })
+  const check = { url: '/', portIndex: 0, proto: 'http' as const, intervalMs: 100, maxConsecutiveFailures: 2, authenticated: false }
+  const started = Date.now()
+  const { app } = noteTakingApp(t.testdir(), 'plain.mjs', 'req.url', '200')
+  await backend.ensureService(spec('svc-zb', { command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: check, minInstances: 1 }))
+  await waitFor('the launch to fail twice', () => (failures >= 2 ? true : undefined), 5000)
+  await new Promise<void>((resolve) => squatter.close(() => resolve()))
+  const takenMs = Date.now() - started
+  await waitFor('an instance once the port is free', () => backend.state('svc-zb')?.instances.find((i) => i.healthy), 15_000)
+  t.pass('launched again once the port was free')
+  t.ok(failures <= takenMs / 10 + 2, `tried again every 10 ms at most meanwhile: ${failures} failed launches in ${takenMs} ms`)
 })

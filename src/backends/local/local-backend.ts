@@ -43,6 +43,8 @@ export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'>
 const ENDED_KEPT = 10
 /** The longest pause between two checks of an instance that has not passed one yet. */
 const STARTUP_PROBE_MAX_MS = 1000
+/** The shortest wait before a failed instance is launched again, whatever the back-off settings. */
+const MIN_RELAUNCH_MS = 10
 /** Health checks the router could not make (out of file descriptors) are said at most this often. */
 const UNPROBED_WARN_EVERY_MS = 10_000
 /** Written into each sandbox: what a later router needs to find the instance's processes. */
@@ -300,6 +302,7 @@ export class LocalBackend implements Backend {
   async #launch(service: LocalService): Promise<void> {
     const { spec } = service
     service.launching += 1
+    let launching = true
     let ports: number[] = []
     // Started but not yet tracked: a launch that fails from here on must not leave it running.
     let untracked: ProcessGroup | undefined
@@ -371,6 +374,11 @@ export class LocalBackend implements Backend {
       void (untracked?.exited ?? Promise.resolve()).then(() => removeSandbox(sandboxMade)).catch(() => undefined)
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
+      // No longer launching before the failure is recorded: recording it reconciles the count,
+      // which must see this launch as the missing instance it is (with no back-off, nothing
+      // else would launch it again).
+      service.launching -= 1
+      launching = false
       this.#recordEnded(service, {
         id: `${spec.serviceId}${LAUNCH_FAILURE_SUFFIX}`,
         serviceId: spec.serviceId,
@@ -384,7 +392,7 @@ export class LocalBackend implements Backend {
         logDirectory: undefined,
       }, true)
     } finally {
-      service.launching -= 1
+      if (launching) service.launching -= 1
     }
   }
 
@@ -587,7 +595,8 @@ export class LocalBackend implements Backend {
       service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
       service.launchFailures += 1
       const backoff = this.#o.restartBackoffBaseMs * service.spec.restartBackoffFactor ** (service.launchFailures - 1)
-      service.nextLaunchAt = this.#o.clock.now() + Math.min(this.#o.restartBackoffMaxMs, backoff)
+      // (Never at once: a launch that keeps failing, a port range full say, would spin.)
+      service.nextLaunchAt = this.#o.clock.now() + Math.max(MIN_RELAUNCH_MS, Math.min(this.#o.restartBackoffMaxMs, backoff))
     } else {
       service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
     }
