@@ -107,7 +107,8 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
   const body = errorBody(err, req, ctx, format)
   // With x-waiter-debug, an error about a known version names it, as Waiter's do.
   const serviceId = ctx.serviceId ?? (err.details['service-id'] as string | undefined)
-  const debug = isDebugRequested(req.headers) && typeof serviceId === 'string'
+  // (Only an id a header can carry: one taken from a request's path may hold anything.)
+  const debug = isDebugRequested(req.headers) && typeof serviceId === 'string' && HEADER_SAFE.test(serviceId)
   res.writeHead(err.status, {
     ...err.headers,
     'content-type': CONTENT_TYPES[format],
@@ -119,6 +120,9 @@ export function sendError(req: IncomingMessage, res: ServerResponse, error: unkn
   })
   res.end(req.method === 'HEAD' ? undefined : body)
 }
+
+/** Printable ASCII, no more than a service id's length: always a valid header value. */
+const HEADER_SAFE = /^[\x21-\x7e]{1,253}$/
 
 /**
  * A refusal of a gRPC call is a gRPC status: headers (:status 200, content-type

@@ -407,3 +407,15 @@ t.test('a client that resets its connection before its first bytes, inside the H
   // unhandled error, this process (the router runs in it) would be gone by now.
   t.equal((await call(`${router.url}/apps`)).status, 200, 'the router still answers')
 })
+
+t.test('a version id in the path that no header can carry still gets its 404 with x-waiter-debug, not a 500', async (t) => {
+  const router = await startRouter(t)
+  for (const path of ['/apps/%0Afoo', '/apps/%E2%82%AC/override', '/apps/%7F']) {
+    const answer = await call(`${router.url}${path}`, { headers: { 'x-waiter-debug': '1', accept: 'application/json' } })
+    t.equal(answer.status, 404, `${path}: 404`)
+    t.match(answer.json(), { 'waiter-error': { code: 'MAITRE_SERVICE_NOT_FOUND' } }, `${path}: the version is unknown`)
+    t.equal(answer.headers['x-waiter-service-id'], undefined, `${path}: and not echoed in a header`)
+  }
+  const known = await call(`${router.url}/apps/maitre-0123`, { headers: { 'x-waiter-debug': '1' } })
+  t.equal(known.headers['x-waiter-service-id'], 'maitre-0123', 'an id a header can carry is still named')
+})
