@@ -211,8 +211,11 @@ export class Tokens {
     }
     if (admin) for (const key of SYSTEM_METADATA) if (key in body) next[key] = body[key]
     if (next['deleted'] !== true) delete next['deleted']
-    // Waiter's first version carries an empty history, `"previous": {}`.
-    next['previous'] = base === undefined ? {} : trimHistory(base, HISTORY_LENGTH - 1)
+    // Waiter's first version carries an empty history, `"previous": {}`. An admin's write (a sync
+    // or restore from another cluster) brings its own history, as it brings the other metadata.
+    const given = admin ? body['previous'] : undefined
+    if (typeof given === 'object' && given !== null && !Array.isArray(given)) next['previous'] = Object.keys(given).length === 0 ? {} : trimHistory(given as TokenData, HISTORY_LENGTH - 1)
+    else next['previous'] = base === undefined ? {} : trimHistory(base, HISTORY_LENGTH - 1)
     try {
       await this.#store.put(name, next, current ?? null)
     } finally {

@@ -295,7 +295,11 @@ t.test('admin mode writes only system metadata every reader can read back; reade
     t.ok((reply.json<WaiterError>()['waiter-error'].details['fields'] as string[]).includes(field), `naming ${field}`)
   }
   t.equal((await post({ token: 'restored', 'last-update-time': 1_700_000_000_000, previous: { version: 'v0', 'last-update-time': 1_600_000_000_000 } })).status, 200, 'valid system metadata is taken')
-  t.equal((await call(`${router.url}/token-history?token=restored`)).status, 200)
+  const history = await call(`${router.url}/token-history?token=restored`)
+  t.equal(history.status, 200)
+  t.equal(history.text.includes('"v0"'), true, 'the history it brought is kept: its older version reads back')
+  const stored = (await call(`${router.url}/token?token=restored&include=metadata`)).json<Record<string, unknown>>()
+  t.match(stored['previous'], { version: 'v0', 'last-update-time': new Date(1_600_000_000_000).toISOString() }, 'as the previous version')
   // A token file from before these checks, with a time no Date can hold, and a list for a history.
   await router.app.stop()
   const { writeFileSync } = await import('node:fs')
