@@ -91,7 +91,7 @@ export function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps
   let previous: Resolution
   try {
     // The previous version is judged on its own: a caller it does not admit is not served by it.
-    previous = deps.resolver.byServiceId(target, who)
+    previous = deps.resolver.byServiceId(target, who, true)
   } catch (err) {
     if (err instanceof MaitreError && err.status < 500) return resolution
     throw err

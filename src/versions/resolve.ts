@@ -197,8 +197,10 @@ export class Resolver {
    * ^SERVICE-ID# pseudo-token is; any other needs the caller to be able to run as it. The
    * operational settings of its tokens (maintenance, https-redirect, cors-rules) still apply.
    */
-  byServiceId(serviceId: string, principal: Principal): Resolution {
-    if (principal.anonymous === true) throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous-by-id' } })
+  byServiceId(serviceId: string, principal: Principal, viaToken = false): Resolution {
+    // An anonymous caller reaches a version by id only through a public token it called (a
+    // fallback to the token's previous version), and only if that version is public too (below).
+    if (principal.anonymous === true && !viaToken) throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous-by-id' } })
     const record = this.#registry.get(serviceId)
     if (record === undefined) {
       throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', `Service not found: ${serviceId}`, { details: { 'service-id': serviceId } })
@@ -225,6 +227,7 @@ export class Resolver {
     // Served to anonymous callers only through its token, never by id; but a public version hears
     // of no principal however it is reached.
     const authenticationDisabled = vouched && record.core['authentication'] === 'disabled' && record.core['permitted-user'] === '*'
+    if (principal.anonymous === true && !authenticationDisabled) throw new MaitreError('MAITRE_UNAUTHORIZED', 'Authentication required', { details: { reason: 'anonymous-by-id' } })
     return { serviceId, core: record.core, effective, source: undefined, sources: [], tokenMetadata: metadata, fallback: undefined, authenticationDisabled }
   }
 

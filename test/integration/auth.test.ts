@@ -381,6 +381,22 @@ t.test('a version addressed by id is still its tokens’: maintenance holds, and
   }
 })
 
+t.test('a public token being edited falls back for anonymous callers too: its previous version, public as well, serves them meanwhile', async (t) => {
+  const router = await startJwtRouter(t)
+  const open = { 'run-as-user': 'alice', 'permitted-user': '*', authentication: 'disabled' }
+  t.equal((await post(router, 'alice', { token: 'pub', ...kitchenToken({ version: 'v1' }), ...open })).status, 200)
+  const v1 = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'pub', 'x-waiter-debug': 'true' } })
+  t.equal(v1.status, 200, 'v1 serves anonymous callers')
+  // v2 never becomes healthy: within the fallback period, v1 still serves everyone it served.
+  t.equal((await post(router, 'alice', { token: 'pub', ...kitchenToken({ version: 'v2', cmd: 'exit 1' }), ...open })).status, 200)
+  for (const [who, headers] of [['alice', await router.as('alice')], ['an anonymous caller', {}]] as const) {
+    const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'pub', 'x-waiter-debug': 'true', 'x-waiter-queue-timeout': '2000', ...headers } })
+    t.equal(reply.status, 200, `${who} is served`)
+    t.equal(reply.headers['x-waiter-service-id'], v1.headers['x-waiter-service-id'], `${who}: by v1, not left waiting on v2`)
+  }
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-service-id': String(v1.headers['x-waiter-service-id']) } })).status, 401, 'by id, an anonymous caller still reaches nothing')
+})
+
 t.test('with an admin listener, the main one still carries the routers’ peer calls; hard delete takes an admin', async (t) => {
   const router = await startJwtRouter(t, { 'server.admin.host': '127.0.0.1', 'server.admin.port': 0 })
   const peer = await call(`${router.url}/maitre-peer/wants`, { method: 'POST', body: '{}' })
