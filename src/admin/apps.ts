@@ -325,6 +325,12 @@ export async function handleOverride(r: AdminRequest, serviceId: string, princip
     case 'POST': {
       const body = await readJsonObject(r.req)
       await deps.overrides.set(serviceId, record.core, body, principal.user)
+      // The version may have gone while the body came (deleted, collected): its overrides went
+      // with it, and must not come back for a version started again under its id.
+      if (deps.registry.get(serviceId) === undefined) {
+        await deps.overrides.clear(serviceId)
+        throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found: it was deleted while the override was sent', { details: { 'service-id': serviceId } })
+      }
       return sendJson(r.res, 200, { success: true, ...current() }, r.cid)
     }
     case 'DELETE':

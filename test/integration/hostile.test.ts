@@ -423,3 +423,19 @@ t.test('a version id in the path that no header can carry still gets its 404 wit
   const known = await call(`${router.url}/apps/maitre-0123`, { headers: { 'x-waiter-debug': '1' } })
   t.equal(known.headers['x-waiter-service-id'], 'maitre-0123', 'an id a header can carry is still named')
 })
+
+t.test('an override whose body was still coming when its version was deleted does not outlive it', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'brief', kitchenToken({ version: 'brief' }))
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'brief' } })).status, 200)
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'brief' } })).text
+  const body = JSON.stringify({ 'max-instances': 1 })
+  const slow = await raw(router.url, `POST /apps/${id}/override HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body.slice(0, 5)}`)
+  t.teardown(() => slow.socket.destroy())
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 200, 'deleted while the override’s body comes')
+  slow.socket.write(body.slice(5))
+  t.equal(statusOf(await slow.closed), 404, 'the override is refused: its version is gone')
+  // The same version started again (same id) by the next request: no override from before.
+  t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'brief' } })).status, 200)
+  t.same((await call(`${router.url}/apps/${id}/override`)).json<{ overrides: unknown }>().overrides, {}, 'the version started again has none')
+})
