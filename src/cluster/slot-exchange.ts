@@ -122,6 +122,12 @@ export class SlotExchange implements SlotSharing {
    * slots this router holds (each offer holds one).
    */
   readonly #offerAgent = new Agent({ keepAliveTimeout: 30_000, connections: null })
+  /**
+   * A kill's or a collection's question, each held open as long as the hold it asks for (10 s,
+   * 30 s) so that a late yes is heard: a pool of their own, so that a silent peer's open ones
+   * never queue a want or a probe. Bounded by the leader's kills (three a tick) and collections.
+   */
+  readonly #holdAgent = new Agent({ keepAliveTimeout: 30_000, connections: null })
   readonly #offers = new Set<Offer>()
   /**
    * Requests running here on slots peers lent, by lender: each is adopted (counted and reported
@@ -462,7 +468,7 @@ export class SlotExchange implements SlotSharing {
       lease.release('client-error')
     }
     this.#handovers.clear()
-    await Promise.all([this.#agent.destroy().catch(() => undefined), this.#offerAgent.destroy().catch(() => undefined)])
+    await Promise.all([this.#agent.destroy().catch(() => undefined), this.#offerAgent.destroy().catch(() => undefined), this.#holdAgent.destroy().catch(() => undefined)])
   }
 
   #lend(serviceId: string): void {
@@ -563,8 +569,8 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** A short peer call (wants, eject, member), bounded by the peer timeout. */
-  async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown, timeoutMs = this.#o.peerTimeoutMs ?? 1000): Promise<Dispatcher.ResponseData> {
-    return postToPeer({ url, what, key: this.#key, body: JSON.stringify(body), timeoutMs, dispatcher: this.#agent })
+  async #post(url: string, what: 'wants' | 'eject' | 'member' | 'collect', body: unknown, timeoutMs?: number): Promise<Dispatcher.ResponseData> {
+    return postToPeer({ url, what, key: this.#key, body: JSON.stringify(body), timeoutMs: timeoutMs ?? this.#o.peerTimeoutMs ?? 1000, dispatcher: timeoutMs === undefined ? this.#agent : this.#holdAgent })
   }
 
   async #callJson(url: string, what: 'member', body: unknown): Promise<unknown> {

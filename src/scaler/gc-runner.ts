@@ -176,17 +176,18 @@ export class GcRunner {
       // requests for it (as activations here wait) until the collection is over.
       const fleet = this.#deps.fleet
       if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt, verdict.reason))) return undefined
-      let collected: GcVerdict | undefined
+      let collected: (GcVerdict & { lastActiveAt: number }) | undefined
       try {
         collected = await this.#collectNow(serviceId, record, verdict)
-        return collected
+        return collected === undefined ? undefined : { id: collected.id, reason: collected.reason }
       } finally {
-        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected === undefined ? undefined : { reason: verdict.reason, lastActiveAt: verdict.lastActiveAt }).catch(() => undefined)
+        // (What it was collected for, as this router's keep-alive heard it: the peers' hear the same.)
+        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected === undefined ? undefined : { reason: collected.reason, lastActiveAt: collected.lastActiveAt }).catch(() => undefined)
       }
     })
   }
 
-  async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<GcVerdict | undefined> {
+  async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<(GcVerdict & { lastActiveAt: number }) | undefined> {
     const { registry, backend, clock, log } = this.#deps
     // Record and cached resolutions first, then the backend delete: activations wait on the
     // collection meanwhile, so nothing can re-create the version in between. The record goes
@@ -195,6 +196,9 @@ export class GcRunner {
     // An idle version whose instances outlived its record (the backend's delete failed) is
     // collected later as an orphan: it is still one collected for its idleness (an adaptive
     // keep-alive keeps what it learned of it, and may pre-warm it).
+    // (A collection for any other reason: the version was recorded again since, and what an
+    // earlier life of it left here is forgotten.)
+    if (verdict.reason !== 'orphaned') this.#idleUnfinished.delete(serviceId)
     const unfinished = verdict.reason === 'orphaned' ? this.#idleUnfinished.get(serviceId) : undefined
     const reason = unfinished === undefined ? verdict.reason : 'idle'
     const lastActiveAt = unfinished ?? verdict.lastActiveAt
@@ -220,7 +224,7 @@ export class GcRunner {
     this.#collected.unshift({ id: verdict.id, reason, at: clock.now() })
     this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
     log.info({ service: serviceId, reason }, 'service garbage-collected')
-    return { id: verdict.id, reason }
+    return { id: verdict.id, reason, lastActiveAt }
   }
 
   /**

@@ -208,6 +208,8 @@ t.test('what changes while a report is being written goes out right after it: a 
   })
   let letThrough!: () => void
   hold = new Promise((resolve) => (letThrough = resolve))
+  // (Should the test fail first, the held write must not stay pending.)
+  t.teardown(() => letThrough())
   // b joins: a deals by a new membership and writes its report, which is held.
   await node(etcd, 'b', etcd.endpoint, 5, 60_000)
   await waitFor('a’s report to be under way', () => (held > 0 ? true : undefined), 3000)

@@ -393,20 +393,23 @@ t.test('a lender that leaves: the request it lent a slot to counts on the borrow
 })
 
 t.test('a peer too slow to answer a kill’s eject (a veto) is released once its yes comes, after it, so no hold outlives the kill that is not coming', async (t) => {
-  // Fake peers: each records what it is asked, in the order its answers go out.
-  const fakePeer = async (delayMs: number): Promise<{ url: string; asked: number[] }> => {
+  // Fake peers: each records what it is asked, in the order its answers go out. The slow one
+  // answers a hold only when the test says (a router paused by GC or CPU limits); releases at once.
+  const fakePeer = async (gated: boolean): Promise<{ url: string; asked: number[]; answer: () => void }> => {
     const asked: number[] = []
+    let answer = (): void => undefined
     const server = createServer((req, res) => {
       let body = ''
       req.on('data', (chunk: Buffer) => (body += chunk.toString()))
       req.on('end', () => {
         const { periodMs } = JSON.parse(body) as { periodMs: number }
-        // The hold is answered late (a router paused by GC or CPU limits); its release at once.
-        setTimeout(() => {
+        const reply = (): void => {
           asked.push(periodMs)
           res.writeHead(200, { 'content-type': 'application/json' })
           res.end('{}')
-        }, periodMs === 0 ? 0 : delayMs)
+        }
+        if (gated && periodMs !== 0) answer = reply
+        else reply()
       })
     })
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -414,12 +417,12 @@ t.test('a peer too slow to answer a kill’s eject (a veto) is released once its
       server.closeAllConnections()
       server.close()
     })
-    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, asked }
+    return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, asked, answer: () => answer() }
   }
   const members = ['router-a', 'router-b', 'router-c']
-  const slow = await fakePeer(600)
-  const fast = await fakePeer(0)
-  const a = await router(t, 'router-a', members, [], undefined, { peerTimeoutMs: 200 })
+  const slow = await fakePeer(true)
+  const fast = await fakePeer(false)
+  const a = await router(t, 'router-a', members, [], undefined, { peerTimeoutMs: 1000 })
   a.peers = [
     { routerId: 'router-b', url: slow.url, members, over: () => 0 },
     { routerId: 'router-c', url: fast.url, members, over: () => 0 },
@@ -427,12 +430,15 @@ t.test('a peer too slow to answer a kill’s eject (a veto) is released once its
   a.exchange.viewChanged()
   t.notOk(await a.exchange.allowKill('s', 'i'), 'no answer from b in time: a veto')
   t.same(fast.asked, [10_000, 0], 'c, which agreed in time, is released at once')
+  t.same(slow.asked, [], 'b has not answered yet')
+  slow.answer()
   await waitFor('b to be released', () => (slow.asked.length === 2 ? true : undefined), 3000)
   t.same(slow.asked, [10_000, 0], 'b is released after it answered yes to the hold, never before it')
   // The same for a collection's hold.
   slow.asked.length = 0
   fast.asked.length = 0
   t.notOk(await a.exchange.allowCollect('s', 0, 'idle'), 'a collection b does not answer in time is vetoed')
+  slow.answer()
   await waitFor('b to be released from the collection', () => (slow.asked.length === 2 ? true : undefined), 3000)
   t.same(slow.asked, [30_000, 0], 'and b is released after its yes')
   t.same(fast.asked, [30_000, 0])

@@ -351,3 +351,26 @@ t.test('in a cluster the leader asks the other routers before it collects: one t
   await new Promise((r) => setImmediate(r))
   t.same(done, [`a idle since ${asked[0]?.[1]}`], 'and the routers that held their requests hear it is over, that it took the version, why, and its last activity')
 })
+
+t.test('in a cluster, an idle collection whose delete failed is told to the other routers as one for idleness when it ends', async (t) => {
+  const done: string[] = []
+  const fleet: Fleet = {
+    isLeader: () => true,
+    peerLoad: () => NO_LOAD,
+    allowCollect: async () => true,
+    collectDone: async (id, collected) => void done.push(`${id} ${collected === undefined ? 'kept' : `${collected.reason} since ${collected.lastActiveAt}`}`),
+  }
+  const { clock, backend, gc, request } = setup(t.testdir(), CORE, fleet)
+  ;(await request('a')).release('success')
+  const idleSince = clock.now()
+  clock.advance(60_000)
+  backend.failDeletes = 1
+  t.same(await gc.tick(), [], 'the delete failed')
+  clock.advance(10_000)
+  t.same(await gc.tick(), [], 'seen running unrecorded')
+  clock.advance(10_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'collected one interval later, as the idle collection it was')
+  await new Promise((r) => setImmediate(r))
+  // (Their keep-alives forget a version collected for any other reason.)
+  t.same(done.filter((line) => line !== 'a kept'), [`a idle since ${idleSince}`], 'the routers hear it was for idleness, idle since the last request')
+})

@@ -44,7 +44,7 @@ const ENDED_KEPT = 10
 /** The longest pause between two checks of an instance that has not passed one yet. */
 const STARTUP_PROBE_MAX_MS = 1000
 /** The shortest wait before a failed instance is launched again, whatever the back-off settings. */
-const MIN_RELAUNCH_MS = 10
+const MIN_RELAUNCH_MS = 100
 /** Health checks the router could not make (out of file descriptors) are said at most this often. */
 const UNPROBED_WARN_EVERY_MS = 10_000
 /** Written into each sandbox: what a later router needs to find the instance's processes. */

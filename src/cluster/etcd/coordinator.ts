@@ -603,19 +603,22 @@ export class EtcdCoordinator implements Coordination {
    */
   #publishLoad(): Promise<void> {
     if (this.#publishing === undefined) {
-      this.#publishing = this.#writeLoad().finally(() => (this.#publishing = undefined))
+      this.#publishing = this.#writeLoad()
+        .catch((err: unknown) => this.#options.log.warn({ err }, 'the load report could not be made'))
+        .finally(() => (this.#publishing = undefined))
       return this.#publishing
     }
-    this.#publishAfter ??= this.#publishing.then(() => {
+    const next = (): Promise<void> => {
       this.#publishAfter = undefined
       return this.#publishLoad()
-    })
+    }
+    this.#publishAfter ??= this.#publishing.then(next, next)
     return this.#publishAfter
   }
 
   async #writeLoad(): Promise<void> {
     const lease = this.#lease
-    if (lease === undefined) return
+    if (lease === undefined || this.#closed) return
     const entries = [...this.#options.localLoads()].sort((a, b) => b[1].lastRequestAt - a[1].lastRequestAt)
     const versions: Record<string, readonly [number, number, number]> = {}
     let bytes = 0
