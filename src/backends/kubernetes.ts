@@ -572,7 +572,8 @@ export class KubernetesBackend implements Backend {
     service.requested = 0
     this.#listeners.emit(service.id)
     try {
-      await this.#retrying(() => this.#deleteReplicaSet(service.replicaSet))
+      const uid = service.uid
+      await this.#retrying(() => this.#deleteReplicaSet(service.replicaSet, uid))
     } catch (err) {
       // The ReplicaSet still runs as it was: say so, and redo any scale write skipped meanwhile.
       service.deleting = undefined
@@ -586,12 +587,16 @@ export class KubernetesBackend implements Backend {
     this.#o.log.info({ service: service.id, replicaSet: service.replicaSet }, 'service deleted')
   }
 
-  /** 404 is success: an earlier attempt whose answer was lost, or someone else, got there first. */
-  async #deleteReplicaSet(name: string): Promise<void> {
+  /**
+   * 404 is success: an earlier attempt whose answer was lost, or someone else, got there first.
+   * So is a 409 on the uid precondition: the ReplicaSet meant is gone, and the one by its name now
+   * is a successor (another router started the version again since), not this delete's to take.
+   */
+  async #deleteReplicaSet(name: string, uid: string | undefined): Promise<void> {
     try {
-      await this.#o.api.deleteReplicaSet(name)
+      await this.#o.api.deleteReplicaSet(name, uid)
     } catch (err) {
-      if (!(err instanceof KubeApiError && err.code === 404)) throw err
+      if (!(err instanceof KubeApiError && (err.code === 404 || (err.code === 409 && uid !== undefined)))) throw err
     }
   }
 

@@ -596,3 +596,27 @@ t.test('watches that the server ends as soon as they begin are not resumed in a 
   const watches = sim.requests.filter(([, verb]) => verb === 'watch').length
   t.ok(watches < 200, `${watches} watches in all, not one every few milliseconds`)
 })
+
+t.test('a ReplicaSet delete retried after a lost answer never takes the successor another router made meanwhile', async (t) => {
+  const { sim, api, backend, podBasePort } = await setup(t)
+  await backend.ready()
+  await backend.ensureService(spec('svc-rd'))
+  await waitFor('the ReplicaSet known', () => (backend.state('svc-rd') !== undefined ? true : undefined), 5000)
+  const name = replicaSetName('svc-rd')
+  const options = { ...DEFAULTS.backend.kubernetes, cluster: 'test', podBasePort }
+  // The first delete goes through, but its answer is lost; meanwhile another router's request
+  // makes the version again under the same name.
+  const original = api.deleteReplicaSet.bind(api)
+  let successor: string | undefined
+  api.deleteReplicaSet = async (rsName: string, uid?: string) => {
+    if (successor !== undefined) return original(rsName, uid)
+    await original(rsName, uid)
+    successor = (await api.createReplicaSet(replicaSetOf(spec('svc-rd'), options))).metadata.uid as string
+    throw new KubeApiError(504, 'Timeout', 'the answer was lost')
+  }
+  await backend.deleteService('svc-rd')
+  const left = sim.requests.filter(([r, v]) => r === 'replicasets' && v === 'delete').length
+  t.equal(left, 2, 'the delete was tried again')
+  const now = await api.listReplicaSets('').then((list) => list.items.find((rs) => rs.metadata.name === name))
+  t.equal(now?.metadata.uid, successor, 'the successor the other router made is still there')
+})

@@ -137,10 +137,13 @@ export class KubeApi {
     return this.#call(['replicasets', 'create'], 'POST', this.#path('apps', 'replicasets'), { body })
   }
 
-  /** Background propagation: the garbage collector removes the pods after the ReplicaSet. */
-  deleteReplicaSet(name: string): Promise<unknown> {
+  /**
+   * Background propagation: the garbage collector removes the pods after the ReplicaSet. With
+   * its uid as a precondition (when known), a same-named successor is never deleted by mistake.
+   */
+  deleteReplicaSet(name: string, uid?: string): Promise<unknown> {
     return this.#call(['replicasets', 'delete'], 'DELETE', this.#path('apps', 'replicasets', name), {
-      body: { kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' },
+      body: { kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background', ...(uid === undefined ? {} : { preconditions: { uid } }) },
     })
   }
 
