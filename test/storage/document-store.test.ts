@@ -362,3 +362,33 @@ t.test('etcd: a store larger than gRPC’s default 4 MiB message opens', async (
   })
   t.equal(store.size, 2560, 'every document is read')
 })
+
+t.test('etcd: a write whose answer comes after the client’s deadline (so the client sends it again) is the write it was, not a conflict', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  const client = connectEtcd({ endpoints: [relay.url], requestTimeoutMs: 1000 })
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger)
+  etcd.beforeStop(async () => {
+    await store.close()
+    client.close()
+    await relay.close()
+  })
+  await store.put('late', { v: 1 })
+  // etcd's answers are held past the client's 1 s deadline: it sends the transaction again,
+  // whose compare then fails against the first send's committed write.
+  const letThrough = relay.holdReplies()
+  t.teardown(letThrough)
+  const writing = codeOf(store.put('late', { v: 2 }, store.get('late')))
+  setTimeout(letThrough, 1300)
+  t.equal(await writing, undefined, 'the write succeeds: no conflict with itself')
+  t.same(store.get('late'), { v: 2 }, 'and the store holds it')
+  // A real conflict is still one.
+  t.equal(await codeOf(store.put('late', { v: 3 }, { v: 1 })), 'MAITRE_STORE_CONFLICT', 'a write computed from an older document is refused')
+  // The same for a delete.
+  const again = relay.holdReplies()
+  t.teardown(again)
+  const deleting = codeOf(store.delete('late', store.get('late')))
+  setTimeout(again, 1300)
+  t.equal(await deleting, undefined, 'a delete sent again after a late answer succeeds')
+  t.notOk(store.has('late'), 'and the document is gone')
+})

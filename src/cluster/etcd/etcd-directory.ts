@@ -141,7 +141,16 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         return txn.then(this.#client.put(etcdKey).value(value)).else(this.#client.get(etcdKey)).commit()
       })
       if (!response.succeeded) {
-        this.#absorbRange(key, response.responses[0]?.response_range?.kvs ?? [], BigInt(response.header.revision))
+        const kvs = response.responses[0]?.response_range?.kvs ?? []
+        // The client sends a transaction again when its answer comes late: if an earlier send
+        // committed, its compare now fails against this very write. Holding what this write
+        // put, the key is this write's, not a conflict.
+        const mine = kvs.find((kv) => kv.value.toString() === value)
+        if (mine !== undefined) {
+          this.#apply(key, doc, BigInt(mine.mod_revision))
+          return
+        }
+        this.#absorbRange(key, kvs, BigInt(response.header.revision))
         throw storeConflict(this.#what, key)
       }
       this.#apply(key, doc, BigInt(response.header.revision))
@@ -156,7 +165,13 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         return txn.then(this.#client.delete().key(etcdKey)).else(this.#client.get(etcdKey)).commit()
       })
       if (!response.succeeded) {
-        this.#absorbRange(key, response.responses[0]?.response_range?.kvs ?? [], BigInt(response.header.revision))
+        const kvs = response.responses[0]?.response_range?.kvs ?? []
+        // (Sent again after a late answer, as for a put: the key gone is what this delete did.)
+        if (kvs.length === 0 && expected !== null) {
+          this.#applyDelete(key, BigInt(response.header.revision))
+          return
+        }
+        this.#absorbRange(key, kvs, BigInt(response.header.revision))
         throw storeConflict(this.#what, key)
       }
       this.#applyDelete(key, BigInt(response.header.revision))
