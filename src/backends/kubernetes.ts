@@ -219,7 +219,16 @@ export class KubernetesBackend implements Backend {
       }
       if (err instanceof KubeApiError && err.code === 409) {
         // Made by an earlier router: adopt it at its current size.
-        const scale = await this.#o.api.getScale(service.replicaSet)
+        let scale: Awaited<ReturnType<KubernetesBackendOptions['api']['getScale']>>
+        try {
+          scale = await this.#retrying(() => this.#o.api.getScale(service.replicaSet))
+        } catch (adoptErr) {
+          // Deleted between the two calls (404), or the API server unwell: nothing was adopted,
+          // and a service kept now would have no ReplicaSet behind it that anything looks at
+          // again. The next request starts afresh.
+          this.#services.delete(spec.serviceId)
+          throw adoptErr
+        }
         service.requested = Math.max(scale.spec.replicas, spec.minInstances)
         this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet }, 'service adopted')
         if (service.requested !== scale.spec.replicas) await this.#writeScale(service)

@@ -620,3 +620,30 @@ t.test('a ReplicaSet delete retried after a lost answer never takes the successo
   const now = await api.listReplicaSets('').then((list) => list.items.find((rs) => rs.metadata.name === name))
   t.equal(now?.metadata.uid, successor, 'the successor the other router made is still there')
 })
+
+t.test('a ReplicaSet found already made (409) but gone before it could be adopted is made afresh by the next request, not left as a service with nothing behind it', async (t) => {
+  const { api, backend } = await setup(t)
+  await backend.ready()
+  // Another router made the version (409), then its GC deleted it before this one read its scale.
+  const create = api.createReplicaSet.bind(api)
+  const getScale = api.getScale.bind(api)
+  let creates = 0
+  api.createReplicaSet = async (body) => {
+    creates += 1
+    if (creates === 1) throw new KubeApiError(409, 'AlreadyExists', 'replicasets.apps already exists')
+    return create(body)
+  }
+  let firstScaleRead = true
+  api.getScale = async (name) => {
+    if (firstScaleRead) {
+      firstScaleRead = false
+      throw new KubeApiError(404, 'NotFound', 'replicasets.apps not found')
+    }
+    return getScale(name)
+  }
+  await t.rejects(backend.ensureService(spec('svc-gone-adopt')), 'the first request fails: nothing to adopt')
+  t.equal(backend.state('svc-gone-adopt'), undefined, 'and no service is kept for it')
+  await backend.ensureService(spec('svc-gone-adopt'))
+  t.equal(creates, 2, 'the next request makes the ReplicaSet afresh')
+  await waitFor('its pod ready', () => (healthy(backend, 'svc-gone-adopt') === 1 ? true : undefined), 20_000)
+})
