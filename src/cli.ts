@@ -19,6 +19,9 @@ export interface CliIo {
 }
 
 const EX_USAGE = 64
+/** A client command stopped by a signal (128 + SIGINT). */
+const EX_INTERRUPTED = 130
+const INTERRUPTED = Symbol('interrupted')
 const EX_CONFIG = 78
 
 const USAGE = `Usage: maitre [serve] [options]          run a router
@@ -111,7 +114,13 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
       const client = new RouterClient(values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`, fromEnv(env, 'MAITRE_AUTH_TOKEN'))
       try {
         const { etcd: _serveOnly, ...options } = values
-        return await runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options })
+        // Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on (a router that
+        // does not answer, a cold start): 130, as a shell reports a command it interrupted.
+        const interrupted = io.stopSignal().then(() => INTERRUPTED)
+        const outcome = await Promise.race([runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options }), interrupted])
+        if (typeof outcome === 'number') return outcome
+        io.err('maitre: interrupted\n')
+        return EX_INTERRUPTED
       } catch (err) {
         // An answer the CLI did not expect is its own failure, not the user's usage.
         io.err(`maitre: ${(err as Error).message}\n`)

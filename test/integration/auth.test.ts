@@ -298,7 +298,7 @@ t.test('maitre’s own CLI authenticates to a JWT router with MAITRE_AUTH_TOKEN'
   const run = async (env: Record<string, string>): Promise<{ code: number; out: string; err: string }> => {
     const out: string[] = []
     const err: string[] = []
-    const code = await runCli(['token', 'list', '--json', '--router', router.url], env, { out: (s) => void out.push(s), err: (s) => void err.push(s), stopSignal: () => Promise.resolve() })
+    const code = await runCli(['token', 'list', '--json', '--router', router.url], env, { out: (s) => void out.push(s), err: (s) => void err.push(s), stopSignal: () => new Promise<void>(() => undefined) })
     return { code, out: out.join(''), err: err.join('') }
   }
   const anonymous = await run({})

@@ -11,7 +11,7 @@ import { call, createToken, kitchenCmd, kitchenToken, startRouter } from '../fix
 function io() {
   const out: string[] = []
   const err: string[] = []
-  return { out, err, io: { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s), stopSignal: () => Promise.resolve() } }
+  return { out, err, io: { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s), stopSignal: () => new Promise<void>(() => undefined) } }
 }
 
 t.test('the service owner’s and SRE’s commands against a real router', async (t) => {
@@ -151,4 +151,27 @@ t.test('token create never overwrites a token that appeared after it looked: the
   t.ok(err !== undefined, 'the create fails')
   t.match(err?.message, /412|changed|exists|match/i, 'saying the token is not what it looked')
   t.equal((await call(`${router.url}/token?token=race`)).json<{ version: string }>().version, 'teammate', 'the teammate’s token stands')
+})
+
+t.test('Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on: 130, said on stderr', async (t) => {
+  // A router that takes the connection and never answers.
+  let stop!: () => void
+  const stopped = new Promise<void>((resolve) => (stop = resolve))
+  const { createServer: createTcpServer } = await import('node:net')
+  const held: import('node:net').Socket[] = []
+  const silent = createTcpServer((socket) => {
+    socket.on('error', () => undefined)
+    held.push(socket)
+    // The command now waits on it: the user presses Ctrl-C.
+    stop()
+  })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => {
+    for (const socket of held) socket.destroy()
+    return new Promise<void>((resolve) => silent.close(() => resolve()))
+  })
+  const { err } = io()
+  const code = await runCli(['apps', '--router', `http://127.0.0.1:${(silent.address() as AddressInfo).port}`], {}, { out: () => undefined, err: (s) => void err.push(s), stopSignal: () => stopped })
+  t.equal(code, 130, 'exit code 130')
+  t.match(err.join(''), /maitre: interrupted/)
 })
