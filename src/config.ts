@@ -561,6 +561,12 @@ function crossIssues(config: Config): ConfigIssue[] {
   if ((cert === null) !== (key === null)) {
     issues.push({ path: cert === null ? 'server.tls.cert' : 'server.tls.key', message: 'is required with the other: TLS needs both a certificate and its key (PEM files)' })
   }
+  if (config.etcd.endpoints.length > 0 && cert !== null) {
+    // The routers call each other on their own port (slot loans, kill and collection vetoes,
+    // read-your-writes, Mesos followers), in the clear: with the port speaking only TLS they
+    // could not, and every kill and collection would be vetoed by the silence.
+    issues.push({ path: 'server.tls.cert', message: 'cannot be combined with cluster mode (etcd.endpoints): the routers call each other on their port in the clear; terminate TLS in front of them (a load balancer, an ingress)' })
+  }
   issues.push(...authIssues(config))
   return issues
 }
