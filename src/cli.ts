@@ -111,13 +111,21 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     const foreign = Object.keys(values).find((name) => !own.has(name))
     if (foreign !== undefined) throw new UsageError(`--${foreign} is not an option of "${CLIENT_COMMANDS.has(command) ? command : 'serve'}"`)
     if (CLIENT_COMMANDS.has(command)) {
-      const client = new RouterClient(values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`, fromEnv(env, 'MAITRE_AUTH_TOKEN'))
+      const stop = new AbortController()
+      const client = new RouterClient(values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`, fromEnv(env, 'MAITRE_AUTH_TOKEN'), stop.signal)
       try {
         const { etcd: _serveOnly, ...options } = values
         // Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on (a router that
         // does not answer, a cold start): 130, as a shell reports a command it interrupted.
-        const interrupted = io.stopSignal().then(() => INTERRUPTED)
-        const outcome = await Promise.race([runCommand(command, positionals.slice(1), { client, json: values.json === true, out: io.out, options }), interrupted])
+        // The calls under way are aborted, so nothing holds the process, and nothing the command
+        // would still print comes after the word that it was interrupted.
+        let interrupted = false
+        const interruption = io.stopSignal().then(() => {
+          interrupted = true
+          stop.abort()
+          return INTERRUPTED
+        })
+        const outcome = await Promise.race([runCommand(command, positionals.slice(1), { client, json: values.json === true, out: (text) => void (interrupted || io.out(text)), options }), interruption])
         if (typeof outcome === 'number') return outcome
         io.err('maitre: interrupted\n')
         return EX_INTERRUPTED

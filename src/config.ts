@@ -561,11 +561,12 @@ function crossIssues(config: Config): ConfigIssue[] {
   if ((cert === null) !== (key === null)) {
     issues.push({ path: cert === null ? 'server.tls.cert' : 'server.tls.key', message: 'is required with the other: TLS needs both a certificate and its key (PEM files)' })
   }
-  if (config.etcd.endpoints.length > 0 && cert !== null) {
-    // The routers call each other on their own port (slot loans, kill and collection vetoes,
-    // read-your-writes, Mesos followers), in the clear: with the port speaking only TLS they
-    // could not, and every kill and collection would be vetoed by the silence.
-    issues.push({ path: 'server.tls.cert', message: 'cannot be combined with cluster mode (etcd.endpoints): the routers call each other on their port in the clear; terminate TLS in front of them (a load balancer, an ingress)' })
+  const advertised = config.server.advertiseUrl
+  if (config.etcd.endpoints.length > 0 && cert !== null && (advertised === null || advertised.startsWith('http:'))) {
+    // The routers call each other (slot loans, kill and collection vetoes, read-your-writes,
+    // Mesos followers) at the URL each advertises, http by default: with the port speaking only
+    // TLS they could not, and every kill and collection would be vetoed by the silence.
+    issues.push({ path: 'server.tls.cert', message: 'in cluster mode (etcd.endpoints) needs server.advertiseUrl to be an https:// URL whose certificate the other routers trust: they call each other there; or terminate TLS in front of the routers (a load balancer, an ingress)' })
   }
   issues.push(...authIssues(config))
   return issues

@@ -89,8 +89,10 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   }
   t.throws(() => withOverrides(DEFAULTS, { 'etcd.endpoints': ['http://127.0.0.1:2379'] }), { message: /cluster mode, which needs a backend every router shares \(backend.kind: kubernetes or mesos\)/ }, 'the local backend cannot be shared')
   const tlsCluster = { 'etcd.endpoints': ['http://127.0.0.1:2379'], 'backend.kind': 'kubernetes', 'server.tls.cert': '/etc/maitre/tls.crt', 'server.tls.key': '/etc/maitre/tls.key' }
-  t.throws(() => withOverrides(DEFAULTS, tlsCluster), { message: /server\.tls\.cert[\s\S]*cannot be combined with cluster mode[\s\S]*terminate TLS in front/ }, 'the router’s own TLS is refused in cluster mode: its peers could not call it')
-  t.doesNotThrow(() => withOverrides(DEFAULTS, { ...tlsCluster, 'etcd.endpoints': [] }), 'and accepted on a router of its own')
+  t.throws(() => withOverrides(DEFAULTS, tlsCluster), { message: /server\.tls\.cert[\s\S]*needs server\.advertiseUrl to be an https:\/\/ URL[\s\S]*terminate TLS in front/ }, 'the router’s own TLS in cluster mode, advertised over http: refused, its peers could not call it')
+  t.throws(() => withOverrides(DEFAULTS, { ...tlsCluster, 'server.advertiseUrl': 'http://10.1.2.3:9091' }), { message: /needs server\.advertiseUrl to be an https:\/\/ URL/ }, 'also with an http advertiseUrl')
+  t.doesNotThrow(() => withOverrides(DEFAULTS, { ...tlsCluster, 'server.advertiseUrl': 'https://router-1.example:9091' }), 'accepted with an https advertiseUrl')
+  t.doesNotThrow(() => withOverrides(DEFAULTS, { ...tlsCluster, 'etcd.endpoints': [] }), 'and on a router of its own')
 })
 
 t.test('memory release: on by default after 60 s of quiet, off with 0, else a quiet spell of at least a second and a growth of at least 1 MB', async (t) => {

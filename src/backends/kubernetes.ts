@@ -230,6 +230,8 @@ export class KubernetesBackend implements Backend {
           throw adoptErr
         }
         service.requested = Math.max(scale.spec.replicas, spec.minInstances)
+        // (Its uid, for the precondition of a delete: the scale carries the ReplicaSet's.)
+        service.uid ??= scale.metadata.uid
         this.#o.log.info({ service: spec.serviceId, replicaSet: service.replicaSet }, 'service adopted')
         if (service.requested !== scale.spec.replicas) await this.#writeScale(service)
       } else {

@@ -21,10 +21,16 @@ export class RouterClient {
   readonly #base: string
   readonly #credentials: Record<string, string>
 
-  /** `bearer`: a JWT for a router with auth.kind jwt (taken from the environment, never argv, which `ps` shows). */
-  constructor(base: string, bearer?: string) {
+  readonly #stop: AbortSignal | undefined
+
+  /**
+   * `bearer`: a JWT for a router with auth.kind jwt (taken from the environment, never argv, which `ps` shows).
+   * `stop`: aborts every call under way and to come (the user pressed Ctrl-C).
+   */
+  constructor(base: string, bearer?: string, stop?: AbortSignal) {
     this.#base = base.replace(/\/+$/, '')
     this.#credentials = bearer === undefined || bearer === '' ? {} : { authorization: `Bearer ${bearer}` }
+    this.#stop = stop
   }
 
   async call(method: string, path: string, options: { headers?: Record<string, string>; body?: unknown; okStatuses?: readonly number[] } = {}): Promise<Reply> {
@@ -34,12 +40,14 @@ export class RouterClient {
         method: method as 'GET',
         headers: { accept: 'application/json', ...this.#credentials, ...(options.body === undefined ? {} : { 'content-type': 'application/json' }), ...options.headers },
         body: options.body === undefined ? null : JSON.stringify(options.body),
-        signal: AbortSignal.timeout(330_000),
+        signal: this.#stop === undefined ? AbortSignal.timeout(330_000) : AbortSignal.any([AbortSignal.timeout(330_000), this.#stop]),
       })
     } catch (err) {
       throw new CliError(`cannot reach the router at ${this.#base}: ${(err as Error).message}`, EXIT.unavailable)
     }
-    const body = await res.body.text()
+    const body = await res.body.text().catch((err: unknown) => {
+      throw new CliError(`the router's answer broke off: ${(err as Error).message}`, EXIT.unavailable)
+    })
     const ok = options.okStatuses ?? [200]
     if (!ok.includes(res.statusCode)) throw new CliError(`${res.statusCode}: ${errorMessage(body)}`, EXIT.apiError)
     return { status: res.statusCode, headers: res.headers, body }

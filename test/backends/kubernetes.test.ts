@@ -642,8 +642,39 @@ t.test('a ReplicaSet found already made (409) but gone before it could be adopte
     return getScale(name)
   }
   await t.rejects(backend.ensureService(spec('svc-gone-adopt')), 'the first request fails: nothing to adopt')
+  // (Adopted for real below, it knows its ReplicaSet's uid from the start: a delete names it.)
   t.equal(backend.state('svc-gone-adopt'), undefined, 'and no service is kept for it')
   await backend.ensureService(spec('svc-gone-adopt'))
   t.equal(creates, 2, 'the next request makes the ReplicaSet afresh')
   await waitFor('its pod ready', () => (healthy(backend, 'svc-gone-adopt') === 1 ? true : undefined), 20_000)
+})
+
+t.test('a ReplicaSet adopted after a 409 is deleted with its uid as a precondition, before any watch event told it the uid', async (t) => {
+  const { sim, api, backend, podBasePort } = await setup(t)
+  await backend.ready()
+  const options = { ...DEFAULTS.backend.kubernetes, cluster: 'test', podBasePort }
+  // Another router made it; this router's ReplicaSet watch and list fail meanwhile, so nothing
+  // has told it the uid when a request comes.
+  sim.failNext(Infinity, ['replicasets', 'watch'])
+  sim.failNext(Infinity, ['replicasets', 'list'])
+  sim.dropWatches()
+  t.teardown(() => {
+    sim.failNext(0, ['replicasets', 'watch'])
+    sim.failNext(0, ['replicasets', 'list'])
+  })
+  const made = await api.createReplicaSet(replicaSetOf(spec('svc-adopt-uid'), options))
+  const create = api.createReplicaSet.bind(api)
+  api.createReplicaSet = async (body) => {
+    if (body.metadata.name === made.metadata.name) throw new KubeApiError(409, 'AlreadyExists', 'replicasets.apps already exists')
+    return create(body)
+  }
+  await backend.ensureService(spec('svc-adopt-uid'))
+  const remove = api.deleteReplicaSet.bind(api)
+  const asked: (string | undefined)[] = []
+  api.deleteReplicaSet = async (name: string, uid?: string) => {
+    asked.push(uid)
+    return remove(name, uid)
+  }
+  await backend.deleteService('svc-adopt-uid')
+  t.same(asked, [made.metadata.uid], 'the delete named the uid of the ReplicaSet it adopted')
 })

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { runCli } from '../../src/cli.ts'
 import { RouterClient } from '../../src/cli/client.ts'
 import { runCommand } from '../../src/cli/commands.ts'
-import { call, createToken, kitchenCmd, kitchenToken, startRouter } from '../fixtures/router.ts'
+import { call, createToken, kitchenCmd, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 function io() {
   const out: string[] = []
@@ -159,8 +159,10 @@ t.test('Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on:
   const stopped = new Promise<void>((resolve) => (stop = resolve))
   const { createServer: createTcpServer } = await import('node:net')
   const held: import('node:net').Socket[] = []
+  let closedByClient = false
   const silent = createTcpServer((socket) => {
     socket.on('error', () => undefined)
+    socket.on('close', () => (closedByClient = true))
     held.push(socket)
     // The command now waits on it: the user presses Ctrl-C.
     stop()
@@ -174,4 +176,7 @@ t.test('Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on:
   const code = await runCli(['apps', '--router', `http://127.0.0.1:${(silent.address() as AddressInfo).port}`], {}, { out: () => undefined, err: (s) => void err.push(s), stopSignal: () => stopped })
   t.equal(code, 130, 'exit code 130')
   t.match(err.join(''), /maitre: interrupted/)
+  // The request itself is cancelled: nothing is left holding the process open.
+  await waitFor('the request’s connection closed by the client', () => (closedByClient ? true : undefined), 5000)
+  t.pass('the connection was closed')
 })

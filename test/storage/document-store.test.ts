@@ -382,8 +382,17 @@ t.test('etcd: a write whose answer comes after the client’s deadline (so the c
   setTimeout(letThrough, 1300)
   t.equal(await writing, undefined, 'the write succeeds: no conflict with itself')
   t.same(store.get('late'), { v: 2 }, 'and the store holds it')
-  // A real conflict is still one.
-  t.equal(await codeOf(store.put('late', { v: 3 }, { v: 1 })), 'MAITRE_STORE_CONFLICT', 'a write computed from an older document is refused')
+  // A real conflict is still one: another writer changed the key in etcd, and this store has
+  // not heard of it yet (its answers are held), so its compare fails in etcd.
+  const other = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+  t.teardown(() => other.close())
+  const unheard = relay.holdReplies()
+  t.teardown(unheard)
+  await other.put(`/maitre/test/things/${encodeURIComponent('late')}`).value(JSON.stringify({ v: 9 }))
+  const conflicting = codeOf(store.put('late', { v: 3 }, store.get('late')))
+  setTimeout(unheard, 300)
+  t.equal(await conflicting, 'MAITRE_STORE_CONFLICT', 'a write computed from what another writer changed is refused')
+  await waitFor('the store to hold the other writer’s document', () => (store.get('late')?.v === 9 ? true : undefined), 3000)
   // The same for a delete.
   const again = relay.holdReplies()
   t.teardown(again)

@@ -166,7 +166,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
       })
       if (!response.succeeded) {
         const kvs = response.responses[0]?.response_range?.kvs ?? []
-        // (Sent again after a late answer, as for a put: the key gone is what this delete did.)
+        // (Sent again after a late answer, as for a put: the key gone is what this delete did,
+        // or another writer's change then delete; either way what the caller asked holds.)
         if (kvs.length === 0 && expected !== null) {
           this.#applyDelete(key, BigInt(response.header.revision))
           return
