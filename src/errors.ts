@@ -167,3 +167,6 @@ export function misconfigured(issues: readonly Issue[], extra: Record<string, un
     details: { issues, fields: [...new Set(issues.map((i) => i.field))], ...extra },
   })
 }
+
+/** System error codes of a router out of something (descriptors, buffers, memory): never the fault of what it talks to. */
+export const ROUTER_RESOURCE_ERRORS: ReadonlySet<string> = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])

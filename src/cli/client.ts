@@ -45,9 +45,7 @@ export class RouterClient {
     } catch (err) {
       throw new CliError(`cannot reach the router at ${this.#base}: ${(err as Error).message}`, EXIT.unavailable)
     }
-    const body = await res.body.text().catch((err: unknown) => {
-      throw new CliError(`the router's answer broke off: ${(err as Error).message}`, EXIT.unavailable)
-    })
+    const body = await res.body.text()
     const ok = options.okStatuses ?? [200]
     if (!ok.includes(res.statusCode)) throw new CliError(`${res.statusCode}: ${errorMessage(body)}`, EXIT.apiError)
     return { status: res.statusCode, headers: res.headers, body }

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage } from 'node:http'
 import { errors as undiciErrors } from 'undici'
-import { MaitreError } from '../errors.ts'
+import { MaitreError, ROUTER_RESOURCE_ERRORS } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
 
@@ -62,8 +62,6 @@ export const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT'
 export const HEADERS_TIMEOUT = 'UND_ERR_HEADERS_TIMEOUT'
 export const BODY_TIMEOUT = 'UND_ERR_BODY_TIMEOUT'
 export const TIMEOUT_ERRORS = new Set([HEADERS_TIMEOUT, BODY_TIMEOUT])
-/** The router itself is out of something (descriptors, buffers, memory): no fault of the instance. */
-const ROUTER_ERRORS = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 /** undici refused the request before sending it (a header or method it will not carry): the client's doing. */
 const REFUSED_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
 
@@ -77,7 +75,7 @@ export function classify(err: unknown, clientGone: boolean): { outcome: ReleaseO
   if (REFUSED_ERRORS.has(code)) {
     return { outcome: 'client-error', error: new MaitreError('MAITRE_BAD_REQUEST', `The request cannot be forwarded: ${(err as Error).message}`, { cause: err }) }
   }
-  if (ROUTER_ERRORS.has(code)) {
+  if (ROUTER_RESOURCE_ERRORS.has(code)) {
     return { outcome: 'generic-error', error: new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is out of resources to reach the instance; try again', { headers: { 'retry-after': '1' }, cause: err }) }
   }
   if (CONNECT_ERRORS.has(code)) {

@@ -17,7 +17,7 @@ import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
 import { isApiRequest } from './classify.ts'
-import { isWebSocketUpgrade, refuseUpgrade } from './upgrade.ts'
+import { isWebSocketUpgrade, refuseUpgrade, shuttingDownError } from './upgrade.ts'
 import { isH2cUpgrade, spliceUpgradedRequest, SWITCHING_TO_H2C, upgradedRequestFrames } from './h2c-upgrade.ts'
 import type { Duplex } from 'node:stream'
 
@@ -419,7 +419,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // (A drain may have begun while the upgrade waited behind earlier answers: the new protocol's
     // connection would be closed as soon as it began.)
     if (draining) {
-      return refuseUpgrade(req, socket, new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }), { cid })
+      return refuseUpgrade(req, socket, shuttingDownError(), { cid })
     }
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.

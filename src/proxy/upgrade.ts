@@ -2,6 +2,7 @@
 import { ServerResponse, type IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { sendError } from '../http/error-response.ts'
+import { MaitreError } from '../errors.ts'
 
 /** Whether an upgrade asks for a WebSocket (other upgrades, h2c for one, are served as HTTP/1.1). */
 export function isWebSocketUpgrade(req: IncomingMessage): boolean {
@@ -27,4 +28,12 @@ export function answerOnSocket(req: IncomingMessage, socket: Duplex, answer: (re
 /** Answers an upgrade that will not happen with Waiter's error response, then closes the connection. */
 export function refuseUpgrade(req: IncomingMessage, socket: Duplex, error: unknown, ctx: { cid: string; principal?: string | undefined; serviceId?: string | undefined; token?: string | undefined }): void {
   answerOnSocket(req, socket, (res) => sendError(req, res, error, ctx))
+}
+
+/** Why an upgrade is refused (503, Retry-After) or a relayed WebSocket closed (1001) once the router drains. */
+export const SHUTTING_DOWN = 'The router is shutting down'
+
+/** The refusal of an upgrade that would begin while the router drains: its client reconnects elsewhere. */
+export function shuttingDownError(): MaitreError {
+  return new MaitreError('MAITRE_ROUTER_OVERLOADED', SHUTTING_DOWN, { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } })
 }

@@ -27,7 +27,7 @@ import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
 import { assertBrowserReachesService } from '../http/browser-guard.ts'
 import { activationOf, corsHeadersFor, fallBack, pickTimeout, resolveAnonymously, type ProxyDeps } from './handle.ts'
 import { backendRequestHeaders, clientResponseHeaders } from './headers.ts'
-import { answerOnSocket, refuseUpgrade } from './upgrade.ts'
+import { answerOnSocket, refuseUpgrade, SHUTTING_DOWN, shuttingDownError } from './upgrade.ts'
 import { authority } from '../http/authority.ts'
 
 export interface WebSocketLimits {
@@ -227,7 +227,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         // connection opened now would be cut within the drain. A 503 lets the client reconnect
         // through another router at once.
         admitted.lease.release('generic-error')
-        refuse(new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is shutting down', { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } }))
+        refuse(shuttingDownError())
         return
       }
       try {
@@ -389,7 +389,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     }
     closers.set(pair, closeBoth)
     // Dialled before the drain began, answered after it asked every relay to close: this one too.
-    if (shuttingDown) closeBoth(1001, 'The router is shutting down')
+    if (shuttingDown) closeBoth(1001, SHUTTING_DOWN)
     let outcome: ReleaseOutcome = 'success'
     let closed = 0
     const closedOne = (): void => {
@@ -459,7 +459,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     handle,
     closeAll() {
       shuttingDown = true
-      for (const close of closers.values()) close(1001, 'The router is shutting down')
+      for (const close of closers.values()) close(1001, SHUTTING_DOWN)
     },
     open: () => closers.size,
   }

@@ -214,7 +214,7 @@ export class Tokens {
     // Waiter's first version carries an empty history, `"previous": {}`. An admin's write (a sync
     // or restore from another cluster) brings its own history, as it brings the other metadata.
     const given = admin ? body['previous'] : undefined
-    if (typeof given === 'object' && given !== null && !Array.isArray(given)) next['previous'] = Object.keys(given).length === 0 ? {} : trimHistory(given as TokenData, HISTORY_LENGTH - 1)
+    if (typeof given === 'object' && given !== null && !Array.isArray(given)) next['previous'] = trimHistory(given as TokenData, HISTORY_LENGTH - 1)
     else next['previous'] = base === undefined ? {} : trimHistory(base, HISTORY_LENGTH - 1)
     try {
       await this.#store.put(name, next, current ?? null)

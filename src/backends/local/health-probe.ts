@@ -1,5 +1,6 @@
 /** One HTTP health check of an instance, reporting what Waiter's deployment-error rules need. */
 import { Agent, request } from 'undici'
+import { ROUTER_RESOURCE_ERRORS } from '../../errors.ts'
 
 export interface ProbeResult {
   readonly ok: boolean
@@ -14,8 +15,6 @@ export interface ProbeResult {
   readonly inconclusive: boolean
 }
 
-/** Errors of a router out of resources: none is the instance's doing. */
-const ROUTER_OUT_OF = new Set(['EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM'])
 
 export interface ProbeTarget {
   readonly url: string
@@ -47,7 +46,7 @@ export class HealthProber {
       return { ok, status: res.statusCode, connected: true, responded: true, timedOut: false, inconclusive: false }
     } catch (err) {
       const code = (err as { code?: string }).code ?? ''
-      if (ROUTER_OUT_OF.has(code) || ROUTER_OUT_OF.has((err as { cause?: { code?: string } }).cause?.code ?? '')) {
+      if (ROUTER_RESOURCE_ERRORS.has(code) || ROUTER_RESOURCE_ERRORS.has((err as { cause?: { code?: string } }).cause?.code ?? '')) {
         return { ok: false, status: undefined, connected: false, responded: false, timedOut: false, inconclusive: true }
       }
       const refused = code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ECONNRESET_BEFORE_CONNECT'
