@@ -465,8 +465,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         await leaderCalls?.close()
         await arrivalNotes?.close()
         // Leaving the cluster revokes this router's lease: membership, load and leadership go at once.
-        await coordination.close()
-        await sharedStores?.close()
+        // The shared stores' watches are let go meanwhile: an etcd that does not answer is waited out once.
+        await Promise.all([coordination.close(), sharedStores?.close()])
         etcd?.close()
         unlock()
         log.info('stopped')

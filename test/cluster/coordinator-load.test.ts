@@ -149,6 +149,25 @@ t.test('a drain announcement waits for etcd at most a second: a router cut off f
   relay.heal()
 })
 
+t.test('a router cut off from etcd leaves within a second: its watches are let go and its lease revoked at once, each wait bounded, not one after another', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url, 2, 100, 10_000)
+  const b = await node(etcd, 'b')
+  await waitFor('a sees b', () => (a.coordinator.members().length === 2 ? true : undefined), 5000)
+  relay.stall()
+  const started = Date.now()
+  await a.coordinator.close()
+  const took = Date.now() - started
+  // Its membership and load watches, its leader watch and the revoke each wait up to a second
+  // for a silent etcd (the revoke's own deadline is 10 s here, tried three times by the library).
+  t.ok(took >= 900 && took < 1900, `closed after ${took} ms with etcd silent: one bounded wait, not one per watch and call`)
+  relay.cut()
+  relay.heal()
+  t.ok(b.coordinator.members().length >= 1, 'the other router is unaffected')
+})
+
 t.test('a router that left while another was cut off for a moment is no member of that one’s view, even when the link flaps as it comes back', async (t) => {
   const etcd = await startEtcd(t)
   const relay = await startRelay(Number(new URL(etcd.endpoint).port))

@@ -23,9 +23,18 @@ export async function dropWatcher(watcher: Watcher, failed: boolean): Promise<vo
   // An 'error' with no listener would throw from the library's stream handler.
   watcher.on('error', () => undefined)
   if (failed) return
+  await farewell(watcher.cancel())
+}
+
+/**
+ * Waits for a call made on the way out (a watch's cancel, the lease's revoke) at most
+ * CANCEL_TIMEOUT_MS, its failure ignored: what it would have done etcd does by itself in time
+ * (a lapsed lease), and the library's retries must not multiply a stop's wait.
+ */
+export async function farewell(call: Promise<unknown>): Promise<void> {
   let timer: NodeJS.Timeout | undefined
   await Promise.race([
-    watcher.cancel().catch(() => undefined),
+    call.catch(() => undefined),
     new Promise<void>((resolve) => {
       timer = setTimeout(resolve, CANCEL_TIMEOUT_MS)
     }),

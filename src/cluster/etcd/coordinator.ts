@@ -24,7 +24,7 @@ import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { NO_LOAD, type Coordination, type Member, type PeerReport, type SlotView, type VersionLoad } from '../coordination.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
-import { startWatch, dropWatcher, pause, RETRY_MAX_MS } from './calls.ts'
+import { startWatch, dropWatcher, farewell, pause, RETRY_MAX_MS } from './calls.ts'
 
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3
@@ -339,14 +339,18 @@ export class EtcdCoordinator implements Coordination {
     this.#closing.abort()
     if (this.#settleTimer !== undefined) clearTimeout(this.#settleTimer)
     this.#cancelLoadTimer?.()
-    await this.#members.close()
-    await this.#loads.close()
-    for (const watcher of [this.#leaderWatch, this.#leaderWatchStarting]) if (watcher !== undefined) await dropWatcher(watcher, false)
+    const watchers = [this.#leaderWatch, this.#leaderWatchStarting].filter((watcher) => watcher !== undefined)
     this.#leaderWatch = undefined
     this.#leaderWatchStarting = undefined
-    // Revoking the lease removes membership, load and leadership at once: the others take over
-    // now rather than after the TTL.
-    await this.#lease?.revoke().catch(() => undefined)
+    // All at once, not one after another: against an etcd that does not answer, each waits out
+    // its bound, and a stop should wait that long once. Revoking the lease removes membership,
+    // load and leadership at once: the others take over now rather than after the TTL.
+    await Promise.all([
+      this.#members.close(),
+      this.#loads.close(),
+      ...watchers.map((watcher) => dropWatcher(watcher, false)),
+      ...(this.#lease === undefined ? [] : [farewell(this.#lease.revoke())]),
+    ])
   }
 
   /**

@@ -186,7 +186,7 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   async close(): Promise<void> {
     this.#closed = true
     this.#closing.abort()
-    for (const watcher of [this.#watcher, this.#starting]) if (watcher !== undefined) await dropWatcher(watcher, false)
+    await Promise.all([this.#watcher, this.#starting].filter((watcher) => watcher !== undefined).map((watcher) => dropWatcher(watcher, false)))
     this.#watcher = undefined
     this.#starting = undefined
   }
