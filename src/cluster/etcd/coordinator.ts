@@ -470,7 +470,7 @@ export class EtcdCoordinator implements Coordination {
     const grantSentAt = performance.now()
     const leaseId = await lease.grant()
     if (this.#closed) {
-      await lease.revoke().catch(() => undefined)
+      await farewell(lease.revoke())
       return
     }
     this.#lease = lease
@@ -528,7 +528,8 @@ export class EtcdCoordinator implements Coordination {
         const lease = this.#lease as Lease | undefined
         this.#lease = undefined
         this.#leaseId = undefined
-        await lease?.revoke().catch(() => undefined)
+        // Bounded: a lease etcd never hears of again lapses by itself, and a retry waits on this.
+        if (lease !== undefined) await farewell(lease.revoke())
         await pause(delayMs, this.#closing.signal)
       }
     }
