@@ -360,6 +360,8 @@ function etcdEndpointProblem(value: unknown): string | undefined {
 export function etcdPrefixOf(config: Pick<Config, 'etcd' | 'cluster'>): string {
   return config.etcd.prefix ?? `/maitre/${config.cluster}`
 }
+/** The shortest router secret accepted, configured or read back from where it is kept. */
+export const MIN_SECRET_LENGTH = 16
 const positiveInt: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 ? undefined : 'must be a positive integer')
 const nonNegativeInt: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : 'must be an integer >= 0')
 /** Milliseconds a timer waits: Node caps a timer at 2^31 - 1 ms and fires a longer one after 1 ms. */
@@ -389,6 +391,9 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.tls.cert': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM certificate (chain) file, or null'),
   'server.tls.key': (v) => (v === null || (typeof v === 'string' && v !== '') ? undefined : 'must be the path of a PEM private key file, or null'),
   'server.advertiseUrl': (v) => (v === null || (typeof v === 'string' && /^https?:\/\/[^/?#@\s]+$/.test(v)) ? undefined : 'must be an http:// or https:// URL with a host and optional port, no path or credentials, or null'),
+  // Cookies, instance passwords and peer keys derive from it: an empty or short one (a template
+  // never filled in) would let anyone forge an admin's login cookie.
+  secret: (v) => (v === null || (typeof v === 'string' && v.trim().length >= MIN_SECRET_LENGTH) ? undefined : `must be at least ${MIN_SECRET_LENGTH} characters (leave it null to have one generated), or null`),
   maxTokens: positiveInt,
   maxVersions: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),

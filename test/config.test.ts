@@ -131,8 +131,16 @@ t.test('authentication settings: one-user refuses a non-loopback address unless 
   t.match(jwt.auth, { kind: 'jwt', admins: ['root'], jwt: { jwksUrl: 'https://idp.example/jwks', clockSkewSecs: 60, subjectClaim: 'sub' } }, 'a JWT router may listen on every address')
 })
 
+t.test('a router secret that anyone could guess is refused: empty, blank or shorter than 16 characters (cookies, instance passwords and peer keys derive from it)', async (t) => {
+  for (const bad of ['""', '"   "', 'short-secret']) {
+    t.throws(() => parseConfig(`secret: ${bad}\n`), { code: 'MAITRE_INVALID_CONFIG', message: /secret = .*must be at least 16 characters/ }, `secret: ${bad}`)
+  }
+  t.equal(parseConfig('secret: a-long-enough-secret\n').secret, 'a-long-enough-secret')
+  t.equal(parseConfig('secret: null\n').secret, null, 'null: one is generated')
+})
+
 t.test('/settings shows no credential, wherever it sits: the router secret and the Mesos framework\'s password alike', async (t) => {
-  const config = withOverrides(DEFAULTS, { secret: 'PLANTED-router', 'backend.kind': 'mesos', 'backend.mesos.principal': 'maitre', 'backend.mesos.secret': 'PLANTED-mesos' })
+  const config = withOverrides(DEFAULTS, { secret: 'PLANTED-router-secret', 'backend.kind': 'mesos', 'backend.mesos.principal': 'maitre', 'backend.mesos.secret': 'PLANTED-mesos' })
   const shown = redactedConfig(config) as { secret: unknown; backend: { mesos: { secret: unknown; principal: unknown } } }
   t.notMatch(JSON.stringify(shown), /PLANTED/, 'neither value appears')
   t.equal(shown.secret, '<redacted>', 'a set secret is said to be set')

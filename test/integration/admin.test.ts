@@ -97,7 +97,7 @@ t.test('kill and expire an instance; read its logs', async (t) => {
 })
 
 t.test('/apps filters and /settings redaction', async (t) => {
-  const router = await startRouter(t, { secret: 'hunter2' })
+  const router = await startRouter(t, { secret: 'hunter2-hunter2-hunter2' })
   await createToken(router, 'alpha-token', kitchenToken({ name: 'alpha' }))
   await createToken(router, 'beta-token', kitchenToken({ name: 'beta', version: 'v2' }))
   // Running, so listed (/apps lists what runs, as Waiter's lists what its scheduler knows).

@@ -10,6 +10,7 @@ import type { Logger } from '../../log.ts'
 import type { FrameworkIdStore } from '../../backends/mesos.ts'
 import type { DocumentCheck, StoreOpener } from '../../storage/document-store.ts'
 import { EtcdDirectory } from './etcd-directory.ts'
+import { usableSecret } from '../../auth/router-secret.ts'
 
 export interface EtcdStores extends StoreOpener {
   /**
@@ -61,9 +62,7 @@ export async function sharedRouterSecret(client: Etcd3, prefix: string): Promise
     client.if(key, 'Create', '==', 0).then(client.put(key).value(candidate)).else(client.get(key)).commit(),
   )
   if (result.succeeded) return candidate
-  const stored = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
-  if (stored === undefined || stored === '') throw new MaitreError('MAITRE_STORE_CORRUPT', `etcd key ${key} holds no router secret; set one or delete the key`)
-  return stored
+  return usableSecret(result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8'), `etcd key ${key}`)
 }
 
 /**
