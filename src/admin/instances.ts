@@ -32,10 +32,15 @@ export async function handleInstanceSignal(r: AdminRequest, serviceId: string, i
   const force = queryFlag(r.url, 'force')
   // An operator's kill happens even if requests are in flight; locking first keeps new ones off it.
   const lockedHere = deps.tracker.lockForOperatorKill(serviceId, instanceId)
-  if (!(await deps.backend.killInstance(serviceId, instanceId, { force }))) {
-    if (lockedHere) deps.tracker.unlock(serviceId, instanceId)
-    throw notFound(serviceId, instanceId)
+  let killed = false
+  try {
+    killed = await deps.backend.killInstance(serviceId, instanceId, { force })
+  } finally {
+    // A kill that did not happen (no such instance, or the backend failed: a Mesos follower
+    // whose leader is away) leaves the instance serving, not locked out of rotation for good.
+    if (!killed && lockedHere) deps.tracker.unlock(serviceId, instanceId)
   }
+  if (!killed) throw notFound(serviceId, instanceId)
   sendJson(r.res, 200, { 'signal-response': { message: `${force ? 'force-kill' : 'soft-kill'} successfully sent to ${instanceId}`, success: true } }, r.cid)
 }
 
