@@ -55,6 +55,11 @@ function safeKey(header: string, key: string): string {
   return key
 }
 
+/** The on-the-fly env or metadata map the headers of its family fill (a fresh one, with no prototype a key could reach). */
+function mapOf(onTheFly: Record<string, unknown>, name: 'env' | 'metadata'): Record<string, unknown> {
+  return (onTheFly[name] ??= {}) as Record<string, unknown>
+}
+
 export function parseWaiterHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): WaiterHeaders {
   const onTheFly: Record<string, unknown> = {}
   const params: Record<string, string> = {}
@@ -70,11 +75,17 @@ export function parseWaiterHeaders(headers: Readonly<Record<string, string | str
     else if (name === 'authentication') {
       throw new MaitreError('MAITRE_BAD_REQUEST', 'An authentication parameter is not supported for on-the-fly headers', { details: { field: header } })
     } else if (name.startsWith('env-')) {
-      const env = (onTheFly['env'] ??= {}) as Record<string, string>
-      env[safeKey(header, name.slice(4).toUpperCase())] = raw
+      mapOf(onTheFly, 'env')[safeKey(header, name.slice(4).toUpperCase())] = raw
     } else if (name.startsWith('metadata-')) {
-      const metadata = (onTheFly['metadata'] ??= {}) as Record<string, string>
-      metadata[safeKey(header, name.slice(9).toLowerCase())] = raw
+      mapOf(onTheFly, 'metadata')[safeKey(header, name.slice(9).toLowerCase())] = raw
+    } else if (name === 'env' || name === 'metadata') {
+      // The whole map as JSON, merged with the one-key headers of its family whatever their order.
+      const map = parseValue(header, name, raw)
+      if (typeof map !== 'object' || map === null || Array.isArray(map)) {
+        throw new MaitreError('MAITRE_BAD_REQUEST', `${header} must be a JSON object of names to string values`, { details: { field: header } })
+      }
+      const into = mapOf(onTheFly, name)
+      for (const [key, value] of Object.entries(map)) into[safeKey(header, key)] = value
     } else if (name.startsWith('param-')) {
       params[safeKey(header, name.slice(6).toUpperCase())] = raw
     } else if (PARAMETERS.has(name)) {

@@ -51,15 +51,16 @@ export function serviceFields(data: TokenData): Record<string, unknown> {
 
 export function validateTokenName(name: unknown): string {
   if (typeof name !== 'string' || name === '') throw new MaitreError('MAITRE_INVALID_TOKEN', 'Must provide the token', { details: { field: 'token' } })
-  if (name.length > MAX_TOKEN_NAME || Buffer.byteLength(fileNameOf(name)) > MAX_FILE_NAME_BYTES) {
-    throw new MaitreError('MAITRE_INVALID_TOKEN', `Token must be at most ${MAX_TOKEN_NAME} characters (fewer with $)`, { details: { field: 'token', limit: MAX_TOKEN_NAME, length: name.length } })
-  }
+  const tooLong = (): MaitreError => new MaitreError('MAITRE_INVALID_TOKEN', `Token must be at most ${MAX_TOKEN_NAME} characters (fewer with $)`, { details: { field: 'token', limit: MAX_TOKEN_NAME, length: name.length } })
+  if (name.length > MAX_TOKEN_NAME) throw tooLong()
   if (!TOKEN_NAME.test(name)) {
     // Waiter's two messages: "#" (its pseudo-tokens' mark) is named; any other break of the pattern cites it.
     const message = name.includes('#') ? 'Token contains invalid character: "#"' : 'Token must match pattern'
     const bad = [...name].find((c, i) => (i === 0 ? !/[a-zA-Z]/.test(c) : !/[a-zA-Z0-9\-_$.]/.test(c)))
     throw new MaitreError('MAITRE_INVALID_TOKEN', message, { details: { field: 'token', token: name.slice(0, 200), pattern: TOKEN_NAME.source, ...(bad === undefined ? {} : { 'invalid-character': bad }) } })
   }
+  // Only once the pattern holds: a name with a lone surrogate cannot be percent-encoded at all.
+  if (Buffer.byteLength(fileNameOf(name)) > MAX_FILE_NAME_BYTES) throw tooLong()
   return name
 }
 

@@ -281,6 +281,37 @@ t.test('a deeply nested x-waiter-* value is a 400 naming the header', async (t) 
   }
 })
 
+t.test('x-waiter-env and x-waiter-metadata that are no JSON object are a 400 naming the header, alone or with their one-key headers; an object merges with them in any order', async (t) => {
+  const router = await startRouter(t, { 'proxy.allowOnTheFly': true })
+  await createToken(router, 'envtok', kitchenToken({ env: { KEPT: 'yes' } }))
+  const cases: [string, Record<string, string>][] = [
+    ['x-waiter-env', { 'x-waiter-env': '5', 'x-waiter-env-foo': 'bar' }],
+    ['x-waiter-env', { 'x-waiter-env-foo': 'bar', 'x-waiter-env': '["A"]' }],
+    ['x-waiter-metadata', { 'x-waiter-metadata': '"s"', 'x-waiter-metadata-foo': 'x' }],
+    ['x-waiter-env', { 'x-waiter-env': '5' }],
+  ]
+  for (const [field, headers] of cases) {
+    const reply = await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'envtok', ...headers } })
+    t.equal(reply.status, 400, `${JSON.stringify(headers)}: 400, not a 500 nor the token's env silently kept`)
+    t.match(reply.json<WaiterError>()['waiter-error'], { code: 'MAITRE_BAD_REQUEST', message: /must be a JSON object/, details: { field } })
+  }
+  const idOf = async (headers: Record<string, string>): Promise<string> => {
+    const reply = await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'envtok', ...headers } })
+    t.equal(reply.status, 200, JSON.stringify(headers))
+    return reply.text
+  }
+  const oneByOne = await idOf({ 'x-waiter-env-a': '1', 'x-waiter-env-b': '2' })
+  t.equal(await idOf({ 'x-waiter-env': '{"A":"1"}', 'x-waiter-env-b': '2' }), oneByOne, 'the object, then a one-key header: both kept')
+  t.equal(await idOf({ 'x-waiter-env-b': '2', 'x-waiter-env': '{"A":"1"}' }), oneByOne, 'a one-key header, then the object: both kept')
+})
+
+t.test('a token name that is not well-formed UTF-16 (a lone surrogate, valid JSON) is a 400 naming the pattern, not a 500', async (t) => {
+  const router = await startRouter(t)
+  const reply = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"token":"ab\\ud800","cmd":"x","cpus":1,"mem":64}' })
+  t.equal(reply.status, 400)
+  t.match(reply.json<WaiterError>()['waiter-error'], { message: 'Token must match pattern', details: { field: 'token' } })
+})
+
 t.test('admin mode writes only system metadata every reader can read back; readers survive what an older store holds', async (t) => {
   const router = await startRouter(t)
   const post = (body: Record<string, unknown>) => call(`${router.url}/token?update-mode=admin`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...kitchenToken(), ...body }) })
