@@ -438,7 +438,8 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.kubernetes.namespace': (v) => (v === null || isDnsLabel(v as string) ? undefined : 'must be a DNS-1123 label (a-z, 0-9, -; at most 63) or null'),
   'backend.kubernetes.podBasePort': (v) => (port(v) === undefined && (v as number) > 0 && (v as number) <= 65000 ? undefined : 'must be a port number in [1, 65000]'),
   'backend.kubernetes.minFailedInstances': positiveInt,
-  'backend.kubernetes.watchTimeoutSecs': positiveInt,
+  // The router's own deadline on a watch is this plus 30 s, as a timer: past Node's ceiling it would fire at once.
+  'backend.kubernetes.watchTimeoutSecs': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 86_400 ? undefined : 'must be an integer of seconds in [1, 86400]'),
   'backend.kubernetes.relistBackoffMs': positiveMs,
   'backend.kubernetes.minTerminationGraceSecs': nonNegativeInt,
   'backend.kubernetes.requestTimeoutMs': positiveMs,

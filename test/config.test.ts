@@ -39,6 +39,7 @@ t.test('numbers with a ceiling: a timer past 2^31 - 1 ms (Node fires it after 1 
   t.throws(() => parseConfig('scaler:\n  gcIntervalMs: 4000000000\n'), { message: /scaler\.gcIntervalMs/ })
   t.throws(() => parseConfig('backend:\n  local:\n    minSigkillDelayMs: 2147483648\n'), { message: /in \[0, 2147483647\]/ })
   t.equal(parseConfig('proxy:\n  queueTimeoutMs: 2147483647\n').proxy.queueTimeoutMs, 2147483647, 'the ceiling itself is fine')
+  t.throws(() => parseConfig('backend:\n  kubernetes:\n    watchTimeoutSecs: 2592000\n'), { message: /watchTimeoutSecs = 2592000, must be an integer of seconds in \[1, 86400\]/ }, 'a watch the router would abort after 1 ms')
   t.throws(() => parseConfig('proxy:\n  resolutionCacheSize: 50000000\n'), { message: /resolutionCacheSize = 50000000, must be an integer from 1 to 1000000/ })
 })
 
