@@ -149,7 +149,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const secret = etcd !== undefined && config.secret === null ? await sharedRouterSecret(etcd, etcdPrefix) : await loadRouterSecret(config.secret, dataDir)
 
   // Stores open first: a corrupt store stops startup before anything runs.
-  const tokens = new Tokens(await openTokenStore(stores), clock, config.cluster, config.maxTokens, routerHostnames)
+  const tokens = new Tokens(await openTokenStore(stores), clock, config.cluster, { maxTokens: config.maxTokens, maxTokensPerOwner: config.maxTokensPerOwner, reservedNames: routerHostnames })
   const registry = await ServiceRegistry.open(stores, clock, config.maxVersions)
   const overrides = await Overrides.open(stores, clock)
   const suspensions = await Suspensions.open(stores, clock)

@@ -159,6 +159,7 @@ export interface Config {
   readonly dataDir: string
   /** Tokens the store holds at most (soft-deleted ones included); creating one more answers 507. */
   readonly maxTokens: number
+  readonly maxTokensPerOwner: number
   /** Service versions recorded at most (a new one past it: 507). */
   readonly maxVersions: number
   readonly cluster: string
@@ -247,6 +248,7 @@ export const DEFAULTS: Config = {
   },
   dataDir: './data',
   maxTokens: 100000,
+  maxTokensPerOwner: 1000,
   maxVersions: 100000,
   cluster: 'maitre',
   routerId: null,
@@ -395,6 +397,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   // never filled in) would let anyone forge an admin's login cookie.
   secret: (v) => (v === null || (typeof v === 'string' && v.trim().length >= MIN_SECRET_LENGTH) ? undefined : `must be at least ${MIN_SECRET_LENGTH} characters (leave it null to have one generated), or null`),
   maxTokens: positiveInt,
+  maxTokensPerOwner: positiveInt,
   maxVersions: positiveInt,
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
   'etcd.endpoints': (v) => {

@@ -40,6 +40,7 @@ export type ErrorCode =
   | 'MAITRE_HTTPS_REDIRECT'
   | 'MAITRE_NOT_TOKEN_MANAGER'
   | 'MAITRE_CANNOT_ASSIGN_OWNER'
+  | 'MAITRE_TOKEN_LIMIT'
   | 'MAITRE_TOKEN_NAME_RESERVED'
   | 'MAITRE_TRANSFER_CODING'
   | 'MAITRE_CANNOT_RUN_AS'
@@ -97,6 +98,7 @@ const CODES: Readonly<Record<ErrorCode, CodeInfo>> = {
   // Authorization: one code (and error-class) per rule, so a client can tell which rule refused it.
   MAITRE_NOT_TOKEN_MANAGER: { status: 403, errorClass: 'waiter.TokenManageForbidden', title: 'Forbidden' },
   MAITRE_CANNOT_ASSIGN_OWNER: { status: 403, errorClass: 'waiter.TokenOwnerForbidden', title: 'Forbidden' },
+  MAITRE_TOKEN_LIMIT: { status: 403, errorClass: 'maitre.TokenLimit', title: 'Forbidden' },
   MAITRE_TOKEN_NAME_RESERVED: { status: 403, errorClass: 'waiter.TokenNameReserved', title: 'Forbidden' },
   MAITRE_TRANSFER_CODING: { status: 501, errorClass: 'maitre.UnsupportedTransferCoding', title: 'Not Implemented' },
   MAITRE_CANNOT_RUN_AS: { status: 403, errorClass: 'waiter.RunAsForbidden', title: 'Forbidden' },

@@ -78,6 +78,18 @@ export interface DeleteOptions {
 
 export type TokenListener = (name: string) => void
 
+export interface TokenLimits {
+  /** Tokens stored, soft-deleted ones included. */
+  readonly maxTokens?: number
+  /** Live tokens one owner may hold (Waiter's limit-per-owner); admin-mode writes are not held to it. */
+  readonly maxTokensPerOwner?: number
+  /**
+   * The router's own host names (lower case), which a Host header never reads as a token: a
+   * token of that name could never be reached by Host, so none is made.
+   */
+  readonly reservedNames?: ReadonlySet<string>
+}
+
 export class Tokens {
   readonly #store: TokenStore
   readonly #clock: Clock
@@ -87,18 +99,16 @@ export class Tokens {
   readonly #changing = new PerKeyQueue()
 
   readonly #maxTokens: number
+  readonly #maxTokensPerOwner: number
   readonly #reservedNames: ReadonlySet<string>
 
-  /**
-   * `reservedNames`: the router's own host names (lower case), which a Host header never reads
-   * as a token: a token of that name could never be reached by Host, so none is made.
-   */
-  constructor(store: TokenStore, clock: Clock, cluster: string, maxTokens = Number.POSITIVE_INFINITY, reservedNames: ReadonlySet<string> = new Set()) {
+  constructor(store: TokenStore, clock: Clock, cluster: string, limits: TokenLimits = {}) {
     this.#store = store
     this.#clock = clock
     this.#cluster = cluster
-    this.#maxTokens = maxTokens
-    this.#reservedNames = reservedNames
+    this.#maxTokens = limits.maxTokens ?? Number.POSITIVE_INFINITY
+    this.#maxTokensPerOwner = limits.maxTokensPerOwner ?? Number.POSITIVE_INFINITY
+    this.#reservedNames = limits.reservedNames ?? new Set()
     // Another router's write: caches keyed by this token must forget it, as after our own.
     store.onChange((name) => this.#emit(name))
   }
@@ -192,6 +202,10 @@ export class Tokens {
     const editing = currentLive !== undefined && !options.principal.admin && currentLive['owner'] !== options.principal.user && currentLive['editor'] === options.principal.user
     if (!editing) assertMayRunAs(options.principal, body['run-as-user'], admin)
 
+    // Waiter's limit, checked where a token comes to its owner (created, created again after a
+    // soft delete, or handed over): an owner over it, since the limit was lowered, still edits
+    // what it holds.
+    if (!admin && currentLive?.['owner'] !== owner) this.#assertOwnerMayTakeOne(owner)
     if (current === undefined && this.#store.size() >= this.#maxTokens) {
       throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
     }
@@ -225,6 +239,22 @@ export class Tokens {
       this.#emit(name)
     }
     return { result: currentLive === undefined ? 'token-created' : 'token-updated', etag: tokenEtag(next), data: next }
+  }
+
+  /**
+   * Counted over the store on each creation or hand-over (at most `maxTokens` entries, a few ms
+   * at 100,000): no index to drift from what other routers write. Across routers two creations
+   * at once may both pass at the limit, as in Waiter.
+   */
+  #assertOwnerMayTakeOne(owner: string): void {
+    if (!Number.isFinite(this.#maxTokensPerOwner)) return
+    let owned = 0
+    for (const [, data] of this.#store.entries()) if (data['owner'] === owner && data['deleted'] !== true) owned += 1
+    if (owned >= this.#maxTokensPerOwner) {
+      throw new MaitreError('MAITRE_TOKEN_LIMIT', 'You have reached the limit of number of tokens allowed. Please delete at least one of your existing tokens to create this token.', {
+        details: { 'allowed-owned-tokens': this.#maxTokensPerOwner, 'num-owned-tokens': owned, owner },
+      })
+    }
   }
 
   delete(name: string, options: DeleteOptions): Promise<{ etag: string }> {

@@ -151,3 +151,24 @@ t.test('a user may set a token’s cluster, as Waiter’s CLI does; the other sy
   }
   await t.rejects(tokens.upsert('colored', { ...base, cluster: '' }, { principal: stranger }), { message: /cluster must be a non-empty string/ })
 })
+
+t.test('an owner holds at most maxTokensPerOwner live tokens (Waiter’s limit-per-owner): a creation or hand-over past it is a 403 with Waiter’s message; edits, soft-deleted tokens and admin mode are not held to it', async (t) => {
+  const dir = t.testdir()
+  const tokens = new Tokens(tokenStoreOf(JsonDirectory.open(join(dir, 'tokens'), 'token')), new ManualClock(), 'test-cluster', { maxTokensPerOwner: 2 })
+  const bob = { user: 'bob', admin: false }
+  const carol = { user: 'carol', admin: false }
+  await tokens.upsert('b1', base, { principal: bob })
+  await tokens.upsert('b2', base, { principal: bob })
+  const refused = await tokens.upsert('b3', base, { principal: bob }).catch((e: unknown) => e)
+  t.match(refused, { code: 'MAITRE_TOKEN_LIMIT', status: 403, message: /^You have reached the limit of number of tokens allowed\. Please delete at least one/, details: { 'allowed-owned-tokens': 2, 'num-owned-tokens': 2, owner: 'bob' } })
+  t.equal(tokens.get('b3'), undefined, 'nothing was stored')
+  t.equal((await tokens.upsert('b1', { ...base, version: 'v2' }, { principal: bob })).result, 'token-updated', 'a token already held is edited freely')
+  await tokens.upsert('c1', base, { principal: carol })
+  await t.rejects(tokens.upsert('c1', { ...base, owner: 'bob' }, { principal: carol }), { code: 'MAITRE_TOKEN_LIMIT' }, 'nor can one be handed to an owner at the limit')
+  t.equal(tokens.get('c1')?.['owner'], 'carol')
+  await tokens.delete('b2', { principal: bob })
+  t.equal((await tokens.upsert('b3', base, { principal: bob })).result, 'token-created', 'a soft-deleted token no longer counts')
+  await t.rejects(tokens.upsert('b2', base, { principal: bob }), { code: 'MAITRE_TOKEN_LIMIT' }, 'and creating it again counts again')
+  const admin = { user: 'root', admin: true }
+  t.equal((await tokens.upsert('b4', { ...base, owner: 'bob' }, { principal: admin, adminMode: true })).result, 'token-created', 'admin mode is not held to the limit')
+})
