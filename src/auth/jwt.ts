@@ -2,13 +2,14 @@
  * Bearer JWT authentication with `jose`: the signature (RS256, ES256 or EdDSA only: no `none`, no
  * HMAC, so a public key can never be abused as a shared secret), the issuer, the audience, and
  * exp/nbf with a stated leeway. Keys come from a JWKS file (re-read when it changes) or URL
- * (cached; fetched again when a token names a key id not in the cache).
+ * (jwks-url.ts).
  */
 import { readFileSync, statSync } from 'node:fs'
 import type { IncomingMessage } from 'node:http'
-import { createLocalJWKSet, createRemoteJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
+import { createLocalJWKSet, errors as joseErrors, jwtVerify, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
 import { MaitreError } from '../errors.ts'
 import type { Clock } from '../clock.ts'
+import { JwksUrl, KeysUnavailable } from './jwks-url.ts'
 import { isPrincipalName, MAX_PRINCIPAL_CHARS, type Authenticator, type Principal } from './authenticator.ts'
 
 export const JWT_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const
@@ -35,9 +36,6 @@ function unauthorized(message: string, reason: string, invalidToken: boolean): M
     headers: { 'www-authenticate': invalidToken ? `${BEARER_CHALLENGE}, error="invalid_token"` : BEARER_CHALLENGE },
   })
 }
-
-/** The keys could not be had (the JWKS URL is down, the file unreadable): the router's trouble, not the caller's. */
-class KeysUnavailable extends Error {}
 
 /** A JWKS file's key set, read again when the file changes (checked on an unknown key id, and at most once a second otherwise). */
 class JwksFile {
@@ -144,18 +142,5 @@ export function jwtAuthenticator(options: JwtOptions, clock: Clock): Authenticat
 
 function keySource(options: JwtOptions, clock: Clock): JWTVerifyGetKey {
   if (options.jwksFile !== null) return new JwksFile(options.jwksFile, clock).getKey
-  const remote = createRemoteJWKSet(new URL(options.jwksUrl as string), {
-    timeoutDuration: 5000,
-    cooldownDuration: options.refetchCooldownMs ?? 5000,
-    cacheMaxAge: 600_000,
-  })
-  return async (header, token) => {
-    try {
-      return await remote(header, token)
-    } catch (err) {
-      // A token naming a key the set lacks is the caller's problem; a set that cannot be fetched is ours.
-      if (err instanceof joseErrors.JWKSNoMatchingKey || err instanceof joseErrors.JWKSMultipleMatchingKeys || err instanceof joseErrors.JOSENotSupported) throw err
-      throw new KeysUnavailable(err instanceof joseErrors.JOSEError ? err.code : 'fetch-failed')
-    }
-  }
+  return new JwksUrl(options.jwksUrl as string, clock, options.refetchCooldownMs ?? 5000).getKey
 }

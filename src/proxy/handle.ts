@@ -113,14 +113,16 @@ export function activationOf(resolution: Resolution, deps: Pick<ProxyDeps, 'para
 }
 
 /**
- * A caller that could not be authenticated may still call a token whose owner turned
+ * A caller that could not be authenticated (refused, or the keys to check it are away) may still call a token whose owner turned
  * authentication off (one token, `authentication: disabled`, permitted-user `*`, its own
  * run-as-user: the resolver decides, before it records anything), and gets a token's
  * maintenance answer or https redirect; for anything else the authentication failure stands,
  * and says nothing about what the request named.
  */
 export async function resolveAnonymously(req: IncomingMessage, deps: ProxyDeps, authFailure: unknown): Promise<ResolvedRequest> {
-  if (!(authFailure instanceof MaitreError) || authFailure.code !== 'MAITRE_UNAUTHORIZED') throw authFailure
+  // Keys that cannot be fetched leave the caller unknown, as missing credentials do: a token that
+  // needs no credentials serves it all the same.
+  if (!(authFailure instanceof MaitreError) || (authFailure.code !== 'MAITRE_UNAUTHORIZED' && authFailure.code !== 'MAITRE_AUTH_UNAVAILABLE')) throw authFailure
   assertHttpsOrRedirect(req, deps.resolver.tokenMetadataOf(req.headers))
   try {
     const resolving = deps.resolver.resolve(req.headers, ANONYMOUS)

@@ -10,6 +10,7 @@ import { oneUserAuthenticator } from '../../src/auth/authenticator.ts'
 import type { Authenticator } from '../../src/auth/authenticator.ts'
 import { MaitreError } from '../../src/errors.ts'
 import { ManualClock } from '../fixtures/manual-clock.ts'
+import { waitFor } from '../fixtures/router.ts'
 import { AUDIENCE, ISSUER, mint, signingKey, writeJwks, type SigningKey } from '../fixtures/jwt.ts'
 
 const request = (headers: Record<string, string>, remoteAddress = '127.0.0.1'): IncomingMessage => ({ headers, socket: { remoteAddress } }) as unknown as IncomingMessage
@@ -148,6 +149,53 @@ t.test('a JWKS URL is fetched, cached, and fetched again for an unknown key id; 
   const err = await refusal(auth, { authorization: `Bearer ${tokenC}` })
   t.equal(err.status, 503, 'the issuer’s keys are unreachable: the router’s trouble, said as such')
   t.equal(err.code, 'MAITRE_AUTH_UNAVAILABLE')
+})
+
+t.test('a JWKS URL that fails is asked at most once per cooldown however many tokens arrive, and the keys it gave keep verifying through its outage for up to a day', async (t) => {
+  const clock = new ManualClock(Date.now())
+  const [a, b] = await Promise.all([signingKey('RS256', 'a'), signingKey('EdDSA', 'b')])
+  let served: SigningKey[] = [a as SigningKey]
+  let fetches = 0
+  let down = false
+  const server = createServer((req, res) => {
+    fetches++
+    if (down) return void res.writeHead(500).end()
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: served.map((k) => k.publicJwk) }))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
+  const auth = jwtAuthenticator(options({ jwksUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json` }), clock)
+  const tokenA = await mint(a as SigningKey, { sub: 'alice', now: clock.now(), expiresIn: 3 * 86_400 })
+  t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice')
+  t.equal(fetches, 1)
+
+  down = true
+  const unknown = await mint(await signingKey('ES256', 'x'), { sub: 'mallory', now: clock.now() })
+  clock.advance(5000)
+  const refusals = await Promise.all(Array.from({ length: 50 }, () => refusal(auth, { authorization: `Bearer ${unknown}` })))
+  t.same([...new Set(refusals.map((e) => e.status))], [503], 'an unknown key id while the issuer fails: 503, the router’s trouble')
+  t.equal(fetches, 2, '50 tokens naming unknown keys cost the issuer one fetch, not 50')
+  for (let i = 0; i < 20; i++) await refusal(auth, { authorization: `Bearer ${unknown}` })
+  t.equal(fetches, 2, 'nor does a failed fetch let the next caller try again before the cooldown')
+  clock.advance(5000)
+  await refusal(auth, { authorization: `Bearer ${unknown}` })
+  t.equal(fetches, 3, 'one fetch per cooldown')
+
+  clock.advance(11 * 60_000)
+  t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice', 'past the 10-minute refresh, the known key still verifies while the issuer fails')
+  await waitFor('the background refresh', () => (fetches === 4 ? true : undefined), 5000)
+  t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice', 'and after that refresh failed')
+  t.equal(fetches, 4, 'which is not tried again before the cooldown')
+
+  clock.advance(86_400_000)
+  t.equal((await refusal(auth, { authorization: `Bearer ${tokenA}` })).status, 503, 'a day after the last good fetch, the old keys verify nothing more')
+
+  down = false
+  served = [b as SigningKey]
+  clock.advance(5000)
+  const tokenB = await mint(b as SigningKey, { sub: 'bob', now: clock.now() })
+  t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenB}` }))).user, 'bob', 'the issuer back: its keys verify')
+  t.match(await refusal(auth, { authorization: `Bearer ${tokenA}` }), { status: 401, details: { reason: 'ERR_JWKS_NO_MATCHING_KEY' } }, 'and a key it dropped is refused as the caller’s problem')
 })
 
 t.test('one-user trusts loopback callers only, unless remote callers are allowed on purpose', async (t) => {

@@ -1,6 +1,9 @@
 import t from 'tap'
 import { join } from 'node:path'
-import { call, kitchenToken, startRouter, type Reply, type Router, type Teardown } from '../fixtures/router.ts'
+import { createServer } from 'node:http'
+import { userInfo } from 'node:os'
+import type { AddressInfo } from 'node:net'
+import { call, createToken, kitchenToken, startRouter, type Reply, type Router, type Teardown } from '../fixtures/router.ts'
 import { AUDIENCE, ISSUER, mint, signingKey, writeJwks, type SigningKey } from '../fixtures/jwt.ts'
 import { runCli } from '../../src/cli.ts'
 
@@ -192,6 +195,31 @@ t.test('authentication: disabled tokens are served to anyone, with no principal;
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public-params', 'x-waiter-param-foo': 'one', ...(await router.as('bob')) } })).status, 200, 'which a caller with credentials may')
   t.equal((await post(router, 'alice', { token: 'closed', ...kitchenToken({ version: 'v2' }), 'run-as-user': 'alice' })).status, 200)
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'closed' } })).status, 401, 'other tokens still need credentials')
+})
+
+t.test('while the issuer’s keys cannot be fetched, callers of an authentication: disabled token are served even with a bearer token; other tokens answer 503, not 401', async (t) => {
+  // The tokens are written by a one-user router first: the JWT router below never gets its keys.
+  const dataDir = t.testdir()
+  const writer = await startRouter(t, {}, { dataDir })
+  await createToken(writer, 'public', { ...kitchenToken(), authentication: 'disabled', 'permitted-user': '*', 'run-as-user': userInfo().username })
+  await createToken(writer, 'closed', kitchenToken({ version: 'closed' }))
+  await writer.app.stop()
+  let fetches = 0
+  const issuer = createServer((req, res) => {
+    fetches++
+    res.writeHead(503).end()
+  })
+  await new Promise<void>((resolve) => issuer.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => issuer.close(() => resolve())))
+  const router = await startRouter(t, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': `http://127.0.0.1:${(issuer.address() as AddressInfo).port}/jwks.json`, 'auth.jwt.issuer': ISSUER, 'auth.jwt.audience': AUDIENCE }, { dataDir })
+  const bearer = { authorization: `Bearer ${await mint(await signingKey('ES256', 'k'), { sub: 'alice' })}` }
+  for (let i = 0; i < 3; i++) {
+    const reply = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'public', ...bearer } })
+    t.equal(reply.status, 200, `call ${i + 1} of the public token: served`)
+  }
+  const closed = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'closed', ...bearer } })
+  t.match(waiterError(closed), { status: 503, code: 'MAITRE_AUTH_UNAVAILABLE' }, 'another token: the router’s trouble, said as such')
+  t.equal(fetches, 1, 'and the failing issuer was asked once')
 })
 
 t.test('https-redirect and maintenance are answered before authentication', async (t) => {
