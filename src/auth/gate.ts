@@ -1,11 +1,13 @@
 /**
- * The one door every authenticated request goes through: a valid x-waiter-auth cookie, else the
- * configured authenticator. A caller that proved itself afresh gets the cookie, so its next
+ * The one door every authenticated request goes through: a valid x-waiter-auth cookie (unless a
+ * bearer token came too), else the configured authenticator. A caller that proved itself afresh gets the cookie, so its next
  * requests skip the signature checks.
  */
 import type { IncomingMessage } from 'node:http'
 import { isPrincipalName, type Authenticator, type Principal } from './authenticator.ts'
 import type { AuthCookies } from './cookie.ts'
+
+const BEARER = /^bearer\s/i
 
 export class AuthGate {
   readonly #authenticator: Authenticator
@@ -28,7 +30,9 @@ export class AuthGate {
 
   /** The caller, or a MaitreError (401) when it cannot be trusted. Synchronous when nothing needs awaiting. */
   authenticate(req: IncomingMessage): Principal | Promise<Principal> {
-    if (this.#readsCookies) {
+    // Waiter: a bearer token sent along with the cookie is what the caller means now (a client
+    // switching users, a cookie jar shared across identities): the cookie is not read.
+    if (this.#readsCookies && !BEARER.test(req.headers.authorization ?? '')) {
       const fromCookie = this.#cookies.fromRequest(req.headers.cookie)
       // A cookie names a principal as today's rules allow (one sealed under older rules does not count).
       if (fromCookie !== undefined && fromCookie.kind === this.#authenticator.kind && isPrincipalName(fromCookie.user)) {

@@ -72,6 +72,11 @@ t.test('JWT: no or bad credentials are a 401 with a Bearer challenge and Waiter�
   const tamperedValue = `${value.slice(0, middle)}${value[middle] === 'A' ? 'B' : 'A'}${value.slice(middle + 1)}`
   const tampered = await call(`${router.url}/tokens`, { headers: { cookie: `x-waiter-auth=${tamperedValue}` } })
   t.equal(tampered.status, 401, 'an altered cookie is no credential')
+  // Waiter: a bearer token sent with the cookie is what counts (a client switching users).
+  const asBob = await call(`${router.url}/token`, { method: 'POST', headers: { cookie, 'content-type': 'application/json', ...(await router.as('bob')) }, body: JSON.stringify({ token: 'bobs', ...kitchenToken() }) })
+  t.equal(asBob.status, 200)
+  t.equal((await call(`${router.url}/token?token=bobs`, { headers: { cookie } })).json()['owner'], 'bob', 'alice’s cookie with bob’s bearer token acts as bob')
+  t.equal((await call(`${router.url}/tokens`, { headers: { cookie, authorization: 'Bearer a.b.c' } })).status, 401, 'and a bad bearer token is refused, whatever cookie came with it')
 })
 
 t.test('an instance hears who called (x-waiter-auth-principal, -user) and nothing a client forged, never the router’s cookie, and cannot set it', async (t) => {
