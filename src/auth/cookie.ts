@@ -53,8 +53,10 @@ export class AuthCookies {
     const now = this.#clock.now()
     const key = `${kind}:${user}`
     const cached = this.#issued.get(key)
-    if (cached !== undefined && now - cached.at < REISSUE_AFTER_MS && cached.expiresAt <= notAfter) return cached.headers
     const expiresAt = Math.min(now + COOKIE_MAX_AGE_SECS * 1000, notAfter)
+    // The cookie issued a moment ago, if it ends about when a new one would: never one that
+    // outlives this proof, nor one that dies before it (issued on an older, shorter proof).
+    if (cached !== undefined && now - cached.at < REISSUE_AFTER_MS && cached.expiresAt <= notAfter && cached.expiresAt > expiresAt - REISSUE_AFTER_MS) return cached.headers
     const maxAge = Math.max(0, Math.floor((expiresAt - now) / 1000))
     const sealed = this.seal({ user, expiresAt, kind })
     const headers = [
