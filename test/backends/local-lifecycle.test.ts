@@ -276,6 +276,27 @@ t.test('a forced kill of an instance already in its termination grace cuts the g
   t.equal(backend.state('svc-slow-to-go')?.requested, 0, 'the count dropped once, with the first kill')
 })
 
+t.test('deleting a version does not wait out its instances’ termination grace: the version can run again at once, and the old instance still gets its grace', async (t) => {
+  const { backend, workDir } = localBackend(t)
+  const id = 'svc-deleted-slowly'
+  // Ignores SIGTERM: its grace runs out in full before it goes.
+  await backend.ensureService(spec(id, { command: `exec ${kitchenCmd('--ignore-sigterm')}`, terminationGraceMs: 3000 }))
+  const old = await waitFor('an instance healthy', () => backend.state(id)?.instances.find((i) => i.healthy), 15_000)
+  const deleting = Date.now()
+  await backend.deleteService(id)
+  const tookMs = Date.now() - deleting
+  t.ok(tookMs < 1500, `the delete returned after ${tookMs} ms, not after the 3 s grace`)
+  t.equal(backend.state(id), undefined, 'the version is gone')
+  const oldSandbox = join(workDir, id, old.id)
+  await backend.ensureService(spec(id, { command: `exec ${kitchenCmd()}` }))
+  const again = await waitFor('the version healthy again', () => backend.state(id)?.instances.find((i) => i.healthy), 15_000)
+  t.not(again.id, old.id, 'with an instance of its own')
+  await waitFor('the old instance gone after its grace', () => (readdirSync(join(workDir, id)).length === 1 ? true : undefined), 10_000)
+  t.ok(Date.now() - deleting >= 2900, 'the old instance was given its grace')
+  t.same(readdirSync(join(workDir, id)), [again.id], 'the old instance’s sandbox went with it, the new one’s stays')
+  t.notOk(fs.existsSync(oldSandbox))
+})
+
 t.test('a router that dies while an instance is in its termination grace still takes the instance with it (the watchdog ignores the kill’s SIGTERM)', async (t) => {
   const dir = t.testdir()
   const script = join(dir, 'run-service.sh')

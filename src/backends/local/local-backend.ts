@@ -8,8 +8,8 @@
  * sandbox removed (but for the last few failed ones, kept for their logs); its stdout and stderr
  * are rotated past maxLogBytes; and at start-up whatever a crashed router left is swept away.
  */
-import { mkdirSync, writeFileSync } from 'node:fs'
-import { readdir, rm, rmdir } from 'node:fs/promises'
+import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs'
+import { readdir, rmdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
@@ -25,6 +25,7 @@ import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
+import { removeTree } from './remove-tree.ts'
 import { claimWorkDir, WORK_DIR_OWN } from './work-dir.ts'
 import { startProcessGroup, type ProcessGroup } from './process-group.ts'
 import { authority } from '../../http/authority.ts'
@@ -212,17 +213,17 @@ export class LocalBackend implements Backend {
     service.deleted = true
     service.requested = 0
     service.cancelRelaunch?.()
-    const ending = [...service.instances.values()].map((instance) => {
-      this.#kill(service, instance, { failed: false, message: 'Service deleted' }, 'SIGTERM')
-      return instance.finished
-    })
+    // Signalled, not waited for: an instance may take its whole termination grace, and the
+    // collection (or the request that waits on it to start the version again) need not. Each
+    // one's exit removes its sandbox, and the last one the service's directory.
+    const ending = service.instances.size
+    for (const instance of [...service.instances.values()]) this.#kill(service, instance, { failed: false, message: 'Service deleted' }, 'SIGTERM')
     this.#services.delete(serviceId)
     this.#listeners.emit(serviceId)
-    await Promise.all(ending)
     // The sandboxes kept for failed instances' logs go with the service.
-    await Promise.all(service.failed.map((f) => removeSandbox(f.logDirectory)))
-    await rmdir(join(this.#o.workDir, serviceId)).catch(() => undefined) // only if nothing else lives there
-    this.#o.log.info({ service: serviceId }, 'service deleted')
+    await Promise.all(service.failed.map((f) => this.#removeSandbox(f.logDirectory)))
+    if (ending === 0) this.#removeServiceDir(serviceId)
+    this.#o.log.info({ service: serviceId, ending }, 'service deleted')
   }
 
   state(serviceId: string): ServiceState | undefined {
@@ -371,7 +372,7 @@ export class LocalBackend implements Backend {
       // Its ports go back to the pool: the process holding them goes first.
       untracked?.signal('SIGKILL')
       // Nothing records it (the failure has no log directory): nothing else would remove it.
-      void (untracked?.exited ?? Promise.resolve()).then(() => removeSandbox(sandboxMade)).catch(() => undefined)
+      void (untracked?.exited ?? Promise.resolve()).then(() => this.#removeSandbox(sandboxMade))
       this.#ports.release(ports)
       this.#o.log.error({ err, service: spec.serviceId }, 'instance launch failed')
       // No longer launching before the failure is recorded: recording it reconciles the count,
@@ -552,10 +553,25 @@ export class LocalBackend implements Backend {
     if (leftovers.length > 0) this.#o.log.warn({ service: service.spec.serviceId, instance: instance.id, pids: leftovers }, 'killed processes that escaped the instance')
     // Only now: an escaped process may have held one of them.
     this.#ports.release(instance.ports)
-    if (!failed) await removeSandbox(instance.sandbox)
+    // (A deleted service's failed instance has nobody left to read its logs.)
+    if (!failed || service.deleted) await this.#removeSandbox(instance.sandbox)
     await this.#pruneFailedSandboxes(service)
     // The last instance of a deleted service takes the service's directory with it.
-    if (service.deleted) await rmdir(join(this.#o.workDir, service.spec.serviceId)).catch(() => undefined)
+    if (service.deleted) this.#removeServiceDir(service.spec.serviceId)
+  }
+
+  /**
+   * A deleted service's directory, once empty, unless the version runs again already (started
+   * while the old instances took their grace): checked and removed in one step of the event
+   * loop, so no launch of the new one can come between.
+   */
+  #removeServiceDir(serviceId: string): void {
+    if (this.#services.has(serviceId)) return
+    try {
+      rmdirSync(join(this.#o.workDir, serviceId))
+    } catch {
+      // Not empty (another instance still ends), or gone already.
+    }
   }
 
   /** Keeps the sandboxes of the newest failedSandboxesKept failed instances of a service; older ones go. */
@@ -564,7 +580,7 @@ export class LocalBackend implements Backend {
     const old = service.failed.slice(keep).filter((f) => f.logDirectory !== undefined)
     if (old.length === 0) return
     service.failed = service.failed.map((f, index) => (index < keep ? f : { ...f, logDirectory: undefined }))
-    await Promise.all(old.map((f) => removeSandbox(f.logDirectory)))
+    await Promise.all(old.map((f) => this.#removeSandbox(f.logDirectory)))
   }
 
   /**
@@ -579,18 +595,24 @@ export class LocalBackend implements Backend {
 
   async #removeSandboxes(): Promise<void> {
     const entries = (await readdir(this.#o.workDir).catch(() => [])).filter((entry) => !WORK_DIR_OWN.has(entry))
-    await Promise.all(entries.map(async (entry) => {
-      // A process dying at that moment may still create a file: one retry, then say so and go on.
-      const remove = (): Promise<void> => rm(join(this.#o.workDir, entry), { recursive: true, force: true, maxRetries: 2 })
-      await remove().catch(remove).catch((err: unknown) => this.#o.log.warn({ err, path: join(this.#o.workDir, entry) }, 'could not remove a sandbox'))
-    }))
+    await Promise.all(entries.map((entry) => this.#removeSandbox(join(this.#o.workDir, entry))))
+  }
+
+  /**
+   * Never fails: a sandbox that cannot go is said so in the log, and whatever removed it (a
+   * kill, a delete, a stop) goes on. A process dying at that moment may still create a file:
+   * one retry.
+   */
+  async #removeSandbox(sandbox: string | undefined): Promise<void> {
+    if (sandbox === undefined) return
+    await removeTree(sandbox).catch(() => removeTree(sandbox)).catch((err: unknown) => this.#o.log.warn({ err, path: sandbox }, 'could not remove a sandbox'))
   }
 
   #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean): void {
     if (failed) {
       const failed = [ended, ...service.failed]
       // An entry that falls off the list takes its sandbox with it (nothing else would remove it).
-      for (const dropped of failed.slice(ENDED_KEPT)) void removeSandbox(dropped.logDirectory)
+      for (const dropped of failed.slice(ENDED_KEPT)) void this.#removeSandbox(dropped.logDirectory)
       service.failed = failed.slice(0, ENDED_KEPT)
       service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
       service.launchFailures += 1
@@ -674,9 +696,6 @@ export class LocalBackend implements Backend {
   }
 }
 
-async function removeSandbox(sandbox: string | undefined): Promise<void> {
-  if (sandbox !== undefined) await rm(sandbox, { recursive: true, force: true })
-}
 
 function signalNumber(signal: NodeJS.Signals | null): number {
   const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15, SIGABRT: 6 }
