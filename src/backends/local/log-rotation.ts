@@ -1,6 +1,6 @@
 /**
- * Instances' stdout and stderr kept under a size bound: a file past `maxBytes` is copied to
- * `<file>.1` (replacing the previous one) and emptied. The instance holds it open in append
+ * Instances' stdout and stderr kept under a size bound: a file past `maxBytes` has its last
+ * `maxBytes` copied to `<file>.1` (replacing the previous one) and is emptied. The instance holds it open in append
  * mode, so its next write lands at the new, empty end.
  *
  * Sizes are read with one synchronous stat each: through fs/promises, 2 000 stats (a thousand
@@ -10,8 +10,9 @@
  * their inodes stay cached; on a network file system a stat could wait on the server, which is
  * why backend.local.workDir must be a local disk (README).
  */
-import { statSync } from 'node:fs'
-import { copyFile, truncate } from 'node:fs/promises'
+import { createReadStream, createWriteStream, statSync } from 'node:fs'
+import { truncate } from 'node:fs/promises'
+import { pipeline } from 'node:stream/promises'
 import { ReadBudget } from './read-budget.ts'
 
 /** Files stat'ed between two turns of the event loop: 7-17 µs each here, so 2-4 ms at a time. */
@@ -20,7 +21,7 @@ export const STATS_PER_TURN = 256
 /** Rotates each file larger than `maxBytes`; returns those rotated. A file gone or unreadable is skipped. */
 export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: number, statsPerTurn = STATS_PER_TURN): Promise<string[]> {
   const budget = new ReadBudget(statsPerTurn)
-  const oversized: string[] = []
+  const oversized: [string, number][] = []
   for (const file of files) {
     await budget.read()
     let size = 0
@@ -30,12 +31,14 @@ export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: num
       // Unreadable (a link looping on itself that the instance made, say): skipped, and the
       // files after it still looked at.
     }
-    if (size > maxBytes) oversized.push(file)
+    if (size > maxBytes) oversized.push([file, size])
   }
   const rotated: string[] = []
-  await Promise.all(oversized.map(async (file) => {
+  await Promise.all(oversized.map(async ([file, size]) => {
     try {
-      await copyFile(file, `${file}.1`)
+      // Its last maxBytes only: an instance that writes faster than the checks come may have
+      // put gigabytes there since the last one, and copying them all would double them.
+      await pipeline(createReadStream(file, { start: Math.max(0, size - maxBytes), end: size - 1 }), createWriteStream(`${file}.1`))
       await truncate(file, 0)
       rotated.push(file)
     } catch (err) {
