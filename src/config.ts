@@ -515,13 +515,13 @@ export function mergeConfig(defaults: unknown, input: unknown, path: string, iss
   const actual = kindOf(input)
   const nullable = expected === 'null'
   if (!(actual === expected || (nullable && actual === 'string') || (actual === 'null' && nullable))) {
-    issues.push({ path, message: `= ${JSON.stringify(input)}, must be a ${nullable ? 'string or null' : expected}` })
+    issues.push({ path, message: `= ${shownValue(path, input)}, must be a ${nullable ? 'string or null' : expected}` })
     return defaults
   }
   const rule = RULES[path]
   const problem = rule?.(input)
   if (problem !== undefined) {
-    issues.push({ path, message: `= ${JSON.stringify(input)}, ${problem}` })
+    issues.push({ path, message: `= ${shownValue(path, input)}, ${withoutUrlCredentials(problem)}` })
     return defaults
   }
   return input
@@ -642,10 +642,23 @@ const SECRET_KEY = /secret|password|passwd|credential/i
 /** The user information of a URL (`scheme://user:password@host`), wherever one sits in a string. */
 const URL_CREDENTIALS = /\b([a-z][a-z0-9+.-]*:\/\/)[^/\s?#]*@/gi
 
+/**
+ * A refused value as a configuration error shows it (stderr, a container's log, CI output): a
+ * credential never, a URL without its user information.
+ */
+function shownValue(path: string, input: unknown): string {
+  if (SECRET_KEY.test(path.slice(path.lastIndexOf('.') + 1)) && input !== null) return '<redacted>'
+  return JSON.stringify(redacted(input))
+}
+
+function withoutUrlCredentials(text: string): string {
+  return text.replace(URL_CREDENTIALS, '$1<redacted>@')
+}
+
 /** A copy of a settings tree with every credential's value replaced (null stays null: "none set" is no secret). */
 function redacted(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(redacted)
-  if (typeof value === 'string') return value.replace(URL_CREDENTIALS, '$1<redacted>@')
+  if (typeof value === 'string') return withoutUrlCredentials(value)
   if (value === null || typeof value !== 'object') return value
   const copy: Record<string, unknown> = {}
   for (const [key, inner] of Object.entries(value)) copy[key] = SECRET_KEY.test(key) && inner !== null ? '<redacted>' : redacted(inner)
