@@ -40,11 +40,40 @@ export interface EtcdSettings {
 }
 
 export function connectEtcd(settings: EtcdSettings): Etcd3 {
-  return new Etcd3({
+  const client = new Etcd3({
     hosts: [...settings.endpoints],
     dialTimeout: settings.requestTimeoutMs,
     faultHandling: { watchBackoff: WATCH_BACKOFF, host: hostPolicy },
     grpcOptions: GRPC_OPTIONS,
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + settings.requestTimeoutMs }),
   })
+  requireLeader(client)
+  return client
+}
+
+interface MetadataLike {
+  clone(): MetadataLike
+  set(key: string, value: string): void
+}
+
+/**
+ * Every call and stream asks etcd for a member that has a leader (the Go client's
+ * WithRequireLeader: metadata `hasleader: true`). Without it, a member cut off from the others
+ * keeps a watch stream open and healthy but delivers nothing more: a router whose watches sat
+ * there kept the membership, leader and load it last saw for as long as the partition lasted.
+ * With it, etcd ends such streams (and refuses such calls) with "no leader" within a few
+ * election timeouts, and the client goes to another member: the watches' disconnection reloads
+ * the stores from there. etcd3 has no option for it: the metadata every call is given is
+ * extended where the library makes it.
+ */
+function requireLeader(client: Etcd3): void {
+  const authenticator = (client as unknown as { pool?: { authenticator?: { getMetadata?: () => Promise<MetadataLike> } } }).pool?.authenticator
+  const metadataOf = authenticator?.getMetadata?.bind(authenticator)
+  // The library's insides changed shape: fail at start, not run without the guard.
+  if (authenticator === undefined || metadataOf === undefined) throw new Error('etcd3 no longer lets maitre require a leader on its calls (pool.authenticator.getMetadata is gone)')
+  authenticator.getMetadata = async () => {
+    const metadata = (await metadataOf()).clone()
+    metadata.set('hasleader', 'true')
+    return metadata
+  }
 }
