@@ -12,7 +12,7 @@ import { loadRouterSecret } from './auth/router-secret.ts'
 import { lockDataDir } from './storage/lock.ts'
 import { loadRouterId } from './cluster/router-id.ts'
 import { EtcdCoordinator } from './cluster/etcd/coordinator.ts'
-import { etcdFrameworkIds, etcdStores, sharedRouterSecret } from './cluster/etcd/stores.ts'
+import { etcdFrameworkIds, etcdStores, restoreSharedRouterSecret, sharedRouterSecret } from './cluster/etcd/stores.ts'
 import { joining, singleRouter, type Coordination } from './cluster/coordination.ts'
 import { peerKey, SlotExchange, type CollectReason } from './cluster/slot-exchange.ts'
 import { PeerSync } from './cluster/peer-sync.ts'
@@ -420,6 +420,8 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           overShare: () => tracker.overLimit(),
           clock,
           log,
+          // A configured secret is in no router's etcd: nothing to put back.
+          ...(config.secret === null ? { onRejoined: () => restoreSharedRouterSecret(etcd, etcdPrefix, secret, log) } : {}),
         })
         coordination.onSlotViewChange(() => exchange?.viewChanged())
         exchange?.viewChanged()

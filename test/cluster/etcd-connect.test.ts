@@ -4,7 +4,7 @@
  * another member) instead of staying open and silent. Shown with a two-member etcd whose second
  * member freezes: the first keeps answering clients but has no leader.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import { freePort } from '../../bench/tools.ts'
@@ -12,7 +12,7 @@ import { connectEtcd } from '../../src/cluster/etcd/connect.ts'
 import { ETCD_BINARY } from '../fixtures/etcd.ts'
 import { waitFor } from '../fixtures/router.ts'
 
-async function twoMembers(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<{ clientUrl: string; second: ChildProcess }> {
+async function twoMembers(t: Test): Promise<{ clientUrl: string; second: ChildProcess }> {
   const dir = t.testdir()
   const [clientA, peerA, clientB, peerB] = (await Promise.all([freePort(), freePort(), freePort(), freePort()])).map((port) => `http://127.0.0.1:${port}`) as [string, string, string, string]
   const cluster = `a=${peerA},b=${peerB}`

@@ -139,6 +139,28 @@ t.test('etcd away for 10 s: every router keeps serving warm versions, and all re
   t.comment(`recovered ${Date.now() - back} ms after etcd came back`)
 })
 
+t.test('etcd that comes back without its data gets the router secret back from the routers: a router started after uses theirs, not one of its own', async (t) => {
+  const cluster = await startCluster(t, 1)
+  const [a] = cluster.routers as [Router]
+  const raw = connectEtcd({ endpoints: [cluster.etcd.endpoint], requestTimeoutMs: 1000 })
+  cluster.etcd.beforeStop(() => raw.close())
+  const key = '/maitre/maitre/router-secret'
+  const before = await raw.get(key).string()
+  t.ok(before !== null && before.length >= 32, 'the cluster’s secret is in etcd')
+  await cluster.etcd.wipe()
+  const restored = await waitFor('the secret back in etcd', async () => (await raw.get(key).string().catch(() => null)) ?? undefined, 20_000)
+  t.equal(restored, before, 'put back as the running router knows it')
+  const b = await cluster.addRouter()
+  await waitFor('both members', async () => ((await clusterState(b)).members.length === 2 && (await clusterState(a)).members.length === 2 ? true : undefined), 10_000)
+  t.equal(await raw.get(key).string(), before, 'the new router made no secret of its own')
+  // Router-to-router calls carry a key derived from the shared secret: the leader's peer sync
+  // (a token write announced to the others) is confirmed, not refused.
+  await createToken(b, 'after-wipe', kitchenToken())
+  await waitFor('a serves the token written through b', async () => ((await call(`${a.url}/token?token=after-wipe`)).status === 200 ? true : undefined), 5000)
+  const metrics = (await call(`${b.url}/metrics`, { headers: { accept: 'text/plain' } })).text
+  t.notMatch(metrics, /maitre_peer_syncs_total\{[^}]*outcome="unconfirmed"[^}]*\} [1-9]/, 'no peer call refused')
+})
+
 t.test('a version deleted through one router is gone from the others, and a request there starts it afresh', async (t) => {
   const cluster = await startCluster(t, 2)
   const [a, b] = cluster.routers as [Router, Router]

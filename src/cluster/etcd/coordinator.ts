@@ -50,6 +50,12 @@ export interface EtcdCoordinatorOptions {
   readonly loadIntervalMs?: number
   readonly clock: Clock
   readonly log: Logger
+  /**
+   * Called each time this router joins the cluster again (its lease was lost: etcd was away
+   * too long, or came back without its data), to put back what the cluster keeps in etcd
+   * outside the stores. Its failure is logged, never fails the join.
+   */
+  readonly onRejoined?: () => Promise<void>
 }
 
 /** One router's published load: version id → [in flight, queued, last request time]. */
@@ -522,6 +528,7 @@ export class EtcdCoordinator implements Coordination {
       try {
         await this.#join()
         this.#options.log.info({ routerId: this.routerId }, 'joined the cluster again')
+        await this.#options.onRejoined?.().catch((err: unknown) => this.#options.log.error({ err }, 'could not restore what the cluster keeps in etcd after joining again'))
         return
       } catch (err) {
         this.#options.log.warn({ err, retryInMs: delayMs }, 'joining the cluster failed')

@@ -66,6 +66,24 @@ export async function sharedRouterSecret(client: Etcd3, prefix: string): Promise
 }
 
 /**
+ * Puts the router secret back if etcd no longer holds it (it came back without its data): a
+ * router that starts later would otherwise make a secret of its own, and every call between it
+ * and the others would be refused (each kill vetoed, each collection too). A different secret
+ * found there (a router started meanwhile made one) is reported: the routers must be restarted
+ * to agree again.
+ */
+export async function restoreSharedRouterSecret(client: Etcd3, prefix: string, secret: string, log: Logger): Promise<void> {
+  const key = `${prefix}/router-secret`
+  const result = await client.if(key, 'Create', '==', 0).then(client.put(key).value(secret)).else(client.get(key)).commit()
+  if (result.succeeded) {
+    log.warn({ key }, 'etcd had lost the router secret: put back')
+    return
+  }
+  const stored = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
+  if (stored !== secret) log.error({ key }, 'etcd holds another router secret than this router uses (made while it had lost its data): restart the routers that started before, or they and the others refuse each other')
+}
+
+/**
  * The Mesos framework id, kept in etcd in cluster mode: whichever router leads subscribes as the
  * same framework, so the master hands it the tasks the last leader launched.
  */
