@@ -104,6 +104,9 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     clientTracking: false,
     perMessageDeflate: false,
     maxPayload: limits.maxMessageBytes,
+    // Pings are the two ends' business (relay() passes them on): answered here, they would
+    // tell an instance's heartbeat that a hung client is alive.
+    autoPong: false,
     handleProtocols: (_offered, req) => chosen.get(req) ?? false,
   })
   server.on('headers', (headers, req) => {
@@ -263,6 +266,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         headers: headers as Record<string, string>,
         perMessageDeflate: false,
         maxPayload: limits.maxMessageBytes,
+        autoPong: false,
         handshakeTimeout: Math.min(admitted.socketTimeoutMs, 2 ** 31 - 1),
         followRedirects: false,
         rejectUnauthorized: false,
@@ -416,8 +420,17 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
           from.pause()
         }
       })
-      from.on('ping', touch)
-      from.on('pong', touch)
+      // Pings and pongs go end to end, so each end's heartbeat learns whether the other is alive.
+      // Under back-pressure they are dropped (a flood of them must not pile up here): a ping
+      // that goes unanswered then says what is true, that the other end does not keep up.
+      from.on('ping', (data: Buffer) => {
+        touch()
+        if (to.readyState === WebSocket.OPEN && to.bufferedAmount <= HIGH_WATER_BYTES) to.ping(data)
+      })
+      from.on('pong', (data: Buffer) => {
+        touch()
+        if (to.readyState === WebSocket.OPEN && to.bufferedAmount <= HIGH_WATER_BYTES) to.pong(data)
+      })
     }
     pipe(client, backend)
     pipe(backend, client)

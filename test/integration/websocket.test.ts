@@ -156,6 +156,28 @@ t.test('a WebSocket holds its slot for its whole life: it counts in flight, a re
   for (const ws of sockets) ws.close()
 })
 
+t.test('pings and pongs go end to end: an instance’s heartbeat reaches the client (and a client that does not answer is not answered for), a client’s ping reaches the instance', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'beat', kitchenToken())
+  const ws = new WebSocket(`${router.url.replace('http://', 'ws://')}/`, { headers: { 'x-waiter-token': 'beat' }, autoPong: false })
+  await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject))
+  t.teardown(() => ws.terminate())
+  const pingsSeen: string[] = []
+  ws.on('ping', (data: Buffer) => void pingsSeen.push(data.toString()))
+  const next = (): Promise<string> => new Promise((resolve) => ws.once('message', (data: RawData) => resolve(data.toString())))
+  ws.send('ping:heartbeat-1')
+  await waitFor('the instance’s ping at the client', () => (pingsSeen.length > 0 ? true : undefined), 5000)
+  t.same(pingsSeen, ['heartbeat-1'], 'the instance’s ping, with its data, reached the client')
+  const pongs: string[] = []
+  ws.on('pong', (data: Buffer) => void pongs.push(data.toString()))
+  ws.ping('from-client')
+  await waitFor('the pong', () => (pongs.length > 0 ? true : undefined), 5000)
+  t.same(pongs, ['from-client'], 'the client’s ping was answered')
+  const counted = next()
+  ws.send('pings')
+  t.equal(await counted, '1', 'by the instance, which saw it')
+})
+
 t.test('limits: a message over proxy.websocket.maxMessageBytes closes with 1009 whichever side sent it; an idle WebSocket is closed with 1001', async (t) => {
   // 1.5 s of idleness: short for a test, long enough that a loaded machine's round trip is not idleness.
   const router = await startRouter(t, { 'proxy.websocket.maxMessageBytes': 1024, 'proxy.websocket.idleTimeoutMs': 1500 })
