@@ -60,10 +60,22 @@ function sendableCode(code: number): number | undefined {
   return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999) ? code : undefined
 }
 
+function relayableTarget(target: string): boolean {
+  if (target.includes('#')) return false
+  const url = new URL(target, 'ws://instance')
+  return url.pathname + url.search === target
+}
+
 function checkHandshake(req: IncomingMessage): void {
   if (req.method !== 'GET') throw new MaitreError('MAITRE_BAD_REQUEST', 'A WebSocket upgrade must be a GET', { details: { method: (req.method ?? '').slice(0, 20) } })
   if (req.url === undefined || !req.url.startsWith('/')) {
     throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target must be a path starting with /', { details: { target: (req.url ?? '').slice(0, 200) } })
+  }
+  // The instance is dialled through a URL, which would drop a fragment, resolve dot segments,
+  // turn "\" into "/" and escape what it does not take raw: such a target is refused rather than
+  // sent on changed (the HTTP path passes it as it came).
+  if (!relayableTarget(req.url)) {
+    throw new MaitreError('MAITRE_BAD_REQUEST', 'The request target of a WebSocket upgrade must read the same as a URL path: no fragment (#), dot segments, backslashes or characters a URL escapes', { details: { target: req.url.slice(0, 200) } })
   }
   const key = req.headers['sec-websocket-key']
   if (typeof key !== 'string' || !KEY.test(key.trim())) throw new MaitreError('MAITRE_BAD_REQUEST', 'A WebSocket upgrade needs a Sec-WebSocket-Key of 16 bytes in base64', { details: { field: 'sec-websocket-key' } })

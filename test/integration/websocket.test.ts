@@ -327,6 +327,25 @@ t.test('subprotocols: a malformed or repeated offer is a 400 before a slot is ta
   await done
 })
 
+t.test('a WebSocket target the instance could only be dialled with changed (a fragment, dot segments, a backslash) is a 400 before a slot is taken, not a 500', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'chat', kitchenToken({ 'concurrency-level': 1, 'max-instances': 1 }))
+  const upgrade = (target: string): string => `GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\nx-waiter-token: chat\r\nAccept: application/json\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`
+  for (const target of ['/chat#frag', '/a/../chat', '/a/%2e%2e/chat', '/a\\b']) {
+    const answer = await rawExchange(router, upgrade(target))
+    t.match(answer, /^HTTP\/1\.1 400 /, `${target}: a 400`)
+    t.match(answer, /must read the same as a URL path/, 'saying why')
+  }
+  const metrics = (await call(`${router.url}/metrics`)).text
+  t.notMatch(metrics, /maitre_cold_starts_total\{[^}]*\} [1-9]/, 'nothing was started for them')
+  const ok = await opened(router, '/chat?room=1', h)
+  t.equal(await new Promise<string>((resolve) => {
+    ok.ws.once('message', (data: RawData) => resolve(data.toString()))
+    ok.ws.send('hello')
+  }), 'hello', 'a plain path with a query is relayed')
+  ok.ws.close(1000)
+})
+
 t.test('an upgrade to a protocol maitre does not speak is served as HTTP/1.1; a draining router closes its WebSockets with 1001', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'chat', kitchenToken())
