@@ -22,9 +22,16 @@ export const GRPC_STATUS = {
   UNAUTHENTICATED: 16,
 } as const
 
+/**
+ * The content-type of gRPC over HTTP/2 (application/grpc, +proto, +json, …), not gRPC-Web's
+ * (application/grpc-web…): gRPC-Web is ordinary HTTP a browser reads, status in the body or
+ * headers, never in trailers it cannot see.
+ */
+export const GRPC_CONTENT_TYPE = /^application\/grpc(?:$|[+;])/i
+
 /** A gRPC call: HTTP/2 with a content-type of application/grpc (or application/grpc+proto, …). */
 export function isGrpcRequest(headers: IncomingHttpHeaders, httpVersionMajor: number): boolean {
-  return httpVersionMajor === 2 && headers['content-type']?.startsWith('application/grpc') === true
+  return httpVersionMajor === 2 && GRPC_CONTENT_TYPE.test(headers['content-type'] ?? '')
 }
 
 /**

@@ -9,7 +9,7 @@ import { MaitreError } from '../errors.ts'
 import type { ReleaseOutcome } from '../backends/tracker.ts'
 import { allowedInTrailers, clientResponseHeaders, clientTrailers, forHttp2 } from './headers.ts'
 import { BODY_TIMEOUT, classify, CONNECT_ERRORS, TIMEOUT_ERRORS, type ForwardRequest, type ForwardResult } from './forwarding.ts'
-import { encodeGrpcMessage, GRPC_STATUS, grpcStatusOf } from '../http/grpc.ts'
+import { encodeGrpcMessage, GRPC_CONTENT_TYPE, GRPC_STATUS, grpcStatusOf } from '../http/grpc.ts'
 
 /** What the head left for the end: a gRPC "trailers-only" answer's status and fields. */
 export interface AnswerHead {
@@ -26,7 +26,7 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
   if (request.clientHttp2 === true) forHttp2(out)
   let grpcStatus: string | undefined
   let statusTrailers: Record<string, string | string[]> | undefined
-  if (headers['grpc-status'] !== undefined) {
+  if (headers['grpc-status'] !== undefined && isNativeGrpcAnswer(request, headers['content-type'])) {
     // A gRPC "trailers-only" answer: the status and all its metadata in the one HEADERS frame
     // that ended the stream. Relayed as an equally valid gRPC response the compatibility API
     // can write: headers (the router's own, and every field a trailer section may not carry:
@@ -188,7 +188,17 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
 /** A gRPC call from an HTTP/2 client (its status can still be told in trailers). */
 function isGrpcCall(request: ForwardRequest): boolean {
   const type = request.headers['content-type']
-  return request.clientHttp2 === true && typeof type === 'string' && type.startsWith('application/grpc')
+  return request.clientHttp2 === true && typeof type === 'string' && GRPC_CONTENT_TYPE.test(type)
+}
+
+/**
+ * An answer whose status a gRPC client reads from trailers: native gRPC to an HTTP/2 client
+ * (an answer without a content-type to a native gRPC call counts). gRPC-Web's, whose status a
+ * browser reads from the headers, and anything to an HTTP/1.1 client go as they came.
+ */
+function isNativeGrpcAnswer(request: ForwardRequest, contentType: string | string[] | undefined): boolean {
+  if (request.clientHttp2 !== true) return false
+  return contentType === undefined ? isGrpcCall(request) : GRPC_CONTENT_TYPE.test(String(contentType))
 }
 
 /** Cuts the client's answer: its HTTP/2 stream is cancelled, its HTTP/1.1 connection closed. */

@@ -25,6 +25,7 @@ import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead 
 import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { backendRequestTrailers } from './headers.ts'
 import { authority } from '../http/authority.ts'
+import { GRPC_CONTENT_TYPE } from '../http/grpc.ts'
 
 /** How long an instance may stay silent about an expectation before the body goes anyway (curl waits as long). */
 export const EXPECT_WAIT_MS = 1000
@@ -293,8 +294,6 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
   }
 }
 
-/** The content-type of a gRPC answer over HTTP/2 (application/grpc, +proto, +json, …), not gRPC-Web's. */
-const GRPC_ANSWER = /^application\/grpc(?:$|[+;])/i
 
 /** The client's request as a stream on the instance's HTTP/2 connection. */
 function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance: Instance, req: IncomingMessage, request: ForwardRequest, sessionError: () => Error | undefined, closed: () => void): Upstream {
@@ -328,7 +327,7 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
       const cut = sessionError() !== undefined || session.destroyed || (code !== undefined && code !== h2constants.NGHTTP2_NO_ERROR)
       // A gRPC answer (by its own content-type: a request that says gRPC may get any answer,
       // and gRPC-Web carries its status in the body) that ends without a status was cut short.
-      const grpcUnfinished = GRPC_ANSWER.test(String(head['content-type'] ?? '')) && answerTrailers['grpc-status'] === undefined && head['grpc-status'] === undefined
+      const grpcUnfinished = GRPC_CONTENT_TYPE.test(String(head['content-type'] ?? '')) && answerTrailers['grpc-status'] === undefined && head['grpc-status'] === undefined
       if (cut || grpcUnfinished) exchange.fail(sessionError() ?? failure('ECONNRESET', `The instance's answer was cut short (HTTP/2 error ${code ?? 'none'})`))
       else exchange.onEnd(answerTrailers)
     })

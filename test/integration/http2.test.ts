@@ -340,3 +340,19 @@ t.test('a gRPC trailers-only answer: its status and metadata reach the client as
   t.equal(answer.trailers['set-cookie'], undefined, 'no cookie among the trailers, where a client would ignore it')
   t.equal(answer.trailers['cache-control'], undefined)
 })
+
+t.test('gRPC-Web is HTTP a browser reads: an instance’s status in the head stays in the head, over HTTP/2 and HTTP/1.1, and the router’s own refusals are ordinary HTTP errors', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const session = connectH2(router.url)
+  t.teardown(() => session.destroy())
+  const grpcWeb = { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', 'x-waiter-token': 'twos' }
+  const overH2 = await h2Request(session, { ':method': 'POST', ':path': '/grpc-web-trailers-only', ...grpcWeb }, '')
+  t.match(overH2.headers, { 'grpc-status': '5', 'grpc-message': 'no such thing', 'access-control-expose-headers': 'grpc-status,grpc-message' }, 'HTTP/2: status and CORS headers in the head')
+  t.same(overH2.trailers, {}, 'and no trailers a browser could not read')
+  const overH1 = await call(`${router.url}/grpc-web-trailers-only`, { method: 'POST', headers: grpcWeb, body: '' })
+  t.match(overH1.headers, { 'grpc-status': '5', 'grpc-message': 'no such thing', 'access-control-expose-headers': 'grpc-status,grpc-message' }, 'HTTP/1.1: the same')
+  const refused = await h2Request(session, { ':method': 'POST', ':path': '/x', ...grpcWeb, 'x-waiter-token': 'nope', accept: 'application/json' }, '')
+  t.equal(refused.status, 404, 'an unknown token: a 404 a browser sees')
+  t.notMatch(String(refused.headers['content-type']), /^application\/grpc/, 'not dressed as native gRPC')
+})
