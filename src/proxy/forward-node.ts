@@ -57,6 +57,12 @@ const REQUEST_REFUSALS = new Set(['ERR_HTTP2_INVALID_HEADER_VALUE', 'ERR_HTTP2_H
 
 /** The two ways a request travels here: an HTTP/1.1 request, or an HTTP/2 stream. */
 interface Upstream {
+  /**
+   * Calls `ready` once there is a connection to send on (at once if there is one already): not
+   * before, so that a body is not taken from its client for a connection that is then refused,
+   * and the request can still go to another instance.
+   */
+  whenConnected(ready: () => void): void
   /** Sends the body (piped from the client, with back-pressure), then its trailers. */
   sendBody(req: IncomingMessage): void
   /** Ends the request without a body (there is none). */
@@ -115,8 +121,14 @@ class NodeExchange {
       this.#proceeded = true
       this.#sent = true
       upstream.endWithoutBody()
-    } else if (this.#request.continueClient === undefined) this.#proceed()
-    else this.#expectTimer = setTimeout(() => this.#proceed(), EXPECT_WAIT_MS)
+    } else {
+      upstream.whenConnected(() => {
+        if (this.#settled || this.#proceeded) return
+        if (this.#request.continueClient === undefined) this.#proceed()
+        // The instance's second to ask for the body counts from when it could hear the question.
+        else this.#expectTimer = setTimeout(() => this.#proceed(), EXPECT_WAIT_MS)
+      })
+    }
   }
 
   readonly clientGone = (): void => {
@@ -255,10 +267,20 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
     agent,
     rejectUnauthorized: false,
   })
+  let connected = false
+  let onConnected: (() => void) | undefined
+  const connectedNow = (): void => {
+    connected = true
+    onConnected?.()
+    onConnected = undefined
+  }
   up.on('socket', (socket: Socket) => {
-    if (!socket.connecting) return
+    if (!socket.connecting) return connectedNow()
     const timer = setTimeout(() => socket.destroy(failure('UND_ERR_CONNECT_TIMEOUT', `No connection within ${connectTimeoutMs} ms`)), connectTimeoutMs)
-    socket.once('connect', () => clearTimeout(timer))
+    socket.once('connect', () => {
+      clearTimeout(timer)
+      connectedNow()
+    })
     socket.once('close', () => clearTimeout(timer))
   })
   up.on('error', exchange.fail)
@@ -277,6 +299,10 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
   })
   if (request.continueClient !== undefined) up.flushHeaders()
   return {
+    whenConnected(ready) {
+      if (connected) ready()
+      else onConnected = ready
+    },
     sendBody(body) {
       body.pipe(up, { end: false })
       body.once('end', () => {
@@ -340,6 +366,11 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
     exchange.fail(sessionError() ?? (code === h2constants.NGHTTP2_REFUSED_STREAM ? refusedStream() : failure('ECONNRESET', `The instance's stream closed (HTTP/2 error ${code ?? 'none'})`)))
   })
   return {
+    whenConnected(ready) {
+      // A stream is pending until its connection is up and gives it an id.
+      if (!stream.pending) ready()
+      else stream.once('ready', ready)
+    },
     sendBody(body) {
       body.pipe(stream, { end: false })
       body.once('end', () => {
