@@ -150,6 +150,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       open.delete(res)
       counted[UNDER_WAY] = (counted[UNDER_WAY] ?? 1) - 1
       if (open.size === 0) idle?.()
+      if (res.writableFinished && !req.complete && !req.destroyed) dropRestOfBody(req, options.bodyIdleTimeoutMs)
     })
     if (req.httpVersionMinor >= 1 && req.headers.host === undefined) {
       res.shouldKeepAlive = false
@@ -604,6 +605,24 @@ function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number):
     req.destroy(err)
     socket.destroy()
   })
+}
+
+/**
+ * An HTTP/1.1 request whose answer went out in full before its body did (an instance's early
+ * 413 or 401 to an upload it did not read): the rest of the body is read and dropped, as Node's
+ * server does with a body nobody began to read, so that a client that sends its whole body
+ * before it reads (Python's http.client and requests, Java's HttpURLConnection) finishes
+ * sending and reads its answer, and the connection serves its next request. Left alone, the body
+ * nobody reads any more stops the connection until the keep-alive timeout resets it, and such a
+ * client never sees its answer. A body that then sends nothing for the body-idle bound is cut.
+ */
+function dropRestOfBody(req: IncomingMessage, idleMs: number): void {
+  const timer = setTimeout(() => req.socket.destroy(), idleMs)
+  timer.unref()
+  req.on('data', () => timer.refresh())
+  req.once('end', () => clearTimeout(timer))
+  req.once('close', () => clearTimeout(timer))
+  req.resume()
 }
 
 /**

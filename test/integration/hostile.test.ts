@@ -305,6 +305,28 @@ t.test('x-waiter-env and x-waiter-metadata that are no JSON object are a 400 nam
   t.equal(await idOf({ 'x-waiter-env-b': '2', 'x-waiter-env': '{"A":"1"}' }), oneByOne, 'a one-key header, then the object: both kept')
 })
 
+t.test('an instance that answers an HTTP/1.1 upload before reading it (an early 413): a client that sends its whole body before it reads gets that answer, and its connection serves the next request', async (t) => {
+  const router = await startRouter(t)
+  await warm(t, router, 'early')
+  const body = Buffer.alloc(32 * 1024 * 1024, 120)
+  const socket = connect(Number(new URL(router.url).port), '127.0.0.1')
+  t.teardown(() => socket.destroy())
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject))
+  let text = ''
+  socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')))
+  // As Python's http.client does: the whole request written, and only then the answer read.
+  const written = await within('the whole body written', new Promise<boolean>((resolve) => {
+    socket.write(`POST /early HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: early\r\ncontent-length: ${body.length}\r\n\r\n`)
+    socket.write(body, () => resolve(true))
+  }), 30_000)
+  t.equal(written, true, 'the whole body could be sent (the router read and dropped what the instance would not)')
+  await waitFor('the answer', () => (/\r\n\r\n\{"early":true\}/.test(text) ? true : undefined), 10_000)
+  t.match(text, /^HTTP\/1\.1 413 /, 'the instance’s 413 reached the client')
+  socket.write('GET /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: early\r\n\r\n')
+  await waitFor('the next answer', () => ((text.match(/HTTP\/1\.1 \d{3}/g) ?? []).length === 2 ? true : undefined), 10_000)
+  t.same(text.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 413', 'HTTP/1.1 200'], 'and the same connection served the next request')
+})
+
 t.test('a token name that is not well-formed UTF-16 (a lone surrogate, valid JSON) is a 400 naming the pattern, not a 500', async (t) => {
   const router = await startRouter(t)
   const reply = await call(`${router.url}/token`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"token":"ab\\ud800","cmd":"x","cpus":1,"mem":64}' })
