@@ -181,6 +181,7 @@ export function failedAnswer(res: ServerResponse, request: ForwardRequest, err: 
     outcome: clientsTimeout || err instanceof MaitreError ? 'client-error' : status === undefined ? outcome : clientGone ? 'client-error' : 'instance-error',
     status,
     error: res.headersSent ? undefined : error,
+    ...(res.headersSent ? { cut: error } : {}),
     notDelivered,
   }
 }

@@ -46,6 +46,12 @@ export interface ForwardResult {
   /** Set when the request failed before a response started: the caller answers with it. */
   readonly error: MaitreError | undefined
   /**
+   * Set when the exchange failed once the response had started: the client's answer was cut
+   * (or a gRPC call ended with an error status), though its status line said otherwise. What
+   * failed, for the log and the request counts.
+   */
+  readonly cut?: MaitreError
+  /**
    * The instance cannot have received the request: its connection was refused or never
    * established. Safe to send to another instance, whatever the method. (A connection that
    * breaks later may have carried the request to an instance that acted on it, so it is not.)

@@ -203,6 +203,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
     let backendMs: number | undefined
     let status: number | undefined
     let failure: MaitreError | undefined
+    /** The answer began, then failed (answer.ts cut it): set apart from `failure`, which the client was answered with. */
+    let cut: MaitreError | undefined
     let instanceId: string | undefined
     try {
       // What cannot be forwarded is the client's mistake, answered before it costs anyone a slot
@@ -380,6 +382,8 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           }
           continue
         }
+        // An answer cut after it began failed all the same: logged and counted as what failed.
+        if (result.cut !== undefined && !clientGone) cut = result.cut
         if (result.error !== undefined) {
           status = result.error.status
           failure = result.error
@@ -402,12 +406,14 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       if (queued || coldStart) queueMs = deps.clock.now() - started
       sendError(req, res, failure, { cid, principal, serviceId: resolution?.serviceId, token })
     } finally {
-      const finalStatus = clientGone ? 499 : (status ?? 500)
+      const finalStatus = clientGone ? 499 : (cut?.status ?? status ?? 500)
       if (failure !== undefined && finalStatus >= 500) {
         // Every 5xx maitre answers is traceable by its cid; unexpected ones (no code of ours) are errors.
         const level = failure.code === 'MAITRE_INTERNAL' ? 'error' : 'warn'
         deps.log[level]({ cid, code: failure.code, status: finalStatus, reason: failure.message, service: resolution?.serviceId, instance: instanceId, err: failure.code === 'MAITRE_INTERNAL' ? failure.cause : undefined }, 'request failed')
       }
+      // Its status line went out before it failed: the client saw that status, then a cut.
+      if (cut !== undefined && finalStatus >= 500) deps.log.warn({ cid, code: cut.code, status: finalStatus, sent: status, reason: cut.message, service: resolution?.serviceId, instance: instanceId, cut: true }, 'request failed')
       if (resolution !== undefined) {
         const service = resolution.serviceId
         deps.metrics.requests.inc({ service, code: statusClass(finalStatus) })
@@ -430,6 +436,7 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           token,
           service: resolution?.serviceId,
           status: clientGone ? 499 : status,
+          ...(cut === undefined ? {} : { cut: cut.code }),
           instance: instanceId,
           queueMs,
           backendMs,

@@ -1,4 +1,6 @@
 import t from 'tap'
+import { request as httpRequest } from 'node:http'
+import { capturedLog } from '../fixtures/captured-log.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 
 async function scrape(router: Router): Promise<string> {
@@ -52,6 +54,29 @@ t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
     if (type === 'counter') t.ok(name?.endsWith('_total'), `${name} is a _total counter`)
     if (type === 'histogram') t.ok(name?.endsWith('_seconds'), `${name} is in seconds`)
   }
+})
+
+t.test('an answer cut after its status line went (the instance died mid-answer) counts as the failure it was, 5xx, and is logged with its cid, not as a 2xx success', async (t) => {
+  const { log, lines } = capturedLog()
+  const router = await startRouter(t, {}, { log })
+  await createToken(router, 'dies', kitchenToken({ 'min-instances': 2 }))
+  const h = { 'x-waiter-token': 'dies', 'x-cid': 'cut-cid' }
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  const cut = await new Promise<string>((resolve) => {
+    const req = httpRequest(`${router.url}/die-mid-answer`, { headers: h }, (res) => {
+      res.resume()
+      res.on('error', () => resolve(`cut after ${res.statusCode}`))
+      res.on('end', () => resolve('complete'))
+    })
+    req.on('error', (err) => resolve(`error ${err.message}`))
+    req.end()
+  })
+  t.equal(cut, 'cut after 200', 'the client saw a 200, then its answer cut')
+  const text = await scrape(router)
+  t.equal(value(text, `maitre_requests_total{service="${id}",code="5xx"}`), 1, 'counted as a failure')
+  t.equal(value(text, `maitre_requests_total{service="${id}",code="2xx"}`), undefined, 'not as a success')
+  const failed = await waitFor('the failure logged', () => lines.find((l) => l['msg'] === 'request failed' && l['cid'] === 'cut-cid'), 5000)
+  t.match(failed, { cut: true, sent: 200, status: 502, instance: /./ }, 'with the status the client saw and what it should have been')
 })
 
 t.test('no series of a garbage-collected version remains', async (t) => {
