@@ -387,7 +387,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     log,
   })
   const separateAdmin = config.server.admin.host !== null
-  const server = createRouterServer({ ...config.server, tls, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, websocket, log })
+  const server = createRouterServer({ ...config.server, tls, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, stopUnderWay: proxy.stopUnderWay, websocket, log })
   // On its own listener, every request is an API call.
   const adminServer = separateAdmin ? createRouterServer({ ...config.server, tls, routerHostnames, api, proxy: api, log }) : undefined
   let adminPort: number | undefined

@@ -459,10 +459,10 @@ export class NodeForwarder {
       // stream was asked for) sent nothing either: another instance may take it.
       const code = (err as { code?: string }).code ?? ''
       exchange.fail(REQUEST_REFUSALS.has(code) ? failure('UND_ERR_INVALID_ARG', (err as Error).message) : failure('ECONNREFUSED', `The instance's connection could not take the request: ${(err as Error).message}`))
-      return { result, clientGone: exchange.clientGone }
+      return { result, clientGone: exchange.clientGone, stop: exchange.fail }
     }
     exchange.start(upstream)
-    return { result, clientGone: exchange.clientGone }
+    return { result, clientGone: exchange.clientGone, stop: exchange.fail }
   }
 
   #session(instance: Instance): H2Connection {

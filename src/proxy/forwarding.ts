@@ -101,6 +101,12 @@ export interface Forwarding {
   readonly result: Promise<ForwardResult>
   /** The client is gone: cut the exchange with the instance (a no-op once it has ended). */
   readonly clientGone: () => void
+  /**
+   * The router stops and cannot wait for this exchange any longer: it ends with `err` as an
+   * instance's failure would (a gRPC call with its status in trailers, an answer not begun with
+   * `err` itself), not as the instance's fault (a no-op once it has ended).
+   */
+  readonly stop: (err: MaitreError) => void
 }
 
 /** The request carries a body (the forward streams it on). */

@@ -164,8 +164,20 @@ export function corsHeadersFor(req: IncomingMessage, resolution: Resolution): Re
 /** Attempts at one request when instances refuse the connection (each refusal ejects the instance). */
 const MAX_ATTEMPTS = 3
 
-export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res: ServerResponse) => Promise<void> {
-  return async (req, res) => {
+export interface ProxyHandler {
+  (req: IncomingMessage, res: ServerResponse): Promise<void>
+  /**
+   * Ends every exchange with an instance still under way with `err` (the router's drain ran out
+   * of time): a gRPC call gets a status its client may retry elsewhere, where a cut connection
+   * would read INTERNAL or UNAVAILABLE by chance.
+   */
+  stopUnderWay(err: MaitreError): void
+}
+
+export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
+  /** Exchanges with instances under way. */
+  const underWay = new Set<Forwarding>()
+  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = deps.clock.now()
     const debug = isDebugRequested(req.headers)
     // Waiter's *-ns debug headers, measured in nanoseconds on the monotonic clock (only when asked).
@@ -358,7 +370,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
           },
         })
         if (clientGone) forwarding.clientGone()
-        const result = await forwarding.result
+        const current = forwarding
+        underWay.add(current)
+        const result = await current.result.finally(() => underWay.delete(current))
         forwarding = undefined
         backendMs = deps.clock.now() - forwardedAt
         lease.release(result.outcome)
@@ -447,4 +461,9 @@ export function createProxyHandler(deps: ProxyDeps): (req: IncomingMessage, res:
       )
     }
   }
+  return Object.assign(handler, {
+    stopUnderWay(err: MaitreError): void {
+      for (const forwarding of [...underWay]) forwarding.stop(err)
+    },
+  })
 }

@@ -17,7 +17,7 @@ import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
 import { isApiRequest } from './classify.ts'
-import { isWebSocketUpgrade, refuseUpgrade, shuttingDownError } from './upgrade.ts'
+import { isWebSocketUpgrade, refuseUpgrade, shuttingDownError, stoppedByShutdownError } from './upgrade.ts'
 import { isH2cUpgrade, spliceUpgradedRequest, SWITCHING_TO_H2C, upgradedRequestFrames } from './h2c-upgrade.ts'
 import type { Duplex } from 'node:stream'
 
@@ -35,6 +35,12 @@ export interface ServerOptions {
   readonly tls?: { readonly cert: Buffer; readonly key: Buffer } | undefined
   readonly api: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
+  /**
+   * Told when the drain's bound ran out with requests still under way, just before they are
+   * cut: the exchanges with instances end with "shutting down" (a gRPC call with UNAVAILABLE in
+   * its trailers), which the drain then gives STOP_GRACE_MS to reach their clients.
+   */
+  readonly stopUnderWay?: (err: MaitreError) => void
   /** WebSocket upgrades on the data path (absent: an upgrade is served as plain HTTP/1.1). */
   readonly websocket?: {
     handle(req: IncomingMessage, socket: Duplex, head: Buffer): void
@@ -101,6 +107,8 @@ const CONNECT_REFUSED = 'CONNECT is not proxied: maitre opens no tunnels'
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 /** How long the rest of an answered HTTP/2 request's body is read and dropped before the stream is reset. */
 const STOP_BODY_GRACE_MS = 250
+/** What the exchanges a drain stopped get to send their last words (a gRPC status) before their connections go. */
+const STOP_GRACE_MS = 250
 
 /**
  * Whom a connection is counted against: its IPv4 address, or the /64 of an IPv6 one (a single
@@ -569,6 +577,18 @@ export function createRouterServer(options: ServerOptions): RouterServer {
           closeIdle()
         }
         if (open.size > 0 || connections > 0) options.log.warn({ cut: open.size, connections, timeoutMs }, 'drain timed out; cutting the requests left')
+        if (open.size > 0 && options.stopUnderWay !== undefined) {
+          // Their last words first: an answer not begun is a 503, a gRPC call ends with
+          // UNAVAILABLE; only then do the connections go.
+          options.stopUnderWay(stoppedByShutdownError())
+          await new Promise<void>((done) => {
+            const timer = setTimeout(done, STOP_GRACE_MS)
+            idle = () => {
+              clearTimeout(timer)
+              done()
+            }
+          })
+        }
         clearInterval(sweep)
         server.closeAllConnections()
         server.close()

@@ -37,3 +37,12 @@ export const SHUTTING_DOWN = 'The router is shutting down'
 export function shuttingDownError(): MaitreError {
   return new MaitreError('MAITRE_ROUTER_OVERLOADED', SHUTTING_DOWN, { status: 503, headers: { 'retry-after': '1' }, details: { draining: true } })
 }
+
+/**
+ * How an exchange with an instance still under way when the drain ran out of time ends. No
+ * Retry-After: the instance has the request and may have acted on it, so it is not one to send
+ * again unasked (a gRPC client reads UNAVAILABLE, and retries by its own policy).
+ */
+export function stoppedByShutdownError(): MaitreError {
+  return new MaitreError('MAITRE_ROUTER_OVERLOADED', `${SHUTTING_DOWN} before the instance answered`, { status: 503, details: { draining: true } })
+}

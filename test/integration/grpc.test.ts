@@ -402,3 +402,26 @@ t.test('a gRPC call queued behind another may send nothing past the body-idle bo
   t.equal(trailers['grpc-status'], '0', 'it ends OK')
   t.equal(trailers['x-chat-ended'], 'by request', 'with the instance’s own trailers')
 })
+
+t.test('calls still open when a drain runs out of time end with UNAVAILABLE, which a client may retry elsewhere, not with a cut that reads INTERNAL', async (t) => {
+  const router = await startRouter(t, { 'server.shutdownTimeoutMs': 1000 })
+  await createToken(router, 'grpc', grpcToken())
+  const c = client(t, router)
+  const chat = c.chat(meta('grpc'))
+  chat.on('error', () => undefined)
+  chat.write({ text: 'hi' })
+  await within('the chat under way', new Promise((resolve) => chat.once('data', resolve)))
+  const count = c.countdown({ from: 1000, intervalMs: 100 }, meta('grpc'))
+  count.on('error', () => undefined)
+  await within('the countdown under way', new Promise((resolve) => count.once('data', resolve)))
+  count.on('data', () => undefined)
+  const statusOf = (call: grpc.ClientDuplexStream<unknown, unknown> | grpc.ClientReadableStream<unknown>): Promise<grpc.StatusObject> => new Promise((resolve) => call.on('status', resolve))
+  const ended = Promise.all([statusOf(chat), statusOf(count)])
+  const stopping = router.app.stop()
+  const [chatStatus, countStatus] = await within('both calls to end', ended, 15_000)
+  for (const [name, status] of [['bidirectional', chatStatus], ['server-streaming', countStatus]] as const) {
+    t.equal(status.code, grpc.status.UNAVAILABLE, `${name}: UNAVAILABLE (${status.code}: ${status.details})`)
+    t.match(status.details, /shutting down/, `${name}: saying why`)
+  }
+  await stopping
+})
