@@ -140,7 +140,9 @@ t.test('stdout and stderr are rotated past backend.local.maxLogBytes', async (t)
   }, 10_000)
   t.ok(Math.max(...sizes) < 8192 + 64 * 1024, `stdout stays bounded over ${sizes.length} samples (largest seen: ${Math.max(...sizes)} bytes)`)
   t.ok(sizes.some((size, i) => i > 0 && size < (sizes[i - 1] as number)), 'and it was emptied, not only copied')
-  t.ok(statSync(join(sandbox, 'stdout.1')).size > 8192, 'the rotated part holds the previous output')
+  // (Written as the rotation copies it: looked at until a copy is whole.)
+  const kept = await waitFor('a whole rotated part', () => (statSync(join(sandbox, 'stdout.1')).size === 8192 ? 8192 : undefined), 5000)
+  t.equal(kept, 8192, 'the rotated part holds the last maxLogBytes of the previous output, no more')
 })
 
 t.test('a second router on a data directory in use refuses to start, and the first one’s instances live on', async (t) => {
