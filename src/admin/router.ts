@@ -102,7 +102,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
       const who = await deps.auth.authenticate(req)
       principal = who.user
       if (foreign) throw new MaitreError('MAITRE_CORS_REQUEST_FORBIDDEN', 'Cross-origin request not allowed', { details: { origin: origin.slice(0, 200) } })
-      const cookies = deps.auth.cookiesFor(who)
+      const cookies = deps.auth.cookiesFor(who, requestProto(req.headers) === 'https')
       if (cookies !== undefined) res.setHeader('set-cookie', cookies)
       switch (path) {
         case '/token':

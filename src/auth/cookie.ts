@@ -48,10 +48,12 @@ export class AuthCookies {
   /**
    * The Set-Cookie values that let `user` skip authentication for a day, or until `notAfter`
    * (the proof's own expiry, a JWT's exp) if that comes first: a cookie never outlives its proof.
+   * `secure`: the request came over https, so the browser is told to send the cookie over https
+   * only (it stands in for the caller's credentials for a day).
    */
-  issue(user: string, kind: string, notAfter = Number.POSITIVE_INFINITY): readonly string[] {
+  issue(user: string, kind: string, notAfter = Number.POSITIVE_INFINITY, secure = false): readonly string[] {
     const now = this.#clock.now()
-    const key = `${kind}:${user}`
+    const key = `${secure ? 's' : ''}${kind}:${user}`
     const cached = this.#issued.get(key)
     const expiresAt = Math.min(now + COOKIE_MAX_AGE_SECS * 1000, notAfter)
     // The cookie issued a moment ago, if it ends about when a new one would: never one that
@@ -60,8 +62,8 @@ export class AuthCookies {
     const maxAge = Math.max(0, Math.floor((expiresAt - now) / 1000))
     const sealed = this.seal({ user, expiresAt, kind })
     const headers = [
-      `${AUTH_COOKIE}=${sealed}; Max-Age=${maxAge}; Path=/; HttpOnly; SameSite=Lax`,
-      `${EXPIRES_AT_COOKIE}=${Math.floor(expiresAt / 1000)}; Max-Age=${maxAge}; Path=/`,
+      `${AUTH_COOKIE}=${sealed}; Max-Age=${maxAge}; Path=/; HttpOnly; SameSite=Lax${secure ? '; Secure' : ''}`,
+      `${EXPIRES_AT_COOKIE}=${Math.floor(expiresAt / 1000)}; Max-Age=${maxAge}; Path=/${secure ? '; Secure' : ''}`,
     ]
     // Bounded: past the cap the map starts over (each entry is only a shortcut).
     if (this.#issued.size >= OPENED_CACHE_ENTRIES) this.#issued.clear()

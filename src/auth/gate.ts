@@ -42,9 +42,9 @@ export class AuthGate {
     return this.#authenticator.authenticate(req)
   }
 
-  /** Set-Cookie values for a caller that proved itself afresh; undefined for one that came with a cookie. */
-  cookiesFor(principal: Principal): readonly string[] | undefined {
+  /** Set-Cookie values for a caller that proved itself afresh (`secure`: over https); undefined for one that came with a cookie. */
+  cookiesFor(principal: Principal, secure = false): readonly string[] | undefined {
     if (principal.method === undefined || principal.method === 'cookie') return undefined
-    return this.#cookies.issue(principal.user, this.#authenticator.kind, principal.expiresAt)
+    return this.#cookies.issue(principal.user, this.#authenticator.kind, principal.expiresAt, secure)
   }
 }

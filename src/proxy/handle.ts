@@ -261,7 +261,7 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
       // The cookie saves a JWT caller a signature check per request. A one-user router trusts its
       // callers by address and never reads it: it hands the cookie out on API answers (where
       // Waiter's CLI picks it up) but spares the data path the header (3-4% of a tiny response's cost).
-      const setCookies = anonymous || who.method === 'one-user' ? undefined : deps.auth.cookiesFor(who)
+      const setCookies = anonymous || who.method === 'one-user' ? undefined : deps.auth.cookiesFor(who, requestProto(req.headers) === 'https')
       if (deps.isSuspended(serviceId)) throw new MaitreError('MAITRE_SUSPENDED', 'Service has been suspended', { details: { 'service-id': serviceId } })
       deps.tracker.noteRequest(serviceId)
       const meta = resolution.tokenMetadata

@@ -61,6 +61,8 @@ t.test('JWT: no or bad credentials are a 401 with a Bearer challenge and Waiterâ
   t.match(setCookie[0], /^x-waiter-auth=[A-Za-z0-9_-]+; Max-Age=\d+; Path=\/; HttpOnly; SameSite=Lax$/)
   t.ok(maxAge > 3500 && maxAge <= 3600, `Max-Age ${maxAge}: the JWT's remaining hour, not a day`)
   t.match(setCookie[1], /^x-auth-expires-at=\d+; Max-Age=\d+; Path=\/$/)
+  const overHttps = await call(`${router.url}/tokens`, { headers: { ...(await router.as('alice')), 'x-forwarded-proto': 'https' } })
+  t.match((overHttps.headers['set-cookie'] as string[])[0], /; HttpOnly; SameSite=Lax; Secure$/, 'a request that came over https (a TLS terminator says so) gets a Secure cookie')
   const cookie = (setCookie[0] as string).split(';')[0] as string
   const byCookie = await call(`${router.url}/token`, { method: 'POST', headers: { cookie, 'content-type': 'application/json' }, body: JSON.stringify({ token: 'mine', ...kitchenToken() }) })
   t.equal(byCookie.status, 200, 'the cookie alone authenticates')
