@@ -336,6 +336,67 @@ const started = setInterval(() => {
   t.notOk(alive(), 'the app is gone: nothing is left running once the router died')
 })
 
+t.test('a command that runs the service in a process group of its own (timeout, set -m): a kill’s SIGTERM still reaches the service, and a router that dies still takes it along', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'drains.mjs')
+  const pidFile = join(dir, 'app.pid')
+  // Notes SIGTERM, then drains 300 ms and exits.
+  writeFileSync(app, `import { createServer } from 'node:http'
+import { appendFileSync, writeFileSync } from 'node:fs'
+writeFileSync(${JSON.stringify(pidFile)}, String(process.pid))
+const server = createServer((req, res) => res.end('ok')).listen(Number(process.env.PORT0), '127.0.0.1')
+process.on('SIGTERM', () => {
+  appendFileSync(process.env.MARKS, 'term\\n')
+  setTimeout(() => { server.close(); process.exit(0) }, 300)
+})
+`)
+  const { backend } = localBackend(t)
+  const marks = join(dir, 'marks')
+  writeFileSync(marks, '')
+  // GNU timeout puts itself and the service in a process group of their own.
+  await backend.ensureService(spec('svc-own-group', { command: `timeout 600 ${process.execPath} ${app}`, env: { WAITER_SERVICE_ID: 'svc-own-group', MARKS: marks }, terminationGraceMs: 20_000 }))
+  const instance = await waitFor('an instance healthy', () => backend.state('svc-own-group')?.instances.find((i) => i.healthy), 15_000)
+  const killedAt = Date.now()
+  t.equal(await backend.killInstance('svc-own-group', instance.id), true)
+  await waitFor('the instance ended', () => ((backend.state('svc-own-group')?.killed.length ?? 0) > 0 ? true : undefined), 25_000)
+  // (Twice, maybe: timeout passes on the SIGTERM it got too.)
+  t.match(readFileSync(marks, 'utf8'), /^term\n/, 'the service got its SIGTERM')
+  t.ok(Date.now() - killedAt < 10_000, `and ended when it drained (${Date.now() - killedAt} ms), not at the end of its 20 s grace`)
+
+  // A router that dies (SIGKILL): its watchdog takes the service's own group with it too.
+  const script = join(dir, 'run-service.sh')
+  rmSync(pidFile, { force: true })
+  writeFileSync(script, `#!/bin/bash\ntimeout 600 ${process.execPath} ${app}\n`)
+  const router = join(dir, 'router.mjs')
+  writeFileSync(router, `import { existsSync } from 'node:fs'
+import { startProcessGroup } from ${JSON.stringify(join(process.cwd(), 'src/backends/local/process-group.ts'))}
+startProcessGroup(${JSON.stringify(script)}, ${JSON.stringify(dir)}, { PATH: process.env.PATH, PORT0: '0', MARKS: ${JSON.stringify(marks)} })
+const started = setInterval(() => {
+  if (!existsSync(${JSON.stringify(pidFile)})) return
+  clearInterval(started)
+  process.kill(process.pid, 'SIGKILL')
+}, 20)
+`)
+  const child = spawn(process.execPath, [router], { stdio: 'ignore' })
+  const stuck = setTimeout(() => child.kill('SIGKILL'), 10_000)
+  await new Promise((resolve) => child.once('exit', resolve))
+  clearTimeout(stuck)
+  const pid = Number(readFileSync(pidFile, 'utf8'))
+  const alive = (): boolean => {
+    try {
+      process.kill(pid, 0)
+      return true
+    } catch {
+      return false
+    }
+  }
+  t.teardown(() => {
+    if (alive()) process.kill(pid, 'SIGKILL')
+  })
+  await waitFor('the service gone', () => (alive() ? undefined : true), 5000).catch(() => undefined)
+  t.notOk(alive(), 'the service in its own group is gone once the router died')
+})
+
 t.test('a router out of file descriptors for a while blames no instance: its health checks say nothing then, and every instance keeps its state', async (t) => {
   const dir = t.testdir()
   // It closes every connection (as python's http.server does), so each check needs a new socket.

@@ -15,11 +15,17 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
 import { join } from 'node:path'
+import { signalOtherGroups } from './session-signals.ts'
 
 // The watchdog ignores SIGTERM (a kill's SIGTERM reaches the whole group, and a router that dies
 // during the grace must still take the group with it), and is disowned so that the trap's `wait`
 // does not wait for it.
-const LAUNCHER = '(trap "" TERM; read -r -u 3 _; kill -KILL 0) & disown; exec 3<&-; trap \'maitre_status=$?; wait; exit $maitre_status\' TERM; . "$0"'
+//
+// When maitre dies the watchdog kills every process of the instance's session ($$, the leader's
+// pid, is its id): process groups the command made of its own (`timeout`, `set -m`) too, found
+// in /proc (field 4 after the command name of each `stat` is its session), then its own group.
+const WATCHDOG = 'read -r -u 3 _; for p in /proc/[0-9]*; do read -r s < "$p/stat" 2>/dev/null || continue; s=${s##*) }; set -- $s; [ "$4" = "$$" ] && [ "${p#/proc/}" != "$BASHPID" ] && kill -KILL "${p#/proc/}" 2>/dev/null; done; kill -KILL 0'
+const LAUNCHER = `(trap "" TERM; ${WATCHDOG}) & disown; exec 3<&-; trap 'maitre_status=$?; wait; exit $maitre_status' TERM; . "$0"`
 
 export interface GroupExit {
   readonly code: number | null
@@ -60,10 +66,19 @@ export function startProcessGroup(runScript: string, sandbox: string, env: Reado
     child.once('exit', (code, signal) => {
       // The leader is gone; take its watchdog and any leftover children with it.
       signalGroup(pid, 'SIGKILL')
+      void signalOtherGroups(pid, 'SIGKILL')
       resolve({ code, signal })
     })
   })
-  return { pid, exited, signal: (signal) => signalGroup(pid, signal) }
+  return {
+    pid,
+    exited,
+    signal: (signal) => {
+      signalGroup(pid, signal)
+      // Process groups the command made of its own in the instance's session (`timeout`, `set -m`).
+      void signalOtherGroups(pid, signal)
+    },
+  }
 }
 
 function signalGroup(pid: number, signal: NodeJS.Signals): void {
