@@ -370,9 +370,10 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
           },
         })
         if (clientGone) forwarding.clientGone()
-        const current = forwarding
-        underWay.add(current)
-        const result = await current.result.finally(() => underWay.delete(current))
+        // (A forwarding's result never rejects: it settles with what happened.)
+        underWay.add(forwarding)
+        const result = await forwarding.result
+        underWay.delete(forwarding)
         forwarding = undefined
         backendMs = deps.clock.now() - forwardedAt
         lease.release(result.outcome)
