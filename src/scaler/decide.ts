@@ -86,12 +86,18 @@ export function decide(policy: ScalingPolicy, input: ScalingInput, state: Scalin
   const ideal = Math.ceil((input.outstanding * policy.scaleFactor) / policy.concurrencyLevel)
   const readyCapacity = healthy * policy.concurrencyLevel
   const overThreshold = input.outstanding > 0 && input.outstanding * policy.scaleFactor >= burst.threshold * readyCapacity
-  const burstUntil = overThreshold ? nowMs + burst.holdMs : state.burstUntil
-  const bursting = overThreshold || nowMs < state.burstUntil
+  // A clock stepped back (an NTP step, a restored VM) says no time has passed: the decision time
+  // starts over from now, and a burst's hold lasts no longer than it would have from now. (Taken
+  // as negative ticks, the smoothing ran away from the ideal: a version went to max-instances
+  // for three requests, or its target became NaN and it never scaled again.)
+  const steppedBack = state.decidedAt !== undefined && nowMs < state.decidedAt
+  const heldUntil = Math.min(state.burstUntil, nowMs + burst.holdMs)
+  const burstUntil = overThreshold ? nowMs + burst.holdMs : heldUntil
+  const bursting = overThreshold || nowMs < heldUntil
 
-  const ticks = state.decidedAt === undefined ? 0 : Math.floor((nowMs - state.decidedAt) / burst.tickMs)
+  const ticks = state.decidedAt === undefined || steppedBack ? 0 : Math.floor((nowMs - state.decidedAt) / burst.tickMs)
   // Smoothing counts whole ticks only; a partial tick keeps the previous decision time.
-  const decidedAt = state.decidedAt === undefined || ticks > 0 ? nowMs : state.decidedAt
+  const decidedAt = state.decidedAt === undefined || ticks > 0 || steppedBack ? nowMs : state.decidedAt
 
   let target: number
   let to: number

@@ -148,3 +148,33 @@ t.test('bounds, jitter and expired instances', async (t) => {
   const lots = decide(WAITER, { outstanding: 3, requested: 3, healthy: 3, expiredHealthy: 0, expiredUnhealthy: 9 }, { target: 3, decidedAt: 0, burstUntil: 0 }, 1000, NO_BURST)
   t.equal(lots.scaleTo, 4, 'at most two expired unhealthy instances count (ceil(2 × 0.1) = 1)')
 })
+
+t.test('a clock stepped back (an NTP step, a restored VM) is no time passing: the target neither runs off to max-instances nor becomes NaN, and the burst hold is not stretched', async (t) => {
+  const hour = 3_600_000
+  for (const scaleDownFactor of [WAITER.scaleDownFactor, 0.5, 0.9]) {
+    const policy = { ...WAITER, scaleDownFactor }
+    let requested = 2
+    // A decision made at 10:00, then the clock says 08:00.
+    let state: ScalingState = { target: 2, decidedAt: 10 * hour, burstUntil: 0 }
+    let now = 8 * hour
+    for (let tick = 0; tick < 20; tick++, now += 1000) {
+      const d = decide(policy, { outstanding: 3, requested, healthy: requested, expiredHealthy: 0, expiredUnhealthy: 0 }, state, now, NO_BURST)
+      t.ok(Number.isFinite(d.state.target), `scale-down-factor ${scaleDownFactor}, tick ${tick}: a finite target (${d.state.target})`)
+      requested = d.scaleTo
+      state = d.state
+    }
+    t.ok(requested <= 3 && state.target <= 3, `scale-down-factor ${scaleDownFactor}: 3 requests ask for no more than 3 instances (${requested}, target ${state.target})`)
+  }
+  // Fifty queued on one instance after the step: the version scales (a NaN target never would).
+  let state: ScalingState = { target: 1, decidedAt: 10 * hour, burstUntil: 10 * hour + 60_000 }
+  let requested = 1
+  let now = 8 * hour
+  for (let tick = 0; tick < 3; tick++, now += 1000) {
+    const d = decide({ ...WAITER, scaleDownFactor: 0.5 }, { outstanding: 50, requested, healthy: requested, expiredHealthy: 0, expiredUnhealthy: 0 }, state, now, NO_BURST)
+    requested = d.scaleTo
+    state = d.state
+  }
+  t.ok(requested > 1, `50 requests after the step scale the version up (${requested})`)
+  const held = decide(WAITER, { outstanding: 0, requested: 1, healthy: 1, expiredHealthy: 0, expiredUnhealthy: 0 }, { target: 1, decidedAt: 10 * hour, burstUntil: 10 * hour + 60_000 }, 8 * hour, BURST)
+  t.ok(held.state.burstUntil <= 8 * hour + BURST.holdMs, 'a burst hold set before the step lasts no longer than a hold from now')
+})
