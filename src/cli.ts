@@ -8,7 +8,7 @@ import { VERSION } from './version.ts'
 import { CliError, RouterClient } from './cli/client.ts'
 import { CLIENT_COMMANDS, runCommand } from './cli/commands.ts'
 import { createApp } from './app.ts'
-import { DEFAULTS, loadConfigFile, withOverrides, type Config } from './config.ts'
+import { configWithoutCredentials, DEFAULTS, loadConfigFile, withOverrides, type Config } from './config.ts'
 import { isMaitreError } from './errors.ts'
 
 export interface CliIo {
@@ -45,7 +45,8 @@ Serve options:
       --log-level LEVEL  fatal|error|warn|info|debug|trace|silent (also MAITRE_LOG_LEVEL)
       --etcd URL         cluster mode: share state with other routers through this etcd
                          endpoint (repeatable; replaces etcd.endpoints; also MAITRE_ETCD, comma-separated)
-      --check-config     validate the config, print it with defaults filled in, and exit
+      --check-config     validate the config, print it with defaults filled in (credentials
+                         redacted), and exit
   -v, --version          print the version
   -h, --help             print this help
 `
@@ -62,6 +63,17 @@ function intOption(source: string, value: string | undefined): number | undefine
 function fromEnv(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const value = env[name]
   return value === '' ? undefined : value
+}
+
+/**
+ * MAITRE_PORT, unless it is what Kubernetes puts there itself: every pod in a namespace with a
+ * Service named `maitre` gets `MAITRE_PORT=tcp://10.0.0.1:80` (a Docker link variable, as for
+ * every Service, unless the pod says enableServiceLinks: false). Taken for the port, it stopped
+ * every router from starting.
+ */
+function portFromEnv(env: NodeJS.ProcessEnv): string | undefined {
+  const value = fromEnv(env, 'MAITRE_PORT')
+  return value !== undefined && /^(tcp|udp|sctp):\/\//.test(value) ? undefined : value
 }
 
 class UsageError extends Error {}
@@ -140,11 +152,11 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     const file = values.config ?? fromEnv(env, 'MAITRE_CONFIG')
     const base = file === undefined || file === '' ? DEFAULTS : loadConfigFile(file)
     config = withOverrides(base, {
-      'server.port': values.port !== undefined ? intOption('--port', values.port) : intOption('MAITRE_PORT', fromEnv(env, 'MAITRE_PORT')),
+      'server.port': values.port !== undefined ? intOption('--port', values.port) : intOption('MAITRE_PORT', portFromEnv(env)),
       'server.host': values.host,
       dataDir: values['data-dir'] ?? fromEnv(env, 'MAITRE_DATA_DIR'),
       'log.level': values['log-level'] ?? fromEnv(env, 'MAITRE_LOG_LEVEL'),
-      'etcd.endpoints': values.etcd ?? fromEnv(env, 'MAITRE_ETCD')?.split(','),
+      'etcd.endpoints': values.etcd ?? fromEnv(env, 'MAITRE_ETCD')?.split(',').map((endpoint) => endpoint.trim()),
     })
   } catch (err) {
     if (isMaitreError(err)) {
@@ -156,7 +168,8 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
   }
 
   if (checkOnly) {
-    io.out(`${JSON.stringify(config, null, 2)}\n`)
+    // As /settings shows it: a CI step that validates the config must not print its secrets.
+    io.out(`${JSON.stringify(configWithoutCredentials(config), null, 2)}\n`)
     return 0
   }
 

@@ -354,7 +354,9 @@ function etcdEndpointProblem(value: unknown): string | undefined {
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL'
   if (url.username !== '' || url.password !== '') return 'must not carry credentials'
-  if (url.pathname !== '/' || url.search !== '' || url.hash !== '') return 'must be scheme://host:port and nothing more'
+  // As written, not as a URL parser reads it: the etcd client dials the text after the scheme,
+  // so a space, an upper-case scheme or a trailing "/" made an endpoint it could never reach.
+  if (!/^https?:\/\/[^\s/?#@]+$/.test(value)) return 'must be scheme://host:port and nothing more (a lower-case scheme, no space, no trailing /)'
   return undefined
 }
 
@@ -402,7 +404,10 @@ const RULES: Readonly<Record<string, Rule>> = {
   routerId: (v) => (v === null || (typeof v === 'string' && ROUTER_ID.test(v)) ? undefined : 'must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, or null'),
   'etcd.endpoints': (v) => {
     const bad = (v as unknown[]).find((e) => etcdEndpointProblem(e) !== undefined)
-    return bad === undefined ? undefined : `${JSON.stringify(bad)} ${etcdEndpointProblem(bad)}`
+    if (bad !== undefined) return `${JSON.stringify(bad)} ${etcdEndpointProblem(bad)}`
+    // One client dials them all, with TLS or without.
+    const schemes = new Set((v as string[]).map((e) => new URL(e).protocol))
+    return schemes.size > 1 ? 'must all be http:// or all https://: one client with one kind of connection dials them' : undefined
   },
   'etcd.prefix': (v) => (v === null || (typeof v === 'string' && /^\/[\x21-\x7e]{0,200}$/.test(v) && !v.endsWith('/')) ? undefined : 'must start with "/", not end with "/", and hold only printable ASCII without spaces (at most 200), or be null'),
   'etcd.leaseTtlSecs': (v) => (Number.isInteger(v) && (v as number) >= 2 && (v as number) <= 60 ? undefined : 'must be an integer in [2, 60] (seconds)'),
@@ -663,6 +668,11 @@ function redacted(value: unknown): unknown {
   const copy: Record<string, unknown> = {}
   for (const [key, inner] of Object.entries(value)) copy[key] = SECRET_KEY.test(key) && inner !== null ? '<redacted>' : redacted(inner)
   return copy
+}
+
+/** The config with every credential's value replaced (what --check-config prints). */
+export function configWithoutCredentials(config: Config): unknown {
+  return redacted(config)
 }
 
 /** The config as /settings shows it: no credential is ever shown, wherever it sits. */

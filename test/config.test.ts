@@ -66,8 +66,13 @@ t.test('overrides from flags are checked like the file', async (t) => {
 })
 
 t.test('cluster mode settings: endpoints, prefix and router id are checked, credentials refused', async (t) => {
-  const good = parseConfig('backend:\n  kind: kubernetes\netcd:\n  endpoints: [http://10.0.0.5:2379, "https://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
-  t.same(good.etcd.endpoints, ['http://10.0.0.5:2379', 'https://etcd.example:2379'])
+  const good = parseConfig('backend:\n  kind: kubernetes\netcd:\n  endpoints: [http://10.0.0.5:2379, "http://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
+  t.same(good.etcd.endpoints, ['http://10.0.0.5:2379', 'http://etcd.example:2379'])
+  // The etcd client dials the text after "http://": what a URL parser would forgive, it cannot.
+  for (const bad of [' http://10.0.0.6:2379', 'http://10.0.0.6:2379/', 'HTTP://10.0.0.6:2379', 'http://10.0.0.6:2379?x']) {
+    t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'kubernetes', 'etcd.endpoints': ['http://10.0.0.5:2379', bad] }), { message: /must be scheme:\/\/host:port and nothing more/ }, `${JSON.stringify(bad)} is refused`)
+  }
+  t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'kubernetes', 'etcd.endpoints': ['http://10.0.0.5:2379', 'https://etcd.example:2379'] }), { message: /must all be http:\/\/ or all https:\/\// }, 'and endpoints with and without TLS together')
   t.equal(etcdPrefixOf(good), '/maitre/blue')
   t.equal(etcdPrefixOf(parseConfig('cluster: green\n')), '/maitre/green', 'the prefix defaults to the cluster name')
   const err = (() => {

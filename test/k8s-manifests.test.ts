@@ -32,7 +32,7 @@ const FIELDS: Record<string, Record<string, readonly string[]>> = {
   'apps/v1/Deployment': {
     '': ['apiVersion', 'kind', 'metadata', 'spec'],
     spec: ['replicas', 'strategy', 'selector', 'template', 'revisionHistoryLimit', 'minReadySeconds', 'progressDeadlineSeconds'],
-    'spec.template.spec': ['serviceAccountName', 'automountServiceAccountToken', 'terminationGracePeriodSeconds', 'securityContext', 'containers', 'volumes', 'affinity', 'nodeSelector', 'tolerations'],
+    'spec.template.spec': ['serviceAccountName', 'automountServiceAccountToken', 'enableServiceLinks', 'terminationGracePeriodSeconds', 'securityContext', 'containers', 'volumes', 'affinity', 'nodeSelector', 'tolerations'],
     'spec.template.spec.securityContext': ['runAsNonRoot', 'runAsUser', 'runAsGroup', 'fsGroup', 'seccompProfile'],
     'spec.template.spec.containers[]': ['name', 'image', 'args', 'command', 'env', 'ports', 'readinessProbe', 'livenessProbe', 'startupProbe', 'lifecycle', 'resources', 'securityContext', 'volumeMounts'],
     'spec.template.spec.containers[].securityContext': ['allowPrivilegeEscalation', 'readOnlyRootFilesystem', 'capabilities', 'runAsNonRoot', 'privileged'],
@@ -120,6 +120,8 @@ t.test('the Deployment is hardened, probes /readyz and /livez, and its parts lin
 
   const service = byKind('Service')
   t.same(service['spec'].selector, deployment['spec'].selector.matchLabels, 'the Service selects the router pods')
+  // A Service named maitre would give each pod MAITRE_PORT=tcp://… (a Docker link variable).
+  if (/^maitre$/i.test(String(service['metadata'].name))) t.equal(pod.spec.enableServiceLinks, false, 'the pods get no Service link variables, whose MAITRE_PORT maitre would read')
   t.equal(service['spec'].ports[0].targetPort, container.ports[0].name)
   t.same(byKind('PodDisruptionBudget')['spec'].selector.matchLabels, deployment['spec'].selector.matchLabels)
   t.equal(byKind('ServiceMonitor')['spec'].endpoints[0].port, service['spec'].ports[0].name)

@@ -52,12 +52,12 @@ t.test('command-line errors are clear and exit non-zero', async (t) => {
   t.equal(await runCli(['--check-config', '--port', '8123'], {}, io), 0)
   t.equal((JSON.parse(out.join('')) as { server: { port: number } }).server.port, 8123)
   out.length = 0
-  const kube = join(t.testdir({ 'kube.yaml': 'backend:\n  kind: kubernetes\n' }), 'kube.yaml')
+  const kube = join(t.testdir({ 'kube.yaml': 'backend:\n  kind: kubernetes\nsecret: kube-secret-value-0123456789\n' }), 'kube.yaml')
   t.equal(await runCli(['--check-config', '--config', kube, '--etcd', 'http://127.0.0.1:2379', '--etcd', 'http://127.0.0.2:2379'], {}, io), 0, '--etcd repeats')
   t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://127.0.0.1:2379', 'http://127.0.0.2:2379'])
   out.length = 0
-  t.equal(await runCli(['--check-config', '--config', kube], { MAITRE_ETCD: 'http://10.1.1.1:2379,http://10.1.1.2:2379' }, io), 0)
-  t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://10.1.1.1:2379', 'http://10.1.1.2:2379'], 'and MAITRE_ETCD lists them')
+  t.equal(await runCli(['--check-config', '--config', kube], { MAITRE_ETCD: 'http://10.1.1.1:2379, http://10.1.1.2:2379' }, io), 0)
+  t.same((JSON.parse(out.join('')) as { etcd: { endpoints: string[] } }).etcd.endpoints, ['http://10.1.1.1:2379', 'http://10.1.1.2:2379'], 'and MAITRE_ETCD lists them (a space after a comma is no part of an endpoint)')
   out.length = 0
   t.equal(await runCli(['--check-config'], { MAITRE_PORT: '', MAITRE_LOG_LEVEL: '', MAITRE_DATA_DIR: '' }, io), 0, 'variables set to nothing are unset')
   const unset = JSON.parse(out.join('')) as { server: { port: number }; log: { level: string }; dataDir: string }
@@ -68,6 +68,13 @@ t.test('command-line errors are clear and exit non-zero', async (t) => {
     t.match(out.join(''), `MAITRE_PORT must be an integer, got ${JSON.stringify(port)}`, 'naming the variable, not --port')
     out.length = 0
   }
+  // Kubernetes gives every pod of a namespace with a Service named maitre MAITRE_PORT=tcp://…
+  t.equal(await runCli(['--check-config'], { MAITRE_PORT: 'tcp://10.96.0.12:80' }, io), 0, 'a Service link variable in MAITRE_PORT is not a port: the router starts')
+  t.equal((JSON.parse(out.join('')) as { server: { port: number } }).server.port, 9091, 'on its configured port')
+  out.length = 0
+  t.equal(await runCli(['--check-config', '--config', kube], {}, io), 0)
+  t.notMatch(out.join(''), /kube-secret-value/, 'the config printed shows no credential')
+  out.length = 0
   t.equal(await runCli(['--check-config', '--port', '0x10'], {}, io), 64)
   t.match(out.join(''), '--port must be an integer, got "0x10"')
   out.length = 0
