@@ -433,7 +433,10 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.kind': (v) => (v === 'local' || v === 'kubernetes' || v === 'mesos' ? undefined : "must be 'local', 'kubernetes' or 'mesos'"),
   'backend.mesos.master': (v) => {
     const masters = typeof v === 'string' ? v.split(',').map((m) => m.trim()) : []
-    return masters.length > 0 && masters.every((m) => /^https?:\/\/[^\s/]+\/?$/.test(m)) ? undefined : 'must be a master URL (http://host:5050) or a comma-separated list of them'
+    // No user:password@ in it: undici sends no credentials from a URL (so the master answers
+    // 401 for ever), and every log line naming the master would show them.
+    if (masters.some((m) => /^https?:\/\/[^/]*@/.test(m))) return 'must carry no credentials: set backend.mesos.principal and backend.mesos.secret'
+    return masters.length > 0 && masters.every((m) => /^https?:\/\/[^\s/@]+\/?$/.test(m)) ? undefined : 'must be a master URL (http://host:5050) or a comma-separated list of them'
   },
   'backend.mesos.role': (v) => (typeof v === 'string' && /^[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}$/.test(v) && v !== '.' && v !== '..' ? undefined : "must be a Mesos role name (letters, digits, '_', '.', '-'; not starting with '.' or '-'; at most 128)"),
   'backend.mesos.principal': (v) => (v === null || (typeof v === 'string' && v.trim() !== '' && !v.includes(':')) ? undefined : "must be a non-blank principal without ':', or null"),

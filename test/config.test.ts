@@ -121,6 +121,19 @@ t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster m
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'marathon' }), { message: /must be 'local', 'kubernetes' or 'mesos'/ })
 })
 
+t.test('a Mesos master URL with user:password@ is refused, pointing at principal and secret, and the refusal does not print the password', async (t) => {
+  const err = (() => {
+    try {
+      withOverrides(DEFAULTS, { 'backend.kind': 'mesos', 'backend.mesos.master': 'http://m1:5050, http://maitre:s3cret-pw@m2:5050' })
+    } catch (e) {
+      return (e as Error).message
+    }
+    return ''
+  })()
+  t.match(err, /backend\.mesos\.master = .*must carry no credentials: set backend\.mesos\.principal and backend\.mesos\.secret/)
+  t.notMatch(err, 's3cret-pw')
+})
+
 t.test('authentication settings: one-user refuses a non-loopback address unless told, jwt needs its keys, issuer and audience', async (t) => {
   t.throws(() => parseConfig('server:\n  host: 0.0.0.0\n', 'a.yaml'), { code: 'MAITRE_INVALID_CONFIG', message: /a\.yaml:2:9: server\.host = "0\.0\.0\.0", not a loopback address: with auth\.kind one-user every caller would be the admin/ })
   t.throws(() => withOverrides(DEFAULTS, { 'server.host': '10.1.2.3' }), { message: /not a loopback address/ }, 'a --host flag is checked as well')
@@ -164,11 +177,10 @@ t.test('/settings shows no credential, wherever it sits: the router secret and t
   t.equal(shown.backend.mesos.secret, '<redacted>')
   t.equal(shown.backend.mesos.principal, 'maitre', 'the principal (a name, not a credential) is shown')
   t.equal((redactedConfig(DEFAULTS) as { secret: unknown }).secret, null, 'an unset secret reads null')
-  const inUrls = withOverrides(DEFAULTS, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': 'https://jwks:PLANTED-jwks@idp.example/keys', 'auth.jwt.issuer': 'i', 'auth.jwt.audience': 'a', 'backend.kind': 'mesos', 'backend.mesos.master': 'http://m:PLANTED-m1@m1:5050, http://m2:5050' })
-  const urls = redactedConfig(inUrls) as { auth: { jwt: { jwksUrl: string } }; backend: { mesos: { master: string } } }
+  const inUrls = withOverrides(DEFAULTS, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': 'https://jwks:PLANTED-jwks@idp.example/keys', 'auth.jwt.issuer': 'i', 'auth.jwt.audience': 'a' })
+  const urls = redactedConfig(inUrls) as { auth: { jwt: { jwksUrl: string } } }
   t.notMatch(JSON.stringify(urls), /PLANTED/, 'nor does one written into a URL')
   t.equal(urls.auth.jwt.jwksUrl, 'https://<redacted>@idp.example/keys')
-  t.equal(urls.backend.mesos.master, 'http://<redacted>@m1:5050, http://m2:5050', 'each URL of a list')
   const odd = redactedConfig(withOverrides(DEFAULTS, { 'auth.kind': 'jwt', 'auth.jwt.jwksUrl': 'https://u:PLANTED,a@b@idp.example/keys', 'auth.jwt.issuer': 'i', 'auth.jwt.audience': 'a' })) as { auth: { jwt: { jwksUrl: string } } }
   t.equal(odd.auth.jwt.jwksUrl, 'https://<redacted>@idp.example/keys', 'a password with a comma or an @ in it too')
   t.same((redactedConfig(config) as { backend: unknown }).backend, { ...config.backend, mesos: { ...config.backend.mesos, secret: '<redacted>' } }, 'everything else is shown as configured')
