@@ -229,6 +229,16 @@ export class KubernetesBackend implements Backend {
           this.#services.delete(spec.serviceId)
           throw adoptErr
         }
+        // Only this cluster's: another maitre cluster in the namespace (staging beside prod) names
+        // a version with the same parameters alike. Adopted, its pods would never be seen (the
+        // watches select this cluster's) and its ReplicaSet would be scaled and deleted here.
+        const owner = ownerClusterOf(scale.status?.selector)
+        if (owner !== undefined && owner !== this.#o.cluster) {
+          service.createError = `A ReplicaSet named ${service.replicaSet} belongs to another maitre cluster (${owner}) in this namespace; give this cluster a namespace of its own`
+          this.#o.log.error({ service: spec.serviceId, replicaSet: service.replicaSet, owner }, 'replicaset of another maitre cluster: not adopted')
+          this.#update(service)
+          return
+        }
         service.requested = Math.max(scale.spec.replicas, spec.minInstances)
         // (Its uid, for the precondition of a delete: the scale carries the ReplicaSet's.)
         service.uid ??= scale.metadata.uid
@@ -584,7 +594,9 @@ export class KubernetesBackend implements Backend {
     this.#listeners.emit(service.id)
     try {
       const uid = service.uid
-      await this.#retrying(() => this.#deleteReplicaSet(service.replicaSet, uid))
+      // Never made here (its create was refused, or the name is another cluster's): a delete by
+      // name could only take a ReplicaSet that is not this service's.
+      if (uid !== undefined || service.createError === undefined) await this.#retrying(() => this.#deleteReplicaSet(service.replicaSet, uid))
     } catch (err) {
       // The ReplicaSet still runs as it was: say so, and redo any scale write skipped meanwhile.
       service.deleting = undefined
@@ -1139,4 +1151,13 @@ export class KubernetesBackend implements Backend {
       }
     }
   }
+}
+
+/** The maitre cluster a ReplicaSet's selector (its scale's, in string form) names, if any. */
+function ownerClusterOf(selector: string | undefined): string | undefined {
+  for (const requirement of (selector ?? '').split(',')) {
+    const [key, value] = requirement.split('=')
+    if (key?.trim() === LABELS.cluster && value !== undefined) return value.trim()
+  }
+  return undefined
 }

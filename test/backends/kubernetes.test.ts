@@ -678,3 +678,16 @@ t.test('a ReplicaSet adopted after a 409 is deleted with its uid as a preconditi
   await backend.deleteService('svc-adopt-uid')
   t.same(asked, [made.metadata.uid], 'the delete named the uid of the ReplicaSet it adopted')
 })
+
+t.test('a ReplicaSet of the same name made by another maitre cluster in the namespace is not adopted: the version answers a deployment error, and deleting it leaves the other cluster’s ReplicaSet alone', async (t) => {
+  const { api, backend, podBasePort } = await setup(t)
+  await backend.ready()
+  // Staging's router made it (its pods are another cluster's: this backend is cluster "test").
+  const theirs = await api.createReplicaSet(replicaSetOf(spec('svc-shared-name'), { ...DEFAULTS.backend.kubernetes, cluster: 'staging', podBasePort }))
+  await backend.ensureService(spec('svc-shared-name'))
+  t.match(backend.state('svc-shared-name')?.deploymentError, /belongs to another maitre cluster \(staging\)/, 'a deployment error naming the cause')
+  await backend.deleteService('svc-shared-name')
+  const left = await api.getScale(theirs.metadata.name)
+  t.equal(left.metadata.uid, theirs.metadata.uid, 'the other cluster’s ReplicaSet is still there')
+  t.equal(left.spec.replicas, theirs.spec.replicas, 'at the size it had')
+})
