@@ -100,6 +100,8 @@ export class Tokens {
 
   readonly #maxTokens: number
   readonly #maxTokensPerOwner: number
+  /** Creations (or hand-overs) under way, by the owner they give a token to. */
+  readonly #claimed = new Map<string, number>()
   readonly #reservedNames: ReadonlySet<string>
 
   constructor(store: TokenStore, clock: Clock, cluster: string, limits: TokenLimits = {}) {
@@ -205,7 +207,16 @@ export class Tokens {
     // Waiter's limit, checked where a token comes to its owner (created, created again after a
     // soft delete, or handed over): an owner over it, since the limit was lowered, still edits
     // what it holds.
-    if (!admin && currentLive?.['owner'] !== owner) this.#assertOwnerMayTakeOne(owner)
+    const claim = !admin && currentLive?.['owner'] !== owner ? this.#claimOneFor(owner) : undefined
+    try {
+      return await this.#write(name, body, options, { admin, current, currentLive, owner })
+    } finally {
+      claim?.()
+    }
+  }
+
+  async #write(name: string, body: Record<string, unknown>, options: UpsertOptions, found: { admin: boolean; current: TokenData | undefined; currentLive: TokenData | undefined; owner: string }): Promise<TokenWrite> {
+    const { admin, current, currentLive, owner } = found
     if (current === undefined && this.#store.size() >= this.#maxTokens) {
       throw new MaitreError('MAITRE_STORE_FULL', `The token store holds ${this.#maxTokens} tokens, the most it takes; hard-delete some first`, { details: { limit: 'tokens', max: this.#maxTokens } })
     }
@@ -242,18 +253,26 @@ export class Tokens {
   }
 
   /**
-   * Counted over the store on each creation or hand-over (at most `maxTokens` entries, a few ms
-   * at 100,000): no index to drift from what other routers write. Across routers two creations
-   * at once may both pass at the limit, as in Waiter.
+   * One more token for `owner`, within its limit: its live tokens are counted over the store (at
+   * most `maxTokens` entries, a few ms at 100,000: no index to drift from what other routers
+   * write), plus the creations for it this router has under way (writes to other names run at
+   * the same time). Returns what gives the claim back once the write is over. Across routers,
+   * two creations at once may both pass at the limit, as in Waiter.
    */
-  #assertOwnerMayTakeOne(owner: string): void {
-    if (!Number.isFinite(this.#maxTokensPerOwner)) return
-    let owned = 0
+  #claimOneFor(owner: string): (() => void) | undefined {
+    if (!Number.isFinite(this.#maxTokensPerOwner)) return undefined
+    let owned = this.#claimed.get(owner) ?? 0
     for (const [, data] of this.#store.entries()) if (data['owner'] === owner && data['deleted'] !== true) owned += 1
     if (owned >= this.#maxTokensPerOwner) {
       throw new MaitreError('MAITRE_TOKEN_LIMIT', 'You have reached the limit of number of tokens allowed. Please delete at least one of your existing tokens to create this token.', {
         details: { 'allowed-owned-tokens': this.#maxTokensPerOwner, 'num-owned-tokens': owned, owner },
       })
+    }
+    this.#claimed.set(owner, (this.#claimed.get(owner) ?? 0) + 1)
+    return () => {
+      const left = (this.#claimed.get(owner) ?? 1) - 1
+      if (left === 0) this.#claimed.delete(owner)
+      else this.#claimed.set(owner, left)
     }
   }
 

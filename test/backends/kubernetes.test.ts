@@ -687,7 +687,7 @@ t.test('a ReplicaSet of the same name made by another maitre cluster in the name
   await backend.ensureService(spec('svc-shared-name'))
   t.match(backend.state('svc-shared-name')?.deploymentError, /belongs to another maitre cluster \(staging\)/, 'a deployment error naming the cause')
   await backend.deleteService('svc-shared-name')
-  const left = await api.getScale(theirs.metadata.name)
+  const left = await api.getScale(theirs.metadata.name as string)
   t.equal(left.metadata.uid, theirs.metadata.uid, 'the other cluster’s ReplicaSet is still there')
   t.equal(left.spec.replicas, theirs.spec.replicas, 'at the size it had')
 })

@@ -172,3 +172,15 @@ t.test('an owner holds at most maxTokensPerOwner live tokens (Waiter’s limit-p
   const admin = { user: 'root', admin: true }
   t.equal((await tokens.upsert('b4', { ...base, owner: 'bob' }, { principal: admin, adminMode: true })).result, 'token-created', 'admin mode is not held to the limit')
 })
+
+t.test('the per-owner limit holds for creations under different names at once: they are counted while their writes are under way', async (t) => {
+  const dir = t.testdir()
+  const tokens = new Tokens(tokenStoreOf(JsonDirectory.open(join(dir, 'tokens'), 'token')), new ManualClock(), 'test-cluster', { maxTokensPerOwner: 2 })
+  const bob = { user: 'bob', admin: false }
+  const outcomes = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => tokens.upsert(`b${i}`, base, { principal: bob })))
+  t.equal(outcomes.filter((o) => o.status === 'fulfilled').length, 2, 'two of ten created at once')
+  t.ok(outcomes.filter((o) => o.status === 'rejected').every((o) => (o as PromiseRejectedResult).reason.code === 'MAITRE_TOKEN_LIMIT'), 'the rest refused for the limit')
+  t.equal([...tokens.entries()].filter(([, d]) => d['owner'] === 'bob').length, 2, 'bob holds two')
+  const held = [...tokens.entries()].find(([, d]) => d['owner'] === 'bob')?.[0] as string
+  t.equal((await tokens.upsert(held, { ...base, version: 'v9' }, { principal: bob })).result, 'token-updated', 'and may still edit them')
+})
