@@ -51,6 +51,8 @@ export class JwksUrl {
       return await keys(header, token)
     } catch (err) {
       if (!(err instanceof joseErrors.JWKSNoMatchingKey)) throw err
+      // Another request's fetch may have brought a newer set meanwhile (an issuer rotating keys).
+      if (this.#keys !== keys && this.#keys !== undefined) return await this.#keys(header, token)
       // A key id the set lacks may be a key the issuer added since: fetched once per cooldown.
       if (this.#mayFetch(this.#clock.now())) {
         await this.#refresh()

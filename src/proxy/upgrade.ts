@@ -44,5 +44,5 @@ export function shuttingDownError(): MaitreError {
  * again unasked (a gRPC client reads UNAVAILABLE, and retries by its own policy).
  */
 export function stoppedByShutdownError(): MaitreError {
-  return new MaitreError('MAITRE_ROUTER_OVERLOADED', `${SHUTTING_DOWN} before the instance answered`, { status: 503, details: { draining: true } })
+  return new MaitreError('MAITRE_ROUTER_OVERLOADED', `${SHUTTING_DOWN} with the request still under way`, { status: 503, details: { draining: true } })
 }

@@ -60,10 +60,15 @@ function sendableCode(code: number): number | undefined {
   return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999) ? code : undefined
 }
 
+/** Read as the dial reads it (the target after an origin: `//x` is a path there, not a host). */
 function relayableTarget(target: string): boolean {
   if (target.includes('#')) return false
-  const url = new URL(target, 'ws://instance')
-  return url.pathname + url.search === target
+  try {
+    const url = new URL(`ws://instance${target}`)
+    return url.pathname + url.search === target
+  } catch {
+    return false
+  }
 }
 
 function checkHandshake(req: IncomingMessage): void {

@@ -35,6 +35,12 @@ async function twoMembers(t: Test): Promise<{ clientUrl: string; second: ChildPr
 t.test('a watch on a member that lost its leader is ended with "no leader" within seconds, not left open and silent', async (t) => {
   const { clientUrl, second } = await twoMembers(t)
   const client = connectEtcd({ endpoints: [clientUrl], requestTimeoutMs: 2000 })
+  // Closed while the member still answers (a client closed after its server is gone keeps
+  // retrying its lost streams, and the file would never exit), however the test ends.
+  t.teardown(() => {
+    second.kill('SIGCONT')
+    client.close()
+  })
   const watcher = await client.watch().key('probe').create()
   const ended: string[] = []
   watcher.on('disconnected', (err: Error) => void ended.push(err.message))
@@ -45,9 +51,6 @@ t.test('a watch on a member that lost its leader is ended with "no leader" withi
   second.kill('SIGSTOP')
   await waitFor('the watch to be ended', () => (ended.length > 0 ? true : undefined), 15_000)
   t.match(ended[0], /no leader/, `ended by etcd: ${ended[0]}`)
-  // Closed while the member still answers: a client closed after its server is gone keeps
-  // retrying its lost streams, and the file would never exit.
   second.kill('SIGCONT')
   await watcher.cancel().catch(() => undefined)
-  client.close()
 })

@@ -338,6 +338,8 @@ t.test('a WebSocket target the instance could only be dialled with changed (a fr
   }
   const metrics = (await call(`${router.url}/metrics`)).text
   t.notMatch(metrics, /maitre_cold_starts_total\{[^}]*\} [1-9]/, 'nothing was started for them')
+  // A path that starts with two slashes is a path (a base URL with a trailing slash makes it).
+  ;(await opened(router, '//socket', h)).ws.close(1000)
   const ok = await opened(router, '/chat?room=1', h)
   t.equal(await new Promise<string>((resolve) => {
     ok.ws.once('message', (data: RawData) => resolve(data.toString()))
