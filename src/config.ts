@@ -619,9 +619,14 @@ function authIssues(config: Config): ConfigIssue[] {
 /** Parses a YAML config text over the defaults. */
 export function parseConfig(text: string, file = 'config'): Config {
   const counter = new LineCounter()
-  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true })
+  // Not prettyErrors: those quote the offending line, which may hold a secret (an unclosed
+  // quote after `secret:`); the file, line and column say where it is.
+  const doc = parseDocument(text, { lineCounter: counter, prettyErrors: false })
   if (doc.errors.length > 0) {
-    fail(doc.errors.map((e) => ({ path: '(yaml)', message: e.message, where: `${file}:${e.linePos?.[0].line ?? 0}:${e.linePos?.[0].col ?? 0}` })))
+    fail(doc.errors.map((e) => {
+      const { line, col } = counter.linePos(e.pos[0])
+      return { path: '(yaml)', message: e.message, where: `${file}:${line}:${col}` }
+    }))
   }
   let input: unknown = {}
   try {

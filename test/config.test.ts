@@ -121,6 +121,19 @@ t.test('mesos settings: masters are URLs, credentials go in pairs, and cluster m
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'marathon' }), { message: /must be 'local', 'kubernetes' or 'mesos'/ })
 })
 
+t.test('a YAML syntax error says where it is without quoting the line, which may hold a secret', async (t) => {
+  const err = (() => {
+    try {
+      parseConfig('log:\n  level: info\nsecret: "unclosed-secret-value-0123456789\n', 'bad.yaml')
+    } catch (e) {
+      return (e as Error).message
+    }
+    return ''
+  })()
+  t.match(err, /bad\.yaml:\d+:\d+: \(yaml\) Missing closing "quote/)
+  t.notMatch(err, 'unclosed-secret-value')
+})
+
 t.test('a Mesos master URL with user:password@ is refused, pointing at principal and secret, and the refusal does not print the password', async (t) => {
   const err = (() => {
     try {
