@@ -107,6 +107,8 @@ const CONNECT_REFUSED = 'CONNECT is not proxied: maitre opens no tunnels'
 const HEADERS_TIMEOUT = 'ERR_HTTP_REQUEST_TIMEOUT'
 /** How long the rest of an answered HTTP/2 request's body is read and dropped before the stream is reset. */
 const STOP_BODY_GRACE_MS = 250
+/** The longest the rest of a body answered before it came is read and dropped (HTTP/1.1). */
+const DROP_BODY_MS = 30_000
 /** What the exchanges a drain stopped get to send their last words (a gRPC status) before their connections go. */
 const STOP_GRACE_MS = 250
 
@@ -634,14 +636,23 @@ function bodyIdle(req: IncomingMessage, res: ServerResponse, timeoutMs: number):
  * before it reads (Python's http.client and requests, Java's HttpURLConnection) finishes
  * sending and reads its answer, and the connection serves its next request. Left alone, the body
  * nobody reads any more stops the connection until the keep-alive timeout resets it, and such a
- * client never sees its answer. A body that then sends nothing for the body-idle bound is cut.
+ * client never sees its answer. A body that then sends nothing for the body-idle bound, or is
+ * still coming after DROP_BODY_MS, is cut.
  */
 function dropRestOfBody(req: IncomingMessage, idleMs: number): void {
-  const timer = setTimeout(() => req.socket.destroy(), idleMs)
-  timer.unref()
-  req.on('data', () => timer.refresh())
-  req.once('end', () => clearTimeout(timer))
-  req.once('close', () => clearTimeout(timer))
+  const cut = (): void => void req.socket.destroy()
+  const idle = setTimeout(cut, idleMs)
+  // And at most DROP_BODY_MS in all (nginx's lingering_time): a client that trickles a byte a
+  // while cannot keep the router reading for ever.
+  const whole = setTimeout(cut, DROP_BODY_MS)
+  for (const timer of [idle, whole]) timer.unref()
+  req.on('data', () => idle.refresh())
+  const done = (): void => {
+    clearTimeout(idle)
+    clearTimeout(whole)
+  }
+  req.once('end', done)
+  req.once('close', done)
   req.resume()
 }
 

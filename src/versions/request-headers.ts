@@ -55,7 +55,7 @@ function safeKey(header: string, key: string): string {
   return key
 }
 
-/** The on-the-fly env or metadata map the headers of its family fill (a fresh one, with no prototype a key could reach). */
+/** The on-the-fly env or metadata map the headers of its family fill (safeKey keeps their keys off its prototype). */
 function mapOf(onTheFly: Record<string, unknown>, name: 'env' | 'metadata'): Record<string, unknown> {
   return (onTheFly[name] ??= {}) as Record<string, unknown>
 }

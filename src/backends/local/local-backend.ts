@@ -70,8 +70,6 @@ interface LocalInstance {
   consecutiveFailures: number
   killReason: KillReason | undefined
   cancelProbe: (() => void) | undefined
-  /** Resolves when the instance has ended and its leftovers and sandbox are dealt with. */
-  finished: Promise<void> | undefined
 }
 
 interface LocalService {
@@ -352,7 +350,6 @@ export class LocalBackend implements Backend {
         consecutiveFailures: 0,
         killReason: undefined,
         cancelProbe: undefined,
-        finished: undefined,
       }
       writeFileSync(join(sandbox, INSTANCE_FILE), `${JSON.stringify({ id, serviceId: spec.serviceId, pid: group.pid, processGroup: group.pid, startedAt: instance.startedAt })}\n`)
       service.instances.set(id, instance)
@@ -363,7 +360,6 @@ export class LocalBackend implements Backend {
       const finished = group.exited
         .then((exit) => this.#onExit(service, instance, exit.code, exit.signal))
         .catch((err: unknown) => this.#o.log.error({ err, service: spec.serviceId, instance: id }, 'cleaning up after an instance failed'))
-      instance.finished = finished
       this.#finishing.add(finished)
       void finished.then(() => this.#finishing.delete(finished))
       this.#scheduleProbe(service, instance, 0)

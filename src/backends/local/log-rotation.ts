@@ -11,7 +11,7 @@
  * why backend.local.workDir must be a local disk (README).
  */
 import { createReadStream, createWriteStream, statSync } from 'node:fs'
-import { truncate } from 'node:fs/promises'
+import { stat, truncate } from 'node:fs/promises'
 import { pipeline } from 'node:stream/promises'
 import { ReadBudget } from './read-budget.ts'
 
@@ -21,7 +21,7 @@ export const STATS_PER_TURN = 256
 /** Rotates each file larger than `maxBytes`; returns those rotated. A file gone or unreadable is skipped. */
 export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: number, statsPerTurn = STATS_PER_TURN): Promise<string[]> {
   const budget = new ReadBudget(statsPerTurn)
-  const oversized: [string, number][] = []
+  const oversized: string[] = []
   for (const file of files) {
     await budget.read()
     let size = 0
@@ -31,13 +31,15 @@ export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: num
       // Unreadable (a link looping on itself that the instance made, say): skipped, and the
       // files after it still looked at.
     }
-    if (size > maxBytes) oversized.push([file, size])
+    if (size > maxBytes) oversized.push(file)
   }
   const rotated: string[] = []
-  await Promise.all(oversized.map(async ([file, size]) => {
+  await Promise.all(oversized.map(async (file) => {
     try {
-      // Its last maxBytes only: an instance that writes faster than the checks come may have
-      // put gigabytes there since the last one, and copying them all would double them.
+      // Its size now, not at the round's stat (the instance wrote on meanwhile), and its last
+      // maxBytes only: one that writes faster than the checks come may have put gigabytes there
+      // since the last one, and copying them all would double them.
+      const size = (await stat(file)).size
       await pipeline(createReadStream(file, { start: Math.max(0, size - maxBytes), end: size - 1 }), createWriteStream(`${file}.1`))
       await truncate(file, 0)
       rotated.push(file)
