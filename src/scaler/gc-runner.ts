@@ -77,9 +77,16 @@ export class GcRunner {
   #rounds = 0
   #loop: Loop | undefined
 
+  /**
+   * When this router began to look: what happened before (a request a second before a restart)
+   * it cannot know, so no version counts as idle since before then.
+   */
+  readonly #watchingSince: number
+
   constructor(deps: GcDeps, options: GcOptions) {
     this.#deps = deps
     this.#options = options
+    this.#watchingSince = deps.clock.now()
   }
 
   start(): void {
@@ -315,7 +322,10 @@ export class GcRunner {
         }
       }
     }
-    const lastActiveAt = Math.max(load.lastActiveAt, record.createdAt)
+    // (A restarted router knows no request from its previous life: without the floor, every
+    // version recorded longer ago than its idle timeout went at the first round, its
+    // suspension and overrides with it.)
+    const lastActiveAt = Math.max(load.lastActiveAt, record.createdAt, this.#watchingSince)
     return {
       id: record.id,
       outstanding: load.inFlight + load.queued,

@@ -39,8 +39,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
   const collected: string[] = []
   /** What the keep-alive is told as each collection begins: version, reason, last activity. */
   const collecting: [string, string, number][] = []
-  const gc = new GcRunner(
-    {
+  const deps: ConstructorParameters<typeof GcRunner>[0] = {
       backend,
       tracker,
       registry,
@@ -58,9 +57,11 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
       clock,
       log: silentLogger,
       ...(fleet === undefined ? {} : { fleet }),
-    },
-    { intervalMs: 10_000, brokenTimeoutMs: 60_000, fallbackMs: 0, staleTimeoutMs: 0 },
-  )
+    }
+  const gcOptions = { intervalMs: 10_000, brokenTimeoutMs: 60_000, fallbackMs: 0, staleTimeoutMs: 0 }
+  const gc = new GcRunner(deps, gcOptions)
+  /** A GC runner of a router started now (after a restart): it knows nothing of what came before. */
+  const restartedGc = (): GcRunner => new GcRunner(deps, gcOptions)
   const activation = (id: string): ActivationRequest => {
     const effective = { ...effectiveParameters(core), 'run-as-user': 'me' }
     const spec: LaunchSpec = launchSpecOf(id, effective, { cluster: 'test', secret: 's' })
@@ -71,7 +72,7 @@ function setup(dir: string, core: Readonly<Record<string, unknown>> = CORE, flee
     for (let waiting = activator.ensure(activation(id)); waiting !== undefined; waiting = activator.ensure(activation(id))) await waiting
     return tracker.acquire(id, { timeoutMs: 60_000 })
   }
-  return { clock, backend, tracker, registry, tokens, activator, gc, forgotten, collected, collecting, request }
+  return { clock, backend, tracker, registry, tokens, activator, gc, restartedGc, forgotten, collected, collecting, request }
 }
 
 t.test('an idle version is collected once idle-timeout-mins pass with nothing outstanding, and the next request brings it back', async (t) => {
@@ -373,4 +374,17 @@ t.test('in a cluster, an idle collection whose delete failed is told to the othe
   await new Promise((r) => setImmediate(r))
   // (Their keep-alives forget a version collected for any other reason.)
   t.same(done.filter((line) => line !== 'a kept'), [`a idle since ${idleSince}`], 'the routers hear it was for idleness, idle since the last request')
+})
+
+t.test('a router that starts again knows no request from before: a version recorded long ago is given its idle timeout from the start, not collected at the first round', async (t) => {
+  const { clock, registry, restartedGc } = setup(t.testdir())
+  await registry.remember('a', CORE, undefined)
+  // Used until a moment ago by the router's previous life; recorded two hours back.
+  clock.advance(2 * 3_600_000)
+  const gc = restartedGc()
+  t.same(await gc.tick(), [], 'kept at the first round')
+  clock.advance(59_000)
+  t.same(await gc.tick(), [], 'and for its idle timeout')
+  clock.advance(1_000)
+  t.same(await gc.tick(), [{ id: 'a', reason: 'idle' }], 'then collected, if nothing came')
 })
