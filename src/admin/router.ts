@@ -194,6 +194,12 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           case 'suspend':
             if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])
             await deps.suspensions.suspend(serviceId, who.user)
+            // Deleted while the suspension was written (the delete cleared suspensions first):
+            // left, it would hold the version's next life down from its first request.
+            if (deps.registry.get(serviceId) === undefined) {
+              await deps.suspensions.resume(serviceId)
+              throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found: it was deleted while the suspension was made', { details: { 'service-id': serviceId } })
+            }
             return sendJson(res, 200, { success: true, 'service-id': serviceId }, cid)
           case 'resume':
             if (req.method !== 'POST') throw methodNotAllowed(req.method, ['POST'])

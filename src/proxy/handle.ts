@@ -86,8 +86,13 @@ export function fallBack(resolution: Resolution, who: Principal, deps: ProxyDeps
   const target = fallbackTarget(resolution, deps.clock.now(), periodHeader, (id) => deps.tracker.load(id).healthy)
   if (target === undefined) return resolution
   const latest = resolution
-  const starting = deps.activator.ensure(activationOf(latest, deps))
-  starting?.catch((err: unknown) => deps.log.warn({ err, service: latest.serviceId }, 'starting the new version failed'))
+  // A suspended new version stays down (as /waiter-ping and the keep-alive leave it): the
+  // previous one serves meanwhile. Started, it would end the fallback with its healthy
+  // instance, and every request would then be answered "suspended".
+  if (!deps.isSuspended(latest.serviceId)) {
+    const starting = deps.activator.ensure(activationOf(latest, deps))
+    starting?.catch((err: unknown) => deps.log.warn({ err, service: latest.serviceId }, 'starting the new version failed'))
+  }
   let previous: Resolution
   try {
     // The previous version is judged on its own: a caller it does not admit is not served by it.

@@ -55,6 +55,24 @@ t.test('suspend and resume', async (t) => {
   t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
 })
 
+t.test('a token edited to a version that is then suspended: the fallback keeps serving the previous version and never starts the suspended one', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'edited', kitchenToken({ 'fallback-period-secs': 600 }))
+  const h = { 'x-waiter-token': 'edited', 'x-waiter-debug': 'true' }
+  const v1 = (await call(`${router.url}/request-info`, { headers: h })).headers['x-waiter-service-id'] as string
+  await createToken(router, 'edited', kitchenToken({ 'fallback-period-secs': 600, version: 'v2' }))
+  const v2 = (await call(`${router.url}/service-id?latest=true`, { headers: { 'x-waiter-token': 'edited' } })).text
+  t.not(v2, v1)
+  t.equal((await call(`${router.url}/apps/${v2}/suspend`, { method: 'POST' })).status, 200)
+  for (let i = 0; i < 3; i++) {
+    const served = await call(`${router.url}/request-info`, { headers: h })
+    t.equal(served.status, 200, `request ${i + 1}: served`)
+    t.equal(served.headers['x-waiter-service-id'], v1, 'by the previous version')
+  }
+  const app = (await call(`${router.url}/apps/${v2}`)).json<{ instances: { 'active-instances': unknown[] } }>()
+  t.same(app.instances['active-instances'], [], 'the suspended version was never started')
+})
+
 t.test('kill and expire an instance; read its logs', async (t) => {
   const router = await startRouter(t, { 'scaler.tickMs': 200, 'scaler.interKillMs': 100, 'scaler.burstHoldMs': 500 })
   await createToken(router, 'kitchen', kitchenToken())
