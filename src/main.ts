@@ -8,7 +8,14 @@ import { join } from 'node:path'
 // as the image does), loads no TypeScript transformer: ~25 MB less RSS (bench/RESULTS.md). The
 // directory is the user's own, never a shared one such as /tmp: what is in it runs as maitre.
 // One that cannot be written is left alone. Everything else loads after this, hence the import().
-if (process.env['NODE_COMPILE_CACHE'] === undefined) enableCompileCache(join(homedir(), '.cache', 'maitre', 'node-compile-cache'))
+// A user with no home (no $HOME, no passwd entry: an arbitrary uid) runs without the cache.
+if (process.env['NODE_COMPILE_CACHE'] === undefined) {
+  try {
+    enableCompileCache(join(homedir(), '.cache', 'maitre', 'node-compile-cache'))
+  } catch {
+    // homedir() threw (ENOENT): nowhere of the user's own to keep it.
+  }
+}
 const { runCli } = await import('./cli.ts')
 
 /**

@@ -43,7 +43,8 @@ export class RouterClient {
         signal: this.#stop === undefined ? AbortSignal.timeout(330_000) : AbortSignal.any([AbortSignal.timeout(330_000), this.#stop]),
       })
     } catch (err) {
-      throw new CliError(`cannot reach the router at ${this.#base}: ${(err as Error).message}`, EXIT.unavailable)
+      // (The router's address as given, less any user:password@ in it.)
+      throw new CliError(`cannot reach the router at ${this.#base.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1<redacted>@')}: ${(err as Error).message}`, EXIT.unavailable)
     }
     const body = await res.body.text()
     const ok = options.okStatuses ?? [200]

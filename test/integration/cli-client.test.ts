@@ -106,6 +106,10 @@ t.test('clear errors and exit codes', async (t) => {
   const down = await run('apps', '--router', 'http://127.0.0.1:1')
   t.equal(down.code, 69)
   t.match(down.err, 'cannot reach the router at http://127.0.0.1:1')
+  const withPassword = await run('apps', '--router', 'http://alice:hunter2-pw@127.0.0.1:1')
+  t.equal(withPassword.code, 69)
+  t.match(withPassword.err, 'cannot reach the router at http://<redacted>@127.0.0.1:1', 'the address it names has no password in it')
+  t.notMatch(withPassword.err, 'hunter2-pw')
   t.equal((await run('apps', 'a', 'b', '--router', router.url)).code, 64)
 })
 

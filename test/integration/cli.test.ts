@@ -1,7 +1,8 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { call, claimPortSlice, createToken, kitchenToken, processAlive, waitFor, type Router } from '../fixtures/router.ts'
 import { runCli } from '../../src/cli.ts'
@@ -98,4 +99,15 @@ t.test('a corrupt token store stops startup with a clear message', async (t) => 
   const io = { out: (s: string) => out.push(s), err: (s: string) => out.push(s), stopSignal: () => Promise.resolve() }
   t.equal(await runCli(['--port', '0', '--data-dir', dir, '--log-level', 'silent'], {}, io), 78)
   t.match(out.join(''), /The token store is corrupt: .*svc\.json is not valid JSON/)
+})
+
+t.test('a user with no home (no $HOME, no passwd entry: an arbitrary uid) runs maitre without its compile cache instead of crashing', async (t) => {
+  const main = fileURLToPath(new URL('../../src/main.ts', import.meta.url))
+  const env = { PATH: process.env['PATH'] ?? '/usr/bin:/bin' }
+  // As root the test runs it as a uid no passwd entry names; otherwise as this user without $HOME.
+  const run = process.getuid?.() === 0
+    ? spawnSync('setpriv', ['--reuid=54321', '--regid=54321', '--clear-groups', process.execPath, main, '--version'], { env, encoding: 'utf8', cwd: '/' })
+    : spawnSync(process.execPath, [main, '--version'], { env, encoding: 'utf8', cwd: '/' })
+  t.equal(run.status, 0, `exit 0 (stderr: ${run.stderr.slice(0, 300)})`)
+  t.match(run.stdout, /^\d+\.\d+\.\d+/, 'and the version printed')
 })
