@@ -356,7 +356,8 @@ function etcdEndpointProblem(value: unknown): string | undefined {
   if (url.username !== '' || url.password !== '') return 'must not carry credentials'
   // As written, not as a URL parser reads it: the etcd client dials the text after the scheme,
   // so a space, an upper-case scheme or a trailing "/" made an endpoint it could never reach.
-  if (!/^https?:\/\/[^\s/?#@]+$/.test(value)) return 'must be scheme://host:port and nothing more (a lower-case scheme, no space, no trailing /)'
+  // (With its port: without one the client dials 443, in the clear.)
+  if (!/^https?:\/\/[^\s/?#@]+:\d{1,5}$/.test(value)) return 'must be scheme://host:port and nothing more (a lower-case scheme, a port, no space, no trailing /)'
   return undefined
 }
 
@@ -616,6 +617,15 @@ function authIssues(config: Config): ConfigIssue[] {
   return issues
 }
 
+/**
+ * A YAML error's words without the source they quote: the parser appends what it choked on after
+ * ": " (a block scalar header, an alias name: a secret starting with |, > or * is quoted whole),
+ * and names the character of a bad escape.
+ */
+function withoutQuotedSource(message: string): string {
+  return message.split(': ')[0]?.replace(/^(Invalid escape sequence).*$/s, '$1') ?? message
+}
+
 /** Parses a YAML config text over the defaults. */
 export function parseConfig(text: string, file = 'config'): Config {
   const counter = new LineCounter()
@@ -625,7 +635,7 @@ export function parseConfig(text: string, file = 'config'): Config {
   if (doc.errors.length > 0) {
     fail(doc.errors.map((e) => {
       const { line, col } = counter.linePos(e.pos[0])
-      return { path: '(yaml)', message: e.message, where: `${file}:${line}:${col}` }
+      return { path: '(yaml)', message: withoutQuotedSource(e.message), where: `${file}:${line}:${col}` }
     }))
   }
   let input: unknown = {}
@@ -634,7 +644,7 @@ export function parseConfig(text: string, file = 'config'): Config {
   } catch (err) {
     // Well-formed YAML can still be refused as a whole: aliases that expand past the parser's
     // bound (a "billion laughs"), say.
-    fail([{ path: '(yaml)', message: (err as Error).message, where: file }])
+    fail([{ path: '(yaml)', message: withoutQuotedSource((err as Error).message), where: file }])
   }
   if (doc.contents !== null && !isMap(doc.contents)) fail([{ path: '(root)', message: 'must be a map of settings' }])
   const issues: ConfigIssue[] = []

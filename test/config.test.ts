@@ -69,7 +69,7 @@ t.test('cluster mode settings: endpoints, prefix and router id are checked, cred
   const good = parseConfig('backend:\n  kind: kubernetes\netcd:\n  endpoints: [http://10.0.0.5:2379, "http://etcd.example:2379"]\n  prefix: /maitre/blue\nrouterId: router-a\n')
   t.same(good.etcd.endpoints, ['http://10.0.0.5:2379', 'http://etcd.example:2379'])
   // The etcd client dials the text after "http://": what a URL parser would forgive, it cannot.
-  for (const bad of [' http://10.0.0.6:2379', 'http://10.0.0.6:2379/', 'HTTP://10.0.0.6:2379', 'http://10.0.0.6:2379?x']) {
+  for (const bad of [' http://10.0.0.6:2379', 'http://10.0.0.6:2379/', 'HTTP://10.0.0.6:2379', 'http://10.0.0.6:2379?x', 'http://etcd.example', 'http://etcd.example:']) {
     t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'kubernetes', 'etcd.endpoints': ['http://10.0.0.5:2379', bad] }), { message: /must be scheme:\/\/host:port and nothing more/ }, `${JSON.stringify(bad)} is refused`)
   }
   t.throws(() => withOverrides(DEFAULTS, { 'backend.kind': 'kubernetes', 'etcd.endpoints': ['http://10.0.0.5:2379', 'https://etcd.example:2379'] }), { message: /must all be http:\/\/ or all https:\/\// }, 'and endpoints with and without TLS together')
@@ -132,6 +132,19 @@ t.test('a YAML syntax error says where it is without quoting the line, which may
   })()
   t.match(err, /bad\.yaml:\d+:\d+: \(yaml\) Missing closing "quote/)
   t.notMatch(err, 'unclosed-secret-value')
+  // Nor the value a message would quote: a secret that starts like a block scalar or an alias.
+  for (const text of ['secret: |Xy9-planted-secret\n', 'secret: >Xy9-planted-secret\n', 'secret: *planted-secret-alias\n', 'secret: "ab\\qplanted"\n']) {
+    const message = (() => {
+      try {
+        parseConfig(text, 'bad.yaml')
+      } catch (e) {
+        return (e as Error).message
+      }
+      return ''
+    })()
+    t.match(message, /bad\.yaml.*\(yaml\)/, `${JSON.stringify(text)}: refused`)
+    t.notMatch(message, /planted|Xy9|\\q/, `${JSON.stringify(text)}: without the value (${message})`)
+  }
 })
 
 t.test('a Mesos master URL with user:password@ is refused, pointing at principal and secret, and the refusal does not print the password', async (t) => {

@@ -232,9 +232,10 @@ export class KubernetesBackend implements Backend {
         // Only this cluster's: another maitre cluster in the namespace (staging beside prod) names
         // a version with the same parameters alike. Adopted, its pods would never be seen (the
         // watches select this cluster's) and its ReplicaSet would be scaled and deleted here.
+        // (One without the cluster label is nobody's of this cluster either: maitre always sets it.)
         const owner = ownerClusterOf(scale.status?.selector)
-        if (owner !== undefined && owner !== this.#o.cluster) {
-          service.createError = `A ReplicaSet named ${service.replicaSet} belongs to another maitre cluster (${owner}) in this namespace; give this cluster a namespace of its own`
+        if (owner !== this.#o.cluster) {
+          service.createError = `A ReplicaSet named ${service.replicaSet} belongs to ${owner === undefined ? 'something other than maitre' : `another maitre cluster (${owner})`} in this namespace; give this cluster a namespace of its own`
           this.#o.log.error({ service: spec.serviceId, replicaSet: service.replicaSet, owner }, 'replicaset of another maitre cluster: not adopted')
           this.#update(service)
           return

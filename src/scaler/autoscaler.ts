@@ -233,6 +233,8 @@ export class Autoscaler {
     )
     entry.state = decision.state
     let killed: string | undefined
+    // A kill "after" now was made before the clock stepped back: the pause between kills starts over from now.
+    if (now < entry.lastKillAt) entry.lastKillAt = now
     if (decision.amount > 0) {
       await backend.scale(serviceId, decision.scaleTo)
     } else if (decision.amount < 0 && state.requested > state.instances.length) {
@@ -240,8 +242,7 @@ export class Autoscaler {
       // offer yet) go first: fewer are asked for, and none that runs is killed for them. (A kill
       // would lower the count and stop a running one, leaving the owed one to come, or nothing.)
       await backend.scale(serviceId, Math.max(decision.scaleTo, state.instances.length))
-    } else if (decision.amount < 0 && (now - entry.lastKillAt >= this.#options.interKillMs || now < entry.lastKillAt) && (state.killsUnderWay ?? 0) === 0) {
-      // (A kill "after" now was made before the clock stepped back: the pause between kills is over.)
+    } else if (decision.amount < 0 && now - entry.lastKillAt >= this.#options.interKillMs && (state.killsUnderWay ?? 0) === 0) {
       // A scale-down no larger than the expired instances that run retires those: an expired
       // instance still busy (a long stream, a WebSocket) is waited for, not exchanged for its idle
       // replacement, which the next tick would only start again.

@@ -100,8 +100,8 @@ export class Tokens {
 
   readonly #maxTokens: number
   readonly #maxTokensPerOwner: number
-  /** Creations (or hand-overs) under way, by the owner they give a token to. */
-  readonly #claimed = new Map<string, number>()
+  /** Creations (or hand-overs) under way: the names, by the owner they give a token to. */
+  readonly #claimed = new Map<string, Set<string>>()
   readonly #reservedNames: ReadonlySet<string>
 
   constructor(store: TokenStore, clock: Clock, cluster: string, limits: TokenLimits = {}) {
@@ -207,7 +207,7 @@ export class Tokens {
     // Waiter's limit, checked where a token comes to its owner (created, created again after a
     // soft delete, or handed over): an owner over it, since the limit was lowered, still edits
     // what it holds.
-    const claim = !admin && currentLive?.['owner'] !== owner ? this.#claimOneFor(owner) : undefined
+    const claim = !admin && currentLive?.['owner'] !== owner ? this.#claimOneFor(owner, name) : undefined
     try {
       return await this.#write(name, body, options, { admin, current, currentLive, owner })
     } finally {
@@ -259,20 +259,23 @@ export class Tokens {
    * the same time). Returns what gives the claim back once the write is over. Across routers,
    * two creations at once may both pass at the limit, as in Waiter.
    */
-  #claimOneFor(owner: string): (() => void) | undefined {
+  #claimOneFor(owner: string, name: string): (() => void) | undefined {
     if (!Number.isFinite(this.#maxTokensPerOwner)) return undefined
-    let owned = this.#claimed.get(owner) ?? 0
-    for (const [, data] of this.#store.entries()) if (data['owner'] === owner && data['deleted'] !== true) owned += 1
+    const claimed = this.#claimed.get(owner) ?? new Set<string>()
+    let owned = 0
+    // (A claimed token the store already holds, its write still confirming, counts once.)
+    for (const [key, data] of this.#store.entries()) if (data['owner'] === owner && data['deleted'] !== true && !claimed.has(key)) owned += 1
+    owned += claimed.size
     if (owned >= this.#maxTokensPerOwner) {
       throw new MaitreError('MAITRE_TOKEN_LIMIT', 'You have reached the limit of number of tokens allowed. Please delete at least one of your existing tokens to create this token.', {
         details: { 'allowed-owned-tokens': this.#maxTokensPerOwner, 'num-owned-tokens': owned, owner },
       })
     }
-    this.#claimed.set(owner, (this.#claimed.get(owner) ?? 0) + 1)
+    claimed.add(name)
+    this.#claimed.set(owner, claimed)
     return () => {
-      const left = (this.#claimed.get(owner) ?? 1) - 1
-      if (left === 0) this.#claimed.delete(owner)
-      else this.#claimed.set(owner, left)
+      claimed.delete(name)
+      if (claimed.size === 0 && this.#claimed.get(owner) === claimed) this.#claimed.delete(owner)
     }
   }
 

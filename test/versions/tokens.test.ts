@@ -2,7 +2,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ManualClock } from '../fixtures/manual-clock.ts'
-import { tokenStoreOf } from '../../src/versions/token-store.ts'
+import { tokenStoreOf, type TokenData, type TokenStore } from '../../src/versions/token-store.ts'
 import { JsonDirectory } from '../../src/storage/json-dir.ts'
 import { HISTORY_LENGTH, Tokens, tokenEtag } from '../../src/versions/tokens.ts'
 import { MaitreError } from '../../src/errors.ts'
@@ -184,3 +184,33 @@ t.test('the per-owner limit holds for creations under different names at once: t
   const held = [...tokens.entries()].find(([, d]) => d['owner'] === 'bob')?.[0] as string
   t.equal((await tokens.upsert(held, { ...base, version: 'v9' }, { principal: bob })).result, 'token-updated', 'and may still edit them')
 })
+
+t.test('a creation whose write the store already shows but has not confirmed (etcd waits for the peers) counts once toward the per-owner limit, not twice', async (t) => {
+  const docs = new Map<string, TokenData>()
+  const gates: (() => void)[] = []
+  const store = {
+    get: (name: string) => docs.get(name),
+    entries: () => docs.entries(),
+    size: () => docs.size,
+    put: async (name: string, data: TokenData) => {
+      docs.set(name, data)
+      await new Promise<void>((resolve) => gates.push(resolve))
+    },
+    remove: async (name: string) => void docs.delete(name),
+    onChange: () => () => undefined,
+  } as unknown as TokenStore
+  const tokens = new Tokens(store, new ManualClock(), 'test-cluster', { maxTokensPerOwner: 2 })
+  const bob = { user: 'bob', admin: false }
+  const first = tokens.upsert('aa', base, { principal: bob })
+  await waitForCondition(() => gates.length === 1)
+  const second = tokens.upsert('bb', base, { principal: bob })
+  await waitForCondition(() => gates.length === 2)
+  for (const open of gates) open()
+  t.equal((await first).result, 'token-created')
+  t.equal((await second).result, 'token-created', 'the second of two is within the limit')
+})
+
+async function waitForCondition(check: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !check(); i++) await new Promise((resolve) => setImmediate(resolve))
+  if (!check()) throw new Error('condition never held')
+}

@@ -21,10 +21,13 @@ import { signalOtherGroups } from './session-signals.ts'
 // during the grace must still take the group with it), and is disowned so that the trap's `wait`
 // does not wait for it.
 //
-// When maitre dies the watchdog kills every process of the instance's session ($$, the leader's
-// pid, is its id): process groups the command made of its own (`timeout`, `set -m`) too, found
-// in /proc (field 4 after the command name of each `stat` is its session), then its own group.
-const WATCHDOG = 'read -r -u 3 _; for p in /proc/[0-9]*; do read -r s < "$p/stat" 2>/dev/null || continue; s=${s##*) }; set -- $s; [ "$4" = "$$" ] && [ "${p#/proc/}" != "$BASHPID" ] && kill -KILL "${p#/proc/}" 2>/dev/null; done; kill -KILL 0'
+// When maitre dies the watchdog kills the leader's ($$) descendants first, found through
+// /proc/<pid>/task/*/children, so process groups the command made of its own (`timeout`,
+// `set -m`) go too; then its own group. Walking the instance's tree costs what the instance
+// holds, not what the host runs (a scan of every process, times every instance, when maitre
+// died with hundreds running). What left the tree (a daemon reparented to init) the sweep for
+// leftovers at the next start ends (WAITER_SANDBOX).
+const WATCHDOG = 'read -r -u 3 _; todo=$$; tree=; while [ -n "$todo" ]; do set -- $todo; p=$1; shift; todo="$*"; for c in $(cat /proc/$p/task/*/children 2>/dev/null); do [ "$c" = "$BASHPID" ] && continue; todo="$todo $c"; tree="$tree $c"; done; done; [ -n "$tree" ] && kill -KILL $tree 2>/dev/null; kill -KILL 0'
 const LAUNCHER = `(trap "" TERM; ${WATCHDOG}) & disown; exec 3<&-; trap 'maitre_status=$?; wait; exit $maitre_status' TERM; . "$0"`
 
 export interface GroupExit {
@@ -66,7 +69,6 @@ export function startProcessGroup(runScript: string, sandbox: string, env: Reado
     child.once('exit', (code, signal) => {
       // The leader is gone; take its watchdog and any leftover children with it.
       signalGroup(pid, 'SIGKILL')
-      void signalOtherGroups(pid, 'SIGKILL')
       resolve({ code, signal })
     })
   })
