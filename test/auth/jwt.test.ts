@@ -121,30 +121,43 @@ t.test('a JWKS file is re-read when it changes: a new key id works at once, a re
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenB}` }))).user, 'bob', 'a broken rewrite keeps the keys it had')
 })
 
-t.test('a JWKS URL is fetched, cached, and fetched again for an unknown key id; when it is down the answer is 503, not 401 or 500', async (t) => {
-  const clock = new ManualClock(Date.now())
-  const [a, b] = await Promise.all([signingKey('RS256', 'a'), signingKey('EdDSA', 'b')])
-  let served: SigningKey[] = [a as SigningKey]
-  let fetches = 0
-  let down = false
+/** An issuer's JWKS endpoint on 127.0.0.1: serves `served` (changeable), counts fetches, answers 500 while `down`. */
+async function jwksIssuer(t: { teardown(fn: () => unknown): void }, first: SigningKey[]): Promise<{ url: string; served: SigningKey[]; fetches: () => number; setDown(down: boolean): void }> {
+  const state = { served: first, fetches: 0, down: false }
   const server = createServer((req, res) => {
-    fetches++
-    if (down) return void res.writeHead(500).end()
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: served.map((k) => k.publicJwk) }))
+    state.fetches++
+    if (state.down) return void res.writeHead(500).end()
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: state.served.map((k) => k.publicJwk) }))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json`
-  const auth = jwtAuthenticator(options({ jwksUrl: url, refetchCooldownMs: 0 }), clock)
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json`,
+    get served() {
+      return state.served
+    },
+    set served(keys: SigningKey[]) {
+      state.served = keys
+    },
+    fetches: () => state.fetches,
+    setDown: (down) => void (state.down = down),
+  }
+}
+
+t.test('a JWKS URL is fetched, cached, and fetched again for an unknown key id; when it is down the answer is 503, not 401 or 500', async (t) => {
+  const clock = new ManualClock(Date.now())
+  const [a, b] = await Promise.all([signingKey('RS256', 'a'), signingKey('EdDSA', 'b')])
+  const issuer = await jwksIssuer(t, [a as SigningKey])
+  const auth = jwtAuthenticator(options({ jwksUrl: issuer.url, refetchCooldownMs: 0 }), clock)
   const tokenA = await mint(a as SigningKey, { sub: 'alice', now: clock.now() })
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice')
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice')
-  t.equal(fetches, 1, 'the key set is cached')
-  served = [a as SigningKey, b as SigningKey]
+  t.equal(issuer.fetches(), 1, 'the key set is cached')
+  issuer.served = [a as SigningKey, b as SigningKey]
   const tokenB = await mint(b as SigningKey, { sub: 'bob', now: clock.now() })
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenB}` }))).user, 'bob', 'an unknown kid fetched the set again')
-  t.equal(fetches, 2)
-  down = true
+  t.equal(issuer.fetches(), 2)
+  issuer.setDown(true)
   const tokenC = await mint(await signingKey('ES256', 'c'), { sub: 'carol', now: clock.now() })
   const err = await refusal(auth, { authorization: `Bearer ${tokenC}` })
   t.equal(err.status, 503, 'the issuer’s keys are unreachable: the router’s trouble, said as such')
@@ -154,44 +167,35 @@ t.test('a JWKS URL is fetched, cached, and fetched again for an unknown key id; 
 t.test('a JWKS URL that fails is asked at most once per cooldown however many tokens arrive, and the keys it gave keep verifying through its outage for up to a day', async (t) => {
   const clock = new ManualClock(Date.now())
   const [a, b] = await Promise.all([signingKey('RS256', 'a'), signingKey('EdDSA', 'b')])
-  let served: SigningKey[] = [a as SigningKey]
-  let fetches = 0
-  let down = false
-  const server = createServer((req, res) => {
-    fetches++
-    if (down) return void res.writeHead(500).end()
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ keys: served.map((k) => k.publicJwk) }))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())))
-  const auth = jwtAuthenticator(options({ jwksUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks.json` }), clock)
+  const issuer = await jwksIssuer(t, [a as SigningKey])
+  const auth = jwtAuthenticator(options({ jwksUrl: issuer.url }), clock)
   const tokenA = await mint(a as SigningKey, { sub: 'alice', now: clock.now(), expiresIn: 3 * 86_400 })
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice')
-  t.equal(fetches, 1)
+  t.equal(issuer.fetches(), 1)
 
-  down = true
+  issuer.setDown(true)
   const unknown = await mint(await signingKey('ES256', 'x'), { sub: 'mallory', now: clock.now() })
   clock.advance(5000)
   const refusals = await Promise.all(Array.from({ length: 50 }, () => refusal(auth, { authorization: `Bearer ${unknown}` })))
   t.same([...new Set(refusals.map((e) => e.status))], [503], 'an unknown key id while the issuer fails: 503, the router’s trouble')
-  t.equal(fetches, 2, '50 tokens naming unknown keys cost the issuer one fetch, not 50')
+  t.equal(issuer.fetches(), 2, '50 tokens naming unknown keys cost the issuer one fetch, not 50')
   for (let i = 0; i < 20; i++) await refusal(auth, { authorization: `Bearer ${unknown}` })
-  t.equal(fetches, 2, 'nor does a failed fetch let the next caller try again before the cooldown')
+  t.equal(issuer.fetches(), 2, 'nor does a failed fetch let the next caller try again before the cooldown')
   clock.advance(5000)
   await refusal(auth, { authorization: `Bearer ${unknown}` })
-  t.equal(fetches, 3, 'one fetch per cooldown')
+  t.equal(issuer.fetches(), 3, 'one fetch per cooldown')
 
   clock.advance(11 * 60_000)
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice', 'past the 10-minute refresh, the known key still verifies while the issuer fails')
-  await waitFor('the background refresh', () => (fetches === 4 ? true : undefined), 5000)
+  await waitFor('the background refresh', () => (issuer.fetches() === 4 ? true : undefined), 5000)
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenA}` }))).user, 'alice', 'and after that refresh failed')
-  t.equal(fetches, 4, 'which is not tried again before the cooldown')
+  t.equal(issuer.fetches(), 4, 'which is not tried again before the cooldown')
 
   clock.advance(86_400_000)
   t.equal((await refusal(auth, { authorization: `Bearer ${tokenA}` })).status, 503, 'a day after the last good fetch, the old keys verify nothing more')
 
-  down = false
-  served = [b as SigningKey]
+  issuer.setDown(false)
+  issuer.served = [b as SigningKey]
   clock.advance(5000)
   const tokenB = await mint(b as SigningKey, { sub: 'bob', now: clock.now() })
   t.equal((await auth.authenticate(request({ authorization: `Bearer ${tokenB}` }))).user, 'bob', 'the issuer back: its keys verify')
