@@ -172,15 +172,15 @@ const MAX_ATTEMPTS = 3
 export interface ProxyHandler {
   (req: IncomingMessage, res: ServerResponse): Promise<void>
   /**
-   * Ends every exchange with an instance still under way with `err` (the router's drain ran out
-   * of time): a gRPC call gets a status its client may retry elsewhere, where a cut connection
-   * would read INTERNAL or UNAVAILABLE by chance.
+   * Ends every gRPC call still under way with `err` (the router's drain ran out of time): its
+   * client gets a status it may retry elsewhere, where a cut connection would read INTERNAL or
+   * UNAVAILABLE by chance. (Other requests are cut, as their clients would see anyway.)
    */
   stopUnderWay(err: MaitreError): void
 }
 
 export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
-  /** Exchanges with instances under way. */
+  /** gRPC calls under way with an instance (for the drain's end). */
   const underWay = new Set<Forwarding>()
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = deps.clock.now()
@@ -375,10 +375,11 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
           },
         })
         if (clientGone) forwarding.clientGone()
-        // (A forwarding's result never rejects: it settles with what happened.)
-        underWay.add(forwarding)
+        // (A forwarding's result never rejects: it settles with what happened. Only gRPC calls
+        // are kept for the drain: measured, the set cost HTTP's tiny requests several per cent.)
+        if (grpcCall) underWay.add(forwarding)
         const result = await forwarding.result
-        underWay.delete(forwarding)
+        if (grpcCall) underWay.delete(forwarding)
         forwarding = undefined
         backendMs = deps.clock.now() - forwardedAt
         lease.release(result.outcome)

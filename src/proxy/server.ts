@@ -37,8 +37,8 @@ export interface ServerOptions {
   readonly proxy: (req: IncomingMessage, res: ServerResponse) => Promise<void>
   /**
    * Told when the drain's bound ran out with requests still under way, just before they are
-   * cut: the exchanges with instances end with "shutting down" (a gRPC call with UNAVAILABLE in
-   * its trailers), which the drain then gives STOP_GRACE_MS to reach their clients.
+   * cut: gRPC calls end with "shutting down" (UNAVAILABLE in their trailers), which the drain
+   * then gives STOP_GRACE_MS to reach their clients.
    */
   readonly stopUnderWay?: (err: MaitreError) => void
   /** WebSocket upgrades on the data path (absent: an upgrade is served as plain HTTP/1.1). */
@@ -580,8 +580,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         }
         if (open.size > 0 || connections > 0) options.log.warn({ cut: open.size, connections, timeoutMs }, 'drain timed out; cutting the requests left')
         if (open.size > 0 && options.stopUnderWay !== undefined) {
-          // Their last words first: an answer not begun is a 503, a gRPC call ends with
-          // UNAVAILABLE; only then do the connections go.
+          // Their last words first: each gRPC call still under way ends with UNAVAILABLE; only
+          // then do the connections go.
           options.stopUnderWay(stoppedByShutdownError())
           await new Promise<void>((done) => {
             const timer = setTimeout(done, STOP_GRACE_MS)

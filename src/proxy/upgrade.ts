@@ -39,9 +39,9 @@ export function shuttingDownError(): MaitreError {
 }
 
 /**
- * How an exchange with an instance still under way when the drain ran out of time ends. No
- * Retry-After: the instance has the request and may have acted on it, so it is not one to send
- * again unasked (a gRPC client reads UNAVAILABLE, and retries by its own policy).
+ * How a gRPC call still under way when the drain ran out of time ends (its client reads
+ * UNAVAILABLE, and retries by its own policy). No Retry-After: the instance has the request and
+ * may have acted on it.
  */
 export function stoppedByShutdownError(): MaitreError {
   return new MaitreError('MAITRE_ROUTER_OVERLOADED', `${SHUTTING_DOWN} with the request still under way`, { status: 503, details: { draining: true } })
