@@ -77,6 +77,10 @@ const KILL_RETRY_MS = 2_000
 const MAX_KILL_RETRY_MS = 60_000
 /** A failed SUPPRESS or REVIVE is tried again after this. */
 const OFFERS_CALL_RETRY_MS = 1_000
+/** A failed task's service relaunches after this, times restart-backoff-factor per failure in a row… */
+const RELAUNCH_BASE_MS = 1_000
+/** …up to this. */
+const RELAUNCH_MAX_MS = 60_000
 /** How often the backend checks that the master's view of its demand holds (see #watch). */
 const WATCH_MS = 2_000
 /** Demand with no offer for this long: the master may have missed a REVIVE, or filters hold; revive. */
@@ -116,6 +120,10 @@ interface MesosService {
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
   deploymentError: string | undefined
+  /** Tasks failed in a row since one was healthy: each puts the next launch further off. */
+  launchFailures: number
+  /** No task of it is launched before this (ms since the epoch): its relaunch back-off. */
+  nextLaunchAt: number
 }
 
 export class MesosBackend implements Backend {
@@ -226,7 +234,7 @@ export class MesosBackend implements Backend {
   }
 
   #newService(id: string, spec: LaunchSpec | undefined, requested: number): MesosService {
-    return { id, spec, requested, tasks: new Map(), failed: [], killed: [], failedSinceHealthy: [], deploymentError: undefined }
+    return { id, spec, requested, tasks: new Map(), failed: [], killed: [], failedSinceHealthy: [], deploymentError: undefined, launchFailures: 0, nextLaunchAt: 0 }
   }
 
   async scale(serviceId: string, instances: number): Promise<void> {
@@ -590,7 +598,10 @@ export class MesosBackend implements Backend {
       if (status.state !== 'TASK_RUNNING') task.healthy = false
       if (task.healthy) task.everHealthy = true
       if (current) {
-        if (task.healthy) service.failedSinceHealthy = []
+        if (task.healthy) {
+          service.failedSinceHealthy = []
+          service.launchFailures = 0
+        }
         this.#update(service)
       }
       return
@@ -613,7 +624,10 @@ export class MesosBackend implements Backend {
     } else {
       service.failed = [ended, ...service.failed].slice(0, ENDED_KEPT)
       // A lost agent or launch says nothing of the service: replaced, but no step towards a deployment error.
-      if (!lostWithItsAgent(status)) service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
+      if (!lostWithItsAgent(status)) {
+        service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
+        this.#holdRelaunch(service)
+      }
       this.#o.log.warn({ service: service.id, instance: task.id, state: status.state, reason: status.reason, message: status.message }, 'instance failed')
     }
     if (current) this.#update(service)
@@ -655,11 +669,30 @@ export class MesosBackend implements Backend {
   // -------------------------------------------------------------------------------------------
   // Demand, offers, reconciliation
 
+  /**
+   * A task of the service failed: its next launch waits RELAUNCH_BASE_MS × restart-backoff-factor
+   * ^ (failures in a row − 1), up to RELAUNCH_MAX_MS, as the local backend's and Marathon's do.
+   * (Relaunched at the next offer, a command that exits at once ran about once a second for as
+   * long as the version was asked for, each failure a REVIVE clearing every decline filter.)
+   */
+  #holdRelaunch(service: MesosService): void {
+    service.launchFailures += 1
+    const factor = service.spec?.restartBackoffFactor ?? 1
+    const waitMs = Math.min(RELAUNCH_MAX_MS, RELAUNCH_BASE_MS * factor ** (service.launchFailures - 1))
+    service.nextLaunchAt = this.#o.clock.now() + waitMs
+    const cancel = this.#o.clock.setTimeout(() => {
+      this.#timers.delete(cancel)
+      this.#demandChanged()
+    }, waitMs)
+    this.#timers.add(cancel)
+  }
+
   #demands(): Demand[] {
     const demands: Demand[] = []
     if (!this.#adopted) return demands
+    const now = this.#o.clock.now()
     for (const service of this.#services.values()) {
-      if (service.spec === undefined) continue
+      if (service.spec === undefined || now < service.nextLaunchAt) continue
       const live = [...service.tasks.values()].filter((t) => !t.killing).length
       const count = service.requested - live
       if (count > 0) demands.push({ serviceId: service.id, count, cpus: service.spec.cpus, memMb: service.spec.memMb, ports: Math.max(1, service.spec.ports) })

@@ -288,3 +288,17 @@ t.test('a forced kill of a task already in its termination grace cuts the grace 
   t.ok(Date.now() - forcedAt < 5000, `killed ${Date.now() - forcedAt} ms after the forced kill, not at the end of its 30 s grace`)
   t.equal(backend.state('slow-to-go')?.requested, 0, 'the count dropped once, with the first kill')
 })
+
+t.test('a version whose tasks fail at once is relaunched after a growing back-off (restart-backoff-factor), not at every offer', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, sim.url, 1)
+  const failing = { ...spec('crashes', 1), command: 'exit 3', restartBackoffFactor: 2 }
+  const began = Date.now()
+  await backend.ensureService(failing)
+  const launched = (): number => sim.tasks().filter((task) => task.id.startsWith('crashes.')).length
+  await waitFor('a third launch', () => (launched() >= 3 ? true : undefined), 15_000)
+  const third = Date.now() - began
+  // Back-offs of 1 s then 2 s between the failures: the third launch comes 3 s or more after the first.
+  t.ok(third >= 2900, `the third launch came ${third} ms after the first, after back-offs of 1 s and 2 s`)
+  t.match(backend.state('crashes')?.deploymentError, /./, 'and the version says it cannot start')
+})
