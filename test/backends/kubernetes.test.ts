@@ -247,8 +247,17 @@ t.test('the API server enforces resourceVersion on /scale; the client reports St
   const { api, backend } = await setup(t)
   await backend.ensureService(spec('svc-e'))
   const name = replicaSetName('svc-e')
-  const read = await api.getScale(name)
-  await api.replaceScale(name, { ...read, spec: { replicas: 2 } })
+  // The controller writes the ReplicaSet's status as its pod comes (a new resourceVersion), so
+  // the first write may itself meet a newer version: read again until one goes through.
+  let read = await api.getScale(name)
+  for (let attempt = 1; ; attempt++) {
+    const written = await api.replaceScale(name, { ...read, spec: { replicas: 2 } }).then(() => true, (err: unknown) => {
+      if (!(err instanceof KubeApiError && err.code === 409) || attempt >= 20) throw err
+      return false
+    })
+    if (written) break
+    read = await api.getScale(name)
+  }
   const stale = await api.replaceScale(name, { ...read, spec: { replicas: 3 } }).catch((err: unknown) => err)
   t.ok(stale instanceof KubeApiError)
   t.match(stale, { code: 409, reason: 'Conflict', message: /the object has been modified/ })
