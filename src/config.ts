@@ -674,7 +674,8 @@ function shownValue(path: string, input: unknown): string {
   return JSON.stringify(redacted(input))
 }
 
-function withoutUrlCredentials(text: string): string {
+/** A text with every URL's user information replaced (for what is printed: errors, logs). */
+export function withoutUrlCredentials(text: string): string {
   return text.replace(URL_CREDENTIALS, '$1<redacted>@')
 }
 

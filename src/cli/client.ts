@@ -1,4 +1,5 @@
 /** The CLI's view of a router: HTTP calls to the Waiter API, failures turned into CliErrors with exit codes. */
+import { withoutUrlCredentials } from '../config.ts'
 import { request } from 'undici'
 
 export const EXIT = { ok: 0, apiError: 1, usage: 64, noInput: 66, unavailable: 69 } as const
@@ -44,7 +45,7 @@ export class RouterClient {
       })
     } catch (err) {
       // (The router's address as given, less any user:password@ in it.)
-      throw new CliError(`cannot reach the router at ${this.#base.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1<redacted>@')}: ${(err as Error).message}`, EXIT.unavailable)
+      throw new CliError(`cannot reach the router at ${withoutUrlCredentials(this.#base)}: ${(err as Error).message}`, EXIT.unavailable)
     }
     const body = await res.body.text()
     const ok = options.okStatuses ?? [200]

@@ -47,14 +47,6 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#controller?.abort(new undiciErrors.RequestAbortedError())
   }
 
-  #stopped: MaitreError | undefined
-
-  readonly stop = (err: MaitreError): void => {
-    if (this.#settled) return
-    this.#stopped = err
-    this.#controller?.abort(err)
-  }
-
   readonly #onDrain = (): void => {
     this.#stopWaiting = undefined
     this.#controller?.resume()
@@ -64,7 +56,6 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#controller = controller
     // The client may have left while the request waited in undici's queue for a connection.
     if (this.#clientGone) controller.abort(new undiciErrors.RequestAbortedError())
-    else if (this.#stopped !== undefined) controller.abort(this.#stopped)
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
@@ -202,7 +193,7 @@ export class Forwarder {
       },
       exchange,
     )
-    return { result, clientGone: exchange.clientGone, stop: exchange.stop }
+    return { result, clientGone: exchange.clientGone }
   }
 
   async close(): Promise<void> {

@@ -103,10 +103,10 @@ export interface Forwarding {
   readonly clientGone: () => void
   /**
    * The router stops and cannot wait for this exchange any longer: it ends with `err` as an
-   * instance's failure would (a gRPC call with its status in trailers, an answer not begun with
-   * `err` itself), not as the instance's fault (a no-op once it has ended).
+   * instance's failure would (a gRPC call with its status in trailers), not as the instance's
+   * fault (a no-op once it has ended). Only Node's clients, which carry every gRPC call, offer it.
    */
-  readonly stop: (err: MaitreError) => void
+  readonly stop?: (err: MaitreError) => void
 }
 
 /** The request carries a body (the forward streams it on). */

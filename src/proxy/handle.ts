@@ -470,7 +470,7 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
   }
   return Object.assign(handler, {
     stopUnderWay(err: MaitreError): void {
-      for (const forwarding of [...underWay]) forwarding.stop(err)
+      for (const forwarding of [...underWay]) forwarding.stop?.(err)
     },
   })
 }
