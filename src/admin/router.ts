@@ -85,6 +85,9 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           if (cluster.mode === 'etcd' && !cluster.members().some((m) => m.routerId === cluster.routerId)) {
             return sendJson(res, 503, { status: 'joining', message: 'Router is joining its cluster.' }, cid)
           }
+          // Until the backend has seen what runs, this router knows no instance to send a request to.
+          const unready = deps.backend.notReadyBecause?.()
+          if (unready !== undefined) return sendJson(res, 503, { status: 'backend-syncing', message: unready }, cid)
           return sendJson(res, 200, { status: 'ok' }, cid)
         }
       }

@@ -82,6 +82,12 @@ export interface Backend {
    */
   requested(serviceId: string): number | undefined
   services(): readonly ServiceState[]
+  /**
+   * Why the backend cannot serve yet, until its first view of the cluster is in (a Kubernetes
+   * backend's first list of pods); undefined from then on, since what it knows keeps serving
+   * through later outages. Absent: always ready.
+   */
+  notReadyBecause?(): string | undefined
   /** Called with a service id whenever that service's instances or errors change. */
   subscribe(listener: (serviceId: string) => void): () => void
   /**

@@ -45,6 +45,7 @@ export function instrumented(backend: Backend, metrics: Metrics): Backend {
     state: (id) => backend.state(id),
     requested: (id) => backend.requested(id),
     services: () => backend.services(),
+    notReadyBecause: () => backend.notReadyBecause?.(),
     subscribe: (listener) => backend.subscribe(listener),
     close: () => backend.close(),
   }

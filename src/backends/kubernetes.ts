@@ -158,6 +158,16 @@ export class KubernetesBackend implements Backend {
   readonly #listeners: ServiceListeners
   readonly #abort = new AbortController()
   readonly #synced: Promise<void>
+  #isSynced = false
+  /**
+   * Why the first list failed, until one succeeds. Refused by the API server (401, 403, 404: RBAC
+   * without list, a wrong namespace), a cold start meanwhile fails at once (503) rather than wait
+   * out its queue timeout behind a list that will not come until someone fixes the cluster; a
+   * transient failure (5xx, 429, the network) is waited past.
+   */
+  #firstListFailure: unknown
+  /** Cold starts waiting for the first list: told when an attempt at it is refused. */
+  readonly #syncWaiters = new Set<(err: unknown) => void>()
   readonly #loop: Promise<void>
   readonly #replicaSetLoop: Promise<void>
   #cancelEventCheck: (() => void) | undefined
@@ -178,10 +188,32 @@ export class KubernetesBackend implements Backend {
     return this.#synced
   }
 
+  notReadyBecause(): string | undefined {
+    if (this.#isSynced) return undefined
+    return this.#firstListFailure === undefined ? 'The Kubernetes backend has not listed its pods yet.' : 'The Kubernetes backend could not list its pods yet; it keeps trying.'
+  }
+
+  /** The first list; an attempt at it that the API server refuses is reported, not waited past. */
+  async #whenSynced(): Promise<void> {
+    if (this.#isSynced) return
+    if (this.#firstListFailure !== undefined && !isTransient(this.#firstListFailure)) throw new Error('the first list of pods was refused', { cause: this.#firstListFailure })
+    await new Promise<void>((resolve, reject) => {
+      const fail = (err: unknown): void => {
+        this.#syncWaiters.delete(fail)
+        reject(new Error('the first list of pods was refused', { cause: err }))
+      }
+      this.#syncWaiters.add(fail)
+      void this.#synced.then(() => {
+        this.#syncWaiters.delete(fail)
+        resolve()
+      })
+    })
+  }
+
   async ensureService(spec: LaunchSpec): Promise<void> {
     if (this.#closed) throw new Error('the kubernetes backend is closed')
     refuseUnsupportedProtos(spec, { backend: ['http', 'https', 'h2c', 'h2'], healthCheck: ['http', 'https'], why: "the kubelet's HTTP probes speak HTTP/1.1, in the clear or over TLS; give an HTTP/2 service an HTTP/1.1 health check port with health-check-port-index" })
-    await this.#synced
+    await this.#whenSynced()
     // A service being deleted is not revived half-way (its ReplicaSet may vanish under it): the
     // delete finishes first. If it succeeded, the service is created afresh below; if it failed,
     // the service and its ReplicaSet are still there, which is all ensureService asks.
@@ -909,14 +941,25 @@ export class KubernetesBackend implements Backend {
     await this.#listAndWatch<Pod>(
       'pod',
       async () => {
-        if (first) {
-          for (const rs of (await this.#o.api.listReplicaSets(selector)).items) this.#adopt(rs)
+        if (!first) {
+          const list = await this.#o.api.listPods(selector)
+          this.#replaceAll(list.items)
+          return list.metadata.resourceVersion ?? ''
         }
-        const list = await this.#o.api.listPods(selector)
-        this.#replaceAll(list.items)
-        if (first) synced()
-        first = false
-        return list.metadata.resourceVersion ?? ''
+        try {
+          for (const rs of (await this.#o.api.listReplicaSets(selector)).items) this.#adopt(rs)
+          const list = await this.#o.api.listPods(selector)
+          this.#replaceAll(list.items)
+          first = false
+          this.#isSynced = true
+          this.#firstListFailure = undefined
+          synced()
+          return list.metadata.resourceVersion ?? ''
+        } catch (err) {
+          this.#firstListFailure = err
+          if (!isTransient(err)) for (const fail of [...this.#syncWaiters]) fail(err)
+          throw err
+        }
       },
       (resourceVersion, onEvent) => this.#o.api.watchPods(selector, resourceVersion, this.#o.watchTimeoutSecs, this.#abort.signal, onEvent),
       (type, pod) => this.#apply(type, pod),

@@ -23,7 +23,7 @@ import { replicaSetName, replicaSetOf } from '../../src/backends/kubernetes/repl
 import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
 import { silentLogger } from '../../src/log.ts'
-import { kitchenCmd, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor } from '../fixtures/router.ts'
+import { call, createToken, kitchenCmd, kitchenToken, startKubeRouter, startRouter, SIM_NAMESPACE, SIM_TOKEN, waitFor, within } from '../fixtures/router.ts'
 import { healthy, requestTo, setup, spec } from '../fixtures/kube-backend.ts'
 import type { Instance } from '../../src/backends/backend.ts'
 import { realisticTiming, type Simulator, type SimulatorOptions } from '../fixtures/k8s-sim/simulator.ts'
@@ -73,6 +73,57 @@ t.test('after its history is compacted and its watch dropped, the backend lists 
   t.equal(sim.list('replicasets', SIM_NAMESPACE)[0]?.spec.replicas, 2, 'replicas written through /scale')
   t.equal(backend.state('svc-a')?.instances.length, 2)
   t.ok(sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length >= 2, 'the 410 led to a fresh list')
+})
+
+t.test('a service account RBAC lets not list pods: cold starts fail at once, and the backend is not ready until the list goes through', async (t) => {
+  const { sim, api, podBasePort } = await setup(t, { sim: { forbidden: [['pods', 'list']] } })
+  // A second backend of another cluster, asked to start a service before its first list is answered.
+  const backend = new KubernetesBackend({ ...DEFAULTS.backend.kubernetes, api, cluster: 'rbac', podBasePort: podBasePort + 50, relistBackoffMs: 20, clock: systemClock, log: silentLogger })
+  t.teardown(() => backend.close())
+  t.match(backend.notReadyBecause(), /has not listed its pods yet/, 'not ready before its first list')
+  const early = backend.ensureService(spec('svc-rbac-early'))
+  await t.rejects(within('the cold start waiting for the first list to fail', early), { message: /first list of pods was refused/ }, 'a cold start already waiting is failed by the refusal')
+  await t.rejects(within('a later cold start to fail', backend.ensureService(spec('svc-rbac'))), { message: /first list of pods was refused/ }, 'and a later one at once')
+  t.match(backend.notReadyBecause(), /could not list its pods yet; it keeps trying/)
+  t.equal(sim.list('replicasets', SIM_NAMESPACE).filter((rs) => rs.metadata.labels?.['maitre/cluster'] === 'rbac').length, 0, 'nothing was created')
+  sim.forbidNext(0, ['pods', 'list']) // the Role is fixed
+  await within('the first list, once allowed', backend.ready())
+  t.equal(backend.notReadyBecause(), undefined, 'ready once the list is in')
+  await backend.ensureService(spec('svc-rbac'))
+  await waitFor('its pod ready', () => (healthy(backend, 'svc-rbac') === 1 ? true : undefined), 10_000)
+})
+
+t.test('a router whose backend may not list pods is not ready, and answers a cold start 503 at once', async (t) => {
+  const router = await startKubeRouter(t, {}, { forbidden: [['pods', 'list']] })
+  const readyz = await call(`${router.url}/readyz`)
+  t.equal(readyz.status, 503)
+  t.match(readyz.json(), { status: 'backend-syncing', message: /Kubernetes backend/ }, '/readyz says why')
+  await createToken(router, 'rbac', kitchenToken())
+  const reply = await within('the cold start to be answered', call(`${router.url}/hello`, { headers: { 'x-waiter-token': 'rbac' } }))
+  t.equal(reply.status, 503, 'a 503 at once, not after the queue timeout')
+  t.match(reply.json(), { 'waiter-error': { message: /kubernetes backend could not create the service/ } })
+  t.notMatch(reply.text, /forbidden|serviceaccount/, "the API server's own words stay in the log")
+  router.sim.forbidNext(0, ['pods', 'list'])
+  await waitFor('/readyz 200 once the list is in', async () => ((await call(`${router.url}/readyz`)).status === 200 ? true : undefined), 10_000)
+  t.equal((await call(`${router.url}/hello`, { headers: { 'x-waiter-token': 'rbac' } })).status, 200, 'served then')
+})
+
+t.test('an API server failing the first list for a while (5xx) is waited past, not reported to the cold start', async (t) => {
+  const { sim, api, podBasePort } = await setup(t)
+  sim.failNext(Infinity, ['pods', 'list'])
+  const lists = (): number => sim.requests.filter(([r, v]) => r === 'pods' && v === 'list').length
+  const before = lists()
+  const backend = new KubernetesBackend({ ...DEFAULTS.backend.kubernetes, api, cluster: 'flaky', podBasePort: podBasePort + 50, relistBackoffMs: 20, clock: systemClock, log: silentLogger })
+  t.teardown(() => backend.close())
+  let settled: string | undefined
+  const starting = backend.ensureService(spec('svc-flaky')).then(() => (settled = 'resolved'), (err: unknown) => (settled = `rejected: ${String(err)}`))
+  await waitFor('three failed first lists', () => (lists() >= before + 3 ? true : undefined), 10_000)
+  t.equal(settled, undefined, 'the cold start still waits')
+  t.match(backend.notReadyBecause(), /could not list its pods yet/)
+  sim.failNext(0, ['pods', 'list'])
+  await within('the cold start, once the list goes through', starting)
+  t.equal(settled, 'resolved')
+  await waitFor('its pod ready', () => (healthy(backend, 'svc-flaky') === 1 ? true : undefined), 10_000)
 })
 
 t.test('a failing API server is retried with backoff, not fatal', async (t) => {
