@@ -78,6 +78,19 @@ function portFromEnv(env: NodeJS.ProcessEnv): string | undefined {
 
 class UsageError extends Error {}
 
+/** What is wrong with a router address, if anything (never echoing it: it may hold a password). */
+function routerUrlProblem(address: string): string | undefined {
+  let url: URL
+  try {
+    url = new URL(address)
+  } catch {
+    return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `must be an http:// or https:// URL, not ${url.protocol}//`
+  if (url.search !== '' || url.hash !== '') return 'must hold no query or fragment'
+  return undefined
+}
+
 /** The options each kind of command reads (help and version are everyone's). */
 const SERVE_OPTIONS = new Set(['config', 'port', 'host', 'data-dir', 'log-level', 'etcd', 'check-config', 'help', 'version'])
 const CLIENT_OPTIONS = new Set(['router', 'json', 'file', 'owner', 'hard', 'help', 'version'])
@@ -124,7 +137,11 @@ export async function runCli(argv: readonly string[], env: NodeJS.ProcessEnv, io
     if (foreign !== undefined) throw new UsageError(`--${foreign} is not an option of "${CLIENT_COMMANDS.has(command) ? command : 'serve'}"`)
     if (CLIENT_COMMANDS.has(command)) {
       const stop = new AbortController()
-      const client = new RouterClient(values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`, fromEnv(env, 'MAITRE_AUTH_TOKEN'), stop.signal)
+      const router = values.router ?? fromEnv(env, 'MAITRE_URL') ?? `http://127.0.0.1:${DEFAULTS.server.port}`
+      // A mistyped address is the user's usage (64), not a router that is down (69).
+      const problem = routerUrlProblem(router)
+      if (problem !== undefined) throw new UsageError(`${values.router !== undefined ? '--router' : 'MAITRE_URL'} ${problem}`)
+      const client = new RouterClient(router, fromEnv(env, 'MAITRE_AUTH_TOKEN'), stop.signal)
       try {
         const { etcd: _serveOnly, ...options } = values
         // Ctrl-C (or SIGTERM) ends a client command at once, whatever it waits on (a router that

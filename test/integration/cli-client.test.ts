@@ -111,6 +111,15 @@ t.test('clear errors and exit codes', async (t) => {
   t.match(withPassword.err, 'cannot reach the router at http://<redacted>@127.0.0.1:1', 'the address it names has no password in it')
   t.notMatch(withPassword.err, 'hunter2-pw')
   t.equal((await run('apps', 'a', 'b', '--router', router.url)).code, 64)
+  // A mistyped address is a usage error, not a router that is down.
+  for (const bad of ['127.0.0.1:9091', 'localhost:9091', 'ftp://127.0.0.1:9091', 'http://127.0.0.1:9091/?x=1']) {
+    const mistyped = await run('apps', '--router', bad)
+    t.equal(mistyped.code, 64, `--router ${bad}: usage`)
+    t.match(mistyped.err, /--router must/)
+  }
+  const envTypo = io()
+  t.equal(await runCli(['apps'], { MAITRE_URL: 'router.example:9091' }, envTypo.io), 64, 'MAITRE_URL too')
+  t.match(envTypo.err.join(''), /MAITRE_URL must be an http:\/\/ or https:\/\/ URL/)
 })
 
 t.test('what the terminal shows: control characters in a token are made visible, and a version with no instances (let go) is shown, not a crash', async (t) => {
