@@ -312,7 +312,17 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     },
     { defaultPolicy: config.scaler.keepAlive, tickMs: config.scaler.keepAliveTickMs },
   )
-  gauges = () => serviceGauges(backend, tracker, autoscaler)
+  gauges = () =>
+    serviceGauges({
+      backend,
+      tracker,
+      autoscaler,
+      decides: () => fleet.isLeader(),
+      maxInstancesOf: (serviceId) => {
+        const record = registry.get(serviceId)
+        return record === undefined ? undefined : (parameters.ofRecord(record)['max-instances'] as number)
+      },
+    })
   // A request another router told of: this router's own record says what the version is.
   const recordStarts: RecordStarts = {
     parametersOf: (record) => parameters.ofRecord(record),

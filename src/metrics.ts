@@ -6,6 +6,7 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
+import { deploymentErrorClass } from './backends/deployment-error.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -16,7 +17,12 @@ export interface ServiceGauges {
   readonly queued: number
   readonly healthy: number
   readonly starting: number
+  /** The autoscaler's target, from the router that decides (undefined elsewhere: a follower's would only echo the count). */
   readonly target: number | undefined
+  /** The version's max-instances, when its record is known here. */
+  readonly maxInstances: number | undefined
+  /** The version's deployment error while it has one. */
+  readonly deploymentError: string | undefined
 }
 
 export interface GaugeSources {
@@ -29,6 +35,11 @@ export interface GaugeSources {
 
 export function statusClass(status: number): string {
   return status >= 100 && status < 600 ? `${Math.floor(status / 100)}xx` : 'other'
+}
+
+/** The reason label of maitre_queue_rejections_total for a request refused with this error, if it is one. */
+export function queueRejectionOf(code: string | undefined): 'full' | 'timeout' | 'deployment-error' | undefined {
+  return code === 'MAITRE_QUEUE_FULL' ? 'full' : code === 'MAITRE_QUEUE_TIMEOUT' ? 'timeout' : code === 'MAITRE_DEPLOYMENT' ? 'deployment-error' : undefined
 }
 
 /** Versions remembered as gone with requests under way, for the series those record after they went. */
@@ -49,6 +60,7 @@ export class Metrics {
   readonly prewarmHits: Counter
   readonly prewarmMisses: Counter
   readonly coldStartDuration: Histogram<'service'>
+  readonly routerColdStartDuration: Histogram
   readonly deploymentErrors: Counter<'service' | 'reason'>
   readonly queueRejections: Counter<'service' | 'reason'>
   readonly ejections: Counter<'service'>
@@ -82,6 +94,9 @@ export class Metrics {
     this.prewarmMisses = new Counter({ name: 'maitre_prewarm_misses_total', help: 'Pre-warms that spared no start: let go unused, still starting when the request came, or failed.', registers })
     this.coldStarts = new Counter({ name: 'maitre_cold_starts_total', help: 'Requests that waited for a version with no healthy instance.', labelNames: service, registers })
     this.coldStartDuration = new Histogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    // A version's own series are born at its first cold start, already at 1: rate() and increase()
+    // never see that one. This one lives as long as the router, so alerts see every cold start.
+    this.routerColdStartDuration = new Histogram({ name: 'maitre_router_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance, every version together (a series that exists from the router\'s start, for rates and alerts).', buckets: LATENCY_BUCKETS, registers })
     this.deploymentErrors = new Counter({ name: 'maitre_deployment_errors_total', help: 'Times a version was found unable to start, by Waiter deployment-error message.', labelNames: ['service', 'reason'] as const, registers })
     this.queueRejections = new Counter({ name: 'maitre_queue_rejections_total', help: 'Requests refused with 503 for want of an instance, by reason (full, timeout, deployment-error).', labelNames: ['service', 'reason'] as const, registers })
     this.ejections = new Counter({ name: 'maitre_ejections_total', help: 'Instances taken out of rotation after a connect error, a failure or a 503.', labelNames: service, registers })
@@ -108,7 +123,18 @@ export class Metrics {
     perServiceGauge('maitre_outstanding_requests', 'In-flight plus queued requests: the scaling signal.', (s) => s.inFlight + s.queued)
     perServiceGauge('maitre_in_flight_requests', 'Requests being served by an instance.', (s) => s.inFlight)
     perServiceGauge('maitre_queued_requests', 'Requests waiting for an instance slot.', (s) => s.queued)
-    perServiceGauge('maitre_target_instances', 'The autoscaler\'s smoothed target instance count.', (s) => s.target)
+    perServiceGauge('maitre_target_instances', 'The autoscaler\'s smoothed target instance count (exported by the router that decides: the single router, or the cluster\'s leader).', (s) => s.target)
+    perServiceGauge('maitre_max_instances', 'The version\'s max-instances: the ceiling its target is held to.', (s) => s.maxInstances)
+    new Gauge({
+      name: 'maitre_deployment_error',
+      help: '1 while the version cannot start (requests to it get 503 "Deployment error"), by the error\'s class; absent otherwise.',
+      labelNames: ['service', 'reason'] as const,
+      registers,
+      collect() {
+        this.reset()
+        for (const s of sources.services()) if (s.deploymentError !== undefined) this.set({ service: s.service, reason: deploymentErrorClass(s.deploymentError) }, 1)
+      },
+    })
     new Gauge({
       name: 'maitre_instances',
       help: 'Live instances by state: healthy, or starting (not passing health checks: not yet, or no longer).',

@@ -37,3 +37,20 @@ t.test('every metric the alert rules use exists, and the rules are well-formed',
     for (const name of metricNames(r.expr)) t.ok(known.has(name), `${r.alert}: ${name} exists`)
   }
 })
+
+t.test('alerts that must fire on a version\'s first event read series that exist before it', async (t) => {
+  // A per-version counter or histogram is born with the version's first event, already past 0:
+  // increase() and rate() never see that first sample move, so an alert on them stays silent
+  // for a version that fails once, or cold-starts once.
+  const rule = parse(readFileSync('k8s/monitoring/prometheusrule.yaml', 'utf8')) as { spec: { groups: { rules: { alert: string; expr: string }[] }[] } }
+  const rules = new Map(rule.spec.groups.flatMap((g) => g.rules).map((r) => [r.alert, r.expr]))
+  const bornWithEvent = /(?:rate|increase)\(\s*maitre_(?:deployment_errors_total|cold_starts_total|cold_start_duration_seconds_bucket)\b/
+  for (const alert of ['MaitreDeploymentError', 'MaitreSlowColdStarts']) {
+    const expr = rules.get(alert) ?? ''
+    t.notMatch(expr, bornWithEvent, `${alert} does not rate a per-version series born with the event`)
+  }
+  t.match(rules.get('MaitreDeploymentError'), /maitre_deployment_error\b/, 'the deployment error alert reads the state gauge')
+  t.match(rules.get('MaitreSlowColdStarts'), /maitre_router_cold_start_duration_seconds_bucket/, 'slow cold starts read the router-wide histogram')
+  const registry = new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: '0.0.0' })
+  t.match(await registry.render(), /^maitre_router_cold_start_duration_seconds_count 0$/m, 'which a router exports from its start')
+})

@@ -15,7 +15,7 @@ import type { Resolution, ResolvedRequest, Resolver } from '../versions/resolve.
 import { hostWithoutPort } from '../http/host.ts'
 import { fallbackTarget } from '../versions/fallback.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
-import { statusClass, type Metrics } from '../metrics.ts'
+import { queueRejectionOf, statusClass, type Metrics } from '../metrics.ts'
 import { cidOf } from '../http/cid.ts'
 import { sendError, SERVER_HEADER } from '../http/error-response.ts'
 import { allowedRequestHeaders, isPreflight, isSameOrigin, matchingRule, preflightHeaders, requestProto } from '../http/cors.ts'
@@ -236,7 +236,11 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
       if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
         throw new MaitreError('MAITRE_TRANSFER_CODING', 'Transfer-Encoding other than chunked is not supported', { details: { field: 'transfer-encoding', rule: 'chunked only', value: coding.slice(0, 100) } })
       }
-      if (isPreflight(req.method, req.headers)) return answerPreflight(req, res, cid, deps)
+      if (isPreflight(req.method, req.headers)) {
+        answerPreflight(req, res, cid, deps)
+        status = res.statusCode
+        return
+      }
       // DNS rebinding (see browser-guard.ts).
       if (deps.routerHostnames !== undefined) assertBrowserReachesService(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
       // Awaited only when pending: the warm path (one-user principal, cached resolution) stays synchronous.
@@ -427,6 +431,12 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
       if (queued || coldStart) queueMs = deps.clock.now() - started
       sendError(req, res, failure, { cid, principal, serviceId: resolution?.serviceId, token })
     } finally {
+      // The listener answered for it (a request body gone idle: 408) and the forward then saw the
+      // body end: what the client was told is the listener's answer, not the forward's cut.
+      if (!clientGone && res.writableEnded && cut?.code === 'MAITRE_CLIENT_CLOSED') {
+        status = res.statusCode
+        cut = undefined
+      }
       const finalStatus = clientGone ? 499 : (cut?.status ?? status ?? 500)
       if (failure !== undefined && finalStatus >= 500) {
         // Every 5xx maitre answers is traceable by its cid; unexpected ones (no code of ours) are errors.
@@ -443,10 +453,12 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
         if (backendMs !== undefined) deps.metrics.backendResponse.observe({ service }, backendMs / 1000)
         if (coldStart) {
           deps.metrics.coldStarts.inc({ service })
-          if (backendMs !== undefined) deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
+          if (backendMs !== undefined) {
+            deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
+            deps.metrics.routerColdStartDuration.observe(queueMs / 1000)
+          }
         }
-        const code = failure?.code
-        const rejection = code === 'MAITRE_QUEUE_FULL' ? 'full' : code === 'MAITRE_QUEUE_TIMEOUT' ? 'timeout' : code === 'MAITRE_DEPLOYMENT' ? 'deployment-error' : undefined
+        const rejection = queueRejectionOf(failure?.code)
         if (rejection !== undefined) deps.metrics.queueRejections.inc({ service, reason: rejection })
       }
       if (deps.accessLog) deps.log.info(

@@ -21,7 +21,7 @@ import type { Lease, ReleaseOutcome } from '../backends/tracker.ts'
 import { asMaitreError, MaitreError } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
 import { isDebugRequested } from '../http/debug.ts'
-import { statusClass } from '../metrics.ts'
+import { queueRejectionOf, statusClass } from '../metrics.ts'
 import type { Resolution, ResolvedRequest } from '../versions/resolve.ts'
 import { assertHttpsOrRedirect } from '../http/https-redirect.ts'
 import { assertBrowserReachesService } from '../http/browser-guard.ts'
@@ -134,7 +134,12 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
   /** closeAll() was called (the router drains): an upgrade admitted from now on is not opened. */
   let shuttingDown = false
 
-  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
+  /**
+   * `noted` learns the version as soon as it is resolved, and of a cold start as soon as one is
+   * waited for: an upgrade refused after that (queue full or timed out, a deployment error, the
+   * client gone) is counted and logged against its version.
+   */
+  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal, noted: { resolved(resolution: Resolution, token: string | undefined): void; coldStart(): void }): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
     checkHandshake(req)
     if (deps.routerHostnames !== undefined) assertBrowserReachesService(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
     let who: Principal
@@ -151,6 +156,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     corsHeadersFor(req, resolved.resolution)
     const resolution = fallBack(resolved.resolution, who, deps, perRequest['fallback-period-secs'])
     const serviceId = resolution.serviceId
+    noted.resolved(resolution, resolved.resolution.source?.token)
     // The relay opens an HTTP/1.1 WebSocket to the instance, which one that speaks only HTTP/2
     // cannot take (WebSockets over HTTP/2, RFC 8441, are not carried). Refused before a slot is
     // taken or anything dialled: the failed handshake would otherwise count against the
@@ -178,6 +184,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       const giveBack = deps.tracker.awaitStart(serviceId)
       try {
         while (starting !== undefined) {
+          if (!coldStart) noted.coldStart()
           coldStart = true
           await deps.activator.bounded(serviceId, starting, { deadline, queueTimeoutMs, signal })
           starting = deps.activator.ensure(activation)
@@ -229,6 +236,8 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         deps.metrics.requests.inc({ service: resolution.serviceId, code: statusClass(finalStatus) })
         deps.metrics.requestDuration.observe({ service: resolution.serviceId }, (deps.clock.now() - started) / 1000)
         if (coldStart) deps.metrics.coldStarts.inc({ service: resolution.serviceId })
+        const rejection = queueRejectionOf(failure?.code)
+        if (rejection !== undefined) deps.metrics.queueRejections.inc({ service: resolution.serviceId, reason: rejection })
       }
       if (deps.accessLog) {
         deps.log.info({ cid, method: req.method, path: req.url, token, service: resolution?.serviceId, status: finalStatus, instance: instanceId, totalMs: deps.clock.now() - started, coldStart, websocket: true }, 'request completed')
@@ -241,7 +250,16 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       finish()
     }
 
-    admit(req, socket, cid, aborter.signal).then((admitted) => {
+    const noted = {
+      resolved(r: Resolution, t: string | undefined): void {
+        resolution = r
+        token = t
+      },
+      coldStart(): void {
+        coldStart = true
+      },
+    }
+    admit(req, socket, cid, aborter.signal, noted).then((admitted) => {
       if (shuttingDown) {
         // Admitted (it waited for a start or a slot) while the router began to drain: a
         // connection opened now would be cut within the drain. A 503 lets the client reconnect

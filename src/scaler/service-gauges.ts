@@ -4,10 +4,29 @@ import type { InstanceTracker } from '../backends/tracker.ts'
 import type { ServiceGauges } from '../metrics.ts'
 import type { Autoscaler } from './autoscaler.ts'
 
-export function* serviceGauges(backend: Backend, tracker: InstanceTracker, autoscaler: Pick<Autoscaler, 'snapshot'>): Iterable<ServiceGauges> {
-  for (const state of backend.services()) {
-    const load = tracker.load(state.id)
+export interface GaugeContext {
+  readonly backend: Backend
+  readonly tracker: InstanceTracker
+  readonly autoscaler: Pick<Autoscaler, 'snapshot'>
+  /** Whether this router makes the scaling decisions (the single router, or the cluster's leader). */
+  readonly decides: () => boolean
+  readonly maxInstancesOf: (serviceId: string) => number | undefined
+}
+
+export function* serviceGauges(c: GaugeContext): Iterable<ServiceGauges> {
+  const decides = c.decides()
+  for (const state of c.backend.services()) {
+    const load = c.tracker.load(state.id)
     const healthy = state.instances.filter((i) => i.healthy).length
-    yield { service: state.id, inFlight: load.inFlight, queued: load.queued, healthy, starting: state.instances.length - healthy, target: autoscaler.snapshot(state.id)?.target }
+    yield {
+      service: state.id,
+      inFlight: load.inFlight,
+      queued: load.queued,
+      healthy,
+      starting: state.instances.length - healthy,
+      target: decides ? c.autoscaler.snapshot(state.id)?.target : undefined,
+      maxInstances: c.maxInstancesOf(state.id),
+      deploymentError: state.deploymentError,
+    }
   }
 }

@@ -9,6 +9,7 @@ import { PassThrough } from 'node:stream'
 import { connect } from 'node:net'
 import { connect as connectH2, constants as h2constants } from 'node:http2'
 import { createLogger } from '../../src/log.ts'
+import { capturedLog } from '../fixtures/captured-log.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, within, type Router } from '../fixtures/router.ts'
 import { raw, statusOf } from '../fixtures/raw-http.ts'
 
@@ -185,13 +186,23 @@ t.test('pipelining is bounded per connection', async (t) => {
 t.test('a body that stops sending gets 408 and frees its slot; so do headers that never end', async (t) => {
   // 1.5 s of body idleness: the slot it holds meanwhile is seen even on a loaded machine (CI
   // missed a 500 ms window once, its polls of /apps being slower than that).
-  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 1500, 'server.headersTimeoutMs': 1000 })
-  const id = await warm(t, router, 'upload', { 'max-instances': 1 })
-  const stalled = await raw(router.url, 'POST /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: upload\r\ncontent-length: 100\r\n\r\nonly some')
+  const { log, lines } = capturedLog()
+  const router = await startRouter(t, { 'server.bodyIdleTimeoutMs': 1500, 'server.headersTimeoutMs': 1000 }, { log })
+  const id = await warm(t, router, 'upload', { 'max-instances': 1, 'cors-rules': [{ 'origin-regex': 'https://app\\.example', methods: ['POST'] }] })
+  // (A preflight the router answers itself is logged with its status too.)
+  const preflight = await call(`${router.url}/request-info`, { method: 'OPTIONS', headers: { 'x-waiter-token': 'upload', 'x-cid': 'preflight', origin: 'https://app.example', 'access-control-request-method': 'POST' } })
+  t.equal(preflight.status, 200)
+  t.match(await waitFor('the preflight logged', () => lines.find((l) => l['cid'] === 'preflight' && l['msg'] === 'request completed')), { status: 200 })
+  const stalled = await raw(router.url, 'POST /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: upload\r\nx-cid: stalled-body\r\ncontent-length: 100\r\n\r\nonly some')
   await waitFor('the request to hold a slot', async () => ((await appOf(router, id))['request-metrics']['in-flight'] === 1 ? true : undefined))
   const answer = await stalled.closed
   t.equal(statusOf(answer), 408, 'the idle body is answered 408')
   t.match(answer, /The request body sent nothing for 1500 ms/)
+  // Logged and counted as what the client was told, not as the forward's cut.
+  const completed = await waitFor('its log line', () => lines.find((l) => l['cid'] === 'stalled-body' && l['msg'] === 'request completed'))
+  t.equal(completed['status'], 408, 'the access log says 408')
+  t.equal(completed['cut'], undefined, 'and no cut')
+  t.match((await call(`${router.url}/metrics`)).text, `maitre_requests_total{service="${id}",code="4xx"} 1`)
   await waitFor('its slot to be free', async () => ((await appOf(router, id))['request-metrics']['in-flight'] === 0 ? true : undefined))
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'upload', 'x-waiter-queue-timeout': '1000' } })).status, 200, 'the next request gets the slot')
 

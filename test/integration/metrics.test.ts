@@ -17,6 +17,7 @@ function value(text: string, series: string): number | undefined {
 
 t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
   const router = await startRouter(t)
+  t.equal(value(await scrape(router), 'maitre_router_cold_start_duration_seconds_count'), 0, 'the router-wide cold-start series is there from the start, at 0')
   await createToken(router, 'kitchen', kitchenToken({ 'min-instances': 2 }))
   const h = { 'x-waiter-token': 'kitchen' }
   t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
@@ -44,6 +45,13 @@ t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
   t.equal(value(text, 'maitre_services'), 2)
   t.match(text, /maitre_deployment_errors_total\{service="maitre-[0-9a-f]{32}",reason="invalid-startup-command"\} 1/, "the reason is the error's class, a bounded label")
   t.match(text, /maitre_queue_rejections_total\{service="maitre-[0-9a-f]{32}",reason="deployment-error"\} 1/)
+  // For alerts: a state that holds while the version fails (a counter born at 1 is a series
+  // increase() never sees move), and a cold-start histogram that exists from the router's start.
+  t.match(text, /maitre_deployment_error\{service="maitre-[0-9a-f]{32}",reason="invalid-startup-command"\} 1/, 'the deployment error as a state')
+  t.notMatch(text, new RegExp(`maitre_deployment_error\\{${s}`), 'none for the healthy version')
+  t.equal(value(text, 'maitre_router_cold_start_duration_seconds_count'), 1, 'the router-wide cold-start histogram counts it')
+  t.equal(value(text, `maitre_max_instances{${s}}`), 500, 'the ceiling its target is held to')
+  t.ok((value(text, `maitre_target_instances{${s}}`) ?? 0) >= 1, 'the single router decides, so it exports the target')
   t.match(text, /maitre_build_info\{version="\d+\.\d+\.\d+",node_version="v24\.[^"]+"\} 1/)
   t.match(text, /^process_cpu_seconds_total /m, 'Node process metrics')
   t.match(text, /^nodejs_eventloop_lag_seconds /m)

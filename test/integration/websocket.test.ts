@@ -6,6 +6,7 @@ import t from 'tap'
 import type { IncomingMessage } from 'node:http'
 import { connect as connectTcp } from 'node:net'
 import { WebSocket, type RawData } from 'ws'
+import { capturedLog } from '../fixtures/captured-log.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 import { h2cToken } from '../fixtures/protocols.ts'
 
@@ -250,6 +251,23 @@ t.test('refusals before the upgrade are Waiter’s JSON errors with x-cid; an in
   const raw = await rawExchange(router, 'GET / HTTP/1.1\r\nHost: x\r\nx-waiter-token: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n')
   t.match(raw, /^HTTP\/1\.1 400 /, 'a malformed handshake is a 400')
   t.match(raw, /sec-websocket-key/)
+})
+
+t.test('a WebSocket refused for want of an instance is counted and logged against its version, as a request is', async (t) => {
+  const { log, lines } = capturedLog()
+  const router = await startRouter(t, {}, { log })
+  // Never healthy (it never listens), so every wait for it times out.
+  await createToken(router, 'never', kitchenToken({ cmd: 'sleep 3600', 'queue-timeout-ms': 500 }))
+  const refused = (await open(router, '/', { 'x-waiter-token': 'never', 'x-cid': 'ws-never', accept: 'application/json' })) as Refused
+  t.equal(refused.status, 503)
+  t.match(JSON.parse(refused.body), { 'waiter-error': { message: /no instance available/ } })
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'never' } })).text
+  const metrics = (await call(`${router.url}/metrics`)).text
+  t.match(metrics, `maitre_requests_total{service="${id}",code="5xx"} 1`, 'counted as a request of its version')
+  t.match(metrics, `maitre_queue_rejections_total{service="${id}",reason="timeout"} 1`, 'and as a queue rejection')
+  t.match(metrics, `maitre_cold_starts_total{service="${id}"} 1`, 'it waited on a cold start')
+  const completed = lines.find((l) => l['cid'] === 'ws-never' && l['msg'] === 'request completed')
+  t.match(completed, { token: 'never', service: id, status: 503, websocket: true }, 'its log line names the token and the version')
 })
 
 t.test('a WebSocket to an HTTP/2-only service (backend-proto h2c or h2) is refused with a 400 before anything is dialled, and its instance stays in rotation', async (t) => {
