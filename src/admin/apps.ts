@@ -241,7 +241,9 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
   const state = deps.backend.state(serviceId)
   // Waiter adds each instance's log-url for a caller who may read its logs.
   const manages = mayManage(who, record)
-  const logUrl = (i: Instance): Record<string, unknown> => (manages ? { 'log-url': `/apps/${encodeURIComponent(serviceId)}/logs?instance-id=${encodeURIComponent(i.id)}&host=${encodeURIComponent(i.host)}` } : {})
+  const logUrl = (i: Pick<Instance, 'id' | 'host'>): Record<string, unknown> => (manages ? { 'log-url': `/apps/${encodeURIComponent(serviceId)}/logs?instance-id=${encodeURIComponent(i.id)}&host=${encodeURIComponent(i.host)}` } : {})
+  // An ended instance whose sandbox is kept (a failed one, on the local backend) has logs to read too.
+  const endedWithLogs = (i: EndedInstance): Record<string, unknown> => ({ ...endedInstance(i), ...(i.logDirectory === undefined ? {} : logUrl(i)) })
   const includes = new Set(r.url.searchParams.getAll('include'))
   const body: Record<string, unknown> = {
     'router-id': deps.routerId,
@@ -250,8 +252,8 @@ export async function handleApp(r: AdminRequest, serviceId: string, who: Princip
     instances: {
       ...(includes.has('healthy-instances') ? { 'healthy-instances': healthyInstances(state) } : {}),
       'active-instances': (state?.instances ?? []).map((i) => ({ ...liveInstance(i, deps.autoscaler.expiryRequested(serviceId)), ...logUrl(i) })),
-      'failed-instances': (state?.failed ?? []).map(endedInstance),
-      'killed-instances': (state?.killed ?? []).map(endedInstance),
+      'failed-instances': (state?.failed ?? []).map(endedWithLogs),
+      'killed-instances': (state?.killed ?? []).map(endedWithLogs),
     },
     'num-active-instances': state?.instances.length ?? 0,
     slots: deps.tracker.instanceSlots(serviceId),

@@ -95,6 +95,8 @@ interface KubeService {
   failed: EndedInstance[]
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
+  /** Pods seen ready in their current container run: a failure of that run is no step towards a deployment error. */
+  readonly readyRuns: Set<string>
   createError: string | undefined
   eventError: string | undefined
   deploymentError: string | undefined
@@ -724,6 +726,7 @@ export class KubernetesBackend implements Backend {
       failed: [],
       killed: [],
       failedSinceHealthy: [],
+      readyRuns: new Set(),
       createError: undefined,
       eventError: undefined,
       deploymentError: undefined,
@@ -1059,9 +1062,12 @@ export class KubernetesBackend implements Backend {
     if (service === undefined) return
     this.#recordFailure(service, pod)
     if (type === 'DELETED') this.#recordDeleted(service, pod)
-    if (isReady(pod)) {
+    if (type !== 'DELETED' && isReady(pod)) {
+      service.readyRuns.add(name)
       service.failedSinceHealthy = []
       service.eventError = undefined
+    } else if (type === 'DELETED') {
+      service.readyRuns.delete(name)
     }
     this.#update(service)
   }
@@ -1113,8 +1119,11 @@ export class KubernetesBackend implements Backend {
     service.failed = [failure, ...service.failed].slice(0, ENDED_KEPT)
     // An eviction (a node's pressure or shutdown) says nothing of the version: it does not count
     // towards Waiter's deployment errors, which two evictions in a row would otherwise make
-    // ('Invalid startup command' from their exit code 137).
-    if (!hasEnded(pod)) service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
+    // ('Invalid startup command' from their exit code 137). Nor does a run this router saw
+    // ready: its command and probe work (several that crash together under load would otherwise
+    // read as an invalid startup command, and every request would be refused meanwhile).
+    const wasReady = service.readyRuns.delete(name)
+    if (!hasEnded(pod) && !wasReady) service.failedSinceHealthy = [...service.failedSinceHealthy, failure].slice(-ENDED_KEPT)
     this.#o.log.warn({ service: service.id, instance: failure.id, exitCode: failure.exitCode, reason: failure.message }, 'instance failed')
   }
 

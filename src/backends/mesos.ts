@@ -623,9 +623,12 @@ export class MesosBackend implements Backend {
       service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
     } else {
       service.failed = [ended, ...service.failed].slice(0, ENDED_KEPT)
-      // A lost agent or launch says nothing of the service: replaced, but no step towards a deployment error.
+      // A lost agent or launch says nothing of the service: replaced, but no step towards a
+      // deployment error. Nor does a task that passed its health checks before it failed: its
+      // command and health check work (several that crash together under load would otherwise
+      // read as an invalid startup command and refuse every request until one is healthy again).
       if (!lostWithItsAgent(status)) {
-        service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
+        if (!task.everHealthy) service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
         this.#holdRelaunch(service)
       }
       this.#o.log.warn({ service: service.id, instance: task.id, state: status.state, reason: status.reason, message: status.message }, 'instance failed')

@@ -217,6 +217,24 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
     t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'moving' } })).status, 200, 'the current version still serves')
   })
 
+  t.test(`${kind}: instances that were healthy and crash together are no deployment error: the requests waiting get the relaunch`, async (t) => {
+    const router = await start(t)
+    await createToken(router, 'crashy', kitchenToken({ 'min-instances': 2, 'max-instances': 2, 'concurrency-level': 1 }))
+    const h = { 'x-waiter-token': 'crashy', 'x-waiter-queue-timeout': '30000' }
+    t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+    const id = await serviceId(router, 'crashy')
+    await waitFor('two healthy instances', async () => ((await appView(router, id))['instance-counts']['healthy-instances'] === 2 ? true : undefined), 30_000)
+    // Both instances die of a request at once (a poison request, a leak that ends after N).
+    const died = await Promise.all([call(`${router.url}/die`, { headers: h }), call(`${router.url}/die`, { headers: h })])
+    t.same(died.map((r) => r.status), [502, 502], 'each request that killed its instance failed')
+    const next = await call(`${router.url}/request-info`, { headers: h })
+    t.equal(next.status, 200, `the next request waited for the relaunch, not refused as a deployment error: ${next.text.slice(0, 200)}`)
+    const view = await appView(router, id)
+    t.not(view.status, 'Failing')
+    t.equal(view['deployment-error-message'], undefined)
+    t.ok(view.instances['failed-instances'].length >= 2, 'the two crashes are listed as failed instances')
+  })
+
   t.test(`${kind}: a bad command and an instance over its memory are Waiter's deployment errors`, async (t) => {
     const router = await start(t)
     await createToken(router, 'broken', { cmd: 'asdf-no-such-command --port $PORT0', cpus: 0.1, mem: 64, version: 'v1' })

@@ -91,6 +91,23 @@ t.test('a bad command is a deployment error within seconds, and the service is F
   t.equal(again.status, 503, 'later requests fail at once too')
 })
 
+t.test('an instance killed by a signal has the shell\'s exit code 128 + its number, and a failed instance links its kept logs', async (t) => {
+  const router = await startRouter(t)
+  // The instance's own shell dies of SIGBUS (7): 135, as a shell would report it.
+  await createToken(router, 'bus', { cmd: 'echo about to die >&2; kill -BUS $$', cpus: 0.1, mem: 64, version: 'v1' })
+  const reply = await call(`${router.url}/x`, { headers: { 'x-waiter-token': 'bus' } })
+  t.equal(reply.status, 503)
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'bus' } })).text
+  const app = (await call(`${router.url}/apps/${id}`)).json<{ instances: { 'failed-instances': { 'exit-code': number; message: string; 'log-url'?: string }[] } }>()
+  const failed = app.instances['failed-instances'][0]
+  t.equal(failed?.['exit-code'], 135, 'SIGBUS: 128 + 7')
+  t.equal(failed?.message, 'Exited with code 135')
+  t.match(failed?.['log-url'], `/apps/${id}/logs?instance-id=`, 'a link to its kept logs')
+  const stderr = await call(`${router.url}${failed?.['log-url'] ?? ''}&file=stderr`)
+  t.equal(stderr.status, 200)
+  t.match(stderr.text, 'about to die', 'which serve what it wrote')
+})
+
 t.test('a health check that never passes, and an instance over its memory, are deployment errors', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'sick', kitchenToken({ 'grace-period-secs': 1 }, '--health-status 402'))

@@ -11,6 +11,7 @@
 import { mkdirSync, rmdirSync, writeFileSync } from 'node:fs'
 import { readdir, rmdir } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import { constants as osConstants } from 'node:os'
 import { randomBytes } from 'node:crypto'
 import type { Clock } from '../../clock.ts'
 import type { LocalBackendConfig } from '../../config.ts'
@@ -539,7 +540,7 @@ export class LocalBackend implements Backend {
       message,
       // A failed instance's sandbox is kept for its logs; one killed on purpose has nothing to tell.
       logDirectory: failed ? instance.sandbox : undefined,
-    }, failed)
+    }, failed, instance.everHealthy)
     // The group is gone; whatever escaped it (setsid, a daemon) is not, until now.
     const leftovers = await this.#leftovers.sweep(instance.sandbox, instance.group.pid).catch((err: unknown) => {
       // The ports and the sandbox are still released: a failed sweep must not leak them.
@@ -604,13 +605,19 @@ export class LocalBackend implements Backend {
     await removeTree(sandbox).catch(() => removeTree(sandbox)).catch((err: unknown) => this.#o.log.warn({ err, path: sandbox }, 'could not remove a sandbox'))
   }
 
-  #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean): void {
+  /**
+   * `everHealthy`: the instance passed its health checks before it ended. Such a failure is listed
+   * and backed off from, but is no step towards a deployment error: its command and health check
+   * work (several that crash together under load would otherwise read as an invalid startup
+   * command, and every request would be refused until a relaunch is healthy).
+   */
+  #recordEnded(service: LocalService, ended: EndedInstance, failed: boolean, everHealthy = false): void {
     if (failed) {
       const failed = [ended, ...service.failed]
       // An entry that falls off the list takes its sandbox with it (nothing else would remove it).
       for (const dropped of failed.slice(ENDED_KEPT)) void this.#removeSandbox(dropped.logDirectory)
       service.failed = failed.slice(0, ENDED_KEPT)
-      service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
+      if (!everHealthy) service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
       service.launchFailures += 1
       const backoff = this.#o.restartBackoffBaseMs * service.spec.restartBackoffFactor ** (service.launchFailures - 1)
       // (Never at once: a launch that keeps failing, a port range full say, would spin.)
@@ -694,8 +701,7 @@ export class LocalBackend implements Backend {
 
 
 function signalNumber(signal: NodeJS.Signals | null): number {
-  const numbers: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGSEGV: 11, SIGTERM: 15, SIGABRT: 6 }
-  return signal === null ? 0 : (numbers[signal] ?? 0)
+  return signal === null ? 0 : (osConstants.signals[signal] ?? 0)
 }
 
 /** Two checks that probe the same thing: one probe answers both. */
