@@ -90,6 +90,7 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     case 'offer': {
       const taken = exchange.receiveOffer(idField(body, 'serviceId'), idField(body, 'instanceId'), idField(body, 'from'))
       if (taken === undefined) return sendJson(res, 409, { taken: false, reason: 'nothing waits here for that instance' }, cid)
+      if (taken === 'instance-declined') return sendJson(res, 409, { taken: false, reason: 'that instance takes no request here now', 'instance-declined': true }, cid)
       // Answered when the request that took the slot lets go of it: the lender holds it until
       // then. If the lender goes first (the connection breaks), the request counts here instead.
       let answered = false

@@ -289,10 +289,12 @@ export class InstanceTracker {
    * A slot to lend to a peer (the slot exchange), as tryAcquire; it counts here as a slot in use
    * (kill vetoes, routing), but its request is the borrower's to count in the load.
    */
-  lend(serviceId: string): Lease | undefined {
+  lend(serviceId: string, avoid?: ReadonlySet<string>): Lease | undefined {
     const service = this.#services.get(serviceId)
-    const lease = this.tryAcquire(serviceId)
-    if (service === undefined || lease === undefined) return lease
+    if (service === undefined || service.queue.length > 0) return undefined
+    const lease = this.#take(service, avoid)
+    if (lease === undefined) return undefined
+    service.lastActiveAt = this.#clock.now()
     service.lent += 1
     let released = false
     return {
@@ -482,11 +484,12 @@ export class InstanceTracker {
     return total
   }
 
-  #take(service: ServiceSlots): Lease | undefined {
+  /** `avoid`: instances not to pick (a borrower declined them). */
+  #take(service: ServiceSlots, avoid?: ReadonlySet<string>): Lease | undefined {
     const now = this.#clock.now()
     const free: Slot[] = []
     for (const slot of service.slots.values()) {
-      if (slot.routable && slot.ejectedUntil <= now && !slot.locked && slot.used < this.#limitOf(service, slot)) free.push(slot)
+      if (slot.routable && slot.ejectedUntil <= now && !slot.locked && slot.used < this.#limitOf(service, slot) && avoid?.has(slot.instance.id) !== true) free.push(slot)
     }
     const slot = chooseInstance(free, service.routing.loadBalancing, this.#random)
     if (slot === undefined) return undefined

@@ -12,7 +12,9 @@
  *   the router with the most waiting (POST /maitre-peer/offer). The borrower hands the instance to
  *   its longest-waiting request, and answers the offer only when that request lets go, with how it
  *   went; the lender then releases its lease. A borrower with nobody waiting any more says no at
- *   once, and a broken connection (a router that died) releases the lease too.
+ *   once, and a broken connection (a router that died) releases the lease too. One whose requests
+ *   wait but cannot go to that instance (ejected there, say) declines the instance: the lender
+ *   lends a slot of another one instead, and offers that one again only after the next wants.
  * - Before the leader kills an instance, every peer is asked to take it out of rotation
  *   (POST /maitre-peer/eject); one that carries a request on it says no (423) and the kill waits.
  *
@@ -40,7 +42,7 @@ export { PEER_KEY_HEADER, PEER_PATH_PREFIX }
 
 /** What the exchange needs of the tracker. */
 export interface LendingTracker {
-  lend(serviceId: string): Lease | undefined
+  lend(serviceId: string, avoid?: ReadonlySet<string>): Lease | undefined
   grantBorrowed(serviceId: string, instanceId: string, done: (outcome: ReleaseOutcome) => void): (() => void) | undefined
   ejectForKill(serviceId: string, instanceId: string, periodMs: number): boolean
   cancelKillHold(serviceId: string, instanceId: string): void
@@ -109,6 +111,13 @@ interface Offer {
 interface RemoteWant {
   waiting: number
   until: number
+  /**
+   * Instances the peer declined an offer of while requests waited there (ejected there, out of
+   * its rotation, not known there yet): other instances' slots are lent to it instead, until it
+   * tells its wants again (each second, and at once when its rotation grows), which may be
+   * because it can take them now.
+   */
+  declined: Set<string> | undefined
 }
 
 export class SlotExchange implements SlotSharing {
@@ -273,7 +282,7 @@ export class SlotExchange implements SlotSharing {
         continue
       }
       if (routers === undefined) this.#remote.set(serviceId, (routers = new Map()))
-      routers.set(from, { waiting, until })
+      routers.set(from, { waiting, until, declined: undefined })
     }
     for (const [serviceId, waiting] of Object.entries(wants)) if (waiting > 0) this.#lend(serviceId)
   }
@@ -282,7 +291,7 @@ export class SlotExchange implements SlotSharing {
    * A peer lends a slot of an instance: resolves with how the request that took it went, or
    * undefined at once if nobody here waits for it.
    */
-  receiveOffer(serviceId: string, instanceId: string, lender: string): { readonly outcome: Promise<ReleaseOutcome>; lenderGone(): void } | undefined {
+  receiveOffer(serviceId: string, instanceId: string, lender: string): { readonly outcome: Promise<ReleaseOutcome>; lenderGone(): void } | 'instance-declined' | undefined {
     // A lender already gone from this view: its slots are being dealt to others.
     if (!this.#o.view().members.includes(lender)) return undefined
     let done: (outcome: ReleaseOutcome) => void = () => undefined
@@ -297,7 +306,9 @@ export class SlotExchange implements SlotSharing {
       forget()
       done(result)
     })
-    if (granted === undefined) return undefined
+    // Requests wait here, but that instance cannot take them here (ejected, out of rotation, not
+    // known yet): the lender is told so, and lends a slot of another instance instead.
+    if (granted === undefined) return (this.#waiting.get(serviceId) ?? 0) > 0 ? 'instance-declined' : undefined
     adopt = (): void => {
       forget()
       granted()
@@ -482,18 +493,22 @@ export class SlotExchange implements SlotSharing {
     }
     const peers = new Map(this.#o.view().peers.map((p) => [p.routerId, p.url]))
     for (;;) {
-      let neediest: [string, RemoteWant] | undefined
-      for (const entry of routers) if (entry[1].waiting > 0 && peers.get(entry[0]) !== undefined && (neediest === undefined || entry[1].waiting > neediest[1].waiting)) neediest = entry
-      if (neediest === undefined) return
-      const lease = this.#o.tracker.lend(serviceId)
-      if (lease === undefined) return
-      const [routerId, want] = neediest
-      want.waiting -= 1
-      void this.#offer(peers.get(routerId) as string, routerId, serviceId, lease)
+      // The neediest first; one that declined every free instance gives way to the next.
+      const needy = [...routers].filter(([routerId, want]) => want.waiting > 0 && peers.get(routerId) !== undefined).sort((a, b) => b[1].waiting - a[1].waiting)
+      let lent = false
+      for (const [routerId, want] of needy) {
+        const lease = this.#o.tracker.lend(serviceId, want.declined)
+        if (lease === undefined) continue
+        want.waiting -= 1
+        void this.#offer(peers.get(routerId) as string, routerId, serviceId, lease, want)
+        lent = true
+        break
+      }
+      if (!lent) return
     }
   }
 
-  async #offer(url: string, routerId: string, serviceId: string, lease: Lease): Promise<void> {
+  async #offer(url: string, routerId: string, serviceId: string, lease: Lease, want: RemoteWant): Promise<void> {
     const offer: Offer = { routerId, lease, abort: new AbortController() }
     this.#offers.add(offer)
     let outcome: ReleaseOutcome | undefined
@@ -508,9 +523,20 @@ export class SlotExchange implements SlotSharing {
         bodyTimeout: 0,
         signal: offer.abort.signal,
       })
-      const body = (await res.body.json().catch(() => ({}))) as { outcome?: unknown }
+      const body = (await res.body.json().catch(() => ({}))) as { outcome?: unknown; 'instance-declined'?: unknown }
       if (res.statusCode === 200 && isOutcome(body.outcome)) outcome = body.outcome
-      else if (res.statusCode !== 200) {
+      else if (res.statusCode === 409 && body['instance-declined'] === true) {
+        // Requests wait there, but not for this instance (ejected there, say, after one 503 of
+        // its): the slot goes back, and a slot of another instance is lent instead.
+        outcome = 'client-error'
+        const current = this.#remote.get(serviceId)?.get(routerId)
+        if (current !== undefined) {
+          // The request this offer was for waits still, unless the peer told its wants anew since.
+          if (current === want) current.waiting += 1
+          current.declined ??= new Set()
+          current.declined.add(lease.instance.id)
+        }
+      } else if (res.statusCode !== 200) {
         // Nobody waits there any more: stop lending to it until it says otherwise.
         this.#remote.get(serviceId)?.delete(routerId)
         outcome = 'client-error'

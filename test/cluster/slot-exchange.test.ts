@@ -144,6 +144,25 @@ t.test('an instance lent before the borrower knew it (declined) is lent again as
   await waitFor('the lender to have its slot back', () => (held(b, 't') === 0 ? true : undefined))
 })
 
+t.test('an instance the borrower has ejected is declined, and a slot of another instance is lent instead: no free slot idles while a request waits', async (t) => {
+  const { a, b } = await pair(t)
+  // Two instances of concurrency-level 2: each router holds one slot of i and one of j.
+  for (const side of [a, b]) side.tracker.sync('s', [instance('i'), instance('j')], undefined)
+  t.same([a.tracker.load('s').slotsAvailable, b.tracker.load('s').slotsAvailable], [2, 2])
+  // On a, i answers one 503: ejected there (for 10 s), not on b, which prefers i (the oldest).
+  const first = a.tracker.tryAcquire('s')
+  t.equal(first?.instance.id, 'i')
+  first?.release('instance-busy')
+  const own = a.tracker.tryAcquire('s')
+  t.equal(own?.instance.id, 'j', 'a’s own slot of j')
+  const lease = await a.tracker.acquire('s', { timeoutMs: 3000 })
+  t.equal(lease.instance.id, 'j', 'the request waiting on a is served on b’s slot of j, not left to wait out i’s ejection')
+  t.same(b.tracker.instanceSlots('s').map((slot) => [slot.id, slot.used]), [['i', 0], ['j', 1]], 'b holds the lent slot of j; its slot of i went back')
+  lease.release('success')
+  own?.release('success')
+  await waitFor('the lender to have its slot back', () => (held(b, 's') === 0 ? true : undefined))
+})
+
 t.test('a kill another router vetoes lifts the hold of those that agreed', async (t) => {
   const members = ['router-a', 'router-b', 'router-c']
   const [a, b, c] = [await router(t, 'router-a', members), await router(t, 'router-b', members), await router(t, 'router-c', members)] as [Side, Side, Side]
