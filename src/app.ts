@@ -159,7 +159,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   let gauges: () => Iterable<ServiceGauges> = () => []
   let websocketsOpen = (): number => 0
   const metrics = new Metrics(
-    { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length, websockets: () => websocketsOpen() },
+    { services: () => gauges(), tokens: () => [...tokens.entries()].length, versions: () => registry.all().length, websockets: () => websocketsOpen(), connections: () => serverLoad().connections },
     { version: VERSION },
   )
   let port = config.server.port
@@ -397,9 +397,10 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     log,
   })
   const separateAdmin = config.server.admin.host !== null
-  const server = createRouterServer({ ...config.server, tls, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, stopUnderWay: proxy.stopUnderWay, websocket, log })
+  const onRefused = (limit: 'connections' | 'connections-per-client'): void => void metrics.connectionsRefused.inc({ limit })
+  const server = createRouterServer({ ...config.server, tls, routerHostnames, api: separateAdmin ? publicApiOnly(api) : api, proxy, stopUnderWay: proxy.stopUnderWay, websocket, onRefused, log })
   // On its own listener, every request is an API call.
-  const adminServer = separateAdmin ? createRouterServer({ ...config.server, tls, routerHostnames, api, proxy: api, log }) : undefined
+  const adminServer = separateAdmin ? createRouterServer({ ...config.server, tls, routerHostnames, api, proxy: api, onRefused, log }) : undefined
   let adminPort: number | undefined
   draining = server.draining
   serverLoad = () => ({ inFlight: server.inFlight(), connections: server.connections() })

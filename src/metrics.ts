@@ -31,6 +31,8 @@ export interface GaugeSources {
   readonly versions: () => number
   /** WebSockets relayed right now (absent: none are). */
   readonly websockets?: () => number
+  /** Client connections open right now (absent: none are). */
+  readonly connections?: () => number
 }
 
 export function statusClass(status: number): string {
@@ -68,6 +70,7 @@ export class Metrics {
   readonly backendOperations: Counter<'backend' | 'operation' | 'result'>
   readonly backendOperationDuration: Histogram<'backend' | 'operation'>
   readonly memoryReleases: Counter
+  readonly connectionsRefused: Counter<'limit'>
   readonly memoryReleasedBytes: Counter
   readonly #perService: Metric<string>[]
   /**
@@ -103,6 +106,8 @@ export class Metrics {
     this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken, orphaned).', labelNames: ['reason'] as const, registers })
     this.backendOperations = new Counter({ name: 'maitre_backend_operations_total', help: 'Calls to the cluster backend by operation and result (ok, error).', labelNames: ['backend', 'operation', 'result'] as const, registers })
     this.backendOperationDuration = new Histogram({ name: 'maitre_backend_operation_duration_seconds', help: 'Duration of calls to the cluster backend.', labelNames: ['backend', 'operation'] as const, buckets: LATENCY_BUCKETS, registers })
+    this.connectionsRefused = new Counter({ name: 'maitre_connections_refused_total', help: 'Client connections refused at a connection limit (server.maxConnections: 503; server.maxConnectionsPerClient: 429), by limit.', labelNames: ['limit'] as const, registers })
+    for (const limit of ['connections', 'connections-per-client']) this.connectionsRefused.inc({ limit }, 0)
     this.memoryReleases = new Counter({ name: 'maitre_memory_releases_total', help: 'Memory-reducing collections run once traffic went quiet (server.memoryRelease).', registers })
     this.memoryReleasedBytes = new Counter({ name: 'maitre_memory_released_bytes_total', help: 'Resident memory those collections handed back to the system.', registers })
 
@@ -150,6 +155,7 @@ export class Metrics {
     })
     new Gauge({ name: 'maitre_tokens', help: 'Tokens stored (soft-deleted ones included).', registers, collect() { this.set(sources.tokens()) } })
     new Gauge({ name: 'maitre_services', help: 'Service versions known to this router.', registers, collect() { this.set(sources.versions()) } })
+    new Gauge({ name: 'maitre_open_connections', help: 'Client connections open on the router\'s listener right now (a separate admin listener\'s not counted).', registers, collect() { this.set(sources.connections?.() ?? 0) } })
     new Gauge({ name: 'maitre_websockets_open', help: 'WebSockets relayed right now (each holds its slot).', registers, collect() { this.set(sources.websockets?.() ?? 0) } })
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })

@@ -47,8 +47,13 @@ export interface ServerOptions {
     /** Told when a drain starts: open WebSockets are asked to close (1001). */
     closeAll(): void
   }
+  /** Told of each connection refused at a connection limit (counted in /metrics). */
+  readonly onRefused?: (limit: 'connections' | 'connections-per-client') => void
   readonly log: Logger
 }
+
+/** Refusals at a connection limit are logged at most once per this, with how many there were. */
+const REFUSAL_LOG_MS = 10_000
 
 export interface RouterServer {
   readonly server: Server
@@ -141,6 +146,19 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     markRefused(socket)
     socket.end(answer)
     socket.destroySoon()
+  }
+  /** Refusals since the last warning, per limit: a flood of them is one line per REFUSAL_LOG_MS, not one per connection. */
+  const refusals = { connections: 0, 'connections-per-client': 0 }
+  let refusalLogAt = 0
+  const refusedAt = (limit: keyof typeof refusals, max: number): void => {
+    options.onRefused?.(limit)
+    refusals[limit] += 1
+    const now = Date.now()
+    if (now - refusalLogAt < REFUSAL_LOG_MS) return
+    refusalLogAt = now
+    options.log.warn({ refused: { ...refusals }, limit, max, open: connections }, 'connections refused at a connection limit')
+    refusals.connections = 0
+    refusals['connections-per-client'] = 0
   }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -360,10 +378,12 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     const mine = perClient.get(client) ?? 0
     if (options.maxConnectionsPerClient > 0 && mine >= options.maxConnectionsPerClient) {
       refuse(socket, rawError('429 Too Many Requests', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: this client has ${options.maxConnectionsPerClient} open, the most one client may`, { limit: 'connections-per-client', max: options.maxConnectionsPerClient }, { 'retry-after': '1' }))
+      refusedAt('connections-per-client', options.maxConnectionsPerClient)
       return
     }
     if (options.maxConnections > 0 && connections >= options.maxConnections) {
       refuse(socket, rawError('503 Service Unavailable', 'MAITRE_TOO_MANY_CONNECTIONS', `Too many connections: the router has ${options.maxConnections} open, the most it takes`, { limit: 'connections', max: options.maxConnections }, { 'retry-after': '1' }))
+      refusedAt('connections', options.maxConnections)
       return
     }
     connections += 1

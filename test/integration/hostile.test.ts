@@ -235,7 +235,8 @@ t.test('an aborted /waiter-ping leaves the queue at once', async (t) => {
 })
 
 t.test('one client cannot take every connection: past its cap it is told so, and others are served', async (t) => {
-  const router = await startRouter(t, { 'server.maxConnectionsPerClient': 50 })
+  const { log, lines } = capturedLog()
+  const router = await startRouter(t, { 'server.maxConnectionsPerClient': 50 }, { log })
   await warm(t, router, 'shared')
   // From an address of their own, so that only these count against the cap.
   const hogs = await Promise.all(Array.from({ length: 60 }, () => raw(router.url, undefined, '127.0.0.3')))
@@ -248,6 +249,14 @@ t.test('one client cannot take every connection: past its cap it is told so, and
   t.match(refused[0]?.received(), /retry-after: 1[\s\S]*Too many connections: this client has 50 open/)
   const other = await raw(router.url, 'GET /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: shared\r\nconnection: close\r\n\r\n', '127.0.0.2')
   t.equal(statusOf(await other.closed), 200, 'a client from another address is served')
+  // An SRE sees it: counted, and logged once for the flood rather than once per connection.
+  const metrics = (await call(`${router.url}/metrics`)).text
+  t.match(metrics, 'maitre_connections_refused_total{limit="connections-per-client"} 10')
+  t.match(metrics, 'maitre_connections_refused_total{limit="connections"} 0')
+  t.match(metrics, /^maitre_open_connections (5\d|6\d)$/m, 'the hogs’ open connections show')
+  const warned = lines.filter((l) => l['msg'] === 'connections refused at a connection limit')
+  t.equal(warned.length, 1, 'one warning for ten refusals within its interval')
+  t.match(warned[0], { limit: 'connections-per-client', max: 50 })
 })
 
 t.test('a client that hangs up mid-body on the API costs no error line', async (t) => {
