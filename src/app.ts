@@ -275,7 +275,12 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
         metrics.gcDeletions.inc({ reason })
         await metrics.removeService(serviceId)
       },
-      onDeleted: (serviceId) => keepAlive.deleted(serviceId),
+      onDeleted: (serviceId) => {
+        keepAlive.deleted(serviceId)
+        // A version that never ran (suspended, say) has series the backend's report of it gone never removes.
+        const load = tracker.load(serviceId)
+        metrics.removeService(serviceId, load.inFlight + load.queued > 0).catch((err: unknown) => log.warn({ err, service: serviceId }, 'removing metric series failed'))
+      },
       keepUntil: (record, params, lastActiveAt) => keepAlive.keepUntil(record, params, lastActiveAt),
       clock,
       log,

@@ -34,11 +34,23 @@ class Exchange implements Dispatcher.DispatchHandler {
   #wholeBody = -1
   /** That first chunk when it is the whole body, for the end. */
   #held: Buffer | undefined
+  /** Short timeouts, timed here (see PRECISE_BELOW_MS): the answer's head, then each silence of its body. */
+  readonly #exactHeaders: boolean
+  readonly #exactBody: boolean
+  #timer: NodeJS.Timeout | undefined
 
-  constructor(res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void) {
+  constructor(res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void, exactHeaders: boolean, exactBody: boolean) {
     this.#res = res
     this.#request = request
     this.#settle = settle
+    this.#exactHeaders = exactHeaders
+    this.#exactBody = exactBody
+  }
+
+  #time(ms: number, err: () => Error): void {
+    clearTimeout(this.#timer)
+    const controller = this.#controller
+    this.#timer = setTimeout(() => controller?.abort(err()), ms)
   }
 
   readonly clientGone = (): void => {
@@ -49,6 +61,7 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   readonly #onDrain = (): void => {
     this.#stopWaiting = undefined
+    if (this.#exactBody && !this.#settled) this.#time(this.#request.streamingTimeoutMs, bodyTimeout)
     this.#controller?.resume()
   }
 
@@ -56,6 +69,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#controller = controller
     // The client may have left while the request waited in undici's queue for a connection.
     if (this.#clientGone) controller.abort(new undiciErrors.RequestAbortedError())
+    else if (this.#exactHeaders) this.#time(this.#request.socketTimeoutMs, headersTimeout)
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
@@ -68,12 +82,15 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
     this.#head = head
     this.#status = statusCode
+    if (this.#exactBody) this.#time(this.#request.streamingTimeoutMs, bodyTimeout)
+    else if (this.#exactHeaders) clearTimeout(this.#timer)
     // Over HTTP/2 (an https instance may agree to it) the stream may end well after its data.
     const length = headers['content-length']
     if (typeof length === 'string' && this.#request.instance.proto === 'http') this.#wholeBody = Number(length)
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.#timer?.refresh()
     if (chunk.length === this.#wholeBody) {
       // The whole body in one chunk: HTTP/1.1's parser ends the message in this same call, so
       // the chunk leaves with the head in one res.end(chunk), cheaper than a write and an end.
@@ -84,6 +101,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#wholeBody = -1
     if (!this.#res.write(chunk)) {
       controller.pause()
+      // A client slow to read is awaitClient's to time, not the instance's silence.
+      clearTimeout(this.#timer)
       // For as long as the client reads: one that reads nothing for the streaming timeout is cut.
       this.#stopWaiting = awaitClient(this.#res, this.#request, this.#onDrain, (err) => controller.abort(err))
     }
@@ -104,11 +123,22 @@ class Exchange implements Dispatcher.DispatchHandler {
   #finish(result: ForwardResult): void {
     if (this.#settled) return
     this.#settled = true
+    clearTimeout(this.#timer)
     this.#held = undefined
     this.#stopWaiting?.()
     this.#settle(result)
   }
 }
+
+/**
+ * undici times an answer's head and its body's silences with its coarse timers (about a second's
+ * resolution: a 50 ms x-waiter-timeout fired after ~0.9 s, a 500 ms streaming timeout not at all
+ * against 900 ms gaps). Timeouts shorter than this are timed here with Node's own timers, like
+ * forward-node.ts does; the defaults (900 s, 20 s) stay with undici's, which cost nothing per request.
+ */
+const PRECISE_BELOW_MS = 10_000
+const headersTimeout = (): Error => new undiciErrors.HeadersTimeoutError()
+const bodyTimeout = (): Error => new undiciErrors.BodyTimeoutError()
 
 /** The scheme of an instance's origin for each backend-proto. */
 const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
@@ -180,7 +210,9 @@ export class Forwarder {
     if (needsNodeClient(req, request)) return this.#node.forward(req, res, request)
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
-    const exchange = new Exchange(res, request, settle)
+    const exactHeaders = request.socketTimeoutMs < PRECISE_BELOW_MS
+    const exactBody = request.streamingTimeoutMs < PRECISE_BELOW_MS
+    const exchange = new Exchange(res, request, settle, exactHeaders, exactBody)
     // Invalid options (a header undici refuses) reach the handler's onResponseError too.
     this.#poolFor(request.instance).pool.dispatch(
       {
@@ -188,8 +220,9 @@ export class Forwarder {
         method: req.method ?? 'GET',
         headers: request.headers,
         body: null, // requests with a body go through Node's clients (needsNodeClient)
-        headersTimeout: request.socketTimeoutMs,
-        bodyTimeout: request.streamingTimeoutMs,
+        // (0: none of undici's; the Exchange times it.)
+        headersTimeout: exactHeaders ? 0 : request.socketTimeoutMs,
+        bodyTimeout: exactBody ? 0 : request.streamingTimeoutMs,
       },
       exchange,
     )

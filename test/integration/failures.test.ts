@@ -2,6 +2,7 @@ import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createServer } from 'node:net'
+import { get as httpGet } from 'node:http'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
@@ -157,6 +158,29 @@ t.test('a body that stalls past the streaming timeout is cut off', async (t) => 
   await t.rejects(call(`${router.url}/chunked?chunks=3&delay-ms=1500`, { headers: { ...h, 'x-waiter-streaming-timeout': '300' } }))
   const ok = await call(`${router.url}/chunked?chunks=3&delay-ms=100`, { headers: { ...h, 'x-waiter-streaming-timeout': '1000' } })
   t.equal(ok.text, 'chunk-0\nchunk-1\nchunk-2\n')
+})
+
+t.test('short timeouts are kept to the millisecond scale, not a second late: a 100 ms x-waiter-timeout beats a 700 ms answer; a 250 ms streaming timeout cuts a 700 ms silence', async (t) => {
+  const router = await startRouter(t, { 'proxy.ejectBaseMs': 100 })
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  t.equal((await call(`${router.url}/status`, { headers: h })).status, 200)
+  // (undici's own timers, about a second's resolution, let the answer come first: 200.)
+  const late = await call(`${router.url}/sleep?sleep-ms=700`, { headers: { ...h, 'x-waiter-timeout': '100' } })
+  t.equal(late.status, 504, 'the 700 ms answer is past the 100 ms timeout')
+  // What arrives of a body whose chunks come 700 ms apart, against a 250 ms streaming timeout.
+  const received = await new Promise<string>((resolve) => {
+    const url = new URL(`${router.url}/chunked?chunks=4&delay-ms=700`)
+    let body = ''
+    const req = httpGet({ host: url.hostname, port: url.port, path: `${url.pathname}${url.search}`, headers: { ...h, 'x-waiter-streaming-timeout': '250' } }, (res) => {
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => (body += chunk))
+      res.on('error', () => undefined)
+      res.on('close', () => resolve(body))
+    })
+    req.on('error', () => resolve(body))
+  })
+  t.equal(received, 'chunk-0\n', 'cut in the first silence, not after more chunks')
 })
 
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
