@@ -121,6 +121,19 @@ t.test('DELETE /apps/{id} removes the version\'s series as GC does', async (t) =
   t.notMatch(text, id, 'no series mentions the deleted version')
 })
 
+t.test('DELETE /apps/{id} of a version that never ran (suspended before its first request) removes the series its refused requests made', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'held', kitchenToken())
+  const h = { 'x-waiter-token': 'held' }
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${router.url}/apps/${id}/suspend`, { method: 'POST' })).status, 200)
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 503, 'refused: suspended')
+  t.match(await scrape(router), `maitre_requests_total{service="${id}",code="5xx"} 1`, 'the refusal made series')
+  t.equal((await call(`${router.url}/apps/${id}`, { method: 'DELETE' })).status, 404, 'Waiter’s answer for a version that was not running')
+  // The backend never ran it, so no report of it gone comes to remove them.
+  t.notMatch(await scrape(router), id, 'no series mentions the deleted version')
+})
+
 t.test('a version deleted with a request under way: what that request records when it ends does not bring the version’s series back; a version started again has its series again', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'doomed', kitchenToken())
