@@ -22,7 +22,7 @@ import type { Socket } from 'node:net'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
-import { BODY_TIMEOUT, HEADERS_TIMEOUT, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
+import { BODY_TIMEOUT, HEADERS_TIMEOUT, MAX_ANSWER_HEAD_BYTES, hasBody, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { backendRequestTrailers } from './headers.ts'
 import { authority } from '../http/authority.ts'
 import { GRPC_CONTENT_TYPE } from '../http/grpc.ts'
@@ -265,6 +265,7 @@ function overHttp1(exchange: NodeExchange, instance: Instance, req: IncomingMess
     path: req.url ?? '/',
     headers,
     agent,
+    maxHeaderSize: MAX_ANSWER_HEAD_BYTES,
     rejectUnauthorized: false,
   })
   let connected = false

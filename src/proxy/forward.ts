@@ -12,7 +12,7 @@ import { errors as undiciErrors, Pool, type Dispatcher } from 'undici'
 import { MaitreError } from '../errors.ts'
 import type { Instance } from '../backends/backend.ts'
 import { awaitClient, endAnswer, failedAnswer, writeAnswerHead, type AnswerHead } from './answer.ts'
-import { type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
+import { MAX_ANSWER_HEAD_BYTES, type ForwardRequest, type ForwardResult, type Forwarding } from './forwarding.ts'
 import { NodeForwarder, needsNodeClient } from './forward-node.ts'
 import { authority } from '../http/authority.ts'
 
@@ -174,7 +174,7 @@ export class Forwarder {
     // already knows, having started the instance at that address, so the instance's certificate
     // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
     // allowH2: https instances may agree on HTTP/2 by ALPN.
-    this.#poolOptions = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000, allowH2: true }
+    this.#poolOptions = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000, allowH2: true, maxHeaderSize: MAX_ANSWER_HEAD_BYTES }
     this.#sweep = setInterval(() => this.#closeUnused(), POOL_SWEEP_MS)
     this.#sweep.unref()
   }

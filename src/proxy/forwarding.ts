@@ -68,6 +68,14 @@ export const CONNECT_ERRORS = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT'
 export const HEADERS_TIMEOUT = 'UND_ERR_HEADERS_TIMEOUT'
 export const BODY_TIMEOUT = 'UND_ERR_BODY_TIMEOUT'
 export const TIMEOUT_ERRORS = new Set([HEADERS_TIMEOUT, BODY_TIMEOUT])
+/**
+ * The most an instance's answer head may take (status line and headers): four times what
+ * undici and Node read by default (16 KiB), for the big Content-Security-Policy or cookie sets
+ * real applications send. An instance past it answered: its answer is refused (502) without
+ * taking it out of rotation, as an answer the client's protocol cannot carry is.
+ */
+export const MAX_ANSWER_HEAD_BYTES = 64 * 1024
+const HEAD_OVERFLOW_ERRORS = new Set(['UND_ERR_HEADERS_OVERFLOW', 'HPE_HEADER_OVERFLOW'])
 /** undici refused the request before sending it (a header or method it will not carry): the client's doing. */
 const REFUSED_ERRORS = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED'])
 
@@ -89,6 +97,12 @@ export function classify(err: unknown, clientGone: boolean): { outcome: ReleaseO
   }
   if (code === HEADERS_TIMEOUT) {
     return { outcome: 'instance-error', error: new MaitreError('MAITRE_UPSTREAM_TIMEOUT', 'Request to service backend timed out', { cause: err }) }
+  }
+  if (HEAD_OVERFLOW_ERRORS.has(code)) {
+    return {
+      outcome: 'generic-error',
+      error: new MaitreError('MAITRE_UPSTREAM', `The instance's answer head (status line and headers) is over ${MAX_ANSWER_HEAD_BYTES / 1024} KiB, the most the router reads`, { details: { limit: 'answer-head-bytes', max: MAX_ANSWER_HEAD_BYTES }, cause: err }),
+    }
   }
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
     return { outcome: 'client-error', error: new MaitreError('MAITRE_CLIENT_CLOSED', 'Connection unexpectedly closed while streaming request', { cause: err }) }

@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createServer } from 'node:net'
 import { get as httpGet } from 'node:http'
+import { Agent, request } from 'undici'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
@@ -181,6 +182,31 @@ t.test('short timeouts are kept to the millisecond scale, not a second late: a 1
     req.on('error', () => resolve(body))
   })
   t.equal(received, 'chunk-0\n', 'cut in the first silence, not after more chunks')
+})
+
+t.test('an answer head past undici’s and Node’s 16 KiB is relayed up to 64 KiB; past that it is a 502 naming the limit, and the instance stays in rotation', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  // A client that reads heads this big itself.
+  const client = new Agent({ maxHeaderSize: 256 * 1024 })
+  t.teardown(() => client.close())
+  const ask = async (path: string, method: string, headers: Record<string, string>): Promise<{ status: number; headers: Record<string, unknown>; text: string }> => {
+    const res = await request(`${router.url}${path}`, { dispatcher: client, method: method as 'GET', headers, body: method === 'POST' ? 'x' : null })
+    return { status: res.statusCode, headers: res.headers, text: await res.body.text() }
+  }
+  for (const method of ['GET', 'POST']) {
+    // (A POST has a body, which goes through Node's client; a GET through undici.)
+    const big = await ask('/big-head?bytes=40000', method, h)
+    t.equal(big.status, 200, `${method}: a 40 KB head is relayed`)
+    t.equal(String(big.headers['x-big']).length, 40000)
+    const huge = await ask('/big-head?bytes=70000', method, { ...h, accept: 'application/json' })
+    t.equal(huge.status, 502, `${method}: a 70 KB head is refused`)
+    t.match(JSON.parse(huge.text), { 'waiter-error': { message: /answer head .* is over 64 KiB/, details: { limit: 'answer-head-bytes', max: 65536 } } })
+    const next = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '2000' } })
+    t.equal(next.status, 200, `${method}: the only instance was not ejected for it`)
+  }
+  t.notMatch((await call(`${router.url}/metrics`)).text, /^maitre_ejections_total\{/m, 'no ejection counted')
 })
 
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
