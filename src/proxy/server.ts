@@ -497,9 +497,33 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // Node reports every later chunk of a connection whose parsing failed: the one answer is
     // under way already (each report would add its wait to the answers still going out).
     if ((socket as Counted)[REFUSED] === true) return
+    markRefused(socket)
+    // The body of the request being answered went bad (a malformed chunk, a forbidden field in
+    // its trailers): that request is over, as the client's fault. It is answered 400 at once (as
+    // a body gone idle is answered 408), then whatever reads its body (the forward) learns it
+    // will never end and lets go of its slot, and the connection goes. Left alone, it would wait
+    // for body bytes that never come, holding its slot until the body-idle bound answered a false
+    // "sent nothing" 408.
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+    const current = answering?.req
+    if (answering !== null && answering !== undefined && current !== undefined && !current.complete && !answering.writableFinished) {
+      const bad = new MaitreError('MAITRE_BAD_REQUEST', `Malformed HTTP request body (${err.code ?? 'parse error'})`, { details: { 'parse-error': err.code ?? 'unknown' } })
+      if (answering.headersSent) {
+        // An answer under way (the instance answered early) cannot be made whole: cut.
+        current.destroy(bad)
+        socket.destroy()
+        return
+      }
+      answering.shouldKeepAlive = false
+      sendError(current, answering, bad, { cid: cidOf(current) })
+      answering.once('finish', () => {
+        current.destroy(bad)
+        socket.destroy()
+      })
+      return
+    }
     // Requests before the bad one may still be answering on this connection: their answers come
     // first and whole, then this one, then the connection goes. Never a second answer to one request.
-    markRefused(socket)
     afterEarlierAnswers(socket, () => refuse(socket, answer))
   }
   // Expect: 100-continue is not answered at once (as Node would): the proxy answers it once it

@@ -183,6 +183,20 @@ t.test('pipelining is bounded per connection', async (t) => {
   t.equal(answers.length, 5, 'nothing after it is read')
 })
 
+t.test('a chunked body that turns malformed mid-way is answered 400 at once, naming the parse error, and frees its slot', async (t) => {
+  const router = await startRouter(t)
+  await warm(t, router, 'chunks', { 'max-instances': 1 })
+  // The headers (and the first chunk) reach the instance; then the chunk framing breaks.
+  const bad = await raw(router.url, 'POST /consume HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: chunks\r\naccept: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n')
+  // (Without it: nothing until the 30 s body-idle bound, then a 408 "sent nothing".)
+  const answer = await within('the 400', bad.closed)
+  t.equal(statusOf(answer), 400)
+  t.match(answer, /Malformed HTTP request body \(HPE_/)
+  t.match(answer, /connection: close/i, 'and the connection goes')
+  const next = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'chunks', 'x-waiter-queue-timeout': '2000' } })
+  t.equal(next.status, 200, 'the only slot is free for the next request')
+})
+
 t.test('a body that stops sending gets 408 and frees its slot; so do headers that never end', async (t) => {
   // 1.5 s of body idleness: the slot it holds meanwhile is seen even on a loaded machine (CI
   // missed a 500 ms window once, its polls of /apps being slower than that).
