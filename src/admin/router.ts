@@ -175,9 +175,10 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/state/gc-services':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: { rounds: deps.gc.rounds(), 'recently-collected': deps.gc.recent() } }, cid)
       }
-      const serviceState = /^\/state\/(maitre-[^/]+|[a-z][a-z0-9-]*-[0-9a-f]{32})$/.exec(path)
+      // Any other /state/{segment} names a version, whatever serviceIdPrefix made its id.
+      const serviceState = /^\/state\/([^/]+)$/.exec(path)
       if (serviceState !== null) {
-        const id = serviceState[1] as string
+        const id = pathSegment(serviceState[1] as string)
         if (deps.registry.get(id) === undefined) throw new MaitreError('MAITRE_SERVICE_NOT_FOUND', 'Service not found', { details: { 'service-id': id } })
         return sendJson(res, 200, {
           'router-id': deps.routerId,

@@ -37,6 +37,17 @@ t.test('Waiter’s pseudo-token ^SERVICE-ID#<id> (what `waiter ping --service-id
   t.match(unknown.json(), { 'ping-response': { result: 'descriptor-error', status: 404 } })
 })
 
+t.test('/state/{service-id} answers for any id the serviceIdPrefix makes, and 404 for one it does not know', async (t) => {
+  const router = await startRouter(t, { serviceIdPrefix: 'svc' })
+  await createToken(router, 'plain', kitchenToken())
+  const id = (await call(`${router.url}/service-id`, { headers: { 'x-waiter-token': 'plain' } })).text
+  t.match(id, /^svc[0-9a-f]{32}$/, 'no name, so no dash before the hash')
+  const state = await call(`${router.url}/state/${id}`)
+  t.equal(state.status, 200, state.text)
+  t.match(state.json(), { state: { tracker: { load: {} } } })
+  t.equal((await call(`${router.url}/state/svc0123`)).status, 404)
+})
+
 t.test('suspend and resume', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'kitchen', kitchenToken())
