@@ -310,6 +310,10 @@ export class GcRunner {
         serviceIdOfTokens: (list, requester) => this.#deps.serviceIdOfTokens?.(list, requester),
         now,
       })
+      // Orphaned since this router last saw it so, with no return in between: a token deleted,
+      // made again (the version current again) and deleted once more counts from the second
+      // delete, not the first.
+      if (!currency.orphaned) this.#orphanedSince.delete(record.id)
       if (!currency.current) {
         if (currency.orphaned) {
           staleSince = this.#orphanedSince.get(record.id) ?? now

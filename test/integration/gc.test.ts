@@ -80,3 +80,28 @@ t.test('a request that arrives while its version is being collected starts it af
   const newPid = late.json<{ pid: number }>().pid
   await waitFor('and its instance to go', () => (processAlive(newPid) ? undefined : true), 5000)
 })
+
+t.test('a token deleted, made again and deleted again: the stale period counts from the second delete, not the first', async (t) => {
+  const clock = new OffsetClock()
+  const router = await startRouter(t, FAST_GC, { clock })
+  const rounds = async (): Promise<number> => (await call(`${router.url}/state/gc-services`)).json<{ state: { rounds: number } }>().state.rounds
+  const gcRounds = async (n: number): Promise<void> => {
+    const target = (await rounds()) + n
+    await waitFor(`${n} GC rounds`, async () => ((await rounds()) >= target ? true : undefined))
+  }
+  const body = kitchenToken({ 'idle-timeout-mins': 600 })
+  await createToken(router, 'tok', body)
+  const h = { 'x-waiter-token': 'tok' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  t.equal((await call(`${router.url}/token?token=tok`, { method: 'DELETE' })).status, 200, 'soft-deleted')
+  await gcRounds(3) // the GC sees it orphaned
+  await createToken(router, 'tok', body) // by mistake: made again, the same version current again
+  await gcRounds(3)
+  clock.jump(60 * 60_000) // an hour of serving
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200)
+  t.equal((await call(`${router.url}/token?token=tok`, { method: 'DELETE' })).status, 200, 'deleted again')
+  await gcRounds(3)
+  t.equal((await call(`${router.url}/apps/${id}`)).status, 200, 'kept through its fallback and stale periods from this delete')
+})
+
