@@ -64,8 +64,8 @@ export class Overrides {
     return record
   }
 
+  /** Queued behind any write of the key under way (a set not yet answered): the later request wins. */
   async clear(serviceId: string): Promise<void> {
-    if (!this.#records.has(serviceId)) return
     try {
       await this.#records.delete(serviceId)
     } finally {

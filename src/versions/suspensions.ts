@@ -29,7 +29,11 @@ export class Suspensions {
     return this.#records.put(serviceId, { suspended: true, 'last-updated-by': user, time: new Date(this.#clock.now()).toISOString() })
   }
 
-  async resume(serviceId: string): Promise<void> {
-    if (this.#records.has(serviceId)) await this.#records.delete(serviceId)
+  /**
+   * Queued behind any write of the key under way: a resume sent while a suspend is still being
+   * written undoes it (the later request wins) instead of finding nothing yet and doing nothing.
+   */
+  resume(serviceId: string): Promise<void> {
+    return this.#records.delete(serviceId)
   }
 }
