@@ -53,6 +53,7 @@ import { serviceGauges } from './scaler/service-gauges.ts'
 import { VersionMemory } from './scaler/version-memory.ts'
 import { Overrides } from './versions/overrides.ts'
 import { Suspensions } from './versions/suspensions.ts'
+import { dropOrphanSettings } from './versions/orphan-settings.ts'
 import { TOKEN_DEFAULTS } from './versions/parameters.ts'
 import { ServiceRegistry, type ServiceRecord } from './versions/registry.ts'
 import { Resolver, type Resolution } from './versions/resolve.ts'
@@ -153,6 +154,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
   const registry = await ServiceRegistry.open(stores, clock, config.maxVersions)
   const overrides = await Overrides.open(stores, clock)
   const suspensions = await Suspensions.open(stores, clock)
+  if (stores.kind === 'file') await dropOrphanSettings((serviceId) => registry.get(serviceId) !== undefined, overrides, suspensions, log)
   const parameters = new VersionParameters(overrides, { cluster: config.cluster, secret }, config.proxy.resolutionCacheSize)
 
   // Late-bound: the gauges read the tracker and autoscaler, which are built below.

@@ -64,6 +64,11 @@ export class Overrides {
     return record
   }
 
+  /** Every overridden version's id. */
+  ids(): string[] {
+    return [...this.#records.entries()].map(([id]) => id)
+  }
+
   /** Queued behind any write of the key under way (a set not yet answered): the later request wins. */
   async clear(serviceId: string): Promise<void> {
     try {

@@ -25,6 +25,11 @@ export class Suspensions {
     return this.#records.get(serviceId)
   }
 
+  /** Every suspended version's id. */
+  ids(): string[] {
+    return [...this.#records.entries()].map(([id]) => id)
+  }
+
   suspend(serviceId: string, user: string): Promise<void> {
     return this.#records.put(serviceId, { suspended: true, 'last-updated-by': user, time: new Date(this.#clock.now()).toISOString() })
   }

@@ -1,4 +1,6 @@
 import t from 'tap'
+import { readdirSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
 import { call, createToken, kitchenToken, ownDir, startRouter } from '../fixtures/router.ts'
 
 type Info = { pid: number; headers: Record<string, string> }
@@ -44,6 +46,24 @@ t.test('metadata-only edits keep the service id; /service-id tells it without st
   t.equal(after.text, before.text)
   const app = await call(`${router.url}/apps/${before.text}`)
   t.equal(app.json<{ status: string }>().status, 'Inactive', 'asking for the id started nothing')
+})
+
+t.test('a router that stopped between forgetting a version’s record and its suspension drops that suspension at its next start: the version’s next life is not suspended', async (t) => {
+  const dataDir = ownDir(t)
+  const first = await startRouter(t, {}, { dataDir })
+  await createToken(first, 'tok', kitchenToken())
+  const id = (await call(`${first.url}/service-id`, { headers: { 'x-waiter-token': 'tok' } })).text
+  t.equal((await call(`${first.url}/apps/${id}/suspend`, { method: 'POST' })).status, 200)
+  t.equal((await call(`${first.url}/apps/${id}/override`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ 'min-instances': 2 }) })).status, 200)
+  await first.app.stop()
+  // What a crash between the collection's steps leaves: the record's file gone, the others not.
+  rmSync(join(dataDir, 'services', `${id}.json`))
+  t.ok(readdirSync(join(dataDir, 'suspended')).some((f) => f.startsWith(id)), 'the suspension was left behind')
+
+  const second = await startRouter(t, {}, { dataDir })
+  const reply = await call(`${second.url}/request-info`, { headers: { 'x-waiter-token': 'tok' } })
+  t.equal(reply.status, 200, `the version, recorded afresh, serves: ${reply.text.slice(0, 120)}`)
+  t.same((await call(`${second.url}/apps/${id}/override`)).json<{ overrides: unknown }>().overrides, {}, 'its old overrides are gone too')
 })
 
 t.test('a router restart keeps every token and version', async (t) => {
