@@ -6,7 +6,6 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
-import { deploymentErrorClass } from './backends/deployment-error.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -21,8 +20,8 @@ export interface ServiceGauges {
   readonly target: number | undefined
   /** The version's max-instances, when its record is known here. */
   readonly maxInstances: number | undefined
-  /** The version's deployment error while it has one. */
-  readonly deploymentError: string | undefined
+  /** The class of the version's deployment error while it has one (a bounded set: a label). */
+  readonly deploymentErrorClass: string | undefined
 }
 
 export interface GaugeSources {
@@ -137,7 +136,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset()
-        for (const s of sources.services()) if (s.deploymentError !== undefined) this.set({ service: s.service, reason: deploymentErrorClass(s.deploymentError) }, 1)
+        for (const s of sources.services()) if (s.deploymentErrorClass !== undefined) this.set({ service: s.service, reason: s.deploymentErrorClass }, 1)
       },
     })
     new Gauge({

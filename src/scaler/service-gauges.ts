@@ -1,5 +1,6 @@
 /** The per-version values /metrics reads at scrape time: load from the tracker, instances from the backend, target from the autoscaler. */
 import type { Backend } from '../backends/backend.ts'
+import { deploymentErrorClass } from '../backends/deployment-error.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { ServiceGauges } from '../metrics.ts'
 import type { Autoscaler } from './autoscaler.ts'
@@ -26,7 +27,7 @@ export function* serviceGauges(c: GaugeContext): Iterable<ServiceGauges> {
       starting: state.instances.length - healthy,
       target: decides ? c.autoscaler.snapshot(state.id)?.target : undefined,
       maxInstances: c.maxInstancesOf(state.id),
-      deploymentError: state.deploymentError,
+      deploymentErrorClass: state.deploymentError === undefined ? undefined : deploymentErrorClass(state.deploymentError),
     }
   }
 }
