@@ -184,7 +184,9 @@ t.test('Waiter’s kill times out honestly: a router cut off from etcd still rep
   const [a] = cluster.routers as [Router]
   const relay = await startRelay(Number(new URL(cluster.etcd.endpoint).port))
   cluster.etcd.beforeStop(() => relay.close())
-  const b = await cluster.addRouter({ 'etcd.endpoints': [relay.url] })
+  // b's lease outlives a slow DELETE on a loaded machine (one took 1.8 s with the fixture's 2 s
+  // lease, which lapsed first: routers-agree came back true).
+  const b = await cluster.addRouter({ 'etcd.endpoints': [relay.url], 'etcd.leaseTtlSecs': 5 })
   await createToken(a, 'held', kitchenToken())
   const h = { 'x-waiter-token': 'held' }
   await waitFor('b sees the token', async () => ((await call(`${b.url}/token?token=held`)).status === 200 ? true : undefined))
