@@ -558,6 +558,11 @@ export class MesosBackend implements Backend {
       for (const task of tasks) task.launching = launching
       return launching
     })
+    // Everything asked for is placed, and this round filters what is left over for the long
+    // while: demand that comes from now on is not what the last REVIVE was for, and must revive
+    // (a second version asked for during the round, as many instances as the first, waited
+    // for the offerless watch, ~10 s, else).
+    if (placement.unplaced.size === 0) this.#revivedFor = 0
     const declined = placement.unused.length === 0 ? Promise.resolve(true) : this.#decline(placement.unused, refuseSeconds)
     await Promise.all([...accepts, declined])
     if (placement.unplaced.size > 0) this.#o.log.debug({ unplaced: Object.fromEntries(placement.unplaced) }, 'instances that fit no offer')

@@ -105,6 +105,17 @@ t.test('a scale-up while an ACCEPT is unanswered is launched at once, not after 
   t.pass('all three launched within 10 s')
 })
 
+t.test('a second version asked for while the first one’s ACCEPT is unanswered (as many instances) is launched at once, not after the offerless watch', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, await meddlingProxy(t, sim.url, { hold: { ACCEPT: 500 } }), 60)
+  await backend.ensureService(spec('first', 1))
+  await waitFor('a task of the first being launched', () => ((backend.state('first')?.instances.length ?? 0) > 0 ? true : undefined))
+  await backend.ensureService(spec('second', 1))
+  // (Without a REVIVE for it, the round's 60 s filters hold it until the offerless watch, 10 s on.)
+  await waitFor('the second running', () => (live(sim, 'second') === 1 ? true : undefined), 5000)
+  t.pass('launched within 5 s')
+})
+
 t.test('a REVIVE the master fails is sent again: the framework is not left suppressed with demand', async (t) => {
   const sim = await startMesosSimulatorFor(t)
   const failOnce = new Set<string>()
