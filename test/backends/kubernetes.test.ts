@@ -535,6 +535,18 @@ t.test('credentials: in-cluster files (token re-read as it rotates) and kubeconf
   writeFileSync(join(dir, 'tok'), 'file-token')
   const fromFile = kubeConnection({ ...K8S, kubeconfig: kc }, {})
   t.same([fromFile.server, fromFile.namespace, fromFile.tls.ca, await fromFile.authorization()], ['https://k:6443', 'default', 'CA', 'Bearer file-token'])
+  // maitre's own backend.kubernetes.tokenFile, relative, is relative to where maitre runs, not to the kubeconfig.
+  const elsewhere = join(dir, 'elsewhere')
+  mkdirSync(join(elsewhere, 'secrets'), { recursive: true })
+  writeFileSync(join(elsewhere, 'secrets', 'tok'), 'configured-token')
+  const cwd = process.cwd()
+  process.chdir(elsewhere)
+  try {
+    const configured = kubeConnection({ ...K8S, kubeconfig: kc, tokenFile: join('secrets', 'tok') }, {})
+    t.equal(await configured.authorization(), 'Bearer configured-token', 'read from ./secrets/tok where maitre runs')
+  } finally {
+    process.chdir(cwd)
+  }
   writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k"}}]', 'users: [{name: u, user: {exec: {command: aws}}}]'].join('\n'))
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /exec or auth-provider/ })
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: join(dir, 'none') }, {}), { message: /cannot read kubeconfig/ })

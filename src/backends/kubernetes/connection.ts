@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
-import { dirname, isAbsolute, join } from 'node:path'
+import { dirname, isAbsolute, join, resolve } from 'node:path'
 import { parse } from 'yaml'
 import { MaitreError } from '../../errors.ts'
 import type { KubernetesBackendConfig } from '../../config.ts'
@@ -109,9 +109,11 @@ function readKubeconfig(config: KubernetesBackendConfig, path: string): KubeConn
   const ca = pem(cluster['certificate-authority-data'], cluster['certificate-authority'])
   const cert = pem(user['client-certificate-data'], user['client-certificate'])
   const key = pem(user['client-key-data'], user['client-key'])
-  const tokenPath = config.tokenFile ?? user['tokenFile']
+  // maitre's own tokenFile is a path of its configuration (relative to where it runs); the
+  // kubeconfig's, as kubectl reads it, relative to the kubeconfig.
+  const tokenPath = config.tokenFile !== null && config.tokenFile !== undefined ? resolve(config.tokenFile) : user['tokenFile'] !== undefined ? resolvePath(user['tokenFile']) : undefined
   const fixedToken = user['token']
-  const token = tokenPath !== undefined ? fileToken(resolvePath(tokenPath)) : undefined
+  const token = tokenPath !== undefined ? fileToken(tokenPath) : undefined
   const basic = user['username'] !== undefined ? `Basic ${Buffer.from(`${user['username']}:${user['password'] ?? ''}`).toString('base64')}` : undefined
   return {
     server: (config.apiServer ?? cluster.server).replace(/\/+$/, ''),
