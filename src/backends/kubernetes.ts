@@ -1063,6 +1063,11 @@ export class KubernetesBackend implements Backend {
     this.#recordFailure(service, pod)
     if (type === 'DELETED') this.#recordDeleted(service, pod)
     if (type !== 'DELETED' && isReady(pod)) {
+      // Seen becoming ready (not adopted ready by the first list): how long its container took.
+      if (this.#isSynced && !service.readyRuns.has(name)) {
+        const instance = instanceOf(pod, { serviceId: service.id, proto: service.proto, basePort: service.basePort, portCount: service.portCount, now: this.#o.clock.now() })
+        this.#o.log.info({ service: service.id, instance: instance.id, pod: name, startupMs: Math.max(0, this.#o.clock.now() - instance.startedAt) }, 'instance healthy')
+      }
       service.readyRuns.add(name)
       service.failedSinceHealthy = []
       service.eventError = undefined

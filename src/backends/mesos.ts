@@ -601,6 +601,7 @@ export class MesosBackend implements Backend {
       task.state = status.state
       if (status.healthy !== undefined) task.healthy = status.healthy
       if (status.state !== 'TASK_RUNNING') task.healthy = false
+      if (task.healthy && !task.everHealthy) this.#o.log.info({ service: service.id, instance: task.id, startupMs: Math.max(0, this.#o.clock.now() - task.startedAt) }, 'instance healthy')
       if (task.healthy) task.everHealthy = true
       if (current) {
         if (task.healthy) {

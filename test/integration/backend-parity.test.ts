@@ -10,6 +10,8 @@ import { join } from 'node:path'
 import { call, createToken, kitchenToken, startKubeRouter, startRouter, waitFor, type KubeRouter, type Reply, type Router } from '../fixtures/router.ts'
 import { startMesosRouter, type MesosRouter } from '../fixtures/mesos-router.ts'
 import { realisticTiming } from '../fixtures/k8s-sim/simulator.ts'
+import { capturedLog } from '../fixtures/captured-log.ts'
+import type { Logger } from '../../src/log.ts'
 
 type Test = Parameters<typeof startRouter>[0]
 
@@ -34,10 +36,10 @@ const FAST = { 'scaler.tickMs': 250, 'scaler.burstHoldMs': 1000, 'scaler.interKi
  */
 const REALISTIC = realisticTiming(0.1)
 
-const BACKENDS: Record<string, (t: Test, overrides?: Record<string, unknown>) => Promise<Router>> = {
-  local: (t, overrides = {}) => startRouter(t, overrides),
-  kubernetes: (t, overrides = {}) => startKubeRouter(t, overrides, REALISTIC),
-  mesos: (t, overrides = {}) => startMesosRouter(t, overrides),
+const BACKENDS: Record<string, (t: Test, overrides?: Record<string, unknown>, log?: Logger) => Promise<Router>> = {
+  local: (t, overrides = {}, log) => startRouter(t, overrides, log === undefined ? {} : { log }),
+  kubernetes: (t, overrides = {}, log) => startKubeRouter(t, overrides, REALISTIC, log === undefined ? {} : { log }),
+  mesos: (t, overrides = {}, log) => startMesosRouter(t, overrides, log === undefined ? {} : { log }),
 }
 
 async function appView(router: Router, id: string): Promise<AppView> {
@@ -167,10 +169,14 @@ async function scaleDownKeepsTheBusy(t: TapTest, router: Router): Promise<void> 
 
 for (const [kind, start] of Object.entries(BACKENDS)) {
   t.test(`${kind}: a cold start holds the first request until an instance is ready; the next is warm`, async (t) => {
-    const router = await start(t)
+    const { log, lines } = capturedLog()
+    const router = await start(t, {}, log)
     await createToken(router, 'cold', kitchenToken())
     const first = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'cold' } })
     t.equal(first.status, 200, first.text)
+    const id = await serviceId(router, 'cold')
+    const healthyLine = await waitFor('its instance healthy line', () => lines.find((l) => l['msg'] === 'instance healthy' && l['service'] === id))
+    t.ok(typeof healthyLine['startupMs'] === 'number' && healthyLine['startupMs'] >= 0, `the log says how long it took to start (${String(healthyLine['startupMs'])} ms)`)
     t.equal(first.headers['x-maitre-cold-start'], 'true')
     const second = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'cold' } })
     t.equal(second.status, 200)
