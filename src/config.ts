@@ -60,6 +60,11 @@ export interface KubernetesBackendConfig {
   readonly relistBackoffMs: number
   /** Floor for the pod's terminationGracePeriodSeconds (Waiter's pod-sigkill-delay-secs). */
   readonly minTerminationGraceSecs: number
+  /**
+   * How long a pod the scheduler cannot place (no node fits it yet) may wait before its version
+   * has a deployment error: a cluster autoscaler adds a node within that. 0: at once.
+   */
+  readonly unschedulableGraceSecs: number
   /** Instead of a server-side token: the service-account token file re-read every minute (null = in-cluster default). */
   readonly tokenFile: string | null
   /** Every API call but the pod watch must be answered within this long, or it is retried. */
@@ -302,6 +307,7 @@ export const DEFAULTS: Config = {
       watchTimeoutSecs: 300,
       relistBackoffMs: 100,
       minTerminationGraceSecs: 3,
+      unschedulableGraceSecs: 120,
       tokenFile: null,
       requestTimeoutMs: 10000,
     },
@@ -454,6 +460,7 @@ const RULES: Readonly<Record<string, Rule>> = {
   'backend.kubernetes.watchTimeoutSecs': (v) => (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 86_400 ? undefined : 'must be an integer of seconds in [1, 86400]'),
   'backend.kubernetes.relistBackoffMs': positiveMs,
   'backend.kubernetes.minTerminationGraceSecs': nonNegativeInt,
+  'backend.kubernetes.unschedulableGraceSecs': (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 3600 ? undefined : 'must be an integer in [0, 3600] (seconds)'),
   'backend.kubernetes.requestTimeoutMs': positiveMs,
   'backend.local.portRange': (v) =>
     Array.isArray(v) && v.length === 2 && v.every((p) => port(p) === undefined && (p as number) > 0) && (v[0] as number) <= (v[1] as number)

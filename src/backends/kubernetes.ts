@@ -18,11 +18,11 @@ import { deploymentError } from './deployment-error.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { KubeApiError, type KubeApi, type WatchEvent } from './kubernetes/api.ts'
 import type { KubeStatus, Pod, ReplicaSet } from './kubernetes/objects.ts'
-import { failureKey, hasEnded, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, schedulerProblem, latestFailedCreate } from './kubernetes/pod-view.ts'
+import { clusterProblem, failureKey, hasEnded, instanceId, instanceOf, isActive, isReady, isTerminating, lastFailure, latestFailedCreate } from './kubernetes/pod-view.ts'
 import { ANNOTATIONS, basePortOf, LABELS, clusterSelector, replicaSetName, replicaSetOf } from './kubernetes/replica-set.ts'
 
 export interface KubernetesBackendOptions
-  extends Pick<KubernetesBackendConfig, 'defaultImage' | 'podBasePort' | 'minFailedInstances' | 'watchTimeoutSecs' | 'relistBackoffMs' | 'minTerminationGraceSecs'> {
+  extends Pick<KubernetesBackendConfig, 'defaultImage' | 'podBasePort' | 'minFailedInstances' | 'watchTimeoutSecs' | 'relistBackoffMs' | 'minTerminationGraceSecs' | 'unschedulableGraceSecs'> {
   readonly api: KubeApi
   readonly cluster: string
   readonly clock: Clock
@@ -97,6 +97,8 @@ interface KubeService {
   failedSinceHealthy: EndedInstance[]
   /** Pods seen ready in their current container run: a failure of that run is no step towards a deployment error. */
   readonly readyRuns: Set<string>
+  /** A look again when an unschedulable pod's grace runs out (one at a time). */
+  recheck: (() => void) | undefined
   createError: string | undefined
   eventError: string | undefined
   deploymentError: string | undefined
@@ -727,6 +729,7 @@ export class KubernetesBackend implements Backend {
       killed: [],
       failedSinceHealthy: [],
       readyRuns: new Set(),
+      recheck: undefined,
       createError: undefined,
       eventError: undefined,
       deploymentError: undefined,
@@ -1165,7 +1168,22 @@ export class KubernetesBackend implements Backend {
     const live = this.#livePods(service)
     const healthy = live.filter(isReady).length
     const fromFailures = deploymentError({ healthy, failedSinceHealthy: service.failedSinceHealthy, unhealthy: [], minFailedInstances: this.#o.minFailedInstances })
-    const fromCluster = healthy > 0 ? undefined : (live.map(schedulerProblem).find((p) => p !== undefined) ?? service.eventError)
+    let fromCluster: string | undefined
+    if (healthy === 0) {
+      const now = this.#o.clock.now()
+      const { problem, recheckAt } = clusterProblem(live, now, this.#o.unschedulableGraceSecs * 1000)
+      fromCluster = problem ?? service.eventError
+      // A pod still within its grace becomes the error when that runs out, event or not.
+      if (recheckAt !== undefined && service.recheck === undefined) {
+        const cancel = this.#o.clock.setTimeout(() => {
+          this.#timers.delete(cancel)
+          service.recheck = undefined
+          if (this.#services.get(service.id) === service) this.#update(service)
+        }, Math.max(1, recheckAt - now))
+        service.recheck = cancel
+        this.#timers.add(cancel)
+      }
+    }
     const next = service.createError ?? fromFailures ?? fromCluster
     if (next !== service.deploymentError) {
       service.deploymentError = next

@@ -17,7 +17,7 @@ import { KubernetesBackend } from '../../src/backends/kubernetes.ts'
 import { KubeApi, KubeApiError, PERMISSIONS, type KubeApiOptions, type WatchEvent } from '../../src/backends/kubernetes/api.ts'
 import { fileToken, kubeConnection, type KubeConnection } from '../../src/backends/kubernetes/connection.ts'
 import type { Pod } from '../../src/backends/kubernetes/objects.ts'
-import { failureKey, instanceId, lastFailure, latestFailedCreate, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
+import { clusterProblem, failureKey, instanceId, lastFailure, latestFailedCreate, schedulerProblem } from '../../src/backends/kubernetes/pod-view.ts'
 import type { KubeEvent } from '../../src/backends/kubernetes/objects.ts'
 import { replicaSetName, replicaSetOf } from '../../src/backends/kubernetes/replica-set.ts'
 import { systemClock } from '../../src/clock.ts'
@@ -557,6 +557,18 @@ t.test('credentials: in-cluster files (token re-read as it rotates) and kubeconf
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /kubeconfig .* cannot be used/ })
   writeFileSync(kc, ['current-context: a', 'contexts: [{name: a, context: {cluster: c, user: u}}]', 'clusters: [{name: c, cluster: {server: "https://k", certificate-authority: missing-ca.pem}}]', 'users: [{name: u, user: {token: x}}]'].join('\n'))
   t.throws(() => kubeConnection({ ...K8S, kubeconfig: kc }, {}), { code: 'MAITRE_INVALID_CONFIG', message: /missing-ca\.pem/ })
+})
+
+t.test('a pod no node fits is a deployment error only once it has waited its grace (a cluster autoscaler adds a node meanwhile); an image problem at once', async (t) => {
+  const at = (iso: string): number => Date.parse(iso)
+  const unschedulable = (since: string): Pod => ({ metadata: { name: 'p-waiting' }, spec: { containers: [] }, status: { phase: 'Pending', conditions: [{ type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: '0/3 nodes are available: 3 Insufficient cpu.', lastTransitionTime: since }] } })
+  const pulling: Pod = { metadata: { name: 'p-image' }, spec: { containers: [] }, status: { phase: 'Pending', containerStatuses: [{ name: 'maitre-app', ready: false, restartCount: 0, state: { waiting: { reason: 'ErrImagePull', message: 'not found' } } }] } }
+  const pending = unschedulable('2026-12-03T10:00:00Z')
+  t.same(clusterProblem([pending], at('2026-12-03T10:01:00Z'), 120_000), { problem: undefined, recheckAt: at('2026-12-03T10:02:00Z') }, 'a minute in: no error yet, a look again when its two minutes are up')
+  t.same(clusterProblem([pending], at('2026-12-03T10:02:00Z'), 120_000), { problem: 'Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.', recheckAt: undefined }, 'two minutes in: the deployment error')
+  t.same(clusterProblem([pending], at('2026-12-03T10:00:01Z'), 0), { problem: 'Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.', recheckAt: undefined }, 'a grace of 0: at once')
+  t.same(clusterProblem([pending, pulling], at('2026-12-03T10:00:30Z'), 120_000), { problem: 'ErrImagePull: not found', recheckAt: undefined }, 'an image that cannot be pulled is one at once')
+  t.same(clusterProblem([], at('2026-12-03T10:00:30Z'), 120_000), { problem: undefined, recheckAt: undefined })
 })
 
 t.test('reading pods: failed runs, OOMKilled, liveness kills and the scheduler’s reasons', async (t) => {

@@ -170,6 +170,27 @@ export function schedulerProblem(pod: Pod): string | undefined {
 }
 
 /**
+ * The cluster's reason none of these pods can run, as a deployment error, and when to look
+ * again. A pod the scheduler cannot place yet counts only once it has waited `unschedulableGraceMs`
+ * (from its condition's lastTransitionTime): a cluster autoscaler adds a node for it within a minute
+ * or two, and until then a deployment error would refuse every request that the node would have
+ * served. Image and configuration problems count at once.
+ */
+export function clusterProblem(pods: readonly Pod[], now: number, unschedulableGraceMs: number): { readonly problem: string | undefined; readonly recheckAt: number | undefined } {
+  let recheckAt: number | undefined
+  for (const pod of pods) {
+    const problem = schedulerProblem(pod)
+    if (problem === undefined) continue
+    const unschedulable = pod.status?.conditions?.find((c) => c.type === 'PodScheduled' && c.status === 'False' && c.reason === 'Unschedulable')
+    if (unschedulable === undefined || !problem.startsWith('Unschedulable:')) return { problem, recheckAt: undefined }
+    const due = time(unschedulable.lastTransitionTime, now) + unschedulableGraceMs
+    if (now >= due) return { problem, recheckAt: undefined }
+    recheckAt = Math.min(recheckAt ?? due, due)
+  }
+  return { problem: undefined, recheckAt }
+}
+
+/**
  * The newest FailedCreate event of a ReplicaSet (by uid). lastTimestamp has whole seconds only,
  * so events of one second tie: the finer eventTime decides when the reporter set it, then the
  * higher count (the one still recurring).
