@@ -504,9 +504,18 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // will never end and lets go of its slot, and the connection goes. Left alone, it would wait
     // for body bytes that never come, holding its slot until the body-idle bound answered a false
     // "sent nothing" 408.
-    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
-    const current = answering?.req
-    if (answering !== null && answering !== undefined && current !== undefined && !current.complete && !answering.writableFinished) {
+    // (The request whose body is being read is the newest on the connection: the one answered
+    // now, or one pipelined behind it, whose answer Node holds until those before it are out.
+    // Looked for only here, in a parse error's rare path, among the requests under way.)
+    let current: IncomingMessage | undefined
+    let answering: ServerResponse | undefined
+    for (const entry of open.values()) {
+      if (entry.req.socket === socket && !entry.req.complete) {
+        current = entry.req
+        answering = entry.res
+      }
+    }
+    if (current !== undefined && answering !== undefined && !answering.writableFinished) {
       const bad = new MaitreError('MAITRE_BAD_REQUEST', `Malformed HTTP request body (${err.code ?? 'parse error'})`, { details: { 'parse-error': err.code ?? 'unknown' } })
       if (answering.headersSent) {
         // An answer under way (the instance answered early) cannot be made whole: cut.

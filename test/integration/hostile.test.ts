@@ -195,6 +195,11 @@ t.test('a chunked body that turns malformed mid-way is answered 400 at once, nam
   t.match(answer, /connection: close/i, 'and the connection goes')
   const next = await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'chunks', 'x-waiter-queue-timeout': '2000' } })
   t.equal(next.status, 200, 'the only slot is free for the next request')
+  // The same behind a pipelined request still being answered: that answer first, whole, then the 400.
+  const piped = await raw(router.url, 'GET /sleep?sleep-ms=300 HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: chunks\r\n\r\nPOST /consume HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: chunks\r\naccept: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n')
+  const both = await within('the 200, then the 400', piped.closed)
+  t.same(both.match(/HTTP\/1\.1 \d{3}/g), ['HTTP/1.1 200', 'HTTP/1.1 400'])
+  t.match(both, /"slept":300[\s\S]*Malformed HTTP request body/)
 })
 
 t.test('a body that stops sending gets 408 and frees its slot; so do headers that never end', async (t) => {
