@@ -65,6 +65,7 @@ export class Metrics {
   readonly deploymentErrors: Counter<'service' | 'reason'>
   readonly queueRejections: Counter<'service' | 'reason'>
   readonly ejections: Counter<'service'>
+  readonly instanceFailures: Counter<'service'>
   readonly gcDeletions: Counter<'reason'>
   readonly backendOperations: Counter<'backend' | 'operation' | 'result'>
   readonly backendOperationDuration: Histogram<'backend' | 'operation'>
@@ -101,6 +102,7 @@ export class Metrics {
     this.routerColdStartDuration = new Histogram({ name: 'maitre_router_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance, every version together (a series that exists from the router\'s start, for rates and alerts).', buckets: LATENCY_BUCKETS, registers })
     this.deploymentErrors = new Counter({ name: 'maitre_deployment_errors_total', help: 'Times a version was found unable to start, by Waiter deployment-error message.', labelNames: ['service', 'reason'] as const, registers })
     this.queueRejections = new Counter({ name: 'maitre_queue_rejections_total', help: 'Requests refused with 503 for want of an instance, by reason (full, timeout, deployment-error).', labelNames: ['service', 'reason'] as const, registers })
+    this.instanceFailures = new Counter({ name: 'maitre_instance_failures_total', help: 'Instances that failed (exited, crashed, were killed by a failed check), whether or not they had passed their health checks: the signal of a version crashing in a loop.', labelNames: service, registers })
     this.ejections = new Counter({ name: 'maitre_ejections_total', help: 'Instances taken out of rotation after a connect error, a failure or a 503.', labelNames: service, registers })
     this.gcDeletions = new Counter({ name: 'maitre_gc_deletions_total', help: 'Versions garbage-collected, by reason (idle, stale, broken, orphaned).', labelNames: ['reason'] as const, registers })
     this.backendOperations = new Counter({ name: 'maitre_backend_operations_total', help: 'Calls to the cluster backend by operation and result (ok, error).', labelNames: ['backend', 'operation', 'result'] as const, registers })
@@ -159,7 +161,7 @@ export class Metrics {
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })
 
-    this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.killVetoes, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections]
+    this.#perService = [this.requests, this.requestDuration, this.queueWait, this.backendResponse, this.scalingDecisions, this.killVetoes, this.coldStarts, this.coldStartDuration, this.deploymentErrors, this.queueRejections, this.ejections, this.instanceFailures]
   }
 
   /**

@@ -30,6 +30,8 @@ export interface BackendSyncDeps {
 export function followBackend(deps: BackendSyncDeps): () => void {
   /** The deployment error last counted per version, so each new error counts once. */
   const counted = new Map<string, string>()
+  /** The newest failed instance counted per version (its id and end: a launch failure's id repeats). */
+  const newestFailed = new Map<string, string>()
   return deps.backend.subscribe((serviceId) => {
     const state = deps.backend.state(serviceId)
     if (state === undefined) {
@@ -37,6 +39,7 @@ export function followBackend(deps: BackendSyncDeps): () => void {
       const underWay = load.inFlight + load.queued > 0 || deps.starting?.(serviceId) === true
       deps.tracker.forget(serviceId)
       counted.delete(serviceId)
+      newestFailed.delete(serviceId)
       deps.onGone(serviceId)
       deps.metrics.removeService(serviceId, underWay).catch((err: unknown) => deps.log.warn({ err, service: serviceId }, 'removing metric series failed'))
       return
@@ -47,6 +50,20 @@ export function followBackend(deps: BackendSyncDeps): () => void {
       if (routing !== undefined) deps.tracker.configure(serviceId, routing)
     }
     deps.tracker.sync(serviceId, state.instances, state.deploymentError)
+    // Every instance that failed, healthy before or not: a version whose instances crash in a
+    // loop after passing their health checks has no deployment error, and this is its signal.
+    const newest = state.failed[0]
+    const newestKey = newest === undefined ? undefined : `${newest.id}@${newest.endedAt}`
+    const seen = newestFailed.get(serviceId)
+    if (newestKey !== undefined && newestKey !== seen) {
+      let fresh = 0
+      for (const failed of state.failed) {
+        if (`${failed.id}@${failed.endedAt}` === seen) break
+        fresh += 1
+      }
+      newestFailed.set(serviceId, newestKey)
+      deps.metrics.instanceFailures.inc({ service: serviceId }, fresh)
+    }
     const error = state.deploymentError
     if (error === undefined) counted.delete(serviceId)
     else if (counted.get(serviceId) !== error) {

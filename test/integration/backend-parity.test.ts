@@ -239,6 +239,13 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
     t.not(view.status, 'Failing')
     t.equal(view['deployment-error-message'], undefined)
     t.ok(view.instances['failed-instances'].length >= 2, 'the two crashes are listed as failed instances')
+    // What tells an operator of a crash loop that is no deployment error.
+    const failures = await waitFor('the crashes counted', async () => {
+      const line = (await call(`${router.url}/metrics`)).text.split('\n').find((l) => l.startsWith(`maitre_instance_failures_total{service="${id}"} `))
+      const n = Number(line?.split(' ')[1])
+      return n >= 2 ? n : undefined
+    })
+    t.ok(failures >= 2, `maitre_instance_failures_total counts them (${failures})`)
   })
 
   t.test(`${kind}: a bad command and an instance over its memory are Waiter's deployment errors`, async (t) => {

@@ -5,6 +5,7 @@ import { InstanceTracker } from '../../src/backends/tracker.ts'
 import { followBackend } from '../../src/scaler/backend-sync.ts'
 import { Metrics } from '../../src/metrics.ts'
 import { silentLogger } from '../../src/log.ts'
+import type { Backend, EndedInstance } from '../../src/backends/backend.ts'
 
 t.test('a version the backend reports before any request here is routed by its own knobs from the first report', async (t) => {
   const clock = new ManualClock()
@@ -41,3 +42,30 @@ t.test('a version gone while requests wait on its start: what they record when t
   metrics.requestDuration.observe({ service: 'waited-on' }, 1)
   t.notMatch(await metrics.render(), 'waited-on', 'no series of the version that went')
 })
+
+t.test('every failed instance is counted once, a launch failure that repeats its id included', async (t) => {
+  const clock = new ManualClock()
+  const ended = (id: string, endedAt: number): EndedInstance => ({ id, serviceId: 'v', host: 'h', port: 1, startedAt: 0, endedAt, exitCode: 1, flags: new Set(), message: 'Exited with code 1', logDirectory: undefined })
+  const failed: EndedInstance[] = []
+  const listeners = new Set<(id: string) => void>()
+  const backend = {
+    state: (id: string) => (id === 'v' ? { id: 'v', instances: [], failed: [...failed], killed: [], requested: 1, deploymentError: undefined } : undefined),
+    subscribe: (listener: (id: string) => void) => {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+  } as unknown as Backend
+  const tracker = new InstanceTracker({ clock, ejectBaseMs: 1000, maxEjectMs: 8000 })
+  const metrics = new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: 'test' })
+  followBackend({ backend, tracker, metrics, log: silentLogger, routingOf: () => undefined, onGone: () => undefined })
+  const report = async (): Promise<string | undefined> => {
+    for (const listener of listeners) listener('v')
+    return /maitre_instance_failures_total\{service="v"\} (\d+)/.exec(await metrics.render())?.[1]
+  }
+  failed.unshift(ended('v.1', 10))
+  t.equal(await report(), '1')
+  t.equal(await report(), '1', 'a report with nothing new counts nothing')
+  failed.unshift(ended('v.launch-failed', 20), ended('v.launch-failed', 30))
+  t.equal(await report(), '3', 'two more, one id: both counted')
+})
+
