@@ -86,7 +86,7 @@ function routerUrlProblem(address: string): string | undefined {
   } catch {
     return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return `must be an http:// or https:// URL, not ${url.protocol}//`
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
   if (url.search !== '' || url.hash !== '') return 'must hold no query or fragment'
   return undefined
 }
