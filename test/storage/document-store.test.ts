@@ -158,6 +158,10 @@ t.test('etcd: read-your-writes: a write resolves once the stores it is announced
   await a.delete('k', a.get('k'))
   t.notOk(b.has('k'), 'and a deletion')
   t.same(announced, ['k', 'k', 'k'], 'each write was announced once')
+  // A delete that finds nothing (a collection clearing a suspension the version never had) has
+  // nothing to tell: no wait on the peers.
+  await a.delete('never-there')
+  t.same(announced, ['k', 'k', 'k'], 'a delete of nothing is not announced')
   t.same(changed, ['k', 'k', 'k'], 'b announced each change to its listeners, as its watch would')
   // The late echoes of the watch change nothing: b does not bring back what was deleted.
   await a.put('other', { v: 9 })

@@ -117,8 +117,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   async delete(key: string, expected?: T | null): Promise<void> {
-    await this.#delete(key, expected)
-    await this.#committed(key)
+    // A delete that found nothing in etcd changed nothing the peers could have read: no one to tell.
+    if (await this.#delete(key, expected)) await this.#committed(key)
   }
 
   /**
@@ -157,7 +157,8 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
     })
   }
 
-  #delete(key: string, expected?: T | null): Promise<void> {
+  /** Resolves with whether etcd held the key (and deleted it) or may have (an answer sent again). */
+  #delete(key: string, expected?: T | null): Promise<boolean> {
     return this.#writes.run(key, async () => {
       const etcdKey = this.#prefix + encodeURIComponent(key)
       const response = await this.#guard(key, 'deleted', () => {
@@ -170,12 +171,14 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
         // or another writer's change then delete; either way what the caller asked holds.)
         if (kvs.length === 0 && expected !== null) {
           this.#applyDelete(key, BigInt(response.header.revision))
-          return
+          return true
         }
         this.#absorbRange(key, kvs, BigInt(response.header.revision))
         throw storeConflict(this.#what, key)
       }
-      this.#applyDelete(key, BigInt(response.header.revision))
+      // (One held here that etcd no longer had, another router's delete not yet seen: a change here all the same.)
+      const removedHere = this.#applyDelete(key, BigInt(response.header.revision))
+      return removedHere || response.responses[0]?.response_delete_range?.deleted !== '0'
     })
   }
 
