@@ -80,13 +80,8 @@ class UsageError extends Error {}
 
 /** What is wrong with a router address, if anything (never echoing it: it may hold a password). */
 function routerUrlProblem(address: string): string | undefined {
-  let url: URL
-  try {
-    url = new URL(address)
-  } catch {
-    return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
+  const url = URL.parse(address)
+  if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) return 'must be an http:// or https:// URL, e.g. http://127.0.0.1:9091'
   if (url.search !== '' || url.hash !== '') return 'must hold no query or fragment'
   return undefined
 }

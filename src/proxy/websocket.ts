@@ -139,7 +139,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
    * waited for: an upgrade refused after that (queue full or timed out, a deployment error, the
    * client gone) is counted and logged against its version.
    */
-  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal, noted: { resolved(resolution: Resolution, token: string | undefined): void; coldStart(): void }): Promise<{ who: Principal; resolution: Resolution; token: string | undefined; lease: Lease; coldStart: boolean; socketTimeoutMs: number }> {
+  async function admit(req: IncomingMessage, socket: Duplex, cid: string, signal: AbortSignal, noted: { resolved(resolution: Resolution, token: string | undefined): void; coldStart(): void }): Promise<{ who: Principal; resolution: Resolution; lease: Lease; socketTimeoutMs: number }> {
     checkHandshake(req)
     if (deps.routerHostnames !== undefined) assertBrowserReachesService(req.headers, deps.routerHostnames, deps.auth.trustsByAddress)
     let who: Principal
@@ -203,7 +203,7 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
       lease.release('client-error')
       throw new MaitreError('MAITRE_CLIENT_CLOSED', 'The client went away', {})
     }
-    return { who, resolution, token: resolved.resolution.source?.token, lease, coldStart, socketTimeoutMs }
+    return { who, resolution, lease, socketTimeoutMs }
   }
 
   function handle(req: IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -280,9 +280,6 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
     }, refuse)
 
     function connect(admitted: Awaited<ReturnType<typeof admit>>): void {
-      resolution = admitted.resolution
-      token = admitted.token
-      coldStart = admitted.coldStart
       if (admitted.who.anonymous !== true) principal = admitted.who.user
       const { lease } = admitted
       const instance = lease.instance
