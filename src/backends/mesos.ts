@@ -23,6 +23,7 @@ import type { LaunchSpec } from '../launch-spec.ts'
 import { misconfigured } from '../errors.ts'
 import type { Backend, EndedInstance, Instance, ServiceState } from './backend.ts'
 import { deploymentError } from './deployment-error.ts'
+import { afterFailure, afterHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from './relaunch-backoff.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { place, type AgentUse, type Demand } from './mesos/placement.ts'
 import { TERMINAL_STATES, type Event, type Offer, type TaskState, type TaskStatus } from './mesos/protocol.ts'
@@ -120,8 +121,8 @@ interface MesosService {
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
   deploymentError: string | undefined
-  /** Tasks failed in a row since one was healthy: each puts the next launch further off. */
-  launchFailures: number
+  /** Tasks failed in a row and the healthy stretch that would end them (relaunch-backoff.ts): each failure puts the next launch further off. */
+  failureRun: FailureRun
   /** No task of it is launched before this (ms since the epoch): its relaunch back-off. */
   nextLaunchAt: number
 }
@@ -234,7 +235,7 @@ export class MesosBackend implements Backend {
   }
 
   #newService(id: string, spec: LaunchSpec | undefined, requested: number): MesosService {
-    return { id, spec, requested, tasks: new Map(), failed: [], killed: [], failedSinceHealthy: [], deploymentError: undefined, launchFailures: 0, nextLaunchAt: 0 }
+    return { id, spec, requested, tasks: new Map(), failed: [], killed: [], failedSinceHealthy: [], deploymentError: undefined, failureRun: NO_FAILURES, nextLaunchAt: 0 }
   }
 
   async scale(serviceId: string, instances: number): Promise<void> {
@@ -606,7 +607,7 @@ export class MesosBackend implements Backend {
       if (current) {
         if (task.healthy) {
           service.failedSinceHealthy = []
-          service.launchFailures = 0
+          service.failureRun = afterHealthy(service.failureRun, this.#o.clock.now())
         }
         this.#update(service)
       }
@@ -680,15 +681,18 @@ export class MesosBackend implements Backend {
 
   /**
    * A task of the service failed: its next launch waits RELAUNCH_BASE_MS × restart-backoff-factor
-   * ^ (failures in a row − 1), up to RELAUNCH_MAX_MS, as the local backend's and Marathon's do.
+   * ^ (failures in a row − 1), up to RELAUNCH_MAX_MS, as the local backend's and Marathon's do;
+   * the row ends only after a task was healthy for twice that cap (relaunch-backoff.ts).
    * (Relaunched at the next offer, a command that exits at once ran about once a second for as
    * long as the version was asked for, each failure a REVIVE clearing every decline filter.)
    */
   #holdRelaunch(service: MesosService): void {
-    service.launchFailures += 1
-    const factor = service.spec?.restartBackoffFactor ?? 1
-    const waitMs = Math.min(RELAUNCH_MAX_MS, RELAUNCH_BASE_MS * factor ** (service.launchFailures - 1))
-    service.nextLaunchAt = this.#o.clock.now() + waitMs
+    const rule = { baseMs: RELAUNCH_BASE_MS, factor: service.spec?.restartBackoffFactor ?? 1, maxMs: RELAUNCH_MAX_MS }
+    const now = this.#o.clock.now()
+    const othersHealthy = [...service.tasks.values()].some((t) => t.healthy && !t.killing)
+    service.failureRun = afterFailure(service.failureRun, now, rule, othersHealthy)
+    const waitMs = relaunchDelayMs(service.failureRun, rule)
+    service.nextLaunchAt = now + waitMs
     const cancel = this.#o.clock.setTimeout(() => {
       this.#timers.delete(cancel)
       this.#demandChanged()

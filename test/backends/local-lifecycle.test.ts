@@ -463,3 +463,26 @@ t.test('a launch that fails (its one port taken) is tried again, even with no ba
   t.pass('launched again once the port was free')
   t.ok(failures <= takenMs / 100 + 2, `tried again every 100 ms at most meanwhile: ${failures} failed launches in ${takenMs} ms`)
 })
+
+t.test('an instance that passes its health check and crashes soon after is relaunched after a growing back-off, not every few hundred milliseconds for ever', async (t) => {
+  const dir = t.testdir()
+  const app = join(dir, 'crash-after-check.mjs')
+  // Healthy at its first check, gone a tenth of a second later: a leak, a poison request at start.
+  writeFileSync(app, `import { createServer } from 'node:http'
+createServer((req, res) => {
+  res.end('ok')
+  setTimeout(() => process.exit(3), 100)
+}).listen(Number(process.env.PORT0), '127.0.0.1')
+`)
+  const { backend } = localBackend(t, { restartBackoffBaseMs: 200, restartBackoffMaxMs: 10_000, startupProbeIntervalMs: 20 })
+  await backend.ensureService(spec('svc-crash-loop', { command: `exec ${process.execPath} ${app}`, restartBackoffFactor: 2, minInstances: 1 }))
+  const failed = await waitFor('five instances healthy, then crashed', () => {
+    const ended = backend.state('svc-crash-loop')?.failed ?? []
+    return ended.length >= 5 ? ended.slice(0, 5).reverse() : undefined
+  }, 20_000)
+  t.ok(failed.every((f) => f.exitCode === 3), 'each one exited on its own')
+  // From each crash to the next launch: waits of 200, 400, 800 and 1600 ms.
+  const waits = failed.slice(1).map((f, i) => f.startedAt - (failed[i] as (typeof failed)[number]).endedAt)
+  t.ok((waits[3] as number) >= 1500, `the waits after the crashes grow (${waits.join(', ')} ms): passing a health check did not reset the back-off`)
+  t.equal(backend.state('svc-crash-loop')?.deploymentError, undefined, 'and no deployment error: its command and health check work')
+})

@@ -6,6 +6,8 @@
 import t, { type Test } from 'tap'
 import { createServer, request as httpRequest } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { MesosBackend } from '../../src/backends/mesos.ts'
 import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
@@ -312,4 +314,27 @@ t.test('a version whose tasks fail at once is relaunched after a growing back-of
   // Back-offs of 1 s then 2 s between the failures: the third launch comes 3 s or more after the first.
   t.ok(third >= 2900, `the third launch came ${third} ms after the first, after back-offs of 1 s and 2 s`)
   t.match(backend.state('crashes')?.deploymentError, /./, 'and the version says it cannot start')
+})
+
+t.test('a task that passes its health check and crashes soon after is relaunched after a growing back-off too: being healthy once does not reset it', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  const backend = backendOn(t, sim.url, 1)
+  const dir = t.testdir()
+  const app = join(dir, 'crash-after-check.mjs')
+  writeFileSync(app, `import { createServer } from 'node:http'
+createServer((req, res) => {
+  res.end('ok')
+  setTimeout(() => process.exit(3), 100)
+}).listen(Number(process.env.PORT0), '127.0.0.1')
+`)
+  const check: HealthCheckSpec = { url: '/status', portIndex: 0, proto: 'http', intervalMs: 100, maxConsecutiveFailures: 5, authenticated: false }
+  await backend.ensureService({ ...spec('healthy-crashes', 1), command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: check })
+  const failed = await waitFor('three tasks healthy, then crashed', () => {
+    const ended = backend.state('healthy-crashes')?.failed ?? []
+    return ended.length >= 3 ? ended.slice(0, 3).reverse() : undefined
+  }, 20_000)
+  // From each crash to the next launch: 1 s, then 2 s.
+  const waits = failed.slice(1).map((f, i) => f.startedAt - (failed[i] as (typeof failed)[number]).endedAt)
+  t.ok((waits[1] as number) >= 1900, `the waits after the crashes grow (${waits.join(', ')} ms)`)
+  t.equal(backend.state('healthy-crashes')?.deploymentError, undefined, 'and no deployment error: they were healthy')
 })

@@ -20,6 +20,7 @@ import { misconfigured } from '../../errors.ts'
 import type { LaunchSpec } from '../../launch-spec.ts'
 import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
 import { deploymentError } from '../deployment-error.ts'
+import { afterFailure, afterHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from '../relaunch-backoff.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
@@ -81,7 +82,8 @@ interface LocalService {
   killed: EndedInstance[]
   failedSinceHealthy: EndedInstance[]
   launching: number
-  launchFailures: number
+  /** Failures in a row and the healthy stretch that would end them (relaunch-backoff.ts). */
+  failureRun: FailureRun
   nextLaunchAt: number
   cancelRelaunch: (() => void) | undefined
   deploymentError: string | undefined
@@ -156,7 +158,7 @@ export class LocalBackend implements Backend {
       killed: [],
       failedSinceHealthy: [],
       launching: 0,
-      launchFailures: 0,
+      failureRun: NO_FAILURES,
       nextLaunchAt: 0,
       cancelRelaunch: undefined,
       deploymentError: undefined,
@@ -468,11 +470,11 @@ export class LocalBackend implements Backend {
     else instance.flags.delete('health-check-401')
     const wasHealthy = instance.healthy
     instance.healthy = result.ok
+    if (result.ok) service.failureRun = afterHealthy(service.failureRun, this.#o.clock.now())
     if (result.ok && !instance.everHealthy) {
       instance.everHealthy = true
       instance.consecutiveFailures = 0
       service.failedSinceHealthy = []
-      service.launchFailures = 0
       this.#o.log.info({ service: spec.serviceId, instance: instance.id, startupMs: this.#o.clock.now() - instance.startedAt }, 'instance healthy')
     } else if (!instance.everHealthy) {
       const age = this.#o.clock.now() - instance.startedAt
@@ -618,10 +620,12 @@ export class LocalBackend implements Backend {
       for (const dropped of failed.slice(ENDED_KEPT)) void this.#removeSandbox(dropped.logDirectory)
       service.failed = failed.slice(0, ENDED_KEPT)
       if (!everHealthy) service.failedSinceHealthy = [...service.failedSinceHealthy, ended].slice(-ENDED_KEPT)
-      service.launchFailures += 1
-      const backoff = this.#o.restartBackoffBaseMs * service.spec.restartBackoffFactor ** (service.launchFailures - 1)
+      const rule = { baseMs: this.#o.restartBackoffBaseMs, factor: service.spec.restartBackoffFactor, maxMs: this.#o.restartBackoffMaxMs }
+      const now = this.#o.clock.now()
+      const othersHealthy = [...service.instances.values()].some((i) => i.healthy)
+      service.failureRun = afterFailure(service.failureRun, now, rule, othersHealthy)
       // (Never at once: a launch that keeps failing, a port range full say, would spin.)
-      service.nextLaunchAt = this.#o.clock.now() + Math.max(MIN_RELAUNCH_MS, Math.min(this.#o.restartBackoffMaxMs, backoff))
+      service.nextLaunchAt = now + Math.max(MIN_RELAUNCH_MS, relaunchDelayMs(service.failureRun, rule))
     } else {
       service.killed = [ended, ...service.killed].slice(0, ENDED_KEPT)
     }
