@@ -453,7 +453,9 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
         if (backendMs !== undefined) deps.metrics.backendResponse.observe({ service }, backendMs / 1000)
         if (coldStart) {
           deps.metrics.coldStarts.inc({ service })
-          if (backendMs !== undefined) {
+          // One that ran out of queue time waited at least that long: left out, the slowest cold
+          // starts (longer than the queue timeout) would never reach the histogram or its alert.
+          if (backendMs !== undefined || failure?.code === 'MAITRE_QUEUE_TIMEOUT') {
             deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
             deps.metrics.routerColdStartDuration.observe(queueMs / 1000)
           }
