@@ -49,6 +49,8 @@ export interface ServerOptions {
   }
   /** Told of each connection refused at a connection limit (counted in /metrics). */
   readonly onRefused?: (limit: 'connections' | 'connections-per-client') => void
+  /** Refusals at a connection limit are logged at most once per this (default REFUSAL_LOG_MS). */
+  readonly refusalLogMs?: number
   readonly log: Logger
 }
 
@@ -149,16 +151,27 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   }
   /** Refusals since the last warning, per limit: a flood of them is one line per REFUSAL_LOG_MS, not one per connection. */
   const refusals = { connections: 0, 'connections-per-client': 0 }
-  let refusalLogAt = 0
+  const refusalLogMs = options.refusalLogMs ?? REFUSAL_LOG_MS
+  let refusalLogAt = -Infinity
+  let lastRefusal = { limit: 'connections' as keyof typeof refusals, max: 0 }
+  /** The warning for refusals held back within the interval: they are told at its end, not only at the next refusal (which may never come). */
+  let trailingLog: NodeJS.Timeout | undefined
+  const logRefusals = (): void => {
+    refusalLogAt = Date.now()
+    options.log.warn({ refused: { ...refusals }, ...lastRefusal, open: connections }, 'connections refused at a connection limit')
+    refusals.connections = 0
+    refusals['connections-per-client'] = 0
+  }
   const refusedAt = (limit: keyof typeof refusals, max: number): void => {
     options.onRefused?.(limit)
     refusals[limit] += 1
-    const now = Date.now()
-    if (now - refusalLogAt < REFUSAL_LOG_MS) return
-    refusalLogAt = now
-    options.log.warn({ refused: { ...refusals }, limit, max, open: connections }, 'connections refused at a connection limit')
-    refusals.connections = 0
-    refusals['connections-per-client'] = 0
+    lastRefusal = { limit, max }
+    const wait = refusalLogAt + refusalLogMs - Date.now()
+    if (wait <= 0) logRefusals()
+    else trailingLog ??= setTimeout(() => {
+      trailingLog = undefined
+      logRefusals()
+    }, wait).unref()
   }
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -645,6 +658,12 @@ export function createRouterServer(options: ServerOptions): RouterServer {
           })
         }
         clearInterval(sweep)
+        // Refusals not yet told are told now, not lost with the process.
+        if (trailingLog !== undefined) {
+          clearTimeout(trailingLog)
+          trailingLog = undefined
+          logRefusals()
+        }
         server.closeAllConnections()
         server.close()
         tlsServer?.close()

@@ -4,6 +4,7 @@ import { request } from 'undici'
 import { connect } from 'node:http2'
 import { connect as netConnect } from 'node:net'
 import { capturedLog } from '../fixtures/captured-log.ts'
+import { waitFor } from '../fixtures/router.ts'
 import { createRouterServer } from '../../src/proxy/server.ts'
 
 /** The listener's limits both tests use. */
@@ -109,4 +110,34 @@ t.test("proxiedRequests counts the data path's requests and WebSockets, over HTT
   t.match(answer, /^HTTP\/1.1 400/, "the relay's answer")
   t.equal(upgrades, 1, 'the WebSocket upgrade reached the relay')
   t.equal(server.proxiedRequests(), 3, 'and counts as traffic')
+})
+
+t.test('refusals at a connection limit held back within the warning interval are told at its end, even with no refusal after them, and at a drain', async (t) => {
+  const { log, lines } = capturedLog()
+  const server = createRouterServer({ ...LISTENER, maxConnections: 1, refusalLogMs: 1000, api: async (_req, res) => void res.end('api'), proxy: async (_req, res) => void res.end('ok'), log })
+  const port = await server.listen(0, '127.0.0.1')
+  let drained = false
+  t.teardown(() => (drained ? undefined : server.drain(0)))
+  const open = (): Promise<{ closed: Promise<void> }> =>
+    new Promise((resolve, reject) => {
+      const socket = netConnect(port, '127.0.0.1', () => resolve({ closed: new Promise<void>((done) => socket.on('close', () => done())) }))
+      socket.on('error', reject)
+      socket.on('data', () => undefined)
+      t.teardown(() => socket.destroy())
+    })
+  await open() // holds the one connection allowed
+  const refused = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) await (await open()).closed
+  }
+  const warnings = (): Record<string, unknown>[] => lines.filter((l) => l['msg'] === 'connections refused at a connection limit')
+  await refused(4)
+  t.match(warnings(), [{ refused: { connections: 1 }, limit: 'connections', max: 1 }], 'the first refusal is told at once, the next three held back')
+  const trailing = await waitFor('the warning for the refusals held back', () => warnings()[1], 5000)
+  t.match(trailing, { refused: { connections: 3 } }, 'the three held back are told when the interval ends, with no fourth refusal to carry them')
+  await refused(2)
+  t.equal(warnings().length, 2, 'two more within the interval of that warning are held back')
+  drained = true
+  await server.drain(0)
+  t.match(warnings()[2], { refused: { connections: 2 } }, 'and told at the drain rather than lost with the process')
+  t.equal(warnings().length, 3)
 })
