@@ -38,13 +38,22 @@ class Exchange implements Dispatcher.DispatchHandler {
   readonly #exactHeaders: boolean
   readonly #exactBody: boolean
   #timer: NodeJS.Timeout | undefined
+  /** For an unsolicited 100 (isUnsolicitedContinue): the request, its instance's pool, and who may take it over. */
+  readonly #req: IncomingMessage
+  readonly #pool: InstancePool
+  readonly #forwarder: Forwarder
+  /** The forwarding that took the request over after an unsolicited 100 (Node's client). */
+  #takenOverBy: Forwarding | undefined
 
-  constructor(res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void, exactHeaders: boolean, exactBody: boolean) {
+  constructor(req: IncomingMessage, res: ServerResponse, request: ForwardRequest, settle: (result: ForwardResult) => void, exactHeaders: boolean, exactBody: boolean, pool: InstancePool, forwarder: Forwarder) {
+    this.#req = req
     this.#res = res
     this.#request = request
     this.#settle = settle
     this.#exactHeaders = exactHeaders
     this.#exactBody = exactBody
+    this.#pool = pool
+    this.#forwarder = forwarder
   }
 
   #time(ms: number, err: () => Error): void {
@@ -54,6 +63,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   readonly clientGone = (): void => {
+    this.#takenOverBy?.clientGone()
     if (this.#settled) return
     this.#clientGone = true
     this.#controller?.abort(new undiciErrors.RequestAbortedError())
@@ -117,6 +127,18 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseError(_controller: Dispatcher.DispatchController | null, err: Error): void {
+    if (this.#status === undefined && !this.#clientGone && !this.#settled && isUnsolicitedContinue(err)) {
+      this.#pool.sendsContinue = true
+      const takenOver = SAFE_METHODS.has(this.#req.method ?? 'GET') ? this.#forwarder.forwardByNode(this.#req, this.#res, this.#request) : undefined
+      if (takenOver !== undefined) {
+        this.#takenOverBy = takenOver
+        clearTimeout(this.#timer)
+        void takenOver.result.then((result) => this.#finish(result))
+        return
+      }
+      this.#finish({ outcome: 'generic-error', status: undefined, error: unsolicitedContinueError(err), notDelivered: false })
+      return
+    }
     this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status))
   }
 
@@ -140,6 +162,22 @@ const PRECISE_BELOW_MS = 10_000
 const headersTimeout = (): Error => new undiciErrors.HeadersTimeoutError()
 const bodyTimeout = (): Error => new undiciErrors.BodyTimeoutError()
 
+/**
+ * undici refuses any 100 Continue it did not ask for (it never sends an expectation), cutting
+ * the connection as a "bad response" before the final answer; RFC 9110 §15.2 has a client accept
+ * one, and Node's client does. Such an instance's bodiless requests go through Node's client
+ * from then on; the one that met it is sent again there when its method is safe (GET, HEAD,
+ * OPTIONS, TRACE), else answered 502 without taking the instance out of rotation: it is no
+ * fault of the instance's, and every instance of the version would do the same.
+ */
+function isUnsolicitedContinue(err: Error): boolean {
+  return err instanceof undiciErrors.SocketError && err.message === 'bad response'
+}
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
+function unsolicitedContinueError(cause: Error): MaitreError {
+  return new MaitreError('MAITRE_UPSTREAM', 'The instance answered 100 Continue to a request that did not ask for it; requests to it go through a client that accepts one from now on, try again', { cause })
+}
+
 /** The scheme of an instance's origin for each backend-proto. */
 const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: 'http', https: 'https', h2c: 'http', h2: 'https' }
 
@@ -148,6 +186,8 @@ interface InstancePool {
   readonly pool: Pool
   /** A request went through it since the last sweep. */
   used: boolean
+  /** The instance answered a 100 Continue nobody asked for: its requests go through Node's client (isUnsolicitedContinue). */
+  sendsContinue: boolean
 }
 
 /** How often pools are looked at; one unused for a whole period, with nothing under way, is closed. */
@@ -185,7 +225,7 @@ export class Forwarder {
       const origin = `${SCHEMES[instance.proto]}://${authority(instance.host, instance.port)}`
       entry = this.#pools.get(origin)
       if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
-        entry = { pool: new Pool(origin, this.#poolOptions), used: false }
+        entry = { pool: new Pool(origin, this.#poolOptions), used: false, sendsContinue: false }
         this.#pools.set(origin, entry)
       }
       this.#byInstance.set(instance, entry)
@@ -208,13 +248,15 @@ export class Forwarder {
 
   forward(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
     if (needsNodeClient(req, request)) return this.#node.forward(req, res, request)
+    const entry = this.#poolFor(request.instance)
+    if (entry.sendsContinue) return this.#node.forward(req, res, request)
     let settle!: (result: ForwardResult) => void
     const result = new Promise<ForwardResult>((resolve) => (settle = resolve))
     const exactHeaders = request.socketTimeoutMs < PRECISE_BELOW_MS
     const exactBody = request.streamingTimeoutMs < PRECISE_BELOW_MS
-    const exchange = new Exchange(res, request, settle, exactHeaders, exactBody)
+    const exchange = new Exchange(req, res, request, settle, exactHeaders, exactBody, entry, this)
     // Invalid options (a header undici refuses) reach the handler's onResponseError too.
-    this.#poolFor(request.instance).pool.dispatch(
+    entry.pool.dispatch(
       {
         path: req.url ?? '/',
         method: req.method ?? 'GET',
@@ -227,6 +269,11 @@ export class Forwarder {
       exchange,
     )
     return { result, clientGone: exchange.clientGone }
+  }
+
+  /** Through Node's client whatever the request (an instance that sends unsolicited 100s). */
+  forwardByNode(req: IncomingMessage, res: ServerResponse, request: ForwardRequest): Forwarding {
+    return this.#node.forward(req, res, request)
   }
 
   async close(): Promise<void> {

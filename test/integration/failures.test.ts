@@ -209,6 +209,31 @@ t.test('an answer head past undici’s and Node’s 16 KiB is relayed up to 64 K
   t.notMatch((await call(`${router.url}/metrics`)).text, /^maitre_ejections_total\{/m, 'no ejection counted')
 })
 
+t.test('an instance that sends 100 Continue nobody asked for (RFC 9110 has a client accept it) is served: a safe request is sent again through Node’s client, an unsafe one is a 502 that ejects nothing, and every later request goes through Node’s client', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen', accept: 'application/json' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, 'the instance is up')
+  const unsafe = await call(`${router.url}/continue-anyway`, { method: 'DELETE', headers: h })
+  t.equal(unsafe.status, 502, 'a bodiless DELETE that met it is not sent twice')
+  t.match(message(unsafe), /100 Continue .* did not ask for it/)
+  for (const method of ['DELETE', 'GET', 'HEAD']) {
+    const after = await call(`${router.url}/continue-anyway`, { method, headers: h })
+    t.equal(after.status, 200, `${method} afterwards: through Node's client, which accepts the 100`)
+    if (method !== 'HEAD') t.match(after.json(), { method, continued: true })
+  }
+  t.notMatch((await call(`${router.url}/metrics`)).text, /^maitre_ejections_total\{/m, 'the instance was never ejected')
+})
+
+t.test('a safe request that meets an unsolicited 100 first is sent again at once, not failed', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen', accept: 'application/json' }
+  const first = await call(`${router.url}/continue-anyway`, { headers: h })
+  t.equal(first.status, 200, first.text)
+  t.match(first.json(), { method: 'GET', continued: true })
+})
+
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'pair', kitchenToken({ 'min-instances': 2 }))
