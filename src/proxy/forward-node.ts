@@ -234,7 +234,12 @@ class NodeExchange {
   readonly fail = (err: unknown): void => {
     if (this.#settled) return
     this.#upstream?.cut()
-    this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status, !this.#sent))
+    const failed = failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status, !this.#sent)
+    // Content-Length among the answer's trailers, which Node's parser fails on after the last
+    // chunk: the answer is cut (part of its body may still sit unread in the parser's stream),
+    // but the instance is not taken out of rotation for a field any of them may send on one path.
+    const framingTrailer = this.#status !== undefined && (err as { code?: unknown }).code === 'HPE_INVALID_CONTENT_LENGTH'
+    this.#finish(framingTrailer && failed.outcome === 'instance-error' ? { ...failed, outcome: 'generic-error' } : failed)
   }
 
   #finish(result: ForwardResult): void {

@@ -118,7 +118,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+  onResponseEnd(_controller: Dispatcher.DispatchController | null, trailers: Record<string, string | string[] | undefined>): void {
     const status = this.#status
     const last = this.#held
     this.#held = undefined
@@ -137,6 +137,12 @@ class Exchange implements Dispatcher.DispatchHandler {
         return
       }
       this.#finish({ outcome: 'generic-error', status: undefined, error: unsolicitedContinueError(err), notDelivered: false })
+      return
+    }
+    // The whole body came, then trailers llhttp will not read (RFC 9110 §6.5.1 has a recipient
+    // ignore such fields): the answer ends as it would have, without them, and no one is blamed.
+    if (this.#status !== undefined && !this.#clientGone && isFramingTrailer(err)) {
+      this.onResponseEnd(null, {})
       return
     }
     this.#finish(failedAnswer(this.#res, this.#request, err, this.#clientGone, this.#status))
@@ -172,6 +178,14 @@ const bodyTimeout = (): Error => new undiciErrors.BodyTimeoutError()
  */
 function isUnsolicitedContinue(err: Error): boolean {
   return err instanceof undiciErrors.SocketError && err.message === 'bad response'
+}
+/**
+ * Content-Length among an answer's trailers: llhttp fails the message on it ("Content-Length
+ * can't be present with Transfer-Encoding") after its last chunk, so the body is whole. (In the
+ * head it fails before the answer starts, and stays an instance's failure.)
+ */
+function isFramingTrailer(err: Error): boolean {
+  return err instanceof undiciErrors.HTTPParserError && /Content-Length can't be present with Transfer-Encoding/.test(err.message)
 }
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE'])
 function unsolicitedContinueError(cause: Error): MaitreError {

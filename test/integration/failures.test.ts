@@ -234,6 +234,20 @@ t.test('a safe request that meets an unsolicited 100 first is sent again at once
   t.match(first.json(), { method: 'GET', continued: true })
 })
 
+t.test('an answer with Content-Length among its trailers (which HTTP/1.1 parsers refuse): a bodiless request gets the whole body without them, a request with a body is cut; the instance stays in rotation either way', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  const got = await call(`${router.url}/trailers?content-length=20&x-ok=1`, { headers: h })
+  t.equal(got.status, 200)
+  t.equal(got.text, 'body before trailers', 'the whole body, ended as a message')
+  const posted = request(`${router.url}/trailers?content-length=20`, { method: 'POST', headers: h, body: 'x' }).then((r) => r.body.text())
+  await t.rejects(posted, 'through Node’s client (a body), the answer is cut: part of it may be unread')
+  const next = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '2000' } })
+  t.equal(next.status, 200, 'the only instance was not ejected')
+  t.notMatch((await call(`${router.url}/metrics`)).text, /^maitre_ejections_total\{/m, 'no ejection counted')
+})
+
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'pair', kitchenToken({ 'min-instances': 2 }))
