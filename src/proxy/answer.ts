@@ -22,6 +22,11 @@ export interface AnswerHead {
  * cannot carry it (Node checks the fields): the caller cuts the exchange and answers 502.
  */
 export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, statusCode: number, headers: Readonly<Record<string, string | string[] | undefined>>): AnswerHead | MaitreError {
+  const coding = headers['transfer-encoding']
+  if (coding !== undefined && coding !== 'chunked') {
+    const unknown = unknownTransferCoding(coding)
+    if (unknown !== undefined) return unknown
+  }
   const out = clientResponseHeaders(headers, request.cid)
   if (request.clientHttp2 === true) forHttp2(out)
   let grpcStatus: string | undefined
@@ -62,6 +67,18 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
     return new MaitreError('MAITRE_UPSTREAM', `The instance's response headers cannot be relayed: ${(err as Error).message}`, { cause: err })
   }
   return { grpcStatus, statusTrailers }
+}
+
+/**
+ * Transfer-Encoding is the hop's: an answer in a coding besides chunked (`gzip, chunked`) would
+ * reach the client still encoded with nothing saying so. The router decodes none (as nginx, it
+ * answers 502), and the instance stays in rotation: the same path would do the same on any of them.
+ */
+function unknownTransferCoding(coding: string | string[]): MaitreError | undefined {
+  const codings = (Array.isArray(coding) ? coding.join(',') : coding).split(',').map((c) => c.trim().toLowerCase()).filter((c) => c !== '')
+  if (codings.every((c) => c === 'chunked')) return undefined
+  const value = String(coding).slice(0, 100)
+  return new MaitreError('MAITRE_UPSTREAM', `The instance's answer is in transfer coding "${value}"; the router decodes none but chunked`, { details: { field: 'transfer-encoding', rule: 'chunked only', value } })
 }
 
 /**

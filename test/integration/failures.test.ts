@@ -248,6 +248,20 @@ t.test('an answer with Content-Length among its trailers (which HTTP/1.1 parsers
   t.notMatch((await call(`${router.url}/metrics`)).text, /^maitre_ejections_total\{/m, 'no ejection counted')
 })
 
+t.test('an answer in a transfer coding besides chunked (gzip, chunked) is a 502 naming it, not a body relayed still encoded; the instance stays in rotation', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen', accept: 'application/json' }
+  for (const method of ['GET', 'POST']) {
+    // (A POST has a body, which goes through Node's client; a GET through undici.)
+    const reply = await call(`${router.url}/te-gzip`, { method, headers: h, body: method === 'POST' ? 'x' : null })
+    t.equal(reply.status, 502, `${method}: refused`)
+    t.match(reply.json(), { 'waiter-error': { message: /transfer coding "gzip, chunked"/, details: { field: 'transfer-encoding', rule: 'chunked only' } } })
+  }
+  const next = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '2000' } })
+  t.equal(next.status, 200, 'the only instance was not ejected')
+})
+
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
   const router = await startRouter(t)
   await createToken(router, 'pair', kitchenToken({ 'min-instances': 2 }))
