@@ -379,6 +379,10 @@ const nonNegativeInt: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 ?
 const MAX_TIMER_MS = 2 ** 31 - 1
 const positiveMs: Rule = (v) => (Number.isInteger(v) && (v as number) > 0 && (v as number) <= MAX_TIMER_MS ? undefined : `must be an integer of milliseconds in [1, ${MAX_TIMER_MS}]`)
 const nonNegativeMs: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= MAX_TIMER_MS ? undefined : `must be an integer of milliseconds in [0, ${MAX_TIMER_MS}]`)
+/** The most a request's header block may be made to take (1 MiB) and hold (4,096 fields): what a router holds per connection must stay bounded. */
+const MAX_HEADER_BYTES = 1024 * 1024
+const MAX_HEADERS = 4096
+const intIn = (min: number, max: number): Rule => (v) => (Number.isInteger(v) && (v as number) >= min && (v as number) <= max ? undefined : `must be an integer in [${min}, ${max}]`)
 const port: Rule = (v) => (Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? undefined : 'must be a port number in [0, 65535]')
 
 /** Rules beyond "same type as the default", by dotted path. */
@@ -387,11 +391,12 @@ const RULES: Readonly<Record<string, Rule>> = {
   'server.hostnames': (v) => ((v as unknown[]).every((h) => typeof h === 'string' && (/^[^\s/@:]{1,253}$/.test(h) || isIPv6(h.replace(/^\[(.*)\]$/, '$1')))) ? undefined : 'must be a list of host names without a port (1-253 characters, no spaces, "/", "@" or ":" but in an IPv6 address)'),
   // Labels and selectors of the Kubernetes backend carry it, and so does the etcd prefix.
   cluster: (v) => (typeof v === 'string' && /^[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/.test(v) ? undefined : 'must be a Kubernetes label value: 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit'),
-  'server.maxHeaderBytes': positiveInt,
+  // (HTTP/2 takes it as its header-list setting, which stops at 2^32 - 1: a larger value crashed the router at the first HTTP/2 connection.)
+  'server.maxHeaderBytes': intIn(1, MAX_HEADER_BYTES),
   'server.keepAliveTimeoutMs': positiveMs,
   'server.headersTimeoutMs': positiveMs,
   'server.bodyIdleTimeoutMs': positiveMs,
-  'server.maxHeaders': positiveInt,
+  'server.maxHeaders': intIn(1, MAX_HEADERS),
   'server.maxConnections': nonNegativeInt,
   'server.maxConnectionsPerClient': nonNegativeInt,
   'server.maxRequestsPerConnection': positiveInt,

@@ -41,6 +41,10 @@ t.test('numbers with a ceiling: a timer past 2^31 - 1 ms (Node fires it after 1 
   t.equal(parseConfig('proxy:\n  queueTimeoutMs: 2147483647\n').proxy.queueTimeoutMs, 2147483647, 'the ceiling itself is fine')
   t.throws(() => parseConfig('backend:\n  kubernetes:\n    watchTimeoutSecs: 2592000\n'), { message: /watchTimeoutSecs = 2592000, must be an integer of seconds in \[1, 86400\]/ }, 'a watch the router would abort after 1 ms')
   t.throws(() => parseConfig('proxy:\n  resolutionCacheSize: 50000000\n'), { message: /resolutionCacheSize = 50000000, must be an integer from 1 to 1000000/ })
+  // HTTP/2 takes them as settings: past 2^32 - 1 the first HTTP/2 connection threw and took the router down.
+  t.throws(() => parseConfig('server:\n  maxHeaderBytes: 8589934592\n'), { message: /server\.maxHeaderBytes = 8589934592, must be an integer in \[1, 1048576\]/ }, 'a header block of 8 GiB ("no limit")')
+  t.throws(() => parseConfig('server:\n  maxHeaders: 100000\n'), { message: /server\.maxHeaders = 100000, must be an integer in \[1, 4096\]/ })
+  t.equal(parseConfig('server:\n  maxHeaderBytes: 1048576\n  maxHeaders: 4096\n').server.maxHeaderBytes, 1048576, 'the ceilings themselves are fine')
 })
 
 t.test('an admin listener on the main listener’s port is refused at --check-config, not found out as EADDRINUSE', async (t) => {

@@ -23,3 +23,28 @@ export function tokenNamedByHost(host: string, exists: (name: string) => boolean
   const lower = host.toLowerCase()
   return lower !== host && exists(lower) ? lower : host
 }
+
+/**
+ * RFC 9112 §3.2 / RFC 3986 §3.2.2: a Host is `host [":" port]`, the host an IP literal in
+ * brackets, an IPv4 address or a registered name (empty allowed). Anything else is refused at the
+ * edge with a 400: passed on, it failed in the router's HTTP client (undici asserts on an unclosed
+ * bracket) as if the instance had, and took the instance out of rotation.
+ */
+const VALID_HOST = /^(?:\[(?:[0-9A-Fa-f:.]+(?:%25[\w.~-]+)?|v[0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|[\w.~!$&'()*+,;=%-]*)(?::[0-9]*)?$/
+
+export function isValidHost(host: string): boolean {
+  return VALID_HOST.test(host)
+}
+
+/** More than one Host field (RFC 9112 §3.2: a 400): Node keeps the first, a proxy in front may have judged by another. */
+export function hasSeveralHosts(rawHeaders: readonly string[]): boolean {
+  let seen = false
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (seen) return true
+      seen = true
+    }
+  }
+  return false
+}

@@ -17,6 +17,7 @@ import { cidOf } from '../http/cid.ts'
 import { sendError } from '../http/error-response.ts'
 import type { Logger } from '../log.ts'
 import { isApiRequest } from './classify.ts'
+import { hasSeveralHosts, isValidHost } from '../http/host.ts'
 import { isWebSocketUpgrade, refuseUpgrade, shuttingDownError, stoppedByShutdownError } from './upgrade.ts'
 import { isH2cUpgrade, spliceUpgradedRequest, SWITCHING_TO_H2C, upgradedRequestFrames } from './h2c-upgrade.ts'
 import type { Duplex } from 'node:stream'
@@ -198,6 +199,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       const err = new MaitreError('MAITRE_BAD_REQUEST', 'An HTTP/1.1 request must name its Host', { details: { field: 'host' } })
       return sendError(req, res, err, { cid: cidOf(req) })
     }
+    const hostError = badHost(req.headers.host, hasSeveralHosts(req.rawHeaders))
+    if (hostError !== undefined) {
+      res.shouldKeepAlive = false
+      return sendError(req, res, hostError, { cid: cidOf(req) })
+    }
     if (onSocket > options.maxRequestsPerConnection) {
       // Answered in turn (Node keeps pipelined answers in order), then the connection goes.
       res.shouldKeepAlive = false
@@ -263,8 +269,11 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     settings: { maxConcurrentStreams: MAX_H2_STREAMS, maxHeaderListSize: options.maxHeaderBytes },
   }
   const handleH2 = (req: Http2ServerRequest, res: Http2ServerResponse): void => {
-    // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority.
-    if (req.headers.host === undefined && req.authority !== undefined) req.headers.host = req.authority
+    // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority. (A host field
+    // that differs from it makes the request malformed: RFC 9113 §8.3.1.)
+    const host = req.headers.host
+    const differs = host !== undefined && req.authority !== undefined && host !== req.authority
+    if (host === undefined && req.authority !== undefined) req.headers.host = req.authority
     const request = req as unknown as IncomingMessage
     const response = res as unknown as ServerResponse
     // Counted for the drain as HTTP/1.1 requests are. (The body-idle sweep skips HTTP/2 streams,
@@ -318,6 +327,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       req.once('end', () => stream.setTimeout(0))
     }
     if (!stream.endAfterHeaders) stopBodyAfterAnswer(req, stream)
+    const hostError = badHost(request.headers.host, differs)
+    if (hostError !== undefined) return sendError(request, response, hostError, { cid: cidOf(request) })
     dispatch(request, response)
   }
   const h2 = createHttp2Server(h2Options, handleH2)
@@ -675,6 +686,13 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       return drained
     },
   }
+}
+
+/** A Host the router will not route by (see isValidHost), or several that disagree: a 400 naming the rule. */
+function badHost(host: string | undefined, several: boolean): MaitreError | undefined {
+  if (several) return new MaitreError('MAITRE_BAD_REQUEST', 'A request must name one Host (HTTP/2: a host field that differs from :authority is another)', { details: { field: 'host', rule: 'exactly one' } })
+  if (host === undefined || isValidHost(host)) return undefined
+  return new MaitreError('MAITRE_BAD_REQUEST', 'The Host is not host[:port] (RFC 9112 §3.2)', { details: { field: 'host', rule: 'host[:port]', value: host.slice(0, 100) } })
 }
 
 /** A complete answer written straight to a socket that has no request object (yet): JSON, closing the connection. */

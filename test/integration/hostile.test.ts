@@ -48,6 +48,38 @@ t.test('requests the forwarder cannot carry are the client’s 400, and eject no
   t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'web' } })).status, 200, 'and the service serves on')
 })
 
+t.test('a Host that is not host[:port] (an unclosed IPv6 bracket), or two of them, is the client’s 400 naming the field, and ejects nobody; over HTTP/2 a host field that differs from :authority too', async (t) => {
+  const router = await startRouter(t)
+  const id = await warm(t, router, 'web')
+  for (const [what, hosts] of [
+    ['an unclosed bracket', ['[']],
+    ['an unclosed IPv6 literal', ['[::1']],
+    ['a space', ['a b']],
+    ['two Hosts', ['127.0.0.1', 'web']],
+  ] as const) {
+    const fields = hosts.map((h) => `host: ${h}\r\n`).join('')
+    const answer = await (await raw(router.url, `GET /request-info HTTP/1.1\r\n${fields}x-waiter-token: web\r\naccept: application/json\r\nconnection: close\r\n\r\n`)).closed
+    t.equal(statusOf(answer), 400, `${what}: 400`)
+    t.match(answer, /"field": ?"host"/, `${what}: the field is named`)
+  }
+  for (const host of ['[::1]:80', 'web.example:8080', '']) {
+    const answer = await (await raw(router.url, `GET /request-info HTTP/1.1\r\nhost: ${host}\r\nx-waiter-token: web\r\nconnection: close\r\n\r\n`)).closed
+    t.equal(statusOf(answer), 200, `a well-formed Host (${JSON.stringify(host)}) is served`)
+  }
+  const session = connectH2(router.url)
+  t.teardown(() => session.close())
+  const h2Status = (headers: Record<string, string>): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const stream = session.request({ ':path': '/request-info', 'x-waiter-token': 'web', ...headers })
+      stream.on('response', (h) => resolve(Number(h[':status'])))
+      stream.on('error', reject)
+      stream.resume()
+    })
+  t.equal(await h2Status({ ':authority': new URL(router.url).host, host: 'elsewhere' }), 400, 'HTTP/2: a host field that differs from :authority')
+  t.equal(await h2Status({}), 200, 'HTTP/2: :authority alone is served')
+  t.ok((await appOf(router, id)).slots.every((s) => s.ejectedUntil === 0), 'no instance was ejected')
+})
+
 t.test('a client that makes the only instance answer 503 cannot take it out of rotation', async (t) => {
   const router = await startRouter(t)
   const id = await warm(t, router, 'solo')

@@ -141,3 +141,19 @@ t.test('refusals at a connection limit held back within the warning interval are
   t.match(warnings()[2], { refused: { connections: 2 } }, 'and told at the drain rather than lost with the process')
   t.equal(warnings().length, 3)
 })
+
+t.test('the largest header limits the configuration allows are ones HTTP/2 takes as its settings: a router at them serves HTTP/2 as HTTP/1.1', async (t) => {
+  const { log } = capturedLog()
+  const server = createRouterServer({ ...LISTENER, maxHeaderBytes: 1024 * 1024, maxHeaders: 4096, api: async (_req, res) => void res.end('api'), proxy: async (_req, res) => void res.end('ok'), log })
+  const port = await server.listen(0, '127.0.0.1')
+  t.teardown(() => server.drain(0))
+  const session = connect(`http://127.0.0.1:${port}`)
+  t.teardown(() => session.close())
+  const status = await new Promise<number>((resolve, reject) => {
+    const stream = session.request({ ':path': '/x', 'x-waiter-token': 'x' })
+    stream.on('response', (h) => resolve(Number(h[':status'])))
+    stream.on('error', reject)
+    stream.resume()
+  })
+  t.equal(status, 200)
+})
