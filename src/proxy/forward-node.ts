@@ -52,6 +52,11 @@ function refusedStream(): Error {
   return failure('ECONNREFUSED', 'The instance refused the stream (REFUSED_STREAM)')
 }
 
+/** The instance's HTTP/2 server reset the stream for its header block before answering (see the stream's error handler). */
+function headersRefused(cause: Error): MaitreError {
+  return new MaitreError('MAITRE_BAD_REQUEST', "The instance's HTTP/2 server refused the request's header block (ENHANCE_YOUR_CALM): too many or too large fields for it", { status: 431, details: { field: 'headers' }, cause })
+}
+
 /** What Node refuses to send because of the request's own fields or values: the client's doing. */
 const REQUEST_REFUSALS = new Set(['ERR_HTTP2_INVALID_HEADER_VALUE', 'ERR_HTTP2_HEADER_SINGLE_VALUE', 'ERR_HTTP2_INVALID_CONNECTION_HEADERS', 'ERR_HTTP2_INVALID_PSEUDOHEADER', 'ERR_INVALID_HTTP_TOKEN', 'ERR_INVALID_CHAR', 'ERR_UNESCAPED_CHARACTERS', 'ERR_HTTP_INVALID_HEADER_VALUE'])
 
@@ -344,9 +349,14 @@ function overHttp2(exchange: NodeExchange, session: ClientHttp2Session, instance
   // A stream that fails because its connection did (refused, say) reports the connection's
   // error; one the instance refused (REFUSED_STREAM: a connection closing gracefully) was never
   // processed, and may go to another instance.
-  stream.on('error', (err) => exchange.fail(sessionError() ?? (stream.rstCode === h2constants.NGHTTP2_REFUSED_STREAM ? refusedStream() : err)))
+  // A stream reset with ENHANCE_YOUR_CALM before any answer is the instance's HTTP/2 server
+  // refusing the request's header block (Node's stops at 128 fields, the router's own included):
+  // the request's doing, a 431, not the instance's failure.
+  let answered = false
+  stream.on('error', (err) => exchange.fail(sessionError() ?? (stream.rstCode === h2constants.NGHTTP2_REFUSED_STREAM ? refusedStream() : !answered && stream.rstCode === h2constants.NGHTTP2_ENHANCE_YOUR_CALM ? headersRefused(err) : err)))
   stream.on('continue', exchange.onContinue)
   stream.on('response', (head) => {
+    answered = true
     const status = Number(head[':status'] ?? 502)
     if (!exchange.onResponse(status, head)) return
     stream.on('data', (chunk: Buffer) => exchange.onData(chunk, () => stream.pause(), () => stream.resume()))

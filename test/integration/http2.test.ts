@@ -356,3 +356,16 @@ t.test('gRPC-Web is HTTP a browser reads: an instance’s status in the head sta
   t.equal(refused.status, 404, 'an unknown token: a 404 a browser sees')
   t.notMatch(String(refused.headers['content-type']), /^application\/grpc/, 'not dressed as native gRPC')
 })
+
+t.test('a request with more header fields than an h2c instance’s HTTP/2 server takes (Node’s: 128, the router’s own included) is the client’s 431, and ejects nobody', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'twos', h2cToken())
+  const h = { 'x-waiter-token': 'twos', accept: 'application/json' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, 'the instance is up')
+  const many = Object.fromEntries(Array.from({ length: 120 }, (_, i) => [`x-field-${i}`, 'v']))
+  const refused = await call(`${router.url}/request-info`, { headers: { ...h, ...many } })
+  t.equal(refused.status, 431, refused.text.slice(0, 300))
+  t.match(refused.json(), { 'waiter-error': { message: /refused the request's header block/, details: { field: 'headers' } } })
+  const next = await within('the next request', call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '2000' } }), 3000)
+  t.equal(next.status, 200, 'the only instance was not ejected for it')
+})
