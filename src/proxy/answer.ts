@@ -52,6 +52,8 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
   if (statusCode === 204) delete out['content-length']
   const extra = request.extraHeaders?.()
   if (extra !== undefined) Object.assign(out, extra)
+  const cors = request.cors
+  if (cors !== undefined) withCors(out, cors)
   const cookies = request.setCookies
   if (cookies !== undefined) {
     const theirs = out['set-cookie']
@@ -67,6 +69,22 @@ export function writeAnswerHead(res: ServerResponse, request: ForwardRequest, st
     return new MaitreError('MAITRE_UPSTREAM', `The instance's response headers cannot be relayed: ${(err as Error).message}`, { cause: err })
   }
   return { grpcStatus, statusTrailers }
+}
+
+/**
+ * The token's CORS fields over the instance's: an app's `Access-Control-Allow-Origin: *` next to
+ * the router's `Access-Control-Allow-Credentials: true` is a pair browsers refuse for a
+ * credentialed call. Vary keeps the instance's fields and gains Origin.
+ */
+function withCors(out: Record<string, string | string[] | number>, cors: Readonly<Record<string, string>>): void {
+  for (const [name, value] of Object.entries(cors)) {
+    const theirs = out[name]
+    if (name !== 'vary' || theirs === undefined) out[name] = value
+    else {
+      const listed = (Array.isArray(theirs) ? theirs.join(',') : String(theirs)).split(',').map((v) => v.trim().toLowerCase())
+      if (!listed.includes('origin') && !listed.includes('*')) out[name] = `${Array.isArray(theirs) ? theirs.join(', ') : String(theirs)}, ${value}`
+    }
+  }
 }
 
 /**

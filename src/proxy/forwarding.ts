@@ -35,6 +35,8 @@ export interface ForwardRequest {
   readonly continueClient?: (() => void) | undefined
   /** Extra response headers (cold start, debug), decided when the response starts. */
   readonly extraHeaders: (() => Readonly<Record<string, string>>) | undefined
+  /** The token's CORS answer to a cross-origin request: it wins over the instance's own (as Waiter's), its Vary merged in. */
+  readonly cors?: Readonly<Record<string, string>> | undefined
 }
 
 

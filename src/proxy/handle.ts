@@ -356,6 +356,7 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
           clientStallMs: Math.max(timeouts.streamingTimeoutMs, deps.timeouts.clientStallTimeoutMs ?? 0),
           timeoutsChosenByClient: chosenByClient(perRequest['timeout'] ?? deadlineHeader) || chosenByClient(perRequest['streaming-timeout']),
           setCookies,
+          cors,
           clientHttp2: req.httpVersionMajor === 2,
           continueClient,
           extraHeaders: !coldStart && !debug ? undefined : () => {

@@ -286,6 +286,12 @@ t.test('CORS: preflights are answered before authentication by the token’s cor
   t.equal(actual.status, 200)
   t.equal(actual.headers['access-control-allow-origin'], 'https://app.example')
   t.equal(actual.headers['access-control-allow-credentials'], 'true')
+  // An app with CORS of its own (any origin): the token's answer wins, as Waiter's does; a
+  // credentialed call with "*" next to allow-credentials is one browsers refuse.
+  const own = await call(`${router.url}/api/items`, { headers: { host: 'shop.example', origin: 'https://app.example', 'x-kitchen-own-cors': 'true', ...auth } })
+  t.equal(own.headers['access-control-allow-origin'], 'https://app.example', 'the token’s origin over the app’s *')
+  t.equal(own.headers['access-control-allow-credentials'], 'true')
+  t.equal(own.headers['vary'], 'Accept-Encoding, Origin', 'the app’s Vary kept, Origin added')
   const refused = await call(`${router.url}/api/items`, { headers: { host: 'shop.example', origin: 'https://evil.example', ...auth } })
   t.match(waiterError(refused), { status: 403, 'error-class': 'waiter.CorsRequestForbidden' })
 
