@@ -144,6 +144,12 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   let connections = 0
   /** Every connection admitted and still open, whatever it became. */
   const admitted = new Set<Socket>()
+  /**
+   * Cleartext connections that have not yet said which protocol they speak: idle as far as a
+   * drain goes (no request on them yet), and out of Node's reach (closeIdleConnections knows only
+   * the connections it was handed), so the drain closes them itself rather than wait them out.
+   */
+  const awaitingFirstBytes = new Set<Socket>()
 
   const refuse = (socket: Socket, answer: string): void => {
     markRefused(socket)
@@ -433,12 +439,14 @@ export function createRouterServer(options: ServerOptions): RouterServer {
   const routeByPreface = (socket: Socket): void => {
     let first: Buffer | undefined
     const silent = setTimeout(() => socket.destroy(), options.headersTimeoutMs)
+    awaitingFirstBytes.add(socket)
     const onData = (chunk: Buffer): void => {
       first = first === undefined ? chunk : Buffer.concat([first, chunk])
       const n = Math.min(first.length, H2_PREFACE.length)
       const h2Preface = first.subarray(0, n).equals(H2_PREFACE.subarray(0, n))
       if (h2Preface && first.length < H2_PREFACE.length) return
       clearTimeout(silent)
+      awaitingFirstBytes.delete(socket)
       socket.off('data', onData)
       if (h2Preface) {
         socket.pause()
@@ -450,7 +458,10 @@ export function createRouterServer(options: ServerOptions): RouterServer {
       }
     }
     socket.on('data', onData)
-    socket.once('close', () => clearTimeout(silent))
+    socket.once('close', () => {
+      clearTimeout(silent)
+      awaitingFirstBytes.delete(socket)
+    })
   }
 
   // A WebSocket upgrade: for a service only (Waiter's API has none), and not once a drain began.
@@ -645,6 +656,7 @@ export function createRouterServer(options: ServerOptions): RouterServer {
         // Idle connections go now; one still receiving a request's headers gets to finish it (and
         // is answered with Connection: close) or to run into its header deadline, within the drain's.
         const closeIdle = (): void => {
+          for (const socket of awaitingFirstBytes) socket.destroy()
           server.closeIdleConnections()
           // (TLS's HTTP/1.1 side has it at run time; Node's types do not say so.)
           ;(tlsServer as { closeIdleConnections?: () => void } | undefined)?.closeIdleConnections?.()

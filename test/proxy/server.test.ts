@@ -157,3 +157,20 @@ t.test('the largest header limits the configuration allows are ones HTTP/2 takes
   })
   t.equal(status, 200)
 })
+
+t.test('a drain closes a connection that has sent nothing yet (a preconnect, a load balancer’s warm pool) at once, rather than wait its whole bound for it', async (t) => {
+  const { log, lines } = capturedLog()
+  const server = createRouterServer({ ...LISTENER, headersTimeoutMs: 60_000, api: async (_req, res) => void res.end('api'), proxy: async (_req, res) => void res.end('ok'), log })
+  const port = await server.listen(0, '127.0.0.1')
+  const silent = netConnect(port, '127.0.0.1')
+  silent.on('error', () => undefined)
+  t.teardown(() => silent.destroy())
+  await new Promise<void>((resolve) => silent.once('connect', () => resolve()))
+  const closed = new Promise<void>((resolve) => silent.once('close', () => resolve()))
+  const began = Date.now()
+  await server.drain(10_000)
+  const took = Date.now() - began
+  await closed
+  t.ok(took < 5000, `the drain took ${took} ms, not its 10 s bound`)
+  t.notOk(lines.some((l) => l['msg'] === 'drain timed out; cutting the requests left'), 'and says nothing of requests it cut: there were none')
+})
