@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { isIPv6 } from 'node:net'
+import { resolve as resolvePath, sep } from 'node:path'
 import { LineCounter, parseDocument, isMap, type Document } from 'yaml'
 import { MaitreError } from './errors.ts'
 import { LOG_LEVELS, type LogLevel } from './log.ts'
@@ -597,6 +598,15 @@ function crossIssues(config: Config): ConfigIssue[] {
     // Mesos followers) at the URL each advertises, http by default: with the port speaking only
     // TLS they could not, and every kill and collection would be vetoed by the silence.
     issues.push({ path: 'server.tls.cert', message: 'in cluster mode (etcd.endpoints) needs server.advertiseUrl to be an https:// URL whose certificate the other routers trust: they call each other there; or terminate TLS in front of the routers (a load balancer, an ingress)' })
+  }
+  const workDir = config.backend.local.workDir
+  if (config.backend.kind === 'local' && workDir !== null) {
+    // Everything in the work directory but its own files is removed at every start and stop.
+    const data = resolvePath(config.dataDir)
+    const work = resolvePath(workDir)
+    if (data === work || data.startsWith(work.endsWith(sep) ? work : work + sep)) {
+      issues.push({ path: 'backend.local.workDir', message: `= ${workDir}, which holds dataDir (${config.dataDir}): the local backend removes everything in its work directory at start and stop, the tokens and the data directory's lock with it; give each a directory of its own` })
+    }
   }
   issues.push(...authIssues(config))
   return issues

@@ -53,6 +53,13 @@ t.test('an admin listener on the main listener’s port is refused at --check-co
   t.equal(parseConfig('server:\n  host: 127.0.0.1\n  port: 9091\n  admin:\n    host: 127.0.0.2\n    port: 9091\n').server.admin.port, 9091, 'the same port on two addresses is two listeners')
 })
 
+t.test('a local work directory that holds the data directory is refused: its sweeps would remove the tokens and the lock', async (t) => {
+  t.throws(() => parseConfig('dataDir: /srv/maitre/work/data\nbackend:\n  local:\n    workDir: /srv/maitre/work\n'), { message: /backend\.local\.workDir = \/srv\/maitre\/work, which holds dataDir/ })
+  t.throws(() => parseConfig('dataDir: /srv/maitre/work\nbackend:\n  local:\n    workDir: /srv/maitre/work/\n'), { message: /which holds dataDir/ }, 'the same directory too')
+  t.equal(parseConfig('dataDir: /srv/maitre/data\nbackend:\n  local:\n    workDir: /srv/maitre/work\n').backend.local.workDir, '/srv/maitre/work', 'side by side is fine')
+  t.equal(parseConfig('dataDir: /srv/maitre/workshop\nbackend:\n  local:\n    workDir: /srv/maitre/work\n').dataDir, '/srv/maitre/workshop', 'a name that only starts the same is no nesting')
+})
+
 t.test('strings the router hands on are checked where they are read: a cluster name is a Kubernetes label value, host names are names', async (t) => {
   t.throws(() => parseConfig('cluster: "prod east"\n'), { message: /cluster = "prod east", must be a Kubernetes label value/ })
   t.equal(parseConfig('cluster: prod-east.1\n').cluster, 'prod-east.1')

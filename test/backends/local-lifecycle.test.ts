@@ -150,6 +150,37 @@ t.test('an explicit work directory must be maitre’s: one holding other files i
   t.ok(readdirSync(mounted).includes('lost+found'), 'a mounted disk’s lost+found is accepted, and kept')
 })
 
+t.test('the default work directory (under the data directory) is locked too, and no work directory may hold a router’s data or work directory: the sweeps would remove it and kill its instances', async (t) => {
+  const dir = t.testdir()
+  const { low, release } = claimPortSlice()
+  t.teardown(release)
+  const options = { ...DEFAULTS.backend.local, portRange: [low, low + 99] as [number, number], minSigkillDelayMs: 200, clock: systemClock, log: silentLogger }
+  // Router A's default work directory, empty for now; router B names it as its own.
+  const defaultWork = join(dir, 'data-a', 'instances')
+  const a = new LocalBackend({ ...options, workDir: defaultWork })
+  t.teardown(() => a.close())
+  await a.ready()
+  t.throws(() => new LocalBackend({ ...options, workDir: defaultWork, claimWorkDir: true }), { code: 'MAITRE_DATA_DIR_IN_USE' }, 'another router given it explicitly is refused')
+  await a.close()
+
+  // A work directory that holds another router's data directory (its lock file says so).
+  const shared = join(dir, 'shared')
+  mkdirSync(join(shared, 'data-b'), { recursive: true })
+  writeFileSync(join(shared, '.maitre-work-dir'), '')
+  writeFileSync(join(shared, 'data-b', 'router.lock'), String(process.pid))
+  writeFileSync(join(shared, 'data-b', 'tokens.json'), '{}')
+  t.throws(() => new LocalBackend({ ...options, workDir: shared, claimWorkDir: true }), { code: 'MAITRE_INVALID_CONFIG', message: /holds a router's data or work directory \(data-b/ }, 'refused, naming it')
+  t.ok(readdirSync(join(shared, 'data-b')).includes('tokens.json'), 'and nothing in it touched')
+})
+
+t.test('a backend stopped during its start-up sweep lets the work directory go only once the sweep is over (it would remove what the next router there makes)', async (t) => {
+  const { backend } = localBackend(t)
+  let swept = false
+  void backend.ready().then(() => (swept = true))
+  await backend.close()
+  t.ok(swept, 'the sweep was over when close() resolved')
+})
+
 t.test('a launch that fails after its process started (the instance file could not be written: a full disk) leaves no process running', async (t) => {
   const dir = t.testdir()
   const app = join(dir, 'untracked-app.mjs')

@@ -37,7 +37,7 @@ const LAUNCH_FAILURE_SUFFIX = '.launch-failure'
 
 export interface LocalBackendOptions extends Omit<LocalBackendConfig, 'workDir'> {
   readonly workDir: string
-  /** The work directory was given explicitly, not the default under the data directory: claim it (work-dir.ts). */
+  /** The work directory was given explicitly, not the default under the data directory: it must be maitre's (work-dir.ts). */
   readonly claimWorkDir?: boolean
   readonly clock: Clock
   readonly log: Logger
@@ -128,7 +128,7 @@ export class LocalBackend implements Backend {
     })
     this.#leftovers = new LeftoverSweeper(scanner.scan)
     // Before the sweep: it kills and removes whatever the directory holds.
-    this.#releaseWorkDir = options.claimWorkDir === true ? claimWorkDir(this.#o.workDir) : () => undefined
+    this.#releaseWorkDir = claimWorkDir(this.#o.workDir, options.claimWorkDir === true)
     mkdirSync(this.#o.workDir, { recursive: true })
     this.#swept = this.#sweepLeftovers()
     this.#scheduleMemoryCheck()
@@ -247,6 +247,9 @@ export class LocalBackend implements Backend {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    // A stop during start-up: the sweep must be over before the work directory is let go, or
+    // it would go on removing what the next router there makes.
+    await this.#swept.catch(() => undefined)
     this.#cancelMemoryCheck?.()
     for (const service of this.#services.values()) {
       service.deleted = true
