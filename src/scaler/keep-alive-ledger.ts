@@ -50,6 +50,11 @@ export interface KeepAliveView {
   readonly misses: number
 }
 
+/** Let go (an idle period began at its collection) and no request has come since: whatever runs it now, no request ended that period. */
+function letGoWithNoRequestSince(entry: Entry<unknown>): boolean {
+  return entry.idleSince !== undefined && (entry.lastArrivalAt === undefined || entry.lastArrivalAt <= entry.idleSince)
+}
+
 /** Not yet pre-warmed for its current idle period, and no request has come since it began (one would start the version itself). */
 function awaitsPrewarm(entry: Entry<unknown>): boolean {
   return entry.prewarmedFor !== entry.idleSince && (entry.lastArrivalAt === undefined || entry.idleSince === undefined || entry.lastArrivalAt <= entry.idleSince)
@@ -93,7 +98,7 @@ export class KeepAliveLedger<P = unknown> {
     // When the idle period this request ends began. A version let go with no request since
     // began it at its collection, whatever runs it now (its pre-warm; in a cluster, a request at
     // another router that has not told this one yet); a running one, when its activity last ended.
-    const letGo = entry.idleSince !== undefined && (entry.lastArrivalAt === undefined || entry.lastArrivalAt <= entry.idleSince)
+    const letGo = letGoWithNoRequestSince(entry)
     let idleSince = letGo || !running ? entry.idleSince : runningIdleSince
     // A request seen here since then already ended that period: this one comes within the busy
     // spell that followed (in a cluster, two routers that each saw a request to a version idle
@@ -145,7 +150,10 @@ export class KeepAliveLedger<P = unknown> {
     if (entry === undefined) return false
     const miss = entry.prewarmedAt !== undefined
     if (miss) entry.misses += 1
-    else entry.idleSince = lastActiveAt
+    // A collection no request ended (a pre-warm whose start failed, one a former leader made)
+    // leaves the idle period where it began: moved to that start, the next request's idle time
+    // would be measured from it (60 s for a 20-minute period), and a second pre-warm planned.
+    else if (!letGoWithNoRequestSince(entry)) entry.idleSince = lastActiveAt
     entry.prewarmedAt = undefined
     return miss
   }
@@ -170,7 +178,9 @@ export class KeepAliveLedger<P = unknown> {
   /** The schedule of a running version whose last activity ended at `lastActiveAt`. */
   scheduleRunning(serviceId: string, plan: KeepAlivePlan, lastActiveAt: number): KeepAliveSchedule {
     const entry = this.#entries.peek(serviceId)
-    const prewarmed = entry?.prewarmedAt !== undefined
+    // Pre-warmed here, or running with no request since it was let go while its plan pre-warms
+    // (in a cluster, a pre-warm the former leader made): kept for the pre-warm's keep window.
+    const prewarmed = entry !== undefined && (entry.prewarmedAt !== undefined || (plan.prewarmMs > 0 && letGoWithNoRequestSince(entry)))
     return scheduleOf(plan, prewarmed ? (entry?.idleSince ?? lastActiveAt) : lastActiveAt, prewarmed)
   }
 
