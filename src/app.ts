@@ -385,6 +385,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     autoscaler,
     gc,
     keepAlive,
+    keepAliveArrivals: keepAlive,
     metrics,
     suspensions,
     activator,

@@ -8,6 +8,7 @@ import type { Principal } from '../auth/authenticator.ts'
 import type { Backend } from '../backends/backend.ts'
 import type { InstanceTracker } from '../backends/tracker.ts'
 import type { Activator } from '../scaler/activator.ts'
+import type { KeepAliveRunner } from '../scaler/keep-alive-runner.ts'
 import type { Clock } from '../clock.ts'
 import { MAX_TIMEOUT_MS } from '../limits.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
@@ -28,6 +29,8 @@ export interface PingDeps {
   readonly parametersOf: (resolution: Resolution) => Readonly<Record<string, unknown>>
   readonly clock: Clock
   readonly suspensions: { get(serviceId: string): unknown }
+  /** The keep-alive policy learns of each request to an adaptive version: a ping is one. */
+  readonly keepAliveArrivals?: Pick<KeepAliveRunner, 'arrived'>
 }
 
 const DEFAULT_PING_TIMEOUT_MS = 300_000
@@ -110,6 +113,9 @@ export async function handlePing(r: AdminRequest, who: Principal, deps: PingDeps
   // A ping is a request to the version, as in Waiter (where it goes through the proxy): it counts
   // in request-metrics and last-request-time, and keeps the version from looking idle.
   deps.tracker.noteRequest(current.serviceId)
+  // (Unlearned, a ping that started a let-go version had its idle time missing from the history,
+  // and its collection moved the idle period's start to it; nor was a pre-warm judged by it.)
+  deps.keepAliveArrivals?.arrived(current, deps.parametersOf(current), activation)
   try {
     let starting = deps.activator.ensure(activation)
     while (starting !== undefined) {

@@ -1,5 +1,5 @@
-/** A WebSocket call to an adaptive version is an arrival for its keep-alive: a pre-warm it finds is a hit, not a miss. */
-import t from 'tap'
+/** A WebSocket call or a /waiter-ping to an adaptive version is an arrival for its keep-alive: a pre-warm it finds is a hit, not a miss. */
+import t, { type Test } from 'tap'
 import { WebSocket } from 'ws'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 import { OffsetClock } from '../fixtures/offset-clock.ts'
@@ -26,7 +26,8 @@ function wsCall(router: Router, headers: Record<string, string>): Promise<{ cold
   })
 }
 
-t.test('a pre-warmed version that serves a WebSocket counts a hit, not a miss', async (t) => {
+/** An adaptive version whose 90 s period is learned, let go and pre-warmed; the next call is due. */
+async function prewarmedAndDue(t: Test): Promise<{ router: Router; clock: OffsetClock; id: string; h: Record<string, string>; status: () => Promise<string | undefined>; counts: () => Promise<{ hits: number; misses: number }> }> {
   const clock = new OffsetClock()
   const router = await startRouter(t, FAST, { clock })
   await createToken(router, 'periodic', kitchenToken({ 'keep-alive': 'adaptive', 'idle-timeout-mins': 1 }))
@@ -49,16 +50,34 @@ t.test('a pre-warmed version that serves a WebSocket counts a hit, not a miss', 
   await waitFor('let go', async () => ((await status()) === 'Inactive' ? true : undefined))
   clock.jump(startedAt + 80_000 - clock.now())
   await waitFor('pre-warmed', async () => ((await status()) === 'Running' ? true : undefined))
-  const before = { prewarms: await metric(router, 'maitre_prewarms_total'), hits: await metric(router, 'maitre_prewarm_hits_total'), misses: await metric(router, 'maitre_prewarm_misses_total') }
-  // the next call is a WebSocket, right on time
   clock.jump(startedAt + 90_000 - clock.now())
-  startedAt = clock.now()
+  const counts = async (): Promise<{ hits: number; misses: number }> => ({ hits: await metric(router, 'maitre_prewarm_hits_total'), misses: await metric(router, 'maitre_prewarm_misses_total') })
+  return { router, clock, id, h, status, counts }
+}
+
+t.test('a pre-warmed version that serves a WebSocket counts a hit, not a miss', async (t) => {
+  const { router, clock, h, status, counts } = await prewarmedAndDue(t)
+  const before = await counts()
+  const startedAt = clock.now()
   const ws1 = await wsCall(router, h)
   t.equal(ws1.cold, false, 'the WebSocket found the pre-warmed instance')
   // its let-go and the next period
   clock.jump(startedAt + 45_000 - clock.now())
   await waitFor('let go at last', async () => ((await status()) === 'Inactive' ? true : undefined), 20_000)
-  const after = { prewarms: await metric(router, 'maitre_prewarms_total'), hits: await metric(router, 'maitre_prewarm_hits_total'), misses: await metric(router, 'maitre_prewarm_misses_total') }
+  const after = await counts()
   t.equal(after.hits - before.hits, 1, 'the pre-warm served the WebSocket: a hit')
+  t.equal(after.misses - before.misses, 0, 'not a miss')
+})
+
+t.test('a pre-warmed version that answers a /waiter-ping counts a hit, not a miss', async (t) => {
+  const { router, h, counts } = await prewarmedAndDue(t)
+  const before = await counts()
+  const ping = await call(`${router.url}/waiter-ping`, { headers: h })
+  t.equal(ping.status, 200)
+  const after = await waitFor('the ping judged', async () => {
+    const now = await counts()
+    return now.hits + now.misses > before.hits + before.misses ? now : undefined
+  })
+  t.equal(after.hits - before.hits, 1, 'the pre-warm answered the ping: a hit')
   t.equal(after.misses - before.misses, 0, 'not a miss')
 })
