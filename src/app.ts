@@ -202,7 +202,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           holdForCollection: (serviceId, lastActiveAt, periodMs) => agreeToCollect(tracker, activator, serviceId, lastActiveAt, periodMs),
           releaseCollectionHold: (serviceId, deleted) => activator.releaseHold(serviceId, deleted),
           // (keepAlive is made further down; a collection is only heard once the router serves.)
-          collectedByLeader: (serviceId, reason, lastActiveAt) => keepAlive.collected(serviceId, reason, lastActiveAt),
+          collectedByLeader: (serviceId, reason, lastActiveAt, forget) => void keepAlive.collected(serviceId, reason, lastActiveAt, forget),
         })
   if (exchange !== undefined) tracker.shareSlots(exchange)
   // Cluster mode: a write to the shared state is answered once every peer has read it.

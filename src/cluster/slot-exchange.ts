@@ -78,7 +78,7 @@ export interface SlotExchangeOptions {
   /** The collection this router held requests for is over (done, failed, or vetoed elsewhere). */
   readonly releaseCollectionHold?: (serviceId: string, deleted: boolean) => void
   /** The leader collected a version: for this reason, idle since `lastActiveAt` (what the keep-alive learns of it). */
-  readonly collectedByLeader?: (serviceId: string, reason: CollectReason, lastActiveAt: number) => void
+  readonly collectedByLeader?: (serviceId: string, reason: CollectReason, lastActiveAt: number, forget: boolean) => void
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
@@ -420,11 +420,11 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
-  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false): boolean {
+  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false, forget = false): boolean {
     if (periodMs === 0) {
       this.#o.releaseCollectionHold?.(serviceId, deleted)
       // (A leader from before this was told sends no last activity: 0, nothing to learn from.)
-      if (deleted && lastActiveAt > 0) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt)
+      if (deleted && lastActiveAt > 0) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt, forget)
       return true
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
@@ -443,9 +443,9 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The collection is over (`deleted`: it took the version): every peer lets the requests it held for it go on. */
-  async collectDone(serviceId: string, collected: { readonly reason: CollectReason; readonly lastActiveAt: number } | undefined): Promise<void> {
+  async collectDone(serviceId: string, collected: { readonly reason: CollectReason; readonly lastActiveAt: number; readonly forget?: boolean } | undefined): Promise<void> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const body = collected === undefined ? { serviceId, lastActiveAt: 0, periodMs: 0, deleted: false } : { serviceId, lastActiveAt: collected.lastActiveAt, periodMs: 0, deleted: true, reason: collected.reason }
+    const body = collected === undefined ? { serviceId, lastActiveAt: 0, periodMs: 0, deleted: false } : { serviceId, lastActiveAt: collected.lastActiveAt, periodMs: 0, deleted: true, reason: collected.reason, ...(collected.forget === true ? { forget: true } : {}) }
     await Promise.all(peers.map((peer) =>
       withDeadline(this.#call(peer.url as string, 'collect', body), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
         // Its hold lapses by itself (COLLECT_HOLD_MS) if it cannot be told.

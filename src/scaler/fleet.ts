@@ -31,6 +31,8 @@ export interface Fleet extends Pick<Coordination, 'isLeader' | 'peerLoad'> {
 export interface CollectedVersion {
   readonly reason: 'idle' | 'stale' | 'broken' | 'orphaned'
   readonly lastActiveAt: number
+  /** The leader's keep-alive forgot the version (collected while suspended, say): the others forget it too. */
+  readonly forget?: boolean
 }
 
 /**

@@ -46,7 +46,8 @@ export interface GcDeps {
    * Called as a collection takes the version (its record just dropped, before the backend
    * delete): what depends on when it was last active learns it before a request can come.
    */
-  readonly onCollecting?: (serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number) => void
+  /** Returns whether the keep-alive forgot the version (its peers are told to forget it too). */
+  readonly onCollecting?: (serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number) => boolean | void
   /** Called after an operator deleted a version. */
   readonly onDeleted?: (serviceId: string) => void
   /** When a version's keep-alive policy lets it go, if the policy has its own say (an adaptive one). */
@@ -183,18 +184,18 @@ export class GcRunner {
       // requests for it (as activations here wait) until the collection is over.
       const fleet = this.#deps.fleet
       if (fleet?.allowCollect !== undefined && !(await fleet.allowCollect(serviceId, verdict.lastActiveAt, verdict.reason))) return undefined
-      let collected: (GcVerdict & { lastActiveAt: number }) | undefined
+      let collected: (GcVerdict & { lastActiveAt: number; forget: boolean }) | undefined
       try {
         collected = await this.#collectNow(serviceId, record, verdict)
         return collected === undefined ? undefined : { id: collected.id, reason: collected.reason }
       } finally {
         // (What it was collected for, as this router's keep-alive heard it: the peers' hear the same.)
-        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected === undefined ? undefined : { reason: collected.reason, lastActiveAt: collected.lastActiveAt }).catch(() => undefined)
+        if (fleet?.allowCollect !== undefined) void fleet.collectDone?.(serviceId, collected === undefined ? undefined : { reason: collected.reason, lastActiveAt: collected.lastActiveAt, forget: collected.forget }).catch(() => undefined)
       }
     })
   }
 
-  async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<(GcVerdict & { lastActiveAt: number }) | undefined> {
+  async #collectNow(serviceId: string, record: ServiceRecord | undefined, verdict: GcVerdict & { lastActiveAt: number }): Promise<(GcVerdict & { lastActiveAt: number; forget: boolean }) | undefined> {
     const { registry, backend, clock, log } = this.#deps
     // Record and cached resolutions first, then the backend delete: activations wait on the
     // collection meanwhile, so nothing can re-create the version in between. The record goes
@@ -209,7 +210,7 @@ export class GcRunner {
     const unfinished = verdict.reason === 'orphaned' ? this.#idleUnfinished.get(serviceId) : undefined
     const reason = unfinished === undefined ? verdict.reason : 'idle'
     const lastActiveAt = unfinished ?? verdict.lastActiveAt
-    this.#deps.onCollecting?.(serviceId, reason, lastActiveAt)
+    const forget = this.#deps.onCollecting?.(serviceId, reason, lastActiveAt) === true
     await this.#deps.forgetVersion(serviceId)
     try {
       await backend.deleteService(serviceId)
@@ -231,7 +232,7 @@ export class GcRunner {
     this.#collected.unshift({ id: verdict.id, reason, at: clock.now() })
     this.#collected.length = Math.min(this.#collected.length, RECENT_KEPT)
     log.info({ service: serviceId, reason }, 'service garbage-collected')
-    return { id: verdict.id, reason, lastActiveAt }
+    return { id: verdict.id, reason, lastActiveAt, forget }
   }
 
   /**

@@ -178,13 +178,19 @@ export class KeepAliveRunner {
   }
 
   /** The GC collected a version: for its idleness (its history stays), or for good. */
-  collected(serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number): void {
-    // Collected while suspended (its suspension goes with it): never started again but by a request.
-    if (reason !== 'idle' || this.#deps.isSuspended(serviceId)) {
+  /**
+   * The version was collected. Returns whether what was learned of it is forgotten (collected
+   * for anything but idleness, or while suspended: its suspension goes with it, and it is never
+   * started again but by a request). `forget`: the leader that collected it forgot it (a
+   * follower's own suspension may already be gone when it hears of the collection).
+   */
+  collected(serviceId: string, reason: GcVerdict['reason'], lastActiveAt: number, forget = false): boolean {
+    if (forget || reason !== 'idle' || this.#deps.isSuspended(serviceId)) {
       this.#deps.ledger.forget(serviceId)
-      return
+      return true
     }
     if (this.#deps.ledger.collected(serviceId, lastActiveAt)) this.#deps.onMiss?.(serviceId)
+    return false
   }
 
   /** An operator deleted the version: nothing is started again. */

@@ -113,3 +113,20 @@ t.test('a version the leader collects is known as let go on every router, with w
   t.equal(dormant?.status, 'Inactive', 'the leader collected the version')
   t.not(dormant?.['keep-alive']?.['idle-since'] ?? null, null, 'and the follower knows since when it has been idle: the leader told it of the collection')
 })
+
+t.test('a version collected while suspended is forgotten on every router, not only the leader: none that leads next pre-warms it', async (t) => {
+  const clock = new OffsetClock()
+  const cluster = await startCluster(t, 2, { 'scaler.tickMs': 250, 'scaler.gcIntervalMs': 100 }, { clock })
+  const { leader, follower } = await leaderAndFollower(cluster.routers)
+  await createToken(leader, 'susp', kitchenToken({ 'keep-alive': 'adaptive', 'idle-timeout-mins': 1 }))
+  const h = { 'x-waiter-token': 'susp' }
+  const serviceId = (await call(`${follower.url}/service-id`, { headers: h })).text
+  await waitFor('the token on the follower', async () => ((await call(`${follower.url}/request-info`, { headers: h })).status === 200 ? true : undefined))
+  t.equal((await call(`${leader.url}/request-info`, { headers: h })).status, 200)
+  t.equal((await call(`${leader.url}/apps/${serviceId}/suspend`, { method: 'POST' })).status, 200, 'suspended')
+  await waitFor('the follower to see the suspension', async () => ((await call(`${follower.url}/request-info`, { headers: h })).status === 503 ? true : undefined))
+  clock.jump(61_000)
+  await waitFor('the leader to collect it', async () => ((await call(`${leader.url}/apps/${serviceId}`)).status === 404 ? true : undefined), 10_000)
+  await waitFor('the follower to forget it too', async () => ((await call(`${follower.url}/apps/${serviceId}`)).status === 404 ? true : undefined), 5000)
+  t.pass('neither router remembers it (a follower that kept its history would pre-warm it once it leads)')
+})
