@@ -115,6 +115,30 @@ t.test('a router whose leader watch was compacted away while cut off still follo
   t.same(members, ['a'], 'and b is gone from its member list')
 })
 
+t.test('a leader whose etcd connection is reset and made again at once (an etcd member restarting) keeps leading throughout: its lease never lapsed', async (t) => {
+  const etcd = await startEtcd(t)
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port))
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url, 5)
+  const b = await node(etcd, 'b', etcd.endpoint, 5)
+  await waitFor('a leads', () => (a.coordinator.isLeader() ? true : undefined))
+  let lapses = 0
+  const sampler = setInterval(() => {
+    if (!a.coordinator.isLeader()) lapses++
+  }, 5)
+  t.teardown(() => clearInterval(sampler))
+  for (let i = 0; i < 3; i++) {
+    // Past a keep-alive (every 1.7 s at this TTL), so that each reset breaks a keep-alive stream in use.
+    await new Promise((resolve) => setTimeout(resolve, 2000))
+    relay.cut()
+    relay.heal()
+  }
+  await new Promise((resolve) => setTimeout(resolve, 2000))
+  clearInterval(sampler)
+  t.equal(lapses, 0, 'a never stopped leading across three resets')
+  t.same(leaders([a, b]), ['a'], 'and b never led')
+})
+
 t.test('keep-alives renew the window leadership is held in: a healthy leader never lapses', async (t) => {
   const etcd = await startEtcd(t)
   // The default TTL (5 s): keep-alives every 1.7 s, each renewing leadership for 3.3 s from its send.

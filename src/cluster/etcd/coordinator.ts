@@ -499,9 +499,13 @@ export class EtcdCoordinator implements Coordination {
         this.#lastConfirmedAt = sentAt
       }
     })
-    // Stop acting as leader at once: etcd may expire the lease before we hear from it again.
-    lease.on('keepaliveFailed', () => {
-      if (this.#lease === lease) this.#confirmedAt = 0
+    // A failed keep-alive (its stream reset: an etcd member restarting, a connection cut and
+    // made again) changes nothing by itself: etcd cannot expire the lease before the last
+    // confirmed renewal's send time plus the TTL, and isLeader() already stops at two thirds of
+    // that. Dropping leadership at the first failure made every blip of the stream hand the
+    // leader's work (a Mesos framework's subscription, the scaler's smoothing) over and back.
+    lease.on('keepaliveFailed', (err: unknown) => {
+      if (this.#lease === lease) this.#options.log.debug({ err, routerId: this.routerId }, 'etcd lease keep-alive failed; leadership holds until the renewal window runs out')
     })
     lease.on('lost', (err) => {
       if (this.#lease !== lease || this.#closed) return
