@@ -398,7 +398,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     peers: exchange,
     storesPeer: sharedStores,
     arrivalsPeer: arrivalNotes === undefined ? undefined : { heard: (serviceId, arrival) => keepAlive.heard(serviceId, knownVersion(serviceId), arrival) },
-    leaderPeer: leaderCalls === undefined ? undefined : { isLeader: () => coordination.isLeader(), expire: (serviceId, instanceId) => autoscaler.expire(serviceId, instanceId) },
+    leaderPeer: leaderCalls === undefined ? undefined : { isLeader: () => coordination.isLeader(), expire: (serviceId, instanceId, from) => leaderCalls.expireAsLeader(serviceId, instanceId, from), noteExpiry: (serviceId, instanceId) => void autoscaler.expire(serviceId, instanceId) },
     expireInstance: (serviceId, instanceId) => (leaderCalls === undefined ? Promise.resolve(autoscaler.expire(serviceId, instanceId)) : leaderCalls.expire(serviceId, instanceId)),
     backendPeer: led instanceof LeaderBackend ? led : undefined,
     clock,

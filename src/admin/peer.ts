@@ -14,8 +14,10 @@ export type BackendPeer = Pick<LeaderBackend, 'peerState' | 'peerCall'>
 /** What only the leader does, asked by a follower (leader-calls.ts). */
 export interface LeaderPeer {
   isLeader(): boolean
-  /** False when no such instance is known here. */
-  expire(serviceId: string, instanceId: string): boolean
+  /** False when no such instance is known here. `from`: the router that asked. */
+  expire(serviceId: string, instanceId: string, from: string | undefined): boolean
+  /** The leader took an expiry: recorded here too, for should this router lead next. */
+  noteExpiry(serviceId: string, instanceId: string): void
 }
 
 /** The shared stores, for a peer that wrote one of their keys (peer-sync.ts). */
@@ -126,9 +128,15 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
     case 'expire': {
       const serviceId = idField(body, 'serviceId')
       const instanceId = idField(body, 'instanceId')
+      if (body['note'] === true) {
+        if (leader === undefined) throw new MaitreError('MAITRE_NOT_FOUND', 'Not found', { details: { path: url.pathname } })
+        leader.noteExpiry(serviceId, instanceId)
+        return sendJson(res, 200, { noted: true, 'instance-id': instanceId }, cid)
+      }
+      const from = typeof body['from'] === 'string' ? body['from'] : undefined
       // Led elsewhere by now: the follower says so to its caller, who tries again.
       if (leader === undefined || !leader.isLeader()) throw new MaitreError('MAITRE_CLUSTER_UNAVAILABLE', 'This router does not lead the cluster', { details: { 'service-id': serviceId }, headers: { 'retry-after': '1' } })
-      if (!leader.expire(serviceId, instanceId)) throw new MaitreError('MAITRE_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
+      if (!leader.expire(serviceId, instanceId, from)) throw new MaitreError('MAITRE_NOT_FOUND', `Instance ${instanceId} of service ${serviceId} not found`, { details: { 'service-id': serviceId, 'instance-id': instanceId } })
       return sendJson(res, 200, { expired: true, 'instance-id': instanceId }, cid)
     }
     case 'member': {

@@ -4,7 +4,9 @@
  * taken the call, takes it in too (so that its own view shows it, and it acts on it should it
  * lead next) before it answers.
  * Waiter's `/apps/{id}/instance/{iid}/expire` is one: through a follower it used to answer
- * success and do nothing.
+ * success and do nothing. Once the leader has taken one, it tells every other router too (a
+ * note each records without acting on it): kept in the leader's memory alone, an expiry was lost
+ * when the leader changed before the instance was replaced, and the replacement killed instead.
  */
 import { Agent } from 'undici'
 import { MaitreError } from '../errors.ts'
@@ -37,13 +39,13 @@ export class LeaderCalls {
    */
   async expire(serviceId: string, instanceId: string): Promise<boolean> {
     const coordination = this.#o.coordination()
-    if (coordination.isLeader()) return this.#o.expireHere(serviceId, instanceId)
+    if (coordination.isLeader()) return this.expireAsLeader(serviceId, instanceId)
     const leaderId = coordination.leaderId()
     const leader = coordination.members().find((m) => m.routerId === leaderId)
     if (leader === undefined) throw unavailable(serviceId, instanceId, 'no leader is known right now')
     let status: number
     try {
-      const res = await postToPeer({ url: leader.url, what: 'expire', key: this.#o.key, body: JSON.stringify({ serviceId, instanceId }), timeoutMs: LEADER_CALL_TIMEOUT_MS, dispatcher: this.#agent })
+      const res = await postToPeer({ url: leader.url, what: 'expire', key: this.#o.key, body: JSON.stringify({ serviceId, instanceId, from: coordination.routerId }), timeoutMs: LEADER_CALL_TIMEOUT_MS, dispatcher: this.#agent })
       await res.body.dump()
       status = res.statusCode
     } catch (err) {
@@ -53,6 +55,24 @@ export class LeaderCalls {
     if (status !== 200) throw unavailable(serviceId, instanceId, `the leader answered ${status}`)
     // (An instance this router has not seen yet is the leader's business alone.)
     this.#o.expireHere(serviceId, instanceId)
+    return true
+  }
+
+  /**
+   * The leader takes an expiry (its own caller's, or a follower's): records it, and tells every
+   * other router, best effort (one that cannot be told hears nothing, as before). `from`: the
+   * router that asked, which records it itself.
+   */
+  expireAsLeader(serviceId: string, instanceId: string, from?: string): boolean {
+    if (!this.#o.expireHere(serviceId, instanceId)) return false
+    const coordination = this.#o.coordination()
+    const body = JSON.stringify({ serviceId, instanceId, note: true })
+    for (const member of coordination.members()) {
+      if (member.routerId === coordination.routerId || member.routerId === from) continue
+      void postToPeer({ url: member.url, what: 'expire', key: this.#o.key, body, timeoutMs: LEADER_CALL_TIMEOUT_MS, dispatcher: this.#agent })
+        .then((res) => res.body.dump())
+        .catch(() => undefined)
+    }
     return true
   }
 

@@ -149,17 +149,25 @@ t.test('a follower’s expiry reaches the leader: done there, 404 for an unknown
   const { exchange } = fakeExchange()
   const expired: string[] = []
   let leads = true
-  const leader: LeaderPeer = { isLeader: () => leads, expire: (serviceId, instanceId) => (instanceId === 'gone' ? false : (expired.push(`${serviceId}/${instanceId}`), true)) }
+  const noted: string[] = []
+  const leader: LeaderPeer = {
+    isLeader: () => leads,
+    expire: (serviceId, instanceId, from) => (instanceId === 'gone' ? false : (expired.push(`${serviceId}/${instanceId}${from === undefined ? '' : ` from ${from}`}`), true)),
+    noteExpiry: (serviceId, instanceId) => void noted.push(`${serviceId}/${instanceId}`),
+  }
   const url = await serve(t, exchange, undefined, leader)
-  const done = await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i1' })
+  const done = await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i1', from: 'r2' })
   t.equal(done.status, 200)
-  t.same(expired, ['s/i1'], 'the leader’s autoscaler was told')
+  t.same(expired, ['s/i1 from r2'], 'the leader’s autoscaler was told, and who asked (it need not be told back)')
   t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'gone' })).status, 404)
   t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's' })).status, 400, 'instanceId is required')
   t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i2' }, null)).status, 401, 'only routers of the cluster')
   leads = false
   t.equal((await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i3' })).status, 503, 'led elsewhere by now: the follower is told to try again')
-  t.same(expired, ['s/i1'], 'nothing refused was expired')
+  t.same(expired, ['s/i1 from r2'], 'nothing refused was expired')
+  const note = await post(`${url}/maitre-peer/expire`, { serviceId: 's', instanceId: 'i4', note: true })
+  t.equal(note.status, 200, 'a leader’s note of an expiry it took is recorded by a router that does not lead')
+  t.same(noted, ['s/i4'])
 })
 
 t.test('requests another router told of reach the keep-alive; a batch with one bad note is a 400 naming its field, and none of it is heard', async (t) => {

@@ -47,6 +47,21 @@ t.test('an instance expired through a router that does not lead is replaced, as 
   t.equal(unknown.status, 404, 'an instance nobody knows is a 404, as on one router')
 })
 
+t.test('an instance expired through the leader is known as expired by the other routers too, so one that leads next replaces it (and not the replacement it asked for)', async (t) => {
+  const cluster = await startCluster(t, 2, { 'scaler.tickMs': 200 })
+  const { leader, follower } = await leaderAndFollower(cluster.routers)
+  await createToken(leader, 'exp2', kitchenToken({ 'min-instances': 1 }))
+  const h = { 'x-waiter-token': 'exp2' }
+  t.equal((await call(`${leader.url}/request-info`, { headers: h })).status, 200)
+  const serviceId = (await call(`${leader.url}/service-id`, { headers: h })).text
+  const active = (r: Router): Promise<{ id: string; flags?: string[] }[]> =>
+    call(`${r.url}/apps/${serviceId}`).then((res) => res.json<{ instances: { 'active-instances': { id: string; flags?: string[] }[] } }>().instances['active-instances'])
+  const instanceId = await waitFor('the follower to see the instance', async () => (await active(follower))[0]?.id)
+  t.equal((await call(`${leader.url}/apps/${serviceId}/instance/${instanceId}/expire`, { method: 'POST' })).status, 200)
+  await waitFor('the follower to know it expired', async () => ((await active(follower)).find((i) => i.id === instanceId)?.flags?.includes('expired') === true ? true : undefined), 5000)
+  t.pass('the follower records the leader’s expiry')
+})
+
 t.test('/apps shows the same requests under way through every router', async (t) => {
   const cluster = await startCluster(t, 2)
   const [a, b] = cluster.routers as [Router, Router]
