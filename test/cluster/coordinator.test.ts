@@ -34,6 +34,26 @@ t.test('three routers: one leader, everyone agrees; a clean leave hands over at 
   await waitFor('a left the member list', () => (rest.every((n) => n.coordinator.members().length === 2) ? true : undefined))
 })
 
+t.test('a leader that starts draining hands the leadership over at once when another router can take it, and stands no more; one alone keeps leading through its drain', async (t) => {
+  const etcd = await startEtcd(t)
+  // A 10 s TTL: a hand-over that waited for the lease would take seconds.
+  const a = await node(etcd, 'a', etcd.endpoint, 10)
+  const b = await node(etcd, 'b', etcd.endpoint, 10)
+  await waitFor('both see both', () => (a.coordinator.members().length === 2 && b.coordinator.members().length === 2 ? true : undefined))
+  t.same(leaders([a, b]), ['a'])
+  const started = Date.now()
+  await a.coordinator.announceDraining?.()
+  await waitFor('b leads', () => (b.coordinator.isLeader() ? true : undefined), 5000)
+  t.ok(Date.now() - started < 2000, `handed over ${Date.now() - started} ms after the drain began, not a TTL later`)
+  t.notOk(a.coordinator.isLeader(), 'a leads no more')
+  await waitFor('a knows b leads', () => (a.coordinator.leaderId() === 'b' ? true : undefined))
+  t.ok(a.coordinator.members().some((m) => m.routerId === 'a'), 'and is still a member, finishing what it carries')
+
+  // b, now alone with a draining router, drains too: nobody else could lead, so it keeps leading.
+  await b.coordinator.announceDraining?.()
+  t.ok(b.coordinator.isLeader(), 'a leader with no router to take over keeps leading')
+})
+
 t.test('a leader cut off from etcd stops acting at once and is replaced within the lease TTL; it rejoins after', async (t) => {
   const etcd = await startEtcd(t)
   const relay = await startRelay(Number(new URL(etcd.endpoint).port))

@@ -327,7 +327,27 @@ export class EtcdCoordinator implements Coordination {
   async announceDraining(): Promise<void> {
     this.#draining = true
     // (A write already under way may carry the old flag: #publishLoad follows it with ours.)
-    await Promise.race([this.#publishLoad(), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+    await Promise.race([Promise.all([this.#publishLoad(), this.#resignForDrain()]), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+  }
+
+  /**
+   * A leader that starts draining hands the leadership over at once when another router can
+   * take it (a live member that does not drain): kept through the drain, its closed listener
+   * refused its followers' calls for up to shutdownTimeoutMs (a Mesos follower's cold starts,
+   * kills and deletes, an expiry through any follower), and no one else could lead. It stands no
+   * more (#campaign); alone, it keeps leading, so that what it still carries can be scaled.
+   */
+  async #resignForDrain(): Promise<void> {
+    const leaseId = this.#leaseId
+    if (leaseId === undefined || this.#leader?.routerId !== this.routerId) return
+    const successor = this.members().some((m) => m.routerId !== this.routerId && !this.#suspects.has(m.routerId) && this.#loads.get(m.routerId)?.draining !== true)
+    if (!successor) return
+    try {
+      const result = await this.#client.if(this.#leaderKey, 'Value', '==', this.routerId).and(this.#leaderKey, 'Lease', '==', leaseId).then(this.#client.delete().key(this.#leaderKey)).commit()
+      if (result.succeeded) this.#options.log.info({ routerId: this.routerId }, 'draining: leadership handed over')
+    } catch (err) {
+      this.#options.log.warn({ err, routerId: this.routerId }, 'draining: could not hand the leadership over; it goes with the lease at the stop')
+    }
   }
 
   peerMayHold(serviceId: string): boolean {
@@ -555,7 +575,8 @@ export class EtcdCoordinator implements Coordination {
     let withdrawn = false
     for (let delayMs = 250; ; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       const leaseId = this.#leaseId
-      if (this.#closed || leaseId === undefined) return
+      // (A draining router stands no more: it is leaving.)
+      if (this.#closed || this.#draining || leaseId === undefined) return
       try {
         const result = await this.#client
           .if(this.#leaderKey, 'Create', '==', 0)
