@@ -437,6 +437,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           endpoints: config.etcd.endpoints,
           localLoads: () => localLoads(tracker),
           overShare: () => tracker.overLimit(),
+          onLeaderChanged: () => activator.releaseAllHolds(),
           clock,
           log,
           // A configured secret is in no router's etcd: nothing to put back.

@@ -177,6 +177,17 @@ export class Activator {
   }
 
   /**
+   * The leader changed: collections the one before asked this router to hold for will not be
+   * said to be over (it stopped, or died, between asking and telling), so their requests go on
+   * now rather than wait out the hold's bound (30 s). (A hold the new leader asked for just before
+   * this router heard of the change goes too: the collection may then cut a request that went on,
+   * as it could before holds were kept.)
+   */
+  releaseAllHolds(): void {
+    for (const serviceId of [...this.#holds.keys()]) this.releaseHold(serviceId)
+  }
+
+  /**
    * The leader's collection is over (or will not come): held requests go on. When it deleted the
    * version (`deleted`), they go on once this router's backend view shows it gone too (still
    * within the hold's bound), so they start it afresh rather than take a slot on an instance

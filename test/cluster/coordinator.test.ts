@@ -48,6 +48,7 @@ t.test('a leader that starts draining hands the leadership over at once when ano
   t.notOk(a.coordinator.isLeader(), 'a leads no more')
   await waitFor('a knows b leads', () => (a.coordinator.leaderId() === 'b' ? true : undefined))
   t.ok(a.coordinator.members().some((m) => m.routerId === 'a'), 'and is still a member, finishing what it carries')
+  t.equal(b.leaderChanges.at(-1), 'b', 'b was told of the change (a router releases the collection holds the leader before asked for)')
 
   // b, now alone with a draining router, drains too: nobody else could lead, so it keeps leading.
   await b.coordinator.announceDraining?.()

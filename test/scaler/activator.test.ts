@@ -204,6 +204,18 @@ t.test('the cluster leader’s collection: requests here wait while it holds the
   await lapsing
   t.equal(activator.ensure(request('a')), undefined, 'a hold nobody released lapses')
 
+  // The leader that asked stopped (or died) before it said its collection was over: a new
+  // leader releases every hold at once, rather than let requests wait out the bound.
+  t.equal(activator.holdForCollection('a', 30_000), true)
+  const orphaned = activator.ensure(request('a'))
+  let released = false
+  void orphaned?.then(() => (released = true))
+  await new Promise((r) => setImmediate(r))
+  t.notOk(released, 'held')
+  activator.releaseAllHolds()
+  await orphaned
+  t.ok(released, 'released at the leader change, with no time gone by')
+
   // The leader deleted it: held requests go on once this router's backend shows it gone, not
   // before (they would take a slot on an instance being deleted).
   t.equal(activator.holdForCollection('a', 30_000), true)

@@ -56,6 +56,8 @@ export interface EtcdCoordinatorOptions {
    * outside the stores. Its failure is logged, never fails the join.
    */
   readonly onRejoined?: () => Promise<void>
+  /** Called when the leader this router knows of changes (another, or none). */
+  readonly onLeaderChanged?: (leaderId: string | undefined) => void
 }
 
 /** One router's published load: version id → [in flight, queued, last request time]. */
@@ -487,7 +489,10 @@ export class EtcdCoordinator implements Coordination {
   #setLeader(leader: { routerId: string; lease: string } | undefined): void {
     const before = this.#leader?.routerId
     this.#leader = leader
-    if (leader?.routerId !== before) this.#options.log.info({ leader: leader?.routerId, routerId: this.routerId }, 'cluster leader changed')
+    if (leader?.routerId !== before) {
+      this.#options.log.info({ leader: leader?.routerId, routerId: this.routerId }, 'cluster leader changed')
+      this.#options.onLeaderChanged?.(leader?.routerId)
+    }
   }
 
   /** Grants a lease, registers as a member on it, publishes load and stands for leader. */
