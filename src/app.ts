@@ -384,7 +384,16 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
     overrides,
     autoscaler,
     gc,
-    keepAlive,
+    // An operator's DELETE of a version its keep-alive alone remembers is told to every router
+    // (as the leader's collection is): one that kept its history would pre-warm it once it leads.
+    keepAlive: exchange === undefined ? keepAlive : {
+      view: (record, serviceId, params) => keepAlive.view(record, serviceId, params),
+      dormant: (serviceId) => keepAlive.dormant(serviceId),
+      forget: (serviceId) => {
+        keepAlive.forget(serviceId)
+        void exchange.collectDone(serviceId, { reason: 'idle', lastActiveAt: clock.now(), forget: true }).catch(() => undefined)
+      },
+    },
     keepAliveArrivals: keepAlive,
     metrics,
     suspensions,

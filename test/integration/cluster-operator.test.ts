@@ -104,7 +104,7 @@ t.test('an adaptive version’s keep-alive learns from the requests every router
   t.ok(Number(sent) >= 1, `the follower told it (maitre_keep_alive_notes_total sent ${sent})`)
 })
 
-t.test('a version the leader collects is known as let go on every router, with when it was last used (so any router that leads next can pre-warm it)', async (t) => {
+t.test('a version the leader collects is known as let go on every router, with when it was last used (so any router that leads next can pre-warm it); an operator who deletes its history through any router has it forgotten by all', async (t) => {
   const clock = new OffsetClock()
   const cluster = await startCluster(t, 2, { 'scaler.tickMs': 250, 'scaler.gcIntervalMs': 100 }, { clock })
   const { leader, follower } = await leaderAndFollower(cluster.routers)
@@ -127,6 +127,13 @@ t.test('a version the leader collects is known as let go on every router, with w
   }, 10_000).catch(() => keepAliveOn(follower))
   t.equal(dormant?.status, 'Inactive', 'the leader collected the version')
   t.not(dormant?.['keep-alive']?.['idle-since'] ?? null, null, 'and the follower knows since when it has been idle: the leader told it of the collection')
+
+  // An operator deletes its history through the follower: the leader forgets it too (it would pre-warm it).
+  t.equal((await keepAliveOn(leader))?.status, 'Inactive', 'the leader remembers it')
+  const deleted = await call(`${follower.url}/apps/${serviceId}`, { method: 'DELETE' })
+  t.match(deleted.json(), { result: 'no-such-service-exists', message: /history is forgotten/ })
+  await waitFor('the leader to forget it too', async () => ((await call(`${leader.url}/apps/${serviceId}`)).status === 404 ? true : undefined), 5000)
+  t.pass('no router remembers the version')
 })
 
 t.test('a version collected while suspended is forgotten on every router, not only the leader: none that leads next pre-warms it', async (t) => {
