@@ -150,10 +150,11 @@ export class KeepAliveLedger<P = unknown> {
     if (entry === undefined) return false
     const miss = entry.prewarmedAt !== undefined
     if (miss) entry.misses += 1
-    // A collection no request ended (a pre-warm whose start failed, one a former leader made)
-    // leaves the idle period where it began: moved to that start, the next request's idle time
-    // would be measured from it (60 s for a 20-minute period), and a second pre-warm planned.
-    else if (!letGoWithNoRequestSince(entry)) entry.idleSince = lastActiveAt
+    // The collection of what this router's own pre-warm started, with no request since (its start
+    // failed) leaves the idle period where it began: moved to that start, the next request's idle
+    // time would be measured from it (60 s for a 20-minute period). Any other collection moves it
+    // (with no request heard of here, one at another router may have gone untold).
+    else if (!(letGoWithNoRequestSince(entry) && entry.prewarmedFor === entry.idleSince)) entry.idleSince = lastActiveAt
     entry.prewarmedAt = undefined
     return miss
   }
@@ -178,9 +179,7 @@ export class KeepAliveLedger<P = unknown> {
   /** The schedule of a running version whose last activity ended at `lastActiveAt`. */
   scheduleRunning(serviceId: string, plan: KeepAlivePlan, lastActiveAt: number): KeepAliveSchedule {
     const entry = this.#entries.peek(serviceId)
-    // Pre-warmed here, or running with no request since it was let go while its plan pre-warms
-    // (in a cluster, a pre-warm the former leader made): kept for the pre-warm's keep window.
-    const prewarmed = entry !== undefined && (entry.prewarmedAt !== undefined || (plan.prewarmMs > 0 && letGoWithNoRequestSince(entry)))
+    const prewarmed = entry?.prewarmedAt !== undefined
     return scheduleOf(plan, prewarmed ? (entry?.idleSince ?? lastActiveAt) : lastActiveAt, prewarmed)
   }
 
