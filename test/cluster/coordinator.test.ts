@@ -55,6 +55,41 @@ t.test('a leader that starts draining hands the leadership over at once when ano
   t.ok(b.coordinator.isLeader(), 'a leader with no router to take over keeps leading')
 })
 
+t.test('a draining leader stops acting before it hands the key over: on a slow link to etcd, no moment with two leaders', async (t) => {
+  const etcd = await startEtcd(t)
+  // a hears from etcd 150 ms late (each way): its own watch learns of its resignation last.
+  const relay = await startRelay(Number(new URL(etcd.endpoint).port), { delayMs: 150 })
+  etcd.beforeStop(() => relay.close())
+  const a = await node(etcd, 'a', relay.url, 10, 100, 3000)
+  const b = await node(etcd, 'b', etcd.endpoint, 10)
+  await waitFor('both see both', () => (a.coordinator.members().length === 2 && b.coordinator.members().length === 2 ? true : undefined), 10_000)
+  t.ok(a.coordinator.isLeader(), 'a leads')
+  let both = 0
+  const sampler = setInterval(() => {
+    if (a.coordinator.isLeader() && b.coordinator.isLeader()) both++
+  }, 1)
+  t.teardown(() => clearInterval(sampler))
+  await a.coordinator.announceDraining?.()
+  await waitFor('b leads', () => (b.coordinator.isLeader() ? true : undefined), 5000)
+  await waitFor('a knows b leads', () => (a.coordinator.leaderId() === 'b' ? true : undefined), 5000)
+  clearInterval(sampler)
+  t.equal(both, 0, 'never both')
+})
+
+t.test('every router draining at once (a deployment deleted): one of them still leads through the drain', async (t) => {
+  const etcd = await startEtcd(t)
+  const a = await node(etcd, 'a', etcd.endpoint, 10)
+  const b = await node(etcd, 'b', etcd.endpoint, 10)
+  await waitFor('both see both', () => (a.coordinator.members().length === 2 && b.coordinator.members().length === 2 ? true : undefined))
+  t.same(leaders([a, b]), ['a'])
+  // Both at once: a hands over to b, whose drain it has not heard of yet, and b drains too.
+  await Promise.all([a.coordinator.announceDraining?.(), b.coordinator.announceDraining?.()])
+  const leader = await waitFor('a leader again', () => leaders([a, b])[0], 5000)
+  t.ok(leader === 'a' || leader === 'b', `${leader} leads`)
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  t.equal(leaders([a, b]).length, 1, 'exactly one, and it stays')
+})
+
 t.test('a leader cut off from etcd stops acting at once and is replaced within the lease TTL; it rejoins after', async (t) => {
   const etcd = await startEtcd(t)
   const relay = await startRelay(Number(new URL(etcd.endpoint).port))
@@ -126,6 +161,7 @@ t.test('a router whose leader watch was compacted away while cut off still follo
   await b.client.kv.compact({ revision: header.revision, physical: true })
   relay.heal()
   await waitFor('a follows b again', () => (a.coordinator.leaderId() === 'b' && a.coordinator.members().length === 2 ? true : undefined), 15_000)
+  t.ok(a.leaderChanges.includes('b'), 'and was told of the change (a router releases the collection holds its old leader asked for)')
   await b.coordinator.close()
   await waitFor('a takes over when b leaves', () => (a.coordinator.isLeader() ? true : undefined), 5000)
   // (Membership and leadership are two keys, seen through two watches: either may arrive first.)

@@ -26,6 +26,9 @@ import { NO_LOAD, type Coordination, type Member, type PeerReport, type SlotView
 import { EtcdDirectory } from './etcd-directory.ts'
 import { startWatch, dropWatcher, farewell, pause, RETRY_MAX_MS } from './calls.ts'
 
+/** A draining router stands for leader only after the seat stayed empty this long (see #campaign). */
+const DRAINING_CAMPAIGN_DELAY_MS = 1000
+
 export interface EtcdCoordinatorOptions {
   readonly client: Etcd3
   /** The cluster prefix, without a trailing slash. */
@@ -152,6 +155,8 @@ export class EtcdCoordinator implements Coordination {
   #settledAt = Number.POSITIVE_INFINITY
   #settleTimer: ReturnType<typeof setTimeout> | undefined
   #draining = false
+  /** It handed the leadership over at its drain: it acts as leader no more, whatever its watch still says. */
+  #resigned = false
   readonly #slotViewListeners = new Set<() => void>()
   /** The write of this router's load key under way, if any. */
   #publishing: Promise<void> | undefined
@@ -240,6 +245,7 @@ export class EtcdCoordinator implements Coordination {
     const leader = this.#leader
     return (
       !this.#closed &&
+      !this.#resigned &&
       leader !== undefined &&
       leader.lease === this.#leaseId &&
       this.#confirmedAt > 0 &&
@@ -344,10 +350,15 @@ export class EtcdCoordinator implements Coordination {
     if (leaseId === undefined || this.#leader?.routerId !== this.routerId) return
     const successor = this.members().some((m) => m.routerId !== this.routerId && !this.#suspects.has(m.routerId) && this.#loads.get(m.routerId)?.draining !== true)
     if (!successor) return
+    // Stops acting before the key goes: the successor may win its campaign before this router's
+    // own watch hears of the delete, and two leaders would act meanwhile.
+    this.#resigned = true
     try {
       const result = await this.#client.if(this.#leaderKey, 'Value', '==', this.routerId).and(this.#leaderKey, 'Lease', '==', leaseId).then(this.#client.delete().key(this.#leaderKey)).commit()
       if (result.succeeded) this.#options.log.info({ routerId: this.routerId }, 'draining: leadership handed over')
+      else this.#resigned = false
     } catch (err) {
+      this.#resigned = false
       this.#options.log.warn({ err, routerId: this.routerId }, 'draining: could not hand the leadership over; it goes with the lease at the stop')
     }
   }
@@ -440,7 +451,8 @@ export class EtcdCoordinator implements Coordination {
     // would be retried by the library on the closed client for as long as the process lives.
     if (this.#closed) return
     const kv = current.kvs[0]
-    this.#leader = kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease }
+    // (Through #setLeader: a change seen only now, after a disconnection, is told as any other.)
+    this.#setLeader(kv === undefined ? undefined : { routerId: kv.value.toString('utf8'), lease: kv.lease })
     const watcher = await startWatch(this.#client.watch().key(this.#leaderKey).startRevision((BigInt(current.header.revision) + 1n).toString()), (w) => (this.#leaderWatchStarting = w))
     this.#leaderWatchStarting = undefined
     if (this.#closed) {
@@ -580,15 +592,23 @@ export class EtcdCoordinator implements Coordination {
     let withdrawn = false
     for (let delayMs = 250; ; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       const leaseId = this.#leaseId
-      // (A draining router stands no more: it is leaving.)
-      if (this.#closed || this.#draining || leaseId === undefined) return
+      if (this.#closed || leaseId === undefined) return
+      if (this.#draining) {
+        // A draining router stands only when nobody else took the seat in a while (every router
+        // drains at once: a deployment deleted), so that what they still carry can be scaled.
+        await pause(DRAINING_CAMPAIGN_DELAY_MS, this.#closing.signal)
+        if (this.#closed || this.#leader !== undefined || this.#leaseId !== leaseId) return
+      }
       try {
         const result = await this.#client
           .if(this.#leaderKey, 'Create', '==', 0)
           .then(this.#client.put(this.#leaderKey).value(this.routerId).lease(leaseId))
           .else(this.#client.get(this.#leaderKey))
           .commit()
-        if (result.succeeded) this.#setLeader({ routerId: this.routerId, lease: leaseId })
+        if (result.succeeded) {
+          this.#resigned = false
+          this.#setLeader({ routerId: this.routerId, lease: leaseId })
+        }
         else {
           const kv = result.responses[0]?.response_range?.kvs[0]
           // (Only while the lease this campaign stood with is still this router's: a campaign that
