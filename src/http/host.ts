@@ -30,7 +30,7 @@ export function tokenNamedByHost(host: string, exists: (name: string) => boolean
  * edge with a 400: passed on, it failed in the router's HTTP client (undici asserts on an unclosed
  * bracket) as if the instance had, and took the instance out of rotation.
  */
-const VALID_HOST = /^(?:\[(?:[0-9A-Fa-f:.]+(?:%25[\w.~-]+)?|v[0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|[\w.~!$&'()*+,;=%-]*)(?::[0-9]*)?$/
+const VALID_HOST = /^(?:\[(?:[0-9A-Fa-f:.]+(?:%(?:25)?[\w.~-]+)?|v[0-9A-Fa-f]+\.[\w.~!$&'()*+,;=:-]+)\]|[\w.~!$&'()*+,;=%-]*)(?::[0-9]*)?$/
 
 export function isValidHost(host: string): boolean {
   return VALID_HOST.test(host)

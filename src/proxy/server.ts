@@ -278,7 +278,8 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     // The handlers read the Host the HTTP/1.1 way; in HTTP/2 it is the :authority. (A host field
     // that differs from it makes the request malformed: RFC 9113 §8.3.1.)
     const host = req.headers.host
-    const differs = host !== undefined && req.authority !== undefined && host !== req.authority
+    // (Host names ignore case: RFC 9113 compares them as URIs do.)
+    const differs = host !== undefined && req.authority !== undefined && host !== req.authority && host.toLowerCase() !== req.authority.toLowerCase()
     if (host === undefined && req.authority !== undefined) req.headers.host = req.authority
     const request = req as unknown as IncomingMessage
     const response = res as unknown as ServerResponse
@@ -487,6 +488,9 @@ export function createRouterServer(options: ServerOptions): RouterServer {
     if (draining) {
       return refuseUpgrade(req, socket, shuttingDownError(), { cid })
     }
+    // (An h2c upgrade's request is judged as stream 1, by handleH2.)
+    const hostError = isWebSocketUpgrade(req) ? badHost(req.headers.host, hasSeveralHosts(req.rawHeaders)) : undefined
+    if (hostError !== undefined) return refuseUpgrade(req, socket, hostError, { cid })
     if (!isWebSocketUpgrade(req) && isH2cUpgrade(req)) {
       // The request is answered as stream 1 of the HTTP/2 connection the 101 starts.
       socket.write(SWITCHING_TO_H2C)

@@ -62,7 +62,7 @@ t.test('a Host that is not host[:port] (an unclosed IPv6 bracket), or two of the
     t.equal(statusOf(answer), 400, `${what}: 400`)
     t.match(answer, /"field": ?"host"/, `${what}: the field is named`)
   }
-  for (const host of ['[::1]:80', 'web.example:8080', '']) {
+  for (const host of ['[::1]:80', 'web.example:8080', '', '[fe80::1%eth0]:8080', '[fe80::1%25eth0]', 'Web.Example.', 'xn--mnchen-3ya.example']) {
     const answer = await (await raw(router.url, `GET /request-info HTTP/1.1\r\nhost: ${host}\r\nx-waiter-token: web\r\nconnection: close\r\n\r\n`)).closed
     t.equal(statusOf(answer), 200, `a well-formed Host (${JSON.stringify(host)}) is served`)
   }
@@ -77,6 +77,10 @@ t.test('a Host that is not host[:port] (an unclosed IPv6 bracket), or two of the
     })
   t.equal(await h2Status({ ':authority': new URL(router.url).host, host: 'elsewhere' }), 400, 'HTTP/2: a host field that differs from :authority')
   t.equal(await h2Status({}), 200, 'HTTP/2: :authority alone is served')
+  t.equal(await h2Status({ ':authority': 'web.example', host: 'WEB.example' }), 200, 'HTTP/2: a host field that differs only in case is the same host')
+  // A WebSocket upgrade is held to the same rule.
+  const ws = await (await raw(router.url, 'GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nhost: web\r\nx-waiter-token: web\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n')).closed
+  t.equal(statusOf(ws), 400, 'a WebSocket upgrade with two Hosts: 400')
   t.ok((await appOf(router, id)).slots.every((s) => s.ejectedUntil === 0), 'no instance was ejected')
 })
 
