@@ -142,5 +142,12 @@ export function withoutRouterCookies(header: string): string | undefined {
 /** Whether a Set-Cookie value (from an instance) would set one of maitre's own cookies. */
 export function setsRouterCookie(setCookie: string): boolean {
   const eq = setCookie.indexOf('=')
-  return ROUTER_COOKIES.has((eq === -1 ? setCookie : setCookie.slice(0, eq)).trim())
+  const name = (eq === -1 ? setCookie : setCookie.slice(0, eq)).trim()
+  if (ROUTER_COOKIES.has(name)) return true
+  // A nameless cookie ("=x-waiter-auth=…"): RFC 6265bis has a browser send its value alone, that
+  // is "x-waiter-auth=…", which the router would read as its own.
+  if (name !== '' || eq === -1) return false
+  const value = setCookie.slice(eq + 1)
+  const inner = value.indexOf('=')
+  return inner !== -1 && ROUTER_COOKIES.has(value.slice(0, inner).trim())
 }

@@ -42,7 +42,9 @@ function hasRouterCookie(value: string | string[]): boolean {
 
 /** Header names the Connection header lists: also hop-by-hop for this one message. */
 function connectionListed(headers: IncomingHttpHeaders | Record<string, unknown>): Set<string> | undefined {
-  const value = headers['connection']
+  const field = headers['connection']
+  // (undici hands a field sent on several lines over as an array; Node's parser joins them.)
+  const value = Array.isArray(field) ? field.join(',') : field
   if (typeof value !== 'string' || value === '') return undefined
   // The common values name no other header; skip building a set for them on every message.
   const lower = value.toLowerCase()
@@ -80,6 +82,7 @@ export function backendRequestHeaders(incoming: IncomingHttpHeaders, ctx: Backen
     }
     out[name] = value
   }
+  lengthAfterDisposition(out)
   out['x-cid'] = ctx.cid
   out['authorization'] = ctx.authorization
   if (ctx.principal !== undefined) {
@@ -117,7 +120,21 @@ export function clientResponseHeaders(
   out['x-cid'] = cid
   const via = backend['via']
   out['via'] = via === undefined ? VIA : `${String(via)}, ${VIA}`
-  return out
+  return lengthAfterDisposition(out)
+}
+
+/**
+ * Node's writer reads a Content-Disposition that comes after a Content-Length as UTF-8 (its
+ * support for non-ASCII file names, nodejs/node#46528): the instance's bytes, which the router
+ * relays as they came (latin1 strings), were then rewritten, or refused as invalid characters
+ * (a 502 for any download named in Chinese). With the length after it, they go out untouched.
+ */
+export function lengthAfterDisposition<T extends Record<string, unknown>>(headers: T): T {
+  if (headers['content-disposition'] === undefined || headers['content-length'] === undefined) return headers
+  const length = headers['content-length']
+  delete headers['content-length']
+  ;(headers as Record<string, unknown>)['content-length'] = length
+  return headers
 }
 
 /** An HTTP/2 client takes one value of a single-value field: the first, as HTTP/1.1 readers mostly do. */

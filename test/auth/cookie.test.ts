@@ -55,6 +55,11 @@ t.test('router cookies never reach an instance, and an instance cannot set them'
   t.same(cookieValues('x-waiter-auth=1; x-waiter-auth=2', 'x-waiter-auth'), ['1', '2'])
   t.equal(setsRouterCookie('x-waiter-auth=forged; Path=/'), true)
   t.equal(setsRouterCookie('session=1; Path=/'), false)
+  // A nameless cookie: a browser sends its value alone, "x-waiter-auth=…", which the router would read as its own.
+  t.equal(setsRouterCookie('=x-waiter-auth=sealed; Path=/longer'), true, 'nameless, carrying the auth cookie')
+  t.equal(setsRouterCookie(' = x-auth-expires-at=1'), true)
+  t.equal(setsRouterCookie('=plain-value; Path=/'), false, 'a nameless cookie of anything else passes')
+  t.equal(setsRouterCookie('=a=b'), false)
 })
 
 const req = (headers: Record<string, string>, remoteAddress = '127.0.0.1'): IncomingMessage => ({ headers, socket: { remoteAddress } }) as unknown as IncomingMessage

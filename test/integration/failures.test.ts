@@ -5,6 +5,7 @@ import { createServer } from 'node:net'
 import { get as httpGet } from 'node:http'
 import { Agent, request } from 'undici'
 import { call, createToken, kitchenToken, startRouter, waitFor } from '../fixtures/router.ts'
+import { raw } from '../fixtures/raw-http.ts'
 
 type WaiterError = { 'waiter-error': { message: string; status: number; details: Record<string, unknown> } }
 const message = (r: { json<T>(): T }): string => r.json<WaiterError>()['waiter-error'].message
@@ -260,6 +261,27 @@ t.test('an answer in a transfer coding besides chunked (gzip, chunked) is a 502 
   }
   const next = await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '2000' } })
   t.equal(next.status, 200, 'the only instance was not ejected')
+})
+
+t.test('an answer head is relayed byte for byte: a UTF-8 file name in a Content-Disposition after the Content-Length is neither refused nor rewritten, and a field named in a Connection field sent on two lines stays hop-by-hop', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'kitchen', kitchenToken())
+  const h = { 'x-waiter-token': 'kitchen' }
+  for (const method of ['GET', 'POST']) {
+    // (A POST has a body, which goes through Node's client; a GET through undici.)
+    const res = await request(`${router.url}/raw-answer?kind=disposition`, { method: method as 'GET', headers: h, body: method === 'POST' ? 'x' : null })
+    t.equal(res.statusCode, 200, `${method}: relayed`)
+    await res.body.text()
+    // (undici reads header bytes as latin1: the bytes the instance sent are the string's.)
+    t.equal(Buffer.from(String(res.headers['content-disposition']), 'latin1').toString('utf8'), 'attachment; filename="文件-résumé.pdf"', `${method}: the file name's bytes as the instance sent them`)
+  }
+  const conn = await request(`${router.url}/raw-answer?kind=connection`, { headers: h })
+  await conn.body.text()
+  t.equal(conn.headers['x-secret'], undefined, 'x-secret, named in the second Connection line, does not reach the client')
+  // The other way: a client's upload with the same order of fields reaches the instance as sent.
+  const upload = await (await raw(router.url, 'POST /request-info HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: kitchen\r\ncontent-length: 1\r\ncontent-disposition: attachment; filename="文件.pdf"\r\nconnection: close\r\n\r\nx')).closed
+  const seen = JSON.parse(Buffer.from(upload.slice(upload.indexOf('\r\n\r\n') + 4), 'latin1').toString('utf8')) as { headers: Record<string, string> }
+  t.equal(Buffer.from(seen.headers['content-disposition'] ?? '', 'latin1').toString('utf8'), 'attachment; filename="文件.pdf"', 'the upload’s file name reaches the instance byte for byte')
 })
 
 t.test('an instance answering 503 is ejected: the next request goes elsewhere', async (t) => {
