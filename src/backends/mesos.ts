@@ -23,7 +23,7 @@ import type { LaunchSpec } from '../launch-spec.ts'
 import { misconfigured } from '../errors.ts'
 import type { Backend, EndedInstance, Instance, ServiceState } from './backend.ts'
 import { deploymentError } from './deployment-error.ts'
-import { afterFailure, afterHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from './relaunch-backoff.ts'
+import { afterFailure, afterHealthy, afterNoneHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from './relaunch-backoff.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from './service-listeners.ts'
 import { place, type AgentUse, type Demand } from './mesos/placement.ts'
 import { TERMINAL_STATES, type Event, type Offer, type TaskState, type TaskStatus } from './mesos/protocol.ts'
@@ -608,7 +608,7 @@ export class MesosBackend implements Backend {
         if (task.healthy) {
           service.failedSinceHealthy = []
           service.failureRun = afterHealthy(service.failureRun, this.#o.clock.now())
-        }
+        } else if (![...service.tasks.values()].some((t) => t.healthy)) service.failureRun = afterNoneHealthy(service.failureRun)
         this.#update(service)
       }
       return

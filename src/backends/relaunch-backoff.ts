@@ -37,6 +37,11 @@ export function afterFailure(run: FailureRun, now: number, rule: BackoffRule, ot
   return { failures: (ended ? 0 : run.failures) + 1, healthySince: othersHealthy ? now : undefined }
 }
 
+/** No instance of the service is healthy any more (one hung, say): the healthy stretch is over. */
+export function afterNoneHealthy(run: FailureRun): FailureRun {
+  return run.healthySince === undefined ? run : { ...run, healthySince: undefined }
+}
+
 /** An instance of the service is healthy at `now`. */
 export function afterHealthy(run: FailureRun, now: number): FailureRun {
   return run.healthySince === undefined ? { ...run, healthySince: now } : run

@@ -211,6 +211,8 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
     }
     let principal: string | undefined
     let resolution: Resolution | undefined
+    /** The client chose its queue timeout (x-waiter-queue-timeout, a gRPC deadline): a cold start it gave up on says little of how long starts take. */
+    let queueTimeoutChosen = false
     /** The token the request named (a fallback serves it from a version addressed by id). */
     let token: string | undefined
     let lease: Lease | undefined
@@ -281,6 +283,7 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
         socketTimeoutMs: pickTimeout(perRequest['timeout'] ?? deadlineHeader, meta['socket-timeout-ms'], deps.timeouts.socketTimeoutMs),
         streamingTimeoutMs: pickTimeout(perRequest['streaming-timeout'], meta['streaming-timeout-ms'], deps.timeouts.streamingTimeoutMs),
       }
+      queueTimeoutChosen = perRequest['queue-timeout'] !== undefined || deadlineHeader !== undefined
       const current = resolution
       const launchSpec = deps.launchSpecOf(current)
       // A gRPC call's client may say nothing while it waits (a bidirectional call waiting on the
@@ -456,7 +459,8 @@ export function createProxyHandler(deps: ProxyDeps): ProxyHandler {
           deps.metrics.coldStarts.inc({ service })
           // One that ran out of queue time waited at least that long: left out, the slowest cold
           // starts (longer than the queue timeout) would never reach the histogram or its alert.
-          if (backendMs !== undefined || failure?.code === 'MAITRE_QUEUE_TIMEOUT') {
+          // (Not when the client chose a short wait: polls of 100 ms would drag the quantiles down.)
+          if (backendMs !== undefined || (failure?.code === 'MAITRE_QUEUE_TIMEOUT' && !queueTimeoutChosen)) {
             deps.metrics.coldStartDuration.observe({ service }, queueMs / 1000)
             deps.metrics.routerColdStartDuration.observe(queueMs / 1000)
           }

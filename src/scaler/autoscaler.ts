@@ -199,6 +199,13 @@ export class Autoscaler {
     const state = backend.state(serviceId)
     if (state === undefined) return
     const fleet = this.#deps.fleet ?? ALONE
+    const requested = this.#expireRequested.get(serviceId)
+    if (requested !== undefined) {
+      // Instances that ended need no expiry any more (on a router that does not lead too: the
+      // leader's notes of expiries would otherwise pile up there).
+      for (const id of requested) if (!state.instances.some((i) => i.id === id)) requested.delete(id)
+      if (requested.size === 0) this.#expireRequested.delete(serviceId)
+    }
     if (!fleet.isLeader()) {
       // Another router decides. Should leadership come here, it starts from what the backend
       // runs then, not from a target computed before.
@@ -207,12 +214,6 @@ export class Autoscaler {
       return
     }
     const now = clock.now()
-    const requested = this.#expireRequested.get(serviceId)
-    if (requested !== undefined) {
-      // Instances that ended need no expiry any more.
-      for (const id of requested) if (!state.instances.some((i) => i.id === id)) requested.delete(id)
-      if (requested.size === 0) this.#expireRequested.delete(serviceId)
-    }
     const expired = expiredIds(state, service.instanceExpiryMs, now, requested ?? EMPTY)
     tracker.markExpired(serviceId, expired)
     const load = fleetLoadOf(tracker, fleet, serviceId)

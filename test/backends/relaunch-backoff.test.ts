@@ -3,7 +3,7 @@
  * its health checks does not end it, only a healthy stretch of twice the cap with no failure does.
  */
 import t from 'tap'
-import { afterFailure, afterHealthy, NO_FAILURES, relaunchDelayMs, stableWindowMs } from '../../src/backends/relaunch-backoff.ts'
+import { afterFailure, afterHealthy, afterNoneHealthy, NO_FAILURES, relaunchDelayMs, stableWindowMs } from '../../src/backends/relaunch-backoff.ts'
 
 const rule = { baseMs: 250, factor: 2, maxMs: 30_000 }
 
@@ -55,4 +55,21 @@ t.test('a failure while other instances stay healthy: their stretch counts from 
   t.equal(relaunchDelayMs(run, rule), 250, 'the others stayed healthy 70 s since: afresh')
   t.equal(run.healthySince, undefined, 'and nothing is healthy now')
   t.equal(relaunchDelayMs(afterFailure(run, 10_000_000, rule, false), rule), 500, 'time alone with nothing healthy does not end a run')
+})
+
+t.test('an instance that passes one check and hangs (killed after its liveness failures, past the window) does not end the run: the stretch ended when it stopped being healthy', async (t) => {
+  let run = NO_FAILURES
+  let now = 0
+  const waits: number[] = []
+  for (let i = 0; i < 4; i++) {
+    now += relaunchDelayMs(run, rule) + 200
+    run = afterHealthy(run, now) // one passing check…
+    now += 1000
+    run = afterNoneHealthy(run) // …then it hangs: no instance healthy
+    now += 100_000 // killed 100 s later, more than the 60 s window
+    run = afterFailure(run, now, rule, false)
+    waits.push(relaunchDelayMs(run, rule))
+  }
+  t.same(waits, [250, 500, 1000, 2000])
+  t.equal(afterNoneHealthy(NO_FAILURES), NO_FAILURES, 'nothing to end: the same run')
 })

@@ -66,8 +66,9 @@ t.test('/metrics tells what happened, in Prometheus text format', async (t) => {
 
 t.test('a cold start longer than the queue timeout is in the cold-start histograms with the time it waited: the slowest cold starts are not the ones they miss', async (t) => {
   const router = await startRouter(t)
-  await createToken(router, 'slow', kitchenToken({}, '--start-up-sleep-ms 20000'))
-  const h = { 'x-waiter-token': 'slow', 'x-waiter-queue-timeout': '700' }
+  // The token's queue timeout (the service owner's), 700 ms.
+  await createToken(router, 'slow', kitchenToken({ 'queue-timeout-ms': 700 }, '--start-up-sleep-ms 20000'))
+  const h = { 'x-waiter-token': 'slow' }
   const reply = await call(`${router.url}/request-info`, { headers: h })
   t.equal(reply.status, 503, 'it ran out of queue time')
   const id = (await call(`${router.url}/service-id`, { headers: h })).text
@@ -77,6 +78,11 @@ t.test('a cold start longer than the queue timeout is in the cold-start histogra
   t.equal(value(text, `maitre_cold_start_duration_seconds_count{${s}}`), 1, 'the version’s histogram has it')
   t.ok((value(text, `maitre_cold_start_duration_seconds_sum{${s}}`) ?? 0) >= 0.7, 'with the time it waited, at least the queue timeout')
   t.equal(value(text, 'maitre_router_cold_start_duration_seconds_count'), 1, 'and the router-wide one, which the slow-cold-start alert reads')
+  // A client that chose a short wait (polling) says little of how long the start takes: not observed.
+  t.equal((await call(`${router.url}/request-info`, { headers: { ...h, 'x-waiter-queue-timeout': '100' } })).status, 503)
+  const after = await scrape(router)
+  t.equal(value(after, `maitre_cold_starts_total{${s}}`), 2, 'counted as a cold start')
+  t.equal(value(after, `maitre_cold_start_duration_seconds_count{${s}}`), 1, 'but not in the duration histogram')
 })
 
 t.test('an answer cut after its status line went (the instance died mid-answer) counts as the failure it was, 5xx, and is logged with its cid, not as a 2xx success', async (t) => {

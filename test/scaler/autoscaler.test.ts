@@ -340,3 +340,16 @@ t.test('a scale-down waits while a kill the backend answered is still under way 
   await ticks(clock, scaler, 20)
   t.ok(kills() >= 1, `the scale-down goes on once it is done (${kills()} kills)`)
 })
+
+t.test('on a router that does not lead, expiries the leader noted are dropped once their instances end: they do not pile up', async (t) => {
+  const fleet: Fleet = { isLeader: () => false, peerLoad: () => NO_LOAD }
+  const { clock, backend, tracker, scaler } = setup(undefined, fleet)
+  backend.add('s', [0, 0])
+  tracker.configure('s', { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  const [first, second] = backend.state('s')?.instances ?? []
+  t.equal(scaler.expire('s', first?.id as string), true, 'noted here')
+  t.equal(scaler.expire('s', second?.id as string), true)
+  backend.lose('s', first?.id as string)
+  await ticks(clock, scaler, 1)
+  t.same([...scaler.expiryRequested('s')], [second?.id], 'the ended one is dropped, the live one kept (should this router lead next)')
+})

@@ -20,7 +20,7 @@ import { misconfigured } from '../../errors.ts'
 import type { LaunchSpec } from '../../launch-spec.ts'
 import type { Backend, EndedInstance, Instance, InstanceFlag, ServiceState } from '../backend.ts'
 import { deploymentError } from '../deployment-error.ts'
-import { afterFailure, afterHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from '../relaunch-backoff.ts'
+import { afterFailure, afterHealthy, afterNoneHealthy, NO_FAILURES, relaunchDelayMs, type FailureRun } from '../relaunch-backoff.ts'
 import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.ts'
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
@@ -474,6 +474,7 @@ export class LocalBackend implements Backend {
     const wasHealthy = instance.healthy
     instance.healthy = result.ok
     if (result.ok) service.failureRun = afterHealthy(service.failureRun, this.#o.clock.now())
+    else if (wasHealthy && ![...service.instances.values()].some((i) => i.healthy)) service.failureRun = afterNoneHealthy(service.failureRun)
     if (result.ok && !instance.everHealthy) {
       instance.everHealthy = true
       instance.consecutiveFailures = 0
