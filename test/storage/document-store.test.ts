@@ -405,3 +405,26 @@ t.test('etcd: a write whose answer comes after the client’s deadline (so the c
   t.equal(await deleting, undefined, 'a delete sent again after a late answer succeeds')
   t.notOk(store.has('late'), 'and the document is gone')
 })
+
+t.test('etcd: a store is loaded a page of keys at a time, all of it and nothing beyond its prefix (one read of a large store passed the client’s answer cap)', async (t) => {
+  const etcd = await startEtcd(t)
+  const raw = new Etcd3({ hosts: etcd.endpoint })
+  etcd.beforeStop(() => raw.close())
+  for (const key of ['a', 'b', 'b\u0000x', 'c', 'd', 'e']) await raw.put(`/maitre/test/things/${key}`).value(JSON.stringify({ v: key.length }))
+  // Keys that sort right around the store's range, in other stores.
+  await raw.put('/maitre/test/things-else/z').value('{"v": 9}')
+  await raw.put('/maitre/test/thingsZ').value('{"v": 9}')
+  await raw.put('/maitre/test/thing').value('{"v": 9}')
+  const client = connectEtcd({ endpoints: [etcd.endpoint], requestTimeoutMs: 2000 })
+  const reads = recordReads(client)
+  const store = await EtcdDirectory.open<Doc>(client, '/maitre/test/things/', 'thing', check, silentLogger, 2)
+  etcd.beforeStop(async () => {
+    await store.close()
+    client.close()
+  })
+  t.same([...store.entries()].map(([key]) => key).sort(), ['a', 'b', 'b\u0000x', 'c', 'd', 'e'], 'every key of the store')
+  t.equal(reads.length, 3, 'in three pages of two')
+  await raw.put('/maitre/test/things/f').value('{"v": 1}')
+  await waitFor('a write after the load', () => (store.get('f')?.v === 1 ? true : undefined), 3000)
+  t.pass('and the watch takes over from the load’s revision')
+})

@@ -19,12 +19,15 @@
  * resolves only once `afterCommit` (cluster mode: the peers are told, peer-sync.ts) is done, and
  * a peer told of a key reads it from etcd at once (`refresh`) rather than wait for its watch.
  */
-import type { Etcd3, IKeyValue, IRangeResponse, Watcher } from 'etcd3'
+import { Range, type Etcd3, type IKeyValue, type IRangeResponse, type Watcher } from 'etcd3'
 import { MaitreError } from '../../errors.ts'
 import type { Logger } from '../../log.ts'
 import { matchesExpected, storeConflict, type DocumentCheck, type DocumentStore } from '../../storage/document-store.ts'
 import { PerKeyQueue } from '../../storage/per-key-queue.ts'
 import { dropWatcher, pause, RETRY_MAX_MS, startWatch } from './calls.ts'
+
+/** Keys per page of a store's load: 256 tokens of a few MB each stay well under the client's 512 MiB answer cap. */
+const LOAD_PAGE_KEYS = 256
 
 interface Entry<T> {
   readonly doc: T
@@ -54,17 +57,21 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   /** Awaited after each write of ours is committed, before the write resolves (it never rejects). */
   #afterCommit: ((key: string) => Promise<void>) | undefined
 
-  private constructor(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger) {
+  /** Keys read per page when the store loads (see #load). */
+  readonly #pageKeys: number
+
+  private constructor(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger, pageKeys: number) {
     this.#client = client
     this.#prefix = prefix
     this.#what = what
     this.#check = check
     this.#log = log
+    this.#pageKeys = pageKeys
   }
 
   /** `prefix` is the store's own, ending in `/` (e.g. `/maitre/cluster-a/tokens/`). */
-  static async open<T>(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger): Promise<EtcdDirectory<T>> {
-    const store = new EtcdDirectory<T>(client, prefix, what, check, log)
+  static async open<T>(client: Etcd3, prefix: string, what: string, check: DocumentCheck, log: Logger, pageKeys = LOAD_PAGE_KEYS): Promise<EtcdDirectory<T>> {
+    const store = new EtcdDirectory<T>(client, prefix, what, check, log, pageKeys)
     await store.#load()
     return store
   }
@@ -207,11 +214,33 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   }
 
   async #load(): Promise<void> {
-    const range = await this.#client.getAll().prefix(this.#prefix).exec()
-    const revision = BigInt(range.header.revision)
-    for (const kv of range.kvs) this.#absorb(kv, false)
+    const { revision, kvs } = await this.#readAll()
+    for (const kv of kvs) this.#absorb(kv, false)
     this.#highest = revision
     await this.#watch(revision + 1n)
+  }
+
+  /**
+   * Reads the whole store, a page of keys at a time, every page at the revision of the first (one
+   * consistent view): in one read, a store the stated bounds allow (100,000 tokens of up to a few
+   * MB with their history) passed the client's 512 MiB cap on an answer, and no router could
+   * start, nor reload a store after its watch was lost.
+   */
+  async #readAll(): Promise<{ readonly revision: bigint; readonly kvs: IKeyValue[] }> {
+    const end = Range.prefix(this.#prefix).end
+    let start = Buffer.from(this.#prefix)
+    let revision: bigint | undefined
+    const kvs: IKeyValue[] = []
+    for (;;) {
+      const page = this.#client.getAll().inRange({ start, end }).sort('Key', 'Ascend').limit(this.#pageKeys)
+      const range = await (revision === undefined ? page : page.revision(revision.toString())).exec()
+      revision ??= BigInt(range.header.revision)
+      for (const kv of range.kvs) kvs.push(kv)
+      const last = range.kvs.at(-1)
+      if (range.more !== true || last === undefined) return { revision, kvs }
+      // (The next key after the last one read: the same bytes and a zero byte.)
+      start = Buffer.concat([Buffer.from(last.key), Buffer.from([0])])
+    }
   }
 
   async #watch(fromRevision: bigint): Promise<void> {
@@ -257,10 +286,10 @@ export class EtcdDirectory<T> implements DocumentStore<T> {
   async #reload(): Promise<void> {
     for (let delayMs = 250; !this.#closed; delayMs = Math.min(delayMs * 2, RETRY_MAX_MS)) {
       try {
-        const range = await this.#client.getAll().prefix(this.#prefix).exec()
+        const range = await this.#readAll()
         // Closed while the read was out: nothing more is taken in or announced.
         if (this.#closed) return
-        const revision = BigInt(range.header.revision)
+        const revision = range.revision
         // etcd is behind what this store has seen: its data was lost or restored from an older
         // backup. Its revisions mean nothing against ours any more: what it holds now is taken
         // whole, and the deletions remembered are forgotten.
