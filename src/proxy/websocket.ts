@@ -18,7 +18,7 @@ import type { Duplex } from 'node:stream'
 import { WebSocket, WebSocketServer, type RawData } from 'ws'
 import { ANONYMOUS, type Principal } from '../auth/authenticator.ts'
 import type { Lease, ReleaseOutcome } from '../backends/tracker.ts'
-import { asMaitreError, MaitreError } from '../errors.ts'
+import { asMaitreError, MaitreError, ROUTER_RESOURCE_ERRORS } from '../errors.ts'
 import { cidOf } from '../http/cid.ts'
 import { isDebugRequested } from '../http/debug.ts'
 import { queueRejectionOf, statusClass } from '../metrics.ts'
@@ -315,7 +315,9 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
         status = 499
         finish()
       }
-      backend.on('error', () => undefined)
+      /** The error the connection to the instance failed with, if any (the router's own resources running out is no fault of the instance's). */
+      let backendError: string | undefined
+      backend.on('error', (err: Error & { code?: string }) => void (backendError ??= err.code))
       // The instance said 101 without choosing one of the subprotocols offered (RFC 6455 lets
       // it; a browser then fails the connection, and so does the router's client): no reason
       // to take it out of rotation, since anyone may offer a subprotocol it does not speak.
@@ -372,7 +374,13 @@ export function createWebSocketProxy(deps: ProxyDeps, limits: WebSocketLimits): 
           }))
           return
         }
-        // The connection to the instance failed before any answer.
+        // The connection to the instance failed before any answer: the instance's failure, unless
+        // the router itself was out of file descriptors or memory (as for HTTP: a 503 to retry).
+        if (backendError !== undefined && ROUTER_RESOURCE_ERRORS.has(backendError)) {
+          release('generic-error')
+          refuse(new MaitreError('MAITRE_ROUTER_OVERLOADED', 'The router is out of resources to reach the instance; try again', { headers: { 'retry-after': '1' }, details: { 'service-id': current.serviceId } }))
+          return
+        }
         release('instance-error')
         refuse(new MaitreError('MAITRE_UPSTREAM', 'The WebSocket connection to the instance failed', { details: { 'service-id': current.serviceId, 'instance-id': instance.id } }))
       })

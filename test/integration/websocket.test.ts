@@ -422,3 +422,40 @@ t.test('an upgrade pipelined behind requests still being answered: their answers
     socket.destroy()
   }
 })
+
+t.test('a WebSocket upgrade the router cannot carry because it is out of file descriptors is its own 503 to retry, and takes no instance out of rotation', async (t) => {
+  const router = await startRouter(t)
+  await createToken(router, 'echo', kitchenToken())
+  const h = { 'x-waiter-token': 'echo' }
+  t.equal((await call(`${router.url}/request-info`, { headers: h })).status, 200, 'warm')
+  const id = (await call(`${router.url}/service-id`, { headers: h })).text
+  // The client's connection is made first; then this process (the router too) runs out of descriptors.
+  const { port } = new URL(router.url)
+  const client = connectTcp(Number(port), '127.0.0.1')
+  await new Promise<void>((resolve, reject) => client.once('connect', () => resolve()).once('error', reject))
+  let answer = ''
+  client.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')))
+  const { execFileSync } = await import('node:child_process')
+  const fs = await import('node:fs')
+  const limit = /(\d+)\s+(\d+)/.exec(execFileSync('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output', 'SOFT,HARD']).toString())
+  const soft = limit?.[1] ?? '1024'
+  execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${Math.min(1024, Number(soft))}:`])
+  t.teardown(() => void execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${soft}:`]))
+  const taken: number[] = []
+  try {
+    try {
+      for (;;) taken.push(fs.openSync('/dev/null', 'r'))
+    } catch {
+      // out of descriptors
+    }
+    client.write(`GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: echo\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`)
+    await waitFor('the answer', () => (/\r\n\r\n/.test(answer) ? true : undefined), 10_000)
+  } finally {
+    for (const fd of taken.splice(0)) fs.closeSync(fd)
+  }
+  client.destroy()
+  t.match(answer, /^HTTP\/1\.1 503 /, `a 503 (${answer.split('\r\n')[0]})`)
+  t.match(answer, /retry-after: 1/i)
+  const slots = (await call(`${router.url}/apps/${id}`)).json<{ slots: { ejectedUntil: number }[] }>().slots
+  t.ok(slots.every((s) => s.ejectedUntil === 0), 'no instance was ejected')
+})
