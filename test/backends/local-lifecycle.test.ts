@@ -7,7 +7,7 @@
  */
 import t, { type Test } from 'tap'
 import fs from 'node:fs'
-import { execFileSync, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { Writable } from 'node:stream'
 import { syncBuiltinESMExports } from 'node:module'
 import { createServer, type Socket } from 'node:net'
@@ -20,6 +20,8 @@ import { DEFAULTS } from '../../src/config.ts'
 import { createLogger, silentLogger } from '../../src/log.ts'
 import { spec } from '../fixtures/kube-backend.ts'
 import { claimPortSlice, kitchenCmd, waitFor } from '../fixtures/router.ts'
+import { crashAfterFirstAnswer } from '../fixtures/crashing-app.ts'
+import { whileOutOfFileDescriptors } from '../fixtures/fd-starved.ts'
 
 /**
  * A backend with a work directory of its own, removed only once the backend has closed: in the
@@ -444,27 +446,15 @@ t.test('a router out of file descriptors for a while blames no instance: its hea
   const changes: string[] = []
   const unsubscribe = backend.subscribe(() => changes.push(JSON.stringify(backend.state('svc-fd')?.instances.map((i) => [i.id, i.healthy]))))
   t.teardown(unsubscribe)
-  // This process is the router. Its descriptor limit is lowered for the test (prlimit, on its own
-  // pid: the soft limit only), so that running out takes a thousand descriptors, not the host's limit.
-  const limit = /(\d+)\s+(\d+)/.exec(execFileSync('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output', 'SOFT,HARD']).toString())
-  const soft = limit?.[1] ?? '1024'
-  execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${Math.min(1024, Number(soft))}:`])
-  t.teardown(() => void execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${soft}:`]))
-  const taken: number[] = []
-  try {
-    try {
-      for (;;) taken.push(fs.openSync('/dev/null', 'r'))
-    } catch (err) {
-      t.match((err as NodeJS.ErrnoException).code, /^E[MN]FILE$/, `out of file descriptors after ${taken.length} more`)
-    }
+  // This process is the router.
+  await whileOutOfFileDescriptors(t, async (taken, code) => {
+    t.match(code, /^E[MN]FILE$/, `out of file descriptors after ${taken} more`)
     // Checks come every 100 ms: two of them made while starved, at least.
     // (Said in a warning; a router that took its own starvation for the instance's would change its state instead.)
     await waitFor('a health check while starved', () => (starvedChecks >= 1 || changes.length > 0 ? true : undefined), 5000)
     const since = Date.now()
     await waitFor('two check intervals', () => (Date.now() - since >= 250 ? true : undefined), 5000)
-  } finally {
-    for (const fd of taken.splice(0)) fs.closeSync(fd)
-  }
+  })
   const seen = readFileSync(hits, 'utf8').split('\n').length
   await waitFor('health checks again', () => (readFileSync(hits, 'utf8').split('\n').length > seen + 2 ? true : undefined), 5000)
   t.same(changes, [], 'no instance left rotation meanwhile')
@@ -496,17 +486,8 @@ t.test('a launch that fails (its one port taken) is tried again, even with no ba
 })
 
 t.test('an instance that passes its health check and crashes soon after is relaunched after a growing back-off, not every few hundred milliseconds for ever', async (t) => {
-  const dir = t.testdir()
-  const app = join(dir, 'crash-after-check.mjs')
-  // Healthy at its first check, gone a tenth of a second later: a leak, a poison request at start.
-  writeFileSync(app, `import { createServer } from 'node:http'
-createServer((req, res) => {
-  res.end('ok')
-  setTimeout(() => process.exit(3), 100)
-}).listen(Number(process.env.PORT0), '127.0.0.1')
-`)
   const { backend } = localBackend(t, { restartBackoffBaseMs: 200, restartBackoffMaxMs: 10_000, startupProbeIntervalMs: 20 })
-  await backend.ensureService(spec('svc-crash-loop', { command: `exec ${process.execPath} ${app}`, restartBackoffFactor: 2, minInstances: 1 }))
+  await backend.ensureService(spec('svc-crash-loop', { command: crashAfterFirstAnswer(t.testdir()), restartBackoffFactor: 2, minInstances: 1 }))
   const failed = await waitFor('five instances healthy, then crashed', () => {
     const ended = backend.state('svc-crash-loop')?.failed ?? []
     return ended.length >= 5 ? ended.slice(0, 5).reverse() : undefined

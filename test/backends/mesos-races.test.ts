@@ -6,14 +6,13 @@
 import t, { type Test } from 'tap'
 import { createServer, request as httpRequest } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { writeFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { MesosBackend } from '../../src/backends/mesos.ts'
 import { systemClock } from '../../src/clock.ts'
 import { DEFAULTS } from '../../src/config.ts'
 import type { HealthCheckSpec, LaunchSpec } from '../../src/launch-spec.ts'
 import { silentLogger } from '../../src/log.ts'
 import { kitchenCmd, waitFor } from '../fixtures/router.ts'
+import { crashAfterFirstAnswer } from '../fixtures/crashing-app.ts'
 import { startMesosSimulatorFor } from '../fixtures/mesos-router.ts'
 import { startEtcd } from '../fixtures/etcd.ts'
 import { Etcd3 } from 'etcd3'
@@ -320,16 +319,8 @@ t.test('a version whose tasks fail at once is relaunched after a growing back-of
 t.test('a task that passes its health check and crashes soon after is relaunched after a growing back-off too: being healthy once does not reset it', async (t) => {
   const sim = await startMesosSimulatorFor(t)
   const backend = backendOn(t, sim.url, 1)
-  const dir = t.testdir()
-  const app = join(dir, 'crash-after-check.mjs')
-  writeFileSync(app, `import { createServer } from 'node:http'
-createServer((req, res) => {
-  res.end('ok')
-  setTimeout(() => process.exit(3), 100)
-}).listen(Number(process.env.PORT0), '127.0.0.1')
-`)
   const check: HealthCheckSpec = { url: '/status', portIndex: 0, proto: 'http', intervalMs: 100, maxConsecutiveFailures: 5, authenticated: false }
-  await backend.ensureService({ ...spec('healthy-crashes', 1), command: `exec ${process.execPath} ${app}`, healthCheck: check, livenessCheck: check })
+  await backend.ensureService({ ...spec('healthy-crashes', 1), command: crashAfterFirstAnswer(t.testdir()), healthCheck: check, livenessCheck: check })
   const failed = await waitFor('three tasks healthy, then crashed', () => {
     const ended = backend.state('healthy-crashes')?.failed ?? []
     return ended.length >= 3 ? ended.slice(0, 3).reverse() : undefined

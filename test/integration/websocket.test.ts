@@ -9,6 +9,7 @@ import { WebSocket, type RawData } from 'ws'
 import { capturedLog } from '../fixtures/captured-log.ts'
 import { call, createToken, kitchenToken, startRouter, waitFor, type Router } from '../fixtures/router.ts'
 import { h2cToken } from '../fixtures/protocols.ts'
+import { whileOutOfFileDescriptors } from '../fixtures/fd-starved.ts'
 
 interface Opened {
   readonly ws: WebSocket
@@ -435,24 +436,10 @@ t.test('a WebSocket upgrade the router cannot carry because it is out of file de
   await new Promise<void>((resolve, reject) => client.once('connect', () => resolve()).once('error', reject))
   let answer = ''
   client.on('data', (chunk: Buffer) => (answer += chunk.toString('latin1')))
-  const { execFileSync } = await import('node:child_process')
-  const fs = await import('node:fs')
-  const limit = /(\d+)\s+(\d+)/.exec(execFileSync('prlimit', ['--pid', String(process.pid), '--nofile', '--raw', '--noheadings', '--output', 'SOFT,HARD']).toString())
-  const soft = limit?.[1] ?? '1024'
-  execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${Math.min(1024, Number(soft))}:`])
-  t.teardown(() => void execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${soft}:`]))
-  const taken: number[] = []
-  try {
-    try {
-      for (;;) taken.push(fs.openSync('/dev/null', 'r'))
-    } catch {
-      // out of descriptors
-    }
+  await whileOutOfFileDescriptors(t, async () => {
     client.write(`GET / HTTP/1.1\r\nhost: 127.0.0.1\r\nx-waiter-token: echo\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`)
     await waitFor('the answer', () => (/\r\n\r\n/.test(answer) ? true : undefined), 10_000)
-  } finally {
-    for (const fd of taken.splice(0)) fs.closeSync(fd)
-  }
+  })
   client.destroy()
   t.match(answer, /^HTTP\/1\.1 503 /, `a 503 (${answer.split('\r\n')[0]})`)
   t.match(answer, /retry-after: 1/i)
