@@ -608,8 +608,7 @@ export class EtcdCoordinator implements Coordination {
         if (result.succeeded) {
           this.#resigned = false
           this.#setLeader({ routerId: this.routerId, lease: leaseId })
-        }
-        else {
+        } else {
           const kv = result.responses[0]?.response_range?.kvs[0]
           // (Only while the lease this campaign stood with is still this router's: a campaign that
           // outlived its lease must not withdraw what the next one put.)
