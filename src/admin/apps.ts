@@ -307,6 +307,7 @@ function keepAliveJson(view: KeepAliveView): Record<string, unknown> {
     'idle-times-seen': view.idleTimes,
     'pre-warm-after-secs': view.prewarmMs / 1000,
     'keep-alive-secs': view.keepAliveMs / 1000,
+    'let-go-after-secs': view.letGoMs / 1000,
     'idle-since': at(view.idleSince),
     'next-action': view.next === undefined ? null : { action: view.next.action, at: at(view.next.at) },
     'pre-warmed-at': at(view.prewarmedAt),

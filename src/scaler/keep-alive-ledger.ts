@@ -33,6 +33,8 @@ interface Entry<P> {
   misses: number
   /** What it takes to start the version again (the last request's). */
   payload: P | undefined
+  /** The last plan made, for the histogram as it was (a plan weighs every bin: made once per idle time). */
+  planned: { readonly recorded: number; readonly policy: KeepAlivePolicy; readonly fixedTimeoutMs: number; readonly plan: KeepAlivePlan } | undefined
 }
 
 export interface KeepAliveView {
@@ -41,6 +43,8 @@ export interface KeepAliveView {
   readonly idleTimes: number
   readonly prewarmMs: number
   readonly keepAliveMs: number
+  /** With a pre-warm time: how long it stays up once idle before it is let go. */
+  readonly letGoMs: number
   readonly idleSince: number | undefined
   readonly prewarmedAt: number | undefined
   /** What happens next if no request comes first. */
@@ -75,7 +79,7 @@ export class KeepAliveLedger<P = unknown> {
   #entry(serviceId: string): Entry<P> {
     let entry = this.#entries.get(serviceId)
     if (entry === undefined) {
-      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, lastArrivalAt: undefined, toldAt: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined }
+      entry = { histogram: new IdleHistogram(), idleSince: undefined, lastSampleAt: undefined, prewarmedAt: undefined, prewarmedFor: undefined, lastArrivalAt: undefined, toldAt: undefined, prewarms: 0, hits: 0, misses: 0, payload: undefined, planned: undefined }
       this.#entries.set(serviceId, entry)
     }
     return entry
@@ -173,7 +177,13 @@ export class KeepAliveLedger<P = unknown> {
   }
 
   plan(serviceId: string, policy: KeepAlivePolicy, fixedTimeoutMs: number): KeepAlivePlan {
-    return planKeepAlive(policy, this.#entries.peek(serviceId)?.histogram, fixedTimeoutMs, this.#options)
+    const entry = this.#entries.peek(serviceId)
+    if (entry === undefined) return planKeepAlive(policy, undefined, fixedTimeoutMs, this.#options)
+    const { histogram, planned } = entry
+    if (planned !== undefined && planned.recorded === histogram.recorded && planned.policy === policy && planned.fixedTimeoutMs === fixedTimeoutMs) return planned.plan
+    const plan = planKeepAlive(policy, histogram, fixedTimeoutMs, this.#options)
+    entry.planned = { recorded: histogram.recorded, policy, fixedTimeoutMs, plan }
+    return plan
   }
 
   /** The schedule of a running version whose last activity ended at `lastActiveAt`. */
@@ -223,6 +233,7 @@ export class KeepAliveLedger<P = unknown> {
       idleTimes: entry?.histogram.samples ?? 0,
       prewarmMs: plan.prewarmMs,
       keepAliveMs: plan.keepAliveMs,
+      letGoMs: plan.letGoMs,
       idleSince: running ? (entry?.prewarmedAt !== undefined ? entry.idleSince : lastActiveAt) : entry?.idleSince,
       prewarmedAt: entry?.prewarmedAt,
       next,

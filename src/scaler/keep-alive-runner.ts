@@ -205,7 +205,7 @@ export class KeepAliveRunner {
     const lastActiveAt = record === undefined ? load.lastActiveAt : Math.max(load.lastActiveAt, record.createdAt)
     // As keepUntil decides it: a version an operator suspended or overrode keeps its idle timeout.
     const byOperator = this.policyOf(params) === 'adaptive' && (this.#deps.isSuspended(serviceId) || this.#deps.isOverridden(serviceId))
-    const plan: KeepAlivePlan = byOperator ? { policy: 'adaptive', basis: 'operator', prewarmMs: 0, keepAliveMs: (params['idle-timeout-mins'] as number) * 60_000 } : this.#planOf(serviceId, params)
+    const plan: KeepAlivePlan = byOperator ? { policy: 'adaptive', basis: 'operator', prewarmMs: 0, keepAliveMs: (params['idle-timeout-mins'] as number) * 60_000, letGoMs: 0 } : this.#planOf(serviceId, params)
     return this.#deps.ledger.view(serviceId, plan, running, load.inFlight + load.queued > 0 ? undefined : lastActiveAt, this.#deps.clock.now())
   }
 

@@ -4,10 +4,11 @@
  *
  * Each version keeps a histogram of its idle times (from the end of its last activity to the
  * next request) in one-minute bins over four hours. When the histogram is representative, the
- * version is let go at once after a request and started again shortly before the next one is
- * likely (the 5th percentile of its idle times, less a margin), then kept until the next
- * request is unlikely to come (the 99th percentile, plus a margin). When it is not (too few
- * idle times, too many beyond four hours, no pattern), the fixed idle timeout applies.
+ * version is let go soon after a request and started again shortly before the next one is
+ * likely, then kept until the next request is unlikely to come. The paper takes those times
+ * from fixed percentiles (the 5th and the 99th, with 10 % margins); maitre's default weighs
+ * them instead (see planKeepAlive). When the histogram is not representative (too many idle
+ * times beyond four hours, no pattern), the fixed idle timeout applies.
  * No clock and no I/O: times come in as numbers.
  */
 
@@ -24,39 +25,70 @@ export const IDLE_SAMPLES_KEPT = 2048
 export type KeepAlivePolicy = 'fixed' | 'adaptive'
 
 export interface AdaptiveOptions {
+  /**
+   * How the times are taken from a trusted histogram: 'cost', the plan that costs least (idle
+   * memory-time plus coldWorth for each cold start, over the idle times seen); 'percentiles',
+   * the paper's rule (pre-warm at headPercentile, kept to tailPercentile).
+   */
+  readonly rule: 'cost' | 'percentiles'
   /** Idle times a histogram needs before it is trusted. */
   readonly minSamples: number
+  /**
+   * A version with at least one idle time but fewer than minSamples is kept this long once
+   * idle (undefined: its fixed idle timeout). One with none keeps its fixed idle timeout.
+   */
+  readonly learningKeepMs?: number
   /** Share of idle times beyond the histogram's range above which it is not trusted. */
   readonly maxOutOfRange: number
   /** Coefficient of variation of the bin counts below which the idle times show no pattern. */
   readonly minCv: number
   /** Percentile of idle times before which the version is started again. */
   readonly headPercentile: number
-  /** Percentile of idle times after which the version is let go. */
+  /** Percentile of idle times after which the version is let go ('percentiles'). */
   readonly tailPercentile: number
   /** Margin taken off the pre-warm time and added to the keep-alive time. */
   readonly margin: number
-  /** A version that is not let go early is kept no longer than its fixed idle timeout either. */
+  /** 'percentiles': a version that is not let go early is kept no longer than its fixed idle timeout either. */
   readonly capAtFixed?: boolean
+  /**
+   * 'cost': what a cold start weighs against idle memory-time, in the version's own mean idle
+   * times. One cold start of a version called every 2 minutes is worth 2 minutes of its
+   * memory, one of a version called every 2 hours, 2 hours: each version's share of cold
+   * starts counts the same, as in the paper's score (cold-start % per application).
+   */
+  readonly coldWorth: number
+  /**
+   * 'cost': and at least this share of the version's fixed idle timeout, however often it is
+   * called (the operator's own price of a cold start: a fixed timeout keeps a version that long
+   * to spare one). Without it a busy version's cold starts come cheap, and more calls start cold
+   * in all than with the fixed timeout.
+   */
+  readonly minColdWorth: number
 }
 
 /**
- * The paper's rule (pre-warm at the 5th percentile, keep to a high one, with margins), with
- * three choices measured on its traces (npm run bench:keepalive, bench/RESULTS.md): a
- * histogram is trusted after 3 idle times; the tail is the 95th percentile with 5 % margins
- * (the paper: 99th, 10 %); and a version that is not let go early is kept no longer than its
- * fixed idle timeout (capAtFixed). Together they keep the policy within the memory of a fixed
- * timeout while its pre-warms take the cold starts away.
+ * Measured on the paper's traces (npm run bench:keepalive, bench/RESULTS.md): a histogram is
+ * trusted after 3 idle times, and until then a version that has come back once is kept for the
+ * histogram's range (the paper's own fallback: a version seen again is likely to be seen again,
+ * and a first request says nothing, so it keeps the fixed timeout); the plan costs least with a
+ * cold start worth one mean idle time, and at least half the fixed timeout; margins of 5 % (the
+ * paper: 10 %).
  */
-export const DEFAULT_ADAPTIVE: AdaptiveOptions = { minSamples: 3, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 95, margin: 0.05, capAtFixed: true }
+export const DEFAULT_ADAPTIVE: AdaptiveOptions = { rule: 'cost', minSamples: 3, learningKeepMs: IDLE_BINS * IDLE_BIN_MS, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 95, margin: 0.05, coldWorth: 1, minColdWorth: 0.5 }
+
+/** The paper's rule with maitre's earlier settings (95th percentile, 5 % margins, capped at the fixed timeout): the bench's comparison. */
+export const PERCENTILE_ADAPTIVE: AdaptiveOptions = { rule: 'percentiles', minSamples: 3, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 95, margin: 0.05, capAtFixed: true, coldWorth: 1, minColdWorth: 0 }
 
 /** A version's idle times: one-minute bins over four hours, and those beyond. */
 export class IdleHistogram {
   readonly bins = new Uint32Array(IDLE_BINS)
   outOfRange = 0
   samples = 0
+  /** Idle times ever recorded (never halved): a plan made at one count holds until the next. */
+  recorded = 0
 
   record(idleMs: number): void {
+    this.recorded += 1
     const bin = Math.floor(Math.max(0, idleMs) / IDLE_BIN_MS)
     if (bin >= IDLE_BINS) this.outOfRange += 1
     else this.bins[bin] = (this.bins[bin] ?? 0) + 1
@@ -114,25 +146,135 @@ export interface KeepAlivePlan {
   readonly prewarmMs: number
   /** Then kept this long before it is let go (0: never, a fixed idle timeout of 0). */
   readonly keepAliveMs: number
+  /** With a pre-warm time: how long the version stays up once idle before it is let go (0 otherwise). */
+  readonly letGoMs: number
 }
 
 /** The plan for one version: its fixed idle timeout, or what its idle times say. */
 export function planKeepAlive(policy: KeepAlivePolicy, history: IdleHistogram | undefined, fixedTimeoutMs: number, options: AdaptiveOptions = DEFAULT_ADAPTIVE): KeepAlivePlan {
-  const fixed = (basis: KeepAlivePlan['basis']): KeepAlivePlan => ({ policy, basis, prewarmMs: 0, keepAliveMs: fixedTimeoutMs })
+  const fixed = (basis: KeepAlivePlan['basis']): KeepAlivePlan => ({ policy, basis, prewarmMs: 0, keepAliveMs: fixedTimeoutMs, letGoMs: 0 })
   if (policy === 'fixed') return fixed('fixed')
   // A version that is never to be let go for idleness (idle-timeout-mins 0) is not let go early either.
   if (fixedTimeoutMs === 0) return fixed('fixed')
-  if (history === undefined || history.samples < options.minSamples) return fixed('too-few-idle-times')
+  if (history === undefined || history.samples < options.minSamples) {
+    if (history === undefined || history.samples === 0 || options.learningKeepMs === undefined) return fixed('too-few-idle-times')
+    return { policy, basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: Math.max(fixedTimeoutMs, options.learningKeepMs), letGoMs: 0 }
+  }
   if (history.outOfRange > options.maxOutOfRange * history.samples) return fixed('beyond-range')
   if (history.binCv() < options.minCv) return fixed('no-pattern')
-  const head = history.percentileBin(options.headPercentile)
-  const tail = history.percentileBin(options.tailPercentile)
-  // The head bin's lower edge, less the margin; the tail bin's upper edge, plus the margin.
-  // (Rounded to the millisecond first: 1.1 × 30 min is not exactly 33 min in floating point.)
-  const prewarmMs = Math.floor(Math.round(head * IDLE_BIN_MS * (1 - options.margin)))
-  const keepUntilMs = Math.ceil(Math.round((tail + 1) * IDLE_BIN_MS * (1 + options.margin)))
-  if (prewarmMs === 0 && options.capAtFixed === true) return { policy, basis: 'learned', prewarmMs, keepAliveMs: Math.min(keepUntilMs, fixedTimeoutMs) }
-  return { policy, basis: 'learned', prewarmMs, keepAliveMs: keepUntilMs - prewarmMs }
+  return options.rule === 'cost' ? cheapestPlan(policy, history, fixedTimeoutMs, options) : percentilePlan(policy, history, fixedTimeoutMs, options)
+}
+
+/** A bin's lower edge less the margin: a pre-warm time. (Rounded to the millisecond first: 1.1 × 30 min is not exactly 33 min in floating point.) */
+function lowerEdge(bin: number, options: AdaptiveOptions): number {
+  return Math.floor(Math.round(bin * IDLE_BIN_MS * (1 - options.margin)))
+}
+
+/** A bin's upper edge plus the margin: a time to keep the version until. */
+function upperEdge(bin: number, options: AdaptiveOptions): number {
+  return Math.ceil(Math.round((bin + 1) * IDLE_BIN_MS * (1 + options.margin)))
+}
+
+/**
+ * How long a version that is to be pre-warmed stays up once idle before it is let go, when no
+ * idle times gather just after its activity: 10 s, or half its pre-warm time if that is
+ * shorter. Not at once: a version whose calls turn frequent would be stopped and started
+ * between every two of them until its history caught up (it catches up fast: every call that
+ * finds it let go counts).
+ */
+export const LET_GO_AFTER_MS = 10_000
+
+function shortLetGo(prewarmMs: number): number {
+  return Math.min(LET_GO_AFTER_MS, Math.floor(prewarmMs / 2))
+}
+
+/** The paper's rule: pre-warm at the head percentile, keep to the tail one. */
+function percentilePlan(policy: KeepAlivePolicy, history: IdleHistogram, fixedTimeoutMs: number, options: AdaptiveOptions): KeepAlivePlan {
+  const prewarmMs = lowerEdge(history.percentileBin(options.headPercentile), options)
+  const keepUntilMs = upperEdge(history.percentileBin(options.tailPercentile), options)
+  if (prewarmMs === 0) return { policy, basis: 'learned', prewarmMs, keepAliveMs: options.capAtFixed === true ? Math.min(keepUntilMs, fixedTimeoutMs) : keepUntilMs, letGoMs: 0 }
+  return { policy, basis: 'learned', prewarmMs, keepAliveMs: keepUntilMs - prewarmMs, letGoMs: shortLetGo(prewarmMs) }
+}
+
+/** Splits of the histogram tried for a let-go (each after a run of idle times, before an empty bin): at most this many, the first. */
+export const MAX_SPLITS = 8
+
+/**
+ * The plan that would have cost least over the idle times seen: idle memory-time (how long the
+ * version was up and idle, per idle period) plus, for each cold start, `coldWorth` mean idle
+ * times (at least `minColdWorth` of the fixed timeout). Two shapes are weighed:
+ * - kept from the end of activity until the upper edge of one of the bins, plus the margin;
+ * - let go after the idle times that gather just after activity (those before the first
+ *   empty bins that follow a run of them; or, with none, after 10 s), started again at the
+ *   head percentile of the rest, less the margin, and kept until the upper edge of one of
+ *   theirs. A version called twice a minute apart every half hour is kept 2 minutes, started at
+ *   28 and kept to 31: the paper's rule, whose head percentile falls among the short ones,
+ *   keeps it the whole half hour or not at all.
+ * An idle time counts as met by a plan only if its whole bin is (a pre-warm or a let-go inside
+ * it is a cold start). O(IDLE_BINS × MAX_SPLITS) with prefix sums; the ledger makes a plan once
+ * per idle time recorded.
+ */
+function cheapestPlan(policy: KeepAlivePolicy, history: IdleHistogram, fixedTimeoutMs: number, options: AdaptiveOptions): KeepAlivePlan {
+  // count(i), time(i): idle times in bins below i, and their sum (each at its bin's middle).
+  const counts = new Float64Array(IDLE_BINS + 1)
+  const times = new Float64Array(IDLE_BINS + 1)
+  for (let i = 0; i < IDLE_BINS; i++) {
+    const n = history.bins[i] ?? 0
+    counts[i + 1] = (counts[i] ?? 0) + n
+    times[i + 1] = (times[i] ?? 0) + n * (i + 0.5) * IDLE_BIN_MS
+  }
+  const count = (i: number): number => counts[i] ?? 0
+  const time = (i: number): number => times[i] ?? 0
+  const total = history.samples
+  const meanIdleMs = (time(IDLE_BINS) + history.outOfRange * IDLE_BINS * IDLE_BIN_MS) / Math.max(1, total)
+  const coldMs = Math.max(options.coldWorth * meanIdleMs, options.minColdWorth * fixedTimeoutMs)
+  // Bins wholly before `ms`; bins wholly at or after it.
+  const binsBefore = (ms: number): number => Math.min(IDLE_BINS, Math.floor(ms / IDLE_BIN_MS))
+  const firstBinFrom = (ms: number): number => Math.min(IDLE_BINS, Math.ceil(ms / IDLE_BIN_MS))
+  const occupied = (i: number): boolean => (history.bins[i] ?? 0) > 0
+
+  let best: KeepAlivePlan | undefined
+  let bestCost = Number.POSITIVE_INFINITY
+  const consider = (plan: KeepAlivePlan, cost: number): void => {
+    if (cost < bestCost) {
+      best = plan
+      bestCost = cost
+    }
+  }
+  // Kept until `until`: the idle times before it are met (their own length in memory), the rest are cold after `until` of memory.
+  for (let i = 0; i < IDLE_BINS; i++) {
+    if (!occupied(i)) continue
+    const until = upperEdge(i, options)
+    const met = binsBefore(until)
+    consider({ policy, basis: 'learned', prewarmMs: 0, keepAliveMs: until, letGoMs: 0 }, time(met) + (total - count(met)) * (until + coldMs))
+  }
+  let splits = 0
+  for (let k = 0; k < IDLE_BINS && splits < MAX_SPLITS; k++) {
+    if (k > 0 && !(occupied(k - 1) && !occupied(k))) continue
+    const rest = count(IDLE_BINS) - count(k)
+    if (rest === 0) break
+    splits += 1
+    const rank = Math.max(1, Math.ceil((options.headPercentile / 100) * rest))
+    let head = k
+    while (head < IDLE_BINS - 1 && count(head + 1) - count(k) < rank) head++
+    const prewarmMs = lowerEdge(head, options)
+    const letGoMs = k === 0 ? shortLetGo(prewarmMs) : upperEdge(k - 1, options)
+    if (prewarmMs <= letGoMs) continue
+    const kept = binsBefore(letGoMs)
+    const prewarmed = firstBinFrom(prewarmMs)
+    // Before the let-go: met. Between it and the pre-warm: cold, the let-go's memory. Within the
+    // pre-warm's window: met, the let-go's memory and the wait from the pre-warm. After: cold.
+    const beforePrewarm = time(kept) + (count(prewarmed) - count(kept)) * (letGoMs + coldMs)
+    for (let i = head; i < IDLE_BINS; i++) {
+      if (!occupied(i)) continue
+      const until = upperEdge(i, options)
+      const met = binsBefore(until)
+      const cost = beforePrewarm + (time(met) - time(prewarmed)) + (count(met) - count(prewarmed)) * (letGoMs - prewarmMs) + (total - count(met)) * (letGoMs + until - prewarmMs + coldMs)
+      consider({ policy, basis: 'learned', prewarmMs, keepAliveMs: until - prewarmMs, letGoMs }, cost)
+    }
+  }
+  // (A trusted histogram has an occupied bin, so the first loop always found a plan.)
+  return best as KeepAlivePlan
 }
 
 export interface KeepAliveSchedule {
@@ -144,7 +286,7 @@ export interface KeepAliveSchedule {
 
 /**
  * What the plan means for a version idle since `idleSince`: kept to the end of its keep-alive
- * time; or, with a pre-warm time, let go once it has been idle for letGoAfterMs(), started
+ * time; or, with a pre-warm time, let go once it has been idle for its let-go time, started
  * again at the pre-warm time and kept from there (`prewarmed`: it was, and nothing has come
  * since).
  */
@@ -153,20 +295,7 @@ export function scheduleOf(plan: KeepAlivePlan, idleSince: number, prewarmed: bo
   if (plan.prewarmMs <= 0) return { collectAt: idleSince + plan.keepAliveMs, prewarmAt: undefined }
   const prewarmAt = idleSince + plan.prewarmMs
   const expireAt = prewarmAt + plan.keepAliveMs
-  return prewarmed ? { collectAt: expireAt, prewarmAt } : { collectAt: idleSince + letGoAfterMs(plan), prewarmAt }
-}
-
-/**
- * How long a version that is to be pre-warmed stays up once idle before it is let go: 10 s, or
- * half its pre-warm time if that is shorter. Not at once: a version whose calls turn frequent
- * would be stopped and started between every two of them until its history caught up (it
- * catches up fast: every call that finds it let go counts). Longer costs memory at every idle
- * period of every such version (a minute: 5 % more idle memory-time on the 1-day trace).
- */
-export const LET_GO_AFTER_MS = 10_000
-
-export function letGoAfterMs(plan: KeepAlivePlan): number {
-  return Math.min(LET_GO_AFTER_MS, Math.floor(plan.prewarmMs / 2))
+  return prewarmed ? { collectAt: expireAt, prewarmAt } : { collectAt: idleSince + plan.letGoMs, prewarmAt }
 }
 
 /** Whether a version that is not running should be started now: it was let go before its pre-warm time, which has come. */

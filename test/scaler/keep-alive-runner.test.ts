@@ -1,6 +1,7 @@
 import t from 'tap'
 import { ManualClock } from '../fixtures/manual-clock.ts'
 import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
+import { PERCENTILE_ADAPTIVE, type AdaptiveOptions } from '../../src/scaler/keep-alive.ts'
 import { KeepAliveRunner, payloadOfRecord, type PeerArrival, type PrewarmPayload } from '../../src/scaler/keep-alive-runner.ts'
 import type { VersionLoad } from '../../src/cluster/coordination.ts'
 import type { ActivationRequest } from '../../src/scaler/activator.ts'
@@ -17,9 +18,9 @@ function askedOf(sources: readonly TokenReference[], core: Readonly<Record<strin
 }
 
 /** A runner over fakes: a backend that runs what the activator starts, a registry of what runs, a tracker that is idle. */
-function setUp(options: { leader?: boolean; failStarts?: boolean } = {}) {
+function setUp(options: { leader?: boolean; failStarts?: boolean; adaptive?: AdaptiveOptions } = {}) {
   const clock = new ManualClock(0)
-  const ledger = new KeepAliveLedger<PrewarmPayload>(100)
+  const ledger = new KeepAliveLedger<PrewarmPayload>(100, options.adaptive)
   const requested = new Map<string, number>()
   const collecting = new Set<string>()
   const records = new Map<string, ServiceRecord>()
@@ -256,7 +257,8 @@ t.test('/apps/{id} shows what the GC will do with an adaptive version an operato
 })
 
 t.test('in a cluster, idle times are the fleet’s: requests the other routers served end an idle period here too', async (t) => {
-  const { clock, ledger, requested, state, runner, activation, told } = setUp()
+  // (The paper's percentile rule reads the histogram back plainly: its plan is the percentiles.)
+  const { clock, ledger, requested, state, runner, activation, told } = setUp({ adaptive: PERCENTILE_ADAPTIVE })
   const asked = askedOf([{ token: 't', etag: 'e1' }], {})
   requested.set('v', 1)
   // This router last served v at 0; the others serve it every 20 minutes, 2 minutes before this router's next call.
@@ -304,7 +306,8 @@ t.test('in a cluster, a router tells its peers of a request to an adaptive versi
 })
 
 t.test('requests told by other routers teach this one: the idle times, the pre-warm’s hit, and a cold start counted from the collection even if the version runs here by then', async (t) => {
-  const { clock, ledger, requested, starts, state, runner, activation, outcomes, runs } = setUp()
+  // (The paper's percentile rule reads the histogram back plainly: its plan is the percentiles.)
+  const { clock, ledger, requested, starts, state, runner, activation, outcomes, runs } = setUp({ adaptive: PERCENTILE_ADAPTIVE })
   // This router's own record of the version (a note only names it).
   const known = { params: PARAMS, payload: { activation, sources: [{ token: 't', etag: 'e1' }], core: { cmd: 'x' } } }
   // Every 20 minutes a request reaches another router, the version idle since the one before.
@@ -393,7 +396,8 @@ t.test('one idle period is one idle time, however many routers saw the request t
 })
 
 t.test('a router that did not pre-warm a version (the leader did) counts the idle time from when the version was let go, not from when it came back', async (t) => {
-  const { clock, ledger, state, runner, activation, runs } = setUp({ leader: false })
+  // (The paper's percentile rule reads the histogram back plainly: its plan is the percentiles.)
+  const { clock, ledger, state, runner, activation, runs } = setUp({ leader: false, adaptive: PERCENTILE_ADAPTIVE })
   const asked = askedOf([{ token: 't', etag: 'e1' }], {})
   runs()
   runner.arrived(asked, PARAMS, activation)

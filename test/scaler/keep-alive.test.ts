@@ -1,10 +1,10 @@
 import t from 'tap'
-import { DEFAULT_ADAPTIVE, IDLE_BIN_MS, IDLE_BINS, IDLE_SAMPLES_KEPT, IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf } from '../../src/scaler/keep-alive.ts'
+import { type KeepAlivePlan, DEFAULT_ADAPTIVE, IDLE_BIN_MS, IDLE_BINS, IDLE_SAMPLES_KEPT, IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf } from '../../src/scaler/keep-alive.ts'
 import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
 
 const MIN = 60_000
 /** The paper's own settings, for exact figures independent of maitre's tuned defaults. */
-const PAPER = { minSamples: 5, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 99, margin: 0.1 }
+const PAPER = { rule: 'percentiles' as const, coldWorth: 1, minColdWorth: 0, minSamples: 5, maxOutOfRange: 0.5, minCv: 2, headPercentile: 5, tailPercentile: 99, margin: 0.1 }
 
 function histogramOf(idleMinutes: number[]): IdleHistogram {
   const h = new IdleHistogram()
@@ -37,31 +37,80 @@ t.test('the histogram stays bounded: at IDLE_SAMPLES_KEPT idle times every count
 
 t.test('the plan: fixed as asked; adaptive learns from a periodic version, and falls back to the fixed timeout when it cannot', async (t) => {
   const periodic = histogramOf(Array.from({ length: 20 }, () => 29))
-  t.same(planKeepAlive('fixed', periodic, 30 * MIN, PAPER), { policy: 'fixed', basis: 'fixed', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'fixed ignores any history')
+  t.same(planKeepAlive('fixed', periodic, 30 * MIN, PAPER), { policy: 'fixed', basis: 'fixed', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'fixed ignores any history')
   const learned = planKeepAlive('adaptive', periodic, 30 * MIN, PAPER)
   // Every idle time in bin 29: pre-warm at 29 min less 10 %, keep to 30 min plus 10 %.
-  t.same(learned, { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.9, keepAliveMs: 33 * MIN - 29 * MIN * 0.9 })
+  // Let go after 10 s of idleness.
+  t.same(learned, { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.9, keepAliveMs: 33 * MIN - 29 * MIN * 0.9, letGoMs: 10_000 })
   t.equal(planKeepAlive('adaptive', undefined, 30 * MIN, PAPER).basis, 'too-few-idle-times')
-  t.equal(planKeepAlive('adaptive', histogramOf([29, 29]), 30 * MIN).basis, 'too-few-idle-times', `fewer than ${DEFAULT_ADAPTIVE.minSamples} idle times`)
+  t.same(planKeepAlive('adaptive', histogramOf([29, 29]), 30 * MIN, PAPER), { policy: 'adaptive', basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'the paper: the fixed timeout while learning')
+  // maitre's default: a version that has come back is kept for the histogram's range while it learns; a first request says nothing.
+  t.same(planKeepAlive('adaptive', undefined, 30 * MIN), { policy: 'adaptive', basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'no idle time yet: the fixed timeout')
+  t.same(planKeepAlive('adaptive', new IdleHistogram(), 30 * MIN).keepAliveMs, 30 * MIN, 'nor with an empty history')
+  t.same(planKeepAlive('adaptive', histogramOf([29, 29]), 30 * MIN), { policy: 'adaptive', basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: IDLE_BINS * IDLE_BIN_MS, letGoMs: 0 }, `one or two idle times (fewer than ${DEFAULT_ADAPTIVE.minSamples}): kept four hours`)
+  t.equal(planKeepAlive('adaptive', histogramOf([29, 29]), 300 * MIN).keepAliveMs, 300 * MIN, 'or its fixed timeout if that is longer')
   const beyond = histogramOf([29, 29, 29, 29, 29, 29, 29, 29, 29, 29])
   for (let i = 0; i < 11; i++) beyond.record(5 * 60 * MIN)
-  t.same(planKeepAlive('adaptive', beyond, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'beyond-range', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'mostly beyond four hours: the fixed timeout')
+  t.same(planKeepAlive('adaptive', beyond, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'beyond-range', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'mostly beyond four hours: the fixed timeout')
   const spread = histogramOf(Array.from({ length: 240 }, (_, i) => i))
   t.equal(planKeepAlive('adaptive', spread, 30 * MIN, PAPER).basis, 'no-pattern', 'idle times spread evenly over the range show no pattern')
-  t.same(planKeepAlive('adaptive', periodic, 0, PAPER), { policy: 'adaptive', basis: 'fixed', prewarmMs: 0, keepAliveMs: 0 }, 'idle-timeout-mins 0 (never let go) is kept')
+  t.same(planKeepAlive('adaptive', periodic, 0, PAPER), { policy: 'adaptive', basis: 'fixed', prewarmMs: 0, keepAliveMs: 0, letGoMs: 0 }, 'idle-timeout-mins 0 (never let go) is kept')
   const busy = histogramOf(Array.from({ length: 50 }, () => 0))
-  t.same(planKeepAlive('adaptive', busy, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 1.1 * MIN }, 'a busy version: kept a little over its longest usual pause, not let go early')
-  // maitre's defaults: the 95th percentile with 5 % margins, and never kept longer than the fixed timeout when not let go early.
-  t.same(planKeepAlive('adaptive', periodic, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.95, keepAliveMs: 30 * MIN * 1.05 - 29 * MIN * 0.95 })
+  t.same(planKeepAlive('adaptive', busy, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 1.1 * MIN, letGoMs: 0 }, 'a busy version: kept a little over its longest usual pause, not let go early')
+  // maitre's default, the cheapest plan (5 % margins): for a periodic version, the paper's shape.
+  t.same(planKeepAlive('adaptive', periodic, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 29 * MIN * 0.95, keepAliveMs: 30 * MIN * 1.05 - 29 * MIN * 0.95, letGoMs: 10_000 })
   const bursty = histogramOf([...Array.from({ length: 30 }, () => 0), 100, 100])
-  t.same(planKeepAlive('adaptive', bursty, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: Math.round(101 * MIN * 1.1) }, 'the paper keeps a bursty version to its 99th percentile, here 111 min')
-  t.same(planKeepAlive('adaptive', bursty, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 30 * MIN }, 'maitre caps that at the fixed idle timeout')
+  t.same(planKeepAlive('adaptive', bursty, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: Math.round(101 * MIN * 1.1), letGoMs: 0 }, 'the paper keeps a bursty version to its 99th percentile, here 111 min')
+  t.same(planKeepAlive('adaptive', bursty, 30 * MIN, { ...PAPER, tailPercentile: 95, margin: 0.05, capAtFixed: true }), { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'capped at the fixed idle timeout, maitre\'s earlier rule')
+  // The cheapest plan keeps it a minute after its activity (the short pauses), lets it go, and starts it again at 95 min for the long one.
+  t.same(planKeepAlive('adaptive', bursty, 30 * MIN), { policy: 'adaptive', basis: 'learned', prewarmMs: 95 * MIN, keepAliveMs: 101 * MIN * 1.05 - 95 * MIN, letGoMs: 1.05 * MIN }, 'the cheapest plan: up a minute, let go, back at 95 min')
+})
+
+t.test('the cheapest plan: a version called twice, a minute apart, every half hour is kept 2 minutes, let go, and started again just before the half hour', async (t) => {
+  // Idle times of ~1 minute (between the two calls) and ~28 minutes (to the next pair).
+  const pairs = histogramOf(Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? 1 : 28)))
+  const plan = planKeepAlive('adaptive', pairs, 10 * MIN)
+  t.same(plan, { policy: 'adaptive', basis: 'learned', prewarmMs: 28 * MIN * 0.95, keepAliveMs: 29 * MIN * 1.05 - 28 * MIN * 0.95, letGoMs: 2 * MIN * 1.05 })
+  t.same(scheduleOf(plan, 0, false), { collectAt: 2.1 * MIN, prewarmAt: 26.6 * MIN }, 'up through the short pause, let go, back before the long one')
+  // The paper's rule: its 5th percentile is the short pause, so it never lets the version go early, and keeps it only to the cap.
+  const paper = planKeepAlive('adaptive', pairs, 10 * MIN, { ...PAPER, tailPercentile: 95, margin: 0.05, capAtFixed: true })
+  t.same(paper, { policy: 'adaptive', basis: 'learned', prewarmMs: 57_000, keepAliveMs: 29 * MIN * 1.05 - 57_000, letGoMs: 10_000 }, 'the paper: let go 10 s after each call, back at 57 s, kept the whole half hour')
+  // What each plan costs on this history: the half hour up vs 2 minutes and a 3-minute window.
+  const upFor = (p: typeof plan, idleMin: number): number => (idleMin * MIN < p.letGoMs ? idleMin * MIN : p.letGoMs + Math.max(0, idleMin * MIN - p.prewarmMs))
+  t.ok(upFor(plan, 28.5) < upFor(paper, 28.5) / 5, 'the cheapest plan keeps it up a fifth as long or less over a long pause')
+})
+
+t.test('the cheapest plan weighs a cold start in the version\'s own mean idle times: the same pattern at a tenth of the pace gets ten times the times; a heavier cold start keeps it through a rare long pause', async (t) => {
+  // Pauses of 2 minutes, one in ten of 20 minutes; and the same ten times slower.
+  const paced = (scale: number): IdleHistogram => histogramOf(Array.from({ length: 20 }, (_, i) => (i % 10 === 0 ? 20 * scale : 2 * scale)))
+  const meets = (plan: KeepAlivePlan, idleMin: number): boolean => {
+    const idle = idleMin * MIN + 1000
+    if (plan.prewarmMs === 0) return idle < plan.keepAliveMs
+    return idle < plan.letGoMs || (idle >= plan.prewarmMs && idle < plan.prewarmMs + plan.keepAliveMs)
+  }
+  const fast = planKeepAlive('adaptive', paced(1), 10 * MIN)
+  const slow = planKeepAlive('adaptive', paced(10), 10 * MIN)
+  t.equal(fast.prewarmMs, 2 * MIN * 0.95, 'let go, back just before 2 minutes')
+  t.equal(slow.prewarmMs, 10 * fast.prewarmMs, 'ten times slower: back just before 20')
+  t.ok(meets(fast, 2) && meets(slow, 20), 'both meet their usual pause')
+  t.ok(!meets(fast, 20) && !meets(slow, 200), 'neither is kept for the rare long one: a cold start costs less than the wait')
+  const heavy = { ...DEFAULT_ADAPTIVE, coldWorth: 10 }
+  t.ok(meets(planKeepAlive('adaptive', paced(1), 10 * MIN, heavy), 20) && meets(planKeepAlive('adaptive', paced(10), 10 * MIN, heavy), 200), 'a cold start worth 10 mean idle times: kept for the long pause too')
+})
+
+t.test('the cheapest plan prices a busy version\'s cold start at half its fixed timeout at least: its rarer pauses stay warm', async (t) => {
+  // Sixty calls within a minute of the last, and one pause each of 2 to 8 minutes: a mean idle time under a minute.
+  const busy = histogramOf([...Array.from({ length: 60 }, () => 0), 2, 3, 4, 5, 6, 7, 8])
+  const priced = planKeepAlive('adaptive', busy, 10 * MIN)
+  t.same(priced, { policy: 'adaptive', basis: 'learned', prewarmMs: 2 * MIN * 0.95, keepAliveMs: 9 * MIN * 1.05 - 2 * MIN * 0.95, letGoMs: 1.05 * MIN }, 'up a minute after its calls, back at 1.9 min, kept to 9.45: every pause met')
+  const cheap = planKeepAlive('adaptive', busy, 10 * MIN, { ...DEFAULT_ADAPTIVE, minColdWorth: 0 })
+  t.same(cheap, { policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: 1.05 * MIN, letGoMs: 0 }, 'priced at its own mean idle time alone: every pause of 2 minutes or more would start cold')
 })
 
 t.test('the schedule: kept to the end of its keep-alive; with a pre-warm, let go soon, started again, kept from there', async (t) => {
-  const plan = { policy: 'adaptive' as const, basis: 'learned' as const, prewarmMs: 10 * MIN, keepAliveMs: 5 * MIN }
-  t.same(scheduleOf(plan, 1000, false), { collectAt: 1000 + 10_000, prewarmAt: 1000 + 10 * MIN }, 'let go after 10 s idle')
-  t.same(scheduleOf({ ...plan, prewarmMs: 12_000 }, 1000, false), { collectAt: 1000 + 6000, prewarmAt: 1000 + 12_000 }, 'or half its pre-warm time if that is shorter')
+  const plan = { policy: 'adaptive' as const, basis: 'learned' as const, prewarmMs: 10 * MIN, keepAliveMs: 5 * MIN, letGoMs: 10_000 }
+  t.same(scheduleOf(plan, 1000, false), { collectAt: 1000 + 10_000, prewarmAt: 1000 + 10 * MIN }, 'let go after its let-go time idle')
+  t.same(scheduleOf({ ...plan, letGoMs: 2 * MIN }, 1000, false), { collectAt: 1000 + 2 * MIN, prewarmAt: 1000 + 10 * MIN })
   t.same(scheduleOf(plan, 1000, true), { collectAt: 1000 + 15 * MIN, prewarmAt: 1000 + 10 * MIN })
   t.same(scheduleOf({ ...plan, prewarmMs: 0 }, 1000, false), { collectAt: 1000 + 5 * MIN, prewarmAt: undefined })
   t.same(scheduleOf({ ...plan, keepAliveMs: 0, prewarmMs: 0 }, 1000, false), { collectAt: Number.POSITIVE_INFINITY, prewarmAt: undefined })
@@ -162,7 +211,7 @@ t.test('a wall clock stepped back an hour does not leave the last arrival in the
   const view = ledger.view('v', ledger.plan('v', 'adaptive', 10 * 60_000), false, undefined, T - 20 * 60_000)
   t.equal(view.idleTimes, 1, 'the cold start counts')
   ledger.collected('v', T - 19 * 60_000)
-  t.equal(ledger.prewarmAt('v', { policy: 'adaptive', basis: 'learned', prewarmMs: 60_000, keepAliveMs: 60_000 }), T - 18 * 60_000, 'and the next let-go is pre-warmed: the last arrival follows the clock')
+  t.equal(ledger.prewarmAt('v', { policy: 'adaptive', basis: 'learned', prewarmMs: 60_000, keepAliveMs: 60_000, letGoMs: 10_000 }), T - 18 * 60_000, 'and the next let-go is pre-warmed: the last arrival follows the clock')
 })
 
 t.test('the collection of a pre-warm whose start failed, with no request since, leaves the idle period where it began: the next request records the true idle time, and no second pre-warm is planned; other collections move it', async (t) => {
@@ -200,4 +249,28 @@ t.test('the collection of a pre-warm whose start failed, with no request since, 
     ledger.collected('v', now + 5 * MIN)
     t.equal(ledger.view('v', plan, false, undefined, now + 6 * MIN).idleSince, now + 5 * MIN, 'the idle period starts at that activity')
   }
+})
+
+t.test('the ledger makes a plan once per idle time: the same plan until the next idle time is recorded, then one that follows it', async (t) => {
+  const ledger = new KeepAliveLedger<string>(10)
+  let now = 0
+  ledger.arrived('v', now, false, false, undefined)
+  for (let i = 0; i < 3; i++) {
+    ledger.collected('v', now)
+    now += 30 * MIN
+    ledger.arrived('v', now, false, false, undefined)
+  }
+  const first = ledger.plan('v', 'adaptive', 10 * MIN)
+  t.equal(first.basis, 'learned')
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN), first, 'asked again with nothing new: the very same plan')
+  t.not(ledger.plan('v', 'adaptive', 20 * MIN), first, 'another fixed timeout: planned afresh')
+  t.equal(ledger.plan('v', 'fixed', 10 * MIN).basis, 'fixed', 'and another policy')
+  // A run of 5-minute idle times: the plan follows them.
+  for (let i = 0; i < 6; i++) {
+    ledger.collected('v', now)
+    now += 5 * MIN
+    ledger.arrived('v', now, false, false, undefined)
+  }
+  t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, 5 * MIN * 0.95, 'the new idle times are planned for')
+  t.not(ledger.plan('v', 'adaptive', 10 * MIN), first)
 })
