@@ -207,9 +207,9 @@ export const MAX_SPLITS = 8
  * - let go after the idle times that gather just after activity (those before the first
  *   empty bins that follow a run of them; or, with none, after 10 s), started again at the
  *   head percentile of the rest, less the margin, and kept until the upper edge of one of
- *   theirs. A version called twice a minute apart every half hour is kept 2 minutes, started at
- *   28 and kept to 31: the paper's rule, whose head percentile falls among the short ones,
- *   keeps it the whole half hour or not at all.
+ *   theirs. A version whose pauses are 1 and 28 minutes by turns is kept 2.1 minutes, let go,
+ *   started at 26.6 and kept to 30.45: the paper's rule, whose head percentile falls among the
+ *   short pauses, never lets it go early.
  * An idle time counts as met by a plan only if its whole bin is (a pre-warm or a let-go inside
  * it is a cold start). O(IDLE_BINS × MAX_SPLITS) with prefix sums; the ledger makes a plan once
  * per idle time recorded.
