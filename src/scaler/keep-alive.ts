@@ -34,8 +34,9 @@ export interface AdaptiveOptions {
   /** Idle times a histogram needs before it is trusted. */
   readonly minSamples: number
   /**
-   * A version with at least one idle time but fewer than minSamples is kept this long once
-   * idle (undefined: its fixed idle timeout). One with none keeps its fixed idle timeout.
+   * A version with at least one idle time within the histogram's range but fewer than
+   * minSamples in all is kept this long once idle (undefined: its fixed idle timeout). One
+   * with none keeps its fixed idle timeout.
    */
   readonly learningKeepMs?: number
   /** Share of idle times beyond the histogram's range above which it is not trusted. */
@@ -157,7 +158,9 @@ export function planKeepAlive(policy: KeepAlivePolicy, history: IdleHistogram | 
   // A version that is never to be let go for idleness (idle-timeout-mins 0) is not let go early either.
   if (fixedTimeoutMs === 0) return fixed('fixed')
   if (history === undefined || history.samples < options.minSamples) {
-    if (history === undefined || history.samples === 0 || options.learningKeepMs === undefined) return fixed('too-few-idle-times')
+    // Only for a version that came back within the range: one whose idle times are all longer
+    // than four hours would be kept four hours for nothing.
+    if (history === undefined || history.inRange() === 0 || options.learningKeepMs === undefined) return fixed('too-few-idle-times')
     return { policy, basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: Math.max(fixedTimeoutMs, options.learningKeepMs), letGoMs: 0 }
   }
   if (history.outOfRange > options.maxOutOfRange * history.samples) return fixed('beyond-range')
@@ -273,8 +276,9 @@ function cheapestPlan(policy: KeepAlivePolicy, history: IdleHistogram, fixedTime
       consider({ policy, basis: 'learned', prewarmMs, keepAliveMs: until - prewarmMs, letGoMs }, cost)
     }
   }
-  // (A trusted histogram has an occupied bin, so the first loop always found a plan.)
-  return best as KeepAlivePlan
+  // (A histogram trusted with the default options has an occupied bin, so a plan was found;
+  // with none, options that trust an empty one, the fixed timeout.)
+  return best ?? { policy, basis: 'no-pattern', prewarmMs: 0, keepAliveMs: fixedTimeoutMs, letGoMs: 0 }
 }
 
 export interface KeepAliveSchedule {

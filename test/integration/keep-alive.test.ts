@@ -14,6 +14,7 @@ interface KeepAliveJson {
   readonly 'idle-times-seen': number
   readonly 'pre-warm-after-secs': number
   readonly 'keep-alive-secs': number
+  readonly 'let-go-after-secs': number
   readonly 'next-action': { action: string; at: string } | null
   readonly 'pre-warms': number
   readonly 'pre-warm-hits': number
@@ -73,7 +74,7 @@ t.test('a client every 90 s: an adaptive version learns the period, sits at zero
   t.same(cold, [true, true, false, false, false, false, false], 'cold at the first call and at the second (a first call says nothing of the next), then warm at every call: kept while it learns (three idle times), pre-warmed since')
   // The loop left it pre-warmed for an eighth call, due now.
   const learned = (await app(router, id))?.['keep-alive']
-  t.match(learned, { policy: 'adaptive', basis: 'learned', 'pre-warm-after-secs': 57, 'keep-alive-secs': 69, 'pre-warms': 4, 'pre-warm-hits': 3, 'pre-warm-misses': 0 }, 'pre-warmed at 57 s (60 less 5 %), kept to 126 s (120 plus 5 %)')
+  t.match(learned, { policy: 'adaptive', basis: 'learned', 'pre-warm-after-secs': 57, 'keep-alive-secs': 69, 'let-go-after-secs': 10, 'pre-warms': 4, 'pre-warm-hits': 3, 'pre-warm-misses': 0 }, 'let go 10 s after a call, pre-warmed at 57 s (60 less 5 %), kept to 126 s (120 plus 5 %)')
   t.equal(await metric(router, 'maitre_prewarms_total'), 4)
   t.equal(await metric(router, 'maitre_prewarm_hits_total'), 3)
   t.equal(await metric(router, 'maitre_prewarm_misses_total'), 0)

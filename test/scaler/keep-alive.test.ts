@@ -1,4 +1,5 @@
 import t from 'tap'
+import fc from 'fast-check'
 import { type KeepAlivePlan, DEFAULT_ADAPTIVE, IDLE_BIN_MS, IDLE_BINS, IDLE_SAMPLES_KEPT, IdleHistogram, idleSampleOf, planKeepAlive, prewarmDue, scheduleOf } from '../../src/scaler/keep-alive.ts'
 import { KeepAliveLedger } from '../../src/scaler/keep-alive-ledger.ts'
 
@@ -49,6 +50,8 @@ t.test('the plan: fixed as asked; adaptive learns from a periodic version, and f
   t.same(planKeepAlive('adaptive', new IdleHistogram(), 30 * MIN).keepAliveMs, 30 * MIN, 'nor with an empty history')
   t.same(planKeepAlive('adaptive', histogramOf([29, 29]), 30 * MIN), { policy: 'adaptive', basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: IDLE_BINS * IDLE_BIN_MS, letGoMs: 0 }, `one or two idle times (fewer than ${DEFAULT_ADAPTIVE.minSamples}): kept four hours`)
   t.equal(planKeepAlive('adaptive', histogramOf([29, 29]), 300 * MIN).keepAliveMs, 300 * MIN, 'or its fixed timeout if that is longer')
+  t.equal(planKeepAlive('adaptive', histogramOf([0]), 30 * MIN).keepAliveMs, IDLE_BINS * IDLE_BIN_MS, 'a second call within the first minute is a return too')
+  t.same(planKeepAlive('adaptive', histogramOf([6 * 60, 7 * 60]), 30 * MIN), { policy: 'adaptive', basis: 'too-few-idle-times', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'returns only after more than four hours: four hours would warm none, the fixed timeout')
   const beyond = histogramOf([29, 29, 29, 29, 29, 29, 29, 29, 29, 29])
   for (let i = 0; i < 11; i++) beyond.record(5 * 60 * MIN)
   t.same(planKeepAlive('adaptive', beyond, 30 * MIN, PAPER), { policy: 'adaptive', basis: 'beyond-range', prewarmMs: 0, keepAliveMs: 30 * MIN, letGoMs: 0 }, 'mostly beyond four hours: the fixed timeout')
@@ -273,4 +276,69 @@ t.test('the ledger makes a plan once per idle time: the same plan until the next
   }
   t.equal(ledger.plan('v', 'adaptive', 10 * MIN).prewarmMs, 5 * MIN * 0.95, 'the new idle times are planned for')
   t.not(ledger.plan('v', 'adaptive', 10 * MIN), first)
+})
+
+/**
+ * What a plan costs on a histogram, worked out from the schedule's own terms (a request at idle
+ * time t finds the version up if t < letGo, or within [prewarm, prewarm + keepAlive); a bin is
+ * met only if all of it is), apart from the planner's prefix sums.
+ */
+function costOn(plan: KeepAlivePlan, h: IdleHistogram, coldMs: number): number {
+  const within = (a: number, b: number, from: number, to: number): boolean => a >= from && b <= to
+  const metBin = (i: number): boolean => {
+    const a = i * IDLE_BIN_MS
+    const b = (i + 1) * IDLE_BIN_MS
+    if (plan.prewarmMs === 0) return within(a, b, 0, plan.keepAliveMs)
+    return within(a, b, 0, plan.letGoMs) || within(a, b, plan.prewarmMs, plan.prewarmMs + plan.keepAliveMs)
+  }
+  const upFor = (t: number): number => (plan.prewarmMs === 0 ? Math.min(t, plan.keepAliveMs) : Math.min(t, plan.letGoMs) + (t >= plan.prewarmMs ? Math.min(t, plan.prewarmMs + plan.keepAliveMs) - plan.prewarmMs : 0))
+  let cost = 0
+  for (let i = 0; i < IDLE_BINS; i++) {
+    const n = h.bins[i] ?? 0
+    if (n > 0) cost += n * (upFor((i + 0.5) * IDLE_BIN_MS) + (metBin(i) ? 0 : coldMs))
+  }
+  return cost + h.outOfRange * (upFor(Number.POSITIVE_INFINITY) + coldMs)
+}
+
+t.test('the cheapest plan costs no more, on the idle times seen, than any plan of either shape built apart from it (random histograms)', async (t) => {
+  const fixedMs = 10 * MIN
+  const margin = DEFAULT_ADAPTIVE.margin
+  const upper = (bin: number): number => Math.ceil(Math.round((bin + 1) * IDLE_BIN_MS * (1 + margin)))
+  const lower = (bin: number): number => Math.floor(Math.round(bin * IDLE_BIN_MS * (1 - margin)))
+  let learned = 0
+  // Scattered idle times, and one or two periods with jitter (dense runs of bins, as real versions have).
+  const scattered = fc.array(fc.oneof(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 60 }), fc.integer({ min: 0, max: 239 }), fc.constant(300)), { minLength: 0, maxLength: 40 })
+  const periodic = fc.tuple(fc.integer({ min: 1, max: 200 }), fc.array(fc.integer({ min: -3, max: 3 }), { minLength: 0, maxLength: 80 })).map(([period, jitter]) => jitter.map((j) => Math.max(0, period + j)))
+  const idleMinutes = fc.tuple(scattered, periodic, periodic).map(([a, b, c]) => [...a, ...b, ...c]).filter((m) => m.length >= 3)
+  fc.assert(
+    fc.property(idleMinutes, (minutes) => {
+      const h = histogramOf(minutes)
+      const plan = planKeepAlive('adaptive', h, fixedMs)
+      if (plan.basis !== 'learned') return
+      learned += 1
+      if (plan.prewarmMs > 0 && !(plan.letGoMs > 0 && plan.letGoMs < plan.prewarmMs && plan.keepAliveMs > 0)) throw new Error(`an unsound plan: ${JSON.stringify(plan)}`)
+      const mean = ((minutes.reduce((sum, m) => sum + (m >= IDLE_BINS ? IDLE_BINS : m + 0.5), 0)) * IDLE_BIN_MS) / minutes.length
+      const coldMs = Math.max(mean, DEFAULT_ADAPTIVE.minColdWorth * fixedMs)
+      const chosen = costOn(plan, h, coldMs)
+      const occupied = [...h.bins.keys()].filter((i) => (h.bins[i] ?? 0) > 0)
+      const others: KeepAlivePlan[] = occupied.map((i) => ({ policy: 'adaptive', basis: 'learned', prewarmMs: 0, keepAliveMs: upper(i), letGoMs: 0 }))
+      // Let go after 10 s, or after the first run of idle times; back at the 5th percentile of the rest.
+      const firstGap = occupied.findIndex((i, k) => occupied[k + 1] !== undefined && occupied[k + 1] !== i + 1)
+      for (const split of [0, firstGap < 0 ? undefined : (occupied[firstGap] as number) + 1]) {
+        if (split === undefined) continue
+        const rest = occupied.filter((i) => i >= split)
+        const restCount = rest.reduce((sum, i) => sum + (h.bins[i] ?? 0), 0)
+        let seen = 0
+        const head = rest.find((i) => (seen += h.bins[i] ?? 0) >= Math.max(1, Math.ceil(0.05 * restCount)))
+        if (head === undefined) continue
+        const prewarmMs = lower(head)
+        const letGoMs = split === 0 ? Math.min(10_000, Math.floor(prewarmMs / 2)) : upper(split - 1)
+        if (prewarmMs <= letGoMs) continue
+        for (const i of rest) if (i >= head) others.push({ policy: 'adaptive', basis: 'learned', prewarmMs, keepAliveMs: upper(i) - prewarmMs, letGoMs })
+      }
+      for (const other of others) if (costOn(other, h, coldMs) < chosen - 1e-6) throw new Error(`${JSON.stringify(other)} costs ${costOn(other, h, coldMs)}, less than the chosen ${JSON.stringify(plan)} at ${chosen}`)
+    }),
+    { numRuns: 400, seed: 19 },
+  )
+  t.ok(learned > 100, `most histograms were trusted and planned (${learned})`)
 })
