@@ -248,7 +248,9 @@ export class KeepAliveRunner {
       const record = registry.get(serviceId)
       const params = record === undefined ? payload.activation.effective() : this.#deps.parametersOf(record)
       if (this.policyOf(params) !== 'adaptive') continue
-      if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now) === undefined) continue
+      // Due before the next round: started at this one (a pre-warm planned 3 s before the next
+      // bin's edge, 57 s for idle times of a minute, must not wait out a 5 s round and a start).
+      if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now + this.#options.tickMs) === undefined) continue
       if (this.#deps.isSuspended(serviceId)) continue
       if (!this.#deps.isCurrent(serviceId, payload)) {
         // Its tokens moved on: what they run now is another version, with a history of its own.
