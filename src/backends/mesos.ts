@@ -141,6 +141,12 @@ export class MesosBackend implements Backend {
   #revivedFor = 0
   /** REVIVEs sent so far: an offer round that saw one go out meanwhile may have filtered what it revived. */
   #revives = 0
+  /**
+   * Offer rounds so far that placed all demand and filtered the rest for the long while: a REVIVE
+   * answered after one covers none of the demand that comes after it (the round's filters reach
+   * the master after that REVIVE), though it was sent for as much.
+   */
+  #roundsPlacingAll = 0
   /** A SUPPRESS or REVIVE in flight (they go one at a time, the latest wish last). */
   #offersCall: Promise<void> | undefined
   #offersWish: { readonly force: boolean } | undefined
@@ -563,7 +569,10 @@ export class MesosBackend implements Backend {
     // while: demand that comes from now on is not what the last REVIVE was for, and must revive
     // (a second version asked for during the round, as many instances as the first, waited
     // for the offerless watch, ~10 s, else).
-    if (placement.unplaced.size === 0) this.#revivedFor = 0
+    if (placement.unplaced.size === 0) {
+      this.#revivedFor = 0
+      this.#roundsPlacingAll += 1
+    }
     const declined = placement.unused.length === 0 ? Promise.resolve(true) : this.#decline(placement.unused, refuseSeconds)
     await Promise.all([...accepts, declined])
     if (placement.unplaced.size > 0) this.#o.log.debug({ unplaced: Object.fromEntries(placement.unplaced) }, 'instances that fit no offer')
@@ -743,9 +752,13 @@ export class MesosBackend implements Backend {
         }
       } else if (this.#offersState !== 'revived' || wanted > this.#revivedFor || force) {
         this.#revives += 1
+        const roundsPlacingAllBefore = this.#roundsPlacingAll
         ok = await this.#call({ type: 'REVIVE', revive: { roles: [this.#o.role] } }, {})
         this.#offersState = ok ? 'revived' : undefined
-        this.#revivedFor = ok ? wanted : 0
+        // A round that placed everything while the REVIVE was unanswered met what it was for, and
+        // filtered the rest after it: the demand it was sent for is no longer what it covers (a
+        // second version asked for then, as many instances, waited for the offerless watch).
+        this.#revivedFor = ok && this.#roundsPlacingAll === roundsPlacingAllBefore ? wanted : 0
       } else {
         this.#revivedFor = wanted
       }
