@@ -249,8 +249,10 @@ export class KeepAliveRunner {
       const params = record === undefined ? payload.activation.effective() : this.#deps.parametersOf(record)
       if (this.policyOf(params) !== 'adaptive') continue
       // Due before the next round: started at this one (a pre-warm planned 3 s before the next
-      // bin's edge, 57 s for idle times of a minute, must not wait out a 5 s round and a start).
-      if (ledger.prewarmDue(serviceId, this.#planOf(serviceId, params), now + this.#options.tickMs) === undefined) continue
+      // bin's edge, 57 s for idle times of a minute, must not wait out a 5 s round and a start);
+      // and still due now, in the last round of its window.
+      const plan = this.#planOf(serviceId, params)
+      if ((ledger.prewarmDue(serviceId, plan, now + this.#options.tickMs) ?? ledger.prewarmDue(serviceId, plan, now)) === undefined) continue
       if (this.#deps.isSuspended(serviceId)) continue
       if (!this.#deps.isCurrent(serviceId, payload)) {
         // Its tokens moved on: what they run now is another version, with a history of its own.

@@ -139,6 +139,18 @@ t.test('a pre-warm waits out a collection under way, is never made twice for one
   t.same(starts, ['v'], 'not started again until a call comes')
 })
 
+t.test('a pre-warm held up by a collection until the last round of its window is still made in that round', async (t) => {
+  const { clock, collecting, starts, runner, learn, ledger } = setUp()
+  await learn()
+  const plan = ledger.plan('v', 'adaptive', 10 * MIN)
+  collecting.add('v')
+  // learn() left the clock 15 s after the last call; the window ends at its pre-warm time plus keep-alive.
+  clock.advance(plan.prewarmMs + plan.keepAliveMs - 15_000 - 500)
+  collecting.delete('v')
+  await runner.tick()
+  t.same(starts, ['v'], 'half a round before its window ends: started (the next round would be past it)')
+})
+
 t.test('a call that comes after the version was let go starts it itself: no pre-warm then', async (t) => {
   const { clock, starts, runner, learn, requested, ledger, activation } = setUp()
   await learn()
