@@ -113,12 +113,13 @@ export class IdleHistogram {
     return this.samples - this.outOfRange
   }
 
-  /** The bin holding the given percentile of the in-range idle times (0–100). */
-  percentileBin(percentile: number): number {
-    const inRange = this.inRange()
+  /** The bin holding the given percentile (0–100) of the in-range idle times, or of those from `fromBin` on. */
+  percentileBin(percentile: number, fromBin = 0): number {
+    let inRange = this.inRange()
+    for (let i = 0; i < fromBin; i++) inRange -= this.bins[i] ?? 0
     const rank = Math.max(1, Math.ceil((percentile / 100) * inRange))
     let seen = 0
-    for (let i = 0; i < IDLE_BINS; i++) {
+    for (let i = fromBin; i < IDLE_BINS; i++) {
       seen += this.bins[i] ?? 0
       if (seen >= rank) return i
     }
@@ -257,9 +258,7 @@ function cheapestPlan(policy: KeepAlivePolicy, history: IdleHistogram, fixedTime
     const rest = count(IDLE_BINS) - count(k)
     if (rest === 0) break
     splits += 1
-    const rank = Math.max(1, Math.ceil((options.headPercentile / 100) * rest))
-    let head = k
-    while (head < IDLE_BINS - 1 && count(head + 1) - count(k) < rank) head++
+    const head = history.percentileBin(options.headPercentile, k)
     const prewarmMs = lowerEdge(head, options)
     const letGoMs = k === 0 ? shortLetGo(prewarmMs) : upperEdge(k - 1, options)
     if (prewarmMs <= letGoMs) continue
