@@ -1,0 +1,48 @@
+import t from 'tap'
+import { Metrics, queueRejectionOf, statusClass } from '../src/metrics.ts'
+import { DEPLOYMENT_ERRORS, deploymentErrorClass } from '../src/backends/deployment-error.ts'
+
+const newMetrics = (): Metrics => new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: 'test' })
+
+/** Every series a version can have: each per-version metric, with every value its other label can take. */
+function recordEverything(metrics: Metrics, service: string): void {
+  for (let status = 0; status <= 1000; status++) metrics.requests.inc({ service, code: statusClass(status) })
+  for (const histogram of [metrics.requestDuration, metrics.queueWait, metrics.backendResponse, metrics.coldStartDuration]) histogram.observe({ service }, 0.2)
+  for (const counter of [metrics.killVetoes, metrics.coldStarts, metrics.ejections, metrics.instanceFailures]) counter.inc({ service })
+  for (const direction of ['up', 'down']) metrics.scalingDecisions.inc({ service, direction })
+  for (const code of ['MAITRE_QUEUE_FULL', 'MAITRE_QUEUE_TIMEOUT', 'MAITRE_DEPLOYMENT', 'MAITRE_OTHER']) {
+    const reason = queueRejectionOf(code)
+    if (reason !== undefined) metrics.queueRejections.inc({ service, reason })
+  }
+  const messages = [
+    ...Object.values(DEPLOYMENT_ERRORS),
+    ...['ImagePullBackOff', 'ErrImagePull', 'InvalidImageName', 'CreateContainerConfigError', 'CreateContainerError', 'Unschedulable', 'FailedCreate'].map((reason) => `${reason}: pod p-1 of image registry.example/app`),
+    'The cluster refused to create the ReplicaSet: quota',
+    'something nobody foresaw',
+  ]
+  for (const message of messages) metrics.deploymentErrors.inc({ service, reason: deploymentErrorClass(message) })
+}
+
+t.test('a collected version leaves no series behind, whatever its requests recorded, and other versions keep theirs', async (t) => {
+  const metrics = newMetrics()
+  recordEverything(metrics, 'gone')
+  recordEverything(metrics, 'kept')
+  const before = await metrics.render()
+  const seriesOf = (text: string, service: string): string[] => text.split('\n').filter((line) => line.includes(`service="${service}"`))
+  t.ok(seriesOf(before, 'gone').length > 50, 'the version had series of every kind')
+  await metrics.removeService('gone')
+  const after = await metrics.render()
+  t.same(seriesOf(after, 'gone'), [], 'none left')
+  t.equal(seriesOf(after, 'kept').length, seriesOf(before, 'kept').length, 'the other version keeps all of its own')
+})
+
+t.test('a version gone with requests under way: what they record afterwards leaves at the next scrape, until it runs again', async (t) => {
+  const metrics = newMetrics()
+  recordEverything(metrics, 'gone')
+  await metrics.removeService('gone', true)
+  recordEverything(metrics, 'gone')
+  t.notMatch(await metrics.render(), 'service="gone"', 'dropped at the scrape')
+  metrics.revive('gone')
+  metrics.requests.inc({ service: 'gone', code: '2xx' })
+  t.match(await metrics.render(), 'maitre_requests_total{service="gone",code="2xx"} 1', 'it runs again: its series are kept')
+})
