@@ -61,6 +61,9 @@ interface PerServiceMetric {
   readonly other?: { readonly label: string; readonly values: readonly string[] }
 }
 
+/** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
+const YIELD_AFTER_CHARS = 16_384
+
 /** Versions remembered as gone with requests under way, for the series those record after they went. */
 const MAX_RETIRED = 10_000
 
@@ -207,10 +210,22 @@ export class Metrics {
     if (this.#retired.size > 0) this.#retired.delete(serviceId)
   }
 
-  /** The text a scrape gets: first, the series that versions gone recorded since they went are dropped. */
+  /**
+   * The text a scrape gets (the registry's own, metric by metric): first, the series that
+   * versions gone recorded since they went are dropped. The event loop is let go after each
+   * large metric: at 1,000 versions the exposition is ~4.6 MB, and writing it at once held the
+   * loop for ~120-250 ms (1.2-2.3 s at 10,000), every request waiting meanwhile; now a wait is
+   * one metric's text at most.
+   */
   async render(): Promise<string> {
     for (const service of this.#retired) this.#removeSeries(service)
-    return this.registry.metrics()
+    const texts: string[] = []
+    for (const metric of this.registry.getMetricsAsArray()) {
+      const text = await this.registry.getSingleMetricAsString(metric.name)
+      texts.push(text)
+      if (text.length >= YIELD_AFTER_CHARS) await new Promise((resolve) => setImmediate(resolve))
+    }
+    return `${texts.join('\n\n')}\n`
   }
 
   #removeSeries(service: string): void {

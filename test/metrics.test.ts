@@ -46,3 +46,25 @@ t.test('a version gone with requests under way: what they record afterwards leav
   metrics.requests.inc({ service: 'gone', code: '2xx' })
   t.match(await metrics.render(), 'maitre_requests_total{service="gone",code="2xx"} 1', 'it runs again: its series are kept')
 })
+
+t.test('a scrape written metric by metric reads exactly as the registry writes it at once', async (t) => {
+  const metrics = newMetrics()
+  for (let i = 0; i < 300; i++) recordEverything(metrics, `v${i}`)
+  const rendered = await metrics.render()
+  t.ok(rendered.length > 16_384 * 4, 'large enough to be written in several turns')
+  // (The process metrics move between the two reads; everything else must match line for line.)
+  const stable = (text: string): string[] => text.split('\n').filter((line) => line.startsWith('maitre_'))
+  t.same(stable(rendered), stable(await metrics.registry.metrics()))
+  t.ok(rendered.endsWith('\n') && !rendered.endsWith('\n\n'))
+})
+
+t.test('a large scrape lets requests be served while it is written', async (t) => {
+  const metrics = newMetrics()
+  for (let i = 0; i < 300; i++) recordEverything(metrics, `v${i}`)
+  let written = false
+  let servedMeanwhile = false
+  const scrape = metrics.render().then(() => (written = true))
+  setImmediate(() => (servedMeanwhile = !written))
+  await scrape
+  t.ok(servedMeanwhile, 'the event loop ran other work before the scrape was done')
+})
