@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { freePort, median, waitForHttp, MAITRE_NODE_FLAGS } from './tools.ts'
+import { freePort, median, waitForHttp, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 import { burstRun, type BurstResult } from './scaling.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'data')}\nlog:\n  level: info\n  access: false\n${process.env['BURST_MAITRE_YAML'] ?? ''}\n`)
   const logFile = join(dir, 'maitre.log')
   const out = openSync(logFile, 'a')
-  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', out, 'inherit'] })
+  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', out, 'inherit'], env: { ...process.env, ...MAITRE_ENV } })
   process.on('exit', () => maitre.kill('SIGTERM'))
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`)

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { ChildProcess } from 'node:child_process'
-import { cpuSeconds, ensureTools, freePort, median, start, waitForHttp, wrk, type WrkResult, MAITRE_NODE_FLAGS } from './tools.ts'
+import { cpuSeconds, ensureTools, freePort, median, start, waitForHttp, wrk, type WrkResult, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 import { startKubeSimulator } from '../test/fixtures/k8s-sim/simulator.ts'
 import { startEtcd } from '../test/fixtures/etcd.ts'
 import { SIM_TOKEN, writeKubeconfig } from '../test/fixtures/router.ts'
@@ -85,7 +85,7 @@ async function startRouter(dir: string, name: string, kubeconfig: string, podBas
     ...(etcd === undefined ? [] : ['etcd:', `  endpoints: [${etcd}]`, `  prefix: ${prefix}`]),
     '',
   ].join('\n'))
-  const child = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
+  const child = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
   children.push(child)
   if (ROUTER_CPU !== undefined) capCpu(child.pid as number, name, ROUTER_CPU)
   const url = `http://127.0.0.1:${port}`

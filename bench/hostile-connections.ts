@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Agent, request } from 'undici'
-import { freePort, rssMb, waitForHttp, MAITRE_NODE_FLAGS } from './tools.ts'
+import { freePort, rssMb, waitForHttp, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 
 const REPO = fileURLToPath(new URL('..', import.meta.url))
 const KITCHEN = join(REPO, 'test/fixtures/kitchen.mjs')
@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     'server:', `  port: ${port}`, `dataDir: ${join(dir, 'data')}`, 'log:', '  level: warn', '  access: false',
     'backend:', '  local:', '    portRange: [31000, 31099]', '',
   ].join('\n'))
-  const router = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(REPO, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'] })
+  const router = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(REPO, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...MAITRE_ENV } })
   const url = `http://127.0.0.1:${port}`
   try {
     await waitForHttp(`${url}/status`)

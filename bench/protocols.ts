@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { spawnSync, type ChildProcess } from 'node:child_process'
-import { childPids, cpuSeconds, ensureTools, freePort, median, start, writeNginxConf, MAITRE_NODE_FLAGS } from './tools.ts'
+import { childPids, cpuSeconds, ensureTools, freePort, median, start, writeNginxConf, MAITRE_ENV, MAITRE_NODE_FLAGS } from './tools.ts'
 
 const SECONDS = Number(process.env['PROTO_SECONDS'] ?? 5)
 const ROUNDS = Number(process.env['PROTO_ROUNDS'] ?? 3)
@@ -98,7 +98,7 @@ async function main(): Promise<void> {
   const maitrePort = await freePort()
   const config = join(dir, 'maitre.yaml')
   writeFileSync(config, `server:\n  port: ${maitrePort}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: warn\n  access: false\n`)
-  const maitre = run(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config])
+  const maitre = run(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
   const maitreUrl = `http://127.0.0.1:${maitrePort}`
   for (let i = 0; ; i++) {
     try {

@@ -202,12 +202,14 @@ t.test('the Dockerfile builds on node:24-slim and runs as a non-root user', asyn
   t.match(dockerfile, /^ENV LD_PRELOAD=\/usr\/local\/lib\/libjemalloc\.so\.2$/m, 'and preloaded: RSS stays flat (RESULTS.md, Soak)')
 })
 
-t.test('maitre runs with the same V8 flags however it is launched: the bin’s shebang, npm start, the image, the benchmarks', async (t) => {
-  const { MAITRE_NODE_FLAGS } = await import('../bench/tools.ts')
+t.test('maitre runs with the same V8 flags and malloc settings however it is launched: the bin’s shebang, npm start, the image, the benchmarks', async (t) => {
+  const { MAITRE_ENV, MAITRE_NODE_FLAGS } = await import('../bench/tools.ts')
   const flags = MAITRE_NODE_FLAGS.join(' ')
-  t.equal(readFileSync(join(ROOT, 'src', 'main.ts'), 'utf8').split('\n')[0], `#!/usr/bin/env -S node ${flags}`, 'the shebang of the maitre bin')
+  const env = Object.entries(MAITRE_ENV).map(([name, value]) => `${name}=${value}`).join(' ')
+  t.equal(env, 'MALLOC_ARENA_MAX=2', 'glibc malloc keeps two arenas (RESULTS.md, "Memory: two malloc arenas")')
+  t.equal(readFileSync(join(ROOT, 'src', 'main.ts'), 'utf8').split('\n')[0], `#!/usr/bin/env -S ${env} node ${flags}`, 'the shebang of the maitre bin')
   const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> }
-  t.equal(pkg.scripts['start'], `exec node ${flags} src/main.ts serve`, 'npm start')
+  t.equal(pkg.scripts['start'], `${env} exec node ${flags} src/main.ts serve`, 'npm start')
   t.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), `ENTRYPOINT ["/usr/bin/tini", "--", "node", ${MAITRE_NODE_FLAGS.map((f) => JSON.stringify(f)).join(', ')}, "src/main.ts"]`, 'the image')
 })
 
