@@ -6,7 +6,6 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
-import { DEPLOYMENT_ERROR_CLASSES } from './backends/deployment-error.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -54,11 +53,13 @@ export function queueRejectionOf(code: string | undefined): (typeof QUEUE_REJECT
  * A per-version metric and, when it has a label besides `service`, that label's whole range:
  * a version's series are removed one by one by their labels. (Reading every series to find
  * them took 50–110 ms per version at 1,000 versions and ~0.5–1.4 s at 10,000, all of it
- * blocking the event loop, once per version collected.)
+ * blocking the event loop, once per version collected.) A label whose range this module does
+ * not know (`values` absent) is read from the metric's own series: only for a metric few
+ * versions have (versions with a deployment error).
  */
 interface PerServiceMetric {
   readonly metric: Metric<string>
-  readonly other?: { readonly label: string; readonly values: readonly string[] }
+  readonly other?: { readonly label: string; readonly values?: readonly string[] }
 }
 
 /** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
@@ -101,9 +102,15 @@ export class Metrics {
    * oldest forgotten first.
    */
   readonly #retired = new Set<string>()
+  /** Every version's gauge values, gathered once when a scrape begins, until it ends (seven gauges read them). */
+  #scraped: readonly ServiceGauges[] | undefined
+  readonly #sources: GaugeSources
 
   constructor(sources: GaugeSources, build: { version: string }) {
+    this.#sources = sources
     const registers = [this.registry]
+    // Seven gauges read every version's values: during a scrape they are gathered once.
+    const services = (): Iterable<ServiceGauges> => this.#scraped ?? sources.services()
     const service = ['service'] as const
     this.requests = new Counter({ name: 'maitre_requests_total', help: 'Proxied requests by service version and status class (2xx…5xx).', labelNames: ['service', 'code'] as const, registers })
     this.requestDuration = new Histogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
@@ -141,7 +148,7 @@ export class Metrics {
         registers,
         collect() {
           this.reset()
-          for (const s of sources.services()) {
+          for (const s of services()) {
             const v = value(s)
             if (v !== undefined) this.set({ service: s.service }, v)
           }
@@ -159,7 +166,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset()
-        for (const s of sources.services()) if (s.deploymentErrorClass !== undefined) this.set({ service: s.service, reason: s.deploymentErrorClass }, 1)
+        for (const s of services()) if (s.deploymentErrorClass !== undefined) this.set({ service: s.service, reason: s.deploymentErrorClass }, 1)
       },
     })
     new Gauge({
@@ -169,7 +176,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset()
-        for (const s of sources.services()) {
+        for (const s of services()) {
           this.set({ service: s.service, state: 'healthy' }, s.healthy)
           this.set({ service: s.service, state: 'starting' }, s.starting)
         }
@@ -186,7 +193,7 @@ export class Metrics {
     this.#perService = [
       { metric: this.requests, other: { label: 'code', values: STATUS_CLASSES } },
       { metric: this.scalingDecisions, other: { label: 'direction', values: ['up', 'down'] } },
-      { metric: this.deploymentErrors, other: { label: 'reason', values: DEPLOYMENT_ERROR_CLASSES } },
+      { metric: this.deploymentErrors, other: { label: 'reason' } },
       { metric: this.queueRejections, other: { label: 'reason', values: QUEUE_REJECTIONS } },
       ...[this.requestDuration, this.queueWait, this.backendResponse, this.killVetoes, this.coldStarts, this.coldStartDuration, this.ejections, this.instanceFailures].map(only),
     ]
@@ -202,7 +209,7 @@ export class Metrics {
       this.#retired.add(serviceId)
       if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.values().next().value as string)
     }
-    this.#removeSeries(serviceId)
+    await this.#removeSeries(serviceId)
   }
 
   /** The version runs (again): its series are kept from now on. */
@@ -210,28 +217,53 @@ export class Metrics {
     if (this.#retired.size > 0) this.#retired.delete(serviceId)
   }
 
-  /**
-   * The text a scrape gets (the registry's own, metric by metric): first, the series that
-   * versions gone recorded since they went are dropped. The event loop is let go after each
-   * large metric: at 1,000 versions the exposition is ~4.6 MB, and writing it at once held the
-   * loop for ~120-250 ms (1.2-2.3 s at 10,000), every request waiting meanwhile; now a wait is
-   * one metric's text at most.
-   */
+  /** The text a scrape gets, whole (see chunks). */
   async render(): Promise<string> {
-    for (const service of this.#retired) this.#removeSeries(service)
-    const texts: string[] = []
-    for (const metric of this.registry.getMetricsAsArray()) {
-      const text = await this.registry.getSingleMetricAsString(metric.name)
-      texts.push(text)
-      if (text.length >= YIELD_AFTER_CHARS) await new Promise((resolve) => setImmediate(resolve))
-    }
-    return `${texts.join('\n\n')}\n`
+    let text = ''
+    for await (const chunk of this.chunks()) text += chunk
+    return text
   }
 
-  #removeSeries(service: string): void {
-    for (const { metric, other } of this.#perService) {
-      if (other === undefined) metric.remove({ service })
-      else for (const value of other.values) metric.remove({ service, [other.label]: value })
+  /**
+   * The text a scrape gets (the registry's own), metric by metric, to be sent as it comes: first,
+   * the series that versions gone recorded since they went are dropped. The event loop is let go
+   * after each large metric: at 1,000 versions the exposition is ~4.6 MB, and writing it at
+   * once held the loop for ~120-250 ms (~1.5 s at 10,000, with the whole text joined and
+   * encoded in one piece), every request waiting meanwhile; now a wait is one metric's text.
+   */
+  async *chunks(): AsyncGenerator<string> {
+    for (const service of this.#retired) await this.#removeSeries(service)
+    // The per-version gauges all show the moment the scrape began (another scrape that begins
+    // meanwhile brings a later one for both).
+    const scraped = [...this.#sources.services()]
+    this.#scraped = scraped
+    try {
+      let first = true
+      for (const metric of this.registry.getMetricsAsArray()) {
+        const text = await this.registry.getSingleMetricAsString(metric.name)
+        yield first ? text : `\n\n${text}`
+        first = false
+        if (text.length >= YIELD_AFTER_CHARS) await new Promise((resolve) => setImmediate(resolve))
+      }
+      yield '\n'
+    } finally {
+      if (this.#scraped === scraped) this.#scraped = undefined
     }
   }
+
+  async #removeSeries(service: string): Promise<void> {
+    for (const { metric, other } of this.#perService) {
+      if (other === undefined) metric.remove({ service })
+      else for (const value of other.values ?? (await labelValuesOf(metric, service, other.label))) metric.remove({ service, [other.label]: value })
+    }
+  }
+}
+
+async function labelValuesOf(metric: Metric<string>, service: string, label: string): Promise<string[]> {
+  const values = new Set<string>()
+  for (const { labels } of (await metric.get()).values) {
+    const value = labels[label]
+    if (labels['service'] === service && value !== undefined) values.add(String(value))
+  }
+  return [...values]
 }

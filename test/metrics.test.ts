@@ -68,3 +68,15 @@ t.test('a large scrape lets requests be served while it is written', async (t) =
   await scrape
   t.ok(servedMeanwhile, 'the event loop ran other work before the scrape was done')
 })
+
+t.test('a scrape gathers every version’s gauge values once, not once per gauge', async (t) => {
+  let gathered = 0
+  const versions = [{ service: 'v1', inFlight: 2, queued: 3, healthy: 1, starting: 1, target: 2, maxInstances: 5, deploymentErrorClass: undefined }]
+  const metrics = new Metrics({ services: () => (gathered++, versions), tokens: () => 0, versions: () => 1 }, { version: 'test' })
+  const text = await metrics.render()
+  t.equal(gathered, 1, 'seven gauges, one walk over the versions')
+  t.match(text, 'maitre_outstanding_requests{service="v1"} 5')
+  t.match(text, 'maitre_instances{service="v1",state="starting"} 1')
+  versions[0] = { ...versions[0]!, queued: 0 }
+  t.match(await metrics.render(), 'maitre_outstanding_requests{service="v1"} 2', 'the next scrape gathers them afresh')
+})

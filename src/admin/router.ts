@@ -19,6 +19,7 @@ import { PEER_PATH_PREFIX } from '../cluster/slot-exchange.ts'
 import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Metrics } from '../metrics.ts'
+import { sendMetrics } from './send-metrics.ts'
 import { methodNotAllowed, queryFlag, sendJson, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
@@ -73,11 +74,8 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/status':
         case '/livez':
           return sendJson(res, 200, { status: 'ok' }, cid)
-        case '/metrics': {
-          const text = await deps.metrics.render()
-          res.writeHead(200, { 'content-type': deps.metrics.registry.contentType, 'content-length': Buffer.byteLength(text), 'x-cid': cid })
-          return void res.end(text)
-        }
+        case '/metrics':
+          return await sendMetrics(res, deps.metrics, cid)
         case '/readyz': {
           if (deps.draining()) return sendJson(res, 503, { status: 'draining', message: 'Router is in drain mode.' }, cid)
           // A cluster router that has not joined (yet, or again) can fill no slot of its own.

@@ -60,14 +60,7 @@ const CLUSTER_REASONS = new Set(['ImagePullBackOff', 'ErrImagePull', 'InvalidIma
 export function deploymentErrorClass(message: string): string {
   for (const [text, name] of CLASSES) if (message === text) return name
   const reason = /^([A-Za-z]+):/.exec(message)?.[1]
-  if (reason !== undefined && CLUSTER_REASONS.has(reason)) return clusterReasonClass(reason)
+  if (reason !== undefined && CLUSTER_REASONS.has(reason)) return reason.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase()
   if (message.startsWith('The cluster refused to create')) return 'replicaset-rejected'
   return 'other'
 }
-
-function clusterReasonClass(reason: string): string {
-  return reason.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase()
-}
-
-/** Every class deploymentErrorClass gives: the label's whole range (a version's series are removed by it). */
-export const DEPLOYMENT_ERROR_CLASSES: readonly string[] = [...CLASSES.map(([, name]) => name), ...[...CLUSTER_REASONS].map(clusterReasonClass), 'replicaset-rejected', 'other']

@@ -84,7 +84,7 @@ export class Autoscaler {
     // The loop never waits on a version's decision: one held up by its backend (a kill waiting on
     // a cluster's controller) delays neither the other versions nor the next tick, and that
     // version is decided again at the first tick after its decision is done.
-    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, async () => this.#launch(), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
+    this.#loop ??= startLoop(this.#deps.clock, this.#options.tickMs, () => this.#launch(), (err) => this.#deps.log.error({ err }, 'autoscaler tick failed'))
   }
 
   /** Stops the loop; never scales down on the way out. */
@@ -98,16 +98,28 @@ export class Autoscaler {
     for (const id of this.#liveServices()) await this.#scaleOnce(id)
   }
 
-  /** The loop's tick: a decision for every running version that has none under way, not waited for. */
-  #launch(): void {
-    for (const id of this.#liveServices()) if ((this.#entries.get(id)?.pending ?? 0) === 0) void this.#scaleOnce(id)
+  /**
+   * The loop's tick: a decision for every running version that has none under way, not waited
+   * for, DECISIONS_PER_TURN versions per turn of the event loop (requests are served between
+   * them); resolves once every version's decision has begun, so ticks never overlap.
+   */
+  async #launch(): Promise<void> {
+    const ids = this.#liveServices()
+    for (let from = 0; from < ids.length; from += DECISIONS_PER_TURN) {
+      if (from > 0) {
+        await new Promise((resolve) => setImmediate(resolve))
+        if (this.#loop === undefined) return
+      }
+      for (const id of ids.slice(from, from + DECISIONS_PER_TURN)) if ((this.#entries.get(id)?.pending ?? 0) === 0) void this.#scaleOnce(id)
+    }
   }
 
   /** The versions the backend runs; what is kept about any other is dropped. */
   #liveServices(): string[] {
     const live = this.#deps.backend.services().map((s) => s.id)
     const known = new Set(live)
-    for (const id of [...this.#entries.keys(), ...this.#expireRequested.keys()]) if (!known.has(id)) this.forget(id)
+    for (const id of this.#entries.keys()) if (!known.has(id)) this.forget(id)
+    for (const id of this.#expireRequested.keys()) if (!known.has(id)) this.forget(id)
     return live
   }
 
@@ -304,6 +316,13 @@ export class Autoscaler {
 
 /** Instances a scale-down tries per tick when other routers veto the first choices. */
 const MAX_KILL_ATTEMPTS = 3
+
+/**
+ * Versions whose decisions one turn of the event loop begins. A decision costs ~10 µs, so a
+ * turn holds the loop a few ms; before, a tick began all of them in one, ~100–300 ms at 10,000
+ * versions every second, with every request waiting.
+ */
+const DECISIONS_PER_TURN = 256
 
 const EMPTY: ReadonlySet<string> = new Set()
 

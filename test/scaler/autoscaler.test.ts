@@ -353,3 +353,22 @@ t.test('on a router that does not lead, expiries the leader noted are dropped on
   await ticks(clock, scaler, 1)
   t.same([...scaler.expiryRequested('s')], [second?.id], 'the ended one is dropped, the live one kept (should this router lead next)')
 })
+
+t.test('a tick over many versions lets requests be served between its decisions, and decides for every version once', async (t) => {
+  const decided = new Map<string, number>()
+  const { clock, backend, tracker, scaler } = setup(undefined, undefined, (id) => decided.set(id, (decided.get(id) ?? 0) + 1))
+  const versions = 1000
+  for (let i = 0; i < versions; i++) {
+    backend.add(`v${i}`, [0])
+    tracker.configure(`v${i}`, { concurrencyLevel: 1, loadBalancing: 'oldest', maxQueueLength: 100 })
+  }
+  scaler.start()
+  t.teardown(() => scaler.stop())
+  clock.advance(1000)
+  // A request's turn comes after the first few hundred decisions, not after all of them.
+  const decidedBeforeARequestRuns = await new Promise<number>((resolve) => setImmediate(() => resolve(decided.size)))
+  t.ok(decidedBeforeARequestRuns > 0 && decidedBeforeARequestRuns < versions, `the loop let go after ${decidedBeforeARequestRuns} of ${versions} decisions`)
+  for (let i = 0; i < 20 && decided.size < versions; i++) await new Promise((resolve) => setImmediate(resolve))
+  t.equal(decided.size, versions, 'every version decided within the tick')
+  t.ok([...decided.values()].every((n) => n === 1), 'each once')
+})
