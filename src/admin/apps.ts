@@ -14,7 +14,7 @@ import type { ServiceRecord, ServiceRegistry, TokenReference } from '../versions
 import { tokenEtag, type Tokens } from '../versions/tokens.ts'
 import { globMatcher, MAX_FILTERS } from './glob.ts'
 import { assertManages, mayManage } from './access.ts'
-import { methodNotAllowed, queryFlag, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+import { methodNotAllowed, queryFlag, readJsonObject, sendJson, sendJsonInPieces, type AdminRequest } from './http.ts'
 
 export interface AppsApiDeps {
   readonly backend: Backend
@@ -160,7 +160,7 @@ function isKnownToRun(serviceId: string, deps: AppsApiDeps): boolean {
   return load.inFlight + load.queued > 0
 }
 
-export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDeps): void {
+export async function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDeps): Promise<void> {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const token = r.url.searchParams.get('token')
   const tokenVersion = r.url.searchParams.get('token-version')
@@ -192,7 +192,7 @@ export function handleAppsList(r: AdminRequest, who: Principal, deps: AppsApiDep
   records.sort((a, b) => a.createdAt - b.createdAt)
   const effective = r.url.searchParams.getAll('include').includes('effective-parameters') || queryFlag(r.url, 'effective-parameters')
   const includes = new Set(r.url.searchParams.getAll('include'))
-  sendJson(r.res, 200, records.map((rec) => ({
+  await sendJsonInPieces(r.res, 200, records.map((rec) => ({
     ...summary(rec, deps),
     ...(effective ? { 'effective-parameters': deps.overrides.parameters(rec.id, rec.core) } : {}),
     ...(includes.has('healthy-instances') ? { instances: { 'healthy-instances': healthyInstances(deps.backend.state(rec.id)) } } : {}),

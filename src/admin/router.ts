@@ -20,7 +20,7 @@ import type { Suspensions } from '../versions/suspensions.ts'
 import type { GcRunner } from '../scaler/gc-runner.ts'
 import type { Metrics } from '../metrics.ts'
 import { sendMetrics } from './send-metrics.ts'
-import { methodNotAllowed, queryFlag, sendJson, sendText, type AdminRequest } from './http.ts'
+import { methodNotAllowed, queryFlag, sendJson, sendJsonInPieces, sendText, type AdminRequest } from './http.ts'
 import { handleToken, handleTokenHistory, handleTokens, type TokenApiDeps } from './tokens.ts'
 
 export interface AdminDeps extends TokenApiDeps, AppsApiDeps, PingDeps, Pick<InstanceApiDeps, 'expireInstance'> {
@@ -109,7 +109,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
         case '/token':
           return await handleToken(r, who, deps)
         case '/tokens':
-          return handleTokens(r, deps)
+          return await handleTokens(r, deps)
         case '/token-history':
           return handleTokenHistory(r, who, deps)
         case '/waiter-ping':
@@ -132,7 +132,7 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           return sendText(res, 200, serving, cid)
         }
         case '/apps':
-          return handleAppsList(r, who, deps)
+          return await handleAppsList(r, who, deps)
         case '/settings':
           if (req.method !== 'GET') throw methodNotAllowed(req.method, ['GET'])
           return sendJson(res, 200, deps.settings(), cid)
@@ -162,14 +162,14 @@ export function createAdminHandler(deps: AdminDeps): (req: IncomingMessage, res:
           }, cid)
         }
         case '/state/instance-tracker':
-          return sendJson(res, 200, {
+          return await sendJsonInPieces(res, 200, {
             'router-id': deps.routerId,
             state: Object.fromEntries(deps.backend.services().map((svc) => [svc.id, { load: deps.tracker.load(svc.id), slots: deps.tracker.instanceSlots(svc.id) }])),
           }, cid)
         case '/state/scheduler':
-          return sendJson(res, 200, { 'router-id': deps.routerId, state: { kind: deps.backend.kind, services: deps.backend.services() } }, cid)
+          return await sendJsonInPieces(res, 200, { 'router-id': deps.routerId, state: { kind: deps.backend.kind, services: deps.backend.services() } }, cid)
         case '/state/autoscaler':
-          return sendJson(res, 200, { 'router-id': deps.routerId, state: deps.autoscaler.snapshots() }, cid)
+          return await sendJsonInPieces(res, 200, { 'router-id': deps.routerId, state: deps.autoscaler.snapshots() }, cid)
         case '/state/gc-services':
           return sendJson(res, 200, { 'router-id': deps.routerId, state: { rounds: deps.gc.rounds(), 'recently-collected': deps.gc.recent() } }, cid)
       }

@@ -6,6 +6,7 @@
  */
 import type { ServerResponse } from 'node:http'
 import type { Metrics } from '../metrics.ts'
+import { drainedOrClosed } from './http.ts'
 
 export async function sendMetrics(res: ServerResponse, metrics: Metrics, cid: string): Promise<void> {
   const chunks = metrics.chunks()
@@ -23,16 +24,4 @@ export async function sendMetrics(res: ServerResponse, metrics: Metrics, cid: st
     // The head is out: the scraper sees a cut answer, never a complete-looking partial one.
     res.destroy(err instanceof Error ? err : new Error(String(err)))
   }
-}
-
-function drainedOrClosed(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      res.off('drain', done)
-      res.off('close', done)
-      resolve()
-    }
-    res.on('drain', done)
-    res.on('close', done)
-  })
 }

@@ -8,7 +8,7 @@ import { globMatcher, MAX_FILTERS, type Matcher } from './glob.ts'
 import { serviceFields, tokenEtag, userFields, type Tokens } from '../versions/tokens.ts'
 import type { TokenData } from '../versions/token-store.ts'
 import { PARAMETERS, SYSTEM_METADATA, TOKEN_METADATA } from '../versions/parameters.ts'
-import { firstHeader, methodNotAllowed, queryFlag, readJsonObject, sendJson, type AdminRequest } from './http.ts'
+import { firstHeader, methodNotAllowed, queryFlag, readJsonObject, sendJson, sendJsonInPieces, type AdminRequest } from './http.ts'
 
 export interface TokenApiDeps {
   readonly tokens: Tokens
@@ -109,7 +109,7 @@ export async function handleToken(r: AdminRequest, principal: Principal, deps: T
   }
 }
 
-export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
+export async function handleTokens(r: AdminRequest, deps: TokenApiDeps): Promise<void> {
   if (r.req.method !== 'GET') throw methodNotAllowed(r.req.method, ['GET'])
   const owners = new Set(r.url.searchParams.getAll('owner'))
   const withDeleted = includes(r.url, 'deleted')
@@ -158,7 +158,7 @@ export function handleTokens(r: AdminRequest, deps: TokenApiDeps): void {
   }
   // Code-unit order: stable, and cheap for a hundred thousand names (localeCompare is not).
   list.sort((a, b) => (String(a['token']) < String(b['token']) ? -1 : String(a['token']) > String(b['token']) ? 1 : 0))
-  sendJson(r.res, 200, list, r.cid)
+  await sendJsonInPieces(r.res, 200, list, r.cid)
 }
 
 export function handleTokenHistory(r: AdminRequest, who: Principal, deps: TokenApiDeps): void {
