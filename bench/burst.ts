@@ -50,7 +50,7 @@ async function main(): Promise<void> {
   writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'data')}\nlog:\n  level: info\n  access: false\n${process.env['BURST_MAITRE_YAML'] ?? ''}\n`)
   const logFile = join(dir, 'maitre.log')
   const out = openSync(logFile, 'a')
-  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', out, 'inherit'], env: { ...process.env, ...MAITRE_ENV } })
+  const maitre = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', out, 'inherit'], env: { ...MAITRE_ENV, ...process.env } })
   process.on('exit', () => maitre.kill('SIGTERM'))
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`)

@@ -85,7 +85,7 @@ async function startRouter(dir: string, name: string, kubeconfig: string, podBas
     ...(etcd === undefined ? [] : ['etcd:', `  endpoints: [${etcd}]`, `  prefix: ${prefix}`]),
     '',
   ].join('\n'))
-  const child = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
+  const child = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...MAITRE_ENV, ...process.env })
   children.push(child)
   if (ROUTER_CPU !== undefined) capCpu(child.pid as number, name, ROUTER_CPU)
   const url = `http://127.0.0.1:${port}`

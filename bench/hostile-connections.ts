@@ -65,7 +65,7 @@ async function main(): Promise<void> {
     'server:', `  port: ${port}`, `dataDir: ${join(dir, 'data')}`, 'log:', '  level: warn', '  access: false',
     'backend:', '  local:', '    portRange: [31000, 31099]', '',
   ].join('\n'))
-  const router = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(REPO, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...MAITRE_ENV } })
+  const router = spawn(process.execPath, [...MAITRE_NODE_FLAGS, join(REPO, 'src/main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...MAITRE_ENV, ...process.env } })
   const url = `http://127.0.0.1:${port}`
   try {
     await waitForHttp(`${url}/status`)

@@ -98,7 +98,7 @@ async function main(): Promise<void> {
   const maitrePort = await freePort()
   const config = join(dir, 'maitre.yaml')
   writeFileSync(config, `server:\n  port: ${maitrePort}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: warn\n  access: false\n`)
-  const maitre = run(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
+  const maitre = run(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...MAITRE_ENV, ...process.env })
   const maitreUrl = `http://127.0.0.1:${maitrePort}`
   for (let i = 0; ; i++) {
     try {

@@ -89,7 +89,7 @@ async function startMaitre(dir: string): Promise<{ port: number; pid: number; ur
   const accessLog = process.env['BENCH_ACCESS_LOG'] === '1' ? '' : '  access: false\n'
   writeFileSync(config, `server:\n  port: ${port}\ndataDir: ${join(dir, 'maitre-data')}\nlog:\n  level: ${process.env['BENCH_LOG_LEVEL'] ?? 'info'}\n${accessLog}`)
   // Launched as it ships: the shebang's environment (MAITRE_ENV) and Node flags.
-  const maitre = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...process.env, ...MAITRE_ENV })
+  const maitre = start(process.execPath, [...MAITRE_NODE_FLAGS, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { ...MAITRE_ENV, ...process.env })
   children.push(maitre)
   const url = `http://127.0.0.1:${port}`
   await waitForHttp(`${url}/status`)

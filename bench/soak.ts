@@ -583,7 +583,7 @@ async function main(): Promise<number> {
   const logPath = join(dir, 'router.log')
   const logFd = openSync(logPath, 'a')
   // Its own process group: a Ctrl-C on this script ends the traffic early and still stops the router in order.
-  const router: ChildProcess = spawn(process.execPath, [...MAITRE_NODE_FLAGS, `--inspect=127.0.0.1:${inspectPort}`, join(ROOT, 'src', 'main.ts'), 'serve', '--config', configPath], { cwd: ROOT, env: { ...process.env, ...MAITRE_ENV }, stdio: ['ignore', logFd, logFd], detached: true })
+  const router: ChildProcess = spawn(process.execPath, [...MAITRE_NODE_FLAGS, `--inspect=127.0.0.1:${inspectPort}`, join(ROOT, 'src', 'main.ts'), 'serve', '--config', configPath], { cwd: ROOT, env: { ...MAITRE_ENV, ...process.env }, stdio: ['ignore', logFd, logFd], detached: true })
   closeSync(logFd)
   const pid = router.pid as number
   let routerExit: number | string | null | undefined

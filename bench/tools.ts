@@ -38,8 +38,9 @@ export const MAITRE_NODE_FLAGS = ['--max-semi-space-size=16'] as const
 
 /**
  * The environment maitre runs with wherever it is launched with glibc's malloc (the `env -S`
- * assignments of src/main.ts's shebang, `npm start`), set on top of the caller's for the router
- * only; the benchmarks launch maitre with it so they measure it as it ships. Two malloc arenas
+ * assignments of src/main.ts's shebang, `npm start`), for the router only, under the caller's
+ * (who can set another MALLOC_ARENA_MAX to measure glibc's default); the benchmarks launch
+ * maitre with it so they measure it as it ships. Two malloc arenas
  * instead of glibc's eight per core: the freed memory each thread's arena keeps dropped from
  * 34–38 to 10–16 MB, the quiet RSS after the bench from 150–152 to 134–135 MB, for no change in
  * throughput or CPU per request (RESULTS.md, "Memory: two malloc arenas"). The image uses

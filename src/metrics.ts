@@ -62,6 +62,9 @@ interface PerServiceMetric {
   readonly other?: { readonly label: string; readonly values?: readonly string[] }
 }
 
+/** Versions whose series one turn of the event loop removes (~20 removals each). */
+const REMOVALS_PER_TURN = 512
+
 /** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
 const YIELD_AFTER_CHARS = 16_384
 
@@ -209,7 +212,7 @@ export class Metrics {
       this.#retired.add(serviceId)
       if (this.#retired.size > MAX_RETIRED) this.#retired.delete(this.#retired.values().next().value as string)
     }
-    await this.#removeSeries(serviceId)
+    await this.#removeSeries([serviceId])
   }
 
   /** The version runs (again): its series are kept from now on. */
@@ -232,7 +235,7 @@ export class Metrics {
    * encoded in one piece), every request waiting meanwhile; now a wait is one metric's text.
    */
   async *chunks(): AsyncGenerator<string> {
-    for (const service of this.#retired) await this.#removeSeries(service)
+    if (this.#retired.size > 0) await this.#removeSeries([...this.#retired])
     // The per-version gauges all show the moment the scrape began (another scrape that begins
     // meanwhile brings a later one for both).
     const scraped = [...this.#sources.services()]
@@ -251,19 +254,34 @@ export class Metrics {
     }
   }
 
-  async #removeSeries(service: string): Promise<void> {
-    for (const { metric, other } of this.#perService) {
-      if (other === undefined) metric.remove({ service })
-      else for (const value of other.values ?? (await labelValuesOf(metric, service, other.label))) metric.remove({ service, [other.label]: value })
+  /** Removes these versions' series, REMOVALS_PER_TURN versions per turn of the event loop. */
+  async #removeSeries(services: readonly string[]): Promise<void> {
+    const gone = new Set(services)
+    // A label whose range is not known here: its values read once, from the metric's own series.
+    const unlisted = new Map<PerServiceMetric, Map<string, Set<string>>>()
+    for (const entry of this.#perService) if (entry.other !== undefined && entry.other.values === undefined) unlisted.set(entry, await labelValuesOf(entry.metric, entry.other.label, gone))
+    for (const [i, service] of services.entries()) {
+      if (i > 0 && i % REMOVALS_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve))
+      for (const entry of this.#perService) {
+        const { metric, other } = entry
+        if (other === undefined) metric.remove({ service })
+        else for (const value of other.values ?? unlisted.get(entry)?.get(service) ?? []) metric.remove({ service, [other.label]: value })
+      }
     }
   }
 }
 
-async function labelValuesOf(metric: Metric<string>, service: string, label: string): Promise<string[]> {
-  const values = new Set<string>()
+/** The values of `label` in the metric's series of these versions, by version. */
+async function labelValuesOf(metric: Metric<string>, label: string, services: ReadonlySet<string>): Promise<Map<string, Set<string>>> {
+  const values = new Map<string, Set<string>>()
   for (const { labels } of (await metric.get()).values) {
+    const service = labels['service']
     const value = labels[label]
-    if (labels['service'] === service && value !== undefined) values.add(String(value))
+    if (typeof service !== 'string' || !services.has(service) || value === undefined) continue
+    let ofService = values.get(service)
+    if (ofService === undefined) values.set(service, (ofService = new Set()))
+    ofService.add(String(value))
   }
-  return [...values]
+  return values
 }
+

@@ -80,3 +80,19 @@ t.test('a scrape gathers every version’s gauge values once, not once per gauge
   versions[0] = { ...versions[0]!, queued: 0 }
   t.match(await metrics.render(), 'maitre_outstanding_requests{service="v1"} 2', 'the next scrape gathers them afresh')
 })
+
+t.test('a scrape that drops many gone versions’ late series lets requests be served meanwhile', async (t) => {
+  const metrics = newMetrics()
+  for (let i = 0; i < 2000; i++) await metrics.removeService(`gone-${i}`, true)
+  metrics.requests.inc({ service: 'gone-1999', code: '5xx' })
+  metrics.deploymentErrors.inc({ service: 'gone-1999', reason: 'other' })
+  let written = false
+  let servedMeanwhile = false
+  const scrape = metrics.render().then((text) => {
+    written = true
+    return text
+  })
+  setImmediate(() => (servedMeanwhile = !written))
+  t.notMatch(await scrape, 'gone-1999', 'their series dropped')
+  t.ok(servedMeanwhile, 'the event loop ran other work before the scrape was done')
+})

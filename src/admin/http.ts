@@ -1,4 +1,5 @@
 /** Small helpers the admin handlers share: JSON in, JSON out. */
+import type { EventEmitter } from 'node:events'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { MaitreError } from '../errors.ts'
 import { jsonDepth, MAX_JSON_DEPTH } from '../limits.ts'
@@ -24,26 +25,26 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, cid
   res.end(text)
 }
 
-/** Entries written per turn of the event loop by sendJsonInPieces. */
-const ENTRIES_PER_TURN = 256
+/** Pieces written per turn of the event loop by sendJsonInPieces (an entry is one piece, or ~10–20 when walked into). */
+const PIECES_PER_TURN = 1024
 
 /**
  * sendJson's text for a body that can be large (a listing over every version or token), sent
- * chunked as it is written: the event loop is let go every ENTRIES_PER_TURN entries and a slow
- * reader is waited for. Writing 10,000 versions' listing at once held the loop ~0.5 s.
+ * chunked as it is written: the event loop is let go every PIECES_PER_TURN pieces and a slow
+ * reader is waited for; a reader gone stops it. Writing 10,000 versions' listing at once held
+ * the loop ~0.5 s.
  */
 export async function sendJsonInPieces(res: ServerResponse, status: number, body: unknown, cid: string): Promise<void> {
+  if (leftBehind(res)) return
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'x-cid': cid, server: SERVER_HEADER })
   let text = ''
   let pieces = 0
   try {
     for (const piece of jsonPieces(body)) {
       text += piece
-      if (++pieces % ENTRIES_PER_TURN !== 0) continue
-      const flowing = res.write(text)
+      if (++pieces % PIECES_PER_TURN !== 0) continue
+      if (!(await writeOn(res, text))) return
       text = ''
-      await (flowing ? new Promise((resolve) => setImmediate(resolve)) : drainedOrClosed(res))
-      if (res.destroyed) return
     }
     res.end(`${text}\n`)
   } catch (err) {
@@ -52,16 +53,55 @@ export async function sendJsonInPieces(res: ServerResponse, status: number, body
   }
 }
 
-/** Resolves once the response can take more, or has closed. */
-export function drainedOrClosed(res: ServerResponse): Promise<void> {
+/**
+ * Writes a piece of a long answer, then waits for the reader to take it (or for the next turn of
+ * the event loop). False once the reader is gone: stop writing (what was written is let go).
+ */
+export async function writeOn(res: ServerResponse, text: string): Promise<boolean> {
+  if (!leftBehind(res)) {
+    if (res.write(text)) await new Promise((resolve) => setImmediate(resolve))
+    else await drainedOrClosed(res)
+  }
+  return !leftBehind(res)
+}
+
+/**
+ * Whether the reader is gone; if so, the answer is destroyed, so that what waits to be written
+ * is let go (an HTTP/2 stream the reader cancelled otherwise keeps it, and its session stays open).
+ */
+export function leftBehind(res: ServerResponse): boolean {
+  if (!answerGone(res)) return false
+  if (!res.writableEnded) res.destroy()
+  return true
+}
+
+/**
+ * Whether an answer can no longer reach its reader. Over HTTP/2 (Node's compatibility
+ * response) `destroyed` does not exist and a write to a closed stream just returns false, so
+ * the stream's own state is read too.
+ */
+export function answerGone(res: ServerResponse): boolean {
+  const stream = http2StreamOf(res)
+  return res.destroyed === true || res.writableEnded || stream?.destroyed === true || stream?.closed === true
+}
+
+/** The HTTP/2 stream under a compatibility response (whose own events do not say that the reader cancelled). */
+function http2StreamOf(res: ServerResponse): (EventEmitter & { destroyed?: boolean; closed?: boolean }) | undefined {
+  return (res as unknown as { stream?: EventEmitter & { destroyed?: boolean; closed?: boolean } }).stream
+}
+
+/** Resolves once the response can take more, or has closed (at once if it already has). */
+function drainedOrClosed(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
+    if (answerGone(res)) return resolve()
+    // An HTTP/2 stream the reader cancelled with writes pending says 'aborted', not 'close'.
+    const emitters: EventEmitter[] = [res, ...[http2StreamOf(res)].filter((s) => s !== undefined)]
+    const events = ['drain', 'close', 'aborted', 'error'] as const
     const done = (): void => {
-      res.off('drain', done)
-      res.off('close', done)
+      for (const emitter of emitters) for (const event of events) emitter.off(event, done)
       resolve()
     }
-    res.on('drain', done)
-    res.on('close', done)
+    for (const emitter of emitters) for (const event of events) emitter.on(event, done)
   })
 }
 

@@ -104,11 +104,13 @@ export class Autoscaler {
    * them); resolves once every version's decision has begun, so ticks never overlap.
    */
   async #launch(): Promise<void> {
+    const loop = this.#loop
     const ids = this.#liveServices()
     for (let from = 0; from < ids.length; from += DECISIONS_PER_TURN) {
       if (from > 0) {
         await new Promise((resolve) => setImmediate(resolve))
-        if (this.#loop === undefined) return
+        // Stopped meanwhile (and perhaps started again: the new loop's ticks decide from now on).
+        if (this.#loop !== loop) return
       }
       for (const id of ids.slice(from, from + DECISIONS_PER_TURN)) if ((this.#entries.get(id)?.pending ?? 0) === 0) void this.#scaleOnce(id)
     }
