@@ -45,6 +45,7 @@ export async function sendJsonInPieces(res: ServerResponse, status: number, body
       if (++pieces % PIECES_PER_TURN !== 0) continue
       if (!(await writeOn(res, text))) return
       text = ''
+      await new Promise((resolve) => setImmediate(resolve))
     }
     res.end(`${text}\n`)
   } catch (err) {
@@ -54,14 +55,12 @@ export async function sendJsonInPieces(res: ServerResponse, status: number, body
 }
 
 /**
- * Writes a piece of a long answer, then waits for the reader to take it (or for the next turn of
- * the event loop). False once the reader is gone: stop writing (what was written is let go).
+ * Writes a piece of a long answer, waiting for the reader to take it if it is behind. False once
+ * the reader is gone: stop writing (what was written is let go).
  */
 export async function writeOn(res: ServerResponse, text: string): Promise<boolean> {
-  if (!leftBehind(res)) {
-    if (res.write(text)) await new Promise((resolve) => setImmediate(resolve))
-    else await drainedOrClosed(res)
-  }
+  if (leftBehind(res)) return false
+  if (!res.write(text)) await drainedOrClosed(res)
   return !leftBehind(res)
 }
 

@@ -8,6 +8,9 @@ import type { ServerResponse } from 'node:http'
 import type { Metrics } from '../metrics.ts'
 import { leftBehind, writeOn } from './http.ts'
 
+/** Metrics' text gathered before a write (a scrape is ~50 metrics, most of them a few lines). */
+const WRITE_AT_CHARS = 65_536
+
 export async function sendMetrics(res: ServerResponse, metrics: Metrics, cid: string): Promise<void> {
   const chunks = metrics.chunks()
   // The first metric before the head: a failure there is still answered as an error.
@@ -15,9 +18,14 @@ export async function sendMetrics(res: ServerResponse, metrics: Metrics, cid: st
   try {
     if (leftBehind(res)) return
     res.writeHead(200, { 'content-type': metrics.registry.contentType, 'x-cid': cid })
-    if (first.done !== true && !(await writeOn(res, first.value))) return
-    for await (const chunk of chunks) if (!(await writeOn(res, chunk))) return
-    res.end()
+    let text = first.done === true ? '' : first.value
+    for await (const chunk of chunks) {
+      text += chunk
+      if (text.length < WRITE_AT_CHARS) continue
+      if (!(await writeOn(res, text))) return
+      text = ''
+    }
+    if (!leftBehind(res)) res.end(text)
   } catch (err) {
     // The head is out: the scraper sees a cut answer, never a complete-looking partial one.
     res.destroy(err instanceof Error ? err : new Error(String(err)))
