@@ -91,8 +91,10 @@ t.test('load spread over three routers scales the version to the fleet-wide idea
   t.equal((await call(`${follower.url}/request-info`, { headers: h })).status, 200)
   const replicas = (): number => cluster.sim.list('replicasets', SIM_NAMESPACE).map((rs) => (rs.spec as { replicas: number }).replicas)[0] ?? 0
   // Two long requests through each router: six outstanding over the fleet, on concurrency-level 1.
-  const long = cluster.routers.flatMap((r) => [0, 1].map(() => call(`${r.url}/sleep?sleep-ms=2500`, { headers: h })))
-  const requested = await waitFor('the leader scales the ReplicaSet up', () => (replicas() >= 6 ? replicas() : undefined), 4000)
+  // (Long enough for a leader on a machine loaded by the rest of the suite: its loads arrive
+  // every 500 ms through etcd, and it ticks every 200 ms.)
+  const long = cluster.routers.flatMap((r) => [0, 1].map(() => call(`${r.url}/sleep?sleep-ms=6000`, { headers: h })))
+  const requested = await waitFor('the leader scales the ReplicaSet up', () => (replicas() >= 6 ? replicas() : undefined), 5500)
   t.equal(requested, 6, 'six replicas: the sum of what the three routers carry, not a third of it nor three times')
   const replies = await Promise.all(long)
   t.same(replies.map((r) => r.status), [200, 200, 200, 200, 200, 200])
@@ -306,7 +308,8 @@ t.test('a router carrying a request on an instance vetoes the leader’s kill of
 
   // The follower carries one long request on each instance, on its own slots: the leader's
   // tracker sees both instances idle.
-  const long = [0, 1].map(() => call(`${follower.url}/sleep?sleep-ms=3000`, { headers: h }))
+  // Long enough for the override to reach the leader and its scale-down to be tried on a loaded machine.
+  const long = [0, 1].map(() => call(`${follower.url}/sleep?sleep-ms=6000`, { headers: h }))
   await waitFor('both requests under way at the follower', async () => ((await call(`${follower.url}/state/instance-tracker`)).json<{ state: Record<string, { load: { inFlight: number } }> }>().state[serviceId]?.load.inFlight === 2 ? true : undefined))
   // One instance is enough now (min 1, and two requests fit one instance of concurrency-level 2),
   // and the scaler comes down fast.
@@ -315,7 +318,7 @@ t.test('a router carrying a request on an instance vetoes the leader’s kill of
     const text = (await call(`${leader.url}/metrics`)).text
     return Number(new RegExp(`maitre_kill_vetoes_total\\{service="${serviceId}"\\} (\\d+)`).exec(text)?.[1] ?? '0')
   }
-  await waitFor('the leader tried to kill and was vetoed', async () => ((await vetoes()) > 0 ? true : undefined), 3000)
+  await waitFor('the leader tried to kill and was vetoed', async () => ((await vetoes()) > 0 ? true : undefined), 5500)
   const replies = await Promise.all(long)
   t.same(replies.map((r) => r.status), [200, 200], 'both long requests completed: no busy instance was killed')
   t.ok((await vetoes()) >= 1, `vetoes counted (${await vetoes()})`)
