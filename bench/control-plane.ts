@@ -84,6 +84,8 @@ async function main(): Promise<void> {
   writeFileSync(config, [
     `server:\n  port: ${port}`,
     `dataDir: ${join(dir, 'data')}`,
+    // Every token has the one owner: Waiter's per-owner limit (1,000) would refuse the rest.
+    `maxTokensPerOwner: ${TOKENS + 1}`,
     // Room for a thousand instances; memory checks every 5 s rather than every second.
     'backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: 5000',
     'log:\n  level: warn', '',
