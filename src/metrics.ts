@@ -284,4 +284,3 @@ async function labelValuesOf(metric: Metric<string>, label: string, services: Re
   }
   return values
 }
-
