@@ -7,7 +7,8 @@
  * replaces the flags and BENCH_MAITRE_ENV='NAME=value …' adds to the environment, to measure a
  * launch variant. The RSS is read again after 10 s without requests (BENCH_IDLE_SECONDS).
  * BENCH_HEAP=1 loads bench/memory-probe.mjs into maitre and, after the last RSS reading, reports
- * its live heap after a full collection (what the tokens and versions hold) and V8's sizes.
+ * its live heap after a full collection (what the tokens and versions hold) and V8's sizes;
+ * BENCH_HEAP_SNAPSHOT=FILE (with BENCH_HEAP=1) also writes a heap snapshot of it there.
  * Also reported: maitre's CPU while idle with every version live (its per-instance loops: health
  * checks, the memory and log checks, the autoscaler's ticks), and how long SIGTERM takes to stop
  * it and its thousand instances.
@@ -32,6 +33,7 @@ const MAITRE_LAUNCH_ENV: Record<string, string> = {
 }
 const HEAP = process.env['BENCH_HEAP'] === '1'
 const PROBE_OUT = join(tmpdir(), `maitre-cp-probe-${process.pid}.json`)
+const SNAPSHOT = process.env['BENCH_HEAP_SNAPSHOT']
 const CMD = 'mkdir -p www && echo ok > www/status && exec busybox httpd -f -p 127.0.0.1:$PORT0 -h www'
 const agent = new Agent({ connections: 64, keepAliveTimeout: 30_000 })
 
@@ -91,7 +93,7 @@ async function main(): Promise<void> {
     'log:\n  level: warn', '',
   ].join('\n'))
   const probeArgs = HEAP ? ['--expose-gc', '--import', join(ROOT, 'bench', 'memory-probe.mjs')] : []
-  const probeEnv = HEAP ? { MEM_PROBE_OUT: PROBE_OUT, MEM_PROBE_GC: '1' } : {}
+  const probeEnv = HEAP ? { MEM_PROBE_OUT: PROBE_OUT, MEM_PROBE_GC: '1', ...(SNAPSHOT === undefined ? {} : { MEM_PROBE_SNAPSHOT: SNAPSHOT }) } : {}
   const maitre = spawn(process.execPath, [...NODE_FLAGS, ...probeArgs, join(ROOT, 'src', 'main.ts'), 'serve', '--config', config], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...MAITRE_LAUNCH_ENV, ...probeEnv } })
   const url = `http://127.0.0.1:${port}`
   try {
@@ -132,9 +134,15 @@ async function main(): Promise<void> {
       maitre.kill('SIGUSR2')
       for (let i = 0; i < 100 && !existsSync(PROBE_OUT); i++) await new Promise((r) => setTimeout(r, 50))
       await new Promise((r) => setTimeout(r, 50))
-      const p = JSON.parse(readFileSync(PROBE_OUT, 'utf8')) as { heapUsed: number; heapCommitted: number; rss: number; external: number }
+      const p = JSON.parse(readFileSync(PROBE_OUT, 'utf8')) as { heapUsed: number; heapCommitted: number; rss: number; external: number; spaces: Record<string, { committed: number; used: number }>; resident?: { mallocHeap: number; files: number; anonymous: number } }
       rmSync(PROBE_OUT, { force: true })
-      heap = `\nAfter a full collection (BENCH_HEAP=1): live heap ${p.heapUsed.toFixed(1)} MB, V8 committed ${p.heapCommitted.toFixed(1)} MB, external ${p.external.toFixed(1)} MB, RSS ${p.rss.toFixed(0)} MB.`
+      if (SNAPSHOT !== undefined) {
+        for (let i = 0; i < 1200 && !existsSync(SNAPSHOT); i++) await new Promise((r) => setTimeout(r, 100))
+        if (!existsSync(SNAPSHOT)) throw new Error(`no heap snapshot at ${SNAPSHOT} after 120 s`)
+      }
+      heap = `\nAfter a full collection (BENCH_HEAP=1): live heap ${p.heapUsed.toFixed(1)} MB, V8 committed ${p.heapCommitted.toFixed(1)} MB, external ${p.external.toFixed(1)} MB, RSS ${p.rss.toFixed(0)} MB.` +
+        `\nV8 spaces, committed / used MB: ${Object.entries(p.spaces).map(([name, s]) => `${name} ${s.committed} / ${s.used}`).join(', ')}.` +
+        (p.resident === undefined ? '' : `\nResident by mapping: malloc's main heap ${p.resident.mallocHeap} MB, files (code) ${p.resident.files} MB, anonymous (V8 pages, other malloc arenas, stacks) ${p.resident.anonymous} MB.`)
     }
 
     console.log([

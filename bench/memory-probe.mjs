@@ -3,12 +3,33 @@
 // file named by MEM_PROBE_OUT, so the bench can split the RSS it reads into the heap's spaces,
 // what V8 mallocs outside them, and the rest (code, the allocator's free lists, thread stacks).
 // With MEM_PROBE_GC=1 the signal first runs a full collection (needs --expose-gc): the live heap.
-import { getHeapSpaceStatistics, getHeapStatistics } from 'node:v8'
-import { writeFileSync } from 'node:fs'
+// With MEM_PROBE_SNAPSHOT=FILE it also writes a heap snapshot there (what holds the heap, by kind).
+import { getHeapSpaceStatistics, getHeapStatistics, writeHeapSnapshot } from 'node:v8'
+import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { constants, PerformanceObserver } from 'node:perf_hooks'
 
 const out = process.env.MEM_PROBE_OUT
 const mb = (bytes) => Math.round(bytes / 104857.6) / 10
+
+/**
+ * The resident set by kind of mapping, MB, from /proc/self/smaps (Linux): glibc's main heap
+ * ([heap], what malloc serves from brk), files (node's own binary and libraries: code), and the
+ * anonymous rest (V8's pages, malloc's mmapped chunks and other arenas, thread stacks).
+ */
+function residentByKind() {
+  const kinds = { mallocHeap: 0, files: 0, anonymous: 0 }
+  let kind = 'anonymous'
+  try {
+    for (const line of readFileSync('/proc/self/smaps', 'latin1').split('\n')) {
+      const head = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$/.exec(line)
+      if (head !== null) kind = head[1] === '[heap]' ? 'mallocHeap' : head[1].startsWith('/') ? 'files' : 'anonymous'
+      else if (line.startsWith('Rss:')) kinds[kind] += Number(line.split(/\s+/)[1]) * 1024
+    }
+  } catch {
+    return undefined // not Linux
+  }
+  return { mallocHeap: mb(kinds.mallocHeap), files: mb(kinds.files), anonymous: mb(kinds.anonymous) }
+}
 
 if (out !== undefined) {
   // GCs by kind since start: count and total pause (ms), from the gc performance entries.
@@ -38,8 +59,12 @@ if (out !== undefined) {
       heapUsed: mb(heap.used_heap_size),
       external: mb(usage.external),
       malloced: mb(heap.malloced_memory),
+      resident: residentByKind(),
       spaces,
       gcs: Object.fromEntries(Object.entries(gcs).map(([k, [n, ms]]) => [k, { count: n, ms: Math.round(ms) }])),
     })}\n`)
+    // After the figures, so they do not count the snapshot's own allocations; renamed when whole.
+    const snapshot = process.env.MEM_PROBE_SNAPSHOT
+    if (snapshot) renameSync(writeHeapSnapshot(`${snapshot}.part`), snapshot)
   })
 }

@@ -197,7 +197,12 @@ const SCHEMES: Readonly<Record<Instance['proto'], 'http' | 'https'>> = { http: '
 
 /** The pool of connections to one HTTP/1.1 instance. */
 interface InstancePool {
-  readonly pool: Pool
+  /**
+   * null once the sweep closed it: the entry itself stays reachable from the instance (the
+   * WeakMap holds it while the instance lives), so it must not keep the closed pool, whose
+   * request queue alone is 16 KB (undici's FixedQueue), for every idle instance.
+   */
+  pool: Pool | null
   /** A request went through it since the last sweep. */
   used: boolean
   /** The instance answered a 100 Continue nobody asked for: its requests go through Node's client (isUnsolicitedContinue). */
@@ -206,6 +211,10 @@ interface InstancePool {
 
 /** How often pools are looked at; one unused for a whole period, with nothing under way, is closed. */
 const POOL_SWEEP_MS = 30_000
+
+function isOpen(entry: InstancePool | undefined): entry is InstancePool & { pool: Pool } {
+  return entry !== undefined && entry.pool !== null && !entry.pool.closed && !entry.pool.destroyed
+}
 
 export class Forwarder {
   /**
@@ -222,39 +231,44 @@ export class Forwarder {
   /** Node's own clients: every request to an HTTP/2 instance, and those with a body or an expectation (forward-node.ts). */
   readonly #node: NodeForwarder
 
-  constructor(options: { connectTimeoutMs: number }) {
+  constructor(options: { connectTimeoutMs: number; poolSweepMs?: number }) {
     this.#node = new NodeForwarder(options)
     // An instance's TLS (backend-proto https or h2) guards the wire; whom the router talks to it
     // already knows, having started the instance at that address, so the instance's certificate
     // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
     // allowH2: https instances may agree on HTTP/2 by ALPN.
     this.#poolOptions = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000, allowH2: true, maxHeaderSize: MAX_ANSWER_HEAD_BYTES }
-    this.#sweep = setInterval(() => this.#closeUnused(), POOL_SWEEP_MS)
+    this.#sweep = setInterval(() => this.#closeUnused(), options.poolSweepMs ?? POOL_SWEEP_MS)
     this.#sweep.unref()
   }
 
-  #poolFor(instance: Instance): InstancePool {
-    let entry = this.#byInstance.get(instance)
-    if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
-      const origin = `${SCHEMES[instance.proto]}://${authority(instance.host, instance.port)}`
-      entry = this.#pools.get(origin)
-      if (entry === undefined || entry.pool.closed || entry.pool.destroyed) {
-        entry = { pool: new Pool(origin, this.#poolOptions), used: false, sendsContinue: false }
-        this.#pools.set(origin, entry)
-      }
-      this.#byInstance.set(instance, entry)
-    }
+  #poolFor(instance: Instance): InstancePool & { pool: Pool } {
+    const known = this.#byInstance.get(instance)
+    const entry = isOpen(known) ? known : this.#originPool(instance)
     entry.used = true
+    return entry
+  }
+
+  /** The open pool of the instance's origin, made if need be, and remembered for the instance. */
+  #originPool(instance: Instance): InstancePool & { pool: Pool } {
+    const origin = `${SCHEMES[instance.proto]}://${authority(instance.host, instance.port)}`
+    const shared = this.#pools.get(origin)
+    const entry = isOpen(shared) ? shared : { pool: new Pool(origin, this.#poolOptions), used: false, sendsContinue: false }
+    if (entry !== shared) this.#pools.set(origin, entry)
+    this.#byInstance.set(instance, entry)
     return entry
   }
 
   /** Pools of instances gone (or idle for a whole period) are closed: bounded by the instances in use. */
   #closeUnused(): void {
     for (const [origin, entry] of this.#pools) {
-      const { running, pending } = entry.pool.stats
+      const pool = entry.pool
+      if (pool === null) continue
+      const { running, pending } = pool.stats
       if (!entry.used && running === 0 && pending === 0) {
         this.#pools.delete(origin)
-        entry.pool.close().catch(() => undefined)
+        entry.pool = null
+        pool.close().catch(() => undefined)
       }
       entry.used = false
     }
@@ -295,6 +309,6 @@ export class Forwarder {
     const pools = [...this.#pools.values()]
     this.#pools.clear()
     this.#byInstance = new WeakMap()
-    await Promise.all([...pools.map((entry) => entry.pool.close()), this.#node.close()])
+    await Promise.all([...pools.map((entry) => entry.pool?.close()), this.#node.close()])
   }
 }
