@@ -110,6 +110,13 @@ async function main(): Promise<void> {
     await call(url, 'probe')
     const rssEmpty = rssMb(pid)
     const [alone50, alone99] = await latency(url, ['probe'])
+    // The instance itself, without maitre: busybox httpd forks a child per connection and closes
+    // it after each answer, so its own latency is most of the figures below on some machines.
+    const [probeApp] = (await (await request(`${url}/apps`, { dispatcher: agent })).body.json()) as { 'service-id': string }[]
+    const probeDetail = (await (await request(`${url}/apps/${probeApp?.['service-id'] ?? ''}`, { dispatcher: agent })).body.json()) as { instances: { 'active-instances': { host: string; port: number }[] } }
+    const probeInstance = probeDetail.instances['active-instances'][0]
+    if (probeInstance === undefined) throw new Error('the probe version has no live instance')
+    const [direct50, direct99] = await latency(`http://${probeInstance.host}:${probeInstance.port}`, [''])
 
     let started = performance.now()
     await inParallel(TOKENS - 1, 32, (i) => post(url, `tok-${i}`, i))
@@ -150,6 +157,7 @@ async function main(): Promise<void> {
       '',
       '| | maitre RSS MB | routing latency p50 ms | p99 ms |',
       '|---|---|---|---|',
+      `| the probe's instance directly (no maitre) | | ${direct50.toFixed(3)} | ${direct99.toFixed(3)} |`,
       `| 1 token, 1 version | ${rssEmpty.toFixed(0)} | ${alone50.toFixed(3)} | ${alone99.toFixed(3)} |`,
       `| ${TOKENS} tokens, 1 version | ${rssTokens.toFixed(0)} | | |`,
       `| ${TOKENS} tokens, ${apps.length} versions: the same warm version | ${rssLoaded.toFixed(0)} | ${crowd50.toFixed(3)} | ${crowd99.toFixed(3)} |`,
