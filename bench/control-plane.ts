@@ -113,10 +113,12 @@ async function main(): Promise<void> {
     // The instance itself, without maitre: busybox httpd forks a child per connection and closes
     // it after each answer, so its own latency is most of the figures below on some machines.
     const [probeApp] = (await (await request(`${url}/apps`, { dispatcher: agent })).body.json()) as { 'service-id': string }[]
-    const probeDetail = (await (await request(`${url}/apps/${probeApp?.['service-id'] ?? ''}`, { dispatcher: agent })).body.json()) as { instances: { 'active-instances': { host: string; port: number }[] } }
+    if (probeApp === undefined) throw new Error('/apps lists no version after the probe was called')
+    const probeDetail = (await (await request(`${url}/apps/${probeApp['service-id']}`, { dispatcher: agent })).body.json()) as { instances: { 'active-instances': { host: string; port: number }[] } }
     const probeInstance = probeDetail.instances['active-instances'][0]
     if (probeInstance === undefined) throw new Error('the probe version has no live instance')
-    const [direct50, direct99] = await latency(`http://${probeInstance.host}:${probeInstance.port}`, [''])
+    const probeHost = probeInstance.host.includes(':') ? `[${probeInstance.host}]` : probeInstance.host
+    const [direct50, direct99] = await latency(`http://${probeHost}:${probeInstance.port}`, [''])
 
     let started = performance.now()
     await inParallel(TOKENS - 1, 32, (i) => post(url, `tok-${i}`, i))
@@ -138,6 +140,7 @@ async function main(): Promise<void> {
     let heap = ''
     if (HEAP) {
       rmSync(PROBE_OUT, { force: true })
+      if (SNAPSHOT !== undefined) rmSync(SNAPSHOT, { force: true }) // an earlier run's would end the wait at once
       maitre.kill('SIGUSR2')
       for (let i = 0; i < 100 && !existsSync(PROBE_OUT); i++) await new Promise((r) => setTimeout(r, 50))
       await new Promise((r) => setTimeout(r, 50))

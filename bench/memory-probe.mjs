@@ -65,6 +65,13 @@ if (out !== undefined) {
     })}\n`)
     // After the figures, so they do not count the snapshot's own allocations; renamed when whole.
     const snapshot = process.env.MEM_PROBE_SNAPSHOT
-    if (snapshot) renameSync(writeHeapSnapshot(`${snapshot}.part`), snapshot)
+    if (snapshot) {
+      try {
+        renameSync(writeHeapSnapshot(`${snapshot}.part`), snapshot)
+      } catch (err) {
+        // Not the router's end: the bench finds the reason in place of the snapshot.
+        writeFileSync(snapshot, `heap snapshot failed: ${err?.message ?? err}\n`)
+      }
+    }
   })
 }

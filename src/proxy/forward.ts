@@ -227,10 +227,11 @@ export class Forwarder {
   /** The pool of each instance the tracker hands out (its objects are stable): no origin string per request. */
   #byInstance = new WeakMap<Instance, InstancePool>()
   readonly #poolOptions: Pool.Options
-  readonly #sweep: NodeJS.Timeout
+  readonly #sweep: NodeJS.Timeout | undefined
   /** Node's own clients: every request to an HTTP/2 instance, and those with a body or an expectation (forward-node.ts). */
   readonly #node: NodeForwarder
 
+  /** `poolSweepMs`: how often pools are swept (POOL_SWEEP_MS; 0: never on its own, for tests that call sweepUnusedPools). */
   constructor(options: { connectTimeoutMs: number; poolSweepMs?: number }) {
     this.#node = new NodeForwarder(options)
     // An instance's TLS (backend-proto https or h2) guards the wire; whom the router talks to it
@@ -238,29 +239,38 @@ export class Forwarder {
     // (self-signed, as a rule) is not checked against a CA: Waiter's client trusts them too.
     // allowH2: https instances may agree on HTTP/2 by ALPN.
     this.#poolOptions = { connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: false }, keepAliveTimeout: 4_000, keepAliveMaxTimeout: 60_000, allowH2: true, maxHeaderSize: MAX_ANSWER_HEAD_BYTES }
-    this.#sweep = setInterval(() => this.#closeUnused(), options.poolSweepMs ?? POOL_SWEEP_MS)
-    this.#sweep.unref()
+    const sweepMs = options.poolSweepMs ?? POOL_SWEEP_MS
+    this.#sweep = sweepMs > 0 ? setInterval(() => this.sweepUnusedPools(), sweepMs).unref() : undefined
   }
 
   #poolFor(instance: Instance): InstancePool & { pool: Pool } {
     const known = this.#byInstance.get(instance)
-    const entry = isOpen(known) ? known : this.#originPool(instance)
+    const entry = isOpen(known) ? known : this.#originPool(instance, known)
     entry.used = true
     return entry
   }
 
-  /** The open pool of the instance's origin, made if need be, and remembered for the instance. */
-  #originPool(instance: Instance): InstancePool & { pool: Pool } {
+  /**
+   * The open pool of the instance's origin, made if need be, and remembered for the instance. A
+   * new pool goes into the entry the instance or origin had (`known`: the sweep left it without
+   * a pool), so what was learnt of the instance (sendsContinue) outlives its pool.
+   */
+  #originPool(instance: Instance, known: InstancePool | undefined): InstancePool & { pool: Pool } {
     const origin = `${SCHEMES[instance.proto]}://${authority(instance.host, instance.port)}`
     const shared = this.#pools.get(origin)
-    const entry = isOpen(shared) ? shared : { pool: new Pool(origin, this.#poolOptions), used: false, sendsContinue: false }
-    if (entry !== shared) this.#pools.set(origin, entry)
+    if (isOpen(shared)) {
+      this.#byInstance.set(instance, shared)
+      return shared
+    }
+    const reused: InstancePool = known ?? shared ?? { pool: null, used: false, sendsContinue: false }
+    const entry = Object.assign(reused, { pool: new Pool(origin, this.#poolOptions) })
+    this.#pools.set(origin, entry)
     this.#byInstance.set(instance, entry)
     return entry
   }
 
   /** Pools of instances gone (or idle for a whole period) are closed: bounded by the instances in use. */
-  #closeUnused(): void {
+  sweepUnusedPools(): void {
     for (const [origin, entry] of this.#pools) {
       const pool = entry.pool
       if (pool === null) continue
@@ -305,7 +315,7 @@ export class Forwarder {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.#sweep)
+    if (this.#sweep !== undefined) clearInterval(this.#sweep)
     const pools = [...this.#pools.values()]
     this.#pools.clear()
     this.#byInstance = new WeakMap()
