@@ -32,6 +32,7 @@ const MAITRE_LAUNCH_ENV: Record<string, string> = {
   ...Object.fromEntries((process.env['BENCH_MAITRE_ENV'] ?? '').split(/\s+/).filter((s) => s.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])),
 }
 const HEAP = process.env['BENCH_HEAP'] === '1'
+const MEMORY_CHECK_MS = Number(process.env['BENCH_MEMORY_CHECK_MS'] ?? 5000)
 const PROBE_OUT = join(tmpdir(), `maitre-cp-probe-${process.pid}.json`)
 const SNAPSHOT = process.env['BENCH_HEAP_SNAPSHOT']
 const CMD = 'mkdir -p www && echo ok > www/status && exec busybox httpd -f -p 127.0.0.1:$PORT0 -h www'
@@ -88,8 +89,9 @@ async function main(): Promise<void> {
     `dataDir: ${join(dir, 'data')}`,
     // Every token has the one owner: Waiter's per-owner limit (1,000) would refuse the rest.
     `maxTokensPerOwner: ${TOKENS + 1}`,
-    // Room for a thousand instances; memory checks every 5 s rather than every second.
-    'backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: 5000',
+    // Room for a thousand instances; memory checks every 5 s rather than every second
+    // (BENCH_MEMORY_CHECK_MS: another interval, e.g. the default 1000).
+    `backend:\n  local:\n    portRange: [30000, 32999]\n    memoryCheckIntervalMs: ${MEMORY_CHECK_MS}`,
     'log:\n  level: warn', '',
   ].join('\n'))
   const probeArgs = HEAP ? ['--expose-gc', '--import', join(ROOT, 'bench', 'memory-probe.mjs')] : []
@@ -144,13 +146,14 @@ async function main(): Promise<void> {
       maitre.kill('SIGUSR2')
       for (let i = 0; i < 100 && !existsSync(PROBE_OUT); i++) await new Promise((r) => setTimeout(r, 50))
       await new Promise((r) => setTimeout(r, 50))
-      const p = JSON.parse(readFileSync(PROBE_OUT, 'utf8')) as { heapUsed: number; heapCommitted: number; rss: number; external: number; spaces: Record<string, { committed: number; used: number }>; resident?: { mallocHeap: number; files: number; anonymous: number } }
+      const p = JSON.parse(readFileSync(PROBE_OUT, 'utf8')) as { heapUsed: number; heapCommitted: number; rss: number; external: number; spaces: Record<string, { committed: number; used: number }>; gcs: Record<string, { count: number; ms: number; maxMs: number }>; resident?: { mallocHeap: number; files: number; anonymous: number } }
       rmSync(PROBE_OUT, { force: true })
       if (SNAPSHOT !== undefined) {
         for (let i = 0; i < 1200 && !existsSync(SNAPSHOT); i++) await new Promise((r) => setTimeout(r, 100))
         if (!existsSync(SNAPSHOT)) throw new Error(`no heap snapshot at ${SNAPSHOT} after 120 s`)
       }
       heap = `\nAfter a full collection (BENCH_HEAP=1): live heap ${p.heapUsed.toFixed(1)} MB, V8 committed ${p.heapCommitted.toFixed(1)} MB, external ${p.external.toFixed(1)} MB, RSS ${p.rss.toFixed(0)} MB.` +
+        `\nGC pauses over the run, by kind (count, total ms, longest ms): ${Object.entries(p.gcs).map(([kind, g]) => `${kind} ${g.count} / ${g.ms} / ${g.maxMs}`).join(', ')}.` +
         `\nV8 spaces, committed / used MB: ${Object.entries(p.spaces).map(([name, s]) => `${name} ${s.committed} / ${s.used}`).join(', ')}.` +
         (p.resident === undefined ? '' : `\nResident by mapping: malloc's main heap ${p.resident.mallocHeap} MB, files (code) ${p.resident.files} MB, anonymous (V8 pages, other malloc arenas, stacks) ${p.resident.anonymous} MB.`)
     }
@@ -167,7 +170,7 @@ async function main(): Promise<void> {
       `| ${TOKENS} tokens, ${apps.length} versions: each request to the next version | ${rssAfter.toFixed(0)} | ${spread50.toFixed(3)} | ${spread99.toFixed(3)} |`,
       `| the same, after ${IDLE_SECONDS} s without requests | ${rssIdle.toFixed(0)} | | |`,
       '',
-      `Idle with ${apps.length} live versions: maitre used ${idleCpuPct.toFixed(1)} % of a core over ${IDLE_SECONDS} s.`,
+      `Idle with ${apps.length} live versions (memory checks every ${MEMORY_CHECK_MS} ms): maitre used ${idleCpuPct.toFixed(1)} % of a core over ${IDLE_SECONDS} s.`,
     ].join('\n') + heap)
     const stopping = performance.now()
     maitre.kill('SIGTERM')

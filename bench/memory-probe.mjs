@@ -32,8 +32,8 @@ function residentByKind() {
 }
 
 if (out !== undefined) {
-  // GCs by kind since start: count and total pause (ms), from the gc performance entries.
-  const gcs = { minor: [0, 0], major: [0, 0], incremental: [0, 0], weakcb: [0, 0] }
+  // GCs by kind since start: count, total and longest pause (ms), from the gc performance entries.
+  const gcs = { minor: [0, 0, 0], major: [0, 0, 0], incremental: [0, 0, 0], weakcb: [0, 0, 0] }
   const kinds = { [constants.NODE_PERFORMANCE_GC_MINOR]: 'minor', [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major', [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental', [constants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb' }
   new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) {
@@ -41,6 +41,7 @@ if (out !== undefined) {
       if (kind !== undefined) {
         kind[0] += 1
         kind[1] += entry.duration
+        kind[2] = Math.max(kind[2], entry.duration)
       }
     }
   }).observe({ entryTypes: ['gc'] })
@@ -61,7 +62,7 @@ if (out !== undefined) {
       malloced: mb(heap.malloced_memory),
       resident: residentByKind(),
       spaces,
-      gcs: Object.fromEntries(Object.entries(gcs).map(([k, [n, ms]]) => [k, { count: n, ms: Math.round(ms) }])),
+      gcs: Object.fromEntries(Object.entries(gcs).map(([k, [n, ms, max]]) => [k, { count: n, ms: Math.round(ms), maxMs: Math.round(max * 10) / 10 }])),
     })}\n`)
     // After the figures, so they do not count the snapshot's own allocations; renamed when whole.
     const snapshot = process.env.MEM_PROBE_SNAPSHOT

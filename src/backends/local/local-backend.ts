@@ -25,6 +25,7 @@ import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
+import { nextCheckDelayMs } from './check-pacing.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { removeTree } from './remove-tree.ts'
@@ -663,8 +664,11 @@ export class LocalBackend implements Backend {
     return true
   }
 
-  #scheduleMemoryCheck(): void {
+  /** After a round that took `lastRoundMs`: the next one waits long enough to keep the checks to their share (check-pacing.ts). */
+  #scheduleMemoryCheck(lastRoundMs = 0): void {
     this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
+      // Timed by the monotonic clock: a step of the wall clock is not a long round.
+      const startedAt = performance.now()
       // One after the other: each gives the event loop back every so many files, which
       // side by side would add up in the same turns.
       void this.#checkMemory()
@@ -672,9 +676,9 @@ export class LocalBackend implements Backend {
         .then(() => this.#rotateLogs())
         .catch((err: unknown) => this.#o.log.error({ err }, 'log rotation failed'))
         .finally(() => {
-          if (!this.#closed) this.#scheduleMemoryCheck()
+          if (!this.#closed) this.#scheduleMemoryCheck(performance.now() - startedAt)
         })
-    }, this.#o.memoryCheckIntervalMs)
+    }, nextCheckDelayMs(this.#o.memoryCheckIntervalMs, lastRoundMs))
   }
 
   /** stdout and stderr kept under maxLogBytes (log-rotation.ts). */

@@ -5,7 +5,8 @@
  *
  * Sizes are read with one synchronous stat each: through fs/promises, 2 000 stats (a thousand
  * instances' two files, every second) cost 103-126 ms of CPU here, against 13-34 ms directly
- * (7-17 µs each). The event loop is given back every `statsPerTurn` files. Only the rare
+ * (7-17 µs each). The event loop is given back every `statsPerTurn` files, or sooner once a
+ * turn has run `maxTurnMs` (read-budget.ts). Only the rare
  * oversized file is then copied, off the event loop. The instances hold these files open, so
  * their inodes stay cached; on a network file system a stat could wait on the server, which is
  * why backend.local.workDir must be a local disk (README).
@@ -13,14 +14,14 @@
 import { createReadStream, createWriteStream, statSync } from 'node:fs'
 import { stat, truncate } from 'node:fs/promises'
 import { pipeline } from 'node:stream/promises'
-import { ReadBudget } from './read-budget.ts'
+import { MAX_TURN_MS, ReadBudget } from './read-budget.ts'
 
-/** Files stat'ed between two turns of the event loop: 7-17 µs each here, so 2-4 ms at a time. */
+/** Files stat'ed between two turns of the event loop at most (7-22 µs each; the turn also ends after MAX_TURN_MS). */
 export const STATS_PER_TURN = 256
 
 /** Rotates each file larger than `maxBytes`; returns those rotated. A file gone or unreadable is skipped. */
-export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: number, statsPerTurn = STATS_PER_TURN): Promise<string[]> {
-  const budget = new ReadBudget(statsPerTurn)
+export async function rotateOversizedLogs(files: Iterable<string>, maxBytes: number, statsPerTurn = STATS_PER_TURN, maxTurnMs = MAX_TURN_MS): Promise<string[]> {
+  const budget = new ReadBudget(statsPerTurn, { maxTurnMs })
   const oversized: string[] = []
   for (const file of files) {
     await budget.read()

@@ -18,14 +18,15 @@
  * fstat, read and close on the thread pool and four promises: 14-21 ms of CPU per check of 20
  * Node instances here, against 4.5-5.3 ms read directly. The event loop is given back every
  * `READS_PER_TURN` files (counted per file, so an instance with hundreds of threads cannot hold
- * it longer), a few milliseconds at a time however many instances there are.
+ * it longer) or once a turn has read for 2 ms (a statm read takes 80-100 µs on some machines), so
+ * a request waits at most that long behind the check at each of its turns, however many instances.
  */
 import { opendirSync, readdirSync, readFileSync, type Dir } from 'node:fs'
 import { ReadBudget } from './read-budget.ts'
 
 const PAGE_BYTES = 4096
 
-/** /proc files read between two turns of the event loop: 25-37 µs each here, so 3-5 ms at a time. */
+/** /proc files read between two turns of the event loop at most: 25-100 µs each, so the turn usually ends first on time (read-budget.ts's MAX_TURN_MS). */
 export const READS_PER_TURN = 128
 
 async function childrenOf(pid: number, budget: ReadBudget): Promise<number[]> {
