@@ -32,9 +32,8 @@ export interface LocalBackendConfig {
   readonly minFailedInstances: number
   /**
    * An instance's stdout or stderr over this size is rotated (copied to stdout.1 / stderr.1,
-   * then emptied), checked every memoryCheckIntervalMs, or up to ten times less often when the
-   * rounds of checks grow long (check-pacing.ts): each file stays under about this plus what the
-   * instance writes between two checks.
+   * then emptied), checked every memoryCheckIntervalMs: each file stays under about this plus
+   * what the instance writes in one interval.
    */
   readonly maxLogBytes: number
   /** Sandboxes of failed instances kept per version for /apps/{id}/logs; older ones are removed. */

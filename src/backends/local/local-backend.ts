@@ -25,7 +25,6 @@ import { refuseUnsupportedProtos, ServiceListeners } from '../service-listeners.
 import { HealthProber, type ProbeResult } from './health-probe.ts'
 import { LeftoverSweeper, SandboxScanner } from './leftovers.ts'
 import { rotateOversizedLogs } from './log-rotation.ts'
-import { nextCheckDelayMs } from './check-pacing.ts'
 import { treeResidentBytes } from './memory.ts'
 import { PortAllocator } from './ports.ts'
 import { removeTree } from './remove-tree.ts'
@@ -664,11 +663,8 @@ export class LocalBackend implements Backend {
     return true
   }
 
-  /** After a round that took `lastRoundMs`: the next one waits long enough to keep the checks to their share (check-pacing.ts). */
-  #scheduleMemoryCheck(lastRoundMs = 0): void {
+  #scheduleMemoryCheck(): void {
     this.#cancelMemoryCheck = this.#o.clock.setTimeout(() => {
-      // Timed by the monotonic clock: a step of the wall clock is not a long round.
-      const startedAt = performance.now()
       // One after the other: each gives the event loop back every so many files, which
       // side by side would add up in the same turns.
       void this.#checkMemory()
@@ -676,9 +672,9 @@ export class LocalBackend implements Backend {
         .then(() => this.#rotateLogs())
         .catch((err: unknown) => this.#o.log.error({ err }, 'log rotation failed'))
         .finally(() => {
-          if (!this.#closed) this.#scheduleMemoryCheck(performance.now() - startedAt)
+          if (!this.#closed) this.#scheduleMemoryCheck()
         })
-    }, nextCheckDelayMs(this.#o.memoryCheckIntervalMs, lastRoundMs))
+    }, this.#o.memoryCheckIntervalMs)
   }
 
   /** stdout and stderr kept under maxLogBytes (log-rotation.ts). */

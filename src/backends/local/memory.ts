@@ -19,7 +19,8 @@
  * Node instances here, against 4.5-5.3 ms read directly. The event loop is given back every
  * `READS_PER_TURN` files (counted per file, so an instance with hundreds of threads cannot hold
  * it longer) or once a turn has read for 2 ms (a statm read takes 80-100 µs on some machines), so
- * a request waits at most that long behind the check at each of its turns, however many instances.
+ * a request waits about that long (plus the read under way) behind the check at each of its
+ * turns, however many instances.
  */
 import { opendirSync, readdirSync, readFileSync, type Dir } from 'node:fs'
 import { ReadBudget } from './read-budget.ts'
