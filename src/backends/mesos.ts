@@ -164,6 +164,10 @@ export class MesosBackend implements Backend {
   #closed = false
   /** The framework id the store keeps, as far as this router knows (loaded, then saved). */
   #keptId: string | undefined
+  /** A save of the framework id under way: close() waits for it to know whether the id is kept. */
+  #saving: Promise<void> | undefined
+  /** The framework id this router went on to adopt and launch as (kept, or not keepable where that is allowed). */
+  #ranAs: string | undefined
 
   constructor(options: MesosBackendOptions) {
     this.#o = options
@@ -345,7 +349,34 @@ export class MesosBackend implements Backend {
     this.#cancelWatch?.()
     for (const cancel of this.#timers) cancel()
     this.#timers.clear()
-    await (await this.#scheduler).close()
+    const scheduler = await this.#scheduler
+    await this.#tearDownUnkept(scheduler)
+    await scheduler.close()
+  }
+
+  /**
+   * A framework this router subscribed as but neither kept nor ran as (a leader that stopped
+   * between SUBSCRIBED and keeping the id) holds nothing, and no router will subscribe as it
+   * again: left at the master, it would sit there disconnected for its failover timeout (a week
+   * by default), one more for each such hand-over. So it is torn down. A save under way is waited
+   * for (up to the request timeout) first: a saved id is the next leader's to subscribe as.
+   */
+  async #tearDownUnkept(scheduler: MesosScheduler): Promise<void> {
+    await scheduler.newSubscriptionSettled()
+    const saving = this.#saving
+    if (saving !== undefined) {
+      await new Promise<void>((resolve) => {
+        const cancel = this.#o.clock.setTimeout(resolve, this.#o.requestTimeoutMs)
+        void saving.then(
+          () => (cancel(), resolve()),
+          () => (cancel(), resolve()),
+        )
+      })
+    }
+    const id = scheduler.frameworkId
+    if (id === undefined || id === this.#keptId || id === this.#ranAs || !scheduler.subscribed) return
+    this.#o.log.info({ frameworkId: id }, 'tearing down the mesos framework this router subscribed as and never kept: it runs nothing')
+    await scheduler.tearDown(undefined)
   }
 
   #view(service: MesosService): ServiceState {
@@ -410,6 +441,7 @@ export class MesosBackend implements Backend {
     this.#o.log.info({ frameworkId }, 'subscribed to mesos')
     const subscribedAt = this.#subscribedAt
     if (!(await this.#keep(frameworkId, subscribedAt))) return
+    this.#ranAs = frameworkId
     // Until the master's state is read, nothing is launched (a restart would launch beside what
     // runs): read it again and again, as long as this subscription lasts.
     for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
@@ -435,19 +467,33 @@ export class MesosBackend implements Backend {
    * Keeps the framework id the master gave (a new framework, or the same one). Where the id must
    * be kept (cluster mode), it is tried again until it is, before anything is adopted or
    * launched: the next leader must subscribe as this framework, or it would launch everything
-   * again beside it. If another router kept another id meanwhile, this one launches nothing
-   * (false): it is not the cluster's framework.
+   * again beside it. If another router kept another id meanwhile (its save reached the store
+   * after this router read it), that one is the cluster's framework: this one, which ran
+   * nothing, is torn down and the kept one subscribed as (false: nothing is adopted on this
+   * subscription; the next SUBSCRIBED carries on).
    */
   async #keep(frameworkId: string, subscribedAt: number): Promise<boolean> {
     for (let wait = ADOPT_RETRY_MS; frameworkId !== this.#keptId; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
       if (this.#closed || this.#subscribedAt !== subscribedAt) return false
       try {
-        await this.#o.frameworkIds.save(frameworkId, this.#keptId)
+        const saving = this.#o.frameworkIds.save(frameworkId, this.#keptId)
+        this.#saving = saving
+        try {
+          await saving
+        } finally {
+          if (this.#saving === saving) this.#saving = undefined
+        }
         this.#keptId = frameworkId
         break
       } catch (err) {
         if ((err as { code?: unknown }).code === 'MAITRE_STORE_CONFLICT') {
-          this.#o.log.error({ err, frameworkId }, 'another mesos framework id is kept: this router launches nothing as this framework')
+          const kept = await this.#loadKept(subscribedAt)
+          if (kept === null) return false
+          this.#keptId = kept
+          // Deleted meanwhile (by hand): this id is tried again where none is kept.
+          if (kept === undefined || kept === frameworkId) continue
+          this.#o.log.error({ frameworkId, kept }, 'another router kept another mesos framework id: this framework (it ran nothing) is torn down, and the kept one subscribed as')
+          await (await this.#scheduler).tearDown(kept)
           return false
         }
         if (this.#o.frameworkIdRequired !== true) {
@@ -459,6 +505,19 @@ export class MesosBackend implements Backend {
       await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
     }
     return true
+  }
+
+  /** The id the store keeps, read again until it can be; null if this subscription ended (or the backend closed) first. */
+  async #loadKept(subscribedAt: number): Promise<string | undefined | null> {
+    for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
+      if (this.#closed || this.#subscribedAt !== subscribedAt) return null
+      try {
+        return await this.#o.frameworkIds.load()
+      } catch (err) {
+        this.#o.log.warn({ err, retryInMs: wait }, 'the kept mesos framework id cannot be read: trying again before anything is launched')
+      }
+      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
+    }
   }
 
   /** Takes over the tasks the master runs for this framework that this router does not know yet. */

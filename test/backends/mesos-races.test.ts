@@ -239,6 +239,126 @@ t.test('cluster mode: a framework id that could not be kept at once is kept befo
   t.equal(live(sim, 'once'), 1, 'nothing launched twice')
 })
 
+t.test('cluster mode: a leader that stops before its new framework’s id is kept (etcd cut off) tears that framework down, so the master does not keep an empty one for a week', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let reachable = false
+  let saves = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    // Cut off: a save that never comes back, as a write to an unreachable etcd can hang.
+    save: (id: string): Promise<void> => {
+      saves += 1
+      if (!reachable) return new Promise<void>(() => undefined)
+      kept = id
+      return Promise.resolve()
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 1000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  await first.ensureService(spec('held', 1))
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  const stray = sim.frameworks()[0]?.id
+  await first.close()
+  t.same(sim.frameworks(), [], 'the framework that was never kept is gone from the master')
+  t.equal(kept, undefined, 'nothing was kept')
+
+  reachable = true
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await next.ensureService(spec('held', 1))
+  await waitFor('the next leader runs the version', () => (live(sim, 'held') === 1 ? true : undefined), 15_000)
+  t.equal(sim.frameworks().length, 1, 'one framework at the master: the next leader’s')
+  t.not(sim.frameworks()[0]?.id, stray)
+  t.equal(kept, sim.frameworks()[0]?.id, 'and its id kept')
+})
+
+t.test('cluster mode: a leader that stops while the master’s answer to its first SUBSCRIBE is on its way waits for it, and tears the new framework down', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  // The master registers the framework at once; its answer (SUBSCRIBED, the id) comes 500 ms later.
+  const master = await meddlingProxy(t, sim.url, { holdAnswer: { SUBSCRIBE: 500 } })
+  let kept: string | undefined
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    save: async (id: string): Promise<void> => {
+      kept = id
+    },
+  }
+  const first = new MesosBackend({ ...DEFAULTS.backend.mesos, master, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true })
+  await waitFor('the master registered the framework', () => (sim.frameworks().length === 1 ? true : undefined), 10_000)
+  await first.close()
+  t.equal(kept, undefined, 'the leader stopped before it could keep the id')
+  t.same(sim.frameworks(), [], 'and the framework it never kept is gone from the master')
+})
+
+t.test('cluster mode: a save of the framework id still under way when the leader stops is waited for — a saved framework is kept, not torn down, and the next leader subscribes as it', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let saves = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    save: async (id: string): Promise<void> => {
+      saves += 1
+      await new Promise((resolve) => setTimeout(resolve, 400))
+      kept = id
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  await first.close()
+  const frameworkId = sim.frameworks()[0]?.id
+  t.ok(frameworkId !== undefined && sim.frameworks()[0]?.connected === false, 'the framework stays at the master, disconnected, for the next leader')
+  t.equal(kept, frameworkId, 'its id was kept')
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await next.ensureService(spec('saved', 1))
+  await waitFor('the next leader runs the version', () => (live(sim, 'saved') === 1 ? true : undefined), 15_000)
+  t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'the next leader subscribed as it: still one framework')
+})
+
+t.test('cluster mode: a leader that read no framework id just before another router’s save landed tears its own new framework down and subscribes as the kept one — it does not sit there launching nothing', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let staleLoads = 0
+  let conflicts = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => {
+      if (staleLoads > 0) {
+        staleLoads -= 1
+        return undefined
+      }
+      return kept
+    },
+    // etcd's transaction: kept only in place of the id read (or where none is).
+    save: async (id: string, replacing: string | undefined): Promise<void> => {
+      if (kept !== replacing && kept !== id) {
+        conflicts += 1
+        throw Object.assign(new Error(`another id is kept: ${String(kept)}`), { code: 'MAITRE_STORE_CONFLICT' })
+      }
+      kept = id
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  await first.ensureService(spec('shared', 1))
+  await waitFor('its task running', () => (live(sim, 'shared') === 1 ? true : undefined), 15_000)
+  await first.close()
+  const clusterFramework = kept
+
+  staleLoads = 1
+  const next = new MesosBackend(options)
+  t.teardown(() => next.close())
+  await waitFor('the next leader adopted the task', () => (next.ready && next.state('shared')?.instances.length === 1 ? true : undefined), 30_000)
+  t.equal(conflicts, 1, 'its own framework’s id lost to the kept one')
+  t.same(sim.frameworks().map((f) => f.id), [clusterFramework], 'it subscribed as the kept framework, and its own is gone from the master')
+  t.equal(kept, clusterFramework)
+  await next.ensureService(spec('shared', 1))
+  await next.scale('shared', 2)
+  await waitFor('a launch as the kept framework', () => (live(sim, 'shared') === 2 ? true : undefined), 15_000)
+  t.pass('it launches')
+})
+
 t.test('cluster mode, etcd: after the master removed the kept framework, the new one replaces it in etcd, and the next leader subscribes as that one', async (t) => {
   const etcd = await startEtcd(t)
   const client = new Etcd3({ hosts: etcd.endpoint })

@@ -67,6 +67,12 @@ export class MesosScheduler {
   #wake: (() => void) | undefined
   /** The master said another scheduler took this framework over. */
   #failedOver = false
+  /** A SUBSCRIBE as a new framework is under way and its SUBSCRIBED (the id) not read yet. */
+  #subscribingAsNew = false
+  /** Woken when #subscribingAsNew turns false. */
+  readonly #subscribedAsNewWaiters = new Set<() => void>()
+  /** Set while this framework is being torn down to make way for this id: the master's end of the stream must not forget it. */
+  #replacingWith: string | undefined
 
   constructor(options: SchedulerOptions) {
     if (options.masters.length === 0) throw new Error('no Mesos master to subscribe to')
@@ -87,6 +93,53 @@ export class MesosScheduler {
   authorizationHeaders(): Record<string, string> {
     const credentials = this.#o.credentials
     return credentials === undefined ? {} : { authorization: `Basic ${Buffer.from(`${credentials.principal}:${credentials.secret}`).toString('base64')}` }
+  }
+
+  /** A subscription is up: calls (TEARDOWN among them) can be made on it. */
+  get subscribed(): boolean {
+    return this.#streamId !== undefined
+  }
+
+  /**
+   * Waits (up to the request timeout) for a SUBSCRIBE as a new framework under way to be
+   * answered: the master may already have registered it, and only its SUBSCRIBED tells the id.
+   */
+  async newSubscriptionSettled(): Promise<void> {
+    if (!this.#subscribingAsNew) return
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        cancel()
+        this.#subscribedAsNewWaiters.delete(done)
+        resolve()
+      }
+      const cancel = this.#o.clock.setTimeout(done, this.#o.requestTimeoutMs)
+      this.#subscribedAsNewWaiters.add(done)
+    })
+  }
+
+  /**
+   * Removes the framework subscribed as (TEARDOWN: the master kills its tasks and forgets it),
+   * then subscribes as `next` (an id the caller knows is the one to run as) or, undefined,
+   * subscribes no more (close() is still the caller's to call). For a framework that ran nothing and that no one will ever
+   * subscribe as again, which the master would otherwise keep, disconnected, for its whole
+   * failover timeout. Returns whether the master took the TEARDOWN.
+   */
+  async tearDown(next: string | undefined): Promise<boolean> {
+    this.#replacingWith = next ?? ''
+    try {
+      await this.call({ type: 'TEARDOWN' })
+      return true
+    } catch (err) {
+      this.#o.log.warn({ err, frameworkId: this.#frameworkId }, 'mesos TEARDOWN of a framework that ran nothing failed: the master keeps it until its failover timeout')
+      return false
+    } finally {
+      if (next !== undefined) this.#frameworkId = next
+      else this.#closed = true
+      this.#replacingWith = undefined
+      // The next subscription (if any) goes as `next`, at once.
+      this.#stream?.abort()
+      this.#wake?.()
+    }
   }
 
   start(): void {
@@ -180,8 +233,23 @@ export class MesosScheduler {
   async #subscribeOnce(): Promise<boolean> {
     const abort = new AbortController()
     this.#stream = abort
-    let target = this.#leader ?? (this.#o.masters[this.#masterIndex] as string)
+    const target = this.#leader ?? (this.#o.masters[this.#masterIndex] as string)
     const frameworkId = this.#frameworkId
+    if (frameworkId === undefined) this.#subscribingAsNew = true
+    try {
+      return await this.#subscribeAs(frameworkId, target, abort)
+    } finally {
+      this.#settleNewSubscription()
+    }
+  }
+
+  #settleNewSubscription(): void {
+    if (!this.#subscribingAsNew) return
+    this.#subscribingAsNew = false
+    for (const wake of [...this.#subscribedAsNewWaiters]) wake()
+  }
+
+  async #subscribeAs(frameworkId: string | undefined, target: string, abort: AbortController): Promise<boolean> {
     const body = JSON.stringify({
       type: 'SUBSCRIBE',
       ...(frameworkId === undefined ? {} : { framework_id: { value: frameworkId } }),
@@ -264,6 +332,7 @@ export class MesosScheduler {
             subscribed = true
             this.#frameworkId = event.subscribed.framework_id.value
             this.#streamId = streamId
+            this.#settleNewSubscription()
             silenceMs = (event.subscribed.heartbeat_interval_seconds ?? DEFAULT_HEARTBEAT_SECONDS) * 1000 * MISSED_HEARTBEATS
             watch()
           } else if (event.type === 'ERROR') {
@@ -291,7 +360,7 @@ export class MesosScheduler {
     if (/failed over/i.test(message)) {
       this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'another scheduler subscribed as this framework: backing off before taking it back')
       this.#failedOver = true
-    } else if (/framework.*(removed|torn down|completed)/i.test(message)) {
+    } else if (/framework.*(removed|torn down|completed)/i.test(message) && this.#replacingWith === undefined) {
       this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'the mesos master removed this framework: subscribing as a new one (its tasks are gone)')
       this.#frameworkId = undefined
     }
