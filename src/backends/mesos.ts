@@ -350,33 +350,58 @@ export class MesosBackend implements Backend {
     for (const cancel of this.#timers) cancel()
     this.#timers.clear()
     const scheduler = await this.#scheduler
-    await this.#tearDownUnkept(scheduler)
-    await scheduler.close()
+    // From here on it takes no framework back (one failed over to the next leader stays there).
+    scheduler.hold()
+    try {
+      await this.#tearDownUnkept(scheduler)
+    } catch (err) {
+      this.#o.log.warn({ err }, 'could not tell whether the mesos framework subscribed as is kept: left at the master')
+    } finally {
+      await scheduler.close()
+    }
   }
 
   /**
-   * A framework this router subscribed as but neither kept nor ran as (a leader that stopped
+   * A framework this router registered and neither kept nor ran as (a leader that stopped
    * between SUBSCRIBED and keeping the id) holds nothing, and no router will subscribe as it
    * again: left at the master, it would sit there disconnected for its failover timeout (a week
-   * by default), one more for each such hand-over. So it is torn down. A save under way is waited
-   * for (up to the request timeout) first: a saved id is the next leader's to subscribe as.
+   * by default), one more for each such hand-over. So it is torn down, within twice the request
+   * timeout: once a SUBSCRIBE or a save under way is answered (or the first timeout passed), and
+   * only if the store, asked again, keeps another id (a save that failed or timed out may have
+   * been written all the same) and the subscription that registered it is still the current one
+   * (one taken back since may be the next leader's by now).
    */
   async #tearDownUnkept(scheduler: MesosScheduler): Promise<void> {
-    await scheduler.newSubscriptionSettled()
-    const saving = this.#saving
-    if (saving !== undefined) {
-      await new Promise<void>((resolve) => {
-        const cancel = this.#o.clock.setTimeout(resolve, this.#o.requestTimeoutMs)
-        void saving.then(
-          () => (cancel(), resolve()),
-          () => (cancel(), resolve()),
-        )
-      })
-    }
+    await this.#within(Promise.all([scheduler.newSubscriptionSettled(), scheduler.tearingDown, this.#saving?.catch(() => undefined)]))
     const id = scheduler.frameworkId
-    if (id === undefined || id === this.#keptId || id === this.#ranAs || !scheduler.subscribed) return
-    this.#o.log.info({ frameworkId: id }, 'tearing down the mesos framework this router subscribed as and never kept: it runs nothing')
-    await scheduler.tearDown(undefined)
+    if (id === undefined || id === this.#keptId || id === this.#ranAs || scheduler.tearingDown !== undefined) return
+    if (!scheduler.registeredByThisSubscription) {
+      this.#o.log.warn({ frameworkId: id }, 'a mesos framework this router registered and never kept cannot be torn down (its subscription ended): the master keeps it until its failover timeout')
+      return
+    }
+    const done = await this.#within(
+      (async () => {
+        const kept = await this.#o.frameworkIds.load()
+        if (kept === id) {
+          this.#keptId = id
+          return
+        }
+        this.#o.log.info({ frameworkId: id, kept }, 'tearing down the mesos framework this router registered and never kept: it runs nothing')
+        await scheduler.tearDown(undefined)
+      })(),
+    )
+    if (!done) this.#o.log.warn({ frameworkId: id }, 'the store did not say in time whether the mesos framework this router registered is kept: left at the master')
+  }
+
+  /** Whether `work` settled within the request timeout (it goes on regardless). */
+  #within(work: Promise<unknown>): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      const cancel = this.#o.clock.setTimeout(() => resolve(false), this.#o.requestTimeoutMs)
+      work.then(
+        () => (cancel(), resolve(true)),
+        (err: unknown) => (cancel(), reject(err)),
+      )
+    })
   }
 
   #view(service: MesosService): ServiceState {
@@ -490,8 +515,13 @@ export class MesosBackend implements Backend {
           const kept = await this.#loadKept(subscribedAt)
           if (kept === null) return false
           this.#keptId = kept
-          // Deleted meanwhile (by hand): this id is tried again where none is kept.
-          if (kept === undefined || kept === frameworkId) continue
+          // Its own save, written after all (an answer lost): kept.
+          if (kept === frameworkId) break
+          // Deleted meanwhile (by hand): tried again, after the wait below, where none is kept.
+          if (kept === undefined) {
+            await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
+            continue
+          }
           this.#o.log.error({ frameworkId, kept }, 'another router kept another mesos framework id: this framework (it ran nothing) is torn down, and the kept one subscribed as')
           await (await this.#scheduler).tearDown(kept)
           return false

@@ -29,7 +29,7 @@ function spec(serviceId: string, minInstances: number): LaunchSpec {
  * passing them on at once and holding back the master's answer (ms); the event stream passes
  * untouched. `unanswered.count`: calls (the event stream aside) whose answer is not yet written.
  */
-async function meddlingProxy(t: Test, target: string, meddle: { hold?: Record<string, number>; holdAnswer?: Record<string, number>; failOnce?: Set<string>; unanswered?: { count: number } }): Promise<string> {
+async function meddlingProxy(t: Test, target: string, meddle: { hold?: Record<string, number>; holdAnswer?: Record<string, number>; holdAnswerUntil?: Record<string, Promise<unknown>>; failOnce?: Set<string>; unanswered?: { count: number } }): Promise<string> {
   const to = new URL(target)
   const server = createServer((req, res) => {
     const chunks: Buffer[] = []
@@ -53,10 +53,13 @@ async function meddlingProxy(t: Test, target: string, meddle: { hold?: Record<st
       }
       setTimeout(() => {
         const up = httpRequest({ host: to.hostname, port: to.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
-          setTimeout(() => {
+          const pass = (): void => {
             res.writeHead(answer.statusCode ?? 502, answer.headers)
             answer.pipe(res)
-          }, meddle.holdAnswer?.[type] ?? 0)
+          }
+          const until = meddle.holdAnswerUntil?.[type]
+          if (until !== undefined) void until.then(pass)
+          else setTimeout(pass, meddle.holdAnswer?.[type] ?? 0)
         })
         up.on('error', () => res.destroy())
         up.end(body)
@@ -273,10 +276,33 @@ t.test('cluster mode: a leader that stops before its new framework’s id is kep
   t.equal(kept, sim.frameworks()[0]?.id, 'and its id kept')
 })
 
+t.test('cluster mode: a framework subscribed as again since it was registered (its stream dropped) is left at the master when the leader stops — only the subscription that registered it may tear it down', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let saves = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => undefined,
+    // etcd cut off: saves never come back.
+    save: (): Promise<void> => {
+      saves += 1
+      return new Promise<void>(() => undefined)
+    },
+  }
+  const first = new MesosBackend({ ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 1000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true })
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  const registeredOn = sim.frameworks()[0]?.streamId
+  sim.dropStream()
+  await waitFor('subscribed again as the same framework', () => (sim.frameworks()[0]?.connected === true && sim.frameworks()[0]?.streamId !== registeredOn && saves === 2 ? true : undefined), 10_000)
+  await first.close()
+  t.equal(sim.frameworks().length, 1, 'the framework is left at the master')
+  t.equal(sim.calls().filter((c) => c.type === 'TEARDOWN').length, 0, 'no TEARDOWN sent')
+})
+
 t.test('cluster mode: a leader that stops while the master’s answer to its first SUBSCRIBE is on its way waits for it, and tears the new framework down', async (t) => {
   const sim = await startMesosSimulatorFor(t)
-  // The master registers the framework at once; its answer (SUBSCRIBED, the id) comes 500 ms later.
-  const master = await meddlingProxy(t, sim.url, { holdAnswer: { SUBSCRIBE: 500 } })
+  // The master registers the framework at once; its answer (SUBSCRIBED, the id) is held until the leader is stopping.
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const master = await meddlingProxy(t, sim.url, { holdAnswerUntil: { SUBSCRIBE: released } })
   let kept: string | undefined
   const frameworkIds = {
     load: async (): Promise<string | undefined> => kept,
@@ -286,8 +312,10 @@ t.test('cluster mode: a leader that stops while the master’s answer to its fir
   }
   const first = new MesosBackend({ ...DEFAULTS.backend.mesos, master, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true })
   await waitFor('the master registered the framework', () => (sim.frameworks().length === 1 ? true : undefined), 10_000)
-  await first.close()
-  t.equal(kept, undefined, 'the leader stopped before it could keep the id')
+  const closed = first.close()
+  release()
+  await closed
+  t.equal(kept, undefined, 'the leader stopped before it kept the id')
   t.same(sim.frameworks(), [], 'and the framework it never kept is gone from the master')
 })
 
@@ -295,18 +323,22 @@ t.test('cluster mode: a save of the framework id still under way when the leader
   const sim = await startMesosSimulatorFor(t)
   let kept: string | undefined
   let saves = 0
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
   const frameworkIds = {
     load: async (): Promise<string | undefined> => kept,
     save: async (id: string): Promise<void> => {
       saves += 1
-      await new Promise((resolve) => setTimeout(resolve, 400))
+      await released
       kept = id
     },
   }
   const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
   const first = new MesosBackend(options)
   await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
-  await first.close()
+  const closed = first.close()
+  release()
+  await closed
   const frameworkId = sim.frameworks()[0]?.id
   t.ok(frameworkId !== undefined && sim.frameworks()[0]?.connected === false, 'the framework stays at the master, disconnected, for the next leader')
   t.equal(kept, frameworkId, 'its id was kept')
@@ -315,6 +347,41 @@ t.test('cluster mode: a save of the framework id still under way when the leader
   await next.ensureService(spec('saved', 1))
   await waitFor('the next leader runs the version', () => (live(sim, 'saved') === 1 ? true : undefined), 15_000)
   t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'the next leader subscribed as it: still one framework')
+})
+
+t.test('cluster mode: a save whose answer was lost (written all the same) is not taken for unkept when the leader stops — the store is asked, and the framework stays for the next leader', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let saves = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    save: async (id: string): Promise<void> => {
+      saves += 1
+      kept = id
+      throw new Error('etcd: deadline exceeded')
+    },
+  }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const first = new MesosBackend(options)
+  // Stopped in the wait before its save is tried again.
+  await waitFor('subscribed, a save failed', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  await first.close()
+  const frameworkId = sim.frameworks()[0]?.id
+  t.equal(kept, frameworkId, 'the store keeps its id')
+  t.equal(sim.frameworks().length, 1, 'and the framework stays at the master')
+})
+
+t.test('cluster mode, etcd: an emptied framework-id key counts as none — the leader keeps its framework there and launches', async (t) => {
+  const etcd = await startEtcd(t)
+  const client = new Etcd3({ hosts: etcd.endpoint })
+  etcd.beforeStop(() => client.close())
+  await client.put('/m/mesos/framework-id').value('')
+  const sim = await startMesosSimulatorFor(t)
+  const backend = new MesosBackend({ ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds: etcdFrameworkIds(client, '/m'), frameworkIdRequired: true })
+  t.teardown(() => backend.close())
+  await backend.ensureService(spec('fresh', 1))
+  await waitFor('its task running', () => (live(sim, 'fresh') === 1 ? true : undefined), 15_000)
+  t.equal(await client.get('/m/mesos/framework-id').string(), sim.frameworks()[0]?.id, 'its id in place of the empty value')
 })
 
 t.test('cluster mode: a leader that read no framework id just before another router’s save landed tears its own new framework down and subscribes as the kept one — it does not sit there launching nothing', async (t) => {

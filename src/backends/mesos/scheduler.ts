@@ -71,8 +71,12 @@ export class MesosScheduler {
   #subscribingAsNew = false
   /** Woken when #subscribingAsNew turns false. */
   readonly #subscribedAsNewWaiters = new Set<() => void>()
-  /** Set while this framework is being torn down to make way for this id: the master's end of the stream must not forget it. */
-  #replacingWith: string | undefined
+  /** The stream of the subscription that registered this framework as new: the only one that may tear it down. */
+  #registeredOn: string | undefined
+  /** No new subscription is started (close() under way): the current one, if any, stays. */
+  #holding = false
+  /** A TEARDOWN under way (the caller waits for it rather than sending another). */
+  #tearingDown: Promise<boolean> | undefined
 
   constructor(options: SchedulerOptions) {
     if (options.masters.length === 0) throw new Error('no Mesos master to subscribe to')
@@ -117,25 +121,50 @@ export class MesosScheduler {
     })
   }
 
+  /** Starts no new subscription from now on (the current one stays until close()): a router on its way out must not take a framework back. */
+  hold(): void {
+    this.#holding = true
+  }
+
+  /** A TEARDOWN under way, if any. */
+  get tearingDown(): Promise<boolean> | undefined {
+    return this.#tearingDown
+  }
+
+  /**
+   * Whether the framework subscribed as was registered, as a new one, by the current
+   * subscription: a framework only this router has ever driven. One subscribed as again since
+   * (taken back after another scheduler failed it over, say) may be another router's by now.
+   */
+  get registeredByThisSubscription(): boolean {
+    return this.#streamId !== undefined && this.#streamId === this.#registeredOn
+  }
+
   /**
    * Removes the framework subscribed as (TEARDOWN: the master kills its tasks and forgets it),
    * then subscribes as `next` (an id the caller knows is the one to run as) or, undefined,
-   * subscribes no more (close() is still the caller's to call). For a framework that ran nothing and that no one will ever
-   * subscribe as again, which the master would otherwise keep, disconnected, for its whole
-   * failover timeout. Returns whether the master took the TEARDOWN.
+   * subscribes no more (close() is still the caller's to call). For a framework that ran nothing
+   * and that no one will ever subscribe as again, which the master would otherwise keep,
+   * disconnected, for its whole failover timeout. Returns whether the master took the TEARDOWN.
    */
-  async tearDown(next: string | undefined): Promise<boolean> {
-    this.#replacingWith = next ?? ''
+  tearDown(next: string | undefined): Promise<boolean> {
+    this.#tearingDown ??= this.#tearDown(next).finally(() => {
+      this.#tearingDown = undefined
+    })
+    return this.#tearingDown
+  }
+
+  async #tearDown(next: string | undefined): Promise<boolean> {
+    const frameworkId = this.#frameworkId
     try {
       await this.call({ type: 'TEARDOWN' })
       return true
     } catch (err) {
-      this.#o.log.warn({ err, frameworkId: this.#frameworkId }, 'mesos TEARDOWN of a framework that ran nothing failed: the master keeps it until its failover timeout')
+      this.#o.log.warn({ err, frameworkId }, 'mesos TEARDOWN of a framework that ran nothing failed: the master may keep it until its failover timeout')
       return false
     } finally {
       if (next !== undefined) this.#frameworkId = next
       else this.#closed = true
-      this.#replacingWith = undefined
       // The next subscription (if any) goes as `next`, at once.
       this.#stream?.abort()
       this.#wake?.()
@@ -195,7 +224,7 @@ export class MesosScheduler {
 
   async #run(): Promise<void> {
     let backoff = FIRST_BACKOFF_MS
-    while (!this.#closed) {
+    while (!this.#closed && !this.#holding) {
       let subscribed = false
       const startedAt = this.#o.clock.now()
       try {
@@ -207,7 +236,7 @@ export class MesosScheduler {
         this.#streamId = undefined
         this.#o.onDisconnected()
       }
-      if (this.#closed) break
+      if (this.#closed || this.#holding) break
       // A stream that lasted is a fresh start; one dropped at once (a master that keeps failing
       // right after SUBSCRIBED) keeps backing off.
       if (subscribed && this.#o.clock.now() - startedAt >= STREAM_LASTED_MS) backoff = FIRST_BACKOFF_MS
@@ -290,7 +319,7 @@ export class MesosScheduler {
         throw new MesosCallError('SUBSCRIBE', 200, 'no Mesos-Stream-Id header')
       }
       this.#leader = target
-      return await this.#read(res.body, streamId, abort)
+      return await this.#read(res.body, streamId, abort, frameworkId)
     }
   }
 
@@ -300,9 +329,11 @@ export class MesosScheduler {
   }
 
   /** Reads the event stream until it ends, fails or goes silent. */
-  async #read(body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown }, streamId: string, abort: AbortController): Promise<boolean> {
+  async #read(body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown }, streamId: string, abort: AbortController, askedAs: string | undefined): Promise<boolean> {
     const parser = new RecordIoParser()
     let subscribed = false
+    // The framework this subscription runs as: the one asked for, or the new one the master names.
+    let ranAs = askedAs
     let silenceMs = DEFAULT_HEARTBEAT_SECONDS * 1000 * MISSED_HEARTBEATS
     let cancelWatchdog: (() => void) | undefined
     const watch = (): void => {
@@ -327,16 +358,18 @@ export class MesosScheduler {
             continue
           }
           if (!subscribed) {
-            if (event.type === 'ERROR') throw this.#refused(event.error?.message ?? 'no message')
+            if (event.type === 'ERROR') throw this.#refused(event.error?.message ?? 'no message', ranAs)
             if (event.type !== 'SUBSCRIBED' || event.subscribed === undefined) throw new Error(`the stream began with ${event.type}, not SUBSCRIBED`)
             subscribed = true
             this.#frameworkId = event.subscribed.framework_id.value
+            ranAs = this.#frameworkId
             this.#streamId = streamId
+            if (askedAs === undefined) this.#registeredOn = streamId
             this.#settleNewSubscription()
             silenceMs = (event.subscribed.heartbeat_interval_seconds ?? DEFAULT_HEARTBEAT_SECONDS) * 1000 * MISSED_HEARTBEATS
             watch()
           } else if (event.type === 'ERROR') {
-            throw this.#refused(event.error?.message ?? 'no message')
+            throw this.#refused(event.error?.message ?? 'no message', ranAs)
           }
           try {
             this.#o.onEvent(event)
@@ -356,11 +389,12 @@ export class MesosScheduler {
   }
 
   /** The master ended the subscription with an ERROR; a framework it removed starts over as a new one. */
-  #refused(message: string): Error {
+  #refused(message: string, ranAs: string | undefined): Error {
     if (/failed over/i.test(message)) {
       this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'another scheduler subscribed as this framework: backing off before taking it back')
       this.#failedOver = true
-    } else if (/framework.*(removed|torn down|completed)/i.test(message) && this.#replacingWith === undefined) {
+    } else if (/framework.*(removed|torn down|completed)/i.test(message) && this.#frameworkId === ranAs) {
+      // (Only the id that subscription ran as: one the caller has moved on to since stays.)
       this.#o.log.error({ frameworkId: this.#frameworkId, message }, 'the mesos master removed this framework: subscribing as a new one (its tasks are gone)')
       this.#frameworkId = undefined
     }

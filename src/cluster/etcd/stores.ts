@@ -102,6 +102,8 @@ export function etcdFrameworkIds(client: Etcd3, prefix: string): FrameworkIdStor
       const other = result.responses[0]?.response_range?.kvs[0]?.value.toString('utf8')
       // Deleted meanwhile (by hand): kept where none is.
       if (other === undefined && replacing !== undefined) return store.save(id, undefined)
+      // Emptied (by hand): load() reads that as none, and so does this (in place of the empty value).
+      if (other === '' && replacing !== '') return store.save(id, '')
       if (other !== id) throw new MaitreError('MAITRE_STORE_CONFLICT', `etcd key ${key} keeps mesos framework ${String(other)}; this router subscribed as ${id}, which is not kept`)
     },
   }
