@@ -376,9 +376,10 @@ export class MesosBackend implements Backend {
     const id = scheduler.frameworkId
     if (id === undefined || id === this.#keptId || id === this.#ranAs || scheduler.tearingDown !== undefined) return
     if (!scheduler.registeredByThisSubscription) {
-      this.#o.log.warn({ frameworkId: id }, 'a mesos framework this router registered and never kept cannot be torn down (its subscription ended): the master keeps it until its failover timeout')
+      this.#o.log.warn({ frameworkId: id }, 'a mesos framework this router registered and never kept is left at the master (its subscription ended: it may be the next leader’s now, or stay until its failover timeout)')
       return
     }
+    let abandoned = false
     const done = await this.#within(
       (async () => {
         const kept = await this.#o.frameworkIds.load()
@@ -386,11 +387,15 @@ export class MesosBackend implements Backend {
           this.#keptId = id
           return
         }
+        if (abandoned) return
         this.#o.log.info({ frameworkId: id, kept }, 'tearing down the mesos framework this router registered and never kept: it runs nothing')
         await scheduler.tearDown(undefined)
       })(),
     )
-    if (!done) this.#o.log.warn({ frameworkId: id }, 'the store did not say in time whether the mesos framework this router registered is kept: left at the master')
+    if (!done) {
+      abandoned = true
+      this.#o.log.warn({ frameworkId: id }, 'the store did not say in time whether the mesos framework this router registered is kept: left at the master')
+    }
   }
 
   /** Whether `work` settled within the request timeout (it goes on regardless). */

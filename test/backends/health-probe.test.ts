@@ -13,7 +13,7 @@ async function listen(t: Test, server: Server): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
-t.test('checks of one instance made at once share one connection: an instance is never opened more than one by its health checks', async (t) => {
+t.test('checks of one instance made at once share one connection: health checks never open more than one to an instance', async (t) => {
   let connections = 0
   const server = createServer((_req, res) => setTimeout(() => res.end('ok'), 20))
   server.on('connection', () => (connections += 1))
@@ -54,4 +54,18 @@ t.test('a check reports what Waiter’s deployment errors need: refused, non-2xx
   const gone = await listen(t, closed)
   await new Promise<void>((resolve) => closed.close(() => resolve()))
   t.match(await prober.probe({ url: `${gone}/status`, authorization: undefined }), { ok: false, status: undefined, connected: false, responded: false })
+})
+
+t.test('an instance whose check hangs holds up no other instance’s check', async (t) => {
+  const hung = createServer(() => undefined)
+  const hungUrl = await listen(t, hung)
+  const healthy = await listen(t, createServer((_req, res) => res.end('ok')))
+  const prober = new HealthProber(2000)
+  t.teardown(() => prober.close())
+  const stuck = prober.probe({ url: `${hungUrl}/status`, authorization: undefined })
+  const startedAt = Date.now()
+  const answered = await prober.probe({ url: `${healthy}/status`, authorization: undefined })
+  t.equal(answered.ok, true, 'the other instance checked')
+  t.ok(Date.now() - startedAt < 1000, 'without waiting on the hung one')
+  t.match(await stuck, { ok: false, timedOut: true }, 'the hung check times out by itself')
 })

@@ -242,7 +242,7 @@ t.test('cluster mode: a framework id that could not be kept at once is kept befo
   t.equal(live(sim, 'once'), 1, 'nothing launched twice')
 })
 
-t.test('cluster mode: a leader that stops before its new framework’s id is kept (etcd cut off) tears that framework down, so the master does not keep an empty one for a week', async (t) => {
+t.test('cluster mode: a leader that stops before its new framework’s id is kept (its save hangs, the store still reads) tears that framework down, so the master does not keep an empty one for a week', async (t) => {
   const sim = await startMesosSimulatorFor(t)
   let kept: string | undefined
   let reachable = false
@@ -317,6 +317,28 @@ t.test('cluster mode: a leader that stops while the master’s answer to its fir
   await closed
   t.equal(kept, undefined, 'the leader stopped before it kept the id')
   t.same(sim.frameworks(), [], 'and the framework it never kept is gone from the master')
+})
+
+t.test('cluster mode: a leader cut off from its store altogether (reads hang too) leaves its unkept framework at the master and stops within twice the request timeout', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let saves = 0
+  let cut = false
+  const frameworkIds = {
+    load: (): Promise<string | undefined> => (cut ? new Promise<string | undefined>(() => undefined) : Promise.resolve(undefined)),
+    save: (): Promise<void> => {
+      saves += 1
+      cut = true
+      return new Promise<void>(() => undefined)
+    },
+  }
+  const first = new MesosBackend({ ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 1000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true })
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  const startedAt = Date.now()
+  await first.close()
+  const tookMs = Date.now() - startedAt
+  t.ok(tookMs < 4000, `close() took ${tookMs} ms (bound: 2 × 1000 ms, plus the stream’s end and a loaded machine’s lateness)`)
+  t.equal(sim.frameworks().length, 1, 'not knowing whether it is kept, the framework is left')
+  t.equal(sim.calls().filter((c) => c.type === 'TEARDOWN').length, 0, 'no TEARDOWN sent')
 })
 
 t.test('cluster mode: a save of the framework id still under way when the leader stops is waited for — a saved framework is kept, not torn down, and the next leader subscribes as it', async (t) => {

@@ -215,7 +215,12 @@ export class MesosScheduler {
     this.#stream?.abort()
     this.#wake?.()
     await this.#loop
-    await this.#agent.close().catch(() => undefined)
+    // Calls still under way (a KILL, a TEARDOWN given up on) get one request timeout, then are cut.
+    let cancel: (() => void) | undefined
+    const closed = this.#agent.close().catch(() => undefined)
+    const late = await Promise.race([closed.then(() => false), new Promise<boolean>((resolve) => (cancel = this.#o.clock.setTimeout(() => resolve(true), this.#o.requestTimeoutMs)))])
+    cancel?.()
+    if (late) await this.#agent.destroy().catch(() => undefined)
   }
 
   #headers(): Record<string, string> {
