@@ -179,7 +179,7 @@ export class MesosBackend implements Backend {
   async #connect(): Promise<MesosScheduler> {
     const o = this.#o
     let frameworkId: string | undefined
-    for (let wait = ADOPT_RETRY_MS; ; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
+    for (let wait = ADOPT_RETRY_MS; !this.#closed; wait = Math.min(MAX_ADOPT_RETRY_MS, wait * 2)) {
       try {
         frameworkId = await o.frameworkIds.load()
         break
@@ -193,7 +193,16 @@ export class MesosBackend implements Backend {
         o.log.warn({ err, retryInMs: wait }, 'the mesos framework id cannot be read: not subscribing until it can')
       }
       if (this.#closed) break
-      await new Promise<void>((resolve) => this.#o.clock.setTimeout(resolve, wait))
+      // close() cuts the wait short: a router on its way out does not wait out a back-off.
+      await new Promise<void>((resolve) => {
+        const wake = (): void => {
+          cancel()
+          this.#timers.delete(wake)
+          resolve()
+        }
+        const cancel = this.#o.clock.setTimeout(wake, wait)
+        this.#timers.add(wake)
+      })
     }
     this.#keptId = frameworkId
     const scheduler = new MesosScheduler({

@@ -18,6 +18,7 @@ import { startEtcd } from '../fixtures/etcd.ts'
 import { Etcd3 } from 'etcd3'
 import { etcdFrameworkIds } from '../../src/cluster/etcd/stores.ts'
 import type { MesosSim } from '../fixtures/mesos-sim/master.ts'
+import { ManualClock } from '../fixtures/manual-clock.ts'
 
 function spec(serviceId: string, minInstances: number): LaunchSpec {
   const check: HealthCheckSpec = { url: '/status', portIndex: 0, proto: 'http', intervalMs: 1000, maxConsecutiveFailures: 5, authenticated: false }
@@ -212,6 +213,24 @@ t.test('cluster mode: a framework id that cannot be read yet is read again, neve
   t.equal(failures, 0, 'the id was read again until it could be')
   t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'one framework: subscribed with the kept id')
   t.equal(live(sim, 'kept'), 1, 'nothing launched twice')
+})
+
+t.test('cluster mode: a router stopped while it waits to read the framework id again stops at once, without waiting out its back-off or subscribing', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let loads = 0
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => {
+      loads += 1
+      throw new Error('etcd: deadline exceeded')
+    },
+    save: async (): Promise<void> => undefined,
+  }
+  // A clock that never moves: the back-off between reads never ends by itself.
+  const backend = new MesosBackend({ ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, cluster: 'test', clock: new ManualClock(), log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true })
+  await waitFor('a first read failed', () => (loads === 1 ? true : undefined), 5_000)
+  await backend.close()
+  t.equal(loads, 1, 'no read after close()')
+  t.same(sim.frameworks(), [], 'nothing subscribed')
 })
 
 t.test('cluster mode: a framework id that could not be kept at once is kept before anything launches (the next leader subscribes as this framework)', async (t) => {
