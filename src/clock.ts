@@ -17,3 +17,15 @@ export const systemClock: Clock = {
     return () => clearTimeout(timer)
   },
 }
+
+/** Whether `work` settles (either way) within `ms` on `clock`; the work goes on regardless. */
+export function settlesWithin(clock: Clock, work: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const cancel = clock.setTimeout(() => resolve(false), ms)
+    const settled = (): void => {
+      cancel()
+      resolve(true)
+    }
+    work.then(settled, settled)
+  })
+}

@@ -16,7 +16,7 @@
  *
  * Like Kubernetes (and unlike the local backend), close() leaves tasks running for the next router.
  */
-import type { Clock } from '../clock.ts'
+import { settlesWithin, type Clock } from '../clock.ts'
 import type { MesosBackendConfig } from '../config.ts'
 import type { Logger } from '../log.ts'
 import type { LaunchSpec } from '../launch-spec.ts'
@@ -363,8 +363,6 @@ export class MesosBackend implements Backend {
     scheduler.hold()
     try {
       await this.#tearDownUnkept(scheduler)
-    } catch (err) {
-      this.#o.log.warn({ err }, 'could not tell whether the mesos framework subscribed as is kept: left at the master')
     } finally {
       await scheduler.close()
     }
@@ -381,7 +379,8 @@ export class MesosBackend implements Backend {
    * (one taken back since may be the next leader's by now).
    */
   async #tearDownUnkept(scheduler: MesosScheduler): Promise<void> {
-    await this.#within(Promise.all([scheduler.newSubscriptionSettled(), scheduler.tearingDown, this.#saving?.catch(() => undefined)]))
+    const timeoutMs = this.#o.requestTimeoutMs
+    await settlesWithin(this.#o.clock, Promise.all([scheduler.newSubscriptionSettled(), scheduler.tearingDown, this.#saving?.catch(() => undefined)]), timeoutMs)
     const id = scheduler.frameworkId
     if (id === undefined || id === this.#keptId || id === this.#ranAs || scheduler.tearingDown !== undefined) return
     if (!scheduler.registeredByThisSubscription) {
@@ -389,9 +388,16 @@ export class MesosBackend implements Backend {
       return
     }
     let abandoned = false
-    const done = await this.#within(
+    const done = await settlesWithin(
+      this.#o.clock,
       (async () => {
-        const kept = await this.#o.frameworkIds.load()
+        let kept: string | undefined
+        try {
+          kept = await this.#o.frameworkIds.load()
+        } catch (err) {
+          this.#o.log.warn({ err, frameworkId: id }, 'could not tell whether the mesos framework this router registered is kept: left at the master')
+          return
+        }
         if (kept === id) {
           this.#keptId = id
           return
@@ -400,22 +406,12 @@ export class MesosBackend implements Backend {
         this.#o.log.info({ frameworkId: id, kept }, 'tearing down the mesos framework this router registered and never kept: it runs nothing')
         await scheduler.tearDown(undefined)
       })(),
+      timeoutMs,
     )
     if (!done) {
       abandoned = true
       this.#o.log.warn({ frameworkId: id }, 'the store did not say in time whether the mesos framework this router registered is kept: left at the master')
     }
-  }
-
-  /** Whether `work` settled within the request timeout (it goes on regardless). */
-  #within(work: Promise<unknown>): Promise<boolean> {
-    return new Promise<boolean>((resolve, reject) => {
-      const cancel = this.#o.clock.setTimeout(() => resolve(false), this.#o.requestTimeoutMs)
-      work.then(
-        () => (cancel(), resolve(true)),
-        (err: unknown) => (cancel(), reject(err)),
-      )
-    })
   }
 
   #view(service: MesosService): ServiceState {

@@ -12,7 +12,7 @@
  *   framework is gone forgets the id: the next subscription starts a new framework.
  */
 import { Agent, request } from 'undici'
-import type { Clock } from '../../clock.ts'
+import { settlesWithin, type Clock } from '../../clock.ts'
 import type { Logger } from '../../log.ts'
 import type { Call, Event, FrameworkInfo } from './protocol.ts'
 import { RecordIoParser } from './recordio.ts'
@@ -216,11 +216,7 @@ export class MesosScheduler {
     this.#wake?.()
     await this.#loop
     // Calls still under way (a KILL, a TEARDOWN given up on) get one request timeout, then are cut.
-    let cancel: (() => void) | undefined
-    const closed = this.#agent.close().catch(() => undefined)
-    const late = await Promise.race([closed.then(() => false), new Promise<boolean>((resolve) => (cancel = this.#o.clock.setTimeout(() => resolve(true), this.#o.requestTimeoutMs)))])
-    cancel?.()
-    if (late) await this.#agent.destroy().catch(() => undefined)
+    if (!(await settlesWithin(this.#o.clock, this.#agent.close(), this.#o.requestTimeoutMs))) await this.#agent.destroy().catch(() => undefined)
   }
 
   #headers(): Record<string, string> {
