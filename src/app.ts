@@ -201,6 +201,7 @@ async function assemble(config: Config, base: { clock: Clock; log: Logger; dataD
           onPeerGone: (peer) => coordination.suspect?.(peer),
           holdForCollection: (serviceId, lastActiveAt, periodMs) => agreeToCollect(tracker, activator, serviceId, lastActiveAt, periodMs),
           releaseCollectionHold: (serviceId, deleted) => activator.releaseHold(serviceId, deleted),
+          leaderId: () => coordination.leaderId(),
           // (keepAlive is made further down; a collection is only heard once the router serves.)
           collectedByLeader: (serviceId, reason, lastActiveAt, forget) => void keepAlive.collected(serviceId, reason, lastActiveAt, forget),
         })

@@ -161,7 +161,8 @@ export async function handlePeer(r: AdminRequest, exchange: PeerExchange | undef
       const reason = body['reason'] ?? 'idle'
       if (reason !== 'idle' && reason !== 'stale' && reason !== 'broken' && reason !== 'orphaned') throw new MaitreError('MAITRE_BAD_REQUEST', "reason must be 'idle', 'stale', 'broken' or 'orphaned'", { details: { field: 'reason' } })
       const serviceId = idField(body, 'serviceId')
-      if (!exchange.receiveCollect(serviceId, lastActiveAt, periodMs as number, reason, body['deleted'] === true, body['forget'] === true)) {
+      const askedBy = body['leader'] === undefined ? undefined : idField(body, 'leader')
+      if (!exchange.receiveCollect(serviceId, lastActiveAt, periodMs as number, reason, body['deleted'] === true, body['forget'] === true, askedBy)) {
         throw new MaitreError('MAITRE_INSTANCE_IN_USE', 'This router is using the version: it may not be collected now', { details: { 'service-id': serviceId } })
       }
       return sendJson(res, 200, { held: periodMs !== 0, 'service-id': serviceId }, cid)

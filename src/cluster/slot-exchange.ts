@@ -79,6 +79,13 @@ export interface SlotExchangeOptions {
   readonly releaseCollectionHold?: (serviceId: string, deleted: boolean) => void
   /** The leader collected a version: for this reason, idle since `lastActiveAt` (what the keep-alive learns of it). */
   readonly collectedByLeader?: (serviceId: string, reason: CollectReason, lastActiveAt: number, forget: boolean) => void
+  /**
+   * The leader this router knows of. A collection asked for by another router is vetoed: an
+   * old leader's question that arrives late, or a new one's that arrives before this router heard
+   * of the change (whose hold the change would then let go of, and whose collection could then cut
+   * a request; vetoed, it is asked again at the next GC round). Absent: not checked.
+   */
+  readonly leaderId?: () => string | undefined
   /** How often the wants of requests still waiting are told again (default 1 s). */
   readonly wantsRepeatMs?: number
 }
@@ -420,12 +427,17 @@ export class SlotExchange implements SlotSharing {
   }
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
-  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false, forget = false): boolean {
+  receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false, forget = false, askedBy?: string): boolean {
     if (periodMs === 0) {
       this.#o.releaseCollectionHold?.(serviceId, deleted)
       // (A leader from before this was told sends no last activity: 0, nothing to learn from.)
       if (deleted && lastActiveAt > 0) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt, forget)
       return true
+    }
+    // (A router from before this was told names no asker: not checked.)
+    if (askedBy !== undefined && this.#o.leaderId !== undefined && askedBy !== this.#o.leaderId()) {
+      this.#o.log.info({ service: serviceId, askedBy, leader: this.#o.leaderId() }, 'collection vetoed: asked by a router this one does not know as the leader')
+      return false
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
   }
@@ -436,7 +448,7 @@ export class SlotExchange implements SlotSharing {
    * Those that agreed are released by collectDone(), or when the veto of another makes it moot.
    */
   async allowCollect(serviceId: string, lastActiveAt: number, reason: CollectReason): Promise<boolean> {
-    const ask = (periodMs: number) => (url: string): Promise<number> => this.#call(url, 'collect', { serviceId, lastActiveAt, periodMs, reason }, periodMs === 0 ? undefined : periodMs)
+    const ask = (periodMs: number) => (url: string): Promise<number> => this.#call(url, 'collect', { serviceId, lastActiveAt, periodMs, reason, leader: this.#o.routerId }, periodMs === 0 ? undefined : periodMs)
     const vetoed = await this.#askEveryPeer(ask(COLLECT_HOLD_MS), ask(0))
     if (vetoed.length > 0) this.#o.log.info({ service: serviceId, vetoedBy: vetoed }, 'collection vetoed by routers that use the version (or could not be asked)')
     return vetoed.length === 0

@@ -179,9 +179,8 @@ export class Activator {
   /**
    * The leader changed: collections the one before asked this router to hold for will not be
    * said to be over (it stopped, or died, between asking and telling), so their requests go on
-   * now rather than wait out the hold's bound (30 s). (A hold the new leader asked for just before
-   * this router heard of the change goes too: the collection may then cut a request that went on,
-   * as it could before holds were kept.)
+   * now rather than wait out the hold's bound (30 s). (None of them is the new leader's: a router
+   * holds only for the leader it knows, and vetoes a collection another asks for.)
    */
   releaseAllHolds(): void {
     for (const serviceId of [...this.#holds.keys()]) this.releaseHold(serviceId)

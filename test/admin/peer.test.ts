@@ -67,6 +67,7 @@ t.test('bad input is a 400 naming the field', async (t) => {
     ['wants', { from: 'r2', wants: { s: 1.5 } }, 'wants.s'],
     ['offer', { serviceId: 's' }, 'instanceId'],
     ['eject', { serviceId: 's', instanceId: 'i', periodMs: 'soon' }, 'periodMs'],
+    ['collect', { serviceId: 's', lastActiveAt: 1, periodMs: 1000, leader: 7 }, 'leader'],
   ]
   for (const [what, body, field] of cases) {
     const reply = await post(`${url}/maitre-peer/${what}`, body)

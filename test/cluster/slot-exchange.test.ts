@@ -30,7 +30,7 @@ interface Side {
   settling: boolean
 }
 
-type CollectHooks = Pick<SlotExchangeOptions, 'holdForCollection' | 'releaseCollectionHold' | 'collectedByLeader'>
+type CollectHooks = Pick<SlotExchangeOptions, 'holdForCollection' | 'releaseCollectionHold' | 'collectedByLeader' | 'leaderId'>
 
 async function router(t: { teardown(fn: () => unknown): void }, id: string, members: string[], gone: string[] = [], wantsRepeatMs?: number, hooks: CollectHooks & Pick<SlotExchangeOptions, 'peerTimeoutMs'> = {}): Promise<Side> {
   const tracker = new InstanceTracker({ clock: systemClock, ejectBaseMs: 10_000, maxEjectMs: 60_000 })
@@ -321,6 +321,32 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   t.same(released, ['s'], 'and every router that may hold its requests is released')
   using = true
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b uses it: a veto')
+})
+
+t.test('a collection asked for by a router this one does not know as the leader is vetoed, and nothing is held for it', async (t) => {
+  // A new leader that asks before a follower heard of the change: were it held, the change (which
+  // lets go of the old leader's holds) would let requests start the version it then deletes.
+  const members = ['router-a', 'router-b']
+  const a = await router(t, 'router-a', members)
+  const held: string[] = []
+  let leader: string | undefined = 'router-old'
+  const b = await router(t, 'router-b', members, [], undefined, {
+    holdForCollection: (serviceId) => {
+      held.push(serviceId)
+      return true
+    },
+    leaderId: () => leader,
+  })
+  a.peers = [{ routerId: 'router-b', url: b.url, members, over: () => 0 }]
+  a.exchange.viewChanged()
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b still knows another leader: a veto')
+  leader = undefined
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b knows no leader: a veto')
+  t.same(held, [], 'and b held no request for either')
+  leader = 'router-a'
+  t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), true, 'once b knows a leads, it agrees')
+  t.same(held, ['s'], 'and holds its requests for it')
+  await a.exchange.collectDone('s', undefined)
 })
 
 t.test('an offer refused at connect (nobody listens: a draining or dead borrower) gives the lender its slot back at once, not after the handover', async (t) => {
