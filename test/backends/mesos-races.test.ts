@@ -390,6 +390,37 @@ t.test('cluster mode: a save of the framework id still under way when the leader
   t.same(sim.frameworks().map((f) => f.id), [frameworkId], 'the next leader subscribed as it: still one framework')
 })
 
+t.test('cluster mode: offers that reach a leader while it stops (waiting on a save of its framework id) are declined at once, not held from every other framework until its stream ends', async (t) => {
+  const sim = await startMesosSimulatorFor(t)
+  let kept: string | undefined
+  let saves = 0
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const frameworkIds = {
+    load: async (): Promise<string | undefined> => kept,
+    save: async (id: string): Promise<void> => {
+      saves += 1
+      await released
+      kept = id
+    },
+  }
+  // A long request timeout: close() waits up to that long for the save, with the stream open.
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 30_000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const backend = new MesosBackend(options)
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  let closeDone = false
+  const closeStartedAt = Date.now()
+  const closed = backend.close().finally(() => (closeDone = true))
+  // The master offers the agents again once the filter of the decline before close() lapses (1 s).
+  const offerMadeWhileClosing = await waitFor('an offer made after close() began', () => sim.offers().find((o) => o.madeAt > closeStartedAt)?.id, 10_000)
+  await waitFor('that offer declined', () => (sim.offers().find((o) => o.id === offerMadeWhileClosing)?.outstanding === false ? true : undefined), 5000)
+  t.notOk(closeDone, 'declined while close() still waits on the save, its stream open')
+  t.ok(sim.frameworks()[0]?.connected, 'the framework is still subscribed: it was the DECLINE, not the stream’s end, that gave the offer back')
+  release()
+  await closed
+  t.equal(kept, sim.frameworks()[0]?.id, 'the save landed, and the framework is kept for the next leader')
+})
+
 t.test('cluster mode: a save whose answer was lost (written all the same) is not taken for unkept when the leader stops — the store is asked, and the framework stays for the next leader', async (t) => {
   const sim = await startMesosSimulatorFor(t)
   let kept: string | undefined
