@@ -6,6 +6,7 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
+import { VersionHistogram } from './version-histogram.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -58,12 +59,15 @@ export function queueRejectionOf(code: string | undefined): (typeof QUEUE_REJECT
  * versions have (versions with a deployment error).
  */
 interface PerServiceMetric {
-  readonly metric: Metric<string>
+  readonly metric: Metric<string> | VersionHistogram
   readonly other?: { readonly label: string; readonly values?: readonly string[] }
 }
 
 /** Versions whose series one turn of the event loop removes (~20 removals each). */
 const REMOVALS_PER_TURN = 512
+
+/** Versions whose histogram series one piece of a scrape writes (~1.7 KB each: ~200 KB, ~5 ms). */
+const SERIES_PER_PIECE = 128
 
 /** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
 const YIELD_AFTER_CHARS = 16_384
@@ -74,9 +78,9 @@ const MAX_RETIRED = 10_000
 export class Metrics {
   readonly registry = new Registry()
   readonly requests: Counter<'service' | 'code'>
-  readonly requestDuration: Histogram<'service'>
-  readonly queueWait: Histogram<'service'>
-  readonly backendResponse: Histogram<'service'>
+  readonly requestDuration: VersionHistogram
+  readonly queueWait: VersionHistogram
+  readonly backendResponse: VersionHistogram
   readonly scalingDecisions: Counter<'service' | 'direction'>
   readonly killVetoes: Counter<'service'>
   readonly peerSyncs: Counter<'outcome'>
@@ -85,7 +89,7 @@ export class Metrics {
   readonly prewarms: Counter
   readonly prewarmHits: Counter
   readonly prewarmMisses: Counter
-  readonly coldStartDuration: Histogram<'service'>
+  readonly coldStartDuration: VersionHistogram
   readonly routerColdStartDuration: Histogram
   readonly deploymentErrors: Counter<'service' | 'reason'>
   readonly queueRejections: Counter<'service' | 'reason'>
@@ -115,10 +119,17 @@ export class Metrics {
     // Seven gauges read every version's values: during a scrape they are gathered once.
     const services = (): Iterable<ServiceGauges> => this.#scraped ?? sources.services()
     const service = ['service'] as const
+    // Kept in the registry as any metric (it reads them through get(); prom-client's types name
+    // only its own classes), and written a piece at a time by chunks().
+    const versionHistogram = (options: ConstructorParameters<typeof VersionHistogram>[0]): VersionHistogram => {
+      const histogram = new VersionHistogram(options)
+      this.registry.registerMetric(histogram as unknown as Metric)
+      return histogram
+    }
     this.requests = new Counter({ name: 'maitre_requests_total', help: 'Proxied requests by service version and status class (2xx…5xx).', labelNames: ['service', 'code'] as const, registers })
-    this.requestDuration = new Histogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
-    this.queueWait = new Histogram({ name: 'maitre_queue_wait_seconds', help: 'Time requests waited for an instance slot (cold starts included).', labelNames: service, buckets: LATENCY_BUCKETS, registers })
-    this.backendResponse = new Histogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.requestDuration = versionHistogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', buckets: LATENCY_BUCKETS })
+    this.queueWait = versionHistogram({ name: 'maitre_queue_wait_seconds', help: 'Time requests waited for an instance slot (cold starts included).', buckets: LATENCY_BUCKETS })
+    this.backendResponse = versionHistogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', buckets: LATENCY_BUCKETS })
     this.killVetoes = new Counter({ name: 'maitre_kill_vetoes_total', help: 'Scale-down kills another router vetoed because it carried a request on the instance (cluster mode).', labelNames: ['service'] as const, registers })
     this.peerSyncs = new Counter({ name: 'maitre_peer_syncs_total', help: 'Peers told of a write to the shared state, by outcome: confirmed (it read the write before the writer answered) or unconfirmed (no answer within 1 s; its watch brings the write later). Cluster mode.', labelNames: ['outcome'] as const, registers })
     this.keepAliveNotes = new Counter({ name: 'maitre_keep_alive_notes_total', help: 'Requests to adaptive versions told to a peer so that its keep-alive learns of them, per peer, by outcome: sent, failed (the peer did not take them), dropped (too many waiting, or too large). Cluster mode.', labelNames: ['outcome'] as const, registers })
@@ -127,7 +138,7 @@ export class Metrics {
     this.prewarmHits = new Counter({ name: 'maitre_prewarm_hits_total', help: 'Pre-warms whose next request found an instance healthy (it waited for no start).', registers })
     this.prewarmMisses = new Counter({ name: 'maitre_prewarm_misses_total', help: 'Pre-warms that spared no start: let go unused, still starting when the request came, or failed.', registers })
     this.coldStarts = new Counter({ name: 'maitre_cold_starts_total', help: 'Requests that waited for a version with no healthy instance.', labelNames: service, registers })
-    this.coldStartDuration = new Histogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', labelNames: service, buckets: LATENCY_BUCKETS, registers })
+    this.coldStartDuration = versionHistogram({ name: 'maitre_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance.', buckets: LATENCY_BUCKETS })
     // A version's own series are born at its first cold start, already at 1: rate() and increase()
     // never see that one. This one lives as long as the router, so alerts see every cold start.
     this.routerColdStartDuration = new Histogram({ name: 'maitre_router_cold_start_duration_seconds', help: 'How long cold-start requests waited for their first instance, every version together (a series that exists from the router\'s start, for rates and alerts).', buckets: LATENCY_BUCKETS, registers })
@@ -192,7 +203,7 @@ export class Metrics {
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })
 
-    const only = (metric: Metric<string>): PerServiceMetric => ({ metric })
+    const only = (metric: Metric<string> | VersionHistogram): PerServiceMetric => ({ metric })
     this.#perService = [
       { metric: this.requests, other: { label: 'code', values: STATUS_CLASSES } },
       { metric: this.scalingDecisions, other: { label: 'direction', values: ['up', 'down'] } },
@@ -242,8 +253,17 @@ export class Metrics {
     this.#scraped = scraped
     try {
       let first = true
-      for (const metric of this.registry.getMetricsAsArray()) {
-        const text = await this.registry.getSingleMetricAsString(metric.name)
+      for (const metric of this.registry.getMetricsAsArray() as readonly unknown[]) {
+        if (metric instanceof VersionHistogram) {
+          // One version's series after another, the event loop let go between pieces.
+          for (const piece of metric.pieces(SERIES_PER_PIECE)) {
+            yield first ? piece : `\n\n${piece}`
+            first = false
+            await new Promise((resolve) => setImmediate(resolve))
+          }
+          continue
+        }
+        const text = await this.registry.getSingleMetricAsString((metric as { name: string }).name)
         yield first ? text : `\n\n${text}`
         first = false
         if (text.length >= YIELD_AFTER_CHARS) await new Promise((resolve) => setImmediate(resolve))
@@ -272,7 +292,7 @@ export class Metrics {
 }
 
 /** The values of `label` in the metric's series of these versions, by version. */
-async function labelValuesOf(metric: Metric<string>, label: string, services: ReadonlySet<string>): Promise<Map<string, Set<string>>> {
+async function labelValuesOf(metric: Metric<string> | VersionHistogram, label: string, services: ReadonlySet<string>): Promise<Map<string, Set<string>>> {
   const values = new Map<string, Set<string>>()
   for (const { labels } of (await metric.get()).values) {
     const service = labels['service']

@@ -69,6 +69,19 @@ t.test('a large scrape lets requests be served while it is written', async (t) =
   t.ok(servedMeanwhile, 'the event loop ran other work before the scrape was done')
 })
 
+t.test('a scrape over a thousand versions writes no piece larger than a few hundred KB: each waits for the event loop, none holds it for a whole histogram', async (t) => {
+  const metrics = newMetrics()
+  for (let i = 0; i < 1000; i++) for (const histogram of [metrics.requestDuration, metrics.queueWait, metrics.backendResponse, metrics.coldStartDuration]) histogram.observe({ service: `version-${i}` }, i / 100)
+  let largest = 0
+  let whole = 0
+  for await (const chunk of metrics.chunks()) {
+    largest = Math.max(largest, chunk.length)
+    whole += chunk.length
+  }
+  t.ok(whole > 4 * 1_000_000, `four histograms of ~1.1 MB each (${whole} characters in all)`)
+  t.ok(largest < 256 * 1024, `the largest piece is ${largest} characters (before: one histogram's whole text, ~1.3 MB)`)
+})
+
 t.test('a scrape gathers every version’s gauge values once, not once per gauge', async (t) => {
   let gathered = 0
   const versions = [{ service: 'v1', inFlight: 2, queued: 3, healthy: 1, starting: 1, target: 2, maxInstances: 5, deploymentErrorClass: undefined }]

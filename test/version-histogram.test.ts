@@ -1,0 +1,55 @@
+import t from 'tap'
+import fc from 'fast-check'
+import { Histogram, Registry, exponentialBuckets } from 'prom-client'
+import { VersionHistogram } from '../src/version-histogram.ts'
+
+const BUCKETS = exponentialBuckets(0.005, 2.5, 13)
+
+/** The same observations in prom-client's Histogram and in ours: their texts and values. */
+async function both(observations: readonly (readonly [string, number])[], removed: readonly string[] = [], seriesPerPiece = 3) {
+  const registry = new Registry()
+  const theirs = new Histogram({ name: 'x_seconds', help: 'Help with a \\ and a\nnewline.', labelNames: ['service'] as const, buckets: BUCKETS, registers: [registry] })
+  const ours = new VersionHistogram({ name: 'x_seconds', help: 'Help with a \\ and a\nnewline.', buckets: BUCKETS })
+  for (const [service, value] of observations) {
+    theirs.observe({ service }, value)
+    ours.observe({ service }, value)
+  }
+  for (const service of removed) {
+    theirs.remove({ service })
+    ours.remove({ service })
+  }
+  const pieces = [...ours.pieces(seriesPerPiece)]
+  return { theirText: await registry.getSingleMetricAsString('x_seconds'), ourText: pieces.join(''), pieces, theirValues: (await theirs.get()).values, ourValues: (await ours.get()).values }
+}
+
+t.test('the text, joined from its pieces, and the values are exactly prom-client’s Histogram’s for the same observations', async (t) => {
+  const service = fc.oneof(fc.constantFrom('a', 'b', 'quote"d', 'back\\slash', 'new\nline', 'é'), fc.string({ maxLength: 6 }))
+  const value = fc.oneof(fc.constantFrom(0, ...BUCKETS, BUCKETS[BUCKETS.length - 1]! * 10, 1e-9), fc.double({ min: 0, max: 1e4, noNaN: true }))
+  const observations = fc.array(fc.tuple(service, value), { maxLength: 60 })
+  let checked = 0
+  const mismatch = await fc.check(
+    fc.asyncProperty(observations, fc.array(service, { maxLength: 3 }), fc.integer({ min: 1, max: 5 }), async (list, removed, perPiece) => {
+      const { theirText, ourText, theirValues, ourValues } = await both(list, removed, perPiece)
+      checked += 1
+      t.same(ourValues, theirValues.map((v) => ({ labels: v.labels, value: v.value, metricName: v.metricName })))
+      return ourText === theirText
+    }),
+    { numRuns: 300 },
+  )
+  t.notOk(mismatch.failed, mismatch.failed ? `differs for ${fc.stringify(mismatch.counterexample)}` : '300 random sets of observations')
+  t.ok(checked >= 300)
+})
+
+t.test('a thousand versions are written a few at a time, not in one piece', async (t) => {
+  const observations = Array.from({ length: 1000 }, (_, i) => [`v${i}`, i / 100] as const)
+  const { pieces, ourText, theirText } = await both(observations, [], 128)
+  t.equal(pieces.length, 1 + Math.ceil(1000 / 128), 'the HELP and TYPE lines, then 128 versions a piece')
+  t.equal(ourText, theirText)
+})
+
+t.test('a value that is not a number is refused, as prom-client refuses it', async (t) => {
+  const ours = new VersionHistogram({ name: 'x_seconds', help: 'h', buckets: BUCKETS })
+  t.throws(() => ours.observe({ service: 'a' }, Number.NaN), TypeError)
+  t.throws(() => ours.observe({ service: 'a' }, Number.POSITIVE_INFINITY), TypeError)
+  t.same((await ours.get()).values, [], 'and records nothing')
+})
