@@ -6,7 +6,7 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
-import { VersionHistogram } from './version-histogram.ts'
+import { VersionGauge, VersionHistogram, type GaugeSeries } from './version-series.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -66,8 +66,10 @@ interface PerServiceMetric {
 /** Versions whose series one turn of the event loop removes (~20 removals each). */
 const REMOVALS_PER_TURN = 512
 
-/** Versions whose histogram series one piece of a scrape writes (~1.7 KB each: ~200 KB, ~5 ms). */
-const SERIES_PER_PIECE = 128
+/** Versions whose histogram series one piece of a scrape writes (~1.7 KB each: ~200 KB, a few ms). */
+const HISTOGRAM_VERSIONS_PER_PIECE = 128
+/** Versions whose gauge series one piece writes (a line or two each: ~100 KB). */
+const GAUGE_VERSIONS_PER_PIECE = 1024
 
 /** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
 const YIELD_AFTER_CHARS = 16_384
@@ -154,48 +156,26 @@ export class Metrics {
     this.memoryReleases = new Counter({ name: 'maitre_memory_releases_total', help: 'Memory-reducing collections run once traffic went quiet (server.memoryRelease).', registers })
     this.memoryReleasedBytes = new Counter({ name: 'maitre_memory_released_bytes_total', help: 'Resident memory those collections handed back to the system.', registers })
 
-    const perServiceGauge = (name: string, help: string, value: (s: ServiceGauges) => number | undefined): Gauge<'service'> =>
-      new Gauge({
-        name,
-        help,
-        labelNames: service,
-        registers,
-        collect() {
-          this.reset()
-          for (const s of services()) {
-            const v = value(s)
-            if (v !== undefined) this.set({ service: s.service }, v)
-          }
-        },
+    // Read from the versions at the scrape (one walk, shared), written a piece at a time.
+    const versionGauge = (name: string, help: string, series: (s: ServiceGauges) => readonly GaugeSeries[]): void =>
+      this.registry.registerMetric(new VersionGauge({ name, help, source: services, series }) as unknown as Metric)
+    const perServiceGauge = (name: string, help: string, value: (s: ServiceGauges) => number | undefined): void =>
+      versionGauge(name, help, (s) => {
+        const v = value(s)
+        return v === undefined ? [] : [{ labels: { service: s.service }, value: v }]
       })
     perServiceGauge('maitre_outstanding_requests', 'In-flight plus queued requests: the scaling signal.', (s) => s.inFlight + s.queued)
     perServiceGauge('maitre_in_flight_requests', 'Requests being served by an instance.', (s) => s.inFlight)
     perServiceGauge('maitre_queued_requests', 'Requests waiting for an instance slot.', (s) => s.queued)
     perServiceGauge('maitre_target_instances', 'The autoscaler\'s smoothed target instance count (exported by the router that decides: the single router, or the cluster\'s leader).', (s) => s.target)
     perServiceGauge('maitre_max_instances', 'The version\'s max-instances: the ceiling its target is held to.', (s) => s.maxInstances)
-    new Gauge({
-      name: 'maitre_deployment_error',
-      help: '1 while the version cannot start (requests to it get 503 "Deployment error"), by the error\'s class; absent otherwise.',
-      labelNames: ['service', 'reason'] as const,
-      registers,
-      collect() {
-        this.reset()
-        for (const s of services()) if (s.deploymentErrorClass !== undefined) this.set({ service: s.service, reason: s.deploymentErrorClass }, 1)
-      },
-    })
-    new Gauge({
-      name: 'maitre_instances',
-      help: 'Live instances by state: healthy, or starting (not passing health checks: not yet, or no longer).',
-      labelNames: ['service', 'state'] as const,
-      registers,
-      collect() {
-        this.reset()
-        for (const s of services()) {
-          this.set({ service: s.service, state: 'healthy' }, s.healthy)
-          this.set({ service: s.service, state: 'starting' }, s.starting)
-        }
-      },
-    })
+    versionGauge('maitre_deployment_error', '1 while the version cannot start (requests to it get 503 "Deployment error"), by the error\'s class; absent otherwise.', (s) =>
+      s.deploymentErrorClass === undefined ? [] : [{ labels: { service: s.service, reason: s.deploymentErrorClass }, value: 1 }],
+    )
+    versionGauge('maitre_instances', 'Live instances by state: healthy, or starting (not passing health checks: not yet, or no longer).', (s) => [
+      { labels: { service: s.service, state: 'healthy' }, value: s.healthy },
+      { labels: { service: s.service, state: 'starting' }, value: s.starting },
+    ])
     new Gauge({ name: 'maitre_tokens', help: 'Tokens stored (soft-deleted ones included).', registers, collect() { this.set(sources.tokens()) } })
     new Gauge({ name: 'maitre_services', help: 'Service versions known to this router.', registers, collect() { this.set(sources.versions()) } })
     new Gauge({ name: 'maitre_open_connections', help: 'Client connections open on the router\'s listener right now (a separate admin listener\'s not counted).', registers, collect() { this.set(sources.connections?.() ?? 0) } })
@@ -254,9 +234,9 @@ export class Metrics {
     try {
       let first = true
       for (const metric of this.registry.getMetricsAsArray() as readonly unknown[]) {
-        if (metric instanceof VersionHistogram) {
+        if (metric instanceof VersionHistogram || metric instanceof VersionGauge) {
           // One version's series after another, the event loop let go between pieces.
-          for (const piece of metric.pieces(SERIES_PER_PIECE)) {
+          for (const piece of metric.pieces(metric instanceof VersionHistogram ? HISTOGRAM_VERSIONS_PER_PIECE : GAUGE_VERSIONS_PER_PIECE)) {
             yield first ? piece : `\n\n${piece}`
             first = false
             await new Promise((resolve) => setImmediate(resolve))

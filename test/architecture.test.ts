@@ -70,7 +70,7 @@ const DOMAIN = ['proxy', 'scaler', 'versions', 'backends', 'admin', 'cluster', '
 const GROUND_FILES = [
   'src/config.ts',
   'src/errors.ts',
-  'src/metrics.ts', 'src/version-histogram.ts',
+  'src/metrics.ts', 'src/version-series.ts',
   'src/log.ts',
   'src/clock.ts',
   'src/launch-spec.ts',

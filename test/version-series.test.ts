@@ -1,7 +1,7 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { Histogram, Registry, exponentialBuckets } from 'prom-client'
-import { VersionHistogram } from '../src/version-histogram.ts'
+import { Gauge, Histogram, Registry, exponentialBuckets } from 'prom-client'
+import { VersionGauge, VersionHistogram, type GaugeSeries } from '../src/version-series.ts'
 
 const BUCKETS = exponentialBuckets(0.005, 2.5, 13)
 
@@ -52,4 +52,38 @@ t.test('a value that is not a number is refused, as prom-client refuses it', asy
   t.throws(() => ours.observe({ service: 'a' }, Number.NaN), TypeError)
   t.throws(() => ours.observe({ service: 'a' }, Number.POSITIVE_INFINITY), TypeError)
   t.same((await ours.get()).values, [], 'and records nothing')
+})
+
+t.test('a gauge read from the versions writes, joined from its pieces, exactly what prom-client’s Gauge writes for the same series', async (t) => {
+  const version = fc.record({
+    service: fc.oneof(fc.constantFrom('a', 'quote"d', 'back\\slash', 'new\nline'), fc.string({ maxLength: 6 })),
+    healthy: fc.oneof(fc.nat(), fc.double({ noNaN: false })),
+    reason: fc.option(fc.constantFrom('bad-command', 'a "quoted" reason'), { nil: undefined }),
+  })
+  const series = (v: { service: string; healthy: number; reason: string | undefined }): GaugeSeries[] => [
+    { labels: { service: v.service, state: 'healthy' }, value: v.healthy },
+    ...(v.reason === undefined ? [] : [{ labels: { service: v.service, reason: v.reason }, value: 1 }]),
+  ]
+  const mismatch = await fc.check(
+    fc.asyncProperty(fc.uniqueArray(version, { selector: (v) => v.service, maxLength: 40 }), fc.integer({ min: 1, max: 5 }), async (versions, perPiece) => {
+      const registry = new Registry()
+      const theirs = new Gauge({ name: 'x_instances', help: 'Help, with a \\.', labelNames: ['service', 'state', 'reason'] as const, registers: [registry] })
+      for (const v of versions) for (const { labels, value } of series(v)) theirs.set(labels, value)
+      const ours = new VersionGauge({ name: 'x_instances', help: 'Help, with a \\.', source: () => versions, series })
+      const theirText = await registry.getSingleMetricAsString('x_instances')
+      const ourValues = (await ours.get()).values
+      const theirValues = (await theirs.get()).values.map((v) => ({ labels: v.labels, value: v.value }))
+      return [...ours.pieces(perPiece)].join('') === theirText && JSON.stringify(ourValues) === JSON.stringify(theirValues)
+    }),
+    { numRuns: 300 },
+  )
+  t.notOk(mismatch.failed, mismatch.failed ? `differs for ${fc.stringify(mismatch.counterexample)}` : '300 random sets of versions')
+})
+
+t.test('a gauge over thousands of versions is written a thousand versions a piece, each version read once', async (t) => {
+  let reads = 0
+  const versions = Array.from({ length: 3000 }, (_, i) => ({ service: `v${i}` }))
+  const ours = new VersionGauge({ name: 'x', help: 'h', source: () => versions, series: (v) => (reads++, [{ labels: { service: v.service }, value: 1 }]) })
+  t.equal([...ours.pieces(1000)].length, 1 + 3, 'HELP and TYPE, then three pieces')
+  t.equal(reads, 3000)
 })

@@ -1,10 +1,10 @@
 /**
- * A latency histogram with one series per version (the `service` label) whose exposition is
- * written a few hundred series at a time. prom-client's Histogram builds a metric's whole text
- * in one piece: at 1,000 versions 1.7 MB and 25–130 ms of the event loop per histogram and
- * scrape, 0.3–0.9 s at 10,000, with every request waiting meanwhile (bench/scrape-hold.ts).
- * The text is the one prom-client writes for a Histogram (test/metrics.test.ts compares them),
- * and the registry reads it through get() as it reads any metric.
+ * Per-version metrics whose exposition is written a few hundred versions at a time. prom-client
+ * builds a metric's whole text in one piece, every request waiting meanwhile: at 1,000 versions
+ * a latency histogram's 1.7 MB held the event loop 25–130 ms per scrape, 0.3–0.9 s at 10,000;
+ * a per-version gauge 30–90 ms at 10,000 (bench/scrape-hold.ts). The text is the one prom-client
+ * writes for the same series (test/version-series.test.ts compares them), and the registry
+ * reads them through get() as it reads any metric.
  */
 
 /** One version's series: counts per bucket (not cumulative), their sum and count. */
@@ -107,6 +107,67 @@ export class VersionHistogram {
       }
       text += `\n${bucket}+Inf",${series.label}} ${series.count}\n${this.name}_sum{${series.label}} ${numberText(series.sum)}\n${this.name}_count{${series.label}} ${series.count}`
       if (++inPiece === seriesPerPiece) {
+        yield text
+        text = ''
+        inPiece = 0
+      }
+    }
+    if (text !== '') yield text
+  }
+}
+
+export interface GaugeSeries {
+  /** The series' labels, `service` first, in the order they are written. */
+  readonly labels: Readonly<Record<string, string>>
+  readonly value: number
+}
+
+export interface VersionGaugeOptions<T> {
+  readonly name: string
+  readonly help: string
+  /** What the gauge reads at a scrape: one entry per version. */
+  readonly source: () => Iterable<T>
+  /** The series an entry shows (none, one, or one per value of another label). */
+  readonly series: (entry: T) => readonly GaugeSeries[]
+}
+
+/** A gauge whose series are read from the versions at scrape time, never stored. */
+export class VersionGauge<T> {
+  readonly name: string
+  readonly help: string
+  readonly type = 'gauge' as const
+  readonly aggregator = 'sum' as const
+  readonly #o: VersionGaugeOptions<T>
+
+  constructor(options: VersionGaugeOptions<T>) {
+    this.name = options.name
+    this.help = options.help
+    this.#o = options
+  }
+
+  /** Nothing is stored: a gauge read from the versions has nothing to reset. */
+  reset(): void {}
+
+  /** The values as prom-client's Gauge gives them (for the registry, and whoever reads series). */
+  async get(): Promise<{ name: string; help: string; type: 'gauge'; aggregator: 'sum'; values: { labels: Record<string, string>; value: number }[] }> {
+    const values: { labels: Record<string, string>; value: number }[] = []
+    for (const entry of this.#o.source()) for (const { labels, value } of this.#o.series(entry)) values.push({ labels: { ...labels }, value })
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+  }
+
+  /** The exposition text in pieces, `entriesPerPiece` versions a piece, as VersionHistogram's. */
+  *pieces(entriesPerPiece: number): Generator<string> {
+    const name = escapeString(this.name)
+    yield `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} gauge`
+    let text = ''
+    let inPiece = 0
+    for (const entry of this.#o.source()) {
+      for (const { labels, value } of this.#o.series(entry)) {
+        let written = ''
+        for (const label in labels) written += `${written === '' ? '' : ','}${label}="${escapeLabelValue(labels[label] as string)}"`
+        text += `\n${this.name}${written === '' ? '' : `{${written}}`} ${numberText(value)}`
+      }
+      if (++inPiece === entriesPerPiece) {
         yield text
         text = ''
         inPiece = 0
