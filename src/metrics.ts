@@ -235,10 +235,15 @@ export class Metrics {
       let first = true
       for (const metric of this.registry.getMetricsAsArray() as readonly unknown[]) {
         if (metric instanceof VersionHistogram || metric instanceof VersionGauge) {
-          // One version's series after another, the event loop let go between pieces.
-          for (const piece of metric.pieces(metric instanceof VersionHistogram ? HISTOGRAM_VERSIONS_PER_PIECE : GAUGE_VERSIONS_PER_PIECE)) {
-            yield first ? piece : `\n\n${piece}`
+          // One version's series after another, the event loop let go between pieces. (Only the
+          // metric's first piece is set apart from the metric before; the rest begin with a newline.)
+          // The gauges write this scrape's own snapshot, whatever another scrape does meanwhile.
+          const pieces = metric instanceof VersionHistogram ? metric.pieces(HISTOGRAM_VERSIONS_PER_PIECE) : (metric as VersionGauge<ServiceGauges>).pieces(GAUGE_VERSIONS_PER_PIECE, scraped)
+          let metricBegins = true
+          for (const piece of pieces) {
+            yield first ? piece : metricBegins ? `\n\n${piece}` : piece
             first = false
+            metricBegins = false
             await new Promise((resolve) => setImmediate(resolve))
           }
           continue

@@ -90,7 +90,8 @@ export class VersionHistogram {
   /**
    * The exposition text, in pieces: the HELP and TYPE lines, then `seriesPerPiece` versions'
    * lines a piece, each piece after the first beginning with a newline (joined, they are the
-   * registry's text). Series observed or removed between pieces show or go as they are then.
+   * registry's text). The versions are those that have series when the writing begins; their
+   * counts are read as each piece is written.
    */
   *pieces(seriesPerPiece: number): Generator<string> {
     const name = escapeString(this.name)
@@ -99,7 +100,9 @@ export class VersionHistogram {
     const bounds = this.#bounds.map((b) => `${b}`)
     let text = ''
     let inPiece = 0
-    for (const series of this.#series.values()) {
+    // The series as they are when the writing begins: one removed and observed again between
+    // pieces would otherwise come round again at the Map's end, and be written twice.
+    for (const series of [...this.#series.values()]) {
       let cumulative = 0
       for (const [i, bound] of bounds.entries()) {
         cumulative += series.counts[i] as number
@@ -155,13 +158,16 @@ export class VersionGauge<T> {
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
   }
 
-  /** The exposition text in pieces, `entriesPerPiece` versions a piece, as VersionHistogram's. */
-  *pieces(entriesPerPiece: number): Generator<string> {
+  /**
+   * The exposition text in pieces, `entriesPerPiece` versions a piece, as VersionHistogram's;
+   * `entries`: the versions to write (a scrape's own snapshot), by default what the source reads now.
+   */
+  *pieces(entriesPerPiece: number, entries: Iterable<T> = this.#o.source()): Generator<string> {
     const name = escapeString(this.name)
     yield `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} gauge`
     let text = ''
     let inPiece = 0
-    for (const entry of this.#o.source()) {
+    for (const entry of entries) {
       for (const { labels, value } of this.#o.series(entry)) {
         let written = ''
         for (const label in labels) written += `${written === '' ? '' : ','}${label}="${escapeLabelValue(labels[label] as string)}"`

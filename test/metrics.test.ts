@@ -47,14 +47,19 @@ t.test('a version gone with requests under way: what they record afterwards leav
   t.match(await metrics.render(), 'maitre_requests_total{service="gone",code="2xx"} 1', 'it runs again: its series are kept')
 })
 
-t.test('a scrape written metric by metric reads exactly as the registry writes it at once', async (t) => {
-  const metrics = newMetrics()
+t.test('a scrape written piece by piece reads exactly as the registry writes it at once, blank lines and HELP lines included', async (t) => {
+  // Enough versions for several pieces of every per-version histogram (128 a piece) and gauge (1,024).
+  const versions = Array.from({ length: 2100 }, (_, i) => ({ service: `v${i}`, inFlight: i % 3, queued: i % 2, healthy: 1, starting: i % 2, target: i % 4, maxInstances: 5, deploymentErrorClass: i % 7 === 0 ? 'bad-command' : undefined }))
+  const metrics = new Metrics({ services: () => versions, tokens: () => 0, versions: () => versions.length }, { version: 'test' })
   for (let i = 0; i < 300; i++) recordEverything(metrics, `v${i}`)
   const rendered = await metrics.render()
   t.ok(rendered.length > 16_384 * 4, 'large enough to be written in several turns')
-  // (The process metrics move between the two reads; everything else must match line for line.)
-  const stable = (text: string): string[] => text.split('\n').filter((line) => line.startsWith('maitre_'))
-  t.same(stable(rendered), stable(await metrics.registry.metrics()))
+  // (The process metrics move between the two reads; every maitre metric must match whole.)
+  const stable = (text: string): string[] => text.split('\n\n').filter((block) => block.startsWith('# HELP maitre_'))
+  const blocks = stable(rendered)
+  t.ok(blocks.length >= 30, `every maitre metric (${blocks.length})`)
+  t.same(blocks, stable(await metrics.registry.metrics()))
+  t.notMatch(rendered, '\n\n\n', 'no blank line inside a metric')
   t.ok(rendered.endsWith('\n') && !rendered.endsWith('\n\n'))
 })
 
@@ -80,6 +85,19 @@ t.test('a scrape over a thousand versions writes no piece larger than a few hund
   }
   t.ok(whole > 4 * 1_000_000, `four histograms of ~1.1 MB each (${whole} characters in all)`)
   t.ok(largest < 256 * 1024, `the largest piece is ${largest} characters (before: one histogram's whole text, ~1.3 MB)`)
+})
+
+t.test('two scrapes at once each gather the versions once: one that ends first leaves the other its snapshot', async (t) => {
+  let gathered = 0
+  const versions = [{ service: 'v1', inFlight: 2, queued: 3, healthy: 1, starting: 1, target: 2, maxInstances: 5, deploymentErrorClass: undefined }]
+  const metrics = new Metrics({ services: () => (gathered++, versions), tokens: () => 0, versions: () => 1 }, { version: 'test' })
+  const slow = metrics.chunks()
+  let slowText = (await slow.next()).value ?? ''
+  const quick = await metrics.render()
+  for await (const chunk of slow) slowText += chunk
+  t.equal(gathered, 2, 'one walk over the versions per scrape')
+  t.match(slowText, 'maitre_instances{service="v1",state="starting"} 1')
+  t.match(quick, 'maitre_outstanding_requests{service="v1"} 5')
 })
 
 t.test('a scrape gathers every version’s gauge values once, not once per gauge', async (t) => {

@@ -87,3 +87,17 @@ t.test('a gauge over thousands of versions is written a thousand versions a piec
   t.equal([...ours.pieces(1000)].length, 1 + 3, 'HELP and TYPE, then three pieces')
   t.equal(reads, 3000)
 })
+
+t.test('a version removed and observed again while its histogram is being written appears once, not twice', async (t) => {
+  const ours = new VersionHistogram({ name: 'x_seconds', help: 'h', buckets: BUCKETS })
+  for (let i = 0; i < 10; i++) ours.observe({ service: `v${i}` }, 0.1)
+  const pieces = ours.pieces(2)
+  let text = ''
+  for (let i = 0; i < 3; i++) text += pieces.next().value ?? ''
+  // v0 was written; it goes (its version collected) and comes back (a request that was under way).
+  ours.remove({ service: 'v0' })
+  ours.observe({ service: 'v0' }, 0.2)
+  for (const piece of pieces) text += piece
+  t.equal(text.split('\n').filter((line) => line.startsWith('x_seconds_count{service="v0"}')).length, 1)
+  t.equal(text.split('\n').filter((line) => line.startsWith('x_seconds_count{')).length, 10, 'every version once')
+})
