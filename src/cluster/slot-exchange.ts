@@ -83,7 +83,8 @@ export interface SlotExchangeOptions {
    * The leader this router knows of. A collection asked for by another router is vetoed: an
    * old leader's question that arrives late, or a new one's that arrives before this router heard
    * of the change (whose hold the change would then let go of, and whose collection could then cut
-   * a request; vetoed, it is asked again at the next GC round). Absent: not checked.
+   * a request; vetoed, it is asked again at the next GC round). Another router's word that a
+   * collection is over releases nothing either: the hold is the known leader's. Absent: not checked.
    */
   readonly leaderId?: () => string | undefined
   /** How often the wants of requests still waiting are told again (default 1 s). */
@@ -428,15 +429,18 @@ export class SlotExchange implements SlotSharing {
 
   /** The leader prepares a collection of a version: false (a veto) if this router is using it. */
   receiveCollect(serviceId: string, lastActiveAt: number, periodMs: number, reason: CollectReason, deleted = false, forget = false, askedBy?: string): boolean {
+    // (A router from before this was told names no asker: not checked.)
+    const notTheLeader = askedBy !== undefined && this.#o.leaderId !== undefined && askedBy !== this.#o.leaderId()
     if (periodMs === 0) {
-      this.#o.releaseCollectionHold?.(serviceId, deleted)
+      // An old leader's word that its collection is over says nothing of the one the leader
+      // this router knows may have asked it to hold for since (that one's hold stays).
+      if (!notTheLeader) this.#o.releaseCollectionHold?.(serviceId, deleted)
       // (A leader from before this was told sends no last activity: 0, nothing to learn from.)
       if (deleted && lastActiveAt > 0) this.#o.collectedByLeader?.(serviceId, reason, lastActiveAt, forget)
       return true
     }
-    // (A router from before this was told names no asker: not checked.)
-    if (askedBy !== undefined && this.#o.leaderId !== undefined && askedBy !== this.#o.leaderId()) {
-      this.#o.log.info({ service: serviceId, askedBy, leader: this.#o.leaderId() }, 'collection vetoed: asked by a router this one does not know as the leader')
+    if (notTheLeader) {
+      this.#o.log.debug({ service: serviceId, askedBy, leader: this.#o.leaderId() }, 'collection vetoed: asked by a router this one does not know as the leader')
       return false
     }
     return this.#o.holdForCollection?.(serviceId, reason === 'idle' ? lastActiveAt : undefined, Math.min(periodMs, COLLECT_HOLD_MS)) ?? true
@@ -457,7 +461,7 @@ export class SlotExchange implements SlotSharing {
   /** The collection is over (`deleted`: it took the version): every peer lets the requests it held for it go on. */
   async collectDone(serviceId: string, collected: { readonly reason: CollectReason; readonly lastActiveAt: number; readonly forget?: boolean } | undefined): Promise<void> {
     const peers = this.#o.view().peers.filter((p) => p.url !== undefined)
-    const body = collected === undefined ? { serviceId, lastActiveAt: 0, periodMs: 0, deleted: false } : { serviceId, lastActiveAt: collected.lastActiveAt, periodMs: 0, deleted: true, reason: collected.reason, ...(collected.forget === true ? { forget: true } : {}) }
+    const body = collected === undefined ? { serviceId, lastActiveAt: 0, periodMs: 0, deleted: false, leader: this.#o.routerId } : { serviceId, lastActiveAt: collected.lastActiveAt, periodMs: 0, deleted: true, reason: collected.reason, leader: this.#o.routerId, ...(collected.forget === true ? { forget: true } : {}) }
     await Promise.all(peers.map((peer) =>
       withDeadline(this.#call(peer.url as string, 'collect', body), this.#o.peerTimeoutMs ?? 1000).catch((err: unknown) => {
         // Its hold lapses by itself (COLLECT_HOLD_MS) if it cannot be told.

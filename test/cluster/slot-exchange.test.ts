@@ -323,18 +323,20 @@ t.test('the leader’s collection of a version: a router using it vetoes; one th
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), false, 'b uses it: a veto')
 })
 
-t.test('a collection asked for by a router this one does not know as the leader is vetoed, and nothing is held for it', async (t) => {
+t.test('a collection asked for by a router this one does not know as the leader is vetoed, and nothing is held for it; only the leader’s word that it is over releases a hold', async (t) => {
   // A new leader that asks before a follower heard of the change: were it held, the change (which
   // lets go of the old leader's holds) would let requests start the version it then deletes.
   const members = ['router-a', 'router-b']
   const a = await router(t, 'router-a', members)
   const held: string[] = []
   let leader: string | undefined = 'router-old'
+  const released: string[] = []
   const b = await router(t, 'router-b', members, [], undefined, {
     holdForCollection: (serviceId) => {
       held.push(serviceId)
       return true
     },
+    releaseCollectionHold: (serviceId) => void released.push(serviceId),
     leaderId: () => leader,
   })
   a.peers = [{ routerId: 'router-b', url: b.url, members, over: () => 0 }]
@@ -346,7 +348,14 @@ t.test('a collection asked for by a router this one does not know as the leader 
   leader = 'router-a'
   t.equal(await a.exchange.allowCollect('s', 1000, 'idle'), true, 'once b knows a leads, it agrees')
   t.same(held, ['s'], 'and holds its requests for it')
-  await a.exchange.collectDone('s', undefined)
+  // a loses the lead to c, which asks b to hold for the same version; a's collection, which went
+  // on, then says it is over: that releases nothing of c's hold.
+  leader = 'router-c'
+  t.equal(b.exchange.receiveCollect('s', 1000, 30_000, 'idle', false, false, 'router-c'), true, 'b holds for c')
+  await a.exchange.collectDone('s', { reason: 'idle', lastActiveAt: 1000 })
+  t.same(released, [], 'the old leader’s word that its collection is over leaves the new one’s hold')
+  t.equal(b.exchange.receiveCollect('s', 0, 0, 'idle', true, false, 'router-c'), true)
+  t.same(released, ['s'], 'the leader’s own word releases it')
 })
 
 t.test('an offer refused at connect (nobody listens: a draining or dead borrower) gives the lender its slot back at once, not after the handover', async (t) => {
