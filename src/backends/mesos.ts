@@ -934,13 +934,14 @@ export class MesosBackend implements Backend {
    * Offers that reach a router on its way out: nothing is placed on them, and close() may wait
    * up to twice the request timeout (for the framework's fate) before the stream ends and the
    * master takes them back; held until then, their agents are offered to no other framework.
-   * Declined at once, once, with the short filter (a next leader that subscribes as this
-   * framework revives anyway); one that fails is the stream's end's to return.
+   * Declined at once, with the long filter (nothing more is placed here, and a next leader that
+   * subscribes as this framework revives, which clears it); one that fails is the stream's end's
+   * to return.
    */
   #declineWhileClosing(offers: unknown): void {
     const offerIds = Array.isArray(offers) ? offers.flatMap((o: { id?: { value?: unknown } } | null) => (typeof o?.id?.value === 'string' ? [{ value: o.id.value }] : [])) : []
     if (offerIds.length === 0) return
-    void this.#scheduler.then((scheduler) => scheduler.call({ type: 'DECLINE', decline: { offer_ids: offerIds, filters: { refuse_seconds: UNPLACED_REFUSE_SECS } } })).catch(() => undefined)
+    void this.#scheduler.then((scheduler) => scheduler.call({ type: 'DECLINE', decline: { offer_ids: offerIds, filters: { refuse_seconds: this.#o.declineRefuseSecs } } })).catch(() => undefined)
   }
 
   /** A call on the current subscription; false (logged) if it did not go through. */
