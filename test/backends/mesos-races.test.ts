@@ -406,7 +406,7 @@ t.test('cluster mode: offers that reach a leader while it stops (waiting on a sa
     },
   }
   // A long request timeout: close() waits up to that long for the save, with the stream open.
-  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 30_000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
+  const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 600, requestTimeoutMs: 30_000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
   const backend = new MesosBackend(options)
   await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
   let closeDone = false
@@ -416,6 +416,9 @@ t.test('cluster mode: offers that reach a leader while it stops (waiting on a sa
   const offerMadeWhileClosing = await waitFor('an offer made after close() began', () => sim.offers().find((o) => o.madeAt >= closeStartedAt)?.id, 1000)
   await waitFor('that offer declined', () => (sim.offers().find((o) => o.id === offerMadeWhileClosing)?.outstanding === false ? true : undefined), 5000)
   t.notOk(closeDone, 'declined while close() still waits on the save, its stream open')
+  const declined = sim.offers().find((o) => o.id === offerMadeWhileClosing)
+  const filteredFor = (sim.filters(declined?.frameworkId ?? '')[declined?.agentId ?? ''] ?? 0) - Date.now()
+  t.ok(filteredFor > 500_000, `with declineRefuseSecs (600 s; ${Math.round(filteredFor / 1000)} s left), not offered to it again every second`)
   t.ok(sim.frameworks()[0]?.connected, 'the framework is still subscribed: it was the DECLINE, not the stream’s end, that gave the offer back')
   release()
   await closed
