@@ -90,8 +90,8 @@ export class VersionHistogram {
   /**
    * The exposition text, in pieces: the HELP and TYPE lines, then `seriesPerPiece` versions'
    * lines a piece, each piece after the first beginning with a newline (joined, they are the
-   * registry's text). The versions are those that have series when the first of them is written; their
-   * counts are read as each piece is written.
+   * registry's text). The versions are those that have series when the first of them is
+   * written; their counts are read as each piece is written.
    */
   *pieces(seriesPerPiece: number): Generator<string> {
     const name = escapeString(this.name)

@@ -96,6 +96,26 @@ function backendOn(t: Test, master: string, declineRefuseSecs: number): MesosBac
   return backend
 }
 
+/** A framework-id store whose saves wait until release(): a leader that stops while keeping its id. */
+function heldSaves() {
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const store = {
+    kept: undefined as string | undefined,
+    saves: 0,
+    release: () => release(),
+    frameworkIds: {
+      load: async (): Promise<string | undefined> => store.kept,
+      save: async (id: string): Promise<void> => {
+        store.saves += 1
+        await released
+        store.kept = id
+      },
+    },
+  }
+  return store
+}
+
 function live(sim: MesosSim, serviceId: string): number {
   return sim.tasks().filter((task) => task.id.startsWith(`${serviceId}.`) && ['TASK_STAGING', 'TASK_STARTING', 'TASK_RUNNING'].includes(task.state)).length
 }
@@ -362,27 +382,17 @@ t.test('cluster mode: a leader cut off from its store altogether (reads hang too
 
 t.test('cluster mode: a save of the framework id still under way when the leader stops is waited for — a saved framework is kept, not torn down, and the next leader subscribes as it', async (t) => {
   const sim = await startMesosSimulatorFor(t)
-  let kept: string | undefined
-  let saves = 0
-  let release!: () => void
-  const released = new Promise<void>((resolve) => (release = resolve))
-  const frameworkIds = {
-    load: async (): Promise<string | undefined> => kept,
-    save: async (id: string): Promise<void> => {
-      saves += 1
-      await released
-      kept = id
-    },
-  }
+  const store = heldSaves()
+  const { frameworkIds, release } = store
   const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 1, requestTimeoutMs: 5000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
   const first = new MesosBackend(options)
-  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && store.saves === 1 ? true : undefined), 10_000)
   const closed = first.close()
   release()
   await closed
   const frameworkId = sim.frameworks()[0]?.id
   t.ok(frameworkId !== undefined && sim.frameworks()[0]?.connected === false, 'the framework stays at the master, disconnected, for the next leader')
-  t.equal(kept, frameworkId, 'its id was kept')
+  t.equal(store.kept, frameworkId, 'its id was kept')
   const next = new MesosBackend(options)
   t.teardown(() => next.close())
   await next.ensureService(spec('saved', 1))
@@ -393,22 +403,12 @@ t.test('cluster mode: a save of the framework id still under way when the leader
 t.test('cluster mode: offers that reach a leader while it stops (waiting on a save of its framework id) are declined at once, not held from every other framework until its stream ends', async (t) => {
   // No offer round but the test's own: the first comes once close() has begun.
   const sim = await startMesosSimulatorFor(t, { offerIntervalMs: 3_600_000 })
-  let kept: string | undefined
-  let saves = 0
-  let release!: () => void
-  const released = new Promise<void>((resolve) => (release = resolve))
-  const frameworkIds = {
-    load: async (): Promise<string | undefined> => kept,
-    save: async (id: string): Promise<void> => {
-      saves += 1
-      await released
-      kept = id
-    },
-  }
+  const store = heldSaves()
+  const { frameworkIds, release } = store
   // A long request timeout: close() waits up to that long for the save, with the stream open.
   const options = { ...DEFAULTS.backend.mesos, master: sim.url, declineRefuseSecs: 600, requestTimeoutMs: 30_000, cluster: 'test', clock: systemClock, log: silentLogger, user: 'maitre', frameworkIds, frameworkIdRequired: true }
   const backend = new MesosBackend(options)
-  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && saves === 1 ? true : undefined), 10_000)
+  await waitFor('subscribed, its id being kept', () => (sim.frameworks().length === 1 && store.saves === 1 ? true : undefined), 10_000)
   let closeDone = false
   const closeStartedAt = Date.now()
   const closed = backend.close().finally(() => (closeDone = true))
@@ -422,7 +422,7 @@ t.test('cluster mode: offers that reach a leader while it stops (waiting on a sa
   t.ok(sim.frameworks()[0]?.connected, 'the framework is still subscribed: it was the DECLINE, not the stream’s end, that gave the offer back')
   release()
   await closed
-  t.equal(kept, sim.frameworks()[0]?.id, 'the save landed, and the framework is kept for the next leader')
+  t.equal(store.kept, sim.frameworks()[0]?.id, 'the save landed, and the framework is kept for the next leader')
 })
 
 t.test('cluster mode: a save whose answer was lost (written all the same) is not taken for unkept when the leader stops — the store is asked, and the framework stays for the next leader', async (t) => {
