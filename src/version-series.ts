@@ -55,7 +55,7 @@ export class VersionHistogram {
     const bounds = this.#bounds
     for (let i = 0; i < bounds.length; i++) {
       if (value <= (bounds[i] as number)) {
-        ;(series.counts[i] as number) += 1
+        series.counts[i] = (series.counts[i] as number) + 1
         break
       }
     }
