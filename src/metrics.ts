@@ -6,7 +6,7 @@
  * counters and histograms are removed explicitly when a version is collected.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets, type Metric } from 'prom-client'
-import { VersionGauge, VersionHistogram, type GaugeSeries } from './version-series.ts'
+import { VersionCounter, VersionGauge, VersionHistogram, type GaugeSeries } from './version-series.ts'
 
 /** 5 ms … ~300 s (past two minutes): covers proxied requests and cold starts alike. */
 const LATENCY_BUCKETS = exponentialBuckets(0.005, 2.5, 13)
@@ -59,7 +59,7 @@ export function queueRejectionOf(code: string | undefined): (typeof QUEUE_REJECT
  * versions have (versions with a deployment error).
  */
 interface PerServiceMetric {
-  readonly metric: Metric<string> | VersionHistogram
+  readonly metric: Metric<string> | VersionHistogram | VersionCounter<string>
   readonly other?: { readonly label: string; readonly values?: readonly string[] }
 }
 
@@ -70,6 +70,8 @@ const REMOVALS_PER_TURN = 512
 const HISTOGRAM_VERSIONS_PER_PIECE = 128
 /** Versions whose gauge series one piece writes (a line or two each: ~100 KB). */
 const GAUGE_VERSIONS_PER_PIECE = 1024
+/** Counter series (one line each) one piece writes: ~150 KB. */
+const COUNTER_SERIES_PER_PIECE = 2048
 
 /** A metric's text this long lets the event loop go before the next is written (a few hundred series). */
 const YIELD_AFTER_CHARS = 16_384
@@ -79,7 +81,7 @@ const MAX_RETIRED = 10_000
 
 export class Metrics {
   readonly registry = new Registry()
-  readonly requests: Counter<'service' | 'code'>
+  readonly requests: VersionCounter<'code'>
   readonly requestDuration: VersionHistogram
   readonly queueWait: VersionHistogram
   readonly backendResponse: VersionHistogram
@@ -128,7 +130,8 @@ export class Metrics {
       this.registry.registerMetric(histogram as unknown as Metric)
       return histogram
     }
-    this.requests = new Counter({ name: 'maitre_requests_total', help: 'Proxied requests by service version and status class (2xx…5xx).', labelNames: ['service', 'code'] as const, registers })
+    this.requests = new VersionCounter({ name: 'maitre_requests_total', help: 'Proxied requests by service version and status class (2xx…5xx).', label: 'code' })
+    this.registry.registerMetric(this.requests as unknown as Metric)
     this.requestDuration = versionHistogram({ name: 'maitre_request_duration_seconds', help: 'End-to-end time of proxied requests, queueing included.', buckets: LATENCY_BUCKETS })
     this.queueWait = versionHistogram({ name: 'maitre_queue_wait_seconds', help: 'Time requests waited for an instance slot (cold starts included).', buckets: LATENCY_BUCKETS })
     this.backendResponse = versionHistogram({ name: 'maitre_backend_response_seconds', help: 'Time from forwarding a request to the instance until its response ended.', buckets: LATENCY_BUCKETS })
@@ -183,7 +186,7 @@ export class Metrics {
     new Gauge({ name: 'maitre_build_info', help: 'maitre version and Node.js runtime.', labelNames: ['version', 'node_version'] as const, registers }).set({ version: build.version, node_version: process.version }, 1)
     collectDefaultMetrics({ register: this.registry })
 
-    const only = (metric: Metric<string> | VersionHistogram): PerServiceMetric => ({ metric })
+    const only = (metric: Metric<string> | VersionHistogram | VersionCounter<string>): PerServiceMetric => ({ metric })
     this.#perService = [
       { metric: this.requests, other: { label: 'code', values: STATUS_CLASSES } },
       { metric: this.scalingDecisions, other: { label: 'direction', values: ['up', 'down'] } },
@@ -234,11 +237,14 @@ export class Metrics {
     try {
       let first = true
       for (const metric of this.registry.getMetricsAsArray() as readonly unknown[]) {
-        if (metric instanceof VersionHistogram || metric instanceof VersionGauge) {
+        if (metric instanceof VersionHistogram || metric instanceof VersionGauge || metric instanceof VersionCounter) {
           // One version's series after another, the event loop let go between pieces. (Only the
           // metric's first piece is set apart from the metric before; the rest begin with a newline.)
           // The gauges write this scrape's own snapshot, whatever another scrape does meanwhile.
-          const pieces = metric instanceof VersionHistogram ? metric.pieces(HISTOGRAM_VERSIONS_PER_PIECE) : (metric as VersionGauge<ServiceGauges>).pieces(GAUGE_VERSIONS_PER_PIECE, scraped)
+          const pieces =
+            metric instanceof VersionHistogram ? metric.pieces(HISTOGRAM_VERSIONS_PER_PIECE)
+            : metric instanceof VersionCounter ? metric.pieces(COUNTER_SERIES_PER_PIECE)
+            : (metric as VersionGauge<ServiceGauges>).pieces(GAUGE_VERSIONS_PER_PIECE, scraped)
           let metricBegins = true
           for (const piece of pieces) {
             yield first ? piece : metricBegins ? `\n\n${piece}` : piece
@@ -277,7 +283,7 @@ export class Metrics {
 }
 
 /** The values of `label` in the metric's series of these versions, by version. */
-async function labelValuesOf(metric: Metric<string> | VersionHistogram, label: string, services: ReadonlySet<string>): Promise<Map<string, Set<string>>> {
+async function labelValuesOf(metric: Metric<string> | VersionHistogram | VersionCounter<string>, label: string, services: ReadonlySet<string>): Promise<Map<string, Set<string>>> {
   const values = new Map<string, Set<string>>()
   for (const { labels } of (await metric.get()).values) {
     const service = labels['service']

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { Metrics, queueRejectionOf, statusClass } from '../src/metrics.ts'
+import { Metrics, STATUS_CLASSES, queueRejectionOf, statusClass } from '../src/metrics.ts'
 import { DEPLOYMENT_ERRORS, deploymentErrorClass } from '../src/backends/deployment-error.ts'
 
 const newMetrics = (): Metrics => new Metrics({ services: () => [], tokens: () => 0, versions: () => 0 }, { version: 'test' })
@@ -77,6 +77,8 @@ t.test('a large scrape lets requests be served while it is written', async (t) =
 t.test('a scrape over a thousand versions writes no piece larger than a few hundred KB: each waits for the event loop, none holds it for a whole histogram', async (t) => {
   const metrics = newMetrics()
   for (let i = 0; i < 1000; i++) for (const histogram of [metrics.requestDuration, metrics.queueWait, metrics.backendResponse, metrics.coldStartDuration]) histogram.observe({ service: `version-${i}` }, i / 100)
+  // And every status class of each: 6,000 counter series, ~400 KB.
+  for (let i = 0; i < 1000; i++) for (const code of STATUS_CLASSES) metrics.requests.inc({ service: `version-${i}`, code })
   let largest = 0
   let whole = 0
   for await (const chunk of metrics.chunks()) {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import fc from 'fast-check'
-import { Gauge, Histogram, Registry, exponentialBuckets } from 'prom-client'
-import { VersionGauge, VersionHistogram, type GaugeSeries } from '../src/version-series.ts'
+import { Counter, Gauge, Histogram, Registry, exponentialBuckets } from 'prom-client'
+import { VersionCounter, VersionGauge, VersionHistogram, type GaugeSeries } from '../src/version-series.ts'
 
 const BUCKETS = exponentialBuckets(0.005, 2.5, 13)
 
@@ -100,4 +100,37 @@ t.test('a version removed and observed again while its histogram is being writte
   for (const piece of pieces) text += piece
   t.equal(text.split('\n').filter((line) => line.startsWith('x_seconds_count{service="v0"}')).length, 1)
   t.equal(text.split('\n').filter((line) => line.startsWith('x_seconds_count{')).length, 10, 'every version once')
+})
+
+t.test('a counter by version and status class writes, joined from its pieces, exactly what prom-client’s Counter writes, in the same order', async (t) => {
+  const service = fc.oneof(fc.constantFrom('a', 'b', 'quote"d', 'back\\slash', 'new\nline'), fc.string({ maxLength: 4 }))
+  const code = fc.constantFrom('1xx', '2xx', '3xx', '4xx', '5xx', 'other')
+  const step = fc.oneof(
+    fc.record({ inc: fc.tuple(service, code, fc.option(fc.oneof(fc.nat(5), fc.double({ min: 0, max: 10, noNaN: true })), { nil: undefined })) }),
+    fc.record({ remove: fc.tuple(service, code) }),
+  )
+  const mismatch = await fc.check(
+    fc.asyncProperty(fc.array(step, { maxLength: 60 }), fc.integer({ min: 1, max: 5 }), async (steps, perPiece) => {
+      const registry = new Registry()
+      const theirs = new Counter({ name: 'x_total', help: 'Help \\ here.', labelNames: ['service', 'code'] as const, registers: [registry] })
+      const ours = new VersionCounter({ name: 'x_total', help: 'Help \\ here.', label: 'code' })
+      for (const s of steps) {
+        if ('inc' in s) {
+          const [svc, c, by] = s.inc
+          theirs.inc({ service: svc, code: c }, by)
+          ours.inc({ service: svc, code: c }, by)
+        } else {
+          theirs.remove({ service: s.remove[0], code: s.remove[1] })
+          ours.remove({ service: s.remove[0], code: s.remove[1] })
+        }
+      }
+      const theirValues = (await theirs.get()).values.map((v) => ({ value: v.value, labels: v.labels }))
+      return [...ours.pieces(perPiece)].join('') === (await registry.getSingleMetricAsString('x_total')) && JSON.stringify((await ours.get()).values) === JSON.stringify(theirValues)
+    }),
+    { numRuns: 300 },
+  )
+  t.notOk(mismatch.failed, mismatch.failed ? `differs for ${fc.stringify(mismatch.counterexample)}` : '300 random runs of counts and removals')
+  const ours = new VersionCounter({ name: 'x_total', help: 'h', label: 'code' })
+  t.throws(() => ours.inc({ service: 'a', code: '2xx' }, -1), 'a counter does not go down')
+  t.throws(() => ours.inc({ service: 'a', code: '2xx' }, Number.NaN), TypeError)
 })
