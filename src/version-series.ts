@@ -127,7 +127,11 @@ export interface VersionCounterOptions<L extends string> {
   readonly label: L
 }
 
-/** A counter with one series per version and value of one other label, written in pieces. */
+/**
+ * A counter with one series per version and value of one other label, written in pieces. Only a
+ * finite count of 0 or more is taken (prom-client also takes NaN, and null as 1; nothing here
+ * passes either): for those, its text is prom-client's.
+ */
 export class VersionCounter<L extends string> {
   readonly name: string
   readonly help: string

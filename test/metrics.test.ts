@@ -51,7 +51,8 @@ t.test('a scrape written piece by piece reads exactly as the registry writes it 
   // Enough versions for several pieces of every per-version histogram (128 a piece) and gauge (1,024).
   const versions = Array.from({ length: 2100 }, (_, i) => ({ service: `v${i}`, inFlight: i % 3, queued: i % 2, healthy: 1, starting: i % 2, target: i % 4, maxInstances: 5, deploymentErrorClass: i % 7 === 0 ? 'bad-command' : undefined }))
   const metrics = new Metrics({ services: () => versions, tokens: () => 0, versions: () => versions.length }, { version: 'test' })
-  for (let i = 0; i < 300; i++) recordEverything(metrics, `v${i}`)
+  // (350 versions: 2,100 request-counter series, more than one piece of 2,048.)
+  for (let i = 0; i < 350; i++) recordEverything(metrics, `v${i}`)
   const rendered = await metrics.render()
   t.ok(rendered.length > 16_384 * 4, 'large enough to be written in several turns')
   // (The process metrics move between the two reads; every maitre metric must match whole.)
