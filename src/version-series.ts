@@ -95,28 +95,19 @@ export class VersionHistogram {
    * written; their counts are read as each piece is written.
    */
   *pieces(seriesPerPiece: number): Generator<string> {
-    const name = escapeString(this.name)
-    yield `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} histogram`
     const bucket = `${this.name}_bucket{le="`
     const bounds = this.#bounds.map((b) => `${b}`)
-    let text = ''
-    let inPiece = 0
     // The series as they are when the writing begins: one removed and observed again between
     // pieces would otherwise come round again at the Map's end, and be written twice.
-    for (const series of [...this.#series.values()]) {
+    yield* inPieces(this, [...this.#series.values()], seriesPerPiece, (series) => {
+      let text = ''
       let cumulative = 0
       for (const [i, bound] of bounds.entries()) {
         cumulative += series.counts[i] as number
         text += `\n${bucket}${bound}",${series.label}} ${cumulative}`
       }
-      text += `\n${bucket}+Inf",${series.label}} ${series.count}\n${this.name}_sum{${series.label}} ${numberText(series.sum)}\n${this.name}_count{${series.label}} ${series.count}`
-      if (++inPiece === seriesPerPiece) {
-        yield text
-        text = ''
-        inPiece = 0
-      }
-    }
-    if (text !== '') yield text
+      return `${text}\n${bucket}+Inf",${series.label}} ${series.count}\n${this.name}_sum{${series.label}} ${numberText(series.sum)}\n${this.name}_count{${series.label}} ${series.count}`
+    })
   }
 }
 
@@ -178,19 +169,7 @@ export class VersionCounter<L extends string> {
 
   /** The exposition text in pieces, `seriesPerPiece` series a piece, as VersionHistogram's. */
   *pieces(seriesPerPiece: number): Generator<string> {
-    const name = escapeString(this.name)
-    yield `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} counter`
-    let text = ''
-    let inPiece = 0
-    for (const series of [...this.#series.values()]) {
-      text += `\n${this.name}{${series.labels}} ${numberText(series.count)}`
-      if (++inPiece === seriesPerPiece) {
-        yield text
-        text = ''
-        inPiece = 0
-      }
-    }
-    if (text !== '') yield text
+    yield* inPieces(this, [...this.#series.values()], seriesPerPiece, (series) => `\n${this.name}{${series.labels}} ${numberText(series.count)}`)
   }
 }
 
@@ -238,24 +217,36 @@ export class VersionGauge<T> {
    * `entries`: the versions to write (a scrape's own snapshot), by default what the source reads now.
    */
   *pieces(entriesPerPiece: number, entries: Iterable<T> = this.#o.source()): Generator<string> {
-    const name = escapeString(this.name)
-    yield `# HELP ${name} ${escapeString(this.help)}\n# TYPE ${name} gauge`
-    let text = ''
-    let inPiece = 0
-    for (const entry of entries) {
+    yield* inPieces(this, entries, entriesPerPiece, (entry) => {
+      let text = ''
       for (const { labels, value } of this.#o.series(entry)) {
         let written = ''
         for (const label in labels) written += `${written === '' ? '' : ','}${label}="${escapeLabelValue(labels[label] as string)}"`
         text += `\n${this.name}${written === '' ? '' : `{${written}}`} ${numberText(value)}`
       }
-      if (++inPiece === entriesPerPiece) {
-        yield text
-        text = ''
-        inPiece = 0
-      }
-    }
-    if (text !== '') yield text
+      return text
+    })
   }
+}
+
+/**
+ * A metric's exposition in pieces: its HELP and TYPE lines, then the lines of `perPiece` entries
+ * a piece (each entry's lines begin with a newline), entries read as their piece is written.
+ */
+function* inPieces<T>(metric: { readonly name: string; readonly help: string; readonly type: string }, entries: Iterable<T>, perPiece: number, linesOf: (entry: T) => string): Generator<string> {
+  const name = escapeString(metric.name)
+  yield `# HELP ${name} ${escapeString(metric.help)}\n# TYPE ${name} ${metric.type}`
+  let text = ''
+  let inPiece = 0
+  for (const entry of entries) {
+    text += linesOf(entry)
+    if (++inPiece === perPiece) {
+      yield text
+      text = ''
+      inPiece = 0
+    }
+  }
+  if (text !== '') yield text
 }
 
 /** As prom-client writes a value: NaN and the infinities by name. */
