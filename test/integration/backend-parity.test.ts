@@ -217,7 +217,8 @@ for (const [kind, start] of Object.entries(BACKENDS)) {
       t.pass('the ReplicaSet was deleted and the garbage collector took its pods')
     }
     if (isMesos(router)) {
-      await waitFor('its tasks to be killed', () => (liveTasks(router, oldId).length === 0 ? true : undefined), 15000)
+      // (Not only out of the live states: a kill reports TASK_KILLING before TASK_KILLED.)
+      await waitFor('its tasks to be killed', () => (liveTasks(router, oldId).length === 0 && router.sim.tasks().some((task) => task.id.startsWith(`${oldId}.`) && task.state === 'TASK_KILLED') ? true : undefined), 15000)
       t.ok(router.sim.tasks().some((task) => task.id.startsWith(`${oldId}.`) && task.state === 'TASK_KILLED'), 'its task was killed through the master')
     }
     t.equal((await call(`${router.url}/request-info`, { headers: { 'x-waiter-token': 'moving' } })).status, 200, 'the current version still serves')
